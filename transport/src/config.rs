@@ -1,0 +1,113 @@
+//! Node configuration with LNet-informed defaults (see REFERENCES: peer_credits 8,
+//! credits 256 per NI).
+
+use std::time::Duration;
+
+use crate::lane::{Lane, PerLane};
+
+/// Largest payload accepted by default: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;
+
+/// Credit settings for one lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneConfig {
+    /// Receive credits offered to each peer (receive buffers we keep for it).
+    pub peer_credits: u16,
+    /// Return credits with an explicit CREDIT frame once this many are owed and nothing else
+    /// has carried them. Must be in 1..=peer_credits, or the peer could stall.
+    pub credits_hiw: u16,
+    /// Messages of this lane in flight in the LND at once, over all peers of one NI.
+    pub ni_credits: u32,
+}
+
+/// Configuration of one node (one endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Changes at every start; peers use it to tell a restart from a reconnection.
+    pub incarnation: u64,
+    pub lanes: PerLane<LaneConfig>,
+    /// Deadline of an operation that does not set its own.
+    pub op_timeout: Duration,
+    /// Largest data-lane payload sent or accepted.
+    pub max_payload: u32,
+    /// Incoming messages delivered to the application but not yet taken by it. Beyond this,
+    /// incoming PUTs are refused with `Busy`, so a flood cannot grow memory without bound.
+    pub max_undelivered: usize,
+}
+
+impl NodeConfig {
+    pub fn new(incarnation: u64) -> Self {
+        NodeConfig {
+            incarnation,
+            lanes: PerLane::new(
+                LaneConfig {
+                    peer_credits: 8,
+                    credits_hiw: 4,
+                    ni_credits: 64,
+                },
+                LaneConfig {
+                    peer_credits: 8,
+                    credits_hiw: 4,
+                    ni_credits: 256,
+                },
+            ),
+            op_timeout: Duration::from_secs(10),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_undelivered: 4096,
+        }
+    }
+
+    /// Checks the settings the protocol depends on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (lane, l) in self.lanes.iter() {
+            if l.peer_credits == 0 {
+                return Err(ConfigError(format!(
+                    "{lane} lane: peer_credits must be at least 1"
+                )));
+            }
+            if l.credits_hiw == 0 || l.credits_hiw > l.peer_credits {
+                return Err(ConfigError(format!(
+                    "{lane} lane: credits_hiw must be in 1..={} (peer_credits), got {}",
+                    l.peer_credits, l.credits_hiw
+                )));
+            }
+            if l.ni_credits == 0 {
+                return Err(ConfigError(format!(
+                    "{lane} lane: ni_credits must be at least 1"
+                )));
+            }
+        }
+        if self.op_timeout.is_zero() {
+            return Err(ConfigError("op_timeout must be positive".into()));
+        }
+        if self.max_undelivered == 0 {
+            return Err(ConfigError("max_undelivered must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn lane(&self, lane: Lane) -> &LaneConfig {
+        &self.lanes[lane]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_say_why() {
+        assert_eq!(NodeConfig::new(1).validate(), Ok(()));
+        let mut c = NodeConfig::new(1);
+        c.lanes[Lane::Data].credits_hiw = 9;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("data lane: credits_hiw must be in 1..=8"), "{e}");
+        let mut c = NodeConfig::new(1);
+        c.lanes[Lane::Health].peer_credits = 0;
+        assert!(c.validate().is_err());
+    }
+}

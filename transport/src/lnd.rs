@@ -1,0 +1,203 @@
+//! The contract between the core and a network driver (LND).
+//!
+//! # For driver authors: the one page to read
+//!
+//! An LND moves frames between this node and its peers on one net. It knows nothing of
+//! operations, matching, credits or health: the core decides what to send and when; the LND
+//! only connects, moves bytes, and reports what happened, as [`LndEvent`]s.
+//!
+//! **Connections.** A connection carries one [`Lane`] between this node and one peer, and
+//! every lane has its own connection (a TCP socket, an RDMA queue pair), so that bulk data
+//! can never sit in front of a health frame in some buffer. [`Lnd::connect`] asks for one;
+//! connections may also be accepted from peers at any time. Before a connection is reported,
+//! the two sides exchange HELLO frames ([`crate::handshake`]): NID, incarnation, lane, the
+//! receive credits each offers and its largest payload. Rules:
+//!
+//! * every `connect(peer, lane)` call ends in exactly one `Connected` or `ConnectFailed` for
+//!   that (peer, lane) (an accepted connection that satisfies it counts);
+//! * at most one connection per (peer, lane) is reported up at a time; simultaneous connects
+//!   from both sides are resolved inside the LND, deterministically, without failing either
+//!   side's request;
+//! * `Received` frames of a connection come after its `Connected` and before its
+//!   `Disconnected`, in the order the peer sent them.
+//!
+//! **Sending.** [`Lnd::post`] hands over a [`Transmit`]: an encoded header and a payload
+//! (`Bytes`, so nothing is copied to hand it over; keep the `Bytes` until the send is done and
+//! the memory stays valid). Every posted frame ends in exactly one `SendComplete` with its
+//! token: `Ok` once the frame is handed to the network (the buffer may be reused), or the
+//! error that stopped it (including the connection going away). Frames posted to the same
+//! (peer, lane) go out in order. Post never blocks and never fails synchronously.
+//!
+//! **Receiving.** Decode headers with [`crate::wire::decode_header`] (it checks lengths
+//! against limits before anything is allocated), and report each frame as `Received` with
+//! its payload as `Bytes`. A frame that does not decode is an error for that connection:
+//! close it and report `Disconnected` with [`LndErrorKind::Protocol`]. Never panic on
+//! input. Credits are the core's business: it returns them piggybacked or in CREDIT frames,
+//! and closes a connection whose peer overruns them. An LND must keep buffers for the
+//! credits it offered, plus room for CREDIT frames, which need no credit.
+//!
+//! **Errors** carry an [`LndErrorKind`], which says where the failure happened (refused:
+//! remote; reset/timeout/unreachable: network; out of resources: local) and so which
+//! completion the core gives the operations involved.
+//!
+//! **Progress.** The core's driver calls [`Lnd::poll`] to collect events; it may block up to
+//! its timeout, and [`Lnd::waker`] must be able to cut that wait short from any thread.
+//! Everything else is called from the driver's thread only.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::handshake::PeerHello;
+use crate::lane::Lane;
+use crate::nid::Nid;
+use crate::op::{FailurePlace, OpError};
+use crate::wire::{Header, HEADER_LEN};
+
+/// Names one posted frame; echoed in its `SendComplete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TxToken(pub u64);
+
+/// A frame to send: an encoded header followed by a payload of `header.payload_len` bytes.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub peer: Nid,
+    pub lane: Lane,
+    pub header: [u8; HEADER_LEN],
+    pub payload: Bytes,
+    pub token: TxToken,
+}
+
+/// The kind of a driver failure, which decides where it is blamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LndErrorKind {
+    /// The peer refused the connection or the handshake (remote).
+    Refused,
+    /// The connection was reset or closed under us (network).
+    Reset,
+    /// The network did not answer in time (network).
+    TimedOut,
+    /// No path to the peer (network).
+    Unreachable,
+    /// The peer sent something that breaks the protocol (remote).
+    Protocol,
+    /// We ran out of something: memory, buffers, descriptors (local).
+    Resource,
+    /// We closed the connection ourselves (local).
+    Closed,
+}
+
+impl LndErrorKind {
+    pub fn place(self) -> FailurePlace {
+        match self {
+            LndErrorKind::Refused | LndErrorKind::Protocol => FailurePlace::Remote,
+            LndErrorKind::Reset | LndErrorKind::TimedOut | LndErrorKind::Unreachable => {
+                FailurePlace::Network
+            }
+            LndErrorKind::Resource | LndErrorKind::Closed => FailurePlace::Local,
+        }
+    }
+}
+
+/// A driver failure: its kind and what happened, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LndError {
+    pub kind: LndErrorKind,
+    pub detail: String,
+}
+
+impl LndError {
+    pub fn new(kind: LndErrorKind, detail: impl Into<String>) -> Self {
+        LndError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for LndError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for LndError {}
+
+impl From<LndError> for OpError {
+    fn from(e: LndError) -> OpError {
+        let text = e.to_string();
+        match e.kind.place() {
+            FailurePlace::Local => OpError::Local(text),
+            FailurePlace::Network => OpError::Network(text),
+            FailurePlace::Remote => OpError::Remote(text),
+        }
+    }
+}
+
+/// What a driver reports to the core.
+#[derive(Debug, Clone)]
+pub enum LndEvent {
+    /// A connection for (peer, lane) finished its handshake. `local_credits` is what this
+    /// side offered in its HELLO.
+    Connected {
+        peer: Nid,
+        lane: Lane,
+        hello: PeerHello,
+        local_credits: u16,
+    },
+    ConnectFailed {
+        peer: Nid,
+        lane: Lane,
+        error: LndError,
+    },
+    Disconnected {
+        peer: Nid,
+        lane: Lane,
+        error: LndError,
+    },
+    Received {
+        peer: Nid,
+        lane: Lane,
+        header: Header,
+        payload: Bytes,
+    },
+    SendComplete {
+        token: TxToken,
+        result: Result<(), LndError>,
+    },
+}
+
+/// Interrupts a blocking [`Lnd::poll`] from any thread. A wake that comes before the poll
+/// starts must make that poll return at once.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+/// A network driver. See the module documentation for the contract.
+pub trait Lnd: Send {
+    /// This node's NID on the driver's net.
+    fn nid(&self) -> Nid;
+
+    /// Start connecting `lane` to `peer`; the result comes as an event.
+    fn connect(&mut self, peer: Nid, lane: Lane);
+
+    /// Send a frame on the (peer, lane) connection; the result comes as `SendComplete`.
+    fn post(&mut self, tx: Transmit);
+
+    /// Close the (peer, lane) connection, e.g. after a protocol error. A `Disconnected`
+    /// event follows if it was up.
+    fn close(&mut self, peer: Nid, lane: Lane, error: LndError);
+
+    /// Collect events into `events`, waiting up to `timeout` (`None`: until woken) if there
+    /// are none. An `Err` means the driver itself failed and cannot continue.
+    fn poll(
+        &mut self,
+        events: &mut Vec<LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LndError>;
+
+    /// A handle that interrupts `poll`.
+    fn waker(&self) -> Arc<dyn Wake>;
+}

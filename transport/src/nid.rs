@@ -1,0 +1,452 @@
+//! NIDs (`ADDRESS@NET`) and nets (`tcp`, `tcp1`, `o2ib3`, `mem`, `lo`).
+//!
+//! A net is an LND type plus a number (default 0, printed without the number, as LNet does).
+//! Addresses depend on the type: IPv4 (optionally `:PORT`, since many nodes of one test share
+//! a host) for `tcp` and `o2ib`, a number for `mem`, and `0` for `lo`.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+/// The kind of network driver a net runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LndKind {
+    /// Loopback within one node: only `0@lo`.
+    Lo,
+    /// TCP (io_uring or epoll).
+    Tcp,
+    /// RDMA (InfiniBand, RoCE) through libibverbs; named `o2ib` as in LNet.
+    O2ib,
+    /// The in-memory LND for single-process topologies and simulation.
+    Mem,
+}
+
+impl LndKind {
+    /// Every kind, longest name first where one could be a prefix of another when parsing.
+    pub const ALL: [LndKind; 4] = [LndKind::O2ib, LndKind::Tcp, LndKind::Mem, LndKind::Lo];
+
+    /// The name used in NIDs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LndKind::Lo => "lo",
+            LndKind::Tcp => "tcp",
+            LndKind::O2ib => "o2ib",
+            LndKind::Mem => "mem",
+        }
+    }
+
+    pub(crate) fn wire(self) -> u8 {
+        match self {
+            LndKind::Lo => 1,
+            LndKind::Tcp => 2,
+            LndKind::O2ib => 3,
+            LndKind::Mem => 4,
+        }
+    }
+
+    pub(crate) fn from_wire(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => LndKind::Lo,
+            2 => LndKind::Tcp,
+            3 => LndKind::O2ib,
+            4 => LndKind::Mem,
+            _ => return None,
+        })
+    }
+
+    /// Whether addresses on this kind of net are IPv4 addresses (else plain numbers).
+    fn uses_ip(self) -> bool {
+        matches!(self, LndKind::Tcp | LndKind::O2ib)
+    }
+}
+
+/// A network: an LND kind and a number, e.g. `tcp1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Net {
+    pub kind: LndKind,
+    pub num: u16,
+}
+
+impl Net {
+    pub const fn new(kind: LndKind, num: u16) -> Self {
+        Net { kind, num }
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.num == 0 {
+            f.write_str(self.kind.name())
+        } else {
+            write!(f, "{}{}", self.kind.name(), self.num)
+        }
+    }
+}
+
+/// The address part of a NID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NidAddr {
+    /// A plain number (`mem`, `lo`).
+    Num(u32),
+    /// An IPv4 address (`tcp`, `o2ib`), using the net's default port.
+    Ip(Ipv4Addr),
+    /// An IPv4 address with an explicit port, for several nodes on one host.
+    IpPort(SocketAddrV4),
+}
+
+impl fmt::Display for NidAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NidAddr::Num(n) => write!(f, "{n}"),
+            NidAddr::Ip(ip) => write!(f, "{ip}"),
+            NidAddr::IpPort(sa) => write!(f, "{sa}"),
+        }
+    }
+}
+
+/// A network identifier: `ADDRESS@NET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nid {
+    pub addr: NidAddr,
+    pub net: Net,
+}
+
+impl Nid {
+    /// Builds a NID, checking that the address suits the net (as parsing does).
+    pub fn new(addr: NidAddr, net: Net) -> Result<Nid, NidError> {
+        check_addr_for_net(&addr, net).map(|()| Nid { addr, net })
+    }
+
+    /// `N@mem` (or `N@memK`): the in-memory LND's addresses.
+    pub fn mem(num: u32, net_num: u16) -> Nid {
+        Nid {
+            addr: NidAddr::Num(num),
+            net: Net::new(LndKind::Mem, net_num),
+        }
+    }
+
+    /// `0@lo`.
+    pub const LO: Nid = Nid {
+        addr: NidAddr::Num(0),
+        net: Net::new(LndKind::Lo, 0),
+    };
+
+    /// The socket address to reach this NID at, for IP nets (`default_port` when none is given).
+    pub fn socket_addr(&self, default_port: u16) -> Option<SocketAddrV4> {
+        match self.addr {
+            NidAddr::Ip(ip) => Some(SocketAddrV4::new(ip, default_port)),
+            NidAddr::IpPort(sa) => Some(sa),
+            NidAddr::Num(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Nid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.addr, self.net)
+    }
+}
+
+/// Why a string is not a NID or net. Every variant says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NidError {
+    #[error("invalid NID {input:?}: expected ADDRESS@NET, e.g. 10.0.0.1@tcp or 3@mem")]
+    MissingAt { input: String },
+    #[error("invalid NID {input:?}: the address before '@' is empty; expected e.g. 10.0.0.1@tcp")]
+    EmptyAddress { input: String },
+    #[error("invalid net {net:?}: expected a network type (tcp, o2ib, mem, lo) followed by an optional number, e.g. tcp or o2ib3")]
+    UnknownNetType { net: String },
+    #[error("invalid net {net:?}: expected a net number from 0 to 65535 after {kind:?}")]
+    BadNetNumber { net: String, kind: &'static str },
+    #[error("invalid net {net:?}: the lo net has no number; expected lo")]
+    NumberedLo { net: String },
+    #[error("invalid address {addr:?} for net {net}: expected {expected}")]
+    BadAddress {
+        addr: String,
+        net: Net,
+        expected: &'static str,
+    },
+}
+
+impl FromStr for Net {
+    type Err = NidError;
+
+    fn from_str(s: &str) -> Result<Net, NidError> {
+        let unknown = || NidError::UnknownNetType { net: s.to_owned() };
+        let kind = LndKind::ALL
+            .into_iter()
+            .find(|k| s.starts_with(k.name()))
+            .ok_or_else(unknown)?;
+        let digits = &s[kind.name().len()..];
+        if digits.is_empty() {
+            return Ok(Net::new(kind, 0));
+        }
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(unknown());
+        }
+        let num = digits.parse::<u16>().map_err(|_| NidError::BadNetNumber {
+            net: s.to_owned(),
+            kind: kind.name(),
+        })?;
+        if kind == LndKind::Lo && num != 0 {
+            return Err(NidError::NumberedLo { net: s.to_owned() });
+        }
+        Ok(Net::new(kind, num))
+    }
+}
+
+impl FromStr for Nid {
+    type Err = NidError;
+
+    fn from_str(s: &str) -> Result<Nid, NidError> {
+        let (addr, net) = s.rsplit_once('@').ok_or_else(|| NidError::MissingAt {
+            input: s.to_owned(),
+        })?;
+        if addr.is_empty() {
+            return Err(NidError::EmptyAddress {
+                input: s.to_owned(),
+            });
+        }
+        let net: Net = net.parse()?;
+        let addr = parse_addr(addr, net)?;
+        Ok(Nid { addr, net })
+    }
+}
+
+const EXPECT_IP: &str =
+    "an IPv4 address, optionally with :PORT (1-65535), e.g. 10.0.0.1 or 127.0.0.1:7001";
+const EXPECT_NUM: &str = "a number from 0 to 4294967295, e.g. 3";
+const EXPECT_LO: &str = "0 (the only address on lo)";
+
+fn parse_addr(s: &str, net: Net) -> Result<NidAddr, NidError> {
+    let bad = |expected| NidError::BadAddress {
+        addr: s.to_owned(),
+        net,
+        expected,
+    };
+    let addr = if net.kind.uses_ip() {
+        match s.split_once(':') {
+            None => NidAddr::Ip(s.parse().map_err(|_| bad(EXPECT_IP))?),
+            Some((ip, port)) => {
+                let ip = ip.parse().map_err(|_| bad(EXPECT_IP))?;
+                let port = port.parse().map_err(|_| bad(EXPECT_IP))?;
+                NidAddr::IpPort(SocketAddrV4::new(ip, port))
+            }
+        }
+    } else {
+        let expected = if net.kind == LndKind::Lo {
+            EXPECT_LO
+        } else {
+            EXPECT_NUM
+        };
+        // u32::from_str accepts a leading '+'; NIDs do not.
+        if !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(expected));
+        }
+        NidAddr::Num(s.parse().map_err(|_| bad(expected))?)
+    };
+    check_addr_for_net(&addr, net).map_err(|e| match e {
+        NidError::BadAddress { expected, .. } => bad(expected),
+        other => other,
+    })?;
+    Ok(addr)
+}
+
+fn check_addr_for_net(addr: &NidAddr, net: Net) -> Result<(), NidError> {
+    let bad = |expected| NidError::BadAddress {
+        addr: addr.to_string(),
+        net,
+        expected,
+    };
+    match (net.kind, addr) {
+        (LndKind::Tcp | LndKind::O2ib, NidAddr::Ip(_)) => Ok(()),
+        (LndKind::Tcp | LndKind::O2ib, NidAddr::IpPort(sa)) if sa.port() != 0 => Ok(()),
+        (LndKind::Tcp | LndKind::O2ib, _) => Err(bad(EXPECT_IP)),
+        (LndKind::Mem, NidAddr::Num(_)) => Ok(()),
+        (LndKind::Mem, _) => Err(bad(EXPECT_NUM)),
+        (LndKind::Lo, NidAddr::Num(0)) if net.num == 0 => Ok(()),
+        (LndKind::Lo, _) => Err(bad(EXPECT_LO)),
+    }
+}
+
+/// Size of a NID on the wire.
+pub(crate) const NID_WIRE_LEN: usize = 16;
+
+// Wire layout (little-endian): kind u8, address kind u8, net number u16, address u32,
+// port u16, six reserved zero bytes.
+const ADDR_NUM: u8 = 0;
+const ADDR_IP: u8 = 1;
+const ADDR_IP_PORT: u8 = 2;
+
+impl Nid {
+    pub(crate) fn encode(&self, out: &mut [u8; NID_WIRE_LEN]) {
+        let (akind, value, port) = match self.addr {
+            NidAddr::Num(n) => (ADDR_NUM, n, 0u16),
+            NidAddr::Ip(ip) => (ADDR_IP, u32::from(ip), 0),
+            NidAddr::IpPort(sa) => (ADDR_IP_PORT, u32::from(*sa.ip()), sa.port()),
+        };
+        out.fill(0);
+        out[0] = self.net.kind.wire();
+        out[1] = akind;
+        out[2..4].copy_from_slice(&self.net.num.to_le_bytes());
+        out[4..8].copy_from_slice(&value.to_le_bytes());
+        out[8..10].copy_from_slice(&port.to_le_bytes());
+    }
+
+    /// Decodes a wire NID; `None` for anything that `encode` cannot have produced.
+    pub(crate) fn decode(b: &[u8; NID_WIRE_LEN]) -> Option<Nid> {
+        let kind = LndKind::from_wire(b[0])?;
+        let num = u16::from_le_bytes([b[2], b[3]]);
+        let value = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let port = u16::from_le_bytes([b[8], b[9]]);
+        if b[10..].iter().any(|&x| x != 0) {
+            return None;
+        }
+        let addr = match (b[1], port) {
+            (ADDR_NUM, 0) => NidAddr::Num(value),
+            (ADDR_IP, 0) => NidAddr::Ip(Ipv4Addr::from(value)),
+            (ADDR_IP_PORT, p) => NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::from(value), p)),
+            _ => return None,
+        };
+        Nid::new(addr, Net::new(kind, num)).ok()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nid(s: &str) -> Nid {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parses_the_documented_examples() {
+        let n = nid("10.0.0.1@tcp");
+        assert_eq!(n.net, Net::new(LndKind::Tcp, 0));
+        assert_eq!(n.addr, NidAddr::Ip(Ipv4Addr::new(10, 0, 0, 1)));
+
+        let n = nid("10.0.0.1:7001@tcp1");
+        assert_eq!(n.net, Net::new(LndKind::Tcp, 1));
+        assert_eq!(
+            n.addr,
+            NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7001))
+        );
+
+        assert_eq!(nid("192.168.5.2@o2ib3").net, Net::new(LndKind::O2ib, 3));
+        assert_eq!(nid("0@lo"), Nid::LO);
+        assert_eq!(nid("3@mem"), Nid::mem(3, 0));
+    }
+
+    #[test]
+    fn prints_canonically() {
+        for (input, printed) in [
+            ("10.0.0.1@tcp", "10.0.0.1@tcp"),
+            ("10.0.0.1@tcp0", "10.0.0.1@tcp"),
+            ("127.0.0.1:7001@tcp1", "127.0.0.1:7001@tcp1"),
+            ("192.168.5.2@o2ib3", "192.168.5.2@o2ib3"),
+            ("0@lo", "0@lo"),
+            ("3@mem", "3@mem"),
+            ("3@mem007", "3@mem7"),
+        ] {
+            assert_eq!(nid(input).to_string(), printed, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_input_saying_what_was_expected() {
+        let cases: &[(&str, &str)] = &[
+            ("10.0.0.1", "expected ADDRESS@NET"),
+            ("", "expected ADDRESS@NET"),
+            ("@tcp", "address before '@' is empty"),
+            ("10.0.0.1@", "expected a network type"),
+            ("10.0.0.1@udp", "expected a network type"),
+            ("10.0.0.1@tcpx", "expected a network type"),
+            ("10.0.0.1@tcp-1", "expected a network type"),
+            ("10.0.0.1@tcp65536", "net number from 0 to 65535"),
+            ("0@lo1", "the lo net has no number"),
+            ("10.0.0@tcp", "expected an IPv4 address"),
+            ("10.0.0.256@tcp", "expected an IPv4 address"),
+            (
+                "10.0.0.1:0@tcp",
+                "expected an IPv4 address, optionally with :PORT (1-65535)",
+            ),
+            ("10.0.0.1:70000@tcp", "optionally with :PORT"),
+            ("10.0.0.1:@tcp", "optionally with :PORT"),
+            ("3@tcp", "expected an IPv4 address"),
+            ("10.0.0.1@mem", "expected a number"),
+            ("+3@mem", "expected a number"),
+            ("4294967296@mem", "expected a number"),
+            ("1@lo", "0 (the only address on lo)"),
+            ("a@b@tcp", "expected an IPv4 address"),
+        ];
+        for (input, expected) in cases {
+            let err = input.parse::<Nid>().expect_err(input).to_string();
+            assert!(
+                err.contains(expected),
+                "{input:?}: {err:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wire_encoding_rejects_garbage() {
+        let mut b = [0u8; NID_WIRE_LEN];
+        nid("127.0.0.1:7001@tcp1").encode(&mut b);
+        assert_eq!(Nid::decode(&b), Some(nid("127.0.0.1:7001@tcp1")));
+        let mut bad_kind = b;
+        bad_kind[0] = 9;
+        assert_eq!(Nid::decode(&bad_kind), None);
+        let mut reserved = b;
+        reserved[15] = 1;
+        assert_eq!(Nid::decode(&reserved), None);
+        let mut port_on_num = [0u8; NID_WIRE_LEN];
+        Nid::mem(3, 0).encode(&mut port_on_num);
+        port_on_num[8] = 1;
+        assert_eq!(Nid::decode(&port_on_num), None);
+    }
+
+    pub(crate) fn any_nid() -> impl Strategy<Value = Nid> {
+        let ip = any::<u32>().prop_map(Ipv4Addr::from);
+        let ip_addr = prop_oneof![
+            ip.clone().prop_map(NidAddr::Ip),
+            (ip, 1u16..).prop_map(|(ip, p)| NidAddr::IpPort(SocketAddrV4::new(ip, p))),
+        ];
+        prop_oneof![
+            (ip_addr.clone(), any::<u16>()).prop_map(|(a, n)| Nid {
+                addr: a,
+                net: Net::new(LndKind::Tcp, n)
+            }),
+            (ip_addr, any::<u16>()).prop_map(|(a, n)| Nid {
+                addr: a,
+                net: Net::new(LndKind::O2ib, n)
+            }),
+            (any::<u32>(), any::<u16>()).prop_map(|(a, n)| Nid::mem(a, n)),
+            Just(Nid::LO),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn display_then_parse_round_trips(n in any_nid()) {
+            let text = n.to_string();
+            prop_assert_eq!(text.parse::<Nid>(), Ok(n));
+        }
+
+        #[test]
+        fn wire_round_trips(n in any_nid()) {
+            let mut b = [0u8; NID_WIRE_LEN];
+            n.encode(&mut b);
+            prop_assert_eq!(Nid::decode(&b), Some(n));
+        }
+
+        #[test]
+        fn parsing_arbitrary_text_never_panics(s in "\\PC{0,40}") {
+            if let Ok(n) = s.parse::<Nid>() {
+                // Whatever parses prints to something that parses to the same NID.
+                prop_assert_eq!(n.to_string().parse::<Nid>(), Ok(n));
+            }
+        }
+    }
+}

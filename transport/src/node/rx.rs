@@ -1,0 +1,355 @@
+//! Driver events: connections coming and going, frames arriving, sends finishing.
+
+use bytes::Bytes;
+
+use super::{Conn, LndRequest, NiId, Node, OpKind, Pending, Stage};
+use crate::credits::LaneCredits;
+use crate::handshake::PeerHello;
+use crate::lane::Lane;
+use crate::lnd::{LndError, LndErrorKind, LndEvent};
+use crate::nid::Nid;
+use crate::op::{Delivery, EntryKind, Event, OpError, OpId, OpOutcome, Refused, RejectReason};
+use crate::time::Time;
+use crate::wire::{Body, Header, Status};
+
+impl Node {
+    /// Feeds one driver event from NI `ni` into the node.
+    pub fn handle_lnd_event(&mut self, now: Time, ni: NiId, event: LndEvent) {
+        match event {
+            LndEvent::Connected {
+                peer,
+                lane,
+                hello,
+                local_credits,
+            } => self.on_connected(ni, peer, lane, hello, local_credits),
+            LndEvent::ConnectFailed { peer, lane, error } => {
+                self.on_connect_failed(peer, lane, error)
+            }
+            LndEvent::Disconnected { peer, lane, error } => self.on_disconnected(peer, lane, error),
+            LndEvent::Received {
+                peer,
+                lane,
+                header,
+                payload,
+            } => self.on_frame(now, ni, peer, lane, header, payload),
+            LndEvent::SendComplete { token, result } => self.on_send_complete(token, result),
+        }
+    }
+
+    fn on_connected(&mut self, ni: NiId, nid: Nid, lane: Lane, hello: PeerHello, local: u16) {
+        if self.ni_of(nid) != Some(ni) {
+            tracing::warn!(%nid, "driver reported a connection from a peer on another net");
+            self.stats.protocol_errors += 1;
+            return;
+        }
+        let hiw = self.cfg.lanes[lane].credits_hiw;
+        let peer = self.peer_entry(nid, ni);
+        let old = peer.incarnation.replace(hello.incarnation);
+        peer.lanes[lane].conn = Conn::Up {
+            credits: LaneCredits::new(hello.credits, local, hiw),
+            peer_max_payload: hello.max_payload,
+        };
+        if let Some(old) = old.filter(|&o| o != hello.incarnation) {
+            self.events.push_back(Event::PeerRestarted {
+                peer: nid,
+                old,
+                new: hello.incarnation,
+            });
+            // Whatever the old incarnation was answering is gone with it.
+            self.fail_awaiting(nid, None, || OpError::PeerRestarted);
+        }
+        self.pump(nid, lane);
+    }
+
+    fn on_connect_failed(&mut self, nid: Nid, lane: Lane, error: LndError) {
+        let Some(peer) = self.peers.get_mut(&nid) else {
+            return;
+        };
+        let pl = &mut peer.lanes[lane];
+        if matches!(pl.conn, Conn::Up { .. }) {
+            return; // a losing duplicate attempt; the lane is up
+        }
+        pl.conn = Conn::Down;
+        let queued = std::mem::take(&mut pl.queue);
+        self.fail_queued(queued, &error);
+    }
+
+    fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {
+        let Some(peer) = self.peers.get_mut(&nid) else {
+            return;
+        };
+        let pl = &mut peer.lanes[lane];
+        pl.conn = Conn::Down;
+        // Answers owed to the peer die with the connection; its own deadlines cover it.
+        let before = pl.queue.len();
+        pl.queue.retain(|p| matches!(p, Pending::Op { .. }));
+        self.stats.responses_dropped += (before - pl.queue.len()) as u64;
+        // Requests on this connection cannot be answered any more.
+        self.fail_awaiting(nid, Some(lane), || error.clone().into());
+        // Queued requests wait for a new connection (within their deadlines).
+        self.pump(nid, lane);
+    }
+
+    fn fail_queued(&mut self, queued: impl IntoIterator<Item = Pending>, error: &LndError) {
+        for p in queued {
+            match p {
+                Pending::Op { id, seq } => {
+                    if self.ops.get(&id).is_some_and(|op| op.seq == seq) {
+                        self.complete(id, Err(error.clone().into()));
+                    }
+                }
+                Pending::Response { .. } => self.stats.responses_dropped += 1,
+            }
+        }
+    }
+
+    /// Completes ops to `nid` (on `lane`, or any lane) whose request went out and whose
+    /// answer is now impossible.
+    fn fail_awaiting(&mut self, nid: Nid, lane: Option<Lane>, error: impl Fn() -> OpError) {
+        let mut doomed: Vec<(u64, OpId)> = self
+            .awaiting
+            .iter()
+            .filter(|(_, id)| {
+                self.ops
+                    .get(id)
+                    .and_then(|op| op.route())
+                    .is_some_and(|(p, l)| p == nid && lane.is_none_or(|lane| lane == l))
+            })
+            .map(|(seq, id)| (*seq, *id))
+            .collect();
+        doomed.sort_unstable();
+        for (_, id) in doomed {
+            self.complete(id, Err(error()));
+        }
+    }
+
+    /// Closes a connection whose peer broke the protocol, and says so.
+    fn protocol_error(&mut self, ni: NiId, nid: Nid, lane: Lane, what: String) {
+        tracing::warn!(%nid, %lane, "protocol error: {what}");
+        self.stats.protocol_errors += 1;
+        self.events.push_back(Event::ProtocolError {
+            peer: nid,
+            lane,
+            error: what.clone(),
+        });
+        self.requests.push_back((
+            ni,
+            LndRequest::Close {
+                peer: nid,
+                lane,
+                error: LndError::new(LndErrorKind::Protocol, what),
+            },
+        ));
+    }
+
+    fn on_frame(&mut self, now: Time, ni: NiId, nid: Nid, lane: Lane, h: Header, payload: Bytes) {
+        self.stats.frames_received += 1;
+        let local = self.nis[ni.0].nid;
+        if h.src != nid || h.dst != local || h.lane != lane {
+            let what = format!(
+                "frame {} -> {} on the {} lane arrived on the {lane} connection from {nid} to {local}",
+                h.src, h.dst, h.lane
+            );
+            return self.protocol_error(ni, nid, lane, what);
+        }
+        if payload.len() != h.payload_len as usize {
+            let what = format!(
+                "driver delivered {} payload bytes for a header saying {}",
+                payload.len(),
+                h.payload_len
+            );
+            return self.protocol_error(ni, nid, lane, what);
+        }
+        let Some(Conn::Up { credits, .. }) =
+            self.peers.get_mut(&nid).map(|p| &mut p.lanes[lane].conn)
+        else {
+            let what = format!("frame from {nid} on the {lane} lane before its connection was up");
+            return self.protocol_error(ni, nid, lane, what);
+        };
+        let mut accounting = credits.on_returned(h.credits);
+        if accounting.is_ok() && h.frame_type().consumes_credit() {
+            accounting = credits.on_consumed();
+        }
+        if let Err(e) = accounting {
+            return self.protocol_error(ni, nid, lane, e.to_string());
+        }
+        match h.body {
+            Body::Put { portal, match_bits } => {
+                self.rx_put(nid, portal, match_bits, h.msg_id, payload)
+            }
+            Body::Get {
+                portal,
+                match_bits,
+                want_len,
+            } => self.rx_get(nid, portal, match_bits, want_len, h.msg_id),
+            Body::Ack { status, mlen } => {
+                self.rx_answer(now, nid, lane, h.msg_id, Answer::Ack(status, mlen))
+            }
+            Body::Reply { status } => {
+                self.rx_answer(now, nid, lane, h.msg_id, Answer::Reply(status, payload))
+            }
+            Body::Pong { .. } => self.rx_answer(now, nid, lane, h.msg_id, Answer::Pong),
+            Body::Ping { seq } => {
+                self.respond(nid, lane, Body::Pong { seq }, h.msg_id, Bytes::new())
+            }
+            Body::Credit => {}
+            Body::Hello { .. } => {
+                let what = "HELLO on an established connection".to_owned();
+                return self.protocol_error(ni, nid, lane, what);
+            }
+        }
+        // Queued frames may now have credits, and they carry what we owe; else a CREDIT.
+        self.pump(nid, lane);
+    }
+
+    fn respond(&mut self, nid: Nid, lane: Lane, body: Body, msg_id: u64, payload: Bytes) {
+        let p = Pending::Response {
+            body,
+            msg_id,
+            payload,
+        };
+        self.peers.get_mut(&nid).expect("peer is up").lanes[lane]
+            .queue
+            .push_back(p);
+    }
+
+    /// Refuses an incoming request; past the delivery budget, refusals are only counted.
+    fn refuse(&mut self, from: Nid, portal: u32, match_bits: u64, len: u32, reason: RejectReason) {
+        match reason {
+            RejectReason::NoMatch => self.stats.refused_no_match += 1,
+            RejectReason::Busy => self.stats.refused_busy += 1,
+        }
+        if reason == RejectReason::NoMatch && self.undelivered < self.cfg.max_undelivered {
+            self.undelivered += 1;
+            self.events.push_back(Event::Refused(Refused {
+                from,
+                portal,
+                match_bits,
+                len,
+                reason,
+            }));
+        }
+    }
+
+    /// The first entry of `portal` that takes a message from `from` with `match_bits`, for
+    /// which `fits` holds.
+    fn find_entry(
+        &self,
+        portal: u32,
+        from: Nid,
+        match_bits: u64,
+        fits: impl Fn(&EntryKind) -> bool,
+    ) -> Option<OpId> {
+        self.portals.get(&portal)?.iter().copied().find(|id| {
+            matches!(&self.ops[id].kind, OpKind::Entry(e) if e.matches(from, match_bits) && fits(&e.kind))
+        })
+    }
+
+    /// After a match: unlink a use-once entry.
+    fn matched(&mut self, entry: OpId) {
+        if matches!(&self.ops[&entry].kind, OpKind::Entry(e) if e.once) {
+            self.complete(entry, Ok(OpOutcome::Unlinked));
+        }
+    }
+
+    fn rx_put(&mut self, from: Nid, portal: u32, match_bits: u64, msg_id: u64, payload: Bytes) {
+        let len = payload.len() as u32;
+        let found = self.find_entry(
+            portal,
+            from,
+            match_bits,
+            |k| matches!(k, EntryKind::Sink { max_len } if *max_len >= len),
+        );
+        let status = match found {
+            _ if self.undelivered >= self.cfg.max_undelivered => {
+                self.refuse(from, portal, match_bits, len, RejectReason::Busy);
+                Status::Busy
+            }
+            None => {
+                self.refuse(from, portal, match_bits, len, RejectReason::NoMatch);
+                Status::NoMatch
+            }
+            Some(entry) => {
+                self.undelivered += 1;
+                self.events.push_back(Event::Delivered(Delivery {
+                    entry,
+                    from,
+                    portal,
+                    match_bits,
+                    payload,
+                }));
+                self.matched(entry);
+                Status::Ok
+            }
+        };
+        let mlen = if status == Status::Ok { len } else { 0 };
+        self.respond(
+            from,
+            Lane::Data,
+            Body::Ack { status, mlen },
+            msg_id,
+            Bytes::new(),
+        );
+    }
+
+    fn rx_get(&mut self, from: Nid, portal: u32, match_bits: u64, want_len: u32, msg_id: u64) {
+        let found = self.find_entry(portal, from, match_bits, |k| {
+            matches!(k, EntryKind::Source { .. })
+        });
+        let (status, data) = match found {
+            None => {
+                self.refuse(from, portal, match_bits, want_len, RejectReason::NoMatch);
+                (Status::NoMatch, Bytes::new())
+            }
+            Some(entry) => {
+                let OpKind::Entry(e) = &self.ops[&entry].kind else {
+                    unreachable!()
+                };
+                let EntryKind::Source { data } = &e.kind else {
+                    unreachable!()
+                };
+                let n = data.len().min(want_len as usize);
+                let data = data.slice(..n);
+                self.matched(entry);
+                (Status::Ok, data)
+            }
+        };
+        self.respond(from, Lane::Data, Body::Reply { status }, msg_id, data);
+    }
+
+    fn rx_answer(&mut self, now: Time, from: Nid, lane: Lane, msg_id: u64, answer: Answer) {
+        let Some(&id) = self.awaiting.get(&msg_id) else {
+            self.stats.late_responses += 1;
+            return;
+        };
+        let op = &self.ops[&id];
+        if op.route() != Some((from, lane)) || op.stage == Stage::Queued {
+            // Not what this message id was sent to: ignore rather than complete wrongly.
+            self.stats.late_responses += 1;
+            return;
+        }
+        let result = match (&op.kind, answer) {
+            (OpKind::Put(_), Answer::Ack(Status::Ok, mlen)) => Ok(OpOutcome::Put { mlen }),
+            (OpKind::Get(_), Answer::Reply(Status::Ok, data)) => Ok(OpOutcome::Get { data }),
+            (OpKind::Ping { sent_at, .. }, Answer::Pong) => Ok(OpOutcome::Pong {
+                rtt: now.saturating_since(*sent_at),
+            }),
+            (OpKind::Put(_), Answer::Ack(status, _))
+            | (OpKind::Get(_), Answer::Reply(status, _)) => Err(OpError::Rejected(match status {
+                Status::NoMatch => RejectReason::NoMatch,
+                _ => RejectReason::Busy,
+            })),
+            _ => {
+                self.stats.late_responses += 1;
+                return;
+            }
+        };
+        self.complete(id, result);
+    }
+}
+
+enum Answer {
+    Ack(Status, u32),
+    Reply(Status, Bytes),
+    Pong,
+}

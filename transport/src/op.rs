@@ -1,0 +1,253 @@
+//! Operations, their completions, and the events a node reports to its application.
+//!
+//! Every operation handed to a node ends in exactly one [`Completion`]: `Ok` with an
+//! [`OpOutcome`], or an [`OpError`] saying where it failed.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::lane::Lane;
+use crate::nid::Nid;
+
+/// Names one operation; chosen by the submitter, unique among its live operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op#{}", self.0)
+    }
+}
+
+/// Send `payload` to (`dst`, `portal`, `match_bits`); completes when the target ACKs.
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    pub dst: Nid,
+    pub portal: u32,
+    pub match_bits: u64,
+    pub payload: Bytes,
+    /// Time allowed from submission; the node's `op_timeout` when `None`.
+    pub timeout: Option<Duration>,
+}
+
+/// Fetch up to `want_len` bytes from (`dst`, `portal`, `match_bits`).
+#[derive(Debug, Clone)]
+pub struct GetRequest {
+    pub dst: Nid,
+    pub portal: u32,
+    pub match_bits: u64,
+    pub want_len: u32,
+    pub timeout: Option<Duration>,
+}
+
+/// Measure a round trip to `dst`: a PING answered by a PONG. On the health lane normally;
+/// on the data lane only to measure what the health lane saves.
+#[derive(Debug, Clone)]
+pub struct PingRequest {
+    pub dst: Nid,
+    pub lane: Lane,
+    pub timeout: Option<Duration>,
+}
+
+/// What an attached entry does with a matching message.
+#[derive(Debug, Clone)]
+pub enum EntryKind {
+    /// Accepts PUTs of up to `max_len` bytes.
+    Sink { max_len: u32 },
+    /// Answers GETs with (a prefix of) `data`.
+    Source { data: Bytes },
+}
+
+/// A posted receive buffer or GET source, matched LNet-style: an incoming message on
+/// `portal` matches when `(bits ^ match_bits) & !ignore_bits == 0`, the length fits and,
+/// if `source` is set, it comes from that NID. Entries of a portal are tried in the order
+/// they were attached. Completes (`Unlinked`) after its first match if `once`, otherwise
+/// only when cancelled.
+#[derive(Debug, Clone)]
+pub struct MatchEntry {
+    pub portal: u32,
+    pub match_bits: u64,
+    pub ignore_bits: u64,
+    pub source: Option<Nid>,
+    pub kind: EntryKind,
+    pub once: bool,
+}
+
+impl MatchEntry {
+    pub fn sink(portal: u32, match_bits: u64, max_len: u32) -> Self {
+        MatchEntry {
+            portal,
+            match_bits,
+            ignore_bits: 0,
+            source: None,
+            kind: EntryKind::Sink { max_len },
+            once: false,
+        }
+    }
+
+    pub fn source(portal: u32, match_bits: u64, data: Bytes) -> Self {
+        MatchEntry {
+            portal,
+            match_bits,
+            ignore_bits: 0,
+            source: None,
+            kind: EntryKind::Source { data },
+            once: false,
+        }
+    }
+
+    pub fn once(mut self) -> Self {
+        self.once = true;
+        self
+    }
+
+    pub fn matches(&self, from: Nid, match_bits: u64) -> bool {
+        (match_bits ^ self.match_bits) & !self.ignore_bits == 0
+            && self.source.is_none_or(|s| s == from)
+    }
+}
+
+/// What a successful operation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpOutcome {
+    /// The target accepted `mlen` bytes.
+    Put {
+        mlen: u32,
+    },
+    Get {
+        data: Bytes,
+    },
+    /// Round trip from submitting the PING to receiving the PONG.
+    Pong {
+        rtt: Duration,
+    },
+    /// An entry was unlinked: after its single match, or never matched and cancelled is an
+    /// error (`Cancelled`) instead.
+    Unlinked,
+}
+
+/// Why the target refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    NoMatch,
+    Busy,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RejectReason::NoMatch => "no posted entry matched",
+            RejectReason::Busy => "the receiver has too many undelivered messages",
+        })
+    }
+}
+
+/// Where a failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePlace {
+    Local,
+    Network,
+    Remote,
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("local timeout: still queued on this node (waiting for credits) at its deadline")]
+    LocalTimeout,
+    #[error("network timeout: not delivered to the network (no connection, or the driver did not finish sending) by its deadline")]
+    NetworkTimeout,
+    #[error("remote timeout: sent, but no answer from the peer by its deadline")]
+    RemoteTimeout,
+    #[error("peer is dead")]
+    PeerDead,
+    #[error("peer restarted (new incarnation); the operation was lost with the old one")]
+    PeerRestarted,
+    #[error("no route to {0}")]
+    NoRoute(Nid),
+    #[error("rejected by the peer: {0}")]
+    Rejected(RejectReason),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("local error: {0}")]
+    Local(String),
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("remote error: {0}")]
+    Remote(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl OpError {
+    /// Where the failure happened (`None` for cancellation).
+    pub fn place(&self) -> Option<FailurePlace> {
+        use OpError::*;
+        match self {
+            LocalTimeout | NoRoute(_) | Local(_) | Invalid(_) => Some(FailurePlace::Local),
+            NetworkTimeout | Network(_) => Some(FailurePlace::Network),
+            RemoteTimeout | PeerDead | PeerRestarted | Rejected(_) | Remote(_) => {
+                Some(FailurePlace::Remote)
+            }
+            Cancelled => None,
+        }
+    }
+}
+
+/// The one completion of an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub op: OpId,
+    pub result: Result<OpOutcome, OpError>,
+}
+
+/// A PUT that landed in an attached entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub entry: OpId,
+    pub from: Nid,
+    pub portal: u32,
+    pub match_bits: u64,
+    pub payload: Bytes,
+}
+
+/// An incoming message that was refused (the sender got the reason too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub from: Nid,
+    pub portal: u32,
+    pub match_bits: u64,
+    pub len: u32,
+    pub reason: RejectReason,
+}
+
+/// What a node reports to its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Completed(Completion),
+    Delivered(Delivery),
+    /// An incoming PUT or GET matched nothing. Counted against `max_undelivered`; past it,
+    /// refusals are only counted in the node's statistics.
+    Refused(Refused),
+    /// A peer came back with a new incarnation.
+    PeerRestarted {
+        peer: Nid,
+        old: u64,
+        new: u64,
+    },
+    /// A connection was closed because the peer broke the protocol.
+    ProtocolError {
+        peer: Nid,
+        lane: Lane,
+        error: String,
+    },
+}
+
+impl Event {
+    /// Whether this event counts against the node's `max_undelivered` budget.
+    pub fn is_delivery(&self) -> bool {
+        matches!(self, Event::Delivered(_) | Event::Refused(_))
+    }
+}
