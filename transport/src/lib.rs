@@ -14,16 +14,22 @@
 
 pub mod config;
 pub mod credits;
+pub mod driver;
+pub mod endpoint;
 pub mod handshake;
 pub mod lane;
 pub mod lnd;
+pub mod mem;
 pub mod nid;
 pub mod node;
 pub mod op;
+pub mod rng;
+pub mod sim;
 pub mod time;
 pub mod wire;
 
 pub use config::NodeConfig;
+pub use endpoint::{Endpoint, EndpointBuilder};
 pub use lane::Lane;
 pub use nid::{Net, Nid};
 pub use node::Node;

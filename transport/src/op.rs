@@ -32,6 +32,19 @@ pub struct PutRequest {
     pub timeout: Option<Duration>,
 }
 
+impl PutRequest {
+    /// Checks what can be checked before sending; the error says what is wrong.
+    pub fn validate(&self, max_payload: u32) -> Result<(), String> {
+        if self.payload.len() > max_payload as usize {
+            return Err(format!(
+                "payload of {} bytes exceeds max_payload ({max_payload})",
+                self.payload.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Fetch up to `want_len` bytes from (`dst`, `portal`, `match_bits`).
 #[derive(Debug, Clone)]
 pub struct GetRequest {
@@ -40,6 +53,18 @@ pub struct GetRequest {
     pub match_bits: u64,
     pub want_len: u32,
     pub timeout: Option<Duration>,
+}
+
+impl GetRequest {
+    pub fn validate(&self, max_payload: u32) -> Result<(), String> {
+        if self.want_len > max_payload {
+            return Err(format!(
+                "want_len of {} bytes exceeds max_payload ({max_payload})",
+                self.want_len
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Measure a round trip to `dst`: a PING answered by a PONG. On the health lane normally;

@@ -243,24 +243,13 @@ impl Node {
     // ---- application inputs -------------------------------------------------------------
 
     pub fn put(&mut self, now: Time, id: OpId, req: PutRequest) -> Result<(), SubmitError> {
-        let check = (req.payload.len() > self.cfg.max_payload as usize).then(|| {
-            format!(
-                "payload of {} bytes exceeds max_payload ({})",
-                req.payload.len(),
-                self.cfg.max_payload
-            )
-        });
+        let check = req.validate(self.cfg.max_payload).err();
         let timeout = req.timeout;
         self.submit(now, id, OpKind::Put(req), timeout, check)
     }
 
     pub fn get(&mut self, now: Time, id: OpId, req: GetRequest) -> Result<(), SubmitError> {
-        let check = (req.want_len > self.cfg.max_payload).then(|| {
-            format!(
-                "want_len of {} bytes exceeds max_payload ({})",
-                req.want_len, self.cfg.max_payload
-            )
-        });
+        let check = req.validate(self.cfg.max_payload).err();
         let timeout = req.timeout;
         self.submit(now, id, OpKind::Get(req), timeout, check)
     }
@@ -306,11 +295,17 @@ impl Node {
     /// Completes every live operation with `Cancelled` (in submission order); later
     /// submissions are cancelled at once.
     pub fn shutdown(&mut self) {
+        self.abort(OpError::Cancelled);
+    }
+
+    /// Like [`Node::shutdown`], completing everything live with `error` instead (e.g. when a
+    /// driver failed for good).
+    pub fn abort(&mut self, error: OpError) {
         self.shut_down = true;
         let mut live: Vec<(u64, OpId)> = self.ops.iter().map(|(id, op)| (op.seq, *id)).collect();
         live.sort_unstable();
         for (_, id) in live {
-            self.complete(id, Err(OpError::Cancelled));
+            self.complete(id, Err(error.clone()));
         }
         for peer in self.peers.values_mut() {
             for lane in Lane::ALL {

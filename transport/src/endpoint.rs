@@ -1,0 +1,411 @@
+//! The endpoint: the API a server links against.
+//!
+//! An endpoint owns a [`Node`](crate::node::Node) and its LNDs on one driver thread. Any
+//! number of threads submit through cloned handles (commands travel on a bounded crossbeam
+//! channel, so a flood of submissions blocks its submitters rather than growing memory) and
+//! receive events from a channel or a callback. Every operation submitted ends in exactly one
+//! [`Event::Completed`], including at shutdown (`Cancelled`).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use lanet::mem::{MemFabric, MemLnd, MemLndConfig};
+//! use lanet::op::{MatchEntry, PutRequest};
+//! use lanet::time::MonotonicClock;
+//! use lanet::{Endpoint, Event, Nid, NodeConfig, OpOutcome};
+//!
+//! let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
+//! let start = |n: u32| {
+//!     let cfg = NodeConfig::new(n.into());
+//!     let lnd = MemLnd::new(&fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
+//!     Endpoint::builder(cfg).lnd(lnd).start().unwrap()
+//! };
+//! let (a, b) = (start(1), start(2));
+//! b.attach(MatchEntry::sink(4, 0x10, 1024)).unwrap();
+//! let put = PutRequest {
+//!     dst: Nid::mem(2, 0), portal: 4, match_bits: 0x10,
+//!     payload: Bytes::from_static(b"hello"), timeout: None,
+//! };
+//! let op = a.put(put).unwrap();
+//! match a.recv_event(None) {
+//!     Some(Event::Completed(c)) => assert_eq!((c.op, c.result), (op, Ok(OpOutcome::Put { mlen: 5 }))),
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::config::NodeConfig;
+use crate::driver::Driver;
+use crate::lnd::{Lnd, Wake};
+use crate::nid::Nid;
+use crate::node::NodeStats;
+use crate::op::{Event, GetRequest, MatchEntry, OpError, OpId, PingRequest, PutRequest};
+use crate::time::{Clock, MonotonicClock};
+
+/// Why the endpoint did not take a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the endpoint is shut down")]
+    ShutDown,
+    #[error("the endpoint could not start: {0}")]
+    Start(String),
+    /// Only from the driver thread itself (an event callback): it cannot wait for itself.
+    #[error("the command queue is full; submit from another thread or raise command_capacity")]
+    Busy,
+}
+
+enum Command {
+    Put(OpId, PutRequest),
+    Get(OpId, GetRequest),
+    Ping(OpId, PingRequest),
+    Attach(OpId, MatchEntry),
+    Cancel(OpId),
+    Stats(Sender<NodeStats>),
+    Shutdown,
+}
+
+type Callback = Box<dyn FnMut(Event) + Send>;
+
+/// Configures and starts an [`Endpoint`].
+pub struct EndpointBuilder {
+    cfg: NodeConfig,
+    lnds: Vec<Box<dyn Lnd>>,
+    clock: Arc<dyn Clock>,
+    callback: Option<Callback>,
+    command_capacity: usize,
+}
+
+impl EndpointBuilder {
+    /// Adds an NI, served by `lnd`. One per net.
+    pub fn lnd(mut self, lnd: impl Lnd + 'static) -> Self {
+        self.lnds.push(Box::new(lnd));
+        self
+    }
+
+    /// The clock the driver thread reads (the monotonic clock by default).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Hands events to `f` on the driver thread instead of the event channel. `f` must be
+    /// quick and must not panic: the driver waits for it.
+    pub fn on_event(mut self, f: impl FnMut(Event) + Send + 'static) -> Self {
+        self.callback = Some(Box::new(f));
+        self
+    }
+
+    /// Submissions that may wait for the driver thread before submitters block.
+    pub fn command_capacity(mut self, n: usize) -> Self {
+        self.command_capacity = n.max(1);
+        self
+    }
+
+    pub fn start(self) -> Result<Endpoint, EndpointError> {
+        let cfg = self.cfg.clone();
+        let driver =
+            Driver::new(self.cfg, self.lnds).map_err(|e| EndpointError::Start(e.to_string()))?;
+        let nids: Vec<Nid> = driver.node().nids().collect();
+        let wakers = driver.wakers();
+        let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(self.command_capacity);
+        let consumed = Arc::new(AtomicUsize::new(0));
+        let (sink, events) = match self.callback {
+            Some(cb) => (Sink::Callback(cb), None),
+            None => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                (Sink::Channel(tx), Some(rx))
+            }
+        };
+        let driver_thread = DriverThread {
+            driver,
+            clock: self.clock,
+            commands: cmd_rx,
+            sink,
+            consumed: consumed.clone(),
+        };
+        let name = format!("lanet-{}", nids[0]);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || driver_thread.run())
+            .map_err(|e| EndpointError::Start(format!("cannot spawn the driver thread: {e}")))?;
+        Ok(Endpoint {
+            inner: Arc::new(Inner {
+                commands: cmd_tx,
+                driver_thread: thread.thread().id(),
+                wakers,
+                next_op: AtomicU64::new(1),
+                nids,
+                cfg,
+                events,
+                consumed,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    commands: Sender<Command>,
+    driver_thread: std::thread::ThreadId,
+    wakers: Vec<Arc<dyn Wake>>,
+    next_op: AtomicU64,
+    nids: Vec<Nid>,
+    cfg: NodeConfig,
+    events: Option<Receiver<Event>>,
+    consumed: Arc<AtomicUsize>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn on_driver_thread(&self) -> bool {
+        std::thread::current().id() == self.driver_thread
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), EndpointError> {
+        if self.on_driver_thread() {
+            self.commands.try_send(cmd).map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => EndpointError::Busy,
+                crossbeam_channel::TrySendError::Disconnected(_) => EndpointError::ShutDown,
+            })?;
+        } else {
+            self.commands
+                .send(cmd)
+                .map_err(|_| EndpointError::ShutDown)?;
+        }
+        // Even from the driver thread: the wake makes its next poll return at once.
+        for w in &self.wakers {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = self.send(Command::Shutdown);
+            if self.on_driver_thread() {
+                return; // called from a callback: the thread stops after it returns
+            }
+            if handle.join().is_err() {
+                tracing::error!("the lanet driver thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A handle on a running endpoint. Clones share it; it shuts down when the last goes.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+impl Endpoint {
+    pub fn builder(cfg: NodeConfig) -> EndpointBuilder {
+        EndpointBuilder {
+            cfg,
+            lnds: Vec::new(),
+            clock: Arc::new(MonotonicClock::new()),
+            callback: None,
+            command_capacity: 65_536,
+        }
+    }
+
+    /// This endpoint's NIDs, one per NI.
+    pub fn nids(&self) -> &[Nid] {
+        &self.inner.nids
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
+    }
+
+    fn next_id(&self) -> OpId {
+        OpId(self.inner.next_op.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn submit(&self, make: impl FnOnce(OpId) -> Command) -> Result<OpId, EndpointError> {
+        let id = self.next_id();
+        self.inner.send(make(id))?;
+        Ok(id)
+    }
+
+    /// Sends a PUT; its completion comes as an event.
+    pub fn put(&self, req: PutRequest) -> Result<OpId, EndpointError> {
+        req.validate(self.inner.cfg.max_payload)
+            .map_err(EndpointError::Invalid)?;
+        self.submit(|id| Command::Put(id, req))
+    }
+
+    pub fn get(&self, req: GetRequest) -> Result<OpId, EndpointError> {
+        req.validate(self.inner.cfg.max_payload)
+            .map_err(EndpointError::Invalid)?;
+        self.submit(|id| Command::Get(id, req))
+    }
+
+    pub fn ping(&self, req: PingRequest) -> Result<OpId, EndpointError> {
+        self.submit(|id| Command::Ping(id, req))
+    }
+
+    /// Posts a receive buffer or GET source. It completes when unlinked.
+    pub fn attach(&self, entry: MatchEntry) -> Result<OpId, EndpointError> {
+        self.submit(|id| Command::Attach(id, entry))
+    }
+
+    /// Cancels an operation or unlinks an entry (no-op if it already completed).
+    pub fn cancel(&self, op: OpId) -> Result<(), EndpointError> {
+        self.inner.send(Command::Cancel(op))
+    }
+
+    /// The node's counters, fetched from the driver thread.
+    pub fn stats(&self) -> Result<NodeStats, EndpointError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.send(Command::Stats(tx))?;
+        rx.recv().map_err(|_| EndpointError::ShutDown)
+    }
+
+    fn taken(&self, e: Event) -> Event {
+        if e.is_delivery() {
+            self.inner.consumed.fetch_add(1, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// The next event, waiting up to `timeout` (`None`: until one comes). `None` on timeout,
+    /// once the endpoint is shut down and drained, or in callback mode.
+    pub fn recv_event(&self, timeout: Option<Duration>) -> Option<Event> {
+        let rx = self.inner.events.as_ref()?;
+        let e = match timeout {
+            None => rx.recv().ok(),
+            Some(t) => rx.recv_timeout(t).ok(),
+        };
+        e.map(|e| self.taken(e))
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv_event(&self) -> Option<Event> {
+        let rx = self.inner.events.as_ref()?;
+        match rx.try_recv() {
+            Ok(e) => Some(self.taken(e)),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// Stops the endpoint: every live operation completes `Cancelled` (the events stay
+    /// readable), the driver thread exits and the LNDs close. Later submissions fail with
+    /// `ShutDown`. Idempotent; also done when the last handle is dropped.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+enum Sink {
+    Channel(Sender<Event>),
+    Callback(Callback),
+}
+
+struct DriverThread {
+    driver: Driver,
+    clock: Arc<dyn Clock>,
+    commands: Receiver<Command>,
+    sink: Sink,
+    consumed: Arc<AtomicUsize>,
+}
+
+impl DriverThread {
+    fn run(mut self) {
+        let mut stopping = false;
+        loop {
+            let now = self.clock.now();
+            let node = self.driver.node_mut();
+            loop {
+                let cmd = match self.commands.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                };
+                // Op ids come from the endpoint's counter: never a duplicate.
+                let submitted = match cmd {
+                    Command::Put(id, r) => node.put(now, id, r),
+                    Command::Get(id, r) => node.get(now, id, r),
+                    Command::Ping(id, r) => node.ping(now, id, r),
+                    Command::Attach(id, e) => node.attach(id, e),
+                    Command::Cancel(id) => {
+                        node.cancel(id);
+                        Ok(())
+                    }
+                    Command::Stats(reply) => {
+                        let _ = reply.send(node.stats().clone());
+                        Ok(())
+                    }
+                    Command::Shutdown => {
+                        stopping = true;
+                        Ok(())
+                    }
+                };
+                debug_assert!(submitted.is_ok(), "{submitted:?}");
+            }
+            node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
+            node.handle_timeout(now);
+            if stopping {
+                node.shutdown();
+            }
+            self.driver.flush();
+            self.deliver_events();
+            if stopping {
+                return;
+            }
+            let timeout = self
+                .driver
+                .node_mut()
+                .poll_timeout()
+                .map(|t| t.saturating_since(self.clock.now()));
+            if let Err((ni, e)) = self.driver.poll(&*self.clock, timeout) {
+                tracing::error!(ni = ni.0, "LND failed, stopping the endpoint: {e}");
+                let node = self.driver.node_mut();
+                node.abort(OpError::Local(format!("the LND failed: {e}")));
+                self.deliver_events();
+                return;
+            }
+        }
+    }
+
+    fn deliver_events(&mut self) {
+        let node = self.driver.node_mut();
+        while let Some(e) = node.poll_event() {
+            match &mut self.sink {
+                Sink::Channel(tx) => {
+                    // The receiver lives as long as any endpoint handle; if none is left,
+                    // nobody can observe the event.
+                    let _ = tx.send(e);
+                }
+                Sink::Callback(f) => {
+                    let delivery = e.is_delivery();
+                    f(e);
+                    if delivery {
+                        node.deliveries_consumed(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

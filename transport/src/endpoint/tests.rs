@@ -1,0 +1,202 @@
+//! Endpoints on real threads and the real clock, over the in-memory LND.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
+use crate::op::{Completion, OpOutcome};
+use crate::time::MonotonicClock;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+fn fabric() -> MemFabric {
+    MemFabric::new(Arc::new(MonotonicClock::new()), 7)
+}
+
+fn endpoint(fabric: &MemFabric, n: u32) -> Endpoint {
+    let cfg = NodeConfig::new(u64::from(n));
+    let lnd = MemLnd::new(fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    Endpoint::builder(cfg).lnd(lnd).start().unwrap()
+}
+
+fn put(dst: u32, payload: Bytes) -> PutRequest {
+    PutRequest {
+        dst: Nid::mem(dst, 0),
+        portal: 4,
+        match_bits: 1,
+        payload,
+        timeout: None,
+    }
+}
+
+/// Waits for the completion of each op in `ops` (other events are returned aside).
+fn wait_all(ep: &Endpoint, ops: &[OpId]) -> (HashMap<OpId, Completion>, Vec<Event>) {
+    let mut done = HashMap::new();
+    let mut other = Vec::new();
+    while ops.iter().any(|op| !done.contains_key(op)) {
+        match ep.recv_event(WAIT).expect("an event within 10 s") {
+            Event::Completed(c) => {
+                assert!(
+                    done.insert(c.op, c.clone()).is_none(),
+                    "{} completed twice",
+                    c.op
+                );
+            }
+            e => other.push(e),
+        }
+    }
+    (done, other)
+}
+
+#[test]
+fn endpoints_exchange_puts_and_gets_across_threads() {
+    let f = fabric();
+    let (a, b) = (endpoint(&f, 1), endpoint(&f, 2));
+    assert_eq!(a.nids(), &[Nid::mem(1, 0)]);
+    let data: Bytes = (0..1_000_000u32)
+        .map(|i| i as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    b.attach(MatchEntry::sink(4, 1, 2_000_000)).unwrap();
+    b.attach(MatchEntry::source(5, 1, data.clone())).unwrap();
+    let p = a.put(put(2, data.clone())).unwrap();
+    let g = a
+        .get(GetRequest {
+            dst: Nid::mem(2, 0),
+            portal: 5,
+            match_bits: 1,
+            want_len: 2_000_000,
+            timeout: None,
+        })
+        .unwrap();
+    let (done, _) = wait_all(&a, &[p, g]);
+    assert_eq!(done[&p].result, Ok(OpOutcome::Put { mlen: 1_000_000 }));
+    assert_eq!(done[&g].result, Ok(OpOutcome::Get { data: data.clone() }));
+    match b.recv_event(WAIT) {
+        Some(Event::Delivered(d)) => assert_eq!((d.from, d.payload), (Nid::mem(1, 0), data)),
+        other => panic!("{other:?}"),
+    }
+    assert!(a.stats().unwrap().frames_sent >= 2);
+}
+
+#[test]
+fn many_submitting_threads_each_get_every_completion_exactly_once() {
+    let f = fabric();
+    let (a, b) = (endpoint(&f, 1), endpoint(&f, 2));
+    b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                (0..500)
+                    .map(|i| a.put(put(2, Bytes::from(format!("{t}:{i}")))).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let ops: Vec<OpId> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let (done, _) = wait_all(&a, &ops);
+    assert_eq!(done.len(), 2000);
+    assert!(done
+        .values()
+        .all(|c| matches!(c.result, Ok(OpOutcome::Put { .. }))));
+    // And the receiver got every one of them.
+    let mut got = 0;
+    while got < 2000 {
+        if let Some(Event::Delivered(_)) = b.recv_event(WAIT) {
+            got += 1;
+        }
+    }
+}
+
+#[test]
+fn shutdown_cancels_everything_live_and_refuses_new_work() {
+    let f = fabric();
+    let (a, _b) = (endpoint(&f, 1), endpoint(&f, 2));
+    f.set_link(
+        Nid::mem(1, 0),
+        Nid::mem(2, 0),
+        LinkFaults {
+            cut: true,
+            ..LinkFaults::default()
+        },
+    );
+    let entry = a.attach(MatchEntry::sink(1, 0, 10)).unwrap();
+    let stuck = a.put(put(2, Bytes::from_static(b"into the void"))).unwrap();
+    a.shutdown();
+    let (done, _) = wait_all(&a, &[entry, stuck]);
+    assert!(done.values().all(|c| c.result == Err(OpError::Cancelled)));
+    assert_eq!(a.put(put(2, Bytes::new())), Err(EndpointError::ShutDown));
+    assert!(a.recv_event(Some(Duration::from_millis(10))).is_none());
+    a.shutdown(); // idempotent
+}
+
+#[test]
+fn bad_requests_are_refused_before_submission() {
+    let f = fabric();
+    let a = endpoint(&f, 1);
+    let too_big = Bytes::from(vec![0; a.config().max_payload as usize + 1]);
+    assert!(
+        matches!(a.put(put(2, too_big)), Err(EndpointError::Invalid(m)) if m.contains("max_payload"))
+    );
+    // Errors that need the network come as completions.
+    let op = a
+        .put(PutRequest {
+            dst: "10.0.0.1@tcp".parse().unwrap(),
+            ..put(2, Bytes::new())
+        })
+        .unwrap();
+    let (done, _) = wait_all(&a, &[op]);
+    assert!(matches!(done[&op].result, Err(OpError::NoRoute(_))));
+}
+
+#[test]
+fn a_callback_receives_events_and_may_submit_from_inside() {
+    let f = fabric();
+    let b = endpoint(&f, 2);
+    b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
+    let inner_slot = slot.clone();
+    let a = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(move |e| {
+            // Answer the first completion with a second PUT, from the driver thread.
+            if let Event::Completed(c) = &e {
+                if c.op == OpId(1) {
+                    let ep = inner_slot.lock().unwrap().clone().unwrap();
+                    ep.put(put(2, Bytes::from_static(b"second"))).unwrap();
+                }
+            }
+            tx.send(e).unwrap();
+        })
+        .start()
+        .unwrap();
+    *slot.lock().unwrap() = Some(a.clone());
+    a.put(put(2, Bytes::from_static(b"first"))).unwrap();
+    let mut completed = Vec::new();
+    while completed.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Event::Completed(c)) => completed.push((c.op, c.result)),
+            Ok(_) => {}
+            Err(e) => panic!("no completion within 10 s: {e}"),
+        }
+    }
+    assert_eq!(completed[0], (OpId(1), Ok(OpOutcome::Put { mlen: 5 })));
+    assert_eq!(completed[1], (OpId(2), Ok(OpOutcome::Put { mlen: 6 })));
+    assert!(
+        a.recv_event(Some(Duration::ZERO)).is_none(),
+        "callback mode has no channel"
+    );
+    slot.lock().unwrap().take();
+    a.shutdown();
+}

@@ -1,0 +1,321 @@
+//! The in-memory LND against the driver contract, driven by hand on a virtual clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::lnd::TxToken;
+use crate::time::{Clock, MonotonicClock, Time, VirtualClock};
+use crate::wire::{encode_header, Body, Header};
+
+const US: Duration = Duration::from_micros(1);
+
+fn cfg(inc: u64) -> MemLndConfig {
+    MemLndConfig {
+        incarnation: inc,
+        credits: PerLane::new(4, 8),
+        max_payload: 1 << 16,
+    }
+}
+
+fn setup() -> (VirtualClock, MemFabric, MemLnd, MemLnd) {
+    let clock = VirtualClock::new();
+    let fabric = MemFabric::new(Arc::new(clock.clone()), 3);
+    fabric.set_default_link(LinkFaults {
+        delay: 10 * US,
+        ..LinkFaults::default()
+    });
+    let a = MemLnd::new(&fabric, Nid::mem(1, 0), cfg(11)).unwrap();
+    let b = MemLnd::new(&fabric, Nid::mem(2, 0), cfg(22)).unwrap();
+    (clock, fabric, a, b)
+}
+
+fn poll(lnd: &mut MemLnd) -> Vec<LndEvent> {
+    let mut v = Vec::new();
+    lnd.poll(&mut v, Some(Duration::ZERO)).unwrap();
+    v
+}
+
+/// Advances the clock step by step, polling both sides, until neither has anything more.
+fn exchange(
+    clock: &VirtualClock,
+    fabric: &MemFabric,
+    a: &mut MemLnd,
+    b: &mut MemLnd,
+) -> (Vec<LndEvent>, Vec<LndEvent>) {
+    let (mut ea, mut eb) = (poll(a), poll(b));
+    while let Some(t) = fabric.next_arrival() {
+        clock.advance_to(t);
+        ea.extend(poll(a));
+        eb.extend(poll(b));
+    }
+    (ea, eb)
+}
+
+fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
+    let h = Header {
+        lane: Lane::Data,
+        credits: 0,
+        src: Nid::mem(from, 0),
+        dst: Nid::mem(to, 0),
+        src_incarnation: 11,
+        msg_id: seq,
+        payload_len: 3,
+        body: Body::Put {
+            portal: 1,
+            match_bits: 2,
+        },
+    };
+    Transmit {
+        peer: Nid::mem(to, 0),
+        lane: Lane::Data,
+        header: encode_header(&h),
+        payload: Bytes::from_static(b"abc"),
+        token: TxToken(seq),
+    }
+}
+
+fn ping_frame(from: u32, to: u32, seq: u64) -> Transmit {
+    let mut tx = data_frame(from, to, seq);
+    let h = Header {
+        lane: Lane::Health,
+        credits: 0,
+        src: Nid::mem(from, 0),
+        dst: Nid::mem(to, 0),
+        src_incarnation: 1,
+        msg_id: seq,
+        payload_len: 0,
+        body: Body::Ping { seq },
+    };
+    tx.lane = Lane::Health;
+    tx.header = encode_header(&h);
+    tx.payload = Bytes::new();
+    tx
+}
+
+fn connected_count(events: &[LndEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, LndEvent::Connected { .. }))
+        .count()
+}
+
+#[test]
+fn handshake_reports_each_side_with_the_others_hello() {
+    let (clock, fabric, mut a, mut b) = setup();
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    match &ea[..] {
+        [LndEvent::Connected {
+            peer,
+            lane: Lane::Data,
+            hello,
+            local_credits: 8,
+        }] => {
+            assert_eq!(
+                (*peer, hello.incarnation, hello.credits),
+                (Nid::mem(2, 0), 22, 8)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&eb[..], [LndEvent::Connected { peer, .. }] if *peer == Nid::mem(1, 0)));
+    assert_eq!(clock.now(), Time(20_000), "one round trip of 10 us delays");
+}
+
+#[test]
+fn simultaneous_connects_make_one_connection_and_answer_both_requests() {
+    let (clock, fabric, mut a, mut b) = setup();
+    a.connect(Nid::mem(2, 0), Lane::Health);
+    b.connect(Nid::mem(1, 0), Lane::Health);
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert_eq!(
+        (connected_count(&ea), connected_count(&eb)),
+        (1, 1),
+        "{ea:?} {eb:?}"
+    );
+    // It is one connection, and frames cross it both ways.
+    a.post(ping_frame(1, 2, 1));
+    b.post(ping_frame(2, 1, 2));
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    let received = |ev: &[LndEvent]| -> Vec<(Nid, u64)> {
+        ev.iter()
+            .filter_map(|e| match e {
+                LndEvent::Received { peer, header, .. } => Some((*peer, header.msg_id)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(received(&ea), vec![(Nid::mem(2, 0), 2)]);
+    assert_eq!(received(&eb), vec![(Nid::mem(1, 0), 1)]);
+}
+
+#[test]
+fn frames_arrive_in_order_despite_jitter_and_every_post_completes_once() {
+    let (clock, fabric, mut a, mut b) = setup();
+    fabric.set_default_link(LinkFaults {
+        delay: 10 * US,
+        jitter: 50 * US,
+        ..LinkFaults::default()
+    });
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    exchange(&clock, &fabric, &mut a, &mut b);
+    for seq in 0..200 {
+        a.post(data_frame(1, 2, seq));
+    }
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    let tokens: Vec<u64> = ea
+        .iter()
+        .map(|e| match e {
+            LndEvent::SendComplete {
+                token,
+                result: Ok(()),
+            } => token.0,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(tokens, (0..200).collect::<Vec<_>>());
+    let ids: Vec<u64> = eb
+        .iter()
+        .map(|e| match e {
+            LndEvent::Received {
+                header, payload, ..
+            } => {
+                assert_eq!(&payload[..], b"abc");
+                header.msg_id
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, (0..200).collect::<Vec<_>>(), "FIFO per connection");
+}
+
+#[test]
+fn loss_drops_about_the_configured_share_silently() {
+    let (clock, fabric, mut a, mut b) = setup();
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    exchange(&clock, &fabric, &mut a, &mut b);
+    fabric.set_link(
+        Nid::mem(1, 0),
+        Nid::mem(2, 0),
+        LinkFaults {
+            loss: 0.25,
+            ..LinkFaults::default()
+        },
+    );
+    for seq in 0..4000 {
+        a.post(data_frame(1, 2, seq));
+    }
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert_eq!(
+        ea.len(),
+        4000,
+        "the sender cannot tell: every send completes Ok"
+    );
+    let lost = 4000 - eb.len();
+    assert!((800..1200).contains(&lost), "lost {lost} of 4000 at 25%");
+    assert_eq!(fabric.stats().lost, lost as u64);
+}
+
+#[test]
+fn connecting_to_nobody_is_refused_and_to_a_cut_link_times_out() {
+    let (clock, fabric, mut a, mut b) = setup();
+    a.connect(Nid::mem(9, 0), Lane::Data);
+    let (ea, _) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(
+        matches!(&ea[..], [LndEvent::ConnectFailed { error, .. }] if error.kind == LndErrorKind::Refused)
+    );
+    fabric.set_cut(Nid::mem(1, 0), Nid::mem(2, 0), true);
+    fabric.set_connect_timeout(Duration::from_millis(3));
+    let t0 = clock.now();
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(
+        matches!(&ea[..], [LndEvent::ConnectFailed { error, .. }] if error.kind == LndErrorKind::TimedOut)
+    );
+    assert!(eb.is_empty());
+    assert_eq!(clock.now() - t0, Duration::from_millis(3));
+}
+
+#[test]
+fn a_dead_peer_resets_connections_after_what_it_already_sent() {
+    let (clock, fabric, mut a, mut b) = setup();
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    exchange(&clock, &fabric, &mut a, &mut b);
+    b.post(data_frame(2, 1, 5));
+    drop(b);
+    let mut events = Vec::new();
+    while let Some(t) = fabric.next_arrival() {
+        clock.advance_to(t);
+        events.extend(poll(&mut a));
+    }
+    assert!(matches!(&events[0], LndEvent::Received { header, .. } if header.msg_id == 5));
+    assert!(
+        matches!(&events[1], LndEvent::Disconnected { error, .. } if error.kind == LndErrorKind::Reset)
+    );
+    assert_eq!(events.len(), 2);
+    // Posting to a peer that is gone completes with an error, not silence.
+    a.post(data_frame(1, 2, 6));
+    assert!(matches!(
+        &poll(&mut a)[..],
+        [LndEvent::SendComplete { result: Err(_), .. }]
+    ));
+}
+
+#[test]
+fn garbage_on_a_connection_closes_it_as_a_protocol_error() {
+    let (clock, fabric, mut a, mut b) = setup();
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    exchange(&clock, &fabric, &mut a, &mut b);
+    let mut bad = data_frame(1, 2, 1);
+    bad.header[0] ^= 0xff; // bad magic
+    a.post(bad);
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(
+        matches!(&eb[..], [LndEvent::Disconnected { error, .. }] if error.kind == LndErrorKind::Protocol),
+        "{eb:?}"
+    );
+    assert!(
+        ea.iter()
+            .any(|e| matches!(e, LndEvent::Disconnected { .. })),
+        "{ea:?}"
+    );
+}
+
+#[test]
+fn attaching_twice_or_off_a_mem_net_is_refused() {
+    let (_, fabric, _a, _b) = setup();
+    assert!(MemLnd::new(&fabric, Nid::mem(1, 0), cfg(1)).is_err());
+    assert!(MemLnd::new(&fabric, "10.0.0.1@tcp".parse().unwrap(), cfg(1)).is_err());
+}
+
+#[test]
+fn a_blocking_poll_on_the_real_clock_waits_for_frames_and_wakes_on_demand() {
+    let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
+    fabric.set_default_link(LinkFaults {
+        delay: Duration::from_millis(30),
+        ..LinkFaults::default()
+    });
+    let mut a = MemLnd::new(&fabric, Nid::mem(1, 0), cfg(1)).unwrap();
+    let _b = MemLnd::new(&fabric, Nid::mem(2, 0), cfg(2)).unwrap();
+    a.connect(Nid::mem(9, 0), Lane::Data); // refused after two delays: 60 ms
+    let t0 = Instant::now();
+    let mut events = Vec::new();
+    a.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(events.len(), 1);
+    assert!(
+        waited >= Duration::from_millis(55) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    // With nothing due, a wake from another thread ends the wait.
+    let waker = a.waker();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        waker.wake();
+    });
+    let t0 = Instant::now();
+    a.poll(&mut events, None).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    t.join().unwrap();
+}

@@ -1,0 +1,322 @@
+//! Deterministic multi-node runs in one process: nodes on a [`MemFabric`] driven on a
+//! [`VirtualClock`]. Same seed, same inputs, same run, to the nanosecond.
+//!
+//! A [`Ledger`] records every operation submitted and every completion, and reports any
+//! operation completed twice, completed without being submitted, or never completed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use crate::config::NodeConfig;
+use crate::driver::Driver;
+use crate::lnd::Lnd;
+use crate::mem::{MemFabric, MemLnd, MemLndConfig};
+use crate::nid::Nid;
+use crate::node::{Node, SubmitError};
+use crate::op::{Completion, Event, GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
+use crate::time::{Clock, Time, VirtualClock};
+
+/// Submissions and completions of every node, checked for exactly-once.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Per (node, op): completions seen so far.
+    ops: FxHashMap<(Nid, OpId), u32>,
+    submitted: u64,
+    completed: u64,
+    violations: Vec<String>,
+}
+
+impl Ledger {
+    pub fn submitted(&mut self, node: Nid, op: OpId) {
+        self.submitted += 1;
+        if self.ops.insert((node, op), 0).is_some() {
+            self.violations
+                .push(format!("{node} {op}: submitted twice"));
+        }
+    }
+
+    pub fn completed(&mut self, node: Nid, c: &Completion) {
+        self.completed += 1;
+        match self.ops.get_mut(&(node, c.op)) {
+            None => self
+                .violations
+                .push(format!("{node} {}: completed but never submitted", c.op)),
+            Some(n) => {
+                *n += 1;
+                if *n > 1 {
+                    self.violations
+                        .push(format!("{node} {}: completed {} times", c.op, n));
+                }
+            }
+        }
+    }
+
+    /// Forgets a node's uncompleted operations: its process died and took them along.
+    pub fn forget(&mut self, node: Nid) {
+        let mut lost = 0;
+        self.ops.retain(|(n, _), completions| {
+            let gone = *n == node && *completions == 0;
+            lost += u64::from(gone);
+            !gone
+        });
+        self.submitted -= lost;
+    }
+
+    /// Operations submitted and not completed, in a stable order.
+    pub fn outstanding(&self) -> Vec<(Nid, OpId)> {
+        let mut v: Vec<_> = self
+            .ops
+            .iter()
+            .filter(|(_, &n)| n == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (self.submitted, self.completed)
+    }
+}
+
+struct SimNode {
+    driver: Driver,
+    /// Events with the virtual time they were reported at.
+    events: Vec<(Time, Event)>,
+}
+
+/// A topology of nodes on one in-memory fabric and one virtual clock.
+pub struct Sim {
+    clock: VirtualClock,
+    fabric: MemFabric,
+    nodes: BTreeMap<Nid, SimNode>,
+    ledger: Ledger,
+    next_op: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Sim {
+        let clock = VirtualClock::new();
+        let fabric = MemFabric::new(Arc::new(clock.clone()), seed);
+        Sim {
+            clock,
+            fabric,
+            nodes: BTreeMap::new(),
+            ledger: Ledger::default(),
+            next_op: 1,
+        }
+    }
+
+    /// The network, for fault injection.
+    pub fn fabric(&self) -> &MemFabric {
+        &self.fabric
+    }
+
+    pub fn now(&self) -> Time {
+        self.clock.now()
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Starts a node at `nid` (a mem NID).
+    pub fn add_node(&mut self, nid: Nid, cfg: NodeConfig) -> Result<(), String> {
+        let lnd = MemLnd::new(&self.fabric, nid, MemLndConfig::for_node(&cfg))
+            .map_err(|e| e.to_string())?;
+        let lnds: Vec<Box<dyn Lnd>> = vec![Box::new(lnd)];
+        let driver = Driver::new(cfg, lnds).map_err(|e| e.to_string())?;
+        self.nodes.insert(
+            nid,
+            SimNode {
+                driver,
+                events: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Kills a node's process: no goodbye, its connections reset at the other ends, its own
+    /// operations vanish with it.
+    pub fn kill(&mut self, nid: Nid) {
+        self.nodes.remove(&nid);
+        self.ledger.forget(nid);
+    }
+
+    pub fn is_alive(&self, nid: Nid) -> bool {
+        self.nodes.contains_key(&nid)
+    }
+
+    pub fn node(&self, nid: Nid) -> &Node {
+        self.nodes[&nid].driver.node()
+    }
+
+    fn submit(
+        &mut self,
+        nid: Nid,
+        f: impl FnOnce(&mut Node, Time, OpId) -> Result<(), SubmitError>,
+    ) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        let now = self.clock.now();
+        let node = self
+            .nodes
+            .get_mut(&nid)
+            .expect("no such node")
+            .driver
+            .node_mut();
+        f(node, now, id).expect("sim op ids are unique");
+        self.ledger.submitted(nid, id);
+        id
+    }
+
+    pub fn put(&mut self, from: Nid, req: PutRequest) -> OpId {
+        self.submit(from, |n, now, id| n.put(now, id, req))
+    }
+
+    pub fn get(&mut self, from: Nid, req: GetRequest) -> OpId {
+        self.submit(from, |n, now, id| n.get(now, id, req))
+    }
+
+    pub fn ping(&mut self, from: Nid, req: PingRequest) -> OpId {
+        self.submit(from, |n, now, id| n.ping(now, id, req))
+    }
+
+    pub fn attach(&mut self, at: Nid, entry: MatchEntry) -> OpId {
+        self.submit(at, |n, _, id| n.attach(id, entry))
+    }
+
+    pub fn cancel(&mut self, at: Nid, op: OpId) {
+        if let Some(n) = self.nodes.get_mut(&at) {
+            n.driver.node_mut().cancel(op);
+        }
+    }
+
+    /// Shuts a node's core down gracefully: everything live completes `Cancelled`.
+    pub fn shutdown(&mut self, nid: Nid) {
+        if let Some(n) = self.nodes.get_mut(&nid) {
+            n.driver.node_mut().shutdown();
+        }
+        self.settle();
+    }
+
+    /// Events a node reported since the last call (deliveries count as consumed).
+    pub fn take_events(&mut self, nid: Nid) -> Vec<Event> {
+        self.take_timed_events(nid)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// Like [`Sim::take_events`], with the time each event was reported.
+    pub fn take_timed_events(&mut self, nid: Nid) -> Vec<(Time, Event)> {
+        self.nodes
+            .get_mut(&nid)
+            .map(|n| std::mem::take(&mut n.events))
+            .unwrap_or_default()
+    }
+
+    /// Runs everything due at the current instant until no node has anything left to do.
+    fn settle(&mut self) {
+        let now = self.clock.now();
+        loop {
+            let mut progress = false;
+            for (nid, n) in self.nodes.iter_mut() {
+                let node = n.driver.node_mut();
+                node.handle_timeout(now);
+                progress |= n.driver.flush();
+                let handled = n
+                    .driver
+                    .poll(&self.clock, Some(Duration::ZERO))
+                    .expect("the in-memory LND does not fail");
+                progress |= handled > 0;
+                progress |= n.driver.flush();
+                let node = n.driver.node_mut();
+                let mut delivered = 0;
+                while let Some(ev) = node.poll_event() {
+                    progress = true;
+                    delivered += usize::from(ev.is_delivery());
+                    if let Event::Completed(c) = &ev {
+                        self.ledger.completed(*nid, c);
+                    }
+                    n.events.push((now, ev));
+                }
+                node.deliveries_consumed(delivered);
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// When something next happens: a frame arrives or a deadline passes.
+    pub fn next_wakeup(&mut self) -> Option<Time> {
+        let timers = self
+            .nodes
+            .values_mut()
+            .filter_map(|n| n.driver.node_mut().poll_timeout())
+            .min();
+        [timers, self.fabric.next_arrival()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Settles the present, then moves to the next instant anything happens and settles it.
+    /// False if nothing is scheduled at all.
+    pub fn step(&mut self) -> bool {
+        self.settle();
+        let Some(next) = self.next_wakeup() else {
+            return false;
+        };
+        self.clock.advance_to(next.max(self.clock.now()));
+        self.settle();
+        true
+    }
+
+    /// Runs until virtual time `t`.
+    pub fn run_until(&mut self, t: Time) {
+        loop {
+            self.settle();
+            match self.next_wakeup() {
+                Some(next) if next <= t => self.clock.advance_to(next.max(self.clock.now())),
+                _ => break,
+            }
+        }
+        self.clock.advance_to(t);
+        self.settle();
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let t = self.clock.now() + d;
+        self.run_until(t);
+    }
+
+    /// Runs until nothing is pending anywhere, or `limit` of virtual time has passed.
+    /// True if it went quiet.
+    pub fn run_until_idle(&mut self, limit: Duration) -> bool {
+        let end = self.clock.now() + limit;
+        loop {
+            self.settle();
+            match self.next_wakeup() {
+                None => return true,
+                Some(next) if next > end => {
+                    self.clock.advance_to(end);
+                    self.settle();
+                    return false;
+                }
+                Some(next) => self.clock.advance_to(next.max(self.clock.now())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
