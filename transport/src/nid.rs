@@ -105,7 +105,7 @@ impl fmt::Display for NidAddr {
 }
 
 /// A network identifier: `ADDRESS@NET`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Nid {
     pub addr: NidAddr,
     pub net: Net,
@@ -144,6 +144,13 @@ impl Nid {
 impl fmt::Display for Nid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.addr, self.net)
+    }
+}
+
+/// Debug prints the NID as written (`10.0.0.1@tcp`): events and logs stay readable.
+impl fmt::Debug for Nid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
