@@ -58,6 +58,8 @@ impl Driver {
             match req {
                 LndRequest::Connect { peer, lane } => lnd.connect(peer, lane),
                 LndRequest::Close { peer, lane, error } => lnd.close(peer, lane, error),
+                LndRequest::Fetch { handle, sink } => lnd.fetch(handle, sink),
+                LndRequest::Decline { handle } => lnd.decline(handle),
             }
         }
         while let Some((ni, tx)) = self.node.poll_transmit() {

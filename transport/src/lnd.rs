@@ -36,6 +36,17 @@
 //! and closes a connection whose peer overruns them. An LND must keep buffers for the
 //! credits it offered, plus room for CREDIT frames, which need no credit.
 //!
+//! **Zero-copy bulk (optional).** A driver with an RDMA-style path may hold a large payload
+//! back: it reports the frame as `Received` with [`RxPayload::Deferred`] and keeps the
+//! payload at the sender. The core matches the header (as LNet does before `lnd_recv`) and
+//! then calls [`Lnd::fetch`] with the buffer the payload belongs in (the driver moves it there
+//! with RDMA READ/WRITE into registered memory), or [`Lnd::decline`] if nobody wants it. Each
+//! deferred payload gets exactly one of the two; a fetch ends in exactly one `Fetched`. On the
+//! sender, the frame's `SendComplete` comes once the payload was fetched or declined (its
+//! buffer is free then), or the connection died. Drivers without such a path always deliver
+//! [`RxPayload::Inline`] and never see `fetch`/`decline`. Rendezvous messages are the driver's
+//! own business and spend no core credits (o2iblnd's PUT_ACK and DONE likewise).
+//!
 //! **Errors** carry an [`LndErrorKind`], which says where the failure happened (refused:
 //! remote; reset/timeout/unreachable: network; out of resources: local) and so which
 //! completion the core gives the operations involved.
@@ -48,7 +59,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::handshake::PeerHello;
 use crate::lane::Lane;
@@ -59,6 +70,32 @@ use crate::wire::{Header, HEADER_LEN};
 /// Names one posted frame; echoed in its `SendComplete`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TxToken(pub u64);
+
+/// Names a deferred payload at the receiving driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RxHandle(pub u64);
+
+/// The payload of a received frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RxPayload {
+    /// Arrived with the header.
+    Inline(Bytes),
+    /// Still at the sender: `len` bytes, to be fetched (or declined) by handle.
+    Deferred { handle: RxHandle, len: u32 },
+}
+
+impl RxPayload {
+    pub fn len(&self) -> usize {
+        match self {
+            RxPayload::Inline(b) => b.len(),
+            RxPayload::Deferred { len, .. } => *len as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A frame to send: an encoded header followed by a payload of `header.payload_len` bytes.
 #[derive(Debug, Clone)]
@@ -161,7 +198,12 @@ pub enum LndEvent {
         peer: Nid,
         lane: Lane,
         header: Header,
-        payload: Bytes,
+        payload: RxPayload,
+    },
+    /// A fetch of a deferred payload finished: the sink, filled, or why not.
+    Fetched {
+        handle: RxHandle,
+        result: Result<Bytes, LndError>,
     },
     SendComplete {
         token: TxToken,
@@ -200,4 +242,17 @@ pub trait Lnd: Send {
 
     /// A handle that interrupts `poll`.
     fn waker(&self) -> Arc<dyn Wake>;
+
+    /// Moves a deferred payload into `sink` (capacity at least its length) and reports
+    /// `Fetched`. Only called for handles this driver reported as deferred.
+    fn fetch(&mut self, handle: RxHandle, sink: BytesMut) {
+        let _ = (handle, sink);
+        debug_assert!(false, "fetch called on a driver that defers no payloads");
+    }
+
+    /// Releases a deferred payload nobody wants. Only called for deferred handles.
+    fn decline(&mut self, handle: RxHandle) {
+        let _ = handle;
+        debug_assert!(false, "decline called on a driver that defers no payloads");
+    }
 }

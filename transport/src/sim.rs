@@ -129,8 +129,18 @@ impl Sim {
 
     /// Starts a node at `nid` (a mem NID).
     pub fn add_node(&mut self, nid: Nid, cfg: NodeConfig) -> Result<(), String> {
-        let lnd = MemLnd::new(&self.fabric, nid, MemLndConfig::for_node(&cfg))
-            .map_err(|e| e.to_string())?;
+        let lnd_cfg = MemLndConfig::for_node(&cfg);
+        self.add_node_with(nid, cfg, lnd_cfg)
+    }
+
+    /// Starts a node whose in-memory LND has settings of its own (e.g. `inline_max`).
+    pub fn add_node_with(
+        &mut self,
+        nid: Nid,
+        cfg: NodeConfig,
+        lnd_cfg: MemLndConfig,
+    ) -> Result<(), String> {
+        let lnd = MemLnd::new(&self.fabric, nid, lnd_cfg).map_err(|e| e.to_string())?;
         let lnds: Vec<Box<dyn Lnd>> = vec![Box::new(lnd)];
         let driver = Driver::new(cfg, lnds).map_err(|e| e.to_string())?;
         self.nodes.insert(

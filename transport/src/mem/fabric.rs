@@ -9,11 +9,11 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
 use crate::lane::Lane;
-use crate::lnd::{LndError, LndErrorKind};
+use crate::lnd::{LndError, LndErrorKind, RxHandle, TxToken};
 use crate::nid::Nid;
 use crate::rng::SplitMix64;
 use crate::time::{Clock, Time};
@@ -53,16 +53,37 @@ pub struct FabricStats {
 }
 
 pub(super) type ConnId = u64;
+pub(super) type XferId = u64;
+
+/// A payload held at its sender until the receiver fetches or declines it.
+struct Staged {
+    owner: Nid,
+    conn: ConnId,
+    payload: Bytes,
+    token: TxToken,
+}
 
 /// What arrives at a port.
 pub(super) enum Item {
     /// `from` and `lane` are the fabric's own record of the connection, not the frame's claim.
+    /// With `deferred`, the payload stays staged at the sender under that transfer id.
     Frame {
         conn: ConnId,
         from: Nid,
         lane: Lane,
         header: [u8; HEADER_LEN],
         payload: Bytes,
+        deferred: Option<XferId>,
+    },
+    /// A fetch of a staged payload finished.
+    Fetched {
+        handle: RxHandle,
+        result: Result<Bytes, LndError>,
+    },
+    /// A staged payload was fetched or declined (or its connection died): the send is done.
+    Released {
+        token: TxToken,
+        result: Result<(), LndError>,
     },
     /// The other side (`from`) closed or reset the connection.
     Reset {
@@ -131,6 +152,8 @@ struct State {
     default_link: LinkFaults,
     connect_timeout: Duration,
     rng: SplitMix64,
+    staged: FxHashMap<XferId, Staged>,
+    next_xfer: XferId,
     next_conn: ConnId,
     next_seq: u64,
     stats: FabricStats,
@@ -191,14 +214,35 @@ impl State {
     fn reset(&mut self, now: Time, conn: ConnId, from: Nid, error: LndError) {
         if let Some((to, at)) = self.arrival_time(now, conn, from) {
             let lane = self.remove_conn(conn).expect("arrival_time found it").lane;
+            self.release_staged(now, conn, &error);
+            let item = Item::Reset {
+                conn,
+                from,
+                lane,
+                error,
+            };
+            self.schedule(to, at, item);
+        }
+    }
+
+    /// Payloads staged on a dying connection: their sends end with the connection's error.
+    fn release_staged(&mut self, now: Time, conn: ConnId, error: &LndError) {
+        let mut doomed: Vec<XferId> = self
+            .staged
+            .iter()
+            .filter(|(_, s)| s.conn == conn)
+            .map(|(x, _)| *x)
+            .collect();
+        doomed.sort_unstable();
+        for x in doomed {
+            let st = self.staged.remove(&x).expect("listed");
+            let result = Err(error.clone());
             self.schedule(
-                to,
-                at,
-                Item::Reset {
-                    conn,
-                    from,
-                    lane,
-                    error,
+                st.owner,
+                now,
+                Item::Released {
+                    token: st.token,
+                    result,
                 },
             );
         }
@@ -239,6 +283,8 @@ impl MemFabric {
                     default_link: LinkFaults::default(),
                     connect_timeout: Duration::from_secs(1),
                     rng: SplitMix64::new(seed),
+                    staged: FxHashMap::default(),
+                    next_xfer: 1,
                     next_conn: 1,
                     next_seq: 0,
                     stats: FabricStats::default(),
@@ -424,6 +470,39 @@ impl MemFabric {
         payload: Bytes,
         reliable: bool,
     ) -> Result<(), LndError> {
+        self.send_frame(from, conn, header, payload, reliable, None)
+            .map(|_| ())
+    }
+
+    /// Sends a header whose payload stays staged here until the receiver fetches or declines
+    /// it; `Ok(true)` if staged (the send completes with `Released`), `Ok(false)` if the
+    /// frame was lost on the way (the send is done: the sender cannot tell).
+    pub(super) fn send_deferred(
+        &self,
+        from: Nid,
+        conn: ConnId,
+        header: [u8; HEADER_LEN],
+        payload: Bytes,
+        token: TxToken,
+    ) -> Result<bool, LndError> {
+        let staged = Staged {
+            owner: from,
+            conn,
+            payload,
+            token,
+        };
+        self.send_frame(from, conn, header, Bytes::new(), false, Some(staged))
+    }
+
+    fn send_frame(
+        &self,
+        from: Nid,
+        conn: ConnId,
+        header: [u8; HEADER_LEN],
+        payload: Bytes,
+        reliable: bool,
+        staged: Option<Staged>,
+    ) -> Result<bool, LndError> {
         let now = self.now();
         let mut st = self.lock();
         let Some((to, at)) = st.arrival_time(now, conn, from) else {
@@ -433,24 +512,81 @@ impl MemFabric {
             let link = st.link(from, to);
             if link.cut {
                 st.stats.cut += 1;
-                return Ok(());
+                return Ok(false);
             }
             if link.loss > 0.0 && st.rng.unit() < link.loss {
                 st.stats.lost += 1;
-                return Ok(());
+                return Ok(false);
             }
         }
         st.stats.delivered += 1;
         let lane = st.conns[&conn].lane;
+        let deferred = staged.map(|s| {
+            let x = st.next_xfer;
+            st.next_xfer += 1;
+            st.staged.insert(x, s);
+            x
+        });
         let item = Item::Frame {
             conn,
             from,
             lane,
             header,
             payload,
+            deferred,
         };
         st.schedule(to, at, item);
-        Ok(())
+        Ok(deferred.is_some())
+    }
+
+    /// Moves staged payload `xfer` into `sink` for `fetcher`: the data "DMA" happens now,
+    /// the fetch completes after a round trip, and the sender's buffer is released.
+    pub(super) fn fetch(&self, fetcher: Nid, handle: RxHandle, xfer: XferId, mut sink: BytesMut) {
+        let now = self.now();
+        let mut st = self.lock();
+        let Some(staged) = st.staged.remove(&xfer) else {
+            let error = LndError::new(
+                LndErrorKind::Reset,
+                "the payload is gone with its connection",
+            );
+            st.schedule(
+                fetcher,
+                now,
+                Item::Fetched {
+                    handle,
+                    result: Err(error),
+                },
+            );
+            return;
+        };
+        let link = st.link(fetcher, staged.owner);
+        let (done, result, released) = if link.cut {
+            let error = LndError::new(LndErrorKind::TimedOut, "zero-copy fetch timed out");
+            (now + st.connect_timeout, Err(error.clone()), Err(error))
+        } else {
+            sink.extend_from_slice(&staged.payload);
+            (now + link.delay * 2, Ok(sink.freeze()), Ok(()))
+        };
+        let release = Item::Released {
+            token: staged.token,
+            result: released,
+        };
+        st.schedule(staged.owner, now + link.delay, release);
+        st.schedule(fetcher, done, Item::Fetched { handle, result });
+    }
+
+    /// Drops staged payload `xfer`; its sender's send completes.
+    pub(super) fn decline(&self, decliner: Nid, xfer: XferId) {
+        let now = self.now();
+        let mut st = self.lock();
+        if let Some(staged) = st.staged.remove(&xfer) {
+            let at = now + st.link(decliner, staged.owner).delay;
+            let release = Item::Released {
+                token: staged.token,
+                result: Ok(()),
+            };
+            st.schedule(staged.owner, at, release);
+        }
     }
 
     /// Closes `conn` from `from`'s side.

@@ -15,15 +15,15 @@ pub use fabric::{FabricStats, LinkFaults, MemFabric};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::handshake::{check_hello, LocalHello, PeerHello};
 use crate::lane::{Lane, PerLane};
-use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Transmit, Wake};
+use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, RxPayload, Transmit, Wake};
 use crate::nid::{LndKind, Nid};
 use crate::wire::{decode_header, Limits, HEADER_LEN};
-use fabric::{ConnId, Dial, Item};
+use fabric::{ConnId, Dial, Item, XferId};
 
 /// Settings of one in-memory NI.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,9 @@ pub struct MemLndConfig {
     /// Receive credits offered per lane.
     pub credits: PerLane<u16>,
     pub max_payload: u32,
+    /// Payloads larger than this are deferred: the receiver fetches them after matching,
+    /// as an RDMA driver would (None: every payload travels with its header).
+    pub inline_max: Option<u32>,
 }
 
 impl MemLndConfig {
@@ -44,6 +47,7 @@ impl MemLndConfig {
                 cfg.lanes[Lane::Data].peer_credits,
             ),
             max_payload: cfg.max_payload,
+            inline_max: None,
         }
     }
 }
@@ -73,6 +77,9 @@ pub struct MemLnd {
     up: FxHashMap<(Nid, Lane), ConnId>,
     /// Connects satisfied by a connection the peer is dialling: each still owes a result.
     joined: FxHashSet<(Nid, Lane)>,
+    /// Deferred payloads reported to the core, not yet fetched or declined.
+    deferred: FxHashMap<RxHandle, XferId>,
+    next_handle: u64,
     /// Events produced by calls (send completions, local closes), handed out by `poll`.
     ready: Vec<LndEvent>,
     items: Vec<Item>,
@@ -95,6 +102,8 @@ impl MemLnd {
             conns: FxHashMap::default(),
             up: FxHashMap::default(),
             joined: FxHashSet::default(),
+            deferred: FxHashMap::default(),
+            next_handle: 1,
             ready: Vec::new(),
             items: Vec::new(),
         })
@@ -108,6 +117,11 @@ impl MemLnd {
             credits: self.cfg.credits[lane],
             max_payload: self.cfg.max_payload,
         }
+    }
+
+    /// Whether a payload of `len` bytes goes by the zero-copy path.
+    fn defers(&self, len: usize) -> bool {
+        self.cfg.inline_max.is_some_and(|m| len > m as usize)
     }
 
     fn limits(&self) -> Limits {
@@ -214,6 +228,7 @@ impl MemLnd {
         lane: Lane,
         header: [u8; HEADER_LEN],
         payload: Bytes,
+        deferred: Option<XferId>,
     ) {
         let h = match decode_header(&header, &self.limits()) {
             Ok(h) => h,
@@ -224,7 +239,12 @@ impl MemLnd {
                 return self.fail_joined(from, lane, err);
             }
         };
-        if payload.len() != h.payload_len as usize {
+        let carried = if deferred.is_some() {
+            0
+        } else {
+            h.payload_len as usize
+        };
+        if payload.len() != carried {
             let what = format!(
                 "payload of {} bytes, header says {}",
                 payload.len(),
@@ -233,12 +253,26 @@ impl MemLnd {
             return self.reject(conn, what);
         }
         match self.conns.get(&conn).map(|c| c.state) {
-            Some(ConnState::Up) => self.ready.push(LndEvent::Received {
-                peer: from,
-                lane,
-                header: h,
-                payload,
-            }),
+            Some(ConnState::Up) => {
+                let payload = match deferred {
+                    None => RxPayload::Inline(payload),
+                    Some(xfer) => {
+                        let handle = RxHandle(self.next_handle);
+                        self.next_handle += 1;
+                        self.deferred.insert(handle, xfer);
+                        RxPayload::Deferred {
+                            handle,
+                            len: h.payload_len,
+                        }
+                    }
+                };
+                self.ready.push(LndEvent::Received {
+                    peer: from,
+                    lane,
+                    header: h,
+                    payload,
+                })
+            }
             Some(ConnState::Dialled) => match check_hello(&self.hello(lane), Some(from), &h) {
                 Ok(ph) => self.mark_up(conn, ph),
                 Err(e) => self.reject(conn, e.to_string()),
@@ -316,6 +350,16 @@ impl Lnd for MemLnd {
                 LndErrorKind::Closed,
                 format!("no {} connection to {}", tx.lane, tx.peer),
             )),
+            Some(&conn) if self.defers(tx.payload.len()) => {
+                let sent = self
+                    .fabric
+                    .send_deferred(self.nid, conn, tx.header, tx.payload, tx.token);
+                match sent {
+                    Ok(true) => return, // completes when the receiver fetches or declines it
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
             Some(&conn) => self
                 .fabric
                 .send(self.nid, conn, tx.header, tx.payload, false),
@@ -353,7 +397,14 @@ impl Lnd for MemLnd {
                     lane,
                     header,
                     payload,
-                } => self.on_frame(conn, from, lane, header, payload),
+                    deferred,
+                } => self.on_frame(conn, from, lane, header, payload, deferred),
+                Item::Fetched { handle, result } => {
+                    self.ready.push(LndEvent::Fetched { handle, result })
+                }
+                Item::Released { token, result } => {
+                    self.ready.push(LndEvent::SendComplete { token, result })
+                }
                 Item::Reset {
                     conn,
                     from,
@@ -381,5 +432,24 @@ impl Lnd for MemLnd {
             fabric: self.fabric.clone(),
             nid: self.nid,
         })
+    }
+
+    fn fetch(&mut self, handle: RxHandle, sink: BytesMut) {
+        match self.deferred.remove(&handle) {
+            Some(xfer) => self.fabric.fetch(self.nid, handle, xfer, sink),
+            None => self.ready.push(LndEvent::Fetched {
+                handle,
+                result: Err(LndError::new(
+                    LndErrorKind::Closed,
+                    format!("no deferred payload {}", handle.0),
+                )),
+            }),
+        }
+    }
+
+    fn decline(&mut self, handle: RxHandle) {
+        if let Some(xfer) = self.deferred.remove(&handle) {
+            self.fabric.decline(self.nid, xfer);
+        }
     }
 }

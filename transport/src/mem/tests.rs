@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::lnd::TxToken;
+use crate::lnd::{RxPayload, TxToken};
 use crate::time::{Clock, MonotonicClock, Time, VirtualClock};
+use crate::wire::{decode_header, Limits};
 use crate::wire::{encode_header, Body, Header};
 
 const US: Duration = Duration::from_micros(1);
@@ -15,6 +16,7 @@ fn cfg(inc: u64) -> MemLndConfig {
         incarnation: inc,
         credits: PerLane::new(4, 8),
         max_payload: 1 << 16,
+        inline_max: None,
     }
 }
 
@@ -181,7 +183,7 @@ fn frames_arrive_in_order_despite_jitter_and_every_post_completes_once() {
             LndEvent::Received {
                 header, payload, ..
             } => {
-                assert_eq!(&payload[..], b"abc");
+                assert_eq!(payload, &RxPayload::Inline(Bytes::from_static(b"abc")));
                 header.msg_id
             }
             other => panic!("{other:?}"),
@@ -318,4 +320,128 @@ fn a_blocking_poll_on_the_real_clock_waits_for_frames_and_wakes_on_demand() {
     a.poll(&mut events, None).unwrap();
     assert!(t0.elapsed() < Duration::from_secs(4));
     t.join().unwrap();
+}
+
+/// Sets up a and b where a defers payloads over 16 bytes, connected on the data lane.
+fn deferring() -> (VirtualClock, MemFabric, MemLnd, MemLnd) {
+    let clock = VirtualClock::new();
+    let fabric = MemFabric::new(Arc::new(clock.clone()), 3);
+    fabric.set_default_link(LinkFaults {
+        delay: 10 * US,
+        ..LinkFaults::default()
+    });
+    let a_cfg = MemLndConfig {
+        inline_max: Some(16),
+        ..cfg(11)
+    };
+    let mut a = MemLnd::new(&fabric, Nid::mem(1, 0), a_cfg).unwrap();
+    let mut b = MemLnd::new(&fabric, Nid::mem(2, 0), cfg(22)).unwrap();
+    a.connect(Nid::mem(2, 0), Lane::Data);
+    exchange(&clock, &fabric, &mut a, &mut b);
+    (clock, fabric, a, b)
+}
+
+fn big_frame(seq: u64, len: usize) -> Transmit {
+    let mut tx = data_frame(1, 2, seq);
+    let mut h = decode_header(&tx.header, &Limits::default()).unwrap();
+    h.payload_len = len as u32;
+    tx.header = encode_header(&h);
+    tx.payload = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+    tx
+}
+
+fn deferred_handle(events: &[LndEvent]) -> (RxHandle, u32) {
+    match events {
+        [LndEvent::Received {
+            payload: RxPayload::Deferred { handle, len },
+            ..
+        }] => (*handle, *len),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn large_payloads_wait_at_the_sender_until_fetched_into_the_sink() {
+    let (clock, fabric, mut a, mut b) = deferring();
+    a.post(data_frame(1, 2, 1)); // 3 bytes: inline
+    a.post(big_frame(2, 1000));
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert_eq!(ea.len(), 1, "only the inline frame's send is done: {ea:?}");
+    assert!(matches!(
+        &eb[0],
+        LndEvent::Received {
+            payload: RxPayload::Inline(_),
+            ..
+        }
+    ));
+    let (handle, len) = deferred_handle(&eb[1..]);
+    assert_eq!(len, 1000);
+    let t0 = clock.now();
+    b.fetch(handle, BytesMut::with_capacity(1000));
+    let (ea, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(
+        matches!(
+            &ea[..],
+            [LndEvent::SendComplete {
+                token: TxToken(2),
+                result: Ok(())
+            }]
+        ),
+        "{ea:?}"
+    );
+    match &eb[..] {
+        [LndEvent::Fetched {
+            handle: h,
+            result: Ok(data),
+        }] => {
+            assert_eq!(*h, handle);
+            assert_eq!(&data[..], &big_frame(2, 1000).payload[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(clock.now() - t0, 20 * US, "a fetch costs a round trip");
+    // A handle is good for one fetch only.
+    b.fetch(handle, BytesMut::new());
+    assert!(matches!(
+        &poll(&mut b)[..],
+        [LndEvent::Fetched { result: Err(_), .. }]
+    ));
+}
+
+#[test]
+fn declined_payloads_free_the_sender_and_dead_connections_fail_both_sides() {
+    let (clock, fabric, mut a, mut b) = deferring();
+    a.post(big_frame(1, 100));
+    let (_, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    b.decline(deferred_handle(&eb).0);
+    let (ea, _) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(matches!(
+        &ea[..],
+        [LndEvent::SendComplete {
+            token: TxToken(1),
+            result: Ok(())
+        }]
+    ));
+
+    a.post(big_frame(2, 100));
+    let (_, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    let (handle, _) = deferred_handle(&eb);
+    fabric.reset_connections(Nid::mem(1, 0), Nid::mem(2, 0));
+    let (ea, _) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(
+        ea.iter().any(|e| matches!(
+            e,
+            LndEvent::SendComplete {
+                token: TxToken(2),
+                result: Err(_)
+            }
+        )),
+        "{ea:?}"
+    );
+    b.fetch(handle, BytesMut::new());
+    let (_, eb) = exchange(&clock, &fabric, &mut a, &mut b);
+    assert!(
+        matches!(&eb[..], [LndEvent::Fetched { result: Err(_), .. }]),
+        "{eb:?}"
+    );
 }

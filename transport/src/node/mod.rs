@@ -11,6 +11,7 @@
 //! deadline, a connection failure, cancellation or shutdown, and always exactly once.
 
 mod rx;
+mod target;
 mod tx;
 
 #[cfg(test)]
@@ -19,13 +20,13 @@ mod tests;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
 use crate::config::NodeConfig;
 use crate::credits::{LaneCredits, NiCredits};
 use crate::lane::{Lane, PerLane};
-use crate::lnd::{LndError, Transmit};
+use crate::lnd::{LndError, RxHandle, Transmit};
 use crate::nid::Nid;
 use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
@@ -49,6 +50,15 @@ pub enum LndRequest {
         lane: Lane,
         error: LndError,
     },
+    /// Move a deferred payload into `sink`.
+    Fetch {
+        handle: RxHandle,
+        sink: BytesMut,
+    },
+    /// Release a deferred payload nobody wants.
+    Decline {
+        handle: RxHandle,
+    },
 }
 
 /// Counters for what the node did and refused.
@@ -64,6 +74,8 @@ pub struct NodeStats {
     pub refused_busy: u64,
     /// ACK/REPLY/PONG that could not be sent because the connection failed.
     pub responses_dropped: u64,
+    /// Deferred payloads whose fetch failed.
+    pub fetch_failures: u64,
 }
 
 /// Submission failures that leave no operation behind.
@@ -134,6 +146,23 @@ pub(crate) struct Op {
     pub(crate) seq: u64,
     pub(crate) kind: OpKind,
     pub(crate) stage: Stage,
+    /// A use-once entry matched by a payload still being fetched: it matches nothing else.
+    pub(crate) reserved: bool,
+}
+
+/// What a deferred payload being fetched is for.
+pub(crate) enum Fetch {
+    /// A PUT matched `entry`; ACK it once the payload is in.
+    Put {
+        from: Nid,
+        portal: u32,
+        match_bits: u64,
+        msg_id: u64,
+        entry: OpId,
+        entry_seq: u64,
+    },
+    /// The REPLY to our GET `op`.
+    Reply { op: OpId, seq: u64 },
 }
 
 impl Op {
@@ -169,6 +198,8 @@ pub struct Node {
     pub(crate) portals: FxHashMap<u32, Vec<OpId>>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
     pub(crate) in_lnd: FxHashMap<u64, InLnd>,
+    /// Deferred payloads being fetched, by the NI and handle of their driver.
+    pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
     next_seq: u64,
     pub(crate) next_token: u64,
     pub(crate) transmits: PerLane<VecDeque<(NiId, Transmit)>>,
@@ -193,6 +224,7 @@ impl Node {
             portals: FxHashMap::default(),
             deadlines: BinaryHeap::new(),
             in_lnd: FxHashMap::default(),
+            fetching: FxHashMap::default(),
             next_seq: 1,
             next_token: 1,
             transmits: PerLane::default(),
@@ -273,6 +305,7 @@ impl Node {
             seq,
             kind: OpKind::Entry(entry),
             stage: Stage::Queued,
+            reserved: false,
         };
         self.ops.insert(id, op);
         Ok(())
@@ -405,6 +438,7 @@ impl Node {
             seq,
             kind,
             stage: Stage::Queued,
+            reserved: false,
         };
         let (dst, lane) = op.route().expect("submit is for ops that send");
         let early = if self.shut_down {

@@ -1,14 +1,14 @@
 //! Driver events: connections coming and going, frames arriving, sends finishing.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::{Conn, LndRequest, NiId, Node, OpKind, Pending, Stage};
+use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Pending};
 use crate::credits::LaneCredits;
 use crate::handshake::PeerHello;
 use crate::lane::Lane;
-use crate::lnd::{LndError, LndErrorKind, LndEvent};
+use crate::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, RxPayload};
 use crate::nid::Nid;
-use crate::op::{Delivery, EntryKind, Event, OpError, OpId, OpOutcome, Refused, RejectReason};
+use crate::op::{Event, OpError, OpId, OpOutcome, RejectReason};
 use crate::time::Time;
 use crate::wire::{Body, Header, Status};
 
@@ -33,6 +33,7 @@ impl Node {
                 payload,
             } => self.on_frame(now, ni, peer, lane, header, payload),
             LndEvent::SendComplete { token, result } => self.on_send_complete(token, result),
+            LndEvent::Fetched { handle, result } => self.on_fetched(ni, handle, result),
         }
     }
 
@@ -124,7 +125,7 @@ impl Node {
     }
 
     /// Closes a connection whose peer broke the protocol, and says so.
-    fn protocol_error(&mut self, ni: NiId, nid: Nid, lane: Lane, what: String) {
+    pub(super) fn protocol_error(&mut self, ni: NiId, nid: Nid, lane: Lane, what: String) {
         tracing::warn!(%nid, %lane, "protocol error: {what}");
         self.stats.protocol_errors += 1;
         self.events.push_back(Event::ProtocolError {
@@ -142,7 +143,15 @@ impl Node {
         ));
     }
 
-    fn on_frame(&mut self, now: Time, ni: NiId, nid: Nid, lane: Lane, h: Header, payload: Bytes) {
+    fn on_frame(
+        &mut self,
+        now: Time,
+        ni: NiId,
+        nid: Nid,
+        lane: Lane,
+        h: Header,
+        payload: RxPayload,
+    ) {
         self.stats.frames_received += 1;
         let local = self.nis[ni.0].nid;
         if h.src != nid || h.dst != local || h.lane != lane {
@@ -175,7 +184,7 @@ impl Node {
         }
         match h.body {
             Body::Put { portal, match_bits } => {
-                self.rx_put(nid, portal, match_bits, h.msg_id, payload)
+                self.rx_put(ni, nid, portal, match_bits, h.msg_id, payload)
             }
             Body::Get {
                 portal,
@@ -183,12 +192,15 @@ impl Node {
                 want_len,
             } => self.rx_get(nid, portal, match_bits, want_len, h.msg_id),
             Body::Ack { status, mlen } => {
-                self.rx_answer(now, nid, lane, h.msg_id, Answer::Ack(status, mlen))
+                self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Ack(status, mlen))
             }
             Body::Reply { status } => {
-                self.rx_answer(now, nid, lane, h.msg_id, Answer::Reply(status, payload))
+                self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Reply(status, payload))
             }
-            Body::Pong { .. } => self.rx_answer(now, nid, lane, h.msg_id, Answer::Pong),
+            Body::Pong { .. } => {
+                self.decline_deferred(ni, payload);
+                self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Pong)
+            }
             Body::Ping { seq } => {
                 self.respond(nid, lane, Body::Pong { seq }, h.msg_id, Bytes::new())
             }
@@ -202,154 +214,109 @@ impl Node {
         self.pump(nid, lane);
     }
 
-    fn respond(&mut self, nid: Nid, lane: Lane, body: Body, msg_id: u64, payload: Bytes) {
-        let p = Pending::Response {
-            body,
-            msg_id,
-            payload,
-        };
-        self.peers.get_mut(&nid).expect("peer is up").lanes[lane]
-            .queue
-            .push_back(p);
-    }
-
-    /// Refuses an incoming request; past the delivery budget, refusals are only counted.
-    fn refuse(&mut self, from: Nid, portal: u32, match_bits: u64, len: u32, reason: RejectReason) {
-        match reason {
-            RejectReason::NoMatch => self.stats.refused_no_match += 1,
-            RejectReason::Busy => self.stats.refused_busy += 1,
-        }
-        if reason == RejectReason::NoMatch && self.undelivered < self.cfg.max_undelivered {
-            self.undelivered += 1;
-            self.events.push_back(Event::Refused(Refused {
-                from,
-                portal,
-                match_bits,
-                len,
-                reason,
-            }));
-        }
-    }
-
-    /// The first entry of `portal` that takes a message from `from` with `match_bits`, for
-    /// which `fits` holds.
-    fn find_entry(
-        &self,
-        portal: u32,
+    /// An ACK, REPLY or PONG for one of our operations.
+    fn rx_answer(
+        &mut self,
+        now: Time,
+        ni: NiId,
         from: Nid,
-        match_bits: u64,
-        fits: impl Fn(&EntryKind) -> bool,
-    ) -> Option<OpId> {
-        self.portals.get(&portal)?.iter().copied().find(|id| {
-            matches!(&self.ops[id].kind, OpKind::Entry(e) if e.matches(from, match_bits) && fits(&e.kind))
-        })
-    }
-
-    /// After a match: unlink a use-once entry.
-    fn matched(&mut self, entry: OpId) {
-        if matches!(&self.ops[&entry].kind, OpKind::Entry(e) if e.once) {
-            self.complete(entry, Ok(OpOutcome::Unlinked));
-        }
-    }
-
-    fn rx_put(&mut self, from: Nid, portal: u32, match_bits: u64, msg_id: u64, payload: Bytes) {
-        let len = payload.len() as u32;
-        let found = self.find_entry(
-            portal,
-            from,
-            match_bits,
-            |k| matches!(k, EntryKind::Sink { max_len } if *max_len >= len),
-        );
-        let status = match found {
-            _ if self.undelivered >= self.cfg.max_undelivered => {
-                self.refuse(from, portal, match_bits, len, RejectReason::Busy);
-                Status::Busy
-            }
-            None => {
-                self.refuse(from, portal, match_bits, len, RejectReason::NoMatch);
-                Status::NoMatch
-            }
-            Some(entry) => {
-                self.undelivered += 1;
-                self.events.push_back(Event::Delivered(Delivery {
-                    entry,
-                    from,
-                    portal,
-                    match_bits,
-                    payload,
-                }));
-                self.matched(entry);
-                Status::Ok
-            }
-        };
-        let mlen = if status == Status::Ok { len } else { 0 };
-        self.respond(
-            from,
-            Lane::Data,
-            Body::Ack { status, mlen },
-            msg_id,
-            Bytes::new(),
-        );
-    }
-
-    fn rx_get(&mut self, from: Nid, portal: u32, match_bits: u64, want_len: u32, msg_id: u64) {
-        let found = self.find_entry(portal, from, match_bits, |k| {
-            matches!(k, EntryKind::Source { .. })
-        });
-        let (status, data) = match found {
-            None => {
-                self.refuse(from, portal, match_bits, want_len, RejectReason::NoMatch);
-                (Status::NoMatch, Bytes::new())
-            }
-            Some(entry) => {
-                let OpKind::Entry(e) = &self.ops[&entry].kind else {
-                    unreachable!()
-                };
-                let EntryKind::Source { data } = &e.kind else {
-                    unreachable!()
-                };
-                let n = data.len().min(want_len as usize);
-                let data = data.slice(..n);
-                self.matched(entry);
-                (Status::Ok, data)
-            }
-        };
-        self.respond(from, Lane::Data, Body::Reply { status }, msg_id, data);
-    }
-
-    fn rx_answer(&mut self, now: Time, from: Nid, lane: Lane, msg_id: u64, answer: Answer) {
-        let Some(&id) = self.awaiting.get(&msg_id) else {
+        lane: Lane,
+        msg_id: u64,
+        answer: Answer,
+    ) {
+        let op = self
+            .awaiting
+            .get(&msg_id)
+            .copied()
+            .filter(|id| self.ops[id].route() == Some((from, lane)));
+        let Some(id) = op else {
+            // Not (or no longer) ours to answer: e.g. it timed out.
             self.stats.late_responses += 1;
+            if let Answer::Reply(_, payload) = answer {
+                self.decline_deferred(ni, payload);
+            }
             return;
         };
         let op = &self.ops[&id];
-        if op.route() != Some((from, lane)) || op.stage == Stage::Queued {
-            // Not what this message id was sent to: ignore rather than complete wrongly.
-            self.stats.late_responses += 1;
-            return;
-        }
         let result = match (&op.kind, answer) {
             (OpKind::Put(_), Answer::Ack(Status::Ok, mlen)) => Ok(OpOutcome::Put { mlen }),
-            (OpKind::Get(_), Answer::Reply(Status::Ok, data)) => Ok(OpOutcome::Get { data }),
+            (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Inline(data))) => {
+                Ok(OpOutcome::Get { data })
+            }
+            (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Deferred { handle, len })) => {
+                let seq = op.seq;
+                self.fetching
+                    .insert((ni, handle), Fetch::Reply { op: id, seq });
+                let sink = BytesMut::with_capacity(len as usize);
+                self.requests
+                    .push_back((ni, LndRequest::Fetch { handle, sink }));
+                return;
+            }
             (OpKind::Ping { sent_at, .. }, Answer::Pong) => Ok(OpOutcome::Pong {
                 rtt: now.saturating_since(*sent_at),
             }),
-            (OpKind::Put(_), Answer::Ack(status, _))
-            | (OpKind::Get(_), Answer::Reply(status, _)) => Err(OpError::Rejected(match status {
-                Status::NoMatch => RejectReason::NoMatch,
-                _ => RejectReason::Busy,
-            })),
-            _ => {
+            (OpKind::Put(_), Answer::Ack(status, _)) => Err(status_error(status)),
+            (OpKind::Get(_), Answer::Reply(status, payload)) => {
+                self.decline_deferred(ni, payload);
+                Err(status_error(status))
+            }
+            (_, answer) => {
                 self.stats.late_responses += 1;
+                if let Answer::Reply(_, payload) = answer {
+                    self.decline_deferred(ni, payload);
+                }
                 return;
             }
         };
         self.complete(id, result);
     }
+
+    /// A deferred payload arrived (or could not).
+    fn on_fetched(&mut self, ni: NiId, handle: RxHandle, result: Result<Bytes, LndError>) {
+        if result.is_err() {
+            self.stats.fetch_failures += 1;
+        }
+        match self.fetching.remove(&(ni, handle)) {
+            None => {
+                tracing::warn!(
+                    handle = handle.0,
+                    "driver finished a fetch nobody asked for"
+                );
+                self.stats.protocol_errors += 1;
+            }
+            Some(Fetch::Reply { op, seq }) => {
+                if self.ops.get(&op).is_some_and(|o| o.seq == seq) {
+                    let result = result.map(|data| OpOutcome::Get { data });
+                    self.complete(op, result.map_err(OpError::from));
+                } else {
+                    self.stats.late_responses += 1;
+                }
+            }
+            Some(Fetch::Put {
+                from,
+                portal,
+                match_bits,
+                msg_id,
+                entry,
+                entry_seq,
+            }) => self.put_fetched(from, portal, match_bits, msg_id, (entry, entry_seq), result),
+        }
+    }
 }
 
-enum Answer {
+/// What a non-OK ACK or REPLY status means for the initiator.
+fn status_error(status: Status) -> OpError {
+    match status {
+        Status::NoMatch => OpError::Rejected(RejectReason::NoMatch),
+        Status::Busy => OpError::Rejected(RejectReason::Busy),
+        Status::Aborted | Status::Ok => {
+            OpError::Remote("the target matched the message but could not take its payload".into())
+        }
+    }
+}
+
+pub(super) enum Answer {
     Ack(Status, u32),
-    Reply(Status, Bytes),
+    Reply(Status, RxPayload),
     Pong,
 }

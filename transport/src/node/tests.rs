@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::handshake::PeerHello;
-use crate::lnd::{LndErrorKind, LndEvent, TxToken};
+use crate::lnd::{LndErrorKind, LndEvent, RxHandle, RxPayload, TxToken};
 use crate::op::{EntryKind, Refused, RejectReason};
 use crate::wire::{decode_header, Header, Limits, Status};
 
@@ -123,7 +123,7 @@ fn receive(
             peer: nid(peer),
             lane,
             header,
-            payload: Bytes::copy_from_slice(payload),
+            payload: RxPayload::Inline(Bytes::copy_from_slice(payload)),
         },
     );
 }
@@ -560,7 +560,7 @@ fn frames_that_lie_about_their_origin_close_the_connection() {
             peer: nid(B),
             lane: Lane::Data,
             header,
-            payload: Bytes::new(),
+            payload: RxPayload::Inline(Bytes::new()),
         },
     );
     assert!(matches!(&requests(&mut n)[..], [LndRequest::Close { peer, .. }] if *peer == nid(B)));
@@ -864,5 +864,147 @@ fn cancel_and_shutdown_complete_each_operation_exactly_once() {
     assert_eq!(
         completions(&mut n),
         vec![(OpId(6), Err(OpError::Cancelled))]
+    );
+}
+
+fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u64, len: u32) {
+    let header = Header {
+        lane: Lane::Data,
+        credits: 0,
+        src: nid(B),
+        dst: nid(A),
+        src_incarnation: 7,
+        msg_id,
+        payload_len: len,
+        body,
+    };
+    let payload = RxPayload::Deferred {
+        handle: RxHandle(handle),
+        len,
+    };
+    let ev = LndEvent::Received {
+        peer: nid(B),
+        lane: Lane::Data,
+        header,
+        payload,
+    };
+    n.handle_lnd_event(t(0), NiId(0), ev);
+}
+
+fn fetched(n: &mut Node, handle: u64, result: Result<Bytes, LndError>) {
+    let ev = LndEvent::Fetched {
+        handle: RxHandle(handle),
+        result,
+    };
+    n.handle_lnd_event(t(0), NiId(0), ev);
+}
+
+fn acks(n: &mut Node) -> Vec<(u64, Status, u32)> {
+    drain(n)
+        .into_iter()
+        .map(|s| match s.header.body {
+            Body::Ack { status, mlen } => (s.header.msg_id, status, mlen),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn deferred_payloads_are_fetched_after_matching_and_declined_otherwise() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100).once())
+        .unwrap();
+    n.attach(OpId(2), MatchEntry::sink(4, 0x10, 100).once())
+        .unwrap();
+    let put = Body::Put {
+        portal: 4,
+        match_bits: 0x10,
+    };
+
+    receive_deferred(&mut n, put, 1, 11, 50);
+    match &requests(&mut n)[..] {
+        [LndRequest::Fetch {
+            handle: RxHandle(11),
+            sink,
+        }] => assert!(sink.capacity() >= 50),
+        other => panic!("{other:?}"),
+    }
+    assert!(drain(&mut n).is_empty(), "no ACK before the payload is in");
+    // Entry 1 is reserved by that payload: the next PUT matches entry 2.
+    receive_deferred(&mut n, put, 2, 12, 60);
+    assert!(matches!(
+        &requests(&mut n)[..],
+        [LndRequest::Fetch {
+            handle: RxHandle(12),
+            ..
+        }]
+    ));
+    // Nothing matches portal 9: the payload is declined and the sender told.
+    receive_deferred(
+        &mut n,
+        Body::Put {
+            portal: 9,
+            match_bits: 0,
+        },
+        3,
+        13,
+        70,
+    );
+    assert_eq!(
+        requests(&mut n),
+        vec![LndRequest::Decline {
+            handle: RxHandle(13)
+        }]
+    );
+    assert_eq!(acks(&mut n), vec![(3, Status::NoMatch, 0)]);
+    events(&mut n);
+
+    // Entry 2's payload is lost in transit: ACK Aborted, the entry is free again.
+    let lost = LndError::new(LndErrorKind::Reset, "connection reset");
+    fetched(&mut n, 12, Err(lost));
+    assert_eq!(acks(&mut n), vec![(2, Status::Aborted, 0)]);
+    assert!(events(&mut n).is_empty());
+    assert_eq!(n.stats().fetch_failures, 1);
+    // Entry 1's payload arrives: delivered, unlinked, ACKed.
+    fetched(&mut n, 11, Ok(Bytes::from(vec![5; 50])));
+    let ev = events(&mut n);
+    assert!(matches!(&ev[0], Event::Delivered(d) if d.entry == OpId(1) && d.payload.len() == 50));
+    assert_eq!(
+        ev[1],
+        Event::Completed(Completion {
+            op: OpId(1),
+            result: Ok(OpOutcome::Unlinked)
+        })
+    );
+    assert_eq!(acks(&mut n), vec![(1, Status::Ok, 50)]);
+    // Entry 2 takes the next one.
+    receive_deferred(&mut n, put, 4, 14, 10);
+    fetched(&mut n, 14, Ok(Bytes::from(vec![6; 10])));
+    assert!(matches!(&events(&mut n)[0], Event::Delivered(d) if d.entry == OpId(2)));
+}
+
+#[test]
+fn an_aborted_ack_fails_the_put_as_a_remote_error() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), put(B, b"x")).unwrap();
+    let sent = drain(&mut n);
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Ack {
+            status: Status::Aborted,
+            mlen: 0,
+        },
+        sent[0].header.msg_id,
+        1,
+        b"",
+    );
+    let c = completions(&mut n);
+    assert!(
+        matches!(&c[..], [(OpId(1), Err(OpError::Remote(m)))] if m.contains("could not take its payload"))
     );
 }

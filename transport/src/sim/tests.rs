@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::lane::Lane;
-use crate::mem::LinkFaults;
+use crate::mem::{LinkFaults, MemLndConfig};
 use crate::op::{OpError, OpOutcome, RejectReason};
 use crate::rng::SplitMix64;
 
@@ -109,6 +109,72 @@ fn put_and_get_cross_the_fabric_with_data_intact() {
         run_to_completion(&mut sim, nid(1), op).1,
         Err(OpError::Rejected(RejectReason::NoMatch))
     );
+}
+
+#[test]
+fn large_puts_and_gets_go_zero_copy_where_the_driver_defers_them() {
+    let mut sim = Sim::new(1);
+    sim.fabric().set_default_link(LinkFaults {
+        delay: 100 * US,
+        ..LinkFaults::default()
+    });
+    for i in 1..=2 {
+        let cfg = NodeConfig::new(u64::from(i));
+        let lnd = MemLndConfig {
+            inline_max: Some(4096),
+            ..MemLndConfig::for_node(&cfg)
+        };
+        sim.add_node_with(nid(i), cfg, lnd).unwrap();
+    }
+    let data: Bytes = (0..1_000_000u32)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    sim.attach(nid(2), MatchEntry::sink(4, 7, 1 << 20).once());
+    sim.attach(nid(2), MatchEntry::source(5, 7, data.clone()));
+    let op = sim.put(
+        nid(1),
+        PutRequest {
+            payload: data.clone(),
+            ..put(2, 4, b"")
+        },
+    );
+    let (at, r) = run_to_completion(&mut sim, nid(1), op);
+    assert_eq!(r, Ok(OpOutcome::Put { mlen: 1_000_000 }));
+    // Handshake, header, fetch round trip, ACK: six one-way delays.
+    assert_eq!(at, Time(600_000));
+    let events = sim.take_events(nid(2));
+    assert!(
+        matches!(&events[0], Event::Delivered(d) if d.payload == data),
+        "{events:?}"
+    );
+    assert!(matches!(&events[1], Event::Completed(c) if c.result == Ok(OpOutcome::Unlinked)));
+    // The once-entry is gone: a second large PUT finds no match and its payload is declined.
+    let op = sim.put(
+        nid(1),
+        PutRequest {
+            payload: data.clone(),
+            ..put(2, 4, b"")
+        },
+    );
+    let (_, r) = run_to_completion(&mut sim, nid(1), op);
+    assert_eq!(r, Err(OpError::Rejected(RejectReason::NoMatch)));
+    // GET: the REPLY's payload is fetched by the initiator.
+    let op = sim.get(
+        nid(1),
+        GetRequest {
+            dst: nid(2),
+            portal: 5,
+            match_bits: 7,
+            want_len: 1 << 20,
+            timeout: None,
+        },
+    );
+    let (_, r) = run_to_completion(&mut sim, nid(1), op);
+    assert_eq!(r, Ok(OpOutcome::Get { data }));
+    sim.run_for(MS);
+    assert_eq!(sim.node(nid(1)).live_ops(), 0);
+    assert_eq!(sim.node(nid(2)).stats().fetch_failures, 0);
 }
 
 #[test]
@@ -276,7 +342,13 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
     let start = |sim: &mut Sim, i: u32, inc: u64| {
         let mut c = cfg.clone();
         c.incarnation = inc;
-        sim.add_node(nid(i), c).unwrap();
+        // Odd nodes defer payloads over 500 bytes, as an RDMA driver would.
+        let inline_max = (i % 2 == 1).then_some(500);
+        let lnd = MemLndConfig {
+            inline_max,
+            ..MemLndConfig::for_node(&c)
+        };
+        sim.add_node_with(nid(i), c, lnd).unwrap();
         sim.attach(nid(i), MatchEntry::sink(1, 7, 1000));
         sim.attach(
             nid(i),

@@ -97,6 +97,8 @@ pub enum Status {
     NoMatch = 1,
     /// The receiver has too many undelivered messages; try later.
     Busy = 2,
+    /// A payload matched but could not be moved to the receiver (zero-copy fetch failed).
+    Aborted = 3,
 }
 
 impl Status {
@@ -105,6 +107,7 @@ impl Status {
             0 => Status::Ok,
             1 => Status::NoMatch,
             2 => Status::Busy,
+            3 => Status::Aborted,
             _ => return None,
         })
     }

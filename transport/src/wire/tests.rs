@@ -187,7 +187,12 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
 }
 
 fn any_status() -> impl Strategy<Value = Status> {
-    prop_oneof![Just(Status::Ok), Just(Status::NoMatch), Just(Status::Busy)]
+    prop_oneof![
+        Just(Status::Ok),
+        Just(Status::NoMatch),
+        Just(Status::Busy),
+        Just(Status::Aborted)
+    ]
 }
 
 fn any_body() -> impl Strategy<Value = Body> {

@@ -1,0 +1,230 @@
+//! The target side: incoming PUTs and GETs matched against attached entries, refusals,
+//! answers, and PUT payloads that arrive deferred (zero-copy) and are fetched after matching.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Pending};
+use crate::lane::Lane;
+use crate::lnd::{LndError, RxPayload};
+use crate::nid::Nid;
+use crate::op::{Delivery, EntryKind, Event, OpId, OpOutcome, Refused, RejectReason};
+use crate::wire::{Body, Status};
+
+impl Node {
+    /// Queues an answer (ACK, REPLY, PONG) to `nid`, if the lane is still up to carry it.
+    pub(super) fn respond(
+        &mut self,
+        nid: Nid,
+        lane: Lane,
+        body: Body,
+        msg_id: u64,
+        payload: Bytes,
+    ) {
+        let Some(pl) = self.peers.get_mut(&nid).map(|p| &mut p.lanes[lane]) else {
+            return;
+        };
+        if !matches!(pl.conn, Conn::Up { .. }) {
+            self.stats.responses_dropped += 1;
+            return;
+        }
+        pl.queue.push_back(Pending::Response {
+            body,
+            msg_id,
+            payload,
+        });
+    }
+
+    /// Releases a deferred payload that will not be fetched.
+    pub(super) fn decline_deferred(&mut self, ni: NiId, payload: RxPayload) {
+        if let RxPayload::Deferred { handle, .. } = payload {
+            self.requests
+                .push_back((ni, LndRequest::Decline { handle }));
+        }
+    }
+
+    /// Refuses an incoming request; past the delivery budget, refusals are only counted.
+    fn refuse(&mut self, from: Nid, portal: u32, match_bits: u64, len: u32, reason: RejectReason) {
+        match reason {
+            RejectReason::NoMatch => self.stats.refused_no_match += 1,
+            RejectReason::Busy => self.stats.refused_busy += 1,
+        }
+        if reason == RejectReason::NoMatch && self.undelivered < self.cfg.max_undelivered {
+            self.undelivered += 1;
+            self.events.push_back(Event::Refused(Refused {
+                from,
+                portal,
+                match_bits,
+                len,
+                reason,
+            }));
+        }
+    }
+
+    /// The first entry of `portal` that takes a message from `from` with `match_bits`, for
+    /// which `fits` holds, and that is not reserved by a payload in transit.
+    fn find_entry(
+        &self,
+        portal: u32,
+        from: Nid,
+        match_bits: u64,
+        fits: impl Fn(&EntryKind) -> bool,
+    ) -> Option<OpId> {
+        self.portals.get(&portal)?.iter().copied().find(|id| {
+            let op = &self.ops[id];
+            matches!(&op.kind, OpKind::Entry(e)
+                if !op.reserved && e.matches(from, match_bits) && fits(&e.kind))
+        })
+    }
+
+    /// After a match: unlink a use-once entry.
+    fn matched(&mut self, entry: OpId) {
+        if matches!(&self.ops[&entry].kind, OpKind::Entry(e) if e.once) {
+            self.complete(entry, Ok(OpOutcome::Unlinked));
+        }
+    }
+
+    fn deliver(&mut self, entry: OpId, from: Nid, portal: u32, match_bits: u64, payload: Bytes) {
+        self.events.push_back(Event::Delivered(Delivery {
+            entry,
+            from,
+            portal,
+            match_bits,
+            payload,
+        }));
+        self.matched(entry);
+    }
+
+    pub(super) fn rx_put(
+        &mut self,
+        ni: NiId,
+        from: Nid,
+        portal: u32,
+        match_bits: u64,
+        msg_id: u64,
+        payload: RxPayload,
+    ) {
+        let len = payload.len() as u32;
+        let found = self.find_entry(
+            portal,
+            from,
+            match_bits,
+            |k| matches!(k, EntryKind::Sink { max_len } if *max_len >= len),
+        );
+        let status = match found {
+            _ if self.undelivered >= self.cfg.max_undelivered => {
+                self.refuse(from, portal, match_bits, len, RejectReason::Busy);
+                self.decline_deferred(ni, payload);
+                Status::Busy
+            }
+            None => {
+                self.refuse(from, portal, match_bits, len, RejectReason::NoMatch);
+                self.decline_deferred(ni, payload);
+                Status::NoMatch
+            }
+            Some(entry) => {
+                // The delivery budget is taken now, whether the payload is here or not.
+                self.undelivered += 1;
+                match payload {
+                    RxPayload::Inline(data) => {
+                        self.deliver(entry, from, portal, match_bits, data);
+                        Status::Ok
+                    }
+                    RxPayload::Deferred { handle, len } => {
+                        let op = self.ops.get_mut(&entry).expect("matched a live entry");
+                        op.reserved = matches!(&op.kind, OpKind::Entry(e) if e.once);
+                        let fetch = Fetch::Put {
+                            from,
+                            portal,
+                            match_bits,
+                            msg_id,
+                            entry,
+                            entry_seq: op.seq,
+                        };
+                        self.fetching.insert((ni, handle), fetch);
+                        let sink = BytesMut::with_capacity(len as usize);
+                        self.requests
+                            .push_back((ni, LndRequest::Fetch { handle, sink }));
+                        return; // ACKed once the payload is in
+                    }
+                }
+            }
+        };
+        let mlen = if status == Status::Ok { len } else { 0 };
+        self.respond(
+            from,
+            Lane::Data,
+            Body::Ack { status, mlen },
+            msg_id,
+            Bytes::new(),
+        );
+    }
+
+    /// The deferred payload of a matched PUT is in (or lost): deliver it and ACK.
+    pub(super) fn put_fetched(
+        &mut self,
+        from: Nid,
+        portal: u32,
+        match_bits: u64,
+        msg_id: u64,
+        (entry, entry_seq): (OpId, u64),
+        result: Result<Bytes, LndError>,
+    ) {
+        let live = self
+            .ops
+            .get_mut(&entry)
+            .filter(|op| op.seq == entry_seq)
+            .map(|op| op.reserved = false)
+            .is_some();
+        let (status, mlen) = match result {
+            Ok(data) if live => {
+                let n = data.len() as u32;
+                self.deliver(entry, from, portal, match_bits, data);
+                (Status::Ok, n)
+            }
+            // The entry was cancelled meanwhile, or the payload never came.
+            _ => {
+                self.undelivered = self.undelivered.saturating_sub(1);
+                (Status::Aborted, 0)
+            }
+        };
+        self.respond(
+            from,
+            Lane::Data,
+            Body::Ack { status, mlen },
+            msg_id,
+            Bytes::new(),
+        );
+        self.pump(from, Lane::Data);
+    }
+
+    pub(super) fn rx_get(
+        &mut self,
+        from: Nid,
+        portal: u32,
+        match_bits: u64,
+        want_len: u32,
+        msg_id: u64,
+    ) {
+        let found = self.find_entry(portal, from, match_bits, |k| {
+            matches!(k, EntryKind::Source { .. })
+        });
+        let (status, data) = match found {
+            None => {
+                self.refuse(from, portal, match_bits, want_len, RejectReason::NoMatch);
+                (Status::NoMatch, Bytes::new())
+            }
+            Some(entry) => {
+                let OpKind::Entry(e) = &self.ops[&entry].kind else {
+                    unreachable!("find_entry returns entries")
+                };
+                let EntryKind::Source { data } = &e.kind else {
+                    unreachable!("matched a source")
+                };
+                let data = data.slice(..data.len().min(want_len as usize));
+                self.matched(entry);
+                (Status::Ok, data)
+            }
+        };
+        self.respond(from, Lane::Data, Body::Reply { status }, msg_id, data);
+    }
+}
