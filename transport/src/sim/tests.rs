@@ -339,6 +339,7 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
     });
     sim.fabric().set_connect_timeout(10 * MS);
     let mut incarnation = 1;
+    let mut entries: std::collections::BTreeSet<(Nid, OpId)> = Default::default();
     let start = |sim: &mut Sim, i: u32, inc: u64| {
         let mut c = cfg.clone();
         c.incarnation = inc;
@@ -349,14 +350,13 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
             ..MemLndConfig::for_node(&c)
         };
         sim.add_node_with(nid(i), c, lnd).unwrap();
-        sim.attach(nid(i), MatchEntry::sink(1, 7, 1000));
-        sim.attach(
-            nid(i),
-            MatchEntry::source(2, 7, Bytes::from_static(&[9; 3000])),
-        );
+        let sink = sim.attach(nid(i), MatchEntry::sink(1, 7, 1000));
+        let data = Bytes::from_static(&[9; 3000]);
+        let source = sim.attach(nid(i), MatchEntry::source(2, 7, data));
+        [(nid(i), sink), (nid(i), source)]
     };
     for i in 1..=n {
-        start(&mut sim, i, incarnation);
+        entries.extend(start(&mut sim, i, incarnation));
         incarnation += 1;
     }
     let mut submitted: Vec<(Nid, OpId)> = Vec::new();
@@ -370,7 +370,7 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
         let roll = rng.below(100);
         if !sim.is_alive(from) {
             if roll < 20 {
-                start(&mut sim, from.addr_num(), incarnation);
+                entries.extend(start(&mut sim, from.addr_num(), incarnation));
                 incarnation += 1;
             }
         } else if roll < 55 {
@@ -421,6 +421,7 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
             let entry = MatchEntry::sink(rng.below(3) as u32, 7, rng.below(2000) as u32);
             let op = sim.attach(from, if rng.chance(0.7) { entry.once() } else { entry });
             submitted.push((from, op));
+            entries.insert((from, op));
         } else if roll < 91 {
             if let Some(&(at, op)) = submitted.get(rng.below(submitted.len() as u64) as usize) {
                 sim.cancel(at, op);
@@ -448,8 +449,20 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
             }
         }
     }
-    // Let the dust settle, then shut every node down: entries complete, nothing may remain.
+    // Every deadline has passed after a second: only attached entries may still be live.
+    // (Shutdown would cancel a stuck operation and hide it, so look before.)
     sim.run_for(Duration::from_secs(1));
+    let stuck: Vec<_> = sim
+        .ledger()
+        .outstanding()
+        .into_iter()
+        .filter(|key| !entries.contains(key))
+        .collect();
+    assert!(
+        stuck.is_empty(),
+        "seed {seed}: operations outlived their deadlines: {stuck:?}"
+    );
+    // Then shut every node down: entries complete, nothing may remain.
     for i in 1..=n {
         sim.shutdown(nid(i));
     }
