@@ -228,7 +228,7 @@ impl Node {
             .awaiting
             .get(&msg_id)
             .copied()
-            .filter(|id| self.ops[id].route() == Some((from, lane)));
+            .filter(|id| self.ops.get(id).and_then(|op| op.route()) == Some((from, lane)));
         let Some(id) = op else {
             // Not (or no longer) ours to answer: e.g. it timed out.
             self.stats.late_responses += 1;

@@ -34,6 +34,11 @@ impl Node {
         });
     }
 
+    fn ack(&mut self, to: Nid, msg_id: u64, status: Status, mlen: u32) {
+        let body = Body::Ack { status, mlen };
+        self.respond(to, Lane::Data, body, msg_id, Bytes::new());
+    }
+
     /// Releases a deferred payload that will not be fetched.
     pub(super) fn decline_deferred(&mut self, ni: NiId, payload: RxPayload) {
         if let RxPayload::Deferred { handle, .. } = payload {
@@ -150,13 +155,7 @@ impl Node {
             }
         };
         let mlen = if status == Status::Ok { len } else { 0 };
-        self.respond(
-            from,
-            Lane::Data,
-            Body::Ack { status, mlen },
-            msg_id,
-            Bytes::new(),
-        );
+        self.ack(from, msg_id, status, mlen);
     }
 
     /// The deferred payload of a matched PUT is in (or lost): deliver it and ACK.
@@ -187,13 +186,7 @@ impl Node {
                 (Status::Aborted, 0)
             }
         };
-        self.respond(
-            from,
-            Lane::Data,
-            Body::Ack { status, mlen },
-            msg_id,
-            Bytes::new(),
-        );
+        self.ack(from, msg_id, status, mlen);
         self.pump(from, Lane::Data);
     }
 
