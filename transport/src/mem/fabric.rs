@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use crate::lane::Lane;
@@ -18,6 +18,9 @@ use crate::nid::Nid;
 use crate::rng::SplitMix64;
 use crate::time::{Clock, Time};
 use crate::wire::HEADER_LEN;
+
+mod bulk;
+use bulk::Staged;
 
 /// Faults and timing of the link between two nodes (both directions).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,14 +57,6 @@ pub struct FabricStats {
 
 pub(super) type ConnId = u64;
 pub(super) type XferId = u64;
-
-/// A payload held at its sender until the receiver fetches or declines it.
-struct Staged {
-    owner: Nid,
-    conn: ConnId,
-    payload: Bytes,
-    token: TxToken,
-}
 
 /// What arrives at a port.
 pub(super) enum Item {
@@ -222,29 +217,6 @@ impl State {
                 error,
             };
             self.schedule(to, at, item);
-        }
-    }
-
-    /// Payloads staged on a dying connection: their sends end with the connection's error.
-    fn release_staged(&mut self, now: Time, conn: ConnId, error: &LndError) {
-        let mut doomed: Vec<XferId> = self
-            .staged
-            .iter()
-            .filter(|(_, s)| s.conn == conn)
-            .map(|(x, _)| *x)
-            .collect();
-        doomed.sort_unstable();
-        for x in doomed {
-            let st = self.staged.remove(&x).expect("listed");
-            let result = Err(error.clone());
-            self.schedule(
-                st.owner,
-                now,
-                Item::Released {
-                    token: st.token,
-                    result,
-                },
-            );
         }
     }
 }
@@ -474,26 +446,6 @@ impl MemFabric {
             .map(|_| ())
     }
 
-    /// Sends a header whose payload stays staged here until the receiver fetches or declines
-    /// it; `Ok(true)` if staged (the send completes with `Released`), `Ok(false)` if the
-    /// frame was lost on the way (the send is done: the sender cannot tell).
-    pub(super) fn send_deferred(
-        &self,
-        from: Nid,
-        conn: ConnId,
-        header: [u8; HEADER_LEN],
-        payload: Bytes,
-        token: TxToken,
-    ) -> Result<bool, LndError> {
-        let staged = Staged {
-            owner: from,
-            conn,
-            payload,
-            token,
-        };
-        self.send_frame(from, conn, header, Bytes::new(), false, Some(staged))
-    }
-
     fn send_frame(
         &self,
         from: Nid,
@@ -537,56 +489,6 @@ impl MemFabric {
         };
         st.schedule(to, at, item);
         Ok(deferred.is_some())
-    }
-
-    /// Moves staged payload `xfer` into `sink` for `fetcher`: the data "DMA" happens now,
-    /// the fetch completes after a round trip, and the sender's buffer is released.
-    pub(super) fn fetch(&self, fetcher: Nid, handle: RxHandle, xfer: XferId, mut sink: BytesMut) {
-        let now = self.now();
-        let mut st = self.lock();
-        let Some(staged) = st.staged.remove(&xfer) else {
-            let error = LndError::new(
-                LndErrorKind::Reset,
-                "the payload is gone with its connection",
-            );
-            st.schedule(
-                fetcher,
-                now,
-                Item::Fetched {
-                    handle,
-                    result: Err(error),
-                },
-            );
-            return;
-        };
-        let link = st.link(fetcher, staged.owner);
-        let (done, result, released) = if link.cut {
-            let error = LndError::new(LndErrorKind::TimedOut, "zero-copy fetch timed out");
-            (now + st.connect_timeout, Err(error.clone()), Err(error))
-        } else {
-            sink.extend_from_slice(&staged.payload);
-            (now + link.delay * 2, Ok(sink.freeze()), Ok(()))
-        };
-        let release = Item::Released {
-            token: staged.token,
-            result: released,
-        };
-        st.schedule(staged.owner, now + link.delay, release);
-        st.schedule(fetcher, done, Item::Fetched { handle, result });
-    }
-
-    /// Drops staged payload `xfer`; its sender's send completes.
-    pub(super) fn decline(&self, decliner: Nid, xfer: XferId) {
-        let now = self.now();
-        let mut st = self.lock();
-        if let Some(staged) = st.staged.remove(&xfer) {
-            let at = now + st.link(decliner, staged.owner).delay;
-            let release = Item::Released {
-                token: staged.token,
-                result: Ok(()),
-            };
-            st.schedule(staged.owner, at, release);
-        }
     }
 
     /// Closes `conn` from `from`'s side.

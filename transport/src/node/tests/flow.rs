@@ -1,0 +1,195 @@
+//! Sending: connection set-up, peer credits, credit return, NI limits, health-lane priority.
+
+use super::*;
+
+#[test]
+fn put_connects_sends_and_completes_on_ack() {
+    let mut n = node();
+    n.put(t(0), OpId(1), put(B, b"hello")).unwrap();
+    assert_eq!(
+        requests(&mut n),
+        vec![LndRequest::Connect {
+            peer: nid(B),
+            lane: Lane::Data
+        }]
+    );
+    assert!(
+        drain(&mut n).is_empty(),
+        "nothing goes out before the lane is up"
+    );
+    connected(&mut n, B, Lane::Data, 8, 7);
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1);
+    let h = sent[0].header;
+    assert_eq!(
+        h.body,
+        Body::Put {
+            portal: 4,
+            match_bits: 0x10
+        }
+    );
+    assert_eq!(
+        (h.src, h.dst, h.lane, h.src_incarnation),
+        (nid(A), nid(B), Lane::Data, 100)
+    );
+    assert_eq!(&sent[0].payload[..], b"hello");
+    sent_ok(&mut n, &sent[0]);
+    assert!(
+        completions(&mut n).is_empty(),
+        "a PUT completes on its ACK, not on sending"
+    );
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Ack {
+            status: Status::Ok,
+            mlen: 5,
+        },
+        h.msg_id,
+        1,
+        b"",
+    );
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(1), Ok(OpOutcome::Put { mlen: 5 }))]
+    );
+    assert_eq!(n.live_ops(), 0);
+}
+
+#[test]
+fn sends_wait_for_peer_credits_and_resume_when_returned() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 2, 7);
+    for i in 0..4 {
+        n.put(t(0), OpId(i), put(B, b"x")).unwrap();
+    }
+    let first = drain(&mut n);
+    assert_eq!(first.len(), 2, "two credits, two frames");
+    // The peer returns one credit on an ACK: exactly one more frame leaves.
+    let id0 = first[0].header.msg_id;
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Ack {
+            status: Status::Ok,
+            mlen: 1,
+        },
+        id0,
+        1,
+        b"",
+    );
+    let next = drain(&mut n);
+    assert_eq!(next.len(), 1);
+    // It carries back the credit we owe for the ACK we consumed.
+    assert_eq!(next[0].header.credits, 1);
+    receive(&mut n, t(1), B, Lane::Data, Body::Credit, 0, 2, b"");
+    assert_eq!(drain(&mut n).len(), 1, "the last queued PUT");
+}
+
+#[test]
+fn owed_credits_go_back_in_a_credit_frame_at_the_high_water_mark() {
+    let mut c = cfg();
+    c.lanes[Lane::Data].peer_credits = 4;
+    c.lanes[Lane::Data].credits_hiw = 3;
+    let mut n = node_with(c);
+    connected(&mut n, B, Lane::Data, 1, 7);
+    // Spend our only credit, so nothing else can carry credits back.
+    n.put(t(0), OpId(1), put(B, b"x")).unwrap();
+    assert_eq!(drain(&mut n).len(), 1);
+    for seq in 0..2 {
+        receive(
+            &mut n,
+            t(1),
+            B,
+            Lane::Data,
+            Body::Ping { seq },
+            50 + seq,
+            0,
+            b"",
+        );
+    }
+    assert!(
+        drain(&mut n).is_empty(),
+        "PONGs wait for a credit; 2 owed < hiw 3"
+    );
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Ping { seq: 2 },
+        52,
+        0,
+        b"",
+    );
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header.body, Body::Credit);
+    assert_eq!(sent[0].header.credits, 3);
+    assert_eq!(n.stats().credit_frames_sent, 1);
+    // The CREDIT frame spent no credit: the PONGs still wait, and go when one comes back.
+    receive(&mut n, t(2), B, Lane::Data, Body::Credit, 0, 1, b"");
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(sent[0].header.body, Body::Pong { seq: 0 }));
+    assert_eq!(
+        sent[0].header.credits, 0,
+        "the CREDIT frame took everything owed"
+    );
+}
+
+#[test]
+fn ni_credits_bound_frames_in_flight_across_peers() {
+    let mut c = cfg();
+    c.lanes[Lane::Data].ni_credits = 2;
+    let mut n = node_with(c);
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), put(B, b"1")).unwrap();
+    n.put(t(0), OpId(2), put(C, b"2")).unwrap();
+    n.put(t(0), OpId(3), put(C, b"3")).unwrap();
+    n.put(t(0), OpId(4), put(B, b"4")).unwrap();
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 2);
+    sent_ok(&mut n, &sent[0]);
+    let more = drain(&mut n);
+    assert_eq!(more.len(), 1, "one credit back, one frame out");
+    // Waiting peers are served in the order they ran out: C first, then B.
+    assert_eq!(more[0].header.dst, nid(C));
+    sent_ok(&mut n, &sent[1]);
+    assert_eq!(drain(&mut n)[0].header.dst, nid(B));
+}
+
+#[test]
+fn health_frames_leave_before_queued_data() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, B, Lane::Health, 8, 7);
+    for i in 0..5 {
+        n.put(t(0), OpId(i), put(B, b"data")).unwrap();
+    }
+    n.ping(t(0), OpId(99), ping(B)).unwrap();
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 6);
+    assert_eq!(sent[0].header.lane, Lane::Health);
+    assert!(matches!(sent[0].header.body, Body::Ping { .. }));
+    assert!(sent[1..].iter().all(|s| s.header.lane == Lane::Data));
+    receive(
+        &mut n,
+        t(3),
+        B,
+        Lane::Health,
+        Body::Pong { seq: 0 },
+        sent[0].header.msg_id,
+        1,
+        b"",
+    );
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(99), Ok(OpOutcome::Pong { rtt: 3 * MS }))]
+    );
+}

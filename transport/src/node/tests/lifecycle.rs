@@ -1,0 +1,274 @@
+//! How operations end: deadlines, bad requests, connection failures, restarts, protocol errors, cancellation and shutdown.
+
+use super::*;
+
+#[test]
+fn deadlines_say_where_an_operation_was_stuck() {
+    let mut n = node();
+    // Never connected: network timeout.
+    n.put(
+        t(0),
+        OpId(1),
+        PutRequest {
+            timeout: Some(10 * MS),
+            ..put(B, b"a")
+        },
+    )
+    .unwrap();
+    // Connected but no credits: local timeout (LNet blames the local NI).
+    connected(&mut n, C, Lane::Data, 1, 7);
+    n.put(t(0), OpId(2), put(C, b"b")).unwrap();
+    n.put(
+        t(0),
+        OpId(3),
+        PutRequest {
+            timeout: Some(20 * MS),
+            ..put(C, b"c")
+        },
+    )
+    .unwrap();
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1);
+    // Op 2 is in the driver with no send completion: network timeout at the default deadline.
+    assert_eq!(n.poll_timeout(), Some(t(10)));
+    n.handle_timeout(t(10));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(1), Err(OpError::NetworkTimeout))]
+    );
+    n.handle_timeout(t(20));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(3), Err(OpError::LocalTimeout))]
+    );
+    n.handle_timeout(t(10_000));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(2), Err(OpError::NetworkTimeout))]
+    );
+    // Sent, acknowledged by the driver, never answered: remote timeout.
+    n.put(
+        t(10_000),
+        OpId(4),
+        PutRequest {
+            timeout: Some(5 * MS),
+            ..put(C, b"d")
+        },
+    )
+    .unwrap();
+    receive(&mut n, t(10_000), C, Lane::Data, Body::Credit, 0, 1, b"");
+    let sent = drain(&mut n);
+    sent_ok(&mut n, &sent[0]);
+    n.handle_timeout(t(10_005));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(4), Err(OpError::RemoteTimeout))]
+    );
+    // A late ACK is counted, not completed again.
+    receive(
+        &mut n,
+        t(10_006),
+        C,
+        Lane::Data,
+        Body::Ack {
+            status: Status::Ok,
+            mlen: 1,
+        },
+        sent[0].header.msg_id,
+        0,
+        b"",
+    );
+    assert!(completions(&mut n).is_empty());
+    assert_eq!(n.stats().late_responses, 1);
+    assert_eq!(n.poll_timeout(), None);
+}
+
+#[test]
+fn bad_requests_complete_at_once_with_a_clear_error() {
+    let mut n = node();
+    let far = "10.0.0.1@tcp".parse().unwrap();
+    n.put(
+        t(0),
+        OpId(1),
+        PutRequest {
+            dst: far,
+            ..put(B, b"")
+        },
+    )
+    .unwrap();
+    n.put(t(0), OpId(2), put(A, b"self")).unwrap();
+    let mut big = put(B, b"");
+    big.payload = Bytes::from(vec![0; n.config().max_payload as usize + 1]);
+    n.put(t(0), OpId(3), big).unwrap();
+    let c = completions(&mut n);
+    assert_eq!(c[0], (OpId(1), Err(OpError::NoRoute(far))));
+    assert!(matches!(&c[1].1, Err(OpError::Invalid(m)) if m.contains("is this node")));
+    assert!(matches!(&c[2].1, Err(OpError::Invalid(m)) if m.contains("exceeds max_payload")));
+    assert!(requests(&mut n).is_empty());
+    n.attach(OpId(4), MatchEntry::sink(1, 0, 10)).unwrap();
+    assert_eq!(
+        n.put(t(0), OpId(4), put(B, b"")),
+        Err(SubmitError::DuplicateOpId(OpId(4)))
+    );
+}
+
+#[test]
+fn connection_failures_complete_queued_and_in_flight_operations() {
+    let mut n = node();
+    n.put(t(0), OpId(1), put(B, b"a")).unwrap();
+    let refused = LndError::new(LndErrorKind::Refused, "connection refused");
+    n.handle_lnd_event(
+        t(1),
+        NiId(0),
+        LndEvent::ConnectFailed {
+            peer: nid(B),
+            lane: Lane::Data,
+            error: refused,
+        },
+    );
+    let c = completions(&mut n);
+    assert!(matches!(&c[..], [(OpId(1), Err(OpError::Remote(m)))] if m.contains("refused")));
+
+    requests(&mut n);
+    n.put(t(2), OpId(2), put(B, b"b")).unwrap();
+    n.put(t(2), OpId(3), put(B, b"c")).unwrap();
+    assert_eq!(requests(&mut n).len(), 1, "a new attempt after the failure");
+    connected(&mut n, B, Lane::Data, 1, 7);
+    let sent = drain(&mut n);
+    sent_ok(&mut n, &sent[0]);
+    let reset = LndError::new(LndErrorKind::Reset, "connection reset by peer");
+    n.handle_lnd_event(
+        t(3),
+        NiId(0),
+        LndEvent::Disconnected {
+            peer: nid(B),
+            lane: Lane::Data,
+            error: reset,
+        },
+    );
+    let c = completions(&mut n);
+    assert!(
+        matches!(&c[..], [(OpId(2), Err(OpError::Network(_)))]),
+        "{c:?}"
+    );
+    // The still-queued op asks for a new connection and goes out on it.
+    assert_eq!(
+        requests(&mut n),
+        vec![LndRequest::Connect {
+            peer: nid(B),
+            lane: Lane::Data
+        }]
+    );
+    connected(&mut n, B, Lane::Data, 1, 7);
+    assert_eq!(&drain(&mut n)[0].payload[..], b"c");
+}
+
+#[test]
+fn a_new_incarnation_is_a_restart_and_loses_what_the_old_one_owed() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), put(B, b"a")).unwrap();
+    let sent = drain(&mut n);
+    sent_ok(&mut n, &sent[0]);
+    connected(&mut n, B, Lane::Data, 8, 7);
+    assert!(
+        events(&mut n).is_empty(),
+        "same incarnation: a reconnection, not a restart"
+    );
+    connected(&mut n, B, Lane::Data, 8, 8);
+    assert_eq!(
+        events(&mut n),
+        vec![
+            Event::PeerRestarted {
+                peer: nid(B),
+                old: 7,
+                new: 8
+            },
+            Event::Completed(Completion {
+                op: OpId(1),
+                result: Err(OpError::PeerRestarted)
+            }),
+        ]
+    );
+}
+
+#[test]
+fn frames_that_lie_about_their_origin_close_the_connection() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    let header = Header {
+        lane: Lane::Data,
+        credits: 0,
+        src: nid(C),
+        dst: nid(A),
+        src_incarnation: 7,
+        msg_id: 1,
+        payload_len: 0,
+        body: Body::Credit,
+    };
+    n.handle_lnd_event(
+        t(0),
+        NiId(0),
+        LndEvent::Received {
+            peer: nid(B),
+            lane: Lane::Data,
+            header,
+            payload: RxPayload::Inline(Bytes::new()),
+        },
+    );
+    assert!(matches!(&requests(&mut n)[..], [LndRequest::Close { peer, .. }] if *peer == nid(B)));
+    // Returning credits never spent is a protocol error too.
+    receive(&mut n, t(0), B, Lane::Data, Body::Credit, 0, 1, b"");
+    assert_eq!(requests(&mut n).len(), 1);
+    assert_eq!(n.stats().protocol_errors, 2);
+}
+
+#[test]
+fn cancel_and_shutdown_complete_each_operation_exactly_once() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 1, 7);
+    n.put(t(0), OpId(1), put(B, b"a")).unwrap();
+    n.put(t(0), OpId(2), put(B, b"b")).unwrap();
+    n.attach(OpId(3), MatchEntry::sink(1, 0, 10)).unwrap();
+    n.ping(t(0), OpId(4), ping(B)).unwrap();
+    let sent = drain(&mut n);
+    n.cancel(OpId(2));
+    n.cancel(OpId(2));
+    n.shutdown();
+    n.put(t(0), OpId(5), put(B, b"late")).unwrap();
+    let c = completions(&mut n);
+    let ids: Vec<OpId> = c.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![OpId(2), OpId(1), OpId(3), OpId(4), OpId(5)]);
+    assert!(c.iter().all(|(_, r)| *r == Err(OpError::Cancelled)));
+    // Late driver and peer events find nothing to complete.
+    sent_ok(&mut n, &sent[0]);
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Ack {
+            status: Status::Ok,
+            mlen: 1,
+        },
+        sent[0].header.msg_id,
+        0,
+        b"",
+    );
+    n.handle_timeout(t(1_000_000));
+    assert!(completions(&mut n).is_empty());
+    assert!(matches!(
+        n.attach(
+            OpId(6),
+            MatchEntry {
+                kind: EntryKind::Sink { max_len: 1 },
+                ..MatchEntry::sink(1, 0, 1)
+            }
+        ),
+        Ok(())
+    ));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(6), Err(OpError::Cancelled))]
+    );
+}

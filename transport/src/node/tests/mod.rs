@@ -1,0 +1,163 @@
+//! Unit tests of the node alone: driver events are fed by hand, outputs inspected.
+//! Helpers here; the tests by theme in the submodules.
+
+mod flow;
+mod lifecycle;
+mod target;
+
+pub(super) use std::time::Duration;
+
+pub(super) use bytes::Bytes;
+
+pub(super) use super::*;
+pub(super) use crate::handshake::PeerHello;
+pub(super) use crate::lnd::{LndErrorKind, LndEvent, RxHandle, RxPayload, TxToken};
+pub(super) use crate::op::{EntryKind, Refused, RejectReason};
+pub(super) use crate::wire::{decode_header, Header, Limits, Status};
+
+pub(super) const A: u32 = 1;
+pub(super) const B: u32 = 2;
+pub(super) const C: u32 = 3;
+pub(super) const MS: Duration = Duration::from_millis(1);
+
+pub(super) fn nid(n: u32) -> Nid {
+    Nid::mem(n, 0)
+}
+
+pub(super) fn t(ms: u64) -> Time {
+    Time(ms * 1_000_000)
+}
+
+pub(super) fn cfg() -> NodeConfig {
+    NodeConfig::new(100)
+}
+
+pub(super) fn node_with(cfg: NodeConfig) -> Node {
+    let mut n = Node::new(cfg);
+    n.add_ni(nid(A)).unwrap();
+    n
+}
+
+pub(super) fn node() -> Node {
+    node_with(cfg())
+}
+
+pub(super) struct Sent {
+    pub(super) header: Header,
+    pub(super) payload: Bytes,
+    pub(super) token: TxToken,
+}
+
+pub(super) fn drain(n: &mut Node) -> Vec<Sent> {
+    std::iter::from_fn(|| n.poll_transmit())
+        .map(|(_, tx)| Sent {
+            header: decode_header(&tx.header, &Limits::default()).unwrap(),
+            payload: tx.payload,
+            token: tx.token,
+        })
+        .collect()
+}
+
+pub(super) fn events(n: &mut Node) -> Vec<Event> {
+    std::iter::from_fn(|| n.poll_event()).collect()
+}
+
+pub(super) fn completions(n: &mut Node) -> Vec<(OpId, Result<OpOutcome, OpError>)> {
+    events(n)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Completed(c) => Some((c.op, c.result)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(super) fn requests(n: &mut Node) -> Vec<LndRequest> {
+    std::iter::from_fn(|| n.poll_request())
+        .map(|(_, r)| r)
+        .collect()
+}
+
+pub(super) fn connected(n: &mut Node, peer: u32, lane: Lane, credits: u16, incarnation: u64) {
+    let hello = PeerHello {
+        nid: nid(peer),
+        incarnation,
+        lane,
+        credits,
+        max_payload: 1 << 20,
+    };
+    let local_credits = n.config().lanes[lane].peer_credits;
+    n.handle_lnd_event(
+        Time::ZERO,
+        NiId(0),
+        LndEvent::Connected {
+            peer: nid(peer),
+            lane,
+            hello,
+            local_credits,
+        },
+    );
+}
+
+// A frame is its fields; bundling them into a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn receive(
+    n: &mut Node,
+    now: Time,
+    peer: u32,
+    lane: Lane,
+    body: Body,
+    msg_id: u64,
+    credits: u16,
+    payload: &[u8],
+) {
+    let header = Header {
+        lane,
+        credits,
+        src: nid(peer),
+        dst: nid(A),
+        src_incarnation: 7,
+        msg_id,
+        payload_len: payload.len() as u32,
+        body,
+    };
+    n.handle_lnd_event(
+        now,
+        NiId(0),
+        LndEvent::Received {
+            peer: nid(peer),
+            lane,
+            header,
+            payload: RxPayload::Inline(Bytes::copy_from_slice(payload)),
+        },
+    );
+}
+
+pub(super) fn sent_ok(n: &mut Node, s: &Sent) {
+    n.handle_lnd_event(
+        Time::ZERO,
+        NiId(0),
+        LndEvent::SendComplete {
+            token: s.token,
+            result: Ok(()),
+        },
+    );
+}
+
+pub(super) fn put(dst: u32, bytes: &'static [u8]) -> PutRequest {
+    PutRequest {
+        dst: nid(dst),
+        portal: 4,
+        match_bits: 0x10,
+        payload: Bytes::from_static(bytes),
+        timeout: None,
+    }
+}
+
+pub(super) fn ping(dst: u32) -> PingRequest {
+    PingRequest {
+        dst: nid(dst),
+        lane: Lane::Health,
+        timeout: None,
+    }
+}

@@ -1,0 +1,392 @@
+//! The target side: matching, refusals, GET sources, deferred (zero-copy) payloads.
+
+use super::*;
+
+#[test]
+fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    let mut only_c = MatchEntry::sink(4, 0x10, 100).once();
+    only_c.source = Some(nid(C));
+    n.attach(OpId(1), only_c).unwrap();
+    n.attach(
+        OpId(2),
+        MatchEntry {
+            ignore_bits: 0xf,
+            ..MatchEntry::sink(4, 0x10, 3)
+        },
+    )
+    .unwrap();
+    n.attach(OpId(3), MatchEntry::sink(4, 0x10, 100)).unwrap();
+
+    // From B: entry 1 wants C, entry 2 ignores the low bits but is too small, entry 3 takes it.
+    receive(
+        &mut n,
+        t(0),
+        B,
+        Lane::Data,
+        Body::Put {
+            portal: 4,
+            match_bits: 0x10,
+        },
+        9,
+        0,
+        b"four",
+    );
+    // From C with other low bits: entry 1 needs exact bits; entry 2 fits.
+    receive(
+        &mut n,
+        t(0),
+        C,
+        Lane::Data,
+        Body::Put {
+            portal: 4,
+            match_bits: 0x1f,
+        },
+        10,
+        0,
+        b"abc",
+    );
+    // From C exact: entry 1, which then unlinks.
+    receive(
+        &mut n,
+        t(0),
+        C,
+        Lane::Data,
+        Body::Put {
+            portal: 4,
+            match_bits: 0x10,
+        },
+        11,
+        0,
+        b"c!",
+    );
+    let ev = events(&mut n);
+    let delivered: Vec<(OpId, &[u8])> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivered(d) => Some((d.entry, &d.payload[..])),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![(OpId(3), &b"four"[..]), (OpId(2), b"abc"), (OpId(1), b"c!")]
+    );
+    assert!(ev.contains(&Event::Completed(Completion {
+        op: OpId(1),
+        result: Ok(OpOutcome::Unlinked)
+    })));
+    // Each PUT was ACKed with its accepted length.
+    let acks: Vec<Body> = drain(&mut n).into_iter().map(|s| s.header.body).collect();
+    assert_eq!(
+        acks,
+        vec![
+            Body::Ack {
+                status: Status::Ok,
+                mlen: 4
+            },
+            Body::Ack {
+                status: Status::Ok,
+                mlen: 3
+            },
+            Body::Ack {
+                status: Status::Ok,
+                mlen: 2
+            }
+        ]
+    );
+}
+
+#[test]
+fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
+    let mut c = cfg();
+    c.max_undelivered = 1;
+    let mut n = node_with(c);
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    receive(
+        &mut n,
+        t(0),
+        B,
+        Lane::Data,
+        Body::Put {
+            portal: 5,
+            match_bits: 0x10,
+        },
+        1,
+        0,
+        b"?",
+    );
+    receive(
+        &mut n,
+        t(0),
+        B,
+        Lane::Data,
+        Body::Put {
+            portal: 4,
+            match_bits: 0x10,
+        },
+        2,
+        0,
+        b"full",
+    );
+    n.deliveries_consumed(1);
+    receive(
+        &mut n,
+        t(0),
+        B,
+        Lane::Data,
+        Body::Put {
+            portal: 4,
+            match_bits: 0x10,
+        },
+        3,
+        0,
+        b"ok",
+    );
+    let acks: Vec<Status> = drain(&mut n)
+        .into_iter()
+        .map(|s| match s.header.body {
+            Body::Ack { status, .. } => status,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, vec![Status::NoMatch, Status::Busy, Status::Ok]);
+    let ev = events(&mut n);
+    assert!(matches!(
+        &ev[0],
+        Event::Refused(Refused {
+            reason: RejectReason::NoMatch,
+            portal: 5,
+            ..
+        })
+    ));
+    assert!(matches!(&ev[1], Event::Delivered(d) if &d.payload[..] == b"ok"));
+    assert_eq!((n.stats().refused_no_match, n.stats().refused_busy), (1, 1));
+}
+
+#[test]
+fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.attach(
+        OpId(1),
+        MatchEntry::source(6, 1, Bytes::from_static(b"0123456789")),
+    )
+    .unwrap();
+    receive(
+        &mut n,
+        t(0),
+        B,
+        Lane::Data,
+        Body::Get {
+            portal: 6,
+            match_bits: 1,
+            want_len: 4,
+        },
+        5,
+        0,
+        b"",
+    );
+    receive(
+        &mut n,
+        t(0),
+        B,
+        Lane::Data,
+        Body::Get {
+            portal: 6,
+            match_bits: 2,
+            want_len: 4,
+        },
+        6,
+        0,
+        b"",
+    );
+    let sent = drain(&mut n);
+    assert_eq!(sent[0].header.body, Body::Reply { status: Status::Ok });
+    assert_eq!(
+        (&sent[0].payload[..], sent[0].header.msg_id),
+        (&b"0123"[..], 5)
+    );
+    assert_eq!(
+        sent[1].header.body,
+        Body::Reply {
+            status: Status::NoMatch
+        }
+    );
+
+    n.get(
+        t(0),
+        OpId(2),
+        GetRequest {
+            dst: nid(B),
+            portal: 6,
+            match_bits: 1,
+            want_len: 8,
+            timeout: None,
+        },
+    )
+    .unwrap();
+    let g = drain(&mut n);
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Reply {
+            status: Status::NoMatch,
+        },
+        g[0].header.msg_id,
+        0,
+        b"",
+    );
+    let c = completions(&mut n);
+    assert_eq!(
+        c,
+        vec![(OpId(2), Err(OpError::Rejected(RejectReason::NoMatch)))]
+    );
+}
+
+fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u64, len: u32) {
+    let header = Header {
+        lane: Lane::Data,
+        credits: 0,
+        src: nid(B),
+        dst: nid(A),
+        src_incarnation: 7,
+        msg_id,
+        payload_len: len,
+        body,
+    };
+    let payload = RxPayload::Deferred {
+        handle: RxHandle(handle),
+        len,
+    };
+    let ev = LndEvent::Received {
+        peer: nid(B),
+        lane: Lane::Data,
+        header,
+        payload,
+    };
+    n.handle_lnd_event(t(0), NiId(0), ev);
+}
+
+fn fetched(n: &mut Node, handle: u64, result: Result<Bytes, LndError>) {
+    let ev = LndEvent::Fetched {
+        handle: RxHandle(handle),
+        result,
+    };
+    n.handle_lnd_event(t(0), NiId(0), ev);
+}
+
+fn acks(n: &mut Node) -> Vec<(u64, Status, u32)> {
+    drain(n)
+        .into_iter()
+        .map(|s| match s.header.body {
+            Body::Ack { status, mlen } => (s.header.msg_id, status, mlen),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn deferred_payloads_are_fetched_after_matching_and_declined_otherwise() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100).once())
+        .unwrap();
+    n.attach(OpId(2), MatchEntry::sink(4, 0x10, 100).once())
+        .unwrap();
+    let put = Body::Put {
+        portal: 4,
+        match_bits: 0x10,
+    };
+
+    receive_deferred(&mut n, put, 1, 11, 50);
+    match &requests(&mut n)[..] {
+        [LndRequest::Fetch {
+            handle: RxHandle(11),
+            sink,
+        }] => assert!(sink.capacity() >= 50),
+        other => panic!("{other:?}"),
+    }
+    assert!(drain(&mut n).is_empty(), "no ACK before the payload is in");
+    // Entry 1 is reserved by that payload: the next PUT matches entry 2.
+    receive_deferred(&mut n, put, 2, 12, 60);
+    assert!(matches!(
+        &requests(&mut n)[..],
+        [LndRequest::Fetch {
+            handle: RxHandle(12),
+            ..
+        }]
+    ));
+    // Nothing matches portal 9: the payload is declined and the sender told.
+    receive_deferred(
+        &mut n,
+        Body::Put {
+            portal: 9,
+            match_bits: 0,
+        },
+        3,
+        13,
+        70,
+    );
+    assert_eq!(
+        requests(&mut n),
+        vec![LndRequest::Decline {
+            handle: RxHandle(13)
+        }]
+    );
+    assert_eq!(acks(&mut n), vec![(3, Status::NoMatch, 0)]);
+    events(&mut n);
+
+    // Entry 2's payload is lost in transit: ACK Aborted, the entry is free again.
+    let lost = LndError::new(LndErrorKind::Reset, "connection reset");
+    fetched(&mut n, 12, Err(lost));
+    assert_eq!(acks(&mut n), vec![(2, Status::Aborted, 0)]);
+    assert!(events(&mut n).is_empty());
+    assert_eq!(n.stats().fetch_failures, 1);
+    // Entry 1's payload arrives: delivered, unlinked, ACKed.
+    fetched(&mut n, 11, Ok(Bytes::from(vec![5; 50])));
+    let ev = events(&mut n);
+    assert!(matches!(&ev[0], Event::Delivered(d) if d.entry == OpId(1) && d.payload.len() == 50));
+    assert_eq!(
+        ev[1],
+        Event::Completed(Completion {
+            op: OpId(1),
+            result: Ok(OpOutcome::Unlinked)
+        })
+    );
+    assert_eq!(acks(&mut n), vec![(1, Status::Ok, 50)]);
+    // Entry 2 takes the next one.
+    receive_deferred(&mut n, put, 4, 14, 10);
+    fetched(&mut n, 14, Ok(Bytes::from(vec![6; 10])));
+    assert!(matches!(&events(&mut n)[0], Event::Delivered(d) if d.entry == OpId(2)));
+}
+
+#[test]
+fn an_aborted_ack_fails_the_put_as_a_remote_error() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), put(B, b"x")).unwrap();
+    let sent = drain(&mut n);
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        Body::Ack {
+            status: Status::Aborted,
+            mlen: 0,
+        },
+        sent[0].header.msg_id,
+        1,
+        b"",
+    );
+    let c = completions(&mut n);
+    assert!(
+        matches!(&c[..], [(OpId(1), Err(OpError::Remote(m)))] if m.contains("could not take its payload"))
+    );
+}
