@@ -77,6 +77,7 @@ fn drain(who: &str, ep: &Endpoint) {
 
 fn put(dst: Nid, portal: u32, payload: impl Into<Bytes>) -> PutRequest {
     PutRequest {
+        lane: Lane::Data,
         dst,
         portal,
         match_bits: 0x10,
@@ -121,6 +122,7 @@ fn main() {
     println!("\n3. GET 64 KiB from the server's source; the data is checked.");
     let op = client
         .get(GetRequest {
+            lane: Lane::Data,
             dst: server_nid,
             portal: SOURCE,
             match_bits: 0x10,

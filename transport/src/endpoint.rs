@@ -12,7 +12,7 @@
 //! use lanet::mem::{MemFabric, MemLnd, MemLndConfig};
 //! use lanet::op::{MatchEntry, PutRequest};
 //! use lanet::time::MonotonicClock;
-//! use lanet::{Endpoint, Event, Nid, NodeConfig, OpOutcome};
+//! use lanet::{Endpoint, Event, Lane, Nid, NodeConfig, OpOutcome};
 //!
 //! let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
 //! let start = |n: u32| {
@@ -22,7 +22,7 @@
 //! };
 //! let (a, b) = (start(1), start(2));
 //! b.attach(MatchEntry::sink(4, 0x10, 1024)).unwrap();
-//! let put = PutRequest {
+//! let put = PutRequest { lane: Lane::Data,
 //!     dst: Nid::mem(2, 0), portal: 4, match_bits: 0x10,
 //!     payload: Bytes::from_static(b"hello"), timeout: None,
 //! };

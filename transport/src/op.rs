@@ -25,6 +25,9 @@ impl fmt::Display for OpId {
 #[derive(Debug, Clone)]
 pub struct PutRequest {
     pub dst: Nid,
+    /// The lane to send on. PUT and GET travel on data lanes (today `Lane::Data`); the health
+    /// lane refuses them, so nobody can use it as a fast path for data.
+    pub lane: Lane,
     pub portal: u32,
     pub match_bits: u64,
     pub payload: Bytes,
@@ -35,6 +38,7 @@ pub struct PutRequest {
 impl PutRequest {
     /// Checks what can be checked before sending; the error says what is wrong.
     pub fn validate(&self, max_payload: u32) -> Result<(), String> {
+        check_data_lane("PUT", self.lane)?;
         if self.payload.len() > max_payload as usize {
             return Err(format!(
                 "payload of {} bytes exceeds max_payload ({max_payload})",
@@ -49,6 +53,8 @@ impl PutRequest {
 #[derive(Debug, Clone)]
 pub struct GetRequest {
     pub dst: Nid,
+    /// The lane to send on; see [`PutRequest::lane`].
+    pub lane: Lane,
     pub portal: u32,
     pub match_bits: u64,
     pub want_len: u32,
@@ -57,6 +63,7 @@ pub struct GetRequest {
 
 impl GetRequest {
     pub fn validate(&self, max_payload: u32) -> Result<(), String> {
+        check_data_lane("GET", self.lane)?;
         if self.want_len > max_payload {
             return Err(format!(
                 "want_len of {} bytes exceeds max_payload ({max_payload})",
@@ -64,6 +71,20 @@ impl GetRequest {
             ));
         }
         Ok(())
+    }
+}
+
+fn check_data_lane(what: &str, lane: Lane) -> Result<(), String> {
+    let ty = match what {
+        "PUT" => crate::wire::FrameType::Put,
+        _ => crate::wire::FrameType::Get,
+    };
+    if ty.allowed_on(lane) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} cannot travel on the {lane} lane; use a data lane"
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::lane::Lane;
 use crate::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
 use crate::op::{Completion, OpOutcome};
 use crate::time::MonotonicClock;
@@ -25,6 +26,7 @@ fn endpoint(fabric: &MemFabric, n: u32) -> Endpoint {
 
 fn put(dst: u32, payload: Bytes) -> PutRequest {
     PutRequest {
+        lane: Lane::Data,
         dst: Nid::mem(dst, 0),
         portal: 4,
         match_bits: 1,
@@ -66,6 +68,7 @@ fn endpoints_exchange_puts_and_gets_across_threads() {
     let p = a.put(put(2, data.clone())).unwrap();
     let g = a
         .get(GetRequest {
+            lane: Lane::Data,
             dst: Nid::mem(2, 0),
             portal: 5,
             match_bits: 1,
@@ -146,6 +149,11 @@ fn bad_requests_are_refused_before_submission() {
     assert!(
         matches!(a.put(put(2, too_big)), Err(EndpointError::Invalid(m)) if m.contains("max_payload"))
     );
+    let health = PutRequest {
+        lane: Lane::Health,
+        ..put(2, Bytes::new())
+    };
+    assert!(matches!(a.put(health), Err(EndpointError::Invalid(m)) if m.contains("health lane")));
     // Errors that need the network come as completions.
     let op = a
         .put(PutRequest {

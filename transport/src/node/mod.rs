@@ -12,6 +12,8 @@
 
 mod rx;
 mod target;
+
+use target::Incoming;
 mod tx;
 
 #[cfg(test)]
@@ -154,10 +156,7 @@ pub(crate) struct Op {
 pub(crate) enum Fetch {
     /// A PUT matched `entry`; ACK it once the payload is in.
     Put {
-        from: Nid,
-        portal: u32,
-        match_bits: u64,
-        msg_id: u64,
+        req: Incoming,
         entry: OpId,
         entry_seq: u64,
     },
@@ -169,8 +168,8 @@ impl Op {
     /// The peer and lane of an op that sends something.
     pub(crate) fn route(&self) -> Option<(Nid, Lane)> {
         match &self.kind {
-            OpKind::Put(r) => Some((r.dst, Lane::Data)),
-            OpKind::Get(r) => Some((r.dst, Lane::Data)),
+            OpKind::Put(r) => Some((r.dst, r.lane)),
+            OpKind::Get(r) => Some((r.dst, r.lane)),
             OpKind::Ping { req, .. } => Some((req.dst, req.lane)),
             OpKind::Entry(_) => None,
         }

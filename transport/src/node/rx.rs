@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Pending};
+use super::{Conn, Fetch, Incoming, LndRequest, NiId, Node, OpKind, Pending};
 use crate::credits::LaneCredits;
 use crate::handshake::PeerHello;
 use crate::lane::Lane;
@@ -184,13 +184,29 @@ impl Node {
         }
         match h.body {
             Body::Put { portal, match_bits } => {
-                self.rx_put(ni, nid, portal, match_bits, h.msg_id, payload)
+                let req = Incoming {
+                    from: nid,
+                    lane,
+                    portal,
+                    match_bits,
+                    msg_id: h.msg_id,
+                };
+                self.rx_put(ni, req, payload)
             }
             Body::Get {
                 portal,
                 match_bits,
                 want_len,
-            } => self.rx_get(nid, portal, match_bits, want_len, h.msg_id),
+            } => {
+                let req = Incoming {
+                    from: nid,
+                    lane,
+                    portal,
+                    match_bits,
+                    msg_id: h.msg_id,
+                };
+                self.rx_get(req, want_len)
+            }
             Body::Ack { status, mlen } => {
                 self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Ack(status, mlen))
             }
@@ -293,13 +309,10 @@ impl Node {
                 }
             }
             Some(Fetch::Put {
-                from,
-                portal,
-                match_bits,
-                msg_id,
+                req,
                 entry,
                 entry_seq,
-            }) => self.put_fetched(from, portal, match_bits, msg_id, (entry, entry_seq), result),
+            }) => self.put_fetched(req, (entry, entry_seq), result),
         }
     }
 }

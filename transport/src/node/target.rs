@@ -10,6 +10,17 @@ use crate::nid::Nid;
 use crate::op::{Delivery, EntryKind, Event, OpId, OpOutcome, Refused, RejectReason};
 use crate::wire::{Body, Status};
 
+/// Who sent an incoming request, on which lane, what it addressed, and the message id its
+/// answer must echo.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Incoming {
+    pub(crate) from: Nid,
+    pub(crate) lane: Lane,
+    pub(crate) portal: u32,
+    pub(crate) match_bits: u64,
+    pub(crate) msg_id: u64,
+}
+
 impl Node {
     /// Queues an answer (ACK, REPLY, PONG) to `nid`, if the lane is still up to carry it.
     pub(super) fn respond(
@@ -34,9 +45,9 @@ impl Node {
         });
     }
 
-    fn ack(&mut self, to: Nid, msg_id: u64, status: Status, mlen: u32) {
+    fn ack(&mut self, req: Incoming, status: Status, mlen: u32) {
         let body = Body::Ack { status, mlen };
-        self.respond(to, Lane::Data, body, msg_id, Bytes::new());
+        self.respond(req.from, req.lane, body, req.msg_id, Bytes::new());
     }
 
     /// Releases a deferred payload that will not be fetched.
@@ -48,7 +59,7 @@ impl Node {
     }
 
     /// Refuses an incoming request; past the delivery budget, refusals are only counted.
-    fn refuse(&mut self, from: Nid, portal: u32, match_bits: u64, len: u32, reason: RejectReason) {
+    fn refuse(&mut self, req: Incoming, len: u32, reason: RejectReason) {
         match reason {
             RejectReason::NoMatch => self.stats.refused_no_match += 1,
             RejectReason::Busy => self.stats.refused_busy += 1,
@@ -56,28 +67,22 @@ impl Node {
         if reason == RejectReason::NoMatch && self.undelivered < self.cfg.max_undelivered {
             self.undelivered += 1;
             self.events.push_back(Event::Refused(Refused {
-                from,
-                portal,
-                match_bits,
+                from: req.from,
+                portal: req.portal,
+                match_bits: req.match_bits,
                 len,
                 reason,
             }));
         }
     }
 
-    /// The first entry of `portal` that takes a message from `from` with `match_bits`, for
-    /// which `fits` holds, and that is not reserved by a payload in transit.
-    fn find_entry(
-        &self,
-        portal: u32,
-        from: Nid,
-        match_bits: u64,
-        fits: impl Fn(&EntryKind) -> bool,
-    ) -> Option<OpId> {
-        self.portals.get(&portal)?.iter().copied().find(|id| {
+    /// The first entry of the request's portal that takes it, for which `fits` holds, and
+    /// that is not reserved by a payload in transit.
+    fn find_entry(&self, req: Incoming, fits: impl Fn(&EntryKind) -> bool) -> Option<OpId> {
+        self.portals.get(&req.portal)?.iter().copied().find(|id| {
             let op = &self.ops[id];
             matches!(&op.kind, OpKind::Entry(e)
-                if !op.reserved && e.matches(from, match_bits) && fits(&e.kind))
+                if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
         })
     }
 
@@ -88,41 +93,31 @@ impl Node {
         }
     }
 
-    fn deliver(&mut self, entry: OpId, from: Nid, portal: u32, match_bits: u64, payload: Bytes) {
+    fn deliver(&mut self, entry: OpId, req: Incoming, payload: Bytes) {
         self.events.push_back(Event::Delivered(Delivery {
             entry,
-            from,
-            portal,
-            match_bits,
+            from: req.from,
+            portal: req.portal,
+            match_bits: req.match_bits,
             payload,
         }));
         self.matched(entry);
     }
 
-    pub(super) fn rx_put(
-        &mut self,
-        ni: NiId,
-        from: Nid,
-        portal: u32,
-        match_bits: u64,
-        msg_id: u64,
-        payload: RxPayload,
-    ) {
+    pub(super) fn rx_put(&mut self, ni: NiId, req: Incoming, payload: RxPayload) {
         let len = payload.len() as u32;
         let found = self.find_entry(
-            portal,
-            from,
-            match_bits,
+            req,
             |k| matches!(k, EntryKind::Sink { max_len } if *max_len >= len),
         );
         let status = match found {
             _ if self.undelivered >= self.cfg.max_undelivered => {
-                self.refuse(from, portal, match_bits, len, RejectReason::Busy);
+                self.refuse(req, len, RejectReason::Busy);
                 self.decline_deferred(ni, payload);
                 Status::Busy
             }
             None => {
-                self.refuse(from, portal, match_bits, len, RejectReason::NoMatch);
+                self.refuse(req, len, RejectReason::NoMatch);
                 self.decline_deferred(ni, payload);
                 Status::NoMatch
             }
@@ -131,17 +126,14 @@ impl Node {
                 self.undelivered += 1;
                 match payload {
                     RxPayload::Inline(data) => {
-                        self.deliver(entry, from, portal, match_bits, data);
+                        self.deliver(entry, req, data);
                         Status::Ok
                     }
                     RxPayload::Deferred { handle, len } => {
                         let op = self.ops.get_mut(&entry).expect("matched a live entry");
                         op.reserved = matches!(&op.kind, OpKind::Entry(e) if e.once);
                         let fetch = Fetch::Put {
-                            from,
-                            portal,
-                            match_bits,
-                            msg_id,
+                            req,
                             entry,
                             entry_seq: op.seq,
                         };
@@ -155,16 +147,13 @@ impl Node {
             }
         };
         let mlen = if status == Status::Ok { len } else { 0 };
-        self.ack(from, msg_id, status, mlen);
+        self.ack(req, status, mlen);
     }
 
     /// The deferred payload of a matched PUT is in (or lost): deliver it and ACK.
     pub(super) fn put_fetched(
         &mut self,
-        from: Nid,
-        portal: u32,
-        match_bits: u64,
-        msg_id: u64,
+        req: Incoming,
         (entry, entry_seq): (OpId, u64),
         result: Result<Bytes, LndError>,
     ) {
@@ -177,7 +166,7 @@ impl Node {
         let (status, mlen) = match result {
             Ok(data) if live => {
                 let n = data.len() as u32;
-                self.deliver(entry, from, portal, match_bits, data);
+                self.deliver(entry, req, data);
                 (Status::Ok, n)
             }
             // The entry was cancelled meanwhile, or the payload never came.
@@ -186,24 +175,15 @@ impl Node {
                 (Status::Aborted, 0)
             }
         };
-        self.ack(from, msg_id, status, mlen);
-        self.pump(from, Lane::Data);
+        self.ack(req, status, mlen);
+        self.pump(req.from, req.lane);
     }
 
-    pub(super) fn rx_get(
-        &mut self,
-        from: Nid,
-        portal: u32,
-        match_bits: u64,
-        want_len: u32,
-        msg_id: u64,
-    ) {
-        let found = self.find_entry(portal, from, match_bits, |k| {
-            matches!(k, EntryKind::Source { .. })
-        });
+    pub(super) fn rx_get(&mut self, req: Incoming, want_len: u32) {
+        let found = self.find_entry(req, |k| matches!(k, EntryKind::Source { .. }));
         let (status, data) = match found {
             None => {
-                self.refuse(from, portal, match_bits, want_len, RejectReason::NoMatch);
+                self.refuse(req, want_len, RejectReason::NoMatch);
                 (Status::NoMatch, Bytes::new())
             }
             Some(entry) => {
@@ -218,6 +198,6 @@ impl Node {
                 (Status::Ok, data)
             }
         };
-        self.respond(from, Lane::Data, Body::Reply { status }, msg_id, data);
+        self.respond(req.from, req.lane, Body::Reply { status }, req.msg_id, data);
     }
 }

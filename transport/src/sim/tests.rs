@@ -30,6 +30,7 @@ fn sim_with(nodes: u32, seed: u64) -> Sim {
 
 fn put(dst: u32, portal: u32, data: &'static [u8]) -> PutRequest {
     PutRequest {
+        lane: Lane::Data,
         dst: nid(dst),
         portal,
         match_bits: 7,
@@ -88,6 +89,7 @@ fn put_and_get_cross_the_fabric_with_data_intact() {
     let op = sim.get(
         nid(1),
         GetRequest {
+            lane: Lane::Data,
             dst: nid(2),
             portal: 5,
             match_bits: 7,
@@ -163,6 +165,7 @@ fn large_puts_and_gets_go_zero_copy_where_the_driver_defers_them() {
     let op = sim.get(
         nid(1),
         GetRequest {
+            lane: Lane::Data,
             dst: nid(2),
             portal: 5,
             match_bits: 7,
@@ -378,6 +381,7 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
             let op = sim.put(
                 from,
                 PutRequest {
+                    lane: Lane::Data,
                     dst: to,
                     portal: rng.below(3) as u32,
                     match_bits: 7,
@@ -390,6 +394,7 @@ fn chaos(seed: u64, ops: usize) -> (Sim, Vec<String>) {
             let op = sim.get(
                 from,
                 GetRequest {
+                    lane: Lane::Data,
                     dst: to,
                     portal: rng.below(3) as u32,
                     match_bits: 7,

@@ -104,6 +104,21 @@ fn bad_requests_complete_at_once_with_a_clear_error() {
     assert_eq!(c[0], (OpId(1), Err(OpError::NoRoute(far))));
     assert!(matches!(&c[1].1, Err(OpError::Invalid(m)) if m.contains("is this node")));
     assert!(matches!(&c[2].1, Err(OpError::Invalid(m)) if m.contains("exceeds max_payload")));
+    // PUT and GET are data-lane operations.
+    n.put(
+        t(0),
+        OpId(5),
+        PutRequest {
+            lane: Lane::Health,
+            ..put(B, b"")
+        },
+    )
+    .unwrap();
+    let c = completions(&mut n);
+    assert!(
+        matches!(&c[..], [(OpId(5), Err(OpError::Invalid(m)))] if m.contains("health lane")),
+        "{c:?}"
+    );
     assert!(requests(&mut n).is_empty());
     n.attach(OpId(4), MatchEntry::sink(1, 0, 10)).unwrap();
     assert_eq!(

@@ -146,6 +146,7 @@ pub(super) fn sent_ok(n: &mut Node, s: &Sent) {
 
 pub(super) fn put(dst: u32, bytes: &'static [u8]) -> PutRequest {
     PutRequest {
+        lane: Lane::Data,
         dst: nid(dst),
         portal: 4,
         match_bits: 0x10,

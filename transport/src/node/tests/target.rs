@@ -221,6 +221,7 @@ fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
         t(0),
         OpId(2),
         GetRequest {
+            lane: Lane::Data,
             dst: nid(B),
             portal: 6,
             match_bits: 1,
