@@ -6,7 +6,7 @@
 
 use crate::lane::Lane;
 use crate::nid::Nid;
-use crate::wire::{self, Body, FrameType, Header, HEADER_LEN};
+use crate::wire::{self, Body, FrameType, Header, HelloStatus, HEADER_LEN};
 
 /// What this side says in its HELLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,11 @@ pub struct LocalHello {
 
 impl LocalHello {
     pub fn header(&self, peer: Nid) -> Header {
+        self.header_with(peer, HelloStatus::Ok)
+    }
+
+    /// A HELLO answering a dialler: `Ok`, or the reason its connection is refused.
+    pub fn header_with(&self, peer: Nid, status: HelloStatus) -> Header {
         Header {
             lane: self.lane,
             credits: 0,
@@ -31,6 +36,7 @@ impl LocalHello {
             body: Body::Hello {
                 credits: self.credits,
                 max_payload: self.max_payload,
+                status,
             },
         }
     }
@@ -70,6 +76,8 @@ pub enum HandshakeError {
     NoCredits,
     #[error("HELLO returns credits before any were spent")]
     CreditsInHello,
+    #[error("connection race: the peer keeps the connection dialled by the lower NID")]
+    LostRace,
 }
 
 /// Checks a received HELLO header against what this side expects. `expected_peer` is the
@@ -82,10 +90,14 @@ pub fn check_hello(
     let Body::Hello {
         credits,
         max_payload,
+        status,
     } = h.body
     else {
         return Err(HandshakeError::NotHello(h.frame_type()));
     };
+    if status == HelloStatus::Race {
+        return Err(HandshakeError::LostRace);
+    }
     if h.dst != local.nid {
         return Err(HandshakeError::WrongDestination {
             expected: local.nid,
@@ -188,6 +200,10 @@ mod tests {
         assert_eq!(
             check_hello(&b, None, &broke.header(b.nid)),
             Err(HandshakeError::NoCredits)
+        );
+        assert_eq!(
+            check_hello(&b, Some(a.nid), &a.header_with(b.nid, HelloStatus::Race)),
+            Err(HandshakeError::LostRace)
         );
         let mut ping = a.header(b.nid);
         ping.body = Body::Ping { seq: 1 };

@@ -1,7 +1,8 @@
 //! Encoding and decoding of frame headers. Decoding borrows the input and never allocates.
 
 use super::{
-    Body, FrameType, Header, Limits, Status, HEADER_LEN, HEALTH_MAX_PAYLOAD, MAGIC, VERSION,
+    Body, FrameType, Header, HelloStatus, Limits, Status, HEADER_LEN, HEALTH_MAX_PAYLOAD, MAGIC,
+    VERSION,
 };
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
@@ -81,9 +82,11 @@ fn encode_body(body: &Body, b: &mut [u8]) {
         Body::Hello {
             credits,
             max_payload,
+            status,
         } => {
             put_u32(0, u32::from(credits));
             put_u32(4, max_payload);
+            put_u32(8, status as u32);
         }
         Body::Put { portal, match_bits } => {
             put_u32(0, portal);
@@ -185,7 +188,8 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
 fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
     // Bytes each type leaves unused must be zero, so every header has one encoding.
     let used = match ty {
-        FrameType::Hello | FrameType::Ack => 8,
+        FrameType::Hello => 12,
+        FrameType::Ack => 8,
         FrameType::Put | FrameType::Get => 16,
         FrameType::Reply => 4,
         FrameType::Ping | FrameType::Pong => 8,
@@ -198,9 +202,11 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
     Ok(match ty {
         FrameType::Hello => {
             let credits = u32_at(b, 0);
+            let status = u32_at(b, 8);
             Body::Hello {
                 credits: u16::try_from(credits).map_err(|_| DecodeError::ReservedNotZero)?,
                 max_payload: u32_at(b, 4),
+                status: HelloStatus::from_wire(status).ok_or(DecodeError::UnknownStatus(status))?,
             }
         }
         FrameType::Put => {

@@ -113,14 +113,35 @@ impl Status {
     }
 }
 
+/// The answer a HELLO carries. A dialler's HELLO is always `Ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HelloStatus {
+    Ok = 0,
+    /// Both sides dialled at once and this connection lost: the peer's own connection,
+    /// dialled by the lower NID, is the one to use (socklnd's EALREADY).
+    Race = 1,
+}
+
+impl HelloStatus {
+    fn from_wire(v: u32) -> Option<HelloStatus> {
+        match v {
+            0 => Some(HelloStatus::Ok),
+            1 => Some(HelloStatus::Race),
+            _ => None,
+        }
+    }
+}
+
 /// Per-type header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
     /// Connection handshake: the receive credits offered on this connection and the largest
-    /// payload accepted. NID, incarnation and lane are in the common header.
+    /// payload accepted. NID, incarnation and lane are in the common header. A reply's
+    /// `status` may refuse the connection (e.g. it lost a connection race).
     Hello {
         credits: u16,
         max_payload: u32,
+        status: HelloStatus,
     },
     Put {
         portal: u32,

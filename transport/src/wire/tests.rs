@@ -197,10 +197,16 @@ fn any_status() -> impl Strategy<Value = Status> {
 
 fn any_body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (any::<u16>(), any::<u32>()).prop_map(|(credits, max_payload)| Body::Hello {
-            credits,
-            max_payload
-        }),
+        (
+            any::<u16>(),
+            any::<u32>(),
+            prop_oneof![Just(HelloStatus::Ok), Just(HelloStatus::Race)]
+        )
+            .prop_map(|(credits, max_payload, status)| Body::Hello {
+                credits,
+                max_payload,
+                status
+            }),
         (any::<u32>(), any::<u64>())
             .prop_map(|(portal, match_bits)| Body::Put { portal, match_bits }),
         (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(portal, match_bits, want_len)| {
