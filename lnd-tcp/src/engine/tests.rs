@@ -1,0 +1,307 @@
+//! Two engines joined by in-memory byte pipes: handshakes, races, failures, timeouts.
+
+use std::io::IoSlice;
+
+use super::*;
+use crate::framing::MAX_SLICES;
+use lanet::wire::{encode_header, Body, Header};
+
+const T: Duration = Duration::from_secs(5);
+
+fn local(n: u32) -> Local {
+    Local {
+        nid: Nid::mem(n, 0),
+        incarnation: u64::from(n) * 10,
+        credits: PerLane::new(4, 8),
+        max_payload: 1 << 20,
+        connect_timeout: T,
+    }
+}
+
+/// Moves everything `from` has queued on `fc` into `to`'s `tc`, as TCP would.
+fn carry(from: &mut Engine, fc: ConnId, to: &mut Engine, tc: ConnId, now: Instant) {
+    let mut bytes = Vec::new();
+    if let Some(c) = from.conn_mut(fc) {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = c.tx.slices(&mut slices);
+        for s in &slices[..n] {
+            bytes.extend_from_slice(s);
+        }
+    }
+    if bytes.is_empty() {
+        return;
+    }
+    from.wrote(fc, bytes.len());
+    if let Some(c) = to.conn_mut(tc) {
+        let space = c.rx.read_space();
+        space[..bytes.len()].copy_from_slice(&bytes);
+        let len = space.len();
+        c.rx.filled(len, bytes.len());
+        to.received(tc, now);
+    }
+}
+
+fn events(e: &mut Engine) -> Vec<LndEvent> {
+    std::mem::take(&mut e.events)
+}
+
+fn connected(events: &[LndEvent]) -> Vec<(Nid, Lane)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            LndEvent::Connected { peer, lane, .. } => Some((*peer, *lane)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ping(from: u32, to: u32, token: u64) -> Transmit {
+    let h = Header {
+        lane: Lane::Health,
+        credits: 0,
+        src: Nid::mem(from, 0),
+        dst: Nid::mem(to, 0),
+        src_incarnation: 1,
+        msg_id: token,
+        payload_len: 0,
+        body: Body::Ping { seq: token },
+    };
+    Transmit {
+        peer: Nid::mem(to, 0),
+        lane: Lane::Health,
+        header: encode_header(&h),
+        payload: Bytes::new(),
+        token: TxToken(token),
+    }
+}
+
+/// A dials B on the health lane: A's socket 1 is B's socket 101.
+fn dial_pair(a: &mut Engine, b: &mut Engine, now: Instant) {
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health));
+    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    b.accepted(101, now);
+    a.established(1);
+    carry(a, 1, b, 101, now);
+    carry(b, 101, a, 1, now);
+}
+
+#[test]
+fn a_dial_and_an_accept_shake_hands_and_carry_frames() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    dial_pair(&mut a, &mut b, now);
+    let ea = events(&mut a);
+    match &ea[..] {
+        [LndEvent::Connected {
+            peer,
+            lane: Lane::Health,
+            hello,
+            local_credits: 4,
+        }] => {
+            assert_eq!(
+                (*peer, hello.incarnation, hello.credits),
+                (Nid::mem(2, 0), 20, 4)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        connected(&events(&mut b)),
+        vec![(Nid::mem(1, 0), Lane::Health)]
+    );
+    // Connecting again is answered at once from the established connection.
+    assert!(!a.want_connect(Nid::mem(2, 0), Lane::Health));
+    assert_eq!(connected(&events(&mut a)).len(), 1);
+
+    assert_eq!(a.post(ping(1, 2, 7)), Some(1));
+    carry(&mut a, 1, &mut b, 101, now);
+    assert!(matches!(
+        &events(&mut a)[..],
+        [LndEvent::SendComplete {
+            token: TxToken(7),
+            result: Ok(())
+        }]
+    ));
+    assert!(
+        matches!(&events(&mut b)[..], [LndEvent::Received { header, .. }] if header.msg_id == 7)
+    );
+    // No connection, no send: the frame completes with an error at once.
+    assert_eq!(
+        a.post(Transmit {
+            lane: Lane::Data,
+            ..ping(1, 2, 8)
+        }),
+        None
+    );
+    assert!(matches!(
+        &events(&mut a)[..],
+        [LndEvent::SendComplete {
+            token: TxToken(8),
+            result: Err(_)
+        }]
+    ));
+}
+
+#[test]
+fn simultaneous_dials_leave_one_connection_and_no_failure() {
+    let now = Instant::now();
+    let (n1, n2) = (Nid::mem(1, 0), Nid::mem(2, 0));
+    // Both orders of arrival: the refusal may overtake the winner's HELLO or follow it.
+    for refusal_first in [true, false] {
+        let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+        assert!(a.want_connect(n2, Lane::Data));
+        assert!(b.want_connect(n1, Lane::Data));
+        // A's dial: a socket 1 <-> b socket 201. B's dial: b socket 2 <-> a socket 102.
+        a.dialled(1, n2, Lane::Data, now);
+        b.dialled(2, n1, Lane::Data, now);
+        b.accepted(201, now);
+        a.accepted(102, now);
+        a.established(1);
+        b.established(2);
+        if refusal_first {
+            carry(&mut b, 2, &mut a, 102, now); // B's HELLO reaches A, dialling: A (lower) refuses
+            carry(&mut a, 102, &mut b, 2, now); // B learns it lost, waits
+            carry(&mut a, 1, &mut b, 201, now); // A's HELLO reaches B: accepted
+        } else {
+            carry(&mut a, 1, &mut b, 201, now); // A's HELLO reaches B while B dials: A's wins
+            carry(&mut b, 2, &mut a, 102, now); // B's HELLO (sent before) reaches A: refused
+            carry(&mut a, 102, &mut b, 2, now); // the refusal finds B's dial already dropped
+        }
+        carry(&mut b, 201, &mut a, 1, now); // B's reply: A is up
+        let (ea, eb) = (events(&mut a), events(&mut b));
+        assert_eq!(connected(&ea), vec![(n2, Lane::Data)], "A: {ea:?}");
+        assert_eq!(connected(&eb), vec![(n1, Lane::Data)], "B: {eb:?}");
+        assert!(ea
+            .iter()
+            .chain(&eb)
+            .all(|e| matches!(e, LndEvent::Connected { .. })));
+        // Nothing left waiting to fail later.
+        a.expire(now + 2 * T);
+        b.expire(now + 2 * T);
+        assert!(events(&mut a).is_empty() && events(&mut b).is_empty());
+        assert_eq!(a.up.get(&(n2, Lane::Data)), Some(&1));
+        assert_eq!(b.up.get(&(n1, Lane::Data)), Some(&201));
+    }
+}
+
+#[test]
+fn handshakes_and_lost_races_time_out_into_connect_failures() {
+    let now = Instant::now();
+    let mut a = Engine::new(local(1));
+    a.dialled(1, Nid::mem(2, 0), Lane::Data, now);
+    assert_eq!(a.next_deadline(), Some(now + T));
+    a.expire(now + T);
+    assert!(
+        matches!(&events(&mut a)[..], [LndEvent::ConnectFailed { error, .. }] if error.kind == LndErrorKind::TimedOut)
+    );
+    assert_eq!(a.take_closes(), vec![1]);
+    // A dial that lost a race, whose winner never shows up.
+    let mut b = Engine::new(local(2));
+    b.dialled(2, Nid::mem(1, 0), Lane::Data, now);
+    b.established(2);
+    let mut race = local(1)
+        .hello(Lane::Data)
+        .header_with(Nid::mem(2, 0), HelloStatus::Race);
+    race.dst = Nid::mem(2, 0);
+    let c = b.conn_mut(2).unwrap();
+    let space = c.rx.read_space();
+    space[..96].copy_from_slice(&encode_header(&race));
+    let len = space.len();
+    c.rx.filled(len, 96);
+    b.received(2, now);
+    assert!(events(&mut b).is_empty(), "a lost race is not a failure");
+    assert!(
+        !b.want_connect(Nid::mem(1, 0), Lane::Data),
+        "still waiting for the winner"
+    );
+    b.expire(now + T);
+    assert!(
+        matches!(&events(&mut b)[..], [LndEvent::ConnectFailed { error, .. }] if error.kind == LndErrorKind::TimedOut)
+    );
+}
+
+#[test]
+fn a_hello_from_the_wrong_node_is_refused_and_garbage_fails_the_connection() {
+    let now = Instant::now();
+    let (mut a, mut c) = (Engine::new(local(1)), Engine::new(local(3)));
+    // A dials 2@mem but node 3 answers.
+    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    c.accepted(301, now);
+    a.established(1);
+    carry(&mut a, 1, &mut c, 301, now);
+    assert!(
+        events(&mut c).is_empty(),
+        "3 refuses a HELLO addressed to 2"
+    );
+    assert_eq!(c.take_closes(), vec![301]);
+
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    dial_pair(&mut a, &mut b, now);
+    events(&mut a);
+    events(&mut b);
+    a.post(ping(1, 2, 5));
+    let cb = b.conn_mut(101).unwrap();
+    let space = cb.rx.read_space();
+    space[..100].fill(0xab);
+    let len = space.len();
+    cb.rx.filled(len, 100);
+    b.received(101, now);
+    assert!(
+        matches!(&events(&mut b)[..], [LndEvent::Disconnected { error, .. }] if error.kind == LndErrorKind::Protocol)
+    );
+    // A's end then fails too: its queued frame completes with the error.
+    a.fail(1, err(LndErrorKind::Reset, "connection reset by peer"));
+    let ea = events(&mut a);
+    assert!(matches!(
+        &ea[0],
+        LndEvent::SendComplete {
+            token: TxToken(5),
+            result: Err(_)
+        }
+    ));
+    assert!(matches!(&ea[1], LndEvent::Disconnected { .. }));
+}
+
+#[test]
+fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the_connection() {
+    let now = Instant::now();
+    let (n1, n2) = (Nid::mem(1, 0), Nid::mem(2, 0));
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    // A (the lower NID) dials B and is up.
+    a.want_connect(n2, Lane::Data);
+    a.dialled(1, n2, Lane::Data, now);
+    b.accepted(201, now);
+    a.established(1);
+    carry(&mut a, 1, &mut b, 201, now);
+    carry(&mut b, 201, &mut a, 1, now);
+    assert_eq!(connected(&events(&mut a)), vec![(n2, Lane::Data)]);
+    events(&mut b);
+    // A HELLO from B's own dial, sent before B accepted A's, arrives late: refused.
+    let mut late_b = Engine::new(local(2));
+    late_b.dialled(2, n1, Lane::Data, now);
+    late_b.established(2);
+    a.accepted(102, now);
+    carry(&mut late_b, 2, &mut a, 102, now);
+    assert!(events(&mut a).is_empty(), "the working connection stays");
+    assert_eq!(a.up.get(&(n2, Lane::Data)), Some(&1));
+    carry(&mut a, 102, &mut late_b, 2, now);
+    assert!(
+        events(&mut late_b).is_empty(),
+        "the loser learns it lost, without failing"
+    );
+    // B restarts (new incarnation) and dials: that connection replaces the old one.
+    let mut reborn = Engine::new(Local {
+        incarnation: 99,
+        ..local(2)
+    });
+    reborn.dialled(3, n1, Lane::Data, now);
+    reborn.established(3);
+    a.accepted(103, now);
+    carry(&mut reborn, 3, &mut a, 103, now);
+    let ea = events(&mut a);
+    assert!(
+        matches!(&ea[0], LndEvent::Disconnected { error, .. } if error.detail.contains("replaced")),
+        "{ea:?}"
+    );
+    assert!(matches!(&ea[1], LndEvent::Connected { hello, .. } if hello.incarnation == 99));
+}

@@ -1,0 +1,314 @@
+//! The epoll backend (through mio): edge-triggered readiness, non-blocking sockets,
+//! `writev` straight from the frames' own buffers.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lanet::lane::Lane;
+use lanet::lnd::{LndError, LndErrorKind, LndEvent, Transmit, Wake};
+use lanet::nid::Nid;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
+
+use crate::engine::{ConnId, Engine};
+use crate::framing::MAX_SLICES;
+use crate::{io_error, tune_socket, DEFAULT_PORT};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Reads per socket per round: a peer streaming bulk data cannot keep the thread from its
+/// other sockets (the health lane's above all) or from the core's commands.
+const READS_PER_ROUND: usize = 8;
+
+struct MioWaker(Waker);
+
+impl Wake for MioWaker {
+    fn wake(&self) {
+        if let Err(e) = self.0.wake() {
+            tracing::error!("cannot wake the TCP driver: {e}");
+        }
+    }
+}
+
+pub(crate) struct Epoll {
+    poll: Poll,
+    mio_events: Events,
+    listener: TcpListener,
+    sockets: FxHashMap<ConnId, TcpStream>,
+    waker: Arc<MioWaker>,
+    next_id: usize,
+    pub(crate) engine: Engine,
+    /// Sockets reported ready by the last wait: (lane, socket, readable, writable).
+    ready: Vec<(Lane, ConnId, bool, bool)>,
+    accept_pending: bool,
+    /// Sockets that had more to read when their round's budget ran out.
+    unread: Vec<ConnId>,
+}
+
+impl Epoll {
+    pub(crate) fn new(engine: Engine, listen: SocketAddr) -> io::Result<Epoll> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(listen)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(MioWaker(Waker::new(poll.registry(), WAKER)?));
+        Ok(Epoll {
+            poll,
+            mio_events: Events::with_capacity(256),
+            listener,
+            sockets: FxHashMap::default(),
+            waker,
+            next_id: FIRST_CONN,
+            engine,
+            ready: Vec::new(),
+            accept_pending: false,
+            unread: Vec::new(),
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub(crate) fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn add(&mut self, mut stream: TcpStream) -> io::Result<ConnId> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.poll.registry().register(
+            &mut stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.sockets.insert(id, stream);
+        Ok(id)
+    }
+
+    pub(crate) fn connect(&mut self, peer: Nid, lane: Lane) {
+        if !self.engine.want_connect(peer, lane) {
+            return;
+        }
+        let Some(addr) = peer.socket_addr(DEFAULT_PORT) else {
+            let e = LndError::new(
+                LndErrorKind::Unreachable,
+                format!("{peer} is not an IP address"),
+            );
+            return self.engine.dial_failed(peer, lane, e);
+        };
+        let dialled = TcpStream::connect(SocketAddr::V4(addr)).and_then(|s| {
+            tune_socket(&s)?;
+            self.add(s)
+        });
+        match dialled {
+            Ok(id) => self.engine.dialled(id, peer, lane, Instant::now()),
+            Err(e) => {
+                self.engine
+                    .dial_failed(peer, lane, io_error(&e, &format!("connect to {addr}")))
+            }
+        }
+    }
+
+    pub(crate) fn post(&mut self, tx: Transmit) {
+        // Write at once: most frames go out without waiting for a readiness event.
+        if let Some(conn) = self.engine.post(tx) {
+            self.flush(conn);
+        }
+    }
+
+    pub(crate) fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
+        self.engine.close(peer, lane, error);
+        self.drop_closed();
+    }
+
+    fn drop_closed(&mut self) {
+        for id in self.engine.take_closes() {
+            if let Some(mut s) = self.sockets.remove(&id) {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((s, from)) => match tune_socket(&s).and_then(|()| self.add(s)) {
+                    Ok(id) => self.engine.accepted(id, Instant::now()),
+                    Err(e) => tracing::warn!("dropping a connection from {from}: {e}"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes as much of `conn`'s queue as the socket takes.
+    fn flush(&mut self, conn: ConnId) {
+        loop {
+            let Some(sock) = self.sockets.get_mut(&conn) else {
+                return;
+            };
+            let Some(c) = self.engine.conn_mut(conn) else {
+                return;
+            };
+            if !c.wants_write() {
+                return;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = c.tx.slices(&mut slices);
+            match sock.write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    return self.fail(
+                        conn,
+                        LndErrorKind::Reset,
+                        "connection closed (write returned 0)",
+                    )
+                }
+                Ok(written) => self.engine.wrote(conn, written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let error = io_error(&e, "send");
+                    self.engine.fail(conn, error);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what is available on `conn` until it would block (edge-triggered), or until
+    /// the round's budget is spent: then `conn` is revisited next round.
+    fn drain(&mut self, conn: ConnId) {
+        for _ in 0..READS_PER_ROUND {
+            let Some(sock) = self.sockets.get_mut(&conn) else {
+                return;
+            };
+            let Some(c) = self.engine.conn_mut(conn) else {
+                return;
+            };
+            let space = c.rx.read_space();
+            let len = space.len();
+            match sock.read(space) {
+                Ok(0) => {
+                    c.rx.filled(len, 0);
+                    return self.fail(conn, LndErrorKind::Reset, "connection closed by the peer");
+                }
+                Ok(n) => {
+                    c.rx.filled(len, n);
+                    self.engine.received(conn, Instant::now());
+                }
+                Err(e) => {
+                    c.rx.filled(len, 0);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => {}
+                        _ => {
+                            let error = io_error(&e, "receive");
+                            return self.engine.fail(conn, error);
+                        }
+                    }
+                }
+            }
+        }
+        self.unread.push(conn);
+    }
+
+    fn fail(&mut self, conn: ConnId, kind: LndErrorKind, what: &str) {
+        self.engine.fail(conn, LndError::new(kind, what));
+    }
+
+    /// A dialled socket became writable: connected, or failed.
+    fn finish_connect(&mut self, conn: ConnId) {
+        let Some(sock) = self.sockets.get(&conn) else {
+            return;
+        };
+        match sock.take_error() {
+            Ok(Some(e)) | Err(e) => return self.engine.fail(conn, io_error(&e, "connect")),
+            Ok(None) => {}
+        }
+        match sock.peer_addr() {
+            Ok(_) => self.engine.established(conn),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {} // not yet
+            Err(e) => self.engine.fail(conn, io_error(&e, "connect")),
+        }
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        events: &mut Vec<LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LndError> {
+        let now = Instant::now();
+        let mut wait = if self.engine.events.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Some(d) = self.engine.next_deadline() {
+            let until = d.saturating_duration_since(now);
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        if let Err(e) = self.poll.poll(&mut self.mio_events, wait) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(LndError::new(
+                    LndErrorKind::Resource,
+                    format!("epoll_wait failed: {e}"),
+                ));
+            }
+        }
+        self.ready.clear();
+        for conn in self.unread.drain(..) {
+            let lane = self.engine.lane_of(conn).unwrap_or(Lane::Data);
+            self.ready.push((lane, conn, true, false));
+        }
+        for ev in self.mio_events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_pending = true,
+                WAKER => {}
+                Token(id) => {
+                    // Accepted sockets learn their lane from the HELLO; until then, data.
+                    let lane = self.engine.lane_of(id).unwrap_or(Lane::Data);
+                    self.ready.push((
+                        lane,
+                        id,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable() || ev.is_error(),
+                    ));
+                }
+            }
+        }
+        if std::mem::take(&mut self.accept_pending) {
+            self.accept();
+        }
+        // Health-lane sockets first.
+        self.ready.sort_unstable_by_key(|(lane, ..)| *lane);
+        let ready = std::mem::take(&mut self.ready);
+        for &(_, conn, readable, writable) in &ready {
+            let connecting = self
+                .engine
+                .conn_mut(conn)
+                .is_some_and(|c| c.is_connecting());
+            if connecting && writable {
+                self.finish_connect(conn);
+            }
+            if readable {
+                self.drain(conn);
+            }
+            self.flush(conn);
+        }
+        self.ready = ready;
+        self.engine.expire(Instant::now());
+        self.drop_closed();
+        events.append(&mut self.engine.events);
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! Byte-stream framing: incoming bytes to frames, outgoing frames to `writev` slices.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
+use lanet::lnd::TxToken;
+use lanet::wire::{decode_header, DecodeError, Header, Limits, HEADER_LEN};
+
+/// Smallest read: enough for many small frames per system call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reassembles frames from a TCP byte stream. Payloads are split off the read buffer
+/// without copying; a large payload is read straight into a buffer of its own size.
+pub(crate) struct RxFramer {
+    buf: BytesMut,
+    limits: Limits,
+    /// Header of the frame whose payload is still arriving.
+    header: Option<Header>,
+}
+
+impl RxFramer {
+    pub(crate) fn new(limits: Limits) -> Self {
+        RxFramer {
+            buf: BytesMut::new(),
+            limits,
+            header: None,
+        }
+    }
+
+    /// Room to read into: at least a chunk, or whatever the frame in progress still needs.
+    /// The caller writes up to `n` bytes at the returned slice and calls [`Self::filled`].
+    pub(crate) fn read_space(&mut self) -> &mut [u8] {
+        let want = match &self.header {
+            Some(h) => (HEADER_LEN + h.payload_len as usize).saturating_sub(self.buf.len()),
+            None => 0,
+        }
+        .max(READ_CHUNK);
+        let len = self.buf.len();
+        self.buf.resize(len + want, 0);
+        &mut self.buf[len..]
+    }
+
+    /// `n` bytes of the space from [`Self::read_space`] were filled.
+    pub(crate) fn filled(&mut self, space: usize, n: usize) {
+        let len = self.buf.len() - space + n;
+        self.buf.truncate(len);
+    }
+
+    /// The next complete frame, if one has arrived. A bad header is an error for the stream.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<(Header, Bytes)>, DecodeError> {
+        let h = match self.header {
+            Some(h) => h,
+            None => {
+                if self.buf.len() < HEADER_LEN {
+                    return Ok(None);
+                }
+                let h = decode_header(&self.buf[..HEADER_LEN], &self.limits)?;
+                self.header = Some(h);
+                h
+            }
+        };
+        let total = HEADER_LEN + h.payload_len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        self.header = None;
+        self.buf.advance(HEADER_LEN);
+        let payload = self.buf.split_to(h.payload_len as usize).freeze();
+        Ok(Some((h, payload)))
+    }
+}
+
+struct TxFrame {
+    header: [u8; HEADER_LEN],
+    payload: Bytes,
+    /// None for the driver's own frames (HELLO).
+    token: Option<TxToken>,
+    /// Bytes of header + payload already written.
+    written: usize,
+}
+
+impl TxFrame {
+    fn len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+}
+
+/// Frames waiting to be written to one connection, in order.
+#[derive(Default)]
+pub(crate) struct TxQueue {
+    frames: VecDeque<TxFrame>,
+}
+
+/// At most this many slices per `writev` (IOV_MAX is 1024 on Linux).
+pub(crate) const MAX_SLICES: usize = 64;
+
+impl TxQueue {
+    pub(crate) fn push(
+        &mut self,
+        header: [u8; HEADER_LEN],
+        payload: Bytes,
+        token: Option<TxToken>,
+    ) {
+        self.frames.push_back(TxFrame {
+            header,
+            payload,
+            token,
+            written: 0,
+        });
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The unwritten bytes, as slices for one `writev`, in `out`; returns how many. No
+    /// allocation: the caller keeps the array on its stack.
+    pub(crate) fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+        let mut n = 0;
+        let mut push = |s: &'a [u8]| {
+            out[n] = IoSlice::new(s);
+            n += 1;
+        };
+        for f in self.frames.iter().take(MAX_SLICES / 2) {
+            if f.written < HEADER_LEN {
+                push(&f.header[f.written..]);
+                if !f.payload.is_empty() {
+                    push(&f.payload);
+                }
+            } else {
+                push(&f.payload[f.written - HEADER_LEN..]);
+            }
+        }
+        n
+    }
+
+    /// `n` more bytes were written: frames now fully written are done; their tokens are
+    /// pushed to `done`.
+    pub(crate) fn advance(&mut self, mut n: usize, done: &mut Vec<TxToken>) {
+        while n > 0 {
+            let f = self.frames.front_mut().expect("wrote more than was queued");
+            let step = (f.len() - f.written).min(n);
+            f.written += step;
+            n -= step;
+            if f.written == f.len() {
+                let f = self.frames.pop_front().expect("front");
+                done.extend(f.token);
+            }
+        }
+    }
+
+    /// Empties the queue (the connection is gone), returning the tokens of frames not done.
+    pub(crate) fn abandon(&mut self) -> impl Iterator<Item = TxToken> + '_ {
+        self.frames.drain(..).filter_map(|f| f.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanet::lane::Lane;
+    use lanet::nid::Nid;
+    use lanet::wire::{encode_header, Body};
+    use proptest::prelude::*;
+
+    fn frame(id: u64, payload: &[u8]) -> ([u8; HEADER_LEN], Bytes) {
+        let h = Header {
+            lane: Lane::Data,
+            credits: 0,
+            src: Nid::mem(1, 0),
+            dst: Nid::mem(2, 0),
+            src_incarnation: 1,
+            msg_id: id,
+            payload_len: payload.len() as u32,
+            body: Body::Put {
+                portal: 1,
+                match_bits: 2,
+            },
+        };
+        (encode_header(&h), Bytes::copy_from_slice(payload))
+    }
+
+    /// Writes the queue out `cut` bytes at a time into one stream.
+    fn write_all(q: &mut TxQueue, cut: usize, tokens: &mut Vec<TxToken>) -> Vec<u8> {
+        let mut stream = Vec::new();
+        while !q.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = q.slices(&mut slices);
+            let mut n = 0;
+            for s in &slices[..count] {
+                let take = (cut - n).min(s.len());
+                stream.extend_from_slice(&s[..take]);
+                n += take;
+                if n == cut {
+                    break;
+                }
+            }
+            q.advance(n, tokens);
+        }
+        stream
+    }
+
+    proptest! {
+        /// Whatever the write sizes and read sizes, frames come out whole and in order.
+        #[test]
+        fn frames_survive_any_segmentation(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..20),
+            write_cut in 1usize..5000,
+            read_cut in 1usize..5000,
+        ) {
+            let mut q = TxQueue::default();
+            for (i, p) in payloads.iter().enumerate() {
+                let (h, b) = frame(i as u64, p);
+                q.push(h, b, Some(TxToken(i as u64)));
+            }
+            let mut tokens = Vec::new();
+            let stream = write_all(&mut q, write_cut, &mut tokens);
+            prop_assert_eq!(tokens, (0..payloads.len() as u64).map(TxToken).collect::<Vec<_>>());
+
+            let mut rx = RxFramer::new(Limits { max_payload: 1 << 20 });
+            let mut got = Vec::new();
+            for chunk in stream.chunks(read_cut) {
+                let space = rx.read_space();
+                let n = chunk.len().min(space.len());
+                space[..n].copy_from_slice(&chunk[..n]);
+                let space_len = space.len();
+                rx.filled(space_len, n);
+                while let Some((h, p)) = rx.next_frame().unwrap() {
+                    got.push((h.msg_id, p));
+                }
+            }
+            prop_assert_eq!(got.len(), payloads.len());
+            for (i, (id, p)) in got.iter().enumerate() {
+                prop_assert_eq!(*id, i as u64);
+                prop_assert_eq!(&p[..], &payloads[i][..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_header_is_an_error_and_a_huge_claim_allocates_nothing() {
+        let mut rx = RxFramer::new(Limits { max_payload: 1024 });
+        let (mut h, _) = frame(1, b"");
+        h[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // claims 4 GiB (checksum now bad)
+        let space = rx.read_space();
+        space[..HEADER_LEN].copy_from_slice(&h);
+        let len = space.len();
+        rx.filled(len, HEADER_LEN);
+        assert!(rx.next_frame().is_err());
+    }
+
+    #[test]
+    fn abandoning_returns_unfinished_tokens_only() {
+        let mut q = TxQueue::default();
+        let (h, p) = frame(1, b"abc");
+        q.push(h, p.clone(), Some(TxToken(1)));
+        q.push(h, p, None);
+        let mut done = Vec::new();
+        q.advance(10, &mut done);
+        assert!(done.is_empty());
+        assert_eq!(q.abandon().collect::<Vec<_>>(), vec![TxToken(1)]);
+        assert!(q.is_empty());
+    }
+}
