@@ -1,0 +1,115 @@
+//! `lanet-bench bandwidth`: streaming PUTs with as many in flight as the peer's credits allow;
+//! each completion sends the next, from the driver thread.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lanet::op::PutRequest;
+use lanet::{Endpoint, Event, Lane, Nid, OpOutcome};
+
+use crate::baselines;
+use crate::peer::{self, PORTAL};
+use crate::report::Report;
+use crate::{BandwidthArgs, LndChoice};
+
+pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
+    let c = &args.common;
+    let size = c.size.unwrap_or(1 << 20);
+    let lnd = match c.lnd {
+        LndChoice::Tcp => "tcp",
+        LndChoice::Mem => "mem",
+    };
+    let title = format!("bandwidth: {size}-byte PUTs over {lnd} for {} s", args.secs);
+    let mut report = Report::new(title, c.json);
+    let gbps = match (c.lnd, c.connect) {
+        (LndChoice::Mem, _) => stream(None, size, args.secs)?,
+        (LndChoice::Tcp, Some(nid)) => stream(Some(nid), size, args.secs)?,
+        (LndChoice::Tcp, None) => {
+            let server = peer::spawn_server("bandwidth")?;
+            stream(Some(server.nid), size, args.secs)?
+        }
+    };
+    report.add("lanet.gbytes_per_s", gbps, "GB/s");
+    if c.connect.is_none() {
+        match baselines::iperf3(f64::from(c.baseline_secs)) {
+            Some(Ok(g)) => report.add("iperf3.gbytes_per_s", g, "GB/s"),
+            Some(Err(e)) => report.note(format!("iperf3 failed: {e}")),
+            None => report.note("iperf3 is not installed; no iperf3 baseline"),
+        }
+    }
+    report.add_ratio(
+        "ratio.vs_iperf3",
+        "lanet.gbytes_per_s",
+        "iperf3.gbytes_per_s",
+    );
+    Ok(report)
+}
+
+/// Streams PUTs to `dst` (TCP) or over the in-memory LND (None) for `secs`; GB/s acknowledged.
+fn stream(dst: Option<Nid>, size: usize, secs: f64) -> Result<f64, String> {
+    let window = peer::node_config(1).lanes[Lane::Data].peer_credits as usize;
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let cell: Arc<OnceLock<(Endpoint, PutRequest)>> = Arc::new(OnceLock::new());
+    let run_for = Duration::from_secs_f64(secs);
+    let on_event = {
+        let cell = cell.clone();
+        let mut start: Option<Instant> = None;
+        let mut bytes = 0u64;
+        let mut in_flight = window;
+        let mut done_tx = Some(done_tx);
+        move |e: Event| {
+            let Event::Completed(c) = e else { return };
+            in_flight -= 1;
+            match c.result {
+                // The clock starts at the first acknowledgement: connection set-up is not
+                // bandwidth.
+                Ok(OpOutcome::Put { mlen }) => match start {
+                    None => start = Some(Instant::now()),
+                    Some(_) => bytes += u64::from(mlen),
+                },
+                other => {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(Err(format!("a PUT failed: {other:?}")));
+                    }
+                    return;
+                }
+            }
+            let t0 = start.expect("set above");
+            if t0.elapsed() < run_for {
+                let (ep, req) = cell.get().expect("set before the first PUT");
+                if ep.put(req.clone()).is_ok() {
+                    in_flight += 1;
+                }
+            } else if in_flight == 0 {
+                if let Some(tx) = done_tx.take() {
+                    let _ = tx.send(Ok(bytes as f64 / t0.elapsed().as_secs_f64() / 1e9));
+                }
+            }
+        }
+    };
+    let (ep, dst, _server) = match dst {
+        Some(dst) => (peer::tcp_client(on_event)?, dst, None),
+        None => {
+            let (client, server, dst) = peer::mem_pair(on_event)?;
+            (client, dst, Some(server))
+        }
+    };
+    let req = PutRequest {
+        dst,
+        lane: Lane::Data,
+        portal: PORTAL,
+        match_bits: 0,
+        payload: Bytes::from(vec![0xa5; size]),
+        timeout: Some(Duration::from_secs(30)),
+    };
+    let _ = cell.set((ep.clone(), req.clone()));
+    for _ in 0..window {
+        ep.put(req.clone()).map_err(|e| e.to_string())?;
+    }
+    let result = done_rx
+        .recv_timeout(run_for + Duration::from_secs(120))
+        .map_err(|_| "the stream did not finish".to_string())?;
+    ep.shutdown();
+    result
+}

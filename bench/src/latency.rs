@@ -1,0 +1,129 @@
+//! `lanet-bench latency`: ping-pong of PUTs. A PUT completes when its ACK comes back, so each
+//! one is a round trip; the next is sent from the completion callback, on the driver thread,
+//! so no thread hand-off sits in the loop.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use lanet::op::PutRequest;
+use lanet::{Endpoint, Event, Lane, Nid};
+
+use crate::baselines::{self, histogram};
+use crate::peer::{self, PORTAL};
+use crate::report::Report;
+use crate::{LatencyArgs, LndChoice};
+
+const WARMUP: usize = 1000;
+
+pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
+    let c = &args.common;
+    let size = c.size.unwrap_or(8);
+    let lnd = match c.lnd {
+        LndChoice::Tcp => "tcp",
+        LndChoice::Mem => "mem",
+    };
+    let title = format!(
+        "latency: {size}-byte PUT round trips over {lnd}, {} iterations",
+        args.iters
+    );
+    let mut report = Report::new(title, c.json);
+    // The server process (if we start one) lives until the baselines are measured too.
+    let server = match (c.lnd, c.connect) {
+        (LndChoice::Tcp, None) => Some(peer::spawn_server("latency")?),
+        _ => None,
+    };
+    let (hist, echo) = match (c.lnd, c.connect.or(server.as_ref().map(|s| s.nid))) {
+        (LndChoice::Mem, _) => (pingpong(None, size, args.iters)?, peer::local_echo()?),
+        (LndChoice::Tcp, Some(nid)) => {
+            (pingpong(Some(nid), size, args.iters)?, peer::echo_addr(nid))
+        }
+        (LndChoice::Tcp, None) => unreachable!("a server was started"),
+    };
+    report.add_latency("lanet", &hist);
+    report.add_latency(
+        "raw_tcp",
+        &baselines::raw_tcp(echo, size, WARMUP, args.iters)?,
+    );
+    if c.connect.is_none() {
+        match baselines::sockperf(size, c.baseline_secs) {
+            Some(Ok(pcts)) => {
+                for (name, us) in pcts {
+                    report.add(format!("sockperf.{name}_us"), us, "us");
+                }
+            }
+            Some(Err(e)) => report.note(format!("sockperf failed: {e}")),
+            None => report.note("sockperf is not installed; no sockperf baseline"),
+        }
+    }
+    report.add_ratio("ratio.p50_vs_raw_tcp", "lanet.p50_us", "raw_tcp.p50_us");
+    report.add_ratio("ratio.p99_vs_raw_tcp", "lanet.p99_us", "raw_tcp.p99_us");
+    report.add_ratio("ratio.p50_vs_sockperf", "lanet.p50_us", "sockperf.p50_us");
+    if size < 14 {
+        report.note("sockperf's smallest message is 14 bytes; it ran with 14");
+    }
+    Ok(report)
+}
+
+/// Measures `iters` PUT round trips (after a warm-up) to `dst` over TCP, or over the
+/// in-memory LND when `dst` is None.
+fn pingpong(dst: Option<Nid>, size: usize, iters: usize) -> Result<Histogram<u64>, String> {
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let cell: Arc<OnceLock<(Endpoint, PutRequest)>> = Arc::new(OnceLock::new());
+    let total = WARMUP + iters;
+    let on_event = {
+        let cell = cell.clone();
+        let mut hist = histogram();
+        let mut count = 0;
+        let mut sent = Instant::now();
+        let mut done_tx = Some(done_tx);
+        move |e: Event| {
+            let Event::Completed(c) = e else { return };
+            let rtt = sent.elapsed();
+            if let Err(err) = c.result {
+                if let Some(tx) = done_tx.take() {
+                    let _ = tx.send(Err(format!("a PUT failed: {err}")));
+                }
+                return;
+            }
+            if count >= WARMUP {
+                let _ = hist.record(rtt.as_nanos().max(1) as u64);
+            }
+            count += 1;
+            if count < total {
+                let (ep, req) = cell.get().expect("set before the first PUT");
+                sent = Instant::now();
+                if let Err(err) = ep.put(req.clone()) {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(Err(err.to_string()));
+                    }
+                }
+            } else if let Some(tx) = done_tx.take() {
+                let _ = tx.send(Ok(std::mem::replace(&mut hist, histogram())));
+            }
+        }
+    };
+    let (ep, dst, _server) = match dst {
+        Some(dst) => (peer::tcp_client(on_event)?, dst, None),
+        None => {
+            let (client, server, dst) = peer::mem_pair(on_event)?;
+            (client, dst, Some(server))
+        }
+    };
+    let req = PutRequest {
+        dst,
+        lane: Lane::Data,
+        portal: PORTAL,
+        match_bits: 0,
+        payload: Bytes::from(vec![0x5a; size]),
+        timeout: Some(Duration::from_secs(10)),
+    };
+    let _ = cell.set((ep.clone(), req.clone()));
+    ep.put(req).map_err(|e| e.to_string())?;
+    let result = done_rx
+        .recv_timeout(Duration::from_secs(600))
+        .map_err(|_| "the ping-pong did not finish within 10 minutes".to_string())?;
+    ep.shutdown();
+    result
+}

@@ -1,0 +1,113 @@
+//! `lanet-bench`: latency and bandwidth benchmarks. Every benchmark measures its baseline in
+//! the same run (raw blocking TCP, sockperf, iperf3 when installed) and prints the ratio.
+//!
+//! Each benchmark starts its own peer process (this binary with `--serve`), or runs one side
+//! with `--serve NID` / `--connect NID` for two hosts.
+
+mod bandwidth;
+mod baselines;
+mod latency;
+mod peer;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lanet::Nid;
+
+#[derive(Parser)]
+#[command(
+    name = "lanet-bench",
+    about = "lanet benchmarks, with baselines measured in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Ping-pong of PUTs (each completes on its ACK: one round trip), p50/p99/p99.9.
+    Latency(LatencyArgs),
+    /// Streaming PUTs, GB/s.
+    Bandwidth(BandwidthArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LndChoice {
+    /// Two processes over TCP on loopback.
+    Tcp,
+    /// Two endpoints in one process on the in-memory LND: the core's own overhead.
+    Mem,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct Common {
+    #[arg(long, value_enum, default_value = "tcp")]
+    lnd: LndChoice,
+    /// Payload bytes per PUT.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Only run the server side, listening on this NID (e.g. 10.0.0.1:7001@tcp); the raw TCP
+    /// echo baseline listens on the next port.
+    #[arg(long, conflicts_with = "connect")]
+    serve: Option<Nid>,
+    /// Only run the client side, against a server started with --serve at this NID.
+    #[arg(long)]
+    connect: Option<Nid>,
+    /// Seconds each external baseline tool (sockperf, iperf3) runs.
+    #[arg(long, default_value_t = 5)]
+    baseline_secs: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct LatencyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Round trips to measure (after 1000 of warm-up).
+    #[arg(long, default_value_t = 100_000)]
+    iters: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct BandwidthArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds to stream.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = match &cli.bench {
+        Bench::Latency(a) => &a.common,
+        Bench::Bandwidth(a) => &a.common,
+    };
+    if let Some(nid) = common.serve {
+        return match peer::serve(nid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lanet-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let result = match cli.bench {
+        Bench::Latency(a) => latency::run(&a),
+        Bench::Bandwidth(a) => bandwidth::run(&a),
+    };
+    match result {
+        Ok(report) => {
+            report.print(report.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lanet-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

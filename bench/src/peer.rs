@@ -1,0 +1,194 @@
+//! The server side of the benchmarks, and the plumbing that starts it as a child process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanet::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
+use lanet::op::MatchEntry;
+use lanet::time::MonotonicClock;
+use lanet::{Endpoint, Event, Nid, NodeConfig};
+use lanet_lnd_tcp::{TcpConfig, TcpLnd, DEFAULT_PORT};
+
+/// Where the server accepts benchmark PUTs.
+pub(crate) const PORTAL: u32 = 4;
+/// The largest PUT the server accepts.
+pub(crate) const MAX_PUT: u32 = 64 << 20;
+
+/// Configuration shared by both sides: generous data credits for streaming.
+pub(crate) fn node_config(incarnation: u64) -> NodeConfig {
+    let mut cfg = NodeConfig::new(incarnation);
+    cfg.max_payload = MAX_PUT;
+    cfg
+}
+
+/// Attaches the benchmark sink; events are consumed as they come, so nothing piles up.
+fn sink(ep: &Endpoint) -> Result<(), String> {
+    ep.attach(MatchEntry::sink(PORTAL, 0, MAX_PUT))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn discard_events(_: Event) {}
+
+/// The raw TCP echo baseline listens next to the lanet server.
+pub(crate) fn echo_addr(nid: Nid) -> SocketAddr {
+    let a = nid.socket_addr(DEFAULT_PORT).expect("tcp NID");
+    SocketAddr::new((*a.ip()).into(), a.port() + 1)
+}
+
+/// Runs the server until standard input closes: lanet on `nid`, raw TCP echo next to it.
+pub(crate) fn serve(nid: Nid) -> Result<(), String> {
+    let cfg = node_config(2);
+    let lnd = TcpLnd::bind(nid, TcpConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
+    let ep = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(discard_events)
+        .start()
+        .map_err(|e| e.to_string())?;
+    sink(&ep)?;
+    let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
+    std::thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            std::thread::spawn(move || echo_loop(conn));
+        }
+    });
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    for _ in std::io::stdin().lock().lines() {}
+    ep.shutdown();
+    Ok(())
+}
+
+/// Echo: a u32 message size, then each message of that size straight back.
+fn echo_loop(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let mut len = [0u8; 4];
+    if conn.read_exact(&mut len).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    while conn.read_exact(&mut buf).is_ok() {
+        if conn.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
+
+/// A server child process; stopped when dropped.
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) nid: Nid,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if self.child.wait_timeout_ms(2000).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout_ms(&mut self, ms: u64) -> Option<std::process::ExitStatus>;
+}
+
+impl WaitTimeout for Child {
+    fn wait_timeout_ms(&mut self, ms: u64) -> Option<std::process::ExitStatus> {
+        for _ in 0..ms / 10 {
+            if let Ok(Some(s)) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+/// A loopback NID whose port and the next one were free a moment ago.
+pub(crate) fn free_nid() -> Nid {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = l.local_addr().expect("local addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return format!("127.0.0.1:{port}@tcp").parse().expect("NID");
+        }
+    }
+}
+
+/// Starts `lanet-bench <bench> --serve NID` and waits until it serves.
+pub(crate) fn spawn_server(bench: &str) -> Result<ServerProcess, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    for _ in 0..5 {
+        let nid = free_nid();
+        let mut child = Command::new(&exe)
+            .args([bench, "--serve", &nid.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the server process: {e}"))?;
+        let mut line = String::new();
+        let out = child.stdout.take().expect("piped");
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.trim() == "ready" {
+            return Ok(ServerProcess { child, nid });
+        }
+        let _ = child.wait(); // lost a port race; try another
+    }
+    Err("the server process did not start".into())
+}
+
+/// Two endpoints in this process on the in-memory LND (no delay): the core alone.
+pub(crate) fn mem_pair(
+    client: impl FnMut(Event) + Send + 'static,
+) -> Result<(Endpoint, Endpoint, Nid), String> {
+    let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
+    fabric.set_default_link(LinkFaults {
+        delay: Duration::ZERO,
+        ..LinkFaults::default()
+    });
+    let (cn, sn) = (Nid::mem(1, 0), Nid::mem(2, 0));
+    let start = |nid, inc, on_event: Box<dyn FnMut(Event) + Send>| {
+        let cfg = node_config(inc);
+        let lnd =
+            MemLnd::new(&fabric, nid, MemLndConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
+        Endpoint::builder(cfg)
+            .lnd(lnd)
+            .on_event(on_event)
+            .start()
+            .map_err(|e| e.to_string())
+    };
+    let server = start(sn, 2, Box::new(discard_events))?;
+    sink(&server)?;
+    let client = start(cn, 1, Box::new(client))?;
+    Ok((client, server, sn))
+}
+
+/// A client endpoint over TCP on a free loopback port.
+pub(crate) fn tcp_client(on_event: impl FnMut(Event) + Send + 'static) -> Result<Endpoint, String> {
+    let cfg = node_config(1);
+    let lnd = TcpLnd::bind(free_nid(), TcpConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
+    Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(on_event)
+        .start()
+        .map_err(|e| e.to_string())
+}
+
+/// A raw TCP echo server in this process (for the in-memory runs' baseline).
+pub(crate) fn local_echo() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || echo_loop(conn));
+        }
+    });
+    Ok(addr)
+}

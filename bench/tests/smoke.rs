@@ -1,0 +1,72 @@
+//! The benchmarks run and report what they promise. No timings are asserted: only that each
+//! figure is there and of a sane order of magnitude.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args(args)
+        .args(["--json", "--baseline-secs", "1"])
+        .output()
+        .expect("run lanet-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    v.as_object().expect("an object").clone()
+}
+
+fn positive(obj: &serde_json::Map<String, serde_json::Value>, key: &str) -> f64 {
+    let v = obj
+        .get(key)
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(|| panic!("no {key} in {obj:?}"));
+    assert!(v > 0.0, "{key} = {v}");
+    v
+}
+
+#[test]
+fn tcp_latency_reports_lanet_and_the_raw_tcp_floor_in_microseconds() {
+    let r = run(&["latency", "--lnd", "tcp", "--size", "8", "--iters", "300"]);
+    for key in [
+        "lanet.p50_us",
+        "lanet.p99_us",
+        "lanet.p999_us",
+        "raw_tcp.p50_us",
+        "raw_tcp.p99_us",
+    ] {
+        // Loopback round trips: more than a microsecond, less than a second.
+        let us = positive(&r, key);
+        assert!((1.0..1_000_000.0).contains(&us), "{key} = {us} us");
+    }
+    assert!(r.contains_key("ratio.p50_vs_raw_tcp"));
+}
+
+#[test]
+fn tcp_bandwidth_reports_gigabytes_per_second() {
+    let r = run(&[
+        "bandwidth",
+        "--lnd",
+        "tcp",
+        "--size",
+        "1048576",
+        "--secs",
+        "1",
+    ]);
+    let g = positive(&r, "lanet.gbytes_per_s");
+    assert!(g > 0.001 && g < 1000.0, "{g} GB/s");
+}
+
+#[test]
+fn the_in_memory_lnd_runs_both_benchmarks() {
+    positive(
+        &run(&["latency", "--lnd", "mem", "--iters", "300"]),
+        "lanet.p50_us",
+    );
+    positive(
+        &run(&["bandwidth", "--lnd", "mem", "--secs", "0.5"]),
+        "lanet.gbytes_per_s",
+    );
+}
