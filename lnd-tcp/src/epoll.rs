@@ -205,6 +205,11 @@ impl Epoll {
                 Ok(n) => {
                     c.rx.filled(len, n);
                     self.engine.received(conn, Instant::now());
+                    if n < len {
+                        // A short read emptied the socket; new data raises a new edge. This
+                        // saves the read that would only say EAGAIN.
+                        return;
+                    }
                 }
                 Err(e) => {
                     c.rx.filled(len, 0);

@@ -171,16 +171,16 @@ impl Inner {
 
     fn send(&self, cmd: Command) -> Result<(), EndpointError> {
         if self.on_driver_thread() {
-            self.commands.try_send(cmd).map_err(|e| match e {
+            // From a callback: the driver looks at its queue before it next waits, so no
+            // wake-up (two system calls per submission) is needed.
+            return self.commands.try_send(cmd).map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(_) => EndpointError::Busy,
                 crossbeam_channel::TrySendError::Disconnected(_) => EndpointError::ShutDown,
-            })?;
-        } else {
-            self.commands
-                .send(cmd)
-                .map_err(|_| EndpointError::ShutDown)?;
+            });
         }
-        // Even from the driver thread: the wake makes its next poll return at once.
+        self.commands
+            .send(cmd)
+            .map_err(|_| EndpointError::ShutDown)?;
         for w in &self.wakers {
             w.wake();
         }
@@ -328,6 +328,7 @@ struct DriverThread {
 impl DriverThread {
     fn run(mut self) {
         let mut stopping = false;
+        let mut skipped_poll = false;
         loop {
             let now = self.clock.now();
             let node = self.driver.node_mut();
@@ -371,11 +372,21 @@ impl DriverThread {
             if stopping {
                 return;
             }
-            let timeout = self
-                .driver
-                .node_mut()
-                .poll_timeout()
-                .map(|t| t.saturating_since(self.clock.now()));
+            // Commands already waiting (e.g. submitted by a callback this turn): take them
+            // before polling the LND, whose events keep; but never skip two polls in a row,
+            // or busy submitters could starve the network. And never block while they wait.
+            let pending = !self.commands.is_empty();
+            if pending && !skipped_poll {
+                skipped_poll = true;
+                continue;
+            }
+            skipped_poll = false;
+            let timeout = if pending {
+                Some(std::time::Duration::ZERO)
+            } else {
+                let next = self.driver.node_mut().poll_timeout();
+                next.map(|t| t.saturating_since(self.clock.now()))
+            };
             if let Err((ni, e)) = self.driver.poll(&*self.clock, timeout) {
                 tracing::error!(ni = ni.0, "LND failed, stopping the endpoint: {e}");
                 let node = self.driver.node_mut();
