@@ -51,9 +51,10 @@ pub(crate) struct Epoll {
 }
 
 impl Epoll {
-    pub(crate) fn new(engine: Engine, listen: SocketAddr) -> io::Result<Epoll> {
+    pub(crate) fn new(engine: Engine, listener: std::net::TcpListener) -> io::Result<Epoll> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(MioWaker(Waker::new(poll.registry(), WAKER)?));

@@ -135,6 +135,21 @@ impl TxQueue {
         n
     }
 
+    /// The unwritten parts of the queued frames, in order: header bytes (which live in the
+    /// queue and may move when it grows) or payload bytes with the `Bytes` that owns them.
+    pub(crate) fn pieces(&self) -> impl Iterator<Item = (&[u8], Option<&Bytes>)> {
+        self.frames.iter().flat_map(|f| {
+            let (header, payload) = if f.written < HEADER_LEN {
+                (&f.header[f.written..], &f.payload[..])
+            } else {
+                (&[][..], &f.payload[f.written - HEADER_LEN..])
+            };
+            let header = (!header.is_empty()).then_some((header, None));
+            let payload = (!payload.is_empty()).then_some((payload, Some(&f.payload)));
+            header.into_iter().chain(payload)
+        })
+    }
+
     /// `n` more bytes were written: frames now fully written are done; their tokens are
     /// pushed to `done`.
     pub(crate) fn advance(&mut self, mut n: usize, done: &mut Vec<TxToken>) {

@@ -3,8 +3,9 @@
 //! One TCP connection per lane per peer pair, so a socket buffer full of bulk data never
 //! delays a health frame. The connection logic (HELLO handshake, connection races decided by
 //! the lower NID, framing, failures, timeouts) lives in a backend-neutral engine; a backend
-//! only moves bytes. This version has the epoll backend (through mio); the io_uring backend
-//! plugs into the same engine.
+//! only moves bytes: io_uring by default, epoll (through mio) where io_uring is unavailable
+//! (an old kernel, `kernel.io_uring_disabled`, a seccomp profile). `LANET_TCP_BACKEND=uring`
+//! or `=epoll` forces one; a log line says which runs and why.
 //!
 //! ```no_run
 //! use lanet::{Endpoint, NodeConfig};
@@ -18,6 +19,7 @@
 mod engine;
 mod epoll;
 mod framing;
+mod uring;
 
 use std::io;
 use std::net::SocketAddr;
@@ -58,9 +60,36 @@ impl TcpConfig {
     }
 }
 
+/// Which system interface moves the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring: one ring per driver thread, multishot receive, batched submission.
+    Uring,
+    /// epoll through mio: for kernels or sandboxes without a usable io_uring.
+    Epoll,
+}
+
+/// Environment variable that forces a backend: `uring` or `epoll`.
+pub const BACKEND_ENV: &str = "LANET_TCP_BACKEND";
+
+enum Driver {
+    Uring(Box<uring::Uring>),
+    Epoll(Box<epoll::Epoll>),
+}
+
 /// A TCP NI: listens on its NID's address and connects to peers on demand.
 pub struct TcpLnd {
-    backend: epoll::Epoll,
+    backend: Driver,
+}
+
+/// Runs `$body` on whichever backend this LND has.
+macro_rules! with_backend {
+    ($self:expr, $b:ident => $body:expr) => {
+        match &mut $self.backend {
+            Driver::Uring($b) => $body,
+            Driver::Epoll($b) => $body,
+        }
+    };
 }
 
 impl TcpLnd {
@@ -83,37 +112,82 @@ impl TcpLnd {
             max_payload: cfg.max_payload,
             connect_timeout: cfg.connect_timeout,
         };
-        let backend = epoll::Epoll::new(engine::Engine::new(local), addr).map_err(|e| {
+        let listen_error = |e: io::Error| {
             LndError::new(
                 LndErrorKind::Resource,
                 format!("cannot listen on {addr}: {e}"),
             )
-        })?;
-        tracing::info!(%nid, "TCP LND listening on {addr}, epoll backend");
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+        let epoll = |listener, why: &str| -> Result<Driver, LndError> {
+            let b =
+                epoll::Epoll::new(engine::Engine::new(local), listener).map_err(listen_error)?;
+            tracing::info!(%nid, "TCP LND on {addr}: epoll backend{why}");
+            Ok(Driver::Epoll(Box::new(b)))
+        };
+        let wanted = std::env::var(BACKEND_ENV).unwrap_or_default();
+        let backend = match wanted.as_str() {
+            "epoll" => epoll(listener, &format!(" ({BACKEND_ENV}=epoll)"))?,
+            "uring" | "" => {
+                match uring::Uring::new(engine::Engine::new(local), listener.try_clone()) {
+                    Ok(b) => {
+                        tracing::info!(%nid, "TCP LND on {addr}: io_uring backend");
+                        Driver::Uring(Box::new(b))
+                    }
+                    Err(e) if wanted == "uring" => {
+                        return Err(LndError::new(
+                            LndErrorKind::Resource,
+                            format!("{BACKEND_ENV}=uring, but io_uring cannot be used here: {e}"),
+                        ))
+                    }
+                    Err(e) => epoll(listener, &format!(", because io_uring is unavailable: {e}"))?,
+                }
+            }
+            other => {
+                return Err(LndError::new(
+                    LndErrorKind::Resource,
+                    format!("{BACKEND_ENV} must be uring or epoll, not {other:?}"),
+                ))
+            }
+        };
         Ok(TcpLnd { backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        match self.backend {
+            Driver::Uring(_) => Backend::Uring,
+            Driver::Epoll(_) => Backend::Epoll,
+        }
     }
 
     /// The address actually listened on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.backend.local_addr()
+        match &self.backend {
+            Driver::Uring(b) => b.local_addr(),
+            Driver::Epoll(b) => b.local_addr(),
+        }
     }
 }
 
 impl Lnd for TcpLnd {
     fn nid(&self) -> Nid {
-        self.backend.engine.local().nid
+        match &self.backend {
+            Driver::Uring(b) => b.engine.local().nid,
+            Driver::Epoll(b) => b.engine.local().nid,
+        }
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {
-        self.backend.connect(peer, lane)
+        with_backend!(self, b => b.connect(peer, lane))
     }
 
     fn post(&mut self, tx: Transmit) {
-        self.backend.post(tx)
+        with_backend!(self, b => b.post(tx))
     }
 
     fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        self.backend.close(peer, lane, error)
+        with_backend!(self, b => b.close(peer, lane, error))
     }
 
     fn poll(
@@ -121,22 +195,26 @@ impl Lnd for TcpLnd {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        self.backend.poll(events, timeout)
+        with_backend!(self, b => b.poll(events, timeout))
     }
 
     fn waker(&self) -> Arc<dyn Wake> {
-        self.backend.waker()
+        match &self.backend {
+            Driver::Uring(b) => b.waker(),
+            Driver::Epoll(b) => b.waker(),
+        }
     }
 }
 
 /// TCP_NODELAY for latency; keepalive as a backstop behind the health lane.
-fn tune_socket(s: &mio::net::TcpStream) -> io::Result<()> {
-    s.set_nodelay(true)?;
+fn tune_socket(s: &impl std::os::fd::AsFd) -> io::Result<()> {
+    let s = socket2::SockRef::from(s);
+    s.set_tcp_nodelay(true)?;
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(10))
         .with_interval(Duration::from_secs(5))
         .with_retries(3);
-    socket2::SockRef::from(s).set_tcp_keepalive(&keepalive)
+    s.set_tcp_keepalive(&keepalive)
 }
 
 /// Where a socket error happened, for the core: refused (remote), reset/timeout/unreachable

@@ -173,14 +173,33 @@ fn nothing_listening_is_a_remote_refusal_and_a_vanished_peer_fails_in_flight_wor
     let ops: Vec<OpId> = (0..64).map(|_| a.put(put(nb, 4 << 20)).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(20));
     b.shutdown();
+    // Gone means gone: once shutdown returns, its address refuses connections (a listener
+    // kept alive by a pending accept would take them and never answer).
+    let addr = nb.socket_addr(0).unwrap();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "{addr} still accepts connections after shutdown"
+    );
     let done = wait_all(&a, &ops);
     for c in done.values() {
         match &c.result {
             Ok(OpOutcome::Put { mlen }) => assert_eq!(*mlen, 4 << 20),
-            Err(OpError::Network(_) | OpError::Remote(_) | OpError::Local(_)) => {}
+            // Reset or refused. A handshake timeout would mean the dead node's listener still
+            // took connections while it shut down (its sockets closed before its listener).
+            Err(OpError::Network(m) | OpError::Remote(m) | OpError::Local(m)) => {
+                assert!(!m.contains("timed out"), "{m}")
+            }
             other => panic!("unexpected outcome {other:?}"),
         }
     }
+    // A node that shut down is gone: its address refuses connections at once (a listener
+    // kept alive by a pending accept would take the connection and never answer).
+    let after = a.put(put(nb, 1)).unwrap();
+    let done = wait_all(&a, &[after]);
+    assert!(
+        matches!(&done[&after].result, Err(OpError::Remote(m)) if m.contains("refused")),
+        "{done:?}"
+    );
 }
 
 #[test]

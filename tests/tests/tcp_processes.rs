@@ -64,7 +64,10 @@ impl Drop for Peer {
 
 fn local_endpoint(incarnation: u64) -> Endpoint {
     let cfg = NodeConfig::new(incarnation);
-    let lnd = TcpLnd::bind(free_tcp_nid(), TcpConfig::for_node(&cfg)).expect("bind");
+    // Another test process may take the port between our probe and our bind: try again.
+    let lnd = (0..5)
+        .find_map(|_| TcpLnd::bind(free_tcp_nid(), TcpConfig::for_node(&cfg)).ok())
+        .expect("bind a loopback port");
     Endpoint::builder(cfg).lnd(lnd).start().expect("start")
 }
 

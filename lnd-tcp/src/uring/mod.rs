@@ -1,0 +1,566 @@
+//! The io_uring backend: one ring per driver thread; multishot accept; multishot receive
+//! into a provided-buffer ring; `sendmsg` (zero-copy `sendmsg` for large messages) from
+//! memory that outlives each operation; everything queued during a turn submitted with one
+//! `io_uring_enter`, which also waits.
+
+mod bufring;
+mod send;
+mod sys;
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+use lanet::lane::Lane;
+use lanet::lnd::{LndError, LndErrorKind, LndEvent, Transmit, Wake};
+use lanet::nid::Nid;
+use rustc_hash::FxHashMap;
+
+use crate::engine::{ConnId, Engine};
+use crate::{io_error, DEFAULT_PORT};
+use bufring::BufRing;
+use send::SendSlot;
+
+/// Messages at least this large go by `IORING_OP_SENDMSG_ZC` (pages pinned, not copied).
+/// Measured on loopback (bench/RESULTS.md): below it, copying is cheaper than pinning.
+pub(crate) const ZC_THRESHOLD: usize = 256 * 1024;
+const RING_ENTRIES: u32 = 512;
+const RECV_BUFFERS: u16 = 256;
+const RECV_BUFFER_SIZE: usize = 64 * 1024;
+
+// Operation kinds, in the low bits of user_data; the connection id is above them.
+const ACCEPT: u64 = 1;
+const WAKE: u64 = 2;
+const RECV: u64 = 3;
+const SEND: u64 = 4;
+const CONNECT: u64 = 5;
+const CANCEL: u64 = 6;
+
+fn user_data(conn: ConnId, kind: u64) -> u64 {
+    (conn as u64) << 4 | kind
+}
+
+/// One socket and the operations outstanding on it.
+struct Sock {
+    fd: OwnedFd,
+    send: Box<SendSlot>,
+    /// A send's result is pending.
+    sending: bool,
+    /// A zero-copy send's notification is pending: its memory is still in use.
+    notif: bool,
+    /// The multishot receive is armed.
+    recv: bool,
+    /// The address a pending connect reads.
+    connect: Option<Box<libc::sockaddr_in>>,
+    /// Shut down; removed once nothing is pending.
+    closing: bool,
+}
+
+impl Sock {
+    fn new(fd: OwnedFd) -> Sock {
+        Sock {
+            fd,
+            send: SendSlot::new(),
+            sending: false,
+            notif: false,
+            recv: false,
+            connect: None,
+            closing: false,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        !self.sending && !self.notif && !self.recv && self.connect.is_none()
+    }
+}
+
+struct UringWaker(Arc<OwnedFd>);
+
+impl Wake for UringWaker {
+    fn wake(&self) {
+        if let Err(e) = sys::signal(self.0.as_fd()) {
+            tracing::error!("cannot wake the TCP driver: {e}");
+        }
+    }
+}
+
+pub(crate) struct Uring {
+    // Declared first so it is dropped before the memory its operations point at.
+    ring: IoUring,
+    /// Freed by hand in `drop`, after the kernel has let go of it (or leaked if it will not).
+    bufs: ManuallyDrop<BufRing>,
+    listener: TcpListener,
+    wake_fd: Arc<OwnedFd>,
+    wake_buf: Box<u64>,
+    socks: FxHashMap<ConnId, Sock>,
+    next_id: usize,
+    zero_copy: bool,
+    pub(crate) engine: Engine,
+    /// Connections that may have something to send.
+    dirty: Vec<ConnId>,
+    accept_armed: bool,
+    wake_armed: bool,
+    /// Set in `drop`: operations that end are not re-armed.
+    stopping: bool,
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+impl Uring {
+    /// Sets up a ring on this kernel, or says why it cannot (the caller falls back to epoll).
+    pub(crate) fn new(engine: Engine, listener: io::Result<TcpListener>) -> io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (code, name) in [
+            (opcode::RecvMulti::CODE, "multishot recv"),
+            (opcode::AcceptMulti::CODE, "multishot accept"),
+            (opcode::SendMsg::CODE, "sendmsg"),
+            (opcode::Connect::CODE, "connect"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring lacks {name}"),
+                ));
+            }
+        }
+        let zero_copy = probe.is_supported(opcode::SendMsgZc::CODE);
+        let bufs = BufRing::new(&ring.submitter(), 0, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
+        let listener = listener?;
+        let mut u = Uring {
+            ring,
+            bufs: ManuallyDrop::new(bufs),
+            listener,
+            wake_fd: Arc::new(sys::eventfd()?),
+            wake_buf: Box::new(0),
+            socks: FxHashMap::default(),
+            next_id: 1,
+            zero_copy,
+            engine,
+            dirty: Vec::new(),
+            accept_armed: false,
+            wake_armed: false,
+            stopping: false,
+            cqes: Vec::with_capacity(RING_ENTRIES as usize),
+        };
+        u.arm_accept();
+        u.arm_wake();
+        u.ring.submit()?;
+        Ok(u)
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub(crate) fn waker(&self) -> Arc<dyn Wake> {
+        Arc::new(UringWaker(self.wake_fd.clone()))
+    }
+
+    /// Queues an entry, submitting first if the queue is full.
+    ///
+    /// # Safety
+    /// Everything the entry points at must stay valid until its completion (and, for a
+    /// zero-copy send, its notification) has been reaped.
+    unsafe fn push(&mut self, e: squeue::Entry) {
+        // SAFETY: the caller vouches for the entry's memory.
+        while unsafe { self.ring.submission().push(&e) }.is_err() {
+            if let Err(err) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {err}");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.accept_armed = true;
+        let e = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(0, ACCEPT));
+        // SAFETY: the entry points at no memory; the listener lives as long as the ring.
+        unsafe { self.push(e) };
+    }
+
+    fn arm_wake(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.wake_armed = true;
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let e = opcode::Read::new(Fd(self.wake_fd.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(user_data(0, WAKE));
+        // SAFETY: `wake_buf` is boxed (stable address) and lives as long as the ring; only
+        // one wake read is ever pending.
+        unsafe { self.push(e) };
+    }
+
+    fn arm_recv(&mut self, conn: ConnId) {
+        let Some(sock) = self.socks.get_mut(&conn).filter(|s| !s.recv && !s.closing) else {
+            return;
+        };
+        sock.recv = true;
+        let e = opcode::RecvMulti::new(Fd(sock.fd.as_raw_fd()), self.bufs.bgid())
+            .build()
+            .user_data(user_data(conn, RECV));
+        // SAFETY: the receive writes into provided buffers, which live as long as the ring;
+        // the socket stays open until this operation has completed (see `reap`).
+        unsafe { self.push(e) };
+    }
+
+    /// Sends what `conn` has queued, unless a send (or its notification) is pending.
+    fn flush(&mut self, conn: ConnId) {
+        let Some(sock) = self.socks.get_mut(&conn) else {
+            return;
+        };
+        if sock.sending || sock.notif || sock.closing || sock.connect.is_some() {
+            return;
+        }
+        let Some(c) = self.engine.conn_mut(conn).filter(|c| c.wants_write()) else {
+            return;
+        };
+        let len = sock.send.fill(&c.tx);
+        let fd = Fd(sock.fd.as_raw_fd());
+        let e = if self.zero_copy && len >= ZC_THRESHOLD {
+            opcode::SendMsgZc::new(fd, sock.send.msghdr()).build()
+        } else {
+            opcode::SendMsg::new(fd, sock.send.msghdr()).build()
+        };
+        sock.sending = true;
+        // SAFETY: the message lives in the boxed send slot, whose staging copies and held
+        // `Bytes` are not touched or released until the send (and any notification)
+        // completes: `sending`/`notif` guard refills, and `reap` keeps the slot until then.
+        unsafe { self.push(e.user_data(user_data(conn, SEND))) };
+    }
+
+    pub(crate) fn connect(&mut self, peer: Nid, lane: Lane) {
+        if !self.engine.want_connect(peer, lane) {
+            return;
+        }
+        let Some(addr) = peer.socket_addr(DEFAULT_PORT) else {
+            let e = LndError::new(
+                LndErrorKind::Unreachable,
+                format!("{peer} is not an IP address"),
+            );
+            return self.engine.dial_failed(peer, lane, e);
+        };
+        match new_socket() {
+            Ok(fd) => self.dial(fd, addr, peer, lane),
+            Err(e) => {
+                self.engine
+                    .dial_failed(peer, lane, io_error(&e, &format!("socket for {addr}")))
+            }
+        }
+    }
+
+    fn dial(&mut self, fd: OwnedFd, addr: SocketAddrV4, peer: Nid, lane: Lane) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut sock = Sock::new(fd);
+        let sa = sys::sockaddr(addr);
+        let e = opcode::Connect::new(
+            Fd(sock.fd.as_raw_fd()),
+            (&*sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+        .build()
+        .user_data(user_data(id, CONNECT));
+        sock.connect = Some(sa);
+        self.socks.insert(id, sock);
+        self.engine.dialled(id, peer, lane, Instant::now());
+        // SAFETY: the address is boxed in the socket's `connect` field, which is cleared only
+        // when this operation completes; the socket lives at least as long (see `reap`).
+        unsafe { self.push(e) };
+    }
+
+    pub(crate) fn post(&mut self, tx: Transmit) {
+        // Sent with the next submission: everything posted in a turn goes out together.
+        if let Some(conn) = self.engine.post(tx) {
+            self.dirty.push(conn);
+        }
+    }
+
+    pub(crate) fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
+        self.engine.close(peer, lane, error);
+        self.drop_closed();
+    }
+
+    /// Shuts down the sockets the engine let go; each is removed once idle.
+    fn drop_closed(&mut self) {
+        for id in self.engine.take_closes() {
+            let Some(sock) = self.socks.get_mut(&id) else {
+                continue;
+            };
+            sock.closing = true;
+            sys::shutdown(sock.fd.as_fd());
+            if sock.connect.is_some() {
+                let e = opcode::AsyncCancel::new(user_data(id, CONNECT))
+                    .build()
+                    .user_data(user_data(id, CANCEL));
+                // SAFETY: a cancel request points at no memory.
+                unsafe { self.push(e) };
+            }
+            self.reap(id);
+        }
+    }
+
+    /// Removes a closing socket once no operation uses it or its memory any more.
+    fn reap(&mut self, id: ConnId) {
+        if self.socks.get(&id).is_some_and(|s| s.closing && s.idle()) {
+            self.socks.remove(&id);
+        }
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        events: &mut Vec<LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LndError> {
+        for conn in std::mem::take(&mut self.dirty) {
+            self.flush(conn);
+        }
+        let now = Instant::now();
+        let mut wait = if self.engine.events.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Some(d) = self.engine.next_deadline() {
+            let until = d.saturating_duration_since(now);
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        let submitted = match wait {
+            Some(d) if d.is_zero() => self.ring.submit(),
+            None => self.ring.submit_and_wait(1),
+            Some(d) => {
+                let ts = Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        if let Err(e) = submitted {
+            // Timed out, interrupted, or completions to reap first: all fine.
+            let benign = [libc::ETIME, libc::EINTR, libc::EBUSY, libc::EAGAIN];
+            if !benign.contains(&e.raw_os_error().unwrap_or(0)) {
+                return Err(LndError::new(
+                    LndErrorKind::Resource,
+                    format!("io_uring_enter failed: {e}"),
+                ));
+            }
+        }
+        self.reap_completions();
+        for conn in std::mem::take(&mut self.dirty) {
+            self.flush(conn);
+        }
+        self.engine.expire(Instant::now());
+        self.drop_closed();
+        // Answers produced in this turn leave now, not a turn later.
+        if !self.ring.submission().is_empty() {
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!("io_uring submit failed: {e}");
+            }
+        }
+        events.append(&mut self.engine.events);
+        Ok(())
+    }
+
+    fn reap_completions(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(ud, res, flags) in &cqes {
+            let conn = (ud >> 4) as ConnId;
+            match ud & 0xf {
+                ACCEPT => self.on_accept(res, flags),
+                WAKE => {
+                    self.wake_armed = false;
+                    self.arm_wake();
+                }
+                RECV => self.on_recv(conn, res, flags),
+                SEND => self.on_send(conn, res, flags),
+                CONNECT => self.on_connect(conn, res),
+                _ => {} // CANCEL
+            }
+        }
+        cqes.clear();
+        self.cqes = cqes;
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if res >= 0 {
+            let fd = sys::own(res);
+            match crate::tune_socket(&fd) {
+                Ok(()) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.socks.insert(id, Sock::new(fd));
+                    self.engine.accepted(id, Instant::now());
+                    self.arm_recv(id);
+                }
+                Err(e) => tracing::warn!("dropping an accepted connection: {e}"),
+            }
+        } else {
+            tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+        }
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+            self.arm_accept();
+        }
+    }
+
+    fn on_recv(&mut self, conn: ConnId, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let alive = self.socks.get(&conn).is_some_and(|s| !s.closing);
+        if res > 0 && alive {
+            let bid = bid.expect("a receive with data names its buffer");
+            if let Some(c) = self.engine.conn_mut(conn) {
+                let data = self.bufs.data(bid, res as usize);
+                let space = c.rx.read_space();
+                space[..data.len()].copy_from_slice(data);
+                let len = space.len();
+                c.rx.filled(len, data.len());
+            }
+            self.bufs.recycle(bid);
+            self.engine.received(conn, Instant::now());
+            self.dirty.push(conn);
+        } else {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            if alive && res == 0 {
+                self.engine.fail(
+                    conn,
+                    LndError::new(LndErrorKind::Reset, "connection closed by the peer"),
+                );
+            } else if alive && res != -libc::ENOBUFS {
+                let e = io::Error::from_raw_os_error(-res);
+                self.engine.fail(conn, io_error(&e, "receive"));
+            }
+        }
+        if !cqueue::more(flags) {
+            if let Some(sock) = self.socks.get_mut(&conn) {
+                sock.recv = false;
+            }
+            // Re-arm unless the socket is going away (ENOBUFS ends a multishot receive too).
+            self.arm_recv(conn);
+            self.reap(conn);
+        }
+    }
+
+    fn on_send(&mut self, conn: ConnId, res: i32, flags: u32) {
+        let Some(sock) = self.socks.get_mut(&conn) else {
+            return;
+        };
+        if cqueue::notif(flags) {
+            sock.notif = false;
+            sock.send.release();
+            self.dirty.push(conn);
+            return self.reap(conn);
+        }
+        sock.sending = false;
+        if cqueue::more(flags) {
+            sock.notif = true; // zero-copy: the memory is in use until the notification
+        } else {
+            sock.send.release();
+        }
+        let closing = sock.closing;
+        if res > 0 && !closing {
+            self.engine.wrote(conn, res as usize);
+            self.dirty.push(conn);
+        } else if !closing {
+            let e = if res == 0 {
+                io::Error::new(io::ErrorKind::WriteZero, "send wrote nothing")
+            } else {
+                io::Error::from_raw_os_error(-res)
+            };
+            self.engine.fail(conn, io_error(&e, "send"));
+        }
+        self.reap(conn);
+    }
+
+    fn on_connect(&mut self, conn: ConnId, res: i32) {
+        let Some(sock) = self.socks.get_mut(&conn) else {
+            return;
+        };
+        sock.connect = None;
+        if sock.closing {
+            return self.reap(conn);
+        }
+        if res == 0 {
+            self.engine.established(conn);
+            self.arm_recv(conn);
+            self.dirty.push(conn);
+        } else {
+            let e = io::Error::from_raw_os_error(-res);
+            self.engine.fail(conn, io_error(&e, "connect"));
+        }
+    }
+}
+
+impl Drop for Uring {
+    /// Stops every operation and waits for the kernel to let go of their memory before it
+    /// is freed; if the kernel does not answer in time, the memory is leaked, not freed.
+    fn drop(&mut self) {
+        self.stopping = true;
+        // The listener too: a pending accept would keep it listening after we are gone, and
+        // peers would connect to a node that never answers.
+        sys::shutdown(self.listener.as_fd());
+        for sock in self.socks.values_mut() {
+            sock.closing = true;
+            sys::shutdown(sock.fd.as_fd());
+        }
+        let cancel_all = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::any())
+            .build()
+            .user_data(user_data(0, CANCEL));
+        // SAFETY: a cancel request points at no memory.
+        unsafe { self.push(cancel_all) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let busy =
+            |u: &Uring| u.accept_armed || u.wake_armed || u.socks.values().any(|s| !s.idle());
+        while busy(self) && Instant::now() < deadline {
+            let ts = Timespec::new().nsec(50_000_000);
+            let _ = self
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            self.reap_completions();
+        }
+        if busy(self) {
+            tracing::error!("io_uring operations still pending at close; leaking their buffers");
+            for (_, sock) in self.socks.drain() {
+                std::mem::forget(sock);
+            }
+            return; // `bufs` stays leaked: ManuallyDrop
+        }
+        let _ = self.ring.submitter().unregister_buf_ring(self.bufs.bgid());
+        // SAFETY: no operation is pending and the buffer group is unregistered, so the kernel
+        // no longer reads the ring or writes the buffers; `bufs` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.bufs) };
+    }
+}
+
+fn new_socket() -> io::Result<OwnedFd> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    let fd = OwnedFd::from(s);
+    crate::tune_socket(&fd)?;
+    Ok(fd)
+}

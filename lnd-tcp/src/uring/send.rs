@@ -1,0 +1,185 @@
+//! The memory a `sendmsg` in flight points at. It must not move or be freed until the
+//! kernel is done: the slot is boxed (a stable address), small pieces are copied into its
+//! own staging area (queued headers can move when the queue grows), and large payloads are
+//! referenced in place with their `Bytes` held here, so closing a connection mid-send cannot
+//! free memory the kernel still reads.
+
+use bytes::Bytes;
+
+use crate::framing::{TxQueue, MAX_SLICES};
+
+/// Payload pieces up to this size are copied; larger ones are sent from their own memory.
+const COPY_MAX: usize = 2048;
+const STAGING: usize = 64 * 1024;
+
+pub(crate) struct SendSlot {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_SLICES],
+    staging: Box<[u8]>,
+    held: Vec<Bytes>,
+    /// Bytes described by the current message.
+    pub(crate) len: usize,
+}
+
+// SAFETY: the raw pointers in `hdr` and `iov` point into this slot's own staging box and
+// into the `Bytes` it holds; they travel with it and are only used by its owner's thread.
+unsafe impl Send for SendSlot {}
+
+impl SendSlot {
+    pub(crate) fn new() -> Box<SendSlot> {
+        Box::new(SendSlot {
+            // SAFETY: msghdr and iovec are plain C structs for which all-zero is valid
+            // (null pointers, zero lengths).
+            hdr: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_SLICES],
+            staging: vec![0u8; STAGING].into_boxed_slice(),
+            held: Vec::with_capacity(MAX_SLICES),
+            len: 0,
+        })
+    }
+
+    /// Describes as much of `q`'s unwritten bytes as fits; returns how many. No allocation.
+    pub(crate) fn fill(&mut self, q: &TxQueue) -> usize {
+        self.held.clear();
+        let (mut n, mut staged, mut total) = (0usize, 0usize, 0usize);
+        // Whether the last iovec covers the end of the staged bytes (and can grow).
+        let mut staging_open = false;
+        for (piece, owner) in q.pieces() {
+            let copy = owner.is_none() || piece.len() <= COPY_MAX;
+            if copy {
+                if staged + piece.len() > STAGING {
+                    break;
+                }
+                if !staging_open {
+                    if n == MAX_SLICES {
+                        break;
+                    }
+                    self.iov[n] = libc::iovec {
+                        iov_base: self.staging[staged..].as_mut_ptr().cast(),
+                        iov_len: 0,
+                    };
+                    n += 1;
+                    staging_open = true;
+                }
+                self.staging[staged..staged + piece.len()].copy_from_slice(piece);
+                self.iov[n - 1].iov_len += piece.len();
+                staged += piece.len();
+            } else {
+                if n == MAX_SLICES {
+                    break;
+                }
+                self.iov[n] = libc::iovec {
+                    iov_base: piece.as_ptr() as *mut libc::c_void,
+                    iov_len: piece.len(),
+                };
+                n += 1;
+                staging_open = false;
+                self.held
+                    .push(owner.expect("payload pieces have owners").clone());
+            }
+            total += piece.len();
+        }
+        // SAFETY: all-zero is a valid msghdr; the fields set point into this boxed slot.
+        self.hdr = unsafe { std::mem::zeroed() };
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = n;
+        self.len = total;
+        total
+    }
+
+    /// The message for `IORING_OP_SENDMSG(_ZC)`; valid while this slot lives and is not
+    /// refilled.
+    pub(crate) fn msghdr(&self) -> *const libc::msghdr {
+        &self.hdr
+    }
+
+    /// The kernel is done with the memory: drop the payloads held for it.
+    pub(crate) fn release(&mut self) {
+        self.held.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanet::lane::Lane;
+    use lanet::lnd::TxToken;
+    use lanet::nid::Nid;
+    use lanet::wire::{encode_header, Body, Header};
+
+    fn push(q: &mut TxQueue, len: usize, tag: u8) {
+        let h = Header {
+            lane: Lane::Data,
+            credits: 0,
+            src: Nid::mem(1, 0),
+            dst: Nid::mem(2, 0),
+            src_incarnation: 1,
+            msg_id: u64::from(tag),
+            payload_len: len as u32,
+            body: Body::Put {
+                portal: 1,
+                match_bits: 2,
+            },
+        };
+        q.push(
+            encode_header(&h),
+            Bytes::from(vec![tag; len]),
+            Some(TxToken(u64::from(tag))),
+        );
+    }
+
+    /// What the kernel would send: the bytes the iovecs describe, in order.
+    fn gather(slot: &SendSlot) -> Vec<u8> {
+        let mut out = Vec::new();
+        for iov in &slot.iov[..slot.hdr.msg_iovlen] {
+            // SAFETY: the iovecs point into the slot's staging or its held Bytes, alive here.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
+            });
+        }
+        out
+    }
+
+    fn expected(q: &TxQueue) -> Vec<u8> {
+        q.pieces().flat_map(|(p, _)| p.iter().copied()).collect()
+    }
+
+    #[test]
+    fn small_pieces_are_coalesced_and_large_payloads_sent_in_place() {
+        let mut q = TxQueue::default();
+        push(&mut q, 8, 1);
+        push(&mut q, 100, 2);
+        push(&mut q, 100_000, 3);
+        push(&mut q, 0, 4);
+        let mut slot = SendSlot::new();
+        let n = slot.fill(&q);
+        assert_eq!(gather(&slot), expected(&q));
+        assert_eq!(n, 4 * 96 + 8 + 100 + 100_000);
+        // header+8, header+100, header (staged, one iovec) | 100 KB in place | header
+        assert_eq!(slot.hdr.msg_iovlen, 3);
+        assert_eq!(slot.held.len(), 1);
+        // Partly written: the slot describes exactly the rest.
+        let mut done = Vec::new();
+        q.advance(96 + 8 + 50, &mut done);
+        slot.fill(&q);
+        assert_eq!(gather(&slot), expected(&q));
+        slot.release();
+        assert!(slot.held.is_empty());
+    }
+
+    #[test]
+    fn a_full_staging_area_ends_the_message_early() {
+        let mut q = TxQueue::default();
+        for i in 0..1000 {
+            push(&mut q, 1000, i as u8);
+        }
+        let mut slot = SendSlot::new();
+        let n = slot.fill(&q);
+        assert!(n <= STAGING && n > STAGING - 2000, "{n}");
+        let all = expected(&q);
+        assert_eq!(gather(&slot), all[..n]);
+    }
+}

@@ -1,0 +1,56 @@
+//! The few system calls the io_uring backend makes outside the ring.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// A non-blocking, close-on-exec eventfd: the backend's wake-up channel.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd (wakes a ring waiting on a read of it).
+pub(crate) fn signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to a descriptor borrowed for the call.
+    let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    match n {
+        8 => Ok(()),
+        // EAGAIN: the counter is already huge, so a wake-up is pending anyway.
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Shuts a socket down both ways, so that operations pending on it complete.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
+    // SAFETY: no pointers; the descriptor is borrowed for the call. Errors (e.g. ENOTCONN on
+    // a socket that never connected) leave nothing to undo.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
+/// Takes ownership of a descriptor the kernel returned (e.g. from a multishot accept).
+pub(crate) fn own(fd: i32) -> OwnedFd {
+    assert!(fd >= 0, "not a descriptor: {fd}");
+    // SAFETY: the kernel created `fd` for us and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A socket address in the kernel's layout, boxed so its address stays put while a
+/// connect operation reads it.
+pub(crate) fn sockaddr(addr: SocketAddrV4) -> Box<libc::sockaddr_in> {
+    Box::new(libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    })
+}
