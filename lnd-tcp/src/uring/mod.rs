@@ -285,6 +285,17 @@ impl Uring {
         unsafe { self.push(e) };
     }
 
+    /// Sends for every connection that may have something queued. The list keeps its
+    /// capacity: no allocation per turn.
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &conn in &dirty {
+            self.flush(conn); // never adds to `dirty`
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
     pub(crate) fn post(&mut self, tx: Transmit) {
         // Sent with the next submission: everything posted in a turn goes out together.
         if let Some(conn) = self.engine.post(tx) {
@@ -328,9 +339,7 @@ impl Uring {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        for conn in std::mem::take(&mut self.dirty) {
-            self.flush(conn);
-        }
+        self.flush_dirty();
         let now = Instant::now();
         let mut wait = if self.engine.events.is_empty() {
             timeout
@@ -361,9 +370,7 @@ impl Uring {
             }
         }
         self.reap_completions();
-        for conn in std::mem::take(&mut self.dirty) {
-            self.flush(conn);
-        }
+        self.flush_dirty();
         self.engine.expire(Instant::now());
         self.drop_closed();
         // Answers produced in this turn leave now, not a turn later.
