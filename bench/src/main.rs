@@ -61,6 +61,10 @@ pub(crate) struct Common {
     /// Seconds each external baseline tool (sockperf, iperf3) runs.
     #[arg(long, default_value_t = 5)]
     baseline_secs: u32,
+    /// TCP: send messages of at least this many bytes zero-copy (both sides); for measuring
+    /// the threshold. Default: the LND's own.
+    #[arg(long)]
+    zc_min: Option<usize>,
 }
 
 #[derive(Args)]
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Bench::Latency(a) => &a.common,
         Bench::Bandwidth(a) => &a.common,
     };
+    peer::set_zero_copy_min(common.zc_min);
     if let Some(nid) = common.serve {
         return match peer::serve(nid) {
             Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,21 @@ pub(crate) const PORTAL: u32 = 4;
 /// The largest PUT the server accepts.
 pub(crate) const MAX_PUT: u32 = 64 << 20;
 
+static ZERO_COPY_MIN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// `--zc-min`: applies to this process's TCP LNDs and is passed on to the server process.
+pub(crate) fn set_zero_copy_min(v: Option<usize>) {
+    let _ = ZERO_COPY_MIN.set(v);
+}
+
+fn tcp_config(cfg: &NodeConfig) -> TcpConfig {
+    let mut t = TcpConfig::for_node(cfg);
+    if let Some(Some(min)) = ZERO_COPY_MIN.get() {
+        t.zero_copy_min = *min;
+    }
+    t
+}
+
 /// Configuration shared by both sides: generous data credits for streaming.
 pub(crate) fn node_config(incarnation: u64) -> NodeConfig {
     let mut cfg = NodeConfig::new(incarnation);
@@ -42,7 +57,7 @@ pub(crate) fn echo_addr(nid: Nid) -> SocketAddr {
 /// Runs the server until standard input closes: lanet on `nid`, raw TCP echo next to it.
 pub(crate) fn serve(nid: Nid) -> Result<(), String> {
     let cfg = node_config(2);
-    let lnd = TcpLnd::bind(nid, TcpConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
+    let lnd = TcpLnd::bind(nid, tcp_config(&cfg)).map_err(|e| e.to_string())?;
     let ep = Endpoint::builder(cfg)
         .lnd(lnd)
         .on_event(discard_events)
@@ -125,8 +140,12 @@ pub(crate) fn spawn_server(bench: &str) -> Result<ServerProcess, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     for _ in 0..5 {
         let nid = free_nid();
-        let mut child = Command::new(&exe)
-            .args([bench, "--serve", &nid.to_string()])
+        let mut cmd = Command::new(&exe);
+        cmd.args([bench, "--serve", &nid.to_string()]);
+        if let Some(Some(min)) = ZERO_COPY_MIN.get() {
+            cmd.args(["--zc-min", &min.to_string()]);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -173,7 +192,7 @@ pub(crate) fn mem_pair(
 /// A client endpoint over TCP on a free loopback port.
 pub(crate) fn tcp_client(on_event: impl FnMut(Event) + Send + 'static) -> Result<Endpoint, String> {
     let cfg = node_config(1);
-    let lnd = TcpLnd::bind(free_nid(), TcpConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
+    let lnd = TcpLnd::bind(free_nid(), tcp_config(&cfg)).map_err(|e| e.to_string())?;
     Endpoint::builder(cfg)
         .lnd(lnd)
         .on_event(on_event)

@@ -1,7 +1,10 @@
 //! The epoll backend (through mio): edge-triggered readiness, non-blocking sockets,
 //! `writev` straight from the frames' own buffers.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
+
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,33 +199,28 @@ impl Epoll {
             let Some(c) = self.engine.conn_mut(conn) else {
                 return;
             };
-            let space = c.rx.read_space();
-            let len = space.len();
-            match sock.read(space) {
+            let buf = c.rx.read_buf();
+            let asked = buf.capacity() - buf.len();
+            match recv_into(sock, buf) {
                 Ok(0) => {
-                    c.rx.filled(len, 0);
-                    return self.fail(conn, LndErrorKind::Reset, "connection closed by the peer");
+                    return self.fail(conn, LndErrorKind::Reset, "connection closed by the peer")
                 }
                 Ok(n) => {
-                    c.rx.filled(len, n);
                     self.engine.received(conn, Instant::now());
-                    if n < len {
+                    if n < asked {
                         // A short read emptied the socket; new data raises a new edge. This
                         // saves the read that would only say EAGAIN.
                         return;
                     }
                 }
-                Err(e) => {
-                    c.rx.filled(len, 0);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return,
-                        io::ErrorKind::Interrupted => {}
-                        _ => {
-                            let error = io_error(&e, "receive");
-                            return self.engine.fail(conn, error);
-                        }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::Interrupted => {}
+                    _ => {
+                        let error = io_error(&e, "receive");
+                        return self.engine.fail(conn, error);
                     }
-                }
+                },
             }
         }
         self.unread.push(conn);
@@ -317,4 +315,20 @@ impl Epoll {
         events.append(&mut self.engine.events);
         Ok(())
     }
+}
+
+/// Reads from `sock` into `buf`'s spare capacity (none of it zero-filled first) and appends
+/// what arrived.
+fn recv_into(sock: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the kernel writes at most `spare.len()` bytes into memory we own and do not
+    // otherwise touch during the call.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised the first `n` spare bytes, and `n <= spare.len()`.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }

@@ -28,23 +28,28 @@ impl RxFramer {
         }
     }
 
-    /// Room to read into: at least a chunk, or whatever the frame in progress still needs.
-    /// The caller writes up to `n` bytes at the returned slice and calls [`Self::filled`].
-    pub(crate) fn read_space(&mut self) -> &mut [u8] {
-        let want = match &self.header {
+    /// How many bytes the next read should ask for: at least a chunk, or whatever the frame
+    /// in progress still needs (so a large payload arrives in as few reads as possible).
+    fn want(&self) -> usize {
+        let rest = match &self.header {
             Some(h) => (HEADER_LEN + h.payload_len as usize).saturating_sub(self.buf.len()),
             None => 0,
-        }
-        .max(READ_CHUNK);
-        let len = self.buf.len();
-        self.buf.resize(len + want, 0);
-        &mut self.buf[len..]
+        };
+        rest.max(READ_CHUNK)
     }
 
-    /// `n` bytes of the space from [`Self::read_space`] were filled.
-    pub(crate) fn filled(&mut self, space: usize, n: usize) {
-        let len = self.buf.len() - space + n;
-        self.buf.truncate(len);
+    /// The buffer to read into: its spare capacity holds at least [`Self::want`] bytes.
+    /// Nothing is zero-filled; the caller appends what it read (see `epoll::recv_into`).
+    pub(crate) fn read_buf(&mut self) -> &mut BytesMut {
+        let want = self.want();
+        self.buf.reserve(want);
+        &mut self.buf
+    }
+
+    /// Appends bytes received elsewhere (e.g. an io_uring provided buffer).
+    pub(crate) fn extend(&mut self, data: &[u8]) {
+        self.buf.reserve(self.want().max(data.len()));
+        self.buf.extend_from_slice(data);
     }
 
     /// The next complete frame, if one has arrived. A bad header is an error for the stream.
@@ -236,11 +241,7 @@ mod tests {
             let mut rx = RxFramer::new(Limits { max_payload: 1 << 20 });
             let mut got = Vec::new();
             for chunk in stream.chunks(read_cut) {
-                let space = rx.read_space();
-                let n = chunk.len().min(space.len());
-                space[..n].copy_from_slice(&chunk[..n]);
-                let space_len = space.len();
-                rx.filled(space_len, n);
+                rx.extend(chunk);
                 while let Some((h, p)) = rx.next_frame().unwrap() {
                     got.push((h.msg_id, p));
                 }
@@ -258,10 +259,7 @@ mod tests {
         let mut rx = RxFramer::new(Limits { max_payload: 1024 });
         let (mut h, _) = frame(1, b"");
         h[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // claims 4 GiB (checksum now bad)
-        let space = rx.read_space();
-        space[..HEADER_LEN].copy_from_slice(&h);
-        let len = space.len();
-        rx.filled(len, HEADER_LEN);
+        rx.extend(&h);
         assert!(rx.next_frame().is_err());
     }
 

@@ -43,6 +43,10 @@ pub struct TcpConfig {
     pub max_payload: u32,
     /// How long a connection may take to come up (TCP connect plus HELLO).
     pub connect_timeout: Duration,
+    /// Messages of at least this many bytes to a non-loopback peer are sent zero-copy
+    /// (`sendmsg_zc`, io_uring backend); `usize::MAX`: never. Loopback peers never are:
+    /// measured slower at every size (bench/RESULTS.md).
+    pub zero_copy_min: usize,
 }
 
 impl TcpConfig {
@@ -56,6 +60,7 @@ impl TcpConfig {
             ),
             max_payload: cfg.max_payload,
             connect_timeout: Duration::from_secs(5),
+            zero_copy_min: uring::ZC_THRESHOLD,
         }
     }
 }
@@ -129,7 +134,11 @@ impl TcpLnd {
         let backend = match wanted.as_str() {
             "epoll" => epoll(listener, &format!(" ({BACKEND_ENV}=epoll)"))?,
             "uring" | "" => {
-                match uring::Uring::new(engine::Engine::new(local), listener.try_clone()) {
+                match uring::Uring::new(
+                    engine::Engine::new(local),
+                    listener.try_clone(),
+                    cfg.zero_copy_min,
+                ) {
                     Ok(b) => {
                         tracing::info!(%nid, "TCP LND on {addr}: io_uring backend");
                         Driver::Uring(Box::new(b))

@@ -53,6 +53,30 @@ impl Peer {
             .expect("run kill");
         assert!(status.success(), "kill {sig} failed");
     }
+
+    /// SIGSTOP, then wait until every thread has actually stopped (signals are delivered
+    /// asynchronously: a running thread may still answer a frame).
+    fn freeze(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for _ in 0..1000 {
+            let all_stopped = std::fs::read_dir(&tasks)
+                .expect("list the peer's threads")
+                .all(|t| {
+                    let stat =
+                        std::fs::read_to_string(t.expect("thread entry").path().join("stat"))
+                            .unwrap_or_default();
+                    // The state follows the parenthesised command name: "pid (comm) T ..."
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                });
+            if all_stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("the peer did not stop");
+    }
 }
 
 impl Drop for Peer {
@@ -162,7 +186,7 @@ fn killing_the_peer_mid_transfer_fails_every_operation_in_flight_exactly_once() 
 
     // Freeze the peer, so that nothing submitted from now on can be answered; then give it
     // plenty: socket buffers fill, credits run out, the rest waits in queues.
-    peer.signal("-STOP");
+    peer.freeze();
     let mut ops: Vec<OpId> = (0..32)
         .map(|i| ep.put(put(peer.nid, pattern(1 << 20, i))).unwrap())
         .collect();

@@ -33,10 +33,7 @@ fn carry(from: &mut Engine, fc: ConnId, to: &mut Engine, tc: ConnId, now: Instan
     }
     from.wrote(fc, bytes.len());
     if let Some(c) = to.conn_mut(tc) {
-        let space = c.rx.read_space();
-        space[..bytes.len()].copy_from_slice(&bytes);
-        let len = space.len();
-        c.rx.filled(len, bytes.len());
+        c.rx.extend(&bytes);
         to.received(tc, now);
     }
 }
@@ -203,11 +200,7 @@ fn handshakes_and_lost_races_time_out_into_connect_failures() {
         .hello(Lane::Data)
         .header_with(Nid::mem(2, 0), HelloStatus::Race);
     race.dst = Nid::mem(2, 0);
-    let c = b.conn_mut(2).unwrap();
-    let space = c.rx.read_space();
-    space[..96].copy_from_slice(&encode_header(&race));
-    let len = space.len();
-    c.rx.filled(len, 96);
+    b.conn_mut(2).unwrap().rx.extend(&encode_header(&race));
     b.received(2, now);
     assert!(events(&mut b).is_empty(), "a lost race is not a failure");
     assert!(
@@ -240,11 +233,7 @@ fn a_hello_from_the_wrong_node_is_refused_and_garbage_fails_the_connection() {
     events(&mut a);
     events(&mut b);
     a.post(ping(1, 2, 5));
-    let cb = b.conn_mut(101).unwrap();
-    let space = cb.rx.read_space();
-    space[..100].fill(0xab);
-    let len = space.len();
-    cb.rx.filled(len, 100);
+    b.conn_mut(101).unwrap().rx.extend(&[0xab; 100]);
     b.received(101, now);
     assert!(
         matches!(&events(&mut b)[..], [LndEvent::Disconnected { error, .. }] if error.kind == LndErrorKind::Protocol)

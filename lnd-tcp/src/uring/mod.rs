@@ -26,9 +26,12 @@ use crate::{io_error, DEFAULT_PORT};
 use bufring::BufRing;
 use send::SendSlot;
 
-/// Messages at least this large go by `IORING_OP_SENDMSG_ZC` (pages pinned, not copied).
-/// Measured on loopback (bench/RESULTS.md): below it, copying is cheaper than pinning.
-pub(crate) const ZC_THRESHOLD: usize = 256 * 1024;
+/// Default for `TcpConfig::zero_copy_min`: messages at least this large go to non-loopback
+/// peers by `IORING_OP_SENDMSG_ZC` (pages pinned, not copied). On loopback, zero-copy lost
+/// at every size measured (bench/RESULTS.md: the kernel copies at delivery anyway), so
+/// loopback peers never get it. No real NIC can be measured on these machines: 64 KiB
+/// follows the kernel's MSG_ZEROCOPY guidance (worth it from roughly 10 KB) with margin.
+pub(crate) const ZC_THRESHOLD: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 512;
 const RECV_BUFFERS: u16 = 256;
 const RECV_BUFFER_SIZE: usize = 64 * 1024;
@@ -59,11 +62,14 @@ struct Sock {
     connect: Option<Box<libc::sockaddr_in>>,
     /// Shut down; removed once nothing is pending.
     closing: bool,
+    /// Large messages may go zero-copy (the peer is not on loopback).
+    zero_copy: bool,
 }
 
 impl Sock {
-    fn new(fd: OwnedFd) -> Sock {
+    fn new(fd: OwnedFd, peer: Option<std::net::IpAddr>) -> Sock {
         Sock {
+            zero_copy: peer.is_some_and(|ip| !ip.is_loopback()),
             fd,
             send: SendSlot::new(),
             sending: false,
@@ -99,7 +105,7 @@ pub(crate) struct Uring {
     wake_buf: Box<u64>,
     socks: FxHashMap<ConnId, Sock>,
     next_id: usize,
-    zero_copy: bool,
+    zero_copy_min: usize,
     pub(crate) engine: Engine,
     /// Connections that may have something to send.
     dirty: Vec<ConnId>,
@@ -112,7 +118,11 @@ pub(crate) struct Uring {
 
 impl Uring {
     /// Sets up a ring on this kernel, or says why it cannot (the caller falls back to epoll).
-    pub(crate) fn new(engine: Engine, listener: io::Result<TcpListener>) -> io::Result<Uring> {
+    pub(crate) fn new(
+        engine: Engine,
+        listener: io::Result<TcpListener>,
+        zero_copy_min: usize,
+    ) -> io::Result<Uring> {
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .build(RING_ENTRIES)
@@ -132,7 +142,12 @@ impl Uring {
                 ));
             }
         }
-        let zero_copy = probe.is_supported(opcode::SendMsgZc::CODE);
+        // Zero-copy sends when the kernel has them; `usize::MAX` means never.
+        let zero_copy_min = if probe.is_supported(opcode::SendMsgZc::CODE) {
+            zero_copy_min
+        } else {
+            usize::MAX
+        };
         let bufs = BufRing::new(&ring.submitter(), 0, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
         let listener = listener?;
         let mut u = Uring {
@@ -143,7 +158,7 @@ impl Uring {
             wake_buf: Box::new(0),
             socks: FxHashMap::default(),
             next_id: 1,
-            zero_copy,
+            zero_copy_min,
             engine,
             dirty: Vec::new(),
             accept_armed: false,
@@ -233,10 +248,17 @@ impl Uring {
         };
         let len = sock.send.fill(&c.tx);
         let fd = Fd(sock.fd.as_raw_fd());
-        let e = if self.zero_copy && len >= ZC_THRESHOLD {
-            opcode::SendMsgZc::new(fd, sock.send.msghdr()).build()
+        // MSG_WAITALL: the kernel keeps sending until the whole message is out, instead of
+        // completing after the first partial write when the socket buffer is full.
+        let flags = libc::MSG_WAITALL as u32;
+        let e = if sock.zero_copy && len >= self.zero_copy_min {
+            opcode::SendMsgZc::new(fd, sock.send.msghdr())
+                .flags(flags)
+                .build()
         } else {
-            opcode::SendMsg::new(fd, sock.send.msghdr()).build()
+            opcode::SendMsg::new(fd, sock.send.msghdr())
+                .flags(flags)
+                .build()
         };
         sock.sending = true;
         // SAFETY: the message lives in the boxed send slot, whose staging copies and held
@@ -268,7 +290,7 @@ impl Uring {
     fn dial(&mut self, fd: OwnedFd, addr: SocketAddrV4, peer: Nid, lane: Lane) {
         let id = self.next_id;
         self.next_id += 1;
-        let mut sock = Sock::new(fd);
+        let mut sock = Sock::new(fd, Some((*addr.ip()).into()));
         let sa = sys::sockaddr(addr);
         let e = opcode::Connect::new(
             Fd(sock.fd.as_raw_fd()),
@@ -415,7 +437,12 @@ impl Uring {
                 Ok(()) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.socks.insert(id, Sock::new(fd));
+                    let peer = socket2::SockRef::from(&fd)
+                        .peer_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .map(|a| a.ip());
+                    self.socks.insert(id, Sock::new(fd, peer));
                     self.engine.accepted(id, Instant::now());
                     self.arm_recv(id);
                 }
@@ -436,11 +463,7 @@ impl Uring {
         if res > 0 && alive {
             let bid = bid.expect("a receive with data names its buffer");
             if let Some(c) = self.engine.conn_mut(conn) {
-                let data = self.bufs.data(bid, res as usize);
-                let space = c.rx.read_space();
-                space[..data.len()].copy_from_slice(data);
-                let len = space.len();
-                c.rx.filled(len, data.len());
+                c.rx.extend(self.bufs.data(bid, res as usize));
             }
             self.bufs.recycle(bid);
             self.engine.received(conn, Instant::now());

@@ -11,6 +11,10 @@ use crate::framing::{TxQueue, MAX_SLICES};
 /// Payload pieces up to this size are copied; larger ones are sent from their own memory.
 const COPY_MAX: usize = 2048;
 const STAGING: usize = 64 * 1024;
+/// Bytes per message at most. A send completes only when all of it is out (MSG_WAITALL),
+/// and frames queued meanwhile wait for the next one: bounded messages keep the stream
+/// moving instead of draining between large batches.
+const MESSAGE_MAX: usize = 512 * 1024;
 
 pub(crate) struct SendSlot {
     hdr: libc::msghdr,
@@ -71,16 +75,26 @@ impl SendSlot {
                 if n == MAX_SLICES {
                     break;
                 }
+                // A large payload may be cut here; the rest goes in the next message.
+                let take = piece.len().min(MESSAGE_MAX - total);
                 self.iov[n] = libc::iovec {
                     iov_base: piece.as_ptr() as *mut libc::c_void,
-                    iov_len: piece.len(),
+                    iov_len: take,
                 };
                 n += 1;
                 staging_open = false;
                 self.held
                     .push(owner.expect("payload pieces have owners").clone());
+                total += take;
+                if total == MESSAGE_MAX {
+                    break;
+                }
+                continue;
             }
             total += piece.len();
+            if total >= MESSAGE_MAX {
+                break;
+            }
         }
         // SAFETY: all-zero is a valid msghdr; the fields set point into this boxed slot.
         self.hdr = unsafe { std::mem::zeroed() };
@@ -168,6 +182,17 @@ mod tests {
         assert_eq!(gather(&slot), expected(&q));
         slot.release();
         assert!(slot.held.is_empty());
+    }
+
+    #[test]
+    fn a_message_stops_at_its_size_limit_even_inside_a_payload() {
+        let mut q = TxQueue::default();
+        push(&mut q, 400_000, 1);
+        push(&mut q, 400_000, 2);
+        let mut slot = SendSlot::new();
+        let n = slot.fill(&q);
+        assert_eq!(n, MESSAGE_MAX);
+        assert_eq!(gather(&slot), expected(&q)[..n]);
     }
 
     #[test]
