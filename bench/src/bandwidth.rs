@@ -9,6 +9,7 @@ use lanet::op::PutRequest;
 use lanet::{Endpoint, Event, Lane, Nid, OpOutcome};
 
 use crate::baselines;
+use crate::peer::set_backend;
 use crate::peer::{self, PORTAL};
 use crate::report::Report;
 use crate::{BandwidthArgs, LndChoice};
@@ -89,7 +90,11 @@ fn stream(dst: Option<Nid>, size: usize, secs: f64) -> Result<f64, String> {
         }
     };
     let (ep, dst, _server) = match dst {
-        Some(dst) => (peer::tcp_client(on_event)?, dst, None),
+        Some(dst) => {
+            let (ep, backend) = peer::tcp_client(on_event)?;
+            set_backend(backend);
+            (ep, dst, None)
+        }
         None => {
             let (client, server, dst) = peer::mem_pair(on_event)?;
             (client, dst, Some(server))

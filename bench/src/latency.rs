@@ -11,6 +11,7 @@ use lanet::op::PutRequest;
 use lanet::{Endpoint, Event, Lane, Nid};
 
 use crate::baselines::{self, histogram};
+use crate::peer::set_backend;
 use crate::peer::{self, PORTAL};
 use crate::report::Report;
 use crate::{LatencyArgs, LndChoice};
@@ -105,7 +106,11 @@ fn pingpong(dst: Option<Nid>, size: usize, iters: usize) -> Result<Histogram<u64
         }
     };
     let (ep, dst, _server) = match dst {
-        Some(dst) => (peer::tcp_client(on_event)?, dst, None),
+        Some(dst) => {
+            let (ep, backend) = peer::tcp_client(on_event)?;
+            set_backend(backend);
+            (ep, dst, None)
+        }
         None => {
             let (client, server, dst) = peer::mem_pair(on_event)?;
             (client, dst, Some(server))

@@ -86,6 +86,11 @@ pub(crate) struct BandwidthArgs {
 }
 
 fn main() -> ExitCode {
+    // Log lines (which TCP backend runs, and why) go to stderr; stdout carries the results.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .init();
     let cli = Cli::parse();
     let common = match &cli.bench {
         Bench::Latency(a) => &a.common,

@@ -32,6 +32,18 @@ fn tcp_config(cfg: &NodeConfig) -> TcpConfig {
     t
 }
 
+static BACKEND: std::sync::OnceLock<lanet_lnd_tcp::Backend> = std::sync::OnceLock::new();
+
+/// Records the TCP backend the client ran on, for the report.
+pub(crate) fn set_backend(b: lanet_lnd_tcp::Backend) {
+    let _ = BACKEND.set(b);
+}
+
+/// The TCP backend the client ran on, if it ran on TCP.
+pub(crate) fn backend() -> Option<lanet_lnd_tcp::Backend> {
+    BACKEND.get().copied()
+}
+
 /// Configuration shared by both sides: generous data credits for streaming.
 pub(crate) fn node_config(incarnation: u64) -> NodeConfig {
     let mut cfg = NodeConfig::new(incarnation);
@@ -189,15 +201,19 @@ pub(crate) fn mem_pair(
     Ok((client, server, sn))
 }
 
-/// A client endpoint over TCP on a free loopback port.
-pub(crate) fn tcp_client(on_event: impl FnMut(Event) + Send + 'static) -> Result<Endpoint, String> {
+/// A client endpoint over TCP on a free loopback port, and the backend its LND runs.
+pub(crate) fn tcp_client(
+    on_event: impl FnMut(Event) + Send + 'static,
+) -> Result<(Endpoint, lanet_lnd_tcp::Backend), String> {
     let cfg = node_config(1);
     let lnd = TcpLnd::bind(free_nid(), tcp_config(&cfg)).map_err(|e| e.to_string())?;
-    Endpoint::builder(cfg)
+    let backend = lnd.backend();
+    let ep = Endpoint::builder(cfg)
         .lnd(lnd)
         .on_event(on_event)
         .start()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((ep, backend))
 }
 
 /// A raw TCP echo server in this process (for the in-memory runs' baseline).

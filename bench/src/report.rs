@@ -53,8 +53,12 @@ impl Report {
     }
 
     pub(crate) fn print(&self, json: bool) {
+        let backend = crate::peer::backend().map(|b| format!("{b:?}").to_lowercase());
         if json {
             let mut obj = serde_json::Map::new();
+            if let Some(b) = &backend {
+                obj.insert("tcp_backend".into(), serde_json::json!(b));
+            }
             for (k, v, _) in &self.rows {
                 obj.insert(k.clone(), serde_json::json!((v * 1000.0).round() / 1000.0));
             }
@@ -62,6 +66,9 @@ impl Report {
             return;
         }
         println!("{}", self.title);
+        if let Some(b) = &backend {
+            println!("  TCP backend: {b}");
+        }
         for (k, v, unit) in &self.rows {
             println!("  {k:<28} {v:>12.3} {unit}");
         }

@@ -448,7 +448,7 @@ impl Uring {
                 }
                 Err(e) => tracing::warn!("dropping an accepted connection: {e}"),
             }
-        } else {
+        } else if !self.stopping && res != -libc::ECANCELED {
             tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
         }
         if !cqueue::more(flags) {

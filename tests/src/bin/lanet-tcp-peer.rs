@@ -12,6 +12,10 @@ use lanet_lnd_tcp::{TcpConfig, TcpLnd};
 use lanet_tests::{pattern, MAX_TRANSFER, SINK_PORTAL, SIZES, SOURCE_PORTAL};
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let (Some(nid), Some(incarnation)) = (args.get(1), args.get(2)) else {
         eprintln!("usage: lanet-tcp-peer NID INCARNATION");
