@@ -216,3 +216,27 @@ fn binding_a_busy_address_or_a_non_tcp_nid_says_why() {
         .expect("not tcp");
     assert!(e.to_string().contains("tcp nets"), "{e}");
 }
+
+/// Rings and receive-buffer rings stay far below the 8 MiB locked-memory limit of these
+/// machines: a process can hold many io_uring LNDs (a router has one per net).
+#[test]
+fn sixty_four_lnds_fit_in_one_process() {
+    if std::env::var(lanet_lnd_tcp::BACKEND_ENV).as_deref() == Ok("epoll") {
+        return; // the epoll backend locks no memory
+    }
+    let cfg = TcpConfig::for_node(&NodeConfig::new(1));
+    let lnds: Vec<TcpLnd> = (0..64)
+        .map(|i| {
+            (0..5)
+                .find_map(|_| TcpLnd::bind(free_nid(), cfg).ok())
+                .unwrap_or_else(|| panic!("LND {i} did not start"))
+        })
+        .collect();
+    for lnd in &lnds {
+        assert_eq!(
+            lnd.backend(),
+            lanet_lnd_tcp::Backend::Uring,
+            "fell back to epoll"
+        );
+    }
+}
