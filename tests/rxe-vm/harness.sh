@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs a script inside a qemu VM whose kernel has soft-RoCE (rdma_rxe), with `rxe0` up on
+# eth0 (addresses 10.0.2.15 and 10.0.2.16), chrooted into this host's root over 9p, so the
+# host's freshly built binaries run unchanged. Exits with the script's status.
+#
+# Usage: tests/rxe-vm/harness.sh SCRIPT
+#
+# This machine's kernel has no InfiniBand support; Debian's does. KVM hangs here, so the VM
+# runs under TCG. See ../shared/DESIGN.md, "Testing facts". Needs the packages that
+# scripts/setup installs (qemu-system-x86 linux-image-amd64 busybox-static rdma-core
+# ibverbs-utils perftest).
+set -euo pipefail
+
+script=$(realpath "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+work=${CARGO_TARGET_DIR:-$root/target}/rxe-vm
+say() { printf 'rxe-vm: %s\n' "$*" >&2; }
+
+kver=$(ls /lib/modules 2>/dev/null | grep -- '-amd64$' | sort -V | tail -n 1 || true)
+kernel=/boot/vmlinuz-$kver
+if [ -z "$kver" ] || [ ! -r "$kernel" ]; then
+    say "no Debian kernel (linux-image-amd64) installed: run scripts/setup"
+    exit 2
+fi
+
+# The initramfs: busybox, the kernel's modules for rxe, 9p and virtio, and an init that sets
+# up rxe and runs the script. Rebuilt when this harness or the kernel changes.
+stamp="$kver $(sha256sum "$0" | cut -c1-16)"
+initrd=$work/initramfs.cpio.gz
+mkdir -p "$work"
+exec 9>"$work/build.lock"
+flock 9 # several VMs may start at once; one builds, the others wait for it
+if [ ! -s "$initrd" ] || [ "$(cat "$work/stamp" 2>/dev/null)" != "$stamp" ]; then
+    say "building the initramfs for kernel $kver"
+    rm -rf "$work/initramfs"
+    mkdir -p "$work/initramfs"/{bin,proc,sys,dev,host,lib/modules}
+    cp /bin/busybox "$work/initramfs/bin/busybox"
+    : > "$work/initramfs/modules.order"
+    # One module per --show-depends call (further words would be module parameters).
+    # crc32_generic: rdma_rxe needs it and does not declare it ("failed to init crc32").
+    for m in crc32_generic configfs ib_core ib_uverbs rdma_cm rdma_ucm rdma_rxe \
+        9pnet 9pnet_virtio 9p virtio_ring virtio virtio_pci virtio_net; do
+        modprobe -S "$kver" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" { print $2 }'
+    done | awk '!seen[$0]++' | while read -r ko; do
+        cp "$ko" "$work/initramfs/lib/modules/"
+        basename "$ko" >> "$work/initramfs/modules.order"
+    done
+    cat > "$work/initramfs/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.order); do
+    insmod "/lib/modules/$m" 2>/dev/null || echo "rxe-vm: insmod $m failed (built in?)"
+done
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^lanet\.$1=//p"; }
+script=$(arg script)
+result=$(arg result)
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576,cache=none hostroot /host
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -o bind /dev /host/dev
+mount -t tmpfs tmpfs /host/run
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip addr add 10.0.2.16/24 dev eth0
+ip route add default via 10.0.2.2 2>/dev/null
+chroot /host /bin/sh -c "
+    set -e
+    rdma link add rxe0 type rxe netdev eth0
+    cd \"$(dirname "$script")\"
+    sh \"$script\"
+" > "/host$result/output" 2>&1
+echo $? > "/host$result/status"
+sync
+poweroff -f
+INIT
+    chmod +x "$work/initramfs/init"
+    (cd "$work/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd"
+    echo "$stamp" > "$work/stamp"
+fi
+flock -u 9
+
+result=$(mktemp -d "$work/run.XXXXXX")
+say "booting kernel $kver under qemu (TCG) to run $script"
+set +e
+timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
+    -kernel "$kernel" -initrd "$initrd" \
+    -append "console=ttyS0 panic=-1 quiet lanet.script=$script lanet.result=$result" \
+    -fsdev local,id=hr,path=/,security_model=none,multidevs=remap \
+    -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+    > "$result/console.log" 2>&1 < /dev/null
+qemu=$?
+set -e
+if [ ! -f "$result/status" ]; then
+    say "the VM did not run the script (qemu exit $qemu); its console:"
+    tail -n 60 "$result/console.log" >&2
+    exit 2
+fi
+cat "$result/output"
+status=$(cat "$result/status")
+rm -rf "$result"
+exit "$status"
