@@ -1,10 +1,19 @@
 //! `lanet-lnd-rdma`: the RDMA network driver (LND) for lanet, on libibverbs and librdmacm
 //! through `rdma-sys`.
 //!
-//! Planned shape (see the RDMA LND issue): small owning wrappers for device, protection domain,
-//! memory regions, completion queues, RC queue pairs and rdma_cm ids; one RC QP per lane per
-//! peer with the health QP's completion queue polled first; receive credits equal to pre-posted
-//! receives; zero-copy bulk with RDMA WRITE (PUT) and RDMA READ (GET). Tested for real on
-//! soft-RoCE (rdma_rxe) inside a qemu VM.
+//! This first part holds the small owning wrappers the driver is built from: device
+//! context, protection domain, memory region and completion queue ([`verbs`]); event
+//! channel, connection id and its RC queue pair ([`cm`]). Each frees its resource on drop,
+//! after what depends on it; every `unsafe` block says why it is sound; errors carry the
+//! verbs call and errno. Where there is no RDMA device, [`verbs::first_active_device`] says
+//! so in one clear error. They are tested for real, on soft-RoCE in a VM
+//! (`tests/rxe-vm`, `tests/tests/rdma_verbs.rs`).
 //!
-//! Nothing is implemented here yet; the crate exists so the workspace shows the architecture.
+//! To come (see the RDMA LND issue): the [`lanet::lnd::Lnd`] itself: one RC QP per lane per
+//! peer, the health CQ polled first, receive credits = pre-posted receives, zero-copy PUT
+//! and GET with RDMA WRITE and READ through the core's deferred payloads.
+
+pub mod cm;
+pub mod verbs;
+
+pub use verbs::VerbsError;

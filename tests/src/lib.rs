@@ -39,3 +39,49 @@ pub fn free_tcp_nid() -> lanet::Nid {
         .parse()
         .expect("a valid NID")
 }
+
+/// Set inside the soft-RoCE VM when a test binary re-runs itself there.
+pub const IN_RXE_VM: &str = "LANET_IN_RXE_VM";
+
+/// Runs `script` (shell) inside the soft-RoCE VM (`tests/rxe-vm/harness.sh`): `rxe0` is up
+/// on 10.0.2.15 and 10.0.2.16, and the host's root (so its files and binaries) is `/`.
+/// Returns the script's output, or the VM's story if it failed.
+pub fn run_in_rxe_vm(name: &str, script: &str) -> Result<String, String> {
+    let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rxe-vm/harness.sh");
+    let path = std::env::temp_dir().join(format!("lanet-vm-{}-{name}.sh", std::process::id()));
+    std::fs::write(&path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
+    let out = std::process::Command::new(harness)
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("run the rxe VM harness: {e}"))?;
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{} in the VM:\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Runs the calling test inside the soft-RoCE VM (this very test binary, filtered to
+/// `test`), unless it is already running there; returns true when the caller is inside and
+/// should do the work.
+pub fn inside_rxe_vm_or_rerun(test: &str) -> bool {
+    if std::env::var_os(IN_RXE_VM).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let script = format!(
+        "export {IN_RXE_VM}=1 RUST_BACKTRACE=1\nexec '{}' --exact '{test}' --nocapture --test-threads=1\n",
+        exe.display()
+    );
+    match run_in_rxe_vm(test, &script) {
+        Ok(out) => println!("{out}"),
+        Err(e) => panic!("{test} failed in the soft-RoCE VM: {e}"),
+    }
+    false
+}

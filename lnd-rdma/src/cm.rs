@@ -1,0 +1,432 @@
+//! Small owning wrappers over librdmacm: an event channel, connection ids with their RC
+//! queue pair, and the events that drive connection set-up.
+
+use std::net::SocketAddrV4;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use rdma_sys as sys;
+
+use crate::verbs::{check, Context, Cq, Mr, Pd, VerbsError};
+
+/// What happened to a connection id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmEventKind {
+    AddrResolved,
+    RouteResolved,
+    ConnectRequest,
+    Established,
+    Rejected,
+    Unreachable,
+    Disconnected,
+    /// Address or route resolution, or the connection, failed in another way.
+    Error(u32),
+    Other(u32),
+}
+
+impl CmEventKind {
+    fn from_raw(e: u32) -> CmEventKind {
+        use sys::rdma_cm_event_type::*;
+        match e {
+            RDMA_CM_EVENT_ADDR_RESOLVED => CmEventKind::AddrResolved,
+            RDMA_CM_EVENT_ROUTE_RESOLVED => CmEventKind::RouteResolved,
+            RDMA_CM_EVENT_CONNECT_REQUEST => CmEventKind::ConnectRequest,
+            RDMA_CM_EVENT_ESTABLISHED => CmEventKind::Established,
+            RDMA_CM_EVENT_REJECTED => CmEventKind::Rejected,
+            RDMA_CM_EVENT_UNREACHABLE => CmEventKind::Unreachable,
+            RDMA_CM_EVENT_DISCONNECTED => CmEventKind::Disconnected,
+            RDMA_CM_EVENT_ADDR_ERROR | RDMA_CM_EVENT_ROUTE_ERROR | RDMA_CM_EVENT_CONNECT_ERROR => {
+                CmEventKind::Error(e)
+            }
+            other => CmEventKind::Other(other),
+        }
+    }
+}
+
+/// An rdma_cm event, copied out (the library's event is acknowledged at once).
+#[derive(Debug)]
+pub struct CmEvent {
+    pub kind: CmEventKind,
+    pub status: i32,
+    /// The connection's private data (CONNECT_REQUEST, ESTABLISHED, REJECTED).
+    pub private_data: Vec<u8>,
+    /// For CONNECT_REQUEST: the new id, to adopt with [`CmId::adopt`].
+    id: *mut sys::rdma_cm_id,
+}
+
+/// A channel on which rdma_cm reports events for the ids created on it.
+pub struct EventChannel {
+    ch: NonNull<sys::rdma_event_channel>,
+}
+
+// SAFETY: librdmacm event channels may be used from any thread.
+unsafe impl Send for EventChannel {}
+unsafe impl Sync for EventChannel {}
+
+impl EventChannel {
+    pub fn new() -> Result<Arc<EventChannel>, VerbsError> {
+        // SAFETY: no arguments; null means failure with errno.
+        let ch = unsafe { sys::rdma_create_event_channel() };
+        let ch =
+            NonNull::new(ch).ok_or_else(|| VerbsError::last("rdma_create_event_channel", ""))?;
+        Ok(Arc::new(EventChannel { ch }))
+    }
+
+    /// Waits for the next event.
+    pub fn next(&self) -> Result<CmEvent, VerbsError> {
+        let mut ev: *mut sys::rdma_cm_event = std::ptr::null_mut();
+        // SAFETY: the channel is alive; `ev` receives an event we acknowledge below.
+        check("rdma_get_cm_event", unsafe {
+            sys::rdma_get_cm_event(self.ch.as_ptr(), &mut ev)
+        })?;
+        // SAFETY: rdma_get_cm_event succeeded, so `ev` points at a valid event until acked.
+        let (kind, status, id, private_data) = unsafe {
+            let e = &*ev;
+            let conn = e.param.conn;
+            let private_data = if conn.private_data.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(
+                    conn.private_data.cast::<u8>(),
+                    usize::from(conn.private_data_len),
+                )
+                .to_vec()
+            };
+            (CmEventKind::from_raw(e.event), e.status, e.id, private_data)
+        };
+        // SAFETY: acknowledged once; a CONNECT_REQUEST's new id outlives the ack.
+        check("rdma_ack_cm_event", unsafe { sys::rdma_ack_cm_event(ev) })?;
+        Ok(CmEvent {
+            kind,
+            status,
+            private_data,
+            id,
+        })
+    }
+
+    /// Waits for an event of `kind`; any other event is an error that says what came.
+    pub fn expect(&self, kind: CmEventKind) -> Result<CmEvent, VerbsError> {
+        let e = self.next()?;
+        if e.kind == kind {
+            Ok(e)
+        } else {
+            Err(VerbsError {
+                call: "rdma_get_cm_event",
+                errno: if e.status < 0 {
+                    -e.status
+                } else {
+                    libc::EPROTO
+                },
+                context: format!("expected {kind:?}, got {:?} (status {})", e.kind, e.status),
+            })
+        }
+    }
+}
+
+impl Drop for EventChannel {
+    fn drop(&mut self) {
+        // SAFETY: every id created on this channel holds an Arc of it, so all are gone.
+        unsafe { sys::rdma_destroy_event_channel(self.ch.as_ptr()) };
+    }
+}
+
+/// A connection id, and its RC queue pair once created.
+pub struct CmId {
+    id: NonNull<sys::rdma_cm_id>,
+    has_qp: bool,
+    // Dropped after the id and QP: what they point at stays valid until then.
+    _pd: Option<Arc<Pd>>,
+    _cq: Option<Arc<Cq>>,
+    _ch: Arc<EventChannel>,
+}
+
+// SAFETY: an id is used by one thread at a time; librdmacm allows that from any thread.
+unsafe impl Send for CmId {}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// One scatter-gather element of a registered region.
+fn sge(mr: &Mr, offset: usize, len: usize) -> sys::ibv_sge {
+    assert!(
+        offset + len <= mr.as_slice().len(),
+        "work request outside its memory region"
+    );
+    sys::ibv_sge {
+        addr: mr.addr() + offset as u64,
+        length: len as u32,
+        lkey: mr.lkey(),
+    }
+}
+
+impl CmId {
+    /// A new id for a reliable connection (RDMA_PS_TCP).
+    pub fn new(ch: &Arc<EventChannel>) -> Result<CmId, VerbsError> {
+        let mut id = std::ptr::null_mut();
+        // SAFETY: the channel is alive; `id` receives the new id.
+        let rc = unsafe {
+            sys::rdma_create_id(
+                ch.ch.as_ptr(),
+                &mut id,
+                std::ptr::null_mut(),
+                sys::rdma_port_space::RDMA_PS_TCP,
+            )
+        };
+        check("rdma_create_id", rc)?;
+        Ok(CmId {
+            id: NonNull::new(id).ok_or_else(|| VerbsError::last("rdma_create_id", "null id"))?,
+            has_qp: false,
+            _pd: None,
+            _cq: None,
+            _ch: ch.clone(),
+        })
+    }
+
+    /// Takes ownership of the id a CONNECT_REQUEST carries.
+    pub fn adopt(ch: &Arc<EventChannel>, event: &CmEvent) -> Option<CmId> {
+        let id = NonNull::new(event.id).filter(|_| event.kind == CmEventKind::ConnectRequest)?;
+        Some(CmId {
+            id,
+            has_qp: false,
+            _pd: None,
+            _cq: None,
+            _ch: ch.clone(),
+        })
+    }
+
+    fn raw(&self) -> *mut sys::rdma_cm_id {
+        self.id.as_ptr()
+    }
+
+    pub fn bind(&self, addr: SocketAddrV4) -> Result<(), VerbsError> {
+        let mut sa = sockaddr(addr);
+        // SAFETY: the id is alive; the address is read during the call only.
+        check("rdma_bind_addr", unsafe {
+            sys::rdma_bind_addr(self.raw(), (&mut sa as *mut libc::sockaddr_in).cast())
+        })
+    }
+
+    pub fn listen(&self, backlog: i32) -> Result<(), VerbsError> {
+        // SAFETY: the id is alive and bound.
+        check("rdma_listen", unsafe {
+            sys::rdma_listen(self.raw(), backlog)
+        })
+    }
+
+    /// Starts resolving `dst` (from `src` if given); ADDR_RESOLVED follows.
+    pub fn resolve_addr(
+        &self,
+        src: Option<SocketAddrV4>,
+        dst: SocketAddrV4,
+        timeout_ms: i32,
+    ) -> Result<(), VerbsError> {
+        let mut s = src.map(sockaddr);
+        let mut d = sockaddr(dst);
+        let sp = s.as_mut().map_or(std::ptr::null_mut(), |s| {
+            (s as *mut libc::sockaddr_in).cast()
+        });
+        // SAFETY: the id is alive; both addresses are read during the call only.
+        check("rdma_resolve_addr", unsafe {
+            sys::rdma_resolve_addr(
+                self.raw(),
+                sp,
+                (&mut d as *mut libc::sockaddr_in).cast(),
+                timeout_ms,
+            )
+        })
+    }
+
+    /// Starts resolving the route; ROUTE_RESOLVED follows.
+    pub fn resolve_route(&self, timeout_ms: i32) -> Result<(), VerbsError> {
+        // SAFETY: the id is alive with its address resolved.
+        check("rdma_resolve_route", unsafe {
+            sys::rdma_resolve_route(self.raw(), timeout_ms)
+        })
+    }
+
+    /// The device context rdma_cm bound this id to (after address resolution, or for an
+    /// adopted id). Allocate the PD and CQ of the QP from it.
+    pub fn context(&self) -> Option<Arc<Context>> {
+        // SAFETY: the id is alive; `verbs` is set once it is bound to a device.
+        Context::borrowed(unsafe { (*self.raw()).verbs })
+    }
+
+    /// Creates the id's RC queue pair, sending and receiving through `cq`.
+    pub fn create_qp(&mut self, pd: &Arc<Pd>, cq: &Arc<Cq>, depth: u32) -> Result<(), VerbsError> {
+        // SAFETY: all-zero is a valid ibv_qp_init_attr to fill in.
+        let mut attr: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        attr.send_cq = cq.as_ptr();
+        attr.recv_cq = cq.as_ptr();
+        attr.qp_type = sys::ibv_qp_type::IBV_QPT_RC;
+        attr.cap.max_send_wr = depth;
+        attr.cap.max_recv_wr = depth;
+        attr.cap.max_send_sge = 2;
+        attr.cap.max_recv_sge = 1;
+        // SAFETY: id, PD and CQ are alive; the CQ and PD are kept alive by this id until
+        // its QP is destroyed in drop.
+        check("rdma_create_qp", unsafe {
+            sys::rdma_create_qp(self.raw(), pd.as_ptr(), &mut attr)
+        })?;
+        self.has_qp = true;
+        self._pd = Some(pd.clone());
+        self._cq = Some(cq.clone());
+        Ok(())
+    }
+
+    fn conn_param(private: &[u8]) -> sys::rdma_conn_param {
+        // SAFETY: all-zero is a valid rdma_conn_param.
+        let mut p: sys::rdma_conn_param = unsafe { std::mem::zeroed() };
+        p.private_data = private.as_ptr().cast();
+        p.private_data_len = u8::try_from(private.len()).expect("private data fits in 255 bytes");
+        p.responder_resources = 1;
+        p.initiator_depth = 1;
+        p.retry_count = 7;
+        p.rnr_retry_count = 7;
+        p
+    }
+
+    /// Connects (after ROUTE_RESOLVED and `create_qp`); ESTABLISHED or REJECTED follows.
+    pub fn connect(&self, private: &[u8]) -> Result<(), VerbsError> {
+        let mut p = Self::conn_param(private);
+        // SAFETY: the id is alive with a QP; the parameters are read during the call only.
+        check("rdma_connect", unsafe {
+            sys::rdma_connect(self.raw(), &mut p)
+        })
+    }
+
+    /// Accepts an adopted CONNECT_REQUEST id (after `create_qp`).
+    pub fn accept(&self, private: &[u8]) -> Result<(), VerbsError> {
+        let mut p = Self::conn_param(private);
+        // SAFETY: as for connect.
+        check("rdma_accept", unsafe {
+            sys::rdma_accept(self.raw(), &mut p)
+        })
+    }
+
+    /// Starts or answers a disconnect. A side that receives DISCONNECTED must call this too:
+    /// it sends the DREP the other side waits for (otherwise that side waits out the CM's
+    /// retry timeout, about 100 s).
+    pub fn disconnect(&self) -> Result<(), VerbsError> {
+        // SAFETY: the id is alive.
+        check("rdma_disconnect", unsafe {
+            sys::rdma_disconnect(self.raw())
+        })
+    }
+
+    fn qp(&self) -> *mut sys::ibv_qp {
+        assert!(self.has_qp, "no queue pair yet");
+        // SAFETY: the id is alive and has a QP.
+        unsafe { (*self.raw()).qp }
+    }
+
+    /// Posts a receive of up to `len` bytes into `mr` at `offset`.
+    ///
+    /// # Safety
+    /// `mr` must stay alive and untouched in that range until the receive completes (or the
+    /// QP is destroyed and its completions are drained).
+    pub unsafe fn post_recv(
+        &self,
+        mr: &Mr,
+        offset: usize,
+        len: usize,
+        wr_id: u64,
+    ) -> Result<(), VerbsError> {
+        let mut sg = sge(mr, offset, len);
+        // SAFETY: all-zero is a valid work request; the fields set point at `sg` (read during
+        // the call) and the caller keeps the memory alive.
+        let mut wr: sys::ibv_recv_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sg;
+        wr.num_sge = 1;
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the QP is alive; see above.
+        check("ibv_post_recv", unsafe {
+            sys::ibv_post_recv(self.qp(), &mut wr, &mut bad)
+        })
+    }
+
+    /// Posts a signalled SEND of `len` bytes of `mr` at `offset`.
+    ///
+    /// # Safety
+    /// As for [`CmId::post_recv`], until the send completes.
+    pub unsafe fn post_send(
+        &self,
+        mr: &Mr,
+        offset: usize,
+        len: usize,
+        wr_id: u64,
+    ) -> Result<(), VerbsError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.post(mr, offset, len, wr_id, None) }
+    }
+
+    /// Posts a signalled RDMA WRITE of `len` bytes of `mr` at `offset` to the peer's
+    /// registered memory at `remote_addr` (key `rkey`).
+    ///
+    /// # Safety
+    /// As for [`CmId::post_recv`], until the write completes.
+    pub unsafe fn post_write(
+        &self,
+        mr: &Mr,
+        offset: usize,
+        len: usize,
+        remote_addr: u64,
+        rkey: u32,
+        wr_id: u64,
+    ) -> Result<(), VerbsError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.post(mr, offset, len, wr_id, Some((remote_addr, rkey))) }
+    }
+
+    unsafe fn post(
+        &self,
+        mr: &Mr,
+        offset: usize,
+        len: usize,
+        wr_id: u64,
+        write: Option<(u64, u32)>,
+    ) -> Result<(), VerbsError> {
+        let mut sg = sge(mr, offset, len);
+        // SAFETY: all-zero is a valid work request.
+        let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sg;
+        wr.num_sge = 1;
+        wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        match write {
+            None => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
+            Some((addr, rkey)) => {
+                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                wr.wr.rdma.remote_addr = addr;
+                wr.wr.rdma.rkey = rkey;
+            }
+        }
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the QP is alive; `wr` and `sg` are read during the call; the caller keeps
+        // the memory alive until completion.
+        check("ibv_post_send", unsafe {
+            sys::ibv_post_send(self.qp(), &mut wr, &mut bad)
+        })
+    }
+}
+
+impl Drop for CmId {
+    fn drop(&mut self) {
+        // SAFETY: the QP (if any) and the id were created by us and are destroyed once, QP
+        // first; the PD, CQ and channel they use are held until after this.
+        unsafe {
+            if self.has_qp {
+                sys::rdma_destroy_qp(self.raw());
+            }
+            sys::rdma_destroy_id(self.raw());
+        }
+    }
+}
