@@ -4,13 +4,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use lanet::op::PutRequest;
 use lanet::{Endpoint, Event, Lane, Nid, OpOutcome};
 
 use crate::baselines;
-use crate::peer::set_backend;
-use crate::peer::{self, PORTAL};
+use crate::peer::{self};
 use crate::report::Report;
 use crate::{BandwidthArgs, LndChoice};
 
@@ -89,25 +87,8 @@ fn stream(dst: Option<Nid>, size: usize, secs: f64) -> Result<f64, String> {
             }
         }
     };
-    let (ep, dst, _server) = match dst {
-        Some(dst) => {
-            let (ep, backend) = peer::tcp_client(on_event)?;
-            set_backend(backend);
-            (ep, dst, None)
-        }
-        None => {
-            let (client, server, dst) = peer::mem_pair(on_event)?;
-            (client, dst, Some(server))
-        }
-    };
-    let req = PutRequest {
-        dst,
-        lane: Lane::Data,
-        portal: PORTAL,
-        match_bits: 0,
-        payload: Bytes::from(vec![0xa5; size]),
-        timeout: Some(Duration::from_secs(30)),
-    };
+    let client = peer::client(dst, size, Duration::from_secs(30), on_event)?;
+    let (ep, req) = (client.ep.clone(), client.put.clone());
     let _ = cell.set((ep.clone(), req.clone()));
     for _ in 0..window {
         ep.put(req.clone()).map_err(|e| e.to_string())?;

@@ -5,14 +5,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use lanet::op::PutRequest;
-use lanet::{Endpoint, Event, Lane, Nid};
+use lanet::{Endpoint, Event, Nid};
 
 use crate::baselines::{self, histogram};
-use crate::peer::set_backend;
-use crate::peer::{self, PORTAL};
+use crate::peer::{self};
 use crate::report::Report;
 use crate::{LatencyArgs, LndChoice};
 
@@ -105,25 +103,8 @@ fn pingpong(dst: Option<Nid>, size: usize, iters: usize) -> Result<Histogram<u64
             }
         }
     };
-    let (ep, dst, _server) = match dst {
-        Some(dst) => {
-            let (ep, backend) = peer::tcp_client(on_event)?;
-            set_backend(backend);
-            (ep, dst, None)
-        }
-        None => {
-            let (client, server, dst) = peer::mem_pair(on_event)?;
-            (client, dst, Some(server))
-        }
-    };
-    let req = PutRequest {
-        dst,
-        lane: Lane::Data,
-        portal: PORTAL,
-        match_bits: 0,
-        payload: Bytes::from(vec![0x5a; size]),
-        timeout: Some(Duration::from_secs(10)),
-    };
+    let client = peer::client(dst, size, Duration::from_secs(10), on_event)?;
+    let (ep, req) = (client.ep.clone(), client.put.clone());
     let _ = cell.set((ep.clone(), req.clone()));
     ep.put(req).map_err(|e| e.to_string())?;
     let result = done_rx

@@ -227,3 +227,44 @@ pub(crate) fn local_echo() -> Result<SocketAddr, String> {
     });
     Ok(addr)
 }
+
+/// The measuring side of a benchmark: its endpoint (TCP to `dst`, or the in-memory pair when
+/// `dst` is None), the PUT it repeats, and the in-memory server kept alive alongside.
+pub(crate) struct Client {
+    pub(crate) ep: Endpoint,
+    pub(crate) put: lanet::op::PutRequest,
+    _server: Option<Endpoint>,
+}
+
+/// Builds the client whose completions go to `on_event`, repeating `size`-byte PUTs.
+pub(crate) fn client(
+    dst: Option<Nid>,
+    size: usize,
+    timeout: Duration,
+    on_event: impl FnMut(Event) + Send + 'static,
+) -> Result<Client, String> {
+    let (ep, dst, server) = match dst {
+        Some(dst) => {
+            let (ep, backend) = tcp_client(on_event)?;
+            set_backend(backend);
+            (ep, dst, None)
+        }
+        None => {
+            let (client, server, dst) = mem_pair(on_event)?;
+            (client, dst, Some(server))
+        }
+    };
+    let put = lanet::op::PutRequest {
+        dst,
+        lane: lanet::Lane::Data,
+        portal: PORTAL,
+        match_bits: 0,
+        payload: bytes::Bytes::from(vec![0x5a; size]),
+        timeout: Some(timeout),
+    };
+    Ok(Client {
+        ep,
+        put,
+        _server: server,
+    })
+}

@@ -143,6 +143,23 @@ impl Engine {
         !self.dialling.contains_key(&(peer, lane)) && !self.awaiting.contains_key(&(peer, lane))
     }
 
+    /// Where to dial for the core's connect request, or None when no dial is needed (the
+    /// answer is already on its way) or possible (then the failure is reported).
+    pub(crate) fn dial_target(&mut self, peer: Nid, lane: Lane) -> Option<std::net::SocketAddrV4> {
+        if !self.want_connect(peer, lane) {
+            return None;
+        }
+        let addr = peer.socket_addr(crate::DEFAULT_PORT);
+        if addr.is_none() {
+            let e = err(
+                LndErrorKind::Unreachable,
+                format!("{peer} is not an IP address"),
+            );
+            self.dial_failed(peer, lane, e);
+        }
+        addr
+    }
+
     /// The backend started dialling `conn` for (peer, lane).
     pub(crate) fn dialled(&mut self, conn: ConnId, peer: Nid, lane: Lane, now: Instant) {
         self.dialling.insert((peer, lane), conn);

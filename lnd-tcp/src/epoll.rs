@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 
 use crate::engine::{ConnId, Engine};
 use crate::framing::MAX_SLICES;
-use crate::{io_error, tune_socket, DEFAULT_PORT};
+use crate::{io_error, tune_socket};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -96,15 +96,8 @@ impl Epoll {
     }
 
     pub(crate) fn connect(&mut self, peer: Nid, lane: Lane) {
-        if !self.engine.want_connect(peer, lane) {
+        let Some(addr) = self.engine.dial_target(peer, lane) else {
             return;
-        }
-        let Some(addr) = peer.socket_addr(DEFAULT_PORT) else {
-            let e = LndError::new(
-                LndErrorKind::Unreachable,
-                format!("{peer} is not an IP address"),
-            );
-            return self.engine.dial_failed(peer, lane, e);
         };
         let dialled = TcpStream::connect(SocketAddr::V4(addr)).and_then(|s| {
             tune_socket(&s)?;

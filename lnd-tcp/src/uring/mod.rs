@@ -22,7 +22,7 @@ use lanet::nid::Nid;
 use rustc_hash::FxHashMap;
 
 use crate::engine::{ConnId, Engine};
-use crate::{io_error, DEFAULT_PORT};
+use crate::io_error;
 use bufring::BufRing;
 use send::SendSlot;
 
@@ -268,15 +268,8 @@ impl Uring {
     }
 
     pub(crate) fn connect(&mut self, peer: Nid, lane: Lane) {
-        if !self.engine.want_connect(peer, lane) {
+        let Some(addr) = self.engine.dial_target(peer, lane) else {
             return;
-        }
-        let Some(addr) = peer.socket_addr(DEFAULT_PORT) else {
-            let e = LndError::new(
-                LndErrorKind::Unreachable,
-                format!("{peer} is not an IP address"),
-            );
-            return self.engine.dial_failed(peer, lane, e);
         };
         match new_socket() {
             Ok(fd) => self.dial(fd, addr, peer, lane),
