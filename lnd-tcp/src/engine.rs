@@ -458,6 +458,26 @@ impl Engine {
         }
     }
 
+    /// How long the backend may wait for I/O: not at all if events await the core or the
+    /// backend has work of its own (`busy`), else the core's `timeout` cut at the next
+    /// handshake deadline.
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<std::time::Duration>,
+        busy: bool,
+    ) -> Option<std::time::Duration> {
+        if busy || !self.events.is_empty() {
+            return Some(std::time::Duration::ZERO);
+        }
+        match self.next_deadline() {
+            None => timeout,
+            Some(d) => {
+                let until = d.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(until, |t| t.min(until)))
+            }
+        }
+    }
+
     /// The earliest deadline the backend must wake up for.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(|c| c.deadline);

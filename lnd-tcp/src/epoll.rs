@@ -244,16 +244,8 @@ impl Epoll {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        let now = Instant::now();
-        let mut wait = if self.engine.events.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        if let Some(d) = self.engine.next_deadline() {
-            let until = d.saturating_duration_since(now);
-            wait = Some(wait.map_or(until, |w| w.min(until)));
-        }
+        // Sockets with data left from the last round raise no new edge: do not wait for one.
+        let wait = self.engine.wait(timeout, !self.unread.is_empty());
         if let Err(e) = self.poll.poll(&mut self.mio_events, wait) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(LndError::new(

@@ -294,3 +294,37 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
     );
     assert!(matches!(&ea[1], LndEvent::Connected { hello, .. } if hello.incarnation == 99));
 }
+
+#[test]
+fn the_backend_waits_no_longer_than_work_and_deadlines_allow() {
+    let now = Instant::now();
+    let mut e = Engine::new(local(1));
+    let long = Some(Duration::from_secs(60));
+    assert_eq!(
+        e.wait(long, false),
+        long,
+        "nothing pending: the core's timeout"
+    );
+    assert_eq!(
+        e.wait(None, false),
+        None,
+        "no timeout at all: wait until woken"
+    );
+    assert_eq!(
+        e.wait(long, true),
+        Some(Duration::ZERO),
+        "backend work pending: do not block"
+    );
+    e.dial_failed(Nid::mem(2, 0), Lane::Data, err(LndErrorKind::Refused, "x"));
+    assert_eq!(
+        e.wait(None, false),
+        Some(Duration::ZERO),
+        "events for the core: do not block"
+    );
+    events(&mut e);
+    e.dialled(1, Nid::mem(2, 0), Lane::Data, now);
+    let w = e
+        .wait(long, false)
+        .expect("a handshake deadline bounds the wait");
+    assert!(w <= T, "{w:?}");
+}

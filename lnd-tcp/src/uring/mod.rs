@@ -355,17 +355,7 @@ impl Uring {
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
         self.flush_dirty();
-        let now = Instant::now();
-        let mut wait = if self.engine.events.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        if let Some(d) = self.engine.next_deadline() {
-            let until = d.saturating_duration_since(now);
-            wait = Some(wait.map_or(until, |w| w.min(until)));
-        }
-        let submitted = match wait {
+        let submitted = match self.engine.wait(timeout, false) {
             Some(d) if d.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
             Some(d) => {
