@@ -136,13 +136,13 @@ impl WaitTimeout for Child {
     }
 }
 
-/// A loopback NID whose port and the next one were free a moment ago.
+/// A loopback NID whose port and the next one (the raw TCP echo) were free a moment ago.
 pub(crate) fn free_nid() -> Nid {
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = l.local_addr().expect("local addr").port();
+        let nid = lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port");
+        let port = nid.socket_addr(DEFAULT_PORT).expect("tcp NID").port();
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return format!("127.0.0.1:{port}@tcp").parse().expect("NID");
+            return nid;
         }
     }
 }

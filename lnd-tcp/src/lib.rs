@@ -215,6 +215,17 @@ impl Lnd for TcpLnd {
     }
 }
 
+/// A loopback NID on a port that was free a moment ago (for tests, benchmarks and tools
+/// that start several nodes on one host; another process may still take the port first).
+pub fn free_loopback_nid() -> io::Result<Nid> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}@tcp")
+        .parse()
+        .expect("a loopback NID is valid"))
+}
+
 /// TCP_NODELAY for latency; keepalive as a backstop behind the health lane.
 fn tune_socket(s: &impl std::os::fd::AsFd) -> io::Result<()> {
     let s = socket2::SockRef::from(s);

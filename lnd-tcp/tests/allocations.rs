@@ -2,7 +2,6 @@
 //! steady-state PUT ping-pong between two endpoints over TCP (whichever backend runs).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -41,12 +40,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn free_nid() -> Nid {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}@tcp").parse().unwrap()
+    lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port")
 }
 
 fn endpoint(nid: Nid, on_event: impl FnMut(Event) + Send + 'static) -> Endpoint {

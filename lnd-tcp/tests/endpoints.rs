@@ -11,14 +11,8 @@ use lanet_lnd_tcp::{TcpConfig, TcpLnd};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(30));
 
-/// A NID on a port that was free a moment ago.
 fn free_nid() -> Nid {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}@tcp").parse().unwrap()
+    lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port")
 }
 
 fn endpoint(nid: Nid, incarnation: u64) -> Endpoint {

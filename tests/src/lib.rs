@@ -31,13 +31,7 @@ pub fn pattern(len: usize, seed: u8) -> Bytes {
 
 /// A NID on a loopback port that was free a moment ago.
 pub fn free_tcp_nid() -> lanet::Nid {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port();
-    format!("127.0.0.1:{port}@tcp")
-        .parse()
-        .expect("a valid NID")
+    lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port")
 }
 
 /// Set inside the soft-RoCE VM when a test binary re-runs itself there.
