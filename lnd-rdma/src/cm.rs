@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use rdma_sys as sys;
 
-use crate::verbs::{check, Context, Cq, Mr, Pd, VerbsError};
+use crate::mr::{RemoteBuf, Sge};
+use crate::verbs::{check, set_nonblocking, Context, Cq, Pd, VerbsError};
 
 /// What happened to a connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct CmEvent {
     pub status: i32,
     /// The connection's private data (CONNECT_REQUEST, ESTABLISHED, REJECTED).
     pub private_data: Vec<u8>,
+    /// The tag of the id the event is for (a CONNECT_REQUEST's: its listener's).
+    pub tag: u64,
     /// For CONNECT_REQUEST: the new id, to adopt with [`CmId::adopt`].
     id: *mut sys::rdma_cm_id,
 }
@@ -94,14 +97,38 @@ impl EventChannel {
             };
             (CmEventKind::from_raw(e.event), e.status, e.id, private_data)
         };
+        // SAFETY: the event's id is alive (ours, or new for a CONNECT_REQUEST, whose context
+        // is its listener's).
+        let tag = unsafe { (*id).context as u64 };
         // SAFETY: acknowledged once; a CONNECT_REQUEST's new id outlives the ack.
         check("rdma_ack_cm_event", unsafe { sys::rdma_ack_cm_event(ev) })?;
         Ok(CmEvent {
             kind,
             status,
             private_data,
+            tag,
             id,
         })
+    }
+
+    /// Makes [`EventChannel::try_next`] return at once when no event is pending.
+    pub fn set_nonblocking(&self) -> Result<(), VerbsError> {
+        set_nonblocking(self.fd(), "rdma_cm event channel")
+    }
+
+    /// The channel's descriptor, readable when an event is pending.
+    pub fn fd(&self) -> i32 {
+        // SAFETY: the channel is alive.
+        unsafe { (*self.ch.as_ptr()).fd }
+    }
+
+    /// The next event if one is pending (the channel must be non-blocking).
+    pub fn try_next(&self) -> Result<Option<CmEvent>, VerbsError> {
+        match self.next() {
+            Ok(e) => Ok(Some(e)),
+            Err(e) if e.errno == libc::EAGAIN => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits for an event of `kind`; any other event is an error that says what came.
@@ -154,29 +181,21 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// One scatter-gather element of a registered region.
-fn sge(mr: &Mr, offset: usize, len: usize) -> sys::ibv_sge {
-    assert!(
-        offset + len <= mr.as_slice().len(),
-        "work request outside its memory region"
-    );
-    sys::ibv_sge {
-        addr: mr.addr() + offset as u64,
-        length: len as u32,
-        lkey: mr.lkey(),
-    }
-}
-
 impl CmId {
     /// A new id for a reliable connection (RDMA_PS_TCP).
     pub fn new(ch: &Arc<EventChannel>) -> Result<CmId, VerbsError> {
+        Self::with_tag(ch, 0)
+    }
+
+    /// A new id whose events carry `tag` (the driver's name for the connection).
+    pub fn with_tag(ch: &Arc<EventChannel>, tag: u64) -> Result<CmId, VerbsError> {
         let mut id = std::ptr::null_mut();
         // SAFETY: the channel is alive; `id` receives the new id.
         let rc = unsafe {
             sys::rdma_create_id(
                 ch.ch.as_ptr(),
                 &mut id,
-                std::ptr::null_mut(),
+                tag as *mut libc::c_void,
                 sys::rdma_port_space::RDMA_PS_TCP,
             )
         };
@@ -200,6 +219,12 @@ impl CmId {
             _cq: None,
             _ch: ch.clone(),
         })
+    }
+
+    /// Renames the id: its later events carry `tag`.
+    pub fn set_tag(&mut self, tag: u64) {
+        // SAFETY: the id is alive; its context is ours to set and only read back by us.
+        unsafe { (*self.raw()).context = tag as *mut libc::c_void };
     }
 
     fn raw(&self) -> *mut sys::rdma_cm_id {
@@ -261,13 +286,24 @@ impl CmId {
 
     /// Creates the id's RC queue pair, sending and receiving through `cq`.
     pub fn create_qp(&mut self, pd: &Arc<Pd>, cq: &Arc<Cq>, depth: u32) -> Result<(), VerbsError> {
+        self.create_rc_qp(pd, cq, depth, depth)
+    }
+
+    /// Creates the id's RC queue pair with room for `send` and `recv` work requests.
+    pub fn create_rc_qp(
+        &mut self,
+        pd: &Arc<Pd>,
+        cq: &Arc<Cq>,
+        send: u32,
+        recv: u32,
+    ) -> Result<(), VerbsError> {
         // SAFETY: all-zero is a valid ibv_qp_init_attr to fill in.
         let mut attr: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         attr.send_cq = cq.as_ptr();
         attr.recv_cq = cq.as_ptr();
         attr.qp_type = sys::ibv_qp_type::IBV_QPT_RC;
-        attr.cap.max_send_wr = depth;
-        attr.cap.max_recv_wr = depth;
+        attr.cap.max_send_wr = send;
+        attr.cap.max_recv_wr = recv;
         attr.cap.max_send_sge = 2;
         attr.cap.max_recv_sge = 1;
         // SAFETY: id, PD and CQ are alive; the CQ and PD are kept alive by this id until
@@ -311,6 +347,34 @@ impl CmId {
         })
     }
 
+    /// Refuses an adopted CONNECT_REQUEST, telling the peer why in `private`.
+    pub fn reject(&self, private: &[u8]) -> Result<(), VerbsError> {
+        let len = u8::try_from(private.len()).expect("private data fits in 255 bytes");
+        // SAFETY: the id is alive; the data is read during the call only.
+        check("rdma_reject", unsafe {
+            sys::rdma_reject(self.raw(), private.as_ptr().cast(), len)
+        })
+    }
+
+    /// Moves the queue pair to the error state: every posted work request completes,
+    /// flushed, and nothing more arrives from the peer.
+    pub fn set_error(&self) -> Result<(), VerbsError> {
+        if !self.has_qp {
+            return Ok(());
+        }
+        // SAFETY: all-zero is a valid ibv_qp_attr; only the state is read (attr mask).
+        let mut attr: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.qp_state = sys::ibv_qp_state::IBV_QPS_ERR;
+        // SAFETY: the QP is alive.
+        check("ibv_modify_qp", unsafe {
+            sys::ibv_modify_qp(
+                self.qp(),
+                &mut attr,
+                sys::ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+            )
+        })
+    }
+
     /// Starts or answers a disconnect. A side that receives DISCONNECTED must call this too:
     /// it sends the DREP the other side waits for (otherwise that side waits out the CM's
     /// retry timeout, about 100 s).
@@ -327,87 +391,95 @@ impl CmId {
         unsafe { (*self.raw()).qp }
     }
 
-    /// Posts a receive of up to `len` bytes into `mr` at `offset`.
+    /// Posts a receive into `sge`.
     ///
     /// # Safety
-    /// `mr` must stay alive and untouched in that range until the receive completes (or the
-    /// QP is destroyed and its completions are drained).
-    pub unsafe fn post_recv(
-        &self,
-        mr: &Mr,
-        offset: usize,
-        len: usize,
-        wr_id: u64,
-    ) -> Result<(), VerbsError> {
-        let mut sg = sge(mr, offset, len);
-        // SAFETY: all-zero is a valid work request; the fields set point at `sg` (read during
-        // the call) and the caller keeps the memory alive.
+    /// The memory `sge` names must stay registered and untouched until the receive
+    /// completes, or the QP is destroyed.
+    pub unsafe fn post_recv(&self, sge: Sge, wr_id: u64) -> Result<(), VerbsError> {
+        let mut sg = sge.raw();
+        // SAFETY: all-zero is a valid work request; `sg` is read during the call.
         let mut wr: sys::ibv_recv_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = wr_id;
         wr.sg_list = &mut sg;
         wr.num_sge = 1;
         let mut bad = std::ptr::null_mut();
-        // SAFETY: the QP is alive; see above.
+        // SAFETY: the QP is alive; the caller keeps the memory alive.
         check("ibv_post_recv", unsafe {
             sys::ibv_post_recv(self.qp(), &mut wr, &mut bad)
         })
     }
 
-    /// Posts a signalled SEND of `len` bytes of `mr` at `offset`.
+    /// Posts a signalled SEND of `sge`.
     ///
     /// # Safety
     /// As for [`CmId::post_recv`], until the send completes.
-    pub unsafe fn post_send(
-        &self,
-        mr: &Mr,
-        offset: usize,
-        len: usize,
-        wr_id: u64,
-    ) -> Result<(), VerbsError> {
+    pub unsafe fn post_send(&self, sge: Sge, wr_id: u64) -> Result<(), VerbsError> {
         // SAFETY: forwarded contract.
-        unsafe { self.post(mr, offset, len, wr_id, None) }
+        unsafe { self.post(sge, wr_id, sys::ibv_wr_opcode::IBV_WR_SEND, None) }
     }
 
-    /// Posts a signalled RDMA WRITE of `len` bytes of `mr` at `offset` to the peer's
-    /// registered memory at `remote_addr` (key `rkey`).
+    /// Posts a signalled RDMA WRITE of `sge` into the peer's `remote` buffer.
     ///
     /// # Safety
     /// As for [`CmId::post_recv`], until the write completes.
     pub unsafe fn post_write(
         &self,
-        mr: &Mr,
-        offset: usize,
-        len: usize,
-        remote_addr: u64,
-        rkey: u32,
+        sge: Sge,
+        remote: RemoteBuf,
         wr_id: u64,
     ) -> Result<(), VerbsError> {
         // SAFETY: forwarded contract.
-        unsafe { self.post(mr, offset, len, wr_id, Some((remote_addr, rkey))) }
+        unsafe {
+            self.post(
+                sge,
+                wr_id,
+                sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+                Some(remote),
+            )
+        }
+    }
+
+    /// Posts a signalled RDMA READ of the peer's `remote` buffer into `sge`.
+    ///
+    /// # Safety
+    /// As for [`CmId::post_recv`], until the read completes.
+    pub unsafe fn post_read(
+        &self,
+        sge: Sge,
+        remote: RemoteBuf,
+        wr_id: u64,
+    ) -> Result<(), VerbsError> {
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.post(
+                sge,
+                wr_id,
+                sys::ibv_wr_opcode::IBV_WR_RDMA_READ,
+                Some(remote),
+            )
+        }
     }
 
     unsafe fn post(
         &self,
-        mr: &Mr,
-        offset: usize,
-        len: usize,
+        sge: Sge,
         wr_id: u64,
-        write: Option<(u64, u32)>,
+        opcode: u32,
+        remote: Option<RemoteBuf>,
     ) -> Result<(), VerbsError> {
-        let mut sg = sge(mr, offset, len);
+        let mut sg = sge.raw();
         // SAFETY: all-zero is a valid work request.
         let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = wr_id;
         wr.sg_list = &mut sg;
-        wr.num_sge = 1;
+        // A zero-length SEND carries no element.
+        wr.num_sge = i32::from(sge.len > 0);
         wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        match write {
-            None => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
-            Some((addr, rkey)) => {
-                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
-                wr.wr.rdma.remote_addr = addr;
-                wr.wr.rdma.rkey = rkey;
-            }
+        wr.opcode = opcode;
+        if let Some(r) = remote {
+            wr.wr.rdma.remote_addr = r.addr;
+            wr.wr.rdma.rkey = r.rkey;
         }
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is alive; `wr` and `sg` are read during the call; the caller keeps

@@ -14,6 +14,13 @@
 //! and GET with RDMA WRITE and READ through the core's deferred payloads.
 
 pub mod cm;
+mod lnd;
+pub mod mr;
+mod msg;
+mod regcache;
 pub mod verbs;
+
+pub use lnd::{RdmaConfig, RdmaLnd, DEFAULT_PORT, EAGER_MAX};
+pub use regcache::{RegCacheLimits, RegCacheStats};
 
 pub use verbs::VerbsError;

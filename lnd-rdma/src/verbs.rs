@@ -66,7 +66,11 @@ pub(crate) fn check(call: &'static str, rc: i32) -> Result<(), VerbsError> {
     }
 }
 
-fn non_null<T>(p: *mut T, call: &'static str, context: &str) -> Result<NonNull<T>, VerbsError> {
+pub(crate) fn non_null<T>(
+    p: *mut T,
+    call: &'static str,
+    context: &str,
+) -> Result<NonNull<T>, VerbsError> {
     NonNull::new(p).ok_or_else(|| VerbsError::last(call, context))
 }
 
@@ -275,71 +279,6 @@ impl Drop for Pd {
     }
 }
 
-/// Memory registered for RDMA, owned here so it cannot be freed while registered.
-pub struct Mr {
-    mr: NonNull<sys::ibv_mr>,
-    buf: Box<[u8]>,
-    _pd: Arc<Pd>,
-}
-
-// SAFETY: the MR and its buffer move with their owner; the buffer is only touched through
-// `&self`/`&mut self`.
-unsafe impl Send for Mr {}
-
-impl Mr {
-    /// Registers `len` zeroed bytes for local access and remote read/write.
-    pub fn new(pd: &Arc<Pd>, len: usize) -> Result<Mr, VerbsError> {
-        let mut buf = vec![0u8; len.max(1)].into_boxed_slice();
-        let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
-            | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
-            | sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ;
-        // SAFETY: the buffer is valid for `len` bytes and outlives the registration (it is
-        // freed only after ibv_dereg_mr in drop).
-        let mr = unsafe {
-            sys::ibv_reg_mr(
-                pd.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                access.0 as i32,
-            )
-        };
-        Ok(Mr {
-            mr: non_null(mr, "ibv_reg_mr", &format!("{len} bytes"))?,
-            buf,
-            _pd: pd.clone(),
-        })
-    }
-
-    pub fn lkey(&self) -> u32 {
-        // SAFETY: a registered MR's fields are valid while it is.
-        unsafe { (*self.mr.as_ptr()).lkey }
-    }
-
-    pub fn rkey(&self) -> u32 {
-        // SAFETY: as above.
-        unsafe { (*self.mr.as_ptr()).rkey }
-    }
-
-    pub fn addr(&self) -> u64 {
-        self.buf.as_ptr() as u64
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf
-    }
-}
-
-impl Drop for Mr {
-    fn drop(&mut self) {
-        // SAFETY: registered by us, deregistered once, before the buffer is freed.
-        unsafe { sys::ibv_dereg_mr(self.mr.as_ptr()) };
-    }
-}
-
 /// One work completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
@@ -351,8 +290,25 @@ pub struct Completion {
 }
 
 impl Completion {
+    fn from_raw(wc: &sys::ibv_wc) -> Completion {
+        Completion {
+            wr_id: wc.wr_id,
+            status: wc.status,
+            opcode: wc.opcode,
+            byte_len: wc.byte_len,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.status == sys::ibv_wc_status::IBV_WC_SUCCESS
+    }
+
+    /// The verbs status in words ("transport retry counter exceeded", ...).
+    pub fn status_text(&self) -> String {
+        // SAFETY: ibv_wc_status_str returns a static string for any value.
+        unsafe { std::ffi::CStr::from_ptr(sys::ibv_wc_status_str(self.status)) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn is_recv(&self) -> bool {
@@ -360,9 +316,85 @@ impl Completion {
     }
 }
 
-/// A completion queue, polled (no completion channel: the LND polls its queues).
+/// A completion channel: a file descriptor that becomes readable when an armed completion
+/// queue gets a completion, so the driver can sleep in epoll instead of spinning.
+pub struct CompChannel {
+    ch: NonNull<sys::ibv_comp_channel>,
+    _ctx: Arc<Context>,
+}
+
+// SAFETY: the channel is read by one thread at a time (the driver thread).
+unsafe impl Send for CompChannel {}
+unsafe impl Sync for CompChannel {}
+
+impl CompChannel {
+    /// A channel whose descriptor does not block.
+    pub fn new(ctx: &Arc<Context>) -> Result<Arc<CompChannel>, VerbsError> {
+        // SAFETY: the context is open.
+        let ch = non_null(
+            unsafe { sys::ibv_create_comp_channel(ctx.as_ptr()) },
+            "ibv_create_comp_channel",
+            ctx.name(),
+        )?;
+        // SAFETY: the channel is alive; its fd is a plain descriptor we only set flags on.
+        let fd = unsafe { (*ch.as_ptr()).fd };
+        set_nonblocking(fd, "completion channel")?;
+        Ok(Arc::new(CompChannel {
+            ch,
+            _ctx: ctx.clone(),
+        }))
+    }
+
+    pub fn fd(&self) -> i32 {
+        // SAFETY: the channel is alive.
+        unsafe { (*self.ch.as_ptr()).fd }
+    }
+
+    /// Takes and acknowledges every pending notification; returns how many there were.
+    /// Each CQ must be re-armed ([`Cq::arm`]) before the next wait.
+    pub fn drain(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let mut cq = std::ptr::null_mut();
+            let mut cq_ctx = std::ptr::null_mut();
+            // SAFETY: the channel is alive and non-blocking; the out-pointers are valid.
+            let rc = unsafe { sys::ibv_get_cq_event(self.ch.as_ptr(), &mut cq, &mut cq_ctx) };
+            if rc != 0 {
+                return n; // EAGAIN: nothing more
+            }
+            // SAFETY: `cq` is the live CQ the event was for; one event is acknowledged.
+            unsafe { sys::ibv_ack_cq_events(cq, 1) };
+            n += 1;
+        }
+    }
+}
+
+impl Drop for CompChannel {
+    fn drop(&mut self) {
+        // SAFETY: every CQ on this channel holds an Arc of it, so all are destroyed.
+        unsafe { sys::ibv_destroy_comp_channel(self.ch.as_ptr()) };
+    }
+}
+
+/// Makes `fd` non-blocking.
+pub(crate) fn set_nonblocking(fd: i32, what: &str) -> Result<(), VerbsError> {
+    // SAFETY: fcntl on a descriptor we own, with plain integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(VerbsError::last(
+            "fcntl",
+            format!("make the {what} non-blocking"),
+        ));
+    }
+    Ok(())
+}
+
+/// A completion queue: polled, and optionally armed to signal a completion channel.
 pub struct Cq {
     cq: NonNull<sys::ibv_cq>,
+    capacity: std::sync::atomic::AtomicI32,
+    _channel: Option<Arc<CompChannel>>,
     _ctx: Arc<Context>,
 }
 
@@ -372,24 +404,58 @@ unsafe impl Sync for Cq {}
 
 impl Cq {
     pub fn new(ctx: &Arc<Context>, depth: i32) -> Result<Arc<Cq>, VerbsError> {
-        // SAFETY: the context is open; no completion channel or context pointer is given.
-        let cq = unsafe {
-            sys::ibv_create_cq(
-                ctx.as_ptr(),
-                depth,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
+        Self::with_channel(ctx, depth, None)
+    }
+
+    /// A CQ of at least `depth` entries that signals `channel` when armed.
+    pub fn with_channel(
+        ctx: &Arc<Context>,
+        depth: i32,
+        channel: Option<&Arc<CompChannel>>,
+    ) -> Result<Arc<Cq>, VerbsError> {
+        let ch = channel.map_or(std::ptr::null_mut(), |c| c.ch.as_ptr());
+        // SAFETY: the context (and channel, if any) are alive and outlive the CQ (Arcs).
+        let cq = unsafe { sys::ibv_create_cq(ctx.as_ptr(), depth, std::ptr::null_mut(), ch, 0) };
+        let cq = non_null(cq, "ibv_create_cq", ctx.name())?;
+        // SAFETY: a created CQ's `cqe` is its actual size.
+        let capacity = unsafe { (*cq.as_ptr()).cqe };
         Ok(Arc::new(Cq {
-            cq: non_null(cq, "ibv_create_cq", ctx.name())?,
+            cq,
+            capacity: capacity.into(),
+            _channel: channel.cloned(),
             _ctx: ctx.clone(),
         }))
     }
 
     pub(crate) fn as_ptr(&self) -> *mut sys::ibv_cq {
         self.cq.as_ptr()
+    }
+
+    /// How many completions the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(std::sync::atomic::Ordering::Relaxed) as usize
+    }
+
+    /// Grows the queue to at least `depth` entries (queue pairs are added as peers come).
+    pub fn resize(&self, depth: usize) -> Result<(), VerbsError> {
+        let depth = i32::try_from(depth).unwrap_or(i32::MAX);
+        // SAFETY: the CQ is alive and polled only by this (the driver) thread.
+        check("ibv_resize_cq", unsafe {
+            sys::ibv_resize_cq(self.as_ptr(), depth)
+        })?;
+        // SAFETY: after a resize, `cqe` is the new size.
+        let now = unsafe { (*self.as_ptr()).cqe };
+        self.capacity
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Asks for a notification on the channel at the next completion.
+    pub fn arm(&self) -> Result<(), VerbsError> {
+        // SAFETY: the CQ is alive.
+        check("ibv_req_notify_cq", unsafe {
+            sys::ibv_req_notify_cq(self.as_ptr(), 0)
+        })
     }
 
     /// Fills `wcs` with completions; returns how many.
@@ -401,25 +467,29 @@ impl Cq {
         }
         Ok(n as usize)
     }
-}
 
-impl Cq {
+    /// Up to `max` completions (at most 32 per call), appended to `out`.
+    pub fn poll_into(&self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError> {
+        const BATCH: usize = 32;
+        // SAFETY: all-zero is a valid ibv_wc to be filled in.
+        let mut wcs: [sys::ibv_wc; BATCH] = unsafe { std::mem::zeroed() };
+        let n = self.poll(&mut wcs[..max.min(BATCH)])?;
+        out.extend(wcs[..n].iter().map(Completion::from_raw));
+        Ok(n)
+    }
+
     /// The next completion, if any.
     pub fn poll_one(&self) -> Result<Option<Completion>, VerbsError> {
         // SAFETY: all-zero is a valid ibv_wc to be filled in.
         let mut wc: [sys::ibv_wc; 1] = unsafe { std::mem::zeroed() };
-        Ok((self.poll(&mut wc)? == 1).then(|| Completion {
-            wr_id: wc[0].wr_id,
-            status: wc[0].status,
-            opcode: wc[0].opcode,
-            byte_len: wc[0].byte_len,
-        }))
+        Ok((self.poll(&mut wc)? == 1).then(|| Completion::from_raw(&wc[0])))
     }
 }
 
 impl Drop for Cq {
     fn drop(&mut self) {
-        // SAFETY: created by us, destroyed once, after the QPs using it (they hold an Arc).
+        // SAFETY: created by us, destroyed once, after the QPs using it (they hold an Arc);
+        // its channel's events were acknowledged as they came (`CompChannel::drain`).
         unsafe { sys::ibv_destroy_cq(self.as_ptr()) };
     }
 }

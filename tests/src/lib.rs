@@ -1,11 +1,14 @@
-//! `lanet-tests`: cross-crate integration tests with real sockets and real processes (and,
-//! in later issues, network namespaces and the soft-RoCE VM harness).
+//! `lanet-tests`: cross-crate integration tests with real sockets, real processes and real
+//! verbs (soft-RoCE, in a VM: `rxe-vm/`).
 //!
 //! Single-process, deterministic topologies on the in-memory LND live in the core
 //! (`lanet::sim`); this crate is for tests that need the operating system. Its binary
-//! `lanet-tcp-peer` is a peer process the tests start, talk to and kill.
+//! `lanet-peer` is a peer process the tests start, talk to and kill, on TCP or RDMA (by the
+//! net of its NID).
 
 use bytes::Bytes;
+
+pub mod peer;
 
 /// Portal where the peer accepts PUTs (of up to [`MAX_TRANSFER`] bytes, match bits 1).
 pub const SINK_PORTAL: u32 = 4;
@@ -14,9 +17,23 @@ pub const SOURCE_PORTAL: u32 = 5;
 /// Largest transfer the tests make.
 pub const MAX_TRANSFER: usize = 16 << 20;
 /// Transfer sizes from 0 B to 16 MiB, around the header size and the read chunk.
-pub const SIZES: [usize; 9] = [0, 1, 95, 96, 97, 65_537, 1 << 20, 4 << 20, MAX_TRANSFER];
+/// 3968 and 3969 straddle the RDMA driver's largest inline payload.
+pub const SIZES: [usize; 11] = [
+    0,
+    1,
+    95,
+    96,
+    97,
+    3968,
+    3969,
+    65_537,
+    1 << 20,
+    4 << 20,
+    MAX_TRANSFER,
+];
 
-/// Deterministic test data: both processes compute the same bytes.
+/// Deterministic test data: both processes compute the same bytes. Its first byte is
+/// `seed`, so a receiver can check a payload without being told the seed.
 pub fn pattern(len: usize, seed: u8) -> Bytes {
     (0..len)
         .map(|i| {
@@ -27,6 +44,23 @@ pub fn pattern(len: usize, seed: u8) -> Bytes {
         })
         .collect::<Vec<u8>>()
         .into()
+}
+
+/// The driver for `nid`'s net: TCP for `tcp` NIDs, RDMA for `o2ib` ones.
+pub fn bind_lnd(
+    nid: lanet::Nid,
+    cfg: &lanet::NodeConfig,
+) -> Result<Box<dyn lanet::lnd::Lnd>, lanet::lnd::LndError> {
+    Ok(match nid.net.kind {
+        lanet::nid::LndKind::O2ib => Box::new(lanet_lnd_rdma::RdmaLnd::bind(
+            nid,
+            lanet_lnd_rdma::RdmaConfig::for_node(cfg),
+        )?),
+        _ => Box::new(lanet_lnd_tcp::TcpLnd::bind(
+            nid,
+            lanet_lnd_tcp::TcpConfig::for_node(cfg),
+        )?),
+    })
 }
 
 /// A NID on a loopback port that was free a moment ago.

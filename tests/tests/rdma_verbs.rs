@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use lanet_lnd_rdma::cm::{CmEventKind, CmId, EventChannel};
-use lanet_lnd_rdma::verbs::{first_active_device, Completion, Cq, Mr, Pd, PortState};
+use lanet_lnd_rdma::mr::{Mr, RemoteBuf};
+use lanet_lnd_rdma::verbs::{first_active_device, Completion, Cq, Pd, PortState};
 use lanet_tests::{inside_rxe_vm_or_rerun, IN_RXE_VM};
 
 const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 7471);
@@ -98,7 +99,7 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     conn.create_qp(&spd, &scq, 16).unwrap();
     let smr = Mr::new(&spd, 256 * 1024).unwrap();
     // SAFETY: `smr` outlives the connection and is not touched until the receive completes.
-    unsafe { conn.post_recv(&smr, 0, 4096, 10) }.unwrap();
+    unsafe { conn.post_recv(smr.sge(0, 4096), 10) }.unwrap();
     let mut sink = smr.addr().to_le_bytes().to_vec();
     sink.extend_from_slice(&smr.rkey().to_le_bytes());
     conn.accept(&sink).unwrap();
@@ -117,7 +118,7 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     // SEND: lands in the server's posted receive.
     cmr.as_mut_slice()[..11].copy_from_slice(b"hello, rxe!");
     // SAFETY: `cmr` is alive and unchanged until the send's completion, awaited below.
-    unsafe { client.post_send(&cmr, 0, 11, 2) }.unwrap();
+    unsafe { client.post_send(cmr.sge(0, 11), 2) }.unwrap();
     completion(&ccq, 2);
     let recv = completion(&scq, 10);
     assert!(recv.is_recv());
@@ -127,8 +128,13 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     // RDMA WRITE: 64 KiB straight into the server's memory, no receive involved.
     let pattern: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
     cmr.as_mut_slice()[..65536].copy_from_slice(&pattern);
+    let sink = RemoteBuf {
+        addr: remote_addr + 65536,
+        rkey,
+        len: 65536,
+    };
     // SAFETY: as above, until the write's completion, awaited below.
-    unsafe { client.post_write(&cmr, 0, 65536, remote_addr + 65536, rkey, 3) }.unwrap();
+    unsafe { client.post_write(cmr.sge(0, 65536), sink, 3) }.unwrap();
     completion(&ccq, 3);
     assert!(
         smr.as_slice()[65536..131072] == pattern[..],

@@ -90,6 +90,12 @@ impl EndpointBuilder {
         self
     }
 
+    /// Adds an NI whose driver was chosen at run time.
+    pub fn boxed_lnd(mut self, lnd: Box<dyn Lnd>) -> Self {
+        self.lnds.push(lnd);
+        self
+    }
+
     /// The clock the driver thread reads (the monotonic clock by default).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;

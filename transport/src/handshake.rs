@@ -46,6 +46,81 @@ impl LocalHello {
     }
 }
 
+/// Bytes of a [compact HELLO](LocalHello::encode_compact): what fits in rdma_cm's
+/// connect-request private data (56 bytes on RC).
+pub const COMPACT_HELLO_LEN: usize = 56;
+const COMPACT_MAGIC: u32 = u32::from_le_bytes(*b"LNTH");
+
+impl LocalHello {
+    /// The HELLO in 56 bytes, for transports that carry it in a connection request's
+    /// private data: magic, version, status, lane, credits, largest payload, incarnation,
+    /// source and destination NIDs. No CRC: the transport protects the request.
+    pub fn encode_compact(&self, peer: Nid, status: HelloStatus) -> [u8; COMPACT_HELLO_LEN] {
+        let mut b = [0u8; COMPACT_HELLO_LEN];
+        b[0..4].copy_from_slice(&COMPACT_MAGIC.to_le_bytes());
+        b[4] = wire::VERSION;
+        b[5] = status as u8;
+        b[6] = self.lane as u8;
+        b[8..10].copy_from_slice(&self.credits.to_le_bytes());
+        b[12..16].copy_from_slice(&self.max_payload.to_le_bytes());
+        b[16..24].copy_from_slice(&self.incarnation.to_le_bytes());
+        let mut nid = [0u8; crate::nid::NID_WIRE_LEN];
+        self.nid.encode(&mut nid);
+        b[24..40].copy_from_slice(&nid);
+        peer.encode(&mut nid);
+        b[40..56].copy_from_slice(&nid);
+        b
+    }
+}
+
+/// Why bytes are not a compact HELLO.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a lanet HELLO ({0})")]
+pub struct CompactHelloError(&'static str);
+
+/// Decodes a [compact HELLO](LocalHello::encode_compact) into the header [`check_hello`]
+/// checks. Extra trailing bytes (transports may pad private data) are ignored.
+pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
+    let b: &[u8; COMPACT_HELLO_LEN] = b
+        .get(..COMPACT_HELLO_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(CompactHelloError("too short"))?;
+    if b[0..4] != COMPACT_MAGIC.to_le_bytes() {
+        return Err(CompactHelloError("bad magic"));
+    }
+    if b[4] != wire::VERSION {
+        return Err(CompactHelloError("unsupported version"));
+    }
+    let status = match b[5] {
+        0 => HelloStatus::Ok,
+        1 => HelloStatus::Race,
+        _ => return Err(CompactHelloError("unknown status")),
+    };
+    let lane = Lane::from_wire(b[6]).ok_or(CompactHelloError("unknown lane"))?;
+    if b[7] != 0 || b[10..12] != [0, 0] {
+        return Err(CompactHelloError("reserved bytes set"));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let nid_at = |o: usize, which| {
+        let raw: &[u8; crate::nid::NID_WIRE_LEN] = b[o..o + 16].try_into().expect("16 bytes");
+        Nid::decode(raw).ok_or(CompactHelloError(which))
+    };
+    Ok(Header {
+        lane,
+        credits: 0,
+        src: nid_at(24, "bad source NID")?,
+        dst: nid_at(40, "bad destination NID")?,
+        src_incarnation: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+        msg_id: 0,
+        payload_len: 0,
+        body: Body::Hello {
+            credits: u16::from_le_bytes([b[8], b[9]]),
+            max_payload: u32_at(12),
+            status,
+        },
+    })
+}
+
 /// What the peer said in its HELLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerHello {
@@ -152,6 +227,34 @@ mod tests {
             lane,
             credits: 8,
             max_payload: 4096,
+        }
+    }
+
+    #[test]
+    fn compact_hellos_round_trip_and_reject_garbage() {
+        let (a, b) = (hello(1, Lane::Health), hello(2, Lane::Health));
+        let bytes = a.encode_compact(b.nid, HelloStatus::Ok);
+        let h = decode_compact(&bytes).unwrap();
+        assert_eq!(h, a.header(b.nid));
+        assert_eq!(check_hello(&b, Some(a.nid), &h).unwrap().credits, 8);
+        let race = decode_compact(&a.encode_compact(b.nid, HelloStatus::Race)).unwrap();
+        assert_eq!(check_hello(&b, None, &race), Err(HandshakeError::LostRace));
+        // Padding after the HELLO is ignored; anything short or altered is not a HELLO.
+        let mut padded = bytes.to_vec();
+        padded.extend([0; 8]);
+        assert_eq!(decode_compact(&padded), Ok(h));
+        assert!(decode_compact(&bytes[..55]).is_err());
+        for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 1), (24, 99)] {
+            let mut bad = bytes;
+            bad[at] = v;
+            assert!(decode_compact(&bad).is_err(), "byte {at} = {v} accepted");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compact_hello_decoding_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            let _ = decode_compact(&b);
         }
     }
 

@@ -2,14 +2,15 @@
 //! `SINK_PORTAL` and answers GETs on `SOURCE_PORTAL`, prints `ready` once it serves, and
 //! runs until killed or until its standard input closes.
 //!
-//! Usage: lanet-tcp-peer NID INCARNATION
+//! Usage: lanet-peer NID INCARNATION   (a `tcp` NID runs the TCP LND, an `o2ib` one RDMA)
 
 use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use lanet::op::MatchEntry;
 use lanet::{Endpoint, Event, NodeConfig};
-use lanet_lnd_tcp::{TcpConfig, TcpLnd};
-use lanet_tests::{pattern, MAX_TRANSFER, SINK_PORTAL, SIZES, SOURCE_PORTAL};
+use lanet_tests::{bind_lnd, pattern, MAX_TRANSFER, SINK_PORTAL, SIZES, SOURCE_PORTAL};
 
 fn main() {
     tracing_subscriber::fmt()
@@ -18,24 +19,24 @@ fn main() {
         .init();
     let args: Vec<String> = std::env::args().collect();
     let (Some(nid), Some(incarnation)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: lanet-tcp-peer NID INCARNATION");
+        eprintln!("usage: lanet-peer NID INCARNATION");
         std::process::exit(2);
     };
     let nid = nid.parse().unwrap_or_else(|e| {
-        eprintln!("lanet-tcp-peer: {e}");
+        eprintln!("lanet-peer: {e}");
         std::process::exit(2)
     });
     let incarnation: u64 = incarnation.parse().unwrap_or_else(|e| {
-        eprintln!("lanet-tcp-peer: bad incarnation: {e}");
+        eprintln!("lanet-peer: bad incarnation: {e}");
         std::process::exit(2)
     });
     let cfg = NodeConfig::new(incarnation);
-    let lnd = TcpLnd::bind(nid, TcpConfig::for_node(&cfg)).unwrap_or_else(|e| {
-        eprintln!("lanet-tcp-peer: {e}");
+    let lnd = bind_lnd(nid, &cfg).unwrap_or_else(|e| {
+        eprintln!("lanet-peer: {e}");
         std::process::exit(1)
     });
     let ep = Endpoint::builder(cfg)
-        .lnd(lnd)
+        .boxed_lnd(lnd)
         .start()
         .expect("start the endpoint");
     ep.attach(MatchEntry::sink(SINK_PORTAL, 1, MAX_TRANSFER as u32))
@@ -48,12 +49,22 @@ fn main() {
         ))
         .unwrap();
     }
-    // Consume deliveries so the receive budget never fills.
+    // Consume deliveries so the receive budget never fills, checking each PUT's data.
     let consumer = ep.clone();
+    let verdicts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let counts = verdicts.clone();
     std::thread::spawn(move || {
         while let Some(e) = consumer.recv_event(None) {
-            if let Event::ProtocolError { peer, error, .. } = e {
-                eprintln!("lanet-tcp-peer: protocol error from {peer}: {error}");
+            match e {
+                Event::Delivered(d) if d.portal == SINK_PORTAL => {
+                    let seed = d.payload.first().copied().unwrap_or(0);
+                    let intact = d.payload == pattern(d.payload.len(), seed);
+                    counts[usize::from(!intact)].fetch_add(1, Ordering::Relaxed);
+                }
+                Event::ProtocolError { peer, error, .. } => {
+                    eprintln!("lanet-peer: protocol error from {peer}: {error}");
+                }
+                _ => {}
             }
         }
     });
@@ -62,4 +73,12 @@ fn main() {
     // Until the test closes our standard input (or kills us).
     for _ in std::io::stdin().lock().lines() {}
     ep.shutdown();
+    // The test may have stopped listening: a failed write here is no error.
+    let [intact, corrupt] = &*verdicts;
+    let _ = writeln!(
+        std::io::stdout(),
+        "puts intact {} corrupt {}",
+        intact.load(Ordering::Relaxed),
+        corrupt.load(Ordering::Relaxed)
+    );
 }

@@ -1,0 +1,561 @@
+//! The RDMA LND: [`RdmaLnd`] implements [`Lnd`] on rdma_cm and verbs.
+//!
+//! * **Connections**: one RC queue pair per lane per peer, set up with rdma_cm. The HELLO
+//!   travels compact in the connect request's and reply's private data; a refusal that
+//!   lost a connection race carries a `Race` HELLO in the reject. Races are decided as in
+//!   the TCP LND: the connection dialled by the lower NID wins.
+//! * **Completions**: one CQ per lane, shared by that lane's QPs; every pass polls the
+//!   health CQ before the data CQ. Before sleeping the driver spins for `spin`, then arms
+//!   both CQs and sleeps in epoll on their completion channel, the rdma_cm channel and a
+//!   waker.
+//! * **Credits**: receives pre-posted per connection for the credits offered, plus
+//!   reserved ones for CREDIT frames and the driver's own messages (see `conn`).
+//! * **Payloads**: up to [`EAGER_MAX`] bytes inline in the SEND; larger ones deferred:
+//!   PUTs by the receiver's sink and our RDMA WRITE, GET replies by the receiver's RDMA READ
+//!   (see `msg`). Source payloads go through a registration cache.
+//! * **Failures**: an error completion, DISCONNECTED, UNREACHABLE or REJECTED fails the
+//!   connection: everything it owed (queued, posted, deferred) completes with the error at
+//!   once, and the QP is destroyed before any memory it could still touch is released.
+
+mod conn;
+mod rx;
+mod setup;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lanet::handshake::LocalHello;
+use lanet::lane::{Lane, PerLane};
+use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, Transmit, Wake};
+use lanet::nid::{LndKind, Nid};
+use lanet::NodeConfig;
+use rustc_hash::FxHashMap;
+
+use crate::cm::{CmId, EventChannel};
+use crate::mr::{RemoteBuf, SinkMr, SourceMr};
+use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
+use crate::verbs::{CompChannel, Completion, Cq, Pd, VerbsError};
+pub use conn::EAGER_MAX;
+use conn::{Conn, Ctrl, Mode, Stage};
+
+/// The port used when a NID has none (LNet's o2iblnd service port).
+pub const DEFAULT_PORT: u16 = 987;
+
+/// Settings of an RDMA NI.
+#[derive(Debug, Clone, Copy)]
+pub struct RdmaConfig {
+    pub incarnation: u64,
+    /// Receive credits offered per lane.
+    pub credits: PerLane<u16>,
+    pub max_payload: u32,
+    /// How long a connection may take to come up (resolution, connect, HELLO).
+    pub connect_timeout: Duration,
+    /// How long to busy-poll the CQs before sleeping: latency for CPU.
+    pub spin: Duration,
+    pub reg_cache: RegCacheLimits,
+}
+
+impl RdmaConfig {
+    /// The credits and limits a node with `cfg` expects its drivers to offer.
+    pub fn for_node(cfg: &NodeConfig) -> Self {
+        RdmaConfig {
+            incarnation: cfg.incarnation,
+            credits: PerLane::new(
+                cfg.lanes[Lane::Health].peer_credits,
+                cfg.lanes[Lane::Data].peer_credits,
+            ),
+            max_payload: cfg.max_payload,
+            connect_timeout: Duration::from_secs(5),
+            spin: Duration::from_micros(50),
+            reg_cache: RegCacheLimits::default(),
+        }
+    }
+}
+
+/// What this node says about itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Local {
+    pub(crate) nid: Nid,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) incarnation: u64,
+    pub(crate) credits: PerLane<u16>,
+    pub(crate) max_payload: u32,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Local {
+    pub(crate) fn hello(&self, lane: Lane) -> LocalHello {
+        LocalHello {
+            nid: self.nid,
+            incarnation: self.incarnation,
+            lane,
+            credits: self.credits[lane],
+            max_payload: self.max_payload,
+        }
+    }
+}
+
+/// Everything but the connections, so a connection and this can be borrowed together.
+pub(crate) struct Ctx {
+    pub(crate) local: Local,
+    pub(crate) pd: Arc<Pd>,
+    pub(crate) cq: PerLane<Arc<Cq>>,
+    /// CQ entries the lane's QPs may need.
+    pub(crate) cq_need: PerLane<usize>,
+    pub(crate) cache: RegCache<SourceMr>,
+    pub(crate) events: Vec<LndEvent>,
+}
+
+/// A deferred payload offered to the core, until fetched or declined.
+struct InRdv {
+    conn: u32,
+    cookie: u64,
+    mode: Mode,
+    /// Where the payload is, for READs.
+    source: RemoteBuf,
+    /// Registered once the core fetches it.
+    sink: Option<SinkMr>,
+}
+
+const WAKE: mio::Token = mio::Token(0);
+const CM: mio::Token = mio::Token(1);
+const COMP: mio::Token = mio::Token(2);
+/// The listener's tag on rdma_cm events (connections are numbered from 1).
+const LISTENER_TAG: u64 = u64::MAX;
+
+struct MioWaker(mio::Waker);
+
+impl Wake for MioWaker {
+    fn wake(&self) {
+        if let Err(e) = self.0.wake() {
+            tracing::warn!("cannot wake the RDMA driver: {e}");
+        }
+    }
+}
+
+/// An RDMA NI: listens on its NID's address and connects to peers on demand.
+pub struct RdmaLnd {
+    ctx: Ctx,
+    spin: Duration,
+    conns: FxHashMap<u32, Conn>,
+    up: FxHashMap<(Nid, Lane), u32>,
+    dialling: FxHashMap<(Nid, Lane), u32>,
+    /// Lanes whose dial lost a race: the peer's own connection should arrive by then.
+    awaiting: FxHashMap<(Nid, Lane), Instant>,
+    incoming: FxHashMap<RxHandle, InRdv>,
+    by_cookie: FxHashMap<(u32, u64), RxHandle>,
+    next_conn: u32,
+    next_handle: u64,
+    wcs: Vec<Completion>,
+    poll: mio::Poll,
+    mio_events: mio::Events,
+    waker: Arc<MioWaker>,
+    // Dropped in this order, after the connections (fields drop in declaration order):
+    // the listener before the channels its events use.
+    _listener: CmId,
+    channel: Arc<EventChannel>,
+    comp: Arc<CompChannel>,
+}
+
+fn verbs_error(e: VerbsError) -> LndError {
+    LndError::new(LndErrorKind::Resource, e.to_string())
+}
+
+impl RdmaLnd {
+    /// Listens on `nid`'s address (`ADDRESS[:PORT]@o2ibN`), which must be an IPv4 address
+    /// of an RDMA device's network interface.
+    pub fn bind(nid: Nid, cfg: RdmaConfig) -> Result<RdmaLnd, LndError> {
+        if nid.net.kind != LndKind::O2ib {
+            return Err(LndError::new(
+                LndErrorKind::Resource,
+                format!("the RDMA LND serves o2ib nets, not {}", nid.net),
+            ));
+        }
+        let addr = nid
+            .socket_addr(DEFAULT_PORT)
+            .expect("o2ib NIDs are IP addresses");
+        // Without any device, say so plainly rather than with rdma_cm's errno.
+        crate::verbs::first_active_device().map_err(verbs_error)?;
+        let channel = EventChannel::new().map_err(verbs_error)?;
+        channel.set_nonblocking().map_err(verbs_error)?;
+        let listener = CmId::with_tag(&channel, LISTENER_TAG).map_err(verbs_error)?;
+        listener.bind(addr).map_err(|e| {
+            LndError::new(
+                LndErrorKind::Resource,
+                format!("cannot listen on {addr} (is it an address of an RDMA device's interface?): {e}"),
+            )
+        })?;
+        listener.listen(64).map_err(verbs_error)?;
+        let device = listener.context().ok_or_else(|| {
+            LndError::new(
+                LndErrorKind::Resource,
+                format!("{addr} is not an address of an RDMA device's interface"),
+            )
+        })?;
+        let pd = Pd::new(&device).map_err(verbs_error)?;
+        let comp = CompChannel::new(&device).map_err(verbs_error)?;
+        let cq = |_| Cq::with_channel(&device, 1024, Some(&comp)).map_err(verbs_error);
+        let cq = PerLane::new(cq(Lane::Health)?, cq(Lane::Data)?);
+        let poll =
+            mio::Poll::new().map_err(|e| LndError::new(LndErrorKind::Resource, e.to_string()))?;
+        let io = |e: std::io::Error| LndError::new(LndErrorKind::Resource, e.to_string());
+        let waker = Arc::new(MioWaker(
+            mio::Waker::new(poll.registry(), WAKE).map_err(io)?,
+        ));
+        for (fd, token) in [(channel.fd(), CM), (comp.fd(), COMP)] {
+            poll.registry()
+                .register(
+                    &mut mio::unix::SourceFd(&fd),
+                    token,
+                    mio::Interest::READABLE,
+                )
+                .map_err(io)?;
+        }
+        tracing::info!(%nid, device = device.name(), "RDMA LND listening on {addr}");
+        Ok(RdmaLnd {
+            ctx: Ctx {
+                local: Local {
+                    nid,
+                    ip: *addr.ip(),
+                    incarnation: cfg.incarnation,
+                    credits: cfg.credits,
+                    max_payload: cfg.max_payload,
+                    connect_timeout: cfg.connect_timeout,
+                },
+                pd,
+                cq,
+                cq_need: PerLane::new(0, 0),
+                cache: RegCache::new(cfg.reg_cache),
+                events: Vec::new(),
+            },
+            spin: cfg.spin,
+            conns: FxHashMap::default(),
+            up: FxHashMap::default(),
+            dialling: FxHashMap::default(),
+            awaiting: FxHashMap::default(),
+            incoming: FxHashMap::default(),
+            by_cookie: FxHashMap::default(),
+            next_conn: 1,
+            next_handle: 1,
+            wcs: Vec::with_capacity(32),
+            poll,
+            mio_events: mio::Events::with_capacity(8),
+            waker,
+            _listener: listener,
+            channel,
+            comp,
+        })
+    }
+
+    /// Registration cache counts: how often a payload's registration was reused.
+    pub fn reg_cache_stats(&self) -> RegCacheStats {
+        self.ctx.cache.stats()
+    }
+
+    fn new_conn_id(&mut self) -> u32 {
+        let id = self.next_conn;
+        // Never 0 or the listener's tag; wraps after 4 billion connections.
+        self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// Posts what the connection can take; a failure to post fails the connection.
+    fn pump(&mut self, id: u32) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = conn.pump(id, &mut self.ctx) {
+            self.fail(id, e);
+        }
+    }
+
+    /// Removes connection `id`: everything it owed completes with `error`, then the core
+    /// hears that it went down (or never came up).
+    pub(crate) fn fail(&mut self, id: u32, error: LndError) {
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let tokens = conn.owed_tokens();
+        let (peer, stage, dialled) = (conn.peer, conn.stage, conn.dialled);
+        if let (Some(qp), Some((_, lane))) = (&conn.qp, peer) {
+            self.ctx.cq_need[lane] -= qp.cq_share;
+        }
+        // Destroys the QP before its buffers, and before the sinks below are released.
+        drop(conn);
+        for token in tokens {
+            self.ctx.events.push(LndEvent::SendComplete {
+                token,
+                result: Err(error.clone()),
+            });
+        }
+        let mut handles: Vec<RxHandle> = self
+            .incoming
+            .iter()
+            .filter(|(_, r)| r.conn == id)
+            .map(|(h, _)| *h)
+            .collect();
+        handles.sort_unstable_by_key(|h| h.0);
+        for handle in handles {
+            let rdv = self.incoming.remove(&handle).expect("listed above");
+            self.by_cookie.remove(&(id, rdv.cookie));
+            // Offered but not yet fetched: a later fetch finds nothing and fails then.
+            if rdv.sink.is_some() {
+                self.ctx.events.push(LndEvent::Fetched {
+                    handle,
+                    result: Err(error.clone()),
+                });
+            }
+        }
+        let Some((peer, lane)) = peer else {
+            return;
+        };
+        if stage == Stage::Up && self.up.get(&(peer, lane)) == Some(&id) {
+            self.up.remove(&(peer, lane));
+            self.ctx
+                .events
+                .push(LndEvent::Disconnected { peer, lane, error });
+        } else if dialled && self.dialling.get(&(peer, lane)) == Some(&id) {
+            self.dialling.remove(&(peer, lane));
+            self.ctx
+                .events
+                .push(LndEvent::ConnectFailed { peer, lane, error });
+        }
+    }
+
+    /// Polls both CQs, health first; true if anything completed.
+    fn poll_cqs(&mut self) -> Result<bool, LndError> {
+        let mut any = false;
+        for lane in [Lane::Health, Lane::Data] {
+            self.wcs.clear();
+            let n = self.ctx.cq[lane]
+                .poll_into(&mut self.wcs, 32)
+                .map_err(verbs_error)?;
+            any |= n > 0;
+            let mut wcs = std::mem::take(&mut self.wcs);
+            for c in wcs.drain(..) {
+                self.on_completion(c);
+            }
+            self.wcs = wcs;
+        }
+        Ok(any)
+    }
+
+    /// One pass over everything that can happen; true if anything did.
+    fn progress(&mut self) -> Result<bool, LndError> {
+        let mut any = self.poll_cqs()?;
+        while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
+            self.on_cm_event(ev);
+            any = true;
+        }
+        self.expire(Instant::now());
+        Ok(any)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let conns = self.conns.values().filter_map(|c| c.deadline);
+        conns.chain(self.awaiting.values().copied()).min()
+    }
+
+    /// Arms the CQs and sleeps until a completion, an rdma_cm event, a wake-up or the
+    /// deadline. Returns true if woken by the waker.
+    fn sleep(&mut self, until: Option<Instant>) -> Result<bool, LndError> {
+        self.comp.drain();
+        for lane in [Lane::Health, Lane::Data] {
+            self.ctx.cq[lane].arm().map_err(verbs_error)?;
+        }
+        // A completion that came before arming signals nothing: look once more.
+        if self.poll_cqs()? {
+            return Ok(false);
+        }
+        let until = match (until, self.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
+        match self.poll.poll(&mut self.mio_events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LndError::new(LndErrorKind::Resource, e.to_string())),
+        }
+        let woken = self.mio_events.iter().any(|e| e.token() == WAKE);
+        self.comp.drain();
+        Ok(woken)
+    }
+}
+
+impl Lnd for RdmaLnd {
+    fn nid(&self) -> Nid {
+        self.ctx.local.nid
+    }
+
+    fn connect(&mut self, peer: Nid, lane: Lane) {
+        self.dial(peer, lane);
+    }
+
+    fn post(&mut self, tx: Transmit) {
+        let Some(&id) = self.up.get(&(tx.peer, tx.lane)) else {
+            let error = LndError::new(
+                LndErrorKind::Closed,
+                format!("no {} connection to {}", tx.lane, tx.peer),
+            );
+            self.ctx.events.push(LndEvent::SendComplete {
+                token: tx.token,
+                result: Err(error),
+            });
+            return;
+        };
+        let conn = self.conns.get_mut(&id).expect("up connections exist");
+        conn.qp
+            .as_mut()
+            .expect("up connections have a QP")
+            .frames
+            .push_back(tx);
+        self.pump(id);
+    }
+
+    fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
+        if let Some(&id) = self.up.get(&(peer, lane)) {
+            self.fail(id, error);
+        }
+    }
+
+    fn poll(
+        &mut self,
+        events: &mut Vec<LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LndError> {
+        let start = Instant::now();
+        let until = timeout.map(|t| start + t);
+        loop {
+            let worked = self.progress()?;
+            if !self.ctx.events.is_empty() {
+                events.append(&mut self.ctx.events);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                return Ok(());
+            }
+            if worked || now.duration_since(start) < self.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            if self.sleep(until)? {
+                // Woken: the core has something to say; one more pass, then back to it.
+                self.progress()?;
+                events.append(&mut self.ctx.events);
+                return Ok(());
+            }
+        }
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {
+        let Some(rdv) = self.incoming.get_mut(&handle) else {
+            let error = LndError::new(
+                LndErrorKind::Reset,
+                "the connection that offered this payload is gone",
+            );
+            self.ctx.events.push(LndEvent::Fetched {
+                handle,
+                result: Err(error),
+            });
+            return;
+        };
+        debug_assert!(rdv.sink.is_none(), "fetched twice");
+        let id = rdv.conn;
+        let len = rdv.source.len as usize;
+        let ctrl = match SinkMr::new(&self.ctx.pd, sink, len) {
+            Ok(mut sink) => {
+                let ctrl = match rdv.mode {
+                    Mode::Write => Ctrl::Msg(
+                        crate::msg::Prefix::new(crate::msg::Kind::SinkAck, rdv.cookie)
+                            .with(crate::msg::Outcome::Ok, sink.remote()),
+                    ),
+                    Mode::Read => Ctrl::Read {
+                        handle,
+                        sink: sink.sge(),
+                        source: rdv.source,
+                    },
+                };
+                rdv.sink = Some(sink);
+                ctrl
+            }
+            Err(e) => {
+                self.ctx.events.push(LndEvent::Fetched {
+                    handle,
+                    result: Err(verbs_error(e)),
+                });
+                self.refuse(handle, crate::msg::Outcome::Failed);
+                return;
+            }
+        };
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .expect("offers go with their connection");
+        conn.qp.as_mut().expect("up").ctrl.push_back(ctrl);
+        self.pump(id);
+    }
+
+    fn decline(&mut self, handle: RxHandle) {
+        self.refuse(handle, crate::msg::Outcome::Declined);
+    }
+}
+
+impl RdmaLnd {
+    /// Tells the sender of deferred payload `handle` that it will not be taken, and
+    /// forgets it.
+    fn refuse(&mut self, handle: RxHandle, outcome: crate::msg::Outcome) {
+        let Some(rdv) = self.incoming.remove(&handle) else {
+            return; // its connection is gone, and with it the sender's wait
+        };
+        self.by_cookie.remove(&(rdv.conn, rdv.cookie));
+        let kind = match rdv.mode {
+            Mode::Write => crate::msg::Kind::SinkAck,
+            Mode::Read => crate::msg::Kind::ReadDone,
+        };
+        let msg = crate::msg::Prefix::new(kind, rdv.cookie).with(
+            outcome,
+            RemoteBuf {
+                addr: 0,
+                rkey: 0,
+                len: 0,
+            },
+        );
+        if let Some(qp) = self.conns.get_mut(&rdv.conn).and_then(|c| c.qp.as_mut()) {
+            qp.incoming -= 1;
+            qp.ctrl.push_back(Ctrl::Msg(msg));
+        }
+        self.pump(rdv.conn);
+    }
+
+    /// Ends a fetch: the payload (or why not) to the core, and the sink released.
+    fn fetched(&mut self, handle: RxHandle, result: Result<(), LndError>) {
+        let Some(rdv) = self.incoming.remove(&handle) else {
+            return;
+        };
+        self.by_cookie.remove(&(rdv.conn, rdv.cookie));
+        if let Some(qp) = self.conns.get_mut(&rdv.conn).and_then(|c| c.qp.as_mut()) {
+            qp.incoming -= 1;
+        }
+        let result = match (result, rdv.sink) {
+            (Ok(()), Some(sink)) => Ok(sink.into_bytes()),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(LndError::new(
+                LndErrorKind::Protocol,
+                "the peer finished a transfer that was never fetched",
+            )),
+        };
+        self.ctx.events.push(LndEvent::Fetched { handle, result });
+    }
+}
+
+/// The socket address for `nid` on an o2ib net.
+pub(crate) fn peer_addr(nid: Nid) -> Option<SocketAddrV4> {
+    nid.socket_addr(DEFAULT_PORT)
+}

@@ -1,0 +1,237 @@
+//! Memory regions: memory registered with a protection domain so the adapter may read or
+//! write it. A region owns (or holds a reference to) its memory, so the memory cannot be
+//! freed while registered: it is deregistered first, in drop.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rdma_sys as sys;
+
+use crate::verbs::{non_null, Pd, VerbsError};
+
+/// One scatter-gather element: where a work request reads or writes, and its local key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sge {
+    pub addr: u64,
+    pub len: u32,
+    pub lkey: u32,
+}
+
+impl Sge {
+    pub(crate) fn raw(self) -> sys::ibv_sge {
+        sys::ibv_sge {
+            addr: self.addr,
+            length: self.len,
+            lkey: self.lkey,
+        }
+    }
+}
+
+/// Where a peer may RDMA READ or WRITE: an address in its memory and the key for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteBuf {
+    pub addr: u64,
+    pub rkey: u32,
+    pub len: u32,
+}
+
+/// Registers `len` bytes at `ptr`.
+///
+/// # Safety
+/// The memory must stay allocated until the registration is dropped, and be writable if
+/// `access` allows writes.
+unsafe fn register(
+    pd: &Pd,
+    ptr: *mut u8,
+    len: usize,
+    access: sys::ibv_access_flags,
+) -> Result<NonNull<sys::ibv_mr>, VerbsError> {
+    // SAFETY: forwarded contract; the PD is alive.
+    let mr = unsafe { sys::ibv_reg_mr(pd.as_ptr(), ptr.cast(), len, access.0 as i32) };
+    non_null(mr, "ibv_reg_mr", &format!("{len} bytes"))
+}
+
+/// A registration; deregistered on drop, before the memory it covers is released (the
+/// owner of that memory is a later field of the regions below).
+struct Registration {
+    mr: NonNull<sys::ibv_mr>,
+    _pd: Arc<Pd>,
+}
+
+// SAFETY: an MR handle may be used and deregistered from any thread.
+unsafe impl Send for Registration {}
+unsafe impl Sync for Registration {}
+
+impl Registration {
+    fn lkey(&self) -> u32 {
+        // SAFETY: a registered MR's fields are valid while it is.
+        unsafe { (*self.mr.as_ptr()).lkey }
+    }
+
+    fn rkey(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.mr.as_ptr()).rkey }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // SAFETY: registered by us, deregistered once, before its memory is released.
+        unsafe { sys::ibv_dereg_mr(self.mr.as_ptr()) };
+    }
+}
+
+/// Driver-owned registered memory (message buffers), for local access and remote
+/// read/write.
+pub struct Mr {
+    reg: Registration,
+    buf: Box<[u8]>,
+}
+
+impl Mr {
+    /// Registers `len` zeroed bytes.
+    pub fn new(pd: &Arc<Pd>, len: usize) -> Result<Mr, VerbsError> {
+        let mut buf = vec![0u8; len.max(1)].into_boxed_slice();
+        let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
+            | sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ;
+        // SAFETY: the buffer is writable, and freed only after the registration (field order).
+        let mr = unsafe { register(pd, buf.as_mut_ptr(), buf.len(), access)? };
+        Ok(Mr {
+            reg: Registration {
+                mr,
+                _pd: pd.clone(),
+            },
+            buf,
+        })
+    }
+
+    pub fn lkey(&self) -> u32 {
+        self.reg.lkey()
+    }
+
+    pub fn rkey(&self) -> u32 {
+        self.reg.rkey()
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.buf.as_ptr() as u64
+    }
+
+    /// The element for `len` bytes at `offset`. Panics outside the region (a driver bug).
+    pub fn sge(&self, offset: usize, len: usize) -> Sge {
+        assert!(
+            offset + len <= self.buf.len(),
+            "work request outside its memory region"
+        );
+        Sge {
+            addr: self.addr() + offset as u64,
+            len: len as u32,
+            lkey: self.lkey(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+/// An application payload registered read-only, so a peer may RDMA READ it (or we may
+/// RDMA WRITE from it). Holds the `Bytes`, so the memory lives while registered.
+pub struct SourceMr {
+    reg: Registration,
+    data: Bytes,
+}
+
+impl SourceMr {
+    pub fn new(pd: &Arc<Pd>, data: Bytes) -> Result<SourceMr, VerbsError> {
+        // Read-only memory (a static payload) can be registered without write access.
+        let access = sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ;
+        // SAFETY: `data` is kept alive by this struct until after deregistration; the
+        // access flags allow no writes.
+        let mr = unsafe { register(pd, data.as_ptr().cast_mut(), data.len().max(1), access)? };
+        Ok(SourceMr {
+            reg: Registration {
+                mr,
+                _pd: pd.clone(),
+            },
+            data,
+        })
+    }
+
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    pub fn sge(&self) -> Sge {
+        Sge {
+            addr: self.data.as_ptr() as u64,
+            len: self.data.len() as u32,
+            lkey: self.reg.lkey(),
+        }
+    }
+
+    pub fn remote(&self) -> RemoteBuf {
+        RemoteBuf {
+            addr: self.data.as_ptr() as u64,
+            rkey: self.reg.rkey(),
+            len: self.data.len() as u32,
+        }
+    }
+}
+
+/// A receive buffer registered for local and remote writes (RDMA READ lands here; a peer
+/// RDMA WRITEs here). Holds the `BytesMut` until [`SinkMr::into_bytes`].
+pub struct SinkMr {
+    reg: Registration,
+    buf: BytesMut,
+}
+
+impl SinkMr {
+    /// Registers the first `len` bytes of `buf`, zero-filled first so no byte is ever
+    /// uninitialised, whatever the peer writes.
+    pub fn new(pd: &Arc<Pd>, mut buf: BytesMut, len: usize) -> Result<SinkMr, VerbsError> {
+        buf.clear();
+        buf.resize(len, 0);
+        let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE;
+        // SAFETY: `buf` is writable, owned by this struct and not touched (nor moved: a
+        // BytesMut's heap buffer stays put) until after deregistration.
+        let mr = unsafe { register(pd, buf.as_mut_ptr(), len.max(1), access)? };
+        Ok(SinkMr {
+            reg: Registration {
+                mr,
+                _pd: pd.clone(),
+            },
+            buf,
+        })
+    }
+
+    pub fn sge(&mut self) -> Sge {
+        Sge {
+            addr: self.buf.as_mut_ptr() as u64,
+            len: self.buf.len() as u32,
+            lkey: self.reg.lkey(),
+        }
+    }
+
+    pub fn remote(&mut self) -> RemoteBuf {
+        RemoteBuf {
+            addr: self.buf.as_mut_ptr() as u64,
+            rkey: self.reg.rkey(),
+            len: self.buf.len() as u32,
+        }
+    }
+
+    /// Deregisters and hands the filled buffer back.
+    pub fn into_bytes(self) -> Bytes {
+        let SinkMr { reg, buf } = self;
+        drop(reg);
+        buf.freeze()
+    }
+}

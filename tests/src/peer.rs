@@ -1,0 +1,235 @@
+//! A `lanet-peer` child process, and the operations the process tests send it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lanet::op::{Completion, GetRequest, PingRequest, PutRequest};
+use lanet::{Endpoint, Event, Lane, Nid, OpError, OpId, OpOutcome};
+
+use crate::{SINK_PORTAL, SIZES, SOURCE_PORTAL};
+
+/// Guards against a hang only; nothing in the process tests should take this long.
+pub const HANG: Option<Duration> = Some(Duration::from_secs(120));
+
+pub struct Peer {
+    pub child: Child,
+    pub nid: Nid,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Peer {
+    /// Starts `exe` (the `lanet-peer` binary) on `nid`; None if it did not come up (its
+    /// address was taken, say).
+    pub fn start(exe: &str, nid: Nid, incarnation: u64, quiet: bool) -> Option<Peer> {
+        let mut child = Command::new(exe)
+            .args([nid.to_string(), incarnation.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(if quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
+            .spawn()
+            .expect("start lanet-peer");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the peer's stdout");
+        if line.trim() == "ready" {
+            return Some(Peer {
+                child,
+                nid,
+                stdout: Some(stdout),
+            });
+        }
+        let _ = child.wait();
+        None
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
+    /// SIGSTOP, then wait until every thread has actually stopped (signals are delivered
+    /// asynchronously: a running thread may still answer a frame).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for _ in 0..1000 {
+            let all_stopped = std::fs::read_dir(&tasks)
+                .expect("list the peer's threads")
+                .all(|t| {
+                    let stat =
+                        std::fs::read_to_string(t.expect("thread entry").path().join("stat"))
+                            .unwrap_or_default();
+                    // The state follows the parenthesised command name: "pid (comm) T ..."
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                });
+            if all_stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("the peer did not stop");
+    }
+
+    /// Closes the peer's input so it shuts down, and returns what it says last: how many
+    /// PUT payloads it received intact and corrupt.
+    pub fn finish(mut self) -> (u64, u64) {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        let stdout = self.stdout.as_mut().expect("read once");
+        stdout.read_line(&mut line).expect("the peer's summary");
+        let _ = self.child.wait();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            ["puts", "intact", ok, "corrupt", bad] => {
+                (ok.parse().expect("a count"), bad.parse().expect("a count"))
+            }
+            _ => panic!("unexpected summary from the peer: {line:?}"),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for every op in `ops` to complete, exactly once each.
+pub fn wait_all(ep: &Endpoint, ops: &[OpId]) -> HashMap<OpId, Completion> {
+    let mut done = HashMap::new();
+    while ops.iter().any(|op| !done.contains_key(op)) {
+        let e = ep.recv_event(HANG).expect("operations hang");
+        if let Event::Completed(c) = e {
+            assert!(
+                done.insert(c.op, c.clone()).is_none(),
+                "completed twice: {c:?}"
+            );
+        }
+    }
+    done
+}
+
+/// A PUT to the peer's sink.
+pub fn put(dst: Nid, payload: Bytes) -> PutRequest {
+    PutRequest {
+        dst,
+        lane: Lane::Data,
+        portal: SINK_PORTAL,
+        match_bits: 1,
+        payload,
+        timeout: None,
+    }
+}
+
+/// A GET of the peer's source `i` (`pattern(SIZES[i], i)`).
+pub fn get(dst: Nid, i: usize) -> GetRequest {
+    GetRequest {
+        dst,
+        lane: Lane::Data,
+        portal: SOURCE_PORTAL,
+        match_bits: i as u64,
+        want_len: SIZES[SIZES.len() - 1] as u32,
+        timeout: None,
+    }
+}
+
+/// PUTs of every size in [`SIZES`] to the peer and GETs of every size from it, run at
+/// once; every payload must arrive intact (the peer checks the PUTs, we the GETs).
+pub fn check_exchange_of_every_size(ep: &Endpoint, peer: Peer) {
+    let puts: Vec<(OpId, usize)> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let payload = crate::pattern(len, 100 + i as u8);
+            (ep.put(put(peer.nid, payload)).unwrap(), len)
+        })
+        .collect();
+    let gets: Vec<(OpId, usize)> = (0..SIZES.len())
+        .map(|i| (ep.get(get(peer.nid, i)).unwrap(), i))
+        .collect();
+    let ids: Vec<OpId> = puts.iter().chain(&gets).map(|(op, _)| *op).collect();
+    let done = wait_all(ep, &ids);
+    for (op, len) in puts {
+        assert_eq!(
+            done[&op].result,
+            Ok(OpOutcome::Put { mlen: len as u32 }),
+            "PUT of {len}"
+        );
+    }
+    for (op, i) in gets {
+        let want = crate::pattern(SIZES[i], i as u8);
+        match &done[&op].result {
+            Ok(OpOutcome::Get { data }) => {
+                assert!(*data == want, "GET of {} bytes corrupted", SIZES[i])
+            }
+            other => panic!("GET of {}: {other:?}", SIZES[i]),
+        }
+    }
+    assert_eq!(
+        peer.finish(),
+        (SIZES.len() as u64, 0),
+        "PUT payloads the peer received (intact, corrupt)"
+    );
+}
+
+/// Freezes the peer with operations of every kind outstanding, kills it, and checks that
+/// every one of them fails (network or remote) exactly once, and that the dead peer then
+/// refuses connections.
+pub fn check_kill_mid_transfer(ep: &Endpoint, peer: Peer) {
+    let ping = |ep: &Endpoint| {
+        ep.ping(PingRequest {
+            dst: peer.nid,
+            lane: Lane::Health,
+            timeout: None,
+        })
+        .unwrap()
+    };
+    // Both lanes up and working.
+    let first = ep.put(put(peer.nid, crate::pattern(1000, 1))).unwrap();
+    let done = wait_all(ep, &[first, ping(ep)]);
+    assert!(done.values().all(|c| c.result.is_ok()), "{done:?}");
+
+    // Freeze the peer, so that nothing submitted from now on can be answered; then give it
+    // plenty: buffers fill, credits run out, the rest waits in queues.
+    peer.freeze();
+    let mut ops: Vec<OpId> = (0..32)
+        .map(|i| ep.put(put(peer.nid, crate::pattern(1 << 20, i))).unwrap())
+        .collect();
+    ops.extend((0..4).map(|_| ep.get(get(peer.nid, SIZES.len() - 1)).unwrap()));
+    ops.extend((0..4).map(|_| ping(ep)));
+    std::thread::sleep(Duration::from_millis(200));
+    peer.signal("-KILL");
+
+    let done = wait_all(ep, &ops);
+    assert_eq!(done.len(), ops.len());
+    for c in done.values() {
+        match &c.result {
+            Err(OpError::Network(_) | OpError::Remote(_)) => {}
+            other => panic!(
+                "{}: expected a network or remote failure, got {other:?}",
+                c.op
+            ),
+        }
+    }
+    // A process that is gone refuses connections.
+    let after = ep
+        .put(put(peer.nid, Bytes::from_static(b"anyone?")))
+        .unwrap();
+    let done = wait_all(ep, &[after]);
+    assert!(
+        matches!(&done[&after].result, Err(OpError::Remote(m)) if m.contains("refused")),
+        "{done:?}"
+    );
+}
