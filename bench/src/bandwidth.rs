@@ -9,33 +9,50 @@ use lanet::{Endpoint, Event, Lane, Nid, OpOutcome};
 
 use crate::baselines;
 use crate::peer::{self};
+use crate::perftest;
 use crate::report::Report;
 use crate::{BandwidthArgs, LndChoice};
 
 pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     let c = &args.common;
     let size = c.size.unwrap_or(1 << 20);
-    let lnd = match c.lnd {
-        LndChoice::Tcp => "tcp",
-        LndChoice::Mem => "mem",
-    };
-    let title = format!("bandwidth: {size}-byte PUTs over {lnd} for {} s", args.secs);
+    let title = format!(
+        "bandwidth: {size}-byte PUTs over {} for {} s",
+        c.lnd.name(),
+        args.secs
+    );
     let mut report = Report::new(title, c.json);
+    let rdma = match c.lnd {
+        LndChoice::Rdma => Some(peer::rdma_place(c.addr)?),
+        _ => None,
+    };
     let gbps = match (c.lnd, c.connect) {
         (LndChoice::Mem, _) => stream(None, size, args.secs)?,
-        (LndChoice::Tcp, Some(nid)) => stream(Some(nid), size, args.secs)?,
-        (LndChoice::Tcp, None) => {
-            let server = peer::spawn_server("bandwidth")?;
+        (_, Some(nid)) => stream(Some(nid), size, args.secs)?,
+        (_, None) => {
+            let server = peer::spawn_server("bandwidth", rdma.as_ref().map(|(_, ip)| *ip))?;
             stream(Some(server.nid), size, args.secs)?
         }
     };
     report.add("lanet.gbytes_per_s", gbps, "GB/s");
-    if c.connect.is_none() {
-        match baselines::iperf3(f64::from(c.baseline_secs)) {
-            Some(Ok(g)) => report.add("iperf3.gbytes_per_s", g, "GB/s"),
-            Some(Err(e)) => report.note(format!("iperf3 failed: {e}")),
-            None => report.note("iperf3 is not installed; no iperf3 baseline"),
-        }
+    if c.connect.is_some() {
+        return Ok(report);
+    }
+    if let Some((device, ip)) = rdma {
+        let g = perftest::write_bw(&device, ip, size, c.baseline_secs)?;
+        report.add("perftest.gbytes_per_s", g, "GB/s");
+        report.add_ratio(
+            "ratio.vs_perftest",
+            "lanet.gbytes_per_s",
+            "perftest.gbytes_per_s",
+        );
+        report.note(format!("RDMA on {device} at {ip}; perftest is ib_write_bw"));
+        return Ok(report);
+    }
+    match baselines::iperf3(f64::from(c.baseline_secs)) {
+        Some(Ok(g)) => report.add("iperf3.gbytes_per_s", g, "GB/s"),
+        Some(Err(e)) => report.note(format!("iperf3 failed: {e}")),
+        None => report.note("iperf3 is not installed; no iperf3 baseline"),
     }
     report.add_ratio(
         "ratio.vs_iperf3",
@@ -45,7 +62,7 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     Ok(report)
 }
 
-/// Streams PUTs to `dst` (TCP) or over the in-memory LND (None) for `secs`; GB/s acknowledged.
+/// Streams PUTs to `dst` (TCP or RDMA) or over the in-memory LND (None) for `secs`; GB/s acknowledged.
 fn stream(dst: Option<Nid>, size: usize, secs: f64) -> Result<f64, String> {
     let window = peer::node_config(1).lanes[Lane::Data].peer_credits as usize;
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);

@@ -11,34 +11,37 @@ use lanet::{Endpoint, Event, Nid};
 
 use crate::baselines::{self, histogram};
 use crate::peer::{self};
+use crate::perftest;
 use crate::report::Report;
 use crate::{LatencyArgs, LndChoice};
 
 const WARMUP: usize = 1000;
+/// How long the RDMA driver busy-polls before sleeping, in this benchmark (microseconds).
+const BUSY_POLL_US: u64 = 1_000_000;
 
 pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
     let c = &args.common;
     let size = c.size.unwrap_or(8);
-    let lnd = match c.lnd {
-        LndChoice::Tcp => "tcp",
-        LndChoice::Mem => "mem",
-    };
     let title = format!(
-        "latency: {size}-byte PUT round trips over {lnd}, {} iterations",
+        "latency: {size}-byte PUT round trips over {}, {} iterations",
+        c.lnd.name(),
         args.iters
     );
     let mut report = Report::new(title, c.json);
+    if c.lnd == LndChoice::Rdma {
+        rdma(args, size, &mut report)?;
+        return Ok(report);
+    }
     // The server process (if we start one) lives until the baselines are measured too.
     let server = match (c.lnd, c.connect) {
-        (LndChoice::Tcp, None) => Some(peer::spawn_server("latency")?),
+        (LndChoice::Tcp, None) => Some(peer::spawn_server("latency", None)?),
         _ => None,
     };
     let (hist, echo) = match (c.lnd, c.connect.or(server.as_ref().map(|s| s.nid))) {
-        (LndChoice::Mem, _) => (pingpong(None, size, args.iters)?, peer::local_echo()?),
         (LndChoice::Tcp, Some(nid)) => {
             (pingpong(Some(nid), size, args.iters)?, peer::echo_addr(nid))
         }
-        (LndChoice::Tcp, None) => unreachable!("a server was started"),
+        _ => (pingpong(None, size, args.iters)?, peer::local_echo()?),
     };
     report.add_latency("lanet", &hist);
     report.add_latency(
@@ -65,7 +68,43 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
     Ok(report)
 }
 
-/// Measures `iters` PUT round trips (after a warm-up) to `dst` over TCP, or over the
+/// Over RDMA: lanet between two processes on the device's address, then `ib_send_lat`.
+fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), String> {
+    let c = &args.common;
+    let (device, ip) = peer::rdma_place(c.addr)?;
+    // perftest busy-polls its CQ all the time; so do both lanet processes here (the
+    // server inherits the setting), unless told otherwise.
+    if std::env::var_os(lanet_lnd_rdma::SPIN_ENV).is_none() {
+        std::env::set_var(lanet_lnd_rdma::SPIN_ENV, BUSY_POLL_US.to_string());
+        report.note(format!(
+            "both lanet processes busy-poll ({}={BUSY_POLL_US}), as perftest does",
+            lanet_lnd_rdma::SPIN_ENV
+        ));
+    }
+    let server = match c.connect {
+        Some(_) => None,
+        None => Some(peer::spawn_server("latency", Some(ip))?),
+    };
+    let dst = c
+        .connect
+        .or(server.as_ref().map(|s| s.nid))
+        .expect("one of them");
+    report.add_latency("lanet", &pingpong(Some(dst), size, args.iters)?);
+    drop(server);
+    if c.connect.is_none() {
+        let (p50, p99) = perftest::send_lat(&device, ip, size, WARMUP + args.iters)?;
+        report.add("perftest.p50_us", p50, "us");
+        report.add("perftest.p99_us", p99, "us");
+        report.add_ratio("ratio.p50_vs_perftest", "lanet.p50_us", "perftest.p50_us");
+        report.add_ratio("ratio.p99_vs_perftest", "lanet.p99_us", "perftest.p99_us");
+        report.note(format!(
+            "RDMA on {device} at {ip}; perftest's one-way latency is doubled into a round trip"
+        ));
+    }
+    Ok(())
+}
+
+/// Measures `iters` PUT round trips (after a warm-up) to `dst` over TCP or RDMA, or over the
 /// in-memory LND when `dst` is None.
 fn pingpong(dst: Option<Nid>, size: usize, iters: usize) -> Result<Histogram<u64>, String> {
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);

@@ -2,12 +2,14 @@
 //! the same run (raw blocking TCP, sockperf, iperf3 when installed) and prints the ratio.
 //!
 //! Each benchmark starts its own peer process (this binary with `--serve`), or runs one side
-//! with `--serve NID` / `--connect NID` for two hosts.
+//! with `--serve NID` / `--connect NID` for two hosts. Over RDMA (`--lnd rdma`) the baseline
+//! is perftest (`ib_send_lat`, `ib_write_bw`) on the same device.
 
 mod bandwidth;
 mod baselines;
 mod latency;
 mod peer;
+mod perftest;
 mod report;
 
 use std::process::ExitCode;
@@ -39,6 +41,18 @@ pub(crate) enum LndChoice {
     Tcp,
     /// Two endpoints in one process on the in-memory LND: the core's own overhead.
     Mem,
+    /// Two processes over RDMA (the first active device; see --addr), beside perftest.
+    Rdma,
+}
+
+impl LndChoice {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            LndChoice::Tcp => "tcp",
+            LndChoice::Mem => "mem",
+            LndChoice::Rdma => "rdma",
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -58,6 +72,10 @@ pub(crate) struct Common {
     /// Only run the client side, against a server started with --serve at this NID.
     #[arg(long)]
     connect: Option<Nid>,
+    /// RDMA: the IPv4 address both sides use (default: one of the first active RDMA
+    /// device's interface).
+    #[arg(long)]
+    addr: Option<std::net::Ipv4Addr>,
     /// Seconds each external baseline tool (sockperf, iperf3) runs.
     #[arg(long, default_value_t = 5)]
     baseline_secs: u32,

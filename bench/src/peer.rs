@@ -1,15 +1,17 @@
 //! The server side of the benchmarks, and the plumbing that starts it as a child process.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lanet::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
+use lanet::nid::LndKind;
 use lanet::op::MatchEntry;
 use lanet::time::MonotonicClock;
 use lanet::{Endpoint, Event, Nid, NodeConfig};
+use lanet_lnd_rdma::{RdmaConfig, RdmaLnd};
 use lanet_lnd_tcp::{TcpConfig, TcpLnd, DEFAULT_PORT};
 
 /// Where the server accepts benchmark PUTs.
@@ -66,22 +68,34 @@ pub(crate) fn echo_addr(nid: Nid) -> SocketAddr {
     SocketAddr::new((*a.ip()).into(), a.port() + 1)
 }
 
-/// Runs the server until standard input closes: lanet on `nid`, raw TCP echo next to it.
+/// The driver for `nid`: RDMA for o2ib NIDs, TCP otherwise.
+fn bind(nid: Nid, cfg: &NodeConfig) -> Result<Box<dyn lanet::lnd::Lnd>, String> {
+    Ok(if nid.net.kind == LndKind::O2ib {
+        Box::new(RdmaLnd::bind(nid, RdmaConfig::for_node(cfg)).map_err(|e| e.to_string())?)
+    } else {
+        Box::new(TcpLnd::bind(nid, tcp_config(cfg)).map_err(|e| e.to_string())?)
+    })
+}
+
+/// Runs the server until standard input closes: lanet on `nid`, and for TCP the raw TCP
+/// echo next to it.
 pub(crate) fn serve(nid: Nid) -> Result<(), String> {
     let cfg = node_config(2);
-    let lnd = TcpLnd::bind(nid, tcp_config(&cfg)).map_err(|e| e.to_string())?;
+    let lnd = bind(nid, &cfg)?;
     let ep = Endpoint::builder(cfg)
-        .lnd(lnd)
+        .boxed_lnd(lnd)
         .on_event(discard_events)
         .start()
         .map_err(|e| e.to_string())?;
     sink(&ep)?;
-    let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
-    std::thread::spawn(move || {
-        for conn in echo.incoming().flatten() {
-            std::thread::spawn(move || echo_loop(conn));
-        }
-    });
+    if nid.net.kind == LndKind::Tcp {
+        let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
+        std::thread::spawn(move || {
+            for conn in echo.incoming().flatten() {
+                std::thread::spawn(move || echo_loop(conn));
+            }
+        });
+    }
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     for _ in std::io::stdin().lock().lines() {}
@@ -147,11 +161,33 @@ pub(crate) fn free_nid() -> Nid {
     }
 }
 
-/// Starts `lanet-bench <bench> --serve NID` and waits until it serves.
-pub(crate) fn spawn_server(bench: &str) -> Result<ServerProcess, String> {
+/// Where RDMA runs: the first active device, and `addr` or an IPv4 address of its
+/// interface.
+pub(crate) fn rdma_place(addr: Option<Ipv4Addr>) -> Result<(String, Ipv4Addr), String> {
+    if let Some(ip) = addr {
+        let device = lanet_lnd_rdma::verbs::first_active_device().map_err(|e| e.to_string())?;
+        return Ok((device.name().to_owned(), ip));
+    }
+    lanet_lnd_rdma::default_ipv4().map_err(|e| e.to_string())
+}
+
+/// An o2ib NID on `ip` at a port picked from the clock (rdma_cm ports cannot be probed
+/// the way TCP's can; a taken one fails the bind, and the caller tries another).
+pub(crate) fn rdma_nid(ip: Ipv4Addr) -> Nid {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let port = 20_000 + (nanos ^ std::process::id()) % 40_000;
+    format!("{ip}:{port}@o2ib").parse().expect("a valid NID")
+}
+
+/// Starts `lanet-bench <bench> --serve NID` and waits until it serves: on loopback TCP, or
+/// over RDMA on `rdma` (an address of the RDMA device's interface).
+pub(crate) fn spawn_server(bench: &str, rdma: Option<Ipv4Addr>) -> Result<ServerProcess, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     for _ in 0..5 {
-        let nid = free_nid();
+        let nid = rdma.map_or_else(free_nid, rdma_nid);
         let mut cmd = Command::new(&exe);
         cmd.args([bench, "--serve", &nid.to_string()]);
         if let Some(Some(min)) = ZERO_COPY_MIN.get() {
@@ -201,6 +237,28 @@ pub(crate) fn mem_pair(
     Ok((client, server, sn))
 }
 
+/// A client endpoint over RDMA on `ip`.
+fn rdma_client(
+    ip: Ipv4Addr,
+    on_event: impl FnMut(Event) + Send + 'static,
+) -> Result<Endpoint, String> {
+    let cfg = node_config(1);
+    let mut last = String::new();
+    for _ in 0..5 {
+        match RdmaLnd::bind(rdma_nid(ip), RdmaConfig::for_node(&cfg)) {
+            Ok(lnd) => {
+                return Endpoint::builder(cfg)
+                    .lnd(lnd)
+                    .on_event(on_event)
+                    .start()
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// A client endpoint over TCP on a free loopback port, and the backend its LND runs.
 pub(crate) fn tcp_client(
     on_event: impl FnMut(Event) + Send + 'static,
@@ -228,7 +286,7 @@ pub(crate) fn local_echo() -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// The measuring side of a benchmark: its endpoint (TCP to `dst`, or the in-memory pair when
+/// The measuring side of a benchmark: its endpoint (TCP or RDMA to `dst`, or the in-memory pair when
 /// `dst` is None), the PUT it repeats, and the in-memory server kept alive alongside.
 pub(crate) struct Client {
     pub(crate) ep: Endpoint,
@@ -244,6 +302,10 @@ pub(crate) fn client(
     on_event: impl FnMut(Event) + Send + 'static,
 ) -> Result<Client, String> {
     let (ep, dst, server) = match dst {
+        Some(dst) if dst.net.kind == LndKind::O2ib => {
+            let ip = *dst.socket_addr(0).expect("o2ib NIDs are IP addresses").ip();
+            (rdma_client(ip, on_event)?, dst, None)
+        }
         Some(dst) => {
             let (ep, backend) = tcp_client(on_event)?;
             set_backend(backend);

@@ -14,13 +14,15 @@
 //! and GET with RDMA WRITE and READ through the core's deferred payloads.
 
 pub mod cm;
+mod device;
 mod lnd;
 pub mod mr;
 mod msg;
 mod regcache;
 pub mod verbs;
 
-pub use lnd::{RdmaConfig, RdmaLnd, DEFAULT_PORT, EAGER_MAX};
+pub use device::default_ipv4;
+pub use lnd::{RdmaConfig, RdmaLnd, DEFAULT_PORT, EAGER_MAX, SPIN_ENV};
 pub use regcache::{RegCacheLimits, RegCacheStats};
 
 pub use verbs::VerbsError;

@@ -89,7 +89,7 @@ say "booting kernel $kver under qemu (TCG) to run $script"
 set +e
 timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet lanet.script=$script lanet.result=$result" \
+    -append "console=ttyS0 panic=-1 quiet clocksource=tsc tsc=reliable lanet.script=$script lanet.result=$result" \
     -fsdev local,id=hr,path=/,security_model=none,multidevs=remap \
     -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \

@@ -42,6 +42,10 @@ use conn::{Conn, Ctrl, Mode, Stage};
 /// The port used when a NID has none (LNet's o2iblnd service port).
 pub const DEFAULT_PORT: u16 = 987;
 
+/// Environment variable that overrides how long the driver busy-polls (microseconds).
+pub const SPIN_ENV: &str = "LANET_RDMA_SPIN_US";
+const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
 /// Settings of an RDMA NI.
 #[derive(Debug, Clone, Copy)]
 pub struct RdmaConfig {
@@ -67,7 +71,10 @@ impl RdmaConfig {
             ),
             max_payload: cfg.max_payload,
             connect_timeout: Duration::from_secs(5),
-            spin: Duration::from_micros(50),
+            spin: std::env::var(SPIN_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(DEFAULT_SPIN, Duration::from_micros),
             reg_cache: RegCacheLimits::default(),
         }
     }
@@ -118,6 +125,11 @@ struct InRdv {
     sink: Option<SinkMr>,
 }
 
+/// Idle busy-poll passes between clock reads.
+const CLOCK_PASSES: u32 = 64;
+/// Busy-poll passes between looks at rdma_cm events and deadlines.
+const HOUSEKEEPING_PASSES: u32 = 1024;
+
 const WAKE: mio::Token = mio::Token(0);
 const CM: mio::Token = mio::Token(1);
 const COMP: mio::Token = mio::Token(2);
@@ -147,6 +159,7 @@ pub struct RdmaLnd {
     by_cookie: FxHashMap<(u32, u64), RxHandle>,
     next_conn: u32,
     next_handle: u64,
+    passes: u32,
     wcs: Vec<Completion>,
     poll: mio::Poll,
     mio_events: mio::Events,
@@ -238,6 +251,7 @@ impl RdmaLnd {
             by_cookie: FxHashMap::default(),
             next_conn: 1,
             next_handle: 1,
+            passes: 0,
             wcs: Vec::with_capacity(32),
             poll,
             mio_events: mio::Events::with_capacity(8),
@@ -341,15 +355,17 @@ impl RdmaLnd {
         Ok(any)
     }
 
-    /// One pass over everything that can happen; true if anything did.
-    fn progress(&mut self) -> Result<bool, LndError> {
-        let mut any = self.poll_cqs()?;
+    /// The rare work: rdma_cm events and handshake deadlines. Each costs system calls, so
+    /// the spinning loop does it only every [`HOUSEKEEPING_PASSES`] passes (and after
+    /// sleeping), never on the per-message path.
+    fn housekeeping(&mut self) -> Result<(), LndError> {
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
             self.on_cm_event(ev);
-            any = true;
         }
-        self.expire(Instant::now());
-        Ok(any)
+        if !self.awaiting.is_empty() || self.conns.values().any(|c| c.deadline.is_some()) {
+            self.expire(Instant::now());
+        }
+        Ok(())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -425,25 +441,42 @@ impl Lnd for RdmaLnd {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        let start = Instant::now();
-        let until = timeout.map(|t| start + t);
+        // Busy-polling reads only the CQs (no system call); the clock is read every
+        // CLOCK_PASSES idle passes, rdma_cm and deadlines every HOUSEKEEPING_PASSES.
+        let mut started: Option<Instant> = None;
+        let mut idle = 0u32;
         loop {
-            let worked = self.progress()?;
-            if !self.ctx.events.is_empty() {
+            let worked = self.poll_cqs()?;
+            self.passes = self.passes.wrapping_add(1);
+            if self.passes % HOUSEKEEPING_PASSES == 0 || timeout == Some(Duration::ZERO) {
+                self.housekeeping()?;
+            }
+            if !self.ctx.events.is_empty() || timeout == Some(Duration::ZERO) {
                 events.append(&mut self.ctx.events);
                 return Ok(());
             }
-            let now = Instant::now();
-            if until.is_some_and(|u| now >= u) {
-                return Ok(());
+            if worked {
+                idle = 0;
+                continue;
             }
-            if worked || now.duration_since(start) < self.spin {
+            idle += 1;
+            if idle % CLOCK_PASSES != 0 {
                 std::hint::spin_loop();
                 continue;
             }
-            if self.sleep(until)? {
-                // Woken: the core has something to say; one more pass, then back to it.
-                self.progress()?;
+            let now = Instant::now();
+            let start = *started.get_or_insert(now);
+            let until = timeout.map(|t| start + t);
+            if until.is_some_and(|u| now >= u) {
+                return Ok(());
+            }
+            if now.duration_since(start) < self.spin {
+                continue;
+            }
+            let woken = self.sleep(until)?;
+            self.housekeeping()?;
+            if woken {
+                // The core has something to say: back to it.
                 events.append(&mut self.ctx.events);
                 return Ok(());
             }

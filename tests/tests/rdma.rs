@@ -1,0 +1,321 @@
+//! The RDMA LND on soft-RoCE, inside the rxe VM (`tests/rxe-vm`): the driver alone (two
+//! `RdmaLnd`s in this process, on 10.0.2.16 and 10.0.2.15, driven through the `Lnd` trait),
+//! and whole endpoints between this process and a `lanet-peer` child. On the host, one test
+//! boots the VM and runs the `vm_` tests there; they are ignored on the host, which has no
+//! RDMA device.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use lanet::lnd::{Lnd, LndError, LndEvent, RxPayload, Transmit, TxToken};
+use lanet::wire::{encode_header, Body, Header, Status};
+use lanet::{Endpoint, Lane, Nid, NodeConfig};
+use lanet_lnd_rdma::{RdmaConfig, RdmaLnd, EAGER_MAX};
+use lanet_tests::peer::{check_exchange_of_every_size, check_kill_mid_transfer, Peer};
+use lanet_tests::{bind_lnd, pattern, run_in_rxe_vm, IN_RXE_VM};
+
+const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
+
+/// The two addresses of the VM's `rxe0` netdev; each test uses its own ports.
+fn nids(port: u16) -> (Nid, Nid) {
+    let nid = |ip: &str, port: u16| format!("{ip}:{port}@o2ib").parse::<Nid>().unwrap();
+    (nid("10.0.2.16", port), nid("10.0.2.15", port + 1))
+}
+
+fn endpoints(port: u16) -> (Endpoint, Peer) {
+    assert!(
+        std::env::var_os(IN_RXE_VM).is_some(),
+        "runs inside the soft-RoCE VM only"
+    );
+    let (local, remote) = nids(port);
+    let peer = Peer::start(PEER_EXE, remote, 7, false).expect("lanet-peer on RDMA");
+    let cfg = NodeConfig::new(1);
+    let lnd = bind_lnd(local, &cfg).expect("the RDMA LND on rxe0");
+    let ep = Endpoint::builder(cfg)
+        .boxed_lnd(lnd)
+        .start()
+        .expect("start");
+    (ep, peer)
+}
+
+#[test]
+fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
+    if std::env::var_os(IN_RXE_VM).is_some() {
+        return; // the VM runs the `vm_` tests themselves
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let script = format!(
+        "export {IN_RXE_VM}=1 RUST_BACKTRACE=1\n\
+         exec '{}' vm_ --include-ignored --nocapture --test-threads=1\n",
+        exe.display()
+    );
+    let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
+    println!("{out}");
+    // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
+    assert!(out.contains("test result: ok. 5 passed"), "{out}");
+}
+
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_puts_and_gets_of_0_bytes_to_16_mib_between_processes_intact_both_ways() {
+    let (ep, peer) = endpoints(7000);
+    check_exchange_of_every_size(&ep, peer);
+}
+
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_killing_the_peer_mid_transfer_fails_every_operation_exactly_once() {
+    let (ep, peer) = endpoints(7100);
+    check_kill_mid_transfer(&ep, peer);
+}
+
+// ---- The driver alone ----
+
+fn lnd(nid: Nid) -> RdmaLnd {
+    assert!(
+        std::env::var_os(IN_RXE_VM).is_some(),
+        "runs inside the soft-RoCE VM only"
+    );
+    let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(
+        nid.socket_addr(0).unwrap().port(),
+    )));
+    cfg.max_payload = 16 << 20;
+    RdmaLnd::bind(nid, cfg).expect("the RDMA LND on rxe0")
+}
+
+/// Polls both drivers, collecting their events, until `done` holds for them.
+fn run_until(
+    a: &mut RdmaLnd,
+    b: &mut RdmaLnd,
+    seen: &mut [Vec<LndEvent>; 2],
+    done: impl Fn(&[Vec<LndEvent>; 2]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(seen) {
+        assert!(Instant::now() < deadline, "stuck; events so far: {seen:#?}");
+        let mut evs = Vec::new();
+        a.poll(&mut evs, Some(Duration::from_millis(1))).unwrap();
+        seen[0].append(&mut evs);
+        b.poll(&mut evs, Some(Duration::from_millis(1))).unwrap();
+        seen[1].append(&mut evs);
+    }
+}
+
+fn connected(evs: &[LndEvent], lane: Lane) -> usize {
+    evs.iter()
+        .filter(|e| matches!(e, LndEvent::Connected { lane: l, .. } if *l == lane))
+        .count()
+}
+
+fn frame(from: Nid, to: Nid, body: Body, payload: Bytes, token: u64) -> Transmit {
+    let header = Header {
+        lane: Lane::Data,
+        credits: 0,
+        src: from,
+        dst: to,
+        src_incarnation: 1,
+        msg_id: token,
+        payload_len: payload.len() as u32,
+        body,
+    };
+    Transmit {
+        peer: to,
+        lane: Lane::Data,
+        header: encode_header(&header),
+        payload,
+        token: TxToken(token),
+    }
+}
+
+const PUT: Body = Body::Put {
+    portal: 4,
+    match_bits: 1,
+};
+const REPLY: Body = Body::Reply { status: Status::Ok };
+
+fn sent(evs: &[LndEvent], token: u64) -> Option<&Result<(), LndError>> {
+    evs.iter().find_map(|e| match e {
+        LndEvent::SendComplete { token: t, result } if t.0 == token => Some(result),
+        _ => None,
+    })
+}
+
+/// The payload of the last frame `b` received, fetched if it was deferred; and whether it was.
+fn take_last(a: &mut RdmaLnd, b: &mut RdmaLnd, seen: &mut [Vec<LndEvent>; 2]) -> (Bytes, bool) {
+    let payload = match seen[1].iter().rev().find_map(|e| match e {
+        LndEvent::Received { payload, .. } => Some(payload.clone()),
+        _ => None,
+    }) {
+        Some(p) => p,
+        None => panic!("nothing received: {seen:?}"),
+    };
+    match payload {
+        RxPayload::Inline(data) => (data, false),
+        RxPayload::Deferred { handle, len } => {
+            b.fetch(handle, BytesMut::with_capacity(len as usize));
+            run_until(a, b, seen, |s| {
+                s[1].iter()
+                    .any(|e| matches!(e, LndEvent::Fetched { handle: h, .. } if *h == handle))
+            });
+            let data = seen[1].iter().find_map(|e| match e {
+                LndEvent::Fetched { handle: h, result } if *h == handle => Some(result.clone()),
+                _ => None,
+            });
+            (data.unwrap().expect("the fetch worked"), true)
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_moves_small_payloads_inline_and_large_ones_by_rdma_with_cached_registrations() {
+    let (an, bn) = nids(7200);
+    let (mut a, mut b) = (lnd(an), lnd(bn));
+    let mut seen = [Vec::new(), Vec::new()];
+    a.connect(bn, Lane::Data);
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
+    });
+
+    // (payload, frame kind, deferred?): the inline limit, then WRITE (PUT) and READ (reply).
+    let big = pattern(1 << 20, 3);
+    let cases = [
+        (pattern(EAGER_MAX, 1), PUT, false),
+        (pattern(EAGER_MAX + 1, 2), PUT, true),
+        (big.clone(), PUT, true),
+        (big.clone(), PUT, true),
+        (pattern(100_000, 4), REPLY, true),
+        (big.clone(), REPLY, true),
+    ];
+    for (i, (payload, body, deferred)) in cases.into_iter().enumerate() {
+        let token = i as u64 + 1;
+        a.post(frame(an, bn, body, payload.clone(), token));
+        run_until(&mut a, &mut b, &mut seen, |s| {
+            s[1].iter()
+                .filter(|e| matches!(e, LndEvent::Received { .. }))
+                .count()
+                == i + 1
+        });
+        let (data, was_deferred) = take_last(&mut a, &mut b, &mut seen);
+        assert_eq!(was_deferred, deferred, "case {i}: {} bytes", payload.len());
+        assert!(data == payload, "case {i}: payload corrupted");
+        run_until(&mut a, &mut b, &mut seen, |s| sent(&s[0], token).is_some());
+        assert_eq!(sent(&seen[0], token), Some(&Ok(())), "case {i}");
+    }
+    // Three distinct deferred payloads registered; the 1 MiB one, sent three times, once.
+    let stats = a.reg_cache_stats();
+    assert_eq!((stats.misses, stats.hits), (3, 2), "{stats:?}");
+
+    // A declined payload is released at the sender, and never fetched.
+    a.post(frame(an, bn, PUT, pattern(50_000, 5), 99));
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        s[1].iter()
+            .filter(|e| matches!(e, LndEvent::Received { .. }))
+            .count()
+            == 7
+    });
+    let Some(LndEvent::Received {
+        payload: RxPayload::Deferred { handle, .. },
+        ..
+    }) = seen[1]
+        .iter()
+        .rev()
+        .find(|e| matches!(e, LndEvent::Received { .. }))
+    else {
+        panic!("a deferred payload");
+    };
+    b.decline(*handle);
+    run_until(&mut a, &mut b, &mut seen, |s| sent(&s[0], 99).is_some());
+    assert_eq!(sent(&seen[0], 99), Some(&Ok(())));
+    let fetches = seen[1]
+        .iter()
+        .filter(|e| matches!(e, LndEvent::Fetched { .. }))
+        .count();
+    assert_eq!(fetches, 5, "only the fetched payloads report Fetched");
+}
+
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_resolves_simultaneous_connects_to_one_connection_per_lane() {
+    let (an, bn) = nids(7300);
+    let (mut a, mut b) = (lnd(an), lnd(bn));
+    let mut seen = [Vec::new(), Vec::new()];
+    for lane in [Lane::Health, Lane::Data] {
+        a.connect(bn, lane);
+        b.connect(an, lane);
+    }
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        [Lane::Health, Lane::Data]
+            .iter()
+            .all(|&l| connected(&s[0], l) >= 1 && connected(&s[1], l) >= 1)
+    });
+    // Let any loser's refusal play out, then check: one connection per lane, no failures.
+    let settle = Instant::now() + Duration::from_millis(500);
+    run_until(&mut a, &mut b, &mut seen, |_| Instant::now() > settle);
+    for (side, evs) in seen.iter().enumerate() {
+        for lane in [Lane::Health, Lane::Data] {
+            assert_eq!(connected(evs, lane), 1, "side {side}, {lane}: {evs:?}");
+        }
+        assert!(
+            !evs.iter().any(|e| matches!(
+                e,
+                LndEvent::ConnectFailed { .. } | LndEvent::Disconnected { .. }
+            )),
+            "side {side}: {evs:?}"
+        );
+    }
+    // And the survivors carry frames both ways.
+    a.post(frame(an, bn, PUT, pattern(10, 1), 1));
+    b.post(frame(bn, an, PUT, pattern(10, 2), 2));
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        sent(&s[0], 1).is_some() && sent(&s[1], 2).is_some()
+    });
+    assert_eq!(
+        (sent(&seen[0], 1), sent(&seen[1], 2)),
+        (Some(&Ok(())), Some(&Ok(())))
+    );
+}
+
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_fails_everything_it_owes_when_the_peer_goes() {
+    let (an, bn) = nids(7400);
+    let (mut a, mut b) = (lnd(an), lnd(bn));
+    let mut seen = [Vec::new(), Vec::new()];
+    a.connect(bn, Lane::Data);
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
+    });
+    // Deferred payloads the peer never fetches (more than may be outstanding at once, so
+    // some still queue), and small ones behind them.
+    let tokens: Vec<u64> = (1..=20).collect();
+    for &t in &tokens {
+        let len = if t % 2 == 0 { 200_000 } else { 100 };
+        a.post(frame(an, bn, PUT, pattern(len, t as u8), t));
+    }
+    let until = Instant::now() + Duration::from_millis(300);
+    run_until(&mut a, &mut b, &mut seen, |_| Instant::now() > until);
+    drop(b); // its QPs and rdma_cm ids go, as when a process dies
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tokens.iter().all(|&t| sent(&seen[0], t).is_some())
+        || !seen[0]
+            .iter()
+            .any(|e| matches!(e, LndEvent::Disconnected { .. }))
+    {
+        assert!(Instant::now() < deadline, "a still owes: {:?}", seen[0]);
+        let mut evs = Vec::new();
+        a.poll(&mut evs, Some(Duration::from_millis(10))).unwrap();
+        seen[0].append(&mut evs);
+    }
+    for &t in &tokens {
+        let n = seen[0]
+            .iter()
+            .filter(|e| matches!(e, LndEvent::SendComplete { token, .. } if token.0 == t))
+            .count();
+        assert_eq!(n, 1, "token {t} completed {n} times");
+        // The deferred ones were never fetched: they cannot have succeeded.
+        if t % 2 == 0 {
+            assert!(sent(&seen[0], t).unwrap().is_err(), "token {t}");
+        }
+    }
+}
