@@ -213,7 +213,10 @@ impl Drop for Context {
 
 /// The first device with an active port 1, or an error that says there is none.
 pub fn first_active_device() -> Result<Arc<Context>, VerbsError> {
-    let names = device_names()?;
+    let names = device_names().map_err(|e| VerbsError {
+        context: "no RDMA device on this machine: the kernel's RDMA stack is not loaded".into(),
+        ..e
+    })?;
     if names.is_empty() {
         return Err(VerbsError {
             call: "ibv_get_device_list",

@@ -56,6 +56,19 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
 }
 
 #[test]
+fn without_a_device_the_driver_says_so_in_one_error() {
+    if std::env::var_os(IN_RXE_VM).is_some() {
+        return; // the VM has a device; this is about the host, which has none
+    }
+    let cfg = RdmaConfig::for_node(&NodeConfig::new(1));
+    let err = RdmaLnd::bind("127.0.0.1@o2ib".parse().unwrap(), cfg)
+        .err()
+        .expect("no RDMA device on this host")
+        .to_string();
+    assert!(err.contains("no RDMA device"), "{err}");
+}
+
+#[test]
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_puts_and_gets_of_0_bytes_to_16_mib_between_processes_intact_both_ways() {
     let (ep, peer) = endpoints(7000);
