@@ -125,6 +125,8 @@ struct InRdv {
     sink: Option<SinkMr>,
 }
 
+/// Held eager send completions that are handed over whatever else happens.
+const QUIET_MAX: usize = 64;
 /// Idle busy-poll passes between clock reads.
 const CLOCK_PASSES: u32 = 64;
 /// Busy-poll passes between looks at rdma_cm events and deadlines.
@@ -156,6 +158,9 @@ pub struct RdmaLnd {
     /// Lanes whose dial lost a race: the peer's own connection should arrive by then.
     awaiting: FxHashMap<(Nid, Lane), Instant>,
     incoming: FxHashMap<RxHandle, InRdv>,
+    /// Successful completions of eager sends, held until there is something else to say
+    /// (or nothing to wait for), so they do not cost the core a pass each.
+    quiet: Vec<LndEvent>,
     by_cookie: FxHashMap<(u32, u64), RxHandle>,
     next_conn: u32,
     next_handle: u64,
@@ -248,6 +253,7 @@ impl RdmaLnd {
             dialling: FxHashMap::default(),
             awaiting: FxHashMap::default(),
             incoming: FxHashMap::default(),
+            quiet: Vec::new(),
             by_cookie: FxHashMap::default(),
             next_conn: 1,
             next_handle: 1,
@@ -451,8 +457,11 @@ impl Lnd for RdmaLnd {
             if self.passes % HOUSEKEEPING_PASSES == 0 || timeout == Some(Duration::ZERO) {
                 self.housekeeping()?;
             }
-            if !self.ctx.events.is_empty() || timeout == Some(Duration::ZERO) {
-                events.append(&mut self.ctx.events);
+            if !self.ctx.events.is_empty()
+                || timeout == Some(Duration::ZERO)
+                || self.quiet.len() >= QUIET_MAX
+            {
+                self.hand_over(events);
                 return Ok(());
             }
             if worked {
@@ -468,16 +477,22 @@ impl Lnd for RdmaLnd {
             let start = *started.get_or_insert(now);
             let until = timeout.map(|t| start + t);
             if until.is_some_and(|u| now >= u) {
+                self.hand_over(events);
                 return Ok(());
             }
             if now.duration_since(start) < self.spin {
                 continue;
             }
+            if !self.quiet.is_empty() {
+                // About to sleep: held completions go up first.
+                self.hand_over(events);
+                return Ok(());
+            }
             let woken = self.sleep(until)?;
             self.housekeeping()?;
             if woken {
                 // The core has something to say: back to it.
-                events.append(&mut self.ctx.events);
+                self.hand_over(events);
                 return Ok(());
             }
         }
@@ -541,6 +556,13 @@ impl Lnd for RdmaLnd {
 }
 
 impl RdmaLnd {
+    /// Gives the core everything pending, held send completions first (they happened
+    /// first).
+    fn hand_over(&mut self, events: &mut Vec<LndEvent>) {
+        events.append(&mut self.quiet);
+        events.append(&mut self.ctx.events);
+    }
+
     /// Tells the sender of deferred payload `handle` that it will not be taken, and
     /// forgets it.
     fn refuse(&mut self, handle: RxHandle, outcome: crate::msg::Outcome) {
