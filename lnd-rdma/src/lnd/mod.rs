@@ -18,6 +18,7 @@
 //!   once, and the QP is destroyed before any memory it could still touch is released.
 
 mod conn;
+mod fetch;
 mod rx;
 mod setup;
 
@@ -37,7 +38,7 @@ use crate::mr::{RemoteBuf, SinkMr, SourceMr};
 use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
 use crate::verbs::{CompChannel, Completion, Cq, Pd, VerbsError};
 pub use conn::EAGER_MAX;
-use conn::{Conn, Ctrl, Mode, Stage};
+use conn::{Conn, Mode, Stage};
 
 /// The port used when a NID has none (LNet's o2iblnd service port).
 pub const DEFAULT_PORT: u16 = 987;
@@ -503,51 +504,7 @@ impl Lnd for RdmaLnd {
     }
 
     fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {
-        let Some(rdv) = self.incoming.get_mut(&handle) else {
-            let error = LndError::new(
-                LndErrorKind::Reset,
-                "the connection that offered this payload is gone",
-            );
-            self.ctx.events.push(LndEvent::Fetched {
-                handle,
-                result: Err(error),
-            });
-            return;
-        };
-        debug_assert!(rdv.sink.is_none(), "fetched twice");
-        let id = rdv.conn;
-        let len = rdv.source.len as usize;
-        let ctrl = match SinkMr::new(&self.ctx.pd, sink, len) {
-            Ok(mut sink) => {
-                let ctrl = match rdv.mode {
-                    Mode::Write => Ctrl::Msg(
-                        crate::msg::Prefix::new(crate::msg::Kind::SinkAck, rdv.cookie)
-                            .with(crate::msg::Outcome::Ok, sink.remote()),
-                    ),
-                    Mode::Read => Ctrl::Read {
-                        handle,
-                        sink: sink.sge(),
-                        source: rdv.source,
-                    },
-                };
-                rdv.sink = Some(sink);
-                ctrl
-            }
-            Err(e) => {
-                self.ctx.events.push(LndEvent::Fetched {
-                    handle,
-                    result: Err(verbs_error(e)),
-                });
-                self.refuse(handle, crate::msg::Outcome::Failed);
-                return;
-            }
-        };
-        let conn = self
-            .conns
-            .get_mut(&id)
-            .expect("offers go with their connection");
-        conn.qp.as_mut().expect("up").ctrl.push_back(ctrl);
-        self.pump(id);
+        self.start_fetch(handle, sink);
     }
 
     fn decline(&mut self, handle: RxHandle) {
@@ -561,52 +518,6 @@ impl RdmaLnd {
     fn hand_over(&mut self, events: &mut Vec<LndEvent>) {
         events.append(&mut self.quiet);
         events.append(&mut self.ctx.events);
-    }
-
-    /// Tells the sender of deferred payload `handle` that it will not be taken, and
-    /// forgets it.
-    fn refuse(&mut self, handle: RxHandle, outcome: crate::msg::Outcome) {
-        let Some(rdv) = self.incoming.remove(&handle) else {
-            return; // its connection is gone, and with it the sender's wait
-        };
-        self.by_cookie.remove(&(rdv.conn, rdv.cookie));
-        let kind = match rdv.mode {
-            Mode::Write => crate::msg::Kind::SinkAck,
-            Mode::Read => crate::msg::Kind::ReadDone,
-        };
-        let msg = crate::msg::Prefix::new(kind, rdv.cookie).with(
-            outcome,
-            RemoteBuf {
-                addr: 0,
-                rkey: 0,
-                len: 0,
-            },
-        );
-        if let Some(qp) = self.conns.get_mut(&rdv.conn).and_then(|c| c.qp.as_mut()) {
-            qp.incoming -= 1;
-            qp.ctrl.push_back(Ctrl::Msg(msg));
-        }
-        self.pump(rdv.conn);
-    }
-
-    /// Ends a fetch: the payload (or why not) to the core, and the sink released.
-    fn fetched(&mut self, handle: RxHandle, result: Result<(), LndError>) {
-        let Some(rdv) = self.incoming.remove(&handle) else {
-            return;
-        };
-        self.by_cookie.remove(&(rdv.conn, rdv.cookie));
-        if let Some(qp) = self.conns.get_mut(&rdv.conn).and_then(|c| c.qp.as_mut()) {
-            qp.incoming -= 1;
-        }
-        let result = match (result, rdv.sink) {
-            (Ok(()), Some(sink)) => Ok(sink.into_bytes()),
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err(LndError::new(
-                LndErrorKind::Protocol,
-                "the peer finished a transfer that was never fetched",
-            )),
-        };
-        self.ctx.events.push(LndEvent::Fetched { handle, result });
     }
 }
 

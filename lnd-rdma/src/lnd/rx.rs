@@ -101,7 +101,9 @@ impl RdmaLnd {
             // good as the ESTABLISHED event, which may still be on its way.
             self.mark_up(id);
         }
-        let conn = self.conns.get_mut(&id).expect("still there");
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return; // marking it up flushed its queue, and a post failed
+        };
         let (Some(qp), Some((peer, lane))) = (conn.qp.as_mut(), conn.peer) else {
             return self.fail(id, protocol("message before the connection was set up"));
         };
