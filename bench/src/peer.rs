@@ -323,6 +323,7 @@ pub(crate) fn client(
         match_bits: 0,
         payload: bytes::Bytes::from(vec![0x5a; size]),
         timeout: Some(timeout),
+        on_peer_down: Default::default(),
     };
     Ok(Client {
         ep,

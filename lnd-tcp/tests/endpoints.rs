@@ -57,6 +57,7 @@ fn puts_and_gets_from_0_bytes_to_16_mib_arrive_intact() {
             match_bits: 1,
             payload: pattern(len, i as u8),
             timeout: None,
+            on_peer_down: Default::default(),
         };
         puts.push((a.put(req).unwrap(), len));
     }
@@ -69,6 +70,7 @@ fn puts_and_gets_from_0_bytes_to_16_mib_arrive_intact() {
             match_bits: i as u64,
             want_len: 16 << 20,
             timeout: None,
+            on_peer_down: Default::default(),
         };
         gets.push((a.get(req).unwrap(), i, len));
     }
@@ -118,6 +120,7 @@ fn both_sides_dialling_at_once_still_end_with_one_connection_each_lane() {
                 match_bits: 1,
                 payload: Bytes::from_static(b"hi"),
                 timeout: None,
+                on_peer_down: Default::default(),
             })
             .unwrap()
         };
@@ -126,6 +129,7 @@ fn both_sides_dialling_at_once_still_end_with_one_connection_each_lane() {
                 dst,
                 lane: Lane::Health,
                 timeout: None,
+                on_peer_down: Default::default(),
             })
             .unwrap()
         };
@@ -149,6 +153,7 @@ fn nothing_listening_is_a_remote_refusal_and_a_vanished_peer_fails_in_flight_wor
         match_bits: 1,
         payload: pattern(len, 0),
         timeout: None,
+        on_peer_down: Default::default(),
     };
     let op = a.put(put(nb, 10)).unwrap();
     let done = wait_all(&a, &[op]);

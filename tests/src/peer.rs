@@ -130,6 +130,7 @@ pub fn put(dst: Nid, payload: Bytes) -> PutRequest {
         match_bits: 1,
         payload,
         timeout: None,
+        on_peer_down: Default::default(),
     }
 }
 
@@ -142,6 +143,7 @@ pub fn get(dst: Nid, i: usize) -> GetRequest {
         match_bits: i as u64,
         want_len: SIZES[SIZES.len() - 1] as u32,
         timeout: None,
+        on_peer_down: Default::default(),
     }
 }
 
@@ -185,14 +187,15 @@ pub fn check_exchange_of_every_size(ep: &Endpoint, peer: Peer) {
 }
 
 /// Freezes the peer with operations of every kind outstanding, kills it, and checks that
-/// every one of them fails (network or remote) exactly once, and that the dead peer then
-/// refuses connections.
+/// every one of them fails (peer dead, network or remote) exactly once, and that the dead
+/// peer then refuses connections.
 pub fn check_kill_mid_transfer(ep: &Endpoint, peer: Peer) {
     let ping = |ep: &Endpoint| {
         ep.ping(PingRequest {
             dst: peer.nid,
             lane: Lane::Health,
             timeout: None,
+            on_peer_down: Default::default(),
         })
         .unwrap()
     };
@@ -216,20 +219,27 @@ pub fn check_kill_mid_transfer(ep: &Endpoint, peer: Peer) {
     assert_eq!(done.len(), ops.len());
     for c in done.values() {
         match &c.result {
-            Err(OpError::Network(_) | OpError::Remote(_)) => {}
+            // Whichever comes first: failure detection (the frozen peer is silent), or the
+            // connection dying with the process.
+            Err(OpError::PeerDead | OpError::Network(_) | OpError::Remote(_)) => {}
             other => panic!(
-                "{}: expected a network or remote failure, got {other:?}",
+                "{}: expected the peer declared dead, or a network or remote failure, got {other:?}",
                 c.op
             ),
         }
     }
-    // A process that is gone refuses connections.
+    // A new operation fails at once: with `PeerDead` if failure detection already declared
+    // the peer Down, else because a process that is gone refuses connections.
     let after = ep
         .put(put(peer.nid, Bytes::from_static(b"anyone?")))
         .unwrap();
     let done = wait_all(ep, &[after]);
     assert!(
-        matches!(&done[&after].result, Err(OpError::Remote(m)) if m.contains("refused")),
+        match &done[&after].result {
+            Err(OpError::PeerDead) => true,
+            Err(OpError::Remote(m)) => m.contains("refused"),
+            _ => false,
+        },
         "{done:?}"
     );
 }

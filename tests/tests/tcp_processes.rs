@@ -66,6 +66,7 @@ fn a_restarted_peer_process_is_reported_as_a_restart() {
                     peer,
                     old: 7,
                     new: 8,
+                    ..
                 } if peer == nid => restarted = true,
                 Event::Completed(c) if c.op == op => {
                     // The first attempt may meet the dead connection; the next one connects.

@@ -83,6 +83,7 @@ fn put(dst: Nid, portal: u32, payload: impl Into<Bytes>) -> PutRequest {
         match_bits: 0x10,
         payload: payload.into(),
         timeout: None,
+        on_peer_down: Default::default(),
     }
 }
 
@@ -128,6 +129,7 @@ fn main() {
             match_bits: 0x10,
             want_len: 64 * 1024,
             timeout: None,
+            on_peer_down: Default::default(),
         })
         .unwrap();
     let t0 = Instant::now();
@@ -160,6 +162,7 @@ fn main() {
                 dst: server_nid,
                 lane: Lane::Health,
                 timeout: None,
+                on_peer_down: Default::default(),
             })
             .unwrap();
         wait("client", &client, op, t0);

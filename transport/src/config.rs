@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::health::HealthConfig;
 use crate::lane::{Lane, PerLane};
 
 /// Largest payload accepted by default: 16 MiB.
@@ -33,6 +34,8 @@ pub struct NodeConfig {
     /// Incoming messages delivered to the application but not yet taken by it. Beyond this,
     /// incoming PUTs are refused with `Busy`, so a flood cannot grow memory without bound.
     pub max_undelivered: usize,
+    /// Failure detection: ping interval, detect multiplier, probing, local lag.
+    pub health: HealthConfig,
 }
 
 impl NodeConfig {
@@ -54,6 +57,7 @@ impl NodeConfig {
             op_timeout: Duration::from_secs(10),
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_undelivered: 4096,
+            health: HealthConfig::default(),
         }
     }
 
@@ -76,6 +80,12 @@ impl NodeConfig {
                     "{lane} lane: ni_credits must be at least 1"
                 )));
             }
+        }
+        if self.health.interval.is_zero() || self.health.detect_mult == 0 {
+            return Err(ConfigError(format!(
+                "health: interval must be positive and detect_mult at least 1, got {:?} x {}",
+                self.health.interval, self.health.detect_mult
+            )));
         }
         if self.op_timeout.is_zero() {
             return Err(ConfigError("op_timeout must be positive".into()));

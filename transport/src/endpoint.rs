@@ -25,6 +25,7 @@
 //! let put = PutRequest { lane: Lane::Data,
 //!     dst: Nid::mem(2, 0), portal: 4, match_bits: 0x10,
 //!     payload: Bytes::from_static(b"hello"), timeout: None,
+//!     on_peer_down: Default::default(),
 //! };
 //! let op = a.put(put).unwrap();
 //! match a.recv_event(None) {
@@ -42,6 +43,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::config::NodeConfig;
 use crate::driver::Driver;
+use crate::health::{HealthStats, PeerHealth};
 use crate::lnd::{Lnd, Wake};
 use crate::nid::Nid;
 use crate::node::NodeStats;
@@ -69,6 +71,8 @@ enum Command {
     Attach(OpId, MatchEntry),
     Cancel(OpId),
     Stats(Sender<NodeStats>),
+    Watch(Nid, bool),
+    Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
     Shutdown,
 }
 
@@ -276,6 +280,24 @@ impl Endpoint {
         self.inner.send(Command::Cancel(op))
     }
 
+    /// Monitors `peer` (PINGs when it is silent, `PeerDown`/`PeerUp` events) even with no
+    /// operation outstanding, until [`Endpoint::unwatch`].
+    pub fn watch(&self, peer: Nid) -> Result<(), EndpointError> {
+        self.inner.send(Command::Watch(peer, true))
+    }
+
+    pub fn unwatch(&self, peer: Nid) -> Result<(), EndpointError> {
+        self.inner.send(Command::Watch(peer, false))
+    }
+
+    /// What the node believes about `peer` (if it monitors it), and its failure-detection
+    /// counters (pings, verdicts, local-lag stretches).
+    pub fn health(&self, peer: Nid) -> Result<(Option<PeerHealth>, HealthStats), EndpointError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.send(Command::Health(peer, tx))?;
+        rx.recv().map_err(|_| EndpointError::ShutDown)
+    }
+
     /// The node's counters, fetched from the driver thread.
     pub fn stats(&self) -> Result<NodeStats, EndpointError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -359,6 +381,18 @@ impl DriverThread {
                     }
                     Command::Stats(reply) => {
                         let _ = reply.send(node.stats().clone());
+                        Ok(())
+                    }
+                    Command::Watch(peer, true) => {
+                        node.watch(now, peer);
+                        Ok(())
+                    }
+                    Command::Watch(peer, false) => {
+                        node.unwatch(now, peer);
+                        Ok(())
+                    }
+                    Command::Health(peer, reply) => {
+                        let _ = reply.send((node.peer_health(peer), node.health_stats()));
                         Ok(())
                     }
                     Command::Shutdown => {

@@ -7,6 +7,7 @@
 //!
 //! * [`nid`]: `ADDRESS@NET` names; [`wire`]: the frame codec; [`handshake`]: HELLO;
 //! * [`credits`]: per-peer, per-lane and per-NI credits; [`lane`]: health and data lanes;
+//! * [`health`]: who is watched, when to PING, and the Up/Suspect/Down verdicts;
 //! * [`op`]: requests, completions (exactly one per operation) and events;
 //! * [`lnd`]: the driver contract; [`mem`]: an in-memory driver with fault injection;
 //! * [`driver`]: the loop that joins a node to its drivers; [`endpoint`]: the thread-safe API
@@ -17,6 +18,7 @@ pub mod credits;
 pub mod driver;
 pub mod endpoint;
 pub mod handshake;
+pub mod health;
 pub mod lane;
 pub mod lnd;
 pub mod mem;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::lane::Lane;
 use crate::nid::Nid;
+use crate::time::Time;
 
 /// Names one operation; chosen by the submitter, unique among its live operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +20,16 @@ impl fmt::Display for OpId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "op#{}", self.0)
     }
+}
+
+/// What an operation does when its peer is declared Down: LNet's "failout" (fail at once
+/// with `PeerDead`: the default, so upper layers can recover elsewhere) or "failover" (stay
+/// queued until the peer is back, or the operation's own deadline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PeerDownPolicy {
+    #[default]
+    Fail,
+    Wait,
 }
 
 /// Send `payload` to (`dst`, `portal`, `match_bits`); completes when the target ACKs.
@@ -33,6 +44,8 @@ pub struct PutRequest {
     pub payload: Bytes,
     /// Time allowed from submission; the node's `op_timeout` when `None`.
     pub timeout: Option<Duration>,
+    /// What happens if the peer is (or is declared) Down before this is sent.
+    pub on_peer_down: PeerDownPolicy,
 }
 
 impl PutRequest {
@@ -59,6 +72,8 @@ pub struct GetRequest {
     pub match_bits: u64,
     pub want_len: u32,
     pub timeout: Option<Duration>,
+    /// What happens if the peer is (or is declared) Down before this is sent.
+    pub on_peer_down: PeerDownPolicy,
 }
 
 impl GetRequest {
@@ -95,6 +110,8 @@ pub struct PingRequest {
     pub dst: Nid,
     pub lane: Lane,
     pub timeout: Option<Duration>,
+    /// What happens if the peer is (or is declared) Down before this is sent.
+    pub on_peer_down: PeerDownPolicy,
 }
 
 /// What an attached entry does with a matching message.
@@ -269,6 +286,13 @@ pub struct Refused {
     pub reason: RejectReason,
 }
 
+/// Why a peer was declared Down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerDownReason {
+    /// Nothing heard from it for this long (the detect time, or more).
+    Silent(Duration),
+}
+
 /// What a node reports to its application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -277,11 +301,24 @@ pub enum Event {
     /// An incoming PUT or GET matched nothing. Counted against `max_undelivered`; past it,
     /// refusals are only counted in the node's statistics.
     Refused(Refused),
-    /// A peer came back with a new incarnation.
+    /// A monitored peer was silent for the detect time: its operations failed with
+    /// `PeerDead` (those that chose to wait stay queued).
+    PeerDown {
+        peer: Nid,
+        reason: PeerDownReason,
+        at: Time,
+    },
+    /// A peer that was Down answered again, with the same incarnation.
+    PeerUp {
+        peer: Nid,
+        at: Time,
+    },
+    /// A peer came back with a new incarnation: whatever the old one held is lost.
     PeerRestarted {
         peer: Nid,
         old: u64,
         new: u64,
+        at: Time,
     },
     /// A connection was closed because the peer broke the protocol.
     ProtocolError {

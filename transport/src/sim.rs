@@ -203,6 +203,22 @@ impl Sim {
         self.submit(at, |n, _, id| n.attach(id, entry))
     }
 
+    /// `at` monitors `peer` until unwatched, with or without operations to it.
+    pub fn watch(&mut self, at: Nid, peer: Nid) {
+        let now = self.clock.now();
+        if let Some(n) = self.nodes.get_mut(&at) {
+            n.driver.node_mut().watch(now, peer);
+        }
+        self.settle();
+    }
+
+    pub fn unwatch(&mut self, at: Nid, peer: Nid) {
+        let now = self.clock.now();
+        if let Some(n) = self.nodes.get_mut(&at) {
+            n.driver.node_mut().unwatch(now, peer);
+        }
+    }
+
     pub fn cancel(&mut self, at: Nid, op: OpId) {
         if let Some(n) = self.nodes.get_mut(&at) {
             n.driver.node_mut().cancel(op);
@@ -328,5 +344,7 @@ impl Sim {
     }
 }
 
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,7 @@ fn put(dst: u32, payload: Bytes) -> PutRequest {
         match_bits: 1,
         payload,
         timeout: None,
+        on_peer_down: Default::default(),
     }
 }
 
@@ -74,6 +75,7 @@ fn endpoints_exchange_puts_and_gets_across_threads() {
             match_bits: 1,
             want_len: 2_000_000,
             timeout: None,
+            on_peer_down: Default::default(),
         })
         .unwrap();
     let (done, _) = wait_all(&a, &[p, g]);
@@ -207,4 +209,33 @@ fn a_callback_receives_events_and_may_submit_from_inside() {
     );
     slot.lock().unwrap().take();
     a.shutdown();
+}
+
+#[test]
+fn a_watched_peer_that_goes_silent_is_reported_down_on_the_real_clock() {
+    let fabric = fabric();
+    let (a, _b) = (endpoint(&fabric, 1), endpoint(&fabric, 2));
+    let peer = Nid::mem(2, 0);
+    a.watch(peer).unwrap();
+    std::thread::sleep(Duration::from_millis(250)); // a few pings answered
+    let (health, stats) = a.health(peer).unwrap();
+    assert_eq!(health.map(|h| h.state), Some(crate::health::PeerState::Up));
+    assert!(stats.pings_sent >= 1, "{stats:?}");
+    fabric.set_cut(Nid::mem(1, 0), peer, true);
+    let cut = std::time::Instant::now();
+    let down = loop {
+        match a.recv_event(WAIT) {
+            Some(Event::PeerDown { peer: p, .. }) if p == peer => break cut.elapsed(),
+            Some(_) => {}
+            None => panic!("no PeerDown within {WAIT:?}"),
+        }
+    };
+    // Three 100 ms intervals, give or take a loaded machine: an order of magnitude only.
+    assert!(down < Duration::from_secs(3), "took {down:?}");
+    let (health, stats) = a.health(peer).unwrap();
+    assert_eq!(
+        health.map(|h| h.state),
+        Some(crate::health::PeerState::Down)
+    );
+    assert_eq!(stats.downs, 1);
 }

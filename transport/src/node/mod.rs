@@ -10,6 +10,7 @@
 //! back on some frame) → `Completed`. It can leave that path at any point through its
 //! deadline, a connection failure, cancellation or shutdown, and always exactly once.
 
+mod health;
 mod rx;
 mod target;
 
@@ -27,6 +28,7 @@ use rustc_hash::FxHashMap;
 
 use crate::config::NodeConfig;
 use crate::credits::{LaneCredits, NiCredits};
+use crate::health::{Action, Monitor};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, RxHandle, Transmit};
 use crate::nid::Nid;
@@ -207,6 +209,12 @@ pub struct Node {
     /// Deliveries reported and not yet consumed by the application.
     pub(crate) undelivered: usize,
     pub(crate) stats: NodeStats,
+    /// Failure detection.
+    pub(crate) health: Monitor,
+    health_actions: Vec<Action>,
+    health_seq: u64,
+    /// Incarnations of peers when they went Down: a return with another one is a restart.
+    down_incarnation: FxHashMap<Nid, Option<u64>>,
     shut_down: bool,
 }
 
@@ -214,6 +222,7 @@ impl Node {
     /// A node with no NIs yet. The configuration must be valid ([`NodeConfig::validate`]).
     pub fn new(cfg: NodeConfig) -> Node {
         debug_assert_eq!(cfg.validate(), Ok(()));
+        let health = Monitor::new(cfg.health);
         Node {
             cfg,
             nis: Vec::new(),
@@ -231,6 +240,10 @@ impl Node {
             events: VecDeque::new(),
             undelivered: 0,
             stats: NodeStats::default(),
+            health,
+            health_actions: Vec::new(),
+            health_seq: 0,
+            down_incarnation: FxHashMap::default(),
             shut_down: false,
         }
     }
@@ -351,17 +364,23 @@ impl Node {
 
     /// When the node next needs [`Node::handle_timeout`].
     pub fn poll_timeout(&mut self) -> Option<Time> {
+        let mut op = None;
         while let Some(Reverse((t, seq, id))) = self.deadlines.peek().copied() {
             if self.ops.get(&id).is_some_and(|op| op.seq == seq) {
-                return Some(t);
+                op = Some(t);
+                break;
             }
             self.deadlines.pop();
         }
-        None
+        match (op, self.health.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Expires operations whose deadline is at or before `now`.
+    /// Expires operations whose deadline is at or before `now`, and runs failure detection.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.health_timeout(now);
         while let Some(Reverse((t, seq, id))) = self.deadlines.peek().copied() {
             if t > now {
                 break;
@@ -450,6 +469,9 @@ impl Node {
             )))
         } else if !self.nis.iter().any(|ni| ni.nid.net == dst.net) {
             Some(OpError::NoRoute(dst))
+        } else if self.fails_fast(dst, &op.kind) {
+            self.health.poke(dst, now);
+            Some(OpError::PeerDead)
         } else {
             None
         };
@@ -459,6 +481,7 @@ impl Node {
         }
         let deadline = now + timeout.unwrap_or(self.cfg.op_timeout);
         self.deadlines.push(Reverse((deadline, seq, id)));
+        self.health.interest_started(dst, now);
         self.ops.insert(id, op);
         self.enqueue(dst, lane, Pending::Op { id, seq });
         Ok(())
@@ -471,6 +494,9 @@ impl Node {
             return;
         };
         self.awaiting.remove(&op.seq);
+        if let Some((dst, _)) = op.route() {
+            self.health.interest_ended(dst);
+        }
         if let OpKind::Entry(entry) = &op.kind {
             if let Some(list) = self.portals.get_mut(&entry.portal) {
                 list.retain(|e| *e != id);

@@ -21,7 +21,7 @@ impl Node {
                 lane,
                 hello,
                 local_credits,
-            } => self.on_connected(ni, peer, lane, hello, local_credits),
+            } => self.on_connected(now, ni, peer, lane, hello, local_credits),
             LndEvent::ConnectFailed { peer, lane, error } => {
                 self.on_connect_failed(peer, lane, error)
             }
@@ -37,7 +37,15 @@ impl Node {
         }
     }
 
-    fn on_connected(&mut self, ni: NiId, nid: Nid, lane: Lane, hello: PeerHello, local: u16) {
+    fn on_connected(
+        &mut self,
+        now: Time,
+        ni: NiId,
+        nid: Nid,
+        lane: Lane,
+        hello: PeerHello,
+        local: u16,
+    ) {
         if self.ni_of(nid) != Some(ni) {
             tracing::warn!(%nid, "driver reported a connection from a peer on another net");
             self.stats.protocol_errors += 1;
@@ -55,10 +63,12 @@ impl Node {
                 peer: nid,
                 old,
                 new: hello.incarnation,
+                at: now,
             });
             // Whatever the old incarnation was answering is gone with it.
             self.fail_awaiting(nid, None, || OpError::PeerRestarted);
         }
+        self.heard(now, nid);
         self.pump(nid, lane);
     }
 
@@ -72,7 +82,15 @@ impl Node {
         }
         pl.conn = Conn::Down;
         let queued = std::mem::take(&mut pl.queue);
-        self.fail_queued(queued, &error);
+        // Operations waiting for a Down peer keep waiting (its return pumps them); the
+        // rest fail with the connection error.
+        let (keep, fail): (Vec<Pending>, Vec<Pending>) = queued
+            .into_iter()
+            .partition(|p| matches!(p, Pending::Op { id, .. } if self.waits_for_peer(*id)));
+        if let Some(peer) = self.peers.get_mut(&nid) {
+            peer.lanes[lane].queue.extend(keep);
+        }
+        self.fail_queued(fail, &error);
     }
 
     fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {
@@ -153,6 +171,7 @@ impl Node {
         payload: RxPayload,
     ) {
         self.stats.frames_received += 1;
+        self.heard(now, nid);
         let local = self.nis[ni.0].nid;
         if h.src != nid || h.dst != local || h.lane != lane {
             let what = format!(
@@ -246,6 +265,9 @@ impl Node {
             .copied()
             .filter(|id| self.ops.get(id).and_then(|op| op.route()) == Some((from, lane)));
         let Some(id) = op else {
+            if msg_id & super::health::HEALTH_PING_BIT != 0 {
+                return; // the monitor's own PING: being heard was the point
+            }
             // Not (or no longer) ours to answer: e.g. it timed out.
             self.stats.late_responses += 1;
             if let Answer::Reply(_, payload) = answer {

@@ -152,6 +152,7 @@ pub(super) fn put(dst: u32, bytes: &'static [u8]) -> PutRequest {
         match_bits: 0x10,
         payload: Bytes::from_static(bytes),
         timeout: None,
+        on_peer_down: Default::default(),
     }
 }
 
@@ -160,5 +161,6 @@ pub(super) fn ping(dst: u32) -> PingRequest {
         dst: nid(dst),
         lane: Lane::Health,
         timeout: None,
+        on_peer_down: Default::default(),
     }
 }

@@ -227,6 +227,7 @@ fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
             match_bits: 1,
             want_len: 8,
             timeout: None,
+            on_peer_down: Default::default(),
         },
     )
     .unwrap();

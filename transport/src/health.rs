@@ -1,0 +1,394 @@
+//! Failure detection, sans-IO: which peers are watched, when to PING them, and the verdicts.
+//!
+//! * A peer is monitored while it is *interesting*: operations to it are outstanding, or
+//!   the application watches it. Nobody else costs anything: no entry, no timer, no ping.
+//! * Any frame from a peer proves it alive ([`Monitor::heard`]). A monitored peer silent for
+//!   one `interval` gets a PING on the health lane, at most one per interval.
+//! * Verdicts, BFD-style: silent for one interval, **Suspect**; for `detect_mult` intervals,
+//!   **Down**. Health values (0..1000, LNet's) drop by `sensitivity` per unanswered ping and
+//!   climb back as the peer answers; they rank peers and routes.
+//! * Down peers that stay interesting are probed with a PING after one interval, then with
+//!   doubling gaps up to `probe_max`; anything heard brings them back Up.
+//! * Local health (Lifeguard): when this node's own loop runs late (its timer fires more than
+//!   `lag_tolerance` after it was due), the silence it measured includes its own stall, so
+//!   every peer's silence is shortened by the lag instead of accusing them; each such stretch
+//!   is counted.
+//!
+//! The node owns a [`Monitor`], feeds it frames and interest, and carries out its
+//! [`Action`]s (send a PING, flush a dead peer, announce a recovery).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use crate::nid::Nid;
+use crate::time::Time;
+
+/// Failure-detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Silence after which a monitored peer is pinged (and suspected).
+    pub interval: Duration,
+    /// Intervals of silence after which a peer is declared Down.
+    pub detect_mult: u32,
+    /// Longest gap between probes of a Down peer.
+    pub probe_max: Duration,
+    /// Health lost per unanswered ping, and regained per answer (LNet: 100 of 1000).
+    pub sensitivity: u16,
+    /// How late this node's own timer may fire before it counts as local lag.
+    pub lag_tolerance: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_millis(100),
+            detect_mult: 3,
+            probe_max: Duration::from_secs(10),
+            sensitivity: 100,
+            lag_tolerance: Duration::from_millis(50),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Silence that makes a peer Down.
+    pub fn detect_time(&self) -> Duration {
+        self.interval * self.detect_mult
+    }
+}
+
+/// The best health value.
+pub const HEALTH_MAX: u16 = 1000;
+
+/// What this node believes about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    Up,
+    /// Silent for at least one interval; pinged.
+    Suspect,
+    /// Silent for `detect_mult` intervals: its operations were failed; probed with backoff.
+    Down,
+}
+
+/// A monitored peer, as reported to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHealth {
+    pub state: PeerState,
+    /// 0..=1000.
+    pub health: u16,
+    pub last_heard: Time,
+}
+
+/// Counters of the monitor's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthStats {
+    pub pings_sent: u64,
+    pub downs: u64,
+    pub recoveries: u64,
+    /// Times this node found itself lagging and stretched its peers' timeouts.
+    pub lag_stretches: u64,
+    /// The longest such lag.
+    pub max_lag: Duration,
+}
+
+/// What the node must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Send a PING to the peer on the health lane.
+    Ping(Nid),
+    /// The peer is Down, after `silent` without a word.
+    Down { peer: Nid, silent: Duration },
+    /// A Down peer was heard again.
+    Recovered(Nid),
+}
+
+struct Watch {
+    /// Outstanding operations to the peer.
+    interest: u32,
+    watched: bool,
+    state: PeerState,
+    last_heard: Time,
+    /// When the last PING went out, while unanswered.
+    ping_sent: Option<Time>,
+    health: u16,
+    /// Probes sent since it went Down (the backoff exponent).
+    probes: u32,
+    /// When the peer next needs looking at; `None` while it needs nothing (uninteresting).
+    due: Option<Time>,
+}
+
+impl Watch {
+    fn interesting(&self) -> bool {
+        self.interest > 0 || self.watched
+    }
+}
+
+pub(crate) struct Monitor {
+    cfg: HealthConfig,
+    peers: FxHashMap<Nid, Watch>,
+    /// (due, peer): entries whose time no longer matches the peer's `due` are stale.
+    timers: BinaryHeap<Reverse<(Time, Nid)>>,
+    /// The deadline last reported to the node's driver: firing much later means local lag.
+    promised: Option<Time>,
+    stats: HealthStats,
+}
+
+impl Monitor {
+    pub(crate) fn new(cfg: HealthConfig) -> Monitor {
+        Monitor {
+            cfg,
+            peers: FxHashMap::default(),
+            timers: BinaryHeap::new(),
+            promised: None,
+            stats: HealthStats::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> HealthStats {
+        self.stats
+    }
+
+    pub(crate) fn peer(&self, nid: Nid) -> Option<PeerHealth> {
+        self.peers.get(&nid).map(|w| PeerHealth {
+            state: w.state,
+            health: w.health,
+            last_heard: w.last_heard,
+        })
+    }
+
+    pub(crate) fn is_down(&self, nid: Nid) -> bool {
+        self.peers
+            .get(&nid)
+            .is_some_and(|w| w.state == PeerState::Down)
+    }
+
+    /// Peers currently monitored (interesting), for tests and tools.
+    pub(crate) fn monitored(&self) -> usize {
+        self.peers.values().filter(|w| w.interesting()).count()
+    }
+
+    fn schedule(&mut self, nid: Nid, at: Time) {
+        let Some(w) = self.peers.get_mut(&nid) else {
+            return;
+        };
+        if w.due.is_some_and(|d| d <= at) {
+            return; // an earlier look is already booked; it reschedules
+        }
+        w.due = Some(at);
+        self.timers.push(Reverse((at, nid)));
+    }
+
+    fn watch_entry(&mut self, nid: Nid, now: Time) -> &mut Watch {
+        self.peers.entry(nid).or_insert(Watch {
+            interest: 0,
+            watched: false,
+            state: PeerState::Up,
+            // Monitoring starts now: silence is counted from here.
+            last_heard: now,
+            ping_sent: None,
+            health: HEALTH_MAX,
+            probes: 0,
+            due: None,
+        })
+    }
+
+    /// An operation to `nid` started.
+    pub(crate) fn interest_started(&mut self, nid: Nid, now: Time) {
+        let w = self.watch_entry(nid, now);
+        let was = w.interesting();
+        w.interest += 1;
+        if !was {
+            self.start(nid, now);
+        }
+    }
+
+    /// An operation to `nid` ended.
+    pub(crate) fn interest_ended(&mut self, nid: Nid) {
+        if let Some(w) = self.peers.get_mut(&nid) {
+            w.interest = w.interest.saturating_sub(1);
+            self.maybe_forget(nid);
+        }
+    }
+
+    /// The application watches (or stops watching) `nid`.
+    pub(crate) fn watch(&mut self, nid: Nid, now: Time, on: bool) {
+        let w = self.watch_entry(nid, now);
+        let was = w.interesting();
+        w.watched = on;
+        if !was && on {
+            self.start(nid, now);
+        }
+        self.maybe_forget(nid);
+    }
+
+    /// A peer nobody is interested in costs nothing: no entry, no timer. Except a Down
+    /// one, remembered (unprobed) so new operations to it fail fast; each such attempt
+    /// [pokes](Monitor::poke) it into another probe.
+    fn maybe_forget(&mut self, nid: Nid) {
+        let Some(w) = self.peers.get_mut(&nid) else {
+            return;
+        };
+        if w.interesting() {
+            return;
+        }
+        if w.state == PeerState::Down {
+            w.due = None;
+        } else {
+            self.peers.remove(&nid);
+        }
+    }
+
+    /// Someone wanted a Down peer nobody monitors: probe it again (on its backoff), so
+    /// that its return is noticed.
+    pub(crate) fn poke(&mut self, nid: Nid, now: Time) {
+        if self
+            .peers
+            .get(&nid)
+            .is_some_and(|w| w.state == PeerState::Down && w.due.is_none())
+        {
+            self.schedule(nid, now);
+        }
+    }
+
+    /// A peer became interesting: count its silence from now (a Down one is probed now).
+    fn start(&mut self, nid: Nid, now: Time) {
+        let interval = self.cfg.interval;
+        let w = self.peers.get_mut(&nid).expect("just inserted");
+        if w.state == PeerState::Down {
+            w.probes = 0;
+            self.schedule(nid, now);
+        } else {
+            w.last_heard = w.last_heard.max(now);
+            self.schedule(nid, now + interval);
+        }
+    }
+
+    /// A frame came from `nid`. Returns `Recovered` if it was Down.
+    pub(crate) fn heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
+        let w = self.peers.get_mut(&nid)?;
+        w.last_heard = w.last_heard.max(now);
+        w.ping_sent = None;
+        w.health = (w.health + self.cfg.sensitivity).min(HEALTH_MAX);
+        match w.state {
+            PeerState::Up => None,
+            PeerState::Suspect => {
+                w.state = PeerState::Up;
+                None
+            }
+            PeerState::Down => {
+                w.state = PeerState::Up;
+                w.probes = 0;
+                self.stats.recoveries += 1;
+                if w.interesting() {
+                    let at = now + self.cfg.interval;
+                    w.due = None;
+                    self.schedule(nid, at);
+                }
+                Some(Action::Recovered(nid))
+            }
+        }
+    }
+
+    /// When the monitor next needs [`Monitor::tick`].
+    pub(crate) fn next_deadline(&mut self) -> Option<Time> {
+        while let Some(Reverse((t, nid))) = self.timers.peek().copied() {
+            if self.peers.get(&nid).is_some_and(|w| w.due == Some(t)) {
+                self.promised = Some(t);
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        self.promised = None;
+        None
+    }
+
+    /// Runs what is due at `now`, appending the actions to `out`.
+    pub(crate) fn tick(&mut self, now: Time, out: &mut Vec<Action>) {
+        self.check_lag(now);
+        while let Some(Reverse((t, nid))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let current = self.peers.get(&nid).is_some_and(|w| w.due == Some(t));
+            if current {
+                self.peers.get_mut(&nid).expect("checked").due = None;
+                self.evaluate(nid, now, out);
+            }
+        }
+    }
+
+    /// Lifeguard's local health: a timer that fires late means this node was not
+    /// listening; its peers' silence is shortened by the lag rather than held against them.
+    fn check_lag(&mut self, now: Time) {
+        let Some(promised) = self.promised.take() else {
+            return;
+        };
+        let lag = now.saturating_since(promised);
+        if lag <= self.cfg.lag_tolerance {
+            return;
+        }
+        self.stats.lag_stretches += 1;
+        self.stats.max_lag = self.stats.max_lag.max(lag);
+        for w in self.peers.values_mut() {
+            w.last_heard = (w.last_heard + lag).min(now);
+            w.ping_sent = w.ping_sent.map(|p| (p + lag).min(now));
+        }
+    }
+
+    fn evaluate(&mut self, nid: Nid, now: Time, out: &mut Vec<Action>) {
+        let cfg = self.cfg;
+        let Some(w) = self.peers.get_mut(&nid) else {
+            return;
+        };
+        if w.state == PeerState::Down {
+            out.push(Action::Ping(nid));
+            self.stats.pings_sent += 1;
+            w.probes += 1;
+            if !w.interesting() {
+                return; // a poked probe: the next one waits for the next poke
+            }
+            let gap = cfg
+                .interval
+                .saturating_mul(1u32 << w.probes.min(20))
+                .min(cfg.probe_max);
+            self.schedule(nid, now + gap);
+            return;
+        }
+        let silent = now.saturating_since(w.last_heard);
+        if silent >= cfg.detect_time() {
+            w.state = PeerState::Down;
+            w.ping_sent = None;
+            w.probes = 0;
+            self.stats.downs += 1;
+            out.push(Action::Down { peer: nid, silent });
+            self.schedule(nid, now + cfg.interval);
+            return;
+        }
+        let mut next = w.last_heard + cfg.interval;
+        if silent >= cfg.interval {
+            w.state = PeerState::Suspect;
+            let ping_due = w
+                .ping_sent
+                .is_none_or(|p| now.saturating_since(p) >= cfg.interval);
+            if ping_due {
+                if w.ping_sent.is_some() {
+                    // The last one went unanswered for a whole interval.
+                    w.health = w.health.saturating_sub(cfg.sensitivity);
+                }
+                w.ping_sent = Some(now);
+                out.push(Action::Ping(nid));
+                self.stats.pings_sent += 1;
+            }
+            let ping_next = w.ping_sent.expect("set above") + cfg.interval;
+            next = ping_next.min(w.last_heard + cfg.detect_time());
+        }
+        self.schedule(nid, next.max(now + Duration::from_micros(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn at(ms: u64) -> Time {
+    Time::from_duration(MS * ms as u32)
+}
+
+fn peer(n: u32) -> Nid {
+    Nid::mem(n, 0)
+}
+
+/// Runs the monitor's timers up to `until` (ms), one deadline at a time, like a driver
+/// that is never late; a peer "answers" a ping after `rtt` ms if `answers`. Returns the
+/// actions with their times.
+fn drive(m: &mut Monitor, until: u64, answers: impl Fn(Time) -> Option<u64>) -> Vec<(u64, Action)> {
+    let mut log = Vec::new();
+    let mut replies: Vec<Time> = Vec::new();
+    loop {
+        let next = [m.next_deadline(), replies.iter().min().copied()]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(t) = next.filter(|t| *t <= at(until)) else {
+            return log;
+        };
+        if let Some(i) = replies.iter().position(|r| *r == t) {
+            replies.swap_remove(i);
+            if let Some(a) = m.heard(peer(1), t) {
+                log.push((t.as_duration().as_millis() as u64, a));
+            }
+            continue;
+        }
+        let mut out = Vec::new();
+        m.tick(t, &mut out);
+        for a in out {
+            if a == Action::Ping(peer(1)) {
+                if let Some(rtt) = answers(t) {
+                    replies.push(t + MS * rtt as u32);
+                }
+            }
+            log.push((t.as_duration().as_millis() as u64, a));
+        }
+    }
+}
+
+fn downs(log: &[(u64, Action)]) -> Vec<u64> {
+    log.iter()
+        .filter(|(_, a)| matches!(a, Action::Down { .. }))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[test]
+fn idle_unwatched_peers_cost_nothing() {
+    let mut m = Monitor::new(HealthConfig::default());
+    assert_eq!(m.heard(peer(1), at(5)), None);
+    assert_eq!(m.next_deadline(), None);
+    // Interest comes and goes: after it goes, the peer is forgotten at its next look.
+    m.interest_started(peer(1), at(0));
+    m.interest_ended(peer(1));
+    let log = drive(&mut m, 10_000, |_| None);
+    assert!(log.is_empty(), "{log:?}");
+    assert_eq!((m.monitored(), m.peer(peer(1))), (0, None));
+}
+
+#[test]
+fn a_silent_peer_is_pinged_once_per_interval_suspected_then_down_after_detect_mult() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    let log = drive(&mut m, 1000, |_| None);
+    let pings: Vec<u64> = log
+        .iter()
+        .filter(|(_, a)| *a == Action::Ping(peer(1)))
+        .map(|(t, _)| *t)
+        .collect();
+    // Pings at 100 and 200 while suspected; Down at 300 (3 x 100 ms); then probes with
+    // doubling gaps: 400, 600, 1000.
+    assert_eq!(downs(&log), vec![300]);
+    assert_eq!(pings, vec![100, 200, 400, 600, 1000]);
+    assert_eq!(
+        log.iter().find_map(|(_, a)| match a {
+            Action::Down { silent, .. } => Some(*silent),
+            _ => None,
+        }),
+        Some(MS * 300)
+    );
+    assert_eq!(m.peer(peer(1)).unwrap().state, PeerState::Down);
+    assert!(m.peer(peer(1)).unwrap().health < HEALTH_MAX);
+}
+
+#[test]
+fn a_peer_answering_slowly_but_within_the_interval_is_never_down() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    let log = drive(&mut m, 60_000, |_| Some(95));
+    assert!(downs(&log).is_empty(), "{log:?}");
+    assert_eq!(m.peer(peer(1)).unwrap().health, HEALTH_MAX);
+    // One ping per interval of silence, never more.
+    let pings = log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Ping(_)))
+        .count();
+    assert!((250..=320).contains(&pings), "{pings} pings in 60 s");
+}
+
+#[test]
+fn probing_backs_off_to_its_cap_and_a_reply_brings_the_peer_back() {
+    let cfg = HealthConfig {
+        probe_max: MS * 1000,
+        ..HealthConfig::default()
+    };
+    let mut m = Monitor::new(cfg);
+    m.interest_started(peer(1), at(0));
+    let log = drive(&mut m, 10_000, |_| None);
+    let probes: Vec<u64> = log
+        .iter()
+        .filter(|(t, a)| *t > 300 && matches!(a, Action::Ping(_)))
+        .map(|(t, _)| *t)
+        .collect();
+    let gaps: Vec<u64> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(&gaps[..4], &[200, 400, 800, 1000], "{probes:?}");
+    assert!(gaps[4..].iter().all(|&g| g == 1000), "{gaps:?}");
+    assert_eq!(
+        m.heard(peer(1), at(10_050)),
+        Some(Action::Recovered(peer(1)))
+    );
+    assert_eq!(m.peer(peer(1)).unwrap().state, PeerState::Up);
+    assert_eq!(m.stats().recoveries, 1);
+}
+
+#[test]
+fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(90));
+    assert_eq!(m.next_deadline(), Some(at(100)));
+    // This node stalls: its timer, due at 100 ms, runs at 700 ms (6 intervals later).
+    let mut out = Vec::new();
+    m.tick(at(700), &mut out);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Down { .. })),
+        "{out:?}"
+    );
+    assert_eq!(m.stats().lag_stretches, 1);
+    assert_eq!(m.stats().max_lag, MS * 600);
+    // Without the stall, the same silence is a Down.
+    let mut honest = Monitor::new(HealthConfig::default());
+    honest.watch(peer(1), at(0), true);
+    honest.heard(peer(1), at(90));
+    let log = drive(&mut honest, 700, |_| None);
+    assert_eq!(downs(&log), vec![390]);
+    assert_eq!(honest.stats().lag_stretches, 0);
+}

@@ -1,0 +1,155 @@
+//! The node's side of failure detection: feeding the [`Monitor`] (frames heard, operations
+//! outstanding, watches) and carrying out its verdicts (PINGs, flushing a dead peer,
+//! announcing its return).
+
+use bytes::Bytes;
+
+use super::{Conn, LndRequest, Node, OpKind, Pending, Stage};
+use crate::health::{Action, HealthStats, PeerHealth};
+use crate::lane::Lane;
+use crate::lnd::{LndError, LndErrorKind};
+use crate::nid::Nid;
+use crate::op::{Event, OpError, OpId, PeerDownPolicy, PeerDownReason};
+use crate::time::Time;
+use crate::wire::Body;
+
+/// Message ids of the monitor's own PINGs have this bit set: their PONGs match no
+/// operation, and are not late answers.
+pub(crate) const HEALTH_PING_BIT: u64 = 1 << 63;
+
+impl OpKind {
+    fn on_peer_down(&self) -> PeerDownPolicy {
+        match self {
+            OpKind::Put(r) => r.on_peer_down,
+            OpKind::Get(r) => r.on_peer_down,
+            OpKind::Ping { req, .. } => req.on_peer_down,
+            OpKind::Entry(_) => PeerDownPolicy::Fail,
+        }
+    }
+}
+
+impl Node {
+    /// Monitors `nid` (pinging it when silent) until [`Node::unwatch`], even with no
+    /// operation outstanding.
+    pub fn watch(&mut self, now: Time, nid: Nid) {
+        self.health.watch(nid, now, true);
+    }
+
+    pub fn unwatch(&mut self, now: Time, nid: Nid) {
+        self.health.watch(nid, now, false);
+    }
+
+    /// What this node believes about `nid`, if it monitors it.
+    pub fn peer_health(&self, nid: Nid) -> Option<PeerHealth> {
+        self.health.peer(nid)
+    }
+
+    pub fn health_stats(&self) -> HealthStats {
+        self.health.stats()
+    }
+
+    /// Peers monitored now (operations outstanding, or watched).
+    pub fn monitored_peers(&self) -> usize {
+        self.health.monitored()
+    }
+
+    /// Whether a new operation to `dst` fails at once because `dst` is Down.
+    pub(super) fn fails_fast(&self, dst: Nid, kind: &OpKind) -> bool {
+        kind.on_peer_down() == PeerDownPolicy::Fail && self.health.is_down(dst)
+    }
+
+    /// A frame (or a connection) from `nid` proves it alive.
+    pub(super) fn heard(&mut self, now: Time, nid: Nid) {
+        if let Some(Action::Recovered(peer)) = self.health.heard(nid, now) {
+            self.recovered(now, peer);
+        }
+    }
+
+    /// Runs the monitor's timers.
+    pub(super) fn health_timeout(&mut self, now: Time) {
+        let mut actions = std::mem::take(&mut self.health_actions);
+        self.health.tick(now, &mut actions);
+        for action in actions.drain(..) {
+            match action {
+                Action::Ping(peer) => self.health_ping(peer),
+                Action::Down { peer, silent } => self.peer_down(now, peer, silent),
+                Action::Recovered(peer) => self.recovered(now, peer),
+            }
+        }
+        self.health_actions = actions;
+    }
+
+    fn health_ping(&mut self, peer: Nid) {
+        self.health_seq += 1;
+        let seq = self.health_seq;
+        let pending = Pending::Response {
+            body: Body::Ping { seq },
+            msg_id: HEALTH_PING_BIT | seq,
+            payload: Bytes::new(),
+        };
+        self.enqueue(peer, Lane::Health, pending);
+    }
+
+    /// `peer` is Down: everything queued or in flight to it ends now with `PeerDead`,
+    /// except queued operations that chose to wait for it.
+    fn peer_down(&mut self, now: Time, peer: Nid, silent: std::time::Duration) {
+        tracing::info!(%peer, ?silent, "peer is down");
+        self.down_incarnation
+            .insert(peer, self.peers.get(&peer).and_then(|p| p.incarnation));
+        let mut doomed: Vec<(u64, OpId)> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| op.route().is_some_and(|(p, _)| p == peer))
+            .filter(|(_, op)| {
+                op.stage != Stage::Queued || op.kind.on_peer_down() == PeerDownPolicy::Fail
+            })
+            .map(|(id, op)| (op.seq, *id))
+            .collect();
+        doomed.sort_unstable();
+        self.events.push_back(Event::PeerDown {
+            peer,
+            reason: PeerDownReason::Silent(silent),
+            at: now,
+        });
+        for (_, id) in doomed {
+            self.complete(id, Err(OpError::PeerDead));
+        }
+        // Its connections are given up too: whatever they held (credits spent on frames
+        // that never arrived) is not to be trusted. The peer's return brings fresh ones.
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let ni = p.ni;
+        for lane in Lane::ALL {
+            if matches!(p.lanes[lane].conn, Conn::Up { .. }) {
+                let error = LndError::new(LndErrorKind::Closed, "peer declared dead");
+                self.requests
+                    .push_back((ni, LndRequest::Close { peer, lane, error }));
+            }
+        }
+    }
+
+    /// A Down peer answered: `PeerUp`, unless it is a new incarnation (then the restart
+    /// was announced as `PeerRestarted` when its connection came up).
+    fn recovered(&mut self, now: Time, peer: Nid) {
+        let before = self.down_incarnation.remove(&peer).flatten();
+        let current = self.peers.get(&peer).and_then(|p| p.incarnation);
+        tracing::info!(%peer, "peer is back");
+        if before.is_none() || before == current {
+            self.events.push_back(Event::PeerUp { peer, at: now });
+        }
+        // Operations that chose to wait for it go now.
+        for lane in Lane::ALL {
+            self.pump(peer, lane);
+        }
+    }
+
+    /// Whether a queued op stays queued through a failed connection attempt: it chose to
+    /// wait for a peer that is Down.
+    pub(super) fn waits_for_peer(&self, id: OpId) -> bool {
+        self.ops.get(&id).is_some_and(|op| {
+            op.kind.on_peer_down() == PeerDownPolicy::Wait
+                && op.route().is_some_and(|(p, _)| self.health.is_down(p))
+        })
+    }
+}
