@@ -7,6 +7,7 @@
 
 mod bandwidth;
 mod baselines;
+mod lanes;
 mod latency;
 mod peer;
 mod perftest;
@@ -33,6 +34,9 @@ enum Bench {
     Latency(LatencyArgs),
     /// Streaming PUTs, GB/s.
     Bandwidth(BandwidthArgs),
+    /// Health PING round trips idle, under saturating data load, and with the pings on
+    /// the data lane (the baseline without a health lane).
+    Lanes(LanesArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +107,24 @@ pub(crate) struct BandwidthArgs {
     secs: f64,
 }
 
+#[derive(Args)]
+pub(crate) struct LanesArgs {
+    /// Seconds of measurement, split between the three phases.
+    #[arg(long, default_value_t = 20.0)]
+    secs: f64,
+    /// Threads submitting PUTs.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Bytes per PUT.
+    #[arg(long, default_value_t = 1 << 20)]
+    size: usize,
+    #[arg(long)]
+    json: bool,
+    /// Only run the server side (used by the benchmark itself).
+    #[arg(long)]
+    serve: Option<Nid>,
+}
+
 fn main() -> ExitCode {
     // Log lines (which TCP backend runs, and why) go to stderr; stdout carries the results.
     tracing_subscriber::fmt()
@@ -110,12 +132,13 @@ fn main() -> ExitCode {
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .init();
     let cli = Cli::parse();
-    let common = match &cli.bench {
-        Bench::Latency(a) => &a.common,
-        Bench::Bandwidth(a) => &a.common,
+    let (zc_min, serve) = match &cli.bench {
+        Bench::Latency(a) => (a.common.zc_min, a.common.serve),
+        Bench::Bandwidth(a) => (a.common.zc_min, a.common.serve),
+        Bench::Lanes(a) => (None, a.serve),
     };
-    peer::set_zero_copy_min(common.zc_min);
-    if let Some(nid) = common.serve {
+    peer::set_zero_copy_min(zc_min);
+    if let Some(nid) = serve {
         return match peer::serve(nid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -127,6 +150,7 @@ fn main() -> ExitCode {
     let result = match cli.bench {
         Bench::Latency(a) => latency::run(&a),
         Bench::Bandwidth(a) => bandwidth::run(&a),
+        Bench::Lanes(a) => lanes::run(&a),
     };
     match result {
         Ok(report) => {

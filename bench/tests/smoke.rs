@@ -70,3 +70,31 @@ fn the_in_memory_lnd_runs_both_benchmarks() {
         "lanet.gbytes_per_s",
     );
 }
+
+#[test]
+fn lanes_reports_ping_latency_idle_loaded_and_on_the_data_lane_with_the_throughput() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args(["lanes", "--secs", "1.5", "--threads", "2", "--json"])
+        .output()
+        .expect("run lanet-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let r = v.as_object().expect("an object").clone();
+    for key in ["idle.p99_us", "loaded.p99_us", "loaded_single_lane.p99_us"] {
+        let us = positive(&r, key);
+        assert!(us < 10_000_000.0, "{key} = {us} us");
+    }
+    for key in [
+        "loaded.data_gbytes_per_s",
+        "loaded_single_lane.data_gbytes_per_s",
+        "pings.idle",
+        "pings.loaded",
+        "pings.loaded_single_lane",
+    ] {
+        positive(&r, key);
+    }
+}

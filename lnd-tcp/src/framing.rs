@@ -119,13 +119,21 @@ impl TxQueue {
         self.frames.is_empty()
     }
 
-    /// The unwritten bytes, as slices for one `writev`, in `out`; returns how many. No
-    /// allocation: the caller keeps the array on its stack.
-    pub(crate) fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+    /// The first `max` unwritten bytes (or all), as slices for one `writev`, in `out`;
+    /// returns how many. No allocation: the caller keeps the array on its stack.
+    pub(crate) fn slices_up_to<'a>(
+        &'a self,
+        out: &mut [IoSlice<'a>; MAX_SLICES],
+        mut max: usize,
+    ) -> usize {
         let mut n = 0;
         let mut push = |s: &'a [u8]| {
-            out[n] = IoSlice::new(s);
-            n += 1;
+            if max > 0 && !s.is_empty() {
+                let s = &s[..s.len().min(max)];
+                max -= s.len();
+                out[n] = IoSlice::new(s);
+                n += 1;
+            }
         };
         for f in self.frames.iter().take(MAX_SLICES / 2) {
             if f.written < HEADER_LEN {
@@ -201,20 +209,17 @@ mod tests {
         (encode_header(&h), Bytes::copy_from_slice(payload))
     }
 
-    /// Writes the queue out `cut` bytes at a time into one stream.
+    /// Writes the queue out at most `cut` bytes at a time into one stream.
     fn write_all(q: &mut TxQueue, cut: usize, tokens: &mut Vec<TxToken>) -> Vec<u8> {
         let mut stream = Vec::new();
         while !q.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = q.slices(&mut slices);
-            let mut n = 0;
+            // Slices never cover more than asked (the per-round write budget).
+            let count = q.slices_up_to(&mut slices, cut);
+            let n: usize = slices[..count].iter().map(|s| s.len()).sum();
+            assert!(n > 0 && n <= cut, "{n} bytes for a cut of {cut}");
             for s in &slices[..count] {
-                let take = (cut - n).min(s.len());
-                stream.extend_from_slice(&s[..take]);
-                n += take;
-                if n == cut {
-                    break;
-                }
+                stream.extend_from_slice(s);
             }
             q.advance(n, tokens);
         }

@@ -23,7 +23,7 @@ fn carry(from: &mut Engine, fc: ConnId, to: &mut Engine, tc: ConnId, now: Instan
     let mut bytes = Vec::new();
     if let Some(c) = from.conn_mut(fc) {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let n = c.tx.slices(&mut slices);
+        let n = c.tx.slices_up_to(&mut slices, usize::MAX);
         for s in &slices[..n] {
             bytes.extend_from_slice(s);
         }
