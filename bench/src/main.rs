@@ -7,8 +7,10 @@
 
 mod bandwidth;
 mod baselines;
+mod detect;
 mod lanes;
 mod latency;
+mod netns;
 mod peer;
 mod perftest;
 mod report;
@@ -37,6 +39,9 @@ enum Bench {
     /// Health PING round trips idle, under saturating data load, and with the pings on
     /// the data lane (the baseline without a health lane).
     Lanes(LanesArgs),
+    /// Failure detection: time to declare a SIGKILLed peer Down, and false Downs under
+    /// saturating load.
+    Detect(DetectArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +130,27 @@ pub(crate) struct LanesArgs {
     serve: Option<Nid>,
 }
 
+#[derive(Args)]
+pub(crate) struct DetectArgs {
+    /// Peers killed, one per trial.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Health interval (ms); Down after the detect multiplier (3) of them.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    /// Seconds of saturating load during which any Down verdict is false.
+    #[arg(long, default_value_t = 60.0)]
+    load_secs: f64,
+    /// Seed of the random kill moments.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+    /// Only run the server side (used by the benchmark itself).
+    #[arg(long)]
+    serve: Option<Nid>,
+}
+
 fn main() -> ExitCode {
     // Log lines (which TCP backend runs, and why) go to stderr; stdout carries the results.
     tracing_subscriber::fmt()
@@ -136,6 +162,7 @@ fn main() -> ExitCode {
         Bench::Latency(a) => (a.common.zc_min, a.common.serve),
         Bench::Bandwidth(a) => (a.common.zc_min, a.common.serve),
         Bench::Lanes(a) => (None, a.serve),
+        Bench::Detect(a) => (None, a.serve),
     };
     peer::set_zero_copy_min(zc_min);
     if let Some(nid) = serve {
@@ -151,6 +178,7 @@ fn main() -> ExitCode {
         Bench::Latency(a) => latency::run(&a),
         Bench::Bandwidth(a) => bandwidth::run(&a),
         Bench::Lanes(a) => lanes::run(&a),
+        Bench::Detect(a) => detect::run(&a),
     };
     match result {
         Ok(report) => {

@@ -46,10 +46,20 @@ pub(crate) fn backend() -> Option<lanet_lnd_tcp::Backend> {
     BACKEND.get().copied()
 }
 
+static HEALTH_INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// `--interval-ms`: the health interval of this process's endpoints.
+pub(crate) fn set_health_interval(d: Duration) {
+    let _ = HEALTH_INTERVAL.set(d);
+}
+
 /// Configuration shared by both sides: generous data credits for streaming.
 pub(crate) fn node_config(incarnation: u64) -> NodeConfig {
     let mut cfg = NodeConfig::new(incarnation);
     cfg.max_payload = MAX_PUT;
+    if let Some(&interval) = HEALTH_INTERVAL.get() {
+        cfg.health.interval = interval;
+    }
     cfg
 }
 
@@ -124,6 +134,21 @@ pub(crate) struct ServerProcess {
     pub(crate) nid: Nid,
 }
 
+impl ServerProcess {
+    /// SIGKILLs the server; the moment it was sent.
+    pub(crate) fn kill(&self) -> Result<std::time::Instant, String> {
+        let at = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .map_err(|e| format!("run kill: {e}"))?;
+        if !status.success() {
+            return Err("kill -KILL failed".into());
+        }
+        Ok(at)
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
@@ -185,30 +210,51 @@ pub(crate) fn rdma_nid(ip: Ipv4Addr) -> Nid {
 /// Starts `lanet-bench <bench> --serve NID` and waits until it serves: on loopback TCP, or
 /// over RDMA on `rdma` (an address of the RDMA device's interface).
 pub(crate) fn spawn_server(bench: &str, rdma: Option<Ipv4Addr>) -> Result<ServerProcess, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     for _ in 0..5 {
         let nid = rdma.map_or_else(free_nid, rdma_nid);
-        let mut cmd = Command::new(&exe);
-        cmd.args([bench, "--serve", &nid.to_string()]);
-        if let Some(Some(min)) = ZERO_COPY_MIN.get() {
-            cmd.args(["--zc-min", &min.to_string()]);
+        if let Some(server) = spawn_server_at(bench, nid, &[])? {
+            return Ok(server);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start the server process: {e}"))?;
-        let mut line = String::new();
-        let out = child.stdout.take().expect("piped");
-        BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        if line.trim() == "ready" {
-            return Ok(ServerProcess { child, nid });
-        }
-        let _ = child.wait(); // lost a port race; try another
+        // Lost a port race; try another.
     }
     Err("the server process did not start".into())
+}
+
+/// Starts `lanet-bench <bench> --serve NID`, run through `wrapper` (e.g. `ip netns exec
+/// NS`) if given; None if it did not come up (its address was taken).
+pub(crate) fn spawn_server_at(
+    bench: &str,
+    nid: Nid,
+    wrapper: &[&str],
+) -> Result<Option<ServerProcess>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = match wrapper {
+        [] => Command::new(&exe),
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&exe);
+            c
+        }
+    };
+    cmd.args([bench, "--serve", &nid.to_string()]);
+    if let Some(Some(min)) = ZERO_COPY_MIN.get() {
+        cmd.args(["--zc-min", &min.to_string()]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the server process: {e}"))?;
+    let mut line = String::new();
+    let out = child.stdout.take().expect("piped");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.trim() == "ready" {
+        return Ok(Some(ServerProcess { child, nid }));
+    }
+    let _ = child.wait();
+    Ok(None)
 }
 
 /// Two endpoints in this process on the in-memory LND (no delay): the core alone.

@@ -98,3 +98,36 @@ fn lanes_reports_ping_latency_idle_loaded_and_on_the_data_lane_with_the_throughp
         positive(&r, key);
     }
 }
+
+#[test]
+fn detect_reports_detection_times_and_false_downs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args([
+            "detect",
+            "--trials",
+            "2",
+            "--load-secs",
+            "1",
+            "--interval-ms",
+            "50",
+        ])
+        .arg("--json")
+        .output()
+        .expect("run lanet-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let r = v.as_object().expect("an object").clone();
+    assert_eq!(positive(&r, "interval_ms"), 50.0);
+    for key in ["detect_ms.p50", "detect_ms.max"] {
+        // Detection takes a few intervals: more than one, far less than twenty.
+        let ms = positive(&r, key);
+        assert!((50.0..1000.0).contains(&ms), "{key} = {ms} ms");
+    }
+    let false_downs = r["false_downs"].as_f64().expect("false_downs");
+    assert!(false_downs >= 0.0);
+    positive(&r, "load.data_gbytes_per_s");
+}

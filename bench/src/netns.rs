@@ -1,0 +1,90 @@
+//! A network namespace joined to this one by a veth pair, for cutting a peer off the way a
+//! pulled cable does: the link goes down, nothing resets, frames just stop.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+pub(crate) struct Netns {
+    pub(crate) name: String,
+    /// The veth end in this namespace.
+    outer: String,
+    pub(crate) inner_ip: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether this process may create namespaces (it runs as root).
+pub(crate) fn available() -> bool {
+    // "Uid: real effective saved fs": the effective one decides.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Netns {
+    /// `lanet-PID` with 10.77.N.1 here and 10.77.N.2 inside (N from the process id).
+    pub(crate) fn create() -> Result<Netns, String> {
+        let pid = std::process::id();
+        let n = (pid % 250) as u8 + 1;
+        let name = format!("lanet-{pid}");
+        let (outer, inner) = (format!("lno{pid}"), format!("lni{pid}"));
+        let ns = Netns {
+            name: name.clone(),
+            outer: outer.clone(),
+            inner_ip: Ipv4Addr::new(10, 77, n, 2),
+        };
+        ip(&["netns", "add", &name])?;
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ])?;
+        ip(&["link", "set", &inner, "netns", &name])?;
+        ip(&["addr", "add", &format!("10.77.{n}.1/24"), "dev", &outer])?;
+        ip(&["link", "set", &outer, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", &format!("10.77.{n}.2/24"), "dev", &inner])?;
+        inside(&["link", "set", &inner, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Takes the link down (or up again).
+    pub(crate) fn set_link(&self, up: bool) -> Result<(), String> {
+        ip(&["link", "set", &self.outer, if up { "up" } else { "down" }])
+    }
+
+    /// The command prefix that runs a program inside.
+    pub(crate) fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and with it ours.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.outer]);
+    }
+}
