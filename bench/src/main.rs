@@ -14,6 +14,7 @@ mod netns;
 mod peer;
 mod perftest;
 mod report;
+mod simscale;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum Bench {
     /// Failure detection: time to declare a SIGKILLed peer Down, and false Downs under
     /// saturating load.
     Detect(DetectArgs),
+    /// Failure detection at scale on the simulator: health load per node and detection
+    /// time as the number of nodes grows.
+    Sim(SimArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +155,35 @@ pub(crate) struct DetectArgs {
     serve: Option<Nid>,
 }
 
+#[derive(Args)]
+pub(crate) struct SimArgs {
+    /// Sizes to simulate, e.g. 1000,10000.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    nodes: Vec<u32>,
+    /// Percent of the nodes that are routers (watched by clients).
+    #[arg(long, default_value_t = 1)]
+    router_pct: u32,
+    /// Percent of the nodes that are servers.
+    #[arg(long, default_value_t = 10)]
+    server_pct: u32,
+    /// Routers each client watches.
+    #[arg(long, default_value_t = 2)]
+    watch_routers: u32,
+    /// Servers each client watches (talks to).
+    #[arg(long, default_value_t = 4)]
+    watch_servers: u32,
+    /// Servers cut off at the end, to time detection.
+    #[arg(long, default_value_t = 5)]
+    lost_servers: u32,
+    /// Seconds of virtual time over which the health load is measured.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     // Log lines (which TCP backend runs, and why) go to stderr; stdout carries the results.
     tracing_subscriber::fmt()
@@ -163,6 +196,7 @@ fn main() -> ExitCode {
         Bench::Bandwidth(a) => (a.common.zc_min, a.common.serve),
         Bench::Lanes(a) => (None, a.serve),
         Bench::Detect(a) => (None, a.serve),
+        Bench::Sim(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
     if let Some(nid) = serve {
@@ -179,6 +213,7 @@ fn main() -> ExitCode {
         Bench::Bandwidth(a) => bandwidth::run(&a),
         Bench::Lanes(a) => lanes::run(&a),
         Bench::Detect(a) => detect::run(&a),
+        Bench::Sim(a) => simscale::run(&a),
     };
     match result {
         Ok(report) => {

@@ -131,3 +131,28 @@ fn detect_reports_detection_times_and_false_downs() {
     assert!(false_downs >= 0.0);
     positive(&r, "load.data_gbytes_per_s");
 }
+
+#[test]
+fn sim_reports_health_load_and_detection_per_size() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args(["sim", "--nodes", "100,400", "--secs", "1", "--json"])
+        .output()
+        .expect("run lanet-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let r = v.as_object().expect("an object").clone();
+    for n in [100, 400] {
+        // Each client pings ~6 peers 10 times a second: tens to hundreds of frames.
+        let load = positive(&r, &format!("n{n}.health_frames_per_node_per_s"));
+        assert!((10.0..1000.0).contains(&load), "n{n}: {load} frames/s");
+        let ms = positive(&r, &format!("n{n}.detect_ms.max"));
+        assert!((100.0..1000.0).contains(&ms), "n{n}: detected in {ms} ms");
+    }
+    // The load per node follows interest, not the number of nodes.
+    let ratio = positive(&r, "ratio.load_largest_vs_smallest");
+    assert!((0.5..2.0).contains(&ratio), "{ratio}");
+}

@@ -4,7 +4,8 @@
 //! A [`Ledger`] records every operation submitted and every completion, and reports any
 //! operation completed twice, completed without being submitted, or never completed.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +100,13 @@ pub struct Sim {
     nodes: BTreeMap<Nid, SimNode>,
     ledger: Ledger,
     next_op: u64,
+    /// (deadline, node): when each node next wants its timers run. Entries may be early
+    /// (the node's deadline moved later): visiting a node early does nothing.
+    timers: BinaryHeap<Reverse<(Time, Nid)>>,
+    /// The earliest entry of each node in `timers`, so it is not pushed again and again.
+    booked: FxHashMap<Nid, Time>,
+    /// Nodes the application touched since the last settle.
+    dirty: BTreeSet<Nid>,
 }
 
 impl Sim {
@@ -111,6 +119,9 @@ impl Sim {
             nodes: BTreeMap::new(),
             ledger: Ledger::default(),
             next_op: 1,
+            timers: BinaryHeap::new(),
+            booked: FxHashMap::default(),
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -150,6 +161,7 @@ impl Sim {
                 events: Vec::new(),
             },
         );
+        self.dirty.insert(nid);
         Ok(())
     }
 
@@ -157,6 +169,7 @@ impl Sim {
     /// operations vanish with it.
     pub fn kill(&mut self, nid: Nid) {
         self.nodes.remove(&nid);
+        self.booked.remove(&nid);
         self.ledger.forget(nid);
     }
 
@@ -183,6 +196,7 @@ impl Sim {
             .driver
             .node_mut();
         f(node, now, id).expect("sim op ids are unique");
+        self.dirty.insert(nid);
         self.ledger.submitted(nid, id);
         id
     }
@@ -209,6 +223,19 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(&at) {
             n.driver.node_mut().watch(now, peer);
         }
+        self.dirty.insert(at);
+        self.settle();
+    }
+
+    /// Many watches at once (one settle for all): `(watcher, watched)` pairs.
+    pub fn watch_many(&mut self, pairs: &[(Nid, Nid)]) {
+        let now = self.clock.now();
+        for &(at, peer) in pairs {
+            if let Some(n) = self.nodes.get_mut(&at) {
+                n.driver.node_mut().watch(now, peer);
+                self.dirty.insert(at);
+            }
+        }
         self.settle();
     }
 
@@ -217,12 +244,14 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(&at) {
             n.driver.node_mut().unwatch(now, peer);
         }
+        self.dirty.insert(at);
     }
 
     pub fn cancel(&mut self, at: Nid, op: OpId) {
         if let Some(n) = self.nodes.get_mut(&at) {
             n.driver.node_mut().cancel(op);
         }
+        self.dirty.insert(at);
     }
 
     /// Shuts a node's core down gracefully: everything live completes `Cancelled`.
@@ -230,6 +259,7 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(&nid) {
             n.driver.node_mut().shutdown();
         }
+        self.dirty.insert(nid);
         self.settle();
     }
 
@@ -250,46 +280,82 @@ impl Sim {
     }
 
     /// Runs everything due at the current instant until no node has anything left to do.
+    /// Only nodes with something due are visited (a timer, an arrival, the application's
+    /// touch), so a large quiet network costs nothing.
     fn settle(&mut self) {
         let now = self.clock.now();
         loop {
-            let mut progress = false;
-            for (nid, n) in self.nodes.iter_mut() {
-                let node = n.driver.node_mut();
-                node.handle_timeout(now);
-                progress |= n.driver.flush();
-                let handled = n
-                    .driver
-                    .poll(&self.clock, Some(Duration::ZERO))
-                    .expect("the in-memory LND does not fail");
-                progress |= handled > 0;
-                progress |= n.driver.flush();
-                let node = n.driver.node_mut();
-                let mut delivered = 0;
-                while let Some(ev) = node.poll_event() {
-                    progress = true;
-                    delivered += usize::from(ev.is_delivery());
-                    if let Event::Completed(c) = &ev {
-                        self.ledger.completed(*nid, c);
-                    }
-                    n.events.push((now, ev));
+            let mut work = std::mem::take(&mut self.dirty);
+            while let Some(&Reverse((t, nid))) = self.timers.peek() {
+                if t > now {
+                    break;
                 }
-                node.deliveries_consumed(delivered);
+                self.timers.pop();
+                if self.booked.get(&nid) == Some(&t) {
+                    self.booked.remove(&nid);
+                }
+                work.insert(nid);
             }
-            if !progress {
+            work.extend(self.fabric.due_ports(now));
+            if work.is_empty() {
                 return;
+            }
+            for nid in work {
+                self.run_node(nid, now);
+            }
+        }
+    }
+
+    /// Runs one node until it has nothing left to do at `now`, then books its next timer.
+    fn run_node(&mut self, nid: Nid, now: Time) {
+        let Some(n) = self.nodes.get_mut(&nid) else {
+            return;
+        };
+        loop {
+            let mut progress = false;
+            let node = n.driver.node_mut();
+            node.handle_timeout(now);
+            progress |= n.driver.flush();
+            let handled = n
+                .driver
+                .poll(&self.clock, Some(Duration::ZERO))
+                .expect("the in-memory LND does not fail");
+            progress |= handled > 0;
+            progress |= n.driver.flush();
+            let node = n.driver.node_mut();
+            let mut delivered = 0;
+            while let Some(ev) = node.poll_event() {
+                progress = true;
+                delivered += usize::from(ev.is_delivery());
+                if let Event::Completed(c) = &ev {
+                    self.ledger.completed(nid, c);
+                }
+                n.events.push((now, ev));
+            }
+            node.deliveries_consumed(delivered);
+            if !progress {
+                break;
+            }
+        }
+        if let Some(t) = n.driver.node_mut().poll_timeout() {
+            let at = t.max(now);
+            if self.booked.get(&nid).is_none_or(|&b| at < b) {
+                self.booked.insert(nid, at);
+                self.timers.push(Reverse((at, nid)));
             }
         }
     }
 
     /// When something next happens: a frame arrives or a deadline passes.
     pub fn next_wakeup(&mut self) -> Option<Time> {
-        let timers = self
-            .nodes
-            .values_mut()
-            .filter_map(|n| n.driver.node_mut().poll_timeout())
-            .min();
-        [timers, self.fabric.next_arrival()]
+        while let Some(&Reverse((_, nid))) = self.timers.peek() {
+            if self.nodes.contains_key(&nid) {
+                break;
+            }
+            self.timers.pop(); // a killed node's
+        }
+        let timer = self.timers.peek().map(|&Reverse((t, _))| t);
+        [timer, self.fabric.next_arrival()]
             .into_iter()
             .flatten()
             .min()

@@ -152,6 +152,10 @@ struct State {
     next_conn: ConnId,
     next_seq: u64,
     stats: FabricStats,
+    /// (arrival time, port) of every item scheduled, for drivers of the virtual clock that
+    /// visit only the ports with something due. Entries of items already taken are stale
+    /// and skipped.
+    arrivals: BinaryHeap<Reverse<(Time, Nid)>>,
 }
 
 fn pair(a: Nid, b: Nid) -> (Nid, Nid) {
@@ -176,6 +180,7 @@ impl State {
         if let Some(port) = self.ports.get_mut(&to) {
             port.inbox.push(Reverse(Arrival { at, seq, item }));
             port.cond.notify_one();
+            self.arrivals.push(Reverse((at, to)));
         }
     }
 
@@ -260,6 +265,7 @@ impl MemFabric {
                     next_conn: 1,
                     next_seq: 0,
                     stats: FabricStats::default(),
+                    arrivals: BinaryHeap::new(),
                 }),
                 clock,
             }),
@@ -330,11 +336,45 @@ impl MemFabric {
 
     /// When the next item is due at any port (for a virtual-clock driver loop).
     pub fn next_arrival(&self) -> Option<Time> {
-        let st = self.lock();
-        st.ports
-            .values()
-            .filter_map(|p| p.inbox.peek().map(|Reverse(a)| a.at))
-            .min()
+        let mut st = self.lock();
+        let st = &mut *st;
+        while let Some(&Reverse((at, nid))) = st.arrivals.peek() {
+            let head = st
+                .ports
+                .get(&nid)
+                .and_then(|p| p.inbox.peek())
+                .map(|Reverse(a)| a.at);
+            if head.is_some_and(|h| h <= at) {
+                return Some(at);
+            }
+            // Taken already (or the port is gone); its head, if later, has its own entry.
+            st.arrivals.pop();
+        }
+        None
+    }
+
+    /// Ports with an item due at or before `now`, each once, in NID order.
+    pub fn due_ports(&self, now: Time) -> Vec<Nid> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, nid))) = st.arrivals.peek() {
+            if at > now {
+                break;
+            }
+            st.arrivals.pop();
+            let ready = st
+                .ports
+                .get(&nid)
+                .and_then(|p| p.inbox.peek())
+                .is_some_and(|Reverse(a)| a.at <= now);
+            if ready {
+                due.push(nid);
+            }
+        }
+        due.sort_unstable();
+        due.dedup();
+        due
     }
 
     /// Whether `nid` is attached.

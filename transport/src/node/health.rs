@@ -93,7 +93,7 @@ impl Node {
     /// `peer` is Down: everything queued or in flight to it ends now with `PeerDead`,
     /// except queued operations that chose to wait for it.
     fn peer_down(&mut self, now: Time, peer: Nid, silent: std::time::Duration) {
-        tracing::info!(%peer, ?silent, "peer is down");
+        tracing::debug!(%peer, ?silent, "peer is down");
         self.down_incarnation
             .insert(peer, self.peers.get(&peer).and_then(|p| p.incarnation));
         let mut doomed: Vec<(u64, OpId)> = self
@@ -134,7 +134,7 @@ impl Node {
     fn recovered(&mut self, now: Time, peer: Nid) {
         let before = self.down_incarnation.remove(&peer).flatten();
         let current = self.peers.get(&peer).and_then(|p| p.incarnation);
-        tracing::info!(%peer, "peer is back");
+        tracing::debug!(%peer, "peer is back");
         if before.is_none() || before == current {
             self.events.push_back(Event::PeerUp { peer, at: now });
         }
