@@ -286,6 +286,8 @@ impl Monitor {
                     let at = now + self.cfg.interval;
                     w.due = None;
                     self.schedule(nid, at);
+                } else {
+                    self.maybe_forget(nid); // back, and nobody's business: no entry
                 }
                 Some(Action::Recovered(nid))
             }

@@ -152,3 +152,23 @@ fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
     assert_eq!(downs(&log), vec![390]);
     assert_eq!(honest.stats().lag_stretches, 0);
 }
+
+#[test]
+fn a_poked_down_peer_is_probed_once_per_attempt_and_forgotten_once_back() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    let log = drive(&mut m, 350, |_| None);
+    assert_eq!(downs(&log), vec![300]);
+    // The operations are gone (failed PeerDead): the Down peer is remembered, not probed.
+    m.interest_ended(peer(1));
+    assert!(m.is_down(peer(1)));
+    let log = drive(&mut m, 5_000, |_| None);
+    assert!(log.is_empty(), "{log:?}");
+    // A new attempt to reach it pokes one probe.
+    m.poke(peer(1), at(5_000));
+    let log = drive(&mut m, 10_000, |_| None);
+    assert_eq!(log, vec![(5_000, Action::Ping(peer(1)))]);
+    // It answers: back, and forgotten (nobody is interested).
+    assert_eq!(m.heard(peer(1), at(10_001)), Some(Action::Recovered(peer(1))));
+    assert_eq!((m.peer(peer(1)), m.monitored()), (None, 0));
+}
