@@ -169,6 +169,9 @@ fn a_poked_down_peer_is_probed_once_per_attempt_and_forgotten_once_back() {
     let log = drive(&mut m, 10_000, |_| None);
     assert_eq!(log, vec![(5_000, Action::Ping(peer(1)))]);
     // It answers: back, and forgotten (nobody is interested).
-    assert_eq!(m.heard(peer(1), at(10_001)), Some(Action::Recovered(peer(1))));
+    assert_eq!(
+        m.heard(peer(1), at(10_001)),
+        Some(Action::Recovered(peer(1)))
+    );
     assert_eq!((m.peer(peer(1)), m.monitored()), (None, 0));
 }
