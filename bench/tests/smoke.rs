@@ -4,9 +4,16 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend(["--baseline-secs", "1"]);
+    run_json(&all)
+}
+
+/// Runs lanet-bench with `args` and `--json`; its one JSON object.
+fn run_json(args: &[&str]) -> serde_json::Map<String, serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
         .args(args)
-        .args(["--json", "--baseline-secs", "1"])
+        .arg("--json")
         .output()
         .expect("run lanet-bench");
     assert!(
@@ -73,17 +80,7 @@ fn the_in_memory_lnd_runs_both_benchmarks() {
 
 #[test]
 fn lanes_reports_ping_latency_idle_loaded_and_on_the_data_lane_with_the_throughput() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
-        .args(["lanes", "--secs", "1.5", "--threads", "2", "--json"])
-        .output()
-        .expect("run lanet-bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let r = v.as_object().expect("an object").clone();
+    let r = run_json(&["lanes", "--secs", "1.5", "--threads", "2"]);
     for key in ["idle.p99_us", "loaded.p99_us", "loaded_single_lane.p99_us"] {
         let us = positive(&r, key);
         assert!(us < 10_000_000.0, "{key} = {us} us");
@@ -101,26 +98,15 @@ fn lanes_reports_ping_latency_idle_loaded_and_on_the_data_lane_with_the_throughp
 
 #[test]
 fn detect_reports_detection_times_and_false_downs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
-        .args([
-            "detect",
-            "--trials",
-            "2",
-            "--load-secs",
-            "1",
-            "--interval-ms",
-            "50",
-        ])
-        .arg("--json")
-        .output()
-        .expect("run lanet-bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let r = v.as_object().expect("an object").clone();
+    let r = run_json(&[
+        "detect",
+        "--trials",
+        "2",
+        "--load-secs",
+        "1",
+        "--interval-ms",
+        "50",
+    ]);
     assert_eq!(positive(&r, "interval_ms"), 50.0);
     for key in ["detect_ms.p50", "detect_ms.max"] {
         // Detection takes a few intervals: more than one, far less than twenty.
@@ -134,17 +120,7 @@ fn detect_reports_detection_times_and_false_downs() {
 
 #[test]
 fn sim_reports_health_load_and_detection_per_size() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
-        .args(["sim", "--nodes", "100,400", "--secs", "1", "--json"])
-        .output()
-        .expect("run lanet-bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let r = v.as_object().expect("an object").clone();
+    let r = run_json(&["sim", "--nodes", "100,400", "--secs", "1"]);
     for n in [100, 400] {
         // Each client pings ~6 peers 10 times a second: tens to hundreds of frames.
         let load = positive(&r, &format!("n{n}.health_frames_per_node_per_s"));

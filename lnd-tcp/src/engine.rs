@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lanet::handshake::{check_hello, HandshakeError, LocalHello, PeerHello};
 use lanet::lane::{Lane, PerLane};
-use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxPayload, Transmit, TxToken};
+use lanet::lnd::{
+    expired, LndError, LndErrorKind, LndEvent, RaceWaits, RxPayload, Transmit, TxToken,
+};
 use lanet::nid::Nid;
 use lanet::wire::{HelloStatus, Limits};
 use rustc_hash::FxHashMap;
@@ -79,7 +81,7 @@ pub(crate) struct Engine {
     up: FxHashMap<(Nid, Lane), ConnId>,
     dialling: FxHashMap<(Nid, Lane), ConnId>,
     /// Lanes whose dial lost a race: the peer's own connection should arrive by then.
-    awaiting: FxHashMap<(Nid, Lane), Instant>,
+    awaiting: RaceWaits,
     /// For the core.
     pub(crate) events: Vec<LndEvent>,
     /// Sockets the backend must close (the engine has forgotten them).
@@ -98,7 +100,7 @@ impl Engine {
             conns: FxHashMap::default(),
             up: FxHashMap::default(),
             dialling: FxHashMap::default(),
-            awaiting: FxHashMap::default(),
+            awaiting: RaceWaits::default(),
             events: Vec::new(),
             closes: Vec::new(),
             done: Vec::new(),
@@ -140,7 +142,7 @@ impl Engine {
             });
             return false;
         }
-        !self.dialling.contains_key(&(peer, lane)) && !self.awaiting.contains_key(&(peer, lane))
+        !self.dialling.contains_key(&(peer, lane)) && !self.awaiting.contains(peer, lane)
     }
 
     /// Where to dial for the core's connect request, or None when no dial is needed (the
@@ -304,7 +306,7 @@ impl Engine {
         c.deadline = None;
         c.hello = Some(hello);
         self.dialling.remove(&(peer, lane));
-        self.awaiting.remove(&(peer, lane));
+        self.awaiting.done(peer, lane);
         if let Some(old) = self.up.insert((peer, lane), conn) {
             // The peer dialled again: it restarted, or believes the old connection dead.
             let error = err(
@@ -330,7 +332,7 @@ impl Engine {
         self.dialling.remove(&(peer, lane));
         if !self.up.contains_key(&(peer, lane)) {
             self.awaiting
-                .insert((peer, lane), now + self.local.connect_timeout);
+                .wait(peer, lane, now + self.local.connect_timeout);
         }
     }
 
@@ -427,35 +429,14 @@ impl Engine {
 
     /// Handshakes past their deadline fail; so do lanes still awaiting a race winner.
     pub(crate) fn expire(&mut self, now: Instant) {
-        let mut late: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        late.sort_unstable();
+        let late = expired(self.conns.iter().map(|(id, c)| (*id, c.deadline)), now);
         for conn in late {
             self.fail(
                 conn,
                 err(LndErrorKind::TimedOut, "connection handshake timed out"),
             );
         }
-        let mut waited: Vec<(Nid, Lane)> = self
-            .awaiting
-            .iter()
-            .filter(|(_, &d)| d <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        waited.sort_unstable();
-        for (peer, lane) in waited {
-            self.awaiting.remove(&(peer, lane));
-            let error = err(
-                LndErrorKind::TimedOut,
-                "lost a connection race, and the peer's own connection never came",
-            );
-            self.events
-                .push(LndEvent::ConnectFailed { peer, lane, error });
-        }
+        self.awaiting.expire(now, &mut self.events);
     }
 
     /// How long the backend may wait for I/O: not at all if events await the core or the
@@ -481,7 +462,7 @@ impl Engine {
     /// The earliest deadline the backend must wake up for.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(|c| c.deadline);
-        conns.chain(self.awaiting.values().copied()).min()
+        conns.chain(self.awaiting.next_deadline()).min()
     }
 }
 

@@ -54,10 +54,7 @@ impl TcpConfig {
     pub fn for_node(cfg: &NodeConfig) -> Self {
         TcpConfig {
             incarnation: cfg.incarnation,
-            credits: PerLane::new(
-                cfg.lanes[Lane::Health].peer_credits,
-                cfg.lanes[Lane::Data].peer_credits,
-            ),
+            credits: cfg.peer_credits(),
             max_payload: cfg.max_payload,
             connect_timeout: Duration::from_secs(5),
             zero_copy_min: uring::ZC_THRESHOLD,

@@ -61,6 +61,14 @@ impl NodeConfig {
         }
     }
 
+    /// The receive credits a driver offers per lane (in its HELLO).
+    pub fn peer_credits(&self) -> PerLane<u16> {
+        PerLane::new(
+            self.lanes[Lane::Health].peer_credits,
+            self.lanes[Lane::Data].peer_credits,
+        )
+    }
+
     /// Checks the settings the protocol depends on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (lane, l) in self.lanes.iter() {

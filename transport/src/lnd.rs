@@ -57,7 +57,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -209,6 +209,63 @@ pub enum LndEvent {
         token: TxToken,
         result: Result<(), LndError>,
     },
+}
+
+/// For drivers that settle connection races (see [`crate::handshake`]): the lanes whose own
+/// dial lost, each waiting until a deadline for the peer's winning connection.
+#[derive(Debug, Default)]
+pub struct RaceWaits {
+    until: rustc_hash::FxHashMap<(Nid, Lane), Instant>,
+}
+
+impl RaceWaits {
+    pub fn wait(&mut self, peer: Nid, lane: Lane, until: Instant) {
+        self.until.insert((peer, lane), until);
+    }
+
+    pub fn contains(&self, peer: Nid, lane: Lane) -> bool {
+        self.until.contains_key(&(peer, lane))
+    }
+
+    /// The peer's connection came: the wait is over.
+    pub fn done(&mut self, peer: Nid, lane: Lane) {
+        self.until.remove(&(peer, lane));
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.until.values().copied().min()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+
+    /// Ends every wait past its deadline with a `ConnectFailed`, in (peer, lane) order.
+    pub fn expire(&mut self, now: Instant, events: &mut Vec<LndEvent>) {
+        let late = expired(self.until.iter().map(|(k, d)| (*k, Some(*d))), now);
+        for (peer, lane) in late {
+            self.until.remove(&(peer, lane));
+            let error = LndError::new(
+                LndErrorKind::TimedOut,
+                "lost a connection race, and the peer's own connection never came",
+            );
+            events.push(LndEvent::ConnectFailed { peer, lane, error });
+        }
+    }
+}
+
+/// The keys whose deadline is at or before `now`, sorted (so that expiry is deterministic).
+pub fn expired<K: Ord + Copy>(
+    deadlines: impl IntoIterator<Item = (K, Option<Instant>)>,
+    now: Instant,
+) -> Vec<K> {
+    let mut late: Vec<K> = deadlines
+        .into_iter()
+        .filter(|(_, d)| d.is_some_and(|d| d <= now))
+        .map(|(k, _)| k)
+        .collect();
+    late.sort_unstable();
+    late
 }
 
 /// Interrupts a blocking [`Lnd::poll`] from any thread. A wake that comes before the poll

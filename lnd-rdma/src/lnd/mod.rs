@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use lanet::handshake::LocalHello;
 use lanet::lane::{Lane, PerLane};
-use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, Transmit, Wake};
+use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RaceWaits, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
 use lanet::NodeConfig;
 use rustc_hash::FxHashMap;
@@ -66,10 +66,7 @@ impl RdmaConfig {
     pub fn for_node(cfg: &NodeConfig) -> Self {
         RdmaConfig {
             incarnation: cfg.incarnation,
-            credits: PerLane::new(
-                cfg.lanes[Lane::Health].peer_credits,
-                cfg.lanes[Lane::Data].peer_credits,
-            ),
+            credits: cfg.peer_credits(),
             max_payload: cfg.max_payload,
             connect_timeout: Duration::from_secs(5),
             spin: std::env::var(SPIN_ENV)
@@ -157,7 +154,7 @@ pub struct RdmaLnd {
     up: FxHashMap<(Nid, Lane), u32>,
     dialling: FxHashMap<(Nid, Lane), u32>,
     /// Lanes whose dial lost a race: the peer's own connection should arrive by then.
-    awaiting: FxHashMap<(Nid, Lane), Instant>,
+    awaiting: RaceWaits,
     incoming: FxHashMap<RxHandle, InRdv>,
     /// Successful completions of eager sends, held until there is something else to say
     /// (or nothing to wait for), so they do not cost the core a pass each.
@@ -252,7 +249,7 @@ impl RdmaLnd {
             conns: FxHashMap::default(),
             up: FxHashMap::default(),
             dialling: FxHashMap::default(),
-            awaiting: FxHashMap::default(),
+            awaiting: RaceWaits::default(),
             incoming: FxHashMap::default(),
             quiet: Vec::new(),
             by_cookie: FxHashMap::default(),
@@ -377,7 +374,7 @@ impl RdmaLnd {
 
     fn next_deadline(&self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(|c| c.deadline);
-        conns.chain(self.awaiting.values().copied()).min()
+        conns.chain(self.awaiting.next_deadline()).min()
     }
 
     /// Arms the CQs and sleeps until a completion, an rdma_cm event, a wake-up or the

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use lanet::handshake::{check_hello, decode_compact, HandshakeError};
 use lanet::lane::Lane;
-use lanet::lnd::{LndError, LndErrorKind, LndEvent};
+use lanet::lnd::{expired, LndError, LndErrorKind, LndEvent};
 use lanet::nid::Nid;
 use lanet::wire::HelloStatus;
 
@@ -39,7 +39,7 @@ impl RdmaLnd {
             });
             return;
         }
-        if self.dialling.contains_key(&(peer, lane)) || self.awaiting.contains_key(&(peer, lane)) {
+        if self.dialling.contains_key(&(peer, lane)) || self.awaiting.contains(peer, lane) {
             return; // the answer comes when that attempt ends
         }
         let accepting = self
@@ -49,7 +49,7 @@ impl RdmaLnd {
         if accepting {
             // The peer's connection is being set up: it answers, or the wait times out.
             let by = Instant::now() + self.ctx.local.connect_timeout;
-            self.awaiting.insert((peer, lane), by);
+            self.awaiting.wait(peer, lane, by);
             return;
         }
         let failed = |kind, detail: String| LndEvent::ConnectFailed {
@@ -194,7 +194,7 @@ impl RdmaLnd {
         self.conns.remove(&id);
         if !self.up.contains_key(&(peer, lane)) {
             let by = Instant::now() + self.ctx.local.connect_timeout;
-            self.awaiting.insert((peer, lane), by);
+            self.awaiting.wait(peer, lane, by);
         }
     }
 
@@ -279,7 +279,7 @@ impl RdmaLnd {
         conn.stage = Stage::Up;
         conn.deadline = None;
         self.dialling.remove(&(peer, lane));
-        self.awaiting.remove(&(peer, lane));
+        self.awaiting.done(peer, lane);
         if let Some(old) = self.up.insert((peer, lane), id) {
             // The peer dialled again: it restarted, or believes the old connection dead.
             let error = err(
@@ -303,35 +303,13 @@ impl RdmaLnd {
 
     /// Handshakes past their deadline fail; so do lanes still awaiting a race winner.
     pub(super) fn expire(&mut self, now: Instant) {
-        let mut late: Vec<u32> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        late.sort_unstable();
+        let late = expired(self.conns.iter().map(|(id, c)| (*id, c.deadline)), now);
         for id in late {
             self.fail(
                 id,
                 err(LndErrorKind::TimedOut, "connection set-up timed out"),
             );
         }
-        let mut waited: Vec<(Nid, Lane)> = self
-            .awaiting
-            .iter()
-            .filter(|(_, &d)| d <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        waited.sort_unstable();
-        for (peer, lane) in waited {
-            self.awaiting.remove(&(peer, lane));
-            let error = err(
-                LndErrorKind::TimedOut,
-                "lost a connection race, and the peer's own connection never came",
-            );
-            self.ctx
-                .events
-                .push(LndEvent::ConnectFailed { peer, lane, error });
-        }
+        self.awaiting.expire(now, &mut self.ctx.events);
     }
 }

@@ -42,10 +42,7 @@ impl MemLndConfig {
     pub fn for_node(cfg: &crate::NodeConfig) -> Self {
         MemLndConfig {
             incarnation: cfg.incarnation,
-            credits: PerLane::new(
-                cfg.lanes[Lane::Health].peer_credits,
-                cfg.lanes[Lane::Data].peer_credits,
-            ),
+            credits: cfg.peer_credits(),
             max_payload: cfg.max_payload,
             inline_max: None,
         }
