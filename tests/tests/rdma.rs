@@ -29,7 +29,12 @@ fn endpoints(port: u16) -> (Endpoint, Peer) {
     );
     let (local, remote) = nids(port);
     let peer = Peer::start(PEER_EXE, remote, 7, false).expect("lanet-peer on RDMA");
-    let cfg = NodeConfig::new(1);
+    let mut cfg = NodeConfig::new(1);
+    // With 100 ms intervals the live peer was declared Down here in one run of four. The
+    // likely cause: under TCG its driver thread spends hundreds of milliseconds
+    // zero-filling and registering a 16 MiB sink, answering no PING meanwhile (hardware:
+    // about a millisecond). Emulation is slow, not the peer dead: a longer interval.
+    cfg.health.interval = std::time::Duration::from_secs(1);
     let lnd = bind_lnd(local, &cfg).expect("the RDMA LND on rxe0");
     let ep = Endpoint::builder(cfg)
         .boxed_lnd(lnd)
