@@ -120,6 +120,8 @@ pub(crate) struct Uring {
     cqes: Vec<(u64, i32, u32)>,
     /// Data-lane receives reaped but not yet handled: the budget of their turn ran out.
     backlog: std::collections::VecDeque<(u64, i32, u32)>,
+    /// Receives waiting in `backlog`, per socket.
+    deferred: FxHashMap<ConnId, usize>,
 }
 
 impl Uring {
@@ -172,6 +174,7 @@ impl Uring {
             stopping: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
             backlog: std::collections::VecDeque::new(),
+            deferred: FxHashMap::default(),
         };
         u.arm_accept();
         u.arm_wake();
@@ -405,11 +408,15 @@ impl Uring {
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
-        let is_data_recv = |engine: &Engine, ud: u64| {
-            ud & 0xf == RECV && engine.lane_of((ud >> 4) as ConnId) != Some(Lane::Health)
-        };
         for &(ud, res, flags) in &cqes {
-            if is_data_recv(&self.engine, ud) {
+            let conn = (ud >> 4) as ConnId;
+            // A socket's receives stay in order: once one waits, the later ones wait too
+            // (an accepted socket's lane is only known after its HELLO is handled).
+            let defer = ud & 0xf == RECV
+                && (self.engine.lane_of(conn) != Some(Lane::Health)
+                    || self.deferred.contains_key(&conn));
+            if defer {
+                *self.deferred.entry(conn).or_default() += 1;
                 self.backlog.push_back((ud, res, flags));
             } else {
                 self.handle(ud, res, flags);
@@ -422,6 +429,13 @@ impl Uring {
             let Some((ud, res, flags)) = self.backlog.pop_front() else {
                 break;
             };
+            let conn = (ud >> 4) as ConnId;
+            if let Some(n) = self.deferred.get_mut(&conn) {
+                *n -= 1;
+                if *n == 0 {
+                    self.deferred.remove(&conn);
+                }
+            }
             budget = budget.saturating_sub(res.max(1) as usize);
             self.handle(ud, res, flags);
         }
