@@ -35,6 +35,13 @@ pub(crate) const ZC_THRESHOLD: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 512;
 const RECV_BUFFERS: u16 = 256;
 const RECV_BUFFER_SIZE: usize = 64 * 1024;
+/// The health lane's receive buffers: its own group, so a data backlog holding every data
+/// buffer can never leave a PING without one. Health frames are small.
+const HEALTH_BUFFERS: u16 = 64;
+const HEALTH_BUFFER_SIZE: usize = 4096;
+/// Buffer group ids.
+const DATA_GROUP: u16 = 0;
+const HEALTH_GROUP: u16 = 1;
 
 // Operation kinds, in the low bits of user_data; the connection id is above them.
 const ACCEPT: u64 = 1;
@@ -43,6 +50,8 @@ const RECV: u64 = 3;
 const SEND: u64 = 4;
 const CONNECT: u64 = 5;
 const CANCEL: u64 = 6;
+/// A multishot receive into the health lane's own buffers.
+const RECV_HEALTH: u64 = 7;
 
 /// Bytes of data-lane receives handled per turn, so the health lane and the core get a
 /// turn every few hundred microseconds under bulk load (measured: `lanet-bench lanes`).
@@ -62,6 +71,10 @@ struct Sock {
     notif: bool,
     /// The multishot receive is armed.
     recv: bool,
+    /// Its receive uses the health lane's buffers.
+    recv_health: bool,
+    /// Its data-buffer receive is being cancelled, to be re-armed on health buffers.
+    moving: bool,
     /// The address a pending connect reads.
     connect: Option<Box<libc::sockaddr_in>>,
     /// Shut down; removed once nothing is pending.
@@ -79,6 +92,8 @@ impl Sock {
             sending: false,
             notif: false,
             recv: false,
+            recv_health: false,
+            moving: false,
             connect: None,
             closing: false,
         }
@@ -104,6 +119,8 @@ pub(crate) struct Uring {
     ring: IoUring,
     /// Freed by hand in `drop`, after the kernel has let go of it (or leaked if it will not).
     bufs: ManuallyDrop<BufRing>,
+    /// The health lane's buffers (same rules).
+    health_bufs: ManuallyDrop<BufRing>,
     listener: TcpListener,
     wake_fd: Arc<OwnedFd>,
     wake_buf: Box<u64>,
@@ -156,11 +173,23 @@ impl Uring {
         } else {
             usize::MAX
         };
-        let bufs = BufRing::new(&ring.submitter(), 0, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
+        let bufs = BufRing::new(
+            &ring.submitter(),
+            DATA_GROUP,
+            RECV_BUFFERS,
+            RECV_BUFFER_SIZE,
+        )?;
+        let health_bufs = BufRing::new(
+            &ring.submitter(),
+            HEALTH_GROUP,
+            HEALTH_BUFFERS,
+            HEALTH_BUFFER_SIZE,
+        )?;
         let listener = listener?;
         let mut u = Uring {
             ring,
             bufs: ManuallyDrop::new(bufs),
+            health_bufs: ManuallyDrop::new(health_bufs),
             listener,
             wake_fd: Arc::new(sys::eventfd()?),
             wake_buf: Box::new(0),
@@ -237,9 +266,17 @@ impl Uring {
             return;
         };
         sock.recv = true;
-        let e = opcode::RecvMulti::new(Fd(sock.fd.as_raw_fd()), self.bufs.bgid())
+        // Accepted sockets learn their lane from the HELLO: until then, data buffers.
+        let health = self.engine.lane_of(conn) == Some(Lane::Health);
+        sock.recv_health = health;
+        sock.moving = false;
+        let (group, kind) = match health {
+            true => (self.health_bufs.bgid(), RECV_HEALTH),
+            false => (self.bufs.bgid(), RECV),
+        };
+        let e = opcode::RecvMulti::new(Fd(sock.fd.as_raw_fd()), group)
             .build()
-            .user_data(user_data(conn, RECV));
+            .user_data(user_data(conn, kind));
         // SAFETY: the receive writes into provided buffers, which live as long as the ring;
         // the socket stays open until this operation has completed (see `reap`).
         unsafe { self.push(e) };
@@ -412,9 +449,9 @@ impl Uring {
             let conn = (ud >> 4) as ConnId;
             // A socket's receives stay in order: once one waits, the later ones wait too
             // (an accepted socket's lane is only known after its HELLO is handled).
-            let defer = ud & 0xf == RECV
-                && (self.engine.lane_of(conn) != Some(Lane::Health)
-                    || self.deferred.contains_key(&conn));
+            let kind = ud & 0xf;
+            let defer = (kind == RECV && self.engine.lane_of(conn) != Some(Lane::Health))
+                || ((kind == RECV || kind == RECV_HEALTH) && self.deferred.contains_key(&conn));
             if defer {
                 *self.deferred.entry(conn).or_default() += 1;
                 self.backlog.push_back((ud, res, flags));
@@ -450,7 +487,8 @@ impl Uring {
                     self.wake_armed = false;
                     self.arm_wake();
                 }
-                RECV => self.on_recv(conn, res, flags),
+                RECV => self.on_recv(conn, res, flags, false),
+                RECV_HEALTH => self.on_recv(conn, res, flags, true),
                 SEND => self.on_send(conn, res, flags),
                 CONNECT => self.on_connect(conn, res),
                 _ => {} // CANCEL
@@ -485,27 +523,34 @@ impl Uring {
         }
     }
 
-    fn on_recv(&mut self, conn: ConnId, res: i32, flags: u32) {
+    fn on_recv(&mut self, conn: ConnId, res: i32, flags: u32, health_bufs: bool) {
         let bid = cqueue::buffer_select(flags);
         let alive = self.socks.get(&conn).is_some_and(|s| !s.closing);
+        let ring = match health_bufs {
+            true => &mut self.health_bufs,
+            false => &mut self.bufs,
+        };
         if res > 0 && alive {
             let bid = bid.expect("a receive with data names its buffer");
             if let Some(c) = self.engine.conn_mut(conn) {
-                c.rx.extend(self.bufs.data(bid, res as usize));
+                c.rx.extend(ring.data(bid, res as usize));
             }
-            self.bufs.recycle(bid);
+            ring.recycle(bid);
             self.engine.received(conn, Instant::now());
             self.dirty.push(conn);
+            if !health_bufs && self.engine.lane_of(conn) == Some(Lane::Health) {
+                self.move_to_health_buffers(conn);
+            }
         } else {
             if let Some(bid) = bid {
-                self.bufs.recycle(bid);
+                ring.recycle(bid);
             }
             if alive && res == 0 {
                 self.engine.fail(
                     conn,
                     LndError::new(LndErrorKind::Reset, "connection closed by the peer"),
                 );
-            } else if alive && res != -libc::ENOBUFS {
+            } else if alive && res != -libc::ENOBUFS && res != -libc::ECANCELED {
                 let e = io::Error::from_raw_os_error(-res);
                 self.engine.fail(conn, io_error(&e, "receive"));
             }
@@ -518,6 +563,23 @@ impl Uring {
             self.arm_recv(conn);
             self.reap(conn);
         }
+    }
+
+    /// An accepted socket turned out to carry the health lane: cancel its receive on data
+    /// buffers; when that ends, it is re-armed on the health lane's own.
+    fn move_to_health_buffers(&mut self, conn: ConnId) {
+        let Some(sock) = self.socks.get_mut(&conn) else {
+            return;
+        };
+        if !sock.recv || sock.recv_health || sock.moving || sock.closing {
+            return;
+        }
+        sock.moving = true;
+        let e = opcode::AsyncCancel::new(user_data(conn, RECV))
+            .build()
+            .user_data(user_data(conn, CANCEL));
+        // SAFETY: a cancel request points at no memory.
+        unsafe { self.push(e) };
     }
 
     fn on_send(&mut self, conn: ConnId, res: i32, flags: u32) {
@@ -606,9 +668,16 @@ impl Drop for Uring {
             return; // `bufs` stays leaked: ManuallyDrop
         }
         let _ = self.ring.submitter().unregister_buf_ring(self.bufs.bgid());
-        // SAFETY: no operation is pending and the buffer group is unregistered, so the kernel
-        // no longer reads the ring or writes the buffers; `bufs` is not used after this.
-        unsafe { ManuallyDrop::drop(&mut self.bufs) };
+        let _ = self
+            .ring
+            .submitter()
+            .unregister_buf_ring(self.health_bufs.bgid());
+        // SAFETY: no operation is pending and both buffer groups are unregistered, so the
+        // kernel no longer reads the rings or writes the buffers; neither is used after this.
+        unsafe {
+            ManuallyDrop::drop(&mut self.bufs);
+            ManuallyDrop::drop(&mut self.health_bufs);
+        }
     }
 }
 
