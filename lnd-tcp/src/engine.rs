@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanet::handshake::{check_hello, HandshakeError, LocalHello, PeerHello};
-use lanet::lane::{Lane, PerLane};
+use lanet::handshake::{check_hello, HandshakeError, Identity, PeerHello};
+use lanet::lane::Lane;
 use lanet::lnd::{
     expired, LndError, LndErrorKind, LndEvent, RaceWaits, RxPayload, Transmit, TxToken,
 };
@@ -23,23 +23,8 @@ pub(crate) type ConnId = usize;
 /// What this node says about itself, and how long it waits for others.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Local {
-    pub(crate) nid: Nid,
-    pub(crate) incarnation: u64,
-    pub(crate) credits: PerLane<u16>,
-    pub(crate) max_payload: u32,
+    pub(crate) id: Identity,
     pub(crate) connect_timeout: Duration,
-}
-
-impl Local {
-    fn hello(&self, lane: Lane) -> LocalHello {
-        LocalHello {
-            nid: self.nid,
-            incarnation: self.incarnation,
-            lane,
-            credits: self.credits[lane],
-            max_payload: self.max_payload,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +98,7 @@ impl Engine {
 
     fn limits(&self) -> Limits {
         Limits {
-            max_payload: self.local.max_payload,
+            max_payload: self.local.id.max_payload,
         }
     }
 
@@ -138,7 +123,7 @@ impl Engine {
                 peer,
                 lane,
                 hello,
-                local_credits: self.local.credits[lane],
+                local_credits: self.local.id.credits[lane],
             });
             return false;
         }
@@ -208,7 +193,7 @@ impl Engine {
         };
         if let (Stage::Connecting, Some((peer, lane))) = (c.stage, c.peer) {
             c.stage = Stage::Hello;
-            let hello = self.local.hello(lane).encode(peer);
+            let hello = self.local.id.hello(lane).encode(peer);
             c.tx.push(hello, Bytes::new(), None);
         }
     }
@@ -276,7 +261,7 @@ impl Engine {
                     payload: RxPayload::Inline(payload),
                 }),
                 (Stage::Hello, Some((peer, lane))) if c.dialled => {
-                    match check_hello(&self.local.hello(lane), Some(peer), &h) {
+                    match check_hello(&self.local.id.hello(lane), Some(peer), &h) {
                         Ok(hello) => self.mark_up(conn, hello),
                         Err(HandshakeError::LostRace) => self.lost_race(conn, peer, lane, now),
                         Err(e) => {
@@ -321,7 +306,7 @@ impl Engine {
             peer,
             lane,
             hello,
-            local_credits: self.local.credits[lane],
+            local_credits: self.local.id.credits[lane],
         });
     }
 
@@ -339,10 +324,10 @@ impl Engine {
     /// The first frame of an accepted connection.
     fn incoming_hello(&mut self, conn: ConnId, h: lanet::wire::Header) {
         let lane = h.lane;
-        let hello = match check_hello(&self.local.hello(lane), None, &h) {
+        let hello = match check_hello(&self.local.id.hello(lane), None, &h) {
             Ok(hello) => hello,
             Err(e) => {
-                tracing::warn!(nid = %self.local.nid, "refusing a connection: {e}");
+                tracing::warn!(nid = %self.local.id.nid, "refusing a connection: {e}");
                 self.conns.remove(&conn);
                 self.closes.push(conn);
                 return;
@@ -352,7 +337,7 @@ impl Engine {
         if let Some(&current) = self.up.get(&(peer, lane)) {
             let c = &self.conns[&current];
             let same_life = c.hello.is_some_and(|h| h.incarnation == hello.incarnation);
-            if same_life && c.dialled && self.local.nid < peer {
+            if same_life && c.dialled && self.local.id.nid < peer {
                 // Our dial is the rule's winner and is up: this is the peer's side of a race
                 // whose HELLO was already on its way. (A peer that restarted, or that dialled
                 // again while holding the winner, replaces the connection below.)
@@ -361,7 +346,7 @@ impl Engine {
         }
         if let Some(&mine) = self.dialling.get(&(peer, lane)) {
             // Both sides dialled: the connection dialled by the lower NID wins, on both sides.
-            if self.local.nid < peer {
+            if self.local.id.nid < peer {
                 return self.refuse_race(conn, peer, lane);
             }
             // Theirs wins: drop our dial quietly (it carries only our HELLO); this connection
@@ -370,7 +355,7 @@ impl Engine {
             self.conns.remove(&mine);
             self.closes.push(mine);
         }
-        let reply = self.local.hello(lane).encode(peer);
+        let reply = self.local.id.hello(lane).encode(peer);
         let c = self.conns.get_mut(&conn).expect("live");
         c.tx.push(reply, Bytes::new(), None);
         self.mark_up(conn, hello);
@@ -378,7 +363,11 @@ impl Engine {
 
     /// Answers an accepted connection that lost a race with a `Race` HELLO, then closes it.
     fn refuse_race(&mut self, conn: ConnId, peer: Nid, lane: Lane) {
-        let refusal = self.local.hello(lane).header_with(peer, HelloStatus::Race);
+        let refusal = self
+            .local
+            .id
+            .hello(lane)
+            .header_with(peer, HelloStatus::Race);
         let c = self.conns.get_mut(&conn).expect("live");
         c.tx.push(lanet::wire::encode_header(&refusal), Bytes::new(), None);
         c.stage = Stage::Closing;

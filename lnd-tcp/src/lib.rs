@@ -108,10 +108,12 @@ impl TcpLnd {
                 .expect("tcp NIDs are IP addresses"),
         );
         let local = engine::Local {
-            nid,
-            incarnation: cfg.incarnation,
-            credits: cfg.credits,
-            max_payload: cfg.max_payload,
+            id: lanet::handshake::Identity {
+                nid,
+                incarnation: cfg.incarnation,
+                credits: cfg.credits,
+                max_payload: cfg.max_payload,
+            },
             connect_timeout: cfg.connect_timeout,
         };
         let listen_error = |e: io::Error| {
@@ -179,8 +181,8 @@ impl TcpLnd {
 impl Lnd for TcpLnd {
     fn nid(&self) -> Nid {
         match &self.backend {
-            Driver::Uring(b) => b.engine.local().nid,
-            Driver::Epoll(b) => b.engine.local().nid,
+            Driver::Uring(b) => b.engine.local().id.nid,
+            Driver::Epoll(b) => b.engine.local().id.nid,
         }
     }
 

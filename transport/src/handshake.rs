@@ -121,6 +121,30 @@ pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
     })
 }
 
+/// What a node says about itself in the HELLO of every connection it makes or accepts
+/// (the drivers keep one and make each lane's HELLO from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub nid: Nid,
+    pub incarnation: u64,
+    /// Receive credits offered per lane.
+    pub credits: crate::lane::PerLane<u16>,
+    pub max_payload: u32,
+}
+
+impl Identity {
+    /// The HELLO for a connection of `lane`.
+    pub fn hello(&self, lane: Lane) -> LocalHello {
+        LocalHello {
+            nid: self.nid,
+            incarnation: self.incarnation,
+            lane,
+            credits: self.credits[lane],
+            max_payload: self.max_payload,
+        }
+    }
+}
+
 /// What the peer said in its HELLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerHello {

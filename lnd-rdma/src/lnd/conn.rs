@@ -149,7 +149,7 @@ impl Conn {
     /// Creates the QP on `lane`'s CQ (growing it if needed), registers the buffers and
     /// pre-posts every receive.
     pub(crate) fn create_qp(&mut self, id: u32, lane: Lane, ctx: &mut Ctx) -> Result<(), LndError> {
-        let recv_count = recv_buffers(ctx.local.credits[lane]);
+        let recv_count = recv_buffers(ctx.local.id.credits[lane]);
         let share = SEND_SLOTS + recv_count;
         let cq = &ctx.cq[lane];
         let need = ctx.cq_need[lane] + share;

@@ -26,7 +26,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanet::handshake::LocalHello;
+use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RaceWaits, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
@@ -78,27 +78,12 @@ impl RdmaConfig {
     }
 }
 
-/// What this node says about itself.
+/// What this node says about itself, where it listens, and how long it waits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Local {
-    pub(crate) nid: Nid,
+    pub(crate) id: Identity,
     pub(crate) ip: Ipv4Addr,
-    pub(crate) incarnation: u64,
-    pub(crate) credits: PerLane<u16>,
-    pub(crate) max_payload: u32,
     pub(crate) connect_timeout: Duration,
-}
-
-impl Local {
-    pub(crate) fn hello(&self, lane: Lane) -> LocalHello {
-        LocalHello {
-            nid: self.nid,
-            incarnation: self.incarnation,
-            lane,
-            credits: self.credits[lane],
-            max_payload: self.max_payload,
-        }
-    }
 }
 
 /// Everything but the connections, so a connection and this can be borrowed together.
@@ -232,11 +217,13 @@ impl RdmaLnd {
         Ok(RdmaLnd {
             ctx: Ctx {
                 local: Local {
-                    nid,
+                    id: Identity {
+                        nid,
+                        incarnation: cfg.incarnation,
+                        credits: cfg.credits,
+                        max_payload: cfg.max_payload,
+                    },
                     ip: *addr.ip(),
-                    incarnation: cfg.incarnation,
-                    credits: cfg.credits,
-                    max_payload: cfg.max_payload,
                     connect_timeout: cfg.connect_timeout,
                 },
                 pd,
@@ -406,7 +393,7 @@ impl RdmaLnd {
 
 impl Lnd for RdmaLnd {
     fn nid(&self) -> Nid {
-        self.ctx.local.nid
+        self.ctx.local.id.nid
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {

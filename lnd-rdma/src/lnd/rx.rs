@@ -93,7 +93,7 @@ impl RdmaLnd {
 
     fn on_recv(&mut self, id: u32, index: usize, len: usize) {
         let limits = Limits {
-            max_payload: self.ctx.local.max_payload,
+            max_payload: self.ctx.local.id.max_payload,
         };
         let conn = self.conns.get_mut(&id).expect("checked by the caller");
         if conn.stage == Stage::Accepting {

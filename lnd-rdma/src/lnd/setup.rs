@@ -35,7 +35,7 @@ impl RdmaLnd {
                 peer,
                 lane,
                 hello,
-                local_credits: self.ctx.local.credits[lane],
+                local_credits: self.ctx.local.id.credits[lane],
             });
             return;
         }
@@ -57,10 +57,10 @@ impl RdmaLnd {
             lane,
             error: err(kind, detail),
         };
-        let Some(addr) = peer_addr(peer).filter(|_| peer.net == self.ctx.local.nid.net) else {
+        let Some(addr) = peer_addr(peer).filter(|_| peer.net == self.ctx.local.id.nid.net) else {
             let e = failed(
                 LndErrorKind::Unreachable,
-                format!("{peer} is not on {}", self.ctx.local.nid.net),
+                format!("{peer} is not on {}", self.ctx.local.id.nid.net),
             );
             return self.ctx.events.push(e);
         };
@@ -122,6 +122,7 @@ impl RdmaLnd {
                 let hello = self
                     .ctx
                     .local
+                    .id
                     .hello(lane)
                     .encode_compact(peer, HelloStatus::Ok);
                 let res = conn
@@ -160,7 +161,8 @@ impl RdmaLnd {
         let checked = decode_compact(private)
             .map_err(|e| e.to_string())
             .and_then(|h| {
-                check_hello(&self.ctx.local.hello(lane), Some(peer), &h).map_err(|e| e.to_string())
+                check_hello(&self.ctx.local.id.hello(lane), Some(peer), &h)
+                    .map_err(|e| e.to_string())
             });
         match checked {
             Ok(hello) => {
@@ -179,7 +181,7 @@ impl RdmaLnd {
             return self.fail(id, err(LndErrorKind::Refused, "rejected"));
         };
         let race = decode_compact(&ev.private_data).is_ok_and(|h| {
-            check_hello(&self.ctx.local.hello(lane), Some(peer), &h)
+            check_hello(&self.ctx.local.id.hello(lane), Some(peer), &h)
                 == Err(HandshakeError::LostRace)
         });
         if !race {
@@ -211,20 +213,21 @@ impl RdmaLnd {
         let hello = decode_compact(&ev.private_data)
             .map_err(|e| e.to_string())
             .and_then(|h| {
-                check_hello(&self.ctx.local.hello(h.lane), None, &h).map_err(|e| e.to_string())
+                check_hello(&self.ctx.local.id.hello(h.lane), None, &h).map_err(|e| e.to_string())
             });
         let hello = match hello {
             Ok(h) => h,
             Err(e) => {
-                tracing::warn!(nid = %self.ctx.local.nid, "refusing a connection: {e}");
+                tracing::warn!(nid = %self.ctx.local.id.nid, "refusing a connection: {e}");
                 return refuse(cm, &e, &[]);
             }
         };
         let (peer, lane) = (hello.nid, hello.lane);
-        let we_win = self.ctx.local.nid < peer;
+        let we_win = self.ctx.local.id.nid < peer;
         let race = self
             .ctx
             .local
+            .id
             .hello(lane)
             .encode_compact(peer, HelloStatus::Race);
         if let Some(current) = self.up.get(&(peer, lane)).map(|id| &self.conns[id]) {
@@ -258,6 +261,7 @@ impl RdmaLnd {
         let reply = self
             .ctx
             .local
+            .id
             .hello(lane)
             .encode_compact(peer, HelloStatus::Ok);
         let accepted = conn
@@ -296,7 +300,7 @@ impl RdmaLnd {
             peer,
             lane,
             hello,
-            local_credits: self.ctx.local.credits[lane],
+            local_credits: self.ctx.local.id.credits[lane],
         });
         self.pump(id);
     }

@@ -4,16 +4,19 @@ use std::io::IoSlice;
 
 use super::*;
 use crate::framing::MAX_SLICES;
+use lanet::lane::PerLane;
 use lanet::wire::{encode_header, Body, Header};
 
 const T: Duration = Duration::from_secs(5);
 
 fn local(n: u32) -> Local {
     Local {
-        nid: Nid::mem(n, 0),
-        incarnation: u64::from(n) * 10,
-        credits: PerLane::new(4, 8),
-        max_payload: 1 << 20,
+        id: Identity {
+            nid: Nid::mem(n, 0),
+            incarnation: u64::from(n) * 10,
+            credits: PerLane::new(4, 8),
+            max_payload: 1 << 20,
+        },
         connect_timeout: T,
     }
 }
@@ -197,6 +200,7 @@ fn handshakes_and_lost_races_time_out_into_connect_failures() {
     b.dialled(2, Nid::mem(1, 0), Lane::Data, now);
     b.established(2);
     let mut race = local(1)
+        .id
         .hello(Lane::Data)
         .header_with(Nid::mem(2, 0), HelloStatus::Race);
     race.dst = Nid::mem(2, 0);
@@ -279,10 +283,9 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
         "the loser learns it lost, without failing"
     );
     // B restarts (new incarnation) and dials: that connection replaces the old one.
-    let mut reborn = Engine::new(Local {
-        incarnation: 99,
-        ..local(2)
-    });
+    let mut old = local(2);
+    old.id.incarnation = 99;
+    let mut reborn = Engine::new(old);
     reborn.dialled(3, n1, Lane::Data, now);
     reborn.established(3);
     a.accepted(103, now);

@@ -107,13 +107,13 @@ impl MemLnd {
     }
 
     fn hello(&self, lane: Lane) -> LocalHello {
-        LocalHello {
+        let id = crate::handshake::Identity {
             nid: self.nid,
             incarnation: self.cfg.incarnation,
-            lane,
-            credits: self.cfg.credits[lane],
+            credits: self.cfg.credits,
             max_payload: self.cfg.max_payload,
-        }
+        };
+        id.hello(lane)
     }
 
     /// Whether a payload of `len` bytes goes by the zero-copy path.
