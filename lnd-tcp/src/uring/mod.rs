@@ -1,7 +1,8 @@
-//! The io_uring backend: one ring per driver thread; multishot accept; multishot receive
-//! into a provided-buffer ring; `sendmsg` (zero-copy `sendmsg` for large messages) from
-//! memory that outlives each operation; everything queued during a turn submitted with one
-//! `io_uring_enter`, which also waits.
+//! The io_uring backend: one ring per driver thread, with deferred task work; multishot
+//! accept; receives into provided-buffer rings (the health lane multishot into its own
+//! group, the data lane one buffer per receive); `sendmsg` (zero-copy `sendmsg` for large
+//! messages, large data sends on a kernel worker) from memory that outlives each operation;
+//! everything queued during a turn submitted with one `io_uring_enter`, which also waits.
 
 mod bufring;
 mod send;
@@ -53,6 +54,8 @@ const CANCEL: u64 = 6;
 /// A multishot receive into the health lane's own buffers.
 const RECV_HEALTH: u64 = 7;
 
+/// Data-lane sends at least this large are handed to a kernel worker (`IOSQE_ASYNC`).
+const ASYNC_SEND_MIN: usize = 64 * 1024;
 /// Bytes of data-lane receives handled per turn, so the health lane and the core get a
 /// turn every few hundred microseconds under bulk load (measured: `lanet-bench lanes`).
 const DATA_RECV_PER_TURN: usize = 256 << 10;
@@ -71,10 +74,6 @@ struct Sock {
     notif: bool,
     /// The multishot receive is armed.
     recv: bool,
-    /// Its receive uses the health lane's buffers.
-    recv_health: bool,
-    /// Its data-buffer receive is being cancelled, to be re-armed on health buffers.
-    moving: bool,
     /// The address a pending connect reads.
     connect: Option<Box<libc::sockaddr_in>>,
     /// Shut down; removed once nothing is pending.
@@ -92,8 +91,6 @@ impl Sock {
             sending: false,
             notif: false,
             recv: false,
-            recv_health: false,
-            moving: false,
             connect: None,
             closing: false,
         }
@@ -139,6 +136,10 @@ pub(crate) struct Uring {
     backlog: std::collections::VecDeque<(u64, i32, u32)>,
     /// Receives waiting in `backlog`, per socket.
     deferred: FxHashMap<ConnId, usize>,
+    /// The ring accepts submissions (a deferred-task-work ring starts disabled).
+    enabled: bool,
+    /// Task work runs only when we ask for completions.
+    defer_taskrun: bool,
 }
 
 impl Uring {
@@ -148,10 +149,27 @@ impl Uring {
         listener: io::Result<TcpListener>,
         zero_copy_min: usize,
     ) -> io::Result<Uring> {
-        let ring = IoUring::builder()
+        // Deferred task work (6.1+): the kernel's receive copies run only inside our own
+        // `io_uring_enter`, a bounded batch at a time, not at whatever system call this
+        // thread makes next. It needs a single issuer, and the issuer is the thread that
+        // enables the ring: the driver thread, at its first poll, not the one creating us.
+        let deferred = IoUring::builder()
             .setup_coop_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .build(RING_ENTRIES);
+        let (ring, enabled) = match deferred {
+            Ok(ring) => (ring, false),
+            Err(_) => (
+                IoUring::builder()
+                    .setup_coop_taskrun()
+                    .build(RING_ENTRIES)
+                    .or_else(|_| IoUring::new(RING_ENTRIES))?,
+                true,
+            ),
+        };
+        let defer_taskrun = !enabled;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
@@ -204,11 +222,24 @@ impl Uring {
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
             backlog: std::collections::VecDeque::new(),
             deferred: FxHashMap::default(),
+            enabled,
+            defer_taskrun,
         };
         u.arm_accept();
         u.arm_wake();
-        u.ring.submit()?;
+        if u.enabled {
+            u.ring.submit()?;
+        }
         Ok(u)
+    }
+
+    /// Enables a ring created disabled; the calling thread becomes its only submitter.
+    fn enable(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+        }
+        Ok(())
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -227,7 +258,7 @@ impl Uring {
     unsafe fn push(&mut self, e: squeue::Entry) {
         // SAFETY: the caller vouches for the entry's memory.
         while unsafe { self.ring.submission().push(&e) }.is_err() {
-            if let Err(err) = self.ring.submit() {
+            if let Err(err) = self.enable().and_then(|()| self.ring.submit()) {
                 tracing::error!("io_uring submit failed: {err}");
                 std::thread::yield_now();
             }
@@ -268,15 +299,21 @@ impl Uring {
         sock.recv = true;
         // Accepted sockets learn their lane from the HELLO: until then, data buffers.
         let health = self.engine.lane_of(conn) == Some(Lane::Health);
-        sock.recv_health = health;
-        sock.moving = false;
-        let (group, kind) = match health {
-            true => (self.health_bufs.bgid(), RECV_HEALTH),
-            false => (self.bufs.bgid(), RECV),
+        let fd = Fd(sock.fd.as_raw_fd());
+        let e = match health {
+            true => opcode::RecvMulti::new(fd, self.health_bufs.bgid())
+                .build()
+                .user_data(user_data(conn, RECV_HEALTH)),
+            // Data: one buffer per receive, re-armed when handled. A multishot receive on
+            // a socket that never runs dry keeps copying inside one `io_uring_enter` for as
+            // long as the sender keeps up (measured: 4 MiB, 1.5 ms), and the health lane
+            // waits behind it.
+            false => opcode::Recv::new(fd, std::ptr::null_mut(), RECV_BUFFER_SIZE as u32)
+                .buf_group(self.bufs.bgid())
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(user_data(conn, RECV)),
         };
-        let e = opcode::RecvMulti::new(Fd(sock.fd.as_raw_fd()), group)
-            .build()
-            .user_data(user_data(conn, kind));
         // SAFETY: the receive writes into provided buffers, which live as long as the ring;
         // the socket stays open until this operation has completed (see `reap`).
         unsafe { self.push(e) };
@@ -306,6 +343,13 @@ impl Uring {
             opcode::SendMsg::new(fd, sock.send.msghdr())
                 .flags(flags)
                 .build()
+        };
+        // Large data-lane sends run on a kernel worker thread: inline, a loopback send of
+        // 512 KiB held this thread in `io_uring_enter` for ~1 ms (it also runs the
+        // receiver's TCP input), and the health lane waited behind it.
+        let e = match len >= ASYNC_SEND_MIN && self.engine.lane_of(conn) != Some(Lane::Health) {
+            true => e.flags(squeue::Flags::ASYNC),
+            false => e,
         };
         sock.sending = true;
         // SAFETY: the message lives in the boxed send slot, whose staging copies and held
@@ -401,8 +445,20 @@ impl Uring {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
+        self.enable().map_err(|e| {
+            LndError::new(
+                LndErrorKind::Resource,
+                format!("cannot enable the io_uring: {e}"),
+            )
+        })?;
         self.flush_dirty();
         let submitted = match self.engine.wait(timeout, !self.backlog.is_empty()) {
+            // With deferred task work, completions only come when asked for.
+            Some(d) if d.is_zero() && self.defer_taskrun => {
+                let now = Timespec::new();
+                let args = SubmitArgs::new().timespec(&now);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
             Some(d) if d.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
             Some(d) => {
@@ -538,9 +594,6 @@ impl Uring {
             ring.recycle(bid);
             self.engine.received(conn, Instant::now());
             self.dirty.push(conn);
-            if !health_bufs && self.engine.lane_of(conn) == Some(Lane::Health) {
-                self.move_to_health_buffers(conn);
-            }
         } else {
             if let Some(bid) = bid {
                 ring.recycle(bid);
@@ -563,23 +616,6 @@ impl Uring {
             self.arm_recv(conn);
             self.reap(conn);
         }
-    }
-
-    /// An accepted socket turned out to carry the health lane: cancel its receive on data
-    /// buffers; when that ends, it is re-armed on the health lane's own.
-    fn move_to_health_buffers(&mut self, conn: ConnId) {
-        let Some(sock) = self.socks.get_mut(&conn) else {
-            return;
-        };
-        if !sock.recv || sock.recv_health || sock.moving || sock.closing {
-            return;
-        }
-        sock.moving = true;
-        let e = opcode::AsyncCancel::new(user_data(conn, RECV))
-            .build()
-            .user_data(user_data(conn, CANCEL));
-        // SAFETY: a cancel request points at no memory.
-        unsafe { self.push(e) };
     }
 
     fn on_send(&mut self, conn: ConnId, res: i32, flags: u32) {
@@ -637,6 +673,11 @@ impl Drop for Uring {
     /// is freed; if the kernel does not answer in time, the memory is leaked, not freed.
     fn drop(&mut self) {
         self.stopping = true;
+        if !self.enabled {
+            // Nothing was ever submitted: only the buffer rings to unregister.
+            self.free_buffers();
+            return;
+        }
         // The listener too: a pending accept would keep it listening after we are gone, and
         // peers would connect to a node that never answers.
         sys::shutdown(self.listener.as_fd());
@@ -667,13 +708,21 @@ impl Drop for Uring {
             }
             return; // `bufs` stays leaked: ManuallyDrop
         }
+        self.free_buffers();
+    }
+}
+
+impl Uring {
+    /// Unregisters and frees both buffer rings. Only once no operation is pending.
+    fn free_buffers(&mut self) {
         let _ = self.ring.submitter().unregister_buf_ring(self.bufs.bgid());
         let _ = self
             .ring
             .submitter()
             .unregister_buf_ring(self.health_bufs.bgid());
-        // SAFETY: no operation is pending and both buffer groups are unregistered, so the
-        // kernel no longer reads the rings or writes the buffers; neither is used after this.
+        // SAFETY: called once, from `drop`, when no operation is pending; both buffer groups
+        // are unregistered, so the kernel no longer reads the rings or writes the buffers,
+        // and neither is used after this.
         unsafe {
             ManuallyDrop::drop(&mut self.bufs);
             ManuallyDrop::drop(&mut self.health_bufs);
