@@ -9,10 +9,13 @@
 //!   climb back as the peer answers; they rank peers and routes.
 //! * Down peers that stay interesting are probed with a PING after one interval, then with
 //!   doubling gaps up to `probe_max`; anything heard brings them back Up.
-//! * Local health (Lifeguard): when this node's own loop runs late (its timer fires more than
-//!   `lag_tolerance` after it was due), the silence it measured includes its own stall, so
-//!   every peer's silence is shortened by the lag instead of accusing them; each such stretch
-//!   is counted.
+//! * Local health (Lifeguard): when this node itself falls behind, the silence it measured
+//!   includes its own stall, so every peer's silence is shortened by the lag instead of
+//!   accusing them; each such stretch is counted. Two signs: its loop runs late (a timer
+//!   fires more than `lag_tolerance` after it was due), or its health lane is backed up (a
+//!   health frame handed to the driver has not left after `lag_tolerance`). A stuck frame
+//!   is forgiven for at most one detection time: past that, the driver may be stuck *on*
+//!   the peer (an RDMA send completes only when the peer acknowledges it).
 //!
 //! The node owns a [`Monitor`], feeds it frames and interest, and carries out its
 //! [`Action`]s (send a PING, flush a dead peer, announce a recovery).
@@ -90,6 +93,8 @@ pub struct HealthStats {
     pub recoveries: u64,
     /// Times this node found itself lagging and stretched its peers' timeouts.
     pub lag_stretches: u64,
+    /// Of those, the ones found from its own health lane backed up.
+    pub backlog_stretches: u64,
     /// The longest such lag.
     pub max_lag: Duration,
 }
@@ -133,6 +138,9 @@ pub(crate) struct Monitor {
     timers: BinaryHeap<Reverse<(Time, Nid)>>,
     /// The deadline last reported to the node's driver: firing much later means local lag.
     promised: Option<Time>,
+    /// Silence up to here has already been forgiven: overlapping signs of one stall (a late
+    /// timer and a stuck frame) stretch it once.
+    forgiven_until: Time,
     stats: HealthStats,
 }
 
@@ -143,6 +151,7 @@ impl Monitor {
             peers: FxHashMap::default(),
             timers: BinaryHeap::new(),
             promised: None,
+            forgiven_until: Time::ZERO,
             stats: HealthStats::default(),
         }
     }
@@ -329,16 +338,41 @@ impl Monitor {
         let Some(promised) = self.promised.take() else {
             return;
         };
-        let lag = now.saturating_since(promised);
-        if lag <= self.cfg.lag_tolerance {
+        if now.saturating_since(promised) > self.cfg.lag_tolerance {
+            self.stretch(promised, now);
+        }
+    }
+
+    /// This node's health lane is backed up: a health frame handed to the driver at `since`
+    /// had not left by `now`. Past `lag_tolerance`, that time is the node's own lag, up to
+    /// one detection time per frame. Call it before [`Monitor::tick`] while a frame is
+    /// stuck, and once more when it leaves.
+    pub(crate) fn backlog(&mut self, since: Time, now: Time) {
+        if now.saturating_since(since) <= self.cfg.lag_tolerance {
             return;
         }
+        let until = now.min(since + self.cfg.detect_time());
+        if self.stretch(since, until) {
+            self.stats.backlog_stretches += 1;
+        }
+    }
+
+    /// Shortens every peer's silence by the part of `from..until` not yet forgiven.
+    fn stretch(&mut self, from: Time, until: Time) -> bool {
+        let lag = until.saturating_since(from.max(self.forgiven_until));
+        if lag.is_zero() {
+            return false;
+        }
+        self.forgiven_until = until;
         self.stats.lag_stretches += 1;
         self.stats.max_lag = self.stats.max_lag.max(lag);
+        // Pushed forward by the lag, but never past the stall's end, nor backwards.
+        let shift = |t: Time| t.max((t + lag).min(until));
         for w in self.peers.values_mut() {
-            w.last_heard = (w.last_heard + lag).min(now);
-            w.ping_sent = w.ping_sent.map(|p| (p + lag).min(now));
+            w.last_heard = shift(w.last_heard);
+            w.ping_sent = w.ping_sent.map(shift);
         }
+        true
     }
 
     fn evaluate(&mut self, nid: Nid, now: Time, out: &mut Vec<Action>) {

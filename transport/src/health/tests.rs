@@ -175,3 +175,60 @@ fn a_poked_down_peer_is_probed_once_per_attempt_and_forgotten_once_back() {
     );
     assert_eq!((m.peer(peer(1)), m.monitored()), (None, 0));
 }
+
+/// Drives a silent, watched peer while a health frame handed to the driver at `stuck_from`
+/// stays there until `stuck_until` (ms). Returns the time of the Down verdict.
+fn down_with_stuck_frame(stuck_from: u64, stuck_until: u64) -> (u64, HealthStats) {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    let mut out = Vec::new();
+    while let Some(t) = m.next_deadline().filter(|t| *t <= at(5_000)) {
+        let ms = t.as_duration().as_millis() as u64;
+        if ms >= stuck_from {
+            m.backlog(at(stuck_from), at(ms.min(stuck_until)));
+        }
+        m.tick(t, &mut out);
+        if out.iter().any(|a| matches!(a, Action::Down { .. })) {
+            return (ms, m.stats());
+        }
+    }
+    panic!("never Down");
+}
+
+#[test]
+fn a_backed_up_health_lane_stretches_silence_for_at_most_one_detection_time() {
+    // Nothing stuck: Down after 3 intervals of silence.
+    let (honest, stats) = down_with_stuck_frame(100, 100);
+    assert_eq!(honest, 300);
+    assert_eq!(stats.lag_stretches, 0);
+    // A frame that leaves within the tolerance (50 ms) is no sign of lag.
+    let (quick, stats) = down_with_stuck_frame(100, 140);
+    assert_eq!((quick, stats.lag_stretches), (300, 0));
+    // The PING of 100 ms stuck until 250 ms: this node's silence, not the peer's.
+    let (late, stats) = down_with_stuck_frame(100, 250);
+    assert_eq!(late, 450, "stretched by the 150 ms it was stuck");
+    assert!(stats.backlog_stretches >= 1);
+    assert_eq!(stats.lag_stretches, stats.backlog_stretches);
+    // Stuck for good (a driver may be stuck on the peer itself): forgiven for one
+    // detection time, then Down.
+    let (capped, stats) = down_with_stuck_frame(100, u64::MAX);
+    assert_eq!(capped, 600, "stretched by one detection time, no more");
+    assert!(stats.max_lag <= MS * 300, "{stats:?}");
+}
+
+#[test]
+fn one_stall_seen_twice_is_forgiven_once() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(90));
+    assert_eq!(m.next_deadline(), Some(at(100)));
+    let mut out = Vec::new();
+    // The loop stalls from 100 to 700 ms; a health frame was stuck through the same stall.
+    m.tick(at(700), &mut out);
+    m.backlog(at(100), at(700));
+    let stats = m.stats();
+    assert_eq!((stats.lag_stretches, stats.backlog_stretches), (1, 0));
+    assert_eq!(stats.max_lag, MS * 600);
+    let heard = m.peer(peer(1)).unwrap().last_heard;
+    assert_eq!(heard, at(690), "stretched by 600 ms once, not twice");
+}

@@ -32,10 +32,12 @@ impl Node {
     /// Monitors `nid` (pinging it when silent) until [`Node::unwatch`], even with no
     /// operation outstanding.
     pub fn watch(&mut self, now: Time, nid: Nid) {
+        self.clock = Some(now);
         self.health.watch(nid, now, true);
     }
 
     pub fn unwatch(&mut self, now: Time, nid: Nid) {
+        self.clock = Some(now);
         self.health.watch(nid, now, false);
     }
 
@@ -68,6 +70,10 @@ impl Node {
     /// Runs the monitor's timers.
     pub(super) fn health_timeout(&mut self, now: Time) {
         let mut actions = std::mem::take(&mut self.health_actions);
+        // A health frame still in the driver: this node's own health lane is behind.
+        if let Some((_, &since)) = self.health_in_lnd.first_key_value() {
+            self.health.backlog(since, now);
+        }
         self.health.tick(now, &mut actions);
         for action in actions.drain(..) {
             match action {

@@ -21,7 +21,7 @@ mod tx;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
@@ -199,6 +199,11 @@ pub struct Node {
     pub(crate) portals: FxHashMap<u32, Vec<OpId>>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
     pub(crate) in_lnd: FxHashMap<u64, InLnd>,
+    /// Health-lane frames in the driver, by token (so oldest first), with when they went.
+    pub(crate) health_in_lnd: BTreeMap<u64, Time>,
+    /// The time of the call being handled, when it carries one; `None` in calls that do not
+    /// (their frames are not timed).
+    pub(crate) clock: Option<Time>,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
     next_seq: u64,
@@ -232,6 +237,8 @@ impl Node {
             portals: FxHashMap::default(),
             deadlines: BinaryHeap::new(),
             in_lnd: FxHashMap::default(),
+            health_in_lnd: BTreeMap::new(),
+            clock: None,
             fetching: FxHashMap::default(),
             next_seq: 1,
             next_token: 1,
@@ -306,6 +313,7 @@ impl Node {
 
     /// Attaches a receive buffer or GET source; it completes when unlinked.
     pub fn attach(&mut self, id: OpId, entry: MatchEntry) -> Result<(), SubmitError> {
+        self.clock = None;
         self.check_id(id)?;
         let seq = self.take_seq();
         if self.shut_down {
@@ -327,6 +335,7 @@ impl Node {
     /// request already handed to the driver may still reach the peer; its answer is ignored.
     /// Unknown or finished ids are ignored.
     pub fn cancel(&mut self, id: OpId) {
+        self.clock = None;
         if self.ops.contains_key(&id) {
             self.complete(id, Err(OpError::Cancelled));
         }
@@ -340,12 +349,14 @@ impl Node {
     /// Completes every live operation with `Cancelled` (in submission order); later
     /// submissions are cancelled at once.
     pub fn shutdown(&mut self) {
+        self.clock = None;
         self.abort(OpError::Cancelled);
     }
 
     /// Like [`Node::shutdown`], completing everything live with `error` instead (e.g. when a
     /// driver failed for good).
     pub fn abort(&mut self, error: OpError) {
+        self.clock = None;
         self.shut_down = true;
         let mut live: Vec<(u64, OpId)> = self.ops.iter().map(|(id, op)| (op.seq, *id)).collect();
         live.sort_unstable();
@@ -380,6 +391,7 @@ impl Node {
 
     /// Expires operations whose deadline is at or before `now`, and runs failure detection.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.clock = Some(now);
         self.health_timeout(now);
         while let Some(Reverse((t, seq, id))) = self.deadlines.peek().copied() {
             if t > now {
@@ -450,6 +462,7 @@ impl Node {
         timeout: Option<std::time::Duration>,
         invalid: Option<String>,
     ) -> Result<(), SubmitError> {
+        self.clock = Some(now);
         self.check_id(id)?;
         let seq = self.take_seq();
         let op = Op {

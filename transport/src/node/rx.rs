@@ -15,6 +15,7 @@ use crate::wire::{Body, Header, Status};
 impl Node {
     /// Feeds one driver event from NI `ni` into the node.
     pub fn handle_lnd_event(&mut self, now: Time, ni: NiId, event: LndEvent) {
+        self.clock = Some(now);
         match event {
             LndEvent::Connected {
                 peer,
@@ -32,7 +33,7 @@ impl Node {
                 header,
                 payload,
             } => self.on_frame(now, ni, peer, lane, header, payload),
-            LndEvent::SendComplete { token, result } => self.on_send_complete(token, result),
+            LndEvent::SendComplete { token, result } => self.on_send_complete(now, token, result),
             LndEvent::Fetched { handle, result } => self.on_fetched(ni, handle, result),
         }
     }

@@ -7,6 +7,7 @@ use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, Transmit, TxToken};
 use crate::nid::Nid;
 use crate::op::{OpError, OpId};
+use crate::time::Time;
 use crate::wire::{encode_header, Body, Header};
 
 impl Peer {
@@ -228,6 +229,9 @@ impl Node {
                 op: out.op,
             },
         );
+        if let (Lane::Health, Some(now)) = (lane, self.clock) {
+            self.health_in_lnd.insert(token, now);
+        }
         self.stats.frames_sent += 1;
         self.transmits[lane].push_back((
             ni,
@@ -242,7 +246,17 @@ impl Node {
     }
 
     /// A driver finished (or failed) sending a frame.
-    pub(crate) fn on_send_complete(&mut self, token: TxToken, result: Result<(), LndError>) {
+    pub(crate) fn on_send_complete(
+        &mut self,
+        now: Time,
+        token: TxToken,
+        result: Result<(), LndError>,
+    ) {
+        if let Some(since) = self.health_in_lnd.remove(&token.0) {
+            if result.is_ok() {
+                self.health.backlog(since, now); // how long it took to leave
+            }
+        }
         let Some(rec) = self.in_lnd.remove(&token.0) else {
             tracing::warn!(token = token.0, "driver completed an unknown send");
             self.stats.protocol_errors += 1;

@@ -2,6 +2,7 @@
 //! Helpers here; the tests by theme in the submodules.
 
 mod flow;
+mod health;
 mod lifecycle;
 mod target;
 
