@@ -78,9 +78,18 @@ pub struct NodeStats {
     pub refused_busy: u64,
     /// ACK/REPLY/PONG that could not be sent because the connection failed.
     pub responses_dropped: u64,
+    /// PINGs left unanswered because the peer already had [`PONG_BACKLOG_PER_CREDIT`] x
+    /// credits' worth of PONGs waiting: it pings faster than it lets us answer.
+    pub pings_shed: u64,
     /// Deferred payloads whose fetch failed.
     pub fetch_failures: u64,
 }
+
+/// PONGs that may wait for one peer on one lane, per receive credit we offered it. Credits
+/// come back to a peer as soon as its frames are consumed, so one that keeps pinging while
+/// never returning ours could otherwise grow the queue without bound. Its extra PINGs go
+/// unanswered (counted in [`NodeStats::pings_shed`]); its own deadlines end them.
+pub const PONG_BACKLOG_PER_CREDIT: usize = 4;
 
 /// Submission failures that leave no operation behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

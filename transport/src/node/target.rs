@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Pending};
+use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Pending, PONG_BACKLOG_PER_CREDIT};
 use crate::lane::Lane;
 use crate::lnd::{LndError, RxPayload};
 use crate::nid::Nid;
@@ -37,6 +37,28 @@ impl Node {
         if !matches!(pl.conn, Conn::Up { .. }) {
             self.stats.responses_dropped += 1;
             return;
+        }
+        if let Body::Pong { .. } = body {
+            // Counted only when the queue is long, so the common case costs nothing.
+            let cap = PONG_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits);
+            let pongs = |q: &std::collections::VecDeque<Pending>| {
+                q.iter()
+                    .filter(|p| {
+                        matches!(
+                            p,
+                            Pending::Response {
+                                body: Body::Pong { .. },
+                                ..
+                            }
+                        )
+                    })
+                    .count()
+            };
+            if pl.queue.len() >= cap && pongs(&pl.queue) >= cap {
+                self.stats.pings_shed += 1;
+                tracing::debug!(peer = %nid, %lane, "PING shed: {cap} PONGs already wait");
+                return;
+            }
         }
         pl.queue.push_back(Pending::Response {
             body,

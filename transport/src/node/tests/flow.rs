@@ -193,3 +193,47 @@ fn health_frames_leave_before_queued_data() {
         vec![(OpId(99), Ok(OpOutcome::Pong { rtt: 3 * MS }))]
     );
 }
+
+#[test]
+fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
+    let mut n = node();
+    let offered = usize::from(n.config().lanes[Lane::Health].peer_credits);
+    let cap = PONG_BACKLOG_PER_CREDIT * offered;
+    // B offers one credit and never returns it: one PONG leaves, the rest wait.
+    connected(&mut n, B, Lane::Health, 1, 7);
+    let flood = 10 * cap as u64;
+    let mut sent = Vec::new();
+    for seq in 0..flood {
+        // Its credits come back to it (CREDIT frames), so it can keep sending.
+        receive(
+            &mut n,
+            t(1),
+            B,
+            Lane::Health,
+            Body::Ping { seq },
+            seq,
+            0,
+            b"",
+        );
+        sent.extend(drain(&mut n));
+    }
+    let pongs = |s: &[Sent]| {
+        s.iter()
+            .filter(|s| matches!(s.header.body, Body::Pong { .. }))
+            .count()
+    };
+    assert_eq!(pongs(&sent), 1, "one credit, one PONG");
+    assert!(sent.iter().any(|s| s.header.body == Body::Credit));
+    let waiting = n.peers[&nid(B)].lanes[Lane::Health].queue.len();
+    assert_eq!(waiting, cap);
+    assert_eq!(n.stats().pings_shed, flood - 1 - cap as u64);
+    // Credits back: every waiting PONG goes, in order, and nothing more.
+    receive(&mut n, t(2), B, Lane::Health, Body::Credit, 0, 1, b"");
+    let mut answered = pongs(&drain(&mut n));
+    for _ in 1..cap {
+        receive(&mut n, t(2), B, Lane::Health, Body::Credit, 0, 1, b"");
+        answered += pongs(&drain(&mut n));
+    }
+    assert_eq!(answered, cap);
+    assert!(n.peers[&nid(B)].lanes[Lane::Health].queue.is_empty());
+}
