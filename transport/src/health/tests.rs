@@ -129,15 +129,21 @@ fn probing_backs_off_to_its_cap_and_a_reply_brings_the_peer_back() {
     assert_eq!(m.stats().recoveries, 1);
 }
 
-#[test]
-fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
+/// A watched peer last heard at 90 ms; this node stalls: its timer, due at 100 ms, runs
+/// at 700 ms (6 intervals later). Returns the monitor and what that late tick did.
+fn stalled_from_100_to_700_ms() -> (Monitor, Vec<Action>) {
     let mut m = Monitor::new(HealthConfig::default());
     m.watch(peer(1), at(0), true);
     m.heard(peer(1), at(90));
     assert_eq!(m.next_deadline(), Some(at(100)));
-    // This node stalls: its timer, due at 100 ms, runs at 700 ms (6 intervals later).
     let mut out = Vec::new();
     m.tick(at(700), &mut out);
+    (m, out)
+}
+
+#[test]
+fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
+    let (m, out) = stalled_from_100_to_700_ms();
     assert!(
         !out.iter().any(|a| matches!(a, Action::Down { .. })),
         "{out:?}"
@@ -218,13 +224,8 @@ fn a_backed_up_health_lane_stretches_silence_for_at_most_one_detection_time() {
 
 #[test]
 fn one_stall_seen_twice_is_forgiven_once() {
-    let mut m = Monitor::new(HealthConfig::default());
-    m.watch(peer(1), at(0), true);
-    m.heard(peer(1), at(90));
-    assert_eq!(m.next_deadline(), Some(at(100)));
-    let mut out = Vec::new();
-    // The loop stalls from 100 to 700 ms; a health frame was stuck through the same stall.
-    m.tick(at(700), &mut out);
+    // A health frame was stuck through the same stall.
+    let (mut m, _) = stalled_from_100_to_700_ms();
     m.backlog(at(100), at(700));
     let stats = m.stats();
     assert_eq!((stats.lag_stretches, stats.backlog_stretches), (1, 0));
