@@ -72,7 +72,7 @@ struct Sock {
     sending: bool,
     /// A zero-copy send's notification is pending: its memory is still in use.
     notif: bool,
-    /// The multishot receive is armed.
+    /// A receive is armed (multishot on the health lane, single-shot on the data lane).
     recv: bool,
     /// The address a pending connect reads.
     connect: Option<Box<libc::sockaddr_in>>,
