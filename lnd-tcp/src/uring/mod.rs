@@ -138,8 +138,6 @@ pub(crate) struct Uring {
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
-    /// Task work runs only when we ask for completions.
-    defer_taskrun: bool,
 }
 
 impl Uring {
@@ -169,7 +167,6 @@ impl Uring {
                 true,
             ),
         };
-        let defer_taskrun = !enabled;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
@@ -223,7 +220,6 @@ impl Uring {
             backlog: std::collections::VecDeque::new(),
             deferred: FxHashMap::default(),
             enabled,
-            defer_taskrun,
         };
         u.arm_accept();
         u.arm_wake();
@@ -240,6 +236,12 @@ impl Uring {
             self.enabled = true;
         }
         Ok(())
+    }
+
+    /// Task work runs only when we ask for completions. Deferred task work is only ever
+    /// set up together with a single issuer, which the ring's parameters still tell.
+    fn defers_task_work(&self) -> bool {
+        self.ring.params().is_setup_single_issuer()
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -454,7 +456,7 @@ impl Uring {
         self.flush_dirty();
         let submitted = match self.engine.wait(timeout, !self.backlog.is_empty()) {
             // With deferred task work, completions only come when asked for.
-            Some(d) if d.is_zero() && self.defer_taskrun => {
+            Some(d) if d.is_zero() && self.defers_task_work() => {
                 let now = Timespec::new();
                 let args = SubmitArgs::new().timespec(&now);
                 self.ring.submitter().submit_with_args(1, &args)
