@@ -31,11 +31,7 @@ impl RxFramer {
     /// How many bytes the next read should ask for: at least a chunk, or whatever the frame
     /// in progress still needs (so a large payload arrives in as few reads as possible).
     fn want(&self) -> usize {
-        let rest = match &self.header {
-            Some(h) => (HEADER_LEN + h.payload_len as usize).saturating_sub(self.buf.len()),
-            None => 0,
-        };
-        rest.max(READ_CHUNK)
+        self.rest_of_frame().max(READ_CHUNK)
     }
 
     /// The buffer to read into: its spare capacity holds at least [`Self::want`] bytes.
@@ -50,6 +46,29 @@ impl RxFramer {
     pub(crate) fn extend(&mut self, data: &[u8]) {
         self.buf.reserve(self.want().max(data.len()));
         self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes still missing from the frame in progress, once its header is known (0 when no
+    /// header has arrived yet, or the frame is complete).
+    pub(crate) fn rest_of_frame(&self) -> usize {
+        match &self.header {
+            Some(h) => (HEADER_LEN + h.payload_len as usize).saturating_sub(self.buf.len()),
+            None => 0,
+        }
+    }
+
+    /// An empty buffer with room for exactly the `n` bytes that come next in the stream,
+    /// for a receive that writes them in place (no copy from an intermediate buffer). It
+    /// shares this framer's allocation; give it back with [`Self::append_tail`] and nothing
+    /// is copied. Until then, nothing else may be appended.
+    pub(crate) fn take_tail(&mut self, n: usize) -> BytesMut {
+        self.buf.reserve(n);
+        self.buf.split_off(self.buf.len())
+    }
+
+    /// Returns a buffer from [`Self::take_tail`], with what was received into it.
+    pub(crate) fn append_tail(&mut self, tail: BytesMut) {
+        self.buf.unsplit(tail);
     }
 
     /// The next complete frame, if one has arrived. A bad header is an error for the stream.
@@ -257,6 +276,32 @@ mod tests {
                 prop_assert_eq!(&p[..], &payloads[i][..]);
             }
         }
+    }
+
+    #[test]
+    fn a_payload_received_in_place_is_not_copied_and_completes_the_frame() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let (h, _) = frame(7, &payload);
+        let mut rx = RxFramer::new(Limits {
+            max_payload: 1 << 20,
+        });
+        rx.extend(&h);
+        rx.extend(&payload[..1000]);
+        assert!(rx.next_frame().unwrap().is_none());
+        let rest = rx.rest_of_frame();
+        assert_eq!(rest, payload.len() - 1000);
+        let mut tail = rx.take_tail(rest);
+        assert!(tail.is_empty() && tail.capacity() >= rest);
+        let at = tail.as_ptr();
+        tail.extend_from_slice(&payload[1000..]); // what the kernel would write in place
+        assert_eq!(tail.as_ptr(), at, "the tail was not reallocated");
+        rx.append_tail(tail);
+        let (got, body) = rx.next_frame().unwrap().expect("complete");
+        assert_eq!(got.msg_id, 7);
+        assert_eq!(&body[..], &payload[..]);
+        // The payload sits in the framer's one allocation: header and payload contiguous.
+        assert_eq!(body.as_ptr(), at.wrapping_sub(1000));
+        assert_eq!(rx.rest_of_frame(), 0);
     }
 
     #[test]

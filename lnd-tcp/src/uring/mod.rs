@@ -1,10 +1,16 @@
 //! The io_uring backend: one ring per driver thread, with deferred task work; multishot
 //! accept; receives into provided-buffer rings (the health lane multishot into its own
 //! group, the data lane one buffer per receive); `sendmsg` (zero-copy `sendmsg` for large
-//! messages, large data sends on a kernel worker) from memory that outlives each operation;
-//! everything queued during a turn submitted with one `io_uring_enter`, which also waits.
+//! messages) from memory that outlives each operation; everything queued during a turn
+//! submitted with one `io_uring_enter`, which also waits.
+//!
+//! Bulk bytes do not cross the driver thread: large data-lane sends, and large payloads
+//! (received in place, straight into the frame's buffer), are moved by a second thread
+//! with a ring of its own ([`mover`]), so the driver thread stays free for the health
+//! lane, the core and small messages.
 
 mod bufring;
+mod mover;
 mod send;
 mod sys;
 
@@ -25,6 +31,7 @@ use rustc_hash::FxHashMap;
 use crate::engine::{ConnId, Engine};
 use crate::io_error;
 use bufring::BufRing;
+use mover::{Job, Moved, Mover};
 use send::SendSlot;
 
 /// Default for `TcpConfig::zero_copy_min`: messages at least this large go to non-loopback
@@ -54,8 +61,9 @@ const CANCEL: u64 = 6;
 /// A multishot receive into the health lane's own buffers.
 const RECV_HEALTH: u64 = 7;
 
-/// Data-lane sends at least this large are handed to a kernel worker (`IOSQE_ASYNC`).
-const ASYNC_SEND_MIN: usize = 64 * 1024;
+/// Data-lane sends, and payload receives, at least this large go to the bulk mover thread
+/// (or, if it cannot be started, sends go to a kernel worker with `IOSQE_ASYNC`).
+const BULK_MIN: usize = 64 * 1024;
 /// Bytes of data-lane receives handled per turn, so the health lane and the core get a
 /// turn every few hundred microseconds under bulk load (measured: `lanet-bench lanes`).
 const DATA_RECV_PER_TURN: usize = 256 << 10;
@@ -67,12 +75,14 @@ fn user_data(conn: ConnId, kind: u64) -> u64 {
 /// One socket and the operations outstanding on it.
 struct Sock {
     fd: OwnedFd,
-    send: Box<SendSlot>,
+    /// None while the bulk mover has it.
+    send: Option<Box<SendSlot>>,
     /// A send's result is pending.
     sending: bool,
     /// A zero-copy send's notification is pending: its memory is still in use.
     notif: bool,
-    /// A receive is armed (multishot on the health lane, single-shot on the data lane).
+    /// A receive is armed (multishot on the health lane, single-shot on the data lane, or
+    /// a payload received in place by the bulk mover).
     recv: bool,
     /// The address a pending connect reads.
     connect: Option<Box<libc::sockaddr_in>>,
@@ -87,7 +97,7 @@ impl Sock {
         Sock {
             zero_copy: peer.is_some_and(|ip| !ip.is_loopback()),
             fd,
-            send: SendSlot::new(),
+            send: Some(SendSlot::new()),
             sending: false,
             notif: false,
             recv: false,
@@ -138,6 +148,9 @@ pub(crate) struct Uring {
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
+    /// Started at the first bulk transfer; None until then, or if it could not be.
+    mover: Option<Mover>,
+    mover_failed: bool,
 }
 
 impl Uring {
@@ -220,6 +233,8 @@ impl Uring {
             backlog: std::collections::VecDeque::new(),
             deferred: FxHashMap::default(),
             enabled,
+            mover: None,
+            mover_failed: false,
         };
         u.arm_accept();
         u.arm_wake();
@@ -295,12 +310,17 @@ impl Uring {
     }
 
     fn arm_recv(&mut self, conn: ConnId) {
-        let Some(sock) = self.socks.get_mut(&conn).filter(|s| !s.recv && !s.closing) else {
+        if !self.socks.get(&conn).is_some_and(|s| !s.recv && !s.closing) {
             return;
-        };
+        }
+        let lane = self.engine.lane_of(conn);
+        if lane == Some(Lane::Data) && self.receive_in_place(conn) {
+            return;
+        }
+        let sock = self.socks.get_mut(&conn).expect("checked above");
         sock.recv = true;
         // Accepted sockets learn their lane from the HELLO: until then, data buffers.
-        let health = self.engine.lane_of(conn) == Some(Lane::Health);
+        let health = lane == Some(Lane::Health);
         let fd = Fd(sock.fd.as_raw_fd());
         let e = match health {
             true => opcode::RecvMulti::new(fd, self.health_bufs.bgid())
@@ -321,6 +341,47 @@ impl Uring {
         unsafe { self.push(e) };
     }
 
+    /// When the rest of the frame arriving on `conn` is a large payload, has the bulk
+    /// mover receive it in place, straight into the frame's buffer. True if it does.
+    fn receive_in_place(&mut self, conn: ConnId) -> bool {
+        let rest = self
+            .engine
+            .conn_mut(conn)
+            .map_or(0, |c| c.rx.rest_of_frame());
+        if rest < BULK_MIN || self.mover().is_none() {
+            return false;
+        }
+        let (Some(sock), Some(c)) = (self.socks.get_mut(&conn), self.engine.conn_mut(conn)) else {
+            return false;
+        };
+        sock.recv = true;
+        let job = Job::Recv {
+            conn,
+            fd: sock.fd.as_raw_fd(),
+            buf: c.rx.take_tail(rest),
+            len: rest,
+        };
+        self.mover.as_ref().expect("started above").submit(job);
+        true
+    }
+
+    /// The bulk mover, started on first use. None if it cannot be started (said once);
+    /// then bulk transfers run on this thread's ring.
+    fn mover(&mut self) -> Option<&Mover> {
+        if self.mover.is_none() && !self.mover_failed {
+            match Mover::start("lanet-bulk".into(), self.wake_fd.clone()) {
+                Ok(m) => self.mover = Some(m),
+                Err(e) => {
+                    tracing::warn!(
+                        "no bulk mover thread ({e}); bulk copies stay on the driver thread"
+                    );
+                    self.mover_failed = true;
+                }
+            }
+        }
+        self.mover.as_ref()
+    }
+
     /// Sends what `conn` has queued, unless a send (or its notification) is pending.
     fn flush(&mut self, conn: ConnId) {
         let Some(sock) = self.socks.get_mut(&conn) else {
@@ -332,24 +393,40 @@ impl Uring {
         let Some(c) = self.engine.conn_mut(conn).filter(|c| c.wants_write()) else {
             return;
         };
-        let len = sock.send.fill(&c.tx);
+        let slot = sock
+            .send
+            .as_mut()
+            .expect("the slot is home while no send is pending");
+        let len = slot.fill(&c.tx);
+        let zero_copy = sock.zero_copy && len >= self.zero_copy_min;
+        let data = self.engine.lane_of(conn) == Some(Lane::Data);
+        if data && !zero_copy && len >= BULK_MIN && self.mover().is_some() {
+            let sock = self.socks.get_mut(&conn).expect("checked above");
+            sock.sending = true;
+            let job = Job::Send {
+                conn,
+                fd: sock.fd.as_raw_fd(),
+                slot: sock.send.take().expect("home"),
+            };
+            return self.mover.as_ref().expect("started above").submit(job);
+        }
+        let sock = self.socks.get_mut(&conn).expect("checked above");
+        let slot = sock.send.as_ref().expect("home");
         let fd = Fd(sock.fd.as_raw_fd());
         // MSG_WAITALL: the kernel keeps sending until the whole message is out, instead of
         // completing after the first partial write when the socket buffer is full.
         let flags = libc::MSG_WAITALL as u32;
-        let e = if sock.zero_copy && len >= self.zero_copy_min {
-            opcode::SendMsgZc::new(fd, sock.send.msghdr())
+        let e = if zero_copy {
+            opcode::SendMsgZc::new(fd, slot.msghdr())
                 .flags(flags)
                 .build()
         } else {
-            opcode::SendMsg::new(fd, sock.send.msghdr())
-                .flags(flags)
-                .build()
+            opcode::SendMsg::new(fd, slot.msghdr()).flags(flags).build()
         };
-        // Large data-lane sends run on a kernel worker thread: inline, a loopback send of
-        // 512 KiB held this thread in `io_uring_enter` for ~1 ms (it also runs the
-        // receiver's TCP input), and the health lane waited behind it.
-        let e = match len >= ASYNC_SEND_MIN && self.engine.lane_of(conn) != Some(Lane::Health) {
+        // Without a mover, large data-lane sends run on a kernel worker thread: inline, a
+        // loopback send of 512 KiB held this thread in `io_uring_enter` for ~1 ms (it also
+        // runs the receiver's TCP input), and the health lane waited behind it.
+        let e = match data && len >= BULK_MIN {
             true => e.flags(squeue::Flags::ASYNC),
             false => e,
         };
@@ -480,6 +557,7 @@ impl Uring {
             }
         }
         self.reap_completions();
+        self.collect_moved();
         self.flush_dirty();
         self.engine.expire(Instant::now());
         self.drop_closed();
@@ -588,35 +666,67 @@ impl Uring {
             true => &mut self.health_bufs,
             false => &mut self.bufs,
         };
-        if res > 0 && alive {
-            let bid = bid.expect("a receive with data names its buffer");
-            if let Some(c) = self.engine.conn_mut(conn) {
+        if let Some(bid) = bid {
+            if let (true, Some(c)) = (res > 0 && alive, self.engine.conn_mut(conn)) {
                 c.rx.extend(ring.data(bid, res as usize));
             }
             ring.recycle(bid);
+        }
+        self.after_recv(conn, res, alive);
+        if !cqueue::more(flags) {
+            self.recv_ended(conn);
+        }
+    }
+
+    /// The bytes of a receive are in `conn`'s framer (`res > 0`), or it failed.
+    fn after_recv(&mut self, conn: ConnId, res: i32, alive: bool) {
+        if !alive {
+            return;
+        }
+        if res > 0 {
             self.engine.received(conn, Instant::now());
             self.dirty.push(conn);
-        } else {
-            if let Some(bid) = bid {
-                ring.recycle(bid);
-            }
-            if alive && res == 0 {
-                self.engine.fail(
-                    conn,
-                    LndError::new(LndErrorKind::Reset, "connection closed by the peer"),
-                );
-            } else if alive && res != -libc::ENOBUFS && res != -libc::ECANCELED {
-                let e = io::Error::from_raw_os_error(-res);
-                self.engine.fail(conn, io_error(&e, "receive"));
-            }
+        } else if res == 0 {
+            self.engine.fail(
+                conn,
+                LndError::new(LndErrorKind::Reset, "connection closed by the peer"),
+            );
+        } else if res != -libc::ENOBUFS && res != -libc::ECANCELED {
+            let e = io::Error::from_raw_os_error(-res);
+            self.engine.fail(conn, io_error(&e, "receive"));
         }
-        if !cqueue::more(flags) {
-            if let Some(sock) = self.socks.get_mut(&conn) {
-                sock.recv = false;
+    }
+
+    /// No receive is armed on `conn` any more: arm the next, unless the socket is going
+    /// away (ENOBUFS ends a multishot receive too).
+    fn recv_ended(&mut self, conn: ConnId) {
+        if let Some(sock) = self.socks.get_mut(&conn) {
+            sock.recv = false;
+        }
+        self.arm_recv(conn);
+        self.reap(conn);
+    }
+
+    /// Takes back what the bulk mover finished: send slots and received payloads.
+    fn collect_moved(&mut self) {
+        while let Some(done) = self.mover.as_ref().and_then(Mover::try_done) {
+            let conn = done.conn;
+            match done.moved {
+                Moved::Send(slot) => {
+                    if let Some(sock) = self.socks.get_mut(&conn) {
+                        sock.send = Some(slot);
+                    }
+                    self.on_send(conn, done.res, 0);
+                }
+                Moved::Recv(buf) => {
+                    let alive = self.socks.get(&conn).is_some_and(|s| !s.closing);
+                    if let (true, Some(c)) = (done.res > 0 && alive, self.engine.conn_mut(conn)) {
+                        c.rx.append_tail(buf);
+                    }
+                    self.after_recv(conn, done.res, alive);
+                    self.recv_ended(conn);
+                }
             }
-            // Re-arm unless the socket is going away (ENOBUFS ends a multishot receive too).
-            self.arm_recv(conn);
-            self.reap(conn);
         }
     }
 
@@ -624,9 +734,10 @@ impl Uring {
         let Some(sock) = self.socks.get_mut(&conn) else {
             return;
         };
+        let slot = sock.send.as_mut().expect("a finished send's slot is home");
         if cqueue::notif(flags) {
             sock.notif = false;
-            sock.send.release();
+            slot.release();
             self.dirty.push(conn);
             return self.reap(conn);
         }
@@ -634,7 +745,7 @@ impl Uring {
         if cqueue::more(flags) {
             sock.notif = true; // zero-copy: the memory is in use until the notification
         } else {
-            sock.send.release();
+            slot.release();
         }
         let closing = sock.closing;
         if res > 0 && !closing {
@@ -692,6 +803,10 @@ impl Drop for Uring {
             .user_data(user_data(0, CANCEL));
         // SAFETY: a cancel request points at no memory.
         unsafe { self.push(cancel_all) };
+        if let Some(mover) = self.mover.as_mut() {
+            mover.stop();
+            self.collect_moved();
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         let busy =
             |u: &Uring| u.accept_armed || u.wake_armed || u.socks.values().any(|s| !s.idle());

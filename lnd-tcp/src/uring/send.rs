@@ -29,6 +29,32 @@ pub(crate) struct SendSlot {
 // into the `Bytes` it holds; they travel with it and are only used by its owner's thread.
 unsafe impl Send for SendSlot {}
 
+/// A piece of a slot's message, for a send in pieces (see [`SendSlot::describe_part`]).
+pub(crate) struct Part {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_SLICES],
+}
+
+// SAFETY: as for `SendSlot`: the pointers lead into a slot that travels with this part.
+unsafe impl Send for Part {}
+
+impl Part {
+    pub(crate) fn new() -> Box<Part> {
+        Box::new(Part {
+            // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+            hdr: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_SLICES],
+        })
+    }
+
+    pub(crate) fn msghdr(&self) -> *const libc::msghdr {
+        &self.hdr
+    }
+}
+
 impl SendSlot {
     pub(crate) fn new() -> Box<SendSlot> {
         Box::new(SendSlot {
@@ -110,6 +136,35 @@ impl SendSlot {
         &self.hdr
     }
 
+    /// Describes bytes `[offset, offset + max)` of the current message in `part` (for a
+    /// send in pieces); returns how many that is. `part` points into this slot's memory:
+    /// valid while this slot lives and is not refilled.
+    pub(crate) fn describe_part(&self, offset: usize, max: usize, part: &mut Part) -> usize {
+        let (mut skip, mut left, mut n) = (offset, max, 0);
+        for iov in &self.iov[..self.hdr.msg_iovlen] {
+            if left == 0 {
+                break;
+            }
+            if skip >= iov.iov_len {
+                skip -= iov.iov_len;
+                continue;
+            }
+            let take = (iov.iov_len - skip).min(left);
+            part.iov[n] = libc::iovec {
+                iov_base: iov.iov_base.cast::<u8>().wrapping_add(skip).cast(),
+                iov_len: take,
+            };
+            n += 1;
+            left -= take;
+            skip = 0;
+        }
+        // SAFETY: all-zero is a valid msghdr; the fields set point into `part`.
+        part.hdr = unsafe { std::mem::zeroed() };
+        part.hdr.msg_iov = part.iov.as_mut_ptr();
+        part.hdr.msg_iovlen = n;
+        max - left
+    }
+
     /// The kernel is done with the memory: drop the payloads held for it.
     pub(crate) fn release(&mut self) {
         self.held.clear();
@@ -182,6 +237,34 @@ mod tests {
         assert_eq!(gather(&slot), expected(&q));
         slot.release();
         assert!(slot.held.is_empty());
+    }
+
+    #[test]
+    fn parts_of_a_message_cover_it_exactly_in_order() {
+        let mut q = TxQueue::default();
+        push(&mut q, 8, 1);
+        push(&mut q, 300_000, 2);
+        push(&mut q, 100, 3);
+        let mut slot = SendSlot::new();
+        let total = slot.fill(&q);
+        let whole = gather(&slot);
+        for step in [1, 95, 4096, 128 * 1024, total] {
+            let mut part = Part::new();
+            let mut joined = Vec::new();
+            let mut offset = 0;
+            while offset < total {
+                let n = slot.describe_part(offset, step, &mut part);
+                assert_eq!(n, step.min(total - offset));
+                for iov in &part.iov[..part.hdr.msg_iovlen] {
+                    // SAFETY: the part points into the slot's memory, alive here.
+                    joined.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
+                    });
+                }
+                offset += n;
+            }
+            assert_eq!(joined, whole, "pieces of {step}");
+        }
     }
 
     #[test]

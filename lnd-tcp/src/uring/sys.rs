@@ -54,3 +54,17 @@ pub(crate) fn sockaddr(addr: SocketAddrV4) -> Box<libc::sockaddr_in> {
         sin_zero: [0; 8],
     })
 }
+
+/// Marks the calling thread as a batch thread (`SCHED_BATCH`): same CPU share as any
+/// other, but its wake-ups never preempt a running thread. Needs no privileges.
+pub(crate) fn set_thread_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a live struct for the call; pid 0 names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        tracing::warn!(
+            "cannot make this thread SCHED_BATCH: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
