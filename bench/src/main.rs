@@ -129,6 +129,10 @@ pub(crate) struct LanesArgs {
     size: usize,
     #[arg(long)]
     json: bool,
+    /// Run both sides' driver threads at real-time priority (SCHED_RR; needs root or
+    /// CAP_SYS_NICE), as a host whose CPUs are saturated would, to keep health latency.
+    #[arg(long)]
+    rt_driver: bool,
     /// Only run the server side (used by the benchmark itself).
     #[arg(long)]
     serve: Option<Nid>,
@@ -199,6 +203,9 @@ fn main() -> ExitCode {
         Bench::Sim(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
+    if let Bench::Lanes(a) = &cli.bench {
+        peer::set_realtime_driver(a.rt_driver);
+    }
     if let Some(nid) = serve {
         return match peer::serve(nid) {
             Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,25 @@ pub(crate) fn backend() -> Option<lanet_lnd_tcp::Backend> {
     BACKEND.get().copied()
 }
 
+static REALTIME_DRIVER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Real-time priority of the driver threads of `--rt-driver` runs.
+const RT_PRIORITY: u8 = 10;
+
+/// `--rt-driver`: this process's driver threads run at real-time priority; passed on to
+/// the server process.
+pub(crate) fn set_realtime_driver(on: bool) {
+    let _ = REALTIME_DRIVER.set(on);
+}
+
+fn builder(cfg: NodeConfig) -> lanet::EndpointBuilder {
+    let b = Endpoint::builder(cfg);
+    match REALTIME_DRIVER.get() {
+        Some(true) => b.realtime_driver(RT_PRIORITY),
+        _ => b,
+    }
+}
+
 static HEALTH_INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// `--interval-ms`: the health interval of this process's endpoints.
@@ -92,7 +111,7 @@ fn bind(nid: Nid, cfg: &NodeConfig) -> Result<Box<dyn lanet::lnd::Lnd>, String> 
 pub(crate) fn serve(nid: Nid) -> Result<(), String> {
     let cfg = node_config(2);
     let lnd = bind(nid, &cfg)?;
-    let ep = Endpoint::builder(cfg)
+    let ep = builder(cfg)
         .boxed_lnd(lnd)
         .on_event(discard_events)
         .start()
@@ -240,6 +259,9 @@ pub(crate) fn spawn_server_at(
     if let Some(Some(min)) = ZERO_COPY_MIN.get() {
         cmd.args(["--zc-min", &min.to_string()]);
     }
+    if REALTIME_DRIVER.get() == Some(&true) {
+        cmd.arg("--rt-driver");
+    }
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -312,7 +334,7 @@ pub(crate) fn tcp_client(
     let cfg = node_config(1);
     let lnd = TcpLnd::bind(free_nid(), tcp_config(&cfg)).map_err(|e| e.to_string())?;
     let backend = lnd.backend();
-    let ep = Endpoint::builder(cfg)
+    let ep = builder(cfg)
         .lnd(lnd)
         .on_event(on_event)
         .start()

@@ -85,6 +85,7 @@ pub struct EndpointBuilder {
     clock: Arc<dyn Clock>,
     callback: Option<Callback>,
     command_capacity: usize,
+    realtime: Option<u8>,
 }
 
 impl EndpointBuilder {
@@ -110,6 +111,17 @@ impl EndpointBuilder {
     /// quick and must not panic: the driver waits for it.
     pub fn on_event(mut self, f: impl FnMut(Event) + Send + 'static) -> Self {
         self.callback = Some(Box::new(f));
+        self
+    }
+
+    /// Runs the driver thread at real-time priority (`SCHED_RR`, `priority` 1..=99), so that
+    /// on a host whose CPUs are saturated it still gets a CPU as soon as a health frame
+    /// arrives, instead of waiting out another thread's time slice (measured:
+    /// `bench/RESULTS.md`, lanes). Threads it starts run at normal priority. Opt-in: it
+    /// needs `CAP_SYS_NICE` (without it, a warning and normal priority), and event
+    /// callbacks then run at that priority too, so they must stay short.
+    pub fn realtime_driver(mut self, priority: u8) -> Self {
+        self.realtime = Some(priority);
         self
     }
 
@@ -142,9 +154,19 @@ impl EndpointBuilder {
             consumed: consumed.clone(),
         };
         let name = format!("lanet-{}", nids[0]);
+        let realtime = self.realtime;
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || driver_thread.run())
+            .spawn(move || {
+                if let Some(priority) = realtime {
+                    if let Err(e) = crate::sched::set_realtime(priority) {
+                        tracing::warn!(
+                            "the driver thread stays at normal priority: SCHED_RR {priority}: {e}"
+                        );
+                    }
+                }
+                driver_thread.run()
+            })
             .map_err(|e| EndpointError::Start(format!("cannot spawn the driver thread: {e}")))?;
         Ok(Endpoint {
             inner: Arc::new(Inner {
@@ -231,6 +253,7 @@ impl Endpoint {
             clock: Arc::new(MonotonicClock::new()),
             callback: None,
             command_capacity: 65_536,
+            realtime: None,
         }
     }
 

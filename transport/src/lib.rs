@@ -26,6 +26,7 @@ pub mod nid;
 pub mod node;
 pub mod op;
 pub mod rng;
+mod sched;
 pub mod sim;
 pub mod time;
 pub mod wire;

@@ -239,3 +239,48 @@ fn a_watched_peer_that_goes_silent_is_reported_down_on_the_real_clock() {
     );
     assert_eq!(stats.downs, 1);
 }
+
+/// The scheduling policy of this process's thread named `name` (from /proc): 0 normal,
+/// 2 round-robin.
+fn policy_of_thread(name: &str) -> Option<u32> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the parenthesised name; policy is field 41 of the whole line.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        return rest.split(' ').nth(41 - 3)?.parse().ok();
+    }
+    None
+}
+
+#[test]
+fn a_realtime_driver_thread_is_round_robin_where_allowed_and_works_either_way() {
+    let fabric = fabric();
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&fabric, Nid::mem(61, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let a = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .realtime_driver(3)
+        .start()
+        .unwrap();
+    let b = endpoint(&fabric, 62);
+    b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    let op = a.put(put(62, Bytes::from_static(b"hi"))).unwrap();
+    let (done, _) = wait_all(&a, &[op]);
+    assert!(done[&op].result.is_ok(), "{done:?}");
+    // Thread names are cut to 15 bytes by the kernel.
+    let name: String = format!("lanet-{}", Nid::mem(61, 0))
+        .chars()
+        .take(15)
+        .collect();
+    let policy = policy_of_thread(&name).expect("the driver thread is listed");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status.lines().any(|l| l.starts_with("Uid:\t0\t"));
+    match root {
+        true => assert_eq!(policy, 2, "root may make the driver SCHED_RR"),
+        false => assert!(policy == 0 || policy == 2, "{policy}"),
+    }
+}
