@@ -29,6 +29,11 @@ pub(crate) struct SendSlot {
 // into the `Bytes` it holds; they travel with it and are only used by its owner's thread.
 unsafe impl Send for SendSlot {}
 
+const NO_IOV: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
 /// A piece of a slot's message, for a send in pieces (see [`SendSlot::describe_part`]).
 pub(crate) struct Part {
     hdr: libc::msghdr,
@@ -43,10 +48,7 @@ impl Part {
         Box::new(Part {
             // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
             hdr: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_SLICES],
+            iov: [NO_IOV; MAX_SLICES],
         })
     }
 
@@ -61,10 +63,7 @@ impl SendSlot {
             // SAFETY: msghdr and iovec are plain C structs for which all-zero is valid
             // (null pointers, zero lengths).
             hdr: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_SLICES],
+            iov: [NO_IOV; MAX_SLICES],
             staging: vec![0u8; STAGING].into_boxed_slice(),
             held: Vec::with_capacity(MAX_SLICES),
             len: 0,
