@@ -22,7 +22,7 @@ use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 use rustc_hash::FxHashMap;
 
-use super::send::{Part, SendSlot};
+use super::send::SendSlot;
 use super::sys;
 use crate::engine::ConnId;
 
@@ -157,8 +157,6 @@ struct InFlight {
     fd: RawFd,
     /// The memory: while in flight, the kernel may read or write it.
     moved: Moved,
-    /// For sends: the piece in flight, described over the slot's memory.
-    part: Option<Box<Part>>,
     /// Bytes moved so far, of `len`.
     done: usize,
     len: usize,
@@ -245,7 +243,6 @@ impl Worker {
                 fd,
                 len: slot.len,
                 moved: Moved::Send(slot),
-                part: Some(Part::new()),
                 done: 0,
             },
             Job::Recv { conn, fd, buf, len } => InFlight {
@@ -253,7 +250,6 @@ impl Worker {
                 fd,
                 len: len.min(buf.capacity() - buf.len()),
                 moved: Moved::Recv(buf),
-                part: None,
                 done: 0,
             },
         };
@@ -264,28 +260,24 @@ impl Worker {
     /// Submits the next piece of job `ud`.
     fn next_piece(&mut self, ud: u64) {
         let job = self.inflight.get_mut(&ud).expect("in flight");
-        let piece = match job.part {
-            Some(_) => SEND_PIECE,
-            None => RECV_PIECE,
-        };
-        let want = (job.len - job.done).min(piece);
-        let entry = match (&mut job.moved, &mut job.part) {
-            (Moved::Send(slot), Some(part)) => {
-                slot.describe_part(job.done, want, part);
-                opcode::SendMsg::new(Fd(job.fd), part.msghdr())
+        let left = job.len - job.done;
+        let entry = match &mut job.moved {
+            Moved::Send(slot) => {
+                slot.describe_part(job.done, left.min(SEND_PIECE));
+                opcode::SendMsg::new(Fd(job.fd), slot.part_msghdr())
                     .flags(libc::MSG_WAITALL as u32)
                     .build()
             }
-            (Moved::Recv(buf), _) => {
+            Moved::Recv(buf) => {
                 let spare = buf.spare_capacity_mut();
-                opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want as u32)
+                let want = left.min(RECV_PIECE) as u32;
+                opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want)
                     .flags(libc::MSG_WAITALL)
                     .build()
             }
-            (Moved::Send(_), None) => unreachable!("sends have a part"),
         };
-        // SAFETY: the slot and the part describing it (boxed), or the buffer (heap memory
-        // of the BytesMut, which moving the handle does not move), stay in `inflight` until
+        // SAFETY: the slot with its piece (boxed), or the buffer (heap memory of the
+        // BytesMut, which moving the handle does not move), stay in `inflight` until
         // this operation's completion is reaped; the driver keeps the socket open until the
         // job comes back.
         unsafe { self.push(entry.user_data(ud)) };

@@ -23,10 +23,12 @@ pub(crate) struct SendSlot {
     held: Vec<Bytes>,
     /// Bytes described by the current message.
     pub(crate) len: usize,
+    /// A piece of the current message, when it is sent in pieces.
+    part: Part,
 }
 
-// SAFETY: the raw pointers in `hdr` and `iov` point into this slot's own staging box and
-// into the `Bytes` it holds; they travel with it and are only used by its owner's thread.
+// SAFETY: the raw pointers in `hdr`, `iov` and `part` point into this slot (its own
+// arrays and staging box) and into the `Bytes` it holds; they travel with it and are only used by its owner's thread.
 unsafe impl Send for SendSlot {}
 
 const NO_IOV: libc::iovec = libc::iovec {
@@ -34,27 +36,10 @@ const NO_IOV: libc::iovec = libc::iovec {
     iov_len: 0,
 };
 
-/// A piece of a slot's message, for a send in pieces (see [`SendSlot::describe_part`]).
-pub(crate) struct Part {
+/// A piece of the slot's message, for a send in pieces (see [`SendSlot::describe_part`]).
+struct Part {
     hdr: libc::msghdr,
     iov: [libc::iovec; MAX_SLICES],
-}
-
-// SAFETY: as for `SendSlot`: the pointers lead into a slot that travels with this part.
-unsafe impl Send for Part {}
-
-impl Part {
-    pub(crate) fn new() -> Box<Part> {
-        Box::new(Part {
-            // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
-            hdr: unsafe { std::mem::zeroed() },
-            iov: [NO_IOV; MAX_SLICES],
-        })
-    }
-
-    pub(crate) fn msghdr(&self) -> *const libc::msghdr {
-        &self.hdr
-    }
 }
 
 impl SendSlot {
@@ -67,6 +52,11 @@ impl SendSlot {
             staging: vec![0u8; STAGING].into_boxed_slice(),
             held: Vec::with_capacity(MAX_SLICES),
             len: 0,
+            part: Part {
+                // SAFETY: as above.
+                hdr: unsafe { std::mem::zeroed() },
+                iov: [NO_IOV; MAX_SLICES],
+            },
         })
     }
 
@@ -135,10 +125,10 @@ impl SendSlot {
         &self.hdr
     }
 
-    /// Describes bytes `[offset, offset + max)` of the current message in `part` (for a
-    /// send in pieces); returns how many that is. `part` points into this slot's memory:
-    /// valid while this slot lives and is not refilled.
-    pub(crate) fn describe_part(&self, offset: usize, max: usize, part: &mut Part) -> usize {
+    /// Describes bytes `[offset, offset + max)` of the current message as this slot's
+    /// piece (for a send in pieces; see [`Self::part_msghdr`]); returns how many that is.
+    pub(crate) fn describe_part(&mut self, offset: usize, max: usize) -> usize {
+        let part = &mut self.part;
         let (mut skip, mut left, mut n) = (offset, max, 0);
         for iov in &self.iov[..self.hdr.msg_iovlen] {
             if left == 0 {
@@ -162,6 +152,12 @@ impl SendSlot {
         part.hdr.msg_iov = part.iov.as_mut_ptr();
         part.hdr.msg_iovlen = n;
         max - left
+    }
+
+    /// The piece last described, for `IORING_OP_SENDMSG`; valid while this slot lives and
+    /// is not described again.
+    pub(crate) fn part_msghdr(&self) -> *const libc::msghdr {
+        &self.part.hdr
     }
 
     /// The kernel is done with the memory: drop the payloads held for it.
@@ -248,12 +244,12 @@ mod tests {
         let total = slot.fill(&q);
         let whole = gather(&slot);
         for step in [1, 95, 4096, 128 * 1024, total] {
-            let mut part = Part::new();
             let mut joined = Vec::new();
             let mut offset = 0;
             while offset < total {
-                let n = slot.describe_part(offset, step, &mut part);
+                let n = slot.describe_part(offset, step);
                 assert_eq!(n, step.min(total - offset));
+                let part = &slot.part;
                 for iov in &part.iov[..part.hdr.msg_iovlen] {
                     // SAFETY: the part points into the slot's memory, alive here.
                     joined.extend_from_slice(unsafe {
