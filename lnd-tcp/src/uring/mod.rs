@@ -300,10 +300,8 @@ impl Uring {
             return;
         }
         self.wake_armed = true;
-        let buf: *mut u64 = &mut *self.wake_buf;
-        let e = opcode::Read::new(Fd(self.wake_fd.as_raw_fd()), buf.cast(), 8)
-            .build()
-            .user_data(user_data(0, WAKE));
+        let e =
+            sys::wake_read(self.wake_fd.as_fd(), &mut self.wake_buf).user_data(user_data(0, WAKE));
         // SAFETY: `wake_buf` is boxed (stable address) and lives as long as the ring; only
         // one wake read is ever pending.
         unsafe { self.push(e) };

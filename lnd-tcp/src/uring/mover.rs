@@ -10,7 +10,7 @@
 //! driver keeps a socket until every operation on it has come back.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -226,10 +226,7 @@ impl Worker {
 
     fn arm_wake(&mut self) {
         self.wake_armed = true;
-        let buf: *mut u64 = &mut *self.wake_buf;
-        let e = opcode::Read::new(Fd(self.wake.as_raw_fd()), buf.cast(), 8)
-            .build()
-            .user_data(WAKE);
+        let e = sys::wake_read(self.wake.as_fd(), &mut self.wake_buf).user_data(WAKE);
         // SAFETY: `wake_buf` is boxed and lives as long as the ring; one read at a time.
         unsafe { self.push(e) };
     }
@@ -393,6 +390,7 @@ impl Worker {
 mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
     use bytes::Bytes;
     use lanet::wire::HEADER_LEN;

@@ -15,6 +15,13 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A read of an eventfd's counter into `buf`: a ring's wake-up. The caller keeps `buf`
+/// (boxed, so it does not move) alive until the read completes.
+pub(crate) fn wake_read(fd: BorrowedFd<'_>, buf: &mut u64) -> io_uring::squeue::Entry {
+    let buf: *mut u64 = buf;
+    io_uring::opcode::Read::new(io_uring::types::Fd(fd.as_raw_fd()), buf.cast(), 8).build()
+}
+
 /// Adds one to an eventfd (wakes a ring waiting on a read of it).
 pub(crate) fn signal(fd: BorrowedFd<'_>) -> io::Result<()> {
     let one: u64 = 1;
