@@ -18,6 +18,16 @@ fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
     LndError::new(kind, detail)
 }
 
+/// `id`'s HELLO for (peer, lane), in rdma_cm's private data.
+fn compact_hello(
+    id: &lanet::handshake::Identity,
+    peer: Nid,
+    lane: Lane,
+    status: HelloStatus,
+) -> [u8; lanet::handshake::COMPACT_HELLO_LEN] {
+    id.hello(lane).encode_compact(peer, status)
+}
+
 impl RdmaLnd {
     fn timeout_ms(&self) -> i32 {
         i32::try_from(self.ctx.local.connect_timeout.as_millis()).unwrap_or(i32::MAX)
@@ -119,12 +129,7 @@ impl RdmaLnd {
             }
             CmEventKind::RouteResolved => {
                 let (peer, _) = conn.peer.expect("dialled connections know their peer");
-                let hello = self
-                    .ctx
-                    .local
-                    .id
-                    .hello(lane)
-                    .encode_compact(peer, HelloStatus::Ok);
+                let hello = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Ok);
                 let res = conn
                     .create_qp(id, lane, &mut self.ctx)
                     .and_then(|()| conn.cm.connect(&hello).map_err(verbs_error));
@@ -224,12 +229,7 @@ impl RdmaLnd {
         };
         let (peer, lane) = (hello.nid, hello.lane);
         let we_win = self.ctx.local.id.nid < peer;
-        let race = self
-            .ctx
-            .local
-            .id
-            .hello(lane)
-            .encode_compact(peer, HelloStatus::Race);
+        let race = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Race);
         if let Some(current) = self.up.get(&(peer, lane)).map(|id| &self.conns[id]) {
             let same_life = current
                 .hello
@@ -258,12 +258,7 @@ impl RdmaLnd {
             hello: Some(hello),
             deadline: Some(Instant::now() + self.ctx.local.connect_timeout),
         };
-        let reply = self
-            .ctx
-            .local
-            .id
-            .hello(lane)
-            .encode_compact(peer, HelloStatus::Ok);
+        let reply = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Ok);
         let accepted = conn
             .create_qp(id, lane, &mut self.ctx)
             .and_then(|()| conn.cm.accept(&reply).map_err(verbs_error));
