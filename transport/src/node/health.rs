@@ -2,8 +2,6 @@
 //! outstanding, watches) and carrying out its verdicts (PINGs, flushing a dead peer,
 //! announcing its return).
 
-use bytes::Bytes;
-
 use super::{Conn, LndRequest, Node, OpKind, Pending, Stage};
 use crate::health::{Action, HealthStats, PeerHealth};
 use crate::lane::Lane;
@@ -11,7 +9,6 @@ use crate::lnd::{LndError, LndErrorKind};
 use crate::nid::Nid;
 use crate::op::{Event, OpError, OpId, PeerDownPolicy, PeerDownReason};
 use crate::time::Time;
-use crate::wire::Body;
 
 /// Message ids of the monitor's own PINGs have this bit set: their PONGs match no
 /// operation, and are not late answers.
@@ -88,12 +85,7 @@ impl Node {
     fn health_ping(&mut self, peer: Nid) {
         self.health_seq += 1;
         let seq = self.health_seq;
-        let pending = Pending::Response {
-            body: Body::Ping { seq },
-            msg_id: HEALTH_PING_BIT | seq,
-            payload: Bytes::new(),
-        };
-        self.enqueue(peer, Lane::Health, pending);
+        self.enqueue(peer, Lane::Health, Pending::HealthPing { seq });
     }
 
     /// `peer` is Down: everything queued or in flight to it ends now with `PeerDead`,

@@ -78,18 +78,23 @@ pub struct NodeStats {
     pub refused_busy: u64,
     /// ACK/REPLY/PONG that could not be sent because the connection failed.
     pub responses_dropped: u64,
-    /// PINGs left unanswered because the peer already had [`PONG_BACKLOG_PER_CREDIT`] x
-    /// credits' worth of PONGs waiting: it pings faster than it lets us answer.
+    /// PINGs left unanswered because the peer already had [`ANSWER_BACKLOG_PER_CREDIT`] x
+    /// credits' worth of answers waiting: it pings faster than it lets us answer.
     pub pings_shed: u64,
+    /// PUTs and GETs left without ACK or REPLY for the same reason (the request itself was
+    /// handled; the peer's deadline ends its operation).
+    pub answers_shed: u64,
     /// Deferred payloads whose fetch failed.
     pub fetch_failures: u64,
 }
 
-/// PONGs that may wait for one peer on one lane, per receive credit we offered it. Credits
-/// come back to a peer as soon as its frames are consumed, so one that keeps pinging while
-/// never returning ours could otherwise grow the queue without bound. Its extra PINGs go
-/// unanswered (counted in [`NodeStats::pings_shed`]); its own deadlines end them.
-pub const PONG_BACKLOG_PER_CREDIT: usize = 4;
+/// Answers (ACK, REPLY, PONG) that may wait for one peer on one lane, per receive credit we
+/// offered it. Credits go back to a peer as soon as its frames are consumed, so one that keeps
+/// sending requests while never returning ours could otherwise grow the queue without bound.
+/// A peer that returns credits keeps this queue near empty, since answers leave before our
+/// own requests; past the bound its requests go unanswered (counted in
+/// [`NodeStats::pings_shed`] and [`NodeStats::answers_shed`]) and its own deadlines end them.
+pub const ANSWER_BACKLOG_PER_CREDIT: usize = 4;
 
 /// Submission failures that leave no operation behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,21 +119,28 @@ pub(crate) enum Conn {
     },
 }
 
-/// A frame waiting for credits on a peer lane.
+/// A request of ours waiting for credits on a peer lane.
 pub(crate) enum Pending {
     /// An operation's request (PUT, GET, PING); `seq` tells a live op from a reused id.
     Op { id: OpId, seq: u64 },
-    /// An answer to the peer (ACK, REPLY, PONG); not an operation of ours.
-    Response {
-        body: Body,
-        msg_id: u64,
-        payload: Bytes,
-    },
+    /// The health monitor's PING; not an operation.
+    HealthPing { seq: u64 },
+}
+
+/// An answer owed to the peer (ACK, REPLY, PONG), waiting for credits.
+pub(crate) struct Response {
+    pub(crate) body: Body,
+    pub(crate) msg_id: u64,
+    pub(crate) payload: Bytes,
 }
 
 pub(crate) struct PeerLane {
     pub(crate) conn: Conn,
+    /// Our requests, in submission order.
     pub(crate) queue: VecDeque<Pending>,
+    /// Answers to the peer's requests. They leave before our requests: the peer's
+    /// operations are already under way, and answering them is what bounds this queue.
+    pub(crate) answers: VecDeque<Response>,
 }
 
 pub(crate) struct Peer {
@@ -375,6 +387,7 @@ impl Node {
         for peer in self.peers.values_mut() {
             for lane in Lane::ALL {
                 peer.lanes[lane].queue.clear();
+                peer.lanes[lane].answers.clear();
             }
         }
         self.deadlines.clear();

@@ -101,9 +101,9 @@ impl Node {
         let pl = &mut peer.lanes[lane];
         pl.conn = Conn::Down;
         // Answers owed to the peer die with the connection; its own deadlines cover it.
-        let before = pl.queue.len();
+        self.stats.responses_dropped += pl.answers.len() as u64;
+        pl.answers.clear();
         pl.queue.retain(|p| matches!(p, Pending::Op { .. }));
-        self.stats.responses_dropped += (before - pl.queue.len()) as u64;
         // Requests on this connection cannot be answered any more.
         self.fail_awaiting(nid, Some(lane), || error.clone().into());
         // Queued requests wait for a new connection (within their deadlines).
@@ -118,7 +118,7 @@ impl Node {
                         self.complete(id, Err(error.clone().into()));
                     }
                 }
-                Pending::Response { .. } => self.stats.responses_dropped += 1,
+                Pending::HealthPing { .. } => {} // the monitor pings again if it must
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Pending, PONG_BACKLOG_PER_CREDIT};
+use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Response, ANSWER_BACKLOG_PER_CREDIT};
 use crate::lane::Lane;
 use crate::lnd::{LndError, RxPayload};
 use crate::nid::Nid;
@@ -38,29 +38,23 @@ impl Node {
             self.stats.responses_dropped += 1;
             return;
         }
-        if let Body::Pong { .. } = body {
-            // Counted only when the queue is long, so the common case costs nothing.
-            let cap = PONG_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits);
-            let pongs = |q: &std::collections::VecDeque<Pending>| {
-                q.iter()
-                    .filter(|p| {
-                        matches!(
-                            p,
-                            Pending::Response {
-                                body: Body::Pong { .. },
-                                ..
-                            }
-                        )
-                    })
-                    .count()
+        let cap = ANSWER_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits);
+        if pl.answers.len() >= cap {
+            let shed = match body {
+                Body::Pong { .. } => &mut self.stats.pings_shed,
+                _ => &mut self.stats.answers_shed,
             };
-            if pl.queue.len() >= cap && pongs(&pl.queue) >= cap {
-                self.stats.pings_shed += 1;
-                tracing::debug!(peer = %nid, %lane, "PING shed: {cap} PONGs already wait");
-                return;
+            *shed += 1;
+            // Logged at 1, 2, 4, 8, ...: visible, without a flood of lines during a flood.
+            if shed.is_power_of_two() {
+                tracing::warn!(
+                    peer = %nid, %lane, shed = *shed,
+                    "request left unanswered: {cap} answers already wait for credits the peer does not return"
+                );
             }
+            return;
         }
-        pl.queue.push_back(Pending::Response {
+        pl.answers.push_back(Response {
             body,
             msg_id,
             payload,

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::health::HEALTH_PING_BIT;
 use super::{Conn, InLnd, LndRequest, NiId, Node, OpKind, Peer, PeerLane, Pending, Stage};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, Transmit, TxToken};
@@ -15,6 +16,7 @@ impl Peer {
         let lane = || PeerLane {
             conn: Conn::Down,
             queue: Default::default(),
+            answers: Default::default(),
         };
         Peer {
             ni,
@@ -49,13 +51,13 @@ impl Node {
     fn is_live(&self, p: &Pending) -> bool {
         match p {
             Pending::Op { id, seq } => self.ops.get(id).is_some_and(|op| op.seq == *seq),
-            Pending::Response { .. } => true,
+            Pending::HealthPing { .. } => true,
         }
     }
 
-    /// Sends from the head of (peer, lane)'s queue while the lane is up and both the peer
-    /// credit and the NI credit allow; asks for a connection if the lane is down; returns
-    /// owed credits in a CREDIT frame if nothing else carried them.
+    /// Sends answers, then the head of (peer, lane)'s queue, while the lane is up and both
+    /// the peer credit and the NI credit allow; asks for a connection if the lane is down;
+    /// returns owed credits in a CREDIT frame if nothing else carried them.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
         loop {
             let Some(peer) = self.peers.get(&nid) else {
@@ -63,7 +65,12 @@ impl Node {
             };
             let ni = peer.ni;
             let pl = &peer.lanes[lane];
-            let front_live = pl.queue.front().map(|p| self.is_live(p));
+            let answer_first = !pl.answers.is_empty();
+            let front_live = if answer_first {
+                Some(true)
+            } else {
+                pl.queue.front().map(|p| self.is_live(p))
+            };
             let peer_max = match &pl.conn {
                 Conn::Up {
                     peer_max_payload, ..
@@ -89,7 +96,7 @@ impl Node {
                 Some(true) => {}
             }
             // A request too large for the peer would only make it close the connection.
-            if let Some(Pending::Op { id, .. }) = pl.queue.front() {
+            if let (false, Some(Pending::Op { id, .. })) = (answer_first, pl.queue.front()) {
                 if let Some(OpKind::Put(r)) = self.ops.get(id).map(|o| &o.kind) {
                     if r.payload.len() > peer_max as usize {
                         let (id, len) = (*id, r.payload.len());
@@ -122,8 +129,18 @@ impl Node {
             let spent = credits.try_spend();
             debug_assert!(spent, "credit availability was checked above");
             let returned = credits.take_owed();
-            let pending = pl.queue.pop_front().expect("front checked");
-            let out = self.outgoing(pending);
+            let out = if answer_first {
+                let r = pl.answers.pop_front().expect("checked non-empty");
+                Outgoing {
+                    body: r.body,
+                    msg_id: r.msg_id,
+                    payload: r.payload,
+                    op: None,
+                }
+            } else {
+                let pending = pl.queue.pop_front().expect("front checked");
+                self.outgoing(pending)
+            };
             self.emit(ni, nid, lane, out, returned, true);
         }
         self.return_credits_if_owed(nid, lane);
@@ -132,14 +149,10 @@ impl Node {
     /// Turns a queue entry into a frame; ops move to `InLnd` and become answerable.
     fn outgoing(&mut self, pending: Pending) -> Outgoing {
         match pending {
-            Pending::Response {
-                body,
-                msg_id,
-                payload,
-            } => Outgoing {
-                body,
-                msg_id,
-                payload,
+            Pending::HealthPing { seq } => Outgoing {
+                body: Body::Ping { seq },
+                msg_id: HEALTH_PING_BIT | seq,
+                payload: Bytes::new(),
                 op: None,
             },
             Pending::Op { id, seq } => {

@@ -198,7 +198,7 @@ fn health_frames_leave_before_queued_data() {
 fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
     let mut n = node();
     let offered = usize::from(n.config().lanes[Lane::Health].peer_credits);
-    let cap = PONG_BACKLOG_PER_CREDIT * offered;
+    let cap = ANSWER_BACKLOG_PER_CREDIT * offered;
     // B offers one credit and never returns it: one PONG leaves, the rest wait.
     connected(&mut n, B, Lane::Health, 1, 7);
     let flood = 10 * cap as u64;
@@ -224,7 +224,7 @@ fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
     };
     assert_eq!(pongs(&sent), 1, "one credit, one PONG");
     assert!(sent.iter().any(|s| s.header.body == Body::Credit));
-    let waiting = n.peers[&nid(B)].lanes[Lane::Health].queue.len();
+    let waiting = n.peers[&nid(B)].lanes[Lane::Health].answers.len();
     assert_eq!(waiting, cap);
     assert_eq!(n.stats().pings_shed, flood - 1 - cap as u64);
     // Credits back: every waiting PONG goes, in order, and nothing more.
@@ -235,5 +235,67 @@ fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
         answered += pongs(&drain(&mut n));
     }
     assert_eq!(answered, cap);
-    assert!(n.peers[&nid(B)].lanes[Lane::Health].queue.is_empty());
+    assert!(n.peers[&nid(B)].lanes[Lane::Health].answers.is_empty());
+}
+
+#[test]
+fn a_peer_that_puts_without_returning_credits_cannot_grow_our_ack_queue() {
+    let mut n = node();
+    let offered = usize::from(n.config().lanes[Lane::Data].peer_credits);
+    let cap = ANSWER_BACKLOG_PER_CREDIT * offered;
+    // B offers one credit and never returns it: one ACK leaves, the rest wait.
+    connected(&mut n, B, Lane::Data, 1, 7);
+    let flood = 10 * cap as u64;
+    let mut sent = Vec::new();
+    for seq in 0..flood {
+        let body = Body::Put {
+            portal: 4,
+            match_bits: seq,
+        };
+        // Our CREDIT frames give it back its credits, so it can keep sending.
+        receive(&mut n, t(1), B, Lane::Data, body, seq, 0, b"x");
+        sent.extend(drain(&mut n));
+    }
+    let acks = |s: &[Sent]| {
+        s.iter()
+            .filter(|s| matches!(s.header.body, Body::Ack { .. }))
+            .count()
+    };
+    assert_eq!(acks(&sent), 1, "one credit, one ACK");
+    assert!(sent.iter().any(|s| s.header.body == Body::Credit));
+    assert_eq!(n.peers[&nid(B)].lanes[Lane::Data].answers.len(), cap);
+    assert_eq!(n.stats().answers_shed, flood - 1 - cap as u64);
+    assert_eq!(n.stats().pings_shed, 0, "no PING was involved");
+    // Credits back: every waiting ACK goes, in order, and nothing more.
+    let mut answered = Vec::new();
+    for _ in 0..cap {
+        receive(&mut n, t(2), B, Lane::Data, Body::Credit, 0, 1, b"");
+        answered.extend(drain(&mut n).into_iter().map(|s| s.header.msg_id));
+    }
+    assert_eq!(answered, (1..=cap as u64).collect::<Vec<_>>());
+    assert!(n.peers[&nid(B)].lanes[Lane::Data].answers.is_empty());
+}
+
+#[test]
+fn answers_leave_before_our_own_queued_requests() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 1, 7);
+    for i in 0..3 {
+        n.put(t(0), OpId(i), put(B, b"x")).unwrap();
+    }
+    assert_eq!(drain(&mut n).len(), 1, "one credit, one PUT; two wait");
+    // B's own PUT arrives; our ACK to it must not wait behind our two queued PUTs.
+    let body = Body::Put {
+        portal: 4,
+        match_bits: 1,
+    };
+    receive(&mut n, t(1), B, Lane::Data, body, 77, 0, b"y");
+    assert!(drain(&mut n).is_empty(), "no credit yet");
+    receive(&mut n, t(2), B, Lane::Data, Body::Credit, 0, 1, b"");
+    let next = drain(&mut n);
+    assert_eq!(next.len(), 1);
+    assert!(matches!(next[0].header.body, Body::Ack { .. }));
+    assert_eq!(next[0].header.msg_id, 77);
+    receive(&mut n, t(3), B, Lane::Data, Body::Credit, 0, 1, b"");
+    assert!(matches!(drain(&mut n)[0].header.body, Body::Put { .. }));
 }
