@@ -195,10 +195,18 @@ impl Node {
             return;
         };
         let ni = peer.ni;
-        let Conn::Up { credits, .. } = &mut peer.lanes[lane].conn else {
+        let pl = &mut peer.lanes[lane];
+        let Conn::Up { credits, .. } = &mut pl.conn else {
             return;
         };
         if !credits.wants_credit_frame() {
+            return;
+        }
+        // Answers that have a peer credit wait only for our driver (an NI credit); the first
+        // to leave carries what we owe. Returning it now would let the peer pile more
+        // requests behind them. With no peer credit, though, the peer may be waiting for
+        // ours to answer us: then the CREDIT frame must go, or both sides could wait forever.
+        if !pl.answers.is_empty() && credits.available() > 0 {
             return;
         }
         let returned = credits.take_owed();

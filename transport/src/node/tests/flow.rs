@@ -299,3 +299,45 @@ fn answers_leave_before_our_own_queued_requests() {
     receive(&mut n, t(3), B, Lane::Data, Body::Credit, 0, 1, b"");
     assert!(matches!(drain(&mut n)[0].header.body, Body::Put { .. }));
 }
+
+#[test]
+fn answers_held_up_by_our_driver_carry_the_owed_credits_instead_of_a_credit_frame() {
+    let mut c = cfg();
+    c.lanes[Lane::Data].ni_credits = 1;
+    c.lanes[Lane::Data].credits_hiw = 2;
+    let mut n = node_with(c);
+    connected(&mut n, B, Lane::Data, 8, 7);
+    // Our driver is busy with one frame: the NI has no credit left.
+    n.put(t(0), OpId(1), put(B, b"x")).unwrap();
+    let busy = drain(&mut n);
+    assert_eq!(busy.len(), 1);
+    for seq in 0..4 {
+        let body = Body::Put {
+            portal: 4,
+            match_bits: seq,
+        };
+        receive(&mut n, t(1), B, Lane::Data, body, 10 + seq, 0, b"y");
+    }
+    // 4 owed >= hiw 2, but a CREDIT frame would only let B pile more requests behind
+    // answers that cannot leave yet.
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.stats().credit_frames_sent, 0);
+    sent_ok(&mut n, &busy[0]);
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1, "one NI credit, one frame");
+    assert!(matches!(sent[0].header.body, Body::Ack { .. }));
+    assert_eq!(
+        sent[0].header.credits, 4,
+        "the first answer out carries all we owe"
+    );
+    // The rest follow, one per NI credit.
+    let mut acks = 1;
+    let mut last = sent;
+    while let Some(done) = last.first() {
+        sent_ok(&mut n, done);
+        last = drain(&mut n);
+        acks += last.len();
+    }
+    assert_eq!(acks, 4);
+    assert_eq!(n.stats().credit_frames_sent, 0);
+}
