@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use lanet::op::PeerDownReason;
 use lanet::{Event, Nid, OpOutcome};
 
 use crate::netns;
@@ -21,14 +22,14 @@ use crate::DetectArgs;
 
 /// What the event callback passes on.
 enum Seen {
-    Down(Nid),
+    Down(Nid, PeerDownReason),
     PutDone(bool),
 }
 
 fn forward(tx: Sender<Seen>) -> impl FnMut(Event) + Send + 'static {
     move |e| {
         let seen = match e {
-            Event::PeerDown { peer, .. } => Seen::Down(peer),
+            Event::PeerDown { peer, reason, .. } => Seen::Down(peer, reason),
             Event::Completed(c) => match c.result {
                 Ok(OpOutcome::Put { .. }) => Seen::PutDone(true),
                 Ok(_) => return,
@@ -109,13 +110,21 @@ fn trials(
                     .ok_or("the server in the namespace did not start")?
             }
         };
+        // A link just set up may drop the first ARP reply, and the next ARP try is 1 s
+        // later: the trial starts once the path carries a TCP handshake.
+        wait_until_reachable(server.nid)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let client = peer::client(Some(server.nid), 8, Duration::from_secs(10), forward(tx))?;
+        let watched = Instant::now();
         client.ep.watch(server.nid).map_err(|e| e.to_string())?;
         // Up and answering, then a random moment within an interval or two.
         std::thread::sleep(3 * interval + interval.mul_f64(2.0 * rng.unit()));
-        if let Ok(Seen::Down(_)) = rx.try_recv() {
-            return Err("the live server was declared down before the kill".into());
+        if let Ok(Seen::Down(_, reason)) = rx.try_recv() {
+            return Err(format!(
+                "trial {trial}: the live server {} was declared down ({reason:?}) before the kill, {:?} after the watch began",
+                server.nid,
+                watched.elapsed()
+            ));
         }
         let killed = match ns {
             None => server.kill()?,
@@ -127,7 +136,7 @@ fn trials(
         };
         let took = loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Seen::Down(p)) if p == server.nid => break killed.elapsed(),
+                Ok(Seen::Down(p, _)) if p == server.nid => break killed.elapsed(),
                 Ok(_) => {}
                 Err(_) => return Err("no PeerDown within 30 s of the kill".into()),
             }
@@ -136,6 +145,21 @@ fn trials(
         client.ep.shutdown();
     }
     Ok(detect_ms)
+}
+
+/// Waits (up to 10 s) until a plain TCP connection reaches the server's echo port.
+fn wait_until_reachable(nid: Nid) -> Result<(), String> {
+    let addr = peer::echo_addr(nid);
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= give_up => {
+                return Err(format!("the server at {addr} is not reachable: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// Streams 1 MiB PUTs at a live, watched server for `load_secs`; PeerDown verdicts seen.
@@ -163,7 +187,7 @@ fn false_downs(args: &DetectArgs) -> Result<(u64, f64), String> {
     let mut acked = 0u64;
     while Instant::now() < end {
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Seen::Down(_)) => {
+            Ok(Seen::Down(..)) => {
                 downs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Seen::PutDone(ok)) => {

@@ -4,6 +4,9 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+/// Above the connected route's metric (0), so it only serves while that route is gone.
+const BLACKHOLE_METRIC: &str = "4242";
+
 pub(crate) struct Netns {
     pub(crate) name: String,
     /// The veth end in this namespace.
@@ -67,7 +70,22 @@ impl Netns {
         inside(&["addr", "add", &format!("10.77.{n}.2/24"), "dev", &inner])?;
         inside(&["link", "set", &inner, "up"])?;
         inside(&["link", "set", "lo", "up"])?;
+        // While our end is down its subnet route is gone, and without this traffic for the
+        // namespace would follow the default route out of the machine; a pulled cable drops it.
+        ip(&[
+            "route",
+            "replace",
+            "blackhole",
+            &ns.subnet(),
+            "metric",
+            BLACKHOLE_METRIC,
+        ])?;
         Ok(ns)
+    }
+
+    fn subnet(&self) -> String {
+        let [a, b, c, _] = self.inner_ip.octets();
+        format!("{a}.{b}.{c}.0/24")
     }
 
     /// Takes the link down (or up again).
@@ -86,5 +104,13 @@ impl Drop for Netns {
         // Deleting the namespace deletes its veth end, and with it ours.
         let _ = ip(&["netns", "del", &self.name]);
         let _ = ip(&["link", "del", &self.outer]);
+        let _ = ip(&[
+            "route",
+            "del",
+            "blackhole",
+            &self.subnet(),
+            "metric",
+            BLACKHOLE_METRIC,
+        ]);
     }
 }
