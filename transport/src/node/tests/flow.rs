@@ -194,84 +194,70 @@ fn health_frames_leave_before_queued_data() {
     );
 }
 
-#[test]
-fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
+/// B offers one credit on `lane` and never returns it, while our CREDIT frames give it
+/// back its own, so it keeps sending requests: 10x the answer cap of them. Returns the
+/// node, the cap, the number of requests, and what we sent meanwhile.
+fn flood_without_returning_credits(
+    lane: Lane,
+    request: impl Fn(u64) -> Body,
+) -> (Node, usize, u64, Vec<Sent>) {
     let mut n = node();
-    let offered = usize::from(n.config().lanes[Lane::Health].peer_credits);
-    let cap = ANSWER_BACKLOG_PER_CREDIT * offered;
-    // B offers one credit and never returns it: one PONG leaves, the rest wait.
-    connected(&mut n, B, Lane::Health, 1, 7);
+    let cap = ANSWER_BACKLOG_PER_CREDIT * usize::from(n.config().lanes[lane].peer_credits);
+    connected(&mut n, B, lane, 1, 7);
     let flood = 10 * cap as u64;
     let mut sent = Vec::new();
     for seq in 0..flood {
-        // Its credits come back to it (CREDIT frames), so it can keep sending.
-        receive(
-            &mut n,
-            t(1),
-            B,
-            Lane::Health,
-            Body::Ping { seq },
-            seq,
-            0,
-            b"",
-        );
+        receive(&mut n, t(1), B, lane, request(seq), seq, 0, b"");
         sent.extend(drain(&mut n));
     }
-    let pongs = |s: &[Sent]| {
-        s.iter()
-            .filter(|s| matches!(s.header.body, Body::Pong { .. }))
-            .count()
-    };
-    assert_eq!(pongs(&sent), 1, "one credit, one PONG");
+    (n, cap, flood, sent)
+}
+
+/// B returns one credit at a time, `times` times; the message ids of what we sent.
+fn credits_back_one_by_one(n: &mut Node, lane: Lane, times: usize) -> Vec<u64> {
+    let mut sent = Vec::new();
+    for _ in 0..times {
+        receive(n, t(2), B, lane, Body::Credit, 0, 1, b"");
+        sent.extend(drain(n).into_iter().map(|s| s.header.msg_id));
+    }
+    sent
+}
+
+#[test]
+fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
+    let (mut n, cap, flood, sent) =
+        flood_without_returning_credits(Lane::Health, |seq| Body::Ping { seq });
+    let pongs = sent
+        .iter()
+        .filter(|s| matches!(s.header.body, Body::Pong { .. }))
+        .count();
+    assert_eq!(pongs, 1, "one credit, one PONG");
     assert!(sent.iter().any(|s| s.header.body == Body::Credit));
-    let waiting = n.peers[&nid(B)].lanes[Lane::Health].answers.len();
-    assert_eq!(waiting, cap);
+    assert_eq!(n.peers[&nid(B)].lanes[Lane::Health].answers.len(), cap);
     assert_eq!(n.stats().pings_shed, flood - 1 - cap as u64);
     // Credits back: every waiting PONG goes, in order, and nothing more.
-    receive(&mut n, t(2), B, Lane::Health, Body::Credit, 0, 1, b"");
-    let mut answered = pongs(&drain(&mut n));
-    for _ in 1..cap {
-        receive(&mut n, t(2), B, Lane::Health, Body::Credit, 0, 1, b"");
-        answered += pongs(&drain(&mut n));
-    }
-    assert_eq!(answered, cap);
+    let answered = credits_back_one_by_one(&mut n, Lane::Health, cap + 1);
+    assert_eq!(answered, (1..=cap as u64).collect::<Vec<_>>());
     assert!(n.peers[&nid(B)].lanes[Lane::Health].answers.is_empty());
 }
 
 #[test]
 fn a_peer_that_puts_without_returning_credits_cannot_grow_our_ack_queue() {
-    let mut n = node();
-    let offered = usize::from(n.config().lanes[Lane::Data].peer_credits);
-    let cap = ANSWER_BACKLOG_PER_CREDIT * offered;
-    // B offers one credit and never returns it: one ACK leaves, the rest wait.
-    connected(&mut n, B, Lane::Data, 1, 7);
-    let flood = 10 * cap as u64;
-    let mut sent = Vec::new();
-    for seq in 0..flood {
-        let body = Body::Put {
-            portal: 4,
-            match_bits: seq,
-        };
-        // Our CREDIT frames give it back its credits, so it can keep sending.
-        receive(&mut n, t(1), B, Lane::Data, body, seq, 0, b"x");
-        sent.extend(drain(&mut n));
-    }
-    let acks = |s: &[Sent]| {
-        s.iter()
-            .filter(|s| matches!(s.header.body, Body::Ack { .. }))
-            .count()
-    };
-    assert_eq!(acks(&sent), 1, "one credit, one ACK");
+    let (mut n, cap, flood, sent) = flood_without_returning_credits(Lane::Data, |seq| Body::Put {
+        portal: 4,
+        match_bits: seq,
+    });
+    let acks = sent
+        .iter()
+        .filter(|s| matches!(s.header.body, Body::Ack { .. }))
+        .count();
+    assert_eq!(acks, 1, "one credit, one ACK");
     assert!(sent.iter().any(|s| s.header.body == Body::Credit));
     assert_eq!(n.peers[&nid(B)].lanes[Lane::Data].answers.len(), cap);
     assert_eq!(n.stats().answers_shed, flood - 1 - cap as u64);
     assert_eq!(n.stats().pings_shed, 0, "no PING was involved");
     // Credits back: every waiting ACK goes, in order, and nothing more.
-    let mut answered = Vec::new();
-    for _ in 0..cap {
-        receive(&mut n, t(2), B, Lane::Data, Body::Credit, 0, 1, b"");
-        answered.extend(drain(&mut n).into_iter().map(|s| s.header.msg_id));
-    }
+    let answered = credits_back_one_by_one(&mut n, Lane::Data, cap + 1);
     assert_eq!(answered, (1..=cap as u64).collect::<Vec<_>>());
     assert!(n.peers[&nid(B)].lanes[Lane::Data].answers.is_empty());
 }
