@@ -809,11 +809,7 @@ impl Drop for Uring {
         let busy =
             |u: &Uring| u.accept_armed || u.wake_armed || u.socks.values().any(|s| !s.idle());
         while busy(self) && Instant::now() < deadline {
-            let ts = Timespec::new().nsec(50_000_000);
-            let _ = self
-                .ring
-                .submitter()
-                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            sys::wait_briefly(&self.ring);
             self.reap_completions();
         }
         if busy(self) {

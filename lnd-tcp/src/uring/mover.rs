@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::types::Fd;
 use io_uring::{opcode, squeue, IoUring};
 use rustc_hash::FxHashMap;
 
@@ -369,11 +369,7 @@ impl Worker {
         unsafe { self.push(e) };
         let deadline = Instant::now() + Duration::from_secs(2);
         while (self.wake_armed || !self.inflight.is_empty()) && Instant::now() < deadline {
-            let ts = Timespec::new().nsec(50_000_000);
-            let _ = self
-                .ring
-                .submitter()
-                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            sys::wait_briefly(&self.ring);
             self.reap();
         }
         if !self.inflight.is_empty() || self.wake_armed {

@@ -75,3 +75,11 @@ pub(crate) fn set_thread_batch() {
         );
     }
 }
+
+/// Submits what is queued and waits up to 50 ms for a completion: the drain loop at close,
+/// which must not block forever on a peer that never answers.
+pub(crate) fn wait_briefly(ring: &io_uring::IoUring) {
+    let ts = io_uring::types::Timespec::new().nsec(50_000_000);
+    let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+    let _ = ring.submitter().submit_with_args(1, &args);
+}
