@@ -87,7 +87,7 @@ fn one_size(args: &SimArgs, n: u32) -> Result<SizeResult, String> {
     }
     pairs.sort_unstable();
     pairs.dedup();
-    sim.watch_many(&pairs);
+    sim.watch_many(&pairs).map_err(|e| e.to_string())?;
     let warmup = Duration::from_secs(1);
     sim.run_for(warmup);
     let pings_before: u64 = (0..n)

@@ -34,6 +34,9 @@
 //! }
 //! ```
 
+mod driver_thread;
+mod gate;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -47,8 +50,10 @@ use crate::health::{HealthStats, PeerHealth};
 use crate::lnd::{Lnd, Wake};
 use crate::nid::Nid;
 use crate::node::NodeStats;
-use crate::op::{Event, GetRequest, MatchEntry, OpError, OpId, PingRequest, PutRequest};
+use crate::op::{Event, GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
 use crate::time::{Clock, MonotonicClock};
+use driver_thread::{Callback, Command, DriverThread, Sink};
+use gate::Gate;
 
 /// Why the endpoint did not take a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,26 +62,15 @@ pub enum EndpointError {
     Invalid(String),
     #[error("the endpoint is shut down")]
     ShutDown,
+    /// The endpoint failed (see [`Event::EndpointFailed`]) and takes no more work.
+    #[error("the endpoint failed: {0}")]
+    Failed(String),
     #[error("the endpoint could not start: {0}")]
     Start(String),
     /// Only from the driver thread itself (an event callback): it cannot wait for itself.
     #[error("the command queue is full; submit from another thread or raise command_capacity")]
     Busy,
 }
-
-enum Command {
-    Put(OpId, PutRequest),
-    Get(OpId, GetRequest),
-    Ping(OpId, PingRequest),
-    Attach(OpId, MatchEntry),
-    Cancel(OpId),
-    Stats(Sender<NodeStats>),
-    Watch(Nid, bool),
-    Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
-    Shutdown,
-}
-
-type Callback = Box<dyn FnMut(Event) + Send>;
 
 /// Configures and starts an [`Endpoint`].
 pub struct EndpointBuilder {
@@ -146,10 +140,12 @@ impl EndpointBuilder {
                 (Sink::Channel(tx), Some(rx))
             }
         };
+        let gate = Arc::new(Gate::default());
         let driver_thread = DriverThread {
             driver,
             clock: self.clock,
             commands: cmd_rx,
+            gate: gate.clone(),
             sink,
             consumed: consumed.clone(),
         };
@@ -171,6 +167,7 @@ impl EndpointBuilder {
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 commands: cmd_tx,
+                gate,
                 driver_thread: thread.thread().id(),
                 wakers,
                 next_op: AtomicU64::new(1),
@@ -186,6 +183,8 @@ impl EndpointBuilder {
 
 struct Inner {
     commands: Sender<Command>,
+    /// Every command passes it, so that none is lost when the driver thread stops.
+    gate: Arc<Gate>,
     driver_thread: std::thread::ThreadId,
     wakers: Vec<Arc<dyn Wake>>,
     next_op: AtomicU64,
@@ -202,21 +201,26 @@ impl Inner {
     }
 
     fn send(&self, cmd: Command) -> Result<(), EndpointError> {
-        if self.on_driver_thread() {
-            // From a callback: the driver looks at its queue before it next waits, so no
-            // wake-up (two system calls per submission) is needed.
-            return self.commands.try_send(cmd).map_err(|e| match e {
-                crossbeam_channel::TrySendError::Full(_) => EndpointError::Busy,
-                crossbeam_channel::TrySendError::Disconnected(_) => EndpointError::ShutDown,
-            });
-        }
-        self.commands
-            .send(cmd)
-            .map_err(|_| EndpointError::ShutDown)?;
-        for w in &self.wakers {
-            w.wake();
-        }
-        Ok(())
+        self.gate.pass(|| {
+            if self.on_driver_thread() {
+                // From a callback: the driver looks at its queue before it next waits, so
+                // no wake-up (two system calls per submission) is needed.
+                return self.commands.try_send(cmd).map_err(|e| match e {
+                    crossbeam_channel::TrySendError::Full(_) => EndpointError::Busy,
+                    crossbeam_channel::TrySendError::Disconnected(_) => self.gate.refusal(),
+                });
+            }
+            self.commands.send(cmd).map_err(|_| self.gate.refusal())?;
+            for w in &self.wakers {
+                w.wake();
+            }
+            Ok(())
+        })
+    }
+
+    /// Waits for the driver thread's answer to a query.
+    fn answer<T>(&self, rx: Receiver<T>) -> Result<T, EndpointError> {
+        rx.recv().map_err(|_| self.gate.refusal())
     }
 
     fn shutdown(&self) {
@@ -304,8 +308,21 @@ impl Endpoint {
     }
 
     /// Monitors `peer` (PINGs when it is silent, `PeerDown`/`PeerUp` events) even with no
-    /// operation outstanding, until [`Endpoint::unwatch`].
+    /// operation outstanding, until [`Endpoint::unwatch`]. `Invalid` if this endpoint has
+    /// no NI on `peer`'s net, or `peer` is this endpoint.
     pub fn watch(&self, peer: Nid) -> Result<(), EndpointError> {
+        let nids = &self.inner.nids;
+        if nids.contains(&peer) {
+            return Err(EndpointError::Invalid(format!(
+                "{peer} is this endpoint; it cannot watch itself"
+            )));
+        }
+        if !nids.iter().any(|n| n.net == peer.net) {
+            return Err(EndpointError::Invalid(format!(
+                "no route to {peer}: this endpoint has no NI on {}",
+                peer.net
+            )));
+        }
         self.inner.send(Command::Watch(peer, true))
     }
 
@@ -318,14 +335,14 @@ impl Endpoint {
     pub fn health(&self, peer: Nid) -> Result<(Option<PeerHealth>, HealthStats), EndpointError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.send(Command::Health(peer, tx))?;
-        rx.recv().map_err(|_| EndpointError::ShutDown)
+        self.inner.answer(rx)
     }
 
     /// The node's counters, fetched from the driver thread.
     pub fn stats(&self) -> Result<NodeStats, EndpointError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.send(Command::Stats(tx))?;
-        rx.recv().map_err(|_| EndpointError::ShutDown)
+        self.inner.answer(rx)
     }
 
     fn taken(&self, e: Event) -> Event {
@@ -360,124 +377,6 @@ impl Endpoint {
     /// `ShutDown`. Idempotent; also done when the last handle is dropped.
     pub fn shutdown(&self) {
         self.inner.shutdown();
-    }
-}
-
-enum Sink {
-    Channel(Sender<Event>),
-    Callback(Callback),
-}
-
-struct DriverThread {
-    driver: Driver,
-    clock: Arc<dyn Clock>,
-    commands: Receiver<Command>,
-    sink: Sink,
-    consumed: Arc<AtomicUsize>,
-}
-
-impl DriverThread {
-    fn run(mut self) {
-        let mut stopping = false;
-        let mut skipped_poll = false;
-        loop {
-            let now = self.clock.now();
-            let node = self.driver.node_mut();
-            loop {
-                let cmd = match self.commands.try_recv() {
-                    Ok(cmd) => cmd,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        stopping = true;
-                        break;
-                    }
-                };
-                // Op ids come from the endpoint's counter: never a duplicate.
-                let submitted = match cmd {
-                    Command::Put(id, r) => node.put(now, id, r),
-                    Command::Get(id, r) => node.get(now, id, r),
-                    Command::Ping(id, r) => node.ping(now, id, r),
-                    Command::Attach(id, e) => node.attach(id, e),
-                    Command::Cancel(id) => {
-                        node.cancel(id);
-                        Ok(())
-                    }
-                    Command::Stats(reply) => {
-                        let _ = reply.send(node.stats().clone());
-                        Ok(())
-                    }
-                    Command::Watch(peer, true) => {
-                        node.watch(now, peer);
-                        Ok(())
-                    }
-                    Command::Watch(peer, false) => {
-                        node.unwatch(now, peer);
-                        Ok(())
-                    }
-                    Command::Health(peer, reply) => {
-                        let _ = reply.send((node.peer_health(peer), node.health_stats()));
-                        Ok(())
-                    }
-                    Command::Shutdown => {
-                        stopping = true;
-                        Ok(())
-                    }
-                };
-                debug_assert!(submitted.is_ok(), "{submitted:?}");
-            }
-            node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
-            node.handle_timeout(now);
-            if stopping {
-                node.shutdown();
-            }
-            self.driver.flush();
-            self.deliver_events();
-            if stopping {
-                return;
-            }
-            // Commands already waiting (e.g. submitted by a callback this turn): take them
-            // before polling the LND, whose events keep; but never skip two polls in a row,
-            // or busy submitters could starve the network. And never block while they wait.
-            let pending = !self.commands.is_empty();
-            if pending && !skipped_poll {
-                skipped_poll = true;
-                continue;
-            }
-            skipped_poll = false;
-            let timeout = if pending {
-                Some(std::time::Duration::ZERO)
-            } else {
-                let next = self.driver.node_mut().poll_timeout();
-                next.map(|t| t.saturating_since(self.clock.now()))
-            };
-            if let Err((ni, e)) = self.driver.poll(&*self.clock, timeout) {
-                tracing::error!(ni = ni.0, "LND failed, stopping the endpoint: {e}");
-                let node = self.driver.node_mut();
-                node.abort(OpError::Local(format!("the LND failed: {e}")));
-                self.deliver_events();
-                return;
-            }
-        }
-    }
-
-    fn deliver_events(&mut self) {
-        let node = self.driver.node_mut();
-        while let Some(e) = node.poll_event() {
-            match &mut self.sink {
-                Sink::Channel(tx) => {
-                    // The receiver lives as long as any endpoint handle; if none is left,
-                    // nobody can observe the event.
-                    let _ = tx.send(e);
-                }
-                Sink::Callback(f) => {
-                    let delivery = e.is_delivery();
-                    f(e);
-                    if delivery {
-                        node.deliveries_consumed(1);
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -240,6 +240,10 @@ pub enum OpError {
     Network(String),
     #[error("remote error: {0}")]
     Remote(String),
+    /// The peer's answer broke the protocol (e.g. more bytes than the operation asked
+    /// for); the connection it came on was closed.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
     #[error("invalid request: {0}")]
     Invalid(String),
 }
@@ -251,7 +255,7 @@ impl OpError {
         match self {
             LocalTimeout | NoRoute(_) | Local(_) | Invalid(_) => Some(FailurePlace::Local),
             NetworkTimeout | Network(_) => Some(FailurePlace::Network),
-            RemoteTimeout | PeerDead | PeerRestarted | Rejected(_) | Remote(_) => {
+            RemoteTimeout | PeerDead | PeerRestarted | Rejected(_) | Remote(_) | Protocol(_) => {
                 Some(FailurePlace::Remote)
             }
             Cancelled => None,
@@ -325,6 +329,12 @@ pub enum Event {
         peer: Nid,
         lane: Lane,
         error: String,
+    },
+    /// The endpoint stopped working (a driver failed for good, or the driver thread
+    /// panicked): every operation it held has completed with an error, and later
+    /// submissions are refused. The last event an endpoint reports.
+    EndpointFailed {
+        reason: String,
     },
 }
 

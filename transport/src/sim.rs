@@ -17,7 +17,9 @@ use crate::lnd::Lnd;
 use crate::mem::{MemFabric, MemLnd, MemLndConfig};
 use crate::nid::Nid;
 use crate::node::{Node, SubmitError};
-use crate::op::{Completion, Event, GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
+use crate::op::{
+    Completion, Event, GetRequest, MatchEntry, OpError, OpId, PingRequest, PutRequest,
+};
 use crate::time::{Clock, Time, VirtualClock};
 
 /// Submissions and completions of every node, checked for exactly-once.
@@ -218,25 +220,26 @@ impl Sim {
     }
 
     /// `at` monitors `peer` until unwatched, with or without operations to it.
-    pub fn watch(&mut self, at: Nid, peer: Nid) {
-        let now = self.clock.now();
-        if let Some(n) = self.nodes.get_mut(&at) {
-            n.driver.node_mut().watch(now, peer);
-        }
-        self.dirty.insert(at);
-        self.settle();
+    pub fn watch(&mut self, at: Nid, peer: Nid) -> Result<(), OpError> {
+        self.watch_many(&[(at, peer)])
     }
 
-    /// Many watches at once (one settle for all): `(watcher, watched)` pairs.
-    pub fn watch_many(&mut self, pairs: &[(Nid, Nid)]) {
+    /// Many watches at once (one settle for all): `(watcher, watched)` pairs. Stops at
+    /// the first the watcher refuses (e.g. `NoRoute`).
+    pub fn watch_many(&mut self, pairs: &[(Nid, Nid)]) -> Result<(), OpError> {
         let now = self.clock.now();
+        let mut result = Ok(());
         for &(at, peer) in pairs {
             if let Some(n) = self.nodes.get_mut(&at) {
-                n.driver.node_mut().watch(now, peer);
+                result = n.driver.node_mut().watch(now, peer);
                 self.dirty.insert(at);
+                if result.is_err() {
+                    break;
+                }
             }
         }
         self.settle();
+        result
     }
 
     pub fn unwatch(&mut self, at: Nid, peer: Nid) {

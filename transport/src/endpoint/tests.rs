@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::*;
 use crate::lane::Lane;
 use crate::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
-use crate::op::{Completion, OpOutcome};
+use crate::op::{Completion, OpError, OpOutcome};
 use crate::time::MonotonicClock;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
@@ -40,9 +40,11 @@ fn put(dst: u32, payload: Bytes) -> PutRequest {
 fn wait_all(ep: &Endpoint, ops: &[OpId]) -> (HashMap<OpId, Completion>, Vec<Event>) {
     let mut done = HashMap::new();
     let mut other = Vec::new();
-    while ops.iter().any(|op| !done.contains_key(op)) {
+    let mut waiting: std::collections::HashSet<OpId> = ops.iter().copied().collect();
+    while !waiting.is_empty() {
         match ep.recv_event(WAIT).expect("an event within 10 s") {
             Event::Completed(c) => {
+                waiting.remove(&c.op);
                 assert!(
                     done.insert(c.op, c.clone()).is_none(),
                     "{} completed twice",
@@ -282,5 +284,153 @@ fn a_realtime_driver_thread_is_round_robin_where_allowed_and_works_either_way() 
     match root {
         true => assert_eq!(policy, 2, "root may make the driver SCHED_RR"),
         false => assert!(policy == 0 || policy == 2, "{policy}"),
+    }
+}
+
+/// The issue-12 reproduction: watching a NID on a net this node has no NI on used to kill
+/// the driver thread (a panic in the send path), and every later call answered `ShutDown`.
+#[test]
+fn watching_an_unreachable_nid_is_refused_and_the_endpoint_carries_on() {
+    let f = fabric();
+    let (a, b) = (endpoint(&f, 1), endpoint(&f, 2));
+    b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    let refused = a.watch("10.0.0.1@tcp".parse().unwrap());
+    std::thread::sleep(Duration::from_millis(500)); // long enough for a health ping
+    let op = a.put(put(2, Bytes::from_static(b"still here"))).unwrap();
+    let (done, _) = wait_all(&a, &[op]);
+    assert_eq!(done[&op].result, Ok(OpOutcome::Put { mlen: 10 }));
+    assert!(
+        matches!(&refused, Err(EndpointError::Invalid(m)) if m.contains("10.0.0.1@tcp")),
+        "{refused:?}"
+    );
+}
+
+/// How a [`Breakable`] LND breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Break {
+    /// `poll` returns an error: the driver failed for good.
+    PollError,
+    /// `poll` panics: a bug anywhere on the driver thread.
+    Panic,
+}
+
+/// An in-memory LND that works until `broken` is set, then breaks as told at its next poll.
+struct Breakable {
+    inner: MemLnd,
+    how: Break,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lnd for Breakable {
+    fn nid(&self) -> Nid {
+        self.inner.nid()
+    }
+    fn connect(&mut self, peer: Nid, lane: Lane) {
+        self.inner.connect(peer, lane)
+    }
+    fn post(&mut self, tx: crate::lnd::Transmit) {
+        self.inner.post(tx)
+    }
+    fn close(&mut self, peer: Nid, lane: Lane, error: crate::lnd::LndError) {
+        self.inner.close(peer, lane, error)
+    }
+    fn poll(
+        &mut self,
+        events: &mut Vec<crate::lnd::LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), crate::lnd::LndError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            match self.how {
+                Break::PollError => {
+                    return Err(crate::lnd::LndError::new(
+                        crate::lnd::LndErrorKind::Resource,
+                        "injected driver failure",
+                    ))
+                }
+                Break::Panic => panic!("injected panic on the driver thread"),
+            }
+        }
+        self.inner.poll(events, timeout)
+    }
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.inner.waker()
+    }
+}
+
+/// Whatever kills the driver thread, every operation it accepted completes exactly once
+/// with an error, the application hears why, and later submissions are refused, including
+/// from threads that keep submitting while it dies.
+#[test]
+fn a_dying_driver_thread_completes_every_operation_and_says_why() {
+    for how in [Break::PollError, Break::Panic] {
+        let f = fabric();
+        let _b = endpoint(&f, 2);
+        // A cut link: PUTs wait for a connection that does not come before the break.
+        f.set_cut(Nid::mem(1, 0), Nid::mem(2, 0), true);
+        let cfg = NodeConfig::new(1);
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lnd = Breakable {
+            inner: MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap(),
+            how,
+            broken: broken.clone(),
+        };
+        let a = Endpoint::builder(cfg).lnd(lnd).start().unwrap();
+        let mut accepted = vec![a.attach(MatchEntry::sink(4, 1, 64)).unwrap()];
+        for _ in 0..50 {
+            accepted.push(a.put(put(2, Bytes::from_static(b"doomed"))).unwrap());
+        }
+        // Submitters that race the failure: each op they got an id for must complete.
+        let racers: Vec<_> = (0..3)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    let mut ids = Vec::new();
+                    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+                    while std::time::Instant::now() < give_up {
+                        match a.put(put(2, Bytes::new())) {
+                            Ok(id) => ids.push(id),
+                            Err(EndpointError::Failed(_)) => return ids,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    panic!("the endpoint never refused a submission")
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        for racer in racers {
+            accepted.extend(racer.join().unwrap());
+        }
+        let (done, mut other) = wait_all(&a, &accepted);
+        // The failure is the last event, after every completion.
+        other.extend(std::iter::from_fn(|| {
+            a.recv_event(Some(Duration::from_secs(1)))
+        }));
+        assert_eq!(done.len(), accepted.len(), "{how:?}");
+        assert!(
+            done.values().all(|c| c.result.is_err()),
+            "{how:?}: nothing could have succeeded"
+        );
+        let reason = other.iter().find_map(|e| match e {
+            Event::EndpointFailed { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        let expected = match how {
+            Break::PollError => "injected driver failure",
+            Break::Panic => "injected panic",
+        };
+        assert!(
+            reason.as_deref().is_some_and(|r| r.contains(expected)),
+            "{how:?}: {reason:?} in {other:?}"
+        );
+        assert!(matches!(
+            a.put(put(2, Bytes::new())),
+            Err(EndpointError::Failed(r)) if r.contains(expected)
+        ));
+        assert!(
+            !other.iter().any(|e| matches!(e, Event::Completed(_))),
+            "{how:?}: a completion after the failure, or a second one"
+        );
     }
 }

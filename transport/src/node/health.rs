@@ -27,10 +27,12 @@ impl OpKind {
 
 impl Node {
     /// Monitors `nid` (pinging it when silent) until [`Node::unwatch`], even with no
-    /// operation outstanding.
-    pub fn watch(&mut self, now: Time, nid: Nid) {
+    /// operation outstanding. `NoRoute` if nothing reaches it, `Invalid` for this node.
+    pub fn watch(&mut self, now: Time, nid: Nid) -> Result<(), OpError> {
         self.clock = Some(now);
+        self.check_reachable(nid)?;
         self.health.watch(nid, now, true);
+        Ok(())
     }
 
     pub fn unwatch(&mut self, now: Time, nid: Nid) {

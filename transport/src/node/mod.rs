@@ -28,6 +28,7 @@ use rustc_hash::FxHashMap;
 
 use crate::config::NodeConfig;
 use crate::credits::{LaneCredits, NiCredits};
+use crate::handshake::PeerHello;
 use crate::health::{Action, Monitor};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, RxHandle, Transmit};
@@ -115,7 +116,8 @@ pub(crate) enum Conn {
     Connecting,
     Up {
         credits: LaneCredits,
-        peer_max_payload: u32,
+        /// What the peer said when this connection came up (its credits, largest payload).
+        hello: PeerHello,
     },
 }
 
@@ -241,7 +243,8 @@ pub struct Node {
     health_seq: u64,
     /// Incarnations of peers when they went Down: a return with another one is a restart.
     down_incarnation: FxHashMap<Nid, Option<u64>>,
-    shut_down: bool,
+    /// Set by shutdown or abort: what every later submission completes with.
+    shut_down: Option<OpError>,
 }
 
 impl Node {
@@ -272,7 +275,7 @@ impl Node {
             health_actions: Vec::new(),
             health_seq: 0,
             down_incarnation: FxHashMap::default(),
-            shut_down: false,
+            shut_down: None,
         }
     }
 
@@ -337,8 +340,8 @@ impl Node {
         self.clock = None;
         self.check_id(id)?;
         let seq = self.take_seq();
-        if self.shut_down {
-            self.push_completion(id, Err(OpError::Cancelled));
+        if let Some(error) = self.shut_down.clone() {
+            self.push_completion(id, Err(error));
             return Ok(());
         }
         self.portals.entry(entry.portal).or_default().push(id);
@@ -374,11 +377,11 @@ impl Node {
         self.abort(OpError::Cancelled);
     }
 
-    /// Like [`Node::shutdown`], completing everything live with `error` instead (e.g. when a
-    /// driver failed for good).
+    /// Like [`Node::shutdown`], completing everything live (and everything submitted later)
+    /// with `error` instead (e.g. when a driver failed for good).
     pub fn abort(&mut self, error: OpError) {
         self.clock = None;
-        self.shut_down = true;
+        self.shut_down = Some(error.clone());
         let mut live: Vec<(u64, OpId)> = self.ops.iter().map(|(id, op)| (op.seq, *id)).collect();
         live.sort_unstable();
         for (_, id) in live {
@@ -391,6 +394,15 @@ impl Node {
             }
         }
         self.deadlines.clear();
+    }
+
+    /// Removes every live operation without touching anything else, and returns their ids
+    /// in submission order: for completing them from outside after a panic left the node's
+    /// other state in doubt.
+    pub fn take_live_ops(&mut self) -> Vec<OpId> {
+        let mut live: Vec<(u64, OpId)> = self.ops.drain().map(|(id, op)| (op.seq, id)).collect();
+        live.sort_unstable();
+        live.into_iter().map(|(_, id)| id).collect()
     }
 
     // ---- time ---------------------------------------------------------------------------
@@ -494,16 +506,12 @@ impl Node {
             reserved: false,
         };
         let (dst, lane) = op.route().expect("submit is for ops that send");
-        let early = if self.shut_down {
-            Some(OpError::Cancelled)
+        let early = if let Some(error) = &self.shut_down {
+            Some(error.clone())
         } else if let Some(why) = invalid {
             Some(OpError::Invalid(why))
-        } else if self.nis.iter().any(|ni| ni.nid == dst) {
-            Some(OpError::Invalid(format!(
-                "{dst} is this node; sending to oneself is not supported"
-            )))
-        } else if !self.nis.iter().any(|ni| ni.nid.net == dst.net) {
-            Some(OpError::NoRoute(dst))
+        } else if let Err(e) = self.check_reachable(dst) {
+            Some(e)
         } else if self.fails_fast(dst, &op.kind) {
             self.health.poke(dst, now);
             Some(OpError::PeerDead)
@@ -548,6 +556,19 @@ impl Node {
     fn push_completion(&mut self, op: OpId, result: Result<OpOutcome, OpError>) {
         self.events
             .push_back(Event::Completed(Completion { op, result }));
+    }
+
+    /// Whether frames can be sent to `nid`: another node, on a net we have an NI on.
+    fn check_reachable(&self, nid: Nid) -> Result<(), OpError> {
+        if self.nis.iter().any(|ni| ni.nid == nid) {
+            return Err(OpError::Invalid(format!(
+                "{nid} is this node; sending to oneself is not supported"
+            )));
+        }
+        match self.ni_of(nid) {
+            Some(_) => Ok(()),
+            None => Err(OpError::NoRoute(nid)),
+        }
     }
 
     pub(crate) fn ni_of(&self, nid: Nid) -> Option<NiId> {

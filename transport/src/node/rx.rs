@@ -54,10 +54,30 @@ impl Node {
         }
         let hiw = self.cfg.lanes[lane].credits_hiw;
         let peer = self.peer_entry(nid, ni);
+        if let Conn::Up { hello: current, .. } = &peer.lanes[lane].conn {
+            if *current == hello {
+                // The answer to a connect request made while the driver replaced the
+                // connection (Disconnected, then Connected): the lane is up already, and
+                // its credits are as they are.
+                self.heard(now, nid);
+                return self.pump(nid, lane);
+            }
+            // A different HELLO without a Disconnected first: the driver replaced the
+            // connection without saying so. Treat it as the replacement it is (a new
+            // incarnation fails what the old one owed below, as a restart).
+            tracing::warn!(%nid, %lane, "driver reported a new connection without closing the old one");
+            let same_life = current.incarnation == hello.incarnation;
+            self.lane_lost(nid, lane);
+            if same_life {
+                let error = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
+                self.fail_awaiting(nid, Some(lane), || error.clone().into());
+            }
+        }
+        let peer = self.peer_entry(nid, ni);
         let old = peer.incarnation.replace(hello.incarnation);
         peer.lanes[lane].conn = Conn::Up {
             credits: LaneCredits::new(hello.credits, local, hiw),
-            peer_max_payload: hello.max_payload,
+            hello,
         };
         if let Some(old) = old.filter(|&o| o != hello.incarnation) {
             self.events.push_back(Event::PeerRestarted {
@@ -95,6 +115,18 @@ impl Node {
     }
 
     fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {
+        if !self.peers.contains_key(&nid) {
+            return;
+        }
+        self.lane_lost(nid, lane);
+        // Requests on this connection cannot be answered any more.
+        self.fail_awaiting(nid, Some(lane), || error.clone().into());
+        // Queued requests wait for a new connection (within their deadlines).
+        self.pump(nid, lane);
+    }
+
+    /// The (peer, lane) connection is gone: what only it could carry goes with it.
+    fn lane_lost(&mut self, nid: Nid, lane: Lane) {
         let Some(peer) = self.peers.get_mut(&nid) else {
             return;
         };
@@ -104,10 +136,6 @@ impl Node {
         self.stats.responses_dropped += pl.answers.len() as u64;
         pl.answers.clear();
         pl.queue.retain(|p| matches!(p, Pending::Op { .. }));
-        // Requests on this connection cannot be answered any more.
-        self.fail_awaiting(nid, Some(lane), || error.clone().into());
-        // Queued requests wait for a new connection (within their deadlines).
-        self.pump(nid, lane);
     }
 
     fn fail_queued(&mut self, queued: impl IntoIterator<Item = Pending>, error: &LndError) {
@@ -277,6 +305,15 @@ impl Node {
             return;
         };
         let op = &self.ops[&id];
+        if let Some(what) = answer.exceeds(&op.kind) {
+            // A peer must not hand the application more than it asked for.
+            let what = format!("{what} from {from}");
+            if let Answer::Reply(_, payload) = answer {
+                self.decline_deferred(ni, payload);
+            }
+            self.complete(id, Err(OpError::Protocol(what.clone())));
+            return self.protocol_error(ni, from, lane, what);
+        }
         let result = match (&op.kind, answer) {
             (OpKind::Put(_), Answer::Ack(Status::Ok, mlen)) => Ok(OpOutcome::Put { mlen }),
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Inline(data))) => {
@@ -355,4 +392,24 @@ pub(super) enum Answer {
     Ack(Status, u32),
     Reply(Status, RxPayload),
     Pong,
+}
+
+impl Answer {
+    /// What is wrong if this answer claims more bytes than the operation `kind` sent or
+    /// asked for.
+    fn exceeds(&self, kind: &OpKind) -> Option<String> {
+        match (kind, self) {
+            (OpKind::Put(r), Answer::Ack(_, mlen)) if *mlen as usize > r.payload.len() => Some(
+                format!("ACK for {mlen} bytes of a {}-byte PUT", r.payload.len()),
+            ),
+            (OpKind::Get(r), Answer::Reply(_, payload)) if payload.len() > r.want_len as usize => {
+                Some(format!(
+                    "REPLY of {} bytes to a GET for {}",
+                    payload.len(),
+                    r.want_len
+                ))
+            }
+            _ => None,
+        }
+    }
 }

@@ -39,9 +39,19 @@ impl Node {
         self.peers.entry(nid).or_insert_with(|| Peer::new(ni))
     }
 
-    /// Queues a frame for (peer, lane) and sends what credits allow.
+    /// Queues a frame for (peer, lane) and sends what credits allow. Callers check that
+    /// `dst` is reachable; should nothing reach it after all, an operation fails with
+    /// `NoRoute` and a health ping is dropped (the monitor's verdict follows in time).
     pub(crate) fn enqueue(&mut self, dst: Nid, lane: Lane, pending: Pending) {
-        let ni = self.ni_of(dst).expect("routes are checked at submission");
+        let Some(ni) = self.ni_of(dst) else {
+            tracing::warn!(%dst, "nothing reaches this peer: not queued");
+            if let Pending::Op { id, .. } = pending {
+                if self.is_live(&pending) {
+                    self.complete(id, Err(OpError::NoRoute(dst)));
+                }
+            }
+            return;
+        };
         self.peer_entry(dst, ni).lanes[lane]
             .queue
             .push_back(pending);
@@ -72,9 +82,7 @@ impl Node {
                 pl.queue.front().map(|p| self.is_live(p))
             };
             let peer_max = match &pl.conn {
-                Conn::Up {
-                    peer_max_payload, ..
-                } => *peer_max_payload,
+                Conn::Up { hello, .. } => hello.max_payload,
                 Conn::Connecting => return,
                 Conn::Down => {
                     if pl.queue.iter().any(|p| self.is_live(p)) {

@@ -60,7 +60,7 @@ fn verdicts(events: &[(Time, Event)]) -> Vec<(Time, &'static str)> {
 fn a_silent_crash_is_detected_within_detect_mult_intervals() {
     for (seed, crash_at) in [(1, 1_000u64), (2, 1_037), (3, 1_081)] {
         let mut sim = sim(50 * Duration::from_micros(1));
-        sim.watch(nid(1), nid(2));
+        sim.watch(nid(1), nid(2)).unwrap();
         sim.run_for(MS * crash_at as u32);
         // Pulled cable: frames vanish, nothing resets, nothing says goodbye.
         let crash = sim.now();
@@ -88,7 +88,7 @@ fn a_silent_crash_is_detected_within_detect_mult_intervals() {
 fn a_peer_answering_slowly_but_within_the_interval_is_never_declared_down() {
     // 45 ms each way: every ping's answer takes 90 ms of the 100 ms interval.
     let mut sim = sim(45 * MS);
-    sim.watch(nid(1), nid(2));
+    sim.watch(nid(1), nid(2)).unwrap();
     sim.run_for(Duration::from_secs(60));
     let events = sim.take_timed_events(nid(1));
     assert!(verdicts(&events).is_empty(), "{events:?}");
@@ -188,7 +188,7 @@ fn going_down_flushes_every_operation_exactly_once_and_new_ones_fail_fast_or_wai
 #[test]
 fn a_restart_is_told_apart_from_a_recovery() {
     let mut sim = sim(50 * Duration::from_micros(1));
-    sim.watch(nid(1), nid(2));
+    sim.watch(nid(1), nid(2)).unwrap();
     sim.run_for(Duration::from_millis(500));
     // The peer dies (its connections reset) and stays away long enough to be Down...
     sim.kill(nid(2));

@@ -327,3 +327,35 @@ fn answers_held_up_by_our_driver_carry_the_owed_credits_instead_of_a_credit_fram
     assert_eq!(acks, 4);
     assert_eq!(n.stats().credit_frames_sent, 0);
 }
+
+/// A driver that replaces a connection reports `Disconnected` then `Connected`, and answers
+/// the connect request our core made in between with a second `Connected` for the lane that
+/// is already up. That repeat must not hand back credits already spent, nor forget credits
+/// we owe: the peer would then return more than we hold, or stall.
+#[test]
+fn a_repeated_connected_keeps_the_lanes_credits() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 1, 7);
+    n.put(t(0), OpId(1), put(B, b"a")).unwrap();
+    assert_eq!(drain(&mut n).len(), 1, "the one credit is spent");
+    // A PUT from the peer: we owe it a credit, and its ACK waits for one of ours.
+    n.attach(OpId(10), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let body = Body::Put {
+        portal: 4,
+        match_bits: 0x10,
+    };
+    receive(&mut n, t(0), B, Lane::Data, body, 50, 0, b"x");
+    assert!(drain(&mut n).is_empty());
+    connected(&mut n, B, Lane::Data, 1, 7);
+    assert!(
+        drain(&mut n).is_empty(),
+        "no credit came back, so nothing may go out"
+    );
+    // The peer returns the credit we spent: the ACK leaves on it, with the credit we owe.
+    receive(&mut n, t(1), B, Lane::Data, Body::Credit, 0, 1, b"");
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(sent[0].header.body, Body::Ack { .. }));
+    assert_eq!(sent[0].header.credits, 1, "the owed credit was kept");
+    assert_eq!(n.stats().protocol_errors, 0);
+}

@@ -7,7 +7,7 @@ use super::*;
 fn down_at(stuck: u64) -> (u64, crate::health::HealthStats) {
     let mut n = node();
     connected(&mut n, B, Lane::Health, 8, 7);
-    n.watch(Time::ZERO, nid(B));
+    n.watch(Time::ZERO, nid(B)).unwrap();
     // (when the driver reports it sent, token)
     let mut in_driver: Vec<(u64, TxToken)> = Vec::new();
     loop {

@@ -392,3 +392,89 @@ fn an_aborted_ack_fails_the_put_as_a_remote_error() {
         matches!(&c[..], [(OpId(1), Err(OpError::Remote(m)))] if m.contains("could not take its payload"))
     );
 }
+
+/// The GET `OpId(1)` for 4 bytes, sent on a connected lane: its message id.
+fn get_for_4_bytes(n: &mut Node) -> u64 {
+    connected(n, B, Lane::Data, 8, 7);
+    let get = GetRequest {
+        lane: Lane::Data,
+        dst: nid(B),
+        portal: 2,
+        match_bits: 1,
+        want_len: 4,
+        timeout: None,
+        on_peer_down: Default::default(),
+    };
+    n.get(t(0), OpId(1), get).unwrap();
+    let sent = drain(n);
+    sent_ok(n, &sent[0]);
+    sent[0].header.msg_id
+}
+
+/// The answer broke the protocol: the op fails with `Protocol`, the connection is closed.
+fn assert_refused_as_protocol_violation(n: &mut Node) {
+    let c = completions(n);
+    assert!(
+        matches!(&c[..], [(OpId(1), Err(OpError::Protocol(_)))]),
+        "{c:?}"
+    );
+    assert_eq!(n.stats().protocol_errors, 1);
+    assert!(requests(n)
+        .iter()
+        .any(|r| matches!(r, LndRequest::Close { peer, .. } if *peer == nid(B))));
+}
+
+#[test]
+fn a_reply_longer_than_the_get_asked_for_is_refused() {
+    let mut n = node();
+    let msg = get_for_4_bytes(&mut n);
+    let reply = Body::Reply { status: Status::Ok };
+    receive(&mut n, t(1), B, Lane::Data, reply, msg, 1, b"12345678");
+    assert_refused_as_protocol_violation(&mut n);
+
+    // Deferred: refused before anything is fetched, and the payload is declined.
+    let mut n = node();
+    let msg = get_for_4_bytes(&mut n);
+    receive_deferred(&mut n, reply, msg, 9, 8);
+    let requests_before: Vec<LndRequest> = std::iter::from_fn(|| n.poll_request())
+        .map(|(_, r)| r)
+        .collect();
+    assert!(
+        !requests_before
+            .iter()
+            .any(|r| matches!(r, LndRequest::Fetch { .. })),
+        "{requests_before:?}"
+    );
+    assert!(requests_before
+        .iter()
+        .any(|r| matches!(r, LndRequest::Decline { handle } if handle.0 == 9)));
+    let c = completions(&mut n);
+    assert!(
+        matches!(&c[..], [(OpId(1), Err(OpError::Protocol(_)))]),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn an_ack_for_more_bytes_than_were_sent_is_refused() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), put(B, b"hello")).unwrap();
+    let sent = drain(&mut n);
+    sent_ok(&mut n, &sent[0]);
+    let ack = Body::Ack {
+        status: Status::Ok,
+        mlen: 6,
+    };
+    receive(
+        &mut n,
+        t(1),
+        B,
+        Lane::Data,
+        ack,
+        sent[0].header.msg_id,
+        1,
+        b"",
+    );
+    assert_refused_as_protocol_violation(&mut n);
+}

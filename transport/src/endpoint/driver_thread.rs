@@ -1,0 +1,270 @@
+//! The endpoint's driver thread: takes commands, runs the node and its LNDs, hands events
+//! to the application, and however it stops (shutdown, a driver failing for good, a panic)
+//! completes every operation it accepted, exactly once.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::gate::Gate;
+use super::EndpointError;
+use crate::driver::Driver;
+use crate::health::{HealthStats, PeerHealth};
+use crate::nid::Nid;
+use crate::node::{Node, NodeStats};
+use crate::op::{
+    Completion, Event, GetRequest, MatchEntry, OpError, OpId, PingRequest, PutRequest,
+};
+use crate::time::{Clock, Time};
+
+pub(super) enum Command {
+    Put(OpId, PutRequest),
+    Get(OpId, GetRequest),
+    Ping(OpId, PingRequest),
+    Attach(OpId, MatchEntry),
+    Cancel(OpId),
+    Stats(Sender<NodeStats>),
+    Watch(Nid, bool),
+    Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
+    Shutdown,
+}
+
+pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
+
+pub(super) enum Sink {
+    Channel(Sender<Event>),
+    Callback(Callback),
+}
+
+/// Why the serving loop ended.
+enum Stop {
+    /// Asked to (a `Shutdown` command, or the last handle went away).
+    Shutdown,
+    /// A driver failed for good; the node is intact.
+    LndFailed(String),
+}
+
+pub(super) struct DriverThread {
+    pub(super) driver: Driver,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) commands: Receiver<Command>,
+    pub(super) gate: Arc<Gate>,
+    pub(super) sink: Sink,
+    pub(super) consumed: Arc<AtomicUsize>,
+}
+
+impl DriverThread {
+    pub(super) fn run(mut self) {
+        let served = catch_unwind(AssertUnwindSafe(|| self.serve()));
+        let ended = catch_unwind(AssertUnwindSafe(|| match served {
+            Ok(Stop::Shutdown) => self.stop(),
+            Ok(Stop::LndFailed(reason)) => self.fail(reason),
+            Err(panic) => self.fail_after_panic(panic_message(&*panic)),
+        }));
+        if let Err(panic) = ended {
+            // Only the application's callback can get here (it panicked again): the
+            // events it was to receive cannot reach it.
+            tracing::error!(
+                "panic while stopping the endpoint, later events are lost: {}",
+                panic_message(&*panic)
+            );
+        }
+    }
+
+    fn serve(&mut self) -> Stop {
+        let mut skipped_poll = false;
+        loop {
+            let now = self.clock.now();
+            let stopping = self.take_commands(now);
+            let node = self.driver.node_mut();
+            node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
+            node.handle_timeout(now);
+            if stopping {
+                return Stop::Shutdown;
+            }
+            self.driver.flush();
+            self.deliver_events();
+            // Commands already waiting (e.g. submitted by a callback this turn): take them
+            // before polling the LND, whose events keep; but never skip two polls in a row,
+            // or busy submitters could starve the network. And never block while they wait.
+            let pending = !self.commands.is_empty();
+            if pending && !skipped_poll {
+                skipped_poll = true;
+                continue;
+            }
+            skipped_poll = false;
+            let timeout = if pending {
+                Some(std::time::Duration::ZERO)
+            } else {
+                let next = self.driver.node_mut().poll_timeout();
+                next.map(|t| t.saturating_since(self.clock.now()))
+            };
+            if let Err((ni, e)) = self.driver.poll(&*self.clock, timeout) {
+                let nid = self.driver.node().nids().nth(ni.0);
+                let nid = nid.map_or_else(|| format!("NI {}", ni.0), |n| n.to_string());
+                return Stop::LndFailed(format!("the LND of {nid} failed: {e}"));
+            }
+        }
+    }
+
+    /// Hands the commands waiting at the start of the turn to the node (those that come
+    /// meanwhile wait for the next turn: submitters faster than the node must not keep it
+    /// from the network). True if the endpoint is to stop.
+    fn take_commands(&mut self, now: Time) -> bool {
+        let mut stopping = false;
+        for _ in 0..self.commands.len().max(1) {
+            match self.commands.try_recv() {
+                Ok(cmd) => stopping |= run_command(self.driver.node_mut(), now, cmd),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+        stopping
+    }
+
+    /// A requested stop: everything live and everything still arriving is cancelled.
+    fn stop(&mut self) {
+        self.driver.node_mut().shutdown();
+        self.close_gate(EndpointError::ShutDown);
+        self.driver.flush();
+        self.deliver_events();
+    }
+
+    /// A driver failed for good: the node completes everything with the reason, which the
+    /// application then hears as the last event.
+    fn fail(&mut self, reason: String) {
+        tracing::error!("stopping the endpoint: {reason}");
+        let error = OpError::Local(reason.clone());
+        self.driver.node_mut().abort(error);
+        self.close_gate(EndpointError::Failed(reason.clone()));
+        self.deliver_events();
+        self.emit(Event::EndpointFailed { reason });
+    }
+
+    /// The serving loop panicked: the node's state is in doubt, so nothing but its table
+    /// of live operations is trusted, and each of them is completed from here.
+    fn fail_after_panic(&mut self, message: String) {
+        let reason = format!("the driver thread panicked: {message}");
+        tracing::error!("stopping the endpoint: {reason}");
+        let error = OpError::Local(reason.clone());
+        // Events the node produced before the panic come first (completions among them).
+        let node = self.driver.node_mut();
+        let mut events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
+        let live = node.take_live_ops();
+        events.extend(live.into_iter().map(|op| failed(op, &error)));
+        let gate = self.gate.clone();
+        let commands = self.commands.clone();
+        let mut refuse = || {
+            for cmd in commands.try_iter() {
+                events.extend(command_op(&cmd).map(|op| failed(op, &error)));
+            }
+        };
+        gate.close(EndpointError::Failed(reason.clone()), &mut refuse);
+        refuse();
+        events.push(Event::EndpointFailed { reason });
+        for e in events {
+            self.emit(e);
+        }
+    }
+
+    /// Closes the gate, handing what still comes in to the node, and then the rest.
+    fn close_gate(&mut self, why: EndpointError) {
+        let gate = self.gate.clone();
+        let commands = self.commands.clone();
+        let node = self.driver.node_mut();
+        let now = self.clock.now();
+        let mut take = || {
+            for cmd in commands.try_iter() {
+                run_command(node, now, cmd);
+            }
+        };
+        gate.close(why, &mut take);
+        take();
+    }
+
+    fn deliver_events(&mut self) {
+        while let Some(e) = self.driver.node_mut().poll_event() {
+            let delivery = e.is_delivery();
+            let callback = matches!(self.sink, Sink::Callback(_));
+            self.emit(e);
+            if delivery && callback {
+                self.driver.node_mut().deliveries_consumed(1);
+            }
+        }
+    }
+
+    /// Hands one event to the application.
+    fn emit(&mut self, e: Event) {
+        match &mut self.sink {
+            // The receiver lives as long as any endpoint handle; if none is left, nobody
+            // can observe the event.
+            Sink::Channel(tx) => {
+                let _ = tx.send(e);
+            }
+            Sink::Callback(f) => f(e),
+        }
+    }
+}
+
+/// Hands `cmd` to the node. True if it asks the endpoint to stop.
+fn run_command(node: &mut Node, now: Time, cmd: Command) -> bool {
+    // Op ids come from the endpoint's counter: never a duplicate.
+    let submitted = match cmd {
+        Command::Put(id, r) => node.put(now, id, r),
+        Command::Get(id, r) => node.get(now, id, r),
+        Command::Ping(id, r) => node.ping(now, id, r),
+        Command::Attach(id, e) => node.attach(id, e),
+        Command::Cancel(id) => {
+            node.cancel(id);
+            Ok(())
+        }
+        Command::Stats(reply) => {
+            let _ = reply.send(node.stats().clone());
+            Ok(())
+        }
+        Command::Watch(peer, true) => {
+            // The endpoint checked the NID; a refusal here is only logged.
+            if let Err(e) = node.watch(now, peer) {
+                tracing::warn!(%peer, "not watched: {e}");
+            }
+            Ok(())
+        }
+        Command::Watch(peer, false) => {
+            node.unwatch(now, peer);
+            Ok(())
+        }
+        Command::Health(peer, reply) => {
+            let _ = reply.send((node.peer_health(peer), node.health_stats()));
+            Ok(())
+        }
+        Command::Shutdown => return true,
+    };
+    debug_assert!(submitted.is_ok(), "{submitted:?}");
+    false
+}
+
+/// The operation a command submits, if it submits one.
+fn command_op(cmd: &Command) -> Option<OpId> {
+    match cmd {
+        Command::Put(id, _) | Command::Get(id, _) | Command::Ping(id, _) => Some(*id),
+        Command::Attach(id, _) => Some(*id),
+        _ => None,
+    }
+}
+
+fn failed(op: OpId, error: &OpError) -> Event {
+    Event::Completed(Completion {
+        op,
+        result: Err(error.clone()),
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
