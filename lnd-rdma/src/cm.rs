@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rdma_sys as sys;
 
 use crate::mr::{RemoteBuf, Sge};
-use crate::verbs::{check, set_nonblocking, Context, Cq, Pd, VerbsError};
+use crate::verbs::{check, set_nonblocking, Context, Cq, CqHandle, Pd, PdHandle, VerbsError};
 
 /// What happened to a connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +166,8 @@ pub struct CmId {
     has_qp: bool,
     max_inline: u32,
     // Dropped after the id and QP: what they point at stays valid until then.
-    _pd: Option<Arc<Pd>>,
-    _cq: Option<Arc<Cq>>,
+    _pd: Option<Arc<PdHandle>>,
+    _cq: Option<Arc<CqHandle>>,
     _ch: Arc<EventChannel>,
 }
 
@@ -291,22 +291,22 @@ impl CmId {
     }
 
     /// Creates the id's RC queue pair, sending and receiving through `cq`.
-    pub fn create_qp(&mut self, pd: &Arc<Pd>, cq: &Arc<Cq>, depth: u32) -> Result<(), VerbsError> {
+    pub fn create_qp(&mut self, pd: &Pd, cq: &Cq, depth: u32) -> Result<(), VerbsError> {
         self.create_rc_qp(pd, cq, depth, depth)
     }
 
     /// Creates the id's RC queue pair with room for `send` and `recv` work requests.
     pub fn create_rc_qp(
         &mut self,
-        pd: &Arc<Pd>,
-        cq: &Arc<Cq>,
+        pd: &Pd,
+        cq: &Cq,
         send: u32,
         recv: u32,
     ) -> Result<(), VerbsError> {
         // SAFETY: all-zero is a valid ibv_qp_init_attr to fill in.
         let mut attr: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        attr.send_cq = cq.as_ptr();
-        attr.recv_cq = cq.as_ptr();
+        attr.send_cq = cq.handle().as_ptr();
+        attr.recv_cq = cq.handle().as_ptr();
         attr.qp_type = sys::ibv_qp_type::IBV_QPT_RC;
         attr.cap.max_send_wr = send;
         attr.cap.max_recv_wr = recv;
@@ -317,18 +317,18 @@ impl CmId {
         attr.cap.max_inline_data = INLINE_WANTED;
         // SAFETY: id, PD and CQ are alive; the CQ and PD are kept alive by this id until
         // its QP is destroyed in drop.
-        let mut rc = unsafe { sys::rdma_create_qp(self.raw(), pd.as_ptr(), &mut attr) };
+        let mut rc = unsafe { sys::rdma_create_qp(self.raw(), pd.handle().as_ptr(), &mut attr) };
         if rc != 0 {
             attr.cap.max_inline_data = 0;
             // SAFETY: as above.
-            rc = unsafe { sys::rdma_create_qp(self.raw(), pd.as_ptr(), &mut attr) };
+            rc = unsafe { sys::rdma_create_qp(self.raw(), pd.handle().as_ptr(), &mut attr) };
         }
         check("rdma_create_qp", rc)?;
         // The device reports what it actually gives.
         self.max_inline = attr.cap.max_inline_data;
         self.has_qp = true;
-        self._pd = Some(pd.clone());
-        self._cq = Some(cq.clone());
+        self._pd = Some(pd.handle().clone());
+        self._cq = Some(cq.handle().clone());
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rdma_sys as sys;
 
-use crate::verbs::{non_null, Pd, VerbsError};
+use crate::verbs::{non_null, Pd, PdHandle, VerbsError};
 
 /// One scatter-gather element: where a work request reads or writes, and its local key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ unsafe fn register(
     access: sys::ibv_access_flags,
 ) -> Result<NonNull<sys::ibv_mr>, VerbsError> {
     // SAFETY: forwarded contract; the PD is alive.
-    let mr = unsafe { sys::ibv_reg_mr(pd.as_ptr(), ptr.cast(), len, access.0 as i32) };
+    let mr = unsafe { sys::ibv_reg_mr(pd.handle().as_ptr(), ptr.cast(), len, access.0 as i32) };
     non_null(mr, "ibv_reg_mr", &format!("{len} bytes"))
 }
 
@@ -56,7 +56,7 @@ unsafe fn register(
 /// owner of that memory is a later field of the regions below).
 struct Registration {
     mr: NonNull<sys::ibv_mr>,
-    _pd: Arc<Pd>,
+    _pd: Arc<PdHandle>,
 }
 
 // SAFETY: an MR handle may be used and deregistered from any thread.
@@ -91,7 +91,7 @@ pub struct Mr {
 
 impl Mr {
     /// Registers `len` zeroed bytes.
-    pub fn new(pd: &Arc<Pd>, len: usize) -> Result<Mr, VerbsError> {
+    pub fn new(pd: &Pd, len: usize) -> Result<Mr, VerbsError> {
         let mut buf = vec![0u8; len.max(1)].into_boxed_slice();
         let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
             | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
@@ -101,7 +101,7 @@ impl Mr {
         Ok(Mr {
             reg: Registration {
                 mr,
-                _pd: pd.clone(),
+                _pd: pd.handle().clone(),
             },
             buf,
         })
@@ -149,7 +149,7 @@ pub struct SourceMr {
 }
 
 impl SourceMr {
-    pub fn new(pd: &Arc<Pd>, data: Bytes) -> Result<SourceMr, VerbsError> {
+    pub fn new(pd: &Pd, data: Bytes) -> Result<SourceMr, VerbsError> {
         // Read-only memory (a static payload) can be registered without write access.
         let access = sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ;
         // SAFETY: `data` is kept alive by this struct until after deregistration; the
@@ -158,7 +158,7 @@ impl SourceMr {
         Ok(SourceMr {
             reg: Registration {
                 mr,
-                _pd: pd.clone(),
+                _pd: pd.handle().clone(),
             },
             data,
         })
@@ -195,7 +195,7 @@ pub struct SinkMr {
 impl SinkMr {
     /// Registers the first `len` bytes of `buf`, zero-filled first so no byte is ever
     /// uninitialised, whatever the peer writes.
-    pub fn new(pd: &Arc<Pd>, mut buf: BytesMut, len: usize) -> Result<SinkMr, VerbsError> {
+    pub fn new(pd: &Pd, mut buf: BytesMut, len: usize) -> Result<SinkMr, VerbsError> {
         buf.clear();
         buf.resize(len, 0);
         let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
@@ -206,7 +206,7 @@ impl SinkMr {
         Ok(SinkMr {
             reg: Registration {
                 mr,
-                _pd: pd.clone(),
+                _pd: pd.handle().clone(),
             },
             buf,
         })

@@ -242,43 +242,76 @@ pub fn first_active_device() -> Result<Arc<Context>, VerbsError> {
     })
 }
 
-/// A protection domain.
-pub struct Pd {
+/// Makes the owning wrappers below ([`Pd`], [`CompChannel`], [`Cq`]) `Send` but not `Sync`.
+type NotSync = std::marker::PhantomData<std::cell::Cell<()>>;
+
+/// Keeps a protection domain alive; deallocated when the last holder goes.
+pub(crate) struct PdHandle {
     pd: NonNull<sys::ibv_pd>,
-    ctx: Arc<Context>,
+    _ctx: Arc<Context>,
 }
 
-// SAFETY: a PD is used from one driver thread at a time; allocation calls are thread-safe.
-unsafe impl Send for Pd {}
-unsafe impl Sync for Pd {}
+// SAFETY: the handle offers safe code nothing to call (the type and its pointer are
+// crate-private; the crate calls into the PD only through a `Pd`, which is not `Sync`), and
+// its drop deallocates the PD once, from whichever thread drops the last holder, which
+// libibverbs allows.
+unsafe impl Send for PdHandle {}
+unsafe impl Sync for PdHandle {}
+
+impl PdHandle {
+    pub(crate) fn as_ptr(&self) -> *mut sys::ibv_pd {
+        self.pd.as_ptr()
+    }
+}
+
+impl Drop for PdHandle {
+    fn drop(&mut self) {
+        // SAFETY: allocated by us, freed once, after its MRs and QPs (they hold the handle).
+        unsafe { sys::ibv_dealloc_pd(self.as_ptr()) };
+    }
+}
+
+/// A protection domain: memory is registered in it and queue pairs are created in it.
+///
+/// Like [`CompChannel`] and [`Cq`], it is `Send` and not `Sync`: one thread at a time uses
+/// it, whatever the verbs provider does about locking (some can be told to take none, e.g.
+/// mlx5's `MLX5_SINGLE_THREADED`). What depends on one (a QP on a CQ, an MR in a PD) holds
+/// a crate-private handle with nothing to call, which only keeps the resource alive.
+///
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<lanet_lnd_rdma::verbs::Pd>();
+/// ```
+pub struct Pd {
+    handle: Arc<PdHandle>,
+    _not_sync: NotSync,
+}
 
 impl Pd {
-    pub fn new(ctx: &Arc<Context>) -> Result<Arc<Pd>, VerbsError> {
+    pub fn new(ctx: &Arc<Context>) -> Result<Pd, VerbsError> {
         // SAFETY: the context is open.
         let pd = non_null(
             unsafe { sys::ibv_alloc_pd(ctx.as_ptr()) },
             "ibv_alloc_pd",
             ctx.name(),
         )?;
-        Ok(Arc::new(Pd {
-            pd,
-            ctx: ctx.clone(),
-        }))
+        Ok(Pd {
+            handle: Arc::new(PdHandle {
+                pd,
+                _ctx: ctx.clone(),
+            }),
+            _not_sync: NotSync::default(),
+        })
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut sys::ibv_pd {
-        self.pd.as_ptr()
+    /// For what must keep the PD alive (registrations, queue pairs).
+    pub(crate) fn handle(&self) -> &Arc<PdHandle> {
+        &self.handle
     }
 
     pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
-    }
-}
-
-impl Drop for Pd {
-    fn drop(&mut self) {
-        // SAFETY: allocated by us, freed once, after its MRs and QPs (they hold an Arc).
-        unsafe { sys::ibv_dealloc_pd(self.as_ptr()) };
+        &self.handle._ctx
     }
 }
 
@@ -319,38 +352,66 @@ impl Completion {
     }
 }
 
-/// A completion channel: a file descriptor that becomes readable when an armed completion
-/// queue gets a completion, so the driver can sleep in epoll instead of spinning.
-pub struct CompChannel {
+/// Keeps a completion channel alive; destroyed when the last holder goes.
+pub(crate) struct ChannelHandle {
     ch: NonNull<sys::ibv_comp_channel>,
     _ctx: Arc<Context>,
 }
 
-// SAFETY: the channel is read by one thread at a time (the driver thread).
-unsafe impl Send for CompChannel {}
-unsafe impl Sync for CompChannel {}
+// SAFETY: as for `PdHandle`: nothing to call but drop, which destroys the channel once.
+unsafe impl Send for ChannelHandle {}
+unsafe impl Sync for ChannelHandle {}
+
+impl Drop for ChannelHandle {
+    fn drop(&mut self) {
+        // SAFETY: every CQ on this channel holds the handle, so all are destroyed.
+        unsafe { sys::ibv_destroy_comp_channel(self.ch.as_ptr()) };
+    }
+}
+
+/// A completion channel: a file descriptor that becomes readable when an armed completion
+/// queue gets a completion, so the driver can sleep in epoll instead of spinning.
+///
+/// Not `Sync` (see [`Pd`] for the rule):
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<lanet_lnd_rdma::verbs::CompChannel>();
+/// ```
+pub struct CompChannel {
+    handle: Arc<ChannelHandle>,
+    _not_sync: NotSync,
+}
 
 impl CompChannel {
     /// A channel whose descriptor does not block.
-    pub fn new(ctx: &Arc<Context>) -> Result<Arc<CompChannel>, VerbsError> {
+    pub fn new(ctx: &Arc<Context>) -> Result<CompChannel, VerbsError> {
         // SAFETY: the context is open.
         let ch = non_null(
             unsafe { sys::ibv_create_comp_channel(ctx.as_ptr()) },
             "ibv_create_comp_channel",
             ctx.name(),
         )?;
+        let handle = Arc::new(ChannelHandle {
+            ch,
+            _ctx: ctx.clone(),
+        });
         // SAFETY: the channel is alive; its fd is a plain descriptor we only set flags on.
         let fd = unsafe { (*ch.as_ptr()).fd };
         set_nonblocking(fd, "completion channel")?;
-        Ok(Arc::new(CompChannel {
-            ch,
-            _ctx: ctx.clone(),
-        }))
+        Ok(CompChannel {
+            handle,
+            _not_sync: NotSync::default(),
+        })
+    }
+
+    fn as_ptr(&self) -> *mut sys::ibv_comp_channel {
+        self.handle.ch.as_ptr()
     }
 
     pub fn fd(&self) -> i32 {
         // SAFETY: the channel is alive.
-        unsafe { (*self.ch.as_ptr()).fd }
+        unsafe { (*self.as_ptr()).fd }
     }
 
     /// Takes and acknowledges every pending notification; returns how many there were.
@@ -360,8 +421,9 @@ impl CompChannel {
         loop {
             let mut cq = std::ptr::null_mut();
             let mut cq_ctx = std::ptr::null_mut();
-            // SAFETY: the channel is alive and non-blocking; the out-pointers are valid.
-            let rc = unsafe { sys::ibv_get_cq_event(self.ch.as_ptr(), &mut cq, &mut cq_ctx) };
+            // SAFETY: the channel is alive and non-blocking; the out-pointers are valid;
+            // no other thread uses it (not `Sync`).
+            let rc = unsafe { sys::ibv_get_cq_event(self.as_ptr(), &mut cq, &mut cq_ctx) };
             if rc != 0 {
                 return n; // EAGAIN: nothing more
             }
@@ -369,13 +431,6 @@ impl CompChannel {
             unsafe { sys::ibv_ack_cq_events(cq, 1) };
             n += 1;
         }
-    }
-}
-
-impl Drop for CompChannel {
-    fn drop(&mut self) {
-        // SAFETY: every CQ on this channel holds an Arc of it, so all are destroyed.
-        unsafe { sys::ibv_destroy_comp_channel(self.ch.as_ptr()) };
     }
 }
 
@@ -393,20 +448,58 @@ pub(crate) fn set_nonblocking(fd: i32, what: &str) -> Result<(), VerbsError> {
     Ok(())
 }
 
-/// A completion queue: polled, and optionally armed to signal a completion channel.
-pub struct Cq {
+/// Keeps a completion queue alive; destroyed when the last holder goes.
+pub(crate) struct CqHandle {
     cq: NonNull<sys::ibv_cq>,
-    capacity: std::sync::atomic::AtomicI32,
-    _channel: Option<Arc<CompChannel>>,
+    _channel: Option<Arc<ChannelHandle>>,
     _ctx: Arc<Context>,
 }
 
-// SAFETY: polled by one thread at a time (the driver thread).
-unsafe impl Send for Cq {}
-unsafe impl Sync for Cq {}
+// SAFETY: as for `PdHandle`: nothing to call but drop, which destroys the CQ once.
+unsafe impl Send for CqHandle {}
+unsafe impl Sync for CqHandle {}
+
+impl CqHandle {
+    pub(crate) fn as_ptr(&self) -> *mut sys::ibv_cq {
+        self.cq.as_ptr()
+    }
+}
+
+impl Drop for CqHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by us, destroyed once, after the QPs using it (they hold the
+        // handle); its channel's events were acknowledged as they came
+        // (`CompChannel::drain`).
+        unsafe { sys::ibv_destroy_cq(self.as_ptr()) };
+    }
+}
+
+/// A completion queue: polled, resized, and optionally armed to signal a completion
+/// channel.
+///
+/// Not `Sync` (see [`Pd`] for the rule), so polling and resizing never race:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<lanet_lnd_rdma::verbs::Cq>();
+/// ```
+///
+/// It can still move to another thread (a driver is built on one and runs on another):
+///
+/// ```
+/// fn movable<T: Send>() {}
+/// movable::<lanet_lnd_rdma::verbs::Cq>();
+/// movable::<lanet_lnd_rdma::verbs::Pd>();
+/// movable::<lanet_lnd_rdma::verbs::CompChannel>();
+/// ```
+pub struct Cq {
+    handle: Arc<CqHandle>,
+    /// Entries it holds: read back from the CQ when created or resized.
+    capacity: std::cell::Cell<usize>,
+}
 
 impl Cq {
-    pub fn new(ctx: &Arc<Context>, depth: i32) -> Result<Arc<Cq>, VerbsError> {
+    pub fn new(ctx: &Arc<Context>, depth: i32) -> Result<Cq, VerbsError> {
         Self::with_channel(ctx, depth, None)
     }
 
@@ -414,42 +507,55 @@ impl Cq {
     pub fn with_channel(
         ctx: &Arc<Context>,
         depth: i32,
-        channel: Option<&Arc<CompChannel>>,
-    ) -> Result<Arc<Cq>, VerbsError> {
-        let ch = channel.map_or(std::ptr::null_mut(), |c| c.ch.as_ptr());
-        // SAFETY: the context (and channel, if any) are alive and outlive the CQ (Arcs).
+        channel: Option<&CompChannel>,
+    ) -> Result<Cq, VerbsError> {
+        let ch = channel.map_or(std::ptr::null_mut(), |c| c.as_ptr());
+        // SAFETY: the context (and channel, if any) are alive and outlive the CQ (the
+        // handle holds them).
         let cq = unsafe { sys::ibv_create_cq(ctx.as_ptr(), depth, std::ptr::null_mut(), ch, 0) };
         let cq = non_null(cq, "ibv_create_cq", ctx.name())?;
-        // SAFETY: a created CQ's `cqe` is its actual size.
-        let capacity = unsafe { (*cq.as_ptr()).cqe };
-        Ok(Arc::new(Cq {
+        let handle = Arc::new(CqHandle {
             cq,
-            capacity: capacity.into(),
-            _channel: channel.cloned(),
+            _channel: channel.map(|c| c.handle.clone()),
             _ctx: ctx.clone(),
-        }))
+        });
+        let cq = Cq {
+            handle,
+            capacity: std::cell::Cell::new(0),
+        };
+        cq.read_capacity();
+        Ok(cq)
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut sys::ibv_cq {
-        self.cq.as_ptr()
+    fn as_ptr(&self) -> *mut sys::ibv_cq {
+        self.handle.as_ptr()
+    }
+
+    /// For what must keep the CQ alive (queue pairs).
+    pub(crate) fn handle(&self) -> &Arc<CqHandle> {
+        &self.handle
+    }
+
+    fn read_capacity(&self) {
+        // SAFETY: a live CQ's `cqe` is its actual size; nothing else touches it meanwhile
+        // (not `Sync`).
+        let n = unsafe { (*self.as_ptr()).cqe };
+        self.capacity.set(usize::try_from(n).unwrap_or(0));
     }
 
     /// How many completions the queue holds.
     pub fn capacity(&self) -> usize {
-        self.capacity.load(std::sync::atomic::Ordering::Relaxed) as usize
+        self.capacity.get()
     }
 
     /// Grows the queue to at least `depth` entries (queue pairs are added as peers come).
     pub fn resize(&self, depth: usize) -> Result<(), VerbsError> {
         let depth = i32::try_from(depth).unwrap_or(i32::MAX);
-        // SAFETY: the CQ is alive and polled only by this (the driver) thread.
+        // SAFETY: the CQ is alive, and no other thread polls it meanwhile (not `Sync`).
         check("ibv_resize_cq", unsafe {
             sys::ibv_resize_cq(self.as_ptr(), depth)
         })?;
-        // SAFETY: after a resize, `cqe` is the new size.
-        let now = unsafe { (*self.as_ptr()).cqe };
-        self.capacity
-            .store(now, std::sync::atomic::Ordering::Relaxed);
+        self.read_capacity();
         Ok(())
     }
 
@@ -463,7 +569,8 @@ impl Cq {
 
     /// Fills `wcs` with completions; returns how many.
     pub fn poll(&self, wcs: &mut [sys::ibv_wc]) -> Result<usize, VerbsError> {
-        // SAFETY: the CQ is alive and `wcs` has room for `wcs.len()` entries.
+        // SAFETY: the CQ is alive, no other thread polls it (not `Sync`), and `wcs` has
+        // room for `wcs.len()` entries.
         let n = unsafe { sys::ibv_poll_cq(self.as_ptr(), wcs.len() as i32, wcs.as_mut_ptr()) };
         if n < 0 {
             return Err(VerbsError::from_rc("ibv_poll_cq", -n, ""));
@@ -486,13 +593,5 @@ impl Cq {
         // SAFETY: all-zero is a valid ibv_wc to be filled in.
         let mut wc: [sys::ibv_wc; 1] = unsafe { std::mem::zeroed() };
         Ok((self.poll(&mut wc)? == 1).then(|| Completion::from_raw(&wc[0])))
-    }
-}
-
-impl Drop for Cq {
-    fn drop(&mut self) {
-        // SAFETY: created by us, destroyed once, after the QPs using it (they hold an Arc);
-        // its channel's events were acknowledged as they came (`CompChannel::drain`).
-        unsafe { sys::ibv_destroy_cq(self.as_ptr()) };
     }
 }

@@ -89,8 +89,8 @@ pub(crate) struct Local {
 /// Everything but the connections, so a connection and this can be borrowed together.
 pub(crate) struct Ctx {
     pub(crate) local: Local,
-    pub(crate) pd: Arc<Pd>,
-    pub(crate) cq: PerLane<Arc<Cq>>,
+    pub(crate) pd: Pd,
+    pub(crate) cq: PerLane<Cq>,
     /// CQ entries the lane's QPs may need.
     pub(crate) cq_need: PerLane<usize>,
     pub(crate) cache: RegCache<SourceMr>,
@@ -107,6 +107,9 @@ struct InRdv {
     /// Registered once the core fetches it.
     sink: Option<SinkMr>,
 }
+
+/// Entries each lane's CQ starts with; it grows when its queue pairs need more.
+const CQ_ENTRIES: i32 = 1024;
 
 /// Held eager send completions that are handed over whatever else happens.
 const QUIET_MAX: usize = 64;
@@ -156,7 +159,7 @@ pub struct RdmaLnd {
     // the listener before the channels its events use.
     _listener: CmId,
     channel: Arc<EventChannel>,
-    comp: Arc<CompChannel>,
+    comp: CompChannel,
 }
 
 fn verbs_error(e: VerbsError) -> LndError {
@@ -196,7 +199,7 @@ impl RdmaLnd {
         })?;
         let pd = Pd::new(&device).map_err(verbs_error)?;
         let comp = CompChannel::new(&device).map_err(verbs_error)?;
-        let cq = |_| Cq::with_channel(&device, 1024, Some(&comp)).map_err(verbs_error);
+        let cq = |_| Cq::with_channel(&device, CQ_ENTRIES, Some(&comp)).map_err(verbs_error);
         let cq = PerLane::new(cq(Lane::Health)?, cq(Lane::Data)?);
         let poll =
             mio::Poll::new().map_err(|e| LndError::new(LndErrorKind::Resource, e.to_string()))?;
