@@ -6,14 +6,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanet::handshake::{check_hello, HandshakeError, Identity, PeerHello};
+use lanet::handshake::{check_hello, HandshakeError, Identity};
 use lanet::lane::Lane;
-use lanet::lnd::{
-    expired, LndError, LndErrorKind, LndEvent, RaceWaits, RxPayload, Transmit, TxToken,
-};
+use lanet::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
+use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxPayload, Transmit, TxToken};
 use lanet::nid::Nid;
+use lanet::time::Time;
 use lanet::wire::{HelloStatus, Limits};
-use rustc_hash::FxHashMap;
 
 use crate::framing::{RxFramer, TxQueue};
 
@@ -27,46 +26,29 @@ pub(crate) struct Local {
     pub(crate) connect_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// TCP connect in progress (dialled only).
-    Connecting,
-    /// Waiting for the peer's HELLO.
-    Hello,
-    Up,
-    /// Sending a refusal; closes once it is written.
-    Closing,
-}
-
+/// A socket's bytes in and out (the connection table keeps the rest).
 pub(crate) struct Conn {
-    /// Known from the start when dialled; from the HELLO when accepted.
-    peer: Option<(Nid, Lane)>,
-    dialled: bool,
-    stage: Stage,
+    /// The TCP connect of a dial is still in progress.
+    connecting: bool,
     pub(crate) rx: RxFramer,
     pub(crate) tx: TxQueue,
-    /// Until when the handshake may take.
-    deadline: Option<Instant>,
-    hello: Option<PeerHello>,
 }
 
 impl Conn {
     pub(crate) fn wants_write(&self) -> bool {
-        self.stage != Stage::Connecting && !self.tx.is_empty()
+        !self.connecting && !self.tx.is_empty()
     }
 
     pub(crate) fn is_connecting(&self) -> bool {
-        self.stage == Stage::Connecting
+        self.connecting
     }
 }
 
 pub(crate) struct Engine {
     local: Local,
-    conns: FxHashMap<ConnId, Conn>,
-    up: FxHashMap<(Nid, Lane), ConnId>,
-    dialling: FxHashMap<(Nid, Lane), ConnId>,
-    /// Lanes whose dial lost a race: the peer's own connection should arrive by then.
-    awaiting: RaceWaits,
+    conns: ConnTable<ConnId, Conn>,
+    /// The table's clock: deadlines are kept as time since this.
+    origin: Instant,
     /// For the core.
     pub(crate) events: Vec<LndEvent>,
     /// Sockets the backend must close (the engine has forgotten them).
@@ -82,10 +64,8 @@ impl Engine {
     pub(crate) fn new(local: Local) -> Engine {
         Engine {
             local,
-            conns: FxHashMap::default(),
-            up: FxHashMap::default(),
-            dialling: FxHashMap::default(),
-            awaiting: RaceWaits::default(),
+            conns: ConnTable::new(local.id.nid, local.id.credits, local.connect_timeout),
+            origin: Instant::now(),
             events: Vec::new(),
             closes: Vec::new(),
             done: Vec::new(),
@@ -102,12 +82,24 @@ impl Engine {
         }
     }
 
+    fn time(&self, at: Instant) -> Time {
+        Time::from_duration(at.saturating_duration_since(self.origin))
+    }
+
+    fn new_conn(&self, connecting: bool) -> Conn {
+        Conn {
+            connecting,
+            rx: RxFramer::new(self.limits()),
+            tx: TxQueue::default(),
+        }
+    }
+
     pub(crate) fn lane_of(&self, id: ConnId) -> Option<Lane> {
-        self.conns.get(&id)?.peer.map(|(_, lane)| lane)
+        self.conns.peer(id).map(|(_, lane)| lane)
     }
 
     pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(&id)
+        self.conns.get_mut(id)
     }
 
     /// Sockets to close; the backend drops them.
@@ -116,24 +108,21 @@ impl Engine {
     }
 
     /// The core asks for (peer, lane). True if the backend should dial; otherwise the
-    /// answer is on its way (already up: said again; being set up: comes when done).
-    pub(crate) fn want_connect(&mut self, peer: Nid, lane: Lane) -> bool {
-        if let Some(hello) = self.up.get(&(peer, lane)).and_then(|c| self.conns[c].hello) {
-            self.events.push(LndEvent::Connected {
-                peer,
-                lane,
-                hello,
-                local_credits: self.local.id.credits[lane],
-            });
-            return false;
-        }
-        !self.dialling.contains_key(&(peer, lane)) && !self.awaiting.contains(peer, lane)
+    /// answer is given (already up: said again) or comes when the attempt under way ends.
+    pub(crate) fn want_connect(&mut self, peer: Nid, lane: Lane, now: Instant) -> bool {
+        let now = self.time(now);
+        self.conns.connect(peer, lane, now, &mut self.events) == Connect::Dial
     }
 
     /// Where to dial for the core's connect request, or None when no dial is needed (the
-    /// answer is already on its way) or possible (then the failure is reported).
-    pub(crate) fn dial_target(&mut self, peer: Nid, lane: Lane) -> Option<std::net::SocketAddrV4> {
-        if !self.want_connect(peer, lane) {
+    /// answer is given, or on its way) or possible (then the failure is reported).
+    pub(crate) fn dial_target(
+        &mut self,
+        peer: Nid,
+        lane: Lane,
+        now: Instant,
+    ) -> Option<std::net::SocketAddrV4> {
+        if !self.want_connect(peer, lane, now) {
             return None;
         }
         let addr = peer.socket_addr(crate::DEFAULT_PORT);
@@ -149,60 +138,40 @@ impl Engine {
 
     /// The backend started dialling `conn` for (peer, lane).
     pub(crate) fn dialled(&mut self, conn: ConnId, peer: Nid, lane: Lane, now: Instant) {
-        self.dialling.insert((peer, lane), conn);
-        self.conns.insert(
-            conn,
-            Conn {
-                peer: Some((peer, lane)),
-                dialled: true,
-                stage: Stage::Connecting,
-                rx: RxFramer::new(self.limits()),
-                tx: TxQueue::default(),
-                deadline: Some(now + self.local.connect_timeout),
-                hello: None,
-            },
-        );
+        let data = self.new_conn(true);
+        let now = self.time(now);
+        self.conns.dialled(conn, peer, lane, data, now);
     }
 
     /// Dialling failed before a socket existed.
     pub(crate) fn dial_failed(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        self.events
-            .push(LndEvent::ConnectFailed { peer, lane, error });
+        self.conns.dial_failed(peer, lane, error, &mut self.events);
     }
 
     /// The backend accepted `conn`; its HELLO should follow.
     pub(crate) fn accepted(&mut self, conn: ConnId, now: Instant) {
-        self.conns.insert(
-            conn,
-            Conn {
-                peer: None,
-                dialled: false,
-                stage: Stage::Hello,
-                rx: RxFramer::new(self.limits()),
-                tx: TxQueue::default(),
-                deadline: Some(now + self.local.connect_timeout),
-                hello: None,
-            },
-        );
+        let data = self.new_conn(false);
+        let now = self.time(now);
+        self.conns.accepted(conn, data, now);
     }
 
     /// A dialled socket connected: say HELLO.
     pub(crate) fn established(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some((peer, lane)) = self.conns.peer(conn) else {
             return;
         };
-        if let (Stage::Connecting, Some((peer, lane))) = (c.stage, c.peer) {
-            c.stage = Stage::Hello;
-            let hello = self.local.id.hello(lane).encode(peer);
+        let hello = self.local.id.hello(lane).encode(peer);
+        if let Some(c) = self.conns.get_mut(conn).filter(|c| c.connecting) {
+            c.connecting = false;
             c.tx.push(hello, Bytes::new(), None);
         }
     }
 
     /// The core sends a frame.
     pub(crate) fn post(&mut self, tx: Transmit) -> Option<ConnId> {
-        match self.up.get(&(tx.peer, tx.lane)) {
-            Some(&conn) => {
-                let c = self.conns.get_mut(&conn).expect("up connections exist");
+        match self.conns.up(tx.peer, tx.lane) {
+            Some(conn) => {
+                let c = self.conns.get_mut(conn).expect("up connections exist");
                 c.tx.push(tx.header, tx.payload, Some(tx.token));
                 Some(conn)
             }
@@ -222,54 +191,64 @@ impl Engine {
 
     /// `n` bytes of `conn`'s queue were written.
     pub(crate) fn wrote(&mut self, conn: ConnId, n: usize) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         c.tx.advance(n, &mut self.done);
+        let sent = c.tx.is_empty();
         for token in self.done.drain(..) {
             self.events.push(LndEvent::SendComplete {
                 token,
                 result: Ok(()),
             });
         }
-        if c.stage == Stage::Closing && c.tx.is_empty() {
-            self.conns.remove(&conn);
+        if sent && self.conns.stage(conn) == Some(Stage::Refused) {
+            // The race refusal is out: the connection has served its purpose.
+            self.conns.remove(conn);
             self.closes.push(conn);
         }
     }
 
     /// Bytes arrived on `conn` (already in its framer): handle every complete frame.
     pub(crate) fn received(&mut self, conn: ConnId, now: Instant) {
+        let now = self.time(now);
         loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
+            let stage = self.conns.stage(conn);
+            let Some(c) = self.conns.get_mut(conn) else {
                 return;
             };
-            if c.stage == Stage::Closing {
+            if stage == Some(Stage::Refused) {
                 return;
             }
-            let frame = match c.rx.next_frame() {
+            let (h, payload) = match c.rx.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => return self.fail(conn, err(LndErrorKind::Protocol, e.to_string())),
             };
-            let (h, payload) = frame;
-            match (c.stage, c.peer) {
-                (Stage::Up, Some((peer, lane))) => self.events.push(LndEvent::Received {
+            match (stage, self.conns.peer(conn)) {
+                (Some(Stage::Up), Some((peer, lane))) => self.events.push(LndEvent::Received {
                     peer,
                     lane,
                     header: h,
                     payload: RxPayload::Inline(payload),
                 }),
-                (Stage::Hello, Some((peer, lane))) if c.dialled => {
+                (Some(Stage::Handshake), Some((peer, lane))) if self.conns.is_dialled(conn) => {
                     match check_hello(&self.local.id.hello(lane), Some(peer), &h) {
-                        Ok(hello) => self.mark_up(conn, hello),
-                        Err(HandshakeError::LostRace) => self.lost_race(conn, peer, lane, now),
+                        Ok(hello) => {
+                            let old = self.conns.answered(conn, hello, now, &mut self.events);
+                            self.retire(old);
+                        }
+                        Err(HandshakeError::LostRace) => {
+                            // The peer keeps its own connection, which should reach us soon.
+                            let lost = self.conns.lost_race(conn, now);
+                            self.retire(lost);
+                        }
                         Err(e) => {
                             return self.fail(conn, err(LndErrorKind::Refused, e.to_string()))
                         }
                     }
                 }
-                (Stage::Hello, None) => self.incoming_hello(conn, h),
+                (Some(Stage::Handshake), None) => self.incoming_hello(conn, h, now),
                 _ => {
                     return self.fail(
                         conn,
@@ -283,161 +262,86 @@ impl Engine {
         }
     }
 
-    fn mark_up(&mut self, conn: ConnId, hello: PeerHello) {
-        let (peer, lane) = (hello.nid, hello.lane);
-        let c = self.conns.get_mut(&conn).expect("live");
-        c.stage = Stage::Up;
-        c.peer = Some((peer, lane));
-        c.deadline = None;
-        c.hello = Some(hello);
-        self.dialling.remove(&(peer, lane));
-        self.awaiting.done(peer, lane);
-        if let Some(old) = self.up.insert((peer, lane), conn) {
-            // The peer dialled again: it restarted, or believes the old connection dead.
-            let error = err(
-                LndErrorKind::Reset,
-                "replaced by a new connection from the peer",
-            );
-            self.forget(old, &error);
-            self.events
-                .push(LndEvent::Disconnected { peer, lane, error });
-        }
-        self.events.push(LndEvent::Connected {
-            peer,
-            lane,
-            hello,
-            local_credits: self.local.id.credits[lane],
-        });
-    }
-
-    /// Our dial lost a race: the peer keeps its own connection, which should reach us soon.
-    fn lost_race(&mut self, conn: ConnId, peer: Nid, lane: Lane, now: Instant) {
-        self.conns.remove(&conn);
-        self.closes.push(conn);
-        self.dialling.remove(&(peer, lane));
-        if !self.up.contains_key(&(peer, lane)) {
-            self.awaiting
-                .wait(peer, lane, now + self.local.connect_timeout);
-        }
-    }
-
     /// The first frame of an accepted connection.
-    fn incoming_hello(&mut self, conn: ConnId, h: lanet::wire::Header) {
+    fn incoming_hello(&mut self, conn: ConnId, h: lanet::wire::Header, now: Time) {
         let lane = h.lane;
         let hello = match check_hello(&self.local.id.hello(lane), None, &h) {
             Ok(hello) => hello,
             Err(e) => {
                 tracing::warn!(nid = %self.local.id.nid, "refusing a connection: {e}");
-                self.conns.remove(&conn);
+                self.conns.remove(conn);
                 self.closes.push(conn);
                 return;
             }
         };
         let peer = hello.nid;
-        if let Some(&current) = self.up.get(&(peer, lane)) {
-            let c = &self.conns[&current];
-            let same_life = c.hello.is_some_and(|h| h.incarnation == hello.incarnation);
-            if same_life && c.dialled && self.local.id.nid < peer {
-                // Our dial is the rule's winner and is up: this is the peer's side of a race
-                // whose HELLO was already on its way. (A peer that restarted, or that dialled
-                // again while holding the winner, replaces the connection below.)
-                return self.refuse_race(conn, peer, lane);
+        let (reply, lost_dial) = match self.conns.incoming(conn, hello, now) {
+            Incoming::Refuse => {
+                // Answered with a `Race` HELLO; the socket closes once that is written.
+                let refusal = self
+                    .local
+                    .id
+                    .hello(lane)
+                    .header_with(peer, HelloStatus::Race);
+                (lanet::wire::encode_header(&refusal), None)
             }
-        }
-        if let Some(&mine) = self.dialling.get(&(peer, lane)) {
-            // Both sides dialled: the connection dialled by the lower NID wins, on both sides.
-            if self.local.id.nid < peer {
-                return self.refuse_race(conn, peer, lane);
-            }
-            // Theirs wins: drop our dial quietly (it carries only our HELLO); this connection
-            // answers our connect.
-            self.dialling.remove(&(peer, lane));
-            self.conns.remove(&mine);
-            self.closes.push(mine);
-        }
-        let reply = self.local.id.hello(lane).encode(peer);
-        let c = self.conns.get_mut(&conn).expect("live");
+            Incoming::Accept { lost_dial } => (self.local.id.hello(lane).encode(peer), lost_dial),
+        };
+        self.retire(lost_dial);
+        let c = self.conns.get_mut(conn).expect("live");
         c.tx.push(reply, Bytes::new(), None);
-        self.mark_up(conn, hello);
+        if self.conns.stage(conn) == Some(Stage::Handshake) {
+            let old = self.conns.mark_up(conn, now, &mut self.events);
+            self.retire(old);
+        }
     }
 
-    /// Answers an accepted connection that lost a race with a `Race` HELLO, then closes it.
-    fn refuse_race(&mut self, conn: ConnId, peer: Nid, lane: Lane) {
-        let refusal = self
-            .local
-            .id
-            .hello(lane)
-            .header_with(peer, HelloStatus::Race);
-        let c = self.conns.get_mut(&conn).expect("live");
-        c.tx.push(lanet::wire::encode_header(&refusal), Bytes::new(), None);
-        c.stage = Stage::Closing;
-    }
-
-    /// Removes `conn`, failing its queued sends with `error`.
-    fn forget(&mut self, conn: ConnId, error: &LndError) -> Option<Conn> {
-        let mut c = self.conns.remove(&conn)?;
-        for token in c.tx.abandon() {
+    /// Tears down a connection the table let go: its queued sends fail with its error, and
+    /// its socket is closed.
+    fn retire(&mut self, closed: Option<Closed<ConnId, Conn>>) {
+        let Some(Closed {
+            id,
+            mut data,
+            error,
+        }) = closed
+        else {
+            return;
+        };
+        for token in data.tx.abandon() {
             self.events.push(LndEvent::SendComplete {
                 token,
                 result: Err(error.clone()),
             });
         }
-        self.closes.push(conn);
-        Some(c)
+        self.closes.push(id);
     }
 
     /// `conn` failed (I/O error, end of stream, protocol error): report what it meant.
     pub(crate) fn fail(&mut self, conn: ConnId, error: LndError) {
-        let Some(c) = self.forget(conn, &error) else {
-            return;
-        };
-        let Some((peer, lane)) = c.peer else {
-            return; // an accepted connection that never said HELLO
-        };
-        match c.stage {
-            Stage::Up if self.up.get(&(peer, lane)) == Some(&conn) => {
-                self.up.remove(&(peer, lane));
-                self.events
-                    .push(LndEvent::Disconnected { peer, lane, error });
-            }
-            _ if c.dialled && self.dialling.get(&(peer, lane)) == Some(&conn) => {
-                self.dialling.remove(&(peer, lane));
-                self.events
-                    .push(LndEvent::ConnectFailed { peer, lane, error });
-            }
-            _ => {}
-        }
+        let closed = self.conns.fail(conn, error, &mut self.events);
+        self.retire(closed);
     }
 
     /// The core closes (peer, lane).
     pub(crate) fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        if let Some(&conn) = self.up.get(&(peer, lane)) {
-            self.fail(conn, error);
-        }
+        let closed = self.conns.close(peer, lane, error, &mut self.events);
+        self.retire(closed);
     }
 
     /// Handshakes past their deadline fail; so do lanes still awaiting a race winner.
     pub(crate) fn expire(&mut self, now: Instant) {
-        let late = expired(self.conns.iter().map(|(id, c)| (*id, c.deadline)), now);
-        for conn in late {
-            self.fail(
-                conn,
-                err(LndErrorKind::TimedOut, "connection handshake timed out"),
-            );
+        let now = self.time(now);
+        for closed in self.conns.expire(now, &mut self.events) {
+            self.retire(Some(closed));
         }
-        self.awaiting.expire(now, &mut self.events);
     }
 
     /// How long the backend may wait for I/O: not at all if events await the core or the
     /// backend has work of its own (`busy`), else the core's `timeout` cut at the next
     /// handshake deadline.
-    pub(crate) fn wait(
-        &self,
-        timeout: Option<std::time::Duration>,
-        busy: bool,
-    ) -> Option<std::time::Duration> {
+    pub(crate) fn wait(&self, timeout: Option<Duration>, busy: bool) -> Option<Duration> {
         if busy || !self.events.is_empty() {
-            return Some(std::time::Duration::ZERO);
+            return Some(Duration::ZERO);
         }
         match self.next_deadline() {
             None => timeout,
@@ -450,8 +354,8 @@ impl Engine {
 
     /// The earliest deadline the backend must wake up for.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let conns = self.conns.values().filter_map(|c| c.deadline);
-        conns.chain(self.awaiting.next_deadline()).min()
+        let d = self.conns.next_deadline()?;
+        Some(self.origin + d.as_duration())
     }
 }
 

@@ -103,7 +103,7 @@ impl Epoll {
     }
 
     pub(crate) fn connect(&mut self, peer: Nid, lane: Lane) {
-        let Some(addr) = self.engine.dial_target(peer, lane) else {
+        let Some(addr) = self.engine.dial_target(peer, lane, Instant::now()) else {
             return;
         };
         let dialled = TcpStream::connect(SocketAddr::V4(addr)).and_then(|s| {

@@ -14,12 +14,19 @@
 //! receive credits each offers and its largest payload. Rules:
 //!
 //! * every `connect(peer, lane)` call ends in exactly one `Connected` or `ConnectFailed` for
-//!   that (peer, lane) (an accepted connection that satisfies it counts);
-//! * at most one connection per (peer, lane) is reported up at a time; simultaneous connects
-//!   from both sides are resolved inside the LND, deterministically, without failing either
-//!   side's request;
+//!   that (peer, lane) (an accepted connection that satisfies it counts); a call for a lane
+//!   that is up is answered with `Connected` again, which the core takes as "still up"
+//!   (the lane keeps its credits);
+//! * at most one connection per (peer, lane) is reported up at a time; one that replaces
+//!   another (the peer dialled again) is reported as `Disconnected` for the old, then
+//!   `Connected` for the new; simultaneous connects from both sides are resolved inside
+//!   the LND, deterministically, without failing either side's request;
 //! * `Received` frames of a connection come after its `Connected` and before its
 //!   `Disconnected`, in the order the peer sent them.
+//!
+//! Keep connections in a [`conns::ConnTable`]: it applies these rules (races settled by
+//! the lower NID, replacement, failures, handshake deadlines) for any transport, so a
+//! driver only moves bytes and tells it what happened.
 //!
 //! **Sending.** [`Lnd::post`] hands over a [`Transmit`]: an encoded header and a payload
 //! (`Bytes`, so nothing is copied to hand it over; keep the `Bytes` until the send is done and
@@ -55,9 +62,11 @@
 //! its timeout, and [`Lnd::waker`] must be able to cut that wait short from any thread.
 //! Everything else is called from the driver's thread only.
 
+pub mod conns;
+
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -209,63 +218,6 @@ pub enum LndEvent {
         token: TxToken,
         result: Result<(), LndError>,
     },
-}
-
-/// For drivers that settle connection races (see [`crate::handshake`]): the lanes whose own
-/// dial lost, each waiting until a deadline for the peer's winning connection.
-#[derive(Debug, Default)]
-pub struct RaceWaits {
-    until: rustc_hash::FxHashMap<(Nid, Lane), Instant>,
-}
-
-impl RaceWaits {
-    pub fn wait(&mut self, peer: Nid, lane: Lane, until: Instant) {
-        self.until.insert((peer, lane), until);
-    }
-
-    pub fn contains(&self, peer: Nid, lane: Lane) -> bool {
-        self.until.contains_key(&(peer, lane))
-    }
-
-    /// The peer's connection came: the wait is over.
-    pub fn done(&mut self, peer: Nid, lane: Lane) {
-        self.until.remove(&(peer, lane));
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.until.values().copied().min()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.until.is_empty()
-    }
-
-    /// Ends every wait past its deadline with a `ConnectFailed`, in (peer, lane) order.
-    pub fn expire(&mut self, now: Instant, events: &mut Vec<LndEvent>) {
-        let late = expired(self.until.iter().map(|(k, d)| (*k, Some(*d))), now);
-        for (peer, lane) in late {
-            self.until.remove(&(peer, lane));
-            let error = LndError::new(
-                LndErrorKind::TimedOut,
-                "lost a connection race, and the peer's own connection never came",
-            );
-            events.push(LndEvent::ConnectFailed { peer, lane, error });
-        }
-    }
-}
-
-/// The keys whose deadline is at or before `now`, sorted (so that expiry is deterministic).
-pub fn expired<K: Ord + Copy>(
-    deadlines: impl IntoIterator<Item = (K, Option<Instant>)>,
-    now: Instant,
-) -> Vec<K> {
-    let mut late: Vec<K> = deadlines
-        .into_iter()
-        .filter(|(_, d)| d.is_some_and(|d| d <= now))
-        .map(|(k, _)| k)
-        .collect();
-    late.sort_unstable();
-    late
 }
 
 /// Interrupts a blocking [`Lnd::poll`] from any thread. A wake that comes before the poll

@@ -7,12 +7,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
-use lanet::handshake::PeerHello;
 use lanet::lane::Lane;
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, Transmit, TxToken};
-use lanet::nid::Nid;
 use lanet::wire::{FrameType, HEADER_LEN};
 use rustc_hash::FxHashMap;
 
@@ -52,17 +49,6 @@ pub(crate) fn split_wr_id(wr_id: u64) -> (u32, usize, bool) {
         (wr_id & (RECV_BIT - 1)) as usize,
         wr_id & RECV_BIT != 0,
     )
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
-    /// Dialled: resolving the peer's address, then its route.
-    Resolving,
-    /// Dialled: connect request sent with our HELLO.
-    Connecting,
-    /// Accepted: waiting for the connection to be established.
-    Accepting,
-    Up,
 }
 
 /// What a send-queue slot is busy with.
@@ -125,20 +111,18 @@ pub(crate) struct Qp {
     next_cookie: u64,
     /// The peer's deferred payloads not yet finished here.
     pub(crate) incoming: usize,
-    /// CQ entries this QP may need (given back when it goes).
+    /// The lane whose CQ it uses, and how many of its entries it may need (while the QP
+    /// exists, that is: they are counted from the live QPs, so none can leak).
+    pub(crate) cq_lane: Lane,
     pub(crate) cq_share: usize,
 }
 
+/// A connection's transport (the connection table keeps its peer, stage and HELLO).
 pub(crate) struct Conn {
     /// First field, so dropped first: destroying the QP stops the adapter touching the
     /// buffers below (and the sinks the driver holds for this connection) before they go.
     pub(crate) cm: CmId,
     pub(crate) qp: Option<Qp>,
-    pub(crate) peer: Option<(Nid, Lane)>,
-    pub(crate) dialled: bool,
-    pub(crate) stage: Stage,
-    pub(crate) hello: Option<PeerHello>,
-    pub(crate) deadline: Option<Instant>,
 }
 
 fn resource(e: impl std::fmt::Display) -> LndError {
@@ -146,13 +130,20 @@ fn resource(e: impl std::fmt::Display) -> LndError {
 }
 
 impl Conn {
-    /// Creates the QP on `lane`'s CQ (growing it if needed), registers the buffers and
-    /// pre-posts every receive.
-    pub(crate) fn create_qp(&mut self, id: u32, lane: Lane, ctx: &mut Ctx) -> Result<(), LndError> {
+    /// Creates the QP on `lane`'s CQ (growing it if the QPs already on it, which may need
+    /// `cq_in_use` entries, leave too little), registers the buffers and pre-posts every
+    /// receive.
+    pub(crate) fn create_qp(
+        &mut self,
+        id: u32,
+        lane: Lane,
+        cq_in_use: usize,
+        ctx: &mut Ctx,
+    ) -> Result<(), LndError> {
         let recv_count = recv_buffers(ctx.local.id.credits[lane]);
         let share = SEND_SLOTS + recv_count;
         let cq = &ctx.cq[lane];
-        let need = ctx.cq_need[lane] + share;
+        let need = cq_in_use + share;
         if need > cq.capacity() {
             cq.resize(need * 2).map_err(resource)?;
         }
@@ -170,9 +161,9 @@ impl Conn {
             out: FxHashMap::default(),
             next_cookie: 1,
             incoming: 0,
+            cq_lane: lane,
             cq_share: share,
         };
-        ctx.cq_need[lane] += share;
         let qp = self.qp.insert(qp);
         for i in 0..qp.recv_count {
             repost(&self.cm, qp, id, i)?;
@@ -180,9 +171,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Posts what fits: driver messages first, then frames in order.
+    /// Posts what fits: driver messages first, then frames in order. Only for a
+    /// connection that is up.
     pub(crate) fn pump(&mut self, id: u32, ctx: &mut Ctx) -> Result<(), LndError> {
-        let (Some(qp), Stage::Up) = (self.qp.as_mut(), self.stage) else {
+        let Some(qp) = self.qp.as_mut() else {
             return Ok(());
         };
         let cm = &self.cm;

@@ -53,7 +53,7 @@ impl RdmaLnd {
         };
         let conn = self
             .conns
-            .get_mut(&id)
+            .get_mut(id)
             .expect("offers go with their connection");
         conn.qp.as_mut().expect("up").ctrl.push_back(ctrl);
         self.pump(id);
@@ -78,7 +78,7 @@ impl RdmaLnd {
                 len: 0,
             },
         );
-        if let Some(qp) = self.conns.get_mut(&rdv.conn).and_then(|c| c.qp.as_mut()) {
+        if let Some(qp) = self.conns.get_mut(rdv.conn).and_then(|c| c.qp.as_mut()) {
             qp.incoming -= 1;
             qp.ctrl.push_back(Ctrl::Msg(msg));
         }
@@ -91,7 +91,7 @@ impl RdmaLnd {
             return;
         };
         self.by_cookie.remove(&(rdv.conn, rdv.cookie));
-        if let Some(qp) = self.conns.get_mut(&rdv.conn).and_then(|c| c.qp.as_mut()) {
+        if let Some(qp) = self.conns.get_mut(rdv.conn).and_then(|c| c.qp.as_mut()) {
             qp.incoming -= 1;
         }
         let result = match (result, rdv.sink) {

@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 
 use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
-use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RaceWaits, RxHandle, Transmit, Wake};
+use lanet::lnd::conns::{Closed, ConnTable, Stage};
+use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
+use lanet::time::{Clock, MonotonicClock, Time};
 use lanet::NodeConfig;
 use rustc_hash::FxHashMap;
 
@@ -38,7 +40,7 @@ use crate::mr::{RemoteBuf, SinkMr, SourceMr};
 use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
 use crate::verbs::{CompChannel, Completion, Cq, Pd, VerbsError};
 pub use conn::EAGER_MAX;
-use conn::{Conn, Mode, Stage};
+use conn::{Conn, Mode};
 
 /// The port used when a NID has none (LNet's o2iblnd service port).
 pub const DEFAULT_PORT: u16 = 987;
@@ -91,8 +93,6 @@ pub(crate) struct Ctx {
     pub(crate) local: Local,
     pub(crate) pd: Pd,
     pub(crate) cq: PerLane<Cq>,
-    /// CQ entries the lane's QPs may need.
-    pub(crate) cq_need: PerLane<usize>,
     pub(crate) cache: RegCache<SourceMr>,
     pub(crate) events: Vec<LndEvent>,
 }
@@ -138,11 +138,9 @@ impl Wake for MioWaker {
 pub struct RdmaLnd {
     ctx: Ctx,
     spin: Duration,
-    conns: FxHashMap<u32, Conn>,
-    up: FxHashMap<(Nid, Lane), u32>,
-    dialling: FxHashMap<(Nid, Lane), u32>,
-    /// Lanes whose dial lost a race: the peer's own connection should arrive by then.
-    awaiting: RaceWaits,
+    conns: ConnTable<u32, Conn>,
+    /// The connection table's time.
+    clock: MonotonicClock,
     incoming: FxHashMap<RxHandle, InRdv>,
     /// Successful completions of eager sends, held until there is something else to say
     /// (or nothing to wait for), so they do not cost the core a pass each.
@@ -231,15 +229,12 @@ impl RdmaLnd {
                 },
                 pd,
                 cq,
-                cq_need: PerLane::new(0, 0),
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
             },
             spin: cfg.spin,
-            conns: FxHashMap::default(),
-            up: FxHashMap::default(),
-            dialling: FxHashMap::default(),
-            awaiting: RaceWaits::default(),
+            conns: ConnTable::new(nid, cfg.credits, cfg.connect_timeout),
+            clock: MonotonicClock::new(),
             incoming: FxHashMap::default(),
             quiet: Vec::new(),
             by_cookie: FxHashMap::default(),
@@ -256,6 +251,12 @@ impl RdmaLnd {
         })
     }
 
+    /// How many completions `lane`'s CQ holds now. It grows with the queue pairs on it
+    /// and never needs to be larger than twice what the live ones may need.
+    pub fn cq_entries(&self, lane: Lane) -> usize {
+        self.ctx.cq[lane].capacity()
+    }
+
     /// Registration cache counts: how often a payload's registration was reused.
     pub fn reg_cache_stats(&self) -> RegCacheStats {
         self.ctx.cache.stats()
@@ -268,9 +269,26 @@ impl RdmaLnd {
         id
     }
 
-    /// Posts what the connection can take; a failure to post fails the connection.
+    fn now(&self) -> Time {
+        self.clock.now()
+    }
+
+    /// CQ entries the queue pairs on `lane`'s CQ may need.
+    fn cq_in_use(&self, lane: Lane) -> usize {
+        self.conns
+            .iter()
+            .filter_map(|(_, c)| c.qp.as_ref())
+            .filter(|qp| qp.cq_lane == lane)
+            .map(|qp| qp.cq_share)
+            .sum()
+    }
+
+    /// Posts what the connection can take, if it is up; a failure to post fails it.
     fn pump(&mut self, id: u32) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        if self.conns.stage(id) != Some(Stage::Up) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if let Err(e) = conn.pump(id, &mut self.ctx) {
@@ -278,17 +296,25 @@ impl RdmaLnd {
         }
     }
 
-    /// Removes connection `id`: everything it owed completes with `error`, then the core
-    /// hears that it went down (or never came up).
+    /// Fails connection `id`: the core hears what it meant, and what it held completes
+    /// with `error`.
     pub(crate) fn fail(&mut self, id: u32, error: LndError) {
-        let Some(mut conn) = self.conns.remove(&id) else {
+        let closed = self.conns.fail(id, error, &mut self.ctx.events);
+        self.retire(closed);
+    }
+
+    /// Tears down a connection the table let go: everything it owed completes with its
+    /// error. Its QP (and so its share of the CQ) goes before any memory it could touch.
+    fn retire(&mut self, closed: Option<Closed<u32, Conn>>) {
+        let Some(Closed {
+            id,
+            data: mut conn,
+            error,
+        }) = closed
+        else {
             return;
         };
         let tokens = conn.owed_tokens();
-        let (peer, stage, dialled) = (conn.peer, conn.stage, conn.dialled);
-        if let (Some(qp), Some((_, lane))) = (&conn.qp, peer) {
-            self.ctx.cq_need[lane] -= qp.cq_share;
-        }
         // Destroys the QP before its buffers, and before the sinks below are released.
         drop(conn);
         for token in tokens {
@@ -314,20 +340,6 @@ impl RdmaLnd {
                     result: Err(error.clone()),
                 });
             }
-        }
-        let Some((peer, lane)) = peer else {
-            return;
-        };
-        if stage == Stage::Up && self.up.get(&(peer, lane)) == Some(&id) {
-            self.up.remove(&(peer, lane));
-            self.ctx
-                .events
-                .push(LndEvent::Disconnected { peer, lane, error });
-        } else if dialled && self.dialling.get(&(peer, lane)) == Some(&id) {
-            self.dialling.remove(&(peer, lane));
-            self.ctx
-                .events
-                .push(LndEvent::ConnectFailed { peer, lane, error });
         }
     }
 
@@ -356,15 +368,13 @@ impl RdmaLnd {
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
             self.on_cm_event(ev);
         }
-        if !self.awaiting.is_empty() || self.conns.values().any(|c| c.deadline.is_some()) {
-            self.expire(Instant::now());
+        let now = self.now();
+        if self.conns.next_deadline().is_some_and(|d| d <= now) {
+            for closed in self.conns.expire(now, &mut self.ctx.events) {
+                self.retire(Some(closed));
+            }
         }
         Ok(())
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let conns = self.conns.values().filter_map(|c| c.deadline);
-        conns.chain(self.awaiting.next_deadline()).min()
     }
 
     /// Arms the CQs and sleeps until a completion, an rdma_cm event, a wake-up or the
@@ -378,11 +388,15 @@ impl RdmaLnd {
         if self.poll_cqs()? {
             return Ok(false);
         }
-        let until = match (until, self.next_deadline()) {
+        let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
+        let handshakes = self
+            .conns
+            .next_deadline()
+            .map(|d| d.saturating_since(self.now()));
+        let timeout = match (timeout, handshakes) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
         match self.poll.poll(&mut self.mio_events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -404,7 +418,7 @@ impl Lnd for RdmaLnd {
     }
 
     fn post(&mut self, tx: Transmit) {
-        let Some(&id) = self.up.get(&(tx.peer, tx.lane)) else {
+        let Some(id) = self.conns.up(tx.peer, tx.lane) else {
             let error = LndError::new(
                 LndErrorKind::Closed,
                 format!("no {} connection to {}", tx.lane, tx.peer),
@@ -415,7 +429,7 @@ impl Lnd for RdmaLnd {
             });
             return;
         };
-        let conn = self.conns.get_mut(&id).expect("up connections exist");
+        let conn = self.conns.get_mut(id).expect("up connections exist");
         conn.qp
             .as_mut()
             .expect("up connections have a QP")
@@ -425,9 +439,8 @@ impl Lnd for RdmaLnd {
     }
 
     fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        if let Some(&id) = self.up.get(&(peer, lane)) {
-            self.fail(id, error);
-        }
+        let closed = self.conns.close(peer, lane, error, &mut self.ctx.events);
+        self.retire(closed);
     }
 
     fn poll(

@@ -1,11 +1,12 @@
 //! Work completions: received messages, finished sends, WRITEs and READs, and errors.
 
 use bytes::Bytes;
+use lanet::lnd::conns::Stage;
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, RxPayload};
 use lanet::wire::{decode_header, Header, Limits, HEADER_LEN};
 use rdma_sys::ibv_wc_status as wc;
 
-use super::conn::{self, Ctrl, Mode, SlotUse, Stage, RDV_MAX};
+use super::conn::{self, Ctrl, Mode, SlotUse, RDV_MAX};
 use super::{InRdv, RdmaLnd};
 use crate::msg::{Kind, Outcome, Prefix, PREFIX_LEN};
 use crate::verbs::Completion;
@@ -78,7 +79,7 @@ fn parse(b: &[u8], limits: &Limits) -> Result<Message, String> {
 impl RdmaLnd {
     pub(super) fn on_completion(&mut self, c: Completion) {
         let (id, index, recv) = conn::split_wr_id(c.wr_id);
-        if !self.conns.contains_key(&id) {
+        if self.conns.get(id).is_none() {
             return; // flushed from a connection already failed and forgotten
         }
         if !c.ok() {
@@ -95,21 +96,19 @@ impl RdmaLnd {
         let limits = Limits {
             max_payload: self.ctx.local.id.max_payload,
         };
-        let conn = self.conns.get_mut(&id).expect("checked by the caller");
-        if conn.stage == Stage::Accepting {
+        if self.conns.stage(id) == Some(Stage::Handshake) && !self.conns.is_dialled(id) {
             // A message can only come once the connection is established: this is as
             // good as the ESTABLISHED event, which may still be on its way.
             self.mark_up(id);
         }
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let (stage, peer) = (self.conns.stage(id), self.conns.peer(id));
+        let Some(conn) = self.conns.get_mut(id) else {
             return; // marking it up flushed its queue, and a post failed
         };
-        let (Some(qp), Some((peer, lane))) = (conn.qp.as_mut(), conn.peer) else {
+        let (Some(qp), Some((peer, lane)), Some(Stage::Up)) = (conn.qp.as_mut(), peer, stage)
+        else {
             return self.fail(id, protocol("message before the connection was set up"));
         };
-        if conn.stage != Stage::Up {
-            return self.fail(id, protocol("message before the connection was set up"));
-        }
         let parsed = match qp.received(index, len) {
             Some(b) => parse(b, &limits),
             None => Err("completion for an unknown receive buffer".into()),
@@ -169,7 +168,7 @@ impl RdmaLnd {
     fn on_ctrl(&mut self, id: u32, p: Prefix) {
         let qp = self
             .conns
-            .get_mut(&id)
+            .get_mut(id)
             .and_then(|c| c.qp.as_mut())
             .expect("checked by the caller");
         match p.kind {
@@ -240,7 +239,7 @@ impl RdmaLnd {
     fn on_send_done(&mut self, id: u32, index: usize) {
         let qp = self
             .conns
-            .get_mut(&id)
+            .get_mut(id)
             .and_then(|c| c.qp.as_mut())
             .expect("checked by the caller");
         let Some(used) = qp.take_slot(index) else {
@@ -274,7 +273,7 @@ impl RdmaLnd {
         };
         self.fetched(handle, Ok(()));
         let done = Prefix::new(Kind::ReadDone, cookie);
-        if let Some(qp) = self.conns.get_mut(&id).and_then(|c| c.qp.as_mut()) {
+        if let Some(qp) = self.conns.get_mut(id).and_then(|c| c.qp.as_mut()) {
             qp.ctrl.push_back(Ctrl::Msg(done));
         }
     }

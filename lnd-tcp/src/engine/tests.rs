@@ -77,7 +77,7 @@ fn ping(from: u32, to: u32, token: u64) -> Transmit {
 
 /// A dials B on the health lane: A's socket 1 is B's socket 101.
 fn dial_pair(a: &mut Engine, b: &mut Engine, now: Instant) {
-    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health));
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
     a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
     b.accepted(101, now);
     a.established(1);
@@ -110,7 +110,7 @@ fn a_dial_and_an_accept_shake_hands_and_carry_frames() {
         vec![(Nid::mem(1, 0), Lane::Health)]
     );
     // Connecting again is answered at once from the established connection.
-    assert!(!a.want_connect(Nid::mem(2, 0), Lane::Health));
+    assert!(!a.want_connect(Nid::mem(2, 0), Lane::Health, now));
     assert_eq!(connected(&events(&mut a)).len(), 1);
 
     assert_eq!(a.post(ping(1, 2, 7)), Some(1));
@@ -149,8 +149,8 @@ fn simultaneous_dials_leave_one_connection_and_no_failure() {
     // Both orders of arrival: the refusal may overtake the winner's HELLO or follow it.
     for refusal_first in [true, false] {
         let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
-        assert!(a.want_connect(n2, Lane::Data));
-        assert!(b.want_connect(n1, Lane::Data));
+        assert!(a.want_connect(n2, Lane::Data, now));
+        assert!(b.want_connect(n1, Lane::Data, now));
         // A's dial: a socket 1 <-> b socket 201. B's dial: b socket 2 <-> a socket 102.
         a.dialled(1, n2, Lane::Data, now);
         b.dialled(2, n1, Lane::Data, now);
@@ -179,15 +179,15 @@ fn simultaneous_dials_leave_one_connection_and_no_failure() {
         a.expire(now + 2 * T);
         b.expire(now + 2 * T);
         assert!(events(&mut a).is_empty() && events(&mut b).is_empty());
-        assert_eq!(a.up.get(&(n2, Lane::Data)), Some(&1));
-        assert_eq!(b.up.get(&(n1, Lane::Data)), Some(&201));
+        assert_eq!(a.conns.up(n2, Lane::Data), Some(1));
+        assert_eq!(b.conns.up(n1, Lane::Data), Some(201));
     }
 }
 
 #[test]
 fn handshakes_and_lost_races_time_out_into_connect_failures() {
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
     let now = Instant::now();
-    let mut a = Engine::new(local(1));
     a.dialled(1, Nid::mem(2, 0), Lane::Data, now);
     assert_eq!(a.next_deadline(), Some(now + T));
     a.expire(now + T);
@@ -196,7 +196,6 @@ fn handshakes_and_lost_races_time_out_into_connect_failures() {
     );
     assert_eq!(a.take_closes(), vec![1]);
     // A dial that lost a race, whose winner never shows up.
-    let mut b = Engine::new(local(2));
     b.dialled(2, Nid::mem(1, 0), Lane::Data, now);
     b.established(2);
     let mut race = local(1)
@@ -208,7 +207,7 @@ fn handshakes_and_lost_races_time_out_into_connect_failures() {
     b.received(2, now);
     assert!(events(&mut b).is_empty(), "a lost race is not a failure");
     assert!(
-        !b.want_connect(Nid::mem(1, 0), Lane::Data),
+        !b.want_connect(Nid::mem(1, 0), Lane::Data, now),
         "still waiting for the winner"
     );
     b.expire(now + T);
@@ -245,14 +244,17 @@ fn a_hello_from_the_wrong_node_is_refused_and_garbage_fails_the_connection() {
     // A's end then fails too: its queued frame completes with the error.
     a.fail(1, err(LndErrorKind::Reset, "connection reset by peer"));
     let ea = events(&mut a);
-    assert!(matches!(
-        &ea[0],
+    assert!(ea.iter().any(|e| matches!(
+        e,
         LndEvent::SendComplete {
             token: TxToken(5),
             result: Err(_)
         }
-    ));
-    assert!(matches!(&ea[1], LndEvent::Disconnected { .. }));
+    )));
+    assert!(ea
+        .iter()
+        .any(|e| matches!(e, LndEvent::Disconnected { .. })));
+    assert_eq!(ea.len(), 2, "{ea:?}");
 }
 
 #[test]
@@ -261,7 +263,7 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
     let (n1, n2) = (Nid::mem(1, 0), Nid::mem(2, 0));
     let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
     // A (the lower NID) dials B and is up.
-    a.want_connect(n2, Lane::Data);
+    a.want_connect(n2, Lane::Data, now);
     a.dialled(1, n2, Lane::Data, now);
     b.accepted(201, now);
     a.established(1);
@@ -276,7 +278,7 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
     a.accepted(102, now);
     carry(&mut late_b, 2, &mut a, 102, now);
     assert!(events(&mut a).is_empty(), "the working connection stays");
-    assert_eq!(a.up.get(&(n2, Lane::Data)), Some(&1));
+    assert_eq!(a.conns.up(n2, Lane::Data), Some(1));
     carry(&mut a, 102, &mut late_b, 2, now);
     assert!(
         events(&mut late_b).is_empty(),

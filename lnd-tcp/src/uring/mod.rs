@@ -436,7 +436,7 @@ impl Uring {
     }
 
     pub(crate) fn connect(&mut self, peer: Nid, lane: Lane) {
-        let Some(addr) = self.engine.dial_target(peer, lane) else {
+        let Some(addr) = self.engine.dial_target(peer, lane, Instant::now()) else {
             return;
         };
         match new_socket() {

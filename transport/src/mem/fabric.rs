@@ -80,13 +80,8 @@ pub(super) enum Item {
         token: TxToken,
         result: Result<(), LndError>,
     },
-    /// The other side (`from`) closed or reset the connection.
-    Reset {
-        conn: ConnId,
-        from: Nid,
-        lane: Lane,
-        error: LndError,
-    },
+    /// The other side closed or reset the connection.
+    Reset { conn: ConnId, error: LndError },
     /// A connect attempt failed before any connection existed.
     ConnectFailed {
         peer: Nid,
@@ -213,14 +208,9 @@ impl State {
     /// frames.
     fn reset(&mut self, now: Time, conn: ConnId, from: Nid, error: LndError) {
         if let Some((to, at)) = self.arrival_time(now, conn, from) {
-            let lane = self.remove_conn(conn).expect("arrival_time found it").lane;
+            self.remove_conn(conn).expect("arrival_time found it");
             self.release_staged(now, conn, &error);
-            let item = Item::Reset {
-                conn,
-                from,
-                lane,
-                error,
-            };
+            let item = Item::Reset { conn, error };
             self.schedule(to, at, item);
         }
     }
@@ -317,12 +307,7 @@ impl MemFabric {
                 let err = || LndError::new(LndErrorKind::Reset, "connection reset (injected)");
                 // Both ends hear of it; remove the record only once both are scheduled.
                 if let Some((to, at)) = st.arrival_time(now, conn, a) {
-                    let item = Item::Reset {
-                        conn,
-                        from: a,
-                        lane,
-                        error: err(),
-                    };
+                    let item = Item::Reset { conn, error: err() };
                     st.schedule(to, at, item);
                 }
                 st.reset(now, conn, b, err());

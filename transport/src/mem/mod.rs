@@ -16,13 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
-use crate::handshake::{check_hello, LocalHello, PeerHello};
+use crate::handshake::{check_hello, HandshakeError, LocalHello};
 use crate::lane::{Lane, PerLane};
+use crate::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
 use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, RxPayload, Transmit, Wake};
 use crate::nid::{LndKind, Nid};
-use crate::wire::{decode_header, Limits, HEADER_LEN};
+use crate::time::Time;
+use crate::wire::{decode_header, HelloStatus, Limits, HEADER_LEN};
 use fabric::{ConnId, Dial, Item, XferId};
 
 /// Settings of one in-memory NI.
@@ -35,6 +37,8 @@ pub struct MemLndConfig {
     /// Payloads larger than this are deferred: the receiver fetches them after matching,
     /// as an RDMA driver would (None: every payload travels with its header).
     pub inline_max: Option<u32>,
+    /// How long a connection's handshake (or the wait for a peer's connection) may take.
+    pub handshake_timeout: Duration,
 }
 
 impl MemLndConfig {
@@ -45,23 +49,9 @@ impl MemLndConfig {
             credits: cfg.peer_credits(),
             max_payload: cfg.max_payload,
             inline_max: None,
+            handshake_timeout: Duration::from_secs(1),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnState {
-    /// We dialled and sent our HELLO; waiting for theirs.
-    Dialled,
-    Up,
-}
-
-struct MemConn {
-    peer: Nid,
-    lane: Lane,
-    state: ConnState,
-    /// The peer's HELLO, once received.
-    hello: Option<PeerHello>,
 }
 
 /// One node's NI on a [`MemFabric`].
@@ -69,11 +59,8 @@ pub struct MemLnd {
     fabric: MemFabric,
     nid: Nid,
     cfg: MemLndConfig,
-    conns: FxHashMap<ConnId, MemConn>,
-    /// The connection reported up for each (peer, lane).
-    up: FxHashMap<(Nid, Lane), ConnId>,
-    /// Connects satisfied by a connection the peer is dialling: each still owes a result.
-    joined: FxHashSet<(Nid, Lane)>,
+    /// The fabric pairs dials itself, so the table never sees a race.
+    conns: ConnTable<ConnId, ()>,
     /// Deferred payloads reported to the core, not yet fetched or declined.
     deferred: FxHashMap<RxHandle, XferId>,
     next_handle: u64,
@@ -96,9 +83,7 @@ impl MemLnd {
             fabric: fabric.clone(),
             nid,
             cfg,
-            conns: FxHashMap::default(),
-            up: FxHashMap::default(),
-            joined: FxHashSet::default(),
+            conns: ConnTable::new(nid, cfg.credits, cfg.handshake_timeout).without_races(),
             deferred: FxHashMap::default(),
             next_handle: 1,
             ready: Vec::new(),
@@ -127,94 +112,84 @@ impl MemLnd {
         }
     }
 
-    /// Drops a connection and tells the core what it meant.
-    fn lost(&mut self, conn: ConnId, error: LndError) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        let event = match c.state {
-            ConnState::Dialled => LndEvent::ConnectFailed {
-                peer: c.peer,
-                lane: c.lane,
-                error,
-            },
-            ConnState::Up => {
-                self.up.remove(&(c.peer, c.lane));
-                LndEvent::Disconnected {
-                    peer: c.peer,
-                    lane: c.lane,
-                    error,
-                }
-            }
-        };
-        self.ready.push(event);
+    fn now(&self) -> Time {
+        self.fabric.now()
     }
 
-    /// Closes a connection for a protocol error found on it.
+    /// Tears down a connection the table let go: the other end hears of it.
+    fn retire(&mut self, closed: Closed<ConnId, ()>) {
+        self.fabric.close(self.nid, closed.id, closed.error);
+    }
+
+    /// Fails a connection (the other end hears of it, the core too).
+    fn fail(&mut self, conn: ConnId, error: LndError) {
+        if let Some(closed) = self.conns.fail(conn, error, &mut self.ready) {
+            self.retire(closed);
+        }
+    }
+
+    /// Fails a connection for a protocol error found on it.
     fn reject(&mut self, conn: ConnId, what: String) {
         tracing::warn!(nid = %self.nid, "closing in-memory connection: {what}");
-        let err = LndError::new(LndErrorKind::Protocol, what);
-        self.fabric.close(self.nid, conn, err.clone());
-        self.lost(conn, err);
+        self.fail(conn, LndError::new(LndErrorKind::Protocol, what));
     }
 
-    fn mark_up(&mut self, conn: ConnId, hello: PeerHello) {
-        let (peer, lane) = (hello.nid, hello.lane);
-        self.joined.remove(&(peer, lane));
-        if let Some(old) = self.up.insert((peer, lane), conn) {
-            if old != conn {
-                // The peer dialled again (e.g. it restarted before we heard of the old one).
-                let err = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
-                self.fabric.close(self.nid, old, err.clone());
-                self.conns.remove(&old);
-                self.ready.push(LndEvent::Disconnected {
-                    peer,
-                    lane,
-                    error: err,
-                });
-            }
-        }
-        let state = ConnState::Up;
-        self.conns.insert(
-            conn,
-            MemConn {
-                peer,
-                lane,
-                state,
-                hello: Some(hello),
-            },
-        );
-        self.ready.push(LndEvent::Connected {
-            peer,
-            lane,
-            hello,
-            local_credits: self.cfg.credits[lane],
-        });
-    }
-
-    /// An item about a connection this side does not know yet: the peer is dialling.
+    /// A frame on a connection this side does not know yet: the peer dialled, and this is
+    /// its HELLO.
     fn on_incoming(&mut self, conn: ConnId, from: Nid, lane: Lane, h: crate::wire::Header) {
-        match check_hello(&self.hello(lane), Some(from), &h) {
-            Ok(ph) => {
-                let reply = self.hello(lane).encode(from);
-                match self.fabric.send(self.nid, conn, reply, Bytes::new(), true) {
-                    Ok(()) => self.mark_up(conn, ph),
-                    Err(e) => self.fail_joined(from, lane, e),
-                }
-            }
+        let now = self.now();
+        let hello = match check_hello(&self.hello(lane), Some(from), &h) {
+            Ok(hello) => hello,
             Err(e) => {
                 tracing::warn!(nid = %self.nid, "refusing in-memory connection from {from}: {e}");
                 let err = LndError::new(LndErrorKind::Refused, e.to_string());
                 self.fabric.close(self.nid, conn, err.clone());
-                self.fail_joined(from, lane, err);
+                // A request waiting for this connection learns now.
+                return self.conns.fail_awaiting(from, lane, err, &mut self.ready);
+            }
+        };
+        self.conns.accepted(conn, (), now);
+        match self.conns.incoming(conn, hello, now) {
+            Incoming::Refuse => {
+                let race = self.hello(lane).header_with(from, HelloStatus::Race);
+                let race = crate::wire::encode_header(&race);
+                // The loser closes its dial on hearing this; the close removes ours.
+                if let Err(e) = self.fabric.send(self.nid, conn, race, Bytes::new(), true) {
+                    self.fail(conn, e);
+                }
+            }
+            Incoming::Accept { lost_dial } => {
+                if let Some(closed) = lost_dial {
+                    self.retire(closed);
+                }
+                let reply = self.hello(lane).encode(from);
+                match self.fabric.send(self.nid, conn, reply, Bytes::new(), true) {
+                    Ok(()) => {
+                        if let Some(old) = self.conns.mark_up(conn, now, &mut self.ready) {
+                            self.retire(old);
+                        }
+                    }
+                    Err(e) => self.fail(conn, e),
+                }
             }
         }
     }
 
-    fn fail_joined(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        if self.joined.remove(&(peer, lane)) {
-            self.ready
-                .push(LndEvent::ConnectFailed { peer, lane, error });
+    /// The peer's HELLO on our dial `conn`.
+    fn on_answer(&mut self, conn: ConnId, from: Nid, lane: Lane, h: crate::wire::Header) {
+        let now = self.now();
+        match check_hello(&self.hello(lane), Some(from), &h) {
+            Ok(hello) => {
+                if let Some(old) = self.conns.answered(conn, hello, now, &mut self.ready) {
+                    self.retire(old);
+                }
+            }
+            Err(HandshakeError::LostRace) => {
+                if let Some(closed) = self.conns.lost_race(conn, now) {
+                    self.retire(closed);
+                }
+            }
+            Err(e) => self.reject(conn, e.to_string()),
         }
     }
 
@@ -227,13 +202,14 @@ impl MemLnd {
         payload: Bytes,
         deferred: Option<XferId>,
     ) {
+        let stage = self.conns.stage(conn);
         let h = match decode_header(&header, &self.limits()) {
             Ok(h) => h,
-            Err(e) if self.conns.contains_key(&conn) => return self.reject(conn, e.to_string()),
+            Err(e) if stage.is_some() => return self.reject(conn, e.to_string()),
             Err(e) => {
                 let err = LndError::new(LndErrorKind::Protocol, e.to_string());
                 self.fabric.close(self.nid, conn, err.clone());
-                return self.fail_joined(from, lane, err);
+                return self.conns.fail_awaiting(from, lane, err, &mut self.ready);
             }
         };
         let carried = if deferred.is_some() {
@@ -249,8 +225,8 @@ impl MemLnd {
             );
             return self.reject(conn, what);
         }
-        match self.conns.get(&conn).map(|c| c.state) {
-            Some(ConnState::Up) => {
+        match stage {
+            Some(Stage::Up) => {
                 let payload = match deferred {
                     None => RxPayload::Inline(payload),
                     Some(xfer) => {
@@ -270,10 +246,13 @@ impl MemLnd {
                     payload,
                 })
             }
-            Some(ConnState::Dialled) => match check_hello(&self.hello(lane), Some(from), &h) {
-                Ok(ph) => self.mark_up(conn, ph),
-                Err(e) => self.reject(conn, e.to_string()),
-            },
+            Some(Stage::Handshake) if self.conns.is_dialled(conn) => {
+                self.on_answer(conn, from, lane, h)
+            }
+            // A refused connection's dialler sends nothing but its HELLO.
+            Some(Stage::Handshake | Stage::Refused) => {
+                self.reject(conn, "frame before the connection was set up".into())
+            }
             None => self.on_incoming(conn, from, lane, h),
         }
     }
@@ -302,52 +281,32 @@ impl Lnd for MemLnd {
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {
+        let now = self.now();
+        if self.conns.connect(peer, lane, now, &mut self.ready) == Connect::Answered {
+            return;
+        }
         match self.fabric.dial(self.nid, peer, lane) {
             Dial::New(conn) => {
-                let state = ConnState::Dialled;
-                self.conns.insert(
-                    conn,
-                    MemConn {
-                        peer,
-                        lane,
-                        state,
-                        hello: None,
-                    },
-                );
+                self.conns.dialled(conn, peer, lane, (), now);
                 let hello = self.hello(lane).encode(peer);
                 if let Err(e) = self.fabric.send(self.nid, conn, hello, Bytes::new(), true) {
-                    self.lost(conn, e);
+                    self.fail(conn, e);
                 }
             }
-            // The peer's HELLO for this pair is on its way, or the lane is up already.
-            Dial::Joined => match self.up.get(&(peer, lane)).and_then(|c| self.conns.get(c)) {
-                // Already up: say so again rather than leave the request unanswered.
-                Some(MemConn {
-                    hello: Some(hello), ..
-                }) => {
-                    let event = LndEvent::Connected {
-                        peer,
-                        lane,
-                        hello: *hello,
-                        local_credits: self.cfg.credits[lane],
-                    };
-                    self.ready.push(event);
-                }
-                _ => {
-                    self.joined.insert((peer, lane));
-                }
-            },
+            // The peer's dial for this pair is on its way: its HELLO answers the request.
+            Dial::Joined => self.conns.await_peer(peer, lane, now),
+            // Its ConnectFailed is on its way.
             Dial::Failed => {}
         }
     }
 
     fn post(&mut self, tx: Transmit) {
-        let result = match self.up.get(&(tx.peer, tx.lane)) {
+        let result = match self.conns.up(tx.peer, tx.lane) {
             None => Err(LndError::new(
                 LndErrorKind::Closed,
                 format!("no {} connection to {}", tx.lane, tx.peer),
             )),
-            Some(&conn) if self.defers(tx.payload.len()) => {
+            Some(conn) if self.defers(tx.payload.len()) => {
                 let sent = self
                     .fabric
                     .send_deferred(self.nid, conn, tx.header, tx.payload, tx.token);
@@ -357,7 +316,7 @@ impl Lnd for MemLnd {
                     Err(e) => Err(e),
                 }
             }
-            Some(&conn) => self
+            Some(conn) => self
                 .fabric
                 .send(self.nid, conn, tx.header, tx.payload, false),
         };
@@ -368,9 +327,8 @@ impl Lnd for MemLnd {
     }
 
     fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        if let Some(&conn) = self.up.get(&(peer, lane)) {
-            self.fabric.close(self.nid, conn, error.clone());
-            self.lost(conn, error);
+        if let Some(closed) = self.conns.close(peer, lane, error, &mut self.ready) {
+            self.retire(closed);
         }
     }
 
@@ -380,7 +338,14 @@ impl Lnd for MemLnd {
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
         let wait = if self.ready.is_empty() {
-            timeout
+            // No longer than the next handshake deadline.
+            match self.conns.next_deadline() {
+                Some(d) => {
+                    let until = d.saturating_since(self.now());
+                    Some(timeout.map_or(until, |t| t.min(until)))
+                }
+                None => timeout,
+            }
         } else {
             Some(Duration::ZERO)
         };
@@ -402,17 +367,10 @@ impl Lnd for MemLnd {
                 Item::Released { token, result } => {
                     self.ready.push(LndEvent::SendComplete { token, result })
                 }
-                Item::Reset {
-                    conn,
-                    from,
-                    lane,
-                    error,
-                } => {
-                    if self.conns.contains_key(&conn) {
-                        self.lost(conn, error);
-                    } else {
-                        self.fail_joined(from, lane, error);
-                    }
+                // The other end closed it (for one we never knew or already let go: no
+                // news for anyone).
+                Item::Reset { conn, error, .. } => {
+                    let _ = self.conns.fail(conn, error, &mut self.ready);
                 }
                 Item::ConnectFailed { peer, lane, error } => self
                     .ready
@@ -420,6 +378,10 @@ impl Lnd for MemLnd {
             }
         }
         self.items = items;
+        let now = self.now();
+        for closed in self.conns.expire(now, &mut self.ready) {
+            self.retire(closed);
+        }
         events.append(&mut self.ready);
         Ok(())
     }

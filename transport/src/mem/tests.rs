@@ -17,6 +17,7 @@ fn cfg(inc: u64) -> MemLndConfig {
         credits: PerLane::new(4, 8),
         max_payload: 1 << 16,
         inline_max: None,
+        handshake_timeout: Duration::from_secs(1),
     }
 }
 
