@@ -109,6 +109,8 @@ pub struct Sim {
     booked: FxHashMap<Nid, Time>,
     /// Nodes the application touched since the last settle.
     dirty: BTreeSet<Nid>,
+    /// Protocol errors counted by nodes since killed.
+    dead_protocol_errors: u64,
 }
 
 impl Sim {
@@ -124,6 +126,7 @@ impl Sim {
             timers: BinaryHeap::new(),
             booked: FxHashMap::default(),
             dirty: BTreeSet::new(),
+            dead_protocol_errors: 0,
         }
     }
 
@@ -170,9 +173,22 @@ impl Sim {
     /// Kills a node's process: no goodbye, its connections reset at the other ends, its own
     /// operations vanish with it.
     pub fn kill(&mut self, nid: Nid) {
-        self.nodes.remove(&nid);
+        if let Some(n) = self.nodes.remove(&nid) {
+            self.dead_protocol_errors += n.driver.node().stats().protocol_errors;
+        }
         self.booked.remove(&nid);
         self.ledger.forget(nid);
+    }
+
+    /// Protocol errors every node ever started here counted: with no corrupted input,
+    /// any is a bug in one of them.
+    pub fn protocol_errors(&self) -> u64 {
+        let live: u64 = self
+            .nodes
+            .values()
+            .map(|n| n.driver.node().stats().protocol_errors)
+            .sum();
+        live + self.dead_protocol_errors
     }
 
     pub fn is_alive(&self, nid: Nid) -> bool {
