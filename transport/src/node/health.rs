@@ -96,22 +96,15 @@ impl Node {
         tracing::debug!(%peer, ?silent, "peer is down");
         self.down_incarnation
             .insert(peer, self.peers.get(&peer).and_then(|p| p.incarnation));
-        let mut doomed: Vec<(u64, OpId)> = self
-            .ops
-            .iter()
-            .filter(|(_, op)| op.route().is_some_and(|(p, _)| p == peer))
-            .filter(|(_, op)| {
-                op.stage != Stage::Queued || op.kind.on_peer_down() == PeerDownPolicy::Fail
-            })
-            .map(|(id, op)| (op.seq, *id))
-            .collect();
-        doomed.sort_unstable();
+        let doomed = self.ops_to_peer(peer, |op| {
+            op.stage != Stage::Queued || op.kind.on_peer_down() == PeerDownPolicy::Fail
+        });
         self.events.push_back(Event::PeerDown {
             peer,
             reason: PeerDownReason::Silent(silent),
             at: now,
         });
-        for (_, id) in doomed {
+        for id in doomed {
             self.complete(id, Err(OpError::PeerDead));
         }
         // Its connections are given up too: whatever they held (credits spent on frames

@@ -21,7 +21,7 @@ mod tx;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
@@ -96,6 +96,9 @@ pub struct NodeStats {
 /// own requests; past the bound its requests go unanswered (counted in
 /// [`NodeStats::pings_shed`] and [`NodeStats::answers_shed`]) and its own deadlines end them.
 pub const ANSWER_BACKLOG_PER_CREDIT: usize = 4;
+
+/// Stale deadlines the heap may hold beyond twice the live ops before it is swept.
+const DEADLINE_SLACK: usize = 64;
 
 /// Submission failures that leave no operation behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,6 +219,9 @@ pub struct Node {
     pub(crate) nis: Vec<Ni>,
     pub(crate) peers: FxHashMap<Nid, Peer>,
     pub(crate) ops: FxHashMap<OpId, Op>,
+    /// The live ops that send to each peer, in submission order: what a peer's failure
+    /// ends, found without looking at anyone else's.
+    pub(crate) ops_to: FxHashMap<Nid, BTreeSet<(u64, OpId)>>,
     /// Ops whose request went out, by message id, to match ACK/REPLY/PONG.
     pub(crate) awaiting: FxHashMap<u64, OpId>,
     /// Attached entries per portal, in attach order.
@@ -257,6 +263,7 @@ impl Node {
             nis: Vec::new(),
             peers: FxHashMap::default(),
             ops: FxHashMap::default(),
+            ops_to: FxHashMap::default(),
             awaiting: FxHashMap::default(),
             portals: FxHashMap::default(),
             deadlines: BinaryHeap::new(),
@@ -400,6 +407,7 @@ impl Node {
     /// in submission order: for completing them from outside after a panic left the node's
     /// other state in doubt.
     pub fn take_live_ops(&mut self) -> Vec<OpId> {
+        self.ops_to.clear();
         let mut live: Vec<(u64, OpId)> = self.ops.drain().map(|(id, op)| (op.seq, id)).collect();
         live.sort_unstable();
         live.into_iter().map(|(_, id)| id).collect()
@@ -523,8 +531,9 @@ impl Node {
             return Ok(());
         }
         let deadline = now + timeout.unwrap_or(self.cfg.op_timeout);
-        self.deadlines.push(Reverse((deadline, seq, id)));
+        self.push_deadline(deadline, seq, id);
         self.health.interest_started(dst, now);
+        self.ops_to.entry(dst).or_default().insert((seq, id));
         self.ops.insert(id, op);
         self.enqueue(dst, lane, Pending::Op { id, seq });
         Ok(())
@@ -539,6 +548,12 @@ impl Node {
         self.awaiting.remove(&op.seq);
         if let Some((dst, _)) = op.route() {
             self.health.interest_ended(dst);
+            if let Some(to) = self.ops_to.get_mut(&dst) {
+                to.remove(&(op.seq, id));
+                if to.is_empty() {
+                    self.ops_to.remove(&dst);
+                }
+            }
         }
         if let OpKind::Entry(entry) = &op.kind {
             if let Some(list) = self.portals.get_mut(&entry.portal) {
@@ -551,6 +566,28 @@ impl Node {
         // Queue slots and deadlines are dropped lazily: they no longer find a live op with
         // this seq.
         self.push_completion(id, result);
+    }
+
+    /// Books an op's deadline. Those of ops that completed early stay in the heap until
+    /// they pass or the heap is swept, which happens whenever they are the majority: the
+    /// heap stays within twice the live ops (plus a little), at amortised O(1) a push.
+    fn push_deadline(&mut self, deadline: Time, seq: u64, id: OpId) {
+        self.deadlines.push(Reverse((deadline, seq, id)));
+        if self.deadlines.len() > 2 * self.ops.len() + DEADLINE_SLACK {
+            let ops = &self.ops;
+            self.deadlines
+                .retain(|Reverse((_, seq, id))| ops.get(id).is_some_and(|op| op.seq == *seq));
+        }
+    }
+
+    /// Live ops to `peer` in submission order, for which `doomed` holds.
+    pub(crate) fn ops_to_peer(&self, peer: Nid, doomed: impl Fn(&Op) -> bool) -> Vec<OpId> {
+        self.ops_to.get(&peer).map_or_else(Vec::new, |to| {
+            to.iter()
+                .filter(|(_, id)| self.ops.get(id).is_some_and(&doomed))
+                .map(|(_, id)| *id)
+                .collect()
+        })
     }
 
     fn push_completion(&mut self, op: OpId, result: Result<OpOutcome, OpError>) {

@@ -2,13 +2,13 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Conn, Fetch, Incoming, LndRequest, NiId, Node, OpKind, Pending};
+use super::{Conn, Fetch, Incoming, LndRequest, NiId, Node, OpKind, Pending, Stage};
 use crate::credits::LaneCredits;
 use crate::handshake::PeerHello;
 use crate::lane::Lane;
 use crate::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, RxPayload};
 use crate::nid::Nid;
-use crate::op::{Event, OpError, OpId, OpOutcome, RejectReason};
+use crate::op::{Event, OpError, OpOutcome, RejectReason};
 use crate::time::Time;
 use crate::wire::{Body, Header, Status};
 
@@ -154,19 +154,13 @@ impl Node {
     /// Completes ops to `nid` (on `lane`, or any lane) whose request went out and whose
     /// answer is now impossible.
     fn fail_awaiting(&mut self, nid: Nid, lane: Option<Lane>, error: impl Fn() -> OpError) {
-        let mut doomed: Vec<(u64, OpId)> = self
-            .awaiting
-            .iter()
-            .filter(|(_, id)| {
-                self.ops
-                    .get(id)
-                    .and_then(|op| op.route())
-                    .is_some_and(|(p, l)| p == nid && lane.is_none_or(|lane| lane == l))
-            })
-            .map(|(seq, id)| (*seq, *id))
-            .collect();
-        doomed.sort_unstable();
-        for (_, id) in doomed {
+        let doomed = self.ops_to_peer(nid, |op| {
+            op.stage != Stage::Queued
+                && op
+                    .route()
+                    .is_some_and(|(_, l)| lane.is_none_or(|lane| lane == l))
+        });
+        for id in doomed {
             self.complete(id, Err(error()));
         }
     }

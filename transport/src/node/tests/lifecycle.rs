@@ -292,3 +292,40 @@ fn cancel_and_shutdown_complete_each_operation_exactly_once() {
         vec![(OpId(6), Err(OpError::Cancelled))]
     );
 }
+
+/// Completed ops leave no trace that grows: deadlines of ops that ended early are swept
+/// once they are the majority, and the per-peer index forgets them at once.
+#[test]
+fn completed_ops_leave_no_deadline_or_index_behind() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.attach(OpId(0), MatchEntry::sink(1, 0, 10)).unwrap();
+    for i in 1..=10_000 {
+        n.put(t(0), OpId(i), put(B, b"x")).unwrap();
+        n.cancel(OpId(i));
+        assert!(n.deadlines.len() <= 2 * n.ops.len() + DEADLINE_SLACK);
+    }
+    assert_eq!(n.live_ops(), 1, "only the entry");
+    assert!(n.ops_to.is_empty());
+    // A live op keeps its deadline through the sweeps.
+    n.put(
+        t(0),
+        OpId(20_000),
+        PutRequest {
+            timeout: Some(5 * MS),
+            ..put(B, b"y")
+        },
+    )
+    .unwrap();
+    for i in 20_001..=20_500 {
+        n.put(t(0), OpId(i), put(B, b"x")).unwrap();
+        n.cancel(OpId(i));
+    }
+    drain(&mut n);
+    completions(&mut n);
+    n.handle_timeout(t(5));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(20_000), Err(OpError::LocalTimeout))]
+    );
+}
