@@ -89,13 +89,7 @@ impl RdmaLnd {
                 }
             }
             CmEventKind::RouteResolved => {
-                let hello = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Ok);
-                let cq_in_use = self.cq_in_use(lane);
-                let conn = self.conns.get_mut(id).expect("known above");
-                let res = conn
-                    .create_qp(id, lane, cq_in_use, &mut self.ctx)
-                    .and_then(|()| conn.cm.connect(&hello).map_err(verbs_error));
-                if let Err(e) = res {
+                if let Err(e) = self.qp_and_hello(id, peer, lane, CmId::connect) {
                     self.fail(id, e);
                 }
             }
@@ -202,18 +196,28 @@ impl RdmaLnd {
             }
             Incoming::Accept { lost_dial } => {
                 self.retire(lost_dial);
-                let reply = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Ok);
-                let cq_in_use = self.cq_in_use(lane);
-                let conn = self.conns.get_mut(id).expect("accepted above");
-                let accepted = conn
-                    .create_qp(id, lane, cq_in_use, &mut self.ctx)
-                    .and_then(|()| conn.cm.accept(&reply).map_err(verbs_error));
-                if let Err(e) = accepted {
+                if let Err(e) = self.qp_and_hello(id, peer, lane, CmId::accept) {
                     tracing::warn!(%peer, %lane, "cannot accept: {e}");
                     self.fail(id, e);
                 }
             }
         }
+    }
+
+    /// Creates connection `id`'s queue pair, then hands our HELLO to `send` (rdma_connect
+    /// for our dial, rdma_accept for the peer's).
+    fn qp_and_hello(
+        &mut self,
+        id: u32,
+        peer: Nid,
+        lane: Lane,
+        send: fn(&CmId, &[u8]) -> Result<(), crate::verbs::VerbsError>,
+    ) -> Result<(), LndError> {
+        let hello = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Ok);
+        let cq_in_use = self.cq_in_use(lane);
+        let conn = self.conns.get_mut(id).expect("the caller found it");
+        conn.create_qp(id, lane, cq_in_use, &mut self.ctx)?;
+        send(&conn.cm, &hello).map_err(verbs_error)
     }
 
     /// Accepted connection `id` is established: it replaces any older one to the same
