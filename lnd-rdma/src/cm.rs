@@ -161,6 +161,17 @@ impl Drop for EventChannel {
 const INLINE_WANTED: u32 = 256;
 
 /// A connection id, and its RC queue pair once created.
+///
+/// Not `Send`: posting to its QP, and destroying the QP (which cleans its entries out of
+/// the CQ), must not race the thread that polls that CQ, and some verbs providers take no
+/// locks to make that safe (see [`crate::verbs::Pd`]). A driver that keeps its ids with
+/// their PD and CQs, and moves them only all together, may vouch for that as a whole
+/// (`RdmaLnd` does).
+///
+/// ```compile_fail
+/// fn movable<T: Send>() {}
+/// movable::<lanet_lnd_rdma::cm::CmId>();
+/// ```
 pub struct CmId {
     id: NonNull<sys::rdma_cm_id>,
     has_qp: bool,
@@ -170,9 +181,6 @@ pub struct CmId {
     _cq: Option<Arc<CqHandle>>,
     _ch: Arc<EventChannel>,
 }
-
-// SAFETY: an id is used by one thread at a time; librdmacm allows that from any thread.
-unsafe impl Send for CmId {}
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {

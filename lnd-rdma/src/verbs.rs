@@ -252,9 +252,10 @@ pub(crate) struct PdHandle {
 }
 
 // SAFETY: the handle offers safe code nothing to call (the type and its pointer are
-// crate-private; the crate calls into the PD only through a `Pd`, which is not `Sync`), and
-// its drop deallocates the PD once, from whichever thread drops the last holder, which
-// libibverbs allows.
+// crate-private). What holds it (the owning `Pd`, registrations, connection ids) calls into
+// the PD only through control-path verbs (registering, creating a QP), which the kernel
+// serialises; its drop deallocates the PD once, from whichever thread drops the last
+// holder, which libibverbs allows.
 unsafe impl Send for PdHandle {}
 unsafe impl Sync for PdHandle {}
 
@@ -358,7 +359,8 @@ pub(crate) struct ChannelHandle {
     _ctx: Arc<Context>,
 }
 
-// SAFETY: as for `PdHandle`: nothing to call but drop, which destroys the channel once.
+// SAFETY: nothing to call but drop, which destroys the channel once, after its last
+// holder (the owning `CompChannel`, or a `Cq` signalling it).
 unsafe impl Send for ChannelHandle {}
 unsafe impl Sync for ChannelHandle {}
 
@@ -455,7 +457,10 @@ pub(crate) struct CqHandle {
     _ctx: Arc<Context>,
 }
 
-// SAFETY: as for `PdHandle`: nothing to call but drop, which destroys the CQ once.
+// SAFETY: nothing to call but drop, which destroys the CQ once, after its last holder
+// (the owning `Cq`, or a connection id whose QP uses it). Those holders are `Cq`, not
+// `Sync`, and `CmId`, not `Send`: the data-path calls they make on the CQ come from one
+// thread at a time.
 unsafe impl Send for CqHandle {}
 unsafe impl Sync for CqHandle {}
 

@@ -102,7 +102,8 @@ impl EndpointBuilder {
     }
 
     /// Hands events to `f` on the driver thread instead of the event channel. `f` must be
-    /// quick and must not panic: the driver waits for it.
+    /// quick (the driver waits for it) and may submit, but not query (`stats`, `health`).
+    /// A panic in `f` fails the endpoint, as any panic on the driver thread does.
     pub fn on_event(mut self, f: impl FnMut(Event) + Send + 'static) -> Self {
         self.callback = Some(Box::new(f));
         self
@@ -148,6 +149,7 @@ impl EndpointBuilder {
             gate: gate.clone(),
             sink,
             consumed: consumed.clone(),
+            in_hand: None,
         };
         let name = format!("lanet-{}", nids[0]);
         let realtime = self.realtime;
@@ -218,15 +220,27 @@ impl Inner {
         })
     }
 
-    /// Waits for the driver thread's answer to a query.
-    fn answer<T>(&self, rx: Receiver<T>) -> Result<T, EndpointError> {
+    /// Asks the driver thread something and waits for its answer.
+    fn query<T>(&self, ask: impl FnOnce(Sender<T>) -> Command) -> Result<T, EndpointError> {
+        if self.on_driver_thread() {
+            return Err(EndpointError::Invalid(
+                "queries (stats, health) cannot be made from an event callback: the driver \
+                 thread would wait for itself"
+                    .into(),
+            ));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(ask(tx))?;
         rx.recv().map_err(|_| self.gate.refusal())
     }
 
     fn shutdown(&self) {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
-            let _ = self.send(Command::Shutdown);
+            self.gate.request_stop();
+            for w in &self.wakers {
+                w.wake();
+            }
             if self.on_driver_thread() {
                 return; // called from a callback: the thread stops after it returns
             }
@@ -333,16 +347,12 @@ impl Endpoint {
     /// What the node believes about `peer` (if it monitors it), and its failure-detection
     /// counters (pings, verdicts, local-lag stretches).
     pub fn health(&self, peer: Nid) -> Result<(Option<PeerHealth>, HealthStats), EndpointError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner.send(Command::Health(peer, tx))?;
-        self.inner.answer(rx)
+        self.inner.query(|tx| Command::Health(peer, tx))
     }
 
     /// The node's counters, fetched from the driver thread.
     pub fn stats(&self) -> Result<NodeStats, EndpointError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner.send(Command::Stats(tx))?;
-        self.inner.answer(rx)
+        self.inner.query(Command::Stats)
     }
 
     fn taken(&self, e: Event) -> Event {

@@ -134,6 +134,13 @@ impl Wake for MioWaker {
     }
 }
 
+// SAFETY: every verbs object of the driver (the connection ids with their queue pairs,
+// the PD, the CQs and their channel, the registrations) lives inside it, is reached only
+// through `&mut self`, and leaves only when dropped. Moving the driver moves them all, so
+// no two threads ever use objects that depend on each other at once: the promise the
+// `CmId` (not `Send`) and `Cq`/`Pd`/`CompChannel` (not `Sync`) types ask of their owner.
+unsafe impl Send for RdmaLnd {}
+
 /// An RDMA NI: listens on its NID's address and connects to peers on demand.
 pub struct RdmaLnd {
     ctx: Ctx,
@@ -251,8 +258,8 @@ impl RdmaLnd {
         })
     }
 
-    /// How many completions `lane`'s CQ holds now. It grows with the queue pairs on it
-    /// and never needs to be larger than twice what the live ones may need.
+    /// How many completions `lane`'s CQ holds now. It grows (to twice what the live queue
+    /// pairs may need) when a new queue pair would not fit, and never shrinks.
     pub fn cq_entries(&self, lane: Lane) -> usize {
         self.ctx.cq[lane].capacity()
     }
@@ -263,10 +270,15 @@ impl RdmaLnd {
     }
 
     fn new_conn_id(&mut self) -> u32 {
-        let id = self.next_conn;
-        // Never 0 or the listener's tag; wraps after 4 billion connections.
-        self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
-        id
+        // Never 0 or the listener's tag, nor one still in use after the count wraps (4
+        // billion connections later).
+        loop {
+            let id = self.next_conn;
+            self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
+            if self.conns.get(id).is_none() {
+                return id;
+            }
+        }
     }
 
     fn now(&self) -> Time {

@@ -28,7 +28,6 @@ pub(super) enum Command {
     Stats(Sender<NodeStats>),
     Watch(Nid, bool),
     Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
-    Shutdown,
 }
 
 pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
@@ -40,7 +39,7 @@ pub(super) enum Sink {
 
 /// Why the serving loop ended.
 enum Stop {
-    /// Asked to (a `Shutdown` command, or the last handle went away).
+    /// Asked to ([`Gate::request_stop`], or every handle went away).
     Shutdown,
     /// A driver failed for good; the node is intact.
     LndFailed(String),
@@ -53,22 +52,31 @@ pub(super) struct DriverThread {
     pub(super) gate: Arc<Gate>,
     pub(super) sink: Sink,
     pub(super) consumed: Arc<AtomicUsize>,
+    /// The op of the command the node is taking, while it takes it: if the node panics
+    /// right then, this is the one op neither its table nor its events may hold.
+    pub(super) in_hand: Option<OpId>,
 }
 
 impl DriverThread {
     pub(super) fn run(mut self) {
         let served = catch_unwind(AssertUnwindSafe(|| self.serve()));
-        let ended = catch_unwind(AssertUnwindSafe(|| match served {
-            Ok(Stop::Shutdown) => self.stop(),
-            Ok(Stop::LndFailed(reason)) => self.fail(reason),
-            Err(panic) => self.fail_after_panic(panic_message(&*panic)),
-        }));
-        if let Err(panic) = ended {
-            // Only the application's callback can get here (it panicked again): the
-            // events it was to receive cannot reach it.
+        // Stopping runs the node and the LNDs once more: a panic there is handled as one
+        // while serving.
+        let stopped = match served {
+            Ok(Stop::Shutdown) => catch_unwind(AssertUnwindSafe(|| self.stop())),
+            Ok(Stop::LndFailed(reason)) => catch_unwind(AssertUnwindSafe(|| self.fail(reason))),
+            Err(panic) => Err(panic),
+        };
+        let Err(panic) = stopped else {
+            return;
+        };
+        let message = panic_message(&*panic);
+        if let Err(again) = catch_unwind(AssertUnwindSafe(|| self.fail_after_panic(message))) {
+            // Salvage touches only plain data, and the application's callback: that
+            // panicked, and the events it was to receive cannot reach it.
             tracing::error!(
-                "panic while stopping the endpoint, later events are lost: {}",
-                panic_message(&*panic)
+                "the event callback panicked while the endpoint failed; later events are lost: {}",
+                panic_message(&*again)
             );
         }
     }
@@ -77,7 +85,7 @@ impl DriverThread {
         let mut skipped_poll = false;
         loop {
             let now = self.clock.now();
-            let stopping = self.take_commands(now);
+            let stopping = self.take_commands(now) || self.gate.stop_requested();
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
             node.handle_timeout(now);
@@ -113,15 +121,14 @@ impl DriverThread {
     /// meanwhile wait for the next turn: submitters faster than the node must not keep it
     /// from the network). True if the endpoint is to stop.
     fn take_commands(&mut self, now: Time) -> bool {
-        let mut stopping = false;
         for _ in 0..self.commands.len().max(1) {
             match self.commands.try_recv() {
-                Ok(cmd) => stopping |= run_command(self.driver.node_mut(), now, cmd),
+                Ok(cmd) => run_command(self.driver.node_mut(), now, cmd, &mut self.in_hand),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return true,
             }
         }
-        stopping
+        false
     }
 
     /// A requested stop: everything live and everything still arriving is cancelled.
@@ -153,6 +160,12 @@ impl DriverThread {
         let node = self.driver.node_mut();
         let mut events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
         let live = node.take_live_ops();
+        if let Some(op) = self.in_hand.take() {
+            let completed = |e: &Event| matches!(e, Event::Completed(c) if c.op == op);
+            if !live.contains(&op) && !events.iter().any(completed) {
+                events.push(failed(op, &error)); // lost inside the node's submission
+            }
+        }
         events.extend(live.into_iter().map(|op| failed(op, &error)));
         let gate = self.gate.clone();
         let commands = self.commands.clone();
@@ -174,10 +187,11 @@ impl DriverThread {
         let gate = self.gate.clone();
         let commands = self.commands.clone();
         let node = self.driver.node_mut();
+        let in_hand = &mut self.in_hand;
         let now = self.clock.now();
         let mut take = || {
             for cmd in commands.try_iter() {
-                run_command(node, now, cmd);
+                run_command(node, now, cmd, in_hand);
             }
         };
         gate.close(why, &mut take);
@@ -208,8 +222,9 @@ impl DriverThread {
     }
 }
 
-/// Hands `cmd` to the node. True if it asks the endpoint to stop.
-fn run_command(node: &mut Node, now: Time, cmd: Command) -> bool {
+/// Hands `cmd` to the node, with its op `in_hand` meanwhile.
+fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<OpId>) {
+    *in_hand = command_op(&cmd);
     // Op ids come from the endpoint's counter: never a duplicate.
     let submitted = match cmd {
         Command::Put(id, r) => node.put(now, id, r),
@@ -239,10 +254,9 @@ fn run_command(node: &mut Node, now: Time, cmd: Command) -> bool {
             let _ = reply.send((node.peer_health(peer), node.health_stats()));
             Ok(())
         }
-        Command::Shutdown => return true,
     };
     debug_assert!(submitted.is_ok(), "{submitted:?}");
-    false
+    *in_hand = None;
 }
 
 /// The operation a command submits, if it submits one.

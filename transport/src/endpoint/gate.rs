@@ -19,6 +19,9 @@ pub(super) struct Gate {
     closed: AtomicBool,
     /// Why it closed; set before `closed`.
     why: OnceLock<EndpointError>,
+    /// The application asked the driver thread to stop. A flag rather than a command, so
+    /// that asking never waits for (or fails on) room in the channel.
+    stop: AtomicBool,
 }
 
 impl Gate {
@@ -34,6 +37,15 @@ impl Gate {
         send()
     }
 
+    /// Asks the driver thread to stop at its next turn (wake it to make that now).
+    pub(super) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub(super) fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
     /// What submissions are refused with once the gate is closed.
     pub(super) fn refusal(&self) -> EndpointError {
         self.why.get().cloned().unwrap_or(EndpointError::ShutDown)
@@ -45,12 +57,18 @@ impl Gate {
     pub(super) fn close(&self, why: EndpointError, mut drain: impl FnMut()) {
         let _ = self.why.set(why);
         self.closed.store(true, Ordering::Release);
-        loop {
+        for spins in 0u32.. {
             drain();
             if self.inside.try_write().is_ok() {
                 return;
             }
-            std::thread::yield_now();
+            // Submitters leave at once now that it is closed; one blocked on a full
+            // channel leaves once `drain` made room. Yield, then back off a little.
+            if spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
         }
     }
 }

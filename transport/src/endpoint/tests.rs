@@ -434,3 +434,59 @@ fn a_dying_driver_thread_completes_every_operation_and_says_why() {
         );
     }
 }
+
+/// The application's event callback panics (a bug in the server): the endpoint fails as
+/// for any panic on its thread, and still completes every operation, through the callback.
+#[test]
+fn a_panicking_callback_fails_the_endpoint_without_losing_completions() {
+    let f = fabric();
+    let b = endpoint(&f, 2);
+    let _c = endpoint(&f, 3);
+    b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    f.set_cut(Nid::mem(1, 0), Nid::mem(3, 0), true);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut panicked = false;
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let a = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(move |e| {
+            let first = !panicked;
+            tx.send(e).unwrap();
+            if first {
+                panicked = true;
+                panic!("a bug in the application's callback");
+            }
+        })
+        .start()
+        .unwrap();
+    let stuck: Vec<OpId> = (0..50)
+        .map(|_| a.put(put(3, Bytes::from_static(b"stuck"))).unwrap())
+        .collect();
+    let ok = a.put(put(2, Bytes::from_static(b"fine"))).unwrap();
+    let mut completed: HashMap<OpId, Result<OpOutcome, OpError>> = HashMap::new();
+    let mut failure = None;
+    while let Ok(e) = rx.recv_timeout(Duration::from_secs(10)) {
+        match e {
+            Event::Completed(c) => {
+                assert!(completed.insert(c.op, c.result).is_none(), "{} twice", c.op);
+            }
+            Event::EndpointFailed { reason } => failure = Some(reason),
+            _ => {}
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    let reason = failure.expect("the endpoint says it failed");
+    assert!(
+        reason.contains("a bug in the application's callback"),
+        "{reason}"
+    );
+    assert_eq!(completed.len(), 51, "{completed:?}");
+    assert_eq!(completed[&ok], Ok(OpOutcome::Put { mlen: 4 }));
+    assert!(stuck
+        .iter()
+        .all(|op| matches!(&completed[op], Err(OpError::Local(m)) if m.contains("panicked"))));
+    assert!(matches!(a.stats(), Err(EndpointError::Failed(_))));
+}

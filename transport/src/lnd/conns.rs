@@ -237,9 +237,9 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         let Some(conns) = self.lanes.get_mut(&(peer, lane)) else {
             return Connect::Dial;
         };
-        if let Some(up) = conns.up {
+        let up = conns.up.and_then(|up| self.conns.get(&up)?.hello);
+        if let Some(hello) = up {
             // Already up: say so again rather than leave the request unanswered.
-            let hello = self.conns[&up].hello.expect("up connections have a HELLO");
             events.push(self.connected(hello));
             return Connect::Answered;
         }
@@ -248,9 +248,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         }
         if conns.accepting.is_some() {
             // The peer's connection is being set up: it answers, or the wait times out.
-            let until = now + self.handshake_timeout;
-            conns.awaiting = Some(until);
-            self.timers.insert((until, Timer::Awaiting(peer, lane)));
+            self.await_until((peer, lane), now + self.handshake_timeout);
             return Connect::Answered;
         }
         Connect::Dial
@@ -278,9 +276,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     pub fn await_peer(&mut self, peer: Nid, lane: Lane, now: Time) {
         let conns = self.lanes.entry((peer, lane)).or_default();
         if conns.up.is_none() && conns.awaiting.is_none() {
-            let until = now + self.handshake_timeout;
-            conns.awaiting = Some(until);
-            self.timers.insert((until, Timer::Awaiting(peer, lane)));
+            self.await_until((peer, lane), now + self.handshake_timeout);
         }
     }
 
@@ -333,9 +329,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             // Theirs wins, on both sides: our dial goes quietly, and this connection
             // answers the request it was for (or the wait for it times out).
             conns.dialling = None;
-            let until = now + self.handshake_timeout;
-            conns.awaiting = Some(until);
-            self.timers.insert((until, Timer::Awaiting(key.0, key.1)));
+            self.await_until(key, now + self.handshake_timeout);
             let lost = error(LndErrorKind::Closed, "lost a connection race");
             lost_dial = self.remove_entry(mine, lost);
         }
@@ -418,9 +412,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         if conns.dialling == Some(id) {
             conns.dialling = None;
             if conns.up.is_none() && conns.awaiting.is_none() {
-                let until = now + self.handshake_timeout;
-                conns.awaiting = Some(until);
-                self.timers.insert((until, Timer::Awaiting(key.0, key.1)));
+                self.await_until(key, now + self.handshake_timeout);
             }
         }
         let lost = error(LndErrorKind::Closed, "lost a connection race");
@@ -461,7 +453,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
 
     /// A request waiting for the peer's connection to (peer, lane) fails now with `error`
     /// (the driver learned that connection will not come).
-    pub fn fail_awaiting(
+    pub fn wait_failed(
         &mut self,
         peer: Nid,
         lane: Lane,
@@ -509,7 +501,8 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
                     closed.extend(self.fail(id, error, events));
                 }
                 Timer::Awaiting(peer, lane) => {
-                    if let Some(conns) = self.lanes.get_mut(&(peer, lane)) {
+                    let conns = self.lanes.get_mut(&(peer, lane));
+                    if let Some(conns) = conns.filter(|c| c.awaiting == Some(at)) {
                         conns.awaiting = None;
                         let error = error(
                             LndErrorKind::TimedOut,
@@ -525,6 +518,16 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     }
 
     // ---- internals ----------------------------------------------------------------------
+
+    /// A connect request for `key` waits for the peer's connection until `until` (one
+    /// wait per lane: a new one replaces the old, timer and all).
+    fn await_until(&mut self, key: (Nid, Lane), until: Time) {
+        let conns = self.lanes.entry(key).or_default();
+        if let Some(old) = conns.awaiting.replace(until) {
+            self.timers.remove(&(old, Timer::Awaiting(key.0, key.1)));
+        }
+        self.timers.insert((until, Timer::Awaiting(key.0, key.1)));
+    }
 
     fn insert(&mut self, id: Id, data: T, peer: Option<(Nid, Lane)>, dialled: bool, now: Time) {
         let deadline = now + self.handshake_timeout;

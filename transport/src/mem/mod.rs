@@ -49,7 +49,9 @@ impl MemLndConfig {
             credits: cfg.peer_credits(),
             max_payload: cfg.max_payload,
             inline_max: None,
-            handshake_timeout: Duration::from_secs(1),
+            // Handshake frames are never lost here: only a vanished peer makes one wait,
+            // and a slow simulated link must not.
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -145,7 +147,7 @@ impl MemLnd {
                 let err = LndError::new(LndErrorKind::Refused, e.to_string());
                 self.fabric.close(self.nid, conn, err.clone());
                 // A request waiting for this connection learns now.
-                return self.conns.fail_awaiting(from, lane, err, &mut self.ready);
+                return self.conns.wait_failed(from, lane, err, &mut self.ready);
             }
         };
         self.conns.accepted(conn, (), now);
@@ -209,7 +211,7 @@ impl MemLnd {
             Err(e) => {
                 let err = LndError::new(LndErrorKind::Protocol, e.to_string());
                 self.fabric.close(self.nid, conn, err.clone());
-                return self.conns.fail_awaiting(from, lane, err, &mut self.ready);
+                return self.conns.wait_failed(from, lane, err, &mut self.ready);
             }
         };
         let carried = if deferred.is_some() {

@@ -220,7 +220,7 @@ pub struct Node {
     pub(crate) peers: FxHashMap<Nid, Peer>,
     pub(crate) ops: FxHashMap<OpId, Op>,
     /// The live ops that send to each peer, in submission order: what a peer's failure
-    /// ends, found without looking at anyone else's.
+    /// ends, found without looking at anyone else's. (A peer's set stays when emptied.)
     pub(crate) ops_to: FxHashMap<Nid, BTreeSet<(u64, OpId)>>,
     /// Ops whose request went out, by message id, to match ACK/REPLY/PONG.
     pub(crate) awaiting: FxHashMap<u64, OpId>,
@@ -531,10 +531,11 @@ impl Node {
             return Ok(());
         }
         let deadline = now + timeout.unwrap_or(self.cfg.op_timeout);
-        self.push_deadline(deadline, seq, id);
         self.health.interest_started(dst, now);
         self.ops_to.entry(dst).or_default().insert((seq, id));
         self.ops.insert(id, op);
+        // After the insert: a sweep this push triggers keeps the deadlines of live ops.
+        self.push_deadline(deadline, seq, id);
         self.enqueue(dst, lane, Pending::Op { id, seq });
         Ok(())
     }
@@ -548,11 +549,10 @@ impl Node {
         self.awaiting.remove(&op.seq);
         if let Some((dst, _)) = op.route() {
             self.health.interest_ended(dst);
+            // An emptied set stays, keeping its node: the next op to this peer then costs
+            // no allocation (the peer's record stays too).
             if let Some(to) = self.ops_to.get_mut(&dst) {
                 to.remove(&(op.seq, id));
-                if to.is_empty() {
-                    self.ops_to.remove(&dst);
-                }
             }
         }
         if let OpKind::Entry(entry) = &op.kind {
@@ -568,9 +568,10 @@ impl Node {
         self.push_completion(id, result);
     }
 
-    /// Books an op's deadline. Those of ops that completed early stay in the heap until
-    /// they pass or the heap is swept, which happens whenever they are the majority: the
-    /// heap stays within twice the live ops (plus a little), at amortised O(1) a push.
+    /// Books the deadline of op `id`, already live. Those of ops that completed early stay
+    /// in the heap until they pass or the heap is swept, which happens whenever they are
+    /// the majority: the heap stays within twice the live ops (plus a little), at
+    /// amortised O(1) a push.
     fn push_deadline(&mut self, deadline: Time, seq: u64, id: OpId) {
         self.deadlines.push(Reverse((deadline, seq, id)));
         if self.deadlines.len() > 2 * self.ops.len() + DEADLINE_SLACK {

@@ -302,11 +302,11 @@ fn completed_ops_leave_no_deadline_or_index_behind() {
     n.attach(OpId(0), MatchEntry::sink(1, 0, 10)).unwrap();
     for i in 1..=10_000 {
         n.put(t(0), OpId(i), put(B, b"x")).unwrap();
-        n.cancel(OpId(i));
         assert!(n.deadlines.len() <= 2 * n.ops.len() + DEADLINE_SLACK);
+        n.cancel(OpId(i));
     }
     assert_eq!(n.live_ops(), 1, "only the entry");
-    assert!(n.ops_to.is_empty());
+    assert!(n.ops_to.values().all(|to| to.is_empty()));
     // A live op keeps its deadline through the sweeps.
     n.put(
         t(0),
@@ -328,4 +328,52 @@ fn completed_ops_leave_no_deadline_or_index_behind() {
         completions(&mut n),
         vec![(OpId(20_000), Err(OpError::LocalTimeout))]
     );
+}
+
+/// Whatever number of stale deadlines a submission finds, its own survives the sweep its
+/// push may trigger.
+#[test]
+fn sweeping_the_deadline_heap_never_drops_a_live_deadline() {
+    for stale in 0..200 {
+        let mut n = node();
+        for i in 0..stale {
+            n.put(t(0), OpId(i), put(B, b"x")).unwrap();
+            n.cancel(OpId(i));
+        }
+        let live = PutRequest {
+            timeout: Some(5 * MS),
+            ..put(B, b"y")
+        };
+        n.put(t(0), OpId(1_000), live).unwrap();
+        completions(&mut n);
+        n.handle_timeout(t(5));
+        assert_eq!(
+            completions(&mut n),
+            vec![(OpId(1_000), Err(OpError::NetworkTimeout))],
+            "after {stale} stale deadlines"
+        );
+    }
+}
+
+/// Should nothing reach a watched peer any more (as when its route is withdrawn), its
+/// health pings go nowhere: no panic, and the monitor's verdict follows.
+#[test]
+fn a_watched_peer_nothing_reaches_gets_no_ping_and_no_panic() {
+    let mut n = node();
+    let far: Nid = "10.0.0.1@tcp".parse().unwrap();
+    assert_eq!(n.watch(t(0), far), Err(OpError::NoRoute(far)));
+    assert_eq!(
+        n.watch(t(0), nid(A))
+            .map_err(|e| matches!(e, OpError::Invalid(_))),
+        Err(true)
+    );
+    // Past the check, as a route going away would leave it.
+    n.health.watch(far, t(0), true);
+    for ms in (0..2_000).step_by(50) {
+        n.handle_timeout(t(ms));
+    }
+    assert!(drain(&mut n).is_empty() && requests(&mut n).is_empty());
+    assert!(events(&mut n)
+        .iter()
+        .any(|e| matches!(e, Event::PeerDown { peer, .. } if *peer == far)));
 }
