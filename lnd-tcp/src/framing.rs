@@ -213,6 +213,8 @@ mod tests {
 
     fn frame(id: u64, payload: &[u8]) -> ([u8; HEADER_LEN], Bytes) {
         let h = Header {
+            hop_limit: 8,
+            router_gen: 0,
             lane: Lane::Data,
             credits: 0,
             src: Nid::mem(1, 0),

@@ -127,6 +127,8 @@ fn connected(evs: &[LndEvent], lane: Lane) -> usize {
 
 fn frame(from: Nid, to: Nid, body: Body, payload: Bytes, token: u64) -> Transmit {
     let header = Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane: Lane::Data,
         credits: 0,
         src: from,

@@ -36,6 +36,11 @@ pub struct NodeConfig {
     pub max_undelivered: usize,
     /// Failure detection: ping interval, detect multiplier, probing, local lag.
     pub health: HealthConfig,
+    /// Whether this node forwards frames addressed to others (a router). Off: such frames
+    /// are refused with a NACK saying the node does not forward.
+    pub forwarding: bool,
+    /// Routers the frames this node starts may pass (see [`crate::wire::DEFAULT_HOP_LIMIT`]).
+    pub hop_limit: u8,
 }
 
 impl NodeConfig {
@@ -58,6 +63,8 @@ impl NodeConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_undelivered: 4096,
             health: HealthConfig::default(),
+            forwarding: false,
+            hop_limit: crate::wire::DEFAULT_HOP_LIMIT,
         }
     }
 

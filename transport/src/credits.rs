@@ -28,6 +28,10 @@ pub struct LaneCredits {
     rx_offered: u16,
     /// Frames of the peer we consumed and have not yet returned credit for.
     owed: u16,
+    /// Frames of the peer still using our buffer: a router holds the credit of a frame
+    /// it forwards until the frame has left downstream, so that backpressure reaches the
+    /// sender instead of memory growing.
+    held: u16,
     hiw: u16,
 }
 
@@ -39,6 +43,7 @@ impl LaneCredits {
             tx_max: peer_offered,
             rx_offered: we_offered,
             owed: 0,
+            held: 0,
             hiw: hiw.clamp(1, we_offered.max(1)),
         }
     }
@@ -73,13 +78,35 @@ impl LaneCredits {
 
     /// We received and consumed a frame that used one of our receive credits.
     pub fn on_consumed(&mut self) -> Result<(), CreditError> {
-        if self.owed >= self.rx_offered {
+        if self.owed + self.held >= self.rx_offered {
             return Err(CreditError::Overrun {
                 offered: self.rx_offered,
             });
         }
         self.owed += 1;
         Ok(())
+    }
+
+    /// The frame just consumed keeps its buffer for now: its credit goes back only at
+    /// [`LaneCredits::release_held`].
+    pub fn hold_last(&mut self) {
+        debug_assert!(self.owed > 0, "hold_last without a consumed frame");
+        if self.owed > 0 {
+            self.owed -= 1;
+            self.held += 1;
+        }
+    }
+
+    /// A held frame let go of its buffer: its credit is owed to the peer now.
+    pub fn release_held(&mut self) {
+        if self.held > 0 {
+            self.held -= 1;
+            self.owed += 1;
+        }
+    }
+
+    pub fn held(&self) -> u16 {
+        self.held
     }
 
     /// Takes every owed credit, to piggyback on a frame being sent.
@@ -199,6 +226,25 @@ mod tests {
         assert_eq!(c.on_consumed(), Err(CreditError::Overrun { offered: 2 }));
         c.take_owed();
         c.on_consumed().unwrap();
+    }
+
+    #[test]
+    fn a_held_credit_goes_back_only_when_released_and_still_counts_against_overrun() {
+        let mut c = LaneCredits::new(8, 2, 1);
+        c.on_consumed().unwrap();
+        c.hold_last();
+        assert_eq!((c.owed(), c.held()), (0, 1));
+        assert!(!c.wants_credit_frame(), "nothing to return while held");
+        c.on_consumed().unwrap();
+        assert_eq!(
+            c.on_consumed(),
+            Err(CreditError::Overrun { offered: 2 }),
+            "the held buffer is still in use"
+        );
+        assert_eq!(c.take_owed(), 1);
+        c.release_held();
+        assert_eq!((c.owed(), c.held()), (1, 0));
+        assert!(c.wants_credit_frame());
     }
 
     #[test]

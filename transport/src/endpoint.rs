@@ -49,7 +49,7 @@ use crate::driver::Driver;
 use crate::health::{HealthStats, PeerHealth};
 use crate::lnd::{Lnd, Wake};
 use crate::nid::Nid;
-use crate::node::NodeStats;
+use crate::node::{NodeStats, Route};
 use crate::op::{Event, GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
 use crate::time::{Clock, MonotonicClock};
 use driver_thread::{Callback, Command, DriverThread, Sink};
@@ -174,6 +174,7 @@ impl EndpointBuilder {
                 wakers,
                 next_op: AtomicU64::new(1),
                 nids,
+                routed: Mutex::new(Vec::new()),
                 cfg,
                 events,
                 consumed,
@@ -191,6 +192,9 @@ struct Inner {
     wakers: Vec<Arc<dyn Wake>>,
     next_op: AtomicU64,
     nids: Vec<Nid>,
+    /// The nets this endpoint has routes to (a copy of the node's, for checking requests
+    /// without a round trip to the driver thread).
+    routed: Mutex<Vec<crate::nid::Net>>,
     cfg: NodeConfig,
     events: Option<Receiver<Event>>,
     consumed: Arc<AtomicUsize>,
@@ -218,6 +222,19 @@ impl Inner {
             }
             Ok(())
         })
+    }
+
+    fn routed(&self) -> Vec<crate::nid::Net> {
+        self.routed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_routed(&self, routes: Vec<Route>) {
+        let mut nets: Vec<crate::nid::Net> = routes.into_iter().map(|r| r.net).collect();
+        nets.dedup();
+        *self.routed.lock().unwrap_or_else(|e| e.into_inner()) = nets;
     }
 
     /// Asks the driver thread something and waits for its answer.
@@ -331,13 +348,38 @@ impl Endpoint {
                 "{peer} is this endpoint; it cannot watch itself"
             )));
         }
-        if !nids.iter().any(|n| n.net == peer.net) {
+        let routed = || self.inner.routed().contains(&peer.net);
+        if !nids.iter().any(|n| n.net == peer.net) && !routed() {
             return Err(EndpointError::Invalid(format!(
-                "no route to {peer}: this endpoint has no NI on {}",
+                "no route to {peer}: this endpoint has no NI on {}, nor a route to it",
                 peer.net
             )));
         }
         self.inner.send(Command::Watch(peer, true))
+    }
+
+    /// Adds a route (or updates the one through the same gateway to the same net): `net`
+    /// is reached through `gateway`, which must be on one of this endpoint's nets.
+    pub fn add_route(&self, route: Route) -> Result<(), EndpointError> {
+        self.inner
+            .query(|tx| Command::AddRoute(route, tx))?
+            .map_err(|e| EndpointError::Invalid(e.to_string()))?;
+        self.inner.set_routed(self.routes()?);
+        Ok(())
+    }
+
+    /// Removes the route to `net` through `gateway`; false if there was none.
+    pub fn remove_route(&self, net: crate::nid::Net, gateway: Nid) -> Result<bool, EndpointError> {
+        let removed = self
+            .inner
+            .query(|tx| Command::RemoveRoute(net, gateway, tx))?;
+        self.inner.set_routed(self.routes()?);
+        Ok(removed)
+    }
+
+    /// The endpoint's routes, sorted by net, priority and hops.
+    pub fn routes(&self) -> Result<Vec<Route>, EndpointError> {
+        self.inner.query(Command::Routes)
     }
 
     pub fn unwatch(&self, peer: Nid) -> Result<(), EndpointError> {

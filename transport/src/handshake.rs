@@ -27,6 +27,7 @@ impl LocalHello {
     pub fn header_with(&self, peer: Nid, status: HelloStatus) -> Header {
         Header {
             lane: self.lane,
+            hop_limit: 0,
             credits: 0,
             src: self.nid,
             dst: peer,
@@ -38,6 +39,7 @@ impl LocalHello {
                 max_payload: self.max_payload,
                 status,
             },
+            router_gen: 0,
         }
     }
 
@@ -75,8 +77,12 @@ impl LocalHello {
 
 /// Why bytes are not a compact HELLO.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a lanet HELLO ({0})")]
-pub struct CompactHelloError(&'static str);
+pub enum CompactHelloError {
+    #[error("not a lanet HELLO ({0})")]
+    Malformed(&'static str),
+    #[error("the peer speaks protocol version {0}; this node speaks version {v} only", v = wire::VERSION)]
+    Version(u8),
+}
 
 /// Decodes a [compact HELLO](LocalHello::encode_compact) into the header [`check_hello`]
 /// checks. Extra trailing bytes (transports may pad private data) are ignored.
@@ -84,29 +90,30 @@ pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
     let b: &[u8; COMPACT_HELLO_LEN] = b
         .get(..COMPACT_HELLO_LEN)
         .and_then(|b| b.try_into().ok())
-        .ok_or(CompactHelloError("too short"))?;
+        .ok_or(CompactHelloError::Malformed("too short"))?;
     if b[0..4] != COMPACT_MAGIC.to_le_bytes() {
-        return Err(CompactHelloError("bad magic"));
+        return Err(CompactHelloError::Malformed("bad magic"));
     }
     if b[4] != wire::VERSION {
-        return Err(CompactHelloError("unsupported version"));
+        return Err(CompactHelloError::Version(b[4]));
     }
     let status = match b[5] {
         0 => HelloStatus::Ok,
         1 => HelloStatus::Race,
-        _ => return Err(CompactHelloError("unknown status")),
+        _ => return Err(CompactHelloError::Malformed("unknown status")),
     };
-    let lane = Lane::from_wire(b[6]).ok_or(CompactHelloError("unknown lane"))?;
+    let lane = Lane::from_wire(b[6]).ok_or(CompactHelloError::Malformed("unknown lane"))?;
     if b[7] != 0 || b[10..12] != [0, 0] {
-        return Err(CompactHelloError("reserved bytes set"));
+        return Err(CompactHelloError::Malformed("reserved bytes set"));
     }
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let nid_at = |o: usize, which| {
         let raw: &[u8; crate::nid::NID_WIRE_LEN] = b[o..o + 16].try_into().expect("16 bytes");
-        Nid::decode(raw).ok_or(CompactHelloError(which))
+        Nid::decode(raw).ok_or(CompactHelloError::Malformed(which))
     };
     Ok(Header {
         lane,
+        hop_limit: 0,
         credits: 0,
         src: nid_at(24, "bad source NID")?,
         dst: nid_at(40, "bad destination NID")?,
@@ -118,6 +125,7 @@ pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
             max_payload: u32_at(12),
             status,
         },
+        router_gen: 0,
     })
 }
 
@@ -268,6 +276,13 @@ mod tests {
         padded.extend([0; 8]);
         assert_eq!(decode_compact(&padded), Ok(h));
         assert!(decode_compact(&bytes[..55]).is_err());
+        let mut v1 = bytes;
+        v1[4] = 1;
+        let said = decode_compact(&v1).unwrap_err().to_string();
+        assert!(
+            said.contains("version 1") && said.contains("version 2"),
+            "{said}"
+        );
         for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 1), (24, 99)] {
             let mut bad = bytes;
             bad[at] = v;

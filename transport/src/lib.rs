@@ -35,6 +35,6 @@ pub use config::NodeConfig;
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use lane::Lane;
 pub use nid::{Net, Nid};
-pub use node::Node;
+pub use node::{Node, Route};
 pub use op::{Completion, Event, MatchEntry, OpError, OpId, OpOutcome};
 pub use time::Time;

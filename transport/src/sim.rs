@@ -109,6 +109,9 @@ pub struct Sim {
     booked: FxHashMap<Nid, Time>,
     /// Nodes the application touched since the last settle.
     dirty: BTreeSet<Nid>,
+    /// The node each port (NID) of the fabric belongs to: a node with several NIs (a
+    /// router) is known by its first NID.
+    owners: FxHashMap<Nid, Nid>,
     /// Protocol errors counted by nodes since killed.
     dead_protocol_errors: u64,
 }
@@ -126,6 +129,7 @@ impl Sim {
             timers: BinaryHeap::new(),
             booked: FxHashMap::default(),
             dirty: BTreeSet::new(),
+            owners: FxHashMap::default(),
             dead_protocol_errors: 0,
         }
     }
@@ -156,18 +160,58 @@ impl Sim {
         cfg: NodeConfig,
         lnd_cfg: MemLndConfig,
     ) -> Result<(), String> {
-        let lnd = MemLnd::new(&self.fabric, nid, lnd_cfg).map_err(|e| e.to_string())?;
-        let lnds: Vec<Box<dyn Lnd>> = vec![Box::new(lnd)];
+        self.add_node_on(&[nid], cfg, lnd_cfg)
+    }
+
+    /// Starts a node with an NI at each of `nids` (mem NIDs on different nets), each with
+    /// an in-memory LND of `lnd_cfg`. It is known by its first NID. With
+    /// `cfg.forwarding`, it is a router between those nets.
+    pub fn add_node_on(
+        &mut self,
+        nids: &[Nid],
+        cfg: NodeConfig,
+        lnd_cfg: MemLndConfig,
+    ) -> Result<(), String> {
+        let key = *nids.first().ok_or("a node needs at least one NID")?;
+        let mut lnds: Vec<Box<dyn Lnd>> = Vec::new();
+        for &nid in nids {
+            let lnd = MemLnd::new(&self.fabric, nid, lnd_cfg).map_err(|e| e.to_string())?;
+            lnds.push(Box::new(lnd));
+        }
         let driver = Driver::new(cfg, lnds).map_err(|e| e.to_string())?;
+        for &nid in nids {
+            self.owners.insert(nid, key);
+        }
         self.nodes.insert(
-            nid,
+            key,
             SimNode {
                 driver,
                 events: Vec::new(),
             },
         );
-        self.dirty.insert(nid);
+        self.dirty.insert(key);
         Ok(())
+    }
+
+    /// Adds a route at node `at`.
+    pub fn add_route(&mut self, at: Nid, route: crate::node::Route) -> Result<(), OpError> {
+        let node = self
+            .nodes
+            .get_mut(&at)
+            .ok_or(OpError::Invalid(format!("no node {at} in the simulation")))?;
+        node.driver.node_mut().add_route(route)?;
+        self.dirty.insert(at);
+        Ok(())
+    }
+
+    /// Removes a route at node `at`.
+    pub fn remove_route(&mut self, at: Nid, net: crate::nid::Net, gateway: Nid) -> bool {
+        let removed = self
+            .nodes
+            .get_mut(&at)
+            .is_some_and(|n| n.driver.node_mut().remove_route(net, gateway));
+        self.dirty.insert(at);
+        removed
     }
 
     /// Kills a node's process: no goodbye, its connections reset at the other ends, its own
@@ -176,6 +220,7 @@ impl Sim {
         if let Some(n) = self.nodes.remove(&nid) {
             self.dead_protocol_errors += n.driver.node().stats().protocol_errors;
         }
+        self.owners.retain(|_, key| *key != nid);
         self.booked.remove(&nid);
         self.ledger.forget(nid);
     }
@@ -315,7 +360,13 @@ impl Sim {
                 }
                 work.insert(nid);
             }
-            work.extend(self.fabric.due_ports(now));
+            let owners = &self.owners;
+            work.extend(
+                self.fabric
+                    .due_ports(now)
+                    .into_iter()
+                    .filter_map(|port| owners.get(&port).copied()),
+            );
             if work.is_empty() {
                 return;
             }
@@ -431,5 +482,7 @@ impl Sim {
 
 #[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod routing_tests;
 #[cfg(test)]
 mod tests;

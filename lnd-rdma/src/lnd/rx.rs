@@ -288,6 +288,8 @@ mod tests {
 
     fn header(payload_len: u32) -> Header {
         Header {
+            hop_limit: 8,
+            router_gen: 0,
             lane: Lane::Data,
             credits: 0,
             src: "10.0.0.1@o2ib".parse::<Nid>().unwrap(),

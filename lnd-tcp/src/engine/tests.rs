@@ -57,6 +57,8 @@ fn connected(events: &[LndEvent]) -> Vec<(Nid, Lane)> {
 
 fn ping(from: u32, to: u32, token: u64) -> Transmit {
     let h = Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane: Lane::Health,
         credits: 0,
         src: Nid::mem(from, 0),
@@ -332,4 +334,17 @@ fn the_backend_waits_no_longer_than_work_and_deadlines_allow() {
         .wait(long, false)
         .expect("a handshake deadline bounds the wait");
     assert!(w <= T, "{w:?}");
+}
+
+#[test]
+fn a_version_1_hello_closes_the_connection_without_a_word_to_the_core() {
+    let mut b = Engine::new(local(2));
+    let now = Instant::now();
+    b.accepted(7, now);
+    let mut hello = local(1).id.hello(Lane::Data).encode(Nid::mem(2, 0));
+    hello[4] = 1; // the version is checked before the checksum
+    b.conn_mut(7).unwrap().rx.extend(&hello);
+    b.received(7, now);
+    assert!(events(&mut b).is_empty());
+    assert_eq!(b.take_closes(), vec![7]);
 }

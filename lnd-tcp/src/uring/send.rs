@@ -176,6 +176,8 @@ mod tests {
 
     fn push(q: &mut TxQueue, len: usize, tag: u8) {
         let h = Header {
+            hop_limit: 8,
+            router_gen: 0,
             lane: Lane::Data,
             credits: 0,
             src: Nid::mem(1, 0),

@@ -12,8 +12,8 @@ use super::gate::Gate;
 use super::EndpointError;
 use crate::driver::Driver;
 use crate::health::{HealthStats, PeerHealth};
-use crate::nid::Nid;
-use crate::node::{Node, NodeStats};
+use crate::nid::{Net, Nid};
+use crate::node::{Node, NodeStats, Route};
 use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, PingRequest, PutRequest,
 };
@@ -28,6 +28,9 @@ pub(super) enum Command {
     Stats(Sender<NodeStats>),
     Watch(Nid, bool),
     Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
+    AddRoute(Route, Sender<Result<(), OpError>>),
+    RemoveRoute(Net, Nid, Sender<bool>),
+    Routes(Sender<Vec<Route>>),
 }
 
 pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
@@ -252,6 +255,18 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
         }
         Command::Health(peer, reply) => {
             let _ = reply.send((node.peer_health(peer), node.health_stats()));
+            Ok(())
+        }
+        Command::AddRoute(route, reply) => {
+            let _ = reply.send(node.add_route(route));
+            Ok(())
+        }
+        Command::RemoveRoute(net, gateway, reply) => {
+            let _ = reply.send(node.remove_route(net, gateway));
+            Ok(())
+        }
+        Command::Routes(reply) => {
+            let _ = reply.send(node.routes());
             Ok(())
         }
     };

@@ -490,3 +490,70 @@ fn a_panicking_callback_fails_the_endpoint_without_losing_completions() {
         .all(|op| matches!(&completed[op], Err(OpError::Local(m)) if m.contains("panicked"))));
     assert!(matches!(a.stats(), Err(EndpointError::Failed(_))));
 }
+
+/// A client and a server on two nets, a router endpoint with an NI on each: a PUT goes
+/// through it on real threads, routes change at run time, and watching a peer behind the
+/// router is allowed once a route names its net.
+#[test]
+fn endpoints_talk_through_a_router_endpoint_and_routes_change_at_run_time() {
+    let f = fabric();
+    let start = |nids: &[Nid], forwarding: bool| {
+        let cfg = NodeConfig {
+            forwarding,
+            ..NodeConfig::new(u64::from(nids.len() as u32) * 10 + u64::from(forwarding))
+        };
+        let mut b = Endpoint::builder(cfg.clone());
+        for &nid in nids {
+            b = b.lnd(MemLnd::new(&f, nid, MemLndConfig::for_node(&cfg)).unwrap());
+        }
+        b.start().unwrap()
+    };
+    let (client_nid, server_nid) = (Nid::mem(1, 1), Nid::mem(2, 2));
+    let client = start(&[client_nid], false);
+    let server = start(&[server_nid], false);
+    let _router = start(&[Nid::mem(9, 1), Nid::mem(9, 2)], true);
+    server.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    let to_server = PutRequest {
+        dst: server_nid,
+        ..put(2, Bytes::from_static(b"routed"))
+    };
+    // No route yet: refused.
+    assert!(matches!(
+        client.watch(server_nid),
+        Err(EndpointError::Invalid(_))
+    ));
+    let op = client.put(to_server.clone()).unwrap();
+    let (done, _) = wait_all(&client, &[op]);
+    assert_eq!(done[&op].result, Err(OpError::NoRoute(server_nid)));
+    let r = |net: u16, gw: u32| Route {
+        net: Nid::mem(0, net).net,
+        gateway: Nid::mem(gw, if net == 2 { 1 } else { 2 }),
+        hops: 1,
+        priority: 0,
+    };
+    client.add_route(r(2, 9)).unwrap();
+    server.add_route(r(1, 9)).unwrap();
+    assert_eq!(client.routes().unwrap(), vec![r(2, 9)]);
+    assert!(
+        client
+            .add_route(Route {
+                gateway: Nid::mem(9, 5),
+                ..r(2, 9)
+            })
+            .is_err(),
+        "a gateway on no net of ours"
+    );
+    client.watch(server_nid).unwrap();
+    let op = client.put(to_server.clone()).unwrap();
+    let (done, _) = wait_all(&client, &[op]);
+    assert_eq!(done[&op].result, Ok(OpOutcome::Put { mlen: 6 }));
+    match server.recv_event(WAIT) {
+        Some(Event::Delivered(d)) => assert_eq!(d.from, client_nid),
+        other => panic!("{other:?}"),
+    }
+    assert!(client.remove_route(r(2, 9).net, Nid::mem(9, 1)).unwrap());
+    client.unwatch(server_nid).unwrap();
+    let op = client.put(to_server).unwrap();
+    let (done, _) = wait_all(&client, &[op]);
+    assert_eq!(done[&op].result, Err(OpError::NoRoute(server_nid)));
+}

@@ -57,6 +57,8 @@ fn exchange(
 
 fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
     let h = Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane: Lane::Data,
         credits: 0,
         src: Nid::mem(from, 0),
@@ -81,6 +83,8 @@ fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
 fn ping_frame(from: u32, to: u32, seq: u64) -> Transmit {
     let mut tx = data_frame(from, to, seq);
     let h = Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane: Lane::Health,
         credits: 0,
         src: Nid::mem(from, 0),
@@ -444,5 +448,48 @@ fn declined_payloads_free_the_sender_and_dead_connections_fail_both_sides() {
     assert!(
         matches!(&eb[..], [LndEvent::Fetched { result: Err(_), .. }]),
         "{eb:?}"
+    );
+}
+
+#[test]
+fn a_version_1_peer_is_refused_with_both_versions_named() {
+    let (clock, fabric, _a, mut b) = setup();
+    let old = Nid::mem(3, 0);
+    fabric.attach(old).unwrap();
+    let fabric::Dial::New(conn) = fabric.dial(old, Nid::mem(2, 0), Lane::Data) else {
+        panic!("a new connection");
+    };
+    let id = crate::handshake::Identity {
+        nid: old,
+        incarnation: 1,
+        credits: PerLane::new(4, 8),
+        max_payload: 1 << 16,
+    };
+    // A HELLO as a version 1 node (before routing) would send it.
+    let mut hello = id.hello(Lane::Data).encode(Nid::mem(2, 0));
+    hello[4] = 1;
+    let crc = crc32fast::hash(&hello[..92]);
+    hello[92..].copy_from_slice(&crc.to_le_bytes());
+    fabric.send(old, conn, hello, Bytes::new(), true).unwrap();
+    clock.advance(Duration::from_millis(1));
+    assert!(
+        !poll(&mut b)
+            .iter()
+            .any(|e| matches!(e, LndEvent::Connected { .. })),
+        "no connection with a version 1 peer"
+    );
+    clock.advance(Duration::from_millis(1));
+    let mut items = Vec::new();
+    fabric.take_due(old, Some(Duration::ZERO), &mut items);
+    let said = items
+        .iter()
+        .find_map(|i| match i {
+            fabric::Item::Reset { error, .. } => Some(error.detail.clone()),
+            _ => None,
+        })
+        .expect("the connection is closed");
+    assert!(
+        said.contains("version 1") && said.contains("version 2"),
+        "{said}"
     );
 }

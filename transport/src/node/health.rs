@@ -2,13 +2,16 @@
 //! outstanding, watches) and carrying out its verdicts (PINGs, flushing a dead peer,
 //! announcing its return).
 
-use super::{Conn, LndRequest, Node, OpKind, Pending, Stage};
+use super::ops::{OpKind, Stage};
+use super::peers::Conn;
+use super::{LndRequest, Node};
 use crate::health::{Action, HealthStats, PeerHealth};
 use crate::lane::Lane;
 use crate::lnd::{LndError, LndErrorKind};
 use crate::nid::Nid;
 use crate::op::{Event, OpError, OpId, PeerDownPolicy, PeerDownReason};
 use crate::time::Time;
+use crate::wire::NackReason;
 
 /// Message ids of the monitor's own PINGs have this bit set: their PONGs match no
 /// operation, and are not late answers.
@@ -70,7 +73,7 @@ impl Node {
     pub(super) fn health_timeout(&mut self, now: Time) {
         let mut actions = std::mem::take(&mut self.health_actions);
         // A health frame still in the driver: this node's own health lane is behind.
-        if let Some((_, &since)) = self.health_in_lnd.first_key_value() {
+        if let Some((_, &since)) = self.out.health_in_lnd.first_key_value() {
             self.health.backlog(since, now);
         }
         self.health.tick(now, &mut actions);
@@ -87,49 +90,73 @@ impl Node {
     fn health_ping(&mut self, peer: Nid) {
         self.health_seq += 1;
         let seq = self.health_seq;
-        self.enqueue(peer, Lane::Health, Pending::HealthPing { seq });
+        self.send_health_ping(peer, seq);
     }
 
-    /// `peer` is Down: everything queued or in flight to it ends now with `PeerDead`,
-    /// except queued operations that chose to wait for it.
+    /// `peer` is Down. As an end: everything queued or in flight to it ends now with
+    /// `PeerDead`, except queued operations that chose to wait for it. As a router:
+    /// requests of ours waiting for it go another way, those it already took fail (their
+    /// answers are in doubt), and frames passing through for it are refused. Only its own
+    /// silence decides this: nothing behind it counts against it.
     fn peer_down(&mut self, now: Time, peer: Nid, silent: std::time::Duration) {
         tracing::debug!(%peer, ?silent, "peer is down");
-        self.down_incarnation
-            .insert(peer, self.peers.get(&peer).and_then(|p| p.incarnation));
-        let doomed = self.ops_to_peer(peer, |op| {
-            op.stage != Stage::Queued || op.kind.on_peer_down() == PeerDownPolicy::Fail
-        });
-        self.events.push_back(Event::PeerDown {
+        let end = self.end_entry(peer);
+        end.down_incarnation = Some(end.incarnation);
+        self.out.events.push_back(Event::PeerDown {
             peer,
             reason: PeerDownReason::Silent(silent),
             at: now,
         });
+        let targeting = |op: &super::ops::Op| op.target().is_some_and(|(d, _)| d == peer);
+        let doomed = self.ops.of_peer(peer, |op| {
+            targeting(op)
+                && (op.stage != Stage::Queued || op.kind.on_peer_down() == PeerDownPolicy::Fail)
+        });
         for id in doomed {
             self.complete(id, Err(OpError::PeerDead));
         }
+        let through = self
+            .ops
+            .of_peer(peer, |op| !targeting(op) && op.via == Some(peer));
+        let gone = || OpError::Network(format!("router {peer} is down"));
+        for id in through {
+            match self.ops.get(id).map(|op| op.stage) {
+                Some(Stage::Queued) => self.resend(id, &gone()),
+                Some(_) => self.complete(id, Err(gone())),
+                None => {}
+            }
+        }
         // Its connections are given up too: whatever they held (credits spent on frames
         // that never arrived) is not to be trusted. The peer's return brings fresh ones.
-        let Some(p) = self.peers.get(&peer) else {
+        let Some(hop) = self.hops.get_mut(&peer) else {
             return;
         };
-        let ni = p.ni;
+        let ni = hop.ni;
+        let mut forwards = Vec::new();
         for lane in Lane::ALL {
-            if matches!(p.lanes[lane].conn, Conn::Up { .. }) {
+            let hl = &mut hop.lanes[lane];
+            forwards.extend(hl.take_forwards());
+            if matches!(hl.conn, Conn::Up { .. }) {
                 let error = LndError::new(LndErrorKind::Closed, "peer declared dead");
-                self.requests
+                self.out
+                    .requests
                     .push_back((ni, LndRequest::Close { peer, lane, error }));
             }
+        }
+        for f in forwards {
+            self.refuse_forward(f, NackReason::NextHopDown);
         }
     }
 
     /// A Down peer answered: `PeerUp`, unless it is a new incarnation (then the restart
-    /// was announced as `PeerRestarted` when its connection came up).
+    /// was announced as `PeerRestarted` when its incarnation was seen).
     fn recovered(&mut self, now: Time, peer: Nid) {
-        let before = self.down_incarnation.remove(&peer).flatten();
-        let current = self.peers.get(&peer).and_then(|p| p.incarnation);
+        let end = self.end_entry(peer);
+        let before = end.down_incarnation.take().flatten();
+        let current = end.incarnation;
         tracing::debug!(%peer, "peer is back");
         if before.is_none() || before == current {
-            self.events.push_back(Event::PeerUp { peer, at: now });
+            self.out.events.push_back(Event::PeerUp { peer, at: now });
         }
         // Operations that chose to wait for it go now.
         for lane in Lane::ALL {
@@ -138,11 +165,11 @@ impl Node {
     }
 
     /// Whether a queued op stays queued through a failed connection attempt: it chose to
-    /// wait for a peer that is Down.
+    /// wait for a target that is Down.
     pub(super) fn waits_for_peer(&self, id: OpId) -> bool {
-        self.ops.get(&id).is_some_and(|op| {
+        self.ops.get(id).is_some_and(|op| {
             op.kind.on_peer_down() == PeerDownPolicy::Wait
-                && op.route().is_some_and(|(p, _)| self.health.is_down(p))
+                && op.target().is_some_and(|(p, _)| self.health.is_down(p))
         })
     }
 }

@@ -5,30 +5,37 @@
 //! requests (connect, close), events for the application (completions, deliveries) and the
 //! next time the node wants [`Node::handle_timeout`] called.
 //!
-//! Life of a PUT: queued on its peer's data lane → sent when the lane is connected, holds a
-//! peer credit and an NI credit → `SendComplete` (NI credit back) → ACK (peer credit came
-//! back on some frame) → `Completed`. It can leave that path at any point through its
-//! deadline, a connection failure, cancellation or shutdown, and always exactly once.
+//! Life of a PUT: routed to its next hop (the target on one of our nets, or a router
+//! towards it) and queued on that hop's data lane → sent when the lane is connected, holds
+//! a hop credit and an NI credit → `SendComplete` (NI credit back) → ACK from the target,
+//! by whatever way it comes → `Completed`. A router on the way that cannot pass it on
+//! says so (NACK), and it is sent again another way at once. It can leave that path at any
+//! point through its deadline, a failure, cancellation or shutdown, and always exactly once.
+//!
+//! The pieces: [`ops`](self::ops) (live operations and their indexes), [`peers`](self::peers)
+//! (next hops and far ends), [`routes`](self::routes); the send path (`tx`), driver events
+//! and received frames (`rx`), the target side (`target`), forwarding for routers
+//! (`forward`), failure detection (`health`).
 
+mod forward;
 mod health;
+mod ops;
+mod peers;
+mod routes;
 mod rx;
 mod target;
-
-use target::Incoming;
 mod tx;
 
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 
 use crate::config::NodeConfig;
-use crate::credits::{LaneCredits, NiCredits};
-use crate::handshake::PeerHello;
+use crate::credits::NiCredits;
 use crate::health::{Action, Monitor};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, RxHandle, Transmit};
@@ -37,7 +44,11 @@ use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
 };
 use crate::time::Time;
-use crate::wire::Body;
+use ops::{Op, OpKind, Ops, Stage};
+use peers::{Conn, End, Hop, Upstream};
+pub use routes::Route;
+use routes::RouteTable;
+use target::Incoming;
 
 /// Index of a network interface of the node (the order NIs were added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,18 +98,26 @@ pub struct NodeStats {
     pub answers_shed: u64,
     /// Deferred payloads whose fetch failed.
     pub fetch_failures: u64,
+    /// Frames this node passed on towards their target (it is a router).
+    pub forwarded: u64,
+    /// Requests this node refused to pass on, each answered with a NACK.
+    pub nacks_sent: u64,
+    /// NACKs received for our own requests.
+    pub nacks_received: u64,
+    /// Requests of ours sent again another way (after a NACK, or their router failing).
+    pub resent: u64,
+    /// Answers or NACKs addressed to others that this node could not pass on (nobody
+    /// resends an answer: the initiator's deadline ends its operation).
+    pub unroutable_answers: u64,
 }
 
-/// Answers (ACK, REPLY, PONG) that may wait for one peer on one lane, per receive credit we
-/// offered it. Credits go back to a peer as soon as its frames are consumed, so one that keeps
+/// Answers (ACK, REPLY, PONG, NACK) that may wait at one hop lane, per receive credit we
+/// offer. Credits go back to a peer as soon as its frames are consumed, so one that keeps
 /// sending requests while never returning ours could otherwise grow the queue without bound.
 /// A peer that returns credits keeps this queue near empty, since answers leave before our
 /// own requests; past the bound its requests go unanswered (counted in
 /// [`NodeStats::pings_shed`] and [`NodeStats::answers_shed`]) and its own deadlines end them.
 pub const ANSWER_BACKLOG_PER_CREDIT: usize = 4;
-
-/// Stale deadlines the heap may hold beyond twice the live ops before it is swept.
-const DEADLINE_SLACK: usize = 64;
 
 /// Submission failures that leave no operation behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,74 +131,6 @@ pub(crate) struct Ni {
     pub(crate) credits: PerLane<NiCredits>,
 }
 
-/// Connection state of one lane of one peer, as the core sees it.
-#[derive(Debug)]
-pub(crate) enum Conn {
-    Down,
-    Connecting,
-    Up {
-        credits: LaneCredits,
-        /// What the peer said when this connection came up (its credits, largest payload).
-        hello: PeerHello,
-    },
-}
-
-/// A request of ours waiting for credits on a peer lane.
-pub(crate) enum Pending {
-    /// An operation's request (PUT, GET, PING); `seq` tells a live op from a reused id.
-    Op { id: OpId, seq: u64 },
-    /// The health monitor's PING; not an operation.
-    HealthPing { seq: u64 },
-}
-
-/// An answer owed to the peer (ACK, REPLY, PONG), waiting for credits.
-pub(crate) struct Response {
-    pub(crate) body: Body,
-    pub(crate) msg_id: u64,
-    pub(crate) payload: Bytes,
-}
-
-pub(crate) struct PeerLane {
-    pub(crate) conn: Conn,
-    /// Our requests, in submission order.
-    pub(crate) queue: VecDeque<Pending>,
-    /// Answers to the peer's requests. They leave before our requests: the peer's
-    /// operations are already under way, and answering them is what bounds this queue.
-    pub(crate) answers: VecDeque<Response>,
-}
-
-pub(crate) struct Peer {
-    pub(crate) ni: NiId,
-    pub(crate) incarnation: Option<u64>,
-    pub(crate) lanes: PerLane<PeerLane>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
-    /// Waiting on its peer lane for a connection or credits.
-    Queued,
-    /// Handed to the driver; no `SendComplete` yet.
-    InLnd,
-    /// Sent; waiting for the ACK/REPLY/PONG.
-    Awaiting,
-}
-
-pub(crate) enum OpKind {
-    Put(PutRequest),
-    Get(GetRequest),
-    Ping { req: PingRequest, sent_at: Time },
-    Entry(MatchEntry),
-}
-
-pub(crate) struct Op {
-    /// Unique per node and submission; also the message id of the op's request frame.
-    pub(crate) seq: u64,
-    pub(crate) kind: OpKind,
-    pub(crate) stage: Stage,
-    /// A use-once entry matched by a payload still being fetched: it matches nothing else.
-    pub(crate) reserved: bool,
-}
-
 /// What a deferred payload being fetched is for.
 pub(crate) enum Fetch {
     /// A PUT matched `entry`; ACK it once the payload is in.
@@ -190,18 +141,11 @@ pub(crate) enum Fetch {
     },
     /// The REPLY to our GET `op`.
     Reply { op: OpId, seq: u64 },
-}
-
-impl Op {
-    /// The peer and lane of an op that sends something.
-    pub(crate) fn route(&self) -> Option<(Nid, Lane)> {
-        match &self.kind {
-            OpKind::Put(r) => Some((r.dst, r.lane)),
-            OpKind::Get(r) => Some((r.dst, r.lane)),
-            OpKind::Ping { req, .. } => Some((req.dst, req.lane)),
-            OpKind::Entry(_) => None,
-        }
-    }
+    /// A frame passing through (we are a router): forwarded once its payload is here.
+    Forward {
+        header: crate::wire::Header,
+        upstream: Upstream,
+    },
 }
 
 /// Bookkeeping for a frame handed to a driver.
@@ -210,45 +154,53 @@ pub(crate) struct InLnd {
     pub(crate) lane: Lane,
     /// Whether it holds an NI credit (CREDIT frames do not).
     pub(crate) ni_credit: bool,
-    pub(crate) op: Option<(OpId, u64)>,
+    /// An op's request: the op, its seq, and which attempt.
+    pub(crate) op: Option<(OpId, u64, u32)>,
+    /// A forwarded frame: the upstream credit it holds until it has left.
+    pub(crate) upstream: Option<Upstream>,
+}
+
+/// What the node has for its drivers and its application, until they poll it, and what
+/// it handed to the drivers and awaits word of.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub(crate) transmits: PerLane<VecDeque<(NiId, Transmit)>>,
+    pub(crate) requests: VecDeque<(NiId, LndRequest)>,
+    pub(crate) events: VecDeque<Event>,
+    /// Frames in the drivers, by token.
+    pub(crate) in_lnd: FxHashMap<u64, InLnd>,
+    /// Health-lane frames in the drivers, by token (so oldest first), with when they went.
+    pub(crate) health_in_lnd: BTreeMap<u64, Time>,
+    pub(crate) next_token: u64,
 }
 
 /// The protocol state machine of one node.
 pub struct Node {
     pub(crate) cfg: NodeConfig,
     pub(crate) nis: Vec<Ni>,
-    pub(crate) peers: FxHashMap<Nid, Peer>,
-    pub(crate) ops: FxHashMap<OpId, Op>,
-    /// The live ops that send to each peer, in submission order: what a peer's failure
-    /// ends, found without looking at anyone else's. (A peer's set stays when emptied.)
-    pub(crate) ops_to: FxHashMap<Nid, BTreeSet<(u64, OpId)>>,
-    /// Ops whose request went out, by message id, to match ACK/REPLY/PONG.
-    pub(crate) awaiting: FxHashMap<u64, OpId>,
+    /// Neighbours we keep (or want) connections with.
+    pub(crate) hops: FxHashMap<Nid, Hop>,
+    /// Far ends of our operations and of the requests we answer.
+    pub(crate) ends: FxHashMap<Nid, End>,
+    pub(crate) routes: RouteTable,
+    pub(crate) ops: Ops,
     /// Attached entries per portal, in attach order.
     pub(crate) portals: FxHashMap<u32, Vec<OpId>>,
-    deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
-    pub(crate) in_lnd: FxHashMap<u64, InLnd>,
-    /// Health-lane frames in the driver, by token (so oldest first), with when they went.
-    pub(crate) health_in_lnd: BTreeMap<u64, Time>,
-    /// The time of the call being handled, when it carries one; `None` in calls that do not
-    /// (their frames are not timed).
-    pub(crate) clock: Option<Time>,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
-    next_seq: u64,
-    pub(crate) next_token: u64,
-    pub(crate) transmits: PerLane<VecDeque<(NiId, Transmit)>>,
-    pub(crate) requests: VecDeque<(NiId, LndRequest)>,
-    pub(crate) events: VecDeque<Event>,
+    pub(crate) out: Outbox,
     /// Deliveries reported and not yet consumed by the application.
     pub(crate) undelivered: usize,
     pub(crate) stats: NodeStats,
-    /// Failure detection.
+    /// Failure detection, the actions it asks for (reused), and its PINGs' numbering.
     pub(crate) health: Monitor,
     health_actions: Vec<Action>,
     health_seq: u64,
-    /// Incarnations of peers when they went Down: a return with another one is a restart.
-    down_incarnation: FxHashMap<Nid, Option<u64>>,
+    /// The time of the call being handled, when it carries one; `None` in calls that do not
+    /// (their frames are not timed).
+    pub(crate) clock: Option<Time>,
+    /// Names connections as they come up (see [`peers::Conn::Up`]).
+    pub(crate) next_conn_serial: u64,
     /// Set by shutdown or abort: what every later submission completes with.
     shut_down: Option<OpError>,
 }
@@ -261,27 +213,23 @@ impl Node {
         Node {
             cfg,
             nis: Vec::new(),
-            peers: FxHashMap::default(),
-            ops: FxHashMap::default(),
-            ops_to: FxHashMap::default(),
-            awaiting: FxHashMap::default(),
+            hops: FxHashMap::default(),
+            ends: FxHashMap::default(),
+            routes: RouteTable::default(),
+            ops: Ops::default(),
             portals: FxHashMap::default(),
-            deadlines: BinaryHeap::new(),
-            in_lnd: FxHashMap::default(),
-            health_in_lnd: BTreeMap::new(),
-            clock: None,
             fetching: FxHashMap::default(),
-            next_seq: 1,
-            next_token: 1,
-            transmits: PerLane::default(),
-            requests: VecDeque::new(),
-            events: VecDeque::new(),
+            out: Outbox {
+                next_token: 1,
+                ..Outbox::default()
+            },
             undelivered: 0,
             stats: NodeStats::default(),
             health,
             health_actions: Vec::new(),
             health_seq: 0,
-            down_incarnation: FxHashMap::default(),
+            clock: None,
+            next_conn_serial: 1,
             shut_down: None,
         }
     }
@@ -291,6 +239,12 @@ impl Node {
         if self.nis.iter().any(|ni| ni.nid.net == nid.net) {
             return Err(OpError::Invalid(format!(
                 "this node already has an NI on net {}",
+                nid.net
+            )));
+        }
+        if self.routes.has_routes_to(nid.net) {
+            return Err(OpError::Invalid(format!(
+                "net {} is reached through routers here; remove its routes first",
                 nid.net
             )));
         }
@@ -322,6 +276,41 @@ impl Node {
         self.ops.len()
     }
 
+    // ---- routes -------------------------------------------------------------------------
+
+    /// Adds a route (or updates the one through the same gateway to the same net). The
+    /// gateway must be on one of this node's nets, and the net must not be.
+    pub fn add_route(&mut self, route: Route) -> Result<(), OpError> {
+        if self.nis.iter().any(|ni| ni.nid.net == route.net) {
+            return Err(OpError::Invalid(format!(
+                "net {} is one of this node's own nets: no route needed",
+                route.net
+            )));
+        }
+        if self.ni_of(route.gateway).is_none() {
+            return Err(OpError::Invalid(format!(
+                "gateway {} is not on any net of this node",
+                route.gateway
+            )));
+        }
+        if route.hops == 0 {
+            return Err(OpError::Invalid("a route has at least one hop".into()));
+        }
+        self.routes.add(route);
+        Ok(())
+    }
+
+    /// Removes the route to `net` through `gateway`; false if there was none. Frames already
+    /// on their way through it are not called back.
+    pub fn remove_route(&mut self, net: crate::nid::Net, gateway: Nid) -> bool {
+        self.routes.remove(net, gateway)
+    }
+
+    /// Every route, sorted by net, priority and hops.
+    pub fn routes(&self) -> Vec<Route> {
+        self.routes.all()
+    }
+
     // ---- application inputs -------------------------------------------------------------
 
     pub fn put(&mut self, now: Time, id: OpId, req: PutRequest) -> Result<(), SubmitError> {
@@ -346,19 +335,14 @@ impl Node {
     pub fn attach(&mut self, id: OpId, entry: MatchEntry) -> Result<(), SubmitError> {
         self.clock = None;
         self.check_id(id)?;
-        let seq = self.take_seq();
+        let seq = self.ops.take_seq();
         if let Some(error) = self.shut_down.clone() {
             self.push_completion(id, Err(error));
             return Ok(());
         }
         self.portals.entry(entry.portal).or_default().push(id);
-        let op = Op {
-            seq,
-            kind: OpKind::Entry(entry),
-            stage: Stage::Queued,
-            reserved: false,
-        };
-        self.ops.insert(id, op);
+        self.ops
+            .insert(id, Op::new(seq, OpKind::Entry(entry)), None);
         Ok(())
     }
 
@@ -367,7 +351,7 @@ impl Node {
     /// Unknown or finished ids are ignored.
     pub fn cancel(&mut self, id: OpId) {
         self.clock = None;
-        if self.ops.contains_key(&id) {
+        if self.ops.contains(id) {
             self.complete(id, Err(OpError::Cancelled));
         }
     }
@@ -389,43 +373,29 @@ impl Node {
     pub fn abort(&mut self, error: OpError) {
         self.clock = None;
         self.shut_down = Some(error.clone());
-        let mut live: Vec<(u64, OpId)> = self.ops.iter().map(|(id, op)| (op.seq, *id)).collect();
-        live.sort_unstable();
-        for (_, id) in live {
+        for id in self.ops.ids() {
             self.complete(id, Err(error.clone()));
         }
-        for peer in self.peers.values_mut() {
+        for hop in self.hops.values_mut() {
             for lane in Lane::ALL {
-                peer.lanes[lane].queue.clear();
-                peer.lanes[lane].answers.clear();
+                hop.lanes[lane].queue.clear();
+                hop.lanes[lane].answers.clear();
             }
         }
-        self.deadlines.clear();
     }
 
     /// Removes every live operation without touching anything else, and returns their ids
     /// in submission order: for completing them from outside after a panic left the node's
     /// other state in doubt.
     pub fn take_live_ops(&mut self) -> Vec<OpId> {
-        self.ops_to.clear();
-        let mut live: Vec<(u64, OpId)> = self.ops.drain().map(|(id, op)| (op.seq, id)).collect();
-        live.sort_unstable();
-        live.into_iter().map(|(_, id)| id).collect()
+        self.ops.drain()
     }
 
     // ---- time ---------------------------------------------------------------------------
 
     /// When the node next needs [`Node::handle_timeout`].
     pub fn poll_timeout(&mut self) -> Option<Time> {
-        let mut op = None;
-        while let Some(Reverse((t, seq, id))) = self.deadlines.peek().copied() {
-            if self.ops.get(&id).is_some_and(|op| op.seq == seq) {
-                op = Some(t);
-                break;
-            }
-            self.deadlines.pop();
-        }
-        match (op, self.health.next_deadline()) {
+        match (self.ops.next_deadline(), self.health.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -435,32 +405,27 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Time) {
         self.clock = Some(now);
         self.health_timeout(now);
-        while let Some(Reverse((t, seq, id))) = self.deadlines.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.deadlines.pop();
-            let Some(op) = self.ops.get(&id).filter(|op| op.seq == seq) else {
+        while let Some(id) = self.ops.pop_expired(now) {
+            let Some(op) = self.ops.get(id) else {
                 continue;
             };
             let error = match op.stage {
-                Stage::Queued => {
-                    let connected = op.route().is_some_and(|(peer, lane)| {
-                        self.peers
-                            .get(&peer)
-                            .is_some_and(|p| matches!(p.lanes[lane].conn, Conn::Up { .. }))
-                    });
-                    if connected {
-                        OpError::LocalTimeout
-                    } else {
-                        OpError::NetworkTimeout
-                    }
-                }
-                Stage::InLnd => OpError::NetworkTimeout,
+                // Connected but no credit: LNet blames the local side.
+                Stage::Queued if self.hop_is_up(op) => OpError::LocalTimeout,
+                Stage::Queued | Stage::InLnd => OpError::NetworkTimeout,
                 Stage::Awaiting => OpError::RemoteTimeout,
             };
             self.complete(id, Err(error));
         }
+    }
+
+    fn hop_is_up(&self, op: &Op) -> bool {
+        let lane = op.target().map_or(Lane::Data, |(_, l)| l);
+        op.via.is_some_and(|via| {
+            self.hops
+                .get(&via)
+                .is_some_and(|h| matches!(h.lanes[lane].conn, Conn::Up { .. }))
+        })
     }
 
     // ---- outputs ------------------------------------------------------------------------
@@ -469,27 +434,21 @@ impl Node {
     pub fn poll_transmit(&mut self) -> Option<(NiId, Transmit)> {
         Lane::ALL
             .into_iter()
-            .find_map(|lane| self.transmits[lane].pop_front())
+            .find_map(|lane| self.out.transmits[lane].pop_front())
     }
 
     pub fn poll_request(&mut self) -> Option<(NiId, LndRequest)> {
-        self.requests.pop_front()
+        self.out.requests.pop_front()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.out.events.pop_front()
     }
 
-    // ---- internals shared by tx and rx --------------------------------------------------
-
-    fn take_seq(&mut self) -> u64 {
-        let s = self.next_seq;
-        self.next_seq += 1;
-        s
-    }
+    // ---- internals shared by the submodules ---------------------------------------------
 
     fn check_id(&self, id: OpId) -> Result<(), SubmitError> {
-        if self.ops.contains_key(&id) {
+        if self.ops.contains(id) {
             Err(SubmitError::DuplicateOpId(id))
         } else {
             Ok(())
@@ -506,14 +465,8 @@ impl Node {
     ) -> Result<(), SubmitError> {
         self.clock = Some(now);
         self.check_id(id)?;
-        let seq = self.take_seq();
-        let op = Op {
-            seq,
-            kind,
-            stage: Stage::Queued,
-            reserved: false,
-        };
-        let (dst, lane) = op.route().expect("submit is for ops that send");
+        let op = Op::new(self.ops.take_seq(), kind);
+        let (dst, _) = op.target().expect("submit is for ops that send");
         let early = if let Some(error) = &self.shut_down {
             Some(error.clone())
         } else if let Some(why) = invalid {
@@ -532,28 +485,22 @@ impl Node {
         }
         let deadline = now + timeout.unwrap_or(self.cfg.op_timeout);
         self.health.interest_started(dst, now);
-        self.ops_to.entry(dst).or_default().insert((seq, id));
-        self.ops.insert(id, op);
-        // After the insert: a sweep this push triggers keeps the deadlines of live ops.
-        self.push_deadline(deadline, seq, id);
-        self.enqueue(dst, lane, Pending::Op { id, seq });
+        self.ops.insert(id, op, Some(deadline));
+        self.send_op(id);
         Ok(())
     }
 
     /// Ends a live op: removes every trace that could complete it again, and reports it.
     pub(crate) fn complete(&mut self, id: OpId, result: Result<OpOutcome, OpError>) {
-        let Some(op) = self.ops.remove(&id) else {
+        let Some(op) = self.ops.remove(id) else {
             debug_assert!(false, "{id} completed twice");
             return;
         };
-        self.awaiting.remove(&op.seq);
-        if let Some((dst, _)) = op.route() {
+        if let Some((dst, _)) = op.target() {
             self.health.interest_ended(dst);
-            // An emptied set stays, keeping its node: the next op to this peer then costs
-            // no allocation (the peer's record stays too).
-            if let Some(to) = self.ops_to.get_mut(&dst) {
-                to.remove(&(op.seq, id));
-            }
+        }
+        if let Some(router) = op.router() {
+            self.health.interest_ended(router);
         }
         if let OpKind::Entry(entry) = &op.kind {
             if let Some(list) = self.portals.get_mut(&entry.portal) {
@@ -563,56 +510,44 @@ impl Node {
                 }
             }
         }
-        // Queue slots and deadlines are dropped lazily: they no longer find a live op with
-        // this seq.
         self.push_completion(id, result);
     }
 
-    /// Books the deadline of op `id`, already live. Those of ops that completed early stay
-    /// in the heap until they pass or the heap is swept, which happens whenever they are
-    /// the majority: the heap stays within twice the live ops (plus a little), at
-    /// amortised O(1) a push.
-    fn push_deadline(&mut self, deadline: Time, seq: u64, id: OpId) {
-        self.deadlines.push(Reverse((deadline, seq, id)));
-        if self.deadlines.len() > 2 * self.ops.len() + DEADLINE_SLACK {
-            let ops = &self.ops;
-            self.deadlines
-                .retain(|Reverse((_, seq, id))| ops.get(id).is_some_and(|op| op.seq == *seq));
-        }
-    }
-
-    /// Live ops to `peer` in submission order, for which `doomed` holds.
-    pub(crate) fn ops_to_peer(&self, peer: Nid, doomed: impl Fn(&Op) -> bool) -> Vec<OpId> {
-        self.ops_to.get(&peer).map_or_else(Vec::new, |to| {
-            to.iter()
-                .filter(|(_, id)| self.ops.get(id).is_some_and(&doomed))
-                .map(|(_, id)| *id)
-                .collect()
-        })
-    }
-
     fn push_completion(&mut self, op: OpId, result: Result<OpOutcome, OpError>) {
-        self.events
+        self.out
+            .events
             .push_back(Event::Completed(Completion { op, result }));
     }
 
-    /// Whether frames can be sent to `nid`: another node, on a net we have an NI on.
+    /// Whether frames can be sent to `nid`: another node, on a net we have an NI on or a
+    /// route to.
     fn check_reachable(&self, nid: Nid) -> Result<(), OpError> {
-        if self.nis.iter().any(|ni| ni.nid == nid) {
+        if self.is_local(nid) {
             return Err(OpError::Invalid(format!(
                 "{nid} is this node; sending to oneself is not supported"
             )));
         }
-        match self.ni_of(nid) {
-            Some(_) => Ok(()),
-            None => Err(OpError::NoRoute(nid)),
+        if self.ni_of(nid).is_some() || self.routes.has_routes_to(nid.net) {
+            Ok(())
+        } else {
+            Err(OpError::NoRoute(nid))
         }
     }
 
+    /// Whether `nid` is one of this node's own NIDs.
+    pub(crate) fn is_local(&self, nid: Nid) -> bool {
+        self.nis.iter().any(|ni| ni.nid == nid)
+    }
+
+    /// The NI on `nid`'s net, if this node has one.
     pub(crate) fn ni_of(&self, nid: Nid) -> Option<NiId> {
         self.nis
             .iter()
             .position(|ni| ni.nid.net == nid.net)
             .map(NiId)
+    }
+
+    pub(crate) fn end_entry(&mut self, nid: Nid) -> &mut End {
+        self.ends.entry(nid).or_default()
     }
 }

@@ -1,8 +1,14 @@
 //! Driver events: connections coming and going, frames arriving, sends finishing.
+//!
+//! A frame arrives on a connection from a hop, and names its ends. Credits belong to the
+//! hop; everything else (who asked, who answers, incarnations) to the ends. Frames for one
+//! of our NIDs are handled here; others are forwarded, if this node is a router.
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Conn, Fetch, Incoming, LndRequest, NiId, Node, OpKind, Pending, Stage};
+use super::ops::{OpKind, Stage};
+use super::peers::{Conn, Hop, Pending};
+use super::{Fetch, Incoming, LndRequest, NiId, Node};
 use crate::credits::LaneCredits;
 use crate::handshake::PeerHello;
 use crate::lane::Lane;
@@ -10,7 +16,7 @@ use crate::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, RxPayload};
 use crate::nid::Nid;
 use crate::op::{Event, OpError, OpOutcome, RejectReason};
 use crate::time::Time;
-use crate::wire::{Body, Header, Status};
+use crate::wire::{Body, Header, NackReason, Status};
 
 impl Node {
     /// Feeds one driver event from NI `ni` into the node.
@@ -53,8 +59,8 @@ impl Node {
             return;
         }
         let hiw = self.cfg.lanes[lane].credits_hiw;
-        let peer = self.peer_entry(nid, ni);
-        if let Conn::Up { hello: current, .. } = &peer.lanes[lane].conn {
+        let hop = self.hops.entry(nid).or_insert_with(|| Hop::new(ni));
+        if let Conn::Up { hello: current, .. } = &hop.lanes[lane].conn {
             if *current == hello {
                 // The answer to a connect request made while the driver replaced the
                 // connection (Disconnected, then Connected): the lane is up already, and
@@ -70,94 +76,123 @@ impl Node {
             self.lane_lost(nid, lane);
             if same_life {
                 let error = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
-                self.fail_awaiting(nid, Some(lane), || error.clone().into());
+                self.fail_sent_via(nid, Some(lane), || error.clone().into());
             }
         }
-        let peer = self.peer_entry(nid, ni);
-        let old = peer.incarnation.replace(hello.incarnation);
-        peer.lanes[lane].conn = Conn::Up {
+        let serial = self.next_conn_serial;
+        self.next_conn_serial += 1;
+        self.hop_lane(nid, lane).conn = Conn::Up {
             credits: LaneCredits::new(hello.credits, local, hiw),
             hello,
+            serial,
         };
-        if let Some(old) = old.filter(|&o| o != hello.incarnation) {
-            self.events.push_back(Event::PeerRestarted {
-                peer: nid,
-                old,
-                new: hello.incarnation,
-                at: now,
-            });
-            // Whatever the old incarnation was answering is gone with it.
-            self.fail_awaiting(nid, None, || OpError::PeerRestarted);
-        }
+        self.seen_incarnation(now, nid, hello.incarnation);
         self.heard(now, nid);
         self.pump(nid, lane);
     }
 
-    fn on_connect_failed(&mut self, nid: Nid, lane: Lane, error: LndError) {
-        let Some(peer) = self.peers.get_mut(&nid) else {
-            return;
-        };
-        let pl = &mut peer.lanes[lane];
-        if matches!(pl.conn, Conn::Up { .. }) {
-            return; // a losing duplicate attempt; the lane is up
-        }
-        pl.conn = Conn::Down;
-        let queued = std::mem::take(&mut pl.queue);
-        // Operations waiting for a Down peer keep waiting (its return pumps them); the
-        // rest fail with the connection error.
-        let (keep, fail): (Vec<Pending>, Vec<Pending>) = queued
-            .into_iter()
-            .partition(|p| matches!(p, Pending::Op { id, .. } if self.waits_for_peer(*id)));
-        if let Some(peer) = self.peers.get_mut(&nid) {
-            peer.lanes[lane].queue.extend(keep);
-        }
-        self.fail_queued(fail, &error);
-    }
-
-    fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {
-        if !self.peers.contains_key(&nid) {
-            return;
-        }
-        self.lane_lost(nid, lane);
-        // Requests on this connection cannot be answered any more.
-        self.fail_awaiting(nid, Some(lane), || error.clone().into());
-        // Queued requests wait for a new connection (within their deadlines).
-        self.pump(nid, lane);
-    }
-
-    /// The (peer, lane) connection is gone: what only it could carry goes with it.
-    fn lane_lost(&mut self, nid: Nid, lane: Lane) {
-        let Some(peer) = self.peers.get_mut(&nid) else {
-            return;
-        };
-        let pl = &mut peer.lanes[lane];
-        pl.conn = Conn::Down;
-        // Answers owed to the peer die with the connection; its own deadlines cover it.
-        self.stats.responses_dropped += pl.answers.len() as u64;
-        pl.answers.clear();
-        pl.queue.retain(|p| matches!(p, Pending::Op { .. }));
-    }
-
-    fn fail_queued(&mut self, queued: impl IntoIterator<Item = Pending>, error: &LndError) {
-        for p in queued {
-            match p {
-                Pending::Op { id, seq } => {
-                    if self.ops.get(&id).is_some_and(|op| op.seq == seq) {
-                        self.complete(id, Err(error.clone().into()));
-                    }
-                }
-                Pending::HealthPing { .. } => {} // the monitor pings again if it must
+    /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
+    /// it was another before, it restarted, and whatever the old one owed us is lost.
+    fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64) {
+        let old = self.end_entry(nid).incarnation.replace(incarnation);
+        if let Some(old) = old.filter(|&o| o != incarnation) {
+            self.out.events.push_back(Event::PeerRestarted {
+                peer: nid,
+                old,
+                new: incarnation,
+                at: now,
+            });
+            let doomed = self.ops.of_peer(nid, |op| {
+                op.stage != Stage::Queued && op.target().is_some_and(|(d, _)| d == nid)
+            });
+            for id in doomed {
+                self.complete(id, Err(OpError::PeerRestarted));
             }
         }
     }
 
-    /// Completes ops to `nid` (on `lane`, or any lane) whose request went out and whose
-    /// answer is now impossible.
-    fn fail_awaiting(&mut self, nid: Nid, lane: Option<Lane>, error: impl Fn() -> OpError) {
-        let doomed = self.ops_to_peer(nid, |op| {
+    fn on_connect_failed(&mut self, nid: Nid, lane: Lane, error: LndError) {
+        let Some(hop) = self.hops.get_mut(&nid) else {
+            return;
+        };
+        let hl = &mut hop.lanes[lane];
+        if matches!(hl.conn, Conn::Up { .. }) {
+            return; // a losing duplicate attempt; the lane is up
+        }
+        hl.conn = Conn::Down;
+        self.stats.responses_dropped += hl.answers.len() as u64;
+        hl.answers.clear();
+        let queued = std::mem::take(&mut hl.queue);
+        let mut keep = std::collections::VecDeque::new();
+        for p in queued {
+            match p {
+                // Operations waiting for a Down target keep waiting (its return pumps
+                // them); routed ones try another gateway; the rest fail with the error.
+                Pending::Op { id, seq } => {
+                    let Some(op) = self.ops.live(id, seq) else {
+                        continue;
+                    };
+                    if op.router().is_some() {
+                        self.resend(id, &error.clone().into());
+                    } else if self.waits_for_peer(id) {
+                        keep.push_back(p);
+                    } else {
+                        self.complete(id, Err(error.clone().into()));
+                    }
+                }
+                // The monitor pings again if it must.
+                Pending::HealthPing { .. } => {}
+                Pending::Forward(f) => self.refuse_forward(*f, NackReason::NextHopDown),
+            }
+        }
+        if let Some(hop) = self.hops.get_mut(&nid) {
+            hop.lanes[lane].queue.extend(keep);
+        }
+    }
+
+    fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {
+        if !self.hops.contains_key(&nid) {
+            return;
+        }
+        self.lane_lost(nid, lane);
+        // Requests that went on this connection cannot be answered on it any more.
+        self.fail_sent_via(nid, Some(lane), || error.clone().into());
+        // Queued requests wait for a new connection (within their deadlines).
+        self.pump(nid, lane);
+    }
+
+    /// The (hop, lane) connection is gone: what only it could carry goes with it.
+    fn lane_lost(&mut self, nid: Nid, lane: Lane) {
+        let Some(hop) = self.hops.get_mut(&nid) else {
+            return;
+        };
+        let hl = &mut hop.lanes[lane];
+        hl.conn = Conn::Down;
+        // Answers owed die with the connection; the initiators' own deadlines cover them.
+        self.stats.responses_dropped += hl.answers.len() as u64;
+        hl.answers.clear();
+        let forwards = hl.take_forwards();
+        // Our own requests wait for a new connection; the monitor pings again if it must.
+        hl.queue.retain(|p| matches!(p, Pending::Op { .. }));
+        // A router holds nothing for a next hop that went away (LU-17855): refused now.
+        for f in forwards {
+            self.refuse_forward(f, NackReason::NextHopDown);
+        }
+    }
+
+    /// Completes the ops whose request went to hop `nid` (on `lane`, or any lane) and
+    /// whose answer is now in doubt.
+    pub(super) fn fail_sent_via(
+        &mut self,
+        nid: Nid,
+        lane: Option<Lane>,
+        error: impl Fn() -> OpError,
+    ) {
+        let doomed = self.ops.of_peer(nid, |op| {
             op.stage != Stage::Queued
+                && op.via == Some(nid)
                 && op
-                    .route()
+                    .target()
                     .is_some_and(|(_, l)| lane.is_none_or(|lane| lane == l))
         });
         for id in doomed {
@@ -169,12 +204,12 @@ impl Node {
     pub(super) fn protocol_error(&mut self, ni: NiId, nid: Nid, lane: Lane, what: String) {
         tracing::warn!(%nid, %lane, "protocol error: {what}");
         self.stats.protocol_errors += 1;
-        self.events.push_back(Event::ProtocolError {
+        self.out.events.push_back(Event::ProtocolError {
             peer: nid,
             lane,
             error: what.clone(),
         });
-        self.requests.push_back((
+        self.out.requests.push_back((
             ni,
             LndRequest::Close {
                 peer: nid,
@@ -184,6 +219,7 @@ impl Node {
         ));
     }
 
+    /// A frame from hop `nid`: credits first (they are the hop's), then by destination.
     fn on_frame(
         &mut self,
         now: Time,
@@ -195,43 +231,50 @@ impl Node {
     ) {
         self.stats.frames_received += 1;
         self.heard(now, nid);
-        let local = self.nis[ni.0].nid;
-        if h.src != nid || h.dst != local || h.lane != lane {
-            let what = format!(
-                "frame {} -> {} on the {} lane arrived on the {lane} connection from {nid} to {local}",
-                h.src, h.dst, h.lane
-            );
+        if let Err(what) = self.check_frame(ni, nid, lane, &h, &payload) {
+            self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, what);
         }
-        if payload.len() != h.payload_len as usize {
-            let what = format!(
-                "driver delivered {} payload bytes for a header saying {}",
-                payload.len(),
-                h.payload_len
-            );
-            return self.protocol_error(ni, nid, lane, what);
-        }
-        let Some(Conn::Up { credits, .. }) =
-            self.peers.get_mut(&nid).map(|p| &mut p.lanes[lane].conn)
+        let Some(Conn::Up {
+            credits, serial, ..
+        }) = self.hops.get_mut(&nid).map(|p| &mut p.lanes[lane].conn)
         else {
             let what = format!("frame from {nid} on the {lane} lane before its connection was up");
+            self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, what);
         };
+        let serial = *serial;
         let mut accounting = credits.on_returned(h.credits);
         if accounting.is_ok() && h.frame_type().consumes_credit() {
             accounting = credits.on_consumed();
         }
         if let Err(e) = accounting {
+            self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, e.to_string());
         }
+        if !self.is_local(h.dst) {
+            self.forward(ni, nid, lane, serial, h, payload);
+            return self.pump(nid, lane);
+        }
+        if h.src != nid {
+            // Started behind a router: the frame is all we hear of that end.
+            self.seen_incarnation(now, h.src, h.src_incarnation);
+            self.heard(now, h.src);
+        }
+        let req = Incoming {
+            from: h.src,
+            to: h.dst,
+            lane,
+            portal: 0,
+            match_bits: 0,
+            msg_id: h.msg_id,
+        };
         match h.body {
             Body::Put { portal, match_bits } => {
                 let req = Incoming {
-                    from: nid,
-                    lane,
                     portal,
                     match_bits,
-                    msg_id: h.msg_id,
+                    ..req
                 };
                 self.rx_put(ni, req, payload)
             }
@@ -241,27 +284,27 @@ impl Node {
                 want_len,
             } => {
                 let req = Incoming {
-                    from: nid,
-                    lane,
                     portal,
                     match_bits,
-                    msg_id: h.msg_id,
+                    ..req
                 };
                 self.rx_get(req, want_len)
             }
             Body::Ack { status, mlen } => {
-                self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Ack(status, mlen))
+                self.rx_answer(now, ni, nid, &h, Answer::Ack(status, mlen))
             }
             Body::Reply { status } => {
-                self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Reply(status, payload))
+                self.rx_answer(now, ni, nid, &h, Answer::Reply(status, payload))
             }
             Body::Pong { .. } => {
                 self.decline_deferred(ni, payload);
-                self.rx_answer(now, ni, nid, lane, h.msg_id, Answer::Pong)
+                self.rx_answer(now, ni, nid, &h, Answer::Pong)
             }
-            Body::Ping { seq } => {
-                self.respond(nid, lane, Body::Pong { seq }, h.msg_id, Bytes::new())
+            Body::Nack { reason, target } => {
+                self.stats.nacks_received += 1;
+                self.rx_answer(now, ni, nid, &h, Answer::Nack(reason, target))
             }
+            Body::Ping { seq } => self.respond(req, Body::Pong { seq }, Bytes::new()),
             Body::Credit => {}
             Body::Hello { .. } => {
                 let what = "HELLO on an established connection".to_owned();
@@ -272,24 +315,61 @@ impl Node {
         self.pump(nid, lane);
     }
 
-    /// An ACK, REPLY or PONG for one of our operations.
-    fn rx_answer(
-        &mut self,
-        now: Time,
+    /// What is wrong with a frame from hop `nid`, if anything, before it is trusted.
+    fn check_frame(
+        &self,
         ni: NiId,
-        from: Nid,
+        nid: Nid,
         lane: Lane,
-        msg_id: u64,
-        answer: Answer,
-    ) {
+        h: &Header,
+        payload: &RxPayload,
+    ) -> Result<(), String> {
+        let local = self.nis[ni.0].nid;
+        if h.lane != lane {
+            return Err(format!(
+                "frame of the {} lane arrived on the {lane} connection from {nid}",
+                h.lane
+            ));
+        }
+        if payload.len() != h.payload_len as usize {
+            return Err(format!(
+                "driver delivered {} payload bytes for a header saying {}",
+                payload.len(),
+                h.payload_len
+            ));
+        }
+        // An end node hears its own nets' nodes only from themselves; from other nets,
+        // through routers. (A router may pass on frames from anywhere.)
+        let src_is_neighbour = self.ni_of(h.src).is_some();
+        if !self.cfg.forwarding && src_is_neighbour && h.src != nid {
+            return Err(format!(
+                "frame {} -> {} arrived on the connection from {nid} to {local}",
+                h.src, h.dst
+            ));
+        }
+        // Credit frames concern the hop alone.
+        if h.frame_type() == crate::wire::FrameType::Credit && (h.src != nid || h.dst != local) {
+            return Err(format!("CREDIT frame {} -> {} from {nid}", h.src, h.dst));
+        }
+        Ok(())
+    }
+
+    /// An ACK, REPLY, PONG or NACK for one of our operations, from its target (or, for a
+    /// NACK, from a router on the way), by way of hop `hop`.
+    fn rx_answer(&mut self, now: Time, ni: NiId, hop: Nid, h: &Header, answer: Answer) {
+        // Answers are matched on the message and its far end, not on the connection: the
+        // way back need not be the way out.
+        let target = match answer {
+            Answer::Nack(_, target) => target,
+            _ => h.src,
+        };
         let op = self
-            .awaiting
-            .get(&msg_id)
-            .copied()
-            .filter(|id| self.ops.get(id).and_then(|op| op.route()) == Some((from, lane)));
+            .ops
+            .answering(h.msg_id)
+            .filter(|id| self.ops.get(*id).and_then(|op| op.target()) == Some((target, h.lane)));
         let Some(id) = op else {
-            if msg_id & super::health::HEALTH_PING_BIT != 0 {
-                return; // the monitor's own PING: being heard was the point
+            if h.msg_id & super::health::HEALTH_PING_BIT != 0 {
+                return; // the monitor's own PING: being heard (or refused) was the point
             }
             // Not (or no longer) ours to answer: e.g. it timed out.
             self.stats.late_responses += 1;
@@ -298,17 +378,22 @@ impl Node {
             }
             return;
         };
-        let op = &self.ops[&id];
+        let op = self.ops.get(id).expect("found above");
         if let Some(what) = answer.exceeds(&op.kind) {
             // A peer must not hand the application more than it asked for.
-            let what = format!("{what} from {from}");
+            let what = format!("{what} from {}", h.src);
             if let Answer::Reply(_, payload) = answer {
                 self.decline_deferred(ni, payload);
             }
             self.complete(id, Err(OpError::Protocol(what.clone())));
-            return self.protocol_error(ni, from, lane, what);
+            return self.protocol_error(ni, hop, h.lane, what);
         }
         let result = match (&op.kind, answer) {
+            (_, Answer::Nack(reason, _)) => {
+                tracing::debug!(op = %id, by = %h.src, %reason, "request refused on the way");
+                let error = nack_error(reason, target, h.src);
+                return self.resend(id, &error);
+            }
             (OpKind::Put(_), Answer::Ack(Status::Ok, mlen)) => Ok(OpOutcome::Put { mlen }),
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Inline(data))) => {
                 Ok(OpOutcome::Get { data })
@@ -318,7 +403,8 @@ impl Node {
                 self.fetching
                     .insert((ni, handle), Fetch::Reply { op: id, seq });
                 let sink = BytesMut::with_capacity(len as usize);
-                self.requests
+                self.out
+                    .requests
                     .push_back((ni, LndRequest::Fetch { handle, sink }));
                 return;
             }
@@ -355,7 +441,7 @@ impl Node {
                 self.stats.protocol_errors += 1;
             }
             Some(Fetch::Reply { op, seq }) => {
-                if self.ops.get(&op).is_some_and(|o| o.seq == seq) {
+                if self.ops.live(op, seq).is_some() {
                     let result = result.map(|data| OpOutcome::Get { data });
                     self.complete(op, result.map_err(OpError::from));
                 } else {
@@ -367,6 +453,9 @@ impl Node {
                 entry,
                 entry_seq,
             }) => self.put_fetched(req, (entry, entry_seq), result),
+            Some(Fetch::Forward { header, upstream }) => {
+                self.forward_fetched(header, upstream, result)
+            }
         }
     }
 }
@@ -382,10 +471,19 @@ fn status_error(status: Status) -> OpError {
     }
 }
 
+/// What a NACK means for the initiator when no other way is left.
+fn nack_error(reason: NackReason, target: Nid, by: Nid) -> OpError {
+    match reason {
+        NackReason::NoRoute => OpError::NoRoute(target),
+        _ => OpError::Network(format!("refused by {by} on the way to {target}: {reason}")),
+    }
+}
+
 pub(super) enum Answer {
     Ack(Status, u32),
     Reply(Status, RxPayload),
     Pong,
+    Nack(NackReason, Nid),
 }
 
 impl Answer {

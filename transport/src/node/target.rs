@@ -3,18 +3,22 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Conn, Fetch, LndRequest, NiId, Node, OpKind, Response, ANSWER_BACKLOG_PER_CREDIT};
+use super::ops::OpKind;
+use super::peers::{Hop, Response};
+use super::{Fetch, LndRequest, NiId, Node, ANSWER_BACKLOG_PER_CREDIT};
 use crate::lane::Lane;
 use crate::lnd::{LndError, RxPayload};
 use crate::nid::Nid;
 use crate::op::{Delivery, EntryKind, Event, OpId, OpOutcome, Refused, RejectReason};
 use crate::wire::{Body, Status};
 
-/// Who sent an incoming request, on which lane, what it addressed, and the message id its
-/// answer must echo.
+/// Who started an incoming request, which of our NIDs it addressed, on which lane, what it
+/// matches, and the message id its answer must echo.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Incoming {
+    /// The initiator (not the router it came through).
     pub(crate) from: Nid,
+    pub(crate) to: Nid,
     pub(crate) lane: Lane,
     pub(crate) portal: u32,
     pub(crate) match_bits: u64,
@@ -22,23 +26,32 @@ pub(crate) struct Incoming {
 }
 
 impl Node {
-    /// Queues an answer (ACK, REPLY, PONG) to `nid`, if the lane is still up to carry it.
-    pub(super) fn respond(
-        &mut self,
-        nid: Nid,
-        lane: Lane,
-        body: Body,
-        msg_id: u64,
-        payload: Bytes,
-    ) {
-        let Some(pl) = self.peers.get_mut(&nid).map(|p| &mut p.lanes[lane]) else {
-            return;
+    /// Queues the answer (ACK, REPLY, PONG) to request `req` at the next hop towards its
+    /// initiator: the initiator itself, or any usable router (not necessarily the one the
+    /// request came through).
+    pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
+        let answer = Response {
+            src: req.to,
+            dst: req.from,
+            body,
+            msg_id: req.msg_id,
+            payload,
         };
-        if !matches!(pl.conn, Conn::Up { .. }) {
+        self.send_answer(req.lane, answer);
+    }
+
+    /// Queues an answer at the next hop towards `answer.dst`, within the hop lane's bound.
+    pub(super) fn send_answer(&mut self, lane: Lane, answer: Response) {
+        let Some(hop) = self.next_hop(answer.dst, &[]) else {
             self.stats.responses_dropped += 1;
             return;
-        }
+        };
+        let Some(ni) = self.ni_of(hop) else {
+            return;
+        };
+        let pl = &mut self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane];
         let cap = ANSWER_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits);
+        let (nid, body) = (answer.dst, answer.body);
         if pl.answers.len() >= cap {
             let shed = match body {
                 Body::Pong { .. } => &mut self.stats.pings_shed,
@@ -54,22 +67,19 @@ impl Node {
             }
             return;
         }
-        pl.answers.push_back(Response {
-            body,
-            msg_id,
-            payload,
-        });
+        pl.answers.push_back(answer);
+        self.pump(hop, lane);
     }
 
     fn ack(&mut self, req: Incoming, status: Status, mlen: u32) {
-        let body = Body::Ack { status, mlen };
-        self.respond(req.from, req.lane, body, req.msg_id, Bytes::new());
+        self.respond(req, Body::Ack { status, mlen }, Bytes::new());
     }
 
     /// Releases a deferred payload that will not be fetched.
     pub(super) fn decline_deferred(&mut self, ni: NiId, payload: RxPayload) {
         if let RxPayload::Deferred { handle, .. } = payload {
-            self.requests
+            self.out
+                .requests
                 .push_back((ni, LndRequest::Decline { handle }));
         }
     }
@@ -82,7 +92,7 @@ impl Node {
         }
         if reason == RejectReason::NoMatch && self.undelivered < self.cfg.max_undelivered {
             self.undelivered += 1;
-            self.events.push_back(Event::Refused(Refused {
+            self.out.events.push_back(Event::Refused(Refused {
                 from: req.from,
                 portal: req.portal,
                 match_bits: req.match_bits,
@@ -96,7 +106,9 @@ impl Node {
     /// that is not reserved by a payload in transit.
     fn find_entry(&self, req: Incoming, fits: impl Fn(&EntryKind) -> bool) -> Option<OpId> {
         self.portals.get(&req.portal)?.iter().copied().find(|id| {
-            let op = &self.ops[id];
+            let Some(op) = self.ops.get(*id) else {
+                return false;
+            };
             matches!(&op.kind, OpKind::Entry(e)
                 if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
         })
@@ -104,13 +116,13 @@ impl Node {
 
     /// After a match: unlink a use-once entry.
     fn matched(&mut self, entry: OpId) {
-        if matches!(&self.ops[&entry].kind, OpKind::Entry(e) if e.once) {
+        if matches!(self.ops.get(entry).map(|o| &o.kind), Some(OpKind::Entry(e)) if e.once) {
             self.complete(entry, Ok(OpOutcome::Unlinked));
         }
     }
 
     fn deliver(&mut self, entry: OpId, req: Incoming, payload: Bytes) {
-        self.events.push_back(Event::Delivered(Delivery {
+        self.out.events.push_back(Event::Delivered(Delivery {
             entry,
             from: req.from,
             portal: req.portal,
@@ -146,7 +158,7 @@ impl Node {
                         Status::Ok
                     }
                     RxPayload::Deferred { handle, len } => {
-                        let op = self.ops.get_mut(&entry).expect("matched a live entry");
+                        let op = self.ops.get_mut(entry).expect("matched a live entry");
                         op.reserved = matches!(&op.kind, OpKind::Entry(e) if e.once);
                         let fetch = Fetch::Put {
                             req,
@@ -155,7 +167,8 @@ impl Node {
                         };
                         self.fetching.insert((ni, handle), fetch);
                         let sink = BytesMut::with_capacity(len as usize);
-                        self.requests
+                        self.out
+                            .requests
                             .push_back((ni, LndRequest::Fetch { handle, sink }));
                         return; // ACKed once the payload is in
                     }
@@ -175,7 +188,7 @@ impl Node {
     ) {
         let live = self
             .ops
-            .get_mut(&entry)
+            .get_mut(entry)
             .filter(|op| op.seq == entry_seq)
             .map(|op| op.reserved = false)
             .is_some();
@@ -192,7 +205,6 @@ impl Node {
             }
         };
         self.ack(req, status, mlen);
-        self.pump(req.from, req.lane);
     }
 
     pub(super) fn rx_get(&mut self, req: Incoming, want_len: u32) {
@@ -203,7 +215,7 @@ impl Node {
                 (Status::NoMatch, Bytes::new())
             }
             Some(entry) => {
-                let OpKind::Entry(e) = &self.ops[&entry].kind else {
+                let Some(OpKind::Entry(e)) = self.ops.get(entry).map(|o| &o.kind) else {
                     unreachable!("find_entry returns entries")
                 };
                 let EntryKind::Source { data } = &e.kind else {
@@ -214,6 +226,6 @@ impl Node {
                 (Status::Ok, data)
             }
         };
-        self.respond(req.from, req.lane, Body::Reply { status }, req.msg_id, data);
+        self.respond(req, Body::Reply { status }, data);
     }
 }

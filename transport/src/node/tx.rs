@@ -1,93 +1,180 @@
-//! The send path: peer-lane queues, credits, and frames handed to drivers.
+//! The send path: choosing the next hop, hop-lane queues, credits, and frames handed to
+//! drivers.
 
 use bytes::Bytes;
 
 use super::health::HEALTH_PING_BIT;
-use super::{Conn, InLnd, LndRequest, NiId, Node, OpKind, Peer, PeerLane, Pending, Stage};
-use crate::lane::{Lane, PerLane};
+use super::ops::OpKind;
+use super::peers::{Conn, Hop, Pending, Upstream};
+use super::routes::Standing;
+use super::{InLnd, LndRequest, NiId, Node};
+use crate::health::HEALTH_MAX;
+use crate::lane::Lane;
 use crate::lnd::{LndError, Transmit, TxToken};
 use crate::nid::Nid;
 use crate::op::{OpError, OpId};
 use crate::time::Time;
-use crate::wire::{encode_header, Body, Header};
+use crate::wire::{encode_header, Body, Header, NackReason};
 
-impl Peer {
-    fn new(ni: NiId) -> Peer {
-        let lane = || PeerLane {
-            conn: Conn::Down,
-            queue: Default::default(),
-            answers: Default::default(),
-        };
-        Peer {
-            ni,
-            incarnation: None,
-            lanes: PerLane::new(lane(), lane()),
-        }
-    }
-}
-
-/// What the head of a peer-lane queue turned into.
-struct Outgoing {
-    body: Body,
-    msg_id: u64,
-    payload: Bytes,
-    op: Option<(OpId, u64)>,
+/// A frame about to be handed to a driver.
+pub(super) struct Outgoing {
+    pub(super) src: Nid,
+    pub(super) dst: Nid,
+    pub(super) src_incarnation: u64,
+    pub(super) hop_limit: u8,
+    pub(super) body: Body,
+    pub(super) msg_id: u64,
+    pub(super) payload: Bytes,
+    pub(super) op: Option<(OpId, u64, u32)>,
+    pub(super) upstream: Option<Upstream>,
 }
 
 impl Node {
-    pub(crate) fn peer_entry(&mut self, nid: Nid, ni: NiId) -> &mut Peer {
-        self.peers.entry(nid).or_insert_with(|| Peer::new(ni))
+    /// Where a frame to `dst` goes next: `dst` itself when it is on one of our nets, else
+    /// the best usable gateway of a route to its net (alive, not in `avoid`).
+    pub(crate) fn next_hop(&mut self, dst: Nid, avoid: &[Nid]) -> Option<Nid> {
+        if self.ni_of(dst).is_some() {
+            return Some(dst);
+        }
+        let (nis, health, hops) = (&self.nis, &self.health, &self.hops);
+        self.routes.select(dst.net, |r| {
+            let gw = r.gateway;
+            let usable = nis.iter().any(|ni| ni.nid.net == gw.net)
+                && !health.is_down(gw)
+                && !avoid.contains(&gw);
+            usable.then(|| Standing {
+                health: health.peer(gw).map_or(HEALTH_MAX, |p| p.health),
+                queued: hops.get(&gw).map_or(0, Hop::queued),
+            })
+        })
     }
 
-    /// Queues a frame for (peer, lane) and sends what credits allow. Callers check that
-    /// `dst` is reachable; should nothing reach it after all, an operation fails with
-    /// `NoRoute` and a health ping is dropped (the monitor's verdict follows in time).
-    pub(crate) fn enqueue(&mut self, dst: Nid, lane: Lane, pending: Pending) {
-        let Some(ni) = self.ni_of(dst) else {
-            tracing::warn!(%dst, "nothing reaches this peer: not queued");
-            if let Pending::Op { id, .. } = pending {
-                if self.is_live(&pending) {
-                    self.complete(id, Err(OpError::NoRoute(dst)));
-                }
-            }
+    /// Routes op `id`'s request to its next hop and queues it there; with no way, the op
+    /// fails with `NoRoute`.
+    pub(crate) fn send_op(&mut self, id: OpId) {
+        self.route_op(id, None);
+    }
+
+    /// Routes op `id`'s request to its next hop and queues it there; with no way left, the
+    /// op fails with `stuck` (`NoRoute` if none).
+    fn route_op(&mut self, id: OpId, stuck: Option<&OpError>) {
+        let Some(op) = self.ops.get(id) else {
             return;
         };
-        self.peer_entry(dst, ni).lanes[lane]
-            .queue
-            .push_back(pending);
-        self.pump(dst, lane);
+        let (seq, (dst, lane)) = (op.seq, op.target().expect("only ops that send"));
+        let old_router = op.router();
+        let avoid = op.avoid.clone();
+        let Some(hop) = self.next_hop(dst, &avoid) else {
+            let error = stuck.cloned().unwrap_or(OpError::NoRoute(dst));
+            return self.complete(id, Err(error));
+        };
+        self.ops.set_via(id, Some(hop));
+        let new_router = self.ops.get(id).and_then(|op| op.router());
+        if old_router != new_router {
+            let now = self.clock.unwrap_or_default();
+            if let Some(r) = old_router {
+                self.health.interest_ended(r);
+            }
+            if let Some(r) = new_router {
+                self.health.interest_started(r, now);
+            }
+        }
+        self.enqueue(hop, lane, Pending::Op { id, seq });
     }
 
-    fn is_live(&self, p: &Pending) -> bool {
-        match p {
-            Pending::Op { id, seq } => self.ops.get(id).is_some_and(|op| op.seq == *seq),
-            Pending::HealthPing { .. } => true,
+    /// Sends op `id`'s request again through another of our gateways, because the way it
+    /// went refused it (a NACK from that gateway or one beyond) or failed: never through
+    /// that gateway again, so resends end, within the op's deadline. Without another
+    /// gateway, the op fails with `why`.
+    pub(crate) fn resend(&mut self, id: OpId, why: &OpError) {
+        let Some(op) = self.ops.get_mut(id) else {
+            return;
+        };
+        let (dst, _) = op.target().expect("only ops that send");
+        if let Some(router) = op.router() {
+            if !op.avoid.contains(&router) {
+                op.avoid.push(router);
+            }
+        }
+        self.ops.requeued(id);
+        if self.ni_of(dst).is_some() {
+            // No other way to a neighbour: the refusal stands.
+            return self.complete(id, Err(why.clone()));
+        }
+        self.stats.resent += 1;
+        self.route_op(id, Some(why));
+    }
+
+    /// Queues the monitor's PING to `dst` at its next hop (dropped if there is none: the
+    /// monitor's verdict follows in time).
+    pub(crate) fn send_health_ping(&mut self, dst: Nid, seq: u64) {
+        match self.next_hop(dst, &[]) {
+            Some(hop) => self.enqueue(hop, Lane::Health, Pending::HealthPing { dst, seq }),
+            None => tracing::debug!(%dst, "no way to ping it"),
         }
     }
 
-    /// Sends answers, then the head of (peer, lane)'s queue, while the lane is up and both
-    /// the peer credit and the NI credit allow; asks for a connection if the lane is down;
+    /// Queues a frame at (hop, lane) and sends what credits allow. The hop is on one of our
+    /// nets (`next_hop` chose it).
+    pub(crate) fn enqueue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
+        let Some(ni) = self.ni_of(hop) else {
+            debug_assert!(false, "{hop} is no next hop");
+            return;
+        };
+        self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
+            .queue
+            .push_back(pending);
+        self.pump(hop, lane);
+    }
+
+    /// Whether a frame queued at `hop` still needs sending from there: an op's request
+    /// only while the op waits at that hop (it may have ended, or gone another way).
+    fn is_live(&self, hop: Nid, p: &Pending) -> bool {
+        match p {
+            Pending::Op { id, seq } => self
+                .ops
+                .live(*id, *seq)
+                .is_some_and(|op| op.stage == super::Stage::Queued && op.via == Some(hop)),
+            Pending::HealthPing { .. } | Pending::Forward(_) => true,
+        }
+    }
+
+    /// The payload length of a queued request, for the hop's limit.
+    fn payload_len(&self, p: &Pending) -> usize {
+        match p {
+            Pending::Op { id, .. } => match self.ops.get(*id).map(|o| &o.kind) {
+                Some(OpKind::Put(r)) => r.payload.len(),
+                _ => 0,
+            },
+            Pending::Forward(f) => f.payload.len(),
+            Pending::HealthPing { .. } => 0,
+        }
+    }
+
+    /// Sends answers, then the head of (hop, lane)'s queue, while the lane is up and both
+    /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
     /// returns owed credits in a CREDIT frame if nothing else carried them.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
         loop {
-            let Some(peer) = self.peers.get(&nid) else {
+            let Some(hop) = self.hops.get(&nid) else {
                 return;
             };
-            let ni = peer.ni;
-            let pl = &peer.lanes[lane];
-            let answer_first = !pl.answers.is_empty();
+            let ni = hop.ni;
+            let hl = &hop.lanes[lane];
+            let answer_first = !hl.answers.is_empty();
             let front_live = if answer_first {
                 Some(true)
             } else {
-                pl.queue.front().map(|p| self.is_live(p))
+                hl.queue.front().map(|p| self.is_live(nid, p))
             };
-            let peer_max = match &pl.conn {
+            let peer_max = match &hl.conn {
                 Conn::Up { hello, .. } => hello.max_payload,
                 Conn::Connecting => return,
                 Conn::Down => {
-                    if pl.queue.iter().any(|p| self.is_live(p)) {
-                        self.peers.get_mut(&nid).expect("peer").lanes[lane].conn = Conn::Connecting;
-                        self.requests
+                    if answer_first || hl.queue.iter().any(|p| self.is_live(nid, p)) {
+                        self.hop_lane(nid, lane).conn = Conn::Connecting;
+                        self.out
+                            .requests
                             .push_back((ni, LndRequest::Connect { peer: nid, lane }));
                     }
                     return;
@@ -96,34 +183,23 @@ impl Node {
             match front_live {
                 None => break,
                 Some(false) => {
-                    self.peers.get_mut(&nid).expect("peer").lanes[lane]
-                        .queue
-                        .pop_front();
+                    self.hop_lane(nid, lane).queue.pop_front();
                     continue;
                 }
                 Some(true) => {}
             }
-            // A request too large for the peer would only make it close the connection.
-            if let (false, Some(Pending::Op { id, .. })) = (answer_first, pl.queue.front()) {
-                if let Some(OpKind::Put(r)) = self.ops.get(id).map(|o| &o.kind) {
-                    if r.payload.len() > peer_max as usize {
-                        let (id, len) = (*id, r.payload.len());
-                        self.peers.get_mut(&nid).expect("peer").lanes[lane]
-                            .queue
-                            .pop_front();
-                        self.complete(
-                            id,
-                            Err(OpError::Remote(format!(
-                                "payload of {len} bytes exceeds {nid}'s limit of {peer_max}"
-                            ))),
-                        );
-                        continue;
-                    }
+            // A request too large for the hop would only make it close the connection.
+            if !answer_first {
+                let front = hl.queue.front().expect("checked live");
+                let len = self.payload_len(front);
+                if len > peer_max as usize {
+                    let p = self.hop_lane(nid, lane).queue.pop_front().expect("front");
+                    self.too_large(p, nid, len, peer_max);
+                    continue;
                 }
             }
-            let peer = self.peers.get_mut(&nid).expect("peer");
-            let pl = &mut peer.lanes[lane];
-            let Conn::Up { credits, .. } = &mut pl.conn else {
+            let hl = &mut self.hops.get_mut(&nid).expect("hop").lanes[lane];
+            let Conn::Up { credits, .. } = &mut hl.conn else {
                 unreachable!("checked above")
             };
             if credits.available() == 0 {
@@ -138,35 +214,61 @@ impl Node {
             debug_assert!(spent, "credit availability was checked above");
             let returned = credits.take_owed();
             let out = if answer_first {
-                let r = pl.answers.pop_front().expect("checked non-empty");
-                Outgoing {
-                    body: r.body,
-                    msg_id: r.msg_id,
-                    payload: r.payload,
-                    op: None,
-                }
+                let r = hl.answers.pop_front().expect("checked non-empty");
+                self.answer_out(r)
             } else {
-                let pending = pl.queue.pop_front().expect("front checked");
-                self.outgoing(pending)
+                let pending = hl.queue.pop_front().expect("front checked");
+                self.outgoing(ni, pending)
             };
             self.emit(ni, nid, lane, out, returned, true);
         }
         self.return_credits_if_owed(nid, lane);
     }
 
+    pub(crate) fn hop_lane(&mut self, nid: Nid, lane: Lane) -> &mut super::peers::HopLane {
+        &mut self.hops.get_mut(&nid).expect("hop").lanes[lane]
+    }
+
+    /// A request larger than the next hop takes: ours fails, a forwarded one is refused.
+    fn too_large(&mut self, p: Pending, hop: Nid, len: usize, max: u32) {
+        match p {
+            Pending::Op { id, .. } => self.complete(
+                id,
+                Err(OpError::Remote(format!(
+                    "payload of {len} bytes exceeds {hop}'s limit of {max}"
+                ))),
+            ),
+            Pending::Forward(f) => self.refuse_forward(*f, NackReason::OutOfBuffers),
+            Pending::HealthPing { .. } => {}
+        }
+    }
+
     /// Turns a queue entry into a frame; ops move to `InLnd` and become answerable.
-    fn outgoing(&mut self, pending: Pending) -> Outgoing {
+    fn outgoing(&mut self, ni: NiId, pending: Pending) -> Outgoing {
+        let src = self.nis[ni.0].nid;
+        let (src_incarnation, hop_limit) = (self.cfg.incarnation, self.cfg.hop_limit);
+        let ours = move |dst, body, msg_id, payload, op| Outgoing {
+            src,
+            dst,
+            src_incarnation,
+            hop_limit,
+            body,
+            msg_id,
+            payload,
+            op,
+            upstream: None,
+        };
         match pending {
-            Pending::HealthPing { seq } => Outgoing {
-                body: Body::Ping { seq },
-                msg_id: HEALTH_PING_BIT | seq,
-                payload: Bytes::new(),
-                op: None,
-            },
+            Pending::HealthPing { dst, seq } => ours(
+                dst,
+                Body::Ping { seq },
+                HEALTH_PING_BIT | seq,
+                Bytes::new(),
+                None,
+            ),
             Pending::Op { id, seq } => {
-                let op = self.ops.get_mut(&id).expect("liveness checked");
-                op.stage = Stage::InLnd;
-                self.awaiting.insert(seq, id);
+                let op = self.ops.get(id).expect("liveness checked");
+                let (dst, _) = op.target().expect("only ops that send");
                 let (body, payload) = match &op.kind {
                     OpKind::Put(r) => (
                         Body::Put {
@@ -186,44 +288,73 @@ impl Node {
                     OpKind::Ping { .. } => (Body::Ping { seq }, Bytes::new()),
                     OpKind::Entry(_) => unreachable!("entries are never queued"),
                 };
+                let attempt = self.ops.sent(id);
+                ours(dst, body, seq, payload, Some((id, seq, attempt)))
+            }
+            Pending::Forward(f) => {
+                let h = f.header;
                 Outgoing {
-                    body,
-                    msg_id: seq,
-                    payload,
-                    op: Some((id, seq)),
+                    src: h.src,
+                    dst: h.dst,
+                    src_incarnation: h.src_incarnation,
+                    hop_limit: h.hop_limit,
+                    body: h.body,
+                    msg_id: h.msg_id,
+                    payload: f.payload,
+                    op: None,
+                    upstream: Some(f.upstream),
                 }
             }
         }
     }
 
-    /// Sends a CREDIT frame if (peer, lane) owes at least the high-water mark. CREDIT frames
-    /// spend neither a peer credit nor an NI credit: they must always get through.
+    fn answer_out(&self, r: super::peers::Response) -> Outgoing {
+        Outgoing {
+            src: r.src,
+            dst: r.dst,
+            src_incarnation: self.cfg.incarnation,
+            hop_limit: self.cfg.hop_limit,
+            body: r.body,
+            msg_id: r.msg_id,
+            payload: r.payload,
+            op: None,
+            upstream: None,
+        }
+    }
+
+    /// Sends a CREDIT frame if (hop, lane) owes at least the high-water mark. CREDIT frames
+    /// spend neither a hop credit nor an NI credit: they must always get through.
     pub(crate) fn return_credits_if_owed(&mut self, nid: Nid, lane: Lane) {
-        let Some(peer) = self.peers.get_mut(&nid) else {
+        let Some(hop) = self.hops.get_mut(&nid) else {
             return;
         };
-        let ni = peer.ni;
-        let pl = &mut peer.lanes[lane];
-        let Conn::Up { credits, .. } = &mut pl.conn else {
+        let ni = hop.ni;
+        let hl = &mut hop.lanes[lane];
+        let Conn::Up { credits, .. } = &mut hl.conn else {
             return;
         };
         if !credits.wants_credit_frame() {
             return;
         }
-        // Answers that have a peer credit wait only for our driver (an NI credit); the first
+        // Answers that have a hop credit wait only for our driver (an NI credit); the first
         // to leave carries what we owe. Returning it now would let the peer pile more
-        // requests behind them. With no peer credit, though, the peer may be waiting for
+        // requests behind them. With no hop credit, though, the peer may be waiting for
         // ours to answer us: then the CREDIT frame must go, or both sides could wait forever.
-        if !pl.answers.is_empty() && credits.available() > 0 {
+        if !hl.answers.is_empty() && credits.available() > 0 {
             return;
         }
         let returned = credits.take_owed();
         self.stats.credit_frames_sent += 1;
         let out = Outgoing {
+            src: self.nis[ni.0].nid,
+            dst: nid,
+            src_incarnation: self.cfg.incarnation,
+            hop_limit: 0,
             body: Body::Credit,
             msg_id: 0,
             payload: Bytes::new(),
             op: None,
+            upstream: None,
         };
         self.emit(ni, nid, lane, out, returned, false);
     }
@@ -231,7 +362,7 @@ impl Node {
     fn emit(
         &mut self,
         ni: NiId,
-        peer: Nid,
+        hop: Nid,
         lane: Lane,
         out: Outgoing,
         credits: u16,
@@ -239,33 +370,36 @@ impl Node {
     ) {
         let header = Header {
             lane,
+            hop_limit: out.hop_limit,
             credits,
-            src: self.nis[ni.0].nid,
-            dst: peer,
-            src_incarnation: self.cfg.incarnation,
+            src: out.src,
+            dst: out.dst,
+            src_incarnation: out.src_incarnation,
             msg_id: out.msg_id,
             payload_len: out.payload.len() as u32,
             body: out.body,
+            router_gen: 0,
         };
-        let token = self.next_token;
-        self.next_token += 1;
-        self.in_lnd.insert(
+        let token = self.out.next_token;
+        self.out.next_token += 1;
+        self.out.in_lnd.insert(
             token,
             InLnd {
                 ni,
                 lane,
                 ni_credit,
                 op: out.op,
+                upstream: out.upstream,
             },
         );
         if let (Lane::Health, Some(now)) = (lane, self.clock) {
-            self.health_in_lnd.insert(token, now);
+            self.out.health_in_lnd.insert(token, now);
         }
         self.stats.frames_sent += 1;
-        self.transmits[lane].push_back((
+        self.out.transmits[lane].push_back((
             ni,
             Transmit {
-                peer,
+                peer: hop,
                 lane,
                 header: encode_header(&header),
                 payload: out.payload,
@@ -281,12 +415,12 @@ impl Node {
         token: TxToken,
         result: Result<(), LndError>,
     ) {
-        if let Some(since) = self.health_in_lnd.remove(&token.0) {
+        if let Some(since) = self.out.health_in_lnd.remove(&token.0) {
             if result.is_ok() {
                 self.health.backlog(since, now); // how long it took to leave
             }
         }
-        let Some(rec) = self.in_lnd.remove(&token.0) else {
+        let Some(rec) = self.out.in_lnd.remove(&token.0) else {
             tracing::warn!(token = token.0, "driver completed an unknown send");
             self.stats.protocol_errors += 1;
             return;
@@ -297,19 +431,26 @@ impl Node {
                 self.pump(waiter, rec.lane);
             }
         }
-        let Some((id, seq)) = rec.op else {
-            if result.is_err() {
+        if let Some(up) = rec.upstream {
+            // The forwarded frame has left (or failed to): its buffer upstream is free.
+            self.release_upstream(up);
+        }
+        let Some((id, seq, attempt)) = rec.op else {
+            if result.is_err() && rec.upstream.is_none() {
                 self.stats.responses_dropped += 1;
             }
             return;
         };
-        let Some(op) = self.ops.get_mut(&id).filter(|op| op.seq == seq) else {
+        let Some(op) = self.ops.get_mut(id).filter(|op| op.seq == seq) else {
             return; // already answered, timed out or cancelled
         };
+        if op.attempts != attempt {
+            return; // an earlier attempt's; the op was sent again since
+        }
         match result {
             Ok(()) => {
-                if op.stage == Stage::InLnd {
-                    op.stage = Stage::Awaiting;
+                if op.stage == super::Stage::InLnd {
+                    op.stage = super::Stage::Awaiting;
                 }
             }
             Err(e) => self.complete(id, Err(e.into())),

@@ -1,8 +1,8 @@
 //! Encoding and decoding of frame headers. Decoding borrows the input and never allocates.
 
 use super::{
-    Body, FrameType, Header, HelloStatus, Limits, Status, HEADER_LEN, HEALTH_MAX_PAYLOAD, MAGIC,
-    VERSION,
+    Body, FrameType, Header, HelloStatus, Limits, NackReason, Status, HEADER_LEN,
+    HEALTH_MAX_PAYLOAD, MAGIC, VERSION,
 };
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
@@ -18,7 +18,7 @@ pub enum DecodeError {
     Truncated { needed: usize, have: usize },
     #[error("bad magic {0:#010x}: not a lanet frame")]
     BadMagic(u32),
-    #[error("unsupported protocol version {got} (this node speaks {VERSION})")]
+    #[error("the peer speaks protocol version {got}; this node speaks version {VERSION} only")]
     UnsupportedVersion { got: u8 },
     #[error("header checksum mismatch: computed {computed:#010x}, frame says {stored:#010x}")]
     BadChecksum { computed: u32, stored: u32 },
@@ -32,6 +32,8 @@ pub enum DecodeError {
     BadNid { which: &'static str },
     #[error("unknown status code {0}")]
     UnknownStatus(u32),
+    #[error("unknown NACK reason {0}")]
+    UnknownNackReason(u32),
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
     #[error("{ty:?} frames carry no payload, but length is {len}")]
@@ -61,6 +63,7 @@ pub fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     b[4] = VERSION;
     b[5] = h.frame_type() as u8;
     b[6] = h.lane as u8;
+    b[7] = h.hop_limit;
     b[8..10].copy_from_slice(&h.credits.to_le_bytes());
     b[12..16].copy_from_slice(&h.payload_len.to_le_bytes());
     let mut nid = [0u8; NID_WIRE_LEN];
@@ -71,6 +74,7 @@ pub fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     b[48..56].copy_from_slice(&h.src_incarnation.to_le_bytes());
     b[56..64].copy_from_slice(&h.msg_id.to_le_bytes());
     encode_body(&h.body, &mut b[BODY_OFFSET..BODY_OFFSET + 24]);
+    b[88..92].copy_from_slice(&h.router_gen.to_le_bytes());
     let crc = crc32fast::hash(&b[..CRC_OFFSET]);
     b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     b
@@ -108,6 +112,12 @@ fn encode_body(body: &Body, b: &mut [u8]) {
         Body::Reply { status } => put_u32(0, status as u32),
         Body::Ping { seq } | Body::Pong { seq } => b[0..8].copy_from_slice(&seq.to_le_bytes()),
         Body::Credit => {}
+        Body::Nack { reason, target } => {
+            put_u32(0, reason as u32);
+            let mut nid = [0u8; NID_WIRE_LEN];
+            target.encode(&mut nid);
+            b[8..24].copy_from_slice(&nid);
+        }
     }
 }
 
@@ -147,7 +157,7 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
     if !ty.allowed_on(lane) {
         return Err(DecodeError::WrongLane { ty, lane });
     }
-    if b[7] != 0 || b[10..12] != [0, 0] || b[88..92] != [0; 4] {
+    if b[10..12] != [0, 0] {
         return Err(DecodeError::ReservedNotZero);
     }
     let payload_len = u32_at(b, 12);
@@ -175,6 +185,7 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
     let body = decode_body(ty, &b[BODY_OFFSET..BODY_OFFSET + 24])?;
     Ok(Header {
         lane,
+        hop_limit: b[7],
         credits: u16_at(b, 8),
         src: nid_at(16, "source")?,
         dst: nid_at(32, "destination")?,
@@ -182,6 +193,7 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
         msg_id: u64_at(b, 56),
         payload_len,
         body,
+        router_gen: u32_at(b, 88),
     })
 }
 
@@ -194,6 +206,7 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
         FrameType::Reply => 4,
         FrameType::Ping | FrameType::Pong => 8,
         FrameType::Credit => 0,
+        FrameType::Nack => 24,
     };
     if b[used..].iter().any(|&x| x != 0) {
         return Err(DecodeError::ReservedNotZero);
@@ -233,6 +246,21 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
         FrameType::Ping => Body::Ping { seq: u64_at(b, 0) },
         FrameType::Pong => Body::Pong { seq: u64_at(b, 0) },
         FrameType::Credit => Body::Credit,
+        FrameType::Nack => {
+            if u32_at(b, 4) != 0 {
+                return Err(DecodeError::ReservedNotZero);
+            }
+            let reason = u32_at(b, 0);
+            let target =
+                Nid::decode(b[8..24].try_into().expect("16 bytes")).ok_or(DecodeError::BadNid {
+                    which: "NACK target",
+                })?;
+            Body::Nack {
+                reason: NackReason::from_wire(reason)
+                    .ok_or(DecodeError::UnknownNackReason(reason))?,
+                target,
+            }
+        }
     })
 }
 

@@ -3,24 +3,30 @@
 //! ```text
 //! offset len  field
 //!  0      4   magic "LANT" (0x544e414c little-endian)
-//!  4      1   version (1)
+//!  4      1   version (2)
 //!  5      1   frame type (FrameType)
 //!  6      1   lane (0 health, 1 data)
-//!  7      1   reserved, zero
-//!  8      2   credits returned to the receiver of this frame
+//!  7      1   hop limit: routers the frame may still pass (each takes one)   [per hop]
+//!  8      2   credits returned to the receiver of this frame                 [per hop]
 //! 10      2   reserved, zero
 //! 12      4   payload length
-//! 16     16   source NID
-//! 32     16   destination NID
+//! 16     16   source NID: the initiator of the exchange (not the last router)
+//! 32     16   destination NID: the final target (not the next router)
 //! 48      8   source incarnation
-//! 56      8   message id (the initiator's cookie; ACK/REPLY/PONG echo it)
+//! 56      8   message id (the initiator's cookie; ACK/REPLY/PONG/NACK echo it)
 //! 64     24   per-type fields (Body), unused bytes zero
-//! 88      4   reserved, zero
+//! 88      4   router status generation of the hop's sender (0: no router)   [per hop]
 //! 92      4   CRC-32 of bytes 0..92
 //! ```
 //!
+//! Frames name their ends; the connection a frame arrives on names the previous hop. A
+//! router forwards a frame with its ends unchanged and rewrites only the per-hop fields.
+//!
 //! All integers are little-endian. The payload is not checksummed: TCP and RDMA already
 //! protect it, and a header checksum is what keeps a corrupt length from being trusted.
+//!
+//! Version 2 added routing (ends in the header, hop limit, NACK, router status
+//! generation); version 1 frames are refused with an error naming both versions.
 
 mod codec;
 
@@ -30,11 +36,15 @@ use crate::lane::Lane;
 use crate::nid::Nid;
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LANT");
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 96;
 
 /// Largest payload a health-lane frame may carry (PONGs will carry router status).
 pub const HEALTH_MAX_PAYLOAD: u32 = 1024;
+
+/// The hop limit an initiator gives its frames by default: more routers than any sane
+/// topology puts in a path, few enough that a routing loop ends at once.
+pub const DEFAULT_HOP_LIMIT: u8 = 8;
 
 /// Frame types. The discriminant is the wire value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +57,7 @@ pub enum FrameType {
     Ping = 6,
     Pong = 7,
     Credit = 8,
+    Nack = 9,
 }
 
 impl FrameType {
@@ -60,8 +71,15 @@ impl FrameType {
             6 => FrameType::Ping,
             7 => FrameType::Pong,
             8 => FrameType::Credit,
+            9 => FrameType::Nack,
             _ => return None,
         })
+    }
+
+    /// Whether a frame of this type asks its target for an answer (and so may be refused
+    /// on the way with a NACK, and resent).
+    pub fn is_request(self) -> bool {
+        matches!(self, FrameType::Put | FrameType::Get | FrameType::Ping)
     }
 
     /// Whether a frame of this type uses one of the receiver's buffers, and so a credit.
@@ -83,7 +101,11 @@ impl FrameType {
             Lane::Data => true,
             Lane::Health => matches!(
                 self,
-                FrameType::Hello | FrameType::Ping | FrameType::Pong | FrameType::Credit
+                FrameType::Hello
+                    | FrameType::Ping
+                    | FrameType::Pong
+                    | FrameType::Credit
+                    | FrameType::Nack
             ),
         }
     }
@@ -109,6 +131,51 @@ impl Status {
             2 => Status::Busy,
             3 => Status::Aborted,
             _ => return None,
+        })
+    }
+}
+
+/// Why a node on the way refused to pass a frame on (carried by NACK). A refused frame was
+/// never delivered, so its initiator may send it again another way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NackReason {
+    /// The refusing node knows no usable route to the target's net.
+    NoRoute = 1,
+    /// The next hop towards the target is down (or its connection failed).
+    NextHopDown = 2,
+    /// The frame reached a node that does not forward (not a router).
+    NotForwarding = 3,
+    /// The frame used up its hop limit: a routing loop, or a path longer than allowed.
+    HopLimit = 4,
+    /// The router has no buffer for the frame.
+    OutOfBuffers = 5,
+    /// The router has withdrawn from its nets (it is a black hole, or stopping).
+    Absent = 6,
+}
+
+impl NackReason {
+    fn from_wire(v: u32) -> Option<NackReason> {
+        Some(match v {
+            1 => NackReason::NoRoute,
+            2 => NackReason::NextHopDown,
+            3 => NackReason::NotForwarding,
+            4 => NackReason::HopLimit,
+            5 => NackReason::OutOfBuffers,
+            6 => NackReason::Absent,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for NackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NackReason::NoRoute => "no route to the target's net",
+            NackReason::NextHopDown => "the next hop is down",
+            NackReason::NotForwarding => "the node does not forward",
+            NackReason::HopLimit => "hop limit reached (a routing loop?)",
+            NackReason::OutOfBuffers => "the router is out of buffers",
+            NackReason::Absent => "the router has withdrawn",
         })
     }
 }
@@ -167,6 +234,12 @@ pub enum Body {
         seq: u64,
     },
     Credit,
+    /// A node on the way (the frame's source) refused to pass on the request with this
+    /// message id, sent to `target`.
+    Nack {
+        reason: NackReason,
+        target: Nid,
+    },
 }
 
 impl Body {
@@ -180,6 +253,7 @@ impl Body {
             Body::Ping { .. } => FrameType::Ping,
             Body::Pong { .. } => FrameType::Pong,
             Body::Credit => FrameType::Credit,
+            Body::Nack { .. } => FrameType::Nack,
         }
     }
 }
@@ -188,14 +262,21 @@ impl Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub lane: Lane,
-    /// Credits the sender returns to the receiver (for the lane of this frame).
+    /// Routers the frame may still pass; each router takes one and refuses it at zero.
+    pub hop_limit: u8,
+    /// Credits the sender of this hop returns to its receiver (for the lane of this frame).
     pub credits: u16,
+    /// The initiator (not the last router it passed).
     pub src: Nid,
+    /// The final target (not the next router).
     pub dst: Nid,
     pub src_incarnation: u64,
     pub msg_id: u64,
     pub payload_len: u32,
     pub body: Body,
+    /// The router status generation of this hop's sender; 0 if it is no router. A change
+    /// tells the receiver that router's status changed.
+    pub router_gen: u32,
 }
 
 impl Header {

@@ -10,6 +10,8 @@ fn limits() -> Limits {
 
 fn sample(body: Body, lane: Lane, payload_len: u32) -> Header {
     Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane,
         credits: 3,
         src: "10.0.0.1@tcp".parse().unwrap(),
@@ -68,11 +70,15 @@ fn rejects_each_kind_of_bad_header_with_a_typed_error() {
         decode_header(&b, &l),
         Err(DecodeError::BadMagic(_))
     ));
+    // A version 1 peer (before routing) is refused with both versions named.
     let mut b = good;
-    b[4] = 2;
-    assert_eq!(
-        decode_header(&b, &l),
-        Err(DecodeError::UnsupportedVersion { got: 2 })
+    b[4] = 1;
+    let e = decode_header(&b, &l);
+    assert_eq!(e, Err(DecodeError::UnsupportedVersion { got: 1 }));
+    let said = e.unwrap_err().to_string();
+    assert!(
+        said.contains("version 1") && said.contains("version 2"),
+        "{said}"
     );
     let mut b = good;
     b[57] ^= 0x80; // message id bit: only the checksum can notice
@@ -100,10 +106,23 @@ fn rejects_each_kind_of_bad_header_with_a_typed_error() {
         Err(DecodeError::UnknownLane(7))
     );
     let mut b = good;
-    b[89] = 1;
+    b[10] = 1;
     assert_eq!(
         decode_header(&reseal(b), &l),
         Err(DecodeError::ReservedNotZero)
+    );
+    let mut nack = encode_header(&sample(
+        Body::Nack {
+            reason: NackReason::NoRoute,
+            target: "10.0.0.3@tcp".parse().unwrap(),
+        },
+        Lane::Health,
+        0,
+    ));
+    nack[64] = 77;
+    assert_eq!(
+        decode_header(&reseal(nack), &l),
+        Err(DecodeError::UnknownNackReason(77))
     );
     let mut b = good;
     b[16] = 0; // source NID kind 0 does not exist
@@ -221,6 +240,18 @@ fn any_body() -> impl Strategy<Value = Body> {
         any::<u64>().prop_map(|seq| Body::Ping { seq }),
         any::<u64>().prop_map(|seq| Body::Pong { seq }),
         Just(Body::Credit),
+        (any_nack_reason(), any_nid()).prop_map(|(reason, target)| Body::Nack { reason, target }),
+    ]
+}
+
+fn any_nack_reason() -> impl Strategy<Value = NackReason> {
+    prop_oneof![
+        Just(NackReason::NoRoute),
+        Just(NackReason::NextHopDown),
+        Just(NackReason::NotForwarding),
+        Just(NackReason::HopLimit),
+        Just(NackReason::OutOfBuffers),
+        Just(NackReason::Absent),
     ]
 }
 
@@ -229,7 +260,7 @@ fn any_frame() -> impl Strategy<Value = (Header, Vec<u8>)> {
     (
         any_body(),
         prop_oneof![Just(Lane::Health), Just(Lane::Data)],
-        any::<u16>(),
+        (any::<u16>(), any::<u8>(), any::<u32>()),
         any_nid(),
         any_nid(),
         any::<u64>(),
@@ -238,7 +269,7 @@ fn any_frame() -> impl Strategy<Value = (Header, Vec<u8>)> {
     )
         .prop_filter_map(
             "type not allowed on lane",
-            |(body, lane, credits, src, dst, inc, msg_id, mut payload)| {
+            |(body, lane, (credits, hop_limit, router_gen), src, dst, inc, msg_id, mut payload)| {
                 let ty = body.frame_type();
                 if !ty.allowed_on(lane) {
                     return None;
@@ -247,6 +278,8 @@ fn any_frame() -> impl Strategy<Value = (Header, Vec<u8>)> {
                     payload.clear();
                 }
                 let header = Header {
+                    hop_limit,
+                    router_gen,
                     lane,
                     credits,
                     src,

@@ -233,12 +233,12 @@ fn a_peer_that_pings_without_returning_credits_cannot_grow_our_pong_queue() {
         .count();
     assert_eq!(pongs, 1, "one credit, one PONG");
     assert!(sent.iter().any(|s| s.header.body == Body::Credit));
-    assert_eq!(n.peers[&nid(B)].lanes[Lane::Health].answers.len(), cap);
+    assert_eq!(n.hops[&nid(B)].lanes[Lane::Health].answers.len(), cap);
     assert_eq!(n.stats().pings_shed, flood - 1 - cap as u64);
     // Credits back: every waiting PONG goes, in order, and nothing more.
     let answered = credits_back_one_by_one(&mut n, Lane::Health, cap + 1);
     assert_eq!(answered, (1..=cap as u64).collect::<Vec<_>>());
-    assert!(n.peers[&nid(B)].lanes[Lane::Health].answers.is_empty());
+    assert!(n.hops[&nid(B)].lanes[Lane::Health].answers.is_empty());
 }
 
 #[test]
@@ -253,13 +253,13 @@ fn a_peer_that_puts_without_returning_credits_cannot_grow_our_ack_queue() {
         .count();
     assert_eq!(acks, 1, "one credit, one ACK");
     assert!(sent.iter().any(|s| s.header.body == Body::Credit));
-    assert_eq!(n.peers[&nid(B)].lanes[Lane::Data].answers.len(), cap);
+    assert_eq!(n.hops[&nid(B)].lanes[Lane::Data].answers.len(), cap);
     assert_eq!(n.stats().answers_shed, flood - 1 - cap as u64);
     assert_eq!(n.stats().pings_shed, 0, "no PING was involved");
     // Credits back: every waiting ACK goes, in order, and nothing more.
     let answered = credits_back_one_by_one(&mut n, Lane::Data, cap + 1);
     assert_eq!(answered, (1..=cap as u64).collect::<Vec<_>>());
-    assert!(n.peers[&nid(B)].lanes[Lane::Data].answers.is_empty());
+    assert!(n.hops[&nid(B)].lanes[Lane::Data].answers.is_empty());
 }
 
 #[test]

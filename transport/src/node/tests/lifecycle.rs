@@ -217,6 +217,8 @@ fn frames_that_lie_about_their_origin_close_the_connection() {
     let mut n = node();
     connected(&mut n, B, Lane::Data, 8, 7);
     let header = Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane: Lane::Data,
         credits: 0,
         src: nid(C),
@@ -302,11 +304,11 @@ fn completed_ops_leave_no_deadline_or_index_behind() {
     n.attach(OpId(0), MatchEntry::sink(1, 0, 10)).unwrap();
     for i in 1..=10_000 {
         n.put(t(0), OpId(i), put(B, b"x")).unwrap();
-        assert!(n.deadlines.len() <= 2 * n.ops.len() + DEADLINE_SLACK);
+        assert!(n.ops.deadline_count() <= 2 * n.ops.len() + DEADLINE_SLACK);
         n.cancel(OpId(i));
     }
     assert_eq!(n.live_ops(), 1, "only the entry");
-    assert!(n.ops_to.values().all(|to| to.is_empty()));
+    assert_eq!(n.ops.indexed(), 0);
     // A live op keeps its deadline through the sweeps.
     n.put(
         t(0),

@@ -2,6 +2,7 @@
 //! Helpers here; the tests by theme in the submodules.
 
 mod flow;
+mod forward;
 mod health;
 mod lifecycle;
 mod target;
@@ -10,11 +11,13 @@ pub(super) use std::time::Duration;
 
 pub(super) use bytes::Bytes;
 
+pub(super) use super::ops::DEADLINE_SLACK;
+pub(super) use super::peers::Conn;
 pub(super) use super::*;
 pub(super) use crate::handshake::PeerHello;
 pub(super) use crate::lnd::{LndErrorKind, LndEvent, RxHandle, RxPayload, TxToken};
 pub(super) use crate::op::{EntryKind, Refused, RejectReason};
-pub(super) use crate::wire::{decode_header, Header, Limits, Status};
+pub(super) use crate::wire::{decode_header, Body, Header, Limits, NackReason, Status};
 
 pub(super) const A: u32 = 1;
 pub(super) const B: u32 = 2;
@@ -114,6 +117,7 @@ pub(super) fn receive(
 ) {
     let header = Header {
         lane,
+        hop_limit: 8,
         credits,
         src: nid(peer),
         dst: nid(A),
@@ -121,6 +125,7 @@ pub(super) fn receive(
         msg_id,
         payload_len: payload.len() as u32,
         body,
+        router_gen: 0,
     };
     n.handle_lnd_event(
         now,

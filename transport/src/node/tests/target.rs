@@ -253,6 +253,8 @@ fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
 
 fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u64, len: u32) {
     let header = Header {
+        hop_limit: 8,
+        router_gen: 0,
         lane: Lane::Data,
         credits: 0,
         src: nid(B),

@@ -1,0 +1,134 @@
+//! The two kinds of peer state.
+//!
+//! * A [`Hop`] is a node on one of our nets that we keep connections with: a next hop. It
+//!   has connections per lane, their credits, and the frames waiting for them. Every
+//!   frame leaves through a hop: its target itself, or a router towards it.
+//! * An [`End`] is the far end of our operations (or of the requests we answer): its
+//!   incarnation and our live operations to it. A remote end, behind routers, has no
+//!   connections; a neighbour is both an end and a hop.
+//!
+//! Health verdicts and interest live in the [`crate::health::Monitor`], by NID, for both.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::NiId;
+use crate::credits::LaneCredits;
+use crate::handshake::PeerHello;
+use crate::lane::{Lane, PerLane};
+use crate::nid::Nid;
+use crate::op::OpId;
+use crate::wire::{Body, Header};
+
+/// Connection state of one lane of a hop, as the core sees it.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    Down,
+    Connecting,
+    Up {
+        credits: LaneCredits,
+        /// What the hop said when this connection came up (its credits, largest payload).
+        hello: PeerHello,
+        /// Names this connection among all the node had: a credit held for a frame that
+        /// came on an older one is not given back on this one.
+        serial: u64,
+    },
+}
+
+/// A frame waiting at a hop lane for a credit.
+pub(crate) enum Pending {
+    /// An operation's request (PUT, GET, PING); `seq` tells a live op from a reused id.
+    Op { id: OpId, seq: u64 },
+    /// The health monitor's PING to `dst` (this hop, or an end behind it); not an operation.
+    HealthPing { dst: Nid, seq: u64 },
+    /// A frame passing through this node (it is a router).
+    Forward(Box<Forward>),
+}
+
+/// A frame being forwarded: as it arrived, and where its upstream credit is held.
+pub(crate) struct Forward {
+    pub(crate) header: Header,
+    pub(crate) payload: Bytes,
+    /// The hop, lane and connection it came on, whose credit it holds until it leaves.
+    pub(crate) upstream: Upstream,
+}
+
+/// Where a forwarded frame's credit is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Upstream {
+    pub(crate) hop: Nid,
+    pub(crate) lane: Lane,
+    pub(crate) serial: u64,
+}
+
+/// An answer (ACK, REPLY, PONG, NACK) owed to the initiator `dst` of a request, waiting at
+/// a hop lane for a credit.
+pub(crate) struct Response {
+    /// Which of our NIDs answers: the one the request was addressed to (or, for a NACK,
+    /// ours on the net it leaves by).
+    pub(crate) src: Nid,
+    pub(crate) dst: Nid,
+    pub(crate) body: Body,
+    pub(crate) msg_id: u64,
+    pub(crate) payload: Bytes,
+}
+
+pub(crate) struct HopLane {
+    pub(crate) conn: Conn,
+    /// Requests, in the order they came: ours, and frames passing through.
+    pub(crate) queue: VecDeque<Pending>,
+    /// Answers. They leave before requests: those operations are already under way, and
+    /// answering them is what bounds this queue.
+    pub(crate) answers: VecDeque<Response>,
+}
+
+impl HopLane {
+    /// Takes the frames passing through out of the queue, leaving the rest in order.
+    pub(crate) fn take_forwards(&mut self) -> Vec<Forward> {
+        let mut forwards = Vec::new();
+        let queued = std::mem::take(&mut self.queue);
+        for p in queued {
+            match p {
+                Pending::Forward(f) => forwards.push(*f),
+                other => self.queue.push_back(other),
+            }
+        }
+        forwards
+    }
+}
+
+pub(crate) struct Hop {
+    pub(crate) ni: NiId,
+    pub(crate) lanes: PerLane<HopLane>,
+}
+
+impl Hop {
+    pub(crate) fn new(ni: NiId) -> Hop {
+        let lane = || HopLane {
+            conn: Conn::Down,
+            queue: VecDeque::new(),
+            answers: VecDeque::new(),
+        };
+        Hop {
+            ni,
+            lanes: PerLane::new(lane(), lane()),
+        }
+    }
+
+    /// Frames waiting for this hop, over both lanes (a load measure for route choice).
+    pub(crate) fn queued(&self) -> usize {
+        Lane::ALL
+            .iter()
+            .map(|&l| self.lanes[l].queue.len() + self.lanes[l].answers.len())
+            .sum()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct End {
+    /// Its incarnation, as last seen (in a HELLO, or in the frames it starts).
+    pub(crate) incarnation: Option<u64>,
+    /// Its incarnation when it was declared Down: a return with another is a restart.
+    pub(crate) down_incarnation: Option<Option<u64>>,
+}

@@ -1,0 +1,204 @@
+//! Routes: which gateways reach a remote net, and which one a frame takes.
+//!
+//! A route says: net N is reached through gateway G, `hops` routers away, with a
+//! `priority` (lower is preferred, as in LNet). Among the gateways the node finds usable
+//! for a frame (alive, on one of its nets, not already refused for that frame), the choice
+//! is: lowest priority, then fewest hops, then best health, then least queued, then round
+//! robin, so equal gateways share the load.
+
+use rustc_hash::FxHashMap;
+
+use crate::nid::{Net, Nid};
+
+/// One way to a remote net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// The remote net.
+    pub net: Net,
+    /// The router to send to; on one of this node's nets.
+    pub gateway: Nid,
+    /// Routers between this node and `net`, the gateway included (at least 1).
+    pub hops: u8,
+    /// Lower is preferred; gateways of equal priority share the load.
+    pub priority: u8,
+}
+
+/// How good a usable gateway is right now, besides its route's priority and hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Standing {
+    /// Its health value (higher is better).
+    pub(crate) health: u16,
+    /// Frames waiting for it (fewer is better).
+    pub(crate) queued: usize,
+}
+
+/// A usable gateway's place in the choice, lowest first: priority, hops, health (best
+/// first), queued frames.
+type Rank = (u8, u8, std::cmp::Reverse<u16>, usize);
+
+#[derive(Debug, Default)]
+struct NetRoutes {
+    routes: Vec<Route>,
+    /// Round-robin cursor among equals.
+    turn: usize,
+}
+
+/// The node's routes, by remote net.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    nets: FxHashMap<Net, NetRoutes>,
+}
+
+impl RouteTable {
+    /// Adds a route, or updates the one through the same gateway to the same net.
+    pub(crate) fn add(&mut self, route: Route) {
+        let routes = &mut self.nets.entry(route.net).or_default().routes;
+        match routes.iter_mut().find(|r| r.gateway == route.gateway) {
+            Some(r) => *r = route,
+            None => routes.push(route),
+        }
+    }
+
+    /// Removes the route to `net` through `gateway`; false if there was none.
+    pub(crate) fn remove(&mut self, net: Net, gateway: Nid) -> bool {
+        let Some(n) = self.nets.get_mut(&net) else {
+            return false;
+        };
+        let before = n.routes.len();
+        n.routes.retain(|r| r.gateway != gateway);
+        let removed = n.routes.len() < before;
+        if n.routes.is_empty() {
+            self.nets.remove(&net);
+        }
+        removed
+    }
+
+    /// Every route, sorted by net, priority, hops and gateway.
+    pub(crate) fn all(&self) -> Vec<Route> {
+        let mut v: Vec<Route> = self.nets.values().flat_map(|n| n.routes.clone()).collect();
+        v.sort_by_key(|r| (r.net, r.priority, r.hops, r.gateway));
+        v
+    }
+
+    pub(crate) fn has_routes_to(&self, net: Net) -> bool {
+        self.nets.contains_key(&net)
+    }
+
+    /// The gateway a frame to `net` takes: the best of those `standing` finds usable
+    /// (`None`: not usable), round robin among equals. Each call moves the turn.
+    pub(crate) fn select(
+        &mut self,
+        net: Net,
+        mut standing: impl FnMut(&Route) -> Option<Standing>,
+    ) -> Option<Nid> {
+        let n = self.nets.get_mut(&net)?;
+        let mut best: Vec<(Nid, Rank)> = Vec::new();
+        for r in &n.routes {
+            let Some(s) = standing(r) else { continue };
+            let rank = (r.priority, r.hops, std::cmp::Reverse(s.health), s.queued);
+            match best.first().map(|(_, b)| rank.cmp(b)) {
+                Some(std::cmp::Ordering::Greater) => {}
+                Some(std::cmp::Ordering::Less) => {
+                    best.clear();
+                    best.push((r.gateway, rank));
+                }
+                _ => best.push((r.gateway, rank)),
+            }
+        }
+        if best.is_empty() {
+            return None;
+        }
+        // Stable order among equals, whatever order the routes were added in.
+        best.sort_unstable_by_key(|(g, _)| *g);
+        let pick = best[n.turn % best.len()].0;
+        n.turn = n.turn.wrapping_add(1);
+        Some(pick)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEM9: Net = Net::new(crate::nid::LndKind::Mem, 9);
+
+    fn route(gw: u32, hops: u8, priority: u8) -> Route {
+        Route {
+            net: MEM9,
+            gateway: Nid::mem(gw, 0),
+            hops,
+            priority,
+        }
+    }
+
+    fn fine(_: &Route) -> Option<Standing> {
+        Some(Standing {
+            health: 1000,
+            queued: 0,
+        })
+    }
+
+    fn picks(t: &mut RouteTable, n: usize, s: impl Fn(&Route) -> Option<Standing>) -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                let g = t.select(MEM9, &s).expect("a gateway");
+                match g.addr {
+                    crate::nid::NidAddr::Num(n) => n,
+                    _ => unreachable!(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn priority_then_hops_then_health_then_queue_then_round_robin() {
+        let mut t = RouteTable::default();
+        t.add(route(1, 2, 0));
+        t.add(route(2, 1, 1));
+        t.add(route(3, 1, 0));
+        t.add(route(4, 1, 0));
+        // Priority 0 beats 1; one hop beats two; 3 and 4 share.
+        assert_eq!(picks(&mut t, 4, fine), vec![3, 4, 3, 4]);
+        // Healthier first, then less queued.
+        let sick_3 = |r: &Route| {
+            Some(Standing {
+                health: if r.gateway == Nid::mem(3, 0) {
+                    900
+                } else {
+                    1000
+                },
+                queued: 0,
+            })
+        };
+        assert_eq!(picks(&mut t, 2, sick_3), vec![4, 4]);
+        let busy_4 = |r: &Route| {
+            Some(Standing {
+                health: 1000,
+                queued: usize::from(r.gateway == Nid::mem(4, 0)),
+            })
+        };
+        assert_eq!(picks(&mut t, 2, busy_4), vec![3, 3]);
+        // Unusable ones are skipped; with none left, nothing is chosen.
+        let only_2 = |r: &Route| (r.gateway == Nid::mem(2, 0)).then(|| fine(r)).flatten();
+        assert_eq!(picks(&mut t, 1, only_2), vec![2]);
+        assert_eq!(t.select(MEM9, |_| None), None);
+        assert_eq!(
+            t.select(Net::new(crate::nid::LndKind::Mem, 8), fine),
+            None,
+            "no route to that net"
+        );
+    }
+
+    #[test]
+    fn routes_are_added_updated_and_removed() {
+        let mut t = RouteTable::default();
+        t.add(route(1, 1, 5));
+        t.add(route(1, 2, 0)); // same gateway: updated
+        t.add(route(2, 1, 0));
+        assert_eq!(t.all(), vec![route(2, 1, 0), route(1, 2, 0)]);
+        assert!(t.remove(MEM9, Nid::mem(1, 0)));
+        assert!(!t.remove(MEM9, Nid::mem(1, 0)));
+        assert!(t.remove(MEM9, Nid::mem(2, 0)));
+        assert!(!t.has_routes_to(MEM9));
+    }
+}

@@ -1,0 +1,138 @@
+//! A router node driven by hand: what it passes on, what it refuses, and the credits it
+//! holds meanwhile.
+
+use super::*;
+
+/// Node A with NIs on mem nets 0 and 1, forwarding.
+fn router() -> Node {
+    let mut n = node_with(NodeConfig {
+        forwarding: true,
+        ..cfg()
+    });
+    n.add_ni(Nid::mem(A, 1)).unwrap();
+    n
+}
+
+/// Downstream node D, on net 1.
+fn d() -> Nid {
+    Nid::mem(5, 1)
+}
+
+fn connect(n: &mut Node, ni: usize, peer: Nid, lane: Lane, credits: u16) {
+    let hello = PeerHello {
+        nid: peer,
+        incarnation: 9,
+        lane,
+        credits,
+        max_payload: 1 << 20,
+    };
+    let local_credits = n.config().lanes[lane].peer_credits;
+    let ev = LndEvent::Connected {
+        peer,
+        lane,
+        hello,
+        local_credits,
+    };
+    n.handle_lnd_event(Time::ZERO, NiId(ni), ev);
+}
+
+/// A PUT from B (on net 0) to `dst`, arriving at the router from B.
+fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit,
+        credits: 0,
+        src: nid(B),
+        dst,
+        src_incarnation: 7,
+        msg_id,
+        payload_len: 3,
+        body: Body::Put {
+            portal: 4,
+            match_bits: 1,
+        },
+        router_gen: 0,
+    };
+    let ev = LndEvent::Received {
+        peer: nid(B),
+        lane: Lane::Data,
+        header,
+        payload: RxPayload::Inline(Bytes::from_static(b"abc")),
+    };
+    n.handle_lnd_event(t(0), NiId(0), ev);
+}
+
+/// (owed, held) credits of the router towards B on the data lane.
+fn b_credits(n: &Node) -> (u16, u16) {
+    match &n.hops[&nid(B)].lanes[Lane::Data].conn {
+        Conn::Up { credits, .. } => (credits.owed(), credits.held()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_forwarded_frames_credit_goes_back_only_once_it_has_left() {
+    let mut n = router();
+    connect(&mut n, 0, nid(B), Lane::Data, 8);
+    connect(&mut n, 1, d(), Lane::Data, 1);
+    // B fills every buffer the router offered it; D takes one frame at a time.
+    for m in 1..=8 {
+        put_from_b(&mut n, d(), m, 8);
+    }
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 1, "one credit at D");
+    let h = out[0].header;
+    assert_eq!(
+        (h.src, h.dst, h.msg_id, h.hop_limit),
+        (nid(B), d(), 1, 7),
+        "ends unchanged, one hop used"
+    );
+    assert_eq!(b_credits(&n), (0, 8), "all held: nothing to give back yet");
+    // B cannot send a ninth: the held buffers are in use.
+    put_from_b(&mut n, d(), 9, 8);
+    assert_eq!(n.stats().protocol_errors, 1);
+    // The first frame leaves D's driver: its buffer here is free again.
+    sent_ok(&mut n, &out[0]);
+    assert_eq!(b_credits(&n), (1, 7));
+    assert_eq!(n.stats().forwarded, 8);
+}
+
+/// The NACK the router sent to B for message `msg_id`.
+fn nack_to_b(n: &mut Node, msg_id: u64) -> (NackReason, Nid) {
+    let out = drain(n);
+    let nack = out
+        .iter()
+        .find(|s| s.header.dst == nid(B) && s.header.msg_id == msg_id)
+        .unwrap_or_else(|| panic!("no NACK among {:?}", out.len()));
+    assert_eq!(nack.header.src, nid(A), "from the router's NID on B's net");
+    match nack.header.body {
+        Body::Nack { reason, target } => (reason, target),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn what_cannot_be_passed_on_is_refused_at_once_and_says_why() {
+    let far = Nid::mem(7, 5);
+    let mut n = router();
+    connect(&mut n, 0, nid(B), Lane::Data, 8);
+    put_from_b(&mut n, far, 1, 8);
+    assert_eq!(nack_to_b(&mut n, 1), (NackReason::NoRoute, far));
+    assert_eq!(b_credits(&n).1, 0, "a refused frame holds no buffer");
+    put_from_b(&mut n, d(), 2, 0);
+    assert_eq!(nack_to_b(&mut n, 2), (NackReason::HopLimit, d()));
+    // Declared Down: refused rather than held for it.
+    n.health.watch(d(), t(0), true);
+    n.handle_timeout(t(10_000));
+    put_from_b(&mut n, d(), 3, 8);
+    assert_eq!(nack_to_b(&mut n, 3), (NackReason::NextHopDown, d()));
+    // A node that does not forward refuses too.
+    let mut end = node();
+    connected(&mut end, B, Lane::Data, 8, 7);
+    put_from_b(&mut end, Nid::mem(C, 0), 4, 8);
+    assert_eq!(
+        nack_to_b(&mut end, 4),
+        (NackReason::NotForwarding, Nid::mem(C, 0))
+    );
+    assert_eq!(n.stats().nacks_sent, 3);
+}

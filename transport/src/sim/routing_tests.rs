@@ -1,0 +1,422 @@
+//! Routing on the virtual clock: clients and servers on different nets, routers with an NI
+//! on each, frames forwarded with their ends unchanged, answers taking any usable way
+//! back, refusals (NACK) and resends, loops ending at the hop limit.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::lane::Lane;
+use crate::mem::{LinkFaults, MemLndConfig};
+use crate::nid::Net;
+use crate::node::Route;
+use crate::op::{OpError, OpOutcome};
+
+const US: Duration = Duration::from_micros(1);
+
+/// Node `n` on mem net `net`.
+fn on(net: u16, n: u32) -> Nid {
+    Nid::mem(n, net)
+}
+
+fn net(n: u16) -> Net {
+    on(n, 0).net
+}
+
+fn route(to: u16, gateway: Nid, hops: u8) -> Route {
+    Route {
+        net: net(to),
+        gateway,
+        hops,
+        priority: 0,
+    }
+}
+
+fn sim() -> Sim {
+    let sim = Sim::new(5);
+    sim.fabric().set_default_link(LinkFaults {
+        delay: 10 * US,
+        ..LinkFaults::default()
+    });
+    sim
+}
+
+fn cfg(incarnation: u64) -> NodeConfig {
+    NodeConfig::new(incarnation)
+}
+
+fn router_cfg(incarnation: u64) -> NodeConfig {
+    NodeConfig {
+        forwarding: true,
+        ..NodeConfig::new(incarnation)
+    }
+}
+
+/// Starts a router with an NI on each of `nets`, numbered `n` on each.
+fn add_router(sim: &mut Sim, n: u32, nets: &[u16], lnd: Option<MemLndConfig>) -> Nid {
+    let nids: Vec<Nid> = nets.iter().map(|&k| on(k, n)).collect();
+    let c = router_cfg(u64::from(n) * 100);
+    let lnd = lnd.unwrap_or_else(|| MemLndConfig::for_node(&c));
+    sim.add_node_on(&nids, c, lnd).unwrap();
+    nids[0]
+}
+
+fn run_to_completion(sim: &mut Sim, at: Nid, op: OpId) -> Result<OpOutcome, OpError> {
+    for _ in 0..1_000_000 {
+        let done = sim.take_events(at).into_iter().find_map(|e| match e {
+            Event::Completed(c) if c.op == op => Some(c.result),
+            _ => None,
+        });
+        if let Some(done) = done {
+            return done;
+        }
+        assert!(sim.step(), "{op} pending, yet nothing is scheduled");
+    }
+    panic!("{op} never completed");
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn put(dst: Nid, portal: u32, payload: Bytes) -> PutRequest {
+    PutRequest {
+        lane: Lane::Data,
+        dst,
+        portal,
+        match_bits: 1,
+        payload,
+        timeout: None,
+        on_peer_down: Default::default(),
+    }
+}
+
+fn get(dst: Nid, portal: u32, want_len: u32) -> GetRequest {
+    GetRequest {
+        lane: Lane::Data,
+        dst,
+        portal,
+        match_bits: 1,
+        want_len,
+        timeout: None,
+        on_peer_down: Default::default(),
+    }
+}
+
+fn ping(dst: Nid) -> PingRequest {
+    PingRequest {
+        dst,
+        lane: Lane::Health,
+        timeout: None,
+        on_peer_down: Default::default(),
+    }
+}
+
+/// PUTs and GETs of 0 B to 16 MiB from `client` to `server` (data checked at both ends),
+/// and a PING, through whatever routers the routes name.
+fn exchange_every_size(sim: &mut Sim, client: Nid, server: Nid) {
+    let big = pattern(16 << 20, 3);
+    sim.attach(server, MatchEntry::sink(4, 1, 16 << 20));
+    sim.attach(server, MatchEntry::source(5, 1, big.clone()));
+    for len in [0, 1, 100, 4_000, 65_536, 1 << 20, 16 << 20] {
+        let data = pattern(len, len as u8);
+        let op = sim.put(client, put(server, 4, data.clone()));
+        assert_eq!(
+            run_to_completion(sim, client, op),
+            Ok(OpOutcome::Put { mlen: len as u32 }),
+            "PUT of {len} bytes"
+        );
+        let delivered = sim.take_events(server).into_iter().find_map(|e| match e {
+            Event::Delivered(d) => Some(d),
+            _ => None,
+        });
+        let d = delivered.expect("delivered");
+        assert_eq!(d.from, client, "the initiator, not the router");
+        assert!(d.payload == data, "PUT of {len} bytes corrupted");
+        let op = sim.get(client, get(server, 5, len as u32));
+        match run_to_completion(sim, client, op) {
+            Ok(OpOutcome::Get { data }) => {
+                assert!(data == big.slice(..len), "GET of {len} bytes corrupted")
+            }
+            other => panic!("GET of {len} bytes: {other:?}"),
+        }
+    }
+    let op = sim.ping(client, ping(server));
+    assert!(matches!(
+        run_to_completion(sim, client, op),
+        Ok(OpOutcome::Pong { .. })
+    ));
+}
+
+#[test]
+fn puts_gets_and_pings_cross_one_router_with_data_intact() {
+    // Net 1 (client) and net 2 (server), router 9 on both. The router's LND defers large
+    // payloads, as RDMA does: it fetches them into its own buffers before passing them on.
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    let deferring = |c: &NodeConfig| MemLndConfig {
+        inline_max: Some(4096),
+        ..MemLndConfig::for_node(c)
+    };
+    sim.add_node_with(client, cfg(1), deferring(&cfg(1)))
+        .unwrap();
+    sim.add_node_with(server, cfg(2), deferring(&cfg(2)))
+        .unwrap();
+    add_router(&mut sim, 9, &[1, 2], Some(deferring(&router_cfg(900))));
+    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
+    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    exchange_every_size(&mut sim, client, server);
+    let r = sim.node(on(1, 9)).stats().clone();
+    assert!(r.forwarded >= 30, "{r:?}");
+    assert_eq!((r.nacks_sent, r.protocol_errors), (0, 0), "{r:?}");
+    assert_eq!(sim.protocol_errors(), 0);
+}
+
+#[test]
+fn puts_gets_and_pings_cross_two_routers_in_series() {
+    // Net 1 - router 8 - net 2 - router 9 - net 3.
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(3, 3));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(3)).unwrap();
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    let r9 = add_router(&mut sim, 9, &[2, 3], None);
+    sim.add_route(client, route(3, on(1, 8), 2)).unwrap();
+    sim.add_route(client, route(2, on(1, 8), 1)).unwrap();
+    sim.add_route(r8, route(3, on(2, 9), 1)).unwrap();
+    sim.add_route(r9, route(1, on(2, 8), 1)).unwrap();
+    sim.add_route(server, route(1, on(3, 9), 2)).unwrap();
+    sim.add_route(server, route(2, on(3, 9), 1)).unwrap();
+    exchange_every_size(&mut sim, client, server);
+    for r in [r8, r9] {
+        let s = sim.node(r).stats().clone();
+        assert!(s.forwarded >= 30, "{r}: {s:?}");
+    }
+    assert_eq!(sim.protocol_errors(), 0);
+}
+
+#[test]
+fn answers_return_by_another_router_than_the_request_took() {
+    // The client knows only router 8, the server only router 9: every request goes out
+    // through 8 and every answer comes back through 9.
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(2)).unwrap();
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    let r9 = add_router(&mut sim, 9, &[1, 2], None);
+    sim.add_route(client, route(2, on(1, 8), 1)).unwrap();
+    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 100));
+    for i in 0..10 {
+        let op = sim.put(client, put(server, 4, pattern(50, i)));
+        assert_eq!(
+            run_to_completion(&mut sim, client, op),
+            Ok(OpOutcome::Put { mlen: 50 })
+        );
+    }
+    let (s8, s9) = (sim.node(r8).stats().clone(), sim.node(r9).stats().clone());
+    assert_eq!((s8.forwarded, s9.forwarded), (10, 10), "{s8:?} {s9:?}");
+}
+
+#[test]
+fn equal_gateways_share_the_load_and_priority_decides_between_unequal_ones() {
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(2)).unwrap();
+    let r7 = add_router(&mut sim, 7, &[1, 2], None);
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    let r9 = add_router(&mut sim, 9, &[1, 2], None);
+    sim.add_route(client, route(2, on(1, 8), 1)).unwrap();
+    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
+    sim.add_route(
+        client,
+        Route {
+            priority: 1,
+            ..route(2, on(1, 7), 1)
+        },
+    )
+    .unwrap();
+    sim.add_route(server, route(1, on(2, 7), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 100));
+    for i in 0..20 {
+        let op = sim.put(client, put(server, 4, pattern(10, i)));
+        assert!(run_to_completion(&mut sim, client, op).is_ok());
+    }
+    let f = |r| sim.node(r).stats().forwarded;
+    // Requests: 8 and 9 take turns, 7 (lower priority) none; answers all go back by 7.
+    assert_eq!((f(r8), f(r9), f(r7)), (10, 10, 20));
+}
+
+#[test]
+fn a_refused_request_is_resent_through_another_router_at_once() {
+    // Router 8 has no way to net 3; router 9 has. The client's first try through 8 is
+    // refused (NACK: no route), and it goes through 9 straight away.
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(3, 3));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(3)).unwrap();
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    add_router(&mut sim, 9, &[1, 3], None);
+    sim.add_route(client, route(3, on(1, 8), 1)).unwrap();
+    sim.add_route(client, route(3, on(1, 9), 1)).unwrap();
+    sim.add_route(server, route(1, on(3, 9), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 100));
+    let mut via_8 = 0;
+    for i in 0..6 {
+        let before = sim.node(r8).stats().nacks_sent;
+        let start = sim.now();
+        let op = sim.put(client, put(server, 4, pattern(10, i)));
+        assert_eq!(
+            run_to_completion(&mut sim, client, op),
+            Ok(OpOutcome::Put { mlen: 10 })
+        );
+        if sim.node(r8).stats().nacks_sent > before {
+            via_8 += 1;
+            // Refused and resent without waiting for anything but the NACK: the whole
+            // exchange takes a handful of 10 us hops, not a timeout.
+            assert!(
+                sim.now() - start < Duration::from_millis(1),
+                "{:?}",
+                sim.now() - start
+            );
+        }
+    }
+    let c = sim.node(client).stats().clone();
+    assert!(via_8 >= 1, "round robin sent some through 8");
+    assert_eq!((c.nacks_received, c.resent), (via_8, via_8), "{c:?}");
+    assert_eq!(sim.node(r8).stats().forwarded, 0);
+}
+
+#[test]
+fn a_routing_loop_ends_in_a_refusal_not_a_storm() {
+    // Misconfigured: three routers send net 3 round in a circle, 7 -> 8 -> 9 -> 7.
+    let mut sim = sim();
+    let client = on(1, 1);
+    sim.add_node(client, cfg(1)).unwrap();
+    let r7 = add_router(&mut sim, 7, &[1, 2, 6], None);
+    let r8 = add_router(&mut sim, 8, &[2, 5], None);
+    let r9 = add_router(&mut sim, 9, &[5, 6], None);
+    sim.add_route(client, route(3, on(1, 7), 3)).unwrap();
+    sim.add_route(r7, route(3, on(2, 8), 2)).unwrap();
+    sim.add_route(r8, route(3, on(5, 9), 2)).unwrap();
+    sim.add_route(r9, route(3, on(6, 7), 2)).unwrap();
+    // The way back to the client is sound.
+    sim.add_route(r8, route(1, on(2, 7), 1)).unwrap();
+    sim.add_route(r9, route(1, on(6, 7), 1)).unwrap();
+    let op = sim.put(client, put(on(3, 3), 4, pattern(10, 1)));
+    match run_to_completion(&mut sim, client, op) {
+        Err(OpError::Network(m)) => assert!(m.contains("hop limit"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // It went round no more than the hop limit allows, then one router refused it.
+    let f = |r| sim.node(r).stats().forwarded;
+    let n = |r| sim.node(r).stats().nacks_sent;
+    assert_eq!(
+        f(r7) + f(r8) + f(r9),
+        u64::from(crate::wire::DEFAULT_HOP_LIMIT) + 1,
+        "8 hops out, 1 for the NACK back"
+    );
+    assert_eq!(n(r7) + n(r8) + n(r9), 1);
+
+    // Two routers pointing at each other never even start: a router does not send a
+    // frame back where it came from, so the second refuses at once (no route).
+    let mut sim = self::sim();
+    sim.add_node(client, cfg(1)).unwrap();
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    let r9 = add_router(&mut sim, 9, &[2, 4], None);
+    sim.add_route(client, route(3, on(1, 8), 2)).unwrap();
+    sim.add_route(r8, route(3, on(2, 9), 1)).unwrap();
+    sim.add_route(r9, route(3, on(2, 8), 1)).unwrap();
+    sim.add_route(r9, route(1, on(2, 8), 1)).unwrap();
+    let op = sim.put(client, put(on(3, 3), 4, pattern(10, 1)));
+    assert_eq!(
+        run_to_completion(&mut sim, client, op),
+        Err(OpError::NoRoute(on(3, 3)))
+    );
+    assert_eq!(sim.node(r9).stats().nacks_sent, 1);
+}
+
+#[test]
+fn a_node_that_does_not_forward_refuses_and_nothing_routes_to_an_unknown_net() {
+    let mut sim = sim();
+    let (client, bystander) = (on(1, 1), on(1, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node_on(
+        &[bystander, on(2, 2)],
+        cfg(2),
+        MemLndConfig::for_node(&cfg(2)),
+    )
+    .unwrap();
+    // The client mistakes a two-NI end node for a router.
+    sim.add_route(client, route(2, bystander, 1)).unwrap();
+    let op = sim.put(client, put(on(2, 5), 4, pattern(10, 1)));
+    match run_to_completion(&mut sim, client, op) {
+        Err(OpError::Network(m)) => assert!(m.contains("does not forward"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let op = sim.put(client, put(on(7, 5), 4, pattern(10, 1)));
+    assert_eq!(
+        run_to_completion(&mut sim, client, op),
+        Err(OpError::NoRoute(on(7, 5)))
+    );
+    // Routes are checked: the gateway must be on one of our nets, the net not ours.
+    assert!(sim.add_route(client, route(2, on(5, 9), 1)).is_err());
+    assert!(sim.add_route(client, route(1, bystander, 1)).is_err());
+}
+
+/// The round trip of one PING from `client` to `server` on `lane`, started now.
+fn ping_rtt(sim: &mut Sim, client: Nid, server: Nid, lane: Lane) -> Duration {
+    let op = sim.ping(
+        client,
+        PingRequest {
+            lane,
+            ..ping(server)
+        },
+    );
+    match run_to_completion(sim, client, op) {
+        Ok(OpOutcome::Pong { rtt }) => rtt,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_health_lane_keeps_its_priority_through_a_router() {
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(2)).unwrap();
+    add_router(&mut sim, 9, &[1, 2], None);
+    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
+    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 1 << 20));
+    ping_rtt(&mut sim, client, server, Lane::Health); // connections up
+    let idle = ping_rtt(&mut sim, client, server, Lane::Health);
+    // Saturate the data lane through the router: far more PUTs than credits, so queues
+    // form at the client and at the router.
+    let load = |sim: &mut Sim| {
+        for i in 0..400u32 {
+            sim.put(client, put(server, 4, pattern(64 << 10, i as u8)));
+        }
+    };
+    load(&mut sim);
+    sim.run_for(20 * US);
+    let loaded = ping_rtt(&mut sim, client, server, Lane::Health);
+    sim.run_for(Duration::from_secs(1));
+    load(&mut sim);
+    sim.run_for(20 * US);
+    let single_lane = ping_rtt(&mut sim, client, server, Lane::Data);
+    eprintln!("health lane through a router: idle {idle:?}, loaded {loaded:?}, single lane {single_lane:?}");
+    // Four 10 us hops idle; the health lane stays within a small factor of that under
+    // load, while a ping on the data lane waits behind the queue.
+    assert!(loaded <= 3 * idle, "idle {idle:?}, loaded {loaded:?}");
+    assert!(
+        single_lane >= 10 * loaded,
+        "loaded {loaded:?}, single lane {single_lane:?}"
+    );
+}
