@@ -225,6 +225,7 @@ mod tests {
             body: Body::Put {
                 portal: 1,
                 match_bits: 2,
+                settled_below: 0,
             },
         };
         (encode_header(&h), Bytes::copy_from_slice(payload))

@@ -150,6 +150,7 @@ fn frame(from: Nid, to: Nid, body: Body, payload: Bytes, token: u64) -> Transmit
 const PUT: Body = Body::Put {
     portal: 4,
     match_bits: 1,
+    settled_below: 0,
 };
 const REPLY: Body = Body::Reply { status: Status::Ok };
 

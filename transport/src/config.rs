@@ -41,6 +41,15 @@ pub struct NodeConfig {
     pub forwarding: bool,
     /// Routers the frames this node starts may pass (see [`crate::wire::DEFAULT_HOP_LIMIT`]).
     pub hop_limit: u8,
+    /// Times one operation is sent again because the router it went through failed with
+    /// it in flight (a refusal on the way, NACK, does not count: it is resent at once).
+    pub resend_budget: u8,
+    /// Answers remembered per initiator that reaches this node through routers, so that
+    /// a request resent after a router failed is answered again rather than delivered
+    /// twice. Initiators tell how many they may still resend; this caps it.
+    pub dedup_window: usize,
+    /// Initiators remembered so at once (the idlest is forgotten first).
+    pub dedup_initiators: usize,
 }
 
 impl NodeConfig {
@@ -65,6 +74,9 @@ impl NodeConfig {
             health: HealthConfig::default(),
             forwarding: false,
             hop_limit: crate::wire::DEFAULT_HOP_LIMIT,
+            resend_budget: 2,
+            dedup_window: 1024,
+            dedup_initiators: 4096,
         }
     }
 
@@ -107,6 +119,11 @@ impl NodeConfig {
         }
         if self.max_undelivered == 0 {
             return Err(ConfigError("max_undelivered must be at least 1".into()));
+        }
+        if self.dedup_window == 0 || self.dedup_initiators == 0 {
+            return Err(ConfigError(
+                "dedup_window and dedup_initiators must be at least 1".into(),
+            ));
         }
         Ok(())
     }

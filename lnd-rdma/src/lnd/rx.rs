@@ -300,6 +300,7 @@ mod tests {
             body: Body::Put {
                 portal: 4,
                 match_bits: 1,
+                settled_below: 0,
             },
         }
     }

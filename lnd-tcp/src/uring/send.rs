@@ -188,6 +188,7 @@ mod tests {
             body: Body::Put {
                 portal: 1,
                 match_bits: 2,
+                settled_below: 0,
             },
         };
         q.push(

@@ -69,6 +69,7 @@ fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
         body: Body::Put {
             portal: 1,
             match_bits: 2,
+            settled_below: 0,
         },
     };
     Transmit {

@@ -141,7 +141,8 @@ impl Node {
             msg_id: h.msg_id,
             payload: Bytes::new(),
         };
-        self.send_answer(h.lane, nack);
+        // Back the way the request came, if that is a way to its initiator.
+        self.send_answer(h.lane, nack, Some(upstream.hop));
     }
 
     /// Keeps the buffer of the frame just consumed from `up` in use: its credit is not

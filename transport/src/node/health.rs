@@ -95,8 +95,9 @@ impl Node {
 
     /// `peer` is Down. As an end: everything queued or in flight to it ends now with
     /// `PeerDead`, except queued operations that chose to wait for it. As a router:
-    /// requests of ours waiting for it go another way, those it already took fail (their
-    /// answers are in doubt), and frames passing through for it are refused. Only its own
+    /// requests of ours go another way (those it already took within their resend
+    /// budget: the target answers a copy without delivering it twice), and frames passing
+    /// through for it are refused. Only its own
     /// silence decides this: nothing behind it counts against it.
     fn peer_down(&mut self, now: Time, peer: Nid, silent: std::time::Duration) {
         tracing::debug!(%peer, ?silent, "peer is down");
@@ -121,8 +122,10 @@ impl Node {
         let gone = || OpError::Network(format!("router {peer} is down"));
         for id in through {
             match self.ops.get(id).map(|op| op.stage) {
+                // Never sent: another way is safe, and free.
                 Some(Stage::Queued) => self.resend(id, &gone()),
-                Some(_) => self.complete(id, Err(gone())),
+                // Maybe delivered: resent within the budget; the target answers a copy.
+                Some(_) => self.resend_after_failure(id, &gone()),
                 None => {}
             }
         }

@@ -17,6 +17,7 @@
 //! and received frames (`rx`), the target side (`target`), forwarding for routers
 //! (`forward`), failure detection (`health`).
 
+mod dedup;
 mod forward;
 mod health;
 mod ops;
@@ -109,6 +110,15 @@ pub struct NodeStats {
     /// Answers or NACKs addressed to others that this node could not pass on (nobody
     /// resends an answer: the initiator's deadline ends its operation).
     pub unroutable_answers: u64,
+    /// Resent requests that reached us again and were answered again, not delivered twice.
+    pub duplicates_answered: u64,
+    /// Copies of requests too old for what we remember: dropped, in case they were
+    /// delivered already.
+    pub duplicates_dropped: u64,
+    /// Answers remembered for resent requests, now (bounded by `dedup_window` x
+    /// `dedup_initiators`), and the initiators they belong to.
+    pub dedup_entries: u64,
+    pub dedup_initiators: u64,
 }
 
 /// Answers (ACK, REPLY, PONG, NACK) that may wait at one hop lane, per receive credit we
@@ -184,6 +194,8 @@ pub struct Node {
     pub(crate) ends: FxHashMap<Nid, End>,
     pub(crate) routes: RouteTable,
     pub(crate) ops: Ops,
+    /// What reached us through routers, to answer resent requests again.
+    pub(crate) dedup: dedup::Dedup,
     /// Attached entries per portal, in attach order.
     pub(crate) portals: FxHashMap<u32, Vec<OpId>>,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
@@ -210,7 +222,9 @@ impl Node {
     pub fn new(cfg: NodeConfig) -> Node {
         debug_assert_eq!(cfg.validate(), Ok(()));
         let health = Monitor::new(cfg.health);
+        let dedup = dedup::Dedup::new(cfg.dedup_window, cfg.dedup_initiators);
         Node {
+            dedup,
             cfg,
             nis: Vec::new(),
             hops: FxHashMap::default(),

@@ -46,6 +46,8 @@ pub(crate) struct Op {
     /// Times its request was handed to a driver: a send completion for an earlier
     /// attempt says nothing about the current one.
     pub(crate) attempts: u32,
+    /// Times it was sent again because its router failed with it in flight.
+    pub(crate) failure_resends: u8,
 }
 
 impl Op {
@@ -58,6 +60,7 @@ impl Op {
             via: None,
             avoid: Vec::new(),
             attempts: 0,
+            failure_resends: 0,
         }
     }
 
@@ -202,6 +205,15 @@ impl Ops {
     /// The op waiting for an answer to message `msg_id`.
     pub(crate) fn answering(&self, msg_id: u64) -> Option<OpId> {
         self.awaiting.get(&msg_id).copied()
+    }
+
+    /// The lowest message id of a live op involving `peer` (`above` if none is lower): an
+    /// initiator has settled every request to `peer` below it.
+    pub(crate) fn settled_below(&self, peer: Nid, above: u64) -> u64 {
+        self.by_peer
+            .get(&peer)
+            .and_then(|set| set.first())
+            .map_or(above, |(seq, _)| (*seq).min(above))
     }
 
     /// Live ops involving `peer` (as target or router) for which `pick` holds, in

@@ -101,6 +101,8 @@ impl HopLane {
 pub(crate) struct Hop {
     pub(crate) ni: NiId,
     pub(crate) lanes: PerLane<HopLane>,
+    /// A connection to it just failed: as a gateway, it is not chosen before then.
+    pub(crate) unreachable_until: Option<crate::time::Time>,
 }
 
 impl Hop {
@@ -113,6 +115,7 @@ impl Hop {
         Hop {
             ni,
             lanes: PerLane::new(lane(), lane()),
+            unreachable_until: None,
         }
     }
 

@@ -80,6 +80,13 @@ impl RouteTable {
         v
     }
 
+    /// Whether `gateway` is a gateway to `net`.
+    pub(crate) fn has(&self, net: Net, gateway: Nid) -> bool {
+        self.nets
+            .get(&net)
+            .is_some_and(|n| n.routes.iter().any(|r| r.gateway == gateway))
+    }
+
     pub(crate) fn has_routes_to(&self, net: Net) -> bool {
         self.nets.contains_key(&net)
     }

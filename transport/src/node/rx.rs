@@ -120,9 +120,16 @@ impl Node {
             return; // a losing duplicate attempt; the lane is up
         }
         hl.conn = Conn::Down;
-        self.stats.responses_dropped += hl.answers.len() as u64;
-        hl.answers.clear();
+        let answers = std::mem::take(&mut hl.answers);
         let queued = std::mem::take(&mut hl.queue);
+        if self.routes_through(nid) {
+            // A gateway we cannot connect to is no gateway for a while.
+            let until = self.clock.unwrap_or_default() + self.cfg.health.detect_time();
+            if let Some(hop) = self.hops.get_mut(&nid) {
+                hop.unreachable_until = Some(until);
+            }
+        }
+        self.reroute_answers(nid, lane, answers);
         let mut keep = std::collections::VecDeque::new();
         for p in queued {
             match p {
@@ -133,6 +140,7 @@ impl Node {
                         continue;
                     };
                     if op.router().is_some() {
+                        // Never sent: another way is safe.
                         self.resend(id, &error.clone().into());
                     } else if self.waits_for_peer(id) {
                         keep.push_back(p);
@@ -168,9 +176,7 @@ impl Node {
         };
         let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Down;
-        // Answers owed die with the connection; the initiators' own deadlines cover them.
-        self.stats.responses_dropped += hl.answers.len() as u64;
-        hl.answers.clear();
+        let answers = std::mem::take(&mut hl.answers);
         let forwards = hl.take_forwards();
         // Our own requests wait for a new connection; the monitor pings again if it must.
         hl.queue.retain(|p| matches!(p, Pending::Op { .. }));
@@ -178,10 +184,36 @@ impl Node {
         for f in forwards {
             self.refuse_forward(f, NackReason::NextHopDown);
         }
+        self.reroute_answers(nid, lane, answers);
     }
 
-    /// Completes the ops whose request went to hop `nid` (on `lane`, or any lane) and
-    /// whose answer is now in doubt.
+    /// Answers that were waiting at (hop, lane), whose connection is gone: those for the
+    /// hop itself die with it (its own deadlines cover them); those passing through it, a
+    /// gateway, go another way if there is one (an answer may arrive twice: the second is
+    /// a late answer, harmless).
+    fn reroute_answers(
+        &mut self,
+        hop: Nid,
+        lane: Lane,
+        answers: std::collections::VecDeque<super::peers::Response>,
+    ) {
+        for answer in answers {
+            if answer.dst == hop {
+                self.stats.responses_dropped += 1;
+            } else {
+                self.send_answer_avoiding(lane, answer, Some(hop));
+            }
+        }
+    }
+
+    /// Whether `nid` is a gateway of one of our routes.
+    fn routes_through(&self, nid: Nid) -> bool {
+        self.routes.all().iter().any(|r| r.gateway == nid)
+    }
+
+    /// The ops whose request went to hop `nid` (on `lane`, or any lane) and whose answer
+    /// is now in doubt: sent to `nid` itself, they fail; through it (a router), they are
+    /// sent again another way, within their resend budget.
     pub(super) fn fail_sent_via(
         &mut self,
         nid: Nid,
@@ -196,7 +228,11 @@ impl Node {
                     .is_some_and(|(_, l)| lane.is_none_or(|lane| lane == l))
         });
         for id in doomed {
-            self.complete(id, Err(error()));
+            if self.ops.get(id).is_some_and(|op| op.router().is_some()) {
+                self.resend_after_failure(id, &error());
+            } else {
+                self.complete(id, Err(error()));
+            }
         }
     }
 
@@ -263,6 +299,9 @@ impl Node {
         }
         let req = Incoming {
             from: h.src,
+            incarnation: h.src_incarnation,
+            routed: h.src != nid,
+            hop: nid,
             to: h.dst,
             lane,
             portal: 0,
@@ -270,25 +309,34 @@ impl Node {
             msg_id: h.msg_id,
         };
         match h.body {
-            Body::Put { portal, match_bits } => {
-                let req = Incoming {
-                    portal,
-                    match_bits,
-                    ..req
-                };
-                self.rx_put(ni, req, payload)
-            }
-            Body::Get {
+            Body::Put {
                 portal,
                 match_bits,
-                want_len,
+                settled_below,
             } => {
                 let req = Incoming {
                     portal,
                     match_bits,
                     ..req
                 };
-                self.rx_get(req, want_len)
+                if self.first_time(ni, req, settled_below, &payload) {
+                    self.rx_put(ni, req, payload)
+                }
+            }
+            Body::Get {
+                portal,
+                match_bits,
+                want_len,
+                settled_below,
+            } => {
+                let req = Incoming {
+                    portal,
+                    match_bits,
+                    ..req
+                };
+                if self.first_time(ni, req, settled_below, &payload) {
+                    self.rx_get(req, want_len)
+                }
             }
             Body::Ack { status, mlen } => {
                 self.rx_answer(now, ni, nid, &h, Answer::Ack(status, mlen))

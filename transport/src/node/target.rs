@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::dedup::Seen;
 use super::ops::OpKind;
 use super::peers::{Hop, Response};
 use super::{Fetch, LndRequest, NiId, Node, ANSWER_BACKLOG_PER_CREDIT};
@@ -16,8 +17,13 @@ use crate::wire::{Body, Status};
 /// matches, and the message id its answer must echo.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Incoming {
-    /// The initiator (not the router it came through).
+    /// The initiator (not the router it came through), and its incarnation.
     pub(crate) from: Nid,
+    pub(crate) incarnation: u64,
+    /// It came through a router: a copy of it may come again, resent.
+    pub(crate) routed: bool,
+    /// The hop it came from (the initiator itself, or that router).
+    pub(crate) hop: Nid,
     pub(crate) to: Nid,
     pub(crate) lane: Lane,
     pub(crate) portal: u32,
@@ -27,9 +33,14 @@ pub(crate) struct Incoming {
 
 impl Node {
     /// Queues the answer (ACK, REPLY, PONG) to request `req` at the next hop towards its
-    /// initiator: the initiator itself, or any usable router (not necessarily the one the
-    /// request came through).
+    /// initiator: the initiator itself, or a usable router, preferably the one the request
+    /// came through (then a failure of that router is one the initiator sees, and resends
+    /// for), else any other.
     pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
+        if req.routed && matches!(body, Body::Ack { .. } | Body::Reply { .. }) {
+            let (from, inc, id) = (req.from, req.incarnation, req.msg_id);
+            self.dedup.answered(from, inc, id, body, payload.clone());
+        }
         let answer = Response {
             src: req.to,
             dst: req.from,
@@ -37,15 +48,40 @@ impl Node {
             msg_id: req.msg_id,
             payload,
         };
-        self.send_answer(req.lane, answer);
+        let back = req.routed.then_some(req.hop);
+        self.send_answer(req.lane, answer, back);
     }
 
-    /// Queues an answer at the next hop towards `answer.dst`, within the hop lane's bound.
-    pub(super) fn send_answer(&mut self, lane: Lane, answer: Response) {
-        let Some(hop) = self.next_hop(answer.dst, &[]) else {
-            self.stats.responses_dropped += 1;
-            return;
-        };
+    /// Queues an answer at the next hop towards `answer.dst` (`by`, if it is a usable
+    /// gateway there), within the hop lane's bound.
+    pub(super) fn send_answer(&mut self, lane: Lane, answer: Response, by: Option<Nid>) {
+        let by = by.filter(|&g| self.usable_gateway(g, answer.dst.net));
+        match by {
+            Some(hop) => self.queue_answer(hop, lane, answer),
+            None => self.send_answer_avoiding(lane, answer, None),
+        }
+    }
+
+    /// Queues an answer at the next hop towards `answer.dst`, not through `avoid` (a
+    /// gateway that just failed).
+    pub(super) fn send_answer_avoiding(
+        &mut self,
+        lane: Lane,
+        answer: Response,
+        avoid: Option<Nid>,
+    ) {
+        let avoid: &[Nid] = avoid.as_slice();
+        match self
+            .next_hop(answer.dst, avoid)
+            .filter(|h| !avoid.contains(h))
+        {
+            Some(hop) => self.queue_answer(hop, lane, answer),
+            None => self.stats.responses_dropped += 1,
+        }
+    }
+
+    /// Queues an answer at (hop, lane), within its bound.
+    fn queue_answer(&mut self, hop: Nid, lane: Lane, answer: Response) {
         let Some(ni) = self.ni_of(hop) else {
             return;
         };
@@ -69,6 +105,44 @@ impl Node {
         }
         pl.answers.push_back(answer);
         self.pump(hop, lane);
+    }
+
+    /// Whether request `req` is to be handled: a copy of one that came through a router
+    /// and was seen already is answered again (or dropped), not handled twice.
+    pub(super) fn first_time(
+        &mut self,
+        ni: NiId,
+        req: Incoming,
+        settled_below: u64,
+        payload: &RxPayload,
+    ) -> bool {
+        if !req.routed {
+            return true;
+        }
+        let seen = self
+            .dedup
+            .check(req.from, req.incarnation, req.msg_id, settled_below);
+        self.stats.dedup_entries = self.dedup.entries() as u64;
+        self.stats.dedup_initiators = self.dedup.windows() as u64;
+        let again = match seen {
+            Seen::New => return true,
+            Seen::Pending => None,
+            Seen::Answered(body, data) => Some((body, data)),
+            Seen::TooOld => {
+                self.stats.duplicates_dropped += 1;
+                None
+            }
+        };
+        if let RxPayload::Deferred { handle, .. } = payload {
+            self.out
+                .requests
+                .push_back((ni, LndRequest::Decline { handle: *handle }));
+        }
+        if let Some((body, data)) = again {
+            self.stats.duplicates_answered += 1;
+            self.respond(req, body, data);
+        }
+        false
     }
 
     fn ack(&mut self, req: Incoming, status: Status, mlen: u32) {

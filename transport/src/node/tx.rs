@@ -16,6 +16,22 @@ use crate::op::{OpError, OpId};
 use crate::time::Time;
 use crate::wire::{encode_header, Body, Header, NackReason};
 
+/// A gateway is usable while it is on one of our nets, not Down, and not just found
+/// unreachable.
+fn usable(
+    nis: &[super::Ni],
+    health: &crate::health::Monitor,
+    hops: &rustc_hash::FxHashMap<Nid, Hop>,
+    gateway: Nid,
+    now: Time,
+) -> bool {
+    let reachable = hops
+        .get(&gateway)
+        .and_then(|h| h.unreachable_until)
+        .is_none_or(|until| now >= until);
+    nis.iter().any(|ni| ni.nid.net == gateway.net) && !health.is_down(gateway) && reachable
+}
+
 /// A frame about to be handed to a driver.
 pub(super) struct Outgoing {
     pub(super) src: Nid,
@@ -31,22 +47,26 @@ pub(super) struct Outgoing {
 
 impl Node {
     /// Where a frame to `dst` goes next: `dst` itself when it is on one of our nets, else
-    /// the best usable gateway of a route to its net (alive, not in `avoid`).
+    /// the best usable gateway of a route to its net (not in `avoid`).
     pub(crate) fn next_hop(&mut self, dst: Nid, avoid: &[Nid]) -> Option<Nid> {
         if self.ni_of(dst).is_some() {
             return Some(dst);
         }
+        let now = self.clock.unwrap_or_default();
         let (nis, health, hops) = (&self.nis, &self.health, &self.hops);
         self.routes.select(dst.net, |r| {
-            let gw = r.gateway;
-            let usable = nis.iter().any(|ni| ni.nid.net == gw.net)
-                && !health.is_down(gw)
-                && !avoid.contains(&gw);
+            let usable = !avoid.contains(&r.gateway) && usable(nis, health, hops, r.gateway, now);
             usable.then(|| Standing {
-                health: health.peer(gw).map_or(HEALTH_MAX, |p| p.health),
-                queued: hops.get(&gw).map_or(0, Hop::queued),
+                health: health.peer(r.gateway).map_or(HEALTH_MAX, |p| p.health),
+                queued: hops.get(&r.gateway).map_or(0, Hop::queued),
             })
         })
+    }
+
+    /// Whether `gateway` is a usable gateway to `net` now.
+    pub(crate) fn usable_gateway(&self, gateway: Nid, net: crate::nid::Net) -> bool {
+        let now = self.clock.unwrap_or_default();
+        self.routes.has(net, gateway) && usable(&self.nis, &self.health, &self.hops, gateway, now)
     }
 
     /// Routes op `id`'s request to its next hop and queues it there; with no way, the op
@@ -103,6 +123,22 @@ impl Node {
         }
         self.stats.resent += 1;
         self.route_op(id, Some(why));
+    }
+
+    /// Op `id` was in flight through `router`, which failed (its connection went, or it
+    /// was declared Down): its request may or may not have got through, so it is sent
+    /// again another way (the target answers a copy without delivering it twice), within
+    /// the resend budget; past it, or with no other way, it fails with `why`.
+    pub(crate) fn resend_after_failure(&mut self, id: OpId, why: &OpError) {
+        let budget = self.cfg.resend_budget;
+        let Some(op) = self.ops.get_mut(id) else {
+            return;
+        };
+        if op.failure_resends >= budget || op.router().is_none() {
+            return self.complete(id, Err(why.clone()));
+        }
+        op.failure_resends += 1;
+        self.resend(id, why);
     }
 
     /// Queues the monitor's PING to `dst` at its next hop (dropped if there is none: the
@@ -269,11 +305,13 @@ impl Node {
             Pending::Op { id, seq } => {
                 let op = self.ops.get(id).expect("liveness checked");
                 let (dst, _) = op.target().expect("only ops that send");
+                let settled_below = self.ops.settled_below(dst, seq);
                 let (body, payload) = match &op.kind {
                     OpKind::Put(r) => (
                         Body::Put {
                             portal: r.portal,
                             match_bits: r.match_bits,
+                            settled_below,
                         },
                         r.payload.clone(),
                     ),
@@ -282,6 +320,7 @@ impl Node {
                             portal: r.portal,
                             match_bits: r.match_bits,
                             want_len: r.want_len,
+                            settled_below,
                         },
                         Bytes::new(),
                     ),

@@ -420,3 +420,147 @@ fn the_health_lane_keeps_its_priority_through_a_router() {
         "loaded {loaded:?}, single lane {single_lane:?}"
     );
 }
+
+/// A client and a server on nets 1 and 2, routers 8 and 9 on both, every route through
+/// both; the server takes PUTs on portal 4.
+fn two_routers() -> (Sim, Nid, Nid, Nid, Nid) {
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(2)).unwrap();
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    let r9 = add_router(&mut sim, 9, &[1, 2], None);
+    for gw in [8, 9] {
+        sim.add_route(client, route(2, on(1, gw), 1)).unwrap();
+        sim.add_route(server, route(1, on(2, gw), 1)).unwrap();
+    }
+    sim.attach(server, MatchEntry::sink(4, 1, 64));
+    (sim, client, server, r8, r9)
+}
+
+/// Submits `n` PUTs, each carrying its own index, from `client` to `server`.
+fn puts_in_flight(sim: &mut Sim, client: Nid, server: Nid, n: u32) -> Vec<OpId> {
+    (0..n)
+        .map(|i| {
+            let payload = Bytes::from(i.to_le_bytes().to_vec());
+            sim.put(client, put(server, 4, payload))
+        })
+        .collect()
+}
+
+/// What [`settle_all`] saw: each op's result, how many times the server got each index,
+/// and when the last op completed.
+type Settled = (
+    Vec<Result<OpOutcome, OpError>>,
+    std::collections::BTreeMap<u32, u32>,
+    Time,
+);
+
+/// Runs until every op of `ops` completed at `client` (then a little longer, for late
+/// copies to show).
+fn settle_all(sim: &mut Sim, client: Nid, server: Nid, ops: &[OpId]) -> Settled {
+    let mut done: FxHashMap<OpId, Result<OpOutcome, OpError>> = FxHashMap::default();
+    let mut delivered = std::collections::BTreeMap::new();
+    let mut steps = 0;
+    while done.len() < ops.len() {
+        assert!(sim.step(), "ops pending, yet nothing is scheduled");
+        steps += 1;
+        assert!(steps < 10_000_000, "never settled");
+        for e in sim.take_events(client) {
+            if let Event::Completed(c) = e {
+                assert!(done.insert(c.op, c.result).is_none(), "{} twice", c.op);
+            }
+        }
+        for e in sim.take_events(server) {
+            if let Event::Delivered(d) = e {
+                let i = u32::from_le_bytes(d.payload[..4].try_into().unwrap());
+                *delivered.entry(i).or_default() += 1;
+            }
+        }
+    }
+    let last = sim.now();
+    sim.run_for(Duration::from_millis(50));
+    for e in sim.take_events(server) {
+        if let Event::Delivered(d) = e {
+            let i = u32::from_le_bytes(d.payload[..4].try_into().unwrap());
+            *delivered.entry(i).or_default() += 1;
+        }
+    }
+    (
+        ops.iter().map(|op| done[op].clone()).collect(),
+        delivered,
+        last,
+    )
+}
+
+#[test]
+fn a_router_killed_with_a_thousand_operations_in_flight_costs_nothing_but_latency() {
+    let (mut sim, client, server, r8, _r9) = two_routers();
+    // Connections up, so the thousand go out at once.
+    let warm = puts_in_flight(&mut sim, client, server, 2);
+    let _ = settle_all(&mut sim, client, server, &warm);
+    let ops = puts_in_flight(&mut sim, client, server, 1000);
+    // Let some get through router 8, some be in it, some wait for it, then kill it.
+    sim.run_for(60 * US);
+    let in_8 = sim.node(r8).stats().forwarded;
+    sim.kill(r8);
+    let start = sim.now();
+    let (results, delivered, last) = settle_all(&mut sim, client, server, &ops);
+    let took = last - start;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(OpOutcome::Put { mlen: 4 }))),
+        "{:?}",
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(delivered.len(), 1002 - 2, "every one delivered");
+    assert!(
+        delivered.values().all(|&n| n == 1),
+        "delivered twice: {:?}",
+        delivered
+            .iter()
+            .filter(|(_, &n)| n > 1)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let c = sim.node(client).stats().clone();
+    let s = sim.node(server).stats().clone();
+    eprintln!(
+        "router killed after forwarding {in_8} frames: client resent {}, server answered {} \
+         copies again, all done {took:?} after the kill",
+        c.resent, s.duplicates_answered
+    );
+    assert!(in_8 > 0 && c.resent > 0, "{in_8} {c:?}");
+    assert!(sim.ledger().violations().is_empty());
+    assert_eq!(sim.protocol_errors(), 0);
+}
+
+#[test]
+fn a_router_gone_silent_is_declared_down_and_its_operations_resent() {
+    let (mut sim, client, server, r8, _r9) = two_routers();
+    let warm = puts_in_flight(&mut sim, client, server, 2);
+    let _ = settle_all(&mut sim, client, server, &warm);
+    let ops = puts_in_flight(&mut sim, client, server, 200);
+    sim.run_for(30 * US);
+    // Router 8's links go dead without a word: connections stay "up", frames vanish.
+    for peer in [client, server] {
+        let near = if peer == client { on(1, 8) } else { on(2, 8) };
+        sim.fabric().set_cut(peer, near, true);
+    }
+    let start = sim.now();
+    let (results, delivered, last) = settle_all(&mut sim, client, server, &ops);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(delivered.values().all(|&n| n == 1));
+    assert_eq!(delivered.len(), 200);
+    // Detection took the client three 100 ms intervals, then the resend went at once.
+    let took = last - start;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let downs = sim.node(client).health_stats().downs;
+    assert!(downs >= 1, "router 8 declared down");
+    let _ = r8;
+}

@@ -92,18 +92,25 @@ fn encode_body(body: &Body, b: &mut [u8]) {
             put_u32(4, max_payload);
             put_u32(8, status as u32);
         }
-        Body::Put { portal, match_bits } => {
+        Body::Put {
+            portal,
+            match_bits,
+            settled_below,
+        } => {
             put_u32(0, portal);
             b[8..16].copy_from_slice(&match_bits.to_le_bytes());
+            b[16..24].copy_from_slice(&settled_below.to_le_bytes());
         }
         Body::Get {
             portal,
             match_bits,
             want_len,
+            settled_below,
         } => {
             put_u32(0, portal);
             put_u32(4, want_len);
             b[8..16].copy_from_slice(&match_bits.to_le_bytes());
+            b[16..24].copy_from_slice(&settled_below.to_le_bytes());
         }
         Body::Ack { status, mlen } => {
             put_u32(0, status as u32);
@@ -202,7 +209,7 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
     let used = match ty {
         FrameType::Hello => 12,
         FrameType::Ack => 8,
-        FrameType::Put | FrameType::Get => 16,
+        FrameType::Put | FrameType::Get => 24,
         FrameType::Reply => 4,
         FrameType::Ping | FrameType::Pong => 8,
         FrameType::Credit => 0,
@@ -229,12 +236,14 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
             Body::Put {
                 portal: u32_at(b, 0),
                 match_bits: u64_at(b, 8),
+                settled_below: u64_at(b, 16),
             }
         }
         FrameType::Get => Body::Get {
             portal: u32_at(b, 0),
             want_len: u32_at(b, 4),
             match_bits: u64_at(b, 8),
+            settled_below: u64_at(b, 16),
         },
         FrameType::Ack => Body::Ack {
             status: status(u32_at(b, 0))?,

@@ -210,14 +210,20 @@ pub enum Body {
         max_payload: u32,
         status: HelloStatus,
     },
+    /// `settled_below`, in PUT and GET: every request of this initiator to this target
+    /// with a lower message id has been answered or abandoned, so the target may forget
+    /// its answers to them (it keeps recent answers so that a request resent after a
+    /// router failed is answered again, not delivered twice).
     Put {
         portal: u32,
         match_bits: u64,
+        settled_below: u64,
     },
     Get {
         portal: u32,
         match_bits: u64,
         want_len: u32,
+        settled_below: u64,
     },
     /// `mlen`: payload bytes the target accepted.
     Ack {

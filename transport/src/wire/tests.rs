@@ -35,6 +35,7 @@ fn put_frame_round_trips_with_borrowed_payload() {
         Body::Put {
             portal: 7,
             match_bits: 0x1234,
+            settled_below: 0,
         },
         Lane::Data,
         5,
@@ -147,6 +148,7 @@ fn health_lane_refuses_data_frames() {
         Body::Put {
             portal: 1,
             match_bits: 1,
+            settled_below: 0,
         },
         Lane::Health,
         0,
@@ -166,6 +168,7 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
         Body::Put {
             portal: 1,
             match_bits: 1,
+            settled_below: 0,
         },
         Lane::Data,
         u32::MAX,
@@ -191,6 +194,7 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
         Body::Put {
             portal: 1,
             match_bits: 1,
+            settled_below: 0,
         },
         Lane::Data,
         10,
@@ -226,13 +230,17 @@ fn any_body() -> impl Strategy<Value = Body> {
                 max_payload,
                 status
             }),
-        (any::<u32>(), any::<u64>())
-            .prop_map(|(portal, match_bits)| Body::Put { portal, match_bits }),
+        (any::<u32>(), any::<u64>()).prop_map(|(portal, match_bits)| Body::Put {
+            portal,
+            match_bits,
+            settled_below: 0
+        }),
         (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(portal, match_bits, want_len)| {
             Body::Get {
                 portal,
                 match_bits,
                 want_len,
+                settled_below: 0,
             }
         }),
         (any_status(), any::<u32>()).prop_map(|(status, mlen)| Body::Ack { status, mlen }),

@@ -25,7 +25,8 @@ fn put_connects_sends_and_completes_on_ack() {
         h.body,
         Body::Put {
             portal: 4,
-            match_bits: 0x10
+            match_bits: 0x10,
+            settled_below: 1,
         }
     );
     assert_eq!(
@@ -246,6 +247,7 @@ fn a_peer_that_puts_without_returning_credits_cannot_grow_our_ack_queue() {
     let (mut n, cap, flood, sent) = flood_without_returning_credits(Lane::Data, |seq| Body::Put {
         portal: 4,
         match_bits: seq,
+        settled_below: 0,
     });
     let acks = sent
         .iter()
@@ -274,6 +276,7 @@ fn answers_leave_before_our_own_queued_requests() {
     let body = Body::Put {
         portal: 4,
         match_bits: 1,
+        settled_below: 0,
     };
     receive(&mut n, t(1), B, Lane::Data, body, 77, 0, b"y");
     assert!(drain(&mut n).is_empty(), "no credit yet");
@@ -301,6 +304,7 @@ fn answers_held_up_by_our_driver_carry_the_owed_credits_instead_of_a_credit_fram
         let body = Body::Put {
             portal: 4,
             match_bits: seq,
+            settled_below: 0,
         };
         receive(&mut n, t(1), B, Lane::Data, body, 10 + seq, 0, b"y");
     }
@@ -343,6 +347,7 @@ fn a_repeated_connected_keeps_the_lanes_credits() {
     let body = Body::Put {
         portal: 4,
         match_bits: 0x10,
+        settled_below: 0,
     };
     receive(&mut n, t(0), B, Lane::Data, body, 50, 0, b"x");
     assert!(drain(&mut n).is_empty());

@@ -50,6 +50,7 @@ fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
         body: Body::Put {
             portal: 4,
             match_bits: 1,
+            settled_below: 0,
         },
         router_gen: 0,
     };

@@ -29,6 +29,7 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
         Body::Put {
             portal: 4,
             match_bits: 0x10,
+            settled_below: 0,
         },
         9,
         0,
@@ -43,6 +44,7 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
         Body::Put {
             portal: 4,
             match_bits: 0x1f,
+            settled_below: 0,
         },
         10,
         0,
@@ -57,6 +59,7 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
         Body::Put {
             portal: 4,
             match_bits: 0x10,
+            settled_below: 0,
         },
         11,
         0,
@@ -114,6 +117,7 @@ fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
         Body::Put {
             portal: 5,
             match_bits: 0x10,
+            settled_below: 0,
         },
         1,
         0,
@@ -127,6 +131,7 @@ fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
         Body::Put {
             portal: 4,
             match_bits: 0x10,
+            settled_below: 0,
         },
         2,
         0,
@@ -141,6 +146,7 @@ fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
         Body::Put {
             portal: 4,
             match_bits: 0x10,
+            settled_below: 0,
         },
         3,
         0,
@@ -185,6 +191,7 @@ fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
             portal: 6,
             match_bits: 1,
             want_len: 4,
+            settled_below: 0,
         },
         5,
         0,
@@ -199,6 +206,7 @@ fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
             portal: 6,
             match_bits: 2,
             want_len: 4,
+            settled_below: 0,
         },
         6,
         0,
@@ -306,6 +314,7 @@ fn deferred_payloads_are_fetched_after_matching_and_declined_otherwise() {
     let put = Body::Put {
         portal: 4,
         match_bits: 0x10,
+        settled_below: 0,
     };
 
     receive_deferred(&mut n, put, 1, 11, 50);
@@ -332,6 +341,7 @@ fn deferred_payloads_are_fetched_after_matching_and_declined_otherwise() {
         Body::Put {
             portal: 9,
             match_bits: 0,
+            settled_below: 0,
         },
         3,
         13,

@@ -1,0 +1,240 @@
+//! At-most-once delivery across resends: what a target remembers of the requests that
+//! reached it through routers.
+//!
+//! An initiator resends a request whose router failed with the request in flight; the
+//! first copy may have been delivered. So, per (initiator, incarnation), the target keeps
+//! the recent message ids with the answer it gave (ptlrpc's reply reconstruction, one layer
+//! down): a duplicate gets that answer again and is not delivered twice. Each request also
+//! says below which message id the initiator has settled everything it sent here
+//! (`settled_below`), so the window holds only what may still be resent; hard caps bound it
+//! anyway (per initiator and on initiators), and whatever falls out of it raises a floor
+//! below which late copies are dropped rather than delivered.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+use crate::nid::Nid;
+use crate::wire::Body;
+
+/// What the target knows of a request it saw.
+#[derive(Debug, Clone)]
+pub(crate) enum Seen {
+    /// Never seen: handle it (it is now recorded as being handled).
+    New,
+    /// Being handled (its payload on its way): the answer goes when it is done.
+    Pending,
+    /// Answered with this (ACK or REPLY and its payload): send it again.
+    Answered(Body, Bytes),
+    /// Below what the window still holds: it may have been delivered, so it is dropped.
+    TooOld,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Pending,
+    Answered(Body, Bytes),
+}
+
+struct Window {
+    entries: BTreeMap<u64, Entry>,
+    /// Message ids below this are settled or forgotten.
+    floor: u64,
+    /// When it was last used (a tick of the table), for evicting the idlest.
+    used: u64,
+}
+
+/// The windows of every initiator that reached this node through routers.
+pub(crate) struct Dedup {
+    windows: FxHashMap<(Nid, u64), Window>,
+    /// (last used, initiator): the idlest first.
+    by_use: BTreeMap<(u64, (Nid, u64)), ()>,
+    tick: u64,
+    /// Entries one window may hold.
+    per_initiator: usize,
+    /// Windows kept at once.
+    initiators: usize,
+    entries: usize,
+}
+
+impl Dedup {
+    pub(crate) fn new(per_initiator: usize, initiators: usize) -> Dedup {
+        Dedup {
+            windows: FxHashMap::default(),
+            by_use: BTreeMap::new(),
+            tick: 0,
+            per_initiator: per_initiator.max(1),
+            initiators: initiators.max(1),
+            entries: 0,
+        }
+    }
+
+    /// Entries held over all windows.
+    pub(crate) fn entries(&self) -> usize {
+        self.entries
+    }
+
+    pub(crate) fn windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// A request `msg_id` from `from` (as `incarnation`), which has settled everything
+    /// below `settled_below`: what to do with it.
+    pub(crate) fn check(
+        &mut self,
+        from: Nid,
+        incarnation: u64,
+        msg_id: u64,
+        settled_below: u64,
+    ) -> Seen {
+        let key = (from, incarnation);
+        self.tick += 1;
+        if !self.windows.contains_key(&key) {
+            self.make_room();
+            // Another incarnation of the same node restarted: its windows are moot.
+            let stale: Vec<(Nid, u64)> = self
+                .windows
+                .keys()
+                .filter(|(n, i)| *n == from && *i != incarnation)
+                .copied()
+                .collect();
+            for k in stale {
+                self.drop_window(k);
+            }
+            self.windows.insert(
+                key,
+                Window {
+                    entries: BTreeMap::new(),
+                    floor: 0,
+                    used: self.tick,
+                },
+            );
+            self.by_use.insert((self.tick, key), ());
+        }
+        let w = self.windows.get_mut(&key).expect("inserted above");
+        self.by_use.remove(&(w.used, key));
+        w.used = self.tick;
+        self.by_use.insert((w.used, key), ());
+        // What the initiator settled needs no memory any more.
+        if settled_below > w.floor {
+            w.floor = settled_below;
+            let kept = w.entries.split_off(&settled_below);
+            self.entries -= w.entries.len();
+            w.entries = kept;
+        }
+        if msg_id < w.floor {
+            return Seen::TooOld;
+        }
+        match w.entries.get(&msg_id) {
+            Some(Entry::Pending) => return Seen::Pending,
+            Some(Entry::Answered(body, payload)) => return Seen::Answered(*body, payload.clone()),
+            None => {}
+        }
+        w.entries.insert(msg_id, Entry::Pending);
+        self.entries += 1;
+        if w.entries.len() > self.per_initiator {
+            // Past the cap: the oldest goes, and with it any late copy of it.
+            if let Some((oldest, _)) = w.entries.pop_first() {
+                w.floor = oldest + 1;
+                self.entries -= 1;
+            }
+        }
+        Seen::New
+    }
+
+    /// The answer given to request `msg_id` from `from`, to give again to a copy of it.
+    pub(crate) fn answered(
+        &mut self,
+        from: Nid,
+        incarnation: u64,
+        msg_id: u64,
+        body: Body,
+        payload: Bytes,
+    ) {
+        if let Some(e) = self
+            .windows
+            .get_mut(&(from, incarnation))
+            .and_then(|w| w.entries.get_mut(&msg_id))
+        {
+            *e = Entry::Answered(body, payload);
+        }
+    }
+
+    fn make_room(&mut self) {
+        while self.windows.len() >= self.initiators {
+            let Some((&(_, key), _)) = self.by_use.first_key_value() else {
+                return;
+            };
+            self.drop_window(key);
+        }
+    }
+
+    fn drop_window(&mut self, key: (Nid, u64)) {
+        if let Some(w) = self.windows.remove(&key) {
+            self.by_use.remove(&(w.used, key));
+            self.entries -= w.entries.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Status;
+
+    fn ack() -> Body {
+        Body::Ack {
+            status: Status::Ok,
+            mlen: 3,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_answered_again_once_answered_and_held_while_pending() {
+        let mut d = Dedup::new(100, 10);
+        let a = Nid::mem(1, 0);
+        assert!(matches!(d.check(a, 7, 5, 0), Seen::New));
+        assert!(matches!(d.check(a, 7, 5, 0), Seen::Pending));
+        d.answered(a, 7, 5, ack(), Bytes::new());
+        assert!(matches!(d.check(a, 7, 5, 0), Seen::Answered(b, _) if b == ack()));
+        // Another incarnation is another life: nothing in common, and the old one goes.
+        assert!(matches!(d.check(a, 8, 5, 0), Seen::New));
+        assert_eq!((d.windows(), d.entries()), (1, 1));
+    }
+
+    #[test]
+    fn what_the_initiator_settled_is_forgotten_and_late_copies_of_it_dropped() {
+        let mut d = Dedup::new(100, 10);
+        let a = Nid::mem(1, 0);
+        for m in 1..=10 {
+            assert!(matches!(d.check(a, 1, m, 1), Seen::New));
+            d.answered(a, 1, m, ack(), Bytes::new());
+        }
+        assert_eq!(d.entries(), 10);
+        assert!(matches!(d.check(a, 1, 11, 8), Seen::New));
+        assert_eq!(d.entries(), 4, "8, 9, 10 and 11 remain");
+        assert!(matches!(d.check(a, 1, 3, 8), Seen::TooOld));
+        assert!(matches!(d.check(a, 1, 9, 8), Seen::Answered(..)));
+    }
+
+    #[test]
+    fn caps_bound_memory_and_what_falls_out_is_never_delivered_again() {
+        let mut d = Dedup::new(4, 2);
+        let (a, b, c) = (Nid::mem(1, 0), Nid::mem(2, 0), Nid::mem(3, 0));
+        for m in 1..=6 {
+            assert!(matches!(d.check(a, 1, m, 0), Seen::New));
+        }
+        assert_eq!(d.entries(), 4);
+        assert!(
+            matches!(d.check(a, 1, 2, 0), Seen::TooOld),
+            "evicted: dropped"
+        );
+        d.check(b, 1, 1, 0);
+        d.check(a, 1, 7, 0); // a is now the more recently used
+        d.check(c, 1, 1, 0); // over two initiators: the idlest (b) goes
+        assert_eq!(d.windows(), 2);
+        assert!(matches!(d.check(a, 1, 7, 0), Seen::Pending));
+        assert_eq!(d.entries(), 4 + 1);
+    }
+}
