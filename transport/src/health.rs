@@ -174,6 +174,18 @@ impl Monitor {
             .is_some_and(|w| w.state == PeerState::Down)
     }
 
+    /// The peers held Down, in NID order.
+    pub(crate) fn down_peers(&self) -> Vec<Nid> {
+        let mut v: Vec<Nid> = self
+            .peers
+            .iter()
+            .filter(|(_, w)| w.state == PeerState::Down)
+            .map(|(n, _)| *n)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Peers currently monitored (interesting), for tests and tools.
     pub(crate) fn monitored(&self) -> usize {
         self.peers.values().filter(|w| w.interesting()).count()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::lane::Lane;
-use crate::nid::Nid;
+use crate::nid::{Net, Nid};
 use crate::time::Time;
 
 /// Names one operation; chosen by the submitter, unique among its live operations.
@@ -336,6 +336,41 @@ pub enum Event {
     EndpointFailed {
         reason: String,
     },
+    /// A route became usable again: frames to `net` may go through `gateway`.
+    RouteUp {
+        net: Net,
+        gateway: Nid,
+        at: Time,
+    },
+    /// A route stopped being usable: frames to `net` go through other gateways (or, with
+    /// none left, fail with `NoRoute`).
+    RouteDown {
+        net: Net,
+        gateway: Nid,
+        reason: RouteDownReason,
+        at: Time,
+    },
+}
+
+/// Why a route is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteDownReason {
+    /// The gateway itself is silent: declared Down by failure detection.
+    GatewayDown,
+    /// The gateway says it does not forward, and why.
+    Absent(crate::wire::AbsentReason),
+    /// The gateway says its NI on the route's net is down.
+    NetDown,
+}
+
+impl fmt::Display for RouteDownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteDownReason::GatewayDown => f.write_str("the gateway is down"),
+            RouteDownReason::Absent(why) => write!(f, "the gateway is absent: {why}"),
+            RouteDownReason::NetDown => f.write_str("the gateway's NI on that net is down"),
+        }
+    }
 }
 
 impl Event {

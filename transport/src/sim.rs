@@ -204,6 +204,15 @@ impl Sim {
         Ok(())
     }
 
+    /// Takes router `at` out of (or back into) forwarding.
+    pub fn set_router_state(&mut self, at: Nid, state: crate::wire::RouterState) {
+        let now = self.clock.now();
+        if let Some(n) = self.nodes.get_mut(&at) {
+            n.driver.node_mut().set_router_state(now, state);
+        }
+        self.dirty.insert(at);
+    }
+
     /// Removes a route at node `at`.
     pub fn remove_route(&mut self, at: Nid, net: crate::nid::Net, gateway: Nid) -> bool {
         let removed = self

@@ -36,6 +36,8 @@ impl Node {
         };
         let refusal = if !self.cfg.forwarding {
             Some(NackReason::NotForwarding)
+        } else if self.router.status.state != crate::wire::RouterState::Forwarding {
+            Some(NackReason::Absent)
         } else if h.hop_limit == 0 {
             Some(NackReason::HopLimit)
         } else {
@@ -46,6 +48,7 @@ impl Node {
             return self.nack(&h, upstream, reason);
         }
         h.hop_limit -= 1;
+        self.router_used_by(from, self.clock.unwrap_or_default());
         self.hold(upstream);
         match payload {
             RxPayload::Inline(data) => self.pass_on(h, data, upstream),

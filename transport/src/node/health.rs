@@ -149,6 +149,8 @@ impl Node {
         for f in forwards {
             self.refuse_forward(f, NackReason::NextHopDown);
         }
+        self.router_status_changed(now);
+        self.check_routes_through(now, peer);
     }
 
     /// A Down peer answered: `PeerUp`, unless it is a new incarnation (then the restart
@@ -161,6 +163,8 @@ impl Node {
         if before.is_none() || before == current {
             self.out.events.push_back(Event::PeerUp { peer, at: now });
         }
+        self.router_status_changed(now);
+        self.check_routes_through(now, peer);
         // Operations that chose to wait for it go now.
         for lane in Lane::ALL {
             self.pump(peer, lane);

@@ -19,6 +19,7 @@
 
 mod dedup;
 mod forward;
+mod gateways;
 mod health;
 mod ops;
 mod peers;
@@ -193,6 +194,9 @@ pub struct Node {
     /// Far ends of our operations and of the requests we answer.
     pub(crate) ends: FxHashMap<Nid, End>,
     pub(crate) routes: RouteTable,
+    /// What our gateways say of themselves; and, as a router, what we say.
+    pub(crate) gateways: gateways::Gateways,
+    pub(crate) router: gateways::Router,
     pub(crate) ops: Ops,
     /// What reached us through routers, to answer resent requests again.
     pub(crate) dedup: dedup::Dedup,
@@ -230,6 +234,8 @@ impl Node {
             hops: FxHashMap::default(),
             ends: FxHashMap::default(),
             routes: RouteTable::default(),
+            gateways: gateways::Gateways::default(),
+            router: gateways::Router::new(),
             ops: Ops::default(),
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
@@ -270,6 +276,7 @@ impl Node {
                 NiCredits::new(lanes[Lane::Data].ni_credits),
             ),
         });
+        self.router_status_changed(self.clock.unwrap_or_default());
         Ok(NiId(self.nis.len() - 1))
     }
 
@@ -311,13 +318,16 @@ impl Node {
             return Err(OpError::Invalid("a route has at least one hop".into()));
         }
         self.routes.add(route);
+        self.check_routes_through(self.clock.unwrap_or_default(), route.gateway);
         Ok(())
     }
 
     /// Removes the route to `net` through `gateway`; false if there was none. Frames already
     /// on their way through it are not called back.
     pub fn remove_route(&mut self, net: crate::nid::Net, gateway: Nid) -> bool {
-        self.routes.remove(net, gateway)
+        let removed = self.routes.remove(net, gateway);
+        self.forget_route(net, gateway);
+        removed
     }
 
     /// Every route, sorted by net, priority and hops.
@@ -409,16 +419,21 @@ impl Node {
 
     /// When the node next needs [`Node::handle_timeout`].
     pub fn poll_timeout(&mut self) -> Option<Time> {
-        match (self.ops.next_deadline(), self.health.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.ops.next_deadline(),
+            self.health.next_deadline(),
+            self.router.push_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires operations whose deadline is at or before `now`, and runs failure detection.
     pub fn handle_timeout(&mut self, now: Time) {
         self.clock = Some(now);
         self.health_timeout(now);
+        self.push_router_status(now);
         while let Some(id) = self.ops.pop_expired(now) {
             let Some(op) = self.ops.get(id) else {
                 continue;

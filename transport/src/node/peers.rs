@@ -44,6 +44,8 @@ pub(crate) enum Pending {
     HealthPing { dst: Nid, seq: u64 },
     /// A frame passing through this node (it is a router).
     Forward(Box<Forward>),
+    /// This router's status, pushed to the hop (it uses this router).
+    Status,
 }
 
 /// A frame being forwarded: as it arrived, and where its upstream credit is held.

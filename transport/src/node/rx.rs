@@ -148,8 +148,8 @@ impl Node {
                         self.complete(id, Err(error.clone().into()));
                     }
                 }
-                // The monitor pings again if it must.
-                Pending::HealthPing { .. } => {}
+                // The monitor pings again if it must; the status goes with the next PONG.
+                Pending::HealthPing { .. } | Pending::Status => {}
                 Pending::Forward(f) => self.refuse_forward(*f, NackReason::NextHopDown),
             }
         }
@@ -288,6 +288,7 @@ impl Node {
             self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, e.to_string());
         }
+        self.router_generation_seen(nid, h.router_gen);
         if !self.is_local(h.dst) {
             self.forward(ni, nid, lane, serial, h, payload);
             return self.pump(nid, lane);
@@ -345,14 +346,31 @@ impl Node {
                 self.rx_answer(now, ni, nid, &h, Answer::Reply(status, payload))
             }
             Body::Pong { .. } => {
+                if let RxPayload::Inline(status) = &payload {
+                    if !status.is_empty() {
+                        self.status_received(now, h.src, status);
+                    }
+                }
                 self.decline_deferred(ni, payload);
                 self.rx_answer(now, ni, nid, &h, Answer::Pong)
             }
+            Body::Status => match &payload {
+                RxPayload::Inline(status) => self.status_received(now, h.src, status),
+                RxPayload::Deferred { .. } => self.decline_deferred(ni, payload),
+            },
             Body::Nack { reason, target } => {
                 self.stats.nacks_received += 1;
                 self.rx_answer(now, ni, nid, &h, Answer::Nack(reason, target))
             }
-            Body::Ping { seq } => self.respond(req, Body::Pong { seq }, Bytes::new()),
+            Body::Ping { seq } => {
+                // A router answers with its status.
+                let status = if self.cfg.forwarding {
+                    self.router.encoded.clone()
+                } else {
+                    Bytes::new()
+                };
+                self.respond(req, Body::Pong { seq }, status)
+            }
             Body::Credit => {}
             Body::Hello { .. } => {
                 let what = "HELLO on an established connection".to_owned();

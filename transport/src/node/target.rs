@@ -55,7 +55,7 @@ impl Node {
     /// Queues an answer at the next hop towards `answer.dst` (`by`, if it is a usable
     /// gateway there), within the hop lane's bound.
     pub(super) fn send_answer(&mut self, lane: Lane, answer: Response, by: Option<Nid>) {
-        let by = by.filter(|&g| self.usable_gateway(g, answer.dst.net));
+        let by = by.filter(|&g| self.usable_gateway(g, answer.dst));
         match by {
             Some(hop) => self.queue_answer(hop, lane, answer),
             None => self.send_answer_avoiding(lane, answer, None),

@@ -53,9 +53,11 @@ impl Node {
             return Some(dst);
         }
         let now = self.clock.unwrap_or_default();
-        let (nis, health, hops) = (&self.nis, &self.health, &self.hops);
+        let (nis, health, hops, gateways) = (&self.nis, &self.health, &self.hops, &self.gateways);
         self.routes.select(dst.net, |r| {
-            let usable = !avoid.contains(&r.gateway) && usable(nis, health, hops, r.gateway, now);
+            let usable = !avoid.contains(&r.gateway)
+                && usable(nis, health, hops, r.gateway, now)
+                && gateways.takes(r.gateway, dst);
             usable.then(|| Standing {
                 health: health.peer(r.gateway).map_or(HEALTH_MAX, |p| p.health),
                 queued: hops.get(&r.gateway).map_or(0, Hop::queued),
@@ -63,10 +65,12 @@ impl Node {
         })
     }
 
-    /// Whether `gateway` is a usable gateway to `net` now.
-    pub(crate) fn usable_gateway(&self, gateway: Nid, net: crate::nid::Net) -> bool {
+    /// Whether `gateway` is a usable gateway towards `dst` now.
+    pub(crate) fn usable_gateway(&self, gateway: Nid, dst: Nid) -> bool {
         let now = self.clock.unwrap_or_default();
-        self.routes.has(net, gateway) && usable(&self.nis, &self.health, &self.hops, gateway, now)
+        self.routes.has(dst.net, gateway)
+            && usable(&self.nis, &self.health, &self.hops, gateway, now)
+            && self.gateways.takes(gateway, dst)
     }
 
     /// Routes op `id`'s request to its next hop and queues it there; with no way, the op
@@ -171,7 +175,7 @@ impl Node {
                 .ops
                 .live(*id, *seq)
                 .is_some_and(|op| op.stage == super::Stage::Queued && op.via == Some(hop)),
-            Pending::HealthPing { .. } | Pending::Forward(_) => true,
+            Pending::HealthPing { .. } | Pending::Forward(_) | Pending::Status => true,
         }
     }
 
@@ -183,7 +187,7 @@ impl Node {
                 _ => 0,
             },
             Pending::Forward(f) => f.payload.len(),
-            Pending::HealthPing { .. } => 0,
+            Pending::HealthPing { .. } | Pending::Status => 0,
         }
     }
 
@@ -254,7 +258,7 @@ impl Node {
                 self.answer_out(r)
             } else {
                 let pending = hl.queue.pop_front().expect("front checked");
-                self.outgoing(ni, pending)
+                self.outgoing(ni, nid, pending)
             };
             self.emit(ni, nid, lane, out, returned, true);
         }
@@ -275,12 +279,12 @@ impl Node {
                 ))),
             ),
             Pending::Forward(f) => self.refuse_forward(*f, NackReason::OutOfBuffers),
-            Pending::HealthPing { .. } => {}
+            Pending::HealthPing { .. } | Pending::Status => {}
         }
     }
 
     /// Turns a queue entry into a frame; ops move to `InLnd` and become answerable.
-    fn outgoing(&mut self, ni: NiId, pending: Pending) -> Outgoing {
+    fn outgoing(&mut self, ni: NiId, hop: Nid, pending: Pending) -> Outgoing {
         let src = self.nis[ni.0].nid;
         let (src_incarnation, hop_limit) = (self.cfg.incarnation, self.cfg.hop_limit);
         let ours = move |dst, body, msg_id, payload, op| Outgoing {
@@ -330,6 +334,10 @@ impl Node {
                 let attempt = self.ops.sent(id);
                 ours(dst, body, seq, payload, Some((id, seq, attempt)))
             }
+            Pending::Status => Outgoing {
+                hop_limit: 0,
+                ..ours(hop, Body::Status, 0, self.router.encoded.clone(), None)
+            },
             Pending::Forward(f) => {
                 let h = f.header;
                 Outgoing {
@@ -417,7 +425,11 @@ impl Node {
             msg_id: out.msg_id,
             payload_len: out.payload.len() as u32,
             body: out.body,
-            router_gen: 0,
+            router_gen: if self.cfg.forwarding {
+                self.router.status.generation
+            } else {
+                0
+            },
         };
         let token = self.out.next_token;
         self.out.next_token += 1;

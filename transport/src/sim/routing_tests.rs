@@ -11,7 +11,8 @@ use crate::lane::Lane;
 use crate::mem::{LinkFaults, MemLndConfig};
 use crate::nid::Net;
 use crate::node::Route;
-use crate::op::{OpError, OpOutcome};
+use crate::op::{OpError, OpOutcome, RouteDownReason};
+use crate::wire::{AbsentReason, RouterState};
 
 const US: Duration = Duration::from_micros(1);
 
@@ -563,4 +564,127 @@ fn a_router_gone_silent_is_declared_down_and_its_operations_resent() {
     let downs = sim.node(client).health_stats().downs;
     assert!(downs >= 1, "router 8 declared down");
     let _ = r8;
+}
+
+/// Route events `at` reported since the last look: (up?, net, gateway, reason).
+fn route_events(sim: &mut Sim, at: Nid) -> Vec<(bool, Net, Nid, Option<RouteDownReason>)> {
+    sim.take_events(at)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RouteUp { net, gateway, .. } => Some((true, net, gateway, None)),
+            Event::RouteDown {
+                net,
+                gateway,
+                reason,
+                ..
+            } => Some((false, net, gateway, Some(reason))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `n` PUTs from `client` to `server`, each run to completion (all must succeed).
+fn puts_one_by_one(sim: &mut Sim, client: Nid, server: Nid, n: u8) {
+    for i in 0..n {
+        let op = sim.put(client, put(server, 4, pattern(4, i)));
+        assert!(run_to_completion(sim, client, op).is_ok());
+    }
+}
+
+#[test]
+fn a_gateway_that_says_it_is_absent_is_skipped_from_the_next_operation_on() {
+    let (mut sim, client, server, r8, r9) = two_routers();
+    puts_one_by_one(&mut sim, client, server, 10);
+    let f = |sim: &Sim, r| sim.node(r).stats().forwarded;
+    assert!(f(&sim, r8) > 0 && f(&sim, r9) > 0, "both in use");
+    route_events(&mut sim, client);
+
+    sim.set_router_state(r8, RouterState::Absent(AbsentReason::Administrator));
+    sim.run_for(Duration::from_millis(1)); // the push reaches the nodes using it
+    let absent = Some(RouteDownReason::Absent(AbsentReason::Administrator));
+    assert_eq!(
+        route_events(&mut sim, client),
+        vec![(false, net(2), on(1, 8), absent)]
+    );
+    assert!(matches!(
+        sim.node(client).gateway_status(on(1, 8)).map(|s| s.state),
+        Some(RouterState::Absent(AbsentReason::Administrator))
+    ));
+    let before = f(&sim, r8);
+    puts_one_by_one(&mut sim, client, server, 20);
+    assert_eq!(
+        f(&sim, r8),
+        before,
+        "nothing more through the absent router"
+    );
+    // Alive but absent: its own pings are answered, and nobody declares it down.
+    let op = sim.ping(client, ping(on(1, 8)));
+    assert!(matches!(
+        run_to_completion(&mut sim, client, op),
+        Ok(OpOutcome::Pong { .. })
+    ));
+
+    sim.set_router_state(r8, RouterState::Forwarding);
+    sim.run_for(Duration::from_millis(200)); // a push waits out the push interval
+    assert_eq!(
+        route_events(&mut sim, client),
+        vec![(true, net(2), on(1, 8), None)]
+    );
+    puts_one_by_one(&mut sim, client, server, 10);
+    assert!(f(&sim, r8) > before, "back in use");
+}
+
+#[test]
+fn a_router_that_cannot_reach_a_peer_is_skipped_for_that_peer_only() {
+    let (mut sim, client, server, r8, r9) = two_routers();
+    let other = on(2, 3);
+    sim.add_node(other, cfg(3)).unwrap();
+    for gw in [8, 9] {
+        sim.add_route(other, route(1, on(2, gw), 1)).unwrap();
+    }
+    sim.attach(other, MatchEntry::sink(4, 1, 64));
+    puts_one_by_one(&mut sim, client, server, 4);
+    puts_one_by_one(&mut sim, client, other, 4);
+    // Router 8 loses the server (its link alone is cut) and, watching it, finds it Down.
+    sim.watch(r8, server).unwrap();
+    sim.fabric().set_cut(on(2, 8), server, true);
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(sim.node(r8).router_status().unreachable, vec![server]);
+    assert_eq!(
+        sim.node(client)
+            .gateway_status(on(1, 8))
+            .map(|s| s.unreachable.clone()),
+        Some(vec![server]),
+        "pushed to the client"
+    );
+    let f = |sim: &Sim, r| sim.node(r).stats().forwarded;
+    let (b8, b9) = (f(&sim, r8), f(&sim, r9));
+    puts_one_by_one(&mut sim, client, server, 10);
+    assert_eq!(f(&sim, r8), b8, "not through router 8 to the server");
+    assert!(f(&sim, r9) >= b9 + 10);
+    let b8 = f(&sim, r8);
+    puts_one_by_one(&mut sim, client, other, 10);
+    assert!(f(&sim, r8) > b8, "router 8 still serves the rest of net 2");
+    // The route itself stays up: router 8 is alive and forwards.
+    assert!(route_events(&mut sim, client).is_empty());
+}
+
+#[test]
+fn a_silent_gateway_is_a_route_down_and_its_return_a_route_up() {
+    let (mut sim, client, server, _r8, _r9) = two_routers();
+    puts_one_by_one(&mut sim, client, server, 4);
+    route_events(&mut sim, client);
+    sim.watch(client, on(1, 8)).unwrap();
+    sim.fabric().set_cut(client, on(1, 8), true);
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(
+        route_events(&mut sim, client),
+        vec![(false, net(2), on(1, 8), Some(RouteDownReason::GatewayDown))]
+    );
+    sim.fabric().set_cut(client, on(1, 8), false);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        route_events(&mut sim, client),
+        vec![(true, net(2), on(1, 8), None)]
+    );
 }

@@ -118,7 +118,7 @@ fn encode_body(body: &Body, b: &mut [u8]) {
         }
         Body::Reply { status } => put_u32(0, status as u32),
         Body::Ping { seq } | Body::Pong { seq } => b[0..8].copy_from_slice(&seq.to_le_bytes()),
-        Body::Credit => {}
+        Body::Credit | Body::Status => {}
         Body::Nack { reason, target } => {
             put_u32(0, reason as u32);
             let mut nid = [0u8; NID_WIRE_LEN];
@@ -212,7 +212,7 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
         FrameType::Put | FrameType::Get => 24,
         FrameType::Reply => 4,
         FrameType::Ping | FrameType::Pong => 8,
-        FrameType::Credit => 0,
+        FrameType::Credit | FrameType::Status => 0,
         FrameType::Nack => 24,
     };
     if b[used..].iter().any(|&x| x != 0) {
@@ -255,6 +255,7 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
         FrameType::Ping => Body::Ping { seq: u64_at(b, 0) },
         FrameType::Pong => Body::Pong { seq: u64_at(b, 0) },
         FrameType::Credit => Body::Credit,
+        FrameType::Status => Body::Status,
         FrameType::Nack => {
             if u32_at(b, 4) != 0 {
                 return Err(DecodeError::ReservedNotZero);

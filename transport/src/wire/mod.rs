@@ -16,6 +16,7 @@
 //! 56      8   message id (the initiator's cookie; ACK/REPLY/PONG/NACK echo it)
 //! 64     24   per-type fields (Body), unused bytes zero
 //! 88      4   router status generation of the hop's sender (0: no router)   [per hop]
+//!             (a router's status, see [`RouterStatus`], travels in PONG and STATUS payloads)
 //! 92      4   CRC-32 of bytes 0..92
 //! ```
 //!
@@ -29,8 +30,10 @@
 //! generation); version 1 frames are refused with an error naming both versions.
 
 mod codec;
+mod status;
 
 pub use codec::{decode, decode_header, encode_header, DecodeError, Frame};
+pub use status::{AbsentReason, RouterState, RouterStatus, StatusError, MAX_UNREACHABLE};
 
 use crate::lane::Lane;
 use crate::nid::Nid;
@@ -58,6 +61,8 @@ pub enum FrameType {
     Pong = 7,
     Credit = 8,
     Nack = 9,
+    /// A router's status, pushed to those using it when it changes.
+    Status = 10,
 }
 
 impl FrameType {
@@ -72,6 +77,7 @@ impl FrameType {
             7 => FrameType::Pong,
             8 => FrameType::Credit,
             9 => FrameType::Nack,
+            10 => FrameType::Status,
             _ => return None,
         })
     }
@@ -91,7 +97,10 @@ impl FrameType {
 
     /// Whether frames of this type may carry a payload.
     pub fn carries_payload(self) -> bool {
-        matches!(self, FrameType::Put | FrameType::Reply | FrameType::Pong)
+        matches!(
+            self,
+            FrameType::Put | FrameType::Reply | FrameType::Pong | FrameType::Status
+        )
     }
 
     /// Whether this type may travel on `lane`. The health lane carries only health and
@@ -106,6 +115,7 @@ impl FrameType {
                     | FrameType::Pong
                     | FrameType::Credit
                     | FrameType::Nack
+                    | FrameType::Status
             ),
         }
     }
@@ -246,6 +256,8 @@ pub enum Body {
         reason: NackReason,
         target: Nid,
     },
+    /// The source, a router, pushes its status (the payload, a [`RouterStatus`]).
+    Status,
 }
 
 impl Body {
@@ -260,6 +272,7 @@ impl Body {
             Body::Pong { .. } => FrameType::Pong,
             Body::Credit => FrameType::Credit,
             Body::Nack { .. } => FrameType::Nack,
+            Body::Status => FrameType::Status,
         }
     }
 }

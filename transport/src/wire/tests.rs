@@ -248,6 +248,7 @@ fn any_body() -> impl Strategy<Value = Body> {
         any::<u64>().prop_map(|seq| Body::Ping { seq }),
         any::<u64>().prop_map(|seq| Body::Pong { seq }),
         Just(Body::Credit),
+        Just(Body::Status),
         (any_nack_reason(), any_nid()).prop_map(|(reason, target)| Body::Nack { reason, target }),
     ]
 }

@@ -137,3 +137,75 @@ fn what_cannot_be_passed_on_is_refused_at_once_and_says_why() {
     );
     assert_eq!(n.stats().nacks_sent, 3);
 }
+
+#[test]
+fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
+    let gw = nid(B);
+    let mut n = node();
+    n.add_route(Route {
+        net: Nid::mem(0, 2).net,
+        gateway: gw,
+        hops: 1,
+        priority: 0,
+    })
+    .unwrap();
+    connected(&mut n, B, Lane::Health, 8, 7);
+    connected(&mut n, B, Lane::Data, 8, 7);
+    let status = |generation| crate::wire::RouterStatus {
+        generation,
+        state: crate::wire::RouterState::Forwarding,
+        nets: vec![],
+        unreachable: vec![],
+        more_unreachable: false,
+    };
+    // Pushed to us: generation 5.
+    let mut h = Header {
+        lane: Lane::Health,
+        hop_limit: 0,
+        credits: 0,
+        src: gw,
+        dst: nid(A),
+        src_incarnation: 7,
+        msg_id: 0,
+        payload_len: 0,
+        body: Body::Status,
+        router_gen: 5,
+    };
+    let push = status(5).encode();
+    h.payload_len = push.len() as u32;
+    let ev = LndEvent::Received {
+        peer: gw,
+        lane: Lane::Health,
+        header: h,
+        payload: RxPayload::Inline(push),
+    };
+    n.handle_lnd_event(t(0), NiId(0), ev);
+    assert_eq!(n.gateway_status(gw).map(|s| s.generation), Some(5));
+    assert!(drain(&mut n).is_empty());
+    // Its frames now say 6: it changed, and the push did not reach us. One PING asks.
+    for _ in 0..3 {
+        let header = Header {
+            lane: Lane::Data,
+            hop_limit: 0,
+            credits: 0,
+            src: gw,
+            dst: nid(A),
+            src_incarnation: 7,
+            msg_id: 0,
+            payload_len: 0,
+            body: Body::Credit,
+            router_gen: 6,
+        };
+        let ev = LndEvent::Received {
+            peer: gw,
+            lane: Lane::Data,
+            header,
+            payload: RxPayload::Inline(Bytes::new()),
+        };
+        n.handle_lnd_event(t(1), NiId(0), ev);
+    }
+    let asked = drain(&mut n);
+    assert_eq!(asked.len(), 1, "asked once");
+    assert!(matches!(asked[0].header.body, Body::Ping { .. }));
+    assert_eq!(asked[0].header.dst, gw);
+}

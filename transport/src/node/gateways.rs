@@ -1,0 +1,270 @@
+//! Routers and the nodes that use them.
+//!
+//! * As a router (`forwarding`), the node keeps its [`RouterStatus`]: its nets up or down,
+//!   forwarding or absent and why, the peers it cannot reach (those its failure detection
+//!   holds Down), and a generation that changes with any of it. The status goes back in
+//!   every PONG, its generation on every frame the router sends, and when it changes it is
+//!   pushed (a STATUS frame) to the nodes that sent frames through it lately, at most once
+//!   per health interval. An absent router refuses frames passing through (NACK) and keeps
+//!   answering its own pings, so everyone can tell "alive but absent" from "dead".
+//! * As a user of routers, the node keeps what each of its gateways last said, and skips a
+//!   gateway that is absent, whose NI on the target's net is down, or that cannot reach the
+//!   target. A route changing state is an event (`RouteUp`, `RouteDown` with the reason).
+//!   Only a gateway's own word (and its own silence) decides this, never a failure behind it.
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+use super::peers::Pending;
+use super::Node;
+use crate::lane::Lane;
+use crate::nid::{Net, Nid};
+use crate::op::{Event, RouteDownReason};
+use crate::time::Time;
+use crate::wire::{RouterState, RouterStatus};
+
+/// This node as a router.
+pub(crate) struct Router {
+    /// Forwarding, or absent and why, as set ([`Node::set_router_state`]).
+    state: RouterState,
+    /// What it says: built from the node's state, its generation raised on each change.
+    pub(crate) status: RouterStatus,
+    /// The status, encoded once per change, for every PONG.
+    pub(crate) encoded: Bytes,
+    /// Nodes that sent frames through us lately, and when last.
+    users: FxHashMap<Nid, Time>,
+    /// A push of the status is wanted, at this time at the earliest.
+    pub(crate) push_at: Option<Time>,
+    last_push: Option<Time>,
+}
+
+impl Router {
+    pub(crate) fn new() -> Router {
+        let status = RouterStatus {
+            generation: 1,
+            state: RouterState::Forwarding,
+            nets: Vec::new(),
+            unreachable: Vec::new(),
+            more_unreachable: false,
+        };
+        Router {
+            state: RouterState::Forwarding,
+            encoded: status.encode(),
+            status,
+            users: FxHashMap::default(),
+            push_at: None,
+            last_push: None,
+        }
+    }
+}
+
+/// What the gateways this node uses last said, and the routes' states as last reported.
+#[derive(Default)]
+pub(crate) struct Gateways {
+    views: FxHashMap<Nid, RouterStatus>,
+    /// Generations seen stamped on a gateway's frames that its status has not caught up
+    /// with yet (a fresh status was asked for).
+    asked: FxHashMap<Nid, u32>,
+    /// Routes reported down (absent: up).
+    down: FxHashMap<(Net, Nid), RouteDownReason>,
+}
+
+impl Gateways {
+    /// Whether `gateway`, by its own word, takes a frame for `dst`: it forwards, its NI on
+    /// `dst`'s net is not down, and it does not list `dst` as a peer it cannot reach.
+    pub(crate) fn takes(&self, gateway: Nid, dst: Nid) -> bool {
+        let Some(view) = self.views.get(&gateway) else {
+            return true; // nothing said yet: usable until it says otherwise
+        };
+        view.state == RouterState::Forwarding
+            && view.net_up(dst.net) != Some(false)
+            && !view.unreachable.contains(&dst)
+    }
+}
+
+impl Node {
+    // ---- as a router --------------------------------------------------------------------
+
+    /// Takes this router out of (or back into) forwarding: absent, it refuses frames
+    /// passing through with a NACK saying so, and says so in its status.
+    pub fn set_router_state(&mut self, now: Time, state: RouterState) {
+        self.clock = Some(now);
+        self.router.state = state;
+        self.router_status_changed(now);
+    }
+
+    /// This node's status as a router (meaningful when it forwards).
+    pub fn router_status(&self) -> &RouterStatus {
+        &self.router.status
+    }
+
+    /// Rebuilds the status from the node's state; a change raises the generation and
+    /// books a push to the nodes using this router.
+    pub(crate) fn router_status_changed(&mut self, now: Time) {
+        if !self.cfg.forwarding {
+            return;
+        }
+        let nets: Vec<(Net, bool)> = self.nis.iter().map(|ni| (ni.nid.net, true)).collect();
+        let down = self.health.down_peers();
+        let r = &mut self.router;
+        let fresh = RouterStatus {
+            generation: r.status.generation,
+            state: r.state,
+            nets,
+            more_unreachable: down.len() > crate::wire::MAX_UNREACHABLE,
+            unreachable: down,
+        };
+        if fresh == r.status {
+            return;
+        }
+        r.status = RouterStatus {
+            generation: r.status.generation.wrapping_add(1).max(1),
+            ..fresh
+        };
+        r.encoded = r.status.encode();
+        let earliest = r.last_push.map_or(now, |t| t + self.cfg.health.interval);
+        r.push_at = Some(now.max(earliest));
+    }
+
+    /// A frame from `hop` passes through us: it uses this router.
+    pub(crate) fn router_used_by(&mut self, hop: Nid, now: Time) {
+        self.router.users.insert(hop, now);
+    }
+
+    /// Pushes the status to the nodes that used this router lately, if a push is due.
+    pub(crate) fn push_router_status(&mut self, now: Time) {
+        if self.router.push_at.is_none_or(|t| t > now) {
+            return;
+        }
+        self.router.push_at = None;
+        // Lately: within ten detection times; older users ask (ping) before they send.
+        let horizon = self.cfg.health.detect_time() * 10;
+        self.router
+            .users
+            .retain(|_, seen| now.saturating_since(*seen) <= horizon);
+        let mut users: Vec<Nid> = self.router.users.keys().copied().collect();
+        if users.is_empty() {
+            return;
+        }
+        self.router.last_push = Some(now);
+        users.sort_unstable();
+        for user in users {
+            self.enqueue(user, Lane::Health, Pending::Status);
+        }
+    }
+
+    // ---- as a user of routers -----------------------------------------------------------
+
+    /// What gateway `gateway` last said, if it said anything.
+    pub fn gateway_status(&self, gateway: Nid) -> Option<&RouterStatus> {
+        self.gateways.views.get(&gateway)
+    }
+
+    /// A status came from router `from` (in a PONG, or pushed).
+    pub(crate) fn status_received(&mut self, now: Time, from: Nid, payload: &[u8]) {
+        let status = match RouterStatus::decode(payload) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%from, "ignoring a router status: {e}");
+                return;
+            }
+        };
+        if !self.routes.all().iter().any(|r| r.gateway == from) {
+            return; // not one of our gateways: none of our business
+        }
+        let newer = self
+            .gateways
+            .views
+            .get(&from)
+            .is_none_or(|old| old.generation != status.generation);
+        self.gateways.asked.remove(&from);
+        if newer {
+            self.gateways.views.insert(from, status);
+            self.check_routes_through(now, from);
+        }
+    }
+
+    /// A frame from hop `from` carried router generation `generation`: if that is news, ask
+    /// it for its status (a PING, answered with it) without waiting for a push.
+    pub(crate) fn router_generation_seen(&mut self, from: Nid, generation: u32) {
+        if generation == 0 {
+            return;
+        }
+        let Some(view) = self.gateways.views.get(&from) else {
+            return;
+        };
+        if view.generation == generation || self.gateways.asked.get(&from) == Some(&generation) {
+            return;
+        }
+        self.gateways.asked.insert(from, generation);
+        self.health_seq += 1;
+        let seq = self.health_seq;
+        self.enqueue(from, Lane::Health, Pending::HealthPing { dst: from, seq });
+    }
+
+    /// Why the route to `net` through `gateway` is not usable now, if it is not.
+    fn route_state(&self, net: Net, gateway: Nid) -> Result<(), RouteDownReason> {
+        if self.health.is_down(gateway) {
+            return Err(RouteDownReason::GatewayDown);
+        }
+        let Some(view) = self.gateways.views.get(&gateway) else {
+            return Ok(());
+        };
+        if let RouterState::Absent(why) = view.state {
+            return Err(RouteDownReason::Absent(why));
+        }
+        if view.net_up(net) == Some(false) {
+            return Err(RouteDownReason::NetDown);
+        }
+        Ok(())
+    }
+
+    /// Reports every route through `gateway` whose state changed.
+    pub(crate) fn check_routes_through(&mut self, now: Time, gateway: Nid) {
+        let nets: Vec<Net> = self
+            .routes
+            .all()
+            .into_iter()
+            .filter(|r| r.gateway == gateway)
+            .map(|r| r.net)
+            .collect();
+        for net in nets {
+            let state = self.route_state(net, gateway);
+            let was = self.gateways.down.get(&(net, gateway)).copied();
+            match (was, state) {
+                (None, Err(reason)) => {
+                    self.gateways.down.insert((net, gateway), reason);
+                    tracing::info!(%net, %gateway, "route down: {reason}");
+                    self.out.events.push_back(Event::RouteDown {
+                        net,
+                        gateway,
+                        reason,
+                        at: now,
+                    });
+                }
+                (Some(old), Err(reason)) if old != reason => {
+                    self.gateways.down.insert((net, gateway), reason);
+                }
+                (Some(_), Ok(())) => {
+                    self.gateways.down.remove(&(net, gateway));
+                    tracing::info!(%net, %gateway, "route up");
+                    self.out.events.push_back(Event::RouteUp {
+                        net,
+                        gateway,
+                        at: now,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A route is gone: nothing more to report about it.
+    pub(crate) fn forget_route(&mut self, net: Net, gateway: Nid) {
+        self.gateways.down.remove(&(net, gateway));
+        if !self.routes.all().iter().any(|r| r.gateway == gateway) {
+            self.gateways.views.remove(&gateway);
+            self.gateways.asked.remove(&gateway);
+        }
+    }
+}
