@@ -50,6 +50,11 @@ pub struct NodeConfig {
     pub dedup_window: usize,
     /// Initiators remembered so at once (the idlest is forgotten first).
     pub dedup_initiators: usize,
+    /// A router's buffers, by size class (LNet's 2048 tiny / 16384 small / 1024 large).
+    pub router_buffers: crate::node::PoolSizes,
+    /// How long a frame passing through a router may wait for a buffer before it is
+    /// refused (NACK: out of buffers).
+    pub router_patience: Duration,
 }
 
 impl NodeConfig {
@@ -77,6 +82,8 @@ impl NodeConfig {
             resend_budget: 2,
             dedup_window: 1024,
             dedup_initiators: 4096,
+            router_buffers: crate::node::PoolSizes::default(),
+            router_patience: Duration::from_secs(1),
         }
     }
 

@@ -2,20 +2,39 @@
 //!
 //! A frame for another node is passed on to its next hop (the target itself if it is on
 //! one of our nets, else a gateway of a route to its net), ends unchanged, its hop limit
-//! one lower. Its credit on the connection it came by is held until it has left the next
-//! hop's driver, so a sender faster than the way ahead is slowed instead of this node's
-//! memory growing. What cannot be passed on is refused at once: a request with a NACK to
-//! its initiator, which may then send it another way (it was never delivered); an answer
-//! (nobody resends those) is counted and dropped.
+//! one lower. Until it has left the next hop's driver it holds its credit on the
+//! connection it came by and a buffer of the router's pools (see `pools`), so a sender
+//! faster than the way ahead is slowed instead of this node's memory growing. What cannot
+//! be passed on is refused at once: a request with a NACK to its initiator, which may then
+//! send it another way (it was never delivered); an answer (nobody resends those) is
+//! counted and dropped.
 
 use bytes::{Bytes, BytesMut};
 
 use super::peers::{Conn, Forward, Pending, Response, Upstream};
+use super::pools::PoolKind;
 use super::{Fetch, LndRequest, NiId, Node};
 use crate::lane::Lane;
-use crate::lnd::{LndError, RxPayload};
+use crate::lnd::{LndError, RxHandle, RxPayload};
 use crate::nid::Nid;
 use crate::wire::{Body, Header, NackReason};
+
+/// A frame passing through, as it arrived (its payload perhaps still at the sender).
+pub(crate) struct Arrived {
+    header: Header,
+    payload: InHand,
+    upstream: Upstream,
+}
+
+enum InHand {
+    Inline(Bytes),
+    /// To fetch from NI `ni`'s driver.
+    Deferred {
+        ni: NiId,
+        handle: RxHandle,
+        len: u32,
+    },
+}
 
 impl Node {
     /// A frame for another node arrived from hop `from` on connection `serial`, its credit
@@ -33,6 +52,7 @@ impl Node {
             hop: from,
             lane,
             serial,
+            pool: PoolKind::for_len(h.payload_len),
         };
         let refusal = if !self.cfg.forwarding {
             Some(NackReason::NotForwarding)
@@ -48,25 +68,52 @@ impl Node {
             return self.nack(&h, upstream, reason);
         }
         h.hop_limit -= 1;
-        self.router_used_by(from, self.clock.unwrap_or_default());
+        let now = self.clock.unwrap_or_default();
+        self.router_used_by(from, now);
         self.hold(upstream);
-        match payload {
-            RxPayload::Inline(data) => self.pass_on(h, data, upstream),
-            RxPayload::Deferred { handle, len } => {
-                // Fetched here first, then passed on like any other.
-                self.fetching.insert(
-                    (ni, handle),
-                    Fetch::Forward {
-                        header: h,
-                        upstream,
-                    },
-                );
+        let payload = match payload {
+            RxPayload::Inline(data) => InHand::Inline(data),
+            RxPayload::Deferred { handle, len } => InHand::Deferred { ni, handle, len },
+        };
+        let arrived = Arrived {
+            header: h,
+            payload,
+            upstream,
+        };
+        // Without a buffer free, it waits for one (its credit held: the sender slows).
+        if let Some(arrived) = self.pools.take(upstream.pool, arrived, now) {
+            self.proceed(arrived);
+        }
+    }
+
+    /// A frame passing through has its buffer: on towards its next hop (its payload
+    /// fetched here first if it is still at the sender).
+    fn proceed(&mut self, a: Arrived) {
+        match a.payload {
+            InHand::Inline(data) => self.pass_on(a.header, data, a.upstream),
+            InHand::Deferred { ni, handle, len } => {
+                let fetch = Fetch::Forward {
+                    header: a.header,
+                    upstream: a.upstream,
+                };
+                self.fetching.insert((ni, handle), fetch);
                 let sink = BytesMut::with_capacity(len as usize);
                 self.out
                     .requests
                     .push_back((ni, LndRequest::Fetch { handle, sink }));
             }
         }
+    }
+
+    /// A frame waited for a buffer past its patience: refused (its credit released).
+    pub(super) fn out_of_patience(&mut self, a: Arrived) {
+        if let InHand::Deferred { ni, handle, .. } = a.payload {
+            self.out
+                .requests
+                .push_back((ni, LndRequest::Decline { handle }));
+        }
+        self.release_credit(a.upstream);
+        self.nack(&a.header, a.upstream, NackReason::OutOfBuffers);
     }
 
     /// The payload of a frame passing through is here (or is lost).
@@ -86,7 +133,7 @@ impl Node {
         }
     }
 
-    /// Queues a frame (its upstream credit held) at its next hop, or refuses it.
+    /// Queues a frame (its upstream credit and buffer held) at its next hop, or refuses it.
     fn pass_on(&mut self, h: Header, payload: Bytes, upstream: Upstream) {
         // Never straight back where it came from: that is a loop.
         let next = self.next_hop(h.dst, &[upstream.hop]);
@@ -95,29 +142,23 @@ impl Node {
             Some(next) if self.health.is_down(next) => Some(NackReason::NextHopDown),
             Some(_) => None,
         };
-        if let Some(reason) = reason {
-            return self.refuse_forward(
-                Forward {
-                    header: h,
-                    payload,
-                    upstream,
-                },
-                reason,
-            );
-        }
-        let next = next.expect("checked above");
-        self.stats.forwarded += 1;
-        let lane = h.lane;
         let f = Forward {
             header: h,
             payload,
             upstream,
         };
-        self.enqueue(next, lane, Pending::Forward(Box::new(f)));
+        match (next, reason) {
+            (Some(next), None) => {
+                self.stats.forwarded += 1;
+                self.router_forwarded_for(upstream.hop);
+                self.enqueue(next, h.lane, Pending::Forward(Box::new(f)));
+            }
+            (_, reason) => self.refuse_forward(f, reason.unwrap_or(NackReason::NoRoute)),
+        }
     }
 
-    /// A frame passing through cannot go on: its upstream buffer is free, and its
-    /// initiator hears why.
+    /// A frame passing through cannot go on: what it holds is freed, and its initiator
+    /// hears why.
     pub(super) fn refuse_forward(&mut self, f: Forward, reason: NackReason) {
         self.release_upstream(f.upstream);
         self.nack(&f.header, f.upstream, reason);
@@ -149,7 +190,7 @@ impl Node {
     }
 
     /// Keeps the buffer of the frame just consumed from `up` in use: its credit is not
-    /// returned until [`Node::release_upstream`].
+    /// returned until it is released.
     fn hold(&mut self, up: Upstream) {
         if let Some(Conn::Up {
             credits, serial, ..
@@ -164,9 +205,18 @@ impl Node {
         }
     }
 
-    /// A frame that came from `up` no longer needs its buffer: the credit goes back (on
-    /// that connection only: a newer one never lent it).
+    /// A frame that came from `up` is done here: its pool buffer goes to the next frame
+    /// waiting for one, and its credit back to the sender.
     pub(super) fn release_upstream(&mut self, up: Upstream) {
+        if let Some(next) = self.pools.release(up.pool) {
+            self.proceed(next);
+        }
+        self.release_credit(up);
+    }
+
+    /// The credit of a frame that came from `up` goes back (on that connection only: a
+    /// newer one never lent it).
+    fn release_credit(&mut self, up: Upstream) {
         if let Some(Conn::Up {
             credits, serial, ..
         }) = self

@@ -23,6 +23,23 @@ use crate::op::{Event, RouteDownReason};
 use crate::time::Time;
 use crate::wire::{RouterState, RouterStatus};
 
+/// A router's counters (`lanetctl routing show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Tiny, small, large.
+    pub pools: [super::PoolStats; 3],
+    pub peers: Vec<PeerRouting>,
+}
+
+/// What a router did for one upstream peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRouting {
+    pub peer: Nid,
+    pub forwarded: u64,
+    /// Its frames this router holds now (each a credit of its and a pool buffer).
+    pub held: u32,
+}
+
 /// This node as a router.
 pub(crate) struct Router {
     /// Forwarding, or absent and why, as set ([`Node::set_router_state`]).
@@ -33,6 +50,8 @@ pub(crate) struct Router {
     pub(crate) encoded: Bytes,
     /// Nodes that sent frames through us lately, and when last.
     users: FxHashMap<Nid, Time>,
+    /// Frames passed on, by the hop they came from.
+    forwarded_for: FxHashMap<Nid, u64>,
     /// A push of the status is wanted, at this time at the earliest.
     pub(crate) push_at: Option<Time>,
     last_push: Option<Time>,
@@ -52,6 +71,7 @@ impl Router {
             encoded: status.encode(),
             status,
             users: FxHashMap::default(),
+            forwarded_for: FxHashMap::default(),
             push_at: None,
             last_push: None,
         }
@@ -129,6 +149,41 @@ impl Node {
     /// A frame from `hop` passes through us: it uses this router.
     pub(crate) fn router_used_by(&mut self, hop: Nid, now: Time) {
         self.router.users.insert(hop, now);
+    }
+
+    pub(crate) fn router_forwarded_for(&mut self, hop: Nid) {
+        *self.router.forwarded_for.entry(hop).or_default() += 1;
+    }
+
+    /// What this router holds and has passed on: its pools, and per upstream peer the
+    /// frames passed on and the buffers (credits) it holds for it now.
+    pub fn router_stats(&self) -> RouterStats {
+        let held = |peer: &Nid| {
+            self.hops.get(peer).map_or(0, |h| {
+                Lane::ALL
+                    .iter()
+                    .map(|&l| match &h.lanes[l].conn {
+                        super::peers::Conn::Up { credits, .. } => u32::from(credits.held()),
+                        _ => 0,
+                    })
+                    .sum()
+            })
+        };
+        let mut peers: Vec<PeerRouting> = self
+            .router
+            .forwarded_for
+            .iter()
+            .map(|(peer, &forwarded)| PeerRouting {
+                peer: *peer,
+                forwarded,
+                held: held(peer),
+            })
+            .collect();
+        peers.sort_by_key(|p| p.peer);
+        RouterStats {
+            pools: self.pools.stats(),
+            peers,
+        }
     }
 
     /// Pushes the status to the nodes that used this router lately, if a push is due.

@@ -23,6 +23,7 @@ mod gateways;
 mod health;
 mod ops;
 mod peers;
+mod pools;
 mod routes;
 mod rx;
 mod target;
@@ -46,8 +47,10 @@ use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
 };
 use crate::time::Time;
+pub use gateways::{PeerRouting, RouterStats};
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
+pub use pools::{PoolKind, PoolSizes, PoolStats};
 pub use routes::Route;
 use routes::RouteTable;
 use target::Incoming;
@@ -197,6 +200,8 @@ pub struct Node {
     /// What our gateways say of themselves; and, as a router, what we say.
     pub(crate) gateways: gateways::Gateways,
     pub(crate) router: gateways::Router,
+    /// As a router: buffers for frames passing through, and those waiting for one.
+    pub(crate) pools: pools::Pools<forward::Arrived>,
     pub(crate) ops: Ops,
     /// What reached us through routers, to answer resent requests again.
     pub(crate) dedup: dedup::Dedup,
@@ -226,6 +231,7 @@ impl Node {
     pub fn new(cfg: NodeConfig) -> Node {
         debug_assert_eq!(cfg.validate(), Ok(()));
         let health = Monitor::new(cfg.health);
+        let pools_cfg = (cfg.router_buffers, cfg.router_patience);
         let dedup = dedup::Dedup::new(cfg.dedup_window, cfg.dedup_initiators);
         Node {
             dedup,
@@ -236,6 +242,7 @@ impl Node {
             routes: RouteTable::default(),
             gateways: gateways::Gateways::default(),
             router: gateways::Router::new(),
+            pools: pools::Pools::new(pools_cfg.0, pools_cfg.1),
             ops: Ops::default(),
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
@@ -423,6 +430,7 @@ impl Node {
             self.ops.next_deadline(),
             self.health.next_deadline(),
             self.router.push_at,
+            self.pools.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -434,6 +442,9 @@ impl Node {
         self.clock = Some(now);
         self.health_timeout(now);
         self.push_router_status(now);
+        for late in self.pools.expire(now) {
+            self.out_of_patience(late);
+        }
         while let Some(id) = self.ops.pop_expired(now) {
             let Some(op) = self.ops.get(id) else {
                 continue;

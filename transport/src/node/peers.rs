@@ -56,12 +56,14 @@ pub(crate) struct Forward {
     pub(crate) upstream: Upstream,
 }
 
-/// Where a forwarded frame's credit is held.
+/// What a frame passing through holds until it leaves: its credit on the connection it
+/// came by, and a buffer of the router's pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Upstream {
     pub(crate) hop: Nid,
     pub(crate) lane: Lane,
     pub(crate) serial: u64,
+    pub(crate) pool: super::pools::PoolKind,
 }
 
 /// An answer (ACK, REPLY, PONG, NACK) owed to the initiator `dst` of a request, waiting at

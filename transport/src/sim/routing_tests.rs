@@ -688,3 +688,95 @@ fn a_silent_gateway_is_a_route_down_and_its_return_a_route_up() {
         vec![(true, net(2), on(1, 8), None)]
     );
 }
+
+#[test]
+fn greedy_senders_are_slowed_by_the_routers_pools_and_others_keep_their_share() {
+    let mut sim = sim();
+    let lanes = |c: &mut NodeConfig| {
+        c.lanes[Lane::Data].peer_credits = 4;
+        c.lanes[Lane::Data].credits_hiw = 2;
+    };
+    let (g1, g2, h, server) = (on(1, 1), on(1, 2), on(1, 3), on(2, 9));
+    for (i, n) in [g1, g2, h, server].into_iter().enumerate() {
+        let mut c = cfg(i as u64 + 1);
+        lanes(&mut c);
+        sim.add_node(n, c).unwrap();
+    }
+    let mut rc = router_cfg(700);
+    lanes(&mut rc);
+    rc.router_buffers = crate::node::PoolSizes {
+        tiny: 64,
+        small: 64,
+        large: 8,
+    };
+    sim.add_node_on(
+        &[on(1, 7), on(2, 7)],
+        rc.clone(),
+        MemLndConfig::for_node(&rc),
+    )
+    .unwrap();
+    let r7 = on(1, 7);
+    for n in [g1, g2, h] {
+        sim.add_route(n, route(2, r7, 1)).unwrap();
+    }
+    sim.add_route(server, route(1, on(2, 7), 1)).unwrap();
+    // The way out of the router is slow: frames pile up there.
+    sim.fabric().set_link(
+        on(2, 7),
+        server,
+        LinkFaults {
+            delay: Duration::from_millis(1),
+            ..LinkFaults::default()
+        },
+    );
+    sim.attach(server, MatchEntry::sink(4, 1, 1 << 20));
+    let big = pattern(64 << 10, 1);
+    let mut ops = Vec::new();
+    for n in [g1, g2] {
+        for _ in 0..100 {
+            ops.push((n, sim.put(n, put(server, 4, big.clone()))));
+        }
+    }
+    sim.run_for(Duration::from_millis(5));
+    let modest: Vec<OpId> = (0..10)
+        .map(|_| sim.put(h, put(server, 4, big.clone())))
+        .collect();
+    ops.extend(modest.iter().map(|&op| (h, op)));
+    // Run to the end, noting when each op completed.
+    let mut done: FxHashMap<OpId, (Time, Result<OpOutcome, OpError>)> = FxHashMap::default();
+    let mut most_in_use = 0;
+    while done.len() < ops.len() {
+        assert!(sim.step(), "stuck");
+        let large = sim.node(r7).router_stats().pools[crate::node::PoolKind::Large as usize];
+        most_in_use = most_in_use.max(large.in_use);
+        for n in [g1, g2, h] {
+            for (t, e) in sim.take_timed_events(n) {
+                if let Event::Completed(c) = e {
+                    done.insert(c.op, (t, c.result));
+                }
+            }
+        }
+    }
+    assert!(done.values().all(|(_, r)| r.is_ok()), "nothing lost");
+    let stats = sim.node(r7).router_stats();
+    let large = stats.pools[crate::node::PoolKind::Large as usize];
+    assert_eq!(most_in_use, 8, "memory bounded by the pool");
+    assert!(large.waits > 0 && large.refused == 0, "{large:?}");
+    assert_eq!(large.in_use, 0);
+    // The modest sender's PUTs were not stuck behind the greedy ones'.
+    let last = |n: Nid| {
+        ops.iter()
+            .filter(|(m, _)| *m == n)
+            .map(|(_, op)| done[op].0)
+            .max()
+            .unwrap()
+    };
+    let (g_last, h_last) = (last(g1).max(last(g2)), last(h));
+    eprintln!("pools: {large:?}; greedy done at {g_last:?}, modest at {h_last:?}");
+    assert!(
+        h_last.0 * 3 < g_last.0,
+        "modest {h_last:?}, greedy {g_last:?}"
+    );
+    let per_peer: Vec<(Nid, u64)> = stats.peers.iter().map(|p| (p.peer, p.forwarded)).collect();
+    assert!(per_peer.contains(&(h, 10)), "{per_peer:?}");
+}
