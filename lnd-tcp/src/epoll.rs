@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanet::lane::Lane;
-use lanet::lnd::{LndError, LndErrorKind, LndEvent, Transmit, Wake};
+use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, Transmit, Wake};
 use lanet::nid::Nid;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -259,6 +259,24 @@ impl Epoll {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {} // not yet
             Err(e) => self.engine.fail(conn, io_error(&e, "connect")),
         }
+    }
+
+    /// For a thread sleeping on several LNDs: the epoll descriptor itself (readable when
+    /// one of its sockets, or its waker, is).
+    pub(crate) fn wait_fd(&self) -> std::os::fd::RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// Sockets left with work by the last round raise no new edge: then do not sleep.
+    pub(crate) fn prepare_wait(&self) -> Readiness {
+        if !self.unread.is_empty() || !self.unwritten.is_empty() || !self.engine.events.is_empty() {
+            return Readiness::Ready;
+        }
+        let deadline = self
+            .engine
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        Readiness::Sleep(deadline)
     }
 
     pub(crate) fn poll(

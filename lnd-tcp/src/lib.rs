@@ -212,6 +212,17 @@ impl Lnd for TcpLnd {
             Driver::Epoll(b) => b.waker(),
         }
     }
+
+    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        match &mut self.backend {
+            Driver::Uring(b) => b.wait_fd(),
+            Driver::Epoll(b) => Some(b.wait_fd()),
+        }
+    }
+
+    fn prepare_wait(&mut self) -> lanet::lnd::Readiness {
+        with_backend!(self, b => b.prepare_wait())
+    }
 }
 
 /// A loopback NID on a port that was free a moment ago (for tests, benchmarks and tools

@@ -239,3 +239,61 @@ fn sixty_four_lnds_fit_in_one_process() {
         );
     }
 }
+
+/// `nid` moved to TCP net `net` (same address and port).
+fn on_net(nid: Nid, net: u16) -> Nid {
+    Nid::new(nid.addr, lanet::Net::new(nid.net.kind, net)).unwrap()
+}
+
+fn median_ping(ep: &Endpoint, dst: Nid, n: usize) -> Duration {
+    let mut rtts: Vec<Duration> = (0..n)
+        .map(|_| {
+            let op = ep
+                .ping(PingRequest {
+                    dst,
+                    lane: Lane::Health,
+                    timeout: None,
+                    on_peer_down: Default::default(),
+                })
+                .unwrap();
+            match wait_all(ep, &[op])[&op].result {
+                Ok(OpOutcome::Pong { rtt }) => rtt,
+                ref other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    rtts.sort();
+    rtts[n / 2]
+}
+
+/// A node on two TCP nets (two LNDs, one driver thread sleeping on both rings or epolls
+/// at once) answers on the second as fast as on the first, and as a node with one.
+#[test]
+fn a_node_on_two_tcp_nets_is_as_fast_on_either() {
+    let cfg = NodeConfig::new(1);
+    let (n0, n1) = (free_nid(), on_net(free_nid(), 1));
+    let two = Endpoint::builder(cfg.clone())
+        .lnd(TcpLnd::bind(n0, TcpConfig::for_node(&cfg)).unwrap())
+        .lnd(TcpLnd::bind(n1, TcpConfig::for_node(&cfg)).unwrap())
+        .start()
+        .unwrap();
+    let (b, c) = (free_nid(), on_net(free_nid(), 1));
+    let (_b, _c) = (endpoint(b, 2), endpoint(c, 3));
+    let one = endpoint(free_nid(), 4);
+    for (ep, peer) in [(&two, b), (&two, c), (&one, b)] {
+        median_ping(ep, peer, 5); // connections up
+    }
+    let alone = median_ping(&one, b, 41);
+    let (first, second) = (median_ping(&two, b, 41), median_ping(&two, c, 41));
+    eprintln!(
+        "median ping over TCP: one NI {alone:?}; two NIs, via the first {first:?}, \
+         via the second {second:?}"
+    );
+    // Orders of magnitude only: an NI looked at every millisecond would sit near 1 ms.
+    for t in [first, second] {
+        assert!(
+            t < alone * 5 + Duration::from_micros(300),
+            "{alone:?} {t:?}"
+        );
+    }
+}

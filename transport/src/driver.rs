@@ -1,26 +1,40 @@
 //! The glue between a [`Node`] and its LNDs: hands the node's frames and requests to the
 //! drivers, and the drivers' events to the node. Both the threaded [`crate::Endpoint`] and
 //! the deterministic [`crate::sim::Sim`] run nodes through this one loop body.
+//!
+//! With one LND the loop waits inside its `poll`. With several (a router's NIs), it polls
+//! each without waiting and then sleeps on all of them at once ([`Lnd::wait_fd`]), so a
+//! frame on any NI is handled in the same wake-up. An LND whose `poll` fails takes down its
+//! NI only ([`Node::ni_failed`]); the loop gives up when none is left.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::NodeConfig;
-use crate::lnd::{Lnd, LndError, LndEvent, Wake};
+use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, Wake};
 use crate::node::{LndRequest, NiId, Node};
 use crate::op::OpError;
+use crate::sys::EventFd;
 use crate::time::Clock;
+
+/// How often an LND that offers nothing to sleep on is polled, when several share a thread.
+const UNWAITABLE_POLL: Duration = Duration::from_millis(1);
 
 /// A node and the drivers of its NIs (NI `i` is driver `i`).
 pub struct Driver {
     node: Node,
     lnds: Vec<Box<dyn Lnd>>,
+    /// With several LNDs, the thread's own wake-up: an LND's waker cuts short only that
+    /// LND's wait, and a wake consumed by a poll that waits for nothing would be lost.
+    wake: Option<Arc<EventFd>>,
+    /// Drivers that failed for good; their NIs are down.
+    failed: Vec<bool>,
     scratch: Vec<LndEvent>,
 }
 
 impl Driver {
     /// A node on `lnds`, one NI per driver, in order.
-    pub fn new(cfg: NodeConfig, lnds: Vec<Box<dyn Lnd>>) -> Result<Driver, OpError> {
+    pub fn new(cfg: NodeConfig, mut lnds: Vec<Box<dyn Lnd>>) -> Result<Driver, OpError> {
         cfg.validate()
             .map_err(|e| OpError::Invalid(e.to_string()))?;
         if lnds.is_empty() {
@@ -30,8 +44,21 @@ impl Driver {
         for lnd in &lnds {
             node.add_ni(lnd.nid())?;
         }
+        let mut wake = None;
+        if lnds.len() > 1 {
+            // Before the first poll: an LND may need to set itself up for a shared thread.
+            for lnd in &mut lnds {
+                lnd.wait_fd();
+            }
+            let fd = EventFd::new().map_err(|e| {
+                OpError::Invalid(format!("no eventfd for a thread on several LNDs: {e}"))
+            })?;
+            wake = Some(Arc::new(fd));
+        }
         Ok(Driver {
             node,
+            wake,
+            failed: vec![false; lnds.len()],
             lnds,
             scratch: Vec::new(),
         })
@@ -45,8 +72,12 @@ impl Driver {
         &mut self.node
     }
 
+    /// What cuts short a [`Driver::poll`] from another thread (each must be woken).
     pub fn wakers(&self) -> Vec<Arc<dyn Wake>> {
-        self.lnds.iter().map(|l| l.waker()).collect()
+        match &self.wake {
+            Some(fd) => vec![fd.clone() as Arc<dyn Wake>],
+            None => self.lnds.iter().map(|l| l.waker()).collect(),
+        }
     }
 
     /// Hands everything the node wants done to the drivers. True if there was anything.
@@ -54,6 +85,9 @@ impl Driver {
         let mut any = false;
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
+            if self.failed[ni.0] {
+                continue; // the NI is down: nothing to ask of its driver
+            }
             let lnd = &mut self.lnds[ni.0];
             match req {
                 LndRequest::Connect { peer, lane } => lnd.connect(peer, lane),
@@ -64,37 +98,87 @@ impl Driver {
         }
         while let Some((ni, tx)) = self.node.poll_transmit() {
             any = true;
+            if self.failed[ni.0] {
+                // Queued before the NI went down: it ends here, with the error.
+                let now = self.node.clock.unwrap_or_default();
+                let error = LndError::new(LndErrorKind::Closed, "its NI is down");
+                let ev = LndEvent::SendComplete {
+                    token: tx.token,
+                    result: Err(error),
+                };
+                self.node.handle_lnd_event(now, ni, ev);
+                continue;
+            }
             self.lnds[ni.0].post(tx);
         }
         any
     }
 
     /// Polls the drivers once and feeds their events to the node, at the time `clock` reads
-    /// after each poll. Waits up to `timeout` for the first event when there is one driver;
-    /// with several, each is polled without waiting and then the first waits at most 1 ms
-    /// (a shared readiness fd is the router's job). Returns how many events were handled;
-    /// `Err` names a driver that failed for good.
+    /// after each poll, waiting up to `timeout` for the first event. Returns how many events
+    /// were handled; `Err` once every driver has failed for good (the last failure).
     pub fn poll(
         &mut self,
         clock: &dyn Clock,
         timeout: Option<Duration>,
     ) -> Result<usize, (NiId, LndError)> {
+        if self.lnds.len() == 1 {
+            return self.poll_one(NiId(0), clock, timeout);
+        }
+        let handled = self.poll_all(clock)?;
+        if handled > 0 || timeout == Some(Duration::ZERO) {
+            return Ok(handled);
+        }
+        // Nothing now: sleep on every NI at once, no longer than each allows.
+        let mut sleep = timeout;
+        let wake = self
+            .wake
+            .clone()
+            .expect("a driver of several LNDs has its own wake-up");
+        let mut fds = Vec::with_capacity(self.lnds.len() + 1);
+        fds.push(wake.fd());
+        let mut ready = false;
+        for (i, lnd) in self.lnds.iter_mut().enumerate() {
+            if self.failed[i] {
+                continue;
+            }
+            match lnd.wait_fd() {
+                Some(fd) => fds.push(fd),
+                None => sleep = shorter(sleep, Some(UNWAITABLE_POLL)),
+            }
+            match lnd.prepare_wait() {
+                Readiness::Ready => ready = true,
+                Readiness::Sleep(within) => sleep = shorter(sleep, within),
+            }
+        }
+        if !ready {
+            if let Err(e) = crate::sys::wait_readable(&fds, sleep) {
+                tracing::warn!("waiting on the NIs failed: {e}");
+            }
+            // The caller looks at what it was woken for once this returns; a wake from
+            // now on makes the next sleep return at once.
+            wake.drain();
+        }
+        self.poll_all(clock)
+    }
+
+    /// Polls every live driver without waiting.
+    fn poll_all(&mut self, clock: &dyn Clock) -> Result<usize, (NiId, LndError)> {
         let mut handled = 0;
-        let n = self.lnds.len();
-        for i in 0..n {
-            let wait = match (n, i) {
-                (1, _) => timeout,
-                _ => Some(Duration::ZERO),
-            };
-            handled += self.poll_one(NiId(i), clock, wait)?;
+        let mut last_failure = None;
+        for i in 0..self.lnds.len() {
+            if self.failed[i] {
+                continue;
+            }
+            match self.poll_one(NiId(i), clock, Some(Duration::ZERO)) {
+                Ok(n) => handled += n,
+                Err(failure) => last_failure = Some(failure),
+            }
         }
-        if n > 1 && handled == 0 {
-            let wait = timeout.map_or(Duration::from_millis(1), |t| {
-                t.min(Duration::from_millis(1))
-            });
-            handled += self.poll_one(NiId(0), clock, Some(wait))?;
+        match last_failure {
+            Some(failure) if self.failed.iter().all(|&f| f) => Err(failure),
+            _ => Ok(handled),
         }
-        Ok(handled)
     }
 
     fn poll_one(
@@ -103,14 +187,118 @@ impl Driver {
         clock: &dyn Clock,
         wait: Option<Duration>,
     ) -> Result<usize, (NiId, LndError)> {
-        self.lnds[ni.0]
-            .poll(&mut self.scratch, wait)
-            .map_err(|e| (ni, e))?;
+        let polled = self.lnds[ni.0].poll(&mut self.scratch, wait);
         let now = clock.now();
         let n = self.scratch.len();
         for ev in self.scratch.drain(..) {
             self.node.handle_lnd_event(now, ni, ev);
         }
+        if let Err(e) = polled {
+            // That NI is done; the node carries on with the others.
+            self.failed[ni.0] = true;
+            self.node.ni_failed(now, ni, e.clone());
+            return Err((ni, e));
+        }
         Ok(n)
+    }
+}
+
+/// The shorter of two optional waits (`None`: unbounded).
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::lane::Lane;
+    use crate::lnd::Transmit;
+    use crate::mem::{MemFabric, MemLnd, MemLndConfig};
+    use crate::nid::Nid;
+    use crate::time::MonotonicClock;
+
+    /// An in-memory LND that, at its next poll, does what a submitter racing the driver
+    /// thread does: wakes the thread while it is still polling, not yet asleep.
+    struct WakesMidPoll {
+        inner: MemLnd,
+        wakers: Arc<Mutex<Vec<Arc<dyn Wake>>>>,
+        armed: Arc<AtomicBool>,
+    }
+
+    impl Lnd for WakesMidPoll {
+        fn nid(&self) -> Nid {
+            self.inner.nid()
+        }
+        fn connect(&mut self, peer: Nid, lane: Lane) {
+            self.inner.connect(peer, lane)
+        }
+        fn post(&mut self, tx: Transmit) {
+            self.inner.post(tx)
+        }
+        fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
+            self.inner.close(peer, lane, error)
+        }
+        fn poll(
+            &mut self,
+            events: &mut Vec<LndEvent>,
+            timeout: Option<Duration>,
+        ) -> Result<(), LndError> {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                for w in self.wakers.lock().unwrap().iter() {
+                    w.wake();
+                }
+            }
+            self.inner.poll(events, timeout)
+        }
+        fn waker(&self) -> Arc<dyn Wake> {
+            self.inner.waker()
+        }
+        fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+            self.inner.wait_fd()
+        }
+        fn prepare_wait(&mut self) -> Readiness {
+            self.inner.prepare_wait()
+        }
+    }
+
+    /// A wake that comes while the thread polls its LNDs (a submission racing it) is not
+    /// swallowed by that poll: the sleep that follows ends at once, not at its timeout.
+    #[test]
+    fn a_wake_while_polling_several_lnds_cuts_the_next_sleep_short() {
+        let clock = Arc::new(MonotonicClock::new());
+        let fabric = MemFabric::new(clock.clone(), 1);
+        let cfg = NodeConfig::new(1);
+        let lnd = |n| MemLnd::new(&fabric, Nid::mem(1, n), MemLndConfig::for_node(&cfg)).unwrap();
+        let wakers = Arc::new(Mutex::new(Vec::new()));
+        let armed = Arc::new(AtomicBool::new(false));
+        let racer = WakesMidPoll {
+            inner: lnd(1),
+            wakers: wakers.clone(),
+            armed: armed.clone(),
+        };
+        let mut driver = Driver::new(cfg.clone(), vec![Box::new(racer), Box::new(lnd(2))]).unwrap();
+        *wakers.lock().unwrap() = driver.wakers();
+        armed.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        driver.poll(&*clock, Some(Duration::from_secs(5))).unwrap();
+        let waited = started.elapsed();
+        // Orders of magnitude: a swallowed wake sleeps the whole 5 s.
+        assert!(
+            waited < Duration::from_secs(1),
+            "slept {waited:?} despite the wake"
+        );
+        // And with nothing to wake it, it does sleep.
+        let started = Instant::now();
+        driver
+            .poll(&*clock, Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }

@@ -28,6 +28,7 @@ pub mod op;
 pub mod rng;
 mod sched;
 pub mod sim;
+mod sys;
 pub mod time;
 pub mod wire;
 

@@ -60,11 +60,17 @@
 //!
 //! **Progress.** The core's driver calls [`Lnd::poll`] to collect events; it may block up to
 //! its timeout, and [`Lnd::waker`] must be able to cut that wait short from any thread.
-//! Everything else is called from the driver's thread only.
+//! Everything else is called from the driver's thread only. A thread serving several LNDs
+//! (a router's NIs) polls each without waiting, then sleeps on all of them at once: each
+//! offers a descriptor that turns readable when it may have work ([`Lnd::wait_fd`]) and
+//! gets ready before the thread sleeps ([`Lnd::prepare_wait`]). An LND that offers none is
+//! polled every millisecond instead. If `poll` fails, that NI goes down; the node carries
+//! on with the others.
 
 pub mod conns;
 
 use std::fmt;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,6 +226,16 @@ pub enum LndEvent {
     },
 }
 
+/// What an LND says before the driver thread sleeps on its [`Lnd::wait_fd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It has work already: poll it again rather than sleep.
+    Ready,
+    /// Sleep, until its descriptor is readable or, at the latest, for this long (its own
+    /// deadlines, e.g. handshakes; `None`: none).
+    Sleep(Option<Duration>),
+}
+
 /// Interrupts a blocking [`Lnd::poll`] from any thread. A wake that comes before the poll
 /// starts must make that poll return at once.
 pub trait Wake: Send + Sync {
@@ -251,6 +267,21 @@ pub trait Lnd: Send {
 
     /// A handle that interrupts `poll`.
     fn waker(&self) -> Arc<dyn Wake>;
+
+    /// A descriptor that is readable whenever this LND may have something for `poll`, for
+    /// a thread that sleeps on several LNDs at once (its waker must make it readable
+    /// too). `None`: such a thread polls this LND every millisecond instead. Such a thread
+    /// asks once before its first `poll`, so an LND may set itself up for sharing then.
+    fn wait_fd(&mut self) -> Option<RawFd> {
+        None
+    }
+
+    /// The thread is about to sleep on [`Lnd::wait_fd`]: make sure the descriptor will
+    /// turn readable for anything new (arm notifications, drain what signalled before),
+    /// and say whether there is work already.
+    fn prepare_wait(&mut self) -> Readiness {
+        Readiness::Sleep(None)
+    }
 
     /// Moves a deferred payload into `sink` (capacity at least its length) and reports
     /// `Fetched`. Only called for handles this driver reported as deferred.

@@ -336,6 +336,13 @@ pub enum Event {
     EndpointFailed {
         reason: String,
     },
+    /// An NI went down for good (its driver failed): nothing goes through it any more;
+    /// the node carries on with its other NIs.
+    NiDown {
+        nid: Nid,
+        reason: String,
+        at: Time,
+    },
     /// A route became usable again: frames to `net` may go through `gateway`.
     RouteUp {
         net: Net,

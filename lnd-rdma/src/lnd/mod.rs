@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
 use lanet::lnd::conns::{Closed, ConnTable, Stage};
-use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, Transmit, Wake};
+use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
 use lanet::time::{Clock, MonotonicClock, Time};
 use lanet::NodeConfig;
@@ -513,6 +513,37 @@ impl Lnd for RdmaLnd {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+
+    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.poll.as_raw_fd())
+    }
+
+    fn prepare_wait(&mut self) -> Readiness {
+        // Take what made the epoll readable off its ready list, so that only something
+        // new makes it readable again; a wake among it is work (commands to take).
+        let _ = self.poll.poll(&mut self.mio_events, Some(Duration::ZERO));
+        let woken = self.mio_events.iter().any(|e| e.token() == WAKE);
+        self.comp.drain();
+        let armed = [Lane::Health, Lane::Data]
+            .into_iter()
+            .try_for_each(|lane| self.ctx.cq[lane].arm());
+        // A completion that came before arming signals nothing: look once more.
+        let work = woken
+            || armed.is_err()
+            || self.poll_cqs().unwrap_or(true)
+            || self.housekeeping().is_err()
+            || !self.ctx.events.is_empty()
+            || !self.quiet.is_empty();
+        if work {
+            return Readiness::Ready;
+        }
+        let deadline = self
+            .conns
+            .next_deadline()
+            .map(|d| d.saturating_since(self.now()));
+        Readiness::Sleep(deadline)
     }
 
     fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {

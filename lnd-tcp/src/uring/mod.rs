@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use lanet::lane::Lane;
-use lanet::lnd::{LndError, LndErrorKind, LndEvent, Transmit, Wake};
+use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, Transmit, Wake};
 use lanet::nid::Nid;
 use rustc_hash::FxHashMap;
 
@@ -148,6 +148,8 @@ pub(crate) struct Uring {
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
+    /// The driver thread sleeps on several LNDs, on the ring's descriptor (see `wait_fd`).
+    shared: bool,
     /// Started at the first bulk transfer; None until then, or if it could not be.
     mover: Option<Mover>,
     mover_failed: bool,
@@ -160,26 +162,7 @@ impl Uring {
         listener: io::Result<TcpListener>,
         zero_copy_min: usize,
     ) -> io::Result<Uring> {
-        // Deferred task work (6.1+): the kernel's receive copies run only inside our own
-        // `io_uring_enter`, a bounded batch at a time, not at whatever system call this
-        // thread makes next. It needs a single issuer, and the issuer is the thread that
-        // enables the ring: the driver thread, at its first poll, not the one creating us.
-        let deferred = IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_r_disabled()
-            .build(RING_ENTRIES);
-        let (ring, enabled) = match deferred {
-            Ok(ring) => (ring, false),
-            Err(_) => (
-                IoUring::builder()
-                    .setup_coop_taskrun()
-                    .build(RING_ENTRIES)
-                    .or_else(|_| IoUring::new(RING_ENTRIES))?,
-                true,
-            ),
-        };
+        let (ring, enabled) = new_ring(true)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
@@ -201,18 +184,7 @@ impl Uring {
         } else {
             usize::MAX
         };
-        let bufs = BufRing::new(
-            &ring.submitter(),
-            DATA_GROUP,
-            RECV_BUFFERS,
-            RECV_BUFFER_SIZE,
-        )?;
-        let health_bufs = BufRing::new(
-            &ring.submitter(),
-            HEALTH_GROUP,
-            HEALTH_BUFFERS,
-            HEALTH_BUFFER_SIZE,
-        )?;
+        let (bufs, health_bufs) = new_buffers(&ring)?;
         let listener = listener?;
         let mut u = Uring {
             ring,
@@ -233,6 +205,7 @@ impl Uring {
             backlog: std::collections::VecDeque::new(),
             deferred: FxHashMap::default(),
             enabled,
+            shared: false,
             mover: None,
             mover_failed: false,
         };
@@ -515,6 +488,72 @@ impl Uring {
         if self.socks.get(&id).is_some_and(|s| s.closing && s.idle()) {
             self.socks.remove(&id);
         }
+    }
+
+    /// For a thread sleeping on several LNDs: the ring's own descriptor, readable while
+    /// completions wait in it. Deferred task work cannot wake a thread that sleeps outside
+    /// `io_uring_enter` (neither the ring's descriptor nor a registered eventfd turns
+    /// readable reliably; measured on 6.18), so at the first call the ring is rebuilt
+    /// without it, which is possible only before its first submission. After that there is
+    /// no descriptor to offer and the thread polls this LND every millisecond instead.
+    pub(crate) fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        if !self.shared {
+            if let Err(e) = self.share_thread() {
+                tracing::warn!("this io_uring cannot share its thread, polled instead: {e}");
+                return None;
+            }
+            self.shared = true;
+        }
+        Some(self.ring.as_raw_fd())
+    }
+
+    /// Swaps the ring, still disabled and unsubmitted, for one whose task work runs at any
+    /// system call and whose completions wake a `poll` on its descriptor.
+    fn share_thread(&mut self) -> io::Result<()> {
+        if !self.defers_task_work() {
+            return Ok(());
+        }
+        if self.enabled {
+            return Err(io::Error::other("already running with deferred task work"));
+        }
+        let (ring, enabled) = new_ring(false)?;
+        let (bufs, health_bufs) = new_buffers(&ring)?;
+        // The old ring never ran: the entries queued in it (accept, wake) go with it and
+        // are armed anew; its buffers were never handed to the kernel.
+        self.free_buffers();
+        self.ring = ring;
+        self.bufs = ManuallyDrop::new(bufs);
+        self.health_bufs = ManuallyDrop::new(health_bufs);
+        self.enabled = enabled;
+        self.accept_armed = false;
+        self.wake_armed = false;
+        self.arm_accept();
+        self.arm_wake();
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    /// Before the thread sleeps on [`Uring::wait_fd`]: submits what is queued and says
+    /// whether anything is there to handle already.
+    pub(crate) fn prepare_wait(&mut self) -> Readiness {
+        if self.enable().is_err() {
+            return Readiness::Ready; // the poll says why
+        }
+        self.flush_dirty();
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!("io_uring submit failed: {e}");
+        }
+        if !self.ring.completion().is_empty()
+            || !self.backlog.is_empty()
+            || !self.engine.events.is_empty()
+        {
+            return Readiness::Ready;
+        }
+        let deadline = self
+            .engine
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        Readiness::Sleep(deadline)
     }
 
     pub(crate) fn poll(
@@ -831,9 +870,10 @@ impl Uring {
             .ring
             .submitter()
             .unregister_buf_ring(self.health_bufs.bgid());
-        // SAFETY: called once, from `drop`, when no operation is pending; both buffer groups
-        // are unregistered, so the kernel no longer reads the rings or writes the buffers,
-        // and neither is used after this.
+        // SAFETY: called from `drop`, when no operation is pending, or from `share_thread`
+        // on a ring that never ran, just before both fields are overwritten; both buffer
+        // groups are unregistered, so the kernel no longer reads the rings or writes the
+        // buffers, and neither is used after this.
         unsafe {
             ManuallyDrop::drop(&mut self.bufs);
             ManuallyDrop::drop(&mut self.health_bufs);
@@ -850,4 +890,42 @@ fn new_socket() -> io::Result<OwnedFd> {
     let fd = OwnedFd::from(s);
     crate::tune_socket(&fd)?;
     Ok(fd)
+}
+
+/// A ring, and whether it is enabled already. With `defer`, deferred task work (6.1+): the
+/// kernel's receive copies run only inside our own `io_uring_enter`, a bounded batch at a
+/// time, not at whatever system call this thread makes next. It needs a single issuer,
+/// and the issuer is the thread that enables the ring: the driver thread, at its first
+/// poll, not the one creating us. Older kernels get a plain ring.
+fn new_ring(defer: bool) -> io::Result<(IoUring, bool)> {
+    if defer {
+        let deferred = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .build(RING_ENTRIES);
+        if let Ok(ring) = deferred {
+            return Ok((ring, false));
+        }
+    }
+    let ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::new(RING_ENTRIES))?;
+    Ok((ring, true))
+}
+
+/// The receive buffer groups, registered with `ring`: data lane and health lane.
+fn new_buffers(ring: &IoUring) -> io::Result<(BufRing, BufRing)> {
+    let submitter = ring.submitter();
+    let data = BufRing::new(&submitter, DATA_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
+    match BufRing::new(&submitter, HEALTH_GROUP, HEALTH_BUFFERS, HEALTH_BUFFER_SIZE) {
+        Ok(health) => Ok((data, health)),
+        Err(e) => {
+            // The kernel lets go of the first group before its memory is freed.
+            let _ = submitter.unregister_buf_ring(DATA_GROUP);
+            Err(e)
+        }
+    }
 }

@@ -118,6 +118,8 @@ struct Port {
     inbox: BinaryHeap<Reverse<Arrival>>,
     woken: bool,
     cond: Arc<Condvar>,
+    /// Signalled too, for a driver thread that sleeps on several LNDs (made on demand).
+    event: Option<Arc<crate::sys::EventFd>>,
 }
 
 struct ConnRec {
@@ -175,6 +177,9 @@ impl State {
         if let Some(port) = self.ports.get_mut(&to) {
             port.inbox.push(Reverse(Arrival { at, seq, item }));
             port.cond.notify_one();
+            if let Some(e) = &port.event {
+                e.signal();
+            }
             self.arrivals.push(Reverse((at, to)));
         }
     }
@@ -573,6 +578,33 @@ impl MemFabric {
         if let Some(port) = st.ports.get_mut(&nid) {
             port.woken = true;
             port.cond.notify_one();
+            if let Some(e) = &port.event {
+                e.signal();
+            }
         }
+    }
+
+    /// `nid`'s descriptor for a thread sleeping on several LNDs (readable when something
+    /// was scheduled for it or it was woken), made the first time it is asked for.
+    pub(super) fn event(&self, nid: Nid) -> Option<Arc<crate::sys::EventFd>> {
+        let mut st = self.lock();
+        let port = st.ports.get_mut(&nid)?;
+        if port.event.is_none() {
+            match crate::sys::EventFd::new() {
+                Ok(e) => port.event = Some(Arc::new(e)),
+                Err(e) => tracing::warn!(%nid, "no eventfd for the in-memory LND: {e}"),
+            }
+        }
+        port.event.clone()
+    }
+
+    /// When the next item is due at `nid` (what a thread sleeping on it waits for).
+    pub(super) fn next_due(&self, nid: Nid) -> Option<Time> {
+        let st = self.lock();
+        let port = st.ports.get(&nid)?;
+        if port.woken {
+            return Some(Time(0)); // a wake not yet seen by `take_due`: due now
+        }
+        port.inbox.peek().map(|Reverse(a)| a.at)
     }
 }

@@ -21,7 +21,9 @@ use rustc_hash::FxHashMap;
 use crate::handshake::{check_hello, HandshakeError, LocalHello};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
-use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, RxHandle, RxPayload, Transmit, Wake};
+use crate::lnd::{
+    Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, RxPayload, Transmit, Wake,
+};
 use crate::nid::{LndKind, Nid};
 use crate::time::Time;
 use crate::wire::{decode_header, HelloStatus, Limits, HEADER_LEN};
@@ -69,6 +71,8 @@ pub struct MemLnd {
     /// Events produced by calls (send completions, local closes), handed out by `poll`.
     ready: Vec<LndEvent>,
     items: Vec<Item>,
+    /// Signalled with the condition variable, for a thread sleeping on several LNDs.
+    event: Option<Arc<crate::sys::EventFd>>,
 }
 
 impl MemLnd {
@@ -90,6 +94,7 @@ impl MemLnd {
             next_handle: 1,
             ready: Vec::new(),
             items: Vec::new(),
+            event: None,
         })
     }
 
@@ -393,6 +398,32 @@ impl Lnd for MemLnd {
             fabric: self.fabric.clone(),
             nid: self.nid,
         })
+    }
+
+    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        if self.event.is_none() {
+            self.event = self.fabric.event(self.nid);
+        }
+        self.event.as_ref().map(|e| e.fd())
+    }
+
+    fn prepare_wait(&mut self) -> Readiness {
+        if let Some(e) = &self.event {
+            e.drain(); // what signalled it was handled by the last poll, or is looked at now
+        }
+        if !self.ready.is_empty() {
+            return Readiness::Ready;
+        }
+        let now = self.now();
+        let due = [self.fabric.next_due(self.nid), self.conns.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        match due {
+            Some(t) if t <= now => Readiness::Ready,
+            Some(t) => Readiness::Sleep(Some(t.saturating_since(now))),
+            None => Readiness::Sleep(None),
+        }
     }
 
     fn fetch(&mut self, handle: RxHandle, sink: BytesMut) {

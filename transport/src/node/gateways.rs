@@ -124,7 +124,7 @@ impl Node {
         if !self.cfg.forwarding {
             return;
         }
-        let nets: Vec<(Net, bool)> = self.nis.iter().map(|ni| (ni.nid.net, true)).collect();
+        let nets: Vec<(Net, bool)> = self.nis.iter().map(|ni| (ni.nid.net, ni.up)).collect();
         let down = self.health.down_peers();
         let r = &mut self.router;
         let fresh = RouterStatus {

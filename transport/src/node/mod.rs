@@ -143,6 +143,8 @@ pub enum SubmitError {
 pub(crate) struct Ni {
     pub(crate) nid: Nid,
     pub(crate) credits: PerLane<NiCredits>,
+    /// False once its driver failed for good: nothing goes through it any more.
+    pub(crate) up: bool,
 }
 
 /// What a deferred payload being fetched is for.
@@ -263,7 +265,7 @@ impl Node {
 
     /// Attaches the node to a net with address `nid`. One NI per net.
     pub fn add_ni(&mut self, nid: Nid) -> Result<NiId, OpError> {
-        if self.nis.iter().any(|ni| ni.nid.net == nid.net) {
+        if self.has_net(nid.net) {
             return Err(OpError::Invalid(format!(
                 "this node already has an NI on net {}",
                 nid.net
@@ -282,6 +284,7 @@ impl Node {
                 NiCredits::new(lanes[Lane::Health].ni_credits),
                 NiCredits::new(lanes[Lane::Data].ni_credits),
             ),
+            up: true,
         });
         self.router_status_changed(self.clock.unwrap_or_default());
         Ok(NiId(self.nis.len() - 1))
@@ -309,13 +312,13 @@ impl Node {
     /// Adds a route (or updates the one through the same gateway to the same net). The
     /// gateway must be on one of this node's nets, and the net must not be.
     pub fn add_route(&mut self, route: Route) -> Result<(), OpError> {
-        if self.nis.iter().any(|ni| ni.nid.net == route.net) {
+        if self.has_net(route.net) {
             return Err(OpError::Invalid(format!(
                 "net {} is one of this node's own nets: no route needed",
                 route.net
             )));
         }
-        if self.ni_of(route.gateway).is_none() {
+        if !self.has_net(route.gateway.net) {
             return Err(OpError::Invalid(format!(
                 "gateway {} is not on any net of this node",
                 route.gateway
@@ -574,17 +577,55 @@ impl Node {
         }
     }
 
+    /// NI `ni`'s driver failed for good: the NI goes down, and the node carries on with
+    /// its others. What waited for or went through the NI's peers ends: requests routed
+    /// through one of its gateways go another way (those in flight within their resend
+    /// budget), the rest fail with `error`; frames passing through are refused. A router
+    /// says its net is down. Reported as `NiDown`.
+    pub fn ni_failed(&mut self, now: Time, ni: NiId, error: LndError) {
+        self.clock = Some(now);
+        let Some(n) = self.nis.get_mut(ni.0).filter(|n| n.up) else {
+            return;
+        };
+        n.up = false;
+        let nid = n.nid;
+        tracing::error!(%nid, "NI down: {error}");
+        self.out.events.push_back(Event::NiDown {
+            nid,
+            reason: error.to_string(),
+            at: now,
+        });
+        let mut gone: Vec<Nid> = self
+            .hops
+            .iter()
+            .filter(|(_, h)| h.ni == ni)
+            .map(|(n, _)| *n)
+            .collect();
+        gone.sort_unstable();
+        for hop in gone {
+            for lane in Lane::ALL {
+                self.hop_gone(hop, lane, &error);
+            }
+        }
+        self.router_status_changed(now);
+    }
+
     /// Whether `nid` is one of this node's own NIDs.
     pub(crate) fn is_local(&self, nid: Nid) -> bool {
         self.nis.iter().any(|ni| ni.nid == nid)
     }
 
-    /// The NI on `nid`'s net, if this node has one.
+    /// The NI on `nid`'s net, if this node has one and it is up.
     pub(crate) fn ni_of(&self, nid: Nid) -> Option<NiId> {
         self.nis
             .iter()
-            .position(|ni| ni.nid.net == nid.net)
+            .position(|ni| ni.nid.net == nid.net && ni.up)
             .map(NiId)
+    }
+
+    /// Whether this node has an NI on `net`, up or not.
+    pub(crate) fn has_net(&self, net: crate::nid::Net) -> bool {
+        self.nis.iter().any(|ni| ni.nid.net == net)
     }
 
     pub(crate) fn end_entry(&mut self, nid: Nid) -> &mut End {

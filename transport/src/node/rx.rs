@@ -158,6 +158,21 @@ impl Node {
         }
     }
 
+    /// (hop, lane) can carry nothing any more (its NI went down): as if its connection
+    /// failed, whether it was up or being set up.
+    pub(super) fn hop_gone(&mut self, nid: Nid, lane: Lane, error: &LndError) {
+        let up = self
+            .hops
+            .get(&nid)
+            .is_some_and(|h| matches!(h.lanes[lane].conn, Conn::Up { .. }));
+        if up {
+            self.lane_lost(nid, lane);
+            self.fail_sent_via(nid, Some(lane), || error.clone().into());
+        }
+        // Then what still waits for it fails or goes another way.
+        self.on_connect_failed(nid, lane, error.clone());
+    }
+
     fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {
         if !self.hops.contains_key(&nid) {
             return;

@@ -29,7 +29,7 @@ fn usable(
         .get(&gateway)
         .and_then(|h| h.unreachable_until)
         .is_none_or(|until| now >= until);
-    nis.iter().any(|ni| ni.nid.net == gateway.net) && !health.is_down(gateway) && reachable
+    nis.iter().any(|ni| ni.nid.net == gateway.net && ni.up) && !health.is_down(gateway) && reachable
 }
 
 /// A frame about to be handed to a driver.
@@ -158,7 +158,13 @@ impl Node {
     /// nets (`next_hop` chose it).
     pub(crate) fn enqueue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
         let Some(ni) = self.ni_of(hop) else {
-            debug_assert!(false, "{hop} is no next hop");
+            // Its NI went down meanwhile (a status push, say): nothing to send it on.
+            tracing::debug!(%hop, "not queued: no NI up on its net");
+            match pending {
+                Pending::Op { id, .. } => self.complete(id, Err(OpError::NoRoute(hop))),
+                Pending::Forward(f) => self.refuse_forward(*f, NackReason::NextHopDown),
+                Pending::HealthPing { .. } | Pending::Status => {}
+            }
             return;
         };
         self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
