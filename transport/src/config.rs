@@ -55,6 +55,12 @@ pub struct NodeConfig {
     /// How long a frame passing through a router may wait for a buffer before it is
     /// refused (NACK: out of buffers).
     pub router_patience: Duration,
+    /// Answers that may wait at one lane to a router, for initiators behind it. A router
+    /// carries the answers of every client behind it, so a burst of thousands of them is
+    /// normal (a checkpoint); the bound guards memory only against a router that stops
+    /// returning credits. (To a peer answered directly the bound is
+    /// [`crate::node::ANSWER_BACKLOG_PER_CREDIT`] x the lane's credits.)
+    pub routed_answer_backlog: usize,
 }
 
 impl NodeConfig {
@@ -84,6 +90,7 @@ impl NodeConfig {
             dedup_initiators: 4096,
             router_buffers: crate::node::PoolSizes::default(),
             router_patience: Duration::from_secs(1),
+            routed_answer_backlog: 65536,
         }
     }
 
@@ -130,6 +137,12 @@ impl NodeConfig {
         if self.dedup_window == 0 || self.dedup_initiators == 0 {
             return Err(ConfigError(
                 "dedup_window and dedup_initiators must be at least 1".into(),
+            ));
+        }
+        if self.routed_answer_backlog == 0 {
+            return Err(ConfigError(
+                "routed_answer_backlog must be at least 1: else nothing behind a router is answered"
+                    .into(),
             ));
         }
         Ok(())

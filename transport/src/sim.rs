@@ -494,6 +494,8 @@ mod chaos_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
+mod routing_load_tests;
+#[cfg(test)]
 mod routing_tests;
 #[cfg(test)]
 mod tests;

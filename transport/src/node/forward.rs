@@ -52,7 +52,15 @@ impl Node {
             hop: from,
             lane,
             serial,
-            pool: PoolKind::for_len(h.payload_len),
+            // Answers take no buffer: they are what frees buffers and credits along the
+            // way back, so one waiting behind requests for a buffer could wait for good
+            // (requests holding every buffer while waiting for credits the answers would
+            // return). Their number is bounded all the same: each hop holds at most its
+            // connection's credits of frames here.
+            pool: h
+                .frame_type()
+                .is_request()
+                .then(|| PoolKind::for_len(h.payload_len)),
         };
         let refusal = if !self.cfg.forwarding {
             Some(NackReason::NotForwarding)
@@ -81,7 +89,10 @@ impl Node {
             upstream,
         };
         // Without a buffer free, it waits for one (its credit held: the sender slows).
-        if let Some(arrived) = self.pools.take(upstream.pool, arrived, now) {
+        let Some(kind) = upstream.pool else {
+            return self.proceed(arrived);
+        };
+        if let Some(arrived) = self.pools.take(kind, arrived, now) {
             self.proceed(arrived);
         }
     }
@@ -208,7 +219,7 @@ impl Node {
     /// A frame that came from `up` is done here: its pool buffer goes to the next frame
     /// waiting for one, and its credit back to the sender.
     pub(super) fn release_upstream(&mut self, up: Upstream) {
-        if let Some(next) = self.pools.release(up.pool) {
+        if let Some(next) = up.pool.and_then(|kind| self.pools.release(kind)) {
             self.proceed(next);
         }
         self.release_credit(up);

@@ -63,7 +63,8 @@ pub(crate) struct Upstream {
     pub(crate) hop: Nid,
     pub(crate) lane: Lane,
     pub(crate) serial: u64,
-    pub(crate) pool: super::pools::PoolKind,
+    /// The buffer it holds; none for an answer (see `forward`).
+    pub(crate) pool: Option<super::pools::PoolKind>,
 }
 
 /// An answer (ACK, REPLY, PONG, NACK) owed to the initiator `dst` of a request, waiting at

@@ -86,7 +86,11 @@ impl Node {
             return;
         };
         let pl = &mut self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane];
-        let cap = ANSWER_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits);
+        let cap = if answer.dst == hop {
+            ANSWER_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits)
+        } else {
+            self.cfg.routed_answer_backlog
+        };
         let (nid, body) = (answer.dst, answer.body);
         if pl.answers.len() >= cap {
             let shed = match body {

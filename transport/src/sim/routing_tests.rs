@@ -17,7 +17,7 @@ use crate::wire::{AbsentReason, RouterState};
 const US: Duration = Duration::from_micros(1);
 
 /// Node `n` on mem net `net`.
-fn on(net: u16, n: u32) -> Nid {
+pub(super) fn on(net: u16, n: u32) -> Nid {
     Nid::mem(n, net)
 }
 
@@ -25,7 +25,7 @@ fn net(n: u16) -> Net {
     on(n, 0).net
 }
 
-fn route(to: u16, gateway: Nid, hops: u8) -> Route {
+pub(super) fn route(to: u16, gateway: Nid, hops: u8) -> Route {
     Route {
         net: net(to),
         gateway,
@@ -34,7 +34,7 @@ fn route(to: u16, gateway: Nid, hops: u8) -> Route {
     }
 }
 
-fn sim() -> Sim {
+pub(super) fn sim() -> Sim {
     let sim = Sim::new(5);
     sim.fabric().set_default_link(LinkFaults {
         delay: 10 * US,
@@ -43,11 +43,11 @@ fn sim() -> Sim {
     sim
 }
 
-fn cfg(incarnation: u64) -> NodeConfig {
+pub(super) fn cfg(incarnation: u64) -> NodeConfig {
     NodeConfig::new(incarnation)
 }
 
-fn router_cfg(incarnation: u64) -> NodeConfig {
+pub(super) fn router_cfg(incarnation: u64) -> NodeConfig {
     NodeConfig {
         forwarding: true,
         ..NodeConfig::new(incarnation)
@@ -84,7 +84,7 @@ fn pattern(len: usize, seed: u8) -> Bytes {
         .into()
 }
 
-fn put(dst: Nid, portal: u32, payload: Bytes) -> PutRequest {
+pub(super) fn put(dst: Nid, portal: u32, payload: Bytes) -> PutRequest {
     PutRequest {
         lane: Lane::Data,
         dst,
