@@ -5,10 +5,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use lanet::op::PutRequest;
-use lanet::{Endpoint, Event, Lane, Nid, OpOutcome};
+use lanet::{Endpoint, Event, Lane, OpOutcome};
 
 use crate::baselines;
-use crate::peer::{self};
+use crate::peer::{self, Target};
 use crate::perftest;
 use crate::report::Report;
 use crate::{BandwidthArgs, LndChoice};
@@ -27,11 +27,11 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         _ => None,
     };
     let gbps = match (c.lnd, c.connect) {
-        (LndChoice::Mem, _) => stream(None, size, args.secs)?,
-        (_, Some(nid)) => stream(Some(nid), size, args.secs)?,
+        (LndChoice::Mem, _) => stream(Target::Mem, size, args.secs)?,
+        (_, Some(nid)) => stream(Target::Remote(nid), size, args.secs)?,
         (_, None) => {
             let server = peer::spawn_server("bandwidth", rdma.as_ref().map(|(_, ip)| *ip))?;
-            stream(Some(server.nid), size, args.secs)?
+            stream(Target::Remote(server.nid), size, args.secs)?
         }
     };
     report.add("lanet.gbytes_per_s", gbps, "GB/s");
@@ -62,8 +62,8 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     Ok(report)
 }
 
-/// Streams PUTs to `dst` (TCP or RDMA) or over the in-memory LND (None) for `secs`; GB/s acknowledged.
-fn stream(dst: Option<Nid>, size: usize, secs: f64) -> Result<f64, String> {
+/// Streams PUTs to `target` for `secs`; GB/s acknowledged.
+pub(crate) fn stream(target: Target, size: usize, secs: f64) -> Result<f64, String> {
     let window = peer::node_config(1).lanes[Lane::Data].peer_credits as usize;
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let cell: Arc<OnceLock<(Endpoint, PutRequest)>> = Arc::new(OnceLock::new());
@@ -104,7 +104,7 @@ fn stream(dst: Option<Nid>, size: usize, secs: f64) -> Result<f64, String> {
             }
         }
     };
-    let client = peer::client(dst, size, Duration::from_secs(30), on_event)?;
+    let client = peer::client(target, size, Duration::from_secs(30), on_event)?;
     let (ep, req) = (client.ep.clone(), client.put.clone());
     let _ = cell.set((ep.clone(), req.clone()));
     for _ in 0..window {

@@ -114,7 +114,12 @@ fn trials(
         // later: the trial starts once the path carries a TCP handshake.
         wait_until_reachable(server.nid)?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let client = peer::client(Some(server.nid), 8, Duration::from_secs(10), forward(tx))?;
+        let client = peer::client(
+            peer::Target::Remote(server.nid),
+            8,
+            Duration::from_secs(10),
+            forward(tx),
+        )?;
         let watched = Instant::now();
         client.ep.watch(server.nid).map_err(|e| e.to_string())?;
         // Up and answering, then a random moment within an interval or two.
@@ -168,7 +173,7 @@ fn false_downs(args: &DetectArgs) -> Result<(u64, f64), String> {
     let server = peer::spawn_server("detect", None)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let client = peer::client(
-        Some(server.nid),
+        peer::Target::Remote(server.nid),
         1 << 20,
         Duration::from_secs(30),
         forward(tx),

@@ -75,7 +75,12 @@ pub(crate) fn run(args: &LanesArgs) -> Result<Report, String> {
             }
         }
     };
-    let client = peer::client(Some(server.nid), size, Duration::from_secs(60), on_event)?;
+    let client = peer::client(
+        peer::Target::Remote(server.nid),
+        size,
+        Duration::from_secs(60),
+        on_event,
+    )?;
     let ep = client.ep.clone();
     let dst = server.nid;
 

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use lanet::op::PutRequest;
-use lanet::{Endpoint, Event, Nid};
+use lanet::{Endpoint, Event};
 
 use crate::baselines::{self, histogram};
-use crate::peer::{self};
+use crate::peer::{self, Target};
 use crate::perftest;
 use crate::report::Report;
 use crate::{LatencyArgs, LndChoice};
@@ -38,10 +38,14 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         _ => None,
     };
     let (hist, echo) = match (c.lnd, c.connect.or(server.as_ref().map(|s| s.nid))) {
-        (LndChoice::Tcp, Some(nid)) => {
-            (pingpong(Some(nid), size, args.iters)?, peer::echo_addr(nid))
-        }
-        _ => (pingpong(None, size, args.iters)?, peer::local_echo()?),
+        (LndChoice::Tcp, Some(nid)) => (
+            pingpong(Target::Remote(nid), size, args.iters)?,
+            peer::echo_addr(nid),
+        ),
+        _ => (
+            pingpong(Target::Mem, size, args.iters)?,
+            peer::local_echo()?,
+        ),
     };
     report.add_latency("lanet", &hist);
     report.add_latency(
@@ -89,7 +93,7 @@ fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), Stri
         .connect
         .or(server.as_ref().map(|s| s.nid))
         .expect("one of them");
-    report.add_latency("lanet", &pingpong(Some(dst), size, args.iters)?);
+    report.add_latency("lanet", &pingpong(Target::Remote(dst), size, args.iters)?);
     drop(server);
     if c.connect.is_none() {
         let (p50, p99) = perftest::send_lat(&device, ip, size, WARMUP + args.iters)?;
@@ -104,9 +108,12 @@ fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), Stri
     Ok(())
 }
 
-/// Measures `iters` PUT round trips (after a warm-up) to `dst` over TCP or RDMA, or over the
-/// in-memory LND when `dst` is None.
-fn pingpong(dst: Option<Nid>, size: usize, iters: usize) -> Result<Histogram<u64>, String> {
+/// Measures `iters` PUT round trips (after a warm-up) to `target`.
+pub(crate) fn pingpong(
+    target: Target,
+    size: usize,
+    iters: usize,
+) -> Result<Histogram<u64>, String> {
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let cell: Arc<OnceLock<(Endpoint, PutRequest)>> = Arc::new(OnceLock::new());
     let total = WARMUP + iters;
@@ -142,7 +149,7 @@ fn pingpong(dst: Option<Nid>, size: usize, iters: usize) -> Result<Histogram<u64
             }
         }
     };
-    let client = peer::client(dst, size, Duration::from_secs(10), on_event)?;
+    let client = peer::client(target, size, Duration::from_secs(10), on_event)?;
     let (ep, req) = (client.ep.clone(), client.put.clone());
     let _ = cell.set((ep.clone(), req.clone()));
     ep.put(req).map_err(|e| e.to_string())?;

@@ -14,6 +14,8 @@ mod netns;
 mod peer;
 mod perftest;
 mod report;
+mod router;
+mod simrouted;
 mod simscale;
 
 use std::process::ExitCode;
@@ -43,6 +45,9 @@ enum Bench {
     /// Failure detection: time to declare a SIGKILLed peer Down, and false Downs under
     /// saturating load.
     Detect(DetectArgs),
+    /// Direct vs routed: PUT round trips and streaming PUTs to a server on the client's
+    /// net and to one behind a router, in one run.
+    Router(RouterArgs),
     /// Failure detection at scale on the simulator: health load per node and detection
     /// time as the number of nodes grows.
     Sim(SimArgs),
@@ -117,6 +122,21 @@ pub(crate) struct BandwidthArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct RouterArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Round trips to measure each way (after 1000 of warm-up).
+    #[arg(long, default_value_t = 100_000)]
+    iters: usize,
+    /// Seconds to stream each way.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Payload bytes per streamed PUT.
+    #[arg(long, default_value_t = 1 << 20)]
+    stream_size: usize,
+}
+
+#[derive(Args)]
 pub(crate) struct LanesArgs {
     /// Seconds of measurement, split between the three phases.
     #[arg(long, default_value_t = 20.0)]
@@ -184,6 +204,16 @@ pub(crate) struct SimArgs {
     secs: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Routed part: client counts to simulate, each client on one net reaching servers on
+    /// another through the gateways (empty: skip the routed part).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    routed_clients: Vec<u32>,
+    /// Routed part: routers between the two nets, each a gateway of every client.
+    #[arg(long, default_value_t = 4)]
+    gateways: u32,
+    /// Routed part: servers behind the gateways.
+    #[arg(long, default_value_t = 16)]
+    routed_servers: u32,
     #[arg(long)]
     json: bool,
 }
@@ -198,6 +228,7 @@ fn main() -> ExitCode {
     let (zc_min, serve) = match &cli.bench {
         Bench::Latency(a) => (a.common.zc_min, a.common.serve),
         Bench::Bandwidth(a) => (a.common.zc_min, a.common.serve),
+        Bench::Router(_) => (None, None),
         Bench::Lanes(a) => (None, a.serve),
         Bench::Detect(a) => (None, a.serve),
         Bench::Sim(_) => (None, None),
@@ -218,6 +249,7 @@ fn main() -> ExitCode {
     let result = match cli.bench {
         Bench::Latency(a) => latency::run(&a),
         Bench::Bandwidth(a) => bandwidth::run(&a),
+        Bench::Router(a) => router::run(&a),
         Bench::Lanes(a) => lanes::run(&a),
         Bench::Detect(a) => detect::run(&a),
         Bench::Sim(a) => simscale::run(&a),

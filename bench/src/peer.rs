@@ -279,30 +279,58 @@ pub(crate) fn spawn_server_at(
     Ok(None)
 }
 
-/// Two endpoints in this process on the in-memory LND (no delay): the core alone.
-pub(crate) fn mem_pair(
+/// Endpoints in this process on the in-memory LND (no delay): the core alone. The client
+/// is on net 1; the server too (`direct`) or on net 2, behind a router on both nets.
+/// Returns the client, the endpoints kept alive beside it, and the server's NID.
+pub(crate) fn mem_endpoints(
+    routed: bool,
     client: impl FnMut(Event) + Send + 'static,
-) -> Result<(Endpoint, Endpoint, Nid), String> {
+) -> Result<(Endpoint, Vec<Endpoint>, Nid), String> {
     let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
     fabric.set_default_link(LinkFaults {
         delay: Duration::ZERO,
         ..LinkFaults::default()
     });
-    let (cn, sn) = (Nid::mem(1, 0), Nid::mem(2, 0));
-    let start = |nid, inc, on_event: Box<dyn FnMut(Event) + Send>| {
-        let cfg = node_config(inc);
-        let lnd =
-            MemLnd::new(&fabric, nid, MemLndConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
-        Endpoint::builder(cfg)
-            .lnd(lnd)
-            .on_event(on_event)
-            .start()
-            .map_err(|e| e.to_string())
+    let start = |nids: &[Nid], cfg: NodeConfig, on_event: Box<dyn FnMut(Event) + Send>| {
+        let mut b = Endpoint::builder(cfg.clone()).on_event(on_event);
+        for &nid in nids {
+            let lnd = MemLnd::new(&fabric, nid, MemLndConfig::for_node(&cfg))
+                .map_err(|e| e.to_string())?;
+            b = b.lnd(lnd);
+        }
+        b.start().map_err(|e| e.to_string())
     };
-    let server = start(sn, 2, Box::new(discard_events))?;
+    let cn = Nid::mem(1, 1);
+    let sn = Nid::mem(2, if routed { 2 } else { 1 });
+    let mut others = Vec::new();
+    if routed {
+        let rn = [Nid::mem(3, 1), Nid::mem(3, 2)];
+        let mut cfg = node_config(3);
+        cfg.forwarding = true;
+        others.push(start(&rn, cfg, Box::new(discard_events))?);
+        let server = start(&[sn], node_config(2), Box::new(discard_events))?;
+        add_route(&server, cn.net, rn[1])?;
+        sink(&server)?;
+        others.push(server);
+        let client = start(&[cn], node_config(1), Box::new(client))?;
+        add_route(&client, sn.net, rn[0])?;
+        return Ok((client, others, sn));
+    }
+    let server = start(&[sn], node_config(2), Box::new(discard_events))?;
     sink(&server)?;
-    let client = start(cn, 1, Box::new(client))?;
-    Ok((client, server, sn))
+    others.push(server);
+    let client = start(&[cn], node_config(1), Box::new(client))?;
+    Ok((client, others, sn))
+}
+
+fn add_route(ep: &Endpoint, net: lanet::Net, gateway: Nid) -> Result<(), String> {
+    let route = lanet::Route {
+        net,
+        gateway,
+        hops: 1,
+        priority: 0,
+    };
+    ep.add_route(route).map_err(|e| e.to_string())
 }
 
 /// A client endpoint over RDMA on `ip`.
@@ -354,34 +382,45 @@ pub(crate) fn local_echo() -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// The measuring side of a benchmark: its endpoint (TCP or RDMA to `dst`, or the in-memory pair when
-/// `dst` is None), the PUT it repeats, and the in-memory server kept alive alongside.
+/// Where a benchmark's PUTs go.
+#[derive(Clone, Copy)]
+pub(crate) enum Target {
+    /// A server at this NID, over TCP or RDMA.
+    Remote(Nid),
+    /// An in-memory server in this process, on the client's net.
+    Mem,
+    /// An in-memory server in this process, behind an in-memory router.
+    MemRouted,
+}
+
+/// The measuring side of a benchmark: its endpoint, the PUT it repeats, and the in-memory
+/// server (and router) kept alive alongside.
 pub(crate) struct Client {
     pub(crate) ep: Endpoint,
     pub(crate) put: lanet::op::PutRequest,
-    _server: Option<Endpoint>,
+    _others: Vec<Endpoint>,
 }
 
 /// Builds the client whose completions go to `on_event`, repeating `size`-byte PUTs.
 pub(crate) fn client(
-    dst: Option<Nid>,
+    target: Target,
     size: usize,
     timeout: Duration,
     on_event: impl FnMut(Event) + Send + 'static,
 ) -> Result<Client, String> {
-    let (ep, dst, server) = match dst {
-        Some(dst) if dst.net.kind == LndKind::O2ib => {
+    let (ep, dst, others) = match target {
+        Target::Remote(dst) if dst.net.kind == LndKind::O2ib => {
             let ip = *dst.socket_addr(0).expect("o2ib NIDs are IP addresses").ip();
-            (rdma_client(ip, on_event)?, dst, None)
+            (rdma_client(ip, on_event)?, dst, Vec::new())
         }
-        Some(dst) => {
+        Target::Remote(dst) => {
             let (ep, backend) = tcp_client(on_event)?;
             set_backend(backend);
-            (ep, dst, None)
+            (ep, dst, Vec::new())
         }
-        None => {
-            let (client, server, dst) = mem_pair(on_event)?;
-            (client, dst, Some(server))
+        Target::Mem | Target::MemRouted => {
+            let (ep, others, dst) = mem_endpoints(matches!(target, Target::MemRouted), on_event)?;
+            (ep, dst, others)
         }
     };
     let put = lanet::op::PutRequest {
@@ -396,6 +435,6 @@ pub(crate) fn client(
     Ok(Client {
         ep,
         put,
-        _server: server,
+        _others: others,
     })
 }

@@ -43,6 +43,7 @@ pub(crate) fn run(args: &SimArgs) -> Result<Report, String> {
             report.add("ratio.load_largest_vs_smallest", last / first, "x");
         }
     }
+    crate::simrouted::run(args, &mut report)?;
     Ok(report)
 }
 

@@ -585,8 +585,12 @@ impl MemFabric {
     }
 
     /// `nid`'s descriptor for a thread sleeping on several LNDs (readable when something
-    /// was scheduled for it or it was woken), made the first time it is asked for.
+    /// was scheduled for it or it was woken), made the first time it is asked for. None on
+    /// a virtual clock: nobody sleeps there, time moves only when advanced.
     pub(super) fn event(&self, nid: Nid) -> Option<Arc<crate::sys::EventFd>> {
+        if self.shared.clock.is_virtual() {
+            return None;
+        }
         let mut st = self.lock();
         let port = st.ports.get_mut(&nid)?;
         if port.event.is_none() {

@@ -87,6 +87,10 @@ pub enum LndRequest {
 pub struct NodeStats {
     pub frames_sent: u64,
     pub frames_received: u64,
+    /// Of those, on the health lane (PINGs, PONGs, router status, and what a router passes
+    /// on there): the cost of watching and being watched.
+    pub health_frames_sent: u64,
+    pub health_frames_received: u64,
     pub credit_frames_sent: u64,
     pub protocol_errors: u64,
     /// ACK/REPLY/PONG for an operation that had already completed (e.g. timed out).

@@ -281,6 +281,9 @@ impl Node {
         payload: RxPayload,
     ) {
         self.stats.frames_received += 1;
+        if lane == Lane::Health {
+            self.stats.health_frames_received += 1;
+        }
         self.heard(now, nid);
         if let Err(what) = self.check_frame(ni, nid, lane, &h, &payload) {
             self.decline_deferred(ni, payload);

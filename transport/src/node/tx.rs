@@ -453,6 +453,9 @@ impl Node {
             self.out.health_in_lnd.insert(token, now);
         }
         self.stats.frames_sent += 1;
+        if lane == Lane::Health {
+            self.stats.health_frames_sent += 1;
+        }
         self.out.transmits[lane].push_back((
             ni,
             Transmit {
