@@ -29,7 +29,7 @@ pub(crate) fn run(args: &RouterArgs) -> Result<Report, String> {
         args.iters, args.stream_size, args.secs
     );
     let mut report = Report::new(title, c.json);
-    // Interleaved, so that drift of the machine over the run hits both alike.
+    // Each measured once, in this order; run the bench twice to see the spread.
     report.add_latency("direct", &pingpong(Target::Mem, size, args.iters)?);
     report.add_latency("routed", &pingpong(Target::MemRouted, size, args.iters)?);
     report.add(

@@ -86,7 +86,17 @@ impl Driver {
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
             if self.failed[ni.0] {
-                continue; // the NI is down: nothing to ask of its driver
+                // The NI is down: nothing to ask of its driver. A fetch must still end.
+                if let LndRequest::Fetch { handle, .. } = req {
+                    let now = self.node.clock.unwrap_or_default();
+                    let error = LndError::new(LndErrorKind::Closed, "its NI is down");
+                    let ev = LndEvent::Fetched {
+                        handle,
+                        result: Err(error),
+                    };
+                    self.node.handle_lnd_event(now, ni, ev);
+                }
+                continue;
             }
             let lnd = &mut self.lnds[ni.0];
             match req {

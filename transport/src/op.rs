@@ -368,6 +368,8 @@ pub enum RouteDownReason {
     Absent(crate::wire::AbsentReason),
     /// The gateway says its NI on the route's net is down.
     NetDown,
+    /// Our own NI on the gateway's net is down: we cannot reach it.
+    LocalNiDown,
 }
 
 impl fmt::Display for RouteDownReason {
@@ -376,6 +378,7 @@ impl fmt::Display for RouteDownReason {
             RouteDownReason::GatewayDown => f.write_str("the gateway is down"),
             RouteDownReason::Absent(why) => write!(f, "the gateway is absent: {why}"),
             RouteDownReason::NetDown => f.write_str("the gateway's NI on that net is down"),
+            RouteDownReason::LocalNiDown => f.write_str("our NI on the gateway's net is down"),
         }
     }
 }

@@ -148,8 +148,9 @@ pub(crate) struct Uring {
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
-    /// The driver thread sleeps on several LNDs, on the ring's descriptor (see `wait_fd`).
-    shared: bool,
+    /// Whether the driver thread sleeps on several LNDs, on the ring's descriptor (see
+    /// `wait_fd`); `Some(false)`: it cannot, and polls this LND instead. None: not asked.
+    shared: Option<bool>,
     /// Started at the first bulk transfer; None until then, or if it could not be.
     mover: Option<Mover>,
     mover_failed: bool,
@@ -205,7 +206,7 @@ impl Uring {
             backlog: std::collections::VecDeque::new(),
             deferred: FxHashMap::default(),
             enabled,
-            shared: false,
+            shared: None,
             mover: None,
             mover_failed: false,
         };
@@ -497,14 +498,18 @@ impl Uring {
     /// without it, which is possible only before its first submission. After that there is
     /// no descriptor to offer and the thread polls this LND every millisecond instead.
     pub(crate) fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
-        if !self.shared {
-            if let Err(e) = self.share_thread() {
-                tracing::warn!("this io_uring cannot share its thread, polled instead: {e}");
-                return None;
+        match self.shared {
+            Some(true) => Some(self.ring.as_raw_fd()),
+            Some(false) => None,
+            None => {
+                let shared = self.share_thread();
+                if let Err(e) = &shared {
+                    tracing::warn!("this io_uring cannot share its thread, polled instead: {e}");
+                }
+                self.shared = Some(shared.is_ok());
+                self.wait_fd()
             }
-            self.shared = true;
         }
-        Some(self.ring.as_raw_fd())
     }
 
     /// Swaps the ring, still disabled and unsubmitted, for one whose task work runs at any

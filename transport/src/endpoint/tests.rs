@@ -645,7 +645,8 @@ fn a_failing_nis_driver_takes_down_that_ni_only() {
     };
     let (b, c) = (Nid::mem(2, 1), Nid::mem(3, 2));
     let (_b, _c) = (peer(b), peer(c));
-    // C's link is cut: PUTs to it wait in flight on the NI about to fail.
+    // C's link is cut: PUTs to it wait, queued for a connection, on the NI about to fail
+    // (what a failed driver still held is tested on the node: tests/forward.rs).
     f.set_cut(Nid::mem(1, 2), c, true);
     let to = |dst| PutRequest {
         dst,

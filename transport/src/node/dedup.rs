@@ -8,7 +8,10 @@
 //! says below which message id the initiator has settled everything it sent here
 //! (`settled_below`), so the window holds only what may still be resent; hard caps bound it
 //! anyway (per initiator and on initiators), and whatever falls out of it raises a floor
-//! below which late copies are dropped rather than delivered.
+//! below which late copies are dropped rather than delivered. An initiator's whole window
+//! evicted (the idlest, when more initiators come than are kept) leaves its floor behind,
+//! in a table of [`FLOORS_PER_WINDOW`] x as many entries; only a copy from an initiator
+//! evicted from that too, long idle, could be taken for new.
 
 use std::collections::BTreeMap;
 
@@ -45,9 +48,18 @@ struct Window {
     used: u64,
 }
 
+/// Floors of evicted windows kept, per window kept (a floor is a few words; a window
+/// holds up to `dedup_window` answers).
+pub(crate) const FLOORS_PER_WINDOW: usize = 4;
+
 /// The windows of every initiator that reached this node through routers.
 pub(crate) struct Dedup {
     windows: FxHashMap<(Nid, u64), Window>,
+    /// What evicted windows remembered: the lowest message id a copy may still have to
+    /// be new, oldest eviction first.
+    /// (floor, when it was kept); the order names each by that same tick.
+    floors: FxHashMap<(Nid, u64), (u64, u64)>,
+    floors_order: std::collections::VecDeque<((Nid, u64), u64)>,
     /// (last used, initiator): the idlest first.
     by_use: BTreeMap<(u64, (Nid, u64)), ()>,
     tick: u64,
@@ -62,6 +74,8 @@ impl Dedup {
     pub(crate) fn new(per_initiator: usize, initiators: usize) -> Dedup {
         Dedup {
             windows: FxHashMap::default(),
+            floors: FxHashMap::default(),
+            floors_order: std::collections::VecDeque::new(),
             by_use: BTreeMap::new(),
             tick: 0,
             per_initiator: per_initiator.max(1),
@@ -101,12 +115,14 @@ impl Dedup {
                 .collect();
             for k in stale {
                 self.drop_window(k);
+                self.floors.remove(&k);
             }
+            let floor = self.floors.remove(&key).map_or(0, |(floor, _)| floor);
             self.windows.insert(
                 key,
                 Window {
                     entries: BTreeMap::new(),
-                    floor: 0,
+                    floor,
                     used: self.tick,
                 },
             );
@@ -166,7 +182,31 @@ impl Dedup {
             let Some((&(_, key), _)) = self.by_use.first_key_value() else {
                 return;
             };
+            // Its copies still to come are at or above what it held: remember where.
+            let floor = self.windows.get(&key).map(|w| {
+                let top = w.entries.last_key_value().map_or(0, |(&id, _)| id + 1);
+                w.floor.max(top)
+            });
             self.drop_window(key);
+            if let Some(floor) = floor {
+                self.keep_floor(key, floor);
+            }
+        }
+    }
+
+    fn keep_floor(&mut self, key: (Nid, u64), floor: u64) {
+        self.floors.insert(key, (floor, self.tick));
+        self.floors_order.push_back((key, self.tick));
+        let cap = self.initiators.saturating_mul(FLOORS_PER_WINDOW);
+        // Oldest first; an entry of the order that no longer names the floor kept (it
+        // was taken back, or kept again since) is just skipped.
+        while self.floors_order.len() > cap {
+            let Some((old, kept)) = self.floors_order.pop_front() else {
+                break;
+            };
+            if self.floors.get(&old).is_some_and(|&(_, t)| t == kept) {
+                self.floors.remove(&old);
+            }
         }
     }
 
@@ -236,5 +276,27 @@ mod tests {
         assert_eq!(d.windows(), 2);
         assert!(matches!(d.check(a, 1, 7, 0), Seen::Pending));
         assert_eq!(d.entries(), 4 + 1);
+        // b's window went, its floor stayed: a late copy of its request is not new.
+        assert!(
+            matches!(d.check(b, 1, 1, 0), Seen::TooOld),
+            "an evicted initiator's copy must not be delivered again"
+        );
+        assert!(
+            matches!(d.check(b, 1, 2, 0), Seen::New),
+            "its next request is"
+        );
+    }
+
+    #[test]
+    fn the_floors_of_evicted_windows_are_bounded_too() {
+        let mut d = Dedup::new(4, 2);
+        for n in 0..1000 {
+            d.check(Nid::mem(n, 0), 1, 1, 0);
+        }
+        assert_eq!(d.windows(), 2);
+        assert!(d.floors.len() <= 2 * FLOORS_PER_WINDOW);
+        assert!(d.floors_order.len() <= 2 * FLOORS_PER_WINDOW);
+        // The most recently evicted still has its floor.
+        assert!(matches!(d.check(Nid::mem(997, 0), 1, 1, 0), Seen::TooOld));
     }
 }

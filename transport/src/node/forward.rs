@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::peers::{Conn, Forward, Pending, Response, Upstream};
 use super::pools::PoolKind;
-use super::{Fetch, LndRequest, NiId, Node};
+use super::{Fetch, LndRequest, NiId, Node, RefuseTo};
 use crate::lane::Lane;
 use crate::lnd::{LndError, RxHandle, RxPayload};
 use crate::nid::Nid;
@@ -53,13 +53,11 @@ impl Node {
             lane,
             serial,
             // Answers take no buffer: they are what frees buffers and credits along the
-            // way back, so one waiting behind requests for a buffer could wait for good
-            // (requests holding every buffer while waiting for credits the answers would
-            // return). Their number is bounded all the same: each hop holds at most its
-            // connection's credits of frames here.
-            pool: h
-                .frame_type()
-                .is_request()
+            // way back, and must not wait behind requests for one. Nor do health-lane
+            // frames: they go first end to end, and a burst of data must not make a PING
+            // wait (a false Down). Both are bounded all the same: each hop holds at most
+            // its connection's credits of frames here.
+            pool: (h.frame_type().is_request() && lane == Lane::Data)
                 .then(|| PoolKind::for_len(h.payload_len)),
         };
         let refusal = if !self.cfg.forwarding {
@@ -182,22 +180,38 @@ impl Node {
             self.stats.unroutable_answers += 1;
             return;
         }
+        let to = RefuseTo {
+            src: h.src,
+            dst: h.dst,
+            msg_id: h.msg_id,
+        };
+        self.nack_to(h.lane, to, upstream, reason);
+    }
+
+    /// Refuses request `to`, which came from `upstream`, with a NACK to its initiator.
+    pub(super) fn nack_to(
+        &mut self,
+        lane: Lane,
+        to: RefuseTo,
+        upstream: Upstream,
+        reason: NackReason,
+    ) {
         let Some(ni) = self.ni_of(upstream.hop) else {
             return;
         };
         self.stats.nacks_sent += 1;
         let nack = Response {
             src: self.nis[ni.0].nid,
-            dst: h.src,
+            dst: to.src,
             body: Body::Nack {
                 reason,
-                target: h.dst,
+                target: to.dst,
             },
-            msg_id: h.msg_id,
+            msg_id: to.msg_id,
             payload: Bytes::new(),
         };
         // Back the way the request came, if that is a way to its initiator.
-        self.send_answer(h.lane, nack, Some(upstream.hop));
+        self.send_answer(lane, nack, Some(upstream.hop));
     }
 
     /// Keeps the buffer of the frame just consumed from `up` in use: its credit is not
@@ -220,7 +234,11 @@ impl Node {
     /// waiting for one, and its credit back to the sender.
     pub(super) fn release_upstream(&mut self, up: Upstream) {
         if let Some(next) = up.pool.and_then(|kind| self.pools.release(kind)) {
-            self.proceed(next);
+            if self.pools.hand_off(next) {
+                while let Some(next) = self.pools.next_handoff() {
+                    self.proceed(next);
+                }
+            }
         }
         self.release_credit(up);
     }

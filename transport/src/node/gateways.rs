@@ -259,6 +259,9 @@ impl Node {
 
     /// Why the route to `net` through `gateway` is not usable now, if it is not.
     fn route_state(&self, net: Net, gateway: Nid) -> Result<(), RouteDownReason> {
+        if self.ni_of(gateway).is_none() {
+            return Err(RouteDownReason::LocalNiDown);
+        }
         if self.health.is_down(gateway) {
             return Err(RouteDownReason::GatewayDown);
         }

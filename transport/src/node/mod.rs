@@ -97,7 +97,9 @@ pub struct NodeStats {
     pub late_responses: u64,
     pub refused_no_match: u64,
     pub refused_busy: u64,
-    /// ACK/REPLY/PONG that could not be sent because the connection failed.
+    /// Frames of our own, not requests, that could not be sent because the connection
+    /// failed or no way was left: answers (ACK/REPLY/PONG/NACK), CREDIT, health PINGs,
+    /// router STATUS.
     pub responses_dropped: u64,
     /// PINGs left unanswered because the peer already had [`ANSWER_BACKLOG_PER_CREDIT`] x
     /// credits' worth of answers waiting: it pings faster than it lets us answer.
@@ -178,6 +180,16 @@ pub(crate) struct InLnd {
     pub(crate) op: Option<(OpId, u64, u32)>,
     /// A forwarded frame: the upstream credit it holds until it has left.
     pub(crate) upstream: Option<Upstream>,
+    /// A forwarded request: whom to refuse it to (NACK) if it fails to leave.
+    pub(crate) refuse_to: Option<RefuseTo>,
+}
+
+/// Enough of a forwarded request to refuse it after it has left our hands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RefuseTo {
+    pub(crate) src: Nid,
+    pub(crate) dst: Nid,
+    pub(crate) msg_id: u64,
 }
 
 /// What the node has for its drivers and its application, until they poll it, and what
@@ -320,6 +332,12 @@ impl Node {
             return Err(OpError::Invalid(format!(
                 "net {} is one of this node's own nets: no route needed",
                 route.net
+            )));
+        }
+        if self.is_local(route.gateway) {
+            return Err(OpError::Invalid(format!(
+                "gateway {} is this node itself",
+                route.gateway
             )));
         }
         if !self.has_net(route.gateway.net) {
@@ -582,10 +600,12 @@ impl Node {
     }
 
     /// NI `ni`'s driver failed for good: the NI goes down, and the node carries on with
-    /// its others. What waited for or went through the NI's peers ends: requests routed
+    /// its others. What its driver held or its peers were owed ends: requests routed
     /// through one of its gateways go another way (those in flight within their resend
-    /// budget), the rest fail with `error`; frames passing through are refused. A router
-    /// says its net is down. Reported as `NiDown`.
+    /// budget), the rest fail with `error`; frames passing through that were queued for
+    /// it are refused (NACK), those in its driver let go of their buffers and credits;
+    /// fetches from it fail. Routes through its gateways go down (`RouteDown`), a router
+    /// says its net is down, and it is reported as `NiDown`.
     pub fn ni_failed(&mut self, now: Time, ni: NiId, error: LndError) {
         self.clock = Some(now);
         let Some(n) = self.nis.get_mut(ni.0).filter(|n| n.up) else {
@@ -599,6 +619,29 @@ impl Node {
             reason: error.to_string(),
             at: now,
         });
+        // What its driver still held ends here (it will not report on it): sends fail (a
+        // request through a router is sent again another way), fetches fail.
+        let mut tokens: Vec<u64> = self
+            .out
+            .in_lnd
+            .iter()
+            .filter(|(_, f)| f.ni == ni)
+            .map(|(&t, _)| t)
+            .collect();
+        tokens.sort_unstable();
+        for token in tokens {
+            self.on_send_complete(now, crate::lnd::TxToken(token), Err(error.clone()));
+        }
+        let mut fetches: Vec<RxHandle> = self
+            .fetching
+            .keys()
+            .filter(|(n, _)| *n == ni)
+            .map(|&(_, h)| h)
+            .collect();
+        fetches.sort_unstable_by_key(|h| h.0);
+        for handle in fetches {
+            self.on_fetched(ni, handle, Err(error.clone()));
+        }
         let mut gone: Vec<Nid> = self
             .hops
             .iter()
@@ -610,6 +653,18 @@ impl Node {
             for lane in Lane::ALL {
                 self.hop_gone(hop, lane, &error);
             }
+        }
+        let mut gateways: Vec<Nid> = self
+            .routes
+            .all()
+            .into_iter()
+            .map(|r| r.gateway)
+            .filter(|g| g.net == nid.net)
+            .collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        for gateway in gateways {
+            self.check_routes_through(now, gateway);
         }
         self.router_status_changed(now);
     }

@@ -43,9 +43,13 @@ pub(crate) struct Op {
     /// Our gateways its request went through when it was refused (NACK) or they failed:
     /// not tried again for it.
     pub(crate) avoid: Vec<Nid>,
-    /// Times its request was handed to a driver: a send completion for an earlier
-    /// attempt says nothing about the current one.
+    /// Times its request was handed to a driver or taken back to be sent again: a send
+    /// completion for an earlier attempt says nothing about the current one.
     pub(crate) attempts: u32,
+    /// The NID its request first left from. Every copy carries the same source, even one
+    /// resent by a gateway on another of our nets: the target knows an initiator by it,
+    /// and must see a copy as one.
+    pub(crate) src: Option<Nid>,
     /// Times it was sent again because its router failed with it in flight.
     pub(crate) failure_resends: u8,
 }
@@ -60,6 +64,7 @@ impl Op {
             via: None,
             avoid: Vec::new(),
             attempts: 0,
+            src: None,
             failure_resends: 0,
         }
     }
@@ -182,22 +187,25 @@ impl Ops {
         }
     }
 
-    /// The request of op `id` goes to a driver, as message `seq` (answers find it by
-    /// that); returns which attempt this is.
-    pub(crate) fn sent(&mut self, id: OpId) -> u32 {
+    /// The request of op `id` goes to a driver from our NID `src`, as message `seq`
+    /// (answers find it by that); returns which attempt this is, and the source to put
+    /// in the frame (the first one it was sent from).
+    pub(crate) fn sent(&mut self, id: OpId, src: Nid) -> (u32, Nid) {
         let Some(op) = self.live.get_mut(&id) else {
-            return 0;
+            return (0, src);
         };
         op.stage = Stage::InLnd;
         op.attempts += 1;
         self.awaiting.insert(op.seq, id);
-        op.attempts
+        (op.attempts, *op.src.get_or_insert(src))
     }
 
-    /// Back to waiting at a next hop (its request is to be sent again).
+    /// Back to waiting at a next hop (its request is to be sent again): what the driver
+    /// still says about the attempt before is about an attempt that is over.
     pub(crate) fn requeued(&mut self, id: OpId) {
         if let Some(op) = self.live.get_mut(&id) {
             op.stage = Stage::Queued;
+            op.attempts += 1;
             self.awaiting.remove(&op.seq);
         }
     }

@@ -81,10 +81,11 @@ pub(crate) struct Response {
 
 pub(crate) struct HopLane {
     pub(crate) conn: Conn,
-    /// Requests, in the order they came: ours, and frames passing through.
+    /// In the order they came: our requests, and every frame passing through (answers
+    /// among them: a router keeps the order it was given).
     pub(crate) queue: VecDeque<Pending>,
-    /// Answers. They leave before requests: those operations are already under way, and
-    /// answering them is what bounds this queue.
+    /// Our own answers. They leave before the queue: those operations are already under
+    /// way, and answering them is what bounds this queue.
     pub(crate) answers: VecDeque<Response>,
 }
 

@@ -83,6 +83,9 @@ pub(crate) struct Pools<T> {
     stats: [PoolStats; 3],
     waiting: [VecDeque<(Time, T)>; 3],
     patience: Duration,
+    /// Frames that just got a buffer, to go on in order (see [`Pools::hand_off`]).
+    handoffs: VecDeque<T>,
+    handing_off: bool,
 }
 
 impl<T> Pools<T> {
@@ -96,7 +99,25 @@ impl<T> Pools<T> {
             stats: [pool(sizes.tiny), pool(sizes.small), pool(sizes.large)],
             waiting: Default::default(),
             patience,
+            handoffs: VecDeque::new(),
+            handing_off: false,
         }
+    }
+
+    /// Queues a frame that got a buffer; true if the caller is to take the queue's frames
+    /// on ([`Pools::next_handoff`]). Going on may free another buffer (a refusal), which
+    /// hands it to the next frame waiting: queued, not recursed into, so thousands of
+    /// waiting frames refused in a row cost no stack.
+    pub(crate) fn hand_off(&mut self, frame: T) -> bool {
+        self.handoffs.push_back(frame);
+        !std::mem::replace(&mut self.handing_off, true)
+    }
+
+    /// The next frame handed a buffer; None (and the queue idle) once there is none.
+    pub(crate) fn next_handoff(&mut self) -> Option<T> {
+        let next = self.handoffs.pop_front();
+        self.handing_off = next.is_some();
+        next
     }
 
     pub(crate) fn stats(&self) -> [PoolStats; 3] {

@@ -308,6 +308,12 @@ impl Node {
         }
         self.router_generation_seen(nid, h.router_gen);
         if !self.is_local(h.dst) {
+            if !h.frame_type().consumes_credit() {
+                // HELLO and CREDIT are the hop's own business: never passed on.
+                let what = format!("{:?} frame addressed to {}", h.frame_type(), h.dst);
+                self.decline_deferred(ni, payload);
+                return self.protocol_error(ni, nid, lane, what);
+            }
             self.forward(ni, nid, lane, serial, h, payload);
             return self.pump(nid, lane);
         }
@@ -512,7 +518,12 @@ impl Node {
     }
 
     /// A deferred payload arrived (or could not).
-    fn on_fetched(&mut self, ni: NiId, handle: RxHandle, result: Result<Bytes, LndError>) {
+    pub(super) fn on_fetched(
+        &mut self,
+        ni: NiId,
+        handle: RxHandle,
+        result: Result<Bytes, LndError>,
+    ) {
         if result.is_err() {
             self.stats.fetch_failures += 1;
         }

@@ -337,8 +337,11 @@ impl Node {
                     OpKind::Ping { .. } => (Body::Ping { seq }, Bytes::new()),
                     OpKind::Entry(_) => unreachable!("entries are never queued"),
                 };
-                let attempt = self.ops.sent(id);
-                ours(dst, body, seq, payload, Some((id, seq, attempt)))
+                let (attempt, first_src) = self.ops.sent(id, src);
+                Outgoing {
+                    src: first_src,
+                    ..ours(dst, body, seq, payload, Some((id, seq, attempt)))
+                }
             }
             Pending::Status => Outgoing {
                 hop_limit: 0,
@@ -447,6 +450,13 @@ impl Node {
                 ni_credit,
                 op: out.op,
                 upstream: out.upstream,
+                refuse_to: (out.upstream.is_some() && header.frame_type().is_request()).then_some(
+                    super::RefuseTo {
+                        src: header.src,
+                        dst: header.dst,
+                        msg_id: header.msg_id,
+                    },
+                ),
             },
         );
         if let (Lane::Health, Some(now)) = (lane, self.clock) {
@@ -494,6 +504,11 @@ impl Node {
         if let Some(up) = rec.upstream {
             // The forwarded frame has left (or failed to): its buffer upstream is free.
             self.release_upstream(up);
+            // A request that failed to leave may not have got out: its initiator hears so
+            // and sends it another way (its target answers a copy, never delivers twice).
+            if let (Err(_), Some(to)) = (&result, rec.refuse_to) {
+                self.nack_to(rec.lane, to, up, NackReason::NextHopDown);
+            }
         }
         let Some((id, seq, attempt)) = rec.op else {
             if result.is_err() && rec.upstream.is_none() {
@@ -513,6 +528,9 @@ impl Node {
                     op.stage = super::Stage::Awaiting;
                 }
             }
+            // Through a router, it may have got out before the failure: sent again
+            // another way, the target answering a copy without delivering it twice.
+            Err(e) if op.router().is_some() => self.resend_after_failure(id, &e.into()),
             Err(e) => self.complete(id, Err(e.into())),
         }
     }

@@ -138,6 +138,68 @@ fn what_cannot_be_passed_on_is_refused_at_once_and_says_why() {
     assert_eq!(n.stats().nacks_sent, 3);
 }
 
+/// The NI towards D fails with a forwarded frame still in its driver (which will never
+/// report on it): the frame lets go of its buffer and of B's credit, and its initiator
+/// hears at once that it may not have got out, instead of waiting out its deadline.
+#[test]
+fn a_failed_nis_driver_lets_go_of_what_it_held_for_others() {
+    let mut n = router();
+    connect(&mut n, 0, nid(B), Lane::Data, 8);
+    connect(&mut n, 1, d(), Lane::Data, 8);
+    put_from_b(&mut n, d(), 1, 8);
+    let to_d: Vec<_> = drain(&mut n);
+    assert_eq!(to_d.len(), 1, "in NI 1's driver now");
+    assert_eq!(b_credits(&n), (0, 1), "B's credit held while it is");
+    let error = LndError::new(LndErrorKind::Resource, "driver gone");
+    n.ni_failed(t(1), NiId(1), error);
+    assert_eq!(b_credits(&n).1, 0, "nothing held for B any more");
+    let pools = n.router_stats().pools;
+    assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
+    assert_eq!(nack_to_b(&mut n, 1), (NackReason::NextHopDown, d()));
+}
+
+/// HELLO and CREDIT frames are a hop's own business: one addressed to another node is a
+/// protocol error (its connection closed), never passed on or counted against credits.
+#[test]
+fn a_hello_or_credit_addressed_beyond_the_router_is_a_protocol_error() {
+    for body in [
+        Body::Credit,
+        Body::Hello {
+            credits: 8,
+            max_payload: 1 << 20,
+            status: crate::wire::HelloStatus::Ok,
+        },
+    ] {
+        let mut n = router();
+        connect(&mut n, 0, nid(B), Lane::Data, 8);
+        connect(&mut n, 1, d(), Lane::Data, 8);
+        let header = Header {
+            lane: Lane::Data,
+            hop_limit: 8,
+            credits: 0,
+            src: nid(B),
+            dst: d(),
+            src_incarnation: 7,
+            msg_id: 1,
+            payload_len: 0,
+            body,
+            router_gen: 0,
+        };
+        let ev = LndEvent::Received {
+            peer: nid(B),
+            lane: Lane::Data,
+            header,
+            payload: RxPayload::Inline(Bytes::new()),
+        };
+        n.handle_lnd_event(t(0), NiId(0), ev);
+        assert_eq!(n.stats().protocol_errors, 1, "{body:?}");
+        assert_eq!(n.stats().forwarded, 0, "{body:?}");
+        let closed = std::iter::from_fn(|| n.poll_request())
+            .any(|(_, r)| matches!(r, LndRequest::Close { peer, .. } if peer == nid(B)));
+        assert!(closed, "{body:?}: the connection to B is closed");
+    }
+}
+
 #[test]
 fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
     let gw = nid(B);

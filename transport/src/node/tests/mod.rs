@@ -5,6 +5,7 @@ mod flow;
 mod forward;
 mod health;
 mod lifecycle;
+mod resend;
 mod target;
 
 pub(super) use std::time::Duration;

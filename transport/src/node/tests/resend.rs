@@ -1,0 +1,124 @@
+//! An initiator behind routers: a request whose router fails is sent again another way,
+//! and every copy looks the same to its target.
+
+use super::*;
+
+/// The far target, on net 2, behind the routers.
+fn far() -> Nid {
+    Nid::mem(9, 2)
+}
+
+fn route_via(n: &mut Node, gateway: Nid, priority: u8) {
+    let route = Route {
+        net: far().net,
+        gateway,
+        hops: 1,
+        priority,
+    };
+    n.add_route(route).unwrap();
+}
+
+fn up_on(n: &mut Node, ni: usize, peer: Nid, lane: Lane) {
+    let hello = PeerHello {
+        nid: peer,
+        incarnation: 7,
+        lane,
+        credits: 8,
+        max_payload: 1 << 20,
+    };
+    let local_credits = n.config().lanes[lane].peer_credits;
+    let ev = LndEvent::Connected {
+        peer,
+        lane,
+        hello,
+        local_credits,
+    };
+    n.handle_lnd_event(t(0), NiId(ni), ev);
+}
+
+/// The frames handed to drivers: (NI, hop, header, token).
+fn sent(n: &mut Node) -> Vec<(usize, Nid, Header, TxToken)> {
+    std::iter::from_fn(|| n.poll_transmit())
+        .map(|(ni, tx)| {
+            let h = decode_header(&tx.header, &Limits::default()).unwrap();
+            (ni.0, tx.peer, h, tx.token)
+        })
+        .collect()
+}
+
+fn far_put() -> PutRequest {
+    PutRequest {
+        dst: far(),
+        ..put(B, b"x")
+    }
+}
+
+fn lost(n: &mut Node, ni: usize, hop: Nid) {
+    let error = LndError::new(LndErrorKind::Closed, "connection reset");
+    let ev = LndEvent::Disconnected {
+        peer: hop,
+        lane: Lane::Data,
+        error,
+    };
+    n.handle_lnd_event(t(1), NiId(ni), ev);
+}
+
+/// The router's connection resets with the request still in its driver. The driver then
+/// fails that send too, after the request was queued for the other router (whose
+/// connection is not up yet): that failure is about the attempt that is over, and must
+/// not end the operation.
+#[test]
+fn a_failed_send_through_a_failed_router_does_not_end_the_resent_operation() {
+    let mut n = node();
+    let (b, c) = (nid(B), nid(C));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    up_on(&mut n, 0, b, Lane::Data);
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1, b, "the better route first");
+    lost(&mut n, 0, b);
+    let error = LndError::new(LndErrorKind::Closed, "connection reset");
+    let ev = LndEvent::SendComplete {
+        token: first[0].3,
+        result: Err(error),
+    };
+    n.handle_lnd_event(t(1), NiId(0), ev);
+    assert_eq!(completions(&mut n), vec![], "still under way");
+    up_on(&mut n, 0, c, Lane::Data);
+    let again = sent(&mut n);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].1, again[0].2.msg_id), (c, first[0].2.msg_id));
+}
+
+/// An initiator on two nets resends through a gateway on its other net: the copy still
+/// says it comes from the NID the first did, or its target would take it for another
+/// initiator's request and deliver it twice.
+#[test]
+fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
+    let mut n = node();
+    n.add_ni(Nid::mem(A, 3)).unwrap();
+    let (b, c) = (nid(B), Nid::mem(C, 3));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    up_on(&mut n, 0, b, Lane::Data);
+    up_on(&mut n, 1, c, Lane::Data);
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let first = sent(&mut n);
+    assert_eq!((first[0].0, first[0].1), (0, b));
+    sent_ok(
+        &mut n,
+        &Sent {
+            header: first[0].2,
+            payload: Bytes::new(),
+            token: first[0].3,
+        },
+    );
+    lost(&mut n, 0, b);
+    let again = sent(&mut n);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].0, again[0].1), (1, c), "through the other net");
+    assert_eq!(again[0].2.src, first[0].2.src);
+    assert_eq!(again[0].2.src, nid(A));
+}
