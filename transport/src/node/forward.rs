@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use super::peers::{Conn, Forward, Pending, Response, Upstream};
 use super::pools::PoolKind;
 use super::{Fetch, LndRequest, NiId, Node, RefuseTo};
+use crate::credits::LaneCredits;
 use crate::lane::Lane;
 use crate::lnd::{LndError, RxHandle, RxPayload};
 use crate::nid::Nid;
@@ -217,16 +218,23 @@ impl Node {
     /// Keeps the buffer of the frame just consumed from `up` in use: its credit is not
     /// returned until it is released.
     fn hold(&mut self, up: Upstream) {
-        if let Some(Conn::Up {
-            credits, serial, ..
-        }) = self
+        if let Some(credits) = self.upstream_credits(up) {
+            credits.hold_last();
+        }
+    }
+
+    /// The credits of the connection a frame came by, if it is still the one that lent
+    /// them (a newer connection never did).
+    fn upstream_credits(&mut self, up: Upstream) -> Option<&mut LaneCredits> {
+        match self
             .hops
             .get_mut(&up.hop)
             .map(|h| &mut h.lanes[up.lane].conn)
         {
-            if *serial == up.serial {
-                credits.hold_last();
-            }
+            Some(Conn::Up {
+                credits, serial, ..
+            }) if *serial == up.serial => Some(credits),
+            _ => None,
         }
     }
 
@@ -243,20 +251,11 @@ impl Node {
         self.release_credit(up);
     }
 
-    /// The credit of a frame that came from `up` goes back (on that connection only: a
-    /// newer one never lent it).
+    /// The credit of a frame that came from `up` goes back (on that connection only).
     fn release_credit(&mut self, up: Upstream) {
-        if let Some(Conn::Up {
-            credits, serial, ..
-        }) = self
-            .hops
-            .get_mut(&up.hop)
-            .map(|h| &mut h.lanes[up.lane].conn)
-        {
-            if *serial == up.serial {
-                credits.release_held();
-                self.pump(up.hop, up.lane);
-            }
+        if let Some(credits) = self.upstream_credits(up) {
+            credits.release_held();
+            self.pump(up.hop, up.lane);
         }
     }
 }

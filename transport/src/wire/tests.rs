@@ -230,19 +230,21 @@ fn any_body() -> impl Strategy<Value = Body> {
                 max_payload,
                 status
             }),
-        (any::<u32>(), any::<u64>()).prop_map(|(portal, match_bits)| Body::Put {
-            portal,
-            match_bits,
-            settled_below: 0
-        }),
-        (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(portal, match_bits, want_len)| {
-            Body::Get {
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+            |(portal, match_bits, settled_below)| Body::Put {
+                portal,
+                match_bits,
+                settled_below,
+            }
+        ),
+        (any::<u32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+            |(portal, match_bits, want_len, settled_below)| Body::Get {
                 portal,
                 match_bits,
                 want_len,
-                settled_below: 0,
+                settled_below,
             }
-        }),
+        ),
         (any_status(), any::<u32>()).prop_map(|(status, mlen)| Body::Ack { status, mlen }),
         any_status().prop_map(|status| Body::Reply { status }),
         any::<u64>().prop_map(|seq| Body::Ping { seq }),
