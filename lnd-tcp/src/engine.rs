@@ -9,7 +9,7 @@ use bytes::Bytes;
 use lanet::handshake::{check_hello, HandshakeError, Identity};
 use lanet::lane::Lane;
 use lanet::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
-use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxPayload, Transmit, TxToken};
+use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, RxPayload, Transmit, TxToken};
 use lanet::nid::Nid;
 use lanet::time::Time;
 use lanet::wire::{HelloStatus, Limits};
@@ -349,6 +349,16 @@ impl Engine {
                 let until = d.saturating_duration_since(Instant::now());
                 Some(timeout.map_or(until, |t| t.min(until)))
             }
+        }
+    }
+
+    /// What the backend says before a thread shared with other LNDs sleeps on it: ready
+    /// when [`Engine::wait`] would not wait (events, backend work, a deadline passed),
+    /// else sleep until the next deadline at most.
+    pub(crate) fn readiness(&self, busy: bool) -> Readiness {
+        match self.wait(None, busy) {
+            Some(d) if d.is_zero() => Readiness::Ready,
+            within => Readiness::Sleep(within),
         }
     }
 

@@ -269,14 +269,8 @@ impl Epoll {
 
     /// Sockets left with work by the last round raise no new edge: then do not sleep.
     pub(crate) fn prepare_wait(&self) -> Readiness {
-        if !self.unread.is_empty() || !self.unwritten.is_empty() || !self.engine.events.is_empty() {
-            return Readiness::Ready;
-        }
-        let deadline = self
-            .engine
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        Readiness::Sleep(deadline)
+        self.engine
+            .readiness(!self.unread.is_empty() || !self.unwritten.is_empty())
     }
 
     pub(crate) fn poll(

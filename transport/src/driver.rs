@@ -14,7 +14,7 @@ use crate::config::NodeConfig;
 use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, Wake};
 use crate::node::{LndRequest, NiId, Node};
 use crate::op::OpError;
-use crate::sys::EventFd;
+use crate::sys::{EventFd, WaitSet};
 use crate::time::Clock;
 
 /// How often an LND that offers nothing to sleep on is polled, when several share a thread.
@@ -27,8 +27,8 @@ pub struct Driver {
     /// With several LNDs, the thread's own wake-up: an LND's waker cuts short only that
     /// LND's wait, and a wake consumed by a poll that waits for nothing would be lost.
     wake: Option<Arc<EventFd>>,
-    /// Drivers that failed for good; their NIs are down.
-    failed: Vec<bool>,
+    /// What it sleeps on with several LNDs, kept between sleeps.
+    waits: WaitSet,
     scratch: Vec<LndEvent>,
 }
 
@@ -58,7 +58,7 @@ impl Driver {
         Ok(Driver {
             node,
             wake,
-            failed: vec![false; lnds.len()],
+            waits: WaitSet::default(),
             lnds,
             scratch: Vec::new(),
         })
@@ -85,7 +85,7 @@ impl Driver {
         let mut any = false;
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
-            if self.failed[ni.0] {
+            if !self.node.ni_is_up(ni) {
                 // The NI is down: nothing to ask of its driver. A fetch must still end.
                 if let LndRequest::Fetch { handle, .. } = req {
                     let now = self.node.clock.unwrap_or_default();
@@ -108,7 +108,7 @@ impl Driver {
         }
         while let Some((ni, tx)) = self.node.poll_transmit() {
             any = true;
-            if self.failed[ni.0] {
+            if !self.node.ni_is_up(ni) {
                 // Queued before the NI went down: it ends here, with the error.
                 let now = self.node.clock.unwrap_or_default();
                 let error = LndError::new(LndErrorKind::Closed, "its NI is down");
@@ -140,20 +140,26 @@ impl Driver {
             return Ok(handled);
         }
         // Nothing now: sleep on every NI at once, no longer than each allows.
-        let mut sleep = timeout;
-        let wake = self
-            .wake
-            .clone()
+        let Driver {
+            node,
+            lnds,
+            wake,
+            waits,
+            ..
+        } = self;
+        let wake = wake
+            .as_ref()
             .expect("a driver of several LNDs has its own wake-up");
-        let mut fds = Vec::with_capacity(self.lnds.len() + 1);
-        fds.push(wake.fd());
+        waits.clear();
+        waits.add(wake.fd());
+        let mut sleep = timeout;
         let mut ready = false;
-        for (i, lnd) in self.lnds.iter_mut().enumerate() {
-            if self.failed[i] {
+        for (i, lnd) in lnds.iter_mut().enumerate() {
+            if !node.ni_is_up(NiId(i)) {
                 continue;
             }
             match lnd.wait_fd() {
-                Some(fd) => fds.push(fd),
+                Some(fd) => waits.add(fd),
                 None => sleep = shorter(sleep, Some(UNWAITABLE_POLL)),
             }
             match lnd.prepare_wait() {
@@ -162,7 +168,7 @@ impl Driver {
             }
         }
         if !ready {
-            if let Err(e) = crate::sys::wait_readable(&fds, sleep) {
+            if let Err(e) = waits.wait(sleep) {
                 tracing::warn!("waiting on the NIs failed: {e}");
             }
             // The caller looks at what it was woken for once this returns; a wake from
@@ -177,7 +183,7 @@ impl Driver {
         let mut handled = 0;
         let mut last_failure = None;
         for i in 0..self.lnds.len() {
-            if self.failed[i] {
+            if !self.node.ni_is_up(NiId(i)) {
                 continue;
             }
             match self.poll_one(NiId(i), clock, Some(Duration::ZERO)) {
@@ -186,7 +192,9 @@ impl Driver {
             }
         }
         match last_failure {
-            Some(failure) if self.failed.iter().all(|&f| f) => Err(failure),
+            Some(failure) if !(0..self.lnds.len()).any(|i| self.node.ni_is_up(NiId(i))) => {
+                Err(failure)
+            }
             _ => Ok(handled),
         }
     }
@@ -205,7 +213,6 @@ impl Driver {
         }
         if let Err(e) = polled {
             // That NI is done; the node carries on with the others.
-            self.failed[ni.0] = true;
             self.node.ni_failed(now, ni, e.clone());
             return Err((ni, e));
         }

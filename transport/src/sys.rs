@@ -5,32 +5,44 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-/// Sleeps until one of `fds` is readable, or `timeout` passes (`None`: no limit). A
-/// signal cutting the wait short is not an error: the caller looks and waits again.
-pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<()> {
-    let mut polled: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
+/// The descriptors a thread sleeps on until one is readable. Kept from one sleep to the
+/// next, so that sleeping allocates nothing.
+#[derive(Default)]
+pub(crate) struct WaitSet(Vec<libc::pollfd>);
+
+impl WaitSet {
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub(crate) fn add(&mut self, fd: RawFd) {
+        self.0.push(libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        })
-        .collect();
-    let ms = timeout.map_or(-1, |t| {
-        // Round up: a 100 us deadline must not become a busy loop of zero waits.
-        let ms = t.as_micros().div_ceil(1000);
-        i32::try_from(ms).unwrap_or(i32::MAX)
-    });
-    // SAFETY: `polled` is a live, writable array of `polled.len()` pollfd structures for
-    // the duration of the call; the kernel writes only their `revents` fields.
-    let rc = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+        });
     }
-    Ok(())
+
+    /// Sleeps until one of the descriptors is readable, or `timeout` passes (`None`: no
+    /// limit). A signal cutting the wait short is not an error: the caller looks and
+    /// waits again.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ms = timeout.map_or(-1, |t| {
+            // Round up: a 100 us deadline must not become a busy loop of zero waits.
+            let ms = t.as_micros().div_ceil(1000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        });
+        // SAFETY: `self.0` is a live, writable array of `self.0.len()` pollfd structures
+        // for the duration of the call; the kernel writes only their `revents` fields.
+        let rc = unsafe { libc::poll(self.0.as_mut_ptr(), self.0.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An eventfd: a counter that is readable while non-zero. Signalled from any thread;
@@ -85,22 +97,24 @@ mod tests {
     #[test]
     fn an_eventfd_wakes_a_wait_until_drained() {
         let e = EventFd::new().unwrap();
+        let mut set = WaitSet::default();
+        set.add(e.fd());
         let start = std::time::Instant::now();
-        wait_readable(&[e.fd()], Some(Duration::from_millis(20))).unwrap();
+        set.wait(Some(Duration::from_millis(20))).unwrap();
         assert!(
             start.elapsed() >= Duration::from_millis(20),
             "nothing to wake it"
         );
         e.signal();
         let start = std::time::Instant::now();
-        wait_readable(&[e.fd()], Some(Duration::from_secs(10))).unwrap();
+        set.wait(Some(Duration::from_secs(10))).unwrap();
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "signalled: no wait"
         );
         e.drain();
         let start = std::time::Instant::now();
-        wait_readable(&[e.fd()], Some(Duration::from_millis(20))).unwrap();
+        set.wait(Some(Duration::from_millis(20))).unwrap();
         assert!(
             start.elapsed() >= Duration::from_millis(20),
             "drained: waits again"

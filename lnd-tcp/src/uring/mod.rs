@@ -548,17 +548,8 @@ impl Uring {
         if let Err(e) = self.ring.submit() {
             tracing::warn!("io_uring submit failed: {e}");
         }
-        if !self.ring.completion().is_empty()
-            || !self.backlog.is_empty()
-            || !self.engine.events.is_empty()
-        {
-            return Readiness::Ready;
-        }
-        let deadline = self
-            .engine
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        Readiness::Sleep(deadline)
+        self.engine
+            .readiness(!self.ring.completion().is_empty() || !self.backlog.is_empty())
     }
 
     pub(crate) fn poll(

@@ -314,6 +314,11 @@ impl Node {
         self.nis.iter().map(|ni| ni.nid)
     }
 
+    /// Whether NI `ni` still works (false once [`Node::ni_failed`]).
+    pub fn ni_is_up(&self, ni: NiId) -> bool {
+        self.nis.get(ni.0).is_some_and(|n| n.up)
+    }
+
     pub fn stats(&self) -> &NodeStats {
         &self.stats
     }

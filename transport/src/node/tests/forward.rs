@@ -18,24 +18,6 @@ fn d() -> Nid {
     Nid::mem(5, 1)
 }
 
-fn connect(n: &mut Node, ni: usize, peer: Nid, lane: Lane, credits: u16) {
-    let hello = PeerHello {
-        nid: peer,
-        incarnation: 9,
-        lane,
-        credits,
-        max_payload: 1 << 20,
-    };
-    let local_credits = n.config().lanes[lane].peer_credits;
-    let ev = LndEvent::Connected {
-        peer,
-        lane,
-        hello,
-        local_credits,
-    };
-    n.handle_lnd_event(Time::ZERO, NiId(ni), ev);
-}
-
 /// A PUT from B (on net 0) to `dst`, arriving at the router from B.
 fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
     let header = Header {
@@ -74,8 +56,8 @@ fn b_credits(n: &Node) -> (u16, u16) {
 #[test]
 fn a_forwarded_frames_credit_goes_back_only_once_it_has_left() {
     let mut n = router();
-    connect(&mut n, 0, nid(B), Lane::Data, 8);
-    connect(&mut n, 1, d(), Lane::Data, 1);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
     // B fills every buffer the router offered it; D takes one frame at a time.
     for m in 1..=8 {
         put_from_b(&mut n, d(), m, 8);
@@ -116,7 +98,7 @@ fn nack_to_b(n: &mut Node, msg_id: u64) -> (NackReason, Nid) {
 fn what_cannot_be_passed_on_is_refused_at_once_and_says_why() {
     let far = Nid::mem(7, 5);
     let mut n = router();
-    connect(&mut n, 0, nid(B), Lane::Data, 8);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
     put_from_b(&mut n, far, 1, 8);
     assert_eq!(nack_to_b(&mut n, 1), (NackReason::NoRoute, far));
     assert_eq!(b_credits(&n).1, 0, "a refused frame holds no buffer");
@@ -144,8 +126,8 @@ fn what_cannot_be_passed_on_is_refused_at_once_and_says_why() {
 #[test]
 fn a_failed_nis_driver_lets_go_of_what_it_held_for_others() {
     let mut n = router();
-    connect(&mut n, 0, nid(B), Lane::Data, 8);
-    connect(&mut n, 1, d(), Lane::Data, 8);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 8, 9);
     put_from_b(&mut n, d(), 1, 8);
     let to_d: Vec<_> = drain(&mut n);
     assert_eq!(to_d.len(), 1, "in NI 1's driver now");
@@ -171,8 +153,8 @@ fn a_hello_or_credit_addressed_beyond_the_router_is_a_protocol_error() {
         },
     ] {
         let mut n = router();
-        connect(&mut n, 0, nid(B), Lane::Data, 8);
-        connect(&mut n, 1, d(), Lane::Data, 8);
+        connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+        connected_on(&mut n, 1, d(), Lane::Data, 8, 9);
         let header = Header {
             lane: Lane::Data,
             hop_limit: 8,

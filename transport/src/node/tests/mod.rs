@@ -84,8 +84,20 @@ pub(super) fn requests(n: &mut Node) -> Vec<LndRequest> {
 }
 
 pub(super) fn connected(n: &mut Node, peer: u32, lane: Lane, credits: u16, incarnation: u64) {
+    connected_on(n, 0, nid(peer), lane, credits, incarnation);
+}
+
+/// `peer`'s connection on `lane` is up at NI `ni`, offering us `credits`.
+pub(super) fn connected_on(
+    n: &mut Node,
+    ni: usize,
+    peer: Nid,
+    lane: Lane,
+    credits: u16,
+    incarnation: u64,
+) {
     let hello = PeerHello {
-        nid: nid(peer),
+        nid: peer,
         incarnation,
         lane,
         credits,
@@ -94,9 +106,9 @@ pub(super) fn connected(n: &mut Node, peer: u32, lane: Lane, credits: u16, incar
     let local_credits = n.config().lanes[lane].peer_credits;
     n.handle_lnd_event(
         Time::ZERO,
-        NiId(0),
+        NiId(ni),
         LndEvent::Connected {
-            peer: nid(peer),
+            peer,
             lane,
             hello,
             local_credits,

@@ -18,24 +18,6 @@ fn route_via(n: &mut Node, gateway: Nid, priority: u8) {
     n.add_route(route).unwrap();
 }
 
-fn up_on(n: &mut Node, ni: usize, peer: Nid, lane: Lane) {
-    let hello = PeerHello {
-        nid: peer,
-        incarnation: 7,
-        lane,
-        credits: 8,
-        max_payload: 1 << 20,
-    };
-    let local_credits = n.config().lanes[lane].peer_credits;
-    let ev = LndEvent::Connected {
-        peer,
-        lane,
-        hello,
-        local_credits,
-    };
-    n.handle_lnd_event(t(0), NiId(ni), ev);
-}
-
 /// The frames handed to drivers: (NI, hop, header, token).
 fn sent(n: &mut Node) -> Vec<(usize, Nid, Header, TxToken)> {
     std::iter::from_fn(|| n.poll_transmit())
@@ -73,7 +55,7 @@ fn a_failed_send_through_a_failed_router_does_not_end_the_resent_operation() {
     let (b, c) = (nid(B), nid(C));
     route_via(&mut n, b, 0);
     route_via(&mut n, c, 1);
-    up_on(&mut n, 0, b, Lane::Data);
+    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
     n.put(t(0), OpId(1), far_put()).unwrap();
     let first = sent(&mut n);
     assert_eq!(first.len(), 1);
@@ -86,7 +68,7 @@ fn a_failed_send_through_a_failed_router_does_not_end_the_resent_operation() {
     };
     n.handle_lnd_event(t(1), NiId(0), ev);
     assert_eq!(completions(&mut n), vec![], "still under way");
-    up_on(&mut n, 0, c, Lane::Data);
+    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
     let again = sent(&mut n);
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].1, again[0].2.msg_id), (c, first[0].2.msg_id));
@@ -102,8 +84,8 @@ fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
     let (b, c) = (nid(B), Nid::mem(C, 3));
     route_via(&mut n, b, 0);
     route_via(&mut n, c, 1);
-    up_on(&mut n, 0, b, Lane::Data);
-    up_on(&mut n, 1, c, Lane::Data);
+    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
+    connected_on(&mut n, 1, c, Lane::Data, 8, 7);
     n.put(t(0), OpId(1), far_put()).unwrap();
     let first = sent(&mut n);
     assert_eq!((first[0].0, first[0].1), (0, b));
