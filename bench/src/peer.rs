@@ -307,6 +307,7 @@ pub(crate) fn mem_endpoints(
         let rn = [Nid::mem(3, 1), Nid::mem(3, 2)];
         let mut cfg = node_config(3);
         cfg.forwarding = true;
+        cfg.router.warm_up = std::time::Duration::ZERO;
         others.push(start(&rn, cfg, Box::new(discard_events))?);
         let server = start(&[sn], node_config(2), Box::new(discard_events))?;
         add_route(&server, cn.net, rn[1])?;

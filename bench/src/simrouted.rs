@@ -106,6 +106,7 @@ fn one_size(args: &SimArgs, clients: u32) -> Result<SizeResult, String> {
         incarnation += 1;
         let mut c = NodeConfig::new(incarnation);
         c.forwarding = forwarding;
+        c.router.warm_up = std::time::Duration::ZERO;
         c
     };
     for g in 0..l.gateways {

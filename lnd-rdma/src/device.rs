@@ -1,7 +1,6 @@
 //! Finding where to run: the first active RDMA device, its network interface, and that
 //! interface's IPv4 address (what `--lnd rdma` uses when no address is given).
 
-use std::ffi::CStr;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -49,35 +48,8 @@ fn netdev_of(device: &str) -> Option<String> {
 
 /// The first IPv4 address of interface `netdev`, if any.
 fn ipv4_of(netdev: &str) -> Result<Option<Ipv4Addr>, LndError> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(LndError::new(
-            LndErrorKind::Resource,
-            format!("getifaddrs: {e}"),
-        ));
-    }
-    let mut found = None;
-    let mut cur = list;
-    while !cur.is_null() && found.is_none() {
-        // SAFETY: `cur` is an entry of the live list.
-        let entry = unsafe { &*cur };
-        // SAFETY: every entry has a NUL-terminated interface name.
-        let name = unsafe { CStr::from_ptr(entry.ifa_name) };
-        let addr = entry.ifa_addr;
-        // SAFETY: a non-null address is at least a sockaddr.
-        let is_ipv4 = !addr.is_null() && i32::from(unsafe { (*addr).sa_family }) == libc::AF_INET;
-        if is_ipv4 && name.to_bytes() == netdev.as_bytes() {
-            // SAFETY: an AF_INET address is a sockaddr_in.
-            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
-            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-        }
-        cur = entry.ifa_next;
-    }
-    // SAFETY: the list came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(found)
+    lanet::nid::interface_ipv4(netdev)
+        .map_err(|e| LndError::new(LndErrorKind::Resource, format!("getifaddrs: {e}")))
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ mod regcache;
 pub mod verbs;
 
 pub use device::default_ipv4;
-pub use lnd::{RdmaConfig, RdmaLnd, DEFAULT_PORT, EAGER_MAX, SPIN_ENV};
+pub use lnd::{OpenRdma, RdmaConfig, RdmaLnd, DEFAULT_PORT, EAGER_MAX, SPIN_ENV};
 pub use regcache::{RegCacheLimits, RegCacheStats};
 
 pub use verbs::VerbsError;

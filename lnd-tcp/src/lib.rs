@@ -62,6 +62,26 @@ impl TcpConfig {
     }
 }
 
+/// Opens the TCP NIs of a configuration file ([`lanet::config::ConfigFile::endpoint`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenTcp;
+
+impl lanet::config::OpenLnd for OpenTcp {
+    fn serves(&self, kind: LndKind) -> bool {
+        kind == LndKind::Tcp
+    }
+
+    fn open(
+        &self,
+        net: &lanet::config::NetSection,
+        node: &NodeConfig,
+    ) -> Result<Box<dyn Lnd>, LndError> {
+        let mut cfg = TcpConfig::for_node(node);
+        cfg.credits[lanet::Lane::Data] = net.peer_credits;
+        Ok(Box::new(TcpLnd::bind(net.nid, cfg)?))
+    }
+}
+
 /// Which system interface moves the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

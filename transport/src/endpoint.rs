@@ -80,6 +80,7 @@ pub struct EndpointBuilder {
     callback: Option<Callback>,
     command_capacity: usize,
     realtime: Option<u8>,
+    routes: Vec<Route>,
 }
 
 impl EndpointBuilder {
@@ -117,6 +118,12 @@ impl EndpointBuilder {
     /// callbacks then run at that priority too, so they must stay short.
     pub fn realtime_driver(mut self, priority: u8) -> Self {
         self.realtime = Some(priority);
+        self
+    }
+
+    /// Adds a route, set up when the endpoint starts (see [`Endpoint::add_route`]).
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
         self
     }
 
@@ -166,7 +173,7 @@ impl EndpointBuilder {
                 driver_thread.run()
             })
             .map_err(|e| EndpointError::Start(format!("cannot spawn the driver thread: {e}")))?;
-        Ok(Endpoint {
+        let endpoint = Endpoint {
             inner: Arc::new(Inner {
                 commands: cmd_tx,
                 gate,
@@ -180,7 +187,17 @@ impl EndpointBuilder {
                 consumed,
                 thread: Mutex::new(Some(thread)),
             }),
-        })
+        };
+        for route in self.routes {
+            if let Err(e) = endpoint.add_route(route) {
+                endpoint.shutdown();
+                return Err(EndpointError::Start(format!(
+                    "route to {} through {}: {e}",
+                    route.net, route.gateway
+                )));
+            }
+        }
+        Ok(endpoint)
     }
 }
 
@@ -289,6 +306,7 @@ impl Endpoint {
             callback: None,
             command_capacity: 65_536,
             realtime: None,
+            routes: Vec::new(),
         }
     }
 

@@ -123,6 +123,9 @@ struct Watch {
     probes: u32,
     /// When the peer next needs looking at; `None` while it needs nothing (uninteresting).
     due: Option<Time>,
+    /// Something came from it since this entry was made: its silence is measured, not
+    /// merely assumed from when monitoring started.
+    heard: bool,
 }
 
 impl Watch {
@@ -174,6 +177,14 @@ impl Monitor {
             .is_some_and(|w| w.state == PeerState::Down)
     }
 
+    /// Whether this node can say, from what it heard, that it reaches `nid`: monitored, Up,
+    /// and heard from since monitoring began.
+    pub(crate) fn vouches_for(&self, nid: Nid) -> bool {
+        self.peers
+            .get(&nid)
+            .is_some_and(|w| w.heard && w.state == PeerState::Up)
+    }
+
     /// The peers held Down, in NID order.
     pub(crate) fn down_peers(&self) -> Vec<Nid> {
         let mut v: Vec<Nid> = self
@@ -213,6 +224,7 @@ impl Monitor {
             health: HEALTH_MAX,
             probes: 0,
             due: None,
+            heard: false,
         })
     }
 
@@ -291,6 +303,7 @@ impl Monitor {
     pub(crate) fn heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
         let w = self.peers.get_mut(&nid)?;
         w.last_heard = w.last_heard.max(now);
+        w.heard = true;
         w.ping_sent = None;
         w.health = (w.health + self.cfg.sensitivity).min(HEALTH_MAX);
         match w.state {

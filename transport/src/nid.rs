@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
+pub use crate::sys::interface_ipv4;
+
 /// The kind of network driver a net runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LndKind {

@@ -349,6 +349,15 @@ pub enum Event {
         gateway: Nid,
         at: Time,
     },
+    /// This node, as a router, changed what it says of itself: forwarding or absent (and
+    /// why), or degraded (it cannot deliver somewhere, yet stays: it is the last router of
+    /// a pair of its nets). `cause` says why, in words.
+    RouterChanged {
+        state: crate::wire::RouterState,
+        degraded: bool,
+        cause: String,
+        at: Time,
+    },
     /// A route stopped being usable: frames to `net` go through other gateways (or, with
     /// none left, fail with `NoRoute`).
     RouteDown {

@@ -490,6 +490,8 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod absence_tests;
+#[cfg(test)]
 mod chaos_tests;
 #[cfg(test)]
 mod health_tests;

@@ -1,7 +1,10 @@
-//! The few system calls the core's own loop makes (the driver thread's wait on several
-//! LNDs at once). Kept here, small, each with its safety argument.
+//! The few system calls the core makes itself (the driver thread's wait on several LNDs at
+//! once, an interface's address for the configuration file). Kept here, small, each with
+//! its safety argument.
 
+use std::ffi::CStr;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -27,14 +30,27 @@ impl WaitSet {
     /// limit). A signal cutting the wait short is not an error: the caller looks and
     /// waits again.
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let ms = timeout.map_or(-1, |t| {
-            // Round up: a 100 us deadline must not become a busy loop of zero waits.
-            let ms = t.as_micros().div_ceil(1000);
-            i32::try_from(ms).unwrap_or(i32::MAX)
+        // ppoll, not poll: its timeout is in nanoseconds, so a deadline 50 us away is not
+        // rounded up to a millisecond.
+        let limit = timeout.map(|t| libc::timespec {
+            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
         });
+        let limit_ptr = limit
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: `self.0` is a live, writable array of `self.0.len()` pollfd structures
-        // for the duration of the call; the kernel writes only their `revents` fields.
-        let rc = unsafe { libc::poll(self.0.as_mut_ptr(), self.0.len() as libc::nfds_t, ms) };
+        // for the duration of the call (the kernel writes only their `revents` fields);
+        // `limit_ptr` is null or points at `limit`, alive until the call returns; a null
+        // signal mask leaves the thread's mask as it is.
+        let rc = unsafe {
+            libc::ppoll(
+                self.0.as_mut_ptr(),
+                self.0.len() as libc::nfds_t,
+                limit_ptr,
+                std::ptr::null(),
+            )
+        };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -88,6 +104,36 @@ impl crate::lnd::Wake for EventFd {
     fn wake(&self) {
         self.signal();
     }
+}
+
+/// The IPv4 address of network interface `name` (the first, if it has several); `None` if
+/// it has none or does not exist.
+pub fn interface_ipv4(name: &str) -> io::Result<Option<Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = list;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is an entry of the live list.
+        let entry = unsafe { &*cur };
+        // SAFETY: every entry has a NUL-terminated interface name.
+        let entry_name = unsafe { CStr::from_ptr(entry.ifa_name) };
+        let addr = entry.ifa_addr;
+        // SAFETY: a non-null address is at least a sockaddr.
+        let is_ipv4 = !addr.is_null() && i32::from(unsafe { (*addr).sa_family }) == libc::AF_INET;
+        if is_ipv4 && entry_name.to_bytes() == name.as_bytes() {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        }
+        cur = entry.ifa_next;
+    }
+    // SAFETY: the list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
 }
 
 #[cfg(test)]

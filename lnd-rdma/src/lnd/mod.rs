@@ -49,6 +49,26 @@ pub const DEFAULT_PORT: u16 = 987;
 pub const SPIN_ENV: &str = "LANET_RDMA_SPIN_US";
 const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// Opens the o2ib NIs of a configuration file ([`lanet::config::ConfigFile::endpoint`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenRdma;
+
+impl lanet::config::OpenLnd for OpenRdma {
+    fn serves(&self, kind: lanet::nid::LndKind) -> bool {
+        kind == lanet::nid::LndKind::O2ib
+    }
+
+    fn open(
+        &self,
+        net: &lanet::config::NetSection,
+        node: &NodeConfig,
+    ) -> Result<Box<dyn lanet::lnd::Lnd>, LndError> {
+        let mut cfg = RdmaConfig::for_node(node);
+        cfg.credits[lanet::Lane::Data] = net.peer_credits;
+        Ok(Box::new(RdmaLnd::bind(net.nid, cfg)?))
+    }
+}
+
 /// Settings of an RDMA NI.
 #[derive(Debug, Clone, Copy)]
 pub struct RdmaConfig {

@@ -506,6 +506,10 @@ fn endpoints_talk_through_a_router_endpoint_and_routes_change_at_run_time() {
     let start = |nids: &[Nid], forwarding: bool| {
         let cfg = NodeConfig {
             forwarding,
+            router: crate::config::RouterConfig {
+                warm_up: Duration::ZERO,
+                ..Default::default()
+            },
             ..NodeConfig::new(u64::from(nids.len() as u32) * 10 + u64::from(forwarding))
         };
         let mut b = Endpoint::builder(cfg.clone());

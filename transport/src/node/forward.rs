@@ -161,6 +161,8 @@ impl Node {
             (Some(next), None) => {
                 self.stats.forwarded += 1;
                 self.router_forwarded_for(upstream.hop);
+                let now = self.clock.unwrap_or_default();
+                self.router_served(now, [upstream.hop, next]);
                 self.enqueue(next, h.lane, Pending::Forward(Box::new(f)));
             }
             (_, reason) => self.refuse_forward(f, reason.unwrap_or(NackReason::NoRoute)),

@@ -15,11 +15,12 @@
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use super::ops::Stage;
 use super::peers::Pending;
 use super::Node;
 use crate::lane::Lane;
 use crate::nid::{Net, Nid};
-use crate::op::{Event, RouteDownReason};
+use crate::op::{Event, OpError, RouteDownReason};
 use crate::time::Time;
 use crate::wire::{RouterState, RouterStatus};
 
@@ -42,8 +43,10 @@ pub struct PeerRouting {
 
 /// This node as a router.
 pub(crate) struct Router {
-    /// Forwarding, or absent and why, as set ([`Node::set_router_state`]).
-    state: RouterState,
+    /// Forwarding, or absent and why, as judged ([`Node::judge_router`]).
+    pub(crate) state: RouterState,
+    /// The judgment's inputs and memory.
+    pub(crate) absence: super::absence::Absence,
     /// What it says: built from the node's state, its generation raised on each change.
     pub(crate) status: RouterStatus,
     /// The status, encoded once per change, for every PONG.
@@ -58,16 +61,24 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new() -> Router {
+    /// A router starts warming up (if it warms up at all), judged at its first tick.
+    pub(crate) fn new(cfg: &crate::NodeConfig) -> Router {
+        let state = if cfg.forwarding && !cfg.router.warm_up.is_zero() {
+            RouterState::Absent(crate::wire::AbsentReason::WarmingUp)
+        } else {
+            RouterState::Forwarding
+        };
         let status = RouterStatus {
             generation: 1,
-            state: RouterState::Forwarding,
+            state,
             nets: Vec::new(),
             unreachable: Vec::new(),
             more_unreachable: false,
+            vouched: Vec::new(),
         };
         Router {
-            state: RouterState::Forwarding,
+            state,
+            absence: super::absence::Absence::new(cfg.forwarding),
             encoded: status.encode(),
             status,
             users: FxHashMap::default(),
@@ -87,31 +98,45 @@ pub(crate) struct Gateways {
     asked: FxHashMap<Nid, u32>,
     /// Routes reported down (absent: up).
     down: FxHashMap<(Net, Nid), RouteDownReason>,
+    /// Gateways that said they are absent (or a net of theirs down), monitored (pinged when
+    /// silent, their status in every PONG) until they say all is well: they may have
+    /// stopped pushing to us, as we stopped using them.
+    pub(crate) polled: rustc_hash::FxHashSet<Nid>,
 }
 
 impl Gateways {
+    /// What `router` last said of itself.
+    pub(crate) fn view(&self, router: Nid) -> Option<&RouterStatus> {
+        self.views.get(&router)
+    }
+
     /// Whether `gateway`, by its own word, takes a frame for `dst`: it forwards, its NI on
     /// `dst`'s net is not down, and it does not list `dst` as a peer it cannot reach.
     pub(crate) fn takes(&self, gateway: Nid, dst: Nid) -> bool {
-        let Some(view) = self.views.get(&gateway) else {
-            return true; // nothing said yet: usable until it says otherwise
-        };
-        view.state == RouterState::Forwarding
-            && view.net_up(dst.net) != Some(false)
-            && !view.unreachable.contains(&dst)
+        self.serves_net(gateway, dst.net)
+            && self
+                .views
+                .get(&gateway)
+                .is_none_or(|v| !v.unreachable.contains(&dst))
     }
+
+    /// Whether `gateway`, by its own word, forwards to `net` at all.
+    pub(crate) fn serves_net(&self, gateway: Nid, net: Net) -> bool {
+        // Nothing said yet: usable until it says otherwise.
+        self.views
+            .get(&gateway)
+            .is_none_or(|v| v.state == RouterState::Forwarding && v.net_up(net) != Some(false))
+    }
+}
+
+/// Whether a gateway's word is worth asking again while it is silent: it is absent or one
+/// of its nets is down, and it may not push its return to us (we stopped using it).
+fn worth_polling(view: &RouterStatus) -> bool {
+    view.state != RouterState::Forwarding || view.nets.iter().any(|(_, up)| !up)
 }
 
 impl Node {
     // ---- as a router --------------------------------------------------------------------
-
-    /// Takes this router out of (or back into) forwarding: absent, it refuses frames
-    /// passing through with a NACK saying so, and says so in its status.
-    pub fn set_router_state(&mut self, now: Time, state: RouterState) {
-        self.clock = Some(now);
-        self.router.state = state;
-        self.router_status_changed(now);
-    }
 
     /// This node's status as a router (meaningful when it forwards).
     pub fn router_status(&self) -> &RouterStatus {
@@ -124,8 +149,9 @@ impl Node {
         if !self.cfg.forwarding {
             return;
         }
-        let nets: Vec<(Net, bool)> = self.nis.iter().map(|ni| (ni.nid.net, ni.up)).collect();
+        let nets = self.router_nets();
         let down = self.health.down_peers();
+        let vouched = self.router_vouched();
         let r = &mut self.router;
         let fresh = RouterStatus {
             generation: r.status.generation,
@@ -133,6 +159,7 @@ impl Node {
             nets,
             more_unreachable: down.len() > crate::wire::MAX_UNREACHABLE,
             unreachable: down,
+            vouched,
         };
         if fresh == r.status {
             return;
@@ -198,11 +225,20 @@ impl Node {
             .users
             .retain(|_, seen| now.saturating_since(*seen) <= horizon);
         let mut users: Vec<Nid> = self.router.users.keys().copied().collect();
+        // Fellow routers hear of every change: they judge themselves by it.
+        users.extend(
+            self.cfg
+                .router
+                .fellows
+                .iter()
+                .filter(|f| self.ni_of(**f).is_some()),
+        );
+        users.sort_unstable();
+        users.dedup();
         if users.is_empty() {
             return;
         }
         self.router.last_push = Some(now);
-        users.sort_unstable();
         for user in users {
             self.enqueue(user, Lane::Health, Pending::Status);
         }
@@ -224,8 +260,9 @@ impl Node {
                 return;
             }
         };
-        if !self.routes.all().iter().any(|r| r.gateway == from) {
-            return; // not one of our gateways: none of our business
+        let fellow = self.cfg.forwarding && self.cfg.router.fellows.contains(&from);
+        if !fellow && !self.routes.all().iter().any(|r| r.gateway == from) {
+            return; // not one of our gateways, nor a fellow router: none of our business
         }
         let newer = self
             .gateways
@@ -234,8 +271,41 @@ impl Node {
             .is_none_or(|old| old.generation != status.generation);
         self.gateways.asked.remove(&from);
         if newer {
+            let poll = worth_polling(&status);
+            if poll && self.gateways.polled.insert(from) {
+                self.health.interest_started(from, now);
+            } else if !poll && self.gateways.polled.remove(&from) {
+                self.health.interest_ended(from);
+            }
             self.gateways.views.insert(from, status);
             self.check_routes_through(now, from);
+            self.reroute_refused_by(from);
+            if fellow {
+                self.router_judgment_due(now);
+            }
+        }
+    }
+
+    /// Requests of ours sent through `gateway` that it now says it cannot take (it is
+    /// absent, its net is down, or it cannot reach their target) go another way at once:
+    /// those not yet sent for free, those it may have forwarded within their resend
+    /// budget (the target answers a copy without delivering it twice). Waiting would cost
+    /// them their deadline: a black hole answers nothing.
+    fn reroute_refused_by(&mut self, gateway: Nid) {
+        let gateways = &self.gateways;
+        let refused = self.ops.of_peer(gateway, |op| {
+            op.via == Some(gateway)
+                && op
+                    .target()
+                    .is_some_and(|(dst, _)| dst != gateway && !gateways.takes(gateway, dst))
+        });
+        let why = || OpError::Network(format!("router {gateway} says it cannot take it"));
+        for id in refused {
+            match self.ops.get(id).map(|op| op.stage) {
+                Some(Stage::Queued) => self.resend(id, &why()),
+                Some(_) => self.resend_after_failure(id, &why()),
+                None => {}
+            }
         }
     }
 
@@ -320,7 +390,11 @@ impl Node {
     /// A route is gone: nothing more to report about it.
     pub(crate) fn forget_route(&mut self, net: Net, gateway: Nid) {
         self.gateways.down.remove(&(net, gateway));
-        if !self.routes.all().iter().any(|r| r.gateway == gateway) {
+        let fellow = self.cfg.router.fellows.contains(&gateway);
+        if !fellow && !self.routes.all().iter().any(|r| r.gateway == gateway) {
+            if self.gateways.polled.remove(&gateway) {
+                self.health.interest_ended(gateway);
+            }
             self.gateways.views.remove(&gateway);
             self.gateways.asked.remove(&gateway);
         }

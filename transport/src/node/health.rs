@@ -67,6 +67,9 @@ impl Node {
         if let Some(Action::Recovered(peer)) = self.health.heard(nid, now) {
             self.recovered(now, peer);
         }
+        if self.cfg.forwarding {
+            self.router_heard(now, nid);
+        }
     }
 
     /// Runs the monitor's timers.
@@ -150,6 +153,7 @@ impl Node {
             self.refuse_forward(f, NackReason::NextHopDown);
         }
         self.router_status_changed(now);
+        self.router_judgment_due(now);
         self.check_routes_through(now, peer);
     }
 
@@ -164,6 +168,7 @@ impl Node {
             self.out.events.push_back(Event::PeerUp { peer, at: now });
         }
         self.router_status_changed(now);
+        self.router_judgment_due(now);
         self.check_routes_through(now, peer);
         // Operations that chose to wait for it go now.
         for lane in Lane::ALL {

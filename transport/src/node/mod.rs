@@ -17,6 +17,7 @@
 //! and received frames (`rx`), the target side (`target`), forwarding for routers
 //! (`forward`), failure detection (`health`).
 
+mod absence;
 mod dedup;
 mod forward;
 mod gateways;
@@ -47,6 +48,7 @@ use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
 };
 use crate::time::Time;
+pub use absence::{AbsenceStats, BlackHole, RouterCondition};
 pub use gateways::{PeerRouting, RouterStats};
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
@@ -251,15 +253,16 @@ impl Node {
         let health = Monitor::new(cfg.health);
         let pools_cfg = (cfg.router_buffers, cfg.router_patience);
         let dedup = dedup::Dedup::new(cfg.dedup_window, cfg.dedup_initiators);
+        let router = gateways::Router::new(&cfg);
         Node {
             dedup,
+            router,
             cfg,
             nis: Vec::new(),
             hops: FxHashMap::default(),
             ends: FxHashMap::default(),
             routes: RouteTable::default(),
             gateways: gateways::Gateways::default(),
-            router: gateways::Router::new(),
             pools: pools::Pools::new(pools_cfg.0, pools_cfg.1),
             ops: Ops::default(),
             portals: FxHashMap::default(),
@@ -298,7 +301,7 @@ impl Node {
             nid,
             credits: PerLane::new(
                 NiCredits::new(lanes[Lane::Health].ni_credits),
-                NiCredits::new(lanes[Lane::Data].ni_credits),
+                NiCredits::new(self.cfg.data_ni_credits(nid.net)),
             ),
             up: true,
         });
@@ -437,6 +440,7 @@ impl Node {
         for id in self.ops.ids() {
             self.complete(id, Err(error.clone()));
         }
+        self.router_stop_watching();
         for hop in self.hops.values_mut() {
             for lane in Lane::ALL {
                 hop.lanes[lane].queue.clear();
@@ -460,6 +464,7 @@ impl Node {
             self.ops.next_deadline(),
             self.health.next_deadline(),
             self.router.push_at,
+            self.router.absence.due,
             self.pools.next_deadline(),
         ]
         .into_iter()
@@ -471,6 +476,9 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Time) {
         self.clock = Some(now);
         self.health_timeout(now);
+        if self.router.absence.due.is_some_and(|t| t <= now) {
+            self.judge_router(now);
+        }
         self.push_router_status(now);
         for late in self.pools.expire(now) {
             self.out_of_patience(late);
@@ -672,6 +680,7 @@ impl Node {
             self.check_routes_through(now, gateway);
         }
         self.router_status_changed(now);
+        self.router_judgment_due(now);
     }
 
     /// Whether `nid` is one of this node's own NIDs.

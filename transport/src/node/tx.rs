@@ -54,15 +54,25 @@ impl Node {
         }
         let now = self.clock.unwrap_or_default();
         let (nis, health, hops, gateways) = (&self.nis, &self.health, &self.hops, &self.gateways);
-        self.routes.select(dst.net, |r| {
-            let usable = !avoid.contains(&r.gateway)
-                && usable(nis, health, hops, r.gateway, now)
-                && gateways.takes(r.gateway, dst);
-            usable.then(|| Standing {
-                health: health.peer(r.gateway).map_or(HEALTH_MAX, |p| p.health),
-                queued: hops.get(&r.gateway).map_or(0, Hop::queued),
+        let mut pick = |listed_ok: bool| {
+            self.routes.select(dst.net, |r| {
+                let usable = !avoid.contains(&r.gateway)
+                    && usable(nis, health, hops, r.gateway, now)
+                    && if listed_ok {
+                        gateways.serves_net(r.gateway, dst.net)
+                    } else {
+                        gateways.takes(r.gateway, dst)
+                    };
+                usable.then(|| Standing {
+                    health: health.peer(r.gateway).map_or(HEALTH_MAX, |p| p.health),
+                    queued: hops.get(&r.gateway).map_or(0, Hop::queued),
+                })
             })
-        })
+        };
+        // If every gateway lists `dst` as unreachable, try one anyway: it may be back (a
+        // restart) before they say so, and a gateway that still cannot reach it refuses
+        // at once (NACK), so the op goes on to the next or fails, quickly either way.
+        pick(false).or_else(|| pick(true))
     }
 
     /// Whether `gateway` is a usable gateway towards `dst` now.

@@ -116,6 +116,7 @@ fn chaos(seed: u64, ops: usize, topo: &Topology) -> Run {
         };
         if let Some(r) = topo.routers.iter().find(|r| r[0] == key) {
             c.forwarding = true;
+            c.router.warm_up = std::time::Duration::ZERO;
             sim.add_node_on(r, c, lnd).unwrap();
             return Vec::new();
         }

@@ -50,6 +50,10 @@ pub(super) fn cfg(incarnation: u64) -> NodeConfig {
 pub(super) fn router_cfg(incarnation: u64) -> NodeConfig {
     NodeConfig {
         forwarding: true,
+        router: crate::config::RouterConfig {
+            warm_up: Duration::ZERO,
+            ..Default::default()
+        },
         ..NodeConfig::new(incarnation)
     }
 }

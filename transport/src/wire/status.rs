@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset len      field
-//!  0      1       status format (1)
+//!  0      1       status format (2)
 //!  1      1       state: 0 forwarding, 1 absent
 //!  2      1       why absent: 0 -, 1 black hole, 2 warming up, 3 stopping, 4 administrator
 //!  3      1       nets listed (n, at most 16)
@@ -11,8 +11,12 @@
 //!  8      2       peers it cannot reach, listed (m)
 //! 10      1       flags: bit 0, more peers it cannot reach than listed
 //! 11      1       reserved, zero
-//! 12      4 x n   nets: LND kind, up (1) or down (0), net number (u16)
+//! 12      2       peers it vouches for, listed (r)
+//! 14      2       reserved, zero
+//! 16      4 x n   nets: LND kind, up (1) or down (0), net number (u16)
 //! ..     16 x m   peers it cannot reach (NIDs)
+//! ..     16 x r   peers it vouches for: a fellow router listed them as unreachable, and
+//!                 this router has heard from them since it started watching them
 //! ```
 //!
 //! It fits a health-lane payload ([`HEALTH_MAX_PAYLOAD`]); a router that cannot reach more
@@ -23,13 +27,15 @@ use bytes::Bytes;
 use super::HEALTH_MAX_PAYLOAD;
 use crate::nid::{LndKind, Net, Nid, NID_WIRE_LEN};
 
-const FORMAT: u8 = 1;
-const FIXED: usize = 12;
+const FORMAT: u8 = 2;
+const FIXED: usize = 16;
 /// Nets a status lists at most.
 pub const MAX_NETS: usize = 16;
+/// Peers it vouches for that a status lists at most.
+pub const MAX_VOUCHED: usize = 16;
 /// Peers it cannot reach that a status lists at most.
 pub const MAX_UNREACHABLE: usize =
-    (HEALTH_MAX_PAYLOAD as usize - FIXED - 4 * MAX_NETS) / NID_WIRE_LEN;
+    (HEALTH_MAX_PAYLOAD as usize - FIXED - 4 * MAX_NETS) / NID_WIRE_LEN - MAX_VOUCHED;
 
 /// Why a router does not forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +79,8 @@ pub struct RouterStatus {
     pub unreachable: Vec<Nid>,
     /// It cannot reach more peers than listed.
     pub more_unreachable: bool,
+    /// Peers a fellow router cannot reach and this one can (first [`MAX_VOUCHED`]).
+    pub vouched: Vec<Nid>,
 }
 
 /// Why bytes are not a router status.
@@ -81,12 +89,16 @@ pub struct RouterStatus {
 pub struct StatusError(&'static str);
 
 impl RouterStatus {
-    /// Its encoding; at most [`MAX_NETS`] nets and [`MAX_UNREACHABLE`] peers are kept.
+    /// Its encoding; at most [`MAX_NETS`] nets, [`MAX_UNREACHABLE`] and [`MAX_VOUCHED`]
+    /// peers are kept.
     pub fn encode(&self) -> Bytes {
         let nets = &self.nets[..self.nets.len().min(MAX_NETS)];
         let listed = &self.unreachable[..self.unreachable.len().min(MAX_UNREACHABLE)];
+        let vouched = &self.vouched[..self.vouched.len().min(MAX_VOUCHED)];
         let more = self.more_unreachable || listed.len() < self.unreachable.len();
-        let mut b = Vec::with_capacity(FIXED + 4 * nets.len() + NID_WIRE_LEN * listed.len());
+        let mut b = Vec::with_capacity(
+            FIXED + 4 * nets.len() + NID_WIRE_LEN * (listed.len() + vouched.len()),
+        );
         let (state, why) = match self.state {
             RouterState::Forwarding => (0, 0),
             RouterState::Absent(r) => (1, r as u8),
@@ -95,12 +107,14 @@ impl RouterStatus {
         b.extend_from_slice(&self.generation.to_le_bytes());
         b.extend_from_slice(&(listed.len() as u16).to_le_bytes());
         b.extend_from_slice(&[u8::from(more), 0]);
+        b.extend_from_slice(&(vouched.len() as u16).to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
         for (net, up) in nets {
             b.extend_from_slice(&[net.kind.wire(), u8::from(*up)]);
             b.extend_from_slice(&net.num.to_le_bytes());
         }
         let mut nid = [0u8; NID_WIRE_LEN];
-        for peer in listed {
+        for peer in listed.iter().chain(vouched) {
             peer.encode(&mut nid);
             b.extend_from_slice(&nid);
         }
@@ -123,10 +137,17 @@ impl RouterStatus {
         };
         let n = usize::from(fixed[3]);
         let m = usize::from(u16::from_le_bytes([fixed[8], fixed[9]]));
-        if n > MAX_NETS || m > MAX_UNREACHABLE || fixed[10] > 1 || fixed[11] != 0 {
+        let r = usize::from(u16::from_le_bytes([fixed[12], fixed[13]]));
+        if n > MAX_NETS
+            || m > MAX_UNREACHABLE
+            || r > MAX_VOUCHED
+            || fixed[10] > 1
+            || fixed[11] != 0
+            || fixed[14..16] != [0, 0]
+        {
             return Err(StatusError("bad counts or reserved bits"));
         }
-        if b.len() != FIXED + 4 * n + NID_WIRE_LEN * m {
+        if b.len() != FIXED + 4 * n + NID_WIRE_LEN * (m + r) {
             return Err(StatusError("length does not match its counts"));
         }
         let mut nets = Vec::with_capacity(n);
@@ -137,17 +158,19 @@ impl RouterStatus {
             }
             nets.push((Net::new(kind, u16::from_le_bytes([e[2], e[3]])), e[1] == 1));
         }
-        let mut unreachable = Vec::with_capacity(m);
+        let mut peers = Vec::with_capacity(m + r);
         for e in b[FIXED + 4 * n..].chunks_exact(NID_WIRE_LEN) {
             let raw: &[u8; NID_WIRE_LEN] = e.try_into().expect("chunk of a NID");
-            unreachable.push(Nid::decode(raw).ok_or(StatusError("bad NID"))?);
+            peers.push(Nid::decode(raw).ok_or(StatusError("bad NID"))?);
         }
+        let vouched = peers.split_off(m);
         Ok(RouterStatus {
             generation: u32::from_le_bytes(fixed[4..8].try_into().expect("4 bytes")),
             state,
             nets,
-            unreachable,
+            unreachable: peers,
             more_unreachable: fixed[10] == 1,
+            vouched,
         })
     }
 
@@ -178,16 +201,18 @@ mod tests {
             proptest::collection::vec(net, 0..=MAX_NETS),
             proptest::collection::vec(any_nid(), 0..=MAX_UNREACHABLE),
             any::<bool>(),
+            proptest::collection::vec(any_nid(), 0..=MAX_VOUCHED),
         )
-            .prop_map(|(generation, state, nets, unreachable, more_unreachable)| {
-                RouterStatus {
+            .prop_map(
+                |(generation, state, nets, unreachable, more_unreachable, vouched)| RouterStatus {
                     generation,
                     state,
                     nets,
                     unreachable,
                     more_unreachable,
-                }
-            })
+                    vouched,
+                },
+            )
     }
 
     proptest! {
@@ -221,9 +246,11 @@ mod tests {
                 .map(|n| Nid::mem(n, 0))
                 .collect(),
             more_unreachable: false,
+            vouched: vec![Nid::mem(1, 1)],
         };
         let d = RouterStatus::decode(&s.encode()).unwrap();
         assert_eq!(d.unreachable.len(), MAX_UNREACHABLE);
         assert!(d.more_unreachable);
+        assert_eq!(d.vouched, [Nid::mem(1, 1)]);
     }
 }

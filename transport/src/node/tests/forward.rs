@@ -7,6 +7,10 @@ use super::*;
 fn router() -> Node {
     let mut n = node_with(NodeConfig {
         forwarding: true,
+        router: crate::config::RouterConfig {
+            warm_up: std::time::Duration::ZERO,
+            ..Default::default()
+        },
         ..cfg()
     });
     n.add_ni(Nid::mem(A, 1)).unwrap();
@@ -201,6 +205,7 @@ fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
         nets: vec![],
         unreachable: vec![],
         more_unreachable: false,
+        vouched: vec![],
     };
     // Pushed to us: generation 5.
     let mut h = Header {

@@ -1,10 +1,15 @@
-//! Node configuration with LNet-informed defaults (see REFERENCES: peer_credits 8,
-//! credits 256 per NI).
+//! Node configuration with LNet-informed defaults (peer_credits 8, credits 256 per NI),
+//! and the configuration file every node reads ([`file`]).
+
+pub mod file;
 
 use std::time::Duration;
 
 use crate::health::HealthConfig;
 use crate::lane::{Lane, PerLane};
+use crate::nid::{Net, Nid};
+
+pub use file::{ConfigFile, ConfigFileError, DaemonSettings, NetSection, OpenLnd};
 
 /// Largest payload accepted by default: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;
@@ -61,6 +66,40 @@ pub struct NodeConfig {
     /// returning credits. (To a peer answered directly the bound is
     /// [`crate::node::ANSWER_BACKLOG_PER_CREDIT`] x the lane's credits.)
     pub routed_answer_backlog: usize,
+    /// Data-lane NI credits of the NI on a net, where they differ from
+    /// `lanes.data.ni_credits` (lnetctl's per-net `credits`).
+    pub net_credits: Vec<(Net, u32)>,
+    /// How a router takes itself out and comes back (used when `forwarding`).
+    pub router: RouterConfig,
+}
+
+/// How a router withdraws when it has become a black hole, and how it comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Sustained health needed before an absent router forwards again, after its first
+    /// flap; each flap raises it (see `half_life`).
+    pub hold_down: Duration,
+    /// Half-life of the flap penalty: a router that flapped lately waits longer.
+    pub half_life: Duration,
+    /// The hold-down never exceeds this, however much it flapped.
+    pub max_hold_down: Duration,
+    /// A starting router connects and hears its nets for this long before it forwards.
+    pub warm_up: Duration,
+    /// Other routers of the same nets: they exchange the peers they cannot reach, which
+    /// tells a router that has become a black hole from a peer that died.
+    pub fellows: Vec<Nid>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            hold_down: Duration::from_secs(2),
+            half_life: Duration::from_secs(30),
+            max_hold_down: Duration::from_secs(60),
+            warm_up: Duration::from_secs(1),
+            fellows: Vec::new(),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -91,6 +130,8 @@ impl NodeConfig {
             router_buffers: crate::node::PoolSizes::default(),
             router_patience: Duration::from_secs(1),
             routed_answer_backlog: 65536,
+            net_credits: Vec::new(),
+            router: RouterConfig::default(),
         }
     }
 
@@ -139,6 +180,9 @@ impl NodeConfig {
                 "dedup_window and dedup_initiators must be at least 1".into(),
             ));
         }
+        if self.net_credits.iter().any(|(_, c)| *c == 0) {
+            return Err(ConfigError("a net's credits must be at least 1".into()));
+        }
         if self.routed_answer_backlog == 0 {
             return Err(ConfigError(
                 "routed_answer_backlog must be at least 1: else nothing behind a router is answered"
@@ -150,6 +194,14 @@ impl NodeConfig {
 
     pub fn lane(&self, lane: Lane) -> &LaneConfig {
         &self.lanes[lane]
+    }
+
+    /// The data-lane NI credits of an NI on `net`.
+    pub fn data_ni_credits(&self, net: Net) -> u32 {
+        self.net_credits
+            .iter()
+            .find(|(n, _)| *n == net)
+            .map_or(self.lanes[Lane::Data].ni_credits, |(_, c)| *c)
     }
 }
 

@@ -1,0 +1,254 @@
+use std::time::Duration;
+
+use super::*;
+
+fn parse(text: &str) -> Result<ConfigFile, ConfigFileError> {
+    ConfigFile::parse("test.toml", text)
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("an error").to_string()
+}
+
+const TWO_NETS: &str = r#"
+[[net]]
+net = "tcp1"
+address = "10.0.1.1"
+
+[[net]]
+net = "tcp2"
+address = "10.0.2.1"
+port = 7002
+"#;
+
+#[test]
+fn a_minimal_router_is_a_few_lines_and_takes_the_defaults() {
+    let f = parse(&format!("{TWO_NETS}\n[routing]\nenable = true\n")).unwrap();
+    assert!(f.node.forwarding);
+    let nids: Vec<String> = f.nets.iter().map(|n| n.nid.to_string()).collect();
+    assert_eq!(nids, ["10.0.1.1@tcp1", "10.0.2.1:7002@tcp2"]);
+    let defaults = NodeConfig::new(1);
+    assert_eq!(f.node.health, defaults.health);
+    assert_eq!(f.node.router_buffers, defaults.router_buffers);
+    assert_eq!(f.node.router, defaults.router);
+    assert_eq!(f.nets[0].peer_credits, 8);
+    assert_eq!(f.nets[0].credits, 256);
+    assert_eq!(f.daemon.drain, Duration::from_secs(10));
+    assert!(f.routes.is_empty());
+    assert!(f.node.incarnation > 1, "a fresh incarnation");
+}
+
+#[test]
+fn the_examples_in_the_repository_parse_and_say_what_they_claim() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/");
+    let router = std::fs::read_to_string(format!("{dir}example-router.toml")).unwrap();
+    let f = parse(&router).unwrap();
+    assert!(f.node.forwarding);
+    assert_eq!(f.nets.len(), 2);
+    // Every commented key, uncommented, still parses and keeps the default it shows.
+    let uncommented: String = router
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if is_setting(rest) && !rest.starts_with("interface") => rest,
+            Some(rest) if rest.starts_with("[[") => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let all = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let mut expected = f.node.clone();
+    expected.router.fellows = vec!["10.0.1.2@tcp1".parse().unwrap()];
+    expected.incarnation = all.node.incarnation;
+    assert_eq!(all.node, expected, "the example's values are the defaults");
+    assert_eq!(all.routes.len(), 2);
+    let client = std::fs::read_to_string(format!("{dir}example-client.toml")).unwrap();
+    // Its interface does not exist here: the error says so, and where.
+    let e = parse(&client).unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(6), Some("interface")),
+        "{e}"
+    );
+}
+
+/// `key = value`, as opposed to prose.
+fn is_setting(line: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(k, _)| {
+        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    })
+}
+
+#[test]
+fn routes_take_one_gateway_or_a_list_and_lnet_names() {
+    let f = parse(&format!(
+        "{TWO_NETS}\n[[route]]\nnet = \"tcp3\"\ngateway = [\"10.0.2.5@tcp2\", \"10.0.1.9@tcp1\"]\nhop = 2\npriority = 1\n\
+         [[route]]\nnet = \"o2ib\"\ngateway = \"10.0.1.7@tcp1\"\n"
+    ))
+    .unwrap();
+    let r: Vec<String> = f
+        .routes
+        .iter()
+        .map(|r| format!("{} {} {} {}", r.net, r.gateway, r.hops, r.priority))
+        .collect();
+    assert_eq!(
+        r,
+        [
+            "tcp3 10.0.2.5@tcp2 2 1",
+            "tcp3 10.0.1.9@tcp1 2 1",
+            "o2ib 10.0.1.7@tcp1 1 0"
+        ]
+    );
+}
+
+#[test]
+fn tunables_reach_the_node_config() {
+    let f = parse(&format!(
+        "transaction_timeout = \"30s\"\nretry_count = 4\n{TWO_NETS}credits = 64\npeer_credits = 4\n\
+         [health]\ninterval = \"50ms\"\ndetect_mult = 5\n\
+         [routing]\nenable = true\nbuffers = {{ tiny = 10, large = 3 }}\nhold_down = \"5s\"\n\
+         damping = {{ half_life = \"1m\" }}\nwarm_up = \"250ms\"\ndrain = \"3s\"\n\
+         control_socket = \"/tmp/r.sock\"\nfellows = [\"10.0.2.2:7002@tcp2\"]\n"
+    ))
+    .unwrap();
+    let n = &f.node;
+    assert_eq!(n.op_timeout, Duration::from_secs(30));
+    assert_eq!(n.resend_budget, 4);
+    assert_eq!(
+        (n.health.interval, n.health.detect_mult),
+        (Duration::from_millis(50), 5)
+    );
+    assert_eq!(
+        (
+            n.router_buffers.tiny,
+            n.router_buffers.small,
+            n.router_buffers.large
+        ),
+        (10, 16384, 3)
+    );
+    assert_eq!(n.router.hold_down, Duration::from_secs(5));
+    assert_eq!(n.router.half_life, Duration::from_secs(60));
+    assert_eq!(n.router.warm_up, Duration::from_millis(250));
+    assert_eq!(n.router.fellows[0].to_string(), "10.0.2.2:7002@tcp2");
+    assert_eq!(f.daemon.drain, Duration::from_secs(3));
+    assert_eq!(f.daemon.control_socket, std::path::Path::new("/tmp/r.sock"));
+    // The second net's tunables: its own credits, and the smallest offer sets when credits
+    // are returned.
+    assert_eq!((f.nets[1].credits, f.nets[1].peer_credits), (64, 4));
+    let tcp2 = f.nets[1].nid.net;
+    assert_eq!(n.data_ni_credits(tcp2), 64);
+    assert_eq!(n.data_ni_credits(f.nets[0].nid.net), 256);
+    assert_eq!(n.lanes[Lane::Data].peer_credits, 4);
+    assert_eq!(n.lanes[Lane::Data].credits_hiw, 2);
+    n.validate().unwrap();
+}
+
+#[test]
+fn peer_buffer_credits_are_what_a_router_offers_each_peer() {
+    let f = parse(&format!(
+        "{TWO_NETS}\n[routing]\nenable = true\npeer_buffer_credits = 16\n"
+    ))
+    .unwrap();
+    assert!(f.nets.iter().all(|n| n.peer_credits == 16));
+    // Not a router: the setting changes nothing.
+    let f = parse(&format!(
+        "{TWO_NETS}\n[routing]\npeer_buffer_credits = 16\n"
+    ))
+    .unwrap();
+    assert!(f.nets.iter().all(|n| n.peer_credits == 8));
+}
+
+#[test]
+fn an_interface_gives_its_address() {
+    let f = parse("[[net]]\nnet = \"tcp\"\ninterface = \"lo\"\nport = 7000\n").unwrap();
+    assert_eq!(f.nets[0].nid.to_string(), "127.0.0.1:7000@tcp");
+    assert_eq!(f.nets[0].interface.as_deref(), Some("lo"));
+}
+
+#[test]
+fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
+    let cases: &[(&str, &str)] = &[
+        // unknown key (a typo of peer_credits)
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\npeer_credit = 8\n",
+            "test.toml:4: peer_credit: unknown field `peer_credit`, expected one of",
+        ),
+        // wrong type
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\ncredits = \"many\"\n",
+            "test.toml:4: credits: invalid type: string \"many\", expected u32",
+        ),
+        // a bad net name
+        (
+            "[[net]]\nnet = \"tcpx\"\n",
+            "test.toml:2: net: expected a net such as \"tcp\", \"tcp1\" or \"o2ib3\", got \"tcpx\"",
+        ),
+        // a bad duration
+        (
+            "[health]\ninterval = \"fast\"\n",
+            "test.toml:2: interval: expected a duration such as \"100ms\"",
+        ),
+        // a net with no address
+        (
+            "[[net]]\nnet = \"tcp1\"\n",
+            "test.toml:1: net: net tcp1 needs an address",
+        ),
+        (
+            "[[net]]\nnet = \"tcp1\"\naddress = \"10.0.0.300\"\n",
+            "test.toml:3: address: expected an IPv4 address such as \"10.0.0.1\", got \"10.0.0.300\"",
+        ),
+        (
+            "[[net]]\nnet = \"tcp1\"\naddress = \"10.0.0.3\"\ninterface = \"lo\"\n",
+            "test.toml:4: interface: give address or interface, not both",
+        ),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.5\"\n",
+            "test.toml:4: net: tcp is configured twice",
+        ),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[routing]\nenable = true\n",
+            "test.toml: routing.enable: a router needs NIs on at least two nets, this file has 1",
+        ),
+        // routes
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[route]]\nnet = \"tcp2\"\ngateway = \"1.2.3.9\"\n",
+            "test.toml:6: gateway: invalid NID \"1.2.3.9\": expected ADDRESS@NET",
+        ),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[route]]\nnet = \"tcp2\"\ngateway = \"1.2.3.9@tcp3\"\n",
+            "test.toml:6: gateway: 1.2.3.9@tcp3 is not on any net of this node",
+        ),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[route]]\nnet = \"tcp\"\ngateway = \"1.2.3.9@tcp\"\n",
+            "test.toml:4: route: net tcp is one of this node's own nets",
+        ),
+        (
+            "[[route]]\nnet = \"tcp2\"\n",
+            "test.toml:1: gateway: missing field `gateway`",
+        ),
+        // values the protocol cannot work with
+        (
+            "[health]\ndetect_mult = 0\n",
+            "test.toml: invalid configuration? health: interval must be positive",
+        ),
+        (
+            "[routing]\nhold_down = \"10s\"\ndamping = { max_hold_down = \"5s\" }\n",
+            "test.toml: routing.damping.max_hold_down: expected at least hold_down (10s)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = error(text);
+        let expected = expected.replace("invalid configuration? ", "");
+        assert!(e.starts_with(&expected), "got {e:?}\nexpected {expected:?}");
+    }
+}
+
+#[test]
+fn a_missing_file_says_which_and_why() {
+    let e = ConfigFile::load("/no/such/lanet.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/no/such/lanet.toml: cannot read it: No such file"),
+        "{e}"
+    );
+}

@@ -1,0 +1,464 @@
+//! Black-hole self-absence on the virtual clock: a client on net 1, servers on net 2,
+//! routers 8 and 9 on both, fellows of each other. Links are cut to make one router a
+//! black hole (for a net, or for one peer), and the tests check who withdraws, when, what
+//! the clients see, and that no operation is lost or delivered twice.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::routing_tests::{on, put, route};
+use super::*;
+use crate::config::RouterConfig;
+use crate::nid::Net;
+use crate::node::BlackHole;
+use crate::op::{OpError, OpOutcome};
+use crate::wire::{AbsentReason, RouterState};
+
+const MS: Duration = Duration::from_millis(1);
+
+struct Cluster {
+    sim: Sim,
+    client: Nid,
+    servers: [Nid; 2],
+    routers: [Nid; 2],
+}
+
+fn net(n: u16) -> Net {
+    on(n, 0).net
+}
+
+/// Client 1 on net 1; servers 2 and 3 on net 2; routers 8 and 9 on both, each the other's
+/// fellow, with `router` settings.
+fn cluster(router: RouterConfig) -> Cluster {
+    cluster_with([router.clone(), router])
+}
+
+/// The same, router 8 with the first settings, router 9 with the second.
+fn cluster_with(routers: [RouterConfig; 2]) -> Cluster {
+    let mut sim = Sim::new(7);
+    sim.fabric().set_default_link(crate::mem::LinkFaults {
+        delay: Duration::from_micros(10),
+        ..Default::default()
+    });
+    let client = on(1, 1);
+    let servers = [on(2, 2), on(2, 3)];
+    sim.add_node(client, NodeConfig::new(1)).unwrap();
+    for (i, &s) in servers.iter().enumerate() {
+        sim.add_node(s, NodeConfig::new(2 + i as u64)).unwrap();
+        sim.attach(s, MatchEntry::sink(4, 1, 64));
+    }
+    for ((n, fellow), router) in [(8, 9), (9, 8)].into_iter().zip(routers) {
+        let cfg = NodeConfig {
+            forwarding: true,
+            router: RouterConfig {
+                fellows: vec![on(1, fellow)],
+                ..router
+            },
+            ..NodeConfig::new(u64::from(n) * 100)
+        };
+        let lnd = crate::mem::MemLndConfig::for_node(&cfg);
+        sim.add_node_on(&[on(1, n), on(2, n)], cfg, lnd).unwrap();
+        sim.add_route(client, route(2, on(1, n), 1)).unwrap();
+        for s in servers {
+            sim.add_route(s, route(1, on(2, n), 1)).unwrap();
+        }
+    }
+    Cluster {
+        sim,
+        client,
+        servers,
+        routers: [on(1, 8), on(1, 9)],
+    }
+}
+
+fn quick() -> RouterConfig {
+    RouterConfig {
+        warm_up: Duration::ZERO,
+        ..RouterConfig::default()
+    }
+}
+
+/// What a stream of PUTs saw: each result, and copies delivered per index.
+#[derive(Default)]
+struct Stream {
+    ops: FxHashMap<OpId, u32>,
+    results: Vec<Result<OpOutcome, OpError>>,
+    delivered: FxHashMap<u32, u32>,
+    sent: u32,
+}
+
+impl Cluster {
+    fn state(&self, r: usize) -> RouterState {
+        self.sim.node(self.routers[r]).router_status().state
+    }
+
+    fn forwarded(&self, r: usize) -> u64 {
+        self.sim.node(self.routers[r]).stats().forwarded
+    }
+
+    /// Cuts (or heals) router `r`'s links to every server.
+    fn cut_from_servers(&mut self, r: usize, cut: bool) {
+        let near = on(2, self.routers[r].addr_num());
+        for s in self.servers {
+            self.sim.fabric().set_cut(near, s, cut);
+        }
+    }
+
+    /// Runs for `d`, the client putting to the servers three times a millisecond (so that
+    /// with round-robin routing each router serves both), and collects what completed and
+    /// what was delivered.
+    fn stream(&mut self, d: Duration, s: &mut Stream) {
+        let end = self.sim.now() + d;
+        while self.sim.now() < end {
+            for server in [self.servers[0], self.servers[1], self.servers[0]] {
+                let payload = Bytes::from(s.sent.to_le_bytes().to_vec());
+                let op = self.sim.put(self.client, put(server, 4, payload));
+                s.ops.insert(op, s.sent);
+                s.sent += 1;
+            }
+            let next = self.sim.now() + MS;
+            self.sim.run_until(next);
+            self.collect(s);
+        }
+    }
+
+    /// Runs until every op of the stream completed.
+    fn settle(&mut self, s: &mut Stream) {
+        for _ in 0..100 {
+            if s.results.len() == s.ops.len() {
+                break;
+            }
+            self.sim.run_for(100 * MS);
+            self.collect(s);
+        }
+        self.sim.run_for(100 * MS);
+        self.collect(s);
+    }
+
+    fn collect(&mut self, s: &mut Stream) {
+        for e in self.sim.take_events(self.client) {
+            if let Event::Completed(c) = e {
+                assert!(s.ops.contains_key(&c.op), "a completion of nothing");
+                s.results.push(c.result);
+            }
+        }
+        for server in self.servers {
+            for e in self.sim.take_events(server) {
+                if let Event::Delivered(d) = e {
+                    let i = u32::from_le_bytes(d.payload[..4].try_into().unwrap());
+                    *s.delivered.entry(i).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Every op completed once, successfully, and was delivered exactly once.
+    fn check_nothing_lost(&self) {
+        assert_eq!(
+            self.results.len(),
+            self.ops.len(),
+            "every op completed once"
+        );
+        let failed: Vec<_> = self.results.iter().filter(|r| r.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert_eq!(self.delivered.len() as u32, self.sent, "every op delivered");
+        assert!(self.delivered.values().all(|&n| n == 1), "none twice");
+    }
+}
+
+trait AddrNum {
+    fn addr_num(&self) -> u32;
+}
+
+impl AddrNum for Nid {
+    fn addr_num(&self) -> u32 {
+        match self.addr {
+            crate::nid::NidAddr::Num(n) => n,
+            _ => unreachable!("mem NIDs are numbers"),
+        }
+    }
+}
+
+fn router_events(sim: &mut Sim, r: Nid) -> Vec<(RouterState, bool, String)> {
+    sim.take_events(r)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RouterChanged {
+                state,
+                degraded,
+                cause,
+                ..
+            } => Some((state, degraded, cause)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_starting_router_warms_up_before_it_takes_traffic() {
+    let warming = RouterConfig {
+        warm_up: Duration::from_millis(500),
+        ..quick()
+    };
+    let mut c = cluster_with([warming, quick()]);
+    assert_eq!(c.state(0), RouterState::Absent(AbsentReason::WarmingUp));
+    let mut s = Stream::default();
+    c.stream(400 * MS, &mut s);
+    assert_eq!(c.forwarded(0), 0, "nothing forwarded while warming up");
+    assert!(c.forwarded(1) > 0);
+    let events = router_events(&mut c.sim, c.routers[0]);
+    assert!(events.is_empty(), "{events:?}");
+    c.sim.run_for(100 * MS);
+    c.settle(&mut s);
+    s.check_nothing_lost();
+    assert_eq!(c.state(0), RouterState::Forwarding);
+    let events = router_events(&mut c.sim, c.routers[0]);
+    assert_eq!(
+        events,
+        vec![(RouterState::Forwarding, false, "it forwards".into())]
+    );
+    let mut s = Stream::default();
+    c.stream(100 * MS, &mut s);
+    c.settle(&mut s);
+    s.check_nothing_lost();
+    assert!(c.forwarded(0) > 0, "router 8 carries traffic once warm");
+}
+
+/// When router `r` last changed to `state`, by its events (taken).
+fn changed_at(sim: &mut Sim, r: Nid, want: RouterState) -> Vec<(Time, bool, String)> {
+    sim.take_timed_events(r)
+        .into_iter()
+        .filter_map(|(t, e)| match e {
+            Event::RouterChanged {
+                state,
+                degraded,
+                cause,
+                ..
+            } if state == want => Some((t, degraded, cause)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_router_that_loses_a_net_withdraws_within_a_second_and_returns_after_its_hold_down() {
+    let mut c = cluster(quick());
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    assert!(c.forwarded(0) > 0 && c.forwarded(1) > 0, "both in use");
+    let r8 = c.routers[0];
+    c.sim.take_events(r8);
+
+    c.cut_from_servers(0, true);
+    let cut = c.sim.now();
+    c.stream(1000 * MS, &mut s);
+    let absent = changed_at(&mut c.sim, r8, RouterState::Absent(AbsentReason::BlackHole));
+    assert_eq!(absent.len(), 1, "{absent:?}");
+    let (at, _, cause) = &absent[0];
+    let took = *at - cut;
+    eprintln!("net cut: router 8 absent after {took:?}: {cause}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Whichever server it found silent first, it names what it cannot reach on net 2.
+    assert!(cause.contains("mem2"), "{cause}");
+    assert_eq!(
+        c.sim.node(r8).router_condition().black_hole,
+        Some(BlackHole::NetSilent(net(2)))
+    );
+    assert_eq!(c.state(1), RouterState::Forwarding, "its fellow stays");
+    let through_8 = c.forwarded(0);
+
+    c.cut_from_servers(0, false);
+    let healed = c.sim.now();
+    c.stream(1500 * MS, &mut s);
+    assert_eq!(c.forwarded(0), through_8, "still out during its hold-down");
+    c.stream(2500 * MS, &mut s);
+    let back = changed_at(&mut c.sim, r8, RouterState::Forwarding);
+    assert_eq!(back.len(), 1, "{back:?}");
+    let out_for = back[0].0 - healed;
+    eprintln!("link healed: router 8 back after {out_for:?}");
+    let hold_down = RouterConfig::default().hold_down;
+    assert!(
+        out_for >= hold_down && out_for < hold_down * 2,
+        "{out_for:?}"
+    );
+    c.stream(100 * MS, &mut s);
+    assert!(c.forwarded(0) > through_8, "the client uses router 8 again");
+    c.settle(&mut s);
+    s.check_nothing_lost();
+    let counters = c.sim.node(r8).router_condition().counters;
+    assert_eq!((counters.withdrawals, counters.returns), (1, 1));
+}
+
+#[test]
+fn a_flapping_link_keeps_the_router_out_longer_each_time() {
+    let mut c = cluster(quick());
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    let r8 = c.routers[0];
+    // Ten flaps in twenty seconds: a second cut, a second healed.
+    let mut last_heal = c.sim.now();
+    for _ in 0..10 {
+        c.cut_from_servers(0, true);
+        c.stream(1000 * MS, &mut s);
+        c.cut_from_servers(0, false);
+        last_heal = c.sim.now();
+        c.stream(1000 * MS, &mut s);
+    }
+    c.sim.take_events(r8);
+    let condition = c.sim.node(r8).router_condition();
+    assert_eq!(
+        condition.state,
+        RouterState::Absent(AbsentReason::BlackHole),
+        "out all along: {condition:?}"
+    );
+    assert_eq!(
+        condition.counters.returns, 0,
+        "never back while flapping: {condition:?}"
+    );
+    assert!(condition.counters.flaps >= 3, "{condition:?}");
+    let (_, hold) = condition.hold_down.unwrap();
+    eprintln!(
+        "after ten flaps: penalty {:.0}, hold-down {hold:?}",
+        condition.counters.penalty
+    );
+    assert!(hold > RouterConfig::default().hold_down * 4, "{hold:?}");
+    c.stream(hold + Duration::from_secs(2), &mut s);
+    let back = changed_at(&mut c.sim, r8, RouterState::Forwarding);
+    assert_eq!(back.len(), 1, "back, once the flapping stopped long enough");
+    eprintln!(
+        "damping kept router 8 out {:?} after the last heal",
+        back[0].0 - last_heal
+    );
+    assert!(back[0].0 - last_heal >= hold / 2);
+    c.settle(&mut s);
+    s.check_nothing_lost();
+}
+
+#[test]
+fn a_router_that_cannot_reach_one_peer_its_fellow_reaches_advertises_it_then_withdraws() {
+    let mut c = cluster(quick());
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    let (r8, r9) = (c.routers[0], c.routers[1]);
+    c.sim.take_events(r8);
+    let s2 = c.servers[0];
+    c.sim.fabric().set_cut(on(2, 8), s2, true);
+    let cut = c.sim.now();
+    c.stream(1000 * MS, &mut s);
+    let absent = changed_at(&mut c.sim, r8, RouterState::Absent(AbsentReason::BlackHole));
+    assert_eq!(absent.len(), 1, "{absent:?}");
+    eprintln!(
+        "peer cut: router 8 absent after {:?}: {}",
+        absent[0].0 - cut,
+        absent[0].2
+    );
+    assert!(absent[0]
+        .2
+        .contains("cannot reach 2@mem2, which 9@mem1 reaches"));
+    // It listed the peer before it withdrew, its fellow vouching for it.
+    let status = c.sim.node(r8).router_status().clone();
+    assert_eq!(status.unreachable, vec![s2]);
+    assert_eq!(c.sim.node(r9).router_status().vouched, vec![s2]);
+    assert_eq!(c.state(1), RouterState::Forwarding);
+    // The client sees router 8 absent, and reaches the server through router 9.
+    assert!(matches!(
+        c.sim.node(c.client).gateway_status(r8).map(|s| s.state),
+        Some(RouterState::Absent(AbsentReason::BlackHole))
+    ));
+    c.settle(&mut s);
+    s.check_nothing_lost();
+    // Healed: back after the hold-down.
+    c.sim.fabric().set_cut(on(2, 8), s2, false);
+    c.stream(4000 * MS, &mut s);
+    assert_eq!(c.state(0), RouterState::Forwarding);
+    c.settle(&mut s);
+    s.check_nothing_lost();
+}
+
+#[test]
+fn a_peer_that_died_is_no_black_hole_and_nobody_withdraws() {
+    // Seed 000's trap: a server dies (its failover partner starts later). Both routers
+    // lose it; neither can vouch for it; both stay, and the client keeps both routes.
+    let mut c = cluster(quick());
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    c.settle(&mut s);
+    s.check_nothing_lost();
+    for r in c.routers {
+        c.sim.take_events(r);
+    }
+    c.sim.take_events(c.client);
+    let s2 = c.servers[0];
+    c.sim.kill(s2);
+    let mut s = Stream::default();
+    c.stream(2000 * MS, &mut s);
+    for r in 0..2 {
+        assert_eq!(c.state(r), RouterState::Forwarding);
+        let node = c.sim.node(c.routers[r]);
+        assert_eq!(node.router_status().unreachable, vec![s2], "router {r}");
+        assert!(node.router_status().vouched.is_empty());
+        assert_eq!(node.router_condition().black_hole, None);
+        assert!(router_events(&mut c.sim, c.routers[r]).is_empty());
+    }
+    let route_downs: Vec<Event> = c
+        .sim
+        .take_events(c.client)
+        .into_iter()
+        .filter(|e| matches!(e, Event::RouteDown { .. }))
+        .collect();
+    assert!(route_downs.is_empty(), "{route_downs:?}");
+    // The PUTs to the dead server failed (PeerDead or a timeout), each once; those to the
+    // other all arrived.
+    c.settle(&mut s);
+    assert_eq!(s.results.len(), s.ops.len());
+    let to_live = s.delivered.len();
+    assert!(to_live as u32 >= s.sent / 3, "{to_live} of {}", s.sent);
+}
+
+#[test]
+fn when_both_routers_lose_a_net_they_fail_open_and_say_so() {
+    let mut c = cluster(quick());
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    for r in c.routers {
+        c.sim.take_events(r);
+    }
+    c.cut_from_servers(0, true);
+    c.cut_from_servers(1, true);
+    c.stream(2000 * MS, &mut s);
+    for r in 0..2 {
+        let cond = c.sim.node(c.routers[r]).router_condition();
+        assert_eq!(cond.state, RouterState::Forwarding, "router {r}: {cond:?}");
+        assert!(cond.degraded, "router {r}: {cond:?}");
+        assert_eq!(cond.black_hole, Some(BlackHole::NetSilent(net(2))));
+        let status = c.sim.node(c.routers[r]).router_status().clone();
+        assert_eq!(status.net_up(net(2)), Some(false), "it says net 2 is down");
+    }
+    // The client is not stranded: both routes stand down for net 2 by the routers' word
+    // (net down), and every operation ended with an error, none hung.
+    c.settle(&mut s);
+    assert_eq!(s.results.len(), s.ops.len());
+    c.cut_from_servers(0, false);
+    c.cut_from_servers(1, false);
+    c.stream(3000 * MS, &mut s);
+    for r in 0..2 {
+        let cond = c.sim.node(c.routers[r]).router_condition();
+        assert_eq!(
+            (cond.state, cond.degraded),
+            (RouterState::Forwarding, false),
+            "{cond:?}"
+        );
+    }
+    let mut s = Stream::default();
+    c.stream(100 * MS, &mut s);
+    c.settle(&mut s);
+    s.check_nothing_lost();
+}
