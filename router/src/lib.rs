@@ -1,8 +1,13 @@
-//! `lanet-router`: the router daemon for gateway nodes, and the `lanetctl` admin CLI.
+//! `lanet-router`: the router daemon for gateway nodes.
 //!
-//! Planned shape (see DESIGN.md, "Routing and routers"): forward between nets with bounded
-//! tiny/small/large buffer pools and per-peer router credits; report per-net status in PONGs;
-//! take itself out of every network as soon as it detects it has become a black hole for some
-//! peer, and return only after a hold-down period, failing open when it is the last router.
-//!
-//! Nothing is implemented here yet; the crate exists so the workspace shows the architecture.
+//! The protocol lives in the core (`lanet`): forwarding with bounded pools and per-peer
+//! credits, router status in PONGs and pushes, and the router's judgment of itself
+//! (black-hole self-absence, fail-open, damping, warm-up; `lanet::node` `absence`). This
+//! crate is the program around it: it reads the node's configuration file, opens its
+//! NIs (TCP and RDMA), logs through `tracing` (`RUST_LOG`), drains on SIGTERM, reloads
+//! its routes on SIGHUP, and answers status queries on a Unix control socket
+//! ([`control`], JSON from [`json`]).
+
+pub mod control;
+pub mod daemon;
+pub mod json;

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 
 pub mod peer;
+pub mod router;
 
 /// Portal where the peer accepts PUTs (of up to [`MAX_TRANSFER`] bytes, match bits 1).
 pub const SINK_PORTAL: u32 = 4;

@@ -24,8 +24,23 @@ impl Peer {
     /// Starts `exe` (the `lanet-peer` binary) on `nid`; None if it did not come up (its
     /// address was taken, say).
     pub fn start(exe: &str, nid: Nid, incarnation: u64, quiet: bool) -> Option<Peer> {
+        Peer::spawn(exe, &[nid.to_string(), incarnation.to_string()], nid, quiet)
+    }
+
+    /// Starts `exe` on configuration file `config`, whose first net is `nid`.
+    pub fn start_with_config(
+        exe: &str,
+        config: &std::path::Path,
+        nid: Nid,
+        quiet: bool,
+    ) -> Option<Peer> {
+        let args = ["--config".to_owned(), config.display().to_string()];
+        Peer::spawn(exe, &args, nid, quiet)
+    }
+
+    fn spawn(exe: &str, args: &[String], nid: Nid, quiet: bool) -> Option<Peer> {
         let mut child = Command::new(exe)
-            .args([nid.to_string(), incarnation.to_string()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(if quiet {

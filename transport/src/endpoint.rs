@@ -410,6 +410,24 @@ impl Endpoint {
         self.inner.query(|tx| Command::Health(peer, tx))
     }
 
+    /// Everything an operator asks about, at once: NIs, monitored peers, routes and their
+    /// state, and as a router its status, its judgment of itself and its pools.
+    pub fn report(&self) -> Result<crate::node::NodeReport, EndpointError> {
+        self.inner.query(Command::Report).map(|r| *r)
+    }
+
+    /// As a router: the operator takes it out (`Absent(Administrator)`), stops it
+    /// (`Absent(Stopping)`, to drain), or lets it forward again (`Forwarding`). Its status
+    /// says so at once, pushed to the nodes using it.
+    pub fn set_router_state(&self, state: crate::wire::RouterState) -> Result<(), EndpointError> {
+        if !self.inner.cfg.forwarding {
+            return Err(EndpointError::Invalid(
+                "this endpoint does not forward (it is not a router)".into(),
+            ));
+        }
+        self.inner.query(|tx| Command::SetRouterState(state, tx))
+    }
+
     /// The node's counters, fetched from the driver thread.
     pub fn stats(&self) -> Result<NodeStats, EndpointError> {
         self.inner.query(Command::Stats)

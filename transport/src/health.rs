@@ -185,6 +185,17 @@ impl Monitor {
             .is_some_and(|w| w.heard && w.state == PeerState::Up)
     }
 
+    /// Every peer it has an entry for (monitored, or remembered Down), in NID order.
+    pub(crate) fn all(&self) -> Vec<(Nid, PeerHealth)> {
+        let mut v: Vec<(Nid, PeerHealth)> = self
+            .peers
+            .keys()
+            .filter_map(|&n| self.peer(n).map(|h| (n, h)))
+            .collect();
+        v.sort_unstable_by_key(|(n, _)| *n);
+        v
+    }
+
     /// The peers held Down, in NID order.
     pub(crate) fn down_peers(&self) -> Vec<Nid> {
         let mut v: Vec<Nid> = self

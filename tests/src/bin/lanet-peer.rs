@@ -3,6 +3,7 @@
 //! runs until killed or until its standard input closes.
 //!
 //! Usage: lanet-peer NID INCARNATION   (a `tcp` NID runs the TCP LND, an `o2ib` one RDMA)
+//!        lanet-peer --config FILE      (the NIs and routes of a lanet configuration file)
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,33 +13,48 @@ use lanet::op::MatchEntry;
 use lanet::{Endpoint, Event, NodeConfig};
 use lanet_tests::{bind_lnd, pattern, MAX_TRANSFER, SINK_PORTAL, SIZES, SOURCE_PORTAL};
 
+fn fail(why: impl std::fmt::Display) -> ! {
+    eprintln!("lanet-peer: {why}");
+    std::process::exit(1)
+}
+
+fn from_config(path: &str) -> Endpoint {
+    let file = lanet::config::ConfigFile::load(path).unwrap_or_else(|e| fail(e));
+    let drivers: [&dyn lanet::config::OpenLnd; 2] =
+        [&lanet_lnd_tcp::OpenTcp, &lanet_lnd_rdma::OpenRdma];
+    file.endpoint(&drivers)
+        .unwrap_or_else(|e| fail(e))
+        .start()
+        .unwrap_or_else(|e| fail(e))
+}
+
+fn from_nid(nid: &str, incarnation: &str) -> Endpoint {
+    let nid = nid.parse().unwrap_or_else(|e| fail(e));
+    let incarnation: u64 = incarnation
+        .parse()
+        .unwrap_or_else(|e| fail(format!("bad incarnation: {e}")));
+    let cfg = NodeConfig::new(incarnation);
+    let lnd = bind_lnd(nid, &cfg).unwrap_or_else(|e| fail(e));
+    Endpoint::builder(cfg)
+        .boxed_lnd(lnd)
+        .start()
+        .expect("start the endpoint")
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .init();
     let args: Vec<String> = std::env::args().collect();
-    let (Some(nid), Some(incarnation)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: lanet-peer NID INCARNATION");
-        std::process::exit(2);
+    let ep = match (args.get(1).map(String::as_str), args.get(2)) {
+        (Some("--config"), Some(path)) => from_config(path),
+        (Some(nid), Some(incarnation)) => from_nid(nid, incarnation),
+        _ => {
+            eprintln!("usage: lanet-peer NID INCARNATION | lanet-peer --config FILE");
+            std::process::exit(2);
+        }
     };
-    let nid = nid.parse().unwrap_or_else(|e| {
-        eprintln!("lanet-peer: {e}");
-        std::process::exit(2)
-    });
-    let incarnation: u64 = incarnation.parse().unwrap_or_else(|e| {
-        eprintln!("lanet-peer: bad incarnation: {e}");
-        std::process::exit(2)
-    });
-    let cfg = NodeConfig::new(incarnation);
-    let lnd = bind_lnd(nid, &cfg).unwrap_or_else(|e| {
-        eprintln!("lanet-peer: {e}");
-        std::process::exit(1)
-    });
-    let ep = Endpoint::builder(cfg)
-        .boxed_lnd(lnd)
-        .start()
-        .expect("start the endpoint");
     ep.attach(MatchEntry::sink(SINK_PORTAL, 1, MAX_TRANSFER as u32))
         .unwrap();
     for (i, &len) in SIZES.iter().enumerate() {

@@ -31,6 +31,8 @@ pub(super) enum Command {
     AddRoute(Route, Sender<Result<(), OpError>>),
     RemoveRoute(Net, Nid, Sender<bool>),
     Routes(Sender<Vec<Route>>),
+    Report(Sender<Box<crate::node::NodeReport>>),
+    SetRouterState(crate::wire::RouterState, Sender<()>),
 }
 
 pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
@@ -267,6 +269,15 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
         }
         Command::Routes(reply) => {
             let _ = reply.send(node.routes());
+            Ok(())
+        }
+        Command::Report(reply) => {
+            let _ = reply.send(Box::new(node.report()));
+            Ok(())
+        }
+        Command::SetRouterState(state, reply) => {
+            node.set_router_state(now, state);
+            let _ = reply.send(());
             Ok(())
         }
     };

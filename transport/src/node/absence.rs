@@ -353,7 +353,11 @@ impl Node {
                 }
                 (RouterState::Forwarding, _) => "it forwards".to_owned(),
             };
-            tracing::warn!(?state, degraded, "router: {cause_text}");
+            if state == RouterState::Forwarding && !degraded {
+                tracing::info!("router: {cause_text}");
+            } else {
+                tracing::warn!(?state, degraded, "router: {cause_text}");
+            }
             self.out.events.push_back(Event::RouterChanged {
                 state,
                 degraded,

@@ -63,7 +63,11 @@ impl Node {
         };
         let refusal = if !self.cfg.forwarding {
             Some(NackReason::NotForwarding)
-        } else if self.router.status.state != crate::wire::RouterState::Forwarding {
+        } else if self.router.status.state != crate::wire::RouterState::Forwarding
+            && h.frame_type().is_request()
+        {
+            // Absent, it takes no new work; answers still pass: they end work already
+            // under way (a draining router's last requests) and free what it holds.
             Some(NackReason::Absent)
         } else if h.hop_limit == 0 {
             Some(NackReason::HopLimit)

@@ -110,6 +110,16 @@ impl Gateways {
         self.views.get(&router)
     }
 
+    /// Every router's last word.
+    pub(crate) fn all_views(&self) -> Vec<(Nid, RouterStatus)> {
+        self.views.iter().map(|(n, v)| (*n, v.clone())).collect()
+    }
+
+    /// Why the route to `net` through `gateway` was last reported down, if it was.
+    pub(crate) fn route_down(&self, net: Net, gateway: Nid) -> Option<RouteDownReason> {
+        self.down.get(&(net, gateway)).copied()
+    }
+
     /// Whether `gateway`, by its own word, takes a frame for `dst`: it forwards, its NI on
     /// `dst`'s net is not down, and it does not list `dst` as a peer it cannot reach.
     pub(crate) fn takes(&self, gateway: Nid, dst: Nid) -> bool {

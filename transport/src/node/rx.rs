@@ -479,6 +479,12 @@ impl Node {
             return self.protocol_error(ni, hop, h.lane, what);
         }
         let result = match (&op.kind, answer) {
+            (_, Answer::Nack(_, _)) if op.avoid.contains(&h.src) => {
+                // A refusal by a gateway this op already left (it was sent another way when
+                // that gateway said it could not take it): about an older attempt.
+                self.stats.late_responses += 1;
+                return;
+            }
             (_, Answer::Nack(reason, _)) => {
                 tracing::debug!(op = %id, by = %h.src, %reason, "request refused on the way");
                 let error = nack_error(reason, target, h.src);

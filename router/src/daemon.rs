@@ -1,0 +1,262 @@
+//! The daemon's life: start from the configuration file, serve until a signal, reload
+//! routes on SIGHUP, drain on SIGTERM or SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use lanet::config::{ConfigFile, OpenLnd};
+use lanet::wire::{AbsentReason, RouterState};
+use lanet::{Endpoint, Event, Route};
+use lanet_lnd_rdma::OpenRdma;
+use lanet_lnd_tcp::OpenTcp;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::control::ControlSocket;
+
+/// lanet's router: forwards between the nets of its configuration file, and takes itself
+/// out of every net when it detects that it has become a black hole.
+#[derive(Parser)]
+#[command(name = "lanet-router", version)]
+struct Args {
+    /// The node's configuration file (TOML; see config/example-router.toml).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Where to answer status queries, instead of the file's `routing.control_socket`.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+}
+
+/// The program: `lanet-router --config FILE [--control-socket PATH]`. Logs go to standard
+/// error, filtered by `RUST_LOG` (default `info`). Exit status 2 for a bad configuration
+/// or a start that failed, 1 for a failure later.
+pub fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let daemon = match Daemon::start(&args.config, args.control_socket) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("lanet-router: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match daemon.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanet-router: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The drivers a router can open: TCP and RDMA.
+pub const DRIVERS: [&dyn OpenLnd; 2] = [&OpenTcp, &OpenRdma];
+
+/// A running router.
+pub struct Daemon {
+    config_path: PathBuf,
+    config: ConfigFile,
+    endpoint: Endpoint,
+    control: ControlSocket,
+    events: Option<std::thread::JoinHandle<()>>,
+    signals: Signals,
+}
+
+impl Daemon {
+    /// Reads `config_path` and starts: NIs open, warming up, the control socket (at
+    /// `control`, else where the file says) answering.
+    pub fn start(config_path: &Path, control: Option<PathBuf>) -> Result<Daemon, String> {
+        // Caught from the start: a SIGTERM during start-up drains rather than kills.
+        let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
+        let config = ConfigFile::load(config_path).map_err(|e| e.to_string())?;
+        if !config.node.forwarding {
+            return Err(format!(
+                "{}: routing is not enabled: a router needs `[routing] enable = true`",
+                config_path.display()
+            ));
+        }
+        let endpoint = config
+            .endpoint(&DRIVERS)
+            .map_err(|e| e.to_string())?
+            .start()
+            .map_err(|e| format!("cannot start: {e}"))?;
+        let socket = control.unwrap_or_else(|| config.daemon.control_socket.clone());
+        let control = ControlSocket::serve(&socket, endpoint.clone())
+            .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+        let logger = endpoint.clone();
+        let events = std::thread::Builder::new()
+            .name("lanet-events".into())
+            .spawn(move || {
+                while let Some(e) = logger.recv_event(None) {
+                    log_event(&e);
+                }
+            })
+            .map_err(|e| format!("cannot start the event thread: {e}"))?;
+        let nids: Vec<String> = endpoint.nids().iter().map(ToString::to_string).collect();
+        tracing::info!(
+            nids = %nids.join(" "),
+            control = %socket.display(),
+            warm_up = ?config.node.router.warm_up,
+            "lanet-router started"
+        );
+        Ok(Daemon {
+            config_path: config_path.to_owned(),
+            config,
+            endpoint,
+            control,
+            events: Some(events),
+            signals,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn control_socket(&self) -> &Path {
+        self.control.path()
+    }
+
+    /// Serves until SIGTERM or SIGINT (then drains), reloading routes on SIGHUP.
+    pub fn run(mut self) -> Result<(), String> {
+        loop {
+            let arrived: Vec<i32> = self.signals.wait().collect();
+            if arrived.contains(&SIGHUP) {
+                self.reload();
+            }
+            if let Some(signal) = arrived.iter().find(|&&s| s != SIGHUP) {
+                tracing::info!(signal, "stopping: draining");
+                break;
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+
+    /// Re-reads the configuration file and applies its routes; anything else that changed
+    /// needs a restart, and is named. A bad file changes nothing.
+    pub fn reload(&mut self) {
+        let fresh = match ConfigFile::load(&self.config_path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("reload refused, nothing changed: {e}");
+                return;
+            }
+        };
+        let mut old_node = self.config.node.clone();
+        old_node.incarnation = fresh.node.incarnation;
+        if fresh.nets != self.config.nets || fresh.node != old_node {
+            tracing::warn!("reload: only routes are reloaded; restart to apply the other changes");
+        }
+        let (added, removed) = match apply_routes(&self.endpoint, &fresh.routes) {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::error!("reload: {e}");
+                return;
+            }
+        };
+        tracing::info!(added, removed, "reload: routes applied");
+        self.config.routes = fresh.routes;
+    }
+
+    /// Says it is stopping (absent, pushed), forwards what it holds, and shuts down once
+    /// it holds nothing (after at least two health intervals, so the news has gone out)
+    /// or the drain bound passed.
+    pub fn drain(mut self) {
+        let start = Instant::now();
+        let bound = self.config.daemon.drain;
+        let at_least = self.config.node.health.interval * 2;
+        if let Err(e) = self
+            .endpoint
+            .set_router_state(RouterState::Absent(AbsentReason::Stopping))
+        {
+            tracing::error!("cannot say it is stopping: {e}");
+        }
+        loop {
+            let holds = self
+                .endpoint
+                .report()
+                .ok()
+                .and_then(|r| r.router)
+                .map_or(0, |r| r.holds());
+            let waited = start.elapsed();
+            if holds == 0 && waited >= at_least {
+                tracing::info!(?waited, "drained: it holds nothing");
+                break;
+            }
+            if waited >= bound {
+                tracing::warn!(
+                    ?waited,
+                    holds,
+                    "drain bound passed: stopping with frames held"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.endpoint.shutdown();
+        if let Some(t) = self.events.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Makes the endpoint's routes those of `wanted`; (added or updated, removed).
+fn apply_routes(endpoint: &Endpoint, wanted: &[Route]) -> Result<(usize, usize), String> {
+    let current = endpoint.routes().map_err(|e| e.to_string())?;
+    let mut removed = 0;
+    for r in &current {
+        if !wanted
+            .iter()
+            .any(|w| w.net == r.net && w.gateway == r.gateway)
+        {
+            endpoint
+                .remove_route(r.net, r.gateway)
+                .map_err(|e| e.to_string())?;
+            removed += 1;
+        }
+    }
+    let mut added = 0;
+    for w in wanted {
+        if !current.contains(w) {
+            endpoint
+                .add_route(*w)
+                .map_err(|e| format!("route to {} through {}: {e}", w.net, w.gateway))?;
+            added += 1;
+        }
+    }
+    Ok((added, removed))
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::PeerDown { peer, reason, .. } => tracing::info!(%peer, ?reason, "peer down"),
+        Event::PeerUp { peer, .. } => tracing::info!(%peer, "peer up"),
+        Event::PeerRestarted { peer, .. } => tracing::info!(%peer, "peer restarted"),
+        Event::NiDown { nid, reason, .. } => tracing::error!(%nid, "NI down: {reason}"),
+        Event::RouteUp { net, gateway, .. } => tracing::info!(%net, %gateway, "route up"),
+        Event::RouteDown {
+            net,
+            gateway,
+            reason,
+            ..
+        } => tracing::warn!(%net, %gateway, "route down: {reason}"),
+        Event::ProtocolError { peer, error, .. } => {
+            tracing::warn!(%peer, "protocol error: {error}")
+        }
+        Event::EndpointFailed { reason } => tracing::error!("endpoint failed: {reason}"),
+        // Logged by the core as they happen, with their cause.
+        Event::RouterChanged { .. } => {}
+        Event::Completed(_) | Event::Delivered(_) | Event::Refused(_) => {}
+    }
+}

@@ -1,0 +1,136 @@
+//! A node's report as JSON: what the control socket answers (and `lanetctl` reads).
+
+use lanet::node::{NodeReport, PoolStats, RouterReport};
+use lanet::wire::{RouterState, RouterStatus};
+use serde_json::{json, Value};
+
+/// The whole report.
+pub fn report(r: &NodeReport) -> Value {
+    let nets: Vec<Value> = r
+        .nis
+        .iter()
+        .map(|(nid, up)| json!({ "nid": nid.to_string(), "net": nid.net.to_string(), "up": up }))
+        .collect();
+    let peers: Vec<Value> = r
+        .peers
+        .iter()
+        .map(|(nid, h)| {
+            json!({
+                "nid": nid.to_string(),
+                "state": format!("{:?}", h.state).to_lowercase(),
+                "health": h.health,
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = r
+        .routes
+        .iter()
+        .map(|(route, down)| {
+            json!({
+                "net": route.net.to_string(),
+                "gateway": route.gateway.to_string(),
+                "hop": route.hops,
+                "priority": route.priority,
+                "state": if down.is_some() { "down" } else { "up" },
+                "why": down.map(|d| d.to_string()),
+            })
+        })
+        .collect();
+    let gateways: Vec<Value> = r
+        .gateways
+        .iter()
+        .map(|(nid, s)| json!({ "nid": nid.to_string(), "status": status(s) }))
+        .collect();
+    let s = &r.stats;
+    json!({
+        "nets": nets,
+        "peers": peers,
+        "routes": routes,
+        "gateways": gateways,
+        "router": r.router.as_ref().map(router),
+        "counters": {
+            "frames_sent": s.frames_sent,
+            "frames_received": s.frames_received,
+            "health_frames_sent": s.health_frames_sent,
+            "health_frames_received": s.health_frames_received,
+            "forwarded": s.forwarded,
+            "nacks_sent": s.nacks_sent,
+            "nacks_received": s.nacks_received,
+            "resent": s.resent,
+            "unroutable_answers": s.unroutable_answers,
+            "protocol_errors": s.protocol_errors,
+            "pings_sent": r.health.pings_sent,
+            "peer_downs": r.health.downs,
+            "peer_recoveries": r.health.recoveries,
+        },
+    })
+}
+
+fn state(s: RouterState) -> (&'static str, Option<String>) {
+    match s {
+        RouterState::Forwarding => ("forwarding", None),
+        RouterState::Absent(why) => ("absent", Some(why.to_string())),
+    }
+}
+
+/// A router's status, as it says it.
+pub fn status(s: &RouterStatus) -> Value {
+    let (st, why) = state(s.state);
+    json!({
+        "generation": s.generation,
+        "state": st,
+        "why": why,
+        "nets": s.nets.iter().map(|(n, up)| json!({ "net": n.to_string(), "up": up })).collect::<Vec<_>>(),
+        "unreachable": s.unreachable.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "more_unreachable": s.more_unreachable,
+        "vouched": s.vouched.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+fn pool(name: &str, p: &PoolStats) -> Value {
+    json!({
+        "pool": name,
+        "buffers": p.buffers,
+        "in_use": p.in_use,
+        "min_free": p.min_free,
+        "waits": p.waits,
+        "refused": p.refused,
+    })
+}
+
+fn router(r: &RouterReport) -> Value {
+    let c = &r.condition;
+    let (st, why) = state(c.state);
+    let pools: Vec<Value> = ["tiny", "small", "large"]
+        .iter()
+        .zip(&r.stats.pools)
+        .map(|(n, p)| pool(n, p))
+        .collect();
+    let peers: Vec<Value> = r
+        .stats
+        .peers
+        .iter()
+        .map(|p| json!({ "nid": p.peer.to_string(), "forwarded": p.forwarded, "held": p.held }))
+        .collect();
+    json!({
+        "state": st,
+        "why": why,
+        "degraded": c.degraded,
+        "black_hole": c.black_hole.map(|b| b.to_string()),
+        "hold_down": c.hold_down.map(|(clear_for, needed)| json!({
+            "clear_for_ms": clear_for.as_millis() as u64,
+            "needed_ms": needed.as_millis() as u64,
+        })),
+        "status": status(&r.status),
+        "holds": r.holds(),
+        "pools": pools,
+        "upstream": peers,
+        "counters": {
+            "withdrawals": c.counters.withdrawals,
+            "returns": c.counters.returns,
+            "flaps": c.counters.flaps,
+            "degradations": c.counters.degradations,
+            "penalty": c.counters.penalty.round() as u64,
+        },
+    })
+}
