@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+pub mod netns;
 pub mod peer;
 pub mod router;
 

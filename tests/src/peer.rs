@@ -24,22 +24,39 @@ impl Peer {
     /// Starts `exe` (the `lanet-peer` binary) on `nid`; None if it did not come up (its
     /// address was taken, say).
     pub fn start(exe: &str, nid: Nid, incarnation: u64, quiet: bool) -> Option<Peer> {
-        Peer::spawn(exe, &[nid.to_string(), incarnation.to_string()], nid, quiet)
+        Peer::spawn(
+            &[],
+            exe,
+            &[nid.to_string(), incarnation.to_string()],
+            nid,
+            quiet,
+        )
     }
 
-    /// Starts `exe` on configuration file `config`, whose first net is `nid`.
+    /// Starts `exe` on configuration file `config`, whose first net is `nid`, behind
+    /// `prefix` (e.g. `ip netns exec NS`; empty: none).
     pub fn start_with_config(
+        prefix: &[String],
         exe: &str,
         config: &std::path::Path,
         nid: Nid,
         quiet: bool,
     ) -> Option<Peer> {
         let args = ["--config".to_owned(), config.display().to_string()];
-        Peer::spawn(exe, &args, nid, quiet)
+        Peer::spawn(prefix, exe, &args, nid, quiet)
     }
 
-    fn spawn(exe: &str, args: &[String], nid: Nid, quiet: bool) -> Option<Peer> {
-        let mut child = Command::new(exe)
+    fn spawn(prefix: &[String], exe: &str, args: &[String], nid: Nid, quiet: bool) -> Option<Peer> {
+        let (program, before) = match prefix.split_first() {
+            Some((p, rest)) => (p.as_str(), rest.to_vec()),
+            None => (exe, Vec::new()),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(&before);
+        if !prefix.is_empty() {
+            cmd.arg(exe);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -55,7 +55,20 @@ impl RouterProcess {
     /// Starts the daemon `exe` (the tests' `lanet-router-under-test`) on `config`,
     /// answering on `control`, and waits until its control socket answers.
     pub fn start(exe: &str, config: &Path, control: &Path) -> RouterProcess {
-        let child = Command::new(exe)
+        RouterProcess::start_in(&[], exe, config, control)
+    }
+
+    /// The same, behind `prefix` (e.g. `ip netns exec NS`).
+    pub fn start_in(prefix: &[String], exe: &str, config: &Path, control: &Path) -> RouterProcess {
+        let mut cmd = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = cmd
             .arg("--config")
             .arg(config)
             .arg("--control-socket")

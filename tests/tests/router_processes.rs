@@ -78,7 +78,7 @@ impl Topology {
         }
         let server_file = t.scratch.file("server.toml", &server_cfg);
         t.server = Some(
-            Peer::start_with_config(PEER_EXE, &server_file, t.server_nid, false)
+            Peer::start_with_config(&[], PEER_EXE, &server_file, t.server_nid, false)
                 .expect("the server starts"),
         );
         t

@@ -7,8 +7,14 @@
 //! down): a duplicate gets that answer again and is not delivered twice. Each request also
 //! says below which message id the initiator has settled everything it sent here
 //! (`settled_below`), so the window holds only what may still be resent; hard caps bound it
-//! anyway (per initiator and on initiators), and whatever falls out of it raises a floor
-//! below which late copies are dropped rather than delivered. An initiator's whole window
+//! anyway (per initiator and on initiators), and whatever falls out of it is never taken
+//! for new: late copies of it are dropped rather than delivered.
+//!
+//! A full window keeps its oldest quarter and lets go of the next oldest: the oldest
+//! requests are the ones an initiator is about to resend (stuck behind a router that
+//! failed, they hold `settled_below` down while thousands of later ones complete), and
+//! evicting them would drop their resent copies. What it lets go of forms one range
+//! above the kept quarter. An initiator's whole window
 //! evicted (the idlest, when more initiators come than are kept) leaves its floor behind,
 //! in a table of [`FLOORS_PER_WINDOW`] x as many entries; only a copy from an initiator
 //! evicted from that too, long idle, could be taken for new.
@@ -44,6 +50,8 @@ struct Window {
     entries: BTreeMap<u64, Entry>,
     /// Message ids below this are settled or forgotten.
     floor: u64,
+    /// Message ids let go of when it was full (inclusive; the kept oldest are below).
+    evicted: Option<(u64, u64)>,
     /// When it was last used (a tick of the table), for evicting the idlest.
     used: u64,
 }
@@ -123,6 +131,7 @@ impl Dedup {
                 Window {
                     entries: BTreeMap::new(),
                     floor,
+                    evicted: None,
                     used: self.tick,
                 },
             );
@@ -138,8 +147,15 @@ impl Dedup {
             let kept = w.entries.split_off(&settled_below);
             self.entries -= w.entries.len();
             w.entries = kept;
+            w.evicted = w
+                .evicted
+                .filter(|&(_, hi)| hi >= settled_below)
+                .map(|(lo, hi)| (lo.max(settled_below), hi));
         }
-        if msg_id < w.floor {
+        let let_go = w
+            .evicted
+            .is_some_and(|(lo, hi)| (lo..=hi).contains(&msg_id));
+        if msg_id < w.floor || let_go {
             return Seen::TooOld;
         }
         match w.entries.get(&msg_id) {
@@ -150,9 +166,14 @@ impl Dedup {
         w.entries.insert(msg_id, Entry::Pending);
         self.entries += 1;
         if w.entries.len() > self.per_initiator {
-            // Past the cap: the oldest goes, and with it any late copy of it.
-            if let Some((oldest, _)) = w.entries.pop_first() {
-                w.floor = oldest + 1;
+            // Past the cap: the oldest quarter stays, the next oldest goes (and with it
+            // any late copy of it).
+            let victim = w.entries.keys().nth(self.per_initiator / 4).copied();
+            if let Some(victim) = victim {
+                w.entries.remove(&victim);
+                w.evicted = Some(w.evicted.map_or((victim, victim), |(lo, hi)| {
+                    (lo.min(victim), hi.max(victim))
+                }));
                 self.entries -= 1;
             }
         }
@@ -185,7 +206,8 @@ impl Dedup {
             // Its copies still to come are at or above what it held: remember where.
             let floor = self.windows.get(&key).map(|w| {
                 let top = w.entries.last_key_value().map_or(0, |(&id, _)| id + 1);
-                w.floor.max(top)
+                let let_go = w.evicted.map_or(0, |(_, hi)| hi + 1);
+                w.floor.max(top).max(let_go)
             });
             self.drop_window(key);
             if let Some(floor) = floor {
@@ -270,6 +292,8 @@ mod tests {
             matches!(d.check(a, 1, 2, 0), Seen::TooOld),
             "evicted: dropped"
         );
+        // The oldest stays: it is the one an initiator resends when its router fails.
+        assert!(matches!(d.check(a, 1, 1, 0), Seen::Pending));
         d.check(b, 1, 1, 0);
         d.check(a, 1, 7, 0); // a is now the more recently used
         d.check(c, 1, 1, 0); // over two initiators: the idlest (b) goes
