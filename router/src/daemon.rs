@@ -256,7 +256,7 @@ fn log_event(e: &Event) {
         }
         Event::EndpointFailed { reason } => tracing::error!("endpoint failed: {reason}"),
         // Logged by the core as they happen, with their cause.
-        Event::RouterChanged { .. } => {}
+        Event::RouterChanged { .. } | Event::FailoverMoved { .. } => {}
         Event::Completed(_) | Event::Delivered(_) | Event::Refused(_) => {}
     }
 }

@@ -81,6 +81,7 @@ pub struct EndpointBuilder {
     command_capacity: usize,
     realtime: Option<u8>,
     routes: Vec<Route>,
+    groups: Vec<crate::node::FailoverGroup>,
 }
 
 impl EndpointBuilder {
@@ -118,6 +119,13 @@ impl EndpointBuilder {
     /// callbacks then run at that priority too, so they must stay short.
     pub fn realtime_driver(mut self, priority: u8) -> Self {
         self.realtime = Some(priority);
+        self
+    }
+
+    /// Adds a failover group, set up when the endpoint starts (see
+    /// [`Endpoint::add_failover_group`]).
+    pub fn failover_group(mut self, group: crate::node::FailoverGroup) -> Self {
+        self.groups.push(group);
         self
     }
 
@@ -182,6 +190,7 @@ impl EndpointBuilder {
                 next_op: AtomicU64::new(1),
                 nids,
                 routed: Mutex::new(Vec::new()),
+                groups: Mutex::new(Vec::new()),
                 cfg,
                 events,
                 consumed,
@@ -194,6 +203,15 @@ impl EndpointBuilder {
                 return Err(EndpointError::Start(format!(
                     "route to {} through {}: {e}",
                     route.net, route.gateway
+                )));
+            }
+        }
+        for group in self.groups {
+            let name = group.name.clone();
+            if let Err(e) = endpoint.add_failover_group(group) {
+                endpoint.shutdown();
+                return Err(EndpointError::Start(format!(
+                    "failover group {name:?}: {e}"
                 )));
             }
         }
@@ -212,6 +230,8 @@ struct Inner {
     /// The nets this endpoint has routes to (a copy of the node's, for checking requests
     /// without a round trip to the driver thread).
     routed: Mutex<Vec<crate::nid::Net>>,
+    /// Failover groups by name.
+    groups: Mutex<Vec<(String, crate::node::GroupId)>>,
     cfg: NodeConfig,
     events: Option<Receiver<Event>>,
     consumed: Arc<AtomicUsize>,
@@ -307,6 +327,7 @@ impl Endpoint {
             command_capacity: 65_536,
             realtime: None,
             routes: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -426,6 +447,56 @@ impl Endpoint {
             ));
         }
         self.inner.query(|tx| Command::SetRouterState(state, tx))
+    }
+
+    /// Adds a failover group: a service reached at any of its members (see
+    /// [`crate::node::FailoverGroup`]); operations to it go through
+    /// [`Endpoint::group_put`] and [`Endpoint::group_get`].
+    pub fn add_failover_group(
+        &self,
+        group: crate::node::FailoverGroup,
+    ) -> Result<crate::node::GroupId, EndpointError> {
+        let name = group.name.clone();
+        let id = self
+            .inner
+            .query(|tx| Command::AddGroup(group, tx))?
+            .map_err(|e| EndpointError::Invalid(e.to_string()))?;
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, id));
+        Ok(id)
+    }
+
+    /// The failover group named `name`, if there is one.
+    pub fn group(&self, name: &str) -> Option<crate::node::GroupId> {
+        let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
+    /// A PUT to `group`'s current member (`req.dst` is ignored), moving on to the next
+    /// members as its mode says; it completes once.
+    pub fn group_put(
+        &self,
+        group: crate::node::GroupId,
+        req: PutRequest,
+    ) -> Result<OpId, EndpointError> {
+        req.validate(self.inner.cfg.max_payload)
+            .map_err(EndpointError::Invalid)?;
+        self.submit(|id| Command::GroupSubmit(id, group, crate::node::GroupRequest::Put(req)))
+    }
+
+    /// A GET from `group`'s current member (`req.dst` is ignored); see
+    /// [`Endpoint::group_put`].
+    pub fn group_get(
+        &self,
+        group: crate::node::GroupId,
+        req: GetRequest,
+    ) -> Result<OpId, EndpointError> {
+        req.validate(self.inner.cfg.max_payload)
+            .map_err(EndpointError::Invalid)?;
+        self.submit(|id| Command::GroupSubmit(id, group, crate::node::GroupRequest::Get(req)))
     }
 
     /// The node's counters, fetched from the driver thread.

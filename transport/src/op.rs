@@ -358,6 +358,14 @@ pub enum Event {
         cause: String,
         at: Time,
     },
+    /// Failover group `group` moved from member `from` (declared Down) to `to`: its
+    /// operations go there from now on.
+    FailoverMoved {
+        group: String,
+        from: Nid,
+        to: Nid,
+        at: Time,
+    },
     /// A route stopped being usable: frames to `net` go through other gateways (or, with
     /// none left, fail with `NoRoute`).
     RouteDown {

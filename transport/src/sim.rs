@@ -281,6 +281,26 @@ impl Sim {
         self.submit(from, |n, now, id| n.get(now, id, req))
     }
 
+    /// Adds a failover group at node `at`.
+    pub fn add_failover_group(
+        &mut self,
+        at: Nid,
+        group: crate::node::FailoverGroup,
+    ) -> Result<crate::node::GroupId, OpError> {
+        let node = self.nodes.get_mut(&at).expect("no such node");
+        node.driver.node_mut().add_failover_group(group)
+    }
+
+    /// A PUT or GET to a failover group of `from`'s.
+    pub fn group_submit(
+        &mut self,
+        from: Nid,
+        group: crate::node::GroupId,
+        req: crate::node::GroupRequest,
+    ) -> OpId {
+        self.submit(from, |n, now, id| n.group_submit(now, id, group, req))
+    }
+
     pub fn ping(&mut self, from: Nid, req: PingRequest) -> OpId {
         self.submit(from, |n, now, id| n.ping(now, id, req))
     }
@@ -493,6 +513,8 @@ impl Sim {
 mod absence_tests;
 #[cfg(test)]
 mod chaos_tests;
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub struct ConfigFile {
     pub nets: Vec<NetSection>,
     /// Routes to the nets this node is not on, one per gateway.
     pub routes: Vec<Route>,
+    /// Services reached at any of several NIDs (Lustre's failnode lists).
+    pub failover: Vec<crate::node::FailoverGroup>,
     /// What only the router daemon uses.
     pub daemon: DaemonSettings,
 }
@@ -132,6 +134,9 @@ impl ConfigFile {
         for route in &self.routes {
             builder = builder.route(*route);
         }
+        for group in &self.failover {
+            builder = builder.failover_group(group.clone());
+        }
         Ok(builder)
     }
 
@@ -221,6 +226,8 @@ struct RawFile {
     health: RawHealth,
     #[serde(default)]
     routing: RawRouting,
+    #[serde(default)]
+    failover: Vec<Spanned<RawFailover>>,
     /// Default deadline of an operation (LNet's `transaction_timeout`).
     #[serde(default, deserialize_with = "duration")]
     transaction_timeout: Option<Duration>,
@@ -264,6 +271,23 @@ fn one() -> u8 {
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    name: String,
+    nids: Spanned<Vec<String>>,
+    #[serde(default)]
+    mode: RawFailoverMode,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawFailoverMode {
+    #[default]
+    Failover,
+    Failout,
 }
 
 #[derive(Deserialize, Default)]
@@ -444,12 +468,49 @@ impl RawFile {
             }
             node.router.fellows.push(f);
         }
+        let mut failover: Vec<crate::node::FailoverGroup> = Vec::new();
+        for raw in &self.failover {
+            let g = raw.get_ref();
+            if failover.iter().any(|f| f.name == g.name) {
+                return Err(at.at(
+                    raw,
+                    "name",
+                    format!("failover group {:?} is named twice", g.name),
+                ));
+            }
+            if g.nids.get_ref().is_empty() {
+                return Err(at.at(&g.nids, "nids", "expected at least one NID".into()));
+            }
+            let mut members = Vec::new();
+            for n in g.nids.get_ref() {
+                let m = nid(n).map_err(|e| at.at(&g.nids, "nids", e))?;
+                let reachable = nets.iter().any(|x| x.nid.net == m.net)
+                    || routes.iter().any(|r| r.net == m.net);
+                if !reachable {
+                    return Err(at.at(
+                        &g.nids,
+                        "nids",
+                        format!("{m} is on no net of this node, and no route reaches its net"),
+                    ));
+                }
+                members.push(m);
+            }
+            failover.push(crate::node::FailoverGroup {
+                name: g.name.clone(),
+                members,
+                mode: match g.mode {
+                    RawFailoverMode::Failover => crate::node::FailoverMode::Failover,
+                    RawFailoverMode::Failout => crate::node::FailoverMode::Failout,
+                },
+            });
+        }
         node.validate().map_err(|e| at.error(None, None, e.0))?;
         Ok(ConfigFile {
             path: at.path.to_owned(),
             node,
             nets,
             routes,
+            failover,
             daemon: DaemonSettings {
                 drain: self.routing.drain.unwrap_or(Duration::from_secs(10)),
                 control_socket: self

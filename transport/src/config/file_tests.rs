@@ -252,3 +252,27 @@ fn a_missing_file_says_which_and_why() {
         "{e}"
     );
 }
+
+#[test]
+fn failover_groups_name_their_members_and_mode() {
+    let f = parse(&format!(
+        "{TWO_NETS}[[failover]]\nname = \"ost0\"\nnids = [\"10.0.2.21@tcp2\", \"10.0.2.22@tcp2\"]\n\
+         [[failover]]\nname = \"mdt0\"\nnids = [\"10.0.1.9@tcp1\"]\nmode = \"failout\"\n"
+    ))
+    .unwrap();
+    assert_eq!(f.failover.len(), 2);
+    assert_eq!(f.failover[0].members.len(), 2);
+    assert_eq!(f.failover[0].mode, crate::node::FailoverMode::Failover);
+    assert_eq!(f.failover[1].mode, crate::node::FailoverMode::Failout);
+    let e = error(&format!(
+        "{TWO_NETS}[[failover]]\nname = \"x\"\nnids = [\"1.2.3.4@tcp9\"]\n"
+    ));
+    assert!(
+        e.contains(":12: nids: 1.2.3.4@tcp9 is on no net of this node"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{TWO_NETS}[[failover]]\nname = \"x\"\nnids = [\"10.0.1.9@tcp1\"]\nmode = \"sometimes\"\n"
+    ));
+    assert!(e.contains("mode: unknown variant `sometimes`"), "{e}");
+}

@@ -32,6 +32,11 @@ pub(super) enum Command {
     RemoveRoute(Net, Nid, Sender<bool>),
     Routes(Sender<Vec<Route>>),
     Report(Sender<Box<crate::node::NodeReport>>),
+    GroupSubmit(OpId, crate::node::GroupId, crate::node::GroupRequest),
+    AddGroup(
+        crate::node::FailoverGroup,
+        Sender<Result<crate::node::GroupId, OpError>>,
+    ),
     SetRouterState(crate::wire::RouterState, Sender<()>),
 }
 
@@ -233,6 +238,11 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
     // Op ids come from the endpoint's counter: never a duplicate.
     let submitted = match cmd {
         Command::Put(id, r) => node.put(now, id, r),
+        Command::GroupSubmit(id, g, r) => node.group_submit(now, id, g, r),
+        Command::AddGroup(g, reply) => {
+            let _ = reply.send(node.add_failover_group(g));
+            Ok(())
+        }
         Command::Get(id, r) => node.get(now, id, r),
         Command::Ping(id, r) => node.ping(now, id, r),
         Command::Attach(id, e) => node.attach(id, e),
@@ -289,6 +299,7 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
 fn command_op(cmd: &Command) -> Option<OpId> {
     match cmd {
         Command::Put(id, _) | Command::Get(id, _) | Command::Ping(id, _) => Some(*id),
+        Command::GroupSubmit(id, _, _) => Some(*id),
         Command::Attach(id, _) => Some(*id),
         _ => None,
     }

@@ -240,24 +240,58 @@ impl Node {
         v
     }
 
-    /// Every peer watched on `net` is Down, and there are at least two: one peer's
-    /// silence is that peer's business (judged peer by peer, with the fellows).
+    /// Every peer watched on `net` is Down, there are at least two (one peer's silence
+    /// is judged peer by peer), and the fellows show the net is there: one vouches for a
+    /// peer of it, or a fellow silent here on `net` says, by another net, that its NI on
+    /// `net` is up. Then this router is cut off. Without such evidence the peers died (a
+    /// failover may be under way), which is no fault of this router's; and when every
+    /// router loses the net at once, none can tell that from the peers dying.
     fn net_silent(&self, net: Net) -> bool {
         let a = &self.router.absence;
-        let mut watched = a
+        let watched = a
             .served
             .keys()
             .chain(a.asked.iter().filter(|p| !a.served.contains_key(p)))
             .chain(&self.cfg.router.fellows)
             .filter(|p| p.net == net);
         let mut n = 0;
-        let all_down = watched.all(|&p| {
+        let mut vouched = false;
+        for &p in watched {
             n += 1;
-            self.health
+            let down = self
+                .health
                 .peer(p)
-                .is_some_and(|h| h.state == PeerState::Down)
-        });
-        all_down && n >= 2
+                .is_some_and(|h| h.state == PeerState::Down);
+            if !down {
+                return false;
+            }
+            vouched |= self.vouched_by_fellow(p).is_some();
+            vouched |= self.cfg.router.fellows.contains(&p) && self.fellow_hears(net);
+        }
+        n >= 2 && vouched
+    }
+
+    /// A fellow alive on another net says its NI on `net` is up.
+    fn fellow_hears(&self, net: Net) -> bool {
+        self.cfg.router.fellows.iter().any(|&f| {
+            f.net != net
+                && self.fellow_alive(f)
+                && self
+                    .gateways
+                    .view(f)
+                    .is_some_and(|v| v.net_up(net) == Some(true))
+        })
+    }
+
+    /// A live fellow that vouches for `peer`, if any.
+    fn vouched_by_fellow(&self, peer: Nid) -> Option<Nid> {
+        self.cfg.router.fellows.iter().copied().find(|&f| {
+            self.fellow_alive(f)
+                && self
+                    .gateways
+                    .view(f)
+                    .is_some_and(|v| v.vouched.contains(&peer))
+        })
     }
 
     /// The router's periodic and event-driven judgment of itself.
@@ -433,14 +467,7 @@ impl Node {
             if fellows.contains(&peer) || !self.router.absence.served.contains_key(&peer) {
                 continue;
             }
-            let vouching = fellows.iter().find(|&&f| {
-                self.fellow_alive(f)
-                    && self
-                        .gateways
-                        .view(f)
-                        .is_some_and(|v| v.vouched.contains(&peer))
-            });
-            if let Some(&fellow) = vouching {
+            if let Some(fellow) = self.vouched_by_fellow(peer) {
                 return Some(BlackHole::PeerUnreachable { peer, fellow });
             }
         }

@@ -19,6 +19,7 @@
 
 mod absence;
 mod dedup;
+mod failover;
 mod forward;
 mod gateways;
 mod health;
@@ -50,6 +51,7 @@ use crate::op::{
 };
 use crate::time::Time;
 pub use absence::{AbsenceStats, BlackHole, RouterCondition};
+pub use failover::{FailoverGroup, FailoverMode, GroupId, GroupRequest};
 pub use gateways::{PeerRouting, RouterStats};
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
@@ -222,6 +224,8 @@ pub struct Node {
     /// What our gateways say of themselves; and, as a router, what we say.
     pub(crate) gateways: gateways::Gateways,
     pub(crate) router: gateways::Router,
+    /// Failover groups, and the operations addressed to them.
+    pub(crate) groups: failover::Groups,
     /// As a router: buffers for frames passing through, and those waiting for one.
     pub(crate) pools: pools::Pools<forward::Arrived>,
     pub(crate) ops: Ops,
@@ -259,6 +263,7 @@ impl Node {
         Node {
             dedup,
             router,
+            groups: failover::Groups::default(),
             cfg,
             nis: Vec::new(),
             hops: FxHashMap::default(),
@@ -419,6 +424,8 @@ impl Node {
         self.clock = None;
         if self.ops.contains(id) {
             self.complete(id, Err(OpError::Cancelled));
+        } else {
+            self.cancel_group_op(id);
         }
     }
 
@@ -442,6 +449,7 @@ impl Node {
         for id in self.ops.ids() {
             self.complete(id, Err(error.clone()));
         }
+        self.abort_group_ops(&error);
         self.router_stop_watching();
         for hop in self.hops.values_mut() {
             for lane in Lane::ALL {
@@ -455,7 +463,8 @@ impl Node {
     /// in submission order: for completing them from outside after a panic left the node's
     /// other state in doubt.
     pub fn take_live_ops(&mut self) -> Vec<OpId> {
-        self.ops.drain()
+        let live = self.ops.drain();
+        self.take_group_ops(live)
     }
 
     // ---- time ---------------------------------------------------------------------------
@@ -467,6 +476,7 @@ impl Node {
             self.health.next_deadline(),
             self.router.push_at,
             self.router.absence.due,
+            self.groups.next_deadline(),
             self.pools.next_deadline(),
         ]
         .into_iter()
@@ -482,6 +492,7 @@ impl Node {
             self.judge_router(now);
         }
         self.push_router_status(now);
+        self.groups_timeout(now);
         for late in self.pools.expire(now) {
             self.out_of_patience(late);
         }
@@ -528,7 +539,7 @@ impl Node {
     // ---- internals shared by the submodules ---------------------------------------------
 
     fn check_id(&self, id: OpId) -> Result<(), SubmitError> {
-        if self.ops.contains(id) {
+        if self.ops.contains(id) || self.groups.has_parent(id) {
             Err(SubmitError::DuplicateOpId(id))
         } else {
             Ok(())
@@ -594,6 +605,9 @@ impl Node {
     }
 
     fn push_completion(&mut self, op: OpId, result: Result<OpOutcome, OpError>) {
+        if failover::Groups::is_attempt(op) {
+            return self.attempt_done(op, result);
+        }
         self.out
             .events
             .push_back(Event::Completed(Completion { op, result }));
