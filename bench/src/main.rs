@@ -7,6 +7,7 @@
 
 mod bandwidth;
 mod baselines;
+mod blackhole;
 mod detect;
 mod lanes;
 mod latency;
@@ -48,6 +49,9 @@ enum Bench {
     /// Direct vs routed: PUT round trips and streaming PUTs to a server on the client's
     /// net and to one behind a router, in one run.
     Router(RouterArgs),
+    /// A router cut off (net-level and peer-level), timed: how soon it withdraws, how soon
+    /// clients stop sending through it, operations lost, and damping (root: namespaces).
+    Blackhole(BlackholeArgs),
     /// Failure detection at scale on the simulator: health load per node and detection
     /// time as the number of nodes grows.
     Sim(SimArgs),
@@ -134,6 +138,21 @@ pub(crate) struct RouterArgs {
     /// Payload bytes per streamed PUT.
     #[arg(long, default_value_t = 1 << 20)]
     stream_size: usize,
+    /// Only run a router daemon on this configuration file (used by the benchmark).
+    #[arg(long, hide = true)]
+    router_config: Option<std::path::PathBuf>,
+    /// Only run a server on this configuration file (used by the benchmark).
+    #[arg(long, hide = true)]
+    serve_config: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct BlackholeArgs {
+    /// Trials of each kind (net-level, peer-level).
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -228,14 +247,30 @@ fn main() -> ExitCode {
     let (zc_min, serve) = match &cli.bench {
         Bench::Latency(a) => (a.common.zc_min, a.common.serve),
         Bench::Bandwidth(a) => (a.common.zc_min, a.common.serve),
-        Bench::Router(_) => (None, None),
+        Bench::Router(a) => (a.common.zc_min, a.common.serve),
         Bench::Lanes(a) => (None, a.serve),
         Bench::Detect(a) => (None, a.serve),
-        Bench::Sim(_) => (None, None),
+        Bench::Sim(_) | Bench::Blackhole(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
     if let Bench::Lanes(a) = &cli.bench {
         peer::set_realtime_driver(a.rt_driver);
+    }
+    if let Bench::Router(a) = &cli.bench {
+        let child = match (&a.router_config, &a.serve_config) {
+            (Some(path), _) => Some(router::run_router(path)),
+            (None, Some(path)) => Some(peer::serve_config(path)),
+            _ => None,
+        };
+        if let Some(result) = child {
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lanet-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     }
     if let Some(nid) = serve {
         return match peer::serve(nid) {
@@ -253,6 +288,7 @@ fn main() -> ExitCode {
         Bench::Lanes(a) => lanes::run(&a),
         Bench::Detect(a) => detect::run(&a),
         Bench::Sim(a) => simscale::run(&a),
+        Bench::Blackhole(a) => blackhole::run(&a),
     };
     match result {
         Ok(report) => {

@@ -132,6 +132,60 @@ pub(crate) fn serve(nid: Nid) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs a server on configuration file `path` (its nets and routes) until standard input
+/// closes.
+pub(crate) fn serve_config(path: &std::path::Path) -> Result<(), String> {
+    let file = lanet::config::ConfigFile::load(path).map_err(|e| e.to_string())?;
+    let drivers: [&dyn lanet::config::OpenLnd; 2] =
+        [&lanet_lnd_tcp::OpenTcp, &lanet_lnd_rdma::OpenRdma];
+    let ep = file
+        .endpoint(&drivers)
+        .map_err(|e| e.to_string())?
+        .on_event(discard_events)
+        .start()
+        .map_err(|e| e.to_string())?;
+    sink(&ep)?;
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    for _ in std::io::stdin().lock().lines() {}
+    ep.shutdown();
+    Ok(())
+}
+
+/// Starts `lanet-bench ARGS` (through `wrapper`, e.g. `ip netns exec NS`) and waits for
+/// its "ready".
+pub(crate) fn spawn_self(args: &[&str], wrapper: &[&str]) -> Result<ServerProcess, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = match wrapper {
+        [] => Command::new(&exe),
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&exe);
+            c
+        }
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start lanet-bench {}: {e}", args.join(" ")))?;
+    let mut line = String::new();
+    let out = child.stdout.take().expect("piped");
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("lanet-bench {} did not start", args.join(" ")));
+    }
+    Ok(ServerProcess {
+        child,
+        nid: Nid::LO,
+    })
+}
+
 /// Echo: a u32 message size, then each message of that size straight back.
 fn echo_loop(mut conn: TcpStream) {
     let _ = conn.set_nodelay(true);
@@ -392,6 +446,8 @@ pub(crate) enum Target {
     Mem,
     /// An in-memory server in this process, behind an in-memory router.
     MemRouted,
+    /// A server at `dst`, over TCP through the router at `gateway` (on the client's net).
+    Routed { dst: Nid, gateway: Nid },
 }
 
 /// The measuring side of a benchmark: its endpoint, the PUT it repeats, and the in-memory
@@ -417,6 +473,12 @@ pub(crate) fn client(
         Target::Remote(dst) => {
             let (ep, backend) = tcp_client(on_event)?;
             set_backend(backend);
+            (ep, dst, Vec::new())
+        }
+        Target::Routed { dst, gateway } => {
+            let (ep, backend) = tcp_client(on_event)?;
+            set_backend(backend);
+            add_route(&ep, dst.net, gateway)?;
             (ep, dst, Vec::new())
         }
         Target::Mem | Target::MemRouted => {
