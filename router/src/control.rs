@@ -5,7 +5,8 @@
 //! router out: absent, pushed at once), `routing on` (it may forward again).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,14 +37,20 @@ impl ControlSocket {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!("another daemon answers on {}", path.display()),
                 ));
             }
-            std::fs::remove_file(path)?;
+            std::fs::remove_file(path)?; // a dead daemon's
         }
         let listener = UnixListener::bind(path)?;
         // Only its owner (root, on a gateway) may ask or command.
@@ -92,9 +99,20 @@ impl Drop for ControlSocket {
 }
 
 fn answer(conn: UnixStream, endpoint: &Endpoint) -> io::Result<()> {
+    // One client at a time: a slow or stuck one is cut off, it cannot hold the socket.
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new((&conn).take(MAX_COMMAND)).read_line(&mut line)?;
+    conn.set_write_timeout(Some(READ_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + READ_TIMEOUT;
+    let mut command = Vec::new();
+    let mut byte = [0u8; 64];
+    let mut reader = (&conn).take(MAX_COMMAND);
+    while !command.contains(&b'\n') && std::time::Instant::now() < deadline {
+        match reader.read(&mut byte)? {
+            0 => break,
+            n => command.extend_from_slice(&byte[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&command);
     let reply = match line.trim() {
         "" | "status" => match endpoint.report() {
             Ok(r) => crate::json::report(&r),

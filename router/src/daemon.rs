@@ -144,7 +144,8 @@ impl Daemon {
     }
 
     /// Re-reads the configuration file and applies its routes; anything else that changed
-    /// needs a restart, and is named. A bad file changes nothing.
+    /// needs a restart, and is named. A file that does not parse changes nothing; a route
+    /// the node refuses stops the reload there (logged), the routes before it applied.
     pub fn reload(&mut self) {
         let fresh = match ConfigFile::load(&self.config_path) {
             Ok(f) => f,

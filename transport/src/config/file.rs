@@ -97,7 +97,8 @@ impl ConfigFile {
         ConfigFile::parse(path, &text)
     }
 
-    /// Checks `text`, as read from `path`.
+    /// Checks `text`, as read from `path`. Not pure: the node gets a fresh incarnation
+    /// (from the wall clock), and `interface` keys are looked up on this host.
     pub fn parse(path: impl AsRef<Path>, text: &str) -> Result<ConfigFile, ConfigFileError> {
         let located = Located {
             path: path.as_ref(),

@@ -163,6 +163,38 @@ impl NodeConfig {
                 )));
             }
         }
+        // Bounds that keep every product of these (detect times, horizons) far from
+        // overflowing a Duration.
+        const DAY: Duration = Duration::from_secs(86_400);
+        let h = &self.health;
+        if h.interval > Duration::from_secs(3600) || h.detect_mult > 1000 || h.probe_max > DAY {
+            return Err(ConfigError(
+                "health: interval at most 1h, detect_mult at most 1000, probe_max at most 1 day"
+                    .into(),
+            ));
+        }
+        let r = &self.router;
+        if [
+            r.hold_down,
+            r.half_life,
+            r.max_hold_down,
+            r.warm_up,
+            self.op_timeout,
+        ]
+        .iter()
+        .any(|d| *d > DAY)
+        {
+            return Err(ConfigError(
+                "routing: hold_down, half_life, max_hold_down, warm_up and the transaction \
+                 timeout are each at most 1 day"
+                    .into(),
+            ));
+        }
+        if r.half_life.is_zero() {
+            return Err(ConfigError(
+                "routing: damping half_life must be positive".into(),
+            ));
+        }
         if self.health.interval.is_zero() || self.health.detect_mult == 0 {
             return Err(ConfigError(format!(
                 "health: interval must be positive and detect_mult at least 1, got {:?} x {}",

@@ -165,8 +165,14 @@ impl Node {
     /// The operator takes this router out (`Absent(Administrator)`), stops it
     /// (`Absent(Stopping)`: it refuses new frames and forwards what it holds), or lets it
     /// forward again (`Forwarding`: warm-up and black-hole judgment still apply).
+    ///
+    /// Stopping is final: once stopping, the router stays absent whatever comes next.
     pub fn set_router_state(&mut self, now: Time, state: RouterState) {
         self.clock = Some(now);
+        if self.router.absence.operator == Some(AbsentReason::Stopping) {
+            tracing::warn!(?state, "ignored: the router is stopping");
+            return;
+        }
         self.router.absence.operator = match state {
             RouterState::Forwarding => None,
             RouterState::Absent(why) => Some(why),
@@ -177,7 +183,8 @@ impl Node {
     fn hold_down(&self, now: Time) -> Duration {
         let r = &self.cfg.router;
         let times = (self.router.absence.penalty(now, r.half_life) / FLAP).max(1.0);
-        r.hold_down.mul_f64(times).min(r.max_hold_down)
+        Duration::try_from_secs_f64(r.hold_down.as_secs_f64() * times)
+            .map_or(r.max_hold_down, |d| d.min(r.max_hold_down))
     }
 
     /// A frame passed between `upstream` and `downstream`: both are served, and watched.
@@ -248,16 +255,16 @@ impl Node {
     /// router loses the net at once, none can tell that from the peers dying.
     fn net_silent(&self, net: Net) -> bool {
         let a = &self.router.absence;
-        let watched = a
+        let watched: FxHashSet<Nid> = a
             .served
             .keys()
-            .chain(a.asked.iter().filter(|p| !a.served.contains_key(p)))
+            .chain(&a.asked)
             .chain(&self.cfg.router.fellows)
-            .filter(|p| p.net == net);
-        let mut n = 0;
+            .filter(|p| p.net == net)
+            .copied()
+            .collect();
         let mut vouched = false;
-        for &p in watched {
-            n += 1;
+        for &p in &watched {
             let down = self
                 .health
                 .peer(p)
@@ -268,7 +275,7 @@ impl Node {
             vouched |= self.vouched_by_fellow(p).is_some();
             vouched |= self.cfg.router.fellows.contains(&p) && self.fellow_hears(net);
         }
-        n >= 2 && vouched
+        watched.len() >= 2 && vouched
     }
 
     /// A fellow alive on another net says its NI on `net` is up.

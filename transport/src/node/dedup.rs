@@ -152,16 +152,20 @@ impl Dedup {
                 .filter(|&(_, hi)| hi >= settled_below)
                 .map(|(lo, hi)| (lo.max(settled_below), hi));
         }
-        let let_go = w
-            .evicted
-            .is_some_and(|(lo, hi)| (lo..=hi).contains(&msg_id));
-        if msg_id < w.floor || let_go {
+        if msg_id < w.floor {
             return Seen::TooOld;
         }
+        // What it holds first: the range let go of may span entries kept (it grows over
+        // ids of others' requests, and over those kept below it once the floor rises).
         match w.entries.get(&msg_id) {
             Some(Entry::Pending) => return Seen::Pending,
             Some(Entry::Answered(body, payload)) => return Seen::Answered(*body, payload.clone()),
             None => {}
+        }
+        if w.evicted
+            .is_some_and(|(lo, hi)| (lo..=hi).contains(&msg_id))
+        {
+            return Seen::TooOld;
         }
         w.entries.insert(msg_id, Entry::Pending);
         self.entries += 1;
@@ -309,6 +313,34 @@ mod tests {
             matches!(d.check(b, 1, 2, 0), Seen::New),
             "its next request is"
         );
+    }
+
+    #[test]
+    fn what_is_kept_is_found_even_inside_the_range_let_go_of() {
+        let mut d = Dedup::new(8, 2);
+        let a = Nid::mem(1, 0);
+        for m in 1..=20 {
+            assert!(matches!(d.check(a, 1, m, 1), Seen::New));
+            d.answered(a, 1, m, ack(), Bytes::new());
+        }
+        // The initiator settles the two oldest kept: the range let go of now lies below
+        // entries still held, and grows over them with the next evictions.
+        for m in 21..=30 {
+            assert!(matches!(d.check(a, 1, m, 3), Seen::New));
+            d.answered(a, 1, m, ack(), Bytes::new());
+        }
+        let held: Vec<u64> = (3..=30)
+            .filter(|&m| matches!(d.check(a, 1, m, 3), Seen::Answered(..)))
+            .collect();
+        assert!(!held.is_empty());
+        assert!(d.entries() <= 8 + 1, "{}", d.entries());
+        for m in 3..=30 {
+            let seen = d.check(a, 1, m, 3);
+            assert!(
+                matches!(seen, Seen::Answered(..) | Seen::TooOld),
+                "{m}: a copy is answered or dropped, never new: {seen:?}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::nid::Nid;
 use crate::op::{Event, GetRequest, OpError, OpId, OpOutcome, PutRequest};
 use crate::time::Time;
 
-/// Ids of attempts: never one the application gives (those count up from 1).
+/// Ids of attempts: never one the application gives (the node refuses ids with this
+/// bit from it).
 const ATTEMPT_BIT: u64 = 1 << 62;
 
 /// How a failover group treats a member's failure.
@@ -96,6 +97,11 @@ impl Groups {
         id.0 & ATTEMPT_BIT != 0
     }
 
+    /// An attempt being submitted now (its id reserved for it).
+    pub(crate) fn is_live_attempt(&self, id: OpId) -> bool {
+        self.attempts.contains_key(&id)
+    }
+
     pub(crate) fn has_parent(&self, id: OpId) -> bool {
         self.parents.contains_key(&id)
     }
@@ -164,9 +170,7 @@ impl Node {
         req: GroupRequest,
     ) -> Result<(), super::SubmitError> {
         self.clock = Some(now);
-        if self.ops.contains(id) || self.groups.has_parent(id) {
-            return Err(super::SubmitError::DuplicateOpId(id));
-        }
+        self.check_id(id)?;
         let invalid = match &req {
             GroupRequest::Put(r) => r.validate(self.cfg.max_payload).err(),
             GroupRequest::Get(r) => r.validate(self.cfg.max_payload).err(),
@@ -263,28 +267,30 @@ impl Node {
             && mode == FailoverMode::Failover
             && now < p.deadline;
         p.last_error = Some(error.clone());
-        if member_failure(&error) {
-            if let Some(m) = member {
-                self.suspect(now, group, Some(m));
-            }
+        let g = &self.groups.groups[group.0 as usize];
+        let current = g.spec.members[g.current];
+        if member_failure(&error) && self.shut_down.is_none() && member == Some(current) {
+            // Only the current member: a late failure of one the group already left
+            // must not take the monitoring away from the one it uses now.
+            self.suspect(now, group, Some(current));
             self.follow_member_health(now, group);
         }
         if !retry {
             return self.finish_parent(parent, Err(error));
         }
-        let members = self.groups.groups[group.0 as usize].spec.members.len();
+        let g = &self.groups.groups[group.0 as usize];
+        let (members, moved) = (g.spec.members.len(), g.spec.members[g.current] != current);
         let p = self
             .groups
             .parents
             .get_mut(&parent)
             .expect("looked up above");
-        if p.round < members {
-            // Another member may answer: at once. (An attempt at a Down member fails at
-            // once, without a frame, so a round costs little.)
+        if moved && p.round < members {
+            // The group moved on: the next member may answer, at once.
             self.attempt(now, parent);
         } else {
-            // Every member failed since the last wait: wait an interval (their probes go
-            // on meanwhile), then a new round.
+            // Still the member that failed (not yet declared Down), or every member
+            // failed since the last wait: wait an interval (probes go on), then again.
             p.round = 0;
             let at = (now + self.cfg.health.interval).min(p.deadline);
             self.groups.waiting.insert((at, parent));
@@ -319,11 +325,12 @@ impl Node {
     }
 
     fn finish_parent(&mut self, parent: OpId, result: Result<OpOutcome, OpError>) {
-        if let Some(p) = self.groups.parents.remove(&parent) {
-            if let Some(child) = p.attempt {
-                self.groups.attempts.remove(&child);
-                self.groups.attempt_member.remove(&child);
-            }
+        let Some(p) = self.groups.parents.remove(&parent) else {
+            return; // ended already: exactly one completion
+        };
+        if let Some(child) = p.attempt {
+            self.groups.attempts.remove(&child);
+            self.groups.attempt_member.remove(&child);
         }
         self.push_completion(parent, result);
     }

@@ -22,7 +22,7 @@ use crate::lane::Lane;
 use crate::nid::{Net, Nid};
 use crate::op::{Event, OpError, RouteDownReason};
 use crate::time::Time;
-use crate::wire::{RouterState, RouterStatus};
+use crate::wire::{AbsentReason, RouterState, RouterStatus};
 
 /// A router's counters (`lanetctl routing show`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,12 +309,20 @@ impl Node {
                     .target()
                     .is_some_and(|(dst, _)| dst != gateway && !gateways.takes(gateway, dst))
         });
+        // A router stopping or taken out by its administrator still passes the answers of
+        // what it took: only what never left here goes another way.
+        let orderly = self.gateways.views.get(&gateway).is_some_and(|v| {
+            matches!(
+                v.state,
+                RouterState::Absent(AbsentReason::Stopping | AbsentReason::Administrator)
+            )
+        });
         let why = || OpError::Network(format!("router {gateway} says it cannot take it"));
         for id in refused {
             match self.ops.get(id).map(|op| op.stage) {
                 Some(Stage::Queued) => self.resend(id, &why()),
-                Some(_) => self.resend_after_failure(id, &why()),
-                None => {}
+                Some(_) if !orderly => self.resend_after_failure(id, &why()),
+                _ => {}
             }
         }
     }

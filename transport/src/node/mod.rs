@@ -150,6 +150,8 @@ pub const ANSWER_BACKLOG_PER_CREDIT: usize = 4;
 pub enum SubmitError {
     #[error("{0} is already in use by a live operation")]
     DuplicateOpId(OpId),
+    #[error("{0} has bit 62 set: such ids are the node's own (failover attempts)")]
+    ReservedOpId(OpId),
 }
 
 pub(crate) struct Ni {
@@ -460,8 +462,8 @@ impl Node {
     }
 
     /// Removes every live operation without touching anything else, and returns their ids
-    /// in submission order: for completing them from outside after a panic left the node's
-    /// other state in doubt.
+    /// (plain ones in submission order, then failover-group ones by id): for completing
+    /// them from outside after a panic left the node's other state in doubt.
     pub fn take_live_ops(&mut self) -> Vec<OpId> {
         let live = self.ops.drain();
         self.take_group_ops(live)
@@ -539,6 +541,9 @@ impl Node {
     // ---- internals shared by the submodules ---------------------------------------------
 
     fn check_id(&self, id: OpId) -> Result<(), SubmitError> {
+        if failover::Groups::is_attempt(id) && !self.groups.is_live_attempt(id) {
+            return Err(SubmitError::ReservedOpId(id));
+        }
         if self.ops.contains(id) || self.groups.has_parent(id) {
             Err(SubmitError::DuplicateOpId(id))
         } else {

@@ -191,3 +191,15 @@ fn a_group_op_can_be_cancelled_and_shutdown_ends_waiting_ones() {
     assert!(done.values().all(|r| r.is_err()));
     assert!(s.sim.ledger().violations().is_empty());
 }
+
+#[test]
+fn ids_with_the_attempt_bit_are_refused_not_lost() {
+    let mut node = Node::new(NodeConfig::new(1));
+    node.add_ni(on(1, 1)).unwrap();
+    let id = OpId(1 << 62 | 5);
+    let req = put(on(1, 2), 4, Bytes::from_static(b"x"));
+    assert!(matches!(
+        node.put(Time::ZERO, id, req),
+        Err(crate::node::SubmitError::ReservedOpId(_))
+    ));
+}
