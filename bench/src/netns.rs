@@ -2,7 +2,6 @@
 //! pulled cable does: the link goes down, nothing resets, frames just stop.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 /// Above the connected route's metric (0), so it only serves while that route is gone.
 const BLACKHOLE_METRIC: &str = "4242";
@@ -14,34 +13,7 @@ pub(crate) struct Netns {
     pub(crate) inner_ip: Ipv4Addr,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Whether this process may create namespaces (it runs as root).
-pub(crate) fn available() -> bool {
-    // "Uid: real effective saved fs": the effective one decides.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|st| {
-            st.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+pub(crate) use lanet_tests::netns::{available, ip};
 
 impl Netns {
     /// `lanet-PID` with 10.77.N.1 here and 10.77.N.2 inside (N from the process id).

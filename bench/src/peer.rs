@@ -155,6 +155,18 @@ pub(crate) fn serve_config(path: &std::path::Path) -> Result<(), String> {
 /// Starts `lanet-bench ARGS` (through `wrapper`, e.g. `ip netns exec NS`) and waits for
 /// its "ready".
 pub(crate) fn spawn_self(args: &[&str], wrapper: &[&str]) -> Result<ServerProcess, String> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let child = spawn_ready(&args, wrapper)?
+        .ok_or_else(|| format!("lanet-bench {} did not start", args.join(" ")))?;
+    Ok(ServerProcess {
+        child,
+        nid: Nid::LO,
+    })
+}
+
+/// Starts this program with `args` behind `wrapper`; the child once it printed "ready",
+/// or None if it ended without.
+fn spawn_ready(args: &[String], wrapper: &[&str]) -> Result<Option<Child>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = match wrapper {
         [] => Command::new(&exe),
@@ -175,15 +187,12 @@ pub(crate) fn spawn_self(args: &[&str], wrapper: &[&str]) -> Result<ServerProces
     BufReader::new(out)
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    if line.trim() != "ready" {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("lanet-bench {} did not start", args.join(" ")));
+    if line.trim() == "ready" {
+        return Ok(Some(child));
     }
-    Ok(ServerProcess {
-        child,
-        nid: Nid::LO,
-    })
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(None)
 }
 
 /// Echo: a u32 message size, then each message of that size straight back.
@@ -300,37 +309,14 @@ pub(crate) fn spawn_server_at(
     nid: Nid,
     wrapper: &[&str],
 ) -> Result<Option<ServerProcess>, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = match wrapper {
-        [] => Command::new(&exe),
-        [first, rest @ ..] => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&exe);
-            c
-        }
-    };
-    cmd.args([bench, "--serve", &nid.to_string()]);
+    let mut args = vec![bench.to_owned(), "--serve".into(), nid.to_string()];
     if let Some(Some(min)) = ZERO_COPY_MIN.get() {
-        cmd.args(["--zc-min", &min.to_string()]);
+        args.extend(["--zc-min".to_owned(), min.to_string()]);
     }
     if REALTIME_DRIVER.get() == Some(&true) {
-        cmd.arg("--rt-driver");
+        args.push("--rt-driver".into());
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the server process: {e}"))?;
-    let mut line = String::new();
-    let out = child.stdout.take().expect("piped");
-    BufReader::new(out)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    if line.trim() == "ready" {
-        return Ok(Some(ServerProcess { child, nid }));
-    }
-    let _ = child.wait();
-    Ok(None)
+    Ok(spawn_ready(&args, wrapper)?.map(|child| ServerProcess { child, nid }))
 }
 
 /// Endpoints in this process on the in-memory LND (no delay): the core alone. The client
