@@ -485,14 +485,20 @@ fn when_both_routers_lose_a_net_neither_strands_the_other_and_nothing_hangs() {
 fn stopping_is_final_and_the_operator_may_take_a_router_out_and_back() {
     let mut c = cluster(quick());
     let r8 = c.routers[0];
-    c.sim.set_router_state(r8, RouterState::Absent(AbsentReason::Administrator));
+    c.sim
+        .set_router_state(r8, RouterState::Absent(AbsentReason::Administrator));
     c.sim.run_for(MS);
     assert_eq!(c.state(0), RouterState::Absent(AbsentReason::Administrator));
     c.sim.set_router_state(r8, RouterState::Forwarding);
     c.sim.run_for(MS);
     assert_eq!(c.state(0), RouterState::Forwarding);
-    c.sim.set_router_state(r8, RouterState::Absent(AbsentReason::Stopping));
+    c.sim
+        .set_router_state(r8, RouterState::Absent(AbsentReason::Stopping));
     c.sim.set_router_state(r8, RouterState::Forwarding);
     c.sim.run_for(MS);
-    assert_eq!(c.state(0), RouterState::Absent(AbsentReason::Stopping), "final");
+    assert_eq!(
+        c.state(0),
+        RouterState::Absent(AbsentReason::Stopping),
+        "final"
+    );
 }
