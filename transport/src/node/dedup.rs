@@ -13,8 +13,10 @@
 //! A full window keeps its oldest quarter and lets go of the next oldest: the oldest
 //! requests are the ones an initiator is about to resend (stuck behind a router that
 //! failed, they hold `settled_below` down while thousands of later ones complete), and
-//! evicting them would drop their resent copies. What it lets go of forms one range
-//! above the kept quarter. An initiator's whole window
+//! evicting them would drop their resent copies. It remembers exactly which ids it let go
+//! of (a few bytes each, as many as the window holds; past that, the oldest becomes a
+//! floor), so an id it never saw is never taken for one it forgot. An initiator's whole
+//! window
 //! evicted (the idlest, when more initiators come than are kept) leaves its floor behind,
 //! in a table of [`FLOORS_PER_WINDOW`] x as many entries; only a copy from an initiator
 //! evicted from that too, long idle, could be taken for new.
@@ -50,8 +52,8 @@ struct Window {
     entries: BTreeMap<u64, Entry>,
     /// Message ids below this are settled or forgotten.
     floor: u64,
-    /// Message ids let go of when it was full (inclusive; the kept oldest are below).
-    evicted: Option<(u64, u64)>,
+    /// Message ids let go of when it was full: copies of them are dropped.
+    evicted: std::collections::BTreeSet<u64>,
     /// When it was last used (a tick of the table), for evicting the idlest.
     used: u64,
 }
@@ -131,7 +133,7 @@ impl Dedup {
                 Window {
                     entries: BTreeMap::new(),
                     floor,
-                    evicted: None,
+                    evicted: std::collections::BTreeSet::new(),
                     used: self.tick,
                 },
             );
@@ -147,24 +149,17 @@ impl Dedup {
             let kept = w.entries.split_off(&settled_below);
             self.entries -= w.entries.len();
             w.entries = kept;
-            w.evicted = w
-                .evicted
-                .filter(|&(_, hi)| hi >= settled_below)
-                .map(|(lo, hi)| (lo.max(settled_below), hi));
+            w.evicted = w.evicted.split_off(&settled_below);
         }
         if msg_id < w.floor {
             return Seen::TooOld;
         }
-        // What it holds first: the range let go of may span entries kept (it grows over
-        // ids of others' requests, and over those kept below it once the floor rises).
         match w.entries.get(&msg_id) {
             Some(Entry::Pending) => return Seen::Pending,
             Some(Entry::Answered(body, payload)) => return Seen::Answered(*body, payload.clone()),
             None => {}
         }
-        if w.evicted
-            .is_some_and(|(lo, hi)| (lo..=hi).contains(&msg_id))
-        {
+        if w.evicted.contains(&msg_id) {
             return Seen::TooOld;
         }
         w.entries.insert(msg_id, Entry::Pending);
@@ -175,10 +170,18 @@ impl Dedup {
             let victim = w.entries.keys().nth(self.per_initiator / 4).copied();
             if let Some(victim) = victim {
                 w.entries.remove(&victim);
-                w.evicted = Some(w.evicted.map_or((victim, victim), |(lo, hi)| {
-                    (lo.min(victim), hi.max(victim))
-                }));
+                w.evicted.insert(victim);
                 self.entries -= 1;
+            }
+            if w.evicted.len() > self.per_initiator {
+                // Too many to remember one by one: the oldest becomes a floor.
+                if let Some(oldest) = w.evicted.pop_first() {
+                    w.floor = oldest + 1;
+                    let kept = w.entries.split_off(&w.floor);
+                    self.entries -= w.entries.len();
+                    w.entries = kept;
+                    w.evicted = w.evicted.split_off(&w.floor);
+                }
             }
         }
         Seen::New
@@ -210,7 +213,7 @@ impl Dedup {
             // Its copies still to come are at or above what it held: remember where.
             let floor = self.windows.get(&key).map(|w| {
                 let top = w.entries.last_key_value().map_or(0, |(&id, _)| id + 1);
-                let let_go = w.evicted.map_or(0, |(_, hi)| hi + 1);
+                let let_go = w.evicted.last().map_or(0, |&id| id + 1);
                 w.floor.max(top).max(let_go)
             });
             self.drop_window(key);
@@ -341,6 +344,24 @@ mod tests {
                 "{m}: a copy is answered or dropped, never new: {seen:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_id_never_seen_is_new_even_among_ids_let_go_of() {
+        // The initiator's op 1 holds its floor down (stuck behind a router); op 15, sent
+        // later, is stuck too and never arrived; 28 others came and overflowed the window.
+        let mut d = Dedup::new(16, 2);
+        let a = Nid::mem(1, 0);
+        for m in (1..=30).filter(|&m| m != 15) {
+            assert!(matches!(d.check(a, 1, m, 1), Seen::New));
+            d.answered(a, 1, m, ack(), Bytes::new());
+        }
+        let let_go: Vec<u64> = (1..=30)
+            .filter(|&m| m != 15 && matches!(d.check(a, 1, m, 1), Seen::TooOld))
+            .collect();
+        assert!(!let_go.is_empty(), "the window overflowed");
+        // Its resent copy is new: it was never delivered.
+        assert!(matches!(d.check(a, 1, 15, 1), Seen::New));
     }
 
     #[test]
