@@ -198,9 +198,11 @@ fn load(
     client: &Endpoint,
     servers: &[Nid],
     stop: Arc<AtomicBool>,
+    t0: Instant,
 ) -> std::thread::JoinHandle<Loaded> {
     let (ep, servers) = (client.clone(), servers.to_vec());
     std::thread::spawn(move || {
+        let mut sent_at = std::collections::HashMap::new();
         let (mut outstanding, mut i, mut done, mut failed) = (0usize, 0usize, 0u64, 0u64);
         let mut errors = Vec::new();
         loop {
@@ -214,8 +216,12 @@ fn load(
                     timeout: None,
                     on_peer_down: Default::default(),
                 };
-                if ep.put(req).is_err() {
-                    break;
+                let dst = req.dst;
+                match ep.put(req) {
+                    Ok(op) => {
+                        sent_at.insert(op, (t0.elapsed(), dst));
+                    }
+                    Err(_) => break,
                 }
                 i += 1;
                 outstanding += 1;
@@ -226,10 +232,14 @@ fn load(
             if let Some(Event::Completed(c)) = ep.recv_event(Some(Duration::from_secs(60))) {
                 outstanding -= 1;
                 done += 1;
+                let (at, dst) = sent_at.remove(&c.op).unwrap_or((Duration::ZERO, Nid::LO));
                 if let Err(e) = c.result {
                     failed += 1;
                     if errors.len() < 5 {
-                        errors.push(format!("{e:?}"));
+                        errors.push(format!(
+                            "{e:?} (sent at {:.3} s to {dst})",
+                            at.as_secs_f64()
+                        ));
                     }
                 }
             }
@@ -255,7 +265,9 @@ pub(crate) fn run(args: &BlackholeArgs) -> Result<Report, String> {
         args.json,
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let loader = load(&s.client, &s.server_nids, stop.clone());
+    let t0 = Instant::now();
+    let loader = load(&s.client, &s.server_nids, stop.clone(), t0);
+    let mut timeline = Vec::new();
     std::thread::sleep(Duration::from_millis(500));
     for kind in [Kind::Net, Kind::Peer] {
         let name = if kind == Kind::Net { "net" } else { "peer" };
@@ -266,6 +278,7 @@ pub(crate) fn run(args: &BlackholeArgs) -> Result<Report, String> {
             let mut last = s.forwarded_for_client();
             s.cut(kind, true)?;
             let cut = Instant::now();
+            timeline.push(format!("{name} cut at {:.3} s", t0.elapsed().as_secs_f64()));
             let mut last_change = cut;
             let mut absent_after = None;
             while cut.elapsed() < Duration::from_secs(10) {
@@ -288,6 +301,7 @@ pub(crate) fn run(args: &BlackholeArgs) -> Result<Report, String> {
             absent.push(absent_after.as_secs_f64() * 1e3);
             switch.push((last_change - cut).as_secs_f64() * 1e3);
             s.cut(kind, false)?;
+            timeline.push(format!("healed at {:.3} s", t0.elapsed().as_secs_f64()));
         }
         report.add(
             format!("{name}.absent_ms.p50"),
@@ -332,6 +346,7 @@ pub(crate) fn run(args: &BlackholeArgs) -> Result<Report, String> {
     report.add("lost", failed as f64, "");
     if !errors.is_empty() {
         report.note(format!("first failures: {}", errors.join("; ")));
+        report.note(format!("timeline: {}", timeline.join(", ")));
     }
     report.note("baseline, LNet defaults: 110000 ms for a router to mark its own net down; clients notice a silent router after ~60 s + 150 s");
     report.note("goal (issue 14): switch_ms p50 <= 500 at the 100 ms health interval; lost = 0");
