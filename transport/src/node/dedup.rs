@@ -14,9 +14,12 @@
 //! requests are the ones an initiator is about to resend (stuck behind a router that
 //! failed, they hold `settled_below` down while thousands of later ones complete), and
 //! evicting them would drop their resent copies. It remembers exactly which ids it let go
-//! of (a few bytes each, as many as the window holds; past that, the oldest becomes a
-//! floor), so an id it never saw is never taken for one it forgot. An initiator's whole
-//! window
+//! of, so an id it never saw (a later request stuck the same way) is never taken for one
+//! it forgot. While one request holds an initiator's floor down, every later one answered
+//! is let go of in turn (tens of thousands a second from a fast initiator): so the ids let
+//! go of are bounded over all windows together (`dedup_window` x `dedup_initiators`, 8
+//! bytes and a little each), and only past that does a window's oldest become its floor.
+//! An initiator's whole window
 //! evicted (the idlest, when more initiators come than are kept) leaves its floor behind,
 //! in a table of [`FLOORS_PER_WINDOW`] x as many entries; only a copy from an initiator
 //! evicted from that too, long idle, could be taken for new.
@@ -78,6 +81,8 @@ pub(crate) struct Dedup {
     /// Windows kept at once.
     initiators: usize,
     entries: usize,
+    /// Ids let go of, over all windows.
+    let_go: usize,
 }
 
 impl Dedup {
@@ -91,6 +96,7 @@ impl Dedup {
             per_initiator: per_initiator.max(1),
             initiators: initiators.max(1),
             entries: 0,
+            let_go: 0,
         }
     }
 
@@ -149,7 +155,9 @@ impl Dedup {
             let kept = w.entries.split_off(&settled_below);
             self.entries -= w.entries.len();
             w.entries = kept;
-            w.evicted = w.evicted.split_off(&settled_below);
+            let kept = w.evicted.split_off(&settled_below);
+            self.let_go -= w.evicted.len();
+            w.evicted = kept;
         }
         if msg_id < w.floor {
             return Seen::TooOld;
@@ -172,15 +180,18 @@ impl Dedup {
                 w.entries.remove(&victim);
                 w.evicted.insert(victim);
                 self.entries -= 1;
+                self.let_go += 1;
             }
-            if w.evicted.len() > self.per_initiator {
-                // Too many to remember one by one: the oldest becomes a floor.
+            if self.let_go > self.per_initiator * self.initiators {
+                // Too many to remember one by one: this window's oldest becomes its floor.
                 if let Some(oldest) = w.evicted.pop_first() {
                     w.floor = oldest + 1;
                     let kept = w.entries.split_off(&w.floor);
                     self.entries -= w.entries.len();
                     w.entries = kept;
-                    w.evicted = w.evicted.split_off(&w.floor);
+                    let kept = w.evicted.split_off(&w.floor);
+                    self.let_go -= 1 + w.evicted.len();
+                    w.evicted = kept;
                 }
             }
         }
@@ -243,6 +254,7 @@ impl Dedup {
         if let Some(w) = self.windows.remove(&key) {
             self.by_use.remove(&(w.used, key));
             self.entries -= w.entries.len();
+            self.let_go -= w.evicted.len();
         }
     }
 }
