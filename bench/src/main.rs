@@ -94,6 +94,10 @@ pub(crate) struct Common {
     /// Only run the client side, against a server started with --serve at this NID.
     #[arg(long)]
     connect: Option<Nid>,
+    /// With --connect: build the client from this lanet configuration file (its NIs and
+    /// routes), e.g. to measure through routers.
+    #[arg(long, requires = "connect")]
+    config: Option<std::path::PathBuf>,
     /// RDMA: the IPv4 address both sides use (default: one of the first active RDMA
     /// device's interface).
     #[arg(long)]
@@ -253,6 +257,12 @@ fn main() -> ExitCode {
         Bench::Sim(_) | Bench::Blackhole(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
+    let config = match &cli.bench {
+        Bench::Latency(a) => a.common.config.clone(),
+        Bench::Bandwidth(a) => a.common.config.clone(),
+        _ => None,
+    };
+    peer::set_client_config(config);
     if let Bench::Lanes(a) = &cli.bench {
         peer::set_realtime_driver(a.rt_driver);
     }

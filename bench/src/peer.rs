@@ -34,6 +34,28 @@ fn tcp_config(cfg: &NodeConfig) -> TcpConfig {
     t
 }
 
+static CLIENT_CONFIG: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// `--config FILE`: the client of `--connect` runs on this configuration file.
+pub(crate) fn set_client_config(path: Option<std::path::PathBuf>) {
+    let _ = CLIENT_CONFIG.set(path);
+}
+
+/// A client endpoint from the `--config` file, if one was given.
+fn config_client(on_event: impl FnMut(Event) + Send + 'static) -> Option<Result<Endpoint, String>> {
+    let path = CLIENT_CONFIG.get()?.as_ref()?;
+    Some((|| {
+        let file = lanet::config::ConfigFile::load(path).map_err(|e| e.to_string())?;
+        let drivers: [&dyn lanet::config::OpenLnd; 2] =
+            [&lanet_lnd_tcp::OpenTcp, &lanet_lnd_rdma::OpenRdma];
+        file.endpoint(&drivers)
+            .map_err(|e| e.to_string())?
+            .on_event(on_event)
+            .start()
+            .map_err(|e| e.to_string())
+    })())
+}
+
 static BACKEND: std::sync::OnceLock<lanet_lnd_tcp::Backend> = std::sync::OnceLock::new();
 
 /// Records the TCP backend the client ran on, for the report.
@@ -145,6 +167,21 @@ pub(crate) fn serve_config(path: &std::path::Path) -> Result<(), String> {
         .start()
         .map_err(|e| e.to_string())?;
     sink(&ep)?;
+    // The raw TCP echo beside the first tcp NI, as `--serve` has: the floor a client
+    // measures with `--connect` (direct, whatever routers lanet goes through).
+    if let Some(nid) = file
+        .nets
+        .iter()
+        .map(|n| n.nid)
+        .find(|n| n.net.kind == LndKind::Tcp)
+    {
+        let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
+        std::thread::spawn(move || {
+            for conn in echo.incoming().flatten() {
+                std::thread::spawn(move || echo_loop(conn));
+            }
+        });
+    }
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     for _ in std::io::stdin().lock().lines() {}
@@ -452,6 +489,10 @@ pub(crate) fn client(
     on_event: impl FnMut(Event) + Send + 'static,
 ) -> Result<Client, String> {
     let (ep, dst, others) = match target {
+        Target::Remote(dst) if CLIENT_CONFIG.get().is_some_and(|c| c.is_some()) => {
+            let ep = config_client(on_event).expect("a --config file")?;
+            (ep, dst, Vec::new())
+        }
         Target::Remote(dst) if dst.net.kind == LndKind::O2ib => {
             let ip = *dst.socket_addr(0).expect("o2ib NIDs are IP addresses").ip();
             (rdma_client(ip, on_event)?, dst, Vec::new())

@@ -133,9 +133,14 @@ impl Cluster {
         let n = self.router_hosts[i].n;
         let fellow = self.router_hosts[1 - i].n;
         let cfg = format!(
-            "{}{}[routing]\nenable = true\nwarm_up = \"0s\"\nfellows = [\"{}\", \"{}\"]\n{extra}\n",
+            "{}{}[routing]\nenable = true\n{}fellows = [\"{}\", \"{}\"]\n{extra}\n",
             net("tcp1", &self.lab.addr(A, n).to_string(), PORT),
             net("tcp2", &self.lab.addr(B, n).to_string(), PORT),
+            if extra.contains("warm_up") {
+                ""
+            } else {
+                "warm_up = \"0s\"\n"
+            },
             nid(&self.lab, A, fellow),
             nid(&self.lab, B, fellow)
         );
@@ -174,21 +179,38 @@ impl Cluster {
 /// own until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// PUTs that succeeded (each must have reached a server once).
+    puts_ok: Arc<std::sync::atomic::AtomicU64>,
     thread: JoinHandle<Vec<Result<lanet::OpOutcome, OpError>>>,
 }
 
 impl Load {
     fn start(client: &Endpoint, servers: &[Nid], window: usize) -> Load {
+        Load::start_mixed(client, servers, window, false)
+    }
+
+    /// With `gets`, every third operation is a GET of the server's source 2 (data checked):
+    /// traffic both ways.
+    fn start_mixed(client: &Endpoint, servers: &[Nid], window: usize, gets: bool) -> Load {
         let (ep, servers) = (client.clone(), servers.to_vec());
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let puts_ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = puts_ok.clone();
         let thread = std::thread::spawn(move || {
             let mut results = Vec::new();
+            let mut is_get = std::collections::HashMap::new();
             let (mut outstanding, mut i) = (0, 0usize);
             loop {
                 while outstanding < window && !stopping.load(Ordering::Relaxed) {
                     let dst = servers[i % servers.len()];
-                    ep.put(put(dst, pattern(1000, i as u8))).unwrap();
+                    let get_now = gets && i % 3 == 2;
+                    let op = if get_now {
+                        ep.get(lanet_tests::peer::get(dst, 2)).unwrap()
+                    } else {
+                        ep.put(put(dst, pattern(1000, i as u8))).unwrap()
+                    };
+                    is_get.insert(op, get_now);
                     i += 1;
                     outstanding += 1;
                 }
@@ -197,7 +219,18 @@ impl Load {
                 }
                 match ep.recv_event(Some(Duration::from_secs(60))) {
                     Some(Event::Completed(c)) => {
-                        results.push(c.result);
+                        let get = is_get.remove(&c.op).unwrap_or(false);
+                        let want = pattern(lanet_tests::SIZES[2], 2);
+                        let result = match c.result {
+                            Ok(lanet::OpOutcome::Get { data }) if data != want => {
+                                Err(OpError::Protocol("GET data corrupt".into()))
+                            }
+                            other => other,
+                        };
+                        if !get && result.is_ok() {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        results.push(result);
                         outstanding -= 1;
                     }
                     Some(_) => {}
@@ -205,7 +238,11 @@ impl Load {
                 }
             }
         });
-        Load { stop, thread }
+        Load {
+            stop,
+            puts_ok,
+            thread,
+        }
     }
 
     fn finish(self) -> Vec<Result<lanet::OpOutcome, OpError>> {
@@ -513,4 +550,62 @@ fn a_failover_pair_behind_routers_moves_to_the_partner_and_no_router_is_blamed()
     let (intact, corrupt) = c.servers[1].take().unwrap().finish();
     assert_eq!(corrupt, 0);
     assert!(intact > 0, "the partner took the service");
+}
+
+#[test]
+fn kill_9_of_one_router_then_sigterm_of_the_other_under_traffic_both_ways_loses_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut c) = Cluster::new("netns-kill-drain", "warm_up = \"500ms\"") else {
+        return;
+    };
+    for i in 0..2 {
+        c.router(i)
+            .wait_state("forwarding", Duration::from_secs(10))
+            .unwrap();
+    }
+    let load = Load::start_mixed(&c.client, &c.server_nids, 32, true);
+    std::thread::sleep(Duration::from_millis(700));
+    // R1 killed mid-stream: what it held is resent through R2, answered once.
+    let mut r1 = c.routers[0].take().unwrap();
+    r1.signal("-KILL");
+    r1.wait_exit(Duration::from_secs(10)).expect("killed");
+    drop(r1);
+    std::thread::sleep(Duration::from_millis(700));
+    // Restarted on its addresses: it warms up, then carries traffic again.
+    let r1 = c.start_router(0, "warm_up = \"500ms\"");
+    assert_eq!(r1.state(), "absent", "warming up");
+    r1.wait_state("forwarding", Duration::from_secs(10))
+        .unwrap();
+    let before = r1.status()["counters"]["forwarded"].as_u64().unwrap();
+    c.routers[0] = Some(r1);
+    let start = Instant::now();
+    while c.forwarded(0) == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "R1 is never used again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // R2 drained under load: clients move to R1, nothing fails, R2 exits within its
+    // bound (10 s by default).
+    let mut r2 = c.routers[1].take().unwrap();
+    let term = Instant::now();
+    r2.signal("-TERM");
+    let status = r2.wait_exit(Duration::from_secs(15)).expect("R2 exits");
+    eprintln!(
+        "R2 drained and exited {:?} after SIGTERM: {status}",
+        term.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    std::thread::sleep(Duration::from_millis(500));
+    let puts_ok = load.puts_ok.clone();
+    let results = load.finish();
+    check_none_failed(&results);
+    let puts = puts_ok.load(Ordering::Relaxed);
+    eprintln!(
+        "{} operations, {puts} of them PUTs, through a kill and a drain",
+        results.len()
+    );
+    let (intact, corrupt) = c.finish_servers();
+    assert_eq!((intact, corrupt), (puts, 0), "each PUT delivered once");
 }
