@@ -446,7 +446,13 @@ impl Endpoint {
                 "this endpoint does not forward (it is not a router)".into(),
             ));
         }
-        self.inner.query(|tx| Command::SetRouterState(state, tx))
+        if self.inner.query(|tx| Command::SetRouterState(state, tx))? {
+            Ok(())
+        } else {
+            Err(EndpointError::Invalid(
+                "the router is stopping: that is final".into(),
+            ))
+        }
     }
 
     /// Adds a failover group: a service reached at any of its members (see

@@ -208,7 +208,7 @@ impl Sim {
     pub fn set_router_state(&mut self, at: Nid, state: crate::wire::RouterState) {
         let now = self.clock.now();
         if let Some(n) = self.nodes.get_mut(&at) {
-            n.driver.node_mut().set_router_state(now, state);
+            let _ = n.driver.node_mut().set_router_state(now, state);
         }
         self.dirty.insert(at);
     }

@@ -37,7 +37,7 @@ pub(super) enum Command {
         crate::node::FailoverGroup,
         Sender<Result<crate::node::GroupId, OpError>>,
     ),
-    SetRouterState(crate::wire::RouterState, Sender<()>),
+    SetRouterState(crate::wire::RouterState, Sender<bool>),
 }
 
 pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
@@ -286,8 +286,7 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
             Ok(())
         }
         Command::SetRouterState(state, reply) => {
-            node.set_router_state(now, state);
-            let _ = reply.send(());
+            let _ = reply.send(node.set_router_state(now, state));
             Ok(())
         }
     };

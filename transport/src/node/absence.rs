@@ -166,18 +166,20 @@ impl Node {
     /// (`Absent(Stopping)`: it refuses new frames and forwards what it holds), or lets it
     /// forward again (`Forwarding`: warm-up and black-hole judgment still apply).
     ///
-    /// Stopping is final: once stopping, the router stays absent whatever comes next.
-    pub fn set_router_state(&mut self, now: Time, state: RouterState) {
+    /// Stopping is final: once stopping, the router stays absent whatever comes next, and
+    /// this returns false.
+    pub fn set_router_state(&mut self, now: Time, state: RouterState) -> bool {
         self.clock = Some(now);
         if self.router.absence.operator == Some(AbsentReason::Stopping) {
             tracing::warn!(?state, "ignored: the router is stopping");
-            return;
+            return false;
         }
         self.router.absence.operator = match state {
             RouterState::Forwarding => None,
             RouterState::Absent(why) => Some(why),
         };
         self.judge_router(now);
+        true
     }
 
     fn hold_down(&self, now: Time) -> Duration {

@@ -121,8 +121,18 @@ impl Dedup {
         let key = (from, incarnation);
         self.tick += 1;
         if !self.windows.contains_key(&key) {
-            self.make_room();
-            // Another incarnation of the same node restarted: its windows are moot.
+            // Incarnations only grow (a node's start time): a copy from an older life of a
+            // node whose newer life reached us already is late, and may have been handled.
+            let newer_seen = self
+                .windows
+                .keys()
+                .chain(self.floors.keys())
+                .any(|(n, i)| *n == from && *i > incarnation);
+            if newer_seen {
+                return Seen::TooOld;
+            }
+            // Another incarnation of the same node restarted: its windows are moot (and
+            // dropped before making room, so no unrelated window goes for them).
             let stale: Vec<(Nid, u64)> = self
                 .windows
                 .keys()
@@ -133,6 +143,7 @@ impl Dedup {
                 self.drop_window(k);
                 self.floors.remove(&k);
             }
+            self.make_room();
             let floor = self.floors.remove(&key).map_or(0, |(floor, _)| floor);
             self.windows.insert(
                 key,
@@ -182,7 +193,7 @@ impl Dedup {
                 self.entries -= 1;
                 self.let_go += 1;
             }
-            if self.let_go > self.per_initiator * self.initiators {
+            if self.let_go > self.per_initiator.saturating_mul(self.initiators) {
                 // Too many to remember one by one: this window's oldest becomes its floor.
                 if let Some(oldest) = w.evicted.pop_first() {
                     w.floor = oldest + 1;
@@ -282,6 +293,9 @@ mod tests {
         // Another incarnation is another life: nothing in common, and the old one goes.
         assert!(matches!(d.check(a, 8, 5, 0), Seen::New));
         assert_eq!((d.windows(), d.entries()), (1, 1));
+        // A late copy from the older life is not new: it may have been handled.
+        assert!(matches!(d.check(a, 7, 6, 0), Seen::TooOld));
+        assert!(matches!(d.check(a, 8, 5, 0), Seen::Pending), "the newer window stays");
     }
 
     #[test]

@@ -279,7 +279,9 @@ impl Node {
             return self.finish_parent(parent, Err(error));
         }
         let g = &self.groups.groups[group.0 as usize];
-        let (members, moved) = (g.spec.members.len(), g.spec.members[g.current] != current);
+        // Moved off the member this attempt went to (by this failure or an earlier one).
+        let tried = member.unwrap_or(current);
+        let (members, moved) = (g.spec.members.len(), g.spec.members[g.current] != tried);
         let p = self
             .groups
             .parents

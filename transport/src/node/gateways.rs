@@ -311,14 +311,27 @@ impl Node {
         });
         // A router stopping or taken out by its administrator still passes the answers of
         // what it took: only what never left here goes another way.
-        let orderly = self.gateways.views.get(&gateway).is_some_and(|v| {
-            matches!(
-                v.state,
-                RouterState::Absent(AbsentReason::Stopping | AbsentReason::Administrator)
-            )
-        });
+        let view = self.gateways.views.get(&gateway);
+        let orderly_for = |dst: Nid| {
+            view.is_some_and(|v| {
+                matches!(
+                    v.state,
+                    RouterState::Absent(AbsentReason::Stopping | AbsentReason::Administrator)
+                ) && v.net_up(dst.net) != Some(false)
+                    && !v.unreachable.contains(&dst)
+            })
+        };
+        let orderly: Vec<bool> = refused
+            .iter()
+            .map(|id| {
+                self.ops
+                    .get(*id)
+                    .and_then(|op| op.target())
+                    .is_some_and(|(dst, _)| orderly_for(dst))
+            })
+            .collect();
         let why = || OpError::Network(format!("router {gateway} says it cannot take it"));
-        for id in refused {
+        for (id, orderly) in refused.into_iter().zip(orderly) {
             match self.ops.get(id).map(|op| op.stage) {
                 Some(Stage::Queued) => self.resend(id, &why()),
                 Some(_) if !orderly => self.resend_after_failure(id, &why()),
