@@ -295,7 +295,10 @@ mod tests {
         assert_eq!((d.windows(), d.entries()), (1, 1));
         // A late copy from the older life is not new: it may have been handled.
         assert!(matches!(d.check(a, 7, 6, 0), Seen::TooOld));
-        assert!(matches!(d.check(a, 8, 5, 0), Seen::Pending), "the newer window stays");
+        assert!(
+            matches!(d.check(a, 8, 5, 0), Seen::Pending),
+            "the newer window stays"
+        );
     }
 
     #[test]
