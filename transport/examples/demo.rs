@@ -1,6 +1,7 @@
 //! The lanet demo: two endpoints on the in-memory LND, in one process, on the real clock.
 //! It shows PUT, GET, a health-lane ping, a refusal, flow control under a burst, a cut cable
-//! and a dead peer, and how each operation ends in exactly one completion.
+//! and a dead peer, and how each operation ends in exactly one completion; then two nets
+//! joined by two routers, one of which becomes a black hole and takes itself out.
 //!
 //! Run with `./scripts/demo` (or `cargo run -p lanet --example demo`).
 
@@ -257,5 +258,117 @@ fn main() {
 
     client.shutdown();
     server.shutdown();
+    routers(&fabric);
     println!("\nDone: every operation above ended in exactly one completion.");
+}
+
+/// Step 10: a client on net mem1, a server on mem2, routers 8 and 9 on both.
+fn routers(fabric: &MemFabric) {
+    println!("\n10. Two nets, two routers. Router 8 loses net mem2 (its cable pulled) while it");
+    println!("    still answers on mem1: it detects it has become a black hole and withdraws;");
+    println!("    the client's PUTs go on through router 9, none lost; the cable back, router 8");
+    println!("    returns after its hold-down.");
+    let server_nid = Nid::mem(12, 2);
+    let node = |n: u32, nets: &[u16], forwarding: bool, fellow: Option<u32>| {
+        let mut cfg = NodeConfig::new(u64::from(n));
+        cfg.forwarding = forwarding;
+        cfg.router.warm_up = Duration::ZERO;
+        if let Some(f) = fellow {
+            cfg.router.fellows = vec![Nid::mem(f, 1), Nid::mem(f, 2)];
+        }
+        let mut b = Endpoint::builder(cfg.clone());
+        for &net in nets {
+            let lnd = MemLnd::new(fabric, Nid::mem(n, net), MemLndConfig::for_node(&cfg))
+                .expect("attach to the fabric");
+            b = b.lnd(lnd);
+        }
+        b.start().expect("start the endpoint")
+    };
+    let r8 = node(8, &[1, 2], true, Some(9));
+    let _r9 = node(9, &[1, 2], true, Some(8));
+    let client = node(11, &[1], false, None);
+    let server = node(12, &[2], false, None);
+    for gw in [8, 9] {
+        let route = |net: u16, at: u16| lanet::Route {
+            net: Nid::mem(0, net).net,
+            gateway: Nid::mem(gw, at),
+            hops: 1,
+            priority: 0,
+        };
+        client.add_route(route(2, 1)).unwrap();
+        server.add_route(route(1, 2)).unwrap();
+    }
+    server
+        .attach(MatchEntry::sink(SINK, 0x10, 1 << 20))
+        .unwrap();
+    let consumer = server.clone();
+    std::thread::spawn(move || while consumer.recv_event(None).is_some() {});
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let t0 = Instant::now();
+    let mut cut_at = None;
+    let mut healed_at = None;
+    let pulled = |on: bool| {
+        for peer in [server_nid, Nid::mem(9, 2)] {
+            fabric.set_cut(Nid::mem(8, 2), peer, on);
+        }
+    };
+    while t0.elapsed() < Duration::from_millis(4500) {
+        let op = client
+            .put(put(server_nid, SINK, &b"through a router"[..]))
+            .unwrap();
+        loop {
+            match client.recv_event(Some(Duration::from_secs(20))) {
+                Some(Event::Completed(c)) if c.op == op => {
+                    match c.result {
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            failed += 1;
+                            println!("  client: {op} failed: {e}");
+                        }
+                    }
+                    break;
+                }
+                Some(Event::RouteDown {
+                    gateway, reason, ..
+                }) => {
+                    println!(
+                        "  client, at {} ms: route through {gateway} down: {reason}",
+                        t0.elapsed().as_millis()
+                    )
+                }
+                Some(Event::RouteUp { gateway, .. }) => {
+                    println!(
+                        "  client, at {} ms: route through {gateway} up again",
+                        t0.elapsed().as_millis()
+                    )
+                }
+                Some(_) => {}
+                None => panic!("a PUT never completed"),
+            }
+        }
+        while let Some(e) = r8.try_recv_event() {
+            if let Event::RouterChanged { state, cause, .. } = e {
+                println!(
+                    "  router 8, at {} ms: {state:?}: {cause}",
+                    t0.elapsed().as_millis()
+                );
+            }
+        }
+        if cut_at.is_none() && t0.elapsed() > Duration::from_millis(300) {
+            pulled(true);
+            cut_at = Some(t0.elapsed().as_millis());
+            println!(
+                "  -- at {} ms: router 8's cable on mem2 pulled",
+                t0.elapsed().as_millis()
+            );
+        }
+        if healed_at.is_none() && t0.elapsed() > Duration::from_millis(1500) {
+            pulled(false);
+            healed_at = Some(t0.elapsed().as_millis());
+            println!("  -- at {} ms: the cable is back", t0.elapsed().as_millis());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("  client: {ok} PUTs through the routers, {failed} failed");
+    client.shutdown();
 }
