@@ -46,9 +46,7 @@ fn config_client(on_event: impl FnMut(Event) + Send + 'static) -> Option<Result<
     let path = CLIENT_CONFIG.get()?.as_ref()?;
     Some((|| {
         let file = lanet::config::ConfigFile::load(path).map_err(|e| e.to_string())?;
-        let drivers: [&dyn lanet::config::OpenLnd; 2] =
-            [&lanet_lnd_tcp::OpenTcp, &lanet_lnd_rdma::OpenRdma];
-        file.endpoint(&drivers)
+        file.endpoint(&lanet_router::daemon::DRIVERS)
             .map_err(|e| e.to_string())?
             .on_event(on_event)
             .start()
@@ -138,8 +136,14 @@ pub(crate) fn serve(nid: Nid) -> Result<(), String> {
         .on_event(discard_events)
         .start()
         .map_err(|e| e.to_string())?;
-    sink(&ep)?;
-    if nid.net.kind == LndKind::Tcp {
+    serve_until_stdin_closes(&ep, (nid.net.kind == LndKind::Tcp).then_some(nid))
+}
+
+/// Attaches the benchmark sink, starts the raw TCP echo beside `echo` (if given), says
+/// "ready", and serves until standard input closes.
+fn serve_until_stdin_closes(ep: &Endpoint, echo: Option<Nid>) -> Result<(), String> {
+    sink(ep)?;
+    if let Some(nid) = echo {
         let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
         std::thread::spawn(move || {
             for conn in echo.incoming().flatten() {
@@ -158,35 +162,20 @@ pub(crate) fn serve(nid: Nid) -> Result<(), String> {
 /// closes.
 pub(crate) fn serve_config(path: &std::path::Path) -> Result<(), String> {
     let file = lanet::config::ConfigFile::load(path).map_err(|e| e.to_string())?;
-    let drivers: [&dyn lanet::config::OpenLnd; 2] =
-        [&lanet_lnd_tcp::OpenTcp, &lanet_lnd_rdma::OpenRdma];
     let ep = file
-        .endpoint(&drivers)
+        .endpoint(&lanet_router::daemon::DRIVERS)
         .map_err(|e| e.to_string())?
         .on_event(discard_events)
         .start()
         .map_err(|e| e.to_string())?;
-    sink(&ep)?;
     // The raw TCP echo beside the first tcp NI, as `--serve` has: the floor a client
     // measures with `--connect` (direct, whatever routers lanet goes through).
-    if let Some(nid) = file
+    let echo = file
         .nets
         .iter()
         .map(|n| n.nid)
-        .find(|n| n.net.kind == LndKind::Tcp)
-    {
-        let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
-        std::thread::spawn(move || {
-            for conn in echo.incoming().flatten() {
-                std::thread::spawn(move || echo_loop(conn));
-            }
-        });
-    }
-    println!("ready");
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
-    for _ in std::io::stdin().lock().lines() {}
-    ep.shutdown();
-    Ok(())
+        .find(|n| n.net.kind == LndKind::Tcp);
+    serve_until_stdin_closes(&ep, echo)
 }
 
 /// Starts `lanet-bench ARGS` (through `wrapper`, e.g. `ip netns exec NS`) and waits for

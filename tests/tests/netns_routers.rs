@@ -164,6 +164,18 @@ impl Cluster {
         self.lab.set_link(B, self.router_hosts[i].n, up).unwrap();
     }
 
+    /// Stops a PUT-only load and the servers: nothing failed, each PUT arrived once.
+    fn finish_load_each_put_once(&mut self, load: Load) {
+        let results = load.finish();
+        check_none_failed(&results);
+        let (intact, corrupt) = self.finish_servers();
+        assert_eq!(
+            (intact, corrupt),
+            (results.len() as u64, 0),
+            "each PUT once"
+        );
+    }
+
     /// Stops every server and returns the PUTs they received (intact, corrupt).
     fn finish_servers(&mut self) -> (u64, u64) {
         let mut total = (0, 0);
@@ -343,14 +355,7 @@ fn net_level_black_hole_the_router_withdraws_clients_move_and_damping_holds_it_o
         "longer than its base hold-down: {out:?}"
     );
 
-    let results = load.finish();
-    check_none_failed(&results);
-    let (intact, corrupt) = c.finish_servers();
-    assert_eq!(
-        (intact, corrupt),
-        (results.len() as u64, 0),
-        "each PUT once"
-    );
+    c.finish_load_each_put_once(load);
 }
 
 #[test]
@@ -395,14 +400,7 @@ fn peer_level_black_hole_the_router_advertises_the_peer_then_withdraws() {
         "R2 vouches for S1: {r2}"
     );
     std::thread::sleep(Duration::from_millis(500));
-    let results = load.finish();
-    check_none_failed(&results);
-    let (intact, corrupt) = c.finish_servers();
-    assert_eq!(
-        (intact, corrupt),
-        (results.len() as u64, 0),
-        "each PUT once"
-    );
+    c.finish_load_each_put_once(load);
 }
 
 #[test]

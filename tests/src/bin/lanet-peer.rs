@@ -20,9 +20,7 @@ fn fail(why: impl std::fmt::Display) -> ! {
 
 fn from_config(path: &str) -> Endpoint {
     let file = lanet::config::ConfigFile::load(path).unwrap_or_else(|e| fail(e));
-    let drivers: [&dyn lanet::config::OpenLnd; 2] =
-        [&lanet_lnd_tcp::OpenTcp, &lanet_lnd_rdma::OpenRdma];
-    file.endpoint(&drivers)
+    file.endpoint(&lanet_router::daemon::DRIVERS)
         .unwrap_or_else(|e| fail(e))
         .start()
         .unwrap_or_else(|e| fail(e))

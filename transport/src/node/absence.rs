@@ -120,6 +120,11 @@ pub(crate) struct Absence {
 const FLAP: f64 = 1000.0;
 
 impl Absence {
+    /// Peers forwarded to or from lately.
+    pub(crate) fn served_peers(&self) -> impl Iterator<Item = &Nid> {
+        self.served.keys()
+    }
+
     /// A router's is judged at its first tick; a plain node's never.
     pub(crate) fn new(forwarding: bool) -> Absence {
         Absence {

@@ -80,7 +80,6 @@ impl Node {
         }
         h.hop_limit -= 1;
         let now = self.clock.unwrap_or_default();
-        self.router_used_by(from, now);
         self.hold(upstream);
         let payload = match payload {
             RxPayload::Inline(data) => InHand::Inline(data),

@@ -51,8 +51,6 @@ pub(crate) struct Router {
     pub(crate) status: RouterStatus,
     /// The status, encoded once per change, for every PONG.
     pub(crate) encoded: Bytes,
-    /// Nodes that sent frames through us lately, and when last.
-    users: FxHashMap<Nid, Time>,
     /// Frames passed on, by the hop they came from.
     forwarded_for: FxHashMap<Nid, u64>,
     /// A push of the status is wanted, at this time at the earliest.
@@ -81,7 +79,6 @@ impl Router {
             absence: super::absence::Absence::new(cfg.forwarding),
             encoded: status.encode(),
             status,
-            users: FxHashMap::default(),
             forwarded_for: FxHashMap::default(),
             push_at: None,
             last_push: None,
@@ -183,11 +180,6 @@ impl Node {
         r.push_at = Some(now.max(earliest));
     }
 
-    /// A frame from `hop` passes through us: it uses this router.
-    pub(crate) fn router_used_by(&mut self, hop: Nid, now: Time) {
-        self.router.users.insert(hop, now);
-    }
-
     pub(crate) fn router_forwarded_for(&mut self, hop: Nid) {
         *self.router.forwarded_for.entry(hop).or_default() += 1;
     }
@@ -223,18 +215,20 @@ impl Node {
         }
     }
 
-    /// Pushes the status to the nodes that used this router lately, if a push is due.
+    /// Pushes the status to the nodes this router served lately (the ones it watches, see
+    /// `absence`), if a push is due; older users ask (ping) before they send.
     pub(crate) fn push_router_status(&mut self, now: Time) {
         if self.router.push_at.is_none_or(|t| t > now) {
             return;
         }
         self.router.push_at = None;
-        // Lately: within ten detection times; older users ask (ping) before they send.
-        let horizon = self.cfg.health.detect_time() * 10;
-        self.router
-            .users
-            .retain(|_, seen| now.saturating_since(*seen) <= horizon);
-        let mut users: Vec<Nid> = self.router.users.keys().copied().collect();
+        let mut users: Vec<Nid> = self
+            .router
+            .absence
+            .served_peers()
+            .filter(|p| !self.health.is_down(**p))
+            .copied()
+            .collect();
         // Fellow routers hear of every change: they judge themselves by it.
         users.extend(
             self.cfg
