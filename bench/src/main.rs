@@ -14,8 +14,10 @@ mod latency;
 mod netns;
 mod peer;
 mod perftest;
+mod relay;
 mod report;
 mod router;
+mod router_wire;
 mod simrouted;
 mod simscale;
 
@@ -142,6 +144,12 @@ pub(crate) struct RouterArgs {
     /// Payload bytes per streamed PUT.
     #[arg(long, default_value_t = 1 << 20)]
     stream_size: usize,
+    /// With --lnd tcp: instead of loopback, client, router and servers each in a network
+    /// namespace of their own (root), every cable a wire of this many Gbit/s (0: as fast as
+    /// the veths go). The hop is then a wire, as between machines, not copies on the
+    /// client's cores.
+    #[arg(long)]
+    wire_gbit: Option<f64>,
     /// Only run a router daemon on this configuration file (used by the benchmark).
     #[arg(long, hide = true)]
     router_config: Option<std::path::PathBuf>,
@@ -262,7 +270,10 @@ fn main() -> ExitCode {
         Bench::Bandwidth(a) => a.common.config.clone(),
         _ => None,
     };
-    peer::set_client_config(config);
+    if config.is_some() {
+        // Otherwise left unset: `router --wire-gbit` sets its own.
+        peer::set_client_config(config);
+    }
     if let Bench::Lanes(a) = &cli.bench {
         peer::set_realtime_driver(a.rt_driver);
     }

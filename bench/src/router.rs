@@ -15,6 +15,7 @@ use lanet::Nid;
 use crate::bandwidth::stream;
 use crate::latency::pingpong;
 use crate::peer::{self, Target};
+use crate::relay;
 use crate::report::Report;
 use crate::{LndChoice, RouterArgs};
 
@@ -32,8 +33,14 @@ pub(crate) fn run_router(path: &Path) -> Result<(), String> {
 pub(crate) fn run(args: &RouterArgs) -> Result<Report, String> {
     let c = &args.common;
     match c.lnd {
+        LndChoice::Mem if args.wire_gbit.is_some() => {
+            Err("--wire-gbit needs --lnd tcp: the in-memory LND has no wires".into())
+        }
         LndChoice::Mem => run_mem(args),
-        LndChoice::Tcp => run_tcp(args),
+        LndChoice::Tcp => match args.wire_gbit {
+            Some(gbit) => crate::router_wire::run(args, gbit),
+            None => run_tcp(args),
+        },
         other => Err(format!(
             "router over {}: only --lnd mem and --lnd tcp for now",
             other.name()
@@ -105,14 +112,42 @@ fn run_tcp(args: &RouterArgs) -> Result<Report, String> {
         "GB/s",
     );
     add_ratios(&mut report);
+    // What any relay costs here: the same stream as raw TCP, directly and through a
+    // plain copying relay. On loopback the hop is not a wire but two more copies on the
+    // same cores, so this ratio, not 1.0, is the most a router can reach on this machine.
+    report.add(
+        "raw.direct_gbytes_per_s",
+        relay::raw_stream(false, args.stream_size, args.secs)?,
+        "GB/s",
+    );
+    report.add(
+        "raw.relayed_gbytes_per_s",
+        relay::raw_stream(true, args.stream_size, args.secs)?,
+        "GB/s",
+    );
+    report.add_ratio(
+        "ratio.bandwidth_raw_relayed_vs_direct",
+        "raw.relayed_gbytes_per_s",
+        "raw.direct_gbytes_per_s",
+    );
+    if let (Some(lanet), Some(raw)) = (
+        report.get("ratio.bandwidth_routed_vs_direct"),
+        report.get("ratio.bandwidth_raw_relayed_vs_direct"),
+    ) {
+        report.add("ratio.router_vs_raw_relay", lanet / raw, "x");
+    }
     report.note("direct is the baseline: the same client and server with no router between");
+    report.note(
+        "raw: TCP with no protocol, directly and through a blocking copy relay (1 MiB buffer): \
+         what a hop costs on this machine's cores, whatever forwards",
+    );
     report.note("goals (issue 14): routed bandwidth >= 0.9x direct, routed p50 <= 2.2x direct");
     drop((router, server, direct));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }
 
-fn add_ratios(report: &mut Report) {
+pub(crate) fn add_ratios(report: &mut Report) {
     report.add_ratio(
         "ratio.p50_routed_vs_direct",
         "routed.p50_us",

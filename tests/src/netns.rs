@@ -137,6 +137,18 @@ impl Lab {
         self.in_switch(&["link", "set", &self.port(net, n), state])
     }
 
+    /// Makes host `n`'s cable on net `net` a wire of `gbit` Gbit/s towards the host (a
+    /// token bucket on the switch's port), as a NIC's line rate bounds what it receives.
+    pub fn set_rate(&self, net: usize, n: u8, gbit: f64) -> Result<(), String> {
+        let rate = format!("{}mbit", (gbit * 1000.0).round() as u64);
+        let port = self.port(net, n);
+        let mut args = vec!["netns", "exec", &self.switch, "tc", "qdisc", "replace"];
+        args.extend(["dev", &port, "root", "tbf", "rate", &rate]);
+        // A burst of a few large frames' worth and a queue of ~20 ms: a line, not a buffer.
+        args.extend(["burst", "2mb", "latency", "20ms"]);
+        ip(&args)
+    }
+
     /// Cuts (or mends) the path between hosts `a` and `b` on net `net` only: each drops
     /// what it would send the other (a firewall rule, in effect).
     pub fn set_cut(&self, net: usize, a: &Host, b: &Host, cut: bool) -> Result<(), String> {
