@@ -139,7 +139,7 @@ fn setup() -> Result<Setup, String> {
 
 impl Setup {
     fn status(&self, r: usize) -> Value {
-        lanet_router::control::query(&self.controls[r], "status").unwrap_or(Value::Null)
+        lanet_control::query(&self.controls[r], "status").unwrap_or(Value::Null)
     }
 
     fn state(&self, r: usize) -> String {

@@ -144,9 +144,9 @@ pub(crate) struct RouterArgs {
     /// Payload bytes per streamed PUT.
     #[arg(long, default_value_t = 1 << 20)]
     stream_size: usize,
-    /// With --lnd tcp: instead of loopback, client, router and servers each in a network
-    /// namespace of their own (root), every cable a wire of this many Gbit/s (0: as fast as
-    /// the veths go). The hop is then a wire, as between machines, not copies on the
+    /// With --lnd tcp: instead of loopback, router and servers each in a network namespace
+    /// of its own and the client on a veth (root), every cable a wire of this many Gbit/s
+    /// (0: as fast as the veths go). The hop is then a wire, as between machines, not copies on the
     /// client's cores.
     #[arg(long)]
     wire_gbit: Option<f64>,

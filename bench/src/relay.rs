@@ -1,8 +1,8 @@
 //! The floor for a router's bandwidth on this machine: a raw TCP stream to a sink, directly
-//! and through the simplest relay there is (blocking read and write with a 1 MiB buffer, a
-//! thread per direction, as `socat` or an LNet-less gateway would do it). Whatever a relay
-//! costs in copies and CPU on this machine, this pays too, with no protocol at all; lanet's
-//! router is judged beside it in the same run.
+//! and through the simplest relay there is (one thread copying one way with blocking reads
+//! and writes of up to 1 MiB). Whatever a relay costs in copies and CPU on this machine,
+//! this pays too, with no protocol at all; lanet's router is judged beside it in the same
+//! run. Client, relay and sink are threads of this process.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -43,12 +43,14 @@ fn sink() -> Result<(SocketAddr, Received), String> {
     Ok((addr, t))
 }
 
-/// Accepts one connection and copies it to `to` until it ends.
-fn relay(to: SocketAddr) -> Result<SocketAddr, String> {
+/// Connects to `to`, then accepts one connection and copies it there until it ends.
+/// (Connecting first: a relay that cannot reach the sink fails here, not leaving the sink
+/// waiting for a connection forever.)
+fn relay(to: SocketAddr) -> Result<(SocketAddr, JoinHandle<Result<(), String>>), String> {
     let (l, addr) = listener()?;
-    std::thread::spawn(move || -> Result<(), String> {
+    let mut out = TcpStream::connect(to).map_err(|e| format!("raw relay connect: {e}"))?;
+    let t = std::thread::spawn(move || -> Result<(), String> {
         let (mut from, _) = l.accept().map_err(|e| e.to_string())?;
-        let mut out = TcpStream::connect(to).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; BUF];
         loop {
             let n = from.read(&mut buf).map_err(|e| e.to_string())?;
@@ -59,17 +61,18 @@ fn relay(to: SocketAddr) -> Result<SocketAddr, String> {
         }
         out.shutdown(Shutdown::Write).map_err(|e| e.to_string())
     });
-    Ok(addr)
+    Ok((addr, t))
 }
 
 /// Streams `size`-byte writes for `secs` to a sink, through a relay if `relayed`; GB/s as
 /// the sink received them.
 pub(crate) fn raw_stream(relayed: bool, size: usize, secs: f64) -> Result<f64, String> {
     let (sink_addr, sink) = sink()?;
-    let to = if relayed {
-        relay(sink_addr)?
+    let (to, relay) = if relayed {
+        let (addr, t) = relay(sink_addr)?;
+        (addr, Some(t))
     } else {
-        sink_addr
+        (sink_addr, None)
     };
     let mut s = TcpStream::connect(to).map_err(|e| format!("raw stream connect: {e}"))?;
     let buf = vec![0x5au8; size.max(1)];
@@ -79,6 +82,12 @@ pub(crate) fn raw_stream(relayed: bool, size: usize, secs: f64) -> Result<f64, S
             .map_err(|e| format!("raw stream write: {e}"))?;
     }
     s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    if let Some(t) = relay {
+        // A relay that failed part-way ends the sink's stream early: an error, not a figure.
+        t.join()
+            .map_err(|_| "the raw relay panicked".to_string())?
+            .map_err(|e| format!("raw relay: {e}"))?;
+    }
     let (bytes, secs) = sink
         .join()
         .map_err(|_| "the raw sink panicked".to_string())??;

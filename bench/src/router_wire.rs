@@ -1,12 +1,10 @@
 //! `lanet-bench router --lnd tcp --wire-gbit G`: the router bench with wires between the
-//! hops. Client (this process), router and two servers each in a network namespace of
-//! their own, on two bridged nets; every switch port a `gbit` Gbit/s line (`tc tbf`).
+//! hops. The client (this process, on a veth of its own) and the router and two servers
+//! (each in a network namespace of its own) on two bridged nets; every switch port a `gbit` Gbit/s line (`tc tbf`).
 //! Direct: client -> server on net A. Routed: client -> router -> server on net B. On a
 //! cluster the hop is a wire and the router a machine of its own; here the router still
 //! shares this machine's cores with client and server, so a wire slower than those cores
 //! are is what shows whether the router keeps up with a line, which is what it is for.
-
-use std::path::PathBuf;
 
 use lanet::Nid;
 use lanet_tests::netns::{self, Lab};
@@ -33,14 +31,6 @@ fn nid(lab: &Lab, net: usize, n: u8) -> Nid {
         .expect("a NID")
 }
 
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub(crate) fn run(args: &RouterArgs, gbit: f64) -> Result<Report, String> {
     if !netns::available() {
         return Err("--wire-gbit makes network namespaces: run it as root".into());
@@ -49,6 +39,9 @@ pub(crate) fn run(args: &RouterArgs, gbit: f64) -> Result<Report, String> {
         return Err(format!("--wire-gbit {gbit}: expected a rate >= 0"));
     }
     let c = &args.common;
+    if c.serve.is_some() || c.connect.is_some() {
+        return Err("--serve and --connect do not apply to the router bench".into());
+    }
     let size = c.size.unwrap_or(8);
     let mut lab = Lab::new(2)?;
     let here = lab.join_here(A, CLIENT)?;
@@ -66,8 +59,7 @@ pub(crate) fn run(args: &RouterArgs, gbit: f64) -> Result<Report, String> {
             lab.set_rate(net, n, gbit)?;
         }
     }
-    let dir = Dir(std::env::temp_dir().join(format!("lanet-bench-wire-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let dir = super::router::TempDir::new("wire")?;
     let write = |name: &str, text: String| -> Result<String, String> {
         let path = dir.0.join(name);
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
@@ -78,9 +70,10 @@ pub(crate) fn run(args: &RouterArgs, gbit: f64) -> Result<Report, String> {
     let router_cfg = write(
         "router.toml",
         format!(
-            "{common}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\n",
+            "{common}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\ncontrol_socket = \"{}\"\n",
             net("tcp1", &addr(A, ROUTER), PORT),
             net("tcp2", &addr(B, ROUTER), PORT),
+            dir.0.join("router.sock").display(),
         ),
     )?;
     let direct_cfg = write(
@@ -136,7 +129,7 @@ pub(crate) fn run(args: &RouterArgs, gbit: f64) -> Result<Report, String> {
         "GB/s",
     );
     if gbit > 0.0 {
-        report.add("wire.gbytes_per_s", gbit / 8.0, "GB/s");
+        report.add("wire.configured_gbytes_per_s", gbit / 8.0, "GB/s");
     }
     super::router::add_ratios(&mut report);
     report.note("direct is the baseline: the same client, and a server on the client's own net");

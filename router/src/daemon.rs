@@ -16,7 +16,7 @@ use lanet_lnd_tcp::OpenTcp;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::control::ControlSocket;
+use lanet_control::ControlSocket;
 
 /// lanet's router: forwards between the nets of its configuration file, and takes itself
 /// out of every net when it detects that it has become a black hole.
@@ -91,7 +91,7 @@ impl Daemon {
             .start()
             .map_err(|e| format!("cannot start: {e}"))?;
         let socket = control.unwrap_or_else(|| config.daemon.control_socket.clone());
-        let control = ControlSocket::serve(&socket, endpoint.clone())
+        let control = ControlSocket::serve(&socket, endpoint.clone(), Some(config.clone()))
             .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
         let logger = endpoint.clone();
         let events = std::thread::Builder::new()

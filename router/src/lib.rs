@@ -5,9 +5,7 @@
 //! (black-hole self-absence, fail-open, damping, warm-up; `lanet::node` `absence`). This
 //! crate is the program around it: it reads the node's configuration file, opens its
 //! NIs (TCP and RDMA), logs through `tracing` (`RUST_LOG`), drains on SIGTERM, reloads
-//! its routes on SIGHUP, and answers status queries on a Unix control socket
-//! ([`control`], JSON from [`json`]).
+//! its routes on SIGHUP, and answers operators on a Unix control socket
+//! (`lanet_control`, whose client is `lanetctl`).
 
-pub mod control;
 pub mod daemon;
-pub mod json;

@@ -144,7 +144,8 @@ impl Lab {
         let port = self.port(net, n);
         let mut args = vec!["netns", "exec", &self.switch, "tc", "qdisc", "replace"];
         args.extend(["dev", &port, "root", "tbf", "rate", &rate]);
-        // A burst of a few large frames' worth and a queue of ~20 ms: a line, not a buffer.
+        // A burst of a few large frames' worth; packets wait up to 20 ms at the rate
+        // before they are dropped (a switch port's queue).
         args.extend(["burst", "2mb", "latency", "20ms"]);
         ip(&args)
     }

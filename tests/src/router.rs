@@ -95,7 +95,7 @@ impl RouterProcess {
     }
 
     pub fn try_status(&self) -> Option<Value> {
-        lanet_router::control::query(&self.control, "status").ok()
+        lanet_control::query(&self.control, "status").ok()
     }
 
     /// Its report (`status` on the control socket).

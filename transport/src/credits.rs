@@ -33,6 +33,9 @@ pub struct LaneCredits {
     /// sender instead of memory growing.
     held: u16,
     hiw: u16,
+    /// The fewest credits we have had since the connection came up (lnetctl's "min_tx_credits"):
+    /// how close the peer's window came to stalling us.
+    tx_low: u16,
 }
 
 impl LaneCredits {
@@ -45,6 +48,7 @@ impl LaneCredits {
             owed: 0,
             held: 0,
             hiw: hiw.clamp(1, we_offered.max(1)),
+            tx_low: peer_offered,
         }
     }
 
@@ -58,7 +62,18 @@ impl LaneCredits {
             return false;
         }
         self.tx -= 1;
+        self.tx_low = self.tx_low.min(self.tx);
         true
+    }
+
+    /// Credits the peer offered us: the most we may have in flight to it.
+    pub fn max(&self) -> u16 {
+        self.tx_max
+    }
+
+    /// The fewest credits we have had since the connection came up.
+    pub fn lowest(&self) -> u16 {
+        self.tx_low
     }
 
     /// The peer returned `n` credits.

@@ -50,7 +50,7 @@ use crate::health::{HealthStats, PeerHealth};
 use crate::lnd::{Lnd, Wake};
 use crate::nid::Nid;
 use crate::node::{NodeStats, Route};
-use crate::op::{Event, GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
+use crate::op::{Completion, Event, GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
 use crate::time::{Clock, MonotonicClock};
 use driver_thread::{Callback, Command, DriverThread, Sink};
 use gate::Gate;
@@ -149,6 +149,7 @@ impl EndpointBuilder {
         let wakers = driver.wakers();
         let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(self.command_capacity);
         let consumed = Arc::new(AtomicUsize::new(0));
+        let awaited = Arc::new(driver_thread::Awaited::default());
         let (sink, events) = match self.callback {
             Some(cb) => (Sink::Callback(cb), None),
             None => {
@@ -164,6 +165,7 @@ impl EndpointBuilder {
             gate: gate.clone(),
             sink,
             consumed: consumed.clone(),
+            awaited: awaited.clone(),
             in_hand: None,
         };
         let name = format!("lanet-{}", nids[0]);
@@ -194,6 +196,7 @@ impl EndpointBuilder {
                 cfg,
                 events,
                 consumed,
+                awaited,
                 thread: Mutex::new(Some(thread)),
             }),
         };
@@ -235,6 +238,7 @@ struct Inner {
     cfg: NodeConfig,
     events: Option<Receiver<Event>>,
     consumed: Arc<AtomicUsize>,
+    awaited: Arc<driver_thread::Awaited>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -365,6 +369,28 @@ impl Endpoint {
 
     pub fn ping(&self, req: PingRequest) -> Result<OpId, EndpointError> {
         self.submit(|id| Command::Ping(id, req))
+    }
+
+    /// Pings and waits for the answer (or the ping's own failure): an operator's
+    /// `lanetctl ping`. Its completion comes back here, not as an event. Not from the
+    /// driver thread (an event callback): that would wait for itself.
+    pub fn ping_and_wait(&self, req: PingRequest) -> Result<Completion, EndpointError> {
+        if self.inner.on_driver_thread() {
+            return Err(EndpointError::Invalid(
+                "ping_and_wait from the driver thread (an event callback) would wait for itself"
+                    .into(),
+            ));
+        }
+        let id = self.next_id();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.awaited.register(id, tx);
+        if let Err(e) = self.inner.send(Command::Ping(id, req)) {
+            self.inner.awaited.forget(id);
+            return Err(e);
+        }
+        // Every accepted operation completes exactly once, however the endpoint stops;
+        // only a driver thread that died without completing it leaves this channel empty.
+        rx.recv().map_err(|_| EndpointError::ShutDown)
     }
 
     /// Posts a receive buffer or GET source. It completes when unlinked.

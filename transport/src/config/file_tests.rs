@@ -276,3 +276,64 @@ fn failover_groups_name_their_members_and_mode() {
     ));
     assert!(e.contains("mode: unknown variant `sometimes`"), "{e}");
 }
+
+/// Reads `text`, exports it, reads the export: the same configuration, incarnation aside.
+fn round_trip(text: &str) -> (ConfigFile, ConfigFile) {
+    let first = parse(text).unwrap();
+    let exported = first.to_toml();
+    let mut second = ConfigFile::parse("test.toml", &exported)
+        .unwrap_or_else(|e| panic!("the export does not read back: {e}\n{exported}"));
+    second.node.incarnation = first.node.incarnation;
+    (first, second)
+}
+
+#[test]
+fn an_export_reads_back_as_the_same_configuration() {
+    let defaults = round_trip(&format!("{TWO_NETS}\n[routing]\nenable = true\n"));
+    assert_eq!(defaults.0, defaults.1);
+    let everything = format!(
+        r#"
+transaction_timeout = "7s"
+retry_count = 5
+max_payload = 2097152
+hop_limit = 4
+{TWO_NETS}
+peer_credits = 16
+credits = 512
+
+[[route]]
+net = "tcp9"
+gateway = ["10.0.1.7@tcp1", "10.0.1.8@tcp1"]
+hop = 2
+priority = 3
+
+[health]
+interval = "250ms"
+detect_mult = 4
+probe_max = "3s"
+sensitivity = 50
+
+[routing]
+enable = true
+buffers = {{ tiny = 100, small = 200, large = 30 }}
+buffer_patience = "750ms"
+hold_down = "5s"
+damping = {{ half_life = "45s", max_hold_down = "2m" }}
+fellows = ["10.0.1.9@tcp1"]
+warm_up = "3s"
+drain = "20s"
+control_socket = "/tmp/a \"quoted\" dir/r.sock"
+
+[[failover]]
+name = "ost0"
+nids = ["10.0.9.1@tcp9", "10.0.9.2@tcp9"]
+mode = "failout"
+"#
+    );
+    let (first, second) = round_trip(&everything);
+    assert_eq!(first, second);
+    assert_eq!(second.routes.len(), 2);
+    assert_eq!(second.nets[1].peer_credits, 16);
+    assert_eq!(second.node.router.warm_up, Duration::from_secs(3));
+    assert_eq!(second.failover[0].members.len(), 2);
+}

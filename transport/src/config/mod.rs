@@ -1,6 +1,7 @@
 //! Node configuration with LNet-informed defaults (peer_credits 8, credits 256 per NI),
 //! and the configuration file every node reads ([`file`]).
 
+mod export;
 pub mod file;
 
 use std::time::Duration;
@@ -9,7 +10,9 @@ use crate::health::HealthConfig;
 use crate::lane::{Lane, PerLane};
 use crate::nid::{Net, Nid};
 
-pub use file::{ConfigFile, ConfigFileError, DaemonSettings, NetSection, OpenLnd};
+pub use file::{
+    ConfigFile, ConfigFileError, DaemonSettings, NetSection, OpenLnd, DEFAULT_CONTROL_SOCKET,
+};
 
 /// Largest payload accepted by default: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;

@@ -42,6 +42,47 @@ pub(super) enum Command {
 
 pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
 
+/// Operations whose submitter waits for their completion itself (`Endpoint::ping_and_wait`):
+/// their completion goes to it, not to the application's events. Registered before the
+/// operation is submitted, so the completion cannot come first.
+#[derive(Default)]
+pub(super) struct Awaited {
+    /// How many are registered: emitting checks this, and locks only when it is not 0.
+    count: AtomicUsize,
+    waiters: std::sync::Mutex<rustc_hash::FxHashMap<OpId, Sender<Completion>>>,
+}
+
+impl Awaited {
+    pub(super) fn register(&self, op: OpId, tx: Sender<Completion>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.insert(op, tx);
+        self.count.store(w.len(), Ordering::Release);
+    }
+
+    pub(super) fn forget(&self, op: OpId) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.remove(&op);
+        self.count.store(w.len(), Ordering::Release);
+    }
+
+    /// The event, unless it completes an awaited operation (then handed to its waiter).
+    fn route(&self, e: Event) -> Option<Event> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Some(e);
+        }
+        let Event::Completed(c) = e else {
+            return Some(e);
+        };
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = w.remove(&c.op) else {
+            return Some(Event::Completed(c));
+        };
+        self.count.store(w.len(), Ordering::Release);
+        let _ = tx.send(c); // a waiter that gave up has nobody to tell
+        None
+    }
+}
+
 pub(super) enum Sink {
     Channel(Sender<Event>),
     Callback(Callback),
@@ -62,6 +103,7 @@ pub(super) struct DriverThread {
     pub(super) gate: Arc<Gate>,
     pub(super) sink: Sink,
     pub(super) consumed: Arc<AtomicUsize>,
+    pub(super) awaited: Arc<Awaited>,
     /// The op of the command the node is taking, while it takes it: if the node panics
     /// right then, this is the one op neither its table nor its events may hold.
     pub(super) in_hand: Option<OpId>,
@@ -221,6 +263,9 @@ impl DriverThread {
 
     /// Hands one event to the application.
     fn emit(&mut self, e: Event) {
+        let Some(e) = self.awaited.route(e) else {
+            return;
+        };
         match &mut self.sink {
             // The receiver lives as long as any endpoint handle; if none is left, nobody
             // can observe the event.

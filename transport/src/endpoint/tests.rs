@@ -676,3 +676,49 @@ fn a_failing_nis_driver_takes_down_that_ni_only() {
         .iter()
         .any(|e| matches!(e, Event::EndpointFailed { .. })));
 }
+
+fn ping_req(dst: Nid, timeout: Option<Duration>) -> PingRequest {
+    PingRequest {
+        dst,
+        lane: Lane::Health,
+        timeout,
+        on_peer_down: Default::default(),
+    }
+}
+
+/// An operator's ping waits for its own answer, which never reaches the application's
+/// events, while the application's own operations complete there as ever.
+#[test]
+fn ping_and_wait_returns_its_completion_to_the_caller_only() {
+    let fabric = fabric();
+    let (a, _b) = (endpoint(&fabric, 1), endpoint(&fabric, 2));
+    let app_op = a.ping(ping_req(Nid::mem(2, 0), None)).unwrap();
+    let waited = a.ping_and_wait(ping_req(Nid::mem(2, 0), None)).unwrap();
+    assert_ne!(waited.op, app_op);
+    assert!(
+        matches!(waited.result, Ok(OpOutcome::Pong { .. })),
+        "{waited:?}"
+    );
+    let (done, other) = wait_all(&a, &[app_op]);
+    assert!(done.contains_key(&app_op));
+    // Whatever else came, the waited ping's completion is not among the application's.
+    let stray = std::iter::from_fn(|| a.try_recv_event())
+        .chain(other)
+        .any(|e| matches!(e, Event::Completed(c) if c.op == waited.op));
+    assert!(
+        !stray,
+        "the waited ping's completion also reached the events"
+    );
+
+    // A peer that does not answer: the ping's own deadline ends it, with an error.
+    let silent = a
+        .ping_and_wait(ping_req(Nid::mem(9, 0), Some(Duration::from_millis(200))))
+        .unwrap();
+    assert!(silent.result.is_err(), "{silent:?}");
+
+    a.shutdown();
+    assert!(matches!(
+        a.ping_and_wait(ping_req(Nid::mem(2, 0), None)),
+        Err(EndpointError::ShutDown)
+    ));
+}

@@ -206,6 +206,7 @@ impl Node {
             return;
         };
         self.stats.nacks_sent += 1;
+        self.stats.lanes[lane].nacks_sent += 1;
         let nack = Response {
             src: self.nis[ni.0].nid,
             dst: to.src,

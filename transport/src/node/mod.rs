@@ -56,7 +56,7 @@ pub use gateways::{PeerRouting, RouterStats};
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
 pub use pools::{PoolKind, PoolSizes, PoolStats};
-pub use report::{NodeReport, RouterReport};
+pub use report::{CreditReport, HopLaneReport, HopReport, NodeReport, RouterReport};
 pub use routes::Route;
 use routes::RouteTable;
 use target::Incoming;
@@ -88,9 +88,31 @@ pub enum LndRequest {
     },
 }
 
+/// Counters of one lane, over all its connections (`lanetctl stats show`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    /// Payload bytes (headers not counted).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Frames a driver failed to send (their connection failed under them).
+    pub send_errors: u64,
+    /// Frames that arrived broken or breaking the protocol.
+    pub protocol_errors: u64,
+    /// Answers of ours dropped because no way to their target was left.
+    pub dropped: u64,
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Requests of ours sent again another way.
+    pub resent: u64,
+}
+
 /// Counters for what the node did and refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
+    /// Per lane: what the totals below are made of, with bytes.
+    pub lanes: PerLane<LaneStats>,
     pub frames_sent: u64,
     pub frames_received: u64,
     /// Of those, on the health lane (PINGs, PONGs, router status, and what a router passes

@@ -215,6 +215,7 @@ impl Node {
         for answer in answers {
             if answer.dst == hop {
                 self.stats.responses_dropped += 1;
+                self.stats.lanes[lane].dropped += 1;
             } else {
                 self.send_answer_avoiding(lane, answer, Some(hop));
             }
@@ -255,6 +256,7 @@ impl Node {
     pub(super) fn protocol_error(&mut self, ni: NiId, nid: Nid, lane: Lane, what: String) {
         tracing::warn!(%nid, %lane, "protocol error: {what}");
         self.stats.protocol_errors += 1;
+        self.stats.lanes[lane].protocol_errors += 1;
         self.out.events.push_back(Event::ProtocolError {
             peer: nid,
             lane,
@@ -281,6 +283,9 @@ impl Node {
         payload: RxPayload,
     ) {
         self.stats.frames_received += 1;
+        let counts = &mut self.stats.lanes[lane];
+        counts.frames_received += 1;
+        counts.bytes_received += u64::from(h.payload_len);
         if lane == Lane::Health {
             self.stats.health_frames_received += 1;
         }
@@ -384,6 +389,7 @@ impl Node {
             },
             Body::Nack { reason, target } => {
                 self.stats.nacks_received += 1;
+                self.stats.lanes[lane].nacks_received += 1;
                 self.rx_answer(now, ni, nid, &h, Answer::Nack(reason, target))
             }
             Body::Ping { seq } => {

@@ -76,7 +76,10 @@ impl Node {
             .filter(|h| !avoid.contains(h))
         {
             Some(hop) => self.queue_answer(hop, lane, answer),
-            None => self.stats.responses_dropped += 1,
+            None => {
+                self.stats.responses_dropped += 1;
+                self.stats.lanes[lane].dropped += 1;
+            }
         }
     }
 

@@ -124,7 +124,7 @@ impl Node {
         let Some(op) = self.ops.get_mut(id) else {
             return;
         };
-        let (dst, _) = op.target().expect("only ops that send");
+        let (dst, lane) = op.target().expect("only ops that send");
         if let Some(router) = op.router() {
             if !op.avoid.contains(&router) {
                 op.avoid.push(router);
@@ -136,6 +136,7 @@ impl Node {
             return self.complete(id, Err(why.clone()));
         }
         self.stats.resent += 1;
+        self.stats.lanes[lane].resent += 1;
         self.route_op(id, Some(why));
     }
 
@@ -473,6 +474,9 @@ impl Node {
             self.out.health_in_lnd.insert(token, now);
         }
         self.stats.frames_sent += 1;
+        let counts = &mut self.stats.lanes[lane];
+        counts.frames_sent += 1;
+        counts.bytes_sent += out.payload.len() as u64;
         if lane == Lane::Health {
             self.stats.health_frames_sent += 1;
         }
@@ -505,6 +509,9 @@ impl Node {
             self.stats.protocol_errors += 1;
             return;
         };
+        if result.is_err() {
+            self.stats.lanes[rec.lane].send_errors += 1;
+        }
         if rec.ni_credit {
             self.nis[rec.ni.0].credits[rec.lane].release();
             while let Some(waiter) = self.nis[rec.ni.0].credits[rec.lane].next_waiter() {
@@ -523,6 +530,7 @@ impl Node {
         let Some((id, seq, attempt)) = rec.op else {
             if result.is_err() && rec.upstream.is_none() {
                 self.stats.responses_dropped += 1;
+                self.stats.lanes[rec.lane].dropped += 1;
             }
             return;
         };

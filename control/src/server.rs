@@ -1,10 +1,8 @@
-//! The control socket: a Unix stream socket where the daemon answers one command per
-//! connection with one line of JSON. `lanetctl` (and the tests) are its clients.
-//!
-//! Commands: `status` (the node's report), `routing off` (the administrator takes the
-//! router out: absent, pushed at once), `routing on` (it may forward again).
+//! The control socket: a Unix stream socket where a node (`lanet-router`, or any program
+//! that serves one for its endpoint) answers one command per connection with one line of
+//! JSON. `lanetctl` (and the tests) are its clients; the commands are in [`crate::command`].
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,9 +12,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use lanet::config::ConfigFile;
+use lanet::op::PingRequest;
 use lanet::wire::{AbsentReason, RouterState};
-use lanet::Endpoint;
-use serde_json::json;
+use lanet::{Endpoint, Lane, OpOutcome};
+use serde_json::{json, Value};
+
+use crate::command::Command;
 
 /// Longest command line taken; a client sending more is answered with an error.
 const MAX_COMMAND: u64 = 256;
@@ -32,8 +34,13 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Listens at `path` (its directory made if missing; a stale socket left by a dead
-    /// daemon replaced; a live one is an error) and answers for `endpoint`.
-    pub fn serve(path: &Path, endpoint: Endpoint) -> io::Result<ControlSocket> {
+    /// daemon replaced; a live one is an error) and answers for `endpoint`. `config`, the
+    /// file it was started from, is what `export` prints (with the routes of the moment).
+    pub fn serve(
+        path: &Path,
+        endpoint: Endpoint,
+        config: Option<ConfigFile>,
+    ) -> io::Result<ControlSocket> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -66,7 +73,7 @@ impl ControlSocket {
                     }
                     match conn {
                         Ok(conn) => {
-                            if let Err(e) = answer(conn, &endpoint) {
+                            if let Err(e) = answer(conn, &endpoint, config.as_ref()) {
                                 tracing::debug!("control socket client: {e}");
                             }
                         }
@@ -98,7 +105,7 @@ impl Drop for ControlSocket {
     }
 }
 
-fn answer(conn: UnixStream, endpoint: &Endpoint) -> io::Result<()> {
+fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) -> io::Result<()> {
     // One client at a time: a slow or stuck one is cut off, it cannot hold the socket.
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     conn.set_write_timeout(Some(READ_TIMEOUT))?;
@@ -113,40 +120,81 @@ fn answer(conn: UnixStream, endpoint: &Endpoint) -> io::Result<()> {
         }
     }
     let line = String::from_utf8_lossy(&command);
-    let reply = match line.trim() {
-        "" | "status" => match endpoint.report() {
-            Ok(r) => crate::json::report(&r),
-            Err(e) => json!({ "error": e.to_string() }),
-        },
-        "routing off" => set(endpoint, RouterState::Absent(AbsentReason::Administrator)),
-        "routing on" => set(endpoint, RouterState::Forwarding),
-        other => json!({
-            "error": format!(
-                "unknown command {other:?}: expected \"status\", \"routing on\" or \"routing off\""
-            )
-        }),
+    let reply = match Command::parse(&line) {
+        Ok(c) => run(c, endpoint, config),
+        Err(e) => json!({ "error": e }),
     };
     let mut conn = conn;
     writeln!(conn, "{reply}")?;
     conn.flush()
 }
 
-fn set(endpoint: &Endpoint, state: RouterState) -> serde_json::Value {
+fn error(e: impl std::fmt::Display) -> Value {
+    json!({ "error": e.to_string() })
+}
+
+fn run(command: Command, endpoint: &Endpoint, config: Option<&ConfigFile>) -> Value {
+    match command {
+        Command::Status => match endpoint.report() {
+            Ok(r) => crate::json::report(&r),
+            Err(e) => error(e),
+        },
+        Command::Routing(false) => set(endpoint, RouterState::Absent(AbsentReason::Administrator)),
+        Command::Routing(true) => set(endpoint, RouterState::Forwarding),
+        Command::RouteAdd(route) => match endpoint.add_route(route) {
+            Ok(()) => {
+                tracing::info!(net = %route.net, gateway = %route.gateway, "route added by the administrator");
+                json!({ "ok": true })
+            }
+            Err(e) => error(e),
+        },
+        Command::RouteDel { net, gateway } => match endpoint.remove_route(net, gateway) {
+            Ok(true) => {
+                tracing::info!(%net, %gateway, "route removed by the administrator");
+                json!({ "ok": true })
+            }
+            Ok(false) => error(format!("no route to {net} through {gateway}")),
+            Err(e) => error(e),
+        },
+        Command::Ping { nid, timeout } => {
+            let req = PingRequest {
+                dst: nid,
+                lane: Lane::Health,
+                timeout: Some(timeout),
+                on_peer_down: Default::default(),
+            };
+            match endpoint.ping_and_wait(req) {
+                Ok(done) => match done.result {
+                    Ok(OpOutcome::Pong { rtt }) => json!({
+                        "nid": nid.to_string(),
+                        "rtt_us": rtt.as_secs_f64() * 1e6,
+                    }),
+                    Ok(other) => error(format!("unexpected outcome {other:?}")),
+                    Err(e) => error(format!("{nid}: {e}")),
+                },
+                Err(e) => error(e),
+            }
+        }
+        Command::Export => {
+            let Some(config) = config else {
+                return error("this node was not started from a configuration file");
+            };
+            let mut running = config.clone();
+            match endpoint.routes() {
+                Ok(routes) => running.routes = routes,
+                Err(e) => return error(e),
+            }
+            json!({ "toml": running.to_toml() })
+        }
+    }
+}
+
+fn set(endpoint: &Endpoint, state: RouterState) -> Value {
     match endpoint.set_router_state(state) {
         Ok(()) => {
             tracing::warn!(?state, "set by the administrator");
             json!({ "ok": true })
         }
-        Err(e) => json!({ "error": e.to_string() }),
+        Err(e) => error(e),
     }
-}
-
-/// Sends `command` to the daemon at `path` and returns its answer (one JSON document).
-pub fn query(path: &Path, command: &str) -> io::Result<serde_json::Value> {
-    let mut conn = UnixStream::connect(path)?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    writeln!(conn, "{command}")?;
-    let mut reply = String::new();
-    BufReader::new(conn).read_line(&mut reply)?;
-    serde_json::from_str(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

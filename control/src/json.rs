@@ -1,7 +1,8 @@
 //! A node's report as JSON: what the control socket answers (and `lanetctl` reads).
 
-use lanet::node::{NodeReport, PoolStats, RouterReport};
+use lanet::node::{HopLaneReport, LaneStats, NodeReport, PoolStats, RouterReport};
 use lanet::wire::{RouterState, RouterStatus};
+use lanet::Lane;
 use serde_json::{json, Value};
 
 /// The whole report.
@@ -15,10 +16,23 @@ pub fn report(r: &NodeReport) -> Value {
         .peers
         .iter()
         .map(|(nid, h)| {
+            let hop = r.hops.iter().find(|hop| hop.nid == *nid);
+            let incarnation = r
+                .incarnations
+                .iter()
+                .find(|(n, _)| n == nid)
+                .map(|(_, i)| *i);
             json!({
                 "nid": nid.to_string(),
                 "state": format!("{:?}", h.state).to_lowercase(),
                 "health": h.health,
+                "last_heard_ms": r.at.saturating_since(h.last_heard).as_millis() as u64,
+                "incarnation": incarnation,
+                "neighbour": hop.is_some(),
+                "lanes": hop.map(|hop| json!({
+                    "health": hop_lane(&hop.lanes[Lane::Health]),
+                    "data": hop_lane(&hop.lanes[Lane::Data]),
+                })),
             })
         })
         .collect();
@@ -45,6 +59,10 @@ pub fn report(r: &NodeReport) -> Value {
     json!({
         "nets": nets,
         "peers": peers,
+        "lanes": {
+            "health": lane_stats(&s.lanes[Lane::Health]),
+            "data": lane_stats(&s.lanes[Lane::Data]),
+        },
         "routes": routes,
         "gateways": gateways,
         "router": r.router.as_ref().map(router),
@@ -63,6 +81,33 @@ pub fn report(r: &NodeReport) -> Value {
             "peer_downs": r.health.downs,
             "peer_recoveries": r.health.recoveries,
         },
+    })
+}
+
+fn hop_lane(l: &HopLaneReport) -> Value {
+    json!({
+        "connected": l.credits.is_some(),
+        "credits": l.credits.map(|c| c.available),
+        "max_credits": l.credits.map(|c| c.max),
+        "lowest_credits": l.credits.map(|c| c.lowest),
+        "held": l.credits.map(|c| c.held),
+        "owed": l.credits.map(|c| c.owed),
+        "queued": l.queued,
+    })
+}
+
+fn lane_stats(l: &LaneStats) -> Value {
+    json!({
+        "frames_sent": l.frames_sent,
+        "frames_received": l.frames_received,
+        "bytes_sent": l.bytes_sent,
+        "bytes_received": l.bytes_received,
+        "send_errors": l.send_errors,
+        "protocol_errors": l.protocol_errors,
+        "dropped": l.dropped,
+        "nacks_sent": l.nacks_sent,
+        "nacks_received": l.nacks_received,
+        "resent": l.resent,
     })
 }
 

@@ -1,0 +1,346 @@
+//! `lanetctl` as an administrator runs it: a real process asking a real `lanet-router`
+//! process (between a client endpoint here on tcp1 and a `lanet-peer` server process on
+//! tcp2, loopback) through its control socket. Every verb, tables and `--json`, and the
+//! errors a newcomer meets first.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use lanet::config::{ConfigFile, OpenLnd};
+use lanet::{Endpoint, Nid};
+use lanet_tests::peer::{put, wait_all, Peer};
+use lanet_tests::router::{net, route, RouterProcess, Scratch};
+use lanet_tests::{free_tcp_nid, pattern};
+use serde_json::Value;
+
+const ROUTER_EXE: &str = env!("CARGO_BIN_EXE_lanet-router-under-test");
+const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
+const LANETCTL: &str = env!("CARGO_BIN_EXE_lanetctl-under-test");
+const DRIVERS: [&dyn OpenLnd; 1] = [&lanet_lnd_tcp::OpenTcp];
+
+fn port() -> u16 {
+    free_tcp_nid().socket_addr(0).expect("an IP NID").port()
+}
+
+fn nid(port: u16, net: &str) -> Nid {
+    format!("127.0.0.1:{port}@{net}").parse().unwrap()
+}
+
+fn lanetctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(LANETCTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run lanetctl")
+}
+
+/// Runs it and expects success; its standard output.
+fn ok(socket: &Path, args: &[&str]) -> String {
+    let out = lanetctl(socket, args);
+    assert!(
+        out.status.success(),
+        "lanetctl {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs it with `--json`; the document.
+fn json(socket: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let text = ok(socket, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("lanetctl {args:?}: {e}: {text}"))
+}
+
+/// Runs it and expects it to fail (exit status 1); its standard error.
+fn fails(socket: &Path, args: &[&str]) -> String {
+    let out = lanetctl(socket, args);
+    assert_eq!(out.status.code(), Some(1), "lanetctl {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Site {
+    scratch: Scratch,
+    router: RouterProcess,
+    router_file: std::path::PathBuf,
+    server: Peer,
+    server_nid: Nid,
+    client: Endpoint,
+    client_nid: Nid,
+}
+
+impl Site {
+    fn new(name: &str) -> Site {
+        let scratch = Scratch::new(name);
+        let (ra, rb, s, c) = (port(), port(), port(), port());
+        let router_file = scratch.file(
+            "router.toml",
+            &format!(
+                "{}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\n",
+                net("tcp1", "127.0.0.1", ra),
+                net("tcp2", "127.0.0.1", rb),
+                // A route to a net beyond a gateway that is not there: shown, never used.
+                route("tcp9", &[nid(port(), "tcp2").to_string()]),
+            ),
+        );
+        let control = scratch.0.join("router.sock");
+        let router = RouterProcess::start(ROUTER_EXE, &router_file, &control);
+        let server_nid = nid(s, "tcp2");
+        let server_file = scratch.file(
+            "server.toml",
+            &format!(
+                "{}{}",
+                net("tcp2", "127.0.0.1", s),
+                route("tcp1", &[nid(rb, "tcp2").to_string()])
+            ),
+        );
+        let server = Peer::start_with_config(&[], PEER_EXE, &server_file, server_nid, true)
+            .expect("the server starts");
+        let client_cfg = format!(
+            "{}{}",
+            net("tcp1", "127.0.0.1", c),
+            route("tcp2", &[nid(ra, "tcp1").to_string()])
+        );
+        let client = ConfigFile::parse("client.toml", &client_cfg)
+            .unwrap()
+            .endpoint(&DRIVERS)
+            .unwrap()
+            .start()
+            .unwrap();
+        Site {
+            scratch,
+            router,
+            router_file,
+            server,
+            server_nid,
+            client,
+            client_nid: nid(c, "tcp1"),
+        }
+    }
+
+    fn socket(&self) -> &Path {
+        &self.router.control
+    }
+
+    /// Waits until the client uses the router again (it hears of its return by a push or
+    /// its next poll).
+    fn wait_route_up(&self) {
+        let start = std::time::Instant::now();
+        loop {
+            let report = self.client.report().unwrap();
+            if report.routes.iter().all(|(_, down)| down.is_none()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "the client's route never came back: {:?}",
+                report.routes
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// `n` PUTs of `size` bytes through the router, each acknowledged.
+    fn traffic(&self, n: usize, size: usize) {
+        let ops: Vec<_> = (0..n)
+            .map(|i| {
+                self.client
+                    .put(put(self.server_nid, pattern(size, i as u8)))
+                    .unwrap()
+            })
+            .collect();
+        for (op, c) in wait_all(&self.client, &ops) {
+            assert!(c.result.is_ok(), "PUT {op}: {:?}", c.result);
+        }
+    }
+}
+
+#[test]
+fn every_lanetctl_verb_works_against_a_running_router() {
+    let site = Site::new("lanetctl-verbs");
+    let sock = site.socket();
+    site.traffic(20, 4096);
+
+    // net show
+    let nets = json(sock, &["net", "show"]);
+    let nets = nets["nets"].as_array().unwrap();
+    assert_eq!(nets.len(), 2);
+    assert!(nets.iter().all(|n| n["up"] == true), "{nets:?}");
+    let table = ok(sock, &["net", "show"]);
+    assert!(table.starts_with("NET"), "{table}");
+    assert!(table.contains("tcp2") && table.contains("up"), "{table}");
+
+    // peer show [NID] [-v]: the router watches whom it served
+    let server = site.server_nid.to_string();
+    let peers = json(sock, &["peer", "show", "-v"]);
+    let peers = peers["peers"].as_array().unwrap();
+    let s = peers
+        .iter()
+        .find(|p| p["nid"] == server.as_str())
+        .unwrap_or_else(|| panic!("the server among the router's peers: {peers:?}"));
+    assert_eq!(s["state"], "up");
+    let data = &s["lanes"]["data"];
+    assert_eq!(data["max_credits"], 8, "{s}");
+    assert!(data["lowest_credits"].as_u64().unwrap() <= 8, "{s}");
+    assert!(s["incarnation"].as_u64().is_some(), "{s}");
+    let one = json(sock, &["peer", "show", &server]);
+    assert_eq!(one["peers"].as_array().unwrap().len(), 1);
+    let table = ok(sock, &["peer", "show", "-v", &server]);
+    assert!(
+        table.contains("LOWEST") && table.contains(&server),
+        "{table}"
+    );
+    let e = fails(sock, &["peer", "show", "127.0.0.1:1@tcp1"]);
+    assert!(e.contains("not a peer"), "{e}");
+
+    // route show | add | del
+    let gw = nid(port(), "tcp1").to_string();
+    ok(
+        sock,
+        &["route", "add", "tcp7", &gw, "--hop", "2", "--priority", "1"],
+    );
+    let routes = json(sock, &["route", "show"]);
+    let added = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["net"] == "tcp7")
+        .cloned()
+        .unwrap_or_else(|| panic!("the added route: {routes}"));
+    assert_eq!(
+        (added["gateway"].as_str(), added["hop"].as_u64()),
+        (Some(gw.as_str()), Some(2))
+    );
+    assert!(ok(sock, &["route", "show"]).contains("tcp9"));
+    ok(sock, &["route", "del", "tcp7", &gw]);
+    assert!(!ok(sock, &["route", "show"]).contains("tcp7"));
+    let e = fails(sock, &["route", "del", "tcp7", &gw]);
+    assert!(e.contains("no route to tcp7"), "{e}");
+
+    // routing show
+    let routing = json(sock, &["routing", "show"]);
+    assert_eq!(routing["enabled"], true);
+    let pools = routing["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 3);
+    assert!(pools.iter().all(|p| p["in_use"] == 0), "{pools:?}");
+    assert!(ok(sock, &["routing", "show"]).contains("LOWEST_FREE"));
+
+    // router status, set routing 0|1
+    assert_eq!(json(sock, &["router", "status"])["state"], "forwarding");
+    ok(sock, &["set", "routing", "0"]);
+    let status = json(sock, &["router", "status"]);
+    assert_eq!(status["state"], "absent", "{status}");
+    let table = ok(sock, &["router", "status"]);
+    assert!(table.contains("administrator"), "{table}");
+    ok(sock, &["set", "routing", "1"]);
+    assert_eq!(json(sock, &["router", "status"])["state"], "forwarding");
+    site.wait_route_up();
+    let bad = lanetctl(sock, &["set", "routing", "2"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a value out of range is a usage error"
+    );
+
+    // stats show: counters move with traffic
+    let before = json(sock, &["stats", "show"]);
+    site.traffic(10, 65536);
+    let after = json(sock, &["stats", "show"]);
+    let data_rx = |v: &Value| v["lanes"]["data"]["bytes_received"].as_u64().unwrap();
+    assert!(
+        data_rx(&after) >= data_rx(&before) + 10 * 65536,
+        "{before} -> {after}"
+    );
+    assert!(after["counters"]["forwarded"].as_u64().unwrap() >= 60);
+    assert!(ok(sock, &["stats", "show"]).contains("BYTES_RX"));
+
+    // ping: a round trip from the router, and a clear failure
+    let pong = json(sock, &["ping", &server]);
+    let rtt = pong["rtt_us"].as_f64().unwrap();
+    assert!(rtt > 0.0 && rtt < 5e6, "{pong}");
+    assert!(ok(sock, &["ping", &site.client_nid.to_string()]).contains("round trip"));
+    let nobody = nid(port(), "tcp2").to_string();
+    let e = fails(sock, &["ping", &nobody, "--timeout-ms", "500"]);
+    assert!(e.contains(&nobody), "{e}");
+
+    // config check
+    let good = ok(
+        sock,
+        &["config", "check", site.router_file.to_str().unwrap()],
+    );
+    assert!(
+        good.contains(": ok:") && good.contains("a router"),
+        "{good}"
+    );
+    let broken = site
+        .scratch
+        .file("broken.toml", "[[net]]\nnet = \"tcp1\"\nport = \"x\"\n");
+    let e = fails(sock, &["config", "check", broken.to_str().unwrap()]);
+    assert!(e.contains("broken.toml:3") && e.contains("port"), "{e}");
+
+    // export: the running configuration reads back, the routes of the moment in it
+    ok(sock, &["route", "add", "tcp8", &gw]);
+    let exported = ok(sock, &["export"]);
+    let back =
+        ConfigFile::parse("exported.toml", &exported).unwrap_or_else(|e| panic!("{e}\n{exported}"));
+    let file = ConfigFile::load(&site.router_file).unwrap();
+    assert_eq!(back.nets, file.nets);
+    assert!(back.node.forwarding);
+    assert!(
+        back.routes.iter().any(|r| r.net.to_string() == "tcp8"),
+        "{exported}"
+    );
+    drop(site.server);
+}
+
+#[test]
+fn lanetctl_says_clearly_when_it_cannot_ask() {
+    let scratch = Scratch::new("lanetctl-errors");
+    let missing = scratch.0.join("none.sock");
+    let e = fails(&missing, &["net", "show"]);
+    assert!(e.contains("no control socket at"), "{e}");
+    // A socket nobody answers on any more (its daemon died without removing it).
+    let stale = scratch.0.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let e = fails(&stale, &["router", "status"]);
+    assert!(e.contains("nothing answers"), "{e}");
+    // A config that does not exist is not a socket problem.
+    let e = fails(&missing, &["config", "check", "/nonexistent/lanet.toml"]);
+    assert!(e.contains("cannot read it"), "{e}");
+    let bad = lanetctl(&missing, &["peer", "show", "not-a-nid"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// As root, a user who is not the socket's owner is refused by the socket's mode (0600),
+/// and told so.
+#[test]
+fn lanetctl_says_when_the_socket_is_not_permitted() {
+    let root = lanet_tests::netns::available(); // effective uid 0
+    let runuser = Command::new("runuser").arg("--help").output().is_ok();
+    if !root || !runuser {
+        eprintln!("skipped: needs root and runuser");
+        return;
+    }
+    let site = Site::new("lanetctl-permitted");
+    // The scratch directory must be traversable for the socket's mode to be what refuses.
+    let _ = Command::new("chmod")
+        .arg("755")
+        .arg(&site.scratch.0)
+        .status();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", LANETCTL, "--socket"])
+        .arg(site.socket())
+        .args(["net", "show"])
+        .output()
+        .expect("runuser");
+    let e = String::from_utf8_lossy(&out.stderr);
+    if e.contains("Permission denied") && !e.contains("lanetctl:") {
+        eprintln!("skipped: nobody cannot run the test binary here: {e}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("not permitted"), "{e}");
+}
