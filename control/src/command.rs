@@ -8,12 +8,19 @@
 //! route del NET GATEWAY                      remove one
 //! ping NID [TIMEOUT_MS]                      a health-lane round trip, through routes
 //! export                                     the running configuration as TOML
+//! fault drop add [src=P] [dst=P] [lane=L] [rate=N]
+//! fault delay add latency_ms=N [src=P] [dst=P] [lane=L] [rate=N]
+//!                                            frames arriving dropped or delayed: every
+//!                                            Nth from src to dst (`*`, a net or a NID)
+//!                                            on lane `health`, `data` or `*`
+//! fault del ID                               remove a fault rule
 //! ```
 
 use std::fmt;
 use std::time::Duration;
 
-use lanet::{Net, Nid, Route};
+use lanet::node::{FaultAction, FaultRule, NidPattern};
+use lanet::{Lane, Net, Nid, Route};
 
 /// Longest a `ping` may be told to wait.
 pub const MAX_PING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +42,59 @@ pub enum Command {
         timeout: Duration,
     },
     Export,
+    FaultAdd(FaultRule),
+    FaultDel(u32),
+}
+
+/// `health`, `data`, or `*` (None: either).
+pub fn parse_lane(s: &str) -> Result<Option<Lane>, String> {
+    match s {
+        "*" => Ok(None),
+        "health" => Ok(Some(Lane::Health)),
+        "data" => Ok(Some(Lane::Data)),
+        other => Err(format!("lane {other:?}: expected health, data or *")),
+    }
+}
+
+fn lane_name(lane: Option<Lane>) -> &'static str {
+    lane.map_or("*", Lane::name)
+}
+
+/// `fault drop|delay add KEY=VALUE...`.
+fn parse_fault(delay: bool, args: &[&str]) -> Result<FaultRule, String> {
+    let mut rule = FaultRule {
+        action: FaultAction::Drop,
+        src: NidPattern::Any,
+        dst: NidPattern::Any,
+        lane: None,
+        rate: 1,
+    };
+    let mut latency = None;
+    for arg in args {
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("fault: {arg:?}: expected KEY=VALUE"))?;
+        match key {
+            "src" => rule.src = value.parse()?,
+            "dst" => rule.dst = value.parse()?,
+            "lane" => rule.lane = parse_lane(value)?,
+            "rate" => rule.rate = number("rate", Some(value))?,
+            "latency_ms" if delay => latency = Some(number::<u64>("latency_ms", Some(value))?),
+            other => {
+                let keys = if delay {
+                    "src, dst, lane, rate or latency_ms"
+                } else {
+                    "src, dst, lane or rate"
+                };
+                return Err(format!("fault: unknown key {other:?}: expected {keys}"));
+            }
+        }
+    }
+    if delay {
+        let ms = latency.ok_or("fault delay: latency_ms=N is needed")?;
+        rule.action = FaultAction::Delay(Duration::from_millis(ms));
+    }
+    Ok(rule)
 }
 
 fn number<T: std::str::FromStr>(what: &str, s: Option<&str>) -> Result<T, String> {
@@ -99,9 +159,12 @@ impl Command {
                 })
             }
             ["export"] => Ok(Command::Export),
+            ["fault", "drop", "add", rest @ ..] => parse_fault(false, rest).map(Command::FaultAdd),
+            ["fault", "delay", "add", rest @ ..] => parse_fault(true, rest).map(Command::FaultAdd),
+            ["fault", "del", id] => Ok(Command::FaultDel(number("fault id", Some(id))?)),
             _ => Err(format!(
                 "unknown command {:?}: expected status, routing on|off, route add|del, \
-                 ping NID, or export",
+                 ping NID, export, fault drop|delay add, or fault del",
                 line.trim()
             )),
         }
@@ -121,6 +184,21 @@ impl fmt::Display for Command {
             Command::RouteDel { net, gateway } => write!(f, "route del {net} {gateway}"),
             Command::Ping { nid, timeout } => write!(f, "ping {nid} {}", timeout.as_millis()),
             Command::Export => write!(f, "export"),
+            Command::FaultAdd(r) => {
+                let (what, latency) = match r.action {
+                    FaultAction::Drop => ("drop", String::new()),
+                    FaultAction::Delay(d) => ("delay", format!(" latency_ms={}", d.as_millis())),
+                };
+                write!(
+                    f,
+                    "fault {what} add src={} dst={} lane={} rate={}{latency}",
+                    r.src,
+                    r.dst,
+                    lane_name(r.lane),
+                    r.rate
+                )
+            }
+            Command::FaultDel(id) => write!(f, "fault del {id}"),
         }
     }
 }
@@ -150,6 +228,21 @@ mod tests {
                 timeout: Duration::from_millis(250),
             },
             Command::Export,
+            Command::FaultAdd(FaultRule {
+                action: FaultAction::Drop,
+                src: "tcp1".parse().unwrap(),
+                dst: "*".parse().unwrap(),
+                lane: Some(Lane::Health),
+                rate: 3,
+            }),
+            Command::FaultAdd(FaultRule {
+                action: FaultAction::Delay(Duration::from_millis(40)),
+                src: "10.0.0.2@tcp".parse().unwrap(),
+                dst: "10.0.0.3@tcp".parse().unwrap(),
+                lane: None,
+                rate: 1,
+            }),
+            Command::FaultDel(7),
         ];
         for c in commands {
             assert_eq!(Command::parse(&c.to_string()), Ok(c.clone()), "{c}");
@@ -167,6 +260,12 @@ mod tests {
             ("route add tcp2 10.0.0.1@tcp weight 2", "unknown \"weight\""),
             ("ping 10.0.0.1@tcp 0", "expected 1 to 30000 ms"),
             ("ping 10.0.0.1@tcp 99999", "expected 1 to 30000 ms"),
+            ("fault drop add lane=both", "expected health, data or *"),
+            ("fault drop add rate", "expected KEY=VALUE"),
+            ("fault drop add latency_ms=5", "unknown key \"latency_ms\""),
+            ("fault delay add src=*", "latency_ms=N is needed"),
+            ("fault drop add src=nowhere", "expected *, a net or a NID"),
+            ("fault del x", "expected a number"),
         ] {
             let e = Command::parse(line).expect_err(line);
             assert!(e.contains(says), "{line}: {e}");

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lanet::config::{ConfigFile, DEFAULT_CONTROL_SOCKET};
+use lanet::node::{FaultAction, FaultRule};
 use lanet::{Net, Nid, Route};
 use serde_json::{json, Value};
 
 use crate::client::{request, ClientError};
-use crate::command::Command;
+use crate::command::{parse_lane, Command};
 use crate::table::{cell, render};
 
 /// Looks after a running lanet node (lanet-router, or any program serving a control
@@ -83,6 +84,51 @@ enum What {
     },
     /// The running configuration (its file, with the routes of the moment) as TOML.
     Export,
+    /// Fault injection (lctl net_drop_add / net_delay_add): frames arriving at the node
+    /// dropped or delayed, by source, destination, lane and rate.
+    Fault {
+        #[command(subcommand)]
+        verb: FaultVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultVerb {
+    /// Drops every RATEth matching frame, as a lossy network would.
+    Drop {
+        #[command(subcommand)]
+        verb: FaultAdd,
+    },
+    /// Delays every RATEth matching frame by --latency-ms.
+    Delay {
+        #[command(subcommand)]
+        verb: FaultAdd,
+    },
+    /// Removes rule ID (as `fault show` numbers them).
+    Del { id: u32 },
+    /// The rules, and what each has matched and hit.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum FaultAdd {
+    Add {
+        /// Frames from: `*`, a net (tcp1) or a NID (their initiator or answerer).
+        #[arg(long, default_value = "*")]
+        src: String,
+        /// Frames to: `*`, a net or a NID.
+        #[arg(long, default_value = "*")]
+        dst: String,
+        /// health, data or `*`.
+        #[arg(long, default_value = "*")]
+        lane: String,
+        /// Every RATEth matching frame (1: all).
+        #[arg(long, default_value_t = 1)]
+        rate: u32,
+        /// For delay rules: by how much.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,6 +352,49 @@ fn run(cli: &Cli) -> Result<String, String> {
                 )
             })
         }
+        What::Fault { verb } => {
+            let add = |delay: bool, a: &FaultAdd| -> Result<String, String> {
+                let FaultAdd::Add {
+                    src,
+                    dst,
+                    lane,
+                    rate,
+                    latency_ms,
+                } = a;
+                let action = match (delay, latency_ms) {
+                    (false, None) => FaultAction::Drop,
+                    (false, Some(_)) => return Err("--latency-ms is for delay rules".into()),
+                    (true, Some(ms)) => FaultAction::Delay(Duration::from_millis(*ms)),
+                    (true, None) => return Err("a delay rule needs --latency-ms".into()),
+                };
+                let rule = FaultRule {
+                    action,
+                    src: src.parse()?,
+                    dst: dst.parse()?,
+                    lane: parse_lane(lane)?,
+                    rate: *rate,
+                };
+                let answer = ask(&Command::FaultAdd(rule))?;
+                Ok(if cli.json {
+                    answer.to_string()
+                } else {
+                    format!("fault rule {} added", cell(&answer["id"]))
+                })
+            };
+            match verb {
+                FaultVerb::Drop { verb } => add(false, verb),
+                FaultVerb::Delay { verb } => add(true, verb),
+                FaultVerb::Del { id } => done(cli.json, ask(&Command::FaultDel(*id))?),
+                FaultVerb::Show => {
+                    let s = status()?;
+                    Ok(if cli.json {
+                        as_json(&json!({ "faults": s["faults"] }))
+                    } else {
+                        faults(&s)
+                    })
+                }
+            }
+        }
         What::Export => {
             let answer = ask(&Command::Export)?;
             let toml = answer["toml"]
@@ -471,8 +560,44 @@ fn router_status(r: &Value) -> String {
     out
 }
 
+fn faults(s: &Value) -> String {
+    let rows: Vec<Vec<String>> = rows(&s["faults"])
+        .iter()
+        .map(|f| {
+            [
+                "id",
+                "action",
+                "latency_ms",
+                "src",
+                "dst",
+                "lane",
+                "rate",
+                "matched",
+                "hit",
+            ]
+            .iter()
+            .map(|k| cell(&f[*k]))
+            .collect()
+        })
+        .collect();
+    render(
+        &[
+            "ID",
+            "ACTION",
+            "LATENCY_MS",
+            "SRC",
+            "DST",
+            "LANE",
+            "RATE",
+            "MATCHED",
+            "HIT",
+        ],
+        &rows,
+    )
+}
+
 fn stats(s: &Value) -> String {
-    const KEYS: [&str; 10] = [
+    const KEYS: [&str; 12] = [
         "frames_sent",
         "frames_received",
         "bytes_sent",
@@ -483,6 +608,8 @@ fn stats(s: &Value) -> String {
         "nacks_sent",
         "nacks_received",
         "resent",
+        "fault_dropped",
+        "fault_delayed",
     ];
     let rows: Vec<Vec<String>> = ["health", "data"]
         .iter()
@@ -505,6 +632,8 @@ fn stats(s: &Value) -> String {
         "NACKS_TX",
         "NACKS_RX",
         "RESENT",
+        "FAULT_DROP",
+        "FAULT_DELAY",
     ];
     let c = &s["counters"];
     format!(

@@ -1,6 +1,8 @@
 //! A node's report as JSON: what the control socket answers (and `lanetctl` reads).
 
-use lanet::node::{HopLaneReport, LaneStats, NodeReport, PoolStats, RouterReport};
+use lanet::node::{
+    FaultAction, FaultRuleReport, HopLaneReport, LaneStats, NodeReport, PoolStats, RouterReport,
+};
 use lanet::wire::{RouterState, RouterStatus};
 use lanet::Lane;
 use serde_json::{json, Value};
@@ -66,6 +68,7 @@ pub fn report(r: &NodeReport) -> Value {
         "routes": routes,
         "gateways": gateways,
         "router": r.router.as_ref().map(router),
+        "faults": r.faults.iter().map(fault).collect::<Vec<_>>(),
         "counters": {
             "frames_sent": s.frames_sent,
             "frames_received": s.frames_received,
@@ -96,6 +99,25 @@ fn hop_lane(l: &HopLaneReport) -> Value {
     })
 }
 
+fn fault(f: &FaultRuleReport) -> Value {
+    let r = &f.rule;
+    let (action, latency_ms) = match r.action {
+        FaultAction::Drop => ("drop", None),
+        FaultAction::Delay(d) => ("delay", Some(d.as_millis() as u64)),
+    };
+    json!({
+        "id": f.id,
+        "action": action,
+        "latency_ms": latency_ms,
+        "src": r.src.to_string(),
+        "dst": r.dst.to_string(),
+        "lane": r.lane.map_or("*", |l| l.name()),
+        "rate": r.rate,
+        "matched": f.matched,
+        "hit": f.hit,
+    })
+}
+
 fn lane_stats(l: &LaneStats) -> Value {
     json!({
         "frames_sent": l.frames_sent,
@@ -108,6 +130,8 @@ fn lane_stats(l: &LaneStats) -> Value {
         "nacks_sent": l.nacks_sent,
         "nacks_received": l.nacks_received,
         "resent": l.resent,
+        "fault_dropped": l.fault_dropped,
+        "fault_delayed": l.fault_delayed,
     })
 }
 

@@ -175,6 +175,15 @@ fn run(command: Command, endpoint: &Endpoint, config: Option<&ConfigFile>) -> Va
                 Err(e) => error(e),
             }
         }
+        Command::FaultAdd(rule) => match endpoint.add_fault_rule(rule) {
+            Ok(id) => json!({ "ok": true, "id": id }),
+            Err(e) => error(e),
+        },
+        Command::FaultDel(id) => match endpoint.remove_fault_rule(id) {
+            Ok(true) => json!({ "ok": true }),
+            Ok(false) => error(format!("no fault rule {id}")),
+            Err(e) => error(e),
+        },
         Command::Export => {
             let Some(config) = config else {
                 return error("this node was not started from a configuration file");

@@ -26,6 +26,18 @@ fn nid(port: u16, net: &str) -> Nid {
     format!("127.0.0.1:{port}@{net}").parse().unwrap()
 }
 
+/// Polls `done` for up to 10 s.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn lanetctl(socket: &Path, args: &[&str]) -> Output {
     Command::new(LANETCTL)
         .arg("--socket")
@@ -265,6 +277,55 @@ fn every_lanetctl_verb_works_against_a_running_router() {
     let nobody = nid(port(), "tcp2").to_string();
     let e = fails(sock, &["ping", &nobody, "--timeout-ms", "500"]);
     assert!(e.contains(&nobody), "{e}");
+
+    // fault drop|delay add, show, del: the router loses the server's health frames, so
+    // judges it Down; the rule lifted, it is Up again. A delay makes PUTs late.
+    let added = json(
+        sock,
+        &["fault", "drop", "add", "--src", &server, "--lane", "health"],
+    );
+    let id = added["id"].as_u64().expect("a rule id").to_string();
+    let peer_state = || json(sock, &["peer", "show", &server])["peers"][0]["state"].clone();
+    wait_for("the server judged Down", || peer_state() == "down");
+    let rules = json(sock, &["fault", "show"]);
+    let rule = &rules["faults"][0];
+    assert_eq!(
+        (rule["action"].as_str(), rule["lane"].as_str()),
+        (Some("drop"), Some("health"))
+    );
+    assert!(rule["hit"].as_u64().unwrap() > 0, "{rules}");
+    assert!(ok(sock, &["fault", "show"]).contains("MATCHED"));
+    assert!(
+        json(sock, &["stats", "show"])["lanes"]["health"]["fault_dropped"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    ok(sock, &["fault", "del", &id]);
+    wait_for("the server Up again", || peer_state() == "up");
+    let e = fails(sock, &["fault", "del", &id]);
+    assert!(e.contains("no fault rule"), "{e}");
+    let e = fails(sock, &["fault", "delay", "add", "--src", &server]);
+    assert!(e.contains("--latency-ms"), "{e}");
+    let delay = [
+        "fault",
+        "delay",
+        "add",
+        "--src",
+        &server,
+        "--lane",
+        "data",
+        "--latency-ms",
+        "150",
+    ];
+    let id = json(sock, &delay)["id"].as_u64().unwrap().to_string();
+    let start = std::time::Instant::now();
+    site.traffic(1, 64);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(150),
+        "the ACK came late"
+    );
+    ok(sock, &["fault", "del", &id]);
 
     // config check
     let good = ok(

@@ -442,6 +442,19 @@ impl Endpoint {
         Ok(removed)
     }
 
+    /// Adds a fault rule (frames arriving here dropped or delayed: `lanetctl fault`); its
+    /// number.
+    pub fn add_fault_rule(&self, rule: crate::node::FaultRule) -> Result<u32, EndpointError> {
+        self.inner
+            .query(|tx| Command::AddFault(rule, tx))?
+            .map_err(|e| EndpointError::Invalid(e.to_string()))
+    }
+
+    /// Removes fault rule `id`; false if there was none.
+    pub fn remove_fault_rule(&self, id: u32) -> Result<bool, EndpointError> {
+        self.inner.query(|tx| Command::RemoveFault(id, tx))
+    }
+
     /// The endpoint's routes, sorted by net, priority and hops.
     pub fn routes(&self) -> Result<Vec<Route>, EndpointError> {
         self.inner.query(Command::Routes)

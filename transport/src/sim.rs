@@ -213,6 +213,25 @@ impl Sim {
         self.dirty.insert(at);
     }
 
+    /// Adds a fault rule at node `at` (frames arriving there).
+    pub fn add_fault_rule(
+        &mut self,
+        at: Nid,
+        rule: crate::node::FaultRule,
+    ) -> Result<u32, crate::node::FaultError> {
+        let node = self.nodes.get_mut(&at).expect("no such node");
+        let id = node.driver.node_mut().add_fault_rule(rule);
+        self.dirty.insert(at);
+        id
+    }
+
+    pub fn remove_fault_rule(&mut self, at: Nid, id: u32) -> bool {
+        let node = self.nodes.get_mut(&at).expect("no such node");
+        let removed = node.driver.node_mut().remove_fault_rule(id);
+        self.dirty.insert(at);
+        removed
+    }
+
     /// Removes a route at node `at`.
     pub fn remove_route(&mut self, at: Nid, net: crate::nid::Net, gateway: Nid) -> bool {
         let removed = self
@@ -515,6 +534,8 @@ mod absence_tests;
 mod chaos_tests;
 #[cfg(test)]
 mod failover_tests;
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]

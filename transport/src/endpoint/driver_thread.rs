@@ -38,6 +38,11 @@ pub(super) enum Command {
         Sender<Result<crate::node::GroupId, OpError>>,
     ),
     SetRouterState(crate::wire::RouterState, Sender<bool>),
+    AddFault(
+        crate::node::FaultRule,
+        Sender<Result<u32, crate::node::FaultError>>,
+    ),
+    RemoveFault(u32, Sender<bool>),
 }
 
 pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
@@ -324,6 +329,14 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
         }
         Command::Routes(reply) => {
             let _ = reply.send(node.routes());
+            Ok(())
+        }
+        Command::AddFault(rule, reply) => {
+            let _ = reply.send(node.add_fault_rule(rule));
+            Ok(())
+        }
+        Command::RemoveFault(id, reply) => {
+            let _ = reply.send(node.remove_fault_rule(id));
             Ok(())
         }
         Command::Report(reply) => {

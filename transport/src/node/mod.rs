@@ -20,6 +20,7 @@
 mod absence;
 mod dedup;
 mod failover;
+mod faults;
 mod forward;
 mod gateways;
 mod health;
@@ -52,6 +53,10 @@ use crate::op::{
 use crate::time::Time;
 pub use absence::{AbsenceStats, BlackHole, RouterCondition};
 pub use failover::{FailoverGroup, FailoverMode, GroupId, GroupRequest};
+pub use faults::{
+    FaultAction, FaultError, FaultRule, FaultRuleReport, NidPattern, MAX_FAULT_DELAY,
+    MAX_FAULT_RULES,
+};
 pub use gateways::{PeerRouting, RouterStats};
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
@@ -106,6 +111,9 @@ pub struct LaneStats {
     pub nacks_received: u64,
     /// Requests of ours sent again another way.
     pub resent: u64,
+    /// Frames a fault rule dropped, or delayed (`lanetctl fault`).
+    pub fault_dropped: u64,
+    pub fault_delayed: u64,
 }
 
 /// Counters for what the node did and refused.
@@ -260,6 +268,8 @@ pub struct Node {
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
     pub(crate) out: Outbox,
+    /// Fault injection: rules, and the frames their delays hold.
+    pub(crate) faults: faults::Faults,
     /// Deliveries reported and not yet consumed by the application.
     pub(crate) undelivered: usize,
     pub(crate) stats: NodeStats,
@@ -298,6 +308,7 @@ impl Node {
             ops: Ops::default(),
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
+            faults: faults::Faults::default(),
             out: Outbox {
                 next_token: 1,
                 ..Outbox::default()
@@ -481,6 +492,9 @@ impl Node {
                 hop.lanes[lane].answers.clear();
             }
         }
+        for held in self.faults.take_all() {
+            self.decline_deferred(held.ni, held.payload);
+        }
     }
 
     /// Removes every live operation without touching anything else, and returns their ids
@@ -502,6 +516,7 @@ impl Node {
             self.router.absence.due,
             self.groups.next_deadline(),
             self.pools.next_deadline(),
+            self.faults.next_release(),
         ]
         .into_iter()
         .flatten()
@@ -520,6 +535,7 @@ impl Node {
         for late in self.pools.expire(now) {
             self.out_of_patience(late);
         }
+        self.release_delayed(now);
         while let Some(id) = self.ops.pop_expired(now) {
             let Some(op) = self.ops.get(id) else {
                 continue;

@@ -31,6 +31,8 @@ pub struct NodeReport {
     pub gateways: Vec<(Nid, RouterStatus)>,
     /// As a router (`forwarding`).
     pub router: Option<RouterReport>,
+    /// Fault rules in force (`lanetctl fault`), in the order they are tried.
+    pub faults: Vec<super::FaultRuleReport>,
     pub stats: NodeStats,
     pub health: HealthStats,
 }
@@ -145,6 +147,7 @@ impl Node {
                 condition: self.router_condition(),
                 stats: self.router_stats(),
             }),
+            faults: self.fault_rules(),
             stats: self.stats.clone(),
             health: self.health.stats(),
         }

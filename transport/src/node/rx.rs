@@ -6,6 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::faults::{Delayed, Verdict};
 use super::ops::{OpKind, Stage};
 use super::peers::{Conn, Hop, Pending};
 use super::{Fetch, Incoming, LndRequest, NiId, Node};
@@ -65,7 +66,9 @@ impl Node {
                 // The answer to a connect request made while the driver replaced the
                 // connection (Disconnected, then Connected): the lane is up already, and
                 // its credits are as they are.
-                self.heard(now, nid);
+                if !self.faults.silences(nid, lane) {
+                    self.heard(now, nid);
+                }
                 return self.pump(nid, lane);
             }
             // A different HELLO without a Disconnected first: the driver replaced the
@@ -87,7 +90,9 @@ impl Node {
             serial,
         };
         self.seen_incarnation(now, nid, hello.incarnation);
-        self.heard(now, nid);
+        if !self.faults.silences(nid, lane) {
+            self.heard(now, nid);
+        }
         self.pump(nid, lane);
     }
 
@@ -272,7 +277,7 @@ impl Node {
         ));
     }
 
-    /// A frame from hop `nid`: credits first (they are the hop's), then by destination.
+    /// A frame from hop `nid`, unless a fault rule drops or delays it.
     fn on_frame(
         &mut self,
         now: Time,
@@ -289,6 +294,78 @@ impl Node {
         if lane == Lane::Health {
             self.stats.health_frames_received += 1;
         }
+        if h.frame_type().consumes_credit() {
+            match self.faults.judge(lane, &h) {
+                Verdict::Pass => {}
+                Verdict::Drop => return self.fault_drop(ni, nid, lane, h, payload),
+                Verdict::Delay(d) => {
+                    // Not yet connected: the normal path says why that is wrong.
+                    if let Some(serial) = self.conn_serial(nid, lane) {
+                        self.stats.lanes[lane].fault_delayed += 1;
+                        let held = Delayed {
+                            ni,
+                            hop: nid,
+                            lane,
+                            serial,
+                            header: h,
+                            payload,
+                        };
+                        return self.faults.hold(now + d, held);
+                    }
+                }
+            }
+        }
+        self.on_frame_admitted(now, ni, nid, lane, h, payload)
+    }
+
+    fn conn_serial(&self, nid: Nid, lane: Lane) -> Option<u64> {
+        match self.hops.get(&nid)?.lanes[lane].conn {
+            Conn::Up { serial, .. } => Some(serial),
+            Conn::Down | Conn::Connecting => None,
+        }
+    }
+
+    /// A fault rule lost this frame: never heard, never handled; its credit (and those it
+    /// returns) accounted as the LND would.
+    fn fault_drop(&mut self, ni: NiId, nid: Nid, lane: Lane, h: Header, payload: RxPayload) {
+        self.decline_deferred(ni, payload);
+        self.stats.lanes[lane].fault_dropped += 1;
+        let Some(Conn::Up { credits, .. }) =
+            self.hops.get_mut(&nid).map(|p| &mut p.lanes[lane].conn)
+        else {
+            let what = format!("frame from {nid} on the {lane} lane before its connection was up");
+            return self.protocol_error(ni, nid, lane, what);
+        };
+        if let Err(e) = credits
+            .on_returned(h.credits)
+            .and_then(|()| credits.on_consumed())
+        {
+            return self.protocol_error(ni, nid, lane, e.to_string());
+        }
+        self.pump(nid, lane);
+    }
+
+    /// Frames whose delay is over, handled now, unless their connection went meanwhile.
+    pub(super) fn release_delayed(&mut self, now: Time) {
+        while let Some(d) = self.faults.release(now) {
+            if self.conn_serial(d.hop, d.lane) == Some(d.serial) {
+                self.on_frame_admitted(now, d.ni, d.hop, d.lane, d.header, d.payload);
+            } else {
+                self.decline_deferred(d.ni, d.payload);
+            }
+        }
+    }
+
+    /// A frame from hop `nid`: credits first (they are the hop's), then by destination.
+    fn on_frame_admitted(
+        &mut self,
+        now: Time,
+        ni: NiId,
+        nid: Nid,
+        lane: Lane,
+        h: Header,
+        payload: RxPayload,
+    ) {
         self.heard(now, nid);
         if let Err(what) = self.check_frame(ni, nid, lane, &h, &payload) {
             self.decline_deferred(ni, payload);
