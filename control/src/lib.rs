@@ -21,6 +21,7 @@ pub mod client;
 pub mod command;
 pub mod ctl;
 pub mod json;
+pub mod metrics;
 pub mod server;
 mod table;
 

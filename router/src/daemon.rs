@@ -16,6 +16,7 @@ use lanet_lnd_tcp::OpenTcp;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use lanet_control::metrics::MetricsServer;
 use lanet_control::ControlSocket;
 
 /// lanet's router: forwards between the nets of its configuration file, and takes itself
@@ -29,6 +30,9 @@ struct Args {
     /// Where to answer status queries, instead of the file's `routing.control_socket`.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`), e.g. 127.0.0.1:9977.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// The program: `lanet-router --config FILE [--control-socket PATH]`. Logs go to standard
@@ -42,7 +46,13 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let daemon = match Daemon::start(&args.config, args.control_socket) {
+    let started = Daemon::start(&args.config, args.control_socket).and_then(|mut d| {
+        if let Some(addr) = args.metrics {
+            d.serve_metrics(addr)?;
+        }
+        Ok(d)
+    });
+    let daemon = match started {
         Ok(d) => d,
         Err(e) => {
             eprintln!("lanet-router: {e}");
@@ -67,6 +77,7 @@ pub struct Daemon {
     config: ConfigFile,
     endpoint: Endpoint,
     control: ControlSocket,
+    metrics: Option<MetricsServer>,
     events: Option<std::thread::JoinHandle<()>>,
     signals: Signals,
 }
@@ -114,6 +125,7 @@ impl Daemon {
             config,
             endpoint,
             control,
+            metrics: None,
             events: Some(events),
             signals,
         })
@@ -125,6 +137,15 @@ impl Daemon {
 
     pub fn control_socket(&self) -> &Path {
         self.control.path()
+    }
+
+    /// Serves Prometheus metrics at `addr` from now on.
+    pub fn serve_metrics(&mut self, addr: std::net::SocketAddr) -> Result<(), String> {
+        let server = MetricsServer::serve(addr, self.endpoint.clone())
+            .map_err(|e| format!("metrics at {addr}: {e}"))?;
+        tracing::info!(addr = %server.addr(), "serving metrics at /metrics");
+        self.metrics = Some(server);
+        Ok(())
     }
 
     /// Serves until SIGTERM or SIGINT (then drains), reloading routes on SIGHUP.

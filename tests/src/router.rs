@@ -60,6 +60,17 @@ impl RouterProcess {
 
     /// The same, behind `prefix` (e.g. `ip netns exec NS`).
     pub fn start_in(prefix: &[String], exe: &str, config: &Path, control: &Path) -> RouterProcess {
+        RouterProcess::start_with(prefix, exe, config, control, &[])
+    }
+
+    /// The same, with `extra` arguments for the daemon.
+    pub fn start_with(
+        prefix: &[String],
+        exe: &str,
+        config: &Path,
+        control: &Path,
+        extra: &[&str],
+    ) -> RouterProcess {
         let mut cmd = match prefix.split_first() {
             Some((p, rest)) => {
                 let mut c = Command::new(p);
@@ -73,6 +84,7 @@ impl RouterProcess {
             .arg(config)
             .arg("--control-socket")
             .arg(control)
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .expect("start lanet-router");

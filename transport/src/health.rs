@@ -85,6 +85,47 @@ pub struct PeerHealth {
     pub last_heard: Time,
 }
 
+/// Round trips of the health monitor's own PINGs (sent to PONG), in buckets: what the
+/// metrics export as a histogram.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RttHistogram {
+    /// `counts[i]`: round trips of at most `RttHistogram::BOUNDS[i]` (and above the bound
+    /// before); the last one, those above every bound.
+    pub counts: [u64; RttHistogram::BOUNDS.len() + 1],
+    pub sum: Duration,
+}
+
+impl RttHistogram {
+    pub const BOUNDS: [Duration; 16] = [
+        Duration::from_micros(20),
+        Duration::from_micros(50),
+        Duration::from_micros(100),
+        Duration::from_micros(200),
+        Duration::from_micros(500),
+        Duration::from_millis(1),
+        Duration::from_millis(2),
+        Duration::from_millis(5),
+        Duration::from_millis(10),
+        Duration::from_millis(20),
+        Duration::from_millis(50),
+        Duration::from_millis(100),
+        Duration::from_millis(200),
+        Duration::from_millis(500),
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    ];
+
+    pub fn record(&mut self, rtt: Duration) {
+        let i = Self::BOUNDS.partition_point(|&b| b < rtt);
+        self.counts[i] += 1;
+        self.sum += rtt;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
 /// Counters of the monitor's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HealthStats {

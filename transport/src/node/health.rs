@@ -17,6 +17,10 @@ use crate::wire::NackReason;
 /// operation, and are not late answers.
 pub(crate) const HEALTH_PING_BIT: u64 = 1 << 63;
 
+/// PINGs timed at once, at most: unanswered ones are forgotten past this (a few round
+/// trips go unrecorded) rather than kept without bound.
+const MAX_PINGS_TIMED: usize = 16_384;
+
 impl OpKind {
     fn on_peer_down(&self) -> PeerDownPolicy {
         match self {
@@ -29,6 +33,22 @@ impl OpKind {
 }
 
 impl Node {
+    /// The monitor's PING `seq` leaves now.
+    pub(super) fn health_ping_leaves(&mut self, seq: u64) {
+        let Some(now) = self.clock else { return };
+        if self.health_ping_sent.len() >= MAX_PINGS_TIMED {
+            self.health_ping_sent.clear();
+        }
+        self.health_ping_sent.insert(seq, now);
+    }
+
+    /// The PONG to the monitor's PING `seq` arrived now: its round trip recorded.
+    pub(super) fn health_pong(&mut self, now: Time, seq: u64) {
+        if let Some(sent) = self.health_ping_sent.remove(&seq) {
+            self.stats.health_rtt.record(now.saturating_since(sent));
+        }
+    }
+
     /// Monitors `nid` (pinging it when silent) until [`Node::unwatch`], even with no
     /// operation outstanding. `NoRoute` if nothing reaches it, `Invalid` for this node.
     pub fn watch(&mut self, now: Time, nid: Nid) -> Result<(), OpError> {

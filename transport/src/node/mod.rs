@@ -121,6 +121,8 @@ pub struct LaneStats {
 pub struct NodeStats {
     /// Per lane: what the totals below are made of, with bytes.
     pub lanes: PerLane<LaneStats>,
+    /// Round trips of the health monitor's PINGs.
+    pub health_rtt: crate::health::RttHistogram,
     pub frames_sent: u64,
     pub frames_received: u64,
     /// Of those, on the health lane (PINGs, PONGs, router status, and what a router passes
@@ -277,6 +279,8 @@ pub struct Node {
     pub(crate) health: Monitor,
     health_actions: Vec<Action>,
     health_seq: u64,
+    /// When the monitor's PINGs in flight left, by seq: their PONGs time the round trip.
+    health_ping_sent: FxHashMap<u64, Time>,
     /// The time of the call being handled, when it carries one; `None` in calls that do not
     /// (their frames are not timed).
     pub(crate) clock: Option<Time>,
@@ -318,6 +322,7 @@ impl Node {
             health,
             health_actions: Vec::new(),
             health_seq: 0,
+            health_ping_sent: FxHashMap::default(),
             clock: None,
             next_conn_serial: 1,
             shut_down: None,

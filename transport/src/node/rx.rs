@@ -542,7 +542,12 @@ impl Node {
             .filter(|id| self.ops.get(*id).and_then(|op| op.target()) == Some((target, h.lane)));
         let Some(id) = op else {
             if h.msg_id & super::health::HEALTH_PING_BIT != 0 {
-                return; // the monitor's own PING: being heard (or refused) was the point
+                // The monitor's own PING: being heard (or refused) was the point; a PONG
+                // times the round trip too.
+                if matches!(answer, Answer::Pong) {
+                    self.health_pong(now, h.msg_id & !super::health::HEALTH_PING_BIT);
+                }
+                return;
             }
             // Not (or no longer) ours to answer: e.g. it timed out.
             self.stats.late_responses += 1;

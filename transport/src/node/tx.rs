@@ -316,13 +316,16 @@ impl Node {
             upstream: None,
         };
         match pending {
-            Pending::HealthPing { dst, seq } => ours(
-                dst,
-                Body::Ping { seq },
-                HEALTH_PING_BIT | seq,
-                Bytes::new(),
-                None,
-            ),
+            Pending::HealthPing { dst, seq } => {
+                self.health_ping_leaves(seq);
+                ours(
+                    dst,
+                    Body::Ping { seq },
+                    HEALTH_PING_BIT | seq,
+                    Bytes::new(),
+                    None,
+                )
+            }
             Pending::Op { id, seq } => {
                 let op = self.ops.get(id).expect("liveness checked");
                 let (dst, _) = op.target().expect("only ops that send");

@@ -205,3 +205,20 @@ fn a_restart_is_told_apart_from_a_recovery() {
     });
     assert_eq!(restarted, Some((1002, 2002)));
 }
+
+/// The monitor's PINGs time their round trips: over a 2 ms link each takes about 4 ms,
+/// and the histogram says so.
+#[test]
+fn health_ping_round_trips_are_recorded_in_the_histogram() {
+    let mut sim = sim(2 * MS);
+    sim.watch(nid(1), nid(2)).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let h = sim.node(nid(1)).stats().health_rtt;
+    assert!(h.count() >= 10, "{h:?}");
+    let bounds = crate::health::RttHistogram::BOUNDS;
+    let at = bounds.partition_point(|&b| b < 4 * MS);
+    let near: u64 = h.counts[at..=at + 1].iter().sum();
+    assert_eq!(near, h.count(), "all in the 5 or 10 ms bucket: {h:?}");
+    let mean = h.sum / h.count() as u32;
+    assert!(mean >= 4 * MS && mean < 5 * MS, "{mean:?}");
+}

@@ -1,7 +1,7 @@
-//! `lanetctl` as an administrator runs it: a real process asking a real `lanet-router`
-//! process (between a client endpoint here on tcp1 and a `lanet-peer` server process on
-//! tcp2, loopback) through its control socket. Every verb, tables and `--json`, and the
-//! errors a newcomer meets first.
+//! The operator's tools against a real `lanet-router` process (between a client endpoint
+//! here on tcp1 and a `lanet-peer` server process on tcp2, loopback): `lanetctl` as an
+//! administrator runs it, through the control socket (every verb, tables and `--json`,
+//! and the errors a newcomer meets first), and the Prometheus metrics, scraped over HTTP.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -86,6 +86,10 @@ struct Site {
 
 impl Site {
     fn new(name: &str) -> Site {
+        Site::with_router_args(name, &[])
+    }
+
+    fn with_router_args(name: &str, router_args: &[&str]) -> Site {
         let scratch = Scratch::new(name);
         let (ra, rb, s, c) = (port(), port(), port(), port());
         let router_file = scratch.file(
@@ -99,7 +103,8 @@ impl Site {
             ),
         );
         let control = scratch.0.join("router.sock");
-        let router = RouterProcess::start(ROUTER_EXE, &router_file, &control);
+        let router =
+            RouterProcess::start_with(&[], ROUTER_EXE, &router_file, &control, router_args);
         let server_nid = nid(s, "tcp2");
         let server_file = scratch.file(
             "server.toml",
@@ -404,4 +409,85 @@ fn lanetctl_says_when_the_socket_is_not_permitted() {
     }
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(e.contains("not permitted"), "{e}");
+}
+
+/// `GET /metrics` over HTTP: (status line, body).
+fn scrape(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
+    write!(conn, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample `name{labels}` exactly as written in the exposition.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
+}
+
+#[test]
+fn prometheus_metrics_are_served_and_move_with_traffic() {
+    let addr = format!("127.0.0.1:{}", port());
+    let site = Site::with_router_args("metrics", &["--metrics", &addr]);
+    site.traffic(5, 1000);
+    let (status, before) = scrape(&addr);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let rx = r#"lanet_payload_bytes_total{lane="data",direction="received"}"#;
+    let frames = r#"lanet_frames_total{lane="data",direction="received"}"#;
+    site.traffic(10, 50_000);
+    // Give the router's monitor a few intervals to time its PINGs.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_, after) = scrape(&addr);
+    assert!(
+        sample(&after, rx) >= sample(&before, rx) + 500_000.0,
+        "payload bytes did not move"
+    );
+    assert!(sample(&after, frames) >= sample(&before, frames) + 10.0);
+    assert!(sample(&after, "lanet_forwarded_total") >= 30.0);
+    let server = site.server_nid.to_string();
+    assert_eq!(
+        sample(&after, &format!(r#"lanet_peer_up{{peer="{server}"}}"#)),
+        1.0
+    );
+    let health = sample(&after, &format!(r#"lanet_peer_health{{peer="{server}"}}"#));
+    assert!((0.0..=1000.0).contains(&health));
+    assert_eq!(sample(&after, "lanet_router_forwarding"), 1.0);
+    assert_eq!(
+        sample(&after, r#"lanet_router_pool_buffers{pool="large"}"#),
+        1024.0
+    );
+    assert!(
+        sample(
+            &after,
+            &format!(r#"lanet_peer_credits_lowest{{peer="{server}",lane="data"}}"#)
+        ) <= 8.0
+    );
+    let pings = sample(&after, "lanet_health_ping_rtt_seconds_count");
+    assert!(pings >= 1.0, "the router timed some health pings");
+    assert_eq!(
+        sample(&after, r#"lanet_health_ping_rtt_seconds_bucket{le="+Inf"}"#),
+        pings
+    );
+    assert!(
+        after.trim_end().ends_with("# EOF"),
+        "a complete OpenMetrics exposition"
+    );
+
+    // Taken out, the router says so; other paths are refused.
+    ok(site.socket(), &["set", "routing", "0"]);
+    let (_, out) = scrape(&addr);
+    assert_eq!(sample(&out, "lanet_router_forwarding"), 0.0);
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(conn, "GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
