@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::client::{request, ClientError};
 use crate::command::{parse_lane, Command};
 use crate::table::{cell, render};
+use crate::topology::Topology;
 
 /// Looks after a running lanet node (lanet-router, or any program serving a control
 /// socket), as lnetctl does LNet.
@@ -84,12 +85,25 @@ enum What {
     },
     /// The running configuration (its file, with the routes of the moment) as TOML.
     Export,
+    /// Site topologies (nets, routers, servers, failover pairs).
+    Topology {
+        #[command(subcommand)]
+        verb: TopologyVerb,
+    },
     /// Fault injection (lctl net_drop_add / net_delay_add): frames arriving at the node
     /// dropped or delayed, by source, destination, lane and rate.
     Fault {
         #[command(subcommand)]
         verb: FaultVerb,
     },
+}
+
+#[derive(Subcommand)]
+enum TopologyVerb {
+    /// Finds the layouts where lanet cannot keep its promises (split failover pairs,
+    /// single routers, routers that cannot fail open), each with its reason. Exit status 1
+    /// if there is any.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -351,6 +365,27 @@ fn run(cli: &Cli) -> Result<String, String> {
                     }
                 )
             })
+        }
+        What::Topology {
+            verb: TopologyVerb::Check { file },
+        } => {
+            let findings = Topology::load(file)?.check();
+            if cli.json {
+                let list: Vec<Value> = findings
+                    .iter()
+                    .map(|f| json!({ "rule": f.rule, "what": f.what, "why": f.why }))
+                    .collect();
+                println!("{}", as_json(&json!({ "findings": list })));
+            } else {
+                for f in &findings {
+                    println!("{}: {}\n    why: {}", f.rule, f.what, f.why);
+                }
+            }
+            match findings.len() {
+                0 if cli.json => Ok(String::new()),
+                0 => Ok(format!("{}: no findings", file.display())),
+                n => Err(format!("{}: {n} finding(s)", file.display())),
+            }
         }
         What::Fault { verb } => {
             let add = |delay: bool, a: &FaultAdd| -> Result<String, String> {

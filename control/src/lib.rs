@@ -24,6 +24,7 @@ pub mod json;
 pub mod metrics;
 pub mod server;
 mod table;
+pub mod topology;
 
 pub use client::{query, request, ClientError};
 pub use command::Command;

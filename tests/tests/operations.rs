@@ -491,3 +491,78 @@ fn prometheus_metrics_are_served_and_move_with_traffic() {
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
+
+/// `lanetctl topology check`: the example site in the repository is sound (exit 0); a site
+/// whose failover pair hangs off different single routers is not (exit 1, with why).
+#[test]
+fn topology_check_finds_a_split_pair_and_passes_the_example() {
+    let scratch = Scratch::new("topology");
+    let nowhere = scratch.0.join("none.sock"); // needs no daemon
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/example-topology.toml"
+    );
+    let out = ok(&nowhere, &["topology", "check", example]);
+    assert!(out.contains("no findings"), "{out}");
+    let split = scratch.file(
+        "split.toml",
+        r#"
+[[net]]
+name = "tcp1"
+clients = true
+[[net]]
+name = "tcp2"
+[[net]]
+name = "tcp3"
+[[router]]
+name = "r1"
+nets = ["tcp1", "tcp2"]
+fellows = ["r2"]
+[[router]]
+name = "r2"
+nets = ["tcp1", "tcp3"]
+fellows = ["r1"]
+[[server]]
+name = "a"
+net = "tcp2"
+[[server]]
+name = "b"
+net = "tcp3"
+[[pair]]
+servers = ["a", "b"]
+"#,
+    );
+    let out = lanetctl(
+        &nowhere,
+        &["--json", "topology", "check", split.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "split-pair",
+            "partial-router",
+            "partial-router",
+            "single-router",
+            "single-router"
+        ],
+        "{v}"
+    );
+    let text = String::from_utf8(
+        lanetctl(&nowhere, &["topology", "check", split.to_str().unwrap()]).stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("a only through r1, b only through r2") && text.contains("why:"),
+        "{text}"
+    );
+    let e = fails(&nowhere, &["topology", "check", "/nonexistent.toml"]);
+    assert!(e.contains("cannot read it"), "{e}");
+}
