@@ -85,6 +85,9 @@ enum What {
     },
     /// The running configuration (its file, with the routes of the moment) as TOML.
     Export,
+    /// Converts an LNet configuration (`lnetctl export`, YAML) to a lanet configuration
+    /// file (TOML, on standard output); what has no counterpart is named on standard error.
+    Import { file: PathBuf },
     /// Site topologies (nets, routers, servers, failover pairs).
     Topology {
         #[command(subcommand)]
@@ -364,6 +367,20 @@ fn run(cli: &Cli) -> Result<String, String> {
                         "not a router"
                     }
                 )
+            })
+        }
+        What::Import { file } => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
+            let imported = crate::import::lnetctl_yaml(&text)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            for note in &imported.notes {
+                eprintln!("lanetctl: note: {note}");
+            }
+            Ok(if cli.json {
+                as_json(&json!({ "toml": imported.toml, "notes": imported.notes }))
+            } else {
+                imported.toml.trim_end().to_owned()
             })
         }
         What::Topology {

@@ -20,6 +20,7 @@
 pub mod client;
 pub mod command;
 pub mod ctl;
+pub mod import;
 pub mod json;
 pub mod metrics;
 pub mod server;

@@ -566,3 +566,34 @@ servers = ["a", "b"]
     let e = fails(&nowhere, &["topology", "check", "/nonexistent.toml"]);
     assert!(e.contains("cannot read it"), "{e}");
 }
+
+/// `lanetctl import`: an lnetctl export becomes a file lanet reads (`config check` passes),
+/// with what is left behind named.
+#[test]
+fn an_lnetctl_export_is_imported_and_the_result_checks() {
+    let scratch = Scratch::new("import");
+    let nowhere = scratch.0.join("none.sock");
+    let yaml = scratch.file(
+        "lnet.yaml",
+        "net:\n    - net type: tcp1\n      local NI(s):\n        - nid: 127.0.0.1@tcp1\n\
+         \x20         tunables:\n              peer_timeout: 180\n              peer_credits: 8\n\
+         route:\n    - net: tcp2\n      gateway: 127.0.0.2@tcp1\n      hop: -1\n      priority: 0\n",
+    );
+    let out = lanetctl(&nowhere, &["import", yaml.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(notes.contains("peer_timeout"), "{notes}");
+    let toml = scratch.file("imported.toml", &String::from_utf8(out.stdout).unwrap());
+    let checked = ok(&nowhere, &["config", "check", toml.to_str().unwrap()]);
+    assert!(
+        checked.contains("1 net(s) (127.0.0.1@tcp1), 1 route(s)"),
+        "{checked}"
+    );
+    let bad = scratch.file("bad.yaml", "net: [\n");
+    let e = fails(&nowhere, &["import", bad.to_str().unwrap()]);
+    assert!(e.contains("bad.yaml: not YAML"), "{e}");
+}

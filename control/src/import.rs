@@ -1,0 +1,261 @@
+//! `lanetctl import FILE`: an LNet configuration, as `lnetctl export` writes it (YAML),
+//! turned into a lanet configuration file (TOML), so a site brings its nets, routes and
+//! router buffers across. What has no lanet counterpart is named, not silently dropped.
+//!
+//! Read: `net` (`net type`, the first of its `local NI(s)`: its `nid`, its first
+//! `interfaces` entry, `tunables` `peer_credits`, `credits`, `peer_buffer_credits`),
+//! `route` (`net`, `gateway`, `hop`: -1 is lnetctl's "unset", one hop; `priority`),
+//! `routing` (`enable`) and `buffers` (`tiny`, `small`, `large`).
+
+use std::fmt::Write;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The converted file, and notes on what was not carried over.
+#[derive(Debug)]
+pub struct Imported {
+    pub toml: String,
+    pub notes: Vec<String>,
+}
+
+fn int(y: &Yaml) -> Option<i64> {
+    match y {
+        Yaml::Integer(i) => Some(*i),
+        Yaml::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(y: &Yaml) -> Option<String> {
+    match y {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn items(y: &Yaml) -> &[Yaml] {
+    y.as_vec().map_or(&[], Vec::as_slice)
+}
+
+/// `routing` and `buffers` come as a map or as a list of maps, depending on the version.
+fn field<'a>(y: &'a Yaml, key: &str) -> &'a Yaml {
+    match y {
+        Yaml::Array(list) => list
+            .iter()
+            .map(|i| &i[key])
+            .find(|v| !v.is_badvalue())
+            .unwrap_or(&Yaml::BadValue),
+        other => &other[key],
+    }
+}
+
+/// A TOML string.
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
+    let docs = YamlLoader::load_from_str(source).map_err(|e| format!("not YAML: {e}"))?;
+    let doc = docs.first().ok_or("empty: no YAML document")?;
+    if doc.as_hash().is_none() {
+        return Err(
+            "expected lnetctl export's top-level keys (net, route, routing, buffers)".into(),
+        );
+    }
+    let mut t = String::from("# imported from an lnetctl export by lanetctl import\n");
+    let mut notes = Vec::new();
+    let mut peer_buffer_credits = None;
+    for net in items(&doc["net"]) {
+        let Some(kind) = text(&net["net type"]) else {
+            return Err("a net without \"net type\"".into());
+        };
+        if kind == "lo" {
+            continue; // lanet needs no loopback NI
+        }
+        if kind.parse::<lanet::Net>().is_err() {
+            notes.push(format!(
+                "net {kind}: not a kind lanet drives (tcp, o2ib): left out"
+            ));
+            continue;
+        }
+        let nis = items(&net["local NI(s)"]);
+        let Some(ni) = nis.first() else {
+            notes.push(format!("net {kind}: no local NI: left out"));
+            continue;
+        };
+        if nis.len() > 1 {
+            notes.push(format!(
+                "net {kind}: {} NIs (multi-rail); lanet takes one per net: the first",
+                nis.len()
+            ));
+        }
+        let _ = writeln!(t, "\n[[net]]\nnet = {}", quoted(&kind));
+        let interface = ni["interfaces"]
+            .as_hash()
+            .and_then(|h| h.values().next())
+            .and_then(text);
+        let address = text(&ni["nid"]).and_then(|n| n.split('@').next().map(str::to_owned));
+        match (interface, address) {
+            (Some(i), _) => {
+                let _ = writeln!(t, "interface = {}", quoted(&i));
+            }
+            (None, Some(a)) => {
+                let _ = writeln!(t, "address = {}", quoted(&a));
+            }
+            (None, None) => {
+                return Err(format!("net {kind}: its NI has neither nid nor interface"))
+            }
+        }
+        let tun = &ni["tunables"];
+        if let Some(c) = int(&tun["peer_credits"]) {
+            let _ = writeln!(t, "peer_credits = {c}");
+        }
+        if let Some(c) = int(&tun["credits"]) {
+            let _ = writeln!(t, "credits = {c}");
+        }
+        if let Some(c) = int(&tun["peer_buffer_credits"]).filter(|&c| c > 0) {
+            peer_buffer_credits = Some(c);
+        }
+        if let Some(p) = int(&tun["peer_timeout"]) {
+            notes.push(format!(
+                "net {kind}: peer_timeout {p} s not carried over: lanet's [health] interval and \
+                 detect_mult decide (default 100 ms x 3)"
+            ));
+        }
+    }
+    for route in items(&doc["route"]) {
+        let (Some(net), Some(gw)) = (text(&route["net"]), text(&route["gateway"])) else {
+            return Err("a route without net or gateway".into());
+        };
+        let hop = int(&route["hop"]).filter(|&h| h > 0).unwrap_or(1);
+        let priority = int(&route["priority"]).unwrap_or(0);
+        let _ = writeln!(
+            t,
+            "\n[[route]]\nnet = {}\ngateway = {}\nhop = {hop}\npriority = {priority}",
+            quoted(&net),
+            quoted(&gw)
+        );
+    }
+    let enable = int(field(&doc["routing"], "enable")).is_some_and(|e| e != 0);
+    let buffers = field(&doc["buffers"], "tiny");
+    let mut routing = String::new();
+    if enable {
+        routing.push_str("enable = true\n");
+    }
+    if !buffers.is_badvalue() {
+        let b = |k: &str| int(field(&doc["buffers"], k));
+        let list: Vec<String> = [
+            ("tiny", b("tiny")),
+            ("small", b("small")),
+            ("large", b("large")),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}")))
+        .collect();
+        let _ = writeln!(routing, "buffers = {{ {} }}", list.join(", "));
+    }
+    if let Some(c) = peer_buffer_credits {
+        let _ = writeln!(routing, "peer_buffer_credits = {c}");
+    }
+    if !routing.is_empty() {
+        let _ = write!(t, "\n[routing]\n{routing}");
+    }
+    for key in ["peer", "global", "numa", "discovery", "udsp"] {
+        if !doc[key].is_badvalue() {
+            notes.push(format!(
+                "{key}: not carried over (lanet has no counterpart)"
+            ));
+        }
+    }
+    Ok(Imported { toml: t, notes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanet::config::ConfigFile;
+
+    /// As `lnetctl export` writes it on a router (lnetctl 2.15).
+    const ROUTER: &str = r#"
+net:
+    - net type: lo
+      local NI(s):
+        - nid: 0@lo
+          status: up
+    - net type: tcp
+      local NI(s):
+        - nid: 10.0.1.5@tcp
+          status: up
+          tunables:
+              peer_timeout: 180
+              peer_credits: 16
+              peer_buffer_credits: 0
+              credits: 512
+    - net type: o2ib1
+      local NI(s):
+        - nid: 10.0.2.5@o2ib1
+          status: up
+          interfaces:
+              0: lo
+          tunables:
+              peer_timeout: 180
+              peer_credits: 32
+              peer_buffer_credits: 64
+              credits: 1024
+route:
+    - net: tcp9
+      gateway: 10.0.1.9@tcp
+      hop: -1
+      priority: 2
+      state: up
+routing:
+    - enable: 1
+buffers:
+    tiny: 1024
+    small: 8192
+    large: 512
+global:
+    numa_range: 0
+"#;
+
+    #[test]
+    fn an_lnetctl_export_becomes_a_file_lanet_reads() {
+        let out = lnetctl_yaml(ROUTER).unwrap();
+        let f = ConfigFile::parse("imported.toml", &out.toml)
+            .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
+        let nids: Vec<String> = f.nets.iter().map(|n| n.nid.to_string()).collect();
+        // The o2ib1 NI by its interface: `lo` here, 127.0.0.1.
+        assert_eq!(nids, ["10.0.1.5@tcp", "127.0.0.1@o2ib1"]);
+        assert_eq!(f.nets[0].credits, 512);
+        assert!(f.node.forwarding);
+        assert_eq!(f.node.router_buffers.small, 8192);
+        // peer_buffer_credits applies to a router's every net.
+        assert!(f.nets.iter().all(|n| n.peer_credits == 64), "{:?}", f.nets);
+        assert_eq!(f.routes.len(), 1);
+        assert_eq!((f.routes[0].hops, f.routes[0].priority), (1, 2));
+        assert!(
+            out.notes.iter().any(|n| n.contains("peer_timeout")),
+            "{:?}",
+            out.notes
+        );
+        assert!(
+            out.notes.iter().any(|n| n.starts_with("global")),
+            "{:?}",
+            out.notes
+        );
+    }
+
+    #[test]
+    fn what_is_not_an_export_is_refused() {
+        assert!(lnetctl_yaml("").unwrap_err().contains("empty"));
+        assert!(lnetctl_yaml("- a\n- b\n")
+            .unwrap_err()
+            .contains("top-level keys"));
+        assert!(lnetctl_yaml("net: [\n").unwrap_err().contains("not YAML"));
+        let no_gw = "route:\n    - net: tcp2\n";
+        assert!(lnetctl_yaml(no_gw)
+            .unwrap_err()
+            .contains("without net or gateway"));
+    }
+}
