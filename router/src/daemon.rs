@@ -40,11 +40,16 @@ struct Args {
 /// or a start that failed, 1 for a failure later.
 pub fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // Under systemd, the journal stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
     let args = Args::parse();
     let started = Daemon::start(&args.config, args.control_socket).and_then(|mut d| {
         if let Some(addr) = args.metrics {
@@ -150,10 +155,13 @@ impl Daemon {
 
     /// Serves until SIGTERM or SIGINT (then drains), reloading routes on SIGHUP.
     pub fn run(mut self) -> Result<(), String> {
+        crate::notify::notify("READY=1");
         loop {
             let arrived: Vec<i32> = self.signals.wait().collect();
             if arrived.contains(&SIGHUP) {
+                crate::notify::notify("RELOADING=1");
                 self.reload();
+                crate::notify::notify("READY=1");
             }
             if let Some(signal) = arrived.iter().find(|&&s| s != SIGHUP) {
                 tracing::info!(signal, "stopping: draining");
@@ -195,6 +203,7 @@ impl Daemon {
     /// it holds nothing (after at least two health intervals, so the news has gone out)
     /// or the drain bound passed.
     pub fn drain(mut self) {
+        crate::notify::notify("STOPPING=1");
         let start = Instant::now();
         let bound = self.config.daemon.drain;
         let at_least = self.config.node.health.interval * 2;

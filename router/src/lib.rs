@@ -9,3 +9,4 @@
 //! (`lanet_control`, whose client is `lanetctl`).
 
 pub mod daemon;
+pub mod notify;

@@ -597,3 +597,69 @@ fn an_lnetctl_export_is_imported_and_the_result_checks() {
     let e = fails(&nowhere, &["import", bad.to_str().unwrap()]);
     assert!(e.contains("bad.yaml: not YAML"), "{e}");
 }
+
+/// Under systemd (`Type=notify`): READY=1 once the control socket answers, RELOADING=1
+/// then READY=1 around SIGHUP, STOPPING=1 on SIGTERM, and a clean exit after the drain.
+#[test]
+fn the_router_tells_systemd_when_it_is_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let scratch = Scratch::new("notify");
+    let notify = scratch.0.join("notify.sock");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let config = scratch.file(
+        "router.toml",
+        &format!(
+            "{}{}[routing]\nenable = true\nwarm_up = \"0s\"\ndrain = \"1s\"\n",
+            net("tcp1", "127.0.0.1", port()),
+            net("tcp2", "127.0.0.1", port())
+        ),
+    );
+    let control = scratch.0.join("router.sock");
+    let child = Command::new(ROUTER_EXE)
+        .arg("--config")
+        .arg(&config)
+        .arg("--control-socket")
+        .arg(&control)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("JOURNAL_STREAM", "8:1234")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    assert!(
+        lanet_control::query(&control, "status").is_ok(),
+        "ready means answering"
+    );
+    let kill = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    kill("-HUP");
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    kill("-TERM");
+    assert_eq!(next(), "STOPPING=1");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    // Journal-friendly: no timestamps of its own, no colours.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let first = log.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(" INFO") || first.starts_with("INFO"),
+        "{first}"
+    );
+    assert!(!log.contains('\x1b'), "no ANSI colours in the journal");
+}
