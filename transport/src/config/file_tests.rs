@@ -337,3 +337,30 @@ mode = "failout"
     assert_eq!(second.node.router.warm_up, Duration::from_secs(3));
     assert_eq!(second.failover[0].members.len(), 2);
 }
+
+/// The reference (`config/example-router.toml`) names every key there is: everything an
+/// export writes (which is every key, defaults included) appears in it.
+#[test]
+fn the_reference_example_names_every_key() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/");
+    let reference = std::fs::read_to_string(format!("{dir}example-router.toml")).unwrap();
+    let mut all = parse(&format!(
+        "{TWO_NETS}\n[[route]]\nnet = \"tcp3\"\ngateway = \"10.0.1.7@tcp1\"\n\
+         [[failover]]\nname = \"g\"\nnids = [\"10.0.1.8@tcp1\"]\n[routing]\nenable = true\n"
+    ))
+    .unwrap();
+    all.nets[0].interface = Some("eth1".into());
+    let exported = all.to_toml();
+    let keys: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+        .collect();
+    assert!(keys.len() > 25, "{keys:?}");
+    for key in keys {
+        let named = reference.lines().any(|l| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{key} ="))
+        });
+        assert!(named, "config/example-router.toml does not name `{key}`");
+    }
+}
