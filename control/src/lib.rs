@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acceptor;
 pub mod client;
 pub mod command;
 pub mod ctl;

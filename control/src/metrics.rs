@@ -7,11 +7,9 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::acceptor::Acceptor;
 use lanet::health::{PeerState, RttHistogram};
 use lanet::node::NodeReport;
 use lanet::wire::RouterState;
@@ -331,8 +329,7 @@ pub fn render(report: NodeReport) -> String {
 /// The HTTP endpoint, served by a thread of its own until dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl MetricsServer {
@@ -340,44 +337,21 @@ impl MetricsServer {
     pub fn serve(addr: SocketAddr, endpoint: Endpoint) -> io::Result<MetricsServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("lanet-metrics".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stopping.load(Ordering::Acquire) {
-                        break;
-                    }
-                    match conn {
-                        Ok(conn) => {
-                            if let Err(e) = answer(conn, &endpoint) {
-                                tracing::debug!("metrics client: {e}");
-                            }
-                        }
-                        Err(e) => tracing::warn!("metrics: {e}"),
-                    }
-                }
-            })?;
+        let acceptor = Acceptor::spawn(
+            "lanet-metrics",
+            listener,
+            |l: &TcpListener| l.accept().map(|(c, _)| c),
+            move |conn| answer(conn, &endpoint),
+            move || drop(TcpStream::connect(addr)),
+        )?;
         Ok(MetricsServer {
             addr,
-            stop,
-            thread: Some(thread),
+            _acceptor: acceptor,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = TcpStream::connect(self.addr); // wakes the accepting thread
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -7,9 +7,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use lanet::config::ConfigFile;
@@ -18,6 +15,7 @@ use lanet::wire::{AbsentReason, RouterState};
 use lanet::{Endpoint, Lane, OpOutcome};
 use serde_json::{json, Value};
 
+use crate::acceptor::Acceptor;
 use crate::command::Command;
 
 /// Longest command line taken; a client sending more is answered with an error.
@@ -28,8 +26,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The socket, served by a thread of its own until dropped.
 pub struct ControlSocket {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Option<Acceptor>,
 }
 
 impl ControlSocket {
@@ -62,29 +59,17 @@ impl ControlSocket {
         let listener = UnixListener::bind(path)?;
         // Only its owner (root, on a gateway) may ask or command.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("lanet-control".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stopping.load(Ordering::Acquire) {
-                        break;
-                    }
-                    match conn {
-                        Ok(conn) => {
-                            if let Err(e) = answer(conn, &endpoint, config.as_ref()) {
-                                tracing::debug!("control socket client: {e}");
-                            }
-                        }
-                        Err(e) => tracing::warn!("control socket: {e}"),
-                    }
-                }
-            })?;
+        let wake_path = path.to_owned();
+        let acceptor = Acceptor::spawn(
+            "lanet-control",
+            listener,
+            |l: &UnixListener| l.accept().map(|(c, _)| c),
+            move |conn| answer(conn, &endpoint, config.as_ref()),
+            move || drop(UnixStream::connect(&wake_path)),
+        )?;
         Ok(ControlSocket {
             path: path.to_owned(),
-            stop,
-            thread: Some(thread),
+            acceptor: Some(acceptor),
         })
     }
 
@@ -95,12 +80,8 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accepting thread; it sees the flag and ends.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Stopped first: it is woken through the socket's path.
+        drop(self.acceptor.take());
         let _ = std::fs::remove_file(&self.path);
     }
 }
