@@ -1,5 +1,7 @@
 //! The demo's story, step by step, with the client's PUTs flowing throughout.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +11,14 @@ use lanet::{Endpoint, Event, Lane, Nid, OpOutcome};
 use crate::show::Show;
 use crate::site::Site;
 use crate::{PORTAL, PUT_SIZE};
+
+/// Set by SIGINT or SIGTERM: the demo stops where it is and cleans up (its processes, and
+/// as root its namespaces) on the way out.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
 
 /// PUTs in flight at once.
 const WINDOW: usize = 16;
@@ -97,6 +107,7 @@ impl Load {
 /// Round trips of `n` health-lane pings from `client` to `to`, sorted.
 fn ping_rtts(client: &Endpoint, to: Nid, n: usize) -> Vec<Duration> {
     let mut rtts: Vec<Duration> = (0..n)
+        .take_while(|_| !interrupted())
         .filter_map(|_| {
             let req = PingRequest {
                 dst: to,
@@ -146,7 +157,7 @@ impl Watch<'_> {
     ) -> Option<Duration> {
         let start = Instant::now();
         let mut last_check = Instant::now() - Duration::from_secs(1);
-        while start.elapsed() < limit {
+        while start.elapsed() < limit && !interrupted() {
             self.load.poll(self.site, Duration::from_millis(10));
             if last_check.elapsed() >= Duration::from_millis(25) {
                 last_check = Instant::now();
@@ -186,6 +197,18 @@ impl Watch<'_> {
 }
 
 pub fn run() -> Result<(), String> {
+    let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone()).map_err(|e| e.to_string())?;
+    }
+    let result = story();
+    if interrupted() {
+        return Err("interrupted: its processes and namespaces are gone".into());
+    }
+    result
+}
+
+fn story() -> Result<(), String> {
     let mut show = Show::new();
     show.step("lanet demo: a client, two routers and a failover pair of servers, each a process");
     let mut site = Site::start()?;
