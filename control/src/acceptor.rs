@@ -1,10 +1,37 @@
-//! The thread behind the control socket and the metrics port: accepts one client at a
-//! time and serves it (each server bounds how long a client may take), until dropped.
+//! The thread behind the control socket and the metrics port: accepts clients and serves
+//! each on a thread of its own, at most `MAX_CLIENTS` at once (more wait in the listen
+//! backlog), so that one slow request (a `ping` waits up to 30 s) holds up nobody else.
+//! Each server bounds how long a client may take. Until dropped.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+/// Clients served at once.
+pub(crate) const MAX_CLIENTS: usize = 8;
+
+/// Clients being served now, and a wake-up when one is done.
+#[derive(Default)]
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn take(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= MAX_CLIENTS {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy += 1;
+    }
+
+    fn give_back(&self) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.freed.notify_one();
+    }
+}
 
 pub(crate) struct Acceptor {
     stop: Arc<AtomicBool>,
@@ -19,29 +46,47 @@ impl Acceptor {
         name: &str,
         listener: L,
         incoming: impl Fn(&L) -> io::Result<C> + Send + 'static,
-        serve: impl Fn(C) -> io::Result<()> + Send + 'static,
+        serve: impl Fn(C) -> io::Result<()> + Send + Sync + 'static,
         wake: impl Fn() + Send + 'static,
     ) -> io::Result<Acceptor>
     where
         L: Send + 'static,
+        C: Send + 'static,
     {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let what = name.to_owned();
+        let serve = Arc::new(serve);
+        let slots = Arc::new(Slots::default());
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || loop {
+                slots.take();
                 let conn = incoming(&listener);
                 if stopping.load(Ordering::Acquire) {
                     break;
                 }
-                match conn {
-                    Ok(conn) => {
-                        if let Err(e) = serve(conn) {
-                            tracing::debug!("{what} client: {e}");
-                        }
+                let conn = match conn {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!("{what}: {e}");
+                        slots.give_back();
+                        continue;
                     }
-                    Err(e) => tracing::warn!("{what}: {e}"),
+                };
+                let (serve, done, who) = (serve.clone(), slots.clone(), what.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("{what}-client"))
+                    .spawn(move || {
+                        if let Err(e) = serve(conn) {
+                            tracing::debug!("{who} client: {e}");
+                        }
+                        done.give_back();
+                    });
+                if let Err(e) = spawned {
+                    // Its connection dropped with the closure: the client sees it closed.
+                    tracing::warn!("{what}: cannot start a thread for a client: {e}");
+                    slots.give_back();
                 }
             })?;
         Ok(Acceptor {

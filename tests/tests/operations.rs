@@ -282,6 +282,19 @@ fn every_lanetctl_verb_works_against_a_running_router() {
     let nobody = nid(port(), "tcp2").to_string();
     let e = fails(sock, &["ping", &nobody, "--timeout-ms", "500"]);
     assert!(e.contains(&nobody), "{e}");
+    // A slow client holds up nobody else: one that connects and says nothing (the socket
+    // gives it 2 s) while status is asked.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(sock).unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    assert_eq!(json(sock, &["router", "status"])["state"], "forwarding");
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(1500),
+        "status waited behind silent clients: {:?}",
+        start.elapsed()
+    );
+    drop(idle);
 
     // fault drop|delay add, show, del: the router loses the server's health frames, so
     // judges it Down; the rule lifted, it is Up again. A delay makes PUTs late.
