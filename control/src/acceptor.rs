@@ -69,8 +69,10 @@ impl Acceptor {
                 let conn = match conn {
                     Ok(conn) => conn,
                     Err(e) => {
+                        // E.g. out of file descriptors: not in a tight loop.
                         tracing::warn!("{what}: {e}");
                         slots.give_back();
+                        std::thread::sleep(std::time::Duration::from_millis(100));
                         continue;
                     }
                 };

@@ -2,8 +2,9 @@
 //! turned into a lanet configuration file (TOML), so a site brings its nets, routes and
 //! router buffers across. What has no lanet counterpart is named, not silently dropped.
 //!
-//! Read: `net` (`net type`, the first of its `local NI(s)`: its `nid`, its first
-//! `interfaces` entry, `tunables` `peer_credits`, `credits`, `peer_buffer_credits`),
+//! Read: `net` (`net type`, the first of its `local NI(s)`: its `nid`'s address (its
+//! `interfaces` entry kept as a comment, since the file may be imported elsewhere),
+//! `tunables` `peer_credits`, `credits`, `peer_buffer_credits`),
 //! `route` (`net`, `gateway`, `hop`: -1 is lnetctl's "unset", one hop; `priority`),
 //! `routing` (`enable`) and `buffers` (`tiny`, `small`, `large`).
 
@@ -50,9 +51,8 @@ fn field<'a>(y: &'a Yaml, key: &str) -> &'a Yaml {
     }
 }
 
-/// A TOML string.
 fn quoted(s: &str) -> String {
-    format!("{s:?}")
+    lanet::config::toml_string(s)
 }
 
 pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
@@ -96,12 +96,21 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
             .and_then(|h| h.values().next())
             .and_then(text);
         let address = text(&ni["nid"]).and_then(|n| n.split('@').next().map(str::to_owned));
-        match (interface, address) {
-            (Some(i), _) => {
-                let _ = writeln!(t, "interface = {}", quoted(&i));
-            }
-            (None, Some(a)) => {
+        // The NID's address is what the node was; an interface is looked up on whatever
+        // host reads the file, so it is kept only as a hint.
+        match (address, interface) {
+            (Some(a), i) => {
                 let _ = writeln!(t, "address = {}", quoted(&a));
+                if let Some(i) = i {
+                    let _ = writeln!(
+                        t,
+                        "# interface = {}   (LNet's; instead of address)",
+                        quoted(&i)
+                    );
+                }
+            }
+            (None, Some(i)) => {
+                let _ = writeln!(t, "interface = {}", quoted(&i));
             }
             (None, None) => {
                 return Err(format!("net {kind}: its NI has neither nid nor interface"))
@@ -168,6 +177,11 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
             ));
         }
     }
+    // What lanet would make of it: values out of range (a priority of 300, a negative
+    // credit count) are caught here, with the line of the converted file.
+    if let Err(e) = lanet::config::ConfigFile::parse("the converted file", &t) {
+        return Err(format!("{e}\n--- the converted file:\n{t}"));
+    }
     Ok(Imported { toml: t, notes })
 }
 
@@ -225,8 +239,9 @@ global:
         let f = ConfigFile::parse("imported.toml", &out.toml)
             .unwrap_or_else(|e| panic!("{e}\n{}", out.toml));
         let nids: Vec<String> = f.nets.iter().map(|n| n.nid.to_string()).collect();
-        // The o2ib1 NI by its interface: `lo` here, 127.0.0.1.
-        assert_eq!(nids, ["10.0.1.5@tcp", "127.0.0.1@o2ib1"]);
+        // By the NID's address; the interface LNet named is a comment.
+        assert_eq!(nids, ["10.0.1.5@tcp", "10.0.2.5@o2ib1"]);
+        assert!(out.toml.contains("# interface = \"lo\""), "{}", out.toml);
         assert_eq!(f.nets[0].credits, 512);
         assert!(f.node.forwarding);
         assert_eq!(f.node.router_buffers.small, 8192);
@@ -257,5 +272,12 @@ global:
         assert!(lnetctl_yaml(no_gw)
             .unwrap_err()
             .contains("without net or gateway"));
+        let too_high = "net:\n    - net type: tcp\n      local NI(s):\n        - nid: 10.0.0.1@tcp\n\
+                        route:\n    - net: tcp2\n      gateway: 10.0.0.2@tcp\n      priority: 300\n";
+        let e = lnetctl_yaml(too_high).unwrap_err();
+        assert!(
+            e.contains("priority") && e.contains("the converted file"),
+            "{e}"
+        );
     }
 }

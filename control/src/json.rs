@@ -14,16 +14,21 @@ pub fn report(r: &NodeReport) -> Value {
         .iter()
         .map(|(nid, up)| json!({ "nid": nid.to_string(), "net": nid.net.to_string(), "up": up }))
         .collect();
+    // Both sorted by NID: looked up by binary search, not per peer from the start.
     let peers: Vec<Value> = r
         .peers
         .iter()
         .map(|(nid, h)| {
-            let hop = r.hops.iter().find(|hop| hop.nid == *nid);
+            let hop = r
+                .hops
+                .binary_search_by_key(nid, |hop| hop.nid)
+                .ok()
+                .map(|i| &r.hops[i]);
             let incarnation = r
                 .incarnations
-                .iter()
-                .find(|(n, _)| n == nid)
-                .map(|(_, i)| *i);
+                .binary_search_by_key(nid, |(n, _)| *n)
+                .ok()
+                .map(|i| r.incarnations[i].1);
             json!({
                 "nid": nid.to_string(),
                 "state": format!("{:?}", h.state).to_lowercase(),

@@ -127,7 +127,7 @@ impl Collector for Snapshot {
         )?;
         counters(
             &mut e,
-            "lanet_dropped",
+            "lanet_answers_dropped",
             "Answers dropped with no way left to their target",
             &per_lane(&|l| l.dropped),
         )?;
@@ -335,6 +335,13 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Listens on `addr` (port 0: any) and answers scrapes for `endpoint`.
     pub fn serve(addr: SocketAddr, endpoint: Endpoint) -> io::Result<MetricsServer> {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "metrics are served without authentication and name this node's peers and \
+                 routes: bind them to loopback or a management network"
+            );
+        }
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let acceptor = Acceptor::spawn(
@@ -358,9 +365,20 @@ impl MetricsServer {
 fn answer(mut conn: TcpStream, endpoint: &Endpoint) -> io::Result<()> {
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    // The whole request within IO_TIMEOUT, not each read: a client trickling bytes is cut
+    // off like a silent one.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+    let ended =
+        |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
+    while !ended(&head) && head.len() < MAX_REQUEST {
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not complete in time",
+            ));
+        }
         match conn.read(&mut buf)? {
             0 => break,
             n => head.extend_from_slice(&buf[..n]),

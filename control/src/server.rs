@@ -56,9 +56,15 @@ impl ControlSocket {
             }
             std::fs::remove_file(path)?; // a dead daemon's
         }
-        let listener = UnixListener::bind(path)?;
-        // Only its owner (root, on a gateway) may ask or command.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        // Only its owner (root, on a gateway) may ask or command: made under a name of its
+        // own, restricted, then renamed into place, so it is never open to others.
+        let mut making = path.as_os_str().to_owned();
+        making.push(format!(".{}.new", std::process::id()));
+        let making = PathBuf::from(making);
+        let _ = std::fs::remove_file(&making);
+        let listener = UnixListener::bind(&making)?;
+        std::fs::set_permissions(&making, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&making, path)?;
         let wake_path = path.to_owned();
         let acceptor = Acceptor::spawn(
             "lanet-control",

@@ -8,10 +8,18 @@
 //!   told apart (seed 000), and a live server is abandoned.
 //! * `partial-router`: a router that reaches one server of a pair from a client net but
 //!   not the other: after failover its clients lose that path.
-//! * `single-router`: a net with one router on it: its only way out.
-//! * `no-fail-open`: two nets joined by routers that are not all fellows of each other. A
-//!   router fails open (stays, degraded, rather than strand a pair of nets) only by knowing
-//!   the others between the same nets; strangers could all withdraw at once.
+//! * `unreachable-member`: a server of a pair that a client net cannot reach at all: after
+//!   failover to it, the clients there are cut off.
+//! * `single-router` / `no-router`: a net with one router on it (its only way out), or none
+//!   (cut off from the others).
+//! * `no-fail-open`: routers joining the same nets that are not all fellows of each other
+//!   (once per such group of routers). A router fails open (stays, degraded, rather than
+//!   strand a pair of nets) only by knowing the others between the same nets; strangers
+//!   could all withdraw at once.
+//!
+//! Not flagged: a pair with one server on the client net and the other behind a single
+//! router. Its router failing looks like that server failing, but clients only go there
+//! once the first server has died, and then they have nowhere else to go anyway.
 //!
 //! Routes are taken as one hop: a client net reaches a server's net through the routers
 //! with an NI on both (or directly, on the same net).
@@ -96,6 +104,8 @@ const SPLIT_PAIR: &str = "a router failing looks to these clients exactly like t
     same routers, or more than one each";
 const PARTIAL_ROUTER: &str = "after failover to the other server, this router's clients \
     lose their path through it";
+const UNREACHABLE: &str = "after failover to it, these clients have no way to it";
+const NO_ROUTER: &str = "no way between it and the other nets";
 const SINGLE_ROUTER: &str = "its only way to other nets: when that router fails or \
     withdraws, the net is cut off";
 const NO_FAIL_OPEN: &str = "a router stays (degraded) rather than strand a pair of nets \
@@ -227,6 +237,15 @@ impl Topology {
                         why: SPLIT_PAIR,
                     });
                 }
+                for (s, via) in &ways {
+                    if via.as_ref().is_some_and(Vec::is_empty) {
+                        found.push(Finding {
+                            rule: "unreachable-member",
+                            what: format!("{s} of pair {names} cannot be reached from {c}: no router joins {c} and {}", self.server_net(s)),
+                            why: UNREACHABLE,
+                        });
+                    }
+                }
                 let all: BTreeSet<&str> = ways
                     .iter()
                     .filter_map(|(_, via)| via.as_ref())
@@ -236,7 +255,11 @@ impl Topology {
                 for r in all {
                     let missed: Vec<&str> = ways
                         .iter()
-                        .filter(|(_, via)| via.as_ref().is_some_and(|v| !v.contains(&r)))
+                        // Members no router reaches are found above, once.
+                        .filter(|(_, via)| {
+                            via.as_ref()
+                                .is_some_and(|v| !v.is_empty() && !v.contains(&r))
+                        })
                         .map(|(s, _)| *s)
                         .collect();
                     if !missed.is_empty() {
@@ -260,34 +283,61 @@ impl Topology {
                     .filter(|r| r.nets.contains(&net.name))
                     .map(|r| r.name.as_str())
                     .collect();
-                if on.len() == 1 {
-                    found.push(Finding {
+                match on.as_slice() {
+                    [] => found.push(Finding {
+                        rule: "no-router",
+                        what: format!("net {} has no router", net.name),
+                        why: NO_ROUTER,
+                    }),
+                    [one] => found.push(Finding {
                         rule: "single-router",
-                        what: format!("net {} has one router, {}", net.name, on[0]),
+                        what: format!("net {} has one router, {one}", net.name),
                         why: SINGLE_ROUTER,
-                    });
+                    }),
+                    _ => {}
                 }
             }
         }
+        // Per group of routers joining the same nets: the pairs of nets, and who does not
+        // know whom.
+        let mut groups: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
         for (i, a) in self.nets.iter().enumerate() {
             for b in &self.nets[i + 1..] {
                 let between = self.joining(&a.name, &b.name);
-                let strangers: Vec<String> = between
-                    .iter()
-                    .flat_map(|r| {
-                        between
-                            .iter()
-                            .filter(|o| o.name != r.name && !r.fellows.contains(&o.name))
-                            .map(|o| format!("{} does not list {}", r.name, o.name))
-                    })
-                    .collect();
-                if between.len() >= 2 && !strangers.is_empty() {
-                    found.push(Finding {
-                        rule: "no-fail-open",
-                        what: format!("nets {} and {}: {}", a.name, b.name, strangers.join(", ")),
-                        why: NO_FAIL_OPEN,
-                    });
+                if between.len() < 2 {
+                    continue;
                 }
+                let names: Vec<&str> = between.iter().map(|r| r.name.as_str()).collect();
+                let pair = format!("{}-{}", a.name, b.name);
+                match groups.iter_mut().find(|(g, _)| *g == names) {
+                    Some((_, pairs)) => pairs.push(pair),
+                    None => groups.push((names, vec![pair])),
+                }
+            }
+        }
+        for (names, pairs) in groups {
+            let strangers: Vec<String> = self
+                .routers
+                .iter()
+                .filter(|r| names.contains(&r.name.as_str()))
+                .flat_map(|r| {
+                    names
+                        .iter()
+                        .filter(|&&o| o != r.name && !r.fellows.iter().any(|f| f == o))
+                        .map(move |o| format!("{} does not list {o}", r.name))
+                })
+                .collect();
+            if !strangers.is_empty() {
+                found.push(Finding {
+                    rule: "no-fail-open",
+                    what: format!(
+                        "routers {} (nets {}): {}",
+                        names.join(", "),
+                        pairs.join(", "),
+                        strangers.join(", ")
+                    ),
+                    why: NO_FAIL_OPEN,
+                });
             }
         }
         found
@@ -383,8 +433,35 @@ mod tests {
         let routers = router("r1", &["tcp1", "tcp2", "tcp3"], &["r2"])
             + &router("r2", &["tcp1", "tcp2", "tcp3"], &[]);
         let found = site(&routers, BOTH_ON_TCP2);
-        assert_eq!(rules(&found), ["no-fail-open"; 3], "{found:?}");
+        assert_eq!(
+            rules(&found),
+            ["no-fail-open"],
+            "once for the two routers: {found:?}"
+        );
         assert!(found[0].what.contains("r2 does not list r1"), "{found:?}");
+        assert!(
+            found[0].what.contains("tcp1-tcp2, tcp1-tcp3, tcp2-tcp3"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_member_no_router_reaches_is_found_and_so_is_a_net_with_no_router() {
+        // s1 on tcp2 (r1 joins tcp1 and tcp2); s2 on tcp3, which no router is on.
+        let routers =
+            router("r1", &["tcp1", "tcp2"], &["r2"]) + &router("r2", &["tcp1", "tcp2"], &["r1"]);
+        let found = site(&routers, SPLIT);
+        assert_eq!(
+            rules(&found),
+            ["unreachable-member", "no-router"],
+            "{found:?}"
+        );
+        assert!(
+            found[0]
+                .what
+                .starts_with("s2 of pair s1/s2 cannot be reached from tcp1"),
+            "{found:?}"
+        );
     }
 
     #[test]

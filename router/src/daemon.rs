@@ -159,7 +159,7 @@ impl Daemon {
         loop {
             let arrived: Vec<i32> = self.signals.wait().collect();
             if arrived.contains(&SIGHUP) {
-                crate::notify::notify("RELOADING=1");
+                crate::notify::reloading();
                 self.reload();
                 crate::notify::notify("READY=1");
             }

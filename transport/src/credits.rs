@@ -71,6 +71,11 @@ impl LaneCredits {
         self.tx_max
     }
 
+    /// Credits we offered the peer: the most frames of its own it may have here at once.
+    pub fn offered(&self) -> u16 {
+        self.rx_offered
+    }
+
     /// The fewest credits we have had since the connection came up.
     pub fn lowest(&self) -> u16 {
         self.tx_low

@@ -383,14 +383,17 @@ impl Endpoint {
         }
         let id = self.next_id();
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner.awaited.register(id, tx);
+        if !self.inner.awaited.register(id, tx) {
+            return Err(self.inner.gate.refusal());
+        }
         if let Err(e) = self.inner.send(Command::Ping(id, req)) {
             self.inner.awaited.forget(id);
             return Err(e);
         }
-        // Every accepted operation completes exactly once, however the endpoint stops;
-        // only a driver thread that died without completing it leaves this channel empty.
-        rx.recv().map_err(|_| EndpointError::ShutDown)
+        // Every accepted operation completes exactly once, however the endpoint stops; if
+        // its completion was lost all the same (a panicking callback), the driver thread
+        // drops this channel's sender as it ends.
+        rx.recv().map_err(|_| self.inner.gate.refusal())
     }
 
     /// Posts a receive buffer or GET source. It completes when unlinked.

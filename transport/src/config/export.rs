@@ -13,7 +13,7 @@ fn dur(d: Duration) -> String {
 }
 
 /// A TOML basic string: quoted, with backslash, quote and control characters escaped.
-fn string(s: &str) -> String {
+pub fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -31,7 +31,10 @@ fn string(s: &str) -> String {
 }
 
 fn quoted(items: impl IntoIterator<Item = impl ToString>) -> String {
-    let list: Vec<String> = items.into_iter().map(|i| string(&i.to_string())).collect();
+    let list: Vec<String> = items
+        .into_iter()
+        .map(|i| toml_string(&i.to_string()))
+        .collect();
     format!("[{}]", list.join(", "))
 }
 
@@ -57,7 +60,7 @@ impl ConfigFile {
             };
             match (&net.interface, ip) {
                 (Some(i), _) => {
-                    let _ = writeln!(t, "interface = {}", string(i));
+                    let _ = writeln!(t, "interface = {}", toml_string(i));
                 }
                 (None, Some(ip)) => {
                     let _ = writeln!(t, "address = \"{ip}\"");
@@ -108,7 +111,7 @@ impl ConfigFile {
         let _ = writeln!(t, "warm_up = {}", dur(r.warm_up));
         let _ = writeln!(t, "drain = {}", dur(self.daemon.drain));
         let socket = self.daemon.control_socket.display().to_string();
-        let _ = writeln!(t, "control_socket = {}", string(&socket));
+        let _ = writeln!(t, "control_socket = {}", toml_string(&socket));
         for g in &self.failover {
             let mode = match g.mode {
                 FailoverMode::Failover => "failover",
@@ -117,7 +120,7 @@ impl ConfigFile {
             let _ = writeln!(
                 t,
                 "\n[[failover]]\nname = {}\nnids = {}\nmode = \"{mode}\"",
-                string(&g.name),
+                toml_string(&g.name),
                 quoted(&g.members)
             );
         }

@@ -2,6 +2,7 @@
 //! and the configuration file every node reads ([`file`]).
 
 mod export;
+pub use export::toml_string;
 pub mod file;
 
 use std::time::Duration;

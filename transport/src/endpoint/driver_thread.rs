@@ -54,20 +54,41 @@ pub(super) type Callback = Box<dyn FnMut(Event) + Send>;
 pub(super) struct Awaited {
     /// How many are registered: emitting checks this, and locks only when it is not 0.
     count: AtomicUsize,
-    waiters: std::sync::Mutex<rustc_hash::FxHashMap<OpId, Sender<Completion>>>,
+    waiters: std::sync::Mutex<Waiters>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    by_op: rustc_hash::FxHashMap<OpId, Sender<Completion>>,
+    /// The driver thread ended: nothing registers any more.
+    closed: bool,
 }
 
 impl Awaited {
-    pub(super) fn register(&self, op: OpId, tx: Sender<Completion>) {
+    /// False once the driver thread has ended.
+    pub(super) fn register(&self, op: OpId, tx: Sender<Completion>) -> bool {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        w.insert(op, tx);
-        self.count.store(w.len(), Ordering::Release);
+        if w.closed {
+            return false;
+        }
+        w.by_op.insert(op, tx);
+        self.count.store(w.by_op.len(), Ordering::Release);
+        true
+    }
+
+    /// The driver thread ends: waiters whose completion did not come (it was lost with a
+    /// panicking callback) hear that the endpoint stopped, instead of waiting forever.
+    fn abandon(&self) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.closed = true;
+        w.by_op.clear();
+        self.count.store(0, Ordering::Release);
     }
 
     pub(super) fn forget(&self, op: OpId) {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        w.remove(&op);
-        self.count.store(w.len(), Ordering::Release);
+        w.by_op.remove(&op);
+        self.count.store(w.by_op.len(), Ordering::Release);
     }
 
     /// The event, unless it completes an awaited operation (then handed to its waiter).
@@ -79,10 +100,10 @@ impl Awaited {
             return Some(e);
         };
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = w.remove(&c.op) else {
+        let Some(tx) = w.by_op.remove(&c.op) else {
             return Some(Event::Completed(c));
         };
-        self.count.store(w.len(), Ordering::Release);
+        self.count.store(w.by_op.len(), Ordering::Release);
         let _ = tx.send(c); // a waiter that gave up has nobody to tell
         None
     }
@@ -116,6 +137,11 @@ pub(super) struct DriverThread {
 
 impl DriverThread {
     pub(super) fn run(mut self) {
+        self.run_to_the_end();
+        self.awaited.abandon();
+    }
+
+    fn run_to_the_end(&mut self) {
         let served = catch_unwind(AssertUnwindSafe(|| self.serve()));
         // Stopping runs the node and the LNDs once more: a panic there is handled as one
         // while serving.
@@ -340,7 +366,7 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
             Ok(())
         }
         Command::Report(reply) => {
-            let _ = reply.send(Box::new(node.report()));
+            let _ = reply.send(Box::new(node.report(now)));
             Ok(())
         }
         Command::SetRouterState(state, reply) => {

@@ -142,6 +142,8 @@ pub(crate) struct Faults {
     next_id: u32,
     /// Held frames by release time (and arrival order).
     delayed: BTreeMap<(Time, u64), Delayed>,
+    /// How many of them each connection has there: never more than it has credits for.
+    held: rustc_hash::FxHashMap<(Nid, Lane), u16>,
     arrivals: u64,
 }
 
@@ -203,19 +205,51 @@ impl Faults {
     /// destination): then a new connection's HELLO is no sign of life either, since all
     /// that would follow it is lost.
     pub(crate) fn silences(&self, from: Nid, lane: Lane) -> bool {
-        self.rules.iter().any(|r| {
-            let f = &r.rule;
-            f.action == FaultAction::Drop
-                && f.rate == 1
-                && f.dst == NidPattern::Any
-                && f.src.matches(from)
-                && f.lane.is_none_or(|l| l == lane)
-        })
+        !self.rules.is_empty()
+            && self.rules.iter().any(|r| {
+                let f = &r.rule;
+                f.action == FaultAction::Drop
+                    && f.rate == 1
+                    && f.dst == NidPattern::Any
+                    && f.src.matches(from)
+                    && f.lane.is_none_or(|l| l == lane)
+            })
     }
 
-    pub(crate) fn hold(&mut self, until: Time, frame: Delayed) {
+    /// Holds `frame` until `until`; gives it back, refused, if its connection already has
+    /// `credits` frames held (what it sent beyond them is an overrun, as on the normal path).
+    pub(crate) fn hold(&mut self, until: Time, frame: Delayed, credits: u16) -> Option<Delayed> {
+        let held = self.held.entry((frame.hop, frame.lane)).or_default();
+        if *held >= credits {
+            return Some(frame);
+        }
+        *held += 1;
         self.arrivals += 1;
         self.delayed.insert((until, self.arrivals), frame);
+        None
+    }
+
+    fn unheld(&mut self, hop: Nid, lane: Lane) {
+        if let Some(n) = self.held.get_mut(&(hop, lane)) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&(hop, lane));
+            }
+        }
+    }
+
+    /// The (hop, lane) connection went: the frames it had held go with it.
+    pub(crate) fn forget(&mut self, hop: Nid, lane: Lane) -> Vec<Delayed> {
+        if self.held.remove(&(hop, lane)).is_none() {
+            return Vec::new();
+        }
+        let keys: Vec<(Time, u64)> = self
+            .delayed
+            .iter()
+            .filter(|(_, d)| d.hop == hop && d.lane == lane)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| self.delayed.remove(k)).collect()
     }
 
     pub(crate) fn next_release(&self) -> Option<Time> {
@@ -225,11 +259,14 @@ impl Faults {
     /// The next held frame due at `now`, if any.
     pub(crate) fn release(&mut self, now: Time) -> Option<Delayed> {
         let (&key, _) = self.delayed.iter().next().filter(|(&(t, _), _)| t <= now)?;
-        self.delayed.remove(&key)
+        let frame = self.delayed.remove(&key)?;
+        self.unheld(frame.hop, frame.lane);
+        Some(frame)
     }
 
     /// Everything held, released at once (the node is stopping).
     pub(crate) fn take_all(&mut self) -> Vec<Delayed> {
+        self.held.clear();
         std::mem::take(&mut self.delayed).into_values().collect()
     }
 }

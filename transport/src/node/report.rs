@@ -112,8 +112,8 @@ impl RouterReport {
 }
 
 impl Node {
-    /// Everything an operator asks about, at once.
-    pub fn report(&self) -> NodeReport {
+    /// Everything an operator asks about, at once, at `now` (what `last_heard` is against).
+    pub fn report(&self, now: Time) -> NodeReport {
         let routes = self
             .routes
             .all()
@@ -135,7 +135,7 @@ impl Node {
             .collect();
         incarnations.sort_by_key(|(nid, _)| *nid);
         NodeReport {
-            at: self.clock.unwrap_or_default(),
+            at: now,
             hops,
             incarnations,
             nis: self.nis.iter().map(|ni| (ni.nid, ni.up)).collect(),

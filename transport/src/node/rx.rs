@@ -196,6 +196,13 @@ impl Node {
         };
         let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Down;
+        for held in self.faults.forget(nid, lane) {
+            self.decline_deferred(held.ni, held.payload);
+        }
+        let Some(hop) = self.hops.get_mut(&nid) else {
+            return;
+        };
+        let hl = &mut hop.lanes[lane];
         let answers = std::mem::take(&mut hl.answers);
         let forwards = hl.take_forwards();
         // Our own requests wait for a new connection; the monitor pings again if it must.
@@ -300,8 +307,7 @@ impl Node {
                 Verdict::Drop => return self.fault_drop(ni, nid, lane, h, payload),
                 Verdict::Delay(d) => {
                     // Not yet connected: the normal path says why that is wrong.
-                    if let Some(serial) = self.conn_serial(nid, lane) {
-                        self.stats.lanes[lane].fault_delayed += 1;
+                    if let Some((serial, credits)) = self.conn_serial(nid, lane) {
                         let held = Delayed {
                             ni,
                             hop: nid,
@@ -310,7 +316,13 @@ impl Node {
                             header: h,
                             payload,
                         };
-                        return self.faults.hold(now + d, held);
+                        let Some(over) = self.faults.hold(now + d, held, credits) else {
+                            self.stats.lanes[lane].fault_delayed += 1;
+                            return;
+                        };
+                        self.decline_deferred(ni, over.payload);
+                        let what = format!("{nid} sent more than the {credits} credits offered");
+                        return self.protocol_error(ni, nid, lane, what);
                     }
                 }
             }
@@ -318,9 +330,12 @@ impl Node {
         self.on_frame_admitted(now, ni, nid, lane, h, payload)
     }
 
-    fn conn_serial(&self, nid: Nid, lane: Lane) -> Option<u64> {
-        match self.hops.get(&nid)?.lanes[lane].conn {
-            Conn::Up { serial, .. } => Some(serial),
+    /// The (hop, lane) connection's serial and the credits we offered on it, if it is up.
+    fn conn_serial(&self, nid: Nid, lane: Lane) -> Option<(u64, u16)> {
+        match &self.hops.get(&nid)?.lanes[lane].conn {
+            Conn::Up {
+                serial, credits, ..
+            } => Some((*serial, credits.offered())),
             Conn::Down | Conn::Connecting => None,
         }
     }
@@ -348,7 +363,7 @@ impl Node {
     /// Frames whose delay is over, handled now, unless their connection went meanwhile.
     pub(super) fn release_delayed(&mut self, now: Time) {
         while let Some(d) = self.faults.release(now) {
-            if self.conn_serial(d.hop, d.lane) == Some(d.serial) {
+            if self.conn_serial(d.hop, d.lane).map(|(s, _)| s) == Some(d.serial) {
                 self.on_frame_admitted(now, d.ni, d.hop, d.lane, d.header, d.payload);
             } else {
                 self.decline_deferred(d.ni, d.payload);
@@ -366,7 +381,11 @@ impl Node {
         h: Header,
         payload: RxPayload,
     ) {
-        self.heard(now, nid);
+        // A CREDIT frame is not judged by fault rules (its credits must count), but from a
+        // node whose every frame is dropped it is no sign of life either.
+        if !self.faults.silences(nid, lane) {
+            self.heard(now, nid);
+        }
         if let Err(what) = self.check_frame(ni, nid, lane, &h, &payload) {
             self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, what);
