@@ -680,3 +680,27 @@ fn the_router_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     );
     assert!(!log.contains('\x1b'), "no ANSI colours in the journal");
 }
+
+/// A program that links lanet serves the same control socket for its own endpoint: here
+/// the client, which is no router.
+#[test]
+fn any_endpoint_can_serve_a_control_socket() {
+    let site = Site::new("control-any");
+    let path = site.scratch.0.join("client.sock");
+    let _control = lanet_control::ControlSocket::serve(&path, site.client.clone(), None).unwrap();
+    let nets = json(&path, &["net", "show"]);
+    assert_eq!(nets["nets"][0]["nid"], site.client_nid.to_string().as_str());
+    assert_eq!(json(&path, &["routing", "show"])["enabled"], false);
+    assert!(ok(&path, &["routing", "show"]).contains("disabled"));
+    let e = fails(&path, &["router", "status"]);
+    assert!(e.contains("not a router"), "{e}");
+    let e = fails(&path, &["set", "routing", "0"]);
+    assert!(e.contains("router"), "{e}");
+    let e = fails(&path, &["export"]);
+    assert!(e.contains("not started from a configuration file"), "{e}");
+    // Its ping goes through its route and the router to the server.
+    let pong = json(&path, &["ping", &site.server_nid.to_string()]);
+    assert!(pong["rtt_us"].as_f64().unwrap() > 0.0, "{pong}");
+    let routes = json(&path, &["route", "show"]);
+    assert_eq!(routes["routes"][0]["net"], "tcp2");
+}
