@@ -33,6 +33,15 @@ impl Slots {
     }
 }
 
+/// Holds one slot; gives it back when dropped (panics included).
+struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
 pub(crate) struct Acceptor {
     stop: Arc<AtomicBool>,
     /// Connects to the listener, so that a thread blocked in accept sees `stop`.
@@ -80,10 +89,11 @@ impl Acceptor {
                 let spawned = std::thread::Builder::new()
                     .name(format!("{what}-client"))
                     .spawn(move || {
+                        // Given back even if `serve` panics, or the slot would be lost.
+                        let _slot = SlotGuard(done);
                         if let Err(e) = serve(conn) {
                             tracing::debug!("{who} client: {e}");
                         }
-                        done.give_back();
                     });
                 if let Err(e) = spawned {
                     // Its connection dropped with the closure: the client sees it closed.
@@ -100,11 +110,64 @@ impl Acceptor {
 }
 
 impl Drop for Acceptor {
+    /// Stops accepting. Client threads already started finish on their own (each server
+    /// bounds its client's time); when all slots are busy the accept thread is waiting for
+    /// one, so this waits until a client is done.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         (self.wake)();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_client_whose_server_panics_gives_its_slot_back() {
+        let dir = std::env::temp_dir().join(format!("lanet-acceptor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        let wake_path = path.clone();
+        let acceptor = Acceptor::spawn(
+            "test-acceptor",
+            listener,
+            |l: &UnixListener| l.accept().map(|(c, _)| c),
+            move |mut c: UnixStream| {
+                // More panics than there are slots: if a panic kept its slot, the
+                // acceptor would stop taking clients before the last one.
+                if count.fetch_add(1, Ordering::SeqCst) < MAX_CLIENTS + 2 {
+                    panic!("a server that panics (expected in this test)");
+                }
+                c.write_all(b"ok")
+            },
+            move || drop(UnixStream::connect(&wake_path)),
+        )
+        .unwrap();
+        for _ in 0..MAX_CLIENTS + 2 {
+            let mut c = UnixStream::connect(&path).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut nothing = Vec::new();
+            let _ = c.read_to_end(&mut nothing); // closed when its server unwound
+        }
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "ok");
+        drop(acceptor);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

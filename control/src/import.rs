@@ -66,6 +66,7 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
     let mut t = String::from("# imported from an lnetctl export by lanetctl import\n");
     let mut notes = Vec::new();
     let mut peer_buffer_credits = None;
+    let mut kept: Vec<lanet::Net> = Vec::new();
     for net in items(&doc["net"]) {
         let Some(kind) = text(&net["net type"]) else {
             return Err("a net without \"net type\"".into());
@@ -73,12 +74,12 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
         if kind == "lo" {
             continue; // lanet needs no loopback NI
         }
-        if kind.parse::<lanet::Net>().is_err() {
+        let Ok(parsed) = kind.parse::<lanet::Net>() else {
             notes.push(format!(
                 "net {kind}: not a kind lanet drives (tcp, o2ib): left out"
             ));
             continue;
-        }
+        };
         let nis = items(&net["local NI(s)"]);
         let Some(ni) = nis.first() else {
             notes.push(format!("net {kind}: no local NI: left out"));
@@ -90,6 +91,7 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
                 nis.len()
             ));
         }
+        kept.push(parsed);
         let _ = writeln!(t, "\n[[net]]\nnet = {}", quoted(&kind));
         let interface = ni["interfaces"]
             .as_hash()
@@ -137,6 +139,15 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
         let (Some(net), Some(gw)) = (text(&route["net"]), text(&route["gateway"])) else {
             return Err("a route without net or gateway".into());
         };
+        // A gateway must be on one of this node's nets; one on a net left out above
+        // would make the whole file unreadable, so its route goes with it.
+        let gateway_net = gw.split_once('@').map(|(_, n)| n.parse::<lanet::Net>());
+        if gateway_net.is_some_and(|n| n.map_or(true, |n| !kept.contains(&n))) {
+            notes.push(format!(
+                "route to {net} via {gw}: the gateway's net is not one of this node's: left out"
+            ));
+            continue;
+        }
         let hop = int(&route["hop"]).filter(|&h| h > 0).unwrap_or(1);
         let priority = int(&route["priority"]).unwrap_or(0);
         let _ = writeln!(
@@ -149,8 +160,13 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
     let enable = int(field(&doc["routing"], "enable")).is_some_and(|e| e != 0);
     let buffers = field(&doc["buffers"], "tiny");
     let mut routing = String::new();
-    if enable {
+    if enable && kept.len() >= 2 {
         routing.push_str("enable = true\n");
+    } else if enable {
+        notes.push(format!(
+            "routing enable: left off: a router needs two nets, {} kept",
+            kept.len()
+        ));
     }
     if !buffers.is_badvalue() {
         let b = |k: &str| int(field(&doc["buffers"], k));
@@ -180,7 +196,8 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
     // What lanet would make of it: values out of range (a priority of 300, a negative
     // credit count) are caught here, with the line of the converted file.
     if let Err(e) = lanet::config::ConfigFile::parse("the converted file", &t) {
-        return Err(format!("{e}\n--- the converted file:\n{t}"));
+        let notes: String = notes.iter().map(|n| format!("\n  note: {n}")).collect();
+        return Err(format!("{e}{notes}\n--- the converted file:\n{t}"));
     }
     Ok(Imported { toml: t, notes })
 }
@@ -259,6 +276,29 @@ global:
             "{:?}",
             out.notes
         );
+    }
+
+    #[test]
+    fn nets_lanet_cannot_drive_take_their_routes_and_routing_with_them() {
+        // A router between tcp and a Gemini net (gni): only tcp is kept.
+        let export = "net:\n    - net type: tcp\n      local NI(s):\n        - nid: 10.0.0.1@tcp\n\
+                      \x20   - net type: gni\n      local NI(s):\n        - nid: 27@gni\n\
+                      route:\n    - net: tcp5\n      gateway: 30@gni\n\
+                      \x20   - net: tcp6\n      gateway: 10.0.0.9@tcp\n\
+                      routing:\n    enable: 1\n";
+        let out = lnetctl_yaml(export).unwrap_or_else(|e| panic!("{e}"));
+        let f = ConfigFile::parse("imported.toml", &out.toml).unwrap();
+        assert_eq!(f.nets.len(), 1);
+        assert_eq!(f.routes.len(), 1, "{}", out.toml);
+        assert_eq!(f.routes[0].net.to_string(), "tcp6");
+        assert!(!f.node.forwarding);
+        for said in ["gni", "30@gni", "routing enable"] {
+            assert!(
+                out.notes.iter().any(|n| n.contains(said)),
+                "{said}: {:?}",
+                out.notes
+            );
+        }
     }
 
     #[test]

@@ -373,12 +373,14 @@ fn answer(mut conn: TcpStream, endpoint: &Endpoint) -> io::Result<()> {
     let ended =
         |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
     while !ended(&head) && head.len() < MAX_REQUEST {
-        if std::time::Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request not complete in time",
             ));
         }
+        conn.set_read_timeout(Some(left))?;
         match conn.read(&mut buf)? {
             0 => break,
             n => head.extend_from_slice(&buf[..n]),

@@ -56,15 +56,7 @@ impl ControlSocket {
             }
             std::fs::remove_file(path)?; // a dead daemon's
         }
-        // Only its owner (root, on a gateway) may ask or command: made under a name of its
-        // own, restricted, then renamed into place, so it is never open to others.
-        let mut making = path.as_os_str().to_owned();
-        making.push(format!(".{}.new", std::process::id()));
-        let making = PathBuf::from(making);
-        let _ = std::fs::remove_file(&making);
-        let listener = UnixListener::bind(&making)?;
-        std::fs::set_permissions(&making, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&making, path)?;
+        let listener = bind_private(path)?;
         let wake_path = path.to_owned();
         let acceptor = Acceptor::spawn(
             "lanet-control",
@@ -92,15 +84,52 @@ impl Drop for ControlSocket {
     }
 }
 
+/// Binds a socket at `path` that only its owner (root, on a gateway) may ask or command.
+/// It is made in a fresh directory of mode 0700 beside `path`, restricted to 0600, then
+/// linked into place: never open to others, and `link` fails rather than replace a socket
+/// another daemon bound at `path` since we looked. The directory goes in every case.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut private = dir.unwrap_or(Path::new(".")).to_path_buf();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // Short: a socket's whole path must fit in 108 bytes.
+    private.push(format!(".lanet-{}-{nanos:x}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let making = private.join("socket");
+    let linked = (|| {
+        let listener = UnixListener::bind(&making)?;
+        std::fs::set_permissions(&making, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::hard_link(&making, path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} was bound by another process meanwhile", path.display()),
+            ),
+            _ => e,
+        })?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&making);
+    let _ = std::fs::remove_dir(&private);
+    linked
+}
+
 fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) -> io::Result<()> {
-    // One client at a time: a slow or stuck one is cut off, it cannot hold the socket.
+    // A slow or stuck client is cut off: it cannot hold one of the few client slots.
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     conn.set_write_timeout(Some(READ_TIMEOUT))?;
     let deadline = std::time::Instant::now() + READ_TIMEOUT;
     let mut command = Vec::new();
     let mut byte = [0u8; 64];
     let mut reader = (&conn).take(MAX_COMMAND);
-    while !command.contains(&b'\n') && std::time::Instant::now() < deadline {
+    while !command.contains(&b'\n') {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
         match reader.read(&mut byte)? {
             0 => break,
             n => command.extend_from_slice(&byte[..n]),
@@ -192,5 +221,30 @@ fn set(endpoint: &Endpoint, state: RouterState) -> Value {
             json!({ "ok": true })
         }
         Err(e) => error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_owner_only_leaves_nothing_behind_and_never_replaces_another() {
+        let dir = std::env::temp_dir().join(format!("lanet-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let _listener = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        UnixStream::connect(&path).expect("the linked socket answers");
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(entries.len(), 1, "only the socket is left: {entries:?}");
+        // Bound by another meanwhile: an error, and that socket stays as it was.
+        let e = bind_private(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        UnixStream::connect(&path).expect("the first socket still answers");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -203,7 +203,8 @@ impl Faults {
 
     /// Whether every frame from `from` on `lane` is dropped (a rule with rate 1, for any
     /// destination): then a new connection's HELLO is no sign of life either, since all
-    /// that would follow it is lost.
+    /// that would follow it is lost. A rule for one destination never silences a node:
+    /// it still talks to others.
     pub(crate) fn silences(&self, from: Nid, lane: Lane) -> bool {
         !self.rules.is_empty()
             && self.rules.iter().any(|r| {
@@ -219,11 +220,11 @@ impl Faults {
     /// Holds `frame` until `until`; gives it back, refused, if its connection already has
     /// `credits` frames held (what it sent beyond them is an overrun, as on the normal path).
     pub(crate) fn hold(&mut self, until: Time, frame: Delayed, credits: u16) -> Option<Delayed> {
-        let held = self.held.entry((frame.hop, frame.lane)).or_default();
-        if *held >= credits {
-            return Some(frame);
+        let key = (frame.hop, frame.lane);
+        if self.held.get(&key).copied().unwrap_or(0) >= credits {
+            return Some(frame); // no empty entry left behind when `credits` is 0
         }
-        *held += 1;
+        *self.held.entry(key).or_default() += 1;
         self.arrivals += 1;
         self.delayed.insert((until, self.arrivals), frame);
         None

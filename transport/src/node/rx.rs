@@ -382,8 +382,9 @@ impl Node {
         payload: RxPayload,
     ) {
         // A CREDIT frame is not judged by fault rules (its credits must count), but from a
-        // node whose every frame is dropped it is no sign of life either.
-        if !self.faults.silences(nid, lane) {
+        // node whose every frame is dropped it is no sign of life either. A frame the hop
+        // forwards for another source is judged by that source, so it still counts.
+        if h.src != nid || !self.faults.silences(nid, lane) {
             self.heard(now, nid);
         }
         if let Err(what) = self.check_frame(ni, nid, lane, &h, &payload) {
