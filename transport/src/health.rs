@@ -189,6 +189,11 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
+    /// Peers watched, and timers pending (stale ones included).
+    pub(crate) fn sizes(&self) -> (usize, usize) {
+        (self.peers.len(), self.timers.len())
+    }
+
     pub(crate) fn new(cfg: HealthConfig) -> Monitor {
         Monitor {
             cfg,

@@ -17,6 +17,8 @@ pub mod config;
 pub mod credits;
 pub mod driver;
 pub mod endpoint;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod handshake;
 pub mod health;
 pub mod lane;

@@ -70,6 +70,10 @@ pub struct NodeConfig {
     /// returning credits. (To a peer answered directly the bound is
     /// [`crate::node::ANSWER_BACKLOG_PER_CREDIT`] x the lane's credits.)
     pub routed_answer_backlog: usize,
+    /// Neighbours, and far ends, remembered while nothing needs them (see
+    /// [`crate::node::MAX_IDLE_PEERS`], the default): past this many, they are forgotten,
+    /// so that peers passing by, or sources a hostile peer forges, cost bounded memory.
+    pub max_idle_peers: usize,
     /// Data-lane NI credits of the NI on a net, where they differ from
     /// `lanes.data.ni_credits` (lnetctl's per-net `credits`).
     pub net_credits: Vec<(Net, u32)>,
@@ -134,6 +138,7 @@ impl NodeConfig {
             router_buffers: crate::node::PoolSizes::default(),
             router_patience: Duration::from_secs(1),
             routed_answer_backlog: 65536,
+            max_idle_peers: crate::node::MAX_IDLE_PEERS,
             net_credits: Vec::new(),
             router: RouterConfig::default(),
         }

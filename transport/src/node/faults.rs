@@ -230,6 +230,16 @@ impl Faults {
         None
     }
 
+    /// Whether delay rules hold frames that came from `hop`.
+    pub(crate) fn holds_from(&self, hop: Nid) -> bool {
+        self.held.keys().any(|(h, _)| *h == hop)
+    }
+
+    /// Frames held back by delay rules.
+    pub(crate) fn held_frames(&self) -> usize {
+        self.delayed.len()
+    }
+
     fn unheld(&mut self, hop: Nid, lane: Lane) {
         if let Some(n) = self.held.get_mut(&(hop, lane)) {
             *n -= 1;

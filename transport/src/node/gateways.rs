@@ -59,6 +59,11 @@ pub(crate) struct Router {
 }
 
 impl Router {
+    /// Keeps the forwarding counts of the hops `keep` says are still known.
+    pub(crate) fn forget_hops(&mut self, keep: impl Fn(&Nid) -> bool) {
+        self.forwarded_for.retain(|n, _| keep(n));
+    }
+
     /// A router starts warming up (if it warms up at all), judged at its first tick.
     pub(crate) fn new(cfg: &crate::NodeConfig) -> Router {
         let state = if cfg.forwarding && !cfg.router.warm_up.is_zero() {
@@ -103,6 +108,11 @@ pub(crate) struct Gateways {
 
 impl Gateways {
     /// What `router` last said of itself.
+    /// Entries over its tables: views, questions asked, routes down, gateways polled.
+    pub(crate) fn entries(&self) -> usize {
+        self.views.len() + self.asked.len() + self.down.len() + self.polled.len()
+    }
+
     pub(crate) fn view(&self, router: Nid) -> Option<&RouterStatus> {
         self.views.get(&router)
     }

@@ -21,11 +21,13 @@ mod absence;
 mod dedup;
 mod failover;
 mod faults;
+mod footprint;
 mod forward;
 mod gateways;
 mod health;
+mod idle;
 mod ops;
-mod peers;
+pub(crate) mod peers;
 mod pools;
 mod report;
 mod routes;
@@ -57,7 +59,9 @@ pub use faults::{
     FaultAction, FaultError, FaultRule, FaultRuleReport, NidPattern, MAX_FAULT_DELAY,
     MAX_FAULT_RULES,
 };
+pub use footprint::Footprint;
 pub use gateways::{PeerRouting, RouterStats};
+pub use idle::MAX_IDLE_PEERS;
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
 pub use pools::{PoolKind, PoolSizes, PoolStats};
@@ -254,6 +258,8 @@ pub struct Node {
     pub(crate) hops: FxHashMap<Nid, Hop>,
     /// Far ends of our operations and of the requests we answer.
     pub(crate) ends: FxHashMap<Nid, End>,
+    /// When `hops` and `ends` grow to these sizes, the idle entries go (see [`idle`]).
+    sweep_at: idle::SweepAt,
     pub(crate) routes: RouteTable,
     /// What our gateways say of themselves; and, as a router, what we say.
     pub(crate) gateways: gateways::Gateways,
@@ -295,6 +301,7 @@ impl Node {
     pub fn new(cfg: NodeConfig) -> Node {
         debug_assert_eq!(cfg.validate(), Ok(()));
         let health = Monitor::new(cfg.health);
+        let sweep_at = idle::SweepAt::new(cfg.max_idle_peers);
         let pools_cfg = (cfg.router_buffers, cfg.router_patience);
         let dedup = dedup::Dedup::new(cfg.dedup_window, cfg.dedup_initiators);
         let router = gateways::Router::new(&cfg);
@@ -306,6 +313,7 @@ impl Node {
             nis: Vec::new(),
             hops: FxHashMap::default(),
             ends: FxHashMap::default(),
+            sweep_at,
             routes: RouteTable::default(),
             gateways: gateways::Gateways::default(),
             pools: pools::Pools::new(pools_cfg.0, pools_cfg.1),
@@ -553,6 +561,7 @@ impl Node {
             };
             self.complete(id, Err(error));
         }
+        self.forget_idle_hops_if_due();
     }
 
     fn hop_is_up(&self, op: &Op) -> bool {
@@ -635,6 +644,9 @@ impl Node {
             debug_assert!(false, "{id} completed twice");
             return;
         };
+        if let (Stage::Queued, Some(via), Some((_, lane))) = (op.stage, op.via, op.target()) {
+            self.left_queue(via, lane);
+        }
         if let Some((dst, _)) = op.target() {
             self.health.interest_ended(dst);
         }
@@ -766,6 +778,9 @@ impl Node {
     }
 
     pub(crate) fn end_entry(&mut self, nid: Nid) -> &mut End {
+        if self.ends.len() >= self.sweep_at.ends && !self.ends.contains_key(&nid) {
+            self.forget_idle_ends();
+        }
         self.ends.entry(nid).or_default()
     }
 }

@@ -226,6 +226,11 @@ impl Ops {
 
     /// Live ops involving `peer` (as target or router) for which `pick` holds, in
     /// submission order.
+    /// Whether some live op targets `peer` or goes through it.
+    pub(crate) fn involve(&self, peer: Nid) -> bool {
+        self.by_peer.get(&peer).is_some_and(|set| !set.is_empty())
+    }
+
     pub(crate) fn of_peer(&self, peer: Nid, pick: impl Fn(&Op) -> bool) -> Vec<OpId> {
         self.by_peer.get(&peer).map_or_else(Vec::new, |set| {
             set.iter()
@@ -273,12 +278,10 @@ impl Ops {
         None
     }
 
-    #[cfg(test)]
     pub(crate) fn deadline_count(&self) -> usize {
         self.deadlines.len()
     }
 
-    #[cfg(test)]
     pub(crate) fn indexed(&self) -> usize {
         self.by_peer.values().map(BTreeSet::len).sum()
     }

@@ -87,6 +87,10 @@ pub(crate) struct HopLane {
     /// Our own answers. They leave before the queue: those operations are already under
     /// way, and answering them is what bounds this queue.
     pub(crate) answers: VecDeque<Response>,
+    /// Ops that left `queue` (ended, or went another way) since it was last compacted:
+    /// their entries are dead. A hint (the pump drops dead entries it meets without
+    /// counting them), enough to compact when they may be half the queue.
+    pub(crate) left: usize,
 }
 
 impl HopLane {
@@ -117,6 +121,7 @@ impl Hop {
             conn: Conn::Down,
             queue: VecDeque::new(),
             answers: VecDeque::new(),
+            left: 0,
         };
         Hop {
             ni,

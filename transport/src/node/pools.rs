@@ -120,6 +120,11 @@ impl<T> Pools<T> {
         next
     }
 
+    /// Frames waiting for a buffer or handed off, over all classes.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.iter().map(VecDeque::len).sum::<usize>() + self.handoffs.len()
+    }
+
     pub(crate) fn stats(&self) -> [PoolStats; 3] {
         self.stats
     }

@@ -43,6 +43,7 @@ impl Node {
             LndEvent::SendComplete { token, result } => self.on_send_complete(now, token, result),
             LndEvent::Fetched { handle, result } => self.on_fetched(ni, handle, result),
         }
+        self.forget_idle_hops_if_due();
     }
 
     fn on_connected(

@@ -97,12 +97,16 @@ impl Node {
         };
         let (seq, (dst, lane)) = (op.seq, op.target().expect("only ops that send"));
         let old_router = op.router();
+        let queued_at = op.via.filter(|_| op.stage == super::Stage::Queued);
         let avoid = op.avoid.clone();
         let Some(hop) = self.next_hop(dst, &avoid) else {
             let error = stuck.cloned().unwrap_or(OpError::NoRoute(dst));
             return self.complete(id, Err(error));
         };
         self.ops.set_via(id, Some(hop));
+        if let Some(old) = queued_at.filter(|&old| old != hop) {
+            self.left_queue(old, lane);
+        }
         let new_router = self.ops.get(id).and_then(|op| op.router());
         if old_router != new_router {
             let now = self.clock.unwrap_or_default();
@@ -184,6 +188,32 @@ impl Node {
         self.pump(hop, lane);
     }
 
+    /// An op queued at (hop, lane) ended or went another way: its entry there is dead.
+    /// Dead entries go once they may be half the queue, so that ops to a hop that never
+    /// comes back cannot pile up dead entries without bound (amortized O(1) per op).
+    pub(crate) fn left_queue(&mut self, hop: Nid, lane: Lane) {
+        let Some(h) = self.hops.get_mut(&hop) else {
+            return;
+        };
+        h.lanes[lane].left += 1;
+        self.compact_if_due(hop, lane);
+    }
+
+    /// Drops the dead entries of the (hop, lane) queue once they may be half of it.
+    fn compact_if_due(&mut self, hop: Nid, lane: Lane) {
+        let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
+            return;
+        };
+        if hl.left == 0 || hl.left * 2 < hl.queue.len() {
+            return;
+        }
+        let queue = std::mem::take(&mut hl.queue);
+        let kept = queue.into_iter().filter(|p| self.is_live(hop, p)).collect();
+        let hl = &mut self.hops.get_mut(&hop).expect("hop").lanes[lane];
+        hl.queue = kept;
+        hl.left = 0;
+    }
+
     /// Whether a frame queued at `hop` still needs sending from there: an op's request
     /// only while the op waits at that hop (it may have ended, or gone another way).
     fn is_live(&self, hop: Nid, p: &Pending) -> bool {
@@ -212,6 +242,9 @@ impl Node {
     /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
     /// returns owed credits in a CREDIT frame if nothing else carried them.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
+        // What left the queue since (or was dropped from it, as when its connection went)
+        // may leave only dead entries behind: they would wait for nothing.
+        self.compact_if_due(nid, lane);
         loop {
             let Some(hop) = self.hops.get(&nid) else {
                 return;
@@ -279,6 +312,7 @@ impl Node {
             };
             self.emit(ni, nid, lane, out, returned, true);
         }
+        self.compact_if_due(nid, lane);
         self.return_credits_if_owed(nid, lane);
     }
 

@@ -379,3 +379,27 @@ fn a_watched_peer_nothing_reaches_gets_no_ping_and_no_panic() {
         .iter()
         .any(|e| matches!(e, Event::PeerDown { peer, .. } if *peer == far)));
 }
+
+#[test]
+fn operations_that_end_while_queued_leave_no_dead_entries_behind() {
+    // A hop whose connection never comes up (nor fails): everything queued for it ends
+    // by deadline or cancellation, and its queue must not keep them.
+    let mut quiet = cfg();
+    quiet.health.interval = std::time::Duration::from_secs(3600);
+    let mut n = node_with(quiet);
+    for i in 0..1000u64 {
+        let req = PutRequest {
+            timeout: Some(10 * MS),
+            ..put(B, b"a")
+        };
+        n.put(t(i / 100), OpId(i), req).unwrap();
+        if i % 3 == 0 {
+            n.cancel(OpId(i));
+        }
+    }
+    n.handle_timeout(t(100));
+    assert_eq!(completions(&mut n).len(), 1000);
+    assert_eq!(n.live_ops(), 0);
+    let held = n.footprint();
+    assert_eq!(held.queued, 0, "{held:?}");
+}

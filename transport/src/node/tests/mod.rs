@@ -4,6 +4,7 @@
 mod flow;
 mod forward;
 mod health;
+mod hostile;
 mod lifecycle;
 mod resend;
 mod target;

@@ -1,0 +1,176 @@
+//! Fuzz targets: what a hostile peer or a careless administrator can hand lanet, each
+//! checked for more than "no panic" (decoded input encodes back to what decodes the same).
+//! The `fuzz/` crate runs them under libFuzzer (`cargo fuzz run NAME`); `cargo test`
+//! replays their corpora and every input that once failed (`fuzz/regressions/`), so CI
+//! covers them. Built with the `fuzz` feature, and for this crate's tests.
+
+mod node;
+
+use crate::config::ConfigFile;
+use crate::handshake::{check_hello, decode_compact, LocalHello};
+use crate::lane::Lane;
+use crate::nid::{Nid, NID_WIRE_LEN};
+use crate::wire::{self, Limits, RouterStatus, HEADER_LEN};
+
+pub use node::node;
+
+/// A fuzz target: takes any bytes; panics on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name `cargo fuzz` and the corpus folders know it.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("frame", frame),
+    ("hello", hello),
+    ("hello_compact", hello_compact),
+    ("router_status", router_status),
+    ("config", config),
+    ("nid", nid),
+    ("node", node),
+];
+
+/// Where the header checksum sits: a target that wants the decoder's later checks
+/// reached sets it right, as a peer that means harm would.
+const CRC_OFFSET: usize = 92;
+
+/// `data` with a valid magic, version and checksum in its first [`HEADER_LEN`] bytes (if
+/// it has that many), so that the fuzzer spends its time on the fields behind them.
+pub(crate) fn with_valid_envelope(data: &[u8]) -> Vec<u8> {
+    let mut b = data.to_vec();
+    if b.len() >= HEADER_LEN {
+        b[..4].copy_from_slice(&wire::MAGIC.to_le_bytes());
+        b[4] = wire::VERSION;
+        let crc = crc32fast::hash(&b[..CRC_OFFSET]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    b
+}
+
+/// The frame decoder, on raw bytes (first byte even) or on bytes given a valid envelope.
+/// A frame that decodes encodes back to the same header.
+pub fn frame(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let bytes = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        with_valid_envelope(rest)
+    };
+    let limits = Limits {
+        max_payload: 1 << 16,
+    };
+    let Ok(f) = wire::decode(&bytes, &limits) else {
+        return;
+    };
+    assert!(f.wire_len() <= bytes.len());
+    assert_eq!(f.payload.len(), f.header.payload_len as usize);
+    let again = wire::encode_header(&f.header);
+    assert_eq!(
+        wire::decode_header(&again, &limits),
+        Ok(f.header),
+        "a decoded header encodes to one that decodes the same"
+    );
+}
+
+/// A TCP HELLO as the accepting and the dialling side check it.
+pub fn hello(data: &[u8]) {
+    let bytes = with_valid_envelope(data);
+    let Ok(h) = wire::decode_header(&bytes, &Limits::default()) else {
+        return;
+    };
+    for lane in [Lane::Data, Lane::Health] {
+        let local = LocalHello {
+            nid: h.dst,
+            incarnation: 1,
+            lane,
+            credits: 8,
+            max_payload: 1 << 20,
+        };
+        for expected in [None, Some(h.src)] {
+            if let Ok(peer) = check_hello(&local, expected, &h) {
+                assert_eq!((peer.nid, peer.lane), (h.src, lane));
+                assert!(peer.credits > 0, "a HELLO offering no credits is refused");
+                assert_eq!(peer.nid.net, local.nid.net);
+            }
+        }
+    }
+}
+
+/// The compact HELLO of RDMA connection requests (private data).
+pub fn hello_compact(data: &[u8]) {
+    let Ok(h) = decode_compact(data) else {
+        return;
+    };
+    let wire::Body::Hello {
+        credits,
+        max_payload,
+        status,
+    } = h.body
+    else {
+        panic!("a compact HELLO decodes to a HELLO, not {:?}", h.body);
+    };
+    let local = LocalHello {
+        nid: h.src,
+        incarnation: h.src_incarnation,
+        lane: h.lane,
+        credits,
+        max_payload,
+    };
+    let again = local.encode_compact(h.dst, status);
+    assert_eq!(decode_compact(&again), Ok(h));
+    assert_eq!(
+        &again[..],
+        &data[..again.len()],
+        "one encoding per compact HELLO: nothing the decoder ignores"
+    );
+}
+
+/// The router status document carried in PONGs and STATUS frames.
+pub fn router_status(data: &[u8]) {
+    let Ok(s) = RouterStatus::decode(data) else {
+        return;
+    };
+    let again = s.encode();
+    assert_eq!(RouterStatus::decode(&again), Ok(s));
+}
+
+/// The configuration file parser: a file it takes, written back out, reads the same.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(file) = ConfigFile::parse("fuzz.toml", text) else {
+        return;
+    };
+    let written = file.to_toml();
+    match ConfigFile::parse("written.toml", &written) {
+        Ok(mut again) => {
+            // Not in the file: where it was read from, and the start's incarnation.
+            again.path = file.path.clone();
+            again.node.incarnation = file.node.incarnation;
+            assert_eq!(again, file, "written back as:\n{written}");
+        }
+        Err(e) => panic!("a file it took, written back, is refused: {e}\n{written}"),
+    }
+}
+
+/// NIDs as text (`ADDR@NET`) and on the wire (16 bytes).
+pub fn nid(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(n) = text.parse::<Nid>() {
+            assert_eq!(n.to_string().parse::<Nid>(), Ok(n));
+        }
+    }
+    if let Some(raw) = data.get(..NID_WIRE_LEN) {
+        let raw: &[u8; NID_WIRE_LEN] = raw.try_into().expect("16 bytes");
+        if let Some(n) = Nid::decode(raw) {
+            let mut again = [0u8; NID_WIRE_LEN];
+            n.encode(&mut again);
+            assert_eq!(Nid::decode(&again), Some(n));
+            assert_eq!(n.to_string().parse::<Nid>(), Ok(n), "{n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod replay_tests;

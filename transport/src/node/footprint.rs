@@ -1,0 +1,76 @@
+//! How much a node holds: the entries of each of its tables. What a peer sends may make
+//! them grow only up to a bound the configuration sets; the fuzz target and the hostile
+//! peer tests check that, and operators can read it.
+
+use super::Node;
+
+/// Entries held, table by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Neighbours with connection state, and far ends whose incarnation is kept.
+    pub hops: usize,
+    pub ends: usize,
+    /// Operations live, their indexes (by peer; deadlines, stale ones included).
+    pub ops: usize,
+    pub ops_indexed: usize,
+    pub op_deadlines: usize,
+    /// Frames queued at hop lanes (requests, forwards and answers).
+    pub queued: usize,
+    /// Frames in the drivers, data and health lanes.
+    pub in_lnd: usize,
+    /// Payloads being fetched.
+    pub fetching: usize,
+    /// Portals with attached entries.
+    pub portals: usize,
+    /// Remembered answers of routed requests, and their initiators.
+    pub dedup_entries: usize,
+    pub dedup_initiators: usize,
+    /// Gateways' views, polls, routes down.
+    pub gateways: usize,
+    /// As a router: buffers in use, and frames waiting for one.
+    pub pool_buffers: usize,
+    pub pool_waiting: usize,
+    /// Peers the health monitor watches, its timers, and its PINGs being timed.
+    pub health_peers: usize,
+    pub health_timers: usize,
+    pub health_pings_timed: usize,
+    /// Frames held by fault-injection delays.
+    pub fault_delayed: usize,
+    /// Outputs not yet taken by the driver.
+    pub outbox: usize,
+}
+
+impl Node {
+    /// What the node holds now.
+    pub fn footprint(&self) -> Footprint {
+        let (health_peers, health_timers) = self.health.sizes();
+        Footprint {
+            hops: self.hops.len(),
+            ends: self.ends.len(),
+            ops: self.ops.len(),
+            ops_indexed: self.ops.indexed(),
+            op_deadlines: self.ops.deadline_count(),
+            queued: self.hops.values().map(super::peers::Hop::queued).sum(),
+            in_lnd: self.out.in_lnd.len() + self.out.health_in_lnd.len(),
+            fetching: self.fetching.len(),
+            portals: self.portals.len(),
+            dedup_entries: self.dedup.entries(),
+            dedup_initiators: self.dedup.windows(),
+            gateways: self.gateways.entries(),
+            pool_buffers: self.pools.stats().iter().map(|s| s.in_use as usize).sum(),
+            pool_waiting: self.pools.waiting(),
+            health_peers,
+            health_timers,
+            health_pings_timed: self.health_ping_sent.len(),
+            fault_delayed: self.faults.held_frames(),
+            outbox: self
+                .out
+                .transmits
+                .iter()
+                .map(|(_, t)| t.len())
+                .sum::<usize>()
+                + self.out.requests.len()
+                + self.out.events.len(),
+        }
+    }
+}
