@@ -91,7 +91,9 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
                 nis.len()
             ));
         }
-        kept.push(parsed);
+        if !kept.contains(&parsed) {
+            kept.push(parsed); // tcp and tcp0 are one net
+        }
         let _ = writeln!(t, "\n[[net]]\nnet = {}", quoted(&kind));
         let interface = ni["interfaces"]
             .as_hash()

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +27,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ControlSocket {
     path: PathBuf,
     acceptor: Option<Acceptor>,
+    /// The socket file we linked (device, inode): removed at the end only if still ours.
+    linked: (u64, u64),
+    /// Held locked while we serve: only one daemon at a time looks at, removes or binds
+    /// `path` (see [`lock_beside`]).
+    _lock: std::fs::File,
 }
 
 impl ControlSocket {
@@ -41,6 +46,7 @@ impl ControlSocket {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let lock = lock_beside(path)?;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(io::Error::new(
@@ -48,15 +54,27 @@ impl ControlSocket {
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another daemon answers on {}", path.display()),
-                ));
+            match UnixStream::connect(path) {
+                // Nobody listens: a dead daemon's (and, under the lock, no live one's).
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?
+                }
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("another daemon answers on {}", path.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{} exists and cannot be checked: {e}", path.display()),
+                    ))
+                }
             }
-            std::fs::remove_file(path)?; // a dead daemon's
         }
         let listener = bind_private(path)?;
+        let linked = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
         let wake_path = path.to_owned();
         let acceptor = Acceptor::spawn(
             "lanet-control",
@@ -68,6 +86,8 @@ impl ControlSocket {
         Ok(ControlSocket {
             path: path.to_owned(),
             acceptor: Some(acceptor),
+            linked,
+            _lock: lock,
         })
     }
 
@@ -80,8 +100,41 @@ impl Drop for ControlSocket {
     fn drop(&mut self) {
         // Stopped first: it is woken through the socket's path.
         drop(self.acceptor.take());
-        let _ = std::fs::remove_file(&self.path);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.linked);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+/// Opens `<path>.lock` (made 0600 if missing) and holds an exclusive lock on it, or fails
+/// with `AddrInUse` if another process holds it: the daemon that holds it owns `path`.
+/// The file stays; the lock goes with the process.
+fn lock_beside(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(PathBuf::from(&name))?;
+    // SAFETY: flock takes a descriptor we own (open for the call's length) and flags.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} is held by another daemon: {e}",
+                PathBuf::from(name).display()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 /// Binds a socket at `path` that only its owner (root, on a gateway) may ask or command.
@@ -91,13 +144,21 @@ impl Drop for ControlSocket {
 fn bind_private(path: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut private = dir.unwrap_or(Path::new(".")).to_path_buf();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    // Short: a socket's whole path must fit in 108 bytes.
-    private.push(format!(".lanet-{}-{nanos:x}", std::process::id()));
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let base = dir.unwrap_or(Path::new(".")).to_path_buf();
+    // A fresh name (someone may have made one we would pick): short, since a socket's
+    // whole path must fit in 108 bytes.
+    let mut attempt = 0;
+    let private = loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let private = base.join(format!(".l{:x}{nanos:x}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&private) {
+            Ok(()) => break private,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let making = private.join("socket");
     let linked = (|| {
         let listener = UnixListener::bind(&making)?;
@@ -245,6 +306,20 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
         UnixStream::connect(&path).expect("the first socket still answers");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_daemon_at_a_time_holds_a_socket_path() {
+        let dir = std::env::temp_dir().join(format!("lanet-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let held = lock_beside(&path).unwrap();
+        let e = lock_beside(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        drop(held);
+        lock_beside(&path).expect("free again once its holder is gone");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,10 +3,11 @@
 //! sockets, moves bytes, and tells the engine what happened; the engine produces the
 //! [`LndEvent`]s for the core and tells the backend which sockets to close.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanet::handshake::{check_hello, HandshakeError, Identity};
+use lanet::handshake::{check_hello, HandshakeError, Identity, PeerHello};
 use lanet::lane::Lane;
 use lanet::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, RxPayload, Transmit, TxToken};
@@ -24,12 +25,19 @@ pub(crate) type ConnId = usize;
 pub(crate) struct Local {
     pub(crate) id: Identity,
     pub(crate) connect_timeout: Duration,
+    /// See [`crate::TcpConfig::check_source_address`].
+    pub(crate) check_source_address: bool,
+    /// See [`crate::TcpConfig::max_pending_accepts`].
+    pub(crate) max_pending_accepts: usize,
 }
 
 /// A socket's bytes in and out (the connection table keeps the rest).
 pub(crate) struct Conn {
     /// The TCP connect of a dial is still in progress.
     connecting: bool,
+    /// Where an accepted connection comes from (none for a dial, or if the kernel
+    /// could not say).
+    from: Option<IpAddr>,
     pub(crate) rx: RxFramer,
     pub(crate) tx: TxQueue,
 }
@@ -54,6 +62,8 @@ pub(crate) struct Engine {
     /// Sockets the backend must close (the engine has forgotten them).
     closes: Vec<ConnId>,
     done: Vec<TxToken>,
+    /// Connections closed at accept for `max_pending_accepts`.
+    refused_accepts: u64,
 }
 
 fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
@@ -69,6 +79,7 @@ impl Engine {
             events: Vec::new(),
             closes: Vec::new(),
             done: Vec::new(),
+            refused_accepts: 0,
         }
     }
 
@@ -86,9 +97,10 @@ impl Engine {
         Time::from_duration(at.saturating_duration_since(self.origin))
     }
 
-    fn new_conn(&self, connecting: bool) -> Conn {
+    fn new_conn(&self, connecting: bool, from: Option<IpAddr>) -> Conn {
         Conn {
             connecting,
+            from,
             rx: RxFramer::new(self.limits()),
             tx: TxQueue::default(),
         }
@@ -138,7 +150,7 @@ impl Engine {
 
     /// The backend started dialling `conn` for (peer, lane).
     pub(crate) fn dialled(&mut self, conn: ConnId, peer: Nid, lane: Lane, now: Instant) {
-        let data = self.new_conn(true);
+        let data = self.new_conn(true, None);
         let now = self.time(now);
         self.conns.dialled(conn, peer, lane, data, now);
     }
@@ -148,11 +160,28 @@ impl Engine {
         self.conns.dial_failed(peer, lane, error, &mut self.events);
     }
 
-    /// The backend accepted `conn`; its HELLO should follow.
-    pub(crate) fn accepted(&mut self, conn: ConnId, now: Instant) {
-        let data = self.new_conn(false);
+    /// The backend accepted `conn`, from address `from`; its HELLO should follow. False
+    /// if too many accepted connections are awaiting theirs: the backend closes it.
+    pub(crate) fn accepted(&mut self, conn: ConnId, from: Option<IpAddr>, now: Instant) -> bool {
+        if self.conns.awaiting_hello() >= self.local.max_pending_accepts {
+            self.refused_accepts += 1;
+            // Once per thousand: a flood must not flood the log too.
+            if self.refused_accepts % 1000 == 1 {
+                tracing::warn!(
+                    nid = %self.local.id.nid,
+                    "{} connections awaiting their HELLO (the limit, max_pending_accepts): \
+                     closing one from {} ({} closed so far)",
+                    self.conns.awaiting_hello(),
+                    from.map_or("?".to_owned(), |ip| ip.to_string()),
+                    self.refused_accepts
+                );
+            }
+            return false;
+        }
+        let data = self.new_conn(false, from);
         let now = self.time(now);
         self.conns.accepted(conn, data, now);
+        true
     }
 
     /// A dialled socket connected: say HELLO.
@@ -265,7 +294,10 @@ impl Engine {
     /// The first frame of an accepted connection.
     fn incoming_hello(&mut self, conn: ConnId, h: lanet::wire::Header, now: Time) {
         let lane = h.lane;
-        let hello = match check_hello(&self.local.id.hello(lane), None, &h) {
+        let checked = check_hello(&self.local.id.hello(lane), None, &h)
+            .map_err(|e| e.to_string())
+            .and_then(|hello| self.check_source(conn, hello));
+        let hello = match checked {
             Ok(hello) => hello,
             Err(e) => {
                 tracing::warn!(nid = %self.local.id.nid, "refusing a connection: {e}");
@@ -293,6 +325,21 @@ impl Engine {
         if self.conns.stage(conn) == Some(Stage::Handshake) {
             let old = self.conns.mark_up(conn, now, &mut self.events);
             self.retire(old);
+        }
+    }
+
+    /// An accepted connection's HELLO must name a NID at the address it comes from.
+    fn check_source(&self, conn: ConnId, hello: PeerHello) -> Result<PeerHello, String> {
+        if !self.local.check_source_address {
+            return Ok(hello);
+        }
+        let from = self.conns.get(conn).and_then(|c| c.from);
+        let claimed = hello.nid.socket_addr(0).map(|a| IpAddr::V4(*a.ip()));
+        match (from, claimed) {
+            (Some(from), Some(claimed)) if from != claimed => {
+                Err(format!("HELLO claims {} but comes from {from}", hello.nid))
+            }
+            _ => Ok(hello),
         }
     }
 

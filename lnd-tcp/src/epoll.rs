@@ -133,9 +133,14 @@ impl Epoll {
 
     fn drop_closed(&mut self) {
         for id in self.engine.take_closes() {
-            if let Some(mut s) = self.sockets.remove(&id) {
-                let _ = self.poll.registry().deregister(&mut s);
-            }
+            self.forget_socket(id);
+        }
+    }
+
+    /// Deregisters and closes socket `id`.
+    fn forget_socket(&mut self, id: ConnId) {
+        if let Some(mut s) = self.sockets.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut s);
         }
     }
 
@@ -143,7 +148,11 @@ impl Epoll {
         loop {
             match self.listener.accept() {
                 Ok((s, from)) => match tune_socket(&s).and_then(|()| self.add(s)) {
-                    Ok(id) => self.engine.accepted(id, Instant::now()),
+                    Ok(id) => {
+                        if !self.engine.accepted(id, Some(from.ip()), Instant::now()) {
+                            self.forget_socket(id);
+                        }
+                    }
                     Err(e) => tracing::warn!("dropping a connection from {from}: {e}"),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

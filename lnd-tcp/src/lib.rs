@@ -47,7 +47,20 @@ pub struct TcpConfig {
     /// (`sendmsg_zc`, io_uring backend); `usize::MAX`: never. Loopback peers never are:
     /// measured slower at every size (bench/RESULTS.md).
     pub zero_copy_min: usize,
+    /// Refuse an accepted connection whose HELLO names a NID whose address is not the
+    /// one the connection comes from: a node cannot claim another's NID from elsewhere.
+    /// On by default; off only where peers dial from another address than their NID's
+    /// (NAT, a multi-homed node whose route to us leaves by another interface).
+    pub check_source_address: bool,
+    /// Accepted connections that have not sent their HELLO yet, at most: one more is
+    /// closed at once (logged), so that a flood of half-open connections costs bounded
+    /// memory. Each lives at most `connect_timeout` without a HELLO.
+    pub max_pending_accepts: usize,
 }
+
+/// [`TcpConfig::max_pending_accepts`] by default: a whole cluster's clients connecting at
+/// once, as after a router restart, finish their handshakes in well under a millisecond.
+pub const DEFAULT_MAX_PENDING_ACCEPTS: usize = 1024;
 
 impl TcpConfig {
     /// The credits and limits a node with `cfg` expects its drivers to offer.
@@ -58,6 +71,8 @@ impl TcpConfig {
             max_payload: cfg.max_payload,
             connect_timeout: Duration::from_secs(5),
             zero_copy_min: uring::ZC_THRESHOLD,
+            check_source_address: true,
+            max_pending_accepts: DEFAULT_MAX_PENDING_ACCEPTS,
         }
     }
 }
@@ -135,6 +150,8 @@ impl TcpLnd {
                 max_payload: cfg.max_payload,
             },
             connect_timeout: cfg.connect_timeout,
+            check_source_address: cfg.check_source_address,
+            max_pending_accepts: cfg.max_pending_accepts,
         };
         let listen_error = |e: io::Error| {
             LndError::new(

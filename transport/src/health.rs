@@ -331,6 +331,20 @@ impl Monitor {
         }
     }
 
+    /// Whether `nid` is monitored for someone: an operation's, or the application's or the
+    /// router's watch (not merely remembered Down).
+    pub(crate) fn wants(&self, nid: Nid) -> bool {
+        self.peers.get(&nid).is_some_and(Watch::interesting)
+    }
+
+    /// Forgets the Down peers remembered for nobody (see `maybe_forget`): operations to
+    /// them no longer fail fast, they try a connection first. What keeps a flood of NIDs
+    /// that never answer from growing the table without bound.
+    pub(crate) fn forget_remembered_down(&mut self) {
+        self.peers
+            .retain(|_, w| w.interesting() || w.state != PeerState::Down);
+    }
+
     /// Someone wanted a Down peer nobody monitors: probe it again (on its backoff), so
     /// that its return is noticed.
     pub(crate) fn poke(&mut self, nid: Nid, now: Time) {

@@ -18,6 +18,8 @@ fn local(n: u32) -> Local {
             max_payload: 1 << 20,
         },
         connect_timeout: T,
+        check_source_address: true,
+        max_pending_accepts: 4,
     }
 }
 
@@ -81,7 +83,7 @@ fn ping(from: u32, to: u32, token: u64) -> Transmit {
 fn dial_pair(a: &mut Engine, b: &mut Engine, now: Instant) {
     assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
     a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
-    b.accepted(101, now);
+    b.accepted(101, None, now);
     a.established(1);
     carry(a, 1, b, 101, now);
     carry(b, 101, a, 1, now);
@@ -156,8 +158,8 @@ fn simultaneous_dials_leave_one_connection_and_no_failure() {
         // A's dial: a socket 1 <-> b socket 201. B's dial: b socket 2 <-> a socket 102.
         a.dialled(1, n2, Lane::Data, now);
         b.dialled(2, n1, Lane::Data, now);
-        b.accepted(201, now);
-        a.accepted(102, now);
+        b.accepted(201, None, now);
+        a.accepted(102, None, now);
         a.established(1);
         b.established(2);
         if refusal_first {
@@ -224,7 +226,7 @@ fn a_hello_from_the_wrong_node_is_refused_and_garbage_fails_the_connection() {
     let (mut a, mut c) = (Engine::new(local(1)), Engine::new(local(3)));
     // A dials 2@mem but node 3 answers.
     a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
-    c.accepted(301, now);
+    c.accepted(301, None, now);
     a.established(1);
     carry(&mut a, 1, &mut c, 301, now);
     assert!(
@@ -267,7 +269,7 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
     // A (the lower NID) dials B and is up.
     a.want_connect(n2, Lane::Data, now);
     a.dialled(1, n2, Lane::Data, now);
-    b.accepted(201, now);
+    b.accepted(201, None, now);
     a.established(1);
     carry(&mut a, 1, &mut b, 201, now);
     carry(&mut b, 201, &mut a, 1, now);
@@ -277,7 +279,7 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
     let mut late_b = Engine::new(local(2));
     late_b.dialled(2, n1, Lane::Data, now);
     late_b.established(2);
-    a.accepted(102, now);
+    a.accepted(102, None, now);
     carry(&mut late_b, 2, &mut a, 102, now);
     assert!(events(&mut a).is_empty(), "the working connection stays");
     assert_eq!(a.conns.up(n2, Lane::Data), Some(1));
@@ -292,7 +294,7 @@ fn a_late_hello_from_the_race_loser_is_refused_but_a_restarted_peer_replaces_the
     let mut reborn = Engine::new(old);
     reborn.dialled(3, n1, Lane::Data, now);
     reborn.established(3);
-    a.accepted(103, now);
+    a.accepted(103, None, now);
     carry(&mut reborn, 3, &mut a, 103, now);
     let ea = events(&mut a);
     assert!(
@@ -340,11 +342,74 @@ fn the_backend_waits_no_longer_than_work_and_deadlines_allow() {
 fn a_version_1_hello_closes_the_connection_without_a_word_to_the_core() {
     let mut b = Engine::new(local(2));
     let now = Instant::now();
-    b.accepted(7, now);
+    b.accepted(7, None, now);
     let mut hello = local(1).id.hello(Lane::Data).encode(Nid::mem(2, 0));
     hello[4] = 1; // the version is checked before the checksum
     b.conn_mut(7).unwrap().rx.extend(&hello);
     b.received(7, now);
     assert!(events(&mut b).is_empty());
     assert_eq!(b.take_closes(), vec![7]);
+}
+
+#[test]
+fn a_hello_naming_a_nid_at_another_address_than_the_socket_is_refused() {
+    let now = Instant::now();
+    let tcp = |ip: &str| -> Local {
+        let mut l = local(0);
+        l.id.nid = format!("{ip}@tcp").parse().unwrap();
+        l
+    };
+    let from = |ip: &str| Some(ip.parse::<IpAddr>().unwrap());
+    let b_nid: Nid = "10.0.0.2@tcp".parse().unwrap();
+    for (source, check, refused) in [
+        ("10.0.0.9", true, true),   // claims 10.0.0.1, comes from 10.0.0.9
+        ("10.0.0.1", true, false),  // comes from where it says
+        ("10.0.0.9", false, false), // the check is off
+    ] {
+        let (mut a, mut b) = (Engine::new(tcp("10.0.0.1")), Engine::new(tcp("10.0.0.2")));
+        b.local.check_source_address = check;
+        assert!(a.want_connect(b_nid, Lane::Data, now));
+        a.dialled(1, b_nid, Lane::Data, now);
+        b.accepted(101, from(source), now);
+        a.established(1);
+        carry(&mut a, 1, &mut b, 101, now);
+        let up = connected(&events(&mut b));
+        if refused {
+            assert!(up.is_empty(), "{source}: {up:?}");
+            assert_eq!(b.take_closes(), vec![101]);
+        } else {
+            assert_eq!(
+                up,
+                vec![("10.0.0.1@tcp".parse().unwrap(), Lane::Data)],
+                "{source}"
+            );
+        }
+    }
+}
+
+#[test]
+fn accepted_connections_awaiting_their_hello_are_capped() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    // `local` allows 4 at once.
+    for id in 0..4 {
+        assert!(b.accepted(500 + id, None, now), "{id}");
+    }
+    assert!(!b.accepted(504, None, now), "a fifth is refused");
+    // One says HELLO: room for another.
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
+    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    a.established(1);
+    carry(&mut a, 1, &mut b, 500, now);
+    assert_eq!(
+        connected(&events(&mut b)),
+        vec![(Nid::mem(1, 0), Lane::Health)]
+    );
+    assert!(b.accepted(505, None, now));
+    assert!(!b.accepted(506, None, now));
+    // The silent ones time out: room for all again.
+    b.expire(now + 2 * T);
+    for id in 0..4 {
+        assert!(b.accepted(600 + id, None, now + 2 * T), "{id}");
+    }
 }

@@ -677,9 +677,11 @@ impl Uring {
                         .ok()
                         .and_then(|a| a.as_socket())
                         .map(|a| a.ip());
-                    self.socks.insert(id, Sock::new(fd, peer));
-                    self.engine.accepted(id, Instant::now());
-                    self.arm_recv(id);
+                    // Refused (too many awaiting their HELLO): `fd` closes here.
+                    if self.engine.accepted(id, peer, Instant::now()) {
+                        self.socks.insert(id, Sock::new(fd, peer));
+                        self.arm_recv(id);
+                    }
                 }
                 Err(e) => tracing::warn!("dropping an accepted connection: {e}"),
             }

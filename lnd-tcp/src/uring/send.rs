@@ -49,8 +49,10 @@ impl SendSlot {
             // (null pointers, zero lengths).
             hdr: unsafe { std::mem::zeroed() },
             iov: [NO_IOV; MAX_SLICES],
-            staging: vec![0u8; STAGING].into_boxed_slice(),
-            held: Vec::with_capacity(MAX_SLICES),
+            // Allocated at the first send: a connection that never says HELLO (one of a
+            // flood of half-open ones) costs no 64 KiB.
+            staging: Box::default(),
+            held: Vec::new(),
             len: 0,
             part: Part {
                 // SAFETY: as above.
@@ -62,6 +64,10 @@ impl SendSlot {
 
     /// Describes as much of `q`'s unwritten bytes as fits; returns how many. No allocation.
     pub(crate) fn fill(&mut self, q: &TxQueue) -> usize {
+        if self.staging.is_empty() {
+            // No message is described yet (the slot is home): nothing points into it.
+            self.staging = vec![0u8; STAGING].into_boxed_slice();
+        }
         self.held.clear();
         let (mut n, mut staged, mut total) = (0usize, 0usize, 0usize);
         // Whether the last iovec covers the end of the staged bytes (and can grow).

@@ -67,7 +67,7 @@ fn main() {
     let consumer = ep.clone();
     let verdicts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let counts = verdicts.clone();
-    std::thread::spawn(move || {
+    let consuming = std::thread::spawn(move || {
         while let Some(e) = consumer.recv_event(None) {
             match e {
                 Event::Delivered(d) if d.portal == SINK_PORTAL => {
@@ -87,6 +87,10 @@ fn main() {
     // Until the test closes our standard input (or kills us).
     for _ in std::io::stdin().lock().lines() {}
     ep.shutdown();
+    // Every event is counted before the counts are told (a flood of refusals may have
+    // put many before the last deliveries).
+    drop(ep);
+    let _ = consuming.join();
     // The test may have stopped listening: a failed write here is no error.
     let [intact, corrupt] = &*verdicts;
     let _ = writeln!(

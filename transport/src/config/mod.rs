@@ -224,6 +224,11 @@ impl NodeConfig {
         if self.net_credits.iter().any(|(_, c)| *c == 0) {
             return Err(ConfigError("a net's credits must be at least 1".into()));
         }
+        if self.max_idle_peers == 0 {
+            return Err(ConfigError(
+                "max_idle_peers must be at least 1: else every event sweeps the peer tables".into(),
+            ));
+        }
         if self.routed_answer_backlog == 0 {
             return Err(ConfigError(
                 "routed_answer_backlog must be at least 1: else nothing behind a router is answered"

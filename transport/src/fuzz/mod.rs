@@ -66,9 +66,9 @@ pub fn frame(data: &[u8]) {
     assert_eq!(f.payload.len(), f.header.payload_len as usize);
     let again = wire::encode_header(&f.header);
     assert_eq!(
-        wire::decode_header(&again, &limits),
-        Ok(f.header),
-        "a decoded header encodes to one that decodes the same"
+        &again[..],
+        &bytes[..HEADER_LEN],
+        "one encoding per header: nothing the decoder ignores"
     );
 }
 
@@ -166,7 +166,7 @@ pub fn nid(data: &[u8]) {
         if let Some(n) = Nid::decode(raw) {
             let mut again = [0u8; NID_WIRE_LEN];
             n.encode(&mut again);
-            assert_eq!(Nid::decode(&again), Some(n));
+            assert_eq!(&again, raw, "one encoding per NID");
             assert_eq!(n.to_string().parse::<Nid>(), Ok(n), "{n}");
         }
     }

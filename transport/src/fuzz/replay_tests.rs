@@ -216,7 +216,7 @@ fn write_seed_corpora() {
         0, 0, 1, 1, 8, 0, 2, 8, // connect health lane
         6, 0, 0, 1, 0, 0, 0, 0, 0, 64, 0, // PUT 64 bytes to peer 0, data lane
         4, 0, 1, // complete a send
-        3, 0, // a frame on connection 0
+        3, 1, // a frame on connection 1 (connections sort by lane: health, then data)
     ];
     let mut ack = header(
         Lane::Data,

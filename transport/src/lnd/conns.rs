@@ -145,6 +145,8 @@ pub struct ConnTable<Id, T> {
     conns: FxHashMap<Id, Entry<T>>,
     lanes: FxHashMap<(Nid, Lane), LaneConns<Id>>,
     timers: BTreeSet<(Time, Timer<Id>)>,
+    /// Accepted connections whose HELLO has not come yet.
+    awaiting_hello: usize,
 }
 
 fn error(kind: LndErrorKind, detail: &str) -> LndError {
@@ -163,6 +165,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             conns: FxHashMap::default(),
             lanes: FxHashMap::default(),
             timers: BTreeSet::new(),
+            awaiting_hello: 0,
         }
     }
 
@@ -186,6 +189,12 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
 
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// Accepted connections that have not said HELLO yet: what a flood of half-open
+    /// connections grows, and what a driver caps.
+    pub fn awaiting_hello(&self) -> usize {
+        self.awaiting_hello
     }
 
     pub fn get(&self, id: Id) -> Option<&T> {
@@ -308,6 +317,9 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             debug_assert!(false, "incoming HELLO on unknown connection {id:?}");
             return Incoming::Refuse;
         };
+        if entry.peer.is_none() {
+            self.awaiting_hello -= 1;
+        }
         entry.peer = Some(key);
         entry.hello = Some(hello);
         let conns = self.lanes.entry(key).or_default();
@@ -532,6 +544,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     fn insert(&mut self, id: Id, data: T, peer: Option<(Nid, Lane)>, dialled: bool, now: Time) {
         let deadline = now + self.handshake_timeout;
         self.timers.insert((deadline, Timer::Handshake(id)));
+        self.awaiting_hello += usize::from(peer.is_none());
         let entry = Entry {
             data,
             peer,
@@ -543,6 +556,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         };
         if let Some(stale) = self.conns.insert(id, entry) {
             debug_assert!(false, "connection id {id:?} reused while in the table");
+            self.awaiting_hello -= usize::from(stale.peer.is_none());
             if let Some(d) = stale.deadline {
                 self.timers.remove(&(d, Timer::Handshake(id)));
             }
@@ -552,6 +566,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// Removes `id`'s entry and timer (its lane must no longer name it), and hands it back.
     fn remove_entry(&mut self, id: Id, error: LndError) -> Option<Closed<Id, T>> {
         let entry = self.conns.remove(&id)?;
+        self.awaiting_hello -= usize::from(entry.peer.is_none());
         if let Some(d) = entry.deadline {
             self.timers.remove(&(d, Timer::Handshake(id)));
         }

@@ -7,32 +7,42 @@ use super::Node;
 /// Entries held, table by table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Footprint {
-    /// Neighbours with connection state, and far ends whose incarnation is kept.
+    /// Neighbours with connection state.
     pub hops: usize,
+    /// Far ends whose incarnation is kept.
     pub ends: usize,
-    /// Operations live, their indexes (by peer; deadlines, stale ones included).
+    /// When `hops` and `ends` reach these sizes, their idle entries are forgotten
+    /// ([`crate::config::NodeConfig::max_idle_peers`]).
+    pub hops_sweep_at: usize,
+    pub ends_sweep_at: usize,
+    /// Operations live.
     pub ops: usize,
+    /// Their index by peer, and their deadlines (stale ones included).
     pub ops_indexed: usize,
     pub op_deadlines: usize,
     /// Frames queued at hop lanes (requests, forwards and answers).
     pub queued: usize,
-    /// Frames in the drivers, data and health lanes.
+    /// Frames in the drivers.
     pub in_lnd: usize,
     /// Payloads being fetched.
     pub fetching: usize,
     /// Portals with attached entries.
     pub portals: usize,
-    /// Remembered answers of routed requests, and their initiators.
+    /// Remembered answers of routed requests.
     pub dedup_entries: usize,
+    /// Initiators they are remembered for.
     pub dedup_initiators: usize,
     /// Gateways' views, polls, routes down.
     pub gateways: usize,
-    /// As a router: buffers in use, and frames waiting for one.
+    /// As a router: buffers in use.
     pub pool_buffers: usize,
+    /// Frames waiting for a buffer.
     pub pool_waiting: usize,
-    /// Peers the health monitor watches, its timers, and its PINGs being timed.
+    /// Peers the health monitor has (watched, or remembered Down).
     pub health_peers: usize,
+    /// Its timers (stale ones included).
     pub health_timers: usize,
+    /// Its PINGs being timed.
     pub health_pings_timed: usize,
     /// Frames held by fault-injection delays.
     pub fault_delayed: usize,
@@ -47,11 +57,14 @@ impl Node {
         Footprint {
             hops: self.hops.len(),
             ends: self.ends.len(),
+            hops_sweep_at: self.sweep_at.hops,
+            ends_sweep_at: self.sweep_at.ends,
             ops: self.ops.len(),
             ops_indexed: self.ops.indexed(),
             op_deadlines: self.ops.deadline_count(),
             queued: self.hops.values().map(super::peers::Hop::queued).sum(),
-            in_lnd: self.out.in_lnd.len() + self.out.health_in_lnd.len(),
+            // Health frames are also in `health_in_lnd`, timed: counted once.
+            in_lnd: self.out.in_lnd.len(),
             fetching: self.fetching.len(),
             portals: self.portals.len(),
             dedup_entries: self.dedup.entries(),

@@ -107,12 +107,12 @@ pub(crate) struct Gateways {
 }
 
 impl Gateways {
-    /// What `router` last said of itself.
     /// Entries over its tables: views, questions asked, routes down, gateways polled.
     pub(crate) fn entries(&self) -> usize {
         self.views.len() + self.asked.len() + self.down.len() + self.polled.len()
     }
 
+    /// What `router` last said of itself.
     pub(crate) fn view(&self, router: Nid) -> Option<&RouterStatus> {
         self.views.get(&router)
     }

@@ -14,9 +14,12 @@ use crate::nid::Nid;
 /// twice those needed, if more), those are forgotten. A neighbour is needed while a lane
 /// to it is up or being set up or holds frames, while the monitor watches it (or
 /// remembers it Down), while an operation involves it or it is a gateway of a route; a far
-/// end while an operation involves it, the monitor watches it, or it is a neighbour. What
-/// is forgotten of an idle end is only its incarnation: nothing is owed to or by it, so a
-/// restart it made meanwhile changes nothing.
+/// end while an operation involves it, the monitor has it (watched, or remembered Down),
+/// or it is a neighbour. What is forgotten of an idle end is its incarnation: nothing is
+/// owed to or by it, but a restart it makes before it is heard from again is not reported
+/// (no `PeerRestarted`), as for a peer never heard from. The monitor's memory of Down
+/// peers nobody watches goes with a sweep of the neighbours (see
+/// `Monitor::forget_remembered_down`).
 pub const MAX_IDLE_PEERS: usize = 4096;
 
 /// The table sizes at which the next sweeps come.
@@ -52,14 +55,17 @@ impl Node {
         if self.hops.len() < self.sweep_at.hops {
             return;
         }
-        let gateways: Vec<Nid> = self.routes.all().iter().map(|r| r.gateway).collect();
+        // Down peers remembered for nobody go first: they would keep their hops.
+        self.health.forget_remembered_down();
+        let gateways: rustc_hash::FxHashSet<Nid> =
+            self.routes.all().iter().map(|r| r.gateway).collect();
         let (health, ops, faults) = (&self.health, &self.ops, &self.faults);
         self.hops.retain(|nid, hop| {
             let busy = Lane::ALL.iter().any(|&l| {
                 let hl = &hop.lanes[l];
                 !matches!(hl.conn, Conn::Down) || !hl.queue.is_empty() || !hl.answers.is_empty()
             });
-            busy || health.peer(*nid).is_some()
+            busy || health.wants(*nid)
                 || ops.involve(*nid)
                 || gateways.contains(nid)
                 || faults.holds_from(*nid)

@@ -226,6 +226,8 @@ pub(crate) struct InLnd {
     pub(crate) upstream: Option<Upstream>,
     /// A forwarded request: whom to refuse it to (NACK) if it fails to leave.
     pub(crate) refuse_to: Option<RefuseTo>,
+    /// A CREDIT frame: the hop and the serial of the connection it returns credits on.
+    pub(crate) credit_for: Option<(Nid, u64)>,
 }
 
 /// Enough of a forwarded request to refuse it after it has left our hands.
@@ -259,7 +261,7 @@ pub struct Node {
     /// Far ends of our operations and of the requests we answer.
     pub(crate) ends: FxHashMap<Nid, End>,
     /// When `hops` and `ends` grow to these sizes, the idle entries go (see [`idle`]).
-    sweep_at: idle::SweepAt,
+    pub(crate) sweep_at: idle::SweepAt,
     pub(crate) routes: RouteTable,
     /// What our gateways say of themselves; and, as a router, what we say.
     pub(crate) gateways: gateways::Gateways,
@@ -499,11 +501,17 @@ impl Node {
         }
         self.abort_group_ops(&error);
         self.router_stop_watching();
+        let mut forwards = Vec::new();
         for hop in self.hops.values_mut() {
             for lane in Lane::ALL {
+                forwards.extend(hop.lanes[lane].take_forwards());
                 hop.lanes[lane].queue.clear();
                 hop.lanes[lane].answers.clear();
             }
+        }
+        // Frames passing through give their buffers and upstream credits back.
+        for f in forwards {
+            self.release_upstream(f.upstream);
         }
         for held in self.faults.take_all() {
             self.decline_deferred(held.ni, held.payload);

@@ -144,9 +144,7 @@ impl Ops {
         let op = self.live.remove(&id)?;
         self.awaiting.remove(&op.seq);
         for peer in op.target().map(|(d, _)| d).into_iter().chain(op.router()) {
-            if let Some(set) = self.by_peer.get_mut(&peer) {
-                set.remove(&(op.seq, id));
-            }
+            self.unindex(peer, (op.seq, id));
         }
         // Queue slots and deadlines are dropped lazily: they no longer find a live op with
         // this seq.
@@ -176,14 +174,25 @@ impl Ops {
             return;
         };
         let key = (op.seq, id);
-        if let Some(router) = op.router() {
-            if let Some(set) = self.by_peer.get_mut(&router) {
-                set.remove(&key);
-            }
-        }
+        let old_router = op.router();
         op.via = via;
-        if let Some(router) = op.router() {
+        let new_router = op.router();
+        if let Some(router) = old_router {
+            self.unindex(router, key);
+        }
+        if let Some(router) = new_router {
             self.by_peer.entry(router).or_default().insert(key);
+        }
+    }
+
+    /// Removes `key` from `peer`'s index, and the index once empty (a table per NID ever
+    /// used would grow without bound).
+    fn unindex(&mut self, peer: Nid, key: (u64, OpId)) {
+        if let Some(set) = self.by_peer.get_mut(&peer) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_peer.remove(&peer);
+            }
         }
     }
 
@@ -224,13 +233,13 @@ impl Ops {
             .map_or(above, |(seq, _)| (*seq).min(above))
     }
 
-    /// Live ops involving `peer` (as target or router) for which `pick` holds, in
-    /// submission order.
     /// Whether some live op targets `peer` or goes through it.
     pub(crate) fn involve(&self, peer: Nid) -> bool {
         self.by_peer.get(&peer).is_some_and(|set| !set.is_empty())
     }
 
+    /// Live ops involving `peer` (as target or router) for which `pick` holds, in
+    /// submission order.
     pub(crate) fn of_peer(&self, peer: Nid, pick: impl Fn(&Op) -> bool) -> Vec<OpId> {
         self.by_peer.get(&peer).map_or_else(Vec::new, |set| {
             set.iter()

@@ -91,6 +91,10 @@ pub(crate) struct HopLane {
     /// their entries are dead. A hint (the pump drops dead entries it meets without
     /// counting them), enough to compact when they may be half the queue.
     pub(crate) left: usize,
+    /// A CREDIT frame is in the driver for the connection of this serial: no other is
+    /// sent until it is out, so a peer that never reads cannot pile them up (what is
+    /// owed meanwhile goes with the next frame, or the next CREDIT).
+    pub(crate) credit_frame_out: Option<u64>,
 }
 
 impl HopLane {
@@ -122,6 +126,7 @@ impl Hop {
             queue: VecDeque::new(),
             answers: VecDeque::new(),
             left: 0,
+            credit_frame_out: None,
         };
         Hop {
             ni,

@@ -142,6 +142,10 @@ impl Node {
                 // Operations waiting for a Down target keep waiting (its return pumps
                 // them); routed ones try another gateway; the rest fail with the error.
                 Pending::Op { id, seq } => {
+                    // An entry left behind by an op that went another way is dead here.
+                    if !self.is_live(nid, &p) {
+                        continue;
+                    }
                     let Some(op) = self.ops.live(id, seq) else {
                         continue;
                     };

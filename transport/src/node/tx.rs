@@ -216,7 +216,7 @@ impl Node {
 
     /// Whether a frame queued at `hop` still needs sending from there: an op's request
     /// only while the op waits at that hop (it may have ended, or gone another way).
-    fn is_live(&self, hop: Nid, p: &Pending) -> bool {
+    pub(super) fn is_live(&self, hop: Nid, p: &Pending) -> bool {
         match p {
             Pending::Op { id, seq } => self
                 .ops
@@ -434,10 +434,14 @@ impl Node {
         };
         let ni = hop.ni;
         let hl = &mut hop.lanes[lane];
-        let Conn::Up { credits, .. } = &mut hl.conn else {
+        let Conn::Up {
+            credits, serial, ..
+        } = &mut hl.conn
+        else {
             return;
         };
-        if !credits.wants_credit_frame() {
+        let serial = *serial;
+        if !credits.wants_credit_frame() || hl.credit_frame_out == Some(serial) {
             return;
         }
         // Answers that have a hop credit wait only for our driver (an NI credit); the first
@@ -448,6 +452,7 @@ impl Node {
             return;
         }
         let returned = credits.take_owed();
+        hl.credit_frame_out = Some(serial);
         self.stats.credit_frames_sent += 1;
         let out = Outgoing {
             src: self.nis[ni.0].nid,
@@ -460,7 +465,22 @@ impl Node {
             op: None,
             upstream: None,
         };
-        self.emit(ni, nid, lane, out, returned, false);
+        let token = self.emit(ni, nid, lane, out, returned, false);
+        if let Some(rec) = self.out.in_lnd.get_mut(&token) {
+            rec.credit_for = Some((nid, serial));
+        }
+    }
+
+    /// The CREDIT frame for `hop`'s connection `serial` has left (or failed to): another
+    /// may go, if more is owed by now.
+    fn credit_frame_done(&mut self, hop: Nid, lane: Lane, serial: u64) {
+        let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
+            return;
+        };
+        if hl.credit_frame_out == Some(serial) {
+            hl.credit_frame_out = None;
+            self.return_credits_if_owed(hop, lane);
+        }
     }
 
     fn emit(
@@ -471,7 +491,7 @@ impl Node {
         out: Outgoing,
         credits: u16,
         ni_credit: bool,
-    ) {
+    ) -> u64 {
         let header = Header {
             lane,
             hop_limit: out.hop_limit,
@@ -505,6 +525,7 @@ impl Node {
                         msg_id: header.msg_id,
                     },
                 ),
+                credit_for: None,
             },
         );
         if let (Lane::Health, Some(now)) = (lane, self.clock) {
@@ -527,6 +548,7 @@ impl Node {
                 token: TxToken(token),
             },
         ));
+        token
     }
 
     /// A driver finished (or failed) sending a frame.
@@ -554,6 +576,9 @@ impl Node {
             while let Some(waiter) = self.nis[rec.ni.0].credits[rec.lane].next_waiter() {
                 self.pump(waiter, rec.lane);
             }
+        }
+        if let Some((hop, serial)) = rec.credit_for {
+            self.credit_frame_done(hop, rec.lane, serial);
         }
         if let Some(up) = rec.upstream {
             // The forwarded frame has left (or failed to): its buffer upstream is free.

@@ -209,9 +209,52 @@ fn flood_without_returning_credits(
     let mut sent = Vec::new();
     for seq in 0..flood {
         receive(&mut n, t(1), B, lane, request(seq), seq, 0, b"");
-        sent.extend(drain(&mut n));
+        // B's socket takes what we send (it reads), so each CREDIT frame leaves.
+        let out = drain(&mut n);
+        for s in &out {
+            sent_ok(&mut n, s);
+        }
+        sent.extend(out);
     }
     (n, cap, flood, sent)
+}
+
+#[test]
+fn a_peer_that_never_reads_gets_one_credit_frame_then_is_cut_off_for_overrunning() {
+    // B sends PINGs and never reads: the CREDIT frame returning its credits never
+    // leaves our driver. No second one joins it (they would pile up without bound);
+    // and what B sends beyond the credits it had back is an overrun.
+    let mut n = node();
+    let offered = n.config().lanes[Lane::Health].peer_credits;
+    connected(&mut n, B, Lane::Health, 1, 7);
+    let mut credit_frames = 0;
+    for seq in 0..u64::from(offered) * 4 {
+        receive(
+            &mut n,
+            t(1),
+            B,
+            Lane::Health,
+            Body::Ping { seq },
+            seq,
+            0,
+            b"",
+        );
+        credit_frames += drain(&mut n)
+            .iter()
+            .filter(|s| s.header.body == Body::Credit)
+            .count();
+    }
+    assert_eq!(credit_frames, 1, "one CREDIT frame while it is stuck");
+    assert!(
+        n.stats().protocol_errors >= 1,
+        "the overrun is a protocol error"
+    );
+    assert!(
+        requests(&mut n)
+            .iter()
+            .any(|r| matches!(r, LndRequest::Close { .. })),
+        "and closes the connection"
+    );
 }
 
 /// B returns one credit at a time, `times` times; the message ids of what we sent.
