@@ -4,6 +4,7 @@
 //! Each server bounds how long a client may take. Until dropped.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -44,8 +45,9 @@ impl Drop for SlotGuard {
 
 pub(crate) struct Acceptor {
     stop: Arc<AtomicBool>,
-    /// Connects to the listener, so that a thread blocked in accept sees `stop`.
-    wake: Box<dyn Fn() + Send>,
+    /// The listening socket (a duplicate descriptor): shut down to wake a thread blocked
+    /// in accept, whatever became of the socket's path or address.
+    listening: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -56,12 +58,12 @@ impl Acceptor {
         listener: L,
         incoming: impl Fn(&L) -> io::Result<C> + Send + 'static,
         serve: impl Fn(C) -> io::Result<()> + Send + Sync + 'static,
-        wake: impl Fn() + Send + 'static,
     ) -> io::Result<Acceptor>
     where
-        L: Send + 'static,
+        L: AsFd + Send + 'static,
         C: Send + 'static,
     {
+        let listening = listener.as_fd().try_clone_to_owned()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let what = name.to_owned();
@@ -103,7 +105,7 @@ impl Acceptor {
             })?;
         Ok(Acceptor {
             stop,
-            wake: Box::new(wake),
+            listening,
             thread: Some(thread),
         })
     }
@@ -115,7 +117,9 @@ impl Drop for Acceptor {
     /// one, so this waits until a client is done.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        (self.wake)();
+        // SAFETY: shutdown takes a descriptor we own (`listening`, open until we drop) and
+        // a flag; it makes a blocked or later accept fail at once.
+        unsafe { libc::shutdown(self.listening.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -138,7 +142,6 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let served = Arc::new(AtomicUsize::new(0));
         let count = served.clone();
-        let wake_path = path.clone();
         let acceptor = Acceptor::spawn(
             "test-acceptor",
             listener,
@@ -151,7 +154,6 @@ mod tests {
                 }
                 c.write_all(b"ok")
             },
-            move || drop(UnixStream::connect(&wake_path)),
         )
         .unwrap();
         for _ in 0..MAX_CLIENTS + 2 {
@@ -169,5 +171,32 @@ mod tests {
         assert_eq!(answer, "ok");
         drop(acceptor);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dropping_stops_the_acceptor_even_when_its_socket_path_is_gone() {
+        let dir = std::env::temp_dir().join(format!("lanet-acceptor-gone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let acceptor = Acceptor::spawn(
+            "test-acceptor",
+            listener,
+            |l: &UnixListener| l.accept().map(|(c, _)| c),
+            |_c: UnixStream| Ok(()),
+        )
+        .unwrap();
+        // Someone removes the path (a tmp cleaner, an administrator): nothing can connect
+        // to the listener any more, yet dropping must not wait for a connection.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(acceptor);
+            let _ = done.send(());
+        });
+        stopped
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("dropping the acceptor hung");
     }
 }

@@ -91,9 +91,12 @@ pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
                 nis.len()
             ));
         }
-        if !kept.contains(&parsed) {
-            kept.push(parsed); // tcp and tcp0 are one net
+        if kept.contains(&parsed) {
+            // tcp and tcp0 are one net; lanet takes one NI per net.
+            notes.push(format!("net {kind}: the same net as one before: left out"));
+            continue;
         }
+        kept.push(parsed);
         let _ = writeln!(t, "\n[[net]]\nnet = {}", quoted(&kind));
         let interface = ni["interfaces"]
             .as_hash()

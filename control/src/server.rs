@@ -59,6 +59,8 @@ impl ControlSocket {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     std::fs::remove_file(path)?
                 }
+                // Gone since we looked (under the lock, only a hand could remove it).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Ok(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
@@ -75,13 +77,11 @@ impl ControlSocket {
         }
         let listener = bind_private(path)?;
         let linked = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
-        let wake_path = path.to_owned();
         let acceptor = Acceptor::spawn(
             "lanet-control",
             listener,
             |l: &UnixListener| l.accept().map(|(c, _)| c),
             move |conn| answer(conn, &endpoint, config.as_ref()),
-            move || drop(UnixStream::connect(&wake_path)),
         )?;
         Ok(ControlSocket {
             path: path.to_owned(),
@@ -98,7 +98,6 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        // Stopped first: it is woken through the socket's path.
         drop(self.acceptor.take());
         let ours =
             std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.linked);
@@ -121,16 +120,27 @@ fn lock_beside(path: &Path) -> io::Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(PathBuf::from(&name))?;
     // SAFETY: flock takes a descriptor we own (open for the call's length) and flags.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if locked != 0 {
         let e = io::Error::last_os_error();
+        let held = e.kind() == io::ErrorKind::WouldBlock;
         return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
+            if held {
+                io::ErrorKind::AddrInUse
+            } else {
+                e.kind()
+            },
             format!(
-                "{} is held by another daemon: {e}",
-                PathBuf::from(name).display()
+                "{}: {}: {e}",
+                PathBuf::from(name).display(),
+                if held {
+                    "held by another daemon"
+                } else {
+                    "cannot lock"
+                }
             ),
         ));
     }

@@ -62,8 +62,8 @@ pub(crate) struct Engine {
     /// Sockets the backend must close (the engine has forgotten them).
     closes: Vec<ConnId>,
     done: Vec<TxToken>,
-    /// Connections closed at accept for `max_pending_accepts`.
-    refused_accepts: u64,
+    /// Connections closed to keep within `max_pending_accepts`.
+    evicted_accepts: u64,
 }
 
 fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
@@ -79,7 +79,7 @@ impl Engine {
             events: Vec::new(),
             closes: Vec::new(),
             done: Vec::new(),
-            refused_accepts: 0,
+            evicted_accepts: 0,
         }
     }
 
@@ -160,28 +160,31 @@ impl Engine {
         self.conns.dial_failed(peer, lane, error, &mut self.events);
     }
 
-    /// The backend accepted `conn`, from address `from`; its HELLO should follow. False
-    /// if too many accepted connections are awaiting theirs: the backend closes it.
-    pub(crate) fn accepted(&mut self, conn: ConnId, from: Option<IpAddr>, now: Instant) -> bool {
+    /// The backend accepted `conn`, from address `from`; its HELLO should follow. If too
+    /// many accepted connections await theirs, the one that has waited longest is closed
+    /// to make room: a flood of silent connections cannot lock newcomers out, since a
+    /// real peer's HELLO follows its connect within a round trip.
+    pub(crate) fn accepted(&mut self, conn: ConnId, from: Option<IpAddr>, now: Instant) {
         if self.conns.awaiting_hello() >= self.local.max_pending_accepts {
-            self.refused_accepts += 1;
-            // Once per thousand: a flood must not flood the log too.
-            if self.refused_accepts % 1000 == 1 {
-                tracing::warn!(
-                    nid = %self.local.id.nid,
-                    "{} connections awaiting their HELLO (the limit, max_pending_accepts): \
-                     closing one from {} ({} closed so far)",
-                    self.conns.awaiting_hello(),
-                    from.map_or("?".to_owned(), |ip| ip.to_string()),
-                    self.refused_accepts
-                );
+            if let Some((oldest, data)) = self.conns.evict_oldest_awaiting_hello() {
+                self.evicted_accepts += 1;
+                // Once per thousand: a flood must not flood the log too.
+                if self.evicted_accepts % 1000 == 1 {
+                    tracing::warn!(
+                        nid = %self.local.id.nid,
+                        "{} connections awaiting their HELLO (max_pending_accepts): closing \
+                         the oldest, from {} ({} closed so far)",
+                        self.local.max_pending_accepts,
+                        data.from.map_or("?".to_owned(), |ip| ip.to_string()),
+                        self.evicted_accepts
+                    );
+                }
+                self.closes.push(oldest);
             }
-            return false;
         }
         let data = self.new_conn(false, from);
         let now = self.time(now);
         self.conns.accepted(conn, data, now);
-        true
     }
 
     /// A dialled socket connected: say HELLO.

@@ -106,10 +106,21 @@ impl Epoll {
         let Some(addr) = self.engine.dial_target(peer, lane, Instant::now()) else {
             return;
         };
-        let dialled = TcpStream::connect(SocketAddr::V4(addr)).and_then(|s| {
-            tune_socket(&s)?;
-            self.add(s)
-        });
+        let local = self.engine.local().id.nid;
+        let dialled = crate::dial_socket(local)
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                match s.connect(&SocketAddr::V4(addr).into()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(TcpStream::from_std(std::net::TcpStream::from(s)))
+            })
+            .and_then(|s| {
+                tune_socket(&s)?;
+                self.add(s)
+            });
         match dialled {
             Ok(id) => self.engine.dialled(id, peer, lane, Instant::now()),
             Err(e) => {
@@ -149,9 +160,8 @@ impl Epoll {
             match self.listener.accept() {
                 Ok((s, from)) => match tune_socket(&s).and_then(|()| self.add(s)) {
                     Ok(id) => {
-                        if !self.engine.accepted(id, Some(from.ip()), Instant::now()) {
-                            self.forget_socket(id);
-                        }
+                        self.engine.accepted(id, Some(from.ip()), Instant::now());
+                        self.drop_closed(); // one evicted to make room, if any
                     }
                     Err(e) => tracing::warn!("dropping a connection from {from}: {e}"),
                 },

@@ -52,9 +52,10 @@ pub struct TcpConfig {
     /// On by default; off only where peers dial from another address than their NID's
     /// (NAT, a multi-homed node whose route to us leaves by another interface).
     pub check_source_address: bool,
-    /// Accepted connections that have not sent their HELLO yet, at most: one more is
-    /// closed at once (logged), so that a flood of half-open connections costs bounded
-    /// memory. Each lives at most `connect_timeout` without a HELLO.
+    /// Accepted connections that have not sent their HELLO yet, at most: a new one
+    /// closes the one that has waited longest (logged), so that a flood of half-open
+    /// connections costs bounded memory and cannot lock newcomers out. Each lives at most
+    /// `connect_timeout` without a HELLO. At least 1.
     pub max_pending_accepts: usize,
 }
 
@@ -136,6 +137,12 @@ impl TcpLnd {
             return Err(LndError::new(
                 LndErrorKind::Resource,
                 format!("the TCP LND serves tcp nets, not {}", nid.net),
+            ));
+        }
+        if cfg.max_pending_accepts == 0 {
+            return Err(LndError::new(
+                LndErrorKind::Resource,
+                "max_pending_accepts must be at least 1: else no connection could be accepted",
             ));
         }
         let addr = SocketAddr::V4(
@@ -274,6 +281,22 @@ pub fn free_loopback_nid() -> io::Result<Nid> {
 }
 
 /// TCP_NODELAY for latency; keepalive as a backstop behind the health lane.
+/// A TCP socket for dialling from `local` (this NI's NID): bound to its address, so the
+/// peer sees the connection come from the address our HELLO names (which it checks, see
+/// [`TcpConfig::check_source_address`]), whatever interface the route leaves by.
+fn dial_socket(local: Nid) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(addr) = local.socket_addr(0) {
+        let from = std::net::SocketAddrV4::new(*addr.ip(), 0);
+        s.bind(&std::net::SocketAddr::V4(from).into())?;
+    }
+    Ok(s)
+}
+
 fn tune_socket(s: &impl std::os::fd::AsFd) -> io::Result<()> {
     let s = socket2::SockRef::from(s);
     s.set_tcp_nodelay(true)?;

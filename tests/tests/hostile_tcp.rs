@@ -126,6 +126,41 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
     }
 }
 
+/// Whether the server has closed `s` already (end of stream or reset), without waiting.
+fn closed_now(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let closed = match (&*s).read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// Reads frames from `s` until a PONG for `seq` (true), or the server closes it or is
+/// silent for [`CLOSE_WITHIN`] (false).
+fn answered_with_pong(s: &mut TcpStream, seq: u64) -> bool {
+    s.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+    let limits = lanet::wire::Limits {
+        max_payload: 1 << 20,
+    };
+    loop {
+        let mut h = [0u8; HEADER_LEN];
+        if s.read_exact(&mut h).is_err() {
+            return false;
+        }
+        let header = lanet::wire::decode_header(&h, &limits).expect("the server's frame");
+        let mut payload = vec![0u8; header.payload_len as usize];
+        if s.read_exact(&mut payload).is_err() {
+            return false;
+        }
+        if header.body == (Body::Pong { seq }) {
+            return true;
+        }
+    }
+}
+
 /// Reads the server's answering HELLO on `s`: the credits it offers.
 fn read_hello(s: &mut TcpStream) -> u16 {
     let mut h = [0u8; HEADER_LEN];
@@ -313,8 +348,10 @@ fn a_flood_from_a_peer_that_never_reads_is_cut_off_and_costs_bounded_memory() {
     let me = nid_at(Ipv4Addr::new(127, 0, 0, 5));
     let before = site.rss_kib();
     // It lends the server one credit and never reads: the server's answers (PONGs, ACKs)
-    // wait, then are shed; the one CREDIT frame that returns its own credits stays in the
-    // server's socket.
+    // wait, then are shed. Its CREDIT frames leave until the socket buffers fill (96 MB
+    // of PINGs is far beyond any buffer); then one stays in the server's driver, no
+    // other joins it, and what the flooder sends beyond the credits it got back is an
+    // overrun.
     let mut health = dial(site.addr(), Ipv4Addr::new(127, 0, 0, 5));
     health
         .write_all(&hello(me, server, Lane::Health, 1))
@@ -381,9 +418,19 @@ fn frames_a_stranger_has_no_business_sending_change_nothing() {
     data.write_all(&hello(me, server, Lane::Data, 64)).unwrap();
     let data_credits = read_hello(&mut data);
     // NACKs for requests never made, answers to nothing, a router status from no router:
-    // within the credits, so nothing to close the connection for; ignored.
-    let n = u64::from(data_credits.min(health_credits));
+    // within the credits (one kept for the PING below), so nothing to close the
+    // connection for; ignored.
+    let n = u64::from(data_credits.min(health_credits)) - 1;
     let client = site.client.nids()[0];
+    let status = lanet::wire::RouterStatus {
+        generation: 7,
+        state: lanet::wire::RouterState::Absent(lanet::wire::AbsentReason::BlackHole),
+        nets: vec![(server.net, false)],
+        unreachable: vec![client],
+        more_unreachable: false,
+        vouched: Vec::new(),
+    }
+    .encode();
     for m in 1..=n / 2 {
         let nack = Body::Nack {
             reason: NackReason::NoRoute,
@@ -401,10 +448,22 @@ fn frames_a_stranger_has_no_business_sending_change_nothing() {
         health
             .write_all(&frame(me, server, Lane::Health, pong, m, 0))
             .unwrap();
-        health
-            .write_all(&frame(me, server, Lane::Health, Body::Status, m, 0))
-            .unwrap();
+        let mut push = frame(me, server, Lane::Health, Body::Status, m, 0);
+        let mut h = lanet::wire::decode_header(&push, &Default::default()).unwrap();
+        h.payload_len = status.len() as u32;
+        push = encode_header(&h).to_vec();
+        push.extend_from_slice(&status);
+        health.write_all(&push).unwrap();
     }
+    // The stranger's own connection still works: its PING is answered.
+    let ping = Body::Ping { seq: 4242 };
+    health
+        .write_all(&frame(me, server, Lane::Health, ping, 4242, 0))
+        .unwrap();
+    assert!(
+        answered_with_pong(&mut health, 4242),
+        "the stranger's connection was cut or its PING unanswered"
+    );
     site.still_serves("NACKs, ACKs, PONGs and a router status from a stranger");
     site.finish();
 }
@@ -434,14 +493,31 @@ fn thousands_of_half_open_connections_are_closed_and_cost_bounded_memory() {
             .count()
     };
     let fds_before = fds();
+    let rss_before = site.rss_kib();
     let mut rss = Vec::new();
     for round in 0..4 {
         // Each connects and says nothing: past max_pending_accepts (1024) the server
-        // closes them at once, the rest when their handshake times out (5 s).
+        // closes the oldest at once, the rest when their handshake times out (5 s).
+        let started = Instant::now();
         let mut conns: Vec<TcpStream> = (0..2_000)
             .map(|_| TcpStream::connect(site.addr()).expect("connect"))
             .collect();
         site.still_serves(&format!("round {round} of half-open connections"));
+        // What the 1,024 cost while they wait for their HELLO.
+        let pending = site.rss_kib();
+        assert!(
+            pending < rss_before + 32 * 1024,
+            "round {round}: {pending} KiB with connections pending, {rss_before} before"
+        );
+        // Those past the cap were closed at once, well before the handshake timeout (an
+        // order of magnitude, not a timing measurement).
+        let early = conns.iter().filter(|c| closed_now(c)).count();
+        if started.elapsed() < Duration::from_secs(3) {
+            assert!(
+                early >= 900,
+                "round {round}: only {early} closed before the timeout"
+            );
+        }
         for (i, c) in conns.iter_mut().enumerate() {
             assert!(
                 closed_by_server(c),
@@ -465,5 +541,52 @@ fn thousands_of_half_open_connections_are_closed_and_cost_bounded_memory() {
         rss[0],
         rss[3]
     );
+    site.finish();
+}
+
+#[test]
+fn a_ping_flood_from_a_well_behaved_peer_leaves_others_served() {
+    // A peer that keeps every rule (credits returned, answers read) but pings as fast as
+    // it can: the server answers what it can, and its other clients are served between.
+    let mut site = Site::new();
+    let server = site.server.nid;
+    let cfg = NodeConfig::new(3);
+    let lnd = (0..5)
+        .find_map(|_| TcpLnd::bind(free_tcp_nid(), TcpConfig::for_node(&cfg)).ok())
+        .expect("bind a loopback port");
+    let flooder = Endpoint::builder(cfg).lnd(lnd).start().expect("start");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinging = {
+        let (flooder, stop) = (flooder.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut pongs = 0u64;
+            // At least one batch, however soon the client is done.
+            loop {
+                let ops: Vec<_> = (0..256)
+                    .map(|_| {
+                        let req = lanet::op::PingRequest {
+                            dst: server,
+                            lane: Lane::Health,
+                            timeout: None,
+                            on_peer_down: Default::default(),
+                        };
+                        flooder.ping(req).unwrap()
+                    })
+                    .collect();
+                let done = wait_all(&flooder, &ops);
+                pongs += done.values().filter(|c| c.result.is_ok()).count() as u64;
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break pongs;
+                }
+            }
+        })
+    };
+    for i in 0..50 {
+        site.still_serves(&format!("exchange {i} during the ping flood"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pongs = pinging.join().unwrap();
+    eprintln!("ping flood: {pongs} PONGs while the client made 50 exchanges");
+    assert!(pongs >= 256, "the flood ran ({pongs} PONGs)");
     site.finish();
 }

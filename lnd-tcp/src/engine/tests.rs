@@ -388,28 +388,28 @@ fn a_hello_naming_a_nid_at_another_address_than_the_socket_is_refused() {
 }
 
 #[test]
-fn accepted_connections_awaiting_their_hello_are_capped() {
+fn past_the_cap_of_connections_awaiting_their_hello_the_oldest_is_closed() {
     let now = Instant::now();
     let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
     // `local` allows 4 at once.
     for id in 0..4 {
-        assert!(b.accepted(500 + id, None, now), "{id}");
+        b.accepted(500 + id, None, now);
     }
-    assert!(!b.accepted(504, None, now), "a fifth is refused");
-    // One says HELLO: room for another.
+    assert!(b.take_closes().is_empty());
+    b.accepted(504, None, now);
+    assert_eq!(b.take_closes(), vec![500], "the oldest makes room");
+    // A newcomer is never locked out: the newest still says HELLO and comes up.
     assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
     a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
     a.established(1);
-    carry(&mut a, 1, &mut b, 500, now);
+    carry(&mut a, 1, &mut b, 504, now);
     assert_eq!(
         connected(&events(&mut b)),
         vec![(Nid::mem(1, 0), Lane::Health)]
     );
-    assert!(b.accepted(505, None, now));
-    assert!(!b.accepted(506, None, now));
-    // The silent ones time out: room for all again.
-    b.expire(now + 2 * T);
-    for id in 0..4 {
-        assert!(b.accepted(600 + id, None, now + 2 * T), "{id}");
-    }
+    // Up, it no longer counts: room for one more without closing anyone.
+    b.accepted(505, None, now);
+    assert!(b.take_closes().is_empty());
+    b.accepted(506, None, now);
+    assert_eq!(b.take_closes(), vec![501]);
 }

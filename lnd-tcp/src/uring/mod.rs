@@ -413,7 +413,7 @@ impl Uring {
         let Some(addr) = self.engine.dial_target(peer, lane, Instant::now()) else {
             return;
         };
-        match new_socket() {
+        match new_socket(self.engine.local().id.nid) {
             Ok(fd) => self.dial(fd, addr, peer, lane),
             Err(e) => {
                 self.engine
@@ -677,11 +677,10 @@ impl Uring {
                         .ok()
                         .and_then(|a| a.as_socket())
                         .map(|a| a.ip());
-                    // Refused (too many awaiting their HELLO): `fd` closes here.
-                    if self.engine.accepted(id, peer, Instant::now()) {
-                        self.socks.insert(id, Sock::new(fd, peer));
-                        self.arm_recv(id);
-                    }
+                    self.socks.insert(id, Sock::new(fd, peer));
+                    // May close the oldest awaiting its HELLO (see `drop_closed`).
+                    self.engine.accepted(id, peer, Instant::now());
+                    self.arm_recv(id);
                 }
                 Err(e) => tracing::warn!("dropping an accepted connection: {e}"),
             }
@@ -879,13 +878,8 @@ impl Uring {
     }
 }
 
-fn new_socket() -> io::Result<OwnedFd> {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    let fd = OwnedFd::from(s);
+fn new_socket(local: Nid) -> io::Result<OwnedFd> {
+    let fd = OwnedFd::from(crate::dial_socket(local)?);
     crate::tune_socket(&fd)?;
     Ok(fd)
 }

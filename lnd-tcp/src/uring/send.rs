@@ -28,7 +28,8 @@ pub(crate) struct SendSlot {
 }
 
 // SAFETY: the raw pointers in `hdr`, `iov` and `part` point into this slot (its own
-// arrays and staging box) and into the `Bytes` it holds; they travel with it and are only used by its owner's thread.
+// arrays and staging box, allocated once and never replaced) and into the `Bytes` it
+// holds; they travel with it and are only used by its owner's thread.
 unsafe impl Send for SendSlot {}
 
 const NO_IOV: libc::iovec = libc::iovec {
@@ -62,7 +63,8 @@ impl SendSlot {
         })
     }
 
-    /// Describes as much of `q`'s unwritten bytes as fits; returns how many. No allocation.
+    /// Describes as much of `q`'s unwritten bytes as fits; returns how many. Allocates only
+    /// at a slot's first use (its staging area, and room for the payloads it holds).
     pub(crate) fn fill(&mut self, q: &TxQueue) -> usize {
         if self.staging.is_empty() {
             // No message is described yet (the slot is home): nothing points into it.

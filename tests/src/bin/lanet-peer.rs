@@ -90,7 +90,9 @@ fn main() {
     // Every event is counted before the counts are told (a flood of refusals may have
     // put many before the last deliveries).
     drop(ep);
-    let _ = consuming.join();
+    consuming
+        .join()
+        .expect("the event consumer panicked: its counts are incomplete");
     // The test may have stopped listening: a failed write here is no error.
     let [intact, corrupt] = &*verdicts;
     let _ = writeln!(

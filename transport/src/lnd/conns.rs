@@ -197,6 +197,22 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         self.awaiting_hello
     }
 
+    /// The accepted connection that has waited longest for its HELLO, removed from the
+    /// table (the driver closes it): room for a new one when too many wait.
+    pub fn evict_oldest_awaiting_hello(&mut self) -> Option<(Id, T)> {
+        let id = self.timers.iter().find_map(|(_, t)| match t {
+            Timer::Handshake(id) if self.conns.get(id).is_some_and(|e| e.peer.is_none()) => {
+                Some(*id)
+            }
+            _ => None,
+        })?;
+        let error = error(
+            LndErrorKind::TimedOut,
+            "evicted: too many awaiting their HELLO",
+        );
+        self.remove_entry(id, error).map(|c| (c.id, c.data))
+    }
+
     pub fn get(&self, id: Id) -> Option<&T> {
         self.conns.get(&id).map(|e| &e.data)
     }

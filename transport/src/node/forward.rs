@@ -216,6 +216,7 @@ impl Node {
             },
             msg_id: to.msg_id,
             payload: Bytes::new(),
+            reroutes: 0,
         };
         // Back the way the request came, if that is a way to its initiator.
         self.send_answer(lane, nack, Some(upstream.hop));

@@ -12,8 +12,8 @@ use crate::nid::Nid;
 /// Neighbours, and far ends, remembered while nothing needs them, by default
 /// ([`crate::config::NodeConfig::max_idle_peers`]). Past this many (or
 /// twice those needed, if more), those are forgotten. A neighbour is needed while a lane
-/// to it is up or being set up or holds frames, while the monitor watches it (or
-/// remembers it Down), while an operation involves it or it is a gateway of a route; a far
+/// to it is up or being set up or holds frames, while the monitor watches it for someone,
+/// while an operation involves it or it is a gateway of a route; a far
 /// end while an operation involves it, the monitor has it (watched, or remembered Down),
 /// or it is a neighbour. What is forgotten of an idle end is its incarnation: nothing is
 /// owed to or by it, but a restart it makes before it is heard from again is not reported
@@ -52,9 +52,19 @@ impl Node {
     /// node is entered from outside (driver events, timers), so no caller on the stack
     /// holds on to a hop.
     pub(super) fn forget_idle_hops_if_due(&mut self) {
-        if self.hops.len() < self.sweep_at.hops {
-            return;
+        if self.hops.len() >= self.sweep_at.hops {
+            self.forget_idle_hops();
         }
+    }
+
+    /// Sweeps both tables now, due or not: what is left is what the node needs.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub(crate) fn forget_idle_now(&mut self) {
+        self.forget_idle_hops();
+        self.forget_idle_ends();
+    }
+
+    fn forget_idle_hops(&mut self) {
         // Down peers remembered for nobody go first: they would keep their hops.
         self.health.forget_remembered_down();
         let gateways: rustc_hash::FxHashSet<Nid> =

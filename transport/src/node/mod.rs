@@ -509,10 +509,10 @@ impl Node {
                 hop.lanes[lane].answers.clear();
             }
         }
-        // Frames passing through give their buffers and upstream credits back.
-        for f in forwards {
-            self.release_upstream(f.upstream);
-        }
+        // Frames passing through are dropped with their buffers; nothing is sent any
+        // more (their upstream credits go with the connections).
+        self.pools
+            .abandon(forwards.iter().filter_map(|f| f.upstream.pool));
         for held in self.faults.take_all() {
             self.decline_deferred(held.ni, held.payload);
         }

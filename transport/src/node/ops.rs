@@ -185,14 +185,15 @@ impl Ops {
         }
     }
 
-    /// Removes `key` from `peer`'s index, and the index once empty (a table per NID ever
-    /// used would grow without bound).
+    /// Removes `key` from `peer`'s index. Empty indexes stay (a peer's next op reuses
+    /// its allocation) until they are most of the table: then they go, so that a table
+    /// per NID ever used cannot grow without bound (amortized O(1) per op).
     fn unindex(&mut self, peer: Nid, key: (u64, OpId)) {
         if let Some(set) = self.by_peer.get_mut(&peer) {
             set.remove(&key);
-            if set.is_empty() {
-                self.by_peer.remove(&peer);
-            }
+        }
+        if self.by_peer.len() > 64 + 2 * self.live.len() {
+            self.by_peer.retain(|_, set| !set.is_empty());
         }
     }
 

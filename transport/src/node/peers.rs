@@ -77,6 +77,8 @@ pub(crate) struct Response {
     pub(crate) body: Body,
     pub(crate) msg_id: u64,
     pub(crate) payload: Bytes,
+    /// Times it went another way because its hop could not be reached.
+    pub(crate) reroutes: u8,
 }
 
 pub(crate) struct HopLane {

@@ -159,6 +159,19 @@ impl<T> Pools<T> {
         }
     }
 
+    /// After an abort, nothing moves any more: the buffers of the frames dropped (`kinds`)
+    /// are free, and frames waiting for one are dropped too.
+    pub(crate) fn abandon(&mut self, kinds: impl IntoIterator<Item = PoolKind>) {
+        for kind in kinds {
+            let s = &mut self.stats[kind as usize];
+            s.in_use = s.in_use.saturating_sub(1);
+        }
+        for waiting in &mut self.waiting {
+            waiting.clear();
+        }
+        self.handoffs.clear();
+    }
+
     /// The frames that waited past their patience at `now`, to be refused.
     pub(crate) fn expire(&mut self, now: Time) -> Vec<T> {
         let mut late = Vec::new();

@@ -229,8 +229,11 @@ impl Node {
         lane: Lane,
         answers: std::collections::VecDeque<super::peers::Response>,
     ) {
-        for answer in answers {
-            if answer.dst == hop {
+        for mut answer in answers {
+            answer.reroutes += 1;
+            // Each way it tried failed to connect: past the resend budget it goes, or
+            // two dead gateways would pass it back and forth for ever.
+            if answer.dst == hop || answer.reroutes > self.cfg.resend_budget {
                 self.stats.responses_dropped += 1;
                 self.stats.lanes[lane].dropped += 1;
             } else {

@@ -47,6 +47,7 @@ impl Node {
             body,
             msg_id: req.msg_id,
             payload,
+            reroutes: 0,
         };
         let back = req.routed.then_some(req.hop);
         self.send_answer(req.lane, answer, back);
