@@ -283,6 +283,27 @@ impl WaitTimeout for Child {
     }
 }
 
+/// A NID for a client of `dst`: at the address this host reaches `dst` from (a NID names
+/// where its node is, and peers check that connections come from there), on a port free
+/// a moment ago. Loopback for a loopback `dst`.
+pub(crate) fn client_nid_towards(dst: Nid) -> Nid {
+    let Some(to) = dst
+        .socket_addr(DEFAULT_PORT)
+        .filter(|a| !a.ip().is_loopback())
+    else {
+        return free_nid();
+    };
+    let local = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect(to).and_then(|()| s.local_addr()));
+    let Ok(SocketAddr::V4(local)) = local else {
+        return free_nid();
+    };
+    match TcpListener::bind((*local.ip(), 0)).and_then(|l| l.local_addr()) {
+        Ok(bound) => format!("{bound}@tcp").parse().expect("an IP NID"),
+        Err(_) => free_nid(),
+    }
+}
+
 /// A loopback NID whose port and the next one (the raw TCP echo) were free a moment ago.
 pub(crate) fn free_nid() -> Nid {
     loop {
@@ -424,10 +445,12 @@ fn rdma_client(
 
 /// A client endpoint over TCP on a free loopback port, and the backend its LND runs.
 pub(crate) fn tcp_client(
+    towards: Nid,
     on_event: impl FnMut(Event) + Send + 'static,
 ) -> Result<(Endpoint, lanet_lnd_tcp::Backend), String> {
     let cfg = node_config(1);
-    let lnd = TcpLnd::bind(free_nid(), tcp_config(&cfg)).map_err(|e| e.to_string())?;
+    let nid = client_nid_towards(towards);
+    let lnd = TcpLnd::bind(nid, tcp_config(&cfg)).map_err(|e| e.to_string())?;
     let backend = lnd.backend();
     let ep = builder(cfg)
         .lnd(lnd)
@@ -487,12 +510,12 @@ pub(crate) fn client(
             (rdma_client(ip, on_event)?, dst, Vec::new())
         }
         Target::Remote(dst) => {
-            let (ep, backend) = tcp_client(on_event)?;
+            let (ep, backend) = tcp_client(dst, on_event)?;
             set_backend(backend);
             (ep, dst, Vec::new())
         }
         Target::Routed { dst, gateway } => {
-            let (ep, backend) = tcp_client(on_event)?;
+            let (ep, backend) = tcp_client(gateway, on_event)?;
             set_backend(backend);
             add_route(&ep, dst.net, gateway)?;
             (ep, dst, Vec::new())
