@@ -61,7 +61,7 @@ pub struct TcpConfig {
 
 /// [`TcpConfig::max_pending_accepts`] by default: a whole cluster's clients connecting at
 /// once, as after a router restart, finish their handshakes in well under a millisecond.
-pub const DEFAULT_MAX_PENDING_ACCEPTS: usize = 1024;
+pub const DEFAULT_MAX_PENDING_ACCEPTS: usize = lanet::config::DEFAULT_PENDING_ACCEPTS;
 
 impl TcpConfig {
     /// The credits and limits a node with `cfg` expects its drivers to offer.
@@ -94,6 +94,8 @@ impl lanet::config::OpenLnd for OpenTcp {
     ) -> Result<Box<dyn Lnd>, LndError> {
         let mut cfg = TcpConfig::for_node(node);
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
+        cfg.max_pending_accepts = net.pending_accepts;
+        cfg.check_source_address = net.check_source_address;
         Ok(Box::new(TcpLnd::bind(net.nid, cfg)?))
     }
 }

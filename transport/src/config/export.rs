@@ -73,6 +73,8 @@ impl ConfigFile {
             if !matches!(net.nid.net.kind, LndKind::Lo) {
                 let _ = writeln!(t, "peer_credits = {}", net.peer_credits);
                 let _ = writeln!(t, "credits = {}", net.credits);
+                let _ = writeln!(t, "pending_accepts = {}", net.pending_accepts);
+                let _ = writeln!(t, "check_source_address = {}", net.check_source_address);
             }
         }
         for r in &self.routes {

@@ -59,7 +59,16 @@ pub struct NetSection {
     pub peer_credits: u16,
     /// Data-lane messages in flight in this NI's driver at once (lnetctl's `credits`).
     pub credits: u32,
+    /// Accepted connections awaiting their HELLO at most (a flood of half-open
+    /// connections past it closes the oldest).
+    pub pending_accepts: usize,
+    /// Whether an accepted connection's HELLO must name a NID at the address the
+    /// connection comes from (off only where peers dial from elsewhere: NAT).
+    pub check_source_address: bool,
 }
+
+/// [`NetSection::pending_accepts`] by default.
+pub const DEFAULT_PENDING_ACCEPTS: usize = 1024;
 
 /// Settings of the router daemon's process, not of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +258,8 @@ struct RawNet {
     port: Option<u16>,
     peer_credits: Option<Spanned<u16>>,
     credits: Option<Spanned<u32>>,
+    pending_accepts: Option<Spanned<usize>>,
+    check_source_address: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -597,11 +608,24 @@ impl RawNet {
             Some(c) => *c.get_ref(),
             None => data.ni_credits,
         };
+        let pending_accepts = match &self.pending_accepts {
+            Some(c) if *c.get_ref() == 0 => {
+                return Err(at.at(
+                    c,
+                    "pending_accepts",
+                    "expected at least 1 (else no connection could be accepted)".into(),
+                ))
+            }
+            Some(c) => *c.get_ref(),
+            None => DEFAULT_PENDING_ACCEPTS,
+        };
         Ok(NetSection {
             nid,
             interface: self.interface.as_ref().map(|i| i.get_ref().clone()),
             peer_credits,
             credits,
+            pending_accepts,
+            check_source_address: self.check_source_address.unwrap_or(true),
         })
     }
 }

@@ -177,6 +177,11 @@ fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
             "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\ncredits = \"many\"\n",
             "test.toml:4: credits: invalid type: string \"many\", expected u32",
         ),
+        // no connection could be accepted
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\npending_accepts = 0\n",
+            "test.toml:4: pending_accepts: expected at least 1",
+        ),
         // a bad net name
         (
             "[[net]]\nnet = \"tcpx\"\n",
@@ -363,4 +368,22 @@ fn the_reference_example_names_every_key() {
         });
         assert!(named, "config/example-router.toml does not name `{key}`");
     }
+}
+
+#[test]
+fn a_net_says_how_it_accepts_connections() {
+    let text = "[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\npending_accepts = 64\n\
+                check_source_address = false\n[[net]]\nnet = \"tcp2\"\naddress = \"10.0.2.1\"\n";
+    let f = ConfigFile::parse("test.toml", text).unwrap();
+    assert_eq!(
+        (f.nets[0].pending_accepts, f.nets[0].check_source_address),
+        (64, false)
+    );
+    assert_eq!(
+        (f.nets[1].pending_accepts, f.nets[1].check_source_address),
+        (crate::config::DEFAULT_PENDING_ACCEPTS, true),
+        "the defaults"
+    );
+    let again = ConfigFile::parse("again.toml", &f.to_toml()).unwrap();
+    assert_eq!(again.nets, f.nets, "written back the same");
 }
