@@ -201,19 +201,18 @@ impl Faults {
         Verdict::Pass
     }
 
-    /// Whether every frame from `from` on `lane` is dropped (a rule with rate 1, for any
-    /// destination): then a new connection's HELLO is no sign of life either, since all
-    /// that would follow it is lost. A rule for one destination never silences a node:
-    /// it still talks to others.
+    /// Whether every frame from `from` on `lane` is dropped: the first rule that can
+    /// match them (as in [`Faults::judge`], the first match decides) drops every one, for
+    /// any destination. Then a new connection's HELLO is no sign of life either, since all
+    /// that would follow it is lost. A rule for one destination, or a rule before it that
+    /// lets some through (a delay, a rate), never silences a node.
     pub(crate) fn silences(&self, from: Nid, lane: Lane) -> bool {
-        !self.rules.is_empty()
-            && self.rules.iter().any(|r| {
-                let f = &r.rule;
-                f.action == FaultAction::Drop
-                    && f.rate == 1
-                    && f.dst == NidPattern::Any
-                    && f.src.matches(from)
-                    && f.lane.is_none_or(|l| l == lane)
+        self.rules
+            .iter()
+            .map(|r| &r.rule)
+            .find(|f| f.src.matches(from) && f.lane.is_none_or(|l| l == lane))
+            .is_some_and(|f| {
+                f.action == FaultAction::Drop && f.rate == 1 && f.dst == NidPattern::Any
             })
     }
 
@@ -320,6 +319,48 @@ mod tests {
         }
         assert!("not a net".parse::<NidPattern>().is_err());
         assert!("1.2.3@tcp".parse::<NidPattern>().is_err());
+    }
+
+    #[test]
+    fn a_node_is_silenced_only_if_the_first_rule_for_it_drops_everything() {
+        let a: Nid = "10.0.0.1@tcp".parse().unwrap();
+        let rule = |action, dst, rate| FaultRule {
+            action,
+            src: "10.0.0.1@tcp".parse().unwrap(),
+            dst,
+            lane: None,
+            rate,
+        };
+        let delay = FaultAction::Delay(Duration::from_millis(5));
+        let one: NidPattern = "10.0.0.9@tcp".parse().unwrap();
+        let cases = [
+            (vec![rule(FaultAction::Drop, NidPattern::Any, 1)], true),
+            (vec![rule(FaultAction::Drop, NidPattern::Any, 2)], false),
+            (vec![rule(FaultAction::Drop, one, 1)], false),
+            // The delay matches first: its frames arrive, late, and are signs of life.
+            (
+                vec![
+                    rule(delay, NidPattern::Any, 1),
+                    rule(FaultAction::Drop, NidPattern::Any, 1),
+                ],
+                false,
+            ),
+            (
+                vec![
+                    rule(FaultAction::Drop, NidPattern::Any, 1),
+                    rule(delay, NidPattern::Any, 1),
+                ],
+                true,
+            ),
+        ];
+        for (i, (rules, silenced)) in cases.into_iter().enumerate() {
+            let mut f = Faults::default();
+            for r in rules {
+                f.add(r).unwrap();
+            }
+            assert_eq!(f.silences(a, Lane::Data), silenced, "case {i}");
+        }
+        assert!(!Faults::default().silences(a, Lane::Data));
     }
 
     #[test]
