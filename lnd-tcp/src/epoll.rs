@@ -144,14 +144,9 @@ impl Epoll {
 
     fn drop_closed(&mut self) {
         for id in self.engine.take_closes() {
-            self.forget_socket(id);
-        }
-    }
-
-    /// Deregisters and closes socket `id`.
-    fn forget_socket(&mut self, id: ConnId) {
-        if let Some(mut s) = self.sockets.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut s);
+            if let Some(mut s) = self.sockets.remove(&id) {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
         }
     }
 

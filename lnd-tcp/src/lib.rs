@@ -49,8 +49,8 @@ pub struct TcpConfig {
     pub zero_copy_min: usize,
     /// Refuse an accepted connection whose HELLO names a NID whose address is not the
     /// one the connection comes from: a node cannot claim another's NID from elsewhere.
-    /// On by default; off only where peers dial from another address than their NID's
-    /// (NAT, a multi-homed node whose route to us leaves by another interface).
+    /// On by default (lanet's dialers bind their NID's address); off only where peers
+    /// dial from another address than their NID's, as behind NAT.
     pub check_source_address: bool,
     /// Accepted connections that have not sent their HELLO yet, at most: a new one
     /// closes the one that has waited longest (logged), so that a flood of half-open
@@ -282,7 +282,6 @@ pub fn free_loopback_nid() -> io::Result<Nid> {
         .expect("a loopback NID is valid"))
 }
 
-/// TCP_NODELAY for latency; keepalive as a backstop behind the health lane.
 /// A TCP socket for dialling from `local` (this NI's NID): bound to its address, so the
 /// peer sees the connection come from the address our HELLO names (which it checks, see
 /// [`TcpConfig::check_source_address`]), whatever interface the route leaves by.
@@ -299,6 +298,7 @@ fn dial_socket(local: Nid) -> io::Result<socket2::Socket> {
     Ok(s)
 }
 
+/// TCP_NODELAY for latency; keepalive as a backstop behind the health lane.
 fn tune_socket(s: &impl std::os::fd::AsFd) -> io::Result<()> {
     let s = socket2::SockRef::from(s);
     s.set_tcp_nodelay(true)?;

@@ -254,32 +254,28 @@ fn hellos_that_lie_are_refused() {
     let mut site = Site::new();
     let server = site.server.nid;
     let client = site.client.nids()[0];
+    // (what, the NID it claims, the address it comes from, whom it addresses)
     let cases = [
-        // The client's own NID, claimed from another address.
         (
             "the client's NID from 127.0.0.2",
             client,
             Ipv4Addr::new(127, 0, 0, 2),
+            server,
         ),
-        // A NID whose address is not the socket's.
         (
             "10.1.2.3@tcp from 127.0.0.1",
             nid_at(Ipv4Addr::new(10, 1, 2, 3)),
             Ipv4Addr::LOCALHOST,
+            server,
         ),
-        // Addressed to another node.
         (
             "a HELLO for another node",
             nid_at(Ipv4Addr::LOCALHOST),
             Ipv4Addr::LOCALHOST,
+            nid_at(Ipv4Addr::new(127, 0, 0, 9)),
         ),
     ];
-    for (i, (what, claimed, from)) in cases.into_iter().enumerate() {
-        let to = if i == 2 {
-            nid_at(Ipv4Addr::new(127, 0, 0, 9))
-        } else {
-            server
-        };
+    for (what, claimed, from, to) in cases {
         let mut s = dial(site.addr(), from);
         s.write_all(&hello(claimed, to, Lane::Data, 8)).unwrap();
         assert!(closed_by_server(&mut s), "{what}: not refused");

@@ -292,14 +292,8 @@ impl Run {
                 };
                 let (ni, nid, lane) = self.connecting.remove(i);
                 if let Some(up) = self.up.get(&(nid, lane)).copied() {
-                    let (local_credits, hello) = (up.local_credits, up.hello);
-                    let ev = LndEvent::Connected {
-                        peer: nid,
-                        lane,
-                        hello,
-                        local_credits,
-                    };
-                    self.event(ni, ev);
+                    // Up already: the LND says so again, with what it said first.
+                    self.report_connected(ni, nid, lane, up);
                 } else if input.byte() % 3 == 0 {
                     let error = LndError::new(error_kind(input.byte()), "fuzz: connect failed");
                     self.event(
@@ -468,20 +462,22 @@ impl Run {
         let local_credits = self.node.config().lanes[lane]
             .peer_credits
             .min(u16::from(local).max(1));
-        self.up.insert(
-            (nid, lane),
-            Up {
-                hello,
-                local_credits,
-                life: self.lives,
-            },
-        );
-        self.connecting.retain(|&(_, n, l)| (n, l) != (nid, lane));
-        let ev = LndEvent::Connected {
-            peer: nid,
-            lane,
+        let up = Up {
             hello,
             local_credits,
+            life: self.lives,
+        };
+        self.up.insert((nid, lane), up);
+        self.connecting.retain(|&(_, n, l)| (n, l) != (nid, lane));
+        self.report_connected(ni, nid, lane, up);
+    }
+
+    fn report_connected(&mut self, ni: NiId, peer: Nid, lane: Lane, up: Up) {
+        let ev = LndEvent::Connected {
+            peer,
+            lane,
+            hello: up.hello,
+            local_credits: up.local_credits,
         };
         self.event(ni, ev);
     }
@@ -722,24 +718,22 @@ impl Run {
             + held.pool_waiting
             + held.fault_delayed;
         assert_eq!(owed, 0, "still held when nothing is owed: {held:?}");
-        // Tables of peers: the neighbours, the far ends of what we sent (one) and the
-        // sources of what we answered, which a peer may forge: bounded all the same.
+        // Peer tables: with nothing owed, a sweep leaves what the node still needs: the
+        // neighbours and the one far end we send to. Frames from or to forged NIDs may
+        // make it keep entries for them meanwhile, but not once idle.
         let neighbours = 2 * PEERS as usize;
-        let cfg = self.node.config().clone();
-        // Peer tables: with nothing owed, a sweep leaves what the node still watches.
-        // Frames from or to forged NIDs on our nets may make it keep hops for them
-        // meanwhile, but not once idle.
+        let (initiators, window) = (
+            self.node.config().dedup_initiators,
+            self.node.config().dedup_window,
+        );
         self.node.forget_idle_now();
         let held = self.node.footprint();
         assert!(held.hops <= neighbours, "{held:?}");
         assert!(held.ends <= neighbours + 1, "{held:?}");
         assert!(held.health_peers <= neighbours + 1, "{held:?}");
         assert!(held.gateways <= 4 * neighbours, "{held:?}");
-        assert!(held.dedup_initiators <= cfg.dedup_initiators, "{held:?}");
-        assert!(
-            held.dedup_entries <= cfg.dedup_initiators * cfg.dedup_window,
-            "{held:?}"
-        );
+        assert!(held.dedup_initiators <= initiators, "{held:?}");
+        assert!(held.dedup_entries <= initiators * window, "{held:?}");
     }
 }
 

@@ -100,6 +100,11 @@ pub(crate) struct HopLane {
 }
 
 impl HopLane {
+    /// Whether the ops that left `queue` may be half of it: then it is compacted.
+    pub(crate) fn compaction_due(&self) -> bool {
+        self.left > 0 && self.left * 2 >= self.queue.len()
+    }
+
     /// Takes the frames passing through out of the queue, leaving the rest in order.
     pub(crate) fn take_forwards(&mut self) -> Vec<Forward> {
         let mut forwards = Vec::new();

@@ -201,12 +201,20 @@ impl Node {
 
     /// Drops the dead entries of the (hop, lane) queue once they may be half of it.
     fn compact_if_due(&mut self, hop: Nid, lane: Lane) {
+        if self
+            .hops
+            .get(&hop)
+            .is_some_and(|h| h.lanes[lane].compaction_due())
+        {
+            self.compact(hop, lane);
+        }
+    }
+
+    /// Drops the dead entries of the (hop, lane) queue, keeping the rest in order.
+    fn compact(&mut self, hop: Nid, lane: Lane) {
         let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
             return;
         };
-        if hl.left == 0 || hl.left * 2 < hl.queue.len() {
-            return;
-        }
         let queue = std::mem::take(&mut hl.queue);
         let kept = queue.into_iter().filter(|p| self.is_live(hop, p)).collect();
         let hl = &mut self.hops.get_mut(&hop).expect("hop").lanes[lane];
@@ -242,15 +250,19 @@ impl Node {
     /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
     /// returns owed credits in a CREDIT frame if nothing else carried them.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
-        // What left the queue since (or was dropped from it, as when its connection went)
-        // may leave only dead entries behind: they would wait for nothing.
-        self.compact_if_due(nid, lane);
         loop {
             let Some(hop) = self.hops.get(&nid) else {
                 return;
             };
             let ni = hop.ni;
             let hl = &hop.lanes[lane];
+            // What left the queue (or was dropped from it, as when its connection went)
+            // may leave only dead entries behind: they would wait for nothing. Checked
+            // here, at no cost of its own, after every frame the pump takes.
+            if hl.compaction_due() {
+                self.compact(nid, lane);
+                continue;
+            }
             let answer_first = !hl.answers.is_empty();
             let front_live = if answer_first {
                 Some(true)
@@ -312,7 +324,6 @@ impl Node {
             };
             self.emit(ni, nid, lane, out, returned, true);
         }
-        self.compact_if_due(nid, lane);
         self.return_credits_if_owed(nid, lane);
     }
 
