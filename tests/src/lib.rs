@@ -70,6 +70,22 @@ pub fn free_tcp_nid() -> lanet::Nid {
     lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port")
 }
 
+/// An endpoint on a free loopback port, over TCP. Another test process may take the port
+/// between the probe and the bind: then it tries another.
+pub fn loopback_endpoint(incarnation: u64) -> lanet::Endpoint {
+    let cfg = lanet::NodeConfig::new(incarnation);
+    let lnd = (0..5)
+        .find_map(|_| {
+            let tcp = lanet_lnd_tcp::TcpConfig::for_node(&cfg);
+            lanet_lnd_tcp::TcpLnd::bind(free_tcp_nid(), tcp).ok()
+        })
+        .expect("bind a loopback port");
+    lanet::Endpoint::builder(cfg)
+        .lnd(lnd)
+        .start()
+        .expect("start")
+}
+
 /// Set inside the soft-RoCE VM when a test binary re-runs itself there.
 pub const IN_RXE_VM: &str = "LANET_IN_RXE_VM";
 

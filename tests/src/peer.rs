@@ -33,6 +33,14 @@ impl Peer {
         )
     }
 
+    /// Starts `exe` on a free loopback port; tries another if the port was taken between
+    /// the probe and the peer's bind.
+    pub fn start_on_loopback(exe: &str, incarnation: u64, quiet: bool) -> Peer {
+        (0..5)
+            .find_map(|_| Peer::start(exe, crate::free_tcp_nid(), incarnation, quiet))
+            .expect("lanet-peer did not start")
+    }
+
     /// Starts `exe` on configuration file `config`, whose first net is `nid`, behind
     /// `prefix` (e.g. `ip netns exec NS`; empty: none).
     pub fn start_with_config(

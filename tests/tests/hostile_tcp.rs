@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use lanet::handshake::LocalHello;
 use lanet::wire::{encode_header, Body, Header, NackReason, HEADER_LEN};
-use lanet::{Endpoint, Lane, Nid, NodeConfig};
-use lanet_lnd_tcp::{TcpConfig, TcpLnd};
+use lanet::{Endpoint, Lane, Nid};
 use lanet_tests::peer::{get, put, wait_all, Peer};
-use lanet_tests::{free_tcp_nid, pattern};
+use lanet_tests::{loopback_endpoint, pattern};
 
 const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
 
@@ -30,14 +29,8 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
-        let server = (0..5)
-            .find_map(|_| Peer::start(PEER_EXE, free_tcp_nid(), 7, true))
-            .expect("lanet-peer did not start");
-        let cfg = NodeConfig::new(1);
-        let lnd = (0..5)
-            .find_map(|_| TcpLnd::bind(free_tcp_nid(), TcpConfig::for_node(&cfg)).ok())
-            .expect("bind a loopback port");
-        let client = Endpoint::builder(cfg).lnd(lnd).start().expect("start");
+        let server = Peer::start_on_loopback(PEER_EXE, 7, true);
+        let client = loopback_endpoint(1);
         let mut site = Site {
             server,
             client,
@@ -546,11 +539,7 @@ fn a_ping_flood_from_a_well_behaved_peer_leaves_others_served() {
     // it can: the server answers what it can, and its other clients are served between.
     let mut site = Site::new();
     let server = site.server.nid;
-    let cfg = NodeConfig::new(3);
-    let lnd = (0..5)
-        .find_map(|_| TcpLnd::bind(free_tcp_nid(), TcpConfig::for_node(&cfg)).ok())
-        .expect("bind a loopback port");
-    let flooder = Endpoint::builder(cfg).lnd(lnd).start().expect("start");
+    let flooder = loopback_endpoint(3);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pinging = {
         let (flooder, stop) = (flooder.clone(), stop.clone());

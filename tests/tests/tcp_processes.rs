@@ -3,29 +3,20 @@
 
 use std::time::Duration;
 
-use lanet::{Endpoint, Event, NodeConfig};
-use lanet_lnd_tcp::{TcpConfig, TcpLnd};
+use lanet::{Endpoint, Event};
+use lanet_tests::pattern;
 use lanet_tests::peer::{
     check_exchange_of_every_size, check_kill_mid_transfer, put, wait_all, Peer, HANG,
 };
-use lanet_tests::{free_tcp_nid, pattern};
 
 fn spawn(incarnation: u64) -> Peer {
-    // The port may be taken between our probe and the peer's bind: try another.
-    (0..5)
-        .find_map(|_| Peer::start(PEER_EXE, free_tcp_nid(), incarnation, false))
-        .expect("lanet-peer did not start")
+    Peer::start_on_loopback(PEER_EXE, incarnation, false)
 }
 
 const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
 
 fn local_endpoint(incarnation: u64) -> Endpoint {
-    let cfg = NodeConfig::new(incarnation);
-    // Another test process may take the port between our probe and our bind: try again.
-    let lnd = (0..5)
-        .find_map(|_| TcpLnd::bind(free_tcp_nid(), TcpConfig::for_node(&cfg)).ok())
-        .expect("bind a loopback port");
-    Endpoint::builder(cfg).lnd(lnd).start().expect("start")
+    lanet_tests::loopback_endpoint(incarnation)
 }
 
 #[test]
