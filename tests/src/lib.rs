@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 pub mod netns;
 pub mod peer;
+pub mod raw;
 pub mod router;
 
 /// Portal where the peer accepts PUTs (of up to [`MAX_TRANSFER`] bytes, match bits 1).
