@@ -7,13 +7,15 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanet::handshake::{check_hello, HandshakeError, Identity, PeerHello};
+use lanet::handshake::auth::{fresh_nonce, AcceptorStep, Auth, AuthError, DiallerStep, Nonce};
+use lanet::handshake::auth::{Pending, Proof};
+use lanet::handshake::{check_hello, hello_auth, HandshakeError, Identity, PeerHello};
 use lanet::lane::Lane;
 use lanet::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, RxPayload, Transmit, TxToken};
 use lanet::nid::Nid;
 use lanet::time::Time;
-use lanet::wire::{HelloStatus, Limits};
+use lanet::wire::{Body, Header, HelloStatus, Limits};
 
 use crate::framing::{RxFramer, TxQueue};
 
@@ -21,7 +23,7 @@ use crate::framing::{RxFramer, TxQueue};
 pub(crate) type ConnId = usize;
 
 /// What this node says about itself, and how long it waits for others.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Local {
     pub(crate) id: Identity,
     pub(crate) connect_timeout: Duration,
@@ -29,6 +31,25 @@ pub(crate) struct Local {
     pub(crate) check_source_address: bool,
     /// See [`crate::TcpConfig::max_pending_accepts`].
     pub(crate) max_pending_accepts: usize,
+    /// See [`crate::TcpConfig::auth`].
+    pub(crate) auth: Auth,
+}
+
+/// Where a connection's authentication stands.
+#[derive(Debug, Clone, Copy)]
+enum ConnAuth {
+    /// Nothing to do (none asked, or done).
+    Done,
+    /// We dialled, with this nonce in our HELLO.
+    Dialled(Nonce),
+    /// We accepted and answered `PeerHello` with a challenge: the dialler's AUTH must
+    /// come next. Until it checks out, the connection table does not hear of the peer:
+    /// an impostor must not cancel our dial to the node it claims to be, nor take its
+    /// place.
+    AwaitingProof(Pending, PeerHello),
+    /// We refused the dialler for proving no key: the connection closes once our
+    /// `KeyRequired` HELLO is out.
+    Refusing,
 }
 
 /// A socket's bytes in and out (the connection table keeps the rest).
@@ -38,6 +59,7 @@ pub(crate) struct Conn {
     /// Where an accepted connection comes from (none for a dial, or if the kernel
     /// could not say).
     from: Option<IpAddr>,
+    auth: ConnAuth,
     pub(crate) rx: RxFramer,
     pub(crate) tx: TxQueue,
 }
@@ -73,8 +95,8 @@ fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
 impl Engine {
     pub(crate) fn new(local: Local) -> Engine {
         Engine {
-            local,
             conns: ConnTable::new(local.id.nid, local.id.credits, local.connect_timeout),
+            local,
             origin: Instant::now(),
             events: Vec::new(),
             closes: Vec::new(),
@@ -101,6 +123,7 @@ impl Engine {
         Conn {
             connecting,
             from,
+            auth: ConnAuth::Done,
             rx: RxFramer::new(self.limits()),
             tx: TxQueue::default(),
         }
@@ -161,19 +184,20 @@ impl Engine {
     }
 
     /// The backend accepted `conn`, from address `from`; its HELLO should follow. If too
-    /// many accepted connections await theirs, the one that has waited longest is closed
-    /// to make room: a flood of silent connections cannot lock newcomers out, since a
-    /// real peer's HELLO follows its connect within a round trip.
+    /// many accepted connections await the end of their handshake (their HELLO, or
+    /// their AUTH), the one that has waited longest is closed to make room: a flood of
+    /// silent connections cannot lock newcomers out, since a real peer's HELLO follows
+    /// its connect within a round trip.
     pub(crate) fn accepted(&mut self, conn: ConnId, from: Option<IpAddr>, now: Instant) {
-        if self.conns.awaiting_hello() >= self.local.max_pending_accepts {
-            if let Some((oldest, data)) = self.conns.evict_oldest_awaiting_hello() {
+        if self.conns.pending_accepts() >= self.local.max_pending_accepts {
+            if let Some((oldest, data)) = self.conns.evict_oldest_pending_accept() {
                 self.evicted_accepts += 1;
                 // Once per thousand: a flood must not flood the log too.
                 if self.evicted_accepts % 1000 == 1 {
                     tracing::warn!(
                         nid = %self.local.id.nid,
-                        "{} connections awaiting their HELLO (max_pending_accepts): closing \
-                         the oldest, from {} ({} closed so far)",
+                        "{} connections awaiting their handshake (max_pending_accepts): \
+                         closing the oldest, from {} ({} closed so far)",
                         self.local.max_pending_accepts,
                         data.from.map_or("?".to_owned(), |ip| ip.to_string()),
                         self.evicted_accepts
@@ -187,15 +211,21 @@ impl Engine {
         self.conns.accepted(conn, data, now);
     }
 
-    /// A dialled socket connected: say HELLO.
+    /// A dialled socket connected: say HELLO (with our nonce, if we have keys).
     pub(crate) fn established(&mut self, conn: ConnId) {
         let Some((peer, lane)) = self.conns.peer(conn) else {
             return;
         };
-        let hello = self.local.id.hello(lane).encode(peer);
+        let ext = self.local.auth.dialler_hello(fresh_nonce);
+        let (hello, payload) = self
+            .local
+            .id
+            .hello(lane)
+            .frame(peer, HelloStatus::Ok, ext.as_ref());
         if let Some(c) = self.conns.get_mut(conn).filter(|c| c.connecting) {
             c.connecting = false;
-            c.tx.push(hello, Bytes::new(), None);
+            c.auth = ext.map_or(ConnAuth::Done, |a| ConnAuth::Dialled(a.nonce));
+            c.tx.push(hello, Bytes::from(payload), None);
         }
     }
 
@@ -228,14 +258,15 @@ impl Engine {
         };
         c.tx.advance(n, &mut self.done);
         let sent = c.tx.is_empty();
+        let refusing = matches!(c.auth, ConnAuth::Refusing);
         for token in self.done.drain(..) {
             self.events.push(LndEvent::SendComplete {
                 token,
                 result: Ok(()),
             });
         }
-        if sent && self.conns.stage(conn) == Some(Stage::Refused) {
-            // The race refusal is out: the connection has served its purpose.
+        if sent && (refusing || self.conns.stage(conn) == Some(Stage::Refused)) {
+            // The refusal is out: the connection has served its purpose.
             self.conns.remove(conn);
             self.closes.push(conn);
         }
@@ -249,9 +280,13 @@ impl Engine {
             let Some(c) = self.conns.get_mut(conn) else {
                 return;
             };
-            if stage == Some(Stage::Refused) {
+            if stage == Some(Stage::Refused) || matches!(c.auth, ConnAuth::Refusing) {
                 return;
             }
+            let awaiting_proof = match c.auth {
+                ConnAuth::AwaitingProof(pending, hello) => Some((pending, hello)),
+                _ => None,
+            };
             let (h, payload) = match c.rx.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
@@ -267,6 +302,10 @@ impl Engine {
                 (Some(Stage::Handshake), Some((peer, lane))) if self.conns.is_dialled(conn) => {
                     match check_hello(&self.local.id.hello(lane), Some(peer), &h) {
                         Ok(hello) => {
+                            if let Err(e) = self.authenticate_acceptor(conn, &hello, &payload) {
+                                tracing::warn!(nid = %self.local.id.nid, "{e}");
+                                return self.fail(conn, err(LndErrorKind::Refused, e));
+                            }
                             let old = self.conns.answered(conn, hello, now, &mut self.events);
                             self.retire(old);
                         }
@@ -280,7 +319,10 @@ impl Engine {
                         }
                     }
                 }
-                (Some(Stage::Handshake), None) => self.incoming_hello(conn, h, now),
+                (Some(Stage::Handshake), None) => match awaiting_proof {
+                    Some(awaiting) => self.dialler_proof(conn, awaiting, &h, &payload, now),
+                    None => self.incoming_hello(conn, h, &payload, now),
+                },
                 _ => {
                     return self.fail(
                         conn,
@@ -294,40 +336,143 @@ impl Engine {
         }
     }
 
+    /// Our dial got the acceptor's HELLO (`hello`, its payload `payload`): check its
+    /// proof of a key if it owes one, and queue our AUTH if we owe one.
+    fn authenticate_acceptor(
+        &mut self,
+        conn: ConnId,
+        hello: &PeerHello,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let got = hello_auth(payload).map_err(|e| format!("{}: {e}", hello.nid))?;
+        let local = self.local.id.hello(hello.lane);
+        let sent = match self.conns.get(conn).map(|c| c.auth) {
+            Some(ConnAuth::Dialled(nonce)) => Some(nonce),
+            _ => None,
+        };
+        let step = self
+            .local
+            .auth
+            .dialler_step(&(&local).into(), hello, sent, got.as_ref())
+            .map_err(|e| format!("not connecting to {}: {e}", hello.nid))?;
+        let c = self.conns.get_mut(conn).expect("live");
+        c.auth = ConnAuth::Done;
+        if let DiallerStep::Prove(proof) = step {
+            // Ahead of anything the core sends once it hears the connection is up.
+            let (header, payload) = local.auth_frame(hello.nid, &proof);
+            c.tx.push(header, Bytes::from(payload), None);
+        }
+        Ok(())
+    }
+
     /// The first frame of an accepted connection.
-    fn incoming_hello(&mut self, conn: ConnId, h: lanet::wire::Header, now: Time) {
-        let lane = h.lane;
-        let checked = check_hello(&self.local.id.hello(lane), None, &h)
+    fn incoming_hello(&mut self, conn: ConnId, h: Header, payload: &[u8], now: Time) {
+        let local = self.local.id.hello(h.lane);
+        let checked = check_hello(&local, None, &h)
             .map_err(|e| e.to_string())
-            .and_then(|hello| self.check_source(conn, hello));
-        let hello = match checked {
-            Ok(hello) => hello,
+            .and_then(|hello| self.check_source(conn, hello))
+            .and_then(|hello| {
+                let got = hello_auth(payload).map_err(|e| format!("{}: {e}", hello.nid))?;
+                let auth = &self.local.auth;
+                match auth.acceptor_step(&(&local).into(), &hello, got.as_ref(), fresh_nonce) {
+                    Ok(step) => Ok((hello, step)),
+                    Err(e @ AuthError::PeerHasNoKey { .. }) => {
+                        // Tell the dialler why, then close.
+                        let (refusal, _) = local.frame(hello.nid, HelloStatus::KeyRequired, None);
+                        let c = self.conns.get_mut(conn).expect("live");
+                        c.auth = ConnAuth::Refusing;
+                        c.tx.push(refusal, Bytes::new(), None);
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        let (hello, step) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 tracing::warn!(nid = %self.local.id.nid, "refusing a connection: {e}");
-                self.conns.remove(conn);
-                self.closes.push(conn);
+                let refusing = self.conns.get(conn).map(|c| c.auth);
+                if !matches!(refusing, Some(ConnAuth::Refusing)) {
+                    self.conns.remove(conn);
+                    self.closes.push(conn);
+                }
                 return;
             }
         };
         let peer = hello.nid;
-        let (reply, lost_dial) = match self.conns.incoming(conn, hello, now) {
-            Incoming::Refuse => {
-                // Answered with a `Race` HELLO; the socket closes once that is written.
-                let refusal = self
-                    .local
-                    .id
-                    .hello(lane)
-                    .header_with(peer, HelloStatus::Race);
-                (lanet::wire::encode_header(&refusal), None)
+        if let AcceptorStep::Challenge { reply, pending } = step {
+            if !self.conns.loses_race(&hello, now) {
+                // The table hears of the peer only once it has proved its key.
+                let (h, p) = local.frame(peer, HelloStatus::Ok, Some(&reply));
+                let c = self.conns.get_mut(conn).expect("live");
+                c.auth = ConnAuth::AwaitingProof(pending, hello);
+                c.tx.push(h, Bytes::from(p), None);
+                return;
             }
-            Incoming::Accept { lost_dial } => (self.local.id.hello(lane).encode(peer), lost_dial),
+        }
+        let ((reply, reply_payload), lost_dial) = match self.conns.incoming(conn, hello, now) {
+            // Answered with a `Race` HELLO; the socket closes once that is written.
+            Incoming::Refuse => (local.frame(peer, HelloStatus::Race, None), None),
+            Incoming::Accept { lost_dial } => (local.frame(peer, HelloStatus::Ok, None), lost_dial),
         };
         self.retire(lost_dial);
         let c = self.conns.get_mut(conn).expect("live");
-        c.tx.push(reply, Bytes::new(), None);
+        c.tx.push(reply, Bytes::from(reply_payload), None);
         if self.conns.stage(conn) == Some(Stage::Handshake) {
             let old = self.conns.mark_up(conn, now, &mut self.events);
             self.retire(old);
+        }
+    }
+
+    /// A frame on an accepted connection we answered with a challenge: it must be the
+    /// dialler's AUTH, with a good proof; then the table hears of the peer, and the
+    /// connection is up (or, if a race was decided meanwhile, closed as its loser).
+    fn dialler_proof(
+        &mut self,
+        conn: ConnId,
+        (pending, hello): (Pending, PeerHello),
+        h: &Header,
+        payload: &[u8],
+        now: Time,
+    ) {
+        let (peer, local) = (hello.nid, self.local.id.nid);
+        let checked = match h.body {
+            Body::Auth if (h.src, h.dst, h.lane, h.credits) != (peer, local, hello.lane, 0) => {
+                Err(format!("{peer}: its AUTH names other ends than its HELLO"))
+            }
+            Body::Auth => Proof::decode(payload)
+                .map_err(|e| format!("{peer}: {e}"))
+                .and_then(|proof| {
+                    let checked = self.local.auth.check_dialler(&pending, &proof);
+                    checked.map_err(|e| e.to_string())
+                }),
+            _ => Err(format!(
+                "{peer} sent {:?} before proving a key (this node authenticates its peers)",
+                h.frame_type()
+            )),
+        };
+        if let Err(e) = checked {
+            tracing::warn!(nid = %local, "refusing a connection: {e}");
+            self.conns.remove(conn);
+            self.closes.push(conn);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.auth = ConnAuth::Done;
+        }
+        match self.conns.incoming(conn, hello, now) {
+            Incoming::Accept { lost_dial } => {
+                self.retire(lost_dial);
+                let old = self.conns.mark_up(conn, now, &mut self.events);
+                self.retire(old);
+            }
+            Incoming::Refuse => {
+                // Our own dial to it came up meanwhile and wins; the peer hears this one
+                // close and uses ours.
+                tracing::debug!(%peer, "closing an authenticated connection: it lost a race");
+                self.conns.remove(conn);
+                self.closes.push(conn);
+            }
         }
     }
 

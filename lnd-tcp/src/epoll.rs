@@ -45,7 +45,8 @@ impl Wake for MioWaker {
 pub(crate) struct Epoll {
     poll: Poll,
     mio_events: Events,
-    listener: TcpListener,
+    /// None where the NI accepts no connections.
+    listener: Option<TcpListener>,
     sockets: FxHashMap<ConnId, TcpStream>,
     waker: Arc<MioWaker>,
     next_id: usize,
@@ -60,12 +61,21 @@ pub(crate) struct Epoll {
 }
 
 impl Epoll {
-    pub(crate) fn new(engine: Engine, listener: std::net::TcpListener) -> io::Result<Epoll> {
+    pub(crate) fn new(
+        engine: Engine,
+        listener: Option<std::net::TcpListener>,
+    ) -> io::Result<Epoll> {
         let poll = Poll::new()?;
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listener = match listener {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                let mut listener = TcpListener::from_std(listener);
+                poll.registry()
+                    .register(&mut listener, LISTENER, Interest::READABLE)?;
+                Some(listener)
+            }
+            None => None,
+        };
         let waker = Arc::new(MioWaker(Waker::new(poll.registry(), WAKER)?));
         Ok(Epoll {
             poll,
@@ -83,7 +93,7 @@ impl Epoll {
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        crate::listener_addr(self.listener.as_ref())
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Wake> {
@@ -152,7 +162,10 @@ impl Epoll {
 
     fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok((s, from)) => match tune_socket(&s).and_then(|()| self.add(s)) {
                     Ok(id) => {
                         self.engine.accepted(id, Some(from.ip()), Instant::now());

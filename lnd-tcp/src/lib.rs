@@ -35,7 +35,7 @@ use lanet::NodeConfig;
 pub const DEFAULT_PORT: u16 = 988;
 
 /// Settings of a TCP NI.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TcpConfig {
     pub incarnation: u64,
     /// Receive credits offered per lane.
@@ -52,11 +52,14 @@ pub struct TcpConfig {
     /// On by default (lanet's dialers bind their NID's address); off only where peers
     /// dial from another address than their NID's, as behind NAT.
     pub check_source_address: bool,
-    /// Accepted connections that have not sent their HELLO yet, at most: a new one
-    /// closes the one that has waited longest (logged), so that a flood of half-open
-    /// connections costs bounded memory and cannot lock newcomers out. Each lives at most
-    /// `connect_timeout` without a HELLO. At least 1.
+    /// Accepted connections that have not finished their handshake yet (their HELLO, or
+    /// with keys their AUTH), at most: a new one closes the one that has waited longest
+    /// (logged), so that a flood of half-open connections costs bounded memory and cannot
+    /// lock newcomers out. Each lives at most `connect_timeout` unfinished. At least 1.
     pub max_pending_accepts: usize,
+    /// Keys to authenticate connections with, and which to accept (with
+    /// [`Accept::None`](lanet::handshake::auth::Accept::None), the NI does not listen).
+    pub auth: lanet::handshake::auth::Auth,
 }
 
 /// [`TcpConfig::max_pending_accepts`] by default: a whole cluster's clients connecting at
@@ -74,6 +77,7 @@ impl TcpConfig {
             zero_copy_min: uring::ZC_THRESHOLD,
             check_source_address: true,
             max_pending_accepts: DEFAULT_MAX_PENDING_ACCEPTS,
+            auth: cfg.auth.clone(),
         }
     }
 }
@@ -96,6 +100,7 @@ impl lanet::config::OpenLnd for OpenTcp {
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
         cfg.max_pending_accepts = net.pending_accepts;
         cfg.check_source_address = net.check_source_address;
+        // `for_node` took the node's keys and accept policy.
         Ok(Box::new(TcpLnd::bind(net.nid, cfg)?))
     }
 }
@@ -117,7 +122,8 @@ enum Driver {
     Epoll(Box<epoll::Epoll>),
 }
 
-/// A TCP NI: listens on its NID's address and connects to peers on demand.
+/// A TCP NI: listens on its NID's address (unless it accepts no connections) and connects
+/// to peers on demand.
 pub struct TcpLnd {
     backend: Driver,
 }
@@ -133,7 +139,8 @@ macro_rules! with_backend {
 }
 
 impl TcpLnd {
-    /// Listens on `nid`'s address (`ADDRESS[:PORT]@tcpN`).
+    /// Listens on `nid`'s address (`ADDRESS[:PORT]@tcpN`); or, where `cfg.auth` accepts
+    /// no connections, only dials from it.
     pub fn bind(nid: Nid, cfg: TcpConfig) -> Result<TcpLnd, LndError> {
         if nid.net.kind != LndKind::Tcp {
             return Err(LndError::new(
@@ -161,6 +168,7 @@ impl TcpLnd {
             connect_timeout: cfg.connect_timeout,
             check_source_address: cfg.check_source_address,
             max_pending_accepts: cfg.max_pending_accepts,
+            auth: cfg.auth.clone(),
         };
         let listen_error = |e: io::Error| {
             LndError::new(
@@ -168,11 +176,22 @@ impl TcpLnd {
                 format!("cannot listen on {addr}: {e}"),
             )
         };
-        let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+        let listener = match cfg.auth.listens() {
+            true => Some(std::net::TcpListener::bind(addr).map_err(listen_error)?),
+            false => None,
+        };
+        let on = match &listener {
+            Some(_) => format!("on {addr}"),
+            None => format!("from {nid}, accepting no connections (accept = none)"),
+        };
+        if let Some(keys) = cfg.auth.keys() {
+            tracing::info!(%nid, "authenticating connections with keys {:?}, accept = {}",
+                keys.fingerprints(), cfg.auth.accept().name());
+        }
         let epoll = |listener, why: &str| -> Result<Driver, LndError> {
-            let b =
-                epoll::Epoll::new(engine::Engine::new(local), listener).map_err(listen_error)?;
-            tracing::info!(%nid, "TCP LND on {addr}: epoll backend{why}");
+            let b = epoll::Epoll::new(engine::Engine::new(local.clone()), listener)
+                .map_err(listen_error)?;
+            tracing::info!(%nid, "TCP LND {on}: epoll backend{why}");
             Ok(Driver::Epoll(Box::new(b)))
         };
         let wanted = std::env::var(BACKEND_ENV).unwrap_or_default();
@@ -180,12 +199,12 @@ impl TcpLnd {
             "epoll" => epoll(listener, &format!(" ({BACKEND_ENV}=epoll)"))?,
             "uring" | "" => {
                 match uring::Uring::new(
-                    engine::Engine::new(local),
-                    listener.try_clone(),
+                    engine::Engine::new(local.clone()),
+                    listener.as_ref().map(|l| l.try_clone()).transpose(),
                     cfg.zero_copy_min,
                 ) {
                     Ok(b) => {
-                        tracing::info!(%nid, "TCP LND on {addr}: io_uring backend");
+                        tracing::info!(%nid, "TCP LND {on}: io_uring backend");
                         Driver::Uring(Box::new(b))
                     }
                     Err(e) if wanted == "uring" => {
@@ -215,7 +234,7 @@ impl TcpLnd {
         }
     }
 
-    /// The address actually listened on.
+    /// The address actually listened on (an error if the NI does not listen).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.backend {
             Driver::Uring(b) => b.local_addr(),
@@ -280,6 +299,34 @@ pub fn free_loopback_nid() -> io::Result<Nid> {
     Ok(format!("127.0.0.1:{port}@tcp")
         .parse()
         .expect("a loopback NID is valid"))
+}
+
+/// Where a backend's listener listens, or why there is none.
+fn listener_addr<L: ListenerAddr>(listener: Option<&L>) -> io::Result<SocketAddr> {
+    match listener {
+        Some(l) => l.addr(),
+        None => Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "this NI accepts no connections (accept = none): it has no listening address",
+        )),
+    }
+}
+
+/// The listeners of both backends (std's and mio's).
+trait ListenerAddr {
+    fn addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl ListenerAddr for std::net::TcpListener {
+    fn addr(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
+    }
+}
+
+impl ListenerAddr for mio::net::TcpListener {
+    fn addr(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
+    }
 }
 
 /// A TCP socket for dialling from `local` (this NI's NID): bound to its address, so the

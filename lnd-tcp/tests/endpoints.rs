@@ -208,7 +208,9 @@ fn binding_a_busy_address_or_a_non_tcp_nid_says_why() {
         .parse()
         .unwrap();
     let cfg = TcpConfig::for_node(&NodeConfig::new(1));
-    let e = TcpLnd::bind(nid, cfg).err().expect("address in use");
+    let e = TcpLnd::bind(nid, cfg.clone())
+        .err()
+        .expect("address in use");
     assert!(e.to_string().contains("cannot listen on"), "{e}");
     let e = TcpLnd::bind("3@mem".parse().unwrap(), cfg)
         .err()
@@ -227,7 +229,7 @@ fn sixty_four_lnds_fit_in_one_process() {
     let lnds: Vec<TcpLnd> = (0..64)
         .map(|i| {
             (0..5)
-                .find_map(|_| TcpLnd::bind(free_nid(), cfg).ok())
+                .find_map(|_| TcpLnd::bind(free_nid(), cfg.clone()).ok())
                 .unwrap_or_else(|| panic!("LND {i} did not start"))
         })
         .collect();

@@ -11,7 +11,11 @@
 //! can never sit in front of a health frame in some buffer. [`Lnd::connect`] asks for one;
 //! connections may also be accepted from peers at any time. Before a connection is reported,
 //! the two sides exchange HELLO frames ([`crate::handshake`]): NID, incarnation, lane, the
-//! receive credits each offers and its largest payload. Rules:
+//! receive credits each offers and its largest payload. Where the node has keys
+//! (`NodeConfig::auth`), the HELLOs carry the challenge of [`crate::handshake::auth`]: a
+//! driver reports an accepted connection only once the dialler's AUTH checks out, and
+//! tells the connection table of it only then ([`conns::ConnTable::loses_race`] answers a
+//! race before); a driver that cannot authenticate refuses to open with keys. Rules:
 //!
 //! * every `connect(peer, lane)` call ends in exactly one `Connected` or `ConnectFailed` for
 //!   that (peer, lane) (an accepted connection that satisfies it counts); a call for a lane

@@ -63,6 +63,20 @@ impl lanet::config::OpenLnd for OpenRdma {
         net: &lanet::config::NetSection,
         node: &NodeConfig,
     ) -> Result<Box<dyn lanet::lnd::Lnd>, LndError> {
+        // Never connect unauthenticated where the operator asked for keys.
+        if node.auth.keys().is_some() {
+            return Err(LndError::new(
+                LndErrorKind::Resource,
+                "the RDMA LND does not authenticate connections yet: remove [auth] \
+                 key_file from this node, or use tcp nets",
+            ));
+        }
+        if !node.auth.listens() {
+            return Err(LndError::new(
+                LndErrorKind::Resource,
+                "the RDMA LND always listens: accept = \"none\" is for tcp nets only, so far",
+            ));
+        }
         let mut cfg = RdmaConfig::for_node(node);
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
         Ok(Box::new(RdmaLnd::bind(net.nid, cfg)?))
@@ -487,7 +501,7 @@ impl Lnd for RdmaLnd {
         loop {
             let worked = self.poll_cqs()?;
             self.passes = self.passes.wrapping_add(1);
-            if self.passes % HOUSEKEEPING_PASSES == 0 || timeout == Some(Duration::ZERO) {
+            if self.passes.is_multiple_of(HOUSEKEEPING_PASSES) || timeout == Some(Duration::ZERO) {
                 self.housekeeping()?;
             }
             if !self.ctx.events.is_empty()
@@ -502,7 +516,7 @@ impl Lnd for RdmaLnd {
                 continue;
             }
             idle += 1;
-            if idle % CLOCK_PASSES != 0 {
+            if !idle.is_multiple_of(CLOCK_PASSES) {
                 std::hint::spin_loop();
                 continue;
             }

@@ -119,7 +119,8 @@ impl RdmaLnd {
         let Some((peer, lane)) = self.conns.peer(id) else {
             return;
         };
-        let checked = decode_compact(private)
+        let checked = decode_compact(private, self.ctx.local.id.nid)
+            .map(|c| c.header)
             .map_err(|e| e.to_string())
             .and_then(|h| {
                 check_hello(&self.ctx.local.id.hello(lane), Some(peer), &h)
@@ -143,8 +144,9 @@ impl RdmaLnd {
         let Some((peer, lane)) = self.conns.peer(id).filter(|_| self.conns.is_dialled(id)) else {
             return self.fail(id, err(LndErrorKind::Refused, "rejected"));
         };
-        let race = decode_compact(&ev.private_data).is_ok_and(|h| {
-            check_hello(&self.ctx.local.id.hello(lane), Some(peer), &h)
+        let local = self.ctx.local.id.nid;
+        let race = decode_compact(&ev.private_data, local).is_ok_and(|c| {
+            check_hello(&self.ctx.local.id.hello(lane), Some(peer), &c.header)
                 == Err(HandshakeError::LostRace)
         });
         if !race {
@@ -164,7 +166,8 @@ impl RdmaLnd {
         let Some(mut cm) = CmId::adopt(&self.channel, &ev) else {
             return;
         };
-        let hello = decode_compact(&ev.private_data)
+        let hello = decode_compact(&ev.private_data, self.ctx.local.id.nid)
+            .map(|c| c.header)
             .map_err(|e| e.to_string())
             .and_then(|h| {
                 check_hello(&self.ctx.local.id.hello(h.lane), None, &h).map_err(|e| e.to_string())

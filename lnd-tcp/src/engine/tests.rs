@@ -4,6 +4,7 @@ use std::io::IoSlice;
 
 use super::*;
 use crate::framing::MAX_SLICES;
+use lanet::handshake::LocalHello;
 use lanet::lane::PerLane;
 use lanet::wire::{encode_header, Body, Header};
 
@@ -20,6 +21,7 @@ fn local(n: u32) -> Local {
         connect_timeout: T,
         check_source_address: true,
         max_pending_accepts: 4,
+        auth: Auth::open(),
     }
 }
 
@@ -412,4 +414,215 @@ fn past_the_cap_of_connections_awaiting_their_hello_the_oldest_is_closed() {
     assert!(b.take_closes().is_empty());
     b.accepted(506, None, now);
     assert_eq!(b.take_closes(), vec![501]);
+}
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+fn keyed(n: u32, key: &str) -> Local {
+    let mut l = local(n);
+    l.auth = Auth::new(
+        Some(lanet::handshake::auth::Keys::parse(key).unwrap()),
+        None,
+    )
+    .unwrap();
+    l
+}
+
+/// A dials B; the two HELLOs cross: A has B's answer, B awaits what A sends next.
+fn hellos(a: &mut Engine, b: &mut Engine, now: Instant) {
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
+    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    b.accepted(101, None, now);
+    a.established(1);
+    carry(a, 1, b, 101, now);
+    carry(b, 101, a, 1, now);
+}
+
+fn failure(events: &[LndEvent]) -> Option<String> {
+    events.iter().find_map(|e| match e {
+        LndEvent::ConnectFailed { error, .. } | LndEvent::Disconnected { error, .. } => {
+            Some(error.to_string())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn with_keys_the_acceptor_is_up_only_once_the_dialler_proves_its_key() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(keyed(2, KEY)));
+    hellos(&mut a, &mut b, now);
+    assert_eq!(
+        connected(&events(&mut a)),
+        vec![(Nid::mem(2, 0), Lane::Health)]
+    );
+    assert!(events(&mut b).is_empty(), "B waits for A's AUTH");
+    // A sends at once, right behind its AUTH: B is up, then hears the frame.
+    assert_eq!(a.post(ping(1, 2, 9)), Some(1));
+    carry(&mut a, 1, &mut b, 101, now);
+    let eb = events(&mut b);
+    assert!(
+        matches!(&eb[..], [LndEvent::Connected { .. }, LndEvent::Received { header, .. }] if header.msg_id == 9),
+        "{eb:?}"
+    );
+    assert!(b.take_closes().is_empty());
+}
+
+#[test]
+fn a_wrong_key_fails_the_dial_and_b_never_comes_up() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(keyed(1, OTHER_KEY)), Engine::new(keyed(2, KEY)));
+    hellos(&mut a, &mut b, now);
+    let why = failure(&events(&mut a)).expect("A's dial fails");
+    assert!(why.contains("different keys"), "{why}");
+    assert_eq!(a.take_closes(), vec![1]);
+    // B's side ends at its handshake deadline, never up.
+    b.expire(now + T + Duration::from_millis(1));
+    assert!(connected(&events(&mut b)).is_empty());
+    assert_eq!(b.take_closes(), vec![101]);
+}
+
+#[test]
+fn a_dialler_without_a_key_is_told_the_acceptor_requires_one() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(keyed(2, KEY)));
+    hellos(&mut a, &mut b, now);
+    let why = failure(&events(&mut a)).expect("A's dial fails");
+    assert!(why.contains("key_file") && why.contains("secure"), "{why}");
+    assert!(events(&mut b).is_empty());
+    // B closed the connection once its refusal was out.
+    assert_eq!(b.take_closes(), vec![101]);
+    // And an acceptor without keys is refused by a dialler that has them.
+    let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(local(2)));
+    hellos(&mut a, &mut b, now);
+    let why = failure(&events(&mut a)).expect("A's dial fails");
+    assert!(why.contains("sent no proof"), "{why}");
+}
+
+#[test]
+fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
+    let now = Instant::now();
+    let mut b = Engine::new(keyed(2, KEY));
+    b.accepted(101, None, now);
+    // An impostor sends a HELLO with a nonce, as a keyed dialler would, then a PING.
+    let hello = LocalHello {
+        nid: Nid::mem(1, 0),
+        incarnation: 10,
+        lane: Lane::Health,
+        credits: 4,
+        max_payload: 1 << 20,
+    };
+    let ext = lanet::handshake::auth::HelloAuth {
+        nonce: [7; 16],
+        proof: None,
+    };
+    let (h, p) = hello.frame(Nid::mem(2, 0), HelloStatus::Ok, Some(&ext));
+    let c = b.conn_mut(101).unwrap();
+    c.rx.extend(&h);
+    c.rx.extend(&p);
+    c.rx.extend(&encode_header(&Header {
+        credits: 0,
+        ..lanet::wire::decode_header(&ping(1, 2, 3).header, &Limits::default()).unwrap()
+    }));
+    b.received(101, now);
+    let eb = events(&mut b);
+    assert!(
+        !eb.iter()
+            .any(|e| matches!(e, LndEvent::Connected { .. } | LndEvent::Received { .. })),
+        "{eb:?}"
+    );
+    assert_eq!(b.take_closes(), vec![101]);
+    // A forged AUTH (a proof under another key) fails the same way.
+    b.accepted(102, None, now);
+    let c = b.conn_mut(102).unwrap();
+    c.rx.extend(&h);
+    c.rx.extend(&p);
+    b.received(102, now);
+    let mut forged = vec![1, 0, 0, 0];
+    forged.extend([0x5a; 32]);
+    let proof = lanet::handshake::auth::Proof::decode(&forged).unwrap();
+    let (ah, ap) = hello.auth_frame(Nid::mem(2, 0), &proof);
+    let c = b.conn_mut(102).unwrap();
+    c.rx.extend(&ah);
+    c.rx.extend(&ap);
+    b.received(102, now);
+    assert!(connected(&events(&mut b)).is_empty());
+    assert_eq!(b.take_closes(), vec![102]);
+}
+
+#[test]
+fn connections_awaiting_their_auth_count_against_the_cap() {
+    let now = Instant::now();
+    let mut b = Engine::new(keyed(2, KEY));
+    // Four impostors (the cap) get as far as B's challenge, and wait there.
+    for i in 0..4u32 {
+        let id = 500 + i as usize;
+        b.accepted(id, None, now);
+        let hello = LocalHello {
+            nid: Nid::mem(10 + i, 0),
+            incarnation: 1,
+            lane: Lane::Data,
+            credits: 4,
+            max_payload: 1 << 20,
+        };
+        let ext = lanet::handshake::auth::HelloAuth {
+            nonce: [i as u8; 16],
+            proof: None,
+        };
+        let (h, p) = hello.frame(Nid::mem(2, 0), HelloStatus::Ok, Some(&ext));
+        let c = b.conn_mut(id).unwrap();
+        c.rx.extend(&h);
+        c.rx.extend(&p);
+        b.received(id, now);
+    }
+    assert!(b.take_closes().is_empty());
+    b.accepted(504, None, now);
+    assert_eq!(b.take_closes(), vec![500], "the oldest makes room");
+}
+
+#[test]
+fn an_unproven_hello_neither_cancels_our_dial_nor_takes_its_place() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(keyed(2, KEY)));
+    // B dials A; A's NID is the lower, so a real connection from A would win the race.
+    assert!(b.want_connect(Nid::mem(1, 0), Lane::Data, now));
+    b.dialled(1, Nid::mem(1, 0), Lane::Data, now);
+    // An impostor claiming to be A says HELLO with a nonce, and never proves a key.
+    b.accepted(201, None, now);
+    let impostor = LocalHello {
+        nid: Nid::mem(1, 0),
+        incarnation: 10,
+        lane: Lane::Data,
+        credits: 4,
+        max_payload: 1 << 20,
+    };
+    let ext = lanet::handshake::auth::HelloAuth {
+        nonce: [9; 16],
+        proof: None,
+    };
+    let (h, p) = impostor.frame(Nid::mem(2, 0), HelloStatus::Ok, Some(&ext));
+    let c = b.conn_mut(201).unwrap();
+    c.rx.extend(&h);
+    c.rx.extend(&p);
+    b.received(201, now);
+    assert!(b.take_closes().is_empty(), "B's dial is left alone");
+    // B's dial goes on and comes up with the real A.
+    a.accepted(11, None, now);
+    b.established(1);
+    carry(&mut b, 1, &mut a, 11, now);
+    carry(&mut a, 11, &mut b, 1, now);
+    assert_eq!(
+        connected(&events(&mut b)),
+        vec![(Nid::mem(1, 0), Lane::Data)]
+    );
+    carry(&mut b, 1, &mut a, 11, now);
+    assert_eq!(
+        connected(&events(&mut a)),
+        vec![(Nid::mem(2, 0), Lane::Data)]
+    );
+    // The impostor's connection ends at its deadline, having changed nothing.
+    b.expire(now + T + Duration::from_millis(1));
+    assert!(events(&mut b).is_empty());
+    assert_eq!(b.take_closes(), vec![201]);
 }

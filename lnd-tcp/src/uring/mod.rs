@@ -128,7 +128,8 @@ pub(crate) struct Uring {
     bufs: ManuallyDrop<BufRing>,
     /// The health lane's buffers (same rules).
     health_bufs: ManuallyDrop<BufRing>,
-    listener: TcpListener,
+    /// None where the NI accepts no connections.
+    listener: Option<TcpListener>,
     wake_fd: Arc<OwnedFd>,
     wake_buf: Box<u64>,
     socks: FxHashMap<ConnId, Sock>,
@@ -160,7 +161,7 @@ impl Uring {
     /// Sets up a ring on this kernel, or says why it cannot (the caller falls back to epoll).
     pub(crate) fn new(
         engine: Engine,
-        listener: io::Result<TcpListener>,
+        listener: io::Result<Option<TcpListener>>,
         zero_copy_min: usize,
     ) -> io::Result<Uring> {
         let (ring, enabled) = new_ring(true)?;
@@ -234,7 +235,7 @@ impl Uring {
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        crate::listener_addr(self.listener.as_ref())
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Wake> {
@@ -257,11 +258,14 @@ impl Uring {
     }
 
     fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
         if self.stopping {
             return;
         }
         self.accept_armed = true;
-        let e = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+        let e = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
             .flags(libc::SOCK_CLOEXEC)
             .build()
             .user_data(user_data(0, ACCEPT));
@@ -827,7 +831,9 @@ impl Drop for Uring {
         }
         // The listener too: a pending accept would keep it listening after we are gone, and
         // peers would connect to a node that never answers.
-        sys::shutdown(self.listener.as_fd());
+        if let Some(listener) = &self.listener {
+            sys::shutdown(listener.as_fd());
+        }
         for sock in self.socks.values_mut() {
             sock.closing = true;
             sys::shutdown(sock.fd.as_fd());

@@ -1,10 +1,12 @@
 //! A configuration as a file again: what `lanetctl export` prints of a running node, with
-//! every key written out (defaults included), so what runs is what the file says.
+//! every key written out (defaults included; `[auth]` only where it is set), so what runs
+//! is what the file says.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use super::file::ConfigFile;
+use crate::handshake::auth::Accept;
 use crate::nid::{LndKind, NidAddr};
 use crate::node::FailoverMode;
 
@@ -114,6 +116,21 @@ impl ConfigFile {
         let _ = writeln!(t, "drain = {}", dur(self.daemon.drain));
         let socket = self.daemon.control_socket.display().to_string();
         let _ = writeln!(t, "control_socket = {}", toml_string(&socket));
+        // Keys given in code, with no file, cannot be written out: nor can their policy.
+        match (&self.key_file, n.auth.accept()) {
+            (Some(k), accept) => {
+                let file = toml_string(&k.display().to_string());
+                let _ = writeln!(
+                    t,
+                    "\n[auth]\nkey_file = {file}\naccept = \"{}\"",
+                    accept.name()
+                );
+            }
+            (None, Accept::None) => {
+                let _ = writeln!(t, "\n[auth]\naccept = \"none\"");
+            }
+            (None, _) => {}
+        }
         for g in &self.failover {
             let mode = match g.mode {
                 FailoverMode::Failover => "failover",

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{NodeConfig, RouterConfig};
+use crate::handshake::auth::{Accept, Auth, Keys};
 use crate::lane::Lane;
 use crate::nid::{LndKind, Net, Nid, NidAddr};
 use crate::node::{PoolSizes, Route};
@@ -45,6 +46,9 @@ pub struct ConfigFile {
     pub failover: Vec<crate::node::FailoverGroup>,
     /// What only the router daemon uses.
     pub daemon: DaemonSettings,
+    /// `[auth] key_file`, resolved against the file's directory (the keys themselves are
+    /// in `node.auth`).
+    pub key_file: Option<PathBuf>,
 }
 
 /// One `[[net]]`: an NI of this node.
@@ -59,8 +63,8 @@ pub struct NetSection {
     pub peer_credits: u16,
     /// Data-lane messages in flight in this NI's driver at once (lnetctl's `credits`).
     pub credits: u32,
-    /// Accepted connections awaiting their HELLO at most (a flood of half-open
-    /// connections past it closes the oldest).
+    /// Accepted connections awaiting the end of their handshake (HELLO, or AUTH) at most
+    /// (a flood of half-open connections past it closes the oldest).
     pub pending_accepts: usize,
     /// Whether an accepted connection's HELLO must name a NID at the address the
     /// connection comes from (off only where peers dial from elsewhere: NAT).
@@ -238,6 +242,7 @@ struct RawFile {
     routing: RawRouting,
     #[serde(default)]
     failover: Vec<Spanned<RawFailover>>,
+    auth: Option<Spanned<RawAuth>>,
     /// Default deadline of an operation (LNet's `transaction_timeout`).
     #[serde(default, deserialize_with = "duration")]
     transaction_timeout: Option<Duration>,
@@ -336,6 +341,46 @@ struct RawRouting {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAuth {
+    key_file: Option<Spanned<PathBuf>>,
+    accept: Option<Spanned<String>>,
+}
+
+impl RawAuth {
+    /// The keys (read now, so that a bad key file stops the node from starting) and the
+    /// accept policy.
+    fn check(
+        &self,
+        raw: &Spanned<RawAuth>,
+        at: &Located,
+    ) -> Result<(Auth, Option<PathBuf>), ConfigFileError> {
+        let key_file = self.key_file.as_ref().map(|p| {
+            let dir = at.path.parent().unwrap_or(Path::new("."));
+            // Absolute, so that an export names the same file from anywhere.
+            let path = dir.join(p.get_ref());
+            (p, std::path::absolute(&path).unwrap_or(path))
+        });
+        let keys = match &key_file {
+            None => None,
+            Some((raw_path, path)) => {
+                Some(Keys::load(path).map_err(|e| at.at(*raw_path, "key_file", e.to_string()))?)
+            }
+        };
+        let accept = match &self.accept {
+            None => None,
+            Some(a) => Some(
+                a.get_ref()
+                    .parse::<Accept>()
+                    .map_err(|e| at.at(a, "accept", e))?,
+            ),
+        };
+        let auth = Auth::new(keys, accept).map_err(|e| at.at(raw, "accept", e))?;
+        Ok((auth, key_file.map(|(_, p)| p)))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBuffers {
     tiny: Option<u32>,
     small: Option<u32>,
@@ -391,6 +436,14 @@ impl RawFile {
             node.hop_limit = n;
         }
         self.health.apply(&mut node);
+        let key_file = match &self.auth {
+            Some(raw) => {
+                let (auth, key_file) = raw.get_ref().check(raw, at)?;
+                node.auth = auth;
+                key_file
+            }
+            None => None,
+        };
         let peer_buffer_credits = self.routing.apply(&mut node, at)?;
 
         let mut nets: Vec<NetSection> = Vec::with_capacity(self.net.len());
@@ -531,6 +584,7 @@ impl RawFile {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             },
+            key_file,
         })
     }
 }

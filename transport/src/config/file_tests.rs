@@ -49,7 +49,14 @@ fn the_examples_in_the_repository_parse_and_say_what_they_claim() {
     let uncommented: String = router
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            Some(rest) if is_setting(rest) && !rest.starts_with("interface") => rest,
+            // Neither the interface nor the key file exist here.
+            Some(rest)
+                if is_setting(rest)
+                    && !rest.starts_with("interface")
+                    && !rest.starts_with("key_file") =>
+            {
+                rest
+            }
             Some(rest) if rest.starts_with("[[") => rest,
             _ => l,
         })
@@ -355,6 +362,7 @@ fn the_reference_example_names_every_key() {
     ))
     .unwrap();
     all.nets[0].interface = Some("eth1".into());
+    all.key_file = Some("/etc/lanet/lanet.key".into());
     let exported = all.to_toml();
     let keys: Vec<&str> = exported
         .lines()
@@ -386,4 +394,84 @@ fn a_net_says_how_it_accepts_connections() {
     );
     let again = ConfigFile::parse("again.toml", &f.to_toml()).unwrap();
     assert_eq!(again.nets, f.nets, "written back the same");
+}
+
+/// A key file beside the configuration, with `mode`; the directory holding both.
+fn dir_with_key(name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("lanet-conf-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("lanet.key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+#[test]
+fn auth_takes_a_private_key_file_and_an_accept_policy() {
+    use crate::handshake::auth::Accept;
+    let dir = dir_with_key("auth", 0o600);
+    let conf = dir.join("lanet.toml");
+    // A relative key_file is found beside the configuration file.
+    let f = ConfigFile::parse(
+        &conf,
+        &format!("{TWO_NETS}\n[auth]\nkey_file = \"lanet.key\"\n"),
+    )
+    .unwrap();
+    assert_eq!(f.node.auth.keys().map(|k| k.len()), Some(1));
+    assert_eq!(
+        f.node.auth.accept(),
+        Accept::Secure,
+        "the default with a key"
+    );
+    assert_eq!(f.key_file.as_deref(), Some(dir.join("lanet.key").as_path()));
+    let again = ConfigFile::parse(&conf, &f.to_toml()).unwrap();
+    assert_eq!(
+        (again.node.auth, again.key_file),
+        (f.node.auth.clone(), f.key_file)
+    );
+
+    let all = format!("{TWO_NETS}\n[auth]\nkey_file = \"lanet.key\"\naccept = \"all\"\n");
+    assert_eq!(
+        ConfigFile::parse(&conf, &all).unwrap().node.auth.accept(),
+        Accept::All
+    );
+    let none =
+        ConfigFile::parse(&conf, &format!("{TWO_NETS}\n[auth]\naccept = \"none\"\n")).unwrap();
+    assert!(!none.node.auth.listens() && none.node.auth.keys().is_none());
+    // Without an [auth] section: no keys, every connection accepted, nothing exported.
+    let open = parse(TWO_NETS).unwrap();
+    assert_eq!(open.node.auth, crate::handshake::auth::Auth::open());
+    assert!(!open.to_toml().contains("[auth]"));
+
+    let e = error(&format!("{TWO_NETS}\n[auth]\naccept = \"secure\"\n"));
+    assert!(e.contains("accept") && e.contains("key_file"), "{e}");
+    let e = error(&format!("{TWO_NETS}\n[auth]\naccept = \"some\"\n"));
+    assert!(e.contains("secure, all or none"), "{e}");
+    let e = ConfigFile::parse(
+        &conf,
+        &format!("{TWO_NETS}\n[auth]\nkey_file = \"nope.key\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("key_file"));
+    assert!(e.message.contains("nope.key"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let exposed = dir_with_key("exposed", 0o644);
+    let e = ConfigFile::parse(
+        exposed.join("lanet.toml"),
+        &format!("{TWO_NETS}\n[auth]\nkey_file = \"lanet.key\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(12), Some("key_file")),
+        "{e}"
+    );
+    assert!(e.message.contains("chmod 600"), "{e}");
+    std::fs::remove_dir_all(&exposed).unwrap();
 }

@@ -78,6 +78,9 @@ pub struct NodeConfig {
     /// Data-lane NI credits of the NI on a net, where they differ from
     /// `lanes.data.ni_credits` (lnetctl's per-net `credits`).
     pub net_credits: Vec<(Net, u32)>,
+    /// Keys its drivers authenticate connections with, and which connections they accept
+    /// ([`crate::handshake::auth`]); none and all by default.
+    pub auth: crate::handshake::auth::Auth,
     /// How a router takes itself out and comes back (used when `forwarding`).
     pub router: RouterConfig,
 }
@@ -142,6 +145,7 @@ impl NodeConfig {
             max_idle_peers: crate::node::MAX_IDLE_PEERS,
             net_credits: Vec::new(),
             router: RouterConfig::default(),
+            auth: crate::handshake::auth::Auth::default(),
         }
     }
 

@@ -7,7 +7,8 @@
 mod node;
 
 use crate::config::ConfigFile;
-use crate::handshake::{check_hello, decode_compact, LocalHello};
+use crate::handshake::auth::{HelloAuth, Proof};
+use crate::handshake::{check_hello, decode_compact, CompactHello, LocalHello};
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
 use crate::wire::{self, Limits, RouterStatus, HEADER_LEN};
@@ -72,8 +73,15 @@ pub fn frame(data: &[u8]) {
     );
 }
 
-/// A TCP HELLO as the accepting and the dialling side check it.
+/// A TCP HELLO as the accepting and the dialling side check it, and the authentication
+/// a HELLO or AUTH frame carries as its payload.
 pub fn hello(data: &[u8]) {
+    if let Ok(a) = HelloAuth::decode(data) {
+        assert_eq!(a.encode(), data, "one encoding per HELLO authentication");
+    }
+    if let Ok(p) = Proof::decode(data) {
+        assert_eq!(p.encode(), data, "one encoding per proof");
+    }
     let bytes = with_valid_envelope(data);
     let Ok(h) = wire::decode_header(&bytes, &Limits::default()) else {
         return;
@@ -96,9 +104,11 @@ pub fn hello(data: &[u8]) {
     }
 }
 
-/// The compact HELLO of RDMA connection requests (private data).
+/// The compact HELLO of RDMA connection requests (private data), with the
+/// authentication it may carry.
 pub fn hello_compact(data: &[u8]) {
-    let Ok(h) = decode_compact(data) else {
+    let receiver = Nid::mem(1, 0);
+    let Ok(CompactHello { header: h, auth }) = decode_compact(data, receiver) else {
         return;
     };
     let wire::Body::Hello {
@@ -116,8 +126,21 @@ pub fn hello_compact(data: &[u8]) {
         credits,
         max_payload,
     };
-    let again = local.encode_compact(h.dst, status);
-    assert_eq!(decode_compact(&again), Ok(h));
+    let again = match auth {
+        // A dialler's nonce stands where the destination would; it is the receiver.
+        Some(a) if data[7] == 1 => {
+            assert_eq!(
+                (h.dst, a.proof, status),
+                (receiver, None, wire::HelloStatus::Ok)
+            );
+            local.encode_compact_dial(receiver, Some(a.nonce)).to_vec()
+        }
+        a => local.encode_compact_answer(h.dst, status, a.as_ref()),
+    };
+    assert_eq!(
+        decode_compact(&again, receiver),
+        Ok(CompactHello { header: h, auth })
+    );
     assert_eq!(
         &again[..],
         &data[..again.len()],

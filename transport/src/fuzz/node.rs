@@ -272,7 +272,7 @@ impl Run {
             0 => {
                 // A peer dials us (or answers the dial of ours it satisfies).
                 let nid = peer(input.byte());
-                let lane = if input.byte() % 2 == 0 {
+                let lane = if input.byte().is_multiple_of(2) {
                     Lane::Data
                 } else {
                     Lane::Health
@@ -294,7 +294,7 @@ impl Run {
                 if let Some(up) = self.up.get(&(nid, lane)).copied() {
                     // Up already: the LND says so again, with what it said first.
                     self.report_connected(ni, nid, lane, up);
-                } else if input.byte() % 3 == 0 {
+                } else if input.byte().is_multiple_of(3) {
                     let error = LndError::new(error_kind(input.byte()), "fuzz: connect failed");
                     self.event(
                         ni,
@@ -339,7 +339,7 @@ impl Run {
                 let i = usize::from(input.byte()) % self.posted.len();
                 let p = self.posted.swap_remove(i);
                 let alive = p.life.is_some() && self.up.values().any(|u| Some(u.life) == p.life);
-                let result = if alive && input.byte() % 4 != 0 {
+                let result = if alive && !input.byte().is_multiple_of(4) {
                     Ok(())
                 } else {
                     Err(LndError::new(error_kind(input.byte()), "fuzz: send failed"))
@@ -358,7 +358,7 @@ impl Run {
                 }
                 let i = usize::from(input.byte()) % self.fetches.len();
                 let (ni, handle, mut sink, len) = self.fetches.swap_remove(i);
-                let result = if input.byte() % 4 == 0 {
+                let result = if input.byte().is_multiple_of(4) {
                     Err(LndError::new(
                         error_kind(input.byte()),
                         "fuzz: fetch failed",
@@ -376,7 +376,7 @@ impl Run {
                 let id = self.submit_id();
                 let portal = u32::from(input.byte() % 3);
                 let match_bits = u64::from(input.byte() % 4);
-                let mut entry = if input.byte() % 2 == 0 {
+                let mut entry = if input.byte().is_multiple_of(2) {
                     MatchEntry::sink(portal, match_bits, u32::from(input.u16()))
                 } else {
                     let data = Bytes::from(vec![7u8; usize::from(input.byte()) * 16]);
@@ -384,7 +384,7 @@ impl Run {
                     e.kind = crate::op::EntryKind::Source { data };
                     e
                 };
-                entry.once = input.byte() % 2 == 0;
+                entry.once = input.byte().is_multiple_of(2);
                 entry.ignore_bits = u64::from(input.byte() % 2);
                 let taken = self.node.attach(id, entry).is_ok();
                 if taken {
@@ -416,7 +416,7 @@ impl Run {
             }
             11 => {
                 let gateway = peer(input.byte());
-                if input.byte() % 2 == 0 {
+                if input.byte().is_multiple_of(2) {
                     let route = Route {
                         net: Nid::mem(0, FAR_NET).net,
                         gateway,
@@ -531,7 +531,7 @@ impl Run {
             return;
         };
         let len = h.payload_len;
-        let payload = if len > 0 && lane == Lane::Data && input.byte() % 3 == 0 {
+        let payload = if len > 0 && lane == Lane::Data && input.byte().is_multiple_of(3) {
             let handle = RxHandle(self.next_handle);
             self.next_handle += 1;
             self.deferred.insert((ni, handle.0), len);
@@ -558,7 +558,7 @@ impl Run {
             2 => Nid::mem(9, FAR_NET),
             _ => Nid::mem(ME, 0),
         };
-        let lane = if input.byte() % 5 == 0 {
+        let lane = if input.byte().is_multiple_of(5) {
             Lane::Health
         } else {
             Lane::Data
@@ -568,7 +568,7 @@ impl Run {
             Some(Duration::from_millis(1)),
             Some(Duration::from_millis(300)),
         ][usize::from(input.byte() % 3)];
-        let on_peer_down = if input.byte() % 2 == 0 {
+        let on_peer_down = if input.byte().is_multiple_of(2) {
             PeerDownPolicy::Fail
         } else {
             PeerDownPolicy::Wait

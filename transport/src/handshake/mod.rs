@@ -3,6 +3,11 @@
 //! Each side sends a HELLO (its NID, incarnation, the lane, the receive credits it offers and
 //! its largest payload) and checks the one it receives: right version (the codec checks),
 //! addressed to us, from the peer we expected, for the same lane, offering at least one credit.
+//! Where nodes hold keys, the HELLOs also carry an HMAC challenge and response ([`auth`]).
+
+pub mod auth;
+
+use auth::{HelloAuth, Nonce};
 
 use crate::lane::Lane;
 use crate::nid::Nid;
@@ -46,17 +51,57 @@ impl LocalHello {
     pub fn encode(&self, peer: Nid) -> [u8; HEADER_LEN] {
         wire::encode_header(&self.header(peer))
     }
+
+    /// A HELLO frame for byte-stream transports: the header, and the authentication (if
+    /// any) as its payload.
+    pub fn frame(
+        &self,
+        peer: Nid,
+        status: HelloStatus,
+        auth: Option<&HelloAuth>,
+    ) -> ([u8; HEADER_LEN], Vec<u8>) {
+        let payload = auth.map_or(Vec::new(), HelloAuth::encode);
+        let mut h = self.header_with(peer, status);
+        h.payload_len = payload.len() as u32;
+        (wire::encode_header(&h), payload)
+    }
+
+    /// The dialler's AUTH frame: its proof, sent right after the acceptor's HELLO.
+    pub fn auth_frame(&self, peer: Nid, proof: &auth::Proof) -> ([u8; HEADER_LEN], Vec<u8>) {
+        let payload = proof.encode();
+        let mut h = self.header(peer);
+        h.body = Body::Auth;
+        h.payload_len = payload.len() as u32;
+        (wire::encode_header(&h), payload)
+    }
+}
+
+/// The authentication a HELLO frame carries as its payload, if any.
+pub fn hello_auth(payload: &[u8]) -> Result<Option<HelloAuth>, auth::Malformed> {
+    match payload.is_empty() {
+        true => Ok(None),
+        false => HelloAuth::decode(payload).map(Some),
+    }
 }
 
 /// Bytes of a [compact HELLO](LocalHello::encode_compact): what fits in rdma_cm's
 /// connect-request private data (56 bytes on RC).
 pub const COMPACT_HELLO_LEN: usize = 56;
+/// Bytes of the longest compact HELLO, an acceptor's with its authentication (rdma_cm's
+/// accept takes 196 bytes of private data on RC).
+pub const COMPACT_HELLO_MAX_LEN: usize = COMPACT_HELLO_LEN + HelloAuth::MAX_LEN;
 const COMPACT_MAGIC: u32 = u32::from_le_bytes(*b"LNTH");
+/// Flag (byte 7): the dialler's nonce stands where the destination NID would. The
+/// connect request has no room for both; the dialler's AUTH proves which node it meant.
+const FLAG_DIALLER_NONCE: u8 = 1;
+/// Flag (byte 7): a [`HelloAuth`] follows the 56 bytes (the acceptor's answer).
+const FLAG_AUTH_FOLLOWS: u8 = 2;
 
 impl LocalHello {
     /// The HELLO in 56 bytes, for transports that carry it in a connection request's
-    /// private data: magic, version, status, lane, credits, largest payload, incarnation,
-    /// source and destination NIDs. No CRC: the transport protects the request.
+    /// private data: magic, version, status, lane, flags, credits, largest payload,
+    /// incarnation, source and destination NIDs. No CRC: the transport protects the
+    /// request.
     pub fn encode_compact(&self, peer: Nid, status: HelloStatus) -> [u8; COMPACT_HELLO_LEN] {
         let mut b = [0u8; COMPACT_HELLO_LEN];
         b[0..4].copy_from_slice(&COMPACT_MAGIC.to_le_bytes());
@@ -73,6 +118,32 @@ impl LocalHello {
         b[40..56].copy_from_slice(&nid);
         b
     }
+
+    /// A dialler's compact HELLO; with `nonce` (the dialler has keys) the nonce replaces
+    /// the destination NID.
+    pub fn encode_compact_dial(&self, peer: Nid, nonce: Option<Nonce>) -> [u8; 56] {
+        let mut b = self.encode_compact(peer, HelloStatus::Ok);
+        if let Some(nonce) = nonce {
+            b[7] = FLAG_DIALLER_NONCE;
+            b[40..56].copy_from_slice(&nonce);
+        }
+        b
+    }
+
+    /// An acceptor's compact HELLO, with its authentication after it if it has any.
+    pub fn encode_compact_answer(
+        &self,
+        peer: Nid,
+        status: HelloStatus,
+        auth: Option<&HelloAuth>,
+    ) -> Vec<u8> {
+        let mut b = self.encode_compact(peer, status).to_vec();
+        if let Some(auth) = auth {
+            b[7] = FLAG_AUTH_FOLLOWS;
+            b.extend(auth.encode());
+        }
+        b
+    }
 }
 
 /// Why bytes are not a compact HELLO.
@@ -84,9 +155,21 @@ pub enum CompactHelloError {
     Version(u8),
 }
 
-/// Decodes a [compact HELLO](LocalHello::encode_compact) into the header [`check_hello`]
-/// checks. Extra trailing bytes (transports may pad private data) are ignored.
-pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
+/// A compact HELLO, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactHello {
+    /// What [`check_hello`] checks.
+    pub header: Header,
+    /// The dialler's nonce, or the acceptor's nonce and proof.
+    pub auth: Option<HelloAuth>,
+}
+
+/// Decodes a [compact HELLO](LocalHello::encode_compact) received by `local`. Extra
+/// trailing bytes (transports pad private data) are ignored. A dialler's HELLO that
+/// carries a nonce names no destination: it is taken to be `local`, and the dialler's
+/// AUTH proves it.
+pub fn decode_compact(b: &[u8], local: Nid) -> Result<CompactHello, CompactHelloError> {
+    let b_all = b;
     let b: &[u8; COMPACT_HELLO_LEN] = b
         .get(..COMPACT_HELLO_LEN)
         .and_then(|b| b.try_into().ok())
@@ -100,10 +183,11 @@ pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
     let status = match b[5] {
         0 => HelloStatus::Ok,
         1 => HelloStatus::Race,
+        2 => HelloStatus::KeyRequired,
         _ => return Err(CompactHelloError::Malformed("unknown status")),
     };
     let lane = Lane::from_wire(b[6]).ok_or(CompactHelloError::Malformed("unknown lane"))?;
-    if b[7] != 0 || b[10..12] != [0, 0] {
+    if b[10..12] != [0, 0] {
         return Err(CompactHelloError::Malformed("reserved bytes set"));
     }
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -111,12 +195,25 @@ pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
         let raw: &[u8; crate::nid::NID_WIRE_LEN] = b[o..o + 16].try_into().expect("16 bytes");
         Nid::decode(raw).ok_or(CompactHelloError::Malformed(which))
     };
-    Ok(Header {
+    let (dst, auth) = match b[7] {
+        0 => (nid_at(40, "bad destination NID")?, None),
+        FLAG_DIALLER_NONCE if status == HelloStatus::Ok => {
+            let nonce: Nonce = b[40..56].try_into().expect("16 bytes");
+            (local, Some(HelloAuth { nonce, proof: None }))
+        }
+        FLAG_AUTH_FOLLOWS => {
+            let (auth, _) = HelloAuth::decode_prefix(&b_all[COMPACT_HELLO_LEN..])
+                .map_err(|m| CompactHelloError::Malformed(m.0))?;
+            (nid_at(40, "bad destination NID")?, Some(auth))
+        }
+        _ => return Err(CompactHelloError::Malformed("unknown flags")),
+    };
+    let header = Header {
         lane,
         hop_limit: 0,
         credits: 0,
         src: nid_at(24, "bad source NID")?,
-        dst: nid_at(40, "bad destination NID")?,
+        dst,
         src_incarnation: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
         msg_id: 0,
         payload_len: 0,
@@ -126,7 +223,8 @@ pub fn decode_compact(b: &[u8]) -> Result<Header, CompactHelloError> {
             status,
         },
         router_gen: 0,
-    })
+    };
+    Ok(CompactHello { header, auth })
 }
 
 /// What a node says about itself in the HELLO of every connection it makes or accepts
@@ -163,6 +261,19 @@ pub struct PeerHello {
     pub max_payload: u32,
 }
 
+impl From<&LocalHello> for PeerHello {
+    /// What the peer hears of our HELLO (the authentication transcript takes both alike).
+    fn from(h: &LocalHello) -> PeerHello {
+        PeerHello {
+            nid: h.nid,
+            incarnation: h.incarnation,
+            lane: h.lane,
+            credits: h.credits,
+            max_payload: h.max_payload,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     #[error("expected HELLO, got {0:?}")]
@@ -185,6 +296,8 @@ pub enum HandshakeError {
     CreditsInHello,
     #[error("connection race: the peer keeps the connection dialled by the lower NID")]
     LostRace,
+    #[error("{peer} accepts only peers that prove a key (accept = secure), and this node has none: set [auth] key_file")]
+    KeyRequired { peer: Nid },
 }
 
 /// Checks a received HELLO header against what this side expects. `expected_peer` is the
@@ -202,8 +315,10 @@ pub fn check_hello(
     else {
         return Err(HandshakeError::NotHello(h.frame_type()));
     };
-    if status == HelloStatus::Race {
-        return Err(HandshakeError::LostRace);
+    match status {
+        HelloStatus::Ok => {}
+        HelloStatus::Race => return Err(HandshakeError::LostRace),
+        HelloStatus::KeyRequired => return Err(HandshakeError::KeyRequired { peer: h.src }),
     }
     if h.dst != local.nid {
         return Err(HandshakeError::WrongDestination {
@@ -266,34 +381,39 @@ mod tests {
     fn compact_hellos_round_trip_and_reject_garbage() {
         let (a, b) = (hello(1, Lane::Health), hello(2, Lane::Health));
         let bytes = a.encode_compact(b.nid, HelloStatus::Ok);
-        let h = decode_compact(&bytes).unwrap();
+        let h = decode_compact(&bytes, b.nid).unwrap().header;
         assert_eq!(h, a.header(b.nid));
         assert_eq!(check_hello(&b, Some(a.nid), &h).unwrap().credits, 8);
-        let race = decode_compact(&a.encode_compact(b.nid, HelloStatus::Race)).unwrap();
+        let race = decode_compact(&a.encode_compact(b.nid, HelloStatus::Race), b.nid)
+            .unwrap()
+            .header;
         assert_eq!(check_hello(&b, None, &race), Err(HandshakeError::LostRace));
         // Padding after the HELLO is ignored; anything short or altered is not a HELLO.
         let mut padded = bytes.to_vec();
         padded.extend([0; 8]);
-        assert_eq!(decode_compact(&padded), Ok(h));
-        assert!(decode_compact(&bytes[..55]).is_err());
+        assert_eq!(decode_compact(&padded, b.nid).map(|c| c.header), Ok(h));
+        assert!(decode_compact(&bytes[..55], b.nid).is_err());
         let mut v1 = bytes;
         v1[4] = 1;
-        let said = decode_compact(&v1).unwrap_err().to_string();
+        let said = decode_compact(&v1, b.nid).unwrap_err().to_string();
         assert!(
             said.contains("version 1") && said.contains("version 2"),
             "{said}"
         );
-        for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 1), (24, 99)] {
+        for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 4), (7, 3), (24, 99)] {
             let mut bad = bytes;
             bad[at] = v;
-            assert!(decode_compact(&bad).is_err(), "byte {at} = {v} accepted");
+            assert!(
+                decode_compact(&bad, b.nid).is_err(),
+                "byte {at} = {v} accepted"
+            );
         }
     }
 
     proptest::proptest! {
         #[test]
         fn compact_hello_decoding_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
-            let _ = decode_compact(&b);
+            let _ = decode_compact(&b, Nid::mem(1, 0));
         }
     }
 

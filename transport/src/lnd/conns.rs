@@ -97,6 +97,14 @@ struct Entry<T> {
     up_since: Time,
 }
 
+impl<T> Entry<T> {
+    /// Accepted, and not up (nor refused as a race's loser, which leaves once its
+    /// refusal is out).
+    fn is_pending_accept(&self) -> bool {
+        !self.dialled && self.stage == Stage::Handshake
+    }
+}
+
 /// The connections of one (peer, lane).
 struct LaneConns<Id> {
     up: Option<Id>,
@@ -145,8 +153,8 @@ pub struct ConnTable<Id, T> {
     conns: FxHashMap<Id, Entry<T>>,
     lanes: FxHashMap<(Nid, Lane), LaneConns<Id>>,
     timers: BTreeSet<(Time, Timer<Id>)>,
-    /// Accepted connections whose HELLO has not come yet.
-    awaiting_hello: usize,
+    /// Accepted connections not up yet ([`Entry::is_pending_accept`]).
+    pending_accepts: usize,
 }
 
 fn error(kind: LndErrorKind, detail: &str) -> LndError {
@@ -165,7 +173,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             conns: FxHashMap::default(),
             lanes: FxHashMap::default(),
             timers: BTreeSet::new(),
-            awaiting_hello: 0,
+            pending_accepts: 0,
         }
     }
 
@@ -191,24 +199,26 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         self.conns.is_empty()
     }
 
-    /// Accepted connections that have not said HELLO yet: what a flood of half-open
-    /// connections grows, and what a driver caps.
-    pub fn awaiting_hello(&self) -> usize {
-        self.awaiting_hello
+    /// Accepted connections not up yet (awaiting their HELLO, or the rest of their
+    /// handshake, as an AUTH): what a flood of half-open connections grows, and what a
+    /// driver caps.
+    pub fn pending_accepts(&self) -> usize {
+        self.pending_accepts
     }
 
-    /// The accepted connection that has waited longest for its HELLO, removed from the
-    /// table (the driver closes it): room for a new one when too many wait.
-    pub fn evict_oldest_awaiting_hello(&mut self) -> Option<(Id, T)> {
+    /// The accepted connection that has waited longest to come up, removed from the table
+    /// (the driver closes it): room for a new one when too many wait. A request that
+    /// waited for it (our dial lost the race to it) fails at its own deadline.
+    pub fn evict_oldest_pending_accept(&mut self) -> Option<(Id, T)> {
         let id = self.timers.iter().find_map(|(_, t)| match t {
-            Timer::Handshake(id) if self.conns.get(id).is_some_and(|e| e.peer.is_none()) => {
+            Timer::Handshake(id) if self.conns.get(id).is_some_and(Entry::is_pending_accept) => {
                 Some(*id)
             }
             _ => None,
         })?;
         let error = error(
             LndErrorKind::TimedOut,
-            "evicted: too many awaiting their HELLO",
+            "evicted: too many accepted connections awaiting their handshake",
         );
         self.remove_entry(id, error).map(|c| (c.id, c.data))
     }
@@ -328,32 +338,18 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// refuse it as the loser of a connection race.
     pub fn incoming(&mut self, id: Id, hello: PeerHello, now: Time) -> Incoming<Id, T> {
         let key = (hello.nid, hello.lane);
-        let we_win = self.local < hello.nid;
         let Some(entry) = self.conns.get_mut(&id) else {
             debug_assert!(false, "incoming HELLO on unknown connection {id:?}");
             return Incoming::Refuse;
         };
-        if entry.peer.is_none() {
-            self.awaiting_hello -= 1;
-        }
         entry.peer = Some(key);
         entry.hello = Some(hello);
-        let conns = self.lanes.entry(key).or_default();
-        if let Some(up) = conns.up.and_then(|up| self.conns.get(&up)) {
-            let same_life = up.hello.is_some_and(|h| h.incarnation == hello.incarnation);
-            let fresh = now < up.up_since + self.race_window;
-            if same_life && up.dialled && we_win && fresh {
-                // Our dial won and just came up: this is the peer's side of that race,
-                // its HELLO already on its way. (Later, a same-life dial means the peer
-                // lost the connection, and its new one replaces ours when up.)
-                return self.refuse(id);
-            }
+        if self.loses_race(&hello, now) {
+            return self.refuse(id);
         }
+        let conns = self.lanes.entry(key).or_default();
         let mut lost_dial = None;
         if let Some(mine) = conns.dialling {
-            if we_win {
-                return self.refuse(id);
-            }
             // Theirs wins, on both sides: our dial goes quietly, and this connection
             // answers the request it was for (or the wait for it times out).
             conns.dialling = None;
@@ -365,8 +361,32 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         Incoming::Accept { lost_dial }
     }
 
+    /// Whether a connection from the peer of `hello` would lose a connection race now
+    /// ([`ConnTable::incoming`] would refuse it). Changes nothing: a driver that
+    /// authenticates its peers asks this before the peer has proved who it is, and calls
+    /// `incoming` only once it has.
+    pub fn loses_race(&self, hello: &PeerHello, now: Time) -> bool {
+        let we_win = self.local < hello.nid;
+        let Some(conns) = self.lanes.get(&(hello.nid, hello.lane)) else {
+            return false;
+        };
+        if let Some(up) = conns.up.and_then(|up| self.conns.get(&up)) {
+            let same_life = up.hello.is_some_and(|h| h.incarnation == hello.incarnation);
+            let fresh = now < up.up_since + self.race_window;
+            if same_life && up.dialled && we_win && fresh {
+                // Our dial won and just came up: this is the peer's side of that race,
+                // its HELLO already on its way. (Later, a same-life dial means the peer
+                // lost the connection, and its new one replaces ours when up.)
+                return true;
+            }
+        }
+        // Both dialling: the lower NID's dial wins.
+        conns.dialling.is_some() && we_win
+    }
+
     fn refuse(&mut self, id: Id) -> Incoming<Id, T> {
         if let Some(e) = self.conns.get_mut(&id) {
+            self.pending_accepts -= usize::from(e.is_pending_accept());
             e.stage = Stage::Refused;
         }
         Incoming::Refuse
@@ -402,6 +422,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         if entry.stage != Stage::Handshake {
             return None;
         }
+        self.pending_accepts -= usize::from(entry.is_pending_accept());
         entry.stage = Stage::Up;
         entry.up_since = now;
         if let Some(d) = entry.deadline.take() {
@@ -560,7 +581,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     fn insert(&mut self, id: Id, data: T, peer: Option<(Nid, Lane)>, dialled: bool, now: Time) {
         let deadline = now + self.handshake_timeout;
         self.timers.insert((deadline, Timer::Handshake(id)));
-        self.awaiting_hello += usize::from(peer.is_none());
+        self.pending_accepts += usize::from(!dialled);
         let entry = Entry {
             data,
             peer,
@@ -572,7 +593,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         };
         if let Some(stale) = self.conns.insert(id, entry) {
             debug_assert!(false, "connection id {id:?} reused while in the table");
-            self.awaiting_hello -= usize::from(stale.peer.is_none());
+            self.pending_accepts -= usize::from(stale.is_pending_accept());
             if let Some(d) = stale.deadline {
                 self.timers.remove(&(d, Timer::Handshake(id)));
             }
@@ -582,7 +603,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// Removes `id`'s entry and timer (its lane must no longer name it), and hands it back.
     fn remove_entry(&mut self, id: Id, error: LndError) -> Option<Closed<Id, T>> {
         let entry = self.conns.remove(&id)?;
-        self.awaiting_hello -= usize::from(entry.peer.is_none());
+        self.pending_accepts -= usize::from(entry.is_pending_accept());
         if let Some(d) = entry.deadline {
             self.timers.remove(&(d, Timer::Handshake(id)));
         }

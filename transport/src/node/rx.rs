@@ -507,8 +507,8 @@ impl Node {
                 self.respond(req, Body::Pong { seq }, status)
             }
             Body::Credit => {}
-            Body::Hello { .. } => {
-                let what = "HELLO on an established connection".to_owned();
+            Body::Hello { .. } | Body::Auth => {
+                let what = format!("{:?} on an established connection", h.frame_type());
                 return self.protocol_error(ni, nid, lane, what);
             }
         }

@@ -1,8 +1,7 @@
 //! Encoding and decoding of frame headers. Decoding borrows the input and never allocates.
 
 use super::{
-    Body, FrameType, Header, HelloStatus, Limits, NackReason, Status, HEADER_LEN,
-    HEALTH_MAX_PAYLOAD, MAGIC, VERSION,
+    Body, FrameType, Header, HelloStatus, Limits, NackReason, Status, HEADER_LEN, MAGIC, VERSION,
 };
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
@@ -38,8 +37,13 @@ pub enum DecodeError {
     ReservedNotZero,
     #[error("{ty:?} frames carry no payload, but length is {len}")]
     UnexpectedPayload { ty: FrameType, len: u32 },
-    #[error("payload of {len} bytes exceeds the limit of {max} for the {lane} lane")]
-    PayloadTooLarge { len: u32, max: u32, lane: Lane },
+    #[error("{ty:?} payload of {len} bytes exceeds its limit of {max} on the {lane} lane")]
+    PayloadTooLarge {
+        ty: FrameType,
+        len: u32,
+        max: u32,
+        lane: Lane,
+    },
 }
 
 /// A frame decoded from a borrowed buffer: the header and a slice of its payload.
@@ -118,7 +122,7 @@ fn encode_body(body: &Body, b: &mut [u8]) {
         }
         Body::Reply { status } => put_u32(0, status as u32),
         Body::Ping { seq } | Body::Pong { seq } => b[0..8].copy_from_slice(&seq.to_le_bytes()),
-        Body::Credit | Body::Status => {}
+        Body::Credit | Body::Status | Body::Auth => {}
         Body::Nack { reason, target } => {
             put_u32(0, reason as u32);
             let mut nid = [0u8; NID_WIRE_LEN];
@@ -174,12 +178,10 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
             len: payload_len,
         });
     }
-    let max = match lane {
-        Lane::Health => HEALTH_MAX_PAYLOAD,
-        Lane::Data => limits.max_payload,
-    };
+    let max = ty.max_payload(lane, limits.max_payload);
     if payload_len > max {
         return Err(DecodeError::PayloadTooLarge {
+            ty,
             len: payload_len,
             max,
             lane,
@@ -212,7 +214,7 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
         FrameType::Put | FrameType::Get => 24,
         FrameType::Reply => 4,
         FrameType::Ping | FrameType::Pong => 8,
-        FrameType::Credit | FrameType::Status => 0,
+        FrameType::Credit | FrameType::Status | FrameType::Auth => 0,
         FrameType::Nack => 24,
     };
     if b[used..].iter().any(|&x| x != 0) {
@@ -256,6 +258,7 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
         FrameType::Pong => Body::Pong { seq: u64_at(b, 0) },
         FrameType::Credit => Body::Credit,
         FrameType::Status => Body::Status,
+        FrameType::Auth => Body::Auth,
         FrameType::Nack => {
             if u32_at(b, 4) != 0 {
                 return Err(DecodeError::ReservedNotZero);

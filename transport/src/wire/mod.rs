@@ -27,7 +27,10 @@
 //! protect it, and a header checksum is what keeps a corrupt length from being trusted.
 //!
 //! Version 2 added routing (ends in the header, hop limit, NACK, router status
-//! generation); version 1 frames are refused with an error naming both versions.
+//! generation); version 1 frames are refused with an error naming both versions. Within
+//! version 2, authentication came later and needs nothing from nodes without keys: a HELLO
+//! may carry a payload (the [`crate::handshake::auth`] nonce and proof; one without keys
+//! ignores it), and the AUTH frame follows it only between nodes that both have keys.
 
 mod codec;
 mod status;
@@ -63,6 +66,9 @@ pub enum FrameType {
     Nack = 9,
     /// A router's status, pushed to those using it when it changes.
     Status = 10,
+    /// A dialler's proof that it holds a key, right after the acceptor's HELLO
+    /// ([`crate::handshake::auth`]).
+    Auth = 11,
 }
 
 impl FrameType {
@@ -78,6 +84,7 @@ impl FrameType {
             8 => FrameType::Credit,
             9 => FrameType::Nack,
             10 => FrameType::Status,
+            11 => FrameType::Auth,
             _ => return None,
         })
     }
@@ -92,15 +99,29 @@ impl FrameType {
     /// HELLO precedes credits and CREDIT frames must always get through (o2iblnd reserves
     /// receives for them in the same way).
     pub fn consumes_credit(self) -> bool {
-        !matches!(self, FrameType::Hello | FrameType::Credit)
+        !matches!(self, FrameType::Hello | FrameType::Auth | FrameType::Credit)
     }
 
     /// Whether frames of this type may carry a payload.
     pub fn carries_payload(self) -> bool {
-        matches!(
-            self,
-            FrameType::Put | FrameType::Reply | FrameType::Pong | FrameType::Status
-        )
+        self.max_payload(Lane::Data, u32::MAX) > 0
+    }
+
+    /// The largest payload a frame of this type may carry on `lane`, where the data lane
+    /// takes up to `data_max`. A HELLO may carry its authentication, an AUTH its proof.
+    pub fn max_payload(self, lane: Lane, data_max: u32) -> u32 {
+        use crate::handshake::auth::{HelloAuth, Proof};
+        match (self, lane) {
+            (FrameType::Hello, _) => HelloAuth::MAX_LEN as u32,
+            (FrameType::Auth, _) => Proof::MAX_LEN as u32,
+            (FrameType::Put | FrameType::Reply | FrameType::Pong | FrameType::Status, lane) => {
+                match lane {
+                    Lane::Health => HEALTH_MAX_PAYLOAD,
+                    Lane::Data => data_max,
+                }
+            }
+            _ => 0,
+        }
     }
 
     /// Whether this type may travel on `lane`. The health lane carries only health and
@@ -111,6 +132,7 @@ impl FrameType {
             Lane::Health => matches!(
                 self,
                 FrameType::Hello
+                    | FrameType::Auth
                     | FrameType::Ping
                     | FrameType::Pong
                     | FrameType::Credit
@@ -197,6 +219,8 @@ pub enum HelloStatus {
     /// Both sides dialled at once and this connection lost: the peer's own connection,
     /// dialled by the lower NID, is the one to use (socklnd's EALREADY).
     Race = 1,
+    /// The acceptor takes only peers that prove a key, and the dialler sent no proof.
+    KeyRequired = 2,
 }
 
 impl HelloStatus {
@@ -204,6 +228,7 @@ impl HelloStatus {
         match v {
             0 => Some(HelloStatus::Ok),
             1 => Some(HelloStatus::Race),
+            2 => Some(HelloStatus::KeyRequired),
             _ => None,
         }
     }
@@ -258,6 +283,8 @@ pub enum Body {
     },
     /// The source, a router, pushes its status (the payload, a [`RouterStatus`]).
     Status,
+    /// The dialler's proof of a key (the payload, a [`crate::handshake::auth::Proof`]).
+    Auth,
 }
 
 impl Body {
@@ -273,6 +300,7 @@ impl Body {
             Body::Credit => FrameType::Credit,
             Body::Nack { .. } => FrameType::Nack,
             Body::Status => FrameType::Status,
+            Body::Auth => FrameType::Auth,
         }
     }
 }

@@ -179,7 +179,8 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
         Err(DecodeError::PayloadTooLarge {
             len: u32::MAX,
             max: 1048576,
-            lane: Lane::Data
+            lane: Lane::Data,
+            ..
         })
     ));
     let pong = sample(Body::Pong { seq: 1 }, Lane::Health, HEALTH_MAX_PAYLOAD + 1);
@@ -251,6 +252,7 @@ fn any_body() -> impl Strategy<Value = Body> {
         any::<u64>().prop_map(|seq| Body::Pong { seq }),
         Just(Body::Credit),
         Just(Body::Status),
+        Just(Body::Auth),
         (any_nack_reason(), any_nid()).prop_map(|(reason, target)| Body::Nack { reason, target }),
     ]
 }
@@ -285,9 +287,7 @@ fn any_frame() -> impl Strategy<Value = (Header, Vec<u8>)> {
                 if !ty.allowed_on(lane) {
                     return None;
                 }
-                if !ty.carries_payload() {
-                    payload.clear();
-                }
+                payload.truncate(ty.max_payload(lane, HEALTH_MAX_PAYLOAD) as usize);
                 let header = Header {
                     hop_limit,
                     router_gen,
