@@ -58,7 +58,7 @@ pub struct TcpConfig {
     /// lock newcomers out. Each lives at most `connect_timeout` unfinished. At least 1.
     pub max_pending_accepts: usize,
     /// Keys to authenticate connections with, and which to accept (with
-    /// [`Accept::None`](lanet::handshake::auth::Accept::None), the NI does not listen).
+    /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
     pub auth: lanet::handshake::auth::Auth,
 }
 

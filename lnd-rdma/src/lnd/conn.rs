@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use lanet::handshake::auth::{Nonce, Pending};
+use lanet::handshake::PeerHello;
 use lanet::lane::Lane;
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, Transmit, TxToken};
 use lanet::wire::{FrameType, HEADER_LEN};
@@ -70,6 +72,8 @@ pub(crate) enum SlotUse {
 /// Driver work that jumps the frame queue (it never waits for credits).
 pub(crate) enum Ctrl {
     Msg(Prefix),
+    /// A frame of the driver's own (the dialler's AUTH), sent eager: header and payload.
+    Frame([u8; HEADER_LEN], Vec<u8>),
     /// WRITE our payload `cookie` into the peer's sink, then send `WriteDone`.
     WriteData {
         cookie: u64,
@@ -123,6 +127,19 @@ pub(crate) struct Conn {
     /// buffers below (and the sinks the driver holds for this connection) before they go.
     pub(crate) cm: CmId,
     pub(crate) qp: Option<Qp>,
+    pub(crate) auth: ConnAuth,
+}
+
+/// Where a connection's authentication stands (see `setup`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConnAuth {
+    /// Nothing to do (none asked, or done).
+    Done,
+    /// We dialled, with this nonce in our connect request.
+    Dialled(Nonce),
+    /// We accepted `PeerHello` with a challenge: the dialler's AUTH must be its first
+    /// message. Until it checks out, the connection table does not hear of the peer.
+    AwaitingProof(Pending, PeerHello),
 }
 
 fn resource(e: impl std::fmt::Display) -> LndError {
@@ -343,6 +360,22 @@ impl Qp {
                 let (i, buf) = self.slot(SlotUse::Ctrl);
                 prefix.encode(buf);
                 self.send(cm, id, i, PREFIX_LEN)
+            }
+            Ctrl::Frame(header, payload) => {
+                let (i, buf) = self.slot(SlotUse::Ctrl);
+                let len = payload.len();
+                let remote = RemoteBuf {
+                    addr: 0,
+                    rkey: 0,
+                    len: len as u32,
+                };
+                Prefix::new(Kind::Eager, 0)
+                    .with(Outcome::Ok, remote)
+                    .encode(buf);
+                buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(&header);
+                buf[PREFIX_LEN + HEADER_LEN..PREFIX_LEN + HEADER_LEN + len]
+                    .copy_from_slice(&payload);
+                self.send(cm, id, i, PREFIX_LEN + HEADER_LEN + len)
             }
             Ctrl::WriteData { cookie, sink } => {
                 let Some(src) = self.out.get(&cookie).map(|r| r.src.clone()) else {

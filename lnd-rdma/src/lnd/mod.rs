@@ -3,7 +3,9 @@
 //! * **Connections**: one RC queue pair per lane per peer, set up with rdma_cm. The HELLO
 //!   travels compact in the connect request's and reply's private data; a refusal that
 //!   lost a connection race carries a `Race` HELLO in the reject. Races are decided as in
-//!   the TCP LND: the connection dialled by the lower NID wins.
+//!   the TCP LND: the connection dialled by the lower NID wins. With keys, the private
+//!   data also carries the authentication's nonces and the acceptor's proof, and the
+//!   dialler's AUTH is the first message on the queue pair (see `setup`).
 //! * **Completions**: one CQ per lane, shared by that lane's QPs; every pass polls the
 //!   health CQ before the data CQ. Before sleeping the driver spins for `spin`, then arms
 //!   both CQs and sleeps in epoll on their completion channel, the rdma_cm channel and a
@@ -26,6 +28,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lanet::handshake::auth::Auth;
 use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
 use lanet::lnd::conns::{Closed, ConnTable, Stage};
@@ -63,20 +66,7 @@ impl lanet::config::OpenLnd for OpenRdma {
         net: &lanet::config::NetSection,
         node: &NodeConfig,
     ) -> Result<Box<dyn lanet::lnd::Lnd>, LndError> {
-        // Never connect unauthenticated where the operator asked for keys.
-        if node.auth.keys().is_some() {
-            return Err(LndError::new(
-                LndErrorKind::Resource,
-                "the RDMA LND does not authenticate connections yet: remove [auth] \
-                 key_file from this node, or use tcp nets",
-            ));
-        }
-        if !node.auth.listens() {
-            return Err(LndError::new(
-                LndErrorKind::Resource,
-                "the RDMA LND always listens: accept = \"none\" is for tcp nets only, so far",
-            ));
-        }
+        // `for_node` takes the node's keys and accept policy.
         let mut cfg = RdmaConfig::for_node(node);
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
         Ok(Box::new(RdmaLnd::bind(net.nid, cfg)?))
@@ -84,7 +74,7 @@ impl lanet::config::OpenLnd for OpenRdma {
 }
 
 /// Settings of an RDMA NI.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RdmaConfig {
     pub incarnation: u64,
     /// Receive credits offered per lane.
@@ -95,6 +85,9 @@ pub struct RdmaConfig {
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
     pub spin: Duration,
     pub reg_cache: RegCacheLimits,
+    /// Keys to authenticate connections with, and which to accept (with
+    /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
+    pub auth: Auth,
 }
 
 impl RdmaConfig {
@@ -110,16 +103,18 @@ impl RdmaConfig {
                 .and_then(|v| v.parse().ok())
                 .map_or(DEFAULT_SPIN, Duration::from_micros),
             reg_cache: RegCacheLimits::default(),
+            auth: cfg.auth.clone(),
         }
     }
 }
 
 /// What this node says about itself, where it listens, and how long it waits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Local {
     pub(crate) id: Identity,
     pub(crate) ip: Ipv4Addr,
     pub(crate) connect_timeout: Duration,
+    pub(crate) auth: Auth,
 }
 
 /// Everything but the connections, so a connection and this can be borrowed together.
@@ -229,7 +224,10 @@ impl RdmaLnd {
                 format!("cannot listen on {addr} (is it an address of an RDMA device's interface?): {e}"),
             )
         })?;
-        listener.listen(64).map_err(verbs_error)?;
+        // Bound even where it does not listen: the binding names the device.
+        if cfg.auth.listens() {
+            listener.listen(64).map_err(verbs_error)?;
+        }
         let device = listener.context().ok_or_else(|| {
             LndError::new(
                 LndErrorKind::Resource,
@@ -255,7 +253,15 @@ impl RdmaLnd {
                 )
                 .map_err(io)?;
         }
-        tracing::info!(%nid, device = device.name(), "RDMA LND listening on {addr}");
+        match cfg.auth.listens() {
+            true => tracing::info!(%nid, device = device.name(), "RDMA LND listening on {addr}"),
+            false => tracing::info!(%nid, device = device.name(),
+                "RDMA LND on {addr}, accepting no connections (accept = none)"),
+        }
+        if let Some(keys) = cfg.auth.keys() {
+            tracing::info!(%nid, "authenticating connections with keys {:?}, accept = {}",
+                keys.fingerprints(), cfg.auth.accept().name());
+        }
         Ok(RdmaLnd {
             ctx: Ctx {
                 local: Local {
@@ -267,6 +273,7 @@ impl RdmaLnd {
                     },
                     ip: *addr.ip(),
                     connect_timeout: cfg.connect_timeout,
+                    auth: cfg.auth.clone(),
                 },
                 pd,
                 cq,

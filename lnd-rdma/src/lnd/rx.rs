@@ -96,6 +96,11 @@ impl RdmaLnd {
         let limits = Limits {
             max_payload: self.ctx.local.id.max_payload,
         };
+        if let Some(conn::ConnAuth::AwaitingProof(pending, hello)) =
+            self.conns.get(id).map(|c| c.auth)
+        {
+            return self.on_first_message(id, index, len, &limits, (pending, hello));
+        }
         if self.conns.stage(id) == Some(Stage::Handshake) && !self.conns.is_dialled(id) {
             // A message can only come once the connection is established: this is as
             // good as the ESTABLISHED event, which may still be on its way.
@@ -163,6 +168,35 @@ impl RdmaLnd {
             }
             Message::Ctrl(prefix) => self.on_ctrl(id, prefix),
         }
+    }
+
+    /// The first message of a connection whose dialler owes its AUTH: copied out (its
+    /// buffer re-posted), then checked in `setup`.
+    fn on_first_message(
+        &mut self,
+        id: u32,
+        index: usize,
+        len: usize,
+        limits: &Limits,
+        awaiting: (lanet::handshake::auth::Pending, lanet::handshake::PeerHello),
+    ) {
+        let Some((cm, qp)) = self
+            .conns
+            .get_mut(id)
+            .and_then(|c| c.qp.as_mut().map(|qp| (&c.cm, qp)))
+        else {
+            return self.fail(id, protocol("message before the queue pair was made"));
+        };
+        let message = match qp.received(index, len).map(|b| parse(b, limits)) {
+            Some(Ok(Message::Eager(h, data))) => Ok((h, data)),
+            Some(Ok(_)) => Err("a driver message before the AUTH".to_owned()),
+            Some(Err(e)) => Err(e),
+            None => Err("completion for an unknown receive buffer".to_owned()),
+        };
+        if let Err(e) = conn::repost(cm, qp, id, index) {
+            return self.fail(id, e);
+        }
+        self.dialler_proof(id, message, awaiting);
     }
 
     fn on_ctrl(&mut self, id: u32, p: Prefix) {

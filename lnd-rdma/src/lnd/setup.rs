@@ -1,31 +1,27 @@
 //! Connection set-up over rdma_cm: dialling, accepting, HELLOs in private data, races,
-//! and handshake deadlines.
+//! authentication, and handshake deadlines.
+//!
+//! With keys ([`lanet::handshake::auth`]), the connect request carries the dialler's
+//! nonce, the accept its answer (nonce and proof, in the longer private data of a reply),
+//! and the dialler's AUTH is the first message on the new queue pair. The acceptor tells
+//! its connection table of the peer only once that AUTH checks out.
 
 use std::net::SocketAddrV4;
 
-use lanet::handshake::{check_hello, decode_compact, HandshakeError};
+use lanet::handshake::auth::{fresh_nonce, AcceptorStep, AuthError, DiallerStep};
+use lanet::handshake::{check_hello, decode_compact, CompactHello, HandshakeError};
 use lanet::lane::Lane;
 use lanet::lnd::conns::{Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind};
 use lanet::nid::Nid;
 use lanet::wire::HelloStatus;
 
-use super::conn::Conn;
+use super::conn::{Conn, ConnAuth, Ctrl};
 use super::{peer_addr, verbs_error, RdmaLnd, LISTENER_TAG};
 use crate::cm::{CmEvent, CmEventKind, CmId};
 
 fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
     LndError::new(kind, detail)
-}
-
-/// `id`'s HELLO for (peer, lane), in rdma_cm's private data.
-fn compact_hello(
-    id: &lanet::handshake::Identity,
-    peer: Nid,
-    lane: Lane,
-    status: HelloStatus,
-) -> [u8; lanet::handshake::COMPACT_HELLO_LEN] {
-    id.hello(lane).encode_compact(peer, status)
 }
 
 impl RdmaLnd {
@@ -61,8 +57,12 @@ impl RdmaLnd {
             return self.conns.dial_failed(peer, lane, e, &mut self.ctx.events);
         }
         tracing::debug!(%peer, %lane, "dialling {addr}");
-        self.conns
-            .dialled(id, peer, lane, Conn { cm, qp: None }, now);
+        let conn = Conn {
+            cm,
+            qp: None,
+            auth: ConnAuth::Done,
+        };
+        self.conns.dialled(id, peer, lane, conn, now);
     }
 
     pub(super) fn on_cm_event(&mut self, ev: CmEvent) {
@@ -77,7 +77,24 @@ impl RdmaLnd {
         };
         let timeout_ms = self.timeout_ms();
         let Some((peer, lane)) = self.conns.peer(id) else {
-            return; // for a connection already failed and forgotten
+            // Forgotten already, or accepted and awaiting the dialler's AUTH (which its
+            // first message brings; until then, only its end matters).
+            let unproven = self.conns.get(id).is_some();
+            let ended = matches!(
+                ev.kind,
+                CmEventKind::Disconnected
+                    | CmEventKind::Unreachable
+                    | CmEventKind::Rejected
+                    | CmEventKind::Error(_)
+            );
+            if unproven && ended {
+                let e = err(
+                    LndErrorKind::Reset,
+                    format!("{:?} before its AUTH", ev.kind),
+                );
+                self.fail(id, e);
+            }
+            return;
         };
         let dialled = self.conns.is_dialled(id);
         tracing::trace!(id, kind = ?ev.kind, status = ev.status, "rdma_cm event");
@@ -89,7 +106,22 @@ impl RdmaLnd {
                 }
             }
             CmEventKind::RouteResolved => {
-                if let Err(e) = self.qp_and_hello(id, peer, lane, CmId::connect) {
+                let nonce = self
+                    .ctx
+                    .local
+                    .auth
+                    .dialler_hello(fresh_nonce)
+                    .map(|a| a.nonce);
+                let hello = self
+                    .ctx
+                    .local
+                    .id
+                    .hello(lane)
+                    .encode_compact_dial(peer, nonce);
+                if let (Some(nonce), Some(conn)) = (nonce, self.conns.get_mut(id)) {
+                    conn.auth = ConnAuth::Dialled(nonce);
+                }
+                if let Err(e) = self.qp_and_send(id, lane, CmId::connect, &hello) {
                     self.fail(id, e);
                 }
             }
@@ -114,27 +146,49 @@ impl RdmaLnd {
         }
     }
 
-    /// Our connect was accepted: the reply's private data is the peer's HELLO.
+    /// Our connect was accepted: the reply's private data is the peer's HELLO (with its
+    /// proof of a key, if it has keys; ours goes first on the queue pair).
     fn dial_answered(&mut self, id: u32, private: &[u8]) {
         let Some((peer, lane)) = self.conns.peer(id) else {
             return;
         };
+        let local = self.ctx.local.id.hello(lane);
+        let sent = match self.conns.get(id).map(|c| c.auth) {
+            Some(ConnAuth::Dialled(nonce)) => Some(nonce),
+            _ => None,
+        };
         let checked = decode_compact(private, self.ctx.local.id.nid)
-            .map(|c| c.header)
             .map_err(|e| e.to_string())
-            .and_then(|h| {
-                check_hello(&self.ctx.local.id.hello(lane), Some(peer), &h)
-                    .map_err(|e| e.to_string())
+            .and_then(|CompactHello { header, auth }| {
+                let hello = check_hello(&local, Some(peer), &header).map_err(|e| e.to_string())?;
+                let step =
+                    self.ctx
+                        .local
+                        .auth
+                        .dialler_step(&(&local).into(), &hello, sent, auth.as_ref());
+                step.map(|step| (hello, step))
+                    .map_err(|e| format!("not connecting to {peer}: {e}"))
             });
         match checked {
-            Ok(hello) => {
+            Ok((hello, step)) => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.auth = ConnAuth::Done;
+                    if let (DiallerStep::Prove(proof), Some(qp)) = (step, conn.qp.as_mut()) {
+                        // Driver work goes before any frame: the AUTH is the first message.
+                        let (h, p) = local.auth_frame(peer, &proof);
+                        qp.ctrl.push_back(Ctrl::Frame(h, p));
+                    }
+                }
                 let now = self.now();
                 let old = self.conns.answered(id, hello, now, &mut self.ctx.events);
                 self.retire(old);
                 tracing::debug!(%peer, %lane, "connection up");
                 self.pump(id);
             }
-            Err(e) => self.fail(id, err(LndErrorKind::Refused, e)),
+            Err(e) => {
+                tracing::warn!(nid = %self.ctx.local.id.nid, "{e}");
+                self.fail(id, err(LndErrorKind::Refused, e))
+            }
         }
     }
 
@@ -145,16 +199,21 @@ impl RdmaLnd {
             return self.fail(id, err(LndErrorKind::Refused, "rejected"));
         };
         let local = self.ctx.local.id.nid;
-        let race = decode_compact(&ev.private_data, local).is_ok_and(|c| {
-            check_hello(&self.ctx.local.id.hello(lane), Some(peer), &c.header)
-                == Err(HandshakeError::LostRace)
-        });
-        if !race {
-            let why = format!(
-                "connection refused by {peer} (rdma_cm reject, status {})",
-                ev.status
-            );
-            return self.fail(id, err(LndErrorKind::Refused, why));
+        let said = decode_compact(&ev.private_data, local)
+            .map(|c| check_hello(&self.ctx.local.id.hello(lane), Some(peer), &c.header));
+        match said {
+            Ok(Err(HandshakeError::LostRace)) => {}
+            Ok(Err(e @ HandshakeError::KeyRequired { .. })) => {
+                tracing::warn!(nid = %local, "{e}");
+                return self.fail(id, err(LndErrorKind::Refused, e.to_string()));
+            }
+            _ => {
+                let why = format!(
+                    "connection refused by {peer} (rdma_cm reject, status {})",
+                    ev.status
+                );
+                return self.fail(id, err(LndErrorKind::Refused, why));
+            }
         }
         // Our dial goes quietly (its QP with it); the peer's dial answers the request.
         let now = self.now();
@@ -166,31 +225,71 @@ impl RdmaLnd {
         let Some(mut cm) = CmId::adopt(&self.channel, &ev) else {
             return;
         };
-        let hello = decode_compact(&ev.private_data, self.ctx.local.id.nid)
-            .map(|c| c.header)
-            .map_err(|e| e.to_string())
-            .and_then(|h| {
-                check_hello(&self.ctx.local.id.hello(h.lane), None, &h).map_err(|e| e.to_string())
+        // On refusal: why, and what to tell the dialler (a keyless one hears KeyRequired).
+        let checked = decode_compact(&ev.private_data, self.ctx.local.id.nid)
+            .map_err(|e| (e.to_string(), Vec::new()))
+            .and_then(|CompactHello { header, auth }| {
+                let local = self.ctx.local.id.hello(header.lane);
+                let hello =
+                    check_hello(&local, None, &header).map_err(|e| (e.to_string(), Vec::new()))?;
+                let step = self.ctx.local.auth.acceptor_step(
+                    &(&local).into(),
+                    &hello,
+                    auth.as_ref(),
+                    fresh_nonce,
+                );
+                step.map(|step| (hello, step)).map_err(|e| {
+                    let say = match e {
+                        AuthError::PeerHasNoKey { .. } => local
+                            .encode_compact(hello.nid, HelloStatus::KeyRequired)
+                            .to_vec(),
+                        _ => Vec::new(),
+                    };
+                    (e.to_string(), say)
+                })
             });
-        let hello = match hello {
-            Ok(h) => h,
-            Err(e) => {
+        let (hello, step) = match checked {
+            Ok(c) => c,
+            Err((e, say)) => {
                 tracing::warn!(nid = %self.ctx.local.id.nid, "refusing a connection: {e}");
-                if let Err(e) = cm.reject(&[]) {
+                if let Err(e) = cm.reject(&say) {
                     tracing::warn!("rdma_reject: {e}");
                 }
                 return;
             }
         };
         let (peer, lane) = (hello.nid, hello.lane);
+        let local = self.ctx.local.id.hello(lane);
         let id = self.new_conn_id();
         cm.set_tag(u64::from(id));
         let now = self.now();
-        self.conns.accepted(id, Conn { cm, qp: None }, now);
+        if let AcceptorStep::Challenge { reply, pending } = step {
+            if !self.conns.loses_race(&hello, now) {
+                // The table hears of the peer only once its AUTH checks out.
+                let conn = Conn {
+                    cm,
+                    qp: None,
+                    auth: ConnAuth::AwaitingProof(pending, hello),
+                };
+                self.conns.accepted(id, conn, now);
+                let answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
+                if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer) {
+                    tracing::warn!(%peer, %lane, "cannot accept: {e}");
+                    self.fail(id, e);
+                }
+                return;
+            }
+        }
+        let conn = Conn {
+            cm,
+            qp: None,
+            auth: ConnAuth::Done,
+        };
+        self.conns.accepted(id, conn, now);
         match self.conns.incoming(id, hello, now) {
             Incoming::Refuse => {
                 tracing::debug!(%peer, %lane, "refusing a connection: lost a connection race");
-                let race = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Race);
+                let race = local.encode_compact(peer, HelloStatus::Race);
                 if let Some(conn) = self.conns.remove(id) {
                     if let Err(e) = conn.cm.reject(&race) {
                         tracing::warn!("rdma_reject: {e}");
@@ -199,7 +298,8 @@ impl RdmaLnd {
             }
             Incoming::Accept { lost_dial } => {
                 self.retire(lost_dial);
-                if let Err(e) = self.qp_and_hello(id, peer, lane, CmId::accept) {
+                let answer = local.encode_compact(peer, HelloStatus::Ok);
+                if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer) {
                     tracing::warn!(%peer, %lane, "cannot accept: {e}");
                     self.fail(id, e);
                 }
@@ -207,20 +307,69 @@ impl RdmaLnd {
         }
     }
 
-    /// Creates connection `id`'s queue pair, then hands our HELLO to `send` (rdma_connect
-    /// for our dial, rdma_accept for the peer's).
-    fn qp_and_hello(
+    /// Creates connection `id`'s queue pair, then hands our HELLO (`private`) to `send`
+    /// (rdma_connect for our dial, rdma_accept for the peer's).
+    fn qp_and_send(
         &mut self,
         id: u32,
-        peer: Nid,
         lane: Lane,
         send: fn(&CmId, &[u8]) -> Result<(), crate::verbs::VerbsError>,
+        private: &[u8],
     ) -> Result<(), LndError> {
-        let hello = compact_hello(&self.ctx.local.id, peer, lane, HelloStatus::Ok);
         let cq_in_use = self.cq_in_use(lane);
         let conn = self.conns.get_mut(id).expect("the caller found it");
         conn.create_qp(id, lane, cq_in_use, &mut self.ctx)?;
-        send(&conn.cm, &hello).map_err(verbs_error)
+        send(&conn.cm, private).map_err(verbs_error)
+    }
+
+    /// The first message on an accepted connection awaiting its dialler's AUTH (`ConnAuth::
+    /// AwaitingProof`): it must be that AUTH, with a good proof. Then the table hears of
+    /// the peer, and the connection is up (or, if a race was decided meanwhile, closed).
+    pub(super) fn dialler_proof(
+        &mut self,
+        id: u32,
+        message: Result<(lanet::wire::Header, bytes::Bytes), String>,
+        (pending, hello): (lanet::handshake::auth::Pending, lanet::handshake::PeerHello),
+    ) {
+        let (peer, local) = (hello.nid, self.ctx.local.id.nid);
+        let checked = message.and_then(|(h, payload)| match h.body {
+            lanet::wire::Body::Auth
+                if (h.src, h.dst, h.lane, h.credits) == (peer, local, hello.lane, 0) =>
+            {
+                lanet::handshake::auth::Proof::decode(&payload)
+                    .map_err(|e| format!("{peer}: {e}"))
+                    .and_then(|proof| {
+                        let checked = self.ctx.local.auth.check_dialler(&pending, &proof);
+                        checked.map_err(|e| e.to_string())
+                    })
+            }
+            lanet::wire::Body::Auth => {
+                Err(format!("{peer}: its AUTH names other ends than its HELLO"))
+            }
+            _ => Err(format!(
+                "{peer} sent {:?} before proving a key (this node authenticates its peers)",
+                h.frame_type()
+            )),
+        });
+        if let Err(e) = checked {
+            tracing::warn!(nid = %local, "refusing a connection: {e}");
+            return self.fail(id, err(LndErrorKind::Refused, e));
+        }
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.auth = ConnAuth::Done;
+        }
+        let now = self.now();
+        match self.conns.incoming(id, hello, now) {
+            Incoming::Accept { lost_dial } => {
+                self.retire(lost_dial);
+                self.mark_up(id);
+            }
+            Incoming::Refuse => {
+                // Our own dial to it came up meanwhile and wins: the peer hears this one
+                // close and uses ours.
+                self.fail(id, err(LndErrorKind::Closed, "lost a connection race"));
+            }
+        }
     }
 
     /// Accepted connection `id` is established: it replaces any older one to the same

@@ -152,9 +152,11 @@ fn a_dial_and_an_accept_shake_hands_and_carry_frames() {
 fn simultaneous_dials_leave_one_connection_and_no_failure() {
     let now = Instant::now();
     let (n1, n2) = (Nid::mem(1, 0), Nid::mem(2, 0));
-    // Both orders of arrival: the refusal may overtake the winner's HELLO or follow it.
-    for refusal_first in [true, false] {
-        let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    // Both orders of arrival: the refusal may overtake the winner's HELLO or follow it;
+    // without keys, and with (the winner is up on B once its AUTH arrives).
+    for (refusal_first, keys) in [(true, false), (false, false), (true, true), (false, true)] {
+        let node = |n| if keys { keyed(n, KEY) } else { local(n) };
+        let (mut a, mut b) = (Engine::new(node(1)), Engine::new(node(2)));
         assert!(a.want_connect(n2, Lane::Data, now));
         assert!(b.want_connect(n1, Lane::Data, now));
         // A's dial: a socket 1 <-> b socket 201. B's dial: b socket 2 <-> a socket 102.
@@ -174,6 +176,7 @@ fn simultaneous_dials_leave_one_connection_and_no_failure() {
             carry(&mut a, 102, &mut b, 2, now); // the refusal finds B's dial already dropped
         }
         carry(&mut b, 201, &mut a, 1, now); // B's reply: A is up
+        carry(&mut a, 1, &mut b, 201, now); // A's AUTH, if it owes one: B is up
         let (ea, eb) = (events(&mut a), events(&mut b));
         assert_eq!(connected(&ea), vec![(n2, Lane::Data)], "A: {ea:?}");
         assert_eq!(connected(&eb), vec![(n1, Lane::Data)], "B: {eb:?}");

@@ -126,7 +126,7 @@ impl ConfigFile {
                     accept.name()
                 );
             }
-            (None, Accept::None) => {
+            (None, Accept::DialOnly) => {
                 let _ = writeln!(t, "\n[auth]\naccept = \"none\"");
             }
             (None, _) => {}

@@ -417,9 +417,9 @@ pub enum Accept {
     /// The default without keys.
     #[default]
     All,
-    /// None: the node listens on no port and only dials (a client that needs no calls
+    /// `none`: the node listens on no port and only dials (a client that needs no calls
     /// back). Peers it dials must prove they hold a key, if it has keys.
-    None,
+    DialOnly,
 }
 
 impl Accept {
@@ -427,7 +427,7 @@ impl Accept {
         match self {
             Accept::Secure => "secure",
             Accept::All => "all",
-            Accept::None => "none",
+            Accept::DialOnly => "none",
         }
     }
 }
@@ -438,7 +438,7 @@ impl std::str::FromStr for Accept {
         match s {
             "secure" => Ok(Accept::Secure),
             "all" => Ok(Accept::All),
-            "none" => Ok(Accept::None),
+            "none" => Ok(Accept::DialOnly),
             _ => Err(format!("accept is secure, all or none, not {s:?}")),
         }
     }
@@ -523,7 +523,7 @@ impl Auth {
 
     /// Whether the node listens for connections at all.
     pub fn listens(&self) -> bool {
-        self.accept != Accept::None
+        self.accept != Accept::DialOnly
     }
 
     /// Whether a peer that does not prove a key is refused.

@@ -96,7 +96,7 @@ fn without_a_key_a_secure_node_refuses_and_an_open_one_lets_in() {
     let (d, _) = handshake(&auth(&[OLD], None), &none);
     assert!(matches!(d, Err(AuthError::PeerHasNoKey { .. })), "{d:?}");
     // accept = none: dialled peers must prove too.
-    let (d, _) = handshake(&auth(&[OLD], Some(Accept::None)), &none);
+    let (d, _) = handshake(&auth(&[OLD], Some(Accept::DialOnly)), &none);
     assert!(matches!(d, Err(AuthError::PeerHasNoKey { .. })), "{d:?}");
     // accept = all: keyless peers are let in either way, keyed ones authenticate.
     let all = auth(&[OLD], Some(Accept::All));
@@ -319,5 +319,5 @@ fn secure_without_keys_is_a_configuration_error() {
         Auth::new(Some(keys(&[OLD])), None).unwrap().accept(),
         Accept::Secure
     );
-    assert!(!Auth::new(None, Some(Accept::None)).unwrap().listens());
+    assert!(!Auth::new(None, Some(Accept::DialOnly)).unwrap().listens());
 }
