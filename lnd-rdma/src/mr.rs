@@ -82,20 +82,30 @@ impl Drop for Registration {
     }
 }
 
-/// Driver-owned registered memory (message buffers), for local access and remote
-/// read/write.
+/// Driver-owned registered memory: message buffers, for the adapter's local access only
+/// ([`Mr::new`]: a peer, authenticated or not, can neither read nor write them), or
+/// memory peers may read and write ([`Mr::with_remote_access`]).
 pub struct Mr {
     reg: Registration,
     buf: Box<[u8]>,
 }
 
 impl Mr {
-    /// Registers `len` zeroed bytes.
+    /// Registers `len` zeroed bytes for local access (SEND sources, RECV targets).
     pub fn new(pd: &Pd, len: usize) -> Result<Mr, VerbsError> {
-        let mut buf = vec![0u8; len.max(1)].into_boxed_slice();
+        Mr::register(pd, len, sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE)
+    }
+
+    /// Registers `len` zeroed bytes that peers may also RDMA-READ and -WRITE.
+    pub fn with_remote_access(pd: &Pd, len: usize) -> Result<Mr, VerbsError> {
         let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
             | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
             | sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ;
+        Mr::register(pd, len, access)
+    }
+
+    fn register(pd: &Pd, len: usize, access: sys::ibv_access_flags) -> Result<Mr, VerbsError> {
+        let mut buf = vec![0u8; len.max(1)].into_boxed_slice();
         // SAFETY: the buffer is writable, and freed only after the registration (field order).
         let mr = unsafe { register(pd, buf.as_mut_ptr(), buf.len(), access)? };
         Ok(Mr {

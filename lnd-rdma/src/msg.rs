@@ -5,7 +5,8 @@
 //! (4). Frame kinds follow it with a lanet header (96 bytes) and, for eager frames, the
 //! payload.
 //!
-//! * `Eager`: a frame with its payload inline (small payloads).
+//! * `Eager`: a frame with its payload inline (small payloads). The dialler's AUTH, the
+//!   first message of an authenticated connection, is one too (it spends no credit).
 //! * `PutReq`: a frame whose payload (`len` bytes) stays with the sender until the receiver
 //!   answers with a `SinkAck` naming registered memory; the sender RDMA-WRITEs it there and
 //!   sends `WriteDone` (o2iblnd's PUT_REQ, PUT_ACK, PUT_DONE).

@@ -49,6 +49,38 @@ pub fn pattern(len: usize, seed: u8) -> Bytes {
         .into()
 }
 
+/// Marks a [`tagged`] payload.
+const TAG_MAGIC: &[u8; 4] = b"LNTG";
+/// Bytes before a tagged payload's pattern: magic, tag, seed.
+const TAG_LEN: usize = 13;
+
+/// A payload of `len` bytes (at least 13) that names `tag`: a receiver can tell it from
+/// every other one, and check it intact ([`untag`]).
+pub fn tagged(tag: u64, len: usize) -> Bytes {
+    assert!(
+        len >= TAG_LEN,
+        "a tagged payload has at least {TAG_LEN} bytes"
+    );
+    let seed = tag as u8;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(TAG_MAGIC);
+    b.extend_from_slice(&tag.to_le_bytes());
+    b.push(seed);
+    b.extend_from_slice(&pattern(len - TAG_LEN, seed));
+    b.into()
+}
+
+/// The tag of a [`tagged`] payload, and whether it is intact; None if it is not one.
+pub fn untag(payload: &[u8]) -> Option<(u64, bool)> {
+    if payload.len() < TAG_LEN || &payload[..4] != TAG_MAGIC {
+        return None;
+    }
+    let tag = u64::from_le_bytes(payload[4..12].try_into().expect("8 bytes"));
+    let seed = payload[12];
+    let intact = seed == tag as u8 && payload[TAG_LEN..] == pattern(payload.len() - TAG_LEN, seed);
+    Some((tag, intact))
+}
+
 /// The driver for `nid`'s net: TCP for `tcp` NIDs, RDMA for `o2ib` ones.
 pub fn bind_lnd(
     nid: lanet::Nid,

@@ -150,6 +150,62 @@ impl Lab {
         ip(&args)
     }
 
+    /// Puts `tc netem` with `spec` (e.g. "delay 20ms 10ms", "loss 2%") on host `n`'s
+    /// cable on net `net`, towards the host; None takes it off.
+    pub fn set_netem(&self, net: usize, n: u8, spec: Option<&str>) -> Result<(), String> {
+        let port = self.port(net, n);
+        let mut args = vec!["netns", "exec", &self.switch, "tc", "qdisc"];
+        match spec {
+            Some(spec) => {
+                args.extend(["replace", "dev", &port, "root", "netem"]);
+                args.extend(spec.split_whitespace());
+                ip(&args)
+            }
+            None => {
+                args.extend(["del", "dev", &port, "root"]);
+                // Nothing to take off is no error.
+                let _ = ip(&args);
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Lab::set_netem`] on many cables at once (one `tc` process: each costs time in an
+    /// emulated VM).
+    pub fn set_netem_many(&self, cables: &[(usize, u8)], spec: Option<&str>) -> Result<(), String> {
+        use std::io::Write;
+        let mut batch = String::new();
+        for &(net, n) in cables {
+            let port = self.port(net, n);
+            match spec {
+                Some(spec) => batch += &format!("qdisc replace dev {port} root netem {spec}\n"),
+                None => batch += &format!("qdisc del dev {port} root\n"),
+            }
+        }
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.switch, "tc", "-force", "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("tc: {e}"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(batch.as_bytes())
+            .map_err(|e| format!("tc: {e}"))?;
+        let out = child.wait_with_output().map_err(|e| format!("tc: {e}"))?;
+        // Taking off what is not there fails harmlessly.
+        if out.status.success() || spec.is_none() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tc -batch: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
     /// Cuts (or mends) the path between hosts `a` and `b` on net `net` only: each drops
     /// what it would send the other (a firewall rule, in effect).
     pub fn set_cut(&self, net: usize, a: &Host, b: &Host, cut: bool) -> Result<(), String> {

@@ -14,6 +14,14 @@ use crate::{SINK_PORTAL, SIZES, SOURCE_PORTAL};
 /// Guards against a hang only; nothing in the process tests should take this long.
 pub const HANG: Option<Duration> = Some(Duration::from_secs(120));
 
+/// What a peer received, as it says when it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// PUT payloads that were what their sender made.
+    pub intact: u64,
+    pub corrupt: u64,
+}
+
 pub struct Peer {
     pub child: Child,
     pub nid: Nid,
@@ -52,6 +60,17 @@ impl Peer {
     ) -> Option<Peer> {
         let args = ["--config".to_owned(), config.display().to_string()];
         Peer::spawn(prefix, exe, &args, nid, quiet)
+    }
+
+    /// Starts `exe` with `args` (as `lanet-peer` takes them), behind `prefix`.
+    pub fn start_with_args(
+        prefix: &[String],
+        exe: &str,
+        args: &[String],
+        nid: Nid,
+        quiet: bool,
+    ) -> Option<Peer> {
+        Peer::spawn(prefix, exe, args, nid, quiet)
     }
 
     fn spawn(prefix: &[String], exe: &str, args: &[String], nid: Nid, quiet: bool) -> Option<Peer> {
@@ -123,7 +142,13 @@ impl Peer {
 
     /// Closes the peer's input so it shuts down, and returns what it says last: how many
     /// PUT payloads it received intact and corrupt.
-    pub fn finish(mut self) -> (u64, u64) {
+    pub fn finish(self) -> (u64, u64) {
+        let c = self.finish_counts();
+        (c.intact, c.corrupt)
+    }
+
+    /// [`Peer::finish`], with the peer's counts by name.
+    pub fn finish_counts(mut self) -> PeerCounts {
         drop(self.child.stdin.take());
         let mut line = String::new();
         let stdout = self.stdout.as_mut().expect("read once");
@@ -131,9 +156,10 @@ impl Peer {
         let _ = self.child.wait();
         let words: Vec<&str> = line.split_whitespace().collect();
         match words[..] {
-            ["puts", "intact", ok, "corrupt", bad] => {
-                (ok.parse().expect("a count"), bad.parse().expect("a count"))
-            }
+            ["puts", "intact", ok, "corrupt", bad] => PeerCounts {
+                intact: ok.parse().expect("a count"),
+                corrupt: bad.parse().expect("a count"),
+            },
             _ => panic!("unexpected summary from the peer: {line:?}"),
         }
     }

@@ -57,7 +57,7 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
     let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
     println!("{out}");
     // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
-    assert!(out.contains("test result: ok. 8 passed"), "{out}");
+    assert!(out.contains("test result: ok. 9 passed"), "{out}");
 }
 
 #[test]
@@ -448,6 +448,10 @@ const KEY: &str = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c
 const OTHER_KEY: &str = "7e240de74fb1ed08fa08d38063f6a6a97e240de74fb1ed08fa08d38063f6a6a9";
 
 fn keyed_lnd(nid: Nid, key: Option<&str>) -> RdmaLnd {
+    keyed_lnd_with(nid, key, |_| {})
+}
+
+fn keyed_lnd_with(nid: Nid, key: Option<&str>, tune: impl FnOnce(&mut RdmaConfig)) -> RdmaLnd {
     use lanet::handshake::auth::{Auth, Keys};
     assert!(
         std::env::var_os(IN_RXE_VM).is_some(),
@@ -460,6 +464,7 @@ fn keyed_lnd(nid: Nid, key: Option<&str>) -> RdmaLnd {
         Some(k) => Auth::new(Some(Keys::parse(k).unwrap()), None).unwrap(),
         None => Auth::open(),
     };
+    tune(&mut cfg);
     RdmaLnd::bind(nid, cfg).expect("the RDMA LND on rxe0")
 }
 
@@ -484,7 +489,7 @@ fn vm_driver_authenticates_both_lanes_and_refuses_wrong_and_missing_keys() {
             .iter()
             .all(|&l| connected(&s[0], l) == 1 && connected(&s[1], l) == 1)
     });
-    // The dialler sends at once, behind its AUTH; the acceptor hears it once up.
+    // Up on both sides, the lanes carry frames.
     a.post(frame(an, bn, PUT, pattern(10, 1), 1));
     run_until(&mut a, &mut b, &mut seen, |s| {
         sent(&s[0], 1).is_some() && s[1].iter().any(|e| matches!(e, LndEvent::Received { .. }))
@@ -493,7 +498,8 @@ fn vm_driver_authenticates_both_lanes_and_refuses_wrong_and_missing_keys() {
     assert_eq!(take_last(&mut a, &mut b, &mut seen).0, pattern(10, 1));
 
     // Another key: the dial fails saying so, and B never reports the stranger up.
-    let (cn, dn) = nids(7510);
+    let (cn, _) = nids(7510);
+    let (dn, _) = nids(7520);
     let mut seen = [Vec::new(), Vec::new()];
     let mut c = keyed_lnd(cn, Some(OTHER_KEY));
     c.connect(bn, Lane::Health);
@@ -520,4 +526,186 @@ fn vm_driver_authenticates_both_lanes_and_refuses_wrong_and_missing_keys() {
             "{evs:?}"
         );
     }
+}
+
+// ---- Impostors: a raw rdma_cm dialler against a keyed driver ----
+
+/// A raw rdma_cm connection from `from` to `to`, with `private` in its request; the
+/// event that answered it (ESTABLISHED or REJECTED), while `b` is polled.
+struct RawDial {
+    ch: std::sync::Arc<lanet_lnd_rdma::cm::EventChannel>,
+    id: lanet_lnd_rdma::cm::CmId,
+    pd: lanet_lnd_rdma::verbs::Pd,
+    _cq: lanet_lnd_rdma::verbs::Cq,
+}
+
+impl RawDial {
+    fn start(from: std::net::Ipv4Addr, to: Nid, private: &[u8]) -> RawDial {
+        use lanet_lnd_rdma::cm::{CmEventKind, CmId, EventChannel};
+        use lanet_lnd_rdma::verbs::{Cq, Pd};
+        let ch = EventChannel::new().unwrap();
+        let mut id = CmId::new(&ch).unwrap();
+        let to = to.socket_addr(lanet_lnd_rdma::DEFAULT_PORT).unwrap();
+        id.resolve_addr(Some(std::net::SocketAddrV4::new(from, 0)), to, 5000)
+            .unwrap();
+        ch.expect(CmEventKind::AddrResolved).unwrap();
+        id.resolve_route(5000).unwrap();
+        ch.expect(CmEventKind::RouteResolved).unwrap();
+        let ctx = id.context().expect("bound to a device");
+        let (pd, cq) = (Pd::new(&ctx).unwrap(), Cq::new(&ctx, 64).unwrap());
+        id.create_qp(&pd, &cq, 16).unwrap();
+        id.connect(private).unwrap();
+        ch.set_nonblocking().unwrap();
+        RawDial {
+            ch,
+            id,
+            pd,
+            _cq: cq,
+        }
+    }
+
+    /// The next rdma_cm event of this connection, polling `b` (and collecting its events
+    /// into `seen`) meanwhile.
+    fn next(
+        &self,
+        b: &mut RdmaLnd,
+        seen: &mut Vec<LndEvent>,
+        within: Duration,
+    ) -> Option<lanet_lnd_rdma::cm::CmEvent> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(e) = self.ch.try_next().unwrap() {
+                return Some(e);
+            }
+            b.poll(seen, Some(Duration::from_millis(1))).unwrap();
+        }
+        None
+    }
+}
+
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_refuses_impostors_and_serves_on() {
+    use lanet::handshake::auth::HelloAuth;
+    use lanet::handshake::{decode_compact, LocalHello};
+    use lanet::wire::HelloStatus;
+    use lanet_lnd_rdma::cm::CmEventKind;
+    let (an, bn) = nids(7600);
+    let mut b = keyed_lnd(bn, Some(KEY));
+    let mut seen_b = Vec::new();
+    let from: std::net::Ipv4Addr = "10.0.2.16".parse().unwrap();
+    let me: Nid = "10.0.2.16:7609@o2ib".parse().unwrap();
+    let hello = |lane| LocalHello {
+        nid: me,
+        incarnation: 99,
+        lane,
+        credits: 8,
+        max_payload: 1 << 20,
+    };
+    let within = Duration::from_secs(30);
+
+    // Garbage, and too short: rejected.
+    for private in [vec![0x5a; 56], vec![1; 8]] {
+        let d = RawDial::start(from, bn, &private);
+        let e = d.next(&mut b, &mut seen_b, within).expect("an answer");
+        assert_eq!(e.kind, CmEventKind::Rejected, "{private:?}");
+    }
+    // A HELLO without a nonce: rejected, saying a key is required.
+    let d = RawDial::start(
+        from,
+        bn,
+        &hello(Lane::Data).encode_compact(bn, HelloStatus::Ok),
+    );
+    let e = d.next(&mut b, &mut seen_b, within).expect("an answer");
+    assert_eq!(e.kind, CmEventKind::Rejected);
+    let said = decode_compact(&e.private_data, me).expect("a HELLO in the reject");
+    assert!(matches!(
+        said.header.body,
+        Body::Hello {
+            status: HelloStatus::KeyRequired,
+            ..
+        }
+    ));
+    // A nonce, as a keyed dialler's: accepted with a challenge ...
+    let nonce = Some([3; 16]);
+    let d = RawDial::start(
+        from,
+        bn,
+        &hello(Lane::Health).encode_compact_dial(bn, nonce),
+    );
+    let e = d.next(&mut b, &mut seen_b, within).expect("an answer");
+    assert_eq!(e.kind, CmEventKind::Established);
+    let said = decode_compact(&e.private_data, me).expect("B's HELLO");
+    assert!(said.auth.is_some_and(|a: HelloAuth| a.proof.is_some()));
+    // ... and with no AUTH ever, torn down by B's handshake deadline (5 s).
+    let e = d.next(&mut b, &mut seen_b, within).expect("the end");
+    assert_eq!(e.kind, CmEventKind::Disconnected);
+    // Again, and a message that is not the AUTH: torn down at once.
+    let d = RawDial::start(from, bn, &hello(Lane::Data).encode_compact_dial(bn, nonce));
+    assert_eq!(
+        d.next(&mut b, &mut seen_b, within).expect("an answer").kind,
+        CmEventKind::Established
+    );
+    let mr = lanet_lnd_rdma::mr::Mr::new(&d.pd, 4096).unwrap();
+    // SAFETY: `mr` outlives the send (the connection is dropped first, below).
+    unsafe { d.id.post_send(mr.sge(0, 200), 1) }.unwrap();
+    let e = d
+        .next(&mut b, &mut seen_b, Duration::from_secs(4))
+        .expect("the end");
+    // Torn down: a DREQ, or a REJ if B had not yet seen its side established.
+    assert!(
+        matches!(e.kind, CmEventKind::Disconnected | CmEventKind::Rejected),
+        "{:?}",
+        e.kind
+    );
+    drop(d);
+    assert!(
+        !seen_b
+            .iter()
+            .any(|e| matches!(e, LndEvent::Connected { .. } | LndEvent::Received { .. })),
+        "nothing from an impostor reaches the core: {seen_b:?}"
+    );
+
+    // A flood of connections that never prove a key: past `max_pending_accepts` (2 here;
+    // a handshake deadline of 60 s, so only the bound can end them) the oldest goes.
+    let (cn, _) = nids(7620);
+    let mut c = keyed_lnd_with(cn, Some(KEY), |cfg| {
+        cfg.max_pending_accepts = 2;
+        cfg.connect_timeout = Duration::from_secs(60);
+    });
+    let mut seen_c = Vec::new();
+    let dials: Vec<RawDial> = (0..3)
+        .map(|_| {
+            let d = RawDial::start(from, cn, &hello(Lane::Data).encode_compact_dial(cn, nonce));
+            let e = d.next(&mut c, &mut seen_c, within).expect("an answer");
+            assert_eq!(e.kind, CmEventKind::Established);
+            d
+        })
+        .collect();
+    let e = dials[0]
+        .next(&mut c, &mut seen_c, within)
+        .expect("the oldest ends");
+    assert!(matches!(
+        e.kind,
+        CmEventKind::Disconnected | CmEventKind::Rejected
+    ));
+    for d in &dials[1..] {
+        assert!(
+            d.next(&mut c, &mut seen_c, Duration::from_millis(500))
+                .is_none(),
+            "still held"
+        );
+    }
+    drop(dials);
+
+    // A keyed peer is served all along.
+    let mut a = keyed_lnd(an, Some(KEY));
+    let mut seen = [Vec::new(), seen_b];
+    a.connect(bn, Lane::Data);
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        connected(&s[0], Lane::Data) == 1
+    });
+    a.post(frame(an, bn, PUT, pattern(10, 7), 1));
+    run_until(&mut a, &mut b, &mut seen, |s| sent(&s[0], 1).is_some());
+    assert_eq!(sent(&seen[0], 1), Some(&Ok(())));
 }

@@ -87,7 +87,7 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     let cctx = client.context().expect("bound to a device");
     let (cpd, ccq) = (Pd::new(&cctx).unwrap(), Cq::new(&cctx, 64).unwrap());
     client.create_qp(&cpd, &ccq, 16).unwrap();
-    let mut cmr = Mr::new(&cpd, 128 * 1024).unwrap();
+    let mut cmr = Mr::with_remote_access(&cpd, 128 * 1024).unwrap();
     client.connect(b"lanet-client").unwrap();
 
     // Server: adopt the request, create its QP and memory, accept with where to write.
@@ -97,7 +97,7 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     let sctx = conn.context().expect("bound to a device");
     let (spd, scq) = (Pd::new(&sctx).unwrap(), Cq::new(&sctx, 64).unwrap());
     conn.create_qp(&spd, &scq, 16).unwrap();
-    let smr = Mr::new(&spd, 256 * 1024).unwrap();
+    let smr = Mr::with_remote_access(&spd, 256 * 1024).unwrap();
     // SAFETY: `smr` outlives the connection and is not touched until the receive completes.
     unsafe { conn.post_recv(smr.sge(0, 4096), 10) }.unwrap();
     let mut sink = smr.addr().to_le_bytes().to_vec();

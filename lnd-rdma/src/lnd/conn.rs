@@ -34,8 +34,9 @@ pub(crate) const SEND_SLOTS: usize = 64;
 const RECV_BIT: u64 = 1 << 31;
 
 /// Receives to pre-post when offering `credits`: one per credit, as many again for CREDIT
-/// frames (they need no credit, and at most one per credit can be in flight), and two per
-/// deferred payload for the driver's own messages, plus one spare.
+/// frames (they need no credit, and at most one per credit can be in flight), two per
+/// deferred payload for the driver's own messages, and one for the dialler's AUTH (the
+/// first message of an authenticated connection; it spends no credit either).
 pub(crate) fn recv_buffers(credits: u16) -> usize {
     2 * usize::from(credits) + 2 * RDV_MAX + 1
 }

@@ -69,6 +69,7 @@ impl lanet::config::OpenLnd for OpenRdma {
         // `for_node` takes the node's keys and accept policy.
         let mut cfg = RdmaConfig::for_node(node);
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
+        cfg.max_pending_accepts = net.pending_accepts;
         Ok(Box::new(RdmaLnd::bind(net.nid, cfg)?))
     }
 }
@@ -80,8 +81,12 @@ pub struct RdmaConfig {
     /// Receive credits offered per lane.
     pub credits: PerLane<u16>,
     pub max_payload: u32,
-    /// How long a connection may take to come up (resolution, connect, HELLO).
+    /// How long a connection may take to come up (resolution, connect, HELLO, AUTH).
     pub connect_timeout: Duration,
+    /// Accepted connections not up yet (awaiting ESTABLISHED, or with keys the
+    /// dialler's AUTH), at most: each holds a queue pair and its buffers, so a flood of
+    /// connect requests past it closes the one that has waited longest. At least 1.
+    pub max_pending_accepts: usize,
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
     pub spin: Duration,
     pub reg_cache: RegCacheLimits,
@@ -103,17 +108,20 @@ impl RdmaConfig {
                 .and_then(|v| v.parse().ok())
                 .map_or(DEFAULT_SPIN, Duration::from_micros),
             reg_cache: RegCacheLimits::default(),
+            max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS,
             auth: cfg.auth.clone(),
         }
     }
 }
 
-/// What this node says about itself, where it listens, and how long it waits.
+/// What this node says about itself, where it is (and listens, unless it accepts no
+/// connections), and how long it waits.
 #[derive(Debug, Clone)]
 pub(crate) struct Local {
     pub(crate) id: Identity,
     pub(crate) ip: Ipv4Addr,
     pub(crate) connect_timeout: Duration,
+    pub(crate) max_pending_accepts: usize,
     pub(crate) auth: Auth,
 }
 
@@ -202,7 +210,9 @@ fn verbs_error(e: VerbsError) -> LndError {
 
 impl RdmaLnd {
     /// Listens on `nid`'s address (`ADDRESS[:PORT]@o2ibN`), which must be an IPv4 address
-    /// of an RDMA device's network interface.
+    /// of an RDMA device's network interface; or, where `cfg.auth` accepts no
+    /// connections, binds it only (dialling from it; peers' connect requests are refused
+    /// by rdma_cm).
     pub fn bind(nid: Nid, cfg: RdmaConfig) -> Result<RdmaLnd, LndError> {
         if nid.net.kind != LndKind::O2ib {
             return Err(LndError::new(
@@ -273,6 +283,7 @@ impl RdmaLnd {
                     },
                     ip: *addr.ip(),
                     connect_timeout: cfg.connect_timeout,
+                    max_pending_accepts: cfg.max_pending_accepts.max(1),
                     auth: cfg.auth.clone(),
                 },
                 pd,

@@ -260,6 +260,16 @@ impl RdmaLnd {
         };
         let (peer, lane) = (hello.nid, hello.lane);
         let local = self.ctx.local.id.hello(lane);
+        // Each pending accept holds a queue pair: past the bound, the oldest goes.
+        if self.conns.pending_accepts() >= self.ctx.local.max_pending_accepts {
+            if let Some((oldest, conn)) = self.conns.evict_oldest_pending_accept() {
+                tracing::warn!(nid = %self.ctx.local.id.nid, oldest,
+                    "{} accepted connections awaiting their handshake (max_pending_accepts): \
+                     closing the oldest", self.ctx.local.max_pending_accepts);
+                // Its QP goes before its buffers (the field order of `Conn`).
+                drop(conn);
+            }
+        }
         let id = self.new_conn_id();
         cm.set_tag(u64::from(id));
         let now = self.now();
@@ -367,6 +377,7 @@ impl RdmaLnd {
             Incoming::Refuse => {
                 // Our own dial to it came up meanwhile and wins: the peer hears this one
                 // close and uses ours.
+                tracing::debug!(%peer, "closing an authenticated connection: it lost a race");
                 self.fail(id, err(LndErrorKind::Closed, "lost a connection race"));
             }
         }

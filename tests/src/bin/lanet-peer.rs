@@ -3,7 +3,10 @@
 //! runs until killed or until its standard input closes.
 //!
 //! Usage: lanet-peer NID INCARNATION   (a `tcp` NID runs the TCP LND, an `o2ib` one RDMA)
-//!        lanet-peer --config FILE      (the NIs and routes of a lanet configuration file)
+//!        lanet-peer --config FILE [--ids PATH]
+//!                                      (the NIs and routes of a lanet configuration file;
+//!                                      with --ids, the tag of every tagged PUT received,
+//!                                      8 bytes little-endian each, goes to PATH)
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +14,7 @@ use std::sync::Arc;
 
 use lanet::op::MatchEntry;
 use lanet::{Endpoint, Event, NodeConfig};
-use lanet_tests::{bind_lnd, pattern, MAX_TRANSFER, SINK_PORTAL, SIZES, SOURCE_PORTAL};
+use lanet_tests::{bind_lnd, pattern, untag, MAX_TRANSFER, SINK_PORTAL, SIZES, SOURCE_PORTAL};
 
 fn fail(why: impl std::fmt::Display) -> ! {
     eprintln!("lanet-peer: {why}");
@@ -45,6 +48,10 @@ fn main() {
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .init();
     let args: Vec<String> = std::env::args().collect();
+    let ids_path = match (args.get(3).map(String::as_str), args.get(4)) {
+        (Some("--ids"), Some(path)) => Some(path.clone()),
+        _ => None,
+    };
     let ep = match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("--config"), Some(path)) => from_config(path),
         (Some(nid), Some(incarnation)) => from_nid(nid, incarnation),
@@ -67,12 +74,26 @@ fn main() {
     let consumer = ep.clone();
     let verdicts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let counts = verdicts.clone();
+    let mut ids = ids_path.map(|p| {
+        let f = std::fs::File::create(&p).unwrap_or_else(|e| fail(format!("{p}: {e}")));
+        std::io::BufWriter::new(f)
+    });
     let consuming = std::thread::spawn(move || {
         while let Some(e) = consumer.recv_event(None) {
             match e {
                 Event::Delivered(d) if d.portal == SINK_PORTAL => {
-                    let seed = d.payload.first().copied().unwrap_or(0);
-                    let intact = d.payload == pattern(d.payload.len(), seed);
+                    let intact = match untag(&d.payload) {
+                        Some((tag, intact)) => {
+                            if let Some(ids) = ids.as_mut() {
+                                ids.write_all(&tag.to_le_bytes()).expect("record a tag");
+                            }
+                            intact
+                        }
+                        None => {
+                            let seed = d.payload.first().copied().unwrap_or(0);
+                            d.payload == pattern(d.payload.len(), seed)
+                        }
+                    };
                     counts[usize::from(!intact)].fetch_add(1, Ordering::Relaxed);
                 }
                 Event::ProtocolError { peer, error, .. } => {
@@ -80,6 +101,9 @@ fn main() {
                 }
                 _ => {}
             }
+        }
+        if let Some(mut ids) = ids {
+            ids.flush().expect("write the tags");
         }
     });
     println!("ready");
