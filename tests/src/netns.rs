@@ -150,29 +150,10 @@ impl Lab {
         ip(&args)
     }
 
-    /// Puts `tc netem` with `spec` (e.g. "delay 20ms 10ms", "loss 2%") on host `n`'s
-    /// cable on net `net`, towards the host; None takes it off.
-    pub fn set_netem(&self, net: usize, n: u8, spec: Option<&str>) -> Result<(), String> {
-        let port = self.port(net, n);
-        let mut args = vec!["netns", "exec", &self.switch, "tc", "qdisc"];
-        match spec {
-            Some(spec) => {
-                args.extend(["replace", "dev", &port, "root", "netem"]);
-                args.extend(spec.split_whitespace());
-                ip(&args)
-            }
-            None => {
-                args.extend(["del", "dev", &port, "root"]);
-                // Nothing to take off is no error.
-                let _ = ip(&args);
-                Ok(())
-            }
-        }
-    }
-
-    /// [`Lab::set_netem`] on many cables at once (one `tc` process: each costs time in an
-    /// emulated VM).
-    pub fn set_netem_many(&self, cables: &[(usize, u8)], spec: Option<&str>) -> Result<(), String> {
+    /// Puts `tc netem` with `spec` (e.g. "delay 20ms 10ms", "loss 2%") on each of
+    /// `cables` (net, host), towards the host; None takes it off. One `tc` process for
+    /// all: each costs time in an emulated VM.
+    pub fn set_netem(&self, cables: &[(usize, u8)], spec: Option<&str>) -> Result<(), String> {
         use std::io::Write;
         let mut batch = String::new();
         for &(net, n) in cables {

@@ -59,7 +59,7 @@ impl Peer {
         quiet: bool,
     ) -> Option<Peer> {
         let args = ["--config".to_owned(), config.display().to_string()];
-        Peer::spawn(prefix, exe, &args, nid, quiet)
+        Peer::start_with_args(prefix, exe, &args, nid, quiet)
     }
 
     /// Starts `exe` with `args` (as `lanet-peer` takes them), behind `prefix`.

@@ -281,8 +281,20 @@ impl Qp {
     }
 
     fn post_eager(&mut self, cm: &CmId, id: u32, tx: Transmit) -> Result<(), LndError> {
-        let len = tx.payload.len();
-        let (i, buf) = self.slot(SlotUse::Eager(tx.token));
+        self.send_eager(cm, id, SlotUse::Eager(tx.token), &tx.header, &tx.payload)
+    }
+
+    /// Sends a frame with its payload inline, the slot held for `used`.
+    fn send_eager(
+        &mut self,
+        cm: &CmId,
+        id: u32,
+        used: SlotUse,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> Result<(), LndError> {
+        let len = payload.len();
+        let (i, buf) = self.slot(used);
         let remote = RemoteBuf {
             addr: 0,
             rkey: 0,
@@ -291,8 +303,8 @@ impl Qp {
         Prefix::new(Kind::Eager, 0)
             .with(Outcome::Ok, remote)
             .encode(buf);
-        buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(&tx.header);
-        buf[PREFIX_LEN + HEADER_LEN..PREFIX_LEN + HEADER_LEN + len].copy_from_slice(&tx.payload);
+        buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(header);
+        buf[PREFIX_LEN + HEADER_LEN..PREFIX_LEN + HEADER_LEN + len].copy_from_slice(payload);
         self.send(cm, id, i, PREFIX_LEN + HEADER_LEN + len)
     }
 
@@ -363,20 +375,7 @@ impl Qp {
                 self.send(cm, id, i, PREFIX_LEN)
             }
             Ctrl::Frame(header, payload) => {
-                let (i, buf) = self.slot(SlotUse::Ctrl);
-                let len = payload.len();
-                let remote = RemoteBuf {
-                    addr: 0,
-                    rkey: 0,
-                    len: len as u32,
-                };
-                Prefix::new(Kind::Eager, 0)
-                    .with(Outcome::Ok, remote)
-                    .encode(buf);
-                buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(&header);
-                buf[PREFIX_LEN + HEADER_LEN..PREFIX_LEN + HEADER_LEN + len]
-                    .copy_from_slice(&payload);
-                self.send(cm, id, i, PREFIX_LEN + HEADER_LEN + len)
+                self.send_eager(cm, id, SlotUse::Ctrl, &header, &payload)
             }
             Ctrl::WriteData { cookie, sink } => {
                 let Some(src) = self.out.get(&cookie).map(|r| r.src.clone()) else {

@@ -108,7 +108,7 @@ impl RdmaConfig {
                 .and_then(|v| v.parse().ok())
                 .map_or(DEFAULT_SPIN, Duration::from_micros),
             reg_cache: RegCacheLimits::default(),
-            max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS,
+            max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             auth: cfg.auth.clone(),
         }
     }
@@ -191,6 +191,8 @@ pub struct RdmaLnd {
     quiet: Vec<LndEvent>,
     by_cookie: FxHashMap<(u32, u64), RxHandle>,
     next_conn: u32,
+    /// Accepted connections closed to keep within `max_pending_accepts`.
+    evicted_accepts: u64,
     next_handle: u64,
     passes: u32,
     wcs: Vec<Completion>,
@@ -298,6 +300,7 @@ impl RdmaLnd {
             quiet: Vec::new(),
             by_cookie: FxHashMap::default(),
             next_conn: 1,
+            evicted_accepts: 0,
             next_handle: 1,
             passes: 0,
             wcs: Vec::with_capacity(32),

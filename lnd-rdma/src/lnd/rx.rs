@@ -97,10 +97,9 @@ impl RdmaLnd {
             max_payload: self.ctx.local.id.max_payload,
         };
         if let Some(conn::ConnAuth::AwaitingProof(pending, hello)) =
-            self.conns.get(id).map(|c| &c.auth)
+            self.conns.get(id).map(|c| c.auth)
         {
-            let awaiting = (*pending, *hello);
-            return self.on_first_message(id, index, len, &limits, awaiting);
+            return self.on_first_message(id, index, len, &limits, (pending, hello));
         }
         if self.conns.stage(id) == Some(Stage::Handshake) && !self.conns.is_dialled(id) {
             // A message can only come once the connection is established: this is as

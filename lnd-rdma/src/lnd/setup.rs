@@ -263,11 +263,20 @@ impl RdmaLnd {
         // Each pending accept holds a queue pair: past the bound, the oldest goes.
         if self.conns.pending_accepts() >= self.ctx.local.max_pending_accepts {
             if let Some((oldest, conn)) = self.conns.evict_oldest_pending_accept() {
-                tracing::warn!(nid = %self.ctx.local.id.nid, oldest,
-                    "{} accepted connections awaiting their handshake (max_pending_accepts): \
-                     closing the oldest", self.ctx.local.max_pending_accepts);
-                // Its QP goes before its buffers (the field order of `Conn`).
-                drop(conn);
+                self.evicted_accepts += 1;
+                // Once per thousand: a flood must not flood the log too.
+                if self.evicted_accepts % 1000 == 1 {
+                    tracing::warn!(nid = %self.ctx.local.id.nid,
+                        "{} accepted connections awaiting their handshake \
+                         (max_pending_accepts): closing the oldest ({} so far)",
+                        self.ctx.local.max_pending_accepts, self.evicted_accepts);
+                }
+                let error = err(LndErrorKind::TimedOut, "evicted: too many pending accepts");
+                self.retire(Some(lanet::lnd::conns::Closed {
+                    id: oldest,
+                    data: conn,
+                    error,
+                }));
             }
         }
         let id = self.new_conn_id();

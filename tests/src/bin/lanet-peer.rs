@@ -56,7 +56,7 @@ fn main() {
         (Some("--config"), Some(path)) => from_config(path),
         (Some(nid), Some(incarnation)) => from_nid(nid, incarnation),
         _ => {
-            eprintln!("usage: lanet-peer NID INCARNATION | lanet-peer --config FILE");
+            eprintln!("usage: lanet-peer NID INCARNATION | lanet-peer --config FILE [--ids PATH]");
             std::process::exit(2);
         }
     };

@@ -73,6 +73,9 @@ pub struct NetSection {
 
 /// [`NetSection::pending_accepts`] by default.
 pub const DEFAULT_PENDING_ACCEPTS: usize = 1024;
+/// [`NetSection::pending_accepts`] by default on o2ib nets: each pending accept holds a
+/// queue pair and its message buffers (about 400 KiB at 8 credits) and grows the CQ.
+pub const DEFAULT_PENDING_ACCEPTS_RDMA: usize = 64;
 
 /// Settings of the router daemon's process, not of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -671,6 +674,7 @@ impl RawNet {
                 ))
             }
             Some(c) => *c.get_ref(),
+            None if self.net.kind == LndKind::O2ib => DEFAULT_PENDING_ACCEPTS_RDMA,
             None => DEFAULT_PENDING_ACCEPTS,
         };
         Ok(NetSection {

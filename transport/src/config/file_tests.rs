@@ -394,6 +394,15 @@ fn a_net_says_how_it_accepts_connections() {
     );
     let again = ConfigFile::parse("again.toml", &f.to_toml()).unwrap();
     assert_eq!(again.nets, f.nets, "written back the same");
+    // An o2ib net's pending accepts each hold a queue pair: a smaller default.
+    let rdma = ConfigFile::parse(
+        "r.toml",
+        "[[net]]\nnet = \"o2ib\"\naddress = \"10.0.0.1\"\n",
+    );
+    assert_eq!(
+        rdma.unwrap().nets[0].pending_accepts,
+        crate::config::DEFAULT_PENDING_ACCEPTS_RDMA
+    );
 }
 
 /// A key file beside the configuration, with `mode`; the directory holding both.

@@ -145,15 +145,7 @@ impl Keys {
             return Err(KeyError::TooMany(keys.len()));
         }
         for (i, k) in keys.iter().enumerate() {
-            if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&k.len()) {
-                return Err(KeyError::BadKey {
-                    line: i + 1,
-                    why: format!(
-                        "{} bytes; a key has {MIN_KEY_LEN} to {MAX_KEY_LEN}",
-                        k.len()
-                    ),
-                });
-            }
+            check_key_len(k, i + 1)?;
         }
         Ok(Keys { keys })
     }
@@ -171,15 +163,7 @@ impl Keys {
                 line: i + 1,
                 why: why.to_owned(),
             })?;
-            if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
-                return Err(KeyError::BadKey {
-                    line: i + 1,
-                    why: format!(
-                        "{} bytes; a key has {MIN_KEY_LEN} to {MAX_KEY_LEN}",
-                        key.len()
-                    ),
-                });
-            }
+            check_key_len(&key, i + 1)?;
             keys.push(key);
         }
         Keys::new(keys)
@@ -275,6 +259,20 @@ impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Keys({})", self.fingerprints().join(", "))
     }
+}
+
+/// A key of `line` (1-based) must have 16 to 64 bytes.
+fn check_key_len(key: &[u8], line: usize) -> Result<(), KeyError> {
+    if (MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
+        return Ok(());
+    }
+    Err(KeyError::BadKey {
+        line,
+        why: format!(
+            "{} bytes; a key has {MIN_KEY_LEN} to {MAX_KEY_LEN}",
+            key.len()
+        ),
+    })
 }
 
 fn decode_hex(s: &str) -> Result<Vec<u8>, &'static str> {
