@@ -55,9 +55,14 @@ fn auth(key: Option<&Path>, accept: Option<&str>) -> String {
 
 /// A server process on tcp (loopback) with `auth`; its NID.
 fn start_server(scratch: &Scratch, name: &str, auth: &str) -> (Peer, Nid) {
+    start_server_on(scratch, name, "tcp", auth)
+}
+
+/// A server process on net `net_name` (loopback) with `extra` configuration; its NID.
+fn start_server_on(scratch: &Scratch, name: &str, net_name: &str, extra: &str) -> (Peer, Nid) {
     let p = port();
-    let file = scratch.file(name, &format!("{}{auth}", net("tcp", "127.0.0.1", p)));
-    let nid = nid(p, "tcp");
+    let file = scratch.file(name, &format!("{}{extra}", net(net_name, "127.0.0.1", p)));
+    let nid = nid(p, net_name);
     let peer = Peer::start_with_config(&[], PEER_EXE, &file, nid, true).expect("a server");
     (peer, nid)
 }
@@ -288,38 +293,10 @@ fn a_router_with_the_key_authenticates_both_its_sides() {
     let control = scratch.0.join("router.sock");
     let _router = RouterProcess::start(ROUTER_EXE, &router_file, &control);
     let back = route("tcp1", &[nid(rb, "tcp2").to_string()]);
-    let (server, to) = {
-        let p = port();
-        let file = scratch.file(
-            "server.toml",
-            &format!(
-                "{}{back}{}",
-                net("tcp2", "127.0.0.1", p),
-                auth(Some(&key), None)
-            ),
-        );
-        let nid = nid(p, "tcp2");
-        (
-            Peer::start_with_config(&[], PEER_EXE, &file, nid, true).unwrap(),
-            nid,
-        )
-    };
-    let (stranger, stranger_to) = {
-        let p = port();
-        let file = scratch.file(
-            "stranger.toml",
-            &format!(
-                "{}{back}{}",
-                net("tcp2", "127.0.0.1", p),
-                auth(Some(&other), None)
-            ),
-        );
-        let nid = nid(p, "tcp2");
-        (
-            Peer::start_with_config(&[], PEER_EXE, &file, nid, true).unwrap(),
-            nid,
-        )
-    };
+    let with_key = |k: &Path| format!("{back}{}", auth(Some(k), None));
+    let (server, to) = start_server_on(&scratch, "server.toml", "tcp2", &with_key(&key));
+    let (stranger, stranger_to) =
+        start_server_on(&scratch, "stranger.toml", "tcp2", &with_key(&other));
     let via = route("tcp2", &[nid(ra, "tcp1").to_string()]);
     let (good, _) = client("tcp1", &format!("{via}{}", auth(Some(&key), None)));
     assert!(exchange(&good, to), "keyed client, router and server");

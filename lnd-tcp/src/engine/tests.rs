@@ -508,16 +508,13 @@ fn a_dialler_without_a_key_is_told_the_acceptor_requires_one() {
     assert!(why.contains("sent no proof"), "{why}");
 }
 
-#[test]
-fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
-    let now = Instant::now();
-    let mut b = Engine::new(keyed(2, KEY));
-    b.accepted(101, None, now);
-    // An impostor sends a HELLO with a nonce, as a keyed dialler would, then a PING.
+/// What an impostor claiming to be `nid` says first, as a keyed dialler would: its HELLO
+/// to node 2 with a nonce (and no proof to follow).
+fn impostor_hello(nid: Nid, lane: Lane) -> (LocalHello, Vec<u8>) {
     let hello = LocalHello {
-        nid: Nid::mem(1, 0),
+        nid,
         incarnation: 10,
-        lane: Lane::Health,
+        lane,
         credits: 4,
         max_payload: 1 << 20,
     };
@@ -526,9 +523,18 @@ fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
         proof: None,
     };
     let (h, p) = hello.frame(Nid::mem(2, 0), HelloStatus::Ok, Some(&ext));
+    (hello, [&h[..], &p].concat())
+}
+
+#[test]
+fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
+    let now = Instant::now();
+    let mut b = Engine::new(keyed(2, KEY));
+    b.accepted(101, None, now);
+    // An impostor sends a HELLO with a nonce, as a keyed dialler would, then a PING.
+    let (hello, said) = impostor_hello(Nid::mem(1, 0), Lane::Health);
     let c = b.conn_mut(101).unwrap();
-    c.rx.extend(&h);
-    c.rx.extend(&p);
+    c.rx.extend(&said);
     c.rx.extend(&encode_header(&Header {
         credits: 0,
         ..lanet::wire::decode_header(&ping(1, 2, 3).header, &Limits::default()).unwrap()
@@ -543,9 +549,7 @@ fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
     assert_eq!(b.take_closes(), vec![101]);
     // A forged AUTH (a proof under another key) fails the same way.
     b.accepted(102, None, now);
-    let c = b.conn_mut(102).unwrap();
-    c.rx.extend(&h);
-    c.rx.extend(&p);
+    b.conn_mut(102).unwrap().rx.extend(&said);
     b.received(102, now);
     let mut forged = vec![1, 0, 0, 0];
     forged.extend([0x5a; 32]);
@@ -567,21 +571,8 @@ fn connections_awaiting_their_auth_count_against_the_cap() {
     for i in 0..4u32 {
         let id = 500 + i as usize;
         b.accepted(id, None, now);
-        let hello = LocalHello {
-            nid: Nid::mem(10 + i, 0),
-            incarnation: 1,
-            lane: Lane::Data,
-            credits: 4,
-            max_payload: 1 << 20,
-        };
-        let ext = lanet::handshake::auth::HelloAuth {
-            nonce: [i as u8; 16],
-            proof: None,
-        };
-        let (h, p) = hello.frame(Nid::mem(2, 0), HelloStatus::Ok, Some(&ext));
-        let c = b.conn_mut(id).unwrap();
-        c.rx.extend(&h);
-        c.rx.extend(&p);
+        let (_, said) = impostor_hello(Nid::mem(10 + i, 0), Lane::Data);
+        b.conn_mut(id).unwrap().rx.extend(&said);
         b.received(id, now);
     }
     assert!(b.take_closes().is_empty());
@@ -598,21 +589,8 @@ fn an_unproven_hello_neither_cancels_our_dial_nor_takes_its_place() {
     b.dialled(1, Nid::mem(1, 0), Lane::Data, now);
     // An impostor claiming to be A says HELLO with a nonce, and never proves a key.
     b.accepted(201, None, now);
-    let impostor = LocalHello {
-        nid: Nid::mem(1, 0),
-        incarnation: 10,
-        lane: Lane::Data,
-        credits: 4,
-        max_payload: 1 << 20,
-    };
-    let ext = lanet::handshake::auth::HelloAuth {
-        nonce: [9; 16],
-        proof: None,
-    };
-    let (h, p) = impostor.frame(Nid::mem(2, 0), HelloStatus::Ok, Some(&ext));
-    let c = b.conn_mut(201).unwrap();
-    c.rx.extend(&h);
-    c.rx.extend(&p);
+    let (_, said) = impostor_hello(Nid::mem(1, 0), Lane::Data);
+    b.conn_mut(201).unwrap().rx.extend(&said);
     b.received(201, now);
     assert!(b.take_closes().is_empty(), "B's dial is left alone");
     // B's dial goes on and comes up with the real A.
