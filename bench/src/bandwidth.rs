@@ -59,6 +59,14 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         "lanet.gbytes_per_s",
         "iperf3.gbytes_per_s",
     );
+    // UCX's tagged messages of the same size over TCP, for about as long.
+    let ucx_iters = (f64::from(c.baseline_secs) * 3e9 / size.max(1) as f64).clamp(100.0, 1e6);
+    match baselines::ucx_bandwidth(size, ucx_iters as usize) {
+        Some(Ok(g)) => report.add("ucx.gbytes_per_s", g, "GB/s"),
+        Some(Err(e)) => report.note(format!("ucx_perftest failed: {e}")),
+        None => report.note("ucx_perftest is not installed; no UCX baseline"),
+    }
+    report.add_ratio("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s");
     Ok(report)
 }
 

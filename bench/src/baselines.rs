@@ -138,3 +138,137 @@ pub(crate) fn iperf3(secs: f64) -> Option<Result<f64, String>> {
             .ok_or_else(|| format!("no end.sum_received.bits_per_second in iperf3's output: {v}"))
     })())
 }
+
+/// Runs a baseline tool's server (`server_args`) and then its client (`client_args`) on
+/// loopback, both with `env`; the client's standard output. The client is retried for a
+/// few seconds while the server is not yet listening.
+fn client_server(
+    tool: &str,
+    env: &[(&str, &str)],
+    server_args: &[String],
+    client_args: &[String],
+) -> Result<String, String> {
+    let _server = Reaped(
+        Command::new(tool)
+            .envs(env.iter().copied())
+            .args(server_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{tool} server: {e}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = Command::new(tool)
+            .envs(env.iter().copied())
+            .args(client_args)
+            .output()
+            .map_err(|e| format!("{tool} client: {e}"))?;
+        if out.status.success() {
+            return String::from_utf8(out.stdout).map_err(|e| e.to_string());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{tool} client: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+}
+
+/// The numbers of `ucx_perftest`'s `Final:` line: iterations, latency p50, average and
+/// overall (us), bandwidth average and overall (MB/s), message rate average and overall.
+fn ucx_final(text: &str) -> Result<Vec<f64>, String> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Final:"))
+        .ok_or_else(|| format!("no Final: line in ucx_perftest's output:\n{text}"))?;
+    line.split_whitespace()
+        .skip(1)
+        .map(|w| {
+            w.parse::<f64>()
+                .map_err(|e| format!("{w:?} in {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// `ucx_perftest -t TEST` over UCX's TCP transport (`UCX_TLS=tcp`) on loopback, as a
+/// user who picked UCX would run it; the numbers of its `Final:` line.
+fn ucx_perftest(test: &str, size: usize, iters: usize) -> Option<Result<Vec<f64>, String>> {
+    if !installed("ucx_perftest") {
+        return None;
+    }
+    Some((|| {
+        let port = free_port()?.to_string();
+        let env = [("UCX_TLS", "tcp")];
+        let server = ["-p".to_owned(), port.clone()];
+        let client: Vec<String> = ["127.0.0.1", "-p", &port, "-t", test]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-s".into(), size.max(1).to_string()])
+            .chain(["-n".into(), iters.to_string()])
+            .collect();
+        ucx_final(&client_server("ucx_perftest", &env, &server, &client)?)
+    })())
+}
+
+/// Round-trip p50 (us) of UCX tagged messages over TCP: `ucx_perftest -t tag_lat` reports
+/// half round trips, doubled here.
+pub(crate) fn ucx_latency(size: usize, iters: usize) -> Option<Result<f64, String>> {
+    ucx_perftest("tag_lat", size, iters)
+        .map(|r| r.and_then(|f| f.get(1).map(|p50| 2.0 * p50).ok_or("no p50".into())))
+}
+
+/// Bandwidth (GB/s) of UCX tagged messages of `size` bytes over TCP (`-t tag_bw`).
+pub(crate) fn ucx_bandwidth(size: usize, iters: usize) -> Option<Result<f64, String>> {
+    ucx_perftest("tag_bw", size, iters)
+        .map(|r| r.and_then(|f| f.get(5).map(|mbps| mbps / 1e3).ok_or("no bandwidth".into())))
+}
+
+/// Round-trip mean (us) of libfabric's TCP provider: `fi_pingpong -p tcp -e msg` reports
+/// the mean time per transfer (half a round trip; it reports no percentiles).
+pub(crate) fn libfabric_latency(size: usize, iters: usize) -> Option<Result<f64, String>> {
+    if !installed("fi_pingpong") {
+        return None;
+    }
+    Some((|| {
+        let port = free_port()?.to_string();
+        let common = |v: &mut Vec<String>| {
+            v.extend(["-p", "tcp", "-e", "msg", "-S"].map(String::from));
+            v.push(size.max(1).to_string());
+            v.push("-I".into());
+            v.push(iters.to_string());
+        };
+        let mut server = vec!["-B".to_owned(), port.clone()];
+        common(&mut server);
+        let mut client = vec!["-P".to_owned(), port];
+        common(&mut client);
+        client.push("127.0.0.1".into());
+        let text = client_server("fi_pingpong", &[], &server, &client)?;
+        // bytes #sent #ack total time MB/sec usec/xfer Mxfers/sec
+        let row = text
+            .lines()
+            .rfind(|l| l.split_whitespace().count() == 8)
+            .ok_or_else(|| format!("no result row in fi_pingpong's output:\n{text}"))?;
+        let per_xfer: f64 = row
+            .split_whitespace()
+            .nth(6)
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| format!("no usec/xfer in {row:?}"))?;
+        Ok(2.0 * per_xfer)
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ucx_perftest_final_lines_are_read() {
+        let text = "|    Stage     | # iterations | 50.0%ile | average |\n\
+                    Final:                 20000      5.634     6.048     6.048        1.26       1.26      165336      165336\n";
+        let f = super::ucx_final(text).unwrap();
+        assert_eq!((f[0], f[1], f[5]), (20000.0, 5.634, 1.26));
+        assert!(super::ucx_final("no such line").is_err());
+    }
+}

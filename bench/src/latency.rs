@@ -62,10 +62,27 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
             Some(Err(e)) => report.note(format!("sockperf failed: {e}")),
             None => report.note("sockperf is not installed; no sockperf baseline"),
         }
+        // What users who need a fast transport pick instead (`./scripts/setup bench`).
+        match baselines::ucx_latency(size, args.iters) {
+            Some(Ok(us)) => report.add("ucx.p50_us", us, "us"),
+            Some(Err(e)) => report.note(format!("ucx_perftest failed: {e}")),
+            None => report.note("ucx_perftest is not installed; no UCX baseline"),
+        }
+        match baselines::libfabric_latency(size, args.iters) {
+            Some(Ok(us)) => report.add("libfabric.mean_us", us, "us"),
+            Some(Err(e)) => report.note(format!("fi_pingpong failed: {e}")),
+            None => report.note("fi_pingpong is not installed; no libfabric baseline"),
+        }
     }
     report.add_ratio("ratio.p50_vs_raw_tcp", "lanet.p50_us", "raw_tcp.p50_us");
     report.add_ratio("ratio.p99_vs_raw_tcp", "lanet.p99_us", "raw_tcp.p99_us");
     report.add_ratio("ratio.p50_vs_sockperf", "lanet.p50_us", "sockperf.p50_us");
+    report.add_ratio("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us");
+    report.add_ratio(
+        "ratio.mean_vs_libfabric",
+        "lanet.mean_us",
+        "libfabric.mean_us",
+    );
     if size < 14 {
         report.note("sockperf's smallest message is 14 bytes; it ran with 14");
     }

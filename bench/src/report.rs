@@ -41,6 +41,8 @@ impl Report {
             let us = h.value_at_quantile(q) as f64 / 1000.0;
             self.add(format!("{prefix}.{name}_us"), us, "us");
         }
+        // For baselines that report only a mean (fi_pingpong).
+        self.add(format!("{prefix}.mean_us"), h.mean() / 1000.0, "us");
     }
 
     /// `numerator / denominator` when both were measured.

@@ -49,6 +49,26 @@ fn tcp_latency_reports_lanet_and_the_raw_tcp_floor_in_microseconds() {
         assert!((1.0..1_000_000.0).contains(&us), "{key} = {us} us");
     }
     assert!(r.contains_key("ratio.p50_vs_raw_tcp"));
+    // UCX and libfabric, where installed (`./scripts/setup bench`), in the same run.
+    for (tool, key) in [
+        ("ucx_perftest", "ucx.p50_us"),
+        ("fi_pingpong", "libfabric.mean_us"),
+    ] {
+        if installed(tool) {
+            let us = positive(&r, key);
+            assert!((1.0..1_000_000.0).contains(&us), "{key} = {us} us");
+        }
+    }
+}
+
+/// Whether `tool` can be run here.
+fn installed(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
 }
 
 #[test]
