@@ -283,10 +283,6 @@ impl Engine {
             if stage == Some(Stage::Refused) || matches!(c.auth, ConnAuth::Refusing) {
                 return;
             }
-            let awaiting_proof = match c.auth {
-                ConnAuth::AwaitingProof(pending, hello) => Some((pending, hello)),
-                _ => None,
-            };
             let (h, payload) = match c.rx.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
@@ -319,9 +315,12 @@ impl Engine {
                         }
                     }
                 }
-                (Some(Stage::Handshake), None) => match awaiting_proof {
-                    Some(awaiting) => self.dialler_proof(conn, awaiting, &h, &payload, now),
-                    None => self.incoming_hello(conn, h, &payload, now),
+                // Only here is the auth state read (not once per frame).
+                (Some(Stage::Handshake), None) => match self.conns.get(conn).map(|c| c.auth) {
+                    Some(ConnAuth::AwaitingProof(pending, hello)) => {
+                        self.dialler_proof(conn, (pending, hello), &h, &payload, now)
+                    }
+                    _ => self.incoming_hello(conn, h, &payload, now),
                 },
                 _ => {
                     return self.fail(

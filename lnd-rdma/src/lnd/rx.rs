@@ -96,12 +96,13 @@ impl RdmaLnd {
         let limits = Limits {
             max_payload: self.ctx.local.id.max_payload,
         };
-        if let Some(conn::ConnAuth::AwaitingProof(pending, hello)) =
-            self.conns.get(id).map(|c| c.auth)
-        {
-            return self.on_first_message(id, index, len, &limits, (pending, hello));
-        }
         if self.conns.stage(id) == Some(Stage::Handshake) && !self.conns.is_dialled(id) {
+            // Only a connection being set up can owe its AUTH (not one per message).
+            if let Some(conn::ConnAuth::AwaitingProof(pending, hello)) =
+                self.conns.get(id).map(|c| c.auth)
+            {
+                return self.on_first_message(id, index, len, &limits, (pending, hello));
+            }
             // A message can only come once the connection is established: this is as
             // good as the ESTABLISHED event, which may still be on its way.
             self.mark_up(id);

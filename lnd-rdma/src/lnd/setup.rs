@@ -24,6 +24,9 @@ fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
     LndError::new(kind, detail)
 }
 
+// rdma_cm takes 196 bytes of private data in an RC accept: the longest answer fits.
+const _: () = assert!(lanet::handshake::COMPACT_HELLO_MAX_LEN <= 196);
+
 impl RdmaLnd {
     fn timeout_ms(&self) -> i32 {
         i32::try_from(self.ctx.local.connect_timeout.as_millis()).unwrap_or(i32::MAX)

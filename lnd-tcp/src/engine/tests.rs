@@ -437,16 +437,6 @@ fn keyed(n: u32, key: &str) -> Local {
     l
 }
 
-/// A dials B; the two HELLOs cross: A has B's answer, B awaits what A sends next.
-fn hellos(a: &mut Engine, b: &mut Engine, now: Instant) {
-    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
-    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
-    b.accepted(101, None, now);
-    a.established(1);
-    carry(a, 1, b, 101, now);
-    carry(b, 101, a, 1, now);
-}
-
 fn failure(events: &[LndEvent]) -> Option<String> {
     events.iter().find_map(|e| match e {
         LndEvent::ConnectFailed { error, .. } | LndEvent::Disconnected { error, .. } => {
@@ -460,7 +450,7 @@ fn failure(events: &[LndEvent]) -> Option<String> {
 fn with_keys_the_acceptor_is_up_only_once_the_dialler_proves_its_key() {
     let now = Instant::now();
     let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(keyed(2, KEY)));
-    hellos(&mut a, &mut b, now);
+    dial_pair(&mut a, &mut b, now);
     assert_eq!(
         connected(&events(&mut a)),
         vec![(Nid::mem(2, 0), Lane::Health)]
@@ -481,7 +471,7 @@ fn with_keys_the_acceptor_is_up_only_once_the_dialler_proves_its_key() {
 fn a_wrong_key_fails_the_dial_and_b_never_comes_up() {
     let now = Instant::now();
     let (mut a, mut b) = (Engine::new(keyed(1, OTHER_KEY)), Engine::new(keyed(2, KEY)));
-    hellos(&mut a, &mut b, now);
+    dial_pair(&mut a, &mut b, now);
     let why = failure(&events(&mut a)).expect("A's dial fails");
     assert!(why.contains("different keys"), "{why}");
     assert_eq!(a.take_closes(), vec![1]);
@@ -495,7 +485,7 @@ fn a_wrong_key_fails_the_dial_and_b_never_comes_up() {
 fn a_dialler_without_a_key_is_told_the_acceptor_requires_one() {
     let now = Instant::now();
     let (mut a, mut b) = (Engine::new(local(1)), Engine::new(keyed(2, KEY)));
-    hellos(&mut a, &mut b, now);
+    dial_pair(&mut a, &mut b, now);
     let why = failure(&events(&mut a)).expect("A's dial fails");
     assert!(why.contains("key_file") && why.contains("secure"), "{why}");
     assert!(events(&mut b).is_empty());
@@ -503,7 +493,7 @@ fn a_dialler_without_a_key_is_told_the_acceptor_requires_one() {
     assert_eq!(b.take_closes(), vec![101]);
     // And an acceptor without keys is refused by a dialler that has them.
     let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(local(2)));
-    hellos(&mut a, &mut b, now);
+    dial_pair(&mut a, &mut b, now);
     let why = failure(&events(&mut a)).expect("A's dial fails");
     assert!(why.contains("sent no proof"), "{why}");
 }
