@@ -380,9 +380,12 @@ fn answer(mut conn: TcpStream, endpoint: &Endpoint) -> io::Result<()> {
             ));
         }
         conn.set_read_timeout(Some(left))?;
-        match conn.read(&mut buf)? {
-            0 => break,
-            n => head.extend_from_slice(&buf[..n]),
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            // A stop and continue interrupts a read with a timeout, handler or not.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     let head = String::from_utf8_lossy(&head);

@@ -201,9 +201,12 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
             break;
         }
         reader.get_ref().set_read_timeout(Some(left))?;
-        match reader.read(&mut byte)? {
-            0 => break,
-            n => command.extend_from_slice(&byte[..n]),
+        match reader.read(&mut byte) {
+            Ok(0) => break,
+            Ok(n) => command.extend_from_slice(&byte[..n]),
+            // A stop and continue interrupts a read with a timeout, handler or not.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     let line = String::from_utf8_lossy(&command);
