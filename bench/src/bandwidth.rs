@@ -26,15 +26,18 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         LndChoice::Rdma => Some(peer::rdma_place(c.addr)?),
         _ => None,
     };
-    let gbps = match (c.lnd, c.connect) {
-        (LndChoice::Mem, _) => stream(Target::Mem, size, args.secs)?,
-        (_, Some(nid)) => stream(Target::Remote(nid), size, args.secs)?,
+    let window = args.window.unwrap_or_else(default_window);
+    let streamed = match (c.lnd, c.connect) {
+        (LndChoice::Mem, _) => stream_with(Target::Mem, size, args.secs, window)?,
+        (_, Some(nid)) => stream_with(Target::Remote(nid), size, args.secs, window)?,
         (_, None) => {
             let server = peer::spawn_server("bandwidth", rdma.as_ref().map(|(_, ip)| *ip))?;
-            stream(Target::Remote(server.nid), size, args.secs)?
+            stream_with(Target::Remote(server.nid), size, args.secs, window)?
         }
     };
-    report.add("lanet.gbytes_per_s", gbps, "GB/s");
+    report.add("lanet.gbytes_per_s", streamed.gbytes_per_s, "GB/s");
+    report.add("lanet.msgs_per_s", streamed.msgs_per_s, "msg/s");
+    report.note(format!("{window} PUTs in flight (--window)"));
     if c.connect.is_some() {
         return Ok(report);
     }
@@ -59,20 +62,51 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         "lanet.gbytes_per_s",
         "iperf3.gbytes_per_s",
     );
-    // UCX's tagged messages of the same size over TCP, for about as long.
-    let ucx_iters = (f64::from(c.baseline_secs) * 3e9 / size.max(1) as f64).clamp(100.0, 1e6);
-    match baselines::ucx_bandwidth(size, ucx_iters as usize) {
-        Some(Ok(g)) => report.add("ucx.gbytes_per_s", g, "GB/s"),
+    // UCX's tagged messages of the same size over TCP, for about as long (guessing 3 GB/s
+    // and at most 300,000 messages a second).
+    let secs = f64::from(c.baseline_secs);
+    let ucx_iters = (secs * 3e9 / size.max(1) as f64).min(secs * 3e5).max(100.0);
+    match baselines::ucx_stream(size, ucx_iters as usize) {
+        Some(Ok(ucx)) => {
+            report.add("ucx.gbytes_per_s", ucx.gbytes_per_s, "GB/s");
+            report.add("ucx.msgs_per_s", ucx.msgs_per_s, "msg/s");
+        }
         Some(Err(e)) => report.note(format!("ucx_perftest failed: {e}")),
         None => report.note("ucx_perftest is not installed; no UCX baseline"),
     }
     report.add_ratio("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s");
+    report.add_ratio("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s");
     Ok(report)
 }
 
-/// Streams PUTs to `target` for `secs`; GB/s acknowledged.
+/// What a stream achieved: acknowledged bytes and PUTs per second.
+pub(crate) struct Streamed {
+    pub(crate) gbytes_per_s: f64,
+    pub(crate) msgs_per_s: f64,
+}
+
+/// PUTs in flight by default: the data lane's peer credits, so none waits in a queue.
+fn default_window() -> usize {
+    peer::node_config(1).lanes[Lane::Data].peer_credits as usize
+}
+
+/// Streams PUTs to `target` for `secs`, with as many in flight as credits allow; GB/s
+/// acknowledged.
 pub(crate) fn stream(target: Target, size: usize, secs: f64) -> Result<f64, String> {
-    let window = peer::node_config(1).lanes[Lane::Data].peer_credits as usize;
+    stream_with(target, size, secs, default_window()).map(|s| s.gbytes_per_s)
+}
+
+/// Streams PUTs to `target` for `secs`, `window` of them in flight (beyond the peer's
+/// credits they wait in its queue).
+pub(crate) fn stream_with(
+    target: Target,
+    size: usize,
+    secs: f64,
+    window: usize,
+) -> Result<Streamed, String> {
+    if window == 0 {
+        return Err("--window must be at least 1".into());
+    }
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let cell: Arc<OnceLock<(Endpoint, PutRequest)>> = Arc::new(OnceLock::new());
     let run_for = Duration::from_secs_f64(secs);
@@ -80,6 +114,7 @@ pub(crate) fn stream(target: Target, size: usize, secs: f64) -> Result<f64, Stri
         let cell = cell.clone();
         let mut start: Option<Instant> = None;
         let mut bytes = 0u64;
+        let mut msgs = 0u64;
         let mut in_flight = window;
         let mut done_tx = Some(done_tx);
         move |e: Event| {
@@ -90,7 +125,10 @@ pub(crate) fn stream(target: Target, size: usize, secs: f64) -> Result<f64, Stri
                 // bandwidth.
                 Ok(OpOutcome::Put { mlen }) => match start {
                     None => start = Some(Instant::now()),
-                    Some(_) => bytes += u64::from(mlen),
+                    Some(_) => {
+                        bytes += u64::from(mlen);
+                        msgs += 1;
+                    }
                 },
                 other => {
                     if let Some(tx) = done_tx.take() {
@@ -107,7 +145,11 @@ pub(crate) fn stream(target: Target, size: usize, secs: f64) -> Result<f64, Stri
                 }
             } else if in_flight == 0 {
                 if let Some(tx) = done_tx.take() {
-                    let _ = tx.send(Ok(bytes as f64 / t0.elapsed().as_secs_f64() / 1e9));
+                    let secs = t0.elapsed().as_secs_f64();
+                    let _ = tx.send(Ok(Streamed {
+                        gbytes_per_s: bytes as f64 / secs / 1e9,
+                        msgs_per_s: msgs as f64 / secs,
+                    }));
                 }
             }
         }

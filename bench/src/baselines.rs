@@ -139,14 +139,87 @@ pub(crate) fn iperf3(secs: f64) -> Option<Result<f64, String>> {
     })())
 }
 
-/// Runs a baseline tool's server (`server_args`) and then its client (`client_args`) on
-/// loopback, both with `env`; the client's standard output. The client is retried for a
-/// few seconds while the server is not yet listening.
+/// Runs `cmd` to its end, or kills it after `limit` (a baseline that hangs must not hang
+/// the benchmark); its output either way.
+fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output, String> {
+    let mut child = Reaped(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    // Read both pipes as the tool writes, so that it never blocks on a full one.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.0.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.0.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!(
+            "did not finish within {} s{}",
+            limit.as_secs(),
+            last_lines(&stderr)
+        )),
+    }
+}
+
+/// What a tool said went wrong: its first line naming an error, or its last few lines.
+fn last_lines(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let telling = ["error", "fatal", "assert", "failed", "timed out", "timeout"];
+    let quoted = match lines.iter().find(|l| {
+        let l = l.to_lowercase();
+        telling.iter().any(|w| l.contains(w))
+    }) {
+        Some(line) => line.to_string(),
+        None => lines[lines.len().saturating_sub(4)..].join("\n  "),
+    };
+    if quoted.is_empty() {
+        String::new()
+    } else {
+        format!(":\n  {quoted}")
+    }
+}
+
+/// Runs a baseline tool's server (`server_args`) and then its client (`client_args`), both
+/// with `env`; the client's standard output. The client is retried for a few seconds
+/// while the server is not yet listening, and killed if it runs past `limit`.
 fn client_server(
     tool: &str,
     env: &[(&str, &str)],
     server_args: &[String],
     client_args: &[String],
+    limit: Duration,
 ) -> Result<String, String> {
     let _server = Reaped(
         Command::new(tool)
@@ -160,19 +233,17 @@ fn client_server(
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let out = Command::new(tool)
-            .envs(env.iter().copied())
-            .args(client_args)
-            .output()
-            .map_err(|e| format!("{tool} client: {e}"))?;
+        let mut client = Command::new(tool);
+        client.envs(env.iter().copied()).args(client_args);
+        let out = output_within(client, limit).map_err(|e| format!("{tool} client: {e}"))?;
         if out.status.success() {
             return String::from_utf8(out.stdout).map_err(|e| e.to_string());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "{tool} client: {}\n{}",
+                "{tool} client: {}{}",
                 out.status,
-                String::from_utf8_lossy(&out.stderr)
+                last_lines(&out.stderr)
             ));
         }
     }
@@ -194,37 +265,92 @@ fn ucx_final(text: &str) -> Result<Vec<f64>, String> {
         .collect()
 }
 
-/// `ucx_perftest -t TEST` over UCX's TCP transport (`UCX_TLS=tcp`) on loopback, as a
-/// user who picked UCX would run it; the numbers of its `Final:` line.
-fn ucx_perftest(test: &str, size: usize, iters: usize) -> Option<Result<Vec<f64>, String>> {
+/// Where and how `ucx_perftest` runs: UCX's transports and the server's address.
+struct UcxOn<'a> {
+    tls: &'a str,
+    host: std::net::Ipv4Addr,
+    limit: Duration,
+}
+
+/// Over UCX's TCP transport on loopback, as a user who picked UCX would run it.
+const UCX_TCP: UcxOn = UcxOn {
+    tls: "tcp",
+    host: std::net::Ipv4Addr::LOCALHOST,
+    limit: Duration::from_secs(300),
+};
+
+/// `ucx_perftest -t TEST` on `on`; the numbers of its `Final:` line.
+fn ucx_perftest(
+    on: &UcxOn,
+    test: &str,
+    size: usize,
+    iters: usize,
+) -> Option<Result<Vec<f64>, String>> {
     if !installed("ucx_perftest") {
         return None;
     }
     Some((|| {
         let port = free_port()?.to_string();
-        let env = [("UCX_TLS", "tcp")];
+        let env = [("UCX_TLS", on.tls)];
         let server = ["-p".to_owned(), port.clone()];
-        let client: Vec<String> = ["127.0.0.1", "-p", &port, "-t", test]
+        let client: Vec<String> = [&on.host.to_string(), "-p", &port, "-t", test]
             .iter()
             .map(|s| s.to_string())
             .chain(["-s".into(), size.max(1).to_string()])
             .chain(["-n".into(), iters.to_string()])
             .collect();
-        ucx_final(&client_server("ucx_perftest", &env, &server, &client)?)
+        ucx_final(&client_server(
+            "ucx_perftest",
+            &env,
+            &server,
+            &client,
+            on.limit,
+        )?)
     })())
 }
 
 /// Round-trip p50 (us) of UCX tagged messages over TCP: `ucx_perftest -t tag_lat` reports
 /// half round trips, doubled here.
 pub(crate) fn ucx_latency(size: usize, iters: usize) -> Option<Result<f64, String>> {
-    ucx_perftest("tag_lat", size, iters)
+    ucx_round_trip(&UCX_TCP, size, iters)
+}
+
+fn ucx_round_trip(on: &UcxOn, size: usize, iters: usize) -> Option<Result<f64, String>> {
+    ucx_perftest(on, "tag_lat", size, iters)
         .map(|r| r.and_then(|f| f.get(1).map(|p50| 2.0 * p50).ok_or("no p50".into())))
 }
 
-/// Bandwidth (GB/s) of UCX tagged messages of `size` bytes over TCP (`-t tag_bw`).
-pub(crate) fn ucx_bandwidth(size: usize, iters: usize) -> Option<Result<f64, String>> {
-    ucx_perftest("tag_bw", size, iters)
-        .map(|r| r.and_then(|f| f.get(5).map(|mbps| mbps / 1e3).ok_or("no bandwidth".into())))
+/// Round-trip p50 (us) of UCX tagged messages over verbs (`UCX_TLS=rc_verbs,ud_verbs`:
+/// UCX sets up its RC connections over UD) to `host`, given `limit` to finish.
+pub(crate) fn ucx_rdma_latency(
+    host: std::net::Ipv4Addr,
+    size: usize,
+    iters: usize,
+    limit: Duration,
+) -> Option<Result<f64, String>> {
+    let on = UcxOn {
+        tls: "rc_verbs,ud_verbs",
+        host,
+        limit,
+    };
+    ucx_round_trip(&on, size, iters)
+}
+
+/// Bandwidth and message rate of UCX tagged messages of `size` bytes over TCP
+/// (`-t tag_bw`, UCX's own window of outstanding sends).
+pub(crate) fn ucx_stream(
+    size: usize,
+    iters: usize,
+) -> Option<Result<crate::bandwidth::Streamed, String>> {
+    ucx_perftest(&UCX_TCP, "tag_bw", size, iters).map(|r| {
+        r.and_then(|f| match (f.get(5), f.get(7)) {
+            (Some(mbps), Some(rate)) => Ok(crate::bandwidth::Streamed {
+                gbytes_per_s: mbps / 1e3,
+                msgs_per_s: *rate,
+            }),
+            _ => Err("no overall bandwidth and message rate".into()),
+        })
+    })
 }
 
 /// Round-trip mean (us) of libfabric's TCP provider: `fi_pingpong -p tcp -e msg` reports
@@ -246,7 +372,8 @@ pub(crate) fn libfabric_latency(size: usize, iters: usize) -> Option<Result<f64,
         let mut client = vec!["-P".to_owned(), port];
         common(&mut client);
         client.push("127.0.0.1".into());
-        let text = client_server("fi_pingpong", &[], &server, &client)?;
+        let limit = Duration::from_secs(300);
+        let text = client_server("fi_pingpong", &[], &server, &client, limit)?;
         // bytes #sent #ack total time MB/sec usec/xfer Mxfers/sec
         let row = text
             .lines()
@@ -268,7 +395,7 @@ mod tests {
         let text = "|    Stage     | # iterations | 50.0%ile | average |\n\
                     Final:                 20000      5.634     6.048     6.048        1.26       1.26      165336      165336\n";
         let f = super::ucx_final(text).unwrap();
-        assert_eq!((f[0], f[1], f[5]), (20000.0, 5.634, 1.26));
+        assert_eq!((f[0], f[1], f[5], f[7]), (20000.0, 5.634, 1.26, 165336.0));
         assert!(super::ucx_final("no such line").is_err());
     }
 }

@@ -16,6 +16,10 @@ use crate::report::Report;
 use crate::{LatencyArgs, LndChoice};
 
 const WARMUP: usize = 1000;
+/// UCX over verbs: round trips, and how long it may take (it hangs in UD wire-up under
+/// an emulated CPU).
+const UCX_RDMA_ITERS: usize = 20_000;
+const UCX_RDMA_LIMIT: Duration = Duration::from_secs(60);
 /// How long the RDMA driver busy-polls before sleeping, in this benchmark (microseconds).
 const BUSY_POLL_US: u64 = 1_000_000;
 
@@ -121,6 +125,16 @@ fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), Stri
         report.note(format!(
             "RDMA on {device} at {ip}; perftest's one-way latency is doubled into a round trip"
         ));
+        // UCX over verbs, when it can run here (it cannot under qemu TCG: say so).
+        let iters = args.iters.min(UCX_RDMA_ITERS);
+        match baselines::ucx_rdma_latency(ip, size, iters, UCX_RDMA_LIMIT) {
+            Some(Ok(us)) => report.add("ucx.p50_us", us, "us"),
+            Some(Err(e)) => report.note(format!(
+                "UCX over verbs (UCX_TLS=rc_verbs,ud_verbs) could not run here: {e}"
+            )),
+            None => report.note("ucx_perftest is not installed; no UCX baseline"),
+        }
+        report.add_ratio("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us");
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! `lanet-bench`: latency and bandwidth benchmarks. Every benchmark measures its baseline in
-//! the same run (raw blocking TCP, sockperf, iperf3 when installed) and prints the ratio.
+//! `lanet-bench`: latency, bandwidth, message-rate and instruction-cost benchmarks. Every
+//! timed benchmark measures its baseline in the same run (raw blocking TCP, sockperf,
+//! iperf3, UCX and libfabric when installed) and prints the ratio.
 //!
 //! Each benchmark starts its own peer process (this binary with `--serve`), or runs one side
 //! with `--serve NID` / `--connect NID` for two hosts. Over RDMA (`--lnd rdma`) the baseline
@@ -8,6 +9,7 @@
 mod bandwidth;
 mod baselines;
 mod blackhole;
+mod cost;
 mod detect;
 mod lanes;
 mod latency;
@@ -40,7 +42,7 @@ struct Cli {
 enum Bench {
     /// Ping-pong of PUTs (each completes on its ACK: one round trip), p50/p99/p99.9.
     Latency(LatencyArgs),
-    /// Streaming PUTs, GB/s.
+    /// Streaming PUTs: GB/s and messages per second.
     Bandwidth(BandwidthArgs),
     /// Health PING round trips idle, under saturating data load, and with the pings on
     /// the data lane (the baseline without a health lane).
@@ -54,6 +56,9 @@ enum Bench {
     /// A router cut off (net-level and peer-level), timed: how soon it withdraws, how soon
     /// clients stop sending through it, operations lost, and damping (root: namespaces).
     Blackhole(BlackholeArgs),
+    /// Instructions per PUT round trip, both ends, on the in-memory LND: counted by
+    /// callgrind (valgrind), not timed.
+    Cost(CostArgs),
     /// Failure detection at scale on the simulator: health load per node and detection
     /// time as the number of nodes grows.
     Sim(SimArgs),
@@ -129,6 +134,28 @@ pub(crate) struct BandwidthArgs {
     /// Seconds to stream.
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
+    /// PUTs in flight (default: the peer's data credits, 8). With a small --size this
+    /// measures the message rate.
+    #[arg(long)]
+    window: Option<usize>,
+}
+
+#[derive(Args)]
+pub(crate) struct CostArgs {
+    /// Round trips counted (beyond a shorter run's, which is subtracted).
+    #[arg(long, default_value_t = 20_000)]
+    iters: usize,
+    /// Payload bytes per PUT.
+    #[arg(long, default_value_t = 8)]
+    size: usize,
+    #[arg(long)]
+    json: bool,
+    /// Only run this many round trips (what runs under callgrind).
+    #[arg(long, hide = true)]
+    inner: Option<usize>,
+    /// With --inner: the baseline's round trips instead.
+    #[arg(long, hide = true, requires = "inner")]
+    inner_baseline: bool,
 }
 
 #[derive(Args)]
@@ -262,7 +289,7 @@ fn main() -> ExitCode {
         Bench::Router(a) => (a.common.zc_min, a.common.serve),
         Bench::Lanes(a) => (None, a.serve),
         Bench::Detect(a) => (None, a.serve),
-        Bench::Sim(_) | Bench::Blackhole(_) => (None, None),
+        Bench::Sim(_) | Bench::Blackhole(_) | Bench::Cost(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
     let config = match &cli.bench {
@@ -293,6 +320,21 @@ fn main() -> ExitCode {
             };
         }
     }
+    if let Bench::Cost(CostArgs {
+        inner: Some(n),
+        size,
+        inner_baseline,
+        ..
+    }) = &cli.bench
+    {
+        return match cost::run_inner(*n, *size, *inner_baseline) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lanet-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(nid) = serve {
         return match peer::serve(nid) {
             Ok(()) => ExitCode::SUCCESS,
@@ -309,6 +351,7 @@ fn main() -> ExitCode {
         Bench::Lanes(a) => lanes::run(&a),
         Bench::Detect(a) => detect::run(&a),
         Bench::Sim(a) => simscale::run(&a),
+        Bench::Cost(a) => cost::run(&a),
         Bench::Blackhole(a) => blackhole::run(&a),
     };
     match result {

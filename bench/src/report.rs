@@ -72,7 +72,7 @@ impl Report {
             println!("  TCP backend: {b}");
         }
         for (k, v, unit) in &self.rows {
-            println!("  {k:<28} {v:>12.3} {unit}");
+            println!("  {k:<44} {v:>12.3} {unit}");
         }
         for n in &self.notes {
             println!("  note: {n}");

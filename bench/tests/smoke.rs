@@ -84,6 +84,39 @@ fn tcp_bandwidth_reports_gigabytes_per_second() {
     ]);
     let g = positive(&r, "lanet.gbytes_per_s");
     assert!(g > 0.001 && g < 1000.0, "{g} GB/s");
+    // One MiB per PUT: the message rate is the bandwidth over the size.
+    let rate = positive(&r, "lanet.msgs_per_s");
+    assert!(
+        (rate * 1048576.0 / 1e9 / g - 1.0).abs() < 0.01,
+        "{rate} msg/s"
+    );
+    if installed("ucx_perftest") {
+        positive(&r, "ucx.gbytes_per_s");
+        positive(&r, "ucx.msgs_per_s");
+        positive(&r, "ratio.rate_vs_ucx");
+    }
+}
+
+/// Small PUTs with a window beyond the credits: a message rate, beside UCX's.
+#[test]
+fn tcp_message_rate_is_reported_with_a_window() {
+    let r = run(&[
+        "bandwidth",
+        "--lnd",
+        "tcp",
+        "--size",
+        "8",
+        "--window",
+        "32",
+        "--secs",
+        "1",
+    ]);
+    let rate = positive(&r, "lanet.msgs_per_s");
+    assert!((100.0..100_000_000.0).contains(&rate), "{rate} msg/s");
+    if installed("ucx_perftest") {
+        let ucx = positive(&r, "ucx.msgs_per_s");
+        assert!((100.0..100_000_000.0).contains(&ucx), "{ucx} msg/s");
+    }
 }
 
 #[test]
@@ -151,4 +184,24 @@ fn sim_reports_health_load_and_detection_per_size() {
     // The load per node follows interest, not the number of nodes.
     let ratio = positive(&r, "ratio.load_largest_vs_smallest");
     assert!((0.5..2.0).contains(&ratio), "{ratio}");
+}
+
+/// Instructions per round trip, counted under callgrind where valgrind is installed: the
+/// parts add up to the whole, and the whole is of a sane order.
+#[test]
+fn cost_counts_instructions_per_round_trip() {
+    if !installed("valgrind") {
+        eprintln!("valgrind is not installed: skipping");
+        return;
+    }
+    let r = run_json(&["cost", "--iters", "300"]);
+    let total = positive(&r, "instructions_per_round_trip");
+    assert!((100.0..10_000_000.0).contains(&total), "{total}");
+    let parts: f64 = ["core", "mem_lnd", "bench", "alloc", "other"]
+        .iter()
+        .map(|p| r[&format!("instructions.{p}")].as_f64().unwrap())
+        .sum();
+    // The parts are self costs; the total also counts what no function owns (a few).
+    assert!((parts / total - 1.0).abs() < 0.05, "{parts} of {total}");
+    positive(&r, "instructions.core");
 }

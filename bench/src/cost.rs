@@ -1,0 +1,420 @@
+//! `lanet-bench cost`: instructions per PUT round trip, both ends, counted by callgrind
+//! rather than timed, so that the figure is the same on a busy machine as on a quiet one.
+//!
+//! The ping-pong of `latency --lnd mem` (two endpoints in this process on the in-memory
+//! LND) runs twice under `valgrind --tool=callgrind`, with `base` and `base + iters` round
+//! trips; the difference over `iters` leaves set-up, warm-up and shut-down out.
+//!
+//! The headline, `instructions_per_round_trip`, is the core's: lanet's node, endpoint and
+//! driver loop, with what they call of the libraries (hash maps, clocks, CRC, copies,
+//! allocator, channels). The in-memory LND stands in for a real one and the benchmark's
+//! loop is not lanet, so both are counted apart. A function of neither (a library's) is
+//! shared among its callers, in proportion to what each call cost: a caller's share of a
+//! hash map lookup is the core's if the caller is the core's, and so on up the calls.
+//!
+//! The baseline, counted the same way in the same run, is two threads passing a message
+//! back and forth over channels: what a round trip between two threads costs with no
+//! protocol at all.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::latency::pingpong;
+use crate::peer::Target;
+use crate::report::Report;
+use crate::CostArgs;
+
+/// Round trips of the shorter run (after the ping-pong's own warm-up).
+const BASE: usize = 1_000;
+/// What issue 17 asks of the core, both ends, per round trip.
+const GOAL: f64 = 2_000.0;
+
+/// Who instructions are counted to. A function is one of the first three by its name, or
+/// shares its instructions among its callers' owners; what no owner called (thread start,
+/// the loader, `main`'s set-up) is the runtime's.
+const OWNERS: [&str; 4] = ["core", "mem_lnd", "bench", "runtime"];
+const RUNTIME: usize = 3;
+
+/// The owner a function has by its name, if any.
+fn owner_by_name(f: &str) -> Option<usize> {
+    if f.contains("lanet::mem::") {
+        Some(1)
+    } else if f.contains("lanet_bench::") {
+        Some(2)
+    } else if f.contains("lanet::") {
+        Some(0)
+    } else {
+        None
+    }
+}
+
+/// Functions listed in the table, by their own instructions per round trip.
+const TOP: usize = 12;
+
+/// What runs under callgrind: just the ping-pong, `n` round trips after the warm-up; or
+/// the baseline's.
+pub(crate) fn run_inner(n: usize, size: usize, baseline: bool) -> Result<(), String> {
+    if baseline {
+        channel_pingpong(n, size);
+        return Ok(());
+    }
+    pingpong(Target::Mem, size, n).map(|_| ())
+}
+
+/// The baseline: `size`-byte messages passed between two threads over crossbeam channels
+/// and back, `n` times, as the two endpoints' threads pass a PUT and its ACK: the least a
+/// round trip between two threads of one process costs, with no protocol at all.
+fn channel_pingpong(n: usize, size: usize) {
+    let (to_echo, echo_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let (to_client, client_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let echo = std::thread::spawn(move || {
+        for m in echo_rx {
+            if to_client.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    let mut message = vec![0x5a; size];
+    for _ in 0..n {
+        to_echo.send(message).expect("the echo thread runs");
+        message = client_rx.recv().expect("the echo thread answers");
+    }
+    drop(to_echo);
+    let _ = echo.join();
+}
+
+pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
+    if args.iters == 0 {
+        return Err("--iters must be at least 1".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("lanet-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let counted = |n: usize, baseline: bool| -> Result<Counts, String> {
+        let out = dir.join(format!("callgrind.{n}.{baseline}"));
+        let result = callgrind(&exe, &out, n, args.size, baseline);
+        let _ = std::fs::remove_file(&out);
+        result
+    };
+    let result = (|| {
+        Ok::<_, String>((
+            counted(BASE, false)?,
+            counted(BASE + args.iters, false)?,
+            counted(BASE, true)?,
+            counted(BASE + args.iters, true)?,
+        ))
+    })();
+    let _ = std::fs::remove_dir(&dir);
+    let (short, long, base_short, base_long) = result?;
+
+    let per_rt = |long: f64, short: f64| (long - short).max(0.0) / args.iters as f64;
+    let mut report = Report::new(
+        format!(
+            "cost: instructions per {}-byte PUT round trip, both ends, on the in-memory LND \
+             (callgrind, {} round trips beyond {BASE})",
+            args.size, args.iters
+        ),
+        args.json,
+    );
+    let (owned_long, owned_short) = (long.owned(), short.owned());
+    report.add(
+        "instructions_per_round_trip",
+        per_rt(owned_long[0], owned_short[0]),
+        "instr",
+    );
+    report.add("goal.instructions_per_round_trip", GOAL, "instr");
+    report.add_ratio(
+        "ratio.vs_goal",
+        "instructions_per_round_trip",
+        "goal.instructions_per_round_trip",
+    );
+    report.add(
+        "total_instructions_per_round_trip",
+        per_rt(long.total as f64, short.total as f64),
+        "instr",
+    );
+    report.add(
+        "channel_pingpong.instructions_per_round_trip",
+        per_rt(base_long.total as f64, base_short.total as f64),
+        "instr",
+    );
+    report.add_ratio(
+        "ratio.total_vs_channel_pingpong",
+        "total_instructions_per_round_trip",
+        "channel_pingpong.instructions_per_round_trip",
+    );
+    for (i, owner) in OWNERS.iter().enumerate().skip(1) {
+        report.add(
+            format!("instructions.{owner}"),
+            per_rt(owned_long[i], owned_short[i]),
+            "instr",
+        );
+    }
+    let mut top: Vec<(f64, &String)> = long
+        .functions
+        .iter()
+        .map(|(f, l)| {
+            let s = short.functions.get(f).map_or(0, |s| s.own);
+            (per_rt(l.own as f64, s as f64), f)
+        })
+        .filter(|(n, _)| *n >= 1.0)
+        .collect();
+    top.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (n, f) in top.into_iter().take(TOP) {
+        report.note(format!("{n:>8.0}  {}", shorten(f)));
+    }
+    report.note(
+        "above: the functions with the most instructions of their own per round trip; \
+         instructions_per_round_trip is the core's (node, endpoint, driver loop and the \
+         library code they call), total_ is everything in the process",
+    );
+    Ok(report)
+}
+
+/// Instructions counted in one run: in all, and per function.
+struct Counts {
+    total: u64,
+    functions: HashMap<String, Function>,
+}
+
+/// One function's instructions: its own, and what each of its callers' calls to it cost
+/// (inclusive).
+#[derive(Default)]
+struct Function {
+    own: u64,
+    callers: HashMap<String, u64>,
+}
+
+impl Counts {
+    /// Instructions per owner ([`OWNERS`]): each function's own go to its owner by name, or
+    /// are shared among its callers' owners in proportion to what their calls cost.
+    fn owned(&self) -> [f64; 4] {
+        let mut shares: HashMap<&str, [f64; 4]> = HashMap::new();
+        for name in self.functions.keys() {
+            let mut share = [0.0; 4];
+            share[owner_by_name(name).unwrap_or(RUNTIME)] = 1.0;
+            shares.insert(name, share);
+        }
+        // Up the calls, a level a pass: a few dozen passes settle any call chain here.
+        for _ in 0..64 {
+            let mut changed = false;
+            for (name, f) in &self.functions {
+                if owner_by_name(name).is_some() {
+                    continue;
+                }
+                let weight: u64 = f
+                    .callers
+                    .iter()
+                    .filter(|(c, _)| *c != name)
+                    .map(|(_, &w)| w)
+                    .sum();
+                if weight == 0 {
+                    continue;
+                }
+                let mut share = [0.0; 4];
+                for (caller, &w) in f.callers.iter().filter(|(c, _)| *c != name) {
+                    let from = shares.get(caller.as_str()).copied().unwrap_or({
+                        let mut runtime = [0.0; 4];
+                        runtime[RUNTIME] = 1.0;
+                        runtime
+                    });
+                    for i in 0..4 {
+                        share[i] += from[i] * w as f64 / weight as f64;
+                    }
+                }
+                let old = shares
+                    .insert(name, share)
+                    .expect("every function has a share");
+                changed |= old.iter().zip(&share).any(|(a, b)| (a - b).abs() > 1e-9);
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut owned = [0.0; 4];
+        for (name, f) in &self.functions {
+            for (i, share) in shares[name.as_str()].iter().enumerate() {
+                owned[i] += f.own as f64 * share;
+            }
+        }
+        owned
+    }
+}
+
+/// Runs this binary's ping-pong of `n` round trips under callgrind, its counts read from
+/// `out`.
+fn callgrind(
+    exe: &Path,
+    out: &Path,
+    n: usize,
+    size: usize,
+    baseline: bool,
+) -> Result<Counts, String> {
+    let mut cmd = Command::new("valgrind");
+    cmd.args([
+        "--tool=callgrind",
+        "--compress-strings=no",
+        "--compress-pos=no",
+    ])
+    .arg(format!("--callgrind-out-file={}", out.display()))
+    .arg(exe)
+    .args([
+        "cost",
+        "--inner",
+        &n.to_string(),
+        "--size",
+        &size.to_string(),
+    ]);
+    if baseline {
+        cmd.arg("--inner-baseline");
+    }
+    let done = cmd.output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "valgrind is not installed: `apt-get install valgrind` (or ./scripts/setup bench)"
+                .to_string()
+        }
+        _ => format!("valgrind: {e}"),
+    })?;
+    if !done.status.success() {
+        let err = String::from_utf8_lossy(&done.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(6).collect();
+        return Err(format!(
+            "the ping-pong under callgrind failed ({}):\n{}",
+            done.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    parse(&text)
+}
+
+/// Reads a callgrind profile written with `--compress-strings=no --compress-pos=no`: each
+/// function's own instructions (cost lines under `fn=`), what each call cost (the cost
+/// line after `cfn=` and `calls=`, which is not the caller's own), and the total.
+fn parse(text: &str) -> Result<Counts, String> {
+    let mut functions: HashMap<String, Function> = HashMap::new();
+    let mut total = None;
+    let mut current: Option<String> = None;
+    let mut callee: Option<String> = None;
+    let mut after_call = false;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("fn=") {
+            current = Some(name.to_owned());
+            functions.entry(name.to_owned()).or_default();
+        } else if let Some(name) = line.strip_prefix("cfn=") {
+            callee = Some(name.to_owned());
+        } else if line.starts_with("calls=") {
+            after_call = true;
+        } else if let Some(t) = line
+            .strip_prefix("totals:")
+            .or_else(|| line.strip_prefix("summary:"))
+        {
+            total = t.split_whitespace().next().and_then(|v| v.parse().ok());
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            let ir: u64 = line
+                .split_whitespace()
+                .last()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("not a cost line: {line:?}"))?;
+            let f = current
+                .clone()
+                .ok_or_else(|| format!("a cost line before any fn=: {line:?}"))?;
+            if std::mem::take(&mut after_call) {
+                let g = callee
+                    .clone()
+                    .ok_or_else(|| format!("calls= without cfn=: {line:?}"))?;
+                *functions
+                    .entry(g)
+                    .or_default()
+                    .callers
+                    .entry(f)
+                    .or_default() += ir;
+            } else {
+                functions.entry(f).or_default().own += ir;
+            }
+        }
+    }
+    let total = total.ok_or("no totals: or summary: line in the callgrind profile")?;
+    Ok(Counts { total, functions })
+}
+
+/// A function's name without its generic arguments, trimmed for a table.
+fn shorten(f: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in f.chars() {
+        match c {
+            '<' => {
+                if depth == 0 {
+                    out.push_str("<..>");
+                }
+                depth += 1;
+            }
+            '>' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    if out.chars().count() > 100 {
+        out = out.chars().take(97).collect::<String>() + "...";
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_code_is_counted_to_its_callers() {
+        // The core calls get_mut (10) and malloc (100 in all); the in-memory LND calls
+        // malloc too (50); get_mut is a library's, and so is malloc, which get_mut calls.
+        let text = "events: Ir\n\
+                    fn=lanet::node::Node::handle\n\
+                    10 5\n\
+                    cfn=hashbrown::map::HashMap::get_mut\n\
+                    calls=1 0\n\
+                    11 110\n\
+                    12 7\n\
+                    fn=hashbrown::map::HashMap::get_mut\n\
+                    1 10\n\
+                    cfn=malloc\n\
+                    calls=1 0\n\
+                    2 100\n\
+                    fn=malloc\n\
+                    1 150\n\
+                    fn=lanet::mem::MemLnd::poll\n\
+                    3 20\n\
+                    cfn=malloc\n\
+                    calls=1 0\n\
+                    4 50\n\
+                    fn=main\n\
+                    1 3\n\
+                    summary: 195\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.total, 195);
+        assert_eq!(c.functions["lanet::node::Node::handle"].own, 12);
+        assert_eq!(c.functions["malloc"].own, 150);
+        assert_eq!(
+            c.functions["malloc"].callers["lanet::mem::MemLnd::poll"],
+            50
+        );
+        let owned = c.owned();
+        // core: its own 12, get_mut's 10, two thirds of malloc's 150.
+        assert!((owned[0] - 122.0).abs() < 1e-6, "{owned:?}");
+        assert!((owned[1] - 70.0).abs() < 1e-6, "{owned:?}");
+        assert!((owned[RUNTIME] - 3.0).abs() < 1e-6, "{owned:?}");
+        assert!(parse("fn=x\n1 2\n").is_err(), "no total");
+        assert!(parse("1 2\nsummary: 2\n").is_err(), "no function");
+    }
+
+    #[test]
+    fn generic_arguments_are_left_out() {
+        assert_eq!(
+            shorten("<lanet::a::B<T> as c::D>::e"),
+            "<..>::e".to_string()
+        );
+        assert_eq!(shorten("f<u8>::g"), "f<..>::g");
+    }
+}
