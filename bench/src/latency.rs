@@ -20,7 +20,7 @@ const WARMUP: usize = 1000;
 /// an emulated CPU).
 const UCX_RDMA_ITERS: usize = 20_000;
 const UCX_RDMA_LIMIT: Duration = Duration::from_secs(60);
-/// How long the RDMA driver busy-polls before sleeping, in this benchmark (microseconds).
+/// How long the drivers busy-poll before sleeping, in this benchmark (microseconds).
 const BUSY_POLL_US: u64 = 1_000_000;
 
 pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
@@ -35,6 +35,18 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
     if c.lnd == LndChoice::Rdma {
         rdma(args, size, &mut report)?;
         return Ok(report);
+    }
+    if args.spin && c.lnd == LndChoice::Tcp {
+        // Both processes (the server inherits it), unless told otherwise.
+        if std::env::var_os(lanet_lnd_tcp::SPIN_ENV).is_none() {
+            std::env::set_var(lanet_lnd_tcp::SPIN_ENV, BUSY_POLL_US.to_string());
+        }
+        report.note(format!(
+            "both lanet processes busy-poll ({}={}), as UCX and libfabric do; the raw TCP \
+             floor and sockperf block",
+            lanet_lnd_tcp::SPIN_ENV,
+            std::env::var(lanet_lnd_tcp::SPIN_ENV).unwrap_or_default()
+        ));
     }
     // The server process (if we start one) lives until the baselines are measured too.
     let server = match (c.lnd, c.connect) {

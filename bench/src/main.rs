@@ -125,6 +125,9 @@ pub(crate) struct LatencyArgs {
     /// Round trips to measure (after 1000 of warm-up).
     #[arg(long, default_value_t = 100_000)]
     iters: usize,
+    /// TCP: both lanet processes busy-poll (LANET_TCP_SPIN_US), as UCX and libfabric do.
+    #[arg(long)]
+    spin: bool,
 }
 
 #[derive(Args)]

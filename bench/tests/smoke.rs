@@ -61,6 +61,15 @@ fn tcp_latency_reports_lanet_and_the_raw_tcp_floor_in_microseconds() {
     }
 }
 
+/// Busy-polling TCP (both lanet processes spin): the same figures.
+#[test]
+fn tcp_latency_busy_polls_with_spin() {
+    let r = run(&["latency", "--lnd", "tcp", "--iters", "300", "--spin"]);
+    let us = positive(&r, "lanet.p50_us");
+    assert!((1.0..1_000_000.0).contains(&us), "{us} us");
+    positive(&r, "raw_tcp.p50_us");
+}
+
 /// Whether `tool` can be run here.
 fn installed(tool: &str) -> bool {
     std::process::Command::new(tool)

@@ -24,9 +24,10 @@ mod uring;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lanet::lane::{Lane, PerLane};
+use lanet::lnd::spin::SpinWaker;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
 use lanet::NodeConfig;
@@ -60,7 +61,14 @@ pub struct TcpConfig {
     /// Keys to authenticate connections with, and which to accept (with
     /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
     pub auth: lanet::handshake::auth::Auth,
+    /// How long to busy-poll before sleeping (zero: never): latency for a CPU, as UCX and
+    /// the RDMA LND's spin. Only where this NI is its driver thread's only one.
+    pub spin: Duration,
 }
+
+/// Environment variable that sets [`TcpConfig::spin`] (microseconds) where the
+/// configuration does not.
+pub const SPIN_ENV: &str = "LANET_TCP_SPIN_US";
 
 /// [`TcpConfig::max_pending_accepts`] by default: a whole cluster's clients connecting at
 /// once, as after a router restart, finish their handshakes in well under a millisecond.
@@ -78,6 +86,10 @@ impl TcpConfig {
             check_source_address: true,
             max_pending_accepts: DEFAULT_MAX_PENDING_ACCEPTS,
             auth: cfg.auth.clone(),
+            spin: std::env::var(SPIN_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_micros),
         }
     }
 }
@@ -100,6 +112,9 @@ impl lanet::config::OpenLnd for OpenTcp {
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
         cfg.max_pending_accepts = net.pending_accepts;
         cfg.check_source_address = net.check_source_address;
+        if let Some(spin) = net.spin {
+            cfg.spin = spin;
+        }
         // `for_node` took the node's keys and accept policy.
         Ok(Box::new(TcpLnd::bind(net.nid, cfg)?))
     }
@@ -126,6 +141,14 @@ enum Driver {
 /// to peers on demand.
 pub struct TcpLnd {
     backend: Driver,
+    /// Busy-polling, where configured.
+    spin: Option<Spin>,
+}
+
+/// How long to busy-poll, and the waker the spinning loop reads.
+struct Spin {
+    limit: Duration,
+    waker: Arc<SpinWaker>,
 }
 
 /// Runs `$body` on whichever backend this LND has.
@@ -223,7 +246,17 @@ impl TcpLnd {
                 ))
             }
         };
-        Ok(TcpLnd { backend })
+        let spin = (!cfg.spin.is_zero()).then(|| {
+            tracing::info!(%nid, "TCP LND busy-polls {:?} before sleeping", cfg.spin);
+            Spin {
+                limit: cfg.spin,
+                waker: SpinWaker::new(match &backend {
+                    Driver::Uring(b) => b.waker(),
+                    Driver::Epoll(b) => b.waker(),
+                }),
+            }
+        });
+        Ok(TcpLnd { backend, spin })
     }
 
     /// The backend in use.
@@ -268,10 +301,40 @@ impl Lnd for TcpLnd {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        with_backend!(self, b => b.poll(events, timeout))
+        let Some(spin) = &self.spin else {
+            return with_backend!(self, b => b.poll(events, timeout));
+        };
+        if timeout == Some(Duration::ZERO) {
+            return with_backend!(self, b => b.poll(events, timeout));
+        }
+        // Busy-poll: look without waiting until something comes, a wake, the timeout, or
+        // the end of the spin; then sleep for what is left of the timeout.
+        let start = Instant::now();
+        let limit = timeout.map_or(spin.limit, |t| t.min(spin.limit));
+        loop {
+            with_backend!(self, b => b.poll(events, Some(Duration::ZERO)))?;
+            if !events.is_empty() || spin.waker.take() {
+                return Ok(());
+            }
+            let spun = start.elapsed();
+            if spun >= limit {
+                let rest = timeout.map(|t| t.saturating_sub(spun));
+                if rest == Some(Duration::ZERO) {
+                    return Ok(());
+                }
+                let slept = with_backend!(self, b => b.poll(events, rest));
+                // The core looks at its commands next: a wake's flag is spent.
+                let _ = spin.waker.take();
+                return slept;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn waker(&self) -> Arc<dyn Wake> {
+        if let Some(spin) = &self.spin {
+            return spin.waker.clone();
+        }
         match &self.backend {
             Driver::Uring(b) => b.waker(),
             Driver::Epoll(b) => b.waker(),

@@ -72,6 +72,7 @@
 //! on with the others.
 
 pub mod conns;
+pub mod spin;
 
 use std::fmt;
 use std::os::fd::RawFd;

@@ -32,6 +32,7 @@ use lanet::handshake::auth::Auth;
 use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
 use lanet::lnd::conns::{Closed, ConnTable, Stage};
+use lanet::lnd::spin::SpinWaker;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
 use lanet::time::{Clock, MonotonicClock, Time};
@@ -70,6 +71,9 @@ impl lanet::config::OpenLnd for OpenRdma {
         let mut cfg = RdmaConfig::for_node(node);
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
         cfg.max_pending_accepts = net.pending_accepts;
+        if let Some(spin) = net.spin {
+            cfg.spin = spin;
+        }
         Ok(Box::new(RdmaLnd::bind(net.nid, cfg)?))
     }
 }
@@ -198,7 +202,8 @@ pub struct RdmaLnd {
     wcs: Vec<Completion>,
     poll: mio::Poll,
     mio_events: mio::Events,
-    waker: Arc<MioWaker>,
+    /// Wakes a sleep (its eventfd) and raises a flag the spinning loop reads.
+    waker: Arc<SpinWaker>,
     // Dropped in this order, after the connections (fields drop in declaration order):
     // the listener before the channels its events use.
     _listener: CmId,
@@ -253,9 +258,9 @@ impl RdmaLnd {
         let poll =
             mio::Poll::new().map_err(|e| LndError::new(LndErrorKind::Resource, e.to_string()))?;
         let io = |e: std::io::Error| LndError::new(LndErrorKind::Resource, e.to_string());
-        let waker = Arc::new(MioWaker(
+        let waker = SpinWaker::new(Arc::new(MioWaker(
             mio::Waker::new(poll.registry(), WAKE).map_err(io)?,
-        ));
+        )));
         for (fd, token) in [(channel.fd(), CM), (comp.fd(), COMP)] {
             poll.registry()
                 .register(
@@ -471,6 +476,8 @@ impl RdmaLnd {
         }
         let woken = self.mio_events.iter().any(|e| e.token() == WAKE);
         self.comp.drain();
+        // The core looks at its commands next: the flag of this wake is spent.
+        let _ = self.waker.take();
         Ok(woken)
     }
 }
@@ -535,6 +542,12 @@ impl Lnd for RdmaLnd {
             if worked {
                 idle = 0;
                 continue;
+            }
+            if self.waker.take() {
+                // Commands for the core (a submission from another thread): back to it
+                // now, not at the end of the spin.
+                self.hand_over(events);
+                return Ok(());
             }
             idle += 1;
             if !idle.is_multiple_of(CLOCK_PASSES) {

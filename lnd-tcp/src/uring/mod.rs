@@ -149,6 +149,10 @@ pub(crate) struct Uring {
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
+    /// The kernel flags task work it holds for us (`IORING_SETUP_TASKRUN_FLAG`, 5.19+), so
+    /// a look that finds nothing to submit, reap or run needs no system call: what lets a
+    /// busy-polling driver spin in user space.
+    flags_task_work: bool,
     /// Whether the driver thread sleeps on several LNDs, on the ring's descriptor (see
     /// `wait_fd`); `Some(false)`: it cannot, and polls this LND instead. None: not asked.
     shared: Option<bool>,
@@ -164,7 +168,11 @@ impl Uring {
         listener: io::Result<Option<TcpListener>>,
         zero_copy_min: usize,
     ) -> io::Result<Uring> {
-        let (ring, enabled) = new_ring(true)?;
+        let NewRing {
+            ring,
+            enabled,
+            flags_task_work,
+        } = new_ring(true)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
@@ -207,6 +215,7 @@ impl Uring {
             backlog: std::collections::VecDeque::new(),
             deferred: FxHashMap::default(),
             enabled,
+            flags_task_work,
             shared: None,
             mover: None,
             mover_failed: false,
@@ -226,6 +235,13 @@ impl Uring {
             self.enabled = true;
         }
         Ok(())
+    }
+
+    /// Nothing queued to submit, no task work held for us, no completions held back by
+    /// an overflow: entering the kernel now would do nothing.
+    fn nothing_to_enter_for(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.is_empty() && !sq.taskrun() && !sq.cq_overflow()
     }
 
     /// Task work runs only when we ask for completions. Deferred task work is only ever
@@ -525,7 +541,11 @@ impl Uring {
         if self.enabled {
             return Err(io::Error::other("already running with deferred task work"));
         }
-        let (ring, enabled) = new_ring(false)?;
+        let NewRing {
+            ring,
+            enabled,
+            flags_task_work,
+        } = new_ring(false)?;
         let (bufs, health_bufs) = new_buffers(&ring)?;
         // The old ring never ran: the entries queued in it (accept, wake) go with it and
         // are armed anew; its buffers were never handed to the kernel.
@@ -534,6 +554,7 @@ impl Uring {
         self.bufs = ManuallyDrop::new(bufs);
         self.health_bufs = ManuallyDrop::new(health_bufs);
         self.enabled = enabled;
+        self.flags_task_work = flags_task_work;
         self.accept_armed = false;
         self.wake_armed = false;
         self.arm_accept();
@@ -569,6 +590,12 @@ impl Uring {
         })?;
         self.flush_dirty();
         let submitted = match self.engine.wait(timeout, !self.backlog.is_empty()) {
+            // Nothing to submit and no task work held for us: the completions there are
+            // can be reaped without entering the kernel (a busy-polling driver spins here).
+            Some(d) if d.is_zero() && self.flags_task_work && self.nothing_to_enter_for() => Ok(0),
+            // The kernel runs the task work it holds, and posts its completions, on an
+            // enter asking for events (`submit` asks when the ring flags task work).
+            Some(d) if d.is_zero() && self.flags_task_work => self.ring.submit(),
             // With deferred task work, completions only come when asked for.
             Some(d) if d.is_zero() && self.defers_task_work() => {
                 let now = Timespec::new();
@@ -890,28 +917,50 @@ fn new_socket(local: Nid) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A ring, and whether it is enabled already. With `defer`, deferred task work (6.1+): the
-/// kernel's receive copies run only inside our own `io_uring_enter`, a bounded batch at a
-/// time, not at whatever system call this thread makes next. It needs a single issuer,
-/// and the issuer is the thread that enables the ring: the driver thread, at its first
-/// poll, not the one creating us. Older kernels get a plain ring.
-fn new_ring(defer: bool) -> io::Result<(IoUring, bool)> {
+/// A new ring and what it was set up with.
+struct NewRing {
+    ring: IoUring,
+    /// Whether it is enabled already.
+    enabled: bool,
+    /// Whether the kernel flags pending task work in the ring (5.19+).
+    flags_task_work: bool,
+}
+
+/// A ring. With `defer`, deferred task work (6.1+): the kernel's receive copies run only
+/// inside our own `io_uring_enter`, a bounded batch at a time, not at whatever system call
+/// this thread makes next. It needs a single issuer, and the issuer is the thread that
+/// enables the ring: the driver thread, at its first poll, not the one creating us. Older
+/// kernels get a plain ring.
+fn new_ring(defer: bool) -> io::Result<NewRing> {
     if defer {
         let deferred = IoUring::builder()
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_r_disabled()
             .build(RING_ENTRIES);
         if let Ok(ring) = deferred {
-            return Ok((ring, false));
+            return Ok(NewRing {
+                ring,
+                enabled: false,
+                flags_task_work: true,
+            });
         }
     }
-    let ring = IoUring::builder()
+    let flagged = IoUring::builder()
         .setup_coop_taskrun()
-        .build(RING_ENTRIES)
-        .or_else(|_| IoUring::new(RING_ENTRIES))?;
-    Ok((ring, true))
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES);
+    let (ring, flags_task_work) = match flagged {
+        Ok(ring) => (ring, true),
+        Err(_) => (IoUring::new(RING_ENTRIES)?, false),
+    };
+    Ok(NewRing {
+        ring,
+        enabled: true,
+        flags_task_work,
+    })
 }
 
 /// The receive buffer groups, registered with `ring`: data lane and health lane.

@@ -77,6 +77,9 @@ impl ConfigFile {
                 let _ = writeln!(t, "credits = {}", net.credits);
                 let _ = writeln!(t, "pending_accepts = {}", net.pending_accepts);
                 let _ = writeln!(t, "check_source_address = {}", net.check_source_address);
+                if let Some(spin) = net.spin {
+                    let _ = writeln!(t, "spin = {}", dur(spin));
+                }
             }
         }
         for r in &self.routes {

@@ -69,6 +69,10 @@ pub struct NetSection {
     /// Whether an accepted connection's HELLO must name a NID at the address the
     /// connection comes from (off only where peers dial from elsewhere: NAT).
     pub check_source_address: bool,
+    /// How long the driver busy-polls before it sleeps (`spin`): latency for a CPU. None:
+    /// the driver's default (TCP: none; RDMA: 50 us). Only where the NI is its driver
+    /// thread's only one.
+    pub spin: Option<Duration>,
 }
 
 /// [`NetSection::pending_accepts`] by default.
@@ -268,6 +272,7 @@ struct RawNet {
     credits: Option<Spanned<u32>>,
     pending_accepts: Option<Spanned<usize>>,
     check_source_address: Option<bool>,
+    spin: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -677,6 +682,39 @@ impl RawNet {
             None if self.net.kind == LndKind::O2ib => DEFAULT_PENDING_ACCEPTS_RDMA,
             None => DEFAULT_PENDING_ACCEPTS,
         };
+        let spin = match &self.spin {
+            None => None,
+            Some(_) if matches!(self.net.kind, LndKind::Lo | LndKind::Mem) => {
+                return Err(at.at(
+                    raw,
+                    "spin",
+                    format!("{} nets do not busy-poll (tcp and o2ib do)", self.net),
+                ))
+            }
+            Some(text) => match humantime::parse_duration(text.get_ref()) {
+                Ok(d) if d <= crate::lnd::spin::MAX_SPIN => Some(d),
+                Ok(_) => {
+                    return Err(at.at(
+                        text,
+                        "spin",
+                        format!(
+                            "at most {} (a driver spinning longer holds a core for nothing)",
+                            humantime::format_duration(crate::lnd::spin::MAX_SPIN)
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(at.at(
+                        text,
+                        "spin",
+                        format!(
+                            "expected a duration such as \"50us\" or \"1ms\", got {:?} ({e})",
+                            text.get_ref()
+                        ),
+                    ))
+                }
+            },
+        };
         Ok(NetSection {
             nid,
             interface: self.interface.as_ref().map(|i| i.get_ref().clone()),
@@ -684,6 +722,7 @@ impl RawNet {
             credits,
             pending_accepts,
             check_source_address: self.check_source_address.unwrap_or(true),
+            spin,
         })
     }
 }

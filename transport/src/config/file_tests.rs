@@ -362,6 +362,7 @@ fn the_reference_example_names_every_key() {
     ))
     .unwrap();
     all.nets[0].interface = Some("eth1".into());
+    all.nets[0].spin = Some(Duration::from_micros(50));
     all.key_file = Some("/etc/lanet/lanet.key".into());
     let exported = all.to_toml();
     let keys: Vec<&str> = exported
@@ -483,4 +484,32 @@ fn auth_takes_a_private_key_file_and_an_accept_policy() {
     );
     assert!(e.message.contains("chmod 600"), "{e}");
     std::fs::remove_dir_all(&exposed).unwrap();
+}
+
+#[test]
+fn a_net_may_busy_poll_for_a_while() {
+    let f = parse(
+        "[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"50us\"\n\
+         [[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\nspin = \"2ms\"\n\
+         [[net]]\nnet = \"tcp2\"\naddress = \"10.0.2.1\"\n",
+    )
+    .unwrap();
+    let spins: Vec<_> = f.nets.iter().map(|n| n.spin).collect();
+    assert_eq!(
+        spins,
+        [
+            Some(Duration::from_micros(50)),
+            Some(Duration::from_millis(2)),
+            None
+        ]
+    );
+    let (first, second) = round_trip(&f.to_toml());
+    assert_eq!(first.nets, second.nets, "written back the same");
+    let e = error("[[net]]\nnet = \"mem\"\naddress = \"10.0.0.1\"\nspin = \"50us\"\n");
+    assert!(e.contains("do not busy-poll") && e.contains("spin"), "{e}");
+    let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"1m\"\n");
+    assert!(e.contains("test.toml:4: spin: at most 10s"), "{e}");
+    let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"fast\"\n");
+    assert!(e.contains("test.toml:4: spin:"), "{e}");
+    assert!(e.contains("\"50us\""), "{e}");
 }

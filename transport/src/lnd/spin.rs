@@ -1,0 +1,82 @@
+//! Busy-polling, for drivers that offer it (`spin` in a net's configuration): poll without
+//! sleeping for a while before sleeping, trading a CPU for the wake-up latency of a sleep.
+//!
+//! A spinning driver makes no system call to learn of a wake: [`SpinWaker`] raises a flag
+//! that the loop reads, and wakes the driver's own waker too, for when it sleeps.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Wake;
+
+/// The longest spin a net may ask for: beyond it a driver would hold a core for nothing
+/// a sleep would not do as well.
+pub const MAX_SPIN: Duration = Duration::from_secs(10);
+
+/// A waker that a busy-polling loop can check cheaply.
+pub struct SpinWaker {
+    woken: AtomicBool,
+    sleeping: Arc<dyn Wake>,
+}
+
+impl SpinWaker {
+    /// Wraps the driver's waker for its sleeps.
+    pub fn new(sleeping: Arc<dyn Wake>) -> Arc<SpinWaker> {
+        Arc::new(SpinWaker {
+            woken: AtomicBool::new(false),
+            sleeping,
+        })
+    }
+
+    /// Whether a wake came since the last call (and forgets it).
+    pub fn take(&self) -> bool {
+        // A load first: the common case (no wake) then writes nothing to a line the
+        // waking thread also writes.
+        self.woken.load(Ordering::Relaxed) && self.woken.swap(false, Ordering::Acquire)
+    }
+}
+
+impl Wake for SpinWaker {
+    fn wake(&self) {
+        // Release: what the waker did before (a command queued) is seen by the loop that
+        // takes the flag.
+        self.woken.store(true, Ordering::Release);
+        self.sleeping.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_is_seen_once_by_the_spinner_and_reaches_the_sleeper() {
+        let sleeper = Arc::new(Counted(AtomicUsize::new(0)));
+        let w = SpinWaker::new(sleeper.clone());
+        assert!(!w.take());
+        w.wake();
+        w.wake();
+        assert!(w.take(), "seen");
+        assert!(!w.take(), "once");
+        assert_eq!(
+            sleeper.0.load(Ordering::SeqCst),
+            2,
+            "each wake reaches a sleep"
+        );
+        // From another thread.
+        let w2 = w.clone();
+        std::thread::spawn(move || w2.wake()).join().unwrap();
+        assert!(w.take());
+    }
+}
