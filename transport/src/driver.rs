@@ -15,7 +15,7 @@ use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, Wake};
 use crate::node::{LndRequest, NiId, Node};
 use crate::op::OpError;
 use crate::sys::{EventFd, WaitSet};
-use crate::time::Clock;
+use crate::time::{Clock, Time};
 
 /// How often an LND that offers nothing to sleep on is polled, when several share a thread.
 const UNWAITABLE_POLL: Duration = Duration::from_millis(1);
@@ -30,6 +30,9 @@ pub struct Driver {
     /// What it sleeps on with several LNDs, kept between sleeps.
     waits: WaitSet,
     scratch: Vec<LndEvent>,
+    /// The time read after the last LND poll, for the caller's next turn: one clock read
+    /// fewer per turn.
+    polled_at: Option<Time>,
 }
 
 impl Driver {
@@ -61,6 +64,7 @@ impl Driver {
             waits: WaitSet::default(),
             lnds,
             scratch: Vec::new(),
+            polled_at: None,
         })
     }
 
@@ -122,6 +126,12 @@ impl Driver {
             self.lnds[ni.0].post(tx);
         }
         any
+    }
+
+    /// The time the clock read right after the last poll of an LND, once: a turn that
+    /// starts just after a poll can take it rather than read the clock again.
+    pub fn take_polled_at(&mut self) -> Option<Time> {
+        self.polled_at.take()
     }
 
     /// Polls the drivers once and feeds their events to the node, at the time `clock` reads
@@ -207,6 +217,7 @@ impl Driver {
     ) -> Result<usize, (NiId, LndError)> {
         let polled = self.lnds[ni.0].poll(&mut self.scratch, wait);
         let now = clock.now();
+        self.polled_at = Some(now);
         let n = self.scratch.len();
         for ev in self.scratch.drain(..) {
             self.node.handle_lnd_event(now, ni, ev);

@@ -1,6 +1,6 @@
 //! The few system calls the core makes itself (the driver thread's wait on several LNDs at
-//! once, an interface's address for the configuration file). Kept here, small, each with
-//! its safety argument.
+//! once, the monotonic clock, an interface's address for the configuration file). Kept
+//! here, small, each with its safety argument.
 
 use std::ffi::CStr;
 use std::io;
@@ -59,6 +59,24 @@ impl WaitSet {
         }
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock `std::time::Instant` reads, without the
+/// checked `Timespec` arithmetic `Instant::elapsed` does on top: the driver thread reads
+/// it several times per message.
+pub(crate) fn monotonic_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec at `&mut ts`, which lives for the call;
+    // CLOCK_MONOTONIC exists on every Linux, so the call cannot fail (checked anyway).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
+    // Never negative for CLOCK_MONOTONIC; u64 nanoseconds last 584 years of uptime.
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// An eventfd: a counter that is readable while non-zero. Signalled from any thread;

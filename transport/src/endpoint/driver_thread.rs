@@ -167,7 +167,12 @@ impl DriverThread {
     fn serve(&mut self) -> Stop {
         let mut skipped_poll = false;
         loop {
-            let now = self.clock.now();
+            // The time read after the poll that ended the last turn, if it did: a few
+            // microseconds old at most.
+            let now = self
+                .driver
+                .take_polled_at()
+                .unwrap_or_else(|| self.clock.now());
             let stopping = self.take_commands(now) || self.gate.stop_requested();
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
