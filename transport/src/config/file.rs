@@ -70,8 +70,8 @@ pub struct NetSection {
     /// connection comes from (off only where peers dial from elsewhere: NAT).
     pub check_source_address: bool,
     /// How long the driver busy-polls before it sleeps (`spin`): latency for a CPU. None:
-    /// the driver's default (TCP: none; RDMA: 50 us). Only where the NI is its driver
-    /// thread's only one.
+    /// the driver's default (TCP: none; RDMA: 50 us), or its `LANET_*_SPIN_US` variable.
+    /// Only on a node of one NI (its driver thread's only one).
     pub spin: Option<Duration>,
 }
 
@@ -465,6 +465,22 @@ impl RawFile {
                 ));
             }
             nets.push(section);
+        }
+        // Its NIs share one driver thread, which sleeps on all of them at once: no single
+        // NI's driver can spin there, and a setting that does nothing must not look set.
+        if let Some(raw) = self.net.iter().find(|r| r.get_ref().spin.is_some()) {
+            if nets.len() > 1 {
+                let spin = raw.get_ref().spin.as_ref().expect("found by it");
+                return Err(at.at(
+                    spin,
+                    "spin",
+                    format!(
+                        "busy-polling applies to a node with one NI, and this file has {} \
+                         (they share a driver thread that sleeps on all of them)",
+                        nets.len()
+                    ),
+                ));
+            }
         }
         if node.forwarding && nets.len() < 2 {
             return Err(at.error(

@@ -49,11 +49,13 @@ fn the_examples_in_the_repository_parse_and_say_what_they_claim() {
     let uncommented: String = router
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            // Neither the interface nor the key file exist here.
+            // Neither the interface nor the key file exist here, and a router (two NIs)
+            // may not spin.
             Some(rest)
                 if is_setting(rest)
                     && !rest.starts_with("interface")
-                    && !rest.starts_with("key_file") =>
+                    && !rest.starts_with("key_file")
+                    && !rest.starts_with("spin") =>
             {
                 rest
             }
@@ -362,6 +364,7 @@ fn the_reference_example_names_every_key() {
     ))
     .unwrap();
     all.nets[0].interface = Some("eth1".into());
+    // (Only a node of one NI may spin; the export writes it all the same.)
     all.nets[0].spin = Some(Duration::from_micros(50));
     all.key_file = Some("/etc/lanet/lanet.key".into());
     let exported = all.to_toml();
@@ -488,23 +491,28 @@ fn auth_takes_a_private_key_file_and_an_accept_policy() {
 
 #[test]
 fn a_net_may_busy_poll_for_a_while() {
-    let f = parse(
-        "[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"50us\"\n\
-         [[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\nspin = \"2ms\"\n\
-         [[net]]\nnet = \"tcp2\"\naddress = \"10.0.2.1\"\n",
-    )
-    .unwrap();
-    let spins: Vec<_> = f.nets.iter().map(|n| n.spin).collect();
-    assert_eq!(
-        spins,
-        [
-            Some(Duration::from_micros(50)),
-            Some(Duration::from_millis(2)),
-            None
-        ]
+    for (text, spin) in [
+        (
+            "net = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"50us\"\n",
+            Some(50),
+        ),
+        (
+            "net = \"o2ib\"\naddress = \"10.0.1.1\"\nspin = \"2ms\"\n",
+            Some(2000),
+        ),
+        ("net = \"tcp2\"\naddress = \"10.0.2.1\"\n", None),
+    ] {
+        let f = parse(&format!("[[net]]\n{text}")).unwrap();
+        assert_eq!(f.nets[0].spin, spin.map(Duration::from_micros), "{text}");
+        let (first, second) = round_trip(&f.to_toml());
+        assert_eq!(first.nets, second.nets, "written back the same");
+    }
+    // Several NIs share one driver thread, which cannot spin for one of them.
+    let e = error(&format!("{TWO_NETS}spin = \"50us\"\n"));
+    assert!(
+        e.contains("spin: busy-polling applies to a node with one NI"),
+        "{e}"
     );
-    let (first, second) = round_trip(&f.to_toml());
-    assert_eq!(first.nets, second.nets, "written back the same");
     let e = error("[[net]]\nnet = \"mem\"\naddress = \"10.0.0.1\"\nspin = \"50us\"\n");
     assert!(e.contains("do not busy-poll") && e.contains("spin"), "{e}");
     let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"1m\"\n");

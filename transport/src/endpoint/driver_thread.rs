@@ -167,8 +167,8 @@ impl DriverThread {
     fn serve(&mut self) -> Stop {
         let mut skipped_poll = false;
         loop {
-            // The time read after the poll that ended the last turn, if it did: a few
-            // microseconds old at most.
+            // The time read right after the poll that ended the last turn, if it did: as
+            // old as handling what that poll brought took.
             let now = self
                 .driver
                 .take_polled_at()

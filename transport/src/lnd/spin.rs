@@ -1,8 +1,9 @@
 //! Busy-polling, for drivers that offer it (`spin` in a net's configuration): poll without
 //! sleeping for a while before sleeping, trading a CPU for the wake-up latency of a sleep.
 //!
-//! A spinning driver makes no system call to learn of a wake: [`SpinWaker`] raises a flag
-//! that the loop reads, and wakes the driver's own waker too, for when it sleeps.
+//! A spinning driver learns of a wake without a system call of its own: [`SpinWaker`]
+//! raises a flag that the loop reads, and also wakes the driver's own waker (a write to its
+//! descriptor, by the waking thread), for when it sleeps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,25 @@ use super::Wake;
 /// The longest spin a net may ask for: beyond it a driver would hold a core for nothing
 /// a sleep would not do as well.
 pub const MAX_SPIN: Duration = Duration::from_secs(10);
+
+/// How long to spin by an environment variable of microseconds (the LNDs' `*_SPIN_US`),
+/// at most [`MAX_SPIN`]; `default` where it is unset, or not a number (said in the log).
+pub fn from_env(var: &str, default: Duration) -> Duration {
+    parse_env(var, std::env::var(var).ok().as_deref(), default)
+}
+
+fn parse_env(var: &str, value: Option<&str>, default: Duration) -> Duration {
+    let Some(text) = value else {
+        return default;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(us) => Duration::from_micros(us).min(MAX_SPIN),
+        Err(_) => {
+            tracing::warn!("{var}={text:?} is not a number of microseconds: ignored");
+            default
+        }
+    }
+}
 
 /// A waker that a busy-polling loop can check cheaply.
 pub struct SpinWaker {
@@ -58,6 +78,19 @@ mod tests {
         fn wake(&self) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn the_environment_sets_a_spin_within_bounds() {
+        let (var, d) = ("LANET_X_SPIN_US", Duration::from_micros(7));
+        assert_eq!(parse_env(var, None, d), d, "unset");
+        assert_eq!(parse_env(var, Some("250"), d), Duration::from_micros(250));
+        assert_eq!(
+            parse_env(var, Some("99999999999"), d),
+            MAX_SPIN,
+            "at most MAX_SPIN"
+        );
+        assert_eq!(parse_env(var, Some("fast"), d), d, "not a number");
     }
 
     #[test]
