@@ -12,8 +12,9 @@
 //! * Local health (Lifeguard): when this node itself falls behind, the silence it measured
 //!   includes its own stall, so every peer's silence is shortened by the lag instead of
 //!   accusing them; each such stretch is counted. Two signs: its loop runs late (a timer
-//!   fires more than `lag_tolerance` after it was due), or its health lane is backed up (a
-//!   health frame handed to the driver has not left after `lag_tolerance`). A stuck frame
+//!   fires more than [`HealthConfig::lag_limit`] after it was due: `lag_tolerance`, at most
+//!   half an interval), or its health lane is backed up (a health frame handed to the driver
+//!   has not left after that long). A stuck frame
 //!   is forgiven for at most one detection time: past that, the driver may be stuck *on*
 //!   the peer (an RDMA send completes only when the peer acknowledges it).
 //!
@@ -40,7 +41,8 @@ pub struct HealthConfig {
     pub probe_max: Duration,
     /// Health lost per unanswered ping, and regained per answer (LNet: 100 of 1000).
     pub sensitivity: u16,
-    /// How late this node's own timer may fire before it counts as local lag.
+    /// How late this node's own timer may fire before it counts as local lag; at most
+    /// half an interval whatever it says (see [`HealthConfig::lag_limit`]).
     pub lag_tolerance: Duration,
 }
 
@@ -60,6 +62,14 @@ impl HealthConfig {
     /// Silence that makes a peer Down.
     pub fn detect_time(&self) -> Duration {
         self.interval * self.detect_mult
+    }
+
+    /// Lateness past which this node's own stall is forgiven to its peers: `lag_tolerance`,
+    /// but never more than half an interval. At a 3 ms interval a stall of 5 ms is most of
+    /// a detection time (9 ms): were the default 50 ms kept, it would count against the
+    /// peers and make false Downs.
+    pub fn lag_limit(&self) -> Duration {
+        self.lag_tolerance.min(self.interval / 2)
     }
 }
 
@@ -434,7 +444,7 @@ impl Monitor {
         let Some(promised) = self.promised.take() else {
             return;
         };
-        if now.saturating_since(promised) > self.cfg.lag_tolerance {
+        if now.saturating_since(promised) > self.cfg.lag_limit() {
             self.stretch(promised, now);
         }
     }
@@ -444,7 +454,7 @@ impl Monitor {
     /// one detection time per frame. Call it before [`Monitor::tick`] while a frame is
     /// stuck, and once more when it leaves.
     pub(crate) fn backlog(&mut self, since: Time, now: Time) {
-        if now.saturating_since(since) <= self.cfg.lag_tolerance {
+        if now.saturating_since(since) <= self.cfg.lag_limit() {
             return;
         }
         let until = now.min(since + self.cfg.detect_time());

@@ -159,6 +159,44 @@ fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
     assert_eq!(honest.stats().lag_stretches, 0);
 }
 
+/// At a 3 ms interval (detect time 9 ms), a stall of this node of 8 ms is forgiven: the
+/// tolerance is half an interval there, not the default 50 ms, which would have counted
+/// the stall against the peer.
+#[test]
+fn at_a_short_interval_a_stall_shorter_than_the_default_tolerance_is_forgiven() {
+    let cfg = HealthConfig {
+        interval: MS * 3,
+        ..HealthConfig::default()
+    };
+    assert_eq!(cfg.lag_limit(), Duration::from_micros(1500));
+    assert_eq!(
+        HealthConfig::default().lag_limit(),
+        MS * 50,
+        "the default interval's"
+    );
+    let mut m = Monitor::new(cfg);
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(1));
+    // Due at 3 ms; this node stalls until 11 ms (10 ms of silence: past the detect time),
+    // then hears the peer (its frame waited in our socket) at 12 ms.
+    assert_eq!(m.next_deadline(), Some(at(3)));
+    let mut out = Vec::new();
+    m.tick(at(11), &mut out);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Down { .. })),
+        "{out:?}"
+    );
+    assert_eq!(m.stats().lag_stretches, 1);
+    m.heard(peer(1), at(12));
+    assert_eq!(m.peer(peer(1)).map(|h| h.state), Some(PeerState::Up));
+    // Without the stall, the same silence is a Down at 10 ms.
+    let mut honest = Monitor::new(cfg);
+    honest.watch(peer(1), at(0), true);
+    honest.heard(peer(1), at(1));
+    let log = drive(&mut honest, 12, |_| None);
+    assert_eq!(downs(&log), vec![10]);
+}
+
 #[test]
 fn a_poked_down_peer_is_probed_once_per_attempt_and_forgotten_once_back() {
     let mut m = Monitor::new(HealthConfig::default());
