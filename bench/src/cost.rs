@@ -283,8 +283,13 @@ fn callgrind(
     baseline: bool,
 ) -> Result<Counts, String> {
     let mut cmd = Command::new("valgrind");
+    // Fair scheduling: valgrind runs one thread at a time, and with its default lock
+    // how long a thread spins before it sleeps (crossbeam's backoff, futexes) depends on
+    // the machine's load, by thousands of instructions per round trip; with a ticket
+    // lock, the counts repeat.
     cmd.args([
         "--tool=callgrind",
+        "--fair-sched=yes",
         "--compress-strings=no",
         "--compress-pos=no",
     ])

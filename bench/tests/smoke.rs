@@ -199,7 +199,7 @@ fn cost_counts_instructions_per_round_trip() {
         eprintln!("valgrind is not installed: skipping");
         return;
     }
-    let r = run_json(&["cost", "--iters", "300"]);
+    let r = run_json(&["cost", "--iters", "1000"]);
     let total = positive(&r, "total_instructions_per_round_trip");
     assert!((100.0..10_000_000.0).contains(&total), "{total}");
     let core = positive(&r, "instructions_per_round_trip");

@@ -21,6 +21,9 @@ use crate::time::{Clock, Time};
 const UNWAITABLE_POLL: Duration = Duration::from_millis(1);
 
 /// A node and the drivers of its NIs (NI `i` is driver `i`).
+/// Events a poll may bring for the time read after it to serve the next turn too.
+const REUSE_TIME_UP_TO: usize = 4;
+
 pub struct Driver {
     node: Node,
     lnds: Vec<Box<dyn Lnd>>,
@@ -128,8 +131,9 @@ impl Driver {
         any
     }
 
-    /// The time the clock read right after the last poll of an LND, once: a turn that
-    /// starts just after a poll can take it rather than read the clock again.
+    /// The time the clock read right after the last poll of an LND, once, if that poll
+    /// brought at most a few events: a turn that starts just after it can take it rather
+    /// than read the clock again.
     pub fn take_polled_at(&mut self) -> Option<Time> {
         self.polled_at.take()
     }
@@ -217,8 +221,9 @@ impl Driver {
     ) -> Result<usize, (NiId, LndError)> {
         let polled = self.lnds[ni.0].poll(&mut self.scratch, wait);
         let now = clock.now();
-        self.polled_at = Some(now);
         let n = self.scratch.len();
+        // After a batch, handling it takes long enough that the next turn reads the clock.
+        self.polled_at = (n <= REUSE_TIME_UP_TO).then_some(now);
         for ev in self.scratch.drain(..) {
             self.node.handle_lnd_event(now, ni, ev);
         }

@@ -14,7 +14,7 @@
 //!   accusing them; each such stretch is counted. Two signs: its loop runs late (a timer
 //!   fires more than [`HealthConfig::lag_limit`] after it was due: `lag_tolerance`, at most
 //!   half an interval), or its health lane is backed up (a health frame handed to the driver
-//!   has not left after that long). A stuck frame
+//!   has not left after `lag_tolerance`). A stuck frame
 //!   is forgiven for at most one detection time: past that, the driver may be stuck *on*
 //!   the peer (an RDMA send completes only when the peer acknowledges it).
 //!
@@ -41,8 +41,9 @@ pub struct HealthConfig {
     pub probe_max: Duration,
     /// Health lost per unanswered ping, and regained per answer (LNet: 100 of 1000).
     pub sensitivity: u16,
-    /// How late this node's own timer may fire before it counts as local lag; at most
-    /// half an interval whatever it says (see [`HealthConfig::lag_limit`]).
+    /// How late this node's own timer may fire before it counts as local lag (at most half
+    /// an interval whatever it says: [`HealthConfig::lag_limit`]), and how long a health
+    /// frame may wait in the driver before its wait does.
     pub lag_tolerance: Duration,
 }
 
@@ -64,12 +65,14 @@ impl HealthConfig {
         self.interval * self.detect_mult
     }
 
-    /// Lateness past which this node's own stall is forgiven to its peers: `lag_tolerance`,
-    /// but never more than half an interval. At a 3 ms interval a stall of 5 ms is most of
-    /// a detection time (9 ms): were the default 50 ms kept, it would count against the
+    /// How late a timer of this node may fire before the stall is forgiven to its peers:
+    /// `lag_tolerance`, but never more than half an interval (nor less than a millisecond,
+    /// the granularity of an epoll wait). At a 3 ms interval a stall of 5 ms is most of a
+    /// detection time (9 ms): were the default 50 ms kept, it would count against the
     /// peers and make false Downs.
     pub fn lag_limit(&self) -> Duration {
-        self.lag_tolerance.min(self.interval / 2)
+        self.lag_tolerance
+            .min((self.interval / 2).max(Duration::from_millis(1)))
     }
 }
 
@@ -454,7 +457,9 @@ impl Monitor {
     /// one detection time per frame. Call it before [`Monitor::tick`] while a frame is
     /// stuck, and once more when it leaves.
     pub(crate) fn backlog(&mut self, since: Time, now: Time) {
-        if now.saturating_since(since) <= self.cfg.lag_limit() {
+        // Not `lag_limit`: a frame stuck on a dead peer (an RDMA send completes only when
+        // the peer acknowledges it) would forgive every peer's silence at short intervals.
+        if now.saturating_since(since) <= self.cfg.lag_tolerance {
             return;
         }
         let until = now.min(since + self.cfg.detect_time());

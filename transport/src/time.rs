@@ -142,7 +142,7 @@ mod tests {
         // The same clock as Instant's: the two agree within what it takes to read them.
         assert!(moved >= Duration::from_millis(20), "{moved:?}");
         assert!(
-            moved <= elapsed + Duration::from_millis(5),
+            moved <= elapsed + Duration::from_millis(20),
             "{moved:?} vs {elapsed:?}"
         );
     }

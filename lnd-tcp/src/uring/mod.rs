@@ -158,7 +158,8 @@ pub(crate) struct Uring {
     /// a look that finds nothing to submit, reap or run mostly needs no system call: what
     /// lets a busy-polling driver spin in user space.
     flags_task_work: bool,
-    /// Looks in a row that did not enter the kernel (see `can_skip_enter`).
+    /// Zero-timeout looks in a row that skipped the kernel (see `can_skip_enter`); a wait
+    /// that enters does not reset it, which only makes the next forced enter come sooner.
     enters_skipped: u32,
     /// Completions the last reap found.
     last_reaped: usize,
@@ -611,18 +612,12 @@ impl Uring {
         })?;
         self.flush_dirty();
         let submitted = match self.engine.wait(timeout, !self.backlog.is_empty()) {
-            // Nothing to submit and no task work held for us: the completions there are
-            // can be reaped without entering the kernel (a busy-polling driver spins here).
+            // Nothing to submit and no task work flagged: the completions there are can be
+            // reaped without entering the kernel (a busy-polling driver spins here).
             Some(d) if d.is_zero() && self.can_skip_enter() => Ok(0),
-            // Ask for events, waiting for none.
+            // Ask for events, waiting for none: the kernel runs the task work it holds,
+            // deferred or not. (Every ring that defers task work flags it too.)
             Some(d) if d.is_zero() && self.flags_task_work => sys::enter_for_events(&mut self.ring),
-            // With deferred task work, completions only come when asked for: an enter
-            // that asks for one, and waits for none.
-            Some(d) if d.is_zero() && self.defers_task_work() => {
-                let now = Timespec::new();
-                let args = SubmitArgs::new().timespec(&now);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
             Some(d) if d.is_zero() => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
             Some(d) => {

@@ -13,9 +13,11 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 pub(crate) fn enter_for_events(ring: &mut io_uring::IoUring) -> io::Result<usize> {
     let queued = ring.submission().len() as u32;
     // SAFETY: io_uring_enter with integer arguments only (no signal mask or extended
-    // argument: the pointer is null, the size that of the unused type); `queued` entries
-    // were written by this thread through the ring's own queue, which syncs its tail
-    // when `submission()` is dropped above.
+    // argument: the pointer is null, the size that of the unused type). The `queued`
+    // entries were pushed through the ring's own queue, whose `push` contract vouches for
+    // the memory they point at, and whose tail was stored (Release) when `submission()`
+    // was dropped above. The ring has no SQPOLL thread (no `SQ_WAKEUP` to handle): the
+    // kernel reads the tail only inside this call.
     unsafe {
         ring.submitter()
             .enter::<libc::sigset_t>(queued, 0, IORING_ENTER_GETEVENTS, None)

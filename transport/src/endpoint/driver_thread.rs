@@ -167,12 +167,14 @@ impl DriverThread {
     fn serve(&mut self) -> Stop {
         let mut skipped_poll = false;
         loop {
-            // The time read right after the poll that ended the last turn, if it did: as
-            // old as handling what that poll brought took.
-            let now = self
-                .driver
-                .take_polled_at()
-                .unwrap_or_else(|| self.clock.now());
+            // The time read right after the poll that ended the last turn, if it did and
+            // brought little: as old as handling that took. A virtual clock is read: it
+            // moves only when told, maybe since.
+            let polled_at = self.driver.take_polled_at();
+            let now = match polled_at {
+                Some(t) if !self.clock.is_virtual() => t,
+                _ => self.clock.now(),
+            };
             let stopping = self.take_commands(now) || self.gate.stop_requested();
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
