@@ -11,6 +11,15 @@ use lanet_lnd_tcp::{TcpConfig, TcpLnd};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(30));
 
+/// Held by the test that times round trips and by those that load the CPU with bulk
+/// copies: on a kernel without preemption, a thread woken while 16 MiB are copied on its
+/// CPU waits for the next tick (~1 ms), and the timing test would measure that instead.
+static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu() -> std::sync::MutexGuard<'static, ()> {
+    CPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn free_nid() -> Nid {
     lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port")
 }
@@ -40,6 +49,7 @@ fn pattern(len: usize, seed: u8) -> Bytes {
 
 #[test]
 fn puts_and_gets_from_0_bytes_to_16_mib_arrive_intact() {
+    let _cpu = cpu();
     let (na, nb) = (free_nid(), free_nid());
     let (a, b) = (endpoint(na, 1), endpoint(nb, 2));
     b.attach(MatchEntry::sink(4, 1, 16 << 20)).unwrap();
@@ -222,6 +232,7 @@ fn binding_a_busy_address_or_a_non_tcp_nid_says_why() {
 /// machines: a process can hold many io_uring LNDs (a router has one per net).
 #[test]
 fn sixty_four_lnds_fit_in_one_process() {
+    let _cpu = cpu();
     if std::env::var(lanet_lnd_tcp::BACKEND_ENV).as_deref() == Ok("epoll") {
         return; // the epoll backend locks no memory
     }
@@ -272,6 +283,7 @@ fn median_ping(ep: &Endpoint, dst: Nid, n: usize) -> Duration {
 /// at once) answers on the second as fast as on the first, and as a node with one.
 #[test]
 fn a_node_on_two_tcp_nets_is_as_fast_on_either() {
+    let _cpu = cpu();
     let cfg = NodeConfig::new(1);
     let (n0, n1) = (free_nid(), on_net(free_nid(), 1));
     let two = Endpoint::builder(cfg.clone())
