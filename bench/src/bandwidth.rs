@@ -52,10 +52,9 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         report.note(format!("RDMA on {device} at {ip}; perftest is ib_write_bw"));
         return Ok(report);
     }
-    match baselines::iperf3(f64::from(c.baseline_secs)) {
-        Some(Ok(g)) => report.add("iperf3.gbytes_per_s", g, "GB/s"),
-        Some(Err(e)) => report.note(format!("iperf3 failed: {e}")),
-        None => report.note("iperf3 is not installed; no iperf3 baseline"),
+    let iperf3 = baselines::iperf3(f64::from(c.baseline_secs));
+    if let Some(g) = report.baseline("iperf3", "iperf3", iperf3) {
+        report.add("iperf3.gbytes_per_s", g, "GB/s");
     }
     report.add_ratio(
         "ratio.vs_iperf3",
@@ -66,13 +65,10 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     // and at most 300,000 messages a second).
     let secs = f64::from(c.baseline_secs);
     let ucx_iters = (secs * 3e9 / size.max(1) as f64).min(secs * 3e5).max(100.0);
-    match baselines::ucx_stream(size, ucx_iters as usize) {
-        Some(Ok(ucx)) => {
-            report.add("ucx.gbytes_per_s", ucx.gbytes_per_s, "GB/s");
-            report.add("ucx.msgs_per_s", ucx.msgs_per_s, "msg/s");
-        }
-        Some(Err(e)) => report.note(format!("ucx_perftest failed: {e}")),
-        None => report.note("ucx_perftest is not installed; no UCX baseline"),
+    let ucx = baselines::ucx_stream(size, ucx_iters as usize);
+    if let Some(ucx) = report.baseline("ucx_perftest", "UCX", ucx) {
+        report.add("ucx.gbytes_per_s", ucx.gbytes_per_s, "GB/s");
+        report.add("ucx.msgs_per_s", ucx.msgs_per_s, "msg/s");
     }
     report.add_ratio("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s");
     report.add_ratio("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s");

@@ -38,7 +38,7 @@ pub(crate) fn raw_tcp(
     Ok(hist)
 }
 
-fn installed(tool: &str) -> bool {
+pub(crate) fn installed(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
@@ -141,7 +141,10 @@ pub(crate) fn iperf3(secs: f64) -> Option<Result<f64, String>> {
 
 /// Runs `cmd` to its end, or kills it after `limit` (a baseline that hangs must not hang
 /// the benchmark); its output either way.
-fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output, String> {
+pub(crate) fn output_within(
+    mut cmd: Command,
+    limit: Duration,
+) -> Result<std::process::Output, String> {
     let mut child = Reaped(
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -183,13 +186,13 @@ fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Outp
         None => Err(format!(
             "did not finish within {} s{}",
             limit.as_secs(),
-            last_lines(&stderr)
+            what_went_wrong(&stderr)
         )),
     }
 }
 
 /// What a tool said went wrong: its first line naming an error, or its last few lines.
-fn last_lines(stderr: &[u8]) -> String {
+pub(crate) fn what_went_wrong(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text
         .lines()
@@ -243,7 +246,7 @@ fn client_server(
             return Err(format!(
                 "{tool} client: {}{}",
                 out.status,
-                last_lines(&out.stderr)
+                what_went_wrong(&out.stderr)
             ));
         }
     }

@@ -19,7 +19,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use crate::baselines::{installed, output_within, what_went_wrong};
 use crate::latency::pingpong;
 use crate::peer::Target;
 use crate::report::Report;
@@ -34,6 +36,9 @@ const GOAL: f64 = 2_000.0;
 /// shares its instructions among its callers' owners; what no owner called (thread start,
 /// the loader, `main`'s set-up) is the runtime's.
 const OWNERS: [&str; 4] = ["core", "mem_lnd", "bench", "runtime"];
+const CORE: usize = 0;
+const MEM_LND: usize = 1;
+const BENCH: usize = 2;
 const RUNTIME: usize = 3;
 
 /// The owner a function has by its name, if any: by the path it is defined under, not by
@@ -42,20 +47,35 @@ const RUNTIME: usize = 3;
 fn owner_by_name(f: &str) -> Option<usize> {
     let path = defined_under(f);
     if path.starts_with("lanet::mem::") {
-        Some(1)
+        Some(MEM_LND)
     } else if path.starts_with("lanet_bench::") {
-        Some(2)
+        Some(BENCH)
     } else if path.starts_with("lanet::") {
-        Some(0)
+        Some(CORE)
     } else {
         None
     }
 }
 
-/// The path a function is defined under: the self type of `<X as Trait>::f`, else the
-/// name, generic arguments left out either way.
+/// The path a function is defined under: the self type of `<X as Trait>::f` (and of
+/// `<impl Trait for X>::f`), else the name, generic arguments left out either way.
 fn defined_under(f: &str) -> String {
-    let f = f.trim_start_matches("<impl ");
+    if let Some(inner) = f.strip_prefix("<impl ") {
+        // Past the top-level " for ", if any.
+        let mut depth = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '<' => depth += 1,
+                '>' if depth == 0 => break,
+                '>' => depth -= 1,
+                ' ' if depth == 0 && inner[i..].starts_with(" for ") => {
+                    return defined_under(&format!("<{}", &inner[i + 5..]));
+                }
+                _ => {}
+            }
+        }
+        return defined_under(&format!("<{inner}"));
+    }
     if let Some(inner) = f.strip_prefix('<') {
         // Up to the matching '>' or a top-level " as ".
         let mut depth = 0;
@@ -71,6 +91,9 @@ fn defined_under(f: &str) -> String {
     }
     shorten(f)
 }
+
+/// How long one run under callgrind may take (20,000 round trips take a few seconds).
+const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
 
 /// Functions listed in the table, by their own instructions per round trip.
 const TOP: usize = 12;
@@ -111,6 +134,12 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     if args.iters == 0 {
         return Err("--iters must be at least 1".into());
     }
+    if !installed("valgrind") {
+        return Err(
+            "valgrind is not installed: `apt-get install valgrind` (or ./scripts/setup bench)"
+                .into(),
+        );
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("lanet-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -141,7 +170,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
         args.json,
     );
     let (owned_long, owned_short) = (long.owned(), short.owned());
-    if owned_long[0] == 0.0 {
+    if owned_long[CORE] == 0.0 {
         return Err(
             "no function of lanet's core in the callgrind profile: were the symbols \
                     demangled (a valgrind that knows Rust's mangling) and the binary built \
@@ -151,7 +180,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     }
     report.add(
         "instructions_per_round_trip",
-        per_rt(owned_long[0], owned_short[0]),
+        per_rt(owned_long[CORE], owned_short[CORE]),
         "instr",
     );
     report.add("goal.instructions_per_round_trip", GOAL, "instr");
@@ -175,7 +204,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
         "total_instructions_per_round_trip",
         "channel_pingpong.instructions_per_round_trip",
     );
-    for (i, owner) in OWNERS.iter().enumerate().skip(1) {
+    for (i, owner) in OWNERS.iter().enumerate().filter(|&(i, _)| i != CORE) {
         report.add(
             format!("instructions.{owner}"),
             per_rt(owned_long[i], owned_short[i]),
@@ -221,17 +250,26 @@ impl Counts {
     /// Instructions per owner ([`OWNERS`]): each function's own go to its owner by name, or
     /// are shared among its callers' owners in proportion to what their calls cost.
     fn owned(&self) -> [f64; 4] {
-        let mut shares: HashMap<&str, [f64; 4]> = HashMap::new();
-        for name in self.functions.keys() {
-            let mut share = [0.0; 4];
-            share[owner_by_name(name).unwrap_or(RUNTIME)] = 1.0;
-            shares.insert(name, share);
-        }
+        let owners: HashMap<&str, Option<usize>> = self
+            .functions
+            .keys()
+            .map(|name| (name.as_str(), owner_by_name(name)))
+            .collect();
+        // Every caller is a function of the profile (it has its own `fn=`), so every name
+        // looked up below has a share.
+        let mut shares: HashMap<&str, [f64; 4]> = owners
+            .iter()
+            .map(|(&name, owner)| {
+                let mut share = [0.0; 4];
+                share[owner.unwrap_or(RUNTIME)] = 1.0;
+                (name, share)
+            })
+            .collect();
         // Up the calls, a level a pass: a few dozen passes settle any call chain here.
         for _ in 0..64 {
             let mut changed = false;
             for (name, f) in &self.functions {
-                if owner_by_name(name).is_some() {
+                if owners[name.as_str()].is_some() {
                     continue;
                 }
                 let weight: u64 = f
@@ -245,11 +283,7 @@ impl Counts {
                 }
                 let mut share = [0.0; 4];
                 for (caller, &w) in f.callers.iter().filter(|(c, _)| *c != name) {
-                    let from = shares.get(caller.as_str()).copied().unwrap_or({
-                        let mut runtime = [0.0; 4];
-                        runtime[RUNTIME] = 1.0;
-                        runtime
-                    });
+                    let from = shares[caller.as_str()];
                     for i in 0..4 {
                         share[i] += from[i] * w as f64 / weight as f64;
                     }
@@ -305,20 +339,12 @@ fn callgrind(
     if baseline {
         cmd.arg("--inner-baseline");
     }
-    let done = cmd.output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            "valgrind is not installed: `apt-get install valgrind` (or ./scripts/setup bench)"
-                .to_string()
-        }
-        _ => format!("valgrind: {e}"),
-    })?;
+    let done = output_within(cmd, CALLGRIND_LIMIT).map_err(|e| format!("valgrind: {e}"))?;
     if !done.status.success() {
-        let err = String::from_utf8_lossy(&done.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(6).collect();
         return Err(format!(
-            "the ping-pong under callgrind failed ({}):\n{}",
+            "the ping-pong under callgrind failed ({}){}",
             done.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            what_went_wrong(&done.stderr)
         ));
     }
     let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -470,6 +496,12 @@ mod tests {
             owner("lanet::endpoint::Endpoint::put<lanet_bench::latency::X>"),
             Some("core")
         );
+        assert_eq!(
+            owner("<impl lanet::lnd::Lnd for lanet::mem::MemLnd>::poll"),
+            Some("mem_lnd"),
+            "the type the impl is for"
+        );
+        assert_eq!(owner("<impl lanet::node::Node>::pump"), Some("core"));
         assert_eq!(
             owner("lanet_bench::latency::pingpong::{{closure}}"),
             Some("bench")

@@ -69,25 +69,21 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         &baselines::raw_tcp(echo, size, WARMUP, args.iters)?,
     );
     if c.connect.is_none() {
-        match baselines::sockperf(size, c.baseline_secs) {
-            Some(Ok(pcts)) => {
-                for (name, us) in pcts {
-                    report.add(format!("sockperf.{name}_us"), us, "us");
-                }
-            }
-            Some(Err(e)) => report.note(format!("sockperf failed: {e}")),
-            None => report.note("sockperf is not installed; no sockperf baseline"),
+        let sockperf = baselines::sockperf(size, c.baseline_secs);
+        for (name, us) in report
+            .baseline("sockperf", "sockperf", sockperf)
+            .unwrap_or_default()
+        {
+            report.add(format!("sockperf.{name}_us"), us, "us");
         }
         // What users who need a fast transport pick instead (`./scripts/setup bench`).
-        match baselines::ucx_latency(size, args.iters) {
-            Some(Ok(us)) => report.add("ucx.p50_us", us, "us"),
-            Some(Err(e)) => report.note(format!("ucx_perftest failed: {e}")),
-            None => report.note("ucx_perftest is not installed; no UCX baseline"),
+        let ucx = baselines::ucx_latency(size, args.iters);
+        if let Some(us) = report.baseline("ucx_perftest", "UCX", ucx) {
+            report.add("ucx.p50_us", us, "us");
         }
-        match baselines::libfabric_latency(size, args.iters) {
-            Some(Ok(us)) => report.add("libfabric.mean_us", us, "us"),
-            Some(Err(e)) => report.note(format!("fi_pingpong failed: {e}")),
-            None => report.note("fi_pingpong is not installed; no libfabric baseline"),
+        let libfabric = baselines::libfabric_latency(size, args.iters);
+        if let Some(us) = report.baseline("fi_pingpong", "libfabric", libfabric) {
+            report.add("libfabric.mean_us", us, "us");
         }
     }
     report.add_ratio("ratio.p50_vs_raw_tcp", "lanet.p50_us", "raw_tcp.p50_us");

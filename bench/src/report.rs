@@ -28,6 +28,27 @@ impl Report {
         self.notes.push(note.into());
     }
 
+    /// A baseline tool's outcome (`None`: the tool is not installed): its value, or a note
+    /// saying why there is none, naming the `tool` run and the `baseline` it stands for.
+    pub(crate) fn baseline<T>(
+        &mut self,
+        tool: &str,
+        baseline: &str,
+        outcome: Option<Result<T, String>>,
+    ) -> Option<T> {
+        match outcome {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                self.note(format!("{tool} failed: {e}"));
+                None
+            }
+            None => {
+                self.note(format!("{tool} is not installed; no {baseline} baseline"));
+                None
+            }
+        }
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<f64> {
         self.rows
             .iter()

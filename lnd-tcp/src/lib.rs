@@ -148,6 +148,16 @@ struct Spin {
     waker: Arc<SpinWaker>,
 }
 
+impl Driver {
+    /// The backend's own waker (which wakes its sleep).
+    fn waker(&self) -> Arc<dyn Wake> {
+        match self {
+            Driver::Uring(b) => b.waker(),
+            Driver::Epoll(b) => b.waker(),
+        }
+    }
+}
+
 /// Runs `$body` on whichever backend this LND has.
 macro_rules! with_backend {
     ($self:expr, $b:ident => $body:expr) => {
@@ -247,10 +257,7 @@ impl TcpLnd {
             tracing::info!(%nid, "TCP LND busy-polls {:?} before sleeping", cfg.spin);
             Spin {
                 limit: cfg.spin,
-                waker: SpinWaker::new(match &backend {
-                    Driver::Uring(b) => b.waker(),
-                    Driver::Epoll(b) => b.waker(),
-                }),
+                waker: SpinWaker::new(backend.waker()),
             }
         });
         Ok(TcpLnd { backend, spin })
@@ -329,12 +336,9 @@ impl Lnd for TcpLnd {
     }
 
     fn waker(&self) -> Arc<dyn Wake> {
-        if let Some(spin) = &self.spin {
-            return spin.waker.clone();
-        }
-        match &self.backend {
-            Driver::Uring(b) => b.waker(),
-            Driver::Epoll(b) => b.waker(),
+        match &self.spin {
+            Some(spin) => spin.waker.clone(),
+            None => self.backend.waker(),
         }
     }
 

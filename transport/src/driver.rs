@@ -20,10 +20,10 @@ use crate::time::{Clock, Time};
 /// How often an LND that offers nothing to sleep on is polled, when several share a thread.
 const UNWAITABLE_POLL: Duration = Duration::from_millis(1);
 
-/// A node and the drivers of its NIs (NI `i` is driver `i`).
 /// Events a poll may bring for the time read after it to serve the next turn too.
 const REUSE_TIME_UP_TO: usize = 4;
 
+/// A node and the drivers of its NIs (NI `i` is driver `i`).
 pub struct Driver {
     node: Node,
     lnds: Vec<Box<dyn Lnd>>,
@@ -132,8 +132,8 @@ impl Driver {
     }
 
     /// The time the clock read right after the last poll of an LND, once, if that poll
-    /// brought at most a few events: a turn that starts just after it can take it rather
-    /// than read the clock again.
+    /// brought at most a few events and the clock is real: a turn that starts just after
+    /// it can take it rather than read the clock again.
     pub fn take_polled_at(&mut self) -> Option<Time> {
         self.polled_at.take()
     }
@@ -222,8 +222,9 @@ impl Driver {
         let polled = self.lnds[ni.0].poll(&mut self.scratch, wait);
         let now = clock.now();
         let n = self.scratch.len();
-        // After a batch, handling it takes long enough that the next turn reads the clock.
-        self.polled_at = (n <= REUSE_TIME_UP_TO).then_some(now);
+        // After a batch, handling it takes long enough that the next turn reads the clock;
+        // and a virtual clock moves only when told, maybe before that turn.
+        self.polled_at = (n <= REUSE_TIME_UP_TO && !clock.is_virtual()).then_some(now);
         for ev in self.scratch.drain(..) {
             self.node.handle_lnd_event(now, ni, ev);
         }

@@ -168,13 +168,11 @@ impl DriverThread {
         let mut skipped_poll = false;
         loop {
             // The time read right after the poll that ended the last turn, if it did and
-            // brought little: as old as handling that took. A virtual clock is read: it
-            // moves only when told, maybe since.
-            let polled_at = self.driver.take_polled_at();
-            let now = match polled_at {
-                Some(t) if !self.clock.is_virtual() => t,
-                _ => self.clock.now(),
-            };
+            // brought little (see `Driver::take_polled_at`).
+            let now = self
+                .driver
+                .take_polled_at()
+                .unwrap_or_else(|| self.clock.now());
             let stopping = self.take_commands(now) || self.gate.stop_requested();
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
