@@ -9,6 +9,7 @@
 mod bandwidth;
 mod baselines;
 mod blackhole;
+mod conns;
 mod cost;
 mod detect;
 mod lanes;
@@ -59,6 +60,8 @@ enum Bench {
     /// Instructions per PUT round trip, both ends, on the in-memory LND: counted by
     /// callgrind (valgrind), not timed.
     Cost(CostArgs),
+    /// Memory per idle connection: a server's resident memory as peers connect (RDMA).
+    Conns(ConnsArgs),
     /// Failure detection at scale on the simulator: health load per node and detection
     /// time as the number of nodes grows.
     Sim(SimArgs),
@@ -220,6 +223,18 @@ pub(crate) struct LanesArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct ConnsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Peers, each connecting both lanes (two connections).
+    #[arg(long, default_value_t = 200)]
+    peers: usize,
+    /// Steps at which the server's memory is read (the slope is fitted over them).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+}
+
+#[derive(Args)]
 pub(crate) struct DetectArgs {
     /// Peers killed, one per trial.
     #[arg(long, default_value_t = 20)]
@@ -292,6 +307,7 @@ fn main() -> ExitCode {
         Bench::Router(a) => (a.common.zc_min, a.common.serve),
         Bench::Lanes(a) => (None, a.serve),
         Bench::Detect(a) => (None, a.serve),
+        Bench::Conns(a) => (None, a.common.serve),
         Bench::Sim(_) | Bench::Blackhole(_) | Bench::Cost(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
@@ -356,6 +372,7 @@ fn main() -> ExitCode {
         Bench::Sim(a) => simscale::run(&a),
         Bench::Cost(a) => cost::run(&a),
         Bench::Blackhole(a) => blackhole::run(&a),
+        Bench::Conns(a) => conns::run(&a),
     };
     match result {
         Ok(report) => {

@@ -243,6 +243,10 @@ pub(crate) struct ServerProcess {
 }
 
 impl ServerProcess {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs the server; the moment it was sent.
     pub(crate) fn kill(&self) -> Result<std::time::Instant, String> {
         let at = std::time::Instant::now();

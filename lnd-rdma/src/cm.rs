@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rdma_sys as sys;
 
 use crate::mr::{RemoteBuf, Sge};
+use crate::srq::{Srq, SrqHandle};
 use crate::verbs::{check, set_nonblocking, Context, Cq, CqHandle, Pd, PdHandle, VerbsError};
 
 /// What happened to a connection id.
@@ -179,7 +180,17 @@ pub struct CmId {
     // Dropped after the id and QP: what they point at stays valid until then.
     _pd: Option<Arc<PdHandle>>,
     _cq: Option<Arc<CqHandle>>,
+    _srq: Option<Arc<SrqHandle>>,
     _ch: Arc<EventChannel>,
+}
+
+/// Where a queue pair's receives come from.
+#[derive(Clone, Copy)]
+pub enum Receives<'a> {
+    /// A receive queue of its own, of this depth.
+    Own(u32),
+    /// A shared receive queue (the caller posts to it).
+    Shared(&'a Srq),
 }
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -218,6 +229,7 @@ impl CmId {
             max_inline: 0,
             _pd: None,
             _cq: None,
+            _srq: None,
             _ch: ch.clone(),
         })
     }
@@ -231,6 +243,7 @@ impl CmId {
             max_inline: 0,
             _pd: None,
             _cq: None,
+            _srq: None,
             _ch: ch.clone(),
         })
     }
@@ -300,16 +313,17 @@ impl CmId {
 
     /// Creates the id's RC queue pair, sending and receiving through `cq`.
     pub fn create_qp(&mut self, pd: &Pd, cq: &Cq, depth: u32) -> Result<(), VerbsError> {
-        self.create_rc_qp(pd, cq, depth, depth)
+        self.create_rc_qp(pd, cq, depth, Receives::Own(depth))
     }
 
-    /// Creates the id's RC queue pair with room for `send` and `recv` work requests.
+    /// Creates the id's RC queue pair with room for `send` work requests, receiving into
+    /// its own queue or a shared one.
     pub fn create_rc_qp(
         &mut self,
         pd: &Pd,
         cq: &Cq,
         send: u32,
-        recv: u32,
+        receives: Receives<'_>,
     ) -> Result<(), VerbsError> {
         // SAFETY: all-zero is a valid ibv_qp_init_attr to fill in.
         let mut attr: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
@@ -317,7 +331,10 @@ impl CmId {
         attr.recv_cq = cq.handle().as_ptr();
         attr.qp_type = sys::ibv_qp_type::IBV_QPT_RC;
         attr.cap.max_send_wr = send;
-        attr.cap.max_recv_wr = recv;
+        match receives {
+            Receives::Own(depth) => attr.cap.max_recv_wr = depth,
+            Receives::Shared(srq) => attr.srq = srq.handle().as_ptr(),
+        }
         attr.cap.max_send_sge = 2;
         attr.cap.max_recv_sge = 1;
         // Small SENDs go inline (copied into the work request: no DMA read of the buffer)
@@ -337,7 +354,39 @@ impl CmId {
         self.has_qp = true;
         self._pd = Some(pd.handle().clone());
         self._cq = Some(cq.handle().clone());
+        if let Receives::Shared(srq) = receives {
+            self._srq = Some(srq.handle().clone());
+        }
         Ok(())
+    }
+
+    /// Sets how long a peer whose message found no posted receive waits before sending it
+    /// again (IB's RNR NAK timer code: 1 = 10 us ... 12 = 640 us ... 0 = 655 ms). rdma_cm
+    /// leaves it at 0, fatal to latency where receives are shared and may run out, so the
+    /// driver sets it once the queue pair is ready to send (RTS to RTS).
+    pub fn set_min_rnr_timer(&self, code: u8) -> Result<(), VerbsError> {
+        if !self.has_qp {
+            return Ok(());
+        }
+        // SAFETY: all-zero is a valid ibv_qp_attr; only the masked field is read.
+        let mut attr: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        attr.min_rnr_timer = code;
+        // SAFETY: the id and its QP are alive (has_qp); `attr` is read during the call.
+        check("ibv_modify_qp", unsafe {
+            sys::ibv_modify_qp(
+                self.qp(),
+                &mut attr,
+                sys::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0 as i32,
+            )
+        })
+    }
+
+    /// The queue pair's number (completions name it), once it has one.
+    pub fn qp_num(&self) -> Option<u32> {
+        // SAFETY: the id is alive; its `qp` is null or the QP we created, alive until drop.
+        let qp = unsafe { (*self.raw()).qp };
+        // SAFETY: non-null: our live QP.
+        (self.has_qp && !qp.is_null()).then(|| unsafe { (*qp).qp_num })
     }
 
     fn conn_param(private: &[u8]) -> sys::rdma_conn_param {

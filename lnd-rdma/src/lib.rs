@@ -3,7 +3,8 @@
 //!
 //! [`RdmaLnd`] implements [`lanet::lnd::Lnd`]: one RC queue pair per lane per peer, set up
 //! with rdma_cm and a compact HELLO in private data; the health CQ polled before the data
-//! CQ; receive credits as pre-posted receives; small payloads inline in SENDs, large ones
+//! CQ; message buffers in NI-wide pools (a shared receive queue per lane, so an idle
+//! connection holds none); small payloads inline in SENDs, large ones
 //! zero-copy (PUT: the receiver's sink and our RDMA WRITE; GET reply: the receiver's RDMA
 //! READ) through the core's deferred payloads, with a registration cache. See the `lnd`
 //! module for the design and `msg` for the wire format.
@@ -31,10 +32,13 @@ mod lnd;
 pub mod mr;
 mod msg;
 mod regcache;
+pub mod srq;
 pub mod verbs;
 
 pub use device::default_ipv4;
-pub use lnd::{OpenRdma, RdmaConfig, RdmaLnd, DEFAULT_PORT, EAGER_MAX, SPIN_ENV};
+pub use lnd::{
+    OpenRdma, RdmaConfig, RdmaLnd, RdmaMemory, RecvPool, DEFAULT_PORT, EAGER_MAX, SPIN_ENV,
+};
 pub use regcache::{RegCacheLimits, RegCacheStats};
 
 pub use verbs::VerbsError;

@@ -324,6 +324,8 @@ pub struct Completion {
     pub status: u32,
     pub opcode: u32,
     pub byte_len: u32,
+    /// The queue pair it happened on (what names a receive from a shared receive queue).
+    pub qp_num: u32,
 }
 
 impl Completion {
@@ -333,6 +335,7 @@ impl Completion {
             status: wc.status,
             opcode: wc.opcode,
             byte_len: wc.byte_len,
+            qp_num: wc.qp_num,
         }
     }
 

@@ -2,8 +2,9 @@
 //! what waits to be posted on it.
 //!
 //! Every work request on the send queue holds a *slot* (so the queue never overflows and a
-//! completion finds what it was for); slots of SENDs also own a message buffer. Receives
-//! are pre-posted, one per buffer, and re-posted as soon as a message is copied out.
+//! completion finds what it was for); slots of SENDs also hold a message buffer from the
+//! NI's send pool until they complete. Receives come from the lane's shared receive queue
+//! (see `bufs`): a connection holds no receive buffer of its own.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, Transmit, TxToken};
 use lanet::wire::{FrameType, HEADER_LEN};
 use rustc_hash::FxHashMap;
 
+use super::bufs::{self, BufPool};
 use super::Ctx;
-use crate::cm::CmId;
-use crate::mr::{Mr, RemoteBuf, Sge, SourceMr};
+use crate::cm::{CmId, Receives};
+use crate::mr::{RemoteBuf, Sge, SourceMr};
 use crate::msg::{Kind, Outcome, Prefix, PREFIX_LEN};
 
 /// Bytes of one message buffer (o2iblnd's IBLND_MSG_SIZE).
@@ -26,32 +28,44 @@ pub(crate) const MSG_SIZE: usize = 4096;
 pub const EAGER_MAX: usize = MSG_SIZE - PREFIX_LEN - HEADER_LEN;
 /// Deferred payloads a connection may have outstanding in each direction. Bounds the
 /// driver's own messages (one `SinkAck` or `*Done` each way per payload), which spend no
-/// core credits, so the receive buffers reserved for them always suffice.
+/// core credits, and the sinks a peer can make us hold.
 pub(crate) const RDV_MAX: usize = 8;
-/// Work requests on a send queue (SENDs, WRITEs, READs).
-pub(crate) const SEND_SLOTS: usize = 64;
-/// Marks a receive's work request id.
-const RECV_BIT: u64 = 1 << 31;
-
-/// Receives to pre-post when offering `credits`: one per credit, as many again for CREDIT
-/// frames (they need no credit, and at most one per credit can be in flight), two per
-/// deferred payload for the driver's own messages, and one for the dialler's AUTH (the
-/// first message of an authenticated connection; it spends no credit either).
-pub(crate) fn recv_buffers(credits: u16) -> usize {
-    2 * usize::from(credits) + 2 * RDV_MAX + 1
+/// Work requests on a connection's send queue (SENDs, WRITEs, READs) when it offers
+/// `credits`: about a SEND per credit and as many CREDIT frames, and two per deferred
+/// payload (its WRITE and DONE); frames beyond wait in the connection's queue. One less
+/// than a power of two, as providers keep a slot of their ring empty (rxe makes a ring of
+/// 128 for 64): the send queue is most of what an idle connection costs.
+pub(crate) fn send_slots(credits: u16) -> usize {
+    let want = 2 * usize::from(credits) + 2 * RDV_MAX;
+    (want.next_power_of_two() - 1).clamp(15, 255)
 }
 
-pub(crate) fn wr_id(conn: u32, index: usize, recv: bool) -> u64 {
-    (u64::from(conn) << 32) | if recv { RECV_BIT } else { 0 } | index as u64
+/// A send's work request id: the connection (below 2^31, see `RdmaLnd::new_conn_id`) and
+/// its send slot. Receives carry [`bufs::RECV_BIT`] and their buffer instead.
+pub(crate) fn wr_id(conn: u32, slot: usize) -> u64 {
+    (u64::from(conn) << 32) | slot as u64
 }
 
-/// (connection, index, is a receive) of a work request id.
-pub(crate) fn split_wr_id(wr_id: u64) -> (u32, usize, bool) {
-    (
-        (wr_id >> 32) as u32,
-        (wr_id & (RECV_BIT - 1)) as usize,
-        wr_id & RECV_BIT != 0,
-    )
+/// What a work request id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WrId {
+    /// A receive from a lane's shared receive queue, into this buffer.
+    Recv(u32),
+    Send {
+        conn: u32,
+        slot: usize,
+    },
+}
+
+pub(crate) fn split_wr_id(wr_id: u64) -> WrId {
+    if wr_id & bufs::RECV_BIT != 0 {
+        WrId::Recv(wr_id as u32)
+    } else {
+        WrId::Send {
+            conn: (wr_id >> 32) as u32,
+            slot: (wr_id & u64::from(u32::MAX)) as usize,
+        }
+    }
 }
 
 /// What a send-queue slot is busy with.
@@ -103,12 +117,15 @@ pub(crate) struct OutRdv {
     pub(crate) mode: Mode,
 }
 
-/// The queue pair's buffers and queues, once it exists.
+/// A busy send slot: what for, and the send-pool buffer it holds (SENDs only).
+pub(crate) struct Slot {
+    used: SlotUse,
+    buf: Option<u32>,
+}
+
+/// The queue pair's send slots and queues, once it exists.
 pub(crate) struct Qp {
-    recv: Mr,
-    recv_count: usize,
-    send: Mr,
-    slots: Vec<Option<SlotUse>>,
+    slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     pub(crate) frames: VecDeque<Transmit>,
     pub(crate) ctrl: VecDeque<Ctrl>,
@@ -116,10 +133,10 @@ pub(crate) struct Qp {
     next_cookie: u64,
     /// The peer's deferred payloads not yet finished here.
     pub(crate) incoming: usize,
-    /// The lane whose CQ it uses, and how many of its entries it may need (while the QP
-    /// exists, that is: they are counted from the live QPs, so none can leak).
+    /// The lane whose CQ and shared receive queue it uses. Its sends may need as many of
+    /// the CQ's entries as it has slots, while it exists (counted from the live QPs, so
+    /// none can leak).
     pub(crate) cq_lane: Lane,
-    pub(crate) cq_share: usize,
 }
 
 /// A connection's transport (the connection table keeps its peer, stage and HELLO).
@@ -148,44 +165,35 @@ fn resource(e: impl std::fmt::Display) -> LndError {
 }
 
 impl Conn {
-    /// Creates the QP on `lane`'s CQ (growing it if the QPs already on it, which may need
-    /// `cq_in_use` entries, leave too little), registers the buffers and pre-posts every
-    /// receive.
+    /// Creates the QP on `lane`'s CQ and shared receive queue (growing the CQ if the
+    /// QPs and receives already on it, which may need `cq_in_use` entries, leave too
+    /// little room for its sends).
     pub(crate) fn create_qp(
         &mut self,
-        id: u32,
         lane: Lane,
         cq_in_use: usize,
         ctx: &mut Ctx,
     ) -> Result<(), LndError> {
-        let recv_count = recv_buffers(ctx.local.id.credits[lane]);
-        let share = SEND_SLOTS + recv_count;
+        let slots = send_slots(ctx.local.id.credits[lane]);
         let cq = &ctx.cq[lane];
-        let need = cq_in_use + share;
+        let need = cq_in_use + slots;
         if need > cq.capacity() {
             cq.resize(need * 2).map_err(resource)?;
         }
+        let receives = Receives::Shared(ctx.recv[lane].srq());
         self.cm
-            .create_rc_qp(&ctx.pd, cq, SEND_SLOTS as u32, recv_count as u32)
+            .create_rc_qp(&ctx.pd, cq, slots as u32, receives)
             .map_err(resource)?;
-        let qp = Qp {
-            recv: Mr::new(&ctx.pd, recv_count * MSG_SIZE).map_err(resource)?,
-            recv_count,
-            send: Mr::new(&ctx.pd, SEND_SLOTS * MSG_SIZE).map_err(resource)?,
-            slots: (0..SEND_SLOTS).map(|_| None).collect(),
-            free: (0..SEND_SLOTS).rev().collect(),
+        self.qp = Some(Qp {
+            slots: (0..slots).map(|_| None).collect(),
+            free: (0..slots).rev().collect(),
             frames: VecDeque::new(),
             ctrl: VecDeque::new(),
             out: FxHashMap::default(),
             next_cookie: 1,
             incoming: 0,
             cq_lane: lane,
-            cq_share: share,
-        };
-        let qp = self.qp.insert(qp);
-        for i in 0..qp.recv_count {
-            repost(&self.cm, qp, id, i)?;
-        }
+        });
         Ok(())
     }
 
@@ -207,7 +215,7 @@ impl Conn {
                     return Ok(());
                 }
                 let c = qp.ctrl.pop_front().expect("checked");
-                qp.post_ctrl(cm, id, c)?;
+                qp.post_ctrl(cm, id, c, ctx)?;
                 continue;
             }
             let Some(tx) = qp.frames.front() else {
@@ -221,7 +229,7 @@ impl Conn {
             if deferred {
                 qp.post_request(cm, id, tx, ctx)?;
             } else {
-                qp.post_eager(cm, id, tx)?;
+                qp.post_eager(cm, id, tx, ctx)?;
             }
         }
     }
@@ -233,55 +241,98 @@ impl Conn {
         };
         let mut tokens: Vec<TxToken> = qp.frames.drain(..).map(|t| t.token).collect();
         tokens.extend(qp.slots.iter().filter_map(|s| match s {
-            Some(SlotUse::Eager(t)) => Some(*t),
+            Some(Slot {
+                used: SlotUse::Eager(t),
+                ..
+            }) => Some(*t),
             _ => None,
         }));
         tokens.extend(qp.out.drain().map(|(_, r)| r.token));
         tokens
     }
-}
 
-/// Re-posts receive buffer `i`.
-pub(crate) fn repost(cm: &CmId, qp: &Qp, id: u32, i: usize) -> Result<(), LndError> {
-    let sge = qp.recv.sge(i * MSG_SIZE, MSG_SIZE);
-    // SAFETY: the buffer belongs to `qp`, which the connection drops only after its CmId
-    // (destroying the QP first); it is not read again until this receive completes.
-    unsafe { cm.post_recv(sge, wr_id(id, i, true)) }.map_err(resource)
+    /// The send-pool buffers its slots hold, taken: for the pool once the QP is gone.
+    pub(crate) fn take_send_bufs(&mut self) -> Vec<u32> {
+        let Some(qp) = self.qp.as_mut() else {
+            return Vec::new();
+        };
+        qp.slots
+            .iter_mut()
+            .filter_map(|s| s.as_mut().and_then(|s| s.buf.take()))
+            .collect()
+    }
 }
 
 impl Qp {
-    /// Receive buffer `i`'s first `len` bytes (a message that just arrived).
-    pub(crate) fn received(&self, i: usize, len: usize) -> Option<&[u8]> {
-        (i < self.recv_count && len <= MSG_SIZE)
-            .then(|| &self.recv.as_slice()[i * MSG_SIZE..i * MSG_SIZE + len])
+    /// Work requests its send queue holds.
+    pub(crate) fn send_slots(&self) -> usize {
+        self.slots.len()
     }
 
-    /// Frees send slot `i`; what it was for.
-    pub(crate) fn take_slot(&mut self, i: usize) -> Option<SlotUse> {
-        let used = self.slots.get_mut(i)?.take()?;
+    /// Frees send slot `i` (its buffer back to `pool`); what it was for.
+    pub(crate) fn take_slot(&mut self, i: usize, pool: &mut BufPool) -> Option<SlotUse> {
+        let Slot { used, buf } = self.slots.get_mut(i)?.take()?;
         self.free.push(i);
+        if let Some(b) = buf {
+            pool.give(b);
+        }
         Some(used)
     }
 
-    /// Takes a free slot for `used` and returns its index and message buffer.
-    fn slot(&mut self, used: SlotUse) -> (usize, &mut [u8]) {
+    /// Takes a free slot for `used`.
+    fn slot(&mut self, used: SlotUse) -> usize {
         let i = self.free.pop().expect("caller checked for a free slot");
-        self.slots[i] = Some(used);
-        (
-            i,
-            &mut self.send.as_mut_slice()[i * MSG_SIZE..(i + 1) * MSG_SIZE],
+        self.slots[i] = Some(Slot { used, buf: None });
+        i
+    }
+
+    /// Gives slot `i` a buffer from the send pool, for a SEND; its contents.
+    fn slot_buf<'a>(
+        &mut self,
+        i: usize,
+        ctx: &'a mut Ctx,
+    ) -> Result<(u32, &'a mut [u8]), LndError> {
+        let b = ctx
+            .send_bufs
+            .take(&ctx.pd)
+            .map_err(resource)?
+            .ok_or_else(|| resource("the send buffer pool is at its limit"))?;
+        if let Some(slot) = self.slots[i].as_mut() {
+            slot.buf = Some(b);
+        }
+        Ok((b, ctx.send_bufs.get_mut(b)))
+    }
+
+    fn send(
+        &mut self,
+        cm: &CmId,
+        id: u32,
+        i: usize,
+        buf: u32,
+        len: usize,
+        ctx: &Ctx,
+    ) -> Result<(), LndError> {
+        let sge = ctx.send_bufs.sge(buf, len);
+        // SAFETY: the buffer is slot `i`'s until its completion frees the slot, and goes
+        // back to the pool (which outlives every QP) only once the QP is destroyed.
+        unsafe { cm.post_send(sge, wr_id(id, i)) }.map_err(resource)
+    }
+
+    fn post_eager(
+        &mut self,
+        cm: &CmId,
+        id: u32,
+        tx: Transmit,
+        ctx: &mut Ctx,
+    ) -> Result<(), LndError> {
+        self.send_eager(
+            cm,
+            id,
+            SlotUse::Eager(tx.token),
+            &tx.header,
+            &tx.payload,
+            ctx,
         )
-    }
-
-    fn send(&mut self, cm: &CmId, id: u32, i: usize, len: usize) -> Result<(), LndError> {
-        let sge = self.send.sge(i * MSG_SIZE, len);
-        // SAFETY: slot `i`'s buffer is ours until its completion frees the slot, and the
-        // QP is destroyed before the buffer (see `Conn`).
-        unsafe { cm.post_send(sge, wr_id(id, i, false)) }.map_err(resource)
-    }
-
-    fn post_eager(&mut self, cm: &CmId, id: u32, tx: Transmit) -> Result<(), LndError> {
-        self.send_eager(cm, id, SlotUse::Eager(tx.token), &tx.header, &tx.payload)
     }
 
     /// Sends a frame with its payload inline, the slot held for `used`.
@@ -292,9 +343,11 @@ impl Qp {
         used: SlotUse,
         header: &[u8; HEADER_LEN],
         payload: &[u8],
+        ctx: &mut Ctx,
     ) -> Result<(), LndError> {
         let len = payload.len();
-        let (i, buf) = self.slot(used);
+        let i = self.slot(used);
+        let (b, buf) = self.slot_buf(i, ctx)?;
         let remote = RemoteBuf {
             addr: 0,
             rkey: 0,
@@ -305,7 +358,22 @@ impl Qp {
             .encode(buf);
         buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(header);
         buf[PREFIX_LEN + HEADER_LEN..PREFIX_LEN + HEADER_LEN + len].copy_from_slice(payload);
-        self.send(cm, id, i, PREFIX_LEN + HEADER_LEN + len)
+        self.send(cm, id, i, b, PREFIX_LEN + HEADER_LEN + len, ctx)
+    }
+
+    /// Sends a driver message of just a prefix, the slot held for `used`.
+    fn send_prefix(
+        &mut self,
+        cm: &CmId,
+        id: u32,
+        used: SlotUse,
+        prefix: Prefix,
+        ctx: &mut Ctx,
+    ) -> Result<(), LndError> {
+        let i = self.slot(used);
+        let (b, buf) = self.slot_buf(i, ctx)?;
+        prefix.encode(buf);
+        self.send(cm, id, i, b, PREFIX_LEN, ctx)
     }
 
     /// Sends a deferred frame's request: the header, and where to READ the payload (GET
@@ -359,48 +427,61 @@ impl Qp {
                 mode,
             },
         );
-        let (i, buf) = self.slot(SlotUse::Request);
+        let i = self.slot(SlotUse::Request);
+        let (b, buf) = self.slot_buf(i, ctx)?;
         Prefix::new(kind, cookie)
             .with(Outcome::Ok, remote)
             .encode(buf);
         buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(&tx.header);
-        self.send(cm, id, i, PREFIX_LEN + HEADER_LEN)
+        self.send(cm, id, i, b, PREFIX_LEN + HEADER_LEN, ctx)
     }
 
-    fn post_ctrl(&mut self, cm: &CmId, id: u32, c: Ctrl) -> Result<(), LndError> {
+    fn post_ctrl(&mut self, cm: &CmId, id: u32, c: Ctrl, ctx: &mut Ctx) -> Result<(), LndError> {
         match c {
-            Ctrl::Msg(prefix) => {
-                let (i, buf) = self.slot(SlotUse::Ctrl);
-                prefix.encode(buf);
-                self.send(cm, id, i, PREFIX_LEN)
-            }
+            Ctrl::Msg(prefix) => self.send_prefix(cm, id, SlotUse::Ctrl, prefix, ctx),
             Ctrl::Frame(header, payload) => {
-                self.send_eager(cm, id, SlotUse::Ctrl, &header, &payload)
+                self.send_eager(cm, id, SlotUse::Ctrl, &header, &payload, ctx)
             }
             Ctrl::WriteData { cookie, sink } => {
                 let Some(src) = self.out.get(&cookie).map(|r| r.src.clone()) else {
                     return Ok(()); // failed meanwhile
                 };
                 let sge = src.sge();
-                let (i, _) = self.slot(SlotUse::Write { _payload: src });
+                let i = self.slot(SlotUse::Write { _payload: src });
                 // SAFETY: the slot holds the payload's registration (and so the payload)
                 // until the WRITE completes; the QP goes before the slots.
-                unsafe { cm.post_write(sge, sink, wr_id(id, i, false)) }.map_err(resource)?;
+                unsafe { cm.post_write(sge, sink, wr_id(id, i)) }.map_err(resource)?;
                 // Ordered after the WRITE on this QP: when the peer sees it, the data is there.
-                let (i, buf) = self.slot(SlotUse::WriteDone(cookie));
-                Prefix::new(Kind::WriteDone, cookie).encode(buf);
-                self.send(cm, id, i, PREFIX_LEN)
+                let done = Prefix::new(Kind::WriteDone, cookie);
+                self.send_prefix(cm, id, SlotUse::WriteDone(cookie), done, ctx)
             }
             Ctrl::Read {
                 handle,
                 sink,
                 source,
             } => {
-                let (i, _) = self.slot(SlotUse::Read(handle));
+                let i = self.slot(SlotUse::Read(handle));
                 // SAFETY: the sink stays registered in the driver's table of fetches until
                 // this READ completes or its connection (QP first) is gone.
-                unsafe { cm.post_read(sink, source, wr_id(id, i, false)) }.map_err(resource)
+                unsafe { cm.post_read(sink, source, wr_id(id, i)) }.map_err(resource)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_queues_fit_power_of_two_rings_and_grow_with_credits() {
+        assert_eq!(send_slots(8), 31);
+        assert_eq!(send_slots(32), 127);
+        assert_eq!(send_slots(0), 15); // the deferred payloads' share alone
+        assert_eq!(send_slots(u16::MAX), 255);
+        for credits in [1, 8, 16, 100, 1000] {
+            let n = send_slots(credits);
+            assert!((n + 1).is_power_of_two(), "{credits}: {n}");
         }
     }
 }

@@ -10,8 +10,11 @@
 //!   health CQ before the data CQ. Before sleeping the driver spins for `spin`, then arms
 //!   both CQs and sleeps in epoll on their completion channel, the rdma_cm channel and a
 //!   waker.
-//! * **Credits**: receives pre-posted per connection for the credits offered, plus
-//!   reserved ones for CREDIT frames and the driver's own messages (see `conn`).
+//! * **Buffers**: message buffers are the NI's, not a connection's (see `bufs`): SENDs
+//!   take one from a send pool; receives come from one shared receive queue per lane,
+//!   whose pool grows with traffic. An idle connection holds its queue pair and a few
+//!   hundred bytes of state. The core's credits still pace each peer; a message that finds
+//!   no posted receive is retried by the sender's adapter (RNR), never lost.
 //! * **Payloads**: up to [`EAGER_MAX`] bytes inline in the SEND; larger ones deferred:
 //!   PUTs by the receiver's sink and our RDMA WRITE, GET replies by the receiver's RDMA READ
 //!   (see `msg`). Source payloads go through a registration cache.
@@ -19,6 +22,7 @@
 //!   connection: everything it owed (queued, posted, deferred) completes with the error at
 //!   once, and the QP is destroyed before any memory it could still touch is released.
 
+mod bufs;
 mod conn;
 mod fetch;
 mod rx;
@@ -43,6 +47,8 @@ use crate::cm::{CmId, EventChannel};
 use crate::mr::{RemoteBuf, SinkMr, SourceMr};
 use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
 use crate::verbs::{CompChannel, Completion, Cq, Pd, VerbsError};
+pub use bufs::RecvPool;
+use bufs::{BufPool, SharedRecv};
 pub use conn::EAGER_MAX;
 use conn::{Conn, Mode};
 
@@ -94,6 +100,8 @@ pub struct RdmaConfig {
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
     pub spin: Duration,
     pub reg_cache: RegCacheLimits,
+    /// Each lane's shared receive queue: buffers posted at first, and at most.
+    pub recv_pools: PerLane<RecvPool>,
     /// Keys to authenticate connections with, and which to accept (with
     /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
     pub auth: Auth,
@@ -109,6 +117,10 @@ impl RdmaConfig {
             connect_timeout: Duration::from_secs(5),
             spin: lanet::lnd::spin::from_env(SPIN_ENV, DEFAULT_SPIN),
             reg_cache: RegCacheLimits::default(),
+            recv_pools: PerLane::new(
+                RecvPool::default_for(Lane::Health),
+                RecvPool::default_for(Lane::Data),
+            ),
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             auth: cfg.auth.clone(),
         }
@@ -131,6 +143,10 @@ pub(crate) struct Ctx {
     pub(crate) local: Local,
     pub(crate) pd: Pd,
     pub(crate) cq: PerLane<Cq>,
+    /// Buffers for SENDs, shared by every connection.
+    pub(crate) send_bufs: BufPool,
+    /// Each lane's shared receive queue, shared by that lane's connections.
+    pub(crate) recv: PerLane<SharedRecv>,
     pub(crate) cache: RegCache<SourceMr>,
     pub(crate) events: Vec<LndEvent>,
 }
@@ -146,8 +162,12 @@ struct InRdv {
     sink: Option<SinkMr>,
 }
 
-/// Entries each lane's CQ starts with; it grows when its queue pairs need more.
+/// Entries each lane's CQ starts with, beside its receives; it grows when its queue pairs
+/// need more.
 const CQ_ENTRIES: i32 = 1024;
+/// Send buffers at most: far more than SENDs can be in flight on any real number of
+/// connections (a send queue's depth each), so only a bound against a bug.
+const SEND_POOL_MAX: usize = 1 << 20;
 
 /// Held eager send completions that are handed over whatever else happens.
 const QUIET_MAX: usize = 64;
@@ -181,9 +201,14 @@ unsafe impl Send for RdmaLnd {}
 
 /// An RDMA NI: listens on its NID's address and connects to peers on demand.
 pub struct RdmaLnd {
-    ctx: Ctx,
-    spin: Duration,
+    /// First, so dropped first: every QP is destroyed before the buffers (in `ctx`) and
+    /// sinks (in `incoming`) it could still touch.
     conns: ConnTable<u32, Conn>,
+    ctx: Ctx,
+    /// Which connection a queue pair (by number) belongs to: a receive from a shared
+    /// receive queue names only its queue pair.
+    qp_conns: FxHashMap<u32, u32>,
+    spin: Duration,
     /// The connection table's time.
     clock: MonotonicClock,
     incoming: FxHashMap<RxHandle, InRdv>,
@@ -252,6 +277,19 @@ impl RdmaLnd {
         let comp = CompChannel::new(&device).map_err(verbs_error)?;
         let cq = |_| Cq::with_channel(&device, CQ_ENTRIES, Some(&comp)).map_err(verbs_error);
         let cq = PerLane::new(cq(Lane::Health)?, cq(Lane::Data)?);
+        let srq_max = crate::srq::device_max_srq_wr(&pd).map_err(verbs_error)?;
+        let recv =
+            |lane| SharedRecv::new(&pd, lane, cfg.recv_pools[lane], srq_max).map_err(verbs_error);
+        let recv = PerLane::new(recv(Lane::Health)?, recv(Lane::Data)?);
+        for lane in [Lane::Health, Lane::Data] {
+            // Room for every receive the pool may post, beside the QPs' sends.
+            let need = recv[lane].max_len();
+            if cq[lane].capacity() < need + CQ_ENTRIES as usize {
+                cq[lane]
+                    .resize(need + CQ_ENTRIES as usize)
+                    .map_err(verbs_error)?;
+            }
+        }
         let poll =
             mio::Poll::new().map_err(|e| LndError::new(LndErrorKind::Resource, e.to_string()))?;
         let io = |e: std::io::Error| LndError::new(LndErrorKind::Resource, e.to_string());
@@ -292,9 +330,12 @@ impl RdmaLnd {
                 },
                 pd,
                 cq,
+                send_bufs: BufPool::new(64, SEND_POOL_MAX),
+                recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
             },
+            qp_conns: FxHashMap::default(),
             spin: cfg.spin,
             conns: ConnTable::new(nid, cfg.credits, cfg.connect_timeout),
             clock: MonotonicClock::new(),
@@ -327,11 +368,16 @@ impl RdmaLnd {
     }
 
     fn new_conn_id(&mut self) -> u32 {
-        // Never 0 or the listener's tag, nor one still in use after the count wraps (4
-        // billion connections later).
+        // Never 0 or the listener's tag, nor one still in use after the count wraps (2
+        // billion connections later); below 2^31, so a send's work request id never looks
+        // like a receive's (`bufs::RECV_BIT`).
         loop {
             let id = self.next_conn;
-            self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
+            self.next_conn = self
+                .next_conn
+                .checked_add(1)
+                .filter(|n| *n < 1 << 31)
+                .unwrap_or(1);
             if self.conns.get(id).is_none() {
                 return id;
             }
@@ -342,14 +388,33 @@ impl RdmaLnd {
         self.clock.now()
     }
 
-    /// CQ entries the queue pairs on `lane`'s CQ may need.
+    /// CQ entries `lane`'s receives and the sends of the queue pairs on it may need.
     fn cq_in_use(&self, lane: Lane) -> usize {
-        self.conns
+        let sends: usize = self
+            .conns
             .iter()
             .filter_map(|(_, c)| c.qp.as_ref())
             .filter(|qp| qp.cq_lane == lane)
-            .map(|qp| qp.cq_share)
-            .sum()
+            .map(|qp| qp.send_slots())
+            .sum();
+        sends + self.ctx.recv[lane].max_len()
+    }
+
+    /// What the NI's buffers and connections hold now.
+    pub fn memory(&self) -> RdmaMemory {
+        let queue_pairs = self.conns.iter().filter(|(_, c)| c.qp.is_some()).count();
+        RdmaMemory {
+            queue_pairs,
+            send_buffer_bytes: self.ctx.send_bufs.bytes(),
+            recv_buffer_bytes: PerLane::new(
+                self.ctx.recv[Lane::Health].bytes(),
+                self.ctx.recv[Lane::Data].bytes(),
+            ),
+            recv_posted: PerLane::new(
+                self.ctx.recv[Lane::Health].posted(),
+                self.ctx.recv[Lane::Data].posted(),
+            ),
+        }
     }
 
     /// Posts what the connection can take, if it is up; a failure to post fails it.
@@ -384,8 +449,18 @@ impl RdmaLnd {
             return;
         };
         let tokens = conn.owed_tokens();
-        // Destroys the QP before its buffers, and before the sinks below are released.
+        let bufs = conn.take_send_bufs();
+        if let Some(num) = conn.cm.qp_num() {
+            if self.qp_conns.get(&num) == Some(&id) {
+                self.qp_conns.remove(&num);
+            }
+        }
+        // Destroys the QP before its buffers go back to the pool, and before the sinks
+        // below are released.
         drop(conn);
+        for b in bufs {
+            self.ctx.send_bufs.give(b);
+        }
         for token in tokens {
             self.ctx.events.push(LndEvent::SendComplete {
                 token,
@@ -414,20 +489,38 @@ impl RdmaLnd {
 
     /// Polls both CQs, health first; true if anything completed.
     fn poll_cqs(&mut self) -> Result<bool, LndError> {
+        const BATCH: usize = 32;
         let mut any = false;
         for lane in [Lane::Health, Lane::Data] {
             self.wcs.clear();
             let n = self.ctx.cq[lane]
-                .poll_into(&mut self.wcs, 32)
+                .poll_into(&mut self.wcs, BATCH)
                 .map_err(verbs_error)?;
             any |= n > 0;
+            let receives = self
+                .wcs
+                .iter()
+                .filter(|c| c.wr_id & bufs::RECV_BIT != 0)
+                .count();
+            if self.ctx.recv[lane].note_poll(receives, n < BATCH) {
+                self.grow_receives(lane);
+            }
             let mut wcs = std::mem::take(&mut self.wcs);
             for c in wcs.drain(..) {
-                self.on_completion(c);
+                self.on_completion(lane, c);
             }
             self.wcs = wcs;
         }
         Ok(any)
+    }
+
+    /// Arrivals outran reposts on `lane`: more receives for its shared queue.
+    fn grow_receives(&mut self, lane: Lane) {
+        let before = self.ctx.recv[lane].len();
+        match self.ctx.recv[lane].grow(&self.ctx.pd) {
+            Ok(added) => tracing::debug!(%lane, before, added, "more shared receives"),
+            Err(e) => tracing::warn!(%lane, "cannot add shared receives: {e}"),
+        }
     }
 
     /// The rare work: rdma_cm events and handshake deadlines. Each costs system calls, so
@@ -436,6 +529,12 @@ impl RdmaLnd {
     fn housekeeping(&mut self) -> Result<(), LndError> {
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
             self.on_cm_event(ev);
+        }
+        for lane in [Lane::Health, Lane::Data] {
+            // Buffers whose repost failed get another go.
+            if let Err(e) = self.ctx.recv[lane].post_free() {
+                tracing::warn!(%lane, "cannot post shared receives: {e}");
+            }
         }
         let now = self.now();
         if self.conns.next_deadline().is_some_and(|d| d <= now) {
@@ -630,6 +729,19 @@ impl RdmaLnd {
         events.append(&mut self.quiet);
         events.append(&mut self.ctx.events);
     }
+}
+
+/// What an RDMA NI's buffers and connections hold ([`RdmaLnd::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RdmaMemory {
+    /// Connections with a queue pair.
+    pub queue_pairs: usize,
+    /// Registered for SENDs, shared by every connection.
+    pub send_buffer_bytes: usize,
+    /// Registered for each lane's shared receive queue.
+    pub recv_buffer_bytes: PerLane<usize>,
+    /// Receives posted to each lane's shared queue now.
+    pub recv_posted: PerLane<usize>,
 }
 
 /// The socket address for `nid` on an o2ib net.

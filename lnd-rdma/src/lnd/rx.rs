@@ -1,12 +1,13 @@
 //! Work completions: received messages, finished sends, WRITEs and READs, and errors.
 
 use bytes::Bytes;
+use lanet::lane::Lane;
 use lanet::lnd::conns::Stage;
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, RxPayload};
 use lanet::wire::{decode_header, Header, Limits, HEADER_LEN};
 use rdma_sys::ibv_wc_status as wc;
 
-use super::conn::{self, Ctrl, Mode, SlotUse, RDV_MAX};
+use super::conn::{self, Ctrl, Mode, SlotUse, WrId, RDV_MAX};
 use super::{InRdv, RdmaLnd};
 use crate::msg::{Kind, Outcome, Prefix, PREFIX_LEN};
 use crate::verbs::Completion;
@@ -77,31 +78,57 @@ fn parse(b: &[u8], limits: &Limits) -> Result<Message, String> {
 }
 
 impl RdmaLnd {
-    pub(super) fn on_completion(&mut self, c: Completion) {
-        let (id, index, recv) = conn::split_wr_id(c.wr_id);
+    /// A completion from `lane`'s CQ.
+    pub(super) fn on_completion(&mut self, lane: Lane, c: Completion) {
+        let (id, slot) = match conn::split_wr_id(c.wr_id) {
+            WrId::Recv(buf) => return self.on_recv(lane, buf, &c),
+            WrId::Send { conn, slot } => (conn, slot),
+        };
         if self.conns.get(id).is_none() {
             return; // flushed from a connection already failed and forgotten
         }
         if !c.ok() {
             return self.fail(id, completion_error(&c));
         }
-        if recv {
-            self.on_recv(id, index, c.byte_len as usize);
-        } else {
-            self.on_send_done(id, index);
-        }
+        self.on_send_done(id, slot);
     }
 
-    fn on_recv(&mut self, id: u32, index: usize, len: usize) {
+    /// A receive from `lane`'s shared queue, into buffer `buf`: copied out and the buffer
+    /// posted again first (whatever the message, or its connection, turns out to be).
+    fn on_recv(&mut self, lane: Lane, buf: u32, c: &Completion) {
         let limits = Limits {
             max_payload: self.ctx.local.id.max_payload,
+        };
+        let recv = &mut self.ctx.recv[lane];
+        let received = recv.completed(buf, c.byte_len as usize);
+        let parsed = match (c.ok(), received) {
+            (true, Some(b)) => Some(parse(b, &limits)),
+            (true, None) => Some(Err("completion for an unknown receive buffer".into())),
+            (false, _) => None,
+        };
+        if let Err(e) = recv.repost(buf) {
+            tracing::warn!(%lane, "cannot post a shared receive again: {e}");
+        }
+        let Some(id) = self.qp_conns.get(&c.qp_num).copied() else {
+            return; // its connection is gone
+        };
+        if self.conns.get(id).is_none() {
+            return;
+        }
+        let Some(parsed) = parsed else {
+            return self.fail(id, completion_error(c));
         };
         if self.conns.stage(id) == Some(Stage::Handshake) && !self.conns.is_dialled(id) {
             // Only a connection being set up can owe its AUTH (not one per message).
             if let Some(conn::ConnAuth::AwaitingProof(pending, hello)) =
                 self.conns.get(id).map(|c| c.auth)
             {
-                return self.on_first_message(id, index, len, &limits, (pending, hello));
+                let message = match parsed {
+                    Ok(Message::Eager(h, data)) => Ok((h, data)),
+                    Ok(_) => Err("a driver message before the AUTH".to_owned()),
+                    Err(e) => Err(e),
+                };
+                return self.dialler_proof(id, message, (pending, hello));
             }
             // A message can only come once the connection is established: this is as
             // good as the ESTABLISHED event, which may still be on its way.
@@ -115,14 +142,6 @@ impl RdmaLnd {
         else {
             return self.fail(id, protocol("message before the connection was set up"));
         };
-        let parsed = match qp.received(index, len) {
-            Some(b) => parse(b, &limits),
-            None => Err("completion for an unknown receive buffer".into()),
-        };
-        // Copied out: the buffer can take the next message.
-        if let Err(e) = conn::repost(&conn.cm, qp, id, index) {
-            return self.fail(id, e);
-        }
         let message = match parsed {
             Ok(m) => m,
             Err(e) => return self.fail(id, protocol(e)),
@@ -169,35 +188,6 @@ impl RdmaLnd {
             }
             Message::Ctrl(prefix) => self.on_ctrl(id, prefix),
         }
-    }
-
-    /// The first message of a connection whose dialler owes its AUTH: copied out (its
-    /// buffer re-posted), then checked in `setup`.
-    fn on_first_message(
-        &mut self,
-        id: u32,
-        index: usize,
-        len: usize,
-        limits: &Limits,
-        awaiting: (lanet::handshake::auth::Pending, lanet::handshake::PeerHello),
-    ) {
-        let Some((cm, qp)) = self
-            .conns
-            .get_mut(id)
-            .and_then(|c| c.qp.as_mut().map(|qp| (&c.cm, qp)))
-        else {
-            return self.fail(id, protocol("message before the queue pair was made"));
-        };
-        let message = match qp.received(index, len).map(|b| parse(b, limits)) {
-            Some(Ok(Message::Eager(h, data))) => Ok((h, data)),
-            Some(Ok(_)) => Err("a driver message before the AUTH".to_owned()),
-            Some(Err(e)) => Err(e),
-            None => Err("completion for an unknown receive buffer".to_owned()),
-        };
-        if let Err(e) = conn::repost(cm, qp, id, index) {
-            return self.fail(id, e);
-        }
-        self.dialler_proof(id, message, awaiting);
     }
 
     fn on_ctrl(&mut self, id: u32, p: Prefix) {
@@ -277,7 +267,7 @@ impl RdmaLnd {
             .get_mut(id)
             .and_then(|c| c.qp.as_mut())
             .expect("checked by the caller");
-        let Some(used) = qp.take_slot(index) else {
+        let Some(used) = qp.take_slot(index, &mut self.ctx.send_bufs) else {
             return self.fail(id, protocol("completion for a free send slot"));
         };
         match used {

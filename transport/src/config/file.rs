@@ -78,7 +78,7 @@ pub struct NetSection {
 /// [`NetSection::pending_accepts`] by default.
 pub const DEFAULT_PENDING_ACCEPTS: usize = 1024;
 /// [`NetSection::pending_accepts`] by default on o2ib nets: each pending accept holds a
-/// queue pair and its message buffers (about 400 KiB at 8 credits) and grows the CQ.
+/// queue pair and grows the CQ (message buffers are the NI's, not the connection's).
 pub const DEFAULT_PENDING_ACCEPTS_RDMA: usize = 64;
 
 /// Settings of the router daemon's process, not of the protocol.
