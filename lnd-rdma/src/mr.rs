@@ -87,7 +87,54 @@ impl Drop for Registration {
 /// memory peers may read and write ([`Mr::with_remote_access`]).
 pub struct Mr {
     reg: Registration,
-    buf: Box<[u8]>,
+    /// After `reg`, so freed after deregistration.
+    buf: RawBuf,
+}
+
+/// Zeroed heap bytes held by a raw pointer, so a slice of one part of them says nothing
+/// about the rest, which the adapter may be writing meanwhile (a pool's other buffers).
+struct RawBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: it owns its bytes as a `Box<[u8]>` would, and hands out references to them only
+// through `&self` (shared) and `&mut self` (exclusive).
+unsafe impl Send for RawBuf {}
+unsafe impl Sync for RawBuf {}
+
+impl RawBuf {
+    fn zeroed(len: usize) -> RawBuf {
+        let bytes: Box<[u8]> = vec![0u8; len].into_boxed_slice();
+        let ptr = Box::into_raw(bytes).cast::<u8>();
+        RawBuf {
+            ptr: std::ptr::NonNull::new(ptr).expect("a box is never null"),
+            len,
+        }
+    }
+
+    /// Bytes `offset..offset + len`. Panics outside the buffer.
+    fn range(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: within our allocation (checked above), initialised (zeroed at birth),
+        // and only ever written through `&mut self` or by the adapter, which the owner
+        // does not let write where it reads.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
+    }
+
+    fn range_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: as in `range`, and `&mut self` makes this the only reference we hand out.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), len) }
+    }
+}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+        // SAFETY: `ptr` and `len` came from `Box::into_raw` of a boxed slice, freed once.
+        drop(unsafe { Box::from_raw(slice) });
+    }
 }
 
 impl Mr {
@@ -105,9 +152,9 @@ impl Mr {
     }
 
     fn register(pd: &Pd, len: usize, access: sys::ibv_access_flags) -> Result<Mr, VerbsError> {
-        let mut buf = vec![0u8; len.max(1)].into_boxed_slice();
+        let buf = RawBuf::zeroed(len.max(1));
         // SAFETY: the buffer is writable, and freed only after the registration (field order).
-        let mr = unsafe { register(pd, buf.as_mut_ptr(), buf.len(), access)? };
+        let mr = unsafe { register(pd, buf.ptr.as_ptr(), buf.len, access)? };
         Ok(Mr {
             reg: Registration {
                 mr,
@@ -126,13 +173,21 @@ impl Mr {
     }
 
     pub fn addr(&self) -> u64 {
-        self.buf.as_ptr() as u64
+        self.buf.ptr.as_ptr() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.len == 0
     }
 
     /// The element for `len` bytes at `offset`. Panics outside the region (a driver bug).
     pub fn sge(&self, offset: usize, len: usize) -> Sge {
         assert!(
-            offset + len <= self.buf.len(),
+            offset + len <= self.buf.len,
             "work request outside its memory region"
         );
         Sge {
@@ -142,12 +197,23 @@ impl Mr {
         }
     }
 
+    /// The whole region (while no work request uses any of it).
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf
+        self.buf.range(0, self.buf.len)
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf
+        self.buf.range_mut(0, self.buf.len)
+    }
+
+    /// Bytes `offset..offset + len` alone: other parts may be in use by the adapter.
+    /// Panics outside the region.
+    pub fn range(&self, offset: usize, len: usize) -> &[u8] {
+        self.buf.range(offset, len)
+    }
+
+    pub fn range_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        self.buf.range_mut(offset, len)
     }
 }
 

@@ -17,7 +17,9 @@ pub(crate) struct SrqHandle {
 
 // SAFETY: nothing to call but drop, which destroys the SRQ once, after its last holder (the
 // owning `Srq`, or a connection id whose QP uses it). Those holders are `Srq`, not `Sync`,
-// and `CmId`, not `Send`: posts to the SRQ come from one thread at a time.
+// and `CmId`, not `Send`: posts to the SRQ come from one thread at a time. An `Srq` may
+// move to another thread only with the ids attached to it (the RDMA driver moves them
+// all together), as destroying a QP may touch its SRQ on some providers.
 unsafe impl Send for SrqHandle {}
 unsafe impl Sync for SrqHandle {}
 
@@ -49,15 +51,27 @@ pub struct Srq {
     _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
-/// The most receives a shared receive queue of `pd`'s device may hold.
-pub fn device_max_srq_wr(pd: &Pd) -> Result<usize, VerbsError> {
-    // SAFETY: all-zero is a valid ibv_device_attr to be filled in.
-    let mut attr: sys::ibv_device_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: the context is open and `attr` is a valid out-parameter.
-    check("ibv_query_device", unsafe {
-        sys::ibv_query_device(pd.context().as_ptr(), &mut attr)
-    })?;
-    Ok(usize::try_from(attr.max_srq_wr).unwrap_or(0))
+/// What `pd`'s device allows: receives in a shared receive queue, entries in a CQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    pub max_srq_wr: usize,
+    pub max_cqe: usize,
+}
+
+impl DeviceLimits {
+    pub fn of(pd: &Pd) -> Result<DeviceLimits, VerbsError> {
+        // SAFETY: all-zero is a valid ibv_device_attr to be filled in.
+        let mut attr: sys::ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the context is open and `attr` is a valid out-parameter.
+        check("ibv_query_device", unsafe {
+            sys::ibv_query_device(pd.context().as_ptr(), &mut attr)
+        })?;
+        let n = |v: i32| usize::try_from(v).unwrap_or(0);
+        Ok(DeviceLimits {
+            max_srq_wr: n(attr.max_srq_wr),
+            max_cqe: n(attr.max_cqe),
+        })
+    }
 }
 
 impl Srq {

@@ -3,11 +3,12 @@
 //! connection holds none of them: receive memory follows traffic, not the number of peers.
 //!
 //! Pools grow by chunks (one registration each) and never shrink. The send pool grows when
-//! a SEND finds it empty, so it is bounded by the SENDs in flight. A receive pool grows
-//! when a burst of receives, reaped without the CQ running dry, reaches half of what it
-//! has posted: arrivals were outrunning reposts. Between growth and its limit, a sender
-//! whose message finds no posted receive is told to retry (RNR, retried without limit), so
-//! a full pool slows senders down and loses nothing.
+//! a SEND finds it empty, so it is bounded by the SENDs in flight. A receive pool doubles
+//! when a burst of receives (reaped in consecutive polls, until one finds the CQ drained)
+//! reaches half of its buffers: arrivals were outrunning reposts. Under sustained load
+//! that never lets the CQ drain it keeps doubling, up to its limit. Short of that, a
+//! sender whose message finds no posted receive is told to retry (RNR, retried without
+//! limit), so a full pool slows senders down and loses nothing.
 
 use lanet::lane::Lane;
 
@@ -28,14 +29,15 @@ pub(crate) struct BufPool {
 }
 
 impl BufPool {
-    /// A pool that registers `chunk` buffers at a time, up to `max` (rounded up to whole
-    /// chunks). Registers nothing yet.
+    /// A pool that registers `chunk` buffers at a time, up to `max` (rounded down to whole
+    /// chunks, at least one: never past a device limit `max` was clamped to). Registers
+    /// nothing yet.
     pub(crate) fn new(chunk: usize, max: usize) -> BufPool {
-        let chunk = chunk.clamp(1, CHUNK_MAX);
+        let chunk = chunk.clamp(1, CHUNK_MAX).min(max.max(1));
         BufPool {
             chunks: Vec::new(),
             chunk,
-            max: max.max(1).div_ceil(chunk) * chunk,
+            max: (max / chunk).max(1) * chunk,
             free: Vec::new(),
         }
     }
@@ -101,13 +103,13 @@ impl BufPool {
             return None;
         }
         let (mr, offset) = self.place(i);
-        Some(&mr.as_slice()[offset..offset + len])
+        Some(mr.range(offset, len))
     }
 
     pub(crate) fn get_mut(&mut self, i: u32) -> &mut [u8] {
         let i = i as usize;
         let (chunk, offset) = (i / self.chunk, (i % self.chunk) * MSG_SIZE);
-        &mut self.chunks[chunk].as_mut_slice()[offset..offset + MSG_SIZE]
+        self.chunks[chunk].range_mut(offset, MSG_SIZE)
     }
 }
 
@@ -153,13 +155,19 @@ impl SharedRecv {
         sizing: RecvPool,
         device_max: usize,
     ) -> Result<SharedRecv, VerbsError> {
+        if device_max == 0 {
+            return Err(VerbsError {
+                call: "ibv_query_device",
+                errno: libc::EOPNOTSUPP,
+                context: "the device has no shared receive queues, which the RDMA LND needs".into(),
+            });
+        }
         let initial = sizing.initial.clamp(1, device_max.max(1));
         let max = sizing.max.clamp(initial, device_max.max(initial));
         let mut bufs = BufPool::new(initial.min(CHUNK_MAX), max);
         let srq = Srq::new(pd, bufs.max)?;
-        while bufs.len() < initial {
-            bufs.grow(pd)?;
-        }
+        // Whole chunks, within the limit.
+        while bufs.len() < initial && bufs.grow(pd)? {}
         let mut recv = SharedRecv {
             srq,
             bufs,
@@ -214,9 +222,10 @@ impl SharedRecv {
 
     fn post(&mut self, i: u32) -> Result<(), VerbsError> {
         let sge = self.bufs.sge(i, MSG_SIZE);
-        // SAFETY: buffer `i` belongs to this pool, whose registrations outlive the SRQ and
-        // every QP attached to it (the driver drops its connections first), and we do not
-        // touch it until its receive completes.
+        // SAFETY: buffer `i` belongs to this pool. Its registration outlives every QP that
+        // can write into it: `RdmaLnd` drops its connections (`conns`, the first field)
+        // before `ctx` and this pool, and `SharedRecv` drops `srq` before `bufs`. We do not
+        // touch the buffer until its receive completes.
         unsafe { self.srq.post_recv(sge, recv_wr_id(i)) }?;
         self.posted += 1;
         Ok(())
@@ -274,9 +283,12 @@ mod tests {
     #[test]
     fn limits_round_up_to_whole_chunks_and_chunks_are_bounded() {
         let p = BufPool::new(4, 10);
-        assert_eq!((p.chunk, p.max, p.len()), (4, 12, 0));
+        assert_eq!((p.chunk, p.max, p.len()), (4, 8, 0));
         let p = BufPool::new(1000, 100);
-        assert_eq!((p.chunk, p.max), (CHUNK_MAX, 128));
+        assert_eq!((p.chunk, p.max), (CHUNK_MAX, 64));
+        // A device limit below a chunk: one smaller chunk.
+        let p = BufPool::new(64, 20);
+        assert_eq!((p.chunk, p.max), (20, 20));
         let p = BufPool::new(0, 0);
         assert_eq!((p.chunk, p.max), (1, 1));
     }
@@ -285,7 +297,8 @@ mod tests {
     fn receive_wr_ids_are_told_apart_from_sends() {
         assert_ne!(recv_wr_id(0) & RECV_BIT, 0);
         assert_eq!(recv_wr_id(7) & !RECV_BIT, 7);
-        // A send's id (connection << 32 | slot) never has the bit: connections are u32.
+        // A send's id (connection << 32 | slot) never has the bit: connection ids stay
+        // below 2^31 (`RdmaLnd::new_conn_id`).
         let send = (u64::from(u32::MAX >> 1) << 32) | 63;
         assert_eq!(send & RECV_BIT, 0);
     }

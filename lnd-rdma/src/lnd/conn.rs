@@ -1,5 +1,5 @@
-//! One connection: its rdma_cm id and RC queue pair, the registered message buffers, and
-//! what waits to be posted on it.
+//! One connection: its rdma_cm id and RC queue pair, its send slots, and what waits to be
+//! posted on it.
 //!
 //! Every work request on the send queue holds a *slot* (so the queue never overflows and a
 //! completion finds what it was for); slots of SENDs also hold a message buffer from the
@@ -21,6 +21,7 @@ use super::Ctx;
 use crate::cm::{CmId, Receives};
 use crate::mr::{RemoteBuf, Sge, SourceMr};
 use crate::msg::{Kind, Outcome, Prefix, PREFIX_LEN};
+use crate::verbs::Cq;
 
 /// Bytes of one message buffer (o2iblnd's IBLND_MSG_SIZE).
 pub(crate) const MSG_SIZE: usize = 4096;
@@ -44,6 +45,21 @@ pub(crate) fn send_slots(credits: u16) -> usize {
 /// its send slot. Receives carry [`bufs::RECV_BIT`] and their buffer instead.
 pub(crate) fn wr_id(conn: u32, slot: usize) -> u64 {
     (u64::from(conn) << 32) | slot as u64
+}
+
+/// Makes room for `need` completions in `cq`: twice that, within the device's `max_cqe`
+/// (rxe's is 32 K: about 900 connections on one lane with 8 credits).
+pub(crate) fn grow_cq(cq: &Cq, need: usize, max_cqe: usize) -> Result<(), LndError> {
+    if need <= cq.capacity() {
+        return Ok(());
+    }
+    if need > max_cqe {
+        return Err(resource(format!(
+            "a CQ of {need} entries is needed, and the device allows {max_cqe}: too many \
+             connections on this lane, or receive pools too large (recv_pools)"
+        )));
+    }
+    cq.resize((need * 2).min(max_cqe)).map_err(resource)
 }
 
 /// What a work request id names.
@@ -141,8 +157,9 @@ pub(crate) struct Qp {
 
 /// A connection's transport (the connection table keeps its peer, stage and HELLO).
 pub(crate) struct Conn {
-    /// First field, so dropped first: destroying the QP stops the adapter touching the
-    /// buffers below (and the sinks the driver holds for this connection) before they go.
+    /// First field, so dropped first: destroying the QP stops the adapter touching what
+    /// its slots hold (payload registrations below, send-pool buffers, the sinks the
+    /// driver holds for this connection) before any of it goes.
     pub(crate) cm: CmId,
     pub(crate) qp: Option<Qp>,
     pub(crate) auth: ConnAuth,
@@ -176,10 +193,7 @@ impl Conn {
     ) -> Result<(), LndError> {
         let slots = send_slots(ctx.local.id.credits[lane]);
         let cq = &ctx.cq[lane];
-        let need = cq_in_use + slots;
-        if need > cq.capacity() {
-            cq.resize(need * 2).map_err(resource)?;
-        }
+        grow_cq(cq, cq_in_use + slots, ctx.limits.max_cqe)?;
         let receives = Receives::Shared(ctx.recv[lane].srq());
         self.cm
             .create_rc_qp(&ctx.pd, cq, slots as u32, receives)
@@ -313,8 +327,9 @@ impl Qp {
         ctx: &Ctx,
     ) -> Result<(), LndError> {
         let sge = ctx.send_bufs.sge(buf, len);
-        // SAFETY: the buffer is slot `i`'s until its completion frees the slot, and goes
-        // back to the pool (which outlives every QP) only once the QP is destroyed.
+        // SAFETY: the buffer is slot `i`'s until the SEND completes (`take_slot`) or the QP
+        // is destroyed (`RdmaLnd::retire`); only then does it go back to the pool, whose
+        // registrations outlive every QP.
         unsafe { cm.post_send(sge, wr_id(id, i)) }.map_err(resource)
     }
 

@@ -12,8 +12,8 @@
 //!   waker.
 //! * **Buffers**: message buffers are the NI's, not a connection's (see `bufs`): SENDs
 //!   take one from a send pool; receives come from one shared receive queue per lane,
-//!   whose pool grows with traffic. An idle connection holds its queue pair and a few
-//!   hundred bytes of state. The core's credits still pace each peer; a message that finds
+//!   whose pool grows with traffic. An idle connection holds its queue pair (a send queue
+//!   sized by its credits) and a few KiB of state. The core's credits still pace each peer; a message that finds
 //!   no posted receive is retried by the sender's adapter (RNR), never lost.
 //! * **Payloads**: up to [`EAGER_MAX`] bytes inline in the SEND; larger ones deferred:
 //!   PUTs by the receiver's sink and our RDMA WRITE, GET replies by the receiver's RDMA READ
@@ -46,6 +46,7 @@ use rustc_hash::FxHashMap;
 use crate::cm::{CmId, EventChannel};
 use crate::mr::{RemoteBuf, SinkMr, SourceMr};
 use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
+use crate::srq::DeviceLimits;
 use crate::verbs::{CompChannel, Completion, Cq, Pd, VerbsError};
 pub use bufs::RecvPool;
 use bufs::{BufPool, SharedRecv};
@@ -94,7 +95,7 @@ pub struct RdmaConfig {
     /// How long a connection may take to come up (resolution, connect, HELLO, AUTH).
     pub connect_timeout: Duration,
     /// Accepted connections not up yet (awaiting ESTABLISHED, or with keys the
-    /// dialler's AUTH), at most: each holds a queue pair and its buffers, so a flood of
+    /// dialler's AUTH), at most: each holds a queue pair and CQ entries, so a flood of
     /// connect requests past it closes the one that has waited longest. At least 1.
     pub max_pending_accepts: usize,
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
@@ -142,6 +143,7 @@ pub(crate) struct Local {
 pub(crate) struct Ctx {
     pub(crate) local: Local,
     pub(crate) pd: Pd,
+    pub(crate) limits: DeviceLimits,
     pub(crate) cq: PerLane<Cq>,
     /// Buffers for SENDs, shared by every connection.
     pub(crate) send_bufs: BufPool,
@@ -205,9 +207,9 @@ pub struct RdmaLnd {
     /// sinks (in `incoming`) it could still touch.
     conns: ConnTable<u32, Conn>,
     ctx: Ctx,
-    /// Which connection a queue pair (by number) belongs to: a receive from a shared
-    /// receive queue names only its queue pair.
-    qp_conns: FxHashMap<u32, u32>,
+    /// Which connection (and lane) a queue pair, by number, belongs to: a receive from a
+    /// shared receive queue names only its queue pair.
+    qp_conns: FxHashMap<u32, (u32, Lane)>,
     spin: Duration,
     /// The connection table's time.
     clock: MonotonicClock,
@@ -277,18 +279,15 @@ impl RdmaLnd {
         let comp = CompChannel::new(&device).map_err(verbs_error)?;
         let cq = |_| Cq::with_channel(&device, CQ_ENTRIES, Some(&comp)).map_err(verbs_error);
         let cq = PerLane::new(cq(Lane::Health)?, cq(Lane::Data)?);
-        let srq_max = crate::srq::device_max_srq_wr(&pd).map_err(verbs_error)?;
-        let recv =
-            |lane| SharedRecv::new(&pd, lane, cfg.recv_pools[lane], srq_max).map_err(verbs_error);
+        let limits = DeviceLimits::of(&pd).map_err(verbs_error)?;
+        let recv = |lane| {
+            SharedRecv::new(&pd, lane, cfg.recv_pools[lane], limits.max_srq_wr).map_err(verbs_error)
+        };
         let recv = PerLane::new(recv(Lane::Health)?, recv(Lane::Data)?);
         for lane in [Lane::Health, Lane::Data] {
             // Room for every receive the pool may post, beside the QPs' sends.
-            let need = recv[lane].max_len();
-            if cq[lane].capacity() < need + CQ_ENTRIES as usize {
-                cq[lane]
-                    .resize(need + CQ_ENTRIES as usize)
-                    .map_err(verbs_error)?;
-            }
+            let need = recv[lane].max_len() + CQ_ENTRIES as usize;
+            conn::grow_cq(&cq[lane], need, limits.max_cqe)?;
         }
         let poll =
             mio::Poll::new().map_err(|e| LndError::new(LndErrorKind::Resource, e.to_string()))?;
@@ -329,6 +328,7 @@ impl RdmaLnd {
                     auth: cfg.auth.clone(),
                 },
                 pd,
+                limits,
                 cq,
                 send_bufs: BufPool::new(64, SEND_POOL_MAX),
                 recv,
@@ -451,7 +451,7 @@ impl RdmaLnd {
         let tokens = conn.owed_tokens();
         let bufs = conn.take_send_bufs();
         if let Some(num) = conn.cm.qp_num() {
-            if self.qp_conns.get(&num) == Some(&id) {
+            if self.qp_conns.get(&num).is_some_and(|(c, _)| *c == id) {
                 self.qp_conns.remove(&num);
             }
         }

@@ -109,7 +109,14 @@ impl RdmaLnd {
         if let Err(e) = recv.repost(buf) {
             tracing::warn!(%lane, "cannot post a shared receive again: {e}");
         }
-        let Some(id) = self.qp_conns.get(&c.qp_num).copied() else {
+        // A completion of a QP since destroyed finds nothing (or, were its number reused
+        // at once, maybe another lane's QP, whose messages never come from this CQ).
+        let Some(id) = self
+            .qp_conns
+            .get(&c.qp_num)
+            .filter(|(_, l)| *l == lane)
+            .map(|(id, _)| *id)
+        else {
             return; // its connection is gone
         };
         if self.conns.get(id).is_none() {

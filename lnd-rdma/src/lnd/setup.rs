@@ -133,11 +133,10 @@ impl RdmaLnd {
                 }
             }
             CmEventKind::Established if dialled => {
-                self.ready_to_send(id);
+                self.set_rnr_wait(id);
                 self.dial_answered(id, &ev.private_data)
             }
             CmEventKind::Established => {
-                self.ready_to_send(id);
                 if self.conns.stage(id) == Some(Stage::Handshake) {
                     self.mark_up(id);
                 }
@@ -157,9 +156,10 @@ impl RdmaLnd {
         }
     }
 
-    /// The queue pair of connection `id` can send: it tells peers that find its shared
-    /// receives empty to retry soon, not in rdma_cm's 655 ms.
-    fn ready_to_send(&mut self, id: u32) {
+    /// Connection `id`'s QP is in RTS (our dial was answered, or we accepted): it tells
+    /// peers whose message finds its shared receives empty to retry soon, not in
+    /// rdma_cm's 655 ms.
+    fn set_rnr_wait(&mut self, id: u32) {
         if let Some(conn) = self.conns.get(id) {
             if let Err(e) = conn.cm.set_min_rnr_timer(RNR_TIMER) {
                 tracing::warn!(id, "cannot set the RNR timer: {e}");
@@ -360,9 +360,15 @@ impl RdmaLnd {
         let conn = self.conns.get_mut(id).expect("the caller found it");
         conn.create_qp(lane, cq_in_use, &mut self.ctx)?;
         if let Some(num) = conn.cm.qp_num() {
-            self.qp_conns.insert(num, id);
+            self.qp_conns.insert(num, (id, lane));
         }
-        send(&conn.cm, private).map_err(verbs_error)
+        send(&conn.cm, private).map_err(verbs_error)?;
+        if !self.conns.is_dialled(id) {
+            // rdma_accept took the QP to RTS: the peer may send from now on (an
+            // authenticating acceptor's ESTABLISHED may come after its first message).
+            self.set_rnr_wait(id);
+        }
+        Ok(())
     }
 
     /// The first message on an accepted connection awaiting its dialler's AUTH (`ConnAuth::
