@@ -119,6 +119,10 @@ pub(crate) struct Common {
     /// the threshold. Default: the LND's own.
     #[arg(long)]
     zc_min: Option<usize>,
+    /// RDMA: payloads up to this many bytes travel inside the message (both sides;
+    /// LANET_RDMA_EAGER_MAX). Default: the LND's own (3,968).
+    #[arg(long)]
+    eager_max: Option<usize>,
 }
 
 #[derive(Args)]
@@ -311,6 +315,15 @@ fn main() -> ExitCode {
         Bench::Sim(_) | Bench::Blackhole(_) | Bench::Cost(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
+    let eager_max = match &cli.bench {
+        Bench::Latency(a) => a.common.eager_max,
+        Bench::Bandwidth(a) => a.common.eager_max,
+        _ => None,
+    };
+    if let Some(n) = eager_max {
+        // Before any thread starts; the server process inherits it.
+        std::env::set_var(lanet_lnd_rdma::EAGER_ENV, n.to_string());
+    }
     let config = match &cli.bench {
         Bench::Latency(a) => a.common.config.clone(),
         Bench::Bandwidth(a) => a.common.config.clone(),

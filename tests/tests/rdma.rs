@@ -57,7 +57,7 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
     let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
     println!("{out}");
     // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
-    assert!(out.contains("test result: ok. 11 passed"), "{out}");
+    assert!(out.contains("test result: ok. 12 passed"), "{out}");
 }
 
 #[test]
@@ -900,5 +900,62 @@ fn vm_driver_loses_nothing_when_the_shared_receives_run_out() {
             )),
             "RNR retries are not failures"
         );
+    }
+}
+
+/// Payloads above 4 KiB go inside the message when both ends' buffers hold them (each
+/// says its size in its HELLO), and by rendezvous when either end's buffers are smaller.
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_sends_inline_up_to_the_smaller_eager_limit_of_its_two_ends() {
+    let big = |nid: Nid| {
+        let port = nid.socket_addr(0).unwrap().port();
+        let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(port)));
+        cfg.eager_max = 16 * 1024;
+        RdmaLnd::bind(nid, cfg).expect("the RDMA LND on rxe0")
+    };
+    let (an, bn) = nids(7900);
+    let (cn, _) = nids(7910);
+    let (mut a, mut b, mut c) = (big(an), lnd(bn), big(cn));
+    // 16 KiB of payload and our 128 bytes of prefix and header, in whole KiB.
+    assert_eq!(a.eager_max(), 17 * 1024 - 128);
+    assert_eq!(b.eager_max(), EAGER_MAX);
+    let mut seen = [Vec::new(), Vec::new()];
+    a.connect(bn, Lane::Data);
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
+    });
+    let mut seen = [Vec::new(), Vec::new()];
+    a.connect(cn, Lane::Data);
+    run_until(&mut a, &mut c, &mut seen, |s| {
+        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
+    });
+    // (which pair, payload length, inline?)
+    let cases = [
+        ("a to b", 8000, false),     // b's 4 KiB buffers
+        ("b to a", 8000, false),     // b's own buffers
+        ("b to a", EAGER_MAX, true), // the default still inline
+        ("a to c", 17 * 1024 - 128, true),
+        ("a to c", 8000, true),
+        ("a to c", 17 * 1024 - 127, false), // one byte over
+    ];
+    for (i, (pair, len, inline)) in cases.into_iter().enumerate() {
+        let token = i as u64 + 1;
+        let (tx, rx, txn, rxn) = match pair {
+            "a to b" => (&mut a, &mut b, an, bn),
+            "b to a" => (&mut b, &mut a, bn, an),
+            _ => (&mut a, &mut c, an, cn),
+        };
+        let payload = pattern(len, i as u8);
+        let mut seen = [Vec::new(), Vec::new()];
+        tx.post(frame(txn, rxn, PUT, payload.clone(), token));
+        run_until(tx, rx, &mut seen, |s| {
+            s[1].iter().any(|e| matches!(e, LndEvent::Received { .. }))
+        });
+        let (data, deferred) = take_last(tx, rx, &mut seen);
+        assert_eq!(deferred, !inline, "case {i}, {pair}: {len} bytes");
+        assert!(data == payload, "case {i}: corrupted");
+        run_until(tx, rx, &mut seen, |s| sent(&s[0], token).is_some());
+        assert_eq!(sent(&seen[0], token), Some(&Ok(())), "case {i}");
     }
 }

@@ -12,17 +12,18 @@
 
 use lanet::lane::Lane;
 
-use super::conn::MSG_SIZE;
 use crate::mr::{Mr, Sge};
 use crate::srq::Srq;
 use crate::verbs::{Pd, VerbsError};
 
-/// Buffers per registration, at most (256 KiB).
+/// Buffers per registration, at most (256 KiB of 4 KiB messages).
 const CHUNK_MAX: usize = 64;
 
-/// Buffers of [`MSG_SIZE`] bytes, registered for local access, handed out by index.
+/// Buffers of one size (an NI's messages), registered for local access, handed out by
+/// index.
 pub(crate) struct BufPool {
     chunks: Vec<Mr>,
+    buf_size: usize,
     chunk: usize,
     max: usize,
     free: Vec<u32>,
@@ -32,10 +33,11 @@ impl BufPool {
     /// A pool that registers `chunk` buffers at a time, up to `max` (rounded down to whole
     /// chunks, at least one: never past a device limit `max` was clamped to). Registers
     /// nothing yet.
-    pub(crate) fn new(chunk: usize, max: usize) -> BufPool {
+    pub(crate) fn new(buf_size: usize, chunk: usize, max: usize) -> BufPool {
         let chunk = chunk.clamp(1, CHUNK_MAX).min(max.max(1));
         BufPool {
             chunks: Vec::new(),
+            buf_size,
             chunk,
             max: (max / chunk).max(1) * chunk,
             free: Vec::new(),
@@ -49,7 +51,12 @@ impl BufPool {
 
     /// Bytes registered.
     pub(crate) fn bytes(&self) -> usize {
-        self.len() * MSG_SIZE
+        self.len() * self.buf_size
+    }
+
+    /// Bytes of each buffer.
+    pub(crate) fn buf_size(&self) -> usize {
+        self.buf_size
     }
 
     pub(crate) fn at_max(&self) -> bool {
@@ -62,7 +69,7 @@ impl BufPool {
             return Ok(false);
         }
         let base = self.len();
-        self.chunks.push(Mr::new(pd, self.chunk * MSG_SIZE)?);
+        self.chunks.push(Mr::new(pd, self.chunk * self.buf_size)?);
         let end = u32::try_from(base + self.chunk).expect("pools stay far below 4 G buffers");
         self.free.extend((base as u32..end).rev());
         Ok(true)
@@ -88,18 +95,21 @@ impl BufPool {
 
     fn place(&self, i: u32) -> (&Mr, usize) {
         let i = i as usize;
-        (&self.chunks[i / self.chunk], (i % self.chunk) * MSG_SIZE)
+        (
+            &self.chunks[i / self.chunk],
+            (i % self.chunk) * self.buf_size,
+        )
     }
 
     /// The element for the first `len` bytes of buffer `i`.
     pub(crate) fn sge(&self, i: u32, len: usize) -> Sge {
         let (mr, offset) = self.place(i);
-        mr.sge(offset, len.min(MSG_SIZE))
+        mr.sge(offset, len.min(self.buf_size))
     }
 
     /// Buffer `i`'s first `len` bytes, if `i` is one of ours and `len` fits.
     pub(crate) fn get(&self, i: u32, len: usize) -> Option<&[u8]> {
-        if i as usize >= self.len() || len > MSG_SIZE {
+        if i as usize >= self.len() || len > self.buf_size {
             return None;
         }
         let (mr, offset) = self.place(i);
@@ -108,8 +118,8 @@ impl BufPool {
 
     pub(crate) fn get_mut(&mut self, i: u32) -> &mut [u8] {
         let i = i as usize;
-        let (chunk, offset) = (i / self.chunk, (i % self.chunk) * MSG_SIZE);
-        self.chunks[chunk].range_mut(offset, MSG_SIZE)
+        let (chunk, offset) = (i / self.chunk, (i % self.chunk) * self.buf_size);
+        self.chunks[chunk].range_mut(offset, self.buf_size)
     }
 }
 
@@ -152,6 +162,7 @@ impl SharedRecv {
     pub(crate) fn new(
         pd: &Pd,
         lane: Lane,
+        buf_size: usize,
         sizing: RecvPool,
         device_max: usize,
     ) -> Result<SharedRecv, VerbsError> {
@@ -164,7 +175,7 @@ impl SharedRecv {
         }
         let initial = sizing.initial.clamp(1, device_max.max(1));
         let max = sizing.max.clamp(initial, device_max.max(initial));
-        let mut bufs = BufPool::new(initial.min(CHUNK_MAX), max);
+        let mut bufs = BufPool::new(buf_size, initial.min(CHUNK_MAX), max);
         let srq = Srq::new(pd, bufs.max)?;
         // Whole chunks, within the limit.
         while bufs.len() < initial && bufs.grow(pd)? {}
@@ -221,7 +232,7 @@ impl SharedRecv {
     }
 
     fn post(&mut self, i: u32) -> Result<(), VerbsError> {
-        let sge = self.bufs.sge(i, MSG_SIZE);
+        let sge = self.bufs.sge(i, self.bufs.buf_size());
         // SAFETY: buffer `i` belongs to this pool. Its registration outlives every QP that
         // can write into it: `RdmaLnd` drops its connections (`conns`, the first field)
         // before `ctx` and this pool, and `SharedRecv` drops `srq` before `bufs`. We do not
@@ -282,14 +293,14 @@ mod tests {
 
     #[test]
     fn limits_round_up_to_whole_chunks_and_chunks_are_bounded() {
-        let p = BufPool::new(4, 10);
+        let p = BufPool::new(4096, 4, 10);
         assert_eq!((p.chunk, p.max, p.len()), (4, 8, 0));
-        let p = BufPool::new(1000, 100);
+        let p = BufPool::new(4096, 1000, 100);
         assert_eq!((p.chunk, p.max), (CHUNK_MAX, 64));
         // A device limit below a chunk: one smaller chunk.
-        let p = BufPool::new(64, 20);
+        let p = BufPool::new(4096, 64, 20);
         assert_eq!((p.chunk, p.max), (20, 20));
-        let p = BufPool::new(0, 0);
+        let p = BufPool::new(4096, 0, 0);
         assert_eq!((p.chunk, p.max), (1, 1));
     }
 

@@ -23,10 +23,23 @@ use crate::mr::{RemoteBuf, Sge, SourceMr};
 use crate::msg::{Kind, Outcome, Prefix, PREFIX_LEN};
 use crate::verbs::Cq;
 
-/// Bytes of one message buffer (o2iblnd's IBLND_MSG_SIZE).
+/// Bytes of a message buffer by default (o2iblnd's IBLND_MSG_SIZE), and of a peer's that
+/// does not say.
 pub(crate) const MSG_SIZE: usize = 4096;
-/// Largest payload sent inline; larger ones go by RDMA READ or WRITE.
-pub const EAGER_MAX: usize = MSG_SIZE - PREFIX_LEN - HEADER_LEN;
+/// Largest payload sent inline by default; larger ones go by RDMA READ or WRITE.
+pub const EAGER_MAX: usize = MSG_SIZE - MSG_OVERHEAD;
+/// What a message carries beside its payload: our prefix and the frame's header.
+pub(crate) const MSG_OVERHEAD: usize = PREFIX_LEN + HEADER_LEN;
+/// Bytes of the largest message buffer (what `eager_max` may ask for).
+pub(crate) const MSG_SIZE_MAX: usize = 64 * 1024;
+
+/// The message size for an eager limit of `eager_max` payload bytes: whole KiB (the
+/// HELLO says it in KiB), 4 KiB to 64 KiB.
+pub(crate) fn msg_size_for(eager_max: usize) -> usize {
+    (eager_max.min(MSG_SIZE_MAX) + MSG_OVERHEAD)
+        .next_multiple_of(1024)
+        .clamp(MSG_SIZE, MSG_SIZE_MAX)
+}
 /// Deferred payloads a connection may have outstanding in each direction. Bounds the
 /// driver's own messages (one `SinkAck` or `*Done` each way per payload), which spend no
 /// core credits, and the sinks a peer can make us hold.
@@ -60,6 +73,23 @@ pub(crate) fn grow_cq(cq: &Cq, need: usize, max_cqe: usize) -> Result<(), LndErr
         )));
     }
     cq.resize((need * 2).min(max_cqe)).map_err(resource)
+}
+
+/// A peer's message buffers, from its HELLO's `rx_msg_kib` (0: not said, the default).
+pub(crate) fn peer_msg_size(rx_msg_kib: u16) -> usize {
+    match rx_msg_kib {
+        0 => MSG_SIZE,
+        kib => usize::from(kib) * 1024,
+    }
+}
+
+/// What our HELLO says of our message buffers: nothing (0) at the default size, which
+/// nodes that do not read it assume.
+pub(crate) fn msg_kib(msg_size: usize) -> u16 {
+    match msg_size {
+        MSG_SIZE => 0,
+        size => u16::try_from(size / 1024).unwrap_or(u16::MAX),
+    }
 }
 
 /// What a work request id names.
@@ -153,6 +183,8 @@ pub(crate) struct Qp {
     /// the CQ's entries as it has slots, while it exists (counted from the live QPs, so
     /// none can leak).
     pub(crate) cq_lane: Lane,
+    /// Largest payload sent inside a message on it: what both ends' buffers hold.
+    pub(crate) eager_max: usize,
 }
 
 /// A connection's transport (the connection table keeps its peer, stage and HELLO).
@@ -185,10 +217,13 @@ impl Conn {
     /// Creates the QP on `lane`'s CQ and shared receive queue (growing the CQ if the
     /// QPs and receives already on it, which may need `cq_in_use` entries, leave too
     /// little room for its sends).
+    /// `peer_msg_size`: the peer's message buffers, if known yet (an acceptor knows from
+    /// the connect request; a dialler learns from the answer, [`Qp::peer_said`]).
     pub(crate) fn create_qp(
         &mut self,
         lane: Lane,
         cq_in_use: usize,
+        peer_msg_size: Option<usize>,
         ctx: &mut Ctx,
     ) -> Result<(), LndError> {
         let slots = send_slots(ctx.local.id.credits[lane]);
@@ -207,7 +242,11 @@ impl Conn {
             next_cookie: 1,
             incoming: 0,
             cq_lane: lane,
+            eager_max: EAGER_MAX,
         });
+        if let (Some(qp), Some(size)) = (self.qp.as_mut(), peer_msg_size) {
+            qp.peer_said(size, ctx);
+        }
         Ok(())
     }
 
@@ -235,7 +274,7 @@ impl Conn {
             let Some(tx) = qp.frames.front() else {
                 return Ok(());
             };
-            let deferred = tx.payload.len() > EAGER_MAX;
+            let deferred = tx.payload.len() > qp.eager_max;
             if qp.free.is_empty() || (deferred && qp.out.len() >= RDV_MAX) {
                 return Ok(());
             }
@@ -278,6 +317,13 @@ impl Conn {
 }
 
 impl Qp {
+    /// The peer receives messages of `peer_msg_size` bytes: payloads that fit in its
+    /// buffers and ours go inside the message.
+    pub(crate) fn peer_said(&mut self, peer_msg_size: usize, ctx: &Ctx) {
+        let size = peer_msg_size.min(ctx.send_bufs.buf_size());
+        self.eager_max = size.saturating_sub(MSG_OVERHEAD);
+    }
+
     /// Work requests its send queue holds.
     pub(crate) fn send_slots(&self) -> usize {
         self.slots.len()
@@ -487,6 +533,20 @@ impl Qp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_sizes_are_whole_kib_and_said_only_when_not_the_default() {
+        assert_eq!(msg_size_for(EAGER_MAX), MSG_SIZE);
+        assert_eq!(msg_size_for(1), MSG_SIZE);
+        assert_eq!(msg_size_for(EAGER_MAX + 1), 5 * 1024);
+        assert_eq!(msg_size_for(8192), 9 * 1024);
+        assert_eq!(msg_size_for(usize::MAX), MSG_SIZE_MAX);
+        assert_eq!(msg_kib(MSG_SIZE), 0);
+        assert_eq!(msg_kib(9 * 1024), 9);
+        for size in [MSG_SIZE, 9 * 1024, MSG_SIZE_MAX] {
+            assert_eq!(peer_msg_size(msg_kib(size)), size);
+        }
+    }
 
     #[test]
     fn send_queues_fit_power_of_two_rings_and_grow_with_credits() {

@@ -58,6 +58,9 @@ pub const DEFAULT_PORT: u16 = 987;
 
 /// Environment variable that overrides how long the driver busy-polls (microseconds).
 pub const SPIN_ENV: &str = "LANET_RDMA_SPIN_US";
+/// Environment variable that sets [`RdmaConfig::eager_max`] where the configuration file
+/// does not (bytes).
+pub const EAGER_ENV: &str = "LANET_RDMA_EAGER_MAX";
 const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 /// Opens the o2ib NIs of a configuration file ([`lanet::config::ConfigFile::endpoint`]).
@@ -81,6 +84,9 @@ impl lanet::config::OpenLnd for OpenRdma {
         if let Some(spin) = net.spin {
             cfg.spin = spin;
         }
+        if let Some(eager) = net.eager_max {
+            cfg.eager_max = eager as usize;
+        }
         Ok(Box::new(RdmaLnd::bind(net.nid, cfg)?))
     }
 }
@@ -103,6 +109,11 @@ pub struct RdmaConfig {
     pub reg_cache: RegCacheLimits,
     /// Each lane's shared receive queue: buffers posted at first, and at most.
     pub recv_pools: PerLane<RecvPool>,
+    /// Payloads up to this many bytes travel inside the message; larger ones by RDMA
+    /// (a rendezvous: one more round trip). Message buffers are sized to it (whole KiB, 4
+    /// to 64 KiB), and each connection uses the smaller of its two ends' (their HELLOs
+    /// say). Default [`EAGER_MAX`] (4 KiB messages), or `LANET_RDMA_EAGER_MAX`.
+    pub eager_max: usize,
     /// Keys to authenticate connections with, and which to accept (with
     /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
     pub auth: Auth,
@@ -122,6 +133,7 @@ impl RdmaConfig {
                 RecvPool::default_for(Lane::Health),
                 RecvPool::default_for(Lane::Data),
             ),
+            eager_max: eager_from_env(),
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             auth: cfg.auth.clone(),
         }
@@ -144,6 +156,8 @@ pub(crate) struct Ctx {
     pub(crate) local: Local,
     pub(crate) pd: Pd,
     pub(crate) limits: DeviceLimits,
+    /// Bytes of our message buffers, send and receive.
+    pub(crate) msg_size: usize,
     pub(crate) cq: PerLane<Cq>,
     /// Buffers for SENDs, shared by every connection.
     pub(crate) send_bufs: BufPool,
@@ -280,8 +294,10 @@ impl RdmaLnd {
         let cq = |_| Cq::with_channel(&device, CQ_ENTRIES, Some(&comp)).map_err(verbs_error);
         let cq = PerLane::new(cq(Lane::Health)?, cq(Lane::Data)?);
         let limits = DeviceLimits::of(&pd).map_err(verbs_error)?;
+        let msg_size = conn::msg_size_for(cfg.eager_max);
         let recv = |lane| {
-            SharedRecv::new(&pd, lane, cfg.recv_pools[lane], limits.max_srq_wr).map_err(verbs_error)
+            SharedRecv::new(&pd, lane, msg_size, cfg.recv_pools[lane], limits.max_srq_wr)
+                .map_err(verbs_error)
         };
         let recv = PerLane::new(recv(Lane::Health)?, recv(Lane::Data)?);
         for lane in [Lane::Health, Lane::Data] {
@@ -329,8 +345,9 @@ impl RdmaLnd {
                 },
                 pd,
                 limits,
+                msg_size,
                 cq,
-                send_bufs: BufPool::new(64, SEND_POOL_MAX),
+                send_bufs: BufPool::new(msg_size, 64, SEND_POOL_MAX),
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
@@ -365,6 +382,11 @@ impl RdmaLnd {
     /// Registration cache counts: how often a payload's registration was reused.
     pub fn reg_cache_stats(&self) -> RegCacheStats {
         self.ctx.cache.stats()
+    }
+
+    /// Largest payload this NI sends inside a message (to peers whose buffers are as large).
+    pub fn eager_max(&self) -> usize {
+        self.ctx.msg_size - conn::MSG_OVERHEAD
     }
 
     fn new_conn_id(&mut self) -> u32 {
@@ -728,6 +750,17 @@ impl RdmaLnd {
     fn hand_over(&mut self, events: &mut Vec<LndEvent>) {
         events.append(&mut self.quiet);
         events.append(&mut self.ctx.events);
+    }
+}
+
+/// [`RdmaConfig::eager_max`] from `LANET_RDMA_EAGER_MAX`, or the default.
+fn eager_from_env() -> usize {
+    match std::env::var(EAGER_ENV) {
+        Err(_) => EAGER_MAX,
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!("{EAGER_ENV}={text:?} is not a number of bytes: ignored");
+            EAGER_MAX
+        }),
     }
 }
 

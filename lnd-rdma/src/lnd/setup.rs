@@ -9,14 +9,16 @@
 use std::net::SocketAddrV4;
 
 use lanet::handshake::auth::{fresh_nonce, AcceptorStep, AuthError, DiallerStep};
-use lanet::handshake::{check_hello, decode_compact, CompactHello, HandshakeError};
+use lanet::handshake::{
+    check_hello, decode_compact, set_compact_rx_msg_kib, CompactHello, HandshakeError,
+};
 use lanet::lane::Lane;
 use lanet::lnd::conns::{Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind};
 use lanet::nid::Nid;
 use lanet::wire::HelloStatus;
 
-use super::conn::{Conn, ConnAuth, Ctrl};
+use super::conn::{self, Conn, ConnAuth, Ctrl};
 use super::{peer_addr, verbs_error, RdmaLnd, LISTENER_TAG};
 use crate::cm::{CmEvent, CmEventKind, CmId};
 
@@ -128,7 +130,7 @@ impl RdmaLnd {
                 if let (Some(nonce), Some(conn)) = (nonce, self.conns.get_mut(id)) {
                     conn.auth = ConnAuth::Dialled(nonce);
                 }
-                if let Err(e) = self.qp_and_send(id, lane, CmId::connect, &hello) {
+                if let Err(e) = self.qp_and_send(id, lane, CmId::connect, &hello, None) {
                     self.fail(id, e);
                 }
             }
@@ -180,20 +182,25 @@ impl RdmaLnd {
         };
         let checked = decode_compact(private, self.ctx.local.id.nid)
             .map_err(|e| e.to_string())
-            .and_then(|CompactHello { header, auth }| {
-                let hello = check_hello(&local, Some(peer), &header).map_err(|e| e.to_string())?;
-                let step =
-                    self.ctx
-                        .local
-                        .auth
-                        .dialler_step(&(&local).into(), &hello, sent, auth.as_ref());
-                step.map(|step| (hello, step))
+            .and_then(|said| {
+                let hello =
+                    check_hello(&local, Some(peer), &said.header).map_err(|e| e.to_string())?;
+                let step = self.ctx.local.auth.dialler_step(
+                    &(&local).into(),
+                    &hello,
+                    sent,
+                    said.auth.as_ref(),
+                );
+                step.map(|step| (hello, step, said.rx_msg_kib))
                     .map_err(|e| format!("not connecting to {peer}: {e}"))
             });
         match checked {
-            Ok((hello, step)) => {
+            Ok((hello, step, rx_msg_kib)) => {
                 if let Some(conn) = self.conns.get_mut(id) {
                     conn.auth = ConnAuth::Done;
+                    if let Some(qp) = conn.qp.as_mut() {
+                        qp.peer_said(conn::peer_msg_size(rx_msg_kib), &self.ctx);
+                    }
                     if let (DiallerStep::Prove(proof), Some(qp)) = (step, conn.qp.as_mut()) {
                         // Driver work goes before any frame: the AUTH is the first message.
                         let (h, p) = local.auth_frame(peer, &proof);
@@ -249,27 +256,33 @@ impl RdmaLnd {
         // On refusal: why, and what to tell the dialler (a keyless one hears KeyRequired).
         let checked = decode_compact(&ev.private_data, self.ctx.local.id.nid)
             .map_err(|e| (e.to_string(), Vec::new()))
-            .and_then(|CompactHello { header, auth }| {
-                let local = self.ctx.local.id.hello(header.lane);
-                let hello =
-                    check_hello(&local, None, &header).map_err(|e| (e.to_string(), Vec::new()))?;
-                let step = self.ctx.local.auth.acceptor_step(
-                    &(&local).into(),
-                    &hello,
-                    auth.as_ref(),
-                    fresh_nonce,
-                );
-                step.map(|step| (hello, step)).map_err(|e| {
-                    let say = match e {
-                        AuthError::PeerHasNoKey { .. } => local
-                            .encode_compact(hello.nid, HelloStatus::KeyRequired)
-                            .to_vec(),
-                        _ => Vec::new(),
-                    };
-                    (e.to_string(), say)
-                })
-            });
-        let (hello, step) = match checked {
+            .and_then(
+                |CompactHello {
+                     header,
+                     auth,
+                     rx_msg_kib,
+                 }| {
+                    let local = self.ctx.local.id.hello(header.lane);
+                    let hello = check_hello(&local, None, &header)
+                        .map_err(|e| (e.to_string(), Vec::new()))?;
+                    let step = self.ctx.local.auth.acceptor_step(
+                        &(&local).into(),
+                        &hello,
+                        auth.as_ref(),
+                        fresh_nonce,
+                    );
+                    step.map(|step| (hello, step, rx_msg_kib)).map_err(|e| {
+                        let say = match e {
+                            AuthError::PeerHasNoKey { .. } => local
+                                .encode_compact(hello.nid, HelloStatus::KeyRequired)
+                                .to_vec(),
+                            _ => Vec::new(),
+                        };
+                        (e.to_string(), say)
+                    })
+                },
+            );
+        let (hello, step, rx_msg_kib) = match checked {
             Ok(c) => c,
             Err((e, say)) => {
                 tracing::warn!(nid = %self.ctx.local.id.nid, "refusing a connection: {e}");
@@ -281,6 +294,7 @@ impl RdmaLnd {
         };
         let (peer, lane) = (hello.nid, hello.lane);
         let local = self.ctx.local.id.hello(lane);
+        let peer_msg = Some(conn::peer_msg_size(rx_msg_kib));
         // Each pending accept holds a queue pair: past the bound, the oldest goes.
         if self.conns.pending_accepts() >= self.ctx.local.max_pending_accepts {
             if let Some((oldest, conn)) = self.conns.evict_oldest_pending_accept() {
@@ -313,7 +327,7 @@ impl RdmaLnd {
                 };
                 self.conns.accepted(id, conn, now);
                 let answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
-                if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer) {
+                if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer, peer_msg) {
                     tracing::warn!(%peer, %lane, "cannot accept: {e}");
                     self.fail(id, e);
                 }
@@ -339,7 +353,7 @@ impl RdmaLnd {
             Incoming::Accept { lost_dial } => {
                 self.retire(lost_dial);
                 let answer = local.encode_compact(peer, HelloStatus::Ok);
-                if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer) {
+                if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer, peer_msg) {
                     tracing::warn!(%peer, %lane, "cannot accept: {e}");
                     self.fail(id, e);
                 }
@@ -347,22 +361,26 @@ impl RdmaLnd {
         }
     }
 
-    /// Creates connection `id`'s queue pair, then hands our HELLO (`private`) to `send`
-    /// (rdma_connect for our dial, rdma_accept for the peer's).
+    /// Creates connection `id`'s queue pair, then hands our HELLO (`hello`, to which it
+    /// adds the size of our message buffers) to `send` (rdma_connect for our dial,
+    /// rdma_accept for the peer's). `peer_msg`: the peer's message buffers, if known.
     fn qp_and_send(
         &mut self,
         id: u32,
         lane: Lane,
         send: fn(&CmId, &[u8]) -> Result<(), crate::verbs::VerbsError>,
-        private: &[u8],
+        hello: &[u8],
+        peer_msg: Option<usize>,
     ) -> Result<(), LndError> {
         let cq_in_use = self.cq_in_use(lane);
+        let mut private = hello.to_vec();
+        set_compact_rx_msg_kib(&mut private, conn::msg_kib(self.ctx.msg_size));
         let conn = self.conns.get_mut(id).expect("the caller found it");
-        conn.create_qp(lane, cq_in_use, &mut self.ctx)?;
+        conn.create_qp(lane, cq_in_use, peer_msg, &mut self.ctx)?;
         if let Some(num) = conn.cm.qp_num() {
             self.qp_conns.insert(num, (id, lane));
         }
-        send(&conn.cm, private).map_err(verbs_error)?;
+        send(&conn.cm, &private).map_err(verbs_error)?;
         if !self.conns.is_dialled(id) {
             // rdma_accept took the QP to RTS: the peer may send from now on (an
             // authenticating acceptor's ESTABLISHED may come after its first message).

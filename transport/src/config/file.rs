@@ -73,7 +73,13 @@ pub struct NetSection {
     /// the driver's default (TCP: none; RDMA: 50 us), or its `LANET_*_SPIN_US` variable.
     /// Only on a node of one NI (its driver thread's only one).
     pub spin: Option<Duration>,
+    /// o2ib: payloads up to this many bytes travel inside the message, larger ones by
+    /// RDMA (`eager_max`). None: the driver's default (3,968 bytes: 4 KiB messages).
+    pub eager_max: Option<u32>,
 }
+
+/// The largest [`NetSection::eager_max`]: 64 KiB messages, header and prefix included.
+pub const MAX_EAGER: u32 = 65_408;
 
 /// [`NetSection::pending_accepts`] by default.
 pub const DEFAULT_PENDING_ACCEPTS: usize = 1024;
@@ -273,6 +279,7 @@ struct RawNet {
     pending_accepts: Option<Spanned<usize>>,
     check_source_address: Option<bool>,
     spin: Option<Spanned<String>>,
+    eager_max: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -731,6 +738,23 @@ impl RawNet {
                 }
             },
         };
+        let eager_max = match &self.eager_max {
+            None => None,
+            Some(_) if self.net.kind != LndKind::O2ib => {
+                return Err(at.at(
+                    raw,
+                    "eager_max",
+                    format!(
+                        "{} nets send every payload whole (eager_max is o2ib's)",
+                        self.net
+                    ),
+                ))
+            }
+            Some(e) if !(1..=MAX_EAGER).contains(e.get_ref()) => {
+                return Err(at.at(e, "eager_max", format!("expected 1 to {MAX_EAGER} bytes")))
+            }
+            Some(e) => Some(*e.get_ref()),
+        };
         Ok(NetSection {
             nid,
             interface: self.interface.as_ref().map(|i| i.get_ref().clone()),
@@ -739,6 +763,7 @@ impl RawNet {
             pending_accepts,
             check_source_address: self.check_source_address.unwrap_or(true),
             spin,
+            eager_max,
         })
     }
 }

@@ -49,13 +49,14 @@ fn the_examples_in_the_repository_parse_and_say_what_they_claim() {
     let uncommented: String = router
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            // Neither the interface nor the key file exist here, and a router (two NIs)
-            // may not spin.
+            // Neither the interface nor the key file exist here, a router (two NIs) may
+            // not spin, and the example's nets are tcp (eager_max is o2ib's).
             Some(rest)
                 if is_setting(rest)
                     && !rest.starts_with("interface")
                     && !rest.starts_with("key_file")
-                    && !rest.starts_with("spin") =>
+                    && !rest.starts_with("spin")
+                    && !rest.starts_with("eager_max") =>
             {
                 rest
             }
@@ -366,6 +367,8 @@ fn the_reference_example_names_every_key() {
     all.nets[0].interface = Some("eth1".into());
     // (Only a node of one NI may spin; the export writes it all the same.)
     all.nets[0].spin = Some(Duration::from_micros(50));
+    // (An o2ib net's; the export writes what it is given.)
+    all.nets[0].eager_max = Some(8064);
     all.key_file = Some("/etc/lanet/lanet.key".into());
     let exported = all.to_toml();
     let keys: Vec<&str> = exported
@@ -520,4 +523,25 @@ fn a_net_may_busy_poll_for_a_while() {
     let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"fast\"\n");
     assert!(e.contains("test.toml:4: spin:"), "{e}");
     assert!(e.contains("\"50us\""), "{e}");
+}
+
+#[test]
+fn an_o2ib_net_may_send_larger_payloads_inside_its_messages() {
+    let f = parse("[[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\neager_max = 8064\n").unwrap();
+    assert_eq!(f.nets[0].eager_max, Some(8064));
+    let (first, second) = round_trip(&f.to_toml());
+    assert_eq!(first.nets, second.nets, "written back the same");
+    let f = parse("[[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\n").unwrap();
+    assert_eq!(f.nets[0].eager_max, None, "the driver's default");
+    let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\neager_max = 8064\n");
+    assert!(e.contains("eager_max is o2ib's"), "{e}");
+    for bad in ["0", "65409"] {
+        let e = error(&format!(
+            "[[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\neager_max = {bad}\n"
+        ));
+        assert!(
+            e.contains("test.toml:4: eager_max: expected 1 to 65408"),
+            "{e}"
+        );
+    }
 }

@@ -108,7 +108,12 @@ pub fn hello(data: &[u8]) {
 /// authentication it may carry.
 pub fn hello_compact(data: &[u8]) {
     let receiver = Nid::mem(1, 0);
-    let Ok(CompactHello { header: h, auth }) = decode_compact(data, receiver) else {
+    let Ok(CompactHello {
+        header: h,
+        auth,
+        rx_msg_kib,
+    }) = decode_compact(data, receiver)
+    else {
         return;
     };
     let wire::Body::Hello {
@@ -126,7 +131,7 @@ pub fn hello_compact(data: &[u8]) {
         credits,
         max_payload,
     };
-    let again = match auth {
+    let mut again = match auth {
         // A dialler's nonce stands where the destination would; it is the receiver.
         Some(a) if data[7] == 1 => {
             assert_eq!(
@@ -137,9 +142,14 @@ pub fn hello_compact(data: &[u8]) {
         }
         a => local.encode_compact_answer(h.dst, status, a.as_ref()),
     };
+    crate::handshake::set_compact_rx_msg_kib(&mut again, rx_msg_kib);
     assert_eq!(
         decode_compact(&again, receiver),
-        Ok(CompactHello { header: h, auth })
+        Ok(CompactHello {
+            header: h,
+            auth,
+            rx_msg_kib
+        })
     );
     assert_eq!(
         &again[..],

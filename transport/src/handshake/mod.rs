@@ -96,10 +96,22 @@ const COMPACT_MAGIC: u32 = u32::from_le_bytes(*b"LNTH");
 const FLAG_DIALLER_NONCE: u8 = 1;
 /// Flag (byte 7): a [`HelloAuth`] follows the 56 bytes (the acceptor's answer).
 const FLAG_AUTH_FOLLOWS: u8 = 2;
+/// Bytes 10..12: the largest message its sender receives in one piece, in KiB.
+const RX_MSG_KIB: std::ops::Range<usize> = 10..12;
+
+/// Says, in an encoded compact HELLO, that its sender receives messages of up to `kib`
+/// KiB in one piece (an RDMA driver's receive buffers). 0, what nodes that do not say
+/// send, means the transport's default.
+pub fn set_compact_rx_msg_kib(hello: &mut [u8], kib: u16) {
+    if let Some(b) = hello.get_mut(RX_MSG_KIB) {
+        b.copy_from_slice(&kib.to_le_bytes());
+    }
+}
 
 impl LocalHello {
     /// The HELLO in 56 bytes, for transports that carry it in a connection request's
-    /// private data: magic, version, status, lane, flags, credits, largest payload,
+    /// private data: magic, version, status, lane, flags, credits, largest message
+    /// received in one piece (0 here; see [`set_compact_rx_msg_kib`]), largest payload,
     /// incarnation, source and destination NIDs. No CRC: the transport protects the
     /// request.
     pub fn encode_compact(&self, peer: Nid, status: HelloStatus) -> [u8; COMPACT_HELLO_LEN] {
@@ -162,6 +174,9 @@ pub struct CompactHello {
     pub header: Header,
     /// The dialler's nonce, or the acceptor's nonce and proof.
     pub auth: Option<HelloAuth>,
+    /// The largest message its sender receives in one piece, in KiB; 0: not said (the
+    /// transport's default).
+    pub rx_msg_kib: u16,
 }
 
 /// Decodes a [compact HELLO](LocalHello::encode_compact) received by `local`. Extra
@@ -187,9 +202,6 @@ pub fn decode_compact(b: &[u8], local: Nid) -> Result<CompactHello, CompactHello
         _ => return Err(CompactHelloError::Malformed("unknown status")),
     };
     let lane = Lane::from_wire(b[6]).ok_or(CompactHelloError::Malformed("unknown lane"))?;
-    if b[10..12] != [0, 0] {
-        return Err(CompactHelloError::Malformed("reserved bytes set"));
-    }
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let nid_at = |o: usize, which| {
         let raw: &[u8; crate::nid::NID_WIRE_LEN] = b[o..o + 16].try_into().expect("16 bytes");
@@ -224,7 +236,11 @@ pub fn decode_compact(b: &[u8], local: Nid) -> Result<CompactHello, CompactHello
         },
         router_gen: 0,
     };
-    Ok(CompactHello { header, auth })
+    Ok(CompactHello {
+        header,
+        auth,
+        rx_msg_kib: u16::from_le_bytes([b[10], b[11]]),
+    })
 }
 
 /// What a node says about itself in the HELLO of every connection it makes or accepts
@@ -400,6 +416,12 @@ mod tests {
             said.contains("version 1") && said.contains("version 2"),
             "{said}"
         );
+        // The receive-message size: 0 unless said, and read back as said.
+        assert_eq!(decode_compact(&bytes, b.nid).unwrap().rx_msg_kib, 0);
+        let mut sized = bytes;
+        set_compact_rx_msg_kib(&mut sized, 16);
+        let got = decode_compact(&sized, b.nid).unwrap();
+        assert_eq!((got.rx_msg_kib, got.header), (16, h));
         for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 4), (7, 3), (24, 99)] {
             let mut bad = bytes;
             bad[at] = v;
