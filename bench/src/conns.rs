@@ -32,6 +32,8 @@ pub(crate) fn run(args: &ConnsArgs) -> Result<Report, String> {
     if args.peers < steps {
         return Err(format!("--peers must be at least --steps ({steps})"));
     }
+    // Each client driver holds a few descriptors (its epoll, channels, waker).
+    raise_open_file_limit();
     let (device, ip) = peer::rdma_place(args.common.addr)?;
     let server = peer::spawn_server("conns", Some(ip))?;
     let pid = server.pid();
@@ -92,6 +94,21 @@ pub(crate) fn run(args: &ConnsArgs) -> Result<Report, String> {
     Ok(report)
 }
 
+/// Raises this process's limit on open files to what it may (the hard limit).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// The least-squares slope of `y` over `x`.
 fn slope(xy: &[(f64, f64)]) -> f64 {
     let n = xy.len() as f64;
@@ -118,6 +135,9 @@ fn connected_client(ip: std::net::Ipv4Addr, server: lanet::Nid) -> Result<RdmaLn
         cfg.recv_pools = lanet::lane::PerLane::new(tiny, tiny);
         let mut lnd = match RdmaLnd::bind(peer::rdma_nid(ip), cfg) {
             Ok(l) => l,
+            Err(e) if e.to_string().contains("Too many open files") => {
+                return Err(format!("{e}: each peer's driver holds a few descriptors; raise `ulimit -n` for more peers"));
+            }
             Err(e) => {
                 last = e.to_string();
                 continue; // a port taken: another

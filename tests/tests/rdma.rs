@@ -938,12 +938,14 @@ fn vm_driver_sends_inline_up_to_the_smaller_eager_limit_of_its_two_ends() {
         ("a to c", 17 * 1024 - 128, true),
         ("a to c", 8000, true),
         ("a to c", 17 * 1024 - 127, false), // one byte over
+        ("c to a", 8000, true),             // the acceptor heard a's size too
     ];
     for (i, (pair, len, inline)) in cases.into_iter().enumerate() {
         let token = i as u64 + 1;
         let (tx, rx, txn, rxn) = match pair {
             "a to b" => (&mut a, &mut b, an, bn),
             "b to a" => (&mut b, &mut a, bn, an),
+            "c to a" => (&mut c, &mut a, cn, an),
             _ => (&mut a, &mut c, an, cn),
         };
         let payload = pattern(len, i as u8);

@@ -131,8 +131,8 @@ pub struct RecvPool {
 }
 
 impl RecvPool {
-    /// 1 MiB at first and 16 MiB at most on the data lane; a quarter of that on the
-    /// health lane, whose messages are few and small.
+    /// 256 buffers at first and 4,096 at most on the data lane (1 and 16 MiB of 4 KiB
+    /// messages); a quarter of that on the health lane, whose messages are few and small.
     pub fn default_for(lane: Lane) -> RecvPool {
         match lane {
             Lane::Data => RecvPool {
@@ -203,6 +203,11 @@ impl SharedRecv {
 
     pub(crate) fn bytes(&self) -> usize {
         self.bufs.bytes()
+    }
+
+    /// Bytes of each of its buffers: the largest message it receives.
+    pub(crate) fn buf_size(&self) -> usize {
+        self.bufs.buf_size()
     }
 
     /// Buffers it may grow to (what its CQ must have room for).
@@ -292,7 +297,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_round_up_to_whole_chunks_and_chunks_are_bounded() {
+    fn limits_round_down_to_whole_chunks_and_chunks_are_bounded() {
         let p = BufPool::new(4096, 4, 10);
         assert_eq!((p.chunk, p.max, p.len()), (4, 8, 0));
         let p = BufPool::new(4096, 1000, 100);

@@ -25,9 +25,9 @@ use crate::verbs::Cq;
 
 /// Bytes of a message buffer by default (o2iblnd's IBLND_MSG_SIZE), and of a peer's that
 /// does not say.
-pub(crate) const MSG_SIZE: usize = 4096;
+pub(crate) const DEFAULT_MSG_SIZE: usize = 4096;
 /// Largest payload sent inline by default; larger ones go by RDMA READ or WRITE.
-pub const EAGER_MAX: usize = MSG_SIZE - MSG_OVERHEAD;
+pub const EAGER_MAX: usize = DEFAULT_MSG_SIZE - MSG_OVERHEAD;
 /// What a message carries beside its payload: our prefix and the frame's header.
 pub(crate) const MSG_OVERHEAD: usize = PREFIX_LEN + HEADER_LEN;
 /// Bytes of the largest message buffer (what `eager_max` may ask for).
@@ -38,7 +38,7 @@ pub(crate) const MSG_SIZE_MAX: usize = 64 * 1024;
 pub(crate) fn msg_size_for(eager_max: usize) -> usize {
     (eager_max.min(MSG_SIZE_MAX) + MSG_OVERHEAD)
         .next_multiple_of(1024)
-        .clamp(MSG_SIZE, MSG_SIZE_MAX)
+        .clamp(DEFAULT_MSG_SIZE, MSG_SIZE_MAX)
 }
 /// Deferred payloads a connection may have outstanding in each direction. Bounds the
 /// driver's own messages (one `SinkAck` or `*Done` each way per payload), which spend no
@@ -78,7 +78,7 @@ pub(crate) fn grow_cq(cq: &Cq, need: usize, max_cqe: usize) -> Result<(), LndErr
 /// A peer's message buffers, from its HELLO's `rx_msg_kib` (0: not said, the default).
 pub(crate) fn peer_msg_size(rx_msg_kib: u16) -> usize {
     match rx_msg_kib {
-        0 => MSG_SIZE,
+        0 => DEFAULT_MSG_SIZE,
         kib => usize::from(kib) * 1024,
     }
 }
@@ -87,10 +87,19 @@ pub(crate) fn peer_msg_size(rx_msg_kib: u16) -> usize {
 /// nodes that do not read it assume.
 pub(crate) fn msg_kib(msg_size: usize) -> u16 {
     match msg_size {
-        MSG_SIZE => 0,
+        DEFAULT_MSG_SIZE => 0,
         size => u16::try_from(size / 1024).unwrap_or(u16::MAX),
     }
 }
+
+/// Largest payload inside a message on a connection whose peer receives messages of
+/// `peer_msg` bytes and whose sends come from buffers of `own_msg`.
+pub(crate) fn conn_eager_max(peer_msg: usize, own_msg: usize) -> usize {
+    peer_msg.min(own_msg).saturating_sub(MSG_OVERHEAD)
+}
+
+// The configuration file's bound is what the largest message holds.
+const _: () = assert!(lanet::config::file::MAX_EAGER as usize == MSG_SIZE_MAX - MSG_OVERHEAD);
 
 /// What a work request id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +227,7 @@ impl Conn {
     /// QPs and receives already on it, which may need `cq_in_use` entries, leave too
     /// little room for its sends).
     /// `peer_msg_size`: the peer's message buffers, if known yet (an acceptor knows from
-    /// the connect request; a dialler learns from the answer, [`Qp::peer_said`]).
+    /// the connect request; a dialler learns from the answer, [`Qp::set_peer_msg_size`]).
     pub(crate) fn create_qp(
         &mut self,
         lane: Lane,
@@ -245,7 +254,7 @@ impl Conn {
             eager_max: EAGER_MAX,
         });
         if let (Some(qp), Some(size)) = (self.qp.as_mut(), peer_msg_size) {
-            qp.peer_said(size, ctx);
+            qp.set_peer_msg_size(size, ctx);
         }
         Ok(())
     }
@@ -319,9 +328,8 @@ impl Conn {
 impl Qp {
     /// The peer receives messages of `peer_msg_size` bytes: payloads that fit in its
     /// buffers and ours go inside the message.
-    pub(crate) fn peer_said(&mut self, peer_msg_size: usize, ctx: &Ctx) {
-        let size = peer_msg_size.min(ctx.send_bufs.buf_size());
-        self.eager_max = size.saturating_sub(MSG_OVERHEAD);
+    pub(crate) fn set_peer_msg_size(&mut self, peer_msg_size: usize, ctx: &Ctx) {
+        self.eager_max = conn_eager_max(peer_msg_size, ctx.send_bufs.buf_size());
     }
 
     /// Work requests its send queue holds.
@@ -536,16 +544,30 @@ mod tests {
 
     #[test]
     fn message_sizes_are_whole_kib_and_said_only_when_not_the_default() {
-        assert_eq!(msg_size_for(EAGER_MAX), MSG_SIZE);
-        assert_eq!(msg_size_for(1), MSG_SIZE);
+        assert_eq!(msg_size_for(EAGER_MAX), DEFAULT_MSG_SIZE);
+        assert_eq!(msg_size_for(1), DEFAULT_MSG_SIZE);
         assert_eq!(msg_size_for(EAGER_MAX + 1), 5 * 1024);
         assert_eq!(msg_size_for(8192), 9 * 1024);
         assert_eq!(msg_size_for(usize::MAX), MSG_SIZE_MAX);
-        assert_eq!(msg_kib(MSG_SIZE), 0);
+        assert_eq!(msg_kib(DEFAULT_MSG_SIZE), 0);
         assert_eq!(msg_kib(9 * 1024), 9);
-        for size in [MSG_SIZE, 9 * 1024, MSG_SIZE_MAX] {
+        for size in [DEFAULT_MSG_SIZE, 9 * 1024, MSG_SIZE_MAX] {
             assert_eq!(peer_msg_size(msg_kib(size)), size);
         }
+    }
+
+    #[test]
+    fn a_connection_sends_inline_what_both_ends_buffers_hold() {
+        assert_eq!(conn_eager_max(DEFAULT_MSG_SIZE, 9 * 1024), EAGER_MAX);
+        assert_eq!(conn_eager_max(9 * 1024, DEFAULT_MSG_SIZE), EAGER_MAX);
+        assert_eq!(conn_eager_max(9 * 1024, 17 * 1024), 9 * 1024 - MSG_OVERHEAD);
+        // A peer claiming little is taken at its word; claiming much, capped by ours.
+        assert_eq!(conn_eager_max(1024, DEFAULT_MSG_SIZE), 1024 - MSG_OVERHEAD);
+        assert_eq!(
+            conn_eager_max(peer_msg_size(u16::MAX), MSG_SIZE_MAX),
+            MSG_SIZE_MAX - MSG_OVERHEAD
+        );
+        assert_eq!(peer_msg_size(0), DEFAULT_MSG_SIZE, "not said: the default");
     }
 
     #[test]

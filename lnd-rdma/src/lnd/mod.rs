@@ -15,7 +15,9 @@
 //!   whose pool grows with traffic. An idle connection holds its queue pair (a send queue
 //!   sized by its credits) and a few KiB of state. The core's credits still pace each peer; a message that finds
 //!   no posted receive is retried by the sender's adapter (RNR), never lost.
-//! * **Payloads**: up to [`EAGER_MAX`] bytes inline in the SEND; larger ones deferred:
+//! * **Payloads**: up to [`EAGER_MAX`] bytes inline in the SEND by default, up to what
+//!   both ends' buffers hold with `eager_max` (each says its size in its HELLO); larger
+//!   ones deferred:
 //!   PUTs by the receiver's sink and our RDMA WRITE, GET replies by the receiver's RDMA READ
 //!   (see `msg`). Source payloads go through a registration cache.
 //! * **Failures**: an error completion, DISCONNECTED, UNREACHABLE or REJECTED fails the
@@ -156,7 +158,7 @@ pub(crate) struct Ctx {
     pub(crate) local: Local,
     pub(crate) pd: Pd,
     pub(crate) limits: DeviceLimits,
-    /// Bytes of our message buffers, send and receive.
+    /// Bytes of our send buffers, and of the data lane's receive buffers.
     pub(crate) msg_size: usize,
     pub(crate) cq: PerLane<Cq>,
     /// Buffers for SENDs, shared by every connection.
@@ -295,8 +297,18 @@ impl RdmaLnd {
         let cq = PerLane::new(cq(Lane::Health)?, cq(Lane::Data)?);
         let limits = DeviceLimits::of(&pd).map_err(verbs_error)?;
         let msg_size = conn::msg_size_for(cfg.eager_max);
+        if msg_size - conn::MSG_OVERHEAD != cfg.eager_max {
+            tracing::info!(%nid, asked = cfg.eager_max, eager_max = msg_size - conn::MSG_OVERHEAD,
+                "payloads inside messages: up to what whole-KiB buffers of 4 to 64 KiB hold");
+        }
+        // Health messages are small: that lane keeps the default buffers whatever eager_max.
         let recv = |lane| {
-            SharedRecv::new(&pd, lane, msg_size, cfg.recv_pools[lane], limits.max_srq_wr)
+            let size = if lane == Lane::Health {
+                conn::DEFAULT_MSG_SIZE
+            } else {
+                msg_size
+            };
+            SharedRecv::new(&pd, lane, size, cfg.recv_pools[lane], limits.max_srq_wr)
                 .map_err(verbs_error)
         };
         let recv = PerLane::new(recv(Lane::Health)?, recv(Lane::Data)?);

@@ -123,7 +123,16 @@ impl RdmaLnd {
             return;
         }
         let Some(parsed) = parsed else {
-            return self.fail(id, completion_error(c));
+            let error = if c.status == wc::IBV_WC_LOC_LEN_ERR {
+                let size = self.ctx.recv[lane].buf_size();
+                protocol(format!(
+                    "a message longer than our {size}-byte receive buffers arrived: the peer \
+                     ignored the size our HELLO said"
+                ))
+            } else {
+                completion_error(c)
+            };
+            return self.fail(id, error);
         };
         if self.conns.stage(id) == Some(Stage::Handshake) && !self.conns.is_dialled(id) {
             // Only a connection being set up can owe its AUTH (not one per message).

@@ -199,7 +199,7 @@ impl RdmaLnd {
                 if let Some(conn) = self.conns.get_mut(id) {
                     conn.auth = ConnAuth::Done;
                     if let Some(qp) = conn.qp.as_mut() {
-                        qp.peer_said(conn::peer_msg_size(rx_msg_kib), &self.ctx);
+                        qp.set_peer_msg_size(conn::peer_msg_size(rx_msg_kib), &self.ctx);
                     }
                     if let (DiallerStep::Prove(proof), Some(qp)) = (step, conn.qp.as_mut()) {
                         // Driver work goes before any frame: the AUTH is the first message.
@@ -374,7 +374,13 @@ impl RdmaLnd {
     ) -> Result<(), LndError> {
         let cq_in_use = self.cq_in_use(lane);
         let mut private = hello.to_vec();
-        set_compact_rx_msg_kib(&mut private, conn::msg_kib(self.ctx.msg_size));
+        // Our receive buffers' size, unless the dialler said none: it has the default
+        // buffers (or predates the field, and would refuse a HELLO that says one), and
+        // the connection uses the smaller size either way.
+        if peer_msg != Some(conn::DEFAULT_MSG_SIZE) {
+            let ours = self.ctx.recv[lane].buf_size();
+            set_compact_rx_msg_kib(&mut private, conn::msg_kib(ours));
+        }
         let conn = self.conns.get_mut(id).expect("the caller found it");
         conn.create_qp(lane, cq_in_use, peer_msg, &mut self.ctx)?;
         if let Some(num) = conn.cm.qp_num() {

@@ -73,8 +73,9 @@ pub struct NetSection {
     /// the driver's default (TCP: none; RDMA: 50 us), or its `LANET_*_SPIN_US` variable.
     /// Only on a node of one NI (its driver thread's only one).
     pub spin: Option<Duration>,
-    /// o2ib: payloads up to this many bytes travel inside the message, larger ones by
-    /// RDMA (`eager_max`). None: the driver's default (3,968 bytes: 4 KiB messages).
+    /// o2ib: payloads up to at least this many bytes travel inside the message, larger
+    /// ones by RDMA (`eager_max`; the driver rounds it up to fill whole-KiB buffers, at
+    /// least its default). None: the driver's default (3,968 bytes: 4 KiB messages).
     pub eager_max: Option<u32>,
 }
 

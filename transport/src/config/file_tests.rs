@@ -533,6 +533,8 @@ fn an_o2ib_net_may_send_larger_payloads_inside_its_messages() {
     assert_eq!(first.nets, second.nets, "written back the same");
     let f = parse("[[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\n").unwrap();
     assert_eq!(f.nets[0].eager_max, None, "the driver's default");
+    let f = parse("[[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\neager_max = 65408\n");
+    assert_eq!(f.unwrap().nets[0].eager_max, Some(65408), "the largest");
     let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\neager_max = 8064\n");
     assert!(e.contains("eager_max is o2ib's"), "{e}");
     for bad in ["0", "65409"] {
