@@ -166,6 +166,10 @@ impl DriverThread {
 
     fn serve(&mut self) -> Stop {
         let mut skipped_poll = false;
+        // When the node next needs its timers run, as it said at the end of the last turn
+        // (at first: now). Asked every turn, so a deadline set meanwhile (a submission's,
+        // a retry's) is late by one turn at most, and never missed.
+        let mut due = Some(Time::ZERO);
         loop {
             // The time read right after the poll that ended the last turn, if it did and
             // brought little (see `Driver::take_polled_at`).
@@ -176,7 +180,11 @@ impl DriverThread {
             let stopping = self.take_commands(now) || self.gate.stop_requested();
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
-            node.handle_timeout(now);
+            // Running every subsystem's timers when none is due cost a turn more than all
+            // of its message handling.
+            if stopping || due.is_some_and(|d| d <= now) {
+                node.handle_timeout(now);
+            }
             if stopping {
                 return Stop::Shutdown;
             }
@@ -185,6 +193,7 @@ impl DriverThread {
             // Commands already waiting (e.g. submitted by a callback this turn): take them
             // before polling the LND, whose events keep; but never skip two polls in a row,
             // or busy submitters could starve the network. And never block while they wait.
+            due = self.driver.node_mut().poll_timeout();
             let pending = !self.commands.is_empty();
             if pending && !skipped_poll {
                 skipped_poll = true;
@@ -194,8 +203,7 @@ impl DriverThread {
             let timeout = if pending {
                 Some(std::time::Duration::ZERO)
             } else {
-                let next = self.driver.node_mut().poll_timeout();
-                next.map(|t| t.saturating_since(self.clock.now()))
+                due.map(|t| t.saturating_since(self.clock.now()))
             };
             if let Err((ni, e)) = self.driver.poll(&*self.clock, timeout) {
                 let nid = self.driver.node().nids().nth(ni.0);
