@@ -184,6 +184,8 @@ impl DriverThread {
             // of its message handling.
             if stopping || due.is_some_and(|d| d <= now) {
                 node.handle_timeout(now);
+            } else {
+                node.set_time(now);
             }
             if stopping {
                 return Stop::Shutdown;

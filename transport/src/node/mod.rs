@@ -544,6 +544,12 @@ impl Node {
         .min()
     }
 
+    /// Takes `now` as the time for work it is not given one for (a driver's completions,
+    /// reports): what [`Node::handle_timeout`] also does, for a turn with no timer due.
+    pub fn set_time(&mut self, now: Time) {
+        self.clock = Some(now);
+    }
+
     /// Expires operations whose deadline is at or before `now`, and runs failure detection.
     pub fn handle_timeout(&mut self, now: Time) {
         self.clock = Some(now);
