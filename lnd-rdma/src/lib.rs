@@ -38,7 +38,7 @@ pub mod verbs;
 pub use device::default_ipv4;
 pub use lnd::{
     OpenRdma, RdmaConfig, RdmaLnd, RdmaMemory, RecvPool, DEFAULT_PORT, EAGER_ENV, EAGER_MAX,
-    SPIN_ENV,
+    SEND_POOL_BYTES, SPIN_ENV,
 };
 pub use regcache::{RegCacheLimits, RegCacheStats};
 

@@ -83,6 +83,17 @@ impl BufPool {
         Ok(self.free.pop())
     }
 
+    /// Whether [`BufPool::take`] would give a buffer now: one is free, or another chunk
+    /// could be registered (and was). An error: registering failed.
+    pub(crate) fn ready(&mut self, pd: &Pd) -> Result<bool, VerbsError> {
+        Ok(!self.free.is_empty() || self.grow(pd)?)
+    }
+
+    /// Buffers taken and not given back.
+    pub(crate) fn in_use(&self) -> usize {
+        self.len() - self.free.len()
+    }
+
     /// Every free buffer, taken.
     pub(crate) fn take_all_free(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.free)

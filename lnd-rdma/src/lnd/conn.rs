@@ -75,6 +75,34 @@ pub(crate) fn grow_cq(cq: &Cq, need: usize, max_cqe: usize) -> Result<(), LndErr
     cq.resize((need * 2).min(max_cqe)).map_err(resource)
 }
 
+/// Where a pump stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// At the end of its queues, or of its send queue's room (a completion pumps again).
+    Done,
+    /// Every send buffer of the NI is in use: it goes on when one comes back.
+    NeedsBuffers,
+}
+
+/// Whether a SEND can have a buffer now. Registering more failing (the locked-memory
+/// limit, say) is waited out while buffers are in use, as they come back; with none in
+/// use, nothing would ever come back, and the connection fails saying why.
+fn send_buf_ready(ctx: &mut Ctx) -> Result<bool, LndError> {
+    match ctx.send_bufs.ready(&ctx.pd) {
+        Ok(ready) => Ok(ready),
+        Err(e) if ctx.send_bufs.in_use() > 0 => {
+            if !ctx.send_reg_failed {
+                ctx.send_reg_failed = true;
+                tracing::warn!(
+                    "cannot register more send buffers ({e}); SENDs wait for buffers in use"
+                );
+            }
+            Ok(false)
+        }
+        Err(e) => Err(resource(format!("no send buffer can be registered: {e}"))),
+    }
+}
+
 /// A peer's message buffers, from its HELLO's `rx_msg_kib` (0: not said, the default).
 pub(crate) fn peer_msg_size(rx_msg_kib: u16) -> usize {
     match rx_msg_kib {
@@ -260,10 +288,11 @@ impl Conn {
     }
 
     /// Posts what fits: driver messages first, then frames in order. Only for a
-    /// connection that is up.
-    pub(crate) fn pump(&mut self, id: u32, ctx: &mut Ctx) -> Result<(), LndError> {
+    /// connection that is up. Stops short, to go on when a SEND completes elsewhere,
+    /// where the NI's send buffers are all in use.
+    pub(crate) fn pump(&mut self, id: u32, ctx: &mut Ctx) -> Result<Pumped, LndError> {
         let Some(qp) = self.qp.as_mut() else {
-            return Ok(());
+            return Ok(Pumped::Done);
         };
         let cm = &self.cm;
         loop {
@@ -274,18 +303,24 @@ impl Conn {
                     1
                 };
                 if qp.free.len() < need {
-                    return Ok(());
+                    return Ok(Pumped::Done);
+                }
+                if !matches!(c, Ctrl::Read { .. }) && !send_buf_ready(ctx)? {
+                    return Ok(Pumped::NeedsBuffers);
                 }
                 let c = qp.ctrl.pop_front().expect("checked");
                 qp.post_ctrl(cm, id, c, ctx)?;
                 continue;
             }
             let Some(tx) = qp.frames.front() else {
-                return Ok(());
+                return Ok(Pumped::Done);
             };
             let deferred = tx.payload.len() > qp.eager_max;
             if qp.free.is_empty() || (deferred && qp.out.len() >= RDV_MAX) {
-                return Ok(());
+                return Ok(Pumped::Done);
+            }
+            if !send_buf_ready(ctx)? {
+                return Ok(Pumped::NeedsBuffers);
             }
             let tx = qp.frames.pop_front().expect("checked");
             if deferred {

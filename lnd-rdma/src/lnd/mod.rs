@@ -53,7 +53,7 @@ use crate::verbs::{CompChannel, Completion, Cq, Pd, VerbsError};
 pub use bufs::RecvPool;
 use bufs::{BufPool, SharedRecv};
 pub use conn::EAGER_MAX;
-use conn::{Conn, Mode};
+use conn::{Conn, Mode, Pumped};
 
 /// The port used when a NID has none (LNet's o2iblnd service port).
 pub const DEFAULT_PORT: u16 = 987;
@@ -111,6 +111,9 @@ pub struct RdmaConfig {
     pub reg_cache: RegCacheLimits,
     /// Each lane's shared receive queue: buffers posted at first, and at most.
     pub recv_pools: PerLane<RecvPool>,
+    /// Send buffers the NI registers at most, in bytes (default [`SEND_POOL_BYTES`]):
+    /// SENDs past them wait for one to come back.
+    pub send_pool_bytes: usize,
     /// Payloads up to this many bytes travel inside the message; larger ones by RDMA
     /// (a rendezvous: one more round trip). Message buffers are sized to it (whole KiB, 4
     /// to 64 KiB), and each connection uses the smaller of its two ends' (their HELLOs
@@ -136,6 +139,7 @@ impl RdmaConfig {
                 RecvPool::default_for(Lane::Data),
             ),
             eager_max: eager_from_env(),
+            send_pool_bytes: SEND_POOL_BYTES,
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             auth: cfg.auth.clone(),
         }
@@ -163,6 +167,8 @@ pub(crate) struct Ctx {
     pub(crate) cq: PerLane<Cq>,
     /// Buffers for SENDs, shared by every connection.
     pub(crate) send_bufs: BufPool,
+    /// Registering send buffers failed once (said once, then waited out).
+    pub(crate) send_reg_failed: bool,
     /// Each lane's shared receive queue, shared by that lane's connections.
     pub(crate) recv: PerLane<SharedRecv>,
     pub(crate) cache: RegCache<SourceMr>,
@@ -183,9 +189,8 @@ struct InRdv {
 /// Entries each lane's CQ starts with, beside its receives; it grows when its queue pairs
 /// need more.
 const CQ_ENTRIES: i32 = 1024;
-/// Send buffers at most: far more than SENDs can be in flight on any real number of
-/// connections (a send queue's depth each), so only a bound against a bug.
-const SEND_POOL_MAX: usize = 1 << 20;
+/// Bytes of send buffers an NI registers by default, at most: SENDs beyond wait for one.
+pub const SEND_POOL_BYTES: usize = 64 << 20;
 
 /// Held eager send completions that are handed over whatever else happens.
 const QUIET_MAX: usize = 64;
@@ -235,6 +240,8 @@ pub struct RdmaLnd {
     quiet: Vec<LndEvent>,
     by_cookie: FxHashMap<(u32, u64), RxHandle>,
     next_conn: u32,
+    /// Connections waiting for a send buffer, in the order they ran out.
+    buf_waiters: Vec<u32>,
     /// Accepted connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
     next_handle: u64,
@@ -359,12 +366,14 @@ impl RdmaLnd {
                 limits,
                 msg_size,
                 cq,
-                send_bufs: BufPool::new(msg_size, 64, SEND_POOL_MAX),
+                send_bufs: BufPool::new(msg_size, 64, (cfg.send_pool_bytes / msg_size).max(1)),
+                send_reg_failed: false,
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
             },
             qp_conns: FxHashMap::default(),
+            buf_waiters: Vec::new(),
             spin: cfg.spin,
             conns: ConnTable::new(nid, cfg.credits, cfg.connect_timeout),
             clock: MonotonicClock::new(),
@@ -459,8 +468,24 @@ impl RdmaLnd {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if let Err(e) = conn.pump(id, &mut self.ctx) {
-            self.fail(id, e);
+        match conn.pump(id, &mut self.ctx) {
+            Ok(Pumped::Done) => {}
+            Ok(Pumped::NeedsBuffers) => {
+                if !self.buf_waiters.contains(&id) {
+                    self.buf_waiters.push(id);
+                }
+            }
+            Err(e) => self.fail(id, e),
+        }
+    }
+
+    /// Send buffers came back: the connections waiting for them go on, in turn.
+    pub(crate) fn pump_buf_waiters(&mut self) {
+        if self.buf_waiters.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.buf_waiters) {
+            self.pump(id); // back in the list if it runs short again
         }
     }
 
@@ -495,6 +520,8 @@ impl RdmaLnd {
         for b in bufs {
             self.ctx.send_bufs.give(b);
         }
+        self.buf_waiters.retain(|w| *w != id);
+        self.pump_buf_waiters();
         for token in tokens {
             self.ctx.events.push(LndEvent::SendComplete {
                 token,

@@ -305,6 +305,7 @@ impl RdmaLnd {
             SlotUse::Read(handle) => self.read_done(id, handle),
         }
         self.pump(id);
+        self.pump_buf_waiters();
     }
 
     /// Our READ of a deferred payload finished: the core gets it, the sender hears.
