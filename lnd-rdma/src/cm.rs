@@ -469,17 +469,12 @@ impl CmId {
     /// The memory `sge` names must stay registered and untouched until the receive
     /// completes, or the QP is destroyed.
     pub unsafe fn post_recv(&self, sge: Sge, wr_id: u64) -> Result<(), VerbsError> {
-        let mut sg = sge.raw();
-        // SAFETY: all-zero is a valid work request; `sg` is read during the call.
-        let mut wr: sys::ibv_recv_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = wr_id;
-        wr.sg_list = &mut sg;
-        wr.num_sge = 1;
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: the QP is alive; the caller keeps the memory alive.
-        check("ibv_post_recv", unsafe {
-            sys::ibv_post_recv(self.qp(), &mut wr, &mut bad)
-        })
+        let rc = sge.post_as_recv(wr_id, |wr, bad| {
+            // SAFETY: the QP is alive; the work request is valid for the call; the caller
+            // keeps the memory alive.
+            unsafe { sys::ibv_post_recv(self.qp(), wr, bad) }
+        });
+        check("ibv_post_recv", rc)
     }
 
     /// Posts a signalled SEND of `sge`.

@@ -26,6 +26,23 @@ impl Sge {
             lkey: self.lkey,
         }
     }
+
+    /// Builds a receive work request into this element and hands it to `post` (a QP's or
+    /// an SRQ's post call, with its `bad_wr` out-parameter); `post`'s return code.
+    pub(crate) fn post_as_recv(
+        self,
+        wr_id: u64,
+        post: impl FnOnce(*mut sys::ibv_recv_wr, *mut *mut sys::ibv_recv_wr) -> i32,
+    ) -> i32 {
+        let mut sg = self.raw();
+        // SAFETY: all-zero is a valid work request; `sg` outlives the call that reads it.
+        let mut wr: sys::ibv_recv_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sg;
+        wr.num_sge = 1;
+        let mut bad = std::ptr::null_mut();
+        post(&mut wr, &mut bad)
+    }
 }
 
 /// Where a peer may RDMA READ or WRITE: an address in its memory and the key for it.

@@ -115,17 +115,11 @@ impl Srq {
     /// The memory `sge` names must stay registered and untouched by us until the receive
     /// completes (or every queue pair attached to the SRQ and the SRQ itself are gone).
     pub unsafe fn post_recv(&self, sge: Sge, wr_id: u64) -> Result<(), VerbsError> {
-        let mut sg = sge.raw();
-        // SAFETY: all-zero is a valid work request; `sg` is read during the call.
-        let mut wr: sys::ibv_recv_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = wr_id;
-        wr.sg_list = &mut sg;
-        wr.num_sge = 1;
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: the SRQ is alive and posted to from one thread (not `Sync`); the caller
-        // keeps the memory alive.
-        check("ibv_post_srq_recv", unsafe {
-            sys::ibv_post_srq_recv(self.handle.as_ptr(), &mut wr, &mut bad)
-        })
+        let rc = sge.post_as_recv(wr_id, |wr, bad| {
+            // SAFETY: the SRQ is alive and posted to from one thread (not `Sync`); the
+            // work request is valid for the call; the caller keeps the memory alive.
+            unsafe { sys::ibv_post_srq_recv(self.handle.as_ptr(), wr, bad) }
+        });
+        check("ibv_post_srq_recv", rc)
     }
 }
