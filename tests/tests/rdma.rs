@@ -996,6 +996,11 @@ fn vm_driver_waits_for_send_buffers_instead_of_failing() {
     });
     for &t in &all {
         assert_eq!(sent(&seen[0], t), Some(&Ok(())), "token {t}");
+        let n = seen[0]
+            .iter()
+            .filter(|e| matches!(e, LndEvent::SendComplete { token, .. } if token.0 == t))
+            .count();
+        assert_eq!(n, 1, "token {t} completed {n} times");
     }
     for (i, evs) in seen[1..].iter().enumerate() {
         let got: Vec<Bytes> = received(evs).into_iter().map(|(_, d)| d).collect();

@@ -85,15 +85,21 @@ pub(crate) enum Pumped {
 }
 
 /// Whether a SEND can have a buffer now. Registering more failing (the locked-memory
-/// limit, say) is waited out while buffers are in use, as they come back; with none in
-/// use, nothing would ever come back, and the connection fails saying why.
+/// limit, say) is waited out while buffers are in use, as they come back, and not tried
+/// again until the driver's next housekeeping; with none in use, nothing would ever come
+/// back, and the connection fails saying why.
 fn send_buf_ready(ctx: &mut Ctx) -> Result<bool, LndError> {
+    if ctx.send_reg_failed && ctx.send_bufs.in_use() > 0 {
+        return Ok(ctx.send_bufs.in_use() < ctx.send_bufs.len());
+    }
     match ctx.send_bufs.ready(&ctx.pd) {
         Ok(ready) => Ok(ready),
         Err(e) if ctx.send_bufs.in_use() > 0 => {
-            if !ctx.send_reg_failed {
-                ctx.send_reg_failed = true;
+            ctx.send_reg_failed = true;
+            ctx.send_reg_failures += 1;
+            if ctx.send_reg_failures % 1000 == 1 {
                 tracing::warn!(
+                    failures = ctx.send_reg_failures,
                     "cannot register more send buffers ({e}); SENDs wait for buffers in use"
                 );
             }
@@ -222,6 +228,8 @@ pub(crate) struct Qp {
     pub(crate) cq_lane: Lane,
     /// Largest payload sent inside a message on it: what both ends' buffers hold.
     pub(crate) eager_max: usize,
+    /// In the NI's line of connections waiting for a send buffer.
+    pub(crate) waiting_for_buf: bool,
 }
 
 /// A connection's transport (the connection table keeps its peer, stage and HELLO).
@@ -280,6 +288,7 @@ impl Conn {
             incoming: 0,
             cq_lane: lane,
             eager_max: EAGER_MAX,
+            waiting_for_buf: false,
         });
         if let (Some(qp), Some(size)) = (self.qp.as_mut(), peer_msg_size) {
             qp.set_peer_msg_size(size, ctx);

@@ -167,8 +167,10 @@ pub(crate) struct Ctx {
     pub(crate) cq: PerLane<Cq>,
     /// Buffers for SENDs, shared by every connection.
     pub(crate) send_bufs: BufPool,
-    /// Registering send buffers failed once (said once, then waited out).
+    /// Registering send buffers failed: not tried again until the next housekeeping.
     pub(crate) send_reg_failed: bool,
+    /// Times it failed (said at the first and every thousandth).
+    pub(crate) send_reg_failures: u64,
     /// Each lane's shared receive queue, shared by that lane's connections.
     pub(crate) recv: PerLane<SharedRecv>,
     pub(crate) cache: RegCache<SourceMr>,
@@ -240,8 +242,12 @@ pub struct RdmaLnd {
     quiet: Vec<LndEvent>,
     by_cookie: FxHashMap<(u32, u64), RxHandle>,
     next_conn: u32,
-    /// Connections waiting for a send buffer, in the order they ran out.
-    buf_waiters: Vec<u32>,
+    /// Connections waiting for a send buffer, in the order they ran out (each marked
+    /// `waiting_for_buf`, so it is in line once).
+    buf_waiters: std::collections::VecDeque<u32>,
+    /// `pump_buf_waiters` is running: a nested call (a waiter failed, and its buffers came
+    /// back) only asks it to go on.
+    serving_waiters: bool,
     /// Accepted connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
     next_handle: u64,
@@ -368,12 +374,14 @@ impl RdmaLnd {
                 cq,
                 send_bufs: BufPool::new(msg_size, 64, (cfg.send_pool_bytes / msg_size).max(1)),
                 send_reg_failed: false,
+                send_reg_failures: 0,
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
             },
             qp_conns: FxHashMap::default(),
-            buf_waiters: Vec::new(),
+            buf_waiters: std::collections::VecDeque::new(),
+            serving_waiters: false,
             spin: cfg.spin,
             conns: ConnTable::new(nid, cfg.credits, cfg.connect_timeout),
             clock: MonotonicClock::new(),
@@ -471,22 +479,34 @@ impl RdmaLnd {
         match conn.pump(id, &mut self.ctx) {
             Ok(Pumped::Done) => {}
             Ok(Pumped::NeedsBuffers) => {
-                if !self.buf_waiters.contains(&id) {
-                    self.buf_waiters.push(id);
+                if let Some(qp) = conn.qp.as_mut().filter(|qp| !qp.waiting_for_buf) {
+                    qp.waiting_for_buf = true;
+                    self.buf_waiters.push_back(id);
                 }
             }
             Err(e) => self.fail(id, e),
         }
     }
 
-    /// Send buffers came back: the connections waiting for them go on, in turn.
+    /// Send buffers came back: the connections waiting for them go on, first come first
+    /// served, until one runs short again (it goes to the back of the line).
     pub(crate) fn pump_buf_waiters(&mut self) {
-        if self.buf_waiters.is_empty() {
-            return;
+        if self.serving_waiters {
+            return; // the loop below looks again
         }
-        for id in std::mem::take(&mut self.buf_waiters) {
-            self.pump(id); // back in the list if it runs short again
+        self.serving_waiters = true;
+        let mut turns = self.buf_waiters.len();
+        while turns > 0 && self.ctx.send_bufs.in_use() < self.ctx.send_bufs.len() {
+            let Some(id) = self.buf_waiters.pop_front() else {
+                break;
+            };
+            turns -= 1;
+            if let Some(qp) = self.conns.get_mut(id).and_then(|c| c.qp.as_mut()) {
+                qp.waiting_for_buf = false;
+            }
+            self.pump(id);
         }
+        self.serving_waiters = false;
     }
 
     /// Fails connection `id`: the core hears what it meant, and what it held completes
@@ -591,6 +611,8 @@ impl RdmaLnd {
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
             self.on_cm_event(ev);
         }
+        // Registering send buffers may be tried again (once, if it fails again).
+        self.ctx.send_reg_failed = false;
         for lane in [Lane::Health, Lane::Data] {
             // Buffers whose repost failed get another go.
             if let Err(e) = self.ctx.recv[lane].post_free() {

@@ -304,8 +304,9 @@ impl RdmaLnd {
             }
             SlotUse::Read(handle) => self.read_done(id, handle),
         }
-        self.pump(id);
+        // Those waiting for a send buffer before this connection's own queue.
         self.pump_buf_waiters();
+        self.pump(id);
     }
 
     /// Our READ of a deferred payload finished: the core gets it, the sender hears.
