@@ -123,6 +123,10 @@ pub(crate) struct Common {
     /// LANET_RDMA_EAGER_MAX). Default: the LND's own (3,968).
     #[arg(long)]
     eager_max: Option<usize>,
+    /// Data-lane credits each side offers its peer (both sides; lnetctl's peer_credits).
+    /// Default: 8. Bandwidth keeps this many PUTs in flight unless --window says.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    peer_credits: Option<u16>,
 }
 
 #[derive(Args)]
@@ -315,6 +319,13 @@ fn main() -> ExitCode {
         Bench::Sim(_) | Bench::Blackhole(_) | Bench::Cost(_) => (None, None),
     };
     peer::set_zero_copy_min(zc_min);
+    peer::set_peer_credits(match &cli.bench {
+        Bench::Latency(a) => a.common.peer_credits,
+        Bench::Bandwidth(a) => a.common.peer_credits,
+        Bench::Router(a) => a.common.peer_credits,
+        Bench::Conns(a) => a.common.peer_credits,
+        _ => None,
+    });
     let eager_max = match &cli.bench {
         Bench::Latency(a) => a.common.eager_max,
         Bench::Bandwidth(a) => a.common.eager_max,

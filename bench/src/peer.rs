@@ -20,6 +20,13 @@ pub(crate) const PORTAL: u32 = 4;
 pub(crate) const MAX_PUT: u32 = 64 << 20;
 
 static ZERO_COPY_MIN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+static PEER_CREDITS: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
+
+/// `--peer-credits`: the data lane's credits of this process's endpoints, passed on to
+/// the server process.
+pub(crate) fn set_peer_credits(v: Option<u16>) {
+    let _ = PEER_CREDITS.set(v);
+}
 
 /// `--zc-min`: applies to this process's TCP LNDs and is passed on to the server process.
 pub(crate) fn set_zero_copy_min(v: Option<usize>) {
@@ -96,6 +103,12 @@ pub(crate) fn set_health_interval(d: Duration) {
 pub(crate) fn node_config(incarnation: u64) -> NodeConfig {
     let mut cfg = NodeConfig::new(incarnation);
     cfg.max_payload = MAX_PUT;
+    if let Some(Some(credits)) = PEER_CREDITS.get() {
+        let data = &mut cfg.lanes[lanet::Lane::Data];
+        data.peer_credits = *credits;
+        data.credits_hiw = (*credits / 2).max(1);
+        data.ni_credits = data.ni_credits.max(u32::from(*credits) * 4);
+    }
     if let Some(&interval) = HEALTH_INTERVAL.get() {
         cfg.health.interval = interval;
     }
@@ -363,6 +376,9 @@ pub(crate) fn spawn_server_at(
     let mut args = vec![bench.to_owned(), "--serve".into(), nid.to_string()];
     if let Some(Some(min)) = ZERO_COPY_MIN.get() {
         args.extend(["--zc-min".to_owned(), min.to_string()]);
+    }
+    if let Some(Some(credits)) = PEER_CREDITS.get() {
+        args.extend(["--peer-credits".to_owned(), credits.to_string()]);
     }
     if REALTIME_DRIVER.get() == Some(&true) {
         args.push("--rt-driver".into());
