@@ -356,13 +356,48 @@ impl Lnd for TcpLnd {
 
 /// A loopback NID on a port that was free a moment ago (for tests, benchmarks and tools
 /// that start several nodes on one host; another process may still take the port first).
+///
+/// The port is below the kernel's ephemeral range where it can be: a port the kernel
+/// hands out (port 0) may next be taken as the source port of any outgoing connection on
+/// the host, between the probe and the caller's bind.
 pub fn free_loopback_nid() -> io::Result<Nid> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = match free_port_below_ephemeral() {
+        Some(port) => port,
+        None => std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port(),
+    };
     Ok(format!("127.0.0.1:{port}@tcp")
         .parse()
         .expect("a loopback NID is valid"))
+}
+
+/// A loopback port from 10,000 up to the ephemeral range that binds now, picked at random
+/// (several processes probe at once); None if the range is small or none was free.
+fn free_port_below_ephemeral() -> Option<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let first_ephemeral: u32 = range.split_whitespace().next()?.parse().ok()?;
+    let span = first_ephemeral.checked_sub(LOW).filter(|s| *s >= 1_000)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .subsec_nanos();
+    let mut seed = nanos ^ std::process::id().rotate_left(16);
+    for _ in 0..32 {
+        // A step of the counter and a xorshift: spread over the range, apart per call.
+        seed ^= CALLS.fetch_add(0x9E37_79B9, Ordering::Relaxed);
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let port = u16::try_from(LOW + seed % span).ok()?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Some(port);
+        }
+    }
+    None
 }
 
 /// Where a backend's listener listens, or why there is none.
@@ -460,4 +495,29 @@ fn io_error(e: &io::Error, during: &str) -> LndError {
         },
     };
     LndError::new(kind, format!("{during}: {e}"))
+}
+
+#[cfg(test)]
+mod free_port_tests {
+    use super::*;
+
+    #[test]
+    fn free_loopback_ports_stay_out_of_the_ephemeral_range_and_bind() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let first: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let nid = free_loopback_nid().unwrap();
+            let port = nid.socket_addr(0).unwrap().port();
+            if first > 11_000 {
+                assert!(
+                    (10_000..first).contains(&port),
+                    "{port} (ephemeral from {first})"
+                );
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("free");
+            seen.insert(port);
+        }
+        assert!(seen.len() > 15, "spread, not one port: {seen:?}");
+    }
 }
