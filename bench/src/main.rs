@@ -302,6 +302,23 @@ pub(crate) struct SimArgs {
     json: bool,
 }
 
+impl Bench {
+    /// The options shared by the benchmarks that take them.
+    fn common(&self) -> Option<&Common> {
+        match self {
+            Bench::Latency(a) => Some(&a.common),
+            Bench::Bandwidth(a) => Some(&a.common),
+            Bench::Router(a) => Some(&a.common),
+            Bench::Conns(a) => Some(&a.common),
+            Bench::Lanes(_)
+            | Bench::Detect(_)
+            | Bench::Sim(_)
+            | Bench::Blackhole(_)
+            | Bench::Cost(_) => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Log lines (which TCP backend runs, and why) go to stderr; stdout carries the results.
     tracing_subscriber::fmt()
@@ -309,29 +326,15 @@ fn main() -> ExitCode {
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .init();
     let cli = Cli::parse();
-    let (zc_min, serve) = match &cli.bench {
-        Bench::Latency(a) => (a.common.zc_min, a.common.serve),
-        Bench::Bandwidth(a) => (a.common.zc_min, a.common.serve),
-        Bench::Router(a) => (a.common.zc_min, a.common.serve),
-        Bench::Lanes(a) => (None, a.serve),
-        Bench::Detect(a) => (None, a.serve),
-        Bench::Conns(a) => (None, a.common.serve),
-        Bench::Sim(_) | Bench::Blackhole(_) | Bench::Cost(_) => (None, None),
+    let common = cli.bench.common();
+    let serve = match &cli.bench {
+        Bench::Lanes(a) => a.serve,
+        Bench::Detect(a) => a.serve,
+        _ => common.and_then(|c| c.serve),
     };
-    peer::set_zero_copy_min(zc_min);
-    peer::set_peer_credits(match &cli.bench {
-        Bench::Latency(a) => a.common.peer_credits,
-        Bench::Bandwidth(a) => a.common.peer_credits,
-        Bench::Router(a) => a.common.peer_credits,
-        Bench::Conns(a) => a.common.peer_credits,
-        _ => None,
-    });
-    let eager_max = match &cli.bench {
-        Bench::Latency(a) => a.common.eager_max,
-        Bench::Bandwidth(a) => a.common.eager_max,
-        _ => None,
-    };
-    if let Some(n) = eager_max {
+    peer::set_zero_copy_min(common.and_then(|c| c.zc_min));
+    peer::set_peer_credits(common.and_then(|c| c.peer_credits));
+    if let Some(n) = common.and_then(|c| c.eager_max) {
         // Before any thread starts; the server process inherits it.
         std::env::set_var(lanet_lnd_rdma::EAGER_ENV, n.to_string());
     }
