@@ -94,6 +94,11 @@ impl BufPool {
         self.len() - self.free.len()
     }
 
+    /// Whether a registered buffer is free now.
+    pub(crate) fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
     /// Every free buffer, taken.
     pub(crate) fn take_all_free(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.free)
@@ -184,8 +189,8 @@ impl SharedRecv {
                 context: "the device has no shared receive queues, which the RDMA LND needs".into(),
             });
         }
-        let initial = sizing.initial.clamp(1, device_max.max(1));
-        let max = sizing.max.clamp(initial, device_max.max(initial));
+        let initial = sizing.initial.clamp(1, device_max);
+        let max = sizing.max.clamp(initial, device_max);
         let mut bufs = BufPool::new(buf_size, initial.min(CHUNK_MAX), max);
         let srq = Srq::new(pd, bufs.max)?;
         // Whole chunks, within the limit.
@@ -232,19 +237,17 @@ impl SharedRecv {
 
     /// Posts every free buffer. A buffer whose post fails stays free (for the next try).
     pub(crate) fn post_free(&mut self) -> Result<(), VerbsError> {
-        let free = self.bufs.take_all_free();
-        let mut result = Ok(());
-        for i in free {
-            if result.is_err() {
-                self.bufs.give(i);
-                continue;
-            }
+        let mut free = self.bufs.take_all_free().into_iter();
+        while let Some(i) = free.next() {
             if let Err(e) = self.post(i) {
-                self.bufs.give(i);
-                result = Err(e);
+                // This one and the rest stay free.
+                for j in std::iter::once(i).chain(free) {
+                    self.bufs.give(j);
+                }
+                return Err(e);
             }
         }
-        result
+        Ok(())
     }
 
     fn post(&mut self, i: u32) -> Result<(), VerbsError> {

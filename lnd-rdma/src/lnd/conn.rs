@@ -90,7 +90,7 @@ pub(crate) enum Pumped {
 /// back, and the connection fails saying why.
 fn send_buf_ready(ctx: &mut Ctx) -> Result<bool, LndError> {
     if ctx.send_reg_failed && ctx.send_bufs.in_use() > 0 {
-        return Ok(ctx.send_bufs.in_use() < ctx.send_bufs.len());
+        return Ok(ctx.send_bufs.has_free());
     }
     match ctx.send_bufs.ready(&ctx.pd) {
         Ok(ready) => Ok(ready),

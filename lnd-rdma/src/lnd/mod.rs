@@ -491,12 +491,12 @@ impl RdmaLnd {
     /// Send buffers came back: the connections waiting for them go on, first come first
     /// served, until one runs short again (it goes to the back of the line).
     pub(crate) fn pump_buf_waiters(&mut self) {
-        if self.serving_waiters {
-            return; // the loop below looks again
+        if self.buf_waiters.is_empty() || self.serving_waiters {
+            return; // none (every send completion asks), or the loop below looks again
         }
         self.serving_waiters = true;
         let mut turns = self.buf_waiters.len();
-        while turns > 0 && self.ctx.send_bufs.in_use() < self.ctx.send_bufs.len() {
+        while turns > 0 && self.ctx.send_bufs.has_free() {
             let Some(id) = self.buf_waiters.pop_front() else {
                 break;
             };

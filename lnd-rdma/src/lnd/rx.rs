@@ -119,9 +119,11 @@ impl RdmaLnd {
         else {
             return; // its connection is gone
         };
-        if self.conns.get(id).is_none() {
-            return;
-        }
+        // A QP's entry goes with its connection (`retire`): no second lookup to check.
+        debug_assert!(
+            self.conns.get(id).is_some(),
+            "qp_conns outlived connection {id}"
+        );
         let Some(parsed) = parsed else {
             let error = if c.status == wc::IBV_WC_LOC_LEN_ERR {
                 let size = self.ctx.recv[lane].buf_size();
