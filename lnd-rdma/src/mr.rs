@@ -193,18 +193,12 @@ impl Mr {
         self.buf.ptr.as_ptr() as u64
     }
 
-    pub fn len(&self) -> usize {
-        self.buf.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.len == 0
-    }
-
     /// The element for `len` bytes at `offset`. Panics outside the region (a driver bug).
     pub fn sge(&self, offset: usize, len: usize) -> Sge {
         assert!(
-            offset + len <= self.buf.len,
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.buf.len),
             "work request outside its memory region"
         );
         Sge {
