@@ -100,6 +100,22 @@ pub(crate) struct HopLane {
 }
 
 impl HopLane {
+    /// Whether this lane's connection owes a CREDIT frame now (see
+    /// [`Node::return_credits_if_owed`](super::Node::return_credits_if_owed)).
+    pub(crate) fn credit_frame_due(&self) -> bool {
+        match &self.conn {
+            Conn::Up {
+                credits, serial, ..
+            } => super::tx::credit_frame_wanted(
+                credits,
+                !self.answers.is_empty(),
+                self.credit_frame_out,
+                *serial,
+            ),
+            Conn::Down | Conn::Connecting => false,
+        }
+    }
+
     /// Whether the ops that left `queue` may be half of it: then it is compacted.
     pub(crate) fn compaction_due(&self) -> bool {
         self.left > 0 && self.left * 2 >= self.queue.len()

@@ -32,6 +32,40 @@ fn usable(
     nis.iter().any(|ni| ni.nid.net == gateway.net && ni.up) && !health.is_down(gateway) && reachable
 }
 
+/// The payload length of a frame queued at `hop`, if it still needs sending from there:
+/// an op's request only while the op waits at that hop (it may have ended, or gone
+/// another way).
+fn live_payload_len(ops: &super::ops::Ops, hop: Nid, p: &Pending) -> Option<usize> {
+    match p {
+        Pending::Op { id, seq } => ops
+            .live(*id, *seq)
+            .filter(|op| op.stage == super::Stage::Queued && op.via == Some(hop))
+            .map(|op| match &op.kind {
+                OpKind::Put(r) => r.payload.len(),
+                _ => 0,
+            }),
+        Pending::Forward(f) => Some(f.payload.len()),
+        Pending::HealthPing { .. } | Pending::Status => Some(0),
+    }
+}
+
+/// Whether a connection owes enough credits for a CREDIT frame of their own: at the
+/// high-water mark, with none of ours already in the driver for it (`out`). Answers that
+/// have a hop credit wait only for our driver (an NI credit); the first to leave carries
+/// what we owe, and returning it now would let the peer pile more requests behind them.
+/// With no hop credit, though, the peer may be waiting for ours to answer us: then the
+/// CREDIT frame must go, or both sides could wait forever.
+pub(super) fn credit_frame_wanted(
+    credits: &crate::credits::LaneCredits,
+    answers_waiting: bool,
+    out: Option<u64>,
+    serial: u64,
+) -> bool {
+    credits.wants_credit_frame()
+        && out != Some(serial)
+        && !(answers_waiting && credits.available() > 0)
+}
+
 /// A frame about to be handed to a driver.
 pub(super) struct Outgoing {
     pub(super) src: Nid,
@@ -225,37 +259,22 @@ impl Node {
     /// Whether a frame queued at `hop` still needs sending from there: an op's request
     /// only while the op waits at that hop (it may have ended, or gone another way).
     pub(super) fn is_live(&self, hop: Nid, p: &Pending) -> bool {
-        match p {
-            Pending::Op { id, seq } => self
-                .ops
-                .live(*id, *seq)
-                .is_some_and(|op| op.stage == super::Stage::Queued && op.via == Some(hop)),
-            Pending::HealthPing { .. } | Pending::Forward(_) | Pending::Status => true,
-        }
-    }
-
-    /// The payload length of a queued request, for the hop's limit.
-    fn payload_len(&self, p: &Pending) -> usize {
-        match p {
-            Pending::Op { id, .. } => match self.ops.get(*id).map(|o| &o.kind) {
-                Some(OpKind::Put(r)) => r.payload.len(),
-                _ => 0,
-            },
-            Pending::Forward(f) => f.payload.len(),
-            Pending::HealthPing { .. } | Pending::Status => 0,
-        }
+        live_payload_len(&self.ops, hop, p).is_some()
     }
 
     /// Sends answers, then the head of (hop, lane)'s queue, while the lane is up and both
     /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
     /// returns owed credits in a CREDIT frame if nothing else carried them.
+    ///
+    /// Runs for every frame sent and most received, so it looks the hop up once per
+    /// frame, and the queue's front op once.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
-        loop {
-            let Some(hop) = self.hops.get(&nid) else {
+        let credit_frame_due = loop {
+            let Some(hop) = self.hops.get_mut(&nid) else {
                 return;
             };
             let ni = hop.ni;
-            let hl = &hop.lanes[lane];
+            let hl = &mut hop.lanes[lane];
             // What left the queue (or was dropped from it, as when its connection went)
             // may leave only dead entries behind: they would wait for nothing. Checked
             // here, at no cost of its own, after every frame the pump takes.
@@ -264,17 +283,25 @@ impl Node {
                 continue;
             }
             let answer_first = !hl.answers.is_empty();
-            let front_live = if answer_first {
-                Some(true)
+            // The front's payload length if it is to be sent (answers: no limit applies).
+            let front = if answer_first {
+                Some(Some(0))
             } else {
-                hl.queue.front().map(|p| self.is_live(nid, p))
+                hl.queue
+                    .front()
+                    .map(|p| live_payload_len(&self.ops, nid, p))
             };
             let peer_max = match &hl.conn {
                 Conn::Up { hello, .. } => hello.max_payload,
                 Conn::Connecting => return,
                 Conn::Down => {
-                    if answer_first || hl.queue.iter().any(|p| self.is_live(nid, p)) {
-                        self.hop_lane(nid, lane).conn = Conn::Connecting;
+                    let wanted = answer_first
+                        || hl
+                            .queue
+                            .iter()
+                            .any(|p| live_payload_len(&self.ops, nid, p).is_some());
+                    if wanted {
+                        hl.conn = Conn::Connecting;
                         self.out
                             .requests
                             .push_back((ni, LndRequest::Connect { peer: nid, lane }));
@@ -282,35 +309,30 @@ impl Node {
                     return;
                 }
             };
-            match front_live {
-                None => break,
-                Some(false) => {
-                    self.hop_lane(nid, lane).queue.pop_front();
+            let len = match front {
+                None => break hl.credit_frame_due(),
+                Some(None) => {
+                    hl.queue.pop_front();
                     continue;
                 }
-                Some(true) => {}
-            }
+                Some(Some(len)) => len,
+            };
             // A request too large for the hop would only make it close the connection.
-            if !answer_first {
-                let front = hl.queue.front().expect("checked live");
-                let len = self.payload_len(front);
-                if len > peer_max as usize {
-                    let p = self.hop_lane(nid, lane).queue.pop_front().expect("front");
-                    self.too_large(p, nid, len, peer_max);
-                    continue;
-                }
+            if len > peer_max as usize {
+                let p = hl.queue.pop_front().expect("front");
+                self.too_large(p, nid, len, peer_max);
+                continue;
             }
-            let hl = &mut self.hops.get_mut(&nid).expect("hop").lanes[lane];
             let Conn::Up { credits, .. } = &mut hl.conn else {
                 unreachable!("checked above")
             };
             if credits.available() == 0 {
-                break;
+                break hl.credit_frame_due();
             }
             let ni_credits = &mut self.nis[ni.0].credits[lane];
             if !ni_credits.try_take() {
                 ni_credits.wait(nid);
-                break;
+                break hl.credit_frame_due();
             }
             let spent = credits.try_spend();
             debug_assert!(spent, "credit availability was checked above");
@@ -323,8 +345,10 @@ impl Node {
                 self.outgoing(ni, nid, pending)
             };
             self.emit(ni, nid, lane, out, returned, true);
+        };
+        if credit_frame_due {
+            self.return_credits_if_owed(nid, lane);
         }
-        self.return_credits_if_owed(nid, lane);
     }
 
     pub(crate) fn hop_lane(&mut self, nid: Nid, lane: Lane) -> &mut super::peers::HopLane {
@@ -445,23 +469,16 @@ impl Node {
         };
         let ni = hop.ni;
         let hl = &mut hop.lanes[lane];
+        if !hl.credit_frame_due() {
+            return;
+        }
         let Conn::Up {
             credits, serial, ..
         } = &mut hl.conn
         else {
-            return;
+            unreachable!("a CREDIT frame is due only on a connection that is up")
         };
         let serial = *serial;
-        if !credits.wants_credit_frame() || hl.credit_frame_out == Some(serial) {
-            return;
-        }
-        // Answers that have a hop credit wait only for our driver (an NI credit); the first
-        // to leave carries what we owe. Returning it now would let the peer pile more
-        // requests behind them. With no hop credit, though, the peer may be waiting for
-        // ours to answer us: then the CREDIT frame must go, or both sides could wait forever.
-        if !hl.answers.is_empty() && credits.available() > 0 {
-            return;
-        }
         let returned = credits.take_owed();
         hl.credit_frame_out = Some(serial);
         self.stats.credit_frames_sent += 1;
