@@ -25,6 +25,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use std::collections::hash_map::Entry;
+
 use rustc_hash::FxHashMap;
 
 use crate::nid::Nid;
@@ -183,9 +185,65 @@ struct Watch {
 }
 
 impl Watch {
+    /// Monitoring starts now: silence is counted from here.
+    fn new(now: Time) -> Watch {
+        Watch {
+            interest: 0,
+            watched: false,
+            state: PeerState::Up,
+            last_heard: now,
+            ping_sent: None,
+            health: HEALTH_MAX,
+            probes: 0,
+            due: None,
+            heard: false,
+        }
+    }
+
     fn interesting(&self) -> bool {
         self.interest > 0 || self.watched
     }
+}
+
+/// Books a look at `w` (the watch of `nid`) at `at`, unless an earlier one is booked
+/// (it reschedules).
+fn book(timers: &mut BinaryHeap<Reverse<(Time, Nid)>>, nid: Nid, w: &mut Watch, at: Time) {
+    if w.due.is_some_and(|d| d <= at) {
+        return;
+    }
+    w.due = Some(at);
+    timers.push(Reverse((at, nid)));
+}
+
+/// A peer became interesting: count its silence from now (a Down one is probed now).
+fn start(
+    timers: &mut BinaryHeap<Reverse<(Time, Nid)>>,
+    interval: Duration,
+    nid: Nid,
+    w: &mut Watch,
+    now: Time,
+) {
+    if w.state == PeerState::Down {
+        w.probes = 0;
+        book(timers, nid, w, now);
+    } else {
+        w.last_heard = w.last_heard.max(now);
+        book(timers, nid, w, now + interval);
+    }
+}
+
+/// A peer nobody is interested in costs nothing: no entry, no timer. Except a Down one,
+/// remembered (unprobed) so new operations to it fail fast; each such attempt
+/// [pokes](Monitor::poke) it into another probe. True if the entry is to go.
+fn forget(w: &mut Watch) -> bool {
+    if w.interesting() {
+        return false;
+    }
+    if w.state == PeerState::Down {
+        w.due = None;
+        return false;
+    }
+    true
 }
 
 pub(crate) struct Monitor {
@@ -273,73 +331,41 @@ impl Monitor {
     }
 
     fn schedule(&mut self, nid: Nid, at: Time) {
-        let Some(w) = self.peers.get_mut(&nid) else {
-            return;
-        };
-        if w.due.is_some_and(|d| d <= at) {
-            return; // an earlier look is already booked; it reschedules
+        if let Some(w) = self.peers.get_mut(&nid) {
+            book(&mut self.timers, nid, w, at);
         }
-        w.due = Some(at);
-        self.timers.push(Reverse((at, nid)));
     }
 
-    fn watch_entry(&mut self, nid: Nid, now: Time) -> &mut Watch {
-        self.peers.entry(nid).or_insert(Watch {
-            interest: 0,
-            watched: false,
-            state: PeerState::Up,
-            // Monitoring starts now: silence is counted from here.
-            last_heard: now,
-            ping_sent: None,
-            health: HEALTH_MAX,
-            probes: 0,
-            due: None,
-            heard: false,
-        })
-    }
-
-    /// An operation to `nid` started.
+    /// An operation to `nid` started. One lookup: it runs once per operation.
     pub(crate) fn interest_started(&mut self, nid: Nid, now: Time) {
-        let w = self.watch_entry(nid, now);
+        let w = self.peers.entry(nid).or_insert_with(|| Watch::new(now));
         let was = w.interesting();
         w.interest += 1;
         if !was {
-            self.start(nid, now);
+            start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
     }
 
-    /// An operation to `nid` ended.
+    /// An operation to `nid` ended. One lookup: it runs once per operation.
     pub(crate) fn interest_ended(&mut self, nid: Nid) {
-        if let Some(w) = self.peers.get_mut(&nid) {
+        if let Entry::Occupied(mut e) = self.peers.entry(nid) {
+            let w = e.get_mut();
             w.interest = w.interest.saturating_sub(1);
-            self.maybe_forget(nid);
+            if forget(w) {
+                e.remove();
+            }
         }
     }
 
     /// The application watches (or stops watching) `nid`.
     pub(crate) fn watch(&mut self, nid: Nid, now: Time, on: bool) {
-        let w = self.watch_entry(nid, now);
+        let w = self.peers.entry(nid).or_insert_with(|| Watch::new(now));
         let was = w.interesting();
         w.watched = on;
         if !was && on {
-            self.start(nid, now);
+            start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
-        self.maybe_forget(nid);
-    }
-
-    /// A peer nobody is interested in costs nothing: no entry, no timer. Except a Down
-    /// one, remembered (unprobed) so new operations to it fail fast; each such attempt
-    /// [pokes](Monitor::poke) it into another probe.
-    fn maybe_forget(&mut self, nid: Nid) {
-        let Some(w) = self.peers.get_mut(&nid) else {
-            return;
-        };
-        if w.interesting() {
-            return;
-        }
-        if w.state == PeerState::Down {
-            w.due = None;
-        } else {
+        if forget(w) {
             self.peers.remove(&nid);
         }
     }
@@ -350,7 +376,7 @@ impl Monitor {
         self.peers.get(&nid).is_some_and(Watch::interesting)
     }
 
-    /// Forgets the Down peers remembered for nobody (see `maybe_forget`): operations to
+    /// Forgets the Down peers remembered for nobody (see `forget`): operations to
     /// them no longer fail fast, they try a connection first. What keeps a flood of NIDs
     /// that never answer from growing the table without bound.
     pub(crate) fn forget_remembered_down(&mut self) {
@@ -367,19 +393,6 @@ impl Monitor {
             .is_some_and(|w| w.state == PeerState::Down && w.due.is_none())
         {
             self.schedule(nid, now);
-        }
-    }
-
-    /// A peer became interesting: count its silence from now (a Down one is probed now).
-    fn start(&mut self, nid: Nid, now: Time) {
-        let interval = self.cfg.interval;
-        let w = self.peers.get_mut(&nid).expect("just inserted");
-        if w.state == PeerState::Down {
-            w.probes = 0;
-            self.schedule(nid, now);
-        } else {
-            w.last_heard = w.last_heard.max(now);
-            self.schedule(nid, now + interval);
         }
     }
 
@@ -401,11 +414,10 @@ impl Monitor {
                 w.probes = 0;
                 self.stats.recoveries += 1;
                 if w.interesting() {
-                    let at = now + self.cfg.interval;
                     w.due = None;
-                    self.schedule(nid, at);
+                    book(&mut self.timers, nid, w, now + self.cfg.interval);
                 } else {
-                    self.maybe_forget(nid); // back, and nobody's business: no entry
+                    self.peers.remove(&nid); // back, and nobody's business: no entry
                 }
                 Some(Action::Recovered(nid))
             }
