@@ -26,6 +26,10 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         LndChoice::Rdma => Some(peer::rdma_place(c.addr)?),
         _ => None,
     };
+    if args.spin && c.lnd == LndChoice::Tcp {
+        let how = crate::latency::busy_poll_tcp();
+        report.note(format!("{how}; iperf3 blocks"));
+    }
     let window = args.window.unwrap_or_else(default_window);
     let streamed = match (c.lnd, c.connect) {
         (LndChoice::Mem, _) => stream_with(Target::Mem, size, args.secs, window)?,

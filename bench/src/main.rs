@@ -152,6 +152,9 @@ pub(crate) struct BandwidthArgs {
     /// measures the message rate.
     #[arg(long)]
     window: Option<usize>,
+    /// TCP: both lanet processes busy-poll (LANET_TCP_SPIN_US), as ucx_perftest does.
+    #[arg(long)]
+    spin: bool,
 }
 
 #[derive(Args)]

@@ -288,6 +288,11 @@ impl Epoll {
         }
     }
 
+    /// Bulk bytes are copied on the driver thread itself here: nothing to make room for.
+    pub(crate) fn bulk_busy(&self) -> bool {
+        false
+    }
+
     /// For a thread sleeping on several LNDs: the epoll descriptor itself (readable when
     /// one of its sockets, or its waker, is).
     pub(crate) fn wait_fd(&self) -> std::os::fd::RawFd {

@@ -312,7 +312,9 @@ impl Lnd for TcpLnd {
             return with_backend!(self, b => b.poll(events, timeout));
         }
         // Busy-poll: look without waiting until something comes, a wake, the timeout, or
-        // the end of the spin; then sleep for what is left of the timeout.
+        // the end of the spin; then sleep for what is left of the timeout. While the bulk
+        // mover has work, sleep at once: it needs a CPU more than this thread needs to
+        // spin (its completions wake the sleep).
         let start = Instant::now();
         let limit = timeout.map_or(spin.limit, |t| t.min(spin.limit));
         loop {
@@ -321,7 +323,7 @@ impl Lnd for TcpLnd {
                 return Ok(());
             }
             let spun = start.elapsed();
-            if spun >= limit {
+            if spun >= limit || with_backend!(self, b => b.bulk_busy()) {
                 let rest = timeout.map(|t| t.saturating_sub(spun));
                 if rest == Some(Duration::ZERO) {
                     return Ok(());

@@ -76,6 +76,8 @@ pub(crate) struct Mover {
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Jobs submitted whose results have not been taken back.
+    outstanding: usize,
 }
 
 impl Mover {
@@ -117,10 +119,18 @@ impl Mover {
             wake,
             stop,
             thread: Some(thread),
+            outstanding: 0,
         })
     }
 
-    pub(crate) fn submit(&self, job: Job) {
+    /// Whether it has jobs whose results have not been taken back: bulk bytes are being
+    /// moved (or waited for), on a thread that needs a CPU for it.
+    pub(crate) fn busy(&self) -> bool {
+        self.outstanding > 0
+    }
+
+    pub(crate) fn submit(&mut self, job: Job) {
+        self.outstanding += 1;
         // The thread outlives every sender: it stops only when this mover is dropped.
         let _ = self.jobs.send(job);
         if let Err(e) = sys::signal(self.wake.as_fd()) {
@@ -128,8 +138,10 @@ impl Mover {
         }
     }
 
-    pub(crate) fn try_done(&self) -> Option<Done> {
-        self.done.try_recv().ok()
+    pub(crate) fn try_done(&mut self) -> Option<Done> {
+        let done = self.done.try_recv().ok()?;
+        self.outstanding = self.outstanding.saturating_sub(1);
+        Some(done)
     }
 
     /// Cancels what is in flight and waits for the thread to end; every job's memory is
@@ -405,7 +417,7 @@ mod tests {
         Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap())).unwrap()
     }
 
-    fn next_done(m: &Mover) -> Done {
+    fn next_done(m: &mut Mover) -> Done {
         let until = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(d) = m.try_done() {
@@ -422,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_payload_trickling_in_is_received_whole_and_in_place() {
-        let m = mover();
+        let mut m = mover();
         let (mut tx, rx) = connected_pair();
         let data = pattern(3 * RECV_PIECE + 1234);
         let buf = BytesMut::with_capacity(data.len());
@@ -434,6 +446,10 @@ mod tests {
             buf,
             len: data.len(),
         });
+        assert!(
+            m.busy(),
+            "a receive waiting for its bytes keeps the mover busy"
+        );
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
             for chunk in sent.chunks(50_000) {
@@ -442,7 +458,11 @@ mod tests {
             }
             tx
         });
-        let done = next_done(&m);
+        let done = next_done(&mut m);
+        assert!(
+            !m.busy(),
+            "its result taken back, the mover has nothing left"
+        );
         let _tx = writer.join().unwrap();
         assert_eq!((done.conn, done.res), (7, data.len() as i32));
         let Moved::Recv(buf) = done.moved else {
@@ -458,7 +478,7 @@ mod tests {
 
     #[test]
     fn a_message_larger_than_a_piece_is_sent_whole() {
-        let m = mover();
+        let mut m = mover();
         let (tx, mut rx) = connected_pair();
         let mut q = TxQueue::default();
         let payload = Bytes::from(pattern(2 * SEND_PIECE + 999));
@@ -476,7 +496,7 @@ mod tests {
             fd: tx.as_raw_fd(),
             slot,
         });
-        let done = next_done(&m);
+        let done = next_done(&mut m);
         assert_eq!((done.conn, done.res), (3, len as i32));
         assert!(matches!(done.moved, Moved::Send(_)));
         let got = reader.join().unwrap();
