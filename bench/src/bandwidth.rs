@@ -27,7 +27,7 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         _ => None,
     };
     if args.spin && c.lnd == LndChoice::Tcp {
-        let how = crate::latency::busy_poll_tcp();
+        let how = peer::busy_poll_tcp();
         report.note(format!("{how}; iperf3 blocks"));
     }
     let window = args.window.unwrap_or_else(default_window);

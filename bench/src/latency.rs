@@ -21,20 +21,7 @@ const WARMUP: usize = 1000;
 const UCX_RDMA_ITERS: usize = 20_000;
 const UCX_RDMA_LIMIT: Duration = Duration::from_secs(60);
 /// How long the drivers busy-poll before sleeping, in this benchmark (microseconds).
-const BUSY_POLL_US: u64 = 1_000_000;
-
-/// `--spin` over TCP: both lanet processes busy-poll (the server inherits the variable),
-/// unless the environment says otherwise. Returns what to note in the report.
-pub(crate) fn busy_poll_tcp() -> String {
-    if std::env::var_os(lanet_lnd_tcp::SPIN_ENV).is_none() {
-        std::env::set_var(lanet_lnd_tcp::SPIN_ENV, BUSY_POLL_US.to_string());
-    }
-    format!(
-        "both lanet processes busy-poll ({}={}), as UCX and libfabric do",
-        lanet_lnd_tcp::SPIN_ENV,
-        std::env::var(lanet_lnd_tcp::SPIN_ENV).unwrap_or_default()
-    )
-}
+pub(crate) const BUSY_POLL_US: u64 = 1_000_000;
 
 pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
     let c = &args.common;
@@ -50,7 +37,7 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         return Ok(report);
     }
     if args.spin && c.lnd == LndChoice::Tcp {
-        let how = busy_poll_tcp();
+        let how = peer::busy_poll_tcp();
         report.note(format!("{how}; the raw TCP floor and sockperf block"));
     }
     // The server process (if we start one) lives until the baselines are measured too.

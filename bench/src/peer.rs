@@ -560,3 +560,19 @@ pub(crate) fn client(
         _others: others,
     })
 }
+
+/// `--spin` over TCP: both lanet processes busy-poll (the server inherits the variable),
+/// unless the environment says otherwise. Returns what to note in the report.
+pub(crate) fn busy_poll_tcp() -> String {
+    if std::env::var_os(lanet_lnd_tcp::SPIN_ENV).is_none() {
+        std::env::set_var(
+            lanet_lnd_tcp::SPIN_ENV,
+            crate::latency::BUSY_POLL_US.to_string(),
+        );
+    }
+    format!(
+        "both lanet processes busy-poll ({}={}), as UCX and libfabric do",
+        lanet_lnd_tcp::SPIN_ENV,
+        std::env::var(lanet_lnd_tcp::SPIN_ENV).unwrap_or_default()
+    )
+}

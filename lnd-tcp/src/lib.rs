@@ -62,7 +62,8 @@ pub struct TcpConfig {
     /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
     pub auth: lanet::handshake::auth::Auth,
     /// How long to busy-poll before sleeping (zero: never): latency for a CPU, as UCX and
-    /// the RDMA LND's spin. Only where this NI is its driver thread's only one.
+    /// the RDMA LND's spin. Only where this NI is its driver thread's only one, and (with
+    /// io_uring) not while the bulk mover moves bytes: it needs that CPU.
     pub spin: Duration,
 }
 

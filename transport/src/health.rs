@@ -22,10 +22,9 @@
 //! [`Action`]s (send a PING, flush a dead peer, announce a recovery).
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::time::Duration;
-
-use std::collections::hash_map::Entry;
 
 use rustc_hash::FxHashMap;
 
@@ -235,7 +234,7 @@ fn start(
 /// A peer nobody is interested in costs nothing: no entry, no timer. Except a Down one,
 /// remembered (unprobed) so new operations to it fail fast; each such attempt
 /// [pokes](Monitor::poke) it into another probe. True if the entry is to go.
-fn forget(w: &mut Watch) -> bool {
+fn unneeded(w: &mut Watch) -> bool {
     if w.interesting() {
         return false;
     }
@@ -351,7 +350,7 @@ impl Monitor {
         if let Entry::Occupied(mut e) = self.peers.entry(nid) {
             let w = e.get_mut();
             w.interest = w.interest.saturating_sub(1);
-            if forget(w) {
+            if unneeded(w) {
                 e.remove();
             }
         }
@@ -365,7 +364,7 @@ impl Monitor {
         if !was && on {
             start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
-        if forget(w) {
+        if unneeded(w) {
             self.peers.remove(&nid);
         }
     }
@@ -376,7 +375,7 @@ impl Monitor {
         self.peers.get(&nid).is_some_and(Watch::interesting)
     }
 
-    /// Forgets the Down peers remembered for nobody (see `forget`): operations to
+    /// Forgets the Down peers remembered for nobody (see `unneeded`): operations to
     /// them no longer fail fast, they try a connection first. What keeps a flood of NIDs
     /// that never answer from growing the table without bound.
     pub(crate) fn forget_remembered_down(&mut self) {

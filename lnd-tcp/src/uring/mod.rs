@@ -533,9 +533,9 @@ impl Uring {
         }
     }
 
-    /// Whether the bulk mover is moving bytes (or waiting for them) for this LND: a
-    /// busy-polling driver thread then sleeps instead, or it would take the CPU the mover
-    /// needs (on 2 cores, two spinning drivers cut a 1 MiB stream from ~5 GB/s to 0.2).
+    /// Whether the bulk mover is moving bytes for this LND: a busy-polling driver thread
+    /// then sleeps instead, or it would take the CPU the mover needs (on 2 cores, two
+    /// spinning drivers cut a 1 MiB stream from ~5 GB/s to 0.2).
     pub(crate) fn bulk_busy(&self) -> bool {
         self.mover.as_ref().is_some_and(Mover::busy)
     }

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,6 +36,10 @@ const RING_ENTRIES: u32 = 256;
 /// throughput: 4.3 / 2.7 / 1.7 GB/s for 512 / 256 / 128 KiB pieces. Receives only copy.
 const SEND_PIECE: usize = 256 * 1024;
 const RECV_PIECE: usize = 128 * 1024;
+/// A job counts as busy (see [`Mover::busy`]) while the mover moved bytes, or was handed
+/// a job, this recently: long enough to span a piece (~300 us) and a scheduling delay,
+/// short enough that a receive waiting on a stalled peer soon stops counting.
+const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
 
@@ -78,6 +82,12 @@ pub(crate) struct Mover {
     thread: Option<JoinHandle<()>>,
     /// Jobs submitted whose results have not been taken back.
     outstanding: usize,
+    /// What `progress` and `handed` count from.
+    epoch: Instant,
+    /// When the worker last moved bytes (nanoseconds since `epoch`).
+    progress: Arc<AtomicU64>,
+    /// When the last job was handed over (nanoseconds since `epoch`).
+    handed: u64,
 }
 
 impl Mover {
@@ -87,15 +97,17 @@ impl Mover {
         let (done_tx, done) = mpsc::channel();
         let wake = Arc::new(sys::eventfd()?);
         let stop = Arc::new(AtomicBool::new(false));
+        let (epoch, progress) = (Instant::now(), Arc::new(AtomicU64::new(0)));
         let (ready_tx, ready) = mpsc::channel();
         let thread = {
-            let (wake, stop) = (wake.clone(), stop.clone());
+            let (wake, stop, progress) = (wake.clone(), stop.clone(), progress.clone());
             std::thread::Builder::new().name(name).spawn(move || {
                 // Waking the mover (with a job) must not hand it the driver's CPU: measured,
                 // the driver was preempted by the mover it had just woken and waited
                 // ~550 us behind a bulk copy with a PONG to handle.
                 sys::set_thread_batch();
-                match Worker::new(wake, notify, job_rx, done_tx, stop) {
+                let moved = Progress { epoch, progress };
+                match Worker::new(wake, notify, job_rx, done_tx, stop, moved) {
                     Ok(mut w) => {
                         let _ = ready_tx.send(Ok(()));
                         w.run();
@@ -120,19 +132,33 @@ impl Mover {
             stop,
             thread: Some(thread),
             outstanding: 0,
+            epoch,
+            progress,
+            handed: 0,
         })
     }
 
-    /// Whether it has jobs whose results have not been taken back: bulk bytes are being
-    /// moved (or waited for), on a thread that needs a CPU for it.
+    /// Whether it is moving bulk bytes, on a thread that needs a CPU for it: it has jobs
+    /// out and moved bytes (or was handed one) within [`ACTIVE_WINDOW`]. A receive that
+    /// waits on a stalled peer soon stops counting: it needs no CPU.
     pub(crate) fn busy(&self) -> bool {
-        self.outstanding > 0
+        if self.outstanding == 0 {
+            return false;
+        }
+        let last = self.handed.max(self.progress.load(Ordering::Relaxed));
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        now.saturating_sub(last) < ACTIVE_WINDOW.as_nanos() as u64
     }
 
     pub(crate) fn submit(&mut self, job: Job) {
+        // The thread outlives every sender: it stops only when this mover is dropped (a
+        // job it could not take would never come back, so it is not counted).
+        if self.jobs.send(job).is_err() {
+            tracing::error!("the bulk mover thread is gone: a job is lost");
+            return;
+        }
         self.outstanding += 1;
-        // The thread outlives every sender: it stops only when this mover is dropped.
-        let _ = self.jobs.send(job);
+        self.handed = self.epoch.elapsed().as_nanos() as u64;
         if let Err(e) = sys::signal(self.wake.as_fd()) {
             tracing::error!("cannot wake the bulk mover: {e}");
         }
@@ -140,6 +166,7 @@ impl Mover {
 
     pub(crate) fn try_done(&mut self) -> Option<Done> {
         let done = self.done.try_recv().ok()?;
+        debug_assert!(self.outstanding > 0, "a job came back that was not counted");
         self.outstanding = self.outstanding.saturating_sub(1);
         Some(done)
     }
@@ -163,6 +190,19 @@ impl Drop for Mover {
     }
 }
 
+/// Where the worker says when it last moved bytes (see [`Mover::busy`]).
+struct Progress {
+    epoch: Instant,
+    progress: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn now(&self) {
+        let at = self.epoch.elapsed().as_nanos() as u64;
+        self.progress.store(at, Ordering::Relaxed);
+    }
+}
+
 /// A job being moved, piece by piece.
 struct InFlight {
     conn: ConnId,
@@ -183,6 +223,7 @@ struct Worker {
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Done>,
     stop: Arc<AtomicBool>,
+    moved: Progress,
     /// Jobs in flight, by user_data, with the memory their operation points at.
     inflight: FxHashMap<u64, InFlight>,
     next: u64,
@@ -197,6 +238,7 @@ impl Worker {
         jobs: mpsc::Receiver<Job>,
         done: mpsc::Sender<Done>,
         stop: Arc<AtomicBool>,
+        moved: Progress,
     ) -> io::Result<Worker> {
         // Created on its own thread, which is then its only submitter.
         let ring = IoUring::builder()
@@ -213,6 +255,7 @@ impl Worker {
             jobs,
             done,
             stop,
+            moved,
             inflight: FxHashMap::default(),
             next: 0,
             wake_armed: false,
@@ -315,6 +358,9 @@ impl Worker {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         let mut finished = false;
+        if cqes.iter().any(|&(ud, res)| ud < CANCEL && res > 0) {
+            self.moved.now();
+        }
         for &(ud, res) in &cqes {
             match ud {
                 WAKE => {
@@ -446,9 +492,9 @@ mod tests {
             buf,
             len: data.len(),
         });
-        assert!(
-            m.busy(),
-            "a receive waiting for its bytes keeps the mover busy"
+        assert_eq!(
+            m.outstanding, 1,
+            "the receive is counted until it comes back"
         );
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
@@ -459,10 +505,11 @@ mod tests {
             tx
         });
         let done = next_done(&mut m);
-        assert!(
-            !m.busy(),
-            "its result taken back, the mover has nothing left"
+        assert_eq!(
+            m.outstanding, 0,
+            "its result taken back, nothing is counted"
         );
+        assert!(!m.busy(), "with nothing out, the mover is not busy");
         let _tx = writer.join().unwrap();
         assert_eq!((done.conn, done.res), (7, data.len() as i32));
         let Moved::Recv(buf) = done.moved else {
@@ -518,6 +565,11 @@ mod tests {
             });
         }
         std::thread::sleep(Duration::from_millis(50)); // both receives are waiting
+        assert_eq!(m.outstanding, 2);
+        assert!(
+            !m.busy(),
+            "receives waiting on silent peers need no CPU: a spinning driver may spin"
+        );
         m.stop();
         let mut back: Vec<(ConnId, i32)> = std::iter::from_fn(|| m.try_done())
             .map(|d| (d.conn, d.res))

@@ -71,7 +71,8 @@ pub struct NetSection {
     pub check_source_address: bool,
     /// How long the driver busy-polls before it sleeps (`spin`): latency for a CPU. None:
     /// the driver's default (TCP: none; RDMA: 50 us), or its `LANET_*_SPIN_US` variable.
-    /// Only on a node of one NI (its driver thread's only one).
+    /// Only on a node of one NI (its driver thread's only one); TCP on io_uring sleeps
+    /// instead while its bulk mover thread moves bytes.
     pub spin: Option<Duration>,
     /// o2ib: payloads up to at least this many bytes travel inside the message, larger
     /// ones by RDMA (`eager_max`; the driver rounds it up to fill whole-KiB buffers, at

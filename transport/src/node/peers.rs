@@ -100,20 +100,23 @@ pub(crate) struct HopLane {
 }
 
 impl HopLane {
-    /// Whether this lane's connection owes a CREDIT frame now (see
-    /// [`Node::return_credits_if_owed`](super::Node::return_credits_if_owed)).
+    /// Whether this lane's connection owes a CREDIT frame now: it is up, owes at least the
+    /// high-water mark, and has none of ours in the driver already. Answers that have a
+    /// hop credit wait only for our driver (an NI credit); the first to leave carries
+    /// what we owe, and returning it now would let the peer pile more requests behind
+    /// them. With no hop credit, though, the peer may be waiting for ours to answer us:
+    /// then the CREDIT frame must go, or both sides could wait forever.
     pub(crate) fn credit_frame_due(&self) -> bool {
-        match &self.conn {
-            Conn::Up {
-                credits, serial, ..
-            } => super::tx::credit_frame_wanted(
-                credits,
-                !self.answers.is_empty(),
-                self.credit_frame_out,
-                *serial,
-            ),
-            Conn::Down | Conn::Connecting => false,
-        }
+        let Conn::Up {
+            credits, serial, ..
+        } = &self.conn
+        else {
+            return false;
+        };
+        let answers_will_carry_them = !self.answers.is_empty() && credits.available() > 0;
+        credits.wants_credit_frame()
+            && self.credit_frame_out != Some(*serial)
+            && !answers_will_carry_them
     }
 
     /// Whether the ops that left `queue` may be half of it: then it is compacted.
