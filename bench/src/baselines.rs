@@ -102,8 +102,9 @@ pub(crate) fn sockperf(size: usize, secs: u32) -> Option<Result<Vec<(&'static st
     })())
 }
 
-/// Loopback bandwidth (GB/s) from iperf3. None if iperf3 is not installed.
-pub(crate) fn iperf3(secs: f64) -> Option<Result<f64, String>> {
+/// Loopback bandwidth (GB/s) from iperf3, writing `write_len` bytes per call (`-l`). None
+/// if iperf3 is not installed.
+pub(crate) fn iperf3(secs: f64, write_len: usize) -> Option<Result<f64, String>> {
     if !installed("iperf3") {
         return None;
     }
@@ -125,6 +126,8 @@ pub(crate) fn iperf3(secs: f64) -> Option<Result<f64, String>> {
                 "-p",
                 &port,
                 "-J",
+                "-l",
+                &write_len.to_string(),
                 "-t",
                 &format!("{}", secs.ceil() as u64),
             ])
