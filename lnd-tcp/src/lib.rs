@@ -378,24 +378,23 @@ pub fn free_loopback_nid() -> io::Result<Nid> {
 /// A loopback port from 10,000 up to the ephemeral range that binds now, picked at random
 /// (several processes probe at once); None if the range is small or none was free.
 fn free_port_below_ephemeral() -> Option<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 10_000;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 10_000;
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let first_ephemeral: u32 = range.split_whitespace().next()?.parse().ok()?;
+    let first_ephemeral: u64 = range.split_whitespace().next()?.parse().ok()?;
     let span = first_ephemeral.checked_sub(LOW).filter(|s| *s >= 1_000)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .subsec_nanos();
-    let mut seed = nanos ^ std::process::id().rotate_left(16);
+    // Apart per process, per call and per moment: several processes probe at once.
+    let seed = u64::from(nanos)
+        ^ (u64::from(std::process::id()) << 32)
+        ^ (CALLS.fetch_add(1, Ordering::Relaxed) << 48);
+    let mut rng = lanet::rng::SplitMix64::new(seed);
     for _ in 0..32 {
-        // A step of the counter and a xorshift: spread over the range, apart per call.
-        seed ^= CALLS.fetch_add(0x9E37_79B9, Ordering::Relaxed);
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        let port = u16::try_from(LOW + seed % span).ok()?;
+        let port = u16::try_from(LOW + rng.below(span)).ok()?;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Some(port);
         }
