@@ -82,11 +82,9 @@ pub(crate) struct Mover {
     thread: Option<JoinHandle<()>>,
     /// Jobs submitted whose results have not been taken back.
     outstanding: usize,
-    /// What `progress` and `handed` count from.
-    epoch: Instant,
-    /// When the worker last moved bytes (nanoseconds since `epoch`).
-    progress: Arc<AtomicU64>,
-    /// When the last job was handed over (nanoseconds since `epoch`).
+    /// When the worker last moved bytes.
+    moved: Progress,
+    /// When the last job was handed over (on `moved`'s clock).
     handed: u64,
 }
 
@@ -97,16 +95,15 @@ impl Mover {
         let (done_tx, done) = mpsc::channel();
         let wake = Arc::new(sys::eventfd()?);
         let stop = Arc::new(AtomicBool::new(false));
-        let (epoch, progress) = (Instant::now(), Arc::new(AtomicU64::new(0)));
+        let moved = Progress::new();
         let (ready_tx, ready) = mpsc::channel();
         let thread = {
-            let (wake, stop, progress) = (wake.clone(), stop.clone(), progress.clone());
+            let (wake, stop, moved) = (wake.clone(), stop.clone(), moved.clone());
             std::thread::Builder::new().name(name).spawn(move || {
                 // Waking the mover (with a job) must not hand it the driver's CPU: measured,
                 // the driver was preempted by the mover it had just woken and waited
                 // ~550 us behind a bulk copy with a PONG to handle.
                 sys::set_thread_batch();
-                let moved = Progress { epoch, progress };
                 match Worker::new(wake, notify, job_rx, done_tx, stop, moved) {
                     Ok(mut w) => {
                         let _ = ready_tx.send(Ok(()));
@@ -132,8 +129,7 @@ impl Mover {
             stop,
             thread: Some(thread),
             outstanding: 0,
-            epoch,
-            progress,
+            moved,
             handed: 0,
         })
     }
@@ -145,9 +141,8 @@ impl Mover {
         if self.outstanding == 0 {
             return false;
         }
-        let last = self.handed.max(self.progress.load(Ordering::Relaxed));
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        now.saturating_sub(last) < ACTIVE_WINDOW.as_nanos() as u64
+        let last = self.handed.max(self.moved.last());
+        self.moved.now().saturating_sub(last) < ACTIVE_WINDOW.as_nanos() as u64
     }
 
     pub(crate) fn submit(&mut self, job: Job) {
@@ -158,7 +153,7 @@ impl Mover {
             return;
         }
         self.outstanding += 1;
-        self.handed = self.epoch.elapsed().as_nanos() as u64;
+        self.handed = self.moved.now();
         if let Err(e) = sys::signal(self.wake.as_fd()) {
             tracing::error!("cannot wake the bulk mover: {e}");
         }
@@ -190,16 +185,34 @@ impl Drop for Mover {
     }
 }
 
-/// Where the worker says when it last moved bytes (see [`Mover::busy`]).
+/// When the worker last moved bytes (see [`Mover::busy`]), in nanoseconds on a clock the
+/// mover and its worker share.
+#[derive(Clone)]
 struct Progress {
     epoch: Instant,
-    progress: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
 }
 
 impl Progress {
-    fn now(&self) {
-        let at = self.epoch.elapsed().as_nanos() as u64;
-        self.progress.store(at, Ordering::Relaxed);
+    fn new() -> Progress {
+        Progress {
+            epoch: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The shared clock's time.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Bytes moved now.
+    fn mark(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
     }
 }
 
@@ -359,7 +372,7 @@ impl Worker {
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         let mut finished = false;
         if cqes.iter().any(|&(ud, res)| ud < CANCEL && res > 0) {
-            self.moved.now();
+            self.moved.mark();
         }
         for &(ud, res) in &cqes {
             match ud {
