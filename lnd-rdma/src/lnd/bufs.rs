@@ -109,18 +109,16 @@ impl BufPool {
         self.free.push(i);
     }
 
-    fn place(&self, i: u32) -> (&Mr, usize) {
+    /// Buffer `i`'s chunk and its offset there.
+    fn place(&self, i: u32) -> (usize, usize) {
         let i = i as usize;
-        (
-            &self.chunks[i / self.chunk],
-            (i % self.chunk) * self.buf_size,
-        )
+        (i / self.chunk, (i % self.chunk) * self.buf_size)
     }
 
     /// The element for the first `len` bytes of buffer `i`.
     pub(crate) fn sge(&self, i: u32, len: usize) -> Sge {
-        let (mr, offset) = self.place(i);
-        mr.sge(offset, len.min(self.buf_size))
+        let (chunk, offset) = self.place(i);
+        self.chunks[chunk].sge(offset, len.min(self.buf_size))
     }
 
     /// Buffer `i`'s first `len` bytes, if `i` is one of ours and `len` fits.
@@ -128,13 +126,12 @@ impl BufPool {
         if i as usize >= self.len() || len > self.buf_size {
             return None;
         }
-        let (mr, offset) = self.place(i);
-        Some(mr.range(offset, len))
+        let (chunk, offset) = self.place(i);
+        Some(self.chunks[chunk].range(offset, len))
     }
 
     pub(crate) fn get_mut(&mut self, i: u32) -> &mut [u8] {
-        let i = i as usize;
-        let (chunk, offset) = (i / self.chunk, (i % self.chunk) * self.buf_size);
+        let (chunk, offset) = self.place(i);
         self.chunks[chunk].range_mut(offset, self.buf_size)
     }
 }
