@@ -375,26 +375,31 @@ pub fn free_loopback_nid() -> io::Result<Nid> {
         .expect("a loopback NID is valid"))
 }
 
-/// A loopback port from 10,000 up to the ephemeral range that binds now, picked at random
-/// (several processes probe at once); None if the range is small or none was free.
+/// A loopback port from 10,000 up to the ephemeral range that binds now; None if the
+/// range is small or none was free.
+///
+/// A process walks the range from a random start, so it never hands out the same port
+/// twice while a caller has yet to bind it (tests in one binary run at once, and a router
+/// they start binds only when it is up). Other processes start elsewhere in the range.
 fn free_port_below_ephemeral() -> Option<u16> {
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
     static CALLS: AtomicU64 = AtomicU64::new(0);
     const LOW: u64 = 10_000;
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let first_ephemeral: u64 = range.split_whitespace().next()?.parse().ok()?;
     let span = first_ephemeral.checked_sub(LOW).filter(|s| *s >= 1_000)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .subsec_nanos();
-    // Apart per process, per call and per moment: several processes probe at once.
-    let seed = u64::from(nanos)
-        ^ (u64::from(std::process::id()) << 32)
-        ^ (CALLS.fetch_add(1, Ordering::Relaxed) << 48);
-    let mut rng = lanet::rng::SplitMix64::new(seed);
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
+        lanet::rng::SplitMix64::new(seed).next_u64()
+    });
     for _ in 0..32 {
-        let port = u16::try_from(LOW + rng.below(span)).ok()?;
+        let step = CALLS.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + start.wrapping_add(step) % span).ok()?;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Some(port);
         }
@@ -521,5 +526,16 @@ mod free_port_tests {
             seen.insert(port);
         }
         assert!(seen.len() > 15, "spread, not one port: {seen:?}");
+    }
+
+    /// Tests in one binary draw ports at once and bind them later (a router binds when it
+    /// is up): a port drawn twice in a process made two of them collide (CI, 2026-12-05).
+    #[test]
+    fn a_process_never_draws_the_same_port_twice() {
+        let ports: Vec<u16> = (0..500)
+            .map(|_| free_loopback_nid().unwrap().socket_addr(0).unwrap().port())
+            .collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port came back twice");
     }
 }
