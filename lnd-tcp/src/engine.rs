@@ -15,7 +15,7 @@ use lanet::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, RxPayload, Transmit, TxToken};
 use lanet::nid::Nid;
 use lanet::time::Time;
-use lanet::wire::{Body, Header, HelloStatus, Limits};
+use lanet::wire::{Body, Header, HeaderCheck, HelloStatus, Limits};
 
 use crate::framing::{RxFramer, TxQueue};
 
@@ -109,10 +109,9 @@ impl Engine {
         &self.local
     }
 
+    /// TCP's 16-bit checksum is weak: headers keep their CRC-32.
     fn limits(&self) -> Limits {
-        Limits {
-            max_payload: self.local.id.max_payload,
-        }
+        Limits::new(self.local.id.max_payload, HeaderCheck::Crc32)
     }
 
     fn time(&self, at: Instant) -> Time {

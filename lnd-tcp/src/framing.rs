@@ -208,7 +208,7 @@ mod tests {
     use super::*;
     use lanet::lane::Lane;
     use lanet::nid::Nid;
-    use lanet::wire::{encode_header, Body};
+    use lanet::wire::{encode_header, Body, HeaderCheck};
     use proptest::prelude::*;
 
     fn frame(id: u64, payload: &[u8]) -> ([u8; HEADER_LEN], Bytes) {
@@ -265,7 +265,7 @@ mod tests {
             let stream = write_all(&mut q, write_cut, &mut tokens);
             prop_assert_eq!(tokens, (0..payloads.len() as u64).map(TxToken).collect::<Vec<_>>());
 
-            let mut rx = RxFramer::new(Limits { max_payload: 1 << 20 });
+            let mut rx = RxFramer::new(Limits::new(1 << 20, HeaderCheck::Crc32));
             let mut got = Vec::new();
             for chunk in stream.chunks(read_cut) {
                 rx.extend(chunk);
@@ -285,9 +285,7 @@ mod tests {
     fn a_payload_received_in_place_is_not_copied_and_completes_the_frame() {
         let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let (h, _) = frame(7, &payload);
-        let mut rx = RxFramer::new(Limits {
-            max_payload: 1 << 20,
-        });
+        let mut rx = RxFramer::new(Limits::new(1 << 20, HeaderCheck::Crc32));
         rx.extend(&h);
         rx.extend(&payload[..1000]);
         assert!(rx.next_frame().unwrap().is_none());
@@ -309,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_bad_header_is_an_error_and_a_huge_claim_allocates_nothing() {
-        let mut rx = RxFramer::new(Limits { max_payload: 1024 });
+        let mut rx = RxFramer::new(Limits::new(1024, HeaderCheck::Crc32));
         let (mut h, _) = frame(1, b"");
         h[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // claims 4 GiB (checksum now bad)
         rx.extend(&h);

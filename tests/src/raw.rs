@@ -62,9 +62,7 @@ pub fn closed_now(s: &TcpStream) -> bool {
 /// silent for [`CLOSE_WITHIN`] (false).
 pub fn answered_with_pong(s: &mut TcpStream, seq: u64) -> bool {
     s.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
-    let limits = lanet::wire::Limits {
-        max_payload: 1 << 20,
-    };
+    let limits = lanet::wire::Limits::new(1 << 20, lanet::wire::HeaderCheck::Crc32);
     loop {
         let mut h = [0u8; HEADER_LEN];
         if s.read_exact(&mut h).is_err() {

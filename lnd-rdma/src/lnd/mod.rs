@@ -42,6 +42,7 @@ use lanet::lnd::spin::SpinWaker;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
 use lanet::time::{Clock, MonotonicClock, Time};
+use lanet::wire::HeaderCheck;
 use lanet::NodeConfig;
 use rustc_hash::FxHashMap;
 
@@ -194,6 +195,9 @@ const CQ_ENTRIES: i32 = 1024;
 /// Bytes of send buffers an NI registers by default, at most: SENDs beyond wait for one.
 pub const SEND_POOL_BYTES: usize = 64 << 20;
 
+/// RoCE and InfiniBand check every packet with a CRC-32 of their own (the ICRC), which
+/// covers our header: it goes without one of its own.
+pub(crate) const HEADER_CHECK: HeaderCheck = HeaderCheck::Link;
 /// Held eager send completions that are handed over whatever else happens.
 const QUIET_MAX: usize = 64;
 /// Idle busy-poll passes between clock reads.
@@ -667,6 +671,10 @@ impl RdmaLnd {
 impl Lnd for RdmaLnd {
     fn nid(&self) -> Nid {
         self.ctx.local.id.nid
+    }
+
+    fn header_check(&self) -> HeaderCheck {
+        HEADER_CHECK
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {

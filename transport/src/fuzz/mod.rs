@@ -11,7 +11,7 @@ use crate::handshake::auth::{HelloAuth, Proof};
 use crate::handshake::{check_hello, decode_compact, CompactHello, LocalHello};
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
-use crate::wire::{self, Limits, RouterStatus, HEADER_LEN};
+use crate::wire::{self, HeaderCheck, Limits, RouterStatus, HEADER_LEN};
 
 pub use node::node;
 
@@ -46,26 +46,36 @@ pub(crate) fn with_valid_envelope(data: &[u8]) -> Vec<u8> {
     b
 }
 
-/// The frame decoder, on raw bytes (first byte even) or on bytes given a valid envelope.
-/// A frame that decodes encodes back to the same header.
+/// The frame decoder, on raw bytes (first byte's bit 0 clear) or on bytes given a valid
+/// envelope, as a link that does not protect headers decodes them or (bit 1) one that
+/// does. A frame that decodes encodes back to the same header.
 pub fn frame(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let bytes = if mode % 2 == 0 {
+    let bytes = if mode & 1 == 0 {
         rest.to_vec()
     } else {
         with_valid_envelope(rest)
     };
-    let limits = Limits {
-        max_payload: 1 << 16,
+    let link = match mode & 2 {
+        0 => HeaderCheck::Crc32,
+        _ => HeaderCheck::Link,
     };
-    let Ok(f) = wire::decode(&bytes, &limits) else {
+    let Ok(f) = wire::decode(&bytes, &Limits::new(1 << 16, link)) else {
         return;
     };
     assert!(f.wire_len() <= bytes.len());
     assert_eq!(f.payload.len(), f.header.payload_len as usize);
-    let again = wire::encode_header(&f.header);
+    // Without a checksum only where the link protects headers.
+    let check = match bytes[10] {
+        0 => HeaderCheck::Crc32,
+        _ => {
+            assert_eq!(link, HeaderCheck::Link, "an unchecked header over TCP");
+            HeaderCheck::Link
+        }
+    };
+    let again = wire::encode_header_with(&f.header, check);
     assert_eq!(
         &again[..],
         &bytes[..HEADER_LEN],

@@ -20,7 +20,7 @@ use crate::nid::Nid;
 use crate::node::{LndRequest, NiId, Node, Route};
 use crate::op::{Event, GetRequest, MatchEntry, OpId, PeerDownPolicy, PingRequest, PutRequest};
 use crate::time::Time;
-use crate::wire::{self, Limits, HEADER_LEN};
+use crate::wire::{self, HeaderCheck, Limits, HEADER_LEN};
 
 /// The fuzzer's bytes, read as the arguments of one instruction after another; zeros
 /// once they run out.
@@ -496,9 +496,7 @@ impl Run {
             b.resize(HEADER_LEN, 0);
             b
         });
-        let limits = Limits {
-            max_payload: self.node.config().max_payload,
-        };
+        let limits = Limits::new(self.node.config().max_payload, HeaderCheck::Crc32);
         let decoded = wire::decode_header(&super::with_valid_envelope(&raw), &limits);
         let Ok(mut h) = decoded else {
             self.up.remove(&(hop, lane));

@@ -26,7 +26,7 @@ use crate::lnd::{
 };
 use crate::nid::{LndKind, Nid};
 use crate::time::Time;
-use crate::wire::{decode_header, HelloStatus, Limits, HEADER_LEN};
+use crate::wire::{decode_header, HeaderCheck, HelloStatus, Limits, HEADER_LEN};
 use fabric::{ConnId, Dial, Item, XferId};
 
 /// Settings of one in-memory NI.
@@ -113,10 +113,9 @@ impl MemLnd {
         self.cfg.inline_max.is_some_and(|m| len > m as usize)
     }
 
+    /// Memory does not corrupt headers: they go without a checksum.
     fn limits(&self) -> Limits {
-        Limits {
-            max_payload: self.cfg.max_payload,
-        }
+        Limits::new(self.cfg.max_payload, HeaderCheck::Link)
     }
 
     fn now(&self) -> Time {
@@ -285,6 +284,10 @@ impl Wake for MemWaker {
 impl Lnd for MemLnd {
     fn nid(&self) -> Nid {
         self.nid
+    }
+
+    fn header_check(&self) -> HeaderCheck {
+        HeaderCheck::Link
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {

@@ -14,7 +14,7 @@ use crate::lnd::{LndError, Transmit, TxToken};
 use crate::nid::Nid;
 use crate::op::{OpError, OpId};
 use crate::time::Time;
-use crate::wire::{encode_header, Body, Header, NackReason};
+use crate::wire::{encode_header_with, Body, Header, NackReason};
 
 /// A gateway is usable while it is on one of our nets, not Down, and not just found
 /// unreachable.
@@ -554,7 +554,7 @@ impl Node {
             Transmit {
                 peer: hop,
                 lane,
-                header: encode_header(&header),
+                header: encode_header_with(&header, self.nis[ni.0].header_check),
                 payload: out.payload,
                 token: TxToken(token),
             },

@@ -1,7 +1,8 @@
 //! Encoding and decoding of frame headers. Decoding borrows the input and never allocates.
 
 use super::{
-    Body, FrameType, Header, HelloStatus, Limits, NackReason, Status, HEADER_LEN, MAGIC, VERSION,
+    Body, FrameType, Header, HeaderCheck, HelloStatus, Limits, NackReason, Status,
+    FLAG_LINK_CHECKED, HEADER_LEN, MAGIC, VERSION,
 };
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
@@ -35,6 +36,8 @@ pub enum DecodeError {
     UnknownNackReason(u32),
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
+    #[error("a header without a checksum on a link that does not protect headers (TCP)")]
+    UncheckedHeader,
     #[error("{ty:?} frames carry no payload, but length is {len}")]
     UnexpectedPayload { ty: FrameType, len: u32 },
     #[error("{ty:?} payload of {len} bytes exceeds its limit of {max} on the {lane} lane")]
@@ -60,8 +63,14 @@ impl Frame<'_> {
     }
 }
 
-/// Encodes `h` into a header. The caller sends `payload` (of `h.payload_len` bytes) after it.
+/// Encodes `h` into a header with its checksum. The caller sends `payload` (of
+/// `h.payload_len` bytes) after it.
 pub fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
+    encode_header_with(h, HeaderCheck::Crc32)
+}
+
+/// Encodes `h` into a header protected as `check` says (see [`HeaderCheck`]).
+pub fn encode_header_with(h: &Header, check: HeaderCheck) -> [u8; HEADER_LEN] {
     let mut b = [0u8; HEADER_LEN];
     b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     b[4] = VERSION;
@@ -79,8 +88,13 @@ pub fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     b[56..64].copy_from_slice(&h.msg_id.to_le_bytes());
     encode_body(&h.body, &mut b[BODY_OFFSET..BODY_OFFSET + 24]);
     b[88..92].copy_from_slice(&h.router_gen.to_le_bytes());
-    let crc = crc32fast::hash(&b[..CRC_OFFSET]);
-    b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    match check {
+        HeaderCheck::Crc32 => {
+            let crc = crc32fast::hash(&b[..CRC_OFFSET]);
+            b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        }
+        HeaderCheck::Link => b[10] = FLAG_LINK_CHECKED,
+    }
     b
 }
 
@@ -159,16 +173,25 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
         return Err(DecodeError::UnsupportedVersion { got: b[4] });
     }
     let stored = u32_at(b, CRC_OFFSET);
-    let computed = crc32fast::hash(&b[..CRC_OFFSET]);
-    if stored != computed {
-        return Err(DecodeError::BadChecksum { computed, stored });
+    match b[10] {
+        0 => {
+            let computed = crc32fast::hash(&b[..CRC_OFFSET]);
+            if stored != computed {
+                return Err(DecodeError::BadChecksum { computed, stored });
+            }
+        }
+        FLAG_LINK_CHECKED if !limits.link_checks_headers => {
+            return Err(DecodeError::UncheckedHeader)
+        }
+        FLAG_LINK_CHECKED if stored == 0 => {}
+        _ => return Err(DecodeError::ReservedNotZero),
     }
     let ty = FrameType::from_wire(b[5]).ok_or(DecodeError::UnknownType(b[5]))?;
     let lane = Lane::from_wire(b[6]).ok_or(DecodeError::UnknownLane(b[6]))?;
     if !ty.allowed_on(lane) {
         return Err(DecodeError::WrongLane { ty, lane });
     }
-    if b[10..12] != [0, 0] {
+    if b[11] != 0 {
         return Err(DecodeError::ReservedNotZero);
     }
     let payload_len = u32_at(b, 12);

@@ -8,7 +8,8 @@
 //!  6      1   lane (0 health, 1 data)
 //!  7      1   hop limit: routers the frame may still pass (each takes one)   [per hop]
 //!  8      2   credits returned to the receiver of this frame                 [per hop]
-//! 10      2   reserved, zero
+//! 10      1   header flags: bit 0 [`FLAG_LINK_CHECKED`], the others zero              [per hop]
+//! 11      1   reserved, zero
 //! 12      4   payload length
 //! 16     16   source NID: the initiator of the exchange (not the last router)
 //! 32     16   destination NID: the final target (not the next router)
@@ -17,7 +18,7 @@
 //! 64     24   per-type fields (Body), unused bytes zero
 //! 88      4   router status generation of the hop's sender (0: no router)   [per hop]
 //!             (a router's status, see [`RouterStatus`], travels in PONG and STATUS payloads)
-//! 92      4   CRC-32 of bytes 0..92
+//! 92      4   CRC-32 of bytes 0..92; zero when [`FLAG_LINK_CHECKED`] is set           [per hop]
 //! ```
 //!
 //! Frames name their ends; the connection a frame arrives on names the previous hop. A
@@ -25,6 +26,12 @@
 //!
 //! All integers are little-endian. The payload is not checksummed: TCP and RDMA already
 //! protect it, and a header checksum is what keeps a corrupt length from being trusted.
+//! Where the link already protects the header as strongly, the header goes without one
+//! ([`HeaderCheck::Link`]): RDMA's ICRC is a CRC-32 over the whole packet, and memory does
+//! not corrupt. TCP's 16-bit checksum is weaker, so TCP headers always carry theirs. A
+//! receiver takes a header without a checksum only from a link that protects it
+//! ([`Limits::link_checks_headers`]). Nodes before this flag refuse such headers (the
+//! flag is in bytes they require to be zero): RDMA peers run the same release.
 //!
 //! Version 2 added routing (ends in the header, hop limit, NACK, router status
 //! generation); version 1 frames are refused with an error naming both versions. Within
@@ -35,7 +42,7 @@
 mod codec;
 mod status;
 
-pub use codec::{decode, decode_header, encode_header, DecodeError, Frame};
+pub use codec::{decode, decode_header, encode_header, encode_header_with, DecodeError, Frame};
 pub use status::{AbsentReason, RouterState, RouterStatus, StatusError, MAX_UNREACHABLE};
 
 use crate::lane::Lane;
@@ -332,18 +339,43 @@ impl Header {
     }
 }
 
+/// Header flag (byte 10): the header has no checksum, the link it travels on protects it.
+pub const FLAG_LINK_CHECKED: u8 = 1;
+
+/// What protects a header on the wire: its own CRC-32, or the link under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderCheck {
+    /// A CRC-32 of the header in its last four bytes: links whose own check is weak (TCP).
+    #[default]
+    Crc32,
+    /// No checksum ([`FLAG_LINK_CHECKED`]): the link protects every byte at least as
+    /// strongly (RDMA's ICRC, memory). Spares a CRC per frame at each end.
+    Link,
+}
+
 /// Limits the decoder enforces before anything is allocated or trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest data-lane payload accepted.
     pub max_payload: u32,
+    /// The link protects headers ([`HeaderCheck::Link`]): headers without a checksum are
+    /// accepted. Otherwise they are an error.
+    pub link_checks_headers: bool,
+}
+
+impl Limits {
+    /// The limits of a link whose headers are protected as `check` says.
+    pub fn new(max_payload: u32, check: HeaderCheck) -> Limits {
+        Limits {
+            max_payload,
+            link_checks_headers: check == HeaderCheck::Link,
+        }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_payload: crate::config::DEFAULT_MAX_PAYLOAD,
-        }
+        Limits::new(crate::config::DEFAULT_MAX_PAYLOAD, HeaderCheck::Crc32)
     }
 }
 

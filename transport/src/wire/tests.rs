@@ -3,9 +3,7 @@ use crate::nid::tests::any_nid;
 use proptest::prelude::*;
 
 fn limits() -> Limits {
-    Limits {
-        max_payload: 1 << 20,
-    }
+    Limits::new(1 << 20, HeaderCheck::Crc32)
 }
 
 fn sample(body: Body, lane: Lane, payload_len: u32) -> Header {
@@ -47,6 +45,54 @@ fn put_frame_round_trips_with_borrowed_payload() {
     assert_eq!(f.wire_len(), bytes.len());
     // The payload is a view into the input, not a copy.
     assert_eq!(f.payload.as_ptr(), bytes[HEADER_LEN..].as_ptr());
+}
+
+/// Where the link protects headers they go without a checksum; a link that does not
+/// (TCP) refuses such a header, saying why; a flag with a checksum beside it, or an unknown
+/// flag, is damage.
+#[test]
+fn headers_go_without_a_checksum_only_where_the_link_protects_them() {
+    let h = sample(
+        Body::Ack {
+            status: Status::Ok,
+            mlen: 5,
+        },
+        Lane::Data,
+        0,
+    );
+    let link = Limits::new(1 << 20, HeaderCheck::Link);
+    let unchecked = encode_header_with(&h, HeaderCheck::Link);
+    assert_eq!(unchecked[10], FLAG_LINK_CHECKED);
+    assert_eq!(unchecked[92..], [0; 4]);
+    assert_eq!(decode_header(&unchecked, &link), Ok(h));
+    // A protected link takes checked headers too.
+    assert_eq!(decode_header(&encode_header(&h), &link), Ok(h));
+
+    let refused = decode_header(&unchecked, &limits());
+    assert_eq!(refused, Err(DecodeError::UncheckedHeader));
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("without a checksum"));
+
+    let mut flag_and_crc = encode_header(&h);
+    flag_and_crc[10] = FLAG_LINK_CHECKED;
+    let mut unknown_flag = unchecked;
+    unknown_flag[10] = 2;
+    let mut reserved = unchecked;
+    reserved[11] = 1;
+    for l in [link, limits()] {
+        assert_eq!(
+            decode_header(&unknown_flag, &l),
+            Err(DecodeError::ReservedNotZero)
+        );
+    }
+    for damaged in [flag_and_crc, reserved] {
+        assert_eq!(
+            decode_header(&damaged, &link),
+            Err(DecodeError::ReservedNotZero)
+        );
+    }
 }
 
 #[test]
@@ -106,12 +152,14 @@ fn rejects_each_kind_of_bad_header_with_a_typed_error() {
         decode_header(&reseal(b), &l),
         Err(DecodeError::UnknownLane(7))
     );
-    let mut b = good;
-    b[10] = 1;
-    assert_eq!(
-        decode_header(&reseal(b), &l),
-        Err(DecodeError::ReservedNotZero)
-    );
+    for (at, value) in [(10, 2), (11, 1)] {
+        let mut b = good;
+        b[at] = value; // an unknown flag; the reserved byte
+        assert_eq!(
+            decode_header(&reseal(b), &l),
+            Err(DecodeError::ReservedNotZero)
+        );
+    }
     let mut nack = encode_header(&sample(
         Body::Nack {
             reason: NackReason::NoRoute,
@@ -306,6 +354,13 @@ fn any_frame() -> impl Strategy<Value = (Header, Vec<u8>)> {
 }
 
 proptest! {
+    #[test]
+    fn decode_of_encode_is_identity_without_a_checksum_too((h, _) in any_frame()) {
+        let link = Limits::new(1 << 20, HeaderCheck::Link);
+        let bytes = encode_header_with(&h, HeaderCheck::Link);
+        prop_assert_eq!(decode_header(&bytes, &link), Ok(h));
+    }
+
     #[test]
     fn decode_of_encode_is_identity((h, payload) in any_frame()) {
         let bytes = frame_bytes(&h, &payload);

@@ -19,7 +19,9 @@ pub(super) use super::*;
 pub(super) use crate::handshake::PeerHello;
 pub(super) use crate::lnd::{LndErrorKind, LndEvent, RxHandle, RxPayload, TxToken};
 pub(super) use crate::op::{EntryKind, Refused, RejectReason};
-pub(super) use crate::wire::{decode_header, Body, Header, Limits, NackReason, Status};
+pub(super) use crate::wire::{
+    decode_header, Body, Header, HeaderCheck, Limits, NackReason, Status,
+};
 
 pub(super) const A: u32 = 1;
 pub(super) const B: u32 = 2;
