@@ -181,6 +181,15 @@ impl Context {
         &self.name
     }
 
+    /// Whether the device's transport checks every packet with its own CRC-32 (the ICRC
+    /// of InfiniBand and RoCE, soft-RoCE included), which covers all we send; iWARP and
+    /// the rest have no such check of their own.
+    pub fn checks_every_packet(&self) -> bool {
+        // SAFETY: an open context points at its device, which outlives it.
+        let transport = unsafe { (*(*self.as_ptr()).device).transport_type };
+        transport == sys::ibv_transport_type::IBV_TRANSPORT_IB
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::ibv_context {
         self.ctx.as_ptr()
     }

@@ -48,7 +48,7 @@ impl Driver {
         }
         let mut node = Node::new(cfg);
         for lnd in &lnds {
-            node.add_ni_with(lnd.nid(), lnd.header_check())?;
+            node.add_ni(lnd.nid())?;
         }
         let mut wake = None;
         if lnds.len() > 1 {

@@ -40,7 +40,9 @@
 //! (peer, lane) go out in order. Post never blocks and never fails synchronously.
 //!
 //! **Receiving.** Decode headers with [`crate::wire::decode_header`] (it checks lengths
-//! against limits before anything is allocated), and report each frame as `Received` with
+//! against limits before anything is allocated; a driver whose link protects headers as
+//! well as a CRC-32 does, and that told its peers so, sets
+//! [`crate::wire::Limits::link_checks_headers`]), and report each frame as `Received` with
 //! its payload as `Bytes`. A frame that does not decode is an error for that connection:
 //! close it and report `Disconnected` with [`LndErrorKind::Protocol`]. Never panic on
 //! input. Credits are the core's business: it returns them piggybacked or in CREDIT frames,
@@ -85,7 +87,7 @@ use crate::handshake::PeerHello;
 use crate::lane::Lane;
 use crate::nid::Nid;
 use crate::op::{FailurePlace, OpError};
-use crate::wire::{Header, HeaderCheck, HEADER_LEN};
+use crate::wire::{Header, HEADER_LEN};
 
 /// Names one posted frame; echoed in its `SendComplete`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -251,14 +253,6 @@ pub trait Wake: Send + Sync {
 pub trait Lnd: Send {
     /// This node's NID on the driver's net.
     fn nid(&self) -> Nid;
-
-    /// What protects the headers this driver carries: their own CRC-32 (the default), or
-    /// its link ([`HeaderCheck::Link`]), when that checks every byte at least as strongly.
-    /// The node then encodes headers without a checksum for this NI, and the driver must
-    /// decode with [`crate::wire::Limits::link_checks_headers`] set.
-    fn header_check(&self) -> HeaderCheck {
-        HeaderCheck::Crc32
-    }
 
     /// Start connecting `lane` to `peer`; the result comes as an event.
     fn connect(&mut self, peer: Nid, lane: Lane);

@@ -42,7 +42,6 @@ use lanet::lnd::spin::SpinWaker;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
 use lanet::time::{Clock, MonotonicClock, Time};
-use lanet::wire::HeaderCheck;
 use lanet::NodeConfig;
 use rustc_hash::FxHashMap;
 
@@ -176,6 +175,9 @@ pub(crate) struct Ctx {
     pub(crate) recv: PerLane<SharedRecv>,
     pub(crate) cache: RegCache<SourceMr>,
     pub(crate) events: Vec<LndEvent>,
+    /// The device checks every packet (InfiniBand's and RoCE's ICRC): headers go without
+    /// a checksum of their own to peers that take them so, and we take them so.
+    pub(crate) link_checks_headers: bool,
 }
 
 /// A deferred payload offered to the core, until fetched or declined.
@@ -195,9 +197,6 @@ const CQ_ENTRIES: i32 = 1024;
 /// Bytes of send buffers an NI registers by default, at most: SENDs beyond wait for one.
 pub const SEND_POOL_BYTES: usize = 64 << 20;
 
-/// RoCE and InfiniBand check every packet with a CRC-32 of their own (the ICRC), which
-/// covers our header: it goes without one of its own.
-pub(crate) const HEADER_CHECK: HeaderCheck = HeaderCheck::Link;
 /// Held eager send completions that are handed over whatever else happens.
 const QUIET_MAX: usize = 64;
 /// Idle busy-poll passes between clock reads.
@@ -382,6 +381,7 @@ impl RdmaLnd {
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
+                link_checks_headers: device.checks_every_packet(),
             },
             qp_conns: FxHashMap::default(),
             buf_waiters: std::collections::VecDeque::new(),
@@ -671,10 +671,6 @@ impl RdmaLnd {
 impl Lnd for RdmaLnd {
     fn nid(&self) -> Nid {
         self.ctx.local.id.nid
-    }
-
-    fn header_check(&self) -> HeaderCheck {
-        HEADER_CHECK
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {

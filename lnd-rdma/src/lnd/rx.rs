@@ -96,7 +96,10 @@ impl RdmaLnd {
     /// A receive from `lane`'s shared queue, into buffer `buf`: copied out and the buffer
     /// posted again first (whatever the message, or its connection, turns out to be).
     fn on_recv(&mut self, lane: Lane, buf: u32, c: &Completion) {
-        let limits = Limits::new(self.ctx.local.id.max_payload, super::HEADER_CHECK);
+        let limits = Limits {
+            max_payload: self.ctx.local.id.max_payload,
+            link_checks_headers: self.ctx.link_checks_headers,
+        };
         let recv = &mut self.ctx.recv[lane];
         let received = recv.completed(buf, c.byte_len as usize);
         let parsed = match (c.ok(), received) {
@@ -365,7 +368,7 @@ mod tests {
 
     #[test]
     fn messages_are_checked_before_anything_is_trusted() {
-        let limits = Limits::new(1 << 20, crate::lnd::HEADER_CHECK);
+        let limits = Limits::new(1 << 20, lanet::wire::HeaderCheck::Link);
         let ok = message(Kind::Eager, 3, &header(3), b"abc");
         assert!(matches!(parse(&ok, &limits), Ok(Message::Eager(_, d)) if &d[..] == b"abc"));
         // Payload shorter or longer than the header says.
@@ -389,7 +392,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn random_messages_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            let _ = parse(&b, &Limits::new(1 << 20, crate::lnd::HEADER_CHECK));
+            let _ = parse(&b, &Limits::new(1 << 20, lanet::wire::HeaderCheck::Link));
         }
     }
 }

@@ -10,13 +10,14 @@ use std::net::SocketAddrV4;
 
 use lanet::handshake::auth::{fresh_nonce, AcceptorStep, AuthError, DiallerStep};
 use lanet::handshake::{
-    check_hello, decode_compact, set_compact_rx_msg_kib, CompactHello, HandshakeError,
+    check_hello, decode_compact, set_compact_rx_msg_kib, set_compact_takes_unchecked_headers,
+    CompactHello, HandshakeError,
 };
 use lanet::lane::Lane;
 use lanet::lnd::conns::{Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind};
 use lanet::nid::Nid;
-use lanet::wire::HelloStatus;
+use lanet::wire::{HeaderCheck, HelloStatus};
 
 use super::conn::{self, Conn, ConnAuth, Ctrl};
 use super::{peer_addr, verbs_error, RdmaLnd, LISTENER_TAG};
@@ -121,12 +122,15 @@ impl RdmaLnd {
                     .auth
                     .dialler_hello(fresh_nonce)
                     .map(|a| a.nonce);
-                let hello = self
+                let mut hello = self
                     .ctx
                     .local
                     .id
                     .hello(lane)
                     .encode_compact_dial(peer, nonce);
+                if self.ctx.link_checks_headers {
+                    set_compact_takes_unchecked_headers(&mut hello);
+                }
                 if let (Some(nonce), Some(conn)) = (nonce, self.conns.get_mut(id)) {
                     conn.auth = ConnAuth::Dialled(nonce);
                 }
@@ -183,8 +187,10 @@ impl RdmaLnd {
         let checked = decode_compact(private, self.ctx.local.id.nid)
             .map_err(|e| e.to_string())
             .and_then(|said| {
-                let hello =
+                let mut hello =
                     check_hello(&local, Some(peer), &said.header).map_err(|e| e.to_string())?;
+                hello.header_check =
+                    header_check(self.ctx.link_checks_headers, said.takes_unchecked_headers);
                 let step = self.ctx.local.auth.dialler_step(
                     &(&local).into(),
                     &hello,
@@ -261,10 +267,13 @@ impl RdmaLnd {
                      header,
                      auth,
                      rx_msg_kib,
+                     takes_unchecked_headers,
                  }| {
                     let local = self.ctx.local.id.hello(header.lane);
-                    let hello = check_hello(&local, None, &header)
+                    let mut hello = check_hello(&local, None, &header)
                         .map_err(|e| (e.to_string(), Vec::new()))?;
+                    hello.header_check =
+                        header_check(self.ctx.link_checks_headers, takes_unchecked_headers);
                     let step = self.ctx.local.auth.acceptor_step(
                         &(&local).into(),
                         &hello,
@@ -326,7 +335,8 @@ impl RdmaLnd {
                     auth: ConnAuth::AwaitingProof(pending, hello),
                 };
                 self.conns.accepted(id, conn, now);
-                let answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
+                let mut answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
+                say_header_check(&mut answer, hello.header_check);
                 if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer, peer_msg) {
                     tracing::warn!(%peer, %lane, "cannot accept: {e}");
                     self.fail(id, e);
@@ -352,7 +362,8 @@ impl RdmaLnd {
             }
             Incoming::Accept { lost_dial } => {
                 self.retire(lost_dial);
-                let answer = local.encode_compact(peer, HelloStatus::Ok);
+                let mut answer = local.encode_compact(peer, HelloStatus::Ok);
+                say_header_check(&mut answer, hello.header_check);
                 if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer, peer_msg) {
                     tracing::warn!(%peer, %lane, "cannot accept: {e}");
                     self.fail(id, e);
@@ -454,5 +465,49 @@ impl RdmaLnd {
         self.retire(old);
         tracing::debug!(id, "connection up");
         self.pump(id);
+    }
+}
+
+/// How headers to a peer go: without a checksum when our device checks every packet and
+/// the peer said, in its HELLO, that it takes them so (nodes before that flag did not).
+fn header_check(link_checks_headers: bool, peer_takes_them: bool) -> HeaderCheck {
+    match link_checks_headers && peer_takes_them {
+        true => HeaderCheck::Link,
+        false => HeaderCheck::Crc32,
+    }
+}
+
+/// An acceptor's answer says it takes headers without a checksum only to a dialler that
+/// said so too: a dialler from before the flag would refuse the answer.
+fn say_header_check(answer: &mut [u8], check: HeaderCheck) {
+    if check == HeaderCheck::Link {
+        set_compact_takes_unchecked_headers(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanet::handshake::LocalHello;
+
+    /// Without a checksum only where both ends take it so; an acceptor's answer says so
+    /// exactly then (a dialler from before the flag would refuse it).
+    #[test]
+    fn headers_go_unchecked_only_where_both_ends_take_them_so() {
+        let hello = LocalHello {
+            nid: Nid::mem(1, 0),
+            incarnation: 1,
+            lane: Lane::Data,
+            credits: 8,
+            max_payload: 1 << 20,
+        };
+        for (ours, theirs) in [(false, false), (false, true), (true, false), (true, true)] {
+            let check = header_check(ours, theirs);
+            assert_eq!(check == HeaderCheck::Link, ours && theirs);
+            let mut answer = hello.encode_compact(Nid::mem(2, 0), HelloStatus::Ok);
+            say_header_check(&mut answer, check);
+            let said = decode_compact(&answer, Nid::mem(2, 0)).unwrap();
+            assert_eq!(said.takes_unchecked_headers, ours && theirs);
+        }
     }
 }

@@ -437,6 +437,24 @@ fn keyed(n: u32, key: &str) -> Local {
     l
 }
 
+/// A frame without a header checksum, as an RDMA peer sends it, fails a TCP connection:
+/// TCP does not protect headers well enough for that.
+#[test]
+fn a_header_without_a_checksum_fails_a_tcp_connection() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    dial_pair(&mut a, &mut b, now);
+    events(&mut a);
+    events(&mut b);
+    let mut unchecked = ping(1, 2, 5).header;
+    unchecked[10] = lanet::wire::FLAG_LINK_CHECKED;
+    unchecked[92..].fill(0);
+    b.conn_mut(101).unwrap().rx.extend(&unchecked);
+    b.received(101, now);
+    let why = failure(&events(&mut b)).expect("the connection fails");
+    assert!(why.contains("without a checksum"), "{why}");
+}
+
 fn failure(events: &[LndEvent]) -> Option<String> {
     events.iter().find_map(|e| match e {
         LndEvent::ConnectFailed { error, .. } | LndEvent::Disconnected { error, .. } => {

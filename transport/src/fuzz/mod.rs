@@ -46,21 +46,33 @@ pub(crate) fn with_valid_envelope(data: &[u8]) -> Vec<u8> {
     b
 }
 
+/// `data` with a valid magic and version, flagged as having no checksum and with none, as
+/// over a link that protects headers.
+fn with_unchecked_envelope(data: &[u8]) -> Vec<u8> {
+    let mut b = with_valid_envelope(data);
+    if b.len() >= HEADER_LEN {
+        b[10] = wire::FLAG_LINK_CHECKED;
+        b[CRC_OFFSET..CRC_OFFSET + 4].fill(0);
+    }
+    b
+}
+
 /// The frame decoder, on raw bytes (first byte's bit 0 clear) or on bytes given a valid
 /// envelope, as a link that does not protect headers decodes them or (bit 1) one that
-/// does. A frame that decodes encodes back to the same header.
+/// does (whose envelope then has no checksum). A frame that decodes encodes back to the
+/// same header.
 pub fn frame(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let bytes = if mode & 1 == 0 {
-        rest.to_vec()
-    } else {
-        with_valid_envelope(rest)
-    };
     let link = match mode & 2 {
         0 => HeaderCheck::Crc32,
         _ => HeaderCheck::Link,
+    };
+    let bytes = match (mode & 1, link) {
+        (0, _) => rest.to_vec(),
+        (_, HeaderCheck::Crc32) => with_valid_envelope(rest),
+        (_, HeaderCheck::Link) => with_unchecked_envelope(rest),
     };
     let Ok(f) = wire::decode(&bytes, &Limits::new(1 << 16, link)) else {
         return;
@@ -122,6 +134,7 @@ pub fn hello_compact(data: &[u8]) {
         header: h,
         auth,
         rx_msg_kib,
+        takes_unchecked_headers,
     }) = decode_compact(data, receiver)
     else {
         return;
@@ -143,7 +156,7 @@ pub fn hello_compact(data: &[u8]) {
     };
     let mut again = match auth {
         // A dialler's nonce stands where the destination would; it is the receiver.
-        Some(a) if data[7] == 1 => {
+        Some(a) if data[7] & 3 == 1 => {
             assert_eq!(
                 (h.dst, a.proof, status),
                 (receiver, None, wire::HelloStatus::Ok)
@@ -153,12 +166,16 @@ pub fn hello_compact(data: &[u8]) {
         a => local.encode_compact_answer(h.dst, status, a.as_ref()),
     };
     crate::handshake::set_compact_rx_msg_kib(&mut again, rx_msg_kib);
+    if takes_unchecked_headers {
+        crate::handshake::set_compact_takes_unchecked_headers(&mut again);
+    }
     assert_eq!(
         decode_compact(&again, receiver),
         Ok(CompactHello {
             header: h,
             auth,
-            rx_msg_kib
+            rx_msg_kib,
+            takes_unchecked_headers,
         })
     );
     assert_eq!(

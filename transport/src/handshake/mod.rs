@@ -11,7 +11,7 @@ use auth::{HelloAuth, Nonce};
 
 use crate::lane::Lane;
 use crate::nid::Nid;
-use crate::wire::{self, Body, FrameType, Header, HelloStatus, HEADER_LEN};
+use crate::wire::{self, Body, FrameType, Header, HeaderCheck, HelloStatus, HEADER_LEN};
 
 /// What this side says in its HELLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,10 @@ const COMPACT_MAGIC: u32 = u32::from_le_bytes(*b"LNTH");
 const FLAG_DIALLER_NONCE: u8 = 1;
 /// Flag (byte 7): a [`HelloAuth`] follows the 56 bytes (the acceptor's answer).
 const FLAG_AUTH_FOLLOWS: u8 = 2;
+/// Flag (byte 7, beside either of the above): its sender takes headers without a checksum
+/// on this connection ([`HeaderCheck::Link`]), its link protecting them. An acceptor says
+/// it only to a dialler that said it: nodes before the flag refuse a HELLO with it.
+const FLAG_TAKES_UNCHECKED: u8 = 4;
 /// Bytes 10..12: the largest message its sender receives in one piece, in KiB.
 const RX_MSG_KIB: std::ops::Range<usize> = 10..12;
 
@@ -105,6 +109,14 @@ const RX_MSG_KIB: std::ops::Range<usize> = 10..12;
 pub fn set_compact_rx_msg_kib(hello: &mut [u8], kib: u16) {
     if let Some(b) = hello.get_mut(RX_MSG_KIB) {
         b.copy_from_slice(&kib.to_le_bytes());
+    }
+}
+
+/// Says, in an encoded compact HELLO, that its sender takes headers without a checksum
+/// (see [`CompactHello::takes_unchecked_headers`]).
+pub fn set_compact_takes_unchecked_headers(hello: &mut [u8]) {
+    if let Some(flags) = hello.get_mut(7) {
+        *flags |= FLAG_TAKES_UNCHECKED;
     }
 }
 
@@ -177,6 +189,9 @@ pub struct CompactHello {
     /// The largest message its sender receives in one piece, in KiB; 0: not said (the
     /// transport's default).
     pub rx_msg_kib: u16,
+    /// Its sender takes headers without a checksum on this connection: its link protects
+    /// them (see [`set_compact_takes_unchecked_headers`]).
+    pub takes_unchecked_headers: bool,
 }
 
 /// Decodes a [compact HELLO](LocalHello::encode_compact) received by `local`. Extra
@@ -207,7 +222,8 @@ pub fn decode_compact(b: &[u8], local: Nid) -> Result<CompactHello, CompactHello
         let raw: &[u8; crate::nid::NID_WIRE_LEN] = b[o..o + 16].try_into().expect("16 bytes");
         Nid::decode(raw).ok_or(CompactHelloError::Malformed(which))
     };
-    let (dst, auth) = match b[7] {
+    let takes_unchecked_headers = b[7] & FLAG_TAKES_UNCHECKED != 0;
+    let (dst, auth) = match b[7] & !FLAG_TAKES_UNCHECKED {
         0 => (nid_at(40, "bad destination NID")?, None),
         FLAG_DIALLER_NONCE if status == HelloStatus::Ok => {
             let nonce: Nonce = b[40..56].try_into().expect("16 bytes");
@@ -240,6 +256,7 @@ pub fn decode_compact(b: &[u8], local: Nid) -> Result<CompactHello, CompactHello
         header,
         auth,
         rx_msg_kib: u16::from_le_bytes([b[10], b[11]]),
+        takes_unchecked_headers,
     })
 }
 
@@ -275,6 +292,10 @@ pub struct PeerHello {
     pub lane: Lane,
     pub credits: u16,
     pub max_payload: u32,
+    /// How the headers sent to the peer on this connection are protected: the driver
+    /// says [`HeaderCheck::Link`] where both ends' link protects them and the peer said
+    /// it takes them so; [`check_hello`] gives `Crc32`.
+    pub header_check: HeaderCheck,
 }
 
 impl From<&LocalHello> for PeerHello {
@@ -286,6 +307,7 @@ impl From<&LocalHello> for PeerHello {
             lane: h.lane,
             credits: h.credits,
             max_payload: h.max_payload,
+            header_check: HeaderCheck::Crc32,
         }
     }
 }
@@ -375,6 +397,7 @@ pub fn check_hello(
         lane: h.lane,
         credits,
         max_payload,
+        header_check: HeaderCheck::Crc32,
     })
 }
 
@@ -391,6 +414,37 @@ mod tests {
             credits: 8,
             max_payload: 4096,
         }
+    }
+
+    /// The flag that the sender takes headers without a checksum goes beside the others
+    /// (a dialler's nonce, an acceptor's authentication) and changes nothing else.
+    #[test]
+    fn compact_hellos_say_whether_their_sender_takes_unchecked_headers() {
+        let (a, b) = (hello(1, Lane::Data), hello(2, Lane::Data));
+        let plain = a.encode_compact(b.nid, HelloStatus::Ok);
+        assert!(
+            !decode_compact(&plain, b.nid)
+                .unwrap()
+                .takes_unchecked_headers
+        );
+        let nonce = [9; 16];
+        let auth = HelloAuth { nonce, proof: None };
+        let answer = a.encode_compact_answer(b.nid, HelloStatus::Ok, Some(&auth));
+        for mut bytes in [
+            plain.to_vec(),
+            a.encode_compact_dial(b.nid, Some(nonce)).to_vec(),
+            answer,
+        ] {
+            let before = decode_compact(&bytes, b.nid).unwrap();
+            set_compact_takes_unchecked_headers(&mut bytes);
+            let after = decode_compact(&bytes, b.nid).unwrap();
+            assert!(after.takes_unchecked_headers);
+            assert_eq!((after.header, after.auth), (before.header, before.auth));
+        }
+        // Flags this node does not know are still refused.
+        let mut unknown = plain;
+        unknown[7] = 8;
+        assert!(decode_compact(&unknown, b.nid).is_err());
     }
 
     #[test]
@@ -422,7 +476,7 @@ mod tests {
         set_compact_rx_msg_kib(&mut sized, 16);
         let got = decode_compact(&sized, b.nid).unwrap();
         assert_eq!((got.rx_msg_kib, got.header), (16, h));
-        for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 4), (7, 3), (24, 99)] {
+        for (at, v) in [(0, 0), (4, 9), (5, 7), (6, 9), (7, 8), (7, 3), (24, 99)] {
             let mut bad = bytes;
             bad[at] = v;
             assert!(
@@ -451,7 +505,8 @@ mod tests {
                 incarnation: 7,
                 lane: Lane::Data,
                 credits: 8,
-                max_payload: 4096
+                max_payload: 4096,
+                header_check: HeaderCheck::Crc32,
             }
         );
         assert_eq!(check_hello(&b, None, &h), Ok(got));

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
-use crate::handshake::{check_hello, HandshakeError, LocalHello};
+use crate::handshake::{check_hello, HandshakeError, LocalHello, PeerHello};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
 use crate::lnd::{
@@ -113,6 +113,21 @@ impl MemLnd {
         self.cfg.inline_max.is_some_and(|m| len > m as usize)
     }
 
+    /// `from`'s HELLO, checked. Memory does not corrupt headers, and every in-memory peer
+    /// is this same build: headers go without a checksum both ways.
+    fn check_hello(
+        &self,
+        lane: Lane,
+        from: Nid,
+        h: &crate::wire::Header,
+    ) -> Result<PeerHello, HandshakeError> {
+        let hello = check_hello(&self.hello(lane), Some(from), h)?;
+        Ok(PeerHello {
+            header_check: HeaderCheck::Link,
+            ..hello
+        })
+    }
+
     /// Memory does not corrupt headers: they go without a checksum.
     fn limits(&self) -> Limits {
         Limits::new(self.cfg.max_payload, HeaderCheck::Link)
@@ -144,7 +159,7 @@ impl MemLnd {
     /// its HELLO.
     fn on_incoming(&mut self, conn: ConnId, from: Nid, lane: Lane, h: crate::wire::Header) {
         let now = self.now();
-        let hello = match check_hello(&self.hello(lane), Some(from), &h) {
+        let hello = match self.check_hello(lane, from, &h) {
             Ok(hello) => hello,
             Err(e) => {
                 tracing::warn!(nid = %self.nid, "refusing in-memory connection from {from}: {e}");
@@ -184,7 +199,7 @@ impl MemLnd {
     /// The peer's HELLO on our dial `conn`.
     fn on_answer(&mut self, conn: ConnId, from: Nid, lane: Lane, h: crate::wire::Header) {
         let now = self.now();
-        match check_hello(&self.hello(lane), Some(from), &h) {
+        match self.check_hello(lane, from, &h) {
             Ok(hello) => {
                 if let Some(old) = self.conns.answered(conn, hello, now, &mut self.ready) {
                     self.retire(old);
@@ -284,10 +299,6 @@ impl Wake for MemWaker {
 impl Lnd for MemLnd {
     fn nid(&self) -> Nid {
         self.nid
-    }
-
-    fn header_check(&self) -> HeaderCheck {
-        HeaderCheck::Link
     }
 
     fn connect(&mut self, peer: Nid, lane: Lane) {

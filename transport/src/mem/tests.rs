@@ -120,14 +120,16 @@ fn handshake_reports_each_side_with_the_others_hello() {
             hello,
             local_credits: 8,
         }] => {
+            // Memory does not corrupt: headers to the peer go without a checksum.
             assert_eq!(
-                (*peer, hello.incarnation, hello.credits),
-                (Nid::mem(2, 0), 22, 8)
+                (*peer, hello.incarnation, hello.credits, hello.header_check),
+                (Nid::mem(2, 0), 22, 8, crate::wire::HeaderCheck::Link)
             );
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&eb[..], [LndEvent::Connected { peer, .. }] if *peer == Nid::mem(1, 0)));
+    assert!(matches!(&eb[..], [LndEvent::Connected { peer, hello, .. }]
+        if *peer == Nid::mem(1, 0) && hello.header_check == crate::wire::HeaderCheck::Link));
     assert_eq!(clock.now(), Time(20_000), "one round trip of 10 us delays");
 }
 

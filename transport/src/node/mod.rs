@@ -53,7 +53,6 @@ use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
 };
 use crate::time::Time;
-use crate::wire::HeaderCheck;
 pub use absence::{AbsenceStats, BlackHole, RouterCondition};
 pub use failover::{FailoverGroup, FailoverMode, GroupId, GroupRequest};
 pub use faults::{
@@ -196,8 +195,6 @@ pub(crate) struct Ni {
     pub(crate) credits: PerLane<NiCredits>,
     /// False once its driver failed for good: nothing goes through it any more.
     pub(crate) up: bool,
-    /// How headers sent through it are protected (its driver says).
-    pub(crate) header_check: HeaderCheck,
 }
 
 /// What a deferred payload being fetched is for.
@@ -342,14 +339,8 @@ impl Node {
         }
     }
 
-    /// Attaches the node to a net with address `nid`. One NI per net. Its headers carry a
-    /// checksum; see [`Node::add_ni_with`].
+    /// Attaches the node to a net with address `nid`. One NI per net.
     pub fn add_ni(&mut self, nid: Nid) -> Result<NiId, OpError> {
-        self.add_ni_with(nid, HeaderCheck::Crc32)
-    }
-
-    /// [`Node::add_ni`] for a driver whose link protects headers as `header_check` says.
-    pub fn add_ni_with(&mut self, nid: Nid, header_check: HeaderCheck) -> Result<NiId, OpError> {
         if self.has_net(nid.net) {
             return Err(OpError::Invalid(format!(
                 "this node already has an NI on net {}",
@@ -370,7 +361,6 @@ impl Node {
                 NiCredits::new(self.cfg.data_ni_credits(nid.net)),
             ),
             up: true,
-            header_check,
         });
         self.router_status_changed(self.clock.unwrap_or_default());
         Ok(NiId(self.nis.len() - 1))

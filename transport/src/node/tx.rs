@@ -14,7 +14,7 @@ use crate::lnd::{LndError, Transmit, TxToken};
 use crate::nid::Nid;
 use crate::op::{OpError, OpId};
 use crate::time::Time;
-use crate::wire::{encode_header_with, Body, Header, NackReason};
+use crate::wire::{encode_header_with, Body, Header, HeaderCheck, NackReason};
 
 /// A gateway is usable while it is on one of our nets, not Down, and not just found
 /// unreachable.
@@ -274,8 +274,8 @@ impl Node {
                     .front()
                     .map(|p| live_payload_len(&self.ops, nid, p))
             };
-            let peer_max = match &hl.conn {
-                Conn::Up { hello, .. } => hello.max_payload,
+            let (peer_max, check) = match &hl.conn {
+                Conn::Up { hello, .. } => (hello.max_payload, hello.header_check),
                 Conn::Connecting => return,
                 Conn::Down => {
                     let wanted = answer_first
@@ -327,7 +327,7 @@ impl Node {
                 let pending = hl.queue.pop_front().expect("front checked");
                 self.outgoing(ni, nid, pending)
             };
-            self.emit(ni, nid, lane, out, returned, true);
+            self.emit(ni, nid, lane, out, returned, true, check);
         };
         if credit_frame_due {
             self.return_credits_if_owed(nid, lane);
@@ -456,12 +456,14 @@ impl Node {
             return;
         }
         let Conn::Up {
-            credits, serial, ..
+            credits,
+            serial,
+            hello,
         } = &mut hl.conn
         else {
             return;
         };
-        let serial = *serial;
+        let (serial, check) = (*serial, hello.header_check);
         let returned = credits.take_owed();
         hl.credit_frame_out = Some(serial);
         self.stats.credit_frames_sent += 1;
@@ -476,7 +478,7 @@ impl Node {
             op: None,
             upstream: None,
         };
-        let token = self.emit(ni, nid, lane, out, returned, false);
+        let token = self.emit(ni, nid, lane, out, returned, false, check);
         if let Some(rec) = self.out.in_lnd.get_mut(&token) {
             rec.credit_for = Some((nid, serial));
         }
@@ -494,6 +496,9 @@ impl Node {
         }
     }
 
+    /// Sends `out` to `hop` on `lane`, its header protected as the connection's HELLO
+    /// said (`check`).
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
         ni: NiId,
@@ -502,6 +507,7 @@ impl Node {
         out: Outgoing,
         credits: u16,
         ni_credit: bool,
+        check: HeaderCheck,
     ) -> u64 {
         let header = Header {
             lane,
@@ -554,7 +560,7 @@ impl Node {
             Transmit {
                 peer: hop,
                 lane,
-                header: encode_header_with(&header, self.nis[ni.0].header_check),
+                header: encode_header_with(&header, check),
                 payload: out.payload,
                 token: TxToken(token),
             },

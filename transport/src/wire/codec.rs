@@ -36,7 +36,7 @@ pub enum DecodeError {
     UnknownNackReason(u32),
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
-    #[error("a header without a checksum on a link that does not protect headers (TCP)")]
+    #[error("a header without a checksum, on a link that does not protect headers")]
     UncheckedHeader,
     #[error("{ty:?} frames carry no payload, but length is {len}")]
     UnexpectedPayload { ty: FrameType, len: u32 },
@@ -173,25 +173,23 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
         return Err(DecodeError::UnsupportedVersion { got: b[4] });
     }
     let stored = u32_at(b, CRC_OFFSET);
-    match b[10] {
-        0 => {
-            let computed = crc32fast::hash(&b[..CRC_OFFSET]);
-            if stored != computed {
-                return Err(DecodeError::BadChecksum { computed, stored });
-            }
+    // A header without a checksum says so and has none; any other is checked, so that a
+    // flipped flag bit reads as the bad checksum it is.
+    let unchecked = b[10] == FLAG_LINK_CHECKED && stored == 0;
+    if !unchecked {
+        let computed = crc32fast::hash(&b[..CRC_OFFSET]);
+        if stored != computed {
+            return Err(DecodeError::BadChecksum { computed, stored });
         }
-        FLAG_LINK_CHECKED if !limits.link_checks_headers => {
-            return Err(DecodeError::UncheckedHeader)
-        }
-        FLAG_LINK_CHECKED if stored == 0 => {}
-        _ => return Err(DecodeError::ReservedNotZero),
+    } else if !limits.link_checks_headers {
+        return Err(DecodeError::UncheckedHeader);
     }
     let ty = FrameType::from_wire(b[5]).ok_or(DecodeError::UnknownType(b[5]))?;
     let lane = Lane::from_wire(b[6]).ok_or(DecodeError::UnknownLane(b[6]))?;
     if !ty.allowed_on(lane) {
         return Err(DecodeError::WrongLane { ty, lane });
     }
-    if b[11] != 0 {
+    if b[11] != 0 || (b[10] != 0 && !unchecked) {
         return Err(DecodeError::ReservedNotZero);
     }
     let payload_len = u32_at(b, 12);

@@ -1,4 +1,5 @@
-//! The wire format: a fixed 96-byte, versioned, checksummed header, then the payload.
+//! The wire format: a fixed 96-byte, versioned header, checksummed unless the link protects
+//! it, then the payload.
 //!
 //! ```text
 //! offset len  field
@@ -27,11 +28,14 @@
 //! All integers are little-endian. The payload is not checksummed: TCP and RDMA already
 //! protect it, and a header checksum is what keeps a corrupt length from being trusted.
 //! Where the link already protects the header as strongly, the header goes without one
-//! ([`HeaderCheck::Link`]): RDMA's ICRC is a CRC-32 over the whole packet, and memory does
-//! not corrupt. TCP's 16-bit checksum is weaker, so TCP headers always carry theirs. A
-//! receiver takes a header without a checksum only from a link that protects it
-//! ([`Limits::link_checks_headers`]). Nodes before this flag refuse such headers (the
-//! flag is in bytes they require to be zero): RDMA peers run the same release.
+//! ([`HeaderCheck::Link`]): InfiniBand's and RoCE's ICRC is a CRC-32 over the whole
+//! packet, and memory does not corrupt. TCP's 16-bit checksum is weaker, and iWARP has no
+//! ICRC: those headers always carry theirs. It is decided per connection, in the HELLO:
+//! a peer's headers go unchecked only if it said it takes them so
+//! ([`crate::handshake::PeerHello::header_check`]); a receiver takes them only on a link
+//! that protects them ([`Limits::link_checks_headers`]). An RDMA acceptor says it only
+//! to diallers that said it, so diallers from before the flag still connect (acceptors from
+//! before it refuse the flag in a HELLO).
 //!
 //! Version 2 added routing (ends in the header, hop limit, NACK, router status
 //! generation); version 1 frames are refused with an error naming both versions. Within
@@ -349,7 +353,8 @@ pub enum HeaderCheck {
     #[default]
     Crc32,
     /// No checksum ([`FLAG_LINK_CHECKED`]): the link protects every byte at least as
-    /// strongly (RDMA's ICRC, memory). Spares a CRC per frame at each end.
+    /// strongly (InfiniBand's and RoCE's ICRC, memory), and the peer said it takes such
+    /// headers. Spares a CRC per frame at each end.
     Link,
 }
 

@@ -75,10 +75,28 @@ fn headers_go_without_a_checksum_only_where_the_link_protects_them() {
         .to_string()
         .contains("without a checksum"));
 
-    let mut flag_and_crc = encode_header(&h);
-    flag_and_crc[10] = FLAG_LINK_CHECKED;
-    let mut unknown_flag = unchecked;
-    unknown_flag[10] = 2;
+    // A flag bit flipped in a checked header: the checksum catches it.
+    let mut flipped = encode_header(&h);
+    flipped[10] = FLAG_LINK_CHECKED;
+    for l in [link, limits()] {
+        assert!(matches!(
+            decode_header(&flipped, &l),
+            Err(DecodeError::BadChecksum { .. })
+        ));
+    }
+    let flag_and_crc = {
+        let mut b = flipped;
+        let crc = crc32fast::hash(&b[..92]);
+        b[92..].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    let unknown_flag = {
+        let mut b = encode_header(&h);
+        b[10] = 2;
+        let crc = crc32fast::hash(&b[..92]);
+        b[92..].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
     let mut reserved = unchecked;
     reserved[11] = 1;
     for l in [link, limits()] {

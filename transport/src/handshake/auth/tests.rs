@@ -19,6 +19,7 @@ fn hello(n: u32) -> PeerHello {
         lane: Lane::Data,
         credits: 8,
         max_payload: 4096,
+        header_check: crate::wire::HeaderCheck::Crc32,
     }
 }
 

@@ -21,6 +21,7 @@ fn hello(from: u32, incarnation: u64, lane: Lane) -> PeerHello {
         lane,
         credits: 8,
         max_payload: 1 << 20,
+        header_check: crate::wire::HeaderCheck::Crc32,
     }
 }
 

@@ -408,29 +408,42 @@ fn a_repeated_connected_keeps_the_lanes_credits() {
     assert_eq!(n.stats().protocol_errors, 0);
 }
 
-/// Headers leave without a checksum through an NI whose driver's link protects them, and
-/// with one through any other.
+/// Headers leave without a checksum on a connection whose HELLO says the link protects
+/// them, and with one on any other.
 #[test]
-fn headers_carry_a_checksum_unless_the_nis_link_protects_them() {
-    let mut n = Node::new(cfg());
-    n.add_ni(nid(A)).unwrap();
-    n.add_ni_with(Nid::mem(A, 1), HeaderCheck::Link).unwrap();
-    let far = Nid::mem(B, 1);
-    n.put(t(0), OpId(1), put(B, b"tcp-like")).unwrap();
-    let mut req = put(B, b"rdma-like");
-    req.dst = far;
-    n.put(t(0), OpId(2), req).unwrap();
+fn headers_carry_a_checksum_unless_the_connection_says_the_link_protects_them() {
+    let mut n = node();
+    let linked = |peer: u32| PeerHello {
+        nid: nid(peer),
+        incarnation: 7,
+        lane: Lane::Data,
+        credits: 8,
+        max_payload: 1 << 20,
+        header_check: HeaderCheck::Link,
+    };
+    n.put(t(0), OpId(1), put(B, b"crc")).unwrap();
+    n.put(t(0), OpId(2), put(C, b"link")).unwrap();
     connected(&mut n, B, Lane::Data, 8, 7);
-    connected_on(&mut n, 1, far, Lane::Data, 8, 7);
+    let local_credits = n.config().lanes[Lane::Data].peer_credits;
+    n.handle_lnd_event(
+        t(0),
+        NiId(0),
+        LndEvent::Connected {
+            peer: nid(C),
+            lane: Lane::Data,
+            hello: linked(C),
+            local_credits,
+        },
+    );
     let sent: Vec<_> = std::iter::from_fn(|| n.poll_transmit()).collect();
     assert_eq!(sent.len(), 2);
-    for (ni, tx) in sent {
-        let (flag, link) = match ni.0 {
-            0 => (0, HeaderCheck::Crc32),
-            _ => (crate::wire::FLAG_LINK_CHECKED, HeaderCheck::Link),
+    for (_, tx) in sent {
+        let (flag, check) = match tx.peer == nid(C) {
+            false => (0, HeaderCheck::Crc32),
+            true => (crate::wire::FLAG_LINK_CHECKED, HeaderCheck::Link),
         };
-        assert_eq!(tx.header[10], flag, "NI {ni:?}");
-        let h = decode_header(&tx.header, &Limits::new(1 << 20, link)).unwrap();
+        assert_eq!(tx.header[10], flag, "to {}", tx.peer);
+        let h = decode_header(&tx.header, &Limits::new(1 << 20, check)).unwrap();
         assert_eq!(h.dst, tx.peer);
     }
 }

@@ -105,6 +105,7 @@ pub(super) fn connected_on(
         lane,
         credits,
         max_payload: 1 << 20,
+        header_check: crate::wire::HeaderCheck::Crc32,
     };
     let local_credits = n.config().lanes[lane].peer_credits;
     n.handle_lnd_event(
