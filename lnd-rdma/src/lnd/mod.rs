@@ -348,9 +348,14 @@ impl RdmaLnd {
                 )
                 .map_err(io)?;
         }
+        let checked_by = match device.checks_every_packet() {
+            true => "the device's ICRC (with peers that agree) or their own CRC-32",
+            false => "their own CRC-32 (the device has no ICRC)",
+        };
         match cfg.auth.listens() {
-            true => tracing::info!(%nid, device = device.name(), "RDMA LND listening on {addr}"),
-            false => tracing::info!(%nid, device = device.name(),
+            true => tracing::info!(%nid, device = device.name(), headers = checked_by,
+                "RDMA LND listening on {addr}"),
+            false => tracing::info!(%nid, device = device.name(), headers = checked_by,
                 "RDMA LND on {addr}, accepting no connections (accept = none)"),
         }
         if let Some(keys) = cfg.auth.keys() {
