@@ -63,7 +63,8 @@ pub struct TcpConfig {
     pub auth: lanet::handshake::auth::Auth,
     /// How long to busy-poll before sleeping (zero: never): latency for a CPU, as UCX and
     /// the RDMA LND's spin. Only where this NI is its driver thread's only one, and (with
-    /// io_uring) not while the bulk mover moves bytes: it needs that CPU.
+    /// io_uring) not while the bulk mover moves bytes: it needs that CPU, and busy-polls
+    /// itself meanwhile (for as long, after the last bytes it moved).
     pub spin: Duration,
 }
 
@@ -233,6 +234,7 @@ impl TcpLnd {
                     engine::Engine::new(local.clone()),
                     listener.as_ref().map(|l| l.try_clone()).transpose(),
                     cfg.zero_copy_min,
+                    cfg.spin,
                 ) {
                     Ok(b) => {
                         tracing::info!(%nid, "TCP LND {on}: io_uring backend");

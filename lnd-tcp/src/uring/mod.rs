@@ -169,6 +169,8 @@ pub(crate) struct Uring {
     /// Started at the first bulk transfer; None until then, or if it could not be.
     mover: Option<Mover>,
     mover_failed: bool,
+    /// The NI's busy-polling, which its bulk mover does too.
+    spin: Duration,
 }
 
 impl Uring {
@@ -177,6 +179,7 @@ impl Uring {
         engine: Engine,
         listener: io::Result<Option<TcpListener>>,
         zero_copy_min: usize,
+        spin: Duration,
     ) -> io::Result<Uring> {
         let NewRing {
             ring,
@@ -231,6 +234,7 @@ impl Uring {
             shared: None,
             mover: None,
             mover_failed: false,
+            spin,
         };
         u.arm_accept();
         u.arm_wake();
@@ -383,7 +387,7 @@ impl Uring {
     /// then bulk transfers run on this thread's ring.
     fn mover(&mut self) -> Option<&Mover> {
         if self.mover.is_none() && !self.mover_failed {
-            match Mover::start("lanet-bulk".into(), self.wake_fd.clone()) {
+            match Mover::start("lanet-bulk".into(), self.wake_fd.clone(), self.spin) {
                 Ok(m) => self.mover = Some(m),
                 Err(e) => {
                     tracing::warn!(

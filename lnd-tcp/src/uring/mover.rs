@@ -90,7 +90,9 @@ pub(crate) struct Mover {
 
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
-    pub(crate) fn start(name: String, notify: Arc<OwnedFd>) -> io::Result<Mover> {
+    /// With `spin` (the NI's busy-polling), it polls for completions instead of sleeping
+    /// while jobs are out and bytes moved within that long.
+    pub(crate) fn start(name: String, notify: Arc<OwnedFd>, spin: Duration) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let wake = Arc::new(sys::eventfd()?);
@@ -104,7 +106,7 @@ impl Mover {
                 // the driver was preempted by the mover it had just woken and waited
                 // ~550 us behind a bulk copy with a PONG to handle.
                 sys::set_thread_batch();
-                match Worker::new(wake, notify, job_rx, done_tx, stop, moved) {
+                match Worker::new(wake, notify, job_rx, done_tx, stop, moved, spin) {
                     Ok(mut w) => {
                         let _ = ready_tx.send(Ok(()));
                         w.run();
@@ -216,6 +218,11 @@ impl Progress {
     }
 }
 
+/// Whether `now` is within `spin` of `last` activity (both [`Progress`] times).
+fn spinning_since(now: u64, last: u64, spin: Duration) -> bool {
+    now.saturating_sub(last) < spin.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
 /// A job being moved, piece by piece.
 struct InFlight {
     conn: ConnId,
@@ -242,6 +249,10 @@ struct Worker {
     next: u64,
     wake_armed: bool,
     cqes: Vec<(u64, i32)>,
+    /// Busy-poll while jobs are out and bytes moved (or a job came) this recently.
+    spin: Duration,
+    /// When the last job came ([`Progress`] time).
+    started: u64,
 }
 
 impl Worker {
@@ -252,6 +263,7 @@ impl Worker {
         done: mpsc::Sender<Done>,
         stop: Arc<AtomicBool>,
         moved: Progress,
+        spin: Duration,
     ) -> io::Result<Worker> {
         // Created on its own thread, which is then its only submitter.
         let ring = IoUring::builder()
@@ -273,6 +285,8 @@ impl Worker {
             next: 0,
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
+            spin,
+            started: 0,
         };
         w.arm_wake();
         Ok(w)
@@ -300,6 +314,7 @@ impl Worker {
     }
 
     fn start_job(&mut self, job: Job) {
+        self.started = self.moved.now();
         let ud = self.next;
         self.next += 1;
         let job = match job {
@@ -353,6 +368,17 @@ impl Worker {
             while let Ok(job) = self.jobs.try_recv() {
                 self.start_job(job);
             }
+            if self.spins() {
+                // The receives' copies run as the ring's task work, in this call: data that
+                // arrives meanwhile wakes nobody. Asleep, every arrival was a wake-up (on a
+                // VM an interrupt between CPUs): measured, a 1 MiB stream between spinning
+                // NIs went from ~5 to ~8 GB/s.
+                if let Err(e) = sys::enter_for_events(&mut self.ring) {
+                    tracing::error!("bulk mover: io_uring_enter failed: {e}");
+                }
+                self.reap();
+                continue;
+            }
             if let Err(e) = self.ring.submit_and_wait(1) {
                 if ![libc::EINTR, libc::EBUSY, libc::EAGAIN]
                     .contains(&e.raw_os_error().unwrap_or(0))
@@ -364,6 +390,18 @@ impl Worker {
             self.reap();
         }
         self.cancel_all();
+    }
+
+    /// Whether to poll rather than sleep: busy-polling, with jobs out, and bytes moved (or
+    /// a job came) within the spin. A receive waiting on a silent peer stops it.
+    fn spins(&self) -> bool {
+        !self.spin.is_zero()
+            && !self.inflight.is_empty()
+            && spinning_since(
+                self.moved.now(),
+                self.started.max(self.moved.last()),
+                self.spin,
+            )
     }
 
     /// Hands finished jobs back; one wake-up for the driver per batch.
@@ -473,7 +511,23 @@ mod tests {
     }
 
     fn mover() -> Mover {
-        Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap())).unwrap()
+        spinning_mover(Duration::ZERO)
+    }
+
+    fn spinning_mover(spin: Duration) -> Mover {
+        Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap()), spin).unwrap()
+    }
+
+    #[test]
+    fn a_mover_spins_only_within_its_spin_of_the_last_activity() {
+        let ms = 1_000_000;
+        assert!(spinning_since(10 * ms, 9 * ms, Duration::from_millis(2)));
+        assert!(!spinning_since(12 * ms, 9 * ms, Duration::from_millis(2)));
+        assert!(!spinning_since(10 * ms, 10 * ms, Duration::ZERO));
+        assert!(
+            spinning_since(10 * ms, 0, Duration::MAX),
+            "a spin of years saturates"
+        );
     }
 
     fn next_done(m: &mut Mover) -> Done {
@@ -493,7 +547,13 @@ mod tests {
 
     #[test]
     fn a_payload_trickling_in_is_received_whole_and_in_place() {
-        let mut m = mover();
+        // Sleeping between arrivals, and busy-polling through them.
+        for spin in [Duration::ZERO, Duration::from_secs(1)] {
+            trickle_in(spinning_mover(spin));
+        }
+    }
+
+    fn trickle_in(mut m: Mover) {
         let (mut tx, rx) = connected_pair();
         let data = pattern(3 * RECV_PIECE + 1234);
         let buf = BytesMut::with_capacity(data.len());
