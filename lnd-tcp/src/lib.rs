@@ -64,7 +64,7 @@ pub struct TcpConfig {
     /// How long to busy-poll before sleeping (zero: never): latency for a CPU, as UCX and
     /// the RDMA LND's spin. Only where this NI is its driver thread's only one, and (with
     /// io_uring) not while the bulk mover moves bytes: it needs that CPU, and busy-polls
-    /// itself meanwhile (for as long, after the last bytes it moved).
+    /// itself meanwhile (up to 2 ms after the last bytes it moved).
     pub spin: Duration,
 }
 

@@ -387,7 +387,13 @@ impl Uring {
     /// then bulk transfers run on this thread's ring.
     fn mover(&mut self) -> Option<&Mover> {
         if self.mover.is_none() && !self.mover_failed {
-            match Mover::start("lanet-bulk".into(), self.wake_fd.clone(), self.spin) {
+            // Busy-polling is for an NI alone on its thread (whose driver spins too); a
+            // thread on several NIs asks for `wait_fd`, and then this one never spins.
+            let spin = match self.shared {
+                Some(_) => Duration::ZERO,
+                None => self.spin,
+            };
+            match Mover::start("lanet-bulk".into(), self.wake_fd.clone(), spin) {
                 Ok(m) => self.mover = Some(m),
                 Err(e) => {
                     tracing::warn!(

@@ -91,7 +91,7 @@ pub(crate) struct Mover {
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
     /// With `spin` (the NI's busy-polling), it polls for completions instead of sleeping
-    /// while jobs are out and bytes moved within that long.
+    /// while jobs are out and bytes moved within that long ([`ACTIVE_WINDOW`] at most).
     pub(crate) fn start(name: String, notify: Arc<OwnedFd>, spin: Duration) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
@@ -215,6 +215,18 @@ impl Progress {
 
     fn last(&self) -> u64 {
         self.last.load(Ordering::Relaxed)
+    }
+}
+
+/// Says what an `io_uring_enter` failed with, but for what only means "look again"
+/// (interrupted, completions to reap first), and pauses so that a failing ring does not
+/// flood the log.
+fn enter_failed(result: io::Result<()>) {
+    if let Err(e) = result {
+        if ![libc::EINTR, libc::EBUSY, libc::EAGAIN].contains(&e.raw_os_error().unwrap_or(0)) {
+            tracing::error!("bulk mover: io_uring_enter failed: {e}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -373,34 +385,29 @@ impl Worker {
                 // arrives meanwhile wakes nobody. Asleep, every arrival was a wake-up (on a
                 // VM an interrupt between CPUs): measured, a 1 MiB stream between spinning
                 // NIs went from ~5 to ~8 GB/s.
-                if let Err(e) = sys::enter_for_events(&mut self.ring) {
-                    tracing::error!("bulk mover: io_uring_enter failed: {e}");
-                }
+                let polled = sys::enter_for_events(&mut self.ring);
+                enter_failed(polled.map(drop));
                 self.reap();
                 continue;
             }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if ![libc::EINTR, libc::EBUSY, libc::EAGAIN]
-                    .contains(&e.raw_os_error().unwrap_or(0))
-                {
-                    tracing::error!("bulk mover: io_uring_enter failed: {e}");
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+            enter_failed(self.ring.submit_and_wait(1).map(drop));
             self.reap();
         }
         self.cancel_all();
     }
 
     /// Whether to poll rather than sleep: busy-polling, with jobs out, and bytes moved (or
-    /// a job came) within the spin. A receive waiting on a silent peer stops it.
+    /// a job came) within the spin, [`ACTIVE_WINDOW`] at most: past that the driver no
+    /// longer counts the mover busy and may spin itself. A receive waiting on a silent
+    /// peer stops it.
     fn spins(&self) -> bool {
-        !self.spin.is_zero()
+        let window = self.spin.min(ACTIVE_WINDOW);
+        !window.is_zero()
             && !self.inflight.is_empty()
             && spinning_since(
                 self.moved.now(),
                 self.started.max(self.moved.last()),
-                self.spin,
+                window,
             )
     }
 
