@@ -144,7 +144,7 @@ impl Mover {
             return false;
         }
         let last = self.handed.max(self.moved.last());
-        self.moved.now().saturating_sub(last) < ACTIVE_WINDOW.as_nanos() as u64
+        within(self.moved.now(), last, ACTIVE_WINDOW)
     }
 
     pub(crate) fn submit(&mut self, job: Job) {
@@ -187,8 +187,8 @@ impl Drop for Mover {
     }
 }
 
-/// When the worker last moved bytes (see [`Mover::busy`]), in nanoseconds on a clock the
-/// mover and its worker share.
+/// When the worker last moved bytes or started a job (see [`Mover::busy`]), in
+/// nanoseconds on a clock the mover and its worker share.
 #[derive(Clone)]
 struct Progress {
     epoch: Instant,
@@ -208,7 +208,7 @@ impl Progress {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Bytes moved now.
+    /// Bytes moved, or a job started, now.
     fn mark(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
     }
@@ -230,9 +230,9 @@ fn enter_failed(result: io::Result<()>) {
     }
 }
 
-/// Whether `now` is within `spin` of `last` activity (both [`Progress`] times).
-fn spinning_since(now: u64, last: u64, spin: Duration) -> bool {
-    now.saturating_sub(last) < spin.as_nanos().min(u128::from(u64::MAX)) as u64
+/// Whether `now` is within `window` of `last` activity (both [`Progress`] times).
+fn within(now: u64, last: u64, window: Duration) -> bool {
+    now.saturating_sub(last) < window.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 /// A job being moved, piece by piece.
@@ -263,8 +263,6 @@ struct Worker {
     cqes: Vec<(u64, i32)>,
     /// Busy-poll while jobs are out and bytes moved (or a job came) this recently.
     spin: Duration,
-    /// When the last job came ([`Progress`] time).
-    started: u64,
 }
 
 impl Worker {
@@ -298,7 +296,6 @@ impl Worker {
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
             spin,
-            started: 0,
         };
         w.arm_wake();
         Ok(w)
@@ -326,7 +323,7 @@ impl Worker {
     }
 
     fn start_job(&mut self, job: Job) {
-        self.started = self.moved.now();
+        self.moved.mark();
         let ud = self.next;
         self.next += 1;
         let job = match job {
@@ -404,11 +401,7 @@ impl Worker {
         let window = self.spin.min(ACTIVE_WINDOW);
         !window.is_zero()
             && !self.inflight.is_empty()
-            && spinning_since(
-                self.moved.now(),
-                self.started.max(self.moved.last()),
-                window,
-            )
+            && within(self.moved.now(), self.moved.last(), window)
     }
 
     /// Hands finished jobs back; one wake-up for the driver per batch.
@@ -528,11 +521,11 @@ mod tests {
     #[test]
     fn a_mover_spins_only_within_its_spin_of_the_last_activity() {
         let ms = 1_000_000;
-        assert!(spinning_since(10 * ms, 9 * ms, Duration::from_millis(2)));
-        assert!(!spinning_since(12 * ms, 9 * ms, Duration::from_millis(2)));
-        assert!(!spinning_since(10 * ms, 10 * ms, Duration::ZERO));
+        assert!(within(10 * ms, 9 * ms, Duration::from_millis(2)));
+        assert!(!within(12 * ms, 9 * ms, Duration::from_millis(2)));
+        assert!(!within(10 * ms, 10 * ms, Duration::ZERO));
         assert!(
-            spinning_since(10 * ms, 0, Duration::MAX),
+            within(10 * ms, 0, Duration::MAX),
             "a spin of years saturates"
         );
     }
