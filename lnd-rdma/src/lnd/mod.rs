@@ -348,7 +348,8 @@ impl RdmaLnd {
                 )
                 .map_err(io)?;
         }
-        let checked_by = match device.checks_every_packet() {
+        let link_checks_headers = device.checks_every_packet();
+        let checked_by = match link_checks_headers {
             true => "the device's ICRC (with peers that agree) or their own CRC-32",
             false => "their own CRC-32 (the device has no ICRC)",
         };
@@ -386,7 +387,7 @@ impl RdmaLnd {
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
-                link_checks_headers: device.checks_every_packet(),
+                link_checks_headers,
             },
             qp_conns: FxHashMap::default(),
             buf_waiters: std::collections::VecDeque::new(),

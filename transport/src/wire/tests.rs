@@ -21,6 +21,13 @@ fn sample(body: Body, lane: Lane, payload_len: u32) -> Header {
     }
 }
 
+/// `b` with a checksum that matches it again, as a peer that means harm would send it.
+fn reseal(mut b: [u8; HEADER_LEN]) -> [u8; HEADER_LEN] {
+    let crc = crc32fast::hash(&b[..92]);
+    b[92..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
 fn frame_bytes(h: &Header, payload: &[u8]) -> Vec<u8> {
     let mut v = encode_header(h).to_vec();
     v.extend_from_slice(payload);
@@ -84,18 +91,11 @@ fn headers_go_without_a_checksum_only_where_the_link_protects_them() {
             Err(DecodeError::BadChecksum { .. })
         ));
     }
-    let flag_and_crc = {
-        let mut b = flipped;
-        let crc = crc32fast::hash(&b[..92]);
-        b[92..].copy_from_slice(&crc.to_le_bytes());
-        b
-    };
+    let flag_and_crc = reseal(flipped);
     let unknown_flag = {
         let mut b = encode_header(&h);
         b[10] = 2;
-        let crc = crc32fast::hash(&b[..92]);
-        b[92..].copy_from_slice(&crc.to_le_bytes());
-        b
+        reseal(b)
     };
     let mut reserved = unchecked;
     reserved[11] = 1;
@@ -153,11 +153,6 @@ fn rejects_each_kind_of_bad_header_with_a_typed_error() {
     ));
 
     // Semantically bad headers with a valid checksum.
-    let reseal = |mut b: [u8; HEADER_LEN]| {
-        let crc = crc32fast::hash(&b[..92]);
-        b[92..].copy_from_slice(&crc.to_le_bytes());
-        b
-    };
     let mut b = good;
     b[5] = 99;
     assert_eq!(
