@@ -258,25 +258,35 @@ fn on_net(nid: Nid, net: u16) -> Nid {
     Nid::new(nid.addr, lanet::Net::new(nid.net.kind, net)).unwrap()
 }
 
-fn median_ping(ep: &Endpoint, dst: Nid, n: usize) -> Duration {
-    let mut rtts: Vec<Duration> = (0..n)
-        .map(|_| {
-            let op = ep
-                .ping(PingRequest {
-                    dst,
-                    lane: Lane::Health,
-                    timeout: None,
-                    on_peer_down: Default::default(),
-                })
-                .unwrap();
-            match wait_all(ep, &[op])[&op].result {
-                Ok(OpOutcome::Pong { rtt }) => rtt,
-                ref other => panic!("{other:?}"),
-            }
+fn ping_rtt(ep: &Endpoint, dst: Nid) -> Duration {
+    let op = ep
+        .ping(PingRequest {
+            dst,
+            lane: Lane::Health,
+            timeout: None,
+            on_peer_down: Default::default(),
         })
-        .collect();
-    rtts.sort();
-    rtts[n / 2]
+        .unwrap();
+    match wait_all(ep, &[op])[&op].result {
+        Ok(OpOutcome::Pong { rtt }) => rtt,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+/// The median ping of each `(endpoint, peer)`, taking one ping of each in turn, `n`
+/// rounds: a burst of load from elsewhere on the machine slows them all alike, where
+/// measuring one after the other would blame it on whichever ran then.
+fn interleaved_medians<const K: usize>(routes: [(&Endpoint, Nid); K], n: usize) -> [Duration; K] {
+    let mut rtts: [Vec<Duration>; K] = std::array::from_fn(|_| Vec::with_capacity(n));
+    for _ in 0..n {
+        for (i, (ep, dst)) in routes.iter().enumerate() {
+            rtts[i].push(ping_rtt(ep, *dst));
+        }
+    }
+    rtts.map(|mut r| {
+        r.sort();
+        r[n / 2]
+    })
 }
 
 /// A node on two TCP nets (two LNDs, one driver thread sleeping on both rings or epolls
@@ -294,11 +304,8 @@ fn a_node_on_two_tcp_nets_is_as_fast_on_either() {
     let (b, c) = (free_nid(), on_net(free_nid(), 1));
     let (_b, _c) = (endpoint(b, 2), endpoint(c, 3));
     let one = endpoint(free_nid(), 4);
-    for (ep, peer) in [(&two, b), (&two, c), (&one, b)] {
-        median_ping(ep, peer, 5); // connections up
-    }
-    let alone = median_ping(&one, b, 41);
-    let (first, second) = (median_ping(&two, b, 41), median_ping(&two, c, 41));
+    interleaved_medians([(&two, b), (&two, c), (&one, b)], 5); // connections up
+    let [alone, first, second] = interleaved_medians([(&one, b), (&two, b), (&two, c)], 41);
     eprintln!(
         "median ping over TCP: one NI {alone:?}; two NIs, via the first {first:?}, \
          via the second {second:?}"
