@@ -219,14 +219,20 @@ impl DriverThread {
     /// meanwhile wait for the next turn: submitters faster than the node must not keep it
     /// from the network). True if the endpoint is to stop.
     fn take_commands(&mut self, now: Time) -> bool {
-        for _ in 0..self.commands.len().max(1) {
+        // Most turns find none: the queue's length is read only once one has come.
+        let mut waiting = None;
+        loop {
             match self.commands.try_recv() {
                 Ok(cmd) => run_command(self.driver.node_mut(), now, cmd, &mut self.in_hand),
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => return true,
             }
+            let left = waiting.get_or_insert_with(|| self.commands.len());
+            if *left == 0 {
+                return false;
+            }
+            *left -= 1;
         }
-        false
     }
 
     /// A requested stop: everything live and everything still arriving is cancelled.
