@@ -262,19 +262,30 @@ fn parse_addr(s: &str, net: Net) -> Result<NidAddr, NidError> {
 }
 
 fn check_addr_for_net(addr: &NidAddr, net: Net) -> Result<(), NidError> {
-    let bad = |expected| NidError::BadAddress {
+    if addr_suits_net(addr, net) {
+        return Ok(());
+    }
+    let expected = match net.kind {
+        LndKind::Tcp | LndKind::O2ib => EXPECT_IP,
+        LndKind::Mem => EXPECT_NUM,
+        LndKind::Lo => EXPECT_LO,
+    };
+    Err(NidError::BadAddress {
         addr: addr.to_string(),
         net,
         expected,
-    };
+    })
+}
+
+/// Whether `addr` is an address on `net`. Apart from [`check_addr_for_net`], which says
+/// why not, because decoding asks it twice per frame and needs no reason.
+fn addr_suits_net(addr: &NidAddr, net: Net) -> bool {
     match (net.kind, addr) {
-        (LndKind::Tcp | LndKind::O2ib, NidAddr::Ip(_)) => Ok(()),
-        (LndKind::Tcp | LndKind::O2ib, NidAddr::IpPort(sa)) if sa.port() != 0 => Ok(()),
-        (LndKind::Tcp | LndKind::O2ib, _) => Err(bad(EXPECT_IP)),
-        (LndKind::Mem, NidAddr::Num(_)) => Ok(()),
-        (LndKind::Mem, _) => Err(bad(EXPECT_NUM)),
-        (LndKind::Lo, NidAddr::Num(0)) if net.num == 0 => Ok(()),
-        (LndKind::Lo, _) => Err(bad(EXPECT_LO)),
+        (LndKind::Tcp | LndKind::O2ib, NidAddr::Ip(_)) => true,
+        (LndKind::Tcp | LndKind::O2ib, NidAddr::IpPort(sa)) => sa.port() != 0,
+        (LndKind::Mem, NidAddr::Num(_)) => true,
+        (LndKind::Lo, NidAddr::Num(0)) => net.num == 0,
+        _ => false,
     }
 }
 
@@ -308,7 +319,9 @@ impl Nid {
         let num = u16::from_le_bytes([b[2], b[3]]);
         let value = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         let port = u16::from_le_bytes([b[8], b[9]]);
-        if b[10..].iter().any(|&x| x != 0) {
+        let reserved =
+            u32::from_le_bytes([b[10], b[11], b[12], b[13]]) | u32::from(b[14]) | u32::from(b[15]);
+        if reserved != 0 {
             return None;
         }
         let addr = match (b[1], port) {
@@ -317,7 +330,8 @@ impl Nid {
             (ADDR_IP_PORT, p) => NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::from(value), p)),
             _ => return None,
         };
-        Nid::new(addr, Net::new(kind, num)).ok()
+        let net = Net::new(kind, num);
+        addr_suits_net(&addr, net).then_some(Nid { addr, net })
     }
 }
 
@@ -407,13 +421,31 @@ pub(crate) mod tests {
         let mut bad_kind = b;
         bad_kind[0] = 9;
         assert_eq!(Nid::decode(&bad_kind), None);
-        let mut reserved = b;
-        reserved[15] = 1;
-        assert_eq!(Nid::decode(&reserved), None);
+        for i in 10..NID_WIRE_LEN {
+            let mut reserved = b;
+            reserved[i] = 1;
+            assert_eq!(Nid::decode(&reserved), None, "reserved byte {i}");
+        }
         let mut port_on_num = [0u8; NID_WIRE_LEN];
         Nid::mem(3, 0).encode(&mut port_on_num);
         port_on_num[8] = 1;
         assert_eq!(Nid::decode(&port_on_num), None);
+        // Well-formed fields that do not suit the net, as parsing refuses them too.
+        let mut num_on_tcp = [0u8; NID_WIRE_LEN];
+        Nid::mem(3, 0).encode(&mut num_on_tcp);
+        num_on_tcp[0] = LndKind::Tcp.wire();
+        assert_eq!(Nid::decode(&num_on_tcp), None);
+        let mut ip_on_mem = b;
+        ip_on_mem[0] = LndKind::Mem.wire();
+        assert_eq!(Nid::decode(&ip_on_mem), None);
+        let mut numbered_lo = [0u8; NID_WIRE_LEN];
+        Nid::LO.encode(&mut numbered_lo);
+        assert_eq!(Nid::decode(&numbered_lo), Some(Nid::LO));
+        numbered_lo[2] = 1;
+        assert_eq!(Nid::decode(&numbered_lo), None);
+        let mut zero_port = b;
+        zero_port[8..10].fill(0);
+        assert_eq!(Nid::decode(&zero_port), None, "an explicit port 0");
     }
 
     pub(crate) fn any_nid() -> impl Strategy<Value = Nid> {
