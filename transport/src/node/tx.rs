@@ -320,14 +320,23 @@ impl Node {
             let spent = credits.try_spend();
             debug_assert!(spent, "credit availability was checked above");
             let returned = credits.take_owed();
-            let out = if answer_first {
-                let r = hl.answers.pop_front().expect("checked non-empty");
-                self.answer_out(r)
+            let next = if answer_first {
+                hl.answers.pop_front().map(Next::Answer)
             } else {
-                let pending = hl.queue.pop_front().expect("front checked");
-                self.outgoing(ni, nid, pending)
+                hl.queue.pop_front().map(Next::Pending)
+            };
+            // Nothing left behind it: what the next look would find is known now, and
+            // sending changes nothing of the hop's (one lookup fewer per frame).
+            let drained = (hl.answers.is_empty() && hl.queue.is_empty() && hl.left == 0)
+                .then(|| hl.credit_frame_due());
+            let out = match next.expect("front checked") {
+                Next::Answer(r) => self.answer_out(r),
+                Next::Pending(pending) => self.outgoing(ni, nid, pending),
             };
             self.emit(ni, nid, lane, out, returned, true, check);
+            if let Some(due) = drained {
+                break due;
+            }
         };
         if credit_frame_due {
             self.return_credits_if_owed(nid, lane);
@@ -631,4 +640,10 @@ impl Node {
             Err(e) => self.complete(id, Err(e.into())),
         }
     }
+}
+
+/// The frame [`Node::pump`] takes off a hop lane to send.
+enum Next {
+    Answer(super::peers::Response),
+    Pending(Pending),
 }
