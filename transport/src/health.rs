@@ -1,7 +1,10 @@
 //! Failure detection, sans-IO: which peers are watched, when to PING them, and the verdicts.
 //!
 //! * A peer is monitored while it is *interesting*: operations to it are outstanding, or
-//!   the application watches it. Nobody else costs anything: no entry, no timer, no ping.
+//!   the application watches it. Nobody else costs anything: no ping, and no entry once
+//!   its timer comes (an entry whose operations ended *lingers* until then, unseen, so
+//!   that a peer sent to one operation after another is not set up and torn down for
+//!   each).
 //! * Any frame from a peer proves it alive ([`Monitor::heard`]). A monitored peer silent for
 //!   one `interval` gets a PING on the health lane, at most one per interval.
 //! * Verdicts, BFD-style: silent for one interval, **Suspect**; for `detect_mult` intervals,
@@ -22,7 +25,6 @@
 //! [`Action`]s (send a PING, flush a dead peer, announce a recovery).
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
@@ -202,26 +204,65 @@ impl Watch {
     fn interesting(&self) -> bool {
         self.interest > 0 || self.watched
     }
+
+    /// Kept only until its timer comes: nobody's interest, and not remembered Down.
+    /// Nothing outside the monitor sees such an entry.
+    fn lingering(&self) -> bool {
+        !self.interesting() && self.state != PeerState::Down
+    }
+
+    /// Monitoring starts again from a lingering entry: as from a new one (see
+    /// [`Watch::new`]), keeping only the look it has booked.
+    fn revive(&mut self, now: Time) {
+        *self = Watch {
+            due: self.due,
+            ..Watch::new(now)
+        };
+    }
+}
+
+/// The looks booked at peers, soonest first. An entry whose time no longer matches its
+/// peer's `due` is stale, and is dropped when it comes to the top.
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<(Time, Nid)>>,
+    /// The top as [`Monitor::next_deadline`] last found it current. It stays so until that
+    /// peer's `due` changes or its entry goes, which every such change tells ([`Timers::
+    /// changed`]): the driver asks every turn, and a peer lookup each time was a tenth of
+    /// the core's work per message.
+    current_top: Option<(Time, Nid)>,
+}
+
+impl Timers {
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// `nid`'s `due` changed or its entry went.
+    fn changed(&mut self, nid: Nid) {
+        if self.current_top.is_some_and(|(_, n)| n == nid) {
+            self.current_top = None;
+        }
+    }
+
+    fn forget_all_current(&mut self) {
+        self.current_top = None;
+    }
 }
 
 /// Books a look at `w` (the watch of `nid`) at `at`, unless an earlier one is booked
 /// (it reschedules).
-fn book(timers: &mut BinaryHeap<Reverse<(Time, Nid)>>, nid: Nid, w: &mut Watch, at: Time) {
+fn book(timers: &mut Timers, nid: Nid, w: &mut Watch, at: Time) {
     if w.due.is_some_and(|d| d <= at) {
         return;
     }
     w.due = Some(at);
-    timers.push(Reverse((at, nid)));
+    timers.changed(nid);
+    timers.heap.push(Reverse((at, nid)));
 }
 
 /// A peer became interesting: count its silence from now (a Down one is probed now).
-fn start(
-    timers: &mut BinaryHeap<Reverse<(Time, Nid)>>,
-    interval: Duration,
-    nid: Nid,
-    w: &mut Watch,
-    now: Time,
-) {
+fn start(timers: &mut Timers, interval: Duration, nid: Nid, w: &mut Watch, now: Time) {
     if w.state == PeerState::Down {
         w.probes = 0;
         book(timers, nid, w, now);
@@ -234,12 +275,13 @@ fn start(
 /// A peer nobody is interested in costs nothing: no entry, no timer. Except a Down one,
 /// remembered (unprobed) so new operations to it fail fast; each such attempt
 /// [pokes](Monitor::poke) it into another probe. True if the entry is to go.
-fn unneeded(w: &mut Watch) -> bool {
+fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
     if w.interesting() {
         return false;
     }
     if w.state == PeerState::Down {
         w.due = None;
+        timers.changed(nid);
         return false;
     }
     true
@@ -248,8 +290,7 @@ fn unneeded(w: &mut Watch) -> bool {
 pub(crate) struct Monitor {
     cfg: HealthConfig,
     peers: FxHashMap<Nid, Watch>,
-    /// (due, peer): entries whose time no longer matches the peer's `due` are stale.
-    timers: BinaryHeap<Reverse<(Time, Nid)>>,
+    timers: Timers,
     /// The deadline last reported to the node's driver: firing much later means local lag.
     promised: Option<Time>,
     /// Silence up to here has already been forgiven: overlapping signs of one stall (a late
@@ -268,7 +309,7 @@ impl Monitor {
         Monitor {
             cfg,
             peers: FxHashMap::default(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             promised: None,
             forgiven_until: Time::ZERO,
             stats: HealthStats::default(),
@@ -279,8 +320,13 @@ impl Monitor {
         self.stats
     }
 
+    /// The entry of a monitored (or remembered Down) peer; not a lingering one.
+    fn watch_of(&self, nid: Nid) -> Option<&Watch> {
+        self.peers.get(&nid).filter(|w| !w.lingering())
+    }
+
     pub(crate) fn peer(&self, nid: Nid) -> Option<PeerHealth> {
-        self.peers.get(&nid).map(|w| PeerHealth {
+        self.watch_of(nid).map(|w| PeerHealth {
             state: w.state,
             health: w.health,
             last_heard: w.last_heard,
@@ -296,8 +342,7 @@ impl Monitor {
     /// Whether this node can say, from what it heard, that it reaches `nid`: monitored, Up,
     /// and heard from since monitoring began.
     pub(crate) fn vouches_for(&self, nid: Nid) -> bool {
-        self.peers
-            .get(&nid)
+        self.watch_of(nid)
             .is_some_and(|w| w.heard && w.state == PeerState::Up)
     }
 
@@ -338,6 +383,9 @@ impl Monitor {
     /// An operation to `nid` started. One lookup: it runs once per operation.
     pub(crate) fn interest_started(&mut self, nid: Nid, now: Time) {
         let w = self.peers.entry(nid).or_insert_with(|| Watch::new(now));
+        if w.lingering() {
+            w.revive(now);
+        }
         let was = w.interesting();
         w.interest += 1;
         if !was {
@@ -345,27 +393,29 @@ impl Monitor {
         }
     }
 
-    /// An operation to `nid` ended. One lookup: it runs once per operation.
+    /// An operation to `nid` ended. One lookup: it runs once per operation. An entry
+    /// nobody needs any more lingers until its timer (see the module's documentation).
     pub(crate) fn interest_ended(&mut self, nid: Nid) {
-        if let Entry::Occupied(mut e) = self.peers.entry(nid) {
-            let w = e.get_mut();
+        if let Some(w) = self.peers.get_mut(&nid) {
             w.interest = w.interest.saturating_sub(1);
-            if unneeded(w) {
-                e.remove();
-            }
+            unneeded(&mut self.timers, nid, w);
         }
     }
 
     /// The application watches (or stops watching) `nid`.
     pub(crate) fn watch(&mut self, nid: Nid, now: Time, on: bool) {
         let w = self.peers.entry(nid).or_insert_with(|| Watch::new(now));
+        if w.lingering() {
+            w.revive(now);
+        }
         let was = w.interesting();
         w.watched = on;
         if !was && on {
             start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
-        if unneeded(w) {
+        if unneeded(&mut self.timers, nid, w) {
             self.peers.remove(&nid);
+            self.timers.changed(nid);
         }
     }
 
@@ -377,10 +427,10 @@ impl Monitor {
 
     /// Forgets the Down peers remembered for nobody (see `unneeded`): operations to
     /// them no longer fail fast, they try a connection first. What keeps a flood of NIDs
-    /// that never answer from growing the table without bound.
+    /// that never answer from growing the table without bound. Lingering entries go too.
     pub(crate) fn forget_remembered_down(&mut self) {
-        self.peers
-            .retain(|_, w| w.interesting() || w.state != PeerState::Down);
+        self.peers.retain(|_, w| w.interesting());
+        self.timers.forget_all_current();
     }
 
     /// Someone wanted a Down peer nobody monitors: probe it again (on its backoff), so
@@ -397,6 +447,7 @@ impl Monitor {
 
     /// A frame came from `nid`. Returns `Recovered` if it was Down.
     pub(crate) fn heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
+        // A lingering entry hears too: it is revived before anyone looks at it again.
         let w = self.peers.get_mut(&nid)?;
         w.last_heard = w.last_heard.max(now);
         w.heard = true;
@@ -417,6 +468,7 @@ impl Monitor {
                     book(&mut self.timers, nid, w, now + self.cfg.interval);
                 } else {
                     self.peers.remove(&nid); // back, and nobody's business: no entry
+                    self.timers.changed(nid);
                 }
                 Some(Action::Recovered(nid))
             }
@@ -425,12 +477,16 @@ impl Monitor {
 
     /// When the monitor next needs [`Monitor::tick`].
     pub(crate) fn next_deadline(&mut self) -> Option<Time> {
-        while let Some(Reverse((t, nid))) = self.timers.peek().copied() {
-            if self.peers.get(&nid).is_some_and(|w| w.due == Some(t)) {
+        while let Some(Reverse(top)) = self.timers.heap.peek().copied() {
+            let (t, nid) = top;
+            if self.timers.current_top == Some(top)
+                || self.peers.get(&nid).is_some_and(|w| w.due == Some(t))
+            {
+                self.timers.current_top = Some(top);
                 self.promised = Some(t);
                 return Some(t);
             }
-            self.timers.pop();
+            self.timers.heap.pop();
         }
         self.promised = None;
         None
@@ -439,14 +495,15 @@ impl Monitor {
     /// Runs what is due at `now`, appending the actions to `out`.
     pub(crate) fn tick(&mut self, now: Time, out: &mut Vec<Action>) {
         self.check_lag(now);
-        while let Some(Reverse((t, nid))) = self.timers.peek().copied() {
+        while let Some(Reverse((t, nid))) = self.timers.heap.peek().copied() {
             if t > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.heap.pop();
             let current = self.peers.get(&nid).is_some_and(|w| w.due == Some(t));
             if current {
                 self.peers.get_mut(&nid).expect("checked").due = None;
+                self.timers.changed(nid);
                 self.evaluate(nid, now, out);
             }
         }
@@ -502,6 +559,10 @@ impl Monitor {
         let Some(w) = self.peers.get_mut(&nid) else {
             return;
         };
+        if w.lingering() {
+            self.peers.remove(&nid); // its time is up: nobody came back to it
+            return;
+        }
         if w.state == PeerState::Down {
             out.push(Action::Ping(nid));
             self.stats.pings_sent += 1;

@@ -271,3 +271,54 @@ fn one_stall_seen_twice_is_forgiven_once() {
     let heard = m.peer(peer(1)).unwrap().last_heard;
     assert_eq!(heard, at(690), "stretched by 600 ms once, not twice");
 }
+
+#[test]
+fn an_entry_lingers_unseen_until_its_look_and_a_new_operation_starts_afresh() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    assert_eq!(m.heard(peer(1), at(10)), None);
+    // Silent past one interval: Suspect, pinged.
+    let log = drive(&mut m, 150, |_| None);
+    assert_eq!(log, vec![(110, Action::Ping(peer(1)))]);
+    assert_eq!(m.peer(peer(1)).map(|h| h.state), Some(PeerState::Suspect));
+    assert!(!m.vouches_for(peer(1)));
+    // The operation ends: the entry stays for its look, but nobody sees it.
+    m.interest_ended(peer(1));
+    assert_eq!((m.peer(peer(1)), m.monitored(), m.all()), (None, 0, vec![]));
+    assert_eq!(m.sizes().0, 1, "lingering until its look");
+    // Another operation before that look: monitoring starts afresh, Up, silence counted
+    // from now (a Suspect peer carried over would be pinged at once, and soon Down).
+    m.interest_started(peer(1), at(160));
+    assert_eq!(m.peer(peer(1)).map(|h| h.state), Some(PeerState::Up));
+    let log = drive(&mut m, 259, |_| None);
+    assert!(log.is_empty(), "{log:?}");
+    let log = drive(&mut m, 261, |_| None);
+    assert_eq!(log, vec![(260, Action::Ping(peer(1)))]);
+    // Ended again, and left alone: gone at its look, with no ping and no verdict.
+    m.interest_ended(peer(1));
+    let log = drive(&mut m, 10_000, |_| None);
+    assert!(log.is_empty(), "{log:?}");
+    assert_eq!((m.sizes().0, m.next_deadline()), (0, None));
+}
+
+#[test]
+fn the_deadline_follows_a_top_whose_peer_changed() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.watch(peer(2), at(50), true);
+    assert_eq!(m.next_deadline(), Some(at(100)));
+    // The peer of the top timer goes: its look is stale, even though it is still the
+    // heap's top.
+    m.watch(peer(1), at(60), false);
+    assert_eq!(m.next_deadline(), Some(at(150)));
+    // A Down peer whose operations end is remembered, unprobed: its booked probe is
+    // stale though still at the top.
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(3), at(0));
+    let log = drive(&mut m, 350, |_| None);
+    assert!(m.is_down(peer(3)), "{log:?}");
+    assert_eq!(m.next_deadline(), Some(at(400)));
+    m.interest_ended(peer(3));
+    assert!(m.is_down(peer(3)));
+    assert_eq!(m.next_deadline(), None);
+}

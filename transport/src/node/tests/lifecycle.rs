@@ -7,7 +7,8 @@ fn deadlines_say_where_an_operation_was_stuck() {
     // Failure detection would declare the silent peers Down (and fail their operations
     // with PeerDead) long before these deadlines: this test is about the deadlines.
     let mut quiet = cfg();
-    quiet.health.interval = std::time::Duration::from_secs(3600);
+    let interval = std::time::Duration::from_secs(3600);
+    quiet.health.interval = interval;
     let mut n = node_with(quiet);
     // Never connected: network timeout.
     n.put(
@@ -84,6 +85,13 @@ fn deadlines_say_where_an_operation_was_stuck() {
     );
     assert!(completions(&mut n).is_empty());
     assert_eq!(n.stats().late_responses, 1);
+    // Nothing is owed: only the peer's health entry lingers, until its look (an
+    // interval after monitoring began), and then it goes without a word.
+    let look = t(0) + interval;
+    assert_eq!(n.poll_timeout(), Some(look));
+    n.handle_timeout(look);
+    assert!(completions(&mut n).is_empty());
+    assert_eq!(n.peer_health(nid(C)), None);
     assert_eq!(n.poll_timeout(), None);
 }
 
