@@ -219,15 +219,18 @@ impl DriverThread {
     /// meanwhile wait for the next turn: submitters faster than the node must not keep it
     /// from the network). True if the endpoint is to stop.
     fn take_commands(&mut self, now: Time) -> bool {
-        // Most turns find none: the queue's length is read only once one has come.
-        let mut waiting = None;
+        // Most turns find none: the queue's length is read only once one has come, and
+        // before it runs (what its running lets in, a woken caller's next command or a
+        // blocked one's, waits for the next turn).
+        let mut behind_it = None;
         loop {
-            match self.commands.try_recv() {
-                Ok(cmd) => run_command(self.driver.node_mut(), now, cmd, &mut self.in_hand),
+            let cmd = match self.commands.try_recv() {
+                Ok(cmd) => cmd,
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => return true,
-            }
-            let left = waiting.get_or_insert_with(|| self.commands.len());
+            };
+            let left = behind_it.get_or_insert_with(|| self.commands.len());
+            run_command(self.driver.node_mut(), now, cmd, &mut self.in_hand);
             if *left == 0 {
                 return false;
             }

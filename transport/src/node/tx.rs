@@ -335,6 +335,13 @@ impl Node {
             };
             self.emit(ni, nid, lane, out, returned, true, check);
             if let Some(due) = drained {
+                debug_assert_eq!(
+                    self.hops
+                        .get(&nid)
+                        .map(|h| h.lanes[lane].credit_frame_due()),
+                    Some(due),
+                    "sending changed the hop lane"
+                );
                 break due;
             }
         };
