@@ -1,10 +1,11 @@
 //! Failure detection, sans-IO: which peers are watched, when to PING them, and the verdicts.
 //!
 //! * A peer is monitored while it is *interesting*: operations to it are outstanding, or
-//!   the application watches it. Nobody else costs anything: no ping, and no entry once
-//!   its timer comes (an entry whose operations ended *lingers* until then, unseen, so
-//!   that a peer sent to one operation after another is not set up and torn down for
-//!   each).
+//!   the application watches it. Nobody else is pinged or judged. An entry whose
+//!   operations ended *lingers*, unseen, until the look it had booked (at most an
+//!   interval), so that a peer sent one operation after another is not set up and torn
+//!   down for each; then it goes, and costs nothing more. At most
+//!   [`LINGER_WHILE_PEERS_AT_MOST`] entries are kept for that: past it, one goes at once.
 //! * Any frame from a peer proves it alive ([`Monitor::heard`]). A monitored peer silent for
 //!   one `interval` gets a PING on the health lane, at most one per interval.
 //! * Verdicts, BFD-style: silent for one interval, **Suspect**; for `detect_mult` intervals,
@@ -148,7 +149,8 @@ pub struct HealthStats {
     pub pings_sent: u64,
     pub downs: u64,
     pub recoveries: u64,
-    /// Times this node found itself lagging and stretched its peers' timeouts.
+    /// Times this node found itself lagging (a look of its own came late, or its health
+    /// lane backed up) and stretched the silence of the peers it monitors, if any.
     pub lag_stretches: u64,
     /// Of those, the ones found from its own health lane backed up.
     pub backlog_stretches: u64,
@@ -167,6 +169,11 @@ pub(crate) enum Action {
     Recovered(Nid),
 }
 
+/// Entries whose operations ended linger only while the table holds at most this many:
+/// past it, they go at once, as if lingering were not, so a flood of operations to
+/// ever-new peers (with a long interval) cannot grow it.
+pub(crate) const LINGER_WHILE_PEERS_AT_MOST: usize = 4096;
+
 struct Watch {
     /// Outstanding operations to the peer.
     interest: u32,
@@ -178,7 +185,8 @@ struct Watch {
     health: u16,
     /// Probes sent since it went Down (the backoff exponent).
     probes: u32,
-    /// When the peer next needs looking at; `None` while it needs nothing (uninteresting).
+    /// When the peer next needs looking at (a lingering entry: when it goes); `None` while
+    /// it needs nothing (remembered Down, unprobed).
     due: Option<Time>,
     /// Something came from it since this entry was made: its silence is measured, not
     /// merely assumed from when monitoring started.
@@ -227,9 +235,9 @@ impl Watch {
 struct Timers {
     heap: BinaryHeap<Reverse<(Time, Nid)>>,
     /// The top as [`Monitor::next_deadline`] last found it current. It stays so until that
-    /// peer's `due` changes or its entry goes, which every such change tells ([`Timers::
-    /// changed`]): the driver asks every turn, and a peer lookup each time was a tenth of
-    /// the core's work per message.
+    /// peer's `due` changes or its entry goes, which every such change tells
+    /// ([`Timers::changed`]): the driver asks every turn, and would look the peer up each
+    /// time.
     current_top: Option<(Time, Nid)>,
 }
 
@@ -272,9 +280,9 @@ fn start(timers: &mut Timers, interval: Duration, nid: Nid, w: &mut Watch, now: 
     }
 }
 
-/// A peer nobody is interested in costs nothing: no entry, no timer. Except a Down one,
-/// remembered (unprobed) so new operations to it fail fast; each such attempt
-/// [pokes](Monitor::poke) it into another probe. True if the entry is to go.
+/// Whether nobody needs the entry any more, so that it may go (at once, or after lingering).
+/// A Down one is still needed: remembered (unprobed) so that new operations to it fail
+/// fast; each such attempt [pokes](Monitor::poke) it into another probe.
 fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
     if w.interesting() {
         return false;
@@ -300,7 +308,8 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
-    /// Peers watched, and timers pending (stale ones included).
+    /// Entries (monitored, remembered Down, or lingering), and timers pending (stale ones
+    /// included).
     pub(crate) fn sizes(&self) -> (usize, usize) {
         (self.peers.len(), self.timers.len())
     }
@@ -396,9 +405,13 @@ impl Monitor {
     /// An operation to `nid` ended. One lookup: it runs once per operation. An entry
     /// nobody needs any more lingers until its timer (see the module's documentation).
     pub(crate) fn interest_ended(&mut self, nid: Nid) {
+        let crowded = self.peers.len() > LINGER_WHILE_PEERS_AT_MOST;
         if let Some(w) = self.peers.get_mut(&nid) {
             w.interest = w.interest.saturating_sub(1);
-            unneeded(&mut self.timers, nid, w);
+            if unneeded(&mut self.timers, nid, w) && crowded {
+                self.peers.remove(&nid);
+                self.timers.changed(nid);
+            }
         }
     }
 
@@ -425,10 +438,11 @@ impl Monitor {
         self.peers.get(&nid).is_some_and(Watch::interesting)
     }
 
-    /// Forgets the Down peers remembered for nobody (see `unneeded`): operations to
-    /// them no longer fail fast, they try a connection first. What keeps a flood of NIDs
-    /// that never answer from growing the table without bound. Lingering entries go too.
-    pub(crate) fn forget_remembered_down(&mut self) {
+    /// Forgets every entry nobody is interested in: the lingering ones, and the Down peers
+    /// remembered for nobody (see `unneeded`), to which operations then no longer fail
+    /// fast but try a connection first. What keeps a flood of NIDs that never answer from
+    /// growing the table without bound.
+    pub(crate) fn forget_uninteresting(&mut self) {
         self.peers.retain(|_, w| w.interesting());
         self.timers.forget_all_current();
     }
@@ -561,6 +575,7 @@ impl Monitor {
         };
         if w.lingering() {
             self.peers.remove(&nid); // its time is up: nobody came back to it
+            self.timers.changed(nid);
             return;
         }
         if w.state == PeerState::Down {

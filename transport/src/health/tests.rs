@@ -62,6 +62,7 @@ fn idle_unwatched_peers_cost_nothing() {
     let log = drive(&mut m, 10_000, |_| None);
     assert!(log.is_empty(), "{log:?}");
     assert_eq!((m.monitored(), m.peer(peer(1))), (0, None));
+    assert_eq!((m.sizes(), m.next_deadline()), ((0, 0), None));
 }
 
 #[test]
@@ -321,4 +322,65 @@ fn the_deadline_follows_a_top_whose_peer_changed() {
     m.interest_ended(peer(3));
     assert!(m.is_down(peer(3)));
     assert_eq!(m.next_deadline(), None);
+}
+
+#[test]
+fn a_revived_entry_vouches_only_once_heard_again() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    m.heard(peer(1), at(5));
+    assert!(m.vouches_for(peer(1)));
+    m.interest_ended(peer(1));
+    assert!(!m.vouches_for(peer(1)), "lingering: unseen");
+    m.interest_started(peer(1), at(20));
+    assert!(
+        !m.vouches_for(peer(1)),
+        "a new monitoring has heard nothing yet"
+    );
+    m.heard(peer(1), at(25));
+    assert!(m.vouches_for(peer(1)));
+}
+
+#[test]
+fn a_recovered_peer_nobody_wants_goes_with_its_look() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    let log = drive(&mut m, 350, |_| None);
+    assert!(m.is_down(peer(1)), "{log:?}");
+    m.interest_ended(peer(1));
+    m.poke(peer(1), at(400));
+    assert_eq!(m.next_deadline(), Some(at(400)));
+    // Back, and nobody's business: the entry goes, and so does its probe.
+    assert_eq!(m.heard(peer(1), at(390)), Some(Action::Recovered(peer(1))));
+    assert_eq!((m.sizes().0, m.next_deadline()), (0, None));
+}
+
+#[test]
+fn forgetting_the_uninteresting_drops_lingering_entries_and_their_looks() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    m.interest_started(peer(2), at(0));
+    m.interest_ended(peer(1));
+    assert_eq!(m.sizes().0, 2);
+    m.forget_uninteresting();
+    assert_eq!((m.sizes().0, m.monitored()), (1, 1));
+    m.interest_ended(peer(2));
+    m.forget_uninteresting();
+    assert_eq!((m.sizes().0, m.next_deadline()), (0, None));
+}
+
+#[test]
+fn entries_linger_only_while_the_table_is_small() {
+    let mut m = Monitor::new(HealthConfig::default());
+    let many = LINGER_WHILE_PEERS_AT_MOST as u32 + 1;
+    for n in 0..many {
+        m.interest_started(peer(n), at(0));
+    }
+    // Past the limit: the entry goes at once.
+    m.interest_ended(peer(0));
+    assert_eq!(m.sizes().0, LINGER_WHILE_PEERS_AT_MOST);
+    // At it: the next one lingers.
+    m.interest_ended(peer(1));
+    assert_eq!(m.sizes().0, LINGER_WHILE_PEERS_AT_MOST);
+    assert_eq!(m.monitored(), LINGER_WHILE_PEERS_AT_MOST - 1);
 }

@@ -38,7 +38,8 @@ pub struct Footprint {
     pub pool_buffers: usize,
     /// Frames waiting for a buffer.
     pub pool_waiting: usize,
-    /// Peers the health monitor has (watched, or remembered Down).
+    /// Peers the health monitor has (watched, remembered Down, or lingering until their
+    /// look).
     pub health_peers: usize,
     /// Its timers (stale ones included).
     pub health_timers: usize,

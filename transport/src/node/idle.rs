@@ -19,7 +19,7 @@ use crate::nid::Nid;
 /// owed to or by it, but a restart it makes before it is heard from again is not reported
 /// (no `PeerRestarted`), as for a peer never heard from. The monitor's memory of Down
 /// peers nobody watches goes with a sweep of the neighbours (see
-/// `Monitor::forget_remembered_down`).
+/// `Monitor::forget_uninteresting`).
 pub const MAX_IDLE_PEERS: usize = 4096;
 
 /// The table sizes at which the next sweeps come.
@@ -66,7 +66,7 @@ impl Node {
 
     fn forget_idle_hops(&mut self) {
         // Down peers remembered for nobody go first: they would keep their hops.
-        self.health.forget_remembered_down();
+        self.health.forget_uninteresting();
         let gateways: rustc_hash::FxHashSet<Nid> =
             self.routes.all().iter().map(|r| r.gateway).collect();
         let (health, ops, faults) = (&self.health, &self.ops, &self.faults);

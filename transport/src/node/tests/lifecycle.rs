@@ -85,13 +85,15 @@ fn deadlines_say_where_an_operation_was_stuck() {
     );
     assert!(completions(&mut n).is_empty());
     assert_eq!(n.stats().late_responses, 1);
-    // Nothing is owed: only the peer's health entry lingers, until its look (an
-    // interval after monitoring began), and then it goes without a word.
+    // Nothing is owed: only the peers' health entries linger (unseen), until the look
+    // each booked when monitoring began, and then they go without a word.
+    assert_eq!(n.peer_health(nid(C)), None);
+    assert_eq!(n.footprint().health_peers, 2);
     let look = t(0) + interval;
     assert_eq!(n.poll_timeout(), Some(look));
     n.handle_timeout(look);
     assert!(completions(&mut n).is_empty());
-    assert_eq!(n.peer_health(nid(C)), None);
+    assert_eq!(n.footprint().health_peers, 0);
     assert_eq!(n.poll_timeout(), None);
 }
 
