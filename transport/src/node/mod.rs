@@ -26,6 +26,7 @@ mod forward;
 mod gateways;
 mod health;
 mod idle;
+mod inflight;
 mod ops;
 pub(crate) mod peers;
 mod pools;
@@ -62,6 +63,7 @@ pub use faults::{
 pub use footprint::Footprint;
 pub use gateways::{PeerRouting, RouterStats};
 pub use idle::MAX_IDLE_PEERS;
+use inflight::InFlight;
 use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
 pub use pools::{PoolKind, PoolSizes, PoolStats};
@@ -216,6 +218,8 @@ pub(crate) enum Fetch {
 
 /// Bookkeeping for a frame handed to a driver.
 pub(crate) struct InLnd {
+    /// Its place in the order frames were handed to drivers.
+    pub(crate) sent: u64,
     pub(crate) ni: NiId,
     pub(crate) lane: Lane,
     /// Whether it holds an NI credit (CREDIT frames do not).
@@ -246,10 +250,12 @@ pub(crate) struct Outbox {
     pub(crate) requests: VecDeque<(NiId, LndRequest)>,
     pub(crate) events: VecDeque<Event>,
     /// Frames in the drivers, by token.
-    pub(crate) in_lnd: FxHashMap<u64, InLnd>,
-    /// Health-lane frames in the drivers, by token (so oldest first), with when they went.
+    pub(crate) in_lnd: InFlight<InLnd>,
+    /// Health-lane frames in the drivers, by `InLnd::sent` (so oldest first), with when
+    /// they went.
     pub(crate) health_in_lnd: BTreeMap<u64, Time>,
-    pub(crate) next_token: u64,
+    /// The next frame's `InLnd::sent`.
+    pub(crate) next_sent: u64,
 }
 
 /// The protocol state machine of one node.
@@ -323,10 +329,7 @@ impl Node {
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
             faults: faults::Faults::default(),
-            out: Outbox {
-                next_token: 1,
-                ..Outbox::default()
-            },
+            out: Outbox::default(),
             undelivered: 0,
             stats: NodeStats::default(),
             health,
@@ -725,15 +728,15 @@ impl Node {
         });
         // What its driver still held ends here (it will not report on it): sends fail (a
         // request through a router is sent again another way), fetches fail.
-        let mut tokens: Vec<u64> = self
+        let mut held: Vec<(u64, u64)> = self
             .out
             .in_lnd
             .iter()
             .filter(|(_, f)| f.ni == ni)
-            .map(|(&t, _)| t)
+            .map(|(token, f)| (f.sent, token))
             .collect();
-        tokens.sort_unstable();
-        for token in tokens {
+        held.sort_unstable(); // in the order they were handed over
+        for (_, token) in held {
             self.on_send_complete(now, crate::lnd::TxToken(token), Err(error.clone()));
         }
         let mut fetches: Vec<RxHandle> = self

@@ -495,7 +495,7 @@ impl Node {
             upstream: None,
         };
         let token = self.emit(ni, nid, lane, out, returned, false, check);
-        if let Some(rec) = self.out.in_lnd.get_mut(&token) {
+        if let Some(rec) = self.out.in_lnd.get_mut(token) {
             rec.credit_for = Some((nid, serial));
         }
     }
@@ -541,28 +541,26 @@ impl Node {
                 0
             },
         };
-        let token = self.out.next_token;
-        self.out.next_token += 1;
-        self.out.in_lnd.insert(
-            token,
-            InLnd {
-                ni,
-                lane,
-                ni_credit,
-                op: out.op,
-                upstream: out.upstream,
-                refuse_to: (out.upstream.is_some() && header.frame_type().is_request()).then_some(
-                    super::RefuseTo {
-                        src: header.src,
-                        dst: header.dst,
-                        msg_id: header.msg_id,
-                    },
-                ),
-                credit_for: None,
-            },
-        );
+        let sent = self.out.next_sent;
+        self.out.next_sent += 1;
+        let token = self.out.in_lnd.insert(InLnd {
+            sent,
+            ni,
+            lane,
+            ni_credit,
+            op: out.op,
+            upstream: out.upstream,
+            refuse_to: (out.upstream.is_some() && header.frame_type().is_request()).then_some(
+                super::RefuseTo {
+                    src: header.src,
+                    dst: header.dst,
+                    msg_id: header.msg_id,
+                },
+            ),
+            credit_for: None,
+        });
         if let (Lane::Health, Some(now)) = (lane, self.clock) {
-            self.out.health_in_lnd.insert(token, now);
+            self.out.health_in_lnd.insert(sent, now);
         }
         self.stats.frames_sent += 1;
         let counts = &mut self.stats.lanes[lane];
@@ -591,16 +589,18 @@ impl Node {
         token: TxToken,
         result: Result<(), LndError>,
     ) {
-        if let Some(since) = self.out.health_in_lnd.remove(&token.0) {
-            if result.is_ok() {
-                self.health.backlog(since, now); // how long it took to leave
-            }
-        }
-        let Some(rec) = self.out.in_lnd.remove(&token.0) else {
+        let Some(rec) = self.out.in_lnd.remove(token.0) else {
             tracing::warn!(token = token.0, "driver completed an unknown send");
             self.stats.protocol_errors += 1;
             return;
         };
+        if rec.lane == Lane::Health {
+            if let Some(since) = self.out.health_in_lnd.remove(&rec.sent) {
+                if result.is_ok() {
+                    self.health.backlog(since, now); // how long it took to leave
+                }
+            }
+        }
         if result.is_err() {
             self.stats.lanes[rec.lane].send_errors += 1;
         }
