@@ -220,8 +220,9 @@ impl DriverThread {
     /// from the network). True if the endpoint is to stop.
     fn take_commands(&mut self, now: Time) -> bool {
         // Most turns find none: the queue's length is read only once one has come, and
-        // before it runs (what its running lets in, a woken caller's next command or a
-        // blocked one's, waits for the next turn).
+        // before it runs, so what its running lets in (a woken caller's next command)
+        // waits for the next turn. (A submitter blocked on the full queue may slip one in
+        // between the take and the read: still bounded by the queue's capacity.)
         let mut behind_it = None;
         loop {
             let cmd = match self.commands.try_recv() {

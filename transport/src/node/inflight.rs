@@ -2,7 +2,8 @@
 //! the frame's completion: a slab, since a token is looked up once per frame sent, where a
 //! hash map cost a few hundred instructions per round trip. A token carries its slot's
 //! generation, so one handed back twice, or late, finds nothing rather than the frame now
-//! in its slot.
+//! in its slot; a slot whose generation has run out is retired, never reused, so no token
+//! comes round again.
 
 /// A slot's generation and index, as one token.
 fn token(generation: u32, index: u32) -> u64 {
@@ -73,7 +74,9 @@ impl<T> InFlight<T> {
             .get_mut(index)
             .filter(|s| s.generation == generation)?;
         let value = slot.value.take()?;
-        self.free.push(index as u32);
+        if slot.generation != u32::MAX {
+            self.free.push(index as u32);
+        }
         self.len -= 1;
         Some(value)
     }
@@ -120,9 +123,27 @@ mod tests {
         // Tokens from nowhere: an index beyond the slots, a generation never given.
         assert_eq!(f.remove(token(1, 99)), None);
         assert_eq!(f.remove(c ^ (1 << 40)), None);
+        // An empty slot is skipped.
+        assert_eq!(f.remove(b), Some("b"));
         assert_eq!(
-            (f.remove(b), f.remove(c), f.len()),
-            (Some("b"), Some("c"), 0)
+            f.iter().map(|(t, v)| (t, *v)).collect::<Vec<_>>(),
+            vec![(c, "c")]
         );
+        assert_eq!((f.remove(c), f.len()), (Some("c"), 0));
+    }
+
+    #[test]
+    fn a_slot_whose_generation_ran_out_is_never_reused() {
+        let mut f = InFlight::default();
+        f.insert(1);
+        f.slots[0].generation = u32::MAX - 1; // as after 2^32 - 2 frames through slot 0
+        assert_eq!(f.remove(token(u32::MAX - 1, 0)), Some(1));
+        let last = f.insert(2);
+        assert_eq!(split(last), (u32::MAX, 0));
+        assert_eq!(f.remove(last), Some(2));
+        // The next frame takes a new slot: slot 0's tokens cannot come round again.
+        let next = f.insert(3);
+        assert_eq!(split(next).1, 1, "slot 0 retired");
+        assert_eq!(f.remove(last), None);
     }
 }

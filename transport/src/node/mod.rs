@@ -218,7 +218,8 @@ pub(crate) enum Fetch {
 
 /// Bookkeeping for a frame handed to a driver.
 pub(crate) struct InLnd {
-    /// Its place in the order frames were handed to drivers.
+    /// Its place in the order frames were queued for the drivers (within a lane, the order
+    /// they are handed over).
     pub(crate) sent: u64,
     pub(crate) ni: NiId,
     pub(crate) lane: Lane,
@@ -256,6 +257,19 @@ pub(crate) struct Outbox {
     pub(crate) health_in_lnd: BTreeMap<u64, Time>,
     /// The next frame's `InLnd::sent`.
     pub(crate) next_sent: u64,
+}
+
+impl Outbox {
+    /// Drops the frames queued for NI `ni`'s driver. Kept out of line: inlined into its
+    /// one (rare) caller, the retain made the hot path's queue code cost ~100 instructions
+    /// more per round trip (`lanet-bench cost`).
+    #[cold]
+    #[inline(never)]
+    fn drop_transmits_of(&mut self, ni: NiId) {
+        for lane in Lane::ALL {
+            self.transmits[lane].retain(|(n, _)| *n != ni);
+        }
+    }
 }
 
 /// The protocol state machine of one node.
@@ -726,8 +740,10 @@ impl Node {
             reason: error.to_string(),
             at: now,
         });
-        // What its driver still held ends here (it will not report on it): sends fail (a
-        // request through a router is sent again another way), fetches fail.
+        // What its driver still held ends here (it will not report on it), and what was
+        // queued for it and not yet handed over (nobody will): sends fail (a request
+        // through a router is sent again another way), fetches fail.
+        self.out.drop_transmits_of(ni);
         let mut held: Vec<(u64, u64)> = self
             .out
             .in_lnd
@@ -735,7 +751,7 @@ impl Node {
             .filter(|(_, f)| f.ni == ni)
             .map(|(token, f)| (f.sent, token))
             .collect();
-        held.sort_unstable(); // in the order they were handed over
+        held.sort_unstable(); // in the order they were queued
         for (_, token) in held {
             self.on_send_complete(now, crate::lnd::TxToken(token), Err(error.clone()));
         }

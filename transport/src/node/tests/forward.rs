@@ -144,6 +144,47 @@ fn a_failed_nis_driver_lets_go_of_what_it_held_for_others() {
     assert_eq!(nack_to_b(&mut n, 1), (NackReason::NextHopDown, d()));
 }
 
+/// The NI towards D fails while forwarded frames wait in the outbox for its driver (queued,
+/// not yet handed over): each ends once, refused to B in the order they were queued, and
+/// nothing is left for a driver to complete a second time.
+#[test]
+fn a_failed_nis_queued_frames_end_once_in_the_order_they_were_queued() {
+    let mut n = router();
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 8, 9);
+    // Two frames out and back (the second first), so that the drivers' table reuses
+    // their places in another order than the frames' (a later frame, a lower token).
+    put_from_b(&mut n, d(), 1, 8);
+    put_from_b(&mut n, d(), 2, 8);
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 2);
+    sent_ok(&mut n, &out[1]);
+    sent_ok(&mut n, &out[0]);
+    for m in 3..=5 {
+        put_from_b(&mut n, d(), m, 8);
+    }
+    assert_eq!(
+        drain(&mut n).iter().filter(|s| s.header.dst == d()).count(),
+        3
+    );
+    // The sixth is queued for NI 1's driver, not handed over, when the NI fails.
+    put_from_b(&mut n, d(), 6, 8);
+    let error = LndError::new(LndErrorKind::Resource, "driver gone");
+    n.ni_failed(t(1), NiId(1), error);
+    let out = drain(&mut n);
+    let refused: Vec<u64> = out
+        .iter()
+        .filter(|s| matches!(s.header.body, Body::Nack { .. }))
+        .map(|s| s.header.msg_id)
+        .collect();
+    assert_eq!(refused, vec![3, 4, 5, 6]);
+    assert!(
+        out.iter().all(|s| s.header.dst == nid(B)),
+        "nothing left for D"
+    );
+    assert_eq!(n.stats().protocol_errors, 0);
+}
+
 /// HELLO and CREDIT frames are a hop's own business: one addressed to another node is a
 /// protocol error (its connection closed), never passed on or counted against credits.
 #[test]

@@ -413,3 +413,39 @@ fn operations_that_end_while_queued_leave_no_dead_entries_behind() {
     let held = n.footprint();
     assert_eq!(held.queued, 0, "{held:?}");
 }
+
+/// A driver that reports a send twice, the second time after the frame's place in the
+/// node's table went to the next frame, is counted; the next frame is not touched (its
+/// own report is taken) and both operations complete once, on their answers.
+#[test]
+fn a_send_reported_twice_is_counted_and_touches_no_other_frame() {
+    let mut n = node();
+    connected(&mut n, C, Lane::Data, 4, 7);
+    n.put(t(0), OpId(1), put(C, b"a")).unwrap();
+    let first = drain(&mut n);
+    sent_ok(&mut n, &first[0]);
+    n.put(t(0), OpId(2), put(C, b"b")).unwrap();
+    let second = drain(&mut n);
+    sent_ok(&mut n, &first[0]);
+    assert_eq!(n.stats().protocol_errors, 1, "the late report");
+    sent_ok(&mut n, &second[0]);
+    assert_eq!(
+        n.stats().protocol_errors,
+        1,
+        "the second frame's own report"
+    );
+    for s in [&first[0], &second[0]] {
+        let ack = Body::Ack {
+            status: Status::Ok,
+            mlen: 1,
+        };
+        receive(&mut n, t(1), C, Lane::Data, ack, s.header.msg_id, 1, b"");
+    }
+    assert_eq!(
+        completions(&mut n),
+        vec![
+            (OpId(1), Ok(OpOutcome::Put { mlen: 1 })),
+            (OpId(2), Ok(OpOutcome::Put { mlen: 1 }))
+        ]
+    );
+}
