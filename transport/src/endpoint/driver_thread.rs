@@ -166,10 +166,9 @@ impl DriverThread {
 
     fn serve(&mut self) -> Stop {
         let mut skipped_poll = false;
-        // When the node next needs its timers run, as it said before the last poll (at
-        // first: now). Asked before every poll, so a deadline set meanwhile (a
-        // submission's, a retry's) is late by one poll at most, and never missed; a turn
-        // that goes round for commands without polling does not ask.
+        // When the node next needs its timers run, as it said at the end of the last turn
+        // (at first: now). Asked every turn, so a deadline set meanwhile (a submission's,
+        // a retry's) is late by one turn at most, and never missed.
         let mut due = Some(Time::ZERO);
         loop {
             // The time read right after the poll that ended the last turn, if it did and
@@ -196,13 +195,13 @@ impl DriverThread {
             // Commands already waiting (e.g. submitted by a callback this turn): take them
             // before polling the LND, whose events keep; but never skip two polls in a row,
             // or busy submitters could starve the network. And never block while they wait.
+            due = self.driver.node_mut().poll_timeout();
             let pending = !self.commands.is_empty();
             if pending && !skipped_poll {
                 skipped_poll = true;
                 continue;
             }
             skipped_poll = false;
-            due = self.driver.node_mut().poll_timeout();
             let timeout = if pending {
                 Some(std::time::Duration::ZERO)
             } else {
