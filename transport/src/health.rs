@@ -329,6 +329,12 @@ impl Monitor {
         self.stats
     }
 
+    /// Drops `nid`'s entry, and the timer top known current if it was its.
+    fn forget(&mut self, nid: Nid) {
+        self.peers.remove(&nid);
+        self.timers.changed(nid);
+    }
+
     /// The entry of a monitored (or remembered Down) peer; not a lingering one.
     fn watch_of(&self, nid: Nid) -> Option<&Watch> {
         self.peers.get(&nid).filter(|w| !w.lingering())
@@ -409,8 +415,7 @@ impl Monitor {
         if let Some(w) = self.peers.get_mut(&nid) {
             w.interest = w.interest.saturating_sub(1);
             if unneeded(&mut self.timers, nid, w) && crowded {
-                self.peers.remove(&nid);
-                self.timers.changed(nid);
+                self.forget(nid);
             }
         }
     }
@@ -427,8 +432,7 @@ impl Monitor {
             start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
         if unneeded(&mut self.timers, nid, w) {
-            self.peers.remove(&nid);
-            self.timers.changed(nid);
+            self.forget(nid);
         }
     }
 
@@ -481,8 +485,7 @@ impl Monitor {
                     w.due = None;
                     book(&mut self.timers, nid, w, now + self.cfg.interval);
                 } else {
-                    self.peers.remove(&nid); // back, and nobody's business: no entry
-                    self.timers.changed(nid);
+                    self.forget(nid); // back, and nobody's business: no entry
                 }
                 Some(Action::Recovered(nid))
             }
@@ -574,8 +577,7 @@ impl Monitor {
             return;
         };
         if w.lingering() {
-            self.peers.remove(&nid); // its time is up: nobody came back to it
-            self.timers.changed(nid);
+            self.forget(nid); // its time is up: nobody came back to it
             return;
         }
         if w.state == PeerState::Down {
