@@ -260,11 +260,7 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Drops the frames queued for NI `ni`'s driver. Kept out of line: inlined into its
-    /// one (rare) caller, the retain made the hot path's queue code cost ~100 instructions
-    /// more per round trip (`lanet-bench cost`).
-    #[cold]
-    #[inline(never)]
+    /// Drops the frames queued for NI `ni`'s driver.
     fn drop_transmits_of(&mut self, ni: NiId) {
         for lane in Lane::ALL {
             self.transmits[lane].retain(|(n, _)| *n != ni);
