@@ -215,6 +215,7 @@ fn load(
                     payload: bytes::Bytes::from_static(&[7u8; 1000]),
                     timeout: None,
                     on_peer_down: Default::default(),
+                    ack: true,
                 };
                 let dst = req.dst;
                 match ep.put(req) {

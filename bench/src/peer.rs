@@ -553,6 +553,7 @@ pub(crate) fn client(
         payload: bytes::Bytes::from(vec![0x5a; size]),
         timeout: Some(timeout),
         on_peer_down: Default::default(),
+        ack: true,
     };
     Ok(Client {
         ep,

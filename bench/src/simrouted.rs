@@ -235,6 +235,7 @@ fn put_from_every_client(
                 payload: Bytes::from_static(b"routed"),
                 timeout: None,
                 on_peer_down: Default::default(),
+                ack: true,
             },
         );
     }

@@ -52,6 +52,7 @@ impl Load {
                 payload: Bytes::from(vec![0x5a; PUT_SIZE]),
                 timeout: Some(Duration::from_secs(30)),
                 on_peer_down: Default::default(),
+                ack: true,
             };
             match site.client.group_put(site.group, req) {
                 Ok(_) => {

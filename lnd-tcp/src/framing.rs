@@ -226,6 +226,7 @@ mod tests {
                 portal: 1,
                 match_bits: 2,
                 settled_below: 0,
+                ack: true,
             },
         };
         (encode_header(&h), Bytes::copy_from_slice(payload))

@@ -92,6 +92,7 @@ fn a_steady_ping_pong_allocates_nothing_per_message() {
         payload: Bytes::from_static(b"8 bytes!"),
         timeout: Some(Duration::from_secs(10)),
         on_peer_down: Default::default(),
+        ack: true,
     };
     let _ = cell.set((client.clone(), req.clone()));
     client.put(req).unwrap();

@@ -68,6 +68,7 @@ fn puts_and_gets_from_0_bytes_to_16_mib_arrive_intact() {
             payload: pattern(len, i as u8),
             timeout: None,
             on_peer_down: Default::default(),
+            ack: true,
         };
         puts.push((a.put(req).unwrap(), len));
     }
@@ -131,6 +132,7 @@ fn both_sides_dialling_at_once_still_end_with_one_connection_each_lane() {
                 payload: Bytes::from_static(b"hi"),
                 timeout: None,
                 on_peer_down: Default::default(),
+                ack: true,
             })
             .unwrap()
         };
@@ -164,6 +166,7 @@ fn nothing_listening_is_a_remote_refusal_and_a_vanished_peer_fails_in_flight_wor
         payload: pattern(len, 0),
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     };
     let op = a.put(put(nb, 10)).unwrap();
     let done = wait_all(&a, &[op]);
@@ -317,4 +320,52 @@ fn a_node_on_two_tcp_nets_is_as_fast_on_either() {
             "{alone:?} {t:?}"
         );
     }
+}
+
+#[test]
+fn puts_without_ack_stream_past_the_credits_in_order_and_nothing_answers_them() {
+    const PUTS: usize = 2_000;
+    let (na, nb) = (free_nid(), free_nid());
+    let (a, b) = (endpoint(na, 1), endpoint(nb, 2));
+    b.attach(MatchEntry::sink(4, 1, 4096)).unwrap();
+    let ops: Vec<OpId> = (0..PUTS)
+        .map(|i| {
+            let req = PutRequest {
+                dst: nb,
+                lane: Lane::Data,
+                portal: 4,
+                match_bits: 1,
+                payload: pattern(100 + i % 1000, i as u8),
+                timeout: None,
+                on_peer_down: Default::default(),
+                ack: false,
+            };
+            a.put(req).unwrap()
+        })
+        .collect();
+    let done = wait_all(&a, &ops);
+    for (i, op) in ops.iter().enumerate() {
+        let len = (100 + i % 1000) as u32;
+        assert_eq!(done[op].result, Ok(OpOutcome::Sent { len }), "PUT {i}");
+    }
+    let mut delivered = 0;
+    while delivered < PUTS {
+        match b.recv_event(WAIT).expect("a delivery within 30 s") {
+            Event::Delivered(d) => {
+                let i = delivered;
+                assert_eq!(d.payload, pattern(100 + i % 1000, i as u8), "PUT {i}");
+                delivered += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // More PUTs than credits went: CREDIT frames brought them back, and they are all
+    // the target sent on the data lane.
+    let stats = b.stats().unwrap();
+    let data_frames = stats.lanes[Lane::Data].frames_sent;
+    assert!(
+        stats.credit_frames_sent >= (PUTS / 8) as u64 / 2,
+        "{stats:?}"
+    );
+    assert!(data_frames <= stats.credit_frames_sent, "{stats:?}");
 }

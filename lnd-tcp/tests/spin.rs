@@ -85,6 +85,7 @@ fn spinning_endpoints_carry_puts_intact_and_take_submissions_at_once() {
                 payload: payload.clone(),
                 timeout: None,
                 on_peer_down: Default::default(),
+                ack: true,
             })
             .unwrap();
         match a.recv_event(Some(Duration::from_secs(30))) {

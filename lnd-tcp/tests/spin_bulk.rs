@@ -73,6 +73,7 @@ fn stream_1mib(spin: Duration, puts: usize) -> Duration {
             payload: payload.clone(),
             timeout: None,
             on_peer_down: Default::default(),
+            ack: true,
         })
         .unwrap()
     };

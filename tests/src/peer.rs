@@ -197,6 +197,7 @@ pub fn put(dst: Nid, payload: Bytes) -> PutRequest {
         payload,
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     }
 }
 

@@ -250,6 +250,7 @@ fn an_impostor_without_the_key_can_send_nothing_health_frames_included() {
         portal: lanet_tests::SINK_PORTAL,
         match_bits: 1,
         settled_below: 0,
+        ack: true,
     };
     s.write_all(&frame(me, to, Lane::Data, put, 4, 0)).unwrap();
     assert!(closed_by_server(&mut s));

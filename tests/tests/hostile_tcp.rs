@@ -185,6 +185,7 @@ fn credits_never_lent_and_lengths_beyond_the_limit_close_the_connection() {
         portal: lanet_tests::SINK_PORTAL,
         match_bits: 1,
         settled_below: 0,
+        ack: true,
     };
     let mut huge = frame(me, server, Lane::Data, put, 1, 0);
     huge.truncate(HEADER_LEN);
@@ -240,6 +241,7 @@ fn a_flood_from_a_peer_that_never_reads_is_cut_off_and_costs_bounded_memory() {
         portal: lanet_tests::SINK_PORTAL,
         match_bits: 77, // matches nothing: refused
         settled_below: 0,
+        ack: true,
     };
     let puts: Vec<u8> = (1..=1_000u64)
         .flat_map(|m| frame(me, server, Lane::Data, put, m, 0))

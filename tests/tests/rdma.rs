@@ -203,6 +203,7 @@ const PUT: Body = Body::Put {
     portal: 4,
     match_bits: 1,
     settled_below: 0,
+    ack: true,
 };
 const REPLY: Body = Body::Reply { status: Status::Ok };
 

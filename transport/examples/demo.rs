@@ -85,6 +85,7 @@ fn put(dst: Nid, portal: u32, payload: impl Into<Bytes>) -> PutRequest {
         payload: payload.into(),
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     }
 }
 

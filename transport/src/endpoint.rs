@@ -25,7 +25,7 @@
 //! let put = PutRequest { lane: Lane::Data,
 //!     dst: Nid::mem(2, 0), portal: 4, match_bits: 0x10,
 //!     payload: Bytes::from_static(b"hello"), timeout: None,
-//!     on_peer_down: Default::default(),
+//!     on_peer_down: Default::default(), ack: true,
 //! };
 //! let op = a.put(put).unwrap();
 //! match a.recv_event(None) {

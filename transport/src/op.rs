@@ -32,7 +32,8 @@ pub enum PeerDownPolicy {
     Wait,
 }
 
-/// Send `payload` to (`dst`, `portal`, `match_bits`); completes when the target ACKs.
+/// Send `payload` to (`dst`, `portal`, `match_bits`); completes when the target ACKs, or
+/// without `ack` once the payload has left.
 #[derive(Debug, Clone)]
 pub struct PutRequest {
     pub dst: Nid,
@@ -46,6 +47,15 @@ pub struct PutRequest {
     pub timeout: Option<Duration>,
     /// What happens if the peer is (or is declared) Down before this is sent.
     pub on_peer_down: PeerDownPolicy,
+    /// Whether the target answers with an ACK (LNet's `LNET_ACK_REQ`): the PUT completes
+    /// with [`OpOutcome::Put`] once it does, telling how many bytes it accepted. Without
+    /// (`LNET_NOACK_REQ`, what RPC layers use for requests and replies, which answer
+    /// themselves) it completes with [`OpOutcome::Sent`] once its driver has sent the
+    /// payload; the target sends nothing back, not even a refusal, and a router that
+    /// cannot pass it on is not heard either. Half the frames, for a sender that learns
+    /// of delivery some other way. Targets from before this option refuse such a PUT (a
+    /// protocol error on the connection): upgrade targets and routers first.
+    pub ack: bool,
 }
 
 impl PutRequest {
@@ -179,6 +189,12 @@ pub enum OpOutcome {
     Put {
         mlen: u32,
     },
+    /// A PUT without ACK ([`PutRequest::ack`] false) left: its driver sent all `len` bytes
+    /// to the next hop (over RDMA, that hop's adapter has them). Whether the target
+    /// accepted them is not known.
+    Sent {
+        len: u32,
+    },
     Get {
         data: Bytes,
     },
@@ -280,7 +296,8 @@ pub struct Delivery {
     pub payload: Bytes,
 }
 
-/// An incoming message that was refused (the sender got the reason too).
+/// An incoming message that was refused (the sender got the reason too, unless its PUT
+/// wanted no ACK).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub from: Nid,

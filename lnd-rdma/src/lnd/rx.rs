@@ -347,6 +347,7 @@ mod tests {
                 portal: 4,
                 match_bits: 1,
                 settled_below: 0,
+                ack: true,
             },
         }
     }

@@ -197,6 +197,7 @@ mod tests {
                 portal: 1,
                 match_bits: 2,
                 settled_below: 0,
+                ack: true,
             },
         };
         q.push(

@@ -33,6 +33,7 @@ fn put(dst: u32, payload: Bytes) -> PutRequest {
         payload,
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     }
 }
 

@@ -589,6 +589,7 @@ impl Run {
                     payload,
                     timeout,
                     on_peer_down,
+                    ack: true,
                 };
                 self.node.put(self.now, id, req).is_ok()
             }

@@ -111,6 +111,7 @@ fn write_seed_corpora() {
                 portal: 1,
                 match_bits: 2,
                 settled_below: 1,
+                ack: true,
             },
             8,
         ),

@@ -70,6 +70,7 @@ fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
             portal: 1,
             match_bits: 2,
             settled_below: 0,
+            ack: true,
         },
     };
     Transmit {

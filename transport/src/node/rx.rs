@@ -442,16 +442,19 @@ impl Node {
             portal: 0,
             match_bits: 0,
             msg_id: h.msg_id,
+            wants_ack: true,
         };
         match h.body {
             Body::Put {
                 portal,
                 match_bits,
                 settled_below,
+                ack,
             } => {
                 let req = Incoming {
                     portal,
                     match_bits,
+                    wants_ack: ack,
                     ..req
                 };
                 if self.first_time(ni, req, settled_below, &payload) {

@@ -29,6 +29,8 @@ pub(crate) struct Incoming {
     pub(crate) portal: u32,
     pub(crate) match_bits: u64,
     pub(crate) msg_id: u64,
+    /// A PUT's initiator wants an ACK (every GET gets its REPLY).
+    pub(crate) wants_ack: bool,
 }
 
 impl Node {
@@ -153,7 +155,12 @@ impl Node {
         false
     }
 
+    /// ACKs a PUT whose initiator wants it; one that does not hears nothing, whatever
+    /// became of it.
     fn ack(&mut self, req: Incoming, status: Status, mlen: u32) {
+        if !req.wants_ack {
+            return;
+        }
         self.respond(req, Body::Ack { status, mlen }, Bytes::new());
     }
 

@@ -12,7 +12,7 @@ use crate::health::HEALTH_MAX;
 use crate::lane::Lane;
 use crate::lnd::{LndError, Transmit, TxToken};
 use crate::nid::Nid;
-use crate::op::{OpError, OpId};
+use crate::op::{OpError, OpId, OpOutcome};
 use crate::time::Time;
 use crate::wire::{encode_header_with, Body, Header, HeaderCheck, NackReason};
 
@@ -404,6 +404,7 @@ impl Node {
                             portal: r.portal,
                             match_bits: r.match_bits,
                             settled_below,
+                            ack: r.ack,
                         },
                         r.payload.clone(),
                     ),
@@ -636,11 +637,15 @@ impl Node {
             return; // an earlier attempt's; the op was sent again since
         }
         match result {
-            Ok(()) => {
-                if op.stage == super::Stage::InLnd {
-                    op.stage = super::Stage::Awaiting;
+            // Nothing will answer a PUT without ACK: having left is its end.
+            Ok(()) => match &op.kind {
+                OpKind::Put(r) if !r.ack => {
+                    let len = r.payload.len() as u32;
+                    self.complete(id, Ok(OpOutcome::Sent { len }));
                 }
-            }
+                _ if op.stage == super::Stage::InLnd => op.stage = super::Stage::Awaiting,
+                _ => {}
+            },
             // Through a router, it may have got out before the failure: sent again
             // another way, the target answering a copy without delivering it twice.
             Err(e) if op.router().is_some() => self.resend_after_failure(id, &e.into()),

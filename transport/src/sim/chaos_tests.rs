@@ -180,6 +180,7 @@ fn chaos(seed: u64, ops: usize, topo: &Topology) -> Run {
                     payload: Bytes::from(payload),
                     timeout: Some(Duration::from_micros(1 + rng.below(40_000))),
                     on_peer_down: Default::default(),
+                    ack: true,
                 },
             );
             submitted.push((from, op));

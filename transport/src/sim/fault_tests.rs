@@ -35,6 +35,7 @@ fn put(timeout: Duration) -> PutRequest {
         payload: Bytes::from_static(b"fault"),
         timeout: Some(timeout),
         on_peer_down: PeerDownPolicy::Wait,
+        ack: true,
     }
 }
 

@@ -40,6 +40,7 @@ fn put(payload: &'static [u8], on_peer_down: PeerDownPolicy) -> PutRequest {
         payload: Bytes::from_static(payload),
         timeout: Some(Duration::from_secs(30)),
         on_peer_down,
+        ack: true,
     }
 }
 

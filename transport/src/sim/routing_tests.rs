@@ -97,6 +97,7 @@ pub(super) fn put(dst: Nid, portal: u32, payload: Bytes) -> PutRequest {
         payload,
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     }
 }
 

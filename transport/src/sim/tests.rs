@@ -36,6 +36,7 @@ fn put(dst: u32, portal: u32, data: &'static [u8]) -> PutRequest {
         payload: Bytes::from_static(data),
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     }
 }
 

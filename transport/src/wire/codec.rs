@@ -2,7 +2,7 @@
 
 use super::{
     Body, FrameType, Header, HeaderCheck, HelloStatus, Limits, NackReason, Status,
-    FLAG_LINK_CHECKED, HEADER_LEN, MAGIC, VERSION,
+    FLAG_LINK_CHECKED, HEADER_LEN, MAGIC, PUT_NO_ACK, VERSION,
 };
 use crate::lane::Lane;
 use crate::nid::{Nid, NID_WIRE_LEN};
@@ -114,8 +114,10 @@ fn encode_body(body: &Body, b: &mut [u8]) {
             portal,
             match_bits,
             settled_below,
+            ack,
         } => {
             put_u32(0, portal);
+            put_u32(4, if ack { 0 } else { PUT_NO_ACK });
             b[8..16].copy_from_slice(&match_bits.to_le_bytes());
             b[16..24].copy_from_slice(&settled_below.to_le_bytes());
         }
@@ -253,13 +255,15 @@ fn decode_body(ty: FrameType, b: &[u8]) -> Result<Body, DecodeError> {
             }
         }
         FrameType::Put => {
-            if u32_at(b, 4) != 0 {
+            let flags = u32_at(b, 4);
+            if flags & !PUT_NO_ACK != 0 {
                 return Err(DecodeError::ReservedNotZero);
             }
             Body::Put {
                 portal: u32_at(b, 0),
                 match_bits: u64_at(b, 8),
                 settled_below: u64_at(b, 16),
+                ack: flags & PUT_NO_ACK == 0,
             }
         }
         FrameType::Get => Body::Get {

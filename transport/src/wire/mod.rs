@@ -260,10 +260,12 @@ pub enum Body {
     /// with a lower message id has been answered or abandoned, so the target may forget
     /// its answers to them (it keeps recent answers so that a request resent after a
     /// router failed is answered again, not delivered twice).
+    /// `ack`: the initiator wants an ACK (flag bit [`PUT_NO_ACK`] clear).
     Put {
         portal: u32,
         match_bits: u64,
         settled_below: u64,
+        ack: bool,
     },
     Get {
         portal: u32,
@@ -342,6 +344,10 @@ impl Header {
         self.body.frame_type()
     }
 }
+
+/// PUT flag (body bytes 4..8, a little-endian word whose other bits are zero): no ACK
+/// wanted ([`crate::op::PutRequest::ack`]). Clear in every PUT from before the option.
+pub const PUT_NO_ACK: u32 = 1;
 
 /// Header flag (byte 10): the header has no checksum, the link it travels on protects it.
 pub const FLAG_LINK_CHECKED: u8 = 1;

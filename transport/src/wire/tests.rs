@@ -41,6 +41,7 @@ fn put_frame_round_trips_with_borrowed_payload() {
             portal: 7,
             match_bits: 0x1234,
             settled_below: 0,
+            ack: true,
         },
         Lane::Data,
         5,
@@ -210,6 +211,7 @@ fn health_lane_refuses_data_frames() {
             portal: 1,
             match_bits: 1,
             settled_below: 0,
+            ack: true,
         },
         Lane::Health,
         0,
@@ -230,6 +232,7 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
             portal: 1,
             match_bits: 1,
             settled_below: 0,
+            ack: true,
         },
         Lane::Data,
         u32::MAX,
@@ -257,6 +260,7 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
             portal: 1,
             match_bits: 1,
             settled_below: 0,
+            ack: true,
         },
         Lane::Data,
         10,
@@ -268,6 +272,40 @@ fn lengths_are_checked_against_limits_before_the_payload_is_touched() {
             needed: 106,
             have: 101
         })
+    );
+}
+
+#[test]
+fn a_put_says_whether_it_wants_an_ack_and_an_older_put_does() {
+    let put = |ack| {
+        sample(
+            Body::Put {
+                portal: 1,
+                match_bits: 2,
+                settled_below: 3,
+                ack,
+            },
+            Lane::Data,
+            0,
+        )
+    };
+    let no_ack = encode_header(&put(false));
+    assert_eq!(&no_ack[68..72], &PUT_NO_ACK.to_le_bytes());
+    assert_eq!(decode_header(&no_ack, &limits()), Ok(put(false)));
+    // A PUT from before the flag has the word zero: it wants its ACK, as it always did.
+    let older = encode_header(&put(true));
+    assert_eq!(&older[68..72], &[0; 4]);
+    assert_eq!(decode_header(&older, &limits()), Ok(put(true)));
+    // Other bits of the word are not ours to guess at.
+    let mut bytes = encode_header_with(&put(false), HeaderCheck::Link);
+    bytes[68] |= 2;
+    let lim = Limits {
+        link_checks_headers: true,
+        ..limits()
+    };
+    assert_eq!(
+        decode_header(&bytes, &lim),
+        Err(DecodeError::ReservedNotZero)
     );
 }
 
@@ -292,11 +330,12 @@ fn any_body() -> impl Strategy<Value = Body> {
                 max_payload,
                 status
             }),
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-            |(portal, match_bits, settled_below)| Body::Put {
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(portal, match_bits, settled_below, ack)| Body::Put {
                 portal,
                 match_bits,
                 settled_below,
+                ack,
             }
         ),
         (any::<u32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(

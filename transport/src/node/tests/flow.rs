@@ -27,6 +27,7 @@ fn put_connects_sends_and_completes_on_ack() {
             portal: 4,
             match_bits: 0x10,
             settled_below: 1,
+            ack: true,
         }
     );
     assert_eq!(
@@ -291,6 +292,7 @@ fn a_peer_that_puts_without_returning_credits_cannot_grow_our_ack_queue() {
         portal: 4,
         match_bits: seq,
         settled_below: 0,
+        ack: true,
     });
     let acks = sent
         .iter()
@@ -320,6 +322,7 @@ fn answers_leave_before_our_own_queued_requests() {
         portal: 4,
         match_bits: 1,
         settled_below: 0,
+        ack: true,
     };
     receive(&mut n, t(1), B, Lane::Data, body, 77, 0, b"y");
     assert!(drain(&mut n).is_empty(), "no credit yet");
@@ -348,6 +351,7 @@ fn answers_held_up_by_our_driver_carry_the_owed_credits_instead_of_a_credit_fram
             portal: 4,
             match_bits: seq,
             settled_below: 0,
+            ack: true,
         };
         receive(&mut n, t(1), B, Lane::Data, body, 10 + seq, 0, b"y");
     }
@@ -391,6 +395,7 @@ fn a_repeated_connected_keeps_the_lanes_credits() {
         portal: 4,
         match_bits: 0x10,
         settled_below: 0,
+        ack: true,
     };
     receive(&mut n, t(0), B, Lane::Data, body, 50, 0, b"x");
     assert!(drain(&mut n).is_empty());

@@ -37,6 +37,7 @@ fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
             portal: 4,
             match_bits: 1,
             settled_below: 0,
+            ack: true,
         },
         router_gen: 0,
     };

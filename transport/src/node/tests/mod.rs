@@ -6,6 +6,7 @@ mod forward;
 mod health;
 mod hostile;
 mod lifecycle;
+mod no_ack;
 mod resend;
 mod target;
 
@@ -176,6 +177,7 @@ pub(super) fn put(dst: u32, bytes: &'static [u8]) -> PutRequest {
         payload: Bytes::from_static(bytes),
         timeout: None,
         on_peer_down: Default::default(),
+        ack: true,
     }
 }
 

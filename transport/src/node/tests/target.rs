@@ -30,6 +30,7 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
             portal: 4,
             match_bits: 0x10,
             settled_below: 0,
+            ack: true,
         },
         9,
         0,
@@ -45,6 +46,7 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
             portal: 4,
             match_bits: 0x1f,
             settled_below: 0,
+            ack: true,
         },
         10,
         0,
@@ -60,6 +62,7 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
             portal: 4,
             match_bits: 0x10,
             settled_below: 0,
+            ack: true,
         },
         11,
         0,
@@ -118,6 +121,7 @@ fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
             portal: 5,
             match_bits: 0x10,
             settled_below: 0,
+            ack: true,
         },
         1,
         0,
@@ -132,6 +136,7 @@ fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
             portal: 4,
             match_bits: 0x10,
             settled_below: 0,
+            ack: true,
         },
         2,
         0,
@@ -147,6 +152,7 @@ fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
             portal: 4,
             match_bits: 0x10,
             settled_below: 0,
+            ack: true,
         },
         3,
         0,
@@ -259,7 +265,7 @@ fn gets_are_answered_from_sources_and_rejections_reach_the_initiator() {
     );
 }
 
-fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u64, len: u32) {
+pub(super) fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u64, len: u32) {
     let header = Header {
         hop_limit: 8,
         router_gen: 0,
@@ -285,7 +291,7 @@ fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u64, len: u32
     n.handle_lnd_event(t(0), NiId(0), ev);
 }
 
-fn fetched(n: &mut Node, handle: u64, result: Result<Bytes, LndError>) {
+pub(super) fn fetched(n: &mut Node, handle: u64, result: Result<Bytes, LndError>) {
     let ev = LndEvent::Fetched {
         handle: RxHandle(handle),
         result,
@@ -315,6 +321,7 @@ fn deferred_payloads_are_fetched_after_matching_and_declined_otherwise() {
         portal: 4,
         match_bits: 0x10,
         settled_below: 0,
+        ack: true,
     };
 
     receive_deferred(&mut n, put, 1, 11, 50);
@@ -342,6 +349,7 @@ fn deferred_payloads_are_fetched_after_matching_and_declined_otherwise() {
             portal: 9,
             match_bits: 0,
             settled_below: 0,
+            ack: true,
         },
         3,
         13,
