@@ -99,12 +99,8 @@ fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), Stri
     let (device, ip) = peer::rdma_place(c.addr)?;
     // perftest busy-polls its CQ all the time; so do both lanet processes here (the
     // server inherits the setting), unless told otherwise.
-    if std::env::var_os(lanet_lnd_rdma::SPIN_ENV).is_none() {
-        std::env::set_var(lanet_lnd_rdma::SPIN_ENV, BUSY_POLL_US.to_string());
-        report.note(format!(
-            "both lanet processes busy-poll ({}={BUSY_POLL_US}), as perftest does",
-            lanet_lnd_rdma::SPIN_ENV
-        ));
+    if let Some(note) = peer::busy_poll_rdma(c.connect) {
+        report.note(note);
     }
     let server = match c.connect {
         Some(_) => None,

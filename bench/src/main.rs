@@ -155,6 +155,11 @@ pub(crate) struct BandwidthArgs {
     /// TCP: both lanet processes busy-poll (LANET_TCP_SPIN_US), as ucx_perftest does.
     #[arg(long)]
     spin: bool,
+    /// PUTs without ACK (LNet's LNET_NOACK_REQ): each is done once its driver is done with
+    /// it (over RDMA: the peer's adapter has it), as a send is for ib_write_bw and
+    /// ucx_perftest. By default each waits for the target's ACK.
+    #[arg(long)]
+    no_ack: bool,
 }
 
 #[derive(Args)]

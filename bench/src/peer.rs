@@ -562,6 +562,25 @@ pub(crate) fn client(
     })
 }
 
+/// Over RDMA: the lanet processes busy-poll their CQs (a server spawned later inherits
+/// the variable; one given with `--connect` does as it was told), as perftest does,
+/// unless the environment says otherwise. What to note in the report, if anything was set.
+pub(crate) fn busy_poll_rdma(connect: Option<Nid>) -> Option<String> {
+    if std::env::var_os(lanet_lnd_rdma::SPIN_ENV).is_some() {
+        return None;
+    }
+    let us = crate::latency::BUSY_POLL_US;
+    std::env::set_var(lanet_lnd_rdma::SPIN_ENV, us.to_string());
+    let who = match connect {
+        Some(_) => "this lanet process busy-polls",
+        None => "both lanet processes busy-poll",
+    };
+    Some(format!(
+        "{who} ({}={us}), as perftest does",
+        lanet_lnd_rdma::SPIN_ENV
+    ))
+}
+
 /// `--spin` over TCP: both lanet processes busy-poll (the server inherits the variable),
 /// unless the environment says otherwise. Returns what to note in the report.
 pub(crate) fn busy_poll_tcp() -> String {

@@ -368,4 +368,8 @@ fn puts_without_ack_stream_past_the_credits_in_order_and_nothing_answers_them() 
         "{stats:?}"
     );
     assert!(data_frames <= stats.credit_frames_sent, "{stats:?}");
+    assert!(
+        data_frames <= PUTS as u64 / 2,
+        "an ACK each would be {PUTS} more: {stats:?}"
+    );
 }

@@ -48,13 +48,20 @@ pub struct PutRequest {
     /// What happens if the peer is (or is declared) Down before this is sent.
     pub on_peer_down: PeerDownPolicy,
     /// Whether the target answers with an ACK (LNet's `LNET_ACK_REQ`): the PUT completes
-    /// with [`OpOutcome::Put`] once it does, telling how many bytes it accepted. Without
-    /// (`LNET_NOACK_REQ`, what RPC layers use for requests and replies, which answer
-    /// themselves) it completes with [`OpOutcome::Sent`] once its driver has sent the
-    /// payload; the target sends nothing back, not even a refusal, and a router that
-    /// cannot pass it on is not heard either. Half the frames, for a sender that learns
-    /// of delivery some other way. Targets from before this option refuse such a PUT (a
-    /// protocol error on the connection): upgrade targets and routers first.
+    /// with [`OpOutcome::Put`] once it does, telling how many bytes it accepted.
+    ///
+    /// Without (`LNET_NOACK_REQ`, what RPC layers use for requests and replies, which
+    /// answer themselves) it completes with [`OpOutcome::Sent`] once its driver is done
+    /// with it, and the target sends nothing back, not even a refusal: half the frames,
+    /// for a sender that learns of delivery some other way. It is sent at most once past
+    /// our own queues: a router's refusal (NACK) or failure before its send completed
+    /// fails it, where a PUT with ACK would be sent again another way. A refusal after
+    /// that only counts in `late_responses`. Nothing waits for the target, so a silent
+    /// one is not suspected on its account (watch it to learn it is Down), and a failover
+    /// group does not take `Sent` for its member answering.
+    ///
+    /// Targets and routers from before this option refuse such a PUT (a protocol error
+    /// that closes the connection): upgrade them first.
     pub ack: bool,
 }
 
@@ -189,9 +196,10 @@ pub enum OpOutcome {
     Put {
         mlen: u32,
     },
-    /// A PUT without ACK ([`PutRequest::ack`] false) left: its driver sent all `len` bytes
-    /// to the next hop (over RDMA, that hop's adapter has them). Whether the target
-    /// accepted them is not known.
+    /// A PUT without ACK ([`PutRequest::ack`] false) of `len` bytes left: its driver is
+    /// done with it, the next hop having taken it (over RDMA, that hop's adapter has it)
+    /// or, for a payload it would have fetched, declined it. Whether the target accepted
+    /// it is not known.
     Sent {
         len: u32,
     },

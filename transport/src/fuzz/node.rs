@@ -580,7 +580,10 @@ impl Run {
         let (portal, match_bits) = (u32::from(input.byte() % 3), u64::from(input.byte() % 4));
         let taken = match input.byte() % 3 {
             0 => {
-                let payload = Bytes::from(vec![3u8; usize::from(input.u16() % 5000)]);
+                // One draw sizes the payload and says whether an ACK is wanted (inputs
+                // recorded before the option keep their meaning but for that).
+                let drawn = input.u16();
+                let payload = Bytes::from(vec![3u8; usize::from(drawn % 5000)]);
                 let req = PutRequest {
                     dst,
                     lane,
@@ -589,7 +592,7 @@ impl Run {
                     payload,
                     timeout,
                     on_peer_down,
-                    ack: true,
+                    ack: (drawn / 5000).is_multiple_of(2),
                 };
                 self.node.put(self.now, id, req).is_ok()
             }

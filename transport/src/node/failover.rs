@@ -254,7 +254,9 @@ impl Node {
         let member = self.groups.attempt_member.remove(&child);
         let error = match result {
             Ok(outcome) => {
-                if self.groups.groups[group.0 as usize].suspect == member {
+                // A PUT without ACK that left says nothing of the member.
+                let answered = !matches!(outcome, OpOutcome::Sent { .. });
+                if answered && self.groups.groups[group.0 as usize].suspect == member {
                     self.suspect(now, group, None); // it answers
                 }
                 return self.finish_parent(parent, Ok(outcome));

@@ -11,6 +11,8 @@
 //! by whatever way it comes → `Completed`. A router on the way that cannot pass it on
 //! says so (NACK), and it is sent again another way at once. It can leave that path at any
 //! point through its deadline, a failure, cancellation or shutdown, and always exactly once.
+//! A PUT without ACK ends at its `SendComplete`; a NACK or a router failure before that
+//! fails it instead of sending it again.
 //!
 //! The pieces: [`ops`](self::ops) (live operations and their indexes), [`peers`](self::peers)
 //! (next hops and far ends), [`routes`](self::routes); the send path (`tx`), driver events
@@ -137,7 +139,9 @@ pub struct NodeStats {
     pub health_frames_received: u64,
     pub credit_frames_sent: u64,
     pub protocol_errors: u64,
-    /// ACK/REPLY/PONG for an operation that had already completed (e.g. timed out).
+    /// ACK/REPLY/PONG/NACK for an operation that had already completed (e.g. timed out),
+    /// or for one not asking for it: a NACK for a PUT without ACK that was sent already
+    /// (a router on the way refused it, after its sender was done) counts here.
     pub late_responses: u64,
     pub refused_no_match: u64,
     pub refused_busy: u64,
@@ -201,7 +205,7 @@ pub(crate) struct Ni {
 
 /// What a deferred payload being fetched is for.
 pub(crate) enum Fetch {
-    /// A PUT matched `entry`; ACK it once the payload is in.
+    /// A PUT matched `entry`; ACK it (if wanted) once the payload is in.
     Put {
         req: Incoming,
         entry: OpId,

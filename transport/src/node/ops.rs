@@ -54,6 +54,14 @@ pub(crate) struct Op {
     pub(crate) failure_resends: u8,
 }
 
+impl OpKind {
+    /// A PUT without ACK: once it may have left, it is never sent again (nothing at the
+    /// target would tell a copy from it), and nothing answers it.
+    pub(crate) fn unanswered(&self) -> bool {
+        matches!(self, OpKind::Put(r) if !r.ack)
+    }
+}
+
 impl Op {
     pub(crate) fn new(seq: u64, kind: OpKind) -> Op {
         Op {

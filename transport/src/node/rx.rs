@@ -457,7 +457,10 @@ impl Node {
                     wants_ack: ack,
                     ..req
                 };
-                if self.first_time(ni, req, settled_below, &payload) {
+                // Copies of a PUT without ACK are never sent (its initiator fails it
+                // instead), and one may overtake another on the way, past the floor a
+                // later one raised: such PUTs are not held against that window.
+                if !ack || self.first_time(ni, req, settled_below, &payload) {
                     self.rx_put(ni, req, payload)
                 }
             }
@@ -604,10 +607,22 @@ impl Node {
                 self.stats.late_responses += 1;
                 return;
             }
-            (_, Answer::Nack(reason, _)) => {
+            (kind, Answer::Nack(reason, _)) => {
                 tracing::debug!(op = %id, by = %h.src, %reason, "request refused on the way");
                 let error = nack_error(reason, target, h.src);
+                if kind.unanswered() {
+                    // Refused before its send completed. A copy may still be out (a next
+                    // hop that failed as it passed it on), and the target keeps no record
+                    // to tell a resent one from it: the refusal ends it.
+                    return self.complete(id, Err(error));
+                }
                 return self.resend(id, &error);
+            }
+            (kind, Answer::Ack(..)) if kind.unanswered() => {
+                // An ACK nobody asked for (no node of ours sends one): the send
+                // completion ends it.
+                self.stats.late_responses += 1;
+                return;
             }
             (OpKind::Put(_), Answer::Ack(Status::Ok, mlen)) => Ok(OpOutcome::Put { mlen }),
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Inline(data))) => {

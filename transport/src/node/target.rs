@@ -259,7 +259,7 @@ impl Node {
                         self.out
                             .requests
                             .push_back((ni, LndRequest::Fetch { handle, sink }));
-                        return; // ACKed once the payload is in
+                        return; // ACKed (if wanted) once the payload is in
                     }
                 }
             }
@@ -268,7 +268,8 @@ impl Node {
         self.ack(req, status, mlen);
     }
 
-    /// The deferred payload of a matched PUT is in (or lost): deliver it and ACK.
+    /// The deferred payload of a matched PUT is in (or lost): deliver it and ACK (if
+    /// wanted).
     pub(super) fn put_fetched(
         &mut self,
         req: Incoming,

@@ -164,13 +164,14 @@ impl Node {
     /// Op `id` was in flight through `router`, which failed (its connection went, or it
     /// was declared Down): its request may or may not have got through, so it is sent
     /// again another way (the target answers a copy without delivering it twice), within
-    /// the resend budget; past it, or with no other way, it fails with `why`.
+    /// the resend budget; past it, with no other way, or for a PUT without ACK (whose
+    /// copies the target does not tell apart), it fails with `why`.
     pub(crate) fn resend_after_failure(&mut self, id: OpId, why: &OpError) {
         let budget = self.cfg.resend_budget;
         let Some(op) = self.ops.get_mut(id) else {
             return;
         };
-        if op.failure_resends >= budget || op.router().is_none() {
+        if op.failure_resends >= budget || op.router().is_none() || op.kind.unanswered() {
             return self.complete(id, Err(why.clone()));
         }
         op.failure_resends += 1;

@@ -183,6 +183,58 @@ fn puts_gets_and_pings_cross_one_router_with_data_intact() {
 }
 
 #[test]
+fn puts_without_ack_cross_a_router_once_each_and_nothing_comes_back() {
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    let deferring = |c: &NodeConfig| MemLndConfig {
+        inline_max: Some(4096),
+        ..MemLndConfig::for_node(c)
+    };
+    sim.add_node_with(client, cfg(1), deferring(&cfg(1)))
+        .unwrap();
+    sim.add_node_with(server, cfg(2), deferring(&cfg(2)))
+        .unwrap();
+    add_router(&mut sim, 9, &[1, 2], Some(deferring(&router_cfg(900))));
+    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
+    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 1 << 20));
+    let sizes = [0, 100, 65_536, 1 << 20];
+    for (i, &len) in sizes.iter().enumerate() {
+        let req = PutRequest {
+            ack: false,
+            ..put(server, 4, pattern(len, i as u8))
+        };
+        let op = sim.put(client, req);
+        assert_eq!(
+            run_to_completion(&mut sim, client, op),
+            Ok(OpOutcome::Sent { len: len as u32 }),
+            "PUT of {len} bytes"
+        );
+    }
+    sim.run_for(Duration::from_millis(100));
+    let delivered: Vec<Bytes> = sim
+        .take_events(server)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered(d) => Some(d.payload),
+            _ => None,
+        })
+        .collect();
+    let sent: Vec<Bytes> = (0..sizes.len())
+        .map(|i| pattern(sizes[i], i as u8))
+        .collect();
+    assert!(delivered == sent, "each PUT delivered once, in order");
+    let s = sim.node(server).stats().clone();
+    assert_eq!(
+        s.lanes[Lane::Data].frames_sent,
+        s.credit_frames_sent,
+        "no ACK: {s:?}"
+    );
+    assert_eq!(sim.node(client).stats().late_responses, 0);
+    assert_eq!(sim.protocol_errors(), 0);
+}
+
+#[test]
 fn puts_gets_and_pings_cross_two_routers_in_series() {
     // Net 1 - router 8 - net 2 - router 9 - net 3.
     let mut sim = sim();

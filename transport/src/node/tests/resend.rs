@@ -104,3 +104,80 @@ fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
     assert_eq!(again[0].2.src, first[0].2.src);
     assert_eq!(again[0].2.src, nid(A));
 }
+
+/// A PUT without ACK whose router fails with it in the driver may have got through, and
+/// its target keeps no record to tell a copy from it: it fails, never sent again.
+#[test]
+fn a_put_without_ack_is_not_sent_again_when_its_router_fails() {
+    let mut n = node();
+    let (b, c) = (nid(B), nid(C));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
+    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
+    let req = PutRequest {
+        ack: false,
+        ..far_put()
+    };
+    n.put(t(0), OpId(1), req).unwrap();
+    assert_eq!(sent(&mut n).len(), 1);
+    lost(&mut n, 0, b);
+    let c = completions(&mut n);
+    assert!(matches!(&c[..], [(OpId(1), Err(_))]), "{c:?}");
+    assert!(sent(&mut n).is_empty(), "not through the other router");
+}
+
+/// A router's refusal of a PUT without ACK fails it while its send is not complete (no
+/// second copy), and after that only counts as late.
+#[test]
+fn a_refusal_fails_a_put_without_ack_before_its_send_completed_and_is_late_after() {
+    let mut n = node();
+    let (b, c) = (nid(B), nid(C));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
+    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
+    let req = || PutRequest {
+        ack: false,
+        ..far_put()
+    };
+    let nack = Body::Nack {
+        reason: NackReason::NextHopDown,
+        target: far(),
+    };
+    n.put(t(0), OpId(1), req()).unwrap();
+    let first = sent(&mut n);
+    receive(&mut n, t(1), B, Lane::Data, nack, first[0].2.msg_id, 1, b"");
+    let done = completions(&mut n);
+    assert!(matches!(&done[..], [(OpId(1), Err(_))]), "{done:?}");
+    assert!(sent(&mut n).is_empty(), "not sent again");
+
+    n.put(t(2), OpId(2), req()).unwrap();
+    let second = sent(&mut n);
+    n.handle_lnd_event(
+        t(2),
+        NiId(0),
+        LndEvent::SendComplete {
+            token: second[0].3,
+            result: Ok(()),
+        },
+    );
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(2), Ok(OpOutcome::Sent { len: 1 }))]
+    );
+    let late = n.stats().late_responses;
+    receive(
+        &mut n,
+        t(3),
+        B,
+        Lane::Data,
+        nack,
+        second[0].2.msg_id,
+        1,
+        b"",
+    );
+    assert!(completions(&mut n).is_empty());
+    assert!(sent(&mut n).is_empty());
+    assert_eq!(n.stats().late_responses, late + 1);
+}
