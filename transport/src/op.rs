@@ -54,11 +54,12 @@ pub struct PutRequest {
     /// answer themselves) it completes with [`OpOutcome::Sent`] once its driver is done
     /// with it, and the target sends nothing back, not even a refusal: half the frames,
     /// for a sender that learns of delivery some other way. It is sent at most once past
-    /// our own queues: a router's refusal (NACK) or failure before its send completed
-    /// fails it, where a PUT with ACK would be sent again another way. A refusal after
-    /// that only counts in `late_responses`. Nothing waits for the target, so a silent
-    /// one is not suspected on its account (watch it to learn it is Down), and a failover
-    /// group does not take `Sent` for its member answering.
+    /// our own queues: a router's refusal (NACK, even one that says it passed nothing on)
+    /// or failure before its send completed fails it, where a PUT with ACK would be sent
+    /// again another way. A refusal after that only counts in `late_responses`. Nothing
+    /// waits for the target, so a silent one is not suspected on its account (watch it to
+    /// learn it is Down), and failover groups refuse such PUTs (an answer is how a group
+    /// learns its member failed).
     ///
     /// Targets and routers from before this option refuse such a PUT (a protocol error
     /// that closes the connection): upgrade them first.

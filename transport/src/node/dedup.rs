@@ -8,7 +8,9 @@
 //! says below which message id the initiator has settled everything it sent here
 //! (`settled_below`), so the window holds only what may still be resent; hard caps bound it
 //! anyway (per initiator and on initiators), and whatever falls out of it is never taken
-//! for new: late copies of it are dropped rather than delivered.
+//! for new: late copies of it are dropped rather than delivered. PUTs without ACK stay
+//! out of it: their initiator never resends one (it fails it instead), and one overtaken
+//! on the way may arrive below the floor a later request raised.
 //!
 //! A full window keeps its oldest quarter and lets go of the next oldest: the oldest
 //! requests are the ones an initiator is about to resend (stuck behind a router that

@@ -172,6 +172,13 @@ impl Node {
         self.clock = Some(now);
         self.check_id(id)?;
         let invalid = match &req {
+            // Its answer is how a group learns that its member failed; and a failed one
+            // may still have got through, which a retry would deliver again.
+            GroupRequest::Put(r) if !r.ack => Some(
+                "a failover group's PUTs must want an ACK: the answer is how it learns its \
+                 member failed"
+                    .to_owned(),
+            ),
             GroupRequest::Put(r) => r.validate(self.cfg.max_payload).err(),
             GroupRequest::Get(r) => r.validate(self.cfg.max_payload).err(),
         };
@@ -254,9 +261,7 @@ impl Node {
         let member = self.groups.attempt_member.remove(&child);
         let error = match result {
             Ok(outcome) => {
-                // A PUT without ACK that left says nothing of the member.
-                let answered = !matches!(outcome, OpOutcome::Sent { .. });
-                if answered && self.groups.groups[group.0 as usize].suspect == member {
+                if self.groups.groups[group.0 as usize].suspect == member {
                     self.suspect(now, group, None); // it answers
                 }
                 return self.finish_parent(parent, Ok(outcome));

@@ -591,6 +591,12 @@ impl Node {
             return;
         };
         let op = self.ops.get(id).expect("found above");
+        if matches!(answer, Answer::Ack(..)) && op.kind.unanswered() {
+            // An ACK nobody asked for (no node of ours sends one), whatever it says: the
+            // send completion ends the PUT.
+            self.stats.late_responses += 1;
+            return;
+        }
         if let Some(what) = answer.exceeds(&op.kind) {
             // A peer must not hand the application more than it asked for.
             let what = format!("{what} from {}", h.src);
@@ -617,12 +623,6 @@ impl Node {
                     return self.complete(id, Err(error));
                 }
                 return self.resend(id, &error);
-            }
-            (kind, Answer::Ack(..)) if kind.unanswered() => {
-                // An ACK nobody asked for (no node of ours sends one): the send
-                // completion ends it.
-                self.stats.late_responses += 1;
-                return;
             }
             (OpKind::Put(_), Answer::Ack(Status::Ok, mlen)) => Ok(OpOutcome::Put { mlen }),
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Inline(data))) => {

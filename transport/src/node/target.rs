@@ -20,7 +20,8 @@ pub(crate) struct Incoming {
     /// The initiator (not the router it came through), and its incarnation.
     pub(crate) from: Nid,
     pub(crate) incarnation: u64,
-    /// It came through a router: a copy of it may come again, resent.
+    /// It came through a router: a copy of it may come again, resent (never of a PUT
+    /// without ACK: its initiator fails it instead).
     pub(crate) routed: bool,
     /// The hop it came from (the initiator itself, or that router).
     pub(crate) hop: Nid,

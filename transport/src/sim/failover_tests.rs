@@ -203,3 +203,24 @@ fn ids_with_the_attempt_bit_are_refused_not_lost() {
         Err(crate::node::SubmitError::ReservedOpId(_))
     ));
 }
+
+/// A group learns that its member failed from the answer, and a PUT without ACK has none
+/// (and one that failed may have got through: a retry would deliver it twice): refused.
+#[test]
+fn a_failover_group_refuses_puts_without_ack() {
+    let mut s = setup(FailoverMode::Failover);
+    let req = PutRequest {
+        ack: false,
+        ..put(s.servers[0], 4, Bytes::from_static(b"data"))
+    };
+    let op = s
+        .sim
+        .group_submit(s.client, s.group, GroupRequest::Put(req));
+    let (done, _) = settle(&mut s, &[op]);
+    assert!(
+        matches!(&done[&op], Err(OpError::Invalid(why)) if why.contains("must want an ACK")),
+        "{:?}",
+        done[&op]
+    );
+    assert_eq!(s.sim.node(s.servers[0]).stats().frames_received, 0);
+}

@@ -38,8 +38,14 @@ fn a_put_without_ack_completes_once_sent_and_an_ack_changes_nothing() {
         mlen: 3,
     };
     let msg_id = sent[0].header.msg_id;
-    receive(&mut n, t(1), B, Lane::Data, ack, msg_id, 1, b"");
+    // Even one for more bytes than were sent (which would break a PUT with ACK).
+    let too_much = Body::Ack {
+        status: Status::Ok,
+        mlen: 99,
+    };
+    receive(&mut n, t(1), B, Lane::Data, too_much, msg_id, 1, b"");
     assert!(completions(&mut n).is_empty(), "not before it has left");
+    assert_eq!(n.stats().protocol_errors, 0);
     sent_ok(&mut n, &sent[0]);
     assert_eq!(
         completions(&mut n),
