@@ -171,6 +171,8 @@ pub(crate) struct Uring {
     mover_failed: bool,
     /// The NI's busy-polling, which its bulk mover does too.
     spin: Duration,
+    /// A send was queued in the ring since the last `io_uring_enter` of a poll.
+    sends_queued: bool,
 }
 
 impl Uring {
@@ -235,6 +237,7 @@ impl Uring {
             mover: None,
             mover_failed: false,
             spin,
+            sends_queued: false,
         };
         u.arm_accept();
         u.arm_wake();
@@ -455,6 +458,7 @@ impl Uring {
             false => e,
         };
         sock.sending = true;
+        self.sends_queued = true;
         // SAFETY: the message lives in the boxed send slot, whose staging copies and held
         // `Bytes` are not touched or released until the send (and any notification)
         // completes: `sending`/`notif` guard refills, and `reap` keeps the slot until then.
@@ -653,13 +657,16 @@ impl Uring {
                 ));
             }
         }
+        self.sends_queued = false;
         self.reap_completions();
         self.collect_moved();
         self.flush_dirty();
         self.engine.expire(Instant::now());
         self.drop_closed();
-        // Answers produced in this turn leave now, not a turn later.
-        if !self.ring.submission().is_empty() {
+        // Answers produced in this turn leave now, not a turn later. Receives re-armed
+        // (and cancels queued) here wait for the next look, which submits them before it
+        // waits: one `io_uring_enter` fewer per message received.
+        if self.sends_queued && !self.ring.submission().is_empty() {
             if let Err(e) = self.ring.submit() {
                 tracing::warn!("io_uring submit failed: {e}");
             }
