@@ -315,19 +315,18 @@ impl Epoll {
     ) -> Result<(), LndError> {
         // Sockets with data left from the last round raise no new edge: do not wait for one.
         let busy = !self.unread.is_empty() || !self.unwritten.is_empty();
-        let wait = self.engine.wait(timeout, busy);
         // Events already here (a send that completed as it was posted, every round trip's
-        // answer) go up without an `epoll_wait` that would not wait anyway; the next poll
-        // looks at the sockets, as a skip is never followed by another.
-        let skip = wait == Some(Duration::ZERO)
-            && !busy
-            && !self.engine.events.is_empty()
-            && !self.skipped_wait;
+        // answer) go up without an `epoll_wait`, which would not have waited; the next poll
+        // looks at the sockets, as a skip is never followed by another. Work carried over
+        // from the last round (`busy`) raises no new edge: it is never skipped.
+        let skip = !busy && !self.engine.events.is_empty() && !self.skipped_wait;
         self.skipped_wait = skip;
         if skip {
+            self.drop_closed();
             events.append(&mut self.engine.events);
             return Ok(());
         }
+        let wait = self.engine.wait(timeout, busy);
         if let Err(e) = self.poll.poll(&mut self.mio_events, wait) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(LndError::new(

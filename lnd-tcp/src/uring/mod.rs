@@ -261,7 +261,8 @@ impl Uring {
     /// reap no burst, and not too many skips in a row. The flag alone is not proof: a
     /// kernel runs a bounded batch of task work per enter (20 items since 6.13) and keeps
     /// the rest without flagging it again, so after a burst, and every
-    /// [`ENTER_AT_LEAST_EVERY`] looks anyway, the driver enters.
+    /// [`ENTER_AT_LEAST_EVERY`] looks anyway, the driver enters. Never with entries queued:
+    /// `poll` leaves re-armed receives for the next look to submit.
     fn can_skip_enter(&mut self) -> bool {
         let sq = self.ring.submission();
         let idle = sq.is_empty() && !sq.taskrun() && !sq.cq_overflow();
@@ -606,8 +607,9 @@ impl Uring {
         Ok(())
     }
 
-    /// Before the thread sleeps on [`Uring::wait_fd`]: submits what is queued and says
-    /// whether anything is there to handle already.
+    /// Before the thread sleeps on [`Uring::wait_fd`]: submits what is queued (`poll`
+    /// leaves re-armed receives for this) and says whether anything is there to handle
+    /// already.
     pub(crate) fn prepare_wait(&mut self) -> Readiness {
         if self.enable().is_err() {
             return Readiness::Ready; // the poll says why
@@ -647,7 +649,7 @@ impl Uring {
                 self.ring.submitter().submit_with_args(1, &args)
             }
         };
-        if let Err(e) = submitted {
+        if let Err(e) = &submitted {
             // Timed out, interrupted, or completions to reap first: all fine.
             let benign = [libc::ETIME, libc::EINTR, libc::EBUSY, libc::EAGAIN];
             if !benign.contains(&e.raw_os_error().unwrap_or(0)) {
@@ -657,15 +659,20 @@ impl Uring {
                 ));
             }
         }
-        self.sends_queued = false;
+        if submitted.is_ok() {
+            // What was queued went in (an error submits nothing): sends queued from here
+            // on are this poll's answers.
+            self.sends_queued = false;
+        }
         self.reap_completions();
         self.collect_moved();
         self.flush_dirty();
         self.engine.expire(Instant::now());
         self.drop_closed();
-        // Answers produced in this turn leave now, not a turn later. Receives re-armed
-        // (and cancels queued) here wait for the next look, which submits them before it
-        // waits: one `io_uring_enter` fewer per message received.
+        // Answers produced in this turn leave now, not a turn later. Receives, accepts and
+        // the waker's read re-armed here (and cancels) wait for the next look, which
+        // submits them before it waits or skips nothing (`can_skip_enter`, `prepare_wait`):
+        // one `io_uring_enter` fewer per message received.
         if self.sends_queued && !self.ring.submission().is_empty() {
             if let Err(e) = self.ring.submit() {
                 tracing::warn!("io_uring submit failed: {e}");
