@@ -158,10 +158,9 @@ fn exchange_every_size(sim: &mut Sim, client: Nid, server: Nid) {
     ));
 }
 
-#[test]
-fn puts_gets_and_pings_cross_one_router_with_data_intact() {
-    // Net 1 (client) and net 2 (server), router 9 on both. The router's LND defers large
-    // payloads, as RDMA does: it fetches them into its own buffers before passing them on.
+/// Net 1 (client) and net 2 (server), router 9 on both. Every LND defers large payloads,
+/// as RDMA does: the router fetches them into its own buffers before passing them on.
+fn across_one_deferring_router() -> (Sim, Nid, Nid) {
     let mut sim = sim();
     let (client, server) = (on(1, 1), on(2, 2));
     let deferring = |c: &NodeConfig| MemLndConfig {
@@ -175,6 +174,12 @@ fn puts_gets_and_pings_cross_one_router_with_data_intact() {
     add_router(&mut sim, 9, &[1, 2], Some(deferring(&router_cfg(900))));
     sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
     sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    (sim, client, server)
+}
+
+#[test]
+fn puts_gets_and_pings_cross_one_router_with_data_intact() {
+    let (mut sim, client, server) = across_one_deferring_router();
     exchange_every_size(&mut sim, client, server);
     let r = sim.node(on(1, 9)).stats().clone();
     assert!(r.forwarded >= 30, "{r:?}");
@@ -184,19 +189,7 @@ fn puts_gets_and_pings_cross_one_router_with_data_intact() {
 
 #[test]
 fn puts_without_ack_cross_a_router_once_each_and_nothing_comes_back() {
-    let mut sim = sim();
-    let (client, server) = (on(1, 1), on(2, 2));
-    let deferring = |c: &NodeConfig| MemLndConfig {
-        inline_max: Some(4096),
-        ..MemLndConfig::for_node(c)
-    };
-    sim.add_node_with(client, cfg(1), deferring(&cfg(1)))
-        .unwrap();
-    sim.add_node_with(server, cfg(2), deferring(&cfg(2)))
-        .unwrap();
-    add_router(&mut sim, 9, &[1, 2], Some(deferring(&router_cfg(900))));
-    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
-    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    let (mut sim, client, server) = across_one_deferring_router();
     sim.attach(server, MatchEntry::sink(4, 1, 1 << 20));
     let sizes = [0, 100, 65_536, 1 << 20];
     for (i, &len) in sizes.iter().enumerate() {

@@ -105,16 +105,22 @@ fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
     assert_eq!(again[0].2.src, nid(A));
 }
 
+/// A node whose route to the far net goes through B, else C; both connected.
+fn behind_two_routers_up() -> Node {
+    let mut n = node();
+    route_via(&mut n, nid(B), 0);
+    route_via(&mut n, nid(C), 1);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 7);
+    connected_on(&mut n, 0, nid(C), Lane::Data, 8, 7);
+    n
+}
+
 /// A PUT without ACK whose router fails with it in the driver may have got through, and
 /// its target keeps no record to tell a copy from it: it fails, never sent again.
 #[test]
 fn a_put_without_ack_is_not_sent_again_when_its_router_fails() {
-    let mut n = node();
-    let (b, c) = (nid(B), nid(C));
-    route_via(&mut n, b, 0);
-    route_via(&mut n, c, 1);
-    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
-    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
+    let mut n = behind_two_routers_up();
+    let b = nid(B);
     let req = PutRequest {
         ack: false,
         ..far_put()
@@ -131,12 +137,7 @@ fn a_put_without_ack_is_not_sent_again_when_its_router_fails() {
 /// second copy), and after that only counts as late.
 #[test]
 fn a_refusal_fails_a_put_without_ack_before_its_send_completed_and_is_late_after() {
-    let mut n = node();
-    let (b, c) = (nid(B), nid(C));
-    route_via(&mut n, b, 0);
-    route_via(&mut n, c, 1);
-    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
-    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
+    let mut n = behind_two_routers_up();
     let req = || PutRequest {
         ack: false,
         ..far_put()
