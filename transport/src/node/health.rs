@@ -145,7 +145,8 @@ impl Node {
         let gone = || OpError::Network(format!("router {peer} is down"));
         for id in through {
             match self.ops.get(id).map(|op| op.stage) {
-                // Never sent: another way is safe, and free.
+                // Not in a driver (a copy of an earlier attempt, if one left, keeps its
+                // message id: the target tells it apart): another way is safe, and free.
                 Some(Stage::Queued) => self.resend(id, &gone()),
                 // Maybe delivered: resent within the budget; the target answers a copy.
                 Some(_) => self.resend_after_failure(id, &gone()),

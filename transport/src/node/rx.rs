@@ -150,7 +150,8 @@ impl Node {
                         continue;
                     };
                     if op.router().is_some() {
-                        // Never sent: another way is safe.
+                        // Not in a driver (a copy of an earlier attempt, if one left, keeps
+                        // its message id: the target tells it apart): another way is safe.
                         self.resend(id, &error.clone().into());
                     } else if self.waits_for_peer(id) {
                         keep.push_back(p);
