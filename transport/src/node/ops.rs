@@ -2,7 +2,7 @@
 //! request is out, by the peers they involve, and by deadline.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap};
 
 use rustc_hash::FxHashMap;
 
@@ -10,9 +10,6 @@ use crate::lane::Lane;
 use crate::nid::Nid;
 use crate::op::{GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
 use crate::time::Time;
-
-/// Room a peer's emptied op index keeps.
-const SEQ_INDEX_KEPT: usize = 64;
 
 /// Stale deadlines the heap may hold beyond twice the live ops before it is swept.
 pub(crate) const DEADLINE_SLACK: usize = 64;
@@ -97,56 +94,6 @@ impl Op {
     }
 }
 
-/// (submission seq, op) pairs in seq order. Ops come in seq order and mostly leave in it,
-/// so both ends of a deque serve (a B-tree set cost ~120 more instructions per round
-/// trip). Leaving from the middle shifts the shorter side: O(n) in the ops in flight to
-/// that peer, a memmove.
-#[derive(Default)]
-pub(crate) struct SeqIndex(VecDeque<(u64, OpId)>);
-
-impl SeqIndex {
-    fn insert(&mut self, key: (u64, OpId)) {
-        match self.0.back() {
-            None => self.0.push_back(key),
-            Some(last) if *last < key => self.0.push_back(key),
-            // Indexed later under a router it was rerouted to: in its place.
-            _ => {
-                if let Err(at) = self.0.binary_search(&key) {
-                    self.0.insert(at, key);
-                }
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &(u64, OpId)) {
-        if self.0.front() == Some(key) {
-            self.0.pop_front();
-        } else if let Ok(at) = self.0.binary_search(key) {
-            self.0.remove(at);
-        }
-        // A burst's room goes with it; a peer's usual few ops keep theirs.
-        if self.0.is_empty() && self.0.capacity() > SEQ_INDEX_KEPT {
-            self.0.shrink_to(SEQ_INDEX_KEPT);
-        }
-    }
-
-    fn first(&self) -> Option<&(u64, OpId)> {
-        self.0.front()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &(u64, OpId)> {
-        self.0.iter()
-    }
-}
-
 #[derive(Default)]
 pub(crate) struct Ops {
     live: FxHashMap<OpId, Op>,
@@ -155,7 +102,7 @@ pub(crate) struct Ops {
     /// Live ops by the peers they involve (their target, and the router they go through),
     /// in submission order: what a peer's failure ends, found without looking at others'.
     /// A peer's set stays when emptied, so the next op to it allocates nothing.
-    by_peer: FxHashMap<Nid, SeqIndex>,
+    by_peer: FxHashMap<Nid, BTreeSet<(u64, OpId)>>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
     next_seq: u64,
 }
@@ -354,53 +301,6 @@ impl Ops {
     }
 
     pub(crate) fn indexed(&self) -> usize {
-        self.by_peer.values().map(SeqIndex::len).sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys(index: &SeqIndex) -> Vec<u64> {
-        index.iter().map(|(seq, _)| *seq).collect()
-    }
-
-    #[test]
-    fn the_seq_index_keeps_order_whatever_the_order_of_coming_and_going() {
-        let mut index = SeqIndex::default();
-        for seq in [3, 5, 9] {
-            index.insert((seq, OpId(seq)));
-        }
-        // Rerouted here later, an older op goes in its place; a repeat changes nothing.
-        index.insert((4, OpId(4)));
-        index.insert((4, OpId(4)));
-        index.insert((1, OpId(1)));
-        assert_eq!(keys(&index), [1, 3, 4, 5, 9]);
-        index.remove(&(4, OpId(4)));
-        index.remove(&(1, OpId(1)));
-        index.remove(&(7, OpId(7))); // not there
-        assert_eq!(keys(&index), [3, 5, 9]);
-        assert_eq!(index.first(), Some(&(3, OpId(3))));
-        for seq in [3, 5, 9] {
-            index.remove(&(seq, OpId(seq)));
-        }
-        assert!(index.is_empty());
-    }
-
-    #[test]
-    fn an_emptied_seq_index_gives_back_a_bursts_room() {
-        let mut index = SeqIndex::default();
-        for seq in 0..10_000 {
-            index.insert((seq, OpId(seq)));
-        }
-        for seq in 0..10_000 {
-            index.remove(&(seq, OpId(seq)));
-        }
-        assert!(
-            index.0.capacity() <= 2 * SEQ_INDEX_KEPT,
-            "{}",
-            index.0.capacity()
-        );
+        self.by_peer.values().map(BTreeSet::len).sum()
     }
 }
