@@ -29,13 +29,14 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         LndChoice::Rdma => Some(peer::rdma_place(c.addr)?),
         _ => None,
     };
-    // ib_write_bw busy-polls its CQ all the time; so do both lanet processes here.
-    if let Some(note) = rdma.as_ref().and_then(|_| peer::busy_poll_rdma(c.connect)) {
-        report.note(note);
+    // ib_write_bw busy-polls its CQ all the time; so do the lanet processes here.
+    if rdma.is_some() {
+        let how = peer::busy_poll(lanet_lnd_rdma::SPIN_ENV, c.connect);
+        report.note(format!("{how}, as perftest does"));
     }
     if args.spin && c.lnd == LndChoice::Tcp {
-        let how = peer::busy_poll_tcp();
-        report.note(format!("{how}; iperf3 blocks"));
+        let how = peer::busy_poll(lanet_lnd_tcp::SPIN_ENV, c.connect);
+        report.note(format!("{how}, as UCX and libfabric do; iperf3 blocks"));
     }
     let window = args.window.unwrap_or_else(default_window);
     let ack = !args.no_ack;

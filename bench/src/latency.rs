@@ -37,8 +37,10 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         return Ok(report);
     }
     if args.spin && c.lnd == LndChoice::Tcp {
-        let how = peer::busy_poll_tcp();
-        report.note(format!("{how}; the raw TCP floor and sockperf block"));
+        let how = peer::busy_poll(lanet_lnd_tcp::SPIN_ENV, c.connect);
+        report.note(format!(
+            "{how}, as UCX and libfabric do; the raw TCP floor and sockperf block"
+        ));
     }
     // The server process (if we start one) lives until the baselines are measured too.
     let server = match (c.lnd, c.connect) {
@@ -97,11 +99,9 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
 fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), String> {
     let c = &args.common;
     let (device, ip) = peer::rdma_place(c.addr)?;
-    // perftest busy-polls its CQ all the time; so do both lanet processes here (the
-    // server inherits the setting), unless told otherwise.
-    if let Some(note) = peer::busy_poll_rdma(c.connect) {
-        report.note(note);
-    }
+    // perftest busy-polls its CQ all the time; so do the lanet processes here.
+    let how = peer::busy_poll(lanet_lnd_rdma::SPIN_ENV, c.connect);
+    report.note(format!("{how}, as perftest does"));
     let server = match c.connect {
         Some(_) => None,
         None => Some(peer::spawn_server("latency", Some(ip))?),

@@ -562,37 +562,17 @@ pub(crate) fn client(
     })
 }
 
-/// Over RDMA: the lanet processes busy-poll their CQs (a server spawned later inherits
-/// the variable; one given with `--connect` does as it was told), as perftest does,
-/// unless the environment says otherwise. What to note in the report, if anything was set.
-pub(crate) fn busy_poll_rdma(connect: Option<Nid>) -> Option<String> {
-    if std::env::var_os(lanet_lnd_rdma::SPIN_ENV).is_some() {
-        return None;
+/// Makes the lanet processes busy-poll through the LND's spin variable `var` (its
+/// `SPIN_ENV`), unless the environment already sets it: a server spawned later inherits
+/// it; one given with `--connect` does as it was told. What to note in the report: who
+/// spins, and the setting in force.
+pub(crate) fn busy_poll(var: &str, connect: Option<Nid>) -> String {
+    if std::env::var_os(var).is_none() {
+        std::env::set_var(var, crate::latency::BUSY_POLL_US.to_string());
     }
-    let us = crate::latency::BUSY_POLL_US;
-    std::env::set_var(lanet_lnd_rdma::SPIN_ENV, us.to_string());
     let who = match connect {
         Some(_) => "this lanet process busy-polls",
         None => "both lanet processes busy-poll",
     };
-    Some(format!(
-        "{who} ({}={us}), as perftest does",
-        lanet_lnd_rdma::SPIN_ENV
-    ))
-}
-
-/// `--spin` over TCP: both lanet processes busy-poll (the server inherits the variable),
-/// unless the environment says otherwise. Returns what to note in the report.
-pub(crate) fn busy_poll_tcp() -> String {
-    if std::env::var_os(lanet_lnd_tcp::SPIN_ENV).is_none() {
-        std::env::set_var(
-            lanet_lnd_tcp::SPIN_ENV,
-            crate::latency::BUSY_POLL_US.to_string(),
-        );
-    }
-    format!(
-        "both lanet processes busy-poll ({}={}), as UCX and libfabric do",
-        lanet_lnd_tcp::SPIN_ENV,
-        std::env::var(lanet_lnd_tcp::SPIN_ENV).unwrap_or_default()
-    )
+    format!("{who} ({var}={})", std::env::var(var).unwrap_or_default())
 }
