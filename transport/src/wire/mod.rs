@@ -257,11 +257,11 @@ pub enum Body {
         status: HelloStatus,
     },
     /// `settled_below`, in PUT and GET: every request of this initiator to this target
-    /// with a lower message id has been answered or abandoned (or, a PUT without ACK,
-    /// which the target keeps no answer for, sent; in such a PUT the target ignores it),
-    /// so the target may forget
-    /// its answers to them (it keeps recent answers so that a request resent after a
-    /// router failed is answered again, not delivered twice).
+    /// with a lower message id has been answered or abandoned (a PUT without ACK: sent),
+    /// so the target may forget its answers to them (it keeps recent answers so that a
+    /// request resent after a router failed is answered again, not delivered twice). A
+    /// PUT without ACK is never resent, so the target ignores the field in one.
+    ///
     /// `ack`: the initiator wants an ACK (flag bit [`PUT_NO_ACK`] clear).
     Put {
         portal: u32,

@@ -41,13 +41,8 @@ fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
         },
         router_gen: 0,
     };
-    let ev = LndEvent::Received {
-        peer: nid(B),
-        lane: Lane::Data,
-        header,
-        payload: RxPayload::Inline(Bytes::from_static(b"abc")),
-    };
-    n.handle_lnd_event(t(0), NiId(0), ev);
+    let payload = RxPayload::Inline(Bytes::from_static(b"abc"));
+    arrives(n, t(0), nid(B), header, payload);
 }
 
 /// (owed, held) credits of the router towards B on the data lane.

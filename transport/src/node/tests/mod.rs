@@ -145,16 +145,19 @@ pub(super) fn receive(
         body,
         router_gen: 0,
     };
-    n.handle_lnd_event(
-        now,
-        NiId(0),
-        LndEvent::Received {
-            peer: nid(peer),
-            lane,
-            header,
-            payload: RxPayload::Inline(Bytes::copy_from_slice(payload)),
-        },
-    );
+    let payload = RxPayload::Inline(Bytes::copy_from_slice(payload));
+    arrives(n, now, nid(peer), header, payload);
+}
+
+/// `header` and `payload` arrive at NI 0 from the neighbour `hop`, on the header's lane.
+pub(super) fn arrives(n: &mut Node, now: Time, hop: Nid, header: Header, payload: RxPayload) {
+    let ev = LndEvent::Received {
+        peer: hop,
+        lane: header.lane,
+        header,
+        payload,
+    };
+    n.handle_lnd_event(now, NiId(0), ev);
 }
 
 pub(super) fn sent_ok(n: &mut Node, s: &Sent) {

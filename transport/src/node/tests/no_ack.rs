@@ -171,13 +171,8 @@ fn receive_routed(n: &mut Node, from: Nid, msg_id: u64, settled_below: u64, ack:
         body,
         router_gen: 0,
     };
-    let ev = LndEvent::Received {
-        peer: nid(B),
-        lane: Lane::Data,
-        header,
-        payload: RxPayload::Inline(Bytes::from_static(b"x")),
-    };
-    n.handle_lnd_event(t(0), NiId(0), ev);
+    let payload = RxPayload::Inline(Bytes::from_static(b"x"));
+    arrives(n, t(0), nid(B), header, payload);
 }
 
 /// Through two routers a PUT without ACK may be overtaken by a later one, whose

@@ -282,13 +282,7 @@ pub(super) fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u6
         handle: RxHandle(handle),
         len,
     };
-    let ev = LndEvent::Received {
-        peer: nid(B),
-        lane: Lane::Data,
-        header,
-        payload,
-    };
-    n.handle_lnd_event(t(0), NiId(0), ev);
+    arrives(n, t(0), nid(B), header, payload);
 }
 
 pub(super) fn fetched(n: &mut Node, handle: u64, result: Result<Bytes, LndError>) {
