@@ -84,21 +84,52 @@ INIT
 fi
 flock -u 9
 
-result=$(mktemp -d "$work/run.XXXXXX")
-say "booting kernel $kver under qemu (TCG) to run $script"
+# One boot. The script's output file appears when init starts the script, so a VM that has
+# not made it by $boot_limit seconds hung while booting: once in CI, TCG sat after "Booting
+# from ROM" until the timeout. Such a boot is killed and tried again, once.
+boot_limit=${RXE_VM_BOOT_LIMIT:-300}
+boot() {
+    result=$(mktemp -d "$work/run.XXXXXX")
+    say "booting kernel $kver under qemu (TCG) to run $script"
+    timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
+        -kernel "$kernel" -initrd "$initrd" \
+        -append "console=ttyS0 panic=-1 clocksource=tsc tsc=reliable lanet.script=$script lanet.result=$result" \
+        -fsdev local,id=hr,path=/,security_model=none,multidevs=remap \
+        -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
+        -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+        > "$result/console.log" 2>&1 < /dev/null &
+    local vm=$! waited=0
+    while [ ! -e "$result/output" ] && kill -0 "$vm" 2>/dev/null; do
+        if [ "$waited" -ge "$boot_limit" ]; then
+            say "the VM has not started the script after ${boot_limit} s; its console:"
+            tail -n 30 "$result/console.log" >&2
+            kill "$vm" 2>/dev/null
+            wait "$vm"
+            return 3
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    wait "$vm"
+}
 set +e
-timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
-    -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet clocksource=tsc tsc=reliable lanet.script=$script lanet.result=$result" \
-    -fsdev local,id=hr,path=/,security_model=none,multidevs=remap \
-    -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
-    > "$result/console.log" 2>&1 < /dev/null
+boot
 qemu=$?
+if [ "$qemu" -eq 3 ]; then
+    rm -rf "$result"
+    say "booting again"
+    boot
+    qemu=$?
+fi
 set -e
 if [ ! -f "$result/status" ]; then
-    say "the VM did not run the script (qemu exit $qemu); its console:"
+    say "the VM did not finish the script (qemu exit $qemu; 124 is the timeout, 3 a boot that hung); its console:"
     tail -n 60 "$result/console.log" >&2
+    # What the script printed before it stopped: which test hung, or how far a slow VM got.
+    if [ -s "$result/output" ]; then
+        say "the script's output so far:"
+        tail -n 80 "$result/output" >&2
+    fi
     exit 2
 fi
 cat "$result/output"
