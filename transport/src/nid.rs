@@ -5,6 +5,7 @@
 //! a host) for `tcp` and `o2ib`, a number for `mem`, and `0` for `lo`.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
@@ -107,7 +108,7 @@ impl fmt::Display for NidAddr {
 }
 
 /// A network identifier: `ADDRESS@NET`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Nid {
     pub addr: NidAddr,
     pub net: Net,
@@ -140,6 +141,32 @@ impl Nid {
             NidAddr::IpPort(sa) => Some(sa),
             NidAddr::Num(_) => None,
         }
+    }
+
+    /// The NID as two words, one-to-one: the address's variant above bit 48, below it the
+    /// number, or the IP address (and port); and the net. Equal NIDs (derived `Eq`) thus
+    /// hash equal.
+    #[inline]
+    fn words(&self) -> (u64, u32) {
+        let addr = match self.addr {
+            NidAddr::Num(n) => u64::from(n),
+            NidAddr::Ip(ip) => 1 << 48 | u64::from(u32::from(ip)),
+            NidAddr::IpPort(sa) => {
+                2 << 48 | u64::from(u32::from(*sa.ip())) << 16 | u64::from(sa.port())
+            }
+        };
+        let net = u32::from(self.net.kind as u8) << 16 | u32::from(self.net.num);
+        (addr, net)
+    }
+}
+
+/// Two words, instead of the derived walk through the address enum field by field (an IP
+/// address as a length and four bytes): every hop, peer and health lookup hashes a NID.
+impl Hash for Nid {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (addr, net) = self.words();
+        state.write_u64(addr);
+        state.write_u32(net);
     }
 }
 
@@ -513,6 +540,36 @@ pub(crate) mod tests {
             let mut b = [0u8; NID_WIRE_LEN];
             n.encode(&mut b);
             prop_assert_eq!(Nid::decode(&b), Some(n));
+        }
+
+        /// The words hashed are one-to-one: NIDs that differ in one field, or whose
+        /// address bits line up across variants, never share them.
+        #[test]
+        fn hashed_words_tell_nids_apart(a in any_nid(), b in any_nid(), port in 1u16..) {
+            let Nid { addr, net } = a;
+            let mut near = vec![
+                b,
+                Nid { net: Net::new(net.kind, net.num.wrapping_add(1)), ..a },
+                Nid { net: Net::new(LndKind::Mem, net.num), ..a },
+            ];
+            let ip = match addr {
+                NidAddr::Ip(ip) => Some(ip),
+                NidAddr::IpPort(sa) => Some(*sa.ip()),
+                NidAddr::Num(_) => None,
+            };
+            if let Some(ip) = ip {
+                let bits = u32::from(ip);
+                near.push(Nid { addr: NidAddr::Ip(ip), ..a });
+                near.push(Nid { addr: NidAddr::IpPort(SocketAddrV4::new(ip, port)), ..a });
+                // An IP address equal to another variant's packed address bits.
+                near.push(Nid { addr: NidAddr::Num(bits), ..a });
+                let shifted = Ipv4Addr::from(bits >> 16);
+                near.push(Nid { addr: NidAddr::Ip(Ipv4Addr::from(bits << 16 | u32::from(port))), ..a });
+                near.push(Nid { addr: NidAddr::IpPort(SocketAddrV4::new(shifted, port)), ..a });
+            }
+            for c in near {
+                prop_assert_eq!(a == c, a.words() == c.words(), "{} and {}", a, c);
+            }
         }
 
         #[test]
