@@ -39,7 +39,11 @@ pub(crate) struct Op {
     /// A use-once entry matched by a payload still being fetched: it matches nothing else.
     pub(crate) reserved: bool,
     /// The next hop its request waits at or went through: its target, or a router.
+    /// Set only by [`Ops::set_via`], which keeps `router` with it.
     pub(crate) via: Option<Nid>,
+    /// `via` when that is not the target: kept, not derived, as it is asked several times
+    /// per operation.
+    router: Option<Nid>,
     /// Our gateways its request went through when it was refused (NACK) or they failed:
     /// not tried again for it.
     pub(crate) avoid: Vec<Nid>,
@@ -70,6 +74,7 @@ impl Op {
             stage: Stage::Queued,
             reserved: false,
             via: None,
+            router: None,
             avoid: Vec::new(),
             attempts: 0,
             src: None,
@@ -89,8 +94,7 @@ impl Op {
 
     /// The router it goes through, if it is routed.
     pub(crate) fn router(&self) -> Option<Nid> {
-        self.via
-            .filter(|&v| Some(v) != self.target().map(|(d, _)| d))
+        self.router
     }
 }
 
@@ -182,9 +186,10 @@ impl Ops {
             return;
         };
         let key = (op.seq, id);
-        let old_router = op.router();
+        let old_router = op.router;
         op.via = via;
-        let new_router = op.router();
+        op.router = via.filter(|&v| Some(v) != op.target().map(|(d, _)| d));
+        let new_router = op.router;
         if let Some(router) = old_router {
             self.unindex(router, key);
         }
