@@ -2,7 +2,7 @@
 //! request is out, by the peers they involve, and by deadline.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
@@ -13,6 +13,10 @@ use crate::time::Time;
 
 /// Stale deadlines the heap may hold beyond twice the live ops before it is swept.
 pub(crate) const DEADLINE_SLACK: usize = 64;
+
+/// Dead entries a peer's index may hold before it is compacted, if they are also at least
+/// half of it.
+pub(crate) const DEAD_INDEX_SLACK: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
@@ -103,10 +107,10 @@ pub(crate) struct Ops {
     live: FxHashMap<OpId, Op>,
     /// Ops whose request went out, by message id, to match ACK/REPLY/PONG/NACK.
     awaiting: FxHashMap<u64, OpId>,
-    /// Live ops by the peers they involve (their target, and the router they go through),
-    /// in submission order: what a peer's failure ends, found without looking at others'.
-    /// A peer's set stays when emptied, so the next op to it allocates nothing.
-    by_peer: FxHashMap<Nid, BTreeSet<(u64, OpId)>>,
+    /// Live ops by the peers they involve (their target, and the router they go through):
+    /// what a peer's failure ends, found without looking at others'. A peer's index stays
+    /// when emptied, so the next op to it allocates nothing.
+    by_peer: FxHashMap<Nid, PeerOps>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
     next_seq: u64,
 }
@@ -142,7 +146,11 @@ impl Ops {
     pub(crate) fn insert(&mut self, id: OpId, op: Op, deadline: Option<Time>) {
         let seq = op.seq;
         if let Some((dst, _)) = op.target() {
-            self.by_peer.entry(dst).or_default().insert((seq, id));
+            self.by_peer
+                .entry(dst)
+                .or_default()
+                .queue
+                .push_back((seq, id));
         }
         self.live.insert(id, op);
         // After the insert: a sweep this push triggers keeps the deadlines of live ops.
@@ -190,23 +198,27 @@ impl Ops {
         op.via = via;
         op.router = via.filter(|&v| Some(v) != op.target().map(|(d, _)| d));
         let new_router = op.router;
+        if old_router == new_router {
+            return; // indexed there already, once
+        }
         if let Some(router) = old_router {
             self.unindex(router, key);
         }
         if let Some(router) = new_router {
-            self.by_peer.entry(router).or_default().insert(key);
+            self.by_peer.entry(router).or_default().queue.push_back(key);
         }
     }
 
-    /// Removes `key` from `peer`'s index. Empty indexes stay (a peer's next op reuses
-    /// its allocation) until they are most of the table: then they go, so that a table
-    /// per NID ever used cannot grow without bound (amortized O(1) per op).
+    /// Takes `key` out of `peer`'s index; the op no longer involves `peer` (it is gone from
+    /// `live`, or has another router). Empty indexes stay (a peer's next op reuses its
+    /// allocation) until they are most of the table: then they go, so that a table per NID
+    /// ever used cannot grow without bound (amortized O(1) per op).
     fn unindex(&mut self, peer: Nid, key: (u64, OpId)) {
-        if let Some(set) = self.by_peer.get_mut(&peer) {
-            set.remove(&key);
+        if let Some(index) = self.by_peer.get_mut(&peer) {
+            index.remove(key, |key| involves(&self.live, peer, key));
         }
         if self.by_peer.len() > 64 + 2 * self.live.len() {
-            self.by_peer.retain(|_, set| !set.is_empty());
+            self.by_peer.retain(|_, index| !index.queue.is_empty());
         }
     }
 
@@ -238,29 +250,42 @@ impl Ops {
         self.awaiting.get(&msg_id).copied()
     }
 
-    /// The lowest message id of a live op involving `peer` (`above` if none is lower): an
-    /// initiator has settled every request to `peer` below it.
+    /// A message id below which this initiator has settled every request to `peer`
+    /// (`above` at most): the seq of the oldest live op to `peer`, or lower. Ops to `peer`
+    /// join its index in seq order, when submitted; an op routed through `peer` joins
+    /// later than that, so after every op to `peer` with a lower seq. Hence the front
+    /// (always live) is never above the oldest op to `peer`.
     pub(crate) fn settled_below(&self, peer: Nid, above: u64) -> u64 {
         self.by_peer
             .get(&peer)
-            .and_then(|set| set.first())
+            .and_then(|index| index.queue.front())
             .map_or(above, |(seq, _)| (*seq).min(above))
     }
 
     /// Whether some live op targets `peer` or goes through it.
     pub(crate) fn involve(&self, peer: Nid) -> bool {
-        self.by_peer.get(&peer).is_some_and(|set| !set.is_empty())
+        self.by_peer
+            .get(&peer)
+            .is_some_and(|index| !index.queue.is_empty())
     }
 
     /// Live ops involving `peer` (as target or router) for which `pick` holds, in
     /// submission order.
     pub(crate) fn of_peer(&self, peer: Nid, pick: impl Fn(&Op) -> bool) -> Vec<OpId> {
-        self.by_peer.get(&peer).map_or_else(Vec::new, |set| {
-            set.iter()
-                .filter(|(_, id)| self.live.get(id).is_some_and(&pick))
-                .map(|(_, id)| *id)
-                .collect()
-        })
+        let Some(index) = self.by_peer.get(&peer) else {
+            return Vec::new();
+        };
+        // A router's index is in the order ops were sent through it, and a resent op joins
+        // its new router's late: sorted by seq, for submission order.
+        let mut ids: Vec<(u64, OpId)> = index
+            .queue
+            .iter()
+            .filter(|&&key| involves(&self.live, peer, key))
+            .filter(|(_, id)| self.live.get(id).is_some_and(&pick))
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Books the deadline of op `id`, already live. Those of ops that completed early stay
@@ -305,7 +330,166 @@ impl Ops {
         self.deadlines.len()
     }
 
+    /// Entries in the per-peer indexes, dead ones included (what they hold in memory).
     pub(crate) fn indexed(&self) -> usize {
-        self.by_peer.values().map(BTreeSet::len).sum()
+        self.by_peer.values().map(|index| index.queue.len()).sum()
+    }
+}
+
+/// Whether the op `key` names is live and involves `peer`, as its target or its router.
+fn involves(live: &FxHashMap<OpId, Op>, peer: Nid, (seq, id): (u64, OpId)) -> bool {
+    live.get(&id).is_some_and(|op| {
+        op.seq == seq && (op.router == Some(peer) || op.target().is_some_and(|(d, _)| d == peer))
+    })
+}
+
+/// One peer's index: the ops involving it, in the order they came to involve it (for its
+/// ops as target, submission order). Ops mostly leave from the front, the oldest first;
+/// one that leaves from further in (a router's ops to several targets complete out of its
+/// order) stays as a dead entry until it reaches the front, or until the dead are half of
+/// the queue and it is compacted: amortized O(1) per op either way, where a B-tree set
+/// cost ~100 instructions an insert and as many a removal, per op.
+///
+/// The front is always live (or the queue empty): entries die only through
+/// [`PeerOps::remove`], which drops dead entries from the front.
+#[derive(Default)]
+pub(crate) struct PeerOps {
+    queue: VecDeque<(u64, OpId)>,
+    /// Entries in `queue` whose op no longer involves the peer.
+    dead: usize,
+}
+
+impl PeerOps {
+    /// `key`'s op no longer involves the peer; `involves` tells which others still do.
+    fn remove(&mut self, key: (u64, OpId), involves: impl Fn((u64, OpId)) -> bool) {
+        if self.queue.front() != Some(&key) {
+            self.dead += 1;
+            if self.dead > DEAD_INDEX_SLACK && 2 * self.dead >= self.queue.len() {
+                self.queue.retain(|&k| involves(k));
+                self.dead = 0;
+            }
+            return;
+        }
+        self.queue.pop_front();
+        while self.dead > 0 {
+            match self.queue.front() {
+                Some(&k) if !involves(k) => {
+                    self.queue.pop_front();
+                    self.dead -= 1;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn put_to(dst: Nid) -> OpKind {
+        OpKind::Put(PutRequest {
+            lane: Lane::Data,
+            dst,
+            portal: 0,
+            match_bits: 0,
+            payload: Bytes::new(),
+            timeout: None,
+            on_peer_down: Default::default(),
+            ack: true,
+        })
+    }
+
+    /// Checks what `peer`'s index says against the live ops that involve it, and that it
+    /// holds at most about twice as many entries.
+    fn check(ops: &Ops, peer: Nid, mut expected: Vec<(u64, OpId)>) {
+        expected.sort_unstable();
+        let ids: Vec<OpId> = expected.iter().map(|&(_, id)| id).collect();
+        assert_eq!(ops.of_peer(peer, |_| true), ids, "in submission order");
+        assert_eq!(ops.involve(peer), !ids.is_empty());
+        let held = ops.by_peer.get(&peer).map_or(0, |index| index.queue.len());
+        assert!(
+            held <= 2 * ids.len() + DEAD_INDEX_SLACK + 1,
+            "{held} entries for {} live ops",
+            ids.len()
+        );
+    }
+
+    /// The floor for each target is exactly its lowest live op (they go through routers
+    /// only, so nothing else is in their indexes).
+    fn check_floors(ops: &Ops, targets: &[Nid]) {
+        for &t in targets {
+            let lowest = ops
+                .live
+                .values()
+                .filter(|op| op.target().is_some_and(|(d, _)| d == t))
+                .map(|op| op.seq)
+                .min();
+            assert_eq!(ops.settled_below(t, u64::MAX), lowest.unwrap_or(u64::MAX));
+            check(
+                ops,
+                t,
+                ops.live
+                    .iter()
+                    .filter(|(_, op)| op.target().is_some_and(|(d, _)| d == t))
+                    .map(|(id, op)| (op.seq, *id))
+                    .collect(),
+            );
+        }
+    }
+
+    /// A router's index holds the ops to every target behind it, which end out of its
+    /// order, and a resent op joins its new router's index late: the index stays right,
+    /// in submission order, and bounded.
+    #[test]
+    fn a_routers_index_stays_right_and_bounded_when_its_ops_end_out_of_order() {
+        let (first, second) = (Nid::mem(100, 0), Nid::mem(101, 0));
+        let mut ops = Ops::default();
+        let targets: Vec<Nid> = (1..=7).map(|n| Nid::mem(n, 1)).collect();
+        let mut via_first = Vec::new();
+        for i in 0..1000 {
+            let (id, seq) = (OpId(i), ops.take_seq());
+            let target = targets[i as usize % 7];
+            ops.insert(id, Op::new(seq, put_to(target)), None);
+            ops.set_via(id, Some(first));
+            via_first.push((seq, id));
+        }
+        check(&ops, first, via_first.clone());
+        // A tenth go to the second router, newest first: it sees them out of seq order.
+        let mut via_second = Vec::new();
+        for k in (0..via_first.len()).rev().filter(|k| k % 10 == 3) {
+            let key = via_first.remove(k);
+            ops.set_via(key.1, Some(second));
+            via_second.push(key);
+        }
+        check(&ops, first, via_first.clone());
+        check(&ops, second, via_second.clone());
+        check_floors(&ops, &targets);
+        // Every other op of the first router ends, newest first, so that its oldest entry,
+        // still live, never lets the dead ones behind it go from the front.
+        let mut k = via_first.len();
+        while k > 1 {
+            k -= 2;
+            let (_, id) = via_first.remove(k + 1);
+            assert!(ops.remove(id).is_some());
+            check(&ops, first, via_first.clone());
+        }
+        check_floors(&ops, &targets);
+        // The rest end oldest first; the second router's from the middle out.
+        while let Some((_, id)) = via_first.first().copied() {
+            via_first.remove(0);
+            ops.remove(id);
+            check(&ops, first, via_first.clone());
+        }
+        while !via_second.is_empty() {
+            let (_, id) = via_second.remove(via_second.len() / 2);
+            ops.remove(id);
+            check(&ops, second, via_second.clone());
+            check_floors(&ops, &targets);
+        }
+        assert_eq!(ops.len(), 0);
+        assert_eq!(ops.indexed(), 0, "nothing left behind");
     }
 }
