@@ -84,14 +84,23 @@ INIT
 fi
 flock -u 9
 
-# One boot. The script's output file appears when init starts the script, so a VM that has
-# not made it by $boot_limit seconds hung while booting: once in CI, TCG sat after "Booting
-# from ROM" until the timeout. Such a boot is killed and tried again, once.
+# One boot. The script's output file appears when init starts the script (its chroot shell,
+# which first adds rxe0), so a VM that has not made it by $boot_limit seconds hung while
+# booting: once in CI, TCG sat after "Booting from ROM" until the timeout. Such a boot is
+# killed and tried again, once.
 boot_limit=${RXE_VM_BOOT_LIMIT:-300}
+case $boot_limit in
+    '' | *[!0-9]*)
+        say "RXE_VM_BOOT_LIMIT must be a number of seconds, not '$boot_limit'"
+        exit 2
+        ;;
+esac
+boot_hung=
 boot() {
     result=$(mktemp -d "$work/run.XXXXXX")
+    boot_hung=
     say "booting kernel $kver under qemu (TCG) to run $script"
-    timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
+    timeout -k 10 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
         -kernel "$kernel" -initrd "$initrd" \
         -append "console=ttyS0 panic=-1 clocksource=tsc tsc=reliable lanet.script=$script lanet.result=$result" \
         -fsdev local,id=hr,path=/,security_model=none,multidevs=remap \
@@ -99,13 +108,14 @@ boot() {
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
         > "$result/console.log" 2>&1 < /dev/null &
     local vm=$! waited=0
-    while [ ! -e "$result/output" ] && kill -0 "$vm" 2>/dev/null; do
+    # `jobs` asks this shell, which knows when its job ended (a bare PID could be reused).
+    while [ ! -e "$result/output" ] && [ -n "$(jobs -rp)" ]; do
         if [ "$waited" -ge "$boot_limit" ]; then
+            boot_hung=yes
             say "the VM has not started the script after ${boot_limit} s; its console:"
             tail -n 30 "$result/console.log" >&2
             kill "$vm" 2>/dev/null
-            wait "$vm"
-            return 3
+            break
         fi
         sleep 1
         waited=$((waited + 1))
@@ -115,7 +125,7 @@ boot() {
 set +e
 boot
 qemu=$?
-if [ "$qemu" -eq 3 ]; then
+if [ -n "$boot_hung" ]; then
     rm -rf "$result"
     say "booting again"
     boot
@@ -123,13 +133,18 @@ if [ "$qemu" -eq 3 ]; then
 fi
 set -e
 if [ ! -f "$result/status" ]; then
-    say "the VM did not finish the script (qemu exit $qemu; 124 is the timeout, 3 a boot that hung); its console:"
-    tail -n 60 "$result/console.log" >&2
+    if [ -n "$boot_hung" ]; then
+        say "the VM hung while booting twice"
+    else
+        say "the VM did not finish the script (qemu exit $qemu; 124 is the timeout); its console:"
+        tail -n 60 "$result/console.log" >&2
+    fi
     # What the script printed before it stopped: which test hung, or how far a slow VM got.
     if [ -s "$result/output" ]; then
         say "the script's output so far:"
         tail -n 80 "$result/output" >&2
     fi
+    say "kept for a look: $result"
     exit 2
 fi
 cat "$result/output"
