@@ -508,6 +508,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// Addresses of different variants whose bits are the same below the variant tag:
+    /// only the tag keeps their hashed words apart.
+    #[test]
+    fn hashed_words_keep_address_variants_apart() {
+        let ip = |x: u32| NidAddr::Ip(Ipv4Addr::from(x));
+        let ip_port = |x: u32, p: u16| NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::from(x), p));
+        let net = Net::new(LndKind::Tcp, 0);
+        let pairs = [
+            (NidAddr::Num(0x0a00_0001), ip(0x0a00_0001)),
+            // 0.0.0.1 port 2 packs to 0x1_0002 below its tag, as does 0.1.0.2.
+            (ip(0x0001_0002), ip_port(1, 2)),
+            (NidAddr::Num(0x0001_0002), ip_port(1, 2)),
+        ];
+        for (x, y) in pairs {
+            let (a, b) = (Nid { addr: x, net }, Nid { addr: y, net });
+            assert_ne!(a.words(), b.words(), "{a} and {b}");
+        }
+    }
+
     pub(crate) fn any_nid() -> impl Strategy<Value = Nid> {
         let ip = any::<u32>().prop_map(Ipv4Addr::from);
         let ip_addr = prop_oneof![
@@ -542,8 +561,8 @@ pub(crate) mod tests {
             prop_assert_eq!(Nid::decode(&b), Some(n));
         }
 
-        /// The words hashed are one-to-one: NIDs that differ in one field, or whose
-        /// address bits line up across variants, never share them.
+        /// The words hashed are one-to-one: NIDs that differ in one field never share
+        /// them.
         #[test]
         fn hashed_words_tell_nids_apart(a in any_nid(), b in any_nid(), port in 1u16..) {
             let Nid { addr, net } = a;
@@ -558,14 +577,9 @@ pub(crate) mod tests {
                 NidAddr::Num(_) => None,
             };
             if let Some(ip) = ip {
-                let bits = u32::from(ip);
                 near.push(Nid { addr: NidAddr::Ip(ip), ..a });
                 near.push(Nid { addr: NidAddr::IpPort(SocketAddrV4::new(ip, port)), ..a });
-                // An IP address equal to another variant's packed address bits.
-                near.push(Nid { addr: NidAddr::Num(bits), ..a });
-                let shifted = Ipv4Addr::from(bits >> 16);
-                near.push(Nid { addr: NidAddr::Ip(Ipv4Addr::from(bits << 16 | u32::from(port))), ..a });
-                near.push(Nid { addr: NidAddr::IpPort(SocketAddrV4::new(shifted, port)), ..a });
+                near.push(Nid { addr: NidAddr::Num(u32::from(ip)), ..a });
             }
             for c in near {
                 prop_assert_eq!(a == c, a.words() == c.words(), "{} and {}", a, c);

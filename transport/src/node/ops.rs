@@ -189,6 +189,11 @@ impl Ops {
     }
 
     /// Sets the next hop of op `id`, indexing it under a router.
+    ///
+    /// An op never goes back to a router it left: `resend` puts that router in its
+    /// `avoid` list before routing it again. The lazy per-peer index relies on it: an op
+    /// joining a router's queue again, while its dead entry from before is still there,
+    /// would be in it twice.
     pub(crate) fn set_via(&mut self, id: OpId, via: Option<Nid>) {
         let Some(op) = self.live.get_mut(&id) else {
             return;
@@ -201,6 +206,10 @@ impl Ops {
         if old_router == new_router {
             return; // indexed there already, once
         }
+        debug_assert!(
+            new_router.is_none_or(|r| !op.avoid.contains(&r)),
+            "{id} routed again through {new_router:?}, which it left"
+        );
         if let Some(router) = old_router {
             self.unindex(router, key);
         }
@@ -209,13 +218,13 @@ impl Ops {
         }
     }
 
-    /// Takes `key` out of `peer`'s index; the op no longer involves `peer` (it is gone from
-    /// `live`, or has another router). Empty indexes stay (a peer's next op reuses its
+    /// The op `key` no longer involves `peer` (it is gone from `live`, or has another
+    /// router): its entry in `peer`'s index is dead (see [`PeerOps`]). Empty indexes stay (a peer's next op reuses its
     /// allocation) until they are most of the table: then they go, so that a table per NID
     /// ever used cannot grow without bound (amortized O(1) per op).
     fn unindex(&mut self, peer: Nid, key: (u64, OpId)) {
         if let Some(index) = self.by_peer.get_mut(&peer) {
-            index.remove(key, |key| involves(&self.live, peer, key));
+            index.leave(key, |key| involves(&self.live, peer, key));
         }
         if self.by_peer.len() > 64 + 2 * self.live.len() {
             self.by_peer.retain(|_, index| !index.queue.is_empty());
@@ -275,8 +284,8 @@ impl Ops {
         let Some(index) = self.by_peer.get(&peer) else {
             return Vec::new();
         };
-        // A router's index is in the order ops were sent through it, and a resent op joins
-        // its new router's late: sorted by seq, for submission order.
+        // A router's index is in the order ops were routed through it, and a resent op
+        // joins its new router's late: sorted by seq, for submission order.
         let mut ids: Vec<(u64, OpId)> = index
             .queue
             .iter()
@@ -330,7 +339,7 @@ impl Ops {
         self.deadlines.len()
     }
 
-    /// Entries in the per-peer indexes, dead ones included (what they hold in memory).
+    /// Entries in the per-peer indexes, dead ones included.
     pub(crate) fn indexed(&self) -> usize {
         self.by_peer.values().map(|index| index.queue.len()).sum()
     }
@@ -350,8 +359,9 @@ fn involves(live: &FxHashMap<OpId, Op>, peer: Nid, (seq, id): (u64, OpId)) -> bo
 /// the queue and it is compacted: amortized O(1) per op either way, where a B-tree set
 /// cost ~100 instructions an insert and as many a removal, per op.
 ///
-/// The front is always live (or the queue empty): entries die only through
-/// [`PeerOps::remove`], which drops dead entries from the front.
+/// The front is always live (or the queue empty): every entry that dies is reported to
+/// [`PeerOps::leave`] once (see [`Ops::set_via`] for why once), which drops dead entries
+/// from the front.
 #[derive(Default)]
 pub(crate) struct PeerOps {
     queue: VecDeque<(u64, OpId)>,
@@ -359,13 +369,16 @@ pub(crate) struct PeerOps {
     dead: usize,
 }
 
+/// Capacity an emptied index keeps; a larger one (a burst of ops to the peer) is freed.
+const INDEX_CAPACITY_KEPT: usize = 64;
+
 impl PeerOps {
-    /// `key`'s op no longer involves the peer; `involves` tells which others still do.
-    fn remove(&mut self, key: (u64, OpId), involves: impl Fn((u64, OpId)) -> bool) {
+    /// `key`'s op no longer involves the peer; `still_in` tells which others still do.
+    fn leave(&mut self, key: (u64, OpId), still_in: impl Fn((u64, OpId)) -> bool) {
         if self.queue.front() != Some(&key) {
             self.dead += 1;
             if self.dead > DEAD_INDEX_SLACK && 2 * self.dead >= self.queue.len() {
-                self.queue.retain(|&k| involves(k));
+                self.queue.retain(|&k| still_in(k));
                 self.dead = 0;
             }
             return;
@@ -373,12 +386,15 @@ impl PeerOps {
         self.queue.pop_front();
         while self.dead > 0 {
             match self.queue.front() {
-                Some(&k) if !involves(k) => {
+                Some(&k) if !still_in(k) => {
                     self.queue.pop_front();
                     self.dead -= 1;
                 }
                 _ => break,
             }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > INDEX_CAPACITY_KEPT {
+            self.queue = VecDeque::new();
         }
     }
 }
@@ -415,6 +431,14 @@ mod tests {
             "{held} entries for {} live ops",
             ids.len()
         );
+        if let Some(index) = ops.by_peer.get(&peer) {
+            let dead = index
+                .queue
+                .iter()
+                .filter(|&&key| !involves(&ops.live, peer, key))
+                .count();
+            assert_eq!(index.dead, dead, "dead entries counted");
+        }
     }
 
     /// The floor for each target is exactly its lowest live op (they go through routers
@@ -457,12 +481,25 @@ mod tests {
             via_first.push((seq, id));
         }
         check(&ops, first, via_first.clone());
-        // A tenth go to the second router, newest first: it sees them out of seq order.
+        // The second router is also a target, before and after ops are routed through it.
         let mut via_second = Vec::new();
+        let to_second = |ops: &mut Ops, via_second: &mut Vec<(u64, OpId)>, id: u64| {
+            let seq = ops.take_seq();
+            ops.insert(OpId(id), Op::new(seq, put_to(second)), None);
+            ops.set_via(OpId(id), Some(second));
+            via_second.push((seq, OpId(id)));
+        };
+        for id in 5000..5003 {
+            to_second(&mut ops, &mut via_second, id);
+        }
+        // A tenth go to the second router, newest first: it sees them out of seq order.
         for k in (0..via_first.len()).rev().filter(|k| k % 10 == 3) {
             let key = via_first.remove(k);
             ops.set_via(key.1, Some(second));
             via_second.push(key);
+        }
+        for id in 5003..5006 {
+            to_second(&mut ops, &mut via_second, id);
         }
         check(&ops, first, via_first.clone());
         check(&ops, second, via_second.clone());
@@ -488,6 +525,13 @@ mod tests {
             ops.remove(id);
             check(&ops, second, via_second.clone());
             check_floors(&ops, &targets);
+            // Its floor as a target is at most its oldest live op as a target.
+            let oldest_to_it = via_second
+                .iter()
+                .filter(|(_, id)| id.0 >= 5000)
+                .map(|&(seq, _)| seq)
+                .min();
+            assert!(ops.settled_below(second, u64::MAX) <= oldest_to_it.unwrap_or(u64::MAX));
         }
         assert_eq!(ops.len(), 0);
         assert_eq!(ops.indexed(), 0, "nothing left behind");
