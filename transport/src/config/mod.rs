@@ -58,7 +58,8 @@ pub struct NodeConfig {
     /// a request resent after a router failed is answered again rather than delivered
     /// twice. Initiators tell how many they may still resend; this caps it.
     pub dedup_window: usize,
-    /// Initiators remembered so at once (the idlest is forgotten first).
+    /// Initiators remembered so at once (the idlest is forgotten first); one that reaches
+    /// this node at two of its NIDs counts twice.
     pub dedup_initiators: usize,
     /// A router's buffers, by size class (LNet's 2048 tiny / 16384 small / 1024 large).
     pub router_buffers: crate::node::PoolSizes,

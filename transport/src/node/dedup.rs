@@ -2,11 +2,15 @@
 //! reached it through routers.
 //!
 //! An initiator resends a request whose router failed with the request in flight; the
-//! first copy may have been delivered. So, per (initiator, incarnation), the target keeps
+//! first copy may have been delivered. So, per (initiator, incarnation) and NID of its own
+//! the request was addressed to, the target keeps
 //! the recent message ids with the answer it gave (ptlrpc's reply reconstruction, one layer
 //! down): a duplicate gets that answer again and is not delivered twice. Each request also
-//! says below which message id the initiator has settled everything it sent here
-//! (`settled_below`), so the window holds only what may still be resent; hard caps bound it
+//! says below which message id the initiator has settled everything it sent to that NID
+//! (`settled_below`), so the window holds only what may still be resent (an initiator
+//! reckons that per destination NID, so a target with NIDs on several nets keeps a window
+//! per NID: one floor raised by requests to one NID would drop copies of older requests
+//! to another); hard caps bound it
 //! anyway (per initiator and on initiators), and whatever falls out of it is never taken
 //! for new: late copies of it are dropped rather than delivered. PUTs without ACK stay
 //! out of it: their initiator never resends one (it fails it instead), and one overtaken
@@ -67,16 +71,20 @@ struct Window {
 /// holds up to `dedup_window` answers).
 pub(crate) const FLOORS_PER_WINDOW: usize = 4;
 
+/// Whose window: the initiator, the NID of ours its requests were addressed to, and the
+/// initiator's incarnation.
+type Key = (Nid, Nid, u64);
+
 /// The windows of every initiator that reached this node through routers.
 pub(crate) struct Dedup {
-    windows: FxHashMap<(Nid, u64), Window>,
+    windows: FxHashMap<Key, Window>,
     /// What evicted windows remembered: the lowest message id a copy may still have to
     /// be new, oldest eviction first.
     /// (floor, when it was kept); the order names each by that same tick.
-    floors: FxHashMap<(Nid, u64), (u64, u64)>,
-    floors_order: std::collections::VecDeque<((Nid, u64), u64)>,
+    floors: FxHashMap<Key, (u64, u64)>,
+    floors_order: std::collections::VecDeque<(Key, u64)>,
     /// (last used, initiator): the idlest first.
-    by_use: BTreeMap<(u64, (Nid, u64)), ()>,
+    by_use: BTreeMap<(u64, Key), ()>,
     tick: u64,
     /// Entries one window may hold.
     per_initiator: usize,
@@ -111,16 +119,17 @@ impl Dedup {
         self.windows.len()
     }
 
-    /// A request `msg_id` from `from` (as `incarnation`), which has settled everything
-    /// below `settled_below`: what to do with it.
+    /// A request `msg_id` from `from` (as `incarnation`) to our NID `to`, whose initiator
+    /// has settled everything to `to` below `settled_below`: what to do with it.
     pub(crate) fn check(
         &mut self,
         from: Nid,
+        to: Nid,
         incarnation: u64,
         msg_id: u64,
         settled_below: u64,
     ) -> Seen {
-        let key = (from, incarnation);
+        let key = (from, to, incarnation);
         self.tick += 1;
         if !self.windows.contains_key(&key) {
             // Incarnations only grow (a node's start time): a copy from an older life of a
@@ -129,16 +138,16 @@ impl Dedup {
                 .windows
                 .keys()
                 .chain(self.floors.keys())
-                .any(|(n, i)| *n == from && *i > incarnation);
+                .any(|(n, _, i)| *n == from && *i > incarnation);
             if newer_seen {
                 return Seen::TooOld;
             }
             // Another incarnation of the same node restarted: its windows are moot (and
             // dropped before making room, so no unrelated window goes for them).
-            let stale: Vec<(Nid, u64)> = self
+            let stale: Vec<Key> = self
                 .windows
                 .keys()
-                .filter(|(n, i)| *n == from && *i != incarnation)
+                .filter(|(n, _, i)| *n == from && *i != incarnation)
                 .copied()
                 .collect();
             for k in stale {
@@ -211,10 +220,12 @@ impl Dedup {
         Seen::New
     }
 
-    /// The answer given to request `msg_id` from `from`, to give again to a copy of it.
+    /// The answer given to request `msg_id` from `from` to `to`, to give again to a copy
+    /// of it.
     pub(crate) fn answered(
         &mut self,
         from: Nid,
+        to: Nid,
         incarnation: u64,
         msg_id: u64,
         body: Body,
@@ -222,7 +233,7 @@ impl Dedup {
     ) {
         if let Some(e) = self
             .windows
-            .get_mut(&(from, incarnation))
+            .get_mut(&(from, to, incarnation))
             .and_then(|w| w.entries.get_mut(&msg_id))
         {
             *e = Entry::Answered(body, payload);
@@ -247,7 +258,7 @@ impl Dedup {
         }
     }
 
-    fn keep_floor(&mut self, key: (Nid, u64), floor: u64) {
+    fn keep_floor(&mut self, key: Key, floor: u64) {
         self.floors.insert(key, (floor, self.tick));
         self.floors_order.push_back((key, self.tick));
         let cap = self.initiators.saturating_mul(FLOORS_PER_WINDOW);
@@ -263,7 +274,7 @@ impl Dedup {
         }
     }
 
-    fn drop_window(&mut self, key: (Nid, u64)) {
+    fn drop_window(&mut self, key: Key) {
         if let Some(w) = self.windows.remove(&key) {
             self.by_use.remove(&(w.used, key));
             self.entries -= w.entries.len();
@@ -277,6 +288,9 @@ mod tests {
     use super::*;
     use crate::wire::Status;
 
+    /// This node's NID, the requests' destination.
+    const ME: Nid = Nid::LO;
+
     fn ack() -> Body {
         Body::Ack {
             status: Status::Ok,
@@ -288,17 +302,17 @@ mod tests {
     fn a_copy_is_answered_again_once_answered_and_held_while_pending() {
         let mut d = Dedup::new(100, 10);
         let a = Nid::mem(1, 0);
-        assert!(matches!(d.check(a, 7, 5, 0), Seen::New));
-        assert!(matches!(d.check(a, 7, 5, 0), Seen::Pending));
-        d.answered(a, 7, 5, ack(), Bytes::new());
-        assert!(matches!(d.check(a, 7, 5, 0), Seen::Answered(b, _) if b == ack()));
+        assert!(matches!(d.check(a, ME, 7, 5, 0), Seen::New));
+        assert!(matches!(d.check(a, ME, 7, 5, 0), Seen::Pending));
+        d.answered(a, ME, 7, 5, ack(), Bytes::new());
+        assert!(matches!(d.check(a, ME, 7, 5, 0), Seen::Answered(b, _) if b == ack()));
         // Another incarnation is another life: nothing in common, and the old one goes.
-        assert!(matches!(d.check(a, 8, 5, 0), Seen::New));
+        assert!(matches!(d.check(a, ME, 8, 5, 0), Seen::New));
         assert_eq!((d.windows(), d.entries()), (1, 1));
         // A late copy from the older life is not new: it may have been handled.
-        assert!(matches!(d.check(a, 7, 6, 0), Seen::TooOld));
+        assert!(matches!(d.check(a, ME, 7, 6, 0), Seen::TooOld));
         assert!(
-            matches!(d.check(a, 8, 5, 0), Seen::Pending),
+            matches!(d.check(a, ME, 8, 5, 0), Seen::Pending),
             "the newer window stays"
         );
     }
@@ -308,14 +322,14 @@ mod tests {
         let mut d = Dedup::new(100, 10);
         let a = Nid::mem(1, 0);
         for m in 1..=10 {
-            assert!(matches!(d.check(a, 1, m, 1), Seen::New));
-            d.answered(a, 1, m, ack(), Bytes::new());
+            assert!(matches!(d.check(a, ME, 1, m, 1), Seen::New));
+            d.answered(a, ME, 1, m, ack(), Bytes::new());
         }
         assert_eq!(d.entries(), 10);
-        assert!(matches!(d.check(a, 1, 11, 8), Seen::New));
+        assert!(matches!(d.check(a, ME, 1, 11, 8), Seen::New));
         assert_eq!(d.entries(), 4, "8, 9, 10 and 11 remain");
-        assert!(matches!(d.check(a, 1, 3, 8), Seen::TooOld));
-        assert!(matches!(d.check(a, 1, 9, 8), Seen::Answered(..)));
+        assert!(matches!(d.check(a, ME, 1, 3, 8), Seen::TooOld));
+        assert!(matches!(d.check(a, ME, 1, 9, 8), Seen::Answered(..)));
     }
 
     #[test]
@@ -323,28 +337,28 @@ mod tests {
         let mut d = Dedup::new(4, 2);
         let (a, b, c) = (Nid::mem(1, 0), Nid::mem(2, 0), Nid::mem(3, 0));
         for m in 1..=6 {
-            assert!(matches!(d.check(a, 1, m, 0), Seen::New));
+            assert!(matches!(d.check(a, ME, 1, m, 0), Seen::New));
         }
         assert_eq!(d.entries(), 4);
         assert!(
-            matches!(d.check(a, 1, 2, 0), Seen::TooOld),
+            matches!(d.check(a, ME, 1, 2, 0), Seen::TooOld),
             "evicted: dropped"
         );
         // The oldest stays: it is the one an initiator resends when its router fails.
-        assert!(matches!(d.check(a, 1, 1, 0), Seen::Pending));
-        d.check(b, 1, 1, 0);
-        d.check(a, 1, 7, 0); // a is now the more recently used
-        d.check(c, 1, 1, 0); // over two initiators: the idlest (b) goes
+        assert!(matches!(d.check(a, ME, 1, 1, 0), Seen::Pending));
+        d.check(b, ME, 1, 1, 0);
+        d.check(a, ME, 1, 7, 0); // a is now the more recently used
+        d.check(c, ME, 1, 1, 0); // over two initiators: the idlest (b) goes
         assert_eq!(d.windows(), 2);
-        assert!(matches!(d.check(a, 1, 7, 0), Seen::Pending));
+        assert!(matches!(d.check(a, ME, 1, 7, 0), Seen::Pending));
         assert_eq!(d.entries(), 4 + 1);
         // b's window went, its floor stayed: a late copy of its request is not new.
         assert!(
-            matches!(d.check(b, 1, 1, 0), Seen::TooOld),
+            matches!(d.check(b, ME, 1, 1, 0), Seen::TooOld),
             "an evicted initiator's copy must not be delivered again"
         );
         assert!(
-            matches!(d.check(b, 1, 2, 0), Seen::New),
+            matches!(d.check(b, ME, 1, 2, 0), Seen::New),
             "its next request is"
         );
     }
@@ -354,22 +368,22 @@ mod tests {
         let mut d = Dedup::new(8, 2);
         let a = Nid::mem(1, 0);
         for m in 1..=20 {
-            assert!(matches!(d.check(a, 1, m, 1), Seen::New));
-            d.answered(a, 1, m, ack(), Bytes::new());
+            assert!(matches!(d.check(a, ME, 1, m, 1), Seen::New));
+            d.answered(a, ME, 1, m, ack(), Bytes::new());
         }
         // The initiator settles the two oldest kept: the range let go of now lies below
         // entries still held, and grows over them with the next evictions.
         for m in 21..=30 {
-            assert!(matches!(d.check(a, 1, m, 3), Seen::New));
-            d.answered(a, 1, m, ack(), Bytes::new());
+            assert!(matches!(d.check(a, ME, 1, m, 3), Seen::New));
+            d.answered(a, ME, 1, m, ack(), Bytes::new());
         }
         let held: Vec<u64> = (3..=30)
-            .filter(|&m| matches!(d.check(a, 1, m, 3), Seen::Answered(..)))
+            .filter(|&m| matches!(d.check(a, ME, 1, m, 3), Seen::Answered(..)))
             .collect();
         assert!(!held.is_empty());
         assert!(d.entries() <= 8 + 1, "{}", d.entries());
         for m in 3..=30 {
-            let seen = d.check(a, 1, m, 3);
+            let seen = d.check(a, ME, 1, m, 3);
             assert!(
                 matches!(seen, Seen::Answered(..) | Seen::TooOld),
                 "{m}: a copy is answered or dropped, never new: {seen:?}"
@@ -384,27 +398,30 @@ mod tests {
         let mut d = Dedup::new(16, 2);
         let a = Nid::mem(1, 0);
         for m in (1..=30).filter(|&m| m != 15) {
-            assert!(matches!(d.check(a, 1, m, 1), Seen::New));
-            d.answered(a, 1, m, ack(), Bytes::new());
+            assert!(matches!(d.check(a, ME, 1, m, 1), Seen::New));
+            d.answered(a, ME, 1, m, ack(), Bytes::new());
         }
         let let_go: Vec<u64> = (1..=30)
-            .filter(|&m| m != 15 && matches!(d.check(a, 1, m, 1), Seen::TooOld))
+            .filter(|&m| m != 15 && matches!(d.check(a, ME, 1, m, 1), Seen::TooOld))
             .collect();
         assert!(!let_go.is_empty(), "the window overflowed");
         // Its resent copy is new: it was never delivered.
-        assert!(matches!(d.check(a, 1, 15, 1), Seen::New));
+        assert!(matches!(d.check(a, ME, 1, 15, 1), Seen::New));
     }
 
     #[test]
     fn the_floors_of_evicted_windows_are_bounded_too() {
         let mut d = Dedup::new(4, 2);
         for n in 0..1000 {
-            d.check(Nid::mem(n, 0), 1, 1, 0);
+            d.check(Nid::mem(n, 0), ME, 1, 1, 0);
         }
         assert_eq!(d.windows(), 2);
         assert!(d.floors.len() <= 2 * FLOORS_PER_WINDOW);
         assert!(d.floors_order.len() <= 2 * FLOORS_PER_WINDOW);
         // The most recently evicted still has its floor.
-        assert!(matches!(d.check(Nid::mem(997, 0), 1, 1, 0), Seen::TooOld));
+        assert!(matches!(
+            d.check(Nid::mem(997, 0), ME, 1, 1, 0),
+            Seen::TooOld
+        ));
     }
 }

@@ -42,7 +42,8 @@ impl Node {
     pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
         if req.routed && matches!(body, Body::Ack { .. } | Body::Reply { .. }) {
             let (from, inc, id) = (req.from, req.incarnation, req.msg_id);
-            self.dedup.answered(from, inc, id, body, payload.clone());
+            self.dedup
+                .answered(from, req.to, inc, id, body, payload.clone());
         }
         let answer = Response {
             src: req.to,
@@ -132,7 +133,7 @@ impl Node {
         }
         let seen = self
             .dedup
-            .check(req.from, req.incarnation, req.msg_id, settled_below);
+            .check(req.from, req.to, req.incarnation, req.msg_id, settled_below);
         self.stats.dedup_entries = self.dedup.entries() as u64;
         self.stats.dedup_initiators = self.dedup.windows() as u64;
         let again = match seen {

@@ -160,6 +160,37 @@ pub(super) fn arrives(n: &mut Node, now: Time, hop: Nid, header: Header, payload
     n.handle_lnd_event(now, NiId(0), ev);
 }
 
+/// A PUT from `from` to our `to` that came through the router B, wanting an ACK or not.
+pub(super) fn routed_put(
+    n: &mut Node,
+    from: Nid,
+    to: Nid,
+    msg_id: u64,
+    settled_below: u64,
+    ack: bool,
+) {
+    let body = Body::Put {
+        portal: 4,
+        match_bits: 0x10,
+        settled_below,
+        ack,
+    };
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit: 7,
+        credits: 0,
+        src: from,
+        dst: to,
+        src_incarnation: 5,
+        msg_id,
+        payload_len: 1,
+        body,
+        router_gen: 0,
+    };
+    let payload = RxPayload::Inline(Bytes::from_static(b"x"));
+    arrives(n, t(0), nid(B), header, payload);
+}
+
 pub(super) fn sent_ok(n: &mut Node, s: &Sent) {
     n.handle_lnd_event(
         Time::ZERO,

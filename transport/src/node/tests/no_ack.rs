@@ -151,30 +151,6 @@ fn credits_for_puts_without_ack_come_back_in_credit_frames() {
     assert_eq!(sent[0].header.credits, 3);
 }
 
-/// A PUT that came through a router from `from`, wanting an ACK or not.
-fn receive_routed(n: &mut Node, from: Nid, msg_id: u64, settled_below: u64, ack: bool) {
-    let body = Body::Put {
-        portal: 4,
-        match_bits: 0x10,
-        settled_below,
-        ack,
-    };
-    let header = Header {
-        lane: Lane::Data,
-        hop_limit: 7,
-        credits: 0,
-        src: from,
-        dst: nid(A),
-        src_incarnation: 5,
-        msg_id,
-        payload_len: 1,
-        body,
-        router_gen: 0,
-    };
-    let payload = RxPayload::Inline(Bytes::from_static(b"x"));
-    arrives(n, t(0), nid(B), header, payload);
-}
-
 /// Through two routers a PUT without ACK may be overtaken by a later one, whose
 /// `settled_below` (its sender is done with the first) raises the floor of the target's
 /// resend window past it. It must still be delivered: it is never resent, so it is no copy.
@@ -184,10 +160,10 @@ fn an_overtaken_routed_put_without_ack_is_delivered_below_the_resend_floor() {
     connected(&mut n, B, Lane::Data, 8, 7);
     n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
     let far = Nid::mem(9, 2);
-    receive_routed(&mut n, far, 20, 20, true);
-    receive_routed(&mut n, far, 10, 10, false);
+    routed_put(&mut n, far, nid(A), 20, 20, true);
+    routed_put(&mut n, far, nid(A), 10, 10, false);
     // A PUT with ACK as far below is dropped as a possible copy: the floor is in force.
-    receive_routed(&mut n, far, 5, 5, true);
+    routed_put(&mut n, far, nid(A), 5, 5, true);
     let delivered = events(&mut n)
         .iter()
         .filter(|e| matches!(e, Event::Delivered(_)))

@@ -182,3 +182,41 @@ fn a_refusal_fails_a_put_without_ack_before_its_send_completed_and_is_late_after
     assert!(sent(&mut n).is_empty());
     assert_eq!(n.stats().late_responses, late + 1);
 }
+
+/// An initiator reckons what it settled per destination NID. A target with NIDs on two
+/// nets must keep a resend window per NID: requests to one raising the floor must not drop
+/// the copy of an older request to the other, still unanswered at its initiator.
+#[test]
+fn a_floor_raised_at_one_nid_of_the_target_drops_no_copy_sent_to_another() {
+    let mut n = node();
+    let second = Nid::mem(1, 1);
+    n.add_ni(second).unwrap();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0); // the way back
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let initiator = far();
+    routed_put(&mut n, initiator, nid(A), 10, 10, true);
+    routed_put(&mut n, initiator, second, 20, 20, true);
+    // Its router failed before the ACK of 10 got back: the initiator sends it again.
+    routed_put(&mut n, initiator, nid(A), 10, 10, true);
+    let delivered = events(&mut n)
+        .iter()
+        .filter(|e| matches!(e, Event::Delivered(_)))
+        .count();
+    assert_eq!(delivered, 2, "each PUT once");
+    assert_eq!(
+        n.stats().duplicates_dropped,
+        0,
+        "the copy must not be dropped"
+    );
+    assert_eq!(
+        n.stats().duplicates_answered,
+        1,
+        "the copy is answered again"
+    );
+    let acks_of_10 = drain(&mut n)
+        .iter()
+        .filter(|s| s.header.msg_id == 10 && matches!(s.header.body, Body::Ack { .. }))
+        .count();
+    assert_eq!(acks_of_10, 2);
+}
