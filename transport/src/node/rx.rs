@@ -436,7 +436,10 @@ impl Node {
         let req = Incoming {
             from: h.src,
             incarnation: h.src_incarnation,
-            routed: h.src != nid,
+            // Through a router, or through this very node as the gateway to the NID it
+            // addressed (a node routing between its own nets): either way, if that hop
+            // fails the initiator sends a copy another way, to be told apart.
+            routed: h.src != nid || h.dst != self.nis[ni.0].nid,
             hop: nid,
             to: h.dst,
             lane,

@@ -160,9 +160,11 @@ pub(super) fn arrives(n: &mut Node, now: Time, hop: Nid, header: Header, payload
     n.handle_lnd_event(now, NiId(0), ev);
 }
 
-/// A PUT from `from` to our `to` that came through the router B, wanting an ACK or not.
+/// A PUT from `from` to our `to`, as the initiator's incarnation 5, that the neighbour
+/// `hop` hands us, wanting an ACK or not.
 pub(super) fn routed_put(
     n: &mut Node,
+    hop: Nid,
     from: Nid,
     to: Nid,
     msg_id: u64,
@@ -188,7 +190,7 @@ pub(super) fn routed_put(
         router_gen: 0,
     };
     let payload = RxPayload::Inline(Bytes::from_static(b"x"));
-    arrives(n, t(0), nid(B), header, payload);
+    arrives(n, t(0), hop, header, payload);
 }
 
 pub(super) fn sent_ok(n: &mut Node, s: &Sent) {

@@ -160,10 +160,10 @@ fn an_overtaken_routed_put_without_ack_is_delivered_below_the_resend_floor() {
     connected(&mut n, B, Lane::Data, 8, 7);
     n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
     let far = Nid::mem(9, 2);
-    routed_put(&mut n, far, nid(A), 20, 20, true);
-    routed_put(&mut n, far, nid(A), 10, 10, false);
+    routed_put(&mut n, nid(B), far, nid(A), 20, 20, true);
+    routed_put(&mut n, nid(B), far, nid(A), 10, 10, false);
     // A PUT with ACK as far below is dropped as a possible copy: the floor is in force.
-    routed_put(&mut n, far, nid(A), 5, 5, true);
+    routed_put(&mut n, nid(B), far, nid(A), 5, 5, true);
     let delivered = events(&mut n)
         .iter()
         .filter(|e| matches!(e, Event::Delivered(_)))

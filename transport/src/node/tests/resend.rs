@@ -195,10 +195,10 @@ fn a_floor_raised_at_one_nid_of_the_target_drops_no_copy_sent_to_another() {
     route_via(&mut n, nid(B), 0); // the way back
     n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
     let initiator = far();
-    routed_put(&mut n, initiator, nid(A), 10, 10, true);
-    routed_put(&mut n, initiator, second, 20, 20, true);
+    routed_put(&mut n, nid(B), initiator, nid(A), 10, 10, true);
+    routed_put(&mut n, nid(B), initiator, second, 20, 20, true);
     // Its router failed before the ACK of 10 got back: the initiator sends it again.
-    routed_put(&mut n, initiator, nid(A), 10, 10, true);
+    routed_put(&mut n, nid(B), initiator, nid(A), 10, 10, true);
     let delivered = events(&mut n)
         .iter()
         .filter(|e| matches!(e, Event::Delivered(_)))
@@ -219,4 +219,39 @@ fn a_floor_raised_at_one_nid_of_the_target_drops_no_copy_sent_to_another() {
         .filter(|s| s.header.msg_id == 10 && matches!(s.header.body, Body::Ack { .. }))
         .count();
     assert_eq!(acks_of_10, 2);
+}
+
+/// A node that is the gateway to its own other NID: an initiator on the first net reaches
+/// the second NID through it, so it is that request's router, and when the hop fails the
+/// initiator sends the request again through another gateway. The first copy came
+/// straight from the initiator, yet is remembered as a routed one, or the second would be
+/// delivered again.
+#[test]
+fn a_request_through_this_node_as_its_own_gateway_is_delivered_once() {
+    let mut router = cfg();
+    router.forwarding = true;
+    let mut n = node_with(router);
+    let second = Nid::mem(1, 1);
+    n.add_ni(second).unwrap();
+    connected(&mut n, B, Lane::Data, 8, 5);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    routed_put(&mut n, nid(B), nid(B), second, 10, 10, true);
+    // The copy, through the gateway C.
+    routed_put(&mut n, nid(C), nid(B), second, 10, 10, true);
+    let delivered = events(&mut n)
+        .iter()
+        .filter(|e| matches!(e, Event::Delivered(_)))
+        .count();
+    assert_eq!(delivered, 1, "delivered twice");
+    assert_eq!(
+        n.stats().duplicates_answered,
+        1,
+        "the copy is answered again"
+    );
+    let acks = drain(&mut n)
+        .iter()
+        .filter(|s| s.header.msg_id == 10 && matches!(s.header.body, Body::Ack { .. }))
+        .count();
+    assert_eq!(acks, 2);
 }
