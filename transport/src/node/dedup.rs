@@ -2,33 +2,31 @@
 //! reached it through routers.
 //!
 //! An initiator resends a request whose router failed with the request in flight; the
-//! first copy may have been delivered. So, per (initiator, incarnation) and NID of its own
-//! the request was addressed to, the target keeps
-//! the recent message ids with the answer it gave (ptlrpc's reply reconstruction, one layer
-//! down): a duplicate gets that answer again and is not delivered twice. Each request also
-//! says below which message id the initiator has settled everything it sent to that NID
-//! (`settled_below`), so the window holds only what may still be resent (an initiator
-//! reckons that per destination NID, so a target with NIDs on several nets keeps a window
-//! per NID: one floor raised by requests to one NID would drop copies of older requests
-//! to another); hard caps bound it
-//! anyway (per initiator and on initiators), and whatever falls out of it is never taken
-//! for new: late copies of it are dropped rather than delivered. PUTs without ACK stay
-//! out of it: their initiator never resends one (it fails it instead), and one overtaken
-//! on the way may arrive below the floor a later request raised.
+//! first copy may have been delivered. So the target keeps a window per initiator (and
+//! incarnation) and NID of its own the requests were addressed to: the recent message ids
+//! with the answer it gave (ptlrpc's reply reconstruction, one layer down). A duplicate
+//! gets that answer again and is not delivered twice. Each request also says below which
+//! message id the initiator has settled everything it sent to that NID (`settled_below`),
+//! so the window holds only what may still be resent. An initiator reckons that per
+//! destination NID, hence a window per NID of ours: a floor shared by two would let
+//! requests to one drop the copies of older requests to the other. Hard caps bound the
+//! windows anyway (entries per window, and windows), and whatever falls out of them is
+//! never taken for new: late copies of it are dropped rather than delivered. PUTs without
+//! ACK stay out: their initiator never resends one (it fails it instead), and one
+//! overtaken on the way may arrive below the floor a later request raised.
 //!
 //! A full window keeps its oldest quarter and lets go of the next oldest: the oldest
 //! requests are the ones an initiator is about to resend (stuck behind a router that
 //! failed, they hold `settled_below` down while thousands of later ones complete), and
 //! evicting them would drop their resent copies. It remembers exactly which ids it let go
 //! of, so an id it never saw (a later request stuck the same way) is never taken for one
-//! it forgot. While one request holds an initiator's floor down, every later one answered
-//! is let go of in turn (tens of thousands a second from a fast initiator): so the ids let
-//! go of are bounded over all windows together (`dedup_window` x `dedup_initiators`, 8
-//! bytes and a little each), and only past that does a window's oldest become its floor.
-//! An initiator's whole window
-//! evicted (the idlest, when more initiators come than are kept) leaves its floor behind,
-//! in a table of [`FLOORS_PER_WINDOW`] x as many entries; only a copy from an initiator
-//! evicted from that too, long idle, could be taken for new.
+//! it forgot. While one request holds a window's floor down, every later one answered is
+//! let go of in turn (tens of thousands a second from a fast initiator): so the ids let go
+//! of are bounded over all windows together (`dedup_window` x `dedup_initiators`, 8 bytes
+//! and a little each), and only past that does a window's oldest become its floor. A whole
+//! window evicted (the idlest, when more come than are kept) leaves its floor behind, in
+//! a table of [`FLOORS_PER_WINDOW`] x as many entries; only a copy for a window evicted
+//! from that too, long idle, could be taken for new.
 
 use std::collections::BTreeMap;
 
@@ -83,12 +81,13 @@ pub(crate) struct Dedup {
     /// (floor, when it was kept); the order names each by that same tick.
     floors: FxHashMap<Key, (u64, u64)>,
     floors_order: std::collections::VecDeque<(Key, u64)>,
-    /// (last used, initiator): the idlest first.
+    /// (last used, window): the idlest first.
     by_use: BTreeMap<(u64, Key), ()>,
     tick: u64,
-    /// Entries one window may hold.
+    /// Entries one window may hold (`dedup_window`).
     per_initiator: usize,
-    /// Windows kept at once.
+    /// Windows kept at once (`dedup_initiators`: an initiator that reaches two NIDs of
+    /// ours has two).
     initiators: usize,
     entries: usize,
     /// Ids let go of, over all windows.
@@ -314,6 +313,28 @@ mod tests {
         assert!(
             matches!(d.check(a, ME, 8, 5, 0), Seen::Pending),
             "the newer window stays"
+        );
+    }
+
+    /// An initiator reckons its floor per destination NID: each NID of ours keeps its own
+    /// window, while incarnations are the initiator's, whichever NID it addressed.
+    #[test]
+    fn each_nid_of_ours_has_its_own_window_and_incarnations_span_them() {
+        let mut d = Dedup::new(100, 10);
+        let (a, other) = (Nid::mem(1, 0), Nid::mem(1, 1));
+        assert!(matches!(d.check(a, ME, 1, 10, 10), Seen::New));
+        assert!(matches!(d.check(a, other, 1, 20, 20), Seen::New));
+        // The floor raised at `other` does not reach the window at ME.
+        assert!(matches!(d.check(a, ME, 1, 10, 10), Seen::Pending));
+        assert_eq!(d.windows(), 2);
+        // A newer life seen at `other`: the older one's copies anywhere are late, and its
+        // windows go.
+        assert!(matches!(d.check(a, other, 2, 1, 0), Seen::New));
+        assert!(matches!(d.check(a, ME, 1, 11, 10), Seen::TooOld));
+        assert_eq!(d.windows(), 1);
+        assert!(
+            matches!(d.check(a, ME, 2, 1, 0), Seen::New),
+            "a window of its own at ME"
         );
     }
 

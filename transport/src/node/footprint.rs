@@ -30,7 +30,7 @@ pub struct Footprint {
     pub portals: usize,
     /// Remembered answers of routed requests.
     pub dedup_entries: usize,
-    /// Initiators they are remembered for.
+    /// Windows they are remembered in: one per initiator and NID of ours it addresses.
     pub dedup_initiators: usize,
     /// Gateways' views, polls, routes down.
     pub gateways: usize,

@@ -174,7 +174,8 @@ pub struct NodeStats {
     /// delivered already.
     pub duplicates_dropped: u64,
     /// Answers remembered for resent requests, now (bounded by `dedup_window` x
-    /// `dedup_initiators`), and the initiators they belong to.
+    /// `dedup_initiators`), and the windows they are in: one per initiator and NID of
+    /// ours it addresses.
     pub dedup_entries: u64,
     pub dedup_initiators: u64,
 }

@@ -109,7 +109,7 @@ pub(crate) struct Ops {
     awaiting: FxHashMap<u64, OpId>,
     /// Live ops by the peers they involve (their target, and the router they go through):
     /// what a peer's failure ends, found without looking at others'. A peer's index stays
-    /// when emptied, so the next op to it allocates nothing.
+    /// when emptied, with room for the ops a peer usually has.
     by_peer: FxHashMap<Nid, PeerOps>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
     next_seq: u64,
@@ -219,9 +219,10 @@ impl Ops {
     }
 
     /// The op `key` no longer involves `peer` (it is gone from `live`, or has another
-    /// router): its entry in `peer`'s index is dead (see [`PeerOps`]). Empty indexes stay (a peer's next op reuses its
-    /// allocation) until they are most of the table: then they go, so that a table per NID
-    /// ever used cannot grow without bound (amortized O(1) per op).
+    /// router): its entry in `peer`'s index is dead (see [`PeerOps`]). Empty indexes stay
+    /// (a peer's next op finds one ready) until they are most of the table: then they go,
+    /// so that a table per NID ever used cannot grow without bound (amortized O(1) per
+    /// op).
     fn unindex(&mut self, peer: Nid, key: (u64, OpId)) {
         if let Some(index) = self.by_peer.get_mut(&peer) {
             index.leave(key, |key| involves(&self.live, peer, key));
@@ -369,8 +370,10 @@ pub(crate) struct PeerOps {
     dead: usize,
 }
 
-/// Capacity an emptied index keeps; a larger one (a burst of ops to the peer) is freed.
+/// Room an emptied index keeps when it had grown past [`INDEX_CAPACITY_FREED`]: enough for
+/// the ops a peer usually has in flight, without the memory of a rare burst.
 const INDEX_CAPACITY_KEPT: usize = 64;
+const INDEX_CAPACITY_FREED: usize = 16 * INDEX_CAPACITY_KEPT;
 
 impl PeerOps {
     /// `key`'s op no longer involves the peer; `still_in` tells which others still do.
@@ -393,8 +396,8 @@ impl PeerOps {
                 _ => break,
             }
         }
-        if self.queue.is_empty() && self.queue.capacity() > INDEX_CAPACITY_KEPT {
-            self.queue = VecDeque::new();
+        if self.queue.is_empty() && self.queue.capacity() > INDEX_CAPACITY_FREED {
+            self.queue.shrink_to(INDEX_CAPACITY_KEPT);
         }
     }
 }
