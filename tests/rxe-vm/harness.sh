@@ -90,14 +90,17 @@ flock -u 9
 # killed and tried again, once.
 boot_limit=${RXE_VM_BOOT_LIMIT:-300}
 case $boot_limit in
-    '' | *[!0-9]*)
-        say "RXE_VM_BOOT_LIMIT must be a number of seconds, not '$boot_limit'"
+    '' | *[!0-9]* | 0)
+        say "RXE_VM_BOOT_LIMIT must be a positive number of seconds, not '$boot_limit'"
         exit 2
         ;;
 esac
+# qemu runs under `timeout`, in a process group of its own: if this harness is stopped, it
+# must not go on running.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 boot_hung=
 boot() {
-    result=$(mktemp -d "$work/run.XXXXXX")
+    result=$(mktemp -d "$work/run.XXXXXX") || return 2
     boot_hung=
     say "booting kernel $kver under qemu (TCG) to run $script"
     timeout -k 10 1200 qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 -nographic -no-reboot \
@@ -108,7 +111,8 @@ boot() {
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
         > "$result/console.log" 2>&1 < /dev/null &
     local vm=$! waited=0
-    # `jobs` asks this shell, which knows when its job ended (a bare PID could be reused).
+    # `jobs` asks this shell, which knows when its job ended (a bare PID could be reused,
+    # but it is probed only here: the `kill` below follows a look that found it running).
     while [ ! -e "$result/output" ] && [ -n "$(jobs -rp)" ]; do
         if [ "$waited" -ge "$boot_limit" ]; then
             boot_hung=yes
@@ -136,7 +140,7 @@ if [ ! -f "$result/status" ]; then
     if [ -n "$boot_hung" ]; then
         say "the VM hung while booting twice"
     else
-        say "the VM did not finish the script (qemu exit $qemu; 124 is the timeout); its console:"
+        say "the VM did not finish the script (qemu exit $qemu; 124 or 137: the timeout); its console:"
         tail -n 60 "$result/console.log" >&2
     fi
     # What the script printed before it stopped: which test hung, or how far a slow VM got.
