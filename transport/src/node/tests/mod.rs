@@ -193,6 +193,22 @@ pub(super) fn routed_put(
     arrives(n, t(0), hop, header, payload);
 }
 
+/// How many deliveries the node reported (taking its events).
+pub(super) fn deliveries(n: &mut Node) -> usize {
+    events(n)
+        .iter()
+        .filter(|e| matches!(e, Event::Delivered(_)))
+        .count()
+}
+
+/// How many ACKs of message `msg_id` the node sent (taking its frames).
+pub(super) fn acks_sent(n: &mut Node, msg_id: u64) -> usize {
+    drain(n)
+        .iter()
+        .filter(|s| s.header.msg_id == msg_id && matches!(s.header.body, Body::Ack { .. }))
+        .count()
+}
+
 pub(super) fn sent_ok(n: &mut Node, s: &Sent) {
     n.handle_lnd_event(
         Time::ZERO,

@@ -164,10 +164,10 @@ fn an_overtaken_routed_put_without_ack_is_delivered_below_the_resend_floor() {
     routed_put(&mut n, nid(B), far, nid(A), 10, 10, false);
     // A PUT with ACK as far below is dropped as a possible copy: the floor is in force.
     routed_put(&mut n, nid(B), far, nid(A), 5, 5, true);
-    let delivered = events(&mut n)
-        .iter()
-        .filter(|e| matches!(e, Event::Delivered(_)))
-        .count();
-    assert_eq!(delivered, 2, "message 20 and the overtaken 10; not 5");
+    assert_eq!(
+        deliveries(&mut n),
+        2,
+        "message 20 and the overtaken 10; not 5"
+    );
     assert_eq!(n.stats().duplicates_dropped, 1);
 }

@@ -199,11 +199,7 @@ fn a_floor_raised_at_one_nid_of_the_target_drops_no_copy_sent_to_another() {
     routed_put(&mut n, nid(B), initiator, second, 20, 20, true);
     // Its router failed before the ACK of 10 got back: the initiator sends it again.
     routed_put(&mut n, nid(B), initiator, nid(A), 10, 10, true);
-    let delivered = events(&mut n)
-        .iter()
-        .filter(|e| matches!(e, Event::Delivered(_)))
-        .count();
-    assert_eq!(delivered, 2, "each PUT once");
+    assert_eq!(deliveries(&mut n), 2, "each PUT once");
     assert_eq!(
         n.stats().duplicates_dropped,
         0,
@@ -214,11 +210,7 @@ fn a_floor_raised_at_one_nid_of_the_target_drops_no_copy_sent_to_another() {
         1,
         "the copy is answered again"
     );
-    let acks_of_10 = drain(&mut n)
-        .iter()
-        .filter(|s| s.header.msg_id == 10 && matches!(s.header.body, Body::Ack { .. }))
-        .count();
-    assert_eq!(acks_of_10, 2);
+    assert_eq!(acks_sent(&mut n, 10), 2);
 }
 
 /// A node that is the gateway to its own other NID: an initiator on the first net reaches
@@ -239,19 +231,11 @@ fn a_request_through_this_node_as_its_own_gateway_is_delivered_once() {
     routed_put(&mut n, nid(B), nid(B), second, 10, 10, true);
     // The copy, through the gateway C.
     routed_put(&mut n, nid(C), nid(B), second, 10, 10, true);
-    let delivered = events(&mut n)
-        .iter()
-        .filter(|e| matches!(e, Event::Delivered(_)))
-        .count();
-    assert_eq!(delivered, 1, "delivered twice");
+    assert_eq!(deliveries(&mut n), 1, "delivered twice");
     assert_eq!(
         n.stats().duplicates_answered,
         1,
         "the copy is answered again"
     );
-    let acks = drain(&mut n)
-        .iter()
-        .filter(|s| s.header.msg_id == 10 && matches!(s.header.body, Body::Ack { .. }))
-        .count();
-    assert_eq!(acks, 2);
+    assert_eq!(acks_sent(&mut n, 10), 2);
 }
