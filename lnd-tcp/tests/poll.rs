@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanet::lnd::{Lnd, LndEvent, Transmit, TxToken};
-use lanet::wire::{encode_header, Body, Header};
+use lanet::lnd::{Lnd, LndEvent, Transmit};
+use lanet::wire::{Body, Header};
 use lanet::{Lane, Nid, NodeConfig};
 use lanet_lnd_tcp::{TcpConfig, TcpLnd};
 
@@ -31,13 +31,7 @@ fn put(from: Nid, to: Nid, msg_id: u64, token: u64) -> Transmit {
         },
         router_gen: 0,
     };
-    Transmit {
-        peer: to,
-        lane: Lane::Data,
-        header: encode_header(&header),
-        payload,
-        token: TxToken(token),
-    }
+    Transmit::new(to, &header, payload, token)
 }
 
 /// Polls `lnd` until `pick` finds an event, for at most 5 s.

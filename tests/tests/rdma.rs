@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use lanet::lnd::{Lnd, LndError, LndEvent, RxPayload, Transmit, TxToken};
-use lanet::wire::{encode_header, Body, Header, Status};
+use lanet::lnd::{Lnd, LndError, LndEvent, RxPayload, Transmit};
+use lanet::wire::{Body, Header, Status};
 use lanet::{Endpoint, Lane, Nid, NodeConfig};
 use lanet_lnd_rdma::{RdmaConfig, RdmaLnd, EAGER_MAX};
 use lanet_tests::peer::{check_exchange_of_every_size, check_kill_mid_transfer, Peer};
@@ -190,13 +190,7 @@ fn frame(from: Nid, to: Nid, body: Body, payload: Bytes, token: u64) -> Transmit
         payload_len: payload.len() as u32,
         body,
     };
-    Transmit {
-        peer: to,
-        lane: Lane::Data,
-        header: encode_header(&header),
-        payload,
-        token: TxToken(token),
-    }
+    Transmit::new(to, &header, payload, token)
 }
 
 const PUT: Body = Body::Put {

@@ -129,6 +129,21 @@ pub struct Transmit {
     pub token: TxToken,
 }
 
+impl Transmit {
+    /// `header` (encoded with its CRC) and `payload` for the neighbour `peer`, on the
+    /// header's lane: a frame as a tool or test hands it to a driver directly (the node
+    /// builds its own, protected as the link allows).
+    pub fn new(peer: Nid, header: &crate::wire::Header, payload: Bytes, token: u64) -> Transmit {
+        Transmit {
+            peer,
+            lane: header.lane,
+            header: crate::wire::encode_header(header),
+            payload,
+            token: TxToken(token),
+        }
+    }
+}
+
 /// The kind of a driver failure, which decides where it is blamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LndErrorKind {

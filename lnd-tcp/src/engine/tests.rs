@@ -72,13 +72,7 @@ fn ping(from: u32, to: u32, token: u64) -> Transmit {
         payload_len: 0,
         body: Body::Ping { seq: token },
     };
-    Transmit {
-        peer: Nid::mem(to, 0),
-        lane: Lane::Health,
-        header: encode_header(&h),
-        payload: Bytes::new(),
-        token: TxToken(token),
-    }
+    Transmit::new(Nid::mem(to, 0), &h, Bytes::new(), token)
 }
 
 /// A dials B on the health lane: A's socket 1 is B's socket 101.

@@ -73,13 +73,7 @@ fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
             ack: true,
         },
     };
-    Transmit {
-        peer: Nid::mem(to, 0),
-        lane: Lane::Data,
-        header: encode_header(&h),
-        payload: Bytes::from_static(b"abc"),
-        token: TxToken(seq),
-    }
+    Transmit::new(Nid::mem(to, 0), &h, Bytes::from_static(b"abc"), seq)
 }
 
 fn ping_frame(from: u32, to: u32, seq: u64) -> Transmit {
