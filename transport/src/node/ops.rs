@@ -96,6 +96,13 @@ impl Op {
         }
     }
 
+    /// Whether it is still the op submitted as `seq` and involves `peer`, as its target or
+    /// its router.
+    fn involves(&self, peer: Nid, seq: u64) -> bool {
+        self.seq == seq
+            && (self.router == Some(peer) || self.target().is_some_and(|(d, _)| d == peer))
+    }
+
     /// The router it goes through, if it is routed.
     pub(crate) fn router(&self) -> Option<Nid> {
         self.router
@@ -290,8 +297,11 @@ impl Ops {
         let mut ids: Vec<(u64, OpId)> = index
             .queue
             .iter()
-            .filter(|&&key| involves(&self.live, peer, key))
-            .filter(|(_, id)| self.live.get(id).is_some_and(&pick))
+            .filter(|&&(seq, id)| {
+                self.live
+                    .get(&id)
+                    .is_some_and(|op| op.involves(peer, seq) && pick(op))
+            })
             .copied()
             .collect();
         ids.sort_unstable();
@@ -346,11 +356,9 @@ impl Ops {
     }
 }
 
-/// Whether the op `key` names is live and involves `peer`, as its target or its router.
+/// Whether the op `key` names is live and involves `peer`.
 fn involves(live: &FxHashMap<OpId, Op>, peer: Nid, (seq, id): (u64, OpId)) -> bool {
-    live.get(&id).is_some_and(|op| {
-        op.seq == seq && (op.router == Some(peer) || op.target().is_some_and(|(d, _)| d == peer))
-    })
+    live.get(&id).is_some_and(|op| op.involves(peer, seq))
 }
 
 /// One peer's index: the ops involving it, in the order they came to involve it (for its
