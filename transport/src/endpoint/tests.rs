@@ -214,6 +214,51 @@ fn a_callback_receives_events_and_may_submit_from_inside() {
     a.shutdown();
 }
 
+/// A callback that answers every completion with a new submission that fails at once (an
+/// endless chain that never needs the network) does not keep the driver thread from its
+/// LND: a PUT from a peer is still delivered.
+#[test]
+fn a_callback_that_submits_without_end_does_not_starve_the_network() {
+    let f = fabric();
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
+    let inner_slot = slot.clone();
+    let storming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let storm = storming.clone();
+    let a = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(move |e| {
+            if let Event::Completed(_) = &e {
+                if storm.load(std::sync::atomic::Ordering::Relaxed) {
+                    // To itself: refused as invalid inside the node, without the network.
+                    let ep = inner_slot.lock().unwrap().clone().unwrap();
+                    let _ = ep.put(put(1, Bytes::from_static(b"again")));
+                }
+            } else if e.is_delivery() {
+                let _ = tx.send(e);
+            }
+        })
+        .start()
+        .unwrap();
+    *slot.lock().unwrap() = Some(a.clone());
+    a.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    a.put(put(1, Bytes::from_static(b"start"))).unwrap();
+    let b = endpoint(&f, 2);
+    let op = b.put(put(1, Bytes::from_static(b"through"))).unwrap();
+    let delivered = rx.recv_timeout(Duration::from_secs(10));
+    storming.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        matches!(delivered, Ok(Event::Delivered(_))),
+        "the peer's PUT was not delivered within 10 s: {delivered:?}"
+    );
+    let (done, _) = wait_all(&b, &[op]);
+    assert_eq!(done[&op].result, Ok(OpOutcome::Put { mlen: 7 }));
+    slot.lock().unwrap().take();
+    a.shutdown();
+}
+
 #[test]
 fn a_watched_peer_that_goes_silent_is_reported_down_on_the_real_clock() {
     let fabric = fabric();
