@@ -109,6 +109,20 @@ impl Op {
     }
 }
 
+/// The router an op went through before [`Ops::set_via`], and the one it goes through now.
+pub(crate) struct RouterChange {
+    pub(crate) old: Option<Nid>,
+    pub(crate) new: Option<Nid>,
+}
+
+/// A request about to go to a driver (see [`Ops::sent`]).
+pub(crate) struct SentRequest<'a> {
+    pub(crate) op: &'a Op,
+    pub(crate) attempt: u32,
+    pub(crate) first_src: Nid,
+    pub(crate) settled_below: u64,
+}
+
 #[derive(Default)]
 pub(crate) struct Ops {
     live: FxHashMap<OpId, Op>,
@@ -201,17 +215,22 @@ impl Ops {
     /// `avoid` list before routing it again. The lazy per-peer index relies on it: an op
     /// joining a router's queue again, while its dead entry from before is still there,
     /// would be in it twice.
-    pub(crate) fn set_via(&mut self, id: OpId, via: Option<Nid>) {
-        let Some(op) = self.live.get_mut(&id) else {
-            return;
-        };
+    ///
+    /// Returns the router it went through before and the one it goes through now, if the
+    /// op is live.
+    pub(crate) fn set_via(&mut self, id: OpId, via: Option<Nid>) -> Option<RouterChange> {
+        let op = self.live.get_mut(&id)?;
         let key = (op.seq, id);
         let old_router = op.router;
         op.via = via;
         op.router = via.filter(|&v| Some(v) != op.target().map(|(d, _)| d));
         let new_router = op.router;
+        let change = RouterChange {
+            old: old_router,
+            new: new_router,
+        };
         if old_router == new_router {
-            return; // indexed there already, once
+            return Some(change); // indexed there already, once
         }
         debug_assert!(
             new_router.is_none_or(|r| !op.avoid.contains(&r)),
@@ -223,6 +242,7 @@ impl Ops {
         if let Some(router) = new_router {
             self.by_peer.entry(router).or_default().queue.push_back(key);
         }
+        Some(change)
     }
 
     /// The op `key` no longer involves `peer` (it is gone from `live`, or has another
@@ -240,16 +260,23 @@ impl Ops {
     }
 
     /// The request of op `id` goes to a driver from our NID `src`, as message `seq`
-    /// (answers find it by that); returns which attempt this is, and the source to put
-    /// in the frame (the first one it was sent from).
-    pub(crate) fn sent(&mut self, id: OpId, src: Nid) -> (u32, Nid) {
-        let Some(op) = self.live.get_mut(&id) else {
-            return (0, src);
-        };
+    /// (answers find it by that): returns the op, which attempt this is, the source to put
+    /// in the frame (the first one it was sent from), and the `settled_below` it carries
+    /// to its target. One lookup of the op: it runs for every request sent.
+    pub(crate) fn sent(&mut self, id: OpId, src: Nid) -> Option<SentRequest<'_>> {
+        let op = self.live.get_mut(&id)?;
         op.stage = Stage::InLnd;
         op.attempts += 1;
         self.awaiting.insert(op.seq, id);
-        (op.attempts, *op.src.get_or_insert(src))
+        let first_src = *op.src.get_or_insert(src);
+        let (dst, _) = op.target().expect("only ops that send");
+        let settled_below = settled_below(&self.by_peer, dst, op.seq);
+        Some(SentRequest {
+            attempt: op.attempts,
+            first_src,
+            settled_below,
+            op,
+        })
     }
 
     /// Back to waiting at a next hop (its request is to be sent again): what the driver
@@ -267,16 +294,10 @@ impl Ops {
         self.awaiting.get(&msg_id).copied()
     }
 
-    /// A message id below which this initiator has settled every request to `peer`
-    /// (`above` at most): the seq of the oldest live op to `peer`, or lower. Ops to `peer`
-    /// join its index in seq order, when submitted; an op routed through `peer` joins
-    /// later than that, so after every op to `peer` with a lower seq. Hence the front
-    /// (always live) is never above the oldest op to `peer`.
+    /// See [`settled_below`]; requests carry it from [`Ops::sent`].
+    #[cfg(test)]
     pub(crate) fn settled_below(&self, peer: Nid, above: u64) -> u64 {
-        self.by_peer
-            .get(&peer)
-            .and_then(|index| index.queue.front())
-            .map_or(above, |(seq, _)| (*seq).min(above))
+        settled_below(&self.by_peer, peer, above)
     }
 
     /// Whether some live op targets `peer` or goes through it.
@@ -354,6 +375,18 @@ impl Ops {
     pub(crate) fn indexed(&self) -> usize {
         self.by_peer.values().map(|index| index.queue.len()).sum()
     }
+}
+
+/// A message id below which this initiator has settled every request to `peer` (`above`
+/// at most): the seq of the oldest live op to `peer`, or lower. Ops to `peer` join its
+/// index in seq order, when submitted; an op routed through `peer` joins later than that,
+/// so after every op to `peer` with a lower seq. Hence the front (always live) is never
+/// above the oldest op to `peer`.
+fn settled_below(by_peer: &FxHashMap<Nid, PeerOps>, peer: Nid, above: u64) -> u64 {
+    by_peer
+        .get(&peer)
+        .and_then(|index| index.queue.front())
+        .map_or(above, |(seq, _)| (*seq).min(above))
 }
 
 /// Whether the op `key` names is live and involves `peer`.

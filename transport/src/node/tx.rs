@@ -113,24 +113,22 @@ impl Node {
             return;
         };
         let (seq, (dst, lane)) = (op.seq, op.target().expect("only ops that send"));
-        let old_router = op.router();
         let queued_at = op.via.filter(|_| op.stage == super::Stage::Queued);
         let avoid = op.avoid.clone();
         let Some(hop) = self.next_hop(dst, &avoid) else {
             let error = stuck.cloned().unwrap_or(OpError::NoRoute(dst));
             return self.complete(id, Err(error));
         };
-        self.ops.set_via(id, Some(hop));
+        let routers = self.ops.set_via(id, Some(hop)).expect("looked up above");
         if let Some(old) = queued_at.filter(|&old| old != hop) {
             self.left_queue(old, lane);
         }
-        let new_router = self.ops.get(id).and_then(|op| op.router());
-        if old_router != new_router {
+        if routers.old != routers.new {
             let now = self.clock.unwrap_or_default();
-            if let Some(r) = old_router {
+            if let Some(r) = routers.old {
                 self.health.interest_ended(r);
             }
-            if let Some(r) = new_router {
+            if let Some(r) = routers.new {
                 self.health.interest_started(r, now);
             }
         }
@@ -396,9 +394,9 @@ impl Node {
                 )
             }
             Pending::Op { id, seq } => {
-                let op = self.ops.get(id).expect("liveness checked");
+                let sent = self.ops.sent(id, src).expect("liveness checked");
+                let (op, settled_below) = (sent.op, sent.settled_below);
                 let (dst, _) = op.target().expect("only ops that send");
-                let settled_below = self.ops.settled_below(dst, seq);
                 let (body, payload) = match &op.kind {
                     OpKind::Put(r) => (
                         Body::Put {
@@ -421,10 +419,9 @@ impl Node {
                     OpKind::Ping { .. } => (Body::Ping { seq }, Bytes::new()),
                     OpKind::Entry(_) => unreachable!("entries are never queued"),
                 };
-                let (attempt, first_src) = self.ops.sent(id, src);
                 Outgoing {
-                    src: first_src,
-                    ..ours(dst, body, seq, payload, Some((id, seq, attempt)))
+                    src: sent.first_src,
+                    ..ours(dst, body, seq, payload, Some((id, seq, sent.attempt)))
                 }
             }
             Pending::Status => Outgoing {
