@@ -155,6 +155,13 @@ impl Epoll {
         self.drop_closed();
     }
 
+    /// Events already here (sends that completed as they were posted): what `poll` would
+    /// hand over first.
+    pub(crate) fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
+        self.drop_closed();
+        events.append(&mut self.engine.events);
+    }
+
     fn drop_closed(&mut self) {
         for id in self.engine.take_closes() {
             if let Some(mut s) = self.sockets.remove(&id) {

@@ -342,6 +342,14 @@ impl Lnd for TcpLnd {
         }
     }
 
+    /// The epoll backend writes a frame as it is posted, so its completion is known at
+    /// once; io_uring's sends go with the next submission, and complete in a poll.
+    fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
+        if let Driver::Epoll(b) = &mut self.backend {
+            b.take_ready(events);
+        }
+    }
+
     fn waker(&self) -> Arc<dyn Wake> {
         match &self.spin {
             Some(spin) => spin.waker.clone(),

@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanet::lnd::{Lnd, LndEvent, Transmit};
+use lanet::lnd::{Lnd, LndEvent, Transmit, TxToken};
 use lanet::wire::{Body, Header};
 use lanet::{Lane, Nid, NodeConfig};
-use lanet_lnd_tcp::{TcpConfig, TcpLnd};
+use lanet_lnd_tcp::{Backend, TcpConfig, TcpLnd};
 
 fn lnd(nid: Nid) -> TcpLnd {
     TcpLnd::bind(nid, TcpConfig::for_node(&NodeConfig::new(1))).unwrap()
@@ -49,11 +49,8 @@ fn poll_until(lnd: &mut TcpLnd, pick: impl Fn(&LndEvent) -> bool) {
     panic!("nothing came within 5 s");
 }
 
-/// A driver that posts a frame before every poll always has a send completion waiting.
-/// A poll may hand such events up without looking at the sockets, but the next one
-/// looks: a frame from the peer still comes up at once.
-#[test]
-fn a_poll_with_completions_waiting_still_reads_the_sockets_at_the_next() {
+/// Two LNDs with their data lane up between them.
+fn connected_pair() -> ((Nid, TcpLnd), (Nid, TcpLnd)) {
     let (na, nb) = (
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
@@ -74,6 +71,54 @@ fn a_poll_with_completions_waiting_still_reads_the_sockets_at_the_next() {
         b_up |= events.iter().any(connected);
         events.clear();
     }
+    ((na, a), (nb, b))
+}
+
+/// A send that the epoll backend writes whole as it is posted ends in `take_ready`, with
+/// no poll; io_uring's go out with its next submission and end in a poll. Either way the
+/// frame ends once, and arrives.
+#[test]
+fn a_send_written_as_it_is_posted_completes_without_a_poll() {
+    let ((na, mut a), (nb, mut b)) = connected_pair();
+    a.post(put(na, nb, 1, 7));
+    let mut ready = Vec::new();
+    a.take_ready(&mut ready);
+    let done = |e: &LndEvent| {
+        matches!(
+            e,
+            LndEvent::SendComplete {
+                token: TxToken(7),
+                result: Ok(())
+            }
+        )
+    };
+    match a.backend() {
+        Backend::Epoll => assert!(matches!(&ready[..], [e] if done(e)), "epoll: {ready:?}"),
+        Backend::Uring => {
+            assert!(ready.is_empty(), "io_uring: {ready:?}");
+            poll_until(&mut a, done);
+        }
+    }
+    poll_until(&mut b, |e| matches!(e, LndEvent::Received { .. }));
+    let mut later = Vec::new();
+    for _ in 0..10 {
+        a.poll(&mut later, Some(Duration::from_millis(1))).unwrap();
+    }
+    assert!(
+        !later
+            .iter()
+            .any(|e| matches!(e, LndEvent::SendComplete { .. })),
+        "a second completion: {later:?}"
+    );
+}
+
+/// A driver that posts a frame before every poll always has a send completion waiting.
+/// A poll may hand such events up without looking at the sockets, but the next one
+/// looks: a frame from the peer still comes up at once.
+#[test]
+fn a_poll_with_completions_waiting_still_reads_the_sockets_at_the_next() {
+    let ((na, mut a), (nb, mut b)) = connected_pair();
+    let mut events = Vec::new();
     b.post(put(nb, na, 1, 1));
     poll_until(&mut b, |e| matches!(e, LndEvent::SendComplete { .. }));
     std::thread::sleep(Duration::from_millis(50)); // in A's socket by now

@@ -23,6 +23,9 @@ const UNWAITABLE_POLL: Duration = Duration::from_millis(1);
 /// Events a poll may bring for the time read after it to serve the next turn too.
 const REUSE_TIME_UP_TO: usize = 4;
 
+/// Rounds of handing frames over and taking what completed at once, per flush.
+const FLUSH_ROUNDS: usize = 4;
+
 /// A node and the drivers of its NIs (NI `i` is driver `i`).
 pub struct Driver {
     node: Node,
@@ -88,7 +91,45 @@ impl Driver {
     }
 
     /// Hands everything the node wants done to the drivers. True if there was anything.
+    ///
+    /// What the drivers then already know (sends that completed as they were posted) goes
+    /// to the node at once, rather than at the next poll, which would otherwise be a turn
+    /// of the caller's loop for that alone; and what that frees (credits) is sent too, a
+    /// few rounds at most: the rest waits for the poll.
     pub fn flush(&mut self) -> bool {
+        let mut any = false;
+        for _ in 0..FLUSH_ROUNDS {
+            if !self.hand_over() {
+                break;
+            }
+            any = true;
+            if !self.take_ready() {
+                break;
+            }
+        }
+        any
+    }
+
+    /// Feeds the node what the live drivers hold already (see [`Lnd::take_ready`]). True
+    /// if there was anything.
+    fn take_ready(&mut self) -> bool {
+        let now = self.node.clock.unwrap_or_default();
+        let mut any = false;
+        for i in 0..self.lnds.len() {
+            if !self.node.ni_is_up(NiId(i)) {
+                continue;
+            }
+            self.lnds[i].take_ready(&mut self.scratch);
+            any |= !self.scratch.is_empty();
+            for ev in self.scratch.drain(..) {
+                self.node.handle_lnd_event(now, NiId(i), ev);
+            }
+        }
+        any
+    }
+
+    /// Hands the node's requests and frames to the drivers. True if there were any.
+    fn hand_over(&mut self) -> bool {
         let mut any = false;
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
@@ -300,6 +341,70 @@ mod tests {
         fn prepare_wait(&mut self) -> Readiness {
             self.inner.prepare_wait()
         }
+    }
+
+    /// A frame that its driver sends as it is posted (here: into the in-memory fabric) is
+    /// done when `flush` returns: its completion reaches the node within the flush, not at
+    /// the next poll (a turn of the loop for that alone).
+    #[test]
+    fn a_send_that_completes_as_it_is_posted_ends_within_the_flush() {
+        use crate::mem::LinkFaults;
+        use crate::op::{Event, MatchEntry, OpId, OpOutcome, PutRequest};
+
+        let clock = Arc::new(MonotonicClock::new());
+        let fabric = MemFabric::new(clock.clone(), 1);
+        fabric.set_default_link(LinkFaults {
+            delay: Duration::ZERO,
+            ..LinkFaults::default()
+        });
+        let driver = |n: u32| {
+            let cfg = NodeConfig::new(u64::from(n));
+            let lnd = MemLnd::new(&fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
+            Driver::new(cfg, vec![Box::new(lnd)]).unwrap()
+        };
+        let (mut a, mut b) = (driver(1), driver(2));
+        b.node_mut()
+            .attach(OpId(100), MatchEntry::sink(4, 0, 64))
+            .unwrap();
+        let put = PutRequest {
+            lane: Lane::Data,
+            dst: Nid::mem(2, 0),
+            portal: 4,
+            match_bits: 0,
+            payload: bytes::Bytes::from_static(b"ping"),
+            timeout: None,
+            on_peer_down: Default::default(),
+            ack: true,
+        };
+        // Runs both until `a`'s op `id` completes.
+        let run_until_done = |a: &mut Driver, b: &mut Driver, id: OpId| {
+            for _ in 0..10_000 {
+                for d in [&mut *a, &mut *b] {
+                    d.node_mut().handle_timeout(clock.now());
+                    d.flush();
+                    d.poll(&*clock, Some(Duration::ZERO)).unwrap();
+                }
+                while let Some(e) = a.node_mut().poll_event() {
+                    if let Event::Completed(c) = e {
+                        assert_eq!(c.op, id);
+                        assert_eq!(c.result, Ok(OpOutcome::Put { mlen: 4 }));
+                        return;
+                    }
+                }
+            }
+            panic!("{id} did not complete");
+        };
+        // The first PUT sets the connection up.
+        a.node_mut().put(clock.now(), OpId(1), put.clone()).unwrap();
+        run_until_done(&mut a, &mut b, OpId(1));
+        // The second goes out at once, and the flush that posts it also ends its send.
+        a.node_mut().put(clock.now(), OpId(2), put).unwrap();
+        assert_eq!(a.node().footprint().in_lnd, 1, "the PUT is for its driver");
+        assert!(a.flush(), "the PUT was handed over");
+        let fp = a.node().footprint();
+        assert_eq!(fp.in_lnd, 0, "its send completed within the flush");
+        assert_eq!(fp.ops, 1, "the PUT is still live: it awaits its ACK");
+        run_until_done(&mut a, &mut b, OpId(2));
     }
 
     /// A wake that comes while the thread polls its LNDs (a submission racing it) is not

@@ -37,7 +37,10 @@
 //! the memory stays valid). Every posted frame ends in exactly one `SendComplete` with its
 //! token: `Ok` once the frame is handed to the network (the buffer may be reused), or the
 //! error that stopped it (including the connection going away). Frames posted to the same
-//! (peer, lane) go out in order. Post never blocks and never fails synchronously.
+//! (peer, lane) go out in order. Post never blocks and never fails synchronously. A driver
+//! that knows at once that a frame went out (written whole to its socket, copied into its
+//! peer's memory) may hand the `SendComplete` over in [`Lnd::take_ready`] right after the
+//! post, so that the core need not go round its loop again for it.
 //!
 //! **Receiving.** Decode headers with [`crate::wire::decode_header`] (it checks lengths
 //! against limits before anything is allocated; a driver whose link protects headers as
@@ -286,6 +289,14 @@ pub trait Lnd: Send {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError>;
+
+    /// Moves into `events` what the driver already holds for the core, without looking at
+    /// the network and without waiting: above all the `SendComplete`s of frames that went
+    /// out as they were posted. Only what `poll` would have returned first, in that order.
+    /// The core asks after handing over its frames; the default holds nothing.
+    fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
+        let _ = events;
+    }
 
     /// A handle that interrupts `poll`.
     fn waker(&self) -> Arc<dyn Wake>;

@@ -407,6 +407,12 @@ impl Lnd for MemLnd {
         Ok(())
     }
 
+    /// What `poll` hands over before anything from the fabric: sends that completed as
+    /// they were posted, among others.
+    fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
+        events.append(&mut self.ready);
+    }
+
     fn waker(&self) -> Arc<dyn Wake> {
         Arc::new(MemWaker {
             fabric: self.fabric.clone(),
