@@ -322,15 +322,15 @@ impl Epoll {
     ) -> Result<(), LndError> {
         // Sockets with data left from the last round raise no new edge: do not wait for one.
         let busy = !self.unread.is_empty() || !self.unwritten.is_empty();
-        // Events already here (a send that completed as it was posted, every round trip's
-        // answer) go up without an `epoll_wait`, which would not have waited; the next poll
-        // looks at the sockets, as a skip is never followed by another. Work carried over
-        // from the last round (`busy`) raises no new edge: it is never skipped.
+        // Events already here (left by a connect or a close, or sends that completed as
+        // they were posted, where the caller did not take them with `take_ready`) go up
+        // without an `epoll_wait`, which would not have waited; the next poll looks at the
+        // sockets, as a skip is never followed by another. Work carried over from the last
+        // round (`busy`) raises no new edge: it is never skipped.
         let skip = !busy && !self.engine.events.is_empty() && !self.skipped_wait;
         self.skipped_wait = skip;
         if skip {
-            self.drop_closed();
-            events.append(&mut self.engine.events);
+            self.take_ready(events);
             return Ok(());
         }
         let wait = self.engine.wait(timeout, busy);

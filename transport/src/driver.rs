@@ -23,7 +23,7 @@ const UNWAITABLE_POLL: Duration = Duration::from_millis(1);
 /// Events a poll may bring for the time read after it to serve the next turn too.
 const REUSE_TIME_UP_TO: usize = 4;
 
-/// Rounds of handing frames over and taking what completed at once, per flush.
+/// Hand-overs per flush: after each but the last, what completed at once goes to the node.
 const FLUSH_ROUNDS: usize = 4;
 
 /// A node and the drivers of its NIs (NI `i` is driver `i`).
@@ -94,25 +94,25 @@ impl Driver {
     ///
     /// What the drivers then already know (sends that completed as they were posted) goes
     /// to the node at once, rather than at the next poll, which would otherwise be a turn
-    /// of the caller's loop for that alone; and what that frees (credits) is sent too, a
-    /// few rounds at most: the rest waits for the poll.
+    /// of the caller's loop for that alone; and what that frees (credits) is handed over
+    /// too, for a few rounds. The last round is always a hand-over, so the node keeps
+    /// nothing for the drivers; what that round completed stays with them, and their next
+    /// poll hands it over without waiting.
     pub fn flush(&mut self) -> bool {
-        let mut any = false;
-        for _ in 0..FLUSH_ROUNDS {
-            if !self.hand_over() {
-                break;
-            }
-            any = true;
-            if !self.take_ready() {
+        if !self.hand_over() {
+            return false;
+        }
+        for _ in 1..FLUSH_ROUNDS {
+            if !self.feed_ready() || !self.hand_over() {
                 break;
             }
         }
-        any
+        true
     }
 
     /// Feeds the node what the live drivers hold already (see [`Lnd::take_ready`]). True
     /// if there was anything.
-    fn take_ready(&mut self) -> bool {
+    fn feed_ready(&mut self) -> bool {
         let now = self.node.clock.unwrap_or_default();
         let mut any = false;
         for i in 0..self.lnds.len() {
@@ -317,6 +317,9 @@ mod tests {
         fn post(&mut self, tx: Transmit) {
             self.inner.post(tx)
         }
+        fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
+            self.inner.take_ready(events)
+        }
         fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
             self.inner.close(peer, lane, error)
         }
@@ -405,6 +408,99 @@ mod tests {
         assert_eq!(fp.in_lnd, 0, "its send completed within the flush");
         assert_eq!(fp.ops, 1, "the PUT is still live: it awaits its ACK");
         run_until_done(&mut a, &mut b, OpId(2));
+    }
+
+    /// Sends that complete as they are posted free NI credits, which send the next queued
+    /// frames, and so on: however long that chain, a flush leaves nothing in the node for
+    /// the drivers, and what it did not take yet, the next poll hands over at once.
+    #[test]
+    fn a_flush_leaves_no_frame_behind_however_many_complete_at_once() {
+        use crate::mem::LinkFaults;
+        use crate::op::{Event, MatchEntry, OpId, OpOutcome, PutRequest};
+
+        let clock = Arc::new(MonotonicClock::new());
+        let fabric = MemFabric::new(clock.clone(), 1);
+        fabric.set_default_link(LinkFaults {
+            delay: Duration::ZERO,
+            ..LinkFaults::default()
+        });
+        let driver = |n: u32| {
+            let mut cfg = NodeConfig::new(u64::from(n));
+            cfg.lanes[Lane::Data].ni_credits = 1; // one frame in a driver at a time
+            let lnd = MemLnd::new(&fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
+            Driver::new(cfg, vec![Box::new(lnd)]).unwrap()
+        };
+        let (mut a, mut b) = (driver(1), driver(2));
+        b.node_mut()
+            .attach(OpId(100), MatchEntry::sink(4, 0, 64))
+            .unwrap();
+        let put = |ack| PutRequest {
+            lane: Lane::Data,
+            dst: Nid::mem(2, 0),
+            portal: 4,
+            match_bits: 0,
+            payload: bytes::Bytes::from_static(b"ping"),
+            timeout: None,
+            on_peer_down: Default::default(),
+            ack,
+        };
+        let mut done = Vec::new();
+        let turn = |a: &mut Driver, b: &mut Driver, done: &mut Vec<OpId>| {
+            for d in [&mut *a, &mut *b] {
+                d.node_mut().handle_timeout(clock.now());
+                d.flush();
+                d.poll(&*clock, Some(Duration::ZERO)).unwrap();
+            }
+            while let Some(e) = a.node_mut().poll_event() {
+                if let Event::Completed(c) = e {
+                    assert!(c.result.is_ok(), "{c:?}");
+                    done.push(c.op);
+                }
+            }
+        };
+        // Up first, with one PUT answered.
+        a.node_mut().put(clock.now(), OpId(1), put(true)).unwrap();
+        for _ in 0..10_000 {
+            if !done.is_empty() {
+                break;
+            }
+            turn(&mut a, &mut b, &mut done);
+        }
+        assert_eq!(done, [OpId(1)]);
+        // More PUTs without ACK than a flush has rounds: each ends as it is posted.
+        let n = 3 * FLUSH_ROUNDS as u64;
+        for id in 2..2 + n {
+            a.node_mut().put(clock.now(), OpId(id), put(false)).unwrap();
+        }
+        a.node_mut().handle_timeout(clock.now());
+        assert!(a.flush());
+        while let Some(e) = a.node_mut().poll_event() {
+            if let Event::Completed(c) = e {
+                assert_eq!(c.result, Ok(OpOutcome::Sent { len: 4 }));
+                done.push(c.op);
+            }
+        }
+        let fp = a.node().footprint();
+        assert_eq!(
+            fp.outbox, 0,
+            "frames left in the node for its driver: {fp:?}"
+        );
+        assert_eq!(
+            fp.in_lnd, 1,
+            "the last one handed over, its completion not taken yet"
+        );
+        assert!(
+            done.len() < 1 + n as usize,
+            "the flush took them all: {done:?}"
+        );
+        // The rest go, every one, without a wait: each poll finds what is ready.
+        for _ in 0..10_000 {
+            if done.len() == 1 + n as usize {
+                break;
+            }
+            turn(&mut a, &mut b, &mut done);
+        }
+        assert_eq!(done, (1..2 + n).map(OpId).collect::<Vec<_>>());
     }
 
     /// A wake that comes while the thread polls its LNDs (a submission racing it) is not

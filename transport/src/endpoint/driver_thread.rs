@@ -243,6 +243,10 @@ impl DriverThread {
     fn stop(&mut self) {
         self.driver.node_mut().shutdown();
         self.close_gate(EndpointError::ShutDown);
+        // The flush may hand the node completions, at the node's time (`shutdown` and
+        // `close_gate` leave it unset).
+        let now = self.clock.now();
+        self.driver.node_mut().set_time(now);
         self.driver.flush();
         self.deliver_events();
     }

@@ -68,7 +68,8 @@ pub struct MemLnd {
     /// Deferred payloads reported to the core, not yet fetched or declined.
     deferred: FxHashMap<RxHandle, XferId>,
     next_handle: u64,
-    /// Events produced by calls (send completions, local closes), handed out by `poll`.
+    /// Events produced by calls (send completions, local closes), handed out by `poll`
+    /// or, before it, by `take_ready`.
     ready: Vec<LndEvent>,
     items: Vec<Item>,
     /// Signalled with the condition variable, for a thread sleeping on several LNDs.

@@ -109,8 +109,9 @@ impl Op {
     }
 }
 
-/// The router an op went through before [`Ops::set_via`], and the one it goes through now.
-pub(crate) struct RouterChange {
+/// The router an op went through before [`Ops::set_via`], and the one it goes through now
+/// (the same if it did not change).
+pub(crate) struct Routers {
     pub(crate) old: Option<Nid>,
     pub(crate) new: Option<Nid>,
 }
@@ -118,6 +119,7 @@ pub(crate) struct RouterChange {
 /// A request about to go to a driver (see [`Ops::sent`]).
 pub(crate) struct SentRequest<'a> {
     pub(crate) op: &'a Op,
+    pub(crate) dst: Nid,
     pub(crate) attempt: u32,
     pub(crate) first_src: Nid,
     pub(crate) settled_below: u64,
@@ -218,19 +220,19 @@ impl Ops {
     ///
     /// Returns the router it went through before and the one it goes through now, if the
     /// op is live.
-    pub(crate) fn set_via(&mut self, id: OpId, via: Option<Nid>) -> Option<RouterChange> {
+    pub(crate) fn set_via(&mut self, id: OpId, via: Option<Nid>) -> Option<Routers> {
         let op = self.live.get_mut(&id)?;
         let key = (op.seq, id);
         let old_router = op.router;
         op.via = via;
         op.router = via.filter(|&v| Some(v) != op.target().map(|(d, _)| d));
         let new_router = op.router;
-        let change = RouterChange {
+        let routers = Routers {
             old: old_router,
             new: new_router,
         };
         if old_router == new_router {
-            return Some(change); // indexed there already, once
+            return Some(routers); // indexed there already, once
         }
         debug_assert!(
             new_router.is_none_or(|r| !op.avoid.contains(&r)),
@@ -242,7 +244,7 @@ impl Ops {
         if let Some(router) = new_router {
             self.by_peer.entry(router).or_default().queue.push_back(key);
         }
-        Some(change)
+        Some(routers)
     }
 
     /// The op `key` no longer involves `peer` (it is gone from `live`, or has another
@@ -272,6 +274,7 @@ impl Ops {
         let (dst, _) = op.target().expect("only ops that send");
         let settled_below = settled_below(&self.by_peer, dst, op.seq);
         Some(SentRequest {
+            dst,
             attempt: op.attempts,
             first_src,
             settled_below,

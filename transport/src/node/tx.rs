@@ -395,8 +395,7 @@ impl Node {
             }
             Pending::Op { id, seq } => {
                 let sent = self.ops.sent(id, src).expect("liveness checked");
-                let (op, settled_below) = (sent.op, sent.settled_below);
-                let (dst, _) = op.target().expect("only ops that send");
+                let (op, dst, settled_below) = (sent.op, sent.dst, sent.settled_below);
                 let (body, payload) = match &op.kind {
                     OpKind::Put(r) => (
                         Body::Put {
