@@ -128,8 +128,18 @@ impl Driver {
         any
     }
 
-    /// Hands the node's requests and frames to the drivers. True if there were any.
+    /// Hands the node's requests and frames to the drivers, until it has none left (a
+    /// frame for a down NI, failed here, may send its op another way). True if there were
+    /// any.
     fn hand_over(&mut self) -> bool {
+        let mut any = false;
+        while self.hand_over_once() {
+            any = true;
+        }
+        any
+    }
+
+    fn hand_over_once(&mut self) -> bool {
         let mut any = false;
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
@@ -243,7 +253,12 @@ impl Driver {
             }
             match self.poll_one(NiId(i), clock, Some(Duration::ZERO)) {
                 Ok(n) => handled += n,
-                Err(failure) => last_failure = Some(failure),
+                // Counted as work: what the NI's loss set going in the node (its frames
+                // rerouted, status pushed through the others) must go out before a sleep.
+                Err(failure) => {
+                    handled += 1;
+                    last_failure = Some(failure);
+                }
             }
         }
         match last_failure {
@@ -489,11 +504,17 @@ mod tests {
             fp.in_lnd, 1,
             "the last one handed over, its completion not taken yet"
         );
-        assert!(
-            done.len() < 1 + n as usize,
-            "the flush took them all: {done:?}"
+        let ended_in_flush = (1..=FLUSH_ROUNDS as u64).map(OpId).collect::<Vec<_>>();
+        assert_eq!(
+            done, ended_in_flush,
+            "one completion taken per round but the last"
         );
-        // The rest go, every one, without a wait: each poll finds what is ready.
+        // What the flush left, the next poll hands over without waiting (orders of
+        // magnitude: a poll that waited would take its whole 5 s).
+        let started = Instant::now();
+        let handled = a.poll(&*clock, Some(Duration::from_secs(5))).unwrap();
+        assert!(handled >= 1 && started.elapsed() < Duration::from_secs(1));
+        // The rest go, every one.
         for _ in 0..10_000 {
             if done.len() == 1 + n as usize {
                 break;
@@ -501,6 +522,79 @@ mod tests {
             turn(&mut a, &mut b, &mut done);
         }
         assert_eq!(done, (1..2 + n).map(OpId).collect::<Vec<_>>());
+    }
+
+    /// An in-memory LND whose next poll fails for good, when armed.
+    struct FailsWhenArmed {
+        inner: MemLnd,
+        armed: Arc<AtomicBool>,
+    }
+
+    impl Lnd for FailsWhenArmed {
+        fn nid(&self) -> Nid {
+            self.inner.nid()
+        }
+        fn connect(&mut self, peer: Nid, lane: Lane) {
+            self.inner.connect(peer, lane)
+        }
+        fn post(&mut self, tx: Transmit) {
+            self.inner.post(tx)
+        }
+        fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
+            self.inner.close(peer, lane, error)
+        }
+        fn poll(
+            &mut self,
+            events: &mut Vec<LndEvent>,
+            timeout: Option<Duration>,
+        ) -> Result<(), LndError> {
+            if self.armed.load(Ordering::SeqCst) {
+                return Err(LndError::new(LndErrorKind::Resource, "the device is gone"));
+            }
+            self.inner.poll(events, timeout)
+        }
+        fn waker(&self) -> Arc<dyn Wake> {
+            self.inner.waker()
+        }
+        fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+            self.inner.wait_fd()
+        }
+        fn prepare_wait(&mut self) -> Readiness {
+            self.inner.prepare_wait()
+        }
+    }
+
+    /// One of several NIs fails: the poll that finds it returns at once, so that what its
+    /// loss set going in the node (an `NiDown` event, ops sent another way) is taken up
+    /// before the thread sleeps, not after the poll's whole timeout.
+    #[test]
+    fn a_failing_ni_ends_the_poll_that_finds_it() {
+        let clock = Arc::new(MonotonicClock::new());
+        let fabric = MemFabric::new(clock.clone(), 1);
+        let cfg = NodeConfig::new(1);
+        let lnd = |n| MemLnd::new(&fabric, Nid::mem(1, n), MemLndConfig::for_node(&cfg)).unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let failing = FailsWhenArmed {
+            inner: lnd(1),
+            armed: armed.clone(),
+        };
+        let mut driver =
+            Driver::new(cfg.clone(), vec![Box::new(failing), Box::new(lnd(2))]).unwrap();
+        driver.poll(&*clock, Some(Duration::ZERO)).unwrap();
+        armed.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        let handled = driver.poll(&*clock, Some(Duration::from_secs(5))).unwrap();
+        // Orders of magnitude: before, it slept the whole 5 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "slept {:?} after the failure",
+            started.elapsed()
+        );
+        assert!(handled >= 1);
+        assert!(!driver.node().ni_is_up(NiId(0)) && driver.node().ni_is_up(NiId(1)));
+        let down = std::iter::from_fn(|| driver.node_mut().poll_event())
+            .any(|e| matches!(e, crate::op::Event::NiDown { .. }));
+        assert!(down, "the node said the NI went down");
     }
 
     /// A wake that comes while the thread polls its LNDs (a submission racing it) is not

@@ -243,8 +243,8 @@ impl DriverThread {
     fn stop(&mut self) {
         self.driver.node_mut().shutdown();
         self.close_gate(EndpointError::ShutDown);
-        // The flush may hand the node completions, at the node's time (`shutdown` and
-        // `close_gate` leave it unset).
+        // The flush may hand the node completions, at the node's time (`shutdown` leaves
+        // it unset, and `close_gate` may).
         let now = self.clock.now();
         self.driver.node_mut().set_time(now);
         self.driver.flush();
