@@ -133,14 +133,19 @@ impl Driver {
     /// any.
     fn hand_over(&mut self) -> bool {
         let mut any = false;
-        while self.hand_over_once() {
-            any = true;
+        loop {
+            let (handed, fed) = self.hand_over_once();
+            any |= handed;
+            if !fed {
+                return any;
+            }
         }
-        any
     }
 
-    fn hand_over_once(&mut self) -> bool {
-        let mut any = false;
+    /// One pass: whether anything was handed over, and whether the node was fed an event
+    /// (for a down NI), which may have given it more.
+    fn hand_over_once(&mut self) -> (bool, bool) {
+        let (mut any, mut fed) = (false, false);
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
             if !self.node.ni_is_up(ni) {
@@ -153,6 +158,7 @@ impl Driver {
                         result: Err(error),
                     };
                     self.node.handle_lnd_event(now, ni, ev);
+                    fed = true;
                 }
                 continue;
             }
@@ -175,11 +181,12 @@ impl Driver {
                     result: Err(error),
                 };
                 self.node.handle_lnd_event(now, ni, ev);
+                fed = true;
                 continue;
             }
             self.lnds[ni.0].post(tx);
         }
-        any
+        (any, fed)
     }
 
     /// The time the clock read right after the last poll of an LND, once, if that poll
