@@ -1,0 +1,278 @@
+//! The driver loop over real in-memory LNDs, some rigged to misbehave on cue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::*;
+use crate::lane::Lane;
+use crate::lnd::Transmit;
+use crate::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
+use crate::nid::Nid;
+use crate::op::{Event, MatchEntry, OpId, OpOutcome, PutRequest};
+use crate::time::MonotonicClock;
+
+/// What a [`Rigged`] LND does at its next poll once armed.
+enum Trick {
+    /// What a submitter racing the driver thread does: wakes the thread while it is still
+    /// polling, not yet asleep (once).
+    WakeMidPoll(Arc<Mutex<Vec<Arc<dyn Wake>>>>),
+    /// Fails, for good.
+    Fail,
+}
+
+/// An in-memory LND that plays a [`Trick`] when armed.
+struct Rigged {
+    inner: MemLnd,
+    armed: Arc<AtomicBool>,
+    trick: Trick,
+}
+
+impl Lnd for Rigged {
+    fn nid(&self) -> Nid {
+        self.inner.nid()
+    }
+    fn connect(&mut self, peer: Nid, lane: Lane) {
+        self.inner.connect(peer, lane)
+    }
+    fn post(&mut self, tx: Transmit) {
+        self.inner.post(tx)
+    }
+    fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
+        self.inner.take_ready(events)
+    }
+    fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
+        self.inner.close(peer, lane, error)
+    }
+    fn poll(
+        &mut self,
+        events: &mut Vec<LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LndError> {
+        if self.armed.load(Ordering::SeqCst) {
+            match &self.trick {
+                Trick::WakeMidPoll(wakers) => {
+                    self.armed.store(false, Ordering::SeqCst);
+                    for w in wakers.lock().unwrap().iter() {
+                        w.wake();
+                    }
+                }
+                Trick::Fail => {
+                    return Err(LndError::new(LndErrorKind::Resource, "the device is gone"))
+                }
+            }
+        }
+        self.inner.poll(events, timeout)
+    }
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.inner.waker()
+    }
+    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        self.inner.wait_fd()
+    }
+    fn prepare_wait(&mut self) -> Readiness {
+        self.inner.prepare_wait()
+    }
+}
+
+/// Two nodes, 1@mem and 2@mem, each a driver of one in-memory LND, on links without delay;
+/// `ni_credits` for the data lane, if given. Node 2 has a sink on portal 4.
+fn pair(ni_credits: Option<u32>) -> (Arc<MonotonicClock>, Driver, Driver) {
+    let clock = Arc::new(MonotonicClock::new());
+    let fabric = MemFabric::new(clock.clone(), 1);
+    fabric.set_default_link(LinkFaults {
+        delay: Duration::ZERO,
+        ..LinkFaults::default()
+    });
+    let driver = |n: u32| {
+        let mut cfg = NodeConfig::new(u64::from(n));
+        if let Some(credits) = ni_credits {
+            cfg.lanes[Lane::Data].ni_credits = credits;
+        }
+        let lnd = MemLnd::new(&fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
+        Driver::new(cfg, vec![Box::new(lnd)]).unwrap()
+    };
+    let (a, mut b) = (driver(1), driver(2));
+    b.node_mut()
+        .attach(OpId(100), MatchEntry::sink(4, 0, 64))
+        .unwrap();
+    (clock, a, b)
+}
+
+/// A 4-byte PUT to node 2's sink.
+fn put(ack: bool) -> PutRequest {
+    PutRequest {
+        lane: Lane::Data,
+        dst: Nid::mem(2, 0),
+        portal: 4,
+        match_bits: 0,
+        payload: bytes::Bytes::from_static(b"ping"),
+        timeout: None,
+        on_peer_down: Default::default(),
+        ack,
+    }
+}
+
+/// One turn of both drivers (timers, flush, a poll that does not wait); the ops of `a`
+/// that completed meanwhile, each successfully, go to `done`.
+fn turn(clock: &MonotonicClock, a: &mut Driver, b: &mut Driver, done: &mut Vec<OpId>) {
+    for d in [&mut *a, &mut *b] {
+        d.node_mut().handle_timeout(clock.now());
+        d.flush();
+        d.poll(clock, Some(Duration::ZERO)).unwrap();
+    }
+    while let Some(e) = a.node_mut().poll_event() {
+        if let Event::Completed(c) = e {
+            assert!(c.result.is_ok(), "{c:?}");
+            done.push(c.op);
+        }
+    }
+}
+
+/// Turns both until `a` has completed `n` ops in all.
+fn run_until(
+    clock: &MonotonicClock,
+    a: &mut Driver,
+    b: &mut Driver,
+    done: &mut Vec<OpId>,
+    n: usize,
+) {
+    for _ in 0..10_000 {
+        if done.len() >= n {
+            return;
+        }
+        turn(clock, a, b, done);
+    }
+    panic!("only {done:?} completed");
+}
+
+/// A frame that its driver sends as it is posted (here: into the in-memory fabric) is
+/// done when `flush` returns: its completion reaches the node within the flush, not at
+/// the next poll (a turn of the loop for that alone).
+#[test]
+fn a_send_that_completes_as_it_is_posted_ends_within_the_flush() {
+    let (clock, mut a, mut b) = pair(None);
+    let mut done = Vec::new();
+    // The first PUT sets the connection up.
+    a.node_mut().put(clock.now(), OpId(1), put(true)).unwrap();
+    run_until(&clock, &mut a, &mut b, &mut done, 1);
+    // The second goes out at once, and the flush that posts it also ends its send.
+    a.node_mut().put(clock.now(), OpId(2), put(true)).unwrap();
+    assert_eq!(a.node().footprint().in_lnd, 1, "the PUT is for its driver");
+    assert!(a.flush(), "the PUT was handed over");
+    let fp = a.node().footprint();
+    assert_eq!(fp.in_lnd, 0, "its send completed within the flush");
+    assert_eq!(fp.ops, 1, "the PUT is still live: it awaits its ACK");
+    run_until(&clock, &mut a, &mut b, &mut done, 2);
+    assert_eq!(done, [OpId(1), OpId(2)]);
+}
+
+/// Sends that complete as they are posted free NI credits, which send the next queued
+/// frames, and so on: however long that chain, a flush leaves nothing in the node for
+/// the drivers, and what it did not take yet, the next poll hands over at once.
+#[test]
+fn a_flush_leaves_no_frame_behind_however_many_complete_at_once() {
+    let (clock, mut a, mut b) = pair(Some(1)); // one frame in a driver at a time
+    let mut done = Vec::new();
+    // Up first, with one PUT answered.
+    a.node_mut().put(clock.now(), OpId(1), put(true)).unwrap();
+    run_until(&clock, &mut a, &mut b, &mut done, 1);
+    // More PUTs without ACK than a flush has rounds: each ends as it is posted.
+    let n = 3 * FLUSH_ROUNDS as u64;
+    for id in 2..2 + n {
+        a.node_mut().put(clock.now(), OpId(id), put(false)).unwrap();
+    }
+    a.node_mut().handle_timeout(clock.now());
+    assert!(a.flush());
+    while let Some(e) = a.node_mut().poll_event() {
+        if let Event::Completed(c) = e {
+            assert_eq!(c.result, Ok(OpOutcome::Sent { len: 4 }));
+            done.push(c.op);
+        }
+    }
+    let fp = a.node().footprint();
+    assert_eq!(
+        fp.outbox, 0,
+        "frames left in the node for its driver: {fp:?}"
+    );
+    assert_eq!(
+        fp.in_lnd, 1,
+        "the last one handed over, its completion not taken yet"
+    );
+    let ended_in_flush = (1..=FLUSH_ROUNDS as u64).map(OpId).collect::<Vec<_>>();
+    assert_eq!(
+        done, ended_in_flush,
+        "one completion taken per round but the last"
+    );
+    // What the flush left, the next poll hands over without waiting (orders of
+    // magnitude: a poll that waited would take its whole 5 s).
+    let started = Instant::now();
+    let handled = a.poll(&*clock, Some(Duration::from_secs(5))).unwrap();
+    assert!(handled >= 1 && started.elapsed() < Duration::from_secs(1));
+    // The rest go, every one.
+    run_until(&clock, &mut a, &mut b, &mut done, 1 + n as usize);
+    assert_eq!(done, (1..2 + n).map(OpId).collect::<Vec<_>>());
+}
+
+/// Two in-memory LNDs of node 1@mem (1@mem and 2@mem), the first rigged with `trick`.
+fn rigged_driver(trick: Trick) -> (Arc<MonotonicClock>, Driver, Arc<AtomicBool>) {
+    let clock = Arc::new(MonotonicClock::new());
+    let fabric = MemFabric::new(clock.clone(), 1);
+    let cfg = NodeConfig::new(1);
+    let lnd = |n| MemLnd::new(&fabric, Nid::mem(1, n), MemLndConfig::for_node(&cfg)).unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let rigged = Rigged {
+        inner: lnd(1),
+        armed: armed.clone(),
+        trick,
+    };
+    let driver = Driver::new(cfg.clone(), vec![Box::new(rigged), Box::new(lnd(2))]).unwrap();
+    (clock, driver, armed)
+}
+
+/// One of several NIs fails: the poll that finds it returns at once, so that what its
+/// loss set going in the node (an `NiDown` event, ops sent another way) is taken up
+/// before the thread sleeps, not after the poll's whole timeout.
+#[test]
+fn a_failing_ni_ends_the_poll_that_finds_it() {
+    let (clock, mut driver, armed) = rigged_driver(Trick::Fail);
+    driver.poll(&*clock, Some(Duration::ZERO)).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let handled = driver.poll(&*clock, Some(Duration::from_secs(5))).unwrap();
+    // Orders of magnitude: before, it slept the whole 5 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "slept {:?} after the failure",
+        started.elapsed()
+    );
+    assert!(handled >= 1);
+    assert!(!driver.node().ni_is_up(NiId(0)) && driver.node().ni_is_up(NiId(1)));
+    let down = std::iter::from_fn(|| driver.node_mut().poll_event())
+        .any(|e| matches!(e, Event::NiDown { .. }));
+    assert!(down, "the node said the NI went down");
+}
+
+/// A wake that comes while the thread polls its LNDs (a submission racing it) is not
+/// swallowed by that poll: the sleep that follows ends at once, not at its timeout.
+#[test]
+fn a_wake_while_polling_several_lnds_cuts_the_next_sleep_short() {
+    let wakers = Arc::new(Mutex::new(Vec::new()));
+    let (clock, mut driver, armed) = rigged_driver(Trick::WakeMidPoll(wakers.clone()));
+    *wakers.lock().unwrap() = driver.wakers();
+    armed.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    driver.poll(&*clock, Some(Duration::from_secs(5))).unwrap();
+    let waited = started.elapsed();
+    // Orders of magnitude: a swallowed wake sleeps the whole 5 s.
+    assert!(
+        waited < Duration::from_secs(1),
+        "slept {waited:?} despite the wake"
+    );
+    // And with nothing to wake it, it does sleep.
+    let started = Instant::now();
+    driver
+        .poll(&*clock, Some(Duration::from_millis(50)))
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}
