@@ -121,11 +121,16 @@ impl Driver {
             }
             self.lnds[i].take_ready(&mut self.scratch);
             any |= !self.scratch.is_empty();
-            for ev in self.scratch.drain(..) {
-                self.node.handle_lnd_event(now, NiId(i), ev);
-            }
+            self.feed_scratch(now, NiId(i));
         }
         any
+    }
+
+    /// Hands the node the events of NI `ni`'s driver gathered in `scratch`.
+    fn feed_scratch(&mut self, now: Time, ni: NiId) {
+        for ev in self.scratch.drain(..) {
+            self.node.handle_lnd_event(now, ni, ev);
+        }
     }
 
     /// Hands the node's requests and frames to the drivers, until it has none left (a
@@ -288,9 +293,7 @@ impl Driver {
         // After a batch, handling it takes long enough that the next turn reads the clock;
         // and a virtual clock moves only when told, maybe before that turn.
         self.polled_at = (n <= REUSE_TIME_UP_TO && !clock.is_virtual()).then_some(now);
-        for ev in self.scratch.drain(..) {
-            self.node.handle_lnd_event(now, ni, ev);
-        }
+        self.feed_scratch(now, ni);
         if let Err(e) = polled {
             // That NI is done; the node carries on with the others.
             self.node.ni_failed(now, ni, e.clone());

@@ -1,6 +1,7 @@
 //! Endpoints on real threads and the real clock, over the in-memory LND.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,14 +226,14 @@ fn a_callback_that_submits_without_end_does_not_starve_the_network() {
     let (tx, rx) = crossbeam_channel::unbounded();
     let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
     let inner_slot = slot.clone();
-    let storming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let storming = Arc::new(AtomicBool::new(true));
     let storm = storming.clone();
     let a = Endpoint::builder(cfg)
         .lnd(lnd)
         .on_event(move |e| {
             if let Event::Completed(_) = &e {
                 let ep = inner_slot.lock().unwrap().clone();
-                if let Some(ep) = ep.filter(|_| storm.load(std::sync::atomic::Ordering::Relaxed)) {
+                if let Some(ep) = ep.filter(|_| storm.load(Ordering::Relaxed)) {
                     // To itself: refused as invalid inside the node, without the network.
                     let _ = ep.put(put(1, Bytes::from_static(b"again")));
                 }
@@ -249,7 +250,7 @@ fn a_callback_that_submits_without_end_does_not_starve_the_network() {
     let op = b.put(put(1, Bytes::from_static(b"through"))).unwrap();
     let delivered = rx.recv_timeout(Duration::from_secs(10));
     // Stopped before anything is asserted: a failure leaves no thread storming.
-    storming.store(false, std::sync::atomic::Ordering::Relaxed);
+    storming.store(false, Ordering::Relaxed);
     slot.lock().unwrap().take();
     a.shutdown();
     assert!(
@@ -365,7 +366,7 @@ enum Break {
 struct Breakable {
     inner: MemLnd,
     how: Break,
-    broken: Arc<std::sync::atomic::AtomicBool>,
+    broken: Arc<AtomicBool>,
 }
 
 impl Lnd for Breakable {
@@ -389,7 +390,7 @@ impl Lnd for Breakable {
         events: &mut Vec<crate::lnd::LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), crate::lnd::LndError> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.broken.load(Ordering::SeqCst) {
             match self.how {
                 Break::PollError => {
                     return Err(crate::lnd::LndError::new(
@@ -424,7 +425,7 @@ fn a_dying_driver_thread_completes_every_operation_and_says_why() {
         // A cut link: PUTs wait for a connection that does not come before the break.
         f.set_cut(Nid::mem(1, 0), Nid::mem(2, 0), true);
         let cfg = NodeConfig::new(1);
-        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let broken = Arc::new(AtomicBool::new(false));
         let lnd = Breakable {
             inner: MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap(),
             how,
@@ -454,7 +455,7 @@ fn a_dying_driver_thread_completes_every_operation_and_says_why() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(20));
-        broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        broken.store(true, Ordering::SeqCst);
         for racer in racers {
             accepted.extend(racer.join().unwrap());
         }
@@ -682,7 +683,7 @@ fn a_node_with_two_nis_answers_on_either_as_fast() {
 fn a_failing_nis_driver_takes_down_that_ni_only() {
     let f = fabric();
     let cfg = NodeConfig::new(1);
-    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let broken = Arc::new(AtomicBool::new(false));
     let good = MemLnd::new(&f, Nid::mem(1, 1), MemLndConfig::for_node(&cfg)).unwrap();
     let bad = Breakable {
         inner: MemLnd::new(&f, Nid::mem(1, 2), MemLndConfig::for_node(&cfg)).unwrap(),
@@ -707,7 +708,7 @@ fn a_failing_nis_driver_takes_down_that_ni_only() {
         ..put(2, Bytes::from_static(b"x"))
     };
     let stuck: Vec<OpId> = (0..10).map(|_| a.put(to(c)).unwrap()).collect();
-    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    broken.store(true, Ordering::SeqCst);
     let (done, other) = wait_all(&a, &stuck);
     assert!(done.values().all(|c| c.result.is_err()), "{done:?}");
     assert!(

@@ -85,25 +85,25 @@ pub(crate) struct Dedup {
     by_use: BTreeMap<(u64, Key), ()>,
     tick: u64,
     /// Entries one window may hold (`dedup_window`).
-    per_initiator: usize,
+    per_window: usize,
     /// Windows kept at once (`dedup_initiators`: an initiator that reaches two NIDs of
     /// ours has two).
-    initiators: usize,
+    max_windows: usize,
     entries: usize,
     /// Ids let go of, over all windows.
     let_go: usize,
 }
 
 impl Dedup {
-    pub(crate) fn new(per_initiator: usize, initiators: usize) -> Dedup {
+    pub(crate) fn new(per_window: usize, max_windows: usize) -> Dedup {
         Dedup {
             windows: FxHashMap::default(),
             floors: FxHashMap::default(),
             floors_order: std::collections::VecDeque::new(),
             by_use: BTreeMap::new(),
             tick: 0,
-            per_initiator: per_initiator.max(1),
-            initiators: initiators.max(1),
+            per_window: per_window.max(1),
+            max_windows: max_windows.max(1),
             entries: 0,
             let_go: 0,
         }
@@ -193,17 +193,17 @@ impl Dedup {
         }
         w.entries.insert(msg_id, Entry::Pending);
         self.entries += 1;
-        if w.entries.len() > self.per_initiator {
+        if w.entries.len() > self.per_window {
             // Past the cap: the oldest quarter stays, the next oldest goes (and with it
             // any late copy of it).
-            let victim = w.entries.keys().nth(self.per_initiator / 4).copied();
+            let victim = w.entries.keys().nth(self.per_window / 4).copied();
             if let Some(victim) = victim {
                 w.entries.remove(&victim);
                 w.evicted.insert(victim);
                 self.entries -= 1;
                 self.let_go += 1;
             }
-            if self.let_go > self.per_initiator.saturating_mul(self.initiators) {
+            if self.let_go > self.per_window.saturating_mul(self.max_windows) {
                 // Too many to remember one by one: this window's oldest becomes its floor.
                 if let Some(oldest) = w.evicted.pop_first() {
                     w.floor = oldest + 1;
@@ -240,7 +240,7 @@ impl Dedup {
     }
 
     fn make_room(&mut self) {
-        while self.windows.len() >= self.initiators {
+        while self.windows.len() >= self.max_windows {
             let Some((&(_, key), _)) = self.by_use.first_key_value() else {
                 return;
             };
@@ -260,7 +260,7 @@ impl Dedup {
     fn keep_floor(&mut self, key: Key, floor: u64) {
         self.floors.insert(key, (floor, self.tick));
         self.floors_order.push_back((key, self.tick));
-        let cap = self.initiators.saturating_mul(FLOORS_PER_WINDOW);
+        let cap = self.max_windows.saturating_mul(FLOORS_PER_WINDOW);
         // Oldest first; an entry of the order that no longer names the floor kept (it
         // was taken back, or kept again since) is just skipped.
         while self.floors_order.len() > cap {

@@ -41,9 +41,9 @@ impl Node {
     /// for), else any other.
     pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
         if req.routed && matches!(body, Body::Ack { .. } | Body::Reply { .. }) {
-            let (from, inc, id) = (req.from, req.incarnation, req.msg_id);
+            let (from, to, inc, id) = (req.from, req.to, req.incarnation, req.msg_id);
             self.dedup
-                .answered(from, req.to, inc, id, body, payload.clone());
+                .answered(from, to, inc, id, body, payload.clone());
         }
         let answer = Response {
             src: req.to,
