@@ -1,5 +1,6 @@
 //! The epoll backend (through mio): edge-triggered readiness, non-blocking sockets,
-//! `writev` straight from the frames' own buffers.
+//! `writev` straight from the frames' own buffers, one per connection for the frames
+//! posted to it in one hand-over.
 
 use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
@@ -60,6 +61,9 @@ pub(crate) struct Epoll {
     unwritten: Vec<ConnId>,
     /// The last poll handed over events without looking at the sockets.
     skipped_wait: bool,
+    /// Connections with frames posted since the last write: written together by the
+    /// next `send_posted` (the end of the driver's hand-over) or `poll`. May repeat one.
+    posted_to: Vec<ConnId>,
 }
 
 impl Epoll {
@@ -92,6 +96,7 @@ impl Epoll {
             unread: Vec::new(),
             unwritten: Vec::new(),
             skipped_wait: false,
+            posted_to: Vec::new(),
         })
     }
 
@@ -144,10 +149,25 @@ impl Epoll {
     }
 
     pub(crate) fn post(&mut self, tx: Transmit) {
-        // Write at once: most frames go out without waiting for a readiness event.
+        // Written when the hand-over ends (`send_posted`), with the connection's other
+        // frames of this hand-over: one `writev` for a window of small frames, not one each
+        // (measured: the epoll message rate was 0.62x UCX's with a system call per frame).
         if let Some(conn) = self.engine.post(tx) {
-            self.flush(conn);
+            if self.posted_to.last() != Some(&conn) {
+                self.posted_to.push(conn);
+            }
         }
+    }
+
+    /// Writes what was posted since the last write, as much as each socket takes. The
+    /// list keeps its capacity: no allocation per turn.
+    pub(crate) fn send_posted(&mut self) {
+        let mut posted_to = std::mem::take(&mut self.posted_to);
+        for &conn in &posted_to {
+            self.flush(conn); // never adds to `posted_to`
+        }
+        posted_to.clear();
+        self.posted_to = posted_to;
     }
 
     pub(crate) fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
@@ -155,7 +175,7 @@ impl Epoll {
         self.drop_closed();
     }
 
-    /// Events already here (sends that completed as they were posted): what `poll` would
+    /// Events already here (sends that completed as they were written): what `poll` would
     /// hand over first.
     pub(crate) fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
         self.drop_closed();
@@ -310,7 +330,10 @@ impl Epoll {
     }
 
     /// Sockets left with work by the last round raise no new edge: then do not sleep.
-    pub(crate) fn prepare_wait(&self) -> Readiness {
+    /// Frames still posted are written first; their completions make it `Ready`.
+    pub(crate) fn prepare_wait(&mut self) -> Readiness {
+        self.send_posted();
+        self.drop_closed();
         self.engine
             .readiness(!self.unread.is_empty() || !self.unwritten.is_empty())
     }
@@ -320,6 +343,8 @@ impl Epoll {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
+        // For callers that post without `send_posted`: nothing posted waits for the wait.
+        self.send_posted();
         // Sockets with data left from the last round raise no new edge: do not wait for one.
         let busy = !self.unread.is_empty() || !self.unwritten.is_empty();
         // Events already here (left by a connect or a close, or sends that completed as

@@ -342,8 +342,14 @@ impl Lnd for TcpLnd {
         }
     }
 
-    /// The epoll backend writes a frame as it is posted, so its completion is known at
-    /// once; io_uring's sends go with the next submission, and complete in a poll.
+    /// The epoll backend writes a hand-over's frames as it ends, one `writev` per
+    /// connection; io_uring's go with the next submission.
+    fn send_posted(&mut self) {
+        with_backend!(self, b => b.send_posted())
+    }
+
+    /// Epoll's sends complete as they are written, so their completions are known at
+    /// once; io_uring's complete in a poll.
     fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
         if let Driver::Epoll(b) = &mut self.backend {
             b.take_ready(events);

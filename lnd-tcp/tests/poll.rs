@@ -74,13 +74,14 @@ fn connected_pair() -> ((Nid, TcpLnd), (Nid, TcpLnd)) {
     ((na, a), (nb, b))
 }
 
-/// A send that the epoll backend writes whole as it is posted ends in `take_ready`, with
-/// no poll; io_uring's go out with its next submission and end in a poll. Either way the
-/// frame ends once, and arrives.
+/// A send that the epoll backend writes whole at the end of the hand-over
+/// (`send_posted`) ends in `take_ready`, with no poll; io_uring's go out with its next submission and end in a
+/// poll. Either way the frame ends once, and arrives.
 #[test]
 fn a_send_written_as_it_is_posted_completes_without_a_poll() {
     let ((na, mut a), (nb, mut b)) = connected_pair();
     a.post(put(na, nb, 1, 7));
+    a.send_posted();
     let mut ready = Vec::new();
     a.take_ready(&mut ready);
     let done = |e: &LndEvent| {
@@ -110,6 +111,73 @@ fn a_send_written_as_it_is_posted_completes_without_a_poll() {
             .any(|e| matches!(e, LndEvent::SendComplete { .. })),
         "a second completion: {later:?}"
     );
+}
+
+/// Frames posted in one hand-over leave together when it ends (epoll: `send_posted`, one
+/// `writev` per connection; io_uring: the next poll's submission), not one system call
+/// each as they are posted: until then the peer has none of them, then all, in order.
+#[test]
+fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
+    const FRAMES: u64 = 16;
+    let ((na, mut a), (nb, mut b)) = connected_pair();
+    for i in 0..FRAMES {
+        a.post(put(na, nb, 100 + i, i));
+    }
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(200) {
+        b.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, LndEvent::Received { .. })),
+        "frames left before the hand-over ended: {events:?}"
+    );
+    let mut done = Vec::new();
+    match a.backend() {
+        Backend::Epoll => {
+            a.send_posted();
+            a.take_ready(&mut done);
+        }
+        Backend::Uring => a.poll(&mut done, Some(Duration::ZERO)).unwrap(),
+    }
+    let mut received = Vec::new();
+    let start = Instant::now();
+    while (received.len() as u64) < FRAMES {
+        assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
+        b.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        received.extend(events.drain(..).filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        }));
+    }
+    assert_eq!(received, (100..100 + FRAMES).collect::<Vec<_>>());
+    // Each send ends once (io_uring's may end in a later poll).
+    let start = Instant::now();
+    let mut tokens = Vec::new();
+    loop {
+        tokens.extend(done.drain(..).filter_map(|e| match e {
+            LndEvent::SendComplete { token, result } => Some((token.0, result.is_ok())),
+            _ => None,
+        }));
+        if tokens.len() as u64 >= FRAMES || start.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        a.poll(&mut done, Some(Duration::from_millis(10))).unwrap();
+    }
+    for _ in 0..5 {
+        a.poll(&mut done, Some(Duration::from_millis(1))).unwrap();
+    }
+    tokens.extend(done.drain(..).filter_map(|e| match e {
+        LndEvent::SendComplete { token, result } => Some((token.0, result.is_ok())),
+        _ => None,
+    }));
+    tokens.sort_unstable();
+    let expected: Vec<_> = (0..FRAMES).map(|t| (t, true)).collect();
+    assert_eq!(tokens, expected);
 }
 
 /// A driver that posts a frame before every poll always has a send completion waiting.

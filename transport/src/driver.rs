@@ -36,6 +36,9 @@ pub struct Driver {
     /// What it sleeps on with several LNDs, kept between sleeps.
     waits: WaitSet,
     scratch: Vec<LndEvent>,
+    /// The NIs posted to since their last `send_posted`: bit `i` for NI `i` (bit 63 for
+    /// every NI from 63 on).
+    posted: u64,
     /// The time read after the last LND poll, for the caller's next turn: one clock read
     /// fewer per turn.
     polled_at: Option<Time>,
@@ -70,6 +73,7 @@ impl Driver {
             waits: WaitSet::default(),
             lnds,
             scratch: Vec::new(),
+            posted: 0,
             polled_at: None,
         })
     }
@@ -104,15 +108,32 @@ impl Driver {
         }
         for _ in 1..FLUSH_ROUNDS {
             if !self.feed_ready() || !self.hand_over() {
-                break;
+                return true;
             }
         }
+        // The last round's frames leave too; their completions stay with the drivers.
+        self.send_posted();
         true
     }
 
-    /// Feeds the node what the live drivers hold already (see [`Lnd::take_ready`]). True
-    /// if there was anything.
+    /// Has the drivers posted to since the last time send what they gathered (see
+    /// [`Lnd::send_posted`]): a hand-over is complete.
+    fn send_posted(&mut self) {
+        let posted = std::mem::take(&mut self.posted);
+        if posted == 0 {
+            return;
+        }
+        for (i, lnd) in self.lnds.iter_mut().enumerate() {
+            if posted & ni_bit(i) != 0 && self.node.ni_is_up(NiId(i)) {
+                lnd.send_posted();
+            }
+        }
+    }
+
+    /// Ends the hand-over ([`Driver::send_posted`]), then feeds the node what the live
+    /// drivers hold already (see [`Lnd::take_ready`]). True if there was anything.
     fn feed_ready(&mut self) -> bool {
+        self.send_posted();
         let now = self.node.clock.unwrap_or_default();
         let mut any = false;
         for i in 0..self.lnds.len() {
@@ -142,9 +163,10 @@ impl Driver {
             let (handed, fed) = self.hand_over_once();
             any |= handed;
             if !fed {
-                return any;
+                break;
             }
         }
+        any
     }
 
     /// One pass: whether anything was handed over, and whether the node was fed an event
@@ -190,6 +212,7 @@ impl Driver {
                 continue;
             }
             self.lnds[ni.0].post(tx);
+            self.posted |= ni_bit(ni.0);
         }
         (any, fed)
     }
@@ -309,6 +332,11 @@ fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// NI `i`'s bit in [`Driver::posted`].
+fn ni_bit(i: usize) -> u64 {
+    1 << i.min(63)
 }
 
 #[cfg(test)]

@@ -276,7 +276,16 @@ pub trait Lnd: Send {
     fn connect(&mut self, peer: Nid, lane: Lane);
 
     /// Send a frame on the (peer, lane) connection; the result comes as `SendComplete`.
+    /// A driver may hold it until [`Lnd::send_posted`] or its next `poll`, to send a
+    /// connection's frames together.
     fn post(&mut self, tx: Transmit);
+
+    /// The core has handed over a batch of frames (it calls this after each hand-over,
+    /// before it does anything else): send what was posted and not sent yet, e.g. one
+    /// `writev` per connection for a window of small frames instead of a system call
+    /// each. A driver that sends as frames are posted, or with its next `poll`, needs
+    /// nothing here (the default).
+    fn send_posted(&mut self) {}
 
     /// Close the (peer, lane) connection, e.g. after a protocol error. A `Disconnected`
     /// event follows if it was up.
@@ -292,7 +301,7 @@ pub trait Lnd: Send {
 
     /// Moves into `events` what the driver already holds for the core, without looking at
     /// the network and without waiting: above all the `SendComplete`s of frames that went
-    /// out as they were posted. Only what `poll` would have returned first, in that order.
+    /// out as they were posted or sent (`send_posted`). Only what `poll` would have returned first, in that order.
     /// The core asks after handing over its frames, a few times at most: what a driver
     /// still holds after that (completions of the last frames posted), its next `poll`
     /// must return without waiting, and `prepare_wait` must say `Ready` for. The default

@@ -517,6 +517,21 @@ impl Uring {
         }
     }
 
+    /// The hand-over is complete: its sends go now, in one submission, rather than with
+    /// the next poll's (after the core has run the application's callbacks).
+    pub(crate) fn send_posted(&mut self) {
+        if self.enable().is_err() {
+            return; // the poll says why
+        }
+        self.flush_dirty();
+        if self.sends_queued && !self.ring.submission().is_empty() {
+            match self.ring.submit() {
+                Ok(_) => self.sends_queued = false,
+                Err(e) => tracing::warn!("io_uring submit failed: {e}"),
+            }
+        }
+    }
+
     pub(crate) fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
         self.engine.close(peer, lane, error);
         self.drop_closed();

@@ -19,6 +19,9 @@ enum Trick {
     WakeMidPoll(Arc<Mutex<Vec<Arc<dyn Wake>>>>),
     /// Fails, for good.
     Fail,
+    /// Not a one-off, armed or not: holds what is posted until `send_posted` or the next
+    /// poll, as TCP's epoll backend does to write a connection's frames together.
+    Gather,
 }
 
 /// An in-memory LND that plays a [`Trick`] when armed.
@@ -26,6 +29,16 @@ struct Rigged {
     inner: MemLnd,
     armed: Arc<AtomicBool>,
     trick: Trick,
+    /// What `Trick::Gather` holds.
+    held: Vec<Transmit>,
+}
+
+impl Rigged {
+    fn send_held(&mut self) {
+        for tx in self.held.drain(..) {
+            self.inner.post(tx);
+        }
+    }
 }
 
 impl Lnd for Rigged {
@@ -36,7 +49,14 @@ impl Lnd for Rigged {
         self.inner.connect(peer, lane)
     }
     fn post(&mut self, tx: Transmit) {
-        self.inner.post(tx)
+        match self.trick {
+            Trick::Gather => self.held.push(tx),
+            _ => self.inner.post(tx),
+        }
+    }
+    fn send_posted(&mut self) {
+        self.send_held();
+        self.inner.send_posted()
     }
     fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
         self.inner.take_ready(events)
@@ -49,6 +69,7 @@ impl Lnd for Rigged {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
+        self.send_held();
         if self.armed.load(Ordering::SeqCst) {
             match &self.trick {
                 Trick::WakeMidPoll(wakers) => {
@@ -60,6 +81,7 @@ impl Lnd for Rigged {
                 Trick::Fail => {
                     return Err(LndError::new(LndErrorKind::Resource, "the device is gone"))
                 }
+                Trick::Gather => {}
             }
         }
         self.inner.poll(events, timeout)
@@ -76,8 +98,9 @@ impl Lnd for Rigged {
 }
 
 /// Two nodes, 1@mem and 2@mem, each a driver of one in-memory LND, on links without delay;
-/// `ni_credits` for the data lane, if given. Node 2 has a sink on portal 4.
-fn pair(ni_credits: Option<u32>) -> (Arc<MonotonicClock>, Driver, Driver) {
+/// `ni_credits` for the data lane, if given; node 1's LND gathers frames (`Trick::Gather`)
+/// if `gather`. Node 2 has a sink on portal 4.
+fn pair(ni_credits: Option<u32>, gather: bool) -> (Arc<MonotonicClock>, Driver, Driver) {
     let clock = Arc::new(MonotonicClock::new());
     let fabric = MemFabric::new(clock.clone(), 1);
     fabric.set_default_link(LinkFaults {
@@ -90,7 +113,16 @@ fn pair(ni_credits: Option<u32>) -> (Arc<MonotonicClock>, Driver, Driver) {
             cfg.lanes[Lane::Data].ni_credits = credits;
         }
         let lnd = MemLnd::new(&fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
-        Driver::new(cfg, vec![Box::new(lnd)]).unwrap()
+        let lnd: Box<dyn Lnd> = match gather && n == 1 {
+            true => Box::new(Rigged {
+                inner: lnd,
+                armed: Arc::new(AtomicBool::new(false)),
+                trick: Trick::Gather,
+                held: Vec::new(),
+            }),
+            false => Box::new(lnd),
+        };
+        Driver::new(cfg, vec![lnd]).unwrap()
     };
     let (a, mut b) = (driver(1), driver(2));
     b.node_mut()
@@ -146,12 +178,19 @@ fn run_until(
     panic!("only {done:?} completed");
 }
 
-/// A frame that its driver sends as it is posted (here: into the in-memory fabric) is
-/// done when `flush` returns: its completion reaches the node within the flush, not at
-/// the next poll (a turn of the loop for that alone).
+/// A frame that its driver sends as it is posted (here: into the in-memory fabric), or
+/// when the hand-over ends (`send_posted`), is done when `flush` returns: its completion
+/// reaches the node within the flush, not at the next poll (a turn of the loop for that
+/// alone).
 #[test]
 fn a_send_that_completes_as_it_is_posted_ends_within_the_flush() {
-    let (clock, mut a, mut b) = pair(None);
+    for gather in [false, true] {
+        a_send_ends_within_the_flush(gather);
+    }
+}
+
+fn a_send_ends_within_the_flush(gather: bool) {
+    let (clock, mut a, mut b) = pair(None, gather);
     let mut done = Vec::new();
     // The first PUT sets the connection up.
     a.node_mut().put(clock.now(), OpId(1), put(true)).unwrap();
@@ -169,10 +208,17 @@ fn a_send_that_completes_as_it_is_posted_ends_within_the_flush() {
 
 /// Sends that complete as they are posted free NI credits, which send the next queued
 /// frames, and so on: however long that chain, a flush leaves nothing in the node for
-/// the drivers, and what it did not take yet, the next poll hands over at once.
+/// the drivers, nor unsent in a driver that gathers frames, and what it did not take yet,
+/// the next poll hands over at once.
 #[test]
 fn a_flush_leaves_no_frame_behind_however_many_complete_at_once() {
-    let (clock, mut a, mut b) = pair(Some(1)); // one frame in a driver at a time
+    for gather in [false, true] {
+        a_flush_leaves_no_frame_behind(gather);
+    }
+}
+
+fn a_flush_leaves_no_frame_behind(gather: bool) {
+    let (clock, mut a, mut b) = pair(Some(1), gather); // one frame in a driver at a time
     let mut done = Vec::new();
     // Up first, with one PUT answered.
     a.node_mut().put(clock.now(), OpId(1), put(true)).unwrap();
@@ -183,6 +229,7 @@ fn a_flush_leaves_no_frame_behind_however_many_complete_at_once() {
         a.node_mut().put(clock.now(), OpId(id), put(false)).unwrap();
     }
     a.node_mut().handle_timeout(clock.now());
+    while b.node_mut().poll_event().is_some() {} // the first PUT's delivery
     assert!(a.flush());
     while let Some(e) = a.node_mut().poll_event() {
         if let Event::Completed(c) = e {
@@ -204,6 +251,12 @@ fn a_flush_leaves_no_frame_behind_however_many_complete_at_once() {
         done, ended_in_flush,
         "one completion taken per round but the last"
     );
+    // The last one left the driver too: the peer has it before `a` polls again.
+    b.poll(&*clock, Some(Duration::ZERO)).unwrap();
+    let delivered = std::iter::from_fn(|| b.node_mut().poll_event())
+        .filter(|e| matches!(e, Event::Delivered(_)))
+        .count();
+    assert_eq!(delivered, FLUSH_ROUNDS, "the flush's PUTs at the peer");
     // What the flush left, the next poll hands over without waiting (orders of
     // magnitude: a poll that waited would take its whole 5 s).
     let started = Instant::now();
@@ -225,6 +278,7 @@ fn rigged_driver(trick: Trick) -> (Arc<MonotonicClock>, Driver, Arc<AtomicBool>)
         inner: lnd(1),
         armed: armed.clone(),
         trick,
+        held: Vec::new(),
     };
     let driver = Driver::new(cfg.clone(), vec![Box::new(rigged), Box::new(lnd(2))]).unwrap();
     (clock, driver, armed)

@@ -379,6 +379,9 @@ impl Lnd for Breakable {
     fn post(&mut self, tx: crate::lnd::Transmit) {
         self.inner.post(tx)
     }
+    fn send_posted(&mut self) {
+        self.inner.send_posted()
+    }
     fn take_ready(&mut self, events: &mut Vec<crate::lnd::LndEvent>) {
         self.inner.take_ready(events)
     }
