@@ -61,8 +61,9 @@ pub(crate) struct Epoll {
     unwritten: Vec<ConnId>,
     /// The last poll handed over events without looking at the sockets.
     skipped_wait: bool,
-    /// Connections with frames posted since the last write: written together by the
-    /// next `send_posted` (the end of the driver's hand-over) or `poll`. May repeat one.
+    /// Data-lane connections with frames posted since the last write: written together
+    /// by the next `send_posted` (the end of the driver's hand-over), `poll` or
+    /// `prepare_wait`. May repeat one.
     posted_to: Vec<ConnId>,
 }
 
@@ -149,13 +150,19 @@ impl Epoll {
     }
 
     pub(crate) fn post(&mut self, tx: Transmit) {
-        // Written when the hand-over ends (`send_posted`), with the connection's other
-        // frames of this hand-over: one `writev` for a window of small frames, not one each
-        // (measured: the epoll message rate was 0.62x UCX's with a system call per frame).
-        if let Some(conn) = self.engine.post(tx) {
-            if self.posted_to.last() != Some(&conn) {
-                self.posted_to.push(conn);
-            }
+        let lane = tx.lane;
+        let Some(conn) = self.engine.post(tx) else {
+            return;
+        };
+        if lane == Lane::Health {
+            // At once: a PING or PONG must not wait behind data writes to other sockets,
+            // or other NIs', in the same hand-over.
+            self.flush(conn);
+        } else if self.posted_to.last() != Some(&conn) {
+            // Written when the hand-over ends (`send_posted`), with the connection's other
+            // frames of this hand-over: one `writev` for a window of small frames, not
+            // one each (measured: 0.62x UCX's message rate with a system call per frame).
+            self.posted_to.push(conn);
         }
     }
 
@@ -348,7 +355,7 @@ impl Epoll {
         // Sockets with data left from the last round raise no new edge: do not wait for one.
         let busy = !self.unread.is_empty() || !self.unwritten.is_empty();
         // Events already here (left by a connect or a close, or sends that completed as
-        // they were posted, where the caller did not take them with `take_ready`) go up
+        // they were written, where the caller did not take them with `take_ready`) go up
         // without an `epoll_wait`, which would not have waited; the next poll looks at the
         // sockets, as a skip is never followed by another. Work carried over from the last
         // round (`busy`) raises no new edge: it is never skipped.

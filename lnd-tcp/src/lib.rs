@@ -342,8 +342,9 @@ impl Lnd for TcpLnd {
         }
     }
 
-    /// The epoll backend writes a hand-over's frames as it ends, one `writev` per
-    /// connection; io_uring's go with the next submission.
+    /// The epoll backend writes a hand-over's data frames as it ends, one `writev` per
+    /// connection (health frames as they are posted); a busy-polling io_uring submits its
+    /// sends now, a sleeping one with the poll's wait.
     fn send_posted(&mut self) {
         with_backend!(self, b => b.send_posted())
     }

@@ -8,8 +8,10 @@ use lanet::wire::{Body, Header};
 use lanet::{Lane, Nid, NodeConfig};
 use lanet_lnd_tcp::{Backend, TcpConfig, TcpLnd};
 
-fn lnd(nid: Nid) -> TcpLnd {
-    TcpLnd::bind(nid, TcpConfig::for_node(&NodeConfig::new(1))).unwrap()
+fn lnd(nid: Nid, spin: Duration) -> TcpLnd {
+    let mut cfg = TcpConfig::for_node(&NodeConfig::new(1));
+    cfg.spin = spin;
+    TcpLnd::bind(nid, cfg).unwrap()
 }
 
 fn put(from: Nid, to: Nid, msg_id: u64, token: u64) -> Transmit {
@@ -49,14 +51,36 @@ fn poll_until(lnd: &mut TcpLnd, pick: impl Fn(&LndEvent) -> bool) {
     panic!("nothing came within 5 s");
 }
 
+/// A health PING from `from` to `to`.
+fn ping(from: Nid, to: Nid, seq: u64, token: u64) -> Transmit {
+    let header = Header {
+        lane: Lane::Health,
+        hop_limit: 8,
+        credits: 0,
+        src: from,
+        dst: to,
+        src_incarnation: 1,
+        msg_id: seq,
+        payload_len: 0,
+        body: Body::Ping { seq },
+        router_gen: 0,
+    };
+    Transmit::new(to, &header, Bytes::new(), token)
+}
+
 /// Two LNDs with their data lane up between them.
 fn connected_pair() -> ((Nid, TcpLnd), (Nid, TcpLnd)) {
+    connected_pair_on(Lane::Data, Duration::ZERO)
+}
+
+/// Two LNDs with `lane` up between them, the first busy-polling for `spin`.
+fn connected_pair_on(lane: Lane, spin: Duration) -> ((Nid, TcpLnd), (Nid, TcpLnd)) {
     let (na, nb) = (
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
     );
-    let (mut a, mut b) = (lnd(na), lnd(nb));
-    a.connect(nb, Lane::Data);
+    let (mut a, mut b) = (lnd(na, spin), lnd(nb, Duration::ZERO));
+    a.connect(nb, lane);
     let connected = |e: &LndEvent| matches!(e, LndEvent::Connected { .. });
     // Each side's handshake moves only while it is polled: poll both in turn.
     let start = Instant::now();
@@ -78,7 +102,7 @@ fn connected_pair() -> ((Nid, TcpLnd), (Nid, TcpLnd)) {
 /// (`send_posted`) ends in `take_ready`, with no poll; io_uring's go out with its next submission and end in a
 /// poll. Either way the frame ends once, and arrives.
 #[test]
-fn a_send_written_as_it_is_posted_completes_without_a_poll() {
+fn a_send_written_when_the_hand_over_ends_completes_without_a_poll() {
     let ((na, mut a), (nb, mut b)) = connected_pair();
     a.post(put(na, nb, 1, 7));
     a.send_posted();
@@ -114,8 +138,9 @@ fn a_send_written_as_it_is_posted_completes_without_a_poll() {
 }
 
 /// Frames posted in one hand-over leave together when it ends (epoll: `send_posted`, one
-/// `writev` per connection; io_uring: the next poll's submission), not one system call
-/// each as they are posted: until then the peer has none of them, then all, in order.
+/// `writev` per connection; a sleeping io_uring: the next poll's submission), not one
+/// system call each as they are posted: until then the peer has none of them, then all,
+/// in order.
 #[test]
 fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
     const FRAMES: u64 = 16;
@@ -178,6 +203,46 @@ fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
     tokens.sort_unstable();
     let expected: Vec<_> = (0..FRAMES).map(|t| (t, true)).collect();
     assert_eq!(tokens, expected);
+}
+
+/// Busy-polling, both backends send a hand-over's frames in `send_posted`: the peer has
+/// them while the sender does not poll (io_uring, sleeping, would wait for its poll).
+#[test]
+fn a_busy_polling_driver_sends_when_the_hand_over_ends() {
+    let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
+    for i in 0..4 {
+        a.post(put(na, nb, 100 + i, i));
+    }
+    a.send_posted();
+    let mut received = Vec::new();
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while received.len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
+        b.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        received.extend(events.drain(..).filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        }));
+    }
+    assert_eq!(received, [100, 101, 102, 103]);
+}
+
+/// A health frame never waits for the end of a hand-over on epoll, where data frames do:
+/// a PING must not queue behind data writes to other sockets. (A sleeping io_uring sends
+/// both with its next poll, which comes before it sleeps.)
+#[test]
+fn epoll_writes_a_health_frame_as_it_is_posted() {
+    let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Health, Duration::ZERO);
+    if a.backend() != Backend::Epoll {
+        return;
+    }
+    a.post(ping(na, nb, 7, 1));
+    poll_until(
+        &mut b,
+        |e| matches!(e, LndEvent::Received { header, .. } if header.body == Body::Ping { seq: 7 }),
+    );
 }
 
 /// A driver that posts a frame before every poll always has a send completion waiting.

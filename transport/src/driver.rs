@@ -38,7 +38,7 @@ pub struct Driver {
     scratch: Vec<LndEvent>,
     /// The NIs posted to since their last `send_posted`: bit `i` for NI `i` (bit 63 for
     /// every NI from 63 on).
-    posted: u64,
+    posted_nis: u64,
     /// The time read after the last LND poll, for the caller's next turn: one clock read
     /// fewer per turn.
     polled_at: Option<Time>,
@@ -73,7 +73,7 @@ impl Driver {
             waits: WaitSet::default(),
             lnds,
             scratch: Vec::new(),
-            posted: 0,
+            posted_nis: 0,
             polled_at: None,
         })
     }
@@ -96,7 +96,7 @@ impl Driver {
 
     /// Hands everything the node wants done to the drivers. True if there was anything.
     ///
-    /// What the drivers then already know (sends that completed as they were posted) goes
+    /// What the drivers then already know (sends that completed as they were sent) goes
     /// to the node at once, rather than at the next poll, which would otherwise be a turn
     /// of the caller's loop for that alone; and what that frees (credits) is handed over
     /// too, for a few rounds. The last round is always a hand-over, so the node keeps
@@ -116,10 +116,10 @@ impl Driver {
         true
     }
 
-    /// Has the drivers posted to since the last time send what they gathered (see
-    /// [`Lnd::send_posted`]): a hand-over is complete.
+    /// A hand-over is complete: the drivers posted to since the last time send what they
+    /// may have gathered (see [`Lnd::send_posted`]).
     fn send_posted(&mut self) {
-        let posted = std::mem::take(&mut self.posted);
+        let posted = std::mem::take(&mut self.posted_nis);
         if posted == 0 {
             return;
         }
@@ -212,7 +212,7 @@ impl Driver {
                 continue;
             }
             self.lnds[ni.0].post(tx);
-            self.posted |= ni_bit(ni.0);
+            self.posted_nis |= ni_bit(ni.0);
         }
         (any, fed)
     }
@@ -334,7 +334,7 @@ fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
-/// NI `i`'s bit in [`Driver::posted`].
+/// NI `i`'s bit in [`Driver::posted_nis`].
 fn ni_bit(i: usize) -> u64 {
     1 << i.min(63)
 }

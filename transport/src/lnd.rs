@@ -37,10 +37,14 @@
 //! the memory stays valid). Every posted frame ends in exactly one `SendComplete` with its
 //! token: `Ok` once the frame is handed to the network (the buffer may be reused), or the
 //! error that stopped it (including the connection going away). Frames posted to the same
-//! (peer, lane) go out in order. Post never blocks and never fails synchronously. A driver
-//! that knows at once that a frame went out (written whole to its socket, copied into its
-//! peer's memory) may hand the `SendComplete` over in [`Lnd::take_ready`] right after the
-//! post, so that the core need not go round its loop again for it.
+//! (peer, lane) go out in order. Post never blocks and never fails synchronously. The core
+//! posts in batches (a hand-over: every frame it has ready), then calls
+//! [`Lnd::send_posted`]; a driver may hold a batch's frames until then, to send a
+//! connection's frames together (epoll: one `writev`), or until its next `poll`, but never
+//! longer. A driver that knows without polling that a frame went out (written whole to its
+//! socket, copied into its peer's memory) may hand the `SendComplete` over in
+//! [`Lnd::take_ready`], which the core calls next, so that it need not go round its loop
+//! again for it.
 //!
 //! **Receiving.** Decode headers with [`crate::wire::decode_header`] (it checks lengths
 //! against limits before anything is allocated; a driver whose link protects headers as
@@ -280,11 +284,11 @@ pub trait Lnd: Send {
     /// connection's frames together.
     fn post(&mut self, tx: Transmit);
 
-    /// The core has handed over a batch of frames (it calls this after each hand-over,
-    /// before it does anything else): send what was posted and not sent yet, e.g. one
-    /// `writev` per connection for a window of small frames instead of a system call
-    /// each. A driver that sends as frames are posted, or with its next `poll`, needs
-    /// nothing here (the default).
+    /// The core has posted a batch of frames (a hand-over) and calls this before it does
+    /// anything else: send what was posted and not sent yet, e.g. one `writev` per
+    /// connection for a window of small frames instead of a system call each. A driver
+    /// that sends as frames are posted, or with its next `poll`, needs nothing here (the
+    /// default).
     fn send_posted(&mut self) {}
 
     /// Close the (peer, lane) connection, e.g. after a protocol error. A `Disconnected`
@@ -301,8 +305,8 @@ pub trait Lnd: Send {
 
     /// Moves into `events` what the driver already holds for the core, without looking at
     /// the network and without waiting: above all the `SendComplete`s of frames that went
-    /// out as they were posted or sent (`send_posted`). Only what `poll` would have returned first, in that order.
-    /// The core asks after handing over its frames, a few times at most: what a driver
+    /// out as they were posted, or in `send_posted`. Only what `poll` would have returned
+    /// first, in that order. The core asks after handing over its frames, a few times at most: what a driver
     /// still holds after that (completions of the last frames posted), its next `poll`
     /// must return without waiting, and `prepare_wait` must say `Ready` for. The default
     /// holds nothing.

@@ -2,7 +2,8 @@
 //! accept; receives into provided-buffer rings (the health lane multishot into its own
 //! group, the data lane one buffer per receive); `sendmsg` (zero-copy `sendmsg` for large
 //! messages) from memory that outlives each operation; everything queued during a turn
-//! submitted with one `io_uring_enter`, which also waits.
+//! submitted with one `io_uring_enter`, which also waits (a busy-polling driver submits
+//! its sends as soon as the core has handed them over: `send_posted`).
 //!
 //! Bulk bytes do not cross the driver thread: large data-lane sends, and large payloads
 //! (received in place, straight into the frame's buffer), are moved by a second thread
@@ -171,7 +172,8 @@ pub(crate) struct Uring {
     mover_failed: bool,
     /// The NI's busy-polling, which its bulk mover does too.
     spin: Duration,
-    /// A send was queued in the ring since the last `io_uring_enter` of a poll.
+    /// A send was queued in the ring since the last `io_uring_enter` that submitted it (a
+    /// poll's, or `send_posted`'s).
     sends_queued: bool,
 }
 
@@ -517,10 +519,15 @@ impl Uring {
         }
     }
 
-    /// The hand-over is complete: its sends go now, in one submission, rather than with
-    /// the next poll's (after the core has run the application's callbacks).
+    /// The hand-over is complete. Busy-polling, its sends go now, in one submission,
+    /// rather than with the next poll's, after the core has run the application's
+    /// callbacks (8-byte message rate with ACK: 1.17-1.22x UCX's before, 1.37-1.50x
+    /// after). Sleeping, they still go with the `io_uring_enter` that also waits: one
+    /// system call per turn.
     pub(crate) fn send_posted(&mut self) {
-        if self.enable().is_err() {
+        // A thread on several NIs (`shared`) sleeps on them all: it never spins.
+        let busy_polling = self.shared.is_none() && !self.spin.is_zero();
+        if !busy_polling || self.enable().is_err() {
             return; // the poll says why
         }
         self.flush_dirty();

@@ -12,7 +12,8 @@ use crate::nid::Nid;
 use crate::op::{Event, MatchEntry, OpId, OpOutcome, PutRequest};
 use crate::time::MonotonicClock;
 
-/// What a [`Rigged`] LND does at its next poll once armed.
+/// What a [`Rigged`] LND does: a one-off at its next poll once armed, or always
+/// (`Gather`).
 enum Trick {
     /// What a submitter racing the driver thread does: wakes the thread while it is still
     /// polling, not yet asleep (once).
@@ -24,7 +25,7 @@ enum Trick {
     Gather,
 }
 
-/// An in-memory LND that plays a [`Trick`] when armed.
+/// An in-memory LND that plays a [`Trick`].
 struct Rigged {
     inner: MemLnd,
     armed: Arc<AtomicBool>,
