@@ -51,6 +51,23 @@ fn poll_until(lnd: &mut TcpLnd, pick: impl Fn(&LndEvent) -> bool) {
     panic!("nothing came within 5 s");
 }
 
+/// Polls `lnd` until `n` frames came, for at most 5 s: their message ids, in order.
+fn receive_msg_ids(lnd: &mut TcpLnd, n: usize) -> Vec<u64> {
+    let mut received = Vec::new();
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while received.len() < n {
+        assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
+        lnd.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        received.extend(events.drain(..).filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        }));
+    }
+    received
+}
+
 /// A health PING from `from` to `to`.
 fn ping(from: Nid, to: Nid, seq: u64, token: u64) -> Transmit {
     let header = Header {
@@ -168,26 +185,19 @@ fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
         }
         Backend::Uring => a.poll(&mut done, Some(Duration::ZERO)).unwrap(),
     }
-    let mut received = Vec::new();
-    let start = Instant::now();
-    while (received.len() as u64) < FRAMES {
-        assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
-        b.poll(&mut events, Some(Duration::from_millis(10)))
-            .unwrap();
-        received.extend(events.drain(..).filter_map(|e| match e {
-            LndEvent::Received { header, .. } => Some(header.msg_id),
-            _ => None,
-        }));
-    }
+    let received = receive_msg_ids(&mut b, FRAMES as usize);
     assert_eq!(received, (100..100 + FRAMES).collect::<Vec<_>>());
     // Each send ends once (io_uring's may end in a later poll).
     let start = Instant::now();
     let mut tokens = Vec::new();
-    loop {
+    let take_sends = |done: &mut Vec<LndEvent>, tokens: &mut Vec<(u64, bool)>| {
         tokens.extend(done.drain(..).filter_map(|e| match e {
             LndEvent::SendComplete { token, result } => Some((token.0, result.is_ok())),
             _ => None,
-        }));
+        }))
+    };
+    loop {
+        take_sends(&mut done, &mut tokens);
         if tokens.len() as u64 >= FRAMES || start.elapsed() > Duration::from_secs(5) {
             break;
         }
@@ -196,10 +206,7 @@ fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
     for _ in 0..5 {
         a.poll(&mut done, Some(Duration::from_millis(1))).unwrap();
     }
-    tokens.extend(done.drain(..).filter_map(|e| match e {
-        LndEvent::SendComplete { token, result } => Some((token.0, result.is_ok())),
-        _ => None,
-    }));
+    take_sends(&mut done, &mut tokens);
     tokens.sort_unstable();
     let expected: Vec<_> = (0..FRAMES).map(|t| (t, true)).collect();
     assert_eq!(tokens, expected);
@@ -214,19 +221,7 @@ fn a_busy_polling_driver_sends_when_the_hand_over_ends() {
         a.post(put(na, nb, 100 + i, i));
     }
     a.send_posted();
-    let mut received = Vec::new();
-    let mut events = Vec::new();
-    let start = Instant::now();
-    while received.len() < 4 {
-        assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
-        b.poll(&mut events, Some(Duration::from_millis(10)))
-            .unwrap();
-        received.extend(events.drain(..).filter_map(|e| match e {
-            LndEvent::Received { header, .. } => Some(header.msg_id),
-            _ => None,
-        }));
-    }
-    assert_eq!(received, [100, 101, 102, 103]);
+    assert_eq!(receive_msg_ids(&mut b, 4), [100, 101, 102, 103]);
 }
 
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:
