@@ -11,6 +11,9 @@ use crate::mr::{RemoteBuf, Sge};
 use crate::srq::{Srq, SrqHandle};
 use crate::verbs::{check, set_nonblocking, Context, Cq, CqHandle, Pd, PdHandle, VerbsError};
 
+/// The most SENDs one `ibv_post_send` takes ([`CmId::post_sends`]): a chain on the stack.
+pub const SEND_CHAIN_MAX: usize = 16;
+
 /// What happened to a connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmEventKind {
@@ -477,13 +480,53 @@ impl CmId {
         check("ibv_post_recv", rc)
     }
 
-    /// Posts a signalled SEND of `sge`.
+    /// Posts signalled SENDs of `sends` (element, work request id), in order, chained: one
+    /// `ibv_post_send` (one doorbell; a system call on soft-RoCE) per [`SEND_CHAIN_MAX`]
+    /// of them. On an error, those before the failed one went; it and the rest did not.
     ///
     /// # Safety
-    /// As for [`CmId::post_recv`], until the send completes.
-    pub unsafe fn post_send(&self, sge: Sge, wr_id: u64) -> Result<(), VerbsError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.post(sge, wr_id, sys::ibv_wr_opcode::IBV_WR_SEND, None) }
+    /// As for [`CmId::post_recv`], for each element until its send completes.
+    pub unsafe fn post_sends(&self, sends: &[(Sge, u64)]) -> Result<(), VerbsError> {
+        use std::mem::MaybeUninit;
+        for chunk in sends.chunks(SEND_CHAIN_MAX) {
+            // Only the entries used are written (zeroing all sixteen cost more than the
+            // post of one SEND under emulation).
+            let mut sg = [const { MaybeUninit::<sys::ibv_sge>::uninit() }; SEND_CHAIN_MAX];
+            let mut wrs = [const { MaybeUninit::<sys::ibv_send_wr>::uninit() }; SEND_CHAIN_MAX];
+            let (wp, sp) = (wrs.as_mut_ptr().cast::<sys::ibv_send_wr>(), sg.as_mut_ptr());
+            for (k, &(sge, wr_id)) in chunk.iter().enumerate() {
+                // SAFETY: all-zero is a valid work request.
+                let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
+                wr.wr_id = wr_id;
+                // A zero-length SEND carries no element.
+                wr.num_sge = i32::from(sge.len > 0);
+                wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+                if sge.len <= self.max_inline {
+                    wr.send_flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
+                }
+                wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND;
+                // SAFETY: `k` (and `k + 1`, linked only when used) is within both arrays,
+                // which do not move while `wp` and `sp`, the pointers the call gets, are
+                // in use; every link is derived from them.
+                unsafe {
+                    wr.sg_list = sp.add(k).cast::<sys::ibv_sge>();
+                    if k + 1 < chunk.len() {
+                        wr.next = wp.add(k + 1);
+                    }
+                    sp.add(k).write(MaybeUninit::new(sge.raw()));
+                    wp.add(k).write(wr);
+                }
+            }
+            let mut bad = std::ptr::null_mut();
+            // SAFETY: the QP is alive; the chain it reads during the call (from `wp`, each
+            // request's `next` and `sg_list` derived from `wp` and `sp`, every entry it
+            // reaches written above) lives on this frame past the call; the caller keeps
+            // the memory the elements name alive until completion.
+            check("ibv_post_send", unsafe {
+                sys::ibv_post_send(self.qp(), wp, &mut bad)
+            })?;
+        }
+        Ok(())
     }
 
     /// Posts a signalled RDMA WRITE of `sge` into the peer's `remote` buffer.
@@ -528,6 +571,7 @@ impl CmId {
         }
     }
 
+    /// Posts one signalled RDMA WRITE or READ.
     unsafe fn post(
         &self,
         sge: Sge,
@@ -540,12 +584,8 @@ impl CmId {
         let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = wr_id;
         wr.sg_list = &mut sg;
-        // A zero-length SEND carries no element.
         wr.num_sge = i32::from(sge.len > 0);
         wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        if opcode == sys::ibv_wr_opcode::IBV_WR_SEND && sge.len <= self.max_inline {
-            wr.send_flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
-        }
         wr.opcode = opcode;
         if let Some(r) = remote {
             wr.wr.rdma.remote_addr = r.addr;

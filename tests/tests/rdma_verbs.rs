@@ -118,12 +118,36 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     // SEND: lands in the server's posted receive.
     cmr.as_mut_slice()[..11].copy_from_slice(b"hello, rxe!");
     // SAFETY: `cmr` is alive and unchanged until the send's completion, awaited below.
-    unsafe { client.post_send(cmr.sge(0, 11), 2) }.unwrap();
+    unsafe { client.post_sends(&[(cmr.sge(0, 11), 2)]) }.unwrap();
     completion(&ccq, 2);
     let recv = completion(&scq, 10);
     assert!(recv.is_recv());
     assert_eq!(recv.byte_len, 11);
     assert_eq!(&smr.as_slice()[..11], b"hello, rxe!");
+
+    // Three SENDs chained in one post: each lands, in order, in its own receive (a
+    // completion out of order would be skipped by `completion`, and the next one missed).
+    const CHAIN_AT: usize = 131072;
+    for k in 0..3u64 {
+        let at = CHAIN_AT + 4096 * k as usize;
+        // SAFETY: as above; these receives take the three SENDs below.
+        unsafe { conn.post_recv(smr.sge(at, 4096), 11 + k) }.unwrap();
+    }
+    let mut chain = Vec::new();
+    for k in 0..3u64 {
+        let at = 4096 * (1 + k as usize);
+        cmr.as_mut_slice()[at..at + 8].copy_from_slice(&(100 + k).to_le_bytes());
+        chain.push((cmr.sge(at, 8), 4 + k));
+    }
+    // SAFETY: `cmr` is alive and these bytes unchanged until the completions below.
+    unsafe { client.post_sends(&chain) }.unwrap();
+    for k in 0..3u64 {
+        completion(&ccq, 4 + k);
+        let recv = completion(&scq, 11 + k);
+        assert_eq!(recv.byte_len, 8);
+        let at = CHAIN_AT + 4096 * k as usize;
+        assert_eq!(smr.as_slice()[at..at + 8], (100 + k).to_le_bytes());
+    }
 
     // RDMA WRITE: 64 KiB straight into the server's memory, no receive involved.
     let pattern: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();

@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 
 use super::bufs::{self, BufPool};
 use super::Ctx;
-use crate::cm::{CmId, Receives};
+use crate::cm::{CmId, Receives, SEND_CHAIN_MAX};
 use crate::mr::{RemoteBuf, Sge, SourceMr};
 use crate::msg::{Kind, Outcome, Prefix, PREFIX_LEN};
 use crate::verbs::Cq;
@@ -230,6 +230,9 @@ pub(crate) struct Qp {
     pub(crate) eager_max: usize,
     /// In the NI's line of connections waiting for a send buffer.
     pub(crate) waiting_for_buf: bool,
+    /// SENDs a pump took, posted together when it ends (one doorbell: one system call
+    /// on soft-RoCE), or before a WRITE or READ, which must not overtake them.
+    gathered: Vec<(Sge, u64)>,
 }
 
 /// A connection's transport (the connection table keeps its peer, stage and HELLO).
@@ -289,6 +292,7 @@ impl Conn {
             cq_lane: lane,
             eager_max: EAGER_MAX,
             waiting_for_buf: false,
+            gathered: Vec::new(),
         });
         if let (Some(qp), Some(size)) = (self.qp.as_mut(), peer_msg_size) {
             qp.set_peer_msg_size(size, ctx);
@@ -296,10 +300,21 @@ impl Conn {
         Ok(())
     }
 
-    /// Posts what fits: driver messages first, then frames in order. Only for a
-    /// connection that is up. Stops short, to go on when a SEND completes elsewhere,
-    /// where the NI's send buffers are all in use.
+    /// Posts what fits: driver messages first, then frames in order, their SENDs chained
+    /// in one post. Only for a connection that is up. Stops short, to go on when a SEND
+    /// completes elsewhere, where the NI's send buffers are all in use. An error fails
+    /// the connection: what it took then ends with the QP.
     pub(crate) fn pump(&mut self, id: u32, ctx: &mut Ctx) -> Result<Pumped, LndError> {
+        let pumped = self.take_sends(id, ctx)?;
+        if let Some(qp) = self.qp.as_mut() {
+            qp.post_gathered(&self.cm)?;
+        }
+        Ok(pumped)
+    }
+
+    /// [`Conn::pump`] but for posting the last SENDs it takes: it posts them in chains of
+    /// [`SEND_CHAIN_MAX`], and before a WRITE or READ.
+    fn take_sends(&mut self, id: u32, ctx: &mut Ctx) -> Result<Pumped, LndError> {
         let Some(qp) = self.qp.as_mut() else {
             return Ok(Pumped::Done);
         };
@@ -319,6 +334,7 @@ impl Conn {
                 }
                 let c = qp.ctrl.pop_front().expect("checked");
                 qp.post_ctrl(cm, id, c, ctx)?;
+                qp.post_full_chain(cm)?;
                 continue;
             }
             let Some(tx) = qp.frames.front() else {
@@ -333,10 +349,11 @@ impl Conn {
             }
             let tx = qp.frames.pop_front().expect("checked");
             if deferred {
-                qp.post_request(cm, id, tx, ctx)?;
+                qp.post_request(id, tx, ctx)?;
             } else {
-                qp.post_eager(cm, id, tx, ctx)?;
+                qp.post_eager(id, tx, ctx)?;
             }
+            qp.post_full_chain(cm)?;
         }
     }
 
@@ -415,43 +432,42 @@ impl Qp {
         Ok((b, ctx.send_bufs.get_mut(b)))
     }
 
-    fn send(
-        &mut self,
-        cm: &CmId,
-        id: u32,
-        i: usize,
-        buf: u32,
-        len: usize,
-        ctx: &Ctx,
-    ) -> Result<(), LndError> {
-        let sge = ctx.send_bufs.sge(buf, len);
-        // SAFETY: the buffer is slot `i`'s until the SEND completes (`take_slot`) or the QP
-        // is destroyed (`RdmaLnd::retire`); only then does it go back to the pool, whose
-        // registrations outlive every QP.
-        unsafe { cm.post_send(sge, wr_id(id, i)) }.map_err(resource)
+    /// Takes a SEND of `len` bytes of send-pool buffer `buf` for slot `i`, posted with
+    /// the pump's others (`post_gathered`).
+    fn gather_send(&mut self, id: u32, i: usize, buf: u32, len: usize, ctx: &Ctx) {
+        self.gathered
+            .push((ctx.send_bufs.sge(buf, len), wr_id(id, i)));
     }
 
-    fn post_eager(
-        &mut self,
-        cm: &CmId,
-        id: u32,
-        tx: Transmit,
-        ctx: &mut Ctx,
-    ) -> Result<(), LndError> {
-        self.send_eager(
-            cm,
-            id,
-            SlotUse::Eager(tx.token),
-            &tx.header,
-            &tx.payload,
-            ctx,
-        )
+    /// Posts the SENDs taken once they fill a chain: the adapter starts on them while
+    /// the pump copies the next frames.
+    fn post_full_chain(&mut self, cm: &CmId) -> Result<(), LndError> {
+        if self.gathered.len() >= SEND_CHAIN_MAX {
+            self.post_gathered(cm)?;
+        }
+        Ok(())
     }
 
-    /// Sends a frame with its payload inline, the slot held for `used`.
+    /// Posts the SENDs taken since the last post, in order.
+    fn post_gathered(&mut self, cm: &CmId) -> Result<(), LndError> {
+        if self.gathered.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: each buffer is its slot's until the SEND completes (`take_slot`) or the
+        // QP is destroyed (`RdmaLnd::retire`); only then does it go back to the pool,
+        // whose registrations outlive every QP.
+        let posted = unsafe { cm.post_sends(&self.gathered) };
+        self.gathered.clear();
+        posted.map_err(resource)
+    }
+
+    fn post_eager(&mut self, id: u32, tx: Transmit, ctx: &mut Ctx) -> Result<(), LndError> {
+        self.send_eager(id, SlotUse::Eager(tx.token), &tx.header, &tx.payload, ctx)
+    }
+
+    /// Takes a SEND of a frame with its payload inline, the slot held for `used`.
     fn send_eager(
         &mut self,
-        cm: &CmId,
         id: u32,
         used: SlotUse,
         header: &[u8; HEADER_LEN],
@@ -471,13 +487,13 @@ impl Qp {
             .encode(buf);
         buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(header);
         buf[PREFIX_LEN + HEADER_LEN..PREFIX_LEN + HEADER_LEN + len].copy_from_slice(payload);
-        self.send(cm, id, i, b, PREFIX_LEN + HEADER_LEN + len, ctx)
+        self.gather_send(id, i, b, PREFIX_LEN + HEADER_LEN + len, ctx);
+        Ok(())
     }
 
-    /// Sends a driver message of just a prefix, the slot held for `used`.
+    /// Takes a SEND of a driver message of just a prefix, the slot held for `used`.
     fn send_prefix(
         &mut self,
-        cm: &CmId,
         id: u32,
         used: SlotUse,
         prefix: Prefix,
@@ -486,18 +502,13 @@ impl Qp {
         let i = self.slot(used);
         let (b, buf) = self.slot_buf(i, ctx)?;
         prefix.encode(buf);
-        self.send(cm, id, i, b, PREFIX_LEN, ctx)
+        self.gather_send(id, i, b, PREFIX_LEN, ctx);
+        Ok(())
     }
 
-    /// Sends a deferred frame's request: the header, and where to READ the payload (GET
-    /// replies) or how long it is (PUTs, whose receiver answers with a sink).
-    fn post_request(
-        &mut self,
-        cm: &CmId,
-        id: u32,
-        tx: Transmit,
-        ctx: &mut Ctx,
-    ) -> Result<(), LndError> {
+    /// Takes a SEND of a deferred frame's request: the header, and where to READ the
+    /// payload (GET replies) or how long it is (PUTs, whose receiver answers with a sink).
+    fn post_request(&mut self, id: u32, tx: Transmit, ctx: &mut Ctx) -> Result<(), LndError> {
         let payload = tx.payload.clone();
         let registered =
             ctx.cache
@@ -546,33 +557,38 @@ impl Qp {
             .with(Outcome::Ok, remote)
             .encode(buf);
         buf[PREFIX_LEN..PREFIX_LEN + HEADER_LEN].copy_from_slice(&tx.header);
-        self.send(cm, id, i, b, PREFIX_LEN + HEADER_LEN, ctx)
+        self.gather_send(id, i, b, PREFIX_LEN + HEADER_LEN, ctx);
+        Ok(())
     }
 
     fn post_ctrl(&mut self, cm: &CmId, id: u32, c: Ctrl, ctx: &mut Ctx) -> Result<(), LndError> {
         match c {
-            Ctrl::Msg(prefix) => self.send_prefix(cm, id, SlotUse::Ctrl, prefix, ctx),
+            Ctrl::Msg(prefix) => self.send_prefix(id, SlotUse::Ctrl, prefix, ctx),
             Ctrl::Frame(header, payload) => {
-                self.send_eager(cm, id, SlotUse::Ctrl, &header, &payload, ctx)
+                self.send_eager(id, SlotUse::Ctrl, &header, &payload, ctx)
             }
             Ctrl::WriteData { cookie, sink } => {
                 let Some(src) = self.out.get(&cookie).map(|r| r.src.clone()) else {
                     return Ok(()); // failed meanwhile
                 };
                 let sge = src.sge();
+                self.post_gathered(cm)?; // the SENDs taken before it go first
                 let i = self.slot(SlotUse::Write { _payload: src });
                 // SAFETY: the slot holds the payload's registration (and so the payload)
                 // until the WRITE completes; the QP goes before the slots.
                 unsafe { cm.post_write(sge, sink, wr_id(id, i)) }.map_err(resource)?;
                 // Ordered after the WRITE on this QP: when the peer sees it, the data is there.
+                // Posted now, not behind the frames the pump copies next.
                 let done = Prefix::new(Kind::WriteDone, cookie);
-                self.send_prefix(cm, id, SlotUse::WriteDone(cookie), done, ctx)
+                self.send_prefix(id, SlotUse::WriteDone(cookie), done, ctx)?;
+                self.post_gathered(cm)
             }
             Ctrl::Read {
                 handle,
                 sink,
                 source,
             } => {
+                self.post_gathered(cm)?; // the SENDs taken before it go first
                 let i = self.slot(SlotUse::Read(handle));
                 // SAFETY: the sink stays registered in the driver's table of fetches until
                 // this READ completes or its connection (QP first) is gone.

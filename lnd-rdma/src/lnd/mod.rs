@@ -251,6 +251,10 @@ pub struct RdmaLnd {
     /// `pump_buf_waiters` is running: a nested call (a waiter failed, and its buffers came
     /// back) only asks it to go on.
     serving_waiters: bool,
+    /// Data-lane connections with frames posted since the last `send_posted`: pumped
+    /// then, so that a hand-over's SENDs to one peer go in chains of up to
+    /// `SEND_CHAIN_MAX` per post (each post a system call on soft-RoCE). May repeat one.
+    posted_to: Vec<u32>,
     /// Accepted connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
     next_handle: u64,
@@ -392,6 +396,7 @@ impl RdmaLnd {
             qp_conns: FxHashMap::default(),
             buf_waiters: std::collections::VecDeque::new(),
             serving_waiters: false,
+            posted_to: Vec::new(),
             spin: cfg.spin,
             conns: ConnTable::new(nid, cfg.credits, cfg.connect_timeout),
             clock: MonotonicClock::new(),
@@ -695,13 +700,32 @@ impl Lnd for RdmaLnd {
             });
             return;
         };
+        let lane = tx.lane;
         let conn = self.conns.get_mut(id).expect("up connections exist");
         conn.qp
             .as_mut()
             .expect("up connections have a QP")
             .frames
             .push_back(tx);
-        self.pump(id);
+        if lane == Lane::Health {
+            // At once: a PING or PONG must not wait behind data copied for other
+            // connections, or other NIs', in the same hand-over.
+            self.pump(id);
+        } else if self.posted_to.last() != Some(&id) {
+            self.posted_to.push(id);
+        }
+    }
+
+    /// Pumps the connections posted to: each posts its frames' SENDs in chains.
+    fn send_posted(&mut self) {
+        let mut posted_to = std::mem::take(&mut self.posted_to);
+        for &id in &posted_to {
+            self.pump(id);
+        }
+        posted_to.clear();
+        // Anything posted meanwhile (nothing today) waits for the next call.
+        posted_to.append(&mut self.posted_to);
+        self.posted_to = posted_to;
     }
 
     fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
@@ -716,6 +740,8 @@ impl Lnd for RdmaLnd {
     ) -> Result<(), LndError> {
         // Busy-polling reads only the CQs (no system call); the clock is read every
         // CLOCK_PASSES idle passes, rdma_cm and deadlines every HOUSEKEEPING_PASSES.
+        // For callers that post without `send_posted`: nothing posted waits for the wait.
+        self.send_posted();
         let mut started: Option<Instant> = None;
         let mut idle = 0u32;
         loop {
@@ -781,6 +807,7 @@ impl Lnd for RdmaLnd {
     }
 
     fn prepare_wait(&mut self) -> Readiness {
+        self.send_posted();
         // Take what made the epoll readable off its ready list, so that only something
         // new makes it readable again; a wake among it is work (commands to take).
         let _ = self.poll.poll(&mut self.mio_events, Some(Duration::ZERO));

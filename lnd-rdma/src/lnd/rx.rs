@@ -290,7 +290,7 @@ impl RdmaLnd {
             return self.fail(id, protocol("completion for a free send slot"));
         };
         match used {
-            // Nobody waits on this one (the frame was copied at post): it goes up with the
+            // Nobody waits on this one (the frame was copied when sent): it goes up with the
             // next event rather than costing the core a turn of its own.
             SlotUse::Eager(token) => self.quiet.push(LndEvent::SendComplete {
                 token,
