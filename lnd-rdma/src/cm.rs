@@ -505,9 +505,10 @@ impl CmId {
                     wr.send_flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
                 }
                 wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND;
-                // SAFETY: `k` (and `k + 1`, linked only when used) is within both arrays,
-                // which do not move while `wp` and `sp`, the pointers the call gets, are
-                // in use; every link is derived from them.
+                // SAFETY: `k` is within both arrays and `k + 1`, linked only when used,
+                // within `wrs`; the arrays do not move while `wp` and `sp`, the pointers
+                // the call gets, are in use, and every link is derived from them. The last
+                // request's `next` stays null (zeroed): the chain's end.
                 unsafe {
                     wr.sg_list = sp.add(k).cast::<sys::ibv_sge>();
                     if k + 1 < chunk.len() {

@@ -711,8 +711,8 @@ fn vm_driver_refuses_impostors_and_serves_on() {
 }
 
 /// A driver sends the data frames of a hand-over when the core says it is complete
-/// (`send_posted`), their SENDs chained, with no poll of its own; until then, none. A
-/// health frame goes as it is posted, never behind them.
+/// (`send_posted`), with no poll of its own; until then, none. A health frame goes as it
+/// is posted, never behind them. (That their SENDs go in one chain is the verbs test's.)
 #[test]
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_driver_sends_data_when_the_hand_over_ends_and_health_frames_at_once() {

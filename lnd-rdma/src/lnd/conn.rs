@@ -230,8 +230,9 @@ pub(crate) struct Qp {
     pub(crate) eager_max: usize,
     /// In the NI's line of connections waiting for a send buffer.
     pub(crate) waiting_for_buf: bool,
-    /// SENDs a pump took, posted together when it ends (one doorbell: one system call
-    /// on soft-RoCE), or before a WRITE or READ, which must not overtake them.
+    /// SENDs a pump took, posted together (one doorbell: one system call on soft-RoCE)
+    /// once they fill a chain, before a WRITE or READ (which must not overtake them),
+    /// right after a WriteDone, and when the pump ends.
     gathered: Vec<(Sge, u64)>,
 }
 
@@ -301,11 +302,16 @@ impl Conn {
     }
 
     /// Posts what fits: driver messages first, then frames in order, their SENDs chained
-    /// in one post. Only for a connection that is up. Stops short, to go on when a SEND
-    /// completes elsewhere, where the NI's send buffers are all in use. An error fails
-    /// the connection: what it took then ends with the QP.
+    /// (see `Qp::gathered`). Only for a connection that is up. Stops short, to go on when
+    /// a SEND completes elsewhere, where the NI's send buffers are all in use. An error
+    /// fails the connection: what it took then ends with the QP.
     pub(crate) fn pump(&mut self, id: u32, ctx: &mut Ctx) -> Result<Pumped, LndError> {
-        let pumped = self.take_sends(id, ctx)?;
+        let pumped = self.take_sends(id, ctx).inspect_err(|_| {
+            // Never posted later, should the connection outlive the error.
+            if let Some(qp) = self.qp.as_mut() {
+                qp.gathered.clear();
+            }
+        })?;
         if let Some(qp) = self.qp.as_mut() {
             qp.post_gathered(&self.cm)?;
         }
