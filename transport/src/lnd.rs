@@ -306,10 +306,10 @@ pub trait Lnd: Send {
     /// Moves into `events` what the driver already holds for the core, without looking at
     /// the network and without waiting: above all the `SendComplete`s of frames that went
     /// out as they were posted, or in `send_posted`. Only what `poll` would have returned
-    /// first, in that order. The core asks after handing over its frames, a few times at most: what a driver
-    /// still holds after that (completions of the last frames posted), its next `poll`
-    /// must return without waiting, and `prepare_wait` must say `Ready` for. The default
-    /// holds nothing.
+    /// first, in that order. The core asks after handing over its frames, a few times at
+    /// most: what a driver still holds after that (completions of the last frames posted),
+    /// its next `poll` must return without waiting, and `prepare_wait` must say `Ready`
+    /// for. The default holds nothing.
     fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
         let _ = events;
     }

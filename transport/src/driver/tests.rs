@@ -6,97 +6,11 @@ use std::time::Instant;
 
 use super::*;
 use crate::lane::Lane;
-use crate::lnd::Transmit;
+use crate::mem::rigged::{Rigged, Trick};
 use crate::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
 use crate::nid::Nid;
 use crate::op::{Event, MatchEntry, OpId, OpOutcome, PutRequest};
 use crate::time::MonotonicClock;
-
-/// What a [`Rigged`] LND does: a one-off at its next poll once armed, or always
-/// (`Gather`).
-enum Trick {
-    /// What a submitter racing the driver thread does: wakes the thread while it is still
-    /// polling, not yet asleep (once).
-    WakeMidPoll(Arc<Mutex<Vec<Arc<dyn Wake>>>>),
-    /// Fails, for good.
-    Fail,
-    /// Not a one-off, armed or not: holds what is posted until `send_posted` or the next
-    /// poll, as TCP's epoll backend does to write a connection's frames together.
-    Gather,
-}
-
-/// An in-memory LND that plays a [`Trick`].
-struct Rigged {
-    inner: MemLnd,
-    armed: Arc<AtomicBool>,
-    trick: Trick,
-    /// What `Trick::Gather` holds.
-    held: Vec<Transmit>,
-}
-
-impl Rigged {
-    fn send_held(&mut self) {
-        for tx in self.held.drain(..) {
-            self.inner.post(tx);
-        }
-    }
-}
-
-impl Lnd for Rigged {
-    fn nid(&self) -> Nid {
-        self.inner.nid()
-    }
-    fn connect(&mut self, peer: Nid, lane: Lane) {
-        self.inner.connect(peer, lane)
-    }
-    fn post(&mut self, tx: Transmit) {
-        match self.trick {
-            Trick::Gather => self.held.push(tx),
-            _ => self.inner.post(tx),
-        }
-    }
-    fn send_posted(&mut self) {
-        self.send_held();
-        self.inner.send_posted()
-    }
-    fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
-        self.inner.take_ready(events)
-    }
-    fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
-        self.inner.close(peer, lane, error)
-    }
-    fn poll(
-        &mut self,
-        events: &mut Vec<LndEvent>,
-        timeout: Option<Duration>,
-    ) -> Result<(), LndError> {
-        self.send_held();
-        if self.armed.load(Ordering::SeqCst) {
-            match &self.trick {
-                Trick::WakeMidPoll(wakers) => {
-                    self.armed.store(false, Ordering::SeqCst);
-                    for w in wakers.lock().unwrap().iter() {
-                        w.wake();
-                    }
-                }
-                Trick::Fail => {
-                    return Err(LndError::new(LndErrorKind::Resource, "the device is gone"))
-                }
-                Trick::Gather => {}
-            }
-        }
-        self.inner.poll(events, timeout)
-    }
-    fn waker(&self) -> Arc<dyn Wake> {
-        self.inner.waker()
-    }
-    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
-        self.inner.wait_fd()
-    }
-    fn prepare_wait(&mut self) -> Readiness {
-        self.inner.prepare_wait()
-    }
-}
 
 /// Two nodes, 1@mem and 2@mem, each a driver of one in-memory LND, on links without delay;
 /// `ni_credits` for the data lane, if given; node 1's LND gathers frames (`Trick::Gather`)
@@ -115,12 +29,7 @@ fn pair(ni_credits: Option<u32>, gather: bool) -> (Arc<MonotonicClock>, Driver, 
         }
         let lnd = MemLnd::new(&fabric, Nid::mem(n, 0), MemLndConfig::for_node(&cfg)).unwrap();
         let lnd: Box<dyn Lnd> = match gather && n == 1 {
-            true => Box::new(Rigged {
-                inner: lnd,
-                armed: Arc::new(AtomicBool::new(false)),
-                trick: Trick::Gather,
-                held: Vec::new(),
-            }),
+            true => Box::new(Rigged::new(lnd, Trick::Gather).0),
             false => Box::new(lnd),
         };
         Driver::new(cfg, vec![lnd]).unwrap()
@@ -274,13 +183,7 @@ fn rigged_driver(trick: Trick) -> (Arc<MonotonicClock>, Driver, Arc<AtomicBool>)
     let fabric = MemFabric::new(clock.clone(), 1);
     let cfg = NodeConfig::new(1);
     let lnd = |n| MemLnd::new(&fabric, Nid::mem(1, n), MemLndConfig::for_node(&cfg)).unwrap();
-    let armed = Arc::new(AtomicBool::new(false));
-    let rigged = Rigged {
-        inner: lnd(1),
-        armed: armed.clone(),
-        trick,
-        held: Vec::new(),
-    };
+    let (rigged, armed) = Rigged::new(lnd(1), trick);
     let driver = Driver::new(cfg.clone(), vec![Box::new(rigged), Box::new(lnd(2))]).unwrap();
     (clock, driver, armed)
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::lane::Lane;
+use crate::mem::rigged::{Rigged, Trick, INJECTED_FAILURE};
 use crate::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
 use crate::op::{Completion, OpError, OpOutcome};
 use crate::time::MonotonicClock;
@@ -353,87 +354,20 @@ fn watching_an_unreachable_nid_is_refused_and_the_endpoint_carries_on() {
     );
 }
 
-/// How a [`Breakable`] LND breaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Break {
-    /// `poll` returns an error: the driver failed for good.
-    PollError,
-    /// `poll` panics: a bug anywhere on the driver thread.
-    Panic,
-}
-
-/// An in-memory LND that works until `broken` is set, then breaks as told at its next poll.
-struct Breakable {
-    inner: MemLnd,
-    how: Break,
-    broken: Arc<AtomicBool>,
-}
-
-impl Lnd for Breakable {
-    fn nid(&self) -> Nid {
-        self.inner.nid()
-    }
-    fn connect(&mut self, peer: Nid, lane: Lane) {
-        self.inner.connect(peer, lane)
-    }
-    fn post(&mut self, tx: crate::lnd::Transmit) {
-        self.inner.post(tx)
-    }
-    fn send_posted(&mut self) {
-        self.inner.send_posted()
-    }
-    fn take_ready(&mut self, events: &mut Vec<crate::lnd::LndEvent>) {
-        self.inner.take_ready(events)
-    }
-    fn close(&mut self, peer: Nid, lane: Lane, error: crate::lnd::LndError) {
-        self.inner.close(peer, lane, error)
-    }
-    fn poll(
-        &mut self,
-        events: &mut Vec<crate::lnd::LndEvent>,
-        timeout: Option<Duration>,
-    ) -> Result<(), crate::lnd::LndError> {
-        if self.broken.load(Ordering::SeqCst) {
-            match self.how {
-                Break::PollError => {
-                    return Err(crate::lnd::LndError::new(
-                        crate::lnd::LndErrorKind::Resource,
-                        "injected driver failure",
-                    ))
-                }
-                Break::Panic => panic!("injected panic on the driver thread"),
-            }
-        }
-        self.inner.poll(events, timeout)
-    }
-    fn waker(&self) -> Arc<dyn Wake> {
-        self.inner.waker()
-    }
-    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
-        self.inner.wait_fd()
-    }
-    fn prepare_wait(&mut self) -> crate::lnd::Readiness {
-        self.inner.prepare_wait()
-    }
-}
-
 /// Whatever kills the driver thread, every operation it accepted completes exactly once
 /// with an error, the application hears why, and later submissions are refused, including
 /// from threads that keep submitting while it dies.
 #[test]
 fn a_dying_driver_thread_completes_every_operation_and_says_why() {
-    for how in [Break::PollError, Break::Panic] {
+    for panics in [false, true] {
         let f = fabric();
         let _b = endpoint(&f, 2);
         // A cut link: PUTs wait for a connection that does not come before the break.
         f.set_cut(Nid::mem(1, 0), Nid::mem(2, 0), true);
         let cfg = NodeConfig::new(1);
-        let broken = Arc::new(AtomicBool::new(false));
-        let lnd = Breakable {
-            inner: MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap(),
-            how,
-            broken: broken.clone(),
-        };
+        let trick = if panics { Trick::Panic } else { Trick::Fail };
+        let inner = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+        let (lnd, broken) = Rigged::new(inner, trick);
         let a = Endpoint::builder(cfg).lnd(lnd).start().unwrap();
         let mut accepted = vec![a.attach(MatchEntry::sink(4, 1, 64)).unwrap()];
         for _ in 0..50 {
@@ -467,22 +401,22 @@ fn a_dying_driver_thread_completes_every_operation_and_says_why() {
         other.extend(std::iter::from_fn(|| {
             a.recv_event(Some(Duration::from_secs(1)))
         }));
-        assert_eq!(done.len(), accepted.len(), "{how:?}");
+        assert_eq!(done.len(), accepted.len(), "panics {panics}");
         assert!(
             done.values().all(|c| c.result.is_err()),
-            "{how:?}: nothing could have succeeded"
+            "panics {panics}: nothing could have succeeded"
         );
         let reason = other.iter().find_map(|e| match e {
             Event::EndpointFailed { reason } => Some(reason.clone()),
             _ => None,
         });
-        let expected = match how {
-            Break::PollError => "injected driver failure",
-            Break::Panic => "injected panic",
+        let expected = match panics {
+            false => INJECTED_FAILURE,
+            true => "injected panic",
         };
         assert!(
             reason.as_deref().is_some_and(|r| r.contains(expected)),
-            "{how:?}: {reason:?} in {other:?}"
+            "panics {panics}: {reason:?} in {other:?}"
         );
         assert!(matches!(
             a.put(put(2, Bytes::new())),
@@ -490,7 +424,7 @@ fn a_dying_driver_thread_completes_every_operation_and_says_why() {
         ));
         assert!(
             !other.iter().any(|e| matches!(e, Event::Completed(_))),
-            "{how:?}: a completion after the failure, or a second one"
+            "panics {panics}: a completion after the failure, or a second one"
         );
     }
 }
@@ -686,13 +620,9 @@ fn a_node_with_two_nis_answers_on_either_as_fast() {
 fn a_failing_nis_driver_takes_down_that_ni_only() {
     let f = fabric();
     let cfg = NodeConfig::new(1);
-    let broken = Arc::new(AtomicBool::new(false));
     let good = MemLnd::new(&f, Nid::mem(1, 1), MemLndConfig::for_node(&cfg)).unwrap();
-    let bad = Breakable {
-        inner: MemLnd::new(&f, Nid::mem(1, 2), MemLndConfig::for_node(&cfg)).unwrap(),
-        how: Break::PollError,
-        broken: broken.clone(),
-    };
+    let inner = MemLnd::new(&f, Nid::mem(1, 2), MemLndConfig::for_node(&cfg)).unwrap();
+    let (bad, broken) = Rigged::new(inner, Trick::Fail);
     let a = Endpoint::builder(cfg).lnd(good).lnd(bad).start().unwrap();
     let peer = |nid: Nid| {
         let cfg = NodeConfig::new(9);

@@ -8,6 +8,8 @@
 mod fabric;
 
 #[cfg(test)]
+pub(crate) mod rigged;
+#[cfg(test)]
 mod tests;
 
 pub use fabric::{FabricStats, LinkFaults, MemFabric};

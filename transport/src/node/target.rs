@@ -41,9 +41,14 @@ impl Node {
     /// for), else any other.
     pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
         if req.routed && matches!(body, Body::Ack { .. } | Body::Reply { .. }) {
-            let (from, to, inc, id) = (req.from, req.to, req.incarnation, req.msg_id);
-            self.dedup
-                .answered(from, to, inc, id, body, payload.clone());
+            self.dedup.answered(
+                req.from,
+                req.to,
+                req.incarnation,
+                req.msg_id,
+                body,
+                payload.clone(),
+            );
         }
         let answer = Response {
             src: req.to,
