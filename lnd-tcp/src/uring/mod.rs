@@ -531,6 +531,12 @@ impl Uring {
             return; // the poll says why
         }
         self.flush_dirty();
+        self.submit_sends();
+    }
+
+    /// Submits the sends queued since the last submission, if any (what else is queued
+    /// goes with them).
+    fn submit_sends(&mut self) {
         if self.sends_queued && !self.ring.submission().is_empty() {
             match self.ring.submit() {
                 Ok(_) => self.sends_queued = false,
@@ -695,11 +701,7 @@ impl Uring {
         // the waker's read re-armed here (and cancels) wait for the next look, which
         // submits them before it waits or skips nothing (`can_skip_enter`, `prepare_wait`):
         // one `io_uring_enter` fewer per message received.
-        if self.sends_queued && !self.ring.submission().is_empty() {
-            if let Err(e) = self.ring.submit() {
-                tracing::warn!("io_uring submit failed: {e}");
-            }
-        }
+        self.submit_sends();
         events.append(&mut self.engine.events);
         Ok(())
     }
