@@ -19,7 +19,10 @@
 mod engine;
 mod epoll;
 mod framing;
+mod loopback;
 mod uring;
+
+pub use loopback::free_loopback_nid;
 
 use std::io;
 use std::net::SocketAddr;
@@ -376,57 +379,6 @@ impl Lnd for TcpLnd {
     }
 }
 
-/// A loopback NID on a port that was free a moment ago (for tests, benchmarks and tools
-/// that start several nodes on one host; another process may still take the port first).
-///
-/// The port is below the kernel's ephemeral range where it can be: a port the kernel
-/// hands out (port 0) may next be taken as the source port of any outgoing connection on
-/// the host, between the probe and the caller's bind.
-pub fn free_loopback_nid() -> io::Result<Nid> {
-    let port = match free_port_below_ephemeral() {
-        Some(port) => port,
-        None => std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port(),
-    };
-    Ok(format!("127.0.0.1:{port}@tcp")
-        .parse()
-        .expect("a loopback NID is valid"))
-}
-
-/// A loopback port from 10,000 up to the ephemeral range that binds now; None if the
-/// range is small or none was free.
-///
-/// A process walks the range from a random start, so within a lap of it (at least 1,000
-/// ports) it never hands out the same port twice: tests in one binary run at once, and a
-/// router they start binds only once it is up. Other processes start elsewhere in the
-/// range, but nothing keeps two walks from meeting.
-fn free_port_below_ephemeral() -> Option<u16> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static START: OnceLock<u64> = OnceLock::new();
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    const LOW: u64 = 10_000;
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let first_ephemeral: u64 = range.split_whitespace().next()?.parse().ok()?;
-    let span = first_ephemeral.checked_sub(LOW).filter(|s| *s >= 1_000)?;
-    let start = *START.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
-        lanet::rng::SplitMix64::new(seed).next_u64()
-    });
-    for _ in 0..32 {
-        let step = CALLS.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(LOW + (start % span + step % span) % span).ok()?;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Some(port);
-        }
-    }
-    None
-}
-
 /// Where a backend's listener listens, or why there is none.
 fn listener_addr<L: ListenerAddr>(listener: Option<&L>) -> io::Result<SocketAddr> {
     match listener {
@@ -522,44 +474,4 @@ fn io_error(e: &io::Error, during: &str) -> LndError {
         },
     };
     LndError::new(kind, format!("{during}: {e}"))
-}
-
-#[cfg(test)]
-mod free_port_tests {
-    use super::*;
-
-    #[test]
-    fn free_loopback_ports_stay_out_of_the_ephemeral_range_and_bind() {
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-        let first: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..20 {
-            let nid = free_loopback_nid().unwrap();
-            let port = nid.socket_addr(0).unwrap().port();
-            if first > 11_000 {
-                assert!(
-                    (10_000..first).contains(&port),
-                    "{port} (ephemeral from {first})"
-                );
-            }
-            std::net::TcpListener::bind(("127.0.0.1", port)).expect("free");
-            seen.insert(port);
-        }
-        assert!(seen.len() > 15, "spread, not one port: {seen:?}");
-    }
-
-    /// Tests in one binary draw ports at once and bind them later (a router binds when it
-    /// is up): a port drawn twice in a process made two of them collide (CI, 2026-12-05).
-    #[test]
-    fn a_process_never_draws_the_same_port_twice() {
-        if free_port_below_ephemeral().is_none() {
-            eprintln!("no usable range below the ephemeral ports here: the kernel picks");
-            return;
-        }
-        let ports: Vec<u16> = (0..500)
-            .map(|_| free_loopback_nid().unwrap().socket_addr(0).unwrap().port())
-            .collect();
-        let distinct: std::collections::HashSet<_> = ports.iter().collect();
-        assert_eq!(distinct.len(), ports.len(), "a port came back twice");
-    }
 }
