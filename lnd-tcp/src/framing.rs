@@ -17,6 +17,9 @@ pub(crate) struct RxFramer {
     limits: Limits,
     /// Header of the frame whose payload is still arriving.
     header: Option<Header>,
+    /// Bytes copied to make room (tests watch it).
+    #[cfg(test)]
+    copied: usize,
 }
 
 impl RxFramer {
@@ -25,27 +28,24 @@ impl RxFramer {
             buf: BytesMut::new(),
             limits,
             header: None,
+            #[cfg(test)]
+            copied: 0,
         }
     }
 
-    /// How many bytes the next read should ask for: at least a chunk, or whatever the frame
-    /// in progress still needs (so a large payload arrives in as few reads as possible).
+    /// How much room the next read needs: whatever the frame in progress still needs (so a
+    /// large payload arrives in as few reads as possible), and at least a chunk (many small
+    /// frames per read), unless the frame in progress fits already: then no more. Growing
+    /// the buffer copies the frame in it (the last bytes of each 1 MiB frame, less than a
+    /// chunk, once cost a copy of the whole frame).
     fn want(&self) -> usize {
-        self.rest_of_frame().max(READ_CHUNK)
-    }
-
-    /// The buffer to read into: its spare capacity holds at least [`Self::want`] bytes.
-    /// Nothing is zero-filled; the caller appends what it read (see `epoll::recv_into`).
-    pub(crate) fn read_buf(&mut self) -> &mut BytesMut {
-        let want = self.want();
-        self.buf.reserve(want);
-        &mut self.buf
-    }
-
-    /// Appends bytes received elsewhere (e.g. an io_uring provided buffer).
-    pub(crate) fn extend(&mut self, data: &[u8]) {
-        self.buf.reserve(self.want().max(data.len()));
-        self.buf.extend_from_slice(data);
+        let rest = self.rest_of_frame();
+        let spare = self.buf.capacity() - self.buf.len();
+        if rest > 0 && spare >= rest {
+            rest
+        } else {
+            rest.max(READ_CHUNK)
+        }
     }
 
     /// Bytes still missing from the frame in progress, once its header is known (0 when no
@@ -57,12 +57,46 @@ impl RxFramer {
         }
     }
 
-    /// An empty buffer with room for exactly the `n` bytes that come next in the stream,
+    /// The buffer to read into: its spare capacity holds at least [`Self::want`] bytes, and
+    /// a read may fill all of it. Nothing is zero-filled; the caller appends what it read
+    /// (see `epoll::recv_into`).
+    pub(crate) fn read_buf(&mut self) -> &mut BytesMut {
+        self.make_room(self.want());
+        &mut self.buf
+    }
+
+    /// Appends bytes received elsewhere (e.g. an io_uring provided buffer).
+    pub(crate) fn extend(&mut self, data: &[u8]) {
+        self.make_room(self.want().max(data.len()));
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Makes room for `additional` more bytes, copying at most the bytes not yet framed,
+    /// and a chunk more when it allocates: a read that ends a frame may bring the next
+    /// one's start too.
+    ///
+    /// Not `BytesMut::reserve`: the bytes of frames already split off stay ahead of the
+    /// buffer's start, and when the allocation must grow, `reserve` reallocates them too.
+    fn make_room(&mut self, additional: usize) {
+        // Room already, or reclaimed in place by moving only the unframed bytes.
+        if self.buf.try_reclaim(additional) {
+            return;
+        }
+        let mut fresh = BytesMut::with_capacity(self.buf.len() + additional + READ_CHUNK);
+        #[cfg(test)]
+        {
+            self.copied += self.buf.len();
+        }
+        fresh.extend_from_slice(&self.buf);
+        self.buf = fresh;
+    }
+
+    /// An empty buffer with room for (at least) the `n` bytes that come next in the stream,
     /// for a receive that writes them in place (no copy from an intermediate buffer). It
     /// shares this framer's allocation; give it back with [`Self::append_tail`] and nothing
     /// is copied. Until then, nothing else may be appended.
     pub(crate) fn take_tail(&mut self, n: usize) -> BytesMut {
-        self.buf.reserve(n);
+        self.make_room(n);
         self.buf.split_off(self.buf.len())
     }
 
@@ -279,6 +313,55 @@ mod tests {
                 prop_assert_eq!(*id, i as u64);
                 prop_assert_eq!(&p[..], &payloads[i][..]);
             }
+        }
+    }
+
+    /// Reads `stream` as the epoll backend does: `read_buf`, then as much as fits and the
+    /// "socket" holds (`arrives` bytes at a time), frames taken after each read.
+    fn read_like_epoll(rx: &mut RxFramer, stream: &[u8], arrives: usize) -> Vec<(u64, Bytes)> {
+        let (mut at, mut got) = (0, Vec::new());
+        while at < stream.len() {
+            let buf = rx.read_buf();
+            let spare = buf.capacity() - buf.len();
+            assert!(spare > 0, "room to read into");
+            let n = spare.min(arrives).min(stream.len() - at);
+            buf.extend_from_slice(&stream[at..at + n]);
+            at += n;
+            while let Some((h, p)) = rx.next_frame().unwrap() {
+                got.push((h.msg_id, p));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn streaming_large_frames_copies_little_of_them_to_make_room() {
+        const SIZE: usize = 1 << 20;
+        let payload: Vec<u8> = (0..SIZE as u32).map(|i| (i % 251) as u8).collect();
+        let mut stream = Vec::new();
+        for id in 0..16 {
+            let (h, p) = frame(id, &payload);
+            stream.extend_from_slice(&h);
+            stream.extend_from_slice(&p);
+        }
+        // Loopback hands a reader what the writer's pieces left: 256 KiB, 200,000 bytes.
+        for arrives in [256 << 10, 200_000, 64 << 10] {
+            let mut rx = RxFramer::new(Limits::new(2 << 20, HeaderCheck::Crc32));
+            let got = read_like_epoll(&mut rx, &stream, arrives);
+            assert_eq!(got.len(), 16);
+            for (i, (id, p)) in got.iter().enumerate() {
+                assert_eq!(*id, i as u64);
+                assert!(p[..] == payload[..], "frame {i} intact");
+            }
+            eprintln!("arriving {arrives} at a time: {} bytes copied", rx.copied);
+            // A frame's first read (before its header says how long it is) may be copied
+            // once into a buffer of the frame's size; the rest arrives in place. Growing
+            // with a frame's last bytes once copied all of it: more than the stream.
+            assert!(
+                rx.copied <= stream.len() / 8,
+                "{} bytes copied for 16 frames of {SIZE}, arriving {arrives} at a time",
+                rx.copied
+            );
         }
     }
 
