@@ -7,19 +7,21 @@ use bytes::{Buf, Bytes, BytesMut};
 use lanet::lnd::TxToken;
 use lanet::wire::{decode_header, DecodeError, Header, Limits, HEADER_LEN};
 
-/// Smallest read: enough for many small frames per system call.
+/// Room made for a read when no large frame is in progress: enough for many small frames
+/// per system call.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Reassembles frames from a TCP byte stream. Payloads are split off the read buffer
-/// without copying; a large payload is read straight into a buffer of its own size.
+/// without copying; a large payload is read straight into a buffer with room for all of
+/// it (and the start of the next frame).
 pub(crate) struct RxFramer {
     buf: BytesMut,
     limits: Limits,
     /// Header of the frame whose payload is still arriving.
     header: Option<Header>,
-    /// Bytes copied to make room (tests watch it).
+    /// Bytes moved to make room (tests watch it).
     #[cfg(test)]
-    copied: usize,
+    moved_to_grow: usize,
 }
 
 impl RxFramer {
@@ -29,19 +31,18 @@ impl RxFramer {
             limits,
             header: None,
             #[cfg(test)]
-            copied: 0,
+            moved_to_grow: 0,
         }
     }
 
     /// How much room the next read needs: whatever the frame in progress still needs (so a
     /// large payload arrives in as few reads as possible), and at least a chunk (many small
-    /// frames per read), unless the frame in progress fits already: then no more. Growing
-    /// the buffer copies the frame in it (the last bytes of each 1 MiB frame, less than a
-    /// chunk, once cost a copy of the whole frame).
+    /// frames per read); but no more than the rest of a large frame that fits already, as
+    /// growing the buffer would copy that frame.
     fn want(&self) -> usize {
         let rest = self.rest_of_frame();
         let spare = self.buf.capacity() - self.buf.len();
-        if rest > 0 && spare >= rest {
+        if rest > 0 && spare >= rest && self.buf.len() >= READ_CHUNK {
             rest
         } else {
             rest.max(READ_CHUNK)
@@ -71,24 +72,28 @@ impl RxFramer {
         self.buf.extend_from_slice(data);
     }
 
-    /// Makes room for `additional` more bytes, copying at most the bytes not yet framed,
-    /// and a chunk more when it allocates: a read that ends a frame may bring the next
-    /// one's start too.
+    /// Makes room for `additional` more bytes, moving (in place, or to a new buffer) only
+    /// the bytes not yet framed. A new buffer for a frame in progress has a chunk more: the
+    /// read that ends the frame may bring the next one's start too.
     ///
-    /// Not `BytesMut::reserve`: the bytes of frames already split off stay ahead of the
-    /// buffer's start, and when the allocation must grow, `reserve` reallocates them too.
+    /// Not `BytesMut::reserve`: when this is the only handle on its allocation, `reserve`
+    /// reallocates the frames already split off ahead of it too, and when payloads are
+    /// still held it copies the frame in progress, however large.
     fn make_room(&mut self, additional: usize) {
-        // Room already, or reclaimed in place by moving only the unframed bytes.
-        if self.buf.try_reclaim(additional) {
-            return;
+        #[cfg(test)]
+        let at = self.buf.as_ptr();
+        if !self.buf.try_reclaim(additional) {
+            let extra = if self.header.is_some() { READ_CHUNK } else { 0 };
+            let mut fresh = BytesMut::with_capacity(self.buf.len() + additional + extra);
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
         }
-        let mut fresh = BytesMut::with_capacity(self.buf.len() + additional + READ_CHUNK);
         #[cfg(test)]
         {
-            self.copied += self.buf.len();
+            if self.buf.as_ptr() != at {
+                self.moved_to_grow += self.buf.len();
+            }
         }
-        fresh.extend_from_slice(&self.buf);
-        self.buf = fresh;
     }
 
     /// An empty buffer with room for (at least) the `n` bytes that come next in the stream,
@@ -318,7 +323,12 @@ mod tests {
 
     /// Reads `stream` as the epoll backend does: `read_buf`, then as much as fits and the
     /// "socket" holds (`arrives` bytes at a time), frames taken after each read.
-    fn read_like_epoll(rx: &mut RxFramer, stream: &[u8], arrives: usize) -> Vec<(u64, Bytes)> {
+    fn read_like_epoll(
+        rx: &mut RxFramer,
+        stream: &[u8],
+        arrives: usize,
+        keep: bool,
+    ) -> Vec<(u64, Bytes)> {
         let (mut at, mut got) = (0, Vec::new());
         while at < stream.len() {
             let buf = rx.read_buf();
@@ -328,7 +338,9 @@ mod tests {
             buf.extend_from_slice(&stream[at..at + n]);
             at += n;
             while let Some((h, p)) = rx.next_frame().unwrap() {
-                got.push((h.msg_id, p));
+                // Dropped at once, the payload leaves the framer the only handle on its
+                // buffer, which then takes other paths to grow.
+                got.push((h.msg_id, if keep { p } else { Bytes::new() }));
             }
         }
         got
@@ -345,22 +357,25 @@ mod tests {
             stream.extend_from_slice(&p);
         }
         // Loopback hands a reader what the writer's pieces left: 256 KiB, 200,000 bytes.
-        for arrives in [256 << 10, 200_000, 64 << 10] {
+        for (arrives, keep) in [(256 << 10, true), (200_000, true), (64 << 10, true)]
+            .into_iter()
+            .chain([(256 << 10, false), (200_000, false), (64 << 10, false)])
+        {
             let mut rx = RxFramer::new(Limits::new(2 << 20, HeaderCheck::Crc32));
-            let got = read_like_epoll(&mut rx, &stream, arrives);
+            let got = read_like_epoll(&mut rx, &stream, arrives, keep);
             assert_eq!(got.len(), 16);
             for (i, (id, p)) in got.iter().enumerate() {
                 assert_eq!(*id, i as u64);
-                assert!(p[..] == payload[..], "frame {i} intact");
+                assert!(!keep || p[..] == payload[..], "frame {i} intact");
             }
-            eprintln!("arriving {arrives} at a time: {} bytes copied", rx.copied);
+            let copied = rx.moved_to_grow;
+            eprintln!("arriving {arrives} at a time, payloads kept {keep}: {copied} bytes moved");
             // A frame's first read (before its header says how long it is) may be copied
             // once into a buffer of the frame's size; the rest arrives in place. Growing
             // with a frame's last bytes once copied all of it: more than the stream.
             assert!(
-                rx.copied <= stream.len() / 8,
-                "{} bytes copied for 16 frames of {SIZE}, arriving {arrives} at a time",
-                rx.copied
+                copied <= stream.len() / 8,
+                "{copied} bytes moved for 16 frames of {SIZE}, {arrives} at a time, kept {keep}"
             );
         }
     }

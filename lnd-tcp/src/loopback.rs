@@ -5,9 +5,10 @@
 //! in another process), so two callers could draw the same one. Within a process the walk
 //! of the range never repeats a port within a lap. Between processes, a port drawn is
 //! claimed until the process exits, by a lock on that port's byte of a shared file
-//! ([`CLAIMS_FILE`] in the temporary directory); other processes skip claimed ports. The
-//! locks are open-file-description locks: the kernel drops them when the process exits,
-//! however it exits, so nothing is ever left to clean up.
+//! ([`CLAIMS_FILE`]); other processes skip claimed ports. The locks are
+//! open-file-description locks on a descriptor the process never closes: the kernel drops
+//! them when the process exits, however it exits, so nothing is ever left to clean up.
+//! Where the file or the locks are not to be had, ports are drawn unclaimed.
 
 use std::fs::File;
 use std::io;
@@ -17,22 +18,23 @@ use std::sync::OnceLock;
 
 use lanet::nid::Nid;
 
-/// The file whose bytes stand for ports (byte `p` for port `p`); it stays empty.
-const CLAIMS_FILE: &str = "lanet-loopback-ports";
+/// The file whose bytes stand for ports (byte `p` for port `p`); it stays empty. A fixed
+/// path, not `TMPDIR`'s: processes with different temporary directories share the ports.
+const CLAIMS_FILE: &str = "/tmp/lanet-loopback-ports";
 /// The lowest port drawn.
 const LOW: u64 = 10_000;
 /// Ports tried with a bind before giving up on the range (claimed ones are skipped, not
 /// counted).
 const BIND_TRIES: usize = 32;
 
-/// A loopback NID on a port that was free a moment ago and that no other process has
-/// drawn (see the module docs); another program may still take it first.
+/// A loopback NID on a port that was free a moment ago and that no other process drawing
+/// ports this way holds (see the module docs); another program may still take it first.
 ///
 /// The port is below the kernel's ephemeral range where it can be: a port the kernel
 /// hands out (port 0) may next be taken as the source port of any outgoing connection on
 /// the host, between the probe and the caller's bind.
 pub fn free_loopback_nid() -> io::Result<Nid> {
-    let port = match free_port_below_ephemeral() {
+    let port = match free_port_below_ephemeral(walk()) {
         Some(port) => port,
         None => std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -43,12 +45,20 @@ pub fn free_loopback_nid() -> io::Result<Nid> {
         .expect("a loopback NID is valid"))
 }
 
-/// Where this process's walk of the range starts, and how far it has gone.
+/// A walk of the range: where it starts, and how far it has gone.
 struct Walk {
     start: u64,
     steps: AtomicU64,
 }
 
+impl Walk {
+    /// The port `step` steps into the walk, in a range of `span` ports.
+    fn port(&self, step: u64, span: u64) -> Option<u16> {
+        u16::try_from(LOW + (self.start % span + step % span) % span).ok()
+    }
+}
+
+/// This process's walk, from a random start.
 fn walk() -> &'static Walk {
     static WALK: OnceLock<Walk> = OnceLock::new();
     WALK.get_or_init(|| {
@@ -74,14 +84,14 @@ fn span() -> Option<u64> {
 /// process claimed; None if the range is small or no port was found.
 ///
 /// A process walks the range from a random start, so within a lap of it it never hands
-/// out the same port twice; it claims each port it hands out (module docs).
-fn free_port_below_ephemeral() -> Option<u16> {
+/// out the same port twice; it claims each port it hands out (module docs). A draw looks
+/// at most one lap of the range.
+fn free_port_below_ephemeral(walk: &Walk) -> Option<u16> {
     let span = span()?;
-    let walk = walk();
     let mut binds = 0;
     for _ in 0..span {
         let step = walk.steps.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(LOW + (walk.start % span + step % span) % span).ok()?;
+        let port = walk.port(step, span)?;
         let claimed = match claims() {
             Some(file) => match claim(file, port) {
                 Ok(true) => true,
@@ -94,7 +104,7 @@ fn free_port_below_ephemeral() -> Option<u16> {
             None => false,
         };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Some(port); // claimed for as long as this process lives
+            return Some(port); // if claimed, for as long as this process lives
         }
         if claimed {
             let _ = unclaim(claims()?, port);
@@ -108,27 +118,49 @@ fn free_port_below_ephemeral() -> Option<u16> {
 }
 
 /// This process's handle on the claims file; None where it cannot be opened for writing
-/// (ports are then drawn unclaimed, as before claims existed).
+/// or locked (ports are then drawn unclaimed, as before claims existed).
 fn claims() -> Option<&'static File> {
     static CLAIMS: OnceLock<Option<File>> = OnceLock::new();
     CLAIMS
-        .get_or_init(|| open_claims().map_err(|e| tracing::debug!("{e}")).ok())
+        .get_or_init(|| {
+            open_claims()
+                .and_then(|file| {
+                    // Kernels before 3.15 and some file systems have no OFD locks.
+                    lock_byte(&file, 0, libc::F_WRLCK as libc::c_short)?;
+                    lock_byte(&file, 0, libc::F_UNLCK as libc::c_short)?;
+                    Ok(file)
+                })
+                .map_err(|e| tracing::debug!("loopback ports drawn unclaimed: {CLAIMS_FILE}: {e}"))
+                .ok()
+        })
         .as_ref()
 }
 
+/// Opens the claims file, never through a link, creating it if there is none. Only a file
+/// this process created is made writable by all (other users draw ports on this host too):
+/// opening one that another user made with `O_CREAT` would fail where the kernel protects
+/// files in sticky directories (`fs.protected_regular`).
 fn open_claims() -> io::Result<File> {
-    let path = std::env::temp_dir().join(CLAIMS_FILE);
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    // Other users' processes draw ports on this host too.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
-    Ok(file)
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let open = |create: bool| {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(CLAIMS_FILE)
+    };
+    match open(false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match open(true) {
+            Ok(file) => {
+                file.set_permissions(std::fs::Permissions::from_mode(0o666))?;
+                Ok(file)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(false),
+            Err(e) => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// Claims `port` through `file`'s open file description: false if another description
@@ -192,7 +224,7 @@ mod tests {
     /// is up): a port drawn twice in a process made two of them collide (CI, 2026-12-05).
     #[test]
     fn a_process_never_draws_the_same_port_twice() {
-        if free_port_below_ephemeral().is_none() {
+        if free_port_below_ephemeral(walk()).is_none() {
             eprintln!("no usable range below the ephemeral ports here: the kernel picks");
             return;
         }
@@ -205,32 +237,36 @@ mod tests {
 
     /// Two test processes whose walks met drew the same port, and a router could not
     /// listen (CI, 2026-12-05). Another open file description stands for the other
-    /// process here: the lock does not tell them apart.
+    /// process here: the lock does not tell them apart. The test walks on its own, so the
+    /// other tests of this binary, drawing at the same time, do not move it.
     #[test]
     fn ports_another_process_drew_are_skipped() {
-        let (Some(span), Some(_)) = (span(), claims()) else {
-            eprintln!("no usable range below the ephemeral ports, or no claims file, here");
+        let (Some(span), Some(ours)) = (span(), claims()) else {
+            eprintln!("no usable range below the ephemeral ports, or no claims, here");
             return;
         };
         let other = open_claims().unwrap();
-        let walk = walk();
-        // The next 2,000 ports of this process's walk, as far as the other tests in this
-        // binary (drawing at the same time) have not gone past them already.
-        let at = walk.steps.load(Ordering::Relaxed);
-        let block: std::collections::HashSet<u16> = (at..at + 2_000)
-            .map(|step| (LOW + (walk.start % span + step % span) % span) as u16)
+        let walk = Walk {
+            start: 7_919,
+            steps: AtomicU64::new(0),
+        };
+        // The next ports of the walk, as far as the other tests have not claimed them.
+        let n = (span / 2).min(2_000);
+        let block: std::collections::HashSet<u16> = (0..n)
+            .map(|step| walk.port(step, span).unwrap())
             .filter(|&port| claim(&other, port).unwrap())
             .collect();
-        assert!(block.len() > 1_500, "only {} ports claimed", block.len());
+        assert!(
+            block.len() as u64 > n / 2,
+            "only {} of {n} claimed",
+            block.len()
+        );
         for _ in 0..10 {
-            let port = free_loopback_nid().unwrap().socket_addr(0).unwrap().port();
+            let port = free_port_below_ephemeral(&walk).expect("a port past the block");
             assert!(!block.contains(&port), "drew {port}, claimed by another");
         }
-        // And a claim holds against this process's own description too.
+        // A claim holds against this process's own description too.
         let port = *block.iter().next().unwrap();
-        assert!(!claim(claims().unwrap(), port).unwrap());
-        unclaim(&other, port).unwrap();
-        assert!(claim(claims().unwrap(), port).unwrap());
-        unclaim(claims().unwrap(), port).unwrap();
+        assert!(!claim(ours, port).unwrap());
     }
 }
