@@ -71,6 +71,19 @@ impl RouterProcess {
         control: &Path,
         extra: &[&str],
     ) -> RouterProcess {
+        RouterProcess::try_start_with(prefix, exe, config, control, extra)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The same; `Err` if the daemon exits before it answers (its own message is on the
+    /// test's standard error).
+    pub fn try_start_with(
+        prefix: &[String],
+        exe: &str,
+        config: &Path,
+        control: &Path,
+        extra: &[&str],
+    ) -> Result<RouterProcess, String> {
         let mut cmd = match prefix.split_first() {
             Some((p, rest)) => {
                 let mut c = Command::new(p);
@@ -95,7 +108,7 @@ impl RouterProcess {
         let start = Instant::now();
         while r.try_status().is_none() {
             if let Ok(Some(status)) = r.child.try_wait() {
-                panic!("lanet-router exited at start: {status}");
+                return Err(format!("lanet-router exited at start: {status}"));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -103,7 +116,7 @@ impl RouterProcess {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        r
+        Ok(r)
     }
 
     pub fn try_status(&self) -> Option<Value> {
@@ -162,5 +175,24 @@ impl Drop for RouterProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The TCP sockets this host has on `ports` (from `ss`), to name what held a port that a
+/// daemon could not listen on.
+pub fn sockets_on(ports: &[u16]) -> String {
+    let out = Command::new("ss").args(["-tanpH"]).output();
+    let Ok(out) = out else {
+        return "(ss did not run)".into();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| ports.iter().any(|p| l.contains(&format!(":{p} "))))
+        .collect();
+    if lines.is_empty() {
+        "none".into()
+    } else {
+        lines.join("\n")
     }
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use lanet::config::{ConfigFile, OpenLnd};
 use lanet::{Endpoint, Nid};
 use lanet_tests::peer::{put, wait_all, Peer};
-use lanet_tests::router::{net, route, RouterProcess, Scratch};
+use lanet_tests::router::{net, route, sockets_on, RouterProcess, Scratch};
 use lanet_tests::{free_tcp_nid, pattern};
 use serde_json::Value;
 
@@ -91,20 +91,42 @@ impl Site {
 
     fn with_router_args(name: &str, router_args: &[&str]) -> Site {
         let scratch = Scratch::new(name);
-        let (ra, rb, s, c) = (port(), port(), port(), port());
-        let router_file = scratch.file(
-            "router.toml",
-            &format!(
-                "{}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\n",
-                net("tcp1", "127.0.0.1", ra),
-                net("tcp2", "127.0.0.1", rb),
-                // A route to a net beyond a gateway that is not there: shown, never used.
-                route("tcp9", &[nid(port(), "tcp2").to_string()]),
-            ),
-        );
-        let control = scratch.0.join("router.sock");
-        let router =
-            RouterProcess::start_with(&[], ROUTER_EXE, &router_file, &control, router_args);
+        // The router has, twice in CI, found a port it was given taken ("Address already
+        // in use") by something no test here knowingly binds: it is told what held the
+        // port, and tried again on fresh ports.
+        let mut attempts = 0;
+        let (router, router_file, ra, rb) = loop {
+            attempts += 1;
+            let (ra, rb) = (port(), port());
+            let router_file = scratch.file(
+                "router.toml",
+                &format!(
+                    "{}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\n",
+                    net("tcp1", "127.0.0.1", ra),
+                    net("tcp2", "127.0.0.1", rb),
+                    // A route to a net beyond a gateway that is not there: shown, never used.
+                    route("tcp9", &[nid(port(), "tcp2").to_string()]),
+                ),
+            );
+            let control = scratch.0.join("router.sock");
+            match RouterProcess::try_start_with(
+                &[],
+                ROUTER_EXE,
+                &router_file,
+                &control,
+                router_args,
+            ) {
+                Ok(router) => break (router, router_file, ra, rb),
+                Err(e) if attempts < 3 => {
+                    eprintln!(
+                        "{e}; sockets on ports {ra}, {rb}: {}",
+                        sockets_on(&[ra, rb])
+                    );
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let (s, c) = (port(), port());
         let server_nid = nid(s, "tcp2");
         let server_file = scratch.file(
             "server.toml",
