@@ -29,9 +29,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
-
 use crate::nid::Nid;
+use crate::nid_map::NidMap;
 use crate::time::Time;
 
 /// Failure-detection settings.
@@ -297,7 +296,7 @@ fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
 
 pub(crate) struct Monitor {
     cfg: HealthConfig,
-    peers: FxHashMap<Nid, Watch>,
+    peers: NidMap<Watch>,
     timers: Timers,
     /// The deadline last reported to the node's driver: firing much later means local lag.
     promised: Option<Time>,
@@ -317,7 +316,7 @@ impl Monitor {
     pub(crate) fn new(cfg: HealthConfig) -> Monitor {
         Monitor {
             cfg,
-            peers: FxHashMap::default(),
+            peers: NidMap::default(),
             timers: Timers::default(),
             promised: None,
             forgiven_until: Time::ZERO,

@@ -25,6 +25,7 @@ pub mod lane;
 pub mod lnd;
 pub mod mem;
 pub mod nid;
+mod nid_map;
 pub mod node;
 pub mod op;
 pub mod rng;

@@ -52,6 +52,7 @@ use crate::health::{Action, Monitor};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, RxHandle, Transmit};
 use crate::nid::Nid;
+use crate::nid_map::NidMap;
 use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
 };
@@ -278,9 +279,9 @@ pub struct Node {
     pub(crate) cfg: NodeConfig,
     pub(crate) nis: Vec<Ni>,
     /// Neighbours we keep (or want) connections with.
-    pub(crate) hops: FxHashMap<Nid, Hop>,
+    pub(crate) hops: NidMap<Hop>,
     /// Far ends of our operations and of the requests we answer.
-    pub(crate) ends: FxHashMap<Nid, End>,
+    pub(crate) ends: NidMap<End>,
     /// When `hops` and `ends` grow to these sizes, the idle entries go (see [`idle`]).
     pub(crate) sweep_at: idle::SweepAt,
     pub(crate) routes: RouteTable,
@@ -334,8 +335,8 @@ impl Node {
             groups: failover::Groups::default(),
             cfg,
             nis: Vec::new(),
-            hops: FxHashMap::default(),
-            ends: FxHashMap::default(),
+            hops: NidMap::default(),
+            ends: NidMap::default(),
             sweep_at,
             routes: RouteTable::default(),
             gateways: gateways::Gateways::default(),

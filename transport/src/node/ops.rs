@@ -8,6 +8,7 @@ use rustc_hash::FxHashMap;
 
 use crate::lane::Lane;
 use crate::nid::Nid;
+use crate::nid_map::NidMap;
 use crate::op::{GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
 use crate::time::Time;
 
@@ -133,7 +134,7 @@ pub(crate) struct Ops {
     /// Live ops by the peers they involve (their target, and the router they go through):
     /// what a peer's failure ends, found without looking at others'. A peer's index stays
     /// when emptied, with room for the ops a peer usually has.
-    by_peer: FxHashMap<Nid, PeerOps>,
+    by_peer: NidMap<PeerOps>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
     next_seq: u64,
 }
@@ -385,7 +386,7 @@ impl Ops {
 /// index in seq order, when submitted; an op routed through `peer` joins later than that,
 /// so after every op to `peer` with a lower seq. Hence the front (always live) is never
 /// above the oldest op to `peer`.
-fn settled_below(by_peer: &FxHashMap<Nid, PeerOps>, peer: Nid, above: u64) -> u64 {
+fn settled_below(by_peer: &NidMap<PeerOps>, peer: Nid, above: u64) -> u64 {
     by_peer
         .get(&peer)
         .and_then(|index| index.queue.front())

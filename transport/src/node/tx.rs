@@ -21,7 +21,7 @@ use crate::wire::{encode_header_with, Body, Header, HeaderCheck, NackReason};
 fn usable(
     nis: &[super::Ni],
     health: &crate::health::Monitor,
-    hops: &rustc_hash::FxHashMap<Nid, Hop>,
+    hops: &crate::nid_map::NidMap<Hop>,
     gateway: Nid,
     now: Time,
 ) -> bool {
