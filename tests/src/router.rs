@@ -76,7 +76,8 @@ impl RouterProcess {
     }
 
     /// The same; `Err` if the daemon exits before it answers (its own message is on the
-    /// test's standard error).
+    /// test's standard error). A daemon that neither answers nor exits within 30 s still
+    /// panics.
     pub fn try_start_with(
         prefix: &[String],
         exe: &str,
@@ -178,21 +179,27 @@ impl Drop for RouterProcess {
     }
 }
 
-/// The TCP sockets this host has on `ports` (from `ss`), to name what held a port that a
-/// daemon could not listen on.
+/// The TCP sockets this host has on `ports`, as local ports (from `ss`), to name what held
+/// a port that a daemon could not listen on. Without root, `ss` names the processes of
+/// this user only.
 pub fn sockets_on(ports: &[u16]) -> String {
-    let out = Command::new("ss").args(["-tanpH"]).output();
-    let Ok(out) = out else {
-        return "(ss did not run)".into();
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| ports.iter().any(|p| l.contains(&format!(":{p} "))))
-        .collect();
-    if lines.is_empty() {
-        "none".into()
-    } else {
-        lines.join("\n")
+    let filter: Vec<String> = ports.iter().map(|p| format!("sport = :{p}")).collect();
+    let out = Command::new("ss")
+        .args(["-tanpH", &filter.join(" or ")])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if text.is_empty() {
+                "none".into()
+            } else {
+                text
+            }
+        }
+        Ok(out) => format!(
+            "(ss failed: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("(ss did not run: {e})"),
     }
 }

@@ -82,22 +82,39 @@ struct Site {
     server_nid: Nid,
     client: Endpoint,
     client_nid: Nid,
+    /// Where the router serves Prometheus metrics, if it does.
+    metrics: Option<String>,
 }
 
 impl Site {
     fn new(name: &str) -> Site {
-        Site::with_router_args(name, &[])
+        Site::start(name, false)
     }
 
-    fn with_router_args(name: &str, router_args: &[&str]) -> Site {
+    /// A site whose router serves Prometheus metrics, and where.
+    fn with_metrics(name: &str) -> (Site, String) {
+        let site = Site::start(name, true);
+        let addr = site.metrics.clone().expect("metrics asked for");
+        (site, addr)
+    }
+
+    fn start(name: &str, metrics: bool) -> Site {
         let scratch = Scratch::new(name);
         // The router has, twice in CI, found a port it was given taken ("Address already
-        // in use") by something no test here knowingly binds: it is told what held the
-        // port, and tried again on fresh ports.
+        // in use") by something no test here knowingly binds: it says what held its ports
+        // (past the test harness's capture, so that CI's log keeps it) and starts again on
+        // fresh ones, up to three times. A start that fails for another reason fails three
+        // times. The server and the client, started later, are not retried.
         let mut attempts = 0;
-        let (router, router_file, ra, rb) = loop {
+        let (router, router_file, ra, rb, metrics) = loop {
             attempts += 1;
             let (ra, rb) = (port(), port());
+            let metrics_port = metrics.then(port);
+            let metrics = metrics_port.map(|p| format!("127.0.0.1:{p}"));
+            let router_args: Vec<&str> = match &metrics {
+                Some(addr) => vec!["--metrics", addr],
+                None => vec![],
+            };
             let router_file = scratch.file(
                 "router.toml",
                 &format!(
@@ -114,16 +131,16 @@ impl Site {
                 ROUTER_EXE,
                 &router_file,
                 &control,
-                router_args,
+                &router_args,
             ) {
-                Ok(router) => break (router, router_file, ra, rb),
-                Err(e) if attempts < 3 => {
-                    eprintln!(
-                        "{e}; sockets on ports {ra}, {rb}: {}",
-                        sockets_on(&[ra, rb])
-                    );
+                Ok(router) => break (router, router_file, ra, rb, metrics),
+                Err(e) => {
+                    let ports: Vec<u16> = [ra, rb].into_iter().chain(metrics_port).collect();
+                    let why = format!("{e}; sockets on ports {ports:?}: {}", sockets_on(&ports));
+                    assert!(attempts < 3, "{why}");
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stderr(), "{why}; trying again on other ports");
                 }
-                Err(e) => panic!("{e}"),
             }
         };
         let (s, c) = (port(), port());
@@ -157,6 +174,7 @@ impl Site {
             server_nid,
             client,
             client_nid: nid(c, "tcp1"),
+            metrics,
         }
     }
 
@@ -469,8 +487,7 @@ fn sample(body: &str, series: &str) -> f64 {
 
 #[test]
 fn prometheus_metrics_are_served_and_move_with_traffic() {
-    let addr = format!("127.0.0.1:{}", port());
-    let site = Site::with_router_args("metrics", &["--metrics", &addr]);
+    let (site, addr) = Site::with_metrics("metrics");
     site.traffic(5, 1000);
     let (status, before) = scrape(&addr);
     assert_eq!(status, "HTTP/1.1 200 OK");
