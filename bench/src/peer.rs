@@ -321,11 +321,24 @@ pub(crate) fn client_nid_towards(dst: Nid) -> Nid {
     }
 }
 
-/// A loopback NID whose port and the next one (the raw TCP echo) were free a moment ago.
+/// A loopback NID whose port and the next one (the raw TCP echo) were free a moment ago,
+/// both drawn (and so claimed against other processes drawing ports): a process's draws
+/// walk the range upwards, so the next draw is usually the next port.
 pub(crate) fn free_nid() -> Nid {
-    loop {
+    let draw = || {
         let nid = lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port");
-        let port = nid.socket_addr(DEFAULT_PORT).expect("tcp NID").port();
+        (nid, nid.socket_addr(DEFAULT_PORT).expect("tcp NID").port())
+    };
+    for _ in 0..64 {
+        let (nid, port) = draw();
+        if draw().1.checked_sub(1) == Some(port) {
+            return nid;
+        }
+    }
+    // Where ports come from the kernel (no range below its ephemeral ones), draws are not
+    // consecutive: the next port is only checked.
+    loop {
+        let (nid, port) = draw();
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return nid;
         }
