@@ -19,9 +19,15 @@ pub(crate) struct RxFramer {
     limits: Limits,
     /// Header of the frame whose payload is still arriving.
     header: Option<Header>,
-    /// Bytes moved to make room (tests watch it).
+    /// The buffer `buf` replaced when it last had to grow, while a large frame streamed in:
+    /// once the payloads split off it are dropped, it is used again rather than a new
+    /// allocation, whose pages the kernel would fault in and zero again for every frame.
+    previous: Option<BytesMut>,
+    /// Bytes moved to make room, and buffers allocated for it (tests watch them).
     #[cfg(test)]
     moved_to_grow: usize,
+    #[cfg(test)]
+    allocated: usize,
 }
 
 impl RxFramer {
@@ -30,8 +36,11 @@ impl RxFramer {
             buf: BytesMut::new(),
             limits,
             header: None,
+            previous: None,
             #[cfg(test)]
             moved_to_grow: 0,
+            #[cfg(test)]
+            allocated: 0,
         }
     }
 
@@ -83,10 +92,28 @@ impl RxFramer {
         #[cfg(test)]
         let at = self.buf.as_ptr();
         if !self.buf.try_reclaim(additional) {
-            let extra = if self.header.is_some() { READ_CHUNK } else { 0 };
-            let mut fresh = BytesMut::with_capacity(self.buf.len() + additional + extra);
-            fresh.extend_from_slice(&self.buf);
-            self.buf = fresh;
+            let large = self.header.is_some() && additional > READ_CHUNK;
+            let need = self.buf.len() + additional + if large { READ_CHUNK } else { 0 };
+            let reusable = self
+                .previous
+                .take()
+                .filter(|_| large)
+                .and_then(|mut previous| {
+                    previous.clear();
+                    previous.try_reclaim(need).then_some(previous)
+                });
+            let mut next = reusable.unwrap_or_else(|| {
+                #[cfg(test)]
+                {
+                    self.allocated += 1;
+                }
+                BytesMut::with_capacity(need)
+            });
+            next.extend_from_slice(&self.buf);
+            let replaced = std::mem::replace(&mut self.buf, next);
+            // Only while large frames stream in: a connection that goes back to small
+            // frames (or idle) keeps one buffer, not two.
+            self.previous = large.then_some(replaced);
         }
         #[cfg(test)]
         {
@@ -321,15 +348,27 @@ mod tests {
         }
     }
 
+    /// How long the application holds the payloads it is handed.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Held {
+        /// Dropped at once: the framer is then the only handle on its buffer.
+        Never,
+        /// Until the next frame has arrived (as a receiver that hands each payload to
+        /// another thread).
+        UntilTheNext,
+        Always,
+    }
+
     /// Reads `stream` as the epoll backend does: `read_buf`, then as much as fits and the
-    /// "socket" holds (`arrives` bytes at a time), frames taken after each read.
+    /// "socket" holds (`arrives` bytes at a time), frames taken after each read. The ids
+    /// of the frames, and their payloads if `held` is `Always`.
     fn read_like_epoll(
         rx: &mut RxFramer,
         stream: &[u8],
         arrives: usize,
-        keep: bool,
+        held: Held,
     ) -> Vec<(u64, Bytes)> {
-        let (mut at, mut got) = (0, Vec::new());
+        let (mut at, mut got, mut last) = (0, Vec::new(), None);
         while at < stream.len() {
             let buf = rx.read_buf();
             let spare = buf.capacity() - buf.len();
@@ -338,11 +377,18 @@ mod tests {
             buf.extend_from_slice(&stream[at..at + n]);
             at += n;
             while let Some((h, p)) = rx.next_frame().unwrap() {
-                // Dropped at once, the payload leaves the framer the only handle on its
-                // buffer, which then takes other paths to grow.
-                got.push((h.msg_id, if keep { p } else { Bytes::new() }));
+                let kept = match held {
+                    Held::Never => Bytes::new(),
+                    Held::UntilTheNext => {
+                        last = Some(p);
+                        Bytes::new()
+                    }
+                    Held::Always => p,
+                };
+                got.push((h.msg_id, kept));
             }
         }
+        drop(last);
         got
     }
 
@@ -357,26 +403,41 @@ mod tests {
             stream.extend_from_slice(&p);
         }
         // Loopback hands a reader what the writer's pieces left: 256 KiB, 200,000 bytes.
-        for (arrives, keep) in [(256 << 10, true), (200_000, true), (64 << 10, true)]
-            .into_iter()
-            .chain([(256 << 10, false), (200_000, false), (64 << 10, false)])
-        {
-            let mut rx = RxFramer::new(Limits::new(2 << 20, HeaderCheck::Crc32));
-            let got = read_like_epoll(&mut rx, &stream, arrives, keep);
-            assert_eq!(got.len(), 16);
-            for (i, (id, p)) in got.iter().enumerate() {
-                assert_eq!(*id, i as u64);
-                assert!(!keep || p[..] == payload[..], "frame {i} intact");
+        for held in [Held::Always, Held::UntilTheNext, Held::Never] {
+            for arrives in [256 << 10, 200_000, 64 << 10] {
+                let mut rx = RxFramer::new(Limits::new(2 << 20, HeaderCheck::Crc32));
+                let got = read_like_epoll(&mut rx, &stream, arrives, held);
+                assert_eq!(got.len(), 16);
+                for (i, (id, p)) in got.iter().enumerate() {
+                    assert_eq!(*id, i as u64);
+                    assert!(
+                        held != Held::Always || p[..] == payload[..],
+                        "frame {i} intact"
+                    );
+                }
+                let (copied, allocated) = (rx.moved_to_grow, rx.allocated);
+                eprintln!(
+                    "{arrives} at a time, payloads held {held:?}: {copied} bytes moved, \
+                     {allocated} buffers allocated"
+                );
+                // A frame's first read (before its header says how long it is) may be
+                // copied once into a buffer of the frame's size; the rest arrives in place.
+                // Growing with a frame's last bytes once copied all of it: more than the
+                // stream.
+                assert!(
+                    copied <= stream.len() / 8,
+                    "{copied} bytes moved for 16 frames of {SIZE}, {arrives} at a time, {held:?}"
+                );
+                // Payloads let go of leave their buffers to the frames after them (a new
+                // buffer's pages cost the kernel a fault and zeroing each); payloads kept
+                // need a buffer each.
+                if held != Held::Always {
+                    assert!(
+                        allocated <= 3,
+                        "{allocated} buffers for 16 frames, {held:?}"
+                    );
+                }
             }
-            let copied = rx.moved_to_grow;
-            eprintln!("arriving {arrives} at a time, payloads kept {keep}: {copied} bytes moved");
-            // A frame's first read (before its header says how long it is) may be copied
-            // once into a buffer of the frame's size; the rest arrives in place. Growing
-            // with a frame's last bytes once copied all of it: more than the stream.
-            assert!(
-                copied <= stream.len() / 8,
-                "{copied} bytes moved for 16 frames of {SIZE}, {arrives} at a time, kept {keep}"
-            );
         }
     }
 
