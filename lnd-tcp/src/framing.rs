@@ -19,13 +19,16 @@ pub(crate) struct RxFramer {
     limits: Limits,
     /// Header of the frame whose payload is still arriving.
     header: Option<Header>,
-    /// The buffer `buf` replaced when it last had to grow, while a large frame streamed in:
-    /// once the payloads split off it are dropped, it is used again rather than a new
-    /// allocation, whose pages the kernel would fault in and zero again for every frame.
+    /// The buffer `buf` replaced when a large frame last needed room it could not give
+    /// (too small, or still shared with payloads): once the payloads split off it are
+    /// dropped, it is used again rather than a new allocation, whose pages the kernel would
+    /// fault in and zero again for every frame. Dropped when the stream drains (see
+    /// [`Self::next_frame`]), so that a connection that goes idle keeps one buffer.
     previous: Option<BytesMut>,
-    /// Bytes moved to make room, and buffers allocated for it (tests watch them).
+    /// Bytes moved to make room (tests watch it).
     #[cfg(test)]
-    moved_to_grow: usize,
+    moved_to_make_room: usize,
+    /// Buffers allocated to make room (tests watch it).
     #[cfg(test)]
     allocated: usize,
 }
@@ -38,7 +41,7 @@ impl RxFramer {
             header: None,
             previous: None,
             #[cfg(test)]
-            moved_to_grow: 0,
+            moved_to_make_room: 0,
             #[cfg(test)]
             allocated: 0,
         }
@@ -81,9 +84,10 @@ impl RxFramer {
         self.buf.extend_from_slice(data);
     }
 
-    /// Makes room for `additional` more bytes, moving (in place, or to a new buffer) only
-    /// the bytes not yet framed. A new buffer for a frame in progress has a chunk more: the
-    /// read that ends the frame may bring the next one's start too.
+    /// Makes room for `additional` more bytes, moving (in place, or to another buffer) only
+    /// the bytes not yet framed. The other buffer, for the rest of a large frame, is the
+    /// one it last replaced if its payloads are gone (else a new one), with a chunk more
+    /// than the frame: the read that ends the frame may bring the next one's start too.
     ///
     /// Not `BytesMut::reserve`: when this is the only handle on its allocation, `reserve`
     /// reallocates the frames already split off ahead of it too, and when payloads are
@@ -94,14 +98,15 @@ impl RxFramer {
         if !self.buf.try_reclaim(additional) {
             let large = self.header.is_some() && additional > READ_CHUNK;
             let need = self.buf.len() + additional + if large { READ_CHUNK } else { 0 };
-            let reusable = self
-                .previous
-                .take()
-                .filter(|_| large)
-                .and_then(|mut previous| {
+            // Small frames leave the previous buffer to the next large one.
+            let reusable = if large {
+                self.previous.take().and_then(|mut previous| {
                     previous.clear();
                     previous.try_reclaim(need).then_some(previous)
-                });
+                })
+            } else {
+                None
+            };
             let mut next = reusable.unwrap_or_else(|| {
                 #[cfg(test)]
                 {
@@ -111,14 +116,14 @@ impl RxFramer {
             });
             next.extend_from_slice(&self.buf);
             let replaced = std::mem::replace(&mut self.buf, next);
-            // Only while large frames stream in: a connection that goes back to small
-            // frames (or idle) keeps one buffer, not two.
-            self.previous = large.then_some(replaced);
+            if large {
+                self.previous = Some(replaced);
+            }
         }
         #[cfg(test)]
         {
             if self.buf.as_ptr() != at {
-                self.moved_to_grow += self.buf.len();
+                self.moved_to_make_room += self.buf.len();
             }
         }
     }
@@ -157,6 +162,11 @@ impl RxFramer {
         self.header = None;
         self.buf.advance(HEADER_LEN);
         let payload = self.buf.split_to(h.payload_len as usize).freeze();
+        if self.buf.is_empty() {
+            // The stream has drained: a connection that now goes idle, or on with small
+            // frames, keeps one buffer, not two.
+            self.previous = None;
+        }
         Ok(Some((h, payload)))
     }
 }
@@ -356,17 +366,21 @@ mod tests {
         /// Until the next frame has arrived (as a receiver that hands each payload to
         /// another thread).
         UntilTheNext,
+        /// Kept to the end.
         Always,
     }
 
     /// Reads `stream` as the epoll backend does: `read_buf`, then as much as fits and the
-    /// "socket" holds (`arrives` bytes at a time), frames taken after each read. The ids
-    /// of the frames, and their payloads if `held` is `Always`.
+    /// "socket" holds (`arrives` bytes at a time), frames taken after each read. Every
+    /// payload must be `payload` when taken, and still when let go of (a buffer used again
+    /// too early would have overwritten it). The ids of the frames, and their payloads if
+    /// `held` is `Always`.
     fn read_like_epoll(
         rx: &mut RxFramer,
         stream: &[u8],
         arrives: usize,
         held: Held,
+        payload: &[u8],
     ) -> Vec<(u64, Bytes)> {
         let (mut at, mut got, mut last) = (0, Vec::new(), None);
         while at < stream.len() {
@@ -377,10 +391,13 @@ mod tests {
             buf.extend_from_slice(&stream[at..at + n]);
             at += n;
             while let Some((h, p)) = rx.next_frame().unwrap() {
+                assert!(p[..] == *payload, "frame {} intact when taken", h.msg_id);
                 let kept = match held {
                     Held::Never => Bytes::new(),
                     Held::UntilTheNext => {
-                        last = Some(p);
+                        if let Some(before) = last.replace(p) {
+                            assert!(before[..] == *payload, "a held payload intact");
+                        }
                         Bytes::new()
                     }
                     Held::Always => p,
@@ -388,12 +405,11 @@ mod tests {
                 got.push((h.msg_id, kept));
             }
         }
-        drop(last);
         got
     }
 
     #[test]
-    fn streaming_large_frames_copies_little_of_them_to_make_room() {
+    fn streaming_large_frames_moves_little_of_them_and_reuses_buffers() {
         const SIZE: usize = 1 << 20;
         let payload: Vec<u8> = (0..SIZE as u32).map(|i| (i % 251) as u8).collect();
         let mut stream = Vec::new();
@@ -406,7 +422,7 @@ mod tests {
         for held in [Held::Always, Held::UntilTheNext, Held::Never] {
             for arrives in [256 << 10, 200_000, 64 << 10] {
                 let mut rx = RxFramer::new(Limits::new(2 << 20, HeaderCheck::Crc32));
-                let got = read_like_epoll(&mut rx, &stream, arrives, held);
+                let got = read_like_epoll(&mut rx, &stream, arrives, held, &payload);
                 assert_eq!(got.len(), 16);
                 for (i, (id, p)) in got.iter().enumerate() {
                     assert_eq!(*id, i as u64);
@@ -415,7 +431,7 @@ mod tests {
                         "frame {i} intact"
                     );
                 }
-                let (copied, allocated) = (rx.moved_to_grow, rx.allocated);
+                let (copied, allocated) = (rx.moved_to_make_room, rx.allocated);
                 eprintln!(
                     "{arrives} at a time, payloads held {held:?}: {copied} bytes moved, \
                      {allocated} buffers allocated"
@@ -428,9 +444,14 @@ mod tests {
                     copied <= stream.len() / 8,
                     "{copied} bytes moved for 16 frames of {SIZE}, {arrives} at a time, {held:?}"
                 );
+                // The stream ended with its last frame: drained, it keeps one buffer.
+                assert!(
+                    rx.previous.is_none(),
+                    "a second buffer kept past the stream"
+                );
                 // Payloads let go of leave their buffers to the frames after them (a new
                 // buffer's pages cost the kernel a fault and zeroing each); payloads kept
-                // need a buffer each.
+                // need a buffer each. Three: the first chunk's, then two taking turns.
                 if held != Held::Always {
                     assert!(
                         allocated <= 3,
