@@ -325,9 +325,10 @@ pub trait Lnd: Send {
         None
     }
 
-    /// The thread is about to sleep on [`Lnd::wait_fd`]: make sure the descriptor will
-    /// turn readable for anything new (arm notifications, drain what signalled before),
-    /// and say whether there is work already.
+    /// The thread is about to sleep on [`Lnd::wait_fd`]: send what it holds of what was
+    /// posted (as `send_posted` would: nothing posted waits for a sleep), make sure the
+    /// descriptor will turn readable for anything new (arm notifications, drain what
+    /// signalled before), and say whether there is work already.
     fn prepare_wait(&mut self) -> Readiness {
         Readiness::Sleep(None)
     }

@@ -20,8 +20,8 @@ pub(crate) enum Trick {
     Fail,
     /// `poll` panics: a bug anywhere on the driver thread.
     Panic,
-    /// Not armed: holds what is posted until `send_posted` or the next poll, as TCP's
-    /// epoll backend does to write a connection's frames together.
+    /// Not armed: holds what is posted until `send_posted`, the next poll or a
+    /// `prepare_wait`, as TCP's epoll backend does to write a connection's frames together.
     Gather,
 }
 
@@ -108,6 +108,7 @@ impl Lnd for Rigged {
         self.inner.wait_fd()
     }
     fn prepare_wait(&mut self) -> Readiness {
+        self.send_held();
         self.inner.prepare_wait()
     }
 }
