@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 
 use crate::engine::{ConnId, Engine};
 use crate::framing::MAX_SLICES;
+use crate::low_water;
 use crate::{io_error, tune_socket};
 
 const LISTENER: Token = Token(0);
@@ -32,7 +33,6 @@ const READS_PER_ROUND: usize = 4;
 /// also runs the receiver's TCP input, so one unbounded write of a few MiB keeps this
 /// thread away from the health lane for milliseconds (measured: `lanet-bench lanes`).
 const DATA_WRITE_PER_ROUND: usize = 256 << 10;
-
 struct MioWaker(Waker);
 
 impl Wake for MioWaker {
@@ -65,6 +65,9 @@ pub(crate) struct Epoll {
     /// by the next `send_posted` (the end of the driver's hand-over), `poll` or
     /// `prepare_wait`. May repeat one.
     posted_to: Vec<ConnId>,
+    /// Sockets whose receive low-water mark is raised above 1, and to what (see
+    /// [`crate::low_water`]).
+    low_water: FxHashMap<ConnId, usize>,
 }
 
 impl Epoll {
@@ -98,6 +101,7 @@ impl Epoll {
             unwritten: Vec::new(),
             skipped_wait: false,
             posted_to: Vec::new(),
+            low_water: FxHashMap::default(),
         })
     }
 
@@ -194,6 +198,7 @@ impl Epoll {
             if let Some(mut s) = self.sockets.remove(&id) {
                 let _ = self.poll.registry().deregister(&mut s);
             }
+            self.low_water.remove(&id);
         }
     }
 
@@ -289,11 +294,11 @@ impl Epoll {
                     if n < asked {
                         // A short read emptied the socket; new data raises a new edge. This
                         // saves the read that would only say EAGAIN.
-                        return;
+                        return self.set_low_water(conn);
                     }
                 }
                 Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::WouldBlock => return self.set_low_water(conn),
                     io::ErrorKind::Interrupted => {}
                     _ => {
                         let error = io_error(&e, "receive");
@@ -303,6 +308,32 @@ impl Epoll {
             }
         }
         self.unread.push(conn);
+    }
+
+    /// Before `conn`'s socket is left to raise its next edge: while a large frame arrives,
+    /// the kernel is to wake this thread only once a good part of its rest is in (see
+    /// [`crate::low_water`]). Set after every read, so never above what is still to come.
+    fn set_low_water(&mut self, conn: ConnId) {
+        let Some(c) = self.engine.conn_mut(conn) else {
+            return;
+        };
+        let mark = low_water::mark_for(c.rx.rest_of_frame());
+        if self.low_water.get(&conn).copied().unwrap_or(1) == mark {
+            return;
+        }
+        let Some(sock) = self.sockets.get(&conn) else {
+            return;
+        };
+        match low_water::set(sock.as_raw_fd(), mark) {
+            Ok(()) if mark == 1 => {
+                self.low_water.remove(&conn);
+            }
+            Ok(()) => {
+                self.low_water.insert(conn, mark);
+            }
+            // Only a cost: the thread wakes per segment, as without a mark.
+            Err(e) => tracing::debug!(conn, "SO_RCVLOWAT {mark}: {e}"),
+        }
     }
 
     fn fail(&mut self, conn: ConnId, kind: LndErrorKind, what: &str) {

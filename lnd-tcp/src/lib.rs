@@ -20,6 +20,7 @@ mod engine;
 mod epoll;
 mod framing;
 mod loopback;
+mod low_water;
 mod uring;
 
 pub use loopback::free_loopback_nid;

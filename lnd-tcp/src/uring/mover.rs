@@ -51,7 +51,8 @@ pub(crate) enum Job {
         fd: RawFd,
         slot: Box<SendSlot>,
     },
-    /// Receive exactly `len` bytes into the spare capacity of `buf` (MSG_WAITALL).
+    /// Receive exactly `len` bytes into the spare capacity of `buf` (in pieces, each as much
+    /// as has arrived).
     Recv {
         conn: ConnId,
         fd: RawFd,
@@ -244,6 +245,8 @@ struct InFlight {
     /// Bytes moved so far, of `len`.
     done: usize,
     len: usize,
+    /// A receive's socket's low-water mark, as last set here (1: the socket's default).
+    low_water: usize,
 }
 
 struct Worker {
@@ -333,6 +336,7 @@ impl Worker {
                 len: slot.len,
                 moved: Moved::Send(slot),
                 done: 0,
+                low_water: 1,
             },
             Job::Recv { conn, fd, buf, len } => InFlight {
                 conn,
@@ -340,6 +344,7 @@ impl Worker {
                 len: len.min(buf.capacity() - buf.len()),
                 moved: Moved::Recv(buf),
                 done: 0,
+                low_water: 1,
             },
         };
         self.inflight.insert(ud, job);
@@ -358,11 +363,21 @@ impl Worker {
                     .build()
             }
             Moved::Recv(buf) => {
+                // Woken once a good part of the rest is in, not for every segment (see
+                // `crate::low_water`); set before every piece, so never above what is
+                // still to come. And so no MSG_WAITALL: the kernel would retry a short
+                // receive for the rest of the piece with the mark unchanged, waiting for
+                // bytes that may never come.
+                let mark = crate::low_water::mark_for(left);
+                if job.low_water != mark {
+                    match crate::low_water::set(job.fd, mark) {
+                        Ok(()) => job.low_water = mark,
+                        Err(e) => tracing::debug!("bulk mover: SO_RCVLOWAT {mark}: {e}"),
+                    }
+                }
                 let spare = buf.spare_capacity_mut();
                 let want = left.min(RECV_PIECE) as u32;
-                opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want)
-                    .flags(libc::MSG_WAITALL)
-                    .build()
+                opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want).build()
             }
         };
         // SAFETY: the slot with its piece (boxed), or the buffer (heap memory of the
@@ -438,6 +453,13 @@ impl Worker {
                         }
                     }
                     let job = self.inflight.remove(&ud).expect("in flight");
+                    if job.low_water != 1 {
+                        // Before the driver arms its own receive: the next frame's header
+                        // may be all that comes.
+                        if let Err(e) = crate::low_water::set(job.fd, 1) {
+                            tracing::error!("bulk mover: cannot reset SO_RCVLOWAT: {e}");
+                        }
+                    }
                     // Bytes moved before a failure are reported; the failure shows at the
                     // driver's next operation on the socket.
                     let res = if job.done > 0 { job.done as i32 } else { res };
@@ -569,6 +591,16 @@ mod tests {
             m.outstanding, 1,
             "the receive is counted until it comes back"
         );
+        let until = Instant::now() + Duration::from_secs(10);
+        while crate::low_water::get(fd).unwrap() == 1 {
+            assert!(Instant::now() < until, "the mover never raised the mark");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            crate::low_water::get(fd).unwrap(),
+            data.len(),
+            "woken when the whole rest is in, not before"
+        );
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
             for chunk in sent.chunks(50_000) {
@@ -594,6 +626,11 @@ mod tests {
             "received in place, not into another buffer"
         );
         assert!(buf[..] == data[..], "the bytes arrived intact and in order");
+        assert_eq!(
+            crate::low_water::get(fd).unwrap(),
+            1,
+            "the next frame's header may be all that comes"
+        );
     }
 
     #[test]
@@ -654,6 +691,13 @@ mod tests {
             assert!(
                 res < 0,
                 "nothing was received, so the result is an error: {res}"
+            );
+        }
+        for fd in [rx.as_raw_fd(), rx2.as_raw_fd()] {
+            assert_eq!(
+                crate::low_water::get(fd).unwrap(),
+                1,
+                "a receive that ends early leaves the socket's mark as it found it"
             );
         }
     }
