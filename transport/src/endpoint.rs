@@ -37,7 +37,7 @@
 mod driver_thread;
 mod gate;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -149,6 +149,7 @@ impl EndpointBuilder {
         let wakers = driver.wakers();
         let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(self.command_capacity);
         let consumed = Arc::new(AtomicUsize::new(0));
+        let queued_by_callback = Arc::new(AtomicBool::new(false));
         let awaited = Arc::new(driver_thread::Awaited::default());
         let (sink, events) = match self.callback {
             Some(cb) => (Sink::Callback(cb), None),
@@ -165,6 +166,7 @@ impl EndpointBuilder {
             gate: gate.clone(),
             sink,
             consumed: consumed.clone(),
+            queued_by_callback: queued_by_callback.clone(),
             awaited: awaited.clone(),
             in_hand: None,
         };
@@ -196,6 +198,7 @@ impl EndpointBuilder {
                 cfg,
                 events,
                 consumed,
+                queued_by_callback,
                 awaited,
                 thread: Mutex::new(Some(thread)),
             }),
@@ -238,6 +241,9 @@ struct Inner {
     cfg: NodeConfig,
     events: Option<Receiver<Event>>,
     consumed: Arc<AtomicUsize>,
+    /// Set when a callback (on the driver thread) queues a command, which wakes nobody:
+    /// the driver takes it before it next waits.
+    queued_by_callback: Arc<AtomicBool>,
     awaited: Arc<driver_thread::Awaited>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -252,10 +258,13 @@ impl Inner {
             if self.on_driver_thread() {
                 // From a callback: the driver looks at its queue before it next waits, so
                 // no wake-up (two system calls per submission) is needed.
-                return self.commands.try_send(cmd).map_err(|e| match e {
+                self.commands.try_send(cmd).map_err(|e| match e {
                     crossbeam_channel::TrySendError::Full(_) => EndpointError::Busy,
                     crossbeam_channel::TrySendError::Disconnected(_) => self.gate.refusal(),
-                });
+                })?;
+                // The same thread reads it: no ordering beyond its own program order.
+                self.queued_by_callback.store(true, Ordering::Relaxed);
+                return Ok(());
             }
             self.commands.send(cmd).map_err(|_| self.gate.refusal())?;
             for w in &self.wakers {

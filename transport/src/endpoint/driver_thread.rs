@@ -3,7 +3,7 @@
 //! completes every operation it accepted, exactly once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -129,6 +129,8 @@ pub(super) struct DriverThread {
     pub(super) gate: Arc<Gate>,
     pub(super) sink: Sink,
     pub(super) consumed: Arc<AtomicUsize>,
+    /// A callback queued a command (see `Inner::queued_by_callback`).
+    pub(super) queued_by_callback: Arc<AtomicBool>,
     pub(super) awaited: Arc<Awaited>,
     /// The op of the command the node is taking, while it takes it: if the node panics
     /// right then, this is the one op neither its table nor its events may hold.
@@ -165,7 +167,6 @@ impl DriverThread {
     }
 
     fn serve(&mut self) -> Stop {
-        let mut skipped_poll = false;
         // When the node next needs its timers run, as it said at the end of the last turn
         // (at first: now). Asked every turn, so a deadline set meanwhile (a submission's,
         // a retry's) is late by one turn at most, and never missed.
@@ -177,6 +178,9 @@ impl DriverThread {
                 .driver
                 .take_polled_at()
                 .unwrap_or_else(|| self.clock.now());
+            // What callbacks queue from here on is flagged; what came from other threads
+            // woke the poll that ended the last turn.
+            self.queued_by_callback.store(false, Ordering::Relaxed);
             let stopping = self.take_commands(now) || self.gate.stop_requested();
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
@@ -192,17 +196,21 @@ impl DriverThread {
             }
             self.driver.flush();
             self.deliver_events();
-            // Commands already waiting (e.g. submitted by a callback this turn): take them
-            // before polling the LND, whose events keep; but never skip two polls in a row,
-            // or busy submitters could starve the network. And never block while they wait.
-            due = self.driver.node_mut().poll_timeout();
-            let pending = !self.commands.is_empty();
-            if pending && !skipped_poll {
-                skipped_poll = true;
-                continue;
+            // Commands the callbacks just queued (a PUT answering a completion, say): taken
+            // before polling the LND, whose events keep, in this turn and at its time, so
+            // that a callback's submission costs no turn of its own; but only once a turn,
+            // or busy submitters could starve the network.
+            if self.queued_by_callback.swap(false, Ordering::Relaxed) {
+                if self.take_commands(now) || self.gate.stop_requested() {
+                    self.driver.node_mut().handle_timeout(now);
+                    return Stop::Shutdown;
+                }
+                self.driver.flush();
+                self.deliver_events();
             }
-            skipped_poll = false;
-            let timeout = if pending {
+            due = self.driver.node_mut().poll_timeout();
+            // Nothing wakes the poll for what callbacks queued since: it must not wait.
+            let timeout = if self.queued_by_callback.load(Ordering::Relaxed) {
                 Some(std::time::Duration::ZERO)
             } else {
                 due.map(|t| t.saturating_since(self.clock.now()))
