@@ -33,6 +33,7 @@ const READS_PER_ROUND: usize = 4;
 /// also runs the receiver's TCP input, so one unbounded write of a few MiB keeps this
 /// thread away from the health lane for milliseconds (measured: `lanet-bench lanes`).
 const DATA_WRITE_PER_ROUND: usize = 256 << 10;
+
 struct MioWaker(Waker);
 
 impl Wake for MioWaker {
@@ -292,8 +293,8 @@ impl Epoll {
                 Ok(n) => {
                     self.engine.received(conn, Instant::now());
                     if n < asked {
-                        // A short read emptied the socket; new data raises a new edge. This
-                        // saves the read that would only say EAGAIN.
+                        // A short read emptied the socket; new data (up to the mark) raises
+                        // a new edge. This saves the read that would only say EAGAIN.
                         return self.set_low_water(conn);
                     }
                 }
@@ -307,18 +308,22 @@ impl Epoll {
                 },
             }
         }
+        // Revisited next round without waiting for an edge: its mark, perhaps set for more
+        // than is left by now, is set again when a drain empties the socket.
         self.unread.push(conn);
     }
 
     /// Before `conn`'s socket is left to raise its next edge: while a large frame arrives,
     /// the kernel is to wake this thread only once a good part of its rest is in (see
-    /// [`crate::low_water`]). Set after every read, so never above what is still to come.
+    /// [`crate::low_water`]). Called by every drain that empties the socket, so the mark
+    /// is never above what is still to come when the thread waits for it.
     fn set_low_water(&mut self, conn: ConnId) {
         let Some(c) = self.engine.conn_mut(conn) else {
             return;
         };
         let mark = low_water::mark_for(c.rx.rest_of_frame());
-        if self.low_water.get(&conn).copied().unwrap_or(1) == mark {
+        let was = self.low_water.get(&conn).copied().unwrap_or(1);
+        if was == mark {
             return;
         }
         let Some(sock) = self.sockets.get(&conn) else {
@@ -331,8 +336,10 @@ impl Epoll {
             Ok(()) => {
                 self.low_water.insert(conn, mark);
             }
-            // Only a cost: the thread wakes per segment, as without a mark.
-            Err(e) => tracing::debug!(conn, "SO_RCVLOWAT {mark}: {e}"),
+            // Not raised: only a cost (a wake-up per segment, as without a mark).
+            Err(e) if mark > was => tracing::debug!(conn, "SO_RCVLOWAT {mark}: {e}"),
+            // Not lowered: the socket might wait for bytes that never come.
+            Err(e) => self.engine.fail(conn, io_error(&e, "lowering SO_RCVLOWAT")),
         }
     }
 

@@ -3,32 +3,66 @@
 //! for every segment.
 //!
 //! Measured on loopback with 1 MiB PUTs (`lanet-bench bandwidth`, 8 in flight): without a
-//! mark the receiving process slept and woke ~26,000 times a second (epoll; ~28,000 with
-//! io_uring's bulk mover), about one wake-up per 128 KiB, and each cost the sending thread,
-//! which runs the receiver's TCP input on loopback, a wake-up between CPUs (on a VM, an
-//! exit). With it, epoll's 3.0-3.8 GB/s became 4.7-5.9.
+//! mark the receiving process slept and woke ~26,000 times a second with epoll (~28,000
+//! with io_uring's bulk mover), about once per 128 KiB, and each wake-up cost the sending
+//! thread, which runs the receiver's TCP input on loopback, a wake-up between CPUs (on a
+//! VM, an exit). With it: epoll 3.0-3.8 GB/s became 4.7-5.9, io_uring 2.6-3.7 became
+//! 3.1-4.4 (see `bench/RESULTS.md`).
 //!
-//! A mark is only ever as high as the bytes still missing from the frame in progress: the
-//! peer is sending them, so they come. The kernel also reports the socket readable before
-//! the mark when its receive buffer or window runs short, or the peer closes; and raising
-//! the mark grows the receive buffer to hold it. A mark left higher than what is still to
-//! come would stall the connection, so whoever raises it sets it again after every read.
+//! A mark is never higher than the bytes still missing from the frame in progress, queued
+//! or on their way: the peer is sending them, so they come. Whoever raises it sets it
+//! again whenever the socket is left to raise its next wake-up (epoll: each drain that
+//! empties it; the mover: before each receive), so it never outlives the frame. The kernel
+//! also wakes before the mark when its receive buffer or window runs short, or the peer
+//! closes, and grows the receive buffer to hold the mark. Those early wake-ups were fixed
+//! over several releases up to about Linux 5.11 (a reader could hang below its mark); on
+//! older kernels the mark stays at 1.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 
 /// A frame missing at least this much has the mark raised; below it, the mark is 1 (the
 /// socket's default): a wake-up per segment is then a wake-up or two per frame anyway.
-const MIN: usize = 128 << 10;
+const RAISE_FROM: usize = 128 << 10;
 /// The highest mark: wake-ups for a large frame's rest come at least this often.
-const MAX: usize = 1 << 20;
+const CAP: usize = 1 << 20;
 
 /// The mark for a socket whose frame in progress misses `rest` bytes (0: none known).
 pub(crate) fn mark_for(rest: usize) -> usize {
-    if rest >= MIN {
-        rest.min(MAX)
+    if rest >= RAISE_FROM && kernel_wakes_early() {
+        rest.min(CAP)
     } else {
         1
+    }
+}
+
+/// Whether this kernel is recent enough to wake a reader before its mark when the receive
+/// buffer or window runs short (see the module's doc): read once.
+fn kernel_wakes_early() -> bool {
+    static WAKES_EARLY: OnceLock<bool> = OnceLock::new();
+    *WAKES_EARLY.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let at_least = release_at_least(&release, (5, 11));
+        if !at_least {
+            tracing::info!(
+                release = release.trim(),
+                "no receive low-water marks for large frames before Linux 5.11"
+            );
+        }
+        at_least
+    })
+}
+
+/// Whether a kernel release string ("6.18.44-fc", "5.4.0-150-generic") is `min` or later.
+fn release_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
     }
 }
 
@@ -96,15 +130,25 @@ mod tests {
 
     #[test]
     fn a_large_frames_rest_raises_the_mark_up_to_its_cap_and_small_ones_leave_it_at_1() {
+        assert!(kernel_wakes_early(), "this machine runs Linux 6");
         assert_eq!(mark_for(0), 1, "no frame in progress");
-        assert_eq!(mark_for(MIN - 1), 1);
-        assert_eq!(mark_for(MIN), MIN);
+        assert_eq!(mark_for(RAISE_FROM - 1), 1);
+        assert_eq!(mark_for(RAISE_FROM), RAISE_FROM);
         assert_eq!(
             mark_for(600_000),
             600_000,
             "never more than is still to come"
         );
-        assert_eq!(mark_for(16 << 20), MAX);
+        assert_eq!(mark_for(16 << 20), CAP);
+    }
+
+    #[test]
+    fn kernels_before_5_11_keep_the_mark_at_1() {
+        assert!(release_at_least("6.18.44-fc-v1272", (5, 11)));
+        assert!(release_at_least("5.11.0", (5, 11)));
+        assert!(!release_at_least("5.10.209-1", (5, 11)));
+        assert!(!release_at_least("4.19.0-26-amd64", (5, 11)));
+        assert!(!release_at_least("", (5, 11)), "unknown: not assumed");
     }
 
     /// What both backends rely on: a socket holding less than its mark is not readable,
@@ -112,6 +156,11 @@ mod tests {
     #[test]
     fn the_kernel_reports_a_socket_readable_only_from_its_mark() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // A receive window far larger than the mark: a window about to close (under one
+        // segment, 64 KiB on loopback) would make the socket readable before its mark.
+        socket2::SockRef::from(&l)
+            .set_recv_buffer_size(4 << 20)
+            .unwrap();
         let mut tx = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         tx.set_nodelay(true).unwrap(); // the last byte goes at once
         let (rx, _) = l.accept().unwrap();

@@ -149,7 +149,7 @@ impl EndpointBuilder {
         let wakers = driver.wakers();
         let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(self.command_capacity);
         let consumed = Arc::new(AtomicUsize::new(0));
-        let queued_by_callback = Arc::new(AtomicBool::new(false));
+        let queued_on_driver_thread = Arc::new(AtomicBool::new(false));
         let awaited = Arc::new(driver_thread::Awaited::default());
         let (sink, events) = match self.callback {
             Some(cb) => (Sink::Callback(cb), None),
@@ -166,7 +166,7 @@ impl EndpointBuilder {
             gate: gate.clone(),
             sink,
             consumed: consumed.clone(),
-            queued_by_callback: queued_by_callback.clone(),
+            queued_on_driver_thread: queued_on_driver_thread.clone(),
             awaited: awaited.clone(),
             in_hand: None,
         };
@@ -198,7 +198,7 @@ impl EndpointBuilder {
                 cfg,
                 events,
                 consumed,
-                queued_by_callback,
+                queued_on_driver_thread,
                 awaited,
                 thread: Mutex::new(Some(thread)),
             }),
@@ -241,9 +241,9 @@ struct Inner {
     cfg: NodeConfig,
     events: Option<Receiver<Event>>,
     consumed: Arc<AtomicUsize>,
-    /// Set when a callback (on the driver thread) queues a command, which wakes nobody:
-    /// the driver takes it before it next waits.
-    queued_by_callback: Arc<AtomicBool>,
+    /// Set when a command is queued on the driver thread (by an event callback), which
+    /// wakes nobody: the driver takes it before it next waits.
+    queued_on_driver_thread: Arc<AtomicBool>,
     awaited: Arc<driver_thread::Awaited>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -263,7 +263,7 @@ impl Inner {
                     crossbeam_channel::TrySendError::Disconnected(_) => self.gate.refusal(),
                 })?;
                 // The same thread reads it: no ordering beyond its own program order.
-                self.queued_by_callback.store(true, Ordering::Relaxed);
+                self.queued_on_driver_thread.store(true, Ordering::Relaxed);
                 return Ok(());
             }
             self.commands.send(cmd).map_err(|_| self.gate.refusal())?;

@@ -51,8 +51,8 @@ pub(crate) enum Job {
         fd: RawFd,
         slot: Box<SendSlot>,
     },
-    /// Receive exactly `len` bytes into the spare capacity of `buf` (in pieces, each as much
-    /// as has arrived).
+    /// Receive `len` bytes (at most the spare capacity of `buf`) into that spare capacity,
+    /// in pieces.
     Recv {
         conn: ConnId,
         fd: RawFd,
@@ -348,11 +348,14 @@ impl Worker {
             },
         };
         self.inflight.insert(ud, job);
-        self.next_piece(ud);
+        if let Err(res) = self.next_piece(ud) {
+            self.finish(ud, res);
+            self.notify_driver();
+        }
     }
 
-    /// Submits the next piece of job `ud`.
-    fn next_piece(&mut self, ud: u64) {
+    /// Submits the next piece of job `ud`; `Err` (a negated errno) if it cannot go.
+    fn next_piece(&mut self, ud: u64) -> Result<(), i32> {
         let job = self.inflight.get_mut(&ud).expect("in flight");
         let left = job.len - job.done;
         let entry = match &mut job.moved {
@@ -365,19 +368,36 @@ impl Worker {
             Moved::Recv(buf) => {
                 // Woken once a good part of the rest is in, not for every segment (see
                 // `crate::low_water`); set before every piece, so never above what is
-                // still to come. And so no MSG_WAITALL: the kernel would retry a short
-                // receive for the rest of the piece with the mark unchanged, waiting for
-                // bytes that may never come.
+                // still to come.
                 let mark = crate::low_water::mark_for(left);
                 if job.low_water != mark {
                     match crate::low_water::set(job.fd, mark) {
                         Ok(()) => job.low_water = mark,
-                        Err(e) => tracing::debug!("bulk mover: SO_RCVLOWAT {mark}: {e}"),
+                        // Not raised: only a cost (a wake-up per segment).
+                        Err(e) if mark > job.low_water => {
+                            tracing::debug!("bulk mover: SO_RCVLOWAT {mark}: {e}")
+                        }
+                        // Not lowered: the receive might wait for bytes that never come.
+                        Err(e) => {
+                            tracing::error!("bulk mover: cannot lower SO_RCVLOWAT: {e}");
+                            return Err(-e.raw_os_error().unwrap_or(libc::EIO));
+                        }
                     }
                 }
                 let spare = buf.spare_capacity_mut();
                 let want = left.min(RECV_PIECE) as u32;
-                opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want).build()
+                // Under a raised mark, no MSG_WAITALL: the kernel would retry a short
+                // receive for the rest of the piece with the mark unchanged, waiting for
+                // bytes that may never come. At 1 any byte wakes it: the kernel may finish
+                // the piece itself.
+                let flags = if job.low_water == 1 {
+                    libc::MSG_WAITALL
+                } else {
+                    0
+                };
+                opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want)
+                    .flags(flags)
+                    .build()
             }
         };
         // SAFETY: the slot with its piece (boxed), or the buffer (heap memory of the
@@ -385,6 +405,36 @@ impl Worker {
         // this operation's completion is reaped; the driver keeps the socket open until the
         // job comes back.
         unsafe { self.push(entry.user_data(ud)) };
+        Ok(())
+    }
+
+    /// Job `ud` ends with `res` (bytes moved, or a negated errno if none were): its memory
+    /// goes back to the driver, and its socket's mark back to 1 first, as the driver's own
+    /// receive may follow and the next frame's header may be all that comes.
+    fn finish(&mut self, ud: u64, res: i32) {
+        let job = self.inflight.remove(&ud).expect("in flight");
+        // Bytes moved before a failure are reported; the failure shows at the driver's next
+        // operation on the socket.
+        let mut res = if job.done > 0 { job.done as i32 } else { res };
+        if job.low_water != 1 {
+            if let Err(e) = crate::low_water::set(job.fd, 1) {
+                tracing::error!("bulk mover: cannot reset SO_RCVLOWAT: {e}");
+                // The connection must go: a mark left raised may stall it.
+                res = -e.raw_os_error().unwrap_or(libc::EIO);
+            }
+        }
+        let _ = self.done.send(Done {
+            conn: job.conn,
+            res,
+            moved: job.moved,
+        });
+    }
+
+    /// Wakes the driver for what [`Self::finish`] handed back.
+    fn notify_driver(&self) {
+        if let Err(e) = sys::signal(self.notify.as_fd()) {
+            tracing::error!("bulk mover: cannot wake the driver: {e}");
+        }
     }
 
     fn run(&mut self) {
@@ -448,26 +498,17 @@ impl Worker {
                         }
                         job.done += res as usize;
                         if job.done < job.len && !self.stop.load(Ordering::Acquire) {
-                            self.next_piece(ud);
-                            continue;
+                            match self.next_piece(ud) {
+                                Ok(()) => continue,
+                                Err(failed) => {
+                                    self.finish(ud, failed);
+                                    finished = true;
+                                    continue;
+                                }
+                            }
                         }
                     }
-                    let job = self.inflight.remove(&ud).expect("in flight");
-                    if job.low_water != 1 {
-                        // Before the driver arms its own receive: the next frame's header
-                        // may be all that comes.
-                        if let Err(e) = crate::low_water::set(job.fd, 1) {
-                            tracing::error!("bulk mover: cannot reset SO_RCVLOWAT: {e}");
-                        }
-                    }
-                    // Bytes moved before a failure are reported; the failure shows at the
-                    // driver's next operation on the socket.
-                    let res = if job.done > 0 { job.done as i32 } else { res };
-                    let _ = self.done.send(Done {
-                        conn: job.conn,
-                        res,
-                        moved: job.moved,
-                    });
+                    self.finish(ud, res);
                     finished = true;
                 }
             }
@@ -475,9 +516,7 @@ impl Worker {
         cqes.clear();
         self.cqes = cqes;
         if finished {
-            if let Err(e) = sys::signal(self.notify.as_fd()) {
-                tracing::error!("bulk mover: cannot wake the driver: {e}");
-            }
+            self.notify_driver();
         }
     }
 
@@ -599,7 +638,7 @@ mod tests {
         assert_eq!(
             crate::low_water::get(fd).unwrap(),
             data.len(),
-            "woken when the whole rest is in, not before"
+            "the mark asks for the whole rest before a wake-up"
         );
         let sent = data.clone();
         let writer = std::thread::spawn(move || {

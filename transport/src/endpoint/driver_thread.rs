@@ -129,8 +129,8 @@ pub(super) struct DriverThread {
     pub(super) gate: Arc<Gate>,
     pub(super) sink: Sink,
     pub(super) consumed: Arc<AtomicUsize>,
-    /// A callback queued a command (see `Inner::queued_by_callback`).
-    pub(super) queued_by_callback: Arc<AtomicBool>,
+    /// A command was queued on this thread (see `Inner::queued_on_driver_thread`).
+    pub(super) queued_on_driver_thread: Arc<AtomicBool>,
     pub(super) awaited: Arc<Awaited>,
     /// The op of the command the node is taking, while it takes it: if the node panics
     /// right then, this is the one op neither its table nor its events may hold.
@@ -180,37 +180,37 @@ impl DriverThread {
                 .unwrap_or_else(|| self.clock.now());
             // What callbacks queue from here on is flagged; what came from other threads
             // woke the poll that ended the last turn.
-            self.queued_by_callback.store(false, Ordering::Relaxed);
-            let stopping = self.take_commands(now) || self.gate.stop_requested();
+            self.queued_on_driver_thread.store(false, Ordering::Relaxed);
+            if self.take_commands(now) || self.gate.stop_requested() {
+                return self.stop_now(now);
+            }
             let node = self.driver.node_mut();
             node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
             // Running every subsystem's timers when none is due cost a turn more than all
             // of its message handling.
-            if stopping || due.is_some_and(|d| d <= now) {
+            if due.is_some_and(|d| d <= now) {
                 node.handle_timeout(now);
             } else {
                 node.set_time(now);
             }
-            if stopping {
-                return Stop::Shutdown;
-            }
             self.driver.flush();
             self.deliver_events();
             // Commands the callbacks just queued (a PUT answering a completion, say): taken
-            // before polling the LND, whose events keep, in this turn and at its time, so
-            // that a callback's submission costs no turn of its own; but only once a turn,
-            // or busy submitters could starve the network.
-            if self.queued_by_callback.swap(false, Ordering::Relaxed) {
+            // before polling the LND, whose events keep, in this turn, so that a callback's
+            // submission costs no turn of its own; but only once a turn, or busy submitters
+            // could starve the network. At the time they are taken: callbacks take time,
+            // and deadlines count from it.
+            if self.queued_on_driver_thread.swap(false, Ordering::Relaxed) {
+                let now = self.clock.now();
                 if self.take_commands(now) || self.gate.stop_requested() {
-                    self.driver.node_mut().handle_timeout(now);
-                    return Stop::Shutdown;
+                    return self.stop_now(now);
                 }
                 self.driver.flush();
                 self.deliver_events();
             }
             due = self.driver.node_mut().poll_timeout();
             // Nothing wakes the poll for what callbacks queued since: it must not wait.
-            let timeout = if self.queued_by_callback.load(Ordering::Relaxed) {
+            let timeout = if self.queued_on_driver_thread.load(Ordering::Relaxed) {
                 Some(std::time::Duration::ZERO)
             } else {
                 due.map(|t| t.saturating_since(self.clock.now()))
@@ -223,9 +223,9 @@ impl DriverThread {
         }
     }
 
-    /// Hands the commands waiting at the start of the turn to the node (those that come
-    /// meanwhile wait for the next turn: submitters faster than the node must not keep it
-    /// from the network). True if the endpoint is to stop.
+    /// Hands the commands waiting now to the node (those that come meanwhile wait for the
+    /// next take: submitters faster than the node must not keep it from the network). True
+    /// if the endpoint is to stop.
     fn take_commands(&mut self, now: Time) -> bool {
         // Most turns find none: the queue's length is read only once one has come, and
         // before it runs, so what its running lets in (a woken caller's next command)
@@ -245,6 +245,15 @@ impl DriverThread {
             }
             *left -= 1;
         }
+    }
+
+    /// A stop was requested while taking commands: the node takes what is delivered and
+    /// what is due, as a turn would, before [`Self::stop`] cancels the rest.
+    fn stop_now(&mut self, now: Time) -> Stop {
+        let node = self.driver.node_mut();
+        node.deliveries_consumed(self.consumed.swap(0, Ordering::Relaxed));
+        node.handle_timeout(now);
+        Stop::Shutdown
     }
 
     /// A requested stop: everything live and everything still arriving is cancelled.

@@ -216,6 +216,50 @@ fn a_callback_receives_events_and_may_submit_from_inside() {
     a.shutdown();
 }
 
+/// Submissions from a callback wake nobody: each answers a completion with the next PUT,
+/// and with no peer and no timer to wake the driver, every one must still be taken before
+/// the driver next waits, including those queued after its last take of the turn.
+#[test]
+fn a_chain_of_submissions_from_a_callback_needs_nothing_else_to_wake_the_driver() {
+    const CHAIN: usize = 20;
+    let f = fabric();
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
+    let inner_slot = slot.clone();
+    let mut completed = 0;
+    let a = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(move |e| {
+            if let Event::Completed(c) = e {
+                completed += 1;
+                let _ = tx.send(c.op);
+                let ep = inner_slot.lock().unwrap().clone();
+                if let Some(ep) = ep.filter(|_| completed < CHAIN) {
+                    // To itself: refused inside the node at once, without the network.
+                    ep.put(put(1, Bytes::from_static(b"next"))).unwrap();
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    *slot.lock().unwrap() = Some(a.clone());
+    a.put(put(1, Bytes::from_static(b"first"))).unwrap();
+    for i in 0..CHAIN {
+        if let Err(e) = rx.recv_timeout(Duration::from_secs(10)) {
+            slot.lock().unwrap().take();
+            a.shutdown();
+            panic!(
+                "completion {} of {CHAIN} did not come within 10 s: {e}",
+                i + 1
+            );
+        }
+    }
+    slot.lock().unwrap().take();
+    a.shutdown();
+}
+
 /// A callback that answers every completion with a new submission that fails at once (an
 /// endless chain that never needs the network) does not keep the driver thread from its
 /// LND: a PUT from a peer is still delivered.
