@@ -293,8 +293,8 @@ impl Epoll {
                 Ok(n) => {
                     self.engine.received(conn, Instant::now());
                     if n < asked {
-                        // A short read emptied the socket; new data (up to the mark) raises
-                        // a new edge. This saves the read that would only say EAGAIN.
+                        // A short read emptied the socket; new data reaching the mark
+                        // raises a new edge. This saves the read that would only say EAGAIN.
                         return self.set_low_water(conn);
                     }
                 }

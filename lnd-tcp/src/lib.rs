@@ -452,6 +452,12 @@ fn tune_socket(s: &impl std::os::fd::AsFd) -> io::Result<()> {
     s.set_tcp_keepalive(&keepalive)
 }
 
+/// Whether TCP LNDs on this kernel raise a socket's receive low-water mark while a large
+/// frame arrives (Linux 5.11 and later; see `low_water`).
+pub fn raises_receive_low_water() -> bool {
+    low_water::kernel_wakes_early()
+}
+
 /// Where a socket error happened, for the core: refused (remote), reset/timeout/unreachable
 /// (network), out of resources (local).
 fn io_error(e: &io::Error, during: &str) -> LndError {

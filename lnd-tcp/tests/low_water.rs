@@ -75,6 +75,10 @@ fn marks_until(
 
 #[test]
 fn a_large_frame_raises_the_mark_to_no_more_than_is_still_to_come_and_then_lowers_it() {
+    if !lanet_lnd_tcp::raises_receive_low_water() {
+        eprintln!("this kernel gets no raised marks (before Linux 5.11): nothing to check");
+        return;
+    }
     let cfg = NodeConfig::new(1);
     let server = lanet_lnd_tcp::free_loopback_nid().unwrap();
     let lnd = TcpLnd::bind(server, TcpConfig::for_node(&cfg)).unwrap();

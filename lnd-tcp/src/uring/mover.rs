@@ -348,6 +348,8 @@ impl Worker {
             },
         };
         self.inflight.insert(ud, job);
+        // (A first piece only raises the mark, which cannot fail this way: handled all
+        // the same.)
         if let Err(res) = self.next_piece(ud) {
             self.finish(ud, res);
             self.notify_driver();
@@ -413,8 +415,9 @@ impl Worker {
     /// receive may follow and the next frame's header may be all that comes.
     fn finish(&mut self, ud: u64, res: i32) {
         let job = self.inflight.remove(&ud).expect("in flight");
-        // Bytes moved before a failure are reported; the failure shows at the driver's next
-        // operation on the socket.
+        // Bytes moved before a failure are reported (a socket's failure shows at the
+        // driver's next operation on it); a mark that could not be reset is reported
+        // instead, below.
         let mut res = if job.done > 0 { job.done as i32 } else { res };
         if job.low_water != 1 {
             if let Err(e) = crate::low_water::set(job.fd, 1) {
@@ -630,16 +633,19 @@ mod tests {
             m.outstanding, 1,
             "the receive is counted until it comes back"
         );
+        let marks = crate::low_water::kernel_wakes_early();
         let until = Instant::now() + Duration::from_secs(10);
-        while crate::low_water::get(fd).unwrap() == 1 {
+        while marks && crate::low_water::get(fd).unwrap() == 1 {
             assert!(Instant::now() < until, "the mover never raised the mark");
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(
-            crate::low_water::get(fd).unwrap(),
-            data.len(),
-            "the mark asks for the whole rest before a wake-up"
-        );
+        if marks {
+            assert_eq!(
+                crate::low_water::get(fd).unwrap(),
+                data.len(),
+                "the mark asks for the whole rest before a wake-up"
+            );
+        }
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
             for chunk in sent.chunks(50_000) {

@@ -205,6 +205,9 @@ impl DriverThread {
                 if self.take_commands(now) || self.gate.stop_requested() {
                     return self.stop_now(now);
                 }
+                // An attach or a cancel leaves the node without a time: the flush's
+                // completions need one.
+                self.driver.node_mut().set_time(now);
                 self.driver.flush();
                 self.deliver_events();
             }
