@@ -322,6 +322,9 @@ impl Epoll {
             return;
         };
         let mark = low_water::mark_for(c.rx.rest_of_frame());
+        if mark == 1 && self.low_water.is_empty() {
+            return; // small frames, no mark raised anywhere: every drain of them
+        }
         let was = self.low_water.get(&conn).copied().unwrap_or(1);
         if was == mark {
             return;
