@@ -46,6 +46,17 @@ pub fn route(net: &str, gateways: &[String]) -> String {
     )
 }
 
+/// A router's configuration on loopback: nets tcp1 and tcp2 on ports `tcp1` and `tcp2`,
+/// then `sections` (routes, `[auth]`...), then routing enabled with no warm-up, and
+/// `routing` (more `[routing]` keys).
+pub fn loopback_router(tcp1: u16, tcp2: u16, sections: &str, routing: &str) -> String {
+    format!(
+        "{}{}{sections}[routing]\nenable = true\nwarm_up = \"0s\"\n{routing}",
+        net("tcp1", "127.0.0.1", tcp1),
+        net("tcp2", "127.0.0.1", tcp2),
+    )
+}
+
 pub struct RouterProcess {
     pub child: Child,
     pub control: PathBuf,

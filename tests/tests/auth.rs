@@ -16,7 +16,7 @@ use lanet::wire::{Body, HelloStatus, HEADER_LEN};
 use lanet::{Endpoint, Lane, Nid};
 use lanet_tests::peer::{get, put, wait_all, Peer};
 use lanet_tests::raw::{answered_with_pong, closed_by_server, dial, frame, CLOSE_WITHIN};
-use lanet_tests::router::{net, route, RouterProcess, Scratch};
+use lanet_tests::router::{loopback_router, net, route, RouterProcess, Scratch};
 use lanet_tests::{free_tcp_nid, pattern};
 
 const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
@@ -284,12 +284,7 @@ fn a_router_with_the_key_authenticates_both_its_sides() {
     let (ra, rb) = (port(), port());
     let router_file = scratch.file(
         "router.toml",
-        &format!(
-            "{}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\n",
-            net("tcp1", "127.0.0.1", ra),
-            net("tcp2", "127.0.0.1", rb),
-            auth(Some(&key), None),
-        ),
+        &loopback_router(ra, rb, &auth(Some(&key), None), ""),
     );
     let control = scratch.0.join("router.sock");
     let _router = RouterProcess::start(ROUTER_EXE, &router_file, &control);

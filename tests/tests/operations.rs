@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use lanet::config::{ConfigFile, OpenLnd};
 use lanet::{Endpoint, Nid};
 use lanet_tests::peer::{put, wait_all, Peer};
-use lanet_tests::router::{net, route, sockets_on, RouterProcess, Scratch};
+use lanet_tests::router::{loopback_router, net, route, sockets_on, RouterProcess, Scratch};
 use lanet_tests::{free_tcp_nid, pattern};
 use serde_json::Value;
 
@@ -115,16 +115,9 @@ impl Site {
                 Some(addr) => vec!["--metrics", addr],
                 None => vec![],
             };
-            let router_file = scratch.file(
-                "router.toml",
-                &format!(
-                    "{}{}{}[routing]\nenable = true\nwarm_up = \"0s\"\n",
-                    net("tcp1", "127.0.0.1", ra),
-                    net("tcp2", "127.0.0.1", rb),
-                    // A route to a net beyond a gateway that is not there: shown, never used.
-                    route("tcp9", &[nid(port(), "tcp2").to_string()]),
-                ),
-            );
+            // A route to a net beyond a gateway that is not there: shown, never used.
+            let nowhere = route("tcp9", &[nid(port(), "tcp2").to_string()]);
+            let router_file = scratch.file("router.toml", &loopback_router(ra, rb, &nowhere, ""));
             let control = scratch.0.join("router.sock");
             match RouterProcess::try_start_with(
                 &[],
@@ -663,11 +656,7 @@ fn the_router_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         .unwrap();
     let config = scratch.file(
         "router.toml",
-        &format!(
-            "{}{}[routing]\nenable = true\nwarm_up = \"0s\"\ndrain = \"1s\"\n",
-            net("tcp1", "127.0.0.1", port()),
-            net("tcp2", "127.0.0.1", port())
-        ),
+        &loopback_router(port(), port(), "", "drain = \"1s\"\n"),
     );
     let control = scratch.0.join("router.sock");
     let mut child = KillOnDrop(Some(

@@ -172,31 +172,56 @@ fn bad_requests_are_refused_before_submission() {
     assert!(matches!(done[&op].result, Err(OpError::NoRoute(_))));
 }
 
+/// Endpoint 1 on `f`, whose callback gets each event and, once it has started, a handle on
+/// the endpoint itself, to submit from inside (on the driver thread). The handle is kept
+/// in a slot that the test empties when done ([`SelfHandle::release`]), as an endpoint
+/// holding itself would never stop.
+fn self_submitting(
+    f: &MemFabric,
+    mut on_event: impl FnMut(Event, Option<Endpoint>) + Send + 'static,
+) -> (Endpoint, SelfHandle) {
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
+    let inner_slot = slot.clone();
+    let a = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .on_event(move |e| {
+            let ep = inner_slot.lock().unwrap().clone();
+            on_event(e, ep)
+        })
+        .start()
+        .unwrap();
+    *slot.lock().unwrap() = Some(a.clone());
+    (a, SelfHandle(slot))
+}
+
+/// The endpoint's handle on itself, for its callback (see [`self_submitting`]).
+struct SelfHandle(Arc<Mutex<Option<Endpoint>>>);
+
+impl SelfHandle {
+    /// The callback submits nothing more; the endpoint can stop.
+    fn release(&self) {
+        self.0.lock().unwrap().take();
+    }
+}
+
 #[test]
 fn a_callback_receives_events_and_may_submit_from_inside() {
     let f = fabric();
     let b = endpoint(&f, 2);
     b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let cfg = NodeConfig::new(1);
-    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
-    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
-    let inner_slot = slot.clone();
-    let a = Endpoint::builder(cfg)
-        .lnd(lnd)
-        .on_event(move |e| {
-            // Answer the first completion with a second PUT, from the driver thread.
-            if let Event::Completed(c) = &e {
-                if c.op == OpId(1) {
-                    let ep = inner_slot.lock().unwrap().clone().unwrap();
-                    ep.put(put(2, Bytes::from_static(b"second"))).unwrap();
-                }
+    let (a, me) = self_submitting(&f, move |e, ep| {
+        // Answer the first completion with a second PUT, from the driver thread.
+        if let Event::Completed(c) = &e {
+            if c.op == OpId(1) {
+                let ep = ep.expect("set before the first PUT");
+                ep.put(put(2, Bytes::from_static(b"second"))).unwrap();
             }
-            tx.send(e).unwrap();
-        })
-        .start()
-        .unwrap();
-    *slot.lock().unwrap() = Some(a.clone());
+        }
+        tx.send(e).unwrap();
+    });
     a.put(put(2, Bytes::from_static(b"first"))).unwrap();
     let mut completed = Vec::new();
     while completed.len() < 2 {
@@ -212,7 +237,7 @@ fn a_callback_receives_events_and_may_submit_from_inside() {
         a.recv_event(Some(Duration::ZERO)).is_none(),
         "callback mode has no channel"
     );
-    slot.lock().unwrap().take();
+    me.release();
     a.shutdown();
 }
 
@@ -223,32 +248,22 @@ fn a_callback_receives_events_and_may_submit_from_inside() {
 fn a_chain_of_submissions_from_a_callback_needs_nothing_else_to_wake_the_driver() {
     const CHAIN: usize = 20;
     let f = fabric();
-    let cfg = NodeConfig::new(1);
-    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
-    let inner_slot = slot.clone();
     let mut completed = 0;
-    let a = Endpoint::builder(cfg)
-        .lnd(lnd)
-        .on_event(move |e| {
-            if let Event::Completed(c) = e {
-                completed += 1;
-                let _ = tx.send(c.op);
-                let ep = inner_slot.lock().unwrap().clone();
-                if let Some(ep) = ep.filter(|_| completed < CHAIN) {
-                    // To itself: refused inside the node at once, without the network.
-                    ep.put(put(1, Bytes::from_static(b"next"))).unwrap();
-                }
+    let (a, me) = self_submitting(&f, move |e, ep| {
+        if let Event::Completed(c) = e {
+            completed += 1;
+            let _ = tx.send(c.op);
+            if let Some(ep) = ep.filter(|_| completed < CHAIN) {
+                // To itself: refused inside the node at once, without the network.
+                ep.put(put(1, Bytes::from_static(b"next"))).unwrap();
             }
-        })
-        .start()
-        .unwrap();
-    *slot.lock().unwrap() = Some(a.clone());
+        }
+    });
     a.put(put(1, Bytes::from_static(b"first"))).unwrap();
     for i in 0..CHAIN {
         if let Err(e) = rx.recv_timeout(Duration::from_secs(10)) {
-            slot.lock().unwrap().take();
+            me.release();
             a.shutdown();
             panic!(
                 "completion {} of {CHAIN} did not come within 10 s: {e}",
@@ -256,7 +271,7 @@ fn a_chain_of_submissions_from_a_callback_needs_nothing_else_to_wake_the_driver(
             );
         }
     }
-    slot.lock().unwrap().take();
+    me.release();
     a.shutdown();
 }
 
@@ -266,29 +281,19 @@ fn a_chain_of_submissions_from_a_callback_needs_nothing_else_to_wake_the_driver(
 #[test]
 fn a_callback_that_submits_without_end_does_not_starve_the_network() {
     let f = fabric();
-    let cfg = NodeConfig::new(1);
-    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let slot: Arc<Mutex<Option<Endpoint>>> = Arc::new(Mutex::new(None));
-    let inner_slot = slot.clone();
     let storming = Arc::new(AtomicBool::new(true));
     let storm = storming.clone();
-    let a = Endpoint::builder(cfg)
-        .lnd(lnd)
-        .on_event(move |e| {
-            if let Event::Completed(_) = &e {
-                let ep = inner_slot.lock().unwrap().clone();
-                if let Some(ep) = ep.filter(|_| storm.load(Ordering::Relaxed)) {
-                    // To itself: refused as invalid inside the node, without the network.
-                    let _ = ep.put(put(1, Bytes::from_static(b"again")));
-                }
-            } else if e.is_delivery() {
-                let _ = tx.send(e);
+    let (a, me) = self_submitting(&f, move |e, ep| {
+        if let Event::Completed(_) = &e {
+            if let Some(ep) = ep.filter(|_| storm.load(Ordering::Relaxed)) {
+                // To itself: refused as invalid inside the node, without the network.
+                let _ = ep.put(put(1, Bytes::from_static(b"again")));
             }
-        })
-        .start()
-        .unwrap();
-    *slot.lock().unwrap() = Some(a.clone());
+        } else if e.is_delivery() {
+            let _ = tx.send(e);
+        }
+    });
     a.attach(MatchEntry::sink(4, 1, 64)).unwrap();
     a.put(put(1, Bytes::from_static(b"start"))).unwrap();
     let b = endpoint(&f, 2);
@@ -296,7 +301,7 @@ fn a_callback_that_submits_without_end_does_not_starve_the_network() {
     let delivered = rx.recv_timeout(Duration::from_secs(10));
     // Stopped before anything is asserted: a failure leaves no thread storming.
     storming.store(false, Ordering::Relaxed);
-    slot.lock().unwrap().take();
+    me.release();
     a.shutdown();
     assert!(
         matches!(delivered, Ok(Event::Delivered(_))),
