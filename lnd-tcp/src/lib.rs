@@ -458,6 +458,12 @@ pub fn raises_receive_low_water() -> bool {
     low_water::kernel_wakes_early()
 }
 
+/// A socket's receive low-water mark (`SO_RCVLOWAT`; 1 unless raised), for diagnostics and
+/// tests.
+pub fn receive_low_water(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    low_water::get(fd)
+}
+
 /// Where a socket error happened, for the core: refused (remote), reset/timeout/unreachable
 /// (network), out of resources (local).
 fn io_error(e: &io::Error, during: &str) -> LndError {

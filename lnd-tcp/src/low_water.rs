@@ -86,8 +86,7 @@ pub(crate) fn set(fd: RawFd, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The socket's receive low-water mark (for tests).
-#[cfg(test)]
+/// The socket's receive low-water mark.
 pub(crate) fn get(fd: RawFd) -> io::Result<usize> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

@@ -37,21 +37,8 @@ fn marks() -> Vec<(RawFd, usize, usize)> {
         if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) } != 0 {
             continue; // a listener, or not TCP
         }
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `value`, a live `c_int`; an fd
-        // closed meanwhile (or reused) only makes the call fail or answer for another.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            found.push((fd, value as usize, queued as usize));
+        if let Ok(mark) = lanet_lnd_tcp::receive_low_water(fd) {
+            found.push((fd, mark, queued as usize));
         }
     }
     found

@@ -99,7 +99,7 @@ impl<V> NidMap<V> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Nid, &V)> {
-        self.entries.iter().map(|(nid, value)| (nid, value))
+        self.into_iter()
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = &Nid> {
