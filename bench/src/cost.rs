@@ -46,7 +46,11 @@ const RUNTIME: usize = 3;
 /// among its callers), and for `<X as Trait>::f` by the type `X`.
 fn owner_by_name(f: &str) -> Option<usize> {
     let path = defined_under(f);
-    if path.starts_with("lanet::mem::") {
+    if path.starts_with("lanet::time::") {
+        // The clocks are a utility like the standard library's: the in-memory LND reads
+        // one for its simulated delays, and those reads are its own.
+        None
+    } else if path.starts_with("lanet::mem::") {
         Some(MEM_LND)
     } else if path.starts_with("lanet_bench::") {
         Some(BENCH)
@@ -94,9 +98,6 @@ fn defined_under(f: &str) -> String {
 
 /// How long one run under callgrind may take (20,000 round trips take a few seconds).
 const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
-
-/// Functions listed in the table, by their own instructions per round trip.
-const TOP: usize = 12;
 
 /// What runs under callgrind: just the ping-pong, `n` round trips after the warm-up; or
 /// the baseline's.
@@ -211,23 +212,20 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
             "instr",
         );
     }
-    let mut top: Vec<(f64, &String)> = long
-        .functions
+    let (core_long, core_short) = (long.core_own(), short.core_own());
+    let mut top: Vec<(f64, &str)> = core_long
         .iter()
-        .map(|(f, l)| {
-            let s = short.functions.get(f).map_or(0, |s| s.own);
-            (per_rt(l.own as f64, s as f64), f)
-        })
+        .map(|(&f, &l)| (per_rt(l, core_short.get(f).copied().unwrap_or(0.0)), f))
         .filter(|(n, _)| *n >= 1.0)
         .collect();
     top.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (n, f) in top.into_iter().take(TOP) {
+    for (n, f) in top.into_iter().take(args.top) {
         report.note(format!("{n:>8.0}  {}", shorten(f)));
     }
     report.note(
-        "above: the functions with the most instructions of their own per round trip; \
-         instructions_per_round_trip is the core's (node, endpoint, driver loop and the \
-         library code they call), total_ is everything in the process",
+        "above: the functions with the most of instructions_per_round_trip, their own \
+         instructions counted to the core (node, endpoint, driver loop, and its share of \
+         the library code they call); total_ is everything in the process",
     );
     Ok(report)
 }
@@ -247,9 +245,22 @@ struct Function {
 }
 
 impl Counts {
-    /// Instructions per owner ([`OWNERS`]): each function's own go to its owner by name, or
-    /// are shared among its callers' owners in proportion to what their calls cost.
+    /// Instructions per owner ([`OWNERS`]): each function's own, shared as [`Counts::shares`].
     fn owned(&self) -> [f64; 4] {
+        let shares = self.shares();
+        let mut owned = [0.0; 4];
+        for (name, f) in &self.functions {
+            for (i, share) in shares[name.as_str()].iter().enumerate() {
+                owned[i] += f.own as f64 * share;
+            }
+        }
+        owned
+    }
+
+    /// What part of each function's own instructions each owner ([`OWNERS`]) has: all of
+    /// them for a function owned by name, else shared among its callers' owners in
+    /// proportion to what their calls cost.
+    fn shares(&self) -> HashMap<&str, [f64; 4]> {
         let owners: HashMap<&str, Option<usize>> = self
             .functions
             .keys()
@@ -297,13 +308,16 @@ impl Counts {
                 break;
             }
         }
-        let mut owned = [0.0; 4];
-        for (name, f) in &self.functions {
-            for (i, share) in shares[name.as_str()].iter().enumerate() {
-                owned[i] += f.own as f64 * share;
-            }
-        }
-        owned
+        shares
+    }
+
+    /// Each function's instructions of its own that count as the core's.
+    fn core_own(&self) -> HashMap<&str, f64> {
+        let shares = self.shares();
+        self.functions
+            .iter()
+            .map(|(name, f)| (name.as_str(), f.own as f64 * shares[name.as_str()][CORE]))
+            .collect()
     }
 }
 
@@ -502,6 +516,11 @@ mod tests {
             "the type the impl is for"
         );
         assert_eq!(owner("<impl lanet::node::Node>::pump"), Some("core"));
+        assert_eq!(
+            owner("<lanet::time::MonotonicClock as lanet::time::Clock>::now"),
+            None,
+            "a clock read is its caller's"
+        );
         assert_eq!(
             owner("lanet_bench::latency::pingpong::{{closure}}"),
             Some("bench")

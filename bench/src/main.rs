@@ -172,6 +172,9 @@ pub(crate) struct CostArgs {
     size: usize,
     #[arg(long)]
     json: bool,
+    /// How many of the core's most costly functions to list.
+    #[arg(long, default_value_t = 12)]
+    top: usize,
     /// Only run this many round trips (what runs under callgrind).
     #[arg(long, hide = true)]
     inner: Option<usize>,
