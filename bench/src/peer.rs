@@ -132,7 +132,7 @@ pub(crate) fn echo_addr(nid: Nid) -> SocketAddr {
 
 /// The driver for `nid`: RDMA for o2ib NIDs, TCP otherwise.
 fn bind(nid: Nid, cfg: &NodeConfig) -> Result<Box<dyn lanet::lnd::Lnd>, String> {
-    Ok(if nid.net.kind == LndKind::O2ib {
+    Ok(if nid.net().kind == LndKind::O2ib {
         Box::new(RdmaLnd::bind(nid, RdmaConfig::for_node(cfg)).map_err(|e| e.to_string())?)
     } else {
         Box::new(TcpLnd::bind(nid, tcp_config(cfg)).map_err(|e| e.to_string())?)
@@ -149,7 +149,7 @@ pub(crate) fn serve(nid: Nid) -> Result<(), String> {
         .on_event(discard_events)
         .start()
         .map_err(|e| e.to_string())?;
-    serve_until_stdin_closes(&ep, (nid.net.kind == LndKind::Tcp).then_some(nid))
+    serve_until_stdin_closes(&ep, (nid.net().kind == LndKind::Tcp).then_some(nid))
 }
 
 /// Attaches the benchmark sink, starts the raw TCP echo beside `echo` (if given), says
@@ -187,7 +187,7 @@ pub(crate) fn serve_config(path: &std::path::Path) -> Result<(), String> {
         .nets
         .iter()
         .map(|n| n.nid)
-        .find(|n| n.net.kind == LndKind::Tcp);
+        .find(|n| n.net().kind == LndKind::Tcp);
     serve_until_stdin_closes(&ep, echo)
 }
 
@@ -430,11 +430,11 @@ pub(crate) fn mem_endpoints(
         cfg.router.warm_up = std::time::Duration::ZERO;
         others.push(start(&rn, cfg, Box::new(discard_events))?);
         let server = start(&[sn], node_config(2), Box::new(discard_events))?;
-        add_route(&server, cn.net, rn[1])?;
+        add_route(&server, cn.net(), rn[1])?;
         sink(&server)?;
         others.push(server);
         let client = start(&[cn], node_config(1), Box::new(client))?;
-        add_route(&client, sn.net, rn[0])?;
+        add_route(&client, sn.net(), rn[0])?;
         return Ok((client, others, sn));
     }
     let server = start(&[sn], node_config(2), Box::new(discard_events))?;
@@ -538,7 +538,7 @@ pub(crate) fn client(
             let ep = config_client(on_event).expect("a --config file")?;
             (ep, dst, Vec::new())
         }
-        Target::Remote(dst) if dst.net.kind == LndKind::O2ib => {
+        Target::Remote(dst) if dst.net().kind == LndKind::O2ib => {
             let ip = *dst.socket_addr(0).expect("o2ib NIDs are IP addresses").ip();
             (rdma_client(ip, on_event)?, dst, Vec::new())
         }
@@ -550,7 +550,7 @@ pub(crate) fn client(
         Target::Routed { dst, gateway } => {
             let (ep, backend) = tcp_client(gateway, on_event)?;
             set_backend(backend);
-            add_route(&ep, dst.net, gateway)?;
+            add_route(&ep, dst.net(), gateway)?;
             (ep, dst, Vec::new())
         }
         Target::Mem | Target::MemRouted => {

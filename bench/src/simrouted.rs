@@ -80,7 +80,7 @@ impl Layout {
 
 fn route(net: u16, gateway: Nid) -> Route {
     Route {
-        net: Nid::mem(0, net).net,
+        net: Nid::mem(0, net).net(),
         gateway,
         hops: 1,
         priority: 0,

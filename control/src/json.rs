@@ -12,7 +12,7 @@ pub fn report(r: &NodeReport) -> Value {
     let nets: Vec<Value> = r
         .nis
         .iter()
-        .map(|(nid, up)| json!({ "nid": nid.to_string(), "net": nid.net.to_string(), "up": up }))
+        .map(|(nid, up)| json!({ "nid": nid.to_string(), "net": nid.net().to_string(), "up": up }))
         .collect();
     // Both sorted by NID: looked up by binary search, not per peer from the start.
     let peers: Vec<Value> = r

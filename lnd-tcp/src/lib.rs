@@ -180,10 +180,10 @@ impl TcpLnd {
     /// Listens on `nid`'s address (`ADDRESS[:PORT]@tcpN`); or, where `cfg.auth` accepts
     /// no connections, only dials from it.
     pub fn bind(nid: Nid, cfg: TcpConfig) -> Result<TcpLnd, LndError> {
-        if nid.net.kind != LndKind::Tcp {
+        if nid.net().kind != LndKind::Tcp {
             return Err(LndError::new(
                 LndErrorKind::Resource,
-                format!("the TCP LND serves tcp nets, not {}", nid.net),
+                format!("the TCP LND serves tcp nets, not {}", nid.net()),
             ));
         }
         if cfg.max_pending_accepts == 0 {

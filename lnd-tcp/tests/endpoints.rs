@@ -261,7 +261,7 @@ fn sixty_four_lnds_fit_in_one_process() {
 
 /// `nid` moved to TCP net `net` (same address and port).
 fn on_net(nid: Nid, net: u16) -> Nid {
-    Nid::new(nid.addr, lanet::Net::new(nid.net.kind, net)).unwrap()
+    Nid::new(nid.addr(), lanet::Net::new(nid.net().kind, net)).unwrap()
 }
 
 fn ping_rtt(ep: &Endpoint, dst: Nid) -> Duration {

@@ -86,7 +86,7 @@ pub fn bind_lnd(
     nid: lanet::Nid,
     cfg: &lanet::NodeConfig,
 ) -> Result<Box<dyn lanet::lnd::Lnd>, lanet::lnd::LndError> {
-    Ok(match nid.net.kind {
+    Ok(match nid.net().kind {
         lanet::nid::LndKind::O2ib => Box::new(lanet_lnd_rdma::RdmaLnd::bind(
             nid,
             lanet_lnd_rdma::RdmaConfig::for_node(cfg),

@@ -300,7 +300,7 @@ fn frames_a_stranger_has_no_business_sending_change_nothing() {
     let status = lanet::wire::RouterStatus {
         generation: 7,
         state: lanet::wire::RouterState::Absent(lanet::wire::AbsentReason::BlackHole),
-        nets: vec![(server.net, false)],
+        nets: vec![(server.net(), false)],
         unreachable: vec![client],
         more_unreachable: false,
         vouched: Vec::new(),

@@ -291,7 +291,7 @@ fn routers(fabric: &MemFabric) {
     let server = node(12, &[2], false, None);
     for gw in [8, 9] {
         let route = |net: u16, at: u16| lanet::Route {
-            net: Nid::mem(0, net).net,
+            net: Nid::mem(0, net).net(),
             gateway: Nid::mem(gw, at),
             hops: 1,
             priority: 0,

@@ -425,11 +425,11 @@ impl Endpoint {
                 "{peer} is this endpoint; it cannot watch itself"
             )));
         }
-        let routed = || self.inner.routed().contains(&peer.net);
-        if !nids.iter().any(|n| n.net == peer.net) && !routed() {
+        let routed = || self.inner.routed().contains(&peer.net());
+        if !nids.iter().any(|n| n.same_net(&peer)) && !routed() {
             return Err(EndpointError::Invalid(format!(
                 "no route to {peer}: this endpoint has no NI on {}, nor a route to it",
-                peer.net
+                peer.net()
             )));
         }
         self.inner.send(Command::Watch(peer, true))

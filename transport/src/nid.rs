@@ -5,7 +5,6 @@
 //! a host) for `tcp` and `o2ib`, a number for `mem`, and `0` for `lo`.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
@@ -74,6 +73,21 @@ impl Net {
     pub const fn new(kind: LndKind, num: u16) -> Self {
         Net { kind, num }
     }
+
+    /// The net as one word, one-to-one and in the same order: the kind above bit 16.
+    const fn word(self) -> u32 {
+        (self.kind as u32) << 16 | self.num as u32
+    }
+
+    const fn from_word(w: u32) -> Net {
+        let kind = match (w >> 16) as u8 {
+            0 => LndKind::Lo,
+            1 => LndKind::Tcp,
+            2 => LndKind::O2ib,
+            _ => LndKind::Mem,
+        };
+        Net::new(kind, w as u16)
+    }
 }
 
 impl fmt::Display for Net {
@@ -108,71 +122,95 @@ impl fmt::Display for NidAddr {
 }
 
 /// A network identifier: `ADDRESS@NET`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+///
+/// Held as two words rather than as its address and net: the core compares and hashes
+/// NIDs several times per frame, and two words compare in two instructions where the
+/// address enum took a walk field by field (`lanet-bench cost`, bench/RESULTS.md). The
+/// derived order is the one of (address, net) field by field: the address's kind, its
+/// number or IP address, its port; then the net's kind and number.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nid {
-    pub addr: NidAddr,
-    pub net: Net,
+    /// The address: its kind above bit 48; below it the number, the IP address, or the
+    /// IP address above the port.
+    addr: u64,
+    /// The net: its kind above bit 16, its number below.
+    net: u32,
 }
+
+const ADDR_KIND_SHIFT: u32 = 48;
 
 impl Nid {
     /// Builds a NID, checking that the address suits the net (as parsing does).
     pub fn new(addr: NidAddr, net: Net) -> Result<Nid, NidError> {
-        check_addr_for_net(&addr, net).map(|()| Nid { addr, net })
+        check_addr_for_net(&addr, net).map(|()| Nid::pack(addr, net))
     }
 
     /// `N@mem` (or `N@memK`): the in-memory LND's addresses.
     pub fn mem(num: u32, net_num: u16) -> Nid {
-        Nid {
-            addr: NidAddr::Num(num),
-            net: Net::new(LndKind::Mem, net_num),
-        }
+        Nid::pack(NidAddr::Num(num), Net::new(LndKind::Mem, net_num))
     }
 
     /// `0@lo`.
-    pub const LO: Nid = Nid {
-        addr: NidAddr::Num(0),
-        net: Net::new(LndKind::Lo, 0),
-    };
+    pub const LO: Nid = Nid::pack(NidAddr::Num(0), Net::new(LndKind::Lo, 0));
+
+    /// The two words of an address and a net, unchecked (callers check, or know).
+    const fn pack(addr: NidAddr, net: Net) -> Nid {
+        let addr = match addr {
+            NidAddr::Num(n) => n as u64,
+            NidAddr::Ip(ip) => 1 << ADDR_KIND_SHIFT | ip.to_bits() as u64,
+            NidAddr::IpPort(sa) => {
+                2 << ADDR_KIND_SHIFT | (sa.ip().to_bits() as u64) << 16 | sa.port() as u64
+            }
+        };
+        Nid {
+            addr,
+            net: net.word(),
+        }
+    }
+
+    /// The address part.
+    pub const fn addr(&self) -> NidAddr {
+        let low = self.addr & ((1 << ADDR_KIND_SHIFT) - 1);
+        match self.addr >> ADDR_KIND_SHIFT {
+            0 => NidAddr::Num(low as u32),
+            1 => NidAddr::Ip(Ipv4Addr::from_bits(low as u32)),
+            _ => NidAddr::IpPort(SocketAddrV4::new(
+                Ipv4Addr::from_bits((low >> 16) as u32),
+                low as u16,
+            )),
+        }
+    }
+
+    /// The net part.
+    pub const fn net(&self) -> Net {
+        Net::from_word(self.net)
+    }
+
+    /// Whether this NID is on `net`: a comparison of one word.
+    #[inline]
+    pub fn is_on(&self, net: Net) -> bool {
+        self.net == net.word()
+    }
+
+    /// Whether both NIDs are on the same net: a comparison of one word.
+    #[inline]
+    pub fn same_net(&self, other: &Nid) -> bool {
+        self.net == other.net
+    }
 
     /// The socket address to reach this NID at, for IP nets (`default_port` when none is given).
     pub fn socket_addr(&self, default_port: u16) -> Option<SocketAddrV4> {
-        match self.addr {
+        match self.addr() {
             NidAddr::Ip(ip) => Some(SocketAddrV4::new(ip, default_port)),
             NidAddr::IpPort(sa) => Some(sa),
             NidAddr::Num(_) => None,
         }
     }
-
-    /// The NID as two words, one-to-one: the address's variant above bit 48, below it the
-    /// number, or the IP address (and port); and the net. Equal NIDs (derived `Eq`) thus
-    /// hash equal.
-    #[inline]
-    fn words(&self) -> (u64, u32) {
-        let addr = match self.addr {
-            NidAddr::Num(n) => u64::from(n),
-            NidAddr::Ip(ip) => 1 << 48 | u64::from(u32::from(ip)),
-            NidAddr::IpPort(sa) => {
-                2 << 48 | u64::from(u32::from(*sa.ip())) << 16 | u64::from(sa.port())
-            }
-        };
-        let net = u32::from(self.net.kind as u8) << 16 | u32::from(self.net.num);
-        (addr, net)
-    }
-}
-
-/// Two words, instead of the derived walk through the address enum field by field (an IP
-/// address as a length and four bytes): every hop, peer and health lookup hashes a NID.
-impl Hash for Nid {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (addr, net) = self.words();
-        state.write_u64(addr);
-        state.write_u32(net);
-    }
 }
 
 impl fmt::Display for Nid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.addr, self.net)
+        write!(f, "{}@{}", self.addr(), self.net())
     }
 }
 
@@ -245,7 +283,7 @@ impl FromStr for Nid {
         }
         let net: Net = net.parse()?;
         let addr = parse_addr(addr, net)?;
-        Ok(Nid { addr, net })
+        Ok(Nid::pack(addr, net))
     }
 }
 
@@ -304,17 +342,29 @@ fn check_addr_for_net(addr: &NidAddr, net: Net) -> Result<(), NidError> {
     })
 }
 
-/// Whether `addr` is an address on `net`: [`check_addr_for_net`] without the reason, for
-/// decoding, which asks twice per frame and only needs yes or no.
+/// Whether `addr` is an address on `net`: [`check_addr_for_net`] without the reason.
 fn addr_suits_net(addr: &NidAddr, net: Net) -> bool {
-    // A catch-all, which rustc turns into fewer instructions than every pair spelled
-    // out; `every_kind_decodes_its_own_addresses` makes a new kind be decided here.
-    match (net.kind, addr) {
-        (LndKind::Tcp | LndKind::O2ib, NidAddr::Ip(_)) => true,
-        (LndKind::Tcp | LndKind::O2ib, NidAddr::IpPort(sa)) => sa.port() != 0,
-        (LndKind::Mem, NidAddr::Num(_)) => true,
-        (LndKind::Lo, NidAddr::Num(0)) => net.num == 0,
-        _ => false,
+    Nid::pack(*addr, net).suits_its_net()
+}
+
+impl Nid {
+    /// Whether the address is one of the net's kind: asked of every NID parsed, built or
+    /// decoded (twice per frame), on the packed words.
+    fn suits_its_net(&self) -> bool {
+        const LO: u32 = LndKind::Lo as u32;
+        const TCP: u32 = LndKind::Tcp as u32;
+        const O2IB: u32 = LndKind::O2ib as u32;
+        const MEM: u32 = LndKind::Mem as u32;
+        // A catch-all, which rustc turns into fewer instructions than every pair spelled
+        // out; `every_kind_decodes_its_own_addresses` makes a new kind be decided here.
+        match (self.net >> 16, self.addr >> ADDR_KIND_SHIFT) {
+            (TCP | O2IB, 1) => true,
+            (TCP | O2IB, 2) => self.addr as u16 != 0,
+            (MEM, 0) => true,
+            // 0@lo: address 0 on net number 0.
+            (LO, 0) => self.addr == 0 && self.net as u16 == 0,
+            _ => false,
+        }
     }
 }
 
@@ -329,15 +379,16 @@ const ADDR_IP_PORT: u8 = 2;
 
 impl Nid {
     pub(crate) fn encode(&self, out: &mut [u8; NID_WIRE_LEN]) {
-        let (akind, value, port) = match self.addr {
+        let (akind, value, port) = match self.addr() {
             NidAddr::Num(n) => (ADDR_NUM, n, 0u16),
             NidAddr::Ip(ip) => (ADDR_IP, u32::from(ip), 0),
             NidAddr::IpPort(sa) => (ADDR_IP_PORT, u32::from(*sa.ip()), sa.port()),
         };
         out.fill(0);
-        out[0] = self.net.kind.wire();
+        let net = self.net();
+        out[0] = net.kind.wire();
         out[1] = akind;
-        out[2..4].copy_from_slice(&self.net.num.to_le_bytes());
+        out[2..4].copy_from_slice(&net.num.to_le_bytes());
         out[4..8].copy_from_slice(&value.to_le_bytes());
         out[8..10].copy_from_slice(&port.to_le_bytes());
     }
@@ -353,14 +404,18 @@ impl Nid {
         if reserved != 0 {
             return None;
         }
+        let (value, port) = (u64::from(value), u64::from(port));
         let addr = match (b[1], port) {
-            (ADDR_NUM, 0) => NidAddr::Num(value),
-            (ADDR_IP, 0) => NidAddr::Ip(Ipv4Addr::from(value)),
-            (ADDR_IP_PORT, p) => NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::from(value), p)),
+            (ADDR_NUM, 0) => value,
+            (ADDR_IP, 0) => 1 << ADDR_KIND_SHIFT | value,
+            (ADDR_IP_PORT, p) => 2 << ADDR_KIND_SHIFT | value << 16 | p,
             _ => return None,
         };
-        let net = Net::new(kind, num);
-        addr_suits_net(&addr, net).then_some(Nid { addr, net })
+        let nid = Nid {
+            addr,
+            net: Net::new(kind, num).word(),
+        };
+        nid.suits_its_net().then_some(nid)
     }
 }
 
@@ -376,17 +431,17 @@ pub(crate) mod tests {
     #[test]
     fn parses_the_documented_examples() {
         let n = nid("10.0.0.1@tcp");
-        assert_eq!(n.net, Net::new(LndKind::Tcp, 0));
-        assert_eq!(n.addr, NidAddr::Ip(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(n.net(), Net::new(LndKind::Tcp, 0));
+        assert_eq!(n.addr(), NidAddr::Ip(Ipv4Addr::new(10, 0, 0, 1)));
 
         let n = nid("10.0.0.1:7001@tcp1");
-        assert_eq!(n.net, Net::new(LndKind::Tcp, 1));
+        assert_eq!(n.net(), Net::new(LndKind::Tcp, 1));
         assert_eq!(
-            n.addr,
+            n.addr(),
             NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7001))
         );
 
-        assert_eq!(nid("192.168.5.2@o2ib3").net, Net::new(LndKind::O2ib, 3));
+        assert_eq!(nid("192.168.5.2@o2ib3").net(), Net::new(LndKind::O2ib, 3));
         assert_eq!(nid("0@lo"), Nid::LO);
         assert_eq!(nid("3@mem"), Nid::mem(3, 0));
     }
@@ -509,9 +564,9 @@ pub(crate) mod tests {
     }
 
     /// Addresses of different variants whose bits are the same below the variant tag:
-    /// only the tag keeps their hashed words apart.
+    /// only the tag keeps their packed words apart.
     #[test]
-    fn hashed_words_keep_address_variants_apart() {
+    fn packed_words_keep_address_variants_apart() {
         let ip = |x: u32| NidAddr::Ip(Ipv4Addr::from(x));
         let ip_port = |x: u32, p: u16| NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::from(x), p));
         let net = Net::new(LndKind::Tcp, 0);
@@ -522,8 +577,9 @@ pub(crate) mod tests {
             (NidAddr::Num(0x0001_0002), ip_port(1, 2)),
         ];
         for (x, y) in pairs {
-            let (a, b) = (Nid { addr: x, net }, Nid { addr: y, net });
-            assert_ne!(a.words(), b.words(), "{a} and {b}");
+            let (a, b) = (Nid::pack(x, net), Nid::pack(y, net));
+            assert_ne!(a, b);
+            assert_eq!((a.addr(), b.addr()), (x, y));
         }
     }
 
@@ -534,14 +590,9 @@ pub(crate) mod tests {
             (ip, 1u16..).prop_map(|(ip, p)| NidAddr::IpPort(SocketAddrV4::new(ip, p))),
         ];
         prop_oneof![
-            (ip_addr.clone(), any::<u16>()).prop_map(|(a, n)| Nid {
-                addr: a,
-                net: Net::new(LndKind::Tcp, n)
-            }),
-            (ip_addr, any::<u16>()).prop_map(|(a, n)| Nid {
-                addr: a,
-                net: Net::new(LndKind::O2ib, n)
-            }),
+            (ip_addr.clone(), any::<u16>())
+                .prop_map(|(a, n)| Nid::pack(a, Net::new(LndKind::Tcp, n))),
+            (ip_addr, any::<u16>()).prop_map(|(a, n)| Nid::pack(a, Net::new(LndKind::O2ib, n))),
             (any::<u32>(), any::<u16>()).prop_map(|(a, n)| Nid::mem(a, n)),
             Just(Nid::LO),
         ]
@@ -561,15 +612,20 @@ pub(crate) mod tests {
             prop_assert_eq!(Nid::decode(&b), Some(n));
         }
 
-        /// The words hashed are one-to-one: NIDs that differ in one field never share
-        /// them.
+        /// The packed words are one-to-one and ordered as (address, net) field by field:
+        /// NIDs that differ in one field never compare equal, and sort as their parts.
         #[test]
-        fn hashed_words_tell_nids_apart(a in any_nid(), b in any_nid(), port in 1u16..) {
-            let Nid { addr, net } = a;
+        fn packed_words_are_one_to_one_and_keep_the_order(
+            a in any_nid(),
+            b in any_nid(),
+            port in 1u16..,
+        ) {
+            let (addr, net) = (a.addr(), a.net());
+            prop_assert_eq!(Nid::pack(addr, net), a);
             let mut near = vec![
                 b,
-                Nid { net: Net::new(net.kind, net.num.wrapping_add(1)), ..a },
-                Nid { net: Net::new(LndKind::Mem, net.num), ..a },
+                Nid::pack(addr, Net::new(net.kind, net.num.wrapping_add(1))),
+                Nid::pack(addr, Net::new(LndKind::Mem, net.num)),
             ];
             let ip = match addr {
                 NidAddr::Ip(ip) => Some(ip),
@@ -577,12 +633,14 @@ pub(crate) mod tests {
                 NidAddr::Num(_) => None,
             };
             if let Some(ip) = ip {
-                near.push(Nid { addr: NidAddr::Ip(ip), ..a });
-                near.push(Nid { addr: NidAddr::IpPort(SocketAddrV4::new(ip, port)), ..a });
-                near.push(Nid { addr: NidAddr::Num(u32::from(ip)), ..a });
+                near.push(Nid::pack(NidAddr::Ip(ip), net));
+                near.push(Nid::pack(NidAddr::IpPort(SocketAddrV4::new(ip, port)), net));
+                near.push(Nid::pack(NidAddr::Num(u32::from(ip)), net));
             }
             for c in near {
-                prop_assert_eq!(a == c, a.words() == c.words(), "{} and {}", a, c);
+                let parts = |n: Nid| (n.addr(), n.net());
+                prop_assert_eq!(a == c, parts(a) == parts(c), "{} and {}", a, c);
+                prop_assert_eq!(a.cmp(&c), parts(a).cmp(&parts(c)), "{} and {}", a, c);
             }
         }
 

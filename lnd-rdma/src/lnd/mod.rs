@@ -281,10 +281,10 @@ impl RdmaLnd {
     /// connections, binds it only (dialling from it; peers' connect requests are refused
     /// by rdma_cm).
     pub fn bind(nid: Nid, cfg: RdmaConfig) -> Result<RdmaLnd, LndError> {
-        if nid.net.kind != LndKind::O2ib {
+        if nid.net().kind != LndKind::O2ib {
             return Err(LndError::new(
                 LndErrorKind::Resource,
-                format!("the RDMA LND serves o2ib nets, not {}", nid.net),
+                format!("the RDMA LND serves o2ib nets, not {}", nid.net()),
             ));
         }
         let addr = nid

@@ -46,10 +46,10 @@ impl RdmaLnd {
             return;
         }
         let failed = |kind, detail: String| err(kind, detail);
-        let Some(addr) = peer_addr(peer).filter(|_| peer.net == self.ctx.local.id.nid.net) else {
+        let Some(addr) = peer_addr(peer).filter(|_| peer.same_net(&self.ctx.local.id.nid)) else {
             let e = failed(
                 LndErrorKind::Unreachable,
-                format!("{peer} is not on {}", self.ctx.local.id.nid.net),
+                format!("{peer} is not on {}", self.ctx.local.id.nid.net()),
             );
             return self.conns.dial_failed(peer, lane, e, &mut self.ctx.events);
         };

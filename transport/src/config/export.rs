@@ -54,8 +54,8 @@ impl ConfigFile {
         let _ = writeln!(t, "max_payload = {}", n.max_payload);
         let _ = writeln!(t, "hop_limit = {}", n.hop_limit);
         for net in &self.nets {
-            let _ = writeln!(t, "\n[[net]]\nnet = \"{}\"", net.nid.net);
-            let (ip, port) = match net.nid.addr {
+            let _ = writeln!(t, "\n[[net]]\nnet = \"{}\"", net.nid.net());
+            let (ip, port) = match net.nid.addr() {
                 NidAddr::Num(_) => (None, None),
                 NidAddr::Ip(ip) => (Some(ip), None),
                 NidAddr::IpPort(a) => (Some(*a.ip()), Some(a.port())),
@@ -72,7 +72,7 @@ impl ConfigFile {
             if let Some(p) = port {
                 let _ = writeln!(t, "port = {p}");
             }
-            if !matches!(net.nid.net.kind, LndKind::Lo) {
+            if !matches!(net.nid.net().kind, LndKind::Lo) {
                 let _ = writeln!(t, "peer_credits = {}", net.peer_credits);
                 let _ = writeln!(t, "credits = {}", net.credits);
                 let _ = writeln!(t, "pending_accepts = {}", net.pending_accepts);

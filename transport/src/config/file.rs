@@ -148,7 +148,7 @@ impl ConfigFile {
     ) -> Result<crate::EndpointBuilder, ConfigFileError> {
         let mut builder = crate::Endpoint::builder(self.node.clone());
         for net in &self.nets {
-            let kind = net.nid.net.kind;
+            let kind = net.nid.net().kind;
             let Some(driver) = drivers.iter().find(|d| d.serves(kind)) else {
                 return Err(self.error_about_net(
                     net,
@@ -466,11 +466,11 @@ impl RawFile {
         let mut nets: Vec<NetSection> = Vec::with_capacity(self.net.len());
         for raw in &self.net {
             let section = raw.get_ref().check(raw, node.lanes[Lane::Data], at)?;
-            if nets.iter().any(|n| n.nid.net == section.nid.net) {
+            if nets.iter().any(|n| n.nid.same_net(&section.nid)) {
                 return Err(at.at(
                     raw,
                     "net",
-                    format!("{} is configured twice: one NI per net", section.nid.net),
+                    format!("{} is configured twice: one NI per net", section.nid.net()),
                 ));
             }
             nets.push(section);
@@ -513,12 +513,12 @@ impl RawFile {
             data.peer_credits = least;
             data.credits_hiw = data.credits_hiw.min(least.div_ceil(2)).max(1);
         }
-        node.net_credits = nets.iter().map(|n| (n.nid.net, n.credits)).collect();
+        node.net_credits = nets.iter().map(|n| (n.nid.net(), n.credits)).collect();
 
         let mut routes = Vec::new();
         for raw in &self.route {
             let r = raw.get_ref();
-            if nets.iter().any(|n| n.nid.net == r.net) {
+            if nets.iter().any(|n| n.nid.net() == r.net) {
                 return Err(at.at(
                     raw,
                     "route",
@@ -540,7 +540,7 @@ impl RawFile {
             }
             for g in gateways {
                 let gateway = nid(&g).map_err(|e| at.at(&r.gateway, "gateway", e))?;
-                if !nets.iter().any(|n| n.nid.net == gateway.net) {
+                if !nets.iter().any(|n| n.nid.same_net(&gateway)) {
                     return Err(at.at(
                         &r.gateway,
                         "gateway",
@@ -557,7 +557,7 @@ impl RawFile {
         }
         for fellow in &self.routing.fellows {
             let f = nid(fellow.get_ref()).map_err(|e| at.at(fellow, "fellows", e))?;
-            if !nets.iter().any(|n| n.nid.net == f.net) {
+            if !nets.iter().any(|n| n.nid.same_net(&f)) {
                 return Err(at.at(
                     fellow,
                     "fellows",
@@ -582,8 +582,8 @@ impl RawFile {
             let mut members = Vec::new();
             for n in g.nids.get_ref() {
                 let m = nid(n).map_err(|e| at.at(&g.nids, "nids", e))?;
-                let reachable = nets.iter().any(|x| x.nid.net == m.net)
-                    || routes.iter().any(|r| r.net == m.net);
+                let reachable = nets.iter().any(|x| x.nid.same_net(&m))
+                    || routes.iter().any(|r| r.net == m.net());
                 if !reachable {
                     return Err(at.at(
                         &g.nids,

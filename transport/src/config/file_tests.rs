@@ -144,9 +144,9 @@ fn tunables_reach_the_node_config() {
     // The second net's tunables: its own credits, and the smallest offer sets when credits
     // are returned.
     assert_eq!((f.nets[1].credits, f.nets[1].peer_credits), (64, 4));
-    let tcp2 = f.nets[1].nid.net;
+    let tcp2 = f.nets[1].nid.net();
     assert_eq!(n.data_ni_credits(tcp2), 64);
-    assert_eq!(n.data_ni_credits(f.nets[0].nid.net), 256);
+    assert_eq!(n.data_ni_credits(f.nets[0].nid.net()), 256);
     assert_eq!(n.lanes[Lane::Data].peer_credits, 4);
     assert_eq!(n.lanes[Lane::Data].credits_hiw, 2);
     n.validate().unwrap();

@@ -573,7 +573,7 @@ fn endpoints_talk_through_a_router_endpoint_and_routes_change_at_run_time() {
     let (done, _) = wait_all(&client, &[op]);
     assert_eq!(done[&op].result, Err(OpError::NoRoute(server_nid)));
     let r = |net: u16, gw: u32| Route {
-        net: Nid::mem(0, net).net,
+        net: Nid::mem(0, net).net(),
         gateway: Nid::mem(gw, if net == 2 { 1 } else { 2 }),
         hops: 1,
         priority: 0,

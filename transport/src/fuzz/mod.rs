@@ -120,7 +120,7 @@ pub fn hello(data: &[u8]) {
             if let Ok(peer) = check_hello(&local, expected, &h) {
                 assert_eq!((peer.nid, peer.lane), (h.src, lane));
                 assert!(peer.credits > 0, "a HELLO offering no credits is refused");
-                assert_eq!(peer.nid.net, local.nid.net);
+                assert_eq!(peer.nid.net(), local.nid.net());
             }
         }
     }

@@ -141,7 +141,7 @@ impl Run {
         ];
         for gateway in [Nid::mem(2, 0), Nid::mem(2, 1)] {
             let route = Route {
-                net: Nid::mem(0, FAR_NET).net,
+                net: Nid::mem(0, FAR_NET).net(),
                 gateway,
                 hops: 1,
                 priority: 0,
@@ -168,7 +168,7 @@ impl Run {
     }
 
     fn ni_of(&self, nid: Nid) -> NiId {
-        self.nis[usize::from(nid.net.num != 0)]
+        self.nis[usize::from(nid.net().num != 0)]
     }
 
     fn event(&mut self, ni: NiId, event: LndEvent) {
@@ -424,14 +424,14 @@ impl Run {
                 let gateway = peer(input.byte());
                 if input.byte().is_multiple_of(2) {
                     let route = Route {
-                        net: Nid::mem(0, FAR_NET).net,
+                        net: Nid::mem(0, FAR_NET).net(),
                         gateway,
                         hops: 1 + input.byte() % 3,
                         priority: input.byte() % 2,
                     };
                     let _ = self.node.add_route(route);
                 } else {
-                    self.node.remove_route(Nid::mem(0, FAR_NET).net, gateway);
+                    self.node.remove_route(Nid::mem(0, FAR_NET).net(), gateway);
                 }
                 self.collect();
             }
@@ -525,7 +525,7 @@ impl Run {
             _ => {}
         }
         match input.byte() % 4 {
-            0 => h.dst = Nid::mem(ME, hop.net.num),
+            0 => h.dst = Nid::mem(ME, hop.net().num),
             1 => h.dst = peer(input.byte()),
             2 => h.dst = Nid::mem(u32::from(input.byte()), FAR_NET),
             _ => {}

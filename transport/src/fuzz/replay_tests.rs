@@ -178,7 +178,7 @@ fn write_seed_corpora() {
     let status = RouterStatus {
         generation: 4,
         state: RouterState::Absent(AbsentReason::BlackHole),
-        nets: vec![(a.net, true), (Nid::mem(0, 1).net, false)],
+        nets: vec![(a.net(), true), (Nid::mem(0, 1).net(), false)],
         unreachable: vec![b],
         more_unreachable: false,
         vouched: vec![Nid::mem(3, 1)],

@@ -372,11 +372,11 @@ pub fn check_hello(
             });
         }
     }
-    if h.src.net != local.nid.net {
+    if !h.src.same_net(&local.nid) {
         return Err(HandshakeError::WrongNet {
             peer: h.src,
-            expected: local.nid.net,
-            got: h.src.net,
+            expected: local.nid.net(),
+            got: h.src.net(),
         });
     }
     if h.lane != local.lane {

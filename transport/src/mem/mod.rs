@@ -81,10 +81,10 @@ pub struct MemLnd {
 impl MemLnd {
     /// Attaches `nid` (an address on a `mem` net) to `fabric`.
     pub fn new(fabric: &MemFabric, nid: Nid, cfg: MemLndConfig) -> Result<MemLnd, LndError> {
-        if nid.net.kind != LndKind::Mem {
+        if nid.net().kind != LndKind::Mem {
             return Err(LndError::new(
                 LndErrorKind::Resource,
-                format!("the in-memory LND serves mem nets, not {}", nid.net),
+                format!("the in-memory LND serves mem nets, not {}", nid.net()),
             ));
         }
         fabric.attach(nid)?;

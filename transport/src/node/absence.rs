@@ -236,7 +236,7 @@ impl Node {
     pub(crate) fn router_nets(&self) -> Vec<(Net, bool)> {
         self.nis
             .iter()
-            .map(|ni| (ni.nid.net, ni.up && !self.net_silent(ni.nid.net)))
+            .map(|ni| (ni.nid.net(), ni.up && !self.net_silent(ni.nid.net())))
             .collect()
     }
 
@@ -267,7 +267,7 @@ impl Node {
             .keys()
             .chain(&a.asked)
             .chain(&self.cfg.router.fellows)
-            .filter(|p| p.net == net)
+            .filter(|p| p.is_on(net))
             .copied()
             .collect();
         let mut vouched = false;
@@ -288,7 +288,7 @@ impl Node {
     /// A fellow alive on another net says its NI on `net` is up.
     fn fellow_hears(&self, net: Net) -> bool {
         self.cfg.router.fellows.iter().any(|&f| {
-            f.net != net
+            !f.is_on(net)
                 && self.fellow_alive(f)
                 && self
                     .gateways
@@ -450,7 +450,7 @@ impl Node {
                 wanted.extend(
                     view.unreachable
                         .iter()
-                        .filter(|p| self.has_net(p.net) && !self.is_local(**p))
+                        .filter(|p| self.has_net(p.net()) && !self.is_local(**p))
                         .filter(|p| !self.cfg.router.fellows.contains(p)),
                 );
             }
@@ -471,10 +471,10 @@ impl Node {
     /// Why this router cannot deliver, if it cannot.
     fn find_black_hole(&self) -> Option<BlackHole> {
         if let Some(ni) = self.nis.iter().find(|ni| !ni.up) {
-            return Some(BlackHole::NiDown(ni.nid.net));
+            return Some(BlackHole::NiDown(ni.nid.net()));
         }
-        if let Some(ni) = self.nis.iter().find(|ni| self.net_silent(ni.nid.net)) {
-            return Some(BlackHole::NetSilent(ni.nid.net));
+        if let Some(ni) = self.nis.iter().find(|ni| self.net_silent(ni.nid.net())) {
+            return Some(BlackHole::NetSilent(ni.nid.net()));
         }
         let fellows = &self.cfg.router.fellows;
         for peer in self.health.down_peers() {
@@ -499,7 +499,7 @@ impl Node {
     /// Whether, for every pair of this router's nets, some fellow is alive, forwarding,
     /// and up on both (by its last status).
     fn fellows_cover(&self) -> bool {
-        let nets: Vec<Net> = self.nis.iter().map(|ni| ni.nid.net).collect();
+        let nets: Vec<Net> = self.nis.iter().map(|ni| ni.nid.net()).collect();
         let covers = |a: Net, b: Net| {
             self.cfg.router.fellows.iter().any(|&f| {
                 self.fellow_alive(f)

@@ -42,7 +42,7 @@ impl NidPattern {
     fn matches(self, nid: Nid) -> bool {
         match self {
             NidPattern::Any => true,
-            NidPattern::Net(net) => nid.net == net,
+            NidPattern::Net(net) => nid.is_on(net),
             NidPattern::Nid(n) => n == nid,
         }
     }

@@ -130,7 +130,7 @@ impl Gateways {
     /// Whether `gateway`, by its own word, takes a frame for `dst`: it forwards, its NI on
     /// `dst`'s net is not down, and it does not list `dst` as a peer it cannot reach.
     pub(crate) fn takes(&self, gateway: Nid, dst: Nid) -> bool {
-        self.serves_net(gateway, dst.net)
+        self.serves_net(gateway, dst.net())
             && self
                 .views
                 .get(&gateway)
@@ -321,7 +321,7 @@ impl Node {
                 matches!(
                     v.state,
                     RouterState::Absent(AbsentReason::Stopping | AbsentReason::Administrator)
-                ) && v.net_up(dst.net) != Some(false)
+                ) && v.net_up(dst.net()) != Some(false)
                     && !v.unreachable.contains(&dst)
             })
         };

@@ -360,16 +360,16 @@ impl Node {
 
     /// Attaches the node to a net with address `nid`. One NI per net.
     pub fn add_ni(&mut self, nid: Nid) -> Result<NiId, OpError> {
-        if self.has_net(nid.net) {
+        if self.has_net(nid.net()) {
             return Err(OpError::Invalid(format!(
                 "this node already has an NI on net {}",
-                nid.net
+                nid.net()
             )));
         }
-        if self.routes.has_routes_to(nid.net) {
+        if self.routes.has_routes_to(nid.net()) {
             return Err(OpError::Invalid(format!(
                 "net {} is reached through routers here; remove its routes first",
-                nid.net
+                nid.net()
             )));
         }
         let lanes = &self.cfg.lanes;
@@ -377,7 +377,7 @@ impl Node {
             nid,
             credits: PerLane::new(
                 NiCredits::new(lanes[Lane::Health].ni_credits),
-                NiCredits::new(self.cfg.data_ni_credits(nid.net)),
+                NiCredits::new(self.cfg.data_ni_credits(nid.net())),
             ),
             up: true,
         });
@@ -424,7 +424,7 @@ impl Node {
                 route.gateway
             )));
         }
-        if !self.has_net(route.gateway.net) {
+        if !self.has_net(route.gateway.net()) {
             return Err(OpError::Invalid(format!(
                 "gateway {} is not on any net of this node",
                 route.gateway
@@ -715,7 +715,7 @@ impl Node {
                 "{nid} is this node; sending to oneself is not supported"
             )));
         }
-        if self.ni_of(nid).is_some() || self.routes.has_routes_to(nid.net) {
+        if self.ni_of(nid).is_some() || self.routes.has_routes_to(nid.net()) {
             Ok(())
         } else {
             Err(OpError::NoRoute(nid))
@@ -784,7 +784,7 @@ impl Node {
             .all()
             .into_iter()
             .map(|r| r.gateway)
-            .filter(|g| g.net == nid.net)
+            .filter(|g| g.same_net(&nid))
             .collect();
         gateways.sort_unstable();
         gateways.dedup();
@@ -804,13 +804,13 @@ impl Node {
     pub(crate) fn ni_of(&self, nid: Nid) -> Option<NiId> {
         self.nis
             .iter()
-            .position(|ni| ni.nid.net == nid.net && ni.up)
+            .position(|ni| ni.nid.same_net(&nid) && ni.up)
             .map(NiId)
     }
 
     /// Whether this node has an NI on `net`, up or not.
     pub(crate) fn has_net(&self, net: crate::nid::Net) -> bool {
-        self.nis.iter().any(|ni| ni.nid.net == net)
+        self.nis.iter().any(|ni| ni.nid.is_on(net))
     }
 
     pub(crate) fn end_entry(&mut self, nid: Nid) -> &mut End {

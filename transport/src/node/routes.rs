@@ -149,7 +149,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let g = t.select(MEM9, &s).expect("a gateway");
-                match g.addr {
+                match g.addr() {
                     crate::nid::NidAddr::Num(n) => n,
                     _ => unreachable!(),
                 }

@@ -29,7 +29,7 @@ fn usable(
         .get(&gateway)
         .and_then(|h| h.unreachable_until)
         .is_none_or(|until| now >= until);
-    nis.iter().any(|ni| ni.nid.net == gateway.net && ni.up) && !health.is_down(gateway) && reachable
+    nis.iter().any(|ni| ni.nid.same_net(&gateway) && ni.up) && !health.is_down(gateway) && reachable
 }
 
 /// The payload length of a frame queued at `hop`, if it still needs sending from there:
@@ -72,11 +72,11 @@ impl Node {
         let now = self.clock.unwrap_or_default();
         let (nis, health, hops, gateways) = (&self.nis, &self.health, &self.hops, &self.gateways);
         let mut pick = |listed_ok: bool| {
-            self.routes.select(dst.net, |r| {
+            self.routes.select(dst.net(), |r| {
                 let usable = !avoid.contains(&r.gateway)
                     && usable(nis, health, hops, r.gateway, now)
                     && if listed_ok {
-                        gateways.serves_net(r.gateway, dst.net)
+                        gateways.serves_net(r.gateway, dst.net())
                     } else {
                         gateways.takes(r.gateway, dst)
                     };
@@ -95,7 +95,7 @@ impl Node {
     /// Whether `gateway` is a usable gateway towards `dst` now.
     pub(crate) fn usable_gateway(&self, gateway: Nid, dst: Nid) -> bool {
         let now = self.clock.unwrap_or_default();
-        self.routes.has(dst.net, gateway)
+        self.routes.has(dst.net(), gateway)
             && usable(&self.nis, &self.health, &self.hops, gateway, now)
             && self.gateways.takes(gateway, dst)
     }

@@ -25,7 +25,7 @@ struct Cluster {
 }
 
 fn net(n: u16) -> Net {
-    on(n, 0).net
+    on(n, 0).net()
 }
 
 /// Client 1 on net 1; servers 2 and 3 on net 2; routers 8 and 9 on both, each the other's
@@ -190,7 +190,7 @@ trait AddrNum {
 
 impl AddrNum for Nid {
     fn addr_num(&self) -> u32 {
-        match self.addr {
+        match self.addr() {
             crate::nid::NidAddr::Num(n) => n,
             _ => unreachable!("mem NIDs are numbers"),
         }

@@ -53,7 +53,7 @@ impl Topology {
         self.routers
             .iter()
             .map(|r| Route {
-                net: Nid::mem(0, other).net,
+                net: Nid::mem(0, other).net(),
                 gateway: r[usize::from(net)],
                 hops: 1,
                 priority: 0,
@@ -71,7 +71,7 @@ impl Topology {
 }
 
 fn num(nid: Nid) -> u32 {
-    match nid.addr {
+    match nid.addr() {
         crate::nid::NidAddr::Num(n) => n,
         _ => unreachable!("mem NIDs are numbers"),
     }
@@ -121,7 +121,7 @@ fn chaos(seed: u64, ops: usize, topo: &Topology) -> Run {
             return Vec::new();
         }
         sim.add_node_with(key, c, lnd).unwrap();
-        for route in topo.routes_from(key.net.num) {
+        for route in topo.routes_from(key.net().num) {
             sim.add_route(key, route).unwrap();
         }
         let sink = sim.attach(key, MatchEntry::sink(1, 7, 1000));
@@ -151,7 +151,7 @@ fn chaos(seed: u64, ops: usize, topo: &Topology) -> Run {
         // Faults and kills hit routers too, where there are some.
         let victim = if !topo.routers.is_empty() && rng.chance(0.3) {
             let r = &topo.routers[rng.below(topo.routers.len() as u64) as usize];
-            r[usize::from(to.net.num)]
+            r[usize::from(to.net().num)]
         } else {
             to
         };

@@ -22,7 +22,7 @@ pub(super) fn on(net: u16, n: u32) -> Nid {
 }
 
 fn net(n: u16) -> Net {
-    on(n, 0).net
+    on(n, 0).net()
 }
 
 pub(super) fn route(to: u16, gateway: Nid, hops: u8) -> Route {

@@ -194,7 +194,7 @@ mod tests {
             Just(RouterState::Absent(AbsentReason::Stopping)),
             Just(RouterState::Absent(AbsentReason::Administrator)),
         ];
-        let net = (any_nid(), any::<bool>()).prop_map(|(n, up)| (n.net, up));
+        let net = (any_nid(), any::<bool>()).prop_map(|(n, up)| (n.net(), up));
         (
             any::<u32>(),
             state,

@@ -31,7 +31,7 @@ fn at(ms: u64) -> Time {
 
 /// The events, shortened: ("connected" | "failed" | "down", peer, lane).
 fn said(events: &mut Vec<LndEvent>) -> Vec<(&'static str, u32, Lane)> {
-    let num = |n: Nid| match n.addr {
+    let num = |n: Nid| match n.addr() {
         crate::nid::NidAddr::Num(n) => n,
         _ => unreachable!(),
     };

@@ -228,7 +228,7 @@ fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
     let gw = nid(B);
     let mut n = node();
     n.add_route(Route {
-        net: Nid::mem(0, 2).net,
+        net: Nid::mem(0, 2).net(),
         gateway: gw,
         hops: 1,
         priority: 0,

@@ -8,7 +8,7 @@ use crate::lane::PerLane;
 fn end_behind_gateway_b() -> Node {
     let mut n = node();
     n.add_route(Route {
-        net: Nid::mem(0, 2).net,
+        net: Nid::mem(0, 2).net(),
         gateway: nid(B),
         hops: 1,
         priority: 0,

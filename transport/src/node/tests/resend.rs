@@ -10,7 +10,7 @@ fn far() -> Nid {
 
 fn route_via(n: &mut Node, gateway: Nid, priority: u8) {
     let route = Route {
-        net: far().net,
+        net: far().net(),
         gateway,
         hops: 1,
         priority,
