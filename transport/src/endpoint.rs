@@ -254,18 +254,21 @@ impl Inner {
     }
 
     fn send(&self, cmd: Command) -> Result<(), EndpointError> {
-        self.gate.pass(|| {
-            if self.on_driver_thread() {
-                // From a callback: the driver looks at its queue before it next waits, so
-                // no wake-up (two system calls per submission) is needed.
+        if self.on_driver_thread() {
+            // From a callback, on the thread that closes the gate; the driver looks at
+            // its queue before it next waits, so no wake-up (two system calls per
+            // submission) is needed.
+            return self.gate.pass_on_closing_thread(|| {
                 self.commands.try_send(cmd).map_err(|e| match e {
                     crossbeam_channel::TrySendError::Full(_) => EndpointError::Busy,
                     crossbeam_channel::TrySendError::Disconnected(_) => self.gate.refusal(),
                 })?;
                 // The same thread reads it: no ordering beyond its own program order.
                 self.queued_on_driver_thread.store(true, Ordering::Relaxed);
-                return Ok(());
-            }
+                Ok(())
+            });
+        }
+        self.gate.pass(|| {
             self.commands.send(cmd).map_err(|_| self.gate.refusal())?;
             for w in &self.wakers {
                 w.wake();

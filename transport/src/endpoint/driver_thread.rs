@@ -234,6 +234,12 @@ impl DriverThread {
         // before it runs, so what its running lets in (a woken caller's next command)
         // waits for the next turn. (A submitter blocked on the full queue may slip one in
         // between the take and the read: still bounded by the queue's capacity.)
+        // Most turns find none, and an empty look costs two loads this way, a fence and
+        // more through `try_recv`. (A closed channel reads empty too: the gate's stop,
+        // which the caller checks, is requested before the senders go.)
+        if self.commands.is_empty() {
+            return false;
+        }
         let mut behind_it = None;
         loop {
             let cmd = match self.commands.try_recv() {

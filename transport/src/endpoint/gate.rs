@@ -37,6 +37,18 @@ impl Gate {
         send()
     }
 
+    /// [`Gate::pass`] on the thread that closes the gate (the driver thread, from a
+    /// callback): no close can run while it passes, so it takes no lock.
+    pub(super) fn pass_on_closing_thread<T>(
+        &self,
+        send: impl FnOnce() -> Result<T, EndpointError>,
+    ) -> Result<T, EndpointError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.refusal());
+        }
+        send()
+    }
+
     /// Asks the driver thread to stop at its next turn (wake it to make that now).
     pub(super) fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -81,12 +93,12 @@ mod tests {
     fn a_closed_gate_refuses_with_the_first_reason() {
         let gate = Gate::default();
         assert_eq!(gate.pass(|| Ok(1)), Ok(1));
+        assert_eq!(gate.pass_on_closing_thread(|| Ok(1)), Ok(1));
         gate.close(EndpointError::Failed("the LND failed".into()), || {});
         gate.close(EndpointError::ShutDown, || {});
-        assert_eq!(
-            gate.pass(|| Ok(2)),
-            Err(EndpointError::Failed("the LND failed".into()))
-        );
+        let failed = Err(EndpointError::Failed("the LND failed".into()));
+        assert_eq!(gate.pass(|| Ok(2)), failed);
+        assert_eq!(gate.pass_on_closing_thread(|| Ok(2)), failed);
     }
 
     #[test]
