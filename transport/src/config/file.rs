@@ -518,7 +518,7 @@ impl RawFile {
         let mut routes = Vec::new();
         for raw in &self.route {
             let r = raw.get_ref();
-            if nets.iter().any(|n| n.nid.net() == r.net) {
+            if nets.iter().any(|n| n.nid.is_on(r.net)) {
                 return Err(at.at(
                     raw,
                     "route",

@@ -230,13 +230,13 @@ impl DriverThread {
     /// next take: submitters faster than the node must not keep it from the network). True
     /// if the endpoint is to stop.
     fn take_commands(&mut self, now: Time) -> bool {
-        // Most turns find none: the queue's length is read only once one has come, and
-        // before it runs, so what its running lets in (a woken caller's next command)
-        // waits for the next turn. (A submitter blocked on the full queue may slip one in
-        // between the take and the read: still bounded by the queue's capacity.)
-        // Most turns find none, and an empty look costs two loads this way, a fence and
-        // more through `try_recv`. (A closed channel reads empty too: the gate's stop,
-        // which the caller checks, is requested before the senders go.)
+        // Most turns find none. An empty look costs two loads this way, a fence and more
+        // through `try_recv`. (A closed channel reads empty too: the gate's stop, which
+        // the caller checks, is requested before the senders go.) The queue's length is
+        // read only once one has come, and before it runs, so what its running lets in (a
+        // woken caller's next command) waits for the next turn. (A submitter blocked on
+        // the full queue may slip one in between the take and the read: still bounded by
+        // the queue's capacity.)
         if self.commands.is_empty() {
             return false;
         }

@@ -6,6 +6,8 @@
 //! completed. With it, the driver thread closes the gate, then waits until no submitter is
 //! inside (emptying the channel meanwhile, since a submitter may be blocked on a full one),
 //! and only then takes its last look: every command that got in is in the channel by then.
+//! A submission from the driver thread itself (a callback's) cannot overlap a close, which
+//! runs on that thread, and passes without the lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, RwLock};
@@ -14,7 +16,7 @@ use super::EndpointError;
 
 #[derive(Default)]
 pub(super) struct Gate {
-    /// Held shared by each submitter while it hands a command over.
+    /// Held shared by each submitter from another thread while it hands a command over.
     inside: RwLock<()>,
     closed: AtomicBool,
     /// Why it closed; set before `closed`.
