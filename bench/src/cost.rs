@@ -486,8 +486,14 @@ mod tests {
         // The list of the core's costliest: each function's own, as far as it is the core's.
         let core = c.core_own();
         assert!((core["malloc"] - 100.0).abs() < 1e-6, "{core:?}");
-        assert!((core["hashbrown::map::HashMap::get_mut"] - 10.0).abs() < 1e-6);
-        assert!((core["lanet::node::Node::handle"] - 12.0).abs() < 1e-6);
+        assert!(
+            (core["hashbrown::map::HashMap::get_mut"] - 10.0).abs() < 1e-6,
+            "{core:?}"
+        );
+        assert!(
+            (core["lanet::node::Node::handle"] - 12.0).abs() < 1e-6,
+            "{core:?}"
+        );
         assert_eq!(core["lanet::mem::MemLnd::poll"], 0.0);
         assert!(parse("fn=x\n1 2\n").is_err(), "no total");
         assert!(parse("1 2\nsummary: 2\n").is_err(), "no function");

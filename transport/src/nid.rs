@@ -25,6 +25,9 @@ pub enum LndKind {
 }
 
 impl LndKind {
+    /// Every kind, in the order kinds compare.
+    const ALL_IN_ORDER: [LndKind; 4] = [LndKind::Lo, LndKind::Tcp, LndKind::O2ib, LndKind::Mem];
+
     /// Every kind, longest name first where one could be a prefix of another when parsing.
     pub const ALL: [LndKind; 4] = [LndKind::O2ib, LndKind::Tcp, LndKind::Mem, LndKind::Lo];
 
@@ -386,6 +389,14 @@ const fn kind_code(kind: LndKind) -> u32 {
     kind.wire() as u32
 }
 
+// What the packed words promise, checked where they are made: the kinds' wire values
+// follow their declared (and compared) order, and an absent NID takes no more room.
+const _: () = {
+    let [a, b, c, d] = LndKind::ALL_IN_ORDER;
+    assert!(a.wire() < b.wire() && b.wire() < c.wire() && c.wire() < d.wire());
+    assert!(size_of::<Option<Nid>>() == size_of::<Nid>());
+};
+
 /// Size of a NID on the wire.
 pub(crate) const NID_WIRE_LEN: usize = 16;
 
@@ -642,11 +653,10 @@ pub(crate) mod tests {
             port in 1u16..,
         ) {
             let (addr, net) = a;
-            let mut near = vec![
-                b,
-                (addr, Net::new(net.kind, net.num.wrapping_add(1))),
-                (addr, Net::new(LndKind::Mem, net.num)),
-            ];
+            let mut near = vec![b, (addr, Net::new(net.kind, net.num.wrapping_add(1)))];
+            // The same address on every kind of net, whether or not it suits it: the kinds
+            // must compare in their order.
+            near.extend(LndKind::ALL.map(|k| (addr, Net::new(k, net.num))));
             let ip = match addr {
                 NidAddr::Ip(ip) => Some(ip),
                 NidAddr::IpPort(sa) => Some(*sa.ip()),
