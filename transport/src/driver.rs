@@ -158,6 +158,10 @@ impl Driver {
     /// frame for a down NI, failed here, may send its op another way). True if there were
     /// any.
     fn hand_over(&mut self) -> bool {
+        // Most passes after the first find nothing: not worth setting up the loop for.
+        if !self.node.has_output() {
+            return false;
+        }
         let mut any = false;
         loop {
             let (handed, fed) = self.hand_over_once();

@@ -609,6 +609,14 @@ impl Node {
 
     // ---- outputs ------------------------------------------------------------------------
 
+    /// Whether the node has anything for its drivers ([`Node::poll_request`],
+    /// [`Node::poll_transmit`]): a look at three lengths, for a driver loop that asks
+    /// after every step whether there is more.
+    pub fn has_output(&self) -> bool {
+        !self.out.requests.is_empty()
+            || Lane::ALL.iter().any(|&l| !self.out.transmits[l].is_empty())
+    }
+
     /// The next frame to hand to a driver: every health frame before any data frame.
     pub fn poll_transmit(&mut self) -> Option<(NiId, Transmit)> {
         Lane::ALL
