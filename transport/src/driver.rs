@@ -158,7 +158,7 @@ impl Driver {
     /// frame for a down NI, failed here, may send its op another way). True if there were
     /// any.
     fn hand_over(&mut self) -> bool {
-        // Most passes after the first find nothing: not worth setting up the loop for.
+        // Most passes after the first find nothing: skip the polls then.
         if !self.node.has_output() {
             return false;
         }

@@ -183,6 +183,7 @@ impl Run {
     fn collect(&mut self) {
         loop {
             let mut any = false;
+            let for_drivers = self.node.has_output();
             while let Some((ni, tx)) = self.node.poll_transmit() {
                 any = true;
                 // With or without a checksum: the connection it was made for may have been
@@ -231,6 +232,10 @@ impl Run {
                     }
                 }
             }
+            assert_eq!(
+                for_drivers, any,
+                "has_output said {for_drivers}; the polls found the opposite"
+            );
             while let Some(event) = self.node.poll_event() {
                 any = true;
                 if self.trace {

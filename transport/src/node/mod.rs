@@ -609,9 +609,9 @@ impl Node {
 
     // ---- outputs ------------------------------------------------------------------------
 
-    /// Whether the node has anything for its drivers ([`Node::poll_request`],
-    /// [`Node::poll_transmit`]): a look at three lengths, for a driver loop that asks
-    /// after every step whether there is more.
+    /// Whether [`Node::poll_request`] or [`Node::poll_transmit`] has anything for the
+    /// drivers (not [`Node::poll_event`], which is the application's): a look at the
+    /// queues' lengths, cheaper than a poll that finds nothing.
     pub fn has_output(&self) -> bool {
         !self.out.requests.is_empty()
             || Lane::ALL.iter().any(|&l| !self.out.transmits[l].is_empty())
