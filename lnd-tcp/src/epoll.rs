@@ -332,16 +332,13 @@ impl Epoll {
         let Some(sock) = self.sockets.get(&conn) else {
             return;
         };
-        match low_water::set(sock.as_raw_fd(), mark) {
-            Ok(()) if mark == 1 => {
+        match low_water::change(sock.as_raw_fd(), was, mark) {
+            Ok(1) => {
                 self.low_water.remove(&conn);
             }
-            Ok(()) => {
-                self.low_water.insert(conn, mark);
+            Ok(now) => {
+                self.low_water.insert(conn, now);
             }
-            // Not raised: only a cost (a wake-up per segment, as without a mark).
-            Err(e) if mark > was => tracing::debug!(conn, "SO_RCVLOWAT {mark}: {e}"),
-            // Not lowered: the socket might wait for bytes that never come.
             Err(e) => self.engine.fail(conn, io_error(&e, "lowering SO_RCVLOWAT")),
         }
     }

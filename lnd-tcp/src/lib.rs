@@ -21,6 +21,7 @@ mod epoll;
 mod framing;
 mod loopback;
 mod low_water;
+mod sockopt;
 mod uring;
 
 pub use loopback::free_loopback_nid;
@@ -420,21 +421,12 @@ fn dial_socket(local: Nid) -> io::Result<socket2::Socket> {
     if let Some(addr) = local.socket_addr(0) {
         // The port is left to connect, as without the bind: it may then serve several
         // destinations at once, and is not taken from the range `bind(0)` draws on.
-        let yes: libc::c_int = 1;
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes at `&yes`, which lives
-        // for the call; the descriptor is the socket just made.
-        let set = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&yes as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sockopt::set_int(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            1,
+        )?;
         let from = std::net::SocketAddrV4::new(*addr.ip(), 0);
         s.bind(&std::net::SocketAddr::V4(from).into())?;
     }

@@ -22,6 +22,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
+use crate::sockopt;
+
 /// A frame missing at least this much has the mark raised; below it, the mark is 1 (the
 /// socket's default): a wake-up per segment is then a wake-up or two per frame anyway.
 const RAISE_FROM: usize = 128 << 10;
@@ -66,45 +68,30 @@ fn release_at_least(release: &str, min: (u32, u32)) -> bool {
     }
 }
 
-/// Sets the socket's receive low-water mark (which socket2 does not offer).
+/// Moves a socket's mark from `was` to a different `mark`; returns the mark in effect
+/// after. One that cannot be raised stays where it was: only a cost, a wake-up per
+/// segment as without a mark. One that cannot be lowered is an error: the socket might
+/// wait for bytes that never come, and its connection must go.
+pub(crate) fn change(fd: RawFd, was: usize, mark: usize) -> io::Result<usize> {
+    match set(fd, mark) {
+        Ok(()) => Ok(mark),
+        Err(e) if mark > was => {
+            tracing::debug!(fd, "SO_RCVLOWAT {mark} not raised: {e}");
+            Ok(was)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets the socket's receive low-water mark.
 pub(crate) fn set(fd: RawFd, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the option value is a live `c_int` of the length passed, read by the kernel
-    // during the call only; an fd that is not a socket is refused with an error.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, value)
 }
 
 /// The socket's receive low-water mark.
 pub(crate) fn get(fd: RawFd) -> io::Result<usize> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `value`, a live `c_int`, and the
-    // length it wrote into `len`, during the call only.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value as usize)
+    sockopt::get_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT).map(|v| v as usize)
 }
 
 #[cfg(test)]
@@ -125,6 +112,16 @@ mod tests {
         let n = unsafe { libc::poll(&mut fds, 1, ms) };
         assert!(n >= 0, "poll: {}", io::Error::last_os_error());
         fds.revents & libc::POLLIN != 0
+    }
+
+    /// A mark that cannot be set (here: not a socket) stays where it was when it was to
+    /// be raised, and is an error when it was to be lowered.
+    #[test]
+    fn a_failed_raise_keeps_the_mark_and_a_failed_lowering_is_an_error() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let fd = r.as_raw_fd();
+        assert_eq!(change(fd, 1, CAP).unwrap(), 1);
+        assert!(change(fd, CAP, 1).is_err());
     }
 
     #[test]

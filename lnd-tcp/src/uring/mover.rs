@@ -373,13 +373,8 @@ impl Worker {
                 // still to come.
                 let mark = crate::low_water::mark_for(left);
                 if job.low_water != mark {
-                    match crate::low_water::set(job.fd, mark) {
-                        Ok(()) => job.low_water = mark,
-                        // Not raised: only a cost (a wake-up per segment).
-                        Err(e) if mark > job.low_water => {
-                            tracing::debug!("bulk mover: SO_RCVLOWAT {mark}: {e}")
-                        }
-                        // Not lowered: the receive might wait for bytes that never come.
+                    match crate::low_water::change(job.fd, job.low_water, mark) {
+                        Ok(now) => job.low_water = now,
                         Err(e) => {
                             tracing::error!("bulk mover: cannot lower SO_RCVLOWAT: {e}");
                             return Err(-e.raw_os_error().unwrap_or(libc::EIO));
@@ -420,7 +415,7 @@ impl Worker {
         // instead, below.
         let mut res = if job.done > 0 { job.done as i32 } else { res };
         if job.low_water != 1 {
-            if let Err(e) = crate::low_water::set(job.fd, 1) {
+            if let Err(e) = crate::low_water::change(job.fd, job.low_water, 1) {
                 tracing::error!("bulk mover: cannot reset SO_RCVLOWAT: {e}");
                 // The connection must go: a mark left raised may stall it.
                 res = -e.raw_os_error().unwrap_or(libc::EIO);
