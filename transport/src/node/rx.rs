@@ -39,7 +39,7 @@ impl Node {
                 lane,
                 header,
                 payload,
-            } => self.on_frame(now, ni, peer, lane, header, payload),
+            } => self.on_frame(now, ni, peer, lane, &header, payload),
             LndEvent::SendComplete { token, result } => self.on_send_complete(now, token, result),
             LndEvent::Fetched { handle, result } => self.on_fetched(ni, handle, result),
         }
@@ -300,7 +300,7 @@ impl Node {
         ni: NiId,
         nid: Nid,
         lane: Lane,
-        h: Header,
+        h: &Header,
         payload: RxPayload,
     ) {
         self.stats.frames_received += 1;
@@ -311,7 +311,7 @@ impl Node {
             self.stats.health_frames_received += 1;
         }
         if h.frame_type().consumes_credit() {
-            match self.faults.judge(lane, &h) {
+            match self.faults.judge(lane, h) {
                 Verdict::Pass => {}
                 Verdict::Drop => return self.fault_drop(ni, nid, lane, h, payload),
                 Verdict::Delay(d) => {
@@ -322,7 +322,7 @@ impl Node {
                             hop: nid,
                             lane,
                             serial,
-                            header: h,
+                            header: *h,
                             payload,
                         };
                         let Some(over) = self.faults.hold(now + d, held, credits) else {
@@ -351,7 +351,7 @@ impl Node {
 
     /// A fault rule lost this frame: never heard, never handled; its credit (and those it
     /// returns) accounted as the LND would.
-    fn fault_drop(&mut self, ni: NiId, nid: Nid, lane: Lane, h: Header, payload: RxPayload) {
+    fn fault_drop(&mut self, ni: NiId, nid: Nid, lane: Lane, h: &Header, payload: RxPayload) {
         self.decline_deferred(ni, payload);
         self.stats.lanes[lane].fault_dropped += 1;
         let Some(Conn::Up { credits, .. }) =
@@ -373,7 +373,7 @@ impl Node {
     pub(super) fn release_delayed(&mut self, now: Time) {
         while let Some(d) = self.faults.release(now) {
             if self.conn_serial(d.hop, d.lane).map(|(s, _)| s) == Some(d.serial) {
-                self.on_frame_admitted(now, d.ni, d.hop, d.lane, d.header, d.payload);
+                self.on_frame_admitted(now, d.ni, d.hop, d.lane, &d.header, d.payload);
             } else {
                 self.decline_deferred(d.ni, d.payload);
             }
@@ -387,7 +387,7 @@ impl Node {
         ni: NiId,
         nid: Nid,
         lane: Lane,
-        h: Header,
+        h: &Header,
         payload: RxPayload,
     ) {
         // A CREDIT frame is not judged by fault rules (its credits must count), but from a
@@ -396,7 +396,7 @@ impl Node {
         if h.src != nid || !self.faults.silences(nid, lane) {
             self.heard(now, nid);
         }
-        if let Err(what) = self.check_frame(ni, nid, lane, &h, &payload) {
+        if let Err(what) = self.check_frame(ni, nid, lane, h, &payload) {
             self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, what);
         }
@@ -425,7 +425,7 @@ impl Node {
                 self.decline_deferred(ni, payload);
                 return self.protocol_error(ni, nid, lane, what);
             }
-            self.forward(ni, nid, lane, serial, h, payload);
+            self.forward(ni, nid, lane, serial, *h, payload);
             return self.pump(nid, lane);
         }
         if h.src != nid {
@@ -484,10 +484,10 @@ impl Node {
                 }
             }
             Body::Ack { status, mlen } => {
-                self.rx_answer(now, ni, nid, &h, Answer::Ack(status, mlen))
+                self.rx_answer(now, ni, nid, h, Answer::Ack(status, mlen))
             }
             Body::Reply { status } => {
-                self.rx_answer(now, ni, nid, &h, Answer::Reply(status, payload))
+                self.rx_answer(now, ni, nid, h, Answer::Reply(status, payload))
             }
             Body::Pong { .. } => {
                 if let RxPayload::Inline(status) = &payload {
@@ -496,7 +496,7 @@ impl Node {
                     }
                 }
                 self.decline_deferred(ni, payload);
-                self.rx_answer(now, ni, nid, &h, Answer::Pong)
+                self.rx_answer(now, ni, nid, h, Answer::Pong)
             }
             Body::Status => match &payload {
                 RxPayload::Inline(status) => self.status_received(now, h.src, status),
@@ -505,7 +505,7 @@ impl Node {
             Body::Nack { reason, target } => {
                 self.stats.nacks_received += 1;
                 self.stats.lanes[lane].nacks_received += 1;
-                self.rx_answer(now, ni, nid, &h, Answer::Nack(reason, target))
+                self.rx_answer(now, ni, nid, h, Answer::Nack(reason, target))
             }
             Body::Ping { seq } => {
                 // A router answers with its status.
