@@ -51,10 +51,12 @@ impl<V> NidMap<V> {
         Some(at)
     }
 
+    #[inline]
     pub(crate) fn get(&self, nid: &Nid) -> Option<&V> {
         self.position(nid).map(|at| &self.entries[at].1)
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, nid: &Nid) -> Option<&mut V> {
         let at = self.position(nid)?;
         Some(&mut self.entries[at].1)
