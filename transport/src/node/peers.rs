@@ -119,6 +119,16 @@ impl HopLane {
             && !answers_will_carry_them
     }
 
+    /// Whether a pump would find nothing to do: nothing queued, no dead entries to drop,
+    /// no CREDIT frame owed. (A lane that is down with nothing queued asks for no
+    /// connection either.)
+    pub(crate) fn has_nothing_to_do(&self) -> bool {
+        self.answers.is_empty()
+            && self.queue.is_empty()
+            && self.left == 0
+            && !self.credit_frame_due()
+    }
+
     /// Whether the ops that left `queue` may be half of it: then it is compacted.
     pub(crate) fn compaction_due(&self) -> bool {
         self.left > 0 && self.left * 2 >= self.queue.len()

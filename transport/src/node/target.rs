@@ -121,7 +121,7 @@ impl Node {
             return;
         }
         pl.answers.push_back(answer);
-        self.pump(hop, lane);
+        self.pump_busy(hop, lane);
     }
 
     /// Whether request `req` is to be handled: a copy of one that came through a router

@@ -201,7 +201,7 @@ impl Node {
         self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
             .queue
             .push_back(pending);
-        self.pump(hop, lane);
+        self.pump_busy(hop, lane);
     }
 
     /// An op queued at (hop, lane) ended or went another way: its entry there is dead.
@@ -251,6 +251,20 @@ impl Node {
     /// Runs for every frame sent and most received, so it looks the hop up once per
     /// frame, and the queue's front op once.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
+        // Most frames received leave nothing to send: that look is kept apart from the
+        // sending, whose set-up costs more than the look.
+        if self
+            .hops
+            .get(&nid)
+            .is_some_and(|hop| !hop.lanes[lane].has_nothing_to_do())
+        {
+            self.pump_busy(nid, lane);
+        }
+    }
+
+    /// [`Node::pump`] for a hop lane that has something queued, owes a CREDIT frame, or
+    /// has dead queue entries to drop.
+    pub(super) fn pump_busy(&mut self, nid: Nid, lane: Lane) {
         let credit_frame_due = loop {
             let Some(hop) = self.hops.get_mut(&nid) else {
                 return;
