@@ -571,6 +571,33 @@ pub(crate) mod tests {
         assert_eq!(Nid::decode(&zero_port), None, "an explicit port 0");
     }
 
+    /// The wire layout itself, byte for byte (the round-trip test would pass a changed
+    /// layout that decodes what it encodes): what every peer of another build expects.
+    #[test]
+    fn wire_layout_is_the_documented_one() {
+        let cases: [(&str, [u8; NID_WIRE_LEN]); 4] = [
+            (
+                "127.0.0.1:7001@tcp1",
+                [2, 2, 1, 0, 1, 0, 0, 127, 0x59, 0x1b, 0, 0, 0, 0, 0, 0],
+            ),
+            (
+                "10.0.0.1@o2ib3",
+                [3, 1, 3, 0, 1, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            (
+                "4000000000@mem65535",
+                [4, 0, 255, 255, 0, 0x28, 0x6b, 0xee, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            ("0@lo", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        for (text, wire) in cases {
+            let mut b = [0xaa; NID_WIRE_LEN];
+            nid(text).encode(&mut b);
+            assert_eq!(b, wire, "{text}");
+            assert_eq!(Nid::decode(&wire), Some(nid(text)), "{text}");
+        }
+    }
+
     /// Every kind has addresses that decode (a kind added without deciding its addresses in
     /// `Nid::suits_its_net` would decode none): the match below has no catch-all, so a new
     /// kind must be given an example here.
