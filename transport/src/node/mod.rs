@@ -6,18 +6,20 @@
 //! next time the node wants [`Node::handle_timeout`] called.
 //!
 //! Life of a PUT: routed to its next hop (the target on one of our nets, or a router
-//! towards it) and queued on that hop's data lane → sent when the lane is connected, holds
-//! a hop credit and an NI credit → `SendComplete` (NI credit back) → ACK from the target,
-//! by whatever way it comes → `Completed`. A router on the way that cannot pass it on
-//! says so (NACK), and it is sent again another way at once. It can leave that path at any
+//! towards it) → sent once that hop's data lane is connected and a hop credit and an NI
+//! credit are free (at once if they are, else queued there until then) → `SendComplete`
+//! (NI credit back) → ACK from the target, by whatever way it comes → `Completed`. A
+//! router on the way that cannot pass it on says so (NACK), and it is sent again another
+//! way at once. It can leave that path at any
 //! point through its deadline, a failure, cancellation or shutdown, and always exactly once.
 //! A PUT without ACK ends at its `SendComplete`; a NACK or a router failure before that
 //! fails it instead of sending it again.
 //!
 //! The pieces: [`ops`](self::ops) (live operations and their indexes), [`peers`](self::peers)
-//! (next hops and far ends), [`routes`](self::routes); the send path (`tx`), driver events
-//! and received frames (`rx`), the target side (`target`), forwarding for routers
-//! (`forward`), failure detection (`health`).
+//! (next hops and far ends), [`routes`](self::routes); the hop-lane queues and the credits
+//! that let frames go (`queues`), the send path (`tx`), driver events and received frames
+//! (`rx`), the target side (`target`), forwarding for routers (`forward`), failure
+//! detection (`health`).
 
 mod absence;
 mod dedup;
@@ -32,6 +34,7 @@ mod inflight;
 mod ops;
 pub(crate) mod peers;
 mod pools;
+mod queues;
 mod report;
 mod routes;
 mod rx;

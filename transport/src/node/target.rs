@@ -120,7 +120,12 @@ impl Node {
             }
             return;
         }
-        pl.answers.push_back(answer);
+        if let Some((ni, returned, check)) = self.credits_at_once(hop, lane, true, 0) {
+            let out = self.answer_out(answer);
+            self.emit(ni, hop, lane, out, returned, true, check);
+            return;
+        }
+        self.hop_lane(hop, lane).answers.push_back(answer);
         self.pump_busy(hop, lane);
     }
 

@@ -1,13 +1,14 @@
-//! The send path: choosing the next hop, hop-lane queues, credits, and frames handed to
-//! drivers.
+//! The send path: choosing the next hop, turning queue entries and answers into frames,
+//! handing them to the drivers, and their send completions. The hop-lane queues and the
+//! credits that let frames go are in `queues`.
 
 use bytes::Bytes;
 
 use super::health::HEALTH_PING_BIT;
 use super::ops::OpKind;
-use super::peers::{Conn, Hop, Pending, Upstream};
+use super::peers::{Hop, Pending, Upstream};
 use super::routes::Standing;
-use super::{InLnd, LndRequest, NiId, Node};
+use super::{InLnd, NiId, Node};
 use crate::health::HEALTH_MAX;
 use crate::lane::Lane;
 use crate::lnd::{LndError, Transmit, TxToken};
@@ -30,23 +31,6 @@ fn usable(
         .and_then(|h| h.unreachable_until)
         .is_none_or(|until| now >= until);
     nis.iter().any(|ni| ni.nid.same_net(&gateway) && ni.up) && !health.is_down(gateway) && reachable
-}
-
-/// The payload length of a frame queued at `hop`, if it still needs sending from there:
-/// an op's request only while the op waits at that hop (it may have ended, or gone
-/// another way).
-fn live_payload_len(ops: &super::ops::Ops, hop: Nid, p: &Pending) -> Option<usize> {
-    match p {
-        Pending::Op { id, seq } => ops
-            .live(*id, *seq)
-            .filter(|op| op.stage == super::Stage::Queued && op.via == Some(hop))
-            .map(|op| match &op.kind {
-                OpKind::Put(r) => r.payload.len(),
-                _ => 0,
-            }),
-        Pending::Forward(f) => Some(f.payload.len()),
-        Pending::HealthPing { .. } | Pending::Status => Some(0),
-    }
 }
 
 /// A frame about to be handed to a driver.
@@ -185,204 +169,8 @@ impl Node {
         }
     }
 
-    /// Queues a frame at (hop, lane) and sends what credits allow. The hop is on one of our
-    /// nets (`next_hop` chose it).
-    pub(crate) fn enqueue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
-        let Some(ni) = self.ni_of(hop) else {
-            // Its NI went down meanwhile (a status push, say): nothing to send it on.
-            tracing::debug!(%hop, "not queued: no NI up on its net");
-            match pending {
-                Pending::Op { id, .. } => self.complete(id, Err(OpError::NoRoute(hop))),
-                Pending::Forward(f) => self.refuse_forward(*f, NackReason::NextHopDown),
-                Pending::HealthPing { .. } | Pending::Status => {}
-            }
-            return;
-        };
-        self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
-            .queue
-            .push_back(pending);
-        self.pump_busy(hop, lane);
-    }
-
-    /// An op queued at (hop, lane) ended or went another way: its entry there is dead.
-    /// Dead entries go once they may be half the queue, so that ops to a hop that never
-    /// comes back cannot pile up dead entries without bound (amortized O(1) per op).
-    pub(crate) fn left_queue(&mut self, hop: Nid, lane: Lane) {
-        let Some(h) = self.hops.get_mut(&hop) else {
-            return;
-        };
-        h.lanes[lane].left += 1;
-        self.compact_if_due(hop, lane);
-    }
-
-    /// Drops the dead entries of the (hop, lane) queue once they may be half of it.
-    fn compact_if_due(&mut self, hop: Nid, lane: Lane) {
-        if self
-            .hops
-            .get(&hop)
-            .is_some_and(|h| h.lanes[lane].compaction_due())
-        {
-            self.compact(hop, lane);
-        }
-    }
-
-    /// Drops the dead entries of the (hop, lane) queue, keeping the rest in order.
-    fn compact(&mut self, hop: Nid, lane: Lane) {
-        let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
-            return;
-        };
-        let queue = std::mem::take(&mut hl.queue);
-        let kept = queue.into_iter().filter(|p| self.is_live(hop, p)).collect();
-        let hl = &mut self.hops.get_mut(&hop).expect("hop").lanes[lane];
-        hl.queue = kept;
-        hl.left = 0;
-    }
-
-    /// Whether a frame queued at `hop` still needs sending from there: an op's request
-    /// only while the op waits at that hop (it may have ended, or gone another way).
-    pub(super) fn is_live(&self, hop: Nid, p: &Pending) -> bool {
-        live_payload_len(&self.ops, hop, p).is_some()
-    }
-
-    /// Sends answers, then the head of (hop, lane)'s queue, while the lane is up and both
-    /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
-    /// returns owed credits in a CREDIT frame if nothing else carried them.
-    ///
-    /// Runs for every frame sent and most received, so it looks the hop up once per
-    /// frame, and the queue's front op once.
-    pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
-        // Most frames received leave nothing to send: that look is kept apart from the
-        // sending, whose set-up costs more than the look.
-        if self
-            .hops
-            .get(&nid)
-            .is_some_and(|hop| !hop.lanes[lane].has_nothing_to_do())
-        {
-            self.pump_busy(nid, lane);
-        }
-    }
-
-    /// [`Node::pump`] for a hop lane that has something queued, owes a CREDIT frame, or
-    /// has dead queue entries to drop.
-    pub(super) fn pump_busy(&mut self, nid: Nid, lane: Lane) {
-        let credit_frame_due = loop {
-            let Some(hop) = self.hops.get_mut(&nid) else {
-                return;
-            };
-            let ni = hop.ni;
-            let hl = &mut hop.lanes[lane];
-            // What left the queue (or was dropped from it, as when its connection went)
-            // may leave only dead entries behind: they would wait for nothing. Checked
-            // here, at no cost of its own, after every frame the pump takes.
-            if hl.compaction_due() {
-                self.compact(nid, lane);
-                continue;
-            }
-            let answer_first = !hl.answers.is_empty();
-            // The front's payload length if it is to be sent (answers: no limit applies).
-            let front = if answer_first {
-                Some(Some(0))
-            } else {
-                hl.queue
-                    .front()
-                    .map(|p| live_payload_len(&self.ops, nid, p))
-            };
-            let (peer_max, check) = match &hl.conn {
-                Conn::Up { hello, .. } => (hello.max_payload, hello.header_check),
-                Conn::Connecting => return,
-                Conn::Down => {
-                    let wanted = answer_first
-                        || hl
-                            .queue
-                            .iter()
-                            .any(|p| live_payload_len(&self.ops, nid, p).is_some());
-                    if wanted {
-                        hl.conn = Conn::Connecting;
-                        self.out
-                            .requests
-                            .push_back((ni, LndRequest::Connect { peer: nid, lane }));
-                    }
-                    return;
-                }
-            };
-            let len = match front {
-                None => break hl.credit_frame_due(),
-                Some(None) => {
-                    hl.queue.pop_front();
-                    continue;
-                }
-                Some(Some(len)) => len,
-            };
-            // A request too large for the hop would only make it close the connection.
-            if len > peer_max as usize {
-                let p = hl.queue.pop_front().expect("front");
-                self.too_large(p, nid, len, peer_max);
-                continue;
-            }
-            let Conn::Up { credits, .. } = &mut hl.conn else {
-                unreachable!("checked above")
-            };
-            if credits.available() == 0 {
-                break hl.credit_frame_due();
-            }
-            let ni_credits = &mut self.nis[ni.0].credits[lane];
-            if !ni_credits.try_take() {
-                ni_credits.wait(nid);
-                break hl.credit_frame_due();
-            }
-            let spent = credits.try_spend();
-            debug_assert!(spent, "credit availability was checked above");
-            let returned = credits.take_owed();
-            let next = if answer_first {
-                hl.answers.pop_front().map(Next::Answer)
-            } else {
-                hl.queue.pop_front().map(Next::Pending)
-            };
-            // Nothing left behind it: what the next look would find is known now, and
-            // sending changes nothing of the hop's (one lookup fewer per frame).
-            let drained = (hl.answers.is_empty() && hl.queue.is_empty() && hl.left == 0)
-                .then(|| hl.credit_frame_due());
-            let out = match next.expect("front checked") {
-                Next::Answer(r) => self.answer_out(r),
-                Next::Pending(pending) => self.outgoing(ni, nid, pending),
-            };
-            self.emit(ni, nid, lane, out, returned, true, check);
-            if let Some(due) = drained {
-                debug_assert_eq!(
-                    self.hops
-                        .get(&nid)
-                        .map(|h| h.lanes[lane].credit_frame_due()),
-                    Some(due),
-                    "sending changed the hop lane"
-                );
-                break due;
-            }
-        };
-        if credit_frame_due {
-            self.return_credits_if_owed(nid, lane);
-        }
-    }
-
-    pub(crate) fn hop_lane(&mut self, nid: Nid, lane: Lane) -> &mut super::peers::HopLane {
-        &mut self.hops.get_mut(&nid).expect("hop").lanes[lane]
-    }
-
-    /// A request larger than the next hop takes: ours fails, a forwarded one is refused.
-    fn too_large(&mut self, p: Pending, hop: Nid, len: usize, max: u32) {
-        match p {
-            Pending::Op { id, .. } => self.complete(
-                id,
-                Err(OpError::Remote(format!(
-                    "payload of {len} bytes exceeds {hop}'s limit of {max}"
-                ))),
-            ),
-            Pending::Forward(f) => self.refuse_forward(*f, NackReason::OutOfBuffers),
-            Pending::HealthPing { .. } | Pending::Status => {}
-        }
-    }
-
     /// Turns a queue entry into a frame; ops move to `InLnd` and become answerable.
-    fn outgoing(&mut self, ni: NiId, hop: Nid, pending: Pending) -> Outgoing {
+    pub(super) fn outgoing(&mut self, ni: NiId, hop: Nid, pending: Pending) -> Outgoing {
         let src = self.nis[ni.0].nid;
         let (src_incarnation, hop_limit) = (self.cfg.incarnation, self.cfg.hop_limit);
         let ours = move |dst, body, msg_id, payload, op| Outgoing {
@@ -458,7 +246,7 @@ impl Node {
         }
     }
 
-    fn answer_out(&self, r: super::peers::Response) -> Outgoing {
+    pub(super) fn answer_out(&self, r: super::peers::Response) -> Outgoing {
         Outgoing {
             src: r.src,
             dst: r.dst,
@@ -472,62 +260,10 @@ impl Node {
         }
     }
 
-    /// Sends a CREDIT frame if (hop, lane) owes at least the high-water mark. CREDIT frames
-    /// spend neither a hop credit nor an NI credit: they must always get through.
-    pub(crate) fn return_credits_if_owed(&mut self, nid: Nid, lane: Lane) {
-        let Some(hop) = self.hops.get_mut(&nid) else {
-            return;
-        };
-        let ni = hop.ni;
-        let hl = &mut hop.lanes[lane];
-        if !hl.credit_frame_due() {
-            return;
-        }
-        let Conn::Up {
-            credits,
-            serial,
-            hello,
-        } = &mut hl.conn
-        else {
-            return;
-        };
-        let (serial, check) = (*serial, hello.header_check);
-        let returned = credits.take_owed();
-        hl.credit_frame_out = Some(serial);
-        self.stats.credit_frames_sent += 1;
-        let out = Outgoing {
-            src: self.nis[ni.0].nid,
-            dst: nid,
-            src_incarnation: self.cfg.incarnation,
-            hop_limit: 0,
-            body: Body::Credit,
-            msg_id: 0,
-            payload: Bytes::new(),
-            op: None,
-            upstream: None,
-        };
-        let token = self.emit(ni, nid, lane, out, returned, false, check);
-        if let Some(rec) = self.out.in_lnd.get_mut(token) {
-            rec.credit_for = Some((nid, serial));
-        }
-    }
-
-    /// The CREDIT frame for `hop`'s connection `serial` has left (or failed to): another
-    /// may go, if more is owed by now.
-    fn credit_frame_done(&mut self, hop: Nid, lane: Lane, serial: u64) {
-        let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
-            return;
-        };
-        if hl.credit_frame_out == Some(serial) {
-            hl.credit_frame_out = None;
-            self.return_credits_if_owed(hop, lane);
-        }
-    }
-
     /// Sends `out` to `hop` on `lane`, its header protected as the connection's HELLO
     /// said (`check`).
     #[allow(clippy::too_many_arguments)]
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         ni: NiId,
         hop: Nid,
@@ -663,10 +399,4 @@ impl Node {
             Err(e) => self.complete(id, Err(e.into())),
         }
     }
-}
-
-/// The frame [`Node::pump`] takes off a hop lane to send.
-enum Next {
-    Answer(super::peers::Response),
-    Pending(Pending),
 }

@@ -335,6 +335,33 @@ fn answers_leave_before_our_own_queued_requests() {
     assert!(matches!(drain(&mut n)[0].header.body, Body::Put { .. }));
 }
 
+/// A frame that returns credits and asks for an answer: the credit goes to the answer
+/// that waited for it, and the new one waits its turn (it cannot skip the queue).
+#[test]
+fn an_answer_does_not_pass_the_answers_waiting_for_credits() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 1, 7);
+    let put_from_b = |match_bits| Body::Put {
+        portal: 4,
+        match_bits,
+        settled_below: 0,
+        ack: true,
+    };
+    receive(&mut n, t(1), B, Lane::Data, put_from_b(1), 1, 0, b"y");
+    let first = drain(&mut n);
+    assert_eq!(first.len(), 1, "one credit, one ACK");
+    assert_eq!(first[0].header.msg_id, 1);
+    receive(&mut n, t(2), B, Lane::Data, put_from_b(2), 2, 0, b"y");
+    assert!(drain(&mut n).is_empty(), "no credit for the second ACK");
+    // The third PUT brings a credit back.
+    receive(&mut n, t(3), B, Lane::Data, put_from_b(3), 3, 1, b"y");
+    let next: Vec<u64> = drain(&mut n).iter().map(|s| s.header.msg_id).collect();
+    assert_eq!(next, [2], "the waiting ACK goes first, and only it");
+    receive(&mut n, t(4), B, Lane::Data, Body::Credit, 0, 1, b"");
+    let last: Vec<u64> = drain(&mut n).iter().map(|s| s.header.msg_id).collect();
+    assert_eq!(last, [3]);
+}
+
 #[test]
 fn answers_held_up_by_our_driver_carry_the_owed_credits_instead_of_a_credit_frame() {
     let mut c = cfg();

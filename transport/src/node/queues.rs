@@ -1,0 +1,334 @@
+//! Hop-lane queues: what waits at a next hop for its connection or for credits, and the
+//! pump that sends it, answers first, as the hop's credits and the NI's allow (or at once,
+//! when nothing waits before it). Frames are built and handed over in `tx`.
+
+use bytes::Bytes;
+
+use super::ops::OpKind;
+use super::peers::{Conn, Hop, HopLane, Pending};
+use super::tx::Outgoing;
+use super::{LndRequest, NiId, Node};
+use crate::credits::NiCredits;
+use crate::lane::Lane;
+use crate::nid::Nid;
+use crate::op::OpError;
+use crate::wire::{Body, HeaderCheck, NackReason};
+
+/// The payload length of a frame queued at `hop`, if it still needs sending from there:
+/// an op's request only while the op waits at that hop (it may have ended, or gone
+/// another way).
+fn live_payload_len(ops: &super::ops::Ops, hop: Nid, p: &Pending) -> Option<usize> {
+    match p {
+        Pending::Op { id, seq } => ops
+            .live(*id, *seq)
+            .filter(|op| op.stage == super::Stage::Queued && op.via == Some(hop))
+            .map(|op| match &op.kind {
+                OpKind::Put(r) => r.payload.len(),
+                _ => 0,
+            }),
+        Pending::Forward(f) => Some(f.payload.len()),
+        Pending::HealthPing { .. } | Pending::Status => Some(0),
+    }
+}
+
+impl Node {
+    /// Queues a frame at (hop, lane) and sends what credits allow. The hop is on one of our
+    /// nets (`next_hop` chose it).
+    pub(crate) fn enqueue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
+        let Some(ni) = self.ni_of(hop) else {
+            // Its NI went down meanwhile (a status push, say): nothing to send it on.
+            tracing::debug!(%hop, "not queued: no NI up on its net");
+            match pending {
+                Pending::Op { id, .. } => self.complete(id, Err(OpError::NoRoute(hop))),
+                Pending::Forward(f) => self.refuse_forward(*f, NackReason::NextHopDown),
+                Pending::HealthPing { .. } | Pending::Status => {}
+            }
+            return;
+        };
+        // A request that is no longer to be sent is the pump's to drop.
+        if let Some(len) = live_payload_len(&self.ops, hop, &pending) {
+            if let Some((ni, returned, check)) = self.credits_at_once(hop, lane, false, len) {
+                let out = self.outgoing(ni, hop, pending);
+                self.emit(ni, hop, lane, out, returned, true, check);
+                return;
+            }
+        }
+        self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
+            .queue
+            .push_back(pending);
+        self.pump_busy(hop, lane);
+    }
+
+    /// An op queued at (hop, lane) ended or went another way: its entry there is dead.
+    /// Dead entries go once they may be half the queue, so that ops to a hop that never
+    /// comes back cannot pile up dead entries without bound (amortized O(1) per op).
+    pub(crate) fn left_queue(&mut self, hop: Nid, lane: Lane) {
+        let Some(h) = self.hops.get_mut(&hop) else {
+            return;
+        };
+        h.lanes[lane].left += 1;
+        self.compact_if_due(hop, lane);
+    }
+
+    /// Drops the dead entries of the (hop, lane) queue once they may be half of it.
+    fn compact_if_due(&mut self, hop: Nid, lane: Lane) {
+        if self
+            .hops
+            .get(&hop)
+            .is_some_and(|h| h.lanes[lane].compaction_due())
+        {
+            self.compact(hop, lane);
+        }
+    }
+
+    /// Drops the dead entries of the (hop, lane) queue, keeping the rest in order.
+    fn compact(&mut self, hop: Nid, lane: Lane) {
+        let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
+            return;
+        };
+        let queue = std::mem::take(&mut hl.queue);
+        let kept = queue.into_iter().filter(|p| self.is_live(hop, p)).collect();
+        let hl = &mut self.hops.get_mut(&hop).expect("hop").lanes[lane];
+        hl.queue = kept;
+        hl.left = 0;
+    }
+
+    /// Whether a frame queued at `hop` still needs sending from there: an op's request
+    /// only while the op waits at that hop (it may have ended, or gone another way).
+    pub(super) fn is_live(&self, hop: Nid, p: &Pending) -> bool {
+        live_payload_len(&self.ops, hop, p).is_some()
+    }
+
+    /// Sends answers, then the head of (hop, lane)'s queue, while the lane is up and both
+    /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
+    /// returns owed credits in a CREDIT frame if nothing else carried them.
+    ///
+    /// Runs for every frame sent and most received, so it looks the hop up once per
+    /// frame, and the queue's front op once.
+    pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
+        // Most frames received leave nothing to send: that look is kept apart from the
+        // sending, whose set-up costs more than the look.
+        if self
+            .hops
+            .get(&nid)
+            .is_some_and(|hop| !hop.lanes[lane].has_nothing_to_do())
+        {
+            self.pump_busy(nid, lane);
+        }
+    }
+
+    /// The credits for a frame of `len` payload bytes to leave (hop, lane) now, as the
+    /// pump would send it once it reached it: if nothing waits there before it (an answer
+    /// waits only behind answers) and the connection is up with a hop credit and an NI
+    /// credit free. Most requests and answers can leave so, and skip the queue: the
+    /// caller sends the frame ([`Node::emit`]) with what this returns (the NI, the credits
+    /// the frame carries back, its header's check). `None`: the frame is to be queued.
+    pub(super) fn credits_at_once(
+        &mut self,
+        hop: Nid,
+        lane: Lane,
+        answer: bool,
+        len: usize,
+    ) -> Option<(NiId, u16, HeaderCheck)> {
+        let h = self.hops.get_mut(&hop)?;
+        let ni = h.ni;
+        let hl = &mut h.lanes[lane];
+        let first = hl.answers.is_empty() && (answer || hl.queue.is_empty());
+        let Conn::Up { hello, .. } = &hl.conn else {
+            return None;
+        };
+        let (peer_max, check) = (hello.max_payload, hello.header_check);
+        // Too large for the hop: the pump refuses it.
+        if !first || len > peer_max as usize {
+            return None;
+        }
+        let returned = take_send_credits(&mut self.nis[ni.0].credits[lane], hop, hl)?;
+        Some((ni, returned, check))
+    }
+
+    /// [`Node::pump`] for a hop lane that has something queued, owes a CREDIT frame, or
+    /// has dead queue entries to drop.
+    pub(super) fn pump_busy(&mut self, nid: Nid, lane: Lane) {
+        let credit_frame_due = loop {
+            let Some(hop) = self.hops.get_mut(&nid) else {
+                return;
+            };
+            let ni = hop.ni;
+            let hl = &mut hop.lanes[lane];
+            // What left the queue (or was dropped from it, as when its connection went)
+            // may leave only dead entries behind: they would wait for nothing. Checked
+            // here, at no cost of its own, after every frame the pump takes.
+            if hl.compaction_due() {
+                self.compact(nid, lane);
+                continue;
+            }
+            let answer_first = !hl.answers.is_empty();
+            // The front's payload length if it is to be sent (answers: no limit applies).
+            let front = if answer_first {
+                Some(Some(0))
+            } else {
+                hl.queue
+                    .front()
+                    .map(|p| live_payload_len(&self.ops, nid, p))
+            };
+            let (peer_max, check) = match &hl.conn {
+                Conn::Up { hello, .. } => (hello.max_payload, hello.header_check),
+                Conn::Connecting => return,
+                Conn::Down => {
+                    let wanted = answer_first
+                        || hl
+                            .queue
+                            .iter()
+                            .any(|p| live_payload_len(&self.ops, nid, p).is_some());
+                    if wanted {
+                        hl.conn = Conn::Connecting;
+                        self.out
+                            .requests
+                            .push_back((ni, LndRequest::Connect { peer: nid, lane }));
+                    }
+                    return;
+                }
+            };
+            let len = match front {
+                None => break hl.credit_frame_due(),
+                Some(None) => {
+                    hl.queue.pop_front();
+                    continue;
+                }
+                Some(Some(len)) => len,
+            };
+            // A request too large for the hop would only make it close the connection.
+            if len > peer_max as usize {
+                let p = hl.queue.pop_front().expect("front");
+                self.too_large(p, nid, len, peer_max);
+                continue;
+            }
+            let Some(returned) = take_send_credits(&mut self.nis[ni.0].credits[lane], nid, hl)
+            else {
+                break hl.credit_frame_due();
+            };
+            let next = if answer_first {
+                hl.answers.pop_front().map(Next::Answer)
+            } else {
+                hl.queue.pop_front().map(Next::Pending)
+            };
+            // Nothing left behind it: what the next look would find is known now, and
+            // sending changes nothing of the hop's (one lookup fewer per frame).
+            let drained = (hl.answers.is_empty() && hl.queue.is_empty() && hl.left == 0)
+                .then(|| hl.credit_frame_due());
+            let out = match next.expect("front checked") {
+                Next::Answer(r) => self.answer_out(r),
+                Next::Pending(pending) => self.outgoing(ni, nid, pending),
+            };
+            self.emit(ni, nid, lane, out, returned, true, check);
+            if let Some(due) = drained {
+                debug_assert_eq!(
+                    self.hops
+                        .get(&nid)
+                        .map(|h| h.lanes[lane].credit_frame_due()),
+                    Some(due),
+                    "sending changed the hop lane"
+                );
+                break due;
+            }
+        };
+        if credit_frame_due {
+            self.return_credits_if_owed(nid, lane);
+        }
+    }
+
+    pub(crate) fn hop_lane(&mut self, nid: Nid, lane: Lane) -> &mut HopLane {
+        &mut self.hops.get_mut(&nid).expect("hop").lanes[lane]
+    }
+
+    /// A request larger than the next hop takes: ours fails, a forwarded one is refused.
+    fn too_large(&mut self, p: Pending, hop: Nid, len: usize, max: u32) {
+        match p {
+            Pending::Op { id, .. } => self.complete(
+                id,
+                Err(OpError::Remote(format!(
+                    "payload of {len} bytes exceeds {hop}'s limit of {max}"
+                ))),
+            ),
+            Pending::Forward(f) => self.refuse_forward(*f, NackReason::OutOfBuffers),
+            Pending::HealthPing { .. } | Pending::Status => {}
+        }
+    }
+
+    /// Sends a CREDIT frame if (hop, lane) owes at least the high-water mark. CREDIT frames
+    /// spend neither a hop credit nor an NI credit: they must always get through.
+    pub(crate) fn return_credits_if_owed(&mut self, nid: Nid, lane: Lane) {
+        let Some(hop) = self.hops.get_mut(&nid) else {
+            return;
+        };
+        let ni = hop.ni;
+        let hl = &mut hop.lanes[lane];
+        if !hl.credit_frame_due() {
+            return;
+        }
+        let Conn::Up {
+            credits,
+            serial,
+            hello,
+        } = &mut hl.conn
+        else {
+            return;
+        };
+        let (serial, check) = (*serial, hello.header_check);
+        let returned = credits.take_owed();
+        hl.credit_frame_out = Some(serial);
+        self.stats.credit_frames_sent += 1;
+        let out = Outgoing {
+            src: self.nis[ni.0].nid,
+            dst: nid,
+            src_incarnation: self.cfg.incarnation,
+            hop_limit: 0,
+            body: Body::Credit,
+            msg_id: 0,
+            payload: Bytes::new(),
+            op: None,
+            upstream: None,
+        };
+        let token = self.emit(ni, nid, lane, out, returned, false, check);
+        if let Some(rec) = self.out.in_lnd.get_mut(token) {
+            rec.credit_for = Some((nid, serial));
+        }
+    }
+
+    /// The CREDIT frame for `hop`'s connection `serial` has left (or failed to): another
+    /// may go, if more is owed by now.
+    pub(super) fn credit_frame_done(&mut self, hop: Nid, lane: Lane, serial: u64) {
+        let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
+            return;
+        };
+        if hl.credit_frame_out == Some(serial) {
+            hl.credit_frame_out = None;
+            self.return_credits_if_owed(hop, lane);
+        }
+    }
+}
+
+/// Spends a hop credit and an NI credit for one frame on the (up) connection of hop lane
+/// `hl` to `nid`, and takes what the frame returns (the credits owed); `None` if either
+/// credit is short. An NI credit is then waited for: its release pumps `nid` again.
+fn take_send_credits(ni_credits: &mut NiCredits, nid: Nid, hl: &mut HopLane) -> Option<u16> {
+    let Conn::Up { credits, .. } = &mut hl.conn else {
+        return None;
+    };
+    if credits.available() == 0 {
+        return None;
+    }
+    if !ni_credits.try_take() {
+        ni_credits.wait(nid);
+        return None;
+    }
+    let spent = credits.try_spend();
+    debug_assert!(spent, "credit availability was checked above");
+    Some(credits.take_owed())
+}
+
+/// The frame [`Node::pump`] takes off a hop lane to send.
+enum Next {
+    Answer(super::peers::Response),
+    Pending(Pending),
+}
