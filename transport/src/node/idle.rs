@@ -51,6 +51,7 @@ impl Node {
     /// Forgets the neighbours nothing needs, if the table is due. Called only where the
     /// node is entered from outside (driver events, timers), so no caller on the stack
     /// holds on to a hop.
+    #[inline]
     pub(super) fn forget_idle_hops_if_due(&mut self) {
         if self.hops.len() >= self.sweep_at.hops {
             self.forget_idle_hops();
@@ -64,6 +65,9 @@ impl Node {
         self.forget_idle_ends();
     }
 
+    // Rare (the table doubled since the last sweep): kept out of its callers.
+    #[cold]
+    #[inline(never)]
     fn forget_idle_hops(&mut self) {
         // Down peers remembered for nobody go first: they would keep their hops.
         self.health.forget_uninteresting();
