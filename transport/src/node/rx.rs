@@ -21,6 +21,7 @@ use crate::wire::{Body, Header, NackReason, Status};
 
 impl Node {
     /// Feeds one driver event from NI `ni` into the node.
+    #[inline]
     pub fn handle_lnd_event(&mut self, now: Time, ni: NiId, event: LndEvent) {
         self.clock = Some(now);
         match event {
