@@ -7,11 +7,11 @@
 //!
 //! Life of a PUT: routed to its next hop (the target on one of our nets, or a router
 //! towards it) → sent once that hop's data lane is connected and a hop credit and an NI
-//! credit are free (at once if they are, else queued there until then) → `SendComplete`
-//! (NI credit back) → ACK from the target, by whatever way it comes → `Completed`. A
-//! router on the way that cannot pass it on says so (NACK), and it is sent again another
-//! way at once. It can leave that path at any
-//! point through its deadline, a failure, cancellation or shutdown, and always exactly once.
+//! credit are free (at once if they are and nothing waits there before it, else queued
+//! there until then) → `SendComplete` (NI credit back) → ACK from the target, by whatever
+//! way it comes → `Completed`. A router on the way that cannot pass it on says so (NACK),
+//! and it is sent again another way at once. It can leave that path at any point through
+//! its deadline, a failure, cancellation or shutdown, and always exactly once.
 //! A PUT without ACK ends at its `SendComplete`; a NACK or a router failure before that
 //! fails it instead of sending it again.
 //!

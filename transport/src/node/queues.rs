@@ -1,11 +1,13 @@
-//! Hop-lane queues: what waits at a next hop for its connection or for credits, and the
-//! pump that sends it, answers first, as the hop's credits and the NI's allow (or at once,
-//! when nothing waits before it). Frames are built and handed over in `tx`.
+//! Hop-lane queues and the credits that let frames go: a frame leaves at once when its
+//! hop lane's credits allow and nothing waits before it; else it waits in the lane's queue
+//! (our answers in their own, ahead of requests) for the pump, which sends as credits come
+//! back, asks for the connection, and returns owed credits in CREDIT frames. Frames are
+//! built and handed to the drivers in `tx`.
 
 use bytes::Bytes;
 
 use super::ops::OpKind;
-use super::peers::{Conn, Hop, HopLane, Pending};
+use super::peers::{Conn, Hop, HopLane, Pending, Response};
 use super::tx::Outgoing;
 use super::{LndRequest, NiId, Node};
 use crate::credits::NiCredits;
@@ -32,8 +34,9 @@ fn live_payload_len(ops: &super::ops::Ops, hop: Nid, p: &Pending) -> Option<usiz
 }
 
 impl Node {
-    /// Queues a frame at (hop, lane) and sends what credits allow. The hop is on one of our
-    /// nets (`next_hop` chose it).
+    /// Sends a frame on (hop, lane) at once if it may leave now (see
+    /// [`Node::spend_credits_to_send_now`]), else queues it there for the pump. The hop is
+    /// on one of our nets (`next_hop` chose it).
     pub(crate) fn enqueue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
         let Some(ni) = self.ni_of(hop) else {
             // Its NI went down meanwhile (a status push, say): nothing to send it on.
@@ -47,7 +50,9 @@ impl Node {
         };
         // A request that is no longer to be sent is the pump's to drop.
         if let Some(len) = live_payload_len(&self.ops, hop, &pending) {
-            if let Some((ni, returned, check)) = self.credits_at_once(hop, lane, false, len) {
+            if let Some((ni, returned, check)) =
+                self.spend_credits_to_send_now(hop, lane, Passes::Nothing, len)
+            {
                 let out = self.outgoing(ni, hop, pending);
                 self.emit(ni, hop, lane, out, returned, true, check);
                 return;
@@ -103,8 +108,8 @@ impl Node {
     /// the hop credit and the NI credit allow; asks for a connection if the lane is down;
     /// returns owed credits in a CREDIT frame if nothing else carried them.
     ///
-    /// Runs for every frame sent and most received, so it looks the hop up once per
-    /// frame, and the queue's front op once.
+    /// Runs for every frame received and every credit freed, and most of those leave
+    /// nothing to send: it looks first (one lookup), and only then sends.
     pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
         // Most frames received leave nothing to send: that look is kept apart from the
         // sending, whose set-up costs more than the look.
@@ -117,29 +122,46 @@ impl Node {
         }
     }
 
-    /// The credits for a frame of `len` payload bytes to leave (hop, lane) now, as the
-    /// pump would send it once it reached it: if nothing waits there before it (an answer
-    /// waits only behind answers) and the connection is up with a hop credit and an NI
-    /// credit free. Most requests and answers can leave so, and skip the queue: the
-    /// caller sends the frame ([`Node::emit`]) with what this returns (the NI, the credits
-    /// the frame carries back, its header's check). `None`: the frame is to be queued.
-    pub(super) fn credits_at_once(
+    /// Sends our answer `r` on (hop, lane) at once if it may leave now (see
+    /// [`Node::spend_credits_to_send_now`]), else queues it for the pump.
+    pub(super) fn send_or_queue_answer(&mut self, hop: Nid, lane: Lane, r: Response) {
+        if let Some((ni, returned, check)) =
+            self.spend_credits_to_send_now(hop, lane, Passes::Requests, 0)
+        {
+            let out = self.answer_out(r);
+            self.emit(ni, hop, lane, out, returned, true, check);
+            return;
+        }
+        self.hop_lane(hop, lane).answers.push_back(r);
+        self.pump_busy(hop, lane);
+    }
+
+    /// Whether a frame of `len` payload bytes may leave (hop, lane) now, as the pump would
+    /// send it once it reached it: nothing waits there that it may not pass (an answer
+    /// passes queued requests, not other answers; a request passes nothing), the
+    /// connection is up, the frame is not too large for the hop, and a hop credit and an
+    /// NI credit are free. If so, spends both credits and returns what the frame is sent
+    /// with ([`Node::emit`]): the NI, the credits it carries back, its header's check.
+    /// Most frames leave so, and skip the queue. `None`: it is to be queued (and if only
+    /// the NI credit was short, the hop now waits for one, as the pump would make it).
+    fn spend_credits_to_send_now(
         &mut self,
         hop: Nid,
         lane: Lane,
-        answer: bool,
+        passes: Passes,
         len: usize,
     ) -> Option<(NiId, u16, HeaderCheck)> {
         let h = self.hops.get_mut(&hop)?;
         let ni = h.ni;
         let hl = &mut h.lanes[lane];
-        let first = hl.answers.is_empty() && (answer || hl.queue.is_empty());
+        let nothing_before =
+            hl.answers.is_empty() && (passes == Passes::Requests || hl.queue.is_empty());
         let Conn::Up { hello, .. } = &hl.conn else {
             return None;
         };
         let (peer_max, check) = (hello.max_payload, hello.header_check);
-        // Too large for the hop: the pump refuses it.
-        if !first || len > peer_max as usize {
+        // One too large for the hop is the pump's to refuse.
+        if !nothing_before || len > peer_max as usize {
             return None;
         }
         let returned = take_send_credits(&mut self.nis[ni.0].credits[lane], hop, hl)?;
@@ -147,7 +169,8 @@ impl Node {
     }
 
     /// [`Node::pump`] for a hop lane that has something queued, owes a CREDIT frame, or
-    /// has dead queue entries to drop.
+    /// has dead queue entries to drop. Looks the hop up once per frame, and the queue's
+    /// front op once.
     pub(super) fn pump_busy(&mut self, nid: Nid, lane: Lane) {
         let credit_frame_due = loop {
             let Some(hop) = self.hops.get_mut(&nid) else {
@@ -257,7 +280,7 @@ impl Node {
 
     /// Sends a CREDIT frame if (hop, lane) owes at least the high-water mark. CREDIT frames
     /// spend neither a hop credit nor an NI credit: they must always get through.
-    pub(crate) fn return_credits_if_owed(&mut self, nid: Nid, lane: Lane) {
+    fn return_credits_if_owed(&mut self, nid: Nid, lane: Lane) {
         let Some(hop) = self.hops.get_mut(&nid) else {
             return;
         };
@@ -309,8 +332,9 @@ impl Node {
 }
 
 /// Spends a hop credit and an NI credit for one frame on the (up) connection of hop lane
-/// `hl` to `nid`, and takes what the frame returns (the credits owed); `None` if either
-/// credit is short. An NI credit is then waited for: its release pumps `nid` again.
+/// `hl` to `nid`, and takes what the frame carries back (the credits owed); `None` if
+/// either credit is short. If the NI credit is, `nid` waits for one: its release pumps
+/// `nid` again.
 fn take_send_credits(ni_credits: &mut NiCredits, nid: Nid, hl: &mut HopLane) -> Option<u16> {
     let Conn::Up { credits, .. } = &mut hl.conn else {
         return None;
@@ -327,8 +351,18 @@ fn take_send_credits(ni_credits: &mut NiCredits, nid: Nid, hl: &mut HopLane) -> 
     Some(credits.take_owed())
 }
 
-/// The frame [`Node::pump`] takes off a hop lane to send.
+/// The frame [`Node::pump_busy`] takes off a hop lane to send.
 enum Next {
-    Answer(super::peers::Response),
+    Answer(Response),
     Pending(Pending),
+}
+
+/// What a frame sent at once may pass at its hop lane: waiting frames it may not pass keep
+/// it in the queue behind them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Passes {
+    /// An answer: it leaves before our queued requests, as the pump sends it.
+    Requests,
+    /// A request (or a frame passing through): nothing.
+    Nothing,
 }

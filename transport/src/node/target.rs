@@ -35,10 +35,10 @@ pub(crate) struct Incoming {
 }
 
 impl Node {
-    /// Queues the answer (ACK, REPLY, PONG) to request `req` at the next hop towards its
-    /// initiator: the initiator itself, or a usable router, preferably the one the request
-    /// came through (then a failure of that router is one the initiator sees, and resends
-    /// for), else any other.
+    /// Sends (or queues) the answer (ACK, REPLY, PONG) to request `req` at the next hop
+    /// towards its initiator: the initiator itself, or a usable router, preferably the one
+    /// the request came through (then a failure of that router is one the initiator sees,
+    /// and resends for), else any other.
     pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
         if req.routed && matches!(body, Body::Ack { .. } | Body::Reply { .. }) {
             self.dedup.answered(
@@ -62,8 +62,8 @@ impl Node {
         self.send_answer(req.lane, answer, back);
     }
 
-    /// Queues an answer at the next hop towards `answer.dst` (`by`, if it is a usable
-    /// gateway there), within the hop lane's bound.
+    /// Sends (or queues) an answer at the next hop towards `answer.dst` (`by`, if it is a
+    /// usable gateway there), within the hop lane's bound.
     pub(super) fn send_answer(&mut self, lane: Lane, answer: Response, by: Option<Nid>) {
         let by = by.filter(|&g| self.usable_gateway(g, answer.dst));
         match by {
@@ -72,8 +72,8 @@ impl Node {
         }
     }
 
-    /// Queues an answer at the next hop towards `answer.dst`, not through `avoid` (a
-    /// gateway that just failed).
+    /// Sends (or queues) an answer at the next hop towards `answer.dst`, not through
+    /// `avoid` (a gateway that just failed).
     pub(super) fn send_answer_avoiding(
         &mut self,
         lane: Lane,
@@ -93,7 +93,7 @@ impl Node {
         }
     }
 
-    /// Queues an answer at (hop, lane), within its bound.
+    /// Sends an answer on (hop, lane), or queues it there within its bound.
     fn queue_answer(&mut self, hop: Nid, lane: Lane, answer: Response) {
         let Some(ni) = self.ni_of(hop) else {
             return;
@@ -120,13 +120,7 @@ impl Node {
             }
             return;
         }
-        if let Some((ni, returned, check)) = self.credits_at_once(hop, lane, true, 0) {
-            let out = self.answer_out(answer);
-            self.emit(ni, hop, lane, out, returned, true, check);
-            return;
-        }
-        self.hop_lane(hop, lane).answers.push_back(answer);
-        self.pump_busy(hop, lane);
+        self.send_or_queue_answer(hop, lane, answer);
     }
 
     /// Whether request `req` is to be handled: a copy of one that came through a router

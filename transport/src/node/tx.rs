@@ -84,14 +84,14 @@ impl Node {
             && self.gateways.takes(gateway, dst)
     }
 
-    /// Routes op `id`'s request to its next hop and queues it there; with no way, the op
-    /// fails with `NoRoute`.
+    /// Routes op `id`'s request to its next hop and sends or queues it there; with no way,
+    /// the op fails with `NoRoute`.
     pub(crate) fn send_op(&mut self, id: OpId) {
         self.route_op(id, None);
     }
 
-    /// Routes op `id`'s request to its next hop and queues it there; with no way left, the
-    /// op fails with `stuck` (`NoRoute` if none).
+    /// Routes op `id`'s request to its next hop and sends or queues it there; with no way
+    /// left, the op fails with `stuck` (`NoRoute` if none).
     fn route_op(&mut self, id: OpId, stuck: Option<&OpError>) {
         let Some(op) = self.ops.get(id) else {
             return;
@@ -160,8 +160,8 @@ impl Node {
         self.resend(id, why);
     }
 
-    /// Queues the monitor's PING to `dst` at its next hop (dropped if there is none: the
-    /// monitor's verdict follows in time).
+    /// Sends (or queues) the monitor's PING to `dst` at its next hop (dropped if there is
+    /// none: the monitor's verdict follows in time).
     pub(crate) fn send_health_ping(&mut self, dst: Nid, seq: u64) {
         match self.next_hop(dst, &[]) {
             Some(hop) => self.enqueue(hop, Lane::Health, Pending::HealthPing { dst, seq }),

@@ -295,3 +295,83 @@ fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
     assert!(matches!(asked[0].header.body, Body::Ping { .. }));
     assert_eq!(asked[0].header.dst, gw);
 }
+
+/// A frame that returns a credit and makes the node send a request of its own (here, the
+/// PING that asks a gateway for its changed status): the credit goes to the request that
+/// waited for it, and the new one waits its turn (it cannot skip the queue).
+#[test]
+fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
+    let gw = nid(B);
+    let mut n = node();
+    n.add_route(Route {
+        net: Nid::mem(0, 2).net(),
+        gateway: gw,
+        hops: 1,
+        priority: 0,
+    })
+    .unwrap();
+    connected(&mut n, B, Lane::Health, 1, 7);
+    let health_frame = |body: Body, credits, router_gen, payload: Bytes| {
+        let header = Header {
+            lane: Lane::Health,
+            hop_limit: 0,
+            credits,
+            src: gw,
+            dst: nid(A),
+            src_incarnation: 7,
+            msg_id: 0,
+            payload_len: payload.len() as u32,
+            body,
+            router_gen,
+        };
+        LndEvent::Received {
+            peer: gw,
+            lane: Lane::Health,
+            header,
+            payload: RxPayload::Inline(payload),
+        }
+    };
+    let status = crate::wire::RouterStatus {
+        generation: 5,
+        state: crate::wire::RouterState::Forwarding,
+        nets: vec![],
+        unreachable: vec![],
+        more_unreachable: false,
+        vouched: vec![],
+    };
+    let push = health_frame(Body::Status, 0, 5, status.encode());
+    n.handle_lnd_event(t(0), NiId(0), push);
+    assert_eq!(n.gateway_status(gw).map(|s| s.generation), Some(5));
+    // Two PINGs of ours: one credit, so one waits.
+    n.ping(t(1), OpId(1), ping(B)).unwrap();
+    n.ping(t(1), OpId(2), ping(B)).unwrap();
+    let first = drain(&mut n);
+    assert_eq!(first.len(), 1, "one credit, one PING");
+    // The credit comes back on a frame saying generation 6: the node asks for the new
+    // status, behind the PING that waited.
+    n.handle_lnd_event(
+        t(2),
+        NiId(0),
+        health_frame(Body::Credit, 1, 6, Bytes::new()),
+    );
+    let next = drain(&mut n);
+    assert_eq!(next.len(), 1, "one credit back, one frame");
+    assert_eq!(
+        next[0].header.msg_id,
+        first[0].header.msg_id + 1,
+        "op 2's PING"
+    );
+    n.handle_lnd_event(
+        t(3),
+        NiId(0),
+        health_frame(Body::Credit, 1, 6, Bytes::new()),
+    );
+    let last = drain(&mut n);
+    assert_eq!(last.len(), 1);
+    assert!(matches!(last[0].header.body, Body::Ping { .. }));
+    assert_ne!(
+        last[0].header.msg_id,
+        first[0].header.msg_id + 1,
+        "the status ask"
+    );
+}
