@@ -358,7 +358,10 @@ fn an_answer_does_not_pass_the_answers_waiting_for_credits() {
     let next = drain(&mut n);
     let ids: Vec<u64> = next.iter().map(|s| s.header.msg_id).collect();
     assert_eq!(ids, [2], "the waiting ACK goes first, and only it");
-    assert_eq!(next[0].header.credits, 2, "with the two credits owed since the first");
+    assert_eq!(
+        next[0].header.credits, 2,
+        "with the two credits owed since the first"
+    );
     receive(&mut n, t(4), B, Lane::Data, Body::Credit, 0, 1, b"");
     let last: Vec<u64> = drain(&mut n).iter().map(|s| s.header.msg_id).collect();
     assert_eq!(last, [3]);
