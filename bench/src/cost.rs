@@ -503,7 +503,7 @@ mod tests {
     fn owners_go_by_where_a_function_is_defined_not_its_arguments() {
         let owner = |f| owner_by_name(f).map(|i| OWNERS[i]);
         assert_eq!(
-            owner("lanet::node::tx::<impl lanet::node::Node>::pump"),
+            owner("lanet::node::queues::<impl lanet::node::Node>::pump_busy"),
             Some("core")
         );
         assert_eq!(

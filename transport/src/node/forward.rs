@@ -146,7 +146,8 @@ impl Node {
         }
     }
 
-    /// Queues a frame (its upstream credit and buffer held) at its next hop, or refuses it.
+    /// Sends (or queues) a frame, its upstream credit and buffer held, at its next hop, or
+    /// refuses it.
     fn pass_on(&mut self, h: Header, payload: Bytes, upstream: Upstream) {
         // Never straight back where it came from: that is a loop.
         let next = self.next_hop(h.dst, &[upstream.hop]);
@@ -166,7 +167,7 @@ impl Node {
                 self.router_forwarded_for(upstream.hop);
                 let now = self.clock.unwrap_or_default();
                 self.router_served(now, [upstream.hop, next]);
-                self.enqueue(next, h.lane, Pending::Forward(Box::new(f)));
+                self.send_or_queue(next, h.lane, Pending::Forward(Box::new(f)));
             }
             (_, reason) => self.refuse_forward(f, reason.unwrap_or(NackReason::NoRoute)),
         }

@@ -254,7 +254,7 @@ impl Node {
         }
         self.router.last_push = Some(now);
         for user in users {
-            self.enqueue(user, Lane::Health, Pending::Status);
+            self.send_or_queue(user, Lane::Health, Pending::Status);
         }
     }
 
@@ -359,7 +359,7 @@ impl Node {
         self.gateways.asked.insert(from, generation);
         self.health_seq += 1;
         let seq = self.health_seq;
-        self.enqueue(from, Lane::Health, Pending::HealthPing { dst: from, seq });
+        self.send_or_queue(from, Lane::Health, Pending::HealthPing { dst: from, seq });
     }
 
     /// Why the route to `net` through `gateway` is not usable now, if it is not.

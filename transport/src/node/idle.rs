@@ -65,7 +65,8 @@ impl Node {
         self.forget_idle_ends();
     }
 
-    // Rare (the table doubled since the last sweep): kept out of its callers.
+    // Rare (the table reached `max_idle_peers`, or doubled since the last sweep): kept out
+    // of its callers.
     #[cold]
     #[inline(never)]
     fn forget_idle_hops(&mut self) {

@@ -37,7 +37,7 @@ impl Node {
     /// Sends a frame on (hop, lane) at once if it may leave now (see
     /// [`Node::spend_credits_to_send_now`]), else queues it there for the pump. The hop is
     /// on one of our nets (`next_hop` chose it).
-    pub(crate) fn enqueue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
+    pub(super) fn send_or_queue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
         let Some(ni) = self.ni_of(hop) else {
             // Its NI went down meanwhile (a status push, say): nothing to send it on.
             tracing::debug!(%hop, "not queued: no NI up on its net");
@@ -67,7 +67,7 @@ impl Node {
     /// An op queued at (hop, lane) ended or went another way: its entry there is dead.
     /// Dead entries go once they may be half the queue, so that ops to a hop that never
     /// comes back cannot pile up dead entries without bound (amortized O(1) per op).
-    pub(crate) fn left_queue(&mut self, hop: Nid, lane: Lane) {
+    pub(super) fn left_queue(&mut self, hop: Nid, lane: Lane) {
         let Some(h) = self.hops.get_mut(&hop) else {
             return;
         };
@@ -110,7 +110,7 @@ impl Node {
     ///
     /// Runs for every frame received and every credit freed, and most of those leave
     /// nothing to send: it looks first (one lookup), and only then sends.
-    pub(crate) fn pump(&mut self, nid: Nid, lane: Lane) {
+    pub(super) fn pump(&mut self, nid: Nid, lane: Lane) {
         // Most frames received leave nothing to send: that look is kept apart from the
         // sending, whose set-up costs more than the look.
         if self
@@ -123,10 +123,11 @@ impl Node {
     }
 
     /// Sends our answer `r` on (hop, lane) at once if it may leave now (see
-    /// [`Node::spend_credits_to_send_now`]), else queues it for the pump.
+    /// [`Node::spend_credits_to_send_now`]), else queues it for the pump. The caller has
+    /// made the hop's entry and checked the lane's bound on waiting answers.
     pub(super) fn send_or_queue_answer(&mut self, hop: Nid, lane: Lane, r: Response) {
         if let Some((ni, returned, check)) =
-            self.spend_credits_to_send_now(hop, lane, Passes::Requests, 0)
+            self.spend_credits_to_send_now(hop, lane, Passes::Queue, 0)
         {
             let out = self.answer_out(r);
             self.emit(ni, hop, lane, out, returned, true, check);
@@ -140,8 +141,9 @@ impl Node {
     /// send it once it reached it: nothing waits there that it may not pass (an answer
     /// passes queued requests, not other answers; a request passes nothing), the
     /// connection is up, the frame is not too large for the hop, and a hop credit and an
-    /// NI credit are free. If so, spends both credits and returns what the frame is sent
-    /// with ([`Node::emit`]): the NI, the credits it carries back, its header's check.
+    /// NI credit are free. If so, spends both credits, takes the credits owed to the hop,
+    /// and returns what the frame must then be sent with ([`Node::emit`]): the NI, the
+    /// credits it carries back, its header's check.
     /// Most frames leave so, and skip the queue. `None`: it is to be queued (and if only
     /// the NI credit was short, the hop now waits for one, as the pump would make it).
     fn spend_credits_to_send_now(
@@ -155,7 +157,7 @@ impl Node {
         let ni = h.ni;
         let hl = &mut h.lanes[lane];
         let nothing_before =
-            hl.answers.is_empty() && (passes == Passes::Requests || hl.queue.is_empty());
+            hl.answers.is_empty() && (passes == Passes::Queue || hl.queue.is_empty());
         let Conn::Up { hello, .. } = &hl.conn else {
             return None;
         };
@@ -171,7 +173,7 @@ impl Node {
     /// [`Node::pump`] for a hop lane that has something queued, owes a CREDIT frame, or
     /// has dead queue entries to drop. Looks the hop up once per frame, and the queue's
     /// front op once.
-    pub(super) fn pump_busy(&mut self, nid: Nid, lane: Lane) {
+    fn pump_busy(&mut self, nid: Nid, lane: Lane) {
         let credit_frame_due = loop {
             let Some(hop) = self.hops.get_mut(&nid) else {
                 return;
@@ -260,7 +262,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn hop_lane(&mut self, nid: Nid, lane: Lane) -> &mut HopLane {
+    pub(super) fn hop_lane(&mut self, nid: Nid, lane: Lane) -> &mut HopLane {
         &mut self.hops.get_mut(&nid).expect("hop").lanes[lane]
     }
 
@@ -361,8 +363,9 @@ enum Next {
 /// it in the queue behind them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Passes {
-    /// An answer: it leaves before our queued requests, as the pump sends it.
-    Requests,
+    /// An answer: it leaves before anything in the queue (our requests, frames passing
+    /// through, the monitor's PINGs), as the pump sends it.
+    Queue,
     /// A request (or a frame passing through): nothing.
     Nothing,
 }

@@ -116,7 +116,7 @@ impl Node {
                 self.health.interest_started(r, now);
             }
         }
-        self.enqueue(hop, lane, Pending::Op { id, seq });
+        self.send_or_queue(hop, lane, Pending::Op { id, seq });
     }
 
     /// Sends op `id`'s request again through another of our gateways, because the way it
@@ -164,12 +164,13 @@ impl Node {
     /// none: the monitor's verdict follows in time).
     pub(crate) fn send_health_ping(&mut self, dst: Nid, seq: u64) {
         match self.next_hop(dst, &[]) {
-            Some(hop) => self.enqueue(hop, Lane::Health, Pending::HealthPing { dst, seq }),
+            Some(hop) => self.send_or_queue(hop, Lane::Health, Pending::HealthPing { dst, seq }),
             None => tracing::debug!(%dst, "no way to ping it"),
         }
     }
 
-    /// Turns a queue entry into a frame; ops move to `InLnd` and become answerable.
+    /// Turns a queue entry (or one sent without waiting in the queue) into a frame; ops move
+    /// to `InLnd` and become answerable.
     pub(super) fn outgoing(&mut self, ni: NiId, hop: Nid, pending: Pending) -> Outgoing {
         let src = self.nis[ni.0].nid;
         let (src_incarnation, hop_limit) = (self.cfg.incarnation, self.cfg.hop_limit);

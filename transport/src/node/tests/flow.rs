@@ -360,7 +360,7 @@ fn an_answer_does_not_pass_the_answers_waiting_for_credits() {
     assert_eq!(ids, [2], "the waiting ACK goes first, and only it");
     assert_eq!(
         next[0].header.credits, 2,
-        "with the two credits owed since the first"
+        "with the credits owed for PUTs 2 and 3"
     );
     receive(&mut n, t(4), B, Lane::Data, Body::Credit, 0, 1, b"");
     let last: Vec<u64> = drain(&mut n).iter().map(|s| s.header.msg_id).collect();
