@@ -139,7 +139,7 @@ impl Node {
 
     /// Whether a frame of `len` payload bytes may leave (hop, lane) now, as the pump would
     /// send it once it reached it: nothing waits there that it may not pass (an answer
-    /// passes queued requests, not other answers; a request passes nothing), the
+    /// passes the queue, not other answers; a request passes nothing), the
     /// connection is up, the frame is not too large for the hop, and a hop credit and an
     /// NI credit are free. If so, spends both credits, takes the credits owed to the hop,
     /// and returns what the frame must then be sent with ([`Node::emit`]): the NI, the

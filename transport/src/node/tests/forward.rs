@@ -223,8 +223,9 @@ fn a_hello_or_credit_addressed_beyond_the_router_is_a_protocol_error() {
     }
 }
 
-#[test]
-fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
+/// Node A with a route to mem net 2 through its neighbour B (`gw`), whose health lane is
+/// up offering `health_credits`, and which has told A its status: generation 5.
+fn node_behind_gateway(health_credits: u16) -> Node {
     let gw = nid(B);
     let mut n = node();
     n.add_route(Route {
@@ -234,61 +235,60 @@ fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
         priority: 0,
     })
     .unwrap();
-    connected(&mut n, B, Lane::Health, 8, 7);
-    connected(&mut n, B, Lane::Data, 8, 7);
-    let status = |generation| crate::wire::RouterStatus {
-        generation,
+    connected(&mut n, B, Lane::Health, health_credits, 7);
+    let status = crate::wire::RouterStatus {
+        generation: 5,
         state: crate::wire::RouterState::Forwarding,
         nets: vec![],
         unreachable: vec![],
         more_unreachable: false,
         vouched: vec![],
     };
-    // Pushed to us: generation 5.
-    let mut h = Header {
-        lane: Lane::Health,
+    let push = frame_from_gateway(Lane::Health, Body::Status, 0, 5, status.encode());
+    n.handle_lnd_event(t(0), NiId(0), push);
+    assert_eq!(n.gateway_status(gw).map(|s| s.generation), Some(5));
+    n
+}
+
+/// A frame from the gateway B to A on `lane`, returning `credits`, saying the gateway's
+/// status is at `router_gen`.
+fn frame_from_gateway(
+    lane: Lane,
+    body: Body,
+    credits: u16,
+    router_gen: u32,
+    payload: Bytes,
+) -> LndEvent {
+    let header = Header {
+        lane,
         hop_limit: 0,
-        credits: 0,
-        src: gw,
+        credits,
+        src: nid(B),
         dst: nid(A),
         src_incarnation: 7,
         msg_id: 0,
-        payload_len: 0,
-        body: Body::Status,
-        router_gen: 5,
+        payload_len: payload.len() as u32,
+        body,
+        router_gen,
     };
-    let push = status(5).encode();
-    h.payload_len = push.len() as u32;
-    let ev = LndEvent::Received {
-        peer: gw,
-        lane: Lane::Health,
-        header: h,
-        payload: RxPayload::Inline(push),
-    };
-    n.handle_lnd_event(t(0), NiId(0), ev);
-    assert_eq!(n.gateway_status(gw).map(|s| s.generation), Some(5));
+    LndEvent::Received {
+        peer: nid(B),
+        lane,
+        header,
+        payload: RxPayload::Inline(payload),
+    }
+}
+
+#[test]
+fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
+    let gw = nid(B);
+    let mut n = node_behind_gateway(8);
+    connected(&mut n, B, Lane::Data, 8, 7);
     assert!(drain(&mut n).is_empty());
     // Its frames now say 6: it changed, and the push did not reach us. One PING asks.
     for _ in 0..3 {
-        let header = Header {
-            lane: Lane::Data,
-            hop_limit: 0,
-            credits: 0,
-            src: gw,
-            dst: nid(A),
-            src_incarnation: 7,
-            msg_id: 0,
-            payload_len: 0,
-            body: Body::Credit,
-            router_gen: 6,
-        };
-        let ev = LndEvent::Received {
-            peer: gw,
-            lane: Lane::Data,
-            header,
-            payload: RxPayload::Inline(Bytes::new()),
-        };
-        n.handle_lnd_event(t(1), NiId(0), ev);
+        let credit = frame_from_gateway(Lane::Data, Body::Credit, 0, 6, Bytes::new());
+        n.handle_lnd_event(t(1), NiId(0), credit);
     }
     let asked = drain(&mut n);
     assert_eq!(asked.len(), 1, "asked once");
@@ -301,47 +301,7 @@ fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
 /// waited for it, and the new one waits its turn (it cannot skip the queue).
 #[test]
 fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
-    let gw = nid(B);
-    let mut n = node();
-    n.add_route(Route {
-        net: Nid::mem(0, 2).net(),
-        gateway: gw,
-        hops: 1,
-        priority: 0,
-    })
-    .unwrap();
-    connected(&mut n, B, Lane::Health, 1, 7);
-    let health_frame = |body: Body, credits, router_gen, payload: Bytes| {
-        let header = Header {
-            lane: Lane::Health,
-            hop_limit: 0,
-            credits,
-            src: gw,
-            dst: nid(A),
-            src_incarnation: 7,
-            msg_id: 0,
-            payload_len: payload.len() as u32,
-            body,
-            router_gen,
-        };
-        LndEvent::Received {
-            peer: gw,
-            lane: Lane::Health,
-            header,
-            payload: RxPayload::Inline(payload),
-        }
-    };
-    let status = crate::wire::RouterStatus {
-        generation: 5,
-        state: crate::wire::RouterState::Forwarding,
-        nets: vec![],
-        unreachable: vec![],
-        more_unreachable: false,
-        vouched: vec![],
-    };
-    let push = health_frame(Body::Status, 0, 5, status.encode());
-    n.handle_lnd_event(t(0), NiId(0), push);
-    assert_eq!(n.gateway_status(gw).map(|s| s.generation), Some(5));
+    let mut n = node_behind_gateway(1);
     // Two PINGs of ours: one credit, so one waits.
     n.ping(t(1), OpId(1), ping(B)).unwrap();
     n.ping(t(1), OpId(2), ping(B)).unwrap();
@@ -349,11 +309,8 @@ fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
     assert_eq!(first.len(), 1, "one credit, one PING");
     // The credit comes back on a frame saying generation 6: the node asks for the new
     // status, behind the PING that waited.
-    n.handle_lnd_event(
-        t(2),
-        NiId(0),
-        health_frame(Body::Credit, 1, 6, Bytes::new()),
-    );
+    let credit = || frame_from_gateway(Lane::Health, Body::Credit, 1, 6, Bytes::new());
+    n.handle_lnd_event(t(2), NiId(0), credit());
     let next = drain(&mut n);
     assert_eq!(next.len(), 1, "one credit back, one frame");
     assert_eq!(
@@ -361,11 +318,7 @@ fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
         first[0].header.msg_id + 1,
         "op 2's PING"
     );
-    n.handle_lnd_event(
-        t(3),
-        NiId(0),
-        health_frame(Body::Credit, 1, 6, Bytes::new()),
-    );
+    n.handle_lnd_event(t(3), NiId(0), credit());
     let last = drain(&mut n);
     assert_eq!(last.len(), 1);
     assert!(matches!(last[0].header.body, Body::Ping { .. }));
