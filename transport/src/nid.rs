@@ -138,7 +138,8 @@ impl fmt::Display for NidAddr {
 /// kind, its number or IP address, its port; then the net's kind and number.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nid {
-    /// The address (see [`Nid::addr_word`]).
+    /// The address as one word: its kind above bit 48; below it the number, the IP
+    /// address, or the IP address above the port. One-to-one, and in the address's order.
     addr: u64,
     /// The net (see [`Net::word`]).
     net: NonZeroU32,
@@ -169,22 +170,15 @@ impl Nid {
                 2 << ADDR_KIND_SHIFT | (sa.ip().to_bits() as u64) << 16 | sa.port() as u64
             }
         };
-        Nid::from_words(addr, net.word())
-    }
-
-    const fn from_words(addr: u64, net: NonZeroU32) -> Nid {
-        Nid { addr, net }
-    }
-
-    /// The address as one word: its kind above bit 48; below it the number, the IP
-    /// address, or the IP address above the port. One-to-one, and in the address's order.
-    const fn addr_word(&self) -> u64 {
-        self.addr
+        Nid {
+            addr,
+            net: net.word(),
+        }
     }
 
     /// The address part.
     pub const fn addr(&self) -> NidAddr {
-        let word = self.addr_word();
+        let word = self.addr;
         let low = word & ((1 << ADDR_KIND_SHIFT) - 1);
         match word >> ADDR_KIND_SHIFT {
             0 => NidAddr::Num(low as u32),
@@ -370,7 +364,7 @@ impl Nid {
         const TCP: u32 = kind_code(LndKind::Tcp);
         const O2IB: u32 = kind_code(LndKind::O2ib);
         const MEM: u32 = kind_code(LndKind::Mem);
-        let (net, addr) = (self.net.get(), self.addr_word());
+        let (net, addr) = (self.net.get(), self.addr);
         // A catch-all, which rustc turns into fewer instructions than every pair spelled
         // out; `every_kind_decodes_its_own_addresses` makes a new kind be decided here.
         match (net >> 16, addr >> ADDR_KIND_SHIFT) {
@@ -441,7 +435,10 @@ impl Nid {
             (ADDR_IP_PORT, p) => 2 << ADDR_KIND_SHIFT | value << 16 | p,
             _ => return None,
         };
-        let nid = Nid::from_words(addr, Net::new(kind, num).word());
+        let nid = Nid {
+            addr,
+            net: Net::new(kind, num).word(),
+        };
         nid.suits_its_net().then_some(nid)
     }
 }
