@@ -33,14 +33,12 @@ impl Gate {
         send: impl FnOnce() -> Result<T, EndpointError>,
     ) -> Result<T, EndpointError> {
         let _inside = self.inside.read().unwrap_or_else(|e| e.into_inner());
-        if self.closed.load(Ordering::Acquire) {
-            return Err(self.refusal());
-        }
-        send()
+        self.pass_on_closing_thread(send)
     }
 
     /// [`Gate::pass`] on the thread that closes the gate (the driver thread, from a
-    /// callback): no close can run while it passes, so it takes no lock.
+    /// callback): no close can run while it passes, so it takes no lock. (`pass` is this,
+    /// inside the lock.)
     pub(super) fn pass_on_closing_thread<T>(
         &self,
         send: impl FnOnce() -> Result<T, EndpointError>,
