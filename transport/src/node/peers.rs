@@ -119,14 +119,15 @@ impl HopLane {
             && !answers_will_carry_them
     }
 
-    /// Whether a pump would find nothing to do: nothing queued, no dead entries to drop,
-    /// no CREDIT frame owed. (A lane that is down with nothing queued asks for no
-    /// connection either.)
+    /// Whether nothing waits here: no answer, no queue entry, not even a dead one.
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.answers.is_empty() && self.queue.is_empty() && self.left == 0
+    }
+
+    /// Whether a pump would find nothing to do: nothing waits, and no CREDIT frame is
+    /// owed. (A lane that is down with nothing queued asks for no connection either.)
     pub(crate) fn has_nothing_to_do(&self) -> bool {
-        self.answers.is_empty()
-            && self.queue.is_empty()
-            && self.left == 0
-            && !self.credit_frame_due()
+        self.holds_nothing() && !self.credit_frame_due()
     }
 
     /// Whether the ops that left `queue` may be half of it: then it is compacted.

@@ -239,8 +239,7 @@ impl Node {
             };
             // Nothing left behind it: what the next look would find is known now, and
             // sending changes nothing of the hop's (one lookup fewer per frame).
-            let drained = (hl.answers.is_empty() && hl.queue.is_empty() && hl.left == 0)
-                .then(|| hl.credit_frame_due());
+            let drained = hl.holds_nothing().then(|| hl.credit_frame_due());
             let out = match next.expect("front checked") {
                 Next::Answer(r) => self.answer_out(r),
                 Next::Pending(pending) => self.outgoing(ni, nid, pending),
