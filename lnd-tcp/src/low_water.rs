@@ -84,7 +84,7 @@ pub(crate) fn change(fd: RawFd, was: usize, mark: usize) -> io::Result<usize> {
 }
 
 /// Sets the socket's receive low-water mark.
-pub(crate) fn set(fd: RawFd, bytes: usize) -> io::Result<()> {
+fn set(fd: RawFd, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, value)
 }
