@@ -11,7 +11,7 @@ use lanet::handshake::auth::{fresh_nonce, AcceptorStep, Auth, AuthError, Dialler
 use lanet::handshake::auth::{Pending, Proof};
 use lanet::handshake::{check_hello, hello_auth, HandshakeError, Identity, PeerHello};
 use lanet::lane::Lane;
-use lanet::lnd::conns::{Closed, ConnTable, Connect, Incoming, Stage};
+use lanet::lnd::conns::{Closed, ConnMut, ConnTable, Connect, Incoming, Stage};
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, RxPayload, Transmit, TxToken};
 use lanet::nid::Nid;
 use lanet::time::Time;
@@ -136,9 +136,20 @@ impl Engine {
         self.conns.get_mut(id)
     }
 
+    /// A connection with its lane, once known (an accepted one learns it from the HELLO).
+    pub(crate) fn conn_and_lane(&mut self, id: ConnId) -> Option<(&mut Conn, Option<Lane>)> {
+        let c = self.conns.get_mut_with_state(id)?;
+        Some((c.data, c.peer.map(|(_, lane)| lane)))
+    }
+
     /// Sockets to close; the backend drops them.
     pub(crate) fn take_closes(&mut self) -> Vec<ConnId> {
         std::mem::take(&mut self.closes)
+    }
+
+    /// Whether [`Engine::take_closes`] has any.
+    pub(crate) fn has_closes(&self) -> bool {
+        !self.closes.is_empty()
     }
 
     /// The core asks for (peer, lane). True if the backend should dial; otherwise the
@@ -250,36 +261,66 @@ impl Engine {
         }
     }
 
-    /// `n` bytes of `conn`'s queue were written.
-    pub(crate) fn wrote(&mut self, conn: ConnId, n: usize) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
+    /// `n` bytes of `conn`'s queue were written. Returns whether more waits to be written.
+    pub(crate) fn wrote(&mut self, conn: ConnId, n: usize) -> bool {
+        let Some(ConnMut { stage, data: c, .. }) = self.conns.get_mut_with_state(conn) else {
+            return false;
         };
         c.tx.advance(n, &mut self.done);
         let sent = c.tx.is_empty();
-        let refusing = matches!(c.auth, ConnAuth::Refusing);
+        let refusing = matches!(c.auth, ConnAuth::Refusing) || stage == Stage::Refused;
         for token in self.done.drain(..) {
             self.events.push(LndEvent::SendComplete {
                 token,
                 result: Ok(()),
             });
         }
-        if sent && (refusing || self.conns.stage(conn) == Some(Stage::Refused)) {
+        if sent && refusing {
             // The refusal is out: the connection has served its purpose.
             self.conns.remove(conn);
             self.closes.push(conn);
+            return false;
         }
+        !sent
     }
 
-    /// Bytes arrived on `conn` (already in its framer): handle every complete frame.
+    /// Bytes arrived on `conn` (already in its framer): handle every complete frame. `now`
+    /// matters only to handshakes.
     pub(crate) fn received(&mut self, conn: ConnId, now: Instant) {
-        let now = self.time(now);
+        let up = self.conns.get_mut_with_state(conn);
+        if let Some(ConnMut {
+            stage: Stage::Up,
+            peer: Some((peer, lane)),
+            data: c,
+        }) = up
+        {
+            if !matches!(c.auth, ConnAuth::Refusing) {
+                // Up stays up while its frames are read: one lookup for them all.
+                let error = loop {
+                    match c.rx.next_frame() {
+                        Ok(Some((header, payload))) => self.events.push(LndEvent::Received {
+                            peer,
+                            lane,
+                            header,
+                            payload: RxPayload::Inline(payload),
+                        }),
+                        Ok(None) => return,
+                        Err(e) => break e,
+                    }
+                };
+                return self.fail(conn, err(LndErrorKind::Protocol, error.to_string()));
+            }
+        }
         loop {
-            let stage = self.conns.stage(conn);
-            let Some(c) = self.conns.get_mut(conn) else {
+            let Some(ConnMut {
+                stage,
+                peer,
+                data: c,
+            }) = self.conns.get_mut_with_state(conn)
+            else {
                 return;
             };
-            if stage == Some(Stage::Refused) || matches!(c.auth, ConnAuth::Refusing) {
+            if stage == Stage::Refused || matches!(c.auth, ConnAuth::Refusing) {
                 return;
             }
             let (h, payload) = match c.rx.next_frame() {
@@ -287,14 +328,15 @@ impl Engine {
                 Ok(None) => return,
                 Err(e) => return self.fail(conn, err(LndErrorKind::Protocol, e.to_string())),
             };
-            match (stage, self.conns.peer(conn)) {
-                (Some(Stage::Up), Some((peer, lane))) => self.events.push(LndEvent::Received {
+            match (stage, peer) {
+                (Stage::Up, Some((peer, lane))) => self.events.push(LndEvent::Received {
                     peer,
                     lane,
                     header: h,
                     payload: RxPayload::Inline(payload),
                 }),
-                (Some(Stage::Handshake), Some((peer, lane))) if self.conns.is_dialled(conn) => {
+                (Stage::Handshake, Some((peer, lane))) if self.conns.is_dialled(conn) => {
+                    let now = self.time(now);
                     match check_hello(&self.local.id.hello(lane), Some(peer), &h) {
                         Ok(hello) => {
                             if let Err(e) = self.authenticate_acceptor(conn, &hello, &payload) {
@@ -315,12 +357,15 @@ impl Engine {
                     }
                 }
                 // Only here is the auth state read (not once per frame).
-                (Some(Stage::Handshake), None) => match self.conns.get(conn).map(|c| c.auth) {
-                    Some(ConnAuth::AwaitingProof(pending, hello)) => {
-                        self.dialler_proof(conn, (pending, hello), &h, &payload, now)
+                (Stage::Handshake, None) => {
+                    let now = self.time(now);
+                    match self.conns.get(conn).map(|c| c.auth) {
+                        Some(ConnAuth::AwaitingProof(pending, hello)) => {
+                            self.dialler_proof(conn, (pending, hello), &h, &payload, now)
+                        }
+                        _ => self.incoming_hello(conn, h, &payload, now),
                     }
-                    _ => self.incoming_hello(conn, h, &payload, now),
-                },
+                }
                 _ => {
                     return self.fail(
                         conn,
@@ -519,6 +564,14 @@ impl Engine {
     pub(crate) fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
         let closed = self.conns.close(peer, lane, error, &mut self.events);
         self.retire(closed);
+    }
+
+    /// [`Engine::expire`] at the time now, if a deadline is pending at all: with every
+    /// connection up, as in steady traffic, not even the clock is read.
+    pub(crate) fn expire_due(&mut self) {
+        if self.conns.next_deadline().is_some() {
+            self.expire(Instant::now());
+        }
     }
 
     /// Handshakes past their deadline fail; so do lanes still awaiting a race winner.

@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
 
 use crate::engine::{ConnId, Engine};
-use crate::framing::MAX_SLICES;
+use crate::framing::{TxQueue, MAX_SLICES};
 use crate::low_water;
 use crate::{io_error, tune_socket};
 
@@ -195,6 +195,9 @@ impl Epoll {
     }
 
     fn drop_closed(&mut self) {
+        if !self.engine.has_closes() {
+            return;
+        }
         for id in self.engine.take_closes() {
             if let Some(mut s) = self.sockets.remove(&id) {
                 let _ = self.poll.registry().deregister(&mut s);
@@ -227,12 +230,18 @@ impl Epoll {
 
     /// Writes as much of `conn`'s queue as the socket takes.
     fn flush(&mut self, conn: ConnId) {
-        let budget = match self.engine.lane_of(conn) {
-            Some(Lane::Data) => DATA_WRITE_PER_ROUND,
-            _ => usize::MAX,
-        };
         let mut written_now = 0;
         loop {
+            let Some((c, lane)) = self.engine.conn_and_lane(conn) else {
+                return;
+            };
+            if !c.wants_write() {
+                return;
+            }
+            let budget = match lane {
+                Some(Lane::Data) => DATA_WRITE_PER_ROUND,
+                _ => usize::MAX,
+            };
             if written_now >= budget {
                 if !self.unwritten.contains(&conn) {
                     self.unwritten.push(conn);
@@ -242,16 +251,8 @@ impl Epoll {
             let Some(sock) = self.sockets.get_mut(&conn) else {
                 return;
             };
-            let Some(c) = self.engine.conn_mut(conn) else {
-                return;
-            };
-            if !c.wants_write() {
-                return;
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             // At most the rest of the budget in this call.
-            let n = c.tx.slices_up_to(&mut slices, budget - written_now);
-            match sock.write_vectored(&slices[..n]) {
+            match write_queue(sock, &c.tx, budget - written_now) {
                 Ok(0) => {
                     return self.fail(
                         conn,
@@ -261,7 +262,9 @@ impl Epoll {
                 }
                 Ok(written) => {
                     written_now += written;
-                    self.engine.wrote(conn, written)
+                    if !self.engine.wrote(conn, written) {
+                        return; // all out: no second look at the queue
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -443,11 +446,12 @@ impl Epoll {
         self.ready.sort_unstable_by_key(|(lane, ..)| *lane);
         let ready = std::mem::take(&mut self.ready);
         for &(_, conn, readable, writable) in &ready {
-            let connecting = self
-                .engine
-                .conn_mut(conn)
-                .is_some_and(|c| c.is_connecting());
-            if connecting && writable {
+            let connecting = writable
+                && self
+                    .engine
+                    .conn_mut(conn)
+                    .is_some_and(|c| c.is_connecting());
+            if connecting {
                 self.finish_connect(conn);
             }
             if readable {
@@ -456,11 +460,34 @@ impl Epoll {
             self.flush(conn);
         }
         self.ready = ready;
-        self.engine.expire(Instant::now());
+        self.engine.expire_due();
         self.drop_closed();
         events.append(&mut self.engine.events);
         Ok(())
     }
+}
+
+/// Writes the first `max` unwritten bytes of `tx` (or all of them) with one `writev`.
+fn write_queue(sock: &mut TcpStream, tx: &TxQueue, max: usize) -> io::Result<usize> {
+    // The slices are filled in before the call, all of them: an array sized for the few
+    // frames of a ping-pong costs a tenth of one sized for a window.
+    if tx.len() <= FEW_FRAMES {
+        write_slices::<{ 2 * FEW_FRAMES }>(sock, tx, max)
+    } else {
+        write_slices::<MAX_SLICES>(sock, tx, max)
+    }
+}
+
+const FEW_FRAMES: usize = 4;
+
+fn write_slices<const N: usize>(
+    sock: &mut TcpStream,
+    tx: &TxQueue,
+    max: usize,
+) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let n = tx.slices_up_to(&mut slices, max);
+    sock.write_vectored(&slices[..n])
 }
 
 /// Reads from `sock` into `buf`'s spare capacity (none of it zero-filled first) and appends

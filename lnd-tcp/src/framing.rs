@@ -214,13 +214,16 @@ impl TxQueue {
         self.frames.is_empty()
     }
 
-    /// The first `max` unwritten bytes (or all), as slices for one `writev`, in `out`;
-    /// returns how many. No allocation: the caller keeps the array on its stack.
-    pub(crate) fn slices_up_to<'a>(
-        &'a self,
-        out: &mut [IoSlice<'a>; MAX_SLICES],
-        mut max: usize,
-    ) -> usize {
+    /// Frames queued, the one being written included.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The first `max` unwritten bytes (or all) of the first `out.len() / 2` frames, as
+    /// slices for one `writev`, in `out`; returns how many. No allocation: the caller
+    /// keeps the array on its stack (at most [`MAX_SLICES`]).
+    pub(crate) fn slices_up_to<'a>(&'a self, out: &mut [IoSlice<'a>], mut max: usize) -> usize {
+        let frames = out.len() / 2;
         let mut n = 0;
         let mut push = |s: &'a [u8]| {
             if max > 0 && !s.is_empty() {
@@ -230,7 +233,7 @@ impl TxQueue {
                 n += 1;
             }
         };
-        for f in self.frames.iter().take(MAX_SLICES / 2) {
+        for f in self.frames.iter().take(frames) {
             if f.written < HEADER_LEN {
                 push(&f.header[f.written..]);
                 if !f.payload.is_empty() {

@@ -224,6 +224,44 @@ fn handshakes_and_lost_races_time_out_into_connect_failures() {
     );
 }
 
+/// The epoll backend stops writing a socket when `wrote` says nothing more waits: a
+/// wrong "nothing" would leave frames queued with no edge to wake for them.
+#[test]
+fn wrote_says_whether_more_waits_and_frames_read_together_all_arrive() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    dial_pair(&mut a, &mut b, now);
+    events(&mut a);
+    events(&mut b);
+    for token in [1, 2, 3] {
+        assert_eq!(a.post(ping(1, 2, token)), Some(1));
+    }
+    let mut bytes = Vec::new();
+    let c = a.conn_mut(1).unwrap();
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let n = c.tx.slices_up_to(&mut slices, usize::MAX);
+    for s in &slices[..n] {
+        bytes.extend_from_slice(s);
+    }
+    let frame = bytes.len() / 3;
+    assert!(a.wrote(1, frame + 1), "two frames and a byte still wait");
+    assert!(a.wrote(1, frame), "the third frame is not all out");
+    assert!(!a.wrote(1, frame - 1), "all out");
+    let done = events(&mut a);
+    assert_eq!(done.len(), 3, "{done:?}");
+    // All three reach B in one read.
+    b.conn_mut(101).unwrap().rx.extend(&bytes);
+    b.received(101, now);
+    let ids: Vec<u64> = events(&mut b)
+        .iter()
+        .filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+}
+
 #[test]
 fn a_hello_from_the_wrong_node_is_refused_and_garbage_fails_the_connection() {
     let now = Instant::now();

@@ -552,6 +552,9 @@ impl Uring {
 
     /// Shuts down the sockets the engine let go; each is removed once idle.
     fn drop_closed(&mut self) {
+        if !self.engine.has_closes() {
+            return;
+        }
         for id in self.engine.take_closes() {
             let Some(sock) = self.socks.get_mut(&id) else {
                 continue;
@@ -695,7 +698,7 @@ impl Uring {
         self.reap_completions();
         self.collect_moved();
         self.flush_dirty();
-        self.engine.expire(Instant::now());
+        self.engine.expire_due();
         self.drop_closed();
         // Answers produced in this turn leave now, not a turn later. Receives, accepts and
         // the waker's read re-armed here (and cancels) wait for the next look, which
