@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use lanet::handshake::auth::Auth;
 use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
-use lanet::lnd::conns::{Closed, ConnTable, Stage};
+use lanet::lnd::conns::{Closed, ConnMut, ConnTable, Stage};
 use lanet::lnd::spin::SpinWaker;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
@@ -485,10 +485,12 @@ impl RdmaLnd {
 
     /// Posts what the connection can take, if it is up; a failure to post fails it.
     fn pump(&mut self, id: u32) {
-        if self.conns.stage(id) != Some(Stage::Up) {
-            return;
-        }
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(ConnMut {
+            stage: Stage::Up,
+            data: conn,
+            ..
+        }) = self.conns.get_mut_with_state(id)
+        else {
             return;
         };
         match conn.pump(id, &mut self.ctx) {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use lanet::lane::Lane;
-use lanet::lnd::conns::Stage;
+use lanet::lnd::conns::{ConnMut, Stage};
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, RxHandle, RxPayload};
 use lanet::wire::{decode_header, Header, Limits, HEADER_LEN};
 use rdma_sys::ibv_wc_status as wc;
@@ -84,11 +84,11 @@ impl RdmaLnd {
             WrId::Recv(buf) => return self.on_recv(lane, buf, &c),
             WrId::Send { conn, slot } => (conn, slot),
         };
-        if self.conns.get(id).is_none() {
-            return; // flushed from a connection already failed and forgotten
-        }
         if !c.ok() {
-            return self.fail(id, completion_error(&c));
+            if self.conns.get(id).is_some() {
+                self.fail(id, completion_error(&c));
+            }
+            return; // or flushed from a connection already failed and forgotten
         }
         self.on_send_done(id, slot);
     }
@@ -153,12 +153,15 @@ impl RdmaLnd {
             // good as the ESTABLISHED event, which may still be on its way.
             self.mark_up(id);
         }
-        let (stage, peer) = (self.conns.stage(id), self.conns.peer(id));
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(ConnMut {
+            stage,
+            peer,
+            data: conn,
+        }) = self.conns.get_mut_with_state(id)
+        else {
             return; // marking it up flushed its queue, and a post failed
         };
-        let (Some(qp), Some((peer, lane)), Some(Stage::Up)) = (conn.qp.as_mut(), peer, stage)
-        else {
+        let (Some(qp), Some((peer, lane)), Stage::Up) = (conn.qp.as_mut(), peer, stage) else {
             return self.fail(id, protocol("message before the connection was set up"));
         };
         let message = match parsed {
@@ -281,11 +284,13 @@ impl RdmaLnd {
     }
 
     fn on_send_done(&mut self, id: u32, index: usize) {
-        let qp = self
-            .conns
-            .get_mut(id)
-            .and_then(|c| c.qp.as_mut())
-            .expect("checked by the caller");
+        let Some(conn) = self.conns.get_mut(id) else {
+            return; // flushed from a connection already failed and forgotten
+        };
+        let qp = conn
+            .qp
+            .as_mut()
+            .expect("a connection that sent has its queue pair");
         let Some(used) = qp.take_slot(index, &mut self.ctx.send_bufs) else {
             return self.fail(id, protocol("completion for a free send slot"));
         };
