@@ -161,7 +161,11 @@ impl RxFramer {
         }
         self.header = None;
         self.buf.advance(HEADER_LEN);
-        let payload = self.buf.split_to(h.payload_len as usize).freeze();
+        let payload = match h.payload_len {
+            // An ACK's, a PING's: nothing to share (a split would still count a reference).
+            0 => Bytes::new(),
+            n => self.buf.split_to(n as usize).freeze(),
+        };
         if self.buf.is_empty() {
             // The stream has drained: a connection that now goes idle, or on with small
             // frames, keeps one buffer, not two.
