@@ -356,7 +356,7 @@ impl Engine {
                         }
                     }
                 }
-                // Only here is the auth state read (not once per frame).
+                // Only here is a pending proof looked for (not once per frame).
                 (Stage::Handshake, None) => {
                     let now = self.time(now);
                     match self.conns.get(conn).map(|c| c.auth) {

@@ -225,7 +225,8 @@ impl TxQueue {
 
     /// The first `max` unwritten bytes (or all) of the first `out.len() / 2` frames, as
     /// slices for one `writev`, in `out`; returns how many. No allocation: the caller
-    /// keeps the array on its stack (at most [`MAX_SLICES`]).
+    /// keeps the array on its stack, and its length (at most [`MAX_SLICES`], for the
+    /// kernel) decides how many frames one `writev` takes.
     pub(crate) fn slices_up_to<'a>(&'a self, out: &mut [IoSlice<'a>], mut max: usize) -> usize {
         let frames = out.len() / 2;
         let mut n = 0;
@@ -500,6 +501,26 @@ mod tests {
         h[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // claims 4 GiB (checksum now bad)
         rx.extend(&h);
         assert!(rx.next_frame().is_err());
+    }
+
+    /// A short array takes as many whole frames as it has room for, and the rest waits.
+    #[test]
+    fn a_short_slice_array_takes_the_frames_it_has_room_for() {
+        let mut q = TxQueue::default();
+        for id in 0..5 {
+            let (h, p) = frame(id, b"abc");
+            q.push(h, p, Some(TxToken(id)));
+        }
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = q.slices_up_to(&mut slices, usize::MAX);
+        assert_eq!(n, 8, "four frames, header and payload each");
+        let frame_len = HEADER_LEN + 3;
+        let total: usize = slices[..n].iter().map(|s| s.len()).sum();
+        assert_eq!(total, 4 * frame_len);
+        let mut done = Vec::new();
+        q.advance(total, &mut done);
+        assert_eq!(done, (0..4).map(TxToken).collect::<Vec<_>>());
+        assert_eq!(q.len(), 1);
     }
 
     #[test]
