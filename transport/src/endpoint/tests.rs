@@ -534,6 +534,56 @@ fn a_panicking_callback_fails_the_endpoint_without_losing_completions() {
     assert!(matches!(a.stats(), Err(EndpointError::Failed(_))));
 }
 
+/// A callback submits, then panics before the driver thread took what it submitted: the
+/// endpoint fails, and each of those operations still completes, once, with the failure.
+#[test]
+fn operations_a_callback_submitted_just_before_it_panicked_complete_with_the_failure() {
+    let f = fabric();
+    let b = endpoint(&f, 2);
+    b.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut panicked = false;
+    let (a, me) = self_submitting(&f, move |e, ep| {
+        let first = !panicked && matches!(e, Event::Completed(_));
+        tx.send(Ok(e)).unwrap();
+        if first {
+            panicked = true;
+            let ep = ep.expect("set before the first PUT");
+            for _ in 0..3 {
+                let op = ep.put(put(2, Bytes::from_static(b"late"))).unwrap();
+                tx.send(Err(op)).unwrap();
+            }
+            panic!("a bug in the application's callback");
+        }
+    });
+    let first = a.put(put(2, Bytes::from_static(b"first"))).unwrap();
+    let mut submitted = Vec::new();
+    let mut completed: HashMap<OpId, Result<OpOutcome, OpError>> = HashMap::new();
+    let mut failed = false;
+    while !failed {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Err(op)) => submitted.push(op),
+            Ok(Ok(Event::Completed(c))) => {
+                assert!(completed.insert(c.op, c.result).is_none(), "{} twice", c.op);
+            }
+            Ok(Ok(Event::EndpointFailed { .. })) => failed = true,
+            Ok(Ok(_)) => {}
+            Err(e) => panic!("no EndpointFailed within 10 s: {e}"),
+        }
+    }
+    me.release();
+    assert_eq!(submitted.len(), 3);
+    assert_eq!(completed[&first], Ok(OpOutcome::Put { mlen: 5 }));
+    for op in &submitted {
+        assert!(
+            matches!(&completed.get(op), Some(Err(OpError::Local(m))) if m.contains("panicked")),
+            "{op}: {:?}",
+            completed.get(op)
+        );
+    }
+    assert_eq!(completed.len(), 4, "{completed:?}");
+}
+
 /// A client and a server on two nets, a router endpoint with an NI on each: a PUT goes
 /// through it on real threads, routes change at run time, and watching a peer behind the
 /// router is allowed once a route names its net.
