@@ -420,16 +420,19 @@ impl Uring {
         if sock.sending || sock.notif || sock.closing || sock.connect.is_some() {
             return;
         }
-        let Some(c) = self.engine.conn_mut(conn).filter(|c| c.wants_write()) else {
+        let Some((c, lane)) = self.engine.conn_and_lane(conn) else {
             return;
         };
+        if !c.wants_write() {
+            return;
+        }
         let slot = sock
             .send
             .as_mut()
             .expect("the slot is home while no send is pending");
         let len = slot.fill(&c.tx);
         let zero_copy = sock.zero_copy && len >= self.zero_copy_min;
-        let data = self.engine.lane_of(conn) == Some(Lane::Data);
+        let data = lane == Some(Lane::Data);
         if data && !zero_copy && len >= BULK_MIN && self.mover().is_some() {
             let sock = self.socks.get_mut(&conn).expect("checked above");
             sock.sending = true;
@@ -501,9 +504,17 @@ impl Uring {
         unsafe { self.push(e) };
     }
 
-    /// Sends for every connection that may have something queued. The list keeps its
-    /// capacity: no allocation per turn.
+    /// Sends for every connection that may have something queued. Most calls find none (a
+    /// poll asks before and after it reaps): that look is made where it is called.
+    #[inline]
     fn flush_dirty(&mut self) {
+        if !self.dirty.is_empty() {
+            self.flush_each_dirty();
+        }
+    }
+
+    /// [`Self::flush_dirty`]'s work. The list keeps its capacity: no allocation per turn.
+    fn flush_each_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &conn in &dirty {
             self.flush(conn); // never adds to `dirty`
@@ -825,7 +836,10 @@ impl Uring {
         }
         if res > 0 {
             self.engine.received(conn, Instant::now());
-            self.dirty.push(conn);
+            // A handshake's frames may have answers to send; an up connection's do not.
+            if self.engine.conn_mut(conn).is_some_and(|c| c.wants_write()) {
+                self.dirty.push(conn);
+            }
         } else if res == 0 {
             self.engine.fail(
                 conn,
@@ -889,8 +903,9 @@ impl Uring {
         }
         let closing = sock.closing;
         if res > 0 && !closing {
-            self.engine.wrote(conn, res as usize);
-            self.dirty.push(conn);
+            if self.engine.wrote(conn, res as usize) {
+                self.dirty.push(conn); // more waits: the rest, or frames posted meanwhile
+            }
         } else if !closing {
             let e = if res == 0 {
                 io::Error::new(io::ErrorKind::WriteZero, "send wrote nothing")
