@@ -412,7 +412,9 @@ impl Uring {
         self.mover.as_ref()
     }
 
-    /// Sends what `conn` has queued, unless a send (or its notification) is pending.
+    /// Sends what `conn` has queued, unless a send (or its notification) is pending, or the
+    /// socket is closing or still connecting: each of those ends in a completion that
+    /// queues the connection for a flush again, if anything waits.
     fn flush(&mut self, conn: ConnId) {
         let Some(sock) = self.socks.get_mut(&conn) else {
             return;
@@ -836,7 +838,8 @@ impl Uring {
         }
         if res > 0 {
             self.engine.received(conn, Instant::now());
-            // A handshake's frames may have answers to send; an up connection's do not.
+            // A handshake's frames may have answers to send (an up connection's frames
+            // queue none; frames of its own already wait for their send's completion).
             if self.engine.conn_mut(conn).is_some_and(|c| c.wants_write()) {
                 self.dirty.push(conn);
             }
