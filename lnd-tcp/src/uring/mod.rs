@@ -412,9 +412,9 @@ impl Uring {
         self.mover.as_ref()
     }
 
-    /// Sends what `conn` has queued, unless a send (or its notification) is pending, or the
-    /// socket is closing or still connecting: each of those ends in a completion that
-    /// queues the connection for a flush again, if anything waits.
+    /// Sends what `conn` has queued, unless a send (or its notification) is pending or the
+    /// socket is still connecting (the completion queues it for a flush again, if anything
+    /// waits), or it is closing (nothing more goes out).
     fn flush(&mut self, conn: ConnId) {
         let Some(sock) = self.socks.get_mut(&conn) else {
             return;
