@@ -287,14 +287,19 @@ impl Engine {
     /// Bytes arrived on `conn` (already in its framer): handle every complete frame. `now`
     /// matters only to handshakes.
     pub(crate) fn received(&mut self, conn: ConnId, now: Instant) {
-        let up = self.conns.get_mut_with_state(conn);
-        if let Some(ConnMut {
-            stage: Stage::Up,
-            peer: Some((peer, lane)),
-            data: c,
-        }) = up
-        {
-            if !matches!(c.auth, ConnAuth::Refusing) {
+        loop {
+            let Some(ConnMut {
+                stage,
+                peer,
+                data: c,
+            }) = self.conns.get_mut_with_state(conn)
+            else {
+                return;
+            };
+            if stage == Stage::Refused || matches!(c.auth, ConnAuth::Refusing) {
+                return;
+            }
+            if let (Stage::Up, Some((peer, lane))) = (stage, peer) {
                 // Up stays up while its frames are read: one lookup for them all.
                 let error = loop {
                     match c.rx.next_frame() {
@@ -310,31 +315,14 @@ impl Engine {
                 };
                 return self.fail(conn, err(LndErrorKind::Protocol, error.to_string()));
             }
-        }
-        loop {
-            let Some(ConnMut {
-                stage,
-                peer,
-                data: c,
-            }) = self.conns.get_mut_with_state(conn)
-            else {
-                return;
-            };
-            if stage == Stage::Refused || matches!(c.auth, ConnAuth::Refusing) {
-                return;
-            }
+            // A handshake's frames, one at a time: each may change where the connection
+            // stands (up, refused, gone) for the next.
             let (h, payload) = match c.rx.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => return self.fail(conn, err(LndErrorKind::Protocol, e.to_string())),
             };
             match (stage, peer) {
-                (Stage::Up, Some((peer, lane))) => self.events.push(LndEvent::Received {
-                    peer,
-                    lane,
-                    header: h,
-                    payload: RxPayload::Inline(payload),
-                }),
                 (Stage::Handshake, Some((peer, lane))) if self.conns.is_dialled(conn) => {
                     let now = self.time(now);
                     match check_hello(&self.local.id.hello(lane), Some(peer), &h) {
