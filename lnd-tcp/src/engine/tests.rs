@@ -25,16 +25,22 @@ fn local(n: u32) -> Local {
     }
 }
 
-/// Moves everything `from` has queued on `fc` into `to`'s `tc`, as TCP would.
-fn carry(from: &mut Engine, fc: ConnId, to: &mut Engine, tc: ConnId, now: Instant) {
+/// The bytes `e` has queued on `conn` (as many as one `writev` takes), not yet written.
+fn queued_bytes(e: &mut Engine, conn: ConnId) -> Vec<u8> {
     let mut bytes = Vec::new();
-    if let Some(c) = from.conn_mut(fc) {
+    if let Some(c) = e.conn_mut(conn) {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let n = c.tx.slices_up_to(&mut slices, usize::MAX);
         for s in &slices[..n] {
             bytes.extend_from_slice(s);
         }
     }
+    bytes
+}
+
+/// Moves everything `from` has queued on `fc` into `to`'s `tc`, as TCP would.
+fn carry(from: &mut Engine, fc: ConnId, to: &mut Engine, tc: ConnId, now: Instant) {
+    let bytes = queued_bytes(from, fc);
     if bytes.is_empty() {
         return;
     }
@@ -236,13 +242,7 @@ fn wrote_says_whether_more_waits_and_frames_read_together_all_arrive() {
     for token in [1, 2, 3] {
         assert_eq!(a.post(ping(1, 2, token)), Some(1));
     }
-    let mut bytes = Vec::new();
-    let c = a.conn_mut(1).unwrap();
-    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-    let n = c.tx.slices_up_to(&mut slices, usize::MAX);
-    for s in &slices[..n] {
-        bytes.extend_from_slice(s);
-    }
+    let bytes = queued_bytes(&mut a, 1);
     let frame = bytes.len() / 3;
     assert!(a.wrote(1, frame + 1), "two frames and a byte still wait");
     assert!(a.wrote(1, frame), "the third frame is not all out");
@@ -260,6 +260,26 @@ fn wrote_says_whether_more_waits_and_frames_read_together_all_arrive() {
         })
         .collect();
     assert_eq!(ids, vec![1, 2, 3]);
+}
+
+/// The acceptor's HELLO and a frame it sent right behind it arrive in one read: the
+/// HELLO brings the connection up, and the frame is then received on it.
+#[test]
+fn a_hello_and_a_frame_behind_it_in_one_read_both_arrive_in_order() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
+    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    b.accepted(101, None, now);
+    a.established(1);
+    carry(&mut a, 1, &mut b, 101, now);
+    assert_eq!(b.post(ping(2, 1, 9)), Some(101), "B is up once it answered");
+    carry(&mut b, 101, &mut a, 1, now);
+    let ea = events(&mut a);
+    let at = |wanted: fn(&LndEvent) -> bool| ea.iter().position(wanted);
+    let up = at(|e| matches!(e, LndEvent::Connected { .. }));
+    let ping = at(|e| matches!(e, LndEvent::Received { header, .. } if header.msg_id == 9));
+    assert!(matches!((up, ping), (Some(u), Some(p)) if u < p), "{ea:?}");
 }
 
 #[test]
