@@ -56,6 +56,9 @@ const HEALTH_BUFFER_SIZE: usize = 4096;
 /// Buffer group ids.
 const DATA_GROUP: u16 = 0;
 const HEALTH_GROUP: u16 = 1;
+/// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, since 5.19; the crate keeps its `sys`
+/// private): a receive that arms its poll at once instead of first trying the socket.
+const RECV_POLL_FIRST: u16 = 1;
 
 // Operation kinds, in the low bits of user_data; the connection id is above them.
 const ACCEPT: u64 = 1;
@@ -96,6 +99,10 @@ struct Sock {
     closing: bool,
     /// Large messages may go zero-copy (the peer is not on loopback).
     zero_copy: bool,
+    /// The last data receive left the socket empty (the kernel did not flag it
+    /// `SOCK_NONEMPTY`): the next one waits for data before it tries, rather than fail a
+    /// try first. A request-answer exchange re-arms on an empty socket every time.
+    drained: bool,
 }
 
 impl Sock {
@@ -109,6 +116,7 @@ impl Sock {
             recv: false,
             connect: None,
             closing: false,
+            drained: false,
         }
     }
 
@@ -345,6 +353,7 @@ impl Uring {
         sock.recv = true;
         // Accepted sockets learn their lane from the HELLO: until then, data buffers.
         let health = lane == Some(Lane::Health);
+        let poll_first = if sock.drained { RECV_POLL_FIRST } else { 0 };
         let fd = Fd(sock.fd.as_raw_fd());
         let e = match health {
             true => opcode::RecvMulti::new(fd, self.health_bufs.bgid())
@@ -356,6 +365,7 @@ impl Uring {
             // waits behind it.
             false => opcode::Recv::new(fd, std::ptr::null_mut(), RECV_BUFFER_SIZE as u32)
                 .buf_group(self.bufs.bgid())
+                .ioprio(poll_first)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
                 .user_data(user_data(conn, RECV)),
@@ -814,7 +824,13 @@ impl Uring {
 
     fn on_recv(&mut self, conn: ConnId, res: i32, flags: u32, health_bufs: bool) {
         let bid = cqueue::buffer_select(flags);
-        let alive = self.socks.get(&conn).is_some_and(|s| !s.closing);
+        let alive = match self.socks.get_mut(&conn) {
+            Some(s) => {
+                s.drained = res > 0 && !cqueue::sock_nonempty(flags);
+                !s.closing
+            }
+            None => false,
+        };
         let ring = match health_bufs {
             true => &mut self.health_bufs,
             false => &mut self.bufs,
