@@ -71,7 +71,7 @@ pub(crate) fn sockperf(size: usize, secs: u32) -> Option<Result<Vec<(&'static st
     Some((|| {
         let port = free_port()?.to_string();
         let _server = Reaped(
-            Command::new("sockperf")
+            crate::pin::server_side(&mut Command::new("sockperf"))
                 .args(["server", "--tcp", "-i", "127.0.0.1", "-p", &port])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -228,7 +228,7 @@ fn client_server(
     limit: Duration,
 ) -> Result<String, String> {
     let _server = Reaped(
-        Command::new(tool)
+        crate::pin::server_side(&mut Command::new(tool))
             .envs(env.iter().copied())
             .args(server_args)
             .stdout(Stdio::null())

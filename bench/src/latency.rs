@@ -10,8 +10,10 @@ use lanet::op::PutRequest;
 use lanet::{Endpoint, Event};
 
 use crate::baselines::{self, histogram};
+use crate::cputime::{self, CpuTime};
 use crate::peer::{self, Target};
 use crate::perftest;
+use crate::pin;
 use crate::report::Report;
 use crate::{LatencyArgs, LndChoice};
 
@@ -22,6 +24,51 @@ const UCX_RDMA_ITERS: usize = 20_000;
 const UCX_RDMA_LIMIT: Duration = Duration::from_secs(60);
 /// How long the drivers busy-poll before sleeping, in this benchmark (microseconds).
 pub(crate) const BUSY_POLL_US: u64 = 1_000_000;
+
+static PINNED_NOTE: OnceLock<String> = OnceLock::new();
+
+/// `--pin`: places this process (see [`pin::pin`]); what was chosen, for the report.
+pub(crate) fn pin(args: &LatencyArgs) -> Result<String, String> {
+    if args.common.lnd != LndChoice::Tcp {
+        return Err("--pin places the two processes of a TCP ping-pong (--lnd tcp)".into());
+    }
+    pin::pin(args.common.serve.is_some())
+}
+
+pub(crate) fn set_pinned_note(how: String) {
+    let _ = PINNED_NOTE.set(how);
+}
+
+/// The CPU time of the client process (this one) and of the server process, if we
+/// started it.
+fn both_sides(server: Option<u32>) -> Result<(CpuTime, Option<CpuTime>), String> {
+    Ok((
+        cputime::of(std::process::id())?,
+        server.map(cputime::of).transpose()?,
+    ))
+}
+
+/// Reports what each side's process spent per round trip (us) since `before`, under
+/// `cpu.<name>.`.
+fn add_cpu(
+    report: &mut Report,
+    name: &str,
+    server: Option<u32>,
+    before: (CpuTime, Option<CpuTime>),
+    round_trips: usize,
+) -> Result<(), String> {
+    let after = both_sides(server)?;
+    let per_rt = |secs: f64| secs * 1e6 / round_trips as f64;
+    let mut add = |side: &str, t: CpuTime| {
+        report.add(format!("cpu.{name}.{side}_user_us"), per_rt(t.user), "us");
+        report.add(format!("cpu.{name}.{side}_sys_us"), per_rt(t.sys), "us");
+    };
+    add("client", after.0 - before.0);
+    if let (Some(a), Some(b)) = (after.1, before.1) {
+        add("server", a - b);
+    }
+    Ok(())
+}
 
 pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
     let c = &args.common;
@@ -43,10 +90,18 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         ));
     }
     // The server process (if we start one) lives until the baselines are measured too.
+    if let Some(how) = PINNED_NOTE.get() {
+        report.note(how.clone());
+    }
     let server = match (c.lnd, c.connect) {
         (LndChoice::Tcp, None) => Some(peer::spawn_server("latency", None)?),
         _ => None,
     };
+    // What each side's process spends per round trip, lanet's and the raw floor's; a
+    // busy-polling driver spends all it is given, so only for blocking runs over TCP.
+    let count_cpu = c.lnd == LndChoice::Tcp && !args.spin;
+    let server_pid = server.as_ref().map(|s| s.pid());
+    let before = both_sides(server_pid)?;
     let (hist, echo) = match (c.lnd, c.connect.or(server.as_ref().map(|s| s.nid))) {
         (LndChoice::Tcp, Some(nid)) => (
             pingpong(Target::Remote(nid), size, args.iters)?,
@@ -58,10 +113,33 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         ),
     };
     report.add_latency("lanet", &hist);
+    if count_cpu {
+        add_cpu(
+            &mut report,
+            "lanet",
+            server_pid,
+            before,
+            WARMUP + args.iters,
+        )?;
+    }
+    let before = both_sides(server_pid)?;
     report.add_latency(
         "raw_tcp",
         &baselines::raw_tcp(echo, size, WARMUP, args.iters)?,
     );
+    if count_cpu {
+        add_cpu(
+            &mut report,
+            "raw_tcp",
+            server_pid,
+            before,
+            WARMUP + args.iters,
+        )?;
+        report.note(
+            "cpu.*: CPU time of each side's process per round trip, in user space and in \
+             the kernel (/proc, counted in clock ticks over the whole run)",
+        );
+    }
     if c.connect.is_none() {
         let sockperf = baselines::sockperf(size, c.baseline_secs);
         for (name, us) in report

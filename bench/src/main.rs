@@ -11,12 +11,14 @@ mod baselines;
 mod blackhole;
 mod conns;
 mod cost;
+mod cputime;
 mod detect;
 mod lanes;
 mod latency;
 mod netns;
 mod peer;
 mod perftest;
+mod pin;
 mod relay;
 mod report;
 mod router;
@@ -139,6 +141,10 @@ pub(crate) struct LatencyArgs {
     /// TCP: both lanet processes busy-poll (LANET_TCP_SPIN_US), as UCX and libfabric do.
     #[arg(long)]
     spin: bool,
+    /// TCP, blocking: the client side (this process) on one CPU, every server it starts
+    /// (lanet's and the baselines') on another, for runs that repeat.
+    #[arg(long, conflicts_with = "spin")]
+    pin: bool,
 }
 
 #[derive(Args)]
@@ -360,6 +366,18 @@ fn main() -> ExitCode {
     }
     if let Bench::Lanes(a) = &cli.bench {
         peer::set_realtime_driver(a.rt_driver);
+    }
+    if let Bench::Latency(a) = &cli.bench {
+        if a.pin {
+            // Before any other thread starts: those that do inherit the CPU.
+            match latency::pin(a) {
+                Ok(how) => latency::set_pinned_note(how),
+                Err(e) => {
+                    eprintln!("lanet-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     }
     if let Bench::Router(a) = &cli.bench {
         let child = match (&a.router_config, &a.serve_config) {

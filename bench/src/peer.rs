@@ -215,7 +215,7 @@ fn spawn_ready(args: &[String], wrapper: &[&str]) -> Result<Option<Child>, Strin
             c
         }
     };
-    let mut child = cmd
+    let mut child = crate::pin::server_side(&mut cmd)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

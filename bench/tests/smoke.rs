@@ -70,6 +70,36 @@ fn tcp_latency_busy_polls_with_spin() {
     positive(&r, "raw_tcp.p50_us");
 }
 
+/// Pinned (`--pin`, the two sides on two CPUs): the same figures, and each side's CPU time
+/// per round trip, for lanet and the raw floor alike.
+#[test]
+fn tcp_latency_pinned_reports_each_sides_cpu_time() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return; // nothing to place apart: --pin refuses, saying so
+    }
+    let r = run(&["latency", "--lnd", "tcp", "--iters", "5000", "--pin"]);
+    positive(&r, "lanet.p50_us");
+    positive(&r, "raw_tcp.p50_us");
+    for run in ["lanet", "raw_tcp"] {
+        let mut total = 0.0;
+        for side in ["client", "server"] {
+            for part in ["user", "sys"] {
+                let key = format!("cpu.{run}.{side}_{part}_us");
+                let us = r
+                    .get(&key)
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or_else(|| panic!("no {key} in {r:?}"));
+                assert!((0.0..1_000.0).contains(&us), "{key} = {us} us");
+                total += us;
+            }
+        }
+        // 6,000 round trips, each some microseconds of work on each side: tens of
+        // milliseconds, several clock ticks.
+        assert!(total > 0.0, "{run}: no CPU time counted");
+    }
+}
+
 /// Whether `tool` can be run here.
 fn installed(tool: &str) -> bool {
     std::process::Command::new(tool)
