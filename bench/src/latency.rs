@@ -32,7 +32,12 @@ pub(crate) fn pin(args: &LatencyArgs) -> Result<String, String> {
     if args.common.lnd != LndChoice::Tcp {
         return Err("--pin places the two processes of a TCP ping-pong (--lnd tcp)".into());
     }
-    pin::pin(args.common.serve.is_some())
+    let side = match (args.common.serve, args.common.connect) {
+        (Some(_), _) => pin::Side::Server,
+        (None, Some(_)) => pin::Side::Client,
+        (None, None) => pin::Side::Both,
+    };
+    pin::pin(side)
 }
 
 pub(crate) fn set_pinned_note(how: String) {
@@ -46,6 +51,24 @@ fn both_sides(server: Option<u32>) -> Result<(CpuTime, Option<CpuTime>), String>
         cputime::of(std::process::id())?,
         server.map(cputime::of).transpose()?,
     ))
+}
+
+/// Reports where `--pin` placed the two sides, read back from the kernel: `pin.client_cpu`
+/// and, if we started the server, `pin.server_cpu`.
+fn add_placement(report: &mut Report, server: Option<u32>) -> Result<(), String> {
+    let mut add = |side: &str, pid: u32| -> Result<(), String> {
+        let cpus = pin::cpus_of(pid)?;
+        let cpu: f64 = cpus
+            .parse()
+            .map_err(|_| format!("--pin: the {side} side runs on CPUs {cpus}, not one"))?;
+        report.add(format!("pin.{side}_cpu"), cpu, "");
+        Ok(())
+    };
+    add("client", std::process::id())?;
+    if let Some(pid) = server {
+        add("server", pid)?;
+    }
+    Ok(())
 }
 
 /// Reports what each side's process spent per round trip (us) since `before`, under
@@ -89,19 +112,23 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
             "{how}, as UCX and libfabric do; the raw TCP floor and sockperf block"
         ));
     }
-    // The server process (if we start one) lives until the baselines are measured too.
     if let Some(how) = PINNED_NOTE.get() {
         report.note(how.clone());
     }
+    // The server process (if we start one) lives until the baselines are measured too.
     let server = match (c.lnd, c.connect) {
         (LndChoice::Tcp, None) => Some(peer::spawn_server("latency", None)?),
         _ => None,
     };
+    let server_pid = server.as_ref().map(|s| s.pid());
+    if PINNED_NOTE.get().is_some() {
+        add_placement(&mut report, server_pid)?;
+    }
     // What each side's process spends per round trip, lanet's and the raw floor's; a
     // busy-polling driver spends all it is given, so only for blocking runs over TCP.
     let count_cpu = c.lnd == LndChoice::Tcp && !args.spin;
-    let server_pid = server.as_ref().map(|s| s.pid());
-    let before = both_sides(server_pid)?;
+    let cpu_now = || count_cpu.then(|| both_sides(server_pid)).transpose();
+    let before = cpu_now()?;
     let (hist, echo) = match (c.lnd, c.connect.or(server.as_ref().map(|s| s.nid))) {
         (LndChoice::Tcp, Some(nid)) => (
             pingpong(Target::Remote(nid), size, args.iters)?,
@@ -113,7 +140,7 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         ),
     };
     report.add_latency("lanet", &hist);
-    if count_cpu {
+    if let Some(before) = before {
         add_cpu(
             &mut report,
             "lanet",
@@ -122,12 +149,12 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
             WARMUP + args.iters,
         )?;
     }
-    let before = both_sides(server_pid)?;
+    let before = cpu_now()?;
     report.add_latency(
         "raw_tcp",
         &baselines::raw_tcp(echo, size, WARMUP, args.iters)?,
     );
-    if count_cpu {
+    if let Some(before) = before {
         add_cpu(
             &mut report,
             "raw_tcp",
@@ -137,7 +164,9 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         )?;
         report.note(
             "cpu.*: CPU time of each side's process per round trip, in user space and in \
-             the kernel (/proc, counted in clock ticks over the whole run)",
+             the kernel, from /proc in clock ticks; each phase's set-up and warm-up \
+             included. On loopback a receiver's TCP input runs in the sender's softirq \
+             and counts to the sender",
         );
     }
     if c.connect.is_none() {

@@ -141,8 +141,9 @@ pub(crate) struct LatencyArgs {
     /// TCP: both lanet processes busy-poll (LANET_TCP_SPIN_US), as UCX and libfabric do.
     #[arg(long)]
     spin: bool,
-    /// TCP, blocking: the client side (this process) on one CPU, every server it starts
-    /// (lanet's and the baselines') on another, for runs that repeat.
+    /// TCP, sleeping: the client side (this process) on the second CPU it may use, every
+    /// server it starts (lanet's and the baselines') on the first; with --serve, this
+    /// process on the first.
     #[arg(long, conflicts_with = "spin")]
     pin: bool,
 }

@@ -1,11 +1,14 @@
-//! `--pin`: each side of a ping-pong on a CPU of its own. This process, the client, stays
-//! on one CPU; every server it starts (lanet's, and the baselines' servers) on another. So
-//! lanet and each baseline run placed alike, and no run's threads move between CPUs or meet
-//! the other side's threads on theirs.
+//! `--pin`: each side of a ping-pong on a CPU of its own, as perftest and OSU runs are
+//! placed. This process, the client, stays on one CPU; every server it starts (lanet's,
+//! whose process also hosts the raw TCP echo, and the baselines' servers) on another. So
+//! lanet and each baseline run placed alike, and no run's threads move between CPUs or
+//! meet the other side's threads on theirs. The servers take the first CPU this process
+//! may use and the client the second: on a large host, choose them with `taskset` around
+//! the benchmark (the first is often the one interrupts go to).
 //!
-//! Why: on a 2-vCPU VM, unpinned blocking round trips come out bimodal, the p50 of one run
-//! 26 us and of the next 32 us, as the scheduler happens to place the two sides; pinned,
-//! the same runs agree within a few percent (bench/RESULTS.md, 2026-12-06).
+//! Measured on this 2-vCPU VM (bench/RESULTS.md, 2026-12-06, "`--pin`"): pinned, sleeping
+//! round trips repeat more closely than unpinned, but the machine's slow phases (seconds
+//! long, every process slower) hit pinned runs too.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -26,8 +29,9 @@ fn allowed() -> Result<Vec<usize>, String> {
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: `set` is initialised; `CPU_ISSET` reads a bit of it.
     Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `set` is initialised and `cpu` below `CPU_SETSIZE`; `CPU_ISSET` reads a
+        // bit of it.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect())
 }
@@ -36,9 +40,10 @@ fn allowed() -> Result<Vec<usize>, String> {
 /// inherit that. Async-signal-safe (a system call on a stack value), so a child may call
 /// it between fork and exec.
 fn pin_to(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: an all-zero `cpu_set_t` is the empty set; `CPU_SET` sets a bit below
-    // `CPU_SETSIZE` (callers pass CPUs `allowed` listed).
+    // SAFETY: an all-zero `cpu_set_t` is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid `cpu_set_t`; `CPU_SET` checks `cpu` against its size (callers
+    // pass CPUs `allowed` listed, all below `CPU_SETSIZE`).
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid `cpu_set_t` of the size passed, which the kernel only reads.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
@@ -47,24 +52,55 @@ fn pin_to(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Which side of a ping-pong this process is, for [`pin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Starts the servers itself (the default).
+    Both,
+    /// `--connect`: only the client; the servers are someone else's.
+    Client,
+    /// `--serve`: only the server.
+    Server,
+}
+
 /// `--pin`: this process (so far one thread: call it before any other starts) on the
-/// second CPU it may use, and the servers it starts on the first. `serving`: this is a
-/// server process (`--serve`), which takes the first itself. Returns what was chosen, to
-/// note in the report.
-pub(crate) fn pin(serving: bool) -> Result<String, String> {
+/// second CPU it may use, and the servers it starts on the first; a `--serve` process takes
+/// the first itself. Returns what was chosen, to note in the report.
+pub(crate) fn pin(side: Side) -> Result<String, String> {
+    debug_assert!(
+        std::fs::read_dir("/proc/self/task").map_or(true, |d| d.count() == 1),
+        "pinned after a thread started: it keeps its CPUs"
+    );
     let cpus = allowed()?;
     let [server, client, ..] = cpus[..] else {
         return Err(format!(
             "--pin needs two CPUs to put the two sides on; this process may use {cpus:?}"
         ));
     };
-    let own = if serving { server } else { client };
+    let own = if side == Side::Server { server } else { client };
     pin_to(own).map_err(|e| format!("cannot pin to CPU {own}: {e}"))?;
-    let _ = SERVER_CPU.set(server);
-    Ok(format!(
-        "pinned: the client side on CPU {client}, the server side on CPU {server} \
-         (lanet's and every baseline's)"
-    ))
+    Ok(match side {
+        Side::Both => {
+            let _ = SERVER_CPU.set(server);
+            format!(
+                "pinned: the client side on CPU {client}, the server side on CPU {server} \
+                 (lanet's, whose process hosts the raw TCP echo, and every baseline's)"
+            )
+        }
+        Side::Client => format!("pinned: this process (the client side) on CPU {client}"),
+        Side::Server => format!("pinned: this process (the server side) on CPU {server}"),
+    })
+}
+
+/// The CPUs process `pid` may run on, as the kernel lists them (`Cpus_allowed_list`, e.g.
+/// "0" or "0-1"): what a report says placement was, read back rather than assumed.
+pub(crate) fn cpus_of(pid: u32) -> Result<String, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| format!("{path}: no Cpus_allowed_list"))
 }
 
 /// A server `cmd` to start: on the server side's CPU, if `--pin` chose one.
@@ -99,16 +135,14 @@ mod tests {
         std::thread::spawn(move || {
             pin_to(cpus[1]).expect("pinned");
             assert_eq!(allowed().unwrap(), vec![cpus[1]], "this side");
-            let out = on_cpu(&mut Command::new("sh"), cpus[0])
-                .args(["-c", "grep Cpus_allowed_list /proc/self/status"])
-                .output()
-                .expect("sh runs");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert_eq!(
-                text.split_whitespace().last(),
-                Some(cpus[0].to_string().as_str()),
-                "the server side: {text}"
-            );
+            let mut child = on_cpu(&mut Command::new("sleep"), cpus[0])
+                .arg("5")
+                .spawn()
+                .expect("sleep runs");
+            let placed = cpus_of(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(placed, Ok(cpus[0].to_string()), "the server side");
         })
         .join()
         .unwrap();
