@@ -6,7 +6,7 @@
 //! may use and the client the second: on a large host, choose them with `taskset` around
 //! the benchmark (the first is often the one interrupts go to).
 //!
-//! Measured on this 2-vCPU VM (bench/RESULTS.md, 2026-12-06, "`--pin`"): pinned, sleeping
+//! Measured on this 2-vCPU VM (bench/RESULTS.md, "2026-12-06 (morning)"): pinned, sleeping
 //! round trips repeat more closely than unpinned, but the machine's slow phases (seconds
 //! long, every process slower) hit pinned runs too.
 
