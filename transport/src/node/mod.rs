@@ -552,19 +552,19 @@ impl Node {
 
     /// When the node next needs [`Node::handle_timeout`].
     pub fn poll_timeout(&mut self) -> Option<Time> {
-        // Asked every turn of the driver loop: a plain fold, not an iterator chain (that
-        // cost more than the seven questions).
-        let earliest = |a: Option<Time>, b: Option<Time>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let mut due = self.ops.next_deadline();
-        due = earliest(due, self.health.next_deadline());
-        due = earliest(due, self.router.push_at);
-        due = earliest(due, self.router.absence.due);
-        due = earliest(due, self.groups.next_deadline());
-        due = earliest(due, self.pools.next_deadline());
-        earliest(due, self.faults.next_release())
+        // Asked every turn of the driver loop: a minimum of plain numbers, "none" the
+        // largest, not a fold of options or an iterator chain (each cost more than the
+        // seven questions). A deadline at the very end of time reads as none: the same.
+        const NONE: u64 = u64::MAX;
+        let at = |t: Option<Time>| t.map_or(NONE, |t| t.0);
+        let due = at(self.ops.next_deadline())
+            .min(at(self.health.next_deadline()))
+            .min(at(self.router.push_at))
+            .min(at(self.router.absence.due))
+            .min(at(self.groups.next_deadline()))
+            .min(at(self.pools.next_deadline()))
+            .min(at(self.faults.next_release()));
+        (due != NONE).then_some(Time(due))
     }
 
     /// Takes `now` as the time for work it is not given one for (a driver's completions,

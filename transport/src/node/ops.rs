@@ -69,6 +69,14 @@ impl OpKind {
     pub(crate) fn unanswered(&self) -> bool {
         matches!(self, OpKind::Put(r) if !r.ack)
     }
+
+    /// The payload its request carries: a PUT's; the others carry none.
+    pub(crate) fn payload_len(&self) -> usize {
+        match self {
+            OpKind::Put(r) => r.payload.len(),
+            _ => 0,
+        }
+    }
 }
 
 impl Op {
@@ -136,6 +144,11 @@ pub(crate) struct Ops {
     /// when emptied, with room for the ops a peer usually has.
     by_peer: NidMap<PeerOps>,
     deadlines: BinaryHeap<Reverse<(Time, u64, OpId)>>,
+    /// The deadline entry at the top of `deadlines` when it is known to be a live op's
+    /// (its seq and id), so that asking for the next deadline needs no lookup: set when a
+    /// push puts a live op's entry on top or a look finds it live there, cleared when
+    /// that op goes or its entry leaves the top.
+    live_top: Option<(u64, OpId)>,
     next_seq: u64,
 }
 
@@ -187,6 +200,11 @@ impl Ops {
     pub(crate) fn remove(&mut self, id: OpId) -> Option<Op> {
         let op = self.live.remove(&id)?;
         self.awaiting.remove(&op.seq);
+        if self.live_top == Some((op.seq, id)) {
+            // Its entry is on top: it goes now, rather than be found dead by the next look.
+            self.deadlines.pop();
+            self.live_top = None;
+        }
         for peer in op.target().map(|(d, _)| d).into_iter().chain(op.router()) {
             self.unindex(peer, (op.seq, id));
         }
@@ -200,6 +218,7 @@ impl Ops {
         self.by_peer.clear();
         self.awaiting.clear();
         self.deadlines.clear();
+        self.live_top = None;
         let mut live: Vec<(u64, OpId)> = self.live.drain().map(|(id, op)| (op.seq, id)).collect();
         live.sort_unstable();
         live.into_iter().map(|(_, id)| id).collect()
@@ -344,12 +363,21 @@ impl Ops {
             self.deadlines
                 .retain(|Reverse((_, seq, id))| live.get(id).is_some_and(|op| op.seq == *seq));
         }
+        self.live_top = match self.deadlines.peek() {
+            // The op is live (the caller inserted it); on top, it is the next deadline.
+            Some(&Reverse((_, s, i))) if (s, i) == (seq, id) => Some((seq, id)),
+            // Another entry stayed on top, or came there in the sweep: `live_top` still
+            // says whether it is known live.
+            Some(&Reverse((_, s, i))) if self.live_top == Some((s, i)) => self.live_top,
+            _ => None,
+        };
     }
 
     /// The earliest deadline of a live op.
     pub(crate) fn next_deadline(&mut self) -> Option<Time> {
         while let Some(Reverse((t, seq, id))) = self.deadlines.peek().copied() {
-            if self.live(id, seq).is_some() {
+            if self.live_top == Some((seq, id)) || self.live(id, seq).is_some() {
+                self.live_top = Some((seq, id));
                 return Some(t);
             }
             self.deadlines.pop();
@@ -364,6 +392,7 @@ impl Ops {
                 return None;
             }
             self.deadlines.pop();
+            self.live_top = None;
             if self.live(id, seq).is_some() {
                 return Some(id);
             }
@@ -450,6 +479,7 @@ impl PeerOps {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -583,5 +613,85 @@ mod tests {
         }
         assert_eq!(ops.len(), 0);
         assert_eq!(ops.indexed(), 0, "nothing left behind");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A new op, with a deadline or none.
+        Insert(Option<u64>),
+        /// The `k`-th live op (modulo their number) ends.
+        Remove(usize),
+        /// The node asks when it next needs its timers.
+        Next,
+        /// Timers run at this time: every expired op ends, as `handle_timeout` ends them.
+        Expire(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => proptest::option::weighted(0.9, 0u64..50).prop_map(Step::Insert),
+            2 => any::<usize>().prop_map(Step::Remove),
+            3 => Just(Step::Next),
+            1 => (0u64..60).prop_map(Step::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Whatever ops come and go, the next deadline is the earliest of the live ops'
+        /// (never one of an op that ended, however its entry left the heap: found dead,
+        /// taken on removal, or expired), and expiry ends exactly the live ops due, in
+        /// deadline order.
+        #[test]
+        fn the_next_deadline_is_always_the_earliest_live_ones(
+            steps in proptest::collection::vec(step(), 1..200)
+        ) {
+            let mut ops = Ops::default();
+            // The live ops with a deadline, as (deadline, seq, id); and those without.
+            let mut model: Vec<(u64, u64, OpId)> = Vec::new();
+            let mut undated: Vec<OpId> = Vec::new();
+            let mut next_id = 0;
+            for s in steps {
+                match s {
+                    Step::Insert(deadline) => {
+                        let (id, seq) = (OpId(next_id), ops.take_seq());
+                        next_id += 1;
+                        ops.insert(id, Op::new(seq, put_to(Nid::mem(1, 1))), deadline.map(Time));
+                        match deadline {
+                            Some(t) => model.push((t, seq, id)),
+                            None => undated.push(id),
+                        }
+                    }
+                    Step::Remove(k) => {
+                        let live = model.len() + undated.len();
+                        if live == 0 {
+                            continue;
+                        }
+                        let id = if k % live < model.len() {
+                            model.remove(k % live).2
+                        } else {
+                            undated.remove(k % live - model.len())
+                        };
+                        prop_assert!(ops.remove(id).is_some());
+                    }
+                    Step::Next => {
+                        let want = model.iter().map(|&(t, _, _)| Time(t)).min();
+                        prop_assert_eq!(ops.next_deadline(), want);
+                    }
+                    Step::Expire(now) => {
+                        let mut due: Vec<(u64, u64, OpId)> =
+                            model.iter().copied().filter(|&(t, _, _)| t <= now).collect();
+                        due.sort_unstable();
+                        let mut ended = Vec::new();
+                        while let Some(id) = ops.pop_expired(Time(now)) {
+                            prop_assert!(ops.remove(id).is_some());
+                            ended.push(id);
+                        }
+                        prop_assert_eq!(ended, due.iter().map(|&(_, _, id)| id).collect::<Vec<_>>());
+                        model.retain(|&(t, _, _)| t > now);
+                    }
+                }
+                prop_assert_eq!(ops.len(), model.len() + undated.len());
+            }
+        }
     }
 }

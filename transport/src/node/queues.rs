@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 
-use super::ops::OpKind;
 use super::peers::{Conn, Hop, HopLane, Pending, Response};
 use super::tx::Outgoing;
 use super::{LndRequest, NiId, Node};
@@ -24,10 +23,7 @@ fn live_payload_len(ops: &super::ops::Ops, hop: Nid, p: &Pending) -> Option<usiz
         Pending::Op { id, seq } => ops
             .live(*id, *seq)
             .filter(|op| op.stage == super::Stage::Queued && op.via == Some(hop))
-            .map(|op| match &op.kind {
-                OpKind::Put(r) => r.payload.len(),
-                _ => 0,
-            }),
+            .map(|op| op.kind.payload_len()),
         Pending::Forward(f) => Some(f.payload.len()),
         Pending::HealthPing { .. } | Pending::Status => Some(0),
     }
@@ -38,6 +34,20 @@ impl Node {
     /// [`Node::spend_credits_to_send_now`]), else queues it there for the pump. The hop is
     /// on one of our nets (`next_hop` chose it).
     pub(super) fn send_or_queue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
+        let len = live_payload_len(&self.ops, hop, &pending);
+        self.send_or_queue_live(hop, lane, pending, len)
+    }
+
+    /// [`Node::send_or_queue`] for a frame whose payload length the caller knows, if it is
+    /// still to be sent from `hop` (`None`: the pump's to drop), as `live_payload_len` says.
+    pub(super) fn send_or_queue_live(
+        &mut self,
+        hop: Nid,
+        lane: Lane,
+        pending: Pending,
+        len: Option<usize>,
+    ) {
+        debug_assert_eq!(len, live_payload_len(&self.ops, hop, &pending));
         let Some(ni) = self.ni_of(hop) else {
             // Its NI went down meanwhile (a status push, say): nothing to send it on.
             tracing::debug!(%hop, "not queued: no NI up on its net");
@@ -49,7 +59,7 @@ impl Node {
             return;
         };
         // A request that is no longer to be sent is the pump's to drop.
-        if let Some(len) = live_payload_len(&self.ops, hop, &pending) {
+        if let Some(len) = len {
             if let Some((ni, returned, check)) =
                 self.spend_credits_to_send_now(hop, lane, Passes::Nothing, len)
             {

@@ -99,6 +99,7 @@ impl Node {
         let (seq, (dst, lane)) = (op.seq, op.target().expect("only ops that send"));
         let queued_at = op.via.filter(|_| op.stage == super::Stage::Queued);
         let avoid = op.avoid.clone();
+        let len = op.kind.payload_len();
         let Some(hop) = self.next_hop(dst, &avoid) else {
             let error = stuck.cloned().unwrap_or(OpError::NoRoute(dst));
             return self.complete(id, Err(error));
@@ -116,7 +117,9 @@ impl Node {
                 self.health.interest_started(r, now);
             }
         }
-        self.send_or_queue(hop, lane, Pending::Op { id, seq });
+        // Live, waiting (a new op, or one `requeued`) and now at `hop`: its request is to
+        // be sent from there, as `send_or_queue` would look up.
+        self.send_or_queue_live(hop, lane, Pending::Op { id, seq }, Some(len));
     }
 
     /// Sends op `id`'s request again through another of our gateways, because the way it
