@@ -284,9 +284,10 @@ impl Engine {
         !sent
     }
 
-    /// Bytes arrived on `conn` (already in its framer): handle every complete frame. `now`
-    /// matters only to handshakes.
-    pub(crate) fn received(&mut self, conn: ConnId, now: Instant) {
+    /// Bytes arrived on `conn` (already in its framer): handle every complete frame. The
+    /// time matters only to handshakes: `now` reads it only for them, not for every read
+    /// of a connection that is up.
+    pub(crate) fn received(&mut self, conn: ConnId, now: impl Fn() -> Instant) {
         loop {
             let Some(ConnMut {
                 stage,
@@ -324,7 +325,7 @@ impl Engine {
             };
             match (stage, peer) {
                 (Stage::Handshake, Some((peer, lane))) if self.conns.is_dialled(conn) => {
-                    let now = self.time(now);
+                    let now = self.time(now());
                     match check_hello(&self.local.id.hello(lane), Some(peer), &h) {
                         Ok(hello) => {
                             if let Err(e) = self.authenticate_acceptor(conn, &hello, &payload) {
@@ -346,7 +347,7 @@ impl Engine {
                 }
                 // Only here is a pending proof looked for (not once per frame).
                 (Stage::Handshake, None) => {
-                    let now = self.time(now);
+                    let now = self.time(now());
                     match self.conns.get(conn).map(|c| c.auth) {
                         Some(ConnAuth::AwaitingProof(pending, hello)) => {
                             self.dialler_proof(conn, (pending, hello), &h, &payload, now)

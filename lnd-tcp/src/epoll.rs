@@ -294,7 +294,7 @@ impl Epoll {
                     return self.fail(conn, LndErrorKind::Reset, "connection closed by the peer")
                 }
                 Ok(n) => {
-                    self.engine.received(conn, Instant::now());
+                    self.engine.received(conn, Instant::now);
                     if n < asked {
                         // A short read emptied the socket; new data reaching the mark
                         // raises a new edge. This saves the read that would only say EAGAIN.

@@ -47,7 +47,7 @@ fn carry(from: &mut Engine, fc: ConnId, to: &mut Engine, tc: ConnId, now: Instan
     from.wrote(fc, bytes.len());
     if let Some(c) = to.conn_mut(tc) {
         c.rx.extend(&bytes);
-        to.received(tc, now);
+        to.received(tc, || now);
     }
 }
 
@@ -218,7 +218,7 @@ fn handshakes_and_lost_races_time_out_into_connect_failures() {
         .header_with(Nid::mem(2, 0), HelloStatus::Race);
     race.dst = Nid::mem(2, 0);
     b.conn_mut(2).unwrap().rx.extend(&encode_header(&race));
-    b.received(2, now);
+    b.received(2, || now);
     assert!(events(&mut b).is_empty(), "a lost race is not a failure");
     assert!(
         !b.want_connect(Nid::mem(1, 0), Lane::Data, now),
@@ -251,7 +251,7 @@ fn wrote_says_whether_more_waits_and_frames_read_together_all_arrive() {
     assert_eq!(done.len(), 3, "{done:?}");
     // All three reach B in one read.
     b.conn_mut(101).unwrap().rx.extend(&bytes);
-    b.received(101, now);
+    b.received(101, || now);
     let ids: Vec<u64> = events(&mut b)
         .iter()
         .filter_map(|e| match e {
@@ -303,7 +303,7 @@ fn a_hello_from_the_wrong_node_is_refused_and_garbage_fails_the_connection() {
     events(&mut b);
     a.post(ping(1, 2, 5));
     b.conn_mut(101).unwrap().rx.extend(&[0xab; 100]);
-    b.received(101, now);
+    b.received(101, || now);
     assert!(
         matches!(&events(&mut b)[..], [LndEvent::Disconnected { error, .. }] if error.kind == LndErrorKind::Protocol)
     );
@@ -408,7 +408,7 @@ fn a_version_1_hello_closes_the_connection_without_a_word_to_the_core() {
     let mut hello = local(1).id.hello(Lane::Data).encode(Nid::mem(2, 0));
     hello[4] = 1; // the version is checked before the checksum
     b.conn_mut(7).unwrap().rx.extend(&hello);
-    b.received(7, now);
+    b.received(7, || now);
     assert!(events(&mut b).is_empty());
     assert_eq!(b.take_closes(), vec![7]);
 }
@@ -502,7 +502,7 @@ fn a_header_without_a_checksum_fails_a_tcp_connection() {
     unchecked[10] = lanet::wire::FLAG_LINK_CHECKED;
     unchecked[92..].fill(0);
     b.conn_mut(101).unwrap().rx.extend(&unchecked);
-    b.received(101, now);
+    b.received(101, || now);
     let why = failure(&events(&mut b)).expect("the connection fails");
     assert!(why.contains("without a checksum"), "{why}");
 }
@@ -599,7 +599,7 @@ fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
         credits: 0,
         ..lanet::wire::decode_header(&ping(1, 2, 3).header, &Limits::default()).unwrap()
     }));
-    b.received(101, now);
+    b.received(101, || now);
     let eb = events(&mut b);
     assert!(
         !eb.iter()
@@ -610,7 +610,7 @@ fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
     // A forged AUTH (a proof under another key) fails the same way.
     b.accepted(102, None, now);
     b.conn_mut(102).unwrap().rx.extend(&said);
-    b.received(102, now);
+    b.received(102, || now);
     let mut forged = vec![1, 0, 0, 0];
     forged.extend([0x5a; 32]);
     let proof = lanet::handshake::auth::Proof::decode(&forged).unwrap();
@@ -618,7 +618,7 @@ fn nothing_but_an_auth_is_heard_from_a_dialler_that_owes_one() {
     let c = b.conn_mut(102).unwrap();
     c.rx.extend(&ah);
     c.rx.extend(&ap);
-    b.received(102, now);
+    b.received(102, || now);
     assert!(connected(&events(&mut b)).is_empty());
     assert_eq!(b.take_closes(), vec![102]);
 }
@@ -633,7 +633,7 @@ fn connections_awaiting_their_auth_count_against_the_cap() {
         b.accepted(id, None, now);
         let (_, said) = impostor_hello(Nid::mem(10 + i, 0), Lane::Data);
         b.conn_mut(id).unwrap().rx.extend(&said);
-        b.received(id, now);
+        b.received(id, || now);
     }
     assert!(b.take_closes().is_empty());
     b.accepted(504, None, now);
@@ -651,7 +651,7 @@ fn an_unproven_hello_neither_cancels_our_dial_nor_takes_its_place() {
     b.accepted(201, None, now);
     let (_, said) = impostor_hello(Nid::mem(1, 0), Lane::Data);
     b.conn_mut(201).unwrap().rx.extend(&said);
-    b.received(201, now);
+    b.received(201, || now);
     assert!(b.take_closes().is_empty(), "B's dial is left alone");
     // B's dial goes on and comes up with the real A.
     a.accepted(11, None, now);

@@ -859,7 +859,7 @@ impl Uring {
             return;
         }
         if res > 0 {
-            self.engine.received(conn, Instant::now());
+            self.engine.received(conn, Instant::now);
             // A handshake's frames may have answers to send (an up connection's frames
             // queue none; frames of its own already wait for their send's completion).
             if self.engine.conn_mut(conn).is_some_and(|c| c.wants_write()) {
