@@ -249,9 +249,9 @@ fn wrote_says_whether_more_waits_and_frames_read_together_all_arrive() {
     assert!(!a.wrote(1, frame - 1), "all out");
     let done = events(&mut a);
     assert_eq!(done.len(), 3, "{done:?}");
-    // All three reach B in one read.
+    // All three reach B in one read, which reads no clock: the connection is up.
     b.conn_mut(101).unwrap().rx.extend(&bytes);
-    b.received(101, || now);
+    b.received(101, || panic!("a read of an up connection read the clock"));
     let ids: Vec<u64> = events(&mut b)
         .iter()
         .filter_map(|e| match e {

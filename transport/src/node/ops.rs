@@ -189,7 +189,10 @@ impl Ops {
                 .queue
                 .push_back((seq, id));
         }
-        self.live.insert(id, op);
+        let old = self.live.insert(id, op);
+        // The node checks ids (`check_id`); a live id used again would leave its old op's
+        // traces (`live_top` among them) naming an op that is gone.
+        debug_assert!(old.is_none(), "{id} inserted while live");
         // After the insert: a sweep this push triggers keeps the deadlines of live ops.
         if let Some(deadline) = deadline {
             self.push_deadline(deadline, seq, id);
@@ -363,14 +366,12 @@ impl Ops {
             self.deadlines
                 .retain(|Reverse((_, seq, id))| live.get(id).is_some_and(|op| op.seq == *seq));
         }
-        self.live_top = match self.deadlines.peek() {
-            // The op is live (the caller inserted it); on top, it is the next deadline.
-            Some(&Reverse((_, s, i))) if (s, i) == (seq, id) => Some((seq, id)),
-            // Another entry stayed on top, or came there in the sweep: `live_top` still
-            // says whether it is known live.
-            Some(&Reverse((_, s, i))) if self.live_top == Some((s, i)) => self.live_top,
-            _ => None,
-        };
+        // The op is live (the caller inserted it): on top, its entry is the next deadline.
+        // Otherwise the top is the entry `live_top` names, if it names one: that entry was
+        // the earliest, and a sweep keeps live entries.
+        if self.deadlines.peek() == Some(&Reverse((deadline, seq, id))) {
+            self.live_top = Some((seq, id));
+        }
     }
 
     /// The earliest deadline of a live op.
@@ -625,6 +626,9 @@ mod tests {
         Next,
         /// Timers run at this time: every expired op ends, as `handle_timeout` ends them.
         Expire(u64),
+        /// This many ops come and go with deadlines later than any other, so that their
+        /// entries stay in the heap, dead, until a sweep takes them.
+        Churn(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -633,6 +637,7 @@ mod tests {
             2 => any::<usize>().prop_map(Step::Remove),
             3 => Just(Step::Next),
             1 => (0u64..60).prop_map(Step::Expire),
+            1 => (1usize..80).prop_map(Step::Churn),
         ]
     }
 
@@ -672,6 +677,18 @@ mod tests {
                             undated.remove(k % live - model.len())
                         };
                         prop_assert!(ops.remove(id).is_some());
+                    }
+                    Step::Churn(n) => {
+                        for _ in 0..n {
+                            let (id, seq) = (OpId(next_id), ops.take_seq());
+                            next_id += 1;
+                            let op = Op::new(seq, put_to(Nid::mem(1, 1)));
+                            ops.insert(id, op, Some(Time(1000)));
+                            prop_assert!(ops.remove(id).is_some());
+                        }
+                        // Swept at a push that left more than twice the live ops (the
+                        // churned one among them) and the slack: never more than that.
+                        prop_assert!(ops.deadline_count() <= 2 * (ops.len() + 1) + DEADLINE_SLACK);
                     }
                     Step::Next => {
                         let want = model.iter().map(|&(t, _, _)| Time(t)).min();

@@ -35,12 +35,13 @@ impl Node {
     /// on one of our nets (`next_hop` chose it).
     pub(super) fn send_or_queue(&mut self, hop: Nid, lane: Lane, pending: Pending) {
         let len = live_payload_len(&self.ops, hop, &pending);
-        self.send_or_queue_live(hop, lane, pending, len)
+        self.send_or_queue_with_len(hop, lane, pending, len)
     }
 
-    /// [`Node::send_or_queue`] for a frame whose payload length the caller knows, if it is
-    /// still to be sent from `hop` (`None`: the pump's to drop), as `live_payload_len` says.
-    pub(super) fn send_or_queue_live(
+    /// [`Node::send_or_queue`] given what `live_payload_len` would say of the frame, as the
+    /// caller knows it: its payload's length while it is still to be sent from `hop`, and
+    /// `None` once not (the pump's to drop).
+    pub(super) fn send_or_queue_with_len(
         &mut self,
         hop: Nid,
         lane: Lane,

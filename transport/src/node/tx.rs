@@ -119,7 +119,7 @@ impl Node {
         }
         // Live, waiting (a new op, or one `requeued`) and now at `hop`: its request is to
         // be sent from there, as `send_or_queue` would look up.
-        self.send_or_queue_live(hop, lane, Pending::Op { id, seq }, Some(len));
+        self.send_or_queue_with_len(hop, lane, Pending::Op { id, seq }, Some(len));
     }
 
     /// Sends op `id`'s request again through another of our gateways, because the way it
