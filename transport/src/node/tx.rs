@@ -87,17 +87,18 @@ impl Node {
     /// Routes op `id`'s request to its next hop and sends or queues it there; with no way,
     /// the op fails with `NoRoute`.
     pub(crate) fn send_op(&mut self, id: OpId) {
-        self.route_op(id, None);
+        // New: in no queue yet.
+        self.route_op(id, None, None);
     }
 
     /// Routes op `id`'s request to its next hop and sends or queues it there; with no way
-    /// left, the op fails with `stuck` (`NoRoute` if none).
-    fn route_op(&mut self, id: OpId, stuck: Option<&OpError>) {
+    /// left, the op fails with `stuck` (`NoRoute` if none). `queued_at`: the hop whose
+    /// queue held its request until now, if one did.
+    fn route_op(&mut self, id: OpId, stuck: Option<&OpError>, queued_at: Option<Nid>) {
         let Some(op) = self.ops.get(id) else {
             return;
         };
         let (seq, (dst, lane)) = (op.seq, op.target().expect("only ops that send"));
-        let queued_at = op.via.filter(|_| op.stage == super::Stage::Queued);
         let avoid = op.avoid.clone();
         let len = op.kind.payload_len();
         let Some(hop) = self.next_hop(dst, &avoid) else {
@@ -136,14 +137,17 @@ impl Node {
                 op.avoid.push(router);
             }
         }
-        self.ops.requeued(id);
+        // Where it waited, if it was still waiting: taken before it counts as waiting
+        // again, or a request that had left would count as gone from a queue it was not in.
+        let queued_at = op.via.filter(|_| op.stage == super::Stage::Queued);
         if self.ni_of(dst).is_some() {
             // No other way to a neighbour: the refusal stands.
             return self.complete(id, Err(why.clone()));
         }
+        self.ops.requeued(id);
         self.stats.resent += 1;
         self.stats.lanes[lane].resent += 1;
-        self.route_op(id, Some(why));
+        self.route_op(id, Some(why), queued_at);
     }
 
     /// Op `id` was in flight through `router`, which failed (its connection went, or it

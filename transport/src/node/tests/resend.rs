@@ -239,3 +239,41 @@ fn a_request_through_this_node_as_its_own_gateway_is_delivered_once() {
     );
     assert_eq!(acks_sent(&mut n, 10), 2);
 }
+
+/// A request its router refuses after it left is sent again another way. It was in no
+/// queue at that router by then, so the router's queue must not count an entry of it
+/// gone: with ops still waiting there, a count too many held back nothing but made the
+/// queue look busy and compact early.
+#[test]
+fn a_request_refused_after_it_left_counts_no_dead_entry_at_its_router() {
+    let mut n = node();
+    let (b, c) = (nid(B), nid(C));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    // One credit at B: the first PUT leaves, the next three wait in B's queue.
+    connected_on(&mut n, 0, b, Lane::Data, 1, 7);
+    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
+    for id in 1..=4 {
+        n.put(t(0), OpId(id), far_put()).unwrap();
+    }
+    let first = sent(&mut n);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let nack = Body::Nack {
+        reason: NackReason::NextHopDown,
+        target: far(),
+    };
+    receive(&mut n, t(1), B, Lane::Data, nack, first[0].2.msg_id, 0, b"");
+    let again = sent(&mut n);
+    assert!(
+        again
+            .iter()
+            .any(|s| s.1 == c && s.2.msg_id == first[0].2.msg_id),
+        "sent again through C: {again:?}"
+    );
+    let at_b = &n.hops.get(&b).expect("B is a hop").lanes[Lane::Data];
+    assert_eq!(at_b.queue.len(), 3, "the three waiting");
+    assert_eq!(
+        at_b.left, 0,
+        "none of them, nor the refused one, gone from it"
+    );
+}
