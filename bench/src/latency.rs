@@ -112,16 +112,14 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
             "{how}, as UCX and libfabric do; the raw TCP floor and sockperf block"
         ));
     }
-    if let Some(how) = PINNED_NOTE.get() {
-        report.note(how.clone());
-    }
     // The server process (if we start one) lives until the baselines are measured too.
     let server = match (c.lnd, c.connect) {
         (LndChoice::Tcp, None) => Some(peer::spawn_server("latency", None)?),
         _ => None,
     };
     let server_pid = server.as_ref().map(|s| s.pid());
-    if PINNED_NOTE.get().is_some() {
+    if let Some(how) = PINNED_NOTE.get() {
+        report.note(how.clone());
         add_placement(&mut report, server_pid)?;
     }
     // What each side's process spends per round trip, lanet's and the raw floor's; a

@@ -898,11 +898,14 @@ impl Uring {
                     self.on_send(conn, done.res, 0);
                 }
                 Moved::Recv(buf) => {
-                    // The mover read a whole payload; what follows it may be there already.
-                    if let Some(sock) = self.socks.get_mut(&conn) {
-                        sock.drained = false;
-                    }
-                    let alive = self.socks.get(&conn).is_some_and(|s| !s.closing);
+                    let alive = match self.socks.get_mut(&conn) {
+                        Some(s) => {
+                            // The mover read a whole payload; what follows may be there.
+                            s.drained = false;
+                            !s.closing
+                        }
+                        None => false,
+                    };
                     if let (true, Some(c)) = (done.res > 0 && alive, self.engine.conn_mut(conn)) {
                         c.rx.append_tail(buf);
                     }
