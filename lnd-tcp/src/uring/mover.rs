@@ -21,6 +21,8 @@ use bytes::BytesMut;
 use io_uring::types::Fd;
 use io_uring::{opcode, squeue, IoUring};
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
 
 use super::send::SendSlot;
 use super::sys;
@@ -45,7 +47,8 @@ const CANCEL: u64 = u64::MAX - 1;
 
 /// Work for the mover.
 pub(crate) enum Job {
-    /// Send the message described in `slot`, all of it (MSG_WAITALL).
+    /// Send the message described in `slot`, all of it (MSG_WAITALL), after the sends of
+    /// `conn` handed over before it.
     Send {
         conn: ConnId,
         fd: RawFd,
@@ -261,6 +264,9 @@ struct Worker {
     moved: Progress,
     /// Jobs in flight, by user_data, with the memory their operation points at.
     inflight: FxHashMap<u64, InFlight>,
+    /// The connections a send is in flight for, each with the sends handed over since,
+    /// which wait for it: one stream, so one send at a time, in order.
+    sends_waiting: FxHashMap<ConnId, VecDeque<Job>>,
     next: u64,
     wake_armed: bool,
     cqes: Vec<(u64, i32)>,
@@ -295,6 +301,7 @@ impl Worker {
             stop,
             moved,
             inflight: FxHashMap::default(),
+            sends_waiting: FxHashMap::default(),
             next: 0,
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
@@ -323,6 +330,19 @@ impl Worker {
         let e = sys::wake_read(self.wake.as_fd(), &mut self.wake_buf).user_data(WAKE);
         // SAFETY: `wake_buf` is boxed and lives as long as the ring; one read at a time.
         unsafe { self.push(e) };
+    }
+
+    /// Starts `job`, or for a send behind another of its connection, queues it.
+    fn take_job(&mut self, job: Job) {
+        if let Job::Send { conn, .. } = job {
+            match self.sends_waiting.entry(conn) {
+                Entry::Occupied(mut waiting) => return waiting.get_mut().push_back(job),
+                Entry::Vacant(none) => {
+                    none.insert(VecDeque::new());
+                }
+            }
+        }
+        self.start_job(job);
     }
 
     fn start_job(&mut self, job: Job) {
@@ -421,11 +441,46 @@ impl Worker {
                 res = -e.raw_os_error().unwrap_or(libc::EIO);
             }
         }
+        let (conn, sent_all) = (job.conn, job.done == job.len);
+        let was_send = matches!(job.moved, Moved::Send(_));
         let _ = self.done.send(Done {
-            conn: job.conn,
+            conn,
             res,
             moved: job.moved,
         });
+        if was_send {
+            self.next_send(conn, sent_all);
+        }
+    }
+
+    /// A send of `conn` ended: the next waiting one starts; or, if that send did not get
+    /// all of its message out, none does (the stream has a gap), and each comes back
+    /// cancelled.
+    fn next_send(&mut self, conn: ConnId, sent_all: bool) {
+        let Entry::Occupied(mut waiting) = self.sends_waiting.entry(conn) else {
+            return;
+        };
+        let Some(next) = waiting.get_mut().pop_front() else {
+            waiting.remove();
+            return;
+        };
+        if sent_all && !self.stop.load(Ordering::Acquire) {
+            return self.start_job(next);
+        }
+        let rest = waiting.remove();
+        for job in std::iter::once(next).chain(rest) {
+            self.cancelled(job);
+        }
+    }
+
+    /// Hands `job` back unstarted.
+    fn cancelled(&self, job: Job) {
+        let (conn, moved) = match job {
+            Job::Send { conn, slot, .. } => (conn, Moved::Send(slot)),
+            Job::Recv { conn, buf, .. } => (conn, Moved::Recv(buf)),
+        };
+        let res = -libc::ECANCELED;
+        let _ = self.done.send(Done { conn, res, moved });
     }
 
     /// Wakes the driver for what [`Self::finish`] handed back.
@@ -438,7 +493,7 @@ impl Worker {
     fn run(&mut self) {
         while !self.stop.load(Ordering::Acquire) {
             while let Ok(job) = self.jobs.try_recv() {
-                self.start_job(job);
+                self.take_job(job);
             }
             if self.spins() {
                 // The receives' copies run as the ring's task work, in this call: data that
@@ -523,12 +578,10 @@ impl Worker {
     fn cancel_all(&mut self) {
         // Jobs never started come back as cancelled: every job returns to the driver.
         while let Ok(job) = self.jobs.try_recv() {
-            let (conn, moved) = match job {
-                Job::Send { conn, slot, .. } => (conn, Moved::Send(slot)),
-                Job::Recv { conn, buf, .. } => (conn, Moved::Recv(buf)),
-            };
-            let res = -libc::ECANCELED;
-            let _ = self.done.send(Done { conn, res, moved });
+            self.cancelled(job);
+        }
+        for (_, waiting) in std::mem::take(&mut self.sends_waiting) {
+            waiting.into_iter().for_each(|job| self.cancelled(job));
         }
         let e = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::any())
             .build()
@@ -681,7 +734,7 @@ mod tests {
         let payload = Bytes::from(pattern(2 * SEND_PIECE + 999));
         q.push([0xa5; HEADER_LEN], payload.clone(), None);
         let mut slot = SendSlot::new();
-        let len = slot.fill(&q);
+        let len = slot.fill(&q, 0);
         assert!(len > SEND_PIECE, "the message spans several pieces");
         let reader = std::thread::spawn(move || {
             let mut got = vec![0u8; len];
@@ -699,6 +752,108 @@ mod tests {
         let got = reader.join().unwrap();
         assert!(got[..HEADER_LEN].iter().all(|&b| b == 0xa5));
         assert!(got[HEADER_LEN..] == payload[..len - HEADER_LEN]);
+    }
+
+    /// Three messages of one connection handed over at once (the driver pipelines them)
+    /// arrive one after another, each whole: the mover sends one at a time per
+    /// connection, though each goes in pieces and the reader is slow.
+    #[test]
+    fn sends_of_one_connection_handed_over_together_arrive_in_order() {
+        let mut m = mover();
+        let (tx, mut rx) = connected_pair();
+        let mut q = TxQueue::default();
+        let (frames, size) = (3, 2 * SEND_PIECE + 999);
+        for i in 0..frames {
+            let mut payload = pattern(size);
+            payload[0] = i as u8;
+            q.push([0xa0 + i as u8; HEADER_LEN], Bytes::from(payload), None);
+        }
+        let whole: Vec<u8> = q.pieces().flat_map(|(p, _)| p.iter().copied()).collect();
+        let mut handed = 0;
+        while handed < whole.len() {
+            let mut slot = SendSlot::new();
+            handed += slot.fill(&q, handed);
+            m.submit(Job::Send {
+                conn: 5,
+                fd: tx.as_raw_fd(),
+                slot,
+            });
+        }
+        assert!(m.outstanding >= 3, "several messages are out at once");
+        let total = whole.len();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; total];
+            for chunk in got.chunks_mut(100_000) {
+                rx.read_exact(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            got
+        });
+        let mut sent = 0;
+        while m.outstanding > 0 {
+            let done = next_done(&mut m);
+            assert_eq!(done.conn, 5);
+            assert!(done.res > 0, "a send failed: {}", done.res);
+            sent += done.res as usize;
+        }
+        assert_eq!(sent, total);
+        assert!(
+            reader.join().unwrap() == whole,
+            "the stream arrived in order"
+        );
+    }
+
+    /// A send that fails takes those waiting behind it on its connection with it, unsent
+    /// (a stream with a gap is worse than none); another connection's carry on.
+    #[test]
+    fn a_failed_send_cancels_those_behind_it_on_its_connection_only() {
+        let mut m = mover();
+        let (tx, rx) = connected_pair();
+        let (tx2, mut rx2) = connected_pair();
+        // Small buffers and a peer that does not read: the first send blocks, so those
+        // after it wait behind it.
+        let small = 64 * 1024;
+        crate::sockopt::set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, small).unwrap();
+        crate::sockopt::set_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, small).unwrap();
+        let mut q = TxQueue::default();
+        q.push([1; HEADER_LEN], Bytes::from(pattern(8 << 20)), None);
+        let mut lens = Vec::new();
+        for _ in 0..3 {
+            let mut slot = SendSlot::new();
+            lens.push(slot.fill(&q, lens.iter().sum()));
+            m.submit(Job::Send {
+                conn: 1,
+                fd: tx.as_raw_fd(),
+                slot,
+            });
+        }
+        let mut other = TxQueue::default();
+        other.push([2; HEADER_LEN], Bytes::from(pattern(SEND_PIECE)), None);
+        let mut slot = SendSlot::new();
+        let other_len = slot.fill(&other, 0);
+        m.submit(Job::Send {
+            conn: 2,
+            fd: tx2.as_raw_fd(),
+            slot,
+        });
+        let mut got = vec![0u8; other_len];
+        rx2.read_exact(&mut got).unwrap();
+        let done = next_done(&mut m);
+        assert_eq!((done.conn, done.res), (2, other_len as i32));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(m.try_done().is_none(), "the first send waits for its peer");
+        // The first send fails: the socket is shut down under it.
+        tx.shutdown(std::net::Shutdown::Both).unwrap();
+        let results: Vec<i32> = (0..3).map(|_| next_done(&mut m).res).collect();
+        assert!(
+            results[0] < lens[0] as i32,
+            "it could not send all: {results:?}"
+        );
+        assert_eq!(
+            &results[1..],
+            &[-libc::ECANCELED, -libc::ECANCELED],
+            "those behind a failed send are never started"
+        );
     }
 
     #[test]

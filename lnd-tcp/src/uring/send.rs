@@ -63,9 +63,10 @@ impl SendSlot {
         })
     }
 
-    /// Describes as much of `q`'s unwritten bytes as fits; returns how many. Allocates only
-    /// at a slot's first use (its staging area, and room for the payloads it holds).
-    pub(crate) fn fill(&mut self, q: &TxQueue) -> usize {
+    /// Describes as much of `q`'s unwritten bytes as fits, past the first `skip` of them
+    /// (described by messages still being sent); returns how many. Allocates only at a
+    /// slot's first use (its staging area, and room for the payloads it holds).
+    pub(crate) fn fill(&mut self, q: &TxQueue, skip: usize) -> usize {
         if self.staging.is_empty() {
             // No message is described yet (the slot is home): nothing points into it.
             self.staging = vec![0u8; STAGING].into_boxed_slice();
@@ -74,7 +75,16 @@ impl SendSlot {
         let (mut n, mut staged, mut total) = (0usize, 0usize, 0usize);
         // Whether the last iovec covers the end of the staged bytes (and can grow).
         let mut staging_open = false;
+        let mut skip = skip;
         for (piece, owner) in q.pieces() {
+            let piece = match skip {
+                0 => piece,
+                _ if skip >= piece.len() => {
+                    skip -= piece.len();
+                    continue;
+                }
+                _ => &piece[std::mem::take(&mut skip)..],
+            };
             let copy = owner.is_none() || piece.len() <= COPY_MAX;
             if copy {
                 if staged + piece.len() > STAGING {
@@ -231,7 +241,7 @@ mod tests {
         push(&mut q, 100_000, 3);
         push(&mut q, 0, 4);
         let mut slot = SendSlot::new();
-        let n = slot.fill(&q);
+        let n = slot.fill(&q, 0);
         assert_eq!(gather(&slot), expected(&q));
         assert_eq!(n, 4 * 96 + 8 + 100 + 100_000);
         // header+8, header+100, header (staged, one iovec) | 100 KB in place | header
@@ -240,7 +250,7 @@ mod tests {
         // Partly written: the slot describes exactly the rest.
         let mut done = Vec::new();
         q.advance(96 + 8 + 50, &mut done);
-        slot.fill(&q);
+        slot.fill(&q, 0);
         assert_eq!(gather(&slot), expected(&q));
         slot.release();
         assert!(slot.held.is_empty());
@@ -253,7 +263,7 @@ mod tests {
         push(&mut q, 300_000, 2);
         push(&mut q, 100, 3);
         let mut slot = SendSlot::new();
-        let total = slot.fill(&q);
+        let total = slot.fill(&q, 0);
         let whole = gather(&slot);
         for step in [1, 95, 4096, 128 * 1024, total] {
             let mut joined = Vec::new();
@@ -280,9 +290,40 @@ mod tests {
         push(&mut q, 400_000, 1);
         push(&mut q, 400_000, 2);
         let mut slot = SendSlot::new();
-        let n = slot.fill(&q);
+        let n = slot.fill(&q, 0);
         assert_eq!(n, MESSAGE_MAX);
         assert_eq!(gather(&slot), expected(&q)[..n]);
+    }
+
+    /// Messages filled one after another, each past what those before describe (as the
+    /// bulk mover's pipelined sends are), are the queue's bytes back to back, whichever
+    /// piece a boundary falls in: a header, a staged payload, a payload sent in place.
+    #[test]
+    fn messages_filled_past_those_before_them_continue_the_stream() {
+        let mut q = TxQueue::default();
+        push(&mut q, 8, 1);
+        push(&mut q, 700_000, 2);
+        push(&mut q, 1000, 3);
+        push(&mut q, 900_000, 4);
+        let all = expected(&q);
+        // Partly written first: skipping starts inside the first frame's header.
+        let mut done = Vec::new();
+        q.advance(50, &mut done);
+        let all = &all[50..];
+        let mut joined = Vec::new();
+        for _ in 0..8 {
+            let mut slot = SendSlot::new();
+            let n = slot.fill(&q, joined.len());
+            assert!(n <= MESSAGE_MAX);
+            let message = gather(&slot);
+            assert_eq!(message.len(), n);
+            joined.extend(message);
+        }
+        assert_eq!(joined, all);
+        // Past the end, nothing is left to describe.
+        let mut slot = SendSlot::new();
+        assert_eq!(slot.fill(&q, all.len()), 0);
+        assert_eq!(slot.hdr.msg_iovlen, 0);
     }
 
     #[test]
@@ -292,7 +333,7 @@ mod tests {
             push(&mut q, 1000, i as u8);
         }
         let mut slot = SendSlot::new();
-        let n = slot.fill(&q);
+        let n = slot.fill(&q, 0);
         assert!(n <= STAGING && n > STAGING - 2000, "{n}");
         let all = expected(&q);
         assert_eq!(gather(&slot), all[..n]);
