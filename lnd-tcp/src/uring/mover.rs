@@ -250,8 +250,6 @@ struct InFlight {
     len: usize,
     /// A receive's socket's low-water mark, as last set here (1: the socket's default).
     low_water: usize,
-    /// A receive's last piece left bytes in the socket (`IORING_CQE_F_SOCK_NONEMPTY`).
-    queued: bool,
 }
 
 struct Worker {
@@ -271,7 +269,7 @@ struct Worker {
     sends_waiting: FxHashMap<ConnId, VecDeque<Job>>,
     next: u64,
     wake_armed: bool,
-    cqes: Vec<(u64, i32, u32)>,
+    cqes: Vec<(u64, i32)>,
     /// Busy-poll while jobs are out and bytes moved (or a job came) this recently.
     spin: Duration,
 }
@@ -359,7 +357,6 @@ impl Worker {
                 moved: Moved::Send(slot),
                 done: 0,
                 low_water: 1,
-                queued: false,
             },
             Job::Recv { conn, fd, buf, len } => InFlight {
                 conn,
@@ -368,7 +365,6 @@ impl Worker {
                 moved: Moved::Recv(buf),
                 done: 0,
                 low_water: 1,
-                queued: false,
             },
         };
         self.inflight.insert(ud, job);
@@ -393,14 +389,9 @@ impl Worker {
             }
             Moved::Recv(buf) => {
                 // Woken once a good part of the rest is in, not for every segment (see
-                // `crate::low_water`): whenever the socket ran dry, the mark asks for the
-                // rest; while bytes wait in it, it is 1, so that the pieces of a rest
-                // already in cost no `setsockopt` each. Set before every piece, so never
-                // above what is still to come.
-                let mark = match job.queued {
-                    true => 1,
-                    false => crate::low_water::mark_for(left),
-                };
+                // `crate::low_water`); set before every piece, so never above what is
+                // still to come.
+                let mark = crate::low_water::mark_for(left);
                 if job.low_water != mark {
                     match crate::low_water::change(job.fd, job.low_water, mark) {
                         Ok(now) => job.low_water = now,
@@ -534,16 +525,12 @@ impl Worker {
     /// Hands finished jobs back; one wake-up for the driver per batch.
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         let mut finished = false;
-        if cqes.iter().any(|&(ud, res, _)| ud < CANCEL && res > 0) {
+        if cqes.iter().any(|&(ud, res)| ud < CANCEL && res > 0) {
             self.moved.mark();
         }
-        for &(ud, res, flags) in &cqes {
+        for &(ud, res) in &cqes {
             match ud {
                 WAKE => {
                     self.wake_armed = false;
@@ -561,7 +548,6 @@ impl Worker {
                             // SAFETY: the kernel wrote `res` bytes into the spare capacity
                             // this receive was given, starting at the buffer's end.
                             unsafe { buf.set_len(buf.len() + res as usize) };
-                            job.queued = io_uring::cqueue::sock_nonempty(flags);
                         }
                         job.done += res as usize;
                         if job.done < job.len && !self.stop.load(Ordering::Acquire) {
