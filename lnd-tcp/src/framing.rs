@@ -223,6 +223,15 @@ impl TxQueue {
         self.frames.len()
     }
 
+    /// Whether more than `n` bytes are unwritten (looking no further than that).
+    pub(crate) fn unwritten_exceeds(&self, n: usize) -> bool {
+        let mut unwritten = 0;
+        self.frames.iter().any(|f| {
+            unwritten += f.len() - f.written;
+            unwritten > n
+        })
+    }
+
     /// The first `max` unwritten bytes (or all) of the first `out.len() / 2` frames, as
     /// slices for one `writev`, in `out`; returns how many. No allocation: the caller
     /// keeps the array on its stack, and its length (at most [`MAX_SLICES`], for the
@@ -521,6 +530,22 @@ mod tests {
         q.advance(total, &mut done);
         assert_eq!(done, (0..4).map(TxToken).collect::<Vec<_>>());
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn unwritten_bytes_count_from_what_is_written_of_the_first_frame() {
+        let mut q = TxQueue::default();
+        assert!(!q.unwritten_exceeds(0));
+        for id in 0..2 {
+            let (h, p) = frame(id, b"abc");
+            q.push(h, p, None);
+        }
+        let all = 2 * (HEADER_LEN + 3);
+        assert!(q.unwritten_exceeds(all - 1));
+        assert!(!q.unwritten_exceeds(all));
+        q.advance(10, &mut Vec::new());
+        assert!(q.unwritten_exceeds(all - 11));
+        assert!(!q.unwritten_exceeds(all - 10));
     }
 
     #[test]

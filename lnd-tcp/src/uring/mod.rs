@@ -19,6 +19,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,9 @@ struct Sock {
     /// in order.
     moving: usize,
     moving_bytes: usize,
+    /// Set by the mover when a send of this socket did not get all out: those handed over
+    /// after it then come back unstarted. Made at the first send handed over.
+    broken: Option<Arc<AtomicBool>>,
     /// A zero-copy send's notification is pending: its memory is still in use.
     notif: bool,
     /// A receive is armed (multishot on the health lane, single-shot on the data lane, or
@@ -132,6 +136,7 @@ impl Sock {
             sending: false,
             moving: 0,
             moving_bytes: 0,
+            broken: None,
             notif: false,
             recv: false,
             connect: None,
@@ -415,8 +420,37 @@ impl Uring {
             buf: c.rx.take_tail(rest),
             len: rest,
         };
-        self.mover.as_mut().expect("started above").submit(job);
+        if let Err(job) = self.mover.as_mut().expect("started above").submit(job) {
+            self.mover_gone(job);
+        }
         true
+    }
+
+    /// The bulk mover thread died and could not take `job`: the job's memory comes home,
+    /// and its connection fails, as its bytes will never move.
+    fn mover_gone(&mut self, job: Job) {
+        let conn = match job {
+            Job::Send { conn, slot, .. } => {
+                if let Some(sock) = self.socks.get_mut(&conn) {
+                    sock.moving -= 1;
+                    sock.moving_bytes -= slot.len;
+                    match &mut sock.send {
+                        home @ None => *home = Some(slot),
+                        Some(_) => sock.spare = Some(slot),
+                    }
+                }
+                conn
+            }
+            Job::Recv { conn, .. } => {
+                if let Some(sock) = self.socks.get_mut(&conn) {
+                    sock.recv = false;
+                }
+                conn
+            }
+        };
+        let e = LndError::new(LndErrorKind::Resource, "the bulk mover thread is gone");
+        self.engine.fail(conn, e);
+        self.reap(conn);
     }
 
     /// The bulk mover, started on first use. None if it cannot be started (said once);
@@ -442,10 +476,11 @@ impl Uring {
         self.mover.as_ref()
     }
 
-    /// Sends what `conn` has queued, unless a send (or its notification) is pending or the
-    /// socket is still connecting (the completion queues it for a flush again, if anything
-    /// waits), or it is closing (nothing more goes out). While the bulk mover sends, only a
-    /// message it sends too may follow (after those it has); another waits for them.
+    /// Sends what `conn` has queued, unless a send (or its notification) is pending, the
+    /// bulk mover has [`MOVER_SENDS`] of its messages, or the socket is still connecting
+    /// (the completion queues it for a flush again, if anything waits), or it is closing
+    /// (nothing more goes out). While the mover sends, only a message it sends too may
+    /// follow (after those it has); another waits for them.
     fn flush(&mut self, conn: ConnId) {
         let Some(sock) = self.socks.get_mut(&conn) else {
             return;
@@ -465,6 +500,9 @@ impl Uring {
             return;
         }
         let behind_mover = sock.moving > 0;
+        if behind_mover && !c.tx.unwritten_exceeds(sock.moving_bytes) {
+            return; // the mover has it all
+        }
         let slot = match sock.send.as_mut() {
             Some(slot) => slot,
             None if behind_mover => sock.spare.get_or_insert_with(SendSlot::new),
@@ -492,8 +530,11 @@ impl Uring {
                 conn,
                 fd: sock.fd.as_raw_fd(),
                 slot,
+                broken: sock.broken.get_or_insert_with(Default::default).clone(),
             };
-            self.mover.as_mut().expect("started above").submit(job);
+            if let Err(job) = self.mover.as_mut().expect("started above").submit(job) {
+                return self.mover_gone(job);
+            }
             if more {
                 self.flush(conn); // the next message, for the mover to start as this ends
             }
@@ -504,7 +545,9 @@ impl Uring {
         let fd = Fd(sock.fd.as_raw_fd());
         // MSG_WAITALL: the kernel keeps sending until the whole message is out, instead of
         // completing after the first partial write when the socket buffer is full.
-        let flags = libc::MSG_WAITALL as u32;
+        // MSG_NOSIGNAL: a socket shut down under it fails the send with EPIPE, rather than
+        // also kill a host process that does not ignore SIGPIPE.
+        let flags = (libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32;
         let e = if zero_copy {
             opcode::SendMsgZc::new(fd, slot.msghdr())
                 .flags(flags)
@@ -1004,7 +1047,8 @@ impl Uring {
         }
         if res >= 0 && res as usize == len {
             if self.engine.wrote(conn, len) {
-                self.dirty.push(conn); // more waits: frames queued past this message
+                // More is queued: the mover's other message, or frames past it.
+                self.dirty.push(conn);
             }
         } else {
             let e = match res {

@@ -48,11 +48,13 @@ const CANCEL: u64 = u64::MAX - 1;
 /// Work for the mover.
 pub(crate) enum Job {
     /// Send the message described in `slot`, all of it (MSG_WAITALL), after the sends of
-    /// `conn` handed over before it.
+    /// `conn` handed over before it; unless one of them did not get all of its message out
+    /// (`broken`, the socket's, set here): then it comes back unstarted.
     Send {
         conn: ConnId,
         fd: RawFd,
         slot: Box<SendSlot>,
+        broken: Arc<AtomicBool>,
     },
     /// Receive `len` bytes (at most the spare capacity of `buf`) into that spare capacity,
     /// in pieces.
@@ -151,18 +153,21 @@ impl Mover {
         within(self.moved.now(), last, ACTIVE_WINDOW)
     }
 
-    pub(crate) fn submit(&mut self, job: Job) {
-        // The thread outlives every sender: it stops only when this mover is dropped (a
-        // job it could not take would never come back, so it is not counted).
-        if self.jobs.send(job).is_err() {
-            tracing::error!("the bulk mover thread is gone: a job is lost");
-            return;
+    /// Hands `job` over; it comes back through [`Mover::try_done`]. `Err` with the job if
+    /// the thread is gone (it died), so that the caller can end what the job was for.
+    pub(crate) fn submit(&mut self, job: Job) -> Result<(), Job> {
+        // The thread outlives every sender: it stops only when this mover is dropped, or
+        // dies. A job it could not take would never come back: not counted, returned.
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            tracing::error!("the bulk mover thread is gone");
+            return Err(job);
         }
         self.outstanding += 1;
         self.handed = self.moved.now();
         if let Err(e) = sys::signal(self.wake.as_fd()) {
             tracing::error!("cannot wake the bulk mover: {e}");
         }
+        Ok(())
     }
 
     pub(crate) fn try_done(&mut self) -> Option<Done> {
@@ -250,6 +255,8 @@ struct InFlight {
     len: usize,
     /// A receive's socket's low-water mark, as last set here (1: the socket's default).
     low_water: usize,
+    /// A send's socket's mark that a send of it did not get all out (see [`Job::Send`]).
+    broken: Option<Arc<AtomicBool>>,
 }
 
 struct Worker {
@@ -332,9 +339,15 @@ impl Worker {
         unsafe { self.push(e) };
     }
 
-    /// Starts `job`, or for a send behind another of its connection, queues it.
+    /// Starts `job`, or for a send behind another of its connection, queues it; a send
+    /// on a socket whose stream broke comes back unstarted.
     fn take_job(&mut self, job: Job) {
-        if let Job::Send { conn, .. } = job {
+        if let Job::Send { conn, broken, .. } = &job {
+            if broken.load(Ordering::Relaxed) {
+                self.cancelled(job);
+                return self.notify_driver();
+            }
+            let conn = *conn;
             match self.sends_waiting.entry(conn) {
                 Entry::Occupied(mut waiting) => return waiting.get_mut().push_back(job),
                 Entry::Vacant(none) => {
@@ -350,13 +363,19 @@ impl Worker {
         let ud = self.next;
         self.next += 1;
         let job = match job {
-            Job::Send { conn, fd, slot } => InFlight {
+            Job::Send {
+                conn,
+                fd,
+                slot,
+                broken,
+            } => InFlight {
                 conn,
                 fd,
                 len: slot.len,
                 moved: Moved::Send(slot),
                 done: 0,
                 low_water: 1,
+                broken: Some(broken),
             },
             Job::Recv { conn, fd, buf, len } => InFlight {
                 conn,
@@ -365,6 +384,7 @@ impl Worker {
                 moved: Moved::Recv(buf),
                 done: 0,
                 low_water: 1,
+                broken: None,
             },
         };
         self.inflight.insert(ud, job);
@@ -383,8 +403,10 @@ impl Worker {
         let entry = match &mut job.moved {
             Moved::Send(slot) => {
                 slot.describe_part(job.done, left.min(SEND_PIECE));
+                // MSG_NOSIGNAL: a socket shut down under it fails the send with EPIPE,
+                // rather than also kill a host process that does not ignore SIGPIPE.
                 opcode::SendMsg::new(Fd(job.fd), slot.part_msghdr())
-                    .flags(libc::MSG_WAITALL as u32)
+                    .flags((libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32)
                     .build()
             }
             Moved::Recv(buf) => {
@@ -427,7 +449,8 @@ impl Worker {
 
     /// Job `ud` ends with `res` (bytes moved, or a negated errno if none were): its memory
     /// goes back to the driver, and its socket's mark back to 1 first, as the driver's own
-    /// receive may follow and the next frame's header may be all that comes.
+    /// receive may follow and the next frame's header may be all that comes. After a send,
+    /// the next of its connection starts, or if this one did not get all out, none does.
     fn finish(&mut self, ud: u64, res: i32) {
         let job = self.inflight.remove(&ud).expect("in flight");
         // Bytes moved before a failure are reported (a socket's failure shows at the
@@ -443,6 +466,10 @@ impl Worker {
         }
         let (conn, sent_all) = (job.conn, job.done == job.len);
         let was_send = matches!(job.moved, Moved::Send(_));
+        if let (false, Some(broken)) = (sent_all, &job.broken) {
+            // Before the driver hears of it: a send it handed over meanwhile must not go.
+            broken.store(true, Ordering::Relaxed);
+        }
         let _ = self.done.send(Done {
             conn,
             res,
@@ -626,6 +653,10 @@ mod tests {
         spinning_mover(Duration::ZERO)
     }
 
+    fn submit(m: &mut Mover, job: Job) {
+        assert!(m.submit(job).is_ok(), "the mover thread runs");
+    }
+
     fn spinning_mover(spin: Duration) -> Mover {
         Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap()), spin).unwrap()
     }
@@ -671,12 +702,15 @@ mod tests {
         let buf = BytesMut::with_capacity(data.len());
         let at = buf.as_ptr();
         let fd = rx.as_raw_fd();
-        m.submit(Job::Recv {
-            conn: 7,
-            fd,
-            buf,
-            len: data.len(),
-        });
+        submit(
+            &mut m,
+            Job::Recv {
+                conn: 7,
+                fd,
+                buf,
+                len: data.len(),
+            },
+        );
         assert_eq!(
             m.outstanding, 1,
             "the receive is counted until it comes back"
@@ -741,11 +775,15 @@ mod tests {
             rx.read_exact(&mut got).unwrap();
             got
         });
-        m.submit(Job::Send {
-            conn: 3,
-            fd: tx.as_raw_fd(),
-            slot,
-        });
+        submit(
+            &mut m,
+            Job::Send {
+                conn: 3,
+                fd: tx.as_raw_fd(),
+                slot,
+                broken: Default::default(),
+            },
+        );
         let done = next_done(&mut m);
         assert_eq!((done.conn, done.res), (3, len as i32));
         assert!(matches!(done.moved, Moved::Send(_)));
@@ -754,32 +792,38 @@ mod tests {
         assert!(got[HEADER_LEN..] == payload[..len - HEADER_LEN]);
     }
 
-    /// Three messages of one connection handed over at once (the driver pipelines them)
-    /// arrive one after another, each whole: the mover sends one at a time per
-    /// connection, though each goes in pieces and the reader is slow.
+    /// Messages of one connection handed over at once (as the driver hands over its
+    /// second while the mover sends the first) arrive one after another, each whole and
+    /// in the order handed over: the mover sends one at a time per connection, though
+    /// each goes in pieces and the reader is slow.
     #[test]
     fn sends_of_one_connection_handed_over_together_arrive_in_order() {
         let mut m = mover();
         let (tx, mut rx) = connected_pair();
         let mut q = TxQueue::default();
-        let (frames, size) = (3, 2 * SEND_PIECE + 999);
-        for i in 0..frames {
-            let mut payload = pattern(size);
+        for i in 0..3 {
+            let mut payload = pattern(2 * SEND_PIECE + 999);
             payload[0] = i as u8;
             q.push([0xa0 + i as u8; HEADER_LEN], Bytes::from(payload), None);
         }
         let whole: Vec<u8> = q.pieces().flat_map(|(p, _)| p.iter().copied()).collect();
-        let mut handed = 0;
-        while handed < whole.len() {
+        let broken = Arc::new(AtomicBool::new(false));
+        let mut lens = Vec::new();
+        while lens.iter().sum::<usize>() < whole.len() {
             let mut slot = SendSlot::new();
-            handed += slot.fill(&q, handed);
-            m.submit(Job::Send {
-                conn: 5,
-                fd: tx.as_raw_fd(),
-                slot,
-            });
+            lens.push(slot.fill(&q, lens.iter().sum()));
+            let (fd, broken) = (tx.as_raw_fd(), broken.clone());
+            submit(
+                &mut m,
+                Job::Send {
+                    conn: 5,
+                    fd,
+                    slot,
+                    broken,
+                },
+            );
         }
-        assert!(m.outstanding >= 3, "several messages are out at once");
+        assert!(lens.len() > 2, "several messages: {lens:?}");
         let total = whole.len();
         let reader = std::thread::spawn(move || {
             let mut got = vec![0u8; total];
@@ -789,22 +833,24 @@ mod tests {
             }
             got
         });
-        let mut sent = 0;
-        while m.outstanding > 0 {
+        for &len in &lens {
             let done = next_done(&mut m);
-            assert_eq!(done.conn, 5);
-            assert!(done.res > 0, "a send failed: {}", done.res);
-            sent += done.res as usize;
+            assert_eq!(
+                (done.conn, done.res),
+                (5, len as i32),
+                "back in order, whole"
+            );
         }
-        assert_eq!(sent, total);
         assert!(
             reader.join().unwrap() == whole,
             "the stream arrived in order"
         );
+        assert!(!broken.load(Ordering::Relaxed));
     }
 
     /// A send that fails takes those waiting behind it on its connection with it, unsent
-    /// (a stream with a gap is worse than none); another connection's carry on.
+    /// (a stream with a gap is worse than none), and so does one handed over after the
+    /// failure, before the driver heard of it; another connection's carry on.
     #[test]
     fn a_failed_send_cancels_those_behind_it_on_its_connection_only() {
         let mut m = mover();
@@ -817,43 +863,108 @@ mod tests {
         crate::sockopt::set_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, small).unwrap();
         let mut q = TxQueue::default();
         q.push([1; HEADER_LEN], Bytes::from(pattern(8 << 20)), None);
-        let mut lens = Vec::new();
-        for _ in 0..3 {
+        let broken = Arc::new(AtomicBool::new(false));
+        let mut handed = 0;
+        let mut hand_over = |m: &mut Mover| {
             let mut slot = SendSlot::new();
-            lens.push(slot.fill(&q, lens.iter().sum()));
-            m.submit(Job::Send {
-                conn: 1,
-                fd: tx.as_raw_fd(),
-                slot,
-            });
+            let len = slot.fill(&q, handed);
+            handed += len;
+            let (fd, broken) = (tx.as_raw_fd(), broken.clone());
+            submit(
+                m,
+                Job::Send {
+                    conn: 1,
+                    fd,
+                    slot,
+                    broken,
+                },
+            );
+            len
+        };
+        let first = hand_over(&mut m);
+        for _ in 0..2 {
+            hand_over(&mut m);
         }
         let mut other = TxQueue::default();
         other.push([2; HEADER_LEN], Bytes::from(pattern(SEND_PIECE)), None);
         let mut slot = SendSlot::new();
         let other_len = slot.fill(&other, 0);
-        m.submit(Job::Send {
-            conn: 2,
-            fd: tx2.as_raw_fd(),
-            slot,
-        });
+        let (fd, other_broken) = (tx2.as_raw_fd(), Default::default());
+        submit(
+            &mut m,
+            Job::Send {
+                conn: 2,
+                fd,
+                slot,
+                broken: other_broken,
+            },
+        );
         let mut got = vec![0u8; other_len];
         rx2.read_exact(&mut got).unwrap();
         let done = next_done(&mut m);
         assert_eq!((done.conn, done.res), (2, other_len as i32));
         std::thread::sleep(Duration::from_millis(20));
         assert!(m.try_done().is_none(), "the first send waits for its peer");
-        // The first send fails: the socket is shut down under it.
+        // The first send fails: the socket is shut down under it (MSG_NOSIGNAL: no
+        // SIGPIPE, which would end this test process).
         tx.shutdown(std::net::Shutdown::Both).unwrap();
-        let results: Vec<i32> = (0..3).map(|_| next_done(&mut m).res).collect();
+        let results: Vec<(ConnId, i32)> = (0..3)
+            .map(|_| next_done(&mut m))
+            .map(|d| (d.conn, d.res))
+            .collect();
         assert!(
-            results[0] < lens[0] as i32,
-            "it could not send all: {results:?}"
+            results[0].0 == 1 && results[0].1 < first as i32,
+            "{results:?}"
         );
         assert_eq!(
             &results[1..],
-            &[-libc::ECANCELED, -libc::ECANCELED],
+            &[(1, -libc::ECANCELED), (1, -libc::ECANCELED)],
             "those behind a failed send are never started"
         );
+        assert!(
+            broken.load(Ordering::Relaxed),
+            "the socket's stream is marked broken"
+        );
+        // Handed over after the failure came back: not started either.
+        hand_over(&mut m);
+        assert_eq!(next_done(&mut m).res, -libc::ECANCELED);
+    }
+
+    /// Stopping hands back sends still waiting behind another of their connection.
+    #[test]
+    fn stopping_gives_back_sends_waiting_behind_another() {
+        let mut m = mover();
+        let (tx, rx) = connected_pair();
+        let small = 64 * 1024;
+        crate::sockopt::set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, small).unwrap();
+        crate::sockopt::set_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, small).unwrap();
+        let mut q = TxQueue::default();
+        q.push([1; HEADER_LEN], Bytes::from(pattern(4 << 20)), None);
+        let mut handed = 0;
+        for _ in 0..3 {
+            let mut slot = SendSlot::new();
+            handed += slot.fill(&q, handed);
+            let (fd, broken) = (tx.as_raw_fd(), Default::default());
+            submit(
+                &mut m,
+                Job::Send {
+                    conn: 1,
+                    fd,
+                    slot,
+                    broken,
+                },
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20)); // the first blocks, two wait
+        m.stop();
+        let mut back: Vec<i32> = std::iter::from_fn(|| m.try_done()).map(|d| d.res).collect();
+        back.sort();
+        assert_eq!(
+            back[..2],
+            [-libc::ECANCELED, -libc::ECANCELED],
+            "those never started come back cancelled: {back:?}"
+        );
+        assert!(back[2] > 0, "the one started says what it sent: {back:?}");
     }
 
     #[test]
@@ -862,12 +973,15 @@ mod tests {
         let (_tx, rx) = connected_pair();
         let (_tx2, rx2) = connected_pair();
         for (conn, fd) in [(1, rx.as_raw_fd()), (2, rx2.as_raw_fd())] {
-            m.submit(Job::Recv {
-                conn,
-                fd,
-                buf: BytesMut::with_capacity(1 << 20),
-                len: 1 << 20,
-            });
+            submit(
+                &mut m,
+                Job::Recv {
+                    conn,
+                    fd,
+                    buf: BytesMut::with_capacity(1 << 20),
+                    len: 1 << 20,
+                },
+            );
         }
         std::thread::sleep(Duration::from_millis(50)); // both receives are waiting
         assert_eq!(m.outstanding, 2);

@@ -190,7 +190,7 @@ mod tests {
     use lanet::lane::Lane;
     use lanet::lnd::TxToken;
     use lanet::nid::Nid;
-    use lanet::wire::{encode_header, Body, Header};
+    use lanet::wire::{encode_header, Body, Header, HEADER_LEN};
 
     fn push(q: &mut TxQueue, len: usize, tag: u8) {
         let h = Header {
@@ -296,8 +296,9 @@ mod tests {
     }
 
     /// Messages filled one after another, each past what those before describe (as the
-    /// bulk mover's pipelined sends are), are the queue's bytes back to back, whichever
-    /// piece a boundary falls in: a header, a staged payload, a payload sent in place.
+    /// bulk mover's pipelined sends are), are the queue's bytes back to back, wherever a
+    /// message ends: inside a payload sent in place (the size limit), or among staged
+    /// headers and small payloads (the staging area full).
     #[test]
     fn messages_filled_past_those_before_them_continue_the_stream() {
         let mut q = TxQueue::default();
@@ -305,21 +306,31 @@ mod tests {
         push(&mut q, 700_000, 2);
         push(&mut q, 1000, 3);
         push(&mut q, 900_000, 4);
+        for i in 0..100 {
+            push(&mut q, 1000, 5 + i); // ~107 KiB staged: more than one staging area
+        }
+        push(&mut q, 300_000, 105);
+        // Written in part already: the first message starts inside the first header.
+        q.advance(50, &mut Vec::new());
         let all = expected(&q);
-        // Partly written first: skipping starts inside the first frame's header.
-        let mut done = Vec::new();
-        q.advance(50, &mut done);
-        let all = &all[50..];
-        let mut joined = Vec::new();
-        for _ in 0..8 {
+        let (mut joined, mut ends) = (Vec::new(), Vec::new());
+        while joined.len() < all.len() {
             let mut slot = SendSlot::new();
             let n = slot.fill(&q, joined.len());
-            assert!(n <= MESSAGE_MAX);
+            assert!(n > 0, "stuck at {} of {}", joined.len(), all.len());
             let message = gather(&slot);
             assert_eq!(message.len(), n);
             joined.extend(message);
+            ends.push(joined.len());
         }
         assert_eq!(joined, all);
+        // The small frames' bytes in the stream (less the 50 written):
+        let small_from = (8 + 700_000 + 1000 + 900_000 + 4 * HEADER_LEN) - 50;
+        let small = small_from..small_from + 100 * (HEADER_LEN + 1000);
+        assert!(
+            ends.iter().any(|end| small.contains(end)),
+            "a message ended among staged frames (staging full): {ends:?}"
+        );
         // Past the end, nothing is left to describe.
         let mut slot = SendSlot::new();
         assert_eq!(slot.fill(&q, all.len()), 0);
