@@ -110,6 +110,8 @@ struct Sock {
     /// A receive is armed (multishot on the health lane, single-shot on the data lane, or
     /// a payload received in place by the bulk mover).
     recv: bool,
+    /// That receive is the bulk mover's.
+    mover_recv: bool,
     /// The address a pending connect reads.
     connect: Option<Box<libc::sockaddr_in>>,
     /// Shut down; removed once nothing is pending.
@@ -139,6 +141,7 @@ impl Sock {
             broken: None,
             notif: false,
             recv: false,
+            mover_recv: false,
             connect: None,
             closing: false,
             drained: false,
@@ -414,6 +417,7 @@ impl Uring {
             return false;
         };
         sock.recv = true;
+        sock.mover_recv = true;
         let job = Job::Recv {
             conn,
             fd: sock.fd.as_raw_fd(),
@@ -426,31 +430,37 @@ impl Uring {
         true
     }
 
-    /// The bulk mover thread died and could not take `job`: the job's memory comes home,
-    /// and its connection fails, as its bytes will never move.
+    /// The bulk mover thread died and could not take `job`: see [`Self::retire_mover`].
     fn mover_gone(&mut self, job: Job) {
-        let conn = match job {
-            Job::Send { conn, slot, .. } => {
-                if let Some(sock) = self.socks.get_mut(&conn) {
-                    sock.moving -= 1;
-                    sock.moving_bytes -= slot.len;
-                    match &mut sock.send {
-                        home @ None => *home = Some(slot),
-                        Some(_) => sock.spare = Some(slot),
-                    }
-                }
-                conn
+        drop(job); // never given to the kernel
+        self.retire_mover();
+    }
+
+    /// The bulk mover thread died (a bug; it said why as it panicked): what it held never
+    /// comes back (its memory is leaked, as the kernel may still use it). Each connection
+    /// it held bytes of fails, its counts start over, and bulk transfers run on this
+    /// thread's ring from now on.
+    fn retire_mover(&mut self) {
+        tracing::error!("the bulk mover thread died: its connections fail");
+        self.mover = None;
+        self.mover_failed = true;
+        let held: Vec<ConnId> = (self.socks.iter())
+            .filter(|(_, s)| s.moving > 0 || s.mover_recv)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in held {
+            let sock = self.socks.get_mut(&conn).expect("listed above");
+            if sock.mover_recv {
+                sock.recv = false;
+                sock.mover_recv = false;
             }
-            Job::Recv { conn, .. } => {
-                if let Some(sock) = self.socks.get_mut(&conn) {
-                    sock.recv = false;
-                }
-                conn
-            }
-        };
-        let e = LndError::new(LndErrorKind::Resource, "the bulk mover thread is gone");
-        self.engine.fail(conn, e);
-        self.reap(conn);
+            sock.moving = 0;
+            sock.moving_bytes = 0;
+            sock.send.get_or_insert_with(SendSlot::new);
+            let e = LndError::new(LndErrorKind::Resource, "the bulk mover thread died");
+            self.engine.fail(conn, e);
+            self.reap(conn);
+        }
     }
 
     /// The bulk mover, started on first use. None if it cannot be started (said once);
@@ -545,8 +555,8 @@ impl Uring {
         let fd = Fd(sock.fd.as_raw_fd());
         // MSG_WAITALL: the kernel keeps sending until the whole message is out, instead of
         // completing after the first partial write when the socket buffer is full.
-        // MSG_NOSIGNAL: a socket shut down under it fails the send with EPIPE, rather than
-        // also kill a host process that does not ignore SIGPIPE.
+        // MSG_NOSIGNAL, which the kernel adds to io_uring's sends anyway: a socket shut
+        // down under a send fails it with EPIPE, no SIGPIPE.
         let flags = (libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32;
         let e = if zero_copy {
             opcode::SendMsgZc::new(fd, slot.msghdr())
@@ -969,7 +979,8 @@ impl Uring {
         self.reap(conn);
     }
 
-    /// Takes back what the bulk mover finished: send slots and received payloads.
+    /// Takes back what the bulk mover finished: send slots and received payloads; and
+    /// retires it if it died.
     fn collect_moved(&mut self) {
         while let Some(done) = self.mover.as_mut().and_then(Mover::try_done) {
             let conn = done.conn;
@@ -980,6 +991,7 @@ impl Uring {
                         Some(s) => {
                             // The mover read a whole payload; what follows may be there.
                             s.drained = false;
+                            s.mover_recv = false;
                             !s.closing
                         }
                         None => false,
@@ -991,6 +1003,9 @@ impl Uring {
                     self.recv_ended(conn);
                 }
             }
+        }
+        if self.mover.as_ref().is_some_and(Mover::died) {
+            self.retire_mover();
         }
     }
 
