@@ -2,7 +2,7 @@
 //! `writev` straight from the frames' own buffers, one per connection for the frames
 //! posted to it in one hand-over.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 
 use bytes::BytesMut;
@@ -488,7 +488,26 @@ fn write_slices<const N: usize>(
 ) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); N];
     let n = tx.slices_up_to(&mut slices, max);
-    sock.write_vectored(&slices[..n])
+    send_slices(sock, &slices[..n])
+}
+
+/// `writev`, but by `sendmsg` with `MSG_NOSIGNAL`: a peer gone fails the write with EPIPE
+/// and does not raise SIGPIPE, which would kill a host process that does not ignore it
+/// (a program in C, or in Rust with the signal restored).
+fn send_slices(sock: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid msghdr (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (its documented guarantee); the
+    // kernel only reads through the pointer.
+    msg.msg_iov = slices.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = slices.len();
+    // SAFETY: `msg` points at `slices`, which outlive the call; the kernel reads the
+    // slices' memory only during it.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Reads from `sock` into `buf`'s spare capacity (none of it zero-filled first) and appends
