@@ -4,11 +4,12 @@
 //! signal: every send of either backend asks for none. A test binary of its own, as it
 //! changes the process's SIGPIPE disposition.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lanet::lnd::{Lnd, LndEvent, Transmit};
-use lanet::wire::{Body, Header};
 use lanet::{Lane, Nid, NodeConfig};
 use lanet_lnd_tcp::{TcpConfig, TcpLnd};
 
@@ -18,24 +19,7 @@ fn lnd(nid: Nid) -> TcpLnd {
 
 fn put(from: Nid, to: Nid, msg_id: u64) -> Transmit {
     let payload = Bytes::from(vec![7u8; 256 << 10]);
-    let header = Header {
-        lane: Lane::Data,
-        hop_limit: 8,
-        credits: 0,
-        src: from,
-        dst: to,
-        src_incarnation: 1,
-        msg_id,
-        payload_len: payload.len() as u32,
-        body: Body::Put {
-            portal: 4,
-            match_bits: 1,
-            settled_below: 0,
-            ack: false,
-        },
-        router_gen: 0,
-    };
-    Transmit::new(to, &header, payload, msg_id)
+    common::put_with(from, to, msg_id, msg_id, payload)
 }
 
 #[test]
