@@ -9,6 +9,8 @@
 //! mover for as long as the kernel may touch it. The socket stays open meanwhile: the
 //! driver keeps a socket until every operation on it has come back.
 
+use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -22,8 +24,6 @@ use bytes::BytesMut;
 use io_uring::types::Fd;
 use io_uring::{opcode, squeue, IoUring};
 use rustc_hash::FxHashMap;
-use std::collections::hash_map::Entry;
-use std::collections::VecDeque;
 
 use super::send::SendSlot;
 use super::sys;
