@@ -196,8 +196,10 @@ pub(crate) struct TxQueue {
     frames: VecDeque<TxFrame>,
 }
 
-/// At most this many slices per `writev` (IOV_MAX is 1024 on Linux).
+/// At most this many slices per gathering write (IOV_MAX is 1024 on Linux: `sendmsg`
+/// fails above it).
 pub(crate) const MAX_SLICES: usize = 64;
+const _: () = assert!(MAX_SLICES <= 1024);
 
 impl TxQueue {
     pub(crate) fn push(

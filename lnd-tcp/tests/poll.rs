@@ -1,7 +1,5 @@
 //! Two TCP LNDs driven by hand over real sockets on 127.0.0.1: what a poll hands up.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +15,25 @@ fn lnd(nid: Nid, spin: Duration) -> TcpLnd {
 }
 
 fn put(from: Nid, to: Nid, msg_id: u64, token: u64) -> Transmit {
-    common::put_with(from, to, msg_id, token, Bytes::from_static(b"data"))
+    let payload = Bytes::from_static(b"data");
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit: 8,
+        credits: 0,
+        src: from,
+        dst: to,
+        src_incarnation: 1,
+        msg_id,
+        payload_len: payload.len() as u32,
+        body: Body::Put {
+            portal: 4,
+            match_bits: 1,
+            settled_below: 0,
+            ack: false,
+        },
+        router_gen: 0,
+    };
+    Transmit::new(to, &header, payload, token)
 }
 
 /// Polls `lnd` until `pick` finds an event, for at most 5 s.

@@ -982,6 +982,8 @@ impl Uring {
     /// Takes back what the bulk mover finished: send slots and received payloads; and
     /// retires it if it died.
     fn collect_moved(&mut self) {
+        // Read first: once it says so, all the mover handed back is there to take.
+        let died = self.mover.as_ref().is_some_and(Mover::died);
         while let Some(done) = self.mover.as_mut().and_then(Mover::try_done) {
             let conn = done.conn;
             match done.moved {
@@ -1004,7 +1006,7 @@ impl Uring {
                 }
             }
         }
-        if self.mover.as_ref().is_some_and(Mover::died) {
+        if died {
             self.retire_mover();
         }
     }
@@ -1121,6 +1123,7 @@ impl Drop for Uring {
             .user_data(user_data(0, CANCEL));
         // SAFETY: a cancel request points at no memory.
         unsafe { self.push(cancel_all) };
+        self.collect_moved(); // a mover that died is retired, not stopped
         if let Some(mover) = self.mover.as_mut() {
             mover.stop();
             self.collect_moved();

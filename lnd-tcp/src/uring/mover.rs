@@ -84,6 +84,8 @@ pub(crate) struct Done {
 pub(crate) struct Mover {
     jobs: mpsc::Sender<Job>,
     done: mpsc::Receiver<Done>,
+    /// Set by the thread, after the last job it hands back, if it dies (panics).
+    dead: Arc<AtomicBool>,
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -106,8 +108,10 @@ impl Mover {
         let stop = Arc::new(AtomicBool::new(false));
         let moved = Progress::new();
         let (ready_tx, ready) = mpsc::channel();
+        let dead = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (wake, stop, moved) = (wake.clone(), stop.clone(), moved.clone());
+            let (wake, stop, moved, dead) =
+                (wake.clone(), stop.clone(), moved.clone(), dead.clone());
             std::thread::Builder::new().name(name).spawn(move || {
                 // Waking the mover (with a job) must not hand it the driver's CPU: measured,
                 // the driver was preempted by the mover it had just woken and waited
@@ -119,9 +123,11 @@ impl Mover {
                         if std::panic::catch_unwind(AssertUnwindSafe(|| w.run())).is_err() {
                             // A bug: the jobs in flight never come back. The kernel may
                             // still use their memory, so it is leaked, not freed; the
-                            // driver, woken, finds the thread gone (`Mover::died`).
+                            // driver, woken, finds the mover dead (`Mover::died`), after
+                            // what it had handed back before.
                             let notify = w.notify.clone();
                             std::mem::forget(w);
+                            dead.store(true, Ordering::Release);
                             let _ = sys::signal(notify.as_fd());
                         }
                     }
@@ -141,6 +147,7 @@ impl Mover {
         Ok(Mover {
             jobs,
             done,
+            dead,
             wake,
             stop,
             thread: Some(thread),
@@ -183,10 +190,11 @@ impl Mover {
         Ok(())
     }
 
-    /// Whether the thread ended without being stopped (it panicked): the jobs it held
-    /// will not come back, nor will it take more.
+    /// Whether the thread died (it panicked): the jobs it still held will not come back,
+    /// nor will it take more. What it handed back before is in [`Mover::try_done`] by
+    /// the time this says so.
     pub(crate) fn died(&self) -> bool {
-        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
+        self.dead.load(Ordering::Acquire)
     }
 
     pub(crate) fn try_done(&mut self) -> Option<Done> {
