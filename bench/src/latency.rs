@@ -27,8 +27,9 @@ pub(crate) const BUSY_POLL_US: u64 = 1_000_000;
 
 static PINNED_NOTE: OnceLock<String> = OnceLock::new();
 
-/// `--pin`: places this process (see [`pin::pin`]); what was chosen, for the report.
-pub(crate) fn pin(args: &LatencyArgs) -> Result<String, String> {
+/// `--pin`: places this process (see [`pin::pin`]) and keeps what was chosen for the
+/// report.
+pub(crate) fn pin(args: &LatencyArgs) -> Result<(), String> {
     if args.common.lnd != LndChoice::Tcp {
         return Err("--pin places the two processes of a TCP ping-pong (--lnd tcp)".into());
     }
@@ -37,11 +38,8 @@ pub(crate) fn pin(args: &LatencyArgs) -> Result<String, String> {
         (None, Some(_)) => pin::Side::Client,
         (None, None) => pin::Side::Both,
     };
-    pin::pin(side)
-}
-
-pub(crate) fn set_pinned_note(how: String) {
-    let _ = PINNED_NOTE.set(how);
+    let _ = PINNED_NOTE.set(pin::pin(side)?);
+    Ok(())
 }
 
 /// The CPU time of the client process (this one) and of the server process, if we

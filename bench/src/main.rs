@@ -371,12 +371,9 @@ fn main() -> ExitCode {
     if let Bench::Latency(a) = &cli.bench {
         if a.pin {
             // Before any other thread starts: those that do inherit the CPU.
-            match latency::pin(a) {
-                Ok(how) => latency::set_pinned_note(how),
-                Err(e) => {
-                    eprintln!("lanet-bench: {e}");
-                    return ExitCode::FAILURE;
-                }
+            if let Err(e) = latency::pin(a) {
+                eprintln!("lanet-bench: {e}");
+                return ExitCode::FAILURE;
             }
         }
     }

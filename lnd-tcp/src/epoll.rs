@@ -498,11 +498,12 @@ fn send_slices(sock: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize>
     // SAFETY: all-zero is a valid msghdr (no address, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     // `IoSlice` is ABI-compatible with `iovec` on Unix (its documented guarantee); the
-    // kernel only reads through the pointer.
+    // kernel only reads through the pointer. The length's type is size_t on glibc, int on
+    // musl.
     msg.msg_iov = slices.as_ptr().cast_mut().cast();
-    msg.msg_iovlen = slices.len() as _; // size_t on glibc, int on musl
-                                        // SAFETY: `msg` points at `slices`, which outlive the call; the kernel reads the
-                                        // slices' memory only during it.
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: `msg` points at `slices`, which outlive the call; the kernel reads the
+    // slices' memory only during it.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
