@@ -31,17 +31,21 @@ use crate::engine::ConnId;
 
 /// Operations in flight at once; more wait in the job queue.
 const RING_ENTRIES: u32 = 256;
-/// Bytes per operation. A job is moved in pieces, so that the thread comes back out of the
-/// kernel, where a `PREEMPT_NONE` kernel does not preempt it, every few hundred
-/// microseconds: a driver thread woken on the same CPU waits for that. Measured on
-/// loopback (`lanet-bench lanes`, `bandwidth`): a 512 KiB send kept the kernel busy
-/// ~450 us (it also runs the receiver's TCP input); 256 KiB ~300 us. Smaller sends cost
-/// throughput: 4.3 / 2.7 / 1.7 GB/s for 512 / 256 / 128 KiB pieces. Receives only copy.
-const SEND_PIECE: usize = 256 * 1024;
-const RECV_PIECE: usize = 128 * 1024;
+/// Bytes per receive at most: a frame's payload of up to 1 MiB is one receive, woken once
+/// the kernel holds it (see `crate::low_water`), and one copy. A send is one operation per
+/// message (at most 512 KiB, `send::MESSAGE_MAX`); only what a short send left goes again.
+///
+/// Pieces were smaller once (256 KiB sends, 128 KiB receives), so that this thread came out
+/// of a `PREEMPT_NONE` kernel every ~300 us for a driver thread woken on its CPU. Since the
+/// mover holds two sends of a socket, measured on loopback (`lanet-bench bandwidth`,
+/// `lanes --secs 24`, alternating, bench/RESULTS.md "2026-12-06 (late)"): whole sends and
+/// 1 MiB receives moved a 1 MiB stream at 3.8-5.6 GB/s against 2.8-4.2, and the health
+/// lane's loaded p99 stayed where it was (335-432 us against 389-424).
+const RECV_PIECE: usize = 1024 * 1024;
 /// A job counts as busy (see [`Mover::busy`]) while the mover moved bytes, or was handed
-/// a job, this recently: long enough to span a piece (~300 us) and a scheduling delay,
-/// short enough that a receive waiting on a stalled peer soon stops counting.
+/// a job, this recently: long enough to span a piece (a few hundred microseconds) and a
+/// scheduling delay, short enough that a receive waiting on a stalled peer soon stops
+/// counting.
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
@@ -437,7 +441,7 @@ impl Worker {
         let left = job.len - job.done;
         let entry = match &mut job.moved {
             Moved::Send(slot) => {
-                slot.describe_part(job.done, left.min(SEND_PIECE));
+                slot.describe_part(job.done, left);
                 // MSG_NOSIGNAL, which the kernel adds to io_uring's sends anyway: a
                 // socket shut down under it fails the send with EPIPE, no SIGPIPE.
                 opcode::SendMsg::new(Fd(job.fd), slot.part_msghdr())
@@ -722,6 +726,10 @@ mod tests {
         }
     }
 
+    /// A payload larger than a send message (512 KiB): the slot takes part of it, and the
+    /// kernel's socket buffer cannot take a message at once.
+    const LARGE: usize = 600 * 1024;
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
@@ -762,8 +770,8 @@ mod tests {
         if marks {
             assert_eq!(
                 crate::low_water::get(fd).unwrap(),
-                data.len(),
-                "the mark asks for the whole rest before a wake-up"
+                data.len().min(1 << 20),
+                "the mark asks for the whole rest (up to 1 MiB) before a wake-up"
             );
         }
         let sent = data.clone();
@@ -799,15 +807,16 @@ mod tests {
     }
 
     #[test]
-    fn a_message_larger_than_a_piece_is_sent_whole() {
+    fn a_message_larger_than_the_socket_takes_at_once_is_sent_whole() {
         let mut m = mover();
         let (tx, mut rx) = connected_pair();
+        crate::sockopt::set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 64 << 10)
+            .unwrap();
         let mut q = TxQueue::default();
-        let payload = Bytes::from(pattern(2 * SEND_PIECE + 999));
+        let payload = Bytes::from(pattern(LARGE));
         q.push([0xa5; HEADER_LEN], payload.clone(), None);
         let mut slot = SendSlot::new();
         let len = slot.fill(&q, 0);
-        assert!(len > SEND_PIECE, "the message spans several pieces");
         let reader = std::thread::spawn(move || {
             let mut got = vec![0u8; len];
             rx.read_exact(&mut got).unwrap();
@@ -832,15 +841,15 @@ mod tests {
 
     /// Messages of one connection handed over at once (as the driver hands over its
     /// second while the mover sends the first) arrive one after another, each whole and
-    /// in the order handed over: the mover sends one at a time per connection, though
-    /// each goes in pieces and the reader is slow.
+    /// in the order handed over: the mover sends one at a time per connection, even to
+    /// a slow reader.
     #[test]
     fn sends_of_one_connection_handed_over_together_arrive_in_order() {
         let mut m = mover();
         let (tx, mut rx) = connected_pair();
         let mut q = TxQueue::default();
         for i in 0..3 {
-            let mut payload = pattern(2 * SEND_PIECE + 999);
+            let mut payload = pattern(LARGE);
             payload[0] = i as u8;
             q.push([0xa0 + i as u8; HEADER_LEN], Bytes::from(payload), None);
         }
@@ -924,7 +933,7 @@ mod tests {
             hand_over(&mut m);
         }
         let mut other = TxQueue::default();
-        other.push([2; HEADER_LEN], Bytes::from(pattern(SEND_PIECE)), None);
+        other.push([2; HEADER_LEN], Bytes::from(pattern(256 << 10)), None);
         let mut slot = SendSlot::new();
         let other_len = slot.fill(&other, 0);
         let (fd, other_broken) = (tx2.as_raw_fd(), Default::default());

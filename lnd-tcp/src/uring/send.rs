@@ -23,7 +23,8 @@ pub(crate) struct SendSlot {
     held: Vec<Bytes>,
     /// Bytes described by the current message.
     pub(crate) len: usize,
-    /// A piece of the current message, when it is sent in pieces.
+    /// A piece of the current message: what the bulk mover's next send of it covers (all
+    /// of it, or what a short send left).
     part: Part,
 }
 
@@ -37,7 +38,7 @@ const NO_IOV: libc::iovec = libc::iovec {
     iov_len: 0,
 };
 
-/// A piece of the slot's message, for a send in pieces (see [`SendSlot::describe_part`]).
+/// A piece of the slot's message, for a send of part of it (see [`SendSlot::describe_part`]).
 struct Part {
     hdr: libc::msghdr,
     iov: [libc::iovec; MAX_SLICES],
@@ -144,7 +145,8 @@ impl SendSlot {
     }
 
     /// Describes bytes `[offset, offset + max)` of the current message as this slot's
-    /// piece (for a send in pieces; see [`Self::part_msghdr`]); returns how many that is.
+    /// piece (for a send of part of it; see [`Self::part_msghdr`]); returns how many that
+    /// is.
     pub(crate) fn describe_part(&mut self, offset: usize, max: usize) -> usize {
         let part = &mut self.part;
         let (mut skip, mut left, mut n) = (offset, max, 0);
