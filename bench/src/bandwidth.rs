@@ -40,16 +40,10 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     }
     let window = args.window.unwrap_or_else(default_window);
     let ack = !args.no_ack;
-    let streamed = match (c.lnd, c.connect) {
-        (LndChoice::Mem, _) => stream_with(Target::Mem, size, args.secs, window, ack)?,
-        (_, Some(nid)) => stream_with(Target::Remote(nid), size, args.secs, window, ack)?,
-        (_, None) => {
-            let server = peer::spawn_server("bandwidth", rdma.as_ref().map(|(_, ip)| *ip))?;
-            stream_with(Target::Remote(server.nid), size, args.secs, window, ack)?
-        }
-    };
-    report.add("lanet.gbytes_per_s", streamed.gbytes_per_s, "GB/s");
-    report.add("lanet.msgs_per_s", streamed.msgs_per_s, "msg/s");
+    let rounds = args.rounds.max(1);
+    if rounds > 1 && (c.lnd != LndChoice::Tcp || c.connect.is_some()) {
+        return Err("--rounds is for TCP against its own server, beside the baselines".into());
+    }
     report.note(format!("{window} PUTs in flight (--window)"));
     report.note(if ack {
         "each PUT done when its ACK came back"
@@ -57,45 +51,143 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         "PUTs without ACK (--no-ack): each done once sent; bytes sent, not bytes the \
          target took (its refusals are not heard: see its stats)"
     });
-    if c.connect.is_some() {
-        return Ok(report);
-    }
-    if let Some((device, ip)) = rdma {
-        let g = perftest::write_bw(&device, ip, size, c.baseline_secs)?;
-        report.add("perftest.gbytes_per_s", g, "GB/s");
-        report.add_ratio(
-            "ratio.vs_perftest",
-            "lanet.gbytes_per_s",
-            "perftest.gbytes_per_s",
-        );
-        report.note(format!("RDMA on {device} at {ip}; perftest is ib_write_bw"));
+    // A server process of its own for each stream, which is gone before the baselines run.
+    let stream_once = || match (c.lnd, c.connect) {
+        (LndChoice::Mem, _) => stream_with(Target::Mem, size, args.secs, window, ack),
+        (_, Some(nid)) => stream_with(Target::Remote(nid), size, args.secs, window, ack),
+        (_, None) => {
+            let server = peer::spawn_server("bandwidth", rdma.as_ref().map(|(_, ip)| *ip))?;
+            stream_with(Target::Remote(server.nid), size, args.secs, window, ack)
+        }
+    };
+    if c.connect.is_some() || c.lnd != LndChoice::Tcp {
+        let streamed = stream_once()?;
+        report.add("lanet.gbytes_per_s", streamed.gbytes_per_s, "GB/s");
+        report.add("lanet.msgs_per_s", streamed.msgs_per_s, "msg/s");
+        if let (Some((device, ip)), None) = (rdma, c.connect) {
+            let g = perftest::write_bw(&device, ip, size, c.baseline_secs)?;
+            report.add("perftest.gbytes_per_s", g, "GB/s");
+            report.add_ratio(
+                "ratio.vs_perftest",
+                "lanet.gbytes_per_s",
+                "perftest.gbytes_per_s",
+            );
+            report.note(format!("RDMA on {device} at {ip}; perftest is ib_write_bw"));
+        }
         return Ok(report);
     }
     // A stream written in calls of the PUTs' size, from 128 KiB (iperf3's default): with its
     // default alone, 1 MiB PUTs were compared with 128 KiB writes, which move half as much.
     let write_len = size.max(IPERF3_DEFAULT_LEN);
-    let iperf3 = baselines::iperf3(f64::from(c.baseline_secs), write_len);
-    if let Some(g) = report.baseline("iperf3", "iperf3", iperf3) {
-        report.add("iperf3.gbytes_per_s", g, "GB/s");
-        report.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
-    }
-    report.add_ratio(
-        "ratio.vs_iperf3",
-        "lanet.gbytes_per_s",
-        "iperf3.gbytes_per_s",
-    );
     // UCX's tagged messages of the same size over TCP, for about as long (guessing 3 GB/s
     // and at most 300,000 messages a second).
     let secs = f64::from(c.baseline_secs);
     let ucx_iters = (secs * 3e9 / size.max(1) as f64).min(secs * 3e5).max(100.0);
-    let ucx = baselines::ucx_stream(size, ucx_iters as usize);
-    if let Some(ucx) = report.baseline("ucx_perftest", "UCX", ucx) {
-        report.add("ucx.gbytes_per_s", ucx.gbytes_per_s, "GB/s");
-        report.add("ucx.msgs_per_s", ucx.msgs_per_s, "msg/s");
+    let mut measured = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let lanet = stream_once()?;
+        let iperf3 = baselines::iperf3(secs, write_len);
+        let iperf3 = report.baseline("iperf3", "iperf3", iperf3);
+        let ucx = baselines::ucx_stream(size, ucx_iters as usize);
+        let ucx = report.baseline("ucx_perftest", "UCX", ucx);
+        measured.push(Round { lanet, iperf3, ucx });
     }
-    report.add_ratio("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s");
-    report.add_ratio("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s");
+    if measured.iter().any(|r| r.iperf3.is_some()) {
+        report.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
+    }
+    add_rounds(&mut report, &measured);
     Ok(report)
+}
+
+/// One round of a TCP comparison: lanet's stream, then each baseline's, back to back.
+struct Round {
+    lanet: Streamed,
+    iperf3: Option<f64>,
+    ucx: Option<Streamed>,
+}
+
+/// One figure of a round, if it was measured.
+type Figure = fn(&Round) -> Option<f64>;
+
+/// The figures of `rounds`: one round's as they are; several rounds' medians, and each
+/// ratio as the median of the rounds' own ratios (a round's runs are seconds apart, so a
+/// slow phase of the machine tends to slow both sides of its ratio), with its range.
+fn add_rounds(report: &mut Report, rounds: &[Round]) {
+    let series: [(&str, &str, Figure); 5] = [
+        ("lanet.gbytes_per_s", "GB/s", |r| Some(r.lanet.gbytes_per_s)),
+        ("lanet.msgs_per_s", "msg/s", |r| Some(r.lanet.msgs_per_s)),
+        ("iperf3.gbytes_per_s", "GB/s", |r| r.iperf3),
+        ("ucx.gbytes_per_s", "GB/s", |r| {
+            r.ucx.as_ref().map(|u| u.gbytes_per_s)
+        }),
+        ("ucx.msgs_per_s", "msg/s", |r| {
+            r.ucx.as_ref().map(|u| u.msgs_per_s)
+        }),
+    ];
+    let ratios: [(&str, Figure); 3] = [
+        ("ratio.vs_iperf3", |r| {
+            ratio(r.lanet.gbytes_per_s, r.iperf3?)
+        }),
+        ("ratio.vs_ucx", |r| {
+            ratio(r.lanet.gbytes_per_s, r.ucx.as_ref()?.gbytes_per_s)
+        }),
+        ("ratio.rate_vs_ucx", |r| {
+            ratio(r.lanet.msgs_per_s, r.ucx.as_ref()?.msgs_per_s)
+        }),
+    ];
+    for (key, unit, of) in series {
+        if let Some(m) = median(rounds.iter().filter_map(of)) {
+            report.add(key, m, unit);
+        }
+    }
+    for (key, of) in ratios {
+        let each: Vec<f64> = rounds.iter().filter_map(of).collect();
+        if let Some(m) = median(each.iter().copied()) {
+            report.add(key, m, "x");
+            if rounds.len() > 1 {
+                let (lo, hi) = each
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                report.add(format!("{key}.min"), lo, "x");
+                report.add(format!("{key}.max"), hi, "x");
+            }
+        }
+    }
+    if rounds.len() > 1 {
+        report.add("rounds", rounds.len() as f64, "");
+        report.note(format!(
+            "{} rounds of lanet, iperf3, UCX: medians; each ratio the median of the rounds' own",
+            rounds.len()
+        ));
+        for (i, r) in rounds.iter().enumerate() {
+            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            report.note(format!(
+                "round {}: lanet {:.2} GB/s, iperf3 {}, UCX {}",
+                i + 1,
+                r.lanet.gbytes_per_s,
+                show(r.iperf3),
+                show(r.ucx.as_ref().map(|u| u.gbytes_per_s)),
+            ));
+        }
+    }
+}
+
+fn ratio(n: f64, d: f64) -> Option<f64> {
+    (d > 0.0).then(|| n / d)
+}
+
+/// The median (of an even count, the mean of the middle two); None for none.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(match v.len() % 2 {
+        1 => v[mid],
+        _ => (v[mid - 1] + v[mid]) / 2.0,
+    })
 }
 
 /// What a stream achieved: bytes and PUTs per second, acknowledged (or sent, without ACK).
@@ -189,4 +281,60 @@ pub(crate) fn stream_with(
         .map_err(|_| "the stream did not finish".to_string())?;
     ep.shutdown();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(lanet: f64, iperf3: Option<f64>, ucx: Option<f64>) -> Round {
+        let streamed = |g: f64| Streamed {
+            gbytes_per_s: g,
+            msgs_per_s: g * 1000.0,
+        };
+        Round {
+            lanet: streamed(lanet),
+            iperf3,
+            ucx: ucx.map(streamed),
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_ratio_is_the_median_of_the_rounds_own_not_of_the_medians() {
+        // Each round's lanet and UCX share the machine's phase: 4/2, 5/5, 3/6.
+        let rounds = [
+            round(4.0, Some(5.0), Some(2.0)),
+            round(5.0, None, Some(5.0)),
+            round(3.0, Some(6.0), Some(6.0)),
+        ];
+        let mut report = Report::new("t", false);
+        add_rounds(&mut report, &rounds);
+        assert_eq!(report.get("lanet.gbytes_per_s"), Some(4.0));
+        assert_eq!(report.get("ucx.gbytes_per_s"), Some(5.0));
+        // The medians' ratio would be 0.8.
+        assert_eq!(report.get("ratio.vs_ucx"), Some(1.0));
+        assert_eq!(report.get("ratio.vs_ucx.min"), Some(0.5));
+        assert_eq!(report.get("ratio.vs_ucx.max"), Some(2.0));
+        // A round without iperf3 has no iperf3 ratio: 4/5 and 3/6.
+        assert_eq!(report.get("iperf3.gbytes_per_s"), Some(5.5));
+        assert_eq!(report.get("ratio.vs_iperf3"), Some(0.65));
+        assert_eq!(report.get("rounds"), Some(3.0));
+    }
+
+    #[test]
+    fn one_round_reports_its_own_figures_without_a_range() {
+        let mut report = Report::new("t", false);
+        add_rounds(&mut report, &[round(4.0, None, Some(5.0))]);
+        assert_eq!(report.get("ratio.vs_ucx"), Some(0.8));
+        assert_eq!(report.get("ratio.vs_ucx.min"), None);
+        assert_eq!(report.get("iperf3.gbytes_per_s"), None);
+        assert_eq!(report.get("rounds"), None);
+    }
 }

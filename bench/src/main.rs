@@ -167,6 +167,11 @@ pub(crate) struct BandwidthArgs {
     /// ucx_perftest. By default each waits for the target's ACK.
     #[arg(long)]
     no_ack: bool,
+    /// TCP: rounds of lanet, iperf3 and UCX, one after another. The figures are then the
+    /// medians, and each ratio the median of the rounds' own ratios, with its range: on a
+    /// noisy machine one round's ratio can be off by 2x either way.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(Args)]

@@ -24,8 +24,12 @@ impl Report {
         self.rows.push((key.into(), value, unit));
     }
 
+    /// Adds a note, unless it is there already (a baseline failing in every round).
     pub(crate) fn note(&mut self, note: impl Into<String>) {
-        self.notes.push(note.into());
+        let note = note.into();
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
     }
 
     /// A baseline tool's outcome (`None`: the tool is not installed): its value, or a note

@@ -138,6 +138,30 @@ fn tcp_bandwidth_reports_gigabytes_per_second() {
     }
 }
 
+/// Rounds of lanet and its baselines: medians, and each ratio with the range of the rounds'.
+#[test]
+fn tcp_bandwidth_in_rounds_reports_medians_and_the_ratios_range() {
+    let r = run(&[
+        "bandwidth",
+        "--lnd",
+        "tcp",
+        "--secs",
+        "0.5",
+        "--rounds",
+        "2",
+    ]);
+    positive(&r, "lanet.gbytes_per_s");
+    assert_eq!(positive(&r, "rounds"), 2.0);
+    if installed("ucx_perftest") {
+        let (lo, mid, hi) = (
+            positive(&r, "ratio.vs_ucx.min"),
+            positive(&r, "ratio.vs_ucx"),
+            positive(&r, "ratio.vs_ucx.max"),
+        );
+        assert!(lo <= mid && mid <= hi, "{lo} {mid} {hi}");
+    }
+}
+
 /// Small PUTs with a window beyond the credits: a message rate, beside UCX's.
 #[test]
 fn tcp_message_rate_is_reported_with_a_window() {
