@@ -76,7 +76,7 @@ const RECV_HEALTH: u64 = 7;
 const BULK_MIN: usize = 64 * 1024;
 /// Sends of one socket the bulk mover may hold at once. With two, it starts the next
 /// message as one ends, without waiting for this thread to take the first back and hand
-/// over the next: a round of wake-ups between the two threads per 512 KiB message.
+/// over the next: a round of wake-ups between the two threads per message.
 const MOVER_SENDS: usize = 2;
 /// Bytes of data-lane receives handled per turn, so the health lane and the core get a
 /// turn every few hundred microseconds under bulk load (measured: `lanet-bench lanes`).

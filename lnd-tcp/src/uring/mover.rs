@@ -33,7 +33,7 @@ use crate::engine::ConnId;
 const RING_ENTRIES: u32 = 256;
 /// Bytes per receive at most: a frame's payload of up to 1 MiB is one receive, woken once
 /// the kernel holds it (see `crate::low_water`), and one copy. A send is one operation per
-/// message (at most 512 KiB, `send::MESSAGE_MAX`); only what a short send left goes again.
+/// message (at most [`super::send::MESSAGE_MAX`]); only what a short send left goes again.
 ///
 /// Pieces were smaller once (256 KiB sends, 128 KiB receives), so that this thread came out
 /// of a `PREEMPT_NONE` kernel every ~300 us for a driver thread woken on its CPU. Since the
@@ -678,6 +678,7 @@ mod tests {
     use bytes::Bytes;
     use lanet::wire::HEADER_LEN;
 
+    use super::super::send::MESSAGE_MAX;
     use super::*;
     use crate::framing::TxQueue;
 
@@ -726,9 +727,9 @@ mod tests {
         }
     }
 
-    /// A payload larger than a send message (512 KiB): the slot takes part of it, and the
-    /// kernel's socket buffer cannot take a message at once.
-    const LARGE: usize = 600 * 1024;
+    /// A payload larger than a send message: the slot takes part of it, and the kernel's
+    /// socket buffer cannot take a message at once.
+    const LARGE: usize = MESSAGE_MAX + 88 * 1024;
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
@@ -909,7 +910,7 @@ mod tests {
         crate::sockopt::set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, small).unwrap();
         crate::sockopt::set_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, small).unwrap();
         let mut q = TxQueue::default();
-        q.push([1; HEADER_LEN], Bytes::from(pattern(8 << 20)), None);
+        q.push([1; HEADER_LEN], Bytes::from(pattern(4 * MESSAGE_MAX)), None);
         let broken = Arc::new(AtomicBool::new(false));
         let mut handed = 0;
         let mut hand_over = |m: &mut Mover| {
@@ -985,7 +986,7 @@ mod tests {
         crate::sockopt::set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, small).unwrap();
         crate::sockopt::set_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, small).unwrap();
         let mut q = TxQueue::default();
-        q.push([1; HEADER_LEN], Bytes::from(pattern(4 << 20)), None);
+        q.push([1; HEADER_LEN], Bytes::from(pattern(4 * MESSAGE_MAX)), None);
         let mut handed = 0;
         for _ in 0..3 {
             let mut slot = SendSlot::new();

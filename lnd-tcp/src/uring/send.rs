@@ -14,7 +14,11 @@ const STAGING: usize = 64 * 1024;
 /// Bytes per message at most. A send completes only when all of it is out (MSG_WAITALL),
 /// and frames queued meanwhile wait for the next one: bounded messages keep the stream
 /// moving instead of draining between large batches.
-const MESSAGE_MAX: usize = 512 * 1024;
+///
+/// Larger messages move a stream faster, at the health lane's cost: 2 MiB moved 1 MiB PUTs
+/// on loopback at 5.6-7.2 GB/s against 3.6-5.4, but PINGs under that load took twice as
+/// long at p99 (bench/RESULTS.md, "2026-12-06 (late)").
+pub(crate) const MESSAGE_MAX: usize = 512 * 1024;
 
 pub(crate) struct SendSlot {
     hdr: libc::msghdr,
@@ -289,8 +293,8 @@ mod tests {
     #[test]
     fn a_message_stops_at_its_size_limit_even_inside_a_payload() {
         let mut q = TxQueue::default();
-        push(&mut q, 400_000, 1);
-        push(&mut q, 400_000, 2);
+        push(&mut q, MESSAGE_MAX * 3 / 4, 1);
+        push(&mut q, MESSAGE_MAX * 3 / 4, 2);
         let mut slot = SendSlot::new();
         let n = slot.fill(&q, 0);
         assert_eq!(n, MESSAGE_MAX);
