@@ -31,21 +31,18 @@ use crate::engine::ConnId;
 
 /// Operations in flight at once; more wait in the job queue.
 const RING_ENTRIES: u32 = 256;
-/// Bytes per receive at most: a frame's payload of up to 1 MiB is one receive, woken once
-/// the kernel holds it (see `crate::low_water`), and one copy. A send is one operation per
-/// message (at most [`super::send::MESSAGE_MAX`]); only what a short send left goes again.
-///
-/// Pieces were smaller once (256 KiB sends, 128 KiB receives), so that this thread came out
-/// of a `PREEMPT_NONE` kernel every ~300 us for a driver thread woken on its CPU. Since the
-/// mover holds two sends of a socket, measured on loopback (`lanet-bench bandwidth`,
-/// `lanes --secs 24`, alternating, bench/RESULTS.md "2026-12-06 (late)"): whole sends and
-/// 1 MiB receives moved a 1 MiB stream at 3.8-5.6 GB/s against 2.8-4.2, and the health
-/// lane's loaded p99 stayed where it was (335-432 us against 389-424).
+/// Bytes per receive at most: a frame's payload of up to 1 MiB in one receive, which waits
+/// for the socket's mark (see `crate::low_water`) before it tries, and one copy.
 const RECV_PIECE: usize = 1024 * 1024;
+const _: () = assert!(
+    RECV_PIECE <= u32::MAX as usize,
+    "a receive's length is a u32"
+);
 /// A job counts as busy (see [`Mover::busy`]) while the mover moved bytes, or was handed
-/// a job, this recently: long enough to span a piece (a few hundred microseconds) and a
-/// scheduling delay, short enough that a receive waiting on a stalled peer soon stops
-/// counting.
+/// a job, this recently: long enough to span a piece on loopback (a few hundred
+/// microseconds) and a scheduling delay, short enough that a receive waiting on a stalled
+/// peer soon stops counting. (On a link slower than ~250 MB/s a piece outlasts it; the
+/// mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
@@ -436,6 +433,17 @@ impl Worker {
     }
 
     /// Submits the next piece of job `ud`; `Err` (a negated errno) if it cannot go.
+    ///
+    /// A send is one operation per message (at most about [`super::send::MESSAGE_MAX`]);
+    /// only what a short send left goes again. A receive takes up to [`RECV_PIECE`].
+    ///
+    /// Pieces were smaller once (256 KiB sends, 128 KiB receives), so that this thread came
+    /// out of a `PREEMPT_NONE` kernel every ~300 us for a driver thread woken on its CPU.
+    /// Since the mover holds two sends of a socket, measured on loopback (`lanet-bench
+    /// bandwidth`, `lanes --secs 24`, alternating; bench/RESULTS.md "2026-12-06 (late)"):
+    /// whole sends and 1 MiB receives moved a 1 MiB stream at 3.8-5.6 GB/s against
+    /// 2.8-4.2, and the health lane's loaded p99 stayed where it was (335-432 us against
+    /// 389-424).
     fn next_piece(&mut self, ud: u64) -> Result<(), i32> {
         let job = self.inflight.get_mut(&ud).expect("in flight");
         let left = job.len - job.done;
@@ -473,8 +481,16 @@ impl Worker {
                 } else {
                     0
                 };
+                // Under a raised mark, wait for it before trying: a first try would take
+                // whatever is queued, a receive and a mark more per frame.
+                let poll_first = if job.low_water > 1 {
+                    super::RECV_POLL_FIRST
+                } else {
+                    0
+                };
                 opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want)
                     .flags(flags)
+                    .ioprio(poll_first)
                     .build()
             }
         };
@@ -727,8 +743,7 @@ mod tests {
         }
     }
 
-    /// A payload larger than a send message: the slot takes part of it, and the kernel's
-    /// socket buffer cannot take a message at once.
+    /// A payload larger than a send message: the slot takes part of it.
     const LARGE: usize = MESSAGE_MAX + 88 * 1024;
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -771,6 +786,8 @@ mod tests {
         if marks {
             assert_eq!(
                 crate::low_water::get(fd).unwrap(),
+                // low_water's cap. (The kernel takes marks up to half of tcp_rmem's
+                // largest buffer: 3 MiB with the default 6 MiB.)
                 data.len().min(1 << 20),
                 "the mark asks for the whole rest (up to 1 MiB) before a wake-up"
             );

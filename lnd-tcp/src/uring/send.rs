@@ -11,9 +11,10 @@ use crate::framing::{TxQueue, MAX_SLICES};
 /// Payload pieces up to this size are copied; larger ones are sent from their own memory.
 const COPY_MAX: usize = 2048;
 const STAGING: usize = 64 * 1024;
-/// Bytes per message at most. A send completes only when all of it is out (MSG_WAITALL),
-/// and frames queued meanwhile wait for the next one: bounded messages keep the stream
-/// moving instead of draining between large batches.
+/// Bytes per message, at most (a small piece that crosses it is staged whole, so a message
+/// may end up to `COPY_MAX` past it). A send completes only when all of it is out
+/// (MSG_WAITALL), and frames queued meanwhile wait for the next one: bounded messages keep
+/// the stream moving instead of draining between large batches.
 ///
 /// Larger messages move a stream faster, at the health lane's cost: 2 MiB moved 1 MiB PUTs
 /// on loopback at 5.6-7.2 GB/s against 3.6-5.4, but PINGs under that load took twice as
