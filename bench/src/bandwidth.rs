@@ -40,7 +40,7 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     }
     let window = args.window.unwrap_or_else(default_window);
     let ack = !args.no_ack;
-    let rounds = args.rounds.max(1);
+    let rounds = usize::from(args.rounds);
     if rounds > 1 && (c.lnd != LndChoice::Tcp || c.connect.is_some()) {
         return Err("--rounds is for TCP against its own server, beside the baselines".into());
     }

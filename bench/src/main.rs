@@ -170,8 +170,8 @@ pub(crate) struct BandwidthArgs {
     /// TCP: rounds of lanet, iperf3 and UCX, one after another. The figures are then the
     /// medians, and each ratio the median of the rounds' own ratios, with its range: on a
     /// noisy machine one round's ratio can be off by 2x either way.
-    #[arg(long, default_value_t = 1)]
-    rounds: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
 }
 
 #[derive(Args)]

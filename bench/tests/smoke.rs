@@ -153,13 +153,30 @@ fn tcp_bandwidth_in_rounds_reports_medians_and_the_ratios_range() {
     positive(&r, "lanet.gbytes_per_s");
     assert_eq!(positive(&r, "rounds"), 2.0);
     if installed("ucx_perftest") {
-        let (lo, mid, hi) = (
-            positive(&r, "ratio.vs_ucx.min"),
-            positive(&r, "ratio.vs_ucx"),
-            positive(&r, "ratio.vs_ucx.max"),
-        );
-        assert!(lo <= mid && mid <= hi, "{lo} {mid} {hi}");
+        for key in ["ratio.vs_ucx.min", "ratio.vs_ucx", "ratio.vs_ucx.max"] {
+            positive(&r, key);
+        }
     }
+}
+
+/// Rounds compare TCP with its baselines; elsewhere they are refused, not ignored.
+#[test]
+fn bandwidth_rounds_are_refused_where_there_are_no_baselines_to_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args([
+            "bandwidth",
+            "--lnd",
+            "mem",
+            "--secs",
+            "0.2",
+            "--rounds",
+            "2",
+        ])
+        .output()
+        .expect("run lanet-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--rounds with --lnd mem ran");
+    assert!(stderr.contains("--rounds is for TCP"), "{stderr}");
 }
 
 /// Small PUTs with a window beyond the credits: a message rate, beside UCX's.
@@ -190,10 +207,10 @@ fn the_in_memory_lnd_runs_both_benchmarks() {
         &run(&["latency", "--lnd", "mem", "--iters", "300"]),
         "lanet.p50_us",
     );
-    positive(
-        &run(&["bandwidth", "--lnd", "mem", "--secs", "0.5"]),
-        "lanet.gbytes_per_s",
-    );
+    let bandwidth = run(&["bandwidth", "--lnd", "mem", "--secs", "0.5"]);
+    positive(&bandwidth, "lanet.gbytes_per_s");
+    // In-process: nothing the TCP baselines measure compares with it.
+    assert!(!bandwidth.contains_key("ratio.vs_ucx"), "{bandwidth:?}");
 }
 
 #[test]
