@@ -31,8 +31,9 @@ use crate::engine::ConnId;
 
 /// Operations in flight at once; more wait in the job queue.
 const RING_ENTRIES: u32 = 256;
-/// Bytes per receive at most: a frame's payload of up to 1 MiB in one receive, which waits
-/// for the socket's mark (see `crate::low_water`) before it tries, and one copy.
+/// Bytes per receive at most: a frame's payload of up to 1 MiB in one receive and one copy.
+/// Under a raised mark (a rest of 128 KiB or more, see `crate::low_water`) the receive
+/// waits for the mark before it tries; below, it waits for all it asks (MSG_WAITALL).
 const RECV_PIECE: usize = 1024 * 1024;
 const _: () = assert!(
     RECV_PIECE <= u32::MAX as usize,
@@ -41,8 +42,8 @@ const _: () = assert!(
 /// A job counts as busy (see [`Mover::busy`]) while the mover moved bytes, or was handed
 /// a job, this recently: long enough to span a piece on loopback (a few hundred
 /// microseconds) and a scheduling delay, short enough that a receive waiting on a stalled
-/// peer soon stops counting. (On a link slower than ~250 MB/s a piece outlasts it; the
-/// mover then needs little CPU anyway.)
+/// peer soon stops counting. (A piece outlasts it on links slower than ~250 MB/s for a
+/// send, ~500 MB/s for a receive; the mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
@@ -752,15 +753,19 @@ mod tests {
 
     #[test]
     fn a_payload_trickling_in_is_received_whole_and_in_place() {
-        // Sleeping between arrivals, and busy-polling through them.
+        // Sleeping between arrivals, and busy-polling through them. The last piece's mark
+        // is 1 (a receive that waits for all it asks), or raised but below the first
+        // pieces' (lowered from theirs, or the mover would wait for bytes that never come).
         for spin in [Duration::ZERO, Duration::from_secs(1)] {
-            trickle_in(spinning_mover(spin));
+            for len in [3 * RECV_PIECE + 1234, 3 * RECV_PIECE + (300 << 10)] {
+                trickle_in(spinning_mover(spin), len);
+            }
         }
     }
 
-    fn trickle_in(mut m: Mover) {
+    fn trickle_in(mut m: Mover, len: usize) {
         let (mut tx, rx) = connected_pair();
-        let data = pattern(3 * RECV_PIECE + 1234);
+        let data = pattern(len);
         let buf = BytesMut::with_capacity(data.len());
         let at = buf.as_ptr();
         let fd = rx.as_raw_fd();
