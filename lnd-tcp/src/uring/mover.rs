@@ -273,6 +273,16 @@ fn within(now: u64, last: u64, window: Duration) -> bool {
     now.saturating_sub(last) < window.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
+/// A finished job's result: the bytes it moved if any (a receive of more than `i32::MAX`,
+/// a payload over 2 GiB, says `i32::MAX`: its buffer holds the count), else the last
+/// operation's `res`.
+fn reported(done: usize, res: i32) -> i32 {
+    match done {
+        0 => res,
+        n => i32::try_from(n).unwrap_or(i32::MAX),
+    }
+}
+
 /// A job being moved, piece by piece.
 struct InFlight {
     conn: ConnId,
@@ -512,7 +522,7 @@ impl Worker {
         // Bytes moved before a failure are reported (a socket's failure shows at the
         // driver's next operation on it); a mark that could not be reset is reported
         // instead, below.
-        let mut res = if job.done > 0 { job.done as i32 } else { res };
+        let mut res = reported(job.done, res);
         if job.low_water != 1 {
             if let Err(e) = crate::low_water::change(job.fd, job.low_water, 1) {
                 tracing::error!("bulk mover: cannot reset SO_RCVLOWAT: {e}");
@@ -746,6 +756,14 @@ mod tests {
 
     /// A payload larger than a send message: the slot takes part of it.
     const LARGE: usize = MESSAGE_MAX + 88 * 1024;
+
+    #[test]
+    fn a_job_reports_its_bytes_even_past_two_gib_or_else_its_error() {
+        assert_eq!(reported(0, -libc::ECONNRESET), -libc::ECONNRESET);
+        assert_eq!(reported(4096, -libc::ECONNRESET), 4096);
+        // Wrapped, 3 GiB would read as an errno.
+        assert_eq!(reported(3 << 30, 0), i32::MAX);
+    }
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
