@@ -460,7 +460,7 @@ impl Worker {
         let left = job.len - job.done;
         let entry = match &mut job.moved {
             Moved::Send(slot) => {
-                slot.describe_part(job.done, left);
+                slot.describe_rest(job.done);
                 // MSG_NOSIGNAL, which the kernel adds to io_uring's sends anyway: a
                 // socket shut down under it fails the send with EPIPE, no SIGPIPE.
                 opcode::SendMsg::new(Fd(job.fd), slot.part_msghdr())
@@ -483,21 +483,14 @@ impl Worker {
                 }
                 let spare = buf.spare_capacity_mut();
                 let want = left.min(RECV_PIECE) as u32;
-                // Under a raised mark, no MSG_WAITALL: the kernel would retry a short
-                // receive for the rest of the piece with the mark unchanged, waiting for
-                // bytes that may never come. At 1 any byte wakes it: the kernel may finish
-                // the piece itself.
-                let flags = if job.low_water == 1 {
-                    libc::MSG_WAITALL
-                } else {
-                    0
-                };
-                // Under a raised mark, wait for it before trying: a first try would take
-                // whatever is queued, a receive and a mark more per frame.
-                let poll_first = if job.low_water > 1 {
-                    super::RECV_POLL_FIRST
-                } else {
-                    0
+                // Under a raised mark: wait for it before trying (a first try would take
+                // whatever is queued, a receive and a mark more per frame), and no
+                // MSG_WAITALL (the kernel would retry a short receive for the rest of the
+                // piece with the mark unchanged, waiting for bytes that may never come).
+                // At 1 any byte wakes it: the kernel may finish the piece itself.
+                let (flags, poll_first) = match job.low_water {
+                    1 => (libc::MSG_WAITALL, 0),
+                    _ => (0, super::RECV_POLL_FIRST),
                 };
                 opcode::Recv::new(Fd(job.fd), spare.as_mut_ptr().cast(), want)
                     .flags(flags)
@@ -505,7 +498,7 @@ impl Worker {
                     .build()
             }
         };
-        // SAFETY: the slot with its piece (boxed), or the buffer (heap memory of the
+        // SAFETY: the slot with its part (boxed), or the buffer (heap memory of the
         // BytesMut, which moving the handle does not move), stay in `inflight` until
         // this operation's completion is reaped; the driver keeps the socket open until the
         // job comes back.

@@ -28,8 +28,8 @@ pub(crate) struct SendSlot {
     held: Vec<Bytes>,
     /// Bytes described by the current message.
     pub(crate) len: usize,
-    /// A piece of the current message: what the bulk mover's next send of it covers (all
-    /// of it, or what a short send left).
+    /// The part of the current message the bulk mover's next send of it covers (all of it,
+    /// or what a short send left).
     part: Part,
 }
 
@@ -43,7 +43,7 @@ const NO_IOV: libc::iovec = libc::iovec {
     iov_len: 0,
 };
 
-/// A piece of the slot's message, for a send of part of it (see [`SendSlot::describe_part`]).
+/// The rest of the slot's message from some byte on (see [`SendSlot::describe_rest`]).
 struct Part {
     hdr: libc::msghdr,
     iov: [libc::iovec; MAX_SLICES],
@@ -149,37 +149,30 @@ impl SendSlot {
         &self.hdr
     }
 
-    /// Describes bytes `[offset, offset + max)` of the current message as this slot's
-    /// piece (for a send of part of it; see [`Self::part_msghdr`]); returns how many that
-    /// is.
-    pub(crate) fn describe_part(&mut self, offset: usize, max: usize) -> usize {
+    /// Describes the current message from byte `offset` on as this slot's part: the whole
+    /// of it, or what a short send left (see [`Self::part_msghdr`]).
+    pub(crate) fn describe_rest(&mut self, offset: usize) {
         let part = &mut self.part;
-        let (mut skip, mut left, mut n) = (offset, max, 0);
+        let (mut skip, mut n) = (offset, 0);
         for iov in &self.iov[..self.hdr.msg_iovlen] {
-            if left == 0 {
-                break;
-            }
             if skip >= iov.iov_len {
                 skip -= iov.iov_len;
                 continue;
             }
-            let take = (iov.iov_len - skip).min(left);
             part.iov[n] = libc::iovec {
                 iov_base: iov.iov_base.cast::<u8>().wrapping_add(skip).cast(),
-                iov_len: take,
+                iov_len: iov.iov_len - skip,
             };
             n += 1;
-            left -= take;
             skip = 0;
         }
         // SAFETY: all-zero is a valid msghdr; the fields set point into `part`.
         part.hdr = unsafe { std::mem::zeroed() };
         part.hdr.msg_iov = part.iov.as_mut_ptr();
         part.hdr.msg_iovlen = n;
-        max - left
     }
 
-    /// The piece last described, for `IORING_OP_SENDMSG`; valid while this slot lives and
+    /// The part last described, for `IORING_OP_SENDMSG`; valid while this slot lives and
     /// is not described again.
     pub(crate) fn part_msghdr(&self) -> *const libc::msghdr {
         &self.part.hdr
@@ -226,8 +219,12 @@ mod tests {
 
     /// What the kernel would send: the bytes the iovecs describe, in order.
     fn gather(slot: &SendSlot) -> Vec<u8> {
+        gather_iovecs(&slot.iov[..slot.hdr.msg_iovlen])
+    }
+
+    fn gather_iovecs(iovecs: &[libc::iovec]) -> Vec<u8> {
         let mut out = Vec::new();
-        for iov in &slot.iov[..slot.hdr.msg_iovlen] {
+        for iov in iovecs {
             // SAFETY: the iovecs point into the slot's staging or its held Bytes, alive here.
             out.extend_from_slice(unsafe {
                 std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
@@ -264,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn parts_of_a_message_cover_it_exactly_in_order() {
+    fn the_rest_from_any_byte_is_exactly_the_messages_tail() {
         let mut q = TxQueue::default();
         push(&mut q, 8, 1);
         push(&mut q, 300_000, 2);
@@ -272,22 +269,13 @@ mod tests {
         let mut slot = SendSlot::new();
         let total = slot.fill(&q, 0);
         let whole = gather(&slot);
-        for step in [1, 95, 4096, 128 * 1024, total] {
-            let mut joined = Vec::new();
-            let mut offset = 0;
-            while offset < total {
-                let n = slot.describe_part(offset, step);
-                assert_eq!(n, step.min(total - offset));
-                let part = &slot.part;
-                for iov in &part.iov[..part.hdr.msg_iovlen] {
-                    // SAFETY: the part points into the slot's memory, alive here.
-                    joined.extend_from_slice(unsafe {
-                        std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
-                    });
-                }
-                offset += n;
-            }
-            assert_eq!(joined, whole, "pieces of {step}");
+        // The message's start, inside the staged header and payload, where they end, inside
+        // the payload sent in place, and its end.
+        for offset in [0, 1, 95, 96 + 8, 4096, 128 * 1024, total - 1, total] {
+            slot.describe_rest(offset);
+            let part = &slot.part;
+            let rest = gather_iovecs(&part.iov[..part.hdr.msg_iovlen]);
+            assert!(rest == whole[offset..], "the rest from byte {offset}");
         }
     }
 
