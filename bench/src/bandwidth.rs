@@ -11,6 +11,7 @@ use crate::baselines;
 use crate::peer::{self, Target};
 use crate::perftest;
 use crate::report::Report;
+use crate::rounds;
 use crate::{BandwidthArgs, LndChoice};
 
 /// iperf3's own write size over TCP.
@@ -85,109 +86,41 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     let ucx_iters = (secs * 3e9 / size.max(1) as f64).min(secs * 3e5).max(100.0);
     let mut measured = Vec::with_capacity(rounds);
     for _ in 0..rounds {
+        let mut round = Report::new("round", false);
         let lanet = stream_once()?;
+        round.add("lanet.gbytes_per_s", lanet.gbytes_per_s, "GB/s");
+        round.add("lanet.msgs_per_s", lanet.msgs_per_s, "msg/s");
         let iperf3 = baselines::iperf3(secs, write_len);
-        let iperf3 = report.baseline("iperf3", "iperf3", iperf3);
+        if let Some(g) = round.baseline("iperf3", "iperf3", iperf3) {
+            round.add("iperf3.gbytes_per_s", g, "GB/s");
+            round.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
+        }
         let ucx = baselines::ucx_stream(size, ucx_iters as usize);
-        let ucx = report.baseline("ucx_perftest", "UCX", ucx);
-        measured.push(Round { lanet, iperf3, ucx });
+        if let Some(u) = round.baseline("ucx_perftest", "UCX", ucx) {
+            round.add("ucx.gbytes_per_s", u.gbytes_per_s, "GB/s");
+            round.add("ucx.msgs_per_s", u.msgs_per_s, "msg/s");
+        }
+        measured.push(round);
     }
-    if measured.iter().any(|r| r.iperf3.is_some()) {
-        report.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
-    }
-    add_rounds(&mut report, &measured);
+    rounds::combine(
+        &mut report,
+        &measured,
+        &[
+            (
+                "ratio.vs_iperf3",
+                "lanet.gbytes_per_s",
+                "iperf3.gbytes_per_s",
+            ),
+            ("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s"),
+            ("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s"),
+        ],
+        &[
+            "lanet.gbytes_per_s",
+            "iperf3.gbytes_per_s",
+            "ucx.gbytes_per_s",
+        ],
+    );
     Ok(report)
-}
-
-/// One round of a TCP comparison: lanet's stream, then each baseline's, back to back.
-struct Round {
-    lanet: Streamed,
-    iperf3: Option<f64>,
-    ucx: Option<Streamed>,
-}
-
-/// One figure of a round, if it was measured.
-type Figure = fn(&Round) -> Option<f64>;
-
-/// The figures of `rounds`: one round's as they are; several rounds' medians, and each
-/// ratio as the median of the rounds' own ratios (a round's runs are seconds apart, so a
-/// slow phase of the machine tends to slow both sides of its ratio), with its range.
-fn add_rounds(report: &mut Report, rounds: &[Round]) {
-    let series: [(&str, &str, Figure); 5] = [
-        ("lanet.gbytes_per_s", "GB/s", |r| Some(r.lanet.gbytes_per_s)),
-        ("lanet.msgs_per_s", "msg/s", |r| Some(r.lanet.msgs_per_s)),
-        ("iperf3.gbytes_per_s", "GB/s", |r| r.iperf3),
-        ("ucx.gbytes_per_s", "GB/s", |r| {
-            r.ucx.as_ref().map(|u| u.gbytes_per_s)
-        }),
-        ("ucx.msgs_per_s", "msg/s", |r| {
-            r.ucx.as_ref().map(|u| u.msgs_per_s)
-        }),
-    ];
-    let ratios: [(&str, Figure); 3] = [
-        ("ratio.vs_iperf3", |r| {
-            ratio(r.lanet.gbytes_per_s, r.iperf3?)
-        }),
-        ("ratio.vs_ucx", |r| {
-            ratio(r.lanet.gbytes_per_s, r.ucx.as_ref()?.gbytes_per_s)
-        }),
-        ("ratio.rate_vs_ucx", |r| {
-            ratio(r.lanet.msgs_per_s, r.ucx.as_ref()?.msgs_per_s)
-        }),
-    ];
-    for (key, unit, of) in series {
-        if let Some(m) = median(rounds.iter().filter_map(of)) {
-            report.add(key, m, unit);
-        }
-    }
-    for (key, of) in ratios {
-        let each: Vec<f64> = rounds.iter().filter_map(of).collect();
-        if let Some(m) = median(each.iter().copied()) {
-            report.add(key, m, "x");
-            if rounds.len() > 1 {
-                let (lo, hi) = each
-                    .iter()
-                    .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-                report.add(format!("{key}.min"), lo, "x");
-                report.add(format!("{key}.max"), hi, "x");
-            }
-        }
-    }
-    if rounds.len() > 1 {
-        report.add("rounds", rounds.len() as f64, "");
-        report.note(format!(
-            "{} rounds of lanet, iperf3, UCX: medians; each ratio the median of the rounds' own",
-            rounds.len()
-        ));
-        for (i, r) in rounds.iter().enumerate() {
-            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-            report.note(format!(
-                "round {}: lanet {:.2} GB/s, iperf3 {}, UCX {}",
-                i + 1,
-                r.lanet.gbytes_per_s,
-                show(r.iperf3),
-                show(r.ucx.as_ref().map(|u| u.gbytes_per_s)),
-            ));
-        }
-    }
-}
-
-fn ratio(n: f64, d: f64) -> Option<f64> {
-    (d > 0.0).then(|| n / d)
-}
-
-/// The median (of an even count, the mean of the middle two); None for none.
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(match v.len() % 2 {
-        1 => v[mid],
-        _ => (v[mid - 1] + v[mid]) / 2.0,
-    })
 }
 
 /// What a stream achieved: bytes and PUTs per second, acknowledged (or sent, without ACK).
@@ -281,60 +214,4 @@ pub(crate) fn stream_with(
         .map_err(|_| "the stream did not finish".to_string())?;
     ep.shutdown();
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn round(lanet: f64, iperf3: Option<f64>, ucx: Option<f64>) -> Round {
-        let streamed = |g: f64| Streamed {
-            gbytes_per_s: g,
-            msgs_per_s: g * 1000.0,
-        };
-        Round {
-            lanet: streamed(lanet),
-            iperf3,
-            ucx: ucx.map(streamed),
-        }
-    }
-
-    #[test]
-    fn medians_of_odd_and_even_counts() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
-        assert_eq!(median(std::iter::empty()), None);
-    }
-
-    #[test]
-    fn a_ratio_is_the_median_of_the_rounds_own_not_of_the_medians() {
-        // Each round's lanet and UCX share the machine's phase: 4/2, 5/5, 3/6.
-        let rounds = [
-            round(4.0, Some(5.0), Some(2.0)),
-            round(5.0, None, Some(5.0)),
-            round(3.0, Some(6.0), Some(6.0)),
-        ];
-        let mut report = Report::new("t", false);
-        add_rounds(&mut report, &rounds);
-        assert_eq!(report.get("lanet.gbytes_per_s"), Some(4.0));
-        assert_eq!(report.get("ucx.gbytes_per_s"), Some(5.0));
-        // The medians' ratio would be 0.8.
-        assert_eq!(report.get("ratio.vs_ucx"), Some(1.0));
-        assert_eq!(report.get("ratio.vs_ucx.min"), Some(0.5));
-        assert_eq!(report.get("ratio.vs_ucx.max"), Some(2.0));
-        // A round without iperf3 has no iperf3 ratio: 4/5 and 3/6.
-        assert_eq!(report.get("iperf3.gbytes_per_s"), Some(5.5));
-        assert_eq!(report.get("ratio.vs_iperf3"), Some(0.65));
-        assert_eq!(report.get("rounds"), Some(3.0));
-    }
-
-    #[test]
-    fn one_round_reports_its_own_figures_without_a_range() {
-        let mut report = Report::new("t", false);
-        add_rounds(&mut report, &[round(4.0, None, Some(5.0))]);
-        assert_eq!(report.get("ratio.vs_ucx"), Some(0.8));
-        assert_eq!(report.get("ratio.vs_ucx.min"), None);
-        assert_eq!(report.get("iperf3.gbytes_per_s"), None);
-        assert_eq!(report.get("rounds"), None);
-    }
 }

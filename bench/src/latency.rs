@@ -15,6 +15,7 @@ use crate::peer::{self, Target};
 use crate::perftest;
 use crate::pin;
 use crate::report::Report;
+use crate::rounds;
 use crate::{LatencyArgs, LndChoice};
 
 const WARMUP: usize = 1000;
@@ -100,6 +101,10 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         args.iters
     );
     let mut report = Report::new(title, c.json);
+    let rounds = usize::from(args.rounds);
+    if rounds > 1 && (c.lnd != LndChoice::Tcp || c.connect.is_some()) {
+        return Err("--rounds is for TCP against its own server, beside the baselines".into());
+    }
     if c.lnd == LndChoice::Rdma {
         rdma(args, size, &mut report)?;
         return Ok(report);
@@ -110,6 +115,38 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
             "{how}, as UCX and libfabric do; the raw TCP floor and sockperf block"
         ));
     }
+    let mut measured = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        measured.push(round(args, size)?);
+    }
+    rounds::combine(
+        &mut report,
+        &measured,
+        &[
+            ("ratio.p50_vs_raw_tcp", "lanet.p50_us", "raw_tcp.p50_us"),
+            ("ratio.p99_vs_raw_tcp", "lanet.p99_us", "raw_tcp.p99_us"),
+            ("ratio.p50_vs_sockperf", "lanet.p50_us", "sockperf.p50_us"),
+            ("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us"),
+            (
+                "ratio.mean_vs_libfabric",
+                "lanet.mean_us",
+                "libfabric.mean_us",
+            ),
+        ],
+        &["lanet.p50_us", "raw_tcp.p50_us", "ucx.p50_us"],
+    );
+    if size < 14 {
+        report.note("sockperf's smallest message is 14 bytes; it ran with 14");
+    }
+    Ok(report)
+}
+
+/// One round over TCP (or the in-memory LND): lanet's ping-pong against a server process
+/// of its own, then the baselines while that server still runs (it hosts the raw TCP
+/// echo). Its figures and notes, no ratios.
+fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
+    let c = &args.common;
+    let mut report = Report::new("round", false);
     // The server process (if we start one) lives until the baselines are measured too.
     let server = match (c.lnd, c.connect) {
         (LndChoice::Tcp, None) => Some(peer::spawn_server("latency", None)?),
@@ -182,18 +219,6 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         if let Some(us) = report.baseline("fi_pingpong", "libfabric", libfabric) {
             report.add("libfabric.mean_us", us, "us");
         }
-    }
-    report.add_ratio("ratio.p50_vs_raw_tcp", "lanet.p50_us", "raw_tcp.p50_us");
-    report.add_ratio("ratio.p99_vs_raw_tcp", "lanet.p99_us", "raw_tcp.p99_us");
-    report.add_ratio("ratio.p50_vs_sockperf", "lanet.p50_us", "sockperf.p50_us");
-    report.add_ratio("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us");
-    report.add_ratio(
-        "ratio.mean_vs_libfabric",
-        "lanet.mean_us",
-        "libfabric.mean_us",
-    );
-    if size < 14 {
-        report.note("sockperf's smallest message is 14 bytes; it ran with 14");
     }
     Ok(report)
 }

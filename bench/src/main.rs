@@ -21,6 +21,7 @@ mod perftest;
 mod pin;
 mod relay;
 mod report;
+mod rounds;
 mod router;
 mod router_wire;
 mod simrouted;
@@ -146,6 +147,11 @@ pub(crate) struct LatencyArgs {
     /// process on the first.
     #[arg(long, conflicts_with = "spin")]
     pin: bool,
+    /// TCP: rounds of lanet and its baselines, one after another, each lanet round against
+    /// a server process of its own. The figures are then the medians, and each ratio the
+    /// median of the rounds' own ratios, with its range.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
 }
 
 #[derive(Args)]

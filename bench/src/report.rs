@@ -60,6 +60,15 @@ impl Report {
             .map(|(_, v, _)| *v)
     }
 
+    /// Every figure, in the order added: key, value, unit.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (&str, f64, &'static str)> {
+        self.rows.iter().map(|(k, v, u)| (k.as_str(), *v, *u))
+    }
+
+    pub(crate) fn notes(&self) -> impl Iterator<Item = &String> {
+        self.notes.iter()
+    }
+
     /// Percentiles of a histogram of nanoseconds, as microseconds.
     pub(crate) fn add_latency(&mut self, prefix: &str, h: &Histogram<u64>) {
         for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {

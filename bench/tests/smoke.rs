@@ -161,22 +161,37 @@ fn tcp_bandwidth_in_rounds_reports_medians_and_the_ratios_range() {
 
 /// Rounds compare TCP with its baselines; elsewhere they are refused, not ignored.
 #[test]
-fn bandwidth_rounds_are_refused_where_there_are_no_baselines_to_run() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
-        .args([
-            "bandwidth",
-            "--lnd",
-            "mem",
-            "--secs",
-            "0.2",
-            "--rounds",
-            "2",
-        ])
-        .output()
-        .expect("run lanet-bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "--rounds with --lnd mem ran");
-    assert!(stderr.contains("--rounds is for TCP"), "{stderr}");
+fn rounds_are_refused_where_there_are_no_baselines_to_run() {
+    for (command, length) in [("bandwidth", "--secs"), ("latency", "--iters")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+            .args([command, "--lnd", "mem", length, "1", "--rounds", "2"])
+            .output()
+            .expect("run lanet-bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{command} --rounds with --lnd mem ran"
+        );
+        assert!(
+            stderr.contains("--rounds is for TCP"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+/// Latency in rounds: medians, and each ratio with the range of the rounds' own.
+#[test]
+fn tcp_latency_in_rounds_reports_medians_and_the_ratios_range() {
+    let r = run(&["latency", "--lnd", "tcp", "--iters", "300", "--rounds", "2"]);
+    assert_eq!(positive(&r, "rounds"), 2.0);
+    positive(&r, "lanet.p50_us");
+    for key in [
+        "ratio.p50_vs_raw_tcp.min",
+        "ratio.p50_vs_raw_tcp",
+        "ratio.p50_vs_raw_tcp.max",
+    ] {
+        positive(&r, key);
+    }
 }
 
 /// Small PUTs with a window beyond the credits: a message rate, beside UCX's.
