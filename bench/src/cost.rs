@@ -12,6 +12,10 @@
 //! shared among its callers, in proportion to what each call cost: a caller's share of a
 //! hash map lookup is the core's if the caller is the core's, and so on up the calls.
 //!
+//! `worker.instructions_per_round_trip` counts the same way the same ping-pong between two
+//! [`lanet::Worker`]s, each driven by its own thread's loop: the core without the
+//! endpoints' driver threads, command channels and event delivery.
+//!
 //! The baseline, counted the same way in the same run, is two threads passing a message
 //! back and forth over channels: what a round trip between two threads costs with no
 //! protocol at all.
@@ -31,6 +35,8 @@ use crate::CostArgs;
 const BASE: usize = 1_000;
 /// What issue 17 asks of the core, both ends, per round trip.
 const GOAL: f64 = 2_000.0;
+/// The worker ping-pong's warm-up, as the endpoints' (`latency`'s).
+const WORKER_WARMUP: usize = 1_000;
 
 /// Who instructions are counted to. A function is one of the first three by its name, or
 /// shares its instructions among its callers' owners; what no owner called (thread start,
@@ -101,14 +107,27 @@ fn defined_under(f: &str) -> String {
 /// How long one run under callgrind may take (20,000 round trips take a few seconds).
 const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
 
-/// What runs under callgrind: just the ping-pong, `n` round trips after the warm-up; or
-/// the baseline's.
-pub(crate) fn run_inner(n: usize, size: usize, baseline: bool) -> Result<(), String> {
-    if baseline {
-        channel_pingpong(n, size);
-        return Ok(());
+/// What runs under callgrind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Inner {
+    /// The ping-pong of two endpoints (each with its driver thread).
+    Endpoints,
+    /// The same with two workers, each driven by its own thread's loop.
+    Workers,
+    /// The baseline: two threads and two channels.
+    Channels,
+}
+
+/// Runs `n` round trips after the warm-up, of the `kind` asked for.
+pub(crate) fn run_inner(n: usize, size: usize, kind: Inner) -> Result<(), String> {
+    match kind {
+        Inner::Endpoints => pingpong(Target::Mem, size, n).map(|_| ()),
+        Inner::Workers => crate::peer::mem_workers_pingpong(n, WORKER_WARMUP, size),
+        Inner::Channels => {
+            channel_pingpong(n, size);
+            Ok(())
+        }
     }
-    pingpong(Target::Mem, size, n).map(|_| ())
 }
 
 /// The baseline: `size`-byte messages passed between two threads over crossbeam channels
@@ -146,22 +165,24 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("lanet-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let counted = |n: usize, baseline: bool| -> Result<Counts, String> {
-        let out = dir.join(format!("callgrind.{n}.{baseline}"));
-        let result = callgrind(&exe, &out, n, args.size, baseline);
+    let counted = |n: usize, kind: Inner| -> Result<Counts, String> {
+        let out = dir.join(format!("callgrind.{n}.{kind:?}"));
+        let result = callgrind(&exe, &out, n, args.size, kind);
         let _ = std::fs::remove_file(&out);
         result
     };
+    let pair = |kind: Inner| -> Result<(Counts, Counts), String> {
+        Ok((counted(BASE, kind)?, counted(BASE + args.iters, kind)?))
+    };
     let result = (|| {
         Ok::<_, String>((
-            counted(BASE, false)?,
-            counted(BASE + args.iters, false)?,
-            counted(BASE, true)?,
-            counted(BASE + args.iters, true)?,
+            pair(Inner::Endpoints)?,
+            pair(Inner::Workers)?,
+            pair(Inner::Channels)?,
         ))
     })();
     let _ = std::fs::remove_dir(&dir);
-    let (short, long, base_short, base_long) = result?;
+    let ((short, long), (worker_short, worker_long), (base_short, base_long)) = result?;
 
     let per_rt = |long: f64, short: f64| (long - short).max(0.0) / args.iters as f64;
     let mut report = Report::new(
@@ -195,6 +216,21 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     report.add(
         "total_instructions_per_round_trip",
         per_rt(long.total as f64, short.total as f64),
+        "instr",
+    );
+    report.add(
+        "worker.instructions_per_round_trip",
+        per_rt(worker_long.owned()[CORE], worker_short.owned()[CORE]),
+        "instr",
+    );
+    report.add_ratio(
+        "ratio.worker_vs_goal",
+        "worker.instructions_per_round_trip",
+        "goal.instructions_per_round_trip",
+    );
+    report.add(
+        "worker.total_instructions_per_round_trip",
+        per_rt(worker_long.total as f64, worker_short.total as f64),
         "instr",
     );
     report.add(
@@ -325,13 +361,7 @@ impl Counts {
 
 /// Runs this binary's ping-pong of `n` round trips under callgrind, its counts read from
 /// `out`.
-fn callgrind(
-    exe: &Path,
-    out: &Path,
-    n: usize,
-    size: usize,
-    baseline: bool,
-) -> Result<Counts, String> {
+fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Result<Counts, String> {
     let mut cmd = Command::new("valgrind");
     // Fair scheduling: valgrind runs one thread at a time, and with its default lock
     // how long a thread spins before it sleeps (crossbeam's backoff, futexes) depends on
@@ -352,8 +382,14 @@ fn callgrind(
         "--size",
         &size.to_string(),
     ]);
-    if baseline {
-        cmd.arg("--inner-baseline");
+    match kind {
+        Inner::Endpoints => {}
+        Inner::Workers => {
+            cmd.arg("--inner-workers");
+        }
+        Inner::Channels => {
+            cmd.arg("--inner-baseline");
+        }
     }
     let done = output_within(cmd, CALLGRIND_LIMIT).map_err(|e| format!("valgrind: {e}"))?;
     if !done.status.success() {

@@ -199,6 +199,14 @@ pub(crate) struct CostArgs {
     /// With --inner: the baseline's round trips instead.
     #[arg(long, hide = true, requires = "inner")]
     inner_baseline: bool,
+    /// With --inner: the workers' round trips instead.
+    #[arg(
+        long,
+        hide = true,
+        requires = "inner",
+        conflicts_with = "inner_baseline"
+    )]
+    inner_workers: bool,
 }
 
 #[derive(Args)]
@@ -408,10 +416,16 @@ fn main() -> ExitCode {
         inner: Some(n),
         size,
         inner_baseline,
+        inner_workers,
         ..
     }) = &cli.bench
     {
-        return match cost::run_inner(*n, *size, *inner_baseline) {
+        let kind = match (inner_baseline, inner_workers) {
+            (true, _) => cost::Inner::Channels,
+            (_, true) => cost::Inner::Workers,
+            _ => cost::Inner::Endpoints,
+        };
+        return match cost::run_inner(*n, *size, kind) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lanet-bench: {e}");

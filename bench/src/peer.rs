@@ -10,7 +10,7 @@ use lanet::mem::{LinkFaults, MemFabric, MemLnd, MemLndConfig};
 use lanet::nid::LndKind;
 use lanet::op::MatchEntry;
 use lanet::time::MonotonicClock;
-use lanet::{Endpoint, Event, Nid, NodeConfig};
+use lanet::{Endpoint, Event, Nid, NodeConfig, Worker};
 use lanet_lnd_rdma::{RdmaConfig, RdmaLnd};
 use lanet_lnd_tcp::{TcpConfig, TcpLnd, DEFAULT_PORT};
 
@@ -442,6 +442,74 @@ pub(crate) fn mem_endpoints(
     others.push(server);
     let client = start(&[cn], node_config(1), Box::new(client))?;
     Ok((client, others, sn))
+}
+
+/// The ping-pong of [`mem_endpoints`] with [`Worker`]s instead: each side's node driven by
+/// its own thread's loop, no driver thread and no channel between them. `n` round trips of
+/// `size`-byte PUTs after `warmup`, each sent once the one before completed.
+pub(crate) fn mem_workers_pingpong(n: usize, warmup: usize, size: usize) -> Result<(), String> {
+    let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
+    fabric.set_default_link(LinkFaults {
+        delay: Duration::ZERO,
+        ..LinkFaults::default()
+    });
+    let start = |nid: Nid, cfg: NodeConfig| -> Result<Worker, String> {
+        let lnd =
+            MemLnd::new(&fabric, nid, MemLndConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
+        Worker::new(cfg, vec![Box::new(lnd)]).map_err(|e| e.to_string())
+    };
+    let (cn, sn) = (Nid::mem(1, 1), Nid::mem(2, 1));
+    let mut server = start(sn, node_config(2))?;
+    let mut client = start(cn, node_config(1))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serving = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            server.attach(MatchEntry::sink(PORTAL, 0, MAX_PUT));
+            let mut events = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                server.progress(Some(Duration::from_millis(10)), &mut events);
+                events.clear();
+            }
+            server.shutdown(&mut events);
+        })
+    };
+    let put = lanet::op::PutRequest {
+        dst: sn,
+        lane: lanet::Lane::Data,
+        portal: PORTAL,
+        match_bits: 0,
+        payload: bytes::Bytes::from(vec![0x5a; size]),
+        timeout: Some(Duration::from_secs(10)),
+        on_peer_down: Default::default(),
+        ack: true,
+    };
+    let mut events = Vec::new();
+    let result = (|| {
+        for _ in 0..warmup + n {
+            let op = client.put(put.clone()).map_err(|e| e.to_string())?;
+            'answered: loop {
+                client.progress(None, &mut events);
+                for e in events.drain(..) {
+                    match e {
+                        Event::Completed(c) if c.op == op => {
+                            c.result.map_err(|e| format!("a PUT failed: {e}"))?;
+                            break 'answered;
+                        }
+                        Event::Completed(c) => return Err(format!("unexpected {c:?}")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    client.shutdown(&mut events);
+    serving
+        .join()
+        .map_err(|_| "the server worker panicked".to_string())?;
+    result
 }
 
 fn add_route(ep: &Endpoint, net: lanet::Net, gateway: Nid) -> Result<(), String> {

@@ -311,4 +311,12 @@ fn cost_counts_instructions_per_round_trip() {
     // Every instruction has an owner (a few hundred run in no function at all).
     assert!((parts / total - 1.0).abs() < 0.05, "{parts} of {total}");
     positive(&r, "channel_pingpong.instructions_per_round_trip");
+    // The workers' ping-pong: the same node and LND without the endpoints' threads.
+    let worker = positive(&r, "worker.instructions_per_round_trip");
+    let worker_total = positive(&r, "worker.total_instructions_per_round_trip");
+    assert!(worker < worker_total, "{worker} of {worker_total}");
+    assert!(
+        worker > core / 10.0,
+        "{worker} against the endpoints' {core}"
+    );
 }

@@ -34,6 +34,7 @@ pub mod sim;
 mod sys;
 pub mod time;
 pub mod wire;
+pub mod worker;
 
 pub use config::NodeConfig;
 pub use endpoint::{Endpoint, EndpointBuilder};
@@ -42,3 +43,4 @@ pub use nid::{Net, Nid};
 pub use node::{Node, Route};
 pub use op::{Completion, Event, MatchEntry, OpError, OpId, OpOutcome};
 pub use time::Time;
+pub use worker::Worker;
