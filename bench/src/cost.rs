@@ -35,8 +35,6 @@ use crate::CostArgs;
 const BASE: usize = 1_000;
 /// What issue 17 asks of the core, both ends, per round trip.
 const GOAL: f64 = 2_000.0;
-/// The worker ping-pong's warm-up, as the endpoints' (`latency`'s).
-const WORKER_WARMUP: usize = 1_000;
 
 /// Who instructions are counted to. A function is one of the first three by its name, or
 /// shares its instructions among its callers' owners; what no owner called (thread start,
@@ -122,7 +120,7 @@ pub(crate) enum Inner {
 pub(crate) fn run_inner(n: usize, size: usize, kind: Inner) -> Result<(), String> {
     match kind {
         Inner::Endpoints => pingpong(Target::Mem, size, n).map(|_| ()),
-        Inner::Workers => crate::peer::mem_workers_pingpong(n, WORKER_WARMUP, size),
+        Inner::Workers => crate::peer::mem_workers_pingpong(n, crate::latency::WARMUP, size),
         Inner::Channels => {
             channel_pingpong(n, size);
             Ok(())

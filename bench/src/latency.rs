@@ -18,7 +18,8 @@ use crate::report::Report;
 use crate::rounds;
 use crate::{LatencyArgs, LndChoice};
 
-const WARMUP: usize = 1000;
+/// Round trips before the measured ones (the workers' ping-pong of `cost` too).
+pub(crate) const WARMUP: usize = 1000;
 /// UCX over verbs: round trips, and how long it may take (it hangs in UD wire-up under
 /// an emulated CPU).
 const UCX_RDMA_ITERS: usize = 20_000;

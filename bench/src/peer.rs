@@ -465,7 +465,9 @@ pub(crate) fn mem_workers_pingpong(n: usize, warmup: usize, size: usize) -> Resu
     let serving = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            server.attach(MatchEntry::sink(PORTAL, 0, MAX_PUT));
+            server
+                .attach(MatchEntry::sink(PORTAL, 0, MAX_PUT))
+                .expect("a new worker takes an entry");
             let mut events = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 server.progress(Some(Duration::from_millis(10)), &mut events);

@@ -86,6 +86,16 @@ impl Driver {
         &mut self.node
     }
 
+    /// Drops the drivers, closing what they hold (sockets, queue pairs), for a node that is
+    /// done ([`crate::Worker`] after its last turn): nothing may be polled, flushed or
+    /// woken after this.
+    pub(crate) fn close_lnds(&mut self) {
+        self.lnds.clear();
+        self.scratch.clear();
+        self.posted_nis = 0;
+        self.polled_at = None;
+    }
+
     /// What cuts short a [`Driver::poll`] from another thread (each must be woken).
     pub fn wakers(&self) -> Vec<Arc<dyn Wake>> {
         match &self.wake {

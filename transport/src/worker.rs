@@ -5,8 +5,14 @@
 //!
 //! An [`Endpoint`](crate::Endpoint) is the same loop on a thread of its own, which any
 //! thread may submit to; a worker suits a server that polls one transport per thread and
-//! answers requests as it handles them. Its rules are the endpoint's: every operation ends
-//! in exactly one [`Event::Completed`], after [`Worker::shutdown`] too (with `Cancelled`).
+//! answers requests as it handles them. It reports with the endpoint's types
+//! ([`Event`], [`EndpointError`]) and keeps the endpoint's promise: every operation it
+//! accepted ends in exactly one [`Event::Completed`], handed back by `progress`, or by
+//! [`Worker::shutdown`] (with `Cancelled`) for what is still live then. After a shutdown,
+//! or once every driver failed for good ([`Event::EndpointFailed`]), it refuses
+//! submissions and its drivers are closed. Two ways to lose completions remain, both the
+//! application's to see: dropping a worker without `shutdown` (logged, with the count),
+//! and a panic inside `progress`, which unwinds into the application's own thread.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -23,7 +29,7 @@
 //!     Worker::new(cfg, vec![Box::new(lnd)]).unwrap()
 //! };
 //! let (mut a, mut b) = (start(1), start(2));
-//! b.attach(MatchEntry::sink(4, 0x10, 1024));
+//! b.attach(MatchEntry::sink(4, 0x10, 1024)).unwrap();
 //! let op = a.put(PutRequest { lane: Lane::Data,
 //!     dst: Nid::mem(2, 0), portal: 4, match_bits: 0x10,
 //!     payload: Bytes::from_static(b"hello"), timeout: None,
@@ -46,8 +52,8 @@ use crate::config::NodeConfig;
 use crate::driver::Driver;
 use crate::endpoint::EndpointError;
 use crate::lnd::Lnd;
-use crate::nid::Nid;
-use crate::node::{Node, SubmitError};
+use crate::nid::{Net, Nid};
+use crate::node::{Node, Route, SubmitError};
 use crate::op::{Event, GetRequest, MatchEntry, OpError, OpId, PingRequest, PutRequest};
 use crate::time::{Clock, MonotonicClock, Time};
 
@@ -60,8 +66,9 @@ pub struct Worker {
     next_op: u64,
     /// When the node next has a timer due (as of the last turn), if ever.
     due: Option<Time>,
-    /// Set when the LNDs all failed: the worker then only completes what is submitted.
-    failed: bool,
+    /// Why it stopped (shut down, or every driver failed): it then refuses submissions,
+    /// and its drivers are closed.
+    stopped: Option<EndpointError>,
     /// Something was asked of the node since its last turn: the next `progress` starts
     /// with a turn, to send it before waiting. (A turn leaves nothing behind it.)
     asked: bool,
@@ -87,7 +94,7 @@ impl Worker {
             max_payload,
             next_op: 1,
             due: Some(Time::ZERO),
-            failed: false,
+            stopped: None,
             asked: true,
         })
     }
@@ -106,28 +113,64 @@ impl Worker {
     pub fn put(&mut self, req: PutRequest) -> Result<OpId, EndpointError> {
         req.validate(self.max_payload)
             .map_err(EndpointError::Invalid)?;
-        Ok(self.submit(|node, now, id| node.put(now, id, req)))
+        self.submit(|node, now, id| node.put(now, id, req))
     }
 
     pub fn get(&mut self, req: GetRequest) -> Result<OpId, EndpointError> {
         req.validate(self.max_payload)
             .map_err(EndpointError::Invalid)?;
-        Ok(self.submit(|node, now, id| node.get(now, id, req)))
+        self.submit(|node, now, id| node.get(now, id, req))
     }
 
-    pub fn ping(&mut self, req: PingRequest) -> OpId {
+    pub fn ping(&mut self, req: PingRequest) -> Result<OpId, EndpointError> {
         self.submit(|node, now, id| node.ping(now, id, req))
     }
 
     /// Posts a receive buffer or GET source. It completes when unlinked.
-    pub fn attach(&mut self, entry: MatchEntry) -> OpId {
+    pub fn attach(&mut self, entry: MatchEntry) -> Result<OpId, EndpointError> {
         self.submit(|node, _, id| node.attach(id, entry))
     }
 
     /// Cancels an operation or unlinks an entry (nothing if it already completed).
-    pub fn cancel(&mut self, op: OpId) {
+    pub fn cancel(&mut self, op: OpId) -> Result<(), EndpointError> {
+        self.node_for_request()?.cancel(op);
+        Ok(())
+    }
+
+    /// Adds a route: frames to `route.net` may go through `route.gateway`.
+    pub fn add_route(&mut self, route: Route) -> Result<(), EndpointError> {
+        self.node_for_request()?
+            .add_route(route)
+            .map_err(|e| EndpointError::Invalid(e.to_string()))
+    }
+
+    /// Removes a route; false if there was none.
+    pub fn remove_route(&mut self, net: Net, gateway: Nid) -> Result<bool, EndpointError> {
+        Ok(self.node_for_request()?.remove_route(net, gateway))
+    }
+
+    /// Has the health monitor watch `peer` (see [`Event::PeerDown`]).
+    pub fn watch(&mut self, peer: Nid) -> Result<(), EndpointError> {
+        let now = self.clock.now();
+        self.node_for_request()?
+            .watch(now, peer)
+            .map_err(|e| EndpointError::Invalid(e.to_string()))
+    }
+
+    pub fn unwatch(&mut self, peer: Nid) -> Result<(), EndpointError> {
+        let now = self.clock.now();
+        self.node_for_request()?.unwatch(now, peer);
+        Ok(())
+    }
+
+    /// The node, for a request of the application's, unless the worker has stopped; the
+    /// next `progress` starts with a turn, to send what the request gave it to send.
+    fn node_for_request(&mut self) -> Result<&mut Node, EndpointError> {
+        if let Some(why) = &self.stopped {
+            return Err(why.clone());
+        }
         self.asked = true;
-        self.driver.node_mut().cancel(op);
+        Ok(self.driver.node_mut())
     }
 
     /// Hands the node an operation under the next id, at the time now (its deadline counts
@@ -135,30 +178,44 @@ impl Worker {
     fn submit(
         &mut self,
         send: impl FnOnce(&mut Node, Time, OpId) -> Result<(), SubmitError>,
-    ) -> OpId {
-        self.asked = true;
+    ) -> Result<OpId, EndpointError> {
         let id = OpId(self.next_op);
-        // Bit 62 marks the node's own ids (failover attempts): ours stay below it.
+        // Bit 62 marks the node's own ids (failover attempts): ours stay below it, and
+        // come round again only after 2^62 submissions (146 years at 10^9 a second).
         self.next_op = (self.next_op + 1) % (1 << 62);
         let now = self.clock.now();
-        let submitted = send(self.driver.node_mut(), now, id);
+        let submitted = send(self.node_for_request()?, now, id);
         debug_assert!(submitted.is_ok(), "a fresh id: {submitted:?}");
-        id
+        Ok(id)
     }
 
     /// One turn of work: sends what was submitted, hands the drivers what the node wants
     /// done, handles what they have and the timers due, and appends the events to
     /// `events`. If there were none, it waits for the drivers up to `timeout` (`None`:
     /// until something happens; the node's next timer bounds it either way) and handles
-    /// what came. Returns how many events it appended.
+    /// what came. Returns how many events it appended. Once the worker has stopped, it
+    /// only waits (nothing more comes: see [`Worker::shutdown`]).
     ///
-    /// Events handed back count as consumed: a node holds back deliveries only while its
-    /// application has not taken them.
+    /// Events handed back count as taken, as those an endpoint hands its callback do: the
+    /// node refuses deliveries (`Busy`) only while more than `max_undelivered` are handed
+    /// out and not taken, so a worker's application bounds its own backlog.
     pub fn progress(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> usize {
         let before = events.len();
-        let now = self.clock.now();
+        if self.stopped.is_some() {
+            // No drivers to wait on: wait as asked, for nothing (a loop that keeps calling
+            // does not spin); with no bound, return at once rather than never.
+            if let Some(wait) = timeout {
+                std::thread::sleep(wait);
+            }
+            return 0;
+        }
+        let mut now = self.clock.now();
         if self.asked || self.due.is_some_and(|d| d <= now) {
             self.turn(now, events);
+            if events.len() == before {
+                // The turn took time: the wait ends at the node's timer, not past it.
+                now = self.clock.now();
+            }
         }
         let mut wait = if events.len() > before {
             Some(Duration::ZERO)
@@ -169,17 +226,15 @@ impl Worker {
             let until_due = due.saturating_since(now);
             wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
         }
-        if !self.failed {
-            if let Err((_, e)) = self.driver.poll(&*self.clock, wait) {
-                self.fail(format!("every LND failed; the last: {e}"), events);
-                return events.len() - before;
-            }
-            let now = self
-                .driver
-                .take_polled_at()
-                .unwrap_or_else(|| self.clock.now());
-            self.turn(now, events);
+        if let Err((_, e)) = self.driver.poll(&*self.clock, wait) {
+            self.fail(format!("every LND failed; the last: {e}"), events);
+            return events.len() - before;
         }
+        let now = self
+            .driver
+            .take_polled_at()
+            .unwrap_or_else(|| self.clock.now());
+        self.turn(now, events);
         events.len() - before
     }
 
@@ -203,21 +258,33 @@ impl Worker {
         self.due = node.poll_timeout();
     }
 
-    /// Every driver failed for good: everything live completes with the error, and so does
-    /// everything submitted later; [`Event::EndpointFailed`] says why, once.
+    /// Every driver failed for good: everything live completes with the error, and
+    /// [`Event::EndpointFailed`] says why, once; later submissions are refused.
     fn fail(&mut self, reason: String, events: &mut Vec<Event>) {
         tracing::error!("the worker stops: {reason}");
-        self.failed = true;
         self.driver.node_mut().abort(OpError::Local(reason.clone()));
-        self.turn(self.clock.now(), events);
+        self.stop(EndpointError::Failed(reason.clone()), events);
         events.push(Event::EndpointFailed { reason });
     }
 
-    /// Completes every live operation with `Cancelled` (their events are appended), and
-    /// every one submitted later too. The drivers close with the worker.
+    /// Completes every live operation with `Cancelled`, appending their events, and
+    /// closes the drivers; later submissions are refused (`ShutDown`). What the node
+    /// reports stays readable.
     pub fn shutdown(&mut self, events: &mut Vec<Event>) {
+        if self.stopped.is_some() {
+            return;
+        }
         self.driver.node_mut().shutdown();
+        self.stop(EndpointError::ShutDown, events);
+    }
+
+    /// The last turn (what it sends still goes: an endpoint's last flush does the same),
+    /// then the drivers go.
+    fn stop(&mut self, why: EndpointError, events: &mut Vec<Event>) {
         self.turn(self.clock.now(), events);
+        self.driver.close_lnds();
+        self.stopped = Some(why);
+        self.due = None;
     }
 }
 

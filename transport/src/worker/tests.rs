@@ -64,18 +64,24 @@ fn complete_all(
 }
 
 /// A client worker's PUTs, each sent from the completion of the one before as a server
-/// loop would, reach a server worker on another thread, each delivered once and in order.
+/// loop would, reach a server worker on another thread, each delivered once and in order,
+/// well past the server's bound on deliveries not taken.
 #[test]
 fn workers_on_two_threads_ping_pong_puts_delivered_once_each_in_order() {
     const N: usize = 500;
     let f = fabric();
-    let mut server = worker(&f, 2);
+    // Far fewer than N: deliveries handed back must count as taken, or the server
+    // refuses the 17th (Busy).
+    let mut cfg = NodeConfig::new(2);
+    cfg.max_undelivered = 16;
+    let server_lnd = lnd(&f, 2, &cfg);
+    let mut server = Worker::new(cfg, vec![Box::new(server_lnd)]).unwrap();
     let mut client = worker(&f, 1);
     let stop = Arc::new(AtomicBool::new(false));
     let serving = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            server.attach(MatchEntry::sink(4, 1, 64));
+            server.attach(MatchEntry::sink(4, 1, 64)).unwrap();
             let (mut events, mut got) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 server.progress(Some(Duration::from_millis(10)), &mut events);
@@ -174,40 +180,86 @@ fn a_deadline_cuts_a_long_wait_short_and_the_op_ends_once() {
     );
 }
 
-/// Shutting down completes what is live with `Cancelled`, entries included, and what is
-/// submitted afterwards too: exactly once each.
+/// Shutting down completes what is live with `Cancelled`, entries included, exactly once
+/// each; afterwards submissions are refused and `progress` hands back nothing.
 #[test]
-fn shutdown_cancels_what_is_live_and_what_comes_after() {
+fn shutdown_cancels_what_is_live_once_and_refuses_what_comes_after() {
     let f = fabric();
     let _silent = worker(&f, 2);
     let mut w = worker(&f, 1);
-    let entry = w.attach(MatchEntry::sink(4, 1, 64));
-    let puts: Vec<OpId> = (0..5)
-        .map(|_| w.put(put(2, Bytes::from_static(b"y"), None)).unwrap())
-        .collect();
+    let mut live = vec![w.attach(MatchEntry::sink(4, 1, 64)).unwrap()];
+    live.extend((0..5).map(|_| w.put(put(2, Bytes::from_static(b"y"), None)).unwrap()));
     let mut events = Vec::new();
     w.progress(Some(Duration::from_millis(20)), &mut events);
     assert!(events.is_empty(), "{events:?}");
     w.shutdown(&mut events);
-    let late = w.put(put(2, Bytes::new(), None)).unwrap();
-    let mut all = vec![entry, late];
-    all.extend(&puts);
-    let (pending, _) = complete_all(&mut w, &[late], Duration::from_secs(10));
-    for e in events {
-        if let Event::Completed(c) = e {
-            assert!(!pending.contains_key(&c.op), "{c:?} twice");
-            assert_eq!(c.result, Err(OpError::Cancelled), "{c:?}");
-            all.retain(|&op| op != c.op);
-        }
-    }
-    assert_eq!(pending[&late].result, Err(OpError::Cancelled));
-    all.retain(|&op| op != late);
-    assert!(all.is_empty(), "never completed: {all:?}");
+    let mut cancelled: Vec<OpId> = events
+        .iter()
+        .map(|e| match e {
+            Event::Completed(c) if c.result == Err(OpError::Cancelled) => c.op,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, live, "each live op once");
+    assert_eq!(
+        w.put(put(2, Bytes::new(), None)),
+        Err(EndpointError::ShutDown)
+    );
+    assert_eq!(
+        w.attach(MatchEntry::sink(4, 2, 64)),
+        Err(EndpointError::ShutDown)
+    );
+    assert_eq!(w.cancel(live[0]), Err(EndpointError::ShutDown));
+    events.clear();
+    assert_eq!(w.progress(Some(Duration::from_millis(10)), &mut events), 0);
+    w.shutdown(&mut events);
+    assert!(events.is_empty(), "a second shutdown: {events:?}");
     assert_eq!(w.node().live_ops(), 0);
 }
 
+/// `progress` waits only when it has nothing to hand back: an op that fails as it is
+/// submitted comes back from the first call, however long that call may wait.
+#[test]
+fn progress_hands_back_what_it_has_without_waiting() {
+    let f = fabric();
+    let mut w = worker(&f, 1);
+    // Sending to oneself is refused at once.
+    let op = w.put(put(1, Bytes::from_static(b"me"), None)).unwrap();
+    let started = Instant::now();
+    let mut events = Vec::new();
+    assert_eq!(w.progress(Some(Duration::from_secs(30)), &mut events), 1);
+    // Orders of magnitude: nothing to wait for, against a 30 s wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let Event::Completed(c) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(c.op, op);
+    assert!(matches!(c.result, Err(OpError::Invalid(_))), "{c:?}");
+}
+
+/// A cancelled entry completes once, with `Cancelled`.
+#[test]
+fn a_cancelled_entry_completes_once() {
+    let f = fabric();
+    let mut w = worker(&f, 1);
+    let entry = w.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    w.cancel(entry).unwrap();
+    w.cancel(entry).unwrap();
+    let (done, other) = complete_all(&mut w, &[entry], Duration::from_secs(10));
+    assert_eq!(done[&entry].result, Err(OpError::Cancelled));
+    assert!(other.is_empty(), "{other:?}");
+    let mut events = Vec::new();
+    w.progress(Some(Duration::from_millis(20)), &mut events);
+    assert!(events.is_empty(), "{events:?}");
+}
+
 /// A worker whose only driver fails for good completes every operation with the error,
-/// and those submitted later, and says why once.
+/// says why once, and refuses those submitted later.
 #[test]
 fn a_worker_whose_driver_fails_completes_everything_and_says_why() {
     let f = fabric();
@@ -216,23 +268,34 @@ fn a_worker_whose_driver_fails_completes_everything_and_says_why() {
     let cfg = NodeConfig::new(1);
     let (rigged, broken) = Rigged::new(lnd(&f, 1, &cfg), Trick::Fail);
     let mut w = Worker::new(cfg, vec![Box::new(rigged)]).unwrap();
-    let mut ops = vec![w.attach(MatchEntry::sink(4, 1, 64))];
+    let mut ops = vec![w.attach(MatchEntry::sink(4, 1, 64)).unwrap()];
     ops.extend((0..10).map(|_| w.put(put(2, Bytes::from_static(b"z"), None)).unwrap()));
     let mut events = Vec::new();
     w.progress(Some(Duration::ZERO), &mut events);
     broken.store(true, Ordering::Relaxed);
-    w.progress(Some(Duration::from_secs(1)), &mut events);
-    ops.push(w.put(put(2, Bytes::new(), None)).unwrap());
-    let (done, other) = complete_all(&mut w, &ops[ops.len() - 1..], Duration::from_secs(10));
-    let mut all: Vec<Event> = events;
-    all.extend(other);
-    let failed: Vec<&Event> = all
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !events
+        .iter()
+        .any(|e| matches!(e, Event::EndpointFailed { .. }))
+    {
+        assert!(Instant::now() < give_up, "no failure reported: {events:?}");
+        w.progress(Some(Duration::from_millis(100)), &mut events);
+    }
+    assert!(matches!(
+        w.put(put(2, Bytes::new(), None)),
+        Err(EndpointError::Failed(_))
+    ));
+    // Nothing more comes.
+    let after = events.len();
+    assert_eq!(w.progress(Some(Duration::from_millis(10)), &mut events), 0);
+    assert_eq!(events.len(), after);
+    let failed = events
         .iter()
         .filter(|e| matches!(e, Event::EndpointFailed { .. }))
-        .collect();
-    assert_eq!(failed.len(), 1, "{all:?}");
-    let mut completed: HashMap<OpId, Completion> = done;
-    for e in &all {
+        .count();
+    assert_eq!(failed, 1, "{events:?}");
+    let mut completed: HashMap<OpId, Completion> = HashMap::new();
+    for e in &events {
         if let Event::Completed(c) = e {
             assert!(completed.insert(c.op, c.clone()).is_none(), "{c:?} twice");
         }
@@ -243,4 +306,5 @@ fn a_worker_whose_driver_fails_completes_everything_and_says_why() {
             .unwrap_or_else(|| panic!("{op} never completed"));
         assert!(matches!(c.result, Err(OpError::Local(_))), "{c:?}");
     }
+    assert_eq!(completed.len(), ops.len(), "{completed:?}");
 }
