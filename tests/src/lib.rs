@@ -119,6 +119,18 @@ pub fn loopback_endpoint(incarnation: u64) -> lanet::Endpoint {
         .expect("start")
 }
 
+/// A worker on a free loopback port, over TCP (see [`loopback_endpoint`]).
+pub fn loopback_worker(incarnation: u64) -> lanet::Worker {
+    let cfg = lanet::NodeConfig::new(incarnation);
+    let lnd = (0..5)
+        .find_map(|_| {
+            let tcp = lanet_lnd_tcp::TcpConfig::for_node(&cfg);
+            lanet_lnd_tcp::TcpLnd::bind(free_tcp_nid(), tcp).ok()
+        })
+        .expect("bind a loopback port");
+    lanet::Worker::new(cfg, vec![Box::new(lnd)]).expect("start")
+}
+
 /// Set inside the soft-RoCE VM when a test binary re-runs itself there.
 pub const IN_RXE_VM: &str = "LANET_IN_RXE_VM";
 

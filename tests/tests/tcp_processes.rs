@@ -1,13 +1,15 @@
 //! lanet over TCP between two processes on 127.0.0.1: this test process and a
 //! `lanet-peer` child that the tests start, stop and kill.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use lanet::{Endpoint, Event};
-use lanet_tests::pattern;
+use lanet::op::Completion;
+use lanet::{Endpoint, Event, OpId, OpOutcome};
 use lanet_tests::peer::{
-    check_exchange_of_every_size, check_kill_mid_transfer, put, wait_all, Peer, HANG,
+    check_exchange_of_every_size, check_kill_mid_transfer, get, put, wait_all, Peer, HANG,
 };
+use lanet_tests::{pattern, SIZES};
 
 fn spawn(incarnation: u64) -> Peer {
     Peer::start_on_loopback(PEER_EXE, incarnation, false)
@@ -22,6 +24,65 @@ fn local_endpoint(incarnation: u64) -> Endpoint {
 #[test]
 fn puts_and_gets_of_0_bytes_to_16_mib_cross_processes_intact_both_ways() {
     check_exchange_of_every_size(&local_endpoint(1), spawn(7));
+}
+
+/// The same exchange from a worker (`lanet::Worker`, driven by this test's thread) instead
+/// of an endpoint: every size both ways over real sockets, each op completed once.
+#[test]
+fn a_worker_exchanges_puts_and_gets_of_every_size_with_a_peer_process() {
+    let peer = spawn(7);
+    let mut w = lanet_tests::loopback_worker(1);
+    let mut puts = Vec::new();
+    for (i, &len) in SIZES.iter().enumerate() {
+        let payload = pattern(len, 100 + i as u8);
+        puts.push((w.put(put(peer.nid, payload)).unwrap(), len));
+    }
+    let gets: Vec<(OpId, usize)> = (0..SIZES.len())
+        .map(|i| (w.get(get(peer.nid, i)).unwrap(), i))
+        .collect();
+    let mut done: HashMap<OpId, Completion> = HashMap::new();
+    let mut events = Vec::new();
+    let give_up = Instant::now() + HANG.expect("a bound");
+    while done.len() < puts.len() + gets.len() {
+        assert!(
+            Instant::now() < give_up,
+            "{} of {} done",
+            done.len(),
+            puts.len() + gets.len()
+        );
+        w.progress(Some(Duration::from_millis(100)), &mut events);
+        for e in events.drain(..) {
+            if let Event::Completed(c) = e {
+                assert!(done.insert(c.op, c.clone()).is_none(), "{c:?} twice");
+            }
+        }
+    }
+    for (op, len) in puts {
+        assert_eq!(
+            done[&op].result,
+            Ok(OpOutcome::Put { mlen: len as u32 }),
+            "PUT of {len}"
+        );
+    }
+    for (op, i) in gets {
+        match &done[&op].result {
+            Ok(OpOutcome::Get { data }) => {
+                assert!(
+                    *data == pattern(SIZES[i], i as u8),
+                    "GET of {} bytes corrupted",
+                    SIZES[i]
+                )
+            }
+            other => panic!("GET of {}: {other:?}", SIZES[i]),
+        }
+    }
+    w.shutdown(&mut events);
+    assert!(events.is_empty(), "nothing was live: {events:?}");
+    assert_eq!(
+        peer.finish(),
+        (SIZES.len() as u64, 0),
+        "PUT payloads the peer received (intact, corrupt)"
+    );
 }
 
 #[test]
