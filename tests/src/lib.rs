@@ -103,31 +103,31 @@ pub fn free_tcp_nid() -> lanet::Nid {
     lanet_lnd_tcp::free_loopback_nid().expect("a free loopback port")
 }
 
-/// An endpoint on a free loopback port, over TCP. Another test process may take the port
-/// between the probe and the bind: then it tries another.
-pub fn loopback_endpoint(incarnation: u64) -> lanet::Endpoint {
-    let cfg = lanet::NodeConfig::new(incarnation);
-    let lnd = (0..5)
+/// A TCP LND on a free loopback port. Another test process may take the port between the
+/// probe and the bind: then it tries another.
+fn loopback_lnd(cfg: &lanet::NodeConfig) -> lanet_lnd_tcp::TcpLnd {
+    (0..5)
         .find_map(|_| {
-            let tcp = lanet_lnd_tcp::TcpConfig::for_node(&cfg);
+            let tcp = lanet_lnd_tcp::TcpConfig::for_node(cfg);
             lanet_lnd_tcp::TcpLnd::bind(free_tcp_nid(), tcp).ok()
         })
-        .expect("bind a loopback port");
+        .expect("bind a loopback port")
+}
+
+/// An endpoint on a free loopback port, over TCP.
+pub fn loopback_endpoint(incarnation: u64) -> lanet::Endpoint {
+    let cfg = lanet::NodeConfig::new(incarnation);
+    let lnd = loopback_lnd(&cfg);
     lanet::Endpoint::builder(cfg)
         .lnd(lnd)
         .start()
         .expect("start")
 }
 
-/// A worker on a free loopback port, over TCP (see [`loopback_endpoint`]).
+/// A worker on a free loopback port, over TCP.
 pub fn loopback_worker(incarnation: u64) -> lanet::Worker {
     let cfg = lanet::NodeConfig::new(incarnation);
-    let lnd = (0..5)
-        .find_map(|_| {
-            let tcp = lanet_lnd_tcp::TcpConfig::for_node(&cfg);
-            lanet_lnd_tcp::TcpLnd::bind(free_tcp_nid(), tcp).ok()
-        })
-        .expect("bind a loopback port");
+    let lnd = loopback_lnd(&cfg);
     lanet::Worker::new(cfg, vec![Box::new(lnd)]).expect("start")
 }
 

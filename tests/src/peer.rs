@@ -217,40 +217,77 @@ pub fn get(dst: Nid, i: usize) -> GetRequest {
 /// PUTs of every size in [`SIZES`] to the peer and GETs of every size from it, run at
 /// once; every payload must arrive intact (the peer checks the PUTs, we the GETs).
 pub fn check_exchange_of_every_size(ep: &Endpoint, peer: Peer) {
-    let puts: Vec<(OpId, usize)> = SIZES
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| {
-            let payload = crate::pattern(len, 100 + i as u8);
-            (ep.put(put(peer.nid, payload)).unwrap(), len)
-        })
-        .collect();
-    let gets: Vec<(OpId, usize)> = (0..SIZES.len())
-        .map(|i| (ep.get(get(peer.nid, i)).unwrap(), i))
-        .collect();
-    let ids: Vec<OpId> = puts.iter().chain(&gets).map(|(op, _)| *op).collect();
-    let done = wait_all(ep, &ids);
-    for (op, len) in puts {
+    let exchange = Exchange::submit(peer.nid, |r| match r {
+        Request::Put(r) => ep.put(r).unwrap(),
+        Request::Get(r) => ep.get(r).unwrap(),
+    });
+    let done = wait_all(ep, &exchange.ops());
+    exchange.check(&done, peer);
+}
+
+/// A request of an [`Exchange`].
+pub enum Request {
+    Put(PutRequest),
+    Get(GetRequest),
+}
+
+/// The operations of [`check_exchange_of_every_size`]: each PUT with its length, each GET
+/// with its index in [`SIZES`].
+pub struct Exchange {
+    puts: Vec<(OpId, usize)>,
+    gets: Vec<(OpId, usize)>,
+}
+
+impl Exchange {
+    /// Submits a PUT and a GET of every size to `dst`, each by `submit`.
+    pub fn submit(dst: Nid, mut submit: impl FnMut(Request) -> OpId) -> Exchange {
+        let puts = SIZES
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let payload = crate::pattern(len, 100 + i as u8);
+                (submit(Request::Put(put(dst, payload))), len)
+            })
+            .collect();
+        let gets = (0..SIZES.len())
+            .map(|i| (submit(Request::Get(get(dst, i))), i))
+            .collect();
+        Exchange { puts, gets }
+    }
+
+    pub fn ops(&self) -> Vec<OpId> {
+        self.puts
+            .iter()
+            .chain(&self.gets)
+            .map(|(op, _)| *op)
+            .collect()
+    }
+
+    /// Every PUT acknowledged in full, every GET's data intact, and the peer's count of
+    /// intact PUT payloads.
+    pub fn check(self, done: &HashMap<OpId, Completion>, peer: Peer) {
+        for (op, len) in self.puts {
+            assert_eq!(
+                done[&op].result,
+                Ok(OpOutcome::Put { mlen: len as u32 }),
+                "PUT of {len}"
+            );
+        }
+        for (op, i) in self.gets {
+            let want = crate::pattern(SIZES[i], i as u8);
+            match &done[&op].result {
+                Ok(OpOutcome::Get { data }) => {
+                    assert!(*data == want, "GET of {} bytes corrupted", SIZES[i])
+                }
+                other => panic!("GET of {}: {other:?}", SIZES[i]),
+            }
+        }
         assert_eq!(
-            done[&op].result,
-            Ok(OpOutcome::Put { mlen: len as u32 }),
-            "PUT of {len}"
+            peer.finish(),
+            (SIZES.len() as u64, 0),
+            "PUT payloads the peer received (intact, corrupt)"
         );
     }
-    for (op, i) in gets {
-        let want = crate::pattern(SIZES[i], i as u8);
-        match &done[&op].result {
-            Ok(OpOutcome::Get { data }) => {
-                assert!(*data == want, "GET of {} bytes corrupted", SIZES[i])
-            }
-            other => panic!("GET of {}: {other:?}", SIZES[i]),
-        }
-    }
-    assert_eq!(
-        peer.finish(),
-        (SIZES.len() as u64, 0),
-        "PUT payloads the peer received (intact, corrupt)"
-    );
 }
 
 /// Freezes the peer with operations of every kind outstanding, kills it, and checks that

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use lanet::op::Completion;
-use lanet::{Endpoint, Event, OpId, OpOutcome};
+use lanet::{Endpoint, Event, OpId};
+use lanet_tests::pattern;
 use lanet_tests::peer::{
-    check_exchange_of_every_size, check_kill_mid_transfer, get, put, wait_all, Peer, HANG,
+    check_exchange_of_every_size, check_kill_mid_transfer, put, wait_all, Exchange, Peer, Request,
+    HANG,
 };
-use lanet_tests::{pattern, SIZES};
 
 fn spawn(incarnation: u64) -> Peer {
     Peer::start_on_loopback(PEER_EXE, incarnation, false)
@@ -32,23 +33,20 @@ fn puts_and_gets_of_0_bytes_to_16_mib_cross_processes_intact_both_ways() {
 fn a_worker_exchanges_puts_and_gets_of_every_size_with_a_peer_process() {
     let peer = spawn(7);
     let mut w = lanet_tests::loopback_worker(1);
-    let mut puts = Vec::new();
-    for (i, &len) in SIZES.iter().enumerate() {
-        let payload = pattern(len, 100 + i as u8);
-        puts.push((w.put(put(peer.nid, payload)).unwrap(), len));
-    }
-    let gets: Vec<(OpId, usize)> = (0..SIZES.len())
-        .map(|i| (w.get(get(peer.nid, i)).unwrap(), i))
-        .collect();
+    let exchange = Exchange::submit(peer.nid, |r| match r {
+        Request::Put(r) => w.put(r).unwrap(),
+        Request::Get(r) => w.get(r).unwrap(),
+    });
+    let ops = exchange.ops();
     let mut done: HashMap<OpId, Completion> = HashMap::new();
     let mut events = Vec::new();
     let give_up = Instant::now() + HANG.expect("a bound");
-    while done.len() < puts.len() + gets.len() {
+    while done.len() < ops.len() {
         assert!(
             Instant::now() < give_up,
             "{} of {} done",
             done.len(),
-            puts.len() + gets.len()
+            ops.len()
         );
         w.progress(Some(Duration::from_millis(100)), &mut events);
         for e in events.drain(..) {
@@ -57,32 +55,9 @@ fn a_worker_exchanges_puts_and_gets_of_every_size_with_a_peer_process() {
             }
         }
     }
-    for (op, len) in puts {
-        assert_eq!(
-            done[&op].result,
-            Ok(OpOutcome::Put { mlen: len as u32 }),
-            "PUT of {len}"
-        );
-    }
-    for (op, i) in gets {
-        match &done[&op].result {
-            Ok(OpOutcome::Get { data }) => {
-                assert!(
-                    *data == pattern(SIZES[i], i as u8),
-                    "GET of {} bytes corrupted",
-                    SIZES[i]
-                )
-            }
-            other => panic!("GET of {}: {other:?}", SIZES[i]),
-        }
-    }
     w.shutdown(&mut events);
     assert!(events.is_empty(), "nothing was live: {events:?}");
-    assert_eq!(
-        peer.finish(),
-        (SIZES.len() as u64, 0),
-        "PUT payloads the peer received (intact, corrupt)"
-    );
+    exchange.check(&done, peer);
 }
 
 #[test]
