@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use lanet::op::PutRequest;
-use lanet::{Endpoint, Event};
+use lanet::{Endpoint, Event, Nid};
 
 use crate::baselines::{self, histogram};
 use crate::cputime::{self, CpuTime};
@@ -106,6 +106,15 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
     if rounds > 1 && (c.lnd != LndChoice::Tcp || c.connect.is_some()) {
         return Err("--rounds is for TCP against its own server, beside the baselines".into());
     }
+    if args.worker {
+        if c.lnd != LndChoice::Tcp {
+            return Err("--worker runs the TCP ping-pong (--lnd tcp)".into());
+        }
+        report.note(match c.connect {
+            Some(_) => "this side runs a lanet::Worker (--worker); the server runs what it was started with",
+            None => "both lanet sides run a lanet::Worker, driven by the process's own thread (--worker)",
+        });
+    }
     if c.lnd == LndChoice::Rdma {
         rdma(args, size, &mut report)?;
         return Ok(report);
@@ -164,6 +173,10 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
     let cpu_now = || count_cpu.then(|| both_sides(server_pid)).transpose();
     let before = cpu_now()?;
     let (hist, echo) = match (c.lnd, c.connect.or(server.as_ref().map(|s| s.nid))) {
+        (LndChoice::Tcp, Some(nid)) if args.worker => (
+            worker_pingpong(nid, size, args.iters)?,
+            peer::echo_addr(nid),
+        ),
         (LndChoice::Tcp, Some(nid)) => (
             pingpong(Target::Remote(nid), size, args.iters)?,
             peer::echo_addr(nid),
@@ -222,6 +235,23 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
         }
     }
     Ok(report)
+}
+
+/// [`pingpong`] from a [`lanet::Worker`] driven by this thread, against the server at `dst`
+/// (which runs a worker too when this process started it: `--worker` is passed on).
+fn worker_pingpong(dst: Nid, size: usize, iters: usize) -> Result<Histogram<u64>, String> {
+    let (mut w, put) = peer::tcp_worker_client(dst, size)?;
+    let mut hist = histogram();
+    let mut events = Vec::new();
+    for i in 0..WARMUP + iters {
+        let sent = Instant::now();
+        peer::worker_round_trip(&mut w, &put, &mut events)?;
+        if i >= WARMUP {
+            let _ = hist.record(sent.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+    w.shutdown(&mut events);
+    Ok(hist)
 }
 
 /// Over RDMA: lanet between two processes on the device's address, then `ib_send_lat`.

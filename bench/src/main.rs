@@ -147,6 +147,10 @@ pub(crate) struct LatencyArgs {
     /// process on the first.
     #[arg(long, conflicts_with = "spin")]
     pin: bool,
+    /// TCP: both lanet sides run a `lanet::Worker` (driven by the benchmark's own thread)
+    /// instead of an endpoint (which has a driver thread of its own).
+    #[arg(long)]
+    worker: bool,
     /// TCP: rounds of lanet and its baselines, one after another, each lanet round against
     /// a server process of its own. The figures are then the medians, and each ratio the
     /// median of the rounds' own ratios, with its range.
@@ -388,6 +392,7 @@ fn main() -> ExitCode {
         peer::set_realtime_driver(a.rt_driver);
     }
     if let Bench::Latency(a) = &cli.bench {
+        peer::set_worker(a.worker);
         if a.pin {
             // Before any other thread starts: those that do inherit the CPU.
             if let Err(e) = latency::pin(a) {

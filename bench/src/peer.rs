@@ -92,6 +92,19 @@ fn builder(cfg: NodeConfig) -> lanet::EndpointBuilder {
     }
 }
 
+static WORKER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `latency --worker`: this process's lanet side is a [`Worker`]; passed on to the server
+/// process.
+pub(crate) fn set_worker(on: bool) {
+    let _ = WORKER.set(on);
+}
+
+/// Whether this process's lanet side is a [`Worker`].
+pub(crate) fn worker() -> bool {
+    WORKER.get() == Some(&true)
+}
+
 static HEALTH_INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// `--interval-ms`: the health interval of this process's endpoints.
@@ -144,6 +157,9 @@ fn bind(nid: Nid, cfg: &NodeConfig) -> Result<Box<dyn lanet::lnd::Lnd>, String> 
 pub(crate) fn serve(nid: Nid) -> Result<(), String> {
     let cfg = node_config(2);
     let lnd = bind(nid, &cfg)?;
+    if worker() {
+        return serve_worker(cfg, lnd, nid);
+    }
     let ep = builder(cfg)
         .boxed_lnd(lnd)
         .on_event(discard_events)
@@ -156,6 +172,37 @@ pub(crate) fn serve(nid: Nid) -> Result<(), String> {
 /// "ready", and serves until standard input closes.
 fn serve_until_stdin_closes(ep: &Endpoint, echo: Option<Nid>) -> Result<(), String> {
     sink(ep)?;
+    echo_and_say_ready(echo)?;
+    for _ in std::io::stdin().lock().lines() {}
+    ep.shutdown();
+    Ok(())
+}
+
+/// [`serve`] with a [`Worker`] driven by this thread: the same sink, echo and "ready".
+fn serve_worker(cfg: NodeConfig, lnd: Box<dyn lanet::lnd::Lnd>, nid: Nid) -> Result<(), String> {
+    let mut w = Worker::new(cfg, vec![lnd]).map_err(|e| e.to_string())?;
+    w.attach(MatchEntry::sink(PORTAL, 0, MAX_PUT))
+        .map_err(|e| e.to_string())?;
+    echo_and_say_ready((nid.net().kind == LndKind::Tcp).then_some(nid))?;
+    let stdin_open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    {
+        let stdin_open = stdin_open.clone();
+        std::thread::spawn(move || {
+            for _ in std::io::stdin().lock().lines() {}
+            stdin_open.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let mut events = Vec::new();
+    while stdin_open.load(std::sync::atomic::Ordering::Relaxed) {
+        w.progress(Some(Duration::from_millis(50)), &mut events);
+        events.clear();
+    }
+    w.shutdown(&mut events);
+    Ok(())
+}
+
+/// Starts the raw TCP echo beside `echo` (if given) and says "ready".
+fn echo_and_say_ready(echo: Option<Nid>) -> Result<(), String> {
     if let Some(nid) = echo {
         let echo = TcpListener::bind(echo_addr(nid)).map_err(|e| format!("echo server: {e}"))?;
         std::thread::spawn(move || {
@@ -165,10 +212,7 @@ fn serve_until_stdin_closes(ep: &Endpoint, echo: Option<Nid>) -> Result<(), Stri
         });
     }
     println!("ready");
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
-    for _ in std::io::stdin().lock().lines() {}
-    ep.shutdown();
-    Ok(())
+    std::io::stdout().flush().map_err(|e| e.to_string())
 }
 
 /// Runs a server on configuration file `path` (its nets and routes) until standard input
@@ -396,6 +440,9 @@ pub(crate) fn spawn_server_at(
     if REALTIME_DRIVER.get() == Some(&true) {
         args.push("--rt-driver".into());
     }
+    if worker() {
+        args.push("--worker".into());
+    }
     Ok(spawn_ready(&args, wrapper)?.map(|child| ServerProcess { child, nid }))
 }
 
@@ -476,36 +523,10 @@ pub(crate) fn mem_workers_pingpong(n: usize, warmup: usize, size: usize) -> Resu
             server.shutdown(&mut events);
         })
     };
-    let put = lanet::op::PutRequest {
-        dst: sn,
-        lane: lanet::Lane::Data,
-        portal: PORTAL,
-        match_bits: 0,
-        payload: bytes::Bytes::from(vec![0x5a; size]),
-        timeout: Some(Duration::from_secs(10)),
-        on_peer_down: Default::default(),
-        ack: true,
-    };
+    let put = bench_put(sn, size, Duration::from_secs(10));
     let mut events = Vec::new();
-    let result = (|| {
-        for _ in 0..warmup + n {
-            let op = client.put(put.clone()).map_err(|e| e.to_string())?;
-            'answered: loop {
-                client.progress(None, &mut events);
-                for e in events.drain(..) {
-                    match e {
-                        Event::Completed(c) if c.op == op => {
-                            c.result.map_err(|e| format!("a PUT failed: {e}"))?;
-                            break 'answered;
-                        }
-                        Event::Completed(c) => return Err(format!("unexpected {c:?}")),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Ok(())
-    })();
+    let result =
+        (0..warmup + n).try_for_each(|_| worker_round_trip(&mut client, &put, &mut events));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     client.shutdown(&mut events);
     serving
@@ -561,6 +582,56 @@ pub(crate) fn tcp_client(
         .start()
         .map_err(|e| e.to_string())?;
     Ok((ep, backend))
+}
+
+/// Sends `put` from `w` and drives `w` until it completes: one round trip.
+pub(crate) fn worker_round_trip(
+    w: &mut Worker,
+    put: &lanet::op::PutRequest,
+    events: &mut Vec<Event>,
+) -> Result<(), String> {
+    let op = w.put(put.clone()).map_err(|e| e.to_string())?;
+    loop {
+        w.progress(None, events);
+        for e in events.drain(..) {
+            match e {
+                Event::Completed(c) if c.op == op => {
+                    return c
+                        .result
+                        .map(|_| ())
+                        .map_err(|e| format!("a PUT failed: {e}"));
+                }
+                Event::Completed(c) => return Err(format!("unexpected {c:?}")),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A [`Worker`] client towards `dst` over TCP, and the PUT of `size` bytes it repeats.
+pub(crate) fn tcp_worker_client(
+    dst: Nid,
+    size: usize,
+) -> Result<(Worker, lanet::op::PutRequest), String> {
+    let cfg = node_config(1);
+    let lnd = TcpLnd::bind(client_nid_towards(dst), tcp_config(&cfg)).map_err(|e| e.to_string())?;
+    set_backend(lnd.backend());
+    let w = Worker::new(cfg, vec![Box::new(lnd)]).map_err(|e| e.to_string())?;
+    Ok((w, bench_put(dst, size, Duration::from_secs(10))))
+}
+
+/// The PUT the benchmarks repeat: `size` bytes to the sink at `dst`.
+fn bench_put(dst: Nid, size: usize, timeout: Duration) -> lanet::op::PutRequest {
+    lanet::op::PutRequest {
+        dst,
+        lane: lanet::Lane::Data,
+        portal: PORTAL,
+        match_bits: 0,
+        payload: bytes::Bytes::from(vec![0x5a; size]),
+        timeout: Some(timeout),
+        on_peer_down: Default::default(),
+        ack: true,
+    }
 }
 
 /// A raw TCP echo server in this process (for the in-memory runs' baseline).
@@ -628,16 +699,7 @@ pub(crate) fn client(
             (ep, dst, others)
         }
     };
-    let put = lanet::op::PutRequest {
-        dst,
-        lane: lanet::Lane::Data,
-        portal: PORTAL,
-        match_bits: 0,
-        payload: bytes::Bytes::from(vec![0x5a; size]),
-        timeout: Some(timeout),
-        on_peer_down: Default::default(),
-        ack: true,
-    };
+    let put = bench_put(dst, size, timeout);
     Ok(Client {
         ep,
         put,

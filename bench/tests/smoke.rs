@@ -70,6 +70,22 @@ fn tcp_latency_busy_polls_with_spin() {
     positive(&r, "raw_tcp.p50_us");
 }
 
+/// Both sides as workers (`--worker`): the same figures; refused off TCP.
+#[test]
+fn tcp_latency_runs_with_workers_on_both_sides() {
+    let r = run(&["latency", "--lnd", "tcp", "--iters", "300", "--worker"]);
+    let us = positive(&r, "lanet.p50_us");
+    assert!((1.0..1_000_000.0).contains(&us), "{us} us");
+    positive(&r, "ratio.p50_vs_raw_tcp");
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args(["latency", "--lnd", "mem", "--iters", "10", "--worker"])
+        .output()
+        .expect("run lanet-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--worker with --lnd mem ran");
+    assert!(stderr.contains("--worker runs the TCP"), "{stderr}");
+}
+
 /// Pinned (`--pin`, the two sides on two CPUs): the same figures, and each side's CPU time
 /// per round trip, for lanet and the raw floor alike.
 #[test]
