@@ -62,7 +62,7 @@ pub struct Worker {
     driver: Driver,
     clock: Arc<dyn Clock>,
     max_payload: u32,
-    /// The next id handed out: the worker chooses them, so none is ever in use twice.
+    /// The next id handed out: the worker chooses them, in turn (see `submit`).
     next_op: u64,
     /// When the node next has a timer due (as of the last turn), if ever.
     due: Option<Time>,
@@ -278,9 +278,10 @@ impl Worker {
         self.stop(EndpointError::ShutDown, events);
     }
 
-    /// The last turn (what it sends still goes: an endpoint's last flush does the same),
-    /// then the drivers go.
+    /// The last turn (what it sends still goes, as an endpoint's last flush does; no timer
+    /// runs in it, as none does in the endpoint's), then the drivers go.
     fn stop(&mut self, why: EndpointError, events: &mut Vec<Event>) {
+        self.due = None;
         self.turn(self.clock.now(), events);
         self.driver.close_lnds();
         self.stopped = Some(why);
