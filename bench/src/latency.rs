@@ -1,11 +1,13 @@
 //! `lanet-bench latency`: ping-pong of PUTs. A PUT completes when its ACK comes back, so each
 //! one is a round trip; the next is sent from the completion callback, on the driver thread,
-//! so no thread hand-off sits in the loop.
+//! so no thread hand-off sits in the loop (with `--worker`, from the loop of the thread
+//! that drives the worker).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use lanet::nid::LndKind;
 use lanet::op::PutRequest;
 use lanet::{Endpoint, Event, Nid};
 
@@ -107,8 +109,11 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         return Err("--rounds is for TCP against its own server, beside the baselines".into());
     }
     if args.worker {
-        if c.lnd != LndChoice::Tcp {
-            return Err("--worker runs the TCP ping-pong (--lnd tcp)".into());
+        let tcp_target = c.connect.is_none_or(|n| n.net().kind == LndKind::Tcp);
+        if c.lnd != LndChoice::Tcp || !tcp_target || c.config.is_some() {
+            return Err(
+                "--worker runs the TCP ping-pong (--lnd tcp), directly (not with --config)".into(),
+            );
         }
         report.note(match c.connect {
             Some(_) => "this side runs a lanet::Worker (--worker); the server runs what it was started with",

@@ -147,8 +147,9 @@ pub(crate) struct LatencyArgs {
     /// process on the first.
     #[arg(long, conflicts_with = "spin")]
     pin: bool,
-    /// TCP: both lanet sides run a `lanet::Worker` (driven by the benchmark's own thread)
-    /// instead of an endpoint (which has a driver thread of its own).
+    /// TCP: the lanet side runs a `lanet::Worker` (driven by the benchmark's own thread)
+    /// instead of an endpoint (which has a driver thread of its own); so does the server
+    /// process this starts (or, with --serve, this one).
     #[arg(long)]
     worker: bool,
     /// TCP: rounds of lanet and its baselines, one after another, each lanet round against

@@ -158,6 +158,9 @@ pub(crate) fn serve(nid: Nid) -> Result<(), String> {
     let cfg = node_config(2);
     let lnd = bind(nid, &cfg)?;
     if worker() {
+        if nid.net().kind != LndKind::Tcp {
+            return Err("--worker runs the TCP ping-pong: serve a tcp NID".into());
+        }
         return serve_worker(cfg, lnd, nid);
     }
     let ep = builder(cfg)

@@ -84,6 +84,13 @@ fn tcp_latency_runs_with_workers_on_both_sides() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "--worker with --lnd mem ran");
     assert!(stderr.contains("--worker runs the TCP"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+        .args(["latency", "--connect", "127.0.0.1:1@o2ib", "--worker"])
+        .output()
+        .expect("run lanet-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--worker towards an o2ib NID ran");
+    assert!(stderr.contains("--worker runs the TCP"), "{stderr}");
 }
 
 /// Pinned (`--pin`, the two sides on two CPUs): the same figures, and each side's CPU time

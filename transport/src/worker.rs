@@ -274,12 +274,18 @@ impl Worker {
         if self.stopped.is_some() {
             return;
         }
+        // What is already past its deadline ends as timed out, not cancelled, as at an
+        // endpoint's shutdown.
+        let now = self.clock.now();
+        if self.due.is_some_and(|d| d <= now) {
+            self.driver.node_mut().handle_timeout(now);
+        }
         self.driver.node_mut().shutdown();
         self.stop(EndpointError::ShutDown, events);
     }
 
-    /// The last turn (what it sends still goes, as an endpoint's last flush does; no timer
-    /// runs in it, as none does in the endpoint's), then the drivers go.
+    /// The last turn of a node shut down or aborted (what it sends still goes, as with an
+    /// endpoint's last flush; no timer of a stopped node runs), then the drivers go.
     fn stop(&mut self, why: EndpointError, events: &mut Vec<Event>) {
         self.due = None;
         self.turn(self.clock.now(), events);

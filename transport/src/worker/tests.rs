@@ -308,3 +308,35 @@ fn a_worker_whose_driver_fails_completes_everything_and_says_why() {
     }
     assert_eq!(completed.len(), ops.len(), "{completed:?}");
 }
+
+/// An op already past its deadline when the worker shuts down ends as timed out, as at an
+/// endpoint's shutdown: the timers due run first.
+#[test]
+fn shutdown_ends_an_op_past_its_deadline_as_timed_out() {
+    let f = fabric();
+    let _silent = worker(&f, 2);
+    let mut w = worker(&f, 1);
+    let op = w
+        .put(put(
+            2,
+            Bytes::from_static(b"late"),
+            Some(Duration::from_millis(10)),
+        ))
+        .unwrap();
+    let mut events = Vec::new();
+    w.progress(Some(Duration::ZERO), &mut events);
+    assert!(events.is_empty(), "{events:?}");
+    std::thread::sleep(Duration::from_millis(50));
+    w.shutdown(&mut events);
+    let [Event::Completed(c)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(c.op, op);
+    assert!(
+        matches!(
+            c.result,
+            Err(OpError::NetworkTimeout | OpError::LocalTimeout | OpError::RemoteTimeout)
+        ),
+        "{c:?}"
+    );
+}
