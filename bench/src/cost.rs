@@ -106,7 +106,7 @@ fn defined_under(f: &str) -> String {
 const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
 
 /// What runs under callgrind.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub(crate) enum Inner {
     /// The ping-pong of two endpoints (each with its driver thread).
     Endpoints,
@@ -380,15 +380,8 @@ fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Resu
         "--size",
         &size.to_string(),
     ]);
-    match kind {
-        Inner::Endpoints => {}
-        Inner::Workers => {
-            cmd.arg("--inner-workers");
-        }
-        Inner::Channels => {
-            cmd.arg("--inner-baseline");
-        }
-    }
+    let kind = clap::ValueEnum::to_possible_value(&kind).expect("no variant is skipped");
+    cmd.args(["--inner-kind", kind.get_name()]);
     let done = output_within(cmd, CALLGRIND_LIMIT).map_err(|e| format!("valgrind: {e}"))?;
     if !done.status.success() {
         return Err(format!(

@@ -201,17 +201,9 @@ pub(crate) struct CostArgs {
     /// Only run this many round trips (what runs under callgrind).
     #[arg(long, hide = true)]
     inner: Option<usize>,
-    /// With --inner: the baseline's round trips instead.
-    #[arg(long, hide = true, requires = "inner")]
-    inner_baseline: bool,
-    /// With --inner: the workers' round trips instead.
-    #[arg(
-        long,
-        hide = true,
-        requires = "inner",
-        conflicts_with = "inner_baseline"
-    )]
-    inner_workers: bool,
+    /// With --inner: whose round trips.
+    #[arg(long, hide = true, requires = "inner", value_enum, default_value_t = cost::Inner::Endpoints)]
+    inner_kind: cost::Inner,
 }
 
 #[derive(Args)]
@@ -421,17 +413,11 @@ fn main() -> ExitCode {
     if let Bench::Cost(CostArgs {
         inner: Some(n),
         size,
-        inner_baseline,
-        inner_workers,
+        inner_kind,
         ..
     }) = &cli.bench
     {
-        let kind = match (inner_baseline, inner_workers) {
-            (true, _) => cost::Inner::Channels,
-            (_, true) => cost::Inner::Workers,
-            _ => cost::Inner::Endpoints,
-        };
-        return match cost::run_inner(*n, *size, kind) {
+        return match cost::run_inner(*n, *size, *inner_kind) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lanet-bench: {e}");

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,9 +131,14 @@ pub(crate) fn node_config(incarnation: u64) -> NodeConfig {
 
 /// Attaches the benchmark sink; events are consumed as they come, so nothing piles up.
 fn sink(ep: &Endpoint) -> Result<(), String> {
-    ep.attach(MatchEntry::sink(PORTAL, 0, MAX_PUT))
+    ep.attach(bench_sink())
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The entry every benchmark server's PUTs land in.
+fn bench_sink() -> MatchEntry {
+    MatchEntry::sink(PORTAL, 0, MAX_PUT)
 }
 
 fn discard_events(_: Event) {}
@@ -184,24 +190,28 @@ fn serve_until_stdin_closes(ep: &Endpoint, echo: Option<Nid>) -> Result<(), Stri
 /// [`serve`] with a [`Worker`] driven by this thread: the same sink, echo and "ready".
 fn serve_worker(cfg: NodeConfig, lnd: Box<dyn lanet::lnd::Lnd>, nid: Nid) -> Result<(), String> {
     let mut w = Worker::new(cfg, vec![lnd]).map_err(|e| e.to_string())?;
-    w.attach(MatchEntry::sink(PORTAL, 0, MAX_PUT))
-        .map_err(|e| e.to_string())?;
-    echo_and_say_ready((nid.net().kind == LndKind::Tcp).then_some(nid))?;
-    let stdin_open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    w.attach(bench_sink()).map_err(|e| e.to_string())?;
+    echo_and_say_ready(Some(nid))?;
+    let serving = Arc::new(AtomicBool::new(true));
     {
-        let stdin_open = stdin_open.clone();
+        let serving = serving.clone();
         std::thread::spawn(move || {
             for _ in std::io::stdin().lock().lines() {}
-            stdin_open.store(false, std::sync::atomic::Ordering::Relaxed);
+            serving.store(false, Ordering::Relaxed);
         });
     }
+    serve_with(&mut w, &serving);
+    Ok(())
+}
+
+/// Drives a server worker while `serving` holds, dropping its events, then shuts it down.
+fn serve_with(w: &mut Worker, serving: &AtomicBool) {
     let mut events = Vec::new();
-    while stdin_open.load(std::sync::atomic::Ordering::Relaxed) {
-        w.progress(Some(Duration::from_millis(50)), &mut events);
+    while serving.load(Ordering::Relaxed) {
+        w.progress(Some(Duration::from_millis(10)), &mut events);
         events.clear();
     }
     w.shutdown(&mut events);
-    Ok(())
 }
 
 /// Starts the raw TCP echo beside `echo` (if given) and says "ready".
@@ -456,11 +466,7 @@ pub(crate) fn mem_endpoints(
     routed: bool,
     client: impl FnMut(Event) + Send + 'static,
 ) -> Result<(Endpoint, Vec<Endpoint>, Nid), String> {
-    let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
-    fabric.set_default_link(LinkFaults {
-        delay: Duration::ZERO,
-        ..LinkFaults::default()
-    });
+    let fabric = zero_delay_fabric();
     let start = |nids: &[Nid], cfg: NodeConfig, on_event: Box<dyn FnMut(Event) + Send>| {
         let mut b = Endpoint::builder(cfg.clone()).on_event(on_event);
         for &nid in nids {
@@ -494,15 +500,21 @@ pub(crate) fn mem_endpoints(
     Ok((client, others, sn))
 }
 
-/// The ping-pong of [`mem_endpoints`] with [`Worker`]s instead: each side's node driven by
-/// its own thread's loop, no driver thread and no channel between them. `n` round trips of
-/// `size`-byte PUTs after `warmup`, each sent once the one before completed.
-pub(crate) fn mem_workers_pingpong(n: usize, warmup: usize, size: usize) -> Result<(), String> {
+/// The in-memory fabric of the benchmarks: links without delay, so the core alone counts.
+fn zero_delay_fabric() -> MemFabric {
     let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
     fabric.set_default_link(LinkFaults {
         delay: Duration::ZERO,
         ..LinkFaults::default()
     });
+    fabric
+}
+
+/// The ping-pong of [`mem_endpoints`] with [`Worker`]s instead: each side's node driven by
+/// its own thread's loop, no driver thread and no channel between them. `n` round trips of
+/// `size`-byte PUTs after `warmup`, each sent once the one before completed.
+pub(crate) fn mem_workers_pingpong(n: usize, warmup: usize, size: usize) -> Result<(), String> {
+    let fabric = zero_delay_fabric();
     let start = |nid: Nid, cfg: NodeConfig| -> Result<Worker, String> {
         let lnd =
             MemLnd::new(&fabric, nid, MemLndConfig::for_node(&cfg)).map_err(|e| e.to_string())?;
@@ -511,28 +523,19 @@ pub(crate) fn mem_workers_pingpong(n: usize, warmup: usize, size: usize) -> Resu
     let (cn, sn) = (Nid::mem(1, 1), Nid::mem(2, 1));
     let mut server = start(sn, node_config(2))?;
     let mut client = start(cn, node_config(1))?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let serving = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            server
-                .attach(MatchEntry::sink(PORTAL, 0, MAX_PUT))
-                .expect("a new worker takes an entry");
-            let mut events = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                server.progress(Some(Duration::from_millis(10)), &mut events);
-                events.clear();
-            }
-            server.shutdown(&mut events);
-        })
+    server.attach(bench_sink()).map_err(|e| e.to_string())?;
+    let serving = Arc::new(AtomicBool::new(true));
+    let server_thread = {
+        let serving = serving.clone();
+        std::thread::spawn(move || serve_with(&mut server, &serving))
     };
     let put = bench_put(sn, size, Duration::from_secs(10));
     let mut events = Vec::new();
     let result =
         (0..warmup + n).try_for_each(|_| worker_round_trip(&mut client, &put, &mut events));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    serving.store(false, Ordering::Relaxed);
     client.shutdown(&mut events);
-    serving
+    server_thread
         .join()
         .map_err(|_| "the server worker panicked".to_string())?;
     result
