@@ -61,7 +61,6 @@ use crate::time::{Clock, MonotonicClock, Time};
 pub struct Worker {
     driver: Driver,
     clock: Arc<dyn Clock>,
-    max_payload: u32,
     /// The next id handed out: the worker chooses them, in turn (see `submit`).
     next_op: u64,
     /// When the node next has a timer due (as of the last turn), if ever.
@@ -86,12 +85,10 @@ impl Worker {
         lnds: Vec<Box<dyn Lnd>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Worker, EndpointError> {
-        let max_payload = cfg.max_payload;
         let driver = Driver::new(cfg, lnds).map_err(|e| EndpointError::Start(e.to_string()))?;
         Ok(Worker {
             driver,
             clock,
-            max_payload,
             next_op: 1,
             due: Some(Time::ZERO),
             stopped: None,
@@ -111,13 +108,13 @@ impl Worker {
 
     /// Sends a PUT; its completion comes from a later [`Worker::progress`].
     pub fn put(&mut self, req: PutRequest) -> Result<OpId, EndpointError> {
-        req.validate(self.max_payload)
+        req.validate(self.node().config().max_payload)
             .map_err(EndpointError::Invalid)?;
         self.submit(|node, now, id| node.put(now, id, req))
     }
 
     pub fn get(&mut self, req: GetRequest) -> Result<OpId, EndpointError> {
-        req.validate(self.max_payload)
+        req.validate(self.node().config().max_payload)
             .map_err(EndpointError::Invalid)?;
         self.submit(|node, now, id| node.get(now, id, req))
     }

@@ -39,6 +39,14 @@ fn put(dst: u32, payload: Bytes, timeout: Option<Duration>) -> PutRequest {
     }
 }
 
+/// Whether an op ended at its deadline (whichever side the node blames).
+fn timed_out(result: &Result<OpOutcome, OpError>) -> bool {
+    matches!(
+        result,
+        Err(OpError::NetworkTimeout | OpError::LocalTimeout | OpError::RemoteTimeout)
+    )
+}
+
 /// Progresses `w` until each op in `ops` has completed (within `limit`), checking that
 /// none completes twice; returns the completions and the other events.
 fn complete_all(
@@ -163,14 +171,7 @@ fn a_deadline_cuts_a_long_wait_short_and_the_op_ends_once() {
         .collect();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].op, op);
-    assert!(
-        matches!(
-            done[0].result,
-            Err(OpError::NetworkTimeout | OpError::LocalTimeout | OpError::RemoteTimeout)
-        ),
-        "{:?}",
-        done[0].result
-    );
+    assert!(timed_out(&done[0].result), "{:?}", done[0].result);
     // Nothing more comes for it.
     events.clear();
     w.progress(Some(Duration::from_millis(100)), &mut events);
@@ -332,11 +333,5 @@ fn shutdown_ends_an_op_past_its_deadline_as_timed_out() {
         panic!("{events:?}")
     };
     assert_eq!(c.op, op);
-    assert!(
-        matches!(
-            c.result,
-            Err(OpError::NetworkTimeout | OpError::LocalTimeout | OpError::RemoteTimeout)
-        ),
-        "{c:?}"
-    );
+    assert!(timed_out(&c.result), "{c:?}");
 }
