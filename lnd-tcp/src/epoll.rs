@@ -69,6 +69,9 @@ pub(crate) struct Epoll {
     /// Sockets whose receive low-water mark is raised above 1, and to what (see
     /// [`crate::low_water`]).
     low_water: FxHashMap<ConnId, usize>,
+    /// The data connection the last wait that read anything read from, if it read from no
+    /// other: where a busy-polling loop looks without waiting ([`Epoll::poll_hot`]).
+    hot: Option<ConnId>,
 }
 
 impl Epoll {
@@ -103,6 +106,7 @@ impl Epoll {
             skipped_wait: false,
             posted_to: Vec::new(),
             low_water: FxHashMap::default(),
+            hot: None,
         })
     }
 
@@ -278,35 +282,44 @@ impl Epoll {
     }
 
     /// Reads what is available on `conn` until it would block (edge-triggered), or until
-    /// the round's budget is spent: then `conn` is revisited next round.
-    fn drain(&mut self, conn: ConnId) {
+    /// the round's budget is spent: then `conn` is revisited next round. True if it read
+    /// anything.
+    fn drain(&mut self, conn: ConnId) -> bool {
+        let mut read = false;
         for _ in 0..READS_PER_ROUND {
             let Some(sock) = self.sockets.get_mut(&conn) else {
-                return;
+                return read;
             };
             let Some(c) = self.engine.conn_mut(conn) else {
-                return;
+                return read;
             };
             let buf = c.rx.read_buf();
             let asked = buf.capacity() - buf.len();
             match recv_into(sock, buf) {
                 Ok(0) => {
-                    return self.fail(conn, LndErrorKind::Reset, "connection closed by the peer")
+                    self.fail(conn, LndErrorKind::Reset, "connection closed by the peer");
+                    return read;
                 }
                 Ok(n) => {
+                    read = true;
                     self.engine.received(conn, Instant::now);
                     if n < asked {
                         // A short read emptied the socket; new data reaching the mark
                         // raises a new edge. This saves the read that would only say EAGAIN.
-                        return self.set_low_water(conn);
+                        self.set_low_water(conn);
+                        return read;
                     }
                 }
                 Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock => return self.set_low_water(conn),
+                    io::ErrorKind::WouldBlock => {
+                        self.set_low_water(conn);
+                        return read;
+                    }
                     io::ErrorKind::Interrupted => {}
                     _ => {
                         let error = io_error(&e, "receive");
-                        return self.engine.fail(conn, error);
+                        self.engine.fail(conn, error);
+                        return read;
                     }
                 },
             }
@@ -314,6 +327,7 @@ impl Epoll {
         // Revisited next round without waiting for an edge: its mark, perhaps set for more
         // than is left by now, is set again when a drain empties the socket.
         self.unread.push(conn);
+        read
     }
 
     /// Before `conn`'s socket is left to raise its next edge: while a large frame arrives,
@@ -445,7 +459,9 @@ impl Epoll {
         // Health-lane sockets first.
         self.ready.sort_unstable_by_key(|(lane, ..)| *lane);
         let ready = std::mem::take(&mut self.ready);
-        for &(_, conn, readable, writable) in &ready {
+        // The connections read from: (the last, whether there were several).
+        let mut read_from: Option<(Lane, ConnId, bool)> = None;
+        for &(lane, conn, readable, writable) in &ready {
             let connecting = writable
                 && self
                     .engine
@@ -454,16 +470,56 @@ impl Epoll {
             if connecting {
                 self.finish_connect(conn);
             }
-            if readable {
-                self.drain(conn);
+            if readable && self.drain(conn) {
+                let several = read_from.is_some_and(|(_, other, _)| other != conn);
+                read_from = Some((lane, conn, several));
             }
             self.flush(conn);
         }
         self.ready = ready;
+        if let Some((lane, conn, several)) = read_from {
+            self.hot = (lane == Lane::Data && !several).then_some(conn);
+        }
+        self.finish_round(events);
+        Ok(())
+    }
+
+    /// Busy-polling: reads the hot connection (the one data connection the last waits
+    /// found something on) without waiting on epoll first. When its peer's next frame is
+    /// there, that is one system call from the frame's arrival to its handling rather
+    /// than two (the wait, then the read): ~0.4 us of a busy-polling round trip's ~15 on
+    /// this machine kind, each way. The busy-polling loop still polls in full every few
+    /// turns, for the other sockets (the health lane's among them). False, having read
+    /// nothing, where there is no hot connection, or a full poll has work carried over
+    /// or events to hand over, or a large frame is arriving (whose reads wait for a good
+    /// part of it: [`crate::low_water`]).
+    pub(crate) fn poll_hot(&mut self, events: &mut Vec<LndEvent>) -> bool {
+        self.send_posted();
+        let Some(conn) = self.hot else {
+            return false;
+        };
+        let carried_over = !self.unread.is_empty() || !self.unwritten.is_empty();
+        if carried_over || !self.engine.events.is_empty() || !self.low_water.is_empty() {
+            return false;
+        }
+        if !self.sockets.contains_key(&conn) {
+            self.hot = None;
+            return false;
+        }
+        // Data read this way still raises its edge: the next full poll reads once more
+        // and finds the socket empty.
+        self.drain(conn);
+        self.flush(conn);
+        self.finish_round(events);
+        true
+    }
+
+    /// The end of a round of reads and writes: handshake deadlines, closed sockets, and
+    /// the events for the core.
+    fn finish_round(&mut self, events: &mut Vec<LndEvent>) {
         self.engine.expire_due();
         self.drop_closed();
         events.append(&mut self.engine.events);
-        Ok(())
     }
 }
 

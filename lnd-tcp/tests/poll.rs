@@ -266,3 +266,81 @@ fn a_poll_with_completions_waiting_still_reads_the_sockets_at_the_next() {
     };
     assert!(received <= 3, "came up at poll {received}");
 }
+
+/// A busy-polling epoll driver reads its hot connection (the one data connection its
+/// last waits read from) without asking epoll, most turns. Its other sockets must still
+/// be looked at while that connection never runs dry: a PING on the health lane comes up
+/// within a few polls, each of which found data frames, and the data frames come up
+/// whole and in order meanwhile. (io_uring: a plain busy-polling driver, the same.)
+#[test]
+fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
+    let (na, nb) = (
+        lanet_lnd_tcp::free_loopback_nid().unwrap(),
+        lanet_lnd_tcp::free_loopback_nid().unwrap(),
+    );
+    let (mut a, mut b) = (lnd(na, Duration::from_secs(10)), lnd(nb, Duration::ZERO));
+    // Both lanes up: each side's handshake moves only while it is polled.
+    let mut up = 0;
+    let mut events = Vec::new();
+    b.connect(na, Lane::Data);
+    b.connect(na, Lane::Health);
+    let start = Instant::now();
+    while up < 4 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no connections");
+        for side in [&mut a, &mut b] {
+            side.poll(&mut events, Some(Duration::from_millis(1)))
+                .unwrap();
+            up += events
+                .drain(..)
+                .filter(|e| matches!(e, LndEvent::Connected { .. }))
+                .count();
+        }
+    }
+    let mut next = 0;
+    let mut received = Vec::new();
+    let send_batch = |b: &mut TcpLnd, next: &mut u64| {
+        for _ in 0..16 {
+            b.post(put(nb, na, *next, *next));
+            *next += 1;
+        }
+        b.send_posted();
+        b.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap();
+    };
+    // A's data connection becomes its hot one.
+    send_batch(&mut b, &mut next);
+    poll_until(&mut a, |e| matches!(e, LndEvent::Received { .. }));
+    // From now on there is always more on it before A polls.
+    b.post(ping(nb, na, 7, u64::MAX));
+    b.send_posted();
+    let mut polls = 0;
+    let heard = loop {
+        polls += 1;
+        if polls > 64 {
+            break false;
+        }
+        send_batch(&mut b, &mut next);
+        a.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+        let mut pinged = false;
+        for e in events.drain(..) {
+            if let LndEvent::Received { header, .. } = e {
+                match header.body {
+                    Body::Ping { seq: 7 } => pinged = true,
+                    _ => received.push(header.msg_id),
+                }
+            }
+        }
+        if pinged {
+            break true;
+        }
+    };
+    assert!(heard, "the PING did not come up in {polls} polls");
+    assert!(polls <= 16, "the PING came up at poll {polls}");
+    assert!(!received.is_empty());
+    assert!(
+        received
+            .iter()
+            .zip(received.iter().skip(1))
+            .all(|(x, y)| y == &(x + 1)),
+        "data frames out of order or lost: {received:?}"
+    );
+}
