@@ -5,7 +5,6 @@
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 
-use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use rustc_hash::FxHashMap;
 use crate::engine::{ConnId, Engine};
 use crate::framing::{TxQueue, MAX_SLICES};
 use crate::low_water;
+use crate::recv::recv_into;
 use crate::{io_error, tune_socket};
 
 const LISTENER: Token = Token(0);
@@ -575,22 +575,6 @@ fn send_slices(sock: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize>
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
-}
-
-/// Reads from `sock` into `buf`'s spare capacity (none of it zero-filled first) and appends
-/// what arrived.
-fn recv_into(sock: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: the kernel writes at most `spare.len()` bytes into memory we own and do not
-    // otherwise touch during the call.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    // SAFETY: the kernel initialised the first `n` spare bytes, and `n <= spare.len()`.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod epoll;
 mod framing;
 mod loopback;
 mod low_water;
+mod recv;
 mod sockopt;
 mod uring;
 
@@ -342,12 +343,13 @@ impl Lnd for TcpLnd {
         let start = Instant::now();
         let limit = timeout.map_or(spin.limit, |t| t.min(spin.limit));
         loop {
-            // Epoll reads its hot connection directly most turns (see `Epoll::poll_hot`).
+            // The hot connection is read directly most turns (`Epoll::poll_hot`,
+            // `Uring::poll_hot`).
             self.hot_turns += 1;
             let looked = self.hot_turns < FULL_POLL_EVERY
                 && match &mut self.backend {
                     Driver::Epoll(b) => b.poll_hot(events),
-                    Driver::Uring(_) => false,
+                    Driver::Uring(b) => b.poll_hot(events),
                 };
             if !looked {
                 self.hot_turns = 0;

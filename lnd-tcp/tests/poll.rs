@@ -267,25 +267,22 @@ fn a_poll_with_completions_waiting_still_reads_the_sockets_at_the_next() {
     assert!(received <= 3, "came up at poll {received}");
 }
 
-/// A busy-polling epoll driver reads its hot connection (the one data connection its
-/// last waits read from) without asking epoll, most turns. Its other sockets must still
-/// be looked at while that connection never runs dry: a PING on the health lane comes up
-/// within a few polls, each of which found data frames, and the data frames come up
-/// whole and in order meanwhile. (io_uring: a plain busy-polling driver, the same.)
-#[test]
-fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
+/// An LND busy-polling for `spin` (the first) with `lanes` up to it from a sleeping one
+/// (the second), which dialled them.
+fn dialled_by_a_sleeper(lanes: &[Lane], spin: Duration) -> ((Nid, TcpLnd), (Nid, TcpLnd)) {
     let (na, nb) = (
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
     );
-    let (mut a, mut b) = (lnd(na, Duration::from_secs(10)), lnd(nb, Duration::ZERO));
-    // Both lanes up: each side's handshake moves only while it is polled.
+    let (mut a, mut b) = (lnd(na, spin), lnd(nb, Duration::ZERO));
+    for &lane in lanes {
+        b.connect(na, lane);
+    }
+    // Each side's handshake moves only while it is polled.
     let mut up = 0;
     let mut events = Vec::new();
-    b.connect(na, Lane::Data);
-    b.connect(na, Lane::Health);
     let start = Instant::now();
-    while up < 4 {
+    while up < 2 * lanes.len() {
         assert!(start.elapsed() < Duration::from_secs(5), "no connections");
         for side in [&mut a, &mut b] {
             side.poll(&mut events, Some(Duration::from_millis(1)))
@@ -296,6 +293,19 @@ fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
                 .count();
         }
     }
+    ((na, a), (nb, b))
+}
+
+/// A busy-polling driver reads its hot connection (the one data connection its last
+/// looks read from) itself, most turns. Its other sockets must still be looked at while
+/// that connection never runs dry: a PING on the health lane comes up within a few
+/// polls, each of which found data frames, and the data frames come up whole and in
+/// order meanwhile.
+#[test]
+fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
+    let ((na, mut a), (nb, mut b)) =
+        dialled_by_a_sleeper(&[Lane::Data, Lane::Health], Duration::from_secs(10));
+    let mut events = Vec::new();
     let mut next = 0;
     let mut received = Vec::new();
     let send_batch = |b: &mut TcpLnd, next: &mut u64| {
@@ -343,4 +353,61 @@ fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
             .all(|(x, y)| y == &(x + 1)),
         "data frames out of order or lost: {received:?}"
     );
+}
+
+/// A busy-polling driver that reads its hot connection itself (io_uring: with no receive
+/// in the ring meanwhile) must hand it back to the kernel before it sleeps: frames that
+/// come while it sleeps wake it. Bursts come both within its spin and after it, and every
+/// frame comes up once, in order, each wait ending long before its timeout.
+#[test]
+fn a_busy_polling_driver_wakes_for_its_hot_connection_after_its_spin() {
+    let (na, nb) = (
+        lanet_lnd_tcp::free_loopback_nid().unwrap(),
+        lanet_lnd_tcp::free_loopback_nid().unwrap(),
+    );
+    let mut a = lnd(na, Duration::from_micros(200));
+    // The sender is made, and polled, on a thread of its own: an io_uring stays with the
+    // thread that first used it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let sender = std::thread::spawn(move || {
+        let mut b = lnd(nb, Duration::ZERO);
+        b.connect(na, Lane::Data);
+        poll_until(&mut b, |e| matches!(e, LndEvent::Connected { .. }));
+        let mut next = 0;
+        for burst in 0..20u64 {
+            // Within the spin, or well after it.
+            let pause = if burst % 2 == 0 { 50 } else { 20_000 };
+            std::thread::sleep(Duration::from_micros(pause));
+            for _ in 0..8 {
+                b.post(put(nb, na, next, next));
+                next += 1;
+            }
+            b.send_posted();
+            b.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap();
+        }
+        // Kept open until the receiver has everything.
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+    });
+    let mut events = Vec::new();
+    let mut received = Vec::new();
+    let mut longest = Duration::ZERO;
+    let start = Instant::now();
+    while received.len() < 160 {
+        let waited = Instant::now();
+        a.poll(&mut events, Some(Duration::from_secs(10))).unwrap();
+        longest = longest.max(waited.elapsed());
+        received.extend(events.drain(..).filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        }));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "got {received:?}"
+        );
+    }
+    let _ = done_tx.send(());
+    sender.join().unwrap();
+    assert_eq!(received, (0..160).collect::<Vec<_>>());
+    // A sleep the hot connection could not end lasts the whole timeout (10 s).
+    assert!(longest < Duration::from_secs(5), "a wait took {longest:?}");
 }

@@ -211,6 +211,10 @@ pub(crate) struct Uring {
     /// A send was queued in the ring since the last `io_uring_enter` that submitted it (a
     /// poll's, or `send_posted`'s).
     sends_queued: bool,
+    /// Busy-polling: the data connection this thread reads with plain `recv`s instead of
+    /// a receive in the ring (it has none then), the one whose receive completed last
+    /// (see [`Uring::poll_hot`]). Back to the ring before the thread sleeps.
+    hot: Option<ConnId>,
 }
 
 impl Uring {
@@ -276,6 +280,7 @@ impl Uring {
             mover_failed: false,
             spin,
             sends_queued: false,
+            hot: None,
         };
         u.arm_accept();
         u.arm_wake();
@@ -370,13 +375,29 @@ impl Uring {
     }
 
     fn arm_recv(&mut self, conn: ConnId) {
-        if !self.socks.get(&conn).is_some_and(|s| !s.recv && !s.closing) {
+        if self.hot == Some(conn) || !self.socks.get(&conn).is_some_and(|s| !s.recv && !s.closing) {
             return;
         }
         let lane = self.engine.lane_of(conn);
         if lane == Some(Lane::Data) && self.receive_in_place(conn) {
             return;
         }
+        if lane == Some(Lane::Data) && self.busy_polling() {
+            // Read by this thread from now on; the one it replaces goes back to the ring.
+            if let Some(cooled) = self.hot.replace(conn) {
+                self.arm_ring_recv(cooled);
+            }
+            return;
+        }
+        self.arm_ring_recv(conn);
+    }
+
+    /// Arms a receive in the ring on `conn` (see [`Uring::arm_recv`]).
+    fn arm_ring_recv(&mut self, conn: ConnId) {
+        if !self.socks.get(&conn).is_some_and(|s| !s.recv && !s.closing) {
+            return;
+        }
+        let lane = self.engine.lane_of(conn);
         let sock = self.socks.get_mut(&conn).expect("checked above");
         sock.recv = true;
         // Accepted sockets learn their lane from the HELLO: until then, data buffers.
@@ -645,13 +666,108 @@ impl Uring {
     /// after). Sleeping, they still go with the `io_uring_enter` that also waits: one
     /// system call per turn.
     pub(crate) fn send_posted(&mut self) {
-        // A thread on several NIs (`shared`) sleeps on them all: it never spins.
-        let busy_polling = self.shared.is_none() && !self.spin.is_zero();
-        if !busy_polling || self.enable().is_err() {
+        if !self.busy_polling() || self.enable().is_err() {
             return; // the poll says why
         }
         self.flush_dirty();
         self.submit_sends();
+    }
+
+    /// Whether this driver busy-polls: a thread on several NIs (`shared`) sleeps on them
+    /// all, and never spins.
+    fn busy_polling(&self) -> bool {
+        self.shared.is_none() && !self.spin.is_zero()
+    }
+
+    /// Busy-polling: one look that reads the hot connection with a plain `recv` and
+    /// takes the completions already in the ring, without entering the kernel for them.
+    /// A frame on the hot connection then takes one system call from its arrival to its
+    /// handling (the `recv`), where a receive in the ring takes an `io_uring_enter` that
+    /// runs the kernel's task work for it, and the copy out of a provided buffer after
+    /// (measured: `lanet-bench latency --spin`, bench/RESULTS.md). The busy-polling loop
+    /// still polls in full every few looks, for the task work of the other sockets
+    /// (the health lane's among them).
+    ///
+    /// False, having read nothing, where a full poll is wanted: no hot connection;
+    /// receives held back or events to hand over; or a send of the hot connection still
+    /// in the kernel, whose completion may need the task work only an `io_uring_enter`
+    /// runs (a sender whose socket is full would otherwise see it up to eight looks late).
+    pub(crate) fn poll_hot(&mut self, events: &mut Vec<LndEvent>) -> bool {
+        let Some(hot) = self.hot else {
+            return false;
+        };
+        if self.enable().is_err() {
+            return false; // the full poll says why
+        }
+        self.flush_dirty();
+        self.submit_sends();
+        // Sends that completed as they were submitted are in the ring already.
+        if !self.ring.completion().is_empty() {
+            self.reap_completions();
+        }
+        let sending = self.socks.get(&hot).is_some_and(|s| s.sending);
+        if sending || !self.backlog.is_empty() || !self.engine.events.is_empty() {
+            return false;
+        }
+        self.read_hot();
+        self.finish_turn(events);
+        true
+    }
+
+    /// Reads what the hot connection has (one `recv`); a large frame starting goes to the
+    /// bulk mover, which receives it in place.
+    fn read_hot(&mut self) {
+        let Some(conn) = self.hot else {
+            return;
+        };
+        let (Some(sock), Some(c)) = (self.socks.get(&conn), self.engine.conn_mut(conn)) else {
+            self.hot = None;
+            return;
+        };
+        if sock.closing {
+            self.hot = None;
+            return;
+        }
+        let res = match crate::recv::recv_into(&sock.fd, c.rx.read_buf()) {
+            Ok(n) => n as i32,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return
+            }
+            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+        };
+        if let Some(sock) = self.socks.get_mut(&conn) {
+            sock.drained = false;
+        }
+        self.after_recv(conn, res, true);
+        if res <= 0 {
+            self.hot = None;
+            return;
+        }
+        // The rest of a large frame is the mover's to receive, in place.
+        let rest = self
+            .engine
+            .conn_mut(conn)
+            .map_or(0, |c| c.rx.rest_of_frame());
+        if rest >= BULK_MIN && self.mover().is_some() {
+            self.hot = None;
+            self.arm_recv(conn);
+        }
+    }
+
+    /// Before the thread sleeps: the hot connection goes back to a receive in the ring,
+    /// which wakes it. It waits for data first: nothing came while it was read here.
+    fn cool_hot(&mut self) {
+        if let Some(conn) = self.hot.take() {
+            if let Some(sock) = self.socks.get_mut(&conn) {
+                sock.drained = true;
+            }
+            self.arm_ring_recv(conn);
+        }
     }
 
     /// Submits the sends queued since the last submission, if any (what else is queued
@@ -785,7 +901,11 @@ impl Uring {
             )
         })?;
         self.flush_dirty();
-        let submitted = match self.engine.wait(timeout, !self.backlog.is_empty()) {
+        let wait = self.engine.wait(timeout, !self.backlog.is_empty());
+        if !wait.is_some_and(|d| d.is_zero()) {
+            self.cool_hot(); // a sleep: the ring must hear the hot connection
+        }
+        let submitted = match wait {
             // Nothing to submit and no task work flagged: the completions there are can be
             // reaped without entering the kernel (a busy-polling driver spins here).
             Some(d) if d.is_zero() && self.can_skip_enter() => Ok(0),
@@ -817,6 +937,13 @@ impl Uring {
         }
         self.reap_completions();
         self.collect_moved();
+        self.read_hot();
+        self.finish_turn(events);
+        Ok(())
+    }
+
+    /// The end of a look: answers written, deadlines, closed sockets, the core's events.
+    fn finish_turn(&mut self, events: &mut Vec<LndEvent>) {
         self.flush_dirty();
         self.engine.expire_due();
         self.drop_closed();
@@ -826,7 +953,6 @@ impl Uring {
         // one `io_uring_enter` fewer per message received.
         self.submit_sends();
         events.append(&mut self.engine.events);
-        Ok(())
     }
 
     /// Handles what completed: everything but data-lane receives at once (health first,
