@@ -1,6 +1,7 @@
 //! The epoll backend (through mio): edge-triggered readiness, non-blocking sockets,
 //! gathering writes (`sendmsg`) straight from the frames' own buffers, one per connection
-//! for the frames posted to it in one hand-over.
+//! for the frames posted to it in one hand-over. A busy-polling driver reads its hot data
+//! connection without an `epoll_wait` most turns (see [`Epoll::poll_hot`]).
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -471,7 +472,7 @@ impl Epoll {
                 self.finish_connect(conn);
             }
             if readable && self.drain(conn) {
-                let several = read_from.is_some_and(|(_, other, _)| other != conn);
+                let several = read_from.is_some_and(|(_, other, several)| several || other != conn);
                 read_from = Some((lane, conn, several));
             }
             self.flush(conn);
@@ -513,7 +514,11 @@ impl Epoll {
                 return false;
             }
         };
-        if writing || !self.sockets.contains_key(&conn) {
+        if writing {
+            return false;
+        }
+        if !self.sockets.contains_key(&conn) {
+            self.hot = None; // gone
             return false;
         }
         // Data read this way still raises its edge: the next full poll reads once more

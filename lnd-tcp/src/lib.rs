@@ -150,17 +150,20 @@ pub struct TcpLnd {
     backend: Driver,
     /// Busy-polling, where configured.
     spin: Option<Spin>,
-    /// Busy-polling turns since the last that looked at every socket (see
-    /// [`FULL_POLL_EVERY`]): counted across polls, which a frame on the hot connection
-    /// often ends within a few turns.
+    /// Busy-polling turns since the last that looked at every socket, and when that was
+    /// (see [`FULL_POLL_EVERY`]): counted across polls, which a frame on the hot
+    /// connection often ends within a few turns.
     hot_turns: u32,
+    last_full_poll: Instant,
 }
 
-/// A busy-polling epoll backend looks at every socket at least every this many turns, and
-/// in the others reads only its hot connection: other sockets (the health lane's) wait at
-/// most this many turns (~0.5 us each while nothing comes, a frame's handling when one
-/// does).
+/// A busy-polling driver looks at every socket at least every this many turns, and in the
+/// others reads only its hot connection (`Epoll::poll_hot`, `Uring::poll_hot`) ...
 const FULL_POLL_EVERY: u32 = 8;
+/// ... and at least this often: other sockets (the health lane's) wait at most this long,
+/// or eight turns (~0.5 us each while nothing comes), even where each turn hands up a
+/// frame the application takes long over.
+const FULL_POLL_WITHIN: Duration = Duration::from_micros(100);
 
 /// How long to busy-poll, and the waker the spinning loop reads.
 struct Spin {
@@ -285,6 +288,7 @@ impl TcpLnd {
             backend,
             spin,
             hot_turns: 0,
+            last_full_poll: Instant::now(),
         })
     }
 
@@ -347,12 +351,14 @@ impl Lnd for TcpLnd {
             // `Uring::poll_hot`).
             self.hot_turns += 1;
             let looked = self.hot_turns < FULL_POLL_EVERY
+                && self.last_full_poll.elapsed() < FULL_POLL_WITHIN
                 && match &mut self.backend {
                     Driver::Epoll(b) => b.poll_hot(events),
                     Driver::Uring(b) => b.poll_hot(events),
                 };
             if !looked {
                 self.hot_turns = 0;
+                self.last_full_poll = Instant::now();
                 with_backend!(self, b => b.poll(events, Some(Duration::ZERO)))?;
             }
             if !events.is_empty() || spin.waker.take() {

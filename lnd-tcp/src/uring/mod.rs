@@ -3,7 +3,9 @@
 //! group, the data lane one buffer per receive); `sendmsg` (zero-copy `sendmsg` for large
 //! messages) from memory that outlives each operation; everything queued during a turn
 //! submitted with one `io_uring_enter`, which also waits (a busy-polling driver submits
-//! its sends as soon as the core has handed them over: `send_posted`).
+//! its sends as soon as the core has handed them over: `send_posted`). A busy-polling
+//! driver reads its hot data connection with a plain `recv` instead, that connection
+//! having no receive in the ring meanwhile (see [`Uring::poll_hot`]).
 //!
 //! Bulk bytes do not cross the driver thread: large data-lane sends, and large payloads
 //! (received in place, straight into the frame's buffer), are moved by a second thread
@@ -124,7 +126,9 @@ struct Sock {
     /// kernel this backend runs on flags it: both came in 5.19, multishot receives, which
     /// `new` requires, in 6.0. Were it never flagged, each receive would wait for its poll
     /// first: a poll arm more per 64 KiB while streaming, never a receive missed, as a
-    /// poll armed on a readable socket fires at once.)
+    /// poll armed on a readable socket fires at once.) A connection read by this thread
+    /// ([`Uring::poll_hot`]) goes back to the ring flagged drained without a look: its
+    /// poll fires at once if data came meanwhile.
     drained: bool,
 }
 
@@ -212,8 +216,9 @@ pub(crate) struct Uring {
     /// poll's, or `send_posted`'s).
     sends_queued: bool,
     /// Busy-polling: the data connection this thread reads with plain `recv`s instead of
-    /// a receive in the ring (it has none then), the one whose receive completed last
-    /// (see [`Uring::poll_hot`]). Back to the ring before the thread sleeps.
+    /// a receive in the ring (it has none then): the last one a receive was to be armed
+    /// on, after a receive completed or a dial connected (see [`Uring::poll_hot`]). Back
+    /// to the ring before the thread sleeps.
     hot: Option<ConnId>,
 }
 
@@ -394,6 +399,8 @@ impl Uring {
 
     /// Arms a receive in the ring on `conn` (see [`Uring::arm_recv`]).
     fn arm_ring_recv(&mut self, conn: ConnId) {
+        // Never two readers of a socket: the hot one is read by this thread.
+        debug_assert_ne!(self.hot, Some(conn), "a ring receive on the hot connection");
         if !self.socks.get(&conn).is_some_and(|s| !s.recv && !s.closing) {
             return;
         }
@@ -689,24 +696,35 @@ impl Uring {
     /// (the health lane's among them).
     ///
     /// False, having read nothing, where a full poll is wanted: no hot connection;
-    /// receives held back or events to hand over; or a send of the hot connection still
-    /// in the kernel, whose completion may need the task work only an `io_uring_enter`
-    /// runs (a sender whose socket is full would otherwise see it up to eight looks late).
+    /// receives held back or events to hand over; or frames of the hot connection not
+    /// yet written out (a send in the kernel, whose completion may need the task work
+    /// only an `io_uring_enter` runs; frames behind the mover's sends or a zero-copy
+    /// send's notification): a sender whose socket is full would otherwise see it free
+    /// up to eight looks late.
     pub(crate) fn poll_hot(&mut self, events: &mut Vec<LndEvent>) -> bool {
+        if self.hot.is_none() || self.enable().is_err() {
+            return false; // (the full poll says why it cannot enable)
+        }
+        // A look that does not enter the kernel, as a skipped one: the forced enters
+        // (`can_skip_enter`) count these too.
+        self.enters_skipped = self.enters_skipped.saturating_add(1);
+        self.flush_dirty();
+        self.submit_sends();
+        // Sends that completed as they were submitted are in the ring already; what the
+        // mover finished is taken with them, as after every reap (its wake may be among
+        // them). A burst the last full poll reaped still counts (`can_skip_enter`).
+        if !self.ring.completion().is_empty() {
+            let burst = self.last_reaped;
+            self.reap_completions();
+            self.collect_moved();
+            self.last_reaped = self.last_reaped.max(burst);
+        }
+        // (That reap may have made another connection hot.)
         let Some(hot) = self.hot else {
             return false;
         };
-        if self.enable().is_err() {
-            return false; // the full poll says why
-        }
-        self.flush_dirty();
-        self.submit_sends();
-        // Sends that completed as they were submitted are in the ring already.
-        if !self.ring.completion().is_empty() {
-            self.reap_completions();
-        }
-        let sending = self.socks.get(&hot).is_some_and(|s| s.sending);
-        if sending || !self.backlog.is_empty() || !self.engine.events.is_empty() {
+        let writing = self.engine.conn_mut(hot).is_some_and(|c| c.wants_write());
+        if writing || !self.backlog.is_empty() || !self.engine.events.is_empty() {
             return false;
         }
         self.read_hot();
@@ -740,12 +758,17 @@ impl Uring {
             }
             Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
         };
+        if res == -libc::ENOBUFS || res == -libc::ECANCELED {
+            // Not a plain receive's errors, and `after_recv` would take them for a ring
+            // receive's end: back to the ring, rather than no reader at all.
+            return self.cool_hot();
+        }
         if let Some(sock) = self.socks.get_mut(&conn) {
             sock.drained = false;
         }
         self.after_recv(conn, res, true);
         if res <= 0 {
-            self.hot = None;
+            self.hot = None; // the connection failed (after_recv said so)
             return;
         }
         // The rest of a large frame is the mover's to receive, in place.
@@ -760,7 +783,8 @@ impl Uring {
     }
 
     /// Before the thread sleeps: the hot connection goes back to a receive in the ring,
-    /// which wakes it. It waits for data first: nothing came while it was read here.
+    /// which wakes it. Flagged drained (its receive polls first): what came since the
+    /// last read makes that poll fire at once.
     fn cool_hot(&mut self) {
         if let Some(conn) = self.hot.take() {
             if let Some(sock) = self.socks.get_mut(&conn) {
