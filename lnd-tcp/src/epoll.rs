@@ -478,8 +478,11 @@ impl Epoll {
             self.flush(conn);
         }
         self.ready = ready;
-        if let Some((lane, conn, several)) = read_from {
-            self.hot = (lane == Lane::Data && !several).then_some(conn);
+        if let Some((_, conn, several)) = read_from {
+            // The lane as the engine knows it now: an accepted socket's HELLO, read just
+            // now, may have made it the health lane's.
+            let data = self.engine.lane_of(conn) == Some(Lane::Data);
+            self.hot = (data && !several).then_some(conn);
         }
         self.finish_round(events);
         Ok(())

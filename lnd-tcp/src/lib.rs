@@ -160,9 +160,10 @@ pub struct TcpLnd {
 /// A busy-polling driver looks at every socket at least every this many turns, and in the
 /// others reads only its hot connection (`Epoll::poll_hot`, `Uring::poll_hot`) ...
 const FULL_POLL_EVERY: u32 = 8;
-/// ... and at least this often: other sockets (the health lane's) wait at most this long,
-/// or eight turns (~0.5 us each while nothing comes), even where each turn hands up a
-/// frame the application takes long over.
+/// ... and at least this often: other sockets (the health lane's) wait at most eight turns
+/// (~0.5 us each while nothing comes) or this long, whichever comes first, so that eight
+/// turns each handing up a frame the application takes long over do not add up (one
+/// such turn still can).
 const FULL_POLL_WITHIN: Duration = Duration::from_micros(100);
 
 /// How long to busy-poll, and the waker the spinning loop reads.

@@ -426,10 +426,11 @@ fn a_busy_polling_driver_keeps_each_connection_in_order_as_its_hot_one_changes()
     const FRAMES: u64 = 60;
     let na = lanet_lnd_tcp::free_loopback_nid().unwrap();
     let mut a = lnd(na, Duration::from_micros(200));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Dropped when this thread is done, or panics: the senders then stop.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let senders: Vec<_> = (0..2u64)
         .map(|who| {
-            let done = done.clone();
+            let done_rx = done_rx.clone();
             std::thread::spawn(move || {
                 // Made and polled on its own thread: an io_uring stays with its first.
                 let nb = lanet_lnd_tcp::free_loopback_nid().unwrap();
@@ -457,7 +458,7 @@ fn a_busy_polling_driver_keeps_each_connection_in_order_as_its_hot_one_changes()
                     }
                 }
                 // Polled until the receiver has everything, for the rest of the writes.
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                while done_rx.try_recv() == Err(crossbeam_channel::TryRecvError::Empty) {
                     b.poll(&mut Vec::new(), Some(Duration::from_millis(1)))
                         .unwrap();
                 }
@@ -472,8 +473,12 @@ fn a_busy_polling_driver_keeps_each_connection_in_order_as_its_hot_one_changes()
             start.elapsed() < Duration::from_secs(60),
             "got {received:?}"
         );
-        a.poll(&mut events, Some(Duration::from_millis(100)))
-            .unwrap();
+        let waited = Instant::now();
+        a.poll(&mut events, Some(Duration::from_secs(10))).unwrap();
+        // Frames are on their way until the last is in: a wait of the whole timeout is
+        // a wake-up lost (a connection without a receive, the mover's work not taken).
+        let waited = waited.elapsed();
+        assert!(waited < Duration::from_secs(5), "a wait took {waited:?}");
         for e in events.drain(..) {
             if let LndEvent::Received {
                 header, payload, ..
@@ -490,7 +495,7 @@ fn a_busy_polling_driver_keeps_each_connection_in_order_as_its_hot_one_changes()
             }
         }
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(done_tx);
     for s in senders {
         s.join().unwrap();
     }

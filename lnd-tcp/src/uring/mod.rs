@@ -46,7 +46,8 @@ use send::SendSlot;
 pub(crate) const ZC_THRESHOLD: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 512;
 /// A look that finds nothing flagged still enters the kernel at least this often (task
-/// work the kernel holds but no longer flags waits at most this many looks) ...
+/// work the kernel holds but no longer flags waits at most this many looks, and the hot
+/// looks up to the next full one: `Uring::poll_hot`) ...
 const ENTER_AT_LEAST_EVERY: u32 = 16;
 /// ... and always after a reap of this many completions: a burst may have left some.
 const BURST: usize = 8;
@@ -126,9 +127,9 @@ struct Sock {
     /// kernel this backend runs on flags it: both came in 5.19, multishot receives, which
     /// `new` requires, in 6.0. Were it never flagged, each receive would wait for its poll
     /// first: a poll arm more per 64 KiB while streaming, never a receive missed, as a
-    /// poll armed on a readable socket fires at once.) A connection read by this thread
-    /// ([`Uring::poll_hot`]) goes back to the ring flagged drained without a look: its
-    /// poll fires at once if data came meanwhile.
+    /// poll armed on a readable socket fires at once.) A connection that stops being read
+    /// by this thread ([`Uring::poll_hot`]) goes back to the ring flagged drained without
+    /// a look: its poll fires at once if data came meanwhile.
     drained: bool,
 }
 
@@ -390,7 +391,7 @@ impl Uring {
         if lane == Some(Lane::Data) && self.busy_polling() {
             // Read by this thread from now on; the one it replaces goes back to the ring.
             if let Some(cooled) = self.hot.replace(conn) {
-                self.arm_ring_recv(cooled);
+                self.back_to_ring(cooled);
             }
             return;
         }
@@ -695,7 +696,8 @@ impl Uring {
     /// still polls in full every few looks, for the task work of the other sockets
     /// (the health lane's among them).
     ///
-    /// False, having read nothing, where a full poll is wanted: no hot connection;
+    /// False, having read nothing from the hot connection, where a full poll is wanted
+    /// (what it reaped, and the events of that, go up with the full poll): no hot connection;
     /// receives held back or events to hand over; or frames of the hot connection not
     /// yet written out (a send in the kernel, whose completion may need the task work
     /// only an `io_uring_enter` runs; frames behind the mover's sends or a zero-copy
@@ -705,9 +707,6 @@ impl Uring {
         if self.hot.is_none() || self.enable().is_err() {
             return false; // (the full poll says why it cannot enable)
         }
-        // A look that does not enter the kernel, as a skipped one: the forced enters
-        // (`can_skip_enter`) count these too.
-        self.enters_skipped = self.enters_skipped.saturating_add(1);
         self.flush_dirty();
         self.submit_sends();
         // Sends that completed as they were submitted are in the ring already; what the
@@ -727,6 +726,9 @@ impl Uring {
         if writing || !self.backlog.is_empty() || !self.engine.events.is_empty() {
             return false;
         }
+        // A look that does not enter the kernel, as a skipped one: the forced enters
+        // (`can_skip_enter`) count these too.
+        self.enters_skipped = self.enters_skipped.saturating_add(1);
         self.read_hot();
         self.finish_turn(events);
         true
@@ -782,16 +784,21 @@ impl Uring {
         }
     }
 
-    /// Before the thread sleeps: the hot connection goes back to a receive in the ring,
-    /// which wakes it. Flagged drained (its receive polls first): what came since the
-    /// last read makes that poll fire at once.
+    /// Before the thread sleeps (or when a read of it fails as only a ring receive
+    /// should): the hot connection goes back to a receive in the ring, which wakes it.
     fn cool_hot(&mut self) {
         if let Some(conn) = self.hot.take() {
-            if let Some(sock) = self.socks.get_mut(&conn) {
-                sock.drained = true;
-            }
-            self.arm_ring_recv(conn);
+            self.back_to_ring(conn);
         }
+    }
+
+    /// A connection this thread read (no longer `hot`) gets a receive in the ring again,
+    /// flagged drained (it polls first): what came since the last read fires it at once.
+    fn back_to_ring(&mut self, conn: ConnId) {
+        if let Some(sock) = self.socks.get_mut(&conn) {
+            sock.drained = true;
+        }
+        self.arm_ring_recv(conn);
     }
 
     /// Submits the sends queued since the last submission, if any (what else is queued
