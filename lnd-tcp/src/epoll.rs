@@ -460,9 +460,9 @@ impl Epoll {
         // Health-lane sockets first.
         self.ready.sort_unstable_by_key(|(lane, ..)| *lane);
         let ready = std::mem::take(&mut self.ready);
-        // The connections read from: (the last, whether there were several).
-        let mut read_from: Option<(Lane, ConnId, bool)> = None;
-        for &(lane, conn, readable, writable) in &ready {
+        // The connections read from: the last, and whether there were several.
+        let mut read_from: Option<(ConnId, bool)> = None;
+        for &(_, conn, readable, writable) in &ready {
             let connecting = writable
                 && self
                     .engine
@@ -472,13 +472,13 @@ impl Epoll {
                 self.finish_connect(conn);
             }
             if readable && self.drain(conn) {
-                let several = read_from.is_some_and(|(_, other, several)| several || other != conn);
-                read_from = Some((lane, conn, several));
+                let several = read_from.is_some_and(|(other, several)| several || other != conn);
+                read_from = Some((conn, several));
             }
             self.flush(conn);
         }
         self.ready = ready;
-        if let Some((_, conn, several)) = read_from {
+        if let Some((conn, several)) = read_from {
             // The lane as the engine knows it now: an accepted socket's HELLO, read just
             // now, may have made it the health lane's.
             let data = self.engine.lane_of(conn) == Some(Lane::Data);
