@@ -510,6 +510,7 @@ impl Epoll {
         if carried_over || !self.engine.events.is_empty() || !self.low_water.is_empty() {
             return false;
         }
+        // Its socket goes with its connection (`drop_closed`, at the end of every round).
         let writing = match self.engine.conn_mut(conn) {
             Some(c) => c.wants_write(),
             None => {
@@ -518,10 +519,6 @@ impl Epoll {
             }
         };
         if writing {
-            return false;
-        }
-        if !self.sockets.contains_key(&conn) {
-            self.hot = None; // gone
             return false;
         }
         // Data read this way still raises its edge: the next full poll reads once more

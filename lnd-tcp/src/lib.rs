@@ -347,25 +347,29 @@ impl Lnd for TcpLnd {
         // spin (its completions wake the sleep).
         let start = Instant::now();
         let limit = timeout.map_or(spin.limit, |t| t.min(spin.limit));
+        // One clock read per turn, at its end, serves both the spin's limit and the
+        // next turn's choice of look.
+        let mut now = start;
         loop {
             // The hot connection is read directly most turns (`Epoll::poll_hot`,
             // `Uring::poll_hot`).
             self.hot_turns += 1;
             let looked = self.hot_turns < FULL_POLL_EVERY
-                && self.last_full_poll.elapsed() < FULL_POLL_WITHIN
+                && now.saturating_duration_since(self.last_full_poll) < FULL_POLL_WITHIN
                 && match &mut self.backend {
                     Driver::Epoll(b) => b.poll_hot(events),
                     Driver::Uring(b) => b.poll_hot(events),
                 };
             if !looked {
                 self.hot_turns = 0;
-                self.last_full_poll = Instant::now();
+                self.last_full_poll = now;
                 with_backend!(self, b => b.poll(events, Some(Duration::ZERO)))?;
             }
             if !events.is_empty() || spin.waker.take() {
                 return Ok(());
             }
-            let spun = start.elapsed();
+            now = Instant::now();
+            let spun = now.saturating_duration_since(start);
             if spun >= limit || with_backend!(self, b => b.bulk_busy()) {
                 let rest = timeout.map(|t| t.saturating_sub(spun));
                 if rest == Some(Duration::ZERO) {

@@ -765,9 +765,8 @@ impl Uring {
             // receive's end: back to the ring, rather than no reader at all.
             return self.cool_hot();
         }
-        if let Some(sock) = self.socks.get_mut(&conn) {
-            sock.drained = false;
-        }
+        // (`drained` is left as it is: nothing reads it until the connection goes back
+        // to the ring, which sets it.)
         self.after_recv(conn, res, true);
         if res <= 0 {
             self.hot = None; // the connection failed (after_recv said so)
