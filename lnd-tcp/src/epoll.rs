@@ -574,8 +574,16 @@ fn send_slices(sock: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize>
     msg.msg_iov = slices.as_ptr().cast_mut().cast();
     msg.msg_iovlen = slices.len() as _;
     // SAFETY: `msg` points at `slices`, which outlive the call; the kernel reads the
-    // slices' memory only during it.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    // slices' memory only during it. Made directly rather than through glibc's `sendmsg`, a
+    // thread cancellation point (see `crate::recv::recv_into`).
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sendmsg,
+            sock.as_raw_fd(),
+            &raw const msg,
+            libc::MSG_NOSIGNAL,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
