@@ -221,7 +221,9 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
              and counts to the sender",
         );
     }
-    if c.connect.is_none() {
+    if c.connect.is_none() && c.baseline_secs == 0 {
+        report.note("--baseline-secs 0: no external baselines (sockperf, UCX, libfabric)");
+    } else if c.connect.is_none() {
         let sockperf = baselines::sockperf(size, c.baseline_secs);
         for (name, us) in report
             .baseline("sockperf", "sockperf", sockperf)

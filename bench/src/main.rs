@@ -115,7 +115,8 @@ pub(crate) struct Common {
     /// device's interface).
     #[arg(long)]
     addr: Option<std::net::Ipv4Addr>,
-    /// Seconds each external baseline tool (sockperf, iperf3) runs.
+    /// Seconds each external baseline tool (sockperf, iperf3) runs; 0: run none of the
+    /// external tools (sockperf, iperf3, UCX, libfabric), lanet and the raw socket floor only.
     #[arg(long, default_value_t = 5)]
     baseline_secs: u32,
     /// TCP: send messages of at least this many bytes zero-copy (both sides); for measuring

@@ -182,6 +182,50 @@ fn tcp_bandwidth_in_rounds_reports_medians_and_the_ratios_range() {
     }
 }
 
+/// `--baseline-secs 0` runs lanet (and the raw socket floor) without the external tools:
+/// it once ran iperf3 with `-t 0`, which never ends. Bounded here, so that it cannot hang.
+#[test]
+fn zero_baseline_seconds_runs_no_external_tool_and_ends() {
+    for args in [
+        &["bandwidth", "--lnd", "tcp", "--secs", "0.5"][..],
+        &["latency", "--lnd", "tcp", "--iters", "300"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
+            .args(args)
+            .args(["--baseline-secs", "0", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run lanet-bench");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for lanet-bench") {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("{args:?} --baseline-secs 0 still ran after 120 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert!(status.success(), "{args:?}: {status}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)
+            .expect("its output");
+        let r: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        let r = r.as_object().expect("an object");
+        let lanet = if args[0] == "bandwidth" {
+            "lanet.gbytes_per_s"
+        } else {
+            "lanet.p50_us"
+        };
+        positive(r, lanet);
+        for tool in ["iperf3.", "ucx.", "sockperf.", "libfabric."] {
+            assert!(!r.keys().any(|k| k.starts_with(tool)), "{tool} in {r:?}");
+        }
+    }
+}
+
 /// Rounds compare TCP with its baselines; elsewhere they are refused, not ignored.
 #[test]
 fn rounds_are_refused_where_there_are_no_baselines_to_run() {
