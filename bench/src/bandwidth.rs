@@ -90,22 +90,11 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         let lanet = stream_once()?;
         round.add("lanet.gbytes_per_s", lanet.gbytes_per_s, "GB/s");
         round.add("lanet.msgs_per_s", lanet.msgs_per_s, "msg/s");
+        // None with 0 seconds: iperf3 -t 0 would never end.
+        if c.baseline_secs != 0 {
+            baselines_of_round(&mut round, size, secs, write_len, ucx_iters as usize);
+        }
         measured.push(round);
-        if c.baseline_secs == 0 {
-            // iperf3 -t 0 would never end.
-            continue;
-        }
-        let round = measured.last_mut().expect("pushed above");
-        let iperf3 = baselines::iperf3(secs, write_len);
-        if let Some(g) = round.baseline("iperf3", "iperf3", iperf3) {
-            round.add("iperf3.gbytes_per_s", g, "GB/s");
-            round.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
-        }
-        let ucx = baselines::ucx_stream(size, ucx_iters as usize);
-        if let Some(u) = round.baseline("ucx_perftest", "UCX", ucx) {
-            round.add("ucx.gbytes_per_s", u.gbytes_per_s, "GB/s");
-            round.add("ucx.msgs_per_s", u.msgs_per_s, "msg/s");
-        }
     }
     if c.baseline_secs == 0 {
         report.note("--baseline-secs 0: no external baselines (iperf3, UCX)");
@@ -222,4 +211,24 @@ pub(crate) fn stream_with(
         .map_err(|_| "the stream did not finish".to_string())?;
     ep.shutdown();
     result
+}
+
+/// iperf3's and UCX's figures for one round, beside lanet's.
+fn baselines_of_round(
+    round: &mut Report,
+    size: usize,
+    secs: f64,
+    write_len: usize,
+    ucx_iters: usize,
+) {
+    let iperf3 = baselines::iperf3(secs, write_len);
+    if let Some(g) = round.baseline("iperf3", "iperf3", iperf3) {
+        round.add("iperf3.gbytes_per_s", g, "GB/s");
+        round.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
+    }
+    let ucx = baselines::ucx_stream(size, ucx_iters);
+    if let Some(u) = round.baseline("ucx_perftest", "UCX", ucx) {
+        round.add("ucx.gbytes_per_s", u.gbytes_per_s, "GB/s");
+        round.add("ucx.msgs_per_s", u.msgs_per_s, "msg/s");
+    }
 }

@@ -115,8 +115,9 @@ pub(crate) struct Common {
     /// device's interface).
     #[arg(long)]
     addr: Option<std::net::Ipv4Addr>,
-    /// Seconds each external baseline tool (sockperf, iperf3) runs; 0: run none of the
-    /// external tools (sockperf, iperf3, UCX, libfabric), lanet and the raw socket floor only.
+    /// Seconds each external baseline tool (sockperf, iperf3) runs. 0, over TCP: none of the
+    /// external tools (sockperf, iperf3, UCX, libfabric) runs; latency still measures the
+    /// raw socket floor. (RDMA's perftest runs regardless.)
     #[arg(long, default_value_t = 5)]
     baseline_secs: u32,
     /// TCP: send messages of at least this many bytes zero-copy (both sides); for measuring

@@ -190,11 +190,17 @@ fn zero_baseline_seconds_runs_no_external_tool_and_ends() {
         &["bandwidth", "--lnd", "tcp", "--secs", "0.5"][..],
         &["latency", "--lnd", "tcp", "--iters", "300"][..],
     ] {
+        // Its log goes to a file (a pipe read only at the end could fill).
+        let log = std::env::temp_dir().join(format!(
+            "lanet-smoke-zero-baseline-{}-{}.log",
+            std::process::id(),
+            args[0]
+        ));
         let mut child = Command::new(env!("CARGO_BIN_EXE_lanet-bench"))
             .args(args)
             .args(["--baseline-secs", "0", "--json"])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
             .expect("run lanet-bench");
         let started = std::time::Instant::now();
@@ -204,11 +210,14 @@ fn zero_baseline_seconds_runs_no_external_tool_and_ends() {
             }
             if started.elapsed() > std::time::Duration::from_secs(120) {
                 let _ = child.kill();
-                panic!("{args:?} --baseline-secs 0 still ran after 120 s");
+                let _ = child.wait();
+                panic!("{args:?} --baseline-secs 0 still ran after 120 s (see {log:?})");
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         };
-        assert!(status.success(), "{args:?}: {status}");
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        assert!(status.success(), "{args:?}: {status}\n{stderr}");
         let mut out = String::new();
         std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)
             .expect("its output");

@@ -574,14 +574,15 @@ fn send_slices(sock: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize>
     msg.msg_iov = slices.as_ptr().cast_mut().cast();
     msg.msg_iovlen = slices.len() as _;
     // SAFETY: `msg` points at `slices`, which outlive the call; the kernel reads the
-    // slices' memory only during it. Made directly rather than through glibc's `sendmsg`, a
-    // thread cancellation point (see `crate::recv::recv_into`).
+    // slices' memory only during it. Made directly rather than through the C library's
+    // `sendmsg`, a thread cancellation point (see `crate::recv::recv_into`); so nothing
+    // clears `msghdr`'s padding (musl's wrapper would): `msg` was zeroed whole above.
     let n = unsafe {
         libc::syscall(
             libc::SYS_sendmsg,
-            sock.as_raw_fd(),
+            libc::c_long::from(sock.as_raw_fd()),
             &raw const msg,
-            libc::MSG_NOSIGNAL,
+            libc::c_long::from(libc::MSG_NOSIGNAL),
         )
     };
     if n < 0 {

@@ -9,10 +9,10 @@ use bytes::BytesMut;
 /// Reads from `sock` into `buf`'s spare capacity (none of it zero-filled first) and appends
 /// what arrived; never waits, whether the socket blocks (io_uring's do) or not (epoll's).
 ///
-/// The system call is made directly, not through glibc's `recv`: that is a thread
+/// The system call is made directly, not through the C library's `recv`: that is a thread
 /// cancellation point, which in a threaded process brackets every call with enabling and
-/// disabling asynchronous cancellation (~70 instructions a call, measured). Nothing here
-/// cancels threads.
+/// disabling asynchronous cancellation (glibc: ~70 instructions a call, measured). Nothing
+/// here cancels threads. (`syscall` takes `long` arguments: each is passed as one.)
 pub(crate) fn recv_into(sock: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let no_addr: *mut libc::sockaddr = std::ptr::null_mut();
@@ -23,10 +23,10 @@ pub(crate) fn recv_into(sock: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<u
     let n = unsafe {
         libc::syscall(
             libc::SYS_recvfrom,
-            sock.as_raw_fd(),
+            libc::c_long::from(sock.as_raw_fd()),
             spare.as_mut_ptr(),
             spare.len(),
-            libc::MSG_DONTWAIT,
+            libc::c_long::from(libc::MSG_DONTWAIT),
             no_addr,
             no_addr_len,
         )
