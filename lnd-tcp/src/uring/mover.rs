@@ -45,6 +45,14 @@ const _: () = assert!(
 /// peer soon stops counting. (A piece outlasts it on links slower than ~250 MB/s for a
 /// send, ~500 MB/s for a receive; the mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
+/// How long the mover polls its ring after it last moved bytes (or was handed a job)
+/// rather than sleep, whether or not the NI busy-polls: a bulk stream keeps a CPU busy
+/// anyway, and a sleep between two pieces of it cost the mover (and the driver it woke)
+/// context switches. Measured on two cores, sleeping NIs, 1 MiB PUTs: 6.8-8.1 GB/s
+/// against 5.4-6.3, and health PINGs under that load at p50 35-38 us against 82
+/// (bench/RESULTS.md, "2026-12-06 (afternoon)"). Short, so that a stream that stops or
+/// a receive that waits on a slow peer soon lets the mover sleep.
+const POLL_WHILE_MOVING: Duration = Duration::from_micros(200);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
 
@@ -101,8 +109,9 @@ pub(crate) struct Mover {
 
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
-    /// With `spin` (the NI's busy-polling), it polls for completions instead of sleeping
-    /// while jobs are out and bytes moved within that long ([`ACTIVE_WINDOW`] at most).
+    /// It polls for completions instead of sleeping while jobs are out and bytes moved
+    /// within [`POLL_WHILE_MOVING`], or within `spin` (the NI's busy-polling) if that is
+    /// longer, [`ACTIVE_WINDOW`] at most; never on a machine with one CPU.
     pub(crate) fn start(name: String, notify: Arc<OwnedFd>, spin: Duration) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
@@ -316,8 +325,20 @@ struct Worker {
     next: u64,
     wake_armed: bool,
     cqes: Vec<(u64, i32)>,
-    /// Busy-poll while jobs are out and bytes moved (or a job came) this recently.
+    /// Busy-poll while jobs are out and bytes moved (or a job came) this recently (see
+    /// [`poll_window`]).
     spin: Duration,
+}
+
+/// How recently the mover must have moved bytes to poll rather than sleep, for an NI that
+/// busy-polls for `spin` (zero: it sleeps), on a machine with `cpus` CPUs: at least
+/// [`POLL_WHILE_MOVING`], at most [`ACTIVE_WINDOW`]; nothing on one CPU, where its polls
+/// would take the CPU from the threads it waits for (the driver, the peer's sender).
+fn poll_window(spin: Duration, cpus: usize) -> Duration {
+    if cpus < 2 {
+        return Duration::ZERO;
+    }
+    spin.max(POLL_WHILE_MOVING).min(ACTIVE_WINDOW)
 }
 
 impl Worker {
@@ -351,7 +372,10 @@ impl Worker {
             next: 0,
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
-            spin,
+            spin: poll_window(
+                spin,
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
         };
         w.arm_wake();
         Ok(w)
@@ -582,10 +606,10 @@ impl Worker {
                 self.take_job(job);
             }
             if self.spins() {
-                // The receives' copies run as the ring's task work, in this call: data that
-                // arrives meanwhile wakes nobody. Asleep, every arrival was a wake-up (on a
-                // VM an interrupt between CPUs): measured, a 1 MiB stream between spinning
-                // NIs went from ~5 to ~8 GB/s.
+                // The receives' copies and the sends' next pieces run as the ring's task
+                // work, in this call: socket readiness meanwhile wakes nobody. Asleep,
+                // every arrival was a wake-up (on a VM an interrupt between CPUs):
+                // measured, a 1 MiB stream between spinning NIs went from ~5 to ~8 GB/s.
                 let polled = sys::enter_for_events(&mut self.ring);
                 enter_failed(polled.map(drop));
                 self.reap();
@@ -597,15 +621,14 @@ impl Worker {
         self.cancel_all();
     }
 
-    /// Whether to poll rather than sleep: busy-polling, with jobs out, and bytes moved (or
-    /// a job came) within the spin, [`ACTIVE_WINDOW`] at most: past that the driver no
-    /// longer counts the mover busy and may spin itself. A receive waiting on a silent
+    /// Whether to poll rather than sleep: with jobs out, and bytes moved (or a job came)
+    /// within its window ([`poll_window`]: [`ACTIVE_WINDOW`] at most, past which the driver
+    /// no longer counts the mover busy and may spin itself). A receive waiting on a silent
     /// peer stops it.
     fn spins(&self) -> bool {
-        let window = self.spin.min(ACTIVE_WINDOW);
-        !window.is_zero()
+        !self.spin.is_zero()
             && !self.inflight.is_empty()
-            && within(self.moved.now(), self.moved.last(), window)
+            && within(self.moved.now(), self.moved.last(), self.spin)
     }
 
     /// Hands finished jobs back; one wake-up for the driver per batch.
@@ -722,6 +745,17 @@ mod tests {
 
     fn spinning_mover(spin: Duration) -> Mover {
         Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap()), spin).unwrap()
+    }
+
+    #[test]
+    fn a_mover_polls_while_moving_even_for_a_sleeping_ni_but_not_on_one_cpu() {
+        let us = Duration::from_micros;
+        assert_eq!(poll_window(Duration::ZERO, 2), POLL_WHILE_MOVING);
+        assert_eq!(poll_window(us(50), 8), POLL_WHILE_MOVING);
+        assert_eq!(poll_window(us(1_000), 2), us(1_000), "a longer spin stands");
+        assert_eq!(poll_window(Duration::MAX, 2), ACTIVE_WINDOW);
+        assert_eq!(poll_window(Duration::ZERO, 1), Duration::ZERO);
+        assert_eq!(poll_window(us(1_000), 1), Duration::ZERO);
     }
 
     #[test]
