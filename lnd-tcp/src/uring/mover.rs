@@ -45,14 +45,18 @@ const _: () = assert!(
 /// peer soon stops counting. (A piece outlasts it on links slower than ~250 MB/s for a
 /// send, ~500 MB/s for a receive; the mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
-/// How long the mover polls its ring after it last moved bytes (or was handed a job)
-/// rather than sleep, whether or not the NI busy-polls: a bulk stream keeps a CPU busy
-/// anyway, and a sleep between two pieces of it cost the mover (and the driver it woke)
-/// context switches. Measured on two cores, sleeping NIs, 1 MiB PUTs: 6.8-8.1 GB/s
-/// against 5.4-6.3, and health PINGs under that load at p50 35-38 us against 82
-/// (bench/RESULTS.md, "2026-12-06 (afternoon)"). Short, so that a stream that stops or
-/// a receive that waits on a slow peer soon lets the mover sleep.
+/// How long the mover of an NI that sleeps polls its ring after it last moved bytes (or
+/// was handed a job) rather than sleep, while its stream moves fast ([`FAST_STREAM_GAP`]).
+/// A stream that fast keeps a CPU busy anyway, and each sleep between two of its pieces
+/// cost the mover (and the driver it woke) context switches: measured on two cores, 1 MiB
+/// PUTs on loopback, 7.7-8.6 GB/s against 5.9-6.3 (bench/RESULTS.md, "2026-12-06
+/// (afternoon)"). Short, so that a stream that stops soon lets the mover sleep.
 const POLL_WHILE_MOVING: Duration = Duration::from_micros(200);
+/// A stream moves fast while its last two completions came within this of each other: a
+/// 512 KiB message sent at 1.3 GB/s or more, a 1 MiB receive at 2.6 GB/s or more. A
+/// slower one (a 10 Gb/s link: ~420 us a message) would have the mover poll for nothing
+/// after most pieces: it sleeps, as before.
+const FAST_STREAM_GAP: Duration = Duration::from_micros(400);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
 
@@ -109,9 +113,10 @@ pub(crate) struct Mover {
 
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
-    /// It polls for completions instead of sleeping while jobs are out and bytes moved
-    /// within [`POLL_WHILE_MOVING`], or within `spin` (the NI's busy-polling) if that is
-    /// longer, [`ACTIVE_WINDOW`] at most; never on a machine with one CPU.
+    /// While jobs are out it polls for completions instead of sleeping: within `spin` (the
+    /// NI's busy-polling) of its last bytes moved, or, sleeping NI or not, within
+    /// [`POLL_WHILE_MOVING`] of a fast stream's last piece; [`ACTIVE_WINDOW`] at most, and
+    /// never on a machine with one CPU (see [`polls`]).
     pub(crate) fn start(name: String, notify: Arc<OwnedFd>, spin: Duration) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
@@ -325,20 +330,33 @@ struct Worker {
     next: u64,
     wake_armed: bool,
     cqes: Vec<(u64, i32)>,
-    /// Busy-poll while jobs are out and bytes moved (or a job came) this recently (see
-    /// [`poll_window`]).
+    /// The NI's busy-polling, [`ACTIVE_WINDOW`] at most: zero if it sleeps.
     spin: Duration,
+    /// Whether the mover may poll at all: not on a machine with one CPU, where its polls
+    /// would take the CPU from the threads it waits for (the driver, the peer's sender).
+    may_poll: bool,
+    /// When the last completion that moved bytes came, and whether it came within
+    /// [`FAST_STREAM_GAP`] of the one before (a fast stream).
+    last_moved: u64,
+    fast_stream: bool,
 }
 
-/// How recently the mover must have moved bytes to poll rather than sleep, for an NI that
-/// busy-polls for `spin` (zero: it sleeps), on a machine with `cpus` CPUs: at least
-/// [`POLL_WHILE_MOVING`], at most [`ACTIVE_WINDOW`]; nothing on one CPU, where its polls
-/// would take the CPU from the threads it waits for (the driver, the peer's sender).
-fn poll_window(spin: Duration, cpus: usize) -> Duration {
-    if cpus < 2 {
-        return Duration::ZERO;
-    }
-    spin.max(POLL_WHILE_MOVING).min(ACTIVE_WINDOW)
+/// Whether the mover polls rather than sleeps, given the NI's busy-polling `spin` (zero if
+/// it sleeps), whether it may poll at all (more than one CPU), whether it has jobs out,
+/// how long ago it last moved bytes or was handed a job (`since`, ns), and whether its
+/// stream moves fast (its last two completions within [`FAST_STREAM_GAP`]). It polls
+/// within its NI's spin of that, and within [`POLL_WHILE_MOVING`] on a fast stream,
+/// whichever is longer; never past [`ACTIVE_WINDOW`], after which the driver no longer
+/// counts it busy (and may spin itself), nor with no job out (a receive waiting on a
+/// silent peer moves nothing: it soon stops).
+fn polls(spin: Duration, may_poll: bool, jobs_out: bool, since: u64, fast_stream: bool) -> bool {
+    let fast = if fast_stream {
+        POLL_WHILE_MOVING
+    } else {
+        Duration::ZERO
+    };
+    let window = spin.max(fast).min(ACTIVE_WINDOW);
+    may_poll && jobs_out && within(since, 0, window)
 }
 
 impl Worker {
@@ -372,10 +390,11 @@ impl Worker {
             next: 0,
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
-            spin: poll_window(
-                spin,
-                std::thread::available_parallelism().map_or(1, usize::from),
-            ),
+            spin: spin.min(ACTIVE_WINDOW),
+            // The thread's own CPUs (affinity, cgroup quota); one if unknown.
+            may_poll: std::thread::available_parallelism().map_or(1, usize::from) > 1,
+            last_moved: 0,
+            fast_stream: false,
         };
         w.arm_wake();
         Ok(w)
@@ -621,14 +640,16 @@ impl Worker {
         self.cancel_all();
     }
 
-    /// Whether to poll rather than sleep: with jobs out, and bytes moved (or a job came)
-    /// within its window ([`poll_window`]: [`ACTIVE_WINDOW`] at most, past which the driver
-    /// no longer counts the mover busy and may spin itself). A receive waiting on a silent
-    /// peer stops it.
+    /// Whether to poll rather than sleep (see [`polls`]).
     fn spins(&self) -> bool {
-        !self.spin.is_zero()
-            && !self.inflight.is_empty()
-            && within(self.moved.now(), self.moved.last(), self.spin)
+        let since = self.moved.now().saturating_sub(self.moved.last());
+        polls(
+            self.spin,
+            self.may_poll,
+            !self.inflight.is_empty(),
+            since,
+            self.fast_stream,
+        )
     }
 
     /// Hands finished jobs back; one wake-up for the driver per batch.
@@ -638,6 +659,9 @@ impl Worker {
         let mut finished = false;
         if cqes.iter().any(|&(ud, res)| ud < CANCEL && res > 0) {
             self.moved.mark();
+            let now = self.moved.last();
+            self.fast_stream = within(now, self.last_moved, FAST_STREAM_GAP);
+            self.last_moved = now;
         }
         for &(ud, res) in &cqes {
             match ud {
@@ -748,14 +772,33 @@ mod tests {
     }
 
     #[test]
-    fn a_mover_polls_while_moving_even_for_a_sleeping_ni_but_not_on_one_cpu() {
-        let us = Duration::from_micros;
-        assert_eq!(poll_window(Duration::ZERO, 2), POLL_WHILE_MOVING);
-        assert_eq!(poll_window(us(50), 8), POLL_WHILE_MOVING);
-        assert_eq!(poll_window(us(1_000), 2), us(1_000), "a longer spin stands");
-        assert_eq!(poll_window(Duration::MAX, 2), ACTIVE_WINDOW);
-        assert_eq!(poll_window(Duration::ZERO, 1), Duration::ZERO);
-        assert_eq!(poll_window(us(1_000), 1), Duration::ZERO);
+    fn a_sleeping_nis_mover_polls_only_right_after_a_fast_streams_pieces() {
+        let us = |n: u64| n * 1_000;
+        let sleeping = Duration::ZERO;
+        // A fast stream: polls for POLL_WHILE_MOVING after its last piece, then sleeps.
+        assert!(polls(sleeping, true, true, us(10), true));
+        assert!(polls(sleeping, true, true, us(199), true));
+        assert!(!polls(sleeping, true, true, us(201), true));
+        // A slow stream (a real link's pieces far apart), no job out, or one CPU: sleeps.
+        assert!(!polls(sleeping, true, true, us(10), false));
+        assert!(!polls(sleeping, true, false, us(10), true));
+        assert!(!polls(sleeping, false, true, us(10), true));
+    }
+
+    #[test]
+    fn a_busy_polling_nis_mover_polls_within_its_spin_however_slow_the_stream() {
+        let us = |n: u64| n * 1_000;
+        let spin = Duration::from_micros(1_000);
+        assert!(polls(spin, true, true, us(900), false));
+        assert!(!polls(spin, true, true, us(1_100), false));
+        // A short spin: its own on a slow stream, POLL_WHILE_MOVING on a fast one.
+        let short = Duration::from_micros(50);
+        assert!(!polls(short, true, true, us(150), false));
+        assert!(polls(short, true, true, us(150), true));
+        // Never past ACTIVE_WINDOW, where the driver stops counting it busy.
+        let past = ACTIVE_WINDOW.as_nanos() as u64 + 1;
+        assert!(!polls(Duration::from_secs(1), true, true, past, true));
+        assert!(!polls(spin, false, true, us(10), true), "not on one CPU");
     }
 
     #[test]
