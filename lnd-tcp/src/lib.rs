@@ -70,9 +70,9 @@ pub struct TcpConfig {
     /// How long to busy-poll before sleeping (zero: never): latency for a CPU, as UCX and
     /// the RDMA LND's spin. Only where this NI is its driver thread's only one, and (with
     /// io_uring) not while the bulk mover moves bytes: it needs that CPU, and busy-polls
-    /// itself meanwhile (up to 2 ms after the last bytes it moved; with or without `spin`,
-    /// it polls 200 us after each piece of a fast stream, where there is more than one
-    /// CPU). On a node without
+    /// itself meanwhile, within `spin` (2 ms at most) of the last bytes it moved. (With or
+    /// without `spin`, a mover polls for 200 us after the last bytes it moved; no mover
+    /// polls on a machine with one CPU.) On a node without
     /// cores to spare that delays the health lane by milliseconds: keep health intervals
     /// well above that (measured: false Downs at 3 ms under bulk load on two cores).
     pub spin: Duration,

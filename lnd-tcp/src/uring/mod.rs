@@ -211,8 +211,8 @@ pub(crate) struct Uring {
     /// Started at the first bulk transfer; None until then, or if it could not be.
     mover: Option<Mover>,
     mover_failed: bool,
-    /// The NI's busy-polling, which its bulk mover does too (and, while a stream moves
-    /// fast, also when this is zero).
+    /// The NI's busy-polling, which its bulk mover does too (and, for 200 us after the
+    /// bytes it last moved, also when this is zero).
     spin: Duration,
     /// A send was queued in the ring since the last `io_uring_enter` that submitted it (a
     /// poll's, or `send_posted`'s).
@@ -499,8 +499,8 @@ impl Uring {
         if self.mover.is_none() && !self.mover_failed {
             // Busy-polling is for an NI alone on its thread (whose driver spins too); a
             // thread on several NIs asks for `wait_fd`, and then this one never spins.
-            // (A mover still polls right after the pieces of a fast stream, either way:
-            // see `mover::POLL_WHILE_MOVING`.)
+            // (A mover still polls while it moves bytes, either way: see
+            // `mover::POLL_WHILE_MOVING`.)
             let spin = match self.shared {
                 Some(_) => Duration::ZERO,
                 None => self.spin,

@@ -45,18 +45,17 @@ const _: () = assert!(
 /// peer soon stops counting. (A piece outlasts it on links slower than ~250 MB/s for a
 /// send, ~500 MB/s for a receive; the mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
-/// How long the mover of an NI that sleeps polls its ring after it last moved bytes (or
-/// was handed a job) rather than sleep, while its stream moves fast ([`FAST_STREAM_GAP`]).
-/// A stream that fast keeps a CPU busy anyway, and each sleep between two of its pieces
-/// cost the mover (and the driver it woke) context switches: measured on two cores, 1 MiB
-/// PUTs on loopback, 7.7-8.6 GB/s against 5.9-6.3 (bench/RESULTS.md, "2026-12-06
-/// (afternoon)"). Short, so that a stream that stops soon lets the mover sleep.
+/// How long a mover polls its ring after it last moved bytes (or was handed a job)
+/// rather than sleep, whether or not its NI busy-polls. Each sleep between two pieces of a
+/// stream cost the mover (and the driver it woke) context switches: measured on two cores,
+/// 1 MiB PUTs on loopback between sleeping NIs, 8.2-8.6 GB/s against 5.9-6.2, health PINGs
+/// under that load at p50 40-47 us against 82, no false Down at a 3 ms health interval
+/// (bench/RESULTS.md, "2026-12-06 (afternoon)"). The price: while a stream moves, the
+/// mover keeps polling between its pieces; on a link slower than loopback (a 512 KiB
+/// message takes ~420 us at 10 Gb/s) that is up to about half a CPU per mover. Rules that
+/// poll only while pieces come fast kept most of the bandwidth but not the health gains
+/// (same section). Short, so that a stream that stops soon lets the mover sleep.
 const POLL_WHILE_MOVING: Duration = Duration::from_micros(200);
-/// A stream moves fast while its last two completions came within this of each other: a
-/// 512 KiB message sent at 1.3 GB/s or more, a 1 MiB receive at 2.6 GB/s or more. A
-/// slower one (a 10 Gb/s link: ~420 us a message) would have the mover poll for nothing
-/// after most pieces: it sleeps, as before.
-const FAST_STREAM_GAP: Duration = Duration::from_micros(400);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
 
@@ -113,10 +112,10 @@ pub(crate) struct Mover {
 
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
-    /// While jobs are out it polls for completions instead of sleeping: within `spin` (the
-    /// NI's busy-polling) of its last bytes moved, or, sleeping NI or not, within
-    /// [`POLL_WHILE_MOVING`] of a fast stream's last piece; [`ACTIVE_WINDOW`] at most, and
-    /// never on a machine with one CPU (see [`polls`]).
+    /// While jobs are out it polls for completions instead of sleeping, within
+    /// [`POLL_WHILE_MOVING`] of its last bytes moved (or `spin`, the NI's busy-polling, if
+    /// that is longer; [`ACTIVE_WINDOW`] at most); never on a machine with one CPU (see
+    /// [`poll_window`]).
     pub(crate) fn start(name: String, notify: Arc<OwnedFd>, spin: Duration) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
@@ -330,33 +329,22 @@ struct Worker {
     next: u64,
     wake_armed: bool,
     cqes: Vec<(u64, i32)>,
-    /// The NI's busy-polling, [`ACTIVE_WINDOW`] at most: zero if it sleeps.
-    spin: Duration,
-    /// Whether the mover may poll at all: not on a machine with one CPU, where its polls
-    /// would take the CPU from the threads it waits for (the driver, the peer's sender).
-    may_poll: bool,
-    /// When the last completion that moved bytes came, and whether it came within
-    /// [`FAST_STREAM_GAP`] of the one before (a fast stream).
-    last_moved: u64,
-    fast_stream: bool,
+    /// How recently it must have moved bytes (or been handed a job) to poll rather than
+    /// sleep: see [`poll_window`].
+    poll_window: Duration,
 }
 
-/// Whether the mover polls rather than sleeps, given the NI's busy-polling `spin` (zero if
-/// it sleeps), whether it may poll at all (more than one CPU), whether it has jobs out,
-/// how long ago it last moved bytes or was handed a job (`since`, ns), and whether its
-/// stream moves fast (its last two completions within [`FAST_STREAM_GAP`]). It polls
-/// within its NI's spin of that, and within [`POLL_WHILE_MOVING`] on a fast stream,
-/// whichever is longer; never past [`ACTIVE_WINDOW`], after which the driver no longer
-/// counts it busy (and may spin itself), nor with no job out (a receive waiting on a
-/// silent peer moves nothing: it soon stops).
-fn polls(spin: Duration, may_poll: bool, jobs_out: bool, since: u64, fast_stream: bool) -> bool {
-    let fast = if fast_stream {
-        POLL_WHILE_MOVING
-    } else {
-        Duration::ZERO
-    };
-    let window = spin.max(fast).min(ACTIVE_WINDOW);
-    may_poll && jobs_out && within(since, 0, window)
+/// How recently a mover must have moved bytes (or been handed a job) to poll rather than
+/// sleep, for an NI that busy-polls for `spin` (zero: it sleeps), on a machine with `cpus`
+/// CPUs: [`POLL_WHILE_MOVING`], or `spin` if that is longer, [`ACTIVE_WINDOW`] at most
+/// (past which the driver no longer counts it busy, and may spin itself); nothing on one
+/// CPU, where its polls would take the CPU from the threads it waits for (the driver, the
+/// peer's sender).
+fn poll_window(spin: Duration, cpus: usize) -> Duration {
+    if cpus < 2 {
+        return Duration::ZERO;
+    }
+    spin.max(POLL_WHILE_MOVING).min(ACTIVE_WINDOW)
 }
 
 impl Worker {
@@ -390,11 +378,11 @@ impl Worker {
             next: 0,
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
-            spin: spin.min(ACTIVE_WINDOW),
             // The thread's own CPUs (affinity, cgroup quota); one if unknown.
-            may_poll: std::thread::available_parallelism().map_or(1, usize::from) > 1,
-            last_moved: 0,
-            fast_stream: false,
+            poll_window: poll_window(
+                spin,
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
         };
         w.arm_wake();
         Ok(w)
@@ -640,16 +628,13 @@ impl Worker {
         self.cancel_all();
     }
 
-    /// Whether to poll rather than sleep (see [`polls`]).
+    /// Whether to poll rather than sleep: with jobs out, and bytes moved (or a job came)
+    /// within [`Worker::poll_window`]. A receive waiting on a silent peer moves nothing:
+    /// it soon stops.
     fn spins(&self) -> bool {
-        let since = self.moved.now().saturating_sub(self.moved.last());
-        polls(
-            self.spin,
-            self.may_poll,
-            !self.inflight.is_empty(),
-            since,
-            self.fast_stream,
-        )
+        !self.poll_window.is_zero()
+            && !self.inflight.is_empty()
+            && within(self.moved.now(), self.moved.last(), self.poll_window)
     }
 
     /// Hands finished jobs back; one wake-up for the driver per batch.
@@ -659,9 +644,6 @@ impl Worker {
         let mut finished = false;
         if cqes.iter().any(|&(ud, res)| ud < CANCEL && res > 0) {
             self.moved.mark();
-            let now = self.moved.last();
-            self.fast_stream = within(now, self.last_moved, FAST_STREAM_GAP);
-            self.last_moved = now;
         }
         for &(ud, res) in &cqes {
             match ud {
@@ -772,33 +754,18 @@ mod tests {
     }
 
     #[test]
-    fn a_sleeping_nis_mover_polls_only_right_after_a_fast_streams_pieces() {
-        let us = |n: u64| n * 1_000;
-        let sleeping = Duration::ZERO;
-        // A fast stream: polls for POLL_WHILE_MOVING after its last piece, then sleeps.
-        assert!(polls(sleeping, true, true, us(10), true));
-        assert!(polls(sleeping, true, true, us(199), true));
-        assert!(!polls(sleeping, true, true, us(201), true));
-        // A slow stream (a real link's pieces far apart), no job out, or one CPU: sleeps.
-        assert!(!polls(sleeping, true, true, us(10), false));
-        assert!(!polls(sleeping, true, false, us(10), true));
-        assert!(!polls(sleeping, false, true, us(10), true));
-    }
-
-    #[test]
-    fn a_busy_polling_nis_mover_polls_within_its_spin_however_slow_the_stream() {
-        let us = |n: u64| n * 1_000;
-        let spin = Duration::from_micros(1_000);
-        assert!(polls(spin, true, true, us(900), false));
-        assert!(!polls(spin, true, true, us(1_100), false));
-        // A short spin: its own on a slow stream, POLL_WHILE_MOVING on a fast one.
-        let short = Duration::from_micros(50);
-        assert!(!polls(short, true, true, us(150), false));
-        assert!(polls(short, true, true, us(150), true));
-        // Never past ACTIVE_WINDOW, where the driver stops counting it busy.
-        let past = ACTIVE_WINDOW.as_nanos() as u64 + 1;
-        assert!(!polls(Duration::from_secs(1), true, true, past, true));
-        assert!(!polls(spin, false, true, us(10), true), "not on one CPU");
+    fn a_mover_polls_while_moving_for_a_sleeping_ni_too_but_never_on_one_cpu() {
+        let us = Duration::from_micros;
+        assert_eq!(poll_window(Duration::ZERO, 2), POLL_WHILE_MOVING);
+        assert_eq!(
+            poll_window(us(50), 8),
+            POLL_WHILE_MOVING,
+            "a short spin: as if asleep"
+        );
+        assert_eq!(poll_window(us(1_000), 2), us(1_000), "a longer spin stands");
+        assert_eq!(poll_window(Duration::MAX, 2), ACTIVE_WINDOW);
+        assert_eq!(poll_window(Duration::ZERO, 1), Duration::ZERO);
+        assert_eq!(poll_window(us(1_000), 1), Duration::ZERO);
     }
 
     #[test]
