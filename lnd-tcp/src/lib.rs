@@ -358,10 +358,7 @@ impl Lnd for TcpLnd {
             self.hot_turns += 1;
             let looked = self.hot_turns < FULL_POLL_EVERY
                 && now.saturating_duration_since(self.last_full_poll) < FULL_POLL_WITHIN
-                && match &mut self.backend {
-                    Driver::Epoll(b) => b.poll_hot(events),
-                    Driver::Uring(b) => b.poll_hot(events),
-                };
+                && with_backend!(self, b => b.poll_hot(events));
             if !looked {
                 self.hot_turns = 0;
                 self.last_full_poll = now;

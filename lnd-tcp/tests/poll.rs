@@ -329,7 +329,7 @@ fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
     let mut polls = 0;
     let heard = loop {
         polls += 1;
-        if polls > 64 {
+        if polls > 16 {
             break false;
         }
         send_batch(&mut b, &mut next);
@@ -349,9 +349,7 @@ fn a_busy_polling_driver_hears_its_other_sockets_while_one_never_runs_dry() {
             break true;
         }
     };
-    assert!(heard, "the PING did not come up in {polls} polls");
-    assert!(polls <= 16, "the PING came up at poll {polls}");
-    assert!(!received.is_empty());
+    assert!(heard, "the PING did not come up within 16 polls");
     assert!(
         received
             .iter()

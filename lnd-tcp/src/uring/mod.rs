@@ -396,18 +396,17 @@ impl Uring {
             }
             return;
         }
-        self.arm_ring_recv(conn);
+        self.arm_ring_recv(conn, lane);
     }
 
-    /// Arms a receive in the ring on `conn` (see [`Uring::arm_recv`]).
-    fn arm_ring_recv(&mut self, conn: ConnId) {
+    /// Arms a receive in the ring on `conn`, whose lane the engine says is `lane` (see
+    /// [`Uring::arm_recv`]).
+    fn arm_ring_recv(&mut self, conn: ConnId, lane: Option<Lane>) {
         // Never two readers of a socket: the hot one is read by this thread.
         debug_assert_ne!(self.hot, Some(conn), "a ring receive on the hot connection");
-        if !self.socks.get(&conn).is_some_and(|s| !s.recv && !s.closing) {
+        let Some(sock) = self.socks.get_mut(&conn).filter(|s| !s.recv && !s.closing) else {
             return;
-        }
-        let lane = self.engine.lane_of(conn);
-        let sock = self.socks.get_mut(&conn).expect("checked above");
+        };
         sock.recv = true;
         // Accepted sockets learn their lane from the HELLO: until then, data buffers.
         let health = lane == Some(Lane::Health);
@@ -800,7 +799,8 @@ impl Uring {
         if let Some(sock) = self.socks.get_mut(&conn) {
             sock.drained = true;
         }
-        self.arm_ring_recv(conn);
+        let lane = self.engine.lane_of(conn);
+        self.arm_ring_recv(conn, lane);
     }
 
     /// Submits the sends queued since the last submission, if any (what else is queued
