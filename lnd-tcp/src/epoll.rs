@@ -3,7 +3,7 @@
 //! for the frames posted to it in one hand-over. A busy-polling driver reads its hot data
 //! connection without an `epoll_wait` most turns (see [`Epoll::poll_hot`]).
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::AsRawFd;
 
 use std::net::SocketAddr;
@@ -17,10 +17,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
 
+use crate::direct::{recv_into, write_queue};
 use crate::engine::{ConnId, Engine};
-use crate::framing::{TxQueue, MAX_SLICES};
 use crate::low_water;
-use crate::recv::recv_into;
 use crate::{io_error, tune_socket};
 
 const LISTENER: Token = Token(0);
@@ -535,111 +534,5 @@ impl Epoll {
         self.engine.expire_due();
         self.drop_closed();
         events.append(&mut self.engine.events);
-    }
-}
-
-/// Writes the first `max` unwritten bytes of `tx` (those of its first `MAX_SLICES / 2`
-/// frames at most) with one gathering write.
-fn write_queue(sock: &mut TcpStream, tx: &TxQueue, max: usize) -> io::Result<usize> {
-    // The whole array is filled in before the call: one sized for the few frames of a
-    // ping-pong costs an eighth of one sized for a window.
-    if tx.len() <= FEW_FRAMES {
-        write_slices::<{ 2 * FEW_FRAMES }>(sock, tx, max)
-    } else {
-        write_slices::<MAX_SLICES>(sock, tx, max)
-    }
-}
-
-const FEW_FRAMES: usize = 4;
-
-fn write_slices<const N: usize>(
-    sock: &mut TcpStream,
-    tx: &TxQueue,
-    max: usize,
-) -> io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); N];
-    let n = tx.slices_up_to(&mut slices, max);
-    send_slices(sock, &slices[..n])
-}
-
-/// `writev`, but by `sendmsg` with `MSG_NOSIGNAL`: a peer gone fails the write with EPIPE
-/// and does not raise SIGPIPE, which would kill a host process that does not ignore it
-/// (a program in C, or in Rust with the signal restored).
-fn send_slices(sock: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: all-zero is a valid msghdr (no address, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // `IoSlice` is ABI-compatible with `iovec` on Unix (its documented guarantee); the
-    // kernel only reads through the pointer. The length's type is size_t on glibc, int on
-    // musl.
-    msg.msg_iov = slices.as_ptr().cast_mut().cast();
-    msg.msg_iovlen = slices.len() as _;
-    // SAFETY: `msg` points at `slices`, which outlive the call; the kernel reads the
-    // slices' memory only during it. Made directly rather than through the C library's
-    // `sendmsg`, a thread cancellation point (see `crate::recv::recv_into`); so nothing
-    // clears `msghdr`'s padding (musl's wrapper would): `msg` was zeroed whole above.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_sendmsg,
-            libc::c_long::from(sock.as_raw_fd()),
-            &raw const msg,
-            libc::c_long::from(libc::MSG_NOSIGNAL),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-
-    use super::*;
-
-    /// Whether SIGPIPE is pending for this thread (where it blocks it).
-    fn sigpipe_pending() -> bool {
-        // SAFETY: `sigpending` fills the set it is given, a live local.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigpending(&mut set);
-            libc::sigismember(&set, libc::SIGPIPE) == 1
-        }
-    }
-
-    /// Writing to a peer that has gone fails with an error and raises no SIGPIPE (which
-    /// would kill a host that does not ignore it). The thread blocks the signal, so that
-    /// one raised stays pending, to be seen.
-    #[test]
-    fn writing_to_a_peer_that_went_away_raises_no_sigpipe() {
-        // SAFETY: blocks SIGPIPE for this test's thread only; the sets are live locals.
-        unsafe {
-            let mut block: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut block);
-            libc::sigaddset(&mut block, libc::SIGPIPE);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &block, std::ptr::null_mut());
-        }
-        assert!(!sigpipe_pending());
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut peer, _) = listener.accept().unwrap();
-        drop(listener);
-        peer.set_nonblocking(true).unwrap();
-        let _ = peer.read(&mut [0u8; 16]);
-        drop(peer); // its FIN comes; our next write draws a reset, the one after EPIPE
-        let data = [7u8; 4096];
-        let slices = [IoSlice::new(&data), IoSlice::new(&data)];
-        let error = (0..100)
-            .find_map(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                send_slices(&sock, &slices).err()
-            })
-            .expect("writes to a closed peer fail");
-        assert!(
-            matches!(error.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)),
-            "{error}"
-        );
-        assert!(!sigpipe_pending(), "a write raised SIGPIPE");
     }
 }

@@ -72,7 +72,7 @@ impl RxFramer {
 
     /// The buffer to read into: its spare capacity holds at least [`Self::want`] bytes, and
     /// a read may fill all of it. Nothing is zero-filled; the caller appends what it read
-    /// (see `crate::recv::recv_into`).
+    /// (see `crate::direct::recv_into`).
     pub(crate) fn read_buf(&mut self) -> &mut BytesMut {
         self.make_room(self.want());
         &mut self.buf

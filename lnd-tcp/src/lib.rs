@@ -16,12 +16,12 @@
 //! let endpoint = Endpoint::builder(cfg).lnd(lnd).start().unwrap();
 //! ```
 
+mod direct;
 mod engine;
 mod epoll;
 mod framing;
 mod loopback;
 mod low_water;
-mod recv;
 mod sockopt;
 mod uring;
 
@@ -393,9 +393,7 @@ impl Lnd for TcpLnd {
     /// Epoll's sends complete as they are written, so their completions are known at
     /// once; io_uring's complete in a poll.
     fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
-        if let Driver::Epoll(b) = &mut self.backend {
-            b.take_ready(events);
-        }
+        with_backend!(self, b => b.take_ready(events))
     }
 
     fn waker(&self) -> Arc<dyn Wake> {

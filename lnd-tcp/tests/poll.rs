@@ -228,6 +228,98 @@ fn a_busy_polling_driver_sends_when_the_hand_over_ends() {
     assert_eq!(receive_msg_ids(&mut b, 4), [100, 101, 102, 103]);
 }
 
+/// Busy-polling, both backends write a small frame themselves when the hand-over ends
+/// and nothing of the socket's is in flight (io_uring: a plain `sendmsg`, not a ring
+/// send): its completion is ready at once, with no poll, and comes once. Frames posted
+/// around a large one (which io_uring's bulk mover sends) still arrive in order, each
+/// completing once.
+#[test]
+fn a_busy_polling_drivers_small_send_completes_at_the_hand_over_and_keeps_its_order() {
+    let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
+    let sent = |e: &LndEvent| match e {
+        LndEvent::SendComplete { token, result } => {
+            assert!(result.is_ok(), "{e:?}");
+            Some(token.0)
+        }
+        _ => None,
+    };
+    a.post(put(na, nb, 1, 1));
+    a.send_posted();
+    let mut ready = Vec::new();
+    a.take_ready(&mut ready);
+    assert_eq!(
+        ready.iter().filter_map(sent).collect::<Vec<_>>(),
+        [1],
+        "{ready:?}"
+    );
+
+    // A small frame and a large one in one hand-over, then a small one while the large
+    // one may still be on its way: it must not overtake it.
+    a.post(put(na, nb, 2, 2));
+    a.post(put_of(na, nb, 3, 3, Bytes::from(vec![3u8; 256 << 10])));
+    a.send_posted();
+    a.post(put(na, nb, 4, 4));
+    a.send_posted();
+    let mut done = Vec::new();
+    a.take_ready(&mut done);
+    let mut received = Vec::new();
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while received.len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
+        a.poll(&mut done, Some(Duration::ZERO)).unwrap();
+        b.poll(&mut events, Some(Duration::from_millis(1))).unwrap();
+        received.extend(events.drain(..).filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        }));
+    }
+    assert_eq!(received, [1, 2, 3, 4]);
+    for _ in 0..10 {
+        a.poll(&mut done, Some(Duration::from_millis(1))).unwrap();
+    }
+    let mut tokens: Vec<u64> = done.iter().filter_map(sent).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [2, 3, 4], "each send ends once");
+}
+
+/// A busy-polling io_uring writes a socket directly once per look: a frame posted after
+/// that write, in the same look, waits for the next look (`poll`) and goes with whatever
+/// else came by then, as when one ring send at a time batched them.
+#[test]
+fn a_busy_polling_io_uring_writes_a_socket_once_per_look() {
+    let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
+    if a.backend() != Backend::Uring {
+        return;
+    }
+    a.post(put(na, nb, 1, 1));
+    a.send_posted();
+    a.post(put(na, nb, 2, 2));
+    a.send_posted();
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(100) {
+        b.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    let ids = |events: &mut Vec<LndEvent>| -> Vec<u64> {
+        events
+            .drain(..)
+            .filter_map(|e| match e {
+                LndEvent::Received { header, .. } => Some(header.msg_id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        ids(&mut events),
+        [1],
+        "the second frame left in the same look"
+    );
+    a.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap();
+    assert_eq!(receive_msg_ids(&mut b, 1), [2]);
+}
+
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:
 /// a PING must not queue behind data writes to other sockets. (A sleeping io_uring sends
 /// both with its next poll, which comes before it sleeps.)
