@@ -63,9 +63,16 @@ pub(crate) struct Epoll {
     /// The last poll handed over events without looking at the sockets.
     skipped_wait: bool,
     /// Data-lane connections with frames posted since the last write: written together
-    /// by the next `send_posted` (the end of the driver's hand-over), `poll` or
-    /// `prepare_wait`. May repeat one.
+    /// by the next `send_posted` (the end of the driver's hand-over) unless one wrote in
+    /// this look already, else by the next `poll`, `poll_hot` or `prepare_wait`. May
+    /// repeat one.
     posted_to: Vec<ConnId>,
+    /// A `send_posted` wrote since the last look at the sockets began. The core hands over
+    /// several times a look (what a hand-over completed may free more to send): what it
+    /// posts after the first write waits for the next look's, and goes with whatever else
+    /// came by then (measured, 8-byte PUTs, 8 in flight, busy-polling: 375-459k a second
+    /// against 335-376k with a write per hand-over).
+    wrote_this_look: bool,
     /// Sockets whose receive low-water mark is raised above 1, and to what (see
     /// [`crate::low_water`]).
     low_water: FxHashMap<ConnId, usize>,
@@ -105,6 +112,7 @@ impl Epoll {
             unwritten: Vec::new(),
             skipped_wait: false,
             posted_to: Vec::new(),
+            wrote_this_look: false,
             low_water: FxHashMap::default(),
             hot: None,
         })
@@ -175,9 +183,18 @@ impl Epoll {
         }
     }
 
+    /// The hand-over is complete: writes what was posted, unless a hand-over of this look
+    /// wrote already (see [`Epoll::wrote_this_look`]).
+    pub(crate) fn send_posted(&mut self) {
+        if std::mem::replace(&mut self.wrote_this_look, true) {
+            return;
+        }
+        self.write_posted();
+    }
+
     /// Writes what was posted since the last write, as much as each socket takes. The
     /// list keeps its capacity: no allocation per turn.
-    pub(crate) fn send_posted(&mut self) {
+    fn write_posted(&mut self) {
         let mut posted_to = std::mem::take(&mut self.posted_to);
         for &conn in &posted_to {
             self.flush(conn); // never adds to `posted_to`
@@ -394,7 +411,7 @@ impl Epoll {
     /// Sockets left with work by the last round raise no new edge: then do not sleep.
     /// Frames still posted are written first; their completions make it `Ready`.
     pub(crate) fn prepare_wait(&mut self) -> Readiness {
-        self.send_posted();
+        self.write_posted();
         self.drop_closed();
         self.engine
             .readiness(!self.unread.is_empty() || !self.unwritten.is_empty())
@@ -405,8 +422,10 @@ impl Epoll {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        // For callers that post without `send_posted`: nothing posted waits for the wait.
-        self.send_posted();
+        // A look begins. For callers that post without `send_posted`, and for what a
+        // hand-over of the last look held back: nothing posted waits for the wait.
+        self.wrote_this_look = false;
+        self.write_posted();
         // Sockets with data left from the last round raise no new edge: do not wait for one.
         let busy = !self.unread.is_empty() || !self.unwritten.is_empty();
         // Events already here (left by a connect or a close, or sends that completed as
@@ -501,7 +520,8 @@ impl Epoll {
     /// sender would otherwise notice it up to eight turns late: measured, 1 MiB streams
     /// lost ~10%).
     pub(crate) fn poll_hot(&mut self, events: &mut Vec<LndEvent>) -> bool {
-        self.send_posted();
+        self.wrote_this_look = false; // a look begins (see `poll`)
+        self.write_posted();
         let Some(conn) = self.hot else {
             return false;
         };

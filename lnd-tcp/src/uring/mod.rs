@@ -987,6 +987,7 @@ impl Uring {
         if self.enable().is_err() {
             return Readiness::Ready; // the poll says why
         }
+        self.new_look(); // (a shared thread never busy-polls: nothing is held)
         self.flush_dirty();
         if let Err(e) = self.ring.submit() {
             tracing::warn!("io_uring submit failed: {e}");
