@@ -2,12 +2,14 @@
 //! into a framer's buffer, and a gathering `sendmsg` from a send queue's own buffers. The
 //! epoll backend reads and writes every socket so; a busy-polling io_uring reads its hot
 //! connection so (`uring::Uring::poll_hot`), and writes small frames so when nothing of
-//! the socket's is in the ring (`uring::Uring::flush`).
+//! the socket's is in the ring (`uring::Uring::send_direct`).
 //!
 //! Both are made through `syscall(2)`, not the C library's wrappers: those are thread
 //! cancellation points, which in a threaded process bracket every call with enabling and
 //! disabling asynchronous cancellation (glibc: ~70 instructions a call, measured). Nothing
-//! here cancels threads. (`syscall` takes `long` arguments: each is passed as one.)
+//! here cancels threads. (`syscall` reads its arguments as `long`s: the integers are
+//! passed as such; pointers and sizes are that wide already on the 64-bit targets we build
+//! for.)
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -71,7 +73,9 @@ fn write_slices<const N: usize>(
 
 /// `writev`, but by `sendmsg` with `MSG_NOSIGNAL`: a peer gone fails the write with EPIPE
 /// and does not raise SIGPIPE, which would kill a host process that does not ignore it
-/// (a program in C, or in Rust with the signal restored).
+/// (a program in C, or in Rust with the signal restored). And with `MSG_DONTWAIT`: a full
+/// socket fails the write with `WouldBlock` whether the socket blocks (io_uring's do) or
+/// not (epoll's).
 fn send_slices(sock: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: all-zero is a valid msghdr (no address, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -146,6 +150,56 @@ mod tests {
                 other => panic!("expected the end of the stream, got {other:?}"),
             }
         }
+    }
+
+    /// A full socket fails the write at once, whether the socket blocks or not: the
+    /// driver thread writing it (a busy-polling io_uring's, whose sockets block) must never
+    /// wait for its peer to read.
+    #[test]
+    fn write_queue_never_waits_on_a_full_blocking_socket() {
+        use lanet::wire::{encode_header, Body, Header};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_reader, _) = listener.accept().unwrap(); // never reads
+                                                       // Without MSG_DONTWAIT reaching the kernel, a write to the full socket would wait
+                                                       // out this timeout (and fail the same way, only seconds later).
+        writer
+            .set_write_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let payload = bytes::Bytes::from(vec![7u8; 32 << 20]);
+        let header = Header {
+            lane: lanet::Lane::Data,
+            hop_limit: 8,
+            credits: 0,
+            src: lanet::Nid::mem(1, 0),
+            dst: lanet::Nid::mem(2, 0),
+            src_incarnation: 1,
+            msg_id: 1,
+            payload_len: payload.len() as u32,
+            body: Body::Put {
+                portal: 1,
+                match_bits: 2,
+                settled_below: 0,
+                ack: false,
+            },
+            router_gen: 0,
+        };
+        let mut q = TxQueue::default();
+        q.push(encode_header(&header), payload, None);
+        let asked = std::time::Instant::now();
+        let full = loop {
+            match write_queue(&writer, &q, usize::MAX) {
+                Ok(n) => q.advance(n, &mut Vec::new()),
+                Err(e) => break e,
+            }
+            assert!(!q.is_empty(), "32 MiB fit in the socket's buffers");
+        };
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock, "{full}");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(2),
+            "the write waited {:?}",
+            asked.elapsed()
+        );
     }
 
     /// Whether SIGPIPE is pending for this thread (where it blocks it).

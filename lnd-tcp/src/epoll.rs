@@ -1,7 +1,9 @@
 //! The epoll backend (through mio): edge-triggered readiness, non-blocking sockets,
 //! gathering writes (`sendmsg`) straight from the frames' own buffers, one per connection
-//! for the frames posted to it in one hand-over. A busy-polling driver reads its hot data
-//! connection without an `epoll_wait` most turns (see [`Epoll::poll_hot`]).
+//! for the data frames posted to it in a look's first hand-over that has any (later ones'
+//! wait for the next look: see [`Epoll::wrote_this_look`]); health frames as they are
+//! posted. A busy-polling driver reads its hot data connection without an `epoll_wait`
+//! most turns (see [`Epoll::poll_hot`]). Dropped, it writes what it still holds.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -67,11 +69,14 @@ pub(crate) struct Epoll {
     /// this look already, else by the next `poll`, `poll_hot` or `prepare_wait`. May
     /// repeat one.
     posted_to: Vec<ConnId>,
-    /// A `send_posted` wrote since the last look at the sockets began. The core hands over
-    /// several times a look (what a hand-over completed may free more to send): what it
-    /// posts after the first write waits for the next look's, and goes with whatever else
-    /// came by then (measured, 8-byte PUTs, 8 in flight, busy-polling: 375-459k a second
-    /// against 335-376k with a write per hand-over).
+    /// A `send_posted` wrote data frames since the last look at the sockets began. The
+    /// core hands over several times a look (what a hand-over completed may free more to
+    /// send): the data frames it posts after that write wait for the next look's, to any
+    /// connection, and go with whatever else came by then (measured, 8-byte PUTs, 8 in
+    /// flight, busy-polling: 375-459k a second against 335-376k with a write per
+    /// hand-over). The next look comes at once where the driver busy-polls, and before a
+    /// sleeping one waits; a [`crate::TcpLnd`] driven by a `lanet::Worker` may hold them
+    /// until the application's next `progress`, as a sleeping io_uring holds its sends.
     wrote_this_look: bool,
     /// Sockets whose receive low-water mark is raised above 1, and to what (see
     /// [`crate::low_water`]).
@@ -186,9 +191,10 @@ impl Epoll {
     /// The hand-over is complete: writes what was posted, unless a hand-over of this look
     /// wrote already (see [`Epoll::wrote_this_look`]).
     pub(crate) fn send_posted(&mut self) {
-        if std::mem::replace(&mut self.wrote_this_look, true) {
+        if self.wrote_this_look || self.posted_to.is_empty() {
             return;
         }
+        self.wrote_this_look = true;
         self.write_posted();
     }
 
@@ -554,5 +560,14 @@ impl Epoll {
         self.engine.expire_due();
         self.drop_closed();
         events.append(&mut self.engine.events);
+    }
+}
+
+impl Drop for Epoll {
+    /// What the core handed over last still goes, as far as the sockets take it now: data
+    /// frames held for the next look (see [`Epoll::wrote_this_look`]), which a node's last
+    /// turn is not followed by.
+    fn drop(&mut self) {
+        self.write_posted();
     }
 }

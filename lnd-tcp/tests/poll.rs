@@ -283,6 +283,87 @@ fn a_busy_polling_drivers_small_send_completes_at_the_hand_over_and_keeps_its_or
     assert_eq!(tokens, [2, 3, 4], "each send ends once");
 }
 
+/// A busy-polling sender whose socket fills while its peer does not read: a direct write
+/// gets part of a frame out and leaves the rest to a ring send (io_uring), which waits for
+/// room. Once the peer has read, the next look's write must not go around that send (the
+/// ring runs its rest only when entered, after the look's writes). Every frame arrives,
+/// in order, and completes once.
+#[test]
+fn a_send_left_to_the_ring_is_never_overtaken() {
+    let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
+    let (mut a_events, mut b_events) = (Vec::new(), Vec::new());
+    let sent = |events: &mut Vec<LndEvent>| -> Vec<u64> {
+        events
+            .drain(..)
+            .filter_map(|e| match e {
+                LndEvent::SendComplete { token, result } => {
+                    assert!(result.is_ok(), "send {} failed: {result:?}", token.0);
+                    Some(token.0)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // Frames just under the 64 KiB a direct write takes, one a look, until one does not
+    // get all out: the socket is full, and the rest of that frame is in the ring.
+    let mut done = Vec::new();
+    let mut posted = 0;
+    loop {
+        assert!(posted < 4_000, "240 MiB went out with the peer not reading");
+        a.post(put_of(
+            na,
+            nb,
+            posted,
+            posted,
+            Bytes::from(vec![7u8; 60 << 10]),
+        ));
+        posted += 1;
+        a.send_posted();
+        a.take_ready(&mut a_events);
+        done.extend(sent(&mut a_events));
+        if done.len() < posted as usize {
+            break;
+        }
+        a.poll(&mut a_events, Some(Duration::ZERO)).unwrap(); // the next look
+        done.extend(sent(&mut a_events));
+    }
+    // Room again at the sender, then a small frame in the next look.
+    for _ in 0..4 {
+        b.poll(&mut b_events, Some(Duration::ZERO)).unwrap();
+    }
+    a.post(put(na, nb, posted, posted));
+    posted += 1;
+    a.send_posted();
+    a.poll(&mut a_events, Some(Duration::ZERO)).unwrap();
+    done.extend(sent(&mut a_events));
+    let mut received = Vec::new();
+    let start = Instant::now();
+    while received.len() < posted as usize || done.len() < posted as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "received {} of {posted}, {} sends done; b: {b_events:?}",
+            received.len(),
+            done.len()
+        );
+        b.poll(&mut b_events, Some(Duration::from_millis(1)))
+            .unwrap();
+        received.extend(b_events.drain(..).map(|e| match e {
+            LndEvent::Received { header, .. } => header.msg_id,
+            e => panic!("the receiver saw {e:?}"),
+        }));
+        a.poll(&mut a_events, Some(Duration::ZERO)).unwrap();
+        done.extend(sent(&mut a_events));
+    }
+    assert_eq!(received, (0..posted).collect::<Vec<_>>());
+    for _ in 0..10 {
+        a.poll(&mut a_events, Some(Duration::from_millis(1)))
+            .unwrap();
+    }
+    done.extend(sent(&mut a_events));
+    done.sort_unstable();
+    assert_eq!(done, (0..posted).collect::<Vec<_>>(), "each send ends once");
+}
+
 /// A driver writes a connection's data frames once per look: the core hands over several
 /// times a look, and a frame posted after that look's write waits for the next look
 /// (`poll`), going with whatever else came by then (io_uring, busy-polling: one plain
@@ -316,6 +397,37 @@ fn a_driver_writes_its_data_frames_once_per_look() {
     );
     a.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap();
     assert_eq!(receive_msg_ids(&mut b, 1), [2]);
+}
+
+/// What a driver still holds when it is dropped (a node's last turn is not followed by a
+/// poll) goes out first: a frame held for the next look, busy-polling, and one a sleeping
+/// io_uring would have sent with its next poll.
+#[test]
+fn a_dropped_driver_sends_what_it_held() {
+    for spin in [Duration::from_millis(1), Duration::ZERO] {
+        let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, spin);
+        a.post(put(na, nb, 1, 1));
+        a.send_posted();
+        a.post(put(na, nb, 2, 2));
+        a.send_posted();
+        drop(a);
+        let mut received = Vec::new();
+        let mut events = Vec::new();
+        let start = Instant::now();
+        while received.len() < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "spin {spin:?}: got {received:?}"
+            );
+            b.poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            received.extend(events.drain(..).filter_map(|e| match e {
+                LndEvent::Received { header, .. } => Some(header.msg_id),
+                _ => None,
+            }));
+        }
+        assert_eq!(received, [1, 2], "spin {spin:?}");
+    }
 }
 
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:

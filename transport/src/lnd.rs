@@ -286,9 +286,12 @@ pub trait Lnd: Send {
 
     /// The core has posted a batch of frames (a hand-over) and calls this before it does
     /// anything else: send what was posted and not sent yet, e.g. one `writev` per
-    /// connection for a window of small frames instead of a system call each. A driver
-    /// that sends as frames are posted, or with its next `poll`, needs nothing here (the
-    /// default).
+    /// connection for a window of small frames instead of a system call each. A driver may
+    /// instead hold them for its next `poll` (as one that sends with its `poll` does; the
+    /// TCP LND holds those of a second hand-over in one look, to send them together), but
+    /// never longer; and one dropped sends what it holds, as far as it can at once. A
+    /// driver that sends as frames are posted, or with its next `poll`, needs nothing here
+    /// (the default).
     fn send_posted(&mut self) {}
 
     /// Close the (peer, lane) connection, e.g. after a protocol error. A `Disconnected`

@@ -2,10 +2,14 @@
 //! accept; receives into provided-buffer rings (the health lane multishot into its own
 //! group, the data lane one buffer per receive); `sendmsg` (zero-copy `sendmsg` for large
 //! messages) from memory that outlives each operation; everything queued during a turn
-//! submitted with one `io_uring_enter`, which also waits (a busy-polling driver submits
-//! its sends as soon as the core has handed them over: `send_posted`). A busy-polling
-//! driver reads its hot data connection with a plain `recv` instead, that connection
+//! submitted with one `io_uring_enter`, which also waits. A busy-polling driver sends as
+//! soon as the core has handed over (`send_posted`): small frames with a plain `sendmsg`
+//! when nothing of the socket's is in the ring ([`Uring::send_direct`]), the rest in one
+//! submission; and it reads its hot data connection with a plain `recv`, that connection
 //! having no receive in the ring meanwhile (see [`Uring::poll_hot`]).
+//!
+//! A driver dropped writes what it still holds before it shuts its sockets down, as far
+//! as they take it at once (see `Drop`).
 //!
 //! Bulk bytes do not cross the driver thread: large data-lane sends, and large payloads
 //! (received in place, straight into the frame's buffer), are moved by a second thread
@@ -225,8 +229,8 @@ pub(crate) struct Uring {
     /// on, after a receive completed or a dial connected (see [`Uring::poll_hot`]). Back
     /// to the ring before the thread sleeps.
     hot: Option<ConnId>,
-    /// Busy-polling: looks (`poll`, `poll_hot`) so far. A socket is written directly (see
-    /// [`Uring::send_direct`]) once per look at most.
+    /// Looks at the sockets so far (`poll`, `poll_hot`, `prepare_wait`). Busy-polling, a
+    /// socket is written directly (see [`Uring::send_direct`]) once per look at most.
     looks: u64,
     /// Busy-polling: connections written directly in this look that have more to send
     /// since. They are written at the start of the next look, with what else came by then:
@@ -735,11 +739,11 @@ impl Uring {
         }
     }
 
-    /// The hand-over is complete. Busy-polling, its sends go now, in one submission,
-    /// rather than with the next poll's, after the core has run the application's
-    /// callbacks (8-byte message rate with ACK: 1.17-1.22x UCX's before, 1.37-1.50x
-    /// after). Sleeping, they still go with the `io_uring_enter` that also waits: one
-    /// system call per turn.
+    /// The hand-over is complete. Busy-polling, its sends go now (written directly, see
+    /// [`Self::send_direct`], or in one submission), rather than with the next poll's,
+    /// after the core has run the application's callbacks (8-byte message rate with ACK:
+    /// 1.17-1.22x UCX's before, 1.37-1.50x after). Sleeping, they still go with the
+    /// `io_uring_enter` that also waits: one system call per turn.
     pub(crate) fn send_posted(&mut self) {
         if !self.busy_polling() || self.enable().is_err() {
             return; // the poll says why
@@ -1342,6 +1346,15 @@ impl Drop for Uring {
             // Nothing was ever submitted: only the buffer rings to unregister.
             self.free_buffers();
             return;
+        }
+        // What the core handed over last still goes, as far as the sockets take it now:
+        // frames held for the next look, or queued for a poll that will not come (a node's
+        // last turn is not followed by one). Sends the ring cannot finish at once are
+        // cancelled below with everything else.
+        self.new_look();
+        self.flush_dirty();
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!("io_uring submit failed at close: {e}");
         }
         // The listener too: a pending accept would keep it listening after we are gone, and
         // peers would connect to a node that never answers.
