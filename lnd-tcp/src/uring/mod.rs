@@ -510,9 +510,10 @@ impl Uring {
     }
 
     /// The bulk mover, started on first use. None if it cannot be started (said once);
-    /// then bulk transfers run on this thread's ring.
+    /// then bulk transfers run on this thread's ring. A driver being dropped starts none
+    /// for what it writes last.
     fn mover(&mut self) -> Option<&Mover> {
-        if self.mover.is_none() && !self.mover_failed {
+        if self.mover.is_none() && !self.mover_failed && !self.stopping {
             // Busy-polling is for an NI alone on its thread (whose driver spins too); a
             // thread on several NIs asks for `wait_fd`, and then this one never spins.
             // (A mover still polls while it moves bytes, either way: see
