@@ -161,8 +161,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_reader, _) = listener.accept().unwrap(); // never reads
-                                                       // Without MSG_DONTWAIT reaching the kernel, a write to the full socket would wait
-                                                       // out this timeout (and fail the same way, only seconds later).
+
+        // Without MSG_DONTWAIT reaching the kernel, a write to the full socket would wait
+        // out this timeout (and fail the same way, only seconds later).
         writer
             .set_write_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();

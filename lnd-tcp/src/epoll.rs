@@ -69,7 +69,8 @@ pub(crate) struct Epoll {
     /// this look already, else by the next `poll`, `poll_hot` or `prepare_wait`. May
     /// repeat one.
     posted_to: Vec<ConnId>,
-    /// A `send_posted` wrote data frames since the last look at the sockets began. The
+    /// A `send_posted` wrote (or tried to write) data frames since the last look at the
+    /// sockets began. The
     /// core hands over several times a look (what a hand-over completed may free more to
     /// send): the data frames it posts after that write wait for the next look's, to any
     /// connection, and go with whatever else came by then (measured, 8-byte PUTs, 8 in
@@ -568,6 +569,9 @@ impl Drop for Epoll {
     /// frames held for the next look (see [`Epoll::wrote_this_look`]), which a node's last
     /// turn is not followed by.
     fn drop(&mut self) {
-        self.write_posted();
+        // Not while unwinding from a panic, which may have left the queues inconsistent.
+        if !std::thread::panicking() {
+            self.write_posted();
+        }
     }
 }

@@ -430,6 +430,37 @@ fn a_dropped_driver_sends_what_it_held() {
     }
 }
 
+/// A hand-over of health frames only (written as they are posted) does not count as the
+/// look's write of data frames: data frames handed over after it in the same look still
+/// go at the end of their hand-over, the peer having them while the sender does not poll.
+#[test]
+fn a_look_whose_first_hand_over_was_health_only_still_writes_its_data_frames() {
+    let ((na, mut a), (nb, mut b)) =
+        dialled_by_a_sleeper(&[Lane::Data, Lane::Health], Duration::from_millis(1));
+    a.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap(); // a look begins
+    a.post(ping(na, nb, 7, 1));
+    a.send_posted();
+    a.post(put(na, nb, 8, 2));
+    a.send_posted();
+    let mut events = Vec::new();
+    let (mut ping_came, mut put_came) = (false, false);
+    let start = Instant::now();
+    while !(ping_came && put_came) {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "ping {ping_came}, put {put_came}"
+        );
+        b.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        for e in events.drain(..) {
+            if let LndEvent::Received { header, .. } = e {
+                ping_came |= header.body == Body::Ping { seq: 7 };
+                put_came |= header.msg_id == 8 && header.lane == Lane::Data;
+            }
+        }
+    }
+}
+
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:
 /// a PING must not queue behind data writes to other sockets. (A sleeping io_uring sends
 /// both with its next poll, which comes before it sleeps.)

@@ -39,6 +39,7 @@ use rustc_hash::FxHashMap;
 use crate::engine::{ConnId, Engine};
 use crate::io_error;
 use bufring::BufRing;
+pub(crate) use mover::POLL_WHILE_MOVING;
 use mover::{Job, Moved, Mover};
 use send::SendSlot;
 
@@ -218,9 +219,11 @@ pub(crate) struct Uring {
     /// Started at the first bulk transfer; None until then, or if it could not be.
     mover: Option<Mover>,
     mover_failed: bool,
-    /// The NI's busy-polling, which its bulk mover does too (and, for 200 us after the
-    /// bytes it last moved, also when this is zero).
+    /// The NI's busy-polling, which its bulk mover does too while it moves bytes.
     spin: Duration,
+    /// How long the bulk mover polls after it last moved bytes, if longer than `spin`
+    /// ([`crate::TcpConfig::mover_poll`]).
+    mover_poll: Duration,
     /// A send was queued in the ring since the last `io_uring_enter` that submitted it (a
     /// poll's, or `send_posted`'s).
     sends_queued: bool,
@@ -246,6 +249,7 @@ impl Uring {
         listener: io::Result<Option<TcpListener>>,
         zero_copy_min: usize,
         spin: Duration,
+        mover_poll: Duration,
     ) -> io::Result<Uring> {
         let NewRing {
             ring,
@@ -303,6 +307,7 @@ impl Uring {
             mover: None,
             mover_failed: false,
             spin,
+            mover_poll,
             sends_queued: false,
             hot: None,
         };
@@ -510,19 +515,19 @@ impl Uring {
     }
 
     /// The bulk mover, started on first use. None if it cannot be started (said once);
-    /// then bulk transfers run on this thread's ring. A driver being dropped starts none
-    /// for what it writes last.
+    /// then bulk transfers run on this thread's ring.
     fn mover(&mut self) -> Option<&Mover> {
-        if self.mover.is_none() && !self.mover_failed && !self.stopping {
+        if self.mover.is_none() && !self.mover_failed {
             // Busy-polling is for an NI alone on its thread (whose driver spins too); a
             // thread on several NIs asks for `wait_fd`, and then this one never spins.
-            // (A mover still polls while it moves bytes, either way: see
-            // `mover::POLL_WHILE_MOVING`.)
+            // A mover polls while it moves bytes either way, for `mover_poll` (see
+            // `mover::POLL_WHILE_MOVING`), or the NI's spin if that is longer.
             let spin = match self.shared {
                 Some(_) => Duration::ZERO,
                 None => self.spin,
             };
-            match Mover::start("lanet-bulk".into(), self.wake_fd.clone(), spin) {
+            let poll = spin.max(self.mover_poll);
+            match Mover::start("lanet-bulk".into(), self.wake_fd.clone(), poll) {
                 Ok(m) => self.mover = Some(m),
                 Err(e) => {
                     tracing::warn!(
@@ -579,7 +584,9 @@ impl Uring {
             slot.release();
             return;
         }
-        if bulk && self.mover().is_some() {
+        // A driver being dropped sends what it holds inline, as far as the socket takes it
+        // at once (its sockets are shut down next): neither the mover nor a kernel worker.
+        if bulk && !self.stopping && self.mover().is_some() {
             let sock = self.socks.get_mut(&conn).expect("checked above");
             let slot = match sock.send.take() {
                 Some(slot) => slot,
@@ -620,7 +627,7 @@ impl Uring {
         // Without a mover, large data-lane sends run on a kernel worker thread: inline, a
         // loopback send of 512 KiB held this thread in `io_uring_enter` for ~1 ms (it also
         // runs the receiver's TCP input), and the health lane waited behind it.
-        let e = match data && len >= BULK_MIN {
+        let e = match data && len >= BULK_MIN && !self.stopping {
             true => e.flags(squeue::Flags::ASYNC),
             false => e,
         };
@@ -632,8 +639,8 @@ impl Uring {
         unsafe { self.push(e.user_data(user_data(conn, SEND))) };
     }
 
-    /// Busy-polling: writes what `conn` has queued with a plain `sendmsg`, if that is less
-    /// than [`BULK_MIN`] and nothing of the socket's is in the ring (so its bytes stay in
+    /// Busy-polling: writes what `conn` has queued with a plain `sendmsg`, if its unsent
+    /// frames come to less than [`BULK_MIN`] and nothing of the socket's is in the ring (so its bytes stay in
     /// order); if the socket was written so in this look already, holds it for the next
     /// (see [`Uring::held`]). True if that was the end of it: all written, held, or the
     /// connection failed; false leaves the rest (or all, if the socket was full) to the
@@ -1339,7 +1346,8 @@ impl Uring {
 }
 
 impl Drop for Uring {
-    /// Stops every operation and waits for the kernel to let go of their memory before it
+    /// Writes what the core handed over last, as far as the sockets take it at once; then
+    /// stops every operation and waits for the kernel to let go of their memory before it
     /// is freed; if the kernel does not answer in time, the memory is leaked, not freed.
     fn drop(&mut self) {
         self.stopping = true;
@@ -1351,11 +1359,14 @@ impl Drop for Uring {
         // What the core handed over last still goes, as far as the sockets take it now:
         // frames held for the next look, or queued for a poll that will not come (a node's
         // last turn is not followed by one). Sends the ring cannot finish at once are
-        // cancelled below with everything else.
-        self.new_look();
-        self.flush_dirty();
-        if let Err(e) = self.ring.submit() {
-            tracing::warn!("io_uring submit failed at close: {e}");
+        // cancelled below with everything else. Not while unwinding from a panic, which
+        // may have left the queues inconsistent (a second panic would abort).
+        if !std::thread::panicking() {
+            self.new_look();
+            self.flush_dirty();
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!("io_uring submit failed at close: {e}");
+            }
         }
         // The listener too: a pending accept would keep it listening after we are gone, and
         // peers would connect to a node that never answers.

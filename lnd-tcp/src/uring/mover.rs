@@ -46,7 +46,8 @@ const _: () = assert!(
 /// send, ~500 MB/s for a receive; the mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
 /// How long a mover polls its ring after it last moved bytes (or was handed a job)
-/// rather than sleep, whether or not its NI busy-polls. Each sleep between two pieces of a
+/// rather than sleep, whether or not its NI busy-polls, by default
+/// ([`crate::TcpConfig::mover_poll`]; a net's `mover_poll`). Each sleep between two pieces of a
 /// stream cost the mover (and the driver it woke) context switches: measured on two cores,
 /// 1 MiB PUTs on loopback between sleeping NIs, 8.2-8.6 GB/s against 5.9-6.2, health PINGs
 /// under that load at p50 40-47 us against 82, no false Down at a 3 ms health interval
@@ -54,8 +55,9 @@ const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
 /// mover keeps polling between its pieces; on a link slower than loopback (a 512 KiB
 /// message takes ~420 us at 10 Gb/s) that is up to about half a CPU per mover. Rules that
 /// poll only while pieces come fast kept most of the bandwidth but not the health gains
-/// (same section). Short, so that a stream that stops soon lets the mover sleep.
-const POLL_WHILE_MOVING: Duration = Duration::from_micros(200);
+/// (same section). Short, so that a stream that stops soon lets the mover sleep. A node
+/// on a slow link that must not spend the CPU sets `mover_poll` to zero.
+pub(crate) const POLL_WHILE_MOVING: Duration = Duration::from_micros(200);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
 
@@ -112,11 +114,11 @@ pub(crate) struct Mover {
 
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
-    /// While jobs are out it polls for completions instead of sleeping, within
-    /// [`POLL_WHILE_MOVING`] of its last bytes moved (or `spin`, the NI's busy-polling, if
-    /// that is longer; [`ACTIVE_WINDOW`] at most); never on a machine with one CPU (see
+    /// While jobs are out it polls for completions instead of sleeping, within `poll` of
+    /// its last bytes moved (the NI's `mover_poll`, or its busy-polling `spin` if that is
+    /// longer; [`ACTIVE_WINDOW`] at most); never on a machine with one CPU (see
     /// [`poll_window`]).
-    pub(crate) fn start(name: String, notify: Arc<OwnedFd>, spin: Duration) -> io::Result<Mover> {
+    pub(crate) fn start(name: String, notify: Arc<OwnedFd>, poll: Duration) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let wake = Arc::new(sys::eventfd()?);
@@ -132,7 +134,7 @@ impl Mover {
                 // the driver was preempted by the mover it had just woken and waited
                 // ~550 us behind a bulk copy with a PONG to handle.
                 sys::set_thread_batch();
-                match Worker::new(wake, notify, job_rx, done_tx, stop, moved, spin) {
+                match Worker::new(wake, notify, job_rx, done_tx, stop, moved, poll) {
                     Ok(mut w) => {
                         let _ = ready_tx.send(Ok(()));
                         if std::panic::catch_unwind(AssertUnwindSafe(|| w.run())).is_err() {
@@ -335,16 +337,15 @@ struct Worker {
 }
 
 /// How recently a mover must have moved bytes (or been handed a job) to poll rather than
-/// sleep, for an NI that busy-polls for `spin` (zero: it sleeps), on a machine with `cpus`
-/// CPUs: [`POLL_WHILE_MOVING`], or `spin` if that is longer, [`ACTIVE_WINDOW`] at most
-/// (past which the driver no longer counts it busy, and may spin itself); nothing on one
-/// CPU, where its polls would take the CPU from the threads it waits for (the driver, the
-/// peer's sender).
-fn poll_window(spin: Duration, cpus: usize) -> Duration {
+/// sleep, asked to poll for `poll` (see [`Mover::start`]) on a machine with `cpus` CPUs:
+/// `poll`, [`ACTIVE_WINDOW`] at most (past which the driver no longer counts it busy, and
+/// may spin itself); nothing on one CPU, where its polls would take the CPU from the
+/// threads it waits for (the driver, the peer's sender).
+fn poll_window(poll: Duration, cpus: usize) -> Duration {
     if cpus < 2 {
         return Duration::ZERO;
     }
-    spin.max(POLL_WHILE_MOVING).min(ACTIVE_WINDOW)
+    poll.min(ACTIVE_WINDOW)
 }
 
 impl Worker {
@@ -355,7 +356,7 @@ impl Worker {
         done: mpsc::Sender<Done>,
         stop: Arc<AtomicBool>,
         moved: Progress,
-        spin: Duration,
+        poll: Duration,
     ) -> io::Result<Worker> {
         // Created on its own thread, which is then its only submitter.
         let ring = IoUring::builder()
@@ -380,7 +381,7 @@ impl Worker {
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
             // The thread's own CPUs (affinity, cgroup quota); one if unknown.
             poll_window: poll_window(
-                spin,
+                poll,
                 std::thread::available_parallelism().map_or(1, usize::from),
             ),
         };
@@ -741,30 +742,32 @@ mod tests {
         (a, b)
     }
 
+    /// A mover polling as a sleeping NI's does by default.
     fn mover() -> Mover {
-        spinning_mover(Duration::ZERO)
+        spinning_mover(POLL_WHILE_MOVING)
     }
 
     fn submit(m: &mut Mover, job: Job) {
         assert!(m.submit(job).is_ok(), "the mover thread runs");
     }
 
-    fn spinning_mover(spin: Duration) -> Mover {
-        Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap()), spin).unwrap()
+    /// A mover that polls for `poll` after it last moved bytes.
+    fn spinning_mover(poll: Duration) -> Mover {
+        Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap()), poll).unwrap()
     }
 
     #[test]
-    fn a_mover_polls_while_moving_for_a_sleeping_ni_too_but_never_on_one_cpu() {
+    fn a_mover_polls_as_long_as_asked_up_to_its_active_window_but_never_on_one_cpu() {
         let us = Duration::from_micros;
-        assert_eq!(poll_window(Duration::ZERO, 2), POLL_WHILE_MOVING);
+        assert_eq!(poll_window(POLL_WHILE_MOVING, 2), POLL_WHILE_MOVING);
         assert_eq!(
-            poll_window(us(50), 8),
-            POLL_WHILE_MOVING,
-            "a short spin: as if asleep"
+            poll_window(Duration::ZERO, 8),
+            Duration::ZERO,
+            "asked not to"
         );
-        assert_eq!(poll_window(us(1_000), 2), us(1_000), "a longer spin stands");
+        assert_eq!(poll_window(us(1_000), 2), us(1_000));
         assert_eq!(poll_window(Duration::MAX, 2), ACTIVE_WINDOW);
-        assert_eq!(poll_window(Duration::ZERO, 1), Duration::ZERO);
+        assert_eq!(poll_window(POLL_WHILE_MOVING, 1), Duration::ZERO);
         assert_eq!(poll_window(us(1_000), 1), Duration::ZERO);
     }
 

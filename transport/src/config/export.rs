@@ -80,6 +80,9 @@ impl ConfigFile {
                 if let Some(spin) = net.spin {
                     let _ = writeln!(t, "spin = {}", dur(spin));
                 }
+                if let Some(poll) = net.mover_poll {
+                    let _ = writeln!(t, "mover_poll = {}", dur(poll));
+                }
                 if let Some(e) = net.eager_max {
                     let _ = writeln!(t, "eager_max = {e}");
                 }

@@ -74,6 +74,12 @@ pub struct NetSection {
     /// Only on a node of one NI (its driver thread's only one); TCP on io_uring sleeps
     /// instead while its bulk mover thread moves bytes.
     pub spin: Option<Duration>,
+    /// tcp, io_uring backend: how long its bulk mover thread polls after it last moved
+    /// bytes before it sleeps (`mover_poll`, at most [`MAX_MOVER_POLL`]; zero: it sleeps
+    /// between pieces). None: the driver's default (200 us), or `LANET_TCP_MOVER_POLL_US`.
+    /// Polling keeps a stream fast on loopback and fast links; on a slower link it costs
+    /// up to about half a CPU while a stream moves.
+    pub mover_poll: Option<Duration>,
     /// o2ib: payloads up to at least this many bytes travel inside the message, larger
     /// ones by RDMA (`eager_max`; the driver rounds it up to fill whole-KiB buffers, at
     /// least its default). None: the driver's default (3,968 bytes: 4 KiB messages).
@@ -82,6 +88,11 @@ pub struct NetSection {
 
 /// The largest [`NetSection::eager_max`]: 64 KiB messages, header and prefix included.
 pub const MAX_EAGER: u32 = 65_408;
+
+/// The longest `mover_poll` a tcp net may ask for: the TCP LND's bulk mover counts as
+/// busy for 2 ms after it last moved bytes, and a mover that moved nothing that long is
+/// done with its stream (it polls no longer than that whatever is asked).
+pub const MAX_MOVER_POLL: Duration = Duration::from_millis(2);
 
 /// [`NetSection::pending_accepts`] by default.
 pub const DEFAULT_PENDING_ACCEPTS: usize = 1024;
@@ -281,6 +292,7 @@ struct RawNet {
     pending_accepts: Option<Spanned<usize>>,
     check_source_address: Option<bool>,
     spin: Option<Spanned<String>>,
+    mover_poll: Option<Spanned<String>>,
     eager_max: Option<Spanned<u32>>,
 }
 
@@ -716,29 +728,30 @@ impl RawNet {
                     format!("{} nets do not busy-poll (tcp and o2ib do)", self.net),
                 ))
             }
-            Some(text) => match humantime::parse_duration(text.get_ref()) {
-                Ok(d) if d <= crate::lnd::spin::MAX_SPIN => Some(d),
-                Ok(_) => {
-                    return Err(at.at(
-                        text,
-                        "spin",
-                        format!(
-                            "at most {} (a driver spinning longer holds a core for nothing)",
-                            humantime::format_duration(crate::lnd::spin::MAX_SPIN)
-                        ),
-                    ))
-                }
-                Err(e) => {
-                    return Err(at.at(
-                        text,
-                        "spin",
-                        format!(
-                            "expected a duration such as \"50us\" or \"1ms\", got {:?} ({e})",
-                            text.get_ref()
-                        ),
-                    ))
-                }
-            },
+            Some(text) => Some(duration_at_most(
+                at,
+                text,
+                "spin",
+                crate::lnd::spin::MAX_SPIN,
+                "a driver spinning longer holds a core for nothing",
+            )?),
+        };
+        let mover_poll = match &self.mover_poll {
+            None => None,
+            Some(text) if self.net.kind != LndKind::Tcp => {
+                return Err(at.at(
+                    text,
+                    "mover_poll",
+                    format!("{} nets have no bulk mover (mover_poll is tcp's)", self.net),
+                ))
+            }
+            Some(text) => Some(duration_at_most(
+                at,
+                text,
+                "mover_poll",
+                MAX_MOVER_POLL,
+                "a mover idle that long is done with its stream",
+            )?),
         };
         let eager_max = match &self.eager_max {
             None => None,
@@ -765,8 +778,35 @@ impl RawNet {
             pending_accepts,
             check_source_address: self.check_source_address.unwrap_or(true),
             spin,
+            mover_poll,
             eager_max,
         })
+    }
+}
+
+/// `text` as a duration of at most `max` (`why` says why not more), or the error at `key`.
+fn duration_at_most(
+    at: &Located,
+    text: &Spanned<String>,
+    key: &str,
+    max: Duration,
+    why: &str,
+) -> Result<Duration, ConfigFileError> {
+    match humantime::parse_duration(text.get_ref()) {
+        Ok(d) if d <= max => Ok(d),
+        Ok(_) => Err(at.at(
+            text,
+            key,
+            format!("at most {} ({why})", humantime::format_duration(max)),
+        )),
+        Err(e) => Err(at.at(
+            text,
+            key,
+            format!(
+                "expected a duration such as \"50us\" or \"1ms\", got {:?} ({e})",
+                text.get_ref()
+            ),
+        )),
     }
 }
 

@@ -367,6 +367,7 @@ fn the_reference_example_names_every_key() {
     all.nets[0].interface = Some("eth1".into());
     // (Only a node of one NI may spin; the export writes it all the same.)
     all.nets[0].spin = Some(Duration::from_micros(50));
+    all.nets[0].mover_poll = Some(Duration::ZERO);
     // (An o2ib net's; the export writes what it is given.)
     all.nets[0].eager_max = Some(8064);
     all.key_file = Some("/etc/lanet/lanet.key".into());
@@ -523,6 +524,40 @@ fn a_net_may_busy_poll_for_a_while() {
     let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nspin = \"fast\"\n");
     assert!(e.contains("test.toml:4: spin:"), "{e}");
     assert!(e.contains("\"50us\""), "{e}");
+}
+
+#[test]
+fn a_tcp_net_may_say_how_long_its_bulk_mover_polls() {
+    // A router too: its NIs' movers are their own, whatever thread the drivers share.
+    for (text, poll) in [
+        (format!("{TWO_NETS}mover_poll = \"0us\"\n"), Some(0)),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nmover_poll = \"1ms\"\n".into(),
+            Some(1000),
+        ),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\n".into(),
+            None,
+        ),
+    ] {
+        let f = parse(&text).unwrap();
+        let last = f.nets.last().unwrap();
+        assert_eq!(last.mover_poll, poll.map(Duration::from_micros), "{text}");
+        let (first, second) = round_trip(&f.to_toml());
+        assert_eq!(first.nets, second.nets, "written back the same");
+    }
+    let e = error("[[net]]\nnet = \"o2ib\"\naddress = \"10.0.1.1\"\nmover_poll = \"0us\"\n");
+    assert!(
+        e.contains("test.toml:4: mover_poll: o2ib nets have no bulk mover"),
+        "{e}"
+    );
+    let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nmover_poll = \"3ms\"\n");
+    assert!(e.contains("test.toml:4: mover_poll: at most 2ms"), "{e}");
+    let e = error("[[net]]\nnet = \"tcp\"\naddress = \"10.0.0.1\"\nmover_poll = \"off\"\n");
+    assert!(
+        e.contains("test.toml:4: mover_poll:") && e.contains("\"1ms\""),
+        "{e}"
+    );
 }
 
 #[test]
