@@ -70,14 +70,14 @@ pub(crate) struct Epoll {
     /// repeat one.
     posted_to: Vec<ConnId>,
     /// A `send_posted` wrote (or tried to write) data frames since the last look at the
-    /// sockets began. The
-    /// core hands over several times a look (what a hand-over completed may free more to
-    /// send): the data frames it posts after that write wait for the next look's, to any
-    /// connection, and go with whatever else came by then (measured, 8-byte PUTs, 8 in
-    /// flight, busy-polling: 375-459k a second against 335-376k with a write per
-    /// hand-over). The next look comes at once where the driver busy-polls, and before a
-    /// sleeping one waits; a [`crate::TcpLnd`] driven by a `lanet::Worker` may hold them
-    /// until the application's next `progress`, as a sleeping io_uring holds its sends.
+    /// sockets began. The core hands over several times a look (what a hand-over
+    /// completed may free more to send): the data frames it posts after that write wait
+    /// for the next look's, to any connection, and go with whatever else came by then
+    /// (measured, 8-byte PUTs, 8 in flight, busy-polling: 375-459k a second against
+    /// 335-376k with a write per hand-over). The next look comes at once where the driver
+    /// busy-polls, and before a sleeping one waits; a [`crate::TcpLnd`] driven by a
+    /// `lanet::Worker` may hold them until the application's next `progress`, as a
+    /// sleeping io_uring holds its sends.
     wrote_this_look: bool,
     /// Sockets whose receive low-water mark is raised above 1, and to what (see
     /// [`crate::low_water`]).

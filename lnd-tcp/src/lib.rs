@@ -91,7 +91,7 @@ pub struct TcpConfig {
 pub const SPIN_ENV: &str = "LANET_TCP_SPIN_US";
 
 /// Environment variable that sets [`TcpConfig::mover_poll`] (microseconds) where the
-/// configuration does not.
+/// configuration does not (above 2 ms, the mover polls 2 ms).
 pub const MOVER_POLL_ENV: &str = "LANET_TCP_MOVER_POLL_US";
 
 /// [`TcpConfig::max_pending_accepts`] by default: a whole cluster's clients connecting at

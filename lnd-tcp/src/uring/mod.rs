@@ -579,8 +579,9 @@ impl Uring {
         let zero_copy = sock.zero_copy && len >= self.zero_copy_min;
         let data = lane == Some(Lane::Data);
         let bulk = data && !zero_copy && len >= BULK_MIN;
-        if behind_mover && !bulk {
+        if behind_mover && (!bulk || self.stopping) {
             // Nothing past the mover's, or too little for it: sent once the mover is done.
+            // (A driver being dropped stops its mover: nothing behind it goes.)
             slot.release();
             return;
         }
@@ -640,13 +641,14 @@ impl Uring {
     }
 
     /// Busy-polling: writes what `conn` has queued with a plain `sendmsg`, if its unsent
-    /// frames come to less than [`BULK_MIN`] and nothing of the socket's is in the ring (so its bytes stay in
-    /// order); if the socket was written so in this look already, holds it for the next
-    /// (see [`Uring::held`]). True if that was the end of it: all written, held, or the
-    /// connection failed; false leaves the rest (or all, if the socket was full) to the
-    /// ring. The busy-polling loop then makes one system call per message sent, as for one
-    /// received ([`Self::poll_hot`]), and a cheaper one than the `io_uring_enter` that
-    /// would submit and complete the send (measured: bench/RESULTS.md, "2026-12-06 (dusk)").
+    /// frames come to less than [`BULK_MIN`] and nothing of the socket's is in the ring
+    /// (so its bytes stay in order); if the socket was written so in this look already,
+    /// holds it for the next (see [`Uring::held`]). True if that was the end of it: all
+    /// written, held, or the connection failed; false leaves the rest (or all, if the
+    /// socket was full) to the ring. The busy-polling loop then makes one system call per
+    /// message sent, as for one received ([`Self::poll_hot`]), and a cheaper one than the
+    /// `io_uring_enter` that would submit and complete the send (measured:
+    /// bench/RESULTS.md, "2026-12-06 (dusk)").
     fn send_direct(&mut self, conn: ConnId) -> bool {
         let Some(sock) = self.socks.get_mut(&conn) else {
             return false;

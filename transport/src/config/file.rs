@@ -76,7 +76,9 @@ pub struct NetSection {
     pub spin: Option<Duration>,
     /// tcp, io_uring backend: how long its bulk mover thread polls after it last moved
     /// bytes before it sleeps (`mover_poll`, at most [`MAX_MOVER_POLL`]; zero: it sleeps
-    /// between pieces). None: the driver's default (200 us), or `LANET_TCP_MOVER_POLL_US`.
+    /// between pieces, unless the NI busy-polls: a busy-polling NI's mover polls within
+    /// its `spin` if that is longer). None: the driver's default (200 us), or
+    /// `LANET_TCP_MOVER_POLL_US`.
     /// Polling keeps a stream fast on loopback and fast links; on a slower link it costs
     /// up to about half a CPU while a stream moves.
     pub mover_poll: Option<Duration>,
