@@ -47,6 +47,15 @@ pub(crate) fn recv_into(sock: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<u
     Ok(n)
 }
 
+/// Whether a failed call here only means there was nothing to do now: the socket was
+/// empty (or full), or a signal interrupted the call. The caller tries again later.
+pub(crate) fn nothing_now(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 /// Writes the first `max` unwritten bytes of `tx` (those of its first `MAX_SLICES / 2`
 /// frames at most) with one gathering write; never waits, whether the socket blocks or not.
 pub(crate) fn write_queue(sock: &impl AsRawFd, tx: &TxQueue, max: usize) -> io::Result<usize> {

@@ -199,6 +199,13 @@ impl Epoll {
         self.write_posted();
     }
 
+    /// A look at the sockets begins (`poll`, `poll_hot`): what the last look's hand-overs
+    /// held back is written now (see [`Epoll::wrote_this_look`]).
+    fn new_look(&mut self) {
+        self.wrote_this_look = false;
+        self.write_posted();
+    }
+
     /// Writes what was posted since the last write, as much as each socket takes. The
     /// list keeps its capacity: no allocation per turn.
     fn write_posted(&mut self) {
@@ -429,10 +436,9 @@ impl Epoll {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        // A look begins. For callers that post without `send_posted`, and for what a
-        // hand-over of the last look held back: nothing posted waits for the wait.
-        self.wrote_this_look = false;
-        self.write_posted();
+        // For callers that post without `send_posted`, and for what a hand-over of the
+        // last look held back: nothing posted waits for the wait.
+        self.new_look();
         // Sockets with data left from the last round raise no new edge: do not wait for one.
         let busy = !self.unread.is_empty() || !self.unwritten.is_empty();
         // Events already here (left by a connect or a close, or sends that completed as
@@ -527,8 +533,7 @@ impl Epoll {
     /// sender would otherwise notice it up to eight turns late: measured, 1 MiB streams
     /// lost ~10%).
     pub(crate) fn poll_hot(&mut self, events: &mut Vec<LndEvent>) -> bool {
-        self.wrote_this_look = false; // a look begins (see `poll`)
-        self.write_posted();
+        self.new_look();
         let Some(conn) = self.hot else {
             return false;
         };

@@ -120,8 +120,8 @@ fn connected_pair_on(lane: Lane, spin: Duration) -> ((Nid, TcpLnd), (Nid, TcpLnd
 }
 
 /// A send that the epoll backend writes whole at the end of the hand-over
-/// (`send_posted`) ends in `take_ready`, with no poll; io_uring's go out with its next submission and end in a
-/// poll. Either way the frame ends once, and arrives.
+/// (`send_posted`) ends in `take_ready`, with no poll; a sleeping io_uring's go out with
+/// its next submission and end in a poll. Either way the frame ends once, and arrives.
 #[test]
 fn a_send_written_when_the_hand_over_ends_completes_without_a_poll() {
     let ((na, mut a), (nb, mut b)) = connected_pair();
@@ -467,7 +467,7 @@ fn a_look_whose_first_hand_over_was_health_only_still_writes_its_data_frames() {
 /// none, is up to timing: the case of one, with frames behind it, is not reliably reached
 /// here.)
 #[test]
-fn a_driver_dropped_mid_stream_sends_nothing_around_its_mover() {
+fn a_driver_dropped_mid_stream_leaves_its_peer_a_prefix_of_whole_frames() {
     for trial in 0..16 {
         let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::ZERO);
         let big = |id: u64| put_of(na, nb, id, id, Bytes::from(vec![id as u8; 1 << 20]));

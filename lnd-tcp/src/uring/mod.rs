@@ -669,14 +669,7 @@ impl Uring {
         sock.written_look = self.looks;
         match crate::direct::write_queue(&sock.fd, &c.tx, BULK_MIN) {
             Ok(n) => !self.engine.wrote(conn, n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                false
-            }
+            Err(e) if crate::direct::nothing_now(&e) => false,
             Err(e) => {
                 self.engine.fail(conn, io_error(&e, "send"));
                 true
@@ -839,14 +832,7 @@ impl Uring {
         }
         let res = match crate::direct::recv_into(&sock.fd, c.rx.read_buf()) {
             Ok(n) => n as i32,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return
-            }
+            Err(e) if crate::direct::nothing_now(&e) => return,
             Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
         };
         if res == -libc::ENOBUFS || res == -libc::ECANCELED {

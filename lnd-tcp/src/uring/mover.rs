@@ -45,18 +45,23 @@ const _: () = assert!(
 /// peer soon stops counting. (A piece outlasts it on links slower than ~250 MB/s for a
 /// send, ~500 MB/s for a receive; the mover then needs little CPU anyway.)
 const ACTIVE_WINDOW: Duration = Duration::from_millis(2);
+const _: () = assert!(
+    ACTIVE_WINDOW.as_nanos() == lanet::config::MAX_MOVER_POLL.as_nanos(),
+    "a configuration's longest mover_poll is the window past which the mover idles"
+);
 /// How long a mover polls its ring after it last moved bytes (or was handed a job)
 /// rather than sleep, whether or not its NI busy-polls, by default
 /// ([`crate::TcpConfig::mover_poll`]; a net's `mover_poll`). Each sleep between two pieces
 /// of a stream cost the mover (and the driver it woke) context switches: measured on two
 /// cores, 1 MiB PUTs on loopback between sleeping NIs, 8.2-8.6 GB/s against 5.9-6.2,
 /// health PINGs under that load at p50 40-47 us against 82, no false Down at a 3 ms
-/// health interval (bench/RESULTS.md, "2026-12-06 (afternoon)"). The price: while a stream moves, the
-/// mover keeps polling between its pieces; on a link slower than loopback (a 512 KiB
-/// message takes ~420 us at 10 Gb/s) that is up to about half a CPU per mover. Rules that
-/// poll only while pieces come fast kept most of the bandwidth but not the health gains
-/// (same section). Short, so that a stream that stops soon lets the mover sleep. A node
-/// on a slow link that must not spend the CPU sets `mover_poll` to zero.
+/// health interval (bench/RESULTS.md, "2026-12-06 (afternoon)"). The price: while a
+/// stream moves, the mover keeps polling between its pieces; on a link slower than
+/// loopback (a 512 KiB message takes ~420 us at 10 Gb/s) that is up to about half a CPU
+/// per mover. Rules that poll only while pieces come fast kept most of the bandwidth but
+/// not the health gains (same section). Short, so that a stream that stops soon lets the
+/// mover sleep. A node on a slow link that must not spend the CPU sets `mover_poll` to
+/// zero.
 pub(crate) const POLL_WHILE_MOVING: Duration = Duration::from_micros(200);
 const WAKE: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
