@@ -11,6 +11,12 @@
 //! loop is not lanet, so both are counted apart. A function of neither (a library's) is
 //! shared among its callers, in proportion to what each call cost: a caller's share of a
 //! hash map lookup is the core's if the caller is the core's, and so on up the calls.
+//! Code the compiler inlined counts to the owner of the source file it was written in
+//! (the core's header decoder inlined into the LND's poll is the core's), where that is
+//! one of lanet's; library code inlined with it stays with the function it landed in, so
+//! inlining across the LND's boundary can still move a little: `total_` and the other
+//! owners' figures, printed beside, show whether a change removed instructions or moved
+//! them.
 //!
 //! `worker.instructions_per_round_trip` counts the same way the same ping-pong between two
 //! [`lanet::Worker`]s, each driven by its own thread's loop: the core without the
@@ -241,10 +247,19 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
         "total_instructions_per_round_trip",
         "channel_pingpong.instructions_per_round_trip",
     );
+    // Beside the core's, what the rest of each process is counted to: the owners' shares
+    // add up to its total, so a change that only moves instructions between owners
+    // (inlining across the LND's boundary, say) shows as such.
+    let (worker_owned_long, worker_owned_short) = (worker_long.owned(), worker_short.owned());
     for (i, owner) in OWNERS.iter().enumerate().filter(|&(i, _)| i != CORE) {
         report.add(
             format!("instructions.{owner}"),
             per_rt(owned_long[i], owned_short[i]),
+            "instr",
+        );
+        report.add(
+            format!("worker.instructions.{owner}"),
+            per_rt(worker_owned_long[i], worker_owned_short[i]),
             "instr",
         );
     }
@@ -276,7 +291,12 @@ struct Counts {
 /// (inclusive).
 #[derive(Default)]
 struct Function {
+    /// Its own instructions that count as its own owner's (or its callers', for a library
+    /// function).
     own: u64,
+    /// Its own instructions that were inlined into it from a source file of lanet's, counted
+    /// to that file's owner whoever they were inlined into (see [`owner_by_file`]).
+    inlined: [u64; 4],
     callers: HashMap<String, u64>,
 }
 
@@ -287,7 +307,7 @@ impl Counts {
         let mut owned = [0.0; 4];
         for (name, f) in &self.functions {
             for (i, share) in shares[name.as_str()].iter().enumerate() {
-                owned[i] += f.own as f64 * share;
+                owned[i] += f.own as f64 * share + f.inlined[i] as f64;
             }
         }
         owned
@@ -352,7 +372,10 @@ impl Counts {
         let shares = self.shares();
         self.functions
             .iter()
-            .map(|(name, f)| (name.as_str(), f.own as f64 * shares[name.as_str()][CORE]))
+            .map(|(name, f)| {
+                let own = f.own as f64 * shares[name.as_str()][CORE];
+                (name.as_str(), own + f.inlined[CORE] as f64)
+            })
             .collect()
     }
 }
@@ -397,16 +420,35 @@ fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Resu
 /// Reads a callgrind profile written with `--compress-strings=no --compress-pos=no`: each
 /// function's own instructions (cost lines under `fn=`), what each call cost (the cost
 /// line after `cfn=` and `calls=`, which is not the caller's own), and the total.
+///
+/// Cost lines after `fi=` or `fe=` are code inlined from that source file: where that is
+/// a file of lanet's, they count to its owner ([`owner_by_file`]) rather than to the
+/// function they were inlined into. Otherwise what the compiler chooses to inline moves
+/// instructions between owners: the core's header decoder inlined into the in-memory
+/// LND's poll would count as the LND's.
 fn parse(text: &str) -> Result<Counts, String> {
     let mut functions: HashMap<String, Function> = HashMap::new();
     let mut total = None;
     let mut current: Option<String> = None;
     let mut callee: Option<String> = None;
     let mut after_call = false;
+    // The source file of the function's own lines (`fl=`), and the one the cost lines
+    // now come from, when inlined from another (`fi=`/`fe=`).
+    let mut function_file = String::new();
+    let mut inlined_from: Option<String> = None;
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("fn=") {
             current = Some(name.to_owned());
+            inlined_from = None;
             functions.entry(name.to_owned()).or_default();
+        } else if let Some(file) = line.strip_prefix("fl=") {
+            function_file = file.to_owned();
+            inlined_from = None;
+        } else if let Some(file) = line
+            .strip_prefix("fi=")
+            .or_else(|| line.strip_prefix("fe="))
+        {
+            inlined_from = (file != function_file).then(|| file.to_owned());
         } else if let Some(name) = line.strip_prefix("cfn=") {
             callee = Some(name.to_owned());
         } else if line.starts_with("calls=") {
@@ -436,12 +478,35 @@ fn parse(text: &str) -> Result<Counts, String> {
                     .entry(f)
                     .or_default() += ir;
             } else {
-                functions.entry(f).or_default().own += ir;
+                let f = functions.entry(f).or_default();
+                match inlined_from.as_deref().and_then(owner_by_file) {
+                    Some(owner) => f.inlined[owner] += ir,
+                    None => f.own += ir,
+                }
             }
         }
     }
     let total = total.ok_or("no totals: or summary: line in the callgrind profile")?;
     Ok(Counts { total, functions })
+}
+
+/// The owner of code written in source file `file`, if it is one of lanet's that has one:
+/// the in-memory LND's, the benchmark's, the core's. Clocks and time arithmetic
+/// (`time.rs`, `sys.rs`) have none, as by name (see [`owner_by_name`]): they count to
+/// whoever uses them.
+fn owner_by_file(file: &str) -> Option<usize> {
+    let under = |dir: &str| file.contains(&format!("/{dir}")) || file.starts_with(dir);
+    if under("transport/src/mem/") {
+        Some(MEM_LND)
+    } else if under("transport/src/time.rs") || under("transport/src/sys.rs") {
+        None
+    } else if under("transport/src/") {
+        Some(CORE)
+    } else if under("bench/src/") {
+        Some(BENCH)
+    } else {
+        None
+    }
 }
 
 /// A function's name without its generic arguments, trimmed for a table.
@@ -524,6 +589,52 @@ mod tests {
         assert_eq!(core["lanet::mem::MemLnd::poll"], 0.0);
         assert!(parse("fn=x\n1 2\n").is_err(), "no total");
         assert!(parse("1 2\nsummary: 2\n").is_err(), "no function");
+    }
+
+    #[test]
+    fn inlined_code_counts_to_the_owner_of_the_file_it_was_written_in() {
+        // The in-memory LND's poll has the core's header decoder inlined (8), and within
+        // it a library helper (4) and a clock read (2); the core's flush has the LND's
+        // post inlined (16), and then its own lines again (1).
+        let text = "events: Ir\n\
+                    fl=/work/main/transport/src/mem/mod.rs\n\
+                    fn=<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll\n\
+                    10 3\n\
+                    fi=/work/main/transport/src/wire/codec.rs\n\
+                    180 8\n\
+                    fi=/rustc/abc/library/core/src/num/mod.rs\n\
+                    5 4\n\
+                    fi=/work/main/transport/src/time.rs\n\
+                    7 2\n\
+                    fe=/work/main/transport/src/mem/mod.rs\n\
+                    11 5\n\
+                    fl=/work/main/transport/src/driver.rs\n\
+                    fn=lanet::driver::Driver::flush\n\
+                    20 1\n\
+                    fi=/work/main/transport/src/mem/fabric.rs\n\
+                    40 16\n\
+                    fe=/work/main/transport/src/driver.rs\n\
+                    21 1\n\
+                    summary: 40\n";
+        let c = parse(text).unwrap();
+        let poll = &c.functions["<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"];
+        assert_eq!(
+            poll.own,
+            3 + 4 + 2 + 5,
+            "its own lines, the library's, the clock's"
+        );
+        assert_eq!(poll.inlined, [8, 0, 0, 0]);
+        let flush = &c.functions["lanet::driver::Driver::flush"];
+        assert_eq!((flush.own, flush.inlined), (2, [0, 16, 0, 0]));
+        let owned = c.owned();
+        assert!((owned[CORE] - 10.0).abs() < 1e-6, "{owned:?}");
+        assert!((owned[MEM_LND] - 30.0).abs() < 1e-6, "{owned:?}");
+        let core = c.core_own();
+        assert!((core["<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"] - 8.0).abs() < 1e-6);
+        assert_eq!(owner_by_file("transport/src/node/rx.rs"), Some(CORE));
+        assert_eq!(owner_by_file("/work/main/bench/src/peer.rs"), Some(BENCH));
+        assert_eq!(owner_by_file("/work/main/transport/src/sys.rs"), None);
+        assert_eq!(owner_by_file("/work/main/lnd-tcp/src/lib.rs"), None);
     }
 
     #[test]
