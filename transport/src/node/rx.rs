@@ -568,6 +568,7 @@ impl Node {
 
     /// An ACK, REPLY, PONG or NACK for one of our operations, from its target (or, for a
     /// NACK, from a router on the way), by way of hop `hop`.
+    #[inline]
     fn rx_answer(&mut self, now: Time, ni: NiId, hop: Nid, h: &Header, answer: Answer) {
         // Answers are matched on the message and its far end, not on the connection: the
         // way back need not be the way out.

@@ -39,6 +39,7 @@ impl Node {
     /// towards its initiator: the initiator itself, or a usable router, preferably the one
     /// the request came through (then a failure of that router is one the initiator sees,
     /// and resends for), else any other.
+    #[inline]
     pub(super) fn respond(&mut self, req: Incoming, body: Body, payload: Bytes) {
         if req.routed && matches!(body, Body::Ack { .. } | Body::Reply { .. }) {
             self.dedup.answered(
@@ -74,6 +75,7 @@ impl Node {
 
     /// Sends (or queues) an answer at the next hop towards `answer.dst`, not through
     /// `avoid` (a gateway that just failed).
+    #[inline]
     pub(super) fn send_answer_avoiding(
         &mut self,
         lane: Lane,
@@ -94,6 +96,7 @@ impl Node {
     }
 
     /// Sends an answer on (hop, lane), or queues it there within its bound.
+    #[inline]
     fn queue_answer(&mut self, hop: Nid, lane: Lane, answer: Response) {
         let Some(ni) = self.ni_of(hop) else {
             return;
@@ -125,6 +128,7 @@ impl Node {
 
     /// Whether request `req` is to be handled: a copy of one that came through a router
     /// and was seen already is answered again (or dropped), not handled twice.
+    #[inline]
     pub(super) fn first_time(
         &mut self,
         ni: NiId,
@@ -216,6 +220,7 @@ impl Node {
         }
     }
 
+    #[inline]
     fn deliver(&mut self, entry: OpId, req: Incoming, payload: Bytes) {
         self.out.events.push_back(Event::Delivered(Delivery {
             entry,
@@ -227,6 +232,7 @@ impl Node {
         self.matched(entry);
     }
 
+    #[inline]
     pub(super) fn rx_put(&mut self, ni: NiId, req: Incoming, payload: RxPayload) {
         let len = payload.len() as u32;
         let found = self.find_entry(
