@@ -11,12 +11,13 @@
 //! loop is not lanet, so both are counted apart. A function of neither (a library's) is
 //! shared among its callers, in proportion to what each call cost: a caller's share of a
 //! hash map lookup is the core's if the caller is the core's, and so on up the calls.
-//! Code the compiler inlined counts to the owner of the source file it was written in
-//! (the core's header decoder inlined into the LND's poll is the core's), where that is
-//! one of lanet's; library code inlined with it stays with the function it landed in, so
-//! inlining across the LND's boundary can still move a little: `total_` and the other
-//! owners' figures, printed beside, show whether a change removed instructions or moved
-//! them.
+//! Code counts to the owner of the source file it was written in, wherever the compiler
+//! inlined it (the core's header decoder inlined into the LND's poll is the core's); only
+//! code written in a library's file (or lanet's clocks and system calls) goes by the
+//! function it is in. Library code inlined together with the core's into an LND's function
+//! still goes with that function, so a change that moves inlining across the boundary can
+//! move some instructions: each owner's figure is printed, for endpoints and workers, and
+//! they add up to `total_`; a change to the core is judged by its figure and the total's.
 //!
 //! `worker.instructions_per_round_trip` counts the same way the same ping-pong between two
 //! [`lanet::Worker`]s, each driven by its own thread's loop: the core without the
@@ -120,6 +121,13 @@ pub(crate) enum Inner {
     Workers,
     /// The baseline: two threads and two channels.
     Channels,
+}
+
+/// Whose ping-pong `--top` lists the functions of.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub(crate) enum TopOf {
+    Endpoints,
+    Workers,
 }
 
 /// Runs `n` round trips after the warm-up, of the `kind` asked for.
@@ -263,7 +271,11 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
             "instr",
         );
     }
-    let (core_long, core_short) = (long.core_own(), short.core_own());
+    let (listed_long, listed_short) = match args.top_of {
+        TopOf::Endpoints => (&long, &short),
+        TopOf::Workers => (&worker_long, &worker_short),
+    };
+    let (core_long, core_short) = (listed_long.core_share(), listed_short.core_share());
     let mut top: Vec<(f64, &str)> = core_long
         .iter()
         .map(|(&f, &l)| (per_rt(l, core_short.get(f).copied().unwrap_or(0.0)), f))
@@ -274,9 +286,11 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
         report.note(format!("{n:>8.0}  {}", shorten(f)));
     }
     report.note(
-        "above: the functions with the most of instructions_per_round_trip, their own \
-         instructions counted to the core (node, endpoint, driver loop, and its share of \
-         the library code they call); total_ is everything in the process",
+        "above: the functions with the most of the core's instructions (of the endpoints' \
+         ping-pong, or with --top-of workers the workers'): the code in each \
+         written in the core's files (node, endpoint, driver loop; an LND's function may \
+         have some inlined), and its share of the library code in it and called by it; \
+         total_ is everything in the process",
     );
     Ok(report)
 }
@@ -287,35 +301,43 @@ struct Counts {
     functions: HashMap<String, Function>,
 }
 
-/// One function's instructions: its own, and what each of its callers' calls to it cost
-/// (inclusive).
+/// One function's instructions: its own, and what the calls to it cost (inclusive).
+/// Each cost line counts by the source file it was written in where that file has an
+/// owner ([`owner_by_file`]), else by the function (its owner by name, or for a library
+/// function its callers').
 #[derive(Default)]
 struct Function {
-    /// Its own instructions that count as its own owner's (or its callers', for a library
-    /// function).
-    own: u64,
-    /// Its own instructions that were inlined into it from a source file of lanet's, counted
-    /// to that file's owner whoever they were inlined into (see [`owner_by_file`]).
-    inlined: [u64; 4],
+    /// Its own instructions written in a file without an owner: a library's, or lanet's
+    /// clocks and system calls. They go with the function.
+    by_function: u64,
+    /// Its own instructions written in a file of each owner's (the function's own code, or
+    /// code of another owner's inlined into it).
+    by_file: [u64; 4],
+    /// What the calls to it cost, from code written in a file without an owner, by the
+    /// function that made them.
     callers: HashMap<String, u64>,
+    /// What the calls to it cost from code written in each owner's files.
+    called_by_file: [u64; 4],
 }
 
 impl Counts {
-    /// Instructions per owner ([`OWNERS`]): each function's own, shared as [`Counts::shares`].
+    /// Instructions per owner ([`OWNERS`]): each function's own, by file where the file
+    /// has an owner, else shared as [`Counts::shares`]. They add up to the total.
     fn owned(&self) -> [f64; 4] {
         let shares = self.shares();
         let mut owned = [0.0; 4];
         for (name, f) in &self.functions {
             for (i, share) in shares[name.as_str()].iter().enumerate() {
-                owned[i] += f.own as f64 * share + f.inlined[i] as f64;
+                owned[i] += f.by_function as f64 * share + f.by_file[i] as f64;
             }
         }
         owned
     }
 
-    /// What part of each function's own instructions each owner ([`OWNERS`]) has: all of
-    /// them for a function owned by name, else shared among its callers' owners in
-    /// proportion to what their calls cost.
+    /// What part of each function's `by_function` instructions each owner ([`OWNERS`])
+    /// has: all of them for a function owned by name, else shared in proportion to what
+    /// the calls to it cost, among the owners of the files the calls were written in and
+    /// (for calls written in library code) the shares of the functions that made them.
     fn shares(&self) -> HashMap<&str, [f64; 4]> {
         let owners: HashMap<&str, Option<usize>> = self
             .functions
@@ -344,11 +366,15 @@ impl Counts {
                     .iter()
                     .filter(|(c, _)| *c != name)
                     .map(|(_, &w)| w)
-                    .sum();
+                    .sum::<u64>()
+                    + f.called_by_file.iter().sum::<u64>();
                 if weight == 0 {
                     continue;
                 }
                 let mut share = [0.0; 4];
+                for (i, &w) in f.called_by_file.iter().enumerate() {
+                    share[i] += w as f64 / weight as f64;
+                }
                 for (caller, &w) in f.callers.iter().filter(|(c, _)| *c != name) {
                     let from = shares[caller.as_str()];
                     for i in 0..4 {
@@ -367,14 +393,16 @@ impl Counts {
         shares
     }
 
-    /// Each function's instructions of its own that count as the core's.
-    fn core_own(&self) -> HashMap<&str, f64> {
+    /// Each function's instructions of its own that count as the core's: code written in
+    /// the core's files wherever it was inlined (an LND's function may have some), and its
+    /// share of the rest.
+    fn core_share(&self) -> HashMap<&str, f64> {
         let shares = self.shares();
         self.functions
             .iter()
             .map(|(name, f)| {
-                let own = f.own as f64 * shares[name.as_str()][CORE];
-                (name.as_str(), own + f.inlined[CORE] as f64)
+                let shared = f.by_function as f64 * shares[name.as_str()][CORE];
+                (name.as_str(), shared + f.by_file[CORE] as f64)
             })
             .collect()
     }
@@ -421,34 +449,44 @@ fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Resu
 /// function's own instructions (cost lines under `fn=`), what each call cost (the cost
 /// line after `cfn=` and `calls=`, which is not the caller's own), and the total.
 ///
-/// Cost lines after `fi=` or `fe=` are code inlined from that source file: where that is
-/// a file of lanet's, they count to its owner ([`owner_by_file`]) rather than to the
-/// function they were inlined into. Otherwise what the compiler chooses to inline moves
-/// instructions between owners: the core's header decoder inlined into the in-memory
-/// LND's poll would count as the LND's.
+/// Each cost line is counted by the source file it was written in: the last `fl=`, or
+/// the `fi=`/`fe=` since (code inlined from another file). Callgrind's `fl=` names the
+/// file of a block's first instruction, which may itself be inlined code, so a function
+/// can come in several blocks, each under its own `fl=`. Where that file has an owner
+/// ([`owner_by_file`]) the line is its owner's, whatever function it landed in; otherwise
+/// what the compiler chose to inline would move instructions between owners (the core's
+/// header decoder inlined into the in-memory LND's poll would count as the LND's).
+///
+/// A line written in a file without an owner (a library's, a clock's) counts to the owner
+/// of the code around it: the last file with an owner before it in its function's block
+/// (callgrind lists a block's lines in address order, and the compiler lays inlined code
+/// out within its caller's). A hash map's probe inlined into the core's code, itself
+/// inlined into the LND's poll, is the core's. In a block with no owned file before the
+/// line (a library function's), it goes with the function: its owner by name, or its
+/// callers'.
 fn parse(text: &str) -> Result<Counts, String> {
     let mut functions: HashMap<String, Function> = HashMap::new();
     let mut total = None;
     let mut current: Option<String> = None;
     let mut callee: Option<String> = None;
     let mut after_call = false;
-    // The source file of the function's own lines (`fl=`), and the one the cost lines
-    // now come from, when inlined from another (`fi=`/`fe=`).
-    let mut function_file = String::new();
-    let mut inlined_from: Option<String> = None;
+    // The owner of the block's file (`fl=`), and of the code the next lines are in: the
+    // last file with an owner since the block began.
+    let mut block_owner = None;
+    let mut around = None;
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("fn=") {
             current = Some(name.to_owned());
-            inlined_from = None;
+            around = block_owner;
             functions.entry(name.to_owned()).or_default();
         } else if let Some(file) = line.strip_prefix("fl=") {
-            function_file = file.to_owned();
-            inlined_from = None;
+            block_owner = owner_by_file(file);
+            around = block_owner;
         } else if let Some(file) = line
             .strip_prefix("fi=")
             .or_else(|| line.strip_prefix("fe="))
         {
-            inlined_from = (file != function_file).then(|| file.to_owned());
+            around = owner_by_file(file).or(around);
         } else if let Some(name) = line.strip_prefix("cfn=") {
             callee = Some(name.to_owned());
         } else if line.starts_with("calls=") {
@@ -471,17 +509,16 @@ fn parse(text: &str) -> Result<Counts, String> {
                 let g = callee
                     .clone()
                     .ok_or_else(|| format!("calls= without cfn=: {line:?}"))?;
-                *functions
-                    .entry(g)
-                    .or_default()
-                    .callers
-                    .entry(f)
-                    .or_default() += ir;
+                let g = functions.entry(g).or_default();
+                match around {
+                    Some(owner) => g.called_by_file[owner] += ir,
+                    None => *g.callers.entry(f).or_default() += ir,
+                }
             } else {
                 let f = functions.entry(f).or_default();
-                match inlined_from.as_deref().and_then(owner_by_file) {
-                    Some(owner) => f.inlined[owner] += ir,
-                    None => f.own += ir,
+                match around {
+                    Some(owner) => f.by_file[owner] += ir,
+                    None => f.by_function += ir,
                 }
             }
         }
@@ -490,19 +527,27 @@ fn parse(text: &str) -> Result<Counts, String> {
     Ok(Counts { total, functions })
 }
 
-/// The owner of code written in source file `file`, if it is one of lanet's that has one:
-/// the in-memory LND's, the benchmark's, the core's. Clocks and time arithmetic
-/// (`time.rs`, `sys.rs`) have none, as by name (see [`owner_by_name`]): they count to
-/// whoever uses them.
+/// The owner of code written in source file `file`, if it is a file of this workspace's
+/// that has one: the in-memory LND's (`transport/src/mem/`), the benchmark's
+/// (`bench/src/`), the core's (the rest of `transport/src/`). Clocks and system calls
+/// (`transport/src/time.rs`, `sys.rs`) have none: they go with the function they are in
+/// (see [`owner_by_name`]), as do the other crates' files.
 fn owner_by_file(file: &str) -> Option<usize> {
-    let under = |dir: &str| file.contains(&format!("/{dir}")) || file.starts_with(dir);
-    if under("transport/src/mem/") {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the bench crate is in the workspace");
+    // The compiler names a file by its absolute path, or by one relative to the
+    // workspace.
+    let path = Path::new(file);
+    let path = path.strip_prefix(workspace).unwrap_or(path);
+    if path.starts_with("transport/src/mem") {
         Some(MEM_LND)
-    } else if under("transport/src/time.rs") || under("transport/src/sys.rs") {
+    } else if path.starts_with("transport/src/time.rs") || path.starts_with("transport/src/sys.rs")
+    {
         None
-    } else if under("transport/src/") {
+    } else if path.starts_with("transport/src") {
         Some(CORE)
-    } else if under("bench/src/") {
+    } else if path.starts_with("bench/src") {
         Some(BENCH)
     } else {
         None
@@ -564,8 +609,8 @@ mod tests {
                     summary: 195\n";
         let c = parse(text).unwrap();
         assert_eq!(c.total, 195);
-        assert_eq!(c.functions["lanet::node::Node::handle"].own, 12);
-        assert_eq!(c.functions["malloc"].own, 150);
+        assert_eq!(c.functions["lanet::node::Node::handle"].by_function, 12);
+        assert_eq!(c.functions["malloc"].by_function, 150);
         assert_eq!(
             c.functions["malloc"].callers["lanet::mem::MemLnd::poll"],
             50
@@ -576,7 +621,7 @@ mod tests {
         assert!((owned[1] - 70.0).abs() < 1e-6, "{owned:?}");
         assert!((owned[RUNTIME] - 3.0).abs() < 1e-6, "{owned:?}");
         // The list of the core's costliest: each function's own, as far as it is the core's.
-        let core = c.core_own();
+        let core = c.core_share();
         assert!((core["malloc"] - 100.0).abs() < 1e-6, "{core:?}");
         assert!(
             (core["hashbrown::map::HashMap::get_mut"] - 10.0).abs() < 1e-6,
@@ -592,10 +637,15 @@ mod tests {
     }
 
     #[test]
-    fn inlined_code_counts_to_the_owner_of_the_file_it_was_written_in() {
-        // The in-memory LND's poll has the core's header decoder inlined (8), and within
-        // it a library helper (4) and a clock read (2); the core's flush has the LND's
-        // post inlined (16), and then its own lines again (1).
+    fn code_counts_to_the_owner_of_the_file_it_was_written_in() {
+        // The in-memory LND's poll, in two blocks: in the first, its own lines (3), the
+        // core's header decoder inlined (8) and in it a library helper (4) and a clock
+        // read (2), then its own again (5) and a library helper in its own code (7); the
+        // second block starts in the core's inlined code (callgrind's fl= names the
+        // block's first instruction's file), 6, and calls memcpy from there (30). The
+        // core's flush has the LND's post inlined (16), and ends inside it; a function
+        // after it in the same file (no fl=) is the core's again (1), and calls memcpy
+        // from its own lines (10). memcpy is a library function: its callers'.
         let text = "events: Ir\n\
                     fl=/work/main/transport/src/mem/mod.rs\n\
                     fn=<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll\n\
@@ -608,33 +658,75 @@ mod tests {
                     7 2\n\
                     fe=/work/main/transport/src/mem/mod.rs\n\
                     11 5\n\
+                    fi=/rustc/abc/library/alloc/src/vec/mod.rs\n\
+                    12 7\n\
+                    fl=/work/main/transport/src/wire/codec.rs\n\
+                    fn=<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll\n\
+                    190 6\n\
+                    cfn=__memcpy_avx_unaligned_erms\n\
+                    calls=1 0\n\
+                    191 30\n\
                     fl=/work/main/transport/src/driver.rs\n\
                     fn=lanet::driver::Driver::flush\n\
                     20 1\n\
                     fi=/work/main/transport/src/mem/fabric.rs\n\
                     40 16\n\
-                    fe=/work/main/transport/src/driver.rs\n\
-                    21 1\n\
-                    summary: 40\n";
+                    fn=lanet::driver::Driver::poll\n\
+                    30 1\n\
+                    cfn=__memcpy_avx_unaligned_erms\n\
+                    calls=1 0\n\
+                    31 10\n\
+                    fl=???\n\
+                    fn=__memcpy_avx_unaligned_erms\n\
+                    0 40\n\
+                    summary: 93\n";
         let c = parse(text).unwrap();
         let poll = &c.functions["<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"];
-        assert_eq!(
-            poll.own,
-            3 + 4 + 2 + 5,
-            "its own lines, the library's, the clock's"
-        );
-        assert_eq!(poll.inlined, [8, 0, 0, 0]);
+        assert_eq!(poll.by_function, 0, "every line is in some owner's code");
+        assert_eq!(poll.by_file, [8 + 4 + 2 + 6, 3 + 5 + 7, 0, 0]);
         let flush = &c.functions["lanet::driver::Driver::flush"];
-        assert_eq!((flush.own, flush.inlined), (2, [0, 16, 0, 0]));
+        assert_eq!((flush.by_function, flush.by_file), (0, [1, 16, 0, 0]));
+        let poll_loop = &c.functions["lanet::driver::Driver::poll"];
+        assert_eq!(
+            poll_loop.by_file,
+            [1, 0, 0, 0],
+            "not the mem LND's fi= before"
+        );
+        let memcpy = &c.functions["__memcpy_avx_unaligned_erms"];
+        assert_eq!(
+            memcpy.called_by_file,
+            [40, 0, 0, 0],
+            "both calls in the core's code"
+        );
         let owned = c.owned();
-        assert!((owned[CORE] - 10.0).abs() < 1e-6, "{owned:?}");
-        assert!((owned[MEM_LND] - 30.0).abs() < 1e-6, "{owned:?}");
-        let core = c.core_own();
-        assert!((core["<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"] - 8.0).abs() < 1e-6);
-        assert_eq!(owner_by_file("transport/src/node/rx.rs"), Some(CORE));
-        assert_eq!(owner_by_file("/work/main/bench/src/peer.rs"), Some(BENCH));
-        assert_eq!(owner_by_file("/work/main/transport/src/sys.rs"), None);
-        assert_eq!(owner_by_file("/work/main/lnd-tcp/src/lib.rs"), None);
+        // The core: 20 in the LND's poll, 1 + 1 of its own functions, and memcpy's 40
+        // (every call to it made in the core's code); the mem LND: 3 + 5 + 7 + 16.
+        assert!((owned[CORE] - 62.0).abs() < 1e-6, "{owned:?}");
+        assert!((owned[MEM_LND] - 31.0).abs() < 1e-6, "{owned:?}");
+        assert!((owned.iter().sum::<f64>() - 93.0).abs() < 1e-6, "{owned:?}");
+        let core = c.core_share();
+        assert!((core["<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"] - 20.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn files_have_owners_by_where_they_are_in_the_workspace() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let at = |rel: &str| workspace.join(rel).to_string_lossy().into_owned();
+        let owner = |f: &str| owner_by_file(f).map(|i| OWNERS[i]);
+        assert_eq!(owner(&at("transport/src/node/rx.rs")), Some("core"));
+        assert_eq!(owner("transport/src/node/rx.rs"), Some("core"), "relative");
+        assert_eq!(owner(&at("transport/src/mem/fabric.rs")), Some("mem_lnd"));
+        assert_eq!(owner(&at("bench/src/peer.rs")), Some("bench"));
+        assert_eq!(owner(&at("transport/src/sys.rs")), None);
+        assert_eq!(owner(&at("transport/src/time.rs")), None);
+        assert_eq!(owner(&at("lnd-tcp/src/lib.rs")), None);
+        assert_eq!(owner("/rustc/abc/library/core/src/num/mod.rs"), None);
+        assert_eq!(
+            owner("/root/.cargo/registry/src/x/some-crate/transport/src/lib.rs"),
+            None,
+            "a dependency's transport/src is not ours"
+        );
+        assert_eq!(owner("???"), None);
     }
 
     #[test]

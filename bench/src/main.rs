@@ -200,6 +200,9 @@ pub(crate) struct CostArgs {
     /// How many of the core's most costly functions to list.
     #[arg(long, default_value_t = 12)]
     top: usize,
+    /// Whose ping-pong the list is of.
+    #[arg(long, value_enum, default_value_t = cost::TopOf::Endpoints)]
+    top_of: cost::TopOf,
     /// Only run this many round trips (what runs under callgrind).
     #[arg(long, hide = true)]
     inner: Option<usize>,
