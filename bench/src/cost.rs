@@ -327,8 +327,9 @@ struct Function {
 }
 
 impl Counts {
-    /// Instructions per owner ([`OWNERS`]): each function's own, by file where the file
-    /// has an owner, else shared as [`Counts::shares`]. They add up to the total.
+    /// Instructions per owner ([`OWNERS`]): each function's own, in each owner's code as
+    /// [`parse`] found it, the rest shared as [`Counts::shares`]. They add up to the
+    /// total.
     fn owned(&self) -> [f64; 4] {
         let shares = self.shares();
         let mut owned = [0.0; 4];
@@ -342,8 +343,9 @@ impl Counts {
 
     /// What part of each function's `unowned` instructions each owner ([`OWNERS`])
     /// has: all of them for a function owned by name, else shared in proportion to what
-    /// the calls to it cost, among the owners of the files the calls were written in and
-    /// (for calls written in library code) the shares of the functions that made them.
+    /// the calls to it cost, among the owners of the code the calls were made from and
+    /// (for calls made from code with no owner) the shares of the functions that made
+    /// them.
     fn shares(&self) -> HashMap<&str, [f64; 4]> {
         let owners: HashMap<&str, Option<usize>> = self
             .functions
@@ -467,12 +469,12 @@ fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Resu
 /// is a heuristic's: it counts to the owner of the inlined code it follows, from the last
 /// `fi=` of an owned file up to the next `fe=`, and otherwise to the group's file's owner.
 /// So a hash map's probe inlined within the core's code, itself inlined into the LND's
-/// poll, is the core's. It can err both ways: library code that follows an inlined
-/// owned span without being within it (a new basic block that starts in another inlined
-/// file) takes that span's owner, as does the rest of an LND's map probe after the core's
-/// NID hash inlined into it. In a group whose file has no owner (a library function's
-/// own), lines outside such spans go with the function: its owner by name, or its
-/// callers'.
+/// poll, is the core's. It can err both ways, within a basic block: library code after
+/// an owned span but not within it (the rest of an LND's map probe after the core's NID
+/// hash inlined into it) takes the span's owner; library code within an owned span, at
+/// the start of a block that starts in a library's file, goes with the group's. In a
+/// group whose file has no owner (a library function's own), lines outside owned spans
+/// go with the function: its owner by name, or its callers'.
 fn parse(text: &str) -> Result<Counts, String> {
     let mut functions: HashMap<String, Function> = HashMap::new();
     let mut total = None;
