@@ -296,8 +296,8 @@ fn interleaved_medians<const K: usize>(routes: [(&Endpoint, Nid); K], n: usize) 
 }
 
 /// A node on two TCP nets (two LNDs, one driver thread sleeping on both rings or epolls
-/// at once) answers on each as fast as a node with one NI does on that net, to the same
-/// peer: an NI looked at only every millisecond would sit near 1 ms.
+/// at once) pings its peer on each net as fast as a node with one NI on that net pings the
+/// same peer: an NI looked at only every millisecond would sit near 1 ms.
 #[test]
 fn a_node_on_two_tcp_nets_is_as_fast_on_either() {
     let _cpu = cpu();
@@ -315,17 +315,25 @@ fn a_node_on_two_tcp_nets_is_as_fast_on_either() {
     let (one, one_on_1) = (endpoint(free_nid(), 4), endpoint(on_net(free_nid(), 1), 5));
     let routes = [(&one, b), (&two, b), (&one_on_1, c), (&two, c)];
     interleaved_medians(routes, 5); // connections up
-    let [alone_0, first, alone_1, second] = interleaved_medians(routes, 41);
-    eprintln!(
-        "median ping over TCP: net 0, one NI {alone_0:?}, two NIs {first:?}; \
-         net 1, one NI {alone_1:?}, two NIs {second:?}"
-    );
-    // Orders of magnitude only.
-    for (alone, t) in [(alone_0, first), (alone_1, second)] {
-        assert!(
-            t < alone * 5 + Duration::from_micros(300),
-            "{alone:?} {t:?}"
+    let measure = || {
+        let [alone_0, first, alone_1, second] = interleaved_medians(routes, 41);
+        eprintln!(
+            "median ping over TCP: net 0, one NI {alone_0:?}, two NIs {first:?}; \
+             net 1, one NI {alone_1:?}, two NIs {second:?}"
         );
+        [(alone_0, first), (alone_1, second)]
+    };
+    // Orders of magnitude only.
+    let slow = |(alone, t): (Duration, Duration)| t >= alone * 5 + Duration::from_micros(300);
+    let mut routes_by_net = measure();
+    if routes_by_net.into_iter().any(slow) {
+        // The two-net node's own thread can be the one woken late, for a whole
+        // measurement (seen ~1 run in 50 on this machine kind); an NI looked at every
+        // millisecond is slow in every measurement.
+        routes_by_net = measure();
+    }
+    for (alone, t) in routes_by_net {
+        assert!(!slow((alone, t)), "{alone:?} {t:?}");
     }
 }
 

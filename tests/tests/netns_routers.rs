@@ -165,10 +165,12 @@ impl Cluster {
     }
 
     /// Waits until PUTs to every server go through again, `IN_A_ROW` in a row to each, at
-    /// most `limit`. A router forwards (and is no longer degraded) once it hears any peer
-    /// on a net; its connection to each server is made again only when a frame needs it,
-    /// and what it forwards meanwhile may be refused (the next hop is down).
-    fn wait_puts_go_through(&self, limit: Duration) {
+    /// most `limit`, and says how long that took. A router forwards (and is no longer
+    /// degraded) once it hears any peer it watches on a net; a server its health monitor
+    /// still holds Down (probed with backoff, every `probe_max` at most: 10 s by default)
+    /// it refuses as a next hop down, at once, and the client's copy through the other
+    /// router likewise.
+    fn wait_puts_go_through(&self, limit: Duration) -> Duration {
         const IN_A_ROW: usize = 16;
         let start = Instant::now();
         for (i, &dst) in self.server_nids.iter().enumerate() {
@@ -190,6 +192,7 @@ impl Cluster {
                 in_a_row = if result.is_ok() { in_a_row + 1 } else { 0 };
             }
         }
+        start.elapsed()
     }
 
     /// Stops a PUT-only load and the servers: nothing failed, each PUT arrived once.
@@ -491,7 +494,9 @@ fn when_both_routers_lose_net_b_neither_strands_net_a_and_nothing_hangs() {
         assert!(start.elapsed() < Duration::from_secs(30), "still degraded");
         std::thread::sleep(Duration::from_millis(50));
     }
-    c.wait_puts_go_through(Duration::from_secs(30));
+    // Within the monitor's longest probe gap (10 s), and a margin.
+    let took = c.wait_puts_go_through(Duration::from_secs(15));
+    eprintln!("both routers back on B: PUTs to both servers go through after {took:?}");
     let load = Load::start(&c.client, &c.server_nids, 8);
     std::thread::sleep(Duration::from_millis(1500));
     check_none_failed(&load.finish());
