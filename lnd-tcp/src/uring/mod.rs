@@ -520,14 +520,18 @@ impl Uring {
         if self.mover.is_none() && !self.mover_failed {
             // Busy-polling is for an NI alone on its thread (whose driver spins too); a
             // thread on several NIs asks for `wait_fd`, and then this one never spins.
-            // A mover polls while it moves bytes either way, for `mover_poll` (see
-            // `mover::POLL_WHILE_MOVING`), or the NI's spin if that is longer.
+            // A mover polls while it moves bytes either way, for `mover_poll` or the
+            // NI's spin, the longer (`mover::poll_window`).
             let spin = match self.shared {
                 Some(_) => Duration::ZERO,
                 None => self.spin,
             };
-            let poll = spin.max(self.mover_poll);
-            match Mover::start("lanet-bulk".into(), self.wake_fd.clone(), poll) {
+            match Mover::start(
+                "lanet-bulk".into(),
+                self.wake_fd.clone(),
+                spin,
+                self.mover_poll,
+            ) {
                 Ok(m) => self.mover = Some(m),
                 Err(e) => {
                     tracing::warn!(

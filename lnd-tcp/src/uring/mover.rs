@@ -119,11 +119,16 @@ pub(crate) struct Mover {
 
 impl Mover {
     /// Starts the thread. It signals `notify` (the driver's eventfd) whenever jobs finish.
-    /// While jobs are out it polls for completions instead of sleeping, within `poll` of
-    /// its last bytes moved (the NI's `mover_poll`, or its busy-polling `spin` if that is
-    /// longer; [`ACTIVE_WINDOW`] at most); never on a machine with one CPU (see
+    /// While jobs are out it polls for completions instead of sleeping, within
+    /// `mover_poll` of its last bytes moved, or `spin` (the NI's busy-polling) if that is
+    /// longer; [`ACTIVE_WINDOW`] at most, never on a machine with one CPU (see
     /// [`poll_window`]).
-    pub(crate) fn start(name: String, notify: Arc<OwnedFd>, poll: Duration) -> io::Result<Mover> {
+    pub(crate) fn start(
+        name: String,
+        notify: Arc<OwnedFd>,
+        spin: Duration,
+        mover_poll: Duration,
+    ) -> io::Result<Mover> {
         let (jobs, job_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let wake = Arc::new(sys::eventfd()?);
@@ -139,7 +144,9 @@ impl Mover {
                 // the driver was preempted by the mover it had just woken and waited
                 // ~550 us behind a bulk copy with a PONG to handle.
                 sys::set_thread_batch();
-                match Worker::new(wake, notify, job_rx, done_tx, stop, moved, poll) {
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                let window = poll_window(spin, mover_poll, cpus);
+                match Worker::new(wake, notify, job_rx, done_tx, stop, moved, window) {
                     Ok(mut w) => {
                         let _ = ready_tx.send(Ok(()));
                         if std::panic::catch_unwind(AssertUnwindSafe(|| w.run())).is_err() {
@@ -342,15 +349,16 @@ struct Worker {
 }
 
 /// How recently a mover must have moved bytes (or been handed a job) to poll rather than
-/// sleep, asked to poll for `poll` (see [`Mover::start`]) on a machine with `cpus` CPUs:
-/// `poll`, [`ACTIVE_WINDOW`] at most (past which the driver no longer counts it busy, and
-/// may spin itself); nothing on one CPU, where its polls would take the CPU from the
-/// threads it waits for (the driver, the peer's sender).
-fn poll_window(poll: Duration, cpus: usize) -> Duration {
+/// sleep, for an NI that busy-polls for `spin` (zero: it sleeps) and asks its mover to
+/// poll for `mover_poll`, on a machine with `cpus` CPUs (the thread's own: affinity,
+/// cgroup quota): the longer of the two, [`ACTIVE_WINDOW`] at most (past which the driver
+/// no longer counts it busy, and may spin itself); nothing on one CPU, where its polls
+/// would take the CPU from the threads it waits for (the driver, the peer's sender).
+fn poll_window(spin: Duration, mover_poll: Duration, cpus: usize) -> Duration {
     if cpus < 2 {
         return Duration::ZERO;
     }
-    poll.min(ACTIVE_WINDOW)
+    spin.max(mover_poll).min(ACTIVE_WINDOW)
 }
 
 impl Worker {
@@ -361,7 +369,7 @@ impl Worker {
         done: mpsc::Sender<Done>,
         stop: Arc<AtomicBool>,
         moved: Progress,
-        poll: Duration,
+        poll_window: Duration,
     ) -> io::Result<Worker> {
         // Created on its own thread, which is then its only submitter.
         let ring = IoUring::builder()
@@ -384,11 +392,7 @@ impl Worker {
             next: 0,
             wake_armed: false,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
-            // The thread's own CPUs (affinity, cgroup quota); one if unknown.
-            poll_window: poll_window(
-                poll,
-                std::thread::available_parallelism().map_or(1, usize::from),
-            ),
+            poll_window,
         };
         w.arm_wake();
         Ok(w)
@@ -749,31 +753,32 @@ mod tests {
 
     /// A mover polling as a sleeping NI's does by default.
     fn mover() -> Mover {
-        spinning_mover(POLL_WHILE_MOVING)
+        polling_mover(POLL_WHILE_MOVING)
     }
 
     fn submit(m: &mut Mover, job: Job) {
         assert!(m.submit(job).is_ok(), "the mover thread runs");
     }
 
-    /// A mover that polls for `poll` after it last moved bytes.
-    fn spinning_mover(poll: Duration) -> Mover {
-        Mover::start("test-mover".into(), Arc::new(sys::eventfd().unwrap()), poll).unwrap()
+    /// A mover that polls for `poll` after it last moved bytes (its NI sleeps).
+    fn polling_mover(poll: Duration) -> Mover {
+        let notify = Arc::new(sys::eventfd().unwrap());
+        Mover::start("test-mover".into(), notify, Duration::ZERO, poll).unwrap()
     }
 
     #[test]
-    fn a_mover_polls_as_long_as_asked_up_to_its_active_window_but_never_on_one_cpu() {
-        let us = Duration::from_micros;
-        assert_eq!(poll_window(POLL_WHILE_MOVING, 2), POLL_WHILE_MOVING);
-        assert_eq!(
-            poll_window(Duration::ZERO, 8),
-            Duration::ZERO,
-            "asked not to"
-        );
-        assert_eq!(poll_window(us(1_000), 2), us(1_000));
-        assert_eq!(poll_window(Duration::MAX, 2), ACTIVE_WINDOW);
-        assert_eq!(poll_window(POLL_WHILE_MOVING, 1), Duration::ZERO);
-        assert_eq!(poll_window(us(1_000), 1), Duration::ZERO);
+    fn a_mover_polls_as_long_as_asked_or_its_ni_spins_up_to_its_active_window_never_on_one_cpu() {
+        let (us, zero) = (Duration::from_micros, Duration::ZERO);
+        assert_eq!(poll_window(zero, POLL_WHILE_MOVING, 2), POLL_WHILE_MOVING);
+        assert_eq!(poll_window(zero, zero, 8), zero, "asked not to");
+        assert_eq!(poll_window(zero, us(1_000), 2), us(1_000));
+        assert_eq!(poll_window(us(1_000), zero, 2), us(1_000), "the NI's spin");
+        assert_eq!(poll_window(us(50), us(200), 2), us(200), "the longer");
+        assert_eq!(poll_window(us(1_500), us(200), 2), us(1_500), "the longer");
+        assert_eq!(poll_window(Duration::MAX, zero, 2), ACTIVE_WINDOW);
+        assert_eq!(poll_window(zero, Duration::MAX, 2), ACTIVE_WINDOW);
+        assert_eq!(poll_window(zero, POLL_WHILE_MOVING, 1), zero);
+        assert_eq!(poll_window(us(1_000), us(1_000), 1), zero);
     }
 
     #[test]
@@ -821,7 +826,7 @@ mod tests {
         // pieces' (lowered from theirs, or the mover would wait for bytes that never come).
         for spin in [Duration::ZERO, Duration::from_secs(1)] {
             for len in [3 * RECV_PIECE + 1234, 3 * RECV_PIECE + (300 << 10)] {
-                trickle_in(spinning_mover(spin), len);
+                trickle_in(polling_mover(spin), len);
             }
         }
     }
@@ -1107,7 +1112,13 @@ mod tests {
     #[test]
     fn a_mover_that_died_wakes_the_driver_and_takes_no_more_jobs() {
         let notify = Arc::new(sys::eventfd().unwrap());
-        let mut m = Mover::start("test-mover".into(), notify.clone(), Duration::ZERO).unwrap();
+        let mut m = Mover::start(
+            "test-mover".into(),
+            notify.clone(),
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .unwrap();
         assert!(!m.died());
         let (_tx, rx) = connected_pair();
         let fd = rx.as_raw_fd();
