@@ -64,12 +64,35 @@ fn receive_msg_ids(lnd: &mut TcpLnd, n: usize) -> Vec<u64> {
         assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
         lnd.poll(&mut events, Some(Duration::from_millis(10)))
             .unwrap();
-        received.extend(events.drain(..).filter_map(|e| match e {
-            LndEvent::Received { header, .. } => Some(header.msg_id),
-            _ => None,
-        }));
+        received.extend(msg_ids(&mut events));
     }
     received
+}
+
+/// The message ids of the frames received among `events`, which it empties.
+fn msg_ids(events: &mut Vec<LndEvent>) -> Vec<u64> {
+    events
+        .drain(..)
+        .filter_map(|e| match e {
+            LndEvent::Received { header, .. } => Some(header.msg_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The tokens of the sends completed among `events`, which it empties; each must have
+/// succeeded.
+fn sends_done(events: &mut Vec<LndEvent>) -> Vec<u64> {
+    events
+        .drain(..)
+        .filter_map(|e| match e {
+            LndEvent::SendComplete { token, result } => {
+                assert!(result.is_ok(), "send {} failed: {result:?}", token.0);
+                Some(token.0)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// A health PING from `from` to `to`.
@@ -236,22 +259,11 @@ fn a_busy_polling_driver_sends_when_the_hand_over_ends() {
 #[test]
 fn a_busy_polling_drivers_small_send_completes_at_the_hand_over_and_keeps_its_order() {
     let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
-    let sent = |e: &LndEvent| match e {
-        LndEvent::SendComplete { token, result } => {
-            assert!(result.is_ok(), "{e:?}");
-            Some(token.0)
-        }
-        _ => None,
-    };
     a.post(put(na, nb, 1, 1));
     a.send_posted();
     let mut ready = Vec::new();
     a.take_ready(&mut ready);
-    assert_eq!(
-        ready.iter().filter_map(sent).collect::<Vec<_>>(),
-        [1],
-        "{ready:?}"
-    );
+    assert_eq!(sends_done(&mut ready), [1]);
 
     // A small frame and a large one in one hand-over, then a small one while the large
     // one may still be on its way: it must not overtake it.
@@ -269,16 +281,13 @@ fn a_busy_polling_drivers_small_send_completes_at_the_hand_over_and_keeps_its_or
         assert!(start.elapsed() < Duration::from_secs(5), "got {received:?}");
         a.poll(&mut done, Some(Duration::ZERO)).unwrap();
         b.poll(&mut events, Some(Duration::from_millis(1))).unwrap();
-        received.extend(events.drain(..).filter_map(|e| match e {
-            LndEvent::Received { header, .. } => Some(header.msg_id),
-            _ => None,
-        }));
+        received.extend(msg_ids(&mut events));
     }
     assert_eq!(received, [1, 2, 3, 4]);
     for _ in 0..10 {
         a.poll(&mut done, Some(Duration::from_millis(1))).unwrap();
     }
-    let mut tokens: Vec<u64> = done.iter().filter_map(sent).collect();
+    let mut tokens = sends_done(&mut done);
     tokens.sort_unstable();
     assert_eq!(tokens, [2, 3, 4], "each send ends once");
 }
@@ -292,18 +301,6 @@ fn a_busy_polling_drivers_small_send_completes_at_the_hand_over_and_keeps_its_or
 fn a_send_left_to_the_ring_is_never_overtaken() {
     let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
     let (mut a_events, mut b_events) = (Vec::new(), Vec::new());
-    let sent = |events: &mut Vec<LndEvent>| -> Vec<u64> {
-        events
-            .drain(..)
-            .filter_map(|e| match e {
-                LndEvent::SendComplete { token, result } => {
-                    assert!(result.is_ok(), "send {} failed: {result:?}", token.0);
-                    Some(token.0)
-                }
-                _ => None,
-            })
-            .collect()
-    };
     // Frames just under the 64 KiB a direct write takes, one a look, until one does not
     // get all out: the socket is full, and the rest of that frame is in the ring.
     let mut done = Vec::new();
@@ -320,12 +317,12 @@ fn a_send_left_to_the_ring_is_never_overtaken() {
         posted += 1;
         a.send_posted();
         a.take_ready(&mut a_events);
-        done.extend(sent(&mut a_events));
+        done.extend(sends_done(&mut a_events));
         if done.len() < posted as usize {
             break;
         }
         a.poll(&mut a_events, Some(Duration::ZERO)).unwrap(); // the next look
-        done.extend(sent(&mut a_events));
+        done.extend(sends_done(&mut a_events));
     }
     // Room again at the sender, then a small frame in the next look.
     for _ in 0..4 {
@@ -335,7 +332,7 @@ fn a_send_left_to_the_ring_is_never_overtaken() {
     posted += 1;
     a.send_posted();
     a.poll(&mut a_events, Some(Duration::ZERO)).unwrap();
-    done.extend(sent(&mut a_events));
+    done.extend(sends_done(&mut a_events));
     let mut received = Vec::new();
     let start = Instant::now();
     while received.len() < posted as usize || done.len() < posted as usize {
@@ -352,14 +349,14 @@ fn a_send_left_to_the_ring_is_never_overtaken() {
             e => panic!("the receiver saw {e:?}"),
         }));
         a.poll(&mut a_events, Some(Duration::ZERO)).unwrap();
-        done.extend(sent(&mut a_events));
+        done.extend(sends_done(&mut a_events));
     }
     assert_eq!(received, (0..posted).collect::<Vec<_>>());
     for _ in 0..10 {
         a.poll(&mut a_events, Some(Duration::from_millis(1)))
             .unwrap();
     }
-    done.extend(sent(&mut a_events));
+    done.extend(sends_done(&mut a_events));
     done.sort_unstable();
     assert_eq!(done, (0..posted).collect::<Vec<_>>(), "each send ends once");
 }
@@ -381,17 +378,8 @@ fn a_driver_writes_its_data_frames_once_per_look() {
         b.poll(&mut events, Some(Duration::from_millis(10)))
             .unwrap();
     }
-    let ids = |events: &mut Vec<LndEvent>| -> Vec<u64> {
-        events
-            .drain(..)
-            .filter_map(|e| match e {
-                LndEvent::Received { header, .. } => Some(header.msg_id),
-                _ => None,
-            })
-            .collect()
-    };
     assert_eq!(
-        ids(&mut events),
+        msg_ids(&mut events),
         [1],
         "the second frame left in the same look"
     );
@@ -411,22 +399,7 @@ fn a_dropped_driver_sends_what_it_held() {
         a.post(put(na, nb, 2, 2));
         a.send_posted();
         drop(a);
-        let mut received = Vec::new();
-        let mut events = Vec::new();
-        let start = Instant::now();
-        while received.len() < 2 {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "spin {spin:?}: got {received:?}"
-            );
-            b.poll(&mut events, Some(Duration::from_millis(10)))
-                .unwrap();
-            received.extend(events.drain(..).filter_map(|e| match e {
-                LndEvent::Received { header, .. } => Some(header.msg_id),
-                _ => None,
-            }));
-        }
-        assert_eq!(received, [1, 2], "spin {spin:?}");
+        assert_eq!(receive_msg_ids(&mut b, 2), [1, 2], "spin {spin:?}");
     }
 }
 
@@ -680,10 +653,7 @@ fn a_busy_polling_driver_wakes_for_its_hot_connection_after_its_spin() {
         // A sleep the hot connection could not end lasts the whole timeout (10 s).
         let waited = waited.elapsed();
         assert!(waited < Duration::from_secs(5), "a wait took {waited:?}");
-        received.extend(events.drain(..).filter_map(|e| match e {
-            LndEvent::Received { header, .. } => Some(header.msg_id),
-            _ => None,
-        }));
+        received.extend(msg_ids(&mut events));
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "got {received:?}"
