@@ -38,9 +38,9 @@ impl Node {
             LndEvent::Received {
                 peer,
                 lane,
-                header,
+                ref header,
                 payload,
-            } => self.on_frame(now, ni, peer, lane, &header, payload),
+            } => self.on_frame(now, ni, peer, lane, header, payload),
             LndEvent::SendComplete { token, result } => self.on_send_complete(now, token, result),
             LndEvent::Fetched { handle, result } => self.on_fetched(ni, handle, result),
         }
