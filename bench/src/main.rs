@@ -203,12 +203,20 @@ pub(crate) struct CostArgs {
     /// Whose ping-pong the list is of.
     #[arg(long, value_enum, default_value_t = cost::TopOf::Endpoints)]
     top_of: cost::TopOf,
+    /// The LND: the in-memory one in one process (the core alone, the goal's figure), or
+    /// TCP on loopback between two processes, each backend in turn (the core and the
+    /// driver as a client and server run them; the processes block in their waits).
+    #[arg(long, value_enum, default_value_t = cost::CostLnd::Mem)]
+    lnd: cost::CostLnd,
     /// Only run this many round trips (what runs under callgrind).
     #[arg(long, hide = true)]
     inner: Option<usize>,
     /// With --inner: whose round trips.
     #[arg(long, hide = true, requires = "inner", value_enum, default_value_t = cost::Inner::Endpoints)]
     inner_kind: cost::Inner,
+    /// With --inner and a TCP kind: the server's NID.
+    #[arg(long, hide = true, requires = "inner")]
+    inner_nid: Option<Nid>,
 }
 
 #[derive(Args)]
@@ -419,10 +427,11 @@ fn main() -> ExitCode {
         inner: Some(n),
         size,
         inner_kind,
+        inner_nid,
         ..
     }) = &cli.bench
     {
-        return match cost::run_inner(*n, *size, *inner_kind) {
+        return match cost::run_inner(*n, *size, *inner_kind, *inner_nid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lanet-bench: {e}");

@@ -204,6 +204,31 @@ fn serve_worker(cfg: NodeConfig, lnd: Box<dyn lanet::lnd::Lnd>, nid: Nid) -> Res
     Ok(())
 }
 
+/// A server worker at `nid` (TCP) that serves `puts` PUTs and then shuts down, having
+/// said "ready" once it listens: for `cost --lnd tcp`, whose counts must not depend on how
+/// long the run took (no timed wake-ups while it waits).
+pub(crate) fn serve_puts(nid: Nid, puts: usize) -> Result<(), String> {
+    let cfg = node_config(2);
+    let lnd = bind(nid, &cfg)?;
+    let mut w = Worker::new(cfg, vec![lnd]).map_err(|e| e.to_string())?;
+    w.attach(bench_sink()).map_err(|e| e.to_string())?;
+    echo_and_say_ready(None)?;
+    let (mut events, mut delivered) = (Vec::new(), 0);
+    while delivered < puts {
+        w.progress(None, &mut events);
+        for e in events.drain(..) {
+            match e {
+                Event::Delivered(_) => delivered += 1,
+                Event::EndpointFailed { reason } => return Err(reason),
+                _ => {}
+            }
+        }
+    }
+    // The last ACK left with the turn that delivered the last PUT.
+    w.shutdown(&mut events);
+    Ok(())
+}
+
 /// Drives a server worker while `serving` holds, dropping its events, then shuts it down.
 fn serve_with(w: &mut Worker, serving: &AtomicBool) {
     let mut events = Vec::new();

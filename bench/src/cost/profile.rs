@@ -1,57 +1,18 @@
-//! `lanet-bench cost`: instructions per PUT round trip, both ends, counted by callgrind
-//! rather than timed, so that the figure is the same on a busy machine as on a quiet one.
-//!
-//! The ping-pong of `latency --lnd mem` (two endpoints in this process on the in-memory
-//! LND) runs twice under `valgrind --tool=callgrind`, with `base` and `base + iters` round
-//! trips; the difference over `iters` leaves set-up, warm-up and shut-down out.
-//!
-//! The headline, `instructions_per_round_trip`, is the core's: lanet's node, endpoint and
-//! driver loop, with what they call of the libraries (hash maps, clocks, CRC, copies,
-//! allocator, channels). The in-memory LND stands in for a real one and the benchmark's
-//! loop is not lanet, so both are counted apart. A function of neither (a library's) is
-//! shared among its callers, in proportion to what each call cost: a caller's share of a
-//! hash map lookup is the core's if the caller is the core's, and so on up the calls.
-//! Code counts to the owner of the source file it was written in, wherever the compiler
-//! inlined it (the core's header decoder inlined into the LND's poll is the core's), and
-//! library code inlined within it with it, by a heuristic ([`parse`]); library functions
-//! that are called go to their callers. A change that moves inlining across the LND's or
-//! the benchmark's boundary can still move some instructions between owners: each owner's
-//! figure is printed, for endpoints and workers, and they add up to `total_`; a change to
-//! the core is judged by its figure and the total's.
-//!
-//! `worker.instructions_per_round_trip` counts the same way the same ping-pong between two
-//! [`lanet::Worker`]s, each driven by its own thread's loop: the core without the
-//! endpoints' driver threads, command channels and event delivery.
-//!
-//! The baseline, counted the same way in the same run, is two threads passing a message
-//! back and forth over channels: what a round trip between two threads costs with no
-//! protocol at all.
+//! Reading a callgrind profile, and whose code each instruction in it is: the core's,
+//! an LND's, the benchmark's, or (what none of them called) the runtime's.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
-use crate::baselines::{installed, output_within, what_went_wrong};
-use crate::latency::pingpong;
-use crate::peer::Target;
-use crate::report::Report;
-use crate::CostArgs;
-
-/// Round trips of the shorter run (after the ping-pong's own warm-up).
-const BASE: usize = 1_000;
-/// What issue 17 asks of the core, both ends, per round trip.
-const GOAL: f64 = 2_000.0;
 
 /// Who instructions are counted to: code by the file it was written in ([`parse`]); what
 /// is in no owner's code goes with its function, which is one of the first three by its
 /// name or shares it among its callers' owners; what no owner called (thread start, the
 /// loader, `main`'s set-up) is the runtime's.
-const OWNERS: [&str; 4] = ["core", "mem_lnd", "bench", "runtime"];
-const CORE: usize = 0;
-const MEM_LND: usize = 1;
-const BENCH: usize = 2;
-const RUNTIME: usize = 3;
+pub(super) const OWNERS: [&str; 4] = ["core", "lnd", "bench", "runtime"];
+pub(super) const CORE: usize = 0;
+pub(super) const LND: usize = 1;
+pub(super) const BENCH: usize = 2;
+pub(super) const RUNTIME: usize = 3;
 
 /// The owner a function has by its name, if any: by the path it is defined under, not by
 /// its generic arguments (`Vec<lanet::mem::X>::push` is the standard library's, shared
@@ -66,8 +27,8 @@ fn owner_by_name(f: &str) -> Option<usize> {
         // `lanet::sys::monotonic_nanos`, whether or not it is inlined into `now`.) By
         // file the same: see [`owner_by_file`].
         None
-    } else if path.starts_with("lanet::mem::") {
-        Some(MEM_LND)
+    } else if path.starts_with("lanet::mem::") || path.starts_with("lanet_lnd_tcp::") {
+        Some(LND)
     } else if path.starts_with("lanet_bench::") {
         Some(BENCH)
     } else if path.starts_with("lanet::") {
@@ -112,198 +73,9 @@ fn defined_under(f: &str) -> String {
     shorten(f)
 }
 
-/// How long one run under callgrind may take (20,000 round trips take a few seconds).
-const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
-
-/// What runs under callgrind.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub(crate) enum Inner {
-    /// The ping-pong of two endpoints (each with its driver thread).
-    Endpoints,
-    /// The same with two workers, each driven by its own thread's loop.
-    Workers,
-    /// The baseline: two threads and two channels.
-    Channels,
-}
-
-/// Whose ping-pong `--top` lists the functions of.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub(crate) enum TopOf {
-    Endpoints,
-    Workers,
-}
-
-/// Runs `n` round trips after the warm-up, of the `kind` asked for.
-pub(crate) fn run_inner(n: usize, size: usize, kind: Inner) -> Result<(), String> {
-    match kind {
-        Inner::Endpoints => pingpong(Target::Mem, size, n).map(|_| ()),
-        Inner::Workers => crate::peer::mem_workers_pingpong(n, crate::latency::WARMUP, size),
-        Inner::Channels => {
-            channel_pingpong(n, size);
-            Ok(())
-        }
-    }
-}
-
-/// The baseline: `size`-byte messages passed between two threads over crossbeam channels
-/// and back, `n` times, as the two endpoints' threads pass a PUT and its ACK: the least a
-/// round trip between two threads of one process costs, with no protocol at all.
-fn channel_pingpong(n: usize, size: usize) {
-    let (to_echo, echo_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let (to_client, client_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let echo = std::thread::spawn(move || {
-        for m in echo_rx {
-            if to_client.send(m).is_err() {
-                break;
-            }
-        }
-    });
-    let mut message = vec![0x5a; size];
-    for _ in 0..n {
-        to_echo.send(message).expect("the echo thread runs");
-        message = client_rx.recv().expect("the echo thread answers");
-    }
-    drop(to_echo);
-    let _ = echo.join();
-}
-
-pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
-    if args.iters == 0 {
-        return Err("--iters must be at least 1".into());
-    }
-    if !installed("valgrind") {
-        return Err(
-            "valgrind is not installed: `apt-get install valgrind` (or ./scripts/setup bench)"
-                .into(),
-        );
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = std::env::temp_dir().join(format!("lanet-cost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let counted = |n: usize, kind: Inner| -> Result<Counts, String> {
-        let out = dir.join(format!("callgrind.{n}.{kind:?}"));
-        let result = callgrind(&exe, &out, n, args.size, kind);
-        let _ = std::fs::remove_file(&out);
-        result
-    };
-    let pair = |kind: Inner| -> Result<(Counts, Counts), String> {
-        Ok((counted(BASE, kind)?, counted(BASE + args.iters, kind)?))
-    };
-    let result = (|| {
-        Ok::<_, String>((
-            pair(Inner::Endpoints)?,
-            pair(Inner::Workers)?,
-            pair(Inner::Channels)?,
-        ))
-    })();
-    let _ = std::fs::remove_dir(&dir);
-    let ((short, long), (worker_short, worker_long), (base_short, base_long)) = result?;
-
-    let per_rt = |long: f64, short: f64| (long - short).max(0.0) / args.iters as f64;
-    let mut report = Report::new(
-        format!(
-            "cost: instructions per {}-byte PUT round trip, both ends, on the in-memory LND \
-             (callgrind, {} round trips beyond {BASE})",
-            args.size, args.iters
-        ),
-        args.json,
-    );
-    let (owned_long, owned_short) = (long.owned(), short.owned());
-    if owned_long[CORE] == 0.0 {
-        return Err(
-            "no function of lanet's core in the callgrind profile: were the symbols \
-                    demangled (a valgrind that knows Rust's mangling) and the binary built \
-                    with debug info?"
-                .into(),
-        );
-    }
-    report.add(
-        "instructions_per_round_trip",
-        per_rt(owned_long[CORE], owned_short[CORE]),
-        "instr",
-    );
-    report.add("goal.instructions_per_round_trip", GOAL, "instr");
-    report.add_ratio(
-        "ratio.vs_goal",
-        "instructions_per_round_trip",
-        "goal.instructions_per_round_trip",
-    );
-    report.add(
-        "total_instructions_per_round_trip",
-        per_rt(long.total as f64, short.total as f64),
-        "instr",
-    );
-    report.add(
-        "worker.instructions_per_round_trip",
-        per_rt(worker_long.owned()[CORE], worker_short.owned()[CORE]),
-        "instr",
-    );
-    report.add_ratio(
-        "ratio.worker_vs_goal",
-        "worker.instructions_per_round_trip",
-        "goal.instructions_per_round_trip",
-    );
-    report.add(
-        "worker.total_instructions_per_round_trip",
-        per_rt(worker_long.total as f64, worker_short.total as f64),
-        "instr",
-    );
-    report.add(
-        "channel_pingpong.instructions_per_round_trip",
-        per_rt(base_long.total as f64, base_short.total as f64),
-        "instr",
-    );
-    report.add_ratio(
-        "ratio.total_vs_channel_pingpong",
-        "total_instructions_per_round_trip",
-        "channel_pingpong.instructions_per_round_trip",
-    );
-    // Beside the core's, what the rest of each process is counted to: the owners' shares
-    // add up to its total, so a change that only moves instructions between owners
-    // (inlining across the LND's boundary, say) shows as such.
-    let (worker_owned_long, worker_owned_short) = (worker_long.owned(), worker_short.owned());
-    for (i, owner) in OWNERS.iter().enumerate().filter(|&(i, _)| i != CORE) {
-        report.add(
-            format!("instructions.{owner}"),
-            per_rt(owned_long[i], owned_short[i]),
-            "instr",
-        );
-        report.add(
-            format!("worker.instructions.{owner}"),
-            per_rt(worker_owned_long[i], worker_owned_short[i]),
-            "instr",
-        );
-    }
-    let (listed_long, listed_short) = match args.top_of {
-        TopOf::Endpoints => (&long, &short),
-        TopOf::Workers => (&worker_long, &worker_short),
-    };
-    let (core_long, core_short) = (
-        listed_long.core_instructions(),
-        listed_short.core_instructions(),
-    );
-    let mut top: Vec<(f64, &str)> = core_long
-        .iter()
-        .map(|(&f, &l)| (per_rt(l, core_short.get(f).copied().unwrap_or(0.0)), f))
-        .filter(|(n, _)| *n >= 1.0)
-        .collect();
-    top.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (n, f) in top.into_iter().take(args.top) {
-        report.note(format!("{n:>8.0}  {}", shorten(f)));
-    }
-    report.note(
-        "above: the functions with the most of the core's instructions (of the endpoints' \
-         ping-pong, or with --top-of workers the workers'): the code in each \
-         written in the core's files (node, endpoint, driver loop; an LND's function may \
-         have some inlined), and its share of the library code in it and called by it; \
-         total_ is everything in the process",
-    );
-    Ok(report)
-}
-
 /// Instructions counted in one run: in all, and per function.
-struct Counts {
-    total: u64,
+pub(super) struct Counts {
+    pub(super) total: u64,
     functions: HashMap<String, Function>,
 }
 
@@ -330,7 +102,7 @@ impl Counts {
     /// Instructions per owner ([`OWNERS`]): each function's own, in each owner's code as
     /// [`parse`] found it, the rest shared as [`Counts::shares`]. They add up to the
     /// total.
-    fn owned(&self) -> [f64; 4] {
+    pub(super) fn owned(&self) -> [f64; 4] {
         let shares = self.shares();
         let mut owned = [0.0; 4];
         for (name, f) in &self.functions {
@@ -404,7 +176,7 @@ impl Counts {
     /// Each function's instructions of its own that count as the core's: code written in
     /// the core's files wherever it was inlined (an LND's function may have some), and its
     /// share of the rest.
-    fn core_instructions(&self) -> HashMap<&str, f64> {
+    pub(super) fn core_instructions(&self) -> HashMap<&str, f64> {
         let shares = self.shares();
         self.functions
             .iter()
@@ -414,43 +186,6 @@ impl Counts {
             })
             .collect()
     }
-}
-
-/// Runs this binary's ping-pong of `n` round trips under callgrind, its counts read from
-/// `out`.
-fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Result<Counts, String> {
-    let mut cmd = Command::new("valgrind");
-    // Fair scheduling: valgrind runs one thread at a time, and with its default lock
-    // how long a thread spins before it sleeps (crossbeam's backoff, futexes) depends on
-    // the machine's load, by thousands of instructions per round trip; with a ticket
-    // lock, the counts repeat.
-    cmd.args([
-        "--tool=callgrind",
-        "--fair-sched=yes",
-        "--compress-strings=no",
-        "--compress-pos=no",
-    ])
-    .arg(format!("--callgrind-out-file={}", out.display()))
-    .arg(exe)
-    .args([
-        "cost",
-        "--inner",
-        &n.to_string(),
-        "--size",
-        &size.to_string(),
-    ]);
-    let kind = clap::ValueEnum::to_possible_value(&kind).expect("no variant is skipped");
-    cmd.args(["--inner-kind", kind.get_name()]);
-    let done = output_within(cmd, CALLGRIND_LIMIT).map_err(|e| format!("valgrind: {e}"))?;
-    if !done.status.success() {
-        return Err(format!(
-            "the ping-pong under callgrind failed ({}){}",
-            done.status,
-            what_went_wrong(&done.stderr)
-        ));
-    }
-    let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    parse(&text)
 }
 
 /// Reads a callgrind profile written with `--compress-strings=no --compress-pos=no`: each
@@ -475,7 +210,7 @@ fn callgrind(exe: &Path, out: &Path, n: usize, size: usize, kind: Inner) -> Resu
 /// the start of a block that starts in a library's file, goes with the group's. In a
 /// group whose file has no owner (a library function's own), lines outside owned spans
 /// go with the function: its owner by name, or its callers'.
-fn parse(text: &str) -> Result<Counts, String> {
+pub(super) fn parse(text: &str) -> Result<Counts, String> {
     let mut functions: HashMap<String, Function> = HashMap::new();
     let mut total = None;
     let mut current: Option<String> = None;
@@ -543,7 +278,8 @@ fn parse(text: &str) -> Result<Counts, String> {
 }
 
 /// The owner of code written in source file `file`, if it is a file of this workspace's
-/// that has one: the in-memory LND's (`transport/src/mem/`), the benchmark's
+/// that has one: the LND's (the in-memory one's, `transport/src/mem/`, or the TCP one's,
+/// `lnd-tcp/src/`), the benchmark's
 /// (`bench/src/`), the core's (the rest of `transport/src/`). Clocks and system calls
 /// (`transport/src/time.rs`, `sys.rs`) have none, as by name ([`owner_by_name`]), nor do
 /// the other crates' files and the libraries'.
@@ -555,8 +291,8 @@ fn owner_by_file(file: &str) -> Option<usize> {
     // workspace.
     let path = Path::new(file);
     let path = path.strip_prefix(workspace).unwrap_or(path);
-    if path.starts_with("transport/src/mem") {
-        Some(MEM_LND)
+    if path.starts_with("transport/src/mem") || path.starts_with("lnd-tcp/src") {
+        Some(LND)
     } else if path.starts_with("transport/src/time.rs") || path.starts_with("transport/src/sys.rs")
     {
         None
@@ -570,7 +306,7 @@ fn owner_by_file(file: &str) -> Option<usize> {
 }
 
 /// A function's name without its generic arguments, trimmed for a table.
-fn shorten(f: &str) -> String {
+pub(super) fn shorten(f: &str) -> String {
     let mut out = String::new();
     let mut depth = 0;
     for c in f.chars() {
@@ -725,7 +461,7 @@ mod tests {
         // 20 (its only caller is the core's) and memcpy's 45 (every call to it made in the
         // core's code, or in that lookup); the LND: 15 + 15 + 16.
         assert!((owned[CORE] - 91.0).abs() < 1e-6, "{owned:?}");
-        assert!((owned[MEM_LND] - 46.0).abs() < 1e-6, "{owned:?}");
+        assert!((owned[LND] - 46.0).abs() < 1e-6, "{owned:?}");
         assert!(
             (owned.iter().sum::<f64>() - 137.0).abs() < 1e-6,
             "{owned:?}"
@@ -739,13 +475,9 @@ mod tests {
         let owner = |f: &str| owner_by_file(f).map(|i| OWNERS[i]);
         assert_eq!(owner(&at("transport/src/node/rx.rs")), Some("core"));
         assert_eq!(owner("transport/src/node/rx.rs"), Some("core"), "relative");
-        assert_eq!(owner(&at("transport/src/mem/fabric.rs")), Some("mem_lnd"));
+        assert_eq!(owner(&at("transport/src/mem/fabric.rs")), Some("lnd"));
         assert_eq!(owner(&at("bench/src/peer.rs")), Some("bench"));
-        assert_eq!(
-            owner("transport/src/mem/mod.rs"),
-            Some("mem_lnd"),
-            "relative"
-        );
+        assert_eq!(owner("transport/src/mem/mod.rs"), Some("lnd"), "relative");
         assert_eq!(owner("bench/src/peer.rs"), Some("bench"), "relative");
         assert_eq!(
             owner(&at("transport/src/memo.rs")),
@@ -754,7 +486,13 @@ mod tests {
         );
         assert_eq!(owner(&at("transport/src/sys.rs")), None);
         assert_eq!(owner(&at("transport/src/time.rs")), None);
-        assert_eq!(owner(&at("lnd-tcp/src/lib.rs")), None);
+        assert_eq!(owner(&at("lnd-tcp/src/lib.rs")), Some("lnd"));
+        assert_eq!(owner(&at("lnd-tcp/src/uring/write.rs")), Some("lnd"));
+        assert_eq!(
+            owner(&at("lnd-rdma/src/lnd/mod.rs")),
+            None,
+            "not counted apart"
+        );
         assert_eq!(owner("/rustc/abc/library/core/src/num/mod.rs"), None);
         assert_eq!(
             owner("/root/.cargo/registry/src/x/some-crate/transport/src/lib.rs"),
@@ -773,8 +511,13 @@ mod tests {
         );
         assert_eq!(
             owner("<lanet::mem::MemLnd as lanet::lnd::Lnd>::poll"),
-            Some("mem_lnd")
+            Some("lnd")
         );
+        assert_eq!(
+            owner("<lanet_lnd_tcp::TcpLnd as lanet::lnd::Lnd>::poll"),
+            Some("lnd")
+        );
+        assert_eq!(owner("lanet_lnd_tcp::uring::Uring::flush"), Some("lnd"));
         assert_eq!(owner("alloc::vec::Vec<lanet::mem::X>::push"), None);
         assert_eq!(
             owner("hashbrown::map::HashMap<lanet::nid::Nid,V>::get_mut"),
@@ -791,7 +534,7 @@ mod tests {
         );
         assert_eq!(
             owner("<impl lanet::lnd::Lnd for lanet::mem::MemLnd>::poll"),
-            Some("mem_lnd"),
+            Some("lnd"),
             "the type the impl is for"
         );
         assert_eq!(owner("<impl lanet::node::Node>::pump"), Some("core"));
