@@ -77,7 +77,7 @@ pub(crate) struct Epoll {
     /// 335-376k with a write per hand-over). The next look comes at once where the driver
     /// busy-polls, and before a sleeping one waits; a [`crate::TcpLnd`] driven by a
     /// `lanet::Worker` may hold them until the application's next `progress`, as a
-    /// sleeping io_uring holds its sends.
+    /// sleeping io_uring holds what it does not write directly.
     wrote_this_look: bool,
     /// Sockets whose receive low-water mark is raised above 1, and to what (see
     /// [`crate::low_water`]).

@@ -142,9 +142,10 @@ fn connected_pair_on(lane: Lane, spin: Duration) -> ((Nid, TcpLnd), (Nid, TcpLnd
     ((na, a), (nb, b))
 }
 
-/// A send that the epoll backend writes whole at the end of the hand-over
-/// (`send_posted`) ends in `take_ready`, with no poll; a sleeping io_uring's go out with
-/// its next submission and end in a poll. Either way the frame ends once, and arrives.
+/// A small send written whole at the end of the hand-over (`send_posted`: epoll's
+/// `writev`, a sleeping io_uring's plain `sendmsg`) ends in `take_ready`, with no poll
+/// (which would otherwise wake for nothing but that completion); the frame ends once,
+/// and arrives.
 #[test]
 fn a_send_written_when_the_hand_over_ends_completes_without_a_poll() {
     let ((na, mut a), (nb, mut b)) = connected_pair();
@@ -161,13 +162,11 @@ fn a_send_written_when_the_hand_over_ends_completes_without_a_poll() {
             }
         )
     };
-    match a.backend() {
-        Backend::Epoll => assert!(matches!(&ready[..], [e] if done(e)), "epoll: {ready:?}"),
-        Backend::Uring => {
-            assert!(ready.is_empty(), "io_uring: {ready:?}");
-            poll_until(&mut a, done);
-        }
-    }
+    assert!(
+        matches!(&ready[..], [e] if done(e)),
+        "{:?}: {ready:?}",
+        a.backend()
+    );
     poll_until(&mut b, |e| matches!(e, LndEvent::Received { .. }));
     let mut later = Vec::new();
     for _ in 0..10 {
@@ -181,10 +180,45 @@ fn a_send_written_when_the_hand_over_ends_completes_without_a_poll() {
     );
 }
 
-/// Frames posted in one hand-over leave together when it ends (epoll: `send_posted`, one
-/// `writev` per connection; a sleeping io_uring: the next poll's submission), not one
-/// system call each as they are posted: until then the peer has none of them, then all,
-/// in order.
+/// A sleeping driver writes a socket once per look (a poll): frames of a second
+/// hand-over before the next poll wait for it (with what else comes meanwhile) rather
+/// than take a system call of their own. They leave with that poll, after the first
+/// hand-over's, and each ends once: the first's at its hand-over, the second's in a poll.
+#[test]
+fn a_sleeping_driver_writes_a_socket_once_per_look() {
+    let ((na, mut a), (nb, mut b)) = connected_pair();
+    let mut done = Vec::new();
+    a.post(put(na, nb, 1, 1));
+    a.send_posted();
+    a.take_ready(&mut done);
+    assert_eq!(sends_done(&mut done), [1], "{:?}", a.backend());
+    a.post(put(na, nb, 2, 2));
+    a.send_posted();
+    a.take_ready(&mut done);
+    assert_eq!(
+        sends_done(&mut done),
+        Vec::<u64>::new(),
+        "{:?}",
+        a.backend()
+    );
+    assert_eq!(receive_msg_ids(&mut b, 1), [1]);
+    let start = Instant::now();
+    let mut ended = Vec::new();
+    while ended.is_empty() && start.elapsed() < Duration::from_secs(5) {
+        a.poll(&mut done, Some(Duration::from_millis(10))).unwrap();
+        ended.extend(sends_done(&mut done));
+    }
+    assert_eq!(receive_msg_ids(&mut b, 1), [2]);
+    for _ in 0..5 {
+        a.poll(&mut done, Some(Duration::from_millis(1))).unwrap();
+        ended.extend(sends_done(&mut done));
+    }
+    assert_eq!(ended, [2]);
+}
+
+/// Frames posted in one hand-over leave together when it ends (`send_posted`, one write
+/// per connection), not one system call each as they are posted: until then the peer has
+/// none of them, then all, in order.
 #[test]
 fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
     const FRAMES: u64 = 16;
@@ -205,13 +239,8 @@ fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
         "frames left before the hand-over ended: {events:?}"
     );
     let mut done = Vec::new();
-    match a.backend() {
-        Backend::Epoll => {
-            a.send_posted();
-            a.take_ready(&mut done);
-        }
-        Backend::Uring => a.poll(&mut done, Some(Duration::ZERO)).unwrap(),
-    }
+    a.send_posted();
+    a.take_ready(&mut done);
     let received = receive_msg_ids(&mut b, FRAMES as usize);
     assert_eq!(received, (100..100 + FRAMES).collect::<Vec<_>>());
     // Each send ends once (io_uring's may end in a later poll).
@@ -240,7 +269,7 @@ fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
 }
 
 /// Busy-polling, both backends send a hand-over's frames in `send_posted`: the peer has
-/// them while the sender does not poll (io_uring, sleeping, would wait for its poll).
+/// them while the sender does not poll.
 #[test]
 fn a_busy_polling_driver_sends_when_the_hand_over_ends() {
     let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Data, Duration::from_millis(1));
@@ -481,8 +510,9 @@ fn a_driver_dropped_mid_stream_leaves_its_peer_a_prefix_of_whole_frames() {
 }
 
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:
-/// a PING must not queue behind data writes to other sockets. (A sleeping io_uring sends
-/// both with its next poll, which comes before it sleeps.)
+/// a PING must not queue behind data writes to other sockets. (A sleeping io_uring writes
+/// both when the hand-over ends, or, if it wrote the socket already in that look, with
+/// its next poll, which comes before it sleeps.)
 #[test]
 fn epoll_writes_a_health_frame_as_it_is_posted() {
     let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Health, Duration::ZERO);

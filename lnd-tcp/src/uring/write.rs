@@ -189,14 +189,35 @@ impl Uring {
     /// The hand-over is complete. Busy-polling, its sends go now (written directly, see
     /// [`Self::send_direct`], or in one submission), rather than with the next poll's,
     /// after the core has run the application's callbacks (8-byte message rate with ACK:
-    /// 1.17-1.22x UCX's before, 1.37-1.50x after). Sleeping, they still go with the
-    /// `io_uring_enter` that also waits: one system call per turn.
+    /// 1.17-1.22x UCX's before, 1.37-1.50x after). Sleeping, what can be written directly
+    /// is too ([`Self::write_dirty_directly`]), and the rest goes with the
+    /// `io_uring_enter` that also waits.
     pub(crate) fn send_posted(&mut self) {
-        if !self.busy_polling() || self.enable().is_err() {
+        if !self.busy_polling() {
+            return self.write_dirty_directly();
+        }
+        if self.enable().is_err() {
             return; // the poll says why
         }
         self.flush_dirty();
         self.submit_sends();
+    }
+
+    /// Sleeping: writes the connections that have something to send directly, as far as
+    /// [`Self::send_direct`] takes them (small frames, nothing of the socket's in the ring,
+    /// one write per look); the rest stays for the poll to submit. A send of the ring
+    /// completed as the poll's `io_uring_enter` submitted it, and that completion woke
+    /// the wait it was to sleep in: a turn of the core's, and an `io_uring_enter` more,
+    /// for nothing but the completion, each round trip. Written here, the send's
+    /// completion goes to the core with this hand-over (`take_ready`), and the poll
+    /// sleeps until the answer (measured: `lanet-bench cost --lnd tcp`,
+    /// bench/RESULTS.md).
+    fn write_dirty_directly(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.retain(|&conn| !self.send_direct(conn));
+        // `send_direct` adds nothing to `dirty`: what it holds goes with the next look.
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
     }
 
     /// What is known without polling: the sends [`Self::send_direct`] wrote (and a
