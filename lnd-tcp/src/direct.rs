@@ -1,8 +1,8 @@
 //! System calls made on a socket directly, outside any ring or poller: a plain `recv`
 //! into a framer's buffer, and a gathering `sendmsg` from a send queue's own buffers. The
-//! epoll backend reads and writes every socket so; a busy-polling io_uring reads its hot
-//! connection so (`uring::Uring::poll_hot`), and writes small frames so when nothing of
-//! the socket's is in the ring (`uring::Uring::send_direct`).
+//! epoll backend reads and writes every socket so; io_uring writes small frames so when
+//! nothing of the socket's is in the ring (`uring::Uring::send_direct`), and a
+//! busy-polling one reads its hot connection so (`uring::Uring::poll_hot`).
 //!
 //! Both are made through `syscall(2)`, not the C library's wrappers: those are thread
 //! cancellation points, which in a threaded process bracket every call with enabling and

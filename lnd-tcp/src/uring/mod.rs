@@ -1,12 +1,14 @@
 //! The io_uring backend: one ring per driver thread, with deferred task work; multishot
 //! accept; receives into provided-buffer rings (the health lane multishot into its own
 //! group, the data lane one buffer per receive); `sendmsg` (zero-copy `sendmsg` for large
-//! messages) from memory that outlives each operation; everything queued during a turn
-//! submitted with one `io_uring_enter`, which also waits. A busy-polling driver sends as
-//! soon as the core has handed over (`send_posted`): small frames with a plain `sendmsg`
-//! when nothing of the socket's is in the ring ([`Uring::send_direct`]), the rest in one
-//! submission; and it reads its hot data connection with a plain `recv`, that connection
-//! having no receive in the ring meanwhile (see [`Uring::poll_hot`]).
+//! messages) from memory that outlives each operation. A socket's small frames are
+//! written with a plain `sendmsg` as soon as the core has handed them over
+//! (`send_posted`), when nothing of the socket's is in the ring, once per look
+//! ([`Uring::send_direct`]): their completions go back with the hand-over. The rest is
+//! submitted together: sleeping, by the `io_uring_enter` that also waits; busy-polling,
+//! at once. A busy-polling driver also reads its hot data connection with a plain
+//! `recv`, that connection having no receive in the ring meanwhile (see
+//! [`Uring::poll_hot`]).
 //!
 //! A driver dropped writes what it still holds before it shuts its sockets down, as far
 //! as they take it at once (see `Drop`).
@@ -238,13 +240,14 @@ pub(crate) struct Uring {
     /// on, after a receive completed or a dial connected (see [`Uring::poll_hot`]). Back
     /// to the ring before the thread sleeps.
     hot: Option<ConnId>,
-    /// Looks at the sockets so far (`poll`, `poll_hot`, `prepare_wait`). Busy-polling, a
-    /// socket is written directly (see [`Uring::send_direct`]) once per look at most.
+    /// Looks at the sockets so far (`poll`, `poll_hot`, `prepare_wait`). A socket is
+    /// written directly (see [`Uring::send_direct`]) once per look at most.
     looks: u64,
-    /// Busy-polling: connections written directly in this look that have more to send
-    /// since. They are written at the start of the next look, with what else came by then:
-    /// one write per socket per look, as one ring send at a time batched them (measured,
-    /// 8-byte PUTs, 8 in flight: a write per hand-over sent ~14% fewer a second).
+    /// Connections written directly in this look that have more to send since. They are
+    /// sent at the start of the next look, with what else came by then: one write per
+    /// socket per look, as one ring send at a time batched them (measured, 8-byte PUTs, 8
+    /// in flight, busy-polling: a write per hand-over sent ~14% fewer a second). Every
+    /// look that can precede a sleep starts with them (`poll`, `prepare_wait`).
     held: Vec<ConnId>,
 }
 
@@ -394,7 +397,8 @@ impl Uring {
         if self.enable().is_err() {
             return Readiness::Ready; // the poll says why
         }
-        self.new_look(); // (a shared thread never busy-polls: nothing is held)
+        // What `send_direct` held in the last look goes now: nothing waits through a sleep.
+        self.new_look();
         self.flush_dirty();
         if let Err(e) = self.ring.submit() {
             tracing::warn!("io_uring submit failed: {e}");

@@ -1,6 +1,6 @@
-//! Writing: flushing what connections have queued (directly while busy-polling, through
-//! the ring, or by the bulk mover), submitting those sends, and handling their
-//! completions. The whole send path in one place.
+//! Writing: flushing what connections have queued (small frames directly when the core
+//! hands them over, the rest through the ring or by the bulk mover), submitting those
+//! sends, and handling their completions. The whole send path in one place.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -117,15 +117,16 @@ impl Uring {
         unsafe { self.push(e.user_data(user_data(conn, SEND))) };
     }
 
-    /// Busy-polling: writes what `conn` has queued with a plain `sendmsg`, if its unsent
-    /// frames come to less than [`BULK_MIN`] and nothing of the socket's is in the ring
-    /// (so its bytes stay in order); if the socket was written so in this look already,
-    /// holds it for the next (see [`Uring::held`]). True if that was the end of it: all
-    /// written, held, or the connection failed; false leaves the rest (or all, if the
-    /// socket was full) to the ring. The busy-polling loop then makes one system call per
-    /// message sent, as for one received ([`Self::poll_hot`]), and a cheaper one than the
-    /// `io_uring_enter` that would submit and complete the send (measured:
-    /// bench/RESULTS.md, "2026-12-06 (dusk)").
+    /// Writes what `conn` has queued with a plain `sendmsg`, if its unsent frames come to
+    /// less than [`BULK_MIN`] (and less than the zero-copy threshold, for a socket that
+    /// sends so) and nothing of the socket's is in the ring (so its bytes stay in order);
+    /// if the socket was written so in this look already, holds it for the next (see
+    /// [`Uring::held`]). True if that was the end of it: all written, held, or the
+    /// connection failed; false leaves the rest (or all, if the socket was full) to the
+    /// ring. Busy-polling, the loop then makes one system call per message sent, as for
+    /// one received ([`Self::poll_hot`]), and a cheaper one than the `io_uring_enter`
+    /// that would submit and complete the send (measured: bench/RESULTS.md, "2026-12-06
+    /// (dusk)"); sleeping, see [`Self::write_dirty_directly`].
     fn send_direct(&mut self, conn: ConnId) -> bool {
         let Some(sock) = self.socks.get_mut(&conn) else {
             return false;
@@ -136,7 +137,12 @@ impl Uring {
         let Some(c) = self.engine.conn_mut(conn) else {
             return false;
         };
-        if !c.wants_write() || c.tx.unwritten_exceeds(BULK_MIN - 1) {
+        // A zero-copy send must not be copied here instead (`zero_copy_min` may be lower).
+        let limit = match sock.zero_copy {
+            true => self.zero_copy_min.min(BULK_MIN),
+            false => BULK_MIN,
+        };
+        if !c.wants_write() || c.tx.unwritten_exceeds(limit.saturating_sub(1)) {
             return false;
         }
         if sock.written_look == self.looks {
@@ -180,7 +186,8 @@ impl Uring {
     }
 
     pub(crate) fn post(&mut self, tx: Transmit) {
-        // Sent with the next submission: everything posted in a turn goes out together.
+        // Sent when the hand-over ends (`send_posted`) or with the next submission:
+        // everything posted in a hand-over goes out together.
         if let Some(conn) = self.engine.post(tx) {
             self.dirty.push(conn);
         }
