@@ -197,7 +197,7 @@ pub(crate) struct CostArgs {
     size: usize,
     #[arg(long)]
     json: bool,
-    /// How many of the core's most costly functions to list.
+    /// How many of the core's most costly functions to list (of the in-memory run).
     #[arg(long, default_value_t = 12)]
     top: usize,
     /// Whose ping-pong the list is of.

@@ -206,12 +206,18 @@ fn serve_worker(cfg: NodeConfig, lnd: Box<dyn lanet::lnd::Lnd>, nid: Nid) -> Res
 
 /// A server worker at `nid` (TCP) that serves `puts` PUTs and then shuts down, having
 /// said "ready" once it listens: for `cost --lnd tcp`, whose counts must not depend on how
-/// long the run took (no timed wake-ups while it waits).
+/// long the run took (no timed wake-ups while it waits). It exits early if its standard
+/// input closes: whoever started it has gone, and no client will come.
 pub(crate) fn serve_puts(nid: Nid, puts: usize) -> Result<(), String> {
     let cfg = node_config(2);
     let lnd = bind(nid, &cfg)?;
     let mut w = Worker::new(cfg, vec![lnd]).map_err(|e| e.to_string())?;
     w.attach(bench_sink()).map_err(|e| e.to_string())?;
+    std::thread::spawn(|| {
+        for _ in std::io::stdin().lock().lines() {}
+        eprintln!("lanet-bench: standard input closed before the client's PUTs ended");
+        std::process::exit(3);
+    });
     echo_and_say_ready(None)?;
     let (mut events, mut delivered) = (Vec::new(), 0);
     while delivered < puts {
@@ -224,7 +230,8 @@ pub(crate) fn serve_puts(nid: Nid, puts: usize) -> Result<(), String> {
             }
         }
     }
-    // The last ACK left with the turn that delivered the last PUT.
+    // The last ACK left with the turn that delivered the last PUT, or is held for the
+    // next look: the shutdown's driver drop writes it.
     w.shutdown(&mut events);
     Ok(())
 }

@@ -51,6 +51,13 @@ mod tcp;
 
 use profile::{parse, shorten, Counts, CORE, LND, OWNERS};
 
+/// Why a profile may have nothing of the core's.
+const NO_CORE: &str = "no function of lanet's core in the callgrind profile: were the symbols \
+    demangled (a valgrind that knows Rust's mangling) and the binary built with debug info?";
+
+/// The health interval of the TCP runs' processes: longer than a run.
+const TCP_HEALTH_INTERVAL: Duration = Duration::from_secs(600);
+
 /// How long one run under callgrind may take (20,000 round trips take a few seconds).
 const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
 
@@ -93,6 +100,11 @@ pub(crate) fn run_inner(
 ) -> Result<(), String> {
     let warmup = crate::latency::WARMUP;
     let server = || nid.ok_or_else(|| "a TCP kind needs --inner-nid".to_string());
+    if matches!(kind, Inner::TcpClient | Inner::TcpServer) {
+        // No health PING in a run: its timers would make the counts depend on how long
+        // the run took under callgrind (an interval is 100 ms by default).
+        crate::peer::set_health_interval(TCP_HEALTH_INTERVAL);
+    }
     match kind {
         Inner::Endpoints => pingpong(Target::Mem, size, n).map(|_| ()),
         Inner::Workers => crate::peer::mem_workers_pingpong(n, warmup, size),
@@ -182,12 +194,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     );
     let (owned_long, owned_short) = (long.owned(), short.owned());
     if owned_long[CORE] == 0.0 {
-        return Err(
-            "no function of lanet's core in the callgrind profile: were the symbols \
-                    demangled (a valgrind that knows Rust's mangling) and the binary built \
-                    with debug info?"
-                .into(),
-        );
+        return Err(NO_CORE.into());
     }
     report.add(
         "instructions_per_round_trip",

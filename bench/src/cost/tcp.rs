@@ -23,6 +23,9 @@ use crate::CostArgs;
 /// The backends, by the names `LANET_TCP_BACKEND` takes.
 const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
+/// How long a server under callgrind may take to listen (a second or two here).
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
 /// Counts each backend's round trips (as the module says) into a report.
 pub(super) fn run(args: &CostArgs, exe: &Path, dir: &Path) -> Result<Report, String> {
     let mut report = Report::new(
@@ -34,14 +37,17 @@ pub(super) fn run(args: &CostArgs, exe: &Path, dir: &Path) -> Result<Report, Str
         args.json,
     );
     let per_rt = |long: f64, short: f64| (long - short).max(0.0) / args.iters as f64;
+    let mut failures = Vec::new();
     for backend in BACKENDS {
-        let (short, long) = match (
-            both_ends(exe, dir, BASE, args.size, backend),
-            both_ends(exe, dir, BASE + args.iters, args.size, backend),
-        ) {
-            (Ok(short), Ok(long)) => (short, long),
-            (Err(e), _) | (_, Err(e)) => {
+        let counted = both_ends(exe, dir, BASE, args.size, backend).and_then(|short| {
+            let long = both_ends(exe, dir, BASE + args.iters, args.size, backend)?;
+            Ok((short, long))
+        });
+        let (short, long) = match counted {
+            Ok(runs) => runs,
+            Err(e) => {
                 report.note(format!("{backend}: not counted: {e}"));
+                failures.push(format!("{backend}: {e}"));
                 continue;
             }
         };
@@ -50,6 +56,9 @@ pub(super) fn run(args: &CostArgs, exe: &Path, dir: &Path) -> Result<Report, Str
             std::array::from_fn(|i| client[i] + server[i])
         };
         let (owned_long, owned_short) = (owned(&long), owned(&short));
+        if owned_long[CORE] == 0.0 {
+            return Err(super::NO_CORE.into());
+        }
         let key = |what: &str| format!("{backend}.{what}");
         report.add(
             key("instructions_per_round_trip"),
@@ -81,6 +90,9 @@ pub(super) fn run(args: &CostArgs, exe: &Path, dir: &Path) -> Result<Report, Str
             "instr",
         );
     }
+    if failures.len() == BACKENDS.len() {
+        return Err(format!("no backend counted: {}", failures.join("; ")));
+    }
     report.add("goal.instructions_per_round_trip", GOAL, "instr");
     report.note(
         "{backend}.instructions_per_round_trip is the core's (node, worker, driver loop, \
@@ -107,7 +119,10 @@ fn both_ends(
     server
         .args(["--inner-nid", &nid])
         .env(lanet_lnd_tcp::BACKEND_ENV, backend)
-        .stdin(Stdio::null())
+        .env_remove(lanet_lnd_tcp::SPIN_ENV)
+        .env_remove(lanet_lnd_tcp::MOVER_POLL_ENV)
+        // Held open while it runs: if this process goes, the server's ends and so does it.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = server
@@ -125,7 +140,9 @@ fn both_ends(
     let mut client = callgrind_command(exe, &client_out, n, size, Inner::TcpClient);
     client
         .args(["--inner-nid", &nid])
-        .env(lanet_lnd_tcp::BACKEND_ENV, backend);
+        .env(lanet_lnd_tcp::BACKEND_ENV, backend)
+        .env_remove(lanet_lnd_tcp::SPIN_ENV)
+        .env_remove(lanet_lnd_tcp::MOVER_POLL_ENV);
     let client = counted(client, &client_out);
     // With the client's round trips done, the server has served them all and ends.
     let served = client.and_then(|c| server.end().map(|()| c));
@@ -142,15 +159,22 @@ struct Server(Child, Option<std::thread::JoinHandle<Vec<u8>>>);
 impl Server {
     /// Waits for its "ready": it listens.
     fn ready(&mut self) -> Result<(), String> {
-        let mut line = String::new();
         let out = self.0.stdout.take().expect("piped");
-        BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| format!("the server's output: {e}"))?;
-        if line.trim() == "ready" {
-            return Ok(());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(out).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        match rx.recv_timeout(READY_WITHIN) {
+            Ok(Ok(line)) if line.trim() == "ready" => Ok(()),
+            Ok(Ok(_)) => Err(format!("the server did not start{}", self.stderr())),
+            Ok(Err(e)) => Err(format!("the server's output: {e}")),
+            Err(_) => Err(format!(
+                "the server did not start within {READY_WITHIN:?}{}",
+                self.stderr()
+            )),
         }
-        Err(format!("the server did not start{}", self.stderr()))
     }
 
     /// Waits for it to end, successfully.
