@@ -214,7 +214,7 @@ pub(crate) fn serve_puts(nid: Nid, puts: usize) -> Result<(), String> {
     let mut w = Worker::new(cfg, vec![lnd]).map_err(|e| e.to_string())?;
     w.attach(bench_sink()).map_err(|e| e.to_string())?;
     std::thread::spawn(|| {
-        for _ in std::io::stdin().lock().lines() {}
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         eprintln!("lanet-bench: standard input closed before the client's PUTs ended");
         std::process::exit(3);
     });

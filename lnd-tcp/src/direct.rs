@@ -162,7 +162,7 @@ mod tests {
     }
 
     /// A full socket fails the write at once, whether the socket blocks or not: the
-    /// driver thread writing it (a busy-polling io_uring's, whose sockets block) must never
+    /// driver thread writing it (an io_uring driver's, whose sockets block) must never
     /// wait for its peer to read.
     #[test]
     fn write_queue_never_waits_on_a_full_blocking_socket() {

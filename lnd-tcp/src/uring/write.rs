@@ -137,11 +137,7 @@ impl Uring {
         let Some(c) = self.engine.conn_mut(conn) else {
             return false;
         };
-        // A zero-copy send must not be copied here instead (`zero_copy_min` may be lower).
-        let limit = match sock.zero_copy {
-            true => self.zero_copy_min.min(BULK_MIN),
-            false => BULK_MIN,
-        };
+        let limit = direct_limit(sock.zero_copy, self.zero_copy_min);
         if !c.wants_write() || c.tx.unwritten_exceeds(limit.saturating_sub(1)) {
             return false;
         }
@@ -198,7 +194,8 @@ impl Uring {
     /// after the core has run the application's callbacks (8-byte message rate with ACK:
     /// 1.17-1.22x UCX's before, 1.37-1.50x after). Sleeping, what can be written directly
     /// is too ([`Self::write_dirty_directly`]), and the rest goes with the
-    /// `io_uring_enter` that also waits.
+    /// `io_uring_enter` that also waits (or, on a thread shared by several LNDs, with
+    /// `prepare_wait`'s submission before it sleeps).
     pub(crate) fn send_posted(&mut self) {
         if !self.busy_polling() {
             return self.write_dirty_directly();
@@ -276,5 +273,44 @@ impl Uring {
             self.engine.fail(conn, io_error(&e, "send"));
         }
         self.reap(conn);
+    }
+}
+
+/// The unsent bytes of a socket below which [`Uring::send_direct`] writes them itself:
+/// less than a bulk send, and, where the socket sends zero-copy (`zero_copy`, a peer off
+/// loopback), less than `zero_copy_min`, so that a frame to go zero-copy is never copied
+/// instead.
+#[inline]
+fn direct_limit(zero_copy: bool, zero_copy_min: usize) -> usize {
+    match zero_copy {
+        true => zero_copy_min.min(BULK_MIN),
+        false => BULK_MIN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_that_sends_zero_copy_is_written_directly_only_below_its_threshold() {
+        assert_eq!(
+            direct_limit(false, 0),
+            BULK_MIN,
+            "loopback: never zero-copy"
+        );
+        assert_eq!(direct_limit(false, 4096), BULK_MIN);
+        assert_eq!(direct_limit(true, 16 << 10), 16 << 10);
+        assert_eq!(
+            direct_limit(true, 0),
+            0,
+            "everything zero-copy: nothing direct"
+        );
+        assert_eq!(direct_limit(true, BULK_MIN), BULK_MIN, "the default");
+        assert_eq!(
+            direct_limit(true, usize::MAX),
+            BULK_MIN,
+            "a kernel without zero-copy sends"
+        );
     }
 }

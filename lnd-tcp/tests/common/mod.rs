@@ -128,6 +128,12 @@ pub fn connected_pair_on(lane: Lane, spin: Duration) -> ((Nid, TcpLnd), (Nid, Tc
         lanet_lnd_tcp::free_loopback_nid().unwrap(),
     );
     let (mut a, mut b) = (lnd(na, spin), lnd(nb, Duration::ZERO));
+    connect(&mut a, &mut b, nb, lane);
+    ((na, a), (nb, b))
+}
+
+/// Has `a` dial `lane` to `b` (at `nb`) and polls both until it is up.
+pub fn connect(a: &mut TcpLnd, b: &mut TcpLnd, nb: Nid, lane: Lane) {
     a.connect(nb, lane);
     let connected = |e: &LndEvent| matches!(e, LndEvent::Connected { .. });
     // Each side's handshake moves only while it is polled: poll both in turn.
@@ -143,7 +149,6 @@ pub fn connected_pair_on(lane: Lane, spin: Duration) -> ((Nid, TcpLnd), (Nid, Tc
         b_up |= events.iter().any(connected);
         events.clear();
     }
-    ((na, a), (nb, b))
 }
 
 /// An LND busy-polling for `spin` (the first) with `lanes` up to it from a sleeping one
