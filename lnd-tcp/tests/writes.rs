@@ -423,8 +423,8 @@ fn a_driver_dropped_mid_stream_leaves_its_peer_a_prefix_of_whole_frames() {
 
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:
 /// a PING must not queue behind data writes to other sockets. (A sleeping io_uring writes
-/// both when the hand-over ends, or, if it wrote the socket already in that look, with
-/// its next poll, which comes before it sleeps.)
+/// a hand-over's frames for one socket when it ends, and those for several with its next
+/// poll, which comes before it sleeps.)
 #[test]
 fn epoll_writes_a_health_frame_as_it_is_posted() {
     let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Health, Duration::ZERO);
@@ -436,4 +436,46 @@ fn epoll_writes_a_health_frame_as_it_is_posted() {
         &mut b,
         |e| matches!(e, LndEvent::Received { header, .. } if header.body == Body::Ping { seq: 7 }),
     );
+}
+
+/// A sleeping io_uring writes a hand-over's frames itself only where they are all for one
+/// socket; frames for several (a round of health PINGs to many peers) go in the poll's one
+/// submission, not a system call each: nothing has left when the hand-over ends, and each
+/// frame arrives and ends once after the poll.
+#[test]
+fn a_sleeping_io_uring_submits_a_hand_over_for_several_sockets_with_its_poll() {
+    let nid = || lanet_lnd_tcp::free_loopback_nid().unwrap();
+    let (na, nb, nc) = (nid(), nid(), nid());
+    let mut a = lnd(na, Duration::ZERO);
+    if a.backend() != Backend::Uring {
+        return;
+    }
+    let (mut b, mut c) = (lnd(nb, Duration::ZERO), lnd(nc, Duration::ZERO));
+    connect(&mut a, &mut b, nb, Lane::Data);
+    connect(&mut a, &mut c, nc, Lane::Data);
+    a.post(put(na, nb, 7, 1));
+    a.post(put(na, nc, 8, 2));
+    a.send_posted();
+    let mut events = Vec::new();
+    a.take_ready(&mut events);
+    assert_eq!(
+        sends_done(&mut events),
+        Vec::<u64>::new(),
+        "written one by one"
+    );
+    let mut ended = Vec::new();
+    let start = Instant::now();
+    while ended.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "ended {ended:?}");
+        a.poll(&mut events, Some(Duration::from_millis(1))).unwrap();
+        ended.extend(sends_done(&mut events));
+    }
+    assert_eq!(receive_msg_ids(&mut b, 1), [7]);
+    assert_eq!(receive_msg_ids(&mut c, 1), [8]);
+    for _ in 0..5 {
+        a.poll(&mut events, Some(Duration::from_millis(1))).unwrap();
+        ended.extend(sends_done(&mut events));
+    }
+    ended.sort_unstable();
+    assert_eq!(ended, [1, 2], "each once");
 }
