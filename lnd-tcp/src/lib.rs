@@ -402,17 +402,18 @@ impl Lnd for TcpLnd {
 
     /// The epoll backend writes a hand-over's data frames as it ends, one `writev` per
     /// connection, if no hand-over of this look did (health frames go as they are
-    /// posted); io_uring writes a socket's small frames directly, once per look, and
-    /// submits the rest now if it busy-polls, with the poll's wait if it sleeps. What
+    /// posted); io_uring writes a socket's small frames directly, once per look (a
+    /// sleeping one only where what waits is all for one socket), and submits the rest
+    /// now if it busy-polls, with the poll's wait if it sleeps. What
     /// waits goes with the next look (`poll`, or `prepare_wait` before a shared thread
     /// sleeps).
     fn send_posted(&mut self) {
         with_backend!(self, b => b.send_posted())
     }
 
-    /// Sends written directly (all of epoll's, io_uring's small ones) complete as they are
-    /// written, so their completions are known at once; io_uring's ring sends complete in
-    /// a poll.
+    /// Sends written directly (all of epoll's, io_uring's small ones as `send_posted`
+    /// says) complete as they are written, so their completions are known at once;
+    /// io_uring's ring sends complete in a poll.
     fn take_ready(&mut self, events: &mut Vec<LndEvent>) {
         with_backend!(self, b => b.take_ready(events))
     }

@@ -423,8 +423,9 @@ fn a_driver_dropped_mid_stream_leaves_its_peer_a_prefix_of_whole_frames() {
 
 /// A health frame never waits for the end of a hand-over on epoll, where data frames do:
 /// a PING must not queue behind data writes to other sockets. (A sleeping io_uring writes
-/// a hand-over's frames for one socket when it ends, and those for several with its next
-/// poll, which comes before it sleeps.)
+/// a hand-over's frames for one socket when it ends, unless it wrote that socket already
+/// in the look, and those for several with its next poll, which comes before it
+/// sleeps.)
 #[test]
 fn epoll_writes_a_health_frame_as_it_is_posted() {
     let ((na, mut a), (nb, mut b)) = connected_pair_on(Lane::Health, Duration::ZERO);

@@ -193,9 +193,9 @@ impl Uring {
     /// [`Self::send_direct`], or in one submission), rather than with the next poll's,
     /// after the core has run the application's callbacks (8-byte message rate with ACK:
     /// 1.17-1.22x UCX's before, 1.37-1.50x after). Sleeping, what can be written directly
-    /// is too ([`Self::write_dirty_directly`]), and the rest goes with the
-    /// `io_uring_enter` that also waits (or, on a thread shared by several LNDs, with
-    /// `prepare_wait`'s submission before it sleeps).
+    /// is too where it is all for one socket ([`Self::write_dirty_directly`]), and the
+    /// rest goes with the `io_uring_enter` that also waits (or, on a thread shared by
+    /// several LNDs, with `prepare_wait`'s submission before it sleeps).
     pub(crate) fn send_posted(&mut self) {
         if !self.busy_polling() {
             return self.write_dirty_directly();
@@ -207,18 +207,20 @@ impl Uring {
         self.submit_sends();
     }
 
-    /// Sleeping: where the hand-over's frames are all for one socket, writes them
-    /// directly, as far as [`Self::send_direct`] takes them (small frames, nothing of the
-    /// socket's in the ring, one write per look); the rest stays for the poll to submit.
+    /// Sleeping: where what waits to be written (`dirty`: this hand-over's frames, and
+    /// any an earlier one in the look left) is all for one socket, writes it directly, as
+    /// far as [`Self::send_direct`] takes it (small frames, nothing of the socket's in the
+    /// ring, one write per look); the rest stays for the poll to submit.
     /// A send of the ring completed as the poll's `io_uring_enter` submitted it, and that
     /// completion woke the wait it was to sleep in: a turn of the core's, and an
     /// `io_uring_enter` more, for nothing but the completion, each round trip. Written
     /// here, the send's completion goes to the core with this hand-over (`take_ready`),
     /// and the poll sleeps until the answer (measured: `lanet-bench cost --lnd tcp`,
-    /// bench/RESULTS.md). Frames for several sockets (a round of health PINGs to many
-    /// peers) go in the poll's one submission rather than a system call each: written
-    /// each, a node watching 10 peers under a saturating stream detected deaths later
-    /// and saw false Downs at a 3 ms interval (`lanet-bench detect`, bench/RESULTS.md).
+    /// bench/RESULTS.md). Frames for several sockets (a data frame and a PING, a round of
+    /// PINGs to many peers) go in the poll's one submission rather than a system call
+    /// each: a guard, not a measured win (`lanet-bench detect` under load saw 2 false
+    /// Downs in 4 runs with every socket written directly, 1 in 9 without: not a
+    /// significant difference; bench/RESULTS.md).
     fn write_dirty_directly(&mut self) {
         // `dirty` names a socket once per frame posted to it.
         let Some(&conn) = self.dirty.first() else {
