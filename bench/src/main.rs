@@ -203,11 +203,11 @@ pub(crate) struct CostArgs {
     /// Whose ping-pong the list is of.
     #[arg(long, value_enum, default_value_t = cost::TopOf::Endpoints)]
     top_of: cost::TopOf,
-    /// The LND: the in-memory one in one process (the core alone, the goal's figure), or
-    /// TCP on loopback between two processes, each backend in turn (the core and the
-    /// driver as a client and server run them; the processes block in their waits).
-    #[arg(long, value_enum, default_value_t = cost::CostLnd::Mem)]
-    lnd: cost::CostLnd,
+    /// The LND: the in-memory one (the core alone, the goal's figure), or TCP, each
+    /// backend in turn (the core and the driver as a client and server run them; the
+    /// processes block in their waits). Not RDMA.
+    #[arg(long, value_enum, default_value_t = LndChoice::Mem)]
+    lnd: LndChoice,
     /// Only run this many round trips (what runs under callgrind).
     #[arg(long, hide = true)]
     inner: Option<usize>,

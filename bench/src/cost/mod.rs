@@ -38,7 +38,7 @@ use crate::baselines::{installed, output_within, what_went_wrong};
 use crate::latency::pingpong;
 use crate::peer::Target;
 use crate::report::Report;
-use crate::CostArgs;
+use crate::{CostArgs, LndChoice};
 use lanet::Nid;
 
 /// Round trips of the shorter run (after the ping-pong's own warm-up).
@@ -49,7 +49,7 @@ const GOAL: f64 = 2_000.0;
 mod profile;
 mod tcp;
 
-use profile::{parse, shorten, Counts, CORE, LND, OWNERS};
+use profile::{owner_name, parse, shorten, Counts, CORE, OWNERS};
 
 /// Why a profile may have nothing of the core's.
 const NO_CORE: &str = "no function of lanet's core in the callgrind profile: were the symbols \
@@ -74,13 +74,6 @@ pub(crate) enum Inner {
     TcpClient,
     /// A TCP worker server at `--inner-nid`, until it has served the client's PUTs.
     TcpServer,
-}
-
-/// Which LND `cost` counts the round trips of.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub(crate) enum CostLnd {
-    Mem,
-    Tcp,
 }
 
 /// Whose ping-pong `--top` lists the functions of.
@@ -159,10 +152,17 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("lanet-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if args.lnd == CostLnd::Tcp {
-        let report = tcp::run(args, &exe, &dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        return report;
+    match args.lnd {
+        LndChoice::Mem => {}
+        LndChoice::Tcp => {
+            let report = tcp::run(args, &exe, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            return report;
+        }
+        LndChoice::Rdma => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err("cost counts the in-memory LND or TCP, not RDMA (--lnd mem|tcp)".into());
+        }
     }
     let counted = |n: usize, kind: Inner| -> Result<Counts, String> {
         let out = dir.join(format!("callgrind.{n}.{kind:?}"));
@@ -183,7 +183,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     let _ = std::fs::remove_dir(&dir);
     let ((short, long), (worker_short, worker_long), (base_short, base_long)) = result?;
 
-    let per_rt = |long: f64, short: f64| (long - short).max(0.0) / args.iters as f64;
+    let per_rt = |long: f64, short: f64| per_round_trip(long, short, args.iters);
     let mut report = Report::new(
         format!(
             "cost: instructions per {}-byte PUT round trip, both ends, on the in-memory LND \
@@ -193,6 +193,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
         args.json,
     );
     let (owned_long, owned_short) = (long.owned(), short.owned());
+    let (worker_owned_long, worker_owned_short) = (worker_long.owned(), worker_short.owned());
     if owned_long[CORE] == 0.0 {
         return Err(NO_CORE.into());
     }
@@ -214,7 +215,7 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     );
     report.add(
         "worker.instructions_per_round_trip",
-        per_rt(worker_long.owned()[CORE], worker_short.owned()[CORE]),
+        per_rt(worker_owned_long[CORE], worker_owned_short[CORE]),
         "instr",
     );
     report.add_ratio(
@@ -240,9 +241,8 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
     // Beside the core's, what the rest of each process is counted to: the owners' shares
     // add up to its total, so a change that only moves instructions between owners
     // (inlining across the LND's boundary, say) shows as such.
-    let (worker_owned_long, worker_owned_short) = (worker_long.owned(), worker_short.owned());
-    for (i, owner) in OWNERS.iter().enumerate().filter(|&(i, _)| i != CORE) {
-        let owner = if i == LND { "mem_lnd" } else { owner };
+    for i in (0..OWNERS.len()).filter(|&i| i != CORE) {
+        let owner = owner_name(i, "mem_lnd");
         report.add(
             format!("instructions.{owner}"),
             per_rt(owned_long[i], owned_short[i]),
@@ -279,6 +279,11 @@ pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {
          total_ is everything in the process",
     );
     Ok(report)
+}
+
+/// What one round trip of `iters` added: the longer run's count over the shorter's.
+fn per_round_trip(long: f64, short: f64, iters: usize) -> f64 {
+    (long - short).max(0.0) / iters as f64
 }
 
 /// Runs this binary's ping-pong of `n` round trips under callgrind, its counts read from

@@ -14,6 +14,15 @@ pub(super) const LND: usize = 1;
 pub(super) const BENCH: usize = 2;
 pub(super) const RUNTIME: usize = 3;
 
+/// Owner `i`'s name in a report's keys, the LND's as `lnd` (`mem_lnd`, `tcp_lnd`).
+pub(super) fn owner_name(i: usize, lnd: &'static str) -> &'static str {
+    if i == LND {
+        lnd
+    } else {
+        OWNERS[i]
+    }
+}
+
 /// The owner a function has by its name, if any: by the path it is defined under, not by
 /// its generic arguments (`Vec<lanet::mem::X>::push` is the standard library's, shared
 /// among its callers), and for `<X as Trait>::f` by the type `X`.

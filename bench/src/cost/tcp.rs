@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::profile::{Counts, CORE, LND, OWNERS};
+use super::profile::{owner_name, Counts, CORE, OWNERS};
 use super::{callgrind_command, counted, read_counts, Inner, BASE, CALLGRIND_LIMIT, GOAL};
 use crate::report::Report;
 use crate::CostArgs;
@@ -36,7 +36,7 @@ pub(super) fn run(args: &CostArgs, exe: &Path, dir: &Path) -> Result<Report, Str
         ),
         args.json,
     );
-    let per_rt = |long: f64, short: f64| (long - short).max(0.0) / args.iters as f64;
+    let per_rt = |long: f64, short: f64| super::per_round_trip(long, short, args.iters);
     let mut failures = Vec::new();
     for backend in BACKENDS {
         let counted = both_ends(exe, dir, BASE, args.size, backend).and_then(|short| {
@@ -65,8 +65,8 @@ pub(super) fn run(args: &CostArgs, exe: &Path, dir: &Path) -> Result<Report, Str
             per_rt(owned_long[CORE], owned_short[CORE]),
             "instr",
         );
-        for (i, owner) in OWNERS.iter().enumerate().filter(|&(i, _)| i != CORE) {
-            let name = if i == LND { "tcp_lnd" } else { owner };
+        for i in (0..OWNERS.len()).filter(|&i| i != CORE) {
+            let name = owner_name(i, "tcp_lnd");
             report.add(
                 key(&format!("instructions.{name}")),
                 per_rt(owned_long[i], owned_short[i]),
