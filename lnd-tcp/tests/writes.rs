@@ -97,12 +97,7 @@ fn frames_posted_in_one_hand_over_leave_together_when_it_ends() {
     for i in 0..FRAMES {
         a.post(put(na, nb, 100 + i, i));
     }
-    let mut events = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(200) {
-        b.poll(&mut events, Some(Duration::from_millis(10)))
-            .unwrap();
-    }
+    let events = poll_for(&mut b, Duration::from_millis(200));
     assert!(
         !events
             .iter()
@@ -282,12 +277,7 @@ fn a_driver_writes_its_data_frames_once_per_look() {
     a.send_posted();
     a.post(put(na, nb, 2, 2));
     a.send_posted();
-    let mut events = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(100) {
-        b.poll(&mut events, Some(Duration::from_millis(10)))
-            .unwrap();
-    }
+    let mut events = poll_for(&mut b, Duration::from_millis(100));
     assert_eq!(
         msg_ids(&mut events),
         [1],

@@ -14,7 +14,7 @@ use lanet::config::{ConfigFile, OpenLnd};
 use lanet::{Endpoint, Event, Nid, OpError};
 use lanet_tests::netns::{self, Host, Lab};
 use lanet_tests::pattern;
-use lanet_tests::peer::{put, Peer};
+use lanet_tests::peer::{put, wait_all, Peer};
 use lanet_tests::router::{net, route, RouterProcess, Scratch};
 
 const ROUTER_EXE: &str = env!("CARGO_BIN_EXE_lanet-router-under-test");
@@ -182,14 +182,8 @@ impl Cluster {
                     i + 1
                 );
                 let op = self.client.put(put(dst, pattern(10, 2))).unwrap();
-                let result = loop {
-                    match self.client.recv_event(Some(limit)) {
-                        Some(Event::Completed(done)) if done.op == op => break done.result,
-                        Some(_) => {}
-                        None => panic!("a PUT to S{} hangs", i + 1),
-                    }
-                };
-                in_a_row = if result.is_ok() { in_a_row + 1 } else { 0 };
+                let ok = wait_all(&self.client, &[op])[&op].result.is_ok();
+                in_a_row = if ok { in_a_row + 1 } else { 0 };
             }
         }
         start.elapsed()

@@ -73,6 +73,17 @@ pub fn receive_msg_ids(lnd: &mut TcpLnd, n: usize) -> Vec<u64> {
     received
 }
 
+/// Everything `lnd` hands up while it is polled for `period`.
+pub fn poll_for(lnd: &mut TcpLnd, period: Duration) -> Vec<LndEvent> {
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < period {
+        lnd.poll(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+    }
+    events
+}
+
 /// The message ids of the frames received among `events`, which it empties.
 pub fn msg_ids(events: &mut Vec<LndEvent>) -> Vec<u64> {
     events
