@@ -155,6 +155,10 @@ pub struct HealthStats {
     pub backlog_stretches: u64,
     /// The longest such lag.
     pub max_lag: Duration,
+    /// The longest silence (as judged: after the stretches) of a peer that was Suspect and
+    /// then heard again: how near the detector came to a false Down, against
+    /// [`HealthConfig::detect_time`].
+    pub longest_silence: Duration,
 }
 
 /// What the node must do.
@@ -466,6 +470,7 @@ impl Monitor {
     pub(crate) fn heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
         // A lingering entry hears too: it is revived before anyone looks at it again.
         let w = self.peers.get_mut(&nid)?;
+        let silent_since = w.last_heard;
         w.last_heard = w.last_heard.max(now);
         w.heard = true;
         w.ping_sent = None;
@@ -474,6 +479,8 @@ impl Monitor {
             PeerState::Up => None,
             PeerState::Suspect => {
                 w.state = PeerState::Up;
+                let silence = now.saturating_since(silent_since);
+                self.stats.longest_silence = self.stats.longest_silence.max(silence);
                 None
             }
             PeerState::Down => {

@@ -103,6 +103,23 @@ fn a_peer_answering_slowly_but_within_the_interval_is_never_down() {
         .filter(|(_, a)| matches!(a, Action::Ping(_)))
         .count();
     assert!((250..=320).contains(&pings), "{pings} pings in 60 s");
+    // Pinged after 100 ms of silence, answered 95 ms later: the nearest it came to Down.
+    assert_eq!(m.stats().longest_silence, MS * 195);
+}
+
+#[test]
+fn only_a_suspect_peer_heard_again_sets_the_longest_silence() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(90)); // Up: 90 ms of silence is nothing
+    assert_eq!(m.stats().longest_silence, Duration::ZERO);
+    let mut out = Vec::new();
+    m.tick(at(190), &mut out); // a look finds it silent for an interval: Suspect
+    assert_eq!(out, vec![Action::Ping(peer(1))]);
+    m.heard(peer(1), at(250));
+    assert_eq!(m.stats().longest_silence, MS * 160);
+    m.heard(peer(1), at(300)); // Up again: unchanged
+    assert_eq!(m.stats().longest_silence, MS * 160);
 }
 
 #[test]
