@@ -28,6 +28,21 @@ pub(crate) fn of(pid: u32) -> Result<CpuTime, String> {
     parse(&text, ticks_per_second()).ok_or_else(|| format!("{path}: unexpected contents"))
 }
 
+/// Seconds this virtual machine's CPUs, together, were ready to run but the hypervisor ran
+/// something else ("steal", the eighth figure of `/proc/stat`'s `cpu` line); 0 on bare
+/// metal. What no thread inside can schedule around: it stalls every process at once.
+pub(crate) fn host_steal() -> Result<f64, String> {
+    let path = "/proc/stat";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    parse_steal(&text, ticks_per_second()).ok_or_else(|| format!("{path}: unexpected contents"))
+}
+
+fn parse_steal(stat: &str, ticks: f64) -> Option<f64> {
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let steal: u64 = cpu.split_whitespace().nth(7)?.parse().ok()?;
+    Some(steal as f64 / ticks)
+}
+
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -67,6 +82,19 @@ mod tests {
             }
         );
         assert_eq!(parse("4242 (truncated) S 1 2", 100.0), None);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_cpu_line() {
+        let stat =
+            "cpu  1646423 0 1054501 2775587 549705 0 297024 2360 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(parse_steal(stat, 100.0), Some(23.6));
+        assert_eq!(parse_steal("cpu0 1 2 3\n", 100.0), None);
+        assert_eq!(parse_steal("cpu  1 2 3 4 5 6 7\n", 100.0), None);
+        assert!(
+            host_steal().is_ok(),
+            "this machine's /proc/stat is readable"
+        );
     }
 
     #[test]

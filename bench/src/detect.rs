@@ -7,17 +7,17 @@
 //! PUTs at a live server, saturating the link, and counts `PeerDown` verdicts: any is a
 //! false one.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use lanet::op::PeerDownReason;
 use lanet::{Event, Nid, OpOutcome};
 
+use crate::cputime;
 use crate::netns;
 use crate::peer;
 use crate::report::Report;
+use crate::stalls;
 use crate::DetectArgs;
 
 /// What the event callback passes on.
@@ -63,9 +63,51 @@ pub(crate) fn run(args: &DetectArgs) -> Result<Report, String> {
     } else {
         report.note("not root: the network-namespace link-down trials were skipped");
     }
-    let (false_downs, gbps) = false_downs(args)?;
-    report.add("false_downs", false_downs as f64, "");
-    report.add("load.data_gbytes_per_s", gbps, "GB/s");
+    let load = false_downs(args)?;
+    let detect_ms =
+        (interval * lanet::health::HealthConfig::default().detect_mult).as_secs_f64() * 1e3;
+    report.add("false_downs", load.downs as f64, "");
+    report.add("load.data_gbytes_per_s", load.gbytes_per_s, "GB/s");
+    // How near it came: the silences that made Suspects, and this node's own stalls.
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let h = load.health;
+    report.add("load.pings_sent", h.pings_sent as f64, "");
+    report.add("load.longest_silence_ms", ms(h.longest_silence), "ms");
+    report.add(
+        "load.longest_silence_of_detect_time",
+        ms(h.longest_silence) / detect_ms,
+        "",
+    );
+    report.add("load.lag_stretches", h.lag_stretches as f64, "");
+    report.add("load.max_lag_ms", ms(h.max_lag), "ms");
+    report.add("load.host_steal_ms", load.host_steal_secs * 1e3, "ms");
+    // Stalls no thread of this machine could have run through (see `stalls`).
+    let longest = load
+        .stalls
+        .iter()
+        .map(|s| s.longest)
+        .max()
+        .unwrap_or_default();
+    let over: u64 = load.stalls.iter().map(|s| s.over_threshold).sum();
+    report.add("load.cpu_stall_max_ms", ms(longest), "ms");
+    for s in &load.stalls {
+        report.add(
+            format!("load.cpu{}.stall_max_ms", s.cpu),
+            ms(s.longest),
+            "ms",
+        );
+    }
+    report.add("load.cpu_stalls_of_an_interval_or_more", over as f64, "");
+    if load.stalls.iter().any(|s| !s.realtime) {
+        report.note("the stall watchers could not run pinned at real-time priority (not root?): their stalls include normal threads' turns");
+    }
+    for (i, silent) in load.down_silences.iter().enumerate() {
+        report.note(format!(
+            "false Down {}: after {:.2} ms of silence",
+            i + 1,
+            ms(*silent)
+        ));
+    }
     report.add("interval_ms", args.interval_ms as f64, "ms");
     Ok(report)
 }
@@ -167,8 +209,23 @@ fn wait_until_reachable(nid: Nid) -> Result<(), String> {
     }
 }
 
+/// What the loaded phase saw.
+struct Load {
+    /// PeerDown verdicts: all false.
+    downs: u64,
+    /// The silence each of them reported.
+    down_silences: Vec<Duration>,
+    gbytes_per_s: f64,
+    /// The client's health counters at the end.
+    health: lanet::health::HealthStats,
+    /// CPU time the hypervisor took from this machine meanwhile (see [`cputime::host_steal`]).
+    host_steal_secs: f64,
+    /// How long each CPU stopped running what wanted to run, meanwhile.
+    stalls: Vec<stalls::CpuStalls>,
+}
+
 /// Streams 1 MiB PUTs at a live, watched server for `load_secs`; PeerDown verdicts seen.
-fn false_downs(args: &DetectArgs) -> Result<(u64, f64), String> {
+fn false_downs(args: &DetectArgs) -> Result<Load, String> {
     const WINDOW: usize = 16;
     let server = peer::spawn_server("detect", None)?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -185,21 +242,21 @@ fn false_downs(args: &DetectArgs) -> Result<(u64, f64), String> {
             .put(client.put.clone())
             .map_err(|e| e.to_string())?;
     }
-    let downs = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicBool::new(false));
+    let mut down_silences = Vec::new();
+    let mut failed = false;
+    let steal_before = cputime::host_steal()?;
+    let watch = stalls::StallWatch::start(Duration::from_millis(args.interval_ms))?;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.load_secs);
     let mut acked = 0u64;
     while Instant::now() < end {
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Seen::Down(..)) => {
-                downs.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(Seen::Down(_, PeerDownReason::Silent(silent))) => down_silences.push(silent),
             Ok(Seen::PutDone(ok)) => {
                 if ok {
                     acked += 1 << 20;
                 } else {
-                    failed.store(true, Ordering::Relaxed);
+                    failed = true;
                 }
                 client
                     .ep
@@ -209,10 +266,20 @@ fn false_downs(args: &DetectArgs) -> Result<(u64, f64), String> {
             Err(_) => return Err("the load stalled for 5 s".into()),
         }
     }
-    let gbps = acked as f64 / start.elapsed().as_secs_f64() / 1e9;
+    let gbytes_per_s = acked as f64 / start.elapsed().as_secs_f64() / 1e9;
+    let host_steal_secs = cputime::host_steal()? - steal_before;
+    let stalls = watch.stop()?;
+    let (_, health) = client.ep.health(server.nid).map_err(|e| e.to_string())?;
     client.ep.shutdown();
-    if failed.load(Ordering::Relaxed) && downs.load(Ordering::Relaxed) == 0 {
+    if failed && down_silences.is_empty() {
         return Err("PUTs failed under load without a verdict".into());
     }
-    Ok((downs.load(Ordering::Relaxed), gbps))
+    Ok(Load {
+        downs: down_silences.len() as u64,
+        down_silences,
+        gbytes_per_s,
+        health,
+        host_steal_secs,
+        stalls,
+    })
 }

@@ -26,6 +26,7 @@ mod router;
 mod router_wire;
 mod simrouted;
 mod simscale;
+mod stalls;
 
 use std::process::ExitCode;
 
@@ -305,6 +306,10 @@ pub(crate) struct DetectArgs {
     seed: u64,
     #[arg(long)]
     json: bool,
+    /// Run both sides' driver threads at real-time priority (SCHED_RR; needs root or
+    /// CAP_SYS_NICE): the remedy for false Downs on a saturated host.
+    #[arg(long)]
+    rt_driver: bool,
     /// Only run the server side (used by the benchmark itself).
     #[arg(long)]
     serve: Option<Nid>,
@@ -394,8 +399,10 @@ fn main() -> ExitCode {
         // Otherwise left unset: `router --wire-gbit` sets its own.
         peer::set_client_config(config);
     }
-    if let Bench::Lanes(a) = &cli.bench {
-        peer::set_realtime_driver(a.rt_driver);
+    match &cli.bench {
+        Bench::Lanes(a) => peer::set_realtime_driver(a.rt_driver),
+        Bench::Detect(a) => peer::set_realtime_driver(a.rt_driver),
+        _ => {}
     }
     if let Bench::Latency(a) = &cli.bench {
         peer::set_worker(a.worker);

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 static SERVER_CPU: OnceLock<usize> = OnceLock::new();
 
 /// The CPUs this thread may run on.
-fn allowed() -> Result<Vec<usize>, String> {
+pub(crate) fn allowed() -> Result<Vec<usize>, String> {
     // SAFETY: an all-zero `cpu_set_t` is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid `cpu_set_t` of the size passed, written by the kernel.
@@ -39,7 +39,7 @@ fn allowed() -> Result<Vec<usize>, String> {
 /// Pins the calling thread to `cpu`; threads it starts later, and processes it spawns,
 /// inherit that. Async-signal-safe (a system call on a stack value), so a child may call
 /// it between fork and exec.
-fn pin_to(cpu: usize) -> std::io::Result<()> {
+pub(crate) fn pin_to(cpu: usize) -> std::io::Result<()> {
     // SAFETY: an all-zero `cpu_set_t` is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid `cpu_set_t`; `CPU_SET` checks `cpu` against its size (callers

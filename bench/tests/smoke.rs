@@ -347,6 +347,20 @@ fn detect_reports_detection_times_and_false_downs() {
     let false_downs = r["false_downs"].as_f64().expect("false_downs");
     assert!(false_downs >= 0.0);
     positive(&r, "load.data_gbytes_per_s");
+    // Every CPU watched: a wake is always a little late, and never by seconds.
+    let stall = positive(&r, "load.cpu_stall_max_ms");
+    assert!(stall < 1000.0, "a CPU stalled {stall} ms");
+    for key in [
+        "load.longest_silence_ms",
+        "load.host_steal_ms",
+        "load.pings_sent",
+    ] {
+        assert!(
+            r[key].as_f64().is_some_and(|v| v >= 0.0),
+            "{key}: {}",
+            r[key]
+        );
+    }
 }
 
 #[test]
