@@ -689,11 +689,14 @@ fn stats(s: &Value) -> String {
     ];
     let c = &s["counters"];
     format!(
-        "{}\nforwarded: {}  peer downs: {}  recoveries: {}  pings sent: {}",
+        "{}\nforwarded: {}  peer downs: {}  recoveries: {}  pings sent: {}  longest silence survived: {} ms",
         render(&headers, &rows),
         cell(&c["forwarded"]),
         cell(&c["peer_downs"]),
         cell(&c["peer_recoveries"]),
         cell(&c["pings_sent"]),
+        c["longest_silence_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}")),
     )
 }

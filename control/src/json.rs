@@ -88,6 +88,8 @@ pub fn report(r: &NodeReport) -> Value {
             "pings_sent": r.health.pings_sent,
             "peer_downs": r.health.downs,
             "peer_recoveries": r.health.recoveries,
+            // Not a counter: the highest mark so far, against the detection time.
+            "longest_silence_ms": r.health.longest_silence.as_secs_f64() * 1e3,
         },
     })
 }

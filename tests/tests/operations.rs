@@ -305,7 +305,11 @@ fn every_lanetctl_verb_works_against_a_running_router() {
         "{before} -> {after}"
     );
     assert!(after["counters"]["forwarded"].as_u64().unwrap() >= 60);
-    assert!(ok(sock, &["stats", "show"]).contains("BYTES_RX"));
+    let survived = &after["counters"]["longest_silence_ms"];
+    assert!(survived.as_f64().is_some_and(|ms| ms >= 0.0), "{after}");
+    let table = ok(sock, &["stats", "show"]);
+    assert!(table.contains("BYTES_RX"), "{table}");
+    assert!(table.contains("longest silence survived"), "{table}");
 
     // ping: a round trip from the router, and a clear failure
     let pong = json(sock, &["ping", &server]);
