@@ -209,7 +209,8 @@ pub(crate) struct Uring {
     cqes: Vec<(u64, i32, u32)>,
     /// Data-lane receives reaped but not yet handled: the budget of their turn ran out.
     backlog: std::collections::VecDeque<(u64, i32, u32)>,
-    /// Receives waiting in `backlog`, per socket.
+    /// Receives waiting in `backlog`, per socket, but for data sockets' (all of whose
+    /// receives wait there, so they need no count).
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
@@ -488,13 +489,23 @@ impl Uring {
         self.last_reaped = cqes.len();
         for &(ud, res, flags) in &cqes {
             let conn = (ud >> 4) as ConnId;
-            // A socket's receives stay in order: once one waits, the later ones wait too
-            // (an accepted socket's lane is only known after its HELLO is handled).
+            // A socket's receives stay in order: once one waits, the later ones wait too.
+            // A data socket's always wait, so the queue keeps their order; the others are
+            // counted in `deferred` while they wait (an accepted socket's lane is only
+            // known after its HELLO is handled), and the later ones wait behind them.
             let kind = ud & 0xf;
-            let defer = (kind == RECV && self.engine.lane_of(conn) != Some(Lane::Health))
-                || ((kind == RECV || kind == RECV_HEALTH) && self.deferred.contains_key(&conn));
+            let lane = match kind {
+                RECV => self.engine.lane_of(conn),
+                _ => None,
+            };
+            let defer = (kind == RECV && lane != Some(Lane::Health))
+                || ((kind == RECV || kind == RECV_HEALTH)
+                    && !self.deferred.is_empty()
+                    && self.deferred.contains_key(&conn));
             if defer {
-                *self.deferred.entry(conn).or_default() += 1;
+                if lane != Some(Lane::Data) {
+                    *self.deferred.entry(conn).or_default() += 1;
+                }
                 self.backlog.push_back((ud, res, flags));
             } else {
                 self.handle(ud, res, flags);
@@ -508,10 +519,12 @@ impl Uring {
                 break;
             };
             let conn = (ud >> 4) as ConnId;
-            if let Some(n) = self.deferred.get_mut(&conn) {
-                *n -= 1;
-                if *n == 0 {
-                    self.deferred.remove(&conn);
+            if !self.deferred.is_empty() {
+                if let Some(n) = self.deferred.get_mut(&conn) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.deferred.remove(&conn);
+                    }
                 }
             }
             budget = budget.saturating_sub(res.max(1) as usize);
