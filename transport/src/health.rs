@@ -29,8 +29,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use crate::memo_map::NidMap;
 use crate::nid::Nid;
-use crate::nid_map::NidMap;
 use crate::time::Time;
 
 /// Failure-detection settings.

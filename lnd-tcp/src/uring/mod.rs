@@ -41,6 +41,7 @@ use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 use lanet::lane::Lane;
 use lanet::lnd::{LndError, LndErrorKind, LndEvent, Readiness, Wake};
+use lanet::memo_map::MemoMap;
 use lanet::nid::Nid;
 use rustc_hash::FxHashMap;
 
@@ -196,7 +197,8 @@ pub(crate) struct Uring {
     listener: Option<TcpListener>,
     wake_fd: Arc<OwnedFd>,
     wake_buf: Box<u64>,
-    socks: FxHashMap<ConnId, Sock>,
+    /// Looked up several times per completion, mostly the same socket.
+    socks: MemoMap<ConnId, Sock>,
     next_id: usize,
     zero_copy_min: usize,
     pub(crate) engine: Engine,

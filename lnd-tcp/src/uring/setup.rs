@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, IoUring, Probe};
+use lanet::memo_map::MemoMap;
 use lanet::nid::Nid;
 use rustc_hash::FxHashMap;
 
@@ -63,7 +64,7 @@ impl Uring {
             listener,
             wake_fd: Arc::new(sys::eventfd()?),
             wake_buf: Box::new(0),
-            socks: FxHashMap::default(),
+            socks: MemoMap::default(),
             next_id: 1,
             zero_copy_min,
             engine,

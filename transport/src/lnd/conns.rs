@@ -35,6 +35,7 @@ use rustc_hash::FxHashMap;
 use super::{LndError, LndErrorKind, LndEvent};
 use crate::handshake::PeerHello;
 use crate::lane::{Lane, PerLane};
+use crate::memo_map::MemoMap;
 use crate::nid::Nid;
 use crate::time::Time;
 
@@ -159,7 +160,8 @@ pub struct ConnTable<Id, T> {
     credits: PerLane<u16>,
     handshake_timeout: Duration,
     race_window: Duration,
-    conns: FxHashMap<Id, Entry<T>>,
+    /// Looked up several times per frame, mostly the same connection: see [`MemoMap`].
+    conns: MemoMap<Id, Entry<T>>,
     lanes: FxHashMap<(Nid, Lane), LaneConns<Id>>,
     timers: BTreeSet<(Time, Timer<Id>)>,
     /// Accepted connections not up yet ([`Entry::is_pending_accept`]).
@@ -179,7 +181,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             credits,
             handshake_timeout,
             race_window: handshake_timeout,
-            conns: FxHashMap::default(),
+            conns: MemoMap::default(),
             lanes: FxHashMap::default(),
             timers: BTreeSet::new(),
             pending_accepts: 0,

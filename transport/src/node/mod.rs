@@ -54,8 +54,8 @@ use crate::credits::NiCredits;
 use crate::health::{Action, Monitor};
 use crate::lane::{Lane, PerLane};
 use crate::lnd::{LndError, RxHandle, Transmit};
+use crate::memo_map::NidMap;
 use crate::nid::Nid;
-use crate::nid_map::NidMap;
 use crate::op::{
     Completion, Event, GetRequest, MatchEntry, OpError, OpId, OpOutcome, PingRequest, PutRequest,
 };

@@ -7,8 +7,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use rustc_hash::FxHashMap;
 
 use crate::lane::Lane;
+use crate::memo_map::NidMap;
 use crate::nid::Nid;
-use crate::nid_map::NidMap;
 use crate::op::{GetRequest, MatchEntry, OpId, PingRequest, PutRequest};
 use crate::time::Time;
 

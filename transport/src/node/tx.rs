@@ -22,7 +22,7 @@ use crate::wire::{encode_header_with, Body, Header, HeaderCheck, NackReason};
 fn usable(
     nis: &[super::Ni],
     health: &crate::health::Monitor,
-    hops: &crate::nid_map::NidMap<Hop>,
+    hops: &crate::memo_map::NidMap<Hop>,
     gateway: Nid,
     now: Time,
 ) -> bool {

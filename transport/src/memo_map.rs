@@ -1,33 +1,39 @@
-//! A map keyed by NID that remembers where its last lookup led.
+//! A hash map that remembers where its last lookup led.
 //!
 //! The core looks the same peer up several times while it handles one frame or one
-//! operation (its hop and credits, its health, its operations), so most lookups repeat
-//! the one before. A repeat costs a comparison of two NIDs instead of a hash and a probe
-//! (measured: `lanet-bench cost`, bench/RESULTS.md). The subset of `HashMap`'s interface
-//! the core uses is kept, so that call sites read as before. Iteration is in insertion
-//! order disturbed by removals (deterministic, as the simulator needs, but nothing to rely
-//! on: callers that need an order sort, as they did with a hash map).
+//! operation (its hop and credits, its health, its operations), and an LND its connection
+//! and socket, so most lookups repeat the one before. A repeat costs a comparison of two
+//! keys instead of a hash and a probe (measured: `lanet-bench cost`, bench/RESULTS.md). The
+//! subset of `HashMap`'s interface the callers use is kept, so that call sites read as with
+//! one. Iteration is in insertion order disturbed by removals (deterministic, as the
+//! simulator needs, but nothing to rely on: callers that need an order sort, as they did
+//! with a hash map).
 
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustc_hash::FxHashMap;
 
 use crate::nid::Nid;
 
-pub(crate) struct NidMap<V> {
-    /// Where each NID's entry is in `entries`.
-    index: FxHashMap<Nid, usize>,
+/// The core's map of peers.
+pub(crate) type NidMap<V> = MemoMap<Nid, V>;
+
+pub struct MemoMap<K, V> {
+    /// Where each key's entry is in `entries`.
+    index: FxHashMap<K, usize>,
     /// The entries, packed: a removal moves the last one into the gap.
-    entries: Vec<(Nid, V)>,
+    entries: Vec<(K, V)>,
     /// The position of the entry last found or added. It may be stale (removals move
-    /// entries), so the NID there is compared before it is trusted. Atomic only so that
+    /// entries), so the key there is compared before it is trusted. Atomic only so that
     /// the map, and the node, stay `Sync`: a relaxed load or store is a plain move.
     last: AtomicUsize,
 }
 
-impl<V> Default for NidMap<V> {
+impl<K, V> Default for MemoMap<K, V> {
     fn default() -> Self {
-        NidMap {
+        MemoMap {
             index: FxHashMap::default(),
             entries: Vec::new(),
             last: AtomicUsize::new(0),
@@ -35,43 +41,63 @@ impl<V> Default for NidMap<V> {
     }
 }
 
-impl<V> NidMap<V> {
-    /// Where `nid`'s entry is, the last hit first.
+impl<K: Copy + Eq + Hash, V> MemoMap<K, V> {
+    /// Where `key`'s entry is, the last hit first.
     #[inline]
-    fn position(&self, nid: &Nid) -> Option<usize> {
+    fn position(&self, key: &K) -> Option<usize> {
         let last = self.last.load(Ordering::Relaxed);
-        if let Some((key, _)) = self.entries.get(last) {
-            if key == nid {
+        if let Some((k, _)) = self.entries.get(last) {
+            if k == key {
                 return Some(last);
             }
         }
-        let at = *self.index.get(nid)?;
-        debug_assert!(self.entries[at].0 == *nid, "the index is out of step");
+        let at = *self.index.get(key)?;
+        debug_assert!(self.entries[at].0 == *key, "the index is out of step");
         self.last.store(at, Ordering::Relaxed);
         Some(at)
     }
 
     #[inline]
-    pub(crate) fn get(&self, nid: &Nid) -> Option<&V> {
-        self.position(nid).map(|at| &self.entries[at].1)
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.position(key).map(|at| &self.entries[at].1)
     }
 
     #[inline]
-    pub(crate) fn get_mut(&mut self, nid: &Nid) -> Option<&mut V> {
-        let at = self.position(nid)?;
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let at = self.position(key)?;
         Some(&mut self.entries[at].1)
     }
 
-    pub(crate) fn contains_key(&self, nid: &Nid) -> bool {
-        self.position(nid).is_some()
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.position(key).is_some()
     }
 
-    pub(crate) fn entry(&mut self, nid: Nid) -> Entry<'_, V> {
-        Entry { map: self, nid }
+    pub fn entry(&mut self, key: K) -> Entry<'_, K, V> {
+        Entry { map: self, key }
     }
 
-    pub(crate) fn remove(&mut self, nid: &Nid) -> Option<V> {
-        let at = self.index.remove(nid)?;
+    /// Sets `key`'s value; the one it replaces, if any.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self.position(&key) {
+            Some(at) => Some(std::mem::replace(&mut self.entries[at].1, value)),
+            None => {
+                self.push(key, value);
+                None
+            }
+        }
+    }
+
+    /// Adds an entry for a key that has none.
+    fn push(&mut self, key: K, value: V) -> usize {
+        let at = self.entries.len();
+        self.entries.push((key, value));
+        self.index.insert(key, at);
+        self.last.store(at, Ordering::Relaxed);
+        at
+    }
+
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let at = self.index.remove(key)?;
         let (_, value) = self.entries.swap_remove(at);
         if let Some((moved, _)) = self.entries.get(at) {
             *self.index.get_mut(moved).expect("every entry is indexed") = at;
@@ -80,85 +106,88 @@ impl<V> NidMap<V> {
     }
 
     /// Keeps the entries for which `keep` says so.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Nid, &mut V) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         let before = self.entries.len();
-        self.entries.retain_mut(|(nid, value)| keep(nid, value));
+        self.entries.retain_mut(|(key, value)| keep(key, value));
         if self.entries.len() != before {
             self.index.clear();
-            for (at, (nid, _)) in self.entries.iter().enumerate() {
-                self.index.insert(*nid, at);
+            for (at, (key, _)) in self.entries.iter().enumerate() {
+                self.index.insert(*key, at);
             }
         }
     }
 
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.index.clear();
         self.entries.clear();
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Empties the map, handing over its entries.
+    pub fn drain(&mut self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.index.clear();
+        self.entries.drain(..)
+    }
+
+    pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Nid, &V)> {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.into_iter()
     }
 
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &Nid> {
-        self.entries.iter().map(|(nid, _)| nid)
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(key, _)| key)
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+    pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.iter().map(|(_, value)| value)
     }
 
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.entries.iter_mut().map(|(_, value)| value)
     }
 }
 
-impl<V> std::ops::Index<&Nid> for NidMap<V> {
+impl<K: Copy + Eq + Hash + Debug, V> std::ops::Index<&K> for MemoMap<K, V> {
     type Output = V;
 
-    fn index(&self, nid: &Nid) -> &V {
-        self.get(nid)
-            .unwrap_or_else(|| panic!("no entry for {nid}"))
+    fn index(&self, key: &K) -> &V {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no entry for {key:?}"))
     }
 }
 
-impl<'a, V> IntoIterator for &'a NidMap<V> {
-    type Item = (&'a Nid, &'a V);
-    type IntoIter =
-        std::iter::Map<std::slice::Iter<'a, (Nid, V)>, fn(&'a (Nid, V)) -> (&'a Nid, &'a V)>;
+impl<'a, K, V> IntoIterator for &'a MemoMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(nid, value)| (nid, value))
+        self.entries.iter().map(|(key, value)| (key, value))
     }
 }
 
-/// A place in a [`NidMap`], filled or not (`HashMap::entry`'s two uses in the core).
-pub(crate) struct Entry<'a, V> {
-    map: &'a mut NidMap<V>,
-    nid: Nid,
+/// A place in a [`MemoMap`], filled or not (`HashMap::entry`'s two common uses).
+pub struct Entry<'a, K, V> {
+    map: &'a mut MemoMap<K, V>,
+    key: K,
 }
 
-impl<'a, V> Entry<'a, V> {
-    pub(crate) fn or_insert_with(self, make: impl FnOnce() -> V) -> &'a mut V {
+impl<'a, K: Copy + Eq + Hash, V> Entry<'a, K, V> {
+    pub fn or_insert_with(self, make: impl FnOnce() -> V) -> &'a mut V {
         let map = self.map;
-        let at = match map.position(&self.nid) {
+        let at = match map.position(&self.key) {
             Some(at) => at,
-            None => {
-                let at = map.entries.len();
-                map.entries.push((self.nid, make()));
-                map.index.insert(self.nid, at);
-                map.last.store(at, Ordering::Relaxed);
-                at
-            }
+            None => map.push(self.key, make()),
         };
         &mut map.entries[at].1
     }
 
-    pub(crate) fn or_default(self) -> &'a mut V
+    pub fn or_default(self) -> &'a mut V
     where
         V: Default,
     {
@@ -209,6 +238,9 @@ mod tests {
             let (mut map, mut model) = (NidMap::default(), BTreeMap::new());
             for s in steps {
                 match s {
+                    Step::Insert(k, v) if v % 2 == 0 => {
+                        prop_assert_eq!(map.insert(nid(k), v), model.insert(nid(k), v));
+                    }
                     Step::Insert(k, v) => {
                         *map.entry(nid(k)).or_insert_with(|| 0) = v;
                         model.insert(nid(k), v);
@@ -239,12 +271,19 @@ mod tests {
                         map.values_mut().for_each(|x| *x = x.wrapping_add(v));
                         model.values_mut().for_each(|x| *x = x.wrapping_add(v));
                     }
-                    Step::Clear => {
+                    Step::Clear if model.len() % 2 == 0 => {
                         map.clear();
                         model.clear();
                     }
+                    Step::Clear => {
+                        let mut drained: Vec<_> = map.drain().collect();
+                        drained.sort();
+                        let want: Vec<_> = std::mem::take(&mut model).into_iter().collect();
+                        prop_assert_eq!(drained, want);
+                    }
                 }
                 prop_assert_eq!(map.len(), model.len());
+                prop_assert_eq!(map.is_empty(), model.is_empty());
                 prop_assert_eq!(map.index.len(), map.entries.len());
                 for (at, (key, _)) in map.entries.iter().enumerate() {
                     prop_assert_eq!(map.index[key], at);
