@@ -307,7 +307,7 @@ pub(crate) struct DetectArgs {
     #[arg(long)]
     json: bool,
     /// Run both sides' driver threads at real-time priority (SCHED_RR; needs root or
-    /// CAP_SYS_NICE): the remedy for false Downs on a saturated host.
+    /// CAP_SYS_NICE): shows whether the silences come from the drivers waiting for a CPU.
     #[arg(long)]
     rt_driver: bool,
     /// Only run the server side (used by the benchmark itself).

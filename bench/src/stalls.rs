@@ -4,7 +4,9 @@
 //! non-preemptible work and, in a virtual machine, the hypervisor running something else
 //! instead of that virtual CPU ("steal"). A failure detector whose detection time is shorter
 //! than such a stall on the watched peer's CPU declares it Down: `detect` prints the
-//! longest one beside its verdicts.
+//! longest one beside its verdicts. The watchers cost what they measure a little: each
+//! wake (a few microseconds, a thousand a second per CPU) pre-empts whatever runs there,
+//! the `--rt-driver` threads included.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,23 +49,26 @@ pub(crate) struct StallWatch {
 impl StallWatch {
     /// A watcher on each CPU this process may use, counting wakes at least `threshold` late.
     pub(crate) fn start(threshold: Duration) -> Result<StallWatch, String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut watchers = Vec::new();
+        // Built first, so that a failure part-way stops the watchers already started.
+        let mut watch = StallWatch {
+            stop: Arc::new(AtomicBool::new(false)),
+            watchers: Vec::new(),
+        };
         for cpu in pin::allowed()? {
-            let stop = stop.clone();
+            let stop = watch.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("stall-watch-{cpu}"))
-                .spawn(move || watch(cpu, threshold, &stop))
+                .spawn(move || watch_cpu(cpu, threshold, &stop))
                 .map_err(|e| format!("no stall watcher thread: {e}"))?;
-            watchers.push(Watcher { cpu, thread });
+            watch.watchers.push(Watcher { cpu, thread });
         }
-        Ok(StallWatch { stop, watchers })
+        Ok(watch)
     }
 
     /// Stops the watchers; what each saw, by CPU.
-    pub(crate) fn stop(self) -> Result<Vec<CpuStalls>, String> {
+    pub(crate) fn stop(mut self) -> Result<Vec<CpuStalls>, String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.watchers
+        std::mem::take(&mut self.watchers)
             .into_iter()
             .map(|w| {
                 w.thread
@@ -74,7 +79,15 @@ impl StallWatch {
     }
 }
 
-fn watch(cpu: usize, threshold: Duration, stop: &AtomicBool) -> CpuStalls {
+impl Drop for StallWatch {
+    /// Left running (a benchmark that gave up early), the watchers would go on taking
+    /// every CPU a thousand times a second.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn watch_cpu(cpu: usize, threshold: Duration, stop: &AtomicBool) -> CpuStalls {
     let mut seen = CpuStalls {
         cpu,
         // Unpinned or at normal priority it still measures, if less purely: said in `realtime`.

@@ -155,9 +155,10 @@ pub struct HealthStats {
     pub backlog_stretches: u64,
     /// The longest such lag.
     pub max_lag: Duration,
-    /// The longest silence (as judged: after the stretches) of a peer that was Suspect and
-    /// then heard again: how near the detector came to a false Down, against
-    /// [`HealthConfig::detect_time`].
+    /// The longest silence of a peer that was Suspect and then heard again, as judged
+    /// (this node's own stalls forgiven): how near the detector came to a false Down,
+    /// against [`HealthConfig::detect_time`]. Zero until a peer was silent for a whole
+    /// interval and then heard.
     pub longest_silence: Duration,
 }
 
@@ -296,6 +297,14 @@ fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
         return false;
     }
     true
+}
+
+/// What any frame from the peer of `w` tells: it is alive now.
+fn refresh(w: &mut Watch, now: Time, sensitivity: u16) {
+    w.last_heard = w.last_heard.max(now);
+    w.heard = true;
+    w.ping_sent = None;
+    w.health = (w.health + sensitivity).min(HEALTH_MAX);
 }
 
 pub(crate) struct Monitor {
@@ -470,19 +479,12 @@ impl Monitor {
     pub(crate) fn heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
         // A lingering entry hears too: it is revived before anyone looks at it again.
         let w = self.peers.get_mut(&nid)?;
-        let silent_since = w.last_heard;
-        w.last_heard = w.last_heard.max(now);
-        w.heard = true;
-        w.ping_sent = None;
-        w.health = (w.health + self.cfg.sensitivity).min(HEALTH_MAX);
+        if w.state == PeerState::Suspect {
+            return self.suspect_heard(nid, now);
+        }
+        refresh(w, now, self.cfg.sensitivity);
         match w.state {
-            PeerState::Up => None,
-            PeerState::Suspect => {
-                w.state = PeerState::Up;
-                let silence = now.saturating_since(silent_since);
-                self.stats.longest_silence = self.stats.longest_silence.max(silence);
-                None
-            }
+            PeerState::Up | PeerState::Suspect => None,
             PeerState::Down => {
                 w.state = PeerState::Up;
                 w.probes = 0;
@@ -496,6 +498,23 @@ impl Monitor {
                 Some(Action::Recovered(nid))
             }
         }
+    }
+
+    /// [`Monitor::heard`] of a Suspect peer: Up again, and its silence measured as the
+    /// detector judged it. A stall of this node's own that ends with this frame (its
+    /// timer due while it was stopped) is forgiven first, as the look after the frame
+    /// would forgive it; otherwise the node's own stall would count as the peer's.
+    fn suspect_heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
+        self.check_lag(now);
+        let w = self
+            .peers
+            .get_mut(&nid)
+            .expect("a Suspect peer has an entry");
+        let silence = now.saturating_since(w.last_heard);
+        self.stats.longest_silence = self.stats.longest_silence.max(silence);
+        refresh(w, now, self.cfg.sensitivity);
+        w.state = PeerState::Up;
+        None
     }
 
     /// When the monitor next needs [`Monitor::tick`].

@@ -186,6 +186,15 @@ impl Wake for UringWaker {
     }
 }
 
+/// A completion reaped but left for a later turn (see `Uring::backlog`).
+struct Deferred {
+    ud: u64,
+    res: i32,
+    flags: u32,
+    /// Counted in `Uring::deferred`.
+    counted: bool,
+}
+
 pub(crate) struct Uring {
     // Declared first so it is dropped before the memory its operations point at.
     ring: IoUring,
@@ -209,10 +218,13 @@ pub(crate) struct Uring {
     /// Set in `drop`: operations that end are not re-armed.
     stopping: bool,
     cqes: Vec<(u64, i32, u32)>,
-    /// Data-lane receives reaped but not yet handled: the budget of their turn ran out.
-    backlog: std::collections::VecDeque<(u64, i32, u32)>,
-    /// Receives waiting in `backlog`, per socket, but for data sockets' (all of whose
-    /// receives wait there, so they need no count).
+    /// Receives reaped and waiting their turn: every data-lane one (handled in order, up
+    /// to a turn's byte budget), and any other of a socket with one here already. Each
+    /// says whether `deferred` counts it.
+    backlog: std::collections::VecDeque<Deferred>,
+    /// Receives waiting in `backlog`, per socket; not a data socket's, all of whose
+    /// receives wait there (so their order is kept without it). An accepted socket's
+    /// lane is only known after its HELLO: until then its receives are counted.
     deferred: FxHashMap<ConnId, usize>,
     /// The ring accepts submissions (a deferred-task-work ring starts disabled).
     enabled: bool,
@@ -505,10 +517,16 @@ impl Uring {
                     && !self.deferred.is_empty()
                     && self.deferred.contains_key(&conn));
             if defer {
-                if lane != Some(Lane::Data) {
+                let counted = lane != Some(Lane::Data);
+                if counted {
                     *self.deferred.entry(conn).or_default() += 1;
                 }
-                self.backlog.push_back((ud, res, flags));
+                self.backlog.push_back(Deferred {
+                    ud,
+                    res,
+                    flags,
+                    counted,
+                });
             } else {
                 self.handle(ud, res, flags);
             }
@@ -517,11 +535,17 @@ impl Uring {
         self.cqes = cqes;
         let mut budget = DATA_RECV_PER_TURN;
         while budget > 0 {
-            let Some((ud, res, flags)) = self.backlog.pop_front() else {
+            let Some(Deferred {
+                ud,
+                res,
+                flags,
+                counted,
+            }) = self.backlog.pop_front()
+            else {
                 break;
             };
             let conn = (ud >> 4) as ConnId;
-            if !self.deferred.is_empty() {
+            if counted {
                 if let Some(n) = self.deferred.get_mut(&conn) {
                     *n -= 1;
                     if *n == 0 {

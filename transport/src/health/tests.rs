@@ -108,6 +108,32 @@ fn a_peer_answering_slowly_but_within_the_interval_is_never_down() {
 }
 
 #[test]
+fn a_stall_of_its_own_that_ends_with_the_answer_is_not_counted_as_the_peers_silence() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(90));
+    let mut out = Vec::new();
+    for due in [100, 190] {
+        assert_eq!(m.next_deadline(), Some(at(due)));
+        m.tick(at(due), &mut out);
+    }
+    assert_eq!(out, vec![Action::Ping(peer(1))], "Suspect at 190");
+    assert_eq!(m.next_deadline(), Some(at(290)));
+    // This node stops until 700 and then finds the answer waiting: the frame is handled
+    // before the late look. Of the 610 ms of silence, the 410 its look came late are its
+    // own.
+    m.heard(peer(1), at(700));
+    assert_eq!(m.stats().longest_silence, MS * 200);
+    assert_eq!((m.stats().lag_stretches, m.stats().max_lag), (1, MS * 410));
+    assert_eq!(m.peer(peer(1)).unwrap().state, PeerState::Up);
+    // The look that follows finds nothing more to forgive, and nothing to accuse.
+    let mut out = Vec::new();
+    m.tick(at(700), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(m.stats().lag_stretches, 1);
+}
+
+#[test]
 fn only_a_suspect_peer_heard_again_sets_the_longest_silence() {
     let mut m = Monitor::new(HealthConfig::default());
     m.watch(peer(1), at(0), true);
