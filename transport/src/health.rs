@@ -155,9 +155,11 @@ pub struct HealthStats {
     pub backlog_stretches: u64,
     /// The longest such lag.
     pub max_lag: Duration,
-    /// The longest silence of a peer that was Suspect and then heard again, as judged
-    /// (this node's own stalls forgiven): how near the detector came to a false Down,
-    /// against [`HealthConfig::detect_time`]. Zero until a peer was silent for a whole
+    /// The longest silence of a peer that was Suspect and then heard again, as the
+    /// detector judged it: how near it came to a false Down, against
+    /// [`HealthConfig::detect_time`]. This node's own stall is forgiven from the look it
+    /// made late; so a value at the detection time means the last look before Down came
+    /// late, and the answer was already waiting. Zero until a peer was silent for a whole
     /// interval and then heard.
     pub longest_silence: Duration,
 }
@@ -501,11 +503,11 @@ impl Monitor {
     }
 
     /// [`Monitor::heard`] of a Suspect peer: Up again, and its silence measured as the
-    /// detector judged it. A stall of this node's own that ends with this frame (its
-    /// timer due while it was stopped) is forgiven first, as the look after the frame
-    /// would forgive it; otherwise the node's own stall would count as the peer's.
+    /// detector judged it. A stall of this node's own that ends with this frame (a look
+    /// due while it was stopped) is forgiven first, as that late look would forgive it;
+    /// otherwise the node's own stall would count as the peer's.
     fn suspect_heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
-        self.check_lag(now);
+        self.forgive_own_stall(now);
         let w = self
             .peers
             .get_mut(&nid)
@@ -559,6 +561,19 @@ impl Monitor {
         };
         if now.saturating_since(promised) > self.cfg.lag_limit() {
             self.stretch(promised, now);
+        }
+    }
+
+    /// [`Monitor::check_lag`] between looks: forgives the stall `now` shows, if any, and
+    /// keeps the promise (moved to `now`), so that the look to come still measures any
+    /// stall after this one, and not this one twice.
+    fn forgive_own_stall(&mut self, now: Time) {
+        let Some(promised) = self.promised else {
+            return;
+        };
+        if now.saturating_since(promised) > self.cfg.lag_limit() {
+            self.stretch(promised, now);
+            self.promised = Some(now);
         }
     }
 

@@ -108,7 +108,8 @@ impl<K: Copy + Eq + Hash, V> MemoMap<K, V> {
     }
 
     /// Keeps the entries for which `keep` says so. Should `keep` panic, the map is left
-    /// out of step with itself (lookups may miss entries): drop it.
+    /// out of step with itself (a lookup may miss an entry, find another key's, or
+    /// panic): drop it.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         let before = self.entries.len();
         self.entries.retain_mut(|(key, value)| keep(key, value));

@@ -134,6 +134,30 @@ fn a_stall_of_its_own_that_ends_with_the_answer_is_not_counted_as_the_peers_sile
 }
 
 #[test]
+fn hearing_a_suspect_peer_in_time_leaves_a_later_stall_forgivable() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(90));
+    let mut out = Vec::new();
+    for due in [100, 190] {
+        assert_eq!(m.next_deadline(), Some(at(due)));
+        m.tick(at(due), &mut out);
+    }
+    assert_eq!(m.next_deadline(), Some(at(290)));
+    // Heard in time (before the look at 290), then this node stops until 700 without
+    // asking for its next deadline: the stall after the promised look is its own.
+    m.heard(peer(1), at(250));
+    assert_eq!(m.stats().longest_silence, MS * 160);
+    let mut out = Vec::new();
+    m.tick(at(700), &mut out);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Down { .. })),
+        "{out:?}"
+    );
+    assert_eq!((m.stats().lag_stretches, m.stats().max_lag), (1, MS * 410));
+}
+
+#[test]
 fn only_a_suspect_peer_heard_again_sets_the_longest_silence() {
     let mut m = Monitor::new(HealthConfig::default());
     m.watch(peer(1), at(0), true);
