@@ -107,8 +107,9 @@ fn a_peer_answering_slowly_but_within_the_interval_is_never_down() {
     assert_eq!(m.stats().longest_silence, MS * 195);
 }
 
-#[test]
-fn a_stall_of_its_own_that_ends_with_the_answer_is_not_counted_as_the_peers_silence() {
+/// A watched peer last heard at 90 ms: Suspect (and pinged) at the look at 190, and the
+/// next look promised to the driver at 290.
+fn suspect_at_190_with_a_look_promised_at_290() -> Monitor {
     let mut m = Monitor::new(HealthConfig::default());
     m.watch(peer(1), at(0), true);
     m.heard(peer(1), at(90));
@@ -119,6 +120,12 @@ fn a_stall_of_its_own_that_ends_with_the_answer_is_not_counted_as_the_peers_sile
     }
     assert_eq!(out, vec![Action::Ping(peer(1))], "Suspect at 190");
     assert_eq!(m.next_deadline(), Some(at(290)));
+    m
+}
+
+#[test]
+fn a_stall_of_its_own_that_ends_with_the_answer_is_not_counted_as_the_peers_silence() {
+    let mut m = suspect_at_190_with_a_look_promised_at_290();
     // This node stops until 700 and then finds the answer waiting: the frame is handled
     // before the late look. Of the 610 ms of silence, the 410 its look came late are its
     // own.
@@ -135,15 +142,7 @@ fn a_stall_of_its_own_that_ends_with_the_answer_is_not_counted_as_the_peers_sile
 
 #[test]
 fn hearing_a_suspect_peer_in_time_leaves_a_later_stall_forgivable() {
-    let mut m = Monitor::new(HealthConfig::default());
-    m.watch(peer(1), at(0), true);
-    m.heard(peer(1), at(90));
-    let mut out = Vec::new();
-    for due in [100, 190] {
-        assert_eq!(m.next_deadline(), Some(at(due)));
-        m.tick(at(due), &mut out);
-    }
-    assert_eq!(m.next_deadline(), Some(at(290)));
+    let mut m = suspect_at_190_with_a_look_promised_at_290();
     // Heard in time (before the look at 290), then this node stops until 700 without
     // asking for its next deadline: the stall after the promised look is its own.
     m.heard(peer(1), at(250));
