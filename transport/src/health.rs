@@ -15,7 +15,9 @@
 //!   doubling gaps up to `probe_max`; anything heard brings them back Up.
 //! * Local health (Lifeguard): when this node itself falls behind, the silence it measured
 //!   includes its own stall, so every peer's silence is shortened by the lag instead of
-//!   accusing them; each such stretch is counted. Two signs: its loop runs late (a timer
+//!   accusing them, and none is judged Down the moment the node is back: each has at least
+//!   one more interval (and a PING) to be heard, as a stall of the whole machine stopped
+//!   the peer too. Each such stretch is counted. Two signs: its loop runs late (a timer
 //!   fires more than [`HealthConfig::lag_limit`] after it was due: `lag_tolerance`, at most
 //!   half an interval), or its health lane is backed up (a health frame handed to the driver
 //!   has not left after `lag_tolerance`). A stuck frame
@@ -604,8 +606,20 @@ impl Monitor {
         self.stats.max_lag = self.stats.max_lag.max(lag);
         // Pushed forward by the lag, but never past the stall's end, nor backwards.
         let shift = |t: Time| t.max((t + lag).min(until));
+        // And no peer still Up or Suspect is left more silent than one interval short of
+        // Down: this node was not listening, so a peer whose Down look fell in the stall
+        // (the peer stopped with it, when the whole machine did) is asked again and has an
+        // interval to answer, rather than being judged the moment the node is back.
+        let judged_from = Time::from_duration(
+            until
+                .as_duration()
+                .saturating_sub(self.cfg.detect_time().saturating_sub(self.cfg.interval)),
+        );
         for w in self.peers.values_mut() {
             w.last_heard = shift(w.last_heard);
+            if w.state != PeerState::Down {
+                w.last_heard = w.last_heard.max(judged_from);
+            }
             w.ping_sent = w.ping_sent.map(shift);
         }
         true

@@ -208,6 +208,53 @@ fn stalled_from_100_to_700_ms() -> (Monitor, Vec<Action>) {
     (m, out)
 }
 
+/// A watched peer last heard at 10 ms, pinged at 110 and 210; this node stops through the
+/// look at 310 that would find it Down (the whole machine did: the peer too) and comes back
+/// at 600 with nothing from the peer yet. Returns the monitor and what that late tick did.
+fn stalled_through_the_down_look() -> (Monitor, Vec<Action>) {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(10));
+    let mut out = Vec::new();
+    for due in [100, 110, 210] {
+        assert_eq!(m.next_deadline(), Some(at(due)));
+        m.tick(at(due), &mut out);
+    }
+    assert_eq!(
+        out,
+        vec![Action::Ping(peer(1)); 2],
+        "Suspect at 110, pinged twice"
+    );
+    assert_eq!(
+        m.next_deadline(),
+        Some(at(310)),
+        "the look that would find it Down"
+    );
+    let mut out = Vec::new();
+    m.tick(at(600), &mut out);
+    (m, out)
+}
+
+#[test]
+fn after_a_stall_of_its_own_through_a_down_look_the_peer_gets_an_interval_to_be_heard() {
+    // It was not listening: the peer is asked again and has an interval to answer, not
+    // judged on the spot.
+    let (mut m, out) = stalled_through_the_down_look();
+    assert_eq!(out, vec![Action::Ping(peer(1))]);
+    assert_eq!(m.peer(peer(1)).unwrap().state, PeerState::Suspect);
+    assert_eq!(m.heard(peer(1), at(650)), None);
+    assert_eq!(m.peer(peer(1)).unwrap().state, PeerState::Up);
+    // A peer that stays silent is Down an interval after this node came back.
+    let (mut silent, _) = stalled_through_the_down_look();
+    assert_eq!(silent.next_deadline(), Some(at(700)));
+    let mut out = Vec::new();
+    silent.tick(at(700), &mut out);
+    assert!(
+        matches!(out[..], [Action::Down { silent: s, .. }] if s == MS * 300),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
     let (m, out) = stalled_from_100_to_700_ms();
