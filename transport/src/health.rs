@@ -16,13 +16,14 @@
 //! * Local health (Lifeguard): when this node itself falls behind, the silence it measured
 //!   includes its own stall, so every peer's silence is shortened by the lag instead of
 //!   accusing them, and none is judged Down the moment the node is back: each has at least
-//!   one more interval (and a PING) to be heard, as a stall of the whole machine stopped
-//!   the peer too. Each such stretch is counted. Two signs: its loop runs late (a timer
-//!   fires more than [`HealthConfig::lag_limit`] after it was due: `lag_tolerance`, at most
-//!   half an interval), or its health lane is backed up (a health frame handed to the driver
-//!   has not left after `lag_tolerance`). A stuck frame
-//!   is forgiven for at most one detection time: past that, the driver may be stuck *on*
-//!   the peer (an RDMA send completes only when the peer acknowledges it).
+//!   one more interval to be heard (once per silence), as a stall of the whole machine
+//!   stopped the peer too. Each such stretch is counted. Two signs: its loop runs late (a
+//!   timer fires more than [`HealthConfig::lag_limit`] after it was due: `lag_tolerance`,
+//!   at most half an interval), or its health lane is backed up (a health frame handed to
+//!   the driver has not left after `lag_tolerance`). A stuck frame is forgiven for at most
+//!   one detection time (and the interval of grace, once per silence): past that, the
+//!   driver may be stuck *on* the peer (an RDMA send completes only when the peer
+//!   acknowledges it).
 //!
 //! The node owns a [`Monitor`], feeds it frames and interest, and carries out its
 //! [`Action`]s (send a PING, flush a dead peer, announce a recovery).
@@ -199,6 +200,10 @@ struct Watch {
     /// Something came from it since this entry was made: its silence is measured, not
     /// merely assumed from when monitoring started.
     heard: bool,
+    /// This silence of its was already cut short once after a stall of this node's own
+    /// (see [`Monitor::stretch`]): once per silence, so that a node whose looks keep
+    /// coming late still finds a dead peer Down.
+    graced: bool,
 }
 
 impl Watch {
@@ -214,6 +219,7 @@ impl Watch {
             probes: 0,
             due: None,
             heard: false,
+            graced: false,
         }
     }
 
@@ -307,6 +313,7 @@ fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
 fn refresh(w: &mut Watch, now: Time, sensitivity: u16) {
     w.last_heard = w.last_heard.max(now);
     w.heard = true;
+    w.graced = false;
     w.ping_sent = None;
     w.health = (w.health + sensitivity).min(HEALTH_MAX);
 }
@@ -608,8 +615,9 @@ impl Monitor {
         let shift = |t: Time| t.max((t + lag).min(until));
         // And no peer still Up or Suspect is left more silent than one interval short of
         // Down: this node was not listening, so a peer whose Down look fell in the stall
-        // (the peer stopped with it, when the whole machine did) is asked again and has an
-        // interval to answer, rather than being judged the moment the node is back.
+        // (the peer stopped with it, when the whole machine did) has an interval more to
+        // be heard, rather than being judged the moment the node is back. Once per
+        // silence: a node whose every look comes late must still find a dead peer Down.
         let judged_from = Time::from_duration(
             until
                 .as_duration()
@@ -617,8 +625,9 @@ impl Monitor {
         );
         for w in self.peers.values_mut() {
             w.last_heard = shift(w.last_heard);
-            if w.state != PeerState::Down {
-                w.last_heard = w.last_heard.max(judged_from);
+            if w.state != PeerState::Down && !w.graced && w.last_heard < judged_from {
+                w.last_heard = judged_from;
+                w.graced = true;
             }
             w.ping_sent = w.ping_sent.map(shift);
         }

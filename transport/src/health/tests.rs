@@ -255,6 +255,44 @@ fn after_a_stall_of_its_own_through_a_down_look_the_peer_gets_an_interval_to_be_
     );
 }
 
+/// When a peer silent from 10 ms on is found Down if every look of this node comes `late`
+/// after it was due (by more than `lag_limit`: each is a stall of its own); None if not
+/// by 10 s.
+fn down_when_every_look_is_late(cfg: HealthConfig, late: Duration) -> Option<Time> {
+    let mut m = Monitor::new(cfg);
+    m.watch(peer(1), at(0), true);
+    m.heard(peer(1), at(10));
+    while let Some(due) = m.next_deadline() {
+        let now = due + late;
+        if now > at(10_000) {
+            return None;
+        }
+        let mut out = Vec::new();
+        m.tick(now, &mut out);
+        if out.iter().any(|a| matches!(a, Action::Down { .. })) {
+            return Some(now);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_node_whose_looks_all_come_late_still_finds_a_dead_peer_down() {
+    // Default (100 ms, Down at 300): looks 60 ms late, past the 50 ms limit. Each late
+    // look's lag is forgiven (three of them before the Down look) and the grace comes
+    // once: an interval and two late looks more.
+    let default = HealthConfig::default();
+    let down = down_when_every_look_is_late(default, MS * 60).expect("Down at all");
+    assert!(down <= at(10 + 300 + 100 + 5 * 60), "Down at {down:?}");
+    // 3 ms (Down at 9): looks 2 ms late, past the 1.5 ms limit.
+    let short = HealthConfig {
+        interval: MS * 3,
+        ..default
+    };
+    let down = down_when_every_look_is_late(short, MS * 2).expect("Down at all");
+    assert!(down <= at(10 + 9 + 3 + 5 * 2), "Down at {down:?}");
+}
+
 #[test]
 fn a_late_timer_stretches_silence_instead_of_accusing_the_peer() {
     let (m, out) = stalled_from_100_to_700_ms();
