@@ -565,12 +565,8 @@ impl Monitor {
     /// Lifeguard's local health: a timer that fires late means this node was not
     /// listening; its peers' silence is shortened by the lag rather than held against them.
     fn check_lag(&mut self, now: Time) {
-        let Some(promised) = self.promised.take() else {
-            return;
-        };
-        if now.saturating_since(promised) > self.cfg.lag_limit() {
-            self.stretch(promised, now);
-        }
+        self.forgive_own_stall(now);
+        self.promised = None; // the look came: the next promise is the next deadline's
     }
 
     /// [`Monitor::check_lag`] between looks: forgives the stall `now` shows, if any, and
