@@ -64,9 +64,12 @@ pub(crate) fn run(args: &DetectArgs) -> Result<Report, String> {
         report.note("not root: the network-namespace link-down trials were skipped");
     }
     let load = false_downs(args)?;
-    let detect_ms =
-        (interval * lanet::health::HealthConfig::default().detect_mult).as_secs_f64() * 1e3;
-    report.add("false_downs", load.downs as f64, "");
+    let detect_time = lanet::health::HealthConfig {
+        interval,
+        ..Default::default()
+    }
+    .detect_time();
+    report.add("false_downs", load.down_silences.len() as f64, "");
     report.add("load.data_gbytes_per_s", load.gbytes_per_s, "GB/s");
     // How near it came: the silences that made Suspects, and this node's own stalls.
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -75,7 +78,7 @@ pub(crate) fn run(args: &DetectArgs) -> Result<Report, String> {
     report.add("load.longest_silence_ms", ms(h.longest_silence), "ms");
     report.add(
         "load.longest_silence_of_detect_time",
-        ms(h.longest_silence) / detect_ms,
+        h.longest_silence.as_secs_f64() / detect_time.as_secs_f64(),
         "",
     );
     report.add("load.lag_stretches", h.lag_stretches as f64, "");
@@ -211,9 +214,7 @@ fn wait_until_reachable(nid: Nid) -> Result<(), String> {
 
 /// What the loaded phase saw.
 struct Load {
-    /// PeerDown verdicts: all false.
-    downs: u64,
-    /// The silence each of them reported.
+    /// The silence each PeerDown verdict reported: all false.
     down_silences: Vec<Duration>,
     gbytes_per_s: f64,
     /// The client's health counters at the end.
@@ -275,7 +276,6 @@ fn false_downs(args: &DetectArgs) -> Result<Load, String> {
         return Err("PUTs failed under load without a verdict".into());
     }
     Ok(Load {
-        downs: down_silences.len() as u64,
         down_silences,
         gbytes_per_s,
         health,
