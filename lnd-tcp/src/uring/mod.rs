@@ -5,11 +5,11 @@
 //! written with a plain `sendmsg` as soon as the core has handed them over
 //! (`send_posted`), when nothing of the socket's is in the ring, once per look
 //! ([`Uring::send_direct`]; a sleeping driver only where what waits is all for one
-//! socket): their completions go back with the hand-over. The rest is
-//! submitted together: sleeping, by the `io_uring_enter` that also waits (on a thread
-//! shared by several LNDs, before it sleeps on their descriptors); busy-polling, at once. A busy-polling driver also reads its hot data connection with a plain
-//! `recv`, that connection having no receive in the ring meanwhile (see
-//! [`Uring::poll_hot`]).
+//! socket): their completions go back with the hand-over. The rest is submitted
+//! together: sleeping, by the `io_uring_enter` that also waits (on a thread shared by
+//! several LNDs, before it sleeps on their descriptors); busy-polling, at once. A
+//! busy-polling driver also reads its hot data connection with a plain `recv`, that
+//! connection having no receive in the ring meanwhile (see [`Uring::poll_hot`]).
 //!
 //! A driver dropped writes what it still holds before it shuts its sockets down, as far
 //! as they take it at once (see `Drop`).
