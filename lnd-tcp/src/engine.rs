@@ -17,6 +17,7 @@ use lanet::nid::Nid;
 use lanet::time::Time;
 use lanet::wire::{Body, Header, HeaderCheck, HelloStatus, Limits};
 
+use crate::accept_pause::AcceptPause;
 use crate::framing::{RxFramer, TxQueue};
 
 /// Names a socket of the backend.
@@ -86,6 +87,8 @@ pub(crate) struct Engine {
     done: Vec<TxToken>,
     /// Connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
+    /// Accepting paused after the process ran out of descriptors: the backends ask it.
+    pub(crate) accept_pause: AcceptPause,
 }
 
 fn err(kind: LndErrorKind, detail: impl Into<String>) -> LndError {
@@ -102,6 +105,7 @@ impl Engine {
             closes: Vec::new(),
             done: Vec::new(),
             evicted_accepts: 0,
+            accept_pause: AcceptPause::default(),
         }
     }
 
@@ -199,6 +203,7 @@ impl Engine {
     /// silent connections cannot lock newcomers out, since a real peer's HELLO follows
     /// its connect within a round trip.
     pub(crate) fn accepted(&mut self, conn: ConnId, from: Option<IpAddr>, now: Instant) {
+        self.accept_pause.succeeded(now);
         if self.conns.pending_accepts() >= self.local.max_pending_accepts {
             if let Some((oldest, data)) = self.conns.evict_oldest_pending_accept() {
                 self.evicted_accepts += 1;
@@ -597,10 +602,17 @@ impl Engine {
         }
     }
 
-    /// The earliest deadline the backend must wake up for.
+    /// The earliest deadline the backend must wake up for: a handshake's, or the end of
+    /// a pause in accepting.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let d = self.conns.next_deadline()?;
-        Some(self.origin + d.as_duration())
+        let handshake = self
+            .conns
+            .next_deadline()
+            .map(|d| self.origin + d.as_duration());
+        match (handshake, self.accept_pause.until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

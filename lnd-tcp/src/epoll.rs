@@ -19,6 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
 
+use crate::accept_pause::AcceptRetry;
 use crate::direct::{recv_into, write_queue};
 use crate::engine::{ConnId, Engine};
 use crate::low_water;
@@ -255,10 +256,12 @@ impl Epoll {
                     Err(e) => tracing::warn!("dropping a connection from {from}: {e}"),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
+                // The listener is edge-triggered: what waits in its backlog raises no new
+                // edge, so a paused accept is tried again when the pause is over.
+                Err(e) => match self.engine.accept_pause.failed(&e, Instant::now()) {
+                    AcceptRetry::Now => continue,
+                    AcceptRetry::Paused => return,
+                },
             }
         }
     }
@@ -485,7 +488,8 @@ impl Epoll {
                 }
             }
         }
-        if std::mem::take(&mut self.accept_pending) {
+        let retry = self.engine.accept_pause.take_due(Instant::now);
+        if std::mem::take(&mut self.accept_pending) || retry {
             self.accept();
         }
         // Health-lane sockets first.

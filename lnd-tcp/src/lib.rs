@@ -16,6 +16,7 @@
 //! let endpoint = Endpoint::builder(cfg).lnd(lnd).start().unwrap();
 //! ```
 
+mod accept_pause;
 mod direct;
 mod engine;
 mod epoll;

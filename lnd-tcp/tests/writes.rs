@@ -470,3 +470,52 @@ fn a_sleeping_io_uring_submits_a_hand_over_for_several_sockets_with_its_poll() {
     ended.sort_unstable();
     assert_eq!(ended, [1, 2], "each once");
 }
+
+/// A connection accepted as the driver is dropped (its completion already on its way: on
+/// a thread shared by several LNDs, io_uring's task work runs at any system call) is
+/// closed, neither served nor leaked: the drop does not wait out its timeout for it, and
+/// the peer sees the close.
+#[test]
+fn a_connection_accepted_as_the_driver_is_dropped_is_closed() {
+    use std::io::{ErrorKind, Read};
+    let nid = lanet_lnd_tcp::free_loopback_nid().unwrap();
+    let mut a = lnd(nid, Duration::ZERO);
+    a.wait_fd(); // as on a shared thread
+    a.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap();
+    let mut peer = std::net::TcpStream::connect(a.local_addr().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // the accept completes meanwhile
+    let start = Instant::now();
+    drop(a);
+    let took = start.elapsed();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let read = peer.read(&mut [0u8; 64]);
+    let closed = match &read {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed, "the peer read {read:?}, not the close");
+    // Waiting out the drain's 2 s timeout is the failure; a drop takes milliseconds.
+    assert!(took < Duration::from_secs(1), "the drop took {took:?}");
+}
+
+/// An io_uring driver belongs to the thread that first polled it (its ring has a single
+/// issuer): polled from another, it says so, rather than the kernel's "File exists".
+#[test]
+fn an_io_uring_driver_polled_from_another_thread_says_why_it_cannot_be() {
+    let nid = lanet_lnd_tcp::free_loopback_nid().unwrap();
+    let mut a = lnd(nid, Duration::ZERO);
+    if a.backend() != Backend::Uring {
+        return;
+    }
+    a.poll(&mut Vec::new(), Some(Duration::ZERO)).unwrap();
+    let (polled, a) = std::thread::spawn(move || {
+        let polled = a.poll(&mut Vec::new(), Some(Duration::from_millis(1)));
+        (polled, a)
+    })
+    .join()
+    .unwrap();
+    let error = polled.expect_err("a poll from another thread").to_string();
+    assert!(error.contains("another thread"), "{error}");
+    drop(a); // back on its own thread: closes as usual
+}

@@ -458,6 +458,14 @@ impl Uring {
         if let Err(e) = &submitted {
             // Timed out, interrupted, or completions to reap first: all fine.
             let benign = [libc::ETIME, libc::EINTR, libc::EBUSY, libc::EAGAIN];
+            if sys::wrong_thread(e) {
+                return Err(LndError::new(
+                    LndErrorKind::Resource,
+                    "polled from another thread than the one that first polled it: an \
+                     io_uring TCP LND belongs to that thread (move the worker before its \
+                     first progress, or use LANET_TCP_BACKEND=epoll)",
+                ));
+            }
             if !benign.contains(&e.raw_os_error().unwrap_or(0)) {
                 return Err(LndError::new(
                     LndErrorKind::Resource,
@@ -471,6 +479,9 @@ impl Uring {
             self.sends_queued = false;
         }
         self.reap_completions();
+        if self.engine.accept_pause.take_due(Instant::now) && !self.accept_armed {
+            self.arm_accept();
+        }
         self.collect_moved();
         self.read_hot();
         self.finish_turn(events);

@@ -12,6 +12,7 @@ use lanet::lnd::{LndError, LndErrorKind};
 
 use super::{sys, user_data, Sock, Uring};
 use super::{ACCEPT, RECV, RECV_BUFFER_SIZE, RECV_HEALTH, RECV_POLL_FIRST, WAKE};
+use crate::accept_pause::AcceptRetry;
 use crate::engine::ConnId;
 use crate::io_error;
 
@@ -96,7 +97,11 @@ impl Uring {
     }
 
     pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
-        if res >= 0 {
+        if res >= 0 && self.stopping {
+            // Accepted as the driver closes (a completion already on its way): closed at
+            // once, never served, so that the peer sees the close rather than silence.
+            drop(sys::own(res));
+        } else if res >= 0 {
             let fd = sys::own(res);
             match crate::tune_socket(&fd) {
                 Ok(()) => {
@@ -114,12 +119,17 @@ impl Uring {
                 }
                 Err(e) => tracing::warn!("dropping an accepted connection: {e}"),
             }
-        } else if !self.stopping && res != -libc::ECANCELED {
-            tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-res));
+        }
+        let mut paused = false;
+        if res < 0 && !self.stopping && res != -libc::ECANCELED {
+            let e = io::Error::from_raw_os_error(-res);
+            paused = self.engine.accept_pause.failed(&e, Instant::now()) == AcceptRetry::Paused;
         }
         if !cqueue::more(flags) {
             self.accept_armed = false;
-            self.arm_accept();
+            if !paused {
+                self.arm_accept(); // else when the pause is over (`Uring::poll`)
+            }
         }
     }
 

@@ -112,6 +112,10 @@ impl Uring {
         if self.enabled {
             return Err(io::Error::other("already running with deferred task work"));
         }
+        if !self.socks.is_empty() {
+            // Their requests (a dial's CONNECT) are queued in this ring and would go with it.
+            return Err(io::Error::other("it has sockets open already"));
+        }
         let NewRing {
             ring,
             enabled,
@@ -181,13 +185,23 @@ impl Drop for Uring {
         let busy =
             |u: &Uring| u.accept_armed || u.wake_armed || u.socks.values().any(|s| !s.idle());
         while busy(self) && Instant::now() < deadline {
-            sys::wait_briefly(&self.ring);
+            if let Err(e) = sys::wait_briefly(&self.ring) {
+                if sys::wrong_thread(&e) {
+                    // Dropped on another thread than the one that ran it: the kernel
+                    // takes nothing from this one, so nothing can be waited for.
+                    tracing::error!("io_uring dropped on another thread than the one that ran it");
+                    break;
+                }
+            }
             self.reap_completions();
         }
         if busy(self) {
             tracing::error!("io_uring operations still pending at close; leaking their buffers");
+            // Only what the kernel may still use is leaked: an idle socket is closed.
             for (_, sock) in self.socks.drain() {
-                std::mem::forget(sock);
+                if !sock.idle() {
+                    std::mem::forget(sock);
+                }
             }
             return; // `bufs` stays leaked: ManuallyDrop
         }

@@ -98,8 +98,14 @@ pub(crate) fn set_thread_batch() {
 
 /// Submits what is queued and waits up to 50 ms for a completion: the drain loop at close,
 /// which must not block forever on a peer that never answers.
-pub(crate) fn wait_briefly(ring: &io_uring::IoUring) {
+pub(crate) fn wait_briefly(ring: &io_uring::IoUring) -> io::Result<usize> {
     let ts = io_uring::types::Timespec::new().nsec(50_000_000);
     let args = io_uring::types::SubmitArgs::new().timespec(&ts);
-    let _ = ring.submitter().submit_with_args(1, &args);
+    ring.submitter().submit_with_args(1, &args)
+}
+
+/// Whether `io_uring_enter` failed because another thread than the ring's only submitter
+/// called it (a ring set up with `SINGLE_ISSUER` belongs to the thread that enabled it).
+pub(crate) fn wrong_thread(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EEXIST)
 }
