@@ -338,8 +338,10 @@ impl Driver {
         self.polled_at = (n <= REUSE_TIME_UP_TO && !clock.is_virtual()).then_some(now);
         self.feed_scratch(now, ni);
         if let Err(e) = polled {
-            // That NI is done; the node carries on with the others.
+            // That NI is done; the node carries on with the others. Its loss may be much
+            // work (every op through it): the next turn reads the clock again.
             self.node.ni_failed(now, ni, e.clone());
+            self.polled_at = None;
             return Err((ni, e));
         }
         Ok(n)

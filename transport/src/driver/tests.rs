@@ -234,3 +234,63 @@ fn a_wake_while_polling_several_lnds_cuts_the_next_sleep_short() {
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(50));
 }
+
+/// A PUT whose payload waits at its sender (to be fetched) arrives in the very poll that
+/// finds its NI failed: the fetch it asked for ends once, failed with the NI's other work,
+/// not a second time when the flush finds it queued for a dead NI (a driver "finishing a
+/// fetch nobody asked for", counted as a protocol error).
+#[test]
+fn a_fetch_asked_for_as_its_ni_fails_ends_once() {
+    let clock = Arc::new(MonotonicClock::new());
+    let fabric = MemFabric::new(clock.clone(), 1);
+    fabric.set_default_link(LinkFaults {
+        delay: Duration::ZERO,
+        ..LinkFaults::default()
+    });
+    let lnd = |cfg: &NodeConfig, n: u32| {
+        let mut lnd_cfg = MemLndConfig::for_node(cfg);
+        lnd_cfg.inline_max = Some(0); // every payload deferred
+        MemLnd::new(&fabric, Nid::mem(n, 0), lnd_cfg).unwrap()
+    };
+    let (cfg_a, cfg_b) = (NodeConfig::new(1), NodeConfig::new(2));
+    let mut a = Driver::new(cfg_a.clone(), vec![Box::new(lnd(&cfg_a, 1))]).unwrap();
+    let (rigged, armed) = Rigged::new(lnd(&cfg_b, 2), Trick::FailAfterPoll);
+    let mut b = Driver::new(cfg_b, vec![Box::new(rigged)]).unwrap();
+    b.node_mut()
+        .attach(OpId(100), MatchEntry::sink(4, 0, 64))
+        .unwrap();
+    let mut done = Vec::new();
+    a.node_mut().put(clock.now(), OpId(1), put(true)).unwrap();
+    run_until(&clock, &mut a, &mut b, &mut done, 1); // connected, one PUT fetched
+    a.node_mut().put(clock.now(), OpId(2), put(true)).unwrap();
+    a.flush();
+    armed.store(true, Ordering::SeqCst);
+    assert!(
+        b.poll(&*clock, Some(Duration::ZERO)).is_err(),
+        "its only NI"
+    );
+    b.flush();
+    assert!(!b.node().ni_is_up(NiId(0)));
+    assert_eq!(b.node().stats().fetch_failures, 1, "the fetch failed");
+    assert_eq!(b.node().stats().protocol_errors, 0, "and only once");
+}
+
+/// The time read after a poll serves the next turn only if handling that poll was quick:
+/// not after the poll found its NI failed, whose loss may end thousands of operations.
+#[test]
+fn after_an_ni_fails_the_next_turn_reads_the_clock_again() {
+    let clock = Arc::new(MonotonicClock::new());
+    let fabric = MemFabric::new(clock.clone(), 1);
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&fabric, Nid::mem(1, 1), MemLndConfig::for_node(&cfg)).unwrap();
+    let (rigged, armed) = Rigged::new(lnd, Trick::Fail);
+    let mut driver = Driver::new(cfg, vec![Box::new(rigged)]).unwrap();
+    driver.poll(&*clock, Some(Duration::ZERO)).unwrap();
+    assert!(
+        driver.take_polled_at().is_some(),
+        "a quick poll's time is kept"
+    );
+    armed.store(true, Ordering::SeqCst);
+    assert!(driver.poll(&*clock, Some(Duration::ZERO)).is_err());
+    assert_eq!(driver.take_polled_at(), None);
+}

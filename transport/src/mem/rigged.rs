@@ -1,13 +1,14 @@
 //! An in-memory LND rigged to misbehave on cue, for the driver's and the endpoint's
 //! tests: one forwarding wrapper instead of one per test file.
 
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::MemLnd;
 use crate::lane::Lane;
-use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, Transmit, Wake};
+use crate::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use crate::nid::Nid;
 
 /// What a [`Rigged`] LND does: at its polls once armed (`WakeMidPoll` once, the others
@@ -18,6 +19,8 @@ pub(crate) enum Trick {
     WakeMidPoll(Arc<Mutex<Vec<Arc<dyn Wake>>>>),
     /// `poll` fails: the driver is gone for good.
     Fail,
+    /// `poll` hands up what it has, then fails (once armed, every poll).
+    FailAfterPoll,
     /// `poll` panics: a bug anywhere on the driver thread.
     Panic,
     /// Not armed: holds what is posted until `send_posted`, the next poll or a
@@ -80,6 +83,12 @@ impl Lnd for Rigged {
     fn close(&mut self, peer: Nid, lane: Lane, error: LndError) {
         self.inner.close(peer, lane, error)
     }
+    fn fetch(&mut self, handle: RxHandle, sink: BytesMut) {
+        self.inner.fetch(handle, sink)
+    }
+    fn decline(&mut self, handle: RxHandle) {
+        self.inner.decline(handle)
+    }
     fn poll(
         &mut self,
         events: &mut Vec<LndEvent>,
@@ -95,6 +104,10 @@ impl Lnd for Rigged {
                     }
                 }
                 Trick::Fail => return Err(LndError::new(LndErrorKind::Resource, INJECTED_FAILURE)),
+                Trick::FailAfterPoll => {
+                    self.inner.poll(events, Some(Duration::ZERO))?;
+                    return Err(LndError::new(LndErrorKind::Resource, INJECTED_FAILURE));
+                }
                 Trick::Panic => panic!("injected panic on the driver thread"),
                 Trick::Gather => {}
             }

@@ -270,10 +270,14 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Drops the frames queued for NI `ni`'s driver.
-    fn drop_transmits_of(&mut self, ni: NiId) {
+    /// Drops what is queued for NI `ni`'s driver and not yet handed over, its driver being
+    /// gone: frames (their in-driver records end with the driver's others) and requests
+    /// (its fetches end from `fetching`; connects, closes and declines are moot).
+    fn drop_queued_for(&mut self, ni: NiId) {
         for lane in Lane::ALL {
             self.transmits[lane].retain(|(n, _)| *n != ni);
         }
+        self.requests.retain(|(n, _)| *n != ni);
     }
 }
 
@@ -756,7 +760,7 @@ impl Node {
         // What its driver still held ends here (it will not report on it), and what was
         // queued for it and not yet handed over (nobody will): sends fail (a request
         // through a router is sent again another way), fetches fail.
-        self.out.drop_transmits_of(ni);
+        self.out.drop_queued_for(ni);
         let mut held: Vec<(u64, u64)> = self
             .out
             .in_lnd
