@@ -4,7 +4,9 @@
 //!   the application watches it. Nobody else is pinged or judged. An entry whose
 //!   operations ended *lingers*, unseen, until the look it had booked (at most an
 //!   interval), so that a peer sent one operation after another is not set up and torn
-//!   down for each; then it goes, and costs nothing more. At most
+//!   down for each, and its silence goes on across them (a dead peer whose operations
+//!   each time out before the detection time is still found Down); then it goes, and
+//!   costs nothing more. At most
 //!   [`LINGER_WHILE_PEERS_AT_MOST`] entries are kept for that: past it, one goes at once.
 //! * Any frame from a peer proves it alive ([`Monitor::heard`]). A monitored peer silent for
 //!   one `interval` gets a PING on the health lane, at most one per interval.
@@ -233,13 +235,12 @@ impl Watch {
         !self.interesting() && self.state != PeerState::Down
     }
 
-    /// Monitoring starts again from a lingering entry: as from a new one (see
-    /// [`Watch::new`]), keeping only the look it has booked.
-    fn revive(&mut self, now: Time) {
-        *self = Watch {
-            due: self.due,
-            ..Watch::new(now)
-        };
+    /// Taken up again before the look it lingers for (at most an interval after its last
+    /// operation ended): monitoring goes on with the same silence, judged at that look,
+    /// rather than starting afresh. Afresh, a dead peer sent one operation after another,
+    /// each ending (timed out) before the detection time, would never be found Down.
+    fn resumable(&self) -> bool {
+        self.lingering() && self.due.is_some()
     }
 }
 
@@ -421,12 +422,9 @@ impl Monitor {
     /// An operation to `nid` started. One lookup: it runs once per operation.
     pub(crate) fn interest_started(&mut self, nid: Nid, now: Time) {
         let w = self.peers.entry(nid).or_insert_with(|| Watch::new(now));
-        if w.lingering() {
-            w.revive(now);
-        }
-        let was = w.interesting();
+        let (was, resumed) = (w.interesting(), w.resumable());
         w.interest += 1;
-        if !was {
+        if !was && !resumed {
             start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
     }
@@ -446,12 +444,9 @@ impl Monitor {
     /// The application watches (or stops watching) `nid`.
     pub(crate) fn watch(&mut self, nid: Nid, now: Time, on: bool) {
         let w = self.peers.entry(nid).or_insert_with(|| Watch::new(now));
-        if w.lingering() {
-            w.revive(now);
-        }
-        let was = w.interesting();
+        let (was, resumed) = (w.interesting(), w.resumable());
         w.watched = on;
-        if !was && on {
+        if !was && on && !resumed {
             start(&mut self.timers, self.cfg.interval, nid, w, now);
         }
         if unneeded(&mut self.timers, nid, w) {
@@ -488,7 +483,7 @@ impl Monitor {
 
     /// A frame came from `nid`. Returns `Recovered` if it was Down.
     pub(crate) fn heard(&mut self, nid: Nid, now: Time) -> Option<Action> {
-        // A lingering entry hears too: it is revived before anyone looks at it again.
+        // A lingering entry hears too: its silence goes on if it is taken up again.
         let w = self.peers.get_mut(&nid)?;
         if w.state == PeerState::Suspect {
             return self.suspect_heard(nid, now);

@@ -425,7 +425,7 @@ fn one_stall_seen_twice_is_forgiven_once() {
 }
 
 #[test]
-fn an_entry_lingers_unseen_until_its_look_and_a_new_operation_starts_afresh() {
+fn an_entry_lingers_unseen_until_its_look_and_a_new_operation_goes_on_with_its_silence() {
     let mut m = Monitor::new(HealthConfig::default());
     m.interest_started(peer(1), at(0));
     assert_eq!(m.heard(peer(1), at(10)), None);
@@ -438,19 +438,47 @@ fn an_entry_lingers_unseen_until_its_look_and_a_new_operation_starts_afresh() {
     m.interest_ended(peer(1));
     assert_eq!((m.peer(peer(1)), m.monitored(), m.all()), (None, 0, vec![]));
     assert_eq!(m.sizes().0, 1, "lingering until its look");
-    // Another operation before that look: monitoring starts afresh, Up, silence counted
-    // from now (a Suspect peer carried over would be pinged at once, and soon Down).
+    // Another operation before that look: the same silence goes on, Suspect, and is
+    // judged as it would have been: pinged again, Down 300 ms after it was last heard.
     m.interest_started(peer(1), at(160));
-    assert_eq!(m.peer(peer(1)).map(|h| h.state), Some(PeerState::Up));
-    let log = drive(&mut m, 259, |_| None);
-    assert!(log.is_empty(), "{log:?}");
-    let log = drive(&mut m, 261, |_| None);
-    assert_eq!(log, vec![(260, Action::Ping(peer(1)))]);
-    // Ended again, and left alone: gone at its look, with no ping and no verdict.
+    assert_eq!(m.peer(peer(1)).map(|h| h.state), Some(PeerState::Suspect));
+    let log = drive(&mut m, 400, |_| None);
+    assert_eq!(log.first(), Some(&(210, Action::Ping(peer(1)))), "{log:?}");
+    assert_eq!(downs(&log), vec![310]);
+
+    // A peer that answered, left alone once its operation ended: gone at its look, with
+    // no ping and no verdict.
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    assert_eq!(m.heard(peer(1), at(10)), None);
     m.interest_ended(peer(1));
     let log = drive(&mut m, 10_000, |_| None);
     assert!(log.is_empty(), "{log:?}");
     assert_eq!((m.sizes().0, m.next_deadline()), (0, None));
+}
+
+/// A dead peer sent one operation after another, each timing out (its interest ending)
+/// before the detection time, the next started at once: it is still found Down, within
+/// the detection time of its last frame and an interval, as one long operation's would be.
+#[test]
+fn a_dead_peer_whose_operations_each_time_out_before_the_detection_time_is_found_down() {
+    let mut m = Monitor::new(HealthConfig::default());
+    assert_eq!(m.heard(peer(1), at(0)), None);
+    m.interest_started(peer(1), at(0));
+    assert_eq!(m.heard(peer(1), at(1)), None); // its last frame
+    let mut log = Vec::new();
+    for op in 0..10u64 {
+        // Each operation times out after 200 ms (the detection time is 300 ms).
+        let (started, ends) = (op * 200, op * 200 + 200);
+        if op > 0 {
+            m.interest_started(peer(1), at(started));
+        }
+        log.extend(drive(&mut m, ends - 1, |_| None));
+        m.interest_ended(peer(1));
+    }
+    let downs = downs(&log);
+    assert!(!downs.is_empty(), "never found Down: {log:?}");
+    assert!(downs[0] <= 1 + 300 + 100, "Down at {} ms", downs[0]);
 }
 
 #[test]
@@ -476,7 +504,7 @@ fn the_deadline_follows_a_top_whose_peer_changed() {
 }
 
 #[test]
-fn a_revived_entry_vouches_only_once_heard_again() {
+fn a_resumed_entry_vouches_as_before_and_a_new_one_only_once_heard() {
     let mut m = Monitor::new(HealthConfig::default());
     m.interest_started(peer(1), at(0));
     m.heard(peer(1), at(5));
@@ -485,10 +513,19 @@ fn a_revived_entry_vouches_only_once_heard_again() {
     assert!(!m.vouches_for(peer(1)), "lingering: unseen");
     m.interest_started(peer(1), at(20));
     assert!(
+        m.vouches_for(peer(1)),
+        "the same monitoring: heard 15 ms ago"
+    );
+    // Once gone (nobody came back before its look), monitoring starts afresh.
+    m.interest_ended(peer(1));
+    assert!(drive(&mut m, 1_000, |_| None).is_empty());
+    assert_eq!(m.sizes().0, 0, "gone");
+    m.interest_started(peer(1), at(1_000));
+    assert!(
         !m.vouches_for(peer(1)),
         "a new monitoring has heard nothing yet"
     );
-    m.heard(peer(1), at(25));
+    m.heard(peer(1), at(1_005));
     assert!(m.vouches_for(peer(1)));
 }
 
