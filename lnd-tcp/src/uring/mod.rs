@@ -366,7 +366,7 @@ impl Uring {
                 continue;
             };
             sock.closing = true;
-            sys::shutdown(sock.fd.as_fd());
+            sys::close_connection(sock.fd.as_fd());
             if sock.connect.is_some() {
                 let e = opcode::AsyncCancel::new(user_data(id, CONNECT))
                     .build()

@@ -169,7 +169,7 @@ impl Drop for Uring {
         }
         for sock in self.socks.values_mut() {
             sock.closing = true;
-            sys::shutdown(sock.fd.as_fd());
+            sys::close_connection(sock.fd.as_fd());
         }
         let cancel_all = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::any())
             .build()

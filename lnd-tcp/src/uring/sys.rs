@@ -55,6 +55,21 @@ pub(crate) fn signal(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// How long a socket this driver closes may keep bytes its peer has not acknowledged
+/// (`TCP_USER_TIMEOUT`): a zero-copy send holds its memory (and the socket its slot)
+/// until they are, which to a dead peer would take TCP's retries, about 15 minutes.
+const CLOSING_UNACKED_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes a socket's connection: bytes its peer has not acknowledged within
+/// [`CLOSING_UNACKED_MAX`] are given up (the connection aborted), and it is shut down both
+/// ways, so that operations pending on it complete.
+pub(crate) fn close_connection(fd: BorrowedFd<'_>) {
+    // A socket that never connected refuses nothing here; any failure leaves TCP's own
+    // retries, as before.
+    let _ = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(CLOSING_UNACKED_MAX));
+    shutdown(fd);
+}
+
 /// Shuts a socket down both ways, so that operations pending on it complete.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
     // SAFETY: no pointers; the descriptor is borrowed for the call. Errors (e.g. ENOTCONN on
