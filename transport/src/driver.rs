@@ -289,7 +289,10 @@ impl Driver {
         }
         if !ready {
             if let Err(e) = waits.wait(sleep) {
+                // Polled as an LND without a descriptor is, rather than spinning (and
+                // logging every turn) while the failure lasts.
                 tracing::warn!("waiting on the NIs failed: {e}");
+                std::thread::sleep(shorter(sleep, Some(UNWAITABLE_POLL)).unwrap_or_default());
             }
             // The caller looks at what it was woken for once this returns; a wake from
             // now on makes the next sleep return at once.

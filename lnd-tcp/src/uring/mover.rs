@@ -29,7 +29,8 @@ use super::send::SendSlot;
 use super::sys;
 use crate::engine::ConnId;
 
-/// Operations in flight at once; more wait in the job queue.
+/// The ring's submission queue: entries queued between two submissions at most (every
+/// job is started as it is taken; a full queue is submitted before more are queued).
 const RING_ENTRIES: u32 = 256;
 /// Bytes per receive at most: a frame's payload of up to 1 MiB in one receive and one copy.
 /// Under a raised mark (a rest of 128 KiB or more, see `crate::low_water`) the receive

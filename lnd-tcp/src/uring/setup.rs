@@ -203,6 +203,10 @@ impl Drop for Uring {
                     std::mem::forget(sock);
                 }
             }
+            if self.wake_armed {
+                // The wake-up's read may still write into it.
+                std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+            }
             return; // `bufs` stays leaked: ManuallyDrop
         }
         self.free_buffers();
