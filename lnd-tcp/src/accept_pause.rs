@@ -2,8 +2,11 @@
 //! failed for want of a descriptor fails again at once, before it even looks for a
 //! connection: retried at once, it turns the driver into a busy loop that logs a line
 //! per turn. So accepting pauses for a while, the connections waiting in the listen
-//! backlog meanwhile, and is retried: each backend asks [`AcceptPause::take_due`] every
-//! turn, and the engine wakes its wait at [`AcceptPause::until`].
+//! backlog meanwhile, and is retried: each backend asks [`AcceptPause::take_due`] at
+//! every full poll (busy-polling's looks at its hot connection skip it, but a full poll
+//! comes every few), and the engine wakes its wait at [`AcceptPause::until`]. (epoll also
+//! tries, paused or not, whenever a new connection makes its listener readable: bounded
+//! by how fast connections come, each failure pushing the pause back.)
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -25,8 +28,10 @@ pub(crate) enum AcceptRetry {
 pub(crate) struct AcceptPause {
     /// When accepting is retried, while it is paused.
     until: Option<Instant>,
-    /// When the failures began, until an accept succeeds: each streak is logged once.
-    failing_since: Option<Instant>,
+    /// When the failures began, and the last of them: each streak is logged once. A
+    /// streak ends when an accept succeeds, or when none has failed for two pauses (a
+    /// retry that found the backlog empty tells nobody).
+    streak: Option<(Instant, Instant)>,
 }
 
 impl AcceptPause {
@@ -36,22 +41,28 @@ impl AcceptPause {
             tracing::debug!("accept failed: {e}");
             return AcceptRetry::Now;
         }
-        if self.failing_since.is_none() {
-            self.failing_since = Some(now);
-            tracing::warn!(
-                "accept failed: {e}; new connections wait in the listen backlog, tried \
-                 again every {ACCEPT_PAUSE:?}"
-            );
-        }
+        let since = match self.streak {
+            Some((since, last)) if now.saturating_duration_since(last) <= 2 * ACCEPT_PAUSE => since,
+            _ => {
+                tracing::warn!(
+                    "accept failed: {e}; new connections wait in the listen backlog, tried \
+                     again every {ACCEPT_PAUSE:?}"
+                );
+                now
+            }
+        };
+        self.streak = Some((since, now));
         self.until = Some(now + ACCEPT_PAUSE);
         AcceptRetry::Paused
     }
 
     /// An accept succeeded at `now`.
     pub(crate) fn succeeded(&mut self, now: Instant) {
-        if let Some(since) = self.failing_since.take() {
-            let failing = now.saturating_duration_since(since);
-            tracing::info!("accepting connections again, after {failing:?} of failures");
+        if let Some((since, last)) = self.streak.take() {
+            if now.saturating_duration_since(last) <= 2 * ACCEPT_PAUSE {
+                let failing = now.saturating_duration_since(since);
+                tracing::info!("accepting connections again, after {failing:?} of failures");
+            }
         }
     }
 
@@ -74,12 +85,24 @@ impl AcceptPause {
 }
 
 /// Failures of the one connection being accepted (reset or broken before it was taken,
-/// or the call interrupted): the next accept may well succeed.
+/// its network errors, which accept(2) passes on, a firewall's refusal), or of the call
+/// (interrupted): the next accept may well succeed.
 fn one_connection_only(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-    ) || e.raw_os_error() == Some(libc::EPROTO)
+    const ITS_OWN: [i32; 11] = [
+        libc::ECONNABORTED,
+        libc::EINTR,
+        libc::EPROTO,
+        libc::EPERM,
+        libc::ENETDOWN,
+        libc::ENOPROTOOPT,
+        libc::EHOSTDOWN,
+        libc::ENONET,
+        libc::EHOSTUNREACH,
+        libc::EOPNOTSUPP,
+        libc::ENETUNREACH,
+    ];
+    e.raw_os_error()
+        .is_some_and(|errno| ITS_OWN.contains(&errno))
 }
 
 #[cfg(test)]
@@ -105,14 +128,28 @@ mod tests {
         let t1 = t0 + ACCEPT_PAUSE * 3;
         assert_eq!(pause.failed(&os(libc::ENFILE), t1), AcceptRetry::Paused);
         assert_eq!(pause.until(), Some(t1 + ACCEPT_PAUSE));
-        pause.succeeded(t1);
-        assert!(pause.failing_since.is_none());
+        assert_eq!(
+            pause.streak,
+            Some((t1, t1)),
+            "a new streak: t0's ended unseen"
+        );
+        let t2 = t1 + ACCEPT_PAUSE;
+        assert_eq!(pause.failed(&os(libc::EMFILE), t2), AcceptRetry::Paused);
+        assert_eq!(pause.streak, Some((t1, t2)), "the same streak goes on");
+        pause.succeeded(t2);
+        assert!(pause.streak.is_none());
     }
 
     #[test]
     fn one_connections_failure_is_retried_at_once() {
         let mut pause = AcceptPause::default();
-        for errno in [libc::ECONNABORTED, libc::EPROTO, libc::EINTR] {
+        for errno in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EINTR,
+            libc::ENETUNREACH,
+            libc::EPERM,
+        ] {
             assert_eq!(pause.failed(&os(errno), Instant::now()), AcceptRetry::Now);
         }
         assert_eq!(pause.until(), None);

@@ -87,7 +87,8 @@ pub(crate) struct Engine {
     done: Vec<TxToken>,
     /// Connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
-    /// Accepting paused after the process ran out of descriptors: the backends ask it.
+    /// Accepting paused after an accept failed for want of descriptors (or for anything
+    /// else that is not the one connection's): the backends ask it.
     pub(crate) accept_pause: AcceptPause,
 }
 

@@ -500,7 +500,8 @@ fn a_connection_accepted_as_the_driver_is_dropped_is_closed() {
 }
 
 /// An io_uring driver belongs to the thread that first polled it (its ring has a single
-/// issuer): polled from another, it says so, rather than the kernel's "File exists".
+/// issuer, as on every kernel this project runs on: 6.1 and later): polled from another,
+/// it says so, rather than the kernel's "File exists".
 #[test]
 fn an_io_uring_driver_polled_from_another_thread_says_why_it_cannot_be() {
     let nid = lanet_lnd_tcp::free_loopback_nid().unwrap();

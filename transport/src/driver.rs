@@ -289,8 +289,8 @@ impl Driver {
         }
         if !ready {
             if let Err(e) = waits.wait(sleep) {
-                // Polled as an LND without a descriptor is, rather than spinning (and
-                // logging every turn) while the failure lasts.
+                // Sleep as long as for an LND without a descriptor, rather than spin (and
+                // log every turn) while the failure lasts.
                 tracing::warn!("waiting on the NIs failed: {e}");
                 std::thread::sleep(shorter(sleep, Some(UNWAITABLE_POLL)).unwrap_or_default());
             }

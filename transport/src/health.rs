@@ -379,7 +379,8 @@ impl Monitor {
     }
 
     /// Whether this node can say, from what it heard, that it reaches `nid`: monitored, Up,
-    /// and heard from since monitoring began.
+    /// and heard from since monitoring began (or since the lingering entry it resumed
+    /// began: at most about an interval before).
     pub(crate) fn vouches_for(&self, nid: Nid) -> bool {
         self.watch_of(nid)
             .is_some_and(|w| w.heard && w.state == PeerState::Up)

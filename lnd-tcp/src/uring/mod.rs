@@ -174,7 +174,25 @@ impl Sock {
     fn idle(&self) -> bool {
         !self.sending && self.moving == 0 && !self.notif && !self.recv && self.connect.is_none()
     }
+
+    /// Shuts the connection down both ways, so that operations pending on it complete. A
+    /// zero-copy send's memory stays the kernel's until the peer acknowledges its bytes,
+    /// which from a dead peer takes TCP's retries (some 15 minutes, the socket held too):
+    /// while one may be out, bytes unacknowledged for [`CLOSING_UNACKED_MAX`] are given up
+    /// (the connection aborted). Others keep TCP's own patience: a live peer that reads
+    /// slowly still gets what the socket took.
+    fn close_connection(&self) {
+        if self.zero_copy && (self.sending || self.notif) {
+            sys::give_up_unacked_after(self.fd.as_fd(), CLOSING_UNACKED_MAX);
+        }
+        sys::shutdown(self.fd.as_fd());
+    }
 }
+
+/// See [`Sock::close_connection`]. Counted from the first send of the oldest bytes not
+/// acknowledged (a retransmission timer already backed off runs out first, up to TCP's
+/// 120 s).
+const CLOSING_UNACKED_MAX: Duration = Duration::from_secs(1);
 
 struct UringWaker(Arc<OwnedFd>);
 
@@ -366,7 +384,7 @@ impl Uring {
                 continue;
             };
             sock.closing = true;
-            sys::close_connection(sock.fd.as_fd());
+            sock.close_connection();
             if sock.connect.is_some() {
                 let e = opcode::AsyncCancel::new(user_data(id, CONNECT))
                     .build()

@@ -169,7 +169,7 @@ impl Drop for Uring {
         }
         for sock in self.socks.values_mut() {
             sock.closing = true;
-            sys::close_connection(sock.fd.as_fd());
+            sock.close_connection();
         }
         let cancel_all = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::any())
             .build()

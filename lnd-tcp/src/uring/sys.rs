@@ -55,19 +55,13 @@ pub(crate) fn signal(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// How long a socket this driver closes may keep bytes its peer has not acknowledged
-/// (`TCP_USER_TIMEOUT`): a zero-copy send holds its memory (and the socket its slot)
-/// until they are, which to a dead peer would take TCP's retries, about 15 minutes.
-const CLOSING_UNACKED_MAX: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Closes a socket's connection: bytes its peer has not acknowledged within
-/// [`CLOSING_UNACKED_MAX`] are given up (the connection aborted), and it is shut down both
-/// ways, so that operations pending on it complete.
-pub(crate) fn close_connection(fd: BorrowedFd<'_>) {
-    // A socket that never connected refuses nothing here; any failure leaves TCP's own
-    // retries, as before.
-    let _ = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(CLOSING_UNACKED_MAX));
-    shutdown(fd);
+/// Has TCP give up bytes its peer has not acknowledged for `after` (`TCP_USER_TIMEOUT`),
+/// aborting the connection.
+pub(crate) fn give_up_unacked_after(fd: BorrowedFd<'_>, after: std::time::Duration) {
+    // A failure leaves TCP's own retries, as before: nothing to undo.
+    if let Err(e) = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(after)) {
+        tracing::debug!("TCP_USER_TIMEOUT: {e}");
+    }
 }
 
 /// Shuts a socket down both ways, so that operations pending on it complete.

@@ -7,7 +7,8 @@
 //!   any monitored peer costs: a PING when silent.
 //! * **Black hole.** Net-level: one of its NIs is down, or every peer it watches on a net is
 //!   Down (*silent net*). Peer-level: a peer it serves is Down for it, and a fellow vouches
-//!   for that peer (heard from it since it began to watch it). If nobody reaches the peer,
+//!   for that peer (heard from it since it began to watch it, or within about an
+//!   interval before, across back-to-back operations). If nobody reaches the peer,
 //!   the peer died (maybe a failover in progress): nobody withdraws.
 //! * **Advertise, then withdraw.** A Down peer is listed as unreachable (and a silent net
 //!   as down) in the status at once, so senders avoid this router for it; then, if fellows

@@ -269,7 +269,6 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Drops the frames queued for NI `ni`'s driver.
     /// Drops what is queued for NI `ni`'s driver and not yet handed over, its driver being
     /// gone: frames (their in-driver records end with the driver's others) and requests
     /// (its fetches end from `fetching`; connects, closes and declines are moot).
