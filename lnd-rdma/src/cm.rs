@@ -30,6 +30,17 @@ pub enum CmEventKind {
 }
 
 impl CmEventKind {
+    /// Whether the event ends its connection (or its attempt).
+    pub fn ends_a_connection(self) -> bool {
+        matches!(
+            self,
+            CmEventKind::Disconnected
+                | CmEventKind::Unreachable
+                | CmEventKind::Rejected
+                | CmEventKind::Error(_)
+        )
+    }
+
     fn from_raw(e: u32) -> CmEventKind {
         use sys::rdma_cm_event_type::*;
         match e {

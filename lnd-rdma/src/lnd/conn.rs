@@ -159,8 +159,9 @@ pub(crate) fn split_wr_id(wr_id: u64) -> WrId {
 
 /// What a send-queue slot is busy with.
 pub(crate) enum SlotUse {
-    /// An eager frame: its token completes with the SEND.
-    Eager(TxToken),
+    /// An eager frame: its token completes with the SEND. `ends_an_op`: nothing will
+    /// answer it (a PUT without ACK), so that completion ends its operation.
+    Eager { token: TxToken, ends_an_op: bool },
     /// The request of a deferred frame: its token completes with the rendezvous.
     Request,
     /// A driver message.
@@ -371,9 +372,9 @@ impl Conn {
         let mut tokens: Vec<TxToken> = qp.frames.drain(..).map(|t| t.token).collect();
         tokens.extend(qp.slots.iter().filter_map(|s| match s {
             Some(Slot {
-                used: SlotUse::Eager(t),
+                used: SlotUse::Eager { token, .. },
                 ..
-            }) => Some(*t),
+            }) => Some(*token),
             _ => None,
         }));
         tokens.extend(qp.out.drain().map(|(_, r)| r.token));
@@ -468,7 +469,11 @@ impl Qp {
     }
 
     fn post_eager(&mut self, id: u32, tx: Transmit, ctx: &mut Ctx) -> Result<(), LndError> {
-        self.send_eager(id, SlotUse::Eager(tx.token), &tx.header, &tx.payload, ctx)
+        let used = SlotUse::Eager {
+            token: tx.token,
+            ends_an_op: lanet::wire::is_put_without_ack(&tx.header),
+        };
+        self.send_eager(id, used, &tx.header, &tx.payload, ctx)
     }
 
     /// Takes a SEND of a frame with its payload inline, the slot held for `used`.

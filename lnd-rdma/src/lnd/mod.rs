@@ -203,6 +203,9 @@ const QUIET_MAX: usize = 64;
 const CLOCK_PASSES: u32 = 64;
 /// Busy-poll passes between looks at rdma_cm events and deadlines.
 const HOUSEKEEPING_PASSES: u32 = 1024;
+/// Polls of both CQs at most (each up to 32 completions a lane) before a connection's
+/// end is acted on (see `housekeeping`).
+const DRAIN_POLLS_MAX: usize = 64;
 
 const WAKE: mio::Token = mio::Token(0);
 const CM: mio::Token = mio::Token(1);
@@ -612,6 +615,17 @@ impl RdmaLnd {
         Ok(any)
     }
 
+    /// Polls both CQs until they are empty, or for [`DRAIN_POLLS_MAX`] polls (a stream
+    /// from other peers may never leave them empty).
+    fn drain_cqs(&mut self) -> Result<(), LndError> {
+        for _ in 0..DRAIN_POLLS_MAX {
+            if !self.poll_cqs()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Arrivals outran reposts on `lane`: more receives for its shared queue.
     fn grow_receives(&mut self, lane: Lane) {
         let before = self.ctx.recv[lane].len();
@@ -625,7 +639,15 @@ impl RdmaLnd {
     /// the spinning loop does it only every [`HOUSEKEEPING_PASSES`] passes (and after
     /// sleeping), never on the per-message path.
     fn housekeeping(&mut self) -> Result<(), LndError> {
+        let mut drained = false;
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
+            if ev.kind.ends_a_connection() && !drained {
+                // A peer's last frames reach our CQ before its disconnect reaches rdma_cm
+                // (the NIC completes a receive before it acknowledges it): they go up
+                // first, or, their connection gone, they would be dropped.
+                self.drain_cqs()?;
+                drained = true;
+            }
             self.on_cm_event(ev);
         }
         // Registering send buffers may be tried again (once, if it fails again).

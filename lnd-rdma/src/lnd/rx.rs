@@ -296,11 +296,18 @@ impl RdmaLnd {
         };
         match used {
             // Nobody waits on this one (the frame was copied when sent): it goes up with the
-            // next event rather than costing the core a turn of its own.
-            SlotUse::Eager(token) => self.quiet.push(LndEvent::SendComplete {
-                token,
-                result: Ok(()),
-            }),
+            // next event (a request's answer, say) rather than costing the core a turn of
+            // its own. Unless it ends an operation: then held, it would wait out the spin.
+            SlotUse::Eager { token, ends_an_op } => {
+                let done = LndEvent::SendComplete {
+                    token,
+                    result: Ok(()),
+                };
+                match ends_an_op {
+                    true => self.ctx.events.push(done),
+                    false => self.quiet.push(done),
+                }
+            }
             SlotUse::Request | SlotUse::Ctrl | SlotUse::Write { .. } => {}
             SlotUse::WriteDone(cookie) => {
                 if let Some(rdv) = qp.out.remove(&cookie) {

@@ -90,14 +90,7 @@ impl RdmaLnd {
             // Forgotten already, or accepted and awaiting the dialler's AUTH (which its
             // first message brings; until then, only its end matters).
             let unproven = self.conns.get(id).is_some();
-            let ended = matches!(
-                ev.kind,
-                CmEventKind::Disconnected
-                    | CmEventKind::Unreachable
-                    | CmEventKind::Rejected
-                    | CmEventKind::Error(_)
-            );
-            if unproven && ended {
+            if unproven && ev.kind.ends_a_connection() {
                 let e = err(
                     LndErrorKind::Reset,
                     format!("{:?} before its AUTH", ev.kind),

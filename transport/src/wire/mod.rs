@@ -46,7 +46,10 @@
 mod codec;
 mod status;
 
-pub use codec::{decode, decode_header, encode_header, encode_header_with, DecodeError, Frame};
+pub use codec::{
+    decode, decode_header, encode_header, encode_header_with, is_put_without_ack, DecodeError,
+    Frame,
+};
 pub use status::{AbsentReason, RouterState, RouterStatus, StatusError, MAX_UNREACHABLE};
 
 use crate::lane::Lane;

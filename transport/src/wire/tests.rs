@@ -450,3 +450,31 @@ proptest! {
         }
     }
 }
+
+/// Only a PUT without ACK reads as one from its encoded header, however it is protected.
+#[test]
+fn an_encoded_put_without_ack_is_told_from_every_other_frame() {
+    let put = |ack| Body::Put {
+        portal: 4,
+        match_bits: 1,
+        settled_below: 0,
+        ack,
+    };
+    for check in [HeaderCheck::Crc32, HeaderCheck::Link] {
+        let encoded = |body| encode_header_with(&sample(body, Lane::Data, 8), check);
+        assert!(is_put_without_ack(&encoded(put(false))));
+        assert!(!is_put_without_ack(&encoded(put(true))));
+        let get = Body::Get {
+            portal: 4,
+            match_bits: 1,
+            want_len: 8,
+            settled_below: 0,
+        };
+        assert!(!is_put_without_ack(&encoded(get)));
+        let ack = Body::Ack {
+            status: Status::Ok,
+            mlen: 8,
+        };
+        assert!(!is_put_without_ack(&encoded(ack)));
+    }
+}
