@@ -83,10 +83,26 @@ impl BufPool {
         Ok(self.free.pop())
     }
 
-    /// Whether [`BufPool::take`] would give a buffer now: one is free, or another chunk
-    /// could be registered (and was). An error: registering failed.
-    pub(crate) fn ready(&mut self, pd: &Pd) -> Result<bool, VerbsError> {
-        Ok(!self.free.is_empty() || self.grow(pd)?)
+    /// Whether more than `reserve` buffers are free now, registering chunks as needed
+    /// (so [`BufPool::take`] gives one without touching the reserve). An error:
+    /// registering failed.
+    pub(crate) fn ready_beyond(&mut self, reserve: usize, pd: &Pd) -> Result<bool, VerbsError> {
+        while self.free.len() <= reserve {
+            if !self.grow(pd)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Buffers free now.
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Buffers it may register, at most.
+    pub(crate) fn max(&self) -> usize {
+        self.max
     }
 
     /// Buffers taken and not given back.

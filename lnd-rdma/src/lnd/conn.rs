@@ -84,15 +84,26 @@ pub(crate) enum Pumped {
     NeedsBuffers,
 }
 
-/// Whether a SEND can have a buffer now. Registering more failing (the locked-memory
-/// limit, say) is waited out while buffers are in use, as they come back, and not tried
-/// again until the driver's next housekeeping; with none in use, nothing would ever come
-/// back, and the connection fails saying why.
-fn send_buf_ready(ctx: &mut Ctx) -> Result<bool, LndError> {
-    if ctx.send_reg_failed && ctx.send_bufs.in_use() > 0 {
-        return Ok(ctx.send_bufs.has_free());
+/// Send buffers the data lane leaves to the health lane while any are in use (a quarter
+/// of the pool, if that is fewer): data SENDs stuck on a peer that takes nothing (RNR,
+/// retried until the peer is found Down, itself by a PING) could otherwise hold every
+/// buffer, and the health lane's PINGs and PONGs to everyone else would wait for one.
+const HEALTH_SEND_RESERVE: usize = 4;
+
+/// Whether a SEND on `lane` can have a buffer now. Registering more failing (the
+/// locked-memory limit, say) is waited out while buffers are in use, as they come back,
+/// and not tried again until the driver's next housekeeping; with none in use, nothing
+/// would ever come back, and the connection fails saying why.
+fn send_buf_ready(ctx: &mut Ctx, lane: Lane) -> Result<bool, LndError> {
+    let in_use = ctx.send_bufs.in_use();
+    let reserve = match lane {
+        Lane::Data if in_use > 0 => HEALTH_SEND_RESERVE.min(ctx.send_bufs.max() / 4),
+        _ => 0,
+    };
+    if ctx.send_reg_failed && in_use > 0 {
+        return Ok(ctx.send_bufs.free_count() > reserve);
     }
-    match ctx.send_bufs.ready(&ctx.pd) {
+    match ctx.send_bufs.ready_beyond(reserve, &ctx.pd) {
         Ok(ready) => Ok(ready),
         Err(e) if ctx.send_bufs.in_use() > 0 => {
             ctx.send_reg_failed = true;
@@ -306,8 +317,8 @@ impl Conn {
     /// (see `Qp::gathered`). Only for a connection that is up. Stops short, to go on when
     /// a SEND completes elsewhere, where the NI's send buffers are all in use. An error
     /// fails the connection: what it took then ends with the QP.
-    pub(crate) fn pump(&mut self, id: u32, ctx: &mut Ctx) -> Result<Pumped, LndError> {
-        let pumped = self.take_sends(id, ctx).inspect_err(|_| {
+    pub(crate) fn pump(&mut self, id: u32, lane: Lane, ctx: &mut Ctx) -> Result<Pumped, LndError> {
+        let pumped = self.take_sends(id, lane, ctx).inspect_err(|_| {
             // Never posted later, should the connection outlive the error.
             if let Some(qp) = self.qp.as_mut() {
                 qp.gathered.clear();
@@ -321,7 +332,7 @@ impl Conn {
 
     /// [`Conn::pump`] but for posting the last SENDs it takes: it posts them in chains of
     /// [`SEND_CHAIN_MAX`], and before a WRITE or READ.
-    fn take_sends(&mut self, id: u32, ctx: &mut Ctx) -> Result<Pumped, LndError> {
+    fn take_sends(&mut self, id: u32, lane: Lane, ctx: &mut Ctx) -> Result<Pumped, LndError> {
         let Some(qp) = self.qp.as_mut() else {
             return Ok(Pumped::Done);
         };
@@ -336,7 +347,7 @@ impl Conn {
                 if qp.free.len() < need {
                     return Ok(Pumped::Done);
                 }
-                if !matches!(c, Ctrl::Read { .. }) && !send_buf_ready(ctx)? {
+                if !matches!(c, Ctrl::Read { .. }) && !send_buf_ready(ctx, lane)? {
                     return Ok(Pumped::NeedsBuffers);
                 }
                 let c = qp.ctrl.pop_front().expect("checked");
@@ -351,7 +362,7 @@ impl Conn {
             if qp.free.is_empty() || (deferred && qp.out.len() >= RDV_MAX) {
                 return Ok(Pumped::Done);
             }
-            if !send_buf_ready(ctx)? {
+            if !send_buf_ready(ctx, lane)? {
                 return Ok(Pumped::NeedsBuffers);
             }
             let tx = qp.frames.pop_front().expect("checked");

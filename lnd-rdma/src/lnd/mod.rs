@@ -491,17 +491,23 @@ impl RdmaLnd {
         let Some(ConnMut {
             stage: Stage::Up,
             data: conn,
-            ..
+            peer,
         }) = self.conns.get_mut_with_state(id)
         else {
             return;
         };
-        match conn.pump(id, &mut self.ctx) {
+        let lane = peer.map_or(Lane::Data, |(_, lane)| lane);
+        match conn.pump(id, lane, &mut self.ctx) {
             Ok(Pumped::Done) => {}
             Ok(Pumped::NeedsBuffers) => {
                 if let Some(qp) = conn.qp.as_mut().filter(|qp| !qp.waiting_for_buf) {
                     qp.waiting_for_buf = true;
-                    self.buf_waiters.push_back(id);
+                    // The health lane first in line: its frames are few and never wait
+                    // behind data.
+                    match lane {
+                        Lane::Health => self.buf_waiters.push_front(id),
+                        Lane::Data => self.buf_waiters.push_back(id),
+                    }
                 }
             }
             Err(e) => self.fail(id, e),
