@@ -375,6 +375,13 @@ impl Conn {
         }
     }
 
+    /// Whether work requests of its are still with the adapter (SENDs, READs, WRITEs).
+    pub(crate) fn in_flight(&self) -> bool {
+        self.qp
+            .as_ref()
+            .is_some_and(|qp| qp.free.len() < qp.slots.len())
+    }
+
     /// Every token this connection still owes a `SendComplete`, for when it dies.
     pub(crate) fn owed_tokens(&mut self) -> Vec<TxToken> {
         let Some(qp) = self.qp.as_mut() else {

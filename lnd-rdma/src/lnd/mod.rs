@@ -872,6 +872,29 @@ impl Lnd for RdmaLnd {
     }
 }
 
+impl Drop for RdmaLnd {
+    /// Sends what the core handed over last (frames held for the end of a hand-over: a
+    /// node's last turn is not followed by a poll), and gives the SENDs in flight a moment
+    /// to leave before the queue pairs go, which would cut them off. Not while unwinding
+    /// from a panic, which may have left the connections inconsistent.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.send_posted();
+        let deadline = Instant::now() + DROP_DRAIN;
+        while self.conns.iter().any(|(_, c)| c.in_flight()) && Instant::now() < deadline {
+            if self.poll_cqs().is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// How long a dropped driver waits for its SENDs in flight to complete, at most (a
+/// deferred payload waits for its peer to fetch it, which it may never do).
+const DROP_DRAIN: Duration = Duration::from_millis(200);
+
 impl RdmaLnd {
     /// Gives the core everything pending, held send completions first (they happened
     /// first).
