@@ -1131,14 +1131,17 @@ fn vm_driver_hands_up_a_peers_last_frames_before_its_disconnect() {
     }
     assert!((1..=N).all(|t| sent(&seen[0], t) == Some(&Ok(()))));
     drop(a); // its QPs and rdma_cm ids go: B is told of the disconnect
-    std::thread::sleep(Duration::from_millis(500)); // both for B to find by now
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while disconnected(&seen[1], Lane::Data) == 0 {
-        assert!(Instant::now() < deadline, "B never heard A go");
-        let mut evs = Vec::new();
-        b.poll(&mut evs, Some(Duration::ZERO)).unwrap(); // looks at rdma_cm every time
-        seen[1].append(&mut evs);
-    }
+    std::thread::sleep(Duration::from_secs(1)); // both for B to find by now
+                                                // One poll, which takes 32 completions a lane and then looks at rdma_cm: the
+                                                // disconnect is there, so the rest must come up before it, in this same poll.
+    let mut evs = Vec::new();
+    b.poll(&mut evs, Some(Duration::ZERO)).unwrap();
+    seen[1].append(&mut evs);
+    assert_eq!(
+        disconnected(&seen[1], Lane::Data),
+        1,
+        "the disconnect had not reached B after a second"
+    );
     let gone = seen[1]
         .iter()
         .position(|e| matches!(e, LndEvent::Disconnected { .. }))
@@ -1159,7 +1162,7 @@ fn vm_driver_hands_up_a_peers_last_frames_before_its_disconnect() {
 fn vm_driver_hands_up_a_put_without_ack_as_sent_without_waiting_out_its_spin() {
     let (an, bn) = nids(8200);
     let mut cfg = RdmaConfig::for_node(&NodeConfig::new(8200));
-    cfg.spin = Duration::from_millis(300);
+    cfg.spin = Duration::from_secs(5);
     let mut a = RdmaLnd::bind(an, cfg).expect("the RDMA LND on rxe0");
     let mut b = lnd(bn);
     let mut seen = [Vec::new(), Vec::new()];
@@ -1177,13 +1180,13 @@ fn vm_driver_hands_up_a_put_without_ack_as_sent_without_waiting_out_its_spin() {
     let started = Instant::now();
     let mut evs = Vec::new();
     while sent(&evs, 1).is_none() {
-        assert!(started.elapsed() < Duration::from_secs(10), "never sent");
-        a.poll(&mut evs, None).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20), "never sent");
+        a.poll(&mut evs, Some(Duration::from_secs(6))).unwrap();
     }
     let took = started.elapsed();
     assert_eq!(sent(&evs, 1), Some(&Ok(())));
-    // Held, it would come up when the 300 ms spin ran out.
-    assert!(took < Duration::from_millis(150), "came up after {took:?}");
+    // Held, it would come up when the 5 s spin ran out.
+    assert!(took < Duration::from_secs(1), "came up after {took:?}");
 }
 
 /// Data SENDs stuck on a peer that takes nothing (its receives used up, never reposted:

@@ -80,7 +80,8 @@ pub(crate) fn grow_cq(cq: &Cq, need: usize, max_cqe: usize) -> Result<(), LndErr
 pub(crate) enum Pumped {
     /// At the end of its queues, or of its send queue's room (a completion pumps again).
     Done,
-    /// Every send buffer of the NI is in use: it goes on when one comes back.
+    /// No send buffer of the NI is free for its lane (the data lane leaves a few to the
+    /// health lane): it goes on when one comes back.
     NeedsBuffers,
 }
 
@@ -314,8 +315,9 @@ impl Conn {
     }
 
     /// Posts what fits: driver messages first, then frames in order, their SENDs chained
-    /// (see `Qp::gathered`). Only for a connection that is up. Stops short, to go on when
-    /// a SEND completes elsewhere, where the NI's send buffers are all in use. An error
+    /// (see `Qp::gathered`). Only for a connection that is up, on `lane`. Stops short, to
+    /// go on when a SEND completes elsewhere, where no send buffer is free for its lane
+    /// (see `send_buf_ready`). An error
     /// fails the connection: what it took then ends with the QP.
     pub(crate) fn pump(&mut self, id: u32, lane: Lane, ctx: &mut Ctx) -> Result<Pumped, LndError> {
         let pumped = self.take_sends(id, lane, ctx).inspect_err(|_| {

@@ -204,8 +204,9 @@ const CLOCK_PASSES: u32 = 64;
 /// Busy-poll passes between looks at rdma_cm events and deadlines.
 const HOUSEKEEPING_PASSES: u32 = 1024;
 /// Polls of both CQs at most (each up to 32 completions a lane) before a connection's
-/// end is acted on (see `housekeeping`).
-const DRAIN_POLLS_MAX: usize = 64;
+/// end is acted on (see `housekeeping`): enough for a data lane's whole shared receive
+/// queue at its default limit (4,096).
+const DRAIN_POLLS_MAX: usize = 160;
 
 const WAKE: mio::Token = mio::Token(0);
 const CM: mio::Token = mio::Token(1);
@@ -248,8 +249,8 @@ pub struct RdmaLnd {
     quiet: Vec<LndEvent>,
     by_cookie: FxHashMap<(u32, u64), RxHandle>,
     next_conn: u32,
-    /// Connections waiting for a send buffer, in the order they ran out (each marked
-    /// `waiting_for_buf`, so it is in line once).
+    /// Connections waiting for a send buffer, health-lane ones first, the others in the
+    /// order they ran out (each marked `waiting_for_buf`, so it is in line once).
     buf_waiters: std::collections::VecDeque<u32>,
     /// `pump_buf_waiters` is running: a nested call (a waiter failed, and its buffers came
     /// back) only asks it to go on.
@@ -491,12 +492,14 @@ impl RdmaLnd {
         let Some(ConnMut {
             stage: Stage::Up,
             data: conn,
-            peer,
+            ..
         }) = self.conns.get_mut_with_state(id)
         else {
             return;
         };
-        let lane = peer.map_or(Lane::Data, |(_, lane)| lane);
+        let Some(lane) = conn.qp.as_ref().map(|qp| qp.cq_lane) else {
+            return; // no queue pair: nothing to pump
+        };
         match conn.pump(id, lane, &mut self.ctx) {
             Ok(Pumped::Done) => {}
             Ok(Pumped::NeedsBuffers) => {
@@ -514,8 +517,8 @@ impl RdmaLnd {
         }
     }
 
-    /// Send buffers came back: the connections waiting for them go on, first come first
-    /// served, until one runs short again (it goes to the back of the line).
+    /// Send buffers came back: the connections waiting for them go on, in line (health
+    /// ones first), until one runs short again (it goes to the back of the line).
     pub(crate) fn pump_buf_waiters(&mut self) {
         if self.buf_waiters.is_empty() || self.serving_waiters {
             return; // none (every send completion asks), or the loop below looks again
@@ -645,14 +648,14 @@ impl RdmaLnd {
     /// the spinning loop does it only every [`HOUSEKEEPING_PASSES`] passes (and after
     /// sleeping), never on the per-message path.
     fn housekeeping(&mut self) -> Result<(), LndError> {
-        let mut drained = false;
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
-            if ev.kind.ends_a_connection() && !drained {
+            if ev.kind.ends_a_connection() {
                 // A peer's last frames reach our CQ before its disconnect reaches rdma_cm
                 // (the NIC completes a receive before it acknowledges it): they go up
-                // first, or, their connection gone, they would be dropped.
+                // first, or, their connection gone, they would be dropped. Before each
+                // such event: another peer's may have come since the last (two polls of
+                // empty CQs cost little).
                 self.drain_cqs()?;
-                drained = true;
             }
             self.on_cm_event(ev);
         }
@@ -891,13 +894,16 @@ impl Drop for RdmaLnd {
     }
 }
 
-/// How long a dropped driver waits for its SENDs in flight to complete, at most (a
-/// deferred payload waits for its peer to fetch it, which it may never do).
+/// How long a dropped driver waits for its SENDs in flight to complete, at most: a peer
+/// that takes nothing (RNR, retried without end) or is gone would hold it forever. (It
+/// waits for the send queues only: a deferred payload's peer may never fetch it, and
+/// frames queued behind are dropped with their connection.) What arrives meanwhile is
+/// consumed unreported: nobody polls a dropped driver.
 const DROP_DRAIN: Duration = Duration::from_millis(200);
 
 impl RdmaLnd {
-    /// Gives the core everything pending, held send completions first (they happened
-    /// first).
+    /// Gives the core everything pending: the held send completions, then the rest (the
+    /// core matches completions by token, in whatever order).
     fn hand_over(&mut self, events: &mut Vec<LndEvent>) {
         events.append(&mut self.quiet);
         events.append(&mut self.ctx.events);

@@ -295,9 +295,10 @@ impl RdmaLnd {
             return self.fail(id, protocol("completion for a free send slot"));
         };
         match used {
-            // Nobody waits on this one (the frame was copied when sent): it goes up with the
-            // next event (a request's answer, say) rather than costing the core a turn of
-            // its own. Unless it ends an operation: then held, it would wait out the spin.
+            // The frame was copied when sent: its completion only frees a slot, so it goes
+            // up with the next event (a request's answer, say) rather than costing the
+            // core a turn of its own. Unless it ends an operation: then held, it would
+            // wait out the spin.
             SlotUse::Eager { token, ends_an_op } => {
                 let done = LndEvent::SendComplete {
                     token,

@@ -464,17 +464,19 @@ fn an_encoded_put_without_ack_is_told_from_every_other_frame() {
         let encoded = |body| encode_header_with(&sample(body, Lane::Data, 8), check);
         assert!(is_put_without_ack(&encoded(put(false))));
         assert!(!is_put_without_ack(&encoded(put(true))));
+        // Others whose body word at that place has the flag's bit set: told apart by type.
         let get = Body::Get {
             portal: 4,
             match_bits: 1,
-            want_len: 8,
+            want_len: 9,
             settled_below: 0,
         };
         assert!(!is_put_without_ack(&encoded(get)));
         let ack = Body::Ack {
             status: Status::Ok,
-            mlen: 8,
+            mlen: 9,
         };
         assert!(!is_put_without_ack(&encoded(ack)));
+        assert!(!is_put_without_ack(&encoded(Body::Ping { seq: 1 << 32 })));
     }
 }
