@@ -171,6 +171,17 @@ fn run_until(
     }
 }
 
+/// Has `a` dial `lane` to `b` (at `bn`) and polls both until it is up at each end: the
+/// events each saw meanwhile.
+fn connect_lane(a: &mut RdmaLnd, b: &mut RdmaLnd, bn: Nid, lane: Lane) -> [Vec<LndEvent>; 2] {
+    let mut seen = [Vec::new(), Vec::new()];
+    a.connect(bn, lane);
+    run_until(a, b, &mut seen, |s| {
+        connected(&s[0], lane) == 1 && connected(&s[1], lane) == 1
+    });
+    seen
+}
+
 fn connected(evs: &[LndEvent], lane: Lane) -> usize {
     evs.iter()
         .filter(|e| matches!(e, LndEvent::Connected { lane: l, .. } if *l == lane))
@@ -244,11 +255,7 @@ fn take_last(a: &mut RdmaLnd, b: &mut RdmaLnd, seen: &mut [Vec<LndEvent>; 2]) ->
 fn vm_driver_moves_small_payloads_inline_and_large_ones_by_rdma_with_cached_registrations() {
     let (an, bn) = nids(7200);
     let (mut a, mut b) = (lnd(an), lnd(bn));
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
+    let mut seen = connect_lane(&mut a, &mut b, bn, Lane::Data);
 
     // (payload, frame kind, deferred?): the inline limit, then WRITE (PUT) and READ (reply).
     let big = pattern(1 << 20, 3);
@@ -403,11 +410,7 @@ fn vm_driver_keeps_its_cq_bounded_through_many_connection_races() {
 fn vm_driver_fails_everything_it_owes_when_the_peer_goes() {
     let (an, bn) = nids(7400);
     let (mut a, mut b) = (lnd(an), lnd(bn));
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
+    let mut seen = connect_lane(&mut a, &mut b, bn, Lane::Data);
     // Deferred payloads the peer never fetches (more than may be outstanding at once, so
     // some still queue), and small ones behind them.
     let tokens: Vec<u64> = (1..=20).collect();
@@ -999,16 +1002,8 @@ fn vm_driver_sends_inline_up_to_the_smaller_eager_limit_of_its_two_ends() {
     // 16 KiB of payload and our 128 bytes of prefix and header, in whole KiB.
     assert_eq!(a.eager_max(), 17 * 1024 - 128);
     assert_eq!(b.eager_max(), EAGER_MAX);
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(cn, Lane::Data);
-    run_until(&mut a, &mut c, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
+    connect_lane(&mut a, &mut b, bn, Lane::Data);
+    connect_lane(&mut a, &mut c, cn, Lane::Data);
     // (which pair, payload length, inline?)
     let cases = [
         ("a to b", 8000, false),     // b's 4 KiB buffers
@@ -1113,11 +1108,7 @@ fn vm_driver_hands_up_a_peers_last_frames_before_its_disconnect() {
         max: 128,
     };
     let mut b = RdmaLnd::bind(bn, cfg).expect("the RDMA LND on rxe0");
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
+    let mut seen = connect_lane(&mut a, &mut b, bn, Lane::Data);
     // A sends them all while B does not look: B's NIC takes them into its receives.
     for t in 1..=N {
         a.post(frame(an, bn, PUT, pattern(100, t as u8), t));
@@ -1165,11 +1156,7 @@ fn vm_driver_hands_up_a_put_without_ack_as_sent_without_waiting_out_its_spin() {
     cfg.spin = Duration::from_secs(5);
     let mut a = RdmaLnd::bind(an, cfg).expect("the RDMA LND on rxe0");
     let mut b = lnd(bn);
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
+    connect_lane(&mut a, &mut b, bn, Lane::Data);
     let no_ack = Body::Put {
         portal: 4,
         match_bits: 1,
@@ -1205,16 +1192,8 @@ fn vm_driver_keeps_send_buffers_for_the_health_lane_when_stuck_data_holds_the_re
     cfg.recv_pools[Lane::Data] = RecvPool { initial: 2, max: 2 };
     let mut b = RdmaLnd::bind(bn, cfg).expect("the RDMA LND on rxe0");
     let mut c = lnd(cn);
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
-    let mut seen_c = [Vec::new(), Vec::new()];
-    a.connect(cn, Lane::Health);
-    run_until(&mut a, &mut c, &mut seen_c, |s| {
-        connected(&s[0], Lane::Health) == 1 && connected(&s[1], Lane::Health) == 1
-    });
+    connect_lane(&mut a, &mut b, bn, Lane::Data);
+    connect_lane(&mut a, &mut c, cn, Lane::Health);
     // From now on B does not look: two frames fill its receives, the rest are stuck.
     for t in 1..=20 {
         a.post(frame(an, bn, PUT, pattern(100, t as u8), t));
@@ -1254,11 +1233,7 @@ fn vm_driver_keeps_send_buffers_for_the_health_lane_when_stuck_data_holds_the_re
 fn vm_driver_dropped_sends_what_it_held() {
     let (an, bn) = nids(8400);
     let (mut a, mut b) = (lnd(an), lnd(bn));
-    let mut seen = [Vec::new(), Vec::new()];
-    a.connect(bn, Lane::Data);
-    run_until(&mut a, &mut b, &mut seen, |s| {
-        connected(&s[0], Lane::Data) == 1 && connected(&s[1], Lane::Data) == 1
-    });
+    let mut seen = connect_lane(&mut a, &mut b, bn, Lane::Data);
     a.post(frame(an, bn, PUT, pattern(100, 1), 1));
     a.post(frame(an, bn, PUT, pattern(100, 2), 2));
     drop(a);
