@@ -206,7 +206,9 @@ impl Dedup {
             if self.let_go > self.per_window.saturating_mul(self.max_windows) {
                 // Too many to remember one by one: this window's oldest becomes its floor.
                 if let Some(oldest) = w.evicted.pop_first() {
-                    w.floor = oldest + 1;
+                    // Saturating: an id at the top of the range (never an initiator's,
+                    // whose ids count up from 1; a forged one) must not overflow.
+                    w.floor = oldest.saturating_add(1);
                     let kept = w.entries.split_off(&w.floor);
                     self.entries -= w.entries.len();
                     w.entries = kept;
@@ -246,8 +248,9 @@ impl Dedup {
             };
             // Its copies still to come are at or above what it held: remember where.
             let floor = self.windows.get(&key).map(|w| {
-                let top = w.entries.last_key_value().map_or(0, |(&id, _)| id + 1);
-                let let_go = w.evicted.last().map_or(0, |&id| id + 1);
+                let past = |id: u64| id.saturating_add(1); // as above: a forged top id
+                let top = w.entries.last_key_value().map_or(0, |(&id, _)| past(id));
+                let let_go = w.evicted.last().map_or(0, |&id| past(id));
                 w.floor.max(top).max(let_go)
             });
             self.drop_window(key);
@@ -382,6 +385,21 @@ mod tests {
             matches!(d.check(b, ME, 1, 2, 0), Seen::New),
             "its next request is"
         );
+    }
+
+    /// Message ids come from the wire: one at the very top of the range (forged, as an
+    /// initiator's count up from 1) is remembered and let go of like any other, without
+    /// overflowing the floor past it.
+    #[test]
+    fn ids_at_the_top_of_the_range_are_no_overflow() {
+        let mut d = Dedup::new(2, 1);
+        let (a, b) = (Nid::mem(1, 0), Nid::mem(2, 0));
+        for m in [u64::MAX - 3, u64::MAX - 2, u64::MAX - 1, u64::MAX] {
+            assert!(matches!(d.check(a, ME, 1, m, 0), Seen::New));
+        }
+        // Another initiator: a's window goes, its floor kept past everything it held.
+        assert!(matches!(d.check(b, ME, 1, 1, 0), Seen::New));
+        assert!(matches!(d.check(a, ME, 1, u64::MAX - 3, 0), Seen::TooOld));
     }
 
     #[test]
