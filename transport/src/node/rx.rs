@@ -491,8 +491,10 @@ impl Node {
                 self.rx_answer(now, ni, nid, h, Answer::Reply(status, payload))
             }
             Body::Pong { .. } => {
+                // A router's status counts from that router itself only: a neighbour's
+                // frame in another's name could make a healthy router withdraw.
                 if let RxPayload::Inline(status) = &payload {
-                    if !status.is_empty() {
+                    if !status.is_empty() && h.src == nid {
                         self.status_received(now, h.src, status);
                     }
                 }
@@ -500,7 +502,14 @@ impl Node {
                 self.rx_answer(now, ni, nid, h, Answer::Pong)
             }
             Body::Status => match &payload {
-                RxPayload::Inline(status) => self.status_received(now, h.src, status),
+                // From the router itself only, as a PONG's status (its own hop's business).
+                RxPayload::Inline(status) if h.src == nid => {
+                    self.status_received(now, h.src, status)
+                }
+                RxPayload::Inline(_) => {
+                    tracing::debug!(hop = %nid, src = %h.src, "a status in another's name: ignored");
+                    self.stats.protocol_errors += 1;
+                }
                 RxPayload::Deferred { .. } => self.decline_deferred(ni, payload),
             },
             Body::Nack { reason, target } => {

@@ -279,6 +279,60 @@ fn frame_from_gateway(
     }
 }
 
+/// A router's status counts only from that router: a neighbour's STATUS (or PONG) in a
+/// fellow's name could otherwise make a healthy router withdraw (a router takes frames
+/// from sources behind its neighbours, so a frame's source alone proves nothing).
+#[test]
+fn a_status_in_a_fellows_name_from_another_neighbour_is_not_taken() {
+    let fellow = nid(B);
+    let mut n = node_with(NodeConfig {
+        forwarding: true,
+        router: crate::config::RouterConfig {
+            warm_up: std::time::Duration::ZERO,
+            fellows: vec![fellow],
+            ..Default::default()
+        },
+        ..cfg()
+    });
+    connected(&mut n, B, Lane::Health, 8, 7);
+    connected(&mut n, C, Lane::Health, 8, 9);
+    let status = |generation, state| crate::wire::RouterStatus {
+        generation,
+        state,
+        nets: vec![],
+        unreachable: vec![],
+        more_unreachable: false,
+        vouched: vec![],
+    };
+    let own = status(5, crate::wire::RouterState::Forwarding);
+    let push = frame_from_gateway(Lane::Health, Body::Status, 0, 5, own.encode());
+    n.handle_lnd_event(t(0), NiId(0), push);
+    assert_eq!(n.gateway_status(fellow), Some(&own), "its own word");
+    let absent = crate::wire::RouterState::Absent(crate::wire::AbsentReason::BlackHole);
+    let forged = status(9, absent);
+    let errors = n.stats().protocol_errors;
+    for body in [Body::Status, Body::Pong { seq: 1 }] {
+        let LndEvent::Received {
+            mut header,
+            payload,
+            ..
+        } = frame_from_gateway(Lane::Health, body, 0, 0, forged.encode())
+        else {
+            unreachable!("a frame")
+        };
+        header.msg_id = 1 | crate::node::health::HEALTH_PING_BIT;
+        let from_c = LndEvent::Received {
+            peer: nid(C),
+            lane: Lane::Health,
+            header,
+            payload,
+        };
+        n.handle_lnd_event(t(1), NiId(0), from_c);
+    }
+    assert_eq!(n.gateway_status(fellow), Some(&own), "its own word stands");
+    assert!(n.stats().protocol_errors > errors, "the STATUS is counted");
+}
+
 #[test]
 fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
     let gw = nid(B);
