@@ -498,9 +498,15 @@ impl Node {
     }
 
     /// Whether, for every pair of this router's nets, some fellow is alive, forwarding,
-    /// and up on both (by its last status).
+    /// and up on both (by its last status), and reaches every peer this router serves and
+    /// reaches: a fellow that lists one of those as unreachable is a black hole for it,
+    /// and cannot take this router's place. (Two routers each missing a peer the other
+    /// reaches must both stay, each listing its own: were each to go for the other, both
+    /// would, come back at once as the last router there, and go again, without end.)
     fn fellows_cover(&self) -> bool {
         let nets: Vec<Net> = self.nis.iter().map(|ni| ni.nid.net()).collect();
+        let served = &self.router.absence.served;
+        let ours = |p: &Nid| served.contains_key(p) && !self.health.is_down(*p);
         let covers = |a: Net, b: Net| {
             self.cfg.router.fellows.iter().any(|&f| {
                 self.fellow_alive(f)
@@ -508,6 +514,7 @@ impl Node {
                         v.state == RouterState::Forwarding
                             && v.net_up(a) == Some(true)
                             && v.net_up(b) == Some(true)
+                            && !v.unreachable.iter().any(ours)
                     })
             })
         };
