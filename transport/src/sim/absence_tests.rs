@@ -530,9 +530,18 @@ fn two_routers_each_missing_a_peer_the_other_reaches_both_stay_and_nothing_fails
     }
     for (r, lost) in [(r8, s2), (r9, s3)] {
         let changes = router_events(&mut c.sim, r);
-        assert!(changes.len() <= 1, "{r}: {changes:?}");
+        assert!(
+            matches!(&changes[..], [(RouterState::Forwarding, true, _)]),
+            "{r}: once degraded, nothing else: {changes:?}"
+        );
         assert_eq!(c.sim.node(r).router_status().unreachable, vec![lost]);
-        assert_eq!(c.sim.node(r).router_condition().counters.withdrawals, 0);
+        let condition = c.sim.node(r).router_condition();
+        assert!(condition.degraded);
+        assert!(matches!(
+            condition.black_hole,
+            Some(BlackHole::PeerUnreachable { peer, .. }) if peer == lost
+        ));
+        assert_eq!(condition.counters.withdrawals, 0);
     }
     c.settle(&mut s);
     s.check_nothing_lost();
