@@ -35,6 +35,41 @@ pub const SIZES: [usize; 11] = [
     MAX_TRANSFER,
 ];
 
+/// A data-lane frame for a driver driven by hand (`Lnd::post`): `body` from `from` to its
+/// neighbour `to`, with `payload`; its message id and send token are `token`.
+pub fn data_frame(
+    from: lanet::Nid,
+    to: lanet::Nid,
+    body: lanet::wire::Body,
+    payload: Bytes,
+    token: u64,
+) -> lanet::lnd::Transmit {
+    let header = data_header(from, to, body, payload.len(), token);
+    lanet::lnd::Transmit::new(to, &header, payload, token)
+}
+
+/// The header of a [`data_frame`] of `len` payload bytes.
+pub fn data_header(
+    from: lanet::Nid,
+    to: lanet::Nid,
+    body: lanet::wire::Body,
+    len: usize,
+    token: u64,
+) -> lanet::wire::Header {
+    lanet::wire::Header {
+        hop_limit: 8,
+        router_gen: 0,
+        lane: lanet::Lane::Data,
+        credits: 0,
+        src: from,
+        dst: to,
+        src_incarnation: 1,
+        msg_id: token,
+        payload_len: len as u32,
+        body,
+    }
+}
+
 /// Deterministic test data: both processes compute the same bytes. Its first byte is
 /// `seed`, so a receiver can check a payload without being told the seed.
 pub fn pattern(len: usize, seed: u8) -> Bytes {

@@ -13,6 +13,7 @@ use lanet::{Endpoint, Lane, Nid, NodeConfig};
 use lanet_lnd_rdma::{RdmaConfig, RdmaLnd, EAGER_MAX};
 use lanet_tests::peer::{check_exchange_of_every_size, check_kill_mid_transfer, Peer};
 use lanet_tests::{bind_lnd, pattern, run_in_rxe_vm, IN_RXE_VM};
+use lanet_tests::{data_frame as frame, data_header as frame_header};
 
 const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
 
@@ -186,27 +187,6 @@ fn connected(evs: &[LndEvent], lane: Lane) -> usize {
     evs.iter()
         .filter(|e| matches!(e, LndEvent::Connected { lane: l, .. } if *l == lane))
         .count()
-}
-
-fn frame(from: Nid, to: Nid, body: Body, payload: Bytes, token: u64) -> Transmit {
-    let header = frame_header(from, to, body, payload.len(), token);
-    Transmit::new(to, &header, payload, token)
-}
-
-/// A data-lane header from `from` to `to`, its message id the token.
-fn frame_header(from: Nid, to: Nid, body: Body, len: usize, token: u64) -> Header {
-    Header {
-        hop_limit: 8,
-        router_gen: 0,
-        lane: Lane::Data,
-        credits: 0,
-        src: from,
-        dst: to,
-        src_incarnation: 1,
-        msg_id: token,
-        payload_len: len as u32,
-        body,
-    }
 }
 
 const PUT: Body = Body::Put {

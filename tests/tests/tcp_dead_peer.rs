@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Transmit};
-use lanet::wire::{Body, Header};
+use lanet::wire::Body;
 use lanet::{Lane, Nid, NodeConfig};
 use lanet_lnd_tcp::{TcpConfig, TcpLnd};
+use lanet_tests::data_frame;
 use lanet_tests::netns::{self, Lab};
 use lanet_tests::peer::Peer;
 
@@ -19,25 +20,19 @@ const PORT: u16 = 7988;
 
 /// A 1 MiB PUT frame without ACK (large enough to go zero-copy), token `msg_id`.
 fn big_put(from: Nid, to: Nid, msg_id: u64) -> Transmit {
-    let payload = Bytes::from(vec![msg_id as u8; 1 << 20]);
-    let header = Header {
-        lane: Lane::Data,
-        hop_limit: 8,
-        credits: 0,
-        src: from,
-        dst: to,
-        src_incarnation: 1,
-        msg_id,
-        payload_len: payload.len() as u32,
-        body: Body::Put {
-            portal: 4,
-            match_bits: 0,
-            settled_below: 0,
-            ack: false,
-        },
-        router_gen: 0,
+    let no_ack = Body::Put {
+        portal: 4,
+        match_bits: 0,
+        settled_below: 0,
+        ack: false,
     };
-    Transmit::new(to, &header, payload, msg_id)
+    data_frame(
+        from,
+        to,
+        no_ack,
+        Bytes::from(vec![msg_id as u8; 1 << 20]),
+        msg_id,
+    )
 }
 
 /// Polls `lnd` for `period`, returning the tokens of the sends that ended meanwhile.
