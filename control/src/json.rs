@@ -80,6 +80,7 @@ pub fn report(r: &NodeReport) -> Value {
             "health_frames_sent": s.health_frames_sent,
             "health_frames_received": s.health_frames_received,
             "forwarded": s.forwarded,
+            "forwards_stalled": s.forwards_stalled,
             "nacks_sent": s.nacks_sent,
             "nacks_received": s.nacks_received,
             "resent": s.resent,

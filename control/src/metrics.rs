@@ -157,6 +157,12 @@ impl Collector for Snapshot {
         )?;
         counters(
             &mut e,
+            "lanet_forwards_stalled",
+            "Frames passing through refused after waiting at a next hop that took nothing",
+            &[(vec![], s.forwards_stalled)],
+        )?;
+        counters(
+            &mut e,
             "lanet_peer_downs",
             "Peers declared Down",
             &[(vec![], r.health.downs)],

@@ -113,6 +113,7 @@ impl ConfigFile {
             b.tiny, b.small, b.large
         );
         let _ = writeln!(t, "buffer_patience = {}", dur(n.router_patience));
+        let _ = writeln!(t, "forward_patience = {}", dur(n.forward_patience));
         let _ = writeln!(t, "hold_down = {}", dur(r.hold_down));
         let _ = writeln!(
             t,

@@ -359,6 +359,8 @@ struct RawRouting {
     #[serde(default, deserialize_with = "duration")]
     buffer_patience: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
+    forward_patience: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
     hold_down: Option<Duration>,
     damping: Option<RawDamping>,
     #[serde(default)]
@@ -837,6 +839,7 @@ impl RawRouting {
         if let Some(p) = self.buffer_patience {
             node.router_patience = p;
         }
+        node.forward_patience = self.forward_patience.unwrap_or(node.forward_patience);
         let r: &mut RouterConfig = &mut node.router;
         r.hold_down = self.hold_down.unwrap_or(r.hold_down);
         r.warm_up = self.warm_up.unwrap_or(r.warm_up);

@@ -332,6 +332,7 @@ sensitivity = 50
 enable = true
 buffers = {{ tiny = 100, small = 200, large = 30 }}
 buffer_patience = "750ms"
+forward_patience = "3s"
 hold_down = "5s"
 damping = {{ half_life = "45s", max_hold_down = "2m" }}
 fellows = ["10.0.1.9@tcp1"]
@@ -350,6 +351,7 @@ mode = "failout"
     assert_eq!(second.routes.len(), 2);
     assert_eq!(second.nets[1].peer_credits, 16);
     assert_eq!(second.node.router.warm_up, Duration::from_secs(3));
+    assert_eq!(second.node.forward_patience, Duration::from_secs(3));
     assert_eq!(second.failover[0].members.len(), 2);
 }
 

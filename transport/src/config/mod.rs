@@ -66,6 +66,12 @@ pub struct NodeConfig {
     /// How long a frame passing through a router may wait for a buffer before it is
     /// refused (NACK: out of buffers).
     pub router_patience: Duration,
+    /// How long a frame passing through a router may wait at its next hop, which is up but
+    /// takes nothing (returns no credits), before it is refused (NACK: next hop stalled),
+    /// so that its initiator may send it another way and the upstream credit and buffer it
+    /// holds come back. Without it, one peer whose data lane stops while its health lane
+    /// answers would hold the credits of every sender behind the router.
+    pub forward_patience: Duration,
     /// Answers that may wait at one lane to a router, for initiators behind it. A router
     /// carries the answers of every client behind it, so a burst of thousands of them is
     /// normal (a checkpoint); the bound guards memory only against a router that stops
@@ -142,6 +148,9 @@ impl NodeConfig {
             dedup_initiators: 4096,
             router_buffers: crate::node::PoolSizes::default(),
             router_patience: Duration::from_secs(1),
+            // Half the default op timeout: a refused frame can still go another way in
+            // time, and a queue that moves at all empties far sooner.
+            forward_patience: Duration::from_secs(5),
             routed_answer_backlog: 65536,
             max_idle_peers: crate::node::MAX_IDLE_PEERS,
             net_credits: Vec::new(),
@@ -218,6 +227,12 @@ impl NodeConfig {
         }
         if self.op_timeout.is_zero() {
             return Err(ConfigError("op_timeout must be positive".into()));
+        }
+        if self.forward_patience.is_zero() || self.forward_patience > DAY {
+            return Err(ConfigError(format!(
+                "routing: forward_patience must be positive and at most 1 day, got {:?}",
+                self.forward_patience
+            )));
         }
         if self.max_undelivered == 0 {
             return Err(ConfigError("max_undelivered must be at least 1".into()));

@@ -9,6 +9,8 @@
 //! send it another way (it was never delivered); an answer (nobody resends those) is
 //! counted and dropped.
 
+use std::cmp::Reverse;
+
 use bytes::{Bytes, BytesMut};
 
 use super::peers::{Conn, Forward, Pending, Response, Upstream};
@@ -18,6 +20,7 @@ use crate::credits::LaneCredits;
 use crate::lane::Lane;
 use crate::lnd::{LndError, RxHandle, RxPayload};
 use crate::nid::Nid;
+use crate::time::Time;
 use crate::wire::{Body, Header, NackReason};
 
 /// A frame passing through, as it arrived (its payload perhaps still at the sender).
@@ -156,20 +159,69 @@ impl Node {
             Some(next) if self.health.is_down(next) => Some(NackReason::NextHopDown),
             Some(_) => None,
         };
+        let now = self.clock.unwrap_or_default();
         let f = Forward {
             header: h,
             payload,
             upstream,
+            passed_on_at: now,
         };
         match (next, reason) {
             (Some(next), None) => {
                 self.stats.forwarded += 1;
                 self.router_forwarded_for(upstream.hop);
-                let now = self.clock.unwrap_or_default();
                 self.router_served(now, [upstream.hop, next]);
                 self.send_or_queue(next, h.lane, Pending::Forward(Box::new(f)));
             }
             (_, reason) => self.refuse_forward(f, reason.unwrap_or(NackReason::NoRoute)),
+        }
+    }
+
+    /// A frame passing through was queued at (hop, lane), waiting for a credit: it is
+    /// looked at for a stall by its patience's end, if nothing there is already due.
+    pub(super) fn forward_queued(&mut self, hop: Nid, lane: Lane, passed_on_at: Time) {
+        let at = passed_on_at + self.cfg.forward_patience;
+        let hl = self.hop_lane(hop, lane);
+        if hl.stall_check.is_none() {
+            hl.stall_check = Some(at);
+            self.stall_checks.push(Reverse((at, hop, lane)));
+        }
+    }
+
+    /// Refuses the frames passing through that have waited at their next hop past the
+    /// forward patience: that hop is up (else they would have been refused) but takes
+    /// nothing, and what they hold (upstream credits, buffers) must not be held for it
+    /// for ever (LU-18444's pattern). Their initiators may send them another way.
+    pub(super) fn refuse_stalled(&mut self, now: Time) {
+        let patience = self.cfg.forward_patience;
+        // Lanes are looked at no more often than every eighth of the patience, so that a
+        // long queue is walked a bounded number of times per patience, not once per frame
+        // (a frame may so wait up to 9/8 of it).
+        let step = patience / 8;
+        while let Some(&Reverse((at, hop, lane))) = self.stall_checks.peek() {
+            if at > now {
+                break;
+            }
+            self.stall_checks.pop();
+            let Some(hl) = self.hops.get_mut(&hop).map(|h| &mut h.lanes[lane]) else {
+                continue;
+            };
+            if hl.stall_check != Some(at) {
+                continue;
+            }
+            let cutoff = Time(now.0.saturating_sub(patience.as_nanos() as u64));
+            let (stalled, oldest_left) = hl.take_forwards_passed_on_by(cutoff);
+            hl.stall_check = oldest_left.map(|t| (t + patience).max(now + step));
+            if let Some(next) = hl.stall_check {
+                self.stall_checks.push(Reverse((next, hop, lane)));
+            }
+            if !stalled.is_empty() {
+                self.stats.forwards_stalled += stalled.len() as u64;
+                tracing::debug!(%hop, %lane, frames = stalled.len(), "next hop stalled: refused");
+            }
+            for f in stalled {
+                self.refuse_forward(f, NackReason::NextHopStalled);
+            }
         }
     }
 

@@ -44,7 +44,8 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use bytes::BytesMut;
 use rustc_hash::FxHashMap;
@@ -163,6 +164,9 @@ pub struct NodeStats {
     pub fetch_failures: u64,
     /// Frames this node passed on towards their target (it is a router).
     pub forwarded: u64,
+    /// Frames passing through refused because they waited at a next hop that took nothing
+    /// past `forward_patience` (requests NACKed, answers dropped).
+    pub forwards_stalled: u64,
     /// Requests this node refused to pass on, each answered with a NACK.
     pub nacks_sent: u64,
     /// NACKs received for our own requests.
@@ -298,6 +302,10 @@ pub struct Node {
     pub(crate) groups: failover::Groups,
     /// As a router: buffers for frames passing through, and those waiting for one.
     pub(crate) pools: pools::Pools<forward::Arrived>,
+    /// As a router: when hop lanes with frames passing through waiting in their queues
+    /// are next looked at for frames stalled there (see `forward::refuse_stalled`). An
+    /// entry whose time is not its lane's `stall_check` any more is stale, and skipped.
+    pub(crate) stall_checks: BinaryHeap<Reverse<(Time, Nid, Lane)>>,
     pub(crate) ops: Ops,
     /// What reached us through routers, to answer resent requests again.
     pub(crate) dedup: dedup::Dedup,
@@ -347,6 +355,7 @@ impl Node {
             routes: RouteTable::default(),
             gateways: gateways::Gateways::default(),
             pools: pools::Pools::new(pools_cfg.0, pools_cfg.1),
+            stall_checks: BinaryHeap::new(),
             ops: Ops::default(),
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
@@ -566,6 +575,7 @@ impl Node {
             .min(at(self.router.absence.due))
             .min(at(self.groups.next_deadline()))
             .min(at(self.pools.next_deadline()))
+            .min(at(self.stall_checks.peek().map(|Reverse((t, ..))| *t)))
             .min(at(self.faults.next_release()));
         (due != NONE).then_some(Time(due))
     }
@@ -588,6 +598,7 @@ impl Node {
         for late in self.pools.expire(now) {
             self.out_of_patience(late);
         }
+        self.refuse_stalled(now);
         self.release_delayed(now);
         while let Some(id) = self.ops.pop_expired(now) {
             let Some(op) = self.ops.get(id) else {

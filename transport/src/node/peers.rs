@@ -19,6 +19,7 @@ use crate::handshake::PeerHello;
 use crate::lane::{Lane, PerLane};
 use crate::nid::Nid;
 use crate::op::OpId;
+use crate::time::Time;
 use crate::wire::{Body, Header};
 
 /// Connection state of one lane of a hop, as the core sees it.
@@ -54,6 +55,9 @@ pub(crate) struct Forward {
     pub(crate) payload: Bytes,
     /// The hop, lane and connection it came on, whose credit it holds until it leaves.
     pub(crate) upstream: Upstream,
+    /// When it was passed on to its next hop: if it waits there past the router's
+    /// `forward_patience`, it is refused (see `forward::refuse_stalled`).
+    pub(crate) passed_on_at: Time,
 }
 
 /// What a frame passing through holds until it leaves: its credit on the connection it
@@ -97,6 +101,9 @@ pub(crate) struct HopLane {
     /// sent until it is out, so a peer that never reads cannot pile them up (what is
     /// owed meanwhile goes with the next frame, or the next CREDIT).
     pub(crate) credit_frame_out: Option<u64>,
+    /// When the frames passing through that wait in `queue` are next looked at for having
+    /// waited past the forward patience; none while none waits.
+    pub(crate) stall_check: Option<Time>,
 }
 
 impl HopLane {
@@ -147,13 +154,36 @@ impl HopLane {
         }
         forwards
     }
+
+    /// Takes the frames passing through that were passed on at or before `cutoff` out of
+    /// the queue, leaving the rest in order; and when the oldest frame passing through
+    /// left behind was passed on, if any is.
+    pub(crate) fn take_forwards_passed_on_by(
+        &mut self,
+        cutoff: Time,
+    ) -> (Vec<Forward>, Option<Time>) {
+        let mut stalled = Vec::new();
+        let mut oldest_left = None;
+        let queued = std::mem::take(&mut self.queue);
+        for p in queued {
+            match p {
+                Pending::Forward(f) if f.passed_on_at <= cutoff => stalled.push(*f),
+                Pending::Forward(f) => {
+                    oldest_left.get_or_insert(f.passed_on_at);
+                    self.queue.push_back(Pending::Forward(f));
+                }
+                other => self.queue.push_back(other),
+            }
+        }
+        (stalled, oldest_left)
+    }
 }
 
 pub(crate) struct Hop {
     pub(crate) ni: NiId,
     pub(crate) lanes: PerLane<HopLane>,
     /// A connection to it just failed: as a gateway, it is not chosen before then.
-    pub(crate) unreachable_until: Option<crate::time::Time>,
+    pub(crate) unreachable_until: Option<Time>,
 }
 
 impl Hop {
@@ -164,6 +194,7 @@ impl Hop {
             answers: VecDeque::new(),
             left: 0,
             credit_frame_out: None,
+            stall_check: None,
         };
         Hop {
             ni,

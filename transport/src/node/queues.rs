@@ -69,9 +69,16 @@ impl Node {
                 return;
             }
         }
+        let passed_on_at = match &pending {
+            Pending::Forward(f) => Some(f.passed_on_at),
+            _ => None,
+        };
         self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
             .queue
             .push_back(pending);
+        if let Some(at) = passed_on_at {
+            self.forward_queued(hop, lane, at);
+        }
         self.pump_busy(hop, lane);
     }
 

@@ -133,3 +133,72 @@ fn answers_through_a_router_never_wait_behind_requests_for_its_buffers() {
         .0;
     assert!(first < patience, "the first answer came after {first:?}");
 }
+
+/// Server 9's data lane stops taking frames (they wait a minute at it, their credits held)
+/// while its health lane answers: LU-18444's pattern. The frames the router holds for it
+/// are refused once they have waited `forward_patience`, so the client's credits to the
+/// router come back and its PUTs to server 10, behind them, get through. Held for ever,
+/// they would hold every credit the client has there, and the PUTs to 10 would die at
+/// their deadline with the rest.
+#[test]
+fn a_server_that_stops_taking_data_does_not_take_the_router_from_other_servers() {
+    use crate::lane::Lane;
+    use crate::node::{FaultAction, FaultRule, NidPattern};
+    let mut sim = sim();
+    let (clients, router, stalled) = star(&mut sim, 1, router_cfg(700));
+    let client = clients[0];
+    let healthy = on(2, 10);
+    sim.add_node(healthy, cfg(10)).unwrap();
+    sim.add_route(healthy, route(1, on(2, 7), 1)).unwrap();
+    sim.attach(healthy, MatchEntry::sink(4, 1, 64));
+    // Connections up, and both servers heard, first.
+    for server in [stalled, healthy] {
+        let op = sim.put(client, put(server, 4, Bytes::from_static(b"hello")));
+        sim.run_for(Duration::from_millis(100));
+        let done = sim
+            .take_events(client)
+            .into_iter()
+            .any(|e| matches!(e, Event::Completed(c) if c.op == op && c.result.is_ok()));
+        assert!(done, "{server} answered");
+    }
+    let stall = FaultRule {
+        action: FaultAction::Delay(crate::node::MAX_FAULT_DELAY),
+        src: NidPattern::Any,
+        dst: NidPattern::Any,
+        lane: Some(Lane::Data),
+        rate: 1,
+    };
+    sim.add_fault_rule(stalled, stall).unwrap();
+    // As many as the router's credits at the stalled server, and then the client's at
+    // the router: those wait at the router.
+    let to_stalled: Vec<OpId> = (0..16)
+        .map(|_| sim.put(client, put(stalled, 4, Bytes::from_static(b"stuck"))))
+        .collect();
+    let to_healthy: Vec<OpId> = (0..4)
+        .map(|_| sim.put(client, put(healthy, 4, Bytes::from_static(b"fine"))))
+        .collect();
+    let start = sim.now();
+    sim.run_for(Duration::from_secs(12));
+    let mut healthy_ok = Vec::new();
+    let mut stalled_failed = 0;
+    for (t, e) in sim.take_timed_events(client) {
+        if let Event::Completed(c) = e {
+            if to_healthy.contains(&c.op) {
+                assert!(c.result.is_ok(), "a PUT to {healthy}: {:?}", c.result);
+                healthy_ok.push(t.saturating_since(start));
+            } else if to_stalled.contains(&c.op) && c.result.is_err() {
+                stalled_failed += 1;
+            }
+        }
+    }
+    assert_eq!(healthy_ok.len(), 4, "every PUT to {healthy} ends, well");
+    let patience = sim.node(router).config().forward_patience;
+    assert!(
+        healthy_ok.iter().all(|t| *t < patience * 2),
+        "{healthy_ok:?}: after the stalled frames' refusal, not at their deadline"
+    );
+    assert_eq!(stalled_failed, 16, "every PUT to the stalled server fails");
+    assert!(sim.node(router).stats().forwards_stalled > 0);
+    let pools = sim.node(router).router_stats().pools;
+    assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
+}

@@ -197,6 +197,9 @@ pub enum NackReason {
     OutOfBuffers = 5,
     /// The router has withdrawn from its nets (it is a black hole, or stopping).
     Absent = 6,
+    /// The frame waited at its next hop, which was up but took nothing, past the router's
+    /// `forward_patience`. It was never passed on.
+    NextHopStalled = 7,
 }
 
 impl NackReason {
@@ -208,6 +211,7 @@ impl NackReason {
             4 => NackReason::HopLimit,
             5 => NackReason::OutOfBuffers,
             6 => NackReason::Absent,
+            7 => NackReason::NextHopStalled,
             _ => return None,
         })
     }
@@ -222,6 +226,7 @@ impl std::fmt::Display for NackReason {
             NackReason::HopLimit => "hop limit reached (a routing loop?)",
             NackReason::OutOfBuffers => "the router is out of buffers",
             NackReason::Absent => "the router has withdrawn",
+            NackReason::NextHopStalled => "the next hop took nothing for too long",
         })
     }
 }

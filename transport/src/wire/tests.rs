@@ -365,6 +365,7 @@ fn any_nack_reason() -> impl Strategy<Value = NackReason> {
         Just(NackReason::HopLimit),
         Just(NackReason::OutOfBuffers),
         Just(NackReason::Absent),
+        Just(NackReason::NextHopStalled),
     ]
 }
 

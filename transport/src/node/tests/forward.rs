@@ -5,13 +5,18 @@ use super::*;
 
 /// Node A with NIs on mem nets 0 and 1, forwarding.
 fn router() -> Node {
+    router_with(cfg())
+}
+
+/// [`router`], its other settings from `base`.
+fn router_with(base: NodeConfig) -> Node {
     let mut n = node_with(NodeConfig {
         forwarding: true,
         router: crate::config::RouterConfig {
             warm_up: std::time::Duration::ZERO,
             ..Default::default()
         },
-        ..cfg()
+        ..base
     });
     n.add_ni(Nid::mem(A, 1)).unwrap();
     n
@@ -382,4 +387,58 @@ fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
         0,
         "the status ask, the monitor's"
     );
+}
+
+/// D stops returning data credits while it stays up (LU-18444's pattern: a peer whose
+/// health lane answers but whose data lane takes nothing). The frames waiting at D are
+/// refused once they have waited `forward_patience`, so B's credits and the router's
+/// buffers come back, and B may send another way, instead of being held for ever.
+#[test]
+fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patience() {
+    // D's health lane answers (here: nothing is judged within the test), so nothing is
+    // refused for D being down.
+    let mut base = cfg();
+    base.health.interval = Duration::from_secs(3600);
+    let mut n = router_with(base);
+    let patience = n.cfg.forward_patience;
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
+    for m in 1..=8 {
+        put_from_b(&mut n, d(), m, 8);
+    }
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 1, "D's one credit");
+    sent_ok(&mut n, &out[0]);
+    assert_eq!(
+        b_credits(&n).1,
+        7,
+        "seven wait at D, each holding B's credit"
+    );
+    // Short of the patience, they wait on: a slow next hop is not a stalled one.
+    let half = t(0) + patience / 2;
+    n.handle_timeout(half);
+    let out: Vec<_> = drain(&mut n)
+        .into_iter()
+        .map(|s| (s.header.dst, s.header.body))
+        .collect();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(b_credits(&n).1, 7);
+    let at = n.poll_timeout().expect("a deadline for the waiting frames");
+    assert!(at <= t(0) + patience * 9 / 8, "{at:?}");
+    n.handle_timeout(at);
+    let refused: Vec<_> = drain(&mut n)
+        .into_iter()
+        .filter(|s| s.header.dst == nid(B))
+        .map(|s| match s.header.body {
+            Body::Nack { reason, target } => (s.header.msg_id, reason, target),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let want: Vec<_> = (2..=8)
+        .map(|m| (m, NackReason::NextHopStalled, d()))
+        .collect();
+    assert_eq!(refused, want, "each refused once, in order");
+    assert_eq!(b_credits(&n).1, 0, "B's credits are back");
+    let pools = n.router_stats().pools;
+    assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
 }
