@@ -241,6 +241,18 @@ impl Dedup {
         }
     }
 
+    /// Request `msg_id` from `from` to `to` was not handled after all (its payload never
+    /// came): a copy of it is new.
+    pub(crate) fn forget(&mut self, from: Nid, to: Nid, incarnation: u64, msg_id: u64) {
+        let Some(w) = self.windows.get_mut(&(from, to, incarnation)) else {
+            return;
+        };
+        if matches!(w.entries.get(&msg_id), Some(Entry::Pending)) {
+            w.entries.remove(&msg_id);
+            self.entries -= 1;
+        }
+    }
+
     fn make_room(&mut self) {
         while self.windows.len() >= self.max_windows {
             let Some((&(_, key), _)) = self.by_use.first_key_value() else {

@@ -300,6 +300,18 @@ impl Node {
                 self.deliver(entry, req, data);
                 (Status::Ok, n)
             }
+            Err(e) if req.routed => {
+                // The payload never came through the router it waited at: the PUT was not
+                // delivered, as if it had been lost on the way. Its initiator sends it
+                // again if that router failed (it sees it fail, or is refused by it), and
+                // the copy must be taken as new. No answer: "aborted" would end an
+                // operation that the copy can still complete; else its deadline ends it.
+                tracing::debug!(from = %req.from, via = %req.hop, "routed payload lost: {e}");
+                self.undelivered = self.undelivered.saturating_sub(1);
+                self.dedup
+                    .forget(req.from, req.to, req.incarnation, req.msg_id);
+                return;
+            }
             // The entry was cancelled meanwhile, or the payload never came.
             _ => {
                 self.undelivered = self.undelivered.saturating_sub(1);

@@ -277,3 +277,63 @@ fn a_request_refused_after_it_left_counts_no_dead_entry_at_its_router() {
         "none of them, nor the refused one, gone from it"
     );
 }
+
+/// A routed PUT whose payload never came (the router it waited at failed while we fetched
+/// it) was not delivered. It must not be answered "aborted" (which would end an operation
+/// that its resend can still complete), nor that answer be remembered: the copy the
+/// initiator sends through another router is taken as new, fetched and delivered.
+#[test]
+fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    route_via(&mut n, nid(C), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let deferred = |n: &mut Node, hop: Nid, handle: u64| {
+        let header = Header {
+            lane: Lane::Data,
+            hop_limit: 7,
+            credits: 0,
+            src: far(),
+            dst: nid(A),
+            src_incarnation: 5,
+            msg_id: 10,
+            payload_len: 48,
+            body: Body::Put {
+                portal: 4,
+                match_bits: 0x10,
+                settled_below: 10,
+                ack: true,
+            },
+            router_gen: 0,
+        };
+        let payload = RxPayload::Deferred {
+            handle: RxHandle(handle),
+            len: 48,
+        };
+        arrives(n, t(1), hop, header, payload);
+        requests(n)
+            .iter()
+            .any(|r| matches!(r, LndRequest::Fetch { handle: h, .. } if h.0 == handle))
+    };
+    assert!(deferred(&mut n, nid(B), 1), "the payload is fetched");
+    let gone = LndError::new(
+        LndErrorKind::Reset,
+        "the payload is gone with its connection",
+    );
+    super::target::fetched(&mut n, 1, Err(gone));
+    assert_eq!(acks_sent(&mut n, 10), 0, "no answer for what never came");
+    // The initiator saw router B fail, and sends the PUT again through C.
+    assert!(deferred(&mut n, nid(C), 2), "the copy is taken as new");
+    super::target::fetched(&mut n, 2, Ok(Bytes::from(vec![1u8; 48])));
+    assert_eq!(deliveries(&mut n), 1);
+    let acks: Vec<_> = drain(&mut n)
+        .into_iter()
+        .filter_map(|s| match s.header.body {
+            Body::Ack { status, mlen } if s.header.msg_id == 10 => Some((status, mlen)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![(Status::Ok, 48)]);
+}
