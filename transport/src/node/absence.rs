@@ -126,6 +126,12 @@ impl Absence {
         self.served.keys()
     }
 
+    /// Whether `peer` matters to this router's judgment, and its fellows': it serves it,
+    /// or watches it for a fellow.
+    pub(crate) fn concerns(&self, peer: &Nid) -> bool {
+        self.served.contains_key(peer) || self.asked.contains(peer)
+    }
+
     /// A router's is judged at its first tick; a plain node's never.
     pub(crate) fn new(forwarding: bool) -> Absence {
         Absence {

@@ -442,3 +442,31 @@ fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patie
     let pools = n.router_stats().pools;
     assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
 }
+
+/// A router's status lists at most [`crate::wire::MAX_UNREACHABLE`] peers it cannot
+/// reach. The peers it serves go first: its fellows judge by them whether they may cover
+/// for it, and its senders whether to avoid it, so they must not fall off the end of the
+/// list behind peers nobody sends to (here the one it serves has the highest NID).
+#[test]
+fn a_router_lists_the_peers_it_serves_first_among_those_it_cannot_reach() {
+    use crate::wire::{RouterStatus, MAX_UNREACHABLE};
+    let mut n = router();
+    let many: Vec<Nid> = (0..MAX_UNREACHABLE as u32 + 10)
+        .map(|i| Nid::mem(100 + i, 1))
+        .collect();
+    for &p in &many {
+        n.health.watch(p, t(0), true);
+    }
+    let served = *many.last().expect("peers");
+    n.router_served(t(0), [nid(B), served]);
+    // Past the detection time (300 ms), within the memory of peers served (3 s).
+    n.handle_timeout(t(1_000));
+    let status = RouterStatus::decode(&n.router.encoded).unwrap();
+    assert!(status.more_unreachable);
+    assert_eq!(status.unreachable.len(), MAX_UNREACHABLE);
+    assert!(
+        status.unreachable.contains(&served),
+        "{served} is not among {:?}",
+        status.unreachable
+    );
+}
