@@ -304,6 +304,19 @@ impl Node {
         }
     }
 
+    /// Gateway `gateway` restarted: what its old life said is moot, and its new life
+    /// counts generations from the start again, so the next status it gives is taken
+    /// whatever its generation (until then, it is usable as a gateway never heard from).
+    pub(crate) fn gateway_restarted(&mut self, now: Time, gateway: Nid) {
+        self.gateways.asked.remove(&gateway);
+        if self.gateways.views.remove(&gateway).is_some() {
+            self.check_routes_through(now, gateway);
+            if self.cfg.forwarding && self.cfg.router.fellows.contains(&gateway) {
+                self.router_judgment_due(now);
+            }
+        }
+    }
+
     /// Requests of ours sent through `gateway` that it now says it cannot take (it is
     /// absent, its net is down, or it cannot reach their target) go another way at once:
     /// those not yet sent for free, those it may have forwarded within their resend

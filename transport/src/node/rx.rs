@@ -115,6 +115,7 @@ impl Node {
             for id in doomed {
                 self.complete(id, Err(OpError::PeerRestarted));
             }
+            self.gateway_restarted(now, nid);
         }
     }
 

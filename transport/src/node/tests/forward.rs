@@ -470,3 +470,52 @@ fn a_router_lists_the_peers_it_serves_first_among_those_it_cannot_reach() {
         status.unreachable
     );
 }
+
+/// Gateway B restarts. Its new life counts generations from the start again, so its first
+/// statuses may carry a generation its old life used: they must be taken all the same
+/// (here it says it is warming up, absent, with the generation 5 the old life had said
+/// "forwarding" with), or the node would send through it for as long as it stays absent.
+#[test]
+fn a_restarted_gateways_status_is_taken_even_at_a_generation_its_old_life_used() {
+    let mut n = node_behind_gateway(8);
+    let reset = LndError::new(LndErrorKind::Reset, "gateway restarted");
+    let gone = LndEvent::Disconnected {
+        peer: nid(B),
+        lane: Lane::Health,
+        error: reset,
+    };
+    n.handle_lnd_event(t(1), NiId(0), gone);
+    connected(&mut n, B, Lane::Health, 8, 8);
+    let warming = crate::wire::RouterStatus {
+        generation: 5,
+        state: crate::wire::RouterState::Absent(crate::wire::AbsentReason::WarmingUp),
+        nets: vec![],
+        unreachable: vec![],
+        more_unreachable: false,
+        vouched: vec![],
+    };
+    let push = frame_from_gateway(Lane::Health, Body::Status, 0, 5, warming.encode());
+    let LndEvent::Received {
+        peer,
+        lane,
+        mut header,
+        payload,
+    } = push
+    else {
+        unreachable!("a frame")
+    };
+    header.src_incarnation = 8;
+    let push = LndEvent::Received {
+        peer,
+        lane,
+        header,
+        payload,
+    };
+    n.handle_lnd_event(t(2), NiId(0), push);
+    assert_eq!(
+        n.gateway_status(nid(B)).map(|s| s.state),
+        Some(crate::wire::RouterState::Absent(
+            crate::wire::AbsentReason::WarmingUp
+        ))
+    );
+}
