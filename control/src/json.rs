@@ -85,6 +85,7 @@ pub fn report(r: &NodeReport) -> Value {
             "nacks_received": s.nacks_received,
             "resent": s.resent,
             "unroutable_answers": s.unroutable_answers,
+            "stale_frames": s.stale_frames,
             "protocol_errors": s.protocol_errors,
             "pings_sent": r.health.pings_sent,
             "peer_downs": r.health.downs,

@@ -176,6 +176,9 @@ pub struct NodeStats {
     /// Answers or NACKs addressed to others that this node could not pass on (nobody
     /// resends an answer: the initiator's deadline ends its operation).
     pub unroutable_answers: u64,
+    /// Frames from an earlier life of a far end (an incarnation below one already heard
+    /// from it), come late through routers: dropped.
+    pub stale_frames: u64,
     /// Resent requests that reached us again and were answered again, not delivered twice.
     pub duplicates_answered: u64,
     /// Copies of requests too old for what we remember: dropped, in case they were

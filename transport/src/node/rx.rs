@@ -98,6 +98,15 @@ impl Node {
         self.pump(nid, lane);
     }
 
+    /// Whether `incarnation` is older than the one `nid` was last heard as: incarnations
+    /// grow (a node's start time, see [`crate::NodeConfig::incarnation`]).
+    fn is_earlier_life(&self, nid: Nid, incarnation: u64) -> bool {
+        self.ends
+            .get(&nid)
+            .and_then(|e| e.incarnation)
+            .is_some_and(|known| incarnation < known)
+    }
+
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
     /// it was another before, it restarted, and whatever the old one owed us is lost.
     fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64) {
@@ -431,6 +440,13 @@ impl Node {
             return self.pump(nid, lane);
         }
         if h.src != nid {
+            if self.is_earlier_life(h.src, h.src_incarnation) {
+                // Late through a router, from before the end restarted: its requests'
+                // initiator is gone, and what it answered ended with that life.
+                self.stats.stale_frames += 1;
+                self.decline_deferred(ni, payload);
+                return self.pump(nid, lane);
+            }
             // Started behind a router: the frame is all we hear of that end.
             self.seen_incarnation(now, h.src, h.src_incarnation);
             self.heard(now, h.src);

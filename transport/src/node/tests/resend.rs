@@ -337,3 +337,58 @@ fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
         .collect();
     assert_eq!(acks, vec![(Status::Ok, 48)]);
 }
+
+/// A PUT from `far()` as `incarnation`, handed over by B (its router).
+fn put_from_far_life(n: &mut Node, incarnation: u64, msg_id: u64) {
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit: 7,
+        credits: 0,
+        src: far(),
+        dst: nid(A),
+        src_incarnation: incarnation,
+        msg_id,
+        payload_len: 1,
+        body: Body::Put {
+            portal: 4,
+            match_bits: 0x10,
+            settled_below: 0,
+            ack: true,
+        },
+        router_gen: 0,
+    };
+    let payload = RxPayload::Inline(Bytes::from_static(b"x"));
+    arrives(n, t(1), nid(B), header, payload);
+}
+
+/// Incarnations grow (a node's start time): a frame of a far end's earlier life that
+/// comes late, through a slow router, after its new life was heard, is not news of
+/// another restart (which would fail our operations to it again) and is not delivered.
+#[test]
+fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    put_from_far_life(&mut n, 5, 1);
+    put_from_far_life(&mut n, 9, 1);
+    let restarts = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::PeerRestarted { .. }))
+            .count()
+    };
+    let seen = events(&mut n);
+    assert_eq!(restarts(&seen), 1, "{seen:?}");
+    put_from_far_life(&mut n, 5, 2);
+    let late = events(&mut n);
+    assert_eq!(restarts(&late), 0, "{late:?}");
+    assert!(
+        !late.iter().any(|e| matches!(e, Event::Delivered(_))),
+        "{late:?}"
+    );
+    assert_eq!(n.stats().stale_frames, 1);
+    // The new life carries on as before.
+    put_from_far_life(&mut n, 9, 2);
+    assert_eq!(deliveries(&mut n), 1);
+}
