@@ -193,6 +193,7 @@ mod tests {
                 ack: false,
             },
             router_gen: 0,
+            attempt: 0,
         };
         let mut q = TxQueue::default();
         q.push(encode_header(&header), payload, None);

@@ -323,6 +323,7 @@ mod tests {
                 settled_below: 0,
                 ack: true,
             },
+            attempt: 0,
         };
         (encode_header(&h), Bytes::copy_from_slice(payload))
     }

@@ -105,6 +105,7 @@ fn a_large_frame_raises_the_mark_to_no_more_than_is_still_to_come_and_then_lower
             ack: true,
         },
         router_gen: 0,
+        attempt: 0,
     };
     let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i % 251) as u8).collect();
     let sent_first = 100_000;

@@ -67,6 +67,7 @@ pub fn data_header(
         msg_id: token,
         payload_len: len as u32,
         body,
+        attempt: 0,
     }
 }
 

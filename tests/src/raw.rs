@@ -120,6 +120,7 @@ pub fn frame(me: Nid, server: Nid, lane: Lane, body: Body, msg_id: u64, credits:
         payload_len,
         body,
         router_gen: 0,
+        attempt: 0,
     };
     let mut b = encode_header(&h).to_vec();
     b.resize(HEADER_LEN + payload_len as usize, 0);

@@ -362,6 +362,7 @@ mod tests {
                 settled_below: 0,
                 ack: true,
             },
+            attempt: 0,
         }
     }
 

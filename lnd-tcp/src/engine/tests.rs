@@ -77,6 +77,7 @@ fn ping(from: u32, to: u32, token: u64) -> Transmit {
         msg_id: token,
         payload_len: 0,
         body: Body::Ping { seq: token },
+        attempt: 0,
     };
     Transmit::new(Nid::mem(to, 0), &h, Bytes::new(), token)
 }

@@ -209,6 +209,7 @@ mod tests {
                 settled_below: 0,
                 ack: true,
             },
+            attempt: 0,
         };
         q.push(
             encode_header(&h),

@@ -40,6 +40,7 @@ pub fn put_of(from: Nid, to: Nid, msg_id: u64, token: u64, payload: Bytes) -> Tr
             ack: false,
         },
         router_gen: 0,
+        attempt: 0,
     };
     Transmit::new(to, &header, payload, token)
 }
@@ -123,6 +124,7 @@ pub fn ping(from: Nid, to: Nid, seq: u64, token: u64) -> Transmit {
         payload_len: 0,
         body: Body::Ping { seq },
         router_gen: 0,
+        attempt: 0,
     };
     Transmit::new(to, &header, Bytes::new(), token)
 }

@@ -102,6 +102,7 @@ fn write_seed_corpora() {
         payload_len,
         body,
         router_gen: 0,
+        attempt: 0,
     };
     let bodies = [
         (

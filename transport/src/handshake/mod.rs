@@ -45,6 +45,7 @@ impl LocalHello {
                 status,
             },
             router_gen: 0,
+            attempt: 0,
         }
     }
 
@@ -251,6 +252,7 @@ pub fn decode_compact(b: &[u8], local: Nid) -> Result<CompactHello, CompactHello
             status,
         },
         router_gen: 0,
+        attempt: 0,
     };
     Ok(CompactHello {
         header,

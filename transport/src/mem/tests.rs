@@ -72,6 +72,7 @@ fn data_frame(from: u32, to: u32, seq: u64) -> Transmit {
             settled_below: 0,
             ack: true,
         },
+        attempt: 0,
     };
     Transmit::new(Nid::mem(to, 0), &h, Bytes::from_static(b"abc"), seq)
 }
@@ -89,6 +90,7 @@ fn ping_frame(from: u32, to: u32, seq: u64) -> Transmit {
         msg_id: seq,
         payload_len: 0,
         body: Body::Ping { seq },
+        attempt: 0,
     };
     tx.lane = Lane::Health;
     tx.header = encode_header(&h);

@@ -243,6 +243,7 @@ impl Node {
             src: h.src,
             dst: h.dst,
             msg_id: h.msg_id,
+            attempt: h.attempt,
         };
         self.nack_to(h.lane, to, upstream, reason);
     }
@@ -270,6 +271,7 @@ impl Node {
             msg_id: to.msg_id,
             payload: Bytes::new(),
             reroutes: 0,
+            attempt: to.attempt,
         };
         // Back the way the request came, if that is a way to its initiator.
         self.send_answer(lane, nack, Some(upstream.hop));

@@ -257,6 +257,8 @@ pub(crate) struct RefuseTo {
     pub(crate) src: Nid,
     pub(crate) dst: Nid,
     pub(crate) msg_id: u64,
+    /// The refused copy's attempt byte, echoed in the NACK.
+    pub(crate) attempt: u8,
 }
 
 /// What the node has for its drivers and its application, until they poll it, and what

@@ -477,6 +477,12 @@ impl PeerOps {
     }
 }
 
+/// The header's attempt byte for an op's `attempt`-th send (counted from 1): the sends
+/// before it, wrapping (see [`crate::wire::Header::attempt`]).
+pub(crate) fn wire_attempt(attempt: u32) -> u8 {
+    attempt.wrapping_sub(1) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

@@ -83,6 +83,8 @@ pub(crate) struct Response {
     pub(crate) payload: Bytes,
     /// Times it went another way because its hop could not be reached.
     pub(crate) reroutes: u8,
+    /// A NACK's: the refused copy's attempt byte (0 in other answers).
+    pub(crate) attempt: u8,
 }
 
 pub(crate) struct HopLane {

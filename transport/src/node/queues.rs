@@ -330,6 +330,7 @@ impl Node {
             payload: Bytes::new(),
             op: None,
             upstream: None,
+            attempt: 0,
         };
         let token = self.emit(ni, nid, lane, out, returned, false, check);
         if let Some(rec) = self.out.in_lnd.get_mut(token) {

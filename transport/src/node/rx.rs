@@ -639,9 +639,13 @@ impl Node {
             return self.protocol_error(ni, hop, h.lane, what);
         }
         let result = match (&op.kind, answer) {
-            (_, Answer::Nack(_, _)) if op.avoid.contains(&h.src) => {
-                // A refusal by a gateway this op already left (it was sent another way when
-                // that gateway said it could not take it): about an older attempt.
+            (_, Answer::Nack(_, _))
+                if op.avoid.contains(&h.src)
+                    || h.attempt != super::ops::wire_attempt(op.attempts) =>
+            {
+                // A refusal of a copy this op already replaced: by a gateway it already
+                // left (it was sent another way when that gateway said it could not take
+                // it), or of an earlier attempt, by a router deeper on the way.
                 self.stats.late_responses += 1;
                 return;
             }

@@ -58,6 +58,7 @@ impl Node {
             msg_id: req.msg_id,
             payload,
             reroutes: 0,
+            attempt: 0,
         };
         let back = req.routed.then_some(req.hop);
         self.send_answer(req.lane, answer, back);

@@ -44,6 +44,8 @@ pub(super) struct Outgoing {
     pub(super) payload: Bytes,
     pub(super) op: Option<(OpId, u64, u32)>,
     pub(super) upstream: Option<Upstream>,
+    /// The header's attempt byte (see [`crate::wire::Header::attempt`]).
+    pub(super) attempt: u8,
 }
 
 impl Node {
@@ -181,7 +183,7 @@ impl Node {
     pub(super) fn outgoing(&mut self, ni: NiId, hop: Nid, pending: Pending) -> Outgoing {
         let src = self.nis[ni.0].nid;
         let (src_incarnation, hop_limit) = (self.cfg.incarnation, self.cfg.hop_limit);
-        let ours = move |dst, body, msg_id, payload, op| Outgoing {
+        let ours = move |dst, body, msg_id, payload, op: Option<(OpId, u64, u32)>| Outgoing {
             src,
             dst,
             src_incarnation,
@@ -191,6 +193,7 @@ impl Node {
             payload,
             op,
             upstream: None,
+            attempt: op.map_or(0, |(_, _, attempt)| super::ops::wire_attempt(attempt)),
         };
         match pending {
             Pending::HealthPing { dst, seq } => {
@@ -249,6 +252,7 @@ impl Node {
                     payload: f.payload,
                     op: None,
                     upstream: Some(f.upstream),
+                    attempt: h.attempt,
                 }
             }
         }
@@ -265,6 +269,7 @@ impl Node {
             payload: r.payload,
             op: None,
             upstream: None,
+            attempt: r.attempt,
         }
     }
 
@@ -296,6 +301,7 @@ impl Node {
             } else {
                 0
             },
+            attempt: out.attempt,
         };
         let sent = self.out.next_sent;
         self.out.next_sent += 1;
@@ -311,6 +317,7 @@ impl Node {
                     src: header.src,
                     dst: header.dst,
                     msg_id: header.msg_id,
+                    attempt: header.attempt,
                 },
             ),
             credit_for: None,

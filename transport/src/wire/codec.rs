@@ -78,6 +78,7 @@ pub fn encode_header_with(h: &Header, check: HeaderCheck) -> [u8; HEADER_LEN] {
     b[6] = h.lane as u8;
     b[7] = h.hop_limit;
     b[8..10].copy_from_slice(&h.credits.to_le_bytes());
+    b[11] = h.attempt;
     b[12..16].copy_from_slice(&h.payload_len.to_le_bytes());
     let mut nid = [0u8; NID_WIRE_LEN];
     h.src.encode(&mut nid);
@@ -198,7 +199,7 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
     if !ty.allowed_on(lane) {
         return Err(DecodeError::WrongLane { ty, lane });
     }
-    if b[11] != 0 || (b[10] != 0 && !unchecked) {
+    if b[10] != 0 && !unchecked {
         return Err(DecodeError::ReservedNotZero);
     }
     let payload_len = u32_at(b, 12);
@@ -233,6 +234,7 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Header, DecodeError>
         payload_len,
         body,
         router_gen: u32_at(b, 88),
+        attempt: b[11],
     })
 }
 

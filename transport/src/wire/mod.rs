@@ -10,7 +10,8 @@
 //!  7      1   hop limit: routers the frame may still pass (each takes one)   [per hop]
 //!  8      2   credits returned to the receiver of this frame                 [per hop]
 //! 10      1   header flags: bit 0 [`FLAG_LINK_CHECKED`], the others zero              [per hop]
-//! 11      1   reserved, zero
+//! 11      1   attempt: how many times the initiator sent this request before (0 for
+//!             the first copy, wrapping); a NACK echoes the one it refuses
 //! 12      4   payload length
 //! 16     16   source NID: the initiator of the exchange (not the last router)
 //! 32     16   destination NID: the final target (not the next router)
@@ -42,6 +43,8 @@
 //! version 2, authentication came later and needs nothing from nodes without keys: a HELLO
 //! may carry a payload (the [`crate::handshake::auth`] nonce and proof; one without keys
 //! ignores it), and the AUTH frame follows it only between nodes that both have keys.
+//! The attempt byte came later still: first copies carry 0 as before, and a node from
+//! before it refuses a resent copy (the byte was reserved).
 
 mod codec;
 mod status;
@@ -347,6 +350,10 @@ pub struct Header {
     /// The router status generation of this hop's sender; 0 if it is no router. A change
     /// tells the receiver that router's status changed.
     pub router_gen: u32,
+    /// Of a request: how many times its initiator sent it before (0 for the first copy,
+    /// wrapping); routers pass it on unchanged. Of a NACK: the refused request's, so that
+    /// its initiator tells a refusal of a copy it has already replaced. 0 in other frames.
+    pub attempt: u8,
 }
 
 impl Header {

@@ -29,6 +29,11 @@ fn d() -> Nid {
 
 /// A PUT from B (on net 0) to `dst`, arriving at the router from B.
 fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
+    resent_put_from_b(n, dst, msg_id, hop_limit, 0);
+}
+
+/// [`put_from_b`], B's copy number `attempt` of it.
+fn resent_put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8, attempt: u8) {
     let header = Header {
         lane: Lane::Data,
         hop_limit,
@@ -45,6 +50,7 @@ fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
             ack: true,
         },
         router_gen: 0,
+        attempt,
     };
     let payload = RxPayload::Inline(Bytes::from_static(b"abc"));
     arrives(n, t(0), nid(B), header, payload);
@@ -212,6 +218,7 @@ fn a_hello_or_credit_addressed_beyond_the_router_is_a_protocol_error() {
             payload_len: 0,
             body,
             router_gen: 0,
+            attempt: 0,
         };
         let ev = LndEvent::Received {
             peer: nid(B),
@@ -275,6 +282,7 @@ fn frame_from_gateway(
         payload_len: payload.len() as u32,
         body,
         router_gen,
+        attempt: 0,
     };
     LndEvent::Received {
         peer: nid(B),
@@ -518,4 +526,23 @@ fn a_restarted_gateways_status_is_taken_even_at_a_generation_its_old_life_used()
             crate::wire::AbsentReason::WarmingUp
         ))
     );
+}
+
+/// A router passes a request's attempt byte on unchanged, and its NACK echoes it: the
+/// initiator tells by it which of its copies was refused.
+#[test]
+fn a_router_keeps_the_attempt_of_what_it_passes_on_and_echoes_it_when_refusing() {
+    let mut n = router();
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 8, 9);
+    resent_put_from_b(&mut n, d(), 1, 8, 3);
+    let out = drain(&mut n);
+    assert_eq!((out.len(), out[0].header.attempt), (1, 3));
+    resent_put_from_b(&mut n, Nid::mem(7, 5), 2, 8, 4);
+    let nack: Vec<_> = drain(&mut n)
+        .into_iter()
+        .filter(|s| matches!(s.header.body, Body::Nack { .. }))
+        .map(|s| s.header.attempt)
+        .collect();
+    assert_eq!(nack, vec![4]);
 }

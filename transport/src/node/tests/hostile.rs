@@ -40,6 +40,7 @@ fn from_behind_b(
         payload_len: 0,
         body,
         router_gen: 0,
+        attempt: 0,
     };
     let ev = LndEvent::Received {
         peer: nid(B),

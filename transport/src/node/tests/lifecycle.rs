@@ -237,6 +237,7 @@ fn frames_that_lie_about_their_origin_close_the_connection() {
         msg_id: 1,
         payload_len: 0,
         body: Body::Credit,
+        attempt: 0,
     };
     n.handle_lnd_event(
         t(0),

@@ -144,6 +144,7 @@ pub(super) fn receive(
         payload_len: payload.len() as u32,
         body,
         router_gen: 0,
+        attempt: 0,
     };
     let payload = RxPayload::Inline(Bytes::copy_from_slice(payload));
     arrives(n, now, nid(peer), header, payload);
@@ -188,6 +189,7 @@ pub(super) fn routed_put(
         payload_len: 1,
         body,
         router_gen: 0,
+        attempt: 0,
     };
     let payload = RxPayload::Inline(Bytes::from_static(b"x"));
     arrives(n, t(0), hop, header, payload);

@@ -307,6 +307,7 @@ fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
                 ack: true,
             },
             router_gen: 0,
+            attempt: 0,
         };
         let payload = RxPayload::Deferred {
             handle: RxHandle(handle),
@@ -356,6 +357,7 @@ fn put_from_far_life(n: &mut Node, incarnation: u64, msg_id: u64) {
             ack: true,
         },
         router_gen: 0,
+        attempt: 0,
     };
     let payload = RxPayload::Inline(Bytes::from_static(b"x"));
     arrives(n, t(1), nid(B), header, payload);
@@ -391,4 +393,59 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
     // The new life carries on as before.
     put_from_far_life(&mut n, 9, 2);
     assert_eq!(deliveries(&mut n), 1);
+}
+
+/// The route to the far net is two routers deep: B or C, then a router D on the far side.
+/// The PUT went through B, which failed; its copy went through C. Then D's refusal of the
+/// first copy comes back (it was queued there when B failed). It is about an attempt
+/// already replaced: it must not send the copy yet another way (there is none left, so
+/// the operation would fail although its copy gets through), and the copy's ACK ends it.
+#[test]
+fn a_refusal_of_an_earlier_attempt_from_deeper_on_the_way_does_not_end_the_resent_copy() {
+    let mut n = behind_two_routers_up();
+    let (b, c, deep) = (nid(B), nid(C), Nid::mem(6, 2));
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first[0].1, b);
+    lost(&mut n, 0, b);
+    let again = sent(&mut n);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1, c, "the copy, through C");
+    assert_ne!(
+        again[0].2.attempt, first[0].2.attempt,
+        "told apart on the wire"
+    );
+    let answer = |n: &mut Node, src: Nid, body: Body, attempt: u8| {
+        let header = Header {
+            lane: Lane::Data,
+            hop_limit: 6,
+            credits: 0,
+            src,
+            dst: nid(A),
+            src_incarnation: 3,
+            msg_id: first[0].2.msg_id,
+            payload_len: 0,
+            body,
+            router_gen: 0,
+            attempt,
+        };
+        arrives(n, t(2), c, header, RxPayload::Inline(Bytes::new()));
+    };
+    let refusal = Body::Nack {
+        reason: NackReason::NextHopDown,
+        target: far(),
+    };
+    answer(&mut n, deep, refusal, first[0].2.attempt);
+    assert_eq!(completions(&mut n), vec![], "still under way");
+    assert!(sent(&mut n).is_empty(), "not sent again");
+    let ack = Body::Ack {
+        status: Status::Ok,
+        mlen: 1,
+    };
+    answer(&mut n, far(), ack, again[0].2.attempt);
+    let done = completions(&mut n);
+    assert!(
+        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Put { mlen: 1 }))]),
+        "{done:?}"
+    );
 }

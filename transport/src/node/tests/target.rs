@@ -277,6 +277,7 @@ pub(super) fn receive_deferred(n: &mut Node, body: Body, msg_id: u64, handle: u6
         msg_id,
         payload_len: len,
         body,
+        attempt: 0,
     };
     let payload = RxPayload::Deferred {
         handle: RxHandle(handle),
