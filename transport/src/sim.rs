@@ -529,6 +529,8 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod absence_cluster;
+#[cfg(test)]
 mod absence_tests;
 #[cfg(test)]
 mod chaos_tests;

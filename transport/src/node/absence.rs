@@ -102,6 +102,11 @@ pub(crate) struct Absence {
     black_hole: Option<BlackHole>,
     /// Withdrawn for a black hole since then, and clear of its cause since then.
     withdrawn: Option<(Time, Option<Time>)>,
+    /// A black hole its fellows cover for was found: it withdraws at this time if they
+    /// still do, two intervals on, so that a fellow with the same cause, found at the same
+    /// moment, has said so by then (its pushes wait up to an interval behind its last,
+    /// then travel); else each would go counting on the other.
+    withdraw_at: Option<Time>,
     degraded: bool,
     penalty: f64,
     penalty_at: Time,
@@ -337,7 +342,11 @@ impl Node {
         let covered = cause.is_some() && self.fellows_cover();
         let half_life = cfg.half_life;
         let hold = self.hold_down(now);
+        let hold_off = self.cfg.health.interval * 2;
         let a = &mut self.router.absence;
+        if cause.is_none() || !covered {
+            a.withdraw_at = None;
+        }
         if cause != a.black_hole {
             match cause {
                 Some(c) => tracing::warn!("router: {c}"),
@@ -360,10 +369,16 @@ impl Node {
             }
             (Some(_), Some((_, None))) => {}
             (Some(_), None) if covered => {
-                a.withdrawn = Some((now, None));
+                // Listed as unreachable at once (its senders avoid it for that peer);
+                // gone only if its fellows still cover for it two intervals later.
                 a.degraded = false;
-                a.stats.withdrawals += 1;
-                a.flap(now, half_life);
+                let at = *a.withdraw_at.get_or_insert(now + hold_off);
+                if now >= at {
+                    a.withdraw_at = None;
+                    a.withdrawn = Some((now, None));
+                    a.stats.withdrawals += 1;
+                    a.flap(now, half_life);
+                }
             }
             (Some(_), None) => a.degraded = true,
             (None, Some((since, clear))) => {
@@ -397,7 +412,10 @@ impl Node {
             _ => None,
         };
         let warm_ends = (now < warm_until).then_some(warm_until);
-        a.due = [sweep, hold_ends, warm_ends].into_iter().flatten().min();
+        a.due = [sweep, hold_ends, warm_ends, a.withdraw_at]
+            .into_iter()
+            .flatten()
+            .min();
         let degraded = a.degraded;
         if state != self.router.state || degraded != was_degraded {
             let cause_text = match (state, cause) {
@@ -504,15 +522,19 @@ impl Node {
     }
 
     /// Whether, for every pair of this router's nets, some fellow is alive, forwarding,
-    /// and up on both (by its last status), and reaches every peer this router serves and
-    /// reaches: a fellow that lists one of those as unreachable is a black hole for it,
-    /// and cannot take this router's place. (Two routers each missing a peer the other
-    /// reaches must both stay, each listing its own: were each to go for the other, both
-    /// would, come back at once as the last router there, and go again, without end.)
+    /// and up on both (by its last status), and lists as unreachable none of the peers
+    /// that are this router's business (served, or watched for a fellow) and that somebody
+    /// reaches: this router, or another fellow. A fellow that cannot reach such a peer
+    /// cannot take this router's place. (Two routers each missing a peer the other
+    /// reaches must both stay, each listing its own; and two missing the same peer, which
+    /// a third reaches, must not each go counting on the other. Either way each would go,
+    /// come back at once as the last router there, and go again, without end.)
     fn fellows_cover(&self) -> bool {
         let nets: Vec<Net> = self.nis.iter().map(|ni| ni.nid.net()).collect();
-        let served = &self.router.absence.served;
-        let ours = |p: &Nid| served.contains_key(p) && !self.health.is_down(*p);
+        let a = &self.router.absence;
+        let stand_in_missing = |p: &Nid| {
+            a.concerns(p) && (!self.health.is_down(*p) || self.vouched_by_fellow(*p).is_some())
+        };
         let covers = |a: Net, b: Net| {
             self.cfg.router.fellows.iter().any(|&f| {
                 self.fellow_alive(f)
@@ -520,7 +542,7 @@ impl Node {
                         v.state == RouterState::Forwarding
                             && v.net_up(a) == Some(true)
                             && v.net_up(b) == Some(true)
-                            && !v.unreachable.iter().any(ours)
+                            && !v.unreachable.iter().any(stand_in_missing)
                     })
             })
         };

@@ -5,212 +5,13 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use super::routing_tests::{on, put, route};
+use super::routing_tests::on;
 use super::*;
 use crate::config::RouterConfig;
-use crate::nid::Net;
 use crate::node::BlackHole;
-use crate::op::{OpError, OpOutcome};
 use crate::wire::{AbsentReason, RouterState};
 
-const MS: Duration = Duration::from_millis(1);
-
-struct Cluster {
-    sim: Sim,
-    client: Nid,
-    servers: [Nid; 2],
-    routers: [Nid; 2],
-}
-
-fn net(n: u16) -> Net {
-    on(n, 0).net()
-}
-
-/// Client 1 on net 1; servers 2 and 3 on net 2; routers 8 and 9 on both, each the other's
-/// fellow, with `router` settings.
-fn cluster(router: RouterConfig) -> Cluster {
-    cluster_with([router.clone(), router])
-}
-
-/// The same, router 8 with the first settings, router 9 with the second.
-fn cluster_with(routers: [RouterConfig; 2]) -> Cluster {
-    let mut sim = Sim::new(7);
-    sim.fabric().set_default_link(crate::mem::LinkFaults {
-        delay: Duration::from_micros(10),
-        ..Default::default()
-    });
-    let client = on(1, 1);
-    let servers = [on(2, 2), on(2, 3)];
-    sim.add_node(client, NodeConfig::new(1)).unwrap();
-    for (i, &s) in servers.iter().enumerate() {
-        sim.add_node(s, NodeConfig::new(2 + i as u64)).unwrap();
-        sim.attach(s, MatchEntry::sink(4, 1, 64));
-    }
-    for ((n, fellow), router) in [(8, 9), (9, 8)].into_iter().zip(routers) {
-        let cfg = NodeConfig {
-            forwarding: true,
-            router: RouterConfig {
-                // On both nets: hearing a fellow on one but not the other tells a router
-                // that it is the one cut off.
-                fellows: vec![on(1, fellow), on(2, fellow)],
-                ..router
-            },
-            ..NodeConfig::new(u64::from(n) * 100)
-        };
-        let lnd = crate::mem::MemLndConfig::for_node(&cfg);
-        sim.add_node_on(&[on(1, n), on(2, n)], cfg, lnd).unwrap();
-        sim.add_route(client, route(2, on(1, n), 1)).unwrap();
-        for s in servers {
-            sim.add_route(s, route(1, on(2, n), 1)).unwrap();
-        }
-    }
-    Cluster {
-        sim,
-        client,
-        servers,
-        routers: [on(1, 8), on(1, 9)],
-    }
-}
-
-fn quick() -> RouterConfig {
-    RouterConfig {
-        warm_up: Duration::ZERO,
-        ..RouterConfig::default()
-    }
-}
-
-/// What a stream of PUTs saw: each result, and copies delivered per index.
-#[derive(Default)]
-struct Stream {
-    ops: FxHashMap<OpId, u32>,
-    results: Vec<Result<OpOutcome, OpError>>,
-    delivered: FxHashMap<u32, u32>,
-    sent: u32,
-}
-
-impl Cluster {
-    fn state(&self, r: usize) -> RouterState {
-        self.sim.node(self.routers[r]).router_status().state
-    }
-
-    fn forwarded(&self, r: usize) -> u64 {
-        self.sim.node(self.routers[r]).stats().forwarded
-    }
-
-    /// Cuts (or heals) router `r`'s links to every server.
-    fn cut_from_servers(&mut self, r: usize, cut: bool) {
-        let near = on(2, self.routers[r].addr_num());
-        for s in self.servers {
-            self.sim.fabric().set_cut(near, s, cut);
-        }
-    }
-
-    /// Pulls (or plugs back) router `r`'s cable on net 2: cut from the servers and from
-    /// the other router there.
-    fn pull_cable(&mut self, r: usize, cut: bool) {
-        self.cut_from_servers(r, cut);
-        let (a, b) = (self.routers[0].addr_num(), self.routers[1].addr_num());
-        self.sim.fabric().set_cut(on(2, a), on(2, b), cut);
-    }
-
-    /// Runs for `d`, the client putting to the servers three times a millisecond (so that
-    /// with round-robin routing each router serves both), and collects what completed and
-    /// what was delivered.
-    fn stream(&mut self, d: Duration, s: &mut Stream) {
-        let end = self.sim.now() + d;
-        while self.sim.now() < end {
-            for server in [self.servers[0], self.servers[1], self.servers[0]] {
-                let payload = Bytes::from(s.sent.to_le_bytes().to_vec());
-                let op = self.sim.put(self.client, put(server, 4, payload));
-                s.ops.insert(op, s.sent);
-                s.sent += 1;
-            }
-            let next = self.sim.now() + MS;
-            self.sim.run_until(next);
-            self.collect(s);
-        }
-    }
-
-    /// Runs until every op of the stream completed.
-    fn settle(&mut self, s: &mut Stream) {
-        for _ in 0..100 {
-            if s.results.len() == s.ops.len() {
-                break;
-            }
-            self.sim.run_for(100 * MS);
-            self.collect(s);
-        }
-        self.sim.run_for(100 * MS);
-        self.collect(s);
-    }
-
-    fn collect(&mut self, s: &mut Stream) {
-        for e in self.sim.take_events(self.client) {
-            if let Event::Completed(c) = e {
-                assert!(s.ops.contains_key(&c.op), "a completion of nothing");
-                s.results.push(c.result);
-            }
-        }
-        for server in self.servers {
-            for e in self.sim.take_events(server) {
-                if let Event::Delivered(d) = e {
-                    let i = u32::from_le_bytes(d.payload[..4].try_into().unwrap());
-                    *s.delivered.entry(i).or_default() += 1;
-                }
-            }
-        }
-    }
-}
-
-impl Stream {
-    /// Every op completed once, successfully, and was delivered exactly once.
-    fn check_nothing_lost(&self) {
-        assert_eq!(
-            self.results.len(),
-            self.ops.len(),
-            "every op completed once"
-        );
-        let failed: Vec<_> = self.results.iter().filter(|r| r.is_err()).collect();
-        assert!(
-            failed.is_empty(),
-            "{} failed: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(5)]
-        );
-        assert_eq!(self.delivered.len() as u32, self.sent, "every op delivered");
-        assert!(self.delivered.values().all(|&n| n == 1), "none twice");
-    }
-}
-
-trait AddrNum {
-    fn addr_num(&self) -> u32;
-}
-
-impl AddrNum for Nid {
-    fn addr_num(&self) -> u32 {
-        match self.addr() {
-            crate::nid::NidAddr::Num(n) => n,
-            _ => unreachable!("mem NIDs are numbers"),
-        }
-    }
-}
-
-fn router_events(sim: &mut Sim, r: Nid) -> Vec<(RouterState, bool, String)> {
-    sim.take_events(r)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::RouterChanged {
-                state,
-                degraded,
-                cause,
-                ..
-            } => Some((state, degraded, cause)),
-            _ => None,
-        })
-        .collect()
-}
+use super::absence_cluster::*;
 
 #[test]
 fn a_starting_router_warms_up_before_it_takes_traffic() {
@@ -402,7 +203,7 @@ fn a_peer_that_died_is_no_black_hole_and_nobody_withdraws() {
     c.stream(50 * MS, &mut s);
     c.settle(&mut s);
     s.check_nothing_lost();
-    for r in c.routers {
+    for r in c.routers.clone() {
         c.sim.take_events(r);
     }
     c.sim.take_events(c.client);
@@ -439,7 +240,7 @@ fn when_both_routers_lose_a_net_neither_strands_the_other_and_nothing_hangs() {
     let mut s = Stream::default();
     c.stream(50 * MS, &mut s);
     c.settle(&mut s);
-    for r in c.routers {
+    for r in c.routers.clone() {
         c.sim.take_events(r);
     }
     // Both routers' NIs on net 2 cut off from everything there, each other included.
@@ -542,6 +343,52 @@ fn two_routers_each_missing_a_peer_the_other_reaches_both_stay_and_nothing_fails
             Some(BlackHole::PeerUnreachable { peer, .. }) if peer == lost
         ));
         assert_eq!(condition.counters.withdrawals, 0);
+    }
+    c.settle(&mut s);
+    s.check_nothing_lost();
+}
+
+/// Three routers. Routers 8 and 9 cannot reach server 2 (the same cause), which router 10
+/// reaches; router 10 cannot reach server 3, which 8 and 9 reach. Router 9 is no stand-in
+/// for 8 (it cannot reach server 2 either), nor 8 for 9, nor 10 for either: all three stay,
+/// each listing what it cannot reach, and the client routes around them. (Before, 8 and 9
+/// each withdrew counting on the other, came back at once as the last router there, and
+/// withdrew again, without end.)
+#[test]
+fn two_routers_missing_the_same_peer_do_not_withdraw_for_each_other() {
+    let mut c = cluster_of(&[(8, quick()), (9, quick()), (10, quick())]);
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    for &r in &c.routers {
+        c.sim.take_events(r);
+    }
+    let (s2, s3) = (c.servers[0], c.servers[1]);
+    c.sim.fabric().set_cut(on(2, 8), s2, true);
+    c.sim.fabric().set_cut(on(2, 9), s2, true);
+    c.sim.fabric().set_cut(on(2, 10), s3, true);
+    for _ in 0..2000 {
+        c.stream(MS, &mut s);
+        for r in 0..3 {
+            assert_eq!(
+                c.state(r),
+                RouterState::Forwarding,
+                "{r} at {:?}",
+                c.sim.now()
+            );
+        }
+    }
+    for (r, lost) in [(0, s2), (1, s2), (2, s3)] {
+        let router = c.routers[r];
+        let changes = router_events(&mut c.sim, router);
+        assert!(
+            matches!(&changes[..], [(RouterState::Forwarding, true, _)]),
+            "{router}: once degraded, nothing else: {changes:?}"
+        );
+        assert_eq!(c.sim.node(router).router_status().unreachable, vec![lost]);
+        assert_eq!(
+            c.sim.node(router).router_condition().counters.withdrawals,
+            0
+        );
     }
     c.settle(&mut s);
     s.check_nothing_lost();
