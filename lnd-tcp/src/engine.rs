@@ -87,6 +87,8 @@ pub(crate) struct Engine {
     done: Vec<TxToken>,
     /// Connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
+    /// Accepted connections refused at their handshake.
+    refusals: lanet::lnd::Refusals,
     /// Accepting paused after an accept failed for want of descriptors (or for anything
     /// else that is not the one connection's): the backends ask it.
     pub(crate) accept_pause: AcceptPause,
@@ -106,6 +108,7 @@ impl Engine {
             closes: Vec::new(),
             done: Vec::new(),
             evicted_accepts: 0,
+            refusals: Default::default(),
             accept_pause: AcceptPause::default(),
         }
     }
@@ -428,7 +431,7 @@ impl Engine {
         let (hello, step) = match checked {
             Ok(checked) => checked,
             Err(e) => {
-                tracing::warn!(nid = %self.local.id.nid, "refusing a connection: {e}");
+                self.refusals.refused(self.local.id.nid, &e);
                 let refusing = self.conns.get(conn).map(|c| c.auth);
                 if !matches!(refusing, Some(ConnAuth::Refusing)) {
                     self.conns.remove(conn);
@@ -490,7 +493,7 @@ impl Engine {
             )),
         };
         if let Err(e) = checked {
-            tracing::warn!(nid = %local, "refusing a connection: {e}");
+            self.refusals.refused(self.local.id.nid, &e);
             self.conns.remove(conn);
             self.closes.push(conn);
             return;

@@ -96,6 +96,31 @@ use crate::nid::Nid;
 use crate::op::{FailurePlace, OpError};
 use crate::wire::{Header, HEADER_LEN};
 
+/// Counts the connections a driver refused at their handshake (a bad HELLO or AUTH), and
+/// logs the 1st, 2nd, 4th, 8th, ... only: a peer dialling in a loop, or a scanner, must
+/// not flood the log.
+#[derive(Debug, Default)]
+pub struct Refusals(u64);
+
+impl Refusals {
+    /// Counts one refusal by `local`, and logs it if its number is a power of two.
+    pub fn refused(&mut self, local: Nid, why: &str) {
+        self.0 += 1;
+        let n = self.0;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                nid = %local,
+                "refusing a connection ({n} refused so far, logged at powers of two): {why}"
+            );
+        }
+    }
+
+    /// Refusals so far.
+    pub fn count(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Names one posted frame; echoed in its `SendComplete`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TxToken(pub u64);

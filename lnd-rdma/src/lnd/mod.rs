@@ -261,6 +261,8 @@ pub struct RdmaLnd {
     posted_to: Vec<u32>,
     /// Accepted connections closed to keep within `max_pending_accepts`.
     evicted_accepts: u64,
+    /// Connections refused at their handshake.
+    refusals: lanet::lnd::Refusals,
     next_handle: u64,
     passes: u32,
     wcs: Vec<Completion>,
@@ -409,6 +411,7 @@ impl RdmaLnd {
             by_cookie: FxHashMap::default(),
             next_conn: 1,
             evicted_accepts: 0,
+            refusals: Default::default(),
             next_handle: 1,
             passes: 0,
             wcs: Vec::with_capacity(32),

@@ -287,7 +287,7 @@ impl RdmaLnd {
         let (hello, step, rx_msg_kib) = match checked {
             Ok(c) => c,
             Err((e, say)) => {
-                tracing::warn!(nid = %self.ctx.local.id.nid, "refusing a connection: {e}");
+                self.refusals.refused(self.ctx.local.id.nid, &e);
                 if let Err(e) = cm.reject(&say) {
                     tracing::warn!("rdma_reject: {e}");
                 }
@@ -429,7 +429,7 @@ impl RdmaLnd {
             )),
         });
         if let Err(e) = checked {
-            tracing::warn!(nid = %local, "refusing a connection: {e}");
+            self.refusals.refused(local, &e);
             return self.fail(id, err(LndErrorKind::Refused, e));
         }
         if let Some(conn) = self.conns.get_mut(id) {

@@ -673,3 +673,55 @@ fn an_unproven_hello_neither_cancels_our_dial_nor_takes_its_place() {
     assert!(events(&mut b).is_empty());
     assert_eq!(b.take_closes(), vec![201]);
 }
+
+/// Counts the warnings logged while it is the thread's subscriber.
+struct CountWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountWarnings {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        *m.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        if *e.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A thousand refused handshakes (a HELLO from the wrong address, again and again) are
+/// each refused, and logged only at the 1st, 2nd, 4th, ... 512th: a peer dialling in a
+/// loop must not flood the log.
+#[test]
+fn refused_handshakes_are_logged_at_powers_of_two_only() {
+    let now = Instant::now();
+    let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = CountWarnings(warnings.clone());
+    let tcp = |n: u32, ip: &str| -> Local {
+        let mut l = local(n);
+        l.id.nid = format!("{ip}@tcp").parse().unwrap();
+        l
+    };
+    let mut b = Engine::new(tcp(2, "10.0.0.2"));
+    b.local.check_source_address = true;
+    let b_nid = b.local.id.nid;
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..1000 {
+            let mut a = Engine::new(tcp(1, "10.0.0.1"));
+            assert!(a.want_connect(b_nid, Lane::Data, now));
+            a.dialled(1, b_nid, Lane::Data, now);
+            b.accepted(100 + i, Some("10.9.9.9".parse().unwrap()), now);
+            a.established(1);
+            carry(&mut a, 1, &mut b, 100 + i, now);
+            assert_eq!(b.take_closes(), vec![100 + i], "refused");
+        }
+    });
+    assert!(connected(&events(&mut b)).is_empty());
+    assert_eq!(warnings.load(std::sync::atomic::Ordering::Relaxed), 10);
+}
