@@ -68,11 +68,12 @@ pub struct NodeConfig {
     /// How long a frame passing through a router may wait for a buffer before it is
     /// refused (NACK: out of buffers).
     pub router_patience: Duration,
-    /// How long a frame passing through a router may wait at its next hop, which is up but
-    /// takes nothing (returns no credits), before it is refused (NACK: next hop stalled),
-    /// so that its initiator may send it another way and the upstream credit and buffer it
-    /// holds come back. Without it, one peer whose data lane stops while its health lane
-    /// answers would hold the credits of every sender behind the router.
+    /// How long a router's frames passing through may wait at a next hop from which
+    /// nothing leaves (it is up, but returns no credits) before they are refused (NACK:
+    /// next hop stalled), so that their initiators may send them another way and the
+    /// upstream credits and buffers they hold come back. Without it, one peer whose data
+    /// lane stops while its health lane answers would hold the credits of every sender
+    /// behind the router. A hop that takes frames, however slowly, is not stalled.
     pub forward_patience: Duration,
     /// Answers that may wait at one lane to a router, for initiators behind it. A router
     /// carries the answers of every client behind it, so a burst of thousands of them is

@@ -137,6 +137,19 @@ impl Absence {
         self.served.contains_key(peer) || self.asked.contains(peer)
     }
 
+    /// Where `peer` goes in the list of peers the router cannot reach, which is cut at
+    /// [`crate::wire::MAX_UNREACHABLE`]: those it serves first (its senders send to them,
+    /// its fellows judge by them), then those it watches for a fellow, then the rest.
+    pub(crate) fn listing_rank(&self, peer: &Nid) -> u8 {
+        if self.served.contains_key(peer) {
+            0
+        } else if self.asked.contains(peer) {
+            1
+        } else {
+            2
+        }
+    }
+
     /// A router's is judged at its first tick; a plain node's never.
     pub(crate) fn new(forwarding: bool) -> Absence {
         Absence {

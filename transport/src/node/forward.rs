@@ -159,17 +159,16 @@ impl Node {
             Some(next) if self.health.is_down(next) => Some(NackReason::NextHopDown),
             Some(_) => None,
         };
-        let now = self.clock.unwrap_or_default();
         let f = Forward {
             header: h,
             payload,
             upstream,
-            passed_on_at: now,
         };
         match (next, reason) {
             (Some(next), None) => {
                 self.stats.forwarded += 1;
                 self.router_forwarded_for(upstream.hop);
+                let now = self.clock.unwrap_or_default();
                 self.router_served(now, [upstream.hop, next]);
                 self.send_or_queue(next, h.lane, Pending::Forward(Box::new(f)));
             }
@@ -177,26 +176,29 @@ impl Node {
         }
     }
 
-    /// A frame passing through was queued at (hop, lane), waiting for a credit: it is
-    /// looked at for a stall by its patience's end, if nothing there is already due.
-    pub(super) fn forward_queued(&mut self, hop: Nid, lane: Lane, passed_on_at: Time) {
-        let at = passed_on_at + self.cfg.forward_patience;
+    /// A frame passing through was queued at (hop, lane), waiting for a credit: the lane
+    /// is looked at once it may have stood still for the forward patience, if no look is
+    /// booked already.
+    pub(super) fn forward_queued(&mut self, hop: Nid, lane: Lane, now: Time) {
+        let patience = self.cfg.forward_patience;
         let hl = self.hop_lane(hop, lane);
         if hl.stall_check.is_none() {
+            let at = (hl.moved_at + patience).max(now);
             hl.stall_check = Some(at);
             self.stall_checks.push(Reverse((at, hop, lane)));
         }
     }
 
-    /// Refuses the frames passing through that have waited at their next hop past the
-    /// forward patience: that hop is up (else they would have been refused) but takes
-    /// nothing, and what they hold (upstream credits, buffers) must not be held for it
-    /// for ever (LU-18444's pattern). Their initiators may send them another way.
+    /// Refuses the frames passing through that wait at a hop lane from which nothing has
+    /// left for the forward patience: the hop is up (else they would have been refused)
+    /// but takes nothing, and what they hold (upstream credits, buffers) must not be held
+    /// for it for ever (LU-18444's pattern). Their initiators may send them another way.
+    /// A lane that moves, however slowly, keeps its frames: a busy server's queue at its
+    /// router may take many seconds to drain, and is no fault.
     pub(super) fn refuse_stalled(&mut self, now: Time) {
         let patience = self.cfg.forward_patience;
-        // Lanes are looked at no more often than every eighth of the patience, so that a
-        // long queue is walked a bounded number of times per patience, not once per frame
-        // (a frame may so wait up to 9/8 of it).
+        // A moving lane is looked at again no sooner than an eighth of the patience
+        // later: a bounded number of looks per patience, however its frames come and go.
         let step = patience / 8;
         while let Some(&Reverse((at, hop, lane))) = self.stall_checks.peek() {
             if at > now {
@@ -209,16 +211,21 @@ impl Node {
             if hl.stall_check != Some(at) {
                 continue;
             }
-            let cutoff = Time(now.0.saturating_sub(patience.as_nanos() as u64));
-            let (stalled, oldest_left) = hl.take_forwards_passed_on_by(cutoff);
-            hl.stall_check = oldest_left.map(|t| (t + patience).max(now + step));
-            if let Some(next) = hl.stall_check {
+            hl.stall_check = None;
+            if !hl.queue.iter().any(|p| matches!(p, Pending::Forward(_))) {
+                continue;
+            }
+            if now.saturating_since(hl.moved_at) < patience {
+                let next = (hl.moved_at + patience).max(now + step);
+                hl.stall_check = Some(next);
                 self.stall_checks.push(Reverse((next, hop, lane)));
+                continue;
             }
-            if !stalled.is_empty() {
-                self.stats.forwards_stalled += stalled.len() as u64;
-                tracing::debug!(%hop, %lane, frames = stalled.len(), "next hop stalled: refused");
-            }
+            hl.stalled = true;
+            let stalled = hl.take_forwards();
+            self.stats.forwards_stalled += stalled.len() as u64;
+            tracing::warn!(%hop, %lane, frames = stalled.len(),
+                "next hop took nothing for {patience:?}: frames passing through refused");
             for f in stalled {
                 self.refuse_forward(f, NackReason::NextHopStalled);
             }

@@ -168,10 +168,9 @@ impl Node {
         }
         let nets = self.router_nets();
         let mut down = self.health.down_peers();
-        // Those it serves or watches for a fellow first: the list is cut at
-        // MAX_UNREACHABLE on the wire, and those are the peers its fellows judge by and
-        // its senders send to (stable: in NID order within each kind).
-        down.sort_by_key(|p| !self.router.absence.concerns(p));
+        // Cut at MAX_UNREACHABLE on the wire: those that matter most first (stable: in
+        // NID order within each rank).
+        down.sort_by_key(|p| self.router.absence.listing_rank(p));
         let vouched = self.router_vouched();
         let r = &mut self.router;
         let fresh = RouterStatus {

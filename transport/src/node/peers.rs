@@ -55,9 +55,6 @@ pub(crate) struct Forward {
     pub(crate) payload: Bytes,
     /// The hop, lane and connection it came on, whose credit it holds until it leaves.
     pub(crate) upstream: Upstream,
-    /// When it was passed on to its next hop: if it waits there past the router's
-    /// `forward_patience`, it is refused (see `forward::refuse_stalled`).
-    pub(crate) passed_on_at: Time,
 }
 
 /// What a frame passing through holds until it leaves: its credit on the connection it
@@ -103,9 +100,16 @@ pub(crate) struct HopLane {
     /// sent until it is out, so a peer that never reads cannot pile them up (what is
     /// owed meanwhile goes with the next frame, or the next CREDIT).
     pub(crate) credit_frame_out: Option<u64>,
-    /// When the frames passing through that wait in `queue` are next looked at for having
-    /// waited past the forward patience; none while none waits.
+    /// When a frame last left `queue` or `answers` for the driver, or, if none has since
+    /// they were empty, when they began to wait: a lane that has not moved for the forward
+    /// patience, frames waiting, takes nothing.
+    pub(crate) moved_at: Time,
+    /// When the frames passing through that wait in `queue` are next looked at, for the
+    /// lane having stopped (see `forward::refuse_stalled`); none while none waits.
     pub(crate) stall_check: Option<Time>,
+    /// Found stopped: frames passing through that would wait here are refused at once,
+    /// until a frame leaves again.
+    pub(crate) stalled: bool,
 }
 
 impl HopLane {
@@ -156,29 +160,6 @@ impl HopLane {
         }
         forwards
     }
-
-    /// Takes the frames passing through that were passed on at or before `cutoff` out of
-    /// the queue, leaving the rest in order; and when the oldest frame passing through
-    /// left behind was passed on, if any is.
-    pub(crate) fn take_forwards_passed_on_by(
-        &mut self,
-        cutoff: Time,
-    ) -> (Vec<Forward>, Option<Time>) {
-        let mut stalled = Vec::new();
-        let mut oldest_left = None;
-        let queued = std::mem::take(&mut self.queue);
-        for p in queued {
-            match p {
-                Pending::Forward(f) if f.passed_on_at <= cutoff => stalled.push(*f),
-                Pending::Forward(f) => {
-                    oldest_left.get_or_insert(f.passed_on_at);
-                    self.queue.push_back(Pending::Forward(f));
-                }
-                other => self.queue.push_back(other),
-            }
-        }
-        (stalled, oldest_left)
-    }
 }
 
 pub(crate) struct Hop {
@@ -196,7 +177,9 @@ impl Hop {
             answers: VecDeque::new(),
             left: 0,
             credit_frame_out: None,
+            moved_at: Time::ZERO,
             stall_check: None,
+            stalled: false,
         };
         Hop {
             ni,

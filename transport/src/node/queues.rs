@@ -69,15 +69,23 @@ impl Node {
                 return;
             }
         }
-        let passed_on_at = match &pending {
-            Pending::Forward(f) => Some(f.passed_on_at),
-            _ => None,
-        };
-        self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane]
-            .queue
-            .push_back(pending);
-        if let Some(at) = passed_on_at {
-            self.forward_queued(hop, lane, at);
+        let now = self.clock.unwrap_or_default();
+        let hl = &mut self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane];
+        let forward = matches!(pending, Pending::Forward(_));
+        if forward && hl.stalled {
+            // Its next hop took nothing for the forward patience, and nothing since.
+            if let Pending::Forward(f) = pending {
+                self.stats.forwards_stalled += 1;
+                self.refuse_forward(*f, NackReason::NextHopStalled);
+            }
+            return;
+        }
+        if hl.queue.is_empty() && hl.answers.is_empty() {
+            hl.moved_at = now;
+        }
+        hl.queue.push_back(pending);
+        if forward {
+            self.forward_queued(hop, lane, now);
         }
         self.pump_busy(hop, lane);
     }
@@ -185,6 +193,8 @@ impl Node {
             return None;
         }
         let returned = take_send_credits(&mut self.nis[ni.0].credits[lane], hop, hl)?;
+        // It moves (see `forward::refuse_stalled`).
+        hl.stalled = false;
         Some((ni, returned, check))
     }
 
@@ -192,6 +202,7 @@ impl Node {
     /// has dead queue entries to drop. Looks the hop up once per frame, and the queue's
     /// front op once.
     fn pump_busy(&mut self, nid: Nid, lane: Lane) {
+        let now = self.clock.unwrap_or_default();
         let credit_frame_due = loop {
             let Some(hop) = self.hops.get_mut(&nid) else {
                 return;
@@ -255,6 +266,8 @@ impl Node {
             } else {
                 hl.queue.pop_front().map(Next::Pending)
             };
+            hl.moved_at = now;
+            hl.stalled = false;
             // Nothing left behind it: what the next look would find is known now, and
             // sending changes nothing of the hop's (one lookup fewer per frame).
             let drained = hl.holds_nothing().then(|| hl.credit_frame_due());

@@ -222,6 +222,8 @@ impl Node {
         let hl = &mut hop.lanes[lane];
         let answers = std::mem::take(&mut hl.answers);
         let forwards = hl.take_forwards();
+        // A new connection starts afresh.
+        hl.stalled = false;
         // Our own requests wait for a new connection; the monitor pings again if it must.
         hl.queue.retain(|p| matches!(p, Pending::Op { .. }));
         // A router holds nothing for a next hop that went away (LU-17855): refused now.

@@ -14,7 +14,7 @@ fn router_with(base: NodeConfig) -> Node {
         forwarding: true,
         router: crate::config::RouterConfig {
             warm_up: std::time::Duration::ZERO,
-            ..Default::default()
+            ..base.router.clone()
         },
         ..base
     });
@@ -451,6 +451,73 @@ fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patie
     assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
 }
 
+/// D takes one frame per half patience: slow, but moving. Its frames wait at the router
+/// far longer than the patience, and none is refused (a busy server's queue at its router
+/// may take many seconds to drain). Then it stops: once nothing has left for the patience,
+/// what waits is refused, and so is what comes next, at once, until D takes a frame again.
+#[test]
+fn frames_at_a_next_hop_that_is_slow_but_moving_wait_however_long() {
+    let mut base = cfg();
+    base.health.interval = Duration::from_secs(3600);
+    let mut n = router_with(base);
+    let patience = n.cfg.forward_patience;
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
+    for m in 1..=8 {
+        put_from_b(&mut n, d(), m, 8);
+    }
+    let credit_from_d = |n: &mut Node, at: Time| {
+        let header = Header {
+            lane: Lane::Data,
+            hop_limit: 0,
+            credits: 1,
+            src: d(),
+            dst: Nid::mem(A, 1),
+            src_incarnation: 9,
+            msg_id: 0,
+            payload_len: 0,
+            body: Body::Credit,
+            router_gen: 0,
+            attempt: 0,
+        };
+        let ev = LndEvent::Received {
+            peer: d(),
+            lane: Lane::Data,
+            header,
+            payload: RxPayload::Inline(Bytes::new()),
+        };
+        n.handle_lnd_event(at, NiId(1), ev);
+    };
+    let nacks = |out: &[Sent]| {
+        out.iter()
+            .filter(|s| matches!(s.header.body, Body::Nack { .. }))
+            .count()
+    };
+    let mut passed = drain(&mut n).len();
+    assert_eq!(passed, 1);
+    let mut now = t(0);
+    for _ in 0..4 {
+        now = now + patience / 2;
+        n.handle_timeout(now);
+        credit_from_d(&mut n, now);
+        let out = drain(&mut n);
+        assert_eq!(nacks(&out), 0, "at {now:?}");
+        passed += out.len();
+    }
+    assert_eq!(passed, 5, "one frame per credit");
+    assert!(now.saturating_since(t(0)) >= patience * 2);
+    // D stops: the three still waiting go, once the lane has stood still for the patience.
+    now = now + patience;
+    n.handle_timeout(now);
+    assert_eq!(nacks(&drain(&mut n)), 3);
+    put_from_b(&mut n, d(), 9, 8);
+    assert_eq!(
+        nacks(&drain(&mut n)),
+        1,
+        "refused at once, without waiting again"
+    );
+}
+
 /// A router's status lists at most [`crate::wire::MAX_UNREACHABLE`] peers it cannot
 /// reach. The peers it serves go first: its fellows judge by them whether they may cover
 /// for it, and its senders whether to avoid it, so they must not fall off the end of the
@@ -475,6 +542,49 @@ fn a_router_lists_the_peers_it_serves_first_among_those_it_cannot_reach() {
     assert!(
         status.unreachable.contains(&served),
         "{served} is not among {:?}",
+        status.unreachable
+    );
+}
+
+/// The same with a fellow, B, that lists 43 peers it cannot reach (as many as a status
+/// carries), all with lower NIDs than the one this router serves: the router watches
+/// them for B, and they go Down here too (dead everywhere). The peer it serves still
+/// comes first, before those it only watches for B.
+#[test]
+fn a_router_lists_the_peers_it_serves_before_those_it_watches_for_a_fellow() {
+    use crate::wire::{RouterState, RouterStatus, MAX_UNREACHABLE};
+    let mut base = cfg();
+    base.router.fellows = vec![nid(B)];
+    let mut n = router_with(base);
+    connected_on(&mut n, 0, nid(B), Lane::Health, 8, 7);
+    let dead: Vec<Nid> = (0..MAX_UNREACHABLE as u32)
+        .map(|i| Nid::mem(100 + i, 1))
+        .collect();
+    let says = RouterStatus {
+        generation: 3,
+        state: RouterState::Forwarding,
+        nets: vec![],
+        unreachable: dead.clone(),
+        more_unreachable: false,
+        vouched: vec![],
+    };
+    let push = frame_from_gateway(Lane::Health, Body::Status, 0, 3, says.encode());
+    n.handle_lnd_event(t(0), NiId(0), push);
+    let served = Nid::mem(200, 1);
+    n.router_served(t(0), [nid(C), served]);
+    n.handle_timeout(t(1));
+    assert!(
+        dead.iter().all(|p| n.router.absence.concerns(p)),
+        "watched for B"
+    );
+    n.handle_timeout(t(1_000));
+    let status = RouterStatus::decode(&n.router.encoded).unwrap();
+    assert!(status.unreachable.len() == MAX_UNREACHABLE && status.more_unreachable);
+    // C and `served`, the peers it serves, first.
+    assert_eq!(
+        status.unreachable[..2],
+        [nid(C), served],
+        "{:?}",
         status.unreachable
     );
 }
