@@ -157,6 +157,12 @@ impl Collector for Snapshot {
         )?;
         counters(
             &mut e,
+            "lanet_stale_frames",
+            "Frames of a far end's replaced life, late through a router: dropped",
+            &[(vec![], s.stale_frames)],
+        )?;
+        counters(
+            &mut e,
             "lanet_forwards_stalled",
             "Frames passing through refused after waiting at a next hop that took nothing",
             &[(vec![], s.forwards_stalled)],

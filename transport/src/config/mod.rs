@@ -34,9 +34,9 @@ pub struct LaneConfig {
 /// Configuration of one node (one endpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Grows at every start (the configuration file takes the wall clock's nanoseconds);
-    /// peers use it to tell a restart from a reconnection, and a late frame of an earlier
-    /// life (a lower incarnation, through a router) from news.
+    /// Differs at every start (the configuration file takes the wall clock's nanoseconds):
+    /// peers use it to tell a restart from a reconnection, and a late frame of the life a
+    /// restart replaced (through a router) from news.
     pub incarnation: u64,
     pub lanes: PerLane<LaneConfig>,
     /// Deadline of an operation that does not set its own.

@@ -81,6 +81,9 @@ pub(crate) struct Dedup {
     /// (floor, when it was kept); the order names each by that same tick.
     floors: FxHashMap<Key, (u64, u64)>,
     floors_order: std::collections::VecDeque<(Key, u64)>,
+    /// Per initiator that restarted while remembered: the incarnation its new life
+    /// replaced, whose copies are late.
+    replaced: FxHashMap<Nid, u64>,
     /// (last used, window): the idlest first.
     by_use: BTreeMap<(u64, Key), ()>,
     tick: u64,
@@ -100,6 +103,7 @@ impl Dedup {
             windows: FxHashMap::default(),
             floors: FxHashMap::default(),
             floors_order: std::collections::VecDeque::new(),
+            replaced: FxHashMap::default(),
             by_use: BTreeMap::new(),
             tick: 0,
             per_window: per_window.max(1),
@@ -131,24 +135,29 @@ impl Dedup {
         let key = (from, to, incarnation);
         self.tick += 1;
         if !self.windows.contains_key(&key) {
-            // Incarnations only grow (a node's start time): a copy from an older life of a
-            // node whose newer life reached us already is late, and may have been handled.
-            let newer_seen = self
-                .windows
-                .keys()
-                .chain(self.floors.keys())
-                .any(|(n, _, i)| *n == from && *i > incarnation);
-            if newer_seen {
+            // A copy from the life that this node's newer one replaced is late, and may
+            // have been handled. (Not merely a lower number: a node's clock may go back
+            // between its starts.)
+            if self.replaced.get(&from) == Some(&incarnation) {
                 return Seen::TooOld;
             }
-            // Another incarnation of the same node restarted: its windows are moot (and
-            // dropped before making room, so no unrelated window goes for them).
+            // Another incarnation of the same node: it restarted, and the old one's windows
+            // are moot (dropped before making room, so no unrelated window goes for them).
             let stale: Vec<Key> = self
                 .windows
                 .keys()
+                .chain(self.floors.keys())
                 .filter(|(n, _, i)| *n == from && *i != incarnation)
                 .copied()
                 .collect();
+            if let Some(&(_, _, old)) = stale.first() {
+                let cap = self.max_windows.saturating_mul(FLOORS_PER_WINDOW);
+                if self.replaced.len() >= cap {
+                    // Bounded: only a copy from a life replaced long ago could pass now.
+                    self.replaced.clear();
+                }
+                self.replaced.insert(from, old);
+            }
             for k in stale {
                 self.drop_window(k);
                 self.floors.remove(&k);
@@ -351,6 +360,19 @@ mod tests {
             matches!(d.check(a, ME, 2, 1, 0), Seen::New),
             "a window of its own at ME"
         );
+    }
+
+    /// A node whose clock went back between its starts: its new life has a lower number,
+    /// and is new all the same; the life it replaced is the late one.
+    #[test]
+    fn a_new_life_with_a_lower_incarnation_is_new_and_the_one_it_replaced_late() {
+        let mut d = Dedup::new(100, 10);
+        let a = Nid::mem(1, 0);
+        assert!(matches!(d.check(a, ME, 9, 10, 10), Seen::New));
+        assert!(matches!(d.check(a, ME, 3, 1, 0), Seen::New));
+        assert!(matches!(d.check(a, ME, 3, 1, 0), Seen::Pending));
+        assert!(matches!(d.check(a, ME, 9, 11, 10), Seen::TooOld));
+        assert_eq!(d.windows(), 1);
     }
 
     #[test]

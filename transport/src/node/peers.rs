@@ -201,6 +201,9 @@ impl Hop {
 pub(crate) struct End {
     /// Its incarnation, as last seen (in a HELLO, or in the frames it starts).
     pub(crate) incarnation: Option<u64>,
+    /// The incarnation that one replaced: frames of that earlier life, late through a
+    /// router, are dropped rather than taken for another restart.
+    pub(crate) previous_incarnation: Option<u64>,
     /// Its incarnation when it was declared Down: a return with another is a restart.
     pub(crate) down_incarnation: Option<Option<u64>>,
 }

@@ -98,20 +98,22 @@ impl Node {
         self.pump(nid, lane);
     }
 
-    /// Whether `incarnation` is older than the one `nid` was last heard as: incarnations
-    /// grow (a node's start time, see [`crate::NodeConfig::incarnation`]).
+    /// Whether `incarnation` is the one `nid`'s current life replaced: a frame of that
+    /// life is late. (Not merely a lower number: a node's clock may have gone back between
+    /// its starts, and its new life must be heard.)
     fn is_earlier_life(&self, nid: Nid, incarnation: u64) -> bool {
         self.ends
             .get(&nid)
-            .and_then(|e| e.incarnation)
-            .is_some_and(|known| incarnation < known)
+            .is_some_and(|e| e.previous_incarnation == Some(incarnation))
     }
 
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
     /// it was another before, it restarted, and whatever the old one owed us is lost.
     fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64) {
-        let old = self.end_entry(nid).incarnation.replace(incarnation);
+        let end = self.end_entry(nid);
+        let old = end.incarnation.replace(incarnation);
         if let Some(old) = old.filter(|&o| o != incarnation) {
+            end.previous_incarnation = Some(old);
             self.out.events.push_back(Event::PeerRestarted {
                 peer: nid,
                 old,
