@@ -54,7 +54,7 @@ use crate::config::NodeConfig;
 use crate::credits::NiCredits;
 use crate::health::{Action, Monitor};
 use crate::lane::{Lane, PerLane};
-use crate::lnd::{LndError, RxHandle, Transmit};
+use crate::lnd::{LndError, RxHandle, RxPayload, Transmit};
 use crate::memo_map::NidMap;
 use crate::nid::Nid;
 use crate::op::{
@@ -318,6 +318,10 @@ pub struct Node {
     pub(crate) portals: FxHashMap<u32, Vec<OpId>>,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
+    /// Copies of routed PUTs that came while their first copy's payload was being
+    /// fetched, by initiator, NID addressed, incarnation and message id: taken if that
+    /// fetch fails (at most one per fetch).
+    pub(crate) held_copies: FxHashMap<target::CopyKey, (NiId, Incoming, RxPayload)>,
     pub(crate) out: Outbox,
     /// Fault injection: rules, and the frames their delays hold.
     pub(crate) faults: faults::Faults,
@@ -364,6 +368,7 @@ impl Node {
             ops: Ops::default(),
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
+            held_copies: FxHashMap::default(),
             faults: faults::Faults::default(),
             out: Outbox::default(),
             undelivered: 0,
@@ -554,6 +559,9 @@ impl Node {
             .abandon(forwards.iter().filter_map(|f| f.upstream.pool));
         for held in self.faults.take_all() {
             self.decline_deferred(held.ni, held.payload);
+        }
+        for (_, (ni, _, copy)) in std::mem::take(&mut self.held_copies) {
+            self.decline_deferred(ni, copy);
         }
     }
 
@@ -776,6 +784,8 @@ impl Node {
         // queued for it and not yet handed over (nobody will): sends fail (a request
         // through a router is sent again another way), fetches fail.
         self.out.drop_queued_for(ni);
+        // Copies held against a failing fetch cannot be fetched on it any more.
+        self.held_copies.retain(|_, (n, ..)| *n != ni);
         let mut held: Vec<(u64, u64)> = self
             .out
             .in_lnd

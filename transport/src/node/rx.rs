@@ -486,7 +486,9 @@ impl Node {
                 // Copies of a PUT without ACK are never sent (its initiator fails it
                 // instead), and one may overtake another on the way, past the floor a
                 // later one raised: such PUTs are not held against that window.
-                if !ack || self.first_time(ni, req, settled_below, &payload) {
+                if !ack {
+                    self.rx_put(ni, req, payload)
+                } else if let Some(payload) = self.first_time(ni, req, settled_below, payload) {
                     self.rx_put(ni, req, payload)
                 }
             }
@@ -501,7 +503,7 @@ impl Node {
                     match_bits,
                     ..req
                 };
-                if self.first_time(ni, req, settled_below, &payload) {
+                if self.first_time(ni, req, settled_below, payload).is_some() {
                     self.rx_get(req, want_len)
                 }
             }

@@ -127,18 +127,20 @@ impl Node {
         self.send_or_queue_answer(hop, lane, answer);
     }
 
-    /// Whether request `req` is to be handled: a copy of one that came through a router
-    /// and was seen already is answered again (or dropped), not handled twice.
+    /// Request `req` with its payload, if it is to be handled: a copy of one that came
+    /// through a router and was seen already is answered again (or dropped), not handled
+    /// twice. A copy of a PUT whose payload is still being fetched is held, in case that
+    /// fetch fails (see [`Node::put_fetched`]).
     #[inline]
     pub(super) fn first_time(
         &mut self,
         ni: NiId,
         req: Incoming,
         settled_below: u64,
-        payload: &RxPayload,
-    ) -> bool {
+        payload: RxPayload,
+    ) -> Option<RxPayload> {
         if !req.routed {
-            return true;
+            return Some(payload);
         }
         let seen = self
             .dedup
@@ -146,24 +148,28 @@ impl Node {
         self.stats.dedup_entries = self.dedup.entries() as u64;
         self.stats.dedup_initiators = self.dedup.windows() as u64;
         let again = match seen {
-            Seen::New => return true,
-            Seen::Pending => None,
+            Seen::New => return Some(payload),
+            Seen::Pending => {
+                // Its first copy's payload is on its way (through a router that may have
+                // failed: that is why this copy came). The latest copy is kept.
+                let key = copy_key(req);
+                if let Some((ni, _, older)) = self.held_copies.insert(key, (ni, req, payload)) {
+                    self.decline_deferred(ni, older);
+                }
+                return None;
+            }
             Seen::Answered(body, data) => Some((body, data)),
             Seen::TooOld => {
                 self.stats.duplicates_dropped += 1;
                 None
             }
         };
-        if let RxPayload::Deferred { handle, .. } = payload {
-            self.out
-                .requests
-                .push_back((ni, LndRequest::Decline { handle: *handle }));
-        }
+        self.decline_deferred(ni, payload);
         if let Some((body, data)) = again {
             self.stats.duplicates_answered += 1;
             self.respond(req, body, data);
         }
-        false
+        None
     }
 
     /// ACKs a PUT whose initiator wants it; one that does not hears nothing, whatever
@@ -295,19 +301,35 @@ impl Node {
             .filter(|op| op.seq == entry_seq)
             .map(|op| op.reserved = false)
             .is_some();
+        // A copy that came meanwhile (see `first_time`).
+        let held = match req.routed {
+            true => self.held_copies.remove(&copy_key(req)),
+            false => None,
+        };
         let (status, mlen) = match result {
             Ok(data) if live => {
                 let n = data.len() as u32;
                 self.deliver(entry, req, data);
+                if let Some((ni, _, copy)) = held {
+                    self.decline_deferred(ni, copy);
+                }
                 (Status::Ok, n)
             }
             Err(e) if req.routed => {
                 // The payload never came through the router it waited at: the PUT was not
-                // delivered, as if it had been lost on the way. Its initiator sends it
-                // again if that router failed (it sees it fail, or is refused by it), and
-                // the copy must be taken as new. No answer: "aborted" would end an
-                // operation that the copy can still complete; else its deadline ends it.
+                // delivered, as if it had been lost on the way. A copy the initiator sent
+                // another way meanwhile is taken instead; else the copy it sends if that
+                // router failed (it sees it fail, or is refused by it) must be taken as
+                // new. No answer: "aborted" would end an operation that the copy can
+                // still complete; else its deadline ends it.
                 tracing::debug!(from = %req.from, via = %req.hop, "routed payload lost: {e}");
+                match held {
+                    Some((ni, copy, payload)) if live => {
+                        return self.take_held_copy(ni, copy, (entry, entry_seq), payload)
+                    }
+                    Some((ni, _, copy)) => self.decline_deferred(ni, copy),
+                    None => {}
+                }
                 self.undelivered = self.undelivered.saturating_sub(1);
                 self.dedup
                     .forget(req.from, req.to, req.incarnation, req.msg_id);
@@ -315,11 +337,46 @@ impl Node {
             }
             // The entry was cancelled meanwhile, or the payload never came.
             _ => {
+                if let Some((ni, _, copy)) = held {
+                    self.decline_deferred(ni, copy);
+                }
                 self.undelivered = self.undelivered.saturating_sub(1);
                 (Status::Aborted, 0)
             }
         };
         self.ack(req, status, mlen);
+    }
+
+    /// The first copy of a PUT lost its payload: the copy held meanwhile is delivered to
+    /// the same entry (its delivery budget already taken), fetched first if need be.
+    fn take_held_copy(
+        &mut self,
+        ni: NiId,
+        copy: Incoming,
+        (entry, entry_seq): (OpId, u64),
+        payload: RxPayload,
+    ) {
+        match payload {
+            RxPayload::Inline(data) => {
+                let n = data.len() as u32;
+                self.deliver(entry, copy, data);
+                self.ack(copy, Status::Ok, n);
+            }
+            RxPayload::Deferred { handle, len } => {
+                let op = self.ops.get_mut(entry).expect("checked live");
+                op.reserved = matches!(&op.kind, OpKind::Entry(e) if e.once);
+                let fetch = Fetch::Put {
+                    req: copy,
+                    entry,
+                    entry_seq,
+                };
+                self.fetching.insert((ni, handle), fetch);
+                let sink = BytesMut::with_capacity(len as usize);
+                self.out
+                    .requests
+                    .push_back((ni, LndRequest::Fetch { handle, sink }));
+            }
+        }
     }
 
     pub(super) fn rx_get(&mut self, req: Incoming, want_len: u32) {
@@ -343,4 +400,11 @@ impl Node {
         };
         self.respond(req, Body::Reply { status }, data);
     }
+}
+
+/// Which request a copy held by [`Node::first_time`] is one of.
+pub(crate) type CopyKey = (Nid, Nid, u64, u64);
+
+fn copy_key(req: Incoming) -> CopyKey {
+    (req.from, req.to, req.incarnation, req.msg_id)
 }

@@ -290,35 +290,8 @@ fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
     route_via(&mut n, nid(B), 0);
     route_via(&mut n, nid(C), 0);
     n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
-    let deferred = |n: &mut Node, hop: Nid, handle: u64| {
-        let header = Header {
-            lane: Lane::Data,
-            hop_limit: 7,
-            credits: 0,
-            src: far(),
-            dst: nid(A),
-            src_incarnation: 5,
-            msg_id: 10,
-            payload_len: 48,
-            body: Body::Put {
-                portal: 4,
-                match_bits: 0x10,
-                settled_below: 10,
-                ack: true,
-            },
-            router_gen: 0,
-            attempt: 0,
-        };
-        let payload = RxPayload::Deferred {
-            handle: RxHandle(handle),
-            len: 48,
-        };
-        arrives(n, t(1), hop, header, payload);
-        requests(n)
-            .iter()
-            .any(|r| matches!(r, LndRequest::Fetch { handle: h, .. } if h.0 == handle))
-    };
-    assert!(deferred(&mut n, nid(B), 1), "the payload is fetched");
+    deferred_put_from_far(&mut n, nid(B), 1);
+    assert!(fetching(&mut n, 1), "the payload is fetched");
     let gone = LndError::new(
         LndErrorKind::Reset,
         "the payload is gone with its connection",
@@ -326,7 +299,8 @@ fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
     super::target::fetched(&mut n, 1, Err(gone));
     assert_eq!(acks_sent(&mut n, 10), 0, "no answer for what never came");
     // The initiator saw router B fail, and sends the PUT again through C.
-    assert!(deferred(&mut n, nid(C), 2), "the copy is taken as new");
+    deferred_put_from_far(&mut n, nid(C), 2);
+    assert!(fetching(&mut n, 2), "the copy is taken as new");
     super::target::fetched(&mut n, 2, Ok(Bytes::from(vec![1u8; 48])));
     assert_eq!(deliveries(&mut n), 1);
     let acks: Vec<_> = drain(&mut n)
@@ -337,6 +311,45 @@ fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
         })
         .collect();
     assert_eq!(acks, vec![(Status::Ok, 48)]);
+}
+
+/// The other order, the likelier one: the initiator saw router B fail first, and its copy
+/// through C came while the payload was still being fetched from B. The copy is held, not
+/// declined; when the fetch from B fails, the copy's payload is fetched instead, and the
+/// PUT is delivered once and ACKed.
+#[test]
+fn a_copy_that_came_while_the_first_payload_was_fetched_is_taken_when_that_fails() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    route_via(&mut n, nid(C), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let fetches = |n: &mut Node| -> Vec<u64> {
+        requests(n)
+            .into_iter()
+            .filter_map(|r| match r {
+                LndRequest::Fetch { handle, .. } => Some(handle.0),
+                _ => None,
+            })
+            .collect()
+    };
+    deferred_put_from_far(&mut n, nid(B), 1);
+    assert_eq!(fetches(&mut n), vec![1]);
+    deferred_put_from_far(&mut n, nid(C), 2);
+    let declined = requests(&mut n)
+        .into_iter()
+        .any(|r| matches!(r, LndRequest::Decline { .. }));
+    assert!(!declined, "the copy is held");
+    let gone = LndError::new(
+        LndErrorKind::Reset,
+        "the payload is gone with its connection",
+    );
+    super::target::fetched(&mut n, 1, Err(gone));
+    assert_eq!(fetches(&mut n), vec![2], "the copy's payload instead");
+    super::target::fetched(&mut n, 2, Ok(Bytes::from(vec![1u8; 48])));
+    assert_eq!(deliveries(&mut n), 1);
+    assert_eq!(acks_sent(&mut n, 10), 1);
 }
 
 /// A PUT from `far()` as `incarnation`, handed over by B (its router).
@@ -460,4 +473,39 @@ fn a_refusal_of_an_earlier_attempt_from_deeper_on_the_way_does_not_end_the_resen
         matches!(&done[..], [(OpId(1), Ok(OpOutcome::Put { mlen: 1 }))]),
         "{done:?}"
     );
+}
+
+/// A 48-byte PUT from `far()` (incarnation 5, message 10) whose payload waits at `hop`
+/// under driver handle `handle`.
+fn deferred_put_from_far(n: &mut Node, hop: Nid, handle: u64) {
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit: 7,
+        credits: 0,
+        src: far(),
+        dst: nid(A),
+        src_incarnation: 5,
+        msg_id: 10,
+        payload_len: 48,
+        body: Body::Put {
+            portal: 4,
+            match_bits: 0x10,
+            settled_below: 10,
+            ack: true,
+        },
+        router_gen: 0,
+        attempt: 0,
+    };
+    let payload = RxPayload::Deferred {
+        handle: RxHandle(handle),
+        len: 48,
+    };
+    arrives(n, t(1), hop, header, payload);
+}
+
+/// Whether the node asked its driver to fetch payload `handle` (taking its requests).
+fn fetching(n: &mut Node, handle: u64) -> bool {
+    requests(n)
+        .iter()
+        .any(|r| matches!(r, LndRequest::Fetch { handle: h, .. } if h.0 == handle))
 }
