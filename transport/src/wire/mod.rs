@@ -4,7 +4,7 @@
 //! ```text
 //! offset len  field
 //!  0      4   magic "LANT" (0x544e414c little-endian)
-//!  4      1   version (2)
+//!  4      1   version (3)
 //!  5      1   frame type (FrameType)
 //!  6      1   lane (0 health, 1 data)
 //!  7      1   hop limit: routers the frame may still pass (each takes one)   [per hop]
@@ -39,12 +39,13 @@
 //! before it refuse the flag in a HELLO).
 //!
 //! Version 2 added routing (ends in the header, hop limit, NACK, router status
-//! generation); version 1 frames are refused with an error naming both versions. Within
-//! version 2, authentication came later and needs nothing from nodes without keys: a HELLO
-//! may carry a payload (the [`crate::handshake::auth`] nonce and proof; one without keys
-//! ignores it), and the AUTH frame follows it only between nodes that both have keys.
-//! The attempt byte came later still: first copies carry 0 as before, and a node from
-//! before it refuses a resent copy (the byte was reserved).
+//! generation). Within it, authentication came later and needs nothing from nodes without
+//! keys: a HELLO may carry a payload (the [`crate::handshake::auth`] nonce and proof; one
+//! without keys ignores it), and the AUTH frame follows it only between nodes that both
+//! have keys. Version 3 added the attempt byte (11, reserved before) and NACK reason 7
+//! (next hop stalled): a version 2 node would have refused either mid-stream, closing a
+//! connection full of work, so they are refused at the handshake instead. Frames of
+//! another version are refused with an error naming both versions.
 
 mod codec;
 mod status;
@@ -59,7 +60,7 @@ use crate::lane::Lane;
 use crate::nid::Nid;
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LANT");
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 96;
 
 /// Largest payload a health-lane frame may carry (PONGs will carry router status).
