@@ -384,10 +384,11 @@ impl Node {
             (Some(_), None) if covered => {
                 // Listed as unreachable at once (its senders avoid it for that peer);
                 // gone only if its fellows still cover for it two intervals later.
-                a.degraded = false;
+                // (Degraded or not, it stays as it was meanwhile.)
                 let at = *a.withdraw_at.get_or_insert(now + hold_off);
                 if now >= at {
                     a.withdraw_at = None;
+                    a.degraded = false;
                     a.withdrawn = Some((now, None));
                     a.stats.withdrawals += 1;
                     a.flap(now, half_life);

@@ -184,6 +184,13 @@ impl Node {
         if fresh == r.status {
             return;
         }
+        // A peer it newly cannot reach goes to its fellows at once, not after the rate
+        // limit: one of them may be about to withdraw counting on this router for that
+        // very peer (see `absence`, `withdraw_at`).
+        let lost_more = fresh
+            .unreachable
+            .iter()
+            .any(|p| !r.status.unreachable.contains(p));
         r.status = RouterStatus {
             generation: r.status.generation.wrapping_add(1).max(1),
             ..fresh
@@ -191,6 +198,29 @@ impl Node {
         r.encoded = r.status.encode();
         let earliest = r.last_push.map_or(now, |t| t + self.cfg.health.interval);
         r.push_at = Some(now.max(earliest));
+        if lost_more {
+            let fellows: Vec<Nid> = self.cfg.router.fellows.clone();
+            for f in fellows {
+                if self.ni_of(f).is_some() {
+                    self.push_status_to(f);
+                }
+            }
+        }
+    }
+
+    /// Sends (or queues) this router's status to `user`, unless one already waits in its
+    /// queue: that one carries the latest status when it leaves, so a user slow to return
+    /// credits does not pile them up.
+    fn push_status_to(&mut self, user: Nid) {
+        let queued = self.hops.get(&user).is_some_and(|h| {
+            h.lanes[Lane::Health]
+                .queue
+                .iter()
+                .any(|p| matches!(p, Pending::Status))
+        });
+        if !queued {
+            self.send_or_queue(user, Lane::Health, Pending::Status);
+        }
     }
 
     pub(crate) fn router_forwarded_for(&mut self, hop: Nid) {
@@ -257,7 +287,7 @@ impl Node {
         }
         self.router.last_push = Some(now);
         for user in users {
-            self.send_or_queue(user, Lane::Health, Pending::Status);
+            self.push_status_to(user);
         }
     }
 

@@ -356,6 +356,14 @@ fn two_routers_each_missing_a_peer_the_other_reaches_both_stay_and_nothing_fails
 /// withdrew again, without end.)
 #[test]
 fn two_routers_missing_the_same_peer_do_not_withdraw_for_each_other() {
+    for skew in [Duration::ZERO, 100 * MS, 150 * MS] {
+        missing_the_same_peer(skew);
+    }
+}
+
+/// The test above, router 9 cut from server 2 `skew` after router 8 (so that it finds
+/// the same cause that much later).
+fn missing_the_same_peer(skew: Duration) {
     let mut c = cluster_of(&[(8, quick()), (9, quick()), (10, quick())]);
     let mut s = Stream::default();
     c.stream(50 * MS, &mut s);
@@ -364,15 +372,18 @@ fn two_routers_missing_the_same_peer_do_not_withdraw_for_each_other() {
     }
     let (s2, s3) = (c.servers[0], c.servers[1]);
     c.sim.fabric().set_cut(on(2, 8), s2, true);
-    c.sim.fabric().set_cut(on(2, 9), s2, true);
     c.sim.fabric().set_cut(on(2, 10), s3, true);
+    let skew_at = c.sim.now() + skew;
     for _ in 0..2000 {
+        if c.sim.now() >= skew_at {
+            c.sim.fabric().set_cut(on(2, 9), s2, true);
+        }
         c.stream(MS, &mut s);
         for r in 0..3 {
             assert_eq!(
                 c.state(r),
                 RouterState::Forwarding,
-                "{r} at {:?}",
+                "{r} at {:?}, skew {skew:?}",
                 c.sim.now()
             );
         }
@@ -382,7 +393,7 @@ fn two_routers_missing_the_same_peer_do_not_withdraw_for_each_other() {
         let changes = router_events(&mut c.sim, router);
         assert!(
             matches!(&changes[..], [(RouterState::Forwarding, true, _)]),
-            "{router}: once degraded, nothing else: {changes:?}"
+            "{router}, skew {skew:?}: once degraded, nothing else: {changes:?}"
         );
         assert_eq!(c.sim.node(router).router_status().unreachable, vec![lost]);
         assert_eq!(

@@ -656,3 +656,37 @@ fn a_router_keeps_the_attempt_of_what_it_passes_on_and_echoes_it_when_refusing()
         .collect();
     assert_eq!(nack, vec![4]);
 }
+
+/// B uses this router, and returns none of its health credits, yet is heard (it keeps
+/// pinging), so it stays up. The router's status changes ten times, an interval apart,
+/// and is pushed to B each time: one push waits in B's queue (it carries the latest status
+/// when it leaves), not nine.
+#[test]
+fn status_pushes_to_a_user_that_returns_no_credits_do_not_pile_up() {
+    use crate::wire::{AbsentReason, RouterState};
+    let mut base = cfg();
+    base.health.interval = Duration::from_millis(100);
+    let mut n = router_with(base);
+    connected_on(&mut n, 0, nid(B), Lane::Health, 1, 9);
+    n.router_served(t(0), [nid(B), d()]);
+    for i in 1..=10u64 {
+        let now = t(i * 200);
+        let state = match i % 2 {
+            0 => RouterState::Forwarding,
+            _ => RouterState::Absent(AbsentReason::Administrator),
+        };
+        let ping = frame_from_gateway(Lane::Health, Body::Ping { seq: i }, 0, 0, Bytes::new());
+        n.handle_lnd_event(now, NiId(0), ping);
+        assert!(n.set_router_state(now, state));
+        n.handle_timeout(now);
+    }
+    assert!(!n.health.is_down(nid(B)), "B is up");
+    let pushed = n.stats().lanes[Lane::Health].frames_sent;
+    assert!(pushed >= 1, "the first push left");
+    let waiting = n.hops[&nid(B)].lanes[Lane::Health]
+        .queue
+        .iter()
+        .filter(|p| matches!(p, crate::node::peers::Pending::Status))
+        .count();
+    assert_eq!(waiting, 1);
+}
