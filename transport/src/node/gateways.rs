@@ -396,10 +396,17 @@ impl Node {
         if generation == 0 {
             return;
         }
-        let Some(view) = self.gateways.views.get(&from) else {
+        let known = self.gateways.views.get(&from).map(|v| v.generation);
+        if known == Some(generation) || self.gateways.asked.get(&from) == Some(&generation) {
             return;
+        }
+        // Nothing known of it: worth asking only if it is ours to know (a gateway of our
+        // routes, or a fellow), as after its restart (see `gateway_restarted`).
+        let ours = || {
+            self.routes.all().iter().any(|r| r.gateway == from)
+                || (self.cfg.forwarding && self.cfg.router.fellows.contains(&from))
         };
-        if view.generation == generation || self.gateways.asked.get(&from) == Some(&generation) {
+        if known.is_none() && !ours() {
             return;
         }
         self.gateways.asked.insert(from, generation);

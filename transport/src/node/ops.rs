@@ -477,8 +477,8 @@ impl PeerOps {
     }
 }
 
-/// The header's attempt byte for an op's `attempt`-th send (counted from 1): the sends
-/// before it, wrapping (see [`crate::wire::Header::attempt`]).
+/// The header's attempt byte for an op whose `attempts` counter (sends and requeues,
+/// counted from 1) is `attempt` as it is sent (see [`crate::wire::Header::attempt`]).
 pub(crate) fn wire_attempt(attempt: u32) -> u8 {
     attempt.wrapping_sub(1) as u8
 }

@@ -10,8 +10,8 @@
 //!  7      1   hop limit: routers the frame may still pass (each takes one)   [per hop]
 //!  8      2   credits returned to the receiver of this frame                 [per hop]
 //! 10      1   header flags: bit 0 [`FLAG_LINK_CHECKED`], the others zero              [per hop]
-//! 11      1   attempt: how many times the initiator sent this request before (0 for
-//!             the first copy, wrapping); a NACK echoes the one it refuses
+//! 11      1   attempt: the initiator's count of its tries of this request (0 for the
+//!             first copy, different for each copy, wrapping); a NACK echoes it
 //! 12      4   payload length
 //! 16     16   source NID: the initiator of the exchange (not the last router)
 //! 32     16   destination NID: the final target (not the next router)
@@ -351,9 +351,10 @@ pub struct Header {
     /// The router status generation of this hop's sender; 0 if it is no router. A change
     /// tells the receiver that router's status changed.
     pub router_gen: u32,
-    /// Of a request: how many times its initiator sent it before (0 for the first copy,
-    /// wrapping); routers pass it on unchanged. Of a NACK: the refused request's, so that
-    /// its initiator tells a refusal of a copy it has already replaced. 0 in other frames.
+    /// Of a request: its initiator's count of its tries (0 for the first copy, different
+    /// for each copy, wrapping; a try given up before it was sent counts too); routers
+    /// pass it on unchanged. Of a NACK: the refused request's, so that its initiator tells
+    /// a refusal of a copy it has already replaced. 0 in other frames.
     pub attempt: u8,
 }
 

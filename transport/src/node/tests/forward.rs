@@ -604,6 +604,17 @@ fn a_restarted_gateways_status_is_taken_even_at_a_generation_its_old_life_used()
     };
     n.handle_lnd_event(t(1), NiId(0), gone);
     connected(&mut n, B, Lane::Health, 8, 8);
+    drain(&mut n);
+    // A frame of its new life (8) says its status is at generation 5: asked for at once,
+    // though the old life said 5 too (that view is gone with it).
+    let ping = frame_from_gateway(Lane::Health, Body::Ping { seq: 1 }, 0, 5, Bytes::new());
+    n.handle_lnd_event(t(1), NiId(0), of_life(ping, 8));
+    let asked = drain(&mut n).iter().any(|s| {
+        s.header.dst == nid(B)
+            && matches!(s.header.body, Body::Ping { .. })
+            && s.header.msg_id & crate::node::health::HEALTH_PING_BIT != 0
+    });
+    assert!(asked, "its new status is asked for");
     let warming = crate::wire::RouterStatus {
         generation: 5,
         state: crate::wire::RouterState::Absent(crate::wire::AbsentReason::WarmingUp),
@@ -613,29 +624,33 @@ fn a_restarted_gateways_status_is_taken_even_at_a_generation_its_old_life_used()
         vouched: vec![],
     };
     let push = frame_from_gateway(Lane::Health, Body::Status, 0, 5, warming.encode());
-    let LndEvent::Received {
-        peer,
-        lane,
-        mut header,
-        payload,
-    } = push
-    else {
-        unreachable!("a frame")
-    };
-    header.src_incarnation = 8;
-    let push = LndEvent::Received {
-        peer,
-        lane,
-        header,
-        payload,
-    };
-    n.handle_lnd_event(t(2), NiId(0), push);
+    n.handle_lnd_event(t(2), NiId(0), of_life(push, 8));
     assert_eq!(
         n.gateway_status(nid(B)).map(|s| s.state),
         Some(crate::wire::RouterState::Absent(
             crate::wire::AbsentReason::WarmingUp
         ))
     );
+}
+
+/// `ev`, a frame, as its sender's life `incarnation` sends it.
+fn of_life(ev: LndEvent, incarnation: u64) -> LndEvent {
+    let LndEvent::Received {
+        peer,
+        lane,
+        mut header,
+        payload,
+    } = ev
+    else {
+        unreachable!("a frame")
+    };
+    header.src_incarnation = incarnation;
+    LndEvent::Received {
+        peer,
+        lane,
+        header,
+        payload,
+    }
 }
 
 /// A router passes a request's attempt byte on unchanged, and its NACK echoes it: the
