@@ -81,9 +81,9 @@ pub(crate) struct Dedup {
     /// (floor, when it was kept); the order names each by that same tick.
     floors: FxHashMap<Key, (u64, u64)>,
     floors_order: std::collections::VecDeque<(Key, u64)>,
-    /// Per initiator that restarted while remembered: the incarnation its new life
-    /// replaced, whose copies are late.
-    replaced: FxHashMap<Nid, u64>,
+    /// Per initiator that restarted while remembered: the incarnations its lives replaced
+    /// (the latest [`super::peers::EARLIER_LIVES`]), whose copies are late.
+    replaced: FxHashMap<Nid, Vec<u64>>,
     /// (last used, window): the idlest first.
     by_use: BTreeMap<(u64, Key), ()>,
     tick: u64,
@@ -135,10 +135,14 @@ impl Dedup {
         let key = (from, to, incarnation);
         self.tick += 1;
         if !self.windows.contains_key(&key) {
-            // A copy from the life that this node's newer one replaced is late, and may
-            // have been handled. (Not merely a lower number: a node's clock may go back
-            // between its starts.)
-            if self.replaced.get(&from) == Some(&incarnation) {
+            // A copy from a life that this node's newer one replaced is late, and may have
+            // been handled. (Not merely a lower number: a node's clock may go back between
+            // its starts.)
+            if self
+                .replaced
+                .get(&from)
+                .is_some_and(|r| r.contains(&incarnation))
+            {
                 return Seen::TooOld;
             }
             // Another incarnation of the same node: it restarted, and the old one's windows
@@ -152,11 +156,18 @@ impl Dedup {
                 .collect();
             if let Some(&(_, _, old)) = stale.first() {
                 let cap = self.max_windows.saturating_mul(FLOORS_PER_WINDOW);
-                if self.replaced.len() >= cap {
-                    // Bounded: only a copy from a life replaced long ago could pass now.
-                    self.replaced.clear();
+                if self.replaced.len() >= cap && !self.replaced.contains_key(&from) {
+                    // Bounded: one node's memory of its lives goes (a copy of one of them
+                    // could pass for new now).
+                    if let Some(k) = self.replaced.keys().next().copied() {
+                        self.replaced.remove(&k);
+                    }
                 }
-                self.replaced.insert(from, old);
+                let lives = self.replaced.entry(from).or_default();
+                if lives.len() == super::peers::EARLIER_LIVES {
+                    lives.remove(0);
+                }
+                lives.push(old);
             }
             for k in stale {
                 self.drop_window(k);
@@ -373,6 +384,10 @@ mod tests {
         assert!(matches!(d.check(a, ME, 3, 1, 0), Seen::Pending));
         assert!(matches!(d.check(a, ME, 9, 11, 10), Seen::TooOld));
         assert_eq!(d.windows(), 1);
+        // Restarting again: a copy two lives old is late too.
+        assert!(matches!(d.check(a, ME, 1, 1, 0), Seen::New));
+        assert!(matches!(d.check(a, ME, 9, 12, 10), Seen::TooOld));
+        assert!(matches!(d.check(a, ME, 3, 2, 0), Seen::TooOld));
     }
 
     #[test]

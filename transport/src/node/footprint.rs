@@ -26,6 +26,9 @@ pub struct Footprint {
     pub in_lnd: usize,
     /// Payloads being fetched.
     pub fetching: usize,
+    /// Copies of routed PUTs held while their first copy's payload is fetched (at most one
+    /// per fetch).
+    pub held_copies: usize,
     /// Portals with attached entries.
     pub portals: usize,
     /// Remembered answers of routed requests.
@@ -67,6 +70,7 @@ impl Node {
             // Health frames are also in `health_in_lnd`, timed: counted once.
             in_lnd: self.out.in_lnd.len(),
             fetching: self.fetching.len(),
+            held_copies: self.held_copies.len(),
             portals: self.portals.len(),
             dedup_entries: self.dedup.entries(),
             dedup_initiators: self.dedup.windows(),

@@ -190,8 +190,8 @@ impl Node {
     }
 
     /// Refuses the frames passing through that wait at a hop lane from which nothing has
-    /// left for the forward patience: the hop is up (else they would have been refused)
-    /// but takes nothing, and what they hold (upstream credits, buffers) must not be held
+    /// left for the forward patience: the hop is up (a lane still connecting is left to
+    /// its connect's deadline) but takes nothing, and what they hold (upstream credits, buffers) must not be held
     /// for it for ever (LU-18444's pattern). Their initiators may send them another way.
     /// A lane that moves, however slowly, keeps its frames: a busy server's queue at its
     /// router may take many seconds to drain, and is no fault.
@@ -215,13 +215,12 @@ impl Node {
             if !hl.queue.iter().any(|p| matches!(p, Pending::Forward(_))) {
                 continue;
             }
-            if now.saturating_since(hl.moved_at) < patience {
+            if !hl.stopped_for(now, patience) {
                 let next = (hl.moved_at + patience).max(now + step);
                 hl.stall_check = Some(next);
                 self.stall_checks.push(Reverse((next, hop, lane)));
                 continue;
             }
-            hl.stalled = true;
             let stalled = hl.take_forwards();
             self.stats.forwards_stalled += stalled.len() as u64;
             tracing::warn!(%hop, %lane, frames = stalled.len(),

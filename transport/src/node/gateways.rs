@@ -22,7 +22,7 @@ use crate::lane::Lane;
 use crate::nid::{Net, Nid};
 use crate::op::{Event, OpError, RouteDownReason};
 use crate::time::Time;
-use crate::wire::{AbsentReason, RouterState, RouterStatus};
+use crate::wire::{AbsentReason, Body, Header, RouterState, RouterStatus};
 
 /// A router's counters (`lanetctl routing show`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,7 +308,7 @@ impl Node {
             }
         };
         let fellow = self.cfg.forwarding && self.cfg.router.fellows.contains(&from);
-        if !fellow && !self.routes.all().iter().any(|r| r.gateway == from) {
+        if !fellow && !self.routes.is_gateway(from) {
             return; // not one of our gateways, nor a fellow router: none of our business
         }
         let newer = self
@@ -390,9 +390,10 @@ impl Node {
         }
     }
 
-    /// A frame from hop `from` carried router generation `generation`: if that is news, ask
-    /// it for its status (a PING, answered with it) without waiting for a push.
-    pub(crate) fn router_generation_seen(&mut self, from: Nid, generation: u32) {
+    /// A frame `h` from hop `from` carried its router generation: if that is news, ask it
+    /// for its status (a PING, answered with it) without waiting for a push.
+    pub(crate) fn router_generation_seen(&mut self, from: Nid, h: &Header) {
+        let generation = h.router_gen;
         if generation == 0 {
             return;
         }
@@ -400,14 +401,17 @@ impl Node {
         if known == Some(generation) || self.gateways.asked.get(&from) == Some(&generation) {
             return;
         }
-        // Nothing known of it: worth asking only if it is ours to know (a gateway of our
-        // routes, or a fellow), as after its restart (see `gateway_restarted`).
-        let ours = || {
-            self.routes.all().iter().any(|r| r.gateway == from)
-                || (self.cfg.forwarding && self.cfg.router.fellows.contains(&from))
-        };
-        if known.is_none() && !ours() {
-            return;
+        if known.is_none() {
+            // Nothing known of it: worth asking only if it is ours to know (a gateway of
+            // our routes, or a fellow), as after its restart (see `gateway_restarted`),
+            // and if this frame is not its status itself.
+            let carries_status =
+                h.src == from && matches!(h.body, Body::Status | Body::Pong { .. });
+            let ours = self.routes.is_gateway(from)
+                || (self.cfg.forwarding && self.cfg.router.fellows.contains(&from));
+            if carries_status || !ours {
+                return;
+            }
         }
         self.gateways.asked.insert(from, generation);
         self.health_seq += 1;

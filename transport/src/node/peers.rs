@@ -100,16 +100,13 @@ pub(crate) struct HopLane {
     /// sent until it is out, so a peer that never reads cannot pile them up (what is
     /// owed meanwhile goes with the next frame, or the next CREDIT).
     pub(crate) credit_frame_out: Option<u64>,
-    /// When a frame last left `queue` or `answers` for the driver, or, if none has since
-    /// they were empty, when they began to wait: a lane that has not moved for the forward
-    /// patience, frames waiting, takes nothing.
+    /// When the lane last moved: a frame left `queue` or `answers` for the driver, or
+    /// they began to hold something. Up, with frames waiting, and not moved for the
+    /// forward patience, it takes nothing (see `forward::refuse_stalled`).
     pub(crate) moved_at: Time,
     /// When the frames passing through that wait in `queue` are next looked at, for the
-    /// lane having stopped (see `forward::refuse_stalled`); none while none waits.
+    /// lane having stopped; none while none waits.
     pub(crate) stall_check: Option<Time>,
-    /// Found stopped: frames passing through that would wait here are refused at once,
-    /// until a frame leaves again.
-    pub(crate) stalled: bool,
 }
 
 impl HopLane {
@@ -148,6 +145,22 @@ impl HopLane {
         self.left > 0 && self.left * 2 >= self.queue.len()
     }
 
+    /// A frame is about to wait here: if nothing did, the lane's wait starts now.
+    pub(crate) fn begins_to_wait(&mut self, now: Time) {
+        if self.queue.is_empty() && self.answers.is_empty() {
+            self.moved_at = now;
+        }
+    }
+
+    /// Whether the lane is up, frames wait in it, and none has left for `patience`: its
+    /// hop takes nothing (a lane still connecting is not judged: its connect has a
+    /// deadline of its own).
+    pub(crate) fn stopped_for(&self, now: Time, patience: std::time::Duration) -> bool {
+        matches!(self.conn, Conn::Up { .. })
+            && !(self.queue.is_empty() && self.answers.is_empty())
+            && now.saturating_since(self.moved_at) >= patience
+    }
+
     /// Takes the frames passing through out of the queue, leaving the rest in order.
     pub(crate) fn take_forwards(&mut self) -> Vec<Forward> {
         let mut forwards = Vec::new();
@@ -179,7 +192,6 @@ impl Hop {
             credit_frame_out: None,
             moved_at: Time::ZERO,
             stall_check: None,
-            stalled: false,
         };
         Hop {
             ni,
@@ -197,13 +209,18 @@ impl Hop {
     }
 }
 
+/// Earlier lives remembered per far end (and per initiator, in dedup): a node restarting
+/// over and over while a frame of an old life is still on its way.
+pub(crate) const EARLIER_LIVES: usize = 4;
+
 #[derive(Default)]
 pub(crate) struct End {
     /// Its incarnation, as last seen (in a HELLO, or in the frames it starts).
     pub(crate) incarnation: Option<u64>,
-    /// The incarnation that one replaced: frames of that earlier life, late through a
-    /// router, are dropped rather than taken for another restart.
-    pub(crate) previous_incarnation: Option<u64>,
+    /// The incarnations its current one replaced, the latest last (at most
+    /// [`EARLIER_LIVES`]): frames of those lives, late through a router, are dropped
+    /// rather than taken for another restart.
+    pub(crate) earlier_lives: Vec<u64>,
     /// Its incarnation when it was declared Down: a return with another is a restart.
     pub(crate) down_incarnation: Option<Option<u64>>,
 }

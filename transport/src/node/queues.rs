@@ -70,19 +70,18 @@ impl Node {
             }
         }
         let now = self.clock.unwrap_or_default();
+        let patience = self.cfg.forward_patience;
         let hl = &mut self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane];
         let forward = matches!(pending, Pending::Forward(_));
-        if forward && hl.stalled {
-            // Its next hop took nothing for the forward patience, and nothing since.
+        if forward && hl.stopped_for(now, patience) {
+            // Nothing has left for it in the forward patience: no use waiting.
             if let Pending::Forward(f) = pending {
                 self.stats.forwards_stalled += 1;
                 self.refuse_forward(*f, NackReason::NextHopStalled);
             }
             return;
         }
-        if hl.queue.is_empty() && hl.answers.is_empty() {
-            hl.moved_at = now;
-        }
+        hl.begins_to_wait(now);
         hl.queue.push_back(pending);
         if forward {
             self.forward_queued(hop, lane, now);
@@ -159,7 +158,10 @@ impl Node {
             self.emit(ni, hop, lane, out, returned, true, check);
             return;
         }
-        self.hop_lane(hop, lane).answers.push_back(r);
+        let now = self.clock.unwrap_or_default();
+        let hl = self.hop_lane(hop, lane);
+        hl.begins_to_wait(now);
+        hl.answers.push_back(r);
         self.pump_busy(hop, lane);
     }
 
@@ -193,8 +195,6 @@ impl Node {
             return None;
         }
         let returned = take_send_credits(&mut self.nis[ni.0].credits[lane], hop, hl)?;
-        // It moves (see `forward::refuse_stalled`).
-        hl.stalled = false;
         Some((ni, returned, check))
     }
 
@@ -202,7 +202,6 @@ impl Node {
     /// has dead queue entries to drop. Looks the hop up once per frame, and the queue's
     /// front op once.
     fn pump_busy(&mut self, nid: Nid, lane: Lane) {
-        let now = self.clock.unwrap_or_default();
         let credit_frame_due = loop {
             let Some(hop) = self.hops.get_mut(&nid) else {
                 return;
@@ -266,8 +265,8 @@ impl Node {
             } else {
                 hl.queue.pop_front().map(Next::Pending)
             };
-            hl.moved_at = now;
-            hl.stalled = false;
+            // It moves (see `forward::refuse_stalled`).
+            hl.moved_at = self.clock.unwrap_or_default();
             // Nothing left behind it: what the next look would find is known now, and
             // sending changes nothing of the hop's (one lookup fewer per frame).
             let drained = hl.holds_nothing().then(|| hl.credit_frame_due());

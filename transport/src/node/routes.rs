@@ -80,6 +80,13 @@ impl RouteTable {
         v
     }
 
+    /// Whether `gateway` is a gateway of any route (no allocation: asked per frame).
+    pub(crate) fn is_gateway(&self, gateway: Nid) -> bool {
+        self.nets
+            .values()
+            .any(|n| n.routes.iter().any(|r| r.gateway == gateway))
+    }
+
     /// Whether `gateway` is a gateway to `net`.
     pub(crate) fn has(&self, net: Net, gateway: Nid) -> bool {
         self.nets

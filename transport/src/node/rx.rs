@@ -98,13 +98,13 @@ impl Node {
         self.pump(nid, lane);
     }
 
-    /// Whether `incarnation` is the one `nid`'s current life replaced: a frame of that
+    /// Whether `incarnation` is one that `nid`'s current life replaced: a frame of that
     /// life is late. (Not merely a lower number: a node's clock may have gone back between
     /// its starts, and its new life must be heard.)
     fn is_earlier_life(&self, nid: Nid, incarnation: u64) -> bool {
         self.ends
             .get(&nid)
-            .is_some_and(|e| e.previous_incarnation == Some(incarnation))
+            .is_some_and(|e| e.earlier_lives.contains(&incarnation))
     }
 
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
@@ -113,7 +113,10 @@ impl Node {
         let end = self.end_entry(nid);
         let old = end.incarnation.replace(incarnation);
         if let Some(old) = old.filter(|&o| o != incarnation) {
-            end.previous_incarnation = Some(old);
+            if end.earlier_lives.len() == super::peers::EARLIER_LIVES {
+                end.earlier_lives.remove(0);
+            }
+            end.earlier_lives.push(old);
             self.out.events.push_back(Event::PeerRestarted {
                 peer: nid,
                 old,
@@ -224,8 +227,6 @@ impl Node {
         let hl = &mut hop.lanes[lane];
         let answers = std::mem::take(&mut hl.answers);
         let forwards = hl.take_forwards();
-        // A new connection starts afresh.
-        hl.stalled = false;
         // Our own requests wait for a new connection; the monitor pings again if it must.
         hl.queue.retain(|p| matches!(p, Pending::Op { .. }));
         // A router holds nothing for a next hop that went away (LU-17855): refused now.
@@ -432,7 +433,7 @@ impl Node {
             self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, e.to_string());
         }
-        self.router_generation_seen(nid, h.router_gen);
+        self.router_generation_seen(nid, h);
         if !self.is_local(h.dst) {
             if !h.frame_type().consumes_credit() {
                 // HELLO and CREDIT are the hop's own business: never passed on.

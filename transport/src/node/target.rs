@@ -323,14 +323,12 @@ impl Node {
                 // new. No answer: "aborted" would end an operation that the copy can
                 // still complete; else its deadline ends it.
                 tracing::debug!(from = %req.from, via = %req.hop, "routed payload lost: {e}");
-                match held {
-                    Some((ni, copy, payload)) if live => {
-                        return self.take_held_copy(ni, copy, (entry, entry_seq), payload)
-                    }
-                    Some((ni, _, copy)) => self.decline_deferred(ni, copy),
-                    None => {}
-                }
                 self.undelivered = self.undelivered.saturating_sub(1);
+                if let Some((ni, copy, payload)) = held {
+                    // Handled as if it came now: matched (the entry is free again, or
+                    // gone: NoMatch), and answered as the request (still pending here).
+                    return self.rx_put(ni, copy, payload);
+                }
                 self.dedup
                     .forget(req.from, req.to, req.incarnation, req.msg_id);
                 return;
@@ -345,38 +343,6 @@ impl Node {
             }
         };
         self.ack(req, status, mlen);
-    }
-
-    /// The first copy of a PUT lost its payload: the copy held meanwhile is delivered to
-    /// the same entry (its delivery budget already taken), fetched first if need be.
-    fn take_held_copy(
-        &mut self,
-        ni: NiId,
-        copy: Incoming,
-        (entry, entry_seq): (OpId, u64),
-        payload: RxPayload,
-    ) {
-        match payload {
-            RxPayload::Inline(data) => {
-                let n = data.len() as u32;
-                self.deliver(entry, copy, data);
-                self.ack(copy, Status::Ok, n);
-            }
-            RxPayload::Deferred { handle, len } => {
-                let op = self.ops.get_mut(entry).expect("checked live");
-                op.reserved = matches!(&op.kind, OpKind::Entry(e) if e.once);
-                let fetch = Fetch::Put {
-                    req: copy,
-                    entry,
-                    entry_seq,
-                };
-                self.fetching.insert((ni, handle), fetch);
-                let sink = BytesMut::with_capacity(len as usize);
-                self.out
-                    .requests
-                    .push_back((ni, LndRequest::Fetch { handle, sink }));
-            }
-        }
     }
 
     pub(super) fn rx_get(&mut self, req: Incoming, want_len: u32) {

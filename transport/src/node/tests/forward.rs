@@ -453,8 +453,9 @@ fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patie
 
 /// D takes one frame per half patience: slow, but moving. Its frames wait at the router
 /// far longer than the patience, and none is refused (a busy server's queue at its router
-/// may take many seconds to drain). Then it stops: once nothing has left for the patience,
-/// what waits is refused, and so is what comes next, at once, until D takes a frame again.
+/// may take many seconds to drain). Then it stops: once nothing has left for the
+/// patience, what waits is refused; what comes next waits a patience again. Once D takes
+/// frames again, they pass.
 #[test]
 fn frames_at_a_next_hop_that_is_slow_but_moving_wait_however_long() {
     let mut base = cfg();
@@ -510,12 +511,20 @@ fn frames_at_a_next_hop_that_is_slow_but_moving_wait_however_long() {
     now = now + patience;
     n.handle_timeout(now);
     assert_eq!(nacks(&drain(&mut n)), 3);
+    // The next one waits afresh (nothing else waited), and goes the same way.
     put_from_b(&mut n, d(), 9, 8);
-    assert_eq!(
-        nacks(&drain(&mut n)),
-        1,
-        "refused at once, without waiting again"
-    );
+    assert_eq!(nacks(&drain(&mut n)), 0);
+    now = now + patience;
+    n.handle_timeout(now);
+    assert_eq!(nacks(&drain(&mut n)), 1);
+    // D takes frames again: what comes next passes.
+    credit_from_d(&mut n, now);
+    put_from_b(&mut n, d(), 10, 8);
+    let out = drain(&mut n);
+    assert_eq!(nacks(&out), 0);
+    assert!(out
+        .iter()
+        .any(|s| s.header.dst == d() && s.header.msg_id == 10));
 }
 
 /// A router's status lists at most [`crate::wire::MAX_UNREACHABLE`] peers it cannot
@@ -704,4 +713,77 @@ fn status_pushes_to_a_user_that_returns_no_credits_do_not_pile_up() {
         .filter(|p| matches!(p, crate::node::peers::Pending::Status))
         .count();
     assert_eq!(waiting, 1);
+}
+
+/// Long after D's lane last had anything waiting, an answer of ours to D waits there for
+/// a credit, and a frame passing through waits behind it: the lane began to wait then,
+/// not when something last waited in it, so nothing is refused for a stall.
+#[test]
+fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
+    let mut base = cfg();
+    base.health.interval = Duration::from_secs(3600);
+    let mut n = router_with(base);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
+    let later = t(60_000);
+    let put_from_d = |n: &mut Node, msg_id: u64| {
+        let header = Header {
+            lane: Lane::Data,
+            hop_limit: 8,
+            credits: 0,
+            src: d(),
+            dst: Nid::mem(A, 1),
+            src_incarnation: 9,
+            msg_id,
+            payload_len: 0,
+            body: Body::Put {
+                portal: 4,
+                match_bits: 1,
+                settled_below: 0,
+                ack: true,
+            },
+            router_gen: 0,
+            attempt: 0,
+        };
+        let ev = LndEvent::Received {
+            peer: d(),
+            lane: Lane::Data,
+            header,
+            payload: RxPayload::Inline(Bytes::new()),
+        };
+        n.handle_lnd_event(later, NiId(1), ev);
+    };
+    // Two PUTs from D that match nothing here: the first ACK takes D's one credit, the
+    // second waits.
+    put_from_d(&mut n, 1);
+    put_from_d(&mut n, 2);
+    assert_eq!(drain(&mut n).len(), 1);
+    // B's frame for D waits behind it.
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit: 8,
+        credits: 0,
+        src: nid(B),
+        dst: d(),
+        src_incarnation: 7,
+        msg_id: 3,
+        payload_len: 0,
+        body: Body::Ping { seq: 3 },
+        router_gen: 0,
+        attempt: 0,
+    };
+    arrives(
+        &mut n,
+        later,
+        nid(B),
+        header,
+        RxPayload::Inline(Bytes::new()),
+    );
+    n.handle_timeout(later + MS);
+    let refused = drain(&mut n)
+        .iter()
+        .filter(|s| matches!(s.header.body, Body::Nack { .. }))
+        .count();
+    assert_eq!(refused, 0);
+    assert_eq!(n.stats().forwards_stalled, 0);
 }

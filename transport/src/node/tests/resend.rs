@@ -319,12 +319,7 @@ fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
 /// PUT is delivered once and ACKed.
 #[test]
 fn a_copy_that_came_while_the_first_payload_was_fetched_is_taken_when_that_fails() {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    connected(&mut n, C, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    route_via(&mut n, nid(C), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let mut n = put_and_its_copy_during_the_fetch();
     let fetches = |n: &mut Node| -> Vec<u64> {
         requests(n)
             .into_iter()
@@ -334,13 +329,6 @@ fn a_copy_that_came_while_the_first_payload_was_fetched_is_taken_when_that_fails
             })
             .collect()
     };
-    deferred_put_from_far(&mut n, nid(B), 1);
-    assert_eq!(fetches(&mut n), vec![1]);
-    deferred_put_from_far(&mut n, nid(C), 2);
-    let declined = requests(&mut n)
-        .into_iter()
-        .any(|r| matches!(r, LndRequest::Decline { .. }));
-    assert!(!declined, "the copy is held");
     let gone = LndError::new(
         LndErrorKind::Reset,
         "the payload is gone with its connection",
@@ -417,7 +405,11 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
     );
     put_from_far_life(&mut n, 9, 3);
     assert_eq!(deliveries(&mut n), 0);
-    assert_eq!(n.stats().stale_frames, 2);
+    // Two lives ago: late too, not another restart.
+    put_from_far_life(&mut n, 5, 3);
+    let older = events(&mut n);
+    assert_eq!(restarts(&older), 0, "{older:?}");
+    assert_eq!(n.stats().stale_frames, 3);
 }
 
 /// The route to the far net is two routers deep: B or C, then a router D on the far side.
@@ -508,4 +500,64 @@ fn fetching(n: &mut Node, handle: u64) -> bool {
     requests(n)
         .iter()
         .any(|r| matches!(r, LndRequest::Fetch { handle: h, .. } if h.0 == handle))
+}
+
+/// Routers B and C, a sink on portal 4, and a PUT from `far()` waiting at B whose copy
+/// came through C while its payload was being fetched (held).
+fn put_and_its_copy_during_the_fetch() -> Node {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    route_via(&mut n, nid(C), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    deferred_put_from_far(&mut n, nid(B), 1);
+    deferred_put_from_far(&mut n, nid(C), 2);
+    assert!(!requests(&mut n)
+        .iter()
+        .any(|r| matches!(r, LndRequest::Decline { .. })));
+    n
+}
+
+/// The first copy's payload comes after all: delivered once, and the held copy's payload
+/// declined; nothing is held any more.
+#[test]
+fn a_held_copy_is_declined_when_the_first_payload_comes() {
+    let mut n = put_and_its_copy_during_the_fetch();
+    super::target::fetched(&mut n, 1, Ok(Bytes::from(vec![1u8; 48])));
+    assert_eq!(deliveries(&mut n), 1);
+    let declined: Vec<u64> = requests(&mut n)
+        .into_iter()
+        .filter_map(|r| match r {
+            LndRequest::Decline { handle } => Some(handle.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(declined, vec![2]);
+    assert!(n.held_copies.is_empty());
+    assert_eq!(acks_sent(&mut n, 10), 1);
+}
+
+/// The entry was cancelled while the first payload was fetched, and that fetch fails:
+/// the held copy is answered (no match) at once, not left to its initiator's deadline.
+#[test]
+fn a_held_copy_for_a_cancelled_entry_is_answered_no_match() {
+    let mut n = put_and_its_copy_during_the_fetch();
+    n.cancel(OpId(1));
+    completions(&mut n);
+    let gone = LndError::new(
+        LndErrorKind::Reset,
+        "the payload is gone with its connection",
+    );
+    super::target::fetched(&mut n, 1, Err(gone));
+    let acks: Vec<Status> = drain(&mut n)
+        .into_iter()
+        .filter_map(|s| match s.header.body {
+            Body::Ack { status, .. } if s.header.msg_id == 10 => Some(status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![Status::NoMatch]);
+    assert!(n.held_copies.is_empty());
+    assert_eq!(deliveries(&mut n), 0);
 }
