@@ -261,6 +261,13 @@ impl Dedup {
         }
     }
 
+    /// Whether `incarnation` is one that a newer life of `from` replaced.
+    pub(crate) fn is_replaced(&self, from: Nid, incarnation: u64) -> bool {
+        self.replaced
+            .get(&from)
+            .is_some_and(|lives| lives.contains(&incarnation))
+    }
+
     /// Request `msg_id` from `from` to `to` was not handled after all (its payload never
     /// came): a copy of it is new.
     pub(crate) fn forget(&mut self, from: Nid, to: Nid, incarnation: u64, msg_id: u64) {

@@ -195,6 +195,11 @@ impl Node {
             return None;
         }
         let returned = take_send_credits(&mut self.nis[ni.0].credits[lane], hop, hl)?;
+        if passes == Passes::Queue && !hl.queue.is_empty() {
+            // An answer leaving past the queue: the lane moves, as when the pump sends one
+            // (see `forward::refuse_stalled`).
+            hl.moved_at = self.clock.unwrap_or_default();
+        }
         Some((ni, returned, check))
     }
 

@@ -86,11 +86,15 @@ impl Node {
         }
         let serial = self.next_conn_serial;
         self.next_conn_serial += 1;
-        self.hop_lane(nid, lane).conn = Conn::Up {
+        let hl = self.hop_lane(nid, lane);
+        hl.conn = Conn::Up {
             credits: LaneCredits::new(hello.credits, local, hiw),
             hello,
             serial,
         };
+        // What waited while it connected has waited for the connection, not for the hop:
+        // the hop is judged from now (see `forward::refuse_stalled`).
+        hl.moved_at = now;
         self.seen_incarnation(now, nid, hello.incarnation);
         if !self.faults.silences(nid, lane) {
             self.heard(now, nid);
@@ -105,6 +109,8 @@ impl Node {
         self.ends
             .get(&nid)
             .is_some_and(|e| e.earlier_lives.contains(&incarnation))
+            // (Its end entry may have been forgotten while idle; dedup's memory is kept.)
+            || self.dedup.is_replaced(nid, incarnation)
     }
 
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if

@@ -787,3 +787,48 @@ fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
     assert_eq!(refused, 0);
     assert_eq!(n.stats().forwards_stalled, 0);
 }
+
+/// A frame for D waits while D's connection is set up, which takes twice the patience;
+/// D comes up offering no credit yet. The frame waited for the connection, not for D: it
+/// is judged from when D came up, and refused only a patience after that.
+#[test]
+fn frames_that_waited_for_a_connection_are_judged_from_when_it_came_up() {
+    let mut base = cfg();
+    base.health.interval = Duration::from_secs(3600);
+    let mut n = router_with(base);
+    let patience = n.cfg.forward_patience;
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    put_from_b(&mut n, d(), 1, 8);
+    let asked = requests(&mut n)
+        .iter()
+        .any(|r| matches!(r, LndRequest::Connect { peer, .. } if *peer == d()));
+    assert!(asked, "D's connection is asked for");
+    let up = t(0) + patience * 2;
+    n.handle_timeout(up);
+    let hello = PeerHello {
+        nid: d(),
+        incarnation: 9,
+        lane: Lane::Data,
+        credits: 0,
+        max_payload: 1 << 20,
+        header_check: crate::wire::HeaderCheck::Crc32,
+    };
+    let local_credits = n.config().lanes[Lane::Data].peer_credits;
+    let connected = LndEvent::Connected {
+        peer: d(),
+        lane: Lane::Data,
+        hello,
+        local_credits,
+    };
+    n.handle_lnd_event(up, NiId(1), connected);
+    let nacks = |n: &mut Node| {
+        drain(n)
+            .iter()
+            .filter(|s| matches!(s.header.body, Body::Nack { .. }))
+            .count()
+    };
+    n.handle_timeout(up + patience / 2);
+    assert_eq!(nacks(&mut n), 0, "D has been up for half a patience");
+    n.handle_timeout(up + patience * 9 / 8);
+    assert_eq!(nacks(&mut n), 1, "nothing has left since D came up");
+}
