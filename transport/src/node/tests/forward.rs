@@ -397,6 +397,52 @@ fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
     );
 }
 
+/// [`router`] whose peers are not judged within a test (their health lanes answer, as it
+/// were), with B's data lane up offering 8 credits.
+fn router_nobody_down() -> Node {
+    let mut base = cfg();
+    base.health.interval = Duration::from_secs(3600);
+    let mut n = router_with(base);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    n
+}
+
+/// [`router_nobody_down`] with D's data lane up offering one credit, and B's eight PUTs to
+/// D passed on: the first in D's driver, seven waiting.
+fn seven_waiting_at_d() -> Node {
+    let mut n = router_nobody_down();
+    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
+    for m in 1..=8 {
+        put_from_b(&mut n, d(), m, 8);
+    }
+    n
+}
+
+/// A frame from D (its own, with no payload) arriving at the router on NI 1 at `at`,
+/// returning `credits`.
+fn from_d(n: &mut Node, at: Time, credits: u16, msg_id: u64, body: Body) {
+    let header = Header {
+        lane: Lane::Data,
+        hop_limit: 8,
+        credits,
+        src: d(),
+        dst: Nid::mem(A, 1),
+        src_incarnation: 9,
+        msg_id,
+        payload_len: 0,
+        body,
+        router_gen: 0,
+        attempt: 0,
+    };
+    let ev = LndEvent::Received {
+        peer: d(),
+        lane: Lane::Data,
+        header,
+        payload: RxPayload::Inline(Bytes::new()),
+    };
+    n.handle_lnd_event(at, NiId(1), ev);
+}
+
 /// D stops returning data credits while it stays up (LU-18444's pattern: a peer whose
 /// health lane answers but whose data lane takes nothing). The frames waiting at D are
 /// refused once they have waited `forward_patience`, so B's credits and the router's
@@ -405,15 +451,8 @@ fn a_request_sent_on_the_way_does_not_pass_those_waiting_for_credits() {
 fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patience() {
     // D's health lane answers (here: nothing is judged within the test), so nothing is
     // refused for D being down.
-    let mut base = cfg();
-    base.health.interval = Duration::from_secs(3600);
-    let mut n = router_with(base);
+    let mut n = seven_waiting_at_d();
     let patience = n.cfg.forward_patience;
-    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
-    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
-    for m in 1..=8 {
-        put_from_b(&mut n, d(), m, 8);
-    }
     let out = drain(&mut n);
     assert_eq!(out.len(), 1, "D's one credit");
     sent_ok(&mut n, &out[0]);
@@ -458,37 +497,9 @@ fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patie
 /// frames again, they pass.
 #[test]
 fn frames_at_a_next_hop_that_is_slow_but_moving_wait_however_long() {
-    let mut base = cfg();
-    base.health.interval = Duration::from_secs(3600);
-    let mut n = router_with(base);
+    let mut n = seven_waiting_at_d();
     let patience = n.cfg.forward_patience;
-    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
-    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
-    for m in 1..=8 {
-        put_from_b(&mut n, d(), m, 8);
-    }
-    let credit_from_d = |n: &mut Node, at: Time| {
-        let header = Header {
-            lane: Lane::Data,
-            hop_limit: 0,
-            credits: 1,
-            src: d(),
-            dst: Nid::mem(A, 1),
-            src_incarnation: 9,
-            msg_id: 0,
-            payload_len: 0,
-            body: Body::Credit,
-            router_gen: 0,
-            attempt: 0,
-        };
-        let ev = LndEvent::Received {
-            peer: d(),
-            lane: Lane::Data,
-            header,
-            payload: RxPayload::Inline(Bytes::new()),
-        };
-        n.handle_lnd_event(at, NiId(1), ev);
-    };
+    let credit_from_d = |n: &mut Node, at: Time| from_d(n, at, 1, 0, Body::Credit);
     let nacks = |out: &[Sent]| {
         out.iter()
             .filter(|s| matches!(s.header.body, Body::Nack { .. }))
@@ -720,39 +731,16 @@ fn status_pushes_to_a_user_that_returns_no_credits_do_not_pile_up() {
 /// not when something last waited in it, so nothing is refused for a stall.
 #[test]
 fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
-    let mut base = cfg();
-    base.health.interval = Duration::from_secs(3600);
-    let mut n = router_with(base);
-    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    let mut n = router_nobody_down();
     connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
     let later = t(60_000);
-    let put_from_d = |n: &mut Node, msg_id: u64| {
-        let header = Header {
-            lane: Lane::Data,
-            hop_limit: 8,
-            credits: 0,
-            src: d(),
-            dst: Nid::mem(A, 1),
-            src_incarnation: 9,
-            msg_id,
-            payload_len: 0,
-            body: Body::Put {
-                portal: 4,
-                match_bits: 1,
-                settled_below: 0,
-                ack: true,
-            },
-            router_gen: 0,
-            attempt: 0,
-        };
-        let ev = LndEvent::Received {
-            peer: d(),
-            lane: Lane::Data,
-            header,
-            payload: RxPayload::Inline(Bytes::new()),
-        };
-        n.handle_lnd_event(later, NiId(1), ev);
+    let put = Body::Put {
+        portal: 4,
+        match_bits: 1,
+        settled_below: 0,
+        ack: true,
     };
+    let put_from_d = |n: &mut Node, msg_id: u64| from_d(n, later, 0, msg_id, put);
     // Two PUTs from D that match nothing here: the first ACK takes D's one credit, the
     // second waits.
     put_from_d(&mut n, 1);
@@ -793,11 +781,8 @@ fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
 /// is judged from when D came up, and refused only a patience after that.
 #[test]
 fn frames_that_waited_for_a_connection_are_judged_from_when_it_came_up() {
-    let mut base = cfg();
-    base.health.interval = Duration::from_secs(3600);
-    let mut n = router_with(base);
+    let mut n = router_nobody_down();
     let patience = n.cfg.forward_patience;
-    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
     put_from_b(&mut n, d(), 1, 8);
     let asked = requests(&mut n)
         .iter()

@@ -284,12 +284,7 @@ fn a_request_refused_after_it_left_counts_no_dead_entry_at_its_router() {
 /// initiator sends through another router is taken as new, fetched and delivered.
 #[test]
 fn a_routed_put_whose_payload_never_came_is_taken_anew_when_resent() {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    connected(&mut n, C, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    route_via(&mut n, nid(C), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let mut n = behind_b_and_c_with_a_sink();
     deferred_put_from_far(&mut n, nid(B), 1);
     assert!(fetching(&mut n, 1), "the payload is fetched");
     let gone = LndError::new(
@@ -342,7 +337,15 @@ fn a_copy_that_came_while_the_first_payload_was_fetched_is_taken_when_that_fails
 
 /// A PUT from `far()` as `incarnation`, handed over by B (its router).
 fn put_from_far_life(n: &mut Node, incarnation: u64, msg_id: u64) {
-    let header = Header {
+    let header = put_header_from_far(incarnation, msg_id, 1, 0);
+    let payload = RxPayload::Inline(Bytes::from_static(b"x"));
+    arrives(n, t(1), nid(B), header, payload);
+}
+
+/// The header of a PUT (portal 4, match bits 0x10, ACK wanted) of `len` bytes from
+/// `far()` as `incarnation` to us.
+fn put_header_from_far(incarnation: u64, msg_id: u64, len: u32, settled_below: u64) -> Header {
+    Header {
         lane: Lane::Data,
         hop_limit: 7,
         credits: 0,
@@ -350,18 +353,16 @@ fn put_from_far_life(n: &mut Node, incarnation: u64, msg_id: u64) {
         dst: nid(A),
         src_incarnation: incarnation,
         msg_id,
-        payload_len: 1,
+        payload_len: len,
         body: Body::Put {
             portal: 4,
             match_bits: 0x10,
-            settled_below: 0,
+            settled_below,
             ack: true,
         },
         router_gen: 0,
         attempt: 0,
-    };
-    let payload = RxPayload::Inline(Bytes::from_static(b"x"));
-    arrives(n, t(1), nid(B), header, payload);
+    }
 }
 
 /// A frame of a far end's earlier life that comes late, through a slow router, after its
@@ -470,24 +471,7 @@ fn a_refusal_of_an_earlier_attempt_from_deeper_on_the_way_does_not_end_the_resen
 /// A 48-byte PUT from `far()` (incarnation 5, message 10) whose payload waits at `hop`
 /// under driver handle `handle`.
 fn deferred_put_from_far(n: &mut Node, hop: Nid, handle: u64) {
-    let header = Header {
-        lane: Lane::Data,
-        hop_limit: 7,
-        credits: 0,
-        src: far(),
-        dst: nid(A),
-        src_incarnation: 5,
-        msg_id: 10,
-        payload_len: 48,
-        body: Body::Put {
-            portal: 4,
-            match_bits: 0x10,
-            settled_below: 10,
-            ack: true,
-        },
-        router_gen: 0,
-        attempt: 0,
-    };
+    let header = put_header_from_far(5, 10, 48, 10);
     let payload = RxPayload::Deferred {
         handle: RxHandle(handle),
         len: 48,
@@ -505,12 +489,7 @@ fn fetching(n: &mut Node, handle: u64) -> bool {
 /// Routers B and C, a sink on portal 4, and a PUT from `far()` waiting at B whose copy
 /// came through C while its payload was being fetched (held).
 fn put_and_its_copy_during_the_fetch() -> Node {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    connected(&mut n, C, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    route_via(&mut n, nid(C), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let mut n = behind_b_and_c_with_a_sink();
     deferred_put_from_far(&mut n, nid(B), 1);
     deferred_put_from_far(&mut n, nid(C), 2);
     assert!(!requests(&mut n)
@@ -560,4 +539,16 @@ fn a_held_copy_for_a_cancelled_entry_is_answered_no_match() {
     assert_eq!(acks, vec![Status::NoMatch]);
     assert!(n.held_copies.is_empty());
     assert_eq!(deliveries(&mut n), 0);
+}
+
+/// A target reached through routers B and C (both up, both routes back), with a sink on
+/// portal 4.
+fn behind_b_and_c_with_a_sink() -> Node {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    route_via(&mut n, nid(C), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    n
 }
