@@ -191,10 +191,10 @@ impl Node {
 
     /// Refuses the frames passing through that wait at a hop lane from which nothing has
     /// left for the forward patience: the hop is up (a lane still connecting is left to
-    /// its connect's deadline) but takes nothing, and what they hold (upstream credits, buffers) must not be held
-    /// for it for ever (LU-18444's pattern). Their initiators may send them another way.
-    /// A lane that moves, however slowly, keeps its frames: a busy server's queue at its
-    /// router may take many seconds to drain, and is no fault.
+    /// its connect's deadline) but takes nothing, and what they hold (upstream credits,
+    /// buffers) must not be held for it for ever (LU-18444's pattern). Their initiators
+    /// may send them another way. A lane that moves, however slowly, keeps its frames: a
+    /// busy server's queue at its router may take many seconds to drain, and is no fault.
     pub(super) fn refuse_stalled(&mut self, now: Time) {
         let patience = self.cfg.forward_patience;
         // A moving lane is looked at again no sooner than an eighth of the patience
