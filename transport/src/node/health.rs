@@ -3,7 +3,7 @@
 //! announcing its return).
 
 use super::ops::{OpKind, Stage};
-use super::peers::Conn;
+use super::peers::{Conn, Pending};
 use super::{LndRequest, Node};
 use crate::health::{Action, HealthStats, PeerHealth};
 use crate::lane::Lane;
@@ -40,6 +40,23 @@ impl Node {
             self.health_ping_sent.clear();
         }
         self.health_ping_sent.insert(seq, now);
+    }
+
+    /// The monitor's PING `seq` to `dst` was refused on the way (by `by[0]`, come back
+    /// through `by[1]`): a router that cannot reach `dst` and has not said so yet. Lost,
+    /// the next PING would likely take that router again, and `dst` be found silent
+    /// though another way reaches it: so it goes again at once another way, if there is
+    /// one, once only (two routers refusing it must not bounce it between them).
+    pub(super) fn health_ping_refused(&mut self, seq: u64, dst: Nid, by: [Nid; 2]) {
+        if self.health_pings_resent.len() >= MAX_PINGS_TIMED {
+            self.health_pings_resent.clear();
+        }
+        if !self.health_pings_resent.insert(seq) {
+            return;
+        }
+        if let Some(hop) = self.next_hop(dst, &by).filter(|h| !by.contains(h)) {
+            self.send_or_queue(hop, Lane::Health, Pending::HealthPing { dst, seq });
+        }
     }
 
     /// The PONG to the monitor's PING `seq` arrived now: its round trip recorded.

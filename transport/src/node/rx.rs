@@ -623,8 +623,11 @@ impl Node {
             if h.msg_id & super::health::HEALTH_PING_BIT != 0 {
                 // The monitor's own PING: being heard (or refused) was the point; a PONG
                 // times the round trip too.
-                if matches!(answer, Answer::Pong) {
-                    self.health_pong(now, h.msg_id & !super::health::HEALTH_PING_BIT);
+                let seq = h.msg_id & !super::health::HEALTH_PING_BIT;
+                match answer {
+                    Answer::Pong => self.health_pong(now, seq),
+                    Answer::Nack(_, dst) => self.health_ping_refused(seq, dst, [h.src, hop]),
+                    _ => {}
                 }
                 return;
             }

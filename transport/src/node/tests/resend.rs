@@ -552,3 +552,62 @@ fn behind_b_and_c_with_a_sink() -> Node {
     n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
     n
 }
+
+/// The health monitor's PING to a far end goes through gateway B (the better route),
+/// which refuses it: B cannot reach the far end, and has not said so yet. The PING goes
+/// again at once through C, rather than being lost: lost, every PING would take B again,
+/// and the far end would be declared Down although C reaches it. A PING is sent again
+/// once only, so two gateways refusing it cannot bounce it between them.
+#[test]
+fn a_health_ping_refused_by_a_gateway_goes_again_another_way_once() {
+    let mut n = node();
+    let (b, c) = (nid(B), nid(C));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    connected_on(&mut n, 0, b, Lane::Health, 8, 7);
+    connected_on(&mut n, 0, c, Lane::Health, 8, 7);
+    n.watch(t(0), far()).unwrap();
+    let pings = |n: &mut Node| -> Vec<(Nid, Header)> {
+        sent(n)
+            .into_iter()
+            .filter(|(_, _, h, _)| h.dst == far() && matches!(h.body, Body::Ping { .. }))
+            .map(|(_, hop, h, _)| (hop, h))
+            .collect()
+    };
+    let mut first = Vec::new();
+    for ms in (0..=1000).step_by(10) {
+        n.handle_timeout(t(ms));
+        first = pings(&mut n);
+        if !first.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(first.len(), 1, "the monitor pings the far end");
+    assert_eq!(first[0].0, b, "through the better route");
+    let refuse = |n: &mut Node, by: Nid, ping: &Header| {
+        let header = Header {
+            lane: Lane::Health,
+            hop_limit: 7,
+            credits: 0,
+            src: by,
+            dst: nid(A),
+            src_incarnation: 7,
+            msg_id: ping.msg_id,
+            payload_len: 0,
+            body: Body::Nack {
+                reason: NackReason::NextHopDown,
+                target: far(),
+            },
+            router_gen: 0,
+            attempt: ping.attempt,
+        };
+        arrives(n, t(1), by, header, RxPayload::Inline(Bytes::new()));
+    };
+    refuse(&mut n, b, &first[0].1);
+    let again = pings(&mut n);
+    assert_eq!(again.len(), 1, "sent again at once");
+    assert_eq!(again[0].0, c, "another way");
+    assert_eq!(again[0].1.msg_id, first[0].1.msg_id);
+    refuse(&mut n, c, &again[0].1);
+    assert!(pings(&mut n).is_empty(), "once only");
+}
