@@ -21,6 +21,16 @@ pub(crate) const HEALTH_PING_BIT: u64 = 1 << 63;
 /// trips go unrecorded) rather than kept without bound.
 const MAX_PINGS_TIMED: usize = 16_384;
 
+/// A PING of the monitor in flight.
+pub(crate) struct PingOut {
+    at: Time,
+    dst: Nid,
+    /// The hop it left through.
+    via: Nid,
+    /// A copy sent again after a refusal: not sent again.
+    resent: bool,
+}
+
 impl OpKind {
     fn on_peer_down(&self) -> PeerDownPolicy {
         match self {
@@ -33,28 +43,46 @@ impl OpKind {
 }
 
 impl Node {
-    /// The monitor's PING `seq` leaves now.
-    pub(super) fn health_ping_leaves(&mut self, seq: u64) {
+    /// The monitor's PING `seq` to `dst` leaves through `via`: timed, and remembered in
+    /// case it is refused on the way.
+    pub(super) fn health_ping_leaves(&mut self, seq: u64, dst: Nid, via: Nid) {
         let Some(now) = self.clock else { return };
-        if self.health_ping_sent.len() >= MAX_PINGS_TIMED {
+        if self.health_ping_sent.len() >= MAX_PINGS_TIMED
+            && !self.health_ping_sent.contains_key(&seq)
+        {
             self.health_ping_sent.clear();
         }
-        self.health_ping_sent.insert(seq, now);
+        // A copy sent again after a refusal stays marked so.
+        let resent = self.health_ping_sent.get(&seq).is_some_and(|p| p.resent);
+        let out = PingOut {
+            at: now,
+            dst,
+            via,
+            resent,
+        };
+        self.health_ping_sent.insert(seq, out);
     }
 
-    /// The monitor's PING `seq` to `dst` was refused on the way (by `by[0]`, come back
-    /// through `by[1]`): a router that cannot reach `dst` and has not said so yet. Lost,
-    /// the next PING would likely take that router again, and `dst` be found silent
-    /// though another way reaches it: so it goes again at once another way, if there is
-    /// one, once only (two routers refusing it must not bounce it between them).
-    pub(super) fn health_ping_refused(&mut self, seq: u64, dst: Nid, by: [Nid; 2]) {
-        if self.health_pings_resent.len() >= MAX_PINGS_TIMED {
-            self.health_pings_resent.clear();
-        }
-        if !self.health_pings_resent.insert(seq) {
+    /// The monitor's PING `seq` to `dst` was refused on the way, by `by`: a router that
+    /// cannot reach `dst` and has not said so yet. Lost, the next PING would likely take
+    /// that router again, and `dst` be found silent though another way reaches it: so it
+    /// goes again at once, avoiding the hop it left through and the refuser, if another
+    /// way there is. Only a PING of ours in flight, to the end the refusal names, and once
+    /// (two routers refusing it must not bounce it between them; a forged refusal costs
+    /// at most one PING of ours, to an end we were pinging anyway).
+    pub(super) fn health_ping_refused(&mut self, seq: u64, dst: Nid, by: Nid) {
+        let Some(p) = self.health_ping_sent.get_mut(&seq) else {
+            return;
+        };
+        if p.resent || p.dst != dst {
             return;
         }
-        if let Some(hop) = self.next_hop(dst, &by).filter(|h| !by.contains(h)) {
+        p.resent = true;
+        let avoid = [p.via, by];
+        if self.ni_of(dst).is_some() {
+            return; // a neighbour: no other way
+        }
+        if let Some(hop) = self.next_hop(dst, &avoid).filter(|h| !avoid.contains(h)) {
             self.send_or_queue(hop, Lane::Health, Pending::HealthPing { dst, seq });
         }
     }
@@ -62,7 +90,7 @@ impl Node {
     /// The PONG to the monitor's PING `seq` arrived now: its round trip recorded.
     pub(super) fn health_pong(&mut self, now: Time, seq: u64) {
         if let Some(sent) = self.health_ping_sent.remove(&seq) {
-            self.stats.health_rtt.record(now.saturating_since(sent));
+            self.stats.health_rtt.record(now.saturating_since(sent.at));
         }
     }
 

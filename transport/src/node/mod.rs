@@ -333,9 +333,7 @@ pub struct Node {
     health_actions: Vec<Action>,
     health_seq: u64,
     /// When the monitor's PINGs in flight left, by seq: their PONGs time the round trip.
-    health_ping_sent: FxHashMap<u64, Time>,
-    /// PINGs of the monitor sent again after a refusal (see `health_ping_refused`).
-    health_pings_resent: rustc_hash::FxHashSet<u64>,
+    health_ping_sent: FxHashMap<u64, health::PingOut>,
     /// The time of the call being handled, when it carries one; `None` in calls that do not
     /// (their frames are not timed).
     pub(crate) clock: Option<Time>,
@@ -379,7 +377,6 @@ impl Node {
             health_actions: Vec::new(),
             health_seq: 0,
             health_ping_sent: FxHashMap::default(),
-            health_pings_resent: Default::default(),
             clock: None,
             next_conn_serial: 1,
             shut_down: None,

@@ -626,7 +626,7 @@ impl Node {
                 let seq = h.msg_id & !super::health::HEALTH_PING_BIT;
                 match answer {
                     Answer::Pong => self.health_pong(now, seq),
-                    Answer::Nack(_, dst) => self.health_ping_refused(seq, dst, [h.src, hop]),
+                    Answer::Nack(_, dst) => self.health_ping_refused(seq, dst, h.src),
                     _ => {}
                 }
                 return;

@@ -197,7 +197,7 @@ impl Node {
         };
         match pending {
             Pending::HealthPing { dst, seq } => {
-                self.health_ping_leaves(seq);
+                self.health_ping_leaves(seq, dst, hop);
                 ours(
                     dst,
                     Body::Ping { seq },

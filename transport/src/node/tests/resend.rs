@@ -584,30 +584,43 @@ fn a_health_ping_refused_by_a_gateway_goes_again_another_way_once() {
     }
     assert_eq!(first.len(), 1, "the monitor pings the far end");
     assert_eq!(first[0].0, b, "through the better route");
-    let refuse = |n: &mut Node, by: Nid, ping: &Header| {
+    // A refusal by `src`, come back through `hop`, of message `msg_id` to `target`.
+    let refuse = |n: &mut Node, src: Nid, hop: Nid, msg_id: u64, target: Nid| {
         let header = Header {
             lane: Lane::Health,
             hop_limit: 7,
             credits: 0,
-            src: by,
+            src,
             dst: nid(A),
             src_incarnation: 7,
-            msg_id: ping.msg_id,
+            msg_id,
             payload_len: 0,
             body: Body::Nack {
                 reason: NackReason::NextHopDown,
-                target: far(),
+                target,
             },
             router_gen: 0,
-            attempt: ping.attempt,
+            attempt: 0,
         };
-        arrives(n, t(1), by, header, RxPayload::Inline(Bytes::new()));
+        arrives(n, t(1), hop, header, RxPayload::Inline(Bytes::new()));
     };
-    refuse(&mut n, b, &first[0].1);
+    let msg_id = first[0].1.msg_id;
+    // Refusals of no PING of ours, or naming another end, send nothing.
+    let health_bit = crate::node::health::HEALTH_PING_BIT;
+    refuse(&mut n, b, b, health_bit | 999_999, far());
+    refuse(&mut n, b, b, msg_id, Nid::mem(8, 2));
+    assert!(
+        pings(&mut n).is_empty(),
+        "nothing for a refusal of nothing of ours"
+    );
+    // A router beyond B refuses it, and the NACK comes back through C: it goes again
+    // avoiding B, the way it left, whatever way the refusal came.
+    let deep = Nid::mem(6, 2);
+    refuse(&mut n, deep, c, msg_id, far());
     let again = pings(&mut n);
     assert_eq!(again.len(), 1, "sent again at once");
-    assert_eq!(again[0].0, c, "another way");
-    assert_eq!(again[0].1.msg_id, first[0].1.msg_id);
-    refuse(&mut n, c, &again[0].1);
+    assert_eq!(again[0].0, c, "another way than it left by");
+    assert_eq!(again[0].1.msg_id, msg_id);
+    refuse(&mut n, c, c, msg_id, far());
     assert!(pings(&mut n).is_empty(), "once only");
 }
