@@ -114,11 +114,6 @@ impl Refusals {
             );
         }
     }
-
-    /// Refusals so far.
-    pub fn count(&self) -> u64 {
-        self.0
-    }
 }
 
 /// Names one posted frame; echoed in its `SendComplete`.

@@ -134,7 +134,7 @@ impl Absence {
     /// Whether `peer` matters to this router's judgment, and its fellows': it serves it,
     /// or watches it for a fellow.
     pub(crate) fn concerns(&self, peer: &Nid) -> bool {
-        self.served.contains_key(peer) || self.asked.contains(peer)
+        self.listing_rank(peer) < 2
     }
 
     /// Where `peer` goes in the list of peers the router cannot reach, which is cut at

@@ -163,11 +163,7 @@ impl Dedup {
                         self.replaced.remove(&k);
                     }
                 }
-                let lives = self.replaced.entry(from).or_default();
-                if lives.len() == super::peers::EARLIER_LIVES {
-                    lives.remove(0);
-                }
-                lives.push(old);
+                super::peers::remember_earlier_life(self.replaced.entry(from).or_default(), old);
             }
             for k in stale {
                 self.drop_window(k);

@@ -176,8 +176,8 @@ pub struct NodeStats {
     /// Answers or NACKs addressed to others that this node could not pass on (nobody
     /// resends an answer: the initiator's deadline ends its operation).
     pub unroutable_answers: u64,
-    /// Frames from an earlier life of a far end (an incarnation below one already heard
-    /// from it), come late through routers: dropped.
+    /// Frames from an earlier life of a far end (an incarnation a newer life of it
+    /// replaced), come late through routers: dropped.
     pub stale_frames: u64,
     /// Resent requests that reached us again and were answered again, not delivered twice.
     pub duplicates_answered: u64,

@@ -213,6 +213,15 @@ impl Hop {
 /// over and over while a frame of an old life is still on its way.
 pub(crate) const EARLIER_LIVES: usize = 4;
 
+/// Adds `old` to `lives`, a node's replaced incarnations (the latest last), keeping the
+/// latest [`EARLIER_LIVES`].
+pub(crate) fn remember_earlier_life(lives: &mut Vec<u64>, old: u64) {
+    if lives.len() == EARLIER_LIVES {
+        lives.remove(0);
+    }
+    lives.push(old);
+}
+
 #[derive(Default)]
 pub(crate) struct End {
     /// Its incarnation, as last seen (in a HELLO, or in the frames it starts).

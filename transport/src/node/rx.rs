@@ -119,10 +119,7 @@ impl Node {
         let end = self.end_entry(nid);
         let old = end.incarnation.replace(incarnation);
         if let Some(old) = old.filter(|&o| o != incarnation) {
-            if end.earlier_lives.len() == super::peers::EARLIER_LIVES {
-                end.earlier_lives.remove(0);
-            }
-            end.earlier_lives.push(old);
+            super::peers::remember_earlier_life(&mut end.earlier_lives, old);
             self.out.events.push_back(Event::PeerRestarted {
                 peer: nid,
                 old,
@@ -655,13 +652,10 @@ impl Node {
             return self.protocol_error(ni, hop, h.lane, what);
         }
         let result = match (&op.kind, answer) {
-            (_, Answer::Nack(_, _))
-                if op.avoid.contains(&h.src)
-                    || h.attempt != super::ops::wire_attempt(op.attempts) =>
-            {
-                // A refusal of a copy this op already replaced: by a gateway it already
-                // left (it was sent another way when that gateway said it could not take
-                // it), or of an earlier attempt, by a router deeper on the way.
+            (_, Answer::Nack(_, _)) if h.attempt != super::ops::wire_attempt(op.attempts) => {
+                // A refusal of a copy this op already replaced (every copy sent another
+                // way counts an attempt): by a gateway it left when that said it could not
+                // take it, or by a router deeper on the way.
                 self.stats.late_responses += 1;
                 return;
             }

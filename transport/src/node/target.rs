@@ -310,9 +310,6 @@ impl Node {
             Ok(data) if live => {
                 let n = data.len() as u32;
                 self.deliver(entry, req, data);
-                if let Some((ni, _, copy)) = held {
-                    self.decline_deferred(ni, copy);
-                }
                 (Status::Ok, n)
             }
             Err(e) if req.routed => {
@@ -335,13 +332,14 @@ impl Node {
             }
             // The entry was cancelled meanwhile, or the payload never came.
             _ => {
-                if let Some((ni, _, copy)) = held {
-                    self.decline_deferred(ni, copy);
-                }
                 self.undelivered = self.undelivered.saturating_sub(1);
                 (Status::Aborted, 0)
             }
         };
+        // Not needed: the first copy's payload came (or its entry is gone).
+        if let Some((ni, _, copy)) = held {
+            self.decline_deferred(ni, copy);
+        }
         self.ack(req, status, mlen);
     }
 
