@@ -24,6 +24,9 @@ pub enum CmEventKind {
     Rejected,
     Unreachable,
     Disconnected,
+    /// The device under the id went away (removed, or reset by its driver): nothing on
+    /// it works any more.
+    DeviceRemoval,
     /// Address or route resolution, or the connection, failed in another way.
     Error(u32),
     Other(u32),
@@ -51,6 +54,7 @@ impl CmEventKind {
             RDMA_CM_EVENT_REJECTED => CmEventKind::Rejected,
             RDMA_CM_EVENT_UNREACHABLE => CmEventKind::Unreachable,
             RDMA_CM_EVENT_DISCONNECTED => CmEventKind::Disconnected,
+            RDMA_CM_EVENT_DEVICE_REMOVAL => CmEventKind::DeviceRemoval,
             RDMA_CM_EVENT_ADDR_ERROR | RDMA_CM_EVENT_ROUTE_ERROR | RDMA_CM_EVENT_CONNECT_ERROR => {
                 CmEventKind::Error(e)
             }

@@ -43,7 +43,7 @@ if [ ! -s "$initrd" ] || [ "$(cat "$work/stamp" 2>/dev/null)" != "$stamp" ]; the
     # One module per --show-depends call (further words would be module parameters).
     # crc32_generic: rdma_rxe needs it and does not declare it ("failed to init crc32").
     for m in crc32_generic configfs ib_core ib_uverbs rdma_cm rdma_ucm rdma_rxe \
-        9pnet 9pnet_virtio 9p virtio_ring virtio virtio_pci virtio_net; do
+        9pnet 9pnet_virtio 9p virtio_ring virtio virtio_pci virtio_net dummy; do
         modprobe -S "$kver" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" { print $2 }'
     done | awk '!seen[$0]++' | while read -r ko; do
         cp "$ko" "$work/initramfs/lib/modules/"

@@ -58,7 +58,7 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
     let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
     println!("{out}");
     // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
-    assert!(out.contains("test result: ok. 18 passed"), "{out}");
+    assert!(out.contains("test result: ok. 19 passed"), "{out}");
 }
 
 #[test]
@@ -1230,4 +1230,113 @@ fn vm_driver_dropped_sends_what_it_held() {
     }
     let got: Vec<Bytes> = received(&seen[1]).into_iter().map(|(_, d)| d).collect();
     assert_eq!(got, [pattern(100, 1), pattern(100, 2)]);
+}
+
+/// A removed RDMA device (`rdma link delete`, or its driver resetting it) takes its NI
+/// down at once, saying why, and what the NI held fails then (here the endpoint's only NI:
+/// the endpoint stops). Before, rdma_cm's
+/// DEVICE_REMOVAL went unread: the NI stayed up on a dead device, and its operations
+/// waited out their timeouts. The device is the test's own (`rxe1` on a dummy
+/// interface), so the VM's `rxe0` serves on; the kernel finishes the removal only when
+/// this process exits (librdmacm keeps the device open), so `rdma link delete` is left
+/// running.
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held() {
+    use lanet::op::{GetRequest, MatchEntry, OpError, PutRequest};
+    use lanet::Event;
+    assert!(std::env::var_os(IN_RXE_VM).is_some(), "runs inside the VM");
+    let set_up = "ip link add lanetd0 type dummy && ip link set lanetd0 up \
+        && ip addr add 10.0.3.1/24 dev lanetd0 && ip addr add 10.0.3.2/24 dev lanetd0 \
+        && rdma link add rxe1 type rxe netdev lanetd0";
+    let out = std::process::Command::new("sh")
+        .args(["-c", set_up])
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "rxe1: {out:?}");
+    let an: Nid = "10.0.3.1:9100@o2ib".parse().unwrap();
+    let bn: Nid = "10.0.3.2:9101@o2ib".parse().unwrap();
+    let start = |nid: Nid, n: u64| {
+        let mut cfg = NodeConfig::new(n);
+        cfg.health.interval = Duration::from_secs(1);
+        // Far beyond the test's waits: an operation that ends within them was ended by
+        // the removal, not by its deadline.
+        cfg.op_timeout = Duration::from_secs(600);
+        let lnd = bind_lnd(nid, &cfg).expect("the RDMA LND on rxe1");
+        Endpoint::builder(cfg)
+            .boxed_lnd(lnd)
+            .start()
+            .expect("start")
+    };
+    let (a, b) = (start(an, 1), start(bn, 2));
+    b.attach(MatchEntry::sink(4, 1, 1 << 20)).unwrap();
+    let put = |dst| PutRequest {
+        lane: Lane::Data,
+        dst,
+        portal: 4,
+        match_bits: 1,
+        payload: pattern(100, 1),
+        timeout: None,
+        on_peer_down: Default::default(),
+        ack: true,
+    };
+    // Completions (and the NI's going down) within `within`, or panics.
+    let wait_for = |ids: &[lanet::OpId], ni_down: bool, within: Duration| {
+        let until = Instant::now() + within;
+        let (mut done, mut down) = (Vec::new(), None);
+        while done.len() < ids.len() || (ni_down && down.is_none()) {
+            let left = until.saturating_duration_since(Instant::now());
+            match a.recv_event(Some(left)) {
+                Some(Event::Completed(c)) if ids.contains(&c.op) => done.push(c),
+                Some(Event::NiDown { reason, .. }) => down = Some(reason),
+                Some(_) => {}
+                None => panic!("after {within:?}: completed {done:?}, NI down: {down:?}"),
+            }
+        }
+        (done, down)
+    };
+    // The way works.
+    let first = a.put(put(bn)).unwrap();
+    let (done, _) = wait_for(&[first], false, Duration::from_secs(60));
+    assert!(done[0].result.is_ok(), "{done:?}");
+    // In flight at the removal: a GET to a NID nobody answers for (its connect waits on
+    // the address's resolution), and a PUT to B.
+    let lost: Nid = "10.0.3.3:9102@o2ib".parse().unwrap();
+    let get = a
+        .get(GetRequest {
+            lane: Lane::Data,
+            dst: lost,
+            portal: 4,
+            match_bits: 1,
+            want_len: 100,
+            timeout: None,
+            on_peer_down: Default::default(),
+        })
+        .unwrap();
+    let mut removal = std::process::Command::new("rdma")
+        .args(["link", "delete", "rxe1"])
+        .spawn()
+        .expect("rdma link delete");
+    // Reaped when it ends, after this process (see above).
+    std::thread::spawn(move || removal.wait());
+    let (done, down) = wait_for(&[get], true, Duration::from_secs(60));
+    let reason = down.expect("waited for it");
+    assert!(reason.contains("rxe1 was removed"), "{reason}");
+    let timed_out = |e: &OpError| {
+        matches!(
+            e,
+            OpError::LocalTimeout | OpError::NetworkTimeout | OpError::RemoteTimeout
+        )
+    };
+    assert!(
+        done[0].result.as_ref().is_err_and(|e| !timed_out(e)),
+        "{done:?}"
+    );
+    // It was the endpoint's only NI: it has stopped, and refuses what comes, saying why.
+    let refused = a
+        .put(put(bn))
+        .expect_err("an endpoint without NIs")
+        .to_string();
+    assert!(refused.contains("rxe1 was removed"), "{refused}");
+    drop(b);
 }

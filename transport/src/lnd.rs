@@ -184,7 +184,8 @@ pub enum LndErrorKind {
     Unreachable,
     /// The peer sent something that breaks the protocol (remote).
     Protocol,
-    /// We ran out of something: memory, buffers, descriptors (local).
+    /// We ran out of something, or lost it: memory, buffers, descriptors, the device
+    /// (local).
     Resource,
     /// We closed the connection ourselves (local).
     Closed,

@@ -23,6 +23,10 @@
 //! * **Failures**: an error completion, DISCONNECTED, UNREACHABLE or REJECTED fails the
 //!   connection: everything it owed (queued, posted, deferred) completes with the error at
 //!   once, and the QP is destroyed before any memory it could still touch is released.
+//!   DEVICE_REMOVAL (the device removed, or reset by its driver) fails the whole NI: every
+//!   poll from then on returns the error, and the core fails what the NI held. Verbs'
+//!   asynchronous events are not read: a fatal QP error shows as error completions, and
+//!   a driver recovering a failed device unregisters it, which rdma_cm reports as removal.
 
 mod bufs;
 mod conn;
@@ -270,6 +274,11 @@ pub struct RdmaLnd {
     mio_events: mio::Events,
     /// Wakes a sleep (its eventfd) and raises a flag the spinning loop reads.
     waker: Arc<SpinWaker>,
+    /// The device's name, for what is said about it.
+    device: String,
+    /// Why the NI cannot work any more (its device went away): every poll from then on
+    /// fails with it.
+    gone: Option<LndError>,
     // Dropped in this order, after the connections (fields drop in declaration order):
     // the listener before the channels its events use.
     _listener: CmId,
@@ -418,6 +427,8 @@ impl RdmaLnd {
             poll,
             mio_events: mio::Events::with_capacity(8),
             waker,
+            device: device.name().to_owned(),
+            gone: None,
             _listener: listener,
             channel,
             comp,
@@ -647,6 +658,23 @@ impl RdmaLnd {
         }
     }
 
+    /// rdma_cm said the NI's device went away (removed, or reset by its driver): nothing
+    /// on it works any more, so the NI fails now ([`RdmaLnd::gone`]) rather than each of
+    /// its operations waiting out its timeout, and the error tells the operator what to do.
+    fn device_removed(&mut self) {
+        if self.gone.is_none() {
+            self.gone = Some(LndError::new(
+                LndErrorKind::Resource,
+                format!(
+                    "RDMA device {} was removed or reset by its driver; restart the process to \
+                     use it again (the kernel finishes removing a device only once every \
+                     process has closed it)",
+                    self.device
+                ),
+            ));
+        }
+    }
+
     /// The rare work: rdma_cm events and handshake deadlines. Each costs system calls, so
     /// the spinning loop does it only every [`HOUSEKEEPING_PASSES`] passes (and after
     /// sleeping), never on the per-message path.
@@ -661,6 +689,9 @@ impl RdmaLnd {
                 self.drain_cqs()?;
             }
             self.on_cm_event(ev);
+            if let Some(gone) = &self.gone {
+                return Err(gone.clone());
+            }
         }
         // Registering send buffers may be tried again (once, if it fails again).
         self.ctx.send_reg_failed = false;
@@ -776,6 +807,10 @@ impl Lnd for RdmaLnd {
     ) -> Result<(), LndError> {
         // Busy-polling reads only the CQs (no system call); the clock is read every
         // CLOCK_PASSES idle passes, rdma_cm and deadlines every HOUSEKEEPING_PASSES.
+        if let Some(gone) = &self.gone {
+            // The NI is down for good (the core polls a failed driver no more).
+            return Err(gone.clone());
+        }
         // For callers that post without `send_posted`: nothing posted waits for the wait.
         self.send_posted();
         let mut started: Option<Instant> = None;

@@ -76,6 +76,11 @@ impl RdmaLnd {
     }
 
     pub(super) fn on_cm_event(&mut self, ev: CmEvent) {
+        if ev.kind == CmEventKind::DeviceRemoval {
+            // Told for each id on the device (the listener, every connection): the first
+            // ends the NI.
+            return self.device_removed();
+        }
         if ev.tag == LISTENER_TAG {
             if ev.kind == CmEventKind::ConnectRequest {
                 self.on_connect_request(ev);
@@ -151,7 +156,7 @@ impl RdmaLnd {
             CmEventKind::Disconnected => {
                 self.fail(id, err(LndErrorKind::Reset, "the peer disconnected"));
             }
-            CmEventKind::ConnectRequest | CmEventKind::Other(_) => {}
+            CmEventKind::ConnectRequest | CmEventKind::DeviceRemoval | CmEventKind::Other(_) => {}
         }
     }
 
