@@ -207,6 +207,9 @@ const QUIET_MAX: usize = 64;
 const CLOCK_PASSES: u32 = 64;
 /// Busy-poll passes between looks at rdma_cm events and deadlines.
 const HOUSEKEEPING_PASSES: u32 = 1024;
+/// How long polls that do not wait (a thread serving several NIs polls each so, every
+/// turn) go between such looks at most.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(1);
 /// Polls of both CQs at most (each up to 32 completions a lane) before a connection's
 /// end is acted on (see `housekeeping`): enough for a data lane's whole shared receive
 /// queue at its default limit (4,096).
@@ -269,6 +272,8 @@ pub struct RdmaLnd {
     refusals: lanet::lnd::Refusals,
     next_handle: u64,
     passes: u32,
+    /// When `housekeeping` last ran.
+    housekept_at: Time,
     wcs: Vec<Completion>,
     poll: mio::Poll,
     mio_events: mio::Events,
@@ -423,6 +428,7 @@ impl RdmaLnd {
             refusals: Default::default(),
             next_handle: 1,
             passes: 0,
+            housekept_at: Time::ZERO,
             wcs: Vec::with_capacity(32),
             poll,
             mio_events: mio::Events::with_capacity(8),
@@ -679,6 +685,8 @@ impl RdmaLnd {
     /// the spinning loop does it only every [`HOUSEKEEPING_PASSES`] passes (and after
     /// sleeping), never on the per-message path.
     fn housekeeping(&mut self) -> Result<(), LndError> {
+        let now = self.now();
+        self.housekept_at = now;
         while let Some(ev) = self.channel.try_next().map_err(verbs_error)? {
             if ev.kind.ends_a_connection() {
                 // A peer's last frames reach our CQ before its disconnect reaches rdma_cm
@@ -701,7 +709,6 @@ impl RdmaLnd {
                 tracing::warn!(%lane, "cannot post shared receives: {e}");
             }
         }
-        let now = self.now();
         if self.conns.next_deadline().is_some_and(|d| d <= now) {
             for closed in self.conns.expire(now, &mut self.ctx.events) {
                 self.retire(Some(closed));
@@ -806,7 +813,8 @@ impl Lnd for RdmaLnd {
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
         // Busy-polling reads only the CQs (no system call); the clock is read every
-        // CLOCK_PASSES idle passes, rdma_cm and deadlines every HOUSEKEEPING_PASSES.
+        // CLOCK_PASSES idle passes, rdma_cm and deadlines every HOUSEKEEPING_PASSES, or
+        // by a poll that does not wait, every HOUSEKEEPING_EVERY.
         if let Some(gone) = &self.gone {
             // The NI is down for good (the core polls a failed driver no more).
             return Err(gone.clone());
@@ -818,7 +826,10 @@ impl Lnd for RdmaLnd {
         loop {
             let worked = self.poll_cqs()?;
             self.passes = self.passes.wrapping_add(1);
-            if self.passes.is_multiple_of(HOUSEKEEPING_PASSES) || timeout == Some(Duration::ZERO) {
+            let due = || self.now() >= self.housekept_at + HOUSEKEEPING_EVERY;
+            if self.passes.is_multiple_of(HOUSEKEEPING_PASSES)
+                || (timeout == Some(Duration::ZERO) && due())
+            {
                 self.housekeeping()?;
             }
             if !self.ctx.events.is_empty()
