@@ -44,7 +44,9 @@
 //! longer. A driver that knows without polling that a frame went out (written whole to its
 //! socket, copied into its peer's memory) may hand the `SendComplete` over in
 //! [`Lnd::take_ready`], which the core calls next, so that it need not go round its loop
-//! again for it.
+//! again for it. A driver may also hold a completion back until it has something else to
+//! report (the core then takes both in one pass), except that of a frame marked
+//! [`Transmit::no_answer`]: nothing else will come for it.
 //!
 //! **Receiving.** Decode headers with [`crate::wire::decode_header`] (it checks lengths
 //! against limits before anything is allocated; a driver whose link protects headers as
@@ -154,6 +156,10 @@ pub struct Transmit {
     pub header: [u8; HEADER_LEN],
     pub payload: Bytes,
     pub token: TxToken,
+    /// A request nothing answers (a PUT without ACK): its `SendComplete` is what ends its
+    /// operation, so a driver that holds completions back, to report them together with
+    /// the next event, must hand this one over at once.
+    pub no_answer: bool,
 }
 
 impl Transmit {
@@ -167,6 +173,7 @@ impl Transmit {
             header: crate::wire::encode_header(header),
             payload,
             token: TxToken(token),
+            no_answer: header.is_put_without_ack(),
         }
     }
 }

@@ -340,6 +340,7 @@ impl Node {
                 header: encode_header_with(&header, check),
                 payload: out.payload,
                 token: TxToken(token),
+                no_answer: header.is_put_without_ack(),
             },
         ));
         token

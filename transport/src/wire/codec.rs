@@ -99,13 +99,6 @@ pub fn encode_header_with(h: &Header, check: HeaderCheck) -> [u8; HEADER_LEN] {
     b
 }
 
-/// Whether the encoded header `b` is a PUT without ACK: nothing answers it, so its
-/// sending is what ends its operation. For a driver that holds send completions back
-/// until something else comes (a request's until its answer), this one must not wait.
-pub fn is_put_without_ack(b: &[u8; HEADER_LEN]) -> bool {
-    b[5] == FrameType::Put as u8 && u32_at(b, BODY_OFFSET + 4) & PUT_NO_ACK != 0
-}
-
 fn encode_body(body: &Body, b: &mut [u8]) {
     let mut put_u32 = |off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
     match *body {

@@ -50,10 +50,7 @@
 mod codec;
 mod status;
 
-pub use codec::{
-    decode, decode_header, encode_header, encode_header_with, is_put_without_ack, DecodeError,
-    Frame,
-};
+pub use codec::{decode, decode_header, encode_header, encode_header_with, DecodeError, Frame};
 pub use status::{AbsentReason, RouterState, RouterStatus, StatusError, MAX_UNREACHABLE};
 
 use crate::lane::Lane;
@@ -361,6 +358,11 @@ pub struct Header {
 impl Header {
     pub fn frame_type(&self) -> FrameType {
         self.body.frame_type()
+    }
+
+    /// Whether it is a PUT without ACK: a request nothing answers.
+    pub fn is_put_without_ack(&self) -> bool {
+        matches!(self.body, Body::Put { ack: false, .. })
     }
 }
 

@@ -457,32 +457,37 @@ proptest! {
     }
 }
 
-/// Only a PUT without ACK reads as one from its encoded header, however it is protected.
+/// Only a PUT without ACK is a request nothing answers, and a frame built for a driver
+/// says so ([`crate::lnd::Transmit::no_answer`]), which drivers that hold completions back
+/// go by.
 #[test]
-fn an_encoded_put_without_ack_is_told_from_every_other_frame() {
+fn only_a_put_without_ack_is_marked_as_answered_by_nothing() {
     let put = |ack| Body::Put {
         portal: 4,
         match_bits: 1,
         settled_below: 0,
         ack,
     };
-    for check in [HeaderCheck::Crc32, HeaderCheck::Link] {
-        let encoded = |body| encode_header_with(&sample(body, Lane::Data, 8), check);
-        assert!(is_put_without_ack(&encoded(put(false))));
-        assert!(!is_put_without_ack(&encoded(put(true))));
-        // Others whose body word at that place has the flag's bit set: told apart by type.
-        let get = Body::Get {
-            portal: 4,
-            match_bits: 1,
-            want_len: 9,
-            settled_below: 0,
-        };
-        assert!(!is_put_without_ack(&encoded(get)));
-        let ack = Body::Ack {
-            status: Status::Ok,
-            mlen: 9,
-        };
-        assert!(!is_put_without_ack(&encoded(ack)));
-        assert!(!is_put_without_ack(&encoded(Body::Ping { seq: 1 << 32 })));
+    let get = Body::Get {
+        portal: 4,
+        match_bits: 1,
+        want_len: 9,
+        settled_below: 0,
+    };
+    let ack = Body::Ack {
+        status: Status::Ok,
+        mlen: 9,
+    };
+    for (body, no_answer) in [
+        (put(false), true),
+        (put(true), false),
+        (get, false),
+        (ack, false),
+        (Body::Ping { seq: 1 << 32 }, false),
+    ] {
+        let h = sample(body, Lane::Data, 8);
+        assert_eq!(h.is_put_without_ack(), no_answer, "{body:?}");
+        let tx = crate::lnd::Transmit::new(h.dst, &h, bytes::Bytes::new(), 1);
+        assert_eq!(tx.no_answer, no_answer, "{body:?}");
     }
 }

@@ -95,6 +95,7 @@ fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
             header: first[0].2,
             payload: Bytes::new(),
             token: first[0].3,
+            no_answer: false,
         },
     );
     lost(&mut n, 0, b);
