@@ -431,7 +431,7 @@ impl Engine {
         let (hello, step) = match checked {
             Ok(checked) => checked,
             Err(e) => {
-                self.refusals.refused(self.local.id.nid, &e);
+                self.refusals.refused(now, self.local.id.nid, &e);
                 let refusing = self.conns.get(conn).map(|c| c.auth);
                 if !matches!(refusing, Some(ConnAuth::Refusing)) {
                     self.conns.remove(conn);
@@ -493,7 +493,7 @@ impl Engine {
             )),
         };
         if let Err(e) = checked {
-            self.refusals.refused(self.local.id.nid, &e);
+            self.refusals.refused(now, self.local.id.nid, &e);
             self.conns.remove(conn);
             self.closes.push(conn);
             return;

@@ -99,20 +99,38 @@ use crate::op::{FailurePlace, OpError};
 use crate::wire::{Header, HEADER_LEN};
 
 /// Counts the connections a driver refused at their handshake (a bad HELLO or AUTH), and
-/// logs the 1st, 2nd, 4th, 8th, ... only: a peer dialling in a loop, or a scanner, must
-/// not flood the log.
+/// logs the 1st, 2nd, 4th, 8th, ... of a burst only: a peer dialling in a loop, or a
+/// scanner, must not flood the log. A burst ends after [`Refusals::QUIET`] without a
+/// refusal, so that the next (a new misconfiguration, weeks later) is logged at once.
 #[derive(Debug, Default)]
-pub struct Refusals(u64);
+pub struct Refusals {
+    in_burst: u64,
+    total: u64,
+    last: Option<crate::time::Time>,
+}
 
 impl Refusals {
-    /// Counts one refusal by `local`, and logs it if its number is a power of two.
-    pub fn refused(&mut self, local: Nid, why: &str) {
-        self.0 += 1;
-        let n = self.0;
+    /// How long without a refusal ends a burst.
+    pub const QUIET: Duration = Duration::from_secs(600);
+
+    /// Counts one refusal by `local` at `now`, and logs it if its number in its burst is
+    /// a power of two.
+    pub fn refused(&mut self, now: crate::time::Time, local: Nid, why: &str) {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_since(last) >= Self::QUIET)
+        {
+            self.in_burst = 0;
+        }
+        self.last = Some(now);
+        self.in_burst += 1;
+        self.total += 1;
+        let (n, total) = (self.in_burst, self.total);
         if n.is_power_of_two() {
             tracing::warn!(
                 nid = %local,
-                "refusing a connection ({n} refused so far, logged at powers of two): {why}"
+                "refusing a connection ({n} in this burst, logged at powers of two; {total} \
+                 since the start): {why}"
             );
         }
     }

@@ -292,7 +292,8 @@ impl RdmaLnd {
         let (hello, step, rx_msg_kib) = match checked {
             Ok(c) => c,
             Err((e, say)) => {
-                self.refusals.refused(self.ctx.local.id.nid, &e);
+                let now = self.now();
+                self.refusals.refused(now, self.ctx.local.id.nid, &e);
                 if let Err(e) = cm.reject(&say) {
                     tracing::warn!("rdma_reject: {e}");
                 }
@@ -434,7 +435,7 @@ impl RdmaLnd {
             )),
         });
         if let Err(e) = checked {
-            self.refusals.refused(local, &e);
+            self.refusals.refused(self.now(), local, &e);
             return self.fail(id, err(LndErrorKind::Refused, e));
         }
         if let Some(conn) = self.conns.get_mut(id) {
