@@ -172,6 +172,13 @@ impl Absence {
 }
 
 impl Node {
+    /// Whether this router serves `peer` now, and whether it watches it for a fellow.
+    #[cfg(test)]
+    pub(crate) fn router_serves_and_asks(&self, peer: Nid) -> (bool, bool) {
+        let a = &self.router.absence;
+        (a.served.contains_key(&peer), a.asked.contains(&peer))
+    }
+
     /// What this node, as a router, says of itself and why.
     pub fn router_condition(&self) -> RouterCondition {
         let a = &self.router.absence;

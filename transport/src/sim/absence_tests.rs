@@ -404,3 +404,88 @@ fn missing_the_same_peer(skew: Duration) {
     c.settle(&mut s);
     s.check_nothing_lost();
 }
+
+/// Router 8 watches server 2 only because router 9 lists it as unreachable (no traffic to
+/// it ever went through 8: it is not *served*, only *asked*), and 8 reaches it. Router 8
+/// itself cannot reach server 3, which 9 reaches. So router 9 is no stand-in for 8: with 8
+/// gone, nobody would reach server 2. Router 8 stays, degraded, as 9 does for server 3;
+/// and once the client routes through 8 again, its PUTs to server 2 all arrive through 8.
+/// (A stand-in rule that counted served peers alone had 8 withdraw, counting on 9.)
+#[test]
+fn a_router_stays_for_a_peer_it_watches_for_its_fellow_and_alone_reaches() {
+    use crate::op::MatchEntry;
+    use bytes::Bytes;
+    let mut c = cluster(quick());
+    let (r8, r9) = (c.routers[0], c.routers[1]);
+    let (s2, s3) = (c.servers[0], c.servers[1]);
+    // The client goes through router 9 only; server 3 puts to the client through both.
+    assert!(c.sim.remove_route(c.client, net(2), r8));
+    c.sim.attach(c.client, MatchEntry::sink(4, 1, 64));
+    let mut s = Stream::default();
+    let step = |c: &mut Cluster, s: &mut Stream, ms: u32| {
+        for _ in 0..ms {
+            let payload = Bytes::from(s.sent.to_le_bytes().to_vec());
+            let op = c
+                .sim
+                .put(c.client, super::routing_tests::put(s2, 4, payload));
+            s.ops.insert(op, s.sent);
+            s.sent += 1;
+            let up = Bytes::from_static(b"up");
+            c.sim.put(s3, super::routing_tests::put(c.client, 4, up));
+            let next = c.sim.now() + MS;
+            c.sim.run_until(next);
+            c.collect(s);
+        }
+    };
+    step(&mut c, &mut s, 200);
+    assert_eq!(c.sim.node(r8).router_serves_and_asks(s2), (false, false));
+    assert!(c.sim.node(r8).router_serves_and_asks(s3).0);
+    assert!(c.sim.node(r9).router_serves_and_asks(s2).0);
+    c.sim.take_events(r8);
+    c.sim.take_events(r9);
+    c.sim.fabric().set_cut(on(2, 9), s2, true);
+    c.sim.fabric().set_cut(on(2, 8), s3, true);
+    for _ in 0..2000 {
+        step(&mut c, &mut s, 1);
+        assert_eq!(
+            (c.state(0), c.state(1)),
+            (RouterState::Forwarding, RouterState::Forwarding),
+            "at {:?}",
+            c.sim.now()
+        );
+    }
+    // Router 8 watched server 2 for 9, and did not take it for its own.
+    assert_eq!(c.sim.node(r8).router_serves_and_asks(s2), (false, true));
+    for (r, lost) in [(r8, s3), (r9, s2)] {
+        let changes = router_events(&mut c.sim, r);
+        assert!(
+            matches!(&changes[..], [(RouterState::Forwarding, true, _)]),
+            "{r}: once degraded, nothing else: {changes:?}"
+        );
+        let condition = c.sim.node(r).router_condition();
+        assert!(matches!(
+            condition.black_hole,
+            Some(BlackHole::PeerUnreachable { peer, .. }) if peer == lost
+        ));
+        assert_eq!(condition.counters.withdrawals, 0, "{r}");
+    }
+    // The client's PUTs to server 2 through router 9 (its only way) were refused, each
+    // failing once with why. Through router 8 again, every new one arrives.
+    c.settle(&mut s);
+    assert_eq!(s.results.len(), s.ops.len(), "every op completed once");
+    let refused = s.results.iter().filter(|r| r.is_err()).count() as u32;
+    assert!(refused > 1000, "{refused} refused");
+    assert_eq!(refused + s.delivered.len() as u32, s.sent);
+    assert!(s.results.iter().all(|r| match r {
+        // Refused by router 9, or failed at once for its saying it cannot take them.
+        Err(e) => e.to_string().contains("9@mem1"),
+        Ok(_) => true,
+    }));
+    c.sim
+        .add_route(c.client, super::routing_tests::route(2, r8, 1))
+        .unwrap();
+    let mut after = Stream::default();
+    step(&mut c, &mut after, 500);
+    c.settle(&mut after);
+    after.check_nothing_lost();
+}
