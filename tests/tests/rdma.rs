@@ -1233,17 +1233,17 @@ fn vm_driver_dropped_sends_what_it_held() {
 }
 
 /// A removed RDMA device (`rdma link delete`, or its driver resetting it) takes its NI
-/// down at once, saying why, and what the NI held fails then (here the endpoint's only NI:
-/// the endpoint stops). Before, rdma_cm's
-/// DEVICE_REMOVAL went unread: the NI stayed up on a dead device, and its operations
-/// waited out their timeouts. The device is the test's own (`rxe1` on a dummy
-/// interface), so the VM's `rxe0` serves on; the kernel finishes the removal only when
-/// this process exits (librdmacm keeps the device open), so `rdma link delete` is left
-/// running.
+/// down at once, saying why, and what the NI held fails then, with that reason (here the
+/// endpoint's only NI: the endpoint stops). Before, rdma_cm's DEVICE_REMOVAL went unread:
+/// the NI stayed up on a dead device, and its operations waited out their timeouts (or
+/// their peers' health). The device is the test's own (`rxe1` on a dummy interface), so
+/// the VM's `rxe0` serves on; soft-RoCE finishes the removal only when this process exits
+/// (librdmacm keeps the device open), so `rdma link delete` is left running, and the test
+/// is named to run last of the VM's (they run one at a time, in name order).
 #[test]
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held() {
-    use lanet::op::{GetRequest, MatchEntry, OpError, PutRequest};
+    use lanet::op::{GetRequest, MatchEntry, PutRequest};
     use lanet::Event;
     assert!(std::env::var_os(IN_RXE_VM).is_some(), "runs inside the VM");
     let set_up = "ip link add lanetd0 type dummy && ip link set lanetd0 up \
@@ -1258,13 +1258,15 @@ fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held(
     let bn: Nid = "10.0.3.2:9101@o2ib".parse().unwrap();
     let start = |nid: Nid, n: u64| {
         let mut cfg = NodeConfig::new(n);
-        cfg.health.interval = Duration::from_secs(1);
-        // Far beyond the test's waits: an operation that ends within them was ended by
-        // the removal, not by its deadline.
+        // Deadlines, connects and health far beyond the test's waits: an operation that
+        // ends within them was ended by the removal.
+        cfg.health.interval = Duration::from_secs(600);
         cfg.op_timeout = Duration::from_secs(600);
-        let lnd = bind_lnd(nid, &cfg).expect("the RDMA LND on rxe1");
+        let mut rdma = RdmaConfig::for_node(&cfg);
+        rdma.connect_timeout = Duration::from_secs(600);
+        let lnd = RdmaLnd::bind(nid, rdma).expect("the RDMA LND on rxe1");
         Endpoint::builder(cfg)
-            .boxed_lnd(lnd)
+            .boxed_lnd(Box::new(lnd))
             .start()
             .expect("start")
     };
@@ -1299,8 +1301,7 @@ fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held(
     let first = a.put(put(bn)).unwrap();
     let (done, _) = wait_for(&[first], false, Duration::from_secs(60));
     assert!(done[0].result.is_ok(), "{done:?}");
-    // In flight at the removal: a GET to a NID nobody answers for (its connect waits on
-    // the address's resolution), and a PUT to B.
+    // In flight at the removal: a GET to a NID nobody answers for (its connect waits).
     let lost: Nid = "10.0.3.3:9102@o2ib".parse().unwrap();
     let get = a
         .get(GetRequest {
@@ -1319,19 +1320,16 @@ fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held(
         .expect("rdma link delete");
     // Reaped when it ends, after this process (see above).
     std::thread::spawn(move || removal.wait());
+    let removed = Instant::now();
     let (done, down) = wait_for(&[get], true, Duration::from_secs(60));
+    println!(
+        "the GET failed {:?} after the removal began",
+        removed.elapsed()
+    );
     let reason = down.expect("waited for it");
     assert!(reason.contains("rxe1 was removed"), "{reason}");
-    let timed_out = |e: &OpError| {
-        matches!(
-            e,
-            OpError::LocalTimeout | OpError::NetworkTimeout | OpError::RemoteTimeout
-        )
-    };
-    assert!(
-        done[0].result.as_ref().is_err_and(|e| !timed_out(e)),
-        "{done:?}"
-    );
+    let failed = done[0].result.clone().expect_err("nothing answers it");
+    assert!(failed.to_string().contains("rxe1 was removed"), "{failed}");
     // It was the endpoint's only NI: it has stopped, and refuses what comes, saying why.
     let refused = a
         .put(put(bn))
@@ -1342,17 +1340,18 @@ fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held(
 }
 
 /// A thread serving several NIs polls each without waiting, every turn: such a poll must
-/// not make system calls when there is nothing to do. Before, each one looked at rdma_cm
-/// (a system call) and retried what had failed to register: 1,000 idle polls made over
-/// 1,000 system calls. rdma_cm is still looked at within a millisecond.
+/// not look at rdma_cm (a system call) each time when there is nothing to do. Before,
+/// each one did, and retried what had failed to register: 1,000 idle polls made over
+/// 1,000 reads and writes. rdma_cm's events still come through such polls.
 #[test]
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
-fn vm_driver_polled_without_waiting_makes_no_system_call_per_idle_poll() {
+fn vm_driver_polled_without_waiting_looks_at_rdma_cm_once_a_millisecond_not_every_poll() {
     let (an, bn) = nids(8500);
     let mut a = lnd(an);
     let mut b = lnd(bn);
     connect_lane(&mut a, &mut b, bn, Lane::Data);
-    // System calls that read or write (rdma_cm's commands are writes to its device).
+    // System calls that read or write (rdma_cm's commands are writes to its device; the
+    // count leaves out the others: clock reads, epoll, ioctls).
     let syscalls = || {
         let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
         io.lines()
@@ -1367,8 +1366,8 @@ fn vm_driver_polled_without_waiting_makes_no_system_call_per_idle_poll() {
     }
     let made = syscalls() - before;
     assert!(evs.is_empty(), "{evs:?}");
-    println!("{made} system calls in 1,000 idle polls");
-    assert!(made < 100, "{made} system calls in 1,000 idle polls");
+    println!("{made} reads and writes in 1,000 idle polls");
+    assert!(made < 100, "{made} reads and writes in 1,000 idle polls");
     // rdma_cm events still come through such polls: B's end of a connection B closes.
     b.close(
         an,

@@ -49,7 +49,7 @@ use lanet::time::{Clock, MonotonicClock, Time};
 use lanet::NodeConfig;
 use rustc_hash::FxHashMap;
 
-use crate::cm::{CmId, EventChannel};
+use crate::cm::{CmEventKind, CmId, EventChannel};
 use crate::mr::{RemoteBuf, SinkMr, SourceMr};
 use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
 use crate::srq::DeviceLimits;
@@ -280,7 +280,7 @@ pub struct RdmaLnd {
     /// Wakes a sleep (its eventfd) and raises a flag the spinning loop reads.
     waker: Arc<SpinWaker>,
     /// The device's name, for what is said about it.
-    device: String,
+    device_name: String,
     /// Why the NI cannot work any more (its device went away): every poll from then on
     /// fails with it.
     gone: Option<LndError>,
@@ -433,7 +433,7 @@ impl RdmaLnd {
             poll,
             mio_events: mio::Events::with_capacity(8),
             waker,
-            device: device.name().to_owned(),
+            device_name: device.name().to_owned(),
             gone: None,
             _listener: listener,
             channel,
@@ -672,18 +672,21 @@ impl RdmaLnd {
             self.gone = Some(LndError::new(
                 LndErrorKind::Resource,
                 format!(
-                    "RDMA device {} was removed or reset by its driver; restart the process to \
-                     use it again (the kernel finishes removing a device only once every \
-                     process has closed it)",
-                    self.device
+                    "RDMA device {} was removed or reset by its driver: this NI is down; \
+                     restart the process to use the device again (some drivers, soft-RoCE's \
+                     among them, finish removing a device only once every process using it \
+                     has closed it)",
+                    self.device_name
                 ),
             ));
         }
     }
 
     /// The rare work: rdma_cm events and handshake deadlines. Each costs system calls, so
-    /// the spinning loop does it only every [`HOUSEKEEPING_PASSES`] passes (and after
-    /// sleeping), never on the per-message path.
+    /// it is never on the per-message path: the spinning loop does it every
+    /// [`HOUSEKEEPING_PASSES`] passes and after sleeping, a poll that does not wait once
+    /// [`HOUSEKEEPING_EVERY`] has passed since the last, and `prepare_wait` before a
+    /// shared thread sleeps.
     fn housekeeping(&mut self) -> Result<(), LndError> {
         let now = self.now();
         self.housekept_at = now;
@@ -695,6 +698,12 @@ impl RdmaLnd {
                 // such event: another peer's may have come since the last (two polls of
                 // empty CQs cost little).
                 self.drain_cqs()?;
+            } else if ev.kind == CmEventKind::DeviceRemoval {
+                // Likewise what the device completed before it went, as far as its CQs
+                // still say: the NI fails with the removal either way.
+                if let Err(e) = self.drain_cqs() {
+                    tracing::debug!("the CQs of a removed device: {e}");
+                }
             }
             self.on_cm_event(ev);
             if let Some(gone) = &self.gone {
@@ -812,6 +821,97 @@ impl Lnd for RdmaLnd {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
+        let polled = self.poll_once(events, timeout);
+        if polled.is_err() {
+            // What came before the failure still goes up with it (frames that arrived,
+            // sends that completed): the core takes a failed poll's events first.
+            self.hand_over(events);
+        }
+        polled
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.poll.as_raw_fd())
+    }
+
+    fn prepare_wait(&mut self) -> Readiness {
+        if self.gone.is_some() {
+            return Readiness::Ready; // the next poll says so
+        }
+        self.send_posted();
+        // Take what made the epoll readable off its ready list, so that only something
+        // new makes it readable again; a wake among it is work (commands to take).
+        let _ = self.poll.poll(&mut self.mio_events, Some(Duration::ZERO));
+        let woken = self.mio_events.iter().any(|e| e.token() == WAKE);
+        self.comp.drain();
+        let armed = [Lane::Health, Lane::Data]
+            .into_iter()
+            .try_for_each(|lane| self.ctx.cq[lane].arm());
+        // A completion that came before arming signals nothing: look once more.
+        let work = woken
+            || armed.is_err()
+            || self.poll_cqs().unwrap_or(true)
+            || self.housekeeping().is_err()
+            || !self.ctx.events.is_empty()
+            || !self.quiet.is_empty();
+        if work {
+            return Readiness::Ready;
+        }
+        let deadline = self
+            .conns
+            .next_deadline()
+            .map(|d| d.saturating_since(self.now()));
+        Readiness::Sleep(deadline)
+    }
+
+    fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {
+        self.start_fetch(handle, sink);
+    }
+
+    fn decline(&mut self, handle: RxHandle) {
+        self.refuse(handle, crate::msg::Outcome::Declined);
+    }
+}
+
+impl Drop for RdmaLnd {
+    /// Sends what the core handed over last (frames held for the end of a hand-over: a
+    /// node's last turn is not followed by a poll), and gives the SENDs in flight a moment
+    /// to leave before the queue pairs go, which would cut them off. Not while unwinding
+    /// from a panic, which may have left the connections inconsistent.
+    fn drop(&mut self) {
+        // Nor once its device is gone: nothing in flight would leave.
+        if std::thread::panicking() || self.gone.is_some() {
+            return;
+        }
+        self.send_posted();
+        let deadline = Instant::now() + DROP_DRAIN;
+        while self.conns.iter().any(|(_, c)| c.in_flight()) && Instant::now() < deadline {
+            if self.poll_cqs().is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// How long a dropped driver waits for its SENDs in flight to complete, at most: a peer
+/// that takes nothing (RNR, retried without end) or is gone would hold it forever. (It
+/// waits for the send queues only: a deferred payload's peer may never fetch it, and
+/// frames queued behind are dropped with their connection.) What arrives meanwhile is
+/// consumed unreported: nobody polls a dropped driver.
+const DROP_DRAIN: Duration = Duration::from_millis(200);
+
+impl RdmaLnd {
+    /// [`Lnd::poll`]'s work. What it collects is in `events`, or, if it fails, still held.
+    fn poll_once(
+        &mut self,
+        events: &mut Vec<LndEvent>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LndError> {
         // Busy-polling reads only the CQs (no system call); the clock is read every
         // CLOCK_PASSES idle passes, rdma_cm and deadlines every HOUSEKEEPING_PASSES, or
         // by a poll that does not wait, every HOUSEKEEPING_EVERY.
@@ -879,78 +979,6 @@ impl Lnd for RdmaLnd {
         }
     }
 
-    fn waker(&self) -> Arc<dyn Wake> {
-        self.waker.clone()
-    }
-
-    fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
-        Some(self.poll.as_raw_fd())
-    }
-
-    fn prepare_wait(&mut self) -> Readiness {
-        self.send_posted();
-        // Take what made the epoll readable off its ready list, so that only something
-        // new makes it readable again; a wake among it is work (commands to take).
-        let _ = self.poll.poll(&mut self.mio_events, Some(Duration::ZERO));
-        let woken = self.mio_events.iter().any(|e| e.token() == WAKE);
-        self.comp.drain();
-        let armed = [Lane::Health, Lane::Data]
-            .into_iter()
-            .try_for_each(|lane| self.ctx.cq[lane].arm());
-        // A completion that came before arming signals nothing: look once more.
-        let work = woken
-            || armed.is_err()
-            || self.poll_cqs().unwrap_or(true)
-            || self.housekeeping().is_err()
-            || !self.ctx.events.is_empty()
-            || !self.quiet.is_empty();
-        if work {
-            return Readiness::Ready;
-        }
-        let deadline = self
-            .conns
-            .next_deadline()
-            .map(|d| d.saturating_since(self.now()));
-        Readiness::Sleep(deadline)
-    }
-
-    fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {
-        self.start_fetch(handle, sink);
-    }
-
-    fn decline(&mut self, handle: RxHandle) {
-        self.refuse(handle, crate::msg::Outcome::Declined);
-    }
-}
-
-impl Drop for RdmaLnd {
-    /// Sends what the core handed over last (frames held for the end of a hand-over: a
-    /// node's last turn is not followed by a poll), and gives the SENDs in flight a moment
-    /// to leave before the queue pairs go, which would cut them off. Not while unwinding
-    /// from a panic, which may have left the connections inconsistent.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        self.send_posted();
-        let deadline = Instant::now() + DROP_DRAIN;
-        while self.conns.iter().any(|(_, c)| c.in_flight()) && Instant::now() < deadline {
-            if self.poll_cqs().is_err() {
-                break;
-            }
-        }
-    }
-}
-
-/// How long a dropped driver waits for its SENDs in flight to complete, at most: a peer
-/// that takes nothing (RNR, retried without end) or is gone would hold it forever. (It
-/// waits for the send queues only: a deferred payload's peer may never fetch it, and
-/// frames queued behind are dropped with their connection.) What arrives meanwhile is
-/// consumed unreported: nobody polls a dropped driver.
-const DROP_DRAIN: Duration = Duration::from_millis(200);
-
-impl RdmaLnd {
     /// Gives the core everything pending: the held send completions, then the rest (the
     /// core matches completions by token, in whatever order).
     fn hand_over(&mut self, events: &mut Vec<LndEvent>) {
