@@ -44,9 +44,10 @@
 //! longer. A driver that knows without polling that a frame went out (written whole to its
 //! socket, copied into its peer's memory) may hand the `SendComplete` over in
 //! [`Lnd::take_ready`], which the core calls next, so that it need not go round its loop
-//! again for it. A driver may also hold a completion back until it has something else to
-//! report (the core then takes both in one pass), except that of a frame marked
-//! [`Transmit::no_answer`]: nothing else will come for it.
+//! again for it. A driver may also hold a completion back while it busy-polls, to report
+//! it with the next event (the core then takes both in one pass), but it hands over what
+//! it holds before it sleeps or its `poll` returns; and it holds no completion of a frame
+//! marked [`Transmit::report_at_once`].
 //!
 //! **Receiving.** Decode headers with [`crate::wire::decode_header`] (it checks lengths
 //! against limits before anything is allocated; a driver whose link protects headers as
@@ -99,40 +100,41 @@ use crate::op::{FailurePlace, OpError};
 use crate::wire::{Header, HEADER_LEN};
 
 /// Counts the connections a driver refused at their handshake (a bad HELLO or AUTH), and
-/// logs the 1st, 2nd, 4th, 8th, ... of a burst only: a peer dialling in a loop, or a
-/// scanner, must not flood the log. A burst ends after [`Refusals::QUIET`] without a
-/// refusal, so that the next (a new misconfiguration, weeks later) is logged at once.
+/// logs the 1st, 2nd, 4th, 8th, ... and, while refusals go on, one at least
+/// [`Refusals::EVERY`] after the last line: a peer dialling in a loop, or a scanner, must
+/// not flood the log, and a refusal after a quiet spell (a new misconfiguration, weeks
+/// after a scanner's burst) is logged at once. (While one peer is refused again and
+/// again, another's refusals may go unlogged for the 10 minutes; each line says how many
+/// were not logged.)
 #[derive(Debug, Default)]
 pub struct Refusals {
-    in_burst: u64,
     total: u64,
-    last: Option<crate::time::Time>,
+    /// Refused since the last line.
+    unlogged: u64,
+    logged_at: Option<crate::time::Time>,
 }
 
 impl Refusals {
-    /// How long without a refusal ends a burst.
-    pub const QUIET: Duration = Duration::from_secs(600);
+    /// How long at least between lines past the powers of two.
+    pub const EVERY: Duration = Duration::from_secs(600);
 
-    /// Counts one refusal by `local` at `now`, and logs it if its number in its burst is
-    /// a power of two.
+    /// Counts one refusal by `local` at `now`, and logs it if it is due.
     pub fn refused(&mut self, now: crate::time::Time, local: Nid, why: &str) {
-        if self
-            .last
-            .is_some_and(|last| now.saturating_since(last) >= Self::QUIET)
-        {
-            self.in_burst = 0;
-        }
-        self.last = Some(now);
-        self.in_burst += 1;
         self.total += 1;
-        let (n, total) = (self.in_burst, self.total);
-        if n.is_power_of_two() {
-            tracing::warn!(
-                nid = %local,
-                "refusing a connection ({n} in this burst, logged at powers of two; {total} \
-                 since the start): {why}"
-            );
+        let due = self
+            .logged_at
+            .is_none_or(|at| now.saturating_since(at) >= Self::EVERY);
+        if !self.total.is_power_of_two() && !due {
+            self.unlogged += 1;
+            return;
         }
+        let (total, unlogged) = (self.total, std::mem::take(&mut self.unlogged));
+        self.logged_at = Some(now);
+        tracing::warn!(
+            nid = %local,
+            "refusing a connection ({total} refused since the start, {unlogged} of them not \
+             logged since the last line): {why}"
+        );
     }
 }
 
@@ -174,10 +176,11 @@ pub struct Transmit {
     pub header: [u8; HEADER_LEN],
     pub payload: Bytes,
     pub token: TxToken,
-    /// A request nothing answers (a PUT without ACK): its `SendComplete` is what ends its
-    /// operation, so a driver that holds completions back, to report them together with
-    /// the next event, must hand this one over at once.
-    pub no_answer: bool,
+    /// Its `SendComplete` is awaited for itself: the frame is a request nothing answers (a
+    /// PUT without ACK), whose sending ends its operation at its initiator (and frees the
+    /// upstream's buffer at a router). A driver that holds completions back, to report
+    /// them with the next event, hands this one over at once.
+    pub report_at_once: bool,
 }
 
 impl Transmit {
@@ -191,7 +194,7 @@ impl Transmit {
             header: crate::wire::encode_header(header),
             payload,
             token: TxToken(token),
-            no_answer: header.is_put_without_ack(),
+            report_at_once: header.is_put_without_ack(),
         }
     }
 }

@@ -491,7 +491,7 @@ impl Qp {
     fn post_eager(&mut self, id: u32, tx: Transmit, ctx: &mut Ctx) -> Result<(), LndError> {
         let used = SlotUse::Eager {
             token: tx.token,
-            ends_an_op: tx.no_answer,
+            ends_an_op: tx.report_at_once,
         };
         self.send_eager(id, used, &tx.header, &tx.payload, ctx)
     }

@@ -697,7 +697,7 @@ impl tracing::Subscriber for CountWarnings {
 
 /// A thousand refused handshakes (a HELLO from the wrong address, again and again) are
 /// each refused, and logged only at the 1st, 2nd, 4th, ... 512th: a peer dialling in a
-/// loop must not flood the log. A burst ends after a quiet spell.
+/// loop must not flood the log; and while refusals go on, a line every 10 minutes.
 #[test]
 fn refused_handshakes_are_logged_at_powers_of_two_only() {
     let now = Instant::now();
@@ -724,20 +724,22 @@ fn refused_handshakes_are_logged_at_powers_of_two_only() {
     });
     assert!(connected(&events(&mut b)).is_empty());
     assert_eq!(warnings.load(std::sync::atomic::Ordering::Relaxed), 10);
-    // Quiet for as long as ends a burst: the next refusal (a new misconfiguration, say)
-    // is logged at once, and the burst it starts counts afresh (its 2nd is logged too).
-    let later = now + lanet::lnd::Refusals::QUIET + Duration::from_secs(1);
+    // Then one every 6 minutes for an hour (a peer misconfigured for good, say): a line
+    // every 10 minutes at least (at 12, 24, 36, 48 and 60), so that the log still says
+    // refusals go on, and one after a quiet spell is not muted by an old burst's count.
     let subscriber = CountWarnings(warnings.clone());
     tracing::subscriber::with_default(subscriber, || {
-        for i in 1000..1003 {
+        for k in 1..=10usize {
+            let at = now + Duration::from_secs(360 * k as u64);
+            let i = 1000 + k;
             let mut a = Engine::new(tcp(1, "10.0.0.1"));
-            assert!(a.want_connect(b_nid, Lane::Data, later));
-            a.dialled(1, b_nid, Lane::Data, later);
-            b.accepted(100 + i, Some("10.9.9.9".parse().unwrap()), later);
+            assert!(a.want_connect(b_nid, Lane::Data, at));
+            a.dialled(1, b_nid, Lane::Data, at);
+            b.accepted(100 + i, Some("10.9.9.9".parse().unwrap()), at);
             a.established(1);
-            carry(&mut a, 1, &mut b, 100 + i, later);
+            carry(&mut a, 1, &mut b, 100 + i, at);
             assert_eq!(b.take_closes(), vec![100 + i], "refused");
         }
     });
-    assert_eq!(warnings.load(std::sync::atomic::Ordering::Relaxed), 12);
+    assert_eq!(warnings.load(std::sync::atomic::Ordering::Relaxed), 15);
 }

@@ -340,7 +340,7 @@ impl Node {
                 header: encode_header_with(&header, check),
                 payload: out.payload,
                 token: TxToken(token),
-                no_answer: header.is_put_without_ack(),
+                report_at_once: header.is_put_without_ack(),
             },
         ));
         token

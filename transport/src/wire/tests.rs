@@ -458,10 +458,10 @@ proptest! {
 }
 
 /// Only a PUT without ACK is a request nothing answers, and a frame built for a driver
-/// says so ([`crate::lnd::Transmit::no_answer`]), which drivers that hold completions back
-/// go by.
+/// says so ([`crate::lnd::Transmit::report_at_once`]): drivers that hold completions back
+/// hand its completion over at once.
 #[test]
-fn only_a_put_without_ack_is_marked_as_answered_by_nothing() {
+fn only_a_put_without_ack_has_its_send_completion_reported_at_once() {
     let put = |ack| Body::Put {
         portal: 4,
         match_bits: 1,
@@ -478,7 +478,7 @@ fn only_a_put_without_ack_is_marked_as_answered_by_nothing() {
         status: Status::Ok,
         mlen: 9,
     };
-    for (body, no_answer) in [
+    for (body, report_at_once) in [
         (put(false), true),
         (put(true), false),
         (get, false),
@@ -486,8 +486,8 @@ fn only_a_put_without_ack_is_marked_as_answered_by_nothing() {
         (Body::Ping { seq: 1 << 32 }, false),
     ] {
         let h = sample(body, Lane::Data, 8);
-        assert_eq!(h.is_put_without_ack(), no_answer, "{body:?}");
+        assert_eq!(h.is_put_without_ack(), report_at_once, "{body:?}");
         let tx = crate::lnd::Transmit::new(h.dst, &h, bytes::Bytes::new(), 1);
-        assert_eq!(tx.no_answer, no_answer, "{body:?}");
+        assert_eq!(tx.report_at_once, report_at_once, "{body:?}");
     }
 }

@@ -55,7 +55,7 @@ pub(super) struct Sent {
     pub(super) header: Header,
     pub(super) payload: Bytes,
     pub(super) token: TxToken,
-    pub(super) no_answer: bool,
+    pub(super) report_at_once: bool,
 }
 
 pub(super) fn drain(n: &mut Node) -> Vec<Sent> {
@@ -64,7 +64,7 @@ pub(super) fn drain(n: &mut Node) -> Vec<Sent> {
             header: decode_header(&tx.header, &Limits::default()).unwrap(),
             payload: tx.payload,
             token: tx.token,
-            no_answer: tx.no_answer,
+            report_at_once: tx.report_at_once,
         })
         .collect()
 }

@@ -32,7 +32,7 @@ fn a_put_without_ack_completes_once_sent_and_an_ack_changes_nothing() {
     assert_eq!(sent.len(), 1);
     assert!(matches!(sent[0].header.body, Body::Put { ack: false, .. }));
     // Marked for the driver: its send completion is its end, not to be held back.
-    assert!(sent[0].no_answer);
+    assert!(sent[0].report_at_once);
     // A peer that ACKs anyway (none of ours does), before and after the send completed:
     // not an outcome, and never a second completion.
     let ack = Body::Ack {

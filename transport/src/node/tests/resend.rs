@@ -95,7 +95,7 @@ fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
             header: first[0].2,
             payload: Bytes::new(),
             token: first[0].3,
-            no_answer: false,
+            report_at_once: false,
         },
     );
     lost(&mut n, 0, b);
