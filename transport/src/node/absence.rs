@@ -172,9 +172,10 @@ impl Absence {
 }
 
 impl Node {
-    /// Whether this router serves `peer` now, and whether it watches it for a fellow.
+    /// Whether this router serves `peer` now, and whether it watches it because a fellow
+    /// asked (listed it as unreachable).
     #[cfg(test)]
-    pub(crate) fn router_serves_and_asks(&self, peer: Nid) -> (bool, bool) {
+    pub(crate) fn served_and_asked(&self, peer: Nid) -> (bool, bool) {
         let a = &self.router.absence;
         (a.served.contains_key(&peer), a.asked.contains(&peer))
     }

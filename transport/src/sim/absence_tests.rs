@@ -409,7 +409,7 @@ fn missing_the_same_peer(skew: Duration) {
 /// it ever went through 8: it is not *served*, only *asked*), and 8 reaches it. Router 8
 /// itself cannot reach server 3, which 9 reaches. So router 9 is no stand-in for 8: with 8
 /// gone, nobody would reach server 2. Router 8 stays, degraded, as 9 does for server 3;
-/// and once the client routes through 8 again, its PUTs to server 2 all arrive through 8.
+/// and once the client has a route through 8, its PUTs to server 2 all arrive through 8.
 /// (A stand-in rule that counted served peers alone had 8 withdraw, counting on 9.)
 #[test]
 fn a_router_stays_for_a_peer_it_watches_for_its_fellow_and_alone_reaches() {
@@ -438,9 +438,9 @@ fn a_router_stays_for_a_peer_it_watches_for_its_fellow_and_alone_reaches() {
         }
     };
     step(&mut c, &mut s, 200);
-    assert_eq!(c.sim.node(r8).router_serves_and_asks(s2), (false, false));
-    assert!(c.sim.node(r8).router_serves_and_asks(s3).0);
-    assert!(c.sim.node(r9).router_serves_and_asks(s2).0);
+    assert_eq!(c.sim.node(r8).served_and_asked(s2), (false, false));
+    assert!(c.sim.node(r8).served_and_asked(s3).0);
+    assert!(c.sim.node(r9).served_and_asked(s2).0);
     c.sim.take_events(r8);
     c.sim.take_events(r9);
     c.sim.fabric().set_cut(on(2, 9), s2, true);
@@ -455,7 +455,7 @@ fn a_router_stays_for_a_peer_it_watches_for_its_fellow_and_alone_reaches() {
         );
     }
     // Router 8 watched server 2 for 9, and did not take it for its own.
-    assert_eq!(c.sim.node(r8).router_serves_and_asks(s2), (false, true));
+    assert_eq!(c.sim.node(r8).served_and_asked(s2), (false, true));
     for (r, lost) in [(r8, s3), (r9, s2)] {
         let changes = router_events(&mut c.sim, r);
         assert!(
@@ -470,7 +470,7 @@ fn a_router_stays_for_a_peer_it_watches_for_its_fellow_and_alone_reaches() {
         assert_eq!(condition.counters.withdrawals, 0, "{r}");
     }
     // The client's PUTs to server 2 through router 9 (its only way) were refused, each
-    // failing once with why. Through router 8 again, every new one arrives.
+    // failing once with why. Through router 8, every new one arrives.
     c.settle(&mut s);
     assert_eq!(s.results.len(), s.ops.len(), "every op completed once");
     let refused = s.results.iter().filter(|r| r.is_err()).count() as u32;
