@@ -100,12 +100,13 @@ use crate::op::{FailurePlace, OpError};
 use crate::wire::{Header, HEADER_LEN};
 
 /// Counts the connections a driver refused at their handshake (a bad HELLO or AUTH), and
-/// logs the 1st, 2nd, 4th, 8th, ... and, while refusals go on, one at least
-/// [`Refusals::EVERY`] after the last line: a peer dialling in a loop, or a scanner, must
-/// not flood the log, and a refusal after a quiet spell (a new misconfiguration, weeks
-/// after a scanner's burst) is logged at once. (While one peer is refused again and
-/// again, another's refusals may go unlogged for the 10 minutes; each line says how many
-/// were not logged.)
+/// logs the 1st, 2nd, 4th, 8th, ... and, while refusals go on, the first that comes
+/// [`Refusals::EVERY`] or more after the last line: a peer dialling in a loop, or a
+/// scanner, must not flood the log, yet the log goes on saying that refusals happen, and
+/// a refusal after a quiet spell (a new misconfiguration, weeks after a scanner's burst)
+/// is logged at once. Each line names its own refusal's reason and says how many went
+/// unlogged since the last: while one peer is refused again and again, another's reason
+/// may not appear (its dialler logs its own refusals).
 #[derive(Debug, Default)]
 pub struct Refusals {
     total: u64,
@@ -177,9 +178,9 @@ pub struct Transmit {
     pub payload: Bytes,
     pub token: TxToken,
     /// Its `SendComplete` is awaited for itself: the frame is a request nothing answers (a
-    /// PUT without ACK), whose sending ends its operation at its initiator (and frees the
-    /// upstream's buffer at a router). A driver that holds completions back, to report
-    /// them with the next event, hands this one over at once.
+    /// PUT without ACK), whose sending ends its operation at its initiator. A driver that
+    /// holds completions back, to report them with the next event, hands this one over
+    /// at once.
     pub report_at_once: bool,
 }
 
@@ -348,7 +349,9 @@ pub trait Lnd: Send {
     fn close(&mut self, peer: Nid, lane: Lane, error: LndError);
 
     /// Collect events into `events`, waiting up to `timeout` (`None`: until woken) if there
-    /// are none. An `Err` means the driver itself failed and cannot continue.
+    /// are none. An `Err` means the driver itself failed and cannot continue: the core
+    /// handles the events it collected first, then fails what the driver still held (its
+    /// sends, fetches and connections) with the error.
     fn poll(
         &mut self,
         events: &mut Vec<LndEvent>,

@@ -171,9 +171,12 @@ pub(crate) fn split_wr_id(wr_id: u64) -> WrId {
 
 /// What a send-queue slot is busy with.
 pub(crate) enum SlotUse {
-    /// An eager frame: its token completes with the SEND. `ends_an_op`: nothing will
-    /// answer it (a PUT without ACK), so that completion ends its operation.
-    Eager { token: TxToken, ends_an_op: bool },
+    /// An eager frame: its token completes with the SEND; with `report_at_once`
+    /// ([`lanet::lnd::Transmit::report_at_once`]), not held back.
+    Eager {
+        token: TxToken,
+        report_at_once: bool,
+    },
     /// The request of a deferred frame: its token completes with the rendezvous.
     Request,
     /// A driver message.
@@ -491,7 +494,7 @@ impl Qp {
     fn post_eager(&mut self, id: u32, tx: Transmit, ctx: &mut Ctx) -> Result<(), LndError> {
         let used = SlotUse::Eager {
             token: tx.token,
-            ends_an_op: tx.report_at_once,
+            report_at_once: tx.report_at_once,
         };
         self.send_eager(id, used, &tx.header, &tx.payload, ctx)
     }

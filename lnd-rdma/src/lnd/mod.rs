@@ -49,7 +49,7 @@ use lanet::time::{Clock, MonotonicClock, Time};
 use lanet::NodeConfig;
 use rustc_hash::FxHashMap;
 
-use crate::cm::{CmEventKind, CmId, EventChannel};
+use crate::cm::{CmId, EventChannel};
 use crate::mr::{RemoteBuf, SinkMr, SourceMr};
 use crate::regcache::{RegCache, RegCacheLimits, RegCacheStats};
 use crate::srq::DeviceLimits;
@@ -696,15 +696,15 @@ impl RdmaLnd {
                 // (the NIC completes a receive before it acknowledges it): they go up
                 // first, or, their connection gone, they would be dropped. Before each
                 // such event: another peer's may have come since the last (two polls of
-                // empty CQs cost little).
-                self.drain_cqs()?;
-            } else if ev.kind == CmEventKind::DeviceRemoval {
-                // Likewise what the device completed before it went, as far as its CQs
-                // still say: the NI fails with the removal either way.
+                // empty CQs cost little). Not for good if it fails: the device may be
+                // going, which an event behind this one says (a CQ broken for good
+                // fails the next pass).
                 if let Err(e) = self.drain_cqs() {
-                    tracing::debug!("the CQs of a removed device: {e}");
+                    tracing::warn!("draining the CQs before {:?}: {e}", ev.kind);
                 }
             }
+            // A removed device's CQs are not drained: posting receives and sends on
+            // it would fail, and the NI fails what it held with the removal's reason.
             self.on_cm_event(ev);
             if let Some(gone) = &self.gone {
                 return Err(gone.clone());

@@ -297,14 +297,17 @@ impl RdmaLnd {
         match used {
             // The frame was copied when sent: its completion only frees a slot, so it goes
             // up with the next event (a request's answer, say) rather than costing the
-            // core a turn of its own. Unless it ends an operation: then held, it would
-            // wait out the spin.
-            SlotUse::Eager { token, ends_an_op } => {
+            // core a turn of its own. Unless it is to be reported at once (it ends an
+            // operation: held, it would wait out the spin).
+            SlotUse::Eager {
+                token,
+                report_at_once,
+            } => {
                 let done = LndEvent::SendComplete {
                     token,
                     result: Ok(()),
                 };
-                match ends_an_op {
+                match report_at_once {
                     true => self.ctx.events.push(done),
                     false => self.quiet.push(done),
                 }

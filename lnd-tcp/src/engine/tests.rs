@@ -674,10 +674,21 @@ fn an_unproven_hello_neither_cancels_our_dial_nor_takes_its_place() {
     assert_eq!(b.take_closes(), vec![201]);
 }
 
-/// Counts the warnings logged while it is the thread's subscriber.
-struct CountWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+/// The warnings logged while it is the thread's subscriber: their messages.
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
-impl tracing::Subscriber for CountWarnings {
+impl Warnings {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn last(&self) -> String {
+        self.0.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+}
+
+impl tracing::Subscriber for Warnings {
     fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
         *m.level() <= tracing::Level::WARN
     }
@@ -687,8 +698,18 @@ impl tracing::Subscriber for CountWarnings {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, e: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
         if *e.metadata().level() == tracing::Level::WARN {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut message = Message(String::new());
+            e.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
         }
     }
     fn enter(&self, _: &tracing::span::Id) {}
@@ -697,12 +718,13 @@ impl tracing::Subscriber for CountWarnings {
 
 /// A thousand refused handshakes (a HELLO from the wrong address, again and again) are
 /// each refused, and logged only at the 1st, 2nd, 4th, ... 512th: a peer dialling in a
-/// loop must not flood the log; and while refusals go on, a line every 10 minutes.
+/// loop must not flood the log. While refusals go on, the first 10 minutes or more after
+/// the last line is logged too, saying how many went unlogged; and one after a quiet
+/// spell at once.
 #[test]
-fn refused_handshakes_are_logged_at_powers_of_two_only() {
+fn refused_handshakes_are_logged_at_powers_of_two_and_10_minutes_apart() {
     let now = Instant::now();
-    let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let subscriber = CountWarnings(warnings.clone());
+    let warnings = Warnings::default();
     let tcp = |n: u32, ip: &str| -> Local {
         let mut l = local(n);
         l.id.nid = format!("{ip}@tcp").parse().unwrap();
@@ -711,35 +733,42 @@ fn refused_handshakes_are_logged_at_powers_of_two_only() {
     let mut b = Engine::new(tcp(2, "10.0.0.2"));
     b.local.check_source_address = true;
     let b_nid = b.local.id.nid;
-    tracing::subscriber::with_default(subscriber, || {
+    let mut refuse = |i: usize, at: Instant| {
+        let mut a = Engine::new(tcp(1, "10.0.0.1"));
+        assert!(a.want_connect(b_nid, Lane::Data, at));
+        a.dialled(1, b_nid, Lane::Data, at);
+        b.accepted(100 + i, Some("10.9.9.9".parse().unwrap()), at);
+        a.established(1);
+        carry(&mut a, 1, &mut b, 100 + i, at);
+        assert_eq!(b.take_closes(), vec![100 + i], "refused");
+        assert!(connected(&events(&mut b)).is_empty());
+    };
+    tracing::subscriber::with_default(warnings.clone(), || {
         for i in 0..1000 {
-            let mut a = Engine::new(tcp(1, "10.0.0.1"));
-            assert!(a.want_connect(b_nid, Lane::Data, now));
-            a.dialled(1, b_nid, Lane::Data, now);
-            b.accepted(100 + i, Some("10.9.9.9".parse().unwrap()), now);
-            a.established(1);
-            carry(&mut a, 1, &mut b, 100 + i, now);
-            assert_eq!(b.take_closes(), vec![100 + i], "refused");
+            refuse(i, now);
         }
-    });
-    assert!(connected(&events(&mut b)).is_empty());
-    assert_eq!(warnings.load(std::sync::atomic::Ordering::Relaxed), 10);
-    // Then one every 6 minutes for an hour (a peer misconfigured for good, say): a line
-    // every 10 minutes at least (at 12, 24, 36, 48 and 60), so that the log still says
-    // refusals go on, and one after a quiet spell is not muted by an old burst's count.
-    let subscriber = CountWarnings(warnings.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        for k in 1..=10usize {
-            let at = now + Duration::from_secs(360 * k as u64);
-            let i = 1000 + k;
-            let mut a = Engine::new(tcp(1, "10.0.0.1"));
-            assert!(a.want_connect(b_nid, Lane::Data, at));
-            a.dialled(1, b_nid, Lane::Data, at);
-            b.accepted(100 + i, Some("10.9.9.9".parse().unwrap()), at);
-            a.established(1);
-            carry(&mut a, 1, &mut b, 100 + i, at);
-            assert_eq!(b.take_closes(), vec![100 + i], "refused");
+        assert_eq!(warnings.count(), 10);
+        // Then one every 6 minutes for an hour (a peer misconfigured for good, say): a
+        // line at 12, 24, 36, 48 and 60 minutes (each 10 minutes or more after the last),
+        // so that the log goes on saying that refusals happen.
+        let minutes = |m: u64| now + Duration::from_secs(60 * m);
+        for k in 1..=10 {
+            refuse(1000 + k, minutes(6 * k as u64));
+            if k == 2 {
+                // Those past the 512th, and the one at 6 minutes.
+                assert!(
+                    warnings.last().contains("489 of them not logged"),
+                    "{}",
+                    warnings.last()
+                );
+            }
         }
+        assert_eq!(warnings.count(), 15);
+        // After a quiet spell, the next at once.
+        refuse(1011, minutes(71));
+        assert_eq!(warnings.count(), 16);
+        assert!(warnings
+            .last()
+            .contains("1011 refused since the start, 0 of them"));
     });
-    assert_eq!(warnings.load(std::sync::atomic::Ordering::Relaxed), 15);
 }
