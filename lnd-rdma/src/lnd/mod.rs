@@ -207,8 +207,8 @@ const QUIET_MAX: usize = 64;
 const CLOCK_PASSES: u32 = 64;
 /// Busy-poll passes between looks at rdma_cm events and deadlines.
 const HOUSEKEEPING_PASSES: u32 = 1024;
-/// How long polls that do not wait (a thread serving several NIs polls each so, every
-/// turn) go between such looks at most.
+/// How long after the last such look a poll that does not wait looks again (a thread
+/// serving several NIs polls each so, every turn).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(1);
 /// Polls of both CQs at most (each up to 32 completions a lane) before a connection's
 /// end is acted on (see `housekeeping`): enough for a data lane's whole shared receive
