@@ -161,14 +161,24 @@ fn run_until(
     seen: &mut [Vec<LndEvent>; 2],
     done: impl Fn(&[Vec<LndEvent>; 2]) -> bool,
 ) {
+    poll_until(&mut [a, b], seen, done);
+}
+
+/// Polls `lnds` (the first's events go to `seen[0]`, the second's to `seen[1]`) until
+/// `done` holds.
+fn poll_until(
+    lnds: &mut [&mut RdmaLnd],
+    seen: &mut [Vec<LndEvent>; 2],
+    done: impl Fn(&[Vec<LndEvent>; 2]) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done(seen) {
         assert!(Instant::now() < deadline, "stuck; events so far: {seen:#?}");
-        let mut evs = Vec::new();
-        a.poll(&mut evs, Some(Duration::from_millis(1))).unwrap();
-        seen[0].append(&mut evs);
-        b.poll(&mut evs, Some(Duration::from_millis(1))).unwrap();
-        seen[1].append(&mut evs);
+        for (lnd, seen) in lnds.iter_mut().zip(seen.iter_mut()) {
+            let mut evs = Vec::new();
+            lnd.poll(&mut evs, Some(Duration::from_millis(1))).unwrap();
+            seen.append(&mut evs);
+        }
     }
 }
 
@@ -1246,14 +1256,7 @@ fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held(
     use lanet::op::{GetRequest, MatchEntry, PutRequest};
     use lanet::Event;
     assert!(std::env::var_os(IN_RXE_VM).is_some(), "runs inside the VM");
-    let set_up = "ip link add lanetd0 type dummy && ip link set lanetd0 up \
-        && ip addr add 10.0.3.1/24 dev lanetd0 && ip addr add 10.0.3.2/24 dev lanetd0 \
-        && rdma link add rxe1 type rxe netdev lanetd0";
-    let out = std::process::Command::new("sh")
-        .args(["-c", set_up])
-        .output()
-        .expect("sh");
-    assert!(out.status.success(), "rxe1: {out:?}");
+    device_of_its_own("rxe1", "lanetd0", "10.0.3");
     let an: Nid = "10.0.3.1:9100@o2ib".parse().unwrap();
     let bn: Nid = "10.0.3.2:9101@o2ib".parse().unwrap();
     let start = |nid: Nid, n: u64| {
@@ -1314,12 +1317,7 @@ fn vm_removing_the_rdma_device_takes_its_ni_down_at_once_and_fails_what_it_held(
             on_peer_down: Default::default(),
         })
         .unwrap();
-    let mut removal = std::process::Command::new("rdma")
-        .args(["link", "delete", "rxe1"])
-        .spawn()
-        .expect("rdma link delete");
-    // Reaped when it ends, after this process (see above).
-    std::thread::spawn(move || removal.wait());
+    start_removing("rxe1");
     let removed = Instant::now();
     let (done, down) = wait_for(&[get], true, Duration::from_secs(60));
     println!(
@@ -1393,26 +1391,15 @@ fn vm_driver_polled_without_waiting_looks_at_rdma_cm_once_a_millisecond_not_ever
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_removing_the_rdma_device_with_frames_waiting_hands_them_up_with_the_error() {
     assert!(std::env::var_os(IN_RXE_VM).is_some(), "runs inside the VM");
-    let set_up = "ip link add lanetd1 type dummy && ip link set lanetd1 up \
-        && ip addr add 10.0.4.1/24 dev lanetd1 && ip addr add 10.0.4.2/24 dev lanetd1 \
-        && rdma link add rxe2 type rxe netdev lanetd1";
-    let out = std::process::Command::new("sh")
-        .args(["-c", set_up])
-        .output()
-        .expect("sh");
-    assert!(out.status.success(), "rxe2: {out:?}");
+    device_of_its_own("rxe2", "lanetd1", "10.0.4");
     let an: Nid = "10.0.4.1:9200@o2ib".parse().unwrap();
     let bn: Nid = "10.0.4.2:9201@o2ib".parse().unwrap();
     let (mut a, mut b) = (lnd(an), lnd(bn));
     let mut seen = connect_lane(&mut a, &mut b, bn, Lane::Data);
     // A sends; B does not look until its device is gone.
     a.post(frame(an, bn, PUT, pattern(100, 1), 1));
-    run_until_a(&mut a, &mut seen, |s| sent(&s[0], 1).is_some());
-    let mut removal = std::process::Command::new("rdma")
-        .args(["link", "delete", "rxe2"])
-        .spawn()
-        .expect("rdma link delete");
-    std::thread::spawn(move || removal.wait());
+    poll_until(&mut [&mut a], &mut seen, |s| sent(&s[0], 1).is_some());
+    start_removing("rxe2");
     // Time for rdma_cm to queue the removal: then one poll meets the frame and it.
     std::thread::sleep(Duration::from_secs(2));
     let mut evs = Vec::new();
@@ -1425,17 +1412,27 @@ fn vm_removing_the_rdma_device_with_frames_waiting_hands_them_up_with_the_error(
     drop(a);
 }
 
-/// Polls `a` alone until `done` holds for what it reported.
-fn run_until_a(
-    a: &mut RdmaLnd,
-    seen: &mut [Vec<LndEvent>; 2],
-    done: impl Fn(&[Vec<LndEvent>; 2]) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(seen) {
-        assert!(Instant::now() < deadline, "stuck; events so far: {seen:#?}");
-        let mut evs = Vec::new();
-        a.poll(&mut evs, Some(Duration::from_millis(1))).unwrap();
-        seen[0].append(&mut evs);
-    }
+/// Soft-RoCE device `rxe` on a dummy interface `netdev` of its own, with addresses
+/// `subnet`.1 and `subnet`.2: a device a test may remove.
+fn device_of_its_own(rxe: &str, netdev: &str, subnet: &str) {
+    let set_up = format!(
+        "ip link add {netdev} type dummy && ip link set {netdev} up \
+         && ip addr add {subnet}.1/24 dev {netdev} && ip addr add {subnet}.2/24 dev {netdev} \
+         && rdma link add {rxe} type rxe netdev {netdev}"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &set_up])
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "{rxe}: {out:?}");
+}
+
+/// Starts `rdma link delete rxe`, which soft-RoCE finishes only once this process has
+/// closed the device (at its exit): not waited for here, reaped when it ends.
+fn start_removing(rxe: &str) {
+    let mut removal = std::process::Command::new("rdma")
+        .args(["link", "delete", rxe])
+        .spawn()
+        .expect("rdma link delete");
+    std::thread::spawn(move || removal.wait());
 }
