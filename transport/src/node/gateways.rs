@@ -298,6 +298,11 @@ impl Node {
         self.gateways.views.get(&gateway)
     }
 
+    /// Whether this node is a router and `peer` one of its fellows.
+    fn is_fellow(&self, peer: Nid) -> bool {
+        self.cfg.forwarding && self.cfg.router.fellows.contains(&peer)
+    }
+
     /// A status came from router `from` (in a PONG, or pushed).
     pub(crate) fn status_received(&mut self, now: Time, from: Nid, payload: &[u8]) {
         let status = match RouterStatus::decode(payload) {
@@ -307,7 +312,7 @@ impl Node {
                 return;
             }
         };
-        let fellow = self.cfg.forwarding && self.cfg.router.fellows.contains(&from);
+        let fellow = self.is_fellow(from);
         if !fellow && !self.routes.is_gateway(from) {
             return; // not one of our gateways, nor a fellow router: none of our business
         }
@@ -340,7 +345,7 @@ impl Node {
         self.gateways.asked.remove(&gateway);
         if self.gateways.views.remove(&gateway).is_some() {
             self.check_routes_through(now, gateway);
-            if self.cfg.forwarding && self.cfg.router.fellows.contains(&gateway) {
+            if self.is_fellow(gateway) {
                 self.router_judgment_due(now);
             }
         }
@@ -407,8 +412,7 @@ impl Node {
             // and if this frame is not its status itself.
             let carries_status =
                 h.src == from && matches!(h.body, Body::Status | Body::Pong { .. });
-            let ours = self.routes.is_gateway(from)
-                || (self.cfg.forwarding && self.cfg.router.fellows.contains(&from));
+            let ours = self.routes.is_gateway(from) || self.is_fellow(from);
             if carries_status || !ours {
                 return;
             }
@@ -483,7 +487,7 @@ impl Node {
     pub(crate) fn forget_route(&mut self, net: Net, gateway: Nid) {
         self.gateways.down.remove(&(net, gateway));
         let fellow = self.cfg.router.fellows.contains(&gateway);
-        if !fellow && !self.routes.all().iter().any(|r| r.gateway == gateway) {
+        if !fellow && !self.routes.is_gateway(gateway) {
             if self.gateways.polled.remove(&gateway) {
                 self.health.interest_ended(gateway);
             }

@@ -147,7 +147,7 @@ impl Node {
         hl.conn = Conn::Down;
         let answers = std::mem::take(&mut hl.answers);
         let queued = std::mem::take(&mut hl.queue);
-        if self.routes_through(nid) {
+        if self.routes.is_gateway(nid) {
             // A gateway we cannot connect to is no gateway for a while.
             let until = self.clock.unwrap_or_default() + self.cfg.health.detect_time();
             if let Some(hop) = self.hops.get_mut(&nid) {
@@ -260,11 +260,6 @@ impl Node {
                 self.send_answer_avoiding(lane, answer, Some(hop));
             }
         }
-    }
-
-    /// Whether `nid` is a gateway of one of our routes.
-    fn routes_through(&self, nid: Nid) -> bool {
-        self.routes.all().iter().any(|r| r.gateway == nid)
     }
 
     /// The ops whose request went to hop `nid` (on `lane`, or any lane) and whose answer
