@@ -34,23 +34,17 @@ fn put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8) {
 
 /// [`put_from_b`], B's copy number `attempt` of it.
 fn resent_put_from_b(n: &mut Node, dst: Nid, msg_id: u64, hop_limit: u8, attempt: u8) {
+    let put = Body::Put {
+        portal: 4,
+        match_bits: 1,
+        settled_below: 0,
+        ack: true,
+    };
     let header = Header {
-        lane: Lane::Data,
         hop_limit,
-        credits: 0,
-        src: nid(B),
-        dst,
-        src_incarnation: 7,
-        msg_id,
         payload_len: 3,
-        body: Body::Put {
-            portal: 4,
-            match_bits: 1,
-            settled_below: 0,
-            ack: true,
-        },
-        router_gen: 0,
         attempt,
+        ..header(nid(B), dst, msg_id, put)
     };
     let payload = RxPayload::Inline(Bytes::from_static(b"abc"));
     arrives(n, t(0), nid(B), header, payload);
@@ -207,19 +201,7 @@ fn a_hello_or_credit_addressed_beyond_the_router_is_a_protocol_error() {
         let mut n = router();
         connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
         connected_on(&mut n, 1, d(), Lane::Data, 8, 9);
-        let header = Header {
-            lane: Lane::Data,
-            hop_limit: 8,
-            credits: 0,
-            src: nid(B),
-            dst: d(),
-            src_incarnation: 7,
-            msg_id: 1,
-            payload_len: 0,
-            body,
-            router_gen: 0,
-            attempt: 0,
-        };
+        let header = header(nid(B), d(), 1, body);
         let ev = LndEvent::Received {
             peer: nid(B),
             lane: Lane::Data,
@@ -422,17 +404,9 @@ fn seven_waiting_at_d() -> Node {
 /// returning `credits`.
 fn from_d(n: &mut Node, at: Time, credits: u16, msg_id: u64, body: Body) {
     let header = Header {
-        lane: Lane::Data,
-        hop_limit: 8,
         credits,
-        src: d(),
-        dst: Nid::mem(A, 1),
         src_incarnation: 9,
-        msg_id,
-        payload_len: 0,
-        body,
-        router_gen: 0,
-        attempt: 0,
+        ..header(d(), Nid::mem(A, 1), msg_id, body)
     };
     let ev = LndEvent::Received {
         peer: d(),
@@ -747,19 +721,7 @@ fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
     put_from_d(&mut n, 2);
     assert_eq!(drain(&mut n).len(), 1);
     // B's frame for D waits behind it.
-    let header = Header {
-        lane: Lane::Data,
-        hop_limit: 8,
-        credits: 0,
-        src: nid(B),
-        dst: d(),
-        src_incarnation: 7,
-        msg_id: 3,
-        payload_len: 0,
-        body: Body::Ping { seq: 3 },
-        router_gen: 0,
-        attempt: 0,
-    };
+    let header = header(nid(B), d(), 3, Body::Ping { seq: 3 });
     arrives(
         &mut n,
         later,

@@ -137,19 +137,31 @@ pub(super) fn receive(
 ) {
     let header = Header {
         lane,
-        hop_limit: 8,
         credits,
-        src: nid(peer),
-        dst: nid(A),
-        src_incarnation: 7,
-        msg_id,
         payload_len: payload.len() as u32,
-        body,
-        router_gen: 0,
-        attempt: 0,
+        ..header(nid(peer), nid(A), msg_id, body)
     };
     let payload = RxPayload::Inline(Bytes::copy_from_slice(payload));
     arrives(n, now, nid(peer), header, payload);
+}
+
+/// The header of a data-lane frame from `src` to `dst` with no payload, as the tests
+/// build them (hop limit 8, incarnation 7, no credits returned, first attempt): a test
+/// sets what it needs on top (`Header { credits: 3, ..header(..) }`).
+pub(super) fn header(src: Nid, dst: Nid, msg_id: u64, body: Body) -> Header {
+    Header {
+        lane: Lane::Data,
+        hop_limit: 8,
+        credits: 0,
+        src,
+        dst,
+        src_incarnation: 7,
+        msg_id,
+        payload_len: 0,
+        body,
+        router_gen: 0,
+        attempt: 0,
+    }
 }
 
 /// `header` and `payload` arrive at NI 0 from the neighbour `hop`, on the header's lane.
@@ -181,17 +193,10 @@ pub(super) fn routed_put(
         ack,
     };
     let header = Header {
-        lane: Lane::Data,
         hop_limit: 7,
-        credits: 0,
-        src: from,
-        dst: to,
         src_incarnation: 5,
-        msg_id,
         payload_len: 1,
-        body,
-        router_gen: 0,
-        attempt: 0,
+        ..header(from, to, msg_id, body)
     };
     let payload = RxPayload::Inline(Bytes::from_static(b"x"));
     arrives(n, t(0), hop, header, payload);

@@ -346,23 +346,17 @@ fn put_from_far_life(n: &mut Node, incarnation: u64, msg_id: u64) {
 /// The header of a PUT (portal 4, match bits 0x10, ACK wanted) of `len` bytes from
 /// `far()` as `incarnation` to us.
 fn put_header_from_far(incarnation: u64, msg_id: u64, len: u32, settled_below: u64) -> Header {
+    let body = Body::Put {
+        portal: 4,
+        match_bits: 0x10,
+        settled_below,
+        ack: true,
+    };
     Header {
-        lane: Lane::Data,
         hop_limit: 7,
-        credits: 0,
-        src: far(),
-        dst: nid(A),
         src_incarnation: incarnation,
-        msg_id,
         payload_len: len,
-        body: Body::Put {
-            portal: 4,
-            match_bits: 0x10,
-            settled_below,
-            ack: true,
-        },
-        router_gen: 0,
-        attempt: 0,
+        ..header(far(), nid(A), msg_id, body)
     }
 }
 
@@ -436,17 +430,10 @@ fn a_refusal_of_an_earlier_attempt_from_deeper_on_the_way_does_not_end_the_resen
     );
     let answer = |n: &mut Node, src: Nid, body: Body, attempt: u8| {
         let header = Header {
-            lane: Lane::Data,
             hop_limit: 6,
-            credits: 0,
-            src,
-            dst: nid(A),
             src_incarnation: 3,
-            msg_id: first[0].2.msg_id,
-            payload_len: 0,
-            body,
-            router_gen: 0,
             attempt,
+            ..header(src, nid(A), first[0].2.msg_id, body)
         };
         arrives(n, t(2), c, header, RxPayload::Inline(Bytes::new()));
     };
@@ -587,21 +574,14 @@ fn a_health_ping_refused_by_a_gateway_goes_again_another_way_once() {
     assert_eq!(first[0].0, b, "through the better route");
     // A refusal by `src`, come back through `hop`, of message `msg_id` to `target`.
     let refuse = |n: &mut Node, src: Nid, hop: Nid, msg_id: u64, target: Nid| {
+        let refusal = Body::Nack {
+            reason: NackReason::NextHopDown,
+            target,
+        };
         let header = Header {
             lane: Lane::Health,
             hop_limit: 7,
-            credits: 0,
-            src,
-            dst: nid(A),
-            src_incarnation: 7,
-            msg_id,
-            payload_len: 0,
-            body: Body::Nack {
-                reason: NackReason::NextHopDown,
-                target,
-            },
-            router_gen: 0,
-            attempt: 0,
+            ..header(src, nid(A), msg_id, refusal)
         };
         arrives(n, t(1), hop, header, RxPayload::Inline(Bytes::new()));
     };
