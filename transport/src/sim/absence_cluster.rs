@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::routing_tests::{on, put, route};
+use super::routing_tests::{on, put, route, seeded_sim};
 use super::*;
 use crate::config::RouterConfig;
 use crate::nid::Net;
@@ -40,11 +40,7 @@ pub(super) fn cluster_with(routers: [RouterConfig; 2]) -> Cluster {
 /// Client 1 on net 1; servers 2 and 3 on net 2; a router numbered `n` on both nets for
 /// each of `routers`, with its settings, every other its fellow.
 pub(super) fn cluster_of(routers: &[(u32, RouterConfig)]) -> Cluster {
-    let mut sim = Sim::new(7);
-    sim.fabric().set_default_link(crate::mem::LinkFaults {
-        delay: Duration::from_micros(10),
-        ..Default::default()
-    });
+    let mut sim = seeded_sim(7);
     let client = on(1, 1);
     let servers = [on(2, 2), on(2, 3)];
     sim.add_node(client, NodeConfig::new(1)).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::routing_tests::{on, put, route, router_cfg};
+use super::routing_tests::{on, put, route, router_cfg, seeded_sim};
 use super::*;
 use crate::node::{FailoverGroup, FailoverMode, GroupId, GroupRequest};
 use crate::op::{OpError, OpOutcome};
@@ -23,11 +23,7 @@ struct Setup {
 }
 
 fn setup(mode: FailoverMode) -> Setup {
-    let mut sim = Sim::new(11);
-    sim.fabric().set_default_link(crate::mem::LinkFaults {
-        delay: Duration::from_micros(10),
-        ..Default::default()
-    });
+    let mut sim = seeded_sim(11);
     let client = on(1, 1);
     let servers = [on(2, 2), on(2, 3)];
     sim.add_node(client, NodeConfig::new(1)).unwrap();

@@ -35,7 +35,12 @@ pub(super) fn route(to: u16, gateway: Nid, hops: u8) -> Route {
 }
 
 pub(super) fn sim() -> Sim {
-    let sim = Sim::new(5);
+    seeded_sim(5)
+}
+
+/// A simulation from `seed` whose links take 10 us.
+pub(super) fn seeded_sim(seed: u64) -> Sim {
+    let sim = Sim::new(seed);
     sim.fabric().set_default_link(LinkFaults {
         delay: 10 * US,
         ..LinkFaults::default()
