@@ -131,7 +131,7 @@ impl Engine {
             connecting,
             from,
             auth: ConnAuth::Done,
-            rx: RxFramer::new(self.limits()),
+            rx: RxFramer::for_handshake(self.limits()),
             tx: TxQueue::default(),
         }
     }
@@ -307,9 +307,14 @@ impl Engine {
                 return;
             };
             if stage == Stage::Refused || matches!(c.auth, ConnAuth::Refusing) {
+                // Only the refusal is left to send: a peer that keeps sending must not
+                // fill a buffer meanwhile (it may not read, and so hold the refusal back
+                // until the handshake deadline).
+                c.rx.discard();
                 return;
             }
             if let (Stage::Up, Some((peer, lane))) = (stage, peer) {
+                c.rx.handshake_done();
                 // Up stays up while its frames are read: one lookup for them all.
                 let error = loop {
                     match c.rx.next_frame() {

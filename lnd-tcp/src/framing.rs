@@ -19,6 +19,10 @@ pub(crate) struct RxFramer {
     limits: Limits,
     /// Header of the frame whose payload is still arriving.
     header: Option<Header>,
+    /// The connection's handshake is not done: only its frames (HELLO, AUTH, each with a
+    /// small payload) are taken, so that nobody can make the node hold a data-lane
+    /// payload's worth of buffer before saying who it is.
+    handshake: bool,
     /// The buffer `buf` replaced when a large frame last needed room it could not give
     /// (too small, or still shared with payloads): once the payloads split off it are
     /// dropped, it is used again rather than a new allocation, whose pages the kernel would
@@ -39,12 +43,40 @@ impl RxFramer {
             buf: BytesMut::new(),
             limits,
             header: None,
+            handshake: false,
             previous: None,
             #[cfg(test)]
             moved_to_make_room: 0,
             #[cfg(test)]
             allocated: 0,
         }
+    }
+
+    /// Bytes received and not yet framed (tests watch it).
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// A framer for a connection still to do its handshake (see [`RxFramer::handshake_done`]).
+    pub(crate) fn for_handshake(limits: Limits) -> Self {
+        RxFramer {
+            handshake: true,
+            ..RxFramer::new(limits)
+        }
+    }
+
+    /// The connection is up: every frame type its limits allow is taken from now on.
+    pub(crate) fn handshake_done(&mut self) {
+        self.handshake = false;
+    }
+
+    /// Drops what was received and not yet framed, for a connection that is being refused:
+    /// nothing it sends is read any more, and nothing it sends is kept.
+    pub(crate) fn discard(&mut self) {
+        self.buf.clear();
+        self.header = None;
+        self.previous = None;
     }
 
     /// How much room the next read needs: whatever the frame in progress still needs (so a
@@ -151,6 +183,10 @@ impl RxFramer {
                     return Ok(None);
                 }
                 let h = decode_header(&self.buf[..HEADER_LEN], &self.limits)?;
+                let ty = h.frame_type();
+                if self.handshake && !ty.is_handshake() {
+                    return Err(DecodeError::BeforeHandshake { ty });
+                }
                 self.header = Some(h);
                 h
             }

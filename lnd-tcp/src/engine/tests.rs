@@ -82,6 +82,28 @@ fn ping(from: u32, to: u32, token: u64) -> Transmit {
     Transmit::new(Nid::mem(to, 0), &h, Bytes::new(), token)
 }
 
+/// The header of a data-lane PUT of `len` bytes from node `from` to node `to`.
+fn put_header(from: u32, to: u32, len: u32) -> [u8; lanet::wire::HEADER_LEN] {
+    encode_header(&Header {
+        hop_limit: 8,
+        router_gen: 0,
+        lane: Lane::Data,
+        credits: 0,
+        src: Nid::mem(from, 0),
+        dst: Nid::mem(to, 0),
+        src_incarnation: 1,
+        msg_id: 1,
+        payload_len: len,
+        body: Body::Put {
+            portal: 4,
+            match_bits: 0,
+            settled_below: 0,
+            ack: true,
+        },
+        attempt: 0,
+    })
+}
+
 /// A dials B on the health lane: A's socket 1 is B's socket 101.
 fn dial_pair(a: &mut Engine, b: &mut Engine, now: Instant) {
     assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
@@ -477,6 +499,37 @@ fn past_the_cap_of_connections_awaiting_their_hello_the_oldest_is_closed() {
     assert_eq!(b.take_closes(), vec![501]);
 }
 
+/// Before its HELLO, a connection is held to the handshake's frames: a data frame's header
+/// closes it at once, before the node makes room for its payload (1 MiB here; 16 MiB by
+/// default, for each of up to `max_pending_accepts` strangers).
+#[test]
+fn a_data_frame_before_the_hello_closes_the_connection_before_its_payload_is_read() {
+    let now = Instant::now();
+    let mut b = Engine::new(local(2));
+    b.accepted(101, None, now);
+    b.conn_mut(101)
+        .unwrap()
+        .rx
+        .extend(&put_header(1, 2, 1 << 20));
+    b.received(101, || now);
+    assert_eq!(b.take_closes(), vec![101]);
+    assert!(b.conn_mut(101).is_none());
+    assert!(
+        events(&mut b).is_empty(),
+        "nothing for the core: it never came up"
+    );
+
+    // Up, the same header is a frame like any other.
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    dial_pair(&mut a, &mut b, now);
+    events(&mut b);
+    let c = b.conn_mut(101).unwrap();
+    c.rx.extend(&put_header(1, 2, 1 << 20));
+    b.received(101, || now);
+    assert!(b.take_closes().is_empty());
+    assert_eq!(b.conn_mut(101).unwrap().rx.rest_of_frame(), 1 << 20);
+}
+
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 
@@ -567,6 +620,28 @@ fn a_dialler_without_a_key_is_told_the_acceptor_requires_one() {
     dial_pair(&mut a, &mut b, now);
     let why = failure(&events(&mut a)).expect("A's dial fails");
     assert!(why.contains("sent no proof"), "{why}");
+}
+
+/// A connection being refused keeps nothing its peer goes on sending: a peer that does
+/// not read could otherwise hold the refusal back, and have the node buffer its stream,
+/// until the handshake deadline.
+#[test]
+fn what_a_refused_dialler_goes_on_sending_is_not_kept() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(keyed(2, KEY)));
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
+    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    b.accepted(101, None, now);
+    a.established(1);
+    carry(&mut a, 1, &mut b, 101, now);
+    // B refuses the keyless HELLO; its refusal waits to be written (A does not read).
+    assert!(!queued_bytes(&mut b, 101).is_empty());
+    for _ in 0..64 {
+        b.conn_mut(101).unwrap().rx.extend(&[0x5a; 64 * 1024]);
+        b.received(101, || now);
+    }
+    assert_eq!(b.conn_mut(101).unwrap().rx.buffered(), 0);
+    assert!(events(&mut b).is_empty());
 }
 
 /// What an impostor claiming to be `nid` says first, as a keyed dialler would: its HELLO

@@ -38,6 +38,8 @@ pub enum DecodeError {
     ReservedNotZero,
     #[error("a header without a checksum, on a link that does not protect headers")]
     UncheckedHeader,
+    #[error("{ty:?} frame before the connection's handshake finished: only HELLO and AUTH may come first")]
+    BeforeHandshake { ty: FrameType },
     #[error("{ty:?} frames carry no payload, but length is {len}")]
     UnexpectedPayload { ty: FrameType, len: u32 },
     #[error("{ty:?} payload of {len} bytes exceeds its limit of {max} on the {lane} lane")]

@@ -117,6 +117,12 @@ impl FrameType {
         !matches!(self, FrameType::Hello | FrameType::Auth | FrameType::Credit)
     }
 
+    /// Whether a frame of this type belongs to a connection's handshake (HELLO, AUTH): the
+    /// only frames a stream may carry before its handshake is done.
+    pub fn is_handshake(self) -> bool {
+        matches!(self, FrameType::Hello | FrameType::Auth)
+    }
+
     /// Whether frames of this type may carry a payload.
     pub fn carries_payload(self) -> bool {
         self.max_payload(Lane::Data, u32::MAX) > 0
