@@ -45,7 +45,8 @@ pub struct HealthConfig {
     pub interval: Duration,
     /// Intervals of silence after which a peer is declared Down.
     pub detect_mult: u32,
-    /// Longest gap between probes of a Down peer.
+    /// Longest gap between probes of a Down peer (never less than `interval` in effect:
+    /// a Down peer is not probed more often than a silent one is pinged).
     pub probe_max: Duration,
     /// Health lost per unanswered ping, and regained per answer (LNet: 100 of 1000).
     pub sensitivity: u16,
@@ -316,7 +317,7 @@ fn refresh(w: &mut Watch, now: Time, sensitivity: u16) {
     w.heard = true;
     w.graced = false;
     w.ping_sent = None;
-    w.health = (w.health + sensitivity).min(HEALTH_MAX);
+    w.health = w.health.saturating_add(sensitivity).min(HEALTH_MAX);
 }
 
 pub(crate) struct Monitor {
@@ -642,10 +643,13 @@ impl Monitor {
             if !w.interesting() {
                 return; // a poked probe: the next one waits for the next poke
             }
+            // At least an interval: a `probe_max` of zero would book the next probe now,
+            // and this tick would run it at once, for ever.
             let gap = cfg
                 .interval
                 .saturating_mul(1u32 << w.probes.min(20))
-                .min(cfg.probe_max);
+                .min(cfg.probe_max)
+                .max(cfg.interval);
             self.schedule(nid, now + gap);
             return;
         }

@@ -243,7 +243,7 @@ fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
         // values the protocol cannot work with
         (
             "[health]\ndetect_mult = 0\n",
-            "test.toml: invalid configuration? health: interval must be positive",
+            "test.toml: invalid configuration? health: interval must be at least 1ms",
         ),
         (
             "[routing]\nhold_down = \"10s\"\ndamping = { max_hold_down = \"5s\" }\n",
@@ -583,4 +583,23 @@ fn an_o2ib_net_may_send_larger_payloads_inside_its_messages() {
             "{e}"
         );
     }
+}
+
+/// Health settings that validated but broke the node: a `probe_max` of zero (its driver
+/// thread looped for ever once a watched peer went Down), a sensitivity that overflowed the
+/// health value, an interval below the timers' granularity (a ping flood).
+#[test]
+fn health_settings_that_would_hang_overflow_or_flood_are_refused() {
+    for (setting, expected) in [
+        ("probe_max = \"0s\"", "probe_max must be positive"),
+        ("sensitivity = 65000", "sensitivity must be at most 1000"),
+        ("interval = \"100us\"", "interval must be at least 1ms"),
+    ] {
+        let e = error(&format!("{TWO_NETS}\n[health]\n{setting}\n"));
+        assert!(e.contains(expected), "{setting}: {e}");
+    }
+    let ok = parse(&format!(
+        "{TWO_NETS}\n[health]\ninterval = \"1ms\"\nprobe_max = \"1ms\"\nsensitivity = 1000\n"
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
 }

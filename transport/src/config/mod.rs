@@ -19,6 +19,10 @@ pub use file::{
 /// Largest payload accepted by default: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;
 
+/// The shortest health interval: a node waits on its timers at a millisecond's granularity
+/// (epoll), and below it would ping each watched peer as fast as its thread runs.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Credit settings for one lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneConfig {
@@ -222,10 +226,25 @@ impl NodeConfig {
                 "routing: damping half_life must be positive".into(),
             ));
         }
-        if self.health.interval.is_zero() || self.health.detect_mult == 0 {
+        if self.health.interval < MIN_HEALTH_INTERVAL || self.health.detect_mult == 0 {
             return Err(ConfigError(format!(
-                "health: interval must be positive and detect_mult at least 1, got {:?} x {}",
+                "health: interval must be at least {MIN_HEALTH_INTERVAL:?} and detect_mult at \
+                 least 1, got {:?} x {}",
                 self.health.interval, self.health.detect_mult
+            )));
+        }
+        if h.probe_max.is_zero() {
+            return Err(ConfigError(
+                "health: probe_max must be positive (a Down peer is probed at most that far \
+                 apart, and never more often than once an interval)"
+                    .into(),
+            ));
+        }
+        if h.sensitivity > crate::health::HEALTH_MAX {
+            return Err(ConfigError(format!(
+                "health: sensitivity must be at most {} (the best health), got {}",
+                crate::health::HEALTH_MAX,
+                h.sensitivity
             )));
         }
         if self.op_timeout.is_zero() {

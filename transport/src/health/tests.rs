@@ -196,6 +196,47 @@ fn probing_backs_off_to_its_cap_and_a_reply_brings_the_peer_back() {
     assert_eq!(m.stats().recoveries, 1);
 }
 
+/// A `probe_max` below the interval (zero, which validation refuses, included) probes a
+/// Down peer once an interval: it booked the next probe at the same instant, which the
+/// same tick then ran, for ever.
+#[test]
+fn a_down_peer_is_probed_no_more_often_than_once_an_interval() {
+    for probe_max in [Duration::ZERO, MS * 40] {
+        let cfg = HealthConfig {
+            probe_max,
+            ..HealthConfig::default()
+        };
+        let mut m = Monitor::new(cfg);
+        m.watch(peer(1), at(0), true);
+        let log = drive(&mut m, 1000, |_| None);
+        assert_eq!(downs(&log), vec![300]);
+        let probes: Vec<u64> = log
+            .iter()
+            .filter(|(t, a)| *t >= 300 && matches!(a, Action::Ping(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(
+            probes,
+            [400, 500, 600, 700, 800, 900, 1000],
+            "{probe_max:?}"
+        );
+    }
+}
+
+/// Health regained per frame is capped at the best health, whatever the sensitivity (a
+/// `u16` sum overflowed past 65,535).
+#[test]
+fn a_sensitivity_beyond_the_best_health_does_not_overflow() {
+    let cfg = HealthConfig {
+        sensitivity: u16::MAX,
+        ..HealthConfig::default()
+    };
+    let mut m = Monitor::new(cfg);
+    m.interest_started(peer(1), at(0));
+    m.heard(peer(1), at(1));
+    assert_eq!(m.peer(peer(1)).unwrap().health, HEALTH_MAX);
+}
+
 /// A watched peer last heard at 90 ms; this node stalls: its timer, due at 100 ms, runs
 /// at 700 ms (6 intervals later). Returns the monitor and what that late tick did.
 fn stalled_from_100_to_700_ms() -> (Monitor, Vec<Action>) {
