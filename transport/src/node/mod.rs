@@ -223,8 +223,8 @@ pub(crate) enum Fetch {
         entry: OpId,
         entry_seq: u64,
     },
-    /// The REPLY to our GET `op`.
-    Reply { op: OpId, seq: u64 },
+    /// The REPLY to our GET `op`, to its attempt `attempt` (see `Op::attempts`).
+    Reply { op: OpId, seq: u64, attempt: u32 },
     /// A frame passing through (we are a router): forwarded once its payload is here.
     Forward {
         header: crate::wire::Header,

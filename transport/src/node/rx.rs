@@ -670,9 +670,15 @@ impl Node {
                 Ok(OpOutcome::Get { data })
             }
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Deferred { handle, len })) => {
-                let seq = op.seq;
-                self.fetching
-                    .insert((ni, handle), Fetch::Reply { op: id, seq });
+                let (seq, attempt) = (op.seq, op.attempts);
+                self.fetching.insert(
+                    (ni, handle),
+                    Fetch::Reply {
+                        op: id,
+                        seq,
+                        attempt,
+                    },
+                );
                 let sink = BytesMut::with_capacity(len as usize);
                 self.out
                     .requests
@@ -716,12 +722,20 @@ impl Node {
                 );
                 self.stats.protocol_errors += 1;
             }
-            Some(Fetch::Reply { op, seq }) => {
-                if self.ops.live(op, seq).is_some() {
-                    let result = result.map(|data| OpOutcome::Get { data });
-                    self.complete(op, result.map_err(OpError::from));
-                } else {
+            Some(Fetch::Reply { op, seq, attempt }) => {
+                let Some(live) = self.ops.live(op, seq) else {
                     self.stats.late_responses += 1;
+                    return;
+                };
+                let (resent, routed) = (live.attempts != attempt, live.router().is_some());
+                match result {
+                    Ok(data) => self.complete(op, Ok(OpOutcome::Get { data })),
+                    // The GET went out again since (its router failed): that copy answers.
+                    Err(_) if resent => {}
+                    // The payload was at the router, which failed: the target answers a
+                    // copy sent another way from its record, without serving it twice.
+                    Err(e) if routed => self.resend_after_failure(op, &e.into()),
+                    Err(e) => self.complete(op, Err(e.into())),
                 }
             }
             Some(Fetch::Put {

@@ -605,3 +605,96 @@ fn a_health_ping_refused_by_a_gateway_goes_again_another_way_once() {
     refuse(&mut n, c, c, msg_id, far());
     assert!(pings(&mut n).is_empty(), "once only");
 }
+
+/// A GET of 8 KiB through B (or C), whose REPLY from `far()` came through B with its
+/// payload left at B (deferred, handle 1): the GET's first copy.
+fn get_whose_reply_waits_at_b() -> (Node, Header) {
+    let mut n = behind_two_routers_up();
+    let get = GetRequest {
+        dst: far(),
+        lane: Lane::Data,
+        portal: 4,
+        match_bits: 0x10,
+        want_len: 8192,
+        timeout: None,
+        on_peer_down: Default::default(),
+    };
+    n.get(t(0), OpId(1), get).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first[0].1, nid(B));
+    let reply = Header {
+        hop_limit: 6,
+        payload_len: 5000,
+        ..header(
+            far(),
+            nid(A),
+            first[0].2.msg_id,
+            Body::Reply { status: Status::Ok },
+        )
+    };
+    let payload = RxPayload::Deferred {
+        handle: RxHandle(1),
+        len: 5000,
+    };
+    arrives(&mut n, t(1), nid(B), reply, payload);
+    assert!(requests(&mut n).iter().any(|r| matches!(
+        r,
+        LndRequest::Fetch {
+            handle: RxHandle(1),
+            ..
+        }
+    )));
+    (n, first[0].2)
+}
+
+fn fetch_failed(n: &mut Node) {
+    let gone = LndError::new(LndErrorKind::Reset, "gone with its connection");
+    super::target::fetched(n, 1, Err(gone));
+}
+
+/// B fails while the REPLY's payload is fetched from it: the GET went out again through C,
+/// so the failed fetch is about a copy already replaced, and the new copy's REPLY ends it.
+#[test]
+fn a_routed_get_resent_while_its_reply_was_fetched_ends_with_the_copys_reply() {
+    let (mut n, first) = get_whose_reply_waits_at_b();
+    lost(&mut n, 0, nid(B));
+    let again = sent(&mut n);
+    assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first.msg_id));
+    fetch_failed(&mut n);
+    assert_eq!(completions(&mut n), vec![], "the copy is under way");
+    let reply = Header {
+        hop_limit: 6,
+        payload_len: 3,
+        ..header(
+            far(),
+            nid(A),
+            first.msg_id,
+            Body::Reply { status: Status::Ok },
+        )
+    };
+    arrives(
+        &mut n,
+        t(2),
+        nid(C),
+        reply,
+        RxPayload::Inline(Bytes::from_static(b"abc")),
+    );
+    let done = completions(&mut n);
+    assert!(
+        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
+        "{done:?}"
+    );
+}
+
+/// The fetch from B fails before B's connection is reported lost: the payload was at a
+/// router, so the GET is sent again another way (its target answers the copy from its
+/// record) rather than failed.
+#[test]
+fn a_routed_get_whose_reply_cannot_be_fetched_from_its_router_is_sent_again() {
+    let (mut n, first) = get_whose_reply_waits_at_b();
+    fetch_failed(&mut n);
+    assert_eq!(completions(&mut n), vec![]);
+    let again = sent(&mut n);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first.msg_id));
+}
