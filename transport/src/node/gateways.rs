@@ -418,6 +418,18 @@ impl Node {
             }
         }
         self.gateways.asked.insert(from, generation);
+        // A PING to it that still waits for a credit asks as well (its PONG carries the
+        // status): a gateway that keeps our credits while its frames name ever-new
+        // generations must not pile PINGs up in its queue.
+        let waiting = self.hops.get(&from).is_some_and(|h| {
+            h.lanes[Lane::Health]
+                .queue
+                .iter()
+                .any(|p| matches!(p, Pending::HealthPing { dst, .. } if *dst == from))
+        });
+        if waiting {
+            return;
+        }
         self.health_seq += 1;
         let seq = self.health_seq;
         self.send_or_queue(from, Lane::Health, Pending::HealthPing { dst: from, seq });

@@ -345,6 +345,24 @@ fn a_new_generation_on_a_gateways_frames_makes_the_node_ask_for_its_status() {
     assert_eq!(asked[0].header.dst, gw);
 }
 
+/// A gateway that keeps our health credits while its frames name generation after
+/// generation (6, 7, 6, 7, ...): one PING asks, and the others wait behind it, not one
+/// per frame.
+#[test]
+fn a_gateway_whose_frames_flip_generations_gets_one_waiting_ask_not_one_per_frame() {
+    let mut n = node_behind_gateway(1);
+    connected(&mut n, B, Lane::Data, 8, 7);
+    let first = frame_from_gateway(Lane::Data, Body::Credit, 0, 6, Bytes::new());
+    n.handle_lnd_event(t(1), NiId(0), first);
+    assert_eq!(drain(&mut n).len(), 1, "the first ask takes the one credit");
+    for i in 0..10_000u32 {
+        let credit = frame_from_gateway(Lane::Data, Body::Credit, 0, 7 - i % 2, Bytes::new());
+        n.handle_lnd_event(t(1), NiId(0), credit);
+    }
+    assert!(drain(&mut n).is_empty(), "no credit");
+    assert_eq!(n.footprint().queued, 1, "one ask waits");
+}
+
 /// A frame that returns a credit and makes the node send a request of its own (here, the
 /// PING that asks a gateway for its changed status): the credit goes to the request that
 /// waited for it, and the new one waits its turn (it cannot skip the queue).
