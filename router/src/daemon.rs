@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -85,6 +86,9 @@ pub struct Daemon {
     metrics: Option<MetricsServer>,
     events: Option<std::thread::JoinHandle<()>>,
     signals: Signals,
+    /// Why the endpoint failed for good (every NI's driver failed, or the driver thread
+    /// panicked): set by the events thread, which then closes `signals` to wake `run`.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Daemon {
@@ -110,11 +114,17 @@ impl Daemon {
         let control = ControlSocket::serve(&socket, endpoint.clone(), Some(config.clone()))
             .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
         let logger = endpoint.clone();
+        let failed = Arc::new(Mutex::new(None));
+        let (failure, wake) = (failed.clone(), signals.handle());
         let events = std::thread::Builder::new()
             .name("lanet-events".into())
             .spawn(move || {
                 while let Some(e) = logger.recv_event(None) {
                     log_event(&e);
+                    if let Event::EndpointFailed { reason } = e {
+                        *lock(&failure) = Some(reason);
+                        wake.close();
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the event thread: {e}"))?;
@@ -133,6 +143,7 @@ impl Daemon {
             metrics: None,
             events: Some(events),
             signals,
+            failed,
         })
     }
 
@@ -153,11 +164,21 @@ impl Daemon {
         Ok(())
     }
 
-    /// Serves until SIGTERM or SIGINT (then drains), reloading routes on SIGHUP.
+    /// Serves until SIGTERM or SIGINT (then drains), reloading routes on SIGHUP. `Err` if
+    /// the endpoint fails for good: it forwards nothing any more, and the process exits 1
+    /// for its supervisor to restart it (systemd's `Restart=on-failure`).
     pub fn run(mut self) -> Result<(), String> {
         crate::notify::notify("READY=1");
         loop {
             let arrived: Vec<i32> = self.signals.wait().collect();
+            if let Some(why) = lock(&self.failed).clone() {
+                crate::notify::notify("STOPPING=1");
+                self.endpoint.shutdown();
+                if let Some(t) = self.events.take() {
+                    let _ = t.join();
+                }
+                return Err(format!("the router failed and stops: {why}"));
+            }
             if arrived.contains(&SIGHUP) {
                 crate::notify::reloading();
                 self.reload();
@@ -233,6 +254,11 @@ impl Daemon {
                 );
                 break;
             }
+            // A second SIGTERM or SIGINT (an impatient operator): stop now.
+            if let Some(signal) = self.signals.pending().find(|&s| s != SIGHUP) {
+                tracing::warn!(signal, ?waited, holds, "signalled again: stopping now");
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.endpoint.shutdown();
@@ -267,6 +293,11 @@ fn apply_routes(endpoint: &Endpoint, wanted: &[Route]) -> Result<(usize, usize),
         }
     }
     Ok((added, removed))
+}
+
+/// The lock, even if a thread panicked holding it (it holds only an `Option`).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn log_event(e: &Event) {

@@ -58,7 +58,7 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
     let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
     println!("{out}");
     // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
-    assert!(out.contains("test result: ok. 21 passed"), "{out}");
+    assert!(out.contains("test result: ok. 22 passed"), "{out}");
 }
 
 #[test]
@@ -1410,6 +1410,36 @@ fn vm_removing_the_rdma_device_with_frames_waiting_hands_them_up_with_the_error(
     let got: Vec<Bytes> = received(&evs).into_iter().map(|(_, d)| d).collect();
     assert_eq!(got, [pattern(100, 1)], "{evs:?}");
     drop(a);
+}
+
+/// A router whose every NI loses its RDMA device forwards nothing any more: it exits 1
+/// (a failure, for its supervisor to restart it), rather than living on as a router of
+/// nothing until someone notices, and then exiting 0 at its SIGTERM.
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_removing_the_rdma_devices_of_every_ni_of_a_router_makes_it_exit_1() {
+    use lanet_tests::router::{net, RouterProcess, Scratch};
+    assert!(std::env::var_os(IN_RXE_VM).is_some(), "runs inside the VM");
+    device_of_its_own("rxe3", "lanetd2", "10.0.5");
+    device_of_its_own("rxe4", "lanetd3", "10.0.6");
+    let scratch = Scratch::new("rdma-router-exit");
+    let router = format!(
+        "{}{}[health]\ninterval = \"1s\"\n[routing]\nenable = true\nwarm_up = \"0s\"\n",
+        net("o2ib", "10.0.5.1", 7301),
+        net("o2ib1", "10.0.6.1", 7302)
+    );
+    let control = std::path::Path::new("/run/lanet-rdma-router-exit.sock");
+    let mut router = RouterProcess::start(
+        env!("CARGO_BIN_EXE_lanet-router-under-test"),
+        &scratch.file("router.toml", &router),
+        control,
+    );
+    start_removing("rxe3");
+    start_removing("rxe4");
+    let status = router
+        .wait_exit(Duration::from_secs(60))
+        .expect("the router exits once it has no NI left");
+    assert_eq!(status.code(), Some(1), "{status}");
 }
 
 /// Soft-RoCE device `rxe` on a dummy interface `netdev` of its own, with addresses

@@ -296,3 +296,26 @@ fn sigterm_drains_a_router_under_load_without_a_failed_operation() {
     let server = t.server.take().unwrap();
     assert_eq!(server.finish(), (4000, 0), "each PUT delivered once");
 }
+
+/// A second SIGTERM or SIGINT during the drain stops the router at once: an operator who
+/// asks twice is not made to wait out the drain (here at least two 10 s health intervals,
+/// so that its absence has been heard) or to reach for SIGKILL.
+#[test]
+fn a_second_signal_during_the_drain_stops_the_router_at_once() {
+    let scratch = Scratch::new("router-second-signal");
+    let config = format!(
+        "{}{}[health]\ninterval = \"10s\"\n[routing]\nenable = true\ndrain = \"60s\"\n",
+        net("tcp1", "127.0.0.1", free_port()),
+        net("tcp2", "127.0.0.1", free_port())
+    );
+    let path = scratch.file("router.toml", &config);
+    let mut r = RouterProcess::start(ROUTER_EXE, &path, &scratch.0.join("router.sock"));
+    r.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(r.wait_exit(Duration::ZERO).is_none(), "draining");
+    let at = Instant::now();
+    r.signal("-INT");
+    let status = r.wait_exit(Duration::from_secs(10)).expect("it stops");
+    eprintln!("stopped {:?} after the second signal", at.elapsed());
+    assert!(status.success(), "{status}");
+}
