@@ -458,6 +458,8 @@ impl Epoll {
         let wait = self.engine.wait(timeout, busy);
         if let Err(e) = self.poll.poll(&mut self.mio_events, wait) {
             if e.kind() != io::ErrorKind::Interrupted {
+                // What was gathered goes up first, as the driver contract asks.
+                self.take_ready(events);
                 return Err(LndError::new(
                     LndErrorKind::Resource,
                     format!("epoll_wait failed: {e}"),

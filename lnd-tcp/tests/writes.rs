@@ -520,3 +520,38 @@ fn an_io_uring_driver_polled_from_another_thread_says_why_it_cannot_be() {
     assert!(error.contains("another thread"), "{error}");
     drop(a); // back on its own thread: closes as usual
 }
+
+/// A poll that fails hands over what the driver had gathered before it: here the failed
+/// send of a frame posted with no connection (a hot look's frames are the same case),
+/// gathered before a poll that fails as it submits a send. The core then fails the rest
+/// with the error; lost, these would never end.
+#[test]
+fn a_failing_poll_hands_over_what_the_driver_had_gathered() {
+    let ((na, mut a), (nb, _b)) = connected_pair();
+    if a.backend() != Backend::Uring {
+        return;
+    }
+    let nobody = lanet_lnd_tcp::free_loopback_nid().unwrap();
+    a.post(put(na, nobody, 1, 7));
+    a.post(put(na, nb, 2, 8)); // left to the poll to submit
+    let (polled, events, a) = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        let polled = a.poll(&mut events, Some(Duration::from_millis(1)));
+        (polled, events, a)
+    })
+    .join()
+    .unwrap();
+    let error = polled.expect_err("a poll from another thread").to_string();
+    assert!(error.contains("another thread"), "{error}");
+    assert!(
+        matches!(
+            &events[..],
+            [LndEvent::SendComplete {
+                token: TxToken(7),
+                result: Err(_)
+            }]
+        ),
+        "{events:?}"
+    );
+    drop(a);
+}

@@ -446,12 +446,10 @@ impl Uring {
         events: &mut Vec<LndEvent>,
         timeout: Option<Duration>,
     ) -> Result<(), LndError> {
-        self.enable().map_err(|e| {
-            LndError::new(
-                LndErrorKind::Resource,
-                format!("cannot enable the io_uring: {e}"),
-            )
-        })?;
+        if let Err(e) = self.enable() {
+            let e = format!("cannot enable the io_uring: {e}");
+            return self.failed(events, LndError::new(LndErrorKind::Resource, e));
+        }
         self.new_look();
         self.flush_dirty();
         let wait = self.engine.wait(timeout, !self.backlog.is_empty());
@@ -477,18 +475,17 @@ impl Uring {
             // Timed out, interrupted, or completions to reap first: all fine.
             let benign = [libc::ETIME, libc::EINTR, libc::EBUSY, libc::EAGAIN];
             if sys::wrong_thread(e) {
-                return Err(LndError::new(
+                let error = LndError::new(
                     LndErrorKind::Resource,
                     "polled from another thread than the one that first polled it: an \
                      io_uring TCP LND belongs to that thread (move the worker before its \
                      first progress, or use LANET_TCP_BACKEND=epoll)",
-                ));
+                );
+                return self.failed(events, error);
             }
             if !benign.contains(&e.raw_os_error().unwrap_or(0)) {
-                return Err(LndError::new(
-                    LndErrorKind::Resource,
-                    format!("io_uring_enter failed: {e}"),
-                ));
+                let e = format!("io_uring_enter failed: {e}");
+                return self.failed(events, LndError::new(LndErrorKind::Resource, e));
             }
         }
         if submitted.is_ok() {
@@ -507,6 +504,14 @@ impl Uring {
     }
 
     /// The end of a look: answers written, deadlines, closed sockets, the core's events.
+    /// A poll that fails hands over what the driver had gathered first (frames a hot look
+    /// reaped, sends that completed), as the driver contract asks: the core handles them,
+    /// then fails what the driver still holds.
+    fn failed(&mut self, events: &mut Vec<LndEvent>, error: LndError) -> Result<(), LndError> {
+        events.append(&mut self.engine.events);
+        Err(error)
+    }
+
     fn finish_turn(&mut self, events: &mut Vec<LndEvent>) {
         self.flush_dirty();
         self.engine.expire_due();

@@ -55,14 +55,18 @@ impl Uring {
         } else {
             usize::MAX
         };
-        let (bufs, health_bufs) = new_buffers(&ring)?;
+        // Whatever may fail, before the buffer rings: once registered, they may be freed
+        // only after the ring is gone (`BufRing::new`), which an early return here would
+        // not ensure (locals drop in reverse order, the ring last).
         let listener = listener?;
+        let wake_fd = Arc::new(sys::eventfd()?);
+        let (bufs, health_bufs) = new_buffers(&ring)?;
         let mut u = Uring {
             ring,
             bufs: ManuallyDrop::new(bufs),
             health_bufs: ManuallyDrop::new(health_bufs),
             listener,
-            wake_fd: Arc::new(sys::eventfd()?),
+            wake_fd,
             wake_buf: Box::new(0),
             socks: MemoMap::default(),
             next_id: 1,
