@@ -1,6 +1,9 @@
 //! Small owning wrappers over libibverbs: device context, protection domain, memory region,
 //! completion queue. Each frees its resource on drop, after everything that depends on it
-//! (children hold an `Arc` of their parent). Errors name the verbs call and the errno.
+//! (children hold an `Arc` of their parent). A context librdmacm opened
+//! ([`Context::borrowed`]) is kept open by librdmacm's connection ids on its device, not by
+//! those `Arc`s: its children must go before the last such id (the RDMA driver declares
+//! them so). Errors name the verbs call and the errno.
 
 use std::ffi::CStr;
 use std::fmt;
@@ -163,7 +166,9 @@ impl Context {
         }))
     }
 
-    /// The context librdmacm opened for a connection id. Not closed by us.
+    /// The context librdmacm opened for a connection id. Not closed by us, and not kept
+    /// open by this value: librdmacm closes it with the device's last id once the device
+    /// is gone, so what is made from it must be destroyed while such an id lives.
     pub(crate) fn borrowed(ctx: *mut sys::ibv_context) -> Option<Arc<Context>> {
         let ctx = NonNull::new(ctx)?;
         // SAFETY: a live context's device has a NUL-terminated name.
@@ -378,7 +383,9 @@ unsafe impl Sync for ChannelHandle {}
 
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
-        // SAFETY: every CQ on this channel holds the handle, so all are destroyed.
+        // SAFETY: every CQ on this channel holds the handle, so all are destroyed. Its
+        // context is open: an owned one is held by the `Arc` above, a borrowed one by the
+        // connection id its owner keeps until after this (the RDMA driver's field order).
         unsafe { sys::ibv_destroy_comp_channel(self.ch.as_ptr()) };
     }
 }

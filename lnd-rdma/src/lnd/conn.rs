@@ -220,6 +220,9 @@ pub(crate) struct OutRdv {
     pub(crate) token: TxToken,
     pub(crate) src: Arc<SourceMr>,
     pub(crate) mode: Mode,
+    /// The peer named its sink (SinkAck): the WRITE is under way, and any further SinkAck
+    /// for it breaks the protocol (each would write the payload again, and queue).
+    pub(crate) sink_acked: bool,
 }
 
 /// A busy send slot: what for, and the send-pool buffer it holds (SENDs only).
@@ -583,6 +586,7 @@ impl Qp {
                 token: tx.token,
                 src,
                 mode,
+                sink_acked: false,
             },
         );
         let i = self.slot(SlotUse::Request);

@@ -284,11 +284,14 @@ pub struct RdmaLnd {
     /// Why the NI cannot work any more (its device went away): every poll from then on
     /// fails with it.
     gone: Option<LndError>,
-    // Dropped in this order, after the connections (fields drop in declaration order):
-    // the listener before the channels its events use.
+    // Dropped in this order, after the connections and the CQs (fields drop in
+    // declaration order): the completion channel while the listener still holds the
+    // device open (the context it was made from is librdmacm's, which may close it with
+    // the device's last id once the device is gone), then the listener before the
+    // channel its events use.
+    comp: CompChannel,
     _listener: CmId,
     channel: Arc<EventChannel>,
-    comp: CompChannel,
 }
 
 fn verbs_error(e: VerbsError) -> LndError {

@@ -225,14 +225,20 @@ impl RdmaLnd {
                 } else {
                     Mode::Read
                 };
-                let Some(rdv) = qp.out.get(&p.cookie).filter(|r| r.mode == want) else {
+                let Some(rdv) = qp.out.get_mut(&p.cookie).filter(|r| r.mode == want) else {
                     return self.fail(id, protocol(format!("{:?} for no payload of ours", p.kind)));
                 };
+                if rdv.sink_acked {
+                    // Its payload is being written already: a repeat would write it again
+                    // (and a peer that repeats without end would grow this queue).
+                    return self.fail(id, protocol("a second SinkAck for one payload"));
+                }
                 match (p.kind, p.outcome) {
                     (Kind::SinkAck, Outcome::Ok) => {
                         if p.remote.len as usize != rdv.src.data().len() {
                             return self.fail(id, protocol("sink of the wrong size"));
                         }
+                        rdv.sink_acked = true;
                         qp.ctrl.push_back(Ctrl::WriteData {
                             cookie: p.cookie,
                             sink: p.remote,
