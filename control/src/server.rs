@@ -2,8 +2,9 @@
 //! that serves one for its endpoint) answers one command per connection with one line of
 //! JSON. `lanetctl` (and the tests) are its clients; the commands are in [`crate::command`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -111,7 +112,6 @@ impl Drop for ControlSocket {
 /// with `AddrInUse` if another process holds it: the daemon that holds it owns `path`.
 /// The file stays; the lock goes with the process.
 fn lock_beside(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -191,32 +191,108 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
     // A slow or stuck client is cut off: it cannot hold one of the few client slots.
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     conn.set_write_timeout(Some(READ_TIMEOUT))?;
+    let reply = match read_command(&conn) {
+        Ok(line) => match Command::parse(&line) {
+            Ok(c) => run(c, endpoint, config),
+            Err(e) => json!({ "error": e }),
+        },
+        Err(Incomplete::Io(e)) => return Err(e),
+        Err(why) => json!({ "error": why.to_string() }),
+    };
+    send_all(&conn, format!("{reply}\n").as_bytes())?;
+    // Closed with input unread, a Unix socket resets, and the client loses the answer
+    // (to a line too long, above all): what it sent beyond is read and dropped first, a
+    // little and briefly (the client closes once it has the answer).
+    conn.shutdown(std::net::Shutdown::Write)?;
+    conn.set_read_timeout(Some(LINGER))?;
+    let mut rest = (&conn).take(LINGER_BYTES);
+    let _ = io::copy(&mut rest, &mut io::sink());
+    Ok(())
+}
+
+/// How long, and how much, a client's input beyond its command is read and dropped after
+/// the answer.
+const LINGER: Duration = Duration::from_millis(200);
+const LINGER_BYTES: u64 = 64 * 1024;
+
+/// Why no command was taken from a client.
+#[derive(Debug, thiserror::Error)]
+enum Incomplete {
+    #[error("a command is one line of at most {MAX_COMMAND} bytes, its newline included")]
+    TooLong,
+    #[error("no whole command (a line ending in a newline) within {READ_TIMEOUT:?}")]
+    TimedOut,
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+/// The client's command: its line up to the newline, or all it sent before closing its
+/// end. Never a part of a line: a line cut short by the length limit or the timeout might
+/// be a different command (a route's gateway or hop count cut off).
+fn read_command(conn: &UnixStream) -> Result<String, Incomplete> {
     let deadline = std::time::Instant::now() + READ_TIMEOUT;
     let mut command = Vec::new();
-    let mut byte = [0u8; 64];
-    let mut reader = (&conn).take(MAX_COMMAND);
-    while !command.contains(&b'\n') {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
+    let mut chunk = [0u8; 64];
+    let mut reader = conn.take(MAX_COMMAND);
+    loop {
+        if let Some(end) = command.iter().position(|&b| b == b'\n') {
+            command.truncate(end);
             break;
         }
-        reader.get_ref().set_read_timeout(Some(left))?;
-        match reader.read(&mut byte) {
-            Ok(0) => break,
-            Ok(n) => command.extend_from_slice(&byte[..n]),
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Incomplete::TimedOut);
+        }
+        reader
+            .get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(Incomplete::Io)?;
+        match reader.read(&mut chunk) {
+            Ok(0) if reader.limit() == 0 => return Err(Incomplete::TooLong),
+            Ok(0) => break, // the client closed its end: all it sent is the command
+            Ok(n) => command.extend_from_slice(&chunk[..n]),
             // A stop and continue interrupts a read with a timeout, handler or not.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Incomplete::TimedOut)
+            }
+            Err(e) => return Err(Incomplete::Io(e)),
         }
     }
-    let line = String::from_utf8_lossy(&command);
-    let reply = match Command::parse(&line) {
-        Ok(c) => run(c, endpoint, config),
-        Err(e) => json!({ "error": e }),
-    };
-    let mut conn = conn;
-    writeln!(conn, "{reply}")?;
-    conn.flush()
+    Ok(String::from_utf8_lossy(&command).into_owned())
+}
+
+/// Writes all of `bytes` with `MSG_NOSIGNAL`: a client gone before its answer (a `lanetctl
+/// ping` interrupted) fails the write with EPIPE instead of raising SIGPIPE, which would
+/// kill a host process that does not ignore it (a program in C, or in Rust with the signal
+/// restored).
+fn send_all(conn: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live buffer of its length, which the kernel only reads.
+        let sent = unsafe {
+            libc::send(
+                conn.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match sent {
+            n if n >= 0 => bytes = &bytes[n as usize..],
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn error(e: impl std::fmt::Display) -> Value {

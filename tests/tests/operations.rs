@@ -759,3 +759,48 @@ fn any_endpoint_can_serve_a_control_socket() {
     let routes = json(&path, &["route", "show"]);
     assert_eq!(routes["routes"][0]["net"], "tcp2");
 }
+
+/// The control socket runs whole command lines only. One longer than its limit (here a
+/// `route del` padded past 256 bytes, with a word beyond) is refused; it was cut at the
+/// limit and the cut line run, deleting the route. A line whose newline never comes is
+/// refused at the socket's timeout too, not run as it stands.
+#[test]
+fn the_control_socket_refuses_a_command_cut_off_by_its_length_limit() {
+    use std::io::{Read, Write};
+    let site = Site::new("control-long-line");
+    let path = site.scratch.0.join("client.sock");
+    let _control = lanet_control::ControlSocket::serve(&path, site.client.clone(), None).unwrap();
+    let route = json(&path, &["route", "show"])["routes"][0].clone();
+    let (net, gateway) = (
+        route["net"].as_str().unwrap(),
+        route["gateway"].as_str().unwrap(),
+    );
+    let ask = |line: &str, close: bool| {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.write_all(line.as_bytes()).unwrap();
+        if close {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let cut = format!("{:<300}x\n", format!("route del {net} {gateway}"));
+    let reply = ask(&cut, false);
+    assert!(
+        reply.contains("error") && reply.contains("at most 256"),
+        "{reply}"
+    );
+    let unfinished = ask(&format!("route del {net} {gateway}"), false);
+    assert!(unfinished.contains("no whole command"), "{unfinished}");
+    assert_eq!(
+        json(&path, &["route", "show"])["routes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A line without its newline, from a client that closed its end, is whole.
+    let status = ask("status", true);
+    assert!(status.starts_with("{\"counters\""), "{status}");
+}
