@@ -698,3 +698,54 @@ fn a_routed_get_whose_reply_cannot_be_fetched_from_its_router_is_sent_again() {
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first.msg_id));
 }
+
+/// A PUT sent straight to its neighbour B passes no router, so nothing can refuse it on
+/// the way: a NACK naming it, from another neighbour C guessing its message id, is
+/// ignored (it ended the PUT), and B's ACK ends it.
+#[test]
+fn a_nack_for_a_request_that_passed_no_router_is_ignored() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    connected(&mut n, C, Lane::Data, 8, 9);
+    n.put(t(0), OpId(1), put(B, b"x")).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first[0].1, nid(B));
+    let forged = Header {
+        attempt: first[0].2.attempt,
+        ..header(
+            nid(C),
+            nid(A),
+            first[0].2.msg_id,
+            Body::Nack {
+                reason: NackReason::NextHopDown,
+                target: nid(B),
+            },
+        )
+    };
+    arrives(
+        &mut n,
+        t(1),
+        nid(C),
+        forged,
+        RxPayload::Inline(Bytes::new()),
+    );
+    assert_eq!(completions(&mut n), vec![]);
+    let ack = Header {
+        src_incarnation: 7,
+        ..header(
+            nid(B),
+            nid(A),
+            first[0].2.msg_id,
+            Body::Ack {
+                status: Status::Ok,
+                mlen: 1,
+            },
+        )
+    };
+    arrives(&mut n, t(2), nid(B), ack, RxPayload::Inline(Bytes::new()));
+    let done = completions(&mut n);
+    assert!(
+        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Put { mlen: 1 }))]),
+        "{done:?}"
+    );
+}
