@@ -523,8 +523,9 @@ impl RawFile {
             }
         }
         // Credits are returned once half of the smallest offer is owed, so no peer of any
-        // net waits for them.
-        if let Some(least) = nets.iter().map(|n| n.peer_credits).min() {
+        // net waits for them. A `lo` net has no peers (its tunables are not exported).
+        let offers = nets.iter().filter(|n| n.nid.net().kind != LndKind::Lo);
+        if let Some(least) = offers.map(|n| n.peer_credits).min() {
             let data = &mut node.lanes[Lane::Data];
             data.peer_credits = least;
             data.credits_hiw = data.credits_hiw.min(least.div_ceil(2)).max(1);

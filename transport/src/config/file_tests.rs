@@ -603,3 +603,28 @@ fn health_settings_that_would_hang_overflow_or_flood_are_refused() {
     ));
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+/// A router pool of no buffers validated, and then refused every frame of its size class
+/// after holding it for `forward_patience`.
+#[test]
+fn router_buffer_pools_of_none_are_refused() {
+    let e = error(&format!(
+        "{TWO_NETS}\n[routing]\nenable = true\nbuffers = {{ tiny = 0 }}\n"
+    ));
+    assert!(
+        e.contains("routing.buffers: tiny, small and large must each be at least 1"),
+        "{e}"
+    );
+}
+
+/// A `lo` net's tunables are not exported (it has no peers), so they must not shape the
+/// node either: its `peer_credits` made the data lane's offer 2, which an export and
+/// reload silently turned back into 8.
+#[test]
+fn a_lo_nets_peer_credits_do_not_shape_the_node_and_export_round_trips() {
+    let text = "[[net]]\nnet = \"lo\"\npeer_credits = 2\n\n[[net]]\nnet = \"tcp1\"\naddress = \"10.0.1.1\"\n";
+    let f = parse(text).unwrap();
+    assert_eq!(f.node.lanes[Lane::Data].peer_credits, 8);
+    let again = parse(&f.to_toml()).unwrap();
+    assert_eq!(again.node.lanes, f.node.lanes);
+}

@@ -278,6 +278,15 @@ impl NodeConfig {
                     .into(),
             ));
         }
+        let b = &self.router_buffers;
+        if b.tiny == 0 || b.small == 0 || b.large == 0 {
+            return Err(ConfigError(format!(
+                "routing.buffers: tiny, small and large must each be at least 1, got {}, {} and \
+                 {}: a frame of a class without buffers is held for forward_patience and then \
+                 refused, every time",
+                b.tiny, b.small, b.large
+            )));
+        }
         Ok(())
     }
 
