@@ -370,7 +370,7 @@ fn run(cli: &Cli) -> Result<String, String> {
             })
         }
         What::Import { file } => {
-            let text = std::fs::read_to_string(file)
+            let text = lanet::config::read_config_text(file)
                 .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
             let imported = crate::import::lnetctl_yaml(&text)
                 .map_err(|e| format!("{}: {e}", file.display()))?;

@@ -55,7 +55,27 @@ fn quoted(s: &str) -> String {
     lanet::config::toml_string(s)
 }
 
+/// Whether the YAML uses an alias (`*name`): `lnetctl export` never writes one, and the
+/// loader copies the anchored value at each, so a few hundred bytes of nested aliases
+/// would expand to billions of nodes.
+fn uses_aliases(source: &str) -> Result<bool, String> {
+    struct Aliases(bool);
+    impl yaml_rust2::parser::EventReceiver for Aliases {
+        fn on_event(&mut self, ev: yaml_rust2::Event) {
+            self.0 |= matches!(ev, yaml_rust2::Event::Alias(_));
+        }
+    }
+    let mut seen = Aliases(false);
+    yaml_rust2::parser::Parser::new_from_str(source)
+        .load(&mut seen, true)
+        .map_err(|e| format!("not YAML: {e}"))?;
+    Ok(seen.0)
+}
+
 pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
+    if uses_aliases(source)? {
+        return Err("YAML aliases (*name) are not taken: lnetctl export never writes them".into());
+    }
     let docs = YamlLoader::load_from_str(source).map_err(|e| format!("not YAML: {e}"))?;
     let doc = docs.first().ok_or("empty: no YAML document")?;
     if doc.as_hash().is_none() {
@@ -324,5 +344,18 @@ global:
             e.contains("priority") && e.contains("the converted file"),
             "{e}"
         );
+    }
+
+    /// Nine levels of ten aliases each (a billion nodes once expanded, from 300 bytes) are
+    /// refused before anything is expanded; the loader copied each alias's value.
+    #[test]
+    fn yaml_aliases_are_refused_before_they_expand() {
+        let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x,x]\n");
+        for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+            let refs = vec![format!("*{prev}"); 10].join(",");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        let e = lnetctl_yaml(&bomb).unwrap_err();
+        assert!(e.contains("aliases"), "{e}");
     }
 }

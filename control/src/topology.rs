@@ -113,7 +113,7 @@ const NO_FAIL_OPEN: &str = "a router stays (degraded) rather than strand a pair 
 
 impl Topology {
     pub fn load(path: &Path) -> Result<Topology, String> {
-        let text = std::fs::read_to_string(path)
+        let text = lanet::config::read_config_text(path)
             .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
         Topology::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }

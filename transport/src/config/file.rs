@@ -129,7 +129,7 @@ impl ConfigFile {
     /// Reads and checks the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<ConfigFile, ConfigFileError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError {
+        let text = super::read_config_text(path).map_err(|e| ConfigFileError {
             path: path.to_owned(),
             line: None,
             key: None,

@@ -628,3 +628,11 @@ fn a_lo_nets_peer_credits_do_not_shape_the_node_and_export_round_trips() {
     let again = parse(&f.to_toml()).unwrap();
     assert_eq!(again.node.lanes, f.node.lanes);
 }
+
+/// A path that is no configuration file (a device, a log) is refused past 1 MiB, not read
+/// to its end.
+#[test]
+fn a_file_over_a_mebibyte_is_refused_without_reading_it_all() {
+    let e = ConfigFile::load("/dev/zero").unwrap_err().to_string();
+    assert!(e.contains("larger than 1024 KiB"), "{e}");
+}

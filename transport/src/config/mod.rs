@@ -19,6 +19,29 @@ pub use file::{
 /// Largest payload accepted by default: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;
 
+/// The largest configuration (or topology, or `lnetctl export`) file read: far above any
+/// real one, and a bound on what a wrong path (a device, a log) makes a tool read.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads the text file at `path`, refusing one over [`MAX_CONFIG_FILE`] bytes.
+pub fn read_config_text(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB: not a configuration file",
+                MAX_CONFIG_FILE >> 10
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// The shortest health interval: a node waits on its timers at a millisecond's granularity
 /// (epoll), and below it would ping each watched peer as fast as its thread runs.
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(1);
