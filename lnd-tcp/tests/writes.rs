@@ -555,3 +555,58 @@ fn a_failing_poll_hands_over_what_the_driver_had_gathered() {
     );
     drop(a);
 }
+
+/// A peer's last frame, which arrived before the peer reset the connection, is handed up
+/// before the connection's failure, though the failure shows first on the sending side
+/// (a send blocked on the full socket fails with the reset) and io_uring sets data
+/// receives aside for later in the turn: the answer may end an operation.
+#[test]
+fn a_peers_last_frame_goes_up_before_the_failure_its_reset_causes_on_our_sends() {
+    let ((na, mut a), (nb, b)) = connected_pair();
+    let mut seen = Vec::new();
+    // A fills B's socket (B does not poll), a frame under the bulk mover's size at a time,
+    // until one does not complete: it waits in a ring send (or, on epoll, in A's queue).
+    let mut token = 0;
+    loop {
+        token += 1;
+        assert!(token < 10_000, "B's socket never filled");
+        let payload = Bytes::from(vec![7u8; 48 * 1024]);
+        a.post(put_of(na, nb, token, token, payload));
+        a.send_posted();
+        a.take_ready(&mut seen);
+        a.poll(&mut seen, Some(Duration::from_millis(1))).unwrap();
+        let done = |t| {
+            seen.iter()
+                .any(|e| matches!(e, LndEvent::SendComplete { token: TxToken(d), .. } if *d == t))
+        };
+        if !done(token) {
+            break;
+        }
+    }
+    seen.clear();
+    // B's last frame, then B goes with A's bytes unread: its socket resets.
+    let mut b = b;
+    b.post(put(nb, na, 77, 1));
+    b.send_posted();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(b);
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    while !seen
+        .iter()
+        .any(|e| matches!(e, LndEvent::Disconnected { .. }))
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "{seen:?}");
+        a.poll(&mut seen, Some(Duration::from_millis(10))).unwrap();
+    }
+    let last_frame = seen
+        .iter()
+        .position(|e| matches!(e, LndEvent::Received { header, .. } if header.msg_id == 77));
+    let failure = seen
+        .iter()
+        .position(|e| matches!(e, LndEvent::Disconnected { .. }));
+    assert!(
+        last_frame.is_some() && last_frame < failure,
+        "frame at {last_frame:?}, failure at {failure:?}"
+    );
+}

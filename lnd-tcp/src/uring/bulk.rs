@@ -70,7 +70,7 @@ impl Uring {
             sock.moving_bytes = 0;
             sock.send.get_or_insert_with(SendSlot::new);
             let e = LndError::new(LndErrorKind::Resource, "the bulk mover thread died");
-            self.engine.fail(conn, e);
+            self.fail_sending(conn, e);
             self.reap(conn);
         }
     }
@@ -175,7 +175,7 @@ impl Uring {
                     format!("the send ended after {res} of {len} bytes"),
                 ),
             };
-            self.engine.fail(conn, io_error(&e, "send"));
+            self.fail_sending(conn, io_error(&e, "send"));
         }
         self.reap(conn);
     }

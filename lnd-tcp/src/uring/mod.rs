@@ -592,6 +592,25 @@ impl Uring {
         }
     }
 
+    /// Fails `conn` for an error on its sending side, after handling its receives still
+    /// set aside in the backlog: the kernel delivered those bytes before the failure (a
+    /// peer's last frames, an answer among them), and the core hears them first, as it
+    /// would have had they not waited.
+    pub(super) fn fail_sending(&mut self, conn: ConnId, error: LndError) {
+        let of_conn = |d: &Deferred| (d.ud >> 4) as ConnId == conn;
+        if self.backlog.iter().any(of_conn) {
+            let (waiting, others) = std::mem::take(&mut self.backlog)
+                .into_iter()
+                .partition::<std::collections::VecDeque<_>, _>(of_conn);
+            self.backlog = others;
+            self.deferred.remove(&conn);
+            for d in waiting {
+                self.handle(d.ud, d.res, d.flags);
+            }
+        }
+        self.engine.fail(conn, error);
+    }
+
     fn handle(&mut self, ud: u64, res: i32, flags: u32) {
         {
             let conn = (ud >> 4) as ConnId;

@@ -150,7 +150,7 @@ impl Uring {
             Ok(n) => !self.engine.wrote(conn, n),
             Err(e) if crate::direct::nothing_now(&e) => false,
             Err(e) => {
-                self.engine.fail(conn, io_error(&e, "send"));
+                self.fail_sending(conn, io_error(&e, "send"));
                 true
             }
         }
@@ -281,7 +281,7 @@ impl Uring {
             } else {
                 io::Error::from_raw_os_error(-res)
             };
-            self.engine.fail(conn, io_error(&e, "send"));
+            self.fail_sending(conn, io_error(&e, "send"));
         }
         self.reap(conn);
     }
