@@ -79,10 +79,17 @@ impl Node {
             tracing::warn!(%nid, %lane, "driver reported a new connection without closing the old one");
             let same_life = current.incarnation == hello.incarnation;
             self.lane_lost(nid, lane);
-            if same_life {
-                let error = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
-                self.fail_sent_via(nid, Some(lane), || error.clone().into());
-            }
+            // A new life first fails what was sent to it as a restart (PeerRestarted); what
+            // was sent through it (a router) is lost with its old life on every lane, and
+            // goes another way below, as after the old connection's loss.
+            let lanes = if same_life {
+                Some(lane)
+            } else {
+                self.seen_incarnation(now, nid, hello.incarnation);
+                None
+            };
+            let error = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
+            self.fail_sent_via(nid, lanes, || error.clone().into());
         }
         let serial = self.next_conn_serial;
         self.next_conn_serial += 1;

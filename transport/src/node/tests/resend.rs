@@ -749,3 +749,28 @@ fn a_nack_for_a_request_that_passed_no_router_is_ignored() {
         "{done:?}"
     );
 }
+
+/// Router B restarts and its driver replaces the connection without a Disconnected first
+/// (the new HELLO says incarnation 8): what went through B's old life is lost with it, so
+/// the PUT in flight through B goes through C, rather than waiting out its deadline.
+#[test]
+fn a_router_back_in_a_new_life_without_a_disconnect_has_what_went_through_it_resent() {
+    let mut n = behind_two_routers_up();
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first[0].1, nid(B));
+    sent_ok(
+        &mut n,
+        &Sent {
+            header: first[0].2,
+            payload: Bytes::new(),
+            token: first[0].3,
+            report_at_once: false,
+        },
+    );
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 8);
+    let again = sent(&mut n);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first[0].2.msg_id));
+    assert!(completions(&mut n).is_empty());
+}
