@@ -58,7 +58,7 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
     let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
     println!("{out}");
     // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
-    assert!(out.contains("test result: ok. 22 passed"), "{out}");
+    assert!(out.contains("test result: ok. 23 passed"), "{out}");
 }
 
 #[test]
@@ -1410,6 +1410,125 @@ fn vm_removing_the_rdma_device_with_frames_waiting_hands_them_up_with_the_error(
     let got: Vec<Bytes> = received(&evs).into_iter().map(|(_, d)| d).collect();
     assert_eq!(got, [pattern(100, 1)], "{evs:?}");
     drop(a);
+}
+
+/// A peer that answers one large PUT's request with two SinkAcks (a buggy or hostile
+/// driver) breaks the protocol: the connection fails, and the payload is written once at
+/// most. Each SinkAck queued another WRITE of the whole payload and another WriteDone, and
+/// a peer repeating without end grew the driver's control queue without bound. The peer
+/// here is made of raw verbs and speaks the driver's messages by hand.
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_fails_a_connection_whose_peer_names_two_sinks_for_one_payload() {
+    use lanet::handshake::LocalHello;
+    use lanet::wire::HelloStatus;
+    use lanet_lnd_rdma::cm::{CmEventKind, CmId, EventChannel};
+    use lanet_lnd_rdma::mr::Mr;
+    use lanet_lnd_rdma::verbs::{Cq, Pd};
+    let an: Nid = "10.0.2.16:7411@o2ib".parse().unwrap();
+    let fake: Nid = "10.0.2.15:7412@o2ib".parse().unwrap();
+    const BUF: usize = 64 * 1024;
+    const LEN: usize = 256 * 1024;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // The peer: accepts A's dial, takes its PutReq, names a sink twice, counts WriteDones.
+    let peer = std::thread::spawn(move || {
+        let ch = EventChannel::new().unwrap();
+        let listener = CmId::new(&ch).unwrap();
+        listener.bind(fake.socket_addr(0).unwrap()).unwrap();
+        listener.listen(4).unwrap();
+        ready_tx.send(()).unwrap();
+        let req = ch.expect(CmEventKind::ConnectRequest).unwrap();
+        let mut conn = CmId::adopt(&ch, &req).expect("the request's id");
+        let ctx = conn.context().expect("bound to a device");
+        let (pd, cq) = (Pd::new(&ctx).unwrap(), Cq::new(&ctx, 64).unwrap());
+        conn.create_qp(&pd, &cq, 16).unwrap();
+        let mut bufs = Mr::with_remote_access(&pd, 9 * BUF).unwrap();
+        for i in 0..8 {
+            // SAFETY: `bufs` outlives the connection; a buffer is read only once received.
+            unsafe { conn.post_recv(bufs.sge(i * BUF, BUF), i as u64) }.unwrap();
+        }
+        let hello = LocalHello {
+            nid: fake,
+            incarnation: 99,
+            lane: Lane::Data,
+            credits: 8,
+            max_payload: 16 << 20,
+        };
+        conn.accept(&hello.encode_compact_answer(an, HelloStatus::Ok, None))
+            .unwrap();
+        ch.expect(CmEventKind::Established).unwrap();
+        let sink = Mr::with_remote_access(&pd, LEN).unwrap();
+        let mut write_dones = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let Some(c) = cq.poll_one().unwrap() else {
+                std::thread::yield_now();
+                continue;
+            };
+            if !c.ok() || !c.is_recv() {
+                continue; // our sends' completions, or the flush as A closes
+            }
+            let at = c.wr_id as usize * BUF;
+            let msg = bufs.as_slice()[at..at + 32].to_vec();
+            // SAFETY: as above; this buffer's message was copied out.
+            unsafe { conn.post_recv(bufs.sge(at, BUF), c.wr_id) }.unwrap();
+            match msg[3] {
+                2 => {
+                    // PutReq: SinkAck(Ok) naming the sink, twice.
+                    let mut ack = [0u8; 32];
+                    ack[0..2].copy_from_slice(b"LR");
+                    ack[2] = 1;
+                    ack[3] = 4;
+                    ack[8..16].copy_from_slice(&msg[8..16]);
+                    ack[16..24].copy_from_slice(&sink.addr().to_le_bytes());
+                    ack[24..28].copy_from_slice(&sink.rkey().to_le_bytes());
+                    ack[28..32].copy_from_slice(&(LEN as u32).to_le_bytes());
+                    let at = 8 * BUF;
+                    bufs.as_mut_slice()[at..at + 32].copy_from_slice(&ack);
+                    bufs.as_mut_slice()[at + 32..at + 64].copy_from_slice(&ack);
+                    let sends = [(bufs.sge(at, 32), 100), (bufs.sge(at + 32, 32), 101)];
+                    // SAFETY: these bytes stay unchanged until the connection ends.
+                    unsafe { conn.post_sends(&sends) }.unwrap();
+                }
+                5 => write_dones += 1,
+                _ => {}
+            }
+        }
+        let _ = conn.disconnect();
+        write_dones
+    });
+    ready_rx.recv().unwrap();
+    let mut a = lnd(an);
+    a.connect(fake, Lane::Data);
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while connected(&seen, Lane::Data) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{seen:?}");
+        a.poll(&mut seen, Some(Duration::from_millis(10))).unwrap();
+    }
+    a.post(frame(an, fake, PUT, pattern(LEN, 3), 9));
+    a.send_posted();
+    let failed = |evs: &[LndEvent]| {
+        evs.iter().find_map(|e| match e {
+            LndEvent::Disconnected { error, .. } => Some(error.to_string()),
+            _ => None,
+        })
+    };
+    while failed(&seen).is_none() && start.elapsed() < Duration::from_secs(10) {
+        a.poll(&mut seen, Some(Duration::from_millis(10))).unwrap();
+    }
+    let write_dones = peer.join().unwrap();
+    assert!(
+        write_dones <= 1,
+        "the payload was written {write_dones} times"
+    );
+    let why = failed(&seen).expect("the connection fails");
+    assert!(why.contains("a second SinkAck"), "{why}");
+    let ends = seen
+        .iter()
+        .filter(|e| matches!(e, LndEvent::SendComplete { token, .. } if token.0 == 9))
+        .count();
+    assert_eq!(ends, 1, "{seen:?}");
 }
 
 /// A router whose every NI loses its RDMA device forwards nothing any more: it exits 1
