@@ -638,13 +638,6 @@ impl Node {
             return;
         };
         let op = self.ops.get(id).expect("found above");
-        if matches!(answer, Answer::Nack(..)) && op.router().is_none() {
-            // Sent straight to its target, it passed no router that could refuse it: the
-            // NACK is forged (a neighbour guessing message ids) or confused. Taken, it
-            // would end the op, which has no other way to go.
-            self.stats.late_responses += 1;
-            return;
-        }
         if matches!(answer, Answer::Ack(..)) && op.kind.unanswered() {
             // An ACK nobody asked for (no node of ours sends one), whatever it says: the
             // send completion ends the PUT.
@@ -661,6 +654,13 @@ impl Node {
             return self.protocol_error(ni, hop, h.lane, what);
         }
         let result = match (&op.kind, answer) {
+            (_, Answer::Nack(_, _)) if op.router().is_none() => {
+                // Sent straight to its target, it passed no router that could refuse it:
+                // the NACK is forged (a neighbour guessing message ids) or confused. Taken,
+                // it would end the op, which has no other way to go.
+                self.stats.late_responses += 1;
+                return;
+            }
             (_, Answer::Nack(_, _)) if h.attempt != super::ops::wire_attempt(op.attempts) => {
                 // A refusal of a copy this op already replaced (every copy sent another
                 // way counts an attempt): by a gateway it left when that said it could not
