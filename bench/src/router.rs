@@ -26,8 +26,7 @@ pub(crate) fn run_router(path: &Path) -> Result<(), String> {
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     for _ in std::io::stdin().lock().lines() {}
-    daemon.drain();
-    Ok(())
+    daemon.drain()
 }
 
 pub(crate) fn run(args: &RouterArgs) -> Result<Report, String> {

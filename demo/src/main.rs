@@ -45,8 +45,7 @@ fn router(config: &str) -> Result<(), String> {
     let daemon = lanet_router::daemon::Daemon::start(config.as_ref(), None)?;
     ready()?;
     wait_for_stdin_to_close();
-    daemon.drain();
-    Ok(())
+    daemon.drain()
 }
 
 /// A server: takes PUTs of up to `PUT_SIZE` on `PORTAL`.

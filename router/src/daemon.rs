@@ -171,26 +171,41 @@ impl Daemon {
         crate::notify::notify("READY=1");
         loop {
             let arrived: Vec<i32> = self.signals.wait().collect();
-            if let Some(why) = lock(&self.failed).clone() {
+            if lock(&self.failed).is_some() {
                 crate::notify::notify("STOPPING=1");
                 self.endpoint.shutdown();
-                if let Some(t) = self.events.take() {
-                    let _ = t.join();
-                }
-                return Err(format!("the router failed and stops: {why}"));
+                return self.stopped();
             }
             if arrived.contains(&SIGHUP) {
                 crate::notify::reloading();
                 self.reload();
                 crate::notify::notify("READY=1");
             }
-            if let Some(signal) = arrived.iter().find(|&&s| s != SIGHUP) {
+            let stops: Vec<i32> = arrived.iter().copied().filter(|&s| s != SIGHUP).collect();
+            if stops.len() > 1 {
+                // Asked twice before it looked (an impatient operator): stop now.
+                tracing::warn!(?stops, "signalled twice: stopping without a drain");
+                self.endpoint.shutdown();
+                return self.stopped();
+            }
+            if let Some(signal) = stops.first() {
                 tracing::info!(signal, "stopping: draining");
                 break;
             }
         }
-        self.drain();
-        Ok(())
+        self.drain()
+    }
+
+    /// The end of a stop: waits for the events thread (which ends with the endpoint), and
+    /// says whether the endpoint had failed meanwhile (`Err`: the process exits 1).
+    fn stopped(mut self) -> Result<(), String> {
+        if let Some(t) = self.events.take() {
+            let _ = t.join();
+        }
+        match lock(&self.failed).clone() {
+            Some(why) => Err(format!("the router failed and stops: {why}")),
+            None => Ok(()),
+        }
     }
 
     /// Re-reads the configuration file and applies its routes; anything else that changed
@@ -221,9 +236,10 @@ impl Daemon {
     }
 
     /// Says it is stopping (absent, pushed), forwards what it holds, and shuts down once
-    /// it holds nothing (after at least two health intervals, so the news has gone out)
-    /// or the drain bound passed.
-    pub fn drain(mut self) {
+    /// it holds nothing (after at least two health intervals, so the news has gone out),
+    /// the drain bound passed, a second SIGTERM or SIGINT came, or the endpoint failed
+    /// (`Err` then).
+    pub fn drain(mut self) -> Result<(), String> {
         crate::notify::notify("STOPPING=1");
         let start = Instant::now();
         let bound = self.config.daemon.drain;
@@ -259,12 +275,13 @@ impl Daemon {
                 tracing::warn!(signal, ?waited, holds, "signalled again: stopping now");
                 break;
             }
+            if lock(&self.failed).is_some() {
+                break; // nothing more will leave
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.endpoint.shutdown();
-        if let Some(t) = self.events.take() {
-            let _ = t.join();
-        }
+        self.stopped()
     }
 }
 

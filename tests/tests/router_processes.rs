@@ -311,7 +311,13 @@ fn a_second_signal_during_the_drain_stops_the_router_at_once() {
     let path = scratch.file("router.toml", &config);
     let mut r = RouterProcess::start(ROUTER_EXE, &path, &scratch.0.join("router.sock"));
     r.signal("-TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    // Draining (it says it is absent) before the second signal, which would otherwise
+    // arrive with the first: that case stops at once too, but is not the one tested.
+    let start = Instant::now();
+    while r.state() != "absent" {
+        assert!(start.elapsed() < Duration::from_secs(10), "never draining");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(r.wait_exit(Duration::ZERO).is_none(), "draining");
     let at = Instant::now();
     r.signal("-INT");
