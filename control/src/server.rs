@@ -196,7 +196,7 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
             Ok(c) => run(c, endpoint, config),
             Err(e) => json!({ "error": e }),
         },
-        Err(Incomplete::Io(e)) => return Err(e),
+        Err(ReadCommandError::Io(e)) => return Err(e),
         Err(why) => json!({ "error": why.to_string() }),
     };
     send_all(&conn, format!("{reply}\n").as_bytes())?;
@@ -204,32 +204,47 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
     // (to a line too long, above all): what it sent beyond is read and dropped first, a
     // little and briefly (the client closes once it has the answer).
     conn.shutdown(std::net::Shutdown::Write)?;
-    conn.set_read_timeout(Some(LINGER))?;
+    let until = std::time::Instant::now() + LINGER;
     let mut rest = (&conn).take(LINGER_BYTES);
-    let _ = io::copy(&mut rest, &mut io::sink());
+    let mut dropped = [0u8; 4096];
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        rest.get_ref().set_read_timeout(Some(left))?;
+        match rest.read(&mut dropped) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
     Ok(())
 }
 
-/// How long, and how much, a client's input beyond its command is read and dropped after
-/// the answer.
+/// How long at most, and how much, a client's input beyond its command is read and
+/// dropped after the answer.
 const LINGER: Duration = Duration::from_millis(200);
 const LINGER_BYTES: u64 = 64 * 1024;
 
 /// Why no command was taken from a client.
 #[derive(Debug, thiserror::Error)]
-enum Incomplete {
+enum ReadCommandError {
     #[error("a command is one line of at most {MAX_COMMAND} bytes, its newline included")]
     TooLong,
     #[error("no whole command (a line ending in a newline) within {READ_TIMEOUT:?}")]
     TimedOut,
+    #[error("the connection closed before the command's newline")]
+    Unfinished,
     #[error(transparent)]
     Io(io::Error),
 }
 
-/// The client's command: its line up to the newline, or all it sent before closing its
-/// end. Never a part of a line: a line cut short by the length limit or the timeout might
-/// be a different command (a route's gateway or hop count cut off).
-fn read_command(conn: &UnixStream) -> Result<String, Incomplete> {
+/// The client's command: its line, up to the newline. Never a part of a line: one cut
+/// short by the length limit, the timeout or the client's end (killed as it wrote) might
+/// be another command (a route's gateway or hop count cut off).
+fn read_command(conn: &UnixStream) -> Result<String, ReadCommandError> {
     let deadline = std::time::Instant::now() + READ_TIMEOUT;
     let mut command = Vec::new();
     let mut chunk = [0u8; 64];
@@ -241,15 +256,15 @@ fn read_command(conn: &UnixStream) -> Result<String, Incomplete> {
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(Incomplete::TimedOut);
+            return Err(ReadCommandError::TimedOut);
         }
         reader
             .get_ref()
             .set_read_timeout(Some(left))
-            .map_err(Incomplete::Io)?;
+            .map_err(ReadCommandError::Io)?;
         match reader.read(&mut chunk) {
-            Ok(0) if reader.limit() == 0 => return Err(Incomplete::TooLong),
-            Ok(0) => break, // the client closed its end: all it sent is the command
+            Ok(0) if reader.limit() == 0 => return Err(ReadCommandError::TooLong),
+            Ok(0) => return Err(ReadCommandError::Unfinished),
             Ok(n) => command.extend_from_slice(&chunk[..n]),
             // A stop and continue interrupts a read with a timeout, handler or not.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -259,9 +274,9 @@ fn read_command(conn: &UnixStream) -> Result<String, Incomplete> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(Incomplete::TimedOut)
+                return Err(ReadCommandError::TimedOut)
             }
-            Err(e) => return Err(Incomplete::Io(e)),
+            Err(e) => return Err(ReadCommandError::Io(e)),
         }
     }
     Ok(String::from_utf8_lossy(&command).into_owned())

@@ -763,7 +763,7 @@ fn any_endpoint_can_serve_a_control_socket() {
 /// The control socket runs whole command lines only. One longer than its limit (here a
 /// `route del` padded past 256 bytes, with a word beyond) is refused; it was cut at the
 /// limit and the cut line run, deleting the route. A line whose newline never comes is
-/// refused at the socket's timeout too, not run as it stands.
+/// refused too, at the socket's timeout or its client's end, not run as it stands.
 #[test]
 fn the_control_socket_refuses_a_command_cut_off_by_its_length_limit() {
     use std::io::{Read, Write};
@@ -800,7 +800,19 @@ fn the_control_socket_refuses_a_command_cut_off_by_its_length_limit() {
             .len(),
         1
     );
-    // A line without its newline, from a client that closed its end, is whole.
-    let status = ask("status", true);
+    // Nor is one whose client closed its end before the newline (killed as it wrote).
+    let closed = ask(&format!("route del {net} {gateway}"), true);
+    assert!(
+        closed.contains("closed before the command's newline"),
+        "{closed}"
+    );
+    assert_eq!(
+        json(&path, &["route", "show"])["routes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let status = ask("status\n", true);
     assert!(status.starts_with("{\"counters\""), "{status}");
 }
