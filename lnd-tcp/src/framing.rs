@@ -72,7 +72,7 @@ impl RxFramer {
     }
 
     /// Drops what was received and not yet framed, for a connection that is being refused:
-    /// nothing it sends is read any more, and nothing it sends is kept.
+    /// what it sends from now on is read and dropped, never kept.
     pub(crate) fn discard(&mut self) {
         self.buf.clear();
         self.header = None;

@@ -574,12 +574,19 @@ fn a_peers_last_frame_goes_up_before_the_failure_its_reset_causes_on_our_sends()
         a.post(put_of(na, nb, token, token, payload));
         a.send_posted();
         a.take_ready(&mut seen);
-        a.poll(&mut seen, Some(Duration::from_millis(1))).unwrap();
-        let done = |t| {
-            seen.iter()
-                .any(|e| matches!(e, LndEvent::SendComplete { token: TxToken(d), .. } if *d == t))
+        let done = |seen: &[LndEvent]| {
+            seen.iter().any(
+                |e| matches!(e, LndEvent::SendComplete { token: TxToken(d), .. } if *d == token),
+            )
         };
-        if !done(token) {
+        // Waiting, not merely slow (a loaded machine): still not done after a few looks.
+        for _ in 0..5 {
+            if done(&seen) {
+                break;
+            }
+            a.poll(&mut seen, Some(Duration::from_millis(2))).unwrap();
+        }
+        if !done(&seen) {
             break;
         }
     }

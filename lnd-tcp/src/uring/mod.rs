@@ -448,7 +448,7 @@ impl Uring {
     ) -> Result<(), LndError> {
         if let Err(e) = self.enable() {
             let e = format!("cannot enable the io_uring: {e}");
-            return self.failed(events, LndError::new(LndErrorKind::Resource, e));
+            return self.fail_poll(events, LndError::new(LndErrorKind::Resource, e));
         }
         self.new_look();
         self.flush_dirty();
@@ -481,11 +481,11 @@ impl Uring {
                      io_uring TCP LND belongs to that thread (move the worker before its \
                      first progress, or use LANET_TCP_BACKEND=epoll)",
                 );
-                return self.failed(events, error);
+                return self.fail_poll(events, error);
             }
             if !benign.contains(&e.raw_os_error().unwrap_or(0)) {
                 let e = format!("io_uring_enter failed: {e}");
-                return self.failed(events, LndError::new(LndErrorKind::Resource, e));
+                return self.fail_poll(events, LndError::new(LndErrorKind::Resource, e));
             }
         }
         if submitted.is_ok() {
@@ -503,15 +503,15 @@ impl Uring {
         Ok(())
     }
 
-    /// The end of a look: answers written, deadlines, closed sockets, the core's events.
     /// A poll that fails hands over what the driver had gathered first (frames a hot look
     /// reaped, sends that completed), as the driver contract asks: the core handles them,
     /// then fails what the driver still holds.
-    fn failed(&mut self, events: &mut Vec<LndEvent>, error: LndError) -> Result<(), LndError> {
+    fn fail_poll(&mut self, events: &mut Vec<LndEvent>, error: LndError) -> Result<(), LndError> {
         events.append(&mut self.engine.events);
         Err(error)
     }
 
+    /// The end of a look: answers written, deadlines, closed sockets, the core's events.
     fn finish_turn(&mut self, events: &mut Vec<LndEvent>) {
         self.flush_dirty();
         self.engine.expire_due();
@@ -595,7 +595,9 @@ impl Uring {
     /// Fails `conn` for an error on its sending side, after handling its receives still
     /// set aside in the backlog: the kernel delivered those bytes before the failure (a
     /// peer's last frames, an answer among them), and the core hears them first, as it
-    /// would have had they not waited.
+    /// would have had they not waited. (Bytes not reaped yet, still in the socket or in a
+    /// completion of this look to come, are not: a failed direct write, before this look's
+    /// completions are reaped, loses them still; so does epoll's write before its read.)
     pub(super) fn fail_sending(&mut self, conn: ConnId, error: LndError) {
         let of_conn = |d: &Deferred| (d.ud >> 4) as ConnId == conn;
         if self.backlog.iter().any(of_conn) {

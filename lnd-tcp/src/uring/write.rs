@@ -175,9 +175,12 @@ impl Uring {
     fn flush_each_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &conn in &dirty {
-            self.flush(conn); // never adds to `dirty`
+            self.flush(conn);
         }
         dirty.clear();
+        // Kept: what a flush added (a socket failing there hands up its receives first,
+        // whose answers may be queued).
+        dirty.append(&mut self.dirty);
         self.dirty = dirty;
     }
 
