@@ -339,7 +339,11 @@ impl Monitor {
         (self.peers.len(), self.timers.len())
     }
 
-    pub(crate) fn new(cfg: HealthConfig) -> Monitor {
+    pub(crate) fn new(mut cfg: HealthConfig) -> Monitor {
+        // What validation refuses, for a node built without it (a release build checks
+        // it only where a driver loop starts): an interval of zero would book each look
+        // at the instant of the last, which the same tick would run again, for ever.
+        cfg.interval = cfg.interval.max(crate::config::MIN_HEALTH_INTERVAL);
         Monitor {
             cfg,
             peers: NidMap::default(),

@@ -42,8 +42,9 @@ pub fn read_config_text(path: &std::path::Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// The shortest health interval: a node waits on its timers at a millisecond's granularity
-/// (epoll), and below it would ping each watched peer as fast as its thread runs.
+/// The shortest health interval: below it a node would ping each watched peer about as
+/// fast as its thread runs, and detection would rest on scheduling noise (a thread that
+/// sleeps in epoll wakes at a millisecond's granularity).
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Credit settings for one lane.

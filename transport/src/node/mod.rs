@@ -223,7 +223,8 @@ pub(crate) enum Fetch {
         entry: OpId,
         entry_seq: u64,
     },
-    /// The REPLY to our GET `op`, to its attempt `attempt` (see `Op::attempts`).
+    /// The REPLY to our GET `op`, which came when the op had made `attempt` attempts (see
+    /// `Op::attempts`; a REPLY does not say which copy it answers).
     Reply { op: OpId, seq: u64, attempt: u32 },
     /// A frame passing through (we are a router): forwarded once its payload is here.
     Forward {

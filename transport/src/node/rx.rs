@@ -746,8 +746,11 @@ impl Node {
                     Ok(data) => self.complete(op, Ok(OpOutcome::Get { data })),
                     // The GET went out again since (its router failed): that copy answers.
                     Err(_) if resent => {}
-                    // The payload was at the router, which failed: the target answers a
-                    // copy sent another way from its record, without serving it twice.
+                    // The payload was held on the way back, by a router that failed: the
+                    // target answers a copy sent another way from its record, without
+                    // serving it twice. (The copy avoids the router the request went out
+                    // through, which is the one that held the payload unless the answer
+                    // came back another way.)
                     Err(e) if routed => self.resend_after_failure(op, &e.into()),
                     Err(e) => self.complete(op, Err(e.into())),
                 }
