@@ -183,8 +183,8 @@ impl RxFramer {
                     return Ok(None);
                 }
                 let h = decode_header(&self.buf[..HEADER_LEN], &self.limits)?;
-                let ty = h.frame_type();
-                if self.handshake && !ty.is_handshake() {
+                if self.handshake && !h.frame_type().is_handshake() {
+                    let ty = h.frame_type();
                     return Err(DecodeError::BeforeHandshake { ty });
                 }
                 self.header = Some(h);
