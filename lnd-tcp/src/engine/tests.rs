@@ -66,7 +66,16 @@ fn connected(events: &[LndEvent]) -> Vec<(Nid, Lane)> {
 }
 
 fn ping(from: u32, to: u32, token: u64) -> Transmit {
-    let h = Header {
+    Transmit::new(
+        Nid::mem(to, 0),
+        &ping_header(from, to, token),
+        Bytes::new(),
+        token,
+    )
+}
+
+fn ping_header(from: u32, to: u32, token: u64) -> Header {
+    Header {
         hop_limit: 8,
         router_gen: 0,
         lane: Lane::Health,
@@ -78,21 +87,13 @@ fn ping(from: u32, to: u32, token: u64) -> Transmit {
         payload_len: 0,
         body: Body::Ping { seq: token },
         attempt: 0,
-    };
-    Transmit::new(Nid::mem(to, 0), &h, Bytes::new(), token)
+    }
 }
 
 /// The header of a data-lane PUT of `len` bytes from node `from` to node `to`.
 fn put_header(from: u32, to: u32, len: u32) -> [u8; lanet::wire::HEADER_LEN] {
     encode_header(&Header {
-        hop_limit: 8,
-        router_gen: 0,
         lane: Lane::Data,
-        credits: 0,
-        src: Nid::mem(from, 0),
-        dst: Nid::mem(to, 0),
-        src_incarnation: 1,
-        msg_id: 1,
         payload_len: len,
         body: Body::Put {
             portal: 4,
@@ -100,7 +101,7 @@ fn put_header(from: u32, to: u32, len: u32) -> [u8; lanet::wire::HEADER_LEN] {
             settled_below: 0,
             ack: true,
         },
-        attempt: 0,
+        ..ping_header(from, to, 1)
     })
 }
 

@@ -28,6 +28,17 @@ fn sent(n: &mut Node) -> Vec<(usize, Nid, Header, TxToken)> {
         .collect()
 }
 
+/// One of [`sent`]'s frames (without payload) left: its driver completed its send.
+fn went_out(n: &mut Node, frame: &(usize, Nid, Header, TxToken)) {
+    let sent = Sent {
+        header: frame.2,
+        payload: Bytes::new(),
+        token: frame.3,
+        report_at_once: false,
+    };
+    sent_ok(n, &sent);
+}
+
 fn far_put() -> PutRequest {
     PutRequest {
         dst: far(),
@@ -89,15 +100,7 @@ fn a_copy_resent_from_another_of_our_nets_keeps_its_first_source() {
     n.put(t(0), OpId(1), far_put()).unwrap();
     let first = sent(&mut n);
     assert_eq!((first[0].0, first[0].1), (0, b));
-    sent_ok(
-        &mut n,
-        &Sent {
-            header: first[0].2,
-            payload: Bytes::new(),
-            token: first[0].3,
-            report_at_once: false,
-        },
-    );
+    went_out(&mut n, &first[0]);
     lost(&mut n, 0, b);
     let again = sent(&mut n);
     assert_eq!(again.len(), 1);
@@ -759,15 +762,7 @@ fn a_router_back_in_a_new_life_without_a_disconnect_has_what_went_through_it_res
     n.put(t(0), OpId(1), far_put()).unwrap();
     let first = sent(&mut n);
     assert_eq!(first[0].1, nid(B));
-    sent_ok(
-        &mut n,
-        &Sent {
-            header: first[0].2,
-            payload: Bytes::new(),
-            token: first[0].3,
-            report_at_once: false,
-        },
-    );
+    went_out(&mut n, &first[0]);
     connected_on(&mut n, 0, nid(B), Lane::Data, 8, 8);
     let again = sent(&mut n);
     assert_eq!(again.len(), 1, "{again:?}");
