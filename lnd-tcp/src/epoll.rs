@@ -307,6 +307,9 @@ impl Epoll {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // What the peer sent before the failure (its last frames, an answer
+                    // among them) is read first: a write may come before the look's read.
+                    self.drain(conn);
                     let error = io_error(&e, "send");
                     self.engine.fail(conn, error);
                     return;

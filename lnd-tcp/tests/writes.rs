@@ -557,9 +557,10 @@ fn a_failing_poll_hands_over_what_the_driver_had_gathered() {
 }
 
 /// A peer's last frame, which arrived before the peer reset the connection, is handed up
-/// before the connection's failure, though the failure shows first on the sending side
-/// (a send blocked on the full socket fails with the reset) and io_uring sets data
-/// receives aside for later in the turn: the answer may end an operation.
+/// before the connection's failure, though the failure shows first on the sending side:
+/// io_uring's send blocked on the full socket fails with the reset while it sets data
+/// receives aside for later in the turn, and epoll writes a frame posted after the reset
+/// before it reads. The answer may end an operation.
 #[test]
 fn a_peers_last_frame_goes_up_before_the_failure_its_reset_causes_on_our_sends() {
     let ((na, mut a), (nb, b)) = connected_pair();
@@ -598,6 +599,10 @@ fn a_peers_last_frame_goes_up_before_the_failure_its_reset_causes_on_our_sends()
     std::thread::sleep(Duration::from_millis(50));
     drop(b);
     std::thread::sleep(Duration::from_millis(50));
+    // A frame posted now: epoll writes it before its next look reads (and meets the
+    // reset there); io_uring queues it behind the send that waits.
+    a.post(put(na, nb, 99, 99));
+    a.send_posted();
     let start = Instant::now();
     while !seen
         .iter()

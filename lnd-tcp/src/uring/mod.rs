@@ -597,7 +597,7 @@ impl Uring {
     /// peer's last frames, an answer among them), and the core hears them first, as it
     /// would have had they not waited. (Bytes not reaped yet, still in the socket or in a
     /// completion of this look to come, are not: a failed direct write, before this look's
-    /// completions are reaped, loses them still; so does epoll's write before its read.)
+    /// completions are reaped, loses them still. Epoll reads the socket first instead.)
     pub(super) fn fail_sending(&mut self, conn: ConnId, error: LndError) {
         let of_conn = |d: &Deferred| (d.ud >> 4) as ConnId == conn;
         if self.backlog.iter().any(of_conn) {
