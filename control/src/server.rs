@@ -1,6 +1,8 @@
 //! The control socket: a Unix stream socket where a node (`lanet-router`, or any program
 //! that serves one for its endpoint) answers one command per connection with one line of
-//! JSON. `lanetctl` (and the tests) are its clients; the commands are in [`crate::command`].
+//! JSON. A command is one line, its newline included at most 256 bytes, sent within 2 s;
+//! anything else is answered with an error, never run in part. `lanetctl` (and the tests)
+//! are its clients; the commands are in [`crate::command`].
 
 use std::io::{self, Read};
 
