@@ -265,7 +265,9 @@ impl Dedup {
     }
 
     /// Request `msg_id` from `from` to `to` was not handled after all (its payload never
-    /// came): a copy of it is new.
+    /// came): a copy of it is new. Also if it was let go meanwhile (evicted while its
+    /// payload was fetched): its copy would otherwise count as too old, and be dropped.
+    /// (Below a floor that passed it, it stays too old.)
     pub(crate) fn forget(&mut self, from: Nid, to: Nid, incarnation: u64, msg_id: u64) {
         let Some(w) = self.windows.get_mut(&(from, to, incarnation)) else {
             return;
@@ -273,6 +275,8 @@ impl Dedup {
         if matches!(w.entries.get(&msg_id), Some(Entry::Pending)) {
             w.entries.remove(&msg_id);
             self.entries -= 1;
+        } else if w.evicted.remove(&msg_id) {
+            self.let_go -= 1;
         }
     }
 
@@ -406,6 +410,25 @@ mod tests {
         assert_eq!(d.entries(), 4, "8, 9, 10 and 11 remain");
         assert!(matches!(d.check(a, ME, 1, 3, 8), Seen::TooOld));
         assert!(matches!(d.check(a, ME, 1, 9, 8), Seen::Answered(..)));
+    }
+
+    /// A request evicted from its window while its payload was fetched, whose fetch then
+    /// failed (its router went): forgotten, the copy its initiator sends another way is
+    /// new. It was let go for good, and the copy dropped as too old.
+    #[test]
+    fn a_request_evicted_while_its_payload_was_fetched_can_still_be_forgotten() {
+        let mut d = Dedup::new(4, 10);
+        let a = Nid::mem(1, 0);
+        for m in 1..=4 {
+            assert!(matches!(d.check(a, ME, 1, m, 0), Seen::New));
+        }
+        for m in [1, 3, 4] {
+            d.answered(a, ME, 1, m, ack(), Bytes::new());
+        }
+        assert!(matches!(d.check(a, ME, 1, 5, 0), Seen::New), "evicts 2");
+        assert!(matches!(d.check(a, ME, 1, 2, 0), Seen::TooOld));
+        d.forget(a, ME, 1, 2);
+        assert!(matches!(d.check(a, ME, 1, 2, 0), Seen::New));
     }
 
     #[test]
