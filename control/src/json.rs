@@ -86,6 +86,7 @@ pub fn report(r: &NodeReport) -> Value {
             "resent": s.resent,
             "unroutable_answers": s.unroutable_answers,
             "stale_frames": s.stale_frames,
+            "notices_dropped": s.notices_dropped,
             "protocol_errors": s.protocol_errors,
             "pings_sent": r.health.pings_sent,
             "peer_downs": r.health.downs,

@@ -157,6 +157,12 @@ impl Collector for Snapshot {
         )?;
         counters(
             &mut e,
+            "lanet_notices_dropped",
+            "News of the network an endpoint dropped: its application left its events untaken",
+            &[(vec![], s.notices_dropped)],
+        )?;
+        counters(
+            &mut e,
             "lanet_stale_frames",
             "Frames of a far end's replaced life, late through a router: dropped",
             &[(vec![], s.stale_frames)],

@@ -169,6 +169,7 @@ impl EndpointBuilder {
             queued_on_driver_thread: queued_on_driver_thread.clone(),
             awaited: awaited.clone(),
             in_hand: None,
+            notice_backlog: cfg.max_undelivered,
         };
         let name = format!("lanet-{}", nids[0]);
         let realtime = self.realtime;

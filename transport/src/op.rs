@@ -431,4 +431,19 @@ impl Event {
     pub fn is_delivery(&self) -> bool {
         matches!(self, Event::Delivered(_) | Event::Refused(_))
     }
+
+    /// Whether it is news of the network (a peer, a route, an NI, a router, a protocol
+    /// error), which its peers cause, not the application: an endpoint whose application
+    /// leaves `max_undelivered` events untaken drops such news, counted
+    /// ([`crate::node::NodeStats::notices_dropped`]), rather than let it pile up.
+    /// Completions, deliveries and the endpoint's failure are never dropped.
+    pub fn is_notice(&self) -> bool {
+        !matches!(
+            self,
+            Event::Completed(_)
+                | Event::Delivered(_)
+                | Event::Refused(_)
+                | Event::EndpointFailed { .. }
+        )
+    }
 }

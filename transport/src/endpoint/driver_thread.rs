@@ -132,6 +132,9 @@ pub(super) struct DriverThread {
     /// A command was queued on this thread (see `Inner::queued_on_driver_thread`).
     pub(super) queued_on_driver_thread: Arc<AtomicBool>,
     pub(super) awaited: Arc<Awaited>,
+    /// Events waiting in the channel past which news of the network is dropped (the
+    /// node's `max_undelivered`; see [`Event::is_notice`]).
+    pub(super) notice_backlog: usize,
     /// The op of the command the node is taking, while it takes it: if the node panics
     /// right then, this is the one op neither its table nor its events may hold.
     pub(super) in_hand: Option<OpId>,
@@ -353,6 +356,19 @@ impl DriverThread {
             return;
         };
         match &mut self.sink {
+            // News its peers cause waits for the application only up to a bound: one that
+            // does not take its events must not grow this queue without end.
+            Sink::Channel(tx) if e.is_notice() && tx.len() >= self.notice_backlog => {
+                let node = self.driver.node_mut();
+                node.stats.notices_dropped += 1;
+                let dropped = node.stats.notices_dropped;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped,
+                        "the application leaves its events untaken: news of the network dropped"
+                    );
+                }
+            }
             // The receiver lives as long as any endpoint handle; if none is left, nobody
             // can observe the event.
             Sink::Channel(tx) => {

@@ -805,3 +805,34 @@ fn ping_and_wait_returns_its_completion_to_the_caller_only() {
         Err(EndpointError::ShutDown)
     ));
 }
+
+/// News of the network its peers cause (here a PeerDown for each of 40 watched peers that
+/// do not exist) waits for an application that never takes its events only up to
+/// `max_undelivered` events: the rest is dropped and counted. It grew without bound.
+#[test]
+fn news_of_the_network_waits_for_an_application_only_up_to_its_bound() {
+    let f = fabric();
+    let mut cfg = NodeConfig::new(1);
+    cfg.max_undelivered = 8;
+    cfg.health.interval = Duration::from_millis(5);
+    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let a = Endpoint::builder(cfg).lnd(lnd).start().unwrap();
+    for n in 100..140 {
+        a.watch(Nid::mem(n, 0)).unwrap();
+    }
+    let start = std::time::Instant::now();
+    while a.report().unwrap().health.downs < 40 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "40 peers judged Down"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A turn more: whatever the last look judged has been handed on by then.
+    let dropped = a.report().unwrap().stats.notices_dropped;
+    let waiting = a.inner.events.as_ref().unwrap().len();
+    assert!(waiting <= 8, "{waiting} events wait");
+    assert_eq!(dropped, 40 - waiting as u64);
+    // What waits is taken as usual.
+    assert!(matches!(a.recv_event(WAIT), Some(Event::PeerDown { .. })));
+}

@@ -189,6 +189,9 @@ pub struct NodeStats {
     /// ours it addresses.
     pub dedup_entries: u64,
     pub dedup_initiators: u64,
+    /// News of the network (see [`Event::is_notice`]) an endpoint dropped because its
+    /// application had left `max_undelivered` events untaken.
+    pub notices_dropped: u64,
 }
 
 /// Answers (ACK, REPLY, PONG, NACK) that may wait at one hop lane, per receive credit we
