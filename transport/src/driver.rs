@@ -342,9 +342,12 @@ impl Driver {
         self.feed_scratch(now, ni);
         if let Err(e) = polled {
             // That NI is done; the node carries on with the others. Its loss may be much
-            // work (every op through it): the next turn reads the clock again.
+            // work (every op through it): the next turn reads the clock again. Its driver
+            // goes now, closing what it had open (see `failed`).
             self.node.ni_failed(now, ni, e.clone());
             self.polled_at = None;
+            let nid = self.lnds[ni.0].nid();
+            self.lnds[ni.0] = Box::new(failed::Failed::new(nid, e.clone()));
             return Err((ni, e));
         }
         Ok(n)
@@ -363,6 +366,8 @@ fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 fn ni_bit(i: usize) -> u64 {
     1 << i.min(63)
 }
+
+mod failed;
 
 #[cfg(test)]
 mod tests;

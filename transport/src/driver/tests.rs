@@ -211,6 +211,30 @@ fn a_failing_ni_ends_the_poll_that_finds_it() {
     assert!(down, "the node said the NI went down");
 }
 
+/// One of several NIs fails for good: its driver is dropped at once, not kept (open, and
+/// answering nobody) until the whole node stops. Its listener goes with it: here the
+/// in-memory fabric lets a new driver take the failed NI's NID, where it said "already
+/// attached" while the failed one lived.
+#[test]
+fn a_failed_nis_driver_is_dropped_at_once() {
+    let clock = Arc::new(MonotonicClock::new());
+    let fabric = MemFabric::new(clock.clone(), 1);
+    let cfg = NodeConfig::new(1);
+    let lnd = |n| MemLnd::new(&fabric, Nid::mem(1, n), MemLndConfig::for_node(&cfg));
+    let (rigged, armed) = Rigged::new(lnd(1).unwrap(), Trick::Fail);
+    let lnds: Vec<Box<dyn Lnd>> = vec![Box::new(rigged), Box::new(lnd(2).unwrap())];
+    let mut driver = Driver::new(cfg.clone(), lnds).unwrap();
+    driver.poll(&*clock, Some(Duration::ZERO)).unwrap();
+    assert!(lnd(1).is_err(), "attached while its driver lives");
+    armed.store(true, Ordering::SeqCst);
+    driver.poll(&*clock, Some(Duration::ZERO)).unwrap();
+    assert!(!driver.node().ni_is_up(NiId(0)));
+    assert!(lnd(1).is_ok(), "its driver is gone");
+    // The loop goes on with the other NI, and asks nothing of the failed one.
+    driver.poll(&*clock, Some(Duration::ZERO)).unwrap();
+    assert!(driver.node().ni_is_up(NiId(1)));
+}
+
 /// A wake that comes while the thread polls its LNDs (a submission racing it) is not
 /// swallowed by that poll: the sleep that follows ends at once, not at its timeout.
 #[test]
