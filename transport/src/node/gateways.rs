@@ -212,15 +212,18 @@ impl Node {
     /// queue: that one carries the latest status when it leaves, so a user slow to return
     /// credits does not pile them up.
     fn push_status_to(&mut self, user: Nid) {
-        let queued = self.hops.get(&user).is_some_and(|h| {
-            h.lanes[Lane::Health]
-                .queue
-                .iter()
-                .any(|p| matches!(p, Pending::Status))
-        });
-        if !queued {
+        if !self.health_queue_holds(user, |p| matches!(p, Pending::Status)) {
             self.send_or_queue(user, Lane::Health, Pending::Status);
         }
+    }
+
+    /// Whether `hop`'s health lane already holds, waiting for a credit, a frame `like`
+    /// this: one waiting is enough for what this node only asks or says once at a time
+    /// (its status, a question about the hop's), however often the hop makes it due.
+    fn health_queue_holds(&self, hop: Nid, like: impl Fn(&Pending) -> bool) -> bool {
+        self.hops
+            .get(&hop)
+            .is_some_and(|h| h.lanes[Lane::Health].queue.iter().any(like))
     }
 
     pub(crate) fn router_forwarded_for(&mut self, hop: Nid) {
@@ -421,13 +424,8 @@ impl Node {
         // A PING to it that still waits for a credit asks as well (its PONG carries the
         // status): a gateway that keeps our credits while its frames name ever-new
         // generations must not pile PINGs up in its queue.
-        let waiting = self.hops.get(&from).is_some_and(|h| {
-            h.lanes[Lane::Health]
-                .queue
-                .iter()
-                .any(|p| matches!(p, Pending::HealthPing { dst, .. } if *dst == from))
-        });
-        if waiting {
+        let asking = |p: &Pending| matches!(p, Pending::HealthPing { dst, .. } if *dst == from);
+        if self.health_queue_holds(from, asking) {
             return;
         }
         self.health_seq += 1;
