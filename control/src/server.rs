@@ -209,20 +209,29 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
     let until = std::time::Instant::now() + LINGER;
     let mut rest = (&conn).take(LINGER_BYTES);
     let mut dropped = [0u8; 4096];
+    while let Ok(1..) = read_before(&mut rest, until, &mut dropped) {}
+    Ok(())
+}
+
+/// Reads what comes from `conn` into `buf` until `deadline`: `TimedOut` once it has
+/// passed (a signal's interruption is read through).
+fn read_before(
+    conn: &mut io::Take<&UnixStream>,
+    deadline: std::time::Instant,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            break;
+            return Err(io::ErrorKind::TimedOut.into());
         }
-        rest.get_ref().set_read_timeout(Some(left))?;
-        match rest.read(&mut dropped) {
-            Ok(0) => break,
-            Ok(_) => {}
+        conn.get_ref().set_read_timeout(Some(left))?;
+        match conn.read(buf) {
+            // A stop and continue interrupts a read with a timeout, handler or not.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            read => return read,
         }
     }
-    Ok(())
 }
 
 /// How long at most, and how much, a client's input beyond its command is read and
@@ -256,20 +265,10 @@ fn read_command(conn: &UnixStream) -> Result<String, ReadCommandError> {
             command.truncate(end);
             break;
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(ReadCommandError::TimedOut);
-        }
-        reader
-            .get_ref()
-            .set_read_timeout(Some(left))
-            .map_err(ReadCommandError::Io)?;
-        match reader.read(&mut chunk) {
+        match read_before(&mut reader, deadline, &mut chunk) {
             Ok(0) if reader.limit() == 0 => return Err(ReadCommandError::TooLong),
             Ok(0) => return Err(ReadCommandError::Unfinished),
             Ok(n) => command.extend_from_slice(&chunk[..n]),
-            // A stop and continue interrupts a read with a timeout, handler or not.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
