@@ -173,7 +173,6 @@ impl Daemon {
             let arrived: Vec<i32> = self.signals.wait().collect();
             if lock(&self.failed).is_some() {
                 crate::notify::notify("STOPPING=1");
-                self.endpoint.shutdown();
                 return self.stopped();
             }
             if arrived.contains(&SIGHUP) {
@@ -185,7 +184,6 @@ impl Daemon {
             if stops.len() > 1 {
                 // Asked twice before it looked (an impatient operator): stop now.
                 tracing::warn!(?stops, "signalled twice: stopping without a drain");
-                self.endpoint.shutdown();
                 return self.stopped();
             }
             if let Some(signal) = stops.first() {
@@ -196,9 +194,11 @@ impl Daemon {
         self.drain()
     }
 
-    /// The end of a stop: waits for the events thread (which ends with the endpoint), and
-    /// says whether the endpoint had failed meanwhile (`Err`: the process exits 1).
+    /// The end of a stop: shuts the endpoint down, waits for the events thread (which ends
+    /// with it), and says whether the endpoint had failed meanwhile (`Err`: the process
+    /// exits 1).
     fn stopped(mut self) -> Result<(), String> {
+        self.endpoint.shutdown();
         if let Some(t) = self.events.take() {
             let _ = t.join();
         }
@@ -280,7 +280,6 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.endpoint.shutdown();
         self.stopped()
     }
 }
