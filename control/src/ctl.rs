@@ -602,12 +602,14 @@ fn router_status(r: &Value) -> String {
     out.push_str(&format!("\nframes held: {}", cell(&r["holds"])));
     let c = &r["counters"];
     out.push_str(&format!(
-        "\nwithdrawals: {}  returns: {}  flaps: {}  degradations: {}  damping penalty: {}",
+        "\nwithdrawals: {}  returns: {}  flaps: {}  degradations: {}  damping penalty: {}  \
+         unwatched: {}",
         cell(&c["withdrawals"]),
         cell(&c["returns"]),
         cell(&c["flaps"]),
         cell(&c["degradations"]),
         cell(&c["penalty"]),
+        cell(&c["unwatched"]),
     ));
     out
 }

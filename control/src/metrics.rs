@@ -292,6 +292,12 @@ impl Collector for Snapshot {
                 "Times it came back",
                 &[(vec![], c.counters.returns)],
             )?;
+            counters(
+                &mut e,
+                "lanet_router_unwatched",
+                "Peers it forwarded for without watching them (max_served reached)",
+                &[(vec![], c.counters.unwatched)],
+            )?;
             let pools = ["tiny", "small", "large"];
             let pool_rows = |f: &dyn Fn(&lanet::node::PoolStats) -> i64| -> Vec<(Labels, i64)> {
                 pools

@@ -123,6 +123,7 @@ impl ConfigFile {
         );
         let _ = writeln!(t, "fellows = {}", quoted(&r.fellows));
         let _ = writeln!(t, "warm_up = {}", dur(r.warm_up));
+        let _ = writeln!(t, "max_served = {}", r.max_served);
         let _ = writeln!(t, "drain = {}", dur(self.daemon.drain));
         let socket = self.daemon.control_socket.display().to_string();
         let _ = writeln!(t, "control_socket = {}", toml_string(&socket));

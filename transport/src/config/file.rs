@@ -365,6 +365,7 @@ struct RawRouting {
     damping: Option<RawDamping>,
     #[serde(default)]
     fellows: Vec<Spanned<String>>,
+    max_served: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     warm_up: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -844,6 +845,7 @@ impl RawRouting {
         let r: &mut RouterConfig = &mut node.router;
         r.hold_down = self.hold_down.unwrap_or(r.hold_down);
         r.warm_up = self.warm_up.unwrap_or(r.warm_up);
+        r.max_served = self.max_served.unwrap_or(r.max_served);
         if let Some(d) = &self.damping {
             r.half_life = d.half_life.unwrap_or(r.half_life);
             r.max_hold_down = d.max_hold_down.unwrap_or(r.max_hold_down);

@@ -116,7 +116,7 @@ fn tunables_reach_the_node_config() {
         "transaction_timeout = \"30s\"\nretry_count = 4\n{TWO_NETS}credits = 64\npeer_credits = 4\n\
          [health]\ninterval = \"50ms\"\ndetect_mult = 5\n\
          [routing]\nenable = true\nbuffers = {{ tiny = 10, large = 3 }}\nhold_down = \"5s\"\n\
-         damping = {{ half_life = \"1m\" }}\nwarm_up = \"250ms\"\ndrain = \"3s\"\n\
+         damping = {{ half_life = \"1m\" }}\nwarm_up = \"250ms\"\ndrain = \"3s\"\nmax_served = 99\n\
          control_socket = \"/tmp/r.sock\"\nfellows = [\"10.0.2.2:7002@tcp2\"]\n"
     ))
     .unwrap();
@@ -138,6 +138,8 @@ fn tunables_reach_the_node_config() {
     assert_eq!(n.router.hold_down, Duration::from_secs(5));
     assert_eq!(n.router.half_life, Duration::from_secs(60));
     assert_eq!(n.router.warm_up, Duration::from_millis(250));
+    assert_eq!(n.router.max_served, 99);
+    assert_eq!(parse(&f.to_toml()).unwrap().node.router.max_served, 99);
     assert_eq!(n.router.fellows[0].to_string(), "10.0.2.2:7002@tcp2");
     assert_eq!(f.daemon.drain, Duration::from_secs(3));
     assert_eq!(f.daemon.control_socket, std::path::Path::new("/tmp/r.sock"));
@@ -615,6 +617,14 @@ fn router_buffer_pools_of_none_are_refused() {
         e.contains("routing.buffers: tiny, small and large must each be at least 1"),
         "{e}"
     );
+}
+
+#[test]
+fn a_router_that_watches_no_peer_is_refused() {
+    let e = error(&format!(
+        "{TWO_NETS}\n[routing]\nenable = true\nmax_served = 0\n"
+    ));
+    assert!(e.contains("max_served must be positive"), "{e}");
 }
 
 /// A `lo` net's tunables are not exported (it has no peers), so they must not shape the

@@ -138,6 +138,11 @@ pub struct RouterConfig {
     /// Other routers of the same nets: they exchange the peers they cannot reach, which
     /// tells a router that has become a black hole from a peer that died.
     pub fellows: Vec<Nid>,
+    /// Peers it forwarded for that it watches at most (its *served* peers, by which it
+    /// judges whether it is a black hole). Past this, it forwards for new ones without
+    /// watching them, counted in [`crate::node::AbsenceStats::unwatched`], so frames to
+    /// made-up NIDs cannot grow its tables without bound.
+    pub max_served: usize,
 }
 
 impl Default for RouterConfig {
@@ -148,6 +153,7 @@ impl Default for RouterConfig {
             max_hold_down: Duration::from_secs(60),
             warm_up: Duration::from_secs(1),
             fellows: Vec::new(),
+            max_served: 65_536,
         }
     }
 }
@@ -242,6 +248,12 @@ impl NodeConfig {
             return Err(ConfigError(
                 "routing: hold_down, half_life, max_hold_down, warm_up and the transaction \
                  timeout are each at most 1 day"
+                    .into(),
+            ));
+        }
+        if r.max_served == 0 {
+            return Err(ConfigError(
+                "routing: max_served must be positive (a router watches the peers it serves)"
                     .into(),
             ));
         }

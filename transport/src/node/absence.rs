@@ -76,6 +76,8 @@ pub struct AbsenceStats {
     pub degradations: u64,
     /// The flap penalty now (1000 per flap, decaying).
     pub penalty: f64,
+    /// Peers forwarded for but not watched: it already watched `max_served` then.
+    pub unwatched: u64,
 }
 
 /// A router's view of itself, beside its status: why it is absent or degraded.
@@ -227,11 +229,25 @@ impl Node {
             .map_or(r.max_hold_down, |d| d.min(r.max_hold_down))
     }
 
-    /// A frame passed between `upstream` and `downstream`: both are served, and watched.
+    /// A frame passed between `upstream` and `downstream`: both are served, and watched,
+    /// up to `max_served` peers (a sender naming made-up NIDs must not grow the tables).
     pub(crate) fn router_served(&mut self, now: Time, peers: [Nid; 2]) {
+        let a = &mut self.router.absence;
         for peer in peers {
-            if self.router.absence.served.insert(peer, now).is_none() {
+            if let Some(seen) = a.served.get_mut(&peer) {
+                *seen = now;
+            } else if a.served.len() < self.cfg.router.max_served {
+                a.served.insert(peer, now);
                 self.health.interest_started(peer, now);
+            } else {
+                if a.stats.unwatched == 0 {
+                    tracing::warn!(
+                        max_served = self.cfg.router.max_served,
+                        "forwarding for more peers than it watches: new ones go unwatched \
+                         (see `unwatched` in the router's counters)"
+                    );
+                }
+                a.stats.unwatched += 1;
             }
         }
     }

@@ -797,3 +797,40 @@ fn frames_that_waited_for_a_connection_are_judged_from_when_it_came_up() {
     n.handle_timeout(up + patience * 9 / 8);
     assert_eq!(nacks(&mut n), 1, "nothing has left since D came up");
 }
+
+/// A sender naming made-up NIDs on the router's other net: each is forwarded to (and
+/// fails there), but the router watches at most `max_served` peers for its judgment of
+/// itself, so such a sender cannot grow its tables (served, monitored) without bound.
+#[test]
+fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
+    let mut base = cfg();
+    base.router.max_served = 4;
+    let mut n = router_with(base);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    // Seven, and an eighth frame below: the eight credits the router offered B.
+    let made_up: Vec<Nid> = (0..7).map(|i| Nid::mem(100 + i, 1)).collect();
+    for (m, &dst) in made_up.iter().enumerate() {
+        put_from_b(&mut n, dst, m as u64 + 1, 8);
+    }
+    let connects = requests(&mut n)
+        .iter()
+        .filter(|r| matches!(r, LndRequest::Connect { peer, .. } if made_up.contains(peer)))
+        .count();
+    assert_eq!(connects, 7, "each is forwarded to all the same");
+    // B, the sender, is one of the four.
+    assert!(n.served_and_asked(nid(B)).0);
+    let watched: Vec<Nid> = made_up
+        .iter()
+        .copied()
+        .filter(|p| n.served_and_asked(*p).0)
+        .collect();
+    assert_eq!(watched, made_up[..3], "the first three, then no more");
+    for p in &made_up[3..] {
+        assert!(n.health.peer(*p).is_none(), "{p} is not monitored");
+    }
+    assert_eq!(n.router_condition().counters.unwatched, 4);
+    // Served again, a watched peer stays watched (its time renewed), and nothing new is.
+    put_from_b(&mut n, made_up[0], 8, 8);
+    assert_eq!(n.router_condition().counters.unwatched, 4);
+    assert!(n.served_and_asked(made_up[0]).0);
+}
