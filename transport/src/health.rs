@@ -197,6 +197,8 @@ struct Watch {
     health: u16,
     /// Probes sent since it went Down (the backoff exponent).
     probes: u32,
+    /// When the last of those went out.
+    probed_at: Time,
     /// When the peer next needs looking at (a lingering entry: when it goes); `None` while
     /// it needs nothing (remembered Down, unprobed).
     due: Option<Time>,
@@ -220,6 +222,7 @@ impl Watch {
             ping_sent: None,
             health: HEALTH_MAX,
             probes: 0,
+            probed_at: Time::ZERO,
             due: None,
             heard: false,
             graced: false,
@@ -309,6 +312,16 @@ fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
         return false;
     }
     true
+}
+
+/// The wait after a Down peer's `probes`-th probe before the next: doubling from an
+/// interval, up to `probe_max`. At least an interval: a `probe_max` of zero would book
+/// the next probe now, and the tick would run it at once, for ever.
+fn probe_gap(cfg: &HealthConfig, probes: u32) -> Duration {
+    cfg.interval
+        .saturating_mul(1u32 << probes.min(20))
+        .min(cfg.probe_max)
+        .max(cfg.interval)
 }
 
 /// What any frame from the peer of `w` tells: it is alive now.
@@ -475,15 +488,23 @@ impl Monitor {
         self.timers.forget_all_current();
     }
 
-    /// Someone wanted a Down peer nobody monitors: probe it again (on its backoff), so
-    /// that its return is noticed.
+    /// Someone wanted a Down peer nobody monitors (an operation to it, a frame a router
+    /// would pass to it, a route through it): probe it again, so that its return is
+    /// noticed. On its backoff, as if monitored: wanted at every turn, by an application
+    /// retrying or a stream of frames, it is probed no more often than that.
     pub(crate) fn poke(&mut self, nid: Nid, now: Time) {
-        if self
+        let cfg = self.cfg;
+        if let Some(w) = self
             .peers
-            .get(&nid)
-            .is_some_and(|w| w.state == PeerState::Down && w.due.is_none())
+            .get_mut(&nid)
+            .filter(|w| w.state == PeerState::Down && w.due.is_none())
         {
-            self.schedule(nid, now);
+            let at = if w.probes == 0 {
+                now
+            } else {
+                (w.probed_at + probe_gap(&cfg, w.probes)).max(now)
+            };
+            book(&mut self.timers, nid, w, at);
         }
     }
 
@@ -644,16 +665,11 @@ impl Monitor {
             out.push(Action::Ping(nid));
             self.stats.pings_sent += 1;
             w.probes += 1;
+            w.probed_at = now;
             if !w.interesting() {
                 return; // a poked probe: the next one waits for the next poke
             }
-            // At least an interval: a `probe_max` of zero would book the next probe now,
-            // and this tick would run it at once, for ever.
-            let gap = cfg
-                .interval
-                .saturating_mul(1u32 << w.probes.min(20))
-                .min(cfg.probe_max)
-                .max(cfg.interval);
+            let gap = probe_gap(&cfg, w.probes);
             self.schedule(nid, now + gap);
             return;
         }

@@ -413,6 +413,31 @@ fn a_poked_down_peer_is_probed_once_per_attempt_and_forgotten_once_back() {
     assert_eq!((m.peer(peer(1)), m.monitored()), (None, 0));
 }
 
+/// Wanted at every millisecond (an application retrying, a router's stream of frames for
+/// it), a Down peer nobody monitors is probed on its backoff, not at every want: each
+/// want used to book a probe at once.
+#[test]
+fn a_down_peer_poked_without_pause_is_probed_on_its_backoff() {
+    let mut m = Monitor::new(HealthConfig::default());
+    m.interest_started(peer(1), at(0));
+    let log = drive(&mut m, 350, |_| None);
+    assert_eq!(downs(&log), vec![300]);
+    m.interest_ended(peer(1));
+    let mut probes = Vec::new();
+    for ms in 5_000..7_000 {
+        m.poke(peer(1), at(ms));
+        let mut out = Vec::new();
+        m.tick(at(ms), &mut out);
+        probes.extend(out.iter().map(|a| (ms, *a)));
+    }
+    // 200, 400, 800 ms apart, as a monitored Down peer's probes.
+    let ping = Action::Ping(peer(1));
+    assert_eq!(
+        probes,
+        vec![(5_000, ping), (5_200, ping), (5_600, ping), (6_400, ping)]
+    );
+}
+
 /// Drives a silent, watched peer while a health frame handed to the driver at `stuck_from`
 /// stays there until `stuck_until` (ms). Returns the time of the Down verdict.
 fn down_with_stuck_frame(stuck_from: u64, stuck_until: u64) -> (u64, HealthStats) {

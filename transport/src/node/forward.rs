@@ -156,7 +156,12 @@ impl Node {
         let next = self.next_hop(h.dst, &[upstream.hop]);
         let reason = match next {
             None => Some(NackReason::NoRoute),
-            Some(next) if self.health.is_down(next) => Some(NackReason::NextHopDown),
+            Some(next) if self.health.is_down(next) => {
+                // Probed again (on its backoff), or a peer that stayed away longer than
+                // this router remembers serving it would be refused for good.
+                self.health.poke(next, self.clock.unwrap_or_default());
+                Some(NackReason::NextHopDown)
+            }
             Some(_) => None,
         };
         let f = Forward {

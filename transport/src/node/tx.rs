@@ -57,10 +57,17 @@ impl Node {
         }
         let now = self.clock.unwrap_or_default();
         let (nis, health, hops, gateways) = (&self.nis, &self.health, &self.hops, &self.gateways);
+        // Gateways passed over for being Down: probed (on their backoff), or a crashed one
+        // nobody monitors any more would never be found back.
+        let mut down = Vec::new();
         let mut pick = |listed_ok: bool| {
             self.routes.select(dst.net(), |r| {
-                let usable = !avoid.contains(&r.gateway)
-                    && usable(nis, health, hops, r.gateway, now)
+                let up = usable(nis, health, hops, r.gateway, now);
+                if !up && health.is_down(r.gateway) {
+                    down.push(r.gateway);
+                }
+                let usable = up
+                    && !avoid.contains(&r.gateway)
                     && if listed_ok {
                         gateways.serves_net(r.gateway, dst.net())
                     } else {
@@ -75,7 +82,11 @@ impl Node {
         // If every gateway lists `dst` as unreachable, try one anyway: it may be back (a
         // restart) before they say so, and a gateway that still cannot reach it refuses
         // at once (NACK), so the op goes on to the next or fails, quickly either way.
-        pick(false).or_else(|| pick(true))
+        let next = pick(false).or_else(|| pick(true));
+        for gateway in down {
+            self.health.poke(gateway, now);
+        }
+        next
     }
 
     /// Whether `gateway` is a usable gateway towards `dst` now.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::health::PeerState;
 use crate::lane::Lane;
 use crate::mem::{LinkFaults, MemLndConfig};
 use crate::nid::Net;
@@ -74,6 +75,9 @@ fn add_router(sim: &mut Sim, n: u32, nets: &[u16], lnd: Option<MemLndConfig>) ->
 
 fn run_to_completion(sim: &mut Sim, at: Nid, op: OpId) -> Result<OpOutcome, OpError> {
     for _ in 0..1_000_000 {
+        // A step settles what is pending even when nothing is scheduled after it (an op
+        // that failed as it was submitted): look at the events before giving up.
+        let stepped = sim.step();
         let done = sim.take_events(at).into_iter().find_map(|e| match e {
             Event::Completed(c) if c.op == op => Some(c.result),
             _ => None,
@@ -81,7 +85,7 @@ fn run_to_completion(sim: &mut Sim, at: Nid, op: OpId) -> Result<OpOutcome, OpEr
         if let Some(done) = done {
             return done;
         }
-        assert!(sim.step(), "{op} pending, yet nothing is scheduled");
+        assert!(stepped, "{op} pending, yet nothing is scheduled");
     }
     panic!("{op} never completed");
 }
@@ -836,4 +840,79 @@ fn greedy_senders_are_slowed_by_the_routers_pools_and_others_keep_their_share() 
     );
     let per_peer: Vec<(Nid, u64)> = stats.peers.iter().map(|p| (p.peer, p.forwarded)).collect();
     assert!(per_peer.contains(&(h, 10)), "{per_peer:?}");
+}
+
+/// Client 1 on net 1, server 2 on net 2, router 9 on both, each node's only route through
+/// it; the server takes PUTs on portal 4.
+fn one_router() -> (Sim, Nid, Nid) {
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(2)).unwrap();
+    add_router(&mut sim, 9, &[1, 2], None);
+    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
+    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 64));
+    (sim, client, server)
+}
+
+/// PUTs from `client` to `server`, one at a time and a second apart, until one succeeds:
+/// the attempts it took, or `None` after `tries`.
+fn put_until_one_succeeds(sim: &mut Sim, client: Nid, server: Nid, tries: u8) -> Option<u8> {
+    for i in 1..=tries {
+        let op = sim.put(client, put(server, 4, pattern(4, i)));
+        if run_to_completion(sim, client, op).is_ok() {
+            return Some(i);
+        }
+        sim.run_for(Duration::from_secs(1));
+    }
+    None
+}
+
+/// A server that only answers (sends nothing of its own) dies and stays away longer than
+/// its router remembers the peers it served (ten detection times). Back, it is reached
+/// again: the router, which knew it Down, probes it again when asked to forward to it,
+/// rather than refuse every frame for it until its tables fill up.
+#[test]
+fn a_server_back_after_a_long_death_is_reached_again_through_its_router() {
+    let (mut sim, client, server) = one_router();
+    puts_one_by_one(&mut sim, client, server, 2);
+    sim.kill(server);
+    let op = sim.put(client, put(server, 4, pattern(4, 0)));
+    assert!(run_to_completion(&mut sim, client, op).is_err());
+    sim.run_for(Duration::from_secs(10));
+    sim.add_node(server, cfg(3)).unwrap();
+    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    sim.attach(server, MatchEntry::sink(4, 1, 64));
+    sim.run_for(Duration::from_secs(1));
+    let took = put_until_one_succeeds(&mut sim, client, server, 10);
+    assert!(took.is_some(), "never reached again");
+}
+
+/// The only router crashes and stays away past every operation through it, so nobody
+/// monitors it any more, only remembers it Down. Back, it is used again: the client's
+/// next operations to that net probe it rather than fail with no route for good.
+#[test]
+fn a_gateway_back_after_a_long_crash_is_used_again() {
+    let (mut sim, client, server) = one_router();
+    puts_one_by_one(&mut sim, client, server, 2);
+    // It hangs first (frames vanish), so the client finds it Down, then it dies.
+    sim.fabric().set_cut(client, on(1, 9), true);
+    let op = sim.put(client, put(server, 4, pattern(4, 0)));
+    assert!(run_to_completion(&mut sim, client, op).is_err());
+    let gateway = sim.node(client).peer_health(on(1, 9));
+    assert_eq!(gateway.map(|p| p.state), Some(PeerState::Down));
+    sim.kill(on(1, 9));
+    sim.fabric().set_cut(client, on(1, 9), false);
+    sim.run_for(Duration::from_secs(10));
+    let nids = [on(1, 9), on(2, 9)];
+    sim.add_node_on(
+        &nids,
+        router_cfg(901),
+        MemLndConfig::for_node(&router_cfg(901)),
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(1));
+    let took = put_until_one_succeeds(&mut sim, client, server, 12);
+    assert!(took.is_some(), "never used again");
 }
