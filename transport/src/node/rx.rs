@@ -93,7 +93,10 @@ impl Node {
         }
         let serial = self.next_conn_serial;
         self.next_conn_serial += 1;
-        let hl = self.hop_lane(nid, lane);
+        let hop = self.hops.get_mut(&nid).expect("hop");
+        // Connected: a gateway an earlier attempt failed to reach is usable again.
+        hop.unreachable_until = None;
+        let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Up {
             credits: LaneCredits::new(hello.credits, local, hiw),
             hello,
@@ -154,8 +157,13 @@ impl Node {
         hl.conn = Conn::Down;
         let answers = std::mem::take(&mut hl.answers);
         let queued = std::mem::take(&mut hl.queue);
-        if self.routes.is_gateway(nid) {
-            // A gateway we cannot connect to is no gateway for a while.
+        // A gateway we cannot connect to is no gateway for a while (until a connection
+        // to it comes up), unless its other lane is up all the same.
+        let other_up = hop
+            .lanes
+            .iter()
+            .any(|(_, l)| matches!(l.conn, Conn::Up { .. }));
+        if !other_up && self.routes.is_gateway(nid) {
             let until = self.clock.unwrap_or_default() + self.cfg.health.detect_time();
             if let Some(hop) = self.hops.get_mut(&nid) {
                 hop.unreachable_until = Some(until);

@@ -769,3 +769,28 @@ fn a_router_back_in_a_new_life_without_a_disconnect_has_what_went_through_it_res
     assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first[0].2.msg_id));
     assert!(completions(&mut n).is_empty());
 }
+
+/// A connection to the only gateway fails once (its listener not up yet), then comes
+/// up: the gateway is usable again at once, not only after a detection time during
+/// which every operation through it failed with no route.
+#[test]
+fn a_gateway_whose_connection_failed_is_usable_once_one_comes_up() {
+    let mut n = node();
+    let gateway = nid(B);
+    route_via(&mut n, gateway, 0);
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let refused = LndError::new(LndErrorKind::Refused, "connection refused");
+    let ev = LndEvent::ConnectFailed {
+        peer: gateway,
+        lane: Lane::Data,
+        error: refused,
+    };
+    n.handle_lnd_event(t(1), NiId(0), ev);
+    assert_eq!(completions(&mut n).len(), 1, "no other way");
+    connected(&mut n, B, Lane::Data, 8, 7);
+    n.put(t(2), OpId(2), far_put()).unwrap();
+    assert!(completions(&mut n).is_empty(), "failed at once");
+    let out = sent(&mut n);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].1, out[0].2.dst), (gateway, far()));
+}
