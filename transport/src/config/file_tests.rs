@@ -619,6 +619,16 @@ fn router_buffer_pools_of_none_are_refused() {
     );
 }
 
+/// Under 8 ns, the stall checks of a frame held at a connecting hop came round again at
+/// the same instant, for ever.
+#[test]
+fn a_forward_patience_under_a_millisecond_is_refused() {
+    let e = error(&format!(
+        "{TWO_NETS}\n[routing]\nenable = true\nforward_patience = \"5ns\"\n"
+    ));
+    assert!(e.contains("forward_patience must be at least 1ms"), "{e}");
+}
+
 #[test]
 fn a_router_that_watches_no_peer_is_refused() {
     let e = error(&format!(

@@ -286,9 +286,9 @@ impl NodeConfig {
         if self.op_timeout.is_zero() {
             return Err(ConfigError("op_timeout must be positive".into()));
         }
-        if self.forward_patience.is_zero() || self.forward_patience > DAY {
+        if self.forward_patience < Duration::from_millis(1) || self.forward_patience > DAY {
             return Err(ConfigError(format!(
-                "routing: forward_patience must be positive and at most 1 day, got {:?}",
+                "routing: forward_patience must be at least 1ms and at most 1 day, got {:?}",
                 self.forward_patience
             )));
         }
