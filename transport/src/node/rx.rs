@@ -446,7 +446,6 @@ impl Node {
             self.decline_deferred(ni, payload);
             return self.protocol_error(ni, nid, lane, e.to_string());
         }
-        self.router_generation_seen(nid, h);
         if !self.is_local(h.dst) {
             if !h.frame_type().consumes_credit() {
                 // HELLO and CREDIT are the hop's own business: never passed on.
@@ -455,8 +454,12 @@ impl Node {
                 return self.protocol_error(ni, nid, lane, what);
             }
             self.forward(ni, nid, lane, serial, *h, payload);
+            // After the forward holds the frame's credit: a PING this sends to the hop may
+            // leave at once, carrying every credit owed on its lane.
+            self.router_generation_seen(nid, h);
             return self.pump(nid, lane);
         }
+        self.router_generation_seen(nid, h);
         if h.src != nid {
             if self.is_earlier_life(h.src, h.src_incarnation) {
                 // Late through a router, from before the end restarted: its requests'

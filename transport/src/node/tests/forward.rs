@@ -834,3 +834,42 @@ fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
     assert_eq!(n.router_condition().counters.unwatched, 4);
     assert!(n.served_and_asked(made_up[0]).0);
 }
+
+/// A health-lane frame to pass on comes from a gateway of ours naming a router generation
+/// we do not know: the PING that asks for its status leaves on the same lane at once,
+/// carrying the credits owed. The credit of the frame being passed on is not among them:
+/// it is held until that frame has left (it was, and `hold_last` found nothing to hold).
+#[test]
+fn a_status_query_to_the_hop_does_not_give_back_the_credit_of_the_frame_it_came_with() {
+    let mut n = router();
+    n.add_route(Route {
+        net: Nid::mem(0, 2).net(),
+        gateway: nid(B),
+        hops: 1,
+        priority: 0,
+    })
+    .unwrap();
+    connected_on(&mut n, 0, nid(B), Lane::Health, 8, 9);
+    connected_on(&mut n, 1, d(), Lane::Health, 0, 9);
+    drain(&mut n);
+    let ping = Header {
+        lane: Lane::Health,
+        router_gen: 5,
+        ..header(Nid::mem(9, 2), d(), 1, Body::Ping { seq: 1 })
+    };
+    arrives(&mut n, t(0), nid(B), ping, RxPayload::Inline(Bytes::new()));
+    let out = drain(&mut n);
+    let query = out
+        .iter()
+        .find(|s| s.header.dst == nid(B))
+        .expect("a PING asking B for its status");
+    assert_eq!(query.header.credits, 0, "nothing owed yet");
+    let held = match &n.hops[&nid(B)].lanes[Lane::Health].conn {
+        Conn::Up { credits, .. } => credits.held(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        held, 1,
+        "the PING to D waits for a credit there, its credit held"
+    );
+}
