@@ -236,6 +236,7 @@ impl Node {
         };
         let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Down;
+        self.fail_unposted(nid, lane);
         for held in self.faults.forget(nid, lane) {
             self.decline_deferred(held.ni, held.payload);
         }
@@ -252,6 +253,26 @@ impl Node {
             self.refuse_forward(f, NackReason::NextHopDown);
         }
         self.reroute_answers(nid, lane, answers);
+    }
+
+    /// Frames built for (hop, lane)'s lost connection and not yet handed to its driver end
+    /// as if the driver had failed them. Handed over later, they would go out on whichever
+    /// connection is up by then, a new one, which never gave the credit they spend nor
+    /// owes the credits they carry back (its peer would close it for an overrun).
+    fn fail_unposted(&mut self, nid: Nid, lane: Lane) {
+        let mut unposted = Vec::new();
+        self.out.transmits[lane].retain(|(_, tx)| {
+            let stale = tx.peer == nid;
+            if stale {
+                unposted.push(tx.token);
+            }
+            !stale
+        });
+        let now = self.clock.unwrap_or_default();
+        for token in unposted {
+            let error = LndError::new(LndErrorKind::Closed, "its connection was lost");
+            self.on_send_complete(now, token, Err(error));
+        }
     }
 
     /// Answers that were waiting at (hop, lane), whose connection is gone: those for the

@@ -450,3 +450,33 @@ fn a_send_reported_twice_is_counted_and_touches_no_other_frame() {
         ]
     );
 }
+
+/// B's connection is lost and replaced (Disconnected, then Connected, in one batch of the
+/// driver's events) while a PUT built for the old one still waits to be handed over. It
+/// must not go out on the new one: that connection never gave the credit it spends. The
+/// PUT ends once, with the loss; the new connection's credits are whole.
+#[test]
+fn a_frame_built_for_a_lost_connection_never_goes_out_on_its_replacement() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 4, 7);
+    n.put(t(0), OpId(1), put(B, b"a")).unwrap();
+    let reset = LndError::new(LndErrorKind::Reset, "connection reset by peer");
+    let lost = LndEvent::Disconnected {
+        peer: nid(B),
+        lane: Lane::Data,
+        error: reset,
+    };
+    n.handle_lnd_event(t(1), NiId(0), lost);
+    connected(&mut n, B, Lane::Data, 4, 7);
+    assert!(
+        drain(&mut n).is_empty(),
+        "nothing built for the old connection"
+    );
+    let c = completions(&mut n);
+    assert!(matches!(&c[..], [(OpId(1), Err(_))]), "{c:?}");
+    let credits = match &n.hops[&nid(B)].lanes[Lane::Data].conn {
+        Conn::Up { credits, .. } => credits.available(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(credits, 4);
+}
