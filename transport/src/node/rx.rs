@@ -98,7 +98,10 @@ impl Node {
         hop.unreachable_until = None;
         let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Up {
-            credits: LaneCredits::new(hello.credits, local, hiw),
+            // No more in flight than we offer it (o2iblnd's queue depth, the smaller
+            // of the two): a peer offering thousands and then not reading would hold
+            // every NI credit.
+            credits: LaneCredits::new(hello.credits.min(local), local, hiw),
             hello,
             serial,
         };
