@@ -482,21 +482,29 @@ impl Node {
 
     /// Forgets served peers idle past the horizon. Not while it is withdrawn: it keeps
     /// judging itself by the peers it served until it is back (else it would return blind,
-    /// its silent peers forgotten rather than heard again).
+    /// its silent peers forgotten rather than heard again). Nor, while it knows of a black
+    /// hole, the peers that make it one (the Down peer, or those of the silent net); the
+    /// others go as ever, or a router degraded for good (an NI lost, and nobody to cover
+    /// for it) would watch every peer it ever served, for ever.
     fn sweep_served(&mut self, now: Time) {
         let horizon = self.cfg.health.detect_time() * 10;
         let a = &mut self.router.absence;
         if a.withdrawn.is_some()
-            || a.black_hole.is_some()
             || now.saturating_since(a.last_sweep) < self.cfg.health.detect_time()
         {
             return;
         }
         a.last_sweep = now;
+        let cause = a.black_hole;
+        let part_of_cause = |p: &Nid| match cause {
+            Some(BlackHole::PeerUnreachable { peer, .. }) => *p == peer,
+            Some(BlackHole::NetSilent(net)) => p.net() == net,
+            Some(BlackHole::NiDown(_)) | None => false,
+        };
         let idle: Vec<Nid> = a
             .served
             .iter()
-            .filter(|(_, seen)| now.saturating_since(**seen) > horizon)
+            .filter(|(p, seen)| now.saturating_since(**seen) > horizon && !part_of_cause(p))
             .map(|(p, _)| *p)
             .collect();
         for p in idle {

@@ -873,3 +873,24 @@ fn a_status_query_to_the_hop_does_not_give_back_the_credit_of_the_frame_it_came_
         "the PING to D waits for a credit there, its credit held"
     );
 }
+
+/// A router that lost an NI and has nobody to cover for it stays, degraded, for as long
+/// as the NI is gone. The peers it served meanwhile are forgotten once idle, as ever: it
+/// used to stop its sweep while it knew of any black hole, and so watched (and pinged)
+/// every peer it ever served, for ever.
+#[test]
+fn a_degraded_router_forgets_the_peers_it_no_longer_serves() {
+    let mut n = router();
+    n.handle_timeout(t(0));
+    let lost = LndError::new(LndErrorKind::Closed, "device removed");
+    n.ni_failed(t(0), NiId(1), lost);
+    n.router_served(t(0), [nid(B), nid(C)]);
+    for ms in (100..=5_000).step_by(100) {
+        n.handle_timeout(t(ms));
+    }
+    let c = n.router_condition();
+    assert!(c.degraded, "{c:?}");
+    assert_eq!(c.black_hole, Some(BlackHole::NiDown(Nid::mem(A, 1).net())));
+    assert_eq!(n.served_and_asked(nid(B)), (false, false));
+    assert_eq!(n.served_and_asked(nid(C)), (false, false));
+}
