@@ -482,9 +482,10 @@ impl Monitor {
     /// Forgets every entry nobody is interested in: the lingering ones, and the Down peers
     /// remembered for nobody (see `unneeded`), to which operations then no longer fail
     /// fast but try a connection first. What keeps a flood of NIDs that never answer from
-    /// growing the table without bound.
-    pub(crate) fn forget_uninteresting(&mut self) {
-        self.peers.retain(|_, w| w.interesting());
+    /// growing the table without bound. Those `keep` names stay (a bounded set: our
+    /// gateways, whose routes are down while they are).
+    pub(crate) fn forget_uninteresting(&mut self, keep: impl Fn(&Nid) -> bool) {
+        self.peers.retain(|nid, w| w.interesting() || keep(nid));
         self.timers.forget_all_current();
     }
 

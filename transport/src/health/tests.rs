@@ -616,10 +616,10 @@ fn forgetting_the_uninteresting_drops_lingering_entries_and_their_looks() {
     m.interest_started(peer(2), at(0));
     m.interest_ended(peer(1));
     assert_eq!(m.sizes().0, 2);
-    m.forget_uninteresting();
+    m.forget_uninteresting(|_| false);
     assert_eq!((m.sizes().0, m.monitored()), (1, 1));
     m.interest_ended(peer(2));
-    m.forget_uninteresting();
+    m.forget_uninteresting(|_| false);
     assert_eq!((m.sizes().0, m.next_deadline()), (0, None));
 }
 

@@ -70,10 +70,13 @@ impl Node {
     #[cold]
     #[inline(never)]
     fn forget_idle_hops(&mut self) {
-        // Down peers remembered for nobody go first: they would keep their hops.
-        self.health.forget_uninteresting();
         let gateways: rustc_hash::FxHashSet<Nid> =
             self.routes.all().iter().map(|r| r.gateway).collect();
+        // Down peers remembered for nobody go first: they would keep their hops. Not our
+        // gateways: forgotten, a Down one would leave its routes reported down although
+        // they would be tried again, and no RouteUp would ever come.
+        self.health
+            .forget_uninteresting(|nid| gateways.contains(nid));
         let (health, ops, faults) = (&self.health, &self.ops, &self.faults);
         self.hops.retain(|nid, hop| {
             let busy = Lane::ALL.iter().any(|&l| {

@@ -794,3 +794,28 @@ fn a_gateway_whose_connection_failed_is_usable_once_one_comes_up() {
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].1, out[0].2.dst), (gateway, far()));
 }
+
+/// Our only gateway is Down and nobody monitors it any more (remembered Down). A sweep of
+/// idle peers keeps it: forgotten, its route stayed reported down (no RouteUp would ever
+/// come) although operations would try it again.
+#[test]
+fn the_idle_sweep_keeps_a_down_gateway_and_its_route_down() {
+    let mut n = node();
+    let gateway = nid(B);
+    route_via(&mut n, gateway, 0);
+    n.watch(t(0), gateway).unwrap();
+    for ms in (100..=1_000).step_by(100) {
+        n.handle_timeout(t(ms));
+    }
+    assert!(n.health.is_down(gateway));
+    n.unwatch(t(1_000), gateway);
+    assert!(n.health.is_down(gateway), "remembered Down");
+    n.forget_idle_now();
+    assert!(n.health.is_down(gateway), "still remembered Down");
+    let down = n.gateways.route_down(far().net(), gateway);
+    assert_eq!(down, Some(crate::op::RouteDownReason::GatewayDown));
+    assert!(
+        n.next_hop(far(), &[]).is_none(),
+        "and not used: as reported"
+    );
+}
