@@ -819,3 +819,42 @@ fn the_idle_sweep_keeps_a_down_gateway_and_its_route_down() {
         "and not used: as reported"
     );
 }
+
+/// The REPLY's payload is being fetched from B when B sends the same REPLY again, and
+/// again: each is declined (a hostile peer made each take a buffer of the GET's length),
+/// and the first fetch still ends the GET.
+#[test]
+fn a_second_reply_to_the_same_copy_while_its_payload_is_fetched_is_declined() {
+    let (mut n, first) = get_whose_reply_waits_at_b();
+    for handle in 2..5 {
+        let reply = Header {
+            hop_limit: 6,
+            payload_len: 5000,
+            ..header(
+                far(),
+                nid(A),
+                first.msg_id,
+                Body::Reply { status: Status::Ok },
+            )
+        };
+        let payload = RxPayload::Deferred {
+            handle: RxHandle(handle),
+            len: 5000,
+        };
+        arrives(&mut n, t(2), nid(B), reply, payload);
+    }
+    let asked = requests(&mut n);
+    assert!(
+        asked
+            .iter()
+            .all(|r| matches!(r, LndRequest::Decline { .. })),
+        "{asked:?}"
+    );
+    assert_eq!(asked.len(), 3);
+    super::target::fetched(&mut n, 1, Ok(Bytes::from(vec![7u8; 5000])));
+    let done = completions(&mut n);
+    assert!(
+        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if data.len() == 5000),
+        "{done:?}"
+    );
+}
