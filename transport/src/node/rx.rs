@@ -150,6 +150,12 @@ impl Node {
     }
 
     fn on_connect_failed(&mut self, nid: Nid, lane: Lane, error: LndError) {
+        self.connect_failed(nid, lane, error, false);
+    }
+
+    /// (hop, lane) could not be connected; `for_good` if its NI is gone, when even the
+    /// operations that chose to wait for a Down target end.
+    fn connect_failed(&mut self, nid: Nid, lane: Lane, error: LndError, for_good: bool) {
         let Some(hop) = self.hops.get_mut(&nid) else {
             return;
         };
@@ -190,7 +196,7 @@ impl Node {
                         // Not in a driver (a copy of an earlier attempt, if one left, keeps
                         // its message id: the target tells it apart): another way is safe.
                         self.resend(id, &error.clone().into());
-                    } else if self.waits_for_peer(id) {
+                    } else if !for_good && self.waits_for_peer(id) {
                         keep.push_back(p);
                     } else {
                         self.complete(id, Err(error.clone().into()));
@@ -217,8 +223,9 @@ impl Node {
             self.lane_lost(nid, lane);
             self.fail_sent_via(nid, Some(lane), || error.clone().into());
         }
-        // Then what still waits for it fails or goes another way.
-        self.on_connect_failed(nid, lane, error.clone());
+        // Then what still waits for it fails or goes another way: for good, as nothing
+        // will carry it to that hop again.
+        self.connect_failed(nid, lane, error.clone(), true);
     }
 
     fn on_disconnected(&mut self, nid: Nid, lane: Lane, error: LndError) {

@@ -480,3 +480,36 @@ fn a_frame_built_for_a_lost_connection_never_goes_out_on_its_replacement() {
     };
     assert_eq!(credits, 4);
 }
+
+/// A PUT that chose to wait for its Down target (`on_peer_down: Wait`) when the NI it
+/// would leave by fails for good: nothing will ever carry it, so it ends now, with the
+/// NI's error, rather than at its deadline as a timeout.
+#[test]
+fn an_operation_waiting_for_a_down_peer_ends_when_its_ni_fails() {
+    let mut n = node();
+    n.watch(t(0), nid(B)).unwrap();
+    for ms in (100..=1_000).step_by(100) {
+        n.handle_timeout(t(ms));
+    }
+    assert!(n.health.is_down(nid(B)));
+    let waiting = PutRequest {
+        on_peer_down: crate::op::PeerDownPolicy::Wait,
+        ..put(B, b"w")
+    };
+    n.put(t(1_000), OpId(1), waiting).unwrap();
+    let refused = LndError::new(LndErrorKind::Refused, "connection refused");
+    let ev = LndEvent::ConnectFailed {
+        peer: nid(B),
+        lane: Lane::Data,
+        error: refused,
+    };
+    n.handle_lnd_event(t(1_001), NiId(0), ev);
+    assert!(completions(&mut n).is_empty(), "it waits for B");
+    let removed = LndError::new(LndErrorKind::Closed, "device removed");
+    n.ni_failed(t(1_002), NiId(0), removed);
+    let c = completions(&mut n);
+    assert!(
+        matches!(&c[..], [(OpId(1), Err(e))] if e.to_string().contains("device removed")),
+        "{c:?}"
+    );
+}
