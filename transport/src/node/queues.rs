@@ -61,7 +61,7 @@ impl Node {
         };
         // A request that is no longer to be sent is the pump's to drop.
         if let Some(len) = len {
-            if let Some((ni, returned, check)) =
+            if let Some((ni, returned, check, _)) =
                 self.spend_credits_to_send_now(hop, lane, Passes::Nothing, len)
             {
                 let out = self.outgoing(ni, hop, pending);
@@ -151,10 +151,10 @@ impl Node {
     /// [`Node::spend_credits_to_send_now`]), else queues it for the pump. The caller has
     /// made the hop's entry and checked the lane's bound on waiting answers.
     pub(super) fn send_or_queue_answer(&mut self, hop: Nid, lane: Lane, r: Response) {
-        if let Some((ni, returned, check)) =
+        if let Some((ni, returned, check, hop_max)) =
             self.spend_credits_to_send_now(hop, lane, Passes::Queue, 0)
         {
-            let out = self.answer_out(r);
+            let out = self.answer_out(r, hop_max);
             self.emit(ni, hop, lane, out, returned, true, check);
             return;
         }
@@ -171,7 +171,7 @@ impl Node {
     /// connection is up, the frame is not too large for the hop, and a hop credit and an
     /// NI credit are free. If so, spends both credits, takes the credits owed to the hop,
     /// and returns what the frame must then be sent with ([`Node::emit`]): the NI, the
-    /// credits it carries back, its header's check.
+    /// credits it carries back, its header's check; and the largest payload the hop takes.
     /// Most frames leave so, and skip the queue. `None`: it is to be queued (and if only
     /// the NI credit was short, the hop now waits for one, as the pump would make it).
     fn spend_credits_to_send_now(
@@ -180,7 +180,7 @@ impl Node {
         lane: Lane,
         passes: Passes,
         len: usize,
-    ) -> Option<(NiId, u16, HeaderCheck)> {
+    ) -> Option<(NiId, u16, HeaderCheck, u32)> {
         let h = self.hops.get_mut(&hop)?;
         let ni = h.ni;
         let hl = &mut h.lanes[lane];
@@ -200,7 +200,7 @@ impl Node {
             // (see `forward::refuse_stalled`).
             hl.moved_at = self.clock.unwrap_or_default();
         }
-        Some((ni, returned, check))
+        Some((ni, returned, check, peer_max))
     }
 
     /// [`Node::pump`] for a hop lane that has something queued, owes a CREDIT frame, or
@@ -276,7 +276,7 @@ impl Node {
             // sending changes nothing of the hop's (one lookup fewer per frame).
             let drained = hl.holds_nothing().then(|| hl.credit_frame_due());
             let out = match next.expect("front checked") {
-                Next::Answer(r) => self.answer_out(r),
+                Next::Answer(r) => self.answer_out(r, peer_max),
                 Next::Pending(pending) => self.outgoing(ni, nid, pending),
             };
             self.emit(ni, nid, lane, out, returned, true, check);

@@ -269,19 +269,43 @@ impl Node {
         }
     }
 
-    pub(super) fn answer_out(&self, r: super::peers::Response) -> Outgoing {
+    /// Our answer `r`, to leave by a hop that takes payloads of up to `hop_max` bytes. A
+    /// REPLY larger than that (the hop a router with a smaller `max_payload` than the
+    /// initiator's) would only make the hop close the connection, again for each copy:
+    /// it goes without its payload, aborted, so the GET fails with a clear error.
+    pub(super) fn answer_out(&self, r: super::peers::Response, hop_max: u32) -> Outgoing {
+        let (body, payload) = match r.body {
+            Body::Reply { .. } if r.payload.len() > hop_max as usize => {
+                self.note_reply_too_large(&r, hop_max);
+                let aborted = Body::Reply {
+                    status: crate::wire::Status::Aborted,
+                };
+                (aborted, Bytes::new())
+            }
+            body => (body, r.payload),
+        };
         Outgoing {
             src: r.src,
             dst: r.dst,
             src_incarnation: self.cfg.incarnation,
             hop_limit: self.cfg.hop_limit,
-            body: r.body,
+            body,
             msg_id: r.msg_id,
-            payload: r.payload,
+            payload,
             op: None,
             upstream: None,
             attempt: r.attempt,
         }
+    }
+
+    #[cold]
+    fn note_reply_too_large(&self, r: &super::peers::Response, hop_max: u32) {
+        tracing::warn!(
+            dst = %r.dst,
+            len = r.payload.len(),
+            hop_max,
+            "a REPLY larger than its next hop takes goes aborted, without its payload"
+        );
     }
 
     /// Sends `out` to `hop` on `lane`, its header protected as the connection's HELLO

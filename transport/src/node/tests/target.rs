@@ -493,3 +493,62 @@ fn an_ack_for_more_bytes_than_were_sent_is_refused() {
     );
     assert_refused_as_protocol_violation(&mut n);
 }
+
+/// A GET from a far initiator, through router B whose `max_payload` (4 KiB) is smaller
+/// than the 8 KiB the GET asked for: the REPLY goes without its payload, aborted, rather
+/// than whole, which B would refuse by closing the connection (again for each copy).
+#[test]
+fn a_reply_larger_than_its_next_hop_takes_goes_aborted_without_its_payload() {
+    let mut n = node();
+    let hello = PeerHello {
+        nid: nid(B),
+        incarnation: 7,
+        lane: Lane::Data,
+        credits: 8,
+        max_payload: 4096,
+        header_check: crate::wire::HeaderCheck::Crc32,
+    };
+    let local_credits = n.config().lanes[Lane::Data].peer_credits;
+    let up = LndEvent::Connected {
+        peer: nid(B),
+        lane: Lane::Data,
+        hello,
+        local_credits,
+    };
+    n.handle_lnd_event(t(0), NiId(0), up);
+    n.attach(
+        OpId(1),
+        MatchEntry::source(6, 1, Bytes::from(vec![1u8; 8192])),
+    )
+    .unwrap();
+    let far = Nid::mem(9, 2);
+    let route = Route {
+        net: far.net(),
+        gateway: nid(B),
+        hops: 1,
+        priority: 0,
+    };
+    n.add_route(route).unwrap();
+    let get = Body::Get {
+        portal: 6,
+        match_bits: 1,
+        want_len: 8192,
+        settled_below: 0,
+    };
+    arrives(
+        &mut n,
+        t(1),
+        nid(B),
+        header(far, nid(A), 5, get),
+        RxPayload::Inline(Bytes::new()),
+    );
+    let sent = drain(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].header.body,
+        Body::Reply {
+            status: Status::Aborted
+        }
+    );
+    assert_eq!((sent[0].header.payload_len, sent[0].payload.len()), (0, 0));
+}
