@@ -61,8 +61,6 @@ pub(crate) struct Op {
     pub(crate) src: Option<Nid>,
     /// Times it was sent again because its router failed with it in flight.
     pub(crate) failure_resends: u8,
-    /// A GET whose REPLY payload is being fetched: the attempt that REPLY answered.
-    pub(crate) reply_fetched_for: Option<u32>,
 }
 
 impl OpKind {
@@ -88,7 +86,6 @@ impl Op {
             kind,
             stage: Stage::Queued,
             reserved: false,
-            reply_fetched_for: None,
             via: None,
             router: None,
             avoid: Vec::new(),

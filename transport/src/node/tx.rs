@@ -33,6 +33,21 @@ fn usable(
     nis.iter().any(|ni| ni.nid.same_net(&gateway) && ni.up) && !health.is_down(gateway) && reachable
 }
 
+/// [`Node::answer_out`]'s REPLY too large for its hop: aborted, its payload dropped.
+#[cold]
+fn abort_reply_too_large(r: &mut super::peers::Response, hop_max: u32) {
+    if let Body::Reply { status } = &mut r.body {
+        tracing::warn!(
+            dst = %r.dst,
+            len = r.payload.len(),
+            hop_max,
+            "a REPLY larger than its next hop takes goes aborted, without its payload"
+        );
+        *status = crate::wire::Status::Aborted;
+        r.payload = Bytes::new();
+    }
+}
+
 /// A frame about to be handed to a driver.
 pub(super) struct Outgoing {
     pub(super) src: Nid,
@@ -273,39 +288,22 @@ impl Node {
     /// REPLY larger than that (the hop a router with a smaller `max_payload` than the
     /// initiator's) would only make the hop close the connection, again for each copy:
     /// it goes without its payload, aborted, so the GET fails with a clear error.
-    pub(super) fn answer_out(&self, r: super::peers::Response, hop_max: u32) -> Outgoing {
-        let (body, payload) = match r.body {
-            Body::Reply { .. } if r.payload.len() > hop_max as usize => {
-                self.note_reply_too_large(&r, hop_max);
-                let aborted = Body::Reply {
-                    status: crate::wire::Status::Aborted,
-                };
-                (aborted, Bytes::new())
-            }
-            body => (body, r.payload),
-        };
+    pub(super) fn answer_out(&self, mut r: super::peers::Response, hop_max: u32) -> Outgoing {
+        if r.payload.len() > hop_max as usize {
+            abort_reply_too_large(&mut r, hop_max);
+        }
         Outgoing {
             src: r.src,
             dst: r.dst,
             src_incarnation: self.cfg.incarnation,
             hop_limit: self.cfg.hop_limit,
-            body,
+            body: r.body,
             msg_id: r.msg_id,
-            payload,
+            payload: r.payload,
             op: None,
             upstream: None,
             attempt: r.attempt,
         }
-    }
-
-    #[cold]
-    fn note_reply_too_large(&self, r: &super::peers::Response, hop_max: u32) {
-        tracing::warn!(
-            dst = %r.dst,
-            len = r.payload.len(),
-            hop_max,
-            "a REPLY larger than its next hop takes goes aborted, without its payload"
-        );
     }
 
     /// Sends `out` to `hop` on `lane`, its header protected as the connection's HELLO
