@@ -55,8 +55,8 @@ use profile::{owner_name, parse, shorten, Counts, CORE, OWNERS};
 const NO_CORE: &str = "no function of lanet's core in the callgrind profile: were the symbols \
     demangled (a valgrind that knows Rust's mangling) and the binary built with debug info?";
 
-/// The health interval of the TCP runs' processes: longer than a run.
-const TCP_HEALTH_INTERVAL: Duration = Duration::from_secs(600);
+/// The health interval of the runs' nodes: longer than a run.
+const RUN_HEALTH_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long one run under callgrind may take (20,000 round trips take a few seconds).
 const CALLGRIND_LIMIT: Duration = Duration::from_secs(600);
@@ -93,11 +93,9 @@ pub(crate) fn run_inner(
 ) -> Result<(), String> {
     let warmup = crate::latency::WARMUP;
     let server = || nid.ok_or_else(|| "a TCP kind needs --inner-nid".to_string());
-    if matches!(kind, Inner::TcpClient | Inner::TcpServer) {
-        // No health PING in a run: its timers would make the counts depend on how long
-        // the run took under callgrind (an interval is 100 ms by default).
-        crate::peer::set_health_interval(TCP_HEALTH_INTERVAL);
-    }
+    // No health timer in a run: its work would make the counts depend on how long the
+    // run took under callgrind (an interval is 100 ms by default), not on round trips.
+    crate::peer::set_health_interval(RUN_HEALTH_INTERVAL);
     match kind {
         Inner::Endpoints => pingpong(Target::Mem, size, n).map(|_| ()),
         Inner::Workers => crate::peer::mem_workers_pingpong(n, warmup, size),
