@@ -38,6 +38,10 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     if args.spin && c.lnd == LndChoice::Tcp {
         let how = peer::busy_poll(lanet_lnd_tcp::SPIN_ENV, c.connect);
         report.note(format!("{how}, as UCX and libfabric do; iperf3 blocks"));
+    } else if c.lnd == LndChoice::Tcp {
+        if let Some(unset) = peer::no_busy_poll() {
+            report.note(unset);
+        }
     }
     let window = args.window.unwrap_or_else(default_window);
     let ack = !args.no_ack;

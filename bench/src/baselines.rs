@@ -315,15 +315,39 @@ fn ucx_perftest(
     })())
 }
 
-/// Round-trip p50 (us) of UCX tagged messages over TCP: `ucx_perftest -t tag_lat` reports
-/// half round trips, doubled here.
-pub(crate) fn ucx_latency(size: usize, iters: usize) -> Option<Result<f64, String>> {
+/// Iterations UCX's p50 ("typical") is the median of, at most: its last, kept in a ring
+/// (`TIMING_QUEUE_SIZE` in libperf).
+pub(crate) const UCX_P50_OF_LAST: usize = 2048;
+
+/// UCX's round trip (us), both from `ucx_perftest -t tag_lat`'s half round trips,
+/// doubled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct UcxRoundTrip {
+    /// The median of its last [`UCX_P50_OF_LAST`] iterations only.
+    pub(crate) p50_us: f64,
+    /// The mean over every measured iteration.
+    pub(crate) mean_us: f64,
+}
+
+/// UCX tagged messages' round trip over TCP.
+pub(crate) fn ucx_latency(size: usize, iters: usize) -> Option<Result<UcxRoundTrip, String>> {
     ucx_round_trip(&UCX_TCP, size, iters)
 }
 
-fn ucx_round_trip(on: &UcxOn, size: usize, iters: usize) -> Option<Result<f64, String>> {
-    ucx_perftest(on, "tag_lat", size, iters)
-        .map(|r| r.and_then(|f| f.get(1).map(|p50| 2.0 * p50).ok_or("no p50".into())))
+fn ucx_round_trip(on: &UcxOn, size: usize, iters: usize) -> Option<Result<UcxRoundTrip, String>> {
+    ucx_perftest(on, "tag_lat", size, iters).map(|r| r.and_then(|f| ucx_lat_figures(&f)))
+}
+
+/// A `tag_lat` Final line's figures: iterations, typical (p50), moment and overall
+/// average latency (us, half round trips), then bandwidth and message rate.
+fn ucx_lat_figures(f: &[f64]) -> Result<UcxRoundTrip, String> {
+    match (f.get(1), f.get(3)) {
+        (Some(p50), Some(mean)) => Ok(UcxRoundTrip {
+            p50_us: 2.0 * p50,
+            mean_us: 2.0 * mean,
+        }),
+        _ => Err("no typical and overall average latency".into()),
+    }
 }
 
 /// Round-trip p50 (us) of UCX tagged messages over verbs (`UCX_TLS=rc_verbs,ud_verbs`:
@@ -333,7 +357,7 @@ pub(crate) fn ucx_rdma_latency(
     size: usize,
     iters: usize,
     limit: Duration,
-) -> Option<Result<f64, String>> {
+) -> Option<Result<UcxRoundTrip, String>> {
     let on = UcxOn {
         tls: "rc_verbs,ud_verbs",
         host,
@@ -350,13 +374,19 @@ pub(crate) fn ucx_stream(
 ) -> Option<Result<crate::bandwidth::Streamed, String>> {
     ucx_perftest(&UCX_TCP, "tag_bw", size, iters).map(|r| {
         r.and_then(|f| match (f.get(5), f.get(7)) {
-            (Some(mbps), Some(rate)) => Ok(crate::bandwidth::Streamed {
-                gbytes_per_s: mbps / 1e3,
+            (Some(mibps), Some(rate)) => Ok(crate::bandwidth::Streamed {
+                gbytes_per_s: mib_to_gb(*mibps),
                 msgs_per_s: *rate,
             }),
             _ => Err("no overall bandwidth and message rate".into()),
         })
     })
+}
+
+/// GB/s (10^9 bytes, as lanet's figures) of ucx_perftest's "MB/s", which are MiB/s: it
+/// divides bytes per second by 1024 x 1024.
+fn mib_to_gb(mib_per_s: f64) -> f64 {
+    mib_per_s * 1_048_576.0 / 1e9
 }
 
 /// Round-trip mean (us) of libfabric's TCP provider: `fi_pingpong -p tcp -e msg` reports
@@ -403,5 +433,14 @@ mod tests {
         let f = super::ucx_final(text).unwrap();
         assert_eq!((f[0], f[1], f[5], f[7]), (20000.0, 5.634, 1.26, 165336.0));
         assert!(super::ucx_final("no such line").is_err());
+    }
+
+    #[test]
+    fn ucx_bandwidth_is_mib_per_second_and_its_round_trips_are_doubled() {
+        // 4,482.76 "MB/s" is 4,700,000,000 bytes per second.
+        assert!((super::mib_to_gb(4482.76) - 4.7).abs() < 1e-3);
+        let f = [20000.0, 5.634, 6.048, 6.1, 1.26, 1.26, 165336.0, 165336.0];
+        let rt = super::ucx_lat_figures(&f).unwrap();
+        assert_eq!((rt.p50_us, rt.mean_us), (11.268, 12.2));
     }
 }

@@ -55,6 +55,24 @@ fn both_sides(server: Option<u32>) -> Result<(CpuTime, Option<CpuTime>), String>
     ))
 }
 
+/// Waits until process `pid` stops using CPU (less than a tick in 200 ms), for at most
+/// ten times [`BUSY_POLL_US`]; false if it never did.
+fn wait_until_idle(pid: u32) -> Result<bool, String> {
+    const LOOK: Duration = Duration::from_millis(200);
+    let give_up = Instant::now() + Duration::from_micros(10 * BUSY_POLL_US);
+    let busy = |t: cputime::CpuTime| t.user + t.sys;
+    let mut last = busy(cputime::of(pid)?);
+    while Instant::now() < give_up {
+        std::thread::sleep(LOOK);
+        let now = busy(cputime::of(pid)?);
+        if now - last < 0.01 {
+            return Ok(true);
+        }
+        last = now;
+    }
+    Ok(false)
+}
+
 /// Reports where `--pin` placed the two sides, read back from the kernel: `pin.client_cpu`
 /// and, if we started the server, `pin.server_cpu`.
 fn add_placement(report: &mut Report, server: Option<u32>) -> Result<(), String> {
@@ -129,6 +147,10 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         report.note(format!(
             "{how}, as UCX and libfabric do; the raw TCP floor and sockperf block"
         ));
+    } else if c.lnd == LndChoice::Tcp {
+        if let Some(unset) = peer::no_busy_poll() {
+            report.note(unset);
+        }
     }
     let mut measured = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -142,6 +164,7 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
             ("ratio.p99_vs_raw_tcp", "lanet.p99_us", "raw_tcp.p99_us"),
             ("ratio.p50_vs_sockperf", "lanet.p50_us", "sockperf.p50_us"),
             ("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us"),
+            ("ratio.mean_vs_ucx", "lanet.mean_us", "ucx.mean_us"),
             (
                 "ratio.mean_vs_libfabric",
                 "lanet.mean_us",
@@ -201,6 +224,15 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
             WARMUP + args.iters,
         )?;
     }
+    if args.spin {
+        if let Some(pid) = server_pid {
+            // Its driver spins on for a while after the last frame: the baselines must not
+            // share the CPUs with it.
+            if !wait_until_idle(pid)? {
+                report.note("the lanet server still used CPU when the baselines began");
+            }
+        }
+    }
     let before = cpu_now()?;
     report.add_latency(
         "raw_tcp",
@@ -233,8 +265,8 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
         }
         // What users who need a fast transport pick instead (`./scripts/setup bench`).
         let ucx = baselines::ucx_latency(size, args.iters);
-        if let Some(us) = report.baseline("ucx_perftest", "UCX", ucx) {
-            report.add("ucx.p50_us", us, "us");
+        if let Some(rt) = report.baseline("ucx_perftest", "UCX", ucx) {
+            add_ucx(&mut report, rt);
         }
         let libfabric = baselines::libfabric_latency(size, args.iters);
         if let Some(us) = report.baseline("fi_pingpong", "libfabric", libfabric) {
@@ -250,12 +282,14 @@ fn worker_pingpong(dst: Nid, size: usize, iters: usize) -> Result<Histogram<u64>
     let (mut w, put) = peer::tcp_worker_client(dst, size)?;
     let mut hist = histogram();
     let mut events = Vec::new();
+    let mut sent = Instant::now();
     for i in 0..WARMUP + iters {
-        let sent = Instant::now();
         peer::worker_round_trip(&mut w, &put, &mut events)?;
+        let now = Instant::now();
         if i >= WARMUP {
-            let _ = hist.record(sent.elapsed().as_nanos().max(1) as u64);
+            let _ = hist.record((now - sent).as_nanos().max(1) as u64);
         }
+        sent = now;
     }
     w.shutdown(&mut events);
     Ok(hist)
@@ -290,15 +324,28 @@ fn rdma(args: &LatencyArgs, size: usize, report: &mut Report) -> Result<(), Stri
         // UCX over verbs, when it can run here (it cannot under qemu TCG: say so).
         let iters = args.iters.min(UCX_RDMA_ITERS);
         match baselines::ucx_rdma_latency(ip, size, iters, UCX_RDMA_LIMIT) {
-            Some(Ok(us)) => report.add("ucx.p50_us", us, "us"),
+            Some(Ok(rt)) => add_ucx(report, rt),
             Some(Err(e)) => report.note(format!(
                 "UCX over verbs (UCX_TLS=rc_verbs,ud_verbs) could not run here: {e}"
             )),
             None => report.note("ucx_perftest is not installed; no UCX baseline"),
         }
         report.add_ratio("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us");
+        report.add_ratio("ratio.mean_vs_ucx", "lanet.mean_us", "ucx.mean_us");
     }
     Ok(())
+}
+
+/// UCX's round trip: its mean over the whole run, and its p50, which is over its last
+/// iterations only (see [`baselines::UCX_P50_OF_LAST`]).
+fn add_ucx(report: &mut Report, rt: baselines::UcxRoundTrip) {
+    report.add("ucx.mean_us", rt.mean_us, "us");
+    report.add("ucx.p50_us", rt.p50_us, "us");
+    report.note(format!(
+        "ucx.p50_us is the median of UCX's last {} iterations at most (its ring of \
+         timings), lanet's p50 of all: ratio.mean_vs_ucx compares whole runs",
+        baselines::UCX_P50_OF_LAST
+    ));
 }
 
 /// Measures `iters` PUT round trips (after a warm-up) to `target`.
@@ -318,7 +365,10 @@ pub(crate) fn pingpong(
         let mut done_tx = Some(done_tx);
         move |e: Event| {
             let Event::Completed(c) = e else { return };
-            let rtt = sent.elapsed();
+            // One clock read ends this round trip and starts the next: the loop's own
+            // work counts, as in UCX's back-to-back timings.
+            let now = Instant::now();
+            let rtt = now - sent;
             if let Err(err) = c.result {
                 if let Some(tx) = done_tx.take() {
                     let _ = tx.send(Err(format!("a PUT failed: {err}")));
@@ -331,7 +381,7 @@ pub(crate) fn pingpong(
             count += 1;
             if count < total {
                 let (ep, req) = cell.get().expect("set before the first PUT");
-                sent = Instant::now();
+                sent = now;
                 if let Err(err) = ep.put(req.clone()) {
                     if let Some(tx) = done_tx.take() {
                         let _ = tx.send(Err(err.to_string()));

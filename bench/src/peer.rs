@@ -745,6 +745,17 @@ pub(crate) fn client(
     })
 }
 
+/// Unsets the TCP LND's busy-polling variable for a run that sleeps: left in the
+/// environment, it would make the lanet processes (this one's driver, and the servers it
+/// starts) busy-poll against blocking baselines. What to note, if it was set. (The bulk
+/// mover's `LANET_TCP_MOVER_POLL_US` is a sleeping NI's setting: kept.)
+pub(crate) fn no_busy_poll() -> Option<String> {
+    let var = lanet_lnd_tcp::SPIN_ENV;
+    std::env::var_os(var)?;
+    std::env::remove_var(var);
+    Some(format!("{var} unset: a run without --spin sleeps"))
+}
+
 /// Makes the lanet processes busy-poll through the LND's spin variable `var` (its
 /// `SPIN_ENV`), unless the environment already sets it: a server spawned later inherits
 /// it; one given with `--connect` does as it was told. What to note in the report: who

@@ -52,6 +52,7 @@ fn tcp_latency_reports_lanet_and_the_raw_tcp_floor_in_microseconds() {
     // UCX and libfabric, where installed (`./scripts/setup bench`), in the same run.
     for (tool, key) in [
         ("ucx_perftest", "ucx.p50_us"),
+        ("ucx_perftest", "ucx.mean_us"),
         ("fi_pingpong", "libfabric.mean_us"),
     ] {
         if installed(tool) {
