@@ -247,6 +247,11 @@ impl Node {
         let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Down;
         self.fail_unposted(nid, lane);
+        // A close asked for this connection (a protocol error) is moot now; handed over
+        // later, it would close whichever connection replaced it.
+        self.out.requests.retain(
+            |(_, r)| !matches!(r, LndRequest::Close { peer, lane: l, .. } if *peer == nid && *l == lane),
+        );
         for held in self.faults.forget(nid, lane) {
             self.decline_deferred(held.ni, held.payload);
         }

@@ -513,3 +513,28 @@ fn an_operation_waiting_for_a_down_peer_ends_when_its_ni_fails() {
         "{c:?}"
     );
 }
+
+/// B breaks the protocol (returns credits it was never given) and, in the same batch of
+/// the driver's events, its connection is replaced by a new one. The close asked for the
+/// old connection must not reach the driver, which would close the new one with it.
+#[test]
+fn a_close_asked_for_a_lost_connection_does_not_close_its_replacement() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 4, 7);
+    requests(&mut n);
+    receive(&mut n, t(1), B, Lane::Data, Body::Credit, 1, 100, b"");
+    let reset = LndError::new(LndErrorKind::Reset, "replaced");
+    let lost = LndEvent::Disconnected {
+        peer: nid(B),
+        lane: Lane::Data,
+        error: reset,
+    };
+    n.handle_lnd_event(t(1), NiId(0), lost);
+    connected(&mut n, B, Lane::Data, 4, 7);
+    let asked = requests(&mut n);
+    assert!(
+        !asked.iter().any(|r| matches!(r, LndRequest::Close { .. })),
+        "{asked:?}"
+    );
+    assert_eq!(n.stats().protocol_errors, 1);
+}
