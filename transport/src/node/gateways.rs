@@ -346,6 +346,11 @@ impl Node {
     /// whatever its generation (until then, it is usable as a gateway never heard from).
     pub(crate) fn gateway_restarted(&mut self, now: Time, gateway: Nid) {
         self.gateways.asked.remove(&gateway);
+        // Polled for what its old life said: its new life's status decides again (one
+        // that never gives any, no longer forwarding, would be polled for ever).
+        if self.gateways.polled.remove(&gateway) {
+            self.health.interest_ended(gateway);
+        }
         if self.gateways.views.remove(&gateway).is_some() {
             self.check_routes_through(now, gateway);
             if self.is_fellow(gateway) {

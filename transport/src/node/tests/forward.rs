@@ -894,3 +894,28 @@ fn a_degraded_router_forgets_the_peers_it_no_longer_serves() {
     assert_eq!(n.served_and_asked(nid(B)), (false, false));
     assert_eq!(n.served_and_asked(nid(C)), (false, false));
 }
+
+/// Our gateway B said it is absent, so we poll it (monitor it) until it says otherwise.
+/// It restarts: what its old life said is moot, and so is the polling; its new life's
+/// status decides again. (One that never gives any would be polled for ever.)
+#[test]
+fn a_gateway_polled_for_its_old_lifes_word_is_not_after_it_restarts() {
+    let mut n = node_behind_gateway(8);
+    let absent = crate::wire::RouterStatus {
+        generation: 6,
+        state: crate::wire::RouterState::Absent(crate::wire::AbsentReason::Administrator),
+        nets: vec![],
+        unreachable: vec![],
+        more_unreachable: false,
+        vouched: vec![],
+    };
+    let push = frame_from_gateway(Lane::Health, Body::Status, 0, 6, absent.encode());
+    n.handle_lnd_event(t(1), NiId(0), push);
+    assert!(n.health.wants(nid(B)), "polled while absent");
+    connected(&mut n, B, Lane::Health, 8, 8);
+    assert!(
+        n.gateway_status(nid(B)).is_none(),
+        "its old life's word is moot"
+    );
+    assert!(!n.health.wants(nid(B)), "and so is the polling");
+}
