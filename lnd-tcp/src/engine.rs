@@ -448,10 +448,8 @@ impl Engine {
         let peer = hello.nid;
         if let AcceptorStep::Challenge { reply, pending } = step {
             if !self.conns.loses_race(&hello, now) {
-                // The table hears of the peer only once it has proved its key; until then
-                // our own connect for it waits for this one (see `challenged`).
+                // The table hears of the peer only once it has proved its key.
                 let (h, p) = local.frame(peer, HelloStatus::Ok, Some(&reply));
-                self.conns.challenged(conn, &hello);
                 let c = self.conns.get_mut(conn).expect("live");
                 c.auth = ConnAuth::AwaitingProof(pending, hello);
                 c.tx.push(h, Bytes::from(p), None);

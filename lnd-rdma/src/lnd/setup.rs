@@ -327,15 +327,13 @@ impl RdmaLnd {
         let now = self.now();
         if let AcceptorStep::Challenge { reply, pending } = step {
             if !self.conns.loses_race(&hello, now) {
-                // The table hears of the peer only once its AUTH checks out; until then
-                // our own connect for it waits for this one (see `challenged`).
+                // The table hears of the peer only once its AUTH checks out.
                 let conn = Conn {
                     cm,
                     qp: None,
                     auth: ConnAuth::AwaitingProof(pending, hello),
                 };
                 self.conns.accepted(id, conn, now);
-                self.conns.challenged(id, &hello);
                 let mut answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
                 say_header_check(&mut answer, hello.header_check);
                 if let Err(e) = self.qp_and_send(id, lane, CmId::accept, &answer, peer_msg) {

@@ -848,36 +848,3 @@ fn refused_handshakes_are_logged_at_powers_of_two_and_10_minutes_apart() {
             .contains("1011 refused since the start, 0 of them"));
     });
 }
-
-/// With keys, B (the higher NID) dials A; A answers with a challenge, so B takes the
-/// connection for up and sends on it. A's core asks for a connection to B before B's
-/// proof arrives: A must wait for it, not dial. Dialled, A's connection (the lower NID's)
-/// would win the race and A would refuse B's once proved: B's connection, up and carrying
-/// frames, would flap.
-#[test]
-fn with_keys_a_connect_before_the_dialler_proves_its_key_waits_for_its_connection() {
-    let now = Instant::now();
-    let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(keyed(2, KEY)));
-    assert!(b.want_connect(Nid::mem(1, 0), Lane::Health, now));
-    b.dialled(1, Nid::mem(1, 0), Lane::Health, now);
-    a.accepted(101, None, now);
-    b.established(1);
-    carry(&mut b, 1, &mut a, 101, now); // B's HELLO
-    carry(&mut a, 101, &mut b, 1, now); // A's challenge
-    assert_eq!(
-        connected(&events(&mut b)),
-        vec![(Nid::mem(1, 0), Lane::Health)]
-    );
-    assert!(
-        !a.want_connect(Nid::mem(2, 0), Lane::Health, now),
-        "A waits for B's connection"
-    );
-    assert_eq!(b.post(ping(2, 1, 9)), Some(1));
-    carry(&mut b, 1, &mut a, 101, now); // B's AUTH, then its PING
-    let ea = events(&mut a);
-    assert!(
-        matches!(&ea[..], [LndEvent::Connected { .. }, LndEvent::Received { header, .. }] if header.msg_id == 9),
-        "{ea:?}"
-    );
-    assert!(a.take_closes().is_empty(), "B's connection stays");
-}

@@ -103,9 +103,6 @@ struct Entry<T> {
     hello: Option<PeerHello>,
     /// Until when the handshake may take (not once up).
     deadline: Option<Time>,
-    /// The (peer, lane) an accepted connection's HELLO claims while its proof is awaited
-    /// ([`ConnTable::challenged`]); `peer` stays unknown until it is proved.
-    claimed: Option<(Nid, Lane)>,
     /// When it came up.
     up_since: Time,
 }
@@ -125,9 +122,6 @@ struct LaneConns<Id> {
     dialling: Option<Id>,
     /// The peer's connection, HELLO received, not yet up.
     accepting: Option<Id>,
-    /// The peer's connection answered with a challenge (an Ok HELLO, so its dialler takes
-    /// it for up), its proof not yet in: claimed, not trusted.
-    proving: Option<Id>,
     /// A connect request waits for the peer's connection (our dial lost a race, or theirs
     /// was already under way), until then.
     awaiting: Option<Time>,
@@ -139,7 +133,6 @@ impl<Id> Default for LaneConns<Id> {
             up: None,
             dialling: None,
             accepting: None,
-            proving: None,
             awaiting: None,
         }
     }
@@ -150,7 +143,6 @@ impl<Id> LaneConns<Id> {
         self.up.is_none()
             && self.dialling.is_none()
             && self.accepting.is_none()
-            && self.proving.is_none()
             && self.awaiting.is_none()
     }
 }
@@ -310,10 +302,8 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         if conns.dialling.is_some() || conns.awaiting.is_some() {
             return Connect::Answered; // when that attempt ends
         }
-        if conns.accepting.is_some() || conns.proving.is_some() {
+        if conns.accepting.is_some() {
             // The peer's connection is being set up: it answers, or the wait times out.
-            // (Dialled now, ours would win the race and refuse theirs once proved, after
-            // the peer took it for up: a flap.)
             self.await_until((peer, lane), now + self.handshake_timeout);
             return Connect::Answered;
         }
@@ -365,21 +355,6 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         self.insert(id, data, None, false, now);
     }
 
-    /// A driver that authenticates its peers answered accepted connection `id`'s `hello`
-    /// with a challenge, having asked [`ConnTable::loses_race`]: its dialler now takes it
-    /// for up. Until its proof comes ([`ConnTable::incoming`]) or it goes, a connect
-    /// request for that (peer, lane) waits for it rather than dial. An impostor claiming
-    /// the NID delays such a request by its handshake deadline at most, and else changes
-    /// nothing.
-    pub fn challenged(&mut self, id: Id, hello: &PeerHello) {
-        let key = (hello.nid, hello.lane);
-        let Some(entry) = self.conns.get_mut(&id) else {
-            return;
-        };
-        entry.claimed = Some(key);
-        self.lanes.entry(key).or_default().proving = Some(id);
-    }
-
     /// The HELLO of accepted connection `id` arrived (checked by the driver): keep it, or
     /// refuse it as the loser of a connection race.
     pub fn incoming(&mut self, id: Id, hello: PeerHello, now: Time) -> Incoming<Id, T> {
@@ -390,9 +365,6 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         };
         entry.peer = Some(key);
         entry.hello = Some(hello);
-        if let Some(claimed) = entry.claimed.take() {
-            self.unclaim(id, claimed);
-        }
         if self.loses_race(&hello, now) {
             return self.refuse(id);
         }
@@ -639,7 +611,6 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             hello: None,
             deadline: Some(deadline),
             up_since: now,
-            claimed: None,
         };
         if let Some(stale) = self.conns.insert(id, entry) {
             debug_assert!(false, "connection id {id:?} reused while in the table");
@@ -657,9 +628,6 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         if let Some(d) = entry.deadline {
             self.timers.remove(&(d, Timer::Handshake(id)));
         }
-        if let Some(claimed) = entry.claimed {
-            self.unclaim(id, claimed);
-        }
         if let Some(key) = entry.peer {
             if let Some(conns) = self.lanes.get_mut(&key) {
                 for slot in [&mut conns.up, &mut conns.dialling, &mut conns.accepting] {
@@ -675,16 +643,6 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             data: entry.data,
             error,
         })
-    }
-
-    /// Connection `id` no longer claims `key` unproved (proved, or gone).
-    fn unclaim(&mut self, id: Id, key: (Nid, Lane)) {
-        if let Some(conns) = self.lanes.get_mut(&key) {
-            if conns.proving == Some(id) {
-                conns.proving = None;
-            }
-        }
-        self.tidy(key);
     }
 
     /// Drops the lane's record once nothing is left in it, so idle peers cost nothing.

@@ -291,38 +291,3 @@ fn thousands_of_connections_leave_nothing_behind() {
     }
     assert_eq!((a.len(), a.lanes.len(), a.timers.len()), (0, 0, 0));
 }
-
-/// With keys, the acceptor answers a HELLO with a challenge (an Ok HELLO: its dialler
-/// takes the connection for up) and hears of the peer only once its proof comes. A
-/// connect request for that peer meanwhile waits for the proof: dialled, ours would win
-/// the race and refuse the proved connection, which the peer had reported up (a flap).
-#[test]
-fn a_connect_while_a_challenged_connection_awaits_its_proof_waits_for_it() {
-    let mut lo = table(1);
-    let mut ev = Vec::new();
-    lo.accepted(7, "theirs", at(0));
-    assert!(!lo.loses_race(&hello(2, 20, D), at(0)));
-    lo.challenged(7, &hello(2, 20, D));
-    assert_eq!(lo.connect(nid(2), D, at(1), &mut ev), Connect::Answered);
-    // The proof comes: accepted (no dial of ours to win), up, and the request answered.
-    match lo.incoming(7, hello(2, 20, D), at(2)) {
-        Incoming::Accept { lost_dial: None } => {}
-        other => panic!("{other:?}"),
-    }
-    assert!(lo.mark_up(7, at(2), &mut ev).is_none());
-    assert_eq!(said(&mut ev), vec![("connected", 2, D)]);
-    assert_eq!(lo.next_deadline(), None);
-    // An impostor's claim that never proves delays a request by its deadline, no more,
-    // and leaves nothing behind.
-    let mut b = table(1);
-    b.accepted(8, "impostor", at(0));
-    b.challenged(8, &hello(3, 30, D));
-    assert_eq!(b.connect(nid(3), D, at(1), &mut ev), Connect::Answered);
-    let closed = b.expire(at(0) + T, &mut ev);
-    assert_eq!(closed.len(), 1, "the impostor's handshake times out");
-    let closed = b.expire(at(1) + T, &mut ev);
-    assert!(closed.is_empty());
-    assert_eq!(said(&mut ev), vec![("failed", 3, D)]);
-    assert!(b.is_empty());
-    assert_eq!(b.connect(nid(3), D, at(1) + T, &mut ev), Connect::Dial);
-}
