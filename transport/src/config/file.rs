@@ -59,8 +59,7 @@ pub struct NetSection {
     /// The interface it was found on, if it was given by interface.
     pub interface: Option<String>,
     /// Data-lane receive credits offered to each peer on this net (lnetctl's
-    /// `peer_credits`; on a router, `routing.peer_buffer_credits` when set). Also the
-    /// most frames in flight to one peer: the lesser of its offer and ours.
+    /// `peer_credits`; on a router, `routing.peer_buffer_credits` when set).
     pub peer_credits: u16,
     /// Data-lane messages in flight in this NI's driver at once (lnetctl's `credits`).
     pub credits: u32,

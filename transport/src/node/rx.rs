@@ -98,10 +98,7 @@ impl Node {
         hop.unreachable_until = None;
         let hl = &mut hop.lanes[lane];
         hl.conn = Conn::Up {
-            // No more in flight than we offer it (o2iblnd's queue depth, the smaller
-            // of the two): a peer offering thousands and then not reading would hold
-            // every NI credit.
-            credits: LaneCredits::new(hello.credits.min(local), local, hiw),
+            credits: LaneCredits::new(hello.credits, local, hiw),
             hello,
             serial,
         };
