@@ -506,7 +506,7 @@ impl Engine {
         if let Some(c) = self.conns.get_mut(conn) {
             c.auth = ConnAuth::Done;
         }
-        match self.conns.incoming(conn, hello, now) {
+        match self.conns.incoming_proved(conn, hello, now) {
             Incoming::Accept { lost_dial } => {
                 self.retire(lost_dial);
                 let old = self.conns.mark_up(conn, now, &mut self.events);

@@ -442,7 +442,7 @@ impl RdmaLnd {
             conn.auth = ConnAuth::Done;
         }
         let now = self.now();
-        match self.conns.incoming(id, hello, now) {
+        match self.conns.incoming_proved(id, hello, now) {
             Incoming::Accept { lost_dial } => {
                 self.retire(lost_dial);
                 self.mark_up(id);

@@ -750,6 +750,41 @@ fn an_unproven_hello_neither_cancels_our_dial_nor_takes_its_place() {
     assert_eq!(b.take_closes(), vec![201]);
 }
 
+/// With keys, B (the higher NID) dials A; A answers with a challenge, so B takes the
+/// connection for up and sends on it. A's core asks for a connection to B before B's
+/// proof arrives, and A dials. The proof comes: B's connection wins over A's dial (A's
+/// NID is the lower, but refusing B's connection now would flap it under B's frames);
+/// A's dial goes quietly, and its request is answered by B's connection.
+#[test]
+fn with_keys_a_proved_connection_wins_over_a_dial_started_after_its_challenge() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(keyed(1, KEY)), Engine::new(keyed(2, KEY)));
+    assert!(b.want_connect(Nid::mem(1, 0), Lane::Health, now));
+    b.dialled(1, Nid::mem(1, 0), Lane::Health, now);
+    a.accepted(101, None, now);
+    b.established(1);
+    carry(&mut b, 1, &mut a, 101, now); // B's HELLO
+    carry(&mut a, 101, &mut b, 1, now); // A's challenge
+    assert_eq!(
+        connected(&events(&mut b)),
+        vec![(Nid::mem(1, 0), Lane::Health)]
+    );
+    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
+    a.dialled(5, Nid::mem(2, 0), Lane::Health, now);
+    assert_eq!(b.post(ping(2, 1, 9)), Some(1));
+    carry(&mut b, 1, &mut a, 101, now); // B's AUTH, then its PING
+    let ea = events(&mut a);
+    assert!(
+        matches!(&ea[..], [LndEvent::Connected { .. }, LndEvent::Received { header, .. }] if header.msg_id == 9),
+        "{ea:?}"
+    );
+    assert_eq!(
+        a.take_closes(),
+        vec![5],
+        "A's dial goes, quietly; B's stays"
+    );
+}
+
 /// The warnings logged while it is the thread's subscriber: their messages.
 #[derive(Clone, Default)]
 struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);

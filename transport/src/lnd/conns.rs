@@ -358,6 +358,26 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// The HELLO of accepted connection `id` arrived (checked by the driver): keep it, or
     /// refuse it as the loser of a connection race.
     pub fn incoming(&mut self, id: Id, hello: PeerHello, now: Time) -> Incoming<Id, T> {
+        self.take_incoming(id, hello, now, false)
+    }
+
+    /// [`ConnTable::incoming`] for a connection whose peer has just proved its key, having
+    /// been answered with an Ok HELLO and a challenge when it said HELLO (no race was lost
+    /// then: [`ConnTable::loses_race`]). Its dialler took it for up at that answer and may
+    /// have sent on it: a dial of ours for the lane, started since, loses the race to it
+    /// whatever the NIDs (refused instead, this connection would go down under those
+    /// frames). Until the proof, the table knew nothing of it: an impostor changes nothing.
+    pub fn incoming_proved(&mut self, id: Id, hello: PeerHello, now: Time) -> Incoming<Id, T> {
+        self.take_incoming(id, hello, now, true)
+    }
+
+    fn take_incoming(
+        &mut self,
+        id: Id,
+        hello: PeerHello,
+        now: Time,
+        answered: bool,
+    ) -> Incoming<Id, T> {
         let key = (hello.nid, hello.lane);
         let Some(entry) = self.conns.get_mut(&id) else {
             debug_assert!(false, "incoming HELLO on unknown connection {id:?}");
@@ -365,7 +385,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         };
         entry.peer = Some(key);
         entry.hello = Some(hello);
-        if self.loses_race(&hello, now) {
+        if self.loses_race_to(&hello, now, !answered) {
             return self.refuse(id);
         }
         let conns = self.lanes.entry(key).or_default();
@@ -387,6 +407,11 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// authenticates its peers asks this before the peer has proved who it is, and calls
     /// `incoming` only once it has.
     pub fn loses_race(&self, hello: &PeerHello, now: Time) -> bool {
+        self.loses_race_to(hello, now, true)
+    }
+
+    /// [`ConnTable::loses_race`], to our dial being set up only if `to_our_dial`.
+    fn loses_race_to(&self, hello: &PeerHello, now: Time, to_our_dial: bool) -> bool {
         let we_win = self.local < hello.nid;
         let Some(conns) = self.lanes.get(&(hello.nid, hello.lane)) else {
             return false;
@@ -402,7 +427,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
             }
         }
         // Both dialling: the lower NID's dial wins.
-        conns.dialling.is_some() && we_win
+        to_our_dial && conns.dialling.is_some() && we_win
     }
 
     fn refuse(&mut self, id: Id) -> Incoming<Id, T> {

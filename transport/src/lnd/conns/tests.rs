@@ -291,3 +291,37 @@ fn thousands_of_connections_leave_nothing_behind() {
     }
     assert_eq!((a.len(), a.lanes.len(), a.timers.len()), (0, 0, 0));
 }
+
+/// With keys, the acceptor answers a HELLO with an Ok and a challenge, and hears of the
+/// peer only once its proof comes; the dialler takes the connection for up at the Ok. A
+/// dial of ours started meanwhile loses to the proved connection, though our NID is the
+/// lower: refused instead, the connection its peer already sends on would go down (a
+/// flap). Our dial goes quietly, and the request it was for is answered by theirs.
+#[test]
+fn a_proved_connection_wins_over_our_dial_started_after_it_was_answered() {
+    let mut lo = table(1);
+    let mut ev = Vec::new();
+    lo.accepted(7, "theirs, challenged", at(0));
+    assert!(!lo.loses_race(&hello(2, 20, D), at(0)), "answered Ok");
+    assert_eq!(lo.connect(nid(2), D, at(1), &mut ev), Connect::Dial);
+    lo.dialled(8, nid(2), D, "ours", at(1));
+    match lo.incoming_proved(7, hello(2, 20, D), at(2)) {
+        Incoming::Accept {
+            lost_dial: Some(closed),
+        } => assert_eq!((closed.id, closed.data), (8, "ours")),
+        other => panic!("{other:?}"),
+    }
+    assert!(lo.mark_up(7, at(2), &mut ev).is_none());
+    assert_eq!(said(&mut ev), vec![("connected", 2, D)]);
+    assert_eq!(lo.up(nid(2), D), Some(7));
+    assert!(lo.expire(at(0) + 3 * T, &mut ev).is_empty());
+    assert!(ev.is_empty(), "{ev:?}");
+    // Without keys (answered only once taken) the lower NID's dial still wins.
+    let mut lo = table(1);
+    lo.dialled(8, nid(2), D, "ours", at(1));
+    lo.accepted(7, "theirs", at(1));
+    assert!(matches!(
+        lo.incoming(7, hello(2, 20, D), at(2)),
+        Incoming::Refuse
+    ));
+}
