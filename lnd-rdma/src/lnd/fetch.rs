@@ -24,7 +24,20 @@ impl RdmaLnd {
             });
             return;
         };
-        debug_assert!(rdv.sink.is_none(), "fetched twice");
+        if rdv.sink.is_some() {
+            // Asked twice (a caller's bug): the first fetch goes on, its buffer still the
+            // NIC's until it completes; the second ends here.
+            tracing::warn!(
+                ?handle,
+                "a payload already being fetched was asked for again"
+            );
+            let error = LndError::new(LndErrorKind::Closed, "already being fetched");
+            self.ctx.events.push(LndEvent::Fetched {
+                handle,
+                result: Err(error),
+            });
+            return;
+        }
         let id = rdv.conn;
         let len = rdv.source.len as usize;
         let ctrl = match SinkMr::new(&self.ctx.pd, sink, len) {

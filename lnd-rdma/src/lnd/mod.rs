@@ -877,6 +877,16 @@ impl Lnd for RdmaLnd {
     }
 
     fn decline(&mut self, handle: RxHandle) {
+        if self
+            .incoming
+            .get(&handle)
+            .is_some_and(|rdv| rdv.sink.is_some())
+        {
+            // Being fetched (a caller's bug): its buffer is the NIC's until the transfer
+            // completes, and the fetch ends as it would have, in its `Fetched`.
+            tracing::warn!(?handle, "a payload being fetched was declined: ignored");
+            return;
+        }
         self.refuse(handle, crate::msg::Outcome::Declined);
     }
 }
