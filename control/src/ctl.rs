@@ -603,13 +603,13 @@ fn router_status(r: &Value) -> String {
     let c = &r["counters"];
     out.push_str(&format!(
         "\nwithdrawals: {}  returns: {}  flaps: {}  degradations: {}  damping penalty: {}  \
-         unwatched: {}",
+         unwatched forwards: {}",
         cell(&c["withdrawals"]),
         cell(&c["returns"]),
         cell(&c["flaps"]),
         cell(&c["degradations"]),
         cell(&c["penalty"]),
-        cell(&c["unwatched"]),
+        cell(&c["unwatched_forwards"]),
     ));
     out
 }

@@ -209,7 +209,7 @@ fn router(r: &RouterReport) -> Value {
             "returns": c.counters.returns,
             "flaps": c.counters.flaps,
             "degradations": c.counters.degradations,
-            "unwatched": c.counters.unwatched,
+            "unwatched_forwards": c.counters.unwatched_forwards,
             "penalty": c.counters.penalty.round() as u64,
         },
     })

@@ -294,9 +294,9 @@ impl Collector for Snapshot {
             )?;
             counters(
                 &mut e,
-                "lanet_router_unwatched",
-                "Peers it forwarded for without watching them (max_served reached)",
-                &[(vec![], c.counters.unwatched)],
+                "lanet_router_unwatched_forwards",
+                "Frames it forwarded for peers it did not watch (max_served reached)",
+                &[(vec![], c.counters.unwatched_forwards)],
             )?;
             let pools = ["tiny", "small", "large"];
             let pool_rows = |f: &dyn Fn(&lanet::node::PoolStats) -> i64| -> Vec<(Labels, i64)> {

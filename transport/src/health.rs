@@ -301,7 +301,7 @@ fn start(timers: &mut Timers, interval: Duration, nid: Nid, w: &mut Watch, now: 
 
 /// Whether nobody needs the entry any more, so that it may go (at once, or after lingering).
 /// A Down one is still needed: remembered (unprobed) so that new operations to it fail
-/// fast; each such attempt [pokes](Monitor::poke) it into another probe.
+/// fast; each such attempt [pokes](Monitor::poke) it into another probe, on its backoff.
 fn unneeded(timers: &mut Timers, nid: Nid, w: &mut Watch) -> bool {
     if w.interesting() {
         return false;

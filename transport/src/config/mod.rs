@@ -140,7 +140,7 @@ pub struct RouterConfig {
     pub fellows: Vec<Nid>,
     /// Peers it forwarded for that it watches at most (its *served* peers, by which it
     /// judges whether it is a black hole). Past this, it forwards for new ones without
-    /// watching them, counted in [`crate::node::AbsenceStats::unwatched`], so frames to
+    /// watching them (counted in [`crate::node::AbsenceStats::unwatched_forwards`]), so frames to
     /// made-up NIDs cannot grow its tables without bound.
     pub max_served: usize,
 }

@@ -391,7 +391,7 @@ fn at_a_short_interval_a_stall_shorter_than_the_default_tolerance_is_forgiven() 
 }
 
 #[test]
-fn a_poked_down_peer_is_probed_once_per_attempt_and_forgotten_once_back() {
+fn a_poked_down_peer_is_probed_again_and_forgotten_once_back() {
     let mut m = Monitor::new(HealthConfig::default());
     m.interest_started(peer(1), at(0));
     let log = drive(&mut m, 350, |_| None);

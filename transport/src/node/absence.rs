@@ -76,8 +76,9 @@ pub struct AbsenceStats {
     pub degradations: u64,
     /// The flap penalty now (1000 per flap, decaying).
     pub penalty: f64,
-    /// Peers forwarded for but not watched: it already watched `max_served` then.
-    pub unwatched: u64,
+    /// Frames forwarded to or from a peer it did not watch, having `max_served` watched
+    /// already (frames, not peers: counting peers would need the table it saves).
+    pub unwatched_forwards: u64,
 }
 
 /// A router's view of itself, beside its status: why it is absent or degraded.
@@ -233,6 +234,7 @@ impl Node {
     /// up to `max_served` peers (a sender naming made-up NIDs must not grow the tables).
     pub(crate) fn router_served(&mut self, now: Time, peers: [Nid; 2]) {
         let a = &mut self.router.absence;
+        let mut unwatched = false;
         for peer in peers {
             if let Some(seen) = a.served.get_mut(&peer) {
                 *seen = now;
@@ -240,15 +242,18 @@ impl Node {
                 a.served.insert(peer, now);
                 self.health.interest_started(peer, now);
             } else {
-                if a.stats.unwatched == 0 {
-                    tracing::warn!(
-                        max_served = self.cfg.router.max_served,
-                        "forwarding for more peers than it watches: new ones go unwatched \
-                         (see `unwatched` in the router's counters)"
-                    );
-                }
-                a.stats.unwatched += 1;
+                unwatched = true;
             }
+        }
+        if unwatched {
+            if a.stats.unwatched_forwards == 0 {
+                tracing::warn!(
+                    max_served = self.cfg.router.max_served,
+                    "forwarding for more peers than it watches: new ones go unwatched \
+                     (see `unwatched_forwards` in the router's counters)"
+                );
+            }
+            a.stats.unwatched_forwards += 1;
         }
     }
 

@@ -204,7 +204,9 @@ impl Node {
         let patience = self.cfg.forward_patience;
         // A moving lane is looked at again no sooner than an eighth of the patience
         // later: a bounded number of looks per patience, however its frames come and go.
-        let step = patience / 8;
+        // Never none: a patience under 8 ns (refused by validation, but a node built in
+        // code is not validated in release builds) would look again at once, for ever.
+        let step = (patience / 8).max(std::time::Duration::from_micros(1));
         while let Some(&Reverse((at, hop, lane))) = self.stall_checks.peek() {
             if at > now {
                 break;

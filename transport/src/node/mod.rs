@@ -323,7 +323,7 @@ pub struct Node {
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
     /// The GETs among them, by seq and attempt: one REPLY payload fetched per copy.
-    pub(crate) replies_fetched: rustc_hash::FxHashSet<(u64, u32)>,
+    pub(crate) replies_being_fetched: rustc_hash::FxHashSet<(u64, u32)>,
     /// Copies of routed PUTs that came while their first copy's payload was being
     /// fetched, by initiator, NID addressed, incarnation and message id: taken if that
     /// fetch fails (at most one per fetch).
@@ -374,7 +374,7 @@ impl Node {
             ops: Ops::default(),
             portals: FxHashMap::default(),
             fetching: FxHashMap::default(),
-            replies_fetched: Default::default(),
+            replies_being_fetched: Default::default(),
             held_copies: FxHashMap::default(),
             faults: faults::Faults::default(),
             out: Outbox::default(),

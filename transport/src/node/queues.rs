@@ -309,6 +309,20 @@ impl Node {
                     "payload of {len} bytes exceeds {hop}'s limit of {max}"
                 ))),
             ),
+            Pending::Forward(mut f) if matches!(f.header.body, Body::Reply { .. }) => {
+                // An answer (nobody resends those): passed on without its payload,
+                // aborted, so that its GET fails with a clear error, not at its deadline.
+                tracing::warn!(%hop, len, max, "a REPLY passing through goes aborted: too large for its next hop");
+                f.header.body = Body::Reply {
+                    status: crate::wire::Status::Aborted,
+                };
+                f.header.payload_len = 0;
+                f.payload = Bytes::new();
+                let lane = f.header.lane;
+                self.hop_lane(hop, lane)
+                    .queue
+                    .push_front(Pending::Forward(f));
+            }
             Pending::Forward(f) => self.refuse_forward(*f, NackReason::OutOfBuffers),
             Pending::HealthPing { .. } | Pending::Status => {}
         }

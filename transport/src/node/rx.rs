@@ -729,7 +729,7 @@ impl Node {
             }
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Deferred { handle, len })) => {
                 let (seq, attempt) = (op.seq, op.attempts);
-                if !self.replies_fetched.insert((seq, attempt)) {
+                if !self.replies_being_fetched.insert((seq, attempt)) {
                     // A second REPLY to the same copy, while the first one's payload is
                     // fetched: a peer's error, or a hostile one making each take a buffer
                     // of its length.
@@ -788,7 +788,7 @@ impl Node {
                 self.stats.protocol_errors += 1;
             }
             Some(Fetch::Reply { op, seq, attempt }) => {
-                self.replies_fetched.remove(&(seq, attempt));
+                self.replies_being_fetched.remove(&(seq, attempt));
                 let Some(live) = self.ops.live(op, seq) else {
                     self.stats.late_responses += 1;
                     return;

@@ -358,11 +358,26 @@ impl Node {
                     unreachable!("matched a source")
                 };
                 let data = data.slice(..data.len().min(want_len as usize));
-                self.matched(entry);
-                (Status::Ok, data)
+                if self.too_large_for_the_way_back(req, data.len()) {
+                    // Aborted before it is matched: the entry stays for a GET that can
+                    // take it (see `answer_out`, which checks again as the REPLY leaves).
+                    (Status::Aborted, Bytes::new())
+                } else {
+                    self.matched(entry);
+                    (Status::Ok, data)
+                }
             }
         };
         self.respond(req, Body::Reply { status }, data);
+    }
+}
+
+impl Node {
+    /// Whether a REPLY of `len` bytes to `req` is larger than the hop it came by (where
+    /// the REPLY goes back, as a rule) takes, by that connection's HELLO.
+    fn too_large_for_the_way_back(&self, req: Incoming, len: usize) -> bool {
+        let conn = self.hops.get(&req.hop).map(|h| &h.lanes[req.lane].conn);
+        matches!(conn, Some(super::peers::Conn::Up { hello, .. }) if len > hello.max_payload as usize)
     }
 }
 

@@ -828,10 +828,10 @@ fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
     for p in &made_up[3..] {
         assert!(n.health.peer(*p).is_none(), "{p} is not monitored");
     }
-    assert_eq!(n.router_condition().counters.unwatched, 4);
+    assert_eq!(n.router_condition().counters.unwatched_forwards, 4);
     // Served again, a watched peer stays watched (its time renewed), and nothing new is.
     put_from_b(&mut n, made_up[0], 8, 8);
-    assert_eq!(n.router_condition().counters.unwatched, 4);
+    assert_eq!(n.router_condition().counters.unwatched_forwards, 4);
     assert!(n.served_and_asked(made_up[0]).0);
 }
 
@@ -918,4 +918,53 @@ fn a_gateway_polled_for_its_old_lifes_word_is_not_after_it_restarts() {
         "its old life's word is moot"
     );
     assert!(!n.health.wants(nid(B)), "and so is the polling");
+}
+
+/// A REPLY passing through, larger than its next hop takes (D's `max_payload` is 4 KiB):
+/// passed on aborted, without its payload, so that its GET fails with a clear error. It
+/// used to be dropped (answers are not refused), and the GET to wait out its deadline.
+#[test]
+fn a_reply_too_large_for_the_next_hop_is_passed_on_aborted() {
+    let mut n = router();
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    let hello = PeerHello {
+        nid: d(),
+        incarnation: 9,
+        lane: Lane::Data,
+        credits: 8,
+        max_payload: 4096,
+        header_check: crate::wire::HeaderCheck::Crc32,
+    };
+    let local_credits = n.config().lanes[Lane::Data].peer_credits;
+    let up = LndEvent::Connected {
+        peer: d(),
+        lane: Lane::Data,
+        hello,
+        local_credits,
+    };
+    n.handle_lnd_event(t(0), NiId(1), up);
+    drain(&mut n);
+    let reply = Header {
+        payload_len: 8192,
+        ..header(nid(B), d(), 3, Body::Reply { status: Status::Ok })
+    };
+    let payload = RxPayload::Inline(Bytes::from(vec![5u8; 8192]));
+    arrives(&mut n, t(1), nid(B), reply, payload);
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 1, "{}", out.len());
+    assert_eq!(
+        (
+            out[0].header.body,
+            out[0].header.payload_len,
+            out[0].payload.len()
+        ),
+        (
+            Body::Reply {
+                status: Status::Aborted
+            },
+            0,
+            0
+        )
+    );
+    assert_eq!(out[0].header.dst, d());
 }

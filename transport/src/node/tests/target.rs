@@ -516,11 +516,8 @@ fn a_reply_larger_than_its_next_hop_takes_goes_aborted_without_its_payload() {
         local_credits,
     };
     n.handle_lnd_event(t(0), NiId(0), up);
-    n.attach(
-        OpId(1),
-        MatchEntry::source(6, 1, Bytes::from(vec![1u8; 8192])),
-    )
-    .unwrap();
+    let once = MatchEntry::source(6, 1, Bytes::from(vec![1u8; 8192])).once();
+    n.attach(OpId(1), once).unwrap();
     let far = Nid::mem(9, 2);
     let route = Route {
         net: far.net(),
@@ -551,4 +548,7 @@ fn a_reply_larger_than_its_next_hop_takes_goes_aborted_without_its_payload() {
         }
     );
     assert_eq!((sent[0].header.payload_len, sent[0].payload.len()), (0, 0));
+    // Not served: the use-once entry stays attached, nothing said it was unlinked.
+    assert!(completions(&mut n).is_empty());
+    assert!(n.ops.get(OpId(1)).is_some(), "the entry stays");
 }
