@@ -53,6 +53,10 @@ pub(crate) fn run(args: &DetectArgs) -> Result<Report, String> {
         args.load_secs
     );
     let mut report = Report::new(title, args.json);
+    // Its TCP processes sleep, as the figures it compares assume.
+    if let Some(unset) = crate::peer::no_busy_poll() {
+        report.note(unset);
+    }
     let mut rng = lanet::rng::SplitMix64::new(args.seed);
     let kill = trials(args, interval, &mut rng, None)?;
     add_times(&mut report, "detect_ms", &kill, args.interval_ms);

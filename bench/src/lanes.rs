@@ -45,6 +45,10 @@ pub(crate) fn run(args: &LanesArgs) -> Result<Report, String> {
         phase.as_secs_f64()
     );
     let mut report = Report::new(title, args.json);
+    // Its TCP processes sleep, as the figures it compares assume.
+    if let Some(unset) = crate::peer::no_busy_poll() {
+        report.note(unset);
+    }
     let server = peer::spawn_server("lanes", None)?;
     let (slots_tx, slots_rx) = crossbeam_channel::unbounded();
     let (pongs_tx, pongs_rx) = crossbeam_channel::unbounded();

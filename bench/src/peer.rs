@@ -752,6 +752,7 @@ pub(crate) fn client(
 pub(crate) fn no_busy_poll() -> Option<String> {
     let var = lanet_lnd_tcp::SPIN_ENV;
     std::env::var_os(var)?;
+    // Called before the benchmark starts a thread or a child that reads the environment.
     std::env::remove_var(var);
     Some(format!("{var} unset: a run without --spin sleeps"))
 }
