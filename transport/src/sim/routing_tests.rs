@@ -447,13 +447,7 @@ fn ping_rtt(sim: &mut Sim, client: Nid, server: Nid, lane: Lane) -> Duration {
 
 #[test]
 fn the_health_lane_keeps_its_priority_through_a_router() {
-    let mut sim = sim();
-    let (client, server) = (on(1, 1), on(2, 2));
-    sim.add_node(client, cfg(1)).unwrap();
-    sim.add_node(server, cfg(2)).unwrap();
-    add_router(&mut sim, 9, &[1, 2], None);
-    sim.add_route(client, route(2, on(1, 9), 1)).unwrap();
-    sim.add_route(server, route(1, on(2, 9), 1)).unwrap();
+    let (mut sim, client, server) = one_router();
     sim.attach(server, MatchEntry::sink(4, 1, 1 << 20));
     ping_rtt(&mut sim, client, server, Lane::Health); // connections up
     let idle = ping_rtt(&mut sim, client, server, Lane::Health);

@@ -842,13 +842,7 @@ fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
 #[test]
 fn a_status_query_to_the_hop_does_not_give_back_the_credit_of_the_frame_it_came_with() {
     let mut n = router();
-    n.add_route(Route {
-        net: Nid::mem(0, 2).net(),
-        gateway: nid(B),
-        hops: 1,
-        priority: 0,
-    })
-    .unwrap();
+    route_to_net_2_via_b(&mut n);
     connected_on(&mut n, 0, nid(B), Lane::Health, 8, 9);
     connected_on(&mut n, 1, d(), Lane::Health, 0, 9);
     drain(&mut n);
@@ -927,22 +921,7 @@ fn a_gateway_polled_for_its_old_lifes_word_is_not_after_it_restarts() {
 fn a_reply_too_large_for_the_next_hop_is_passed_on_aborted() {
     let mut n = router();
     connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
-    let hello = PeerHello {
-        nid: d(),
-        incarnation: 9,
-        lane: Lane::Data,
-        credits: 8,
-        max_payload: 4096,
-        header_check: crate::wire::HeaderCheck::Crc32,
-    };
-    let local_credits = n.config().lanes[Lane::Data].peer_credits;
-    let up = LndEvent::Connected {
-        peer: d(),
-        lane: Lane::Data,
-        hello,
-        local_credits,
-    };
-    n.handle_lnd_event(t(0), NiId(1), up);
+    connected_taking(&mut n, 1, d(), 4096);
     drain(&mut n);
     let reply = Header {
         payload_len: 8192,

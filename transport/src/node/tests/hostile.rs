@@ -7,13 +7,7 @@ use crate::lane::PerLane;
 /// Node A, with a route to mem net 2 through B.
 fn end_behind_gateway_b() -> Node {
     let mut n = node();
-    n.add_route(Route {
-        net: Nid::mem(0, 2).net(),
-        gateway: nid(B),
-        hops: 1,
-        priority: 0,
-    })
-    .unwrap();
+    route_to_net_2_via_b(&mut n);
     connected(&mut n, B, Lane::Health, 8, 7);
     connected(&mut n, B, Lane::Data, 8, 7);
     n

@@ -460,13 +460,7 @@ fn a_frame_built_for_a_lost_connection_never_goes_out_on_its_replacement() {
     let mut n = node();
     connected(&mut n, B, Lane::Data, 4, 7);
     n.put(t(0), OpId(1), put(B, b"a")).unwrap();
-    let reset = LndError::new(LndErrorKind::Reset, "connection reset by peer");
-    let lost = LndEvent::Disconnected {
-        peer: nid(B),
-        lane: Lane::Data,
-        error: reset,
-    };
-    n.handle_lnd_event(t(1), NiId(0), lost);
+    disconnected(&mut n, t(1), B, Lane::Data);
     connected(&mut n, B, Lane::Data, 4, 7);
     assert!(
         drain(&mut n).is_empty(),
@@ -523,13 +517,7 @@ fn a_close_asked_for_a_lost_connection_does_not_close_its_replacement() {
     connected(&mut n, B, Lane::Data, 4, 7);
     requests(&mut n);
     receive(&mut n, t(1), B, Lane::Data, Body::Credit, 1, 100, b"");
-    let reset = LndError::new(LndErrorKind::Reset, "replaced");
-    let lost = LndEvent::Disconnected {
-        peer: nid(B),
-        lane: Lane::Data,
-        error: reset,
-    };
-    n.handle_lnd_event(t(1), NiId(0), lost);
+    disconnected(&mut n, t(1), B, Lane::Data);
     connected(&mut n, B, Lane::Data, 4, 7);
     let asked = requests(&mut n);
     assert!(

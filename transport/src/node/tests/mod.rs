@@ -110,6 +110,26 @@ pub(super) fn connected_on(
         max_payload: 1 << 20,
         header_check: crate::wire::HeaderCheck::Crc32,
     };
+    up_with(n, ni, hello);
+}
+
+/// `peer`'s data connection is up at NI `ni`, taking payloads of up to `max_payload`
+/// bytes (8 credits, incarnation 9).
+pub(super) fn connected_taking(n: &mut Node, ni: usize, peer: Nid, max_payload: u32) {
+    let hello = PeerHello {
+        nid: peer,
+        incarnation: 9,
+        lane: Lane::Data,
+        credits: 8,
+        max_payload,
+        header_check: crate::wire::HeaderCheck::Crc32,
+    };
+    up_with(n, ni, hello);
+}
+
+/// The connection `hello` describes is up at NI `ni`.
+fn up_with(n: &mut Node, ni: usize, hello: PeerHello) {
+    let (peer, lane) = (hello.nid, hello.lane);
     let local_credits = n.config().lanes[lane].peer_credits;
     n.handle_lnd_event(
         Time::ZERO,
@@ -173,6 +193,28 @@ pub(super) fn arrives(n: &mut Node, now: Time, hop: Nid, header: Header, payload
         payload,
     };
     n.handle_lnd_event(now, NiId(0), ev);
+}
+
+/// `peer`'s connection on `lane` is lost (reset) at NI 0, at `now`.
+pub(super) fn disconnected(n: &mut Node, now: Time, peer: u32, lane: Lane) {
+    let error = LndError::new(LndErrorKind::Reset, "connection reset by peer");
+    let ev = LndEvent::Disconnected {
+        peer: nid(peer),
+        lane,
+        error,
+    };
+    n.handle_lnd_event(now, NiId(0), ev);
+}
+
+/// A route to mem net 2 through the neighbour B.
+pub(super) fn route_to_net_2_via_b(n: &mut Node) {
+    let route = Route {
+        net: Nid::mem(0, 2).net(),
+        gateway: nid(B),
+        hops: 1,
+        priority: 0,
+    };
+    n.add_route(route).unwrap();
 }
 
 /// A PUT from `from` to our `to`, as the initiator's incarnation 5, that the neighbour

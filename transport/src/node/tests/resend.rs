@@ -625,21 +625,7 @@ fn get_whose_reply_waits_at_b() -> (Node, Header) {
     n.get(t(0), OpId(1), get).unwrap();
     let first = sent(&mut n);
     assert_eq!(first[0].1, nid(B));
-    let reply = Header {
-        hop_limit: 6,
-        payload_len: 5000,
-        ..header(
-            far(),
-            nid(A),
-            first[0].2.msg_id,
-            Body::Reply { status: Status::Ok },
-        )
-    };
-    let payload = RxPayload::Deferred {
-        handle: RxHandle(1),
-        len: 5000,
-    };
-    arrives(&mut n, t(1), nid(B), reply, payload);
+    reply_left_at_b(&mut n, t(1), first[0].2.msg_id, 1);
     assert!(requests(&mut n).iter().any(|r| matches!(
         r,
         LndRequest::Fetch {
@@ -648,6 +634,21 @@ fn get_whose_reply_waits_at_b() -> (Node, Header) {
         }
     )));
     (n, first[0].2)
+}
+
+/// `far()`'s REPLY of 5,000 bytes to `msg_id` comes through B, its payload left at B
+/// (deferred, as `handle`).
+fn reply_left_at_b(n: &mut Node, now: Time, msg_id: u64, handle: u64) {
+    let reply = Header {
+        hop_limit: 6,
+        payload_len: 5000,
+        ..header(far(), nid(A), msg_id, Body::Reply { status: Status::Ok })
+    };
+    let payload = RxPayload::Deferred {
+        handle: RxHandle(handle),
+        len: 5000,
+    };
+    arrives(n, now, nid(B), reply, payload);
 }
 
 fn fetch_failed(n: &mut Node) {
@@ -827,21 +828,7 @@ fn the_idle_sweep_keeps_a_down_gateway_and_its_route_down() {
 fn a_second_reply_to_the_same_copy_while_its_payload_is_fetched_is_declined() {
     let (mut n, first) = get_whose_reply_waits_at_b();
     for handle in 2..5 {
-        let reply = Header {
-            hop_limit: 6,
-            payload_len: 5000,
-            ..header(
-                far(),
-                nid(A),
-                first.msg_id,
-                Body::Reply { status: Status::Ok },
-            )
-        };
-        let payload = RxPayload::Deferred {
-            handle: RxHandle(handle),
-            len: 5000,
-        };
-        arrives(&mut n, t(2), nid(B), reply, payload);
+        reply_left_at_b(&mut n, t(2), first.msg_id, handle);
     }
     let asked = requests(&mut n);
     assert!(

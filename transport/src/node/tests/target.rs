@@ -500,32 +500,11 @@ fn an_ack_for_more_bytes_than_were_sent_is_refused() {
 #[test]
 fn a_reply_larger_than_its_next_hop_takes_goes_aborted_without_its_payload() {
     let mut n = node();
-    let hello = PeerHello {
-        nid: nid(B),
-        incarnation: 7,
-        lane: Lane::Data,
-        credits: 8,
-        max_payload: 4096,
-        header_check: crate::wire::HeaderCheck::Crc32,
-    };
-    let local_credits = n.config().lanes[Lane::Data].peer_credits;
-    let up = LndEvent::Connected {
-        peer: nid(B),
-        lane: Lane::Data,
-        hello,
-        local_credits,
-    };
-    n.handle_lnd_event(t(0), NiId(0), up);
+    connected_taking(&mut n, 0, nid(B), 4096);
     let once = MatchEntry::source(6, 1, Bytes::from(vec![1u8; 8192])).once();
     n.attach(OpId(1), once).unwrap();
     let far = Nid::mem(9, 2);
-    let route = Route {
-        net: far.net(),
-        gateway: nid(B),
-        hops: 1,
-        priority: 0,
-    };
-    n.add_route(route).unwrap();
+    route_to_net_2_via_b(&mut n);
     let get = Body::Get {
         portal: 6,
         match_bits: 1,
