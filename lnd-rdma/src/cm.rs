@@ -81,9 +81,10 @@ pub struct EventChannel {
     ch: NonNull<sys::rdma_event_channel>,
 }
 
-// SAFETY: librdmacm event channels may be used from any thread.
+// SAFETY: librdmacm event channels may be used from any thread. Not `Sync`: `next` reads
+// the context of each event's id, which `CmId::set_tag` writes; sharing the channel across
+// threads would let one poll while another tags.
 unsafe impl Send for EventChannel {}
-unsafe impl Sync for EventChannel {}
 
 impl EventChannel {
     pub fn new() -> Result<Arc<EventChannel>, VerbsError> {
@@ -252,9 +253,13 @@ impl CmId {
         })
     }
 
-    /// Takes ownership of the id a CONNECT_REQUEST carries.
-    pub fn adopt(ch: &Arc<EventChannel>, event: &CmEvent) -> Option<CmId> {
-        let id = NonNull::new(event.id).filter(|_| event.kind == CmEventKind::ConnectRequest)?;
+    /// Takes ownership of the id a CONNECT_REQUEST carries, out of the event: once only
+    /// (two owners would destroy it twice). `ch` must be the channel the event came on.
+    pub fn adopt(ch: &Arc<EventChannel>, event: &mut CmEvent) -> Option<CmId> {
+        if event.kind != CmEventKind::ConnectRequest {
+            return None;
+        }
+        let id = NonNull::new(std::mem::replace(&mut event.id, std::ptr::null_mut()))?;
         Some(CmId {
             id,
             has_qp: false,
@@ -588,6 +593,11 @@ impl CmId {
     }
 
     /// Posts one signalled RDMA WRITE or READ.
+    ///
+    /// # Safety
+    /// As for [`CmId::post_recv`]: the memory `sge` names stays registered and untouched
+    /// until the work request completes or the QP is destroyed; and `remote` is a region
+    /// the peer registered for it.
     unsafe fn post(
         &self,
         sge: Sge,

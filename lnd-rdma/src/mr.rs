@@ -76,7 +76,8 @@ struct Registration {
     _pd: Arc<PdHandle>,
 }
 
-// SAFETY: an MR handle may be used and deregistered from any thread.
+// SAFETY: an MR handle may be used and deregistered from any thread. Shared, it offers
+// only its keys (`lkey`, `rkey`: reads of fields the registration set and nothing writes).
 unsafe impl Send for Registration {}
 unsafe impl Sync for Registration {}
 

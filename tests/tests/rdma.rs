@@ -1486,8 +1486,8 @@ fn vm_driver_fails_a_connection_whose_peer_names_two_sinks_for_one_payload() {
         listener.bind(fake.socket_addr(0).unwrap()).unwrap();
         listener.listen(4).unwrap();
         ready_tx.send(()).unwrap();
-        let req = ch.expect(CmEventKind::ConnectRequest).unwrap();
-        let mut conn = CmId::adopt(&ch, &req).expect("the request's id");
+        let mut req = ch.expect(CmEventKind::ConnectRequest).unwrap();
+        let mut conn = CmId::adopt(&ch, &mut req).expect("the request's id");
         let ctx = conn.context().expect("bound to a device");
         let (pd, cq) = (Pd::new(&ctx).unwrap(), Cq::new(&ctx, 64).unwrap());
         conn.create_qp(&pd, &cq, 16).unwrap();
@@ -1518,7 +1518,7 @@ fn vm_driver_fails_a_connection_whose_peer_names_two_sinks_for_one_payload() {
                 continue; // our sends' completions, or the flush as A closes
             }
             let at = c.wr_id as usize * BUF;
-            let msg = bufs.as_slice()[at..at + 32].to_vec();
+            let msg = bufs.range(at, 32).to_vec();
             // SAFETY: as above; this buffer's message was copied out.
             unsafe { conn.post_recv(bufs.sge(at, BUF), c.wr_id) }.unwrap();
             match msg[3] {
@@ -1532,11 +1532,14 @@ fn vm_driver_fails_a_connection_whose_peer_names_two_sinks_for_one_payload() {
                     ack[16..24].copy_from_slice(&sink.addr().to_le_bytes());
                     ack[24..28].copy_from_slice(&sink.rkey().to_le_bytes());
                     ack[28..32].copy_from_slice(&(LEN as u32).to_le_bytes());
-                    let at = 8 * BUF;
-                    bufs.as_mut_slice()[at..at + 32].copy_from_slice(&ack);
-                    bufs.as_mut_slice()[at + 32..at + 64].copy_from_slice(&ack);
+                    // Each receive slot's pair of acks in its own 64 bytes of the ninth
+                    // buffer.
+                    let at = 8 * BUF + 64 * c.wr_id as usize;
+                    bufs.range_mut(at, 32).copy_from_slice(&ack);
+                    bufs.range_mut(at + 32, 32).copy_from_slice(&ack);
                     let sends = [(bufs.sge(at, 32), 100), (bufs.sge(at + 32, 32), 101)];
-                    // SAFETY: these bytes stay unchanged until the connection ends.
+                    // SAFETY: these bytes stay unchanged until the connection ends: the one
+                    // PUT this test sends makes one PutReq, answered from its slot's bytes.
                     unsafe { conn.post_sends(&sends) }.unwrap();
                 }
                 5 => write_dones += 1,
@@ -1544,6 +1547,8 @@ fn vm_driver_fails_a_connection_whose_peer_names_two_sinks_for_one_payload() {
             }
         }
         let _ = conn.disconnect();
+        // Its QP goes before the memory its receives and sends still name.
+        drop(conn);
         write_dones
     });
     ready_rx.recv().unwrap();

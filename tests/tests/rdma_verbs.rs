@@ -91,9 +91,10 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     client.connect(b"lanet-client").unwrap();
 
     // Server: adopt the request, create its QP and memory, accept with where to write.
-    let req = sch.expect(CmEventKind::ConnectRequest).unwrap();
+    let mut req = sch.expect(CmEventKind::ConnectRequest).unwrap();
     assert_eq!(req.private_data.get(..12), Some(&b"lanet-client"[..]));
-    let mut conn = CmId::adopt(&sch, &req).expect("the request's id");
+    let mut conn = CmId::adopt(&sch, &mut req).expect("the request's id");
+    assert!(CmId::adopt(&sch, &mut req).is_none(), "adopted once only");
     let sctx = conn.context().expect("bound to a device");
     let (spd, scq) = (Pd::new(&sctx).unwrap(), Cq::new(&sctx, 64).unwrap());
     conn.create_qp(&spd, &scq, 16).unwrap();
@@ -171,4 +172,8 @@ fn rc_send_and_rdma_write_over_soft_roce() {
     sch.expect(CmEventKind::Disconnected).unwrap();
     conn.disconnect().unwrap();
     cch.expect(CmEventKind::Disconnected).unwrap();
+    // The QPs go before the memory regions their work requests named (declared after
+    // them, the regions would drop first).
+    drop(conn);
+    drop(client);
 }

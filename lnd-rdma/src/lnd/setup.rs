@@ -253,8 +253,8 @@ impl RdmaLnd {
         self.retire(lost);
     }
 
-    fn on_connect_request(&mut self, ev: CmEvent) {
-        let Some(mut cm) = CmId::adopt(&self.channel, &ev) else {
+    fn on_connect_request(&mut self, mut ev: CmEvent) {
+        let Some(mut cm) = CmId::adopt(&self.channel, &mut ev) else {
             return;
         };
         // On refusal: why, and what to tell the dialler (a keyless one hears KeyRequired).
