@@ -3,6 +3,7 @@
 
 use std::net::SocketAddrV4;
 use std::ptr::NonNull;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rdma_sys as sys;
@@ -81,18 +82,19 @@ pub struct EventChannel {
     ch: NonNull<sys::rdma_event_channel>,
 }
 
-// SAFETY: librdmacm event channels may be used from any thread. Not `Sync`: `next` reads
-// the context of each event's id, which `CmId::set_tag` writes; sharing the channel across
-// threads would let one poll while another tags.
+// SAFETY: librdmacm event channels may be used from any thread. Not `Sync` (and shared by
+// its ids through an `Rc`): `next` reads the context of each event's id, which
+// `CmId::set_tag` writes; sharing the channel across threads would let one poll while
+// another tags.
 unsafe impl Send for EventChannel {}
 
 impl EventChannel {
-    pub fn new() -> Result<Arc<EventChannel>, VerbsError> {
+    pub fn new() -> Result<Rc<EventChannel>, VerbsError> {
         // SAFETY: no arguments; null means failure with errno.
         let ch = unsafe { sys::rdma_create_event_channel() };
         let ch =
             NonNull::new(ch).ok_or_else(|| VerbsError::last("rdma_create_event_channel", ""))?;
-        Ok(Arc::new(EventChannel { ch }))
+        Ok(Rc::new(EventChannel { ch }))
     }
 
     /// Waits for the next event.
@@ -200,7 +202,7 @@ pub struct CmId {
     _pd: Option<Arc<PdHandle>>,
     _cq: Option<Arc<CqHandle>>,
     _srq: Option<Arc<SrqHandle>>,
-    _ch: Arc<EventChannel>,
+    _ch: Rc<EventChannel>,
 }
 
 /// Where a queue pair's receives come from.
@@ -225,12 +227,12 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 
 impl CmId {
     /// A new id for a reliable connection (RDMA_PS_TCP).
-    pub fn new(ch: &Arc<EventChannel>) -> Result<CmId, VerbsError> {
+    pub fn new(ch: &Rc<EventChannel>) -> Result<CmId, VerbsError> {
         Self::with_tag(ch, 0)
     }
 
     /// A new id whose events carry `tag` (the driver's name for the connection).
-    pub fn with_tag(ch: &Arc<EventChannel>, tag: u64) -> Result<CmId, VerbsError> {
+    pub fn with_tag(ch: &Rc<EventChannel>, tag: u64) -> Result<CmId, VerbsError> {
         let mut id = std::ptr::null_mut();
         // SAFETY: the channel is alive; `id` receives the new id.
         let rc = unsafe {
@@ -255,7 +257,7 @@ impl CmId {
 
     /// Takes ownership of the id a CONNECT_REQUEST carries, out of the event: once only
     /// (two owners would destroy it twice). `ch` must be the channel the event came on.
-    pub fn adopt(ch: &Arc<EventChannel>, event: &mut CmEvent) -> Option<CmId> {
+    pub fn adopt(ch: &Rc<EventChannel>, event: &mut CmEvent) -> Option<CmId> {
         if event.kind != CmEventKind::ConnectRequest {
             return None;
         }

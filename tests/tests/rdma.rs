@@ -575,7 +575,7 @@ fn vm_driver_authenticates_both_lanes_and_refuses_wrong_and_missing_keys() {
 /// A raw rdma_cm connection from `from` to `to`, with `private` in its request; the
 /// event that answered it (ESTABLISHED or REJECTED), while `b` is polled.
 struct RawDial {
-    ch: std::sync::Arc<lanet_lnd_rdma::cm::EventChannel>,
+    ch: std::rc::Rc<lanet_lnd_rdma::cm::EventChannel>,
     id: lanet_lnd_rdma::cm::CmId,
     pd: lanet_lnd_rdma::verbs::Pd,
     _cq: lanet_lnd_rdma::verbs::Cq,

@@ -35,6 +35,7 @@ mod rx;
 mod setup;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -232,8 +233,9 @@ impl Wake for MioWaker {
 }
 
 // SAFETY: every verbs object of the driver (the connection ids with their queue pairs,
-// the PD, the CQs and their channel, the registrations) lives inside it, is reached only
-// through `&mut self`, and leaves only when dropped. Moving the driver moves them all, so
+// the PD, the CQs and their channel, the registrations, and every `Rc` of the rdma_cm
+// event channel) lives inside it, is reached only through `&mut self`, and leaves only
+// when dropped. Moving the driver moves them all, so
 // no two threads ever use objects that depend on each other at once: the promise the
 // `CmId` (not `Send`) and `Cq`/`Pd`/`CompChannel` (not `Sync`) types ask of their owner.
 unsafe impl Send for RdmaLnd {}
@@ -291,7 +293,7 @@ pub struct RdmaLnd {
     // channel its events use.
     comp: CompChannel,
     _listener: CmId,
-    channel: Arc<EventChannel>,
+    channel: Rc<EventChannel>,
 }
 
 fn verbs_error(e: VerbsError) -> LndError {
