@@ -87,6 +87,7 @@ pub fn report(r: &NodeReport) -> Value {
             "unroutable_answers": s.unroutable_answers,
             "stale_frames": s.stale_frames,
             "notices_dropped": s.notices_dropped,
+            "replies_aborted": s.replies_aborted,
             "protocol_errors": s.protocol_errors,
             "pings_sent": r.health.pings_sent,
             "peer_downs": r.health.downs,

@@ -163,6 +163,12 @@ impl Collector for Snapshot {
         )?;
         counters(
             &mut e,
+            "lanet_replies_aborted",
+            "REPLYs passed on without their payload: larger than their next hop takes",
+            &[(vec![], s.replies_aborted)],
+        )?;
+        counters(
+            &mut e,
             "lanet_stale_frames",
             "Frames of a far end's replaced life, late through a router: dropped",
             &[(vec![], s.stale_frames)],

@@ -307,7 +307,8 @@ fn vm_driver_moves_small_payloads_inline_and_large_ones_by_rdma_with_cached_regi
 /// A payload asked for again while it is fetched, or declined meanwhile (a caller's bug):
 /// the first fetch goes on into its buffer, which stays the NIC's until the transfer ends
 /// (freed at a decline or replaced by the second fetch, the NIC would write into freed
-/// memory), and ends in its `Fetched`; the second ends at once, with an error.
+/// memory), and ends in the handle's one `Fetched`; the second fetch and the decline are
+/// ignored.
 #[test]
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_driver_keeps_a_fetch_going_when_its_payload_is_fetched_again_or_declined() {
@@ -333,11 +334,12 @@ fn vm_driver_keeps_a_fetch_going_when_its_payload_is_fetched_again_or_declined()
     b.fetch(handle, BytesMut::with_capacity(len as usize));
     b.decline(handle);
     run_until(&mut a, &mut b, &mut seen, |s| {
-        s[1].iter()
-            .filter(|e| matches!(e, LndEvent::Fetched { .. }))
-            .count()
-            == 2
+        sent(&s[0], 1).is_some() && s[1].iter().any(|e| matches!(e, LndEvent::Fetched { .. }))
     });
+    assert_eq!(sent(&seen[0], 1), Some(&Ok(())));
+    // A moment more for any second `Fetched` to show.
+    let settle = Instant::now() + Duration::from_millis(200);
+    run_until(&mut a, &mut b, &mut seen, |_| Instant::now() >= settle);
     let results: Vec<_> = seen[1]
         .iter()
         .filter_map(|e| match e {
@@ -346,11 +348,9 @@ fn vm_driver_keeps_a_fetch_going_when_its_payload_is_fetched_again_or_declined()
         })
         .collect();
     assert!(
-        matches!(&results[..], [Err(_), Ok(data)] if *data == payload),
+        matches!(&results[..], [Ok(data)] if *data == payload),
         "{results:?}"
     );
-    run_until(&mut a, &mut b, &mut seen, |s| sent(&s[0], 1).is_some());
-    assert_eq!(sent(&seen[0], 1), Some(&Ok(())));
 }
 
 #[test]

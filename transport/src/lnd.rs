@@ -29,8 +29,9 @@
 //!   `Disconnected`, in the order the peer sent them.
 //!
 //! Keep connections in a [`conns::ConnTable`]: it applies these rules (races settled by
-//! the lower NID, replacement, failures, handshake deadlines) for any transport, so a
-//! driver only moves bytes and tells it what happened.
+//! the lower NID, or with keys by [`conns::ConnTable::incoming_proved`] for a connection
+//! answered before its proof; replacement, failures, handshake deadlines) for any
+//! transport, so a driver only moves bytes and tells it what happened.
 //!
 //! **Sending.** [`Lnd::post`] hands over a [`Transmit`]: an encoded header and a payload
 //! (`Bytes`, so nothing is copied to hand it over; keep the `Bytes` until the send is done and

@@ -26,16 +26,12 @@ impl RdmaLnd {
         };
         if rdv.sink.is_some() {
             // Asked twice (a caller's bug): the first fetch goes on, its buffer still the
-            // NIC's until it completes; the second ends here.
+            // NIC's until it completes, and ends in the handle's one `Fetched` (a second,
+            // for the same handle, would be taken for the first's). This sink is dropped.
             tracing::warn!(
                 ?handle,
-                "a payload already being fetched was asked for again"
+                "a payload already being fetched was asked for again: ignored"
             );
-            let error = LndError::new(LndErrorKind::Closed, "already being fetched");
-            self.ctx.events.push(LndEvent::Fetched {
-                handle,
-                result: Err(error),
-            });
             return;
         }
         let id = rdv.conn;

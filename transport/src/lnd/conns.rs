@@ -18,7 +18,11 @@
 //!   `Disconnected` (old) then `Connected` (new);
 //! * when both sides dial, the connection dialled by the lower NID wins on both sides; the
 //!   loser's dial is refused with a `Race` HELLO, and its request is answered by the
-//!   winner's connection (or fails at the handshake deadline if that never comes);
+//!   winner's connection (or fails at the handshake deadline if that never comes). With
+//!   keys, one exception: a connection the acceptor answered (its dialler took it for up)
+//!   wins, once proved, over a dial of the acceptor's started since
+//!   ([`ConnTable::incoming_proved`]: that dial is closed quietly). If that dial came up
+//!   first, the proved connection is refused after all, and its dialler sees it replaced;
 //! * a handshake that does not finish by its deadline fails the connection.
 //!
 //! Time is the caller's: every call that can start or end a deadline takes `now`, and

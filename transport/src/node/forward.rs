@@ -7,7 +7,8 @@
 //! faster than the way ahead is slowed instead of this node's memory growing. What cannot
 //! be passed on is refused at once: a request with a NACK to its initiator, which may then
 //! send it another way (it was never delivered); an answer (nobody resends those) is
-//! counted and dropped.
+//! counted and dropped, but for a REPLY too large for its next hop, passed on aborted
+//! without its payload (`queues::too_large`).
 
 use std::cmp::Reverse;
 

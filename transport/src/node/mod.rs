@@ -192,6 +192,9 @@ pub struct NodeStats {
     /// News of the network (see [`Event::is_notice`]) an endpoint dropped because its
     /// application had left `max_undelivered` events untaken.
     pub notices_dropped: u64,
+    /// REPLYs passing through sent on aborted, without their payload: larger than their
+    /// next hop takes.
+    pub replies_aborted: u64,
 }
 
 /// Answers (ACK, REPLY, PONG, NACK) that may wait at one hop lane, per receive credit we

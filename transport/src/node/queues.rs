@@ -312,7 +312,13 @@ impl Node {
             Pending::Forward(mut f) if matches!(f.header.body, Body::Reply { .. }) => {
                 // An answer (nobody resends those): passed on without its payload,
                 // aborted, so that its GET fails with a clear error, not at its deadline.
-                tracing::warn!(%hop, len, max, "a REPLY passing through goes aborted: too large for its next hop");
+                // (Its target matched it already: this is a router's limit it could not
+                // see.) Logged at the first and at every power of two.
+                self.stats.replies_aborted += 1;
+                if self.stats.replies_aborted.is_power_of_two() {
+                    let n = self.stats.replies_aborted;
+                    tracing::warn!(%hop, len, max, n, "a REPLY passing through goes aborted: too large for its next hop");
+                }
                 f.header.body = Body::Reply {
                     status: crate::wire::Status::Aborted,
                 };

@@ -824,9 +824,11 @@ fn status_error(status: Status) -> OpError {
     match status {
         Status::NoMatch => OpError::Rejected(RejectReason::NoMatch),
         Status::Busy => OpError::Rejected(RejectReason::Busy),
-        Status::Aborted | Status::Ok => {
-            OpError::Remote("the target matched the message but could not take its payload".into())
-        }
+        Status::Aborted | Status::Ok => OpError::Remote(
+            "aborted: the payload could not be moved (its transfer failed, or a REPLY was \
+             larger than a hop on the way back takes)"
+                .into(),
+        ),
     }
 }
 

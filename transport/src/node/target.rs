@@ -373,11 +373,15 @@ impl Node {
 }
 
 impl Node {
-    /// Whether a REPLY of `len` bytes to `req` is larger than the hop it came by (where
-    /// the REPLY goes back, as a rule) takes, by that connection's HELLO.
+    /// Whether a REPLY of `len` bytes to `req` is larger than the hop it will go back by
+    /// takes, by that connection's HELLO: the hop the GET came by, when the answer goes
+    /// back that way (see `respond`). Otherwise (the answer goes another way, or the
+    /// connection is not up) it is left to `answer_out` as the REPLY leaves, after the
+    /// match.
     fn too_large_for_the_way_back(&self, req: Incoming, len: usize) -> bool {
+        let back = !req.routed || self.usable_gateway(req.hop, req.from);
         let conn = self.hops.get(&req.hop).map(|h| &h.lanes[req.lane].conn);
-        matches!(conn, Some(super::peers::Conn::Up { hello, .. }) if len > hello.max_payload as usize)
+        back && matches!(conn, Some(super::peers::Conn::Up { hello, .. }) if len > hello.max_payload as usize)
     }
 }
 

@@ -807,8 +807,8 @@ fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
     base.router.max_served = 4;
     let mut n = router_with(base);
     connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
-    // Seven, and an eighth frame below: the eight credits the router offered B.
-    let made_up: Vec<Nid> = (0..7).map(|i| Nid::mem(100 + i, 1)).collect();
+    // Six, and two more frames below: the eight credits the router offered B.
+    let made_up: Vec<Nid> = (0..6).map(|i| Nid::mem(100 + i, 1)).collect();
     for (m, &dst) in made_up.iter().enumerate() {
         put_from_b(&mut n, dst, m as u64 + 1, 8);
     }
@@ -816,7 +816,7 @@ fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
         .iter()
         .filter(|r| matches!(r, LndRequest::Connect { peer, .. } if made_up.contains(peer)))
         .count();
-    assert_eq!(connects, 7, "each is forwarded to all the same");
+    assert_eq!(connects, 6, "each is forwarded to all the same");
     // B, the sender, is one of the four.
     assert!(n.served_and_asked(nid(B)).0);
     let watched: Vec<Nid> = made_up
@@ -828,11 +828,14 @@ fn a_router_watches_at_most_max_served_peers_however_many_nids_it_is_sent_to() {
     for p in &made_up[3..] {
         assert!(n.health.peer(*p).is_none(), "{p} is not monitored");
     }
-    assert_eq!(n.router_condition().counters.unwatched_forwards, 4);
+    assert_eq!(n.router_condition().counters.unwatched_forwards, 3);
     // Served again, a watched peer stays watched (its time renewed), and nothing new is.
-    put_from_b(&mut n, made_up[0], 8, 8);
-    assert_eq!(n.router_condition().counters.unwatched_forwards, 4);
+    put_from_b(&mut n, made_up[0], 7, 8);
+    assert_eq!(n.router_condition().counters.unwatched_forwards, 3);
     assert!(n.served_and_asked(made_up[0]).0);
+    // An unwatched one's second frame counts again: frames are counted, not peers.
+    put_from_b(&mut n, made_up[5], 8, 8);
+    assert_eq!(n.router_condition().counters.unwatched_forwards, 4);
 }
 
 /// A health-lane frame to pass on comes from a gateway of ours naming a router generation
@@ -946,4 +949,8 @@ fn a_reply_too_large_for_the_next_hop_is_passed_on_aborted() {
         )
     );
     assert_eq!(out[0].header.dst, d());
+    // Its credit towards B is held until it has left, then comes back.
+    assert_eq!(b_credits(&n), (0, 1));
+    sent_ok(&mut n, &out[0]);
+    assert_eq!(b_credits(&n), (1, 0));
 }

@@ -404,7 +404,7 @@ fn an_aborted_ack_fails_the_put_as_a_remote_error() {
     );
     let c = completions(&mut n);
     assert!(
-        matches!(&c[..], [(OpId(1), Err(OpError::Remote(m)))] if m.contains("could not take its payload"))
+        matches!(&c[..], [(OpId(1), Err(OpError::Remote(m)))] if m.contains("could not be moved"))
     );
 }
 
