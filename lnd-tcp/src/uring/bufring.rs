@@ -107,25 +107,24 @@ impl BufRing {
         }
     }
 
-    /// The first `len` bytes the kernel received into buffer `bid`.
-    pub(crate) fn data(&self, bid: u16, len: usize) -> &[u8] {
+    /// A completion named buffer `bid`, holding `len` received bytes: `read` sees them,
+    /// then the buffer goes back to the kernel. One call per completion, so a buffer is
+    /// never handed back twice (two receives would write it at once) nor read once back.
+    pub(crate) fn take(&mut self, bid: u16, len: usize, read: impl FnOnce(&[u8])) {
         assert!(
             bid < self.entries && len <= self.buf_size,
             "kernel reported buffer {bid} with {len} bytes"
         );
         // SAFETY: in bounds (checked above). The kernel wrote these bytes before posting the
-        // completion that named this buffer, and will not touch the buffer again until we
-        // hand it back with `recycle`, which needs `&mut self` and so ends this borrow.
-        unsafe {
+        // completion that named this buffer, and does not touch the buffer again until it
+        // is pushed back below, after `read` (which cannot keep the borrow) has returned.
+        let data = unsafe {
             std::slice::from_raw_parts(
                 self.bufs.as_ptr().add(usize::from(bid) * self.buf_size),
                 len,
             )
-        }
-    }
-
-    /// Gives buffer `bid` back to the kernel.
-    pub(crate) fn recycle(&mut self, bid: u16) {
+        };
+        read(data);
         self.push(bid);
         self.publish();
     }

@@ -149,10 +149,13 @@ impl Uring {
             false => &mut self.bufs,
         };
         if let Some(bid) = bid {
-            if let (true, Some(c)) = (res > 0 && alive, self.engine.conn_mut(conn)) {
-                c.rx.extend(ring.data(bid, res as usize));
-            }
-            ring.recycle(bid);
+            let into = self.engine.conn_mut(conn).filter(|_| res > 0 && alive);
+            let len = usize::try_from(res).unwrap_or(0);
+            ring.take(bid, len, |bytes| {
+                if let Some(c) = into {
+                    c.rx.extend(bytes);
+                }
+            });
         }
         self.after_recv(conn, res, alive);
         if !cqueue::more(flags) {
