@@ -29,8 +29,13 @@ pub(crate) struct BufRing {
 
 impl BufRing {
     /// `entries` buffers of `buf_size` bytes as buffer group `bgid`. `entries` must be a
-    /// power of two. The caller unregisters (or drops the ring) before dropping this.
-    pub(crate) fn new(
+    /// power of two.
+    ///
+    /// # Safety
+    /// The kernel writes the buffers and reads the ring until the group is unregistered
+    /// or the io_uring instance is gone: the caller drops this only after one of those
+    /// (leaking it if unregistering failed).
+    pub(crate) unsafe fn new(
         submitter: &Submitter<'_>,
         bgid: u16,
         entries: u16,

@@ -220,18 +220,22 @@ impl Drop for Uring {
 impl Uring {
     /// Unregisters and frees both buffer rings. Only once no operation is pending.
     fn free_buffers(&mut self) {
-        let _ = self.ring.submitter().unregister_buf_ring(self.bufs.bgid());
-        let _ = self
-            .ring
-            .submitter()
-            .unregister_buf_ring(self.health_bufs.bgid());
+        let submitter = self.ring.submitter();
+        let data_gone = submitter.unregister_buf_ring(self.bufs.bgid()).is_ok();
+        let health_gone = submitter
+            .unregister_buf_ring(self.health_bufs.bgid())
+            .is_ok();
         // SAFETY: called from `drop`, when no operation is pending, or from `share_thread`
-        // on a ring that never ran, just before both fields are overwritten; both buffer
-        // groups are unregistered, so the kernel no longer reads the rings or writes the
-        // buffers, and neither is used after this.
+        // on a ring that never ran, just before both fields are overwritten, so neither is
+        // used after this. Only a group the kernel let go of is freed (it no longer reads
+        // its ring or writes its buffers); one it kept is left allocated (leaked).
         unsafe {
-            ManuallyDrop::drop(&mut self.bufs);
-            ManuallyDrop::drop(&mut self.health_bufs);
+            if data_gone {
+                ManuallyDrop::drop(&mut self.bufs);
+            }
+            if health_gone {
+                ManuallyDrop::drop(&mut self.health_bufs);
+            }
         }
     }
 }
@@ -291,12 +295,21 @@ fn new_ring(defer: bool) -> io::Result<NewRing> {
 /// The receive buffer groups, registered with `ring`: data lane and health lane.
 fn new_buffers(ring: &IoUring) -> io::Result<(BufRing, BufRing)> {
     let submitter = ring.submitter();
-    let data = BufRing::new(&submitter, DATA_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
-    match BufRing::new(&submitter, HEALTH_GROUP, HEALTH_BUFFERS, HEALTH_BUFFER_SIZE) {
+    // SAFETY: returned to `Uring::new`, which keeps them until `free_buffers`, run once the
+    // groups are unregistered; on the error below, the first is unregistered (or leaked)
+    // before it drops.
+    let data = unsafe { BufRing::new(&submitter, DATA_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)? };
+    // SAFETY: as above.
+    let health =
+        unsafe { BufRing::new(&submitter, HEALTH_GROUP, HEALTH_BUFFERS, HEALTH_BUFFER_SIZE) };
+    match health {
         Ok(health) => Ok((data, health)),
         Err(e) => {
-            // The kernel lets go of the first group before its memory is freed.
-            let _ = submitter.unregister_buf_ring(DATA_GROUP);
+            // The kernel lets go of the first group before its memory is freed; if it
+            // would not, the memory is leaked rather than freed under it.
+            if submitter.unregister_buf_ring(DATA_GROUP).is_err() {
+                std::mem::forget(data);
+            }
             Err(e)
         }
     }
