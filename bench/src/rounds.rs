@@ -5,7 +5,8 @@
 //!
 //! Each figure is reported as its median over the rounds. Each ratio is the median of the
 //! rounds' own ratios (each lanet figure over the baseline measured beside it, not one
-//! median over another), with its range as `.min` and `.max`.
+//! median over another), with its range as `.min` and `.max`, and as `.rounds` how many
+//! rounds it is over when a baseline failed in some.
 
 use crate::report::Report;
 
@@ -43,6 +44,10 @@ pub(crate) fn combine(report: &mut Report, rounds: &[Report], ratios: &[Ratio], 
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             report.add(format!("{key}.min"), lo, "x");
             report.add(format!("{key}.max"), hi, "x");
+            // Over fewer rounds than ran, when a baseline failed in some: say how many.
+            if each.len() < rounds.len() {
+                report.add(format!("{key}.rounds"), each.len() as f64, "");
+            }
         }
     }
     if rounds.len() > 1 {
@@ -140,6 +145,9 @@ mod tests {
         assert_eq!(report.get("iperf3.gbytes_per_s"), Some(5.5));
         assert_eq!(report.get("ratio.vs_iperf3"), Some(0.65));
         assert_eq!(report.get("rounds"), Some(3.0));
+        // That ratio is over two rounds, and says so; UCX's, over all three, need not.
+        assert_eq!(report.get("ratio.vs_iperf3.rounds"), Some(2.0));
+        assert_eq!(report.get("ratio.vs_ucx.rounds"), None);
         // The round's note about its missing baseline is kept, once.
         let failed = report
             .notes()
