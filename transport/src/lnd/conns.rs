@@ -362,7 +362,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// The HELLO of accepted connection `id` arrived (checked by the driver): keep it, or
     /// refuse it as the loser of a connection race.
     pub fn incoming(&mut self, id: Id, hello: PeerHello, now: Time) -> Incoming<Id, T> {
-        self.take_incoming(id, hello, now, false)
+        self.take_incoming(id, hello, now, true)
     }
 
     /// [`ConnTable::incoming`] for a connection whose peer has just proved its key, having
@@ -372,15 +372,17 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
     /// whatever the NIDs (refused instead, this connection would go down under those
     /// frames). Until the proof, the table knew nothing of it: an impostor changes nothing.
     pub fn incoming_proved(&mut self, id: Id, hello: PeerHello, now: Time) -> Incoming<Id, T> {
-        self.take_incoming(id, hello, now, true)
+        self.take_incoming(id, hello, now, false)
     }
 
+    /// [`ConnTable::incoming`], the connection losing to our dial being set up only if
+    /// `to_our_dial` (see [`ConnTable::loses_race_to`]).
     fn take_incoming(
         &mut self,
         id: Id,
         hello: PeerHello,
         now: Time,
-        answered: bool,
+        to_our_dial: bool,
     ) -> Incoming<Id, T> {
         let key = (hello.nid, hello.lane);
         let Some(entry) = self.conns.get_mut(&id) else {
@@ -389,7 +391,7 @@ impl<Id: Copy + Eq + Hash + Ord + Debug, T> ConnTable<Id, T> {
         };
         entry.peer = Some(key);
         entry.hello = Some(hello);
-        if self.loses_race_to(&hello, now, !answered) {
+        if self.loses_race_to(&hello, now, to_our_dial) {
             return self.refuse(id);
         }
         let conns = self.lanes.entry(key).or_default();

@@ -370,18 +370,16 @@ impl Node {
         };
         self.respond(req, Body::Reply { status }, data);
     }
-}
 
-impl Node {
     /// Whether a REPLY of `len` bytes to `req` is larger than the hop it will go back by
     /// takes, by that connection's HELLO: the hop the GET came by, when the answer goes
     /// back that way (see `respond`). Otherwise (the answer goes another way, or the
     /// connection is not up) it is left to `answer_out` as the REPLY leaves, after the
-    /// match.
+    /// match. The way back is asked only of a REPLY too large: most are not.
     fn too_large_for_the_way_back(&self, req: Incoming, len: usize) -> bool {
-        let back = !req.routed || self.usable_gateway(req.hop, req.from);
         let conn = self.hops.get(&req.hop).map(|h| &h.lanes[req.lane].conn);
-        back && matches!(conn, Some(super::peers::Conn::Up { hello, .. }) if len > hello.max_payload as usize)
+        let too_large = matches!(conn, Some(super::peers::Conn::Up { hello, .. }) if len > hello.max_payload as usize);
+        too_large && (!req.routed || self.usable_gateway(req.hop, req.from))
     }
 }
 
