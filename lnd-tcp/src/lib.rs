@@ -40,7 +40,10 @@ use lanet::nid::{LndKind, Nid};
 use lanet::NodeConfig;
 
 /// The port used when a NID has none (LNet's acceptor port).
-pub const DEFAULT_PORT: u16 = 988;
+pub const DEFAULT_PORT: u16 = match lanet::nid::LndKind::Tcp.default_port() {
+    Some(port) => port,
+    None => unreachable!(),
+};
 
 /// Settings of a TCP NI.
 #[derive(Debug, Clone)]

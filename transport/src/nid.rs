@@ -60,6 +60,18 @@ impl LndKind {
         })
     }
 
+    /// The port its LND listens on and dials when a NID names none (LNet's: the acceptor's
+    /// 988 for TCP, o2iblnd's service port 987). A NID that names this port is the NID
+    /// without it: `10.0.0.1:988@tcp` is `10.0.0.1@tcp`, so that writing out a default
+    /// (in a config file, say) never makes another node of the same one.
+    pub const fn default_port(self) -> Option<u16> {
+        match self {
+            LndKind::Tcp => Some(988),
+            LndKind::O2ib => Some(987),
+            LndKind::Lo | LndKind::Mem => None,
+        }
+    }
+
     /// Whether addresses on this kind of net are IPv4 addresses (else plain numbers).
     fn uses_ip(self) -> bool {
         matches!(self, LndKind::Tcp | LndKind::O2ib)
@@ -147,6 +159,11 @@ pub struct Nid {
 
 const ADDR_KIND_SHIFT: u32 = 48;
 
+/// Whether `port` is the default port of `kind`'s nets.
+const fn is_default_port(kind: LndKind, port: u16) -> bool {
+    matches!(kind.default_port(), Some(p) if p == port)
+}
+
 impl Nid {
     /// Builds a NID, checking that the address suits the net (as parsing does).
     pub fn new(addr: NidAddr, net: Net) -> Result<Nid, NidError> {
@@ -161,11 +178,16 @@ impl Nid {
     /// `0@lo`.
     pub const LO: Nid = Nid::pack(NidAddr::Num(0), Net::new(LndKind::Lo, 0));
 
-    /// The words of an address and a net, unchecked (callers check, or know).
+    /// The words of an address and a net, unchecked (callers check, or know). An address
+    /// with the net's default port is packed as the address without it (see
+    /// [`LndKind::default_port`]).
     const fn pack(addr: NidAddr, net: Net) -> Nid {
         let addr = match addr {
             NidAddr::Num(n) => n as u64,
             NidAddr::Ip(ip) => 1 << ADDR_KIND_SHIFT | ip.to_bits() as u64,
+            NidAddr::IpPort(sa) if is_default_port(net.kind, sa.port()) => {
+                1 << ADDR_KIND_SHIFT | sa.ip().to_bits() as u64
+            }
             NidAddr::IpPort(sa) => {
                 2 << ADDR_KIND_SHIFT | (sa.ip().to_bits() as u64) << 16 | sa.port() as u64
             }
@@ -432,7 +454,10 @@ impl Nid {
         let addr = match (b[1], port) {
             (ADDR_NUM, 0) => value,
             (ADDR_IP, 0) => 1 << ADDR_KIND_SHIFT | value,
-            (ADDR_IP_PORT, p) => 2 << ADDR_KIND_SHIFT | value << 16 | p,
+            // Never encoded with its net's default port (`pack` drops it).
+            (ADDR_IP_PORT, p) if !is_default_port(kind, p as u16) => {
+                2 << ADDR_KIND_SHIFT | value << 16 | p
+            }
             _ => return None,
         };
         let nid = Nid {
@@ -468,6 +493,27 @@ pub(crate) mod tests {
         assert_eq!(nid("192.168.5.2@o2ib3").net(), Net::new(LndKind::O2ib, 3));
         assert_eq!(nid("0@lo"), Nid::LO);
         assert_eq!(nid("3@mem"), Nid::mem(3, 0));
+    }
+
+    /// Writing out the LND's default port names the same node, on the wire too; another
+    /// kind's default port is just a port.
+    #[test]
+    fn a_default_port_is_the_nid_without_it() {
+        assert_eq!(nid("10.0.0.1:988@tcp1"), nid("10.0.0.1@tcp1"));
+        assert_eq!(nid("10.0.0.1:988@tcp1").to_string(), "10.0.0.1@tcp1");
+        assert_eq!(nid("10.0.0.1:987@o2ib"), nid("10.0.0.1@o2ib"));
+        let net = Net::new(LndKind::Tcp, 1);
+        let with_port = NidAddr::IpPort(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 988));
+        assert_eq!(Nid::new(with_port, net), Ok(nid("10.0.0.1@tcp1")));
+        let other = nid("10.0.0.1:987@tcp1");
+        assert_ne!(other, nid("10.0.0.1@tcp1"));
+        assert_eq!(other.to_string(), "10.0.0.1:987@tcp1");
+        // The wire never carries a default port: such bytes are not a NID `encode` makes.
+        let mut b = [0u8; NID_WIRE_LEN];
+        other.encode(&mut b);
+        assert_eq!(Nid::decode(&b), Some(other));
+        b[8..10].copy_from_slice(&988u16.to_le_bytes());
+        assert_eq!(Nid::decode(&b), None);
     }
 
     #[test]
@@ -634,6 +680,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// A port no LND takes by default: a NID with a default port is the NID without it
+    /// (see [`a_default_port_is_the_nid_without_it`]).
+    fn any_port() -> impl Strategy<Value = u16> {
+        (1u16..).prop_filter("a default port", |&p| {
+            LndKind::ALL.iter().all(|k| k.default_port() != Some(p))
+        })
+    }
+
     pub(crate) fn any_nid() -> impl Strategy<Value = Nid> {
         any_parts().prop_map(|(addr, net)| Nid::pack(addr, net))
     }
@@ -643,7 +697,7 @@ pub(crate) mod tests {
         let ip = any::<u32>().prop_map(Ipv4Addr::from);
         let ip_addr = prop_oneof![
             ip.clone().prop_map(NidAddr::Ip),
-            (ip, 1u16..).prop_map(|(ip, p)| NidAddr::IpPort(SocketAddrV4::new(ip, p))),
+            (ip, any_port()).prop_map(|(ip, p)| NidAddr::IpPort(SocketAddrV4::new(ip, p))),
         ];
         prop_oneof![
             (ip_addr.clone(), any::<u16>()).prop_map(|(a, n)| (a, Net::new(LndKind::Tcp, n))),
@@ -674,7 +728,7 @@ pub(crate) mod tests {
         fn packed_words_are_one_to_one_and_keep_the_order(
             a in any_parts(),
             b in any_parts(),
-            port in 1u16..,
+            port in any_port(),
         ) {
             let (addr, net) = a;
             let mut near = vec![b, (addr, Net::new(net.kind, net.num.wrapping_add(1)))];

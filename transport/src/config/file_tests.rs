@@ -176,6 +176,17 @@ fn an_interface_gives_its_address() {
     assert_eq!(f.nets[0].interface.as_deref(), Some("lo"));
 }
 
+/// The example files say `port = 988` is the default: written out, it names the node its
+/// clients know (they dial `10.0.1.1@tcp1`), not another one.
+#[test]
+fn the_default_port_written_out_is_the_default() {
+    for (net, port) in [("tcp1", 988), ("o2ib", 987)] {
+        let text = format!("[[net]]\nnet = \"{net}\"\naddress = \"10.0.1.1\"\nport = {port}\n");
+        let f = parse(&text).unwrap();
+        assert_eq!(f.nets[0].nid.to_string(), format!("10.0.1.1@{net}"));
+    }
+}
+
 #[test]
 fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
     let cases: &[(&str, &str)] = &[
