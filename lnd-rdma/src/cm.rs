@@ -1,7 +1,7 @@
 //! Small owning wrappers over librdmacm: an event channel, connection ids with their RC
 //! queue pair, and the events that drive connection set-up.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -281,6 +281,22 @@ impl CmId {
 
     fn raw(&self) -> *mut sys::rdma_cm_id {
         self.id.as_ptr()
+    }
+
+    /// The IPv4 address of the far end (for an id adopted from a connect request, the
+    /// dialler's), if rdma_cm knows it as one (IPv4, or IPv4 mapped into IPv6).
+    pub fn peer_ipv4(&self) -> Option<Ipv4Addr> {
+        // SAFETY: the id is alive and its route is rdma_cm's, filled in before the
+        // connect request was reported; the union is read as the family it says it is,
+        // and `sockaddr_storage` is large enough for either.
+        unsafe {
+            let dst = &(*self.raw()).route.addr.dst_addr_union;
+            match i32::from(dst.dst_addr.sa_family) {
+                libc::AF_INET => Some(Ipv4Addr::from(u32::from_be(dst.dst_sin.sin_addr.s_addr))),
+                libc::AF_INET6 => Ipv6Addr::from(dst.dst_sin6.sin6_addr.s6_addr).to_ipv4_mapped(),
+                _ => None,
+            }
+        }
     }
 
     pub fn bind(&self, addr: SocketAddrV4) -> Result<(), VerbsError> {

@@ -58,7 +58,7 @@ fn rdma_lnd_tests_pass_in_the_soft_roce_vm() {
     let out = run_in_rxe_vm("rdma", &script).unwrap_or_else(|e| panic!("{e}"));
     println!("{out}");
     // Every VM test ran and passed (a filter typo would otherwise pass vacuously).
-    assert!(out.contains("test result: ok. 24 passed"), "{out}");
+    assert!(out.contains("test result: ok. 25 passed"), "{out}");
 }
 
 #[test]
@@ -750,6 +750,52 @@ fn vm_driver_refuses_impostors_and_serves_on() {
     a.post(frame(an, bn, PUT, pattern(10, 7), 1));
     run_until(&mut a, &mut b, &mut seen, |s| sent(&s[0], 1).is_some());
     assert_eq!(sent(&seen[0], 1), Some(&Ok(())));
+}
+
+/// A connect request whose HELLO names a NID at another address than the request's is
+/// refused (`check_source_address`, on by default, as on TCP): a host cannot take another
+/// node's place from where it is. With the check off, it is accepted.
+#[test]
+#[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
+fn vm_driver_refuses_a_hello_in_the_name_of_another_address() {
+    use lanet::handshake::LocalHello;
+    use lanet::wire::HelloStatus;
+    use lanet_lnd_rdma::cm::CmEventKind;
+    let from: std::net::Ipv4Addr = "10.0.2.16".parse().unwrap();
+    let within = Duration::from_secs(30);
+    let dial = |b: &mut RdmaLnd, claimed: &str, seen: &mut Vec<LndEvent>| {
+        let bn = b.nid();
+        let hello = LocalHello {
+            nid: claimed.parse().unwrap(),
+            incarnation: 5,
+            lane: Lane::Data,
+            credits: 8,
+            max_payload: 1 << 20,
+        };
+        let d = RawDial::start(from, bn, &hello.encode_compact(bn, HelloStatus::Ok));
+        let kind = d.next(b, seen, within).expect("an answer").kind;
+        (kind, d)
+    };
+    for (port, check) in [(7640, true), (7650, false)] {
+        let (_, bn) = nids(port);
+        let mut b = keyed_lnd_with(bn, None, |cfg| cfg.check_source_address = check);
+        let mut seen = Vec::new();
+        // From 10.0.2.16, in the name of a node at 10.0.2.15.
+        let (kind, _impostor) = dial(&mut b, &format!("10.0.2.15:{}@o2ib", port + 5), &mut seen);
+        let reached = seen.iter().any(|e| matches!(e, LndEvent::Connected { .. }));
+        if check {
+            assert_eq!(kind, CmEventKind::Rejected);
+            assert!(
+                !reached,
+                "nothing from an impostor reaches the core: {seen:?}"
+            );
+        } else {
+            assert_eq!(kind, CmEventKind::Established, "the check off: accepted");
+        }
+        // In its own name, from its own address: accepted either way.
+        let (kind, _honest) = dial(&mut b, &format!("10.0.2.16:{}@o2ib", port + 6), &mut seen);
+        assert_eq!(kind, CmEventKind::Established, "check {check}");
+    }
 }
 
 /// A driver sends the data frames of a hand-over when the core says it is complete

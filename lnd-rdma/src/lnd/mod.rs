@@ -91,6 +91,7 @@ impl lanet::config::OpenLnd for OpenRdma {
         let mut cfg = RdmaConfig::for_node(node);
         cfg.credits[lanet::Lane::Data] = net.peer_credits;
         cfg.max_pending_accepts = net.pending_accepts;
+        cfg.check_source_address = net.check_source_address;
         if let Some(spin) = net.spin {
             cfg.spin = spin;
         }
@@ -114,6 +115,10 @@ pub struct RdmaConfig {
     /// dialler's AUTH), at most: each holds a queue pair and CQ entries, so a flood of
     /// connect requests past it closes the one that has waited longest. At least 1.
     pub max_pending_accepts: usize,
+    /// Refuse a connect request whose HELLO names a NID whose address is not the one the
+    /// request comes from: a node cannot claim another's NID from elsewhere. On by default
+    /// (lanet's dialers resolve from their NID's address), as on TCP.
+    pub check_source_address: bool,
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
     pub spin: Duration,
     pub reg_cache: RegCacheLimits,
@@ -149,6 +154,7 @@ impl RdmaConfig {
             eager_max: eager_from_env(),
             send_pool_bytes: SEND_POOL_BYTES,
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
+            check_source_address: true,
             auth: cfg.auth.clone(),
         }
     }
@@ -162,6 +168,8 @@ pub(crate) struct Local {
     pub(crate) ip: Ipv4Addr,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_pending_accepts: usize,
+    /// See [`RdmaConfig::check_source_address`].
+    pub(crate) check_source_address: bool,
     pub(crate) auth: Auth,
 }
 
@@ -407,6 +415,7 @@ impl RdmaLnd {
                     ip: *addr.ip(),
                     connect_timeout: cfg.connect_timeout,
                     max_pending_accepts: cfg.max_pending_accepts.max(1),
+                    check_source_address: cfg.check_source_address,
                     auth: cfg.auth.clone(),
                 },
                 pd,

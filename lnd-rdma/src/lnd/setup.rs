@@ -270,6 +270,9 @@ impl RdmaLnd {
                     let local = self.ctx.local.id.hello(header.lane);
                     let mut hello = check_hello(&local, None, &header)
                         .map_err(|e| (e.to_string(), Vec::new()))?;
+                    if self.ctx.local.check_source_address {
+                        check_source(&cm, hello.nid).map_err(|e| (e, Vec::new()))?;
+                    }
                     hello.header_check =
                         header_check(self.ctx.link_checks_headers, takes_unchecked_headers);
                     let step = self.ctx.local.auth.acceptor_step(
@@ -469,6 +472,18 @@ impl RdmaLnd {
 
 /// How headers to a peer go: without a checksum when our device checks every packet and
 /// the peer said, in its HELLO, that it takes them so (nodes before that flag did not).
+/// A connect request's HELLO must name a NID at the address the request comes from (see
+/// [`super::RdmaConfig::check_source_address`]).
+fn check_source(cm: &CmId, claimed: Nid) -> Result<(), String> {
+    let claimed_ip = claimed.socket_addr(0).map(|a| *a.ip());
+    match (cm.peer_ipv4(), claimed_ip) {
+        (Some(from), Some(ip)) if from != ip => {
+            Err(format!("HELLO claims {claimed} but comes from {from}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn header_check(link_checks_headers: bool, peer_takes_them: bool) -> HeaderCheck {
     match link_checks_headers && peer_takes_them {
         true => HeaderCheck::Link,
