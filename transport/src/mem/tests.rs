@@ -327,6 +327,32 @@ fn a_blocking_poll_on_the_real_clock_waits_for_frames_and_wakes_on_demand() {
     t.join().unwrap();
 }
 
+/// On a real clock nobody asks for the next arrival (a virtual clock's driver loop does):
+/// none is booked, or the fabric would hold one more for every frame while it lives.
+#[test]
+fn a_fabric_on_the_real_clock_books_no_arrivals() {
+    let fabric = MemFabric::new(Arc::new(MonotonicClock::new()), 1);
+    let (an, bn) = (Nid::mem(1, 0), Nid::mem(2, 0));
+    let mut a = MemLnd::new(&fabric, an, cfg(1)).unwrap();
+    let mut b = MemLnd::new(&fabric, bn, cfg(2)).unwrap();
+    a.connect(bn, Lane::Data);
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    let wait = Some(Duration::from_millis(100));
+    while !ea.iter().any(|e| matches!(e, LndEvent::Connected { .. })) {
+        a.poll(&mut ea, wait).unwrap();
+        b.poll(&mut eb, Some(Duration::ZERO)).unwrap();
+    }
+    for seq in 0..100 {
+        a.post(data_frame(1, 2, seq));
+        a.send_posted();
+        while !eb.iter().any(|e| matches!(e, LndEvent::Received { .. })) {
+            b.poll(&mut eb, wait).unwrap();
+        }
+        eb.clear();
+    }
+    assert_eq!(fabric.arrivals_booked(), 0);
+}
+
 /// Sets up a and b where a defers payloads over 16 bytes, connected on the data lane.
 fn deferring() -> (VirtualClock, MemFabric, MemLnd, MemLnd) {
     let clock = VirtualClock::new();
