@@ -273,9 +273,12 @@ impl Worker {
         }
         // What is already past its deadline ends as timed out, not cancelled, as at an
         // endpoint's shutdown.
+        // Asked of the node, not `due`: that is as of the last turn, and an op submitted
+        // since may be past its deadline.
         let now = self.clock.now();
-        if self.due.is_some_and(|d| d <= now) {
-            self.driver.node_mut().handle_timeout(now);
+        let node = self.driver.node_mut();
+        if node.poll_timeout().is_some_and(|d| d <= now) {
+            node.handle_timeout(now);
         }
         self.driver.node_mut().shutdown();
         self.stop(EndpointError::ShutDown, events);
