@@ -421,7 +421,9 @@ impl Endpoint {
 
     /// Monitors `peer` (PINGs when it is silent, `PeerDown`/`PeerUp` events) even with no
     /// operation outstanding, until [`Endpoint::unwatch`]. `Invalid` if this endpoint has
-    /// no NI on `peer`'s net, or `peer` is this endpoint.
+    /// no NI on `peer`'s net, or `peer` is this endpoint, or (as the node says) no NI up on
+    /// its net nor a route to it. Called from an event callback, the node's refusal can
+    /// only be logged: the driver thread cannot wait for itself.
     pub fn watch(&self, peer: Nid) -> Result<(), EndpointError> {
         let nids = &self.inner.nids;
         if nids.contains(&peer) {
@@ -436,7 +438,12 @@ impl Endpoint {
                 peer.net()
             )));
         }
-        self.inner.send(Command::Watch(peer, true))
+        if self.inner.on_driver_thread() {
+            return self.inner.send(Command::Watch(peer, None));
+        }
+        self.inner
+            .query(|tx| Command::Watch(peer, Some(tx)))?
+            .map_err(|e| EndpointError::Invalid(format!("{peer} not watched: {e}")))
     }
 
     /// Adds a route (or updates the one through the same gateway to the same net): `net`
@@ -477,7 +484,7 @@ impl Endpoint {
     }
 
     pub fn unwatch(&self, peer: Nid) -> Result<(), EndpointError> {
-        self.inner.send(Command::Watch(peer, false))
+        self.inner.send(Command::Unwatch(peer))
     }
 
     /// What the node believes about `peer` (if it monitors it), and its failure-detection

@@ -26,7 +26,10 @@ pub(super) enum Command {
     Attach(OpId, MatchEntry),
     Cancel(OpId),
     Stats(Sender<NodeStats>),
-    Watch(Nid, bool),
+    /// With a reply, the node's verdict goes back; without (from a callback), a refusal
+    /// is logged.
+    Watch(Nid, Option<Sender<Result<(), OpError>>>),
+    Unwatch(Nid),
     Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
     AddRoute(Route, Sender<Result<(), OpError>>),
     RemoveRoute(Net, Nid, Sender<bool>),
@@ -401,14 +404,21 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
             let _ = reply.send(node.stats().clone());
             Ok(())
         }
-        Command::Watch(peer, true) => {
-            // The endpoint checked the NID; a refusal here is only logged.
-            if let Err(e) = node.watch(now, peer) {
-                tracing::warn!(%peer, "not watched: {e}");
+        Command::Watch(peer, reply) => {
+            let watched = node.watch(now, peer);
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(watched);
+                }
+                None => {
+                    if let Err(e) = watched {
+                        tracing::warn!(%peer, "not watched: {e}");
+                    }
+                }
             }
             Ok(())
         }
-        Command::Watch(peer, false) => {
+        Command::Unwatch(peer) => {
             node.unwatch(now, peer);
             Ok(())
         }

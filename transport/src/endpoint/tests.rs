@@ -758,6 +758,15 @@ fn a_failing_nis_driver_takes_down_that_ni_only() {
     assert!(!other
         .iter()
         .any(|e| matches!(e, Event::EndpointFailed { .. })));
+    // Nothing can be watched on the lost NI's net, and the caller hears so.
+    assert!(
+        matches!(a.watch(c), Err(EndpointError::Invalid(_))),
+        "{:?}",
+        a.watch(c)
+    );
+    assert!(a.health(c).unwrap().0.is_none());
+    a.watch(b).unwrap();
+    assert!(a.health(b).unwrap().0.is_some());
 }
 
 fn ping_req(dst: Nid, timeout: Option<Duration>) -> PingRequest {
