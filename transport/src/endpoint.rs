@@ -72,6 +72,10 @@ pub enum EndpointError {
     Busy,
 }
 
+/// The most commands an endpoint's queue may hold ([`EndpointBuilder::command_capacity`]):
+/// the queue is allocated whole when the endpoint starts.
+pub const MAX_COMMAND_CAPACITY: usize = 1 << 20;
+
 /// Configures and starts an [`Endpoint`].
 pub struct EndpointBuilder {
     cfg: NodeConfig,
@@ -135,13 +139,21 @@ impl EndpointBuilder {
         self
     }
 
-    /// Submissions that may wait for the driver thread before submitters block.
+    /// Submissions that may wait for the driver thread before submitters block: from 1
+    /// (0 is taken as 1) to [`MAX_COMMAND_CAPACITY`] (more is refused by `start`, as the
+    /// queue is allocated whole).
     pub fn command_capacity(mut self, n: usize) -> Self {
         self.command_capacity = n.max(1);
         self
     }
 
     pub fn start(self) -> Result<Endpoint, EndpointError> {
+        if self.command_capacity > MAX_COMMAND_CAPACITY {
+            return Err(EndpointError::Start(format!(
+                "command_capacity {} is more than {MAX_COMMAND_CAPACITY}",
+                self.command_capacity
+            )));
+        }
         let cfg = self.cfg.clone();
         let driver =
             Driver::new(self.cfg, self.lnds).map_err(|e| EndpointError::Start(e.to_string()))?;

@@ -37,7 +37,7 @@ pub mod wire;
 pub mod worker;
 
 pub use config::NodeConfig;
-pub use endpoint::{Endpoint, EndpointBuilder};
+pub use endpoint::{Endpoint, EndpointBuilder, MAX_COMMAND_CAPACITY};
 pub use lane::Lane;
 pub use nid::{Net, Nid};
 pub use node::{Node, Route};

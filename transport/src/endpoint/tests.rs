@@ -845,3 +845,26 @@ fn news_of_the_network_waits_for_an_application_only_up_to_its_bound() {
     // What waits is taken as usual.
     assert!(matches!(a.recv_event(WAIT), Some(Event::PeerDown { .. })));
 }
+
+/// A command queue too large to allocate is refused with an error, not a panic or an
+/// abort in `start`.
+#[test]
+fn a_command_capacity_past_the_bound_is_refused_at_start() {
+    let f = fabric();
+    for n in [usize::MAX, MAX_COMMAND_CAPACITY + 1] {
+        let cfg = NodeConfig::new(1);
+        let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+        let started = Endpoint::builder(cfg).lnd(lnd).command_capacity(n).start();
+        assert!(
+            matches!(&started, Err(EndpointError::Start(e)) if e.contains("command_capacity")),
+            "{n}: {:?}",
+            started.err()
+        );
+    }
+    let cfg = NodeConfig::new(1);
+    let lnd = MemLnd::new(&f, Nid::mem(1, 0), MemLndConfig::for_node(&cfg)).unwrap();
+    let ep = Endpoint::builder(cfg)
+        .lnd(lnd)
+        .command_capacity(MAX_COMMAND_CAPACITY);
+    ep.start().unwrap().shutdown();
+}
