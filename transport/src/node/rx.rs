@@ -670,7 +670,12 @@ impl Node {
                 match answer {
                     Answer::Pong => self.health_pong(now, seq),
                     Answer::Nack(_, dst) => self.health_ping_refused(seq, dst, h.src),
-                    _ => {}
+                    // Nothing of ours: its payload, if it is left in the driver, goes.
+                    Answer::Reply(_, payload) => {
+                        self.stats.late_responses += 1;
+                        self.decline_deferred(ni, payload);
+                    }
+                    Answer::Ack(..) => self.stats.late_responses += 1,
                 }
                 return;
             }

@@ -526,3 +526,33 @@ fn a_close_asked_for_a_lost_connection_does_not_close_its_replacement() {
     );
     assert_eq!(n.stats().protocol_errors, 1);
 }
+
+/// A REPLY in the name of the monitor's PING (the health bit in its message id) answers
+/// nothing of ours: its payload, left in the driver, is declined, as a late REPLY's is,
+/// or each such REPLY would hold a driver buffer (and its sender's send) for good.
+#[test]
+fn a_reply_to_a_health_ping_is_declined_and_counted() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    let reply = Header {
+        payload_len: 5000,
+        ..header(
+            nid(B),
+            nid(A),
+            3 | crate::node::health::HEALTH_PING_BIT,
+            Body::Reply { status: Status::Ok },
+        )
+    };
+    let payload = RxPayload::Deferred {
+        handle: RxHandle(4),
+        len: 5000,
+    };
+    arrives(&mut n, t(1), nid(B), reply, payload);
+    assert!(
+        requests(&mut n)
+            .iter()
+            .any(|r| matches!(r, LndRequest::Decline { handle } if handle.0 == 4)),
+        "declined"
+    );
+    assert_eq!(n.stats().late_responses, 1);
+}
