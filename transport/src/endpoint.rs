@@ -318,15 +318,18 @@ impl Inner {
     }
 
     fn shutdown(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            self.gate.request_stop();
-            for w in &self.wakers {
-                w.wake();
-            }
-            if self.on_driver_thread() {
-                return; // called from a callback: the thread stops after it returns
-            }
+        self.gate.request_stop();
+        for w in &self.wakers {
+            w.wake();
+        }
+        if self.on_driver_thread() {
+            // Called from a callback: the thread stops after it returns. The handle stays
+            // for a caller on another thread, whose shutdown must still wait for that.
+            return;
+        }
+        // Held while joining: a second caller returns only once the first's join has.
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = thread.take() {
             if handle.join().is_err() {
                 tracing::error!("the lanet driver thread panicked");
             }

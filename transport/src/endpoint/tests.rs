@@ -206,6 +206,49 @@ impl SelfHandle {
     }
 }
 
+/// A callback may shut its endpoint down; a shutdown from another thread after that still
+/// returns only once the driver thread has stopped, its last callbacks run.
+#[test]
+fn a_shutdown_after_one_from_a_callback_waits_for_the_driver_thread() {
+    let f = fabric();
+    let (asked, finished) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (asked_in, finished_in) = (asked.clone(), finished.clone());
+    let (a, me) = self_submitting(&f, move |e, ep| match e {
+        Event::Completed(c) if c.result == Err(OpError::Cancelled) => {
+            // The entry, cancelled as the driver thread stops: a slow last callback.
+            std::thread::sleep(Duration::from_millis(300));
+            finished_in.store(true, Ordering::SeqCst);
+        }
+        Event::Completed(_) => {
+            if let Some(ep) = ep {
+                ep.shutdown();
+                asked_in.store(true, Ordering::SeqCst);
+            }
+        }
+        _ => {}
+    });
+    a.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+    // To itself: refused at once; its completion's callback shuts the endpoint down.
+    a.put(put(1, Bytes::from_static(b"stop"))).unwrap();
+    let t0 = std::time::Instant::now();
+    while !asked.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the callback never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    me.release();
+    a.shutdown();
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "shutdown returned before the driver thread's last callback"
+    );
+}
+
 #[test]
 fn a_callback_receives_events_and_may_submit_from_inside() {
     let f = fabric();
