@@ -37,8 +37,10 @@ struct Args {
 }
 
 /// The program: `lanet-router --config FILE [--control-socket PATH]`. Logs go to standard
-/// error, filtered by `RUST_LOG` (default `info`). Exit status 2 for a bad configuration
-/// or a start that failed, 1 for a failure later.
+/// error, filtered by `RUST_LOG` (default `info`). Exit status 2 for a configuration that
+/// does not read (starting again would not help); 1 for a start that failed on what this
+/// host has or lacks (an interface without its address yet, an NI that did not open, a
+/// socket that did not bind), or a failure later: a supervisor restarts it then.
 pub fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
@@ -62,7 +64,7 @@ pub fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             eprintln!("lanet-router: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(if e.lasting { 2 } else { 1 });
         }
     };
     match daemon.run() {
@@ -71,6 +73,37 @@ pub fn main() -> ExitCode {
             eprintln!("lanet-router: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why the router did not start.
+#[derive(Debug)]
+pub struct StartError {
+    pub message: String,
+    /// A mistake in the configuration: starting again, with the same file, would fail
+    /// the same way. Otherwise (what the host has or lacks) it may not.
+    pub lasting: bool,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for StartError {
+    /// What the host did not give (a socket, a thread, signals): not lasting.
+    fn from(message: String) -> StartError {
+        StartError {
+            message,
+            lasting: false,
+        }
+    }
+}
+
+impl From<StartError> for String {
+    fn from(e: StartError) -> String {
+        e.message
     }
 }
 
@@ -94,20 +127,29 @@ pub struct Daemon {
 impl Daemon {
     /// Reads `config_path` and starts: NIs open, warming up, the control socket (at
     /// `control`, else where the file says) answering.
-    pub fn start(config_path: &Path, control: Option<PathBuf>) -> Result<Daemon, String> {
+    pub fn start(config_path: &Path, control: Option<PathBuf>) -> Result<Daemon, StartError> {
         // Caught from the start: a SIGTERM during start-up drains rather than kills.
         let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot catch signals: {e}"))?;
-        let config = ConfigFile::load(config_path).map_err(|e| e.to_string())?;
+        let config = ConfigFile::load(config_path).map_err(|e| StartError {
+            message: e.to_string(),
+            lasting: !e.on_this_host,
+        })?;
         if !config.node.forwarding {
-            return Err(format!(
-                "{}: routing is not enabled: a router needs `[routing] enable = true`",
-                config_path.display()
-            ));
+            return Err(StartError {
+                message: format!(
+                    "{}: routing is not enabled: a router needs `[routing] enable = true`",
+                    config_path.display()
+                ),
+                lasting: true,
+            });
         }
         let endpoint = config
             .endpoint(&DRIVERS)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| StartError {
+                message: e.to_string(),
+                lasting: !e.on_this_host,
+            })?
             .start()
             .map_err(|e| format!("cannot start: {e}"))?;
         let socket = control.unwrap_or_else(|| config.daemon.control_socket.clone());

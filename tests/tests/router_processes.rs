@@ -325,3 +325,55 @@ fn a_second_signal_during_the_drain_stops_the_router_at_once() {
     eprintln!("stopped {:?} after the second signal", at.elapsed());
     assert!(status.success(), "{status}");
 }
+
+/// How a router that does not start exits, for its supervisor (the systemd unit restarts
+/// on 1, not on 2): 2 for a file that is wrong, 1 for what this host lacks (an interface
+/// without its address, at boot say; an address already taken), which may mend itself.
+#[test]
+fn a_router_that_cannot_start_says_whether_trying_again_can_help() {
+    let scratch = Scratch::new("router-exit-status");
+    let control = scratch.0.join("router.sock");
+    let routing = "[routing]\nenable = true\n";
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    for (name, text, status, says) in [
+        ("garbage", "[[net]\n".to_string(), 2, "router.toml"),
+        (
+            "not-routing",
+            net("tcp1", "127.0.0.1", free_port()),
+            2,
+            "routing is not enabled",
+        ),
+        (
+            "no-interface",
+            format!(
+                "[[net]]\nnet = \"tcp1\"\ninterface = \"nosuch0\"\n\n{}{routing}",
+                net("tcp2", "127.0.0.1", free_port())
+            ),
+            1,
+            "has no IPv4 address",
+        ),
+        (
+            "address-taken",
+            format!(
+                "{}{}{routing}",
+                net("tcp1", "127.0.0.1", taken_port),
+                net("tcp2", "127.0.0.1", free_port())
+            ),
+            1,
+            "cannot open it",
+        ),
+    ] {
+        let file = scratch.file("router.toml", &text);
+        let out = std::process::Command::new(ROUTER_EXE)
+            .arg("--config")
+            .arg(&file)
+            .arg("--control-socket")
+            .arg(&control)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+    }
+}

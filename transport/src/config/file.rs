@@ -123,6 +123,10 @@ pub struct ConfigFileError {
     pub line: Option<usize>,
     pub key: Option<String>,
     pub message: String,
+    /// The file is sound, but this host lacks what it names (an interface, or its IPv4
+    /// address) or an NI it names did not open: unlike a mistake in the file, this may
+    /// mend itself (an interface configured late at boot), so trying again can help.
+    pub on_this_host: bool,
 }
 
 impl ConfigFile {
@@ -134,6 +138,7 @@ impl ConfigFile {
             line: None,
             key: None,
             message: format!("cannot read it: {e}"),
+            on_this_host: false,
         })?;
         ConfigFile::parse(path, &text)
     }
@@ -163,10 +168,13 @@ impl ConfigFile {
         for net in &self.nets {
             let kind = net.nid.net().kind;
             let Some(driver) = drivers.iter().find(|d| d.serves(kind)) else {
-                return Err(self.error_about_net(
-                    net,
-                    format!("this program has no driver for {} nets", kind.name()),
-                ));
+                return Err(ConfigFileError {
+                    on_this_host: false,
+                    ..self.error_about_net(
+                        net,
+                        format!("this program has no driver for {} nets", kind.name()),
+                    )
+                });
             };
             let lnd = driver
                 .open(net, &self.node)
@@ -182,12 +190,14 @@ impl ConfigFile {
         Ok(builder)
     }
 
+    /// About `net`, on this host (see [`ConfigFileError::on_this_host`]).
     fn error_about_net(&self, net: &NetSection, message: String) -> ConfigFileError {
         ConfigFileError {
             path: self.path.clone(),
             line: None,
             key: Some(format!("net {}", net.nid)),
             message,
+            on_this_host: true,
         }
     }
 }
@@ -222,11 +232,20 @@ impl Located<'_> {
             line: span.map(|s| line_of(self.text, s.start)),
             key,
             message,
+            on_this_host: false,
         }
     }
 
     fn at<T>(&self, item: &Spanned<T>, key: &str, message: String) -> ConfigFileError {
         self.error(Some(item.span()), Some(key.to_owned()), message)
+    }
+
+    /// What this host lacks (see [`ConfigFileError::on_this_host`]), at `item`.
+    fn missing_here<T>(&self, item: &Spanned<T>, key: &str, message: String) -> ConfigFileError {
+        ConfigFileError {
+            on_this_host: true,
+            ..self.at(item, key, message)
+        }
     }
 }
 
@@ -676,7 +695,7 @@ impl RawNet {
             (None, Some(i)) => match crate::sys::interface_ipv4(i.get_ref()) {
                 Ok(Some(ip)) => ip,
                 Ok(None) => {
-                    return Err(at.at(
+                    return Err(at.missing_here(
                         i,
                         "interface",
                         format!(
@@ -686,7 +705,11 @@ impl RawNet {
                     ))
                 }
                 Err(e) => {
-                    return Err(at.at(i, "interface", format!("cannot list interfaces: {e}")))
+                    return Err(at.missing_here(
+                        i,
+                        "interface",
+                        format!("cannot list interfaces: {e}"),
+                    ))
                 }
             },
         };
