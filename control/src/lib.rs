@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod server;
 mod table;
 pub mod topology;
+mod within;
 
 pub use client::{query, request, ClientError};
 pub use command::Command;

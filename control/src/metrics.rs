@@ -436,10 +436,15 @@ fn answer(mut conn: TcpStream, endpoint: &Endpoint) -> io::Result<()> {
             "expected GET /metrics\n".into(),
         ),
     };
-    write!(
-        conn,
+    let answer = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
-    conn.flush()
+    );
+    // The whole answer within IO_TIMEOUT too, not each write.
+    crate::within::write_all_before(
+        answer.as_bytes(),
+        std::time::Instant::now() + IO_TIMEOUT,
+        |left| conn.set_write_timeout(Some(left)),
+        |bytes| (&conn).write(bytes),
+    )
 }

@@ -201,7 +201,13 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
         Err(ReadCommandError::Io(e)) => return Err(e),
         Err(why) => json!({ "error": why.to_string() }),
     };
-    send_all(&conn, format!("{reply}\n").as_bytes())?;
+    // The whole answer within READ_TIMEOUT, not each send.
+    crate::within::write_all_before(
+        format!("{reply}\n").as_bytes(),
+        std::time::Instant::now() + READ_TIMEOUT,
+        |left| conn.set_write_timeout(Some(left)),
+        |bytes| send(&conn, bytes),
+    )?;
     // Closed with input unread, a Unix socket resets, and the client loses the answer
     // (to a line too long, above all): what it sent beyond is read and dropped first, a
     // little and briefly (the client closes once it has the answer).
@@ -283,32 +289,24 @@ fn read_command(conn: &UnixStream) -> Result<String, ReadCommandError> {
     Ok(String::from_utf8_lossy(&command).into_owned())
 }
 
-/// Writes all of `bytes` with `MSG_NOSIGNAL`: a client gone before its answer (a `lanetctl
+/// Writes what it can of `bytes` with `MSG_NOSIGNAL`: a client gone before its answer (a `lanetctl
 /// ping` interrupted) fails the write with EPIPE instead of raising SIGPIPE, which would
 /// kill a host process that does not ignore it (a program in C, or in Rust with the signal
 /// restored).
-fn send_all(conn: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live buffer of its length, which the kernel only reads.
-        let sent = unsafe {
-            libc::send(
-                conn.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        match sent {
-            n if n >= 0 => bytes = &bytes[n as usize..],
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
+fn send(conn: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: `bytes` is a live buffer of its length, which the kernel only reads.
+    let sent = unsafe {
+        libc::send(
+            conn.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(sent as usize)
 }
 
 fn error(e: impl std::fmt::Display) -> Value {
