@@ -55,27 +55,44 @@ fn quoted(s: &str) -> String {
     lanet::config::toml_string(s)
 }
 
-/// Whether the YAML uses an alias (`*name`): `lnetctl export` never writes one, and the
-/// loader copies the anchored value at each, so a few hundred bytes of nested aliases
-/// would expand to billions of nodes.
-fn uses_aliases(source: &str) -> Result<bool, String> {
-    struct Aliases(bool);
-    impl yaml_rust2::parser::EventReceiver for Aliases {
-        fn on_event(&mut self, ev: yaml_rust2::Event) {
-            self.0 |= matches!(ev, yaml_rust2::Event::Alias(_));
+/// How deep an `lnetctl export` may nest (it nests five deep): a file nested deeper is
+/// refused before it is loaded, as the loader recurses once per level (a few hundred
+/// kilobytes of `- - - ...` would overflow its stack).
+const MAX_DEPTH: usize = 32;
+
+/// Refuses what `lnetctl export` never writes and the loader cannot take safely: aliases
+/// (`*name`: the loader copies the anchored value at each, so a few hundred bytes of
+/// nested aliases would expand to billions of nodes), and nesting past [`MAX_DEPTH`].
+/// The parser's events are pulled one by one: unlike the loader, that does not recurse.
+fn check_shape(source: &str) -> Result<(), String> {
+    use yaml_rust2::Event;
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(source);
+    let mut depth = 0usize;
+    loop {
+        let (event, _) = parser.next_token().map_err(|e| format!("not YAML: {e}"))?;
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => {
+                return Err(
+                    "YAML aliases (*name) are not taken: lnetctl export never writes them".into(),
+                )
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!(
+                        "nested more than {MAX_DEPTH} deep: not an lnetctl export"
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    let mut seen = Aliases(false);
-    yaml_rust2::parser::Parser::new_from_str(source)
-        .load(&mut seen, true)
-        .map_err(|e| format!("not YAML: {e}"))?;
-    Ok(seen.0)
 }
 
 pub fn lnetctl_yaml(source: &str) -> Result<Imported, String> {
-    if uses_aliases(source)? {
-        return Err("YAML aliases (*name) are not taken: lnetctl export never writes them".into());
-    }
+    check_shape(source)?;
     let docs = YamlLoader::load_from_str(source).map_err(|e| format!("not YAML: {e}"))?;
     let doc = docs.first().ok_or("empty: no YAML document")?;
     if doc.as_hash().is_none() {
@@ -357,5 +374,25 @@ global:
         }
         let e = lnetctl_yaml(&bomb).unwrap_err();
         assert!(e.contains("aliases"), "{e}");
+    }
+
+    /// A file nested a hundred thousand deep (200 KB, within the size limit) is refused
+    /// with an error; loaded, it overflowed the loader's stack and aborted lanetctl.
+    #[test]
+    fn yaml_nested_too_deep_is_refused_before_it_is_loaded() {
+        for deep in [
+            "- ".repeat(100_000) + "x\n",
+            "[".repeat(200) + &"]".repeat(200),
+        ] {
+            let e = lnetctl_yaml(&deep).unwrap_err();
+            assert!(
+                e.contains("nested more than") || e.contains("not YAML"),
+                "{e}"
+            );
+        }
+        let block = "- ".repeat(100_000) + "x\n";
+        assert!(lnetctl_yaml(&block)
+            .unwrap_err()
+            .contains("nested more than 32"));
     }
 }
