@@ -107,6 +107,27 @@ impl From<StartError> for String {
     }
 }
 
+/// What changed from `old` to `fresh` that a reload does not apply (it applies routes and
+/// the drain bound), named for the log.
+fn needs_restart(old: &ConfigFile, fresh: &ConfigFile) -> Vec<&'static str> {
+    let mut old_node = old.node.clone();
+    old_node.incarnation = fresh.node.incarnation; // fresh at every read
+    let mut changed = Vec::new();
+    if fresh.nets != old.nets {
+        changed.push("[[net]]");
+    }
+    if fresh.node != old_node {
+        changed.push("the node's settings (tunables, [health], [routing], [auth])");
+    }
+    if fresh.daemon.control_socket != old.daemon.control_socket {
+        changed.push("control_socket");
+    }
+    if fresh.failover != old.failover {
+        changed.push("[[failover]]");
+    }
+    changed
+}
+
 /// The drivers a router can open: TCP and RDMA.
 pub const DRIVERS: [&dyn OpenLnd; 2] = [&OpenTcp, &OpenRdma];
 
@@ -261,10 +282,16 @@ impl Daemon {
                 return;
             }
         };
-        let mut old_node = self.config.node.clone();
-        old_node.incarnation = fresh.node.incarnation;
-        if fresh.nets != self.config.nets || fresh.node != old_node {
-            tracing::warn!("reload: only routes are reloaded; restart to apply the other changes");
+        let unapplied = needs_restart(&self.config, &fresh);
+        if !unapplied.is_empty() {
+            tracing::warn!(
+                "reload: routes and drain are reloaded; restart to apply the changes to {}",
+                unapplied.join(", ")
+            );
+        }
+        if fresh.daemon.drain != self.config.daemon.drain {
+            tracing::info!(drain = ?fresh.daemon.drain, "reload: drain bound applied");
+            self.config.daemon.drain = fresh.daemon.drain;
         }
         let (added, removed) = match apply_routes(&self.endpoint, &fresh.routes) {
             Ok(counts) => counts,
@@ -378,5 +405,38 @@ fn log_event(e: &Event) {
         // Logged by the core as they happen, with their cause.
         Event::RouterChanged { .. } | Event::FailoverMoved { .. } => {}
         Event::Completed(_) | Event::Delivered(_) | Event::Refused(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NETS: &str = "[[net]]\nnet = \"tcp1\"\naddress = \"127.0.0.1\"\nport = 7001\n\
+                        [[net]]\nnet = \"tcp2\"\naddress = \"127.0.0.1\"\nport = 7002\n";
+
+    fn file(routing: &str) -> ConfigFile {
+        let text = format!("{NETS}[routing]\nenable = true\n{routing}");
+        ConfigFile::parse("router.toml", &text).unwrap()
+    }
+
+    /// A reload names each change it does not apply, and nothing for the same file read
+    /// again (its incarnation is fresh at every read).
+    #[test]
+    fn a_reload_names_what_it_does_not_apply() {
+        let old = file("");
+        assert_eq!(needs_restart(&old, &file("")), Vec::<&str>::new());
+        assert_eq!(
+            needs_restart(&old, &file("drain = \"60s\"\n")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            needs_restart(&old, &file("control_socket = \"/tmp/other.sock\"\n")),
+            vec!["control_socket"]
+        );
+        assert_eq!(
+            needs_restart(&old, &file("warm_up = \"0s\"\n")),
+            vec!["the node's settings (tunables, [health], [routing], [auth])"]
+        );
     }
 }
