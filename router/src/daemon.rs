@@ -331,11 +331,21 @@ impl Daemon {
                 tracing::info!(?waited, "drained: it holds nothing");
                 break;
             }
-            if waited >= bound {
+            if waited >= bound && holds > 0 {
                 tracing::warn!(
                     ?waited,
                     holds,
                     "drain bound passed: stopping with frames held"
+                );
+                break;
+            }
+            if waited >= bound {
+                tracing::warn!(
+                    ?waited,
+                    two_intervals = ?at_least,
+                    "drain bound passed before two health intervals: stopping with nothing \
+                     held, though its users may not all have heard it is stopping (a drain \
+                     longer than two intervals lets them)"
                 );
                 break;
             }
