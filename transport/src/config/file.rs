@@ -601,6 +601,10 @@ impl RawFile {
                     format!("{f} is not on any net of this router"),
                 ));
             }
+            // The router itself: one list of a site's routers may serve each of them.
+            if nets.iter().any(|n| n.nid == f) {
+                continue;
+            }
             node.router.fellows.push(f);
         }
         let mut failover: Vec<crate::node::FailoverGroup> = Vec::new();

@@ -176,6 +176,24 @@ fn an_interface_gives_its_address() {
     assert_eq!(f.nets[0].interface.as_deref(), Some("lo"));
 }
 
+/// One list of a site's routers serves each of them: a router leaves itself out of its
+/// fellows (or it would watch and ping itself).
+#[test]
+fn a_router_is_not_its_own_fellow() {
+    let text = "[[net]]\nnet = \"tcp1\"\naddress = \"10.0.1.1\"\n\
+                [[net]]\nnet = \"tcp2\"\naddress = \"10.0.2.1\"\n\
+                [routing]\nenable = true\nfellows = [\"10.0.1.1@tcp1\", \"10.0.1.2@tcp1\"]\n";
+    let f = parse(text).unwrap();
+    let fellows: Vec<String> = f
+        .node
+        .router
+        .fellows
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(fellows, ["10.0.1.2@tcp1"]);
+}
+
 /// The example files say `port = 988` is the default: written out, it names the node its
 /// clients know (they dial `10.0.1.1@tcp1`), not another one.
 #[test]
