@@ -336,11 +336,14 @@ impl Node {
                 (Status::Aborted, 0)
             }
         };
-        // Not needed: the first copy's payload came (or its entry is gone).
-        if let Some((ni, _, copy)) = held {
-            self.decline_deferred(ni, copy);
-        }
         self.ack(req, status, mlen);
+        // Its payload is not needed: the first copy's came (or its entry is gone). It is
+        // answered too, by the way it came: the one its initiator took when it gave up on
+        // the first copy's, which may not reach it any more.
+        if let Some((ni, copy, payload)) = held {
+            self.decline_deferred(ni, payload);
+            self.ack(copy, status, mlen);
+        }
     }
 
     pub(super) fn rx_get(&mut self, req: Incoming, want_len: u32) {
