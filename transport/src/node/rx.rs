@@ -700,7 +700,15 @@ impl Node {
                 self.decline_deferred(ni, payload);
             }
             self.complete(id, Err(OpError::Protocol(what.clone())));
-            return self.protocol_error(ni, hop, h.lane, what);
+            if h.src == hop {
+                return self.protocol_error(ni, hop, h.lane, what);
+            }
+            // Through a router, which cannot know what the op asked for: the far end broke
+            // the protocol, not the hop, whose connection (and every op through it) stays.
+            tracing::warn!(src = %h.src, via = %hop, "protocol error: {what}");
+            self.stats.protocol_errors += 1;
+            self.stats.lanes[h.lane].protocol_errors += 1;
+            return;
         }
         let result = match (&op.kind, answer) {
             (_, Answer::Nack(_, _)) if op.router().is_none() => {

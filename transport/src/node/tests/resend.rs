@@ -855,3 +855,55 @@ fn a_second_reply_to_the_same_copy_while_its_payload_is_fetched_is_declined() {
         "{done:?}"
     );
 }
+
+/// A REPLY longer than the GET asked for, from a far end through router B: the GET fails
+/// (`Protocol`), but B, which cannot know what the GET asked for, broke nothing: its
+/// connection stays, and the other operation through it goes on.
+#[test]
+fn a_far_ends_protocol_error_does_not_close_the_router_it_came_through() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    let get = GetRequest {
+        dst: far(),
+        lane: Lane::Data,
+        portal: 4,
+        match_bits: 0x10,
+        want_len: 4,
+        timeout: None,
+        on_peer_down: Default::default(),
+    };
+    n.get(t(0), OpId(2), get).unwrap();
+    n.put(t(0), OpId(3), far_put()).unwrap();
+    let out = sent(&mut n);
+    assert!(out.iter().all(|s| s.1 == nid(B)), "both through B");
+    let reply = Header {
+        hop_limit: 6,
+        payload_len: 8,
+        ..header(
+            far(),
+            nid(A),
+            out[0].2.msg_id,
+            Body::Reply { status: Status::Ok },
+        )
+    };
+    arrives(
+        &mut n,
+        t(1),
+        nid(B),
+        reply,
+        RxPayload::Inline(Bytes::from_static(b"12345678")),
+    );
+    let done = completions(&mut n);
+    assert!(
+        matches!(&done[..], [(OpId(2), Err(OpError::Protocol(_)))]),
+        "{done:?}"
+    );
+    assert_eq!(n.stats().protocol_errors, 1);
+    let closes: Vec<_> = requests(&mut n)
+        .into_iter()
+        .filter(|r| matches!(r, LndRequest::Close { .. }))
+        .collect();
+    assert!(closes.is_empty(), "{closes:?}");
+    assert!(n.ops.contains(OpId(3)), "the PUT through B goes on");
+}
