@@ -11,9 +11,12 @@
 //!
 //! Each attempt is an ordinary operation of the node (a *child*, with an id of its own
 //! that the application never sees); the application's operation (the *parent*) completes
-//! exactly once, with the last attempt's result. A request that failed on a member that
-//! then died may have been delivered there: moving it to the next member is what the
-//! service's own recovery (Lustre's replay) is for.
+//! exactly once, with the last attempt's result. Each attempt is a new request (a message
+//! id of its own): one that failed after it left (a connection reset, a router failing
+//! with it in flight) may have been delivered, and the next attempt, to the next member
+//! or to the same one an interval later, can deliver it again. Delivery is at least once:
+//! telling a retry apart is the service's business (Lustre's XIDs and reply
+//! reconstruction; its replay for a member that died).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
