@@ -1677,11 +1677,24 @@ fn device_of_its_own(rxe: &str, netdev: &str, subnet: &str) {
 }
 
 /// Starts `rdma link delete rxe`, which soft-RoCE finishes only once this process has
-/// closed the device (at its exit): not waited for here, reaped when it ends.
+/// closed the device (at its exit): not waited for here, reaped when it ends. Two removals
+/// at once can make the tool misread its device list ("Wrong device name"): one that
+/// fails while the device is still there is tried again.
 fn start_removing(rxe: &str) {
-    let mut removal = std::process::Command::new("rdma")
-        .args(["link", "delete", rxe])
-        .spawn()
-        .expect("rdma link delete");
-    std::thread::spawn(move || removal.wait());
+    let rxe = rxe.to_owned();
+    std::thread::spawn(move || {
+        for _ in 0..100 {
+            let removed = std::process::Command::new("rdma")
+                .args(["link", "delete", &rxe])
+                .status()
+                .expect("rdma link delete");
+            let gone = !std::path::Path::new("/sys/class/infiniband")
+                .join(&rxe)
+                .exists();
+            if removed.success() || gone {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 }
