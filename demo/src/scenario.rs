@@ -106,26 +106,26 @@ impl Load {
 }
 
 /// Round trips of `n` health-lane pings from `client` to `to`, sorted.
-fn ping_rtts(client: &Endpoint, to: Nid, n: usize) -> Vec<Duration> {
-    let mut rtts: Vec<Duration> = (0..n)
-        .take_while(|_| !interrupted())
-        .filter_map(|_| {
-            let req = PingRequest {
-                dst: to,
-                lane: Lane::Health,
-                timeout: Some(Duration::from_secs(2)),
-                on_peer_down: Default::default(),
-            };
-            let done = client.ping_and_wait(req).ok()?;
-            std::thread::sleep(Duration::from_millis(2));
-            match done.result {
-                Ok(OpOutcome::Pong { rtt }) => Some(rtt),
-                _ => None,
-            }
-        })
-        .collect();
+/// `n` health-lane round trips to `to`, sorted, and why those that did not come back
+/// failed (a health ping to a live server must not fail, loaded or not).
+fn ping_rtts(client: &Endpoint, to: Nid, n: usize) -> (Vec<Duration>, Vec<String>) {
+    let (mut rtts, mut failed) = (Vec::new(), Vec::new());
+    for _ in (0..n).take_while(|_| !interrupted()) {
+        let req = PingRequest {
+            dst: to,
+            lane: Lane::Health,
+            timeout: Some(Duration::from_secs(2)),
+            on_peer_down: Default::default(),
+        };
+        match client.ping_and_wait(req).map(|done| done.result) {
+            Ok(Ok(OpOutcome::Pong { rtt })) => rtts.push(rtt),
+            Ok(other) => failed.push(format!("{other:?}")),
+            Err(e) => failed.push(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     rtts.sort();
-    rtts
+    (rtts, failed)
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -240,7 +240,7 @@ fn story() -> Result<(), String> {
         .line("both routers forwarding (after a 500 ms warm-up)");
 
     w.show.step("the health lane: PING round trips to S1, idle");
-    let idle = ping_rtts(&w.site.client, w.site.server_nids[0], PINGS);
+    let (idle, mut pings_failed) = ping_rtts(&w.site.client, w.site.server_nids[0], PINGS);
     w.show.line(format!(
         "{} pings: p50 {}, p99 {}",
         idle.len(),
@@ -264,12 +264,16 @@ fn story() -> Result<(), String> {
     }
     let mut loaded = Vec::new();
     w.until(Duration::from_secs(20), |_, _| match rx.try_recv() {
-        Ok(v) => {
-            loaded = v;
+        Ok((rtts, failed)) => {
+            loaded = rtts;
+            pings_failed.extend(failed);
             true
         }
         Err(_) => false,
     });
+    if loaded.is_empty() {
+        return Err("no health-lane round trip under load came back within 20 s".into());
+    }
     let fwd = [
         w.site.forwarded_for_client(0),
         w.site.forwarded_for_client(1),
@@ -337,7 +341,8 @@ fn story() -> Result<(), String> {
     let before = w.site.forwarded_for_client(0);
     w.until(Duration::from_secs(5), |s, _| {
         s.forwarded_for_client(0) > before + 10
-    });
+    })
+    .ok_or("R1 carried none of the client's PUTs within 5 s of forwarding again")?;
     w.show.line(format!(
         "R1 carries the client's PUTs again ({} more)",
         w.site.forwarded_for_client(0) - before
@@ -413,10 +418,18 @@ fn story() -> Result<(), String> {
         println!("  {what:<54} {ours:>8}   {lnet}");
     }
     println!();
-    if l.failed > 0 || lost > 0 || !blamed.is_empty() || !routers_up {
+    let refused = l.errors.iter().any(|e| e.starts_with("submit"));
+    if l.failed > 0 || lost > 0 || !blamed.is_empty() || !routers_up || refused {
         return Err(format!(
             "the demo's promises did not hold: {} failed, {lost} lost, routes blamed {blamed:?}; errors {:?}",
             l.failed, l.errors
+        ));
+    }
+    if !pings_failed.is_empty() {
+        return Err(format!(
+            "{} health pings to a live server failed: {:?}",
+            pings_failed.len(),
+            &pings_failed[..pings_failed.len().min(5)]
         ));
     }
     println!("lanet demo: done. Nothing failed, nothing was lost.");

@@ -131,11 +131,17 @@ impl Site {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         // LANET_DEMO_LOOPBACK=1: the loopback variant even as root.
         let loopback = std::env::var_os("LANET_DEMO_LOOPBACK").is_some_and(|v| v == "1");
-        let mut lab = if netns::available() && !loopback {
-            Some(Lab::new(2)?)
-        } else {
-            None
-        };
+        let mut lab = None;
+        if netns::available() && !loopback {
+            // Root without the right to make namespaces (an unprivileged container, say):
+            // the loopback variant, which needs none.
+            match Lab::new(2) {
+                Ok(l) => lab = Some(l),
+                Err(e) => eprintln!(
+                    "lanet demo: cannot build network namespaces ({e}): on loopback instead"
+                ),
+            }
+        }
         // (address, port) of node `n` on net `net`.
         let mut ports = std::collections::HashMap::new();
         let mut place = |lab: &Option<Lab>, net: usize, n: u8| -> (String, u16) {
