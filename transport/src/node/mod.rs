@@ -34,6 +34,7 @@ mod inflight;
 mod ops;
 pub(crate) mod peers;
 mod pools;
+mod portal_list;
 mod queues;
 mod report;
 mod routes;
@@ -322,7 +323,7 @@ pub struct Node {
     /// What reached us through routers, to answer resent requests again.
     pub(crate) dedup: dedup::Dedup,
     /// Attached entries per portal, in attach order.
-    pub(crate) portals: FxHashMap<u32, VecDeque<OpId>>,
+    pub(crate) portals: FxHashMap<u32, portal_list::PortalList>,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
     /// The GETs among them, by seq and attempt: one REPLY payload fetched per copy.
@@ -515,7 +516,7 @@ impl Node {
             self.push_completion(id, Err(error));
             return Ok(());
         }
-        self.portals.entry(entry.portal).or_default().push_back(id);
+        self.portals.entry(entry.portal).or_default().push(id);
         self.ops
             .insert(id, Op::new(seq, OpKind::Entry(entry)), None);
         Ok(())
@@ -737,12 +738,7 @@ impl Node {
         }
         if let OpKind::Entry(entry) = &op.kind {
             if let Some(list) = self.portals.get_mut(&entry.portal) {
-                // Found from the front, and taken out in place: entries usually go oldest
-                // first (use-once entries matched, a shutdown in submission order), which
-                // is then O(1) each, not a walk of the whole list.
-                if let Some(at) = list.iter().position(|e| *e == id) {
-                    list.remove(at);
-                }
+                list.remove(id);
                 if list.is_empty() {
                     self.portals.remove(&entry.portal);
                 }
