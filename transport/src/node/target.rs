@@ -347,7 +347,10 @@ impl Node {
         // the first copy's, which may not reach it any more.
         if let Some((ni, copy, payload)) = held {
             self.decline_deferred(ni, payload);
-            self.ack(copy, status, mlen);
+            if copy.hop != req.hop {
+                self.stats.duplicates_answered += 1;
+                self.ack(copy, status, mlen);
+            }
         }
     }
 

@@ -516,6 +516,7 @@ fn a_held_copy_is_declined_when_the_first_payload_comes() {
         .collect();
     acked_via.sort();
     assert_eq!(acked_via, vec![nid(B), nid(C)]);
+    assert_eq!(n.stats().duplicates_answered, 1, "the copy, answered");
 }
 
 /// The entry was cancelled while the first payload was fetched, and that fetch fails:
