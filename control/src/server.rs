@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lanet::config::ConfigFile;
@@ -30,6 +31,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ControlSocket {
     path: PathBuf,
     acceptor: Option<Acceptor>,
+    /// What `export` prints (with the routes of the moment): the running configuration,
+    /// which its daemon may change (a reload).
+    config: Arc<Mutex<Option<ConfigFile>>>,
     /// The socket file we linked (device, inode): removed at the end only if still ours.
     linked: (u64, u64),
     /// Held locked while we serve: only one daemon at a time looks at, removes or binds
@@ -40,7 +44,8 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Listens at `path` (its directory made if missing; a stale socket left by a dead
     /// daemon replaced; a live one is an error) and answers for `endpoint`. `config`, the
-    /// file it was started from, is what `export` prints (with the routes of the moment).
+    /// file it was started from, is what `export` prints (with the routes of the moment),
+    /// until [`ControlSocket::set_config`].
     pub fn serve(
         path: &Path,
         endpoint: Endpoint,
@@ -80,15 +85,21 @@ impl ControlSocket {
         }
         let listener = bind_private(path)?;
         let linked = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
+        let config = Arc::new(Mutex::new(config));
+        let answering = config.clone();
         let acceptor = Acceptor::spawn(
             "lanet-control",
             listener,
             |l: &UnixListener| l.accept().map(|(c, _)| c),
-            move |conn| answer(conn, &endpoint, config.as_ref()),
+            move |conn| {
+                let config = answering.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                answer(conn, &endpoint, config.as_ref())
+            },
         )?;
         Ok(ControlSocket {
             path: path.to_owned(),
             acceptor: Some(acceptor),
+            config,
             linked,
             _lock: lock,
         })
@@ -96,6 +107,11 @@ impl ControlSocket {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What `export` prints from now on (a daemon's configuration after a reload).
+    pub fn set_config(&self, config: ConfigFile) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
     }
 }
 

@@ -107,6 +107,14 @@ impl From<StartError> for String {
     }
 }
 
+/// The configuration running: the file's, with the control socket it answers at (which
+/// `--control-socket` may have put elsewhere), for `lanetctl export`.
+fn running(config: &ConfigFile, control_socket: &Path) -> ConfigFile {
+    let mut running = config.clone();
+    running.daemon.control_socket = control_socket.to_owned();
+    running
+}
+
 /// What changed from `old` to `fresh` that a reload does not apply (it applies routes and
 /// the drain bound), named for the log.
 fn needs_restart(old: &ConfigFile, fresh: &ConfigFile) -> Vec<&'static str> {
@@ -174,8 +182,9 @@ impl Daemon {
             .start()
             .map_err(|e| format!("cannot start: {e}"))?;
         let socket = control.unwrap_or_else(|| config.daemon.control_socket.clone());
-        let control = ControlSocket::serve(&socket, endpoint.clone(), Some(config.clone()))
-            .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+        let control =
+            ControlSocket::serve(&socket, endpoint.clone(), Some(running(&config, &socket)))
+                .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
         let logger = endpoint.clone();
         let failed = Arc::new(Mutex::new(None));
         let (failure, wake) = (failed.clone(), signals.handle());
@@ -292,6 +301,9 @@ impl Daemon {
         if fresh.daemon.drain != self.config.daemon.drain {
             tracing::info!(drain = ?fresh.daemon.drain, "reload: drain bound applied");
             self.config.daemon.drain = fresh.daemon.drain;
+            // `export` says what runs now (its routes are the node's of the moment).
+            self.control
+                .set_config(running(&self.config, self.control.path()));
         }
         let (added, removed) = match apply_routes(&self.endpoint, &fresh.routes) {
             Ok(counts) => counts,

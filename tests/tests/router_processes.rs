@@ -377,3 +377,39 @@ fn a_router_that_cannot_start_says_whether_trying_again_can_help() {
         assert!(stderr.contains(says), "{name}: {stderr}");
     }
 }
+
+/// `lanetctl export` says what runs: the control socket it answers at (here put elsewhere
+/// by `--control-socket`), and the drain bound a reload changed.
+#[test]
+fn export_says_what_runs_after_a_reload_and_where_it_answers() {
+    let t = Topology::new("router-export-live", 1, "warm_up = \"0s\"\ndrain = \"10s\"");
+    let r = t.router(0);
+    let export = || -> String {
+        let answer = lanet_control::query(&r.control, "export").expect("an export");
+        answer["toml"].as_str().expect("its TOML").to_owned()
+    };
+    let socket = format!("control_socket = \"{}\"", r.control.display());
+    let first = export();
+    assert!(first.contains("drain = \"10s\""), "{first}");
+    assert!(first.contains(&socket), "{first}");
+    let config = t.scratch.0.join("router0.toml");
+    std::fs::write(
+        &config,
+        t.router_config(0, "warm_up = \"0s\"\ndrain = \"1m\""),
+    )
+    .unwrap();
+    r.signal("-HUP");
+    let start = Instant::now();
+    loop {
+        let now = export();
+        if now.contains("drain = \"1m\"") {
+            assert!(now.contains(&socket), "{now}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never reloaded: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
