@@ -3,14 +3,17 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::command::{Command, MAX_PING_TIMEOUT};
 
-/// How long an answer may take: the longest ping, and some.
+/// How long an answer may take, all of it: the longest ping, and some.
 const ANSWER_TIMEOUT: Duration = MAX_PING_TIMEOUT.saturating_add(Duration::from_secs(5));
+
+/// The longest answer taken: a router's detailed report of 65,536 peers is tens of MB.
+const MAX_ANSWER: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -29,8 +32,13 @@ pub enum ClientError {
     BadAnswer {
         path: PathBuf,
         why: String,
+        /// Its start (what shows what it is).
         answer: String,
     },
+    #[error("{path}: no whole answer within {within:?} (a node that busy answers others first)")]
+    NoAnswer { path: PathBuf, within: Duration },
+    #[error("{path}: an answer longer than {max} bytes: not a lanet control socket's")]
+    AnswerTooLong { path: PathBuf, max: usize },
     /// The node understood and refused (or could not do it).
     #[error("{0}")]
     Refused(String),
@@ -48,6 +56,16 @@ pub fn request(path: &Path, command: &Command) -> Result<Value, ClientError> {
 
 /// Sends one command line as it is; the answer as it is.
 pub fn query(path: &Path, line: &str) -> Result<Value, ClientError> {
+    query_within(path, line, ANSWER_TIMEOUT, MAX_ANSWER)
+}
+
+/// [`query`], the whole answer within `within` and at most `max` bytes.
+fn query_within(
+    path: &Path,
+    line: &str,
+    within: Duration,
+    max: usize,
+) -> Result<Value, ClientError> {
     let io_error = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => ClientError::NoSocket(path.to_owned()),
         io::ErrorKind::ConnectionRefused => ClientError::NoDaemon(path.to_owned()),
@@ -57,17 +75,108 @@ pub fn query(path: &Path, line: &str) -> Result<Value, ClientError> {
             source,
         },
     };
+    let deadline = Instant::now() + within;
     let mut conn = UnixStream::connect(path).map_err(io_error)?;
-    conn.set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(io_error)?;
+    conn.set_write_timeout(Some(within)).map_err(io_error)?;
     writeln!(conn, "{line}").map_err(io_error)?;
-    let mut reply = String::new();
-    BufReader::new(conn)
-        .read_line(&mut reply)
-        .map_err(io_error)?;
-    serde_json::from_str(&reply).map_err(|e| ClientError::BadAnswer {
+    // One line, read within the deadline as a whole, a buffer at a time: a socket timeout
+    // bounds each read only, and a peer trickling bytes (or never a newline) would hold
+    // us for ever (`read_line` reads on until the newline).
+    let mut reader = BufReader::new(&conn);
+    let mut reply = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::NoAnswer {
+                path: path.to_owned(),
+                within,
+            });
+        }
+        conn.set_read_timeout(Some(left)).map_err(io_error)?;
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(io_error(e)),
+        };
+        if chunk.is_empty() {
+            break; // the end of the stream
+        }
+        let (taken, whole) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (chunk.len(), false),
+        };
+        reply.extend_from_slice(&chunk[..taken]);
+        reader.consume(taken);
+        if reply.len() > max {
+            return Err(ClientError::AnswerTooLong {
+                path: path.to_owned(),
+                max,
+            });
+        }
+        if whole {
+            break;
+        }
+    }
+    serde_json::from_slice(&reply).map_err(|e| ClientError::BadAnswer {
         path: path.to_owned(),
         why: e.to_string(),
-        answer: reply,
+        answer: String::from_utf8_lossy(&reply[..reply.len().min(200)]).into_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A "socket" at a fresh path whose server reads the command, then does `then`.
+    fn server(name: &str, then: impl FnOnce(UnixStream) + Send + 'static) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lanet-client-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(&conn).read_line(&mut line);
+            then(conn);
+        });
+        path
+    }
+
+    /// A server that answers without end, or a little now and then, is given up on.
+    #[test]
+    fn an_endless_or_trickling_answer_ends_in_a_clear_error() {
+        let endless = server(
+            "endless",
+            |mut c| while c.write_all(&[b'x'; 4096]).is_ok() {},
+        );
+        let e = query_within(&endless, "status", Duration::from_secs(30), 1 << 20).unwrap_err();
+        assert!(matches!(e, ClientError::AnswerTooLong { .. }), "{e}");
+        let trickle = server("trickle", |mut c| {
+            while c.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let t0 = Instant::now();
+        let e = query_within(&trickle, "status", Duration::from_millis(500), 1 << 20).unwrap_err();
+        assert!(matches!(e, ClientError::NoAnswer { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        assert!(e.to_string().contains("no whole answer within"), "{e}");
+        let fine = server("fine", |mut c| {
+            let _ = c.write_all(b"{\"ok\": 1}\n");
+        });
+        let v = query_within(&fine, "status", Duration::from_secs(30), 1 << 20).unwrap();
+        assert_eq!(v["ok"], 1);
+    }
 }
