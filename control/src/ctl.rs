@@ -14,7 +14,7 @@ use lanet::{Net, Nid, Route};
 use serde_json::{json, Value};
 
 use crate::client::{request, ClientError};
-use crate::command::{parse_lane, Command};
+use crate::command::{parse_lane, Command, MAX_PING_TIMEOUT};
 use crate::table::{cell, render};
 use crate::topology::Topology;
 
@@ -203,6 +203,10 @@ enum ConfigVerb {
 }
 
 pub fn main() -> ExitCode {
+    // Output into a closed pipe (`lanetctl ... | head -1`) ends the program quietly, as
+    // other command-line tools do, rather than as a panic of `println!`.
+    // SAFETY: sets the default action of one signal, before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(&cli) {
         Ok(out) => {
@@ -211,14 +215,46 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("lanetctl: {e}");
-            ExitCode::FAILURE
+        Err(Failure { usage, message }) => {
+            eprintln!("lanetctl: {message}");
+            // As clap's own: a command line that does not parse is 2, what went wrong
+            // asking (or the node's refusal) 1.
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
 
-fn run(cli: &Cli) -> Result<String, String> {
+/// Why `lanetctl` did not do what it was asked.
+struct Failure {
+    /// The command line is wrong (exit status 2), not the asking (1).
+    usage: bool,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            usage: false,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_owned().into()
+    }
+}
+
+/// A command line that does not parse, though clap took it.
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        usage: true,
+        message: message.into(),
+    }
+}
+
+fn run(cli: &Cli) -> Result<String, Failure> {
     let ask = |c: &Command| request(&cli.socket, c).map_err(|e: ClientError| e.to_string());
     let status = || ask(&Command::Status);
     let as_json = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
@@ -244,7 +280,7 @@ fn run(cli: &Cli) -> Result<String, String> {
                         .filter(|p| p["nid"] == n.to_string().as_str())
                         .collect();
                     if one.is_empty() {
-                        return Err(format!("{n}: not a peer this node monitors"));
+                        return Err(format!("{n}: not a peer this node monitors").into());
                     }
                     one
                 }
@@ -271,7 +307,7 @@ fn run(cli: &Cli) -> Result<String, String> {
                 priority,
             } => {
                 if *hop == 0 {
-                    return Err("--hop: a route has at least one hop".into());
+                    return Err(usage("--hop: a route has at least one hop"));
                 }
                 let route = Route {
                     net: *net,
@@ -327,6 +363,12 @@ fn run(cli: &Cli) -> Result<String, String> {
         }
         What::Ping { nid, timeout_ms } => {
             let timeout = Duration::from_millis(*timeout_ms);
+            if timeout.is_zero() || timeout > MAX_PING_TIMEOUT {
+                return Err(usage(format!(
+                    "--timeout-ms: expected 1 to {}, got {timeout_ms}",
+                    MAX_PING_TIMEOUT.as_millis()
+                )));
+            }
             let answer = ask(&Command::Ping { nid: *nid, timeout })?;
             Ok(if cli.json {
                 as_json(&answer)
@@ -401,11 +443,11 @@ fn run(cli: &Cli) -> Result<String, String> {
             match findings.len() {
                 0 if cli.json => Ok(String::new()),
                 0 => Ok(format!("{}: no findings", file.display())),
-                n => Err(format!("{}: {n} finding(s)", file.display())),
+                n => Err(format!("{}: {n} finding(s)", file.display()).into()),
             }
         }
         What::Fault { verb } => {
-            let add = |delay: bool, a: &FaultAdd| -> Result<String, String> {
+            let add = |delay: bool, a: &FaultAdd| -> Result<String, Failure> {
                 let FaultAdd::Add {
                     src,
                     dst,
@@ -415,15 +457,19 @@ fn run(cli: &Cli) -> Result<String, String> {
                 } = a;
                 let action = match (delay, latency_ms) {
                     (false, None) => FaultAction::Drop,
-                    (false, Some(_)) => return Err("--latency-ms is for delay rules".into()),
+                    (false, Some(_)) => return Err(usage("--latency-ms is for delay rules")),
                     (true, Some(ms)) => FaultAction::Delay(Duration::from_millis(*ms)),
-                    (true, None) => return Err("a delay rule needs --latency-ms".into()),
+                    (true, None) => return Err(usage("a delay rule needs --latency-ms")),
                 };
                 let rule = FaultRule {
                     action,
-                    src: src.parse()?,
-                    dst: dst.parse()?,
-                    lane: parse_lane(lane)?,
+                    src: src
+                        .parse()
+                        .map_err(|e: String| usage(format!("--src: {e}")))?,
+                    dst: dst
+                        .parse()
+                        .map_err(|e: String| usage(format!("--dst: {e}")))?,
+                    lane: parse_lane(lane).map_err(|e| usage(format!("--lane: {e}")))?,
                     rate: *rate,
                 };
                 let answer = ask(&Command::FaultAdd(rule))?;
@@ -462,7 +508,7 @@ fn run(cli: &Cli) -> Result<String, String> {
 }
 
 /// A command that changes something: silent when done (or `{"ok": true}` as JSON).
-fn done(json: bool, answer: Value) -> Result<String, String> {
+fn done(json: bool, answer: Value) -> Result<String, Failure> {
     Ok(if json {
         answer.to_string()
     } else {

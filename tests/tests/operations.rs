@@ -360,7 +360,9 @@ fn every_lanetctl_verb_works_against_a_running_router() {
     wait_for("the server Up again", || peer_state() == "up");
     let e = fails(sock, &["fault", "del", &id]);
     assert!(e.contains("no fault rule"), "{e}");
-    let e = fails(sock, &["fault", "delay", "add", "--src", &server]);
+    let no_latency = lanetctl(sock, &["fault", "delay", "add", "--src", &server]);
+    assert_eq!(no_latency.status.code(), Some(2), "a usage error");
+    let e = String::from_utf8_lossy(&no_latency.stderr);
     assert!(e.contains("--latency-ms"), "{e}");
     let delay = [
         "fault",
@@ -428,6 +430,56 @@ fn lanetctl_says_clearly_when_it_cannot_ask() {
     assert!(e.contains("cannot read it"), "{e}");
     let bad = lanetctl(&missing, &["peer", "show", "not-a-nid"]);
     assert_eq!(bad.status.code(), Some(2));
+    // Command lines clap takes but that do not parse: usage errors (2) too, said before
+    // any socket is asked (here, none answers), not refusals (1).
+    for args in [
+        &["route", "add", "tcp7", "10.0.0.1@tcp", "--hop", "0"][..],
+        &["fault", "drop", "add", "--lane", "both"],
+        &["fault", "drop", "add", "--src", "nowhere"],
+        &["fault", "drop", "add", "--latency-ms", "5"],
+        &["fault", "delay", "add"],
+        &["ping", "10.0.0.1@tcp", "--timeout-ms", "0"],
+    ] {
+        let out = lanetctl(&missing, args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(!said.contains("no control socket"), "{args:?}: {said}");
+    }
+}
+
+/// Output into a pipe closed early (`lanetctl ... | head -1`) ends lanetctl quietly, by
+/// the signal, as other tools; not with a panic (exit status 101).
+#[test]
+fn lanetctl_into_a_closed_pipe_ends_quietly() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let topology = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/example-topology.toml"
+    );
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two new descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are new and ours alone; each is owned once.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let out = Command::new(LANETCTL)
+        .args(["topology", "check", topology])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .expect("run lanetctl");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
 
 /// As root, a user who is not the socket's owner is refused by the socket's mode (0600),
