@@ -55,7 +55,7 @@ fn quoted(s: &str) -> String {
     lanet::config::toml_string(s)
 }
 
-/// How deep an `lnetctl export` may nest (it nests five deep): a file nested deeper is
+/// How deep an `lnetctl export` may nest (it nests six deep): a file nested deeper is
 /// refused before it is loaded, as the loader recurses once per level (a few hundred
 /// kilobytes of `- - - ...` would overflow its stack).
 const MAX_DEPTH: usize = 32;

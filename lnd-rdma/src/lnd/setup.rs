@@ -470,10 +470,9 @@ impl RdmaLnd {
     }
 }
 
-/// How headers to a peer go: without a checksum when our device checks every packet and
-/// the peer said, in its HELLO, that it takes them so (nodes before that flag did not).
 /// A connect request's HELLO must name a NID at the address the request comes from (see
-/// [`super::RdmaConfig::check_source_address`]).
+/// [`super::RdmaConfig::check_source_address`]). Where rdma_cm gives no IPv4 address for
+/// the dialler (an InfiniBand-native address, say), nothing is checked, as over TCP.
 fn check_source(cm: &CmId, claimed: Nid) -> Result<(), String> {
     let claimed_ip = claimed.socket_addr(0).map(|a| *a.ip());
     match (cm.peer_ipv4(), claimed_ip) {
@@ -484,6 +483,8 @@ fn check_source(cm: &CmId, claimed: Nid) -> Result<(), String> {
     }
 }
 
+/// How headers to a peer go: without a checksum when our device checks every packet and
+/// the peer said, in its HELLO, that it takes them so (nodes before that flag did not).
 fn header_check(link_checks_headers: bool, peer_takes_them: bool) -> HeaderCheck {
     match link_checks_headers && peer_takes_them {
         true => HeaderCheck::Link,
