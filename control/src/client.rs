@@ -1,6 +1,7 @@
 //! Asking a control socket: what `lanetctl` does, with errors that say what to check.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ pub enum ClientError {
         /// Its start (what shows what it is).
         answer: String,
     },
-    #[error("{path}: no whole answer within {within:?} (a node that busy answers others first)")]
+    #[error("{path}: no whole answer within {within:?}")]
     NoAnswer { path: PathBuf, within: Duration },
     #[error("{path}: an answer longer than {max} bytes: not a lanet control socket's")]
     AnswerTooLong { path: PathBuf, max: usize },
@@ -76,9 +77,9 @@ fn query_within(
         },
     };
     let deadline = Instant::now() + within;
-    let mut conn = UnixStream::connect(path).map_err(io_error)?;
+    let conn = UnixStream::connect(path).map_err(io_error)?;
     conn.set_write_timeout(Some(within)).map_err(io_error)?;
-    writeln!(conn, "{line}").map_err(io_error)?;
+    send_all(&conn, format!("{line}\n").as_bytes()).map_err(io_error)?;
     // One line, read within the deadline as a whole, a buffer at a time: a socket timeout
     // bounds each read only, and a peer trickling bytes (or never a newline) would hold
     // us for ever (`read_line` reads on until the newline).
@@ -116,7 +117,7 @@ fn query_within(
         };
         reply.extend_from_slice(&chunk[..taken]);
         reader.consume(taken);
-        if reply.len() > max {
+        if reply.len() - usize::from(whole) > max {
             return Err(ClientError::AnswerTooLong {
                 path: path.to_owned(),
                 max,
@@ -133,9 +134,36 @@ fn query_within(
     })
 }
 
+/// Writes all of `bytes` with `MSG_NOSIGNAL`: a node gone before it took the command
+/// fails the write (EPIPE), where a plain write would raise SIGPIPE, which lanetctl leaves
+/// at its default (ending it quietly, for output into a closed pipe).
+fn send_all(conn: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live buffer of its length, which the kernel only reads.
+        let sent = unsafe {
+            libc::send(
+                conn.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        bytes = &bytes[sent as usize..];
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     /// A "socket" at a fresh path whose server reads the command, then does `then`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lanet::config::{ConfigFile, DEFAULT_CONTROL_SOCKET};
-use lanet::node::{FaultAction, FaultRule};
+use lanet::node::{FaultAction, FaultRule, MAX_FAULT_DELAY};
 use lanet::{Net, Nid, Route};
 use serde_json::{json, Value};
 
@@ -458,9 +458,20 @@ fn run(cli: &Cli) -> Result<String, Failure> {
                 let action = match (delay, latency_ms) {
                     (false, None) => FaultAction::Drop,
                     (false, Some(_)) => return Err(usage("--latency-ms is for delay rules")),
+                    (true, Some(ms))
+                        if *ms == 0 || Duration::from_millis(*ms) > MAX_FAULT_DELAY =>
+                    {
+                        return Err(usage(format!(
+                            "--latency-ms: expected 1 to {}, got {ms}",
+                            MAX_FAULT_DELAY.as_millis()
+                        )))
+                    }
                     (true, Some(ms)) => FaultAction::Delay(Duration::from_millis(*ms)),
                     (true, None) => return Err(usage("a delay rule needs --latency-ms")),
                 };
+                if *rate == 0 {
+                    return Err(usage("--rate: expected at least 1 (every Nth frame)"));
+                }
                 let rule = FaultRule {
                     action,
                     src: src

@@ -33,7 +33,7 @@ pub struct ControlSocket {
     acceptor: Option<Acceptor>,
     /// What `export` prints (with the routes of the moment): the running configuration,
     /// which its daemon may change (a reload).
-    config: Arc<Mutex<Option<ConfigFile>>>,
+    config: Arc<Mutex<Option<Arc<ConfigFile>>>>,
     /// The socket file we linked (device, inode): removed at the end only if still ours.
     linked: (u64, u64),
     /// Held locked while we serve: only one daemon at a time looks at, removes or binds
@@ -85,7 +85,7 @@ impl ControlSocket {
         }
         let listener = bind_private(path)?;
         let linked = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
-        let config = Arc::new(Mutex::new(config));
+        let config = Arc::new(Mutex::new(config.map(Arc::new)));
         let answering = config.clone();
         let acceptor = Acceptor::spawn(
             "lanet-control",
@@ -93,7 +93,7 @@ impl ControlSocket {
             |l: &UnixListener| l.accept().map(|(c, _)| c),
             move |conn| {
                 let config = answering.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                answer(conn, &endpoint, config.as_ref())
+                answer(conn, &endpoint, config.as_deref())
             },
         )?;
         Ok(ControlSocket {
@@ -111,7 +111,7 @@ impl ControlSocket {
 
     /// What `export` prints from now on (a daemon's configuration after a reload).
     pub fn set_config(&self, config: ConfigFile) {
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(config));
     }
 }
 

@@ -438,6 +438,9 @@ fn lanetctl_says_clearly_when_it_cannot_ask() {
         &["fault", "drop", "add", "--src", "nowhere"],
         &["fault", "drop", "add", "--latency-ms", "5"],
         &["fault", "delay", "add"],
+        &["fault", "drop", "add", "--rate", "0"],
+        &["fault", "delay", "add", "--latency-ms", "0"],
+        &["fault", "delay", "add", "--latency-ms", "60001"],
         &["ping", "10.0.0.1@tcp", "--timeout-ms", "0"],
     ] {
         let out = lanetctl(&missing, args);
@@ -458,8 +461,9 @@ fn lanetctl_into_a_closed_pipe_ends_quietly() {
         "/../config/example-topology.toml"
     );
     let mut fds = [0i32; 2];
-    // SAFETY: pipe writes two new descriptors into the array it is given.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: pipe2 writes two new descriptors into the array it is given. Close-on-exec:
+    // a process another test spawns meanwhile must not hold the read end open.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: both descriptors are new and ours alone; each is owned once.
     let (read, write) = unsafe {
         (
