@@ -1,7 +1,6 @@
 //! Asking a control socket: what `lanetctl` does, with errors that say what to check.
 
 use std::io::{self, BufRead, BufReader};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,16 +95,7 @@ fn query_within(
         conn.set_read_timeout(Some(left)).map_err(io_error)?;
         let chunk = match reader.fill_buf() {
             Ok(chunk) => chunk,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
+            Err(e) if crate::within::try_again(&e) => continue,
             Err(e) => return Err(io_error(e)),
         };
         if chunk.is_empty() {
@@ -134,28 +124,14 @@ fn query_within(
     })
 }
 
-/// Writes all of `bytes` with `MSG_NOSIGNAL`: a node gone before it took the command
-/// fails the write (EPIPE), where a plain write would raise SIGPIPE, which lanetctl leaves
-/// at its default (ending it quietly, for output into a closed pipe).
+/// Writes all of `bytes` (see [`crate::nosignal`]: lanetctl leaves SIGPIPE at its default).
 fn send_all(conn: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live buffer of its length, which the kernel only reads.
-        let sent = unsafe {
-            libc::send(
-                conn.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if sent < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
+        match crate::nosignal::send(conn, bytes) {
+            Ok(sent) => bytes = &bytes[sent..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        bytes = &bytes[sent as usize..];
     }
     Ok(())
 }

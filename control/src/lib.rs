@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod import;
 pub mod json;
 pub mod metrics;
+mod nosignal;
 pub mod server;
 mod table;
 pub mod topology;

@@ -222,7 +222,7 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
         format!("{reply}\n").as_bytes(),
         std::time::Instant::now() + READ_TIMEOUT,
         |left| conn.set_write_timeout(Some(left)),
-        |bytes| send(&conn, bytes),
+        |bytes| crate::nosignal::send(&conn, bytes),
     )?;
     // Closed with input unread, a Unix socket resets, and the client loses the answer
     // (to a line too long, above all): what it sent beyond is read and dropped first, a
@@ -303,26 +303,6 @@ fn read_command(conn: &UnixStream) -> Result<String, ReadCommandError> {
         }
     }
     Ok(String::from_utf8_lossy(&command).into_owned())
-}
-
-/// Writes what it can of `bytes` with `MSG_NOSIGNAL`: a client gone before its answer (a `lanetctl
-/// ping` interrupted) fails the write with EPIPE instead of raising SIGPIPE, which would
-/// kill a host process that does not ignore it (a program in C, or in Rust with the signal
-/// restored).
-fn send(conn: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: `bytes` is a live buffer of its length, which the kernel only reads.
-    let sent = unsafe {
-        libc::send(
-            conn.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(sent as usize)
 }
 
 fn error(e: impl std::fmt::Display) -> Value {

@@ -1,7 +1,7 @@
-//! Answers written within a deadline for the whole answer, not for each write: a client
-//! that takes a few bytes now and then would otherwise keep a socket's timeout from ever
-//! passing, and hold one of the few client slots (and a daemon's exit) for as long as it
-//! likes.
+//! Answers written (and read) within a deadline for the whole answer, not for each write:
+//! a client that takes a few bytes now and then would otherwise keep a socket's timeout
+//! from ever passing, and hold one of the few client slots (and a daemon's exit) for as
+//! long as it likes.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -27,18 +27,20 @@ pub(crate) fn write_all_before(
         match write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            // A send timeout (EAGAIN), or a stop and continue: the deadline decides.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if try_again(&e) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// A socket timeout (EAGAIN) or a stop and continue (EINTR): the deadline decides whether
+/// to go on.
+pub(crate) fn try_again(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]

@@ -311,46 +311,30 @@ fn a_worker_whose_driver_fails_completes_everything_and_says_why() {
 }
 
 /// An op already past its deadline when the worker shuts down ends as timed out, as at an
-/// endpoint's shutdown: the timers due run first.
+/// endpoint's shutdown: the timers due run first. Whether the worker turned since the op
+/// was submitted (and so knew its deadline) or not.
 #[test]
 fn shutdown_ends_an_op_past_its_deadline_as_timed_out() {
-    let f = fabric();
-    let _silent = worker(&f, 2);
-    let mut w = worker(&f, 1);
-    let op = w
-        .put(put(
-            2,
-            Bytes::from_static(b"late"),
-            Some(Duration::from_millis(10)),
-        ))
-        .unwrap();
-    let mut events = Vec::new();
-    w.progress(Some(Duration::ZERO), &mut events);
-    assert!(events.is_empty(), "{events:?}");
-    std::thread::sleep(Duration::from_millis(50));
-    w.shutdown(&mut events);
-    let [Event::Completed(c)] = &events[..] else {
-        panic!("{events:?}")
-    };
-    assert_eq!(c.op, op);
-    assert!(timed_out(&c.result), "{c:?}");
-}
-
-/// The same for an op submitted after the worker's last turn, which knew of no deadline.
-#[test]
-fn shutdown_ends_an_op_submitted_since_the_last_turn_and_past_its_deadline_as_timed_out() {
-    let f = fabric();
-    let _silent = worker(&f, 2);
-    let mut w = worker(&f, 1);
-    let mut events = Vec::new();
-    w.progress(Some(Duration::ZERO), &mut events);
-    let late = Some(Duration::from_millis(10));
-    let op = w.put(put(2, Bytes::from_static(b"late"), late)).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    w.shutdown(&mut events);
-    let [Event::Completed(c)] = &events[..] else {
-        panic!("{events:?}")
-    };
-    assert_eq!(c.op, op);
-    assert!(timed_out(&c.result), "{c:?}");
+    for turned_since in [true, false] {
+        let f = fabric();
+        let _silent = worker(&f, 2);
+        let mut w = worker(&f, 1);
+        let mut events = Vec::new();
+        if !turned_since {
+            w.progress(Some(Duration::ZERO), &mut events);
+        }
+        let late = Some(Duration::from_millis(10));
+        let op = w.put(put(2, Bytes::from_static(b"late"), late)).unwrap();
+        if turned_since {
+            w.progress(Some(Duration::ZERO), &mut events);
+            assert!(events.is_empty(), "{events:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        w.shutdown(&mut events);
+        let [Event::Completed(c)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(c.op, op);
+        assert!(timed_out(&c.result), "turned since: {turned_since}: {c:?}");
+    }
 }
