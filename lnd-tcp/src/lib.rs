@@ -21,6 +21,7 @@ mod direct;
 mod engine;
 mod epoll;
 mod framing;
+mod kernel;
 mod loopback;
 mod low_water;
 mod sockopt;

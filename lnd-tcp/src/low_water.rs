@@ -40,15 +40,14 @@ pub(crate) fn mark_for(rest: usize) -> usize {
 }
 
 /// Whether this kernel is recent enough to wake a reader before its mark when the receive
-/// buffer or window runs short (see the module's doc): read once. Without, marks stay 1.
+/// buffer or window runs short (see the module's doc): 5.11. Without, marks stay 1.
 pub(crate) fn kernel_wakes_early() -> bool {
     static WAKES_EARLY: OnceLock<bool> = OnceLock::new();
     *WAKES_EARLY.get_or_init(|| {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let at_least = release_at_least(&release, (5, 11));
+        let at_least = wakes_early(crate::kernel::version());
         if !at_least {
             tracing::info!(
-                release = release.trim(),
+                version = ?crate::kernel::version(),
                 "no receive low-water marks for large frames before Linux 5.11"
             );
         }
@@ -56,16 +55,9 @@ pub(crate) fn kernel_wakes_early() -> bool {
     })
 }
 
-/// Whether a kernel release string ("6.18.44-fc", "5.4.0-150-generic") is `min` or later.
-fn release_at_least(release: &str, min: (u32, u32)) -> bool {
-    let mut numbers = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= min,
-        _ => false,
-    }
+/// Whether a kernel of `version` wakes a reader early (an unknown one is not assumed to).
+fn wakes_early(version: Option<(u32, u32)>) -> bool {
+    version.is_some_and(|v| v >= (5, 11))
 }
 
 /// Moves a socket's mark from `was` to a different `mark`; returns the mark in effect
@@ -143,15 +135,14 @@ mod tests {
 
     #[test]
     fn kernels_before_5_11_keep_the_mark_at_1() {
-        assert!(release_at_least("6.18.44-fc-v1272", (5, 11)));
-        assert!(release_at_least("5.11.0", (5, 11)));
-        assert!(!release_at_least("5.10.209-1", (5, 11)));
-        assert!(!release_at_least("4.19.0-26-amd64", (5, 11)));
-        assert!(release_at_least("5.15.0-1034-azure", (5, 11)));
-        assert!(release_at_least("6.1", (5, 11)));
-        assert!(!release_at_least("5", (5, 11)), "no minor: not assumed");
-        assert!(!release_at_least("abc", (5, 11)));
-        assert!(!release_at_least("", (5, 11)), "unknown: not assumed");
+        use crate::kernel::parse;
+        assert!(wakes_early(parse("6.18.44-fc-v1272")));
+        assert!(wakes_early(parse("5.11.0")));
+        assert!(!wakes_early(parse("5.10.209-1")));
+        assert!(!wakes_early(parse("4.19.0-26-amd64")));
+        assert!(wakes_early(parse("5.15.0-1034-azure")));
+        assert!(!wakes_early(parse("5")), "no minor: not assumed");
+        assert!(!wakes_early(None), "unknown: not assumed");
     }
 
     /// What both backends rely on: a socket holding less than its mark is not readable,
