@@ -369,7 +369,18 @@ fn run(command: Command, endpoint: &Endpoint, config: Option<&ConfigFile>) -> Va
                 Ok(routes) => running.routes = routes,
                 Err(e) => return error(e),
             }
-            json!({ "toml": running.to_toml() })
+            let toml = running.to_toml();
+            // A file that does not load back is a trap for whoever restarts from it (a
+            // failover member no route reaches since a `route del`, say): refused, saying
+            // why, rather than written.
+            if let Err(e) = ConfigFile::parse(&running.path, &toml) {
+                return error(format!(
+                    "the running configuration would not load back as a file: {}{}",
+                    e.key.map(|k| format!("{k}: ")).unwrap_or_default(),
+                    e.message
+                ));
+            }
+            json!({ "toml": toml })
         }
     }
 }

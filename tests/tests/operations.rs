@@ -816,6 +816,33 @@ fn any_endpoint_can_serve_a_control_socket() {
     assert_eq!(routes["routes"][0]["net"], "tcp2");
 }
 
+/// `lanetctl export` of a node whose running state no longer makes a file that loads (a
+/// failover member that no route reaches since a `route del`) is refused, saying why,
+/// rather than written out to fail at the next start.
+#[test]
+fn an_export_that_would_not_load_back_is_refused() {
+    let site = Site::new("control-export-check");
+    let path = site.scratch.0.join("client.sock");
+    let gateway = site.client.routes().unwrap()[0].gateway.to_string();
+    let port = site.client_nid.socket_addr(0).unwrap().port();
+    let text = format!(
+        "{}{}[[failover]]\nname = \"pair\"\nnids = [\"{}\"]\n",
+        lanet_tests::router::net("tcp1", "127.0.0.1", port),
+        lanet_tests::router::route("tcp2", std::slice::from_ref(&gateway)),
+        site.server_nid
+    );
+    let config = lanet::config::ConfigFile::parse("client.toml", &text).unwrap();
+    let _control =
+        lanet_control::ControlSocket::serve(&path, site.client.clone(), Some(config)).unwrap();
+    let exported = json(&path, &["export"]);
+    let toml = exported["toml"].as_str().unwrap();
+    lanet::config::ConfigFile::parse("exported.toml", toml).expect("it loads back");
+    ok(&path, &["route", "del", "tcp2", &gateway]);
+    let e = fails(&path, &["export"]);
+    assert!(e.contains("would not load back"), "{e}");
+    assert!(e.contains(&site.server_nid.to_string()), "{e}");
+}
+
 /// The control socket runs whole command lines only. One longer than its limit (here a
 /// `route del` padded past 256 bytes, with a word beyond) is refused; it was cut at the
 /// limit and the cut line run, deleting the route. A line whose newline never comes is
