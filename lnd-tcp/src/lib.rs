@@ -41,10 +41,7 @@ use lanet::nid::{LndKind, Nid};
 use lanet::NodeConfig;
 
 /// The port used when a NID has none (LNet's acceptor port).
-pub const DEFAULT_PORT: u16 = match lanet::nid::LndKind::Tcp.default_port() {
-    Some(port) => port,
-    None => unreachable!(),
-};
+pub const DEFAULT_PORT: u16 = lanet::nid::TCP_DEFAULT_PORT;
 
 /// Settings of a TCP NI.
 #[derive(Debug, Clone)]

@@ -101,6 +101,16 @@ impl From<String> for StartError {
     }
 }
 
+impl From<lanet::config::ConfigFileError> for StartError {
+    /// Lasting unless it is about what this host lacks.
+    fn from(e: lanet::config::ConfigFileError) -> StartError {
+        StartError {
+            lasting: !e.on_this_host,
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<StartError> for String {
     fn from(e: StartError) -> String {
         e.message
@@ -160,10 +170,7 @@ impl Daemon {
         // Caught from the start: a SIGTERM during start-up drains rather than kills.
         let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot catch signals: {e}"))?;
-        let config = ConfigFile::load(config_path).map_err(|e| StartError {
-            message: e.to_string(),
-            lasting: !e.on_this_host,
-        })?;
+        let config = ConfigFile::load(config_path)?;
         if !config.node.forwarding {
             return Err(StartError {
                 message: format!(
@@ -174,11 +181,7 @@ impl Daemon {
             });
         }
         let endpoint = config
-            .endpoint(&DRIVERS)
-            .map_err(|e| StartError {
-                message: e.to_string(),
-                lasting: !e.on_this_host,
-            })?
+            .endpoint(&DRIVERS)?
             .start()
             .map_err(|e| format!("cannot start: {e}"))?;
         let socket = control.unwrap_or_else(|| config.daemon.control_socket.clone());

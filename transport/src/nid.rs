@@ -66,8 +66,8 @@ impl LndKind {
     /// (in a config file, say) never makes another node of the same one.
     pub const fn default_port(self) -> Option<u16> {
         match self {
-            LndKind::Tcp => Some(988),
-            LndKind::O2ib => Some(987),
+            LndKind::Tcp => Some(TCP_DEFAULT_PORT),
+            LndKind::O2ib => Some(O2IB_DEFAULT_PORT),
             LndKind::Lo | LndKind::Mem => None,
         }
     }
@@ -77,6 +77,12 @@ impl LndKind {
         matches!(self, LndKind::Tcp | LndKind::O2ib)
     }
 }
+
+/// The TCP LND's port when a NID names none (LNet's acceptor port).
+pub const TCP_DEFAULT_PORT: u16 = 988;
+
+/// The RDMA LND's rdma_cm port when a NID names none (o2iblnd's service port).
+pub const O2IB_DEFAULT_PORT: u16 = 987;
 
 /// A network: an LND kind and a number, e.g. `tcp1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -280,7 +280,7 @@ impl Worker {
         if node.poll_timeout().is_some_and(|d| d <= now) {
             node.handle_timeout(now);
         }
-        self.driver.node_mut().shutdown();
+        node.shutdown();
         self.stop(EndpointError::ShutDown, events);
     }
 

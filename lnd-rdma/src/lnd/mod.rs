@@ -61,10 +61,7 @@ pub use conn::EAGER_MAX;
 use conn::{Conn, Mode, Pumped};
 
 /// The port used when a NID has none (LNet's o2iblnd service port).
-pub const DEFAULT_PORT: u16 = match lanet::nid::LndKind::O2ib.default_port() {
-    Some(port) => port,
-    None => unreachable!(),
-};
+pub const DEFAULT_PORT: u16 = lanet::nid::O2IB_DEFAULT_PORT;
 
 /// Environment variable that overrides how long the driver busy-polls (microseconds).
 pub const SPIN_ENV: &str = "LANET_RDMA_SPIN_US";

@@ -20,14 +20,11 @@ use super::{DATA_GROUP, HEALTH_BUFFERS, HEALTH_BUFFER_SIZE, HEALTH_GROUP};
 use super::{RECV_BUFFERS, RECV_BUFFER_SIZE};
 use crate::engine::Engine;
 
-/// Whether a kernel of `version` is older than multishot receive (6.0), which the opcode
-/// probe cannot tell: the flag rides on `IORING_OP_RECV`, there since 5.6, and a 5.19
-/// kernel (which has the buffer rings this backend also needs) refuses it only at the
-/// first receive, failing every health-lane connection. A version that cannot be read is
-/// left to the probe.
-fn before_multishot_recv(version: (u32, u32)) -> bool {
-    version < (6, 0)
-}
+/// The first kernel with multishot receive, which the opcode probe cannot see: the flag
+/// rides on `IORING_OP_RECV`, there since 5.6, and a 5.19 kernel (which has the buffer
+/// rings this backend also needs) refuses it only at the first receive, failing every
+/// health-lane connection. A version that cannot be read is left to the probe.
+const MULTISHOT_RECV_SINCE: (u32, u32) = (6, 0);
 
 impl Uring {
     /// Sets up a ring on this kernel, or says why it cannot (the caller falls back to epoll).
@@ -39,7 +36,7 @@ impl Uring {
         mover_poll: Duration,
     ) -> io::Result<Uring> {
         // Before anything is set up: nothing to undo.
-        if let Some((major, minor)) = crate::kernel::version().filter(|&v| before_multishot_recv(v))
+        if let Some((major, minor)) = crate::kernel::version().filter(|&v| v < MULTISHOT_RECV_SINCE)
         {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -328,22 +325,6 @@ fn new_buffers(ring: &IoUring) -> io::Result<(BufRing, BufRing)> {
                 std::mem::forget(data);
             }
             Err(e)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::before_multishot_recv;
-    use crate::kernel::parse;
-
-    #[test]
-    fn kernels_before_multishot_receive_are_told_apart() {
-        for old in ["5.19.0-50-generic", "5.15.0", "4.18.0-553.el8_10.x86_64"] {
-            assert!(parse(old).is_some_and(before_multishot_recv), "{old}");
-        }
-        for new in ["6.0.0", "6.1.0-28-amd64", "6.18.44-fc-v1300", "7.0"] {
-            assert!(!parse(new).is_some_and(before_multishot_recv), "{new}");
         }
     }
 }

@@ -168,17 +168,12 @@ impl ConfigFile {
         for net in &self.nets {
             let kind = net.nid.net().kind;
             let Some(driver) = drivers.iter().find(|d| d.serves(kind)) else {
-                return Err(ConfigFileError {
-                    on_this_host: false,
-                    ..self.error_about_net(
-                        net,
-                        format!("this program has no driver for {} nets", kind.name()),
-                    )
-                });
+                let why = format!("this program has no driver for {} nets", kind.name());
+                return Err(self.error_about_net(net, why, false));
             };
             let lnd = driver
                 .open(net, &self.node)
-                .map_err(|e| self.error_about_net(net, format!("cannot open it: {e}")))?;
+                .map_err(|e| self.error_about_net(net, format!("cannot open it: {e}"), true))?;
             builder = builder.boxed_lnd(lnd);
         }
         for route in &self.routes {
@@ -190,14 +185,20 @@ impl ConfigFile {
         Ok(builder)
     }
 
-    /// About `net`, on this host (see [`ConfigFileError::on_this_host`]).
-    fn error_about_net(&self, net: &NetSection, message: String) -> ConfigFileError {
+    /// About `net`; whether about what this host lacks (see
+    /// [`ConfigFileError::on_this_host`]).
+    fn error_about_net(
+        &self,
+        net: &NetSection,
+        message: String,
+        on_this_host: bool,
+    ) -> ConfigFileError {
         ConfigFileError {
             path: self.path.clone(),
             line: None,
             key: Some(format!("net {}", net.nid)),
             message,
-            on_this_host: true,
+            on_this_host,
         }
     }
 }

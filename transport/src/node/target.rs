@@ -211,18 +211,17 @@ impl Node {
     /// The first entry of the request's portal that takes it, for which `fits` holds, and
     /// that is not reserved by a payload in transit.
     fn find_entry(&self, req: Incoming, fits: impl Fn(&EntryKind) -> bool) -> Option<OpId> {
-        let takes = |id: OpId| {
-            self.ops.get(id).is_some_and(|op| {
-                matches!(&op.kind, OpKind::Entry(e)
-                    if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
-            })
-        };
         self.portals
             .get(&req.portal)?
             .as_slice()
             .iter()
             .copied()
-            .find(|&id| takes(id))
+            .find(|&id| {
+                self.ops.get(id).is_some_and(|op| {
+                    matches!(&op.kind, OpKind::Entry(e)
+                        if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
+                })
+            })
     }
 
     /// After a match: unlink a use-once entry.
