@@ -1,6 +1,6 @@
 //! Asking a control socket: what `lanetctl` does, with errors that say what to check.
 
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::command::{Command, MAX_PING_TIMEOUT};
+use crate::within::LineError;
 
 /// How long an answer may take, all of it: the longest ping, and some.
 const ANSWER_TIMEOUT: Duration = MAX_PING_TIMEOUT.saturating_add(Duration::from_secs(5));
@@ -77,46 +78,33 @@ fn query_within(
     };
     let deadline = Instant::now() + within;
     let conn = UnixStream::connect(path).map_err(io_error)?;
-    conn.set_write_timeout(Some(within)).map_err(io_error)?;
-    send_all(&conn, format!("{line}\n").as_bytes()).map_err(io_error)?;
-    // One line, read within the deadline as a whole, a buffer at a time: a socket timeout
-    // bounds each read only, and a peer trickling bytes (or never a newline) would hold
-    // us for ever (`read_line` reads on until the newline).
-    let mut reader = BufReader::new(&conn);
-    let mut reply = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    // With MSG_NOSIGNAL: lanetctl leaves SIGPIPE at its default.
+    crate::within::write_all_before(
+        format!("{line}\n").as_bytes(),
+        deadline,
+        |left| conn.set_write_timeout(Some(left)),
+        |bytes| crate::nosignal::send(&conn, bytes),
+    )
+    .map_err(io_error)?;
+    // One line, within the deadline as a whole (a socket timeout bounds each read only,
+    // and a peer trickling bytes would hold us for ever); the end of the stream ends it
+    // too.
+    let reply = match crate::within::read_line_before(&conn, deadline, max) {
+        Ok((reply, _)) => reply,
+        Err(LineError::TimedOut) => {
             return Err(ClientError::NoAnswer {
                 path: path.to_owned(),
                 within,
-            });
+            })
         }
-        conn.set_read_timeout(Some(left)).map_err(io_error)?;
-        let chunk = match reader.fill_buf() {
-            Ok(chunk) => chunk,
-            Err(e) if crate::within::try_again(&e) => continue,
-            Err(e) => return Err(io_error(e)),
-        };
-        if chunk.is_empty() {
-            break; // the end of the stream
-        }
-        let (taken, whole) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(at) => (at + 1, true),
-            None => (chunk.len(), false),
-        };
-        reply.extend_from_slice(&chunk[..taken]);
-        reader.consume(taken);
-        if reply.len() - usize::from(whole) > max {
+        Err(LineError::TooLong) => {
             return Err(ClientError::AnswerTooLong {
                 path: path.to_owned(),
                 max,
-            });
+            })
         }
-        if whole {
-            break;
-        }
-    }
+        Err(LineError::Io(e)) => return Err(io_error(e)),
+    };
     serde_json::from_slice(&reply).map_err(|e| ClientError::BadAnswer {
         path: path.to_owned(),
         why: e.to_string(),
@@ -124,22 +112,10 @@ fn query_within(
     })
 }
 
-/// Writes all of `bytes` (see [`crate::nosignal`]: lanetctl leaves SIGPIPE at its default).
-fn send_all(conn: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match crate::nosignal::send(conn, bytes) {
-            Ok(sent) => bytes = &bytes[sent..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
     /// A "socket" at a fresh path whose server reads the command, then does `then`.

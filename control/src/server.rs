@@ -11,6 +11,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use crate::within::LineError;
 use std::time::Duration;
 
 use lanet::config::ConfigFile;
@@ -279,30 +281,14 @@ enum ReadCommandError {
 /// be another command (a route's gateway or hop count cut off).
 fn read_command(conn: &UnixStream) -> Result<String, ReadCommandError> {
     let deadline = std::time::Instant::now() + READ_TIMEOUT;
-    let mut command = Vec::new();
-    let mut chunk = [0u8; 64];
-    let mut reader = conn.take(MAX_COMMAND);
-    loop {
-        if let Some(end) = command.iter().position(|&b| b == b'\n') {
-            command.truncate(end);
-            break;
-        }
-        match read_before(&mut reader, deadline, &mut chunk) {
-            Ok(0) if reader.limit() == 0 => return Err(ReadCommandError::TooLong),
-            Ok(0) => return Err(ReadCommandError::Unfinished),
-            Ok(n) => command.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadCommandError::TimedOut)
-            }
-            Err(e) => return Err(ReadCommandError::Io(e)),
-        }
+    // The bound counts the newline.
+    match crate::within::read_line_before(conn, deadline, MAX_COMMAND as usize - 1) {
+        Ok((command, true)) => Ok(String::from_utf8_lossy(&command).into_owned()),
+        Ok((_, false)) => Err(ReadCommandError::Unfinished),
+        Err(LineError::TooLong) => Err(ReadCommandError::TooLong),
+        Err(LineError::TimedOut) => Err(ReadCommandError::TimedOut),
+        Err(LineError::Io(e)) => Err(ReadCommandError::Io(e)),
     }
-    Ok(String::from_utf8_lossy(&command).into_owned())
 }
 
 fn error(e: impl std::fmt::Display) -> Value {

@@ -1,10 +1,58 @@
-//! Answers written (and read) within a deadline for the whole answer, not for each write:
-//! a client that takes a few bytes now and then would otherwise keep a socket's timeout
-//! from ever passing, and hold one of the few client slots (and a daemon's exit) for as
-//! long as it likes.
+//! Commands and answers written and read within a deadline for the whole of each, not
+//! for each write or read: a peer that takes or gives a few bytes now and then would
+//! otherwise keep a socket's timeout from ever passing, and hold one of the few client
+//! slots (and a daemon's exit), or lanetctl, for as long as it likes.
 
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+/// Why [`read_line_before`] has no line.
+#[derive(Debug)]
+pub(crate) enum LineError {
+    /// More than its bound came before a newline.
+    TooLong,
+    /// The deadline passed first.
+    TimedOut,
+    Io(io::Error),
+}
+
+/// One line from `conn`, read before `deadline` and at most `max` bytes before its newline
+/// (dropped): the line, and whether its newline came (else the stream ended first).
+/// Bytes after the newline are not kept.
+pub(crate) fn read_line_before(
+    mut conn: &UnixStream,
+    deadline: Instant,
+    max: usize,
+) -> Result<(Vec<u8>, bool), LineError> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LineError::TimedOut);
+        }
+        conn.set_read_timeout(Some(left)).map_err(LineError::Io)?;
+        let n = match conn.read(&mut chunk) {
+            Ok(0) => return Ok((line, false)),
+            Ok(n) => n,
+            Err(e) if try_again(&e) => continue,
+            Err(e) => return Err(LineError::Io(e)),
+        };
+        let had = line.len();
+        line.extend_from_slice(&chunk[..n]);
+        if let Some(end) = line[had..].iter().position(|&b| b == b'\n') {
+            line.truncate(had + end);
+            return match line.len() > max {
+                true => Err(LineError::TooLong),
+                false => Ok((line, true)),
+            };
+        }
+        if line.len() > max {
+            return Err(LineError::TooLong);
+        }
+    }
+}
 
 /// Writes all of `bytes` with `write`, before `deadline`: `TimedOut` once it has passed.
 /// `set_timeout` bounds each write by what is left (the socket's send timeout), so a write
@@ -20,7 +68,7 @@ pub(crate) fn write_all_before(
         if left.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "the client did not take the answer in time",
+                "the other end did not take it in time",
             ));
         }
         set_timeout(left)?;
