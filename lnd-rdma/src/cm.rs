@@ -488,6 +488,21 @@ impl CmId {
         })
     }
 
+    /// Ends the connection and leaves its QP to be destroyed later: the QP goes to the
+    /// error state (every work request it holds of ours completes, flushed) and the peer
+    /// hears at once (a DREQ, or the DREP it waits for if it disconnected first). Returns
+    /// whether the QP is now in the error state; without a QP there is nothing to flush.
+    pub fn shut_down(&self) -> bool {
+        if !self.has_qp {
+            return false;
+        }
+        let flushing = self.set_error().inspect_err(|e| tracing::debug!("{e}"));
+        // Fails, harmlessly, on a connection not established yet (rdma_cm has nothing to
+        // say to the peer then).
+        let _ = self.disconnect();
+        flushing.is_ok()
+    }
+
     /// Starts or answers a disconnect. A side that receives DISCONNECTED must call this too:
     /// it sends the DREP the other side waits for (otherwise that side waits out the CM's
     /// retry timeout, about 100 s).

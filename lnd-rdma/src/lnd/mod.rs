@@ -22,7 +22,9 @@
 //!   (see `msg`). Source payloads go through a registration cache.
 //! * **Failures**: an error completion, DISCONNECTED, UNREACHABLE or REJECTED fails the
 //!   connection: everything it owed (queued, posted, deferred) completes with the error at
-//!   once, and the QP is destroyed before any memory it could still touch is released.
+//!   once. Its QP goes to the error state and is destroyed a moment later, once the adapter
+//!   has given back the shared receives it held (see `retire`), before any memory it could
+//!   still touch is released.
 //!   DEVICE_REMOVAL (the device removed, or reset by its driver) fails the whole NI: every
 //!   poll from then on returns the error, and the core fails what the NI held. Verbs'
 //!   asynchronous events are not read: a fatal QP error shows as error completions, and
@@ -31,6 +33,7 @@
 mod bufs;
 mod conn;
 mod fetch;
+mod retire;
 mod rx;
 mod setup;
 
@@ -42,7 +45,7 @@ use std::time::{Duration, Instant};
 use lanet::handshake::auth::Auth;
 use lanet::handshake::Identity;
 use lanet::lane::{Lane, PerLane};
-use lanet::lnd::conns::{Closed, ConnMut, ConnTable, Stage};
+use lanet::lnd::conns::{ConnMut, ConnTable, Stage};
 use lanet::lnd::spin::SpinWaker;
 use lanet::lnd::{Lnd, LndError, LndErrorKind, LndEvent, Readiness, RxHandle, Transmit, Wake};
 use lanet::nid::{LndKind, Nid};
@@ -59,6 +62,7 @@ pub use bufs::RecvPool;
 use bufs::{BufPool, SharedRecv};
 pub use conn::EAGER_MAX;
 use conn::{Conn, Mode, Pumped};
+use retire::RetiringQps;
 
 /// The port used when a NID has none (LNet's o2iblnd service port).
 pub const DEFAULT_PORT: u16 = lanet::nid::O2IB_DEFAULT_PORT;
@@ -253,6 +257,9 @@ pub struct RdmaLnd {
     /// First, so dropped first: every QP is destroyed before the buffers (in `ctx`) and
     /// sinks (in `incoming`) it could still touch.
     conns: ConnTable<u32, Conn>,
+    /// Failed connections' QPs, flushing (see `retire`); dropped, like `conns`, before
+    /// the buffers.
+    retiring: RetiringQps,
     ctx: Ctx,
     /// Which connection (and lane) a queue pair, by number, belongs to: a receive from a
     /// shared receive queue names only its queue pair.
@@ -433,6 +440,7 @@ impl RdmaLnd {
             posted_to: Vec::new(),
             spin: cfg.spin,
             conns: ConnTable::new(nid, cfg.credits, cfg.connect_timeout),
+            retiring: RetiringQps::default(),
             clock: MonotonicClock::new(),
             incoming: FxHashMap::default(),
             quiet: Vec::new(),
@@ -482,7 +490,7 @@ impl RdmaLnd {
                 .checked_add(1)
                 .filter(|n| *n < 1 << 31)
                 .unwrap_or(1);
-            if self.conns.get(id).is_none() {
+            if self.conns.get(id).is_none() && !self.retiring.holds(id) {
                 return id;
             }
         }
@@ -492,12 +500,15 @@ impl RdmaLnd {
         self.clock.now()
     }
 
-    /// CQ entries `lane`'s receives and the sends of the queue pairs on it may need.
+    /// CQ entries `lane`'s receives and the sends of the queue pairs on it (flushing
+    /// ones too) may need.
     fn cq_in_use(&self, lane: Lane) -> usize {
         let sends: usize = self
             .conns
             .iter()
-            .filter_map(|(_, c)| c.qp.as_ref())
+            .map(|(_, c)| c)
+            .chain(self.retiring.conns())
+            .filter_map(|c| c.qp.as_ref())
             .filter(|qp| qp.cq_lane == lane)
             .map(|qp| qp.send_slots())
             .sum();
@@ -509,6 +520,7 @@ impl RdmaLnd {
         let queue_pairs = self.conns.iter().filter(|(_, c)| c.qp.is_some()).count();
         RdmaMemory {
             queue_pairs,
+            retiring_queue_pairs: self.retiring.len(),
             send_buffer_bytes: self.ctx.send_bufs.bytes(),
             recv_buffer_bytes: PerLane::new(
                 self.ctx.recv[Lane::Health].bytes(),
@@ -577,58 +589,6 @@ impl RdmaLnd {
     pub(crate) fn fail(&mut self, id: u32, error: LndError) {
         let closed = self.conns.fail(id, error, &mut self.ctx.events);
         self.retire(closed);
-    }
-
-    /// Tears down a connection the table let go: everything it owed completes with its
-    /// error. Its QP (and so its share of the CQ) goes before any memory it could touch.
-    fn retire(&mut self, closed: Option<Closed<u32, Conn>>) {
-        let Some(Closed {
-            id,
-            data: mut conn,
-            error,
-        }) = closed
-        else {
-            return;
-        };
-        let tokens = conn.owed_tokens();
-        let bufs = conn.take_send_bufs();
-        if let Some(num) = conn.cm.qp_num() {
-            if self.qp_conns.get(&num).is_some_and(|(c, _)| *c == id) {
-                self.qp_conns.remove(&num);
-            }
-        }
-        // Destroys the QP before its buffers go back to the pool, and before the sinks
-        // below are released.
-        drop(conn);
-        for b in bufs {
-            self.ctx.send_bufs.give(b);
-        }
-        self.buf_waiters.retain(|w| *w != id);
-        self.pump_buf_waiters();
-        for token in tokens {
-            self.ctx.events.push(LndEvent::SendComplete {
-                token,
-                result: Err(error.clone()),
-            });
-        }
-        let mut handles: Vec<RxHandle> = self
-            .incoming
-            .iter()
-            .filter(|(_, r)| r.conn == id)
-            .map(|(h, _)| *h)
-            .collect();
-        handles.sort_unstable_by_key(|h| h.0);
-        for handle in handles {
-            let rdv = self.incoming.remove(&handle).expect("listed above");
-            self.by_cookie.remove(&(id, rdv.cookie));
-            // Offered but not yet fetched: a later fetch finds nothing and fails then.
-            if rdv.sink.is_some() {
-                self.ctx.events.push(LndEvent::Fetched {
-                    handle,
-                    result: Err(error.clone()),
-                });
-            }
-        }
     }
 
     /// Polls both CQs, health first; true if anything completed.
@@ -737,7 +697,17 @@ impl RdmaLnd {
                 self.retire(Some(closed));
             }
         }
+        self.destroy_retired();
         Ok(())
+    }
+
+    /// When housekeeping has work: a handshake's deadline, or a failed connection's QP to
+    /// destroy.
+    fn next_deadline(&self) -> Option<Time> {
+        match (self.conns.next_deadline(), self.retiring.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Arms the CQs and sleeps until a completion, an rdma_cm event, a wake-up or the
@@ -752,11 +722,8 @@ impl RdmaLnd {
             return Ok(false);
         }
         let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
-        let handshakes = self
-            .conns
-            .next_deadline()
-            .map(|d| d.saturating_since(self.now()));
-        let timeout = match (timeout, handshakes) {
+        let housekeeping = self.next_deadline().map(|d| d.saturating_since(self.now()));
+        let timeout = match (timeout, housekeeping) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -876,10 +843,7 @@ impl Lnd for RdmaLnd {
         if work {
             return Readiness::Ready;
         }
-        let deadline = self
-            .conns
-            .next_deadline()
-            .map(|d| d.saturating_since(self.now()));
+        let deadline = self.next_deadline().map(|d| d.saturating_since(self.now()));
         Readiness::Sleep(deadline)
     }
 
@@ -1027,6 +991,9 @@ fn eager_from_env() -> usize {
 pub struct RdmaMemory {
     /// Connections with a queue pair.
     pub queue_pairs: usize,
+    /// Failed connections' queue pairs, kept a moment in the error state so that the
+    /// adapter gives back the shared receives they held.
+    pub retiring_queue_pairs: usize,
     /// Registered for SENDs, shared by every connection.
     pub send_buffer_bytes: usize,
     /// Registered for each lane's shared receive queue.

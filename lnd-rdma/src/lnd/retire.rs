@@ -1,0 +1,184 @@
+//! Connections on their way out.
+//!
+//! A QP destroyed at once can take a shared receive with it: the adapter takes a receive
+//! from the lane's shared queue when a message begins to arrive, and a QP destroyed before
+//! the message's last packet never completes it (soft-RoCE drops it; hardware may drop
+//! completions not yet polled). That buffer is lost to the lane for good, and enough such
+//! losses starve it. So a failed connection's QP is first moved to the error state, which
+//! makes the adapter complete, flushed, everything it holds of ours (and tells the peer).
+//! The QP, with everything it could still touch (its send buffers and payload
+//! registrations, the sinks offered to the peer), is kept for [`RETIRE_GRACE`]; then the
+//! CQs are drained, which posts the flushed receives again, and only then is it destroyed.
+//! Never from inside CQ processing: the other connections' completions in the batch keep
+//! their order.
+//!
+//! Verbs' LAST_WQE_REACHED event says exactly when a QP is done with its shared queue,
+//! but it comes on the device context's event queue, which rdma_cm shares between every
+//! NI of the process on that device: one NI reading it would take the others' events.
+//! A grace far beyond a flush's microseconds (milliseconds on soft-RoCE under emulation)
+//! serves every provider alike.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use lanet::lnd::conns::Closed;
+use lanet::lnd::{LndEvent, RxHandle};
+use lanet::time::Time;
+
+use super::conn::Conn;
+use super::RdmaLnd;
+use crate::mr::SinkMr;
+
+/// How long a failed connection's QP is kept, in the error state, before it is destroyed.
+pub(crate) const RETIRE_GRACE: Duration = Duration::from_millis(100);
+/// QPs kept at once, at most: past it (a storm of failing connections) the oldest goes
+/// early, at the small risk of losing a receive buffer, rather than memory without bound.
+const RETIRING_MAX: usize = 4096;
+
+/// A failed connection's QP and what it could still touch, until [`Retiring::until`].
+pub(crate) struct Retiring {
+    /// First field, so dropped first: the QP goes before what it could touch.
+    conn: Conn,
+    id: u32,
+    send_bufs: Vec<u32>,
+    _sinks: Vec<SinkMr>,
+    until: Time,
+}
+
+/// The connections on their way out, oldest first (all wait the same grace).
+#[derive(Default)]
+pub(crate) struct RetiringQps(VecDeque<Retiring>);
+
+impl RetiringQps {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// When the oldest may go.
+    pub(crate) fn next_deadline(&self) -> Option<Time> {
+        self.0.front().map(|r| r.until)
+    }
+
+    /// Whether connection id `id` still has a QP here (its id is not free yet: a late
+    /// flushed completion must not find another connection under it).
+    pub(crate) fn holds(&self, id: u32) -> bool {
+        self.0.iter().any(|r| r.id == id)
+    }
+
+    /// The connections kept: their QPs may still need room in their CQs.
+    pub(crate) fn conns(&self) -> impl Iterator<Item = &Conn> {
+        self.0.iter().map(|r| &r.conn)
+    }
+}
+
+impl RdmaLnd {
+    /// Tears down a connection the table let go: everything it owed completes with its
+    /// error now; its QP goes once the adapter has given back what it held (see the
+    /// module's doc), and before any memory it could touch.
+    pub(super) fn retire(&mut self, closed: Option<Closed<u32, Conn>>) {
+        let Some(Closed {
+            id,
+            data: mut conn,
+            error,
+        }) = closed
+        else {
+            return;
+        };
+        let tokens = conn.owed_tokens();
+        let send_bufs = conn.take_send_bufs();
+        if let Some(num) = conn.cm.qp_num() {
+            if self.qp_conns.get(&num).is_some_and(|(c, _)| *c == id) {
+                self.qp_conns.remove(&num);
+            }
+        }
+        for token in tokens {
+            self.ctx.events.push(LndEvent::SendComplete {
+                token,
+                result: Err(error.clone()),
+            });
+        }
+        let mut handles: Vec<RxHandle> = self
+            .incoming
+            .iter()
+            .filter(|(_, r)| r.conn == id)
+            .map(|(h, _)| *h)
+            .collect();
+        handles.sort_unstable_by_key(|h| h.0);
+        let mut sinks = Vec::new();
+        for handle in handles {
+            let rdv = self.incoming.remove(&handle).expect("listed above");
+            self.by_cookie.remove(&(id, rdv.cookie));
+            // Offered but not yet fetched: a later fetch finds nothing and fails then.
+            if let Some(sink) = rdv.sink {
+                sinks.push(sink);
+                self.ctx.events.push(LndEvent::Fetched {
+                    handle,
+                    result: Err(error.clone()),
+                });
+            }
+        }
+        self.buf_waiters.retain(|w| *w != id);
+        if conn.cm.shut_down() {
+            let until = self.now() + RETIRE_GRACE;
+            self.retiring.0.push_back(Retiring {
+                conn,
+                id,
+                send_bufs,
+                _sinks: sinks,
+                until,
+            });
+            if self.retiring.len() > RETIRING_MAX {
+                tracing::warn!(
+                    "{RETIRING_MAX} failed connections waiting for their queue pairs to \
+                     flush: destroying the oldest early"
+                );
+                let oldest = self.retiring.0.pop_front().expect("over the limit");
+                self.destroy(oldest);
+            }
+        } else {
+            // No QP, or one that could not be moved to the error state: nothing will
+            // flush, so nothing to wait for.
+            let now = self.now();
+            self.destroy(Retiring {
+                conn,
+                id,
+                send_bufs,
+                _sinks: sinks,
+                until: now,
+            });
+        }
+    }
+
+    /// Destroys the QPs whose grace is over, once the CQs hold none of their flushed
+    /// completions (their receives are posted again).
+    pub(super) fn destroy_retired(&mut self) {
+        let now = self.now();
+        if self.retiring.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        if let Err(e) = self.drain_cqs() {
+            // The device is failing: destroying is all that is left to do.
+            tracing::warn!("draining the CQs before destroying queue pairs: {e}");
+        }
+        while self.retiring.next_deadline().is_some_and(|d| d <= now) {
+            let due = self.retiring.0.pop_front().expect("it has a deadline");
+            self.destroy(due);
+        }
+    }
+
+    /// Destroys the QP, then gives its send buffers back.
+    fn destroy(&mut self, retiring: Retiring) {
+        let Retiring {
+            conn,
+            send_bufs,
+            _sinks,
+            ..
+        } = retiring;
+        drop(conn);
+        drop(_sinks);
+        for b in send_bufs {
+            self.ctx.send_bufs.give(b);
+        }
+        self.pump_buf_waiters();
+    }
+}
