@@ -488,19 +488,24 @@ impl CmId {
         })
     }
 
-    /// Ends the connection and leaves its QP to be destroyed later: the QP goes to the
-    /// error state (every work request it holds of ours completes, flushed) and the peer
-    /// hears at once (a DREQ, or the DREP it waits for if it disconnected first). Returns
-    /// whether the QP is now in the error state; without a QP there is nothing to flush.
+    /// Ends an established connection and leaves its QP to be destroyed later: the peer
+    /// hears at once (a DREQ, or the DREP it waits for if it disconnected first), and the
+    /// QP goes to the error state (every work request it holds of ours completes,
+    /// flushed). Returns whether the QP is now in the error state; without a QP there is
+    /// nothing to flush. (A connection not established yet hears nothing from the
+    /// disconnect: its peer hears when the id is destroyed.)
     pub fn shut_down(&self) -> bool {
         if !self.has_qp {
             return false;
         }
-        let flushing = self.set_error().inspect_err(|e| tracing::debug!("{e}"));
-        // Fails, harmlessly, on a connection not established yet (rdma_cm has nothing to
-        // say to the peer then).
-        let _ = self.disconnect();
-        flushing.is_ok()
+        // First: on IB and RoCE it moves the QP to the error state itself; on iWARP it
+        // wants the QP still working (moving it to SQD).
+        if let Err(e) = self.disconnect() {
+            tracing::debug!("{e}");
+        }
+        self.set_error()
+            .inspect_err(|e| tracing::debug!("{e}"))
+            .is_ok()
     }
 
     /// Starts or answers a disconnect. A side that receives DISCONNECTED must call this too:

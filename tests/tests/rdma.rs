@@ -1127,11 +1127,34 @@ fn stream_until_killed() {
     }
 }
 
+/// A child process, killed and reaped when dropped.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What happened, without the payloads.
+fn kinds(events: &[LndEvent]) -> String {
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            LndEvent::Received { peer, .. } => format!("Received from {peer}"),
+            e => format!("{e:?}"),
+        })
+        .collect();
+    kinds.join(", ")
+}
+
 /// Peers killed while they stream 59-packet messages: the shared receive the adapter had
 /// taken for the message cut off comes back (the QP is flushed before it is destroyed).
 /// Destroyed at once, each such death lost a buffer for good; the driver cannot count
 /// them (a lost receive never completes), but a lane that lost its only one receives
-/// nothing more.
+/// nothing more. (Whether a kill lands in the middle of a message is up to timing: the
+/// tree before the fix starved here by the fourth of twelve rounds.)
 #[test]
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
@@ -1144,7 +1167,7 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
     let mut events = Vec::new();
     for round in 0..ROUNDS {
         let client: Nid = format!("10.0.2.16:{}@o2ib", 8610 + round).parse().unwrap();
-        let mut child = std::process::Command::new(&exe)
+        let child = std::process::Command::new(&exe)
             .args([
                 "stream_until_killed",
                 "--exact",
@@ -1154,6 +1177,8 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
             .env(STREAM_ENV, format!("{client} {server_nid}"))
             .spawn()
             .expect("the streaming child");
+        // Killed and reaped however the round ends.
+        let mut child = KilledOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let from_client = |evs: &[LndEvent]| {
             evs.iter()
@@ -1161,19 +1186,27 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
                 .count()
         };
         while from_client(&events) < 3 {
-            assert!(Instant::now() < deadline, "round {round}: {events:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: a lane that lost its receive takes nothing more? {}",
+                kinds(&events)
+            );
             server
                 .poll(&mut events, Some(Duration::from_millis(1)))
                 .unwrap();
         }
-        child.kill().expect("kill the child");
-        child.wait().expect("reap the child");
+        child.0.kill().expect("kill the child");
+        child.0.wait().expect("reap the child");
         let gone = |evs: &[LndEvent]| {
             evs.iter()
                 .any(|e| matches!(e, LndEvent::Disconnected { peer, .. } if *peer == client))
         };
         while !gone(&events) {
-            assert!(Instant::now() < deadline, "round {round}: {events:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {}",
+                kinds(&events)
+            );
             server
                 .poll(&mut events, Some(Duration::from_millis(1)))
                 .unwrap();
@@ -1201,7 +1234,8 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
         8,
         "after {ROUNDS} peers died mid-stream, the lane receives no more"
     );
-    // Past the grace, the flushed QPs are destroyed and the receive is posted.
+    // Past the grace, the flushed QPs are destroyed (and the receive counted as posted:
+    // a lost one would be too, as it never completes).
     let server = &mut lnds[0];
     let settled = |m: lanet_lnd_rdma::RdmaMemory| {
         m.recv_posted[Lane::Data] == POOL && m.retiring_queue_pairs == 0

@@ -242,8 +242,8 @@ pub(crate) struct Qp {
     /// The peer's deferred payloads not yet finished here.
     pub(crate) incoming: usize,
     /// The lane whose CQ and shared receive queue it uses. Its sends may need as many of
-    /// the CQ's entries as it has slots, while it exists (counted from the live QPs, so
-    /// none can leak).
+    /// the CQ's entries as it has slots, while it exists (counted from the QPs that exist,
+    /// failed ones still flushing included, so none can leak).
     pub(crate) cq_lane: Lane,
     /// Largest payload sent inside a message on it: what both ends' buffers hold.
     pub(crate) eager_max: usize,
@@ -263,6 +263,9 @@ pub(crate) struct Conn {
     pub(crate) cm: CmId,
     pub(crate) qp: Option<Qp>,
     pub(crate) auth: ConnAuth,
+    /// Its QP has been ready to receive (we accepted, or our dial was answered): when the
+    /// connection fails, it may hold a shared receive (see `retire`).
+    pub(crate) receiving: bool,
 }
 
 /// Where a connection's authentication stands (see `setup`).
@@ -487,8 +490,8 @@ impl Qp {
             return Ok(());
         }
         // SAFETY: each buffer is its slot's until the SEND completes (`take_slot`) or the
-        // QP is destroyed (`RdmaLnd::retire`); only then does it go back to the pool,
-        // whose registrations outlive every QP.
+        // QP is destroyed (`RdmaLnd::retire` and `destroy`); only then does it go back to
+        // the pool, whose registrations outlive every QP.
         let posted = unsafe { cm.post_sends(&self.gathered) };
         self.gathered.clear();
         posted.map_err(resource)

@@ -224,7 +224,8 @@ const HOUSEKEEPING_PASSES: u32 = 1024;
 /// serving several NIs polls each so, every turn).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(1);
 /// Polls of both CQs at most (each up to 32 completions a lane) before a connection's
-/// end is acted on (see `housekeeping`): enough for a data lane's whole shared receive
+/// end is acted on (see `housekeeping`), and before failed connections' QPs are
+/// destroyed (see `retire`): enough for a data lane's whole shared receive
 /// queue at its default limit (4,096).
 const DRAIN_POLLS_MAX: usize = 160;
 
@@ -463,8 +464,8 @@ impl RdmaLnd {
         })
     }
 
-    /// How many completions `lane`'s CQ holds now. It grows (to twice what the live queue
-    /// pairs may need) when a new queue pair would not fit, and never shrinks.
+    /// How many completions `lane`'s CQ holds now. It grows (to twice what the queue pairs,
+    /// failed ones still flushing included, may need) when a new queue pair would not fit, and never shrinks.
     pub fn cq_entries(&self, lane: Lane) -> usize {
         self.ctx.cq[lane].capacity()
     }
@@ -656,7 +657,8 @@ impl RdmaLnd {
         }
     }
 
-    /// The rare work: rdma_cm events and handshake deadlines. Each costs system calls, so
+    /// The rare work: rdma_cm events, handshake deadlines, and destroying failed
+    /// connections' QPs once they have flushed. Each costs system calls, so
     /// it is never on the per-message path: the spinning loop does it every
     /// [`HOUSEKEEPING_PASSES`] passes and after sleeping, a poll that does not wait once
     /// [`HOUSEKEEPING_EVERY`] has passed since the last, and `prepare_wait` before a

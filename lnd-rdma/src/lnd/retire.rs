@@ -4,23 +4,35 @@
 //! from the lane's shared queue when a message begins to arrive, and a QP destroyed before
 //! the message's last packet never completes it (soft-RoCE drops it; hardware may drop
 //! completions not yet polled). That buffer is lost to the lane for good, and enough such
-//! losses starve it. So a failed connection's QP is first moved to the error state, which
-//! makes the adapter complete, flushed, everything it holds of ours (and tells the peer).
-//! The QP, with everything it could still touch (its send buffers and payload
-//! registrations, the sinks offered to the peer), is kept for [`RETIRE_GRACE`]; then the
-//! CQs are drained, which posts the flushed receives again, and only then is it destroyed.
-//! Never from inside CQ processing: the other connections' completions in the batch keep
-//! their order.
+//! losses starve it. So a failed connection's QP, if it could ever receive, is first moved
+//! to the error state, which makes the adapter complete, flushed, everything it holds of
+//! ours (and the peer hears). The QP, with everything it could still touch (its send
+//! buffers and payload registrations, the sinks offered to the peer), is kept for
+//! [`RETIRE_GRACE`]; then the CQs are drained, which posts the flushed receives again,
+//! and only then is it destroyed, from housekeeping. (Draining from `retire`, which CQ
+//! processing calls when a completion fails its connection, would hand up completions
+//! behind the rest of the batch being processed.)
+//!
+//! This relies on the provider completing, flushed, a shared receive a QP holds for a
+//! message cut off when the QP goes to the error state. Soft-RoCE in Linux 6.1 (the test
+//! VM's) does; later soft-RoCE may not (its flush of an SRQ-attached QP looks as if it
+//! drops such a receive). The VM test
+//! `vm_driver_keeps_every_shared_receive_when_peers_die_mid_message` checks it.
 //!
 //! Verbs' LAST_WQE_REACHED event says exactly when a QP is done with its shared queue,
 //! but it comes on the device context's event queue, which rdma_cm shares between every
 //! NI of the process on that device: one NI reading it would take the others' events.
 //! A grace far beyond a flush's microseconds (milliseconds on soft-RoCE under emulation)
 //! serves every provider alike.
+//!
+//! Under a storm of failing connections, the QPs kept are bounded ([`RETIRING_MAX`]), and
+//! a new QP that would not fit its CQ for them has the oldest destroyed early
+//! ([`RdmaLnd::make_cq_room`]): new connections come first, at the small risk above.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use lanet::lane::Lane;
 use lanet::lnd::conns::Closed;
 use lanet::lnd::{LndEvent, RxHandle};
 use lanet::time::Time;
@@ -41,7 +53,7 @@ pub(crate) struct Retiring {
     conn: Conn,
     id: u32,
     send_bufs: Vec<u32>,
-    _sinks: Vec<SinkMr>,
+    sinks: Vec<SinkMr>,
     until: Time,
 }
 
@@ -118,16 +130,17 @@ impl RdmaLnd {
             }
         }
         self.buf_waiters.retain(|w| *w != id);
-        if conn.cm.shut_down() {
+        if conn.receiving && conn.cm.shut_down() {
             let until = self.now() + RETIRE_GRACE;
             self.retiring.0.push_back(Retiring {
                 conn,
                 id,
                 send_bufs,
-                _sinks: sinks,
+                sinks,
                 until,
             });
             if self.retiring.len() > RETIRING_MAX {
+                // Not drained first (see the module's doc): the small risk, under a storm.
                 tracing::warn!(
                     "{RETIRING_MAX} failed connections waiting for their queue pairs to \
                      flush: destroying the oldest early"
@@ -136,21 +149,22 @@ impl RdmaLnd {
                 self.destroy(oldest);
             }
         } else {
-            // No QP, or one that could not be moved to the error state: nothing will
-            // flush, so nothing to wait for.
+            // A QP that never received (or none, or one that could not be moved to the
+            // error state): nothing to wait for. Destroying its id tells a peer that has
+            // not seen the connection established yet (a REJ).
             let now = self.now();
             self.destroy(Retiring {
                 conn,
                 id,
                 send_bufs,
-                _sinks: sinks,
+                sinks,
                 until: now,
             });
         }
     }
 
-    /// Destroys the QPs whose grace is over, once the CQs hold none of their flushed
-    /// completions (their receives are posted again).
+    /// Destroys the QPs whose grace is over, after draining the CQs (their flushed
+    /// receives are posted again; on a busy NI, up to `DRAIN_POLLS_MAX` polls).
     pub(super) fn destroy_retired(&mut self) {
         let now = self.now();
         if self.retiring.next_deadline().is_none_or(|d| d > now) {
@@ -166,16 +180,29 @@ impl RdmaLnd {
         }
     }
 
+    /// `lane`'s CQ must have room for a new QP's `slots` sends: failed connections' QPs
+    /// on it are destroyed early, oldest first, while they keep it from fitting.
+    pub(super) fn make_cq_room(&mut self, lane: Lane, slots: usize) {
+        while self.cq_in_use(lane) + slots > self.ctx.limits.max_cqe {
+            let on_lane = |r: &Retiring| r.conn.qp.as_ref().is_some_and(|q| q.cq_lane == lane);
+            let Some(i) = self.retiring.0.iter().position(on_lane) else {
+                return; // the live connections alone leave no room: `create_qp` says so
+            };
+            let oldest = self.retiring.0.remove(i).expect("found above");
+            self.destroy(oldest);
+        }
+    }
+
     /// Destroys the QP, then gives its send buffers back.
     fn destroy(&mut self, retiring: Retiring) {
         let Retiring {
             conn,
             send_bufs,
-            _sinks,
+            sinks,
             ..
         } = retiring;
         drop(conn);
-        drop(_sinks);
+        drop(sinks);
         for b in send_bufs {
             self.ctx.send_bufs.give(b);
         }

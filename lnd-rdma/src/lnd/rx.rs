@@ -110,8 +110,9 @@ impl RdmaLnd {
         if let Err(e) = recv.repost(buf) {
             tracing::warn!(%lane, "cannot post a shared receive again: {e}");
         }
-        // A completion of a QP since destroyed finds nothing (or, were its number reused
-        // at once, maybe another lane's QP, whose messages never come from this CQ).
+        // A completion of a failed connection's QP (flushed, or destroyed since) finds
+        // nothing (or, were its number reused at once, maybe another lane's QP, whose
+        // messages never come from this CQ).
         let Some(id) = self
             .qp_conns
             .get(&c.qp_num)

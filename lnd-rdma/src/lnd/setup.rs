@@ -71,6 +71,7 @@ impl RdmaLnd {
             cm,
             qp: None,
             auth: ConnAuth::Done,
+            receiving: false,
         };
         self.conns.dialled(id, peer, lane, conn, now);
     }
@@ -137,7 +138,7 @@ impl RdmaLnd {
                 }
             }
             CmEventKind::Established if dialled => {
-                self.set_rnr_wait(id);
+                self.now_receiving(id);
                 self.dial_answered(id, &ev.private_data)
             }
             CmEventKind::Established => {
@@ -160,11 +161,13 @@ impl RdmaLnd {
         }
     }
 
-    /// Connection `id`'s QP is in RTS (our dial was answered, or we accepted): it tells
-    /// peers whose message finds its shared receives empty to retry soon, not in
+    /// Connection `id`'s QP is in RTS (our dial was answered, or we accepted): it may
+    /// receive from now on (and so hold a shared receive when it fails: see `retire`). It
+    /// tells peers whose message finds its shared receives empty to retry soon, not in
     /// rdma_cm's 655 ms.
-    fn set_rnr_wait(&mut self, id: u32) {
-        if let Some(conn) = self.conns.get(id) {
+    fn now_receiving(&mut self, id: u32) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.receiving = true;
             if let Err(e) = conn.cm.set_min_rnr_timer(RNR_TIMER) {
                 tracing::warn!(id, "cannot set the RNR timer: {e}");
             }
@@ -247,7 +250,8 @@ impl RdmaLnd {
                 return self.fail(id, err(LndErrorKind::Refused, why));
             }
         }
-        // Our dial goes quietly (its QP with it); the peer's dial answers the request.
+        // Our dial goes quietly (its QP, which never received, with it); the peer's dial
+        // answers the request.
         let now = self.now();
         let lost = self.conns.lost_race(id, now);
         self.retire(lost);
@@ -335,6 +339,7 @@ impl RdmaLnd {
                     cm,
                     qp: None,
                     auth: ConnAuth::AwaitingProof(pending, hello),
+                    receiving: false,
                 };
                 self.conns.accepted(id, conn, now);
                 let mut answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
@@ -350,6 +355,7 @@ impl RdmaLnd {
             cm,
             qp: None,
             auth: ConnAuth::Done,
+            receiving: false,
         };
         self.conns.accepted(id, conn, now);
         match self.conns.incoming(id, hello, now) {
@@ -385,6 +391,7 @@ impl RdmaLnd {
         hello: &[u8],
         peer_msg: Option<usize>,
     ) -> Result<(), LndError> {
+        self.make_cq_room(lane, conn::send_slots(self.ctx.local.id.credits[lane]));
         let cq_in_use = self.cq_in_use(lane);
         let mut private = hello.to_vec();
         // Our receive buffers' size, unless the dialler said none: it has the default
@@ -403,7 +410,7 @@ impl RdmaLnd {
         if !self.conns.is_dialled(id) {
             // rdma_accept took the QP to RTS: the peer may send from now on (an
             // authenticating acceptor's ESTABLISHED may come after its first message).
-            self.set_rnr_wait(id);
+            self.now_receiving(id);
         }
         Ok(())
     }
