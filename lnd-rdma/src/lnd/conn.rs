@@ -223,6 +223,8 @@ pub(crate) struct OutRdv {
     /// The peer named its sink (SinkAck): the WRITE is under way, and any further SinkAck
     /// for it breaks the protocol (each would write the payload again, and queue).
     pub(crate) sink_acked: bool,
+    /// The rendezvous sweep it was offered in (see `stalled`).
+    pub(crate) stamp: u32,
 }
 
 /// A busy send slot: what for, and the send-pool buffer it holds (SENDs only).
@@ -590,6 +592,7 @@ impl Qp {
                 src,
                 mode,
                 sink_acked: false,
+                stamp: ctx.rdv_sweeps,
             },
         );
         let i = self.slot(SlotUse::Request);

@@ -49,6 +49,7 @@ impl RdmaLnd {
                     },
                 };
                 rdv.sink = Some(sink);
+                rdv.stamp = self.ctx.rdv_sweeps;
                 ctrl
             }
             Err(e) => {

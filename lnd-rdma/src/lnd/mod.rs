@@ -36,6 +36,7 @@ mod fetch;
 mod retire;
 mod rx;
 mod setup;
+mod stalled;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
@@ -133,6 +134,13 @@ pub struct RdmaConfig {
     /// to 64 KiB), and each connection uses the smaller of its two ends' (their HELLOs
     /// say). Default [`EAGER_MAX`] (4 KiB messages), or `LANET_RDMA_EAGER_MAX`.
     pub eager_max: usize,
+    /// How long a peer may leave a payload deferred between us unfinished (name no sink for
+    /// ours, or not finish its READ of it; or not WRITE into the sink we named) before
+    /// the connection is failed, with everything it held (LNet's o2iblnd does the same
+    /// with its `timeout`). Without it, a peer that answers PINGs but never finishes
+    /// would hold the connection's deferred sends, and our sinks, for good. Default 30 s:
+    /// above any operation's timeout, so only a stuck peer is cut off.
+    pub rendezvous_timeout: Duration,
     /// Keys to authenticate connections with, and which to accept (with
     /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
     pub auth: Auth,
@@ -156,6 +164,7 @@ impl RdmaConfig {
             send_pool_bytes: SEND_POOL_BYTES,
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             check_source_address: true,
+            rendezvous_timeout: Duration::from_secs(30),
             auth: cfg.auth.clone(),
         }
     }
@@ -188,6 +197,9 @@ pub(crate) struct Ctx {
     pub(crate) send_reg_failed: bool,
     /// Times it failed (said at the first and every thousandth).
     pub(crate) send_reg_failures: u64,
+    /// Sweeps of the rendezvous deadlines so far: a deferred payload is stamped with it,
+    /// and times out some sweeps later (see `stalled`).
+    pub(crate) rdv_sweeps: u32,
     /// Each lane's shared receive queue, shared by that lane's connections.
     pub(crate) recv: PerLane<SharedRecv>,
     pub(crate) cache: RegCache<SourceMr>,
@@ -206,6 +218,8 @@ struct InRdv {
     source: RemoteBuf,
     /// Registered once the core fetches it.
     sink: Option<SinkMr>,
+    /// The rendezvous sweep it was offered, or its fetch began, in (see `stalled`).
+    stamp: u32,
 }
 
 /// Entries each lane's CQ starts with, beside its receives; it grows when its queue pairs
@@ -292,6 +306,10 @@ pub struct RdmaLnd {
     passes: u32,
     /// When `housekeeping` last ran.
     housekept_at: Time,
+    /// When the rendezvous deadlines were last swept (see `stalled`).
+    rdv_swept_at: Time,
+    /// See [`RdmaConfig::rendezvous_timeout`].
+    rendezvous_timeout: Duration,
     wcs: Vec<Completion>,
     poll: mio::Poll,
     mio_events: mio::Events,
@@ -430,6 +448,7 @@ impl RdmaLnd {
                 send_bufs: BufPool::new(msg_size, 64, (cfg.send_pool_bytes / msg_size).max(1)),
                 send_reg_failed: false,
                 send_reg_failures: 0,
+                rdv_sweeps: 0,
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
@@ -452,6 +471,8 @@ impl RdmaLnd {
             next_handle: 1,
             passes: 0,
             housekept_at: Time::ZERO,
+            rdv_swept_at: Time::ZERO,
+            rendezvous_timeout: cfg.rendezvous_timeout,
             wcs: Vec::with_capacity(32),
             poll,
             mio_events: mio::Events::with_capacity(8),
@@ -464,8 +485,9 @@ impl RdmaLnd {
         })
     }
 
-    /// How many completions `lane`'s CQ holds now. It grows (to twice what the queue pairs,
-    /// failed ones still flushing included, may need) when a new queue pair would not fit, and never shrinks.
+    /// How many completions `lane`'s CQ holds now. It grows (to twice what the queue
+    /// pairs, failed ones still flushing included, may need) when a new queue pair would
+    /// not fit, and never shrinks.
     pub fn cq_entries(&self, lane: Lane) -> usize {
         self.ctx.cq[lane].capacity()
     }
@@ -700,16 +722,18 @@ impl RdmaLnd {
             }
         }
         self.destroy_retired();
+        self.sweep_rendezvous(now);
         Ok(())
     }
 
-    /// When housekeeping has work: a handshake's deadline, or a failed connection's QP to
-    /// destroy.
-    fn next_deadline(&self) -> Option<Time> {
-        match (self.conns.next_deadline(), self.retiring.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// When housekeeping has work: a handshake's deadline, a failed connection's QP to
+    /// destroy, or the next sweep of the rendezvous deadlines (a sleeping NI wakes for it
+    /// once every few seconds).
+    fn next_deadline(&self) -> Time {
+        [self.conns.next_deadline(), self.retiring.next_deadline()]
+            .into_iter()
+            .flatten()
+            .fold(self.next_rendezvous_sweep(), Time::min)
     }
 
     /// Arms the CQs and sleeps until a completion, an rdma_cm event, a wake-up or the
@@ -724,11 +748,8 @@ impl RdmaLnd {
             return Ok(false);
         }
         let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
-        let housekeeping = self.next_deadline().map(|d| d.saturating_since(self.now()));
-        let timeout = match (timeout, housekeeping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let housekeeping = self.next_deadline().saturating_since(self.now());
+        let timeout = Some(timeout.map_or(housekeeping, |t| t.min(housekeeping)));
         match self.poll.poll(&mut self.mio_events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -845,8 +866,8 @@ impl Lnd for RdmaLnd {
         if work {
             return Readiness::Ready;
         }
-        let deadline = self.next_deadline().map(|d| d.saturating_since(self.now()));
-        Readiness::Sleep(deadline)
+        let deadline = self.next_deadline().saturating_since(self.now());
+        Readiness::Sleep(Some(deadline))
     }
 
     fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {

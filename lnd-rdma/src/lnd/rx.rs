@@ -199,6 +199,7 @@ impl RdmaLnd {
                         mode,
                         source: prefix.remote,
                         sink: None,
+                        stamp: self.ctx.rdv_sweeps,
                     },
                 );
                 let len = prefix.remote.len;
