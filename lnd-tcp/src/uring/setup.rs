@@ -110,7 +110,12 @@ impl Uring {
         u.arm_accept();
         u.arm_wake();
         if u.enabled {
-            u.ring.submit()?;
+            if let Err(e) = u.ring.submit() {
+                // Our listener is a clone of the one the caller falls back to epoll with:
+                // dropped without the shutdown `Drop` gives it, which would stop both.
+                u.listener = None;
+                return Err(e);
+            }
         }
         Ok(u)
     }
