@@ -382,8 +382,9 @@ fn vm_driver_fails_a_connection_whose_peer_leaves_a_rendezvous_unfinished() {
     let (mut a, mut b) = (bind(an), bind(bn));
     let mut seen = connect_lane(&mut a, &mut b, bn, Lane::Data);
     a.post(frame(an, bn, PUT, pattern(1 << 20, 3), 1));
-    run_until(&mut a, &mut b, &mut seen, |s| sent(&s[0], 1).is_some());
-    assert!(offer(&seen[1]).is_some(), "b was offered the payload");
+    run_until(&mut a, &mut b, &mut seen, |s| {
+        sent(&s[0], 1).is_some() && offer(&s[1]).is_some()
+    });
     let result = sent(&seen[0], 1).unwrap();
     assert!(matches!(result, Err(e) if e.kind == TimedOut), "{result:?}");
     assert!(
@@ -420,6 +421,8 @@ fn vm_driver_fails_a_connection_whose_peer_leaves_a_rendezvous_unfinished() {
         matches!(&result, Err(e) if e.kind == TimedOut),
         "{result:?}"
     );
+    // c first: dropped after d, it would WRITE into d's sink, gone with d.
+    drop(c);
 }
 
 #[test]

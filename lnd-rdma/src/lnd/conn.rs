@@ -223,8 +223,6 @@ pub(crate) struct OutRdv {
     /// The peer named its sink (SinkAck): the WRITE is under way, and any further SinkAck
     /// for it breaks the protocol (each would write the payload again, and queue).
     pub(crate) sink_acked: bool,
-    /// The rendezvous sweep it was offered in (see `stalled`).
-    pub(crate) stamp: u32,
 }
 
 /// A busy send slot: what for, and the send-pool buffer it holds (SENDs only).
@@ -243,6 +241,8 @@ pub(crate) struct Qp {
     next_cookie: u64,
     /// The peer's deferred payloads not yet finished here.
     pub(crate) incoming: usize,
+    /// The rendezvous sweep of the last step of any rendezvous on it (see `stalled`).
+    pub(crate) rdv_progress: u32,
     /// The lane whose CQ and shared receive queue it uses. Its sends may need as many of
     /// the CQ's entries as it has slots, while it exists (counted from the QPs that exist,
     /// failed ones still flushing included, so none can leak).
@@ -267,7 +267,7 @@ pub(crate) struct Conn {
     pub(crate) auth: ConnAuth,
     /// Its QP has been ready to receive (we accepted, or our dial was answered): when the
     /// connection fails, it may hold a shared receive (see `retire`).
-    pub(crate) receiving: bool,
+    pub(crate) reached_rts: bool,
 }
 
 /// Where a connection's authentication stands (see `setup`).
@@ -314,6 +314,7 @@ impl Conn {
             out: FxHashMap::default(),
             next_cookie: 1,
             incoming: 0,
+            rdv_progress: ctx.rdv_sweeps,
             cq_lane: lane,
             eager_max: EAGER_MAX,
             waiting_for_buf: false,
@@ -429,6 +430,11 @@ impl Qp {
     /// buffers and ours go inside the message.
     pub(crate) fn set_peer_msg_size(&mut self, peer_msg_size: usize, ctx: &Ctx) {
         self.eager_max = conn_eager_max(peer_msg_size, ctx.send_bufs.buf_size());
+    }
+
+    /// A step of one of its rendezvous: the stall clock starts again (see `stalled`).
+    pub(crate) fn rdv_step(&mut self, ctx: &Ctx) {
+        self.rdv_progress = ctx.rdv_sweeps;
     }
 
     /// Work requests its send queue holds.
@@ -585,6 +591,8 @@ impl Qp {
             ),
             Mode::Read => (Kind::ReadReq, src.remote()),
         };
+        self.rdv_progress = ctx.rdv_sweeps;
+        ctx.rdv_idle = false;
         self.out.insert(
             cookie,
             OutRdv {
@@ -592,7 +600,6 @@ impl Qp {
                 src,
                 mode,
                 sink_acked: false,
-                stamp: ctx.rdv_sweeps,
             },
         );
         let i = self.slot(SlotUse::Request);

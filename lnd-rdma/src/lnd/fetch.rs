@@ -49,7 +49,6 @@ impl RdmaLnd {
                     },
                 };
                 rdv.sink = Some(sink);
-                rdv.stamp = self.ctx.rdv_sweeps;
                 ctrl
             }
             Err(e) => {
@@ -65,7 +64,10 @@ impl RdmaLnd {
             .conns
             .get_mut(id)
             .expect("offers go with their connection");
-        conn.qp.as_mut().expect("up").ctrl.push_back(ctrl);
+        let qp = conn.qp.as_mut().expect("up");
+        qp.ctrl.push_back(ctrl);
+        qp.rdv_step(&self.ctx);
+        self.ctx.rdv_idle = false;
         self.pump(id);
     }
 

@@ -24,7 +24,8 @@
 //!   connection: everything it owed (queued, posted, deferred) completes with the error at
 //!   once. Its QP goes to the error state and is destroyed a moment later, once the adapter
 //!   has given back the shared receives it held (see `retire`), before any memory it could
-//!   still touch is released.
+//!   still touch is released. So does a connection whose deferred payloads make no step
+//!   for `rendezvous_timeout` (see `stalled`).
 //!   DEVICE_REMOVAL (the device removed, or reset by its driver) fails the whole NI: every
 //!   poll from then on returns the error, and the core fails what the NI held. Verbs'
 //!   asynchronous events are not read: a fatal QP error shows as error completions, and
@@ -134,12 +135,15 @@ pub struct RdmaConfig {
     /// to 64 KiB), and each connection uses the smaller of its two ends' (their HELLOs
     /// say). Default [`EAGER_MAX`] (4 KiB messages), or `LANET_RDMA_EAGER_MAX`.
     pub eager_max: usize,
-    /// How long a peer may leave a payload deferred between us unfinished (name no sink for
-    /// ours, or not finish its READ of it; or not WRITE into the sink we named) before
-    /// the connection is failed, with everything it held (LNet's o2iblnd does the same
-    /// with its `timeout`). Without it, a peer that answers PINGs but never finishes
-    /// would hold the connection's deferred sends, and our sinks, for good. Default 30 s:
-    /// above any operation's timeout, so only a stuck peer is cut off.
+    /// How long the payloads deferred on a connection (ours the peer is to take, or
+    /// theirs we fetch) may make no step at all (no sink named, no READ or WRITE
+    /// finished, no DONE) before the connection is failed, with everything it held:
+    /// between five sixths of it and all of it (see `stalled`). LNet's o2iblnd does the
+    /// same with its `timeout`. Without it, a peer that answers PINGs but never takes a
+    /// payload would hold the connection's deferred sends, and our sinks, for good.
+    /// Default: three times the node's `op_timeout`, and at least 30 s, so that a peer
+    /// is cut off only well after the operations waiting on it have ended.
+    /// `Duration::MAX` never times out.
     pub rendezvous_timeout: Duration,
     /// Keys to authenticate connections with, and which to accept (with
     /// [`Accept::DialOnly`](lanet::handshake::auth::Accept::DialOnly), the NI does not listen).
@@ -164,7 +168,7 @@ impl RdmaConfig {
             send_pool_bytes: SEND_POOL_BYTES,
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             check_source_address: true,
-            rendezvous_timeout: Duration::from_secs(30),
+            rendezvous_timeout: (3 * cfg.op_timeout).max(Duration::from_secs(30)),
             auth: cfg.auth.clone(),
         }
     }
@@ -197,9 +201,12 @@ pub(crate) struct Ctx {
     pub(crate) send_reg_failed: bool,
     /// Times it failed (said at the first and every thousandth).
     pub(crate) send_reg_failures: u64,
-    /// Sweeps of the rendezvous deadlines so far: a deferred payload is stamped with it,
-    /// and times out some sweeps later (see `stalled`).
+    /// Sweeps of the rendezvous deadlines so far: each step of a connection's rendezvous
+    /// records it (see `stalled`).
     pub(crate) rdv_sweeps: u32,
+    /// The last sweep found no rendezvous under way, and none began since: a sleeping NI
+    /// need not wake for the next.
+    pub(crate) rdv_idle: bool,
     /// Each lane's shared receive queue, shared by that lane's connections.
     pub(crate) recv: PerLane<SharedRecv>,
     pub(crate) cache: RegCache<SourceMr>,
@@ -218,8 +225,6 @@ struct InRdv {
     source: RemoteBuf,
     /// Registered once the core fetches it.
     sink: Option<SinkMr>,
-    /// The rendezvous sweep it was offered, or its fetch began, in (see `stalled`).
-    stamp: u32,
 }
 
 /// Entries each lane's CQ starts with, beside its receives; it grows when its queue pairs
@@ -449,6 +454,7 @@ impl RdmaLnd {
                 send_reg_failed: false,
                 send_reg_failures: 0,
                 rdv_sweeps: 0,
+                rdv_idle: true,
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
@@ -727,13 +733,17 @@ impl RdmaLnd {
     }
 
     /// When housekeeping has work: a handshake's deadline, a failed connection's QP to
-    /// destroy, or the next sweep of the rendezvous deadlines (a sleeping NI wakes for it
-    /// once every few seconds).
-    fn next_deadline(&self) -> Time {
-        [self.conns.next_deadline(), self.retiring.next_deadline()]
-            .into_iter()
-            .flatten()
-            .fold(self.next_rendezvous_sweep(), Time::min)
+    /// destroy, or, while payloads are deferred, the next sweep of their deadlines.
+    fn next_deadline(&self) -> Option<Time> {
+        let sweep = (!self.ctx.rdv_idle).then(|| self.next_rendezvous_sweep());
+        [
+            self.conns.next_deadline(),
+            self.retiring.next_deadline(),
+            sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Arms the CQs and sleeps until a completion, an rdma_cm event, a wake-up or the
@@ -748,8 +758,11 @@ impl RdmaLnd {
             return Ok(false);
         }
         let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
-        let housekeeping = self.next_deadline().saturating_since(self.now());
-        let timeout = Some(timeout.map_or(housekeeping, |t| t.min(housekeeping)));
+        let housekeeping = self.next_deadline().map(|d| d.saturating_since(self.now()));
+        let timeout = match (timeout, housekeeping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match self.poll.poll(&mut self.mio_events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -866,8 +879,8 @@ impl Lnd for RdmaLnd {
         if work {
             return Readiness::Ready;
         }
-        let deadline = self.next_deadline().saturating_since(self.now());
-        Readiness::Sleep(Some(deadline))
+        let deadline = self.next_deadline().map(|d| d.saturating_since(self.now()));
+        Readiness::Sleep(deadline)
     }
 
     fn fetch(&mut self, handle: RxHandle, sink: bytes::BytesMut) {

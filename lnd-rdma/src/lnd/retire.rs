@@ -130,7 +130,7 @@ impl RdmaLnd {
             }
         }
         self.buf_waiters.retain(|w| *w != id);
-        if conn.receiving && conn.cm.shut_down() {
+        if conn.reached_rts && conn.cm.shut_down() {
             let until = self.now() + RETIRE_GRACE;
             self.retiring.0.push_back(Retiring {
                 conn,
@@ -181,14 +181,31 @@ impl RdmaLnd {
     }
 
     /// `lane`'s CQ must have room for a new QP's `slots` sends: failed connections' QPs
-    /// on it are destroyed early, oldest first, while they keep it from fitting.
+    /// on it are destroyed early, oldest first, while they keep it from fitting. The CQs
+    /// are drained first: entries a destroyed QP left there would no longer be counted.
+    /// (Called from rdma_cm events, in housekeeping, not from CQ processing.)
     pub(super) fn make_cq_room(&mut self, lane: Lane, slots: usize) {
-        while self.cq_in_use(lane) + slots > self.ctx.limits.max_cqe {
-            let on_lane = |r: &Retiring| r.conn.qp.as_ref().is_some_and(|q| q.cq_lane == lane);
-            let Some(i) = self.retiring.0.iter().position(on_lane) else {
+        let mut in_use = self.cq_in_use(lane);
+        if in_use + slots <= self.ctx.limits.max_cqe {
+            return;
+        }
+        if let Err(e) = self.drain_cqs() {
+            tracing::warn!("draining the CQs before destroying queue pairs: {e}");
+        }
+        // The CQ entries a flushing QP on `lane` may need.
+        let needs = |r: &Retiring| {
+            r.conn
+                .qp
+                .as_ref()
+                .filter(|q| q.cq_lane == lane)
+                .map(|q| q.send_slots())
+        };
+        while in_use + slots > self.ctx.limits.max_cqe {
+            let Some(i) = self.retiring.0.iter().position(|r| needs(r).is_some()) else {
                 return; // the live connections alone leave no room: `create_qp` says so
             };
             let oldest = self.retiring.0.remove(i).expect("found above");
+            in_use -= needs(&oldest).expect("on this lane");
             self.destroy(oldest);
         }
     }

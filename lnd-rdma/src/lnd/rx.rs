@@ -199,7 +199,6 @@ impl RdmaLnd {
                         mode,
                         source: prefix.remote,
                         sink: None,
-                        stamp: self.ctx.rdv_sweeps,
                     },
                 );
                 let len = prefix.remote.len;
@@ -220,6 +219,7 @@ impl RdmaLnd {
             .get_mut(id)
             .and_then(|c| c.qp.as_mut())
             .expect("checked by the caller");
+        qp.rdv_step(&self.ctx);
         match p.kind {
             Kind::SinkAck | Kind::ReadDone => {
                 let want = if p.kind == Kind::SinkAck {
@@ -320,8 +320,9 @@ impl RdmaLnd {
                     false => self.quiet.push(done),
                 }
             }
-            SlotUse::Request | SlotUse::Ctrl | SlotUse::Write { .. } => {}
+            SlotUse::Request | SlotUse::Ctrl | SlotUse::Write { .. } => qp.rdv_step(&self.ctx),
             SlotUse::WriteDone(cookie) => {
+                qp.rdv_step(&self.ctx);
                 if let Some(rdv) = qp.out.remove(&cookie) {
                     self.ctx.events.push(LndEvent::SendComplete {
                         token: rdv.token,
@@ -329,7 +330,10 @@ impl RdmaLnd {
                     });
                 }
             }
-            SlotUse::Read(handle) => self.read_done(id, handle),
+            SlotUse::Read(handle) => {
+                qp.rdv_step(&self.ctx);
+                self.read_done(id, handle)
+            }
         }
         // Those waiting for a send buffer before this connection's own queue.
         self.pump_buf_waiters();

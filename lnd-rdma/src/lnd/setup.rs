@@ -71,7 +71,7 @@ impl RdmaLnd {
             cm,
             qp: None,
             auth: ConnAuth::Done,
-            receiving: false,
+            reached_rts: false,
         };
         self.conns.dialled(id, peer, lane, conn, now);
     }
@@ -138,7 +138,7 @@ impl RdmaLnd {
                 }
             }
             CmEventKind::Established if dialled => {
-                self.now_receiving(id);
+                self.on_rts(id);
                 self.dial_answered(id, &ev.private_data)
             }
             CmEventKind::Established => {
@@ -165,9 +165,9 @@ impl RdmaLnd {
     /// receive from now on (and so hold a shared receive when it fails: see `retire`). It
     /// tells peers whose message finds its shared receives empty to retry soon, not in
     /// rdma_cm's 655 ms.
-    fn now_receiving(&mut self, id: u32) {
+    fn on_rts(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id) {
-            conn.receiving = true;
+            conn.reached_rts = true;
             if let Err(e) = conn.cm.set_min_rnr_timer(RNR_TIMER) {
                 tracing::warn!(id, "cannot set the RNR timer: {e}");
             }
@@ -339,7 +339,7 @@ impl RdmaLnd {
                     cm,
                     qp: None,
                     auth: ConnAuth::AwaitingProof(pending, hello),
-                    receiving: false,
+                    reached_rts: false,
                 };
                 self.conns.accepted(id, conn, now);
                 let mut answer = local.encode_compact_answer(peer, HelloStatus::Ok, Some(&reply));
@@ -355,7 +355,7 @@ impl RdmaLnd {
             cm,
             qp: None,
             auth: ConnAuth::Done,
-            receiving: false,
+            reached_rts: false,
         };
         self.conns.accepted(id, conn, now);
         match self.conns.incoming(id, hello, now) {
@@ -410,7 +410,7 @@ impl RdmaLnd {
         if !self.conns.is_dialled(id) {
             // rdma_accept took the QP to RTS: the peer may send from now on (an
             // authenticating acceptor's ESTABLISHED may come after its first message).
-            self.now_receiving(id);
+            self.on_rts(id);
         }
         Ok(())
     }
