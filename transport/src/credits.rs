@@ -39,21 +39,16 @@ pub struct LaneCredits {
 }
 
 impl LaneCredits {
-    /// `peer_offered`: from the peer's HELLO; `we_offered`: from ours. We have at most as
-    /// many frames in flight to a peer as we offer it (LNet's `peer_tx_credits` are the
-    /// node's own `peer_credits`; o2iblnd's queue depth is the smaller of its two ends'):
-    /// a peer offering thousands and reading nothing would otherwise hold every NI
-    /// credit, and stall every other peer of the NI.
+    /// `peer_offered`: from the peer's HELLO; `we_offered`: from ours.
     pub fn new(peer_offered: u16, we_offered: u16, hiw: u16) -> Self {
-        let tx_max = peer_offered.min(we_offered.max(1));
         LaneCredits {
-            tx: tx_max,
-            tx_max,
+            tx: peer_offered,
+            tx_max: peer_offered,
             rx_offered: we_offered,
             owed: 0,
             held: 0,
             hiw: hiw.clamp(1, we_offered.max(1)),
-            tx_low: tx_max,
+            tx_low: peer_offered,
         }
     }
 
@@ -71,7 +66,7 @@ impl LaneCredits {
         true
     }
 
-    /// The most we may have in flight to the peer: its offer, or ours if smaller.
+    /// Credits the peer offered us: the most we may have in flight to it.
     pub fn max(&self) -> u16 {
         self.tx_max
     }

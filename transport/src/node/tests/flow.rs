@@ -166,24 +166,6 @@ fn ni_credits_bound_frames_in_flight_across_peers() {
     assert_eq!(drain(&mut n)[0].header.dst, nid(B));
 }
 
-/// A peer offering far more credits than we offer it gets no more frames in flight than
-/// we offer (8 here): reading nothing, it cannot take the NI's other credits from C.
-#[test]
-fn a_peer_offering_many_credits_holds_no_more_than_we_offer() {
-    let mut c = cfg();
-    c.lanes[Lane::Data].ni_credits = 16;
-    let mut n = node_with(c);
-    connected(&mut n, B, Lane::Data, 1000, 7);
-    connected(&mut n, C, Lane::Data, 8, 7);
-    for i in 0..100 {
-        n.put(t(0), OpId(i), put(B, b"b")).unwrap();
-    }
-    n.put(t(0), OpId(100), put(C, b"c")).unwrap();
-    let sent = drain(&mut n);
-    let to = |peer| sent.iter().filter(|s| s.header.dst == nid(peer)).count();
-    assert_eq!((to(B), to(C)), (8, 1));
-}
-
 #[test]
 fn health_frames_leave_before_queued_data() {
     let mut n = node();
