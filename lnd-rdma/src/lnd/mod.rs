@@ -136,8 +136,8 @@ pub struct RdmaConfig {
     /// say). Default [`EAGER_MAX`] (4 KiB messages), or `LANET_RDMA_EAGER_MAX`.
     pub eager_max: usize,
     /// How long the payloads deferred on a connection (ours the peer is to take, or
-    /// theirs we fetch) may make no step at all (no sink named, no READ or WRITE
-    /// finished, no DONE) before the connection is failed, with everything it held:
+    /// theirs we fetch) may make no step at all (a request or fetch begun, a sink named,
+    /// a READ or WRITE finished, a DONE) before the connection is failed, with everything it held:
     /// between five sixths of it and all of it (see `stalled`). LNet's o2iblnd does the
     /// same with its `timeout`. Without it, a peer that answers PINGs but never takes a
     /// payload would hold the connection's deferred sends, and our sinks, for good.
@@ -168,7 +168,10 @@ impl RdmaConfig {
             send_pool_bytes: SEND_POOL_BYTES,
             max_pending_accepts: lanet::config::DEFAULT_PENDING_ACCEPTS_RDMA,
             check_source_address: true,
-            rendezvous_timeout: (3 * cfg.op_timeout).max(Duration::from_secs(30)),
+            rendezvous_timeout: cfg
+                .op_timeout
+                .saturating_mul(3)
+                .max(Duration::from_secs(30)),
             auth: cfg.auth.clone(),
         }
     }
@@ -685,8 +688,8 @@ impl RdmaLnd {
         }
     }
 
-    /// The rare work: rdma_cm events, handshake deadlines, and destroying failed
-    /// connections' QPs once they have flushed. Each costs system calls, so
+    /// The rare work: rdma_cm events, handshake deadlines, destroying failed connections'
+    /// QPs once they have flushed, and sweeping the rendezvous deadlines. Each costs system calls, so
     /// it is never on the per-message path: the spinning loop does it every
     /// [`HOUSEKEEPING_PASSES`] passes and after sleeping, a poll that does not wait once
     /// [`HOUSEKEEPING_EVERY`] has passed since the last, and `prepare_wait` before a

@@ -185,14 +185,14 @@ impl RdmaLnd {
     /// are drained first: entries a destroyed QP left there would no longer be counted.
     /// (Called from rdma_cm events, in housekeeping, not from CQ processing.)
     pub(super) fn make_cq_room(&mut self, lane: Lane, slots: usize) {
-        let mut in_use = self.cq_in_use(lane);
-        if in_use + slots <= self.ctx.limits.max_cqe {
+        if self.cq_in_use(lane) + slots <= self.ctx.limits.max_cqe {
             return;
         }
         if let Err(e) = self.drain_cqs() {
             tracing::warn!("draining the CQs before destroying queue pairs: {e}");
         }
-        // The CQ entries a flushing QP on `lane` may need.
+        let mut in_use = self.cq_in_use(lane); // the drain may have destroyed some
+                                               // The CQ entries a flushing QP on `lane` may need.
         let needs = |r: &Retiring| {
             r.conn
                 .qp

@@ -320,7 +320,10 @@ impl RdmaLnd {
                     false => self.quiet.push(done),
                 }
             }
-            SlotUse::Request | SlotUse::Ctrl | SlotUse::Write { .. } => qp.rdv_step(&self.ctx),
+            // Not a driver message: it may be our refusal of the peer's payload, which
+            // is no step of anything under way.
+            SlotUse::Request | SlotUse::Write { .. } => qp.rdv_step(&self.ctx),
+            SlotUse::Ctrl => {}
             SlotUse::WriteDone(cookie) => {
                 qp.rdv_step(&self.ctx);
                 if let Some(rdv) = qp.out.remove(&cookie) {

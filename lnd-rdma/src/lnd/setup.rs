@@ -401,7 +401,11 @@ impl RdmaLnd {
             let ours = self.ctx.recv[lane].buf_size();
             set_compact_rx_msg_kib(&mut private, conn::msg_kib(ours));
         }
-        let conn = self.conns.get_mut(id).expect("the caller found it");
+        // Making room drains the CQs, whose completions may have ended this connection
+        // (a dial that lost its race to the peer's, proved by an AUTH drained).
+        let Some(conn) = self.conns.get_mut(id) else {
+            return Ok(());
+        };
         conn.create_qp(lane, cq_in_use, peer_msg, &mut self.ctx)?;
         if let Some(num) = conn.cm.qp_num() {
             self.qp_conns.insert(num, (id, lane));

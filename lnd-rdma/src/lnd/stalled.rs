@@ -8,7 +8,9 @@
 //! [`RdmaConfig::rendezvous_timeout`] is failed, and with it everything it held, as
 //! o2iblnd does with a transmit past its `timeout`. What counts is the connection's last
 //! step, not each payload's age: a peer working through many large payloads one after
-//! another on a slow link is making progress, however long the last one waited.
+//! another on a slow link is making progress, however long the last one waited. The price:
+//! one payload the peer forgets while others move holds its token and one of the
+//! `RDV_MAX` places until the others stop too (then the connection goes).
 //!
 //! The deadlines cost the data path a store per step: each records the current sweep's
 //! number in its connection, and housekeeping sweeps [`RDV_SWEEPS`] times a timeout,

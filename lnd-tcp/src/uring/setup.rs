@@ -112,8 +112,11 @@ impl Uring {
         if u.enabled {
             if let Err(e) = u.ring.submit() {
                 // Our listener is a clone of the one the caller falls back to epoll with:
-                // dropped without the shutdown `Drop` gives it, which would stop both.
-                u.listener = None;
+                // it goes without the shutdown `Drop` gives it, which would stop both,
+                // and after the ring, whose queued ACCEPT still names it.
+                let listener = u.listener.take();
+                drop(u);
+                drop(listener);
                 return Err(e);
             }
         }
