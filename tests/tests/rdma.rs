@@ -410,12 +410,9 @@ fn vm_driver_fails_a_connection_whose_peer_leaves_a_rendezvous_unfinished() {
             _ => None,
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fetched(&seen[1]).is_none() {
-        assert!(Instant::now() < deadline, "{}", kinds(&seen[1]));
-        d.poll(&mut seen[1], Some(Duration::from_millis(1)))
-            .unwrap();
-    }
+    poll_alone_until(&mut d, &mut seen[1], "the fetch never ended", |evs| {
+        fetched(evs).is_some()
+    });
     let result = fetched(&seen[1]).unwrap();
     assert!(
         matches!(&result, Err(e) if e.kind == TimedOut),
@@ -1210,6 +1207,21 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// Polls one driver alone until `done` holds for what it has said, for up to a minute;
+/// a failure says `what` and what happened.
+fn poll_alone_until(
+    lnd: &mut RdmaLnd,
+    events: &mut Vec<LndEvent>,
+    what: &str,
+    done: impl Fn(&[LndEvent]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(events) {
+        assert!(Instant::now() < deadline, "{what}: {}", kinds(events));
+        lnd.poll(events, Some(Duration::from_millis(1))).unwrap();
+    }
+}
+
 /// What happened, without the payloads.
 fn kinds(events: &[LndEvent]) -> String {
     let kinds: Vec<String> = events
@@ -1252,38 +1264,22 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
             .expect("the streaming child");
         // Killed and reaped however the round ends.
         let mut child = KilledOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
         let from_client = |evs: &[LndEvent]| {
             evs.iter()
                 .filter(|e| matches!(e, LndEvent::Received { peer, .. } if *peer == client))
                 .count()
         };
-        while from_client(&events) < 3 {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: a lane that lost its receive takes nothing more? {}",
-                kinds(&events)
-            );
-            server
-                .poll(&mut events, Some(Duration::from_millis(1)))
-                .unwrap();
-        }
+        let starved = format!("round {round}: a lane that lost its receive takes nothing more?");
+        poll_alone_until(&mut server, &mut events, &starved, |evs| {
+            from_client(evs) >= 3
+        });
         child.0.kill().expect("kill the child");
         child.0.wait().expect("reap the child");
         let gone = |evs: &[LndEvent]| {
             evs.iter()
                 .any(|e| matches!(e, LndEvent::Disconnected { peer, .. } if *peer == client))
         };
-        while !gone(&events) {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: {}",
-                kinds(&events)
-            );
-            server
-                .poll(&mut events, Some(Duration::from_millis(1)))
-                .unwrap();
-        }
+        poll_alone_until(&mut server, &mut events, &format!("round {round}"), gone);
         events.clear();
     }
     // A peer that lives: all its frames arrive.
