@@ -142,14 +142,18 @@ fn vm_a_router_between_o2ib_and_tcp_forwards_puts_and_gets_both_ways() {
 
 // ---- The driver alone ----
 
+/// The node's defaults for an NI at `nid`, its port the incarnation (unique per test).
+fn config_for(nid: Nid) -> RdmaConfig {
+    let port = nid.socket_addr(0).unwrap().port();
+    RdmaConfig::for_node(&NodeConfig::new(u64::from(port)))
+}
+
 fn lnd(nid: Nid) -> RdmaLnd {
     assert!(
         std::env::var_os(IN_RXE_VM).is_some(),
         "runs inside the soft-RoCE VM only"
     );
-    let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(
-        nid.socket_addr(0).unwrap().port(),
-    )));
+    let mut cfg = config_for(nid);
     cfg.max_payload = 16 << 20;
     RdmaLnd::bind(nid, cfg).expect("the RDMA LND on rxe0")
 }
@@ -361,8 +365,7 @@ fn vm_driver_keeps_a_fetch_going_when_its_payload_is_fetched_again_or_declined()
 fn vm_driver_fails_a_connection_whose_peer_leaves_a_rendezvous_unfinished() {
     use lanet::lnd::LndErrorKind::TimedOut;
     let bind = |nid: Nid| {
-        let port = nid.socket_addr(0).unwrap().port();
-        let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(port)));
+        let mut cfg = config_for(nid);
         cfg.max_payload = 16 << 20;
         cfg.rendezvous_timeout = Duration::from_millis(600);
         RdmaLnd::bind(nid, cfg).expect("the RDMA LND on rxe0")
@@ -569,9 +572,7 @@ fn keyed_lnd_with(nid: Nid, key: Option<&str>, tune: impl FnOnce(&mut RdmaConfig
         std::env::var_os(IN_RXE_VM).is_some(),
         "runs inside the soft-RoCE VM only"
     );
-    let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(
-        nid.socket_addr(0).unwrap().port(),
-    )));
+    let mut cfg = config_for(nid);
     cfg.auth = match key {
         Some(k) => Auth::new(Some(Keys::parse(k).unwrap()), None).unwrap(),
         None => Auth::open(),
@@ -1146,8 +1147,8 @@ const STREAM_ENV: &str = "LANET_TEST_STREAM";
 /// The settings of the streaming test's two ends: 64 KiB messages, 59 packets each at
 /// rxe's 1 KiB MTU (so that a sender stalled at rxe's 128 unacknowledged packets stops
 /// in the middle of one), and a data lane with `pool` shared receives.
-fn streaming_config(port: u16, pool: usize) -> RdmaConfig {
-    let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(port)));
+fn streaming_config(nid: Nid, pool: usize) -> RdmaConfig {
+    let mut cfg = config_for(nid);
     cfg.eager_max = 64 << 10;
     cfg.recv_pools[Lane::Data] = lanet_lnd_rdma::RecvPool {
         initial: pool,
@@ -1167,11 +1168,7 @@ fn stream_until_killed() {
     };
     let (from, to) = nids.split_once(' ').expect("FROM TO");
     let (from, to): (Nid, Nid) = (from.parse().unwrap(), to.parse().unwrap());
-    let mut lnd = RdmaLnd::bind(
-        from,
-        streaming_config(from.socket_addr(0).unwrap().port(), 4),
-    )
-    .expect("the RDMA LND on rxe0");
+    let mut lnd = RdmaLnd::bind(from, streaming_config(from, 4)).expect("the RDMA LND on rxe0");
     lnd.connect(to, Lane::Data);
     let (mut events, mut up, mut posted, mut ended) = (Vec::new(), false, 0u64, 0u64);
     loop {
@@ -1246,8 +1243,8 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
     const POOL: usize = 1;
     const ROUNDS: u16 = 12;
     let server_nid: Nid = "10.0.2.15:8601@o2ib".parse().unwrap();
-    let mut server =
-        RdmaLnd::bind(server_nid, streaming_config(8601, POOL)).expect("the RDMA LND on rxe0");
+    let mut server = RdmaLnd::bind(server_nid, streaming_config(server_nid, POOL))
+        .expect("the RDMA LND on rxe0");
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut events = Vec::new();
     for round in 0..ROUNDS {
@@ -1286,7 +1283,7 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
     let client: Nid = "10.0.2.16:8650@o2ib".parse().unwrap();
     let mut lnds = vec![
         server,
-        RdmaLnd::bind(client, streaming_config(8650, POOL)).expect("the RDMA LND on rxe0"),
+        RdmaLnd::bind(client, streaming_config(client, POOL)).expect("the RDMA LND on rxe0"),
     ];
     let mut seen = vec![Vec::new(); 2];
     lnds[1].connect(server_nid, Lane::Data);
@@ -1324,8 +1321,7 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
 #[ignore = "needs RDMA: run inside the VM by rdma_lnd_tests_pass_in_the_soft_roce_vm"]
 fn vm_driver_sends_inline_up_to_the_smaller_eager_limit_of_its_two_ends() {
     let big = |nid: Nid| {
-        let port = nid.socket_addr(0).unwrap().port();
-        let mut cfg = RdmaConfig::for_node(&NodeConfig::new(u64::from(port)));
+        let mut cfg = config_for(nid);
         cfg.eager_max = 16 * 1024;
         RdmaLnd::bind(nid, cfg).expect("the RDMA LND on rxe0")
     };

@@ -437,6 +437,13 @@ impl Qp {
         self.rdv_progress = ctx.rdv_sweeps;
     }
 
+    /// A rendezvous begins on it (ours offered, or theirs fetched): a step, and the NI's
+    /// sweeps are due again.
+    pub(crate) fn rdv_begin(&mut self, ctx: &mut Ctx) {
+        self.rdv_step(ctx);
+        ctx.rdv_idle = false;
+    }
+
     /// Work requests its send queue holds.
     pub(crate) fn send_slots(&self) -> usize {
         self.slots.len()
@@ -591,8 +598,7 @@ impl Qp {
             ),
             Mode::Read => (Kind::ReadReq, src.remote()),
         };
-        self.rdv_progress = ctx.rdv_sweeps;
-        ctx.rdv_idle = false;
+        self.rdv_begin(ctx);
         self.out.insert(
             cookie,
             OutRdv {

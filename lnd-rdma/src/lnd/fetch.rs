@@ -66,8 +66,7 @@ impl RdmaLnd {
             .expect("offers go with their connection");
         let qp = conn.qp.as_mut().expect("up");
         qp.ctrl.push_back(ctrl);
-        qp.rdv_step(&self.ctx);
-        self.ctx.rdv_idle = false;
+        qp.rdv_begin(&mut self.ctx);
         self.pump(id);
     }
 

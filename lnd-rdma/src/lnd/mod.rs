@@ -137,8 +137,8 @@ pub struct RdmaConfig {
     pub eager_max: usize,
     /// How long the payloads deferred on a connection (ours the peer is to take, or
     /// theirs we fetch) may make no step at all (a request or fetch begun, a sink named,
-    /// a READ or WRITE finished, a DONE) before the connection is failed, with everything it held:
-    /// between five sixths of it and all of it (see `stalled`). LNet's o2iblnd does the
+    /// a READ or WRITE finished, a DONE) before the connection is failed, with
+    /// everything it held: between five sixths of it and all of it (see `stalled`). LNet's o2iblnd does the
     /// same with its `timeout`. Without it, a peer that answers PINGs but never takes a
     /// payload would hold the connection's deferred sends, and our sinks, for good.
     /// Default: three times the node's `op_timeout`, and at least 30 s, so that a peer
@@ -689,10 +689,10 @@ impl RdmaLnd {
     }
 
     /// The rare work: rdma_cm events, handshake deadlines, destroying failed connections'
-    /// QPs once they have flushed, and sweeping the rendezvous deadlines. Each costs system calls, so
-    /// it is never on the per-message path: the spinning loop does it every
-    /// [`HOUSEKEEPING_PASSES`] passes and after sleeping, a poll that does not wait once
-    /// [`HOUSEKEEPING_EVERY`] has passed since the last, and `prepare_wait` before a
+    /// QPs once they have flushed, and sweeping the rendezvous deadlines. Each costs
+    /// system calls, so it is never on the per-message path: the spinning loop does it
+    /// every [`HOUSEKEEPING_PASSES`] passes and after sleeping, a poll that does not wait
+    /// once [`HOUSEKEEPING_EVERY`] has passed since the last, and `prepare_wait` before a
     /// shared thread sleeps.
     fn housekeeping(&mut self) -> Result<(), LndError> {
         let now = self.now();

@@ -130,15 +130,15 @@ impl RdmaLnd {
             }
         }
         self.buf_waiters.retain(|w| *w != id);
-        if conn.reached_rts && conn.cm.shut_down() {
-            let until = self.now() + RETIRE_GRACE;
-            self.retiring.0.push_back(Retiring {
-                conn,
-                id,
-                send_bufs,
-                sinks,
-                until,
-            });
+        let retiring = Retiring {
+            conn,
+            id,
+            send_bufs,
+            sinks,
+            until: self.now() + RETIRE_GRACE,
+        };
+        if retiring.conn.reached_rts && retiring.conn.cm.shut_down() {
+            self.retiring.0.push_back(retiring);
             if self.retiring.len() > RETIRING_MAX {
                 // Not drained first (see the module's doc): the small risk, under a storm.
                 tracing::warn!(
@@ -152,14 +152,7 @@ impl RdmaLnd {
             // A QP that never received (or none, or one that could not be moved to the
             // error state): nothing to wait for. Destroying its id tells a peer that has
             // not seen the connection established yet (a REJ).
-            let now = self.now();
-            self.destroy(Retiring {
-                conn,
-                id,
-                send_bufs,
-                sinks,
-                until: now,
-            });
+            self.destroy(retiring);
         }
     }
 
@@ -191,8 +184,9 @@ impl RdmaLnd {
         if let Err(e) = self.drain_cqs() {
             tracing::warn!("draining the CQs before destroying queue pairs: {e}");
         }
-        let mut in_use = self.cq_in_use(lane); // the drain may have destroyed some
-                                               // The CQ entries a flushing QP on `lane` may need.
+        // Counted again: the drain may have destroyed some.
+        let mut in_use = self.cq_in_use(lane);
+        // The CQ entries a flushing QP on `lane` may need.
         let needs = |r: &Retiring| {
             r.conn
                 .qp

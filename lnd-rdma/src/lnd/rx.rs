@@ -320,9 +320,9 @@ impl RdmaLnd {
                     false => self.quiet.push(done),
                 }
             }
-            // Not a driver message: it may be our refusal of the peer's payload, which
-            // is no step of anything under way.
             SlotUse::Request | SlotUse::Write { .. } => qp.rdv_step(&self.ctx),
+            // A driver message may be our refusal of the peer's payload: no step of
+            // anything under way.
             SlotUse::Ctrl => {}
             SlotUse::WriteDone(cookie) => {
                 qp.rdv_step(&self.ctx);

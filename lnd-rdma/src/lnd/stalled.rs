@@ -68,8 +68,8 @@ impl RdmaLnd {
         let stalled: Vec<u32> = busy
             .into_iter()
             .filter(|&id| {
-                let progress = self.conns.get(id).and_then(|c| c.qp.as_ref());
-                progress.is_some_and(|q| sweep.wrapping_sub(q.rdv_progress) >= RDV_SWEEPS)
+                let qp = self.conns.get(id).and_then(|c| c.qp.as_ref());
+                qp.is_some_and(|q| sweep.wrapping_sub(q.rdv_progress) >= RDV_SWEEPS)
             })
             .collect();
         for id in stalled {
@@ -77,8 +77,9 @@ impl RdmaLnd {
                 continue; // failed meanwhile, by an earlier one's fallout
             }
             let why = format!(
-                "the deferred payloads on this connection made no step for about {:?} (the peer \
-                 named no sink, or finished no READ or WRITE): the connection is closed",
+                "the deferred payloads on this connection made no step for about {:?} \
+                 (the peer named no sink, or finished no READ or WRITE): the connection \
+                 is closed",
                 self.rendezvous_timeout
             );
             tracing::warn!(id, "{why}");
