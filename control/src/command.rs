@@ -24,6 +24,18 @@ use lanet::{Lane, Net, Nid, Route};
 
 /// Longest a `ping` may be told to wait.
 pub const MAX_PING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A ping's timeout of `ms` milliseconds, if within 1 ms and [`MAX_PING_TIMEOUT`].
+pub fn ping_timeout(ms: u64) -> Result<Duration, String> {
+    let timeout = Duration::from_millis(ms);
+    if timeout.is_zero() || timeout > MAX_PING_TIMEOUT {
+        return Err(format!(
+            "expected 1 to {} ms, got {ms}",
+            MAX_PING_TIMEOUT.as_millis()
+        ));
+    }
+    Ok(timeout)
+}
 /// A `ping`'s deadline when none is given.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -146,13 +158,7 @@ impl Command {
             }),
             ["ping", n, ms] => {
                 let ms: u64 = number("ping timeout (ms)", Some(ms))?;
-                let timeout = Duration::from_millis(ms);
-                if timeout.is_zero() || timeout > MAX_PING_TIMEOUT {
-                    return Err(format!(
-                        "ping timeout: expected 1 to {} ms, got {ms}",
-                        MAX_PING_TIMEOUT.as_millis()
-                    ));
-                }
+                let timeout = ping_timeout(ms).map_err(|e| format!("ping timeout: {e}"))?;
                 Ok(Command::Ping {
                     nid: nid(n)?,
                     timeout,

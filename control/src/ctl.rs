@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lanet::config::{ConfigFile, DEFAULT_CONTROL_SOCKET};
-use lanet::node::{FaultAction, FaultRule, MAX_FAULT_DELAY};
+use lanet::node::{FaultAction, FaultError, FaultRule};
 use lanet::{Net, Nid, Route};
 use serde_json::{json, Value};
 
 use crate::client::{request, ClientError};
-use crate::command::{parse_lane, Command, MAX_PING_TIMEOUT};
+use crate::command::{parse_lane, ping_timeout, Command};
 use crate::table::{cell, render};
 use crate::topology::Topology;
 
@@ -362,13 +362,8 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             })
         }
         What::Ping { nid, timeout_ms } => {
-            let timeout = Duration::from_millis(*timeout_ms);
-            if timeout.is_zero() || timeout > MAX_PING_TIMEOUT {
-                return Err(usage(format!(
-                    "--timeout-ms: expected 1 to {}, got {timeout_ms}",
-                    MAX_PING_TIMEOUT.as_millis()
-                )));
-            }
+            let timeout =
+                ping_timeout(*timeout_ms).map_err(|e| usage(format!("--timeout-ms: {e}")))?;
             let answer = ask(&Command::Ping { nid: *nid, timeout })?;
             Ok(if cli.json {
                 as_json(&answer)
@@ -458,20 +453,9 @@ fn run(cli: &Cli) -> Result<String, Failure> {
                 let action = match (delay, latency_ms) {
                     (false, None) => FaultAction::Drop,
                     (false, Some(_)) => return Err(usage("--latency-ms is for delay rules")),
-                    (true, Some(ms))
-                        if *ms == 0 || Duration::from_millis(*ms) > MAX_FAULT_DELAY =>
-                    {
-                        return Err(usage(format!(
-                            "--latency-ms: expected 1 to {}, got {ms}",
-                            MAX_FAULT_DELAY.as_millis()
-                        )))
-                    }
                     (true, Some(ms)) => FaultAction::Delay(Duration::from_millis(*ms)),
                     (true, None) => return Err(usage("a delay rule needs --latency-ms")),
                 };
-                if *rate == 0 {
-                    return Err(usage("--rate: expected at least 1 (every Nth frame)"));
-                }
                 let rule = FaultRule {
                     action,
                     src: src
@@ -483,6 +467,11 @@ fn run(cli: &Cli) -> Result<String, Failure> {
                     lane: parse_lane(lane).map_err(|e| usage(format!("--lane: {e}")))?,
                     rate: *rate,
                 };
+                // The node's own check, before any socket is asked (exit 2, not 1).
+                rule.check().map_err(|e| match e {
+                    FaultError::ZeroRate => usage(format!("--rate: {e}")),
+                    _ => usage(format!("--latency-ms: {e}")),
+                })?;
                 let answer = ask(&Command::FaultAdd(rule))?;
                 Ok(if cli.json {
                     answer.to_string()

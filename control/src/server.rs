@@ -4,7 +4,7 @@
 //! anything else is answered with an error, never run in part. `lanetctl` (and the tests)
 //! are its clients; the commands are in [`crate::command`].
 
-use std::io::{self, Read};
+use std::io;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -231,37 +231,22 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
     // little and briefly (the client closes once it has the answer).
     conn.shutdown(std::net::Shutdown::Write)?;
     let until = std::time::Instant::now() + LINGER;
-    let mut rest = (&conn).take(LINGER_BYTES);
+    let mut left = LINGER_BYTES;
     let mut dropped = [0u8; 4096];
-    while let Ok(1..) = read_before(&mut rest, until, &mut dropped) {}
-    Ok(())
-}
-
-/// Reads what comes from `conn` into `buf` until `deadline`: `TimedOut` once it has
-/// passed (a signal's interruption is read through).
-fn read_before(
-    conn: &mut io::Take<&UnixStream>,
-    deadline: std::time::Instant,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        conn.get_ref().set_read_timeout(Some(left))?;
-        match conn.read(buf) {
-            // A stop and continue interrupts a read with a timeout, handler or not.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            read => return read,
+    while left > 0 {
+        let room = dropped.len().min(left);
+        match crate::within::read_before(&conn, until, &mut dropped[..room]) {
+            Ok(n @ 1..) => left -= n,
+            _ => break,
         }
     }
+    Ok(())
 }
 
 /// How long at most, and how much, a client's input beyond its command is read and
 /// dropped after the answer.
 const LINGER: Duration = Duration::from_millis(200);
-const LINGER_BYTES: u64 = 64 * 1024;
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Why no command was taken from a client.
 #[derive(Debug, thiserror::Error)]

@@ -17,26 +17,41 @@ pub(crate) enum LineError {
     Io(io::Error),
 }
 
+/// One read from `conn` into `buf`, before `deadline`: `TimedOut` once it has passed
+/// (a socket's timeout, or a signal's interruption, is read through until then).
+pub(crate) fn read_before(
+    mut conn: &UnixStream,
+    deadline: Instant,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        conn.set_read_timeout(Some(left))?;
+        match conn.read(buf) {
+            Err(e) if try_again(&e) => {}
+            read => return read,
+        }
+    }
+}
+
 /// One line from `conn`, read before `deadline` and at most `max` bytes before its newline
 /// (dropped): the line, and whether its newline came (else the stream ended first).
 /// Bytes after the newline are not kept.
 pub(crate) fn read_line_before(
-    mut conn: &UnixStream,
+    conn: &UnixStream,
     deadline: Instant,
     max: usize,
 ) -> Result<(Vec<u8>, bool), LineError> {
     let mut line = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(LineError::TimedOut);
-        }
-        conn.set_read_timeout(Some(left)).map_err(LineError::Io)?;
-        let n = match conn.read(&mut chunk) {
+        let n = match read_before(conn, deadline, &mut chunk) {
             Ok(0) => return Ok((line, false)),
             Ok(n) => n,
-            Err(e) if try_again(&e) => continue,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(LineError::TimedOut),
             Err(e) => return Err(LineError::Io(e)),
         };
         let had = line.len();

@@ -42,12 +42,14 @@ pub(crate) fn mark_for(rest: usize) -> usize {
 /// Whether this kernel is recent enough to wake a reader before its mark when the receive
 /// buffer or window runs short (see the module's doc): 5.11. Without, marks stay 1.
 pub(crate) fn kernel_wakes_early() -> bool {
+    // Held here (the version is cached already) so that the log line comes once.
     static WAKES_EARLY: OnceLock<bool> = OnceLock::new();
     *WAKES_EARLY.get_or_init(|| {
-        let at_least = wakes_early(crate::kernel::version());
+        let version = crate::kernel::version();
+        let at_least = wakes_early(version);
         if !at_least {
             tracing::info!(
-                version = ?crate::kernel::version(),
+                ?version,
                 "no receive low-water marks for large frames before Linux 5.11"
             );
         }

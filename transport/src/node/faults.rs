@@ -97,6 +97,21 @@ pub struct FaultRule {
     pub rate: u32,
 }
 
+impl FaultRule {
+    /// Whether a node would take it: a rate of at least 1, a delay within bounds.
+    pub fn check(&self) -> Result<(), FaultError> {
+        if self.rate == 0 {
+            return Err(FaultError::ZeroRate);
+        }
+        if let FaultAction::Delay(d) = self.action {
+            if d.is_zero() || d > MAX_FAULT_DELAY {
+                return Err(FaultError::BadDelay(d));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A rule as it stands: its number and what it has done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultRuleReport {
@@ -149,14 +164,7 @@ pub(crate) struct Faults {
 
 impl Faults {
     pub(crate) fn add(&mut self, rule: FaultRule) -> Result<u32, FaultError> {
-        if rule.rate == 0 {
-            return Err(FaultError::ZeroRate);
-        }
-        if let FaultAction::Delay(d) = rule.action {
-            if d.is_zero() || d > MAX_FAULT_DELAY {
-                return Err(FaultError::BadDelay(d));
-            }
-        }
+        rule.check()?;
         if self.rules.len() >= MAX_FAULT_RULES {
             return Err(FaultError::TooMany);
         }
