@@ -337,9 +337,7 @@ impl Node {
 
     /// Closes a connection whose peer broke the protocol, and says so.
     pub(super) fn protocol_error(&mut self, ni: NiId, nid: Nid, lane: Lane, what: String) {
-        tracing::warn!(%nid, %lane, "protocol error: {what}");
-        self.stats.protocol_errors += 1;
-        self.stats.lanes[lane].protocol_errors += 1;
+        self.count_protocol_error(nid, nid, lane, &what);
         self.out.events.push_back(Event::ProtocolError {
             peer: nid,
             lane,
@@ -353,6 +351,14 @@ impl Node {
                 error: LndError::new(LndErrorKind::Protocol, what),
             },
         ));
+    }
+
+    /// Logs and counts a protocol error of `src`'s, which came through hop `via` (`src`
+    /// itself when it is the hop).
+    fn count_protocol_error(&mut self, src: Nid, via: Nid, lane: Lane, what: &str) {
+        tracing::warn!(%src, %via, %lane, "protocol error: {what}");
+        self.stats.protocol_errors += 1;
+        self.stats.lanes[lane].protocol_errors += 1;
     }
 
     /// A frame from hop `nid`, unless a fault rule drops or delays it.
@@ -705,10 +711,7 @@ impl Node {
             }
             // Through a router, which cannot know what the op asked for: the far end broke
             // the protocol, not the hop, whose connection (and every op through it) stays.
-            tracing::warn!(src = %h.src, via = %hop, "protocol error: {what}");
-            self.stats.protocol_errors += 1;
-            self.stats.lanes[h.lane].protocol_errors += 1;
-            return;
+            return self.count_protocol_error(h.src, hop, h.lane, &what);
         }
         let result = match (&op.kind, answer) {
             (_, Answer::Nack(_, _)) if op.router().is_none() => {

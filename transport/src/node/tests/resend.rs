@@ -507,12 +507,10 @@ fn a_held_copy_is_declined_when_the_first_payload_comes() {
         .collect();
     assert_eq!(declined, vec![2]);
     assert!(n.held_copies.is_empty());
-    let mut acked_via: Vec<Nid> = std::iter::from_fn(|| n.poll_transmit())
-        .filter(|(_, tx)| {
-            let h = decode_header(&tx.header, &Limits::default()).unwrap();
-            h.msg_id == 10 && matches!(h.body, Body::Ack { .. })
-        })
-        .map(|(_, tx)| tx.peer)
+    let mut acked_via: Vec<Nid> = sent(&mut n)
+        .into_iter()
+        .filter(|(_, _, h, _)| h.msg_id == 10 && matches!(h.body, Body::Ack { .. }))
+        .map(|(_, hop, _, _)| hop)
         .collect();
     acked_via.sort();
     assert_eq!(acked_via, vec![nid(B), nid(C)]);
@@ -650,16 +648,21 @@ fn get_whose_reply_waits_at_b() -> (Node, Header) {
 /// `far()`'s REPLY of 5,000 bytes to `msg_id` comes through B, its payload left at B
 /// (deferred, as `handle`).
 fn reply_left_at_b(n: &mut Node, now: Time, msg_id: u64, handle: u64) {
-    let reply = Header {
-        hop_limit: 6,
-        payload_len: 5000,
-        ..header(far(), nid(A), msg_id, Body::Reply { status: Status::Ok })
-    };
     let payload = RxPayload::Deferred {
         handle: RxHandle(handle),
         len: 5000,
     };
-    arrives(n, now, nid(B), reply, payload);
+    far_reply_via(n, now, nid(B), msg_id, payload);
+}
+
+/// `far()`'s REPLY to `msg_id`, with `payload`, comes through `hop`.
+fn far_reply_via(n: &mut Node, now: Time, hop: Nid, msg_id: u64, payload: RxPayload) {
+    let reply = Header {
+        hop_limit: 6,
+        payload_len: payload.len() as u32,
+        ..header(far(), nid(A), msg_id, Body::Reply { status: Status::Ok })
+    };
+    arrives(n, now, hop, reply, payload);
 }
 
 fn fetch_failed(n: &mut Node) {
@@ -677,23 +680,8 @@ fn a_routed_get_resent_while_its_reply_was_fetched_ends_with_the_copys_reply() {
     assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first.msg_id));
     fetch_failed(&mut n);
     assert_eq!(completions(&mut n), vec![], "the copy is under way");
-    let reply = Header {
-        hop_limit: 6,
-        payload_len: 3,
-        ..header(
-            far(),
-            nid(A),
-            first.msg_id,
-            Body::Reply { status: Status::Ok },
-        )
-    };
-    arrives(
-        &mut n,
-        t(2),
-        nid(C),
-        reply,
-        RxPayload::Inline(Bytes::from_static(b"abc")),
-    );
+    let abc = RxPayload::Inline(Bytes::from_static(b"abc"));
+    far_reply_via(&mut n, t(2), nid(C), first.msg_id, abc);
     let done = completions(&mut n);
     assert!(
         matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
@@ -878,23 +866,9 @@ fn a_far_ends_protocol_error_does_not_close_the_router_it_came_through() {
     n.put(t(0), OpId(3), far_put()).unwrap();
     let out = sent(&mut n);
     assert!(out.iter().all(|s| s.1 == nid(B)), "both through B");
-    let reply = Header {
-        hop_limit: 6,
-        payload_len: 8,
-        ..header(
-            far(),
-            nid(A),
-            out[0].2.msg_id,
-            Body::Reply { status: Status::Ok },
-        )
-    };
-    arrives(
-        &mut n,
-        t(1),
-        nid(B),
-        reply,
-        RxPayload::Inline(Bytes::from_static(b"12345678")),
-    );
+    // Eight bytes where the GET asked for four.
+    let eight = RxPayload::Inline(Bytes::from_static(b"12345678"));
+    far_reply_via(&mut n, t(1), nid(B), out[0].2.msg_id, eight);
     let done = completions(&mut n);
     assert!(
         matches!(&done[..], [(OpId(2), Err(OpError::Protocol(_)))]),
