@@ -3,6 +3,16 @@
 //! Per peer and lane: a send spends one of the peer's receive credits; the receiver returns
 //! credits piggybacked on any frame it sends back, or in an explicit CREDIT frame once it owes
 //! `credits_hiw` of them. Per NI and lane: a bound on messages in flight in the driver.
+//!
+//! Both ends of a connection use the same window, the smaller of their two HELLO offers,
+//! as o2iblnd's queue depth is the smaller of its two ends' (and LNet's `peer_tx_credits`
+//! are the node's own `peer_credits`): a peer offering thousands of credits and reading
+//! nothing holds no more of our NI's credits than we offer it. The receiver returns
+//! credits once it owes `credits_hiw`, or half the window if that is less, so a sender
+//! whose window is below the receiver's `credits_hiw` is neither left waiting for a CREDIT
+//! frame never sent nor made to stop and wait once per window; and once every credit of
+//! the window is owed or held (a router's, for frames it forwards), since the sender then
+//! has none (protocol version 4; earlier nodes took each other's offer at its word).
 
 use std::collections::VecDeque;
 
@@ -13,8 +23,8 @@ use crate::nid::Nid;
 pub enum CreditError {
     #[error("peer returned {returned} credits with {have} of {max} already in hand")]
     TooManyReturned { returned: u16, have: u16, max: u16 },
-    #[error("peer sent a frame with no credit left ({offered} offered, all in use)")]
-    Overrun { offered: u16 },
+    #[error("peer sent a frame with no credit left (a window of {window}, all in use)")]
+    Overrun { window: u16 },
 }
 
 /// Credit state of one connected lane of one peer.
@@ -22,10 +32,8 @@ pub enum CreditError {
 pub struct LaneCredits {
     /// Credits we may spend now.
     tx: u16,
-    /// Credits the peer offered (its receive buffers for us).
-    tx_max: u16,
-    /// Credits we offered the peer.
-    rx_offered: u16,
+    /// The smaller of the two ends' offers: the most frames in flight either way.
+    window: u16,
     /// Frames of the peer we consumed and have not yet returned credit for.
     owed: u16,
     /// Frames of the peer still using our buffer: a router holds the credit of a frame
@@ -39,16 +47,17 @@ pub struct LaneCredits {
 }
 
 impl LaneCredits {
-    /// `peer_offered`: from the peer's HELLO; `we_offered`: from ours.
+    /// `peer_offered`: from the peer's HELLO; `we_offered`: from ours; `hiw`: our
+    /// `credits_hiw` (see the module on the window both ends use).
     pub fn new(peer_offered: u16, we_offered: u16, hiw: u16) -> Self {
+        let window = peer_offered.min(we_offered);
         LaneCredits {
-            tx: peer_offered,
-            tx_max: peer_offered,
-            rx_offered: we_offered,
+            tx: window,
+            window,
             owed: 0,
             held: 0,
-            hiw: hiw.clamp(1, we_offered.max(1)),
-            tx_low: peer_offered,
+            hiw: hiw.clamp(1, window.div_ceil(2).max(1)),
+            tx_low: window,
         }
     }
 
@@ -66,14 +75,10 @@ impl LaneCredits {
         true
     }
 
-    /// Credits the peer offered us: the most we may have in flight to it.
-    pub fn max(&self) -> u16 {
-        self.tx_max
-    }
-
-    /// Credits we offered the peer: the most frames of its own it may have here at once.
-    pub fn offered(&self) -> u16 {
-        self.rx_offered
+    /// The smaller of the two offers: the most frames we may have in flight to the peer,
+    /// and the most of its own it may have here at once.
+    pub fn window(&self) -> u16 {
+        self.window
     }
 
     /// The fewest credits we have had since the connection came up.
@@ -84,23 +89,23 @@ impl LaneCredits {
     /// The peer returned `n` credits.
     pub fn on_returned(&mut self, n: u16) -> Result<(), CreditError> {
         match self.tx.checked_add(n) {
-            Some(t) if t <= self.tx_max => {
+            Some(t) if t <= self.window => {
                 self.tx = t;
                 Ok(())
             }
             _ => Err(CreditError::TooManyReturned {
                 returned: n,
                 have: self.tx,
-                max: self.tx_max,
+                max: self.window,
             }),
         }
     }
 
     /// We received and consumed a frame that used one of our receive credits.
     pub fn on_consumed(&mut self) -> Result<(), CreditError> {
-        if self.owed + self.held >= self.rx_offered {
+        if self.owed + self.held >= self.window {
             return Err(CreditError::Overrun {
-                offered: self.rx_offered,
+                window: self.window,
             });
         }
         self.owed += 1;
@@ -138,9 +143,10 @@ impl LaneCredits {
         self.owed
     }
 
-    /// Whether owed credits should go back in a CREDIT frame now.
+    /// Whether owed credits should go back in a CREDIT frame now: at the high-water mark,
+    /// or when the peer has no credit left at all (what it is not owed, we hold).
     pub fn wants_credit_frame(&self) -> bool {
-        self.owed >= self.hiw
+        self.owed >= self.hiw || (self.owed > 0 && self.owed + self.held >= self.window)
     }
 }
 
@@ -199,6 +205,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn both_ends_use_the_smaller_offer_and_the_high_water_mark_fits_in_it() {
+        for (peer, we) in [(1000, 8), (8, 1000), (2, 8)] {
+            let c = LaneCredits::new(peer, we, 4);
+            assert_eq!((c.available(), c.window()), (peer.min(we), peer.min(we)));
+        }
+        // A window of 4 under a high-water mark of 4: credits go back at half the window,
+        // 2, not once the sender has none left.
+        let mut c = LaneCredits::new(4, 8, 4);
+        c.on_consumed().unwrap();
+        assert!(!c.wants_credit_frame());
+        c.on_consumed().unwrap();
+        assert!(c.wants_credit_frame());
+        c.on_consumed().unwrap();
+        c.on_consumed().unwrap();
+        assert_eq!(c.on_consumed(), Err(CreditError::Overrun { window: 4 }));
+    }
+
+    #[test]
+    fn a_credit_goes_back_below_the_high_water_mark_when_the_rest_are_held() {
+        // A router holds 7 of a window of 8 for frames it forwards, and owes 1: the
+        // sender has no credit left, so the one owed must go back now.
+        let mut c = LaneCredits::new(8, 8, 4);
+        for _ in 0..7 {
+            c.on_consumed().unwrap();
+            c.hold_last();
+        }
+        assert!(!c.wants_credit_frame(), "nothing owed");
+        c.on_consumed().unwrap();
+        assert!(c.wants_credit_frame());
+    }
+
+    #[test]
     fn spending_stops_at_zero_and_returns_restore() {
         let mut c = LaneCredits::new(2, 8, 4);
         assert!(c.try_spend());
@@ -210,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn returning_more_than_offered_is_a_protocol_error() {
+    fn returning_more_than_the_window_is_a_protocol_error() {
         let mut c = LaneCredits::new(2, 8, 4);
         assert!(c.try_spend());
         assert_eq!(
@@ -227,7 +265,7 @@ mod tests {
 
     #[test]
     fn owed_credits_trigger_a_credit_frame_at_the_high_water_mark() {
-        let mut c = LaneCredits::new(8, 4, 3);
+        let mut c = LaneCredits::new(8, 8, 3);
         c.on_consumed().unwrap();
         c.on_consumed().unwrap();
         assert!(!c.wants_credit_frame());
@@ -243,7 +281,7 @@ mod tests {
         let mut c = LaneCredits::new(8, 2, 2);
         c.on_consumed().unwrap();
         c.on_consumed().unwrap();
-        assert_eq!(c.on_consumed(), Err(CreditError::Overrun { offered: 2 }));
+        assert_eq!(c.on_consumed(), Err(CreditError::Overrun { window: 2 }));
         c.take_owed();
         c.on_consumed().unwrap();
     }
@@ -258,7 +296,7 @@ mod tests {
         c.on_consumed().unwrap();
         assert_eq!(
             c.on_consumed(),
-            Err(CreditError::Overrun { offered: 2 }),
+            Err(CreditError::Overrun { window: 2 }),
             "the held buffer is still in use"
         );
         assert_eq!(c.take_owed(), 1);

@@ -59,7 +59,8 @@ pub struct NetSection {
     /// The interface it was found on, if it was given by interface.
     pub interface: Option<String>,
     /// Data-lane receive credits offered to each peer on this net (lnetctl's
-    /// `peer_credits`; on a router, `routing.peer_buffer_credits` when set).
+    /// `peer_credits`; on a router, `routing.peer_buffer_credits` when set). A
+    /// connection's window, both ways, is the smaller of its two ends' offers.
     pub peer_credits: u16,
     /// Data-lane messages in flight in this NI's driver at once (lnetctl's `credits`).
     pub credits: u32,

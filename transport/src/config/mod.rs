@@ -50,10 +50,12 @@ pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(1);
 /// Credit settings for one lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneConfig {
-    /// Receive credits offered to each peer (receive buffers we keep for it).
+    /// Receive credits offered to each peer (receive buffers we keep for it). A connection's
+    /// window, both ways, is the smaller of its two ends' offers.
     pub peer_credits: u16,
     /// Return credits with an explicit CREDIT frame once this many are owed and nothing else
-    /// has carried them. Must be in 1..=peer_credits, or the peer could stall.
+    /// has carried them (or once a whole window is owed, if that is smaller). Must be in
+    /// 1..=peer_credits, or the peer could stall.
     pub credits_hiw: u16,
     /// Messages of this lane in flight in the LND at once, over all peers of one NI.
     pub ni_credits: u32,

@@ -58,7 +58,7 @@ pub struct HopLaneReport {
 pub struct CreditReport {
     /// Frames we may send now.
     pub available: u16,
-    /// What the peer offered: the most in flight.
+    /// The connection's window (the smaller of the two ends' offers): the most in flight.
     pub max: u16,
     /// The fewest available since the connection came up.
     pub lowest: u16,
@@ -75,7 +75,7 @@ fn hop_report(nid: Nid, hop: &Hop) -> HopReport {
             credits: match &hl.conn {
                 Conn::Up { credits, .. } => Some(CreditReport {
                     available: credits.available(),
-                    max: credits.max(),
+                    max: credits.window(),
                     lowest: credits.lowest(),
                     held: credits.held(),
                     owed: credits.owed(),

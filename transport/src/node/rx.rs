@@ -398,7 +398,7 @@ impl Node {
                             return;
                         };
                         self.decline_deferred(ni, over.payload);
-                        let what = format!("{nid} sent more than the {credits} credits offered");
+                        let what = format!("{nid} sent more than its window of {credits} credits");
                         return self.protocol_error(ni, nid, lane, what);
                     }
                 }
@@ -407,12 +407,12 @@ impl Node {
         self.on_frame_admitted(now, ni, nid, lane, h, payload)
     }
 
-    /// The (hop, lane) connection's serial and the credits we offered on it, if it is up.
+    /// The (hop, lane) connection's serial and its credit window, if it is up.
     fn conn_serial(&self, nid: Nid, lane: Lane) -> Option<(u64, u16)> {
         match &self.hops.get(&nid)?.lanes[lane].conn {
             Conn::Up {
                 serial, credits, ..
-            } => Some((*serial, credits.offered())),
+            } => Some((*serial, credits.window())),
             Conn::Down | Conn::Connecting => None,
         }
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! offset len  field
 //!  0      4   magic "LANT" (0x544e414c little-endian)
-//!  4      1   version (3)
+//!  4      1   version (4)
 //!  5      1   frame type (FrameType)
 //!  6      1   lane (0 health, 1 data)
 //!  7      1   hop limit: routers the frame may still pass (each takes one)   [per hop]
@@ -44,8 +44,11 @@
 //! without keys ignores it), and the AUTH frame follows it only between nodes that both
 //! have keys. Version 3 added the attempt byte (11, reserved before) and NACK reason 7
 //! (next hop stalled): a version 2 node would have refused either mid-stream, closing a
-//! connection full of work, so they are refused at the handshake instead. Frames of
-//! another version are refused with an error naming both versions.
+//! connection full of work, so they are refused at the handshake instead. Version 4
+//! changed no byte but what the HELLO's credits mean: both ends use the smaller offer as
+//! the connection's window ([`crate::credits`]). A version 3 receiver whose
+//! `credits_hiw` is above a version 4 sender's window would never return its credits.
+//! Frames of another version are refused with an error naming both versions.
 
 mod codec;
 mod status;
@@ -57,7 +60,7 @@ use crate::lane::Lane;
 use crate::nid::Nid;
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LANT");
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 96;
 
 /// Largest payload a health-lane frame may carry (PONGs will carry router status).

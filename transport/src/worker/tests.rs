@@ -136,6 +136,52 @@ fn workers_on_two_threads_ping_pong_puts_delivered_once_each_in_order() {
     assert_eq!(client.node().live_ops(), 0);
 }
 
+/// A node offering fewer credits (2) than the other's `credits_hiw` (4) streams PUTs
+/// without ACK to it. Both ends use a window of 2, and the receiver sends a CREDIT frame
+/// once it owes half of it, not the 4 it was configured with: a sender that waited for 4
+/// would wait for ever.
+#[test]
+fn a_one_way_stream_with_a_window_below_the_receivers_hiw_keeps_going() {
+    const N: usize = 200;
+    let f = fabric();
+    let mut small = NodeConfig::new(1);
+    small.lanes[Lane::Data].peer_credits = 2;
+    small.lanes[Lane::Data].credits_hiw = 2;
+    let client_lnd = lnd(&f, 1, &small);
+    let mut client = Worker::new(small, vec![Box::new(client_lnd)]).unwrap();
+    let mut server = worker(&f, 2);
+    assert_eq!(server.node().config().lanes[Lane::Data].credits_hiw, 4);
+    let serving = std::thread::spawn(move || {
+        server.attach(MatchEntry::sink(4, 1, 64)).unwrap();
+        let (mut events, mut got) = (Vec::new(), 0usize);
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while got < N && Instant::now() < give_up {
+            server.progress(Some(Duration::from_millis(10)), &mut events);
+            got += events.drain(..).filter(|e| e.is_delivery()).count();
+        }
+        (got, server.node().stats().credit_frames_sent)
+    });
+    let ops: Vec<OpId> = (0..N)
+        .map(|_| {
+            let req = PutRequest {
+                ack: false,
+                ..put(2, Bytes::from_static(b"x"), None)
+            };
+            client.put(req).unwrap()
+        })
+        .collect();
+    // Each PUT completes once it has been sent, which took a credit: all N of them took
+    // credits the server gave back, N - 2 at least.
+    let (done, _) = complete_all(&mut client, &ops, Duration::from_secs(30));
+    assert!(done.values().all(|c| c.result.is_ok()), "{done:?}");
+    let (got, credit_frames) = serving.join().unwrap();
+    assert_eq!(got, N, "every PUT delivered");
+    assert!(
+        credit_frames >= (N as u64 - 2) / 2,
+        "{credit_frames} CREDIT frames returned {N} credits in windows of 2"
+    );
+}
+
 /// An op to a peer that never answers ends at its deadline, even when the application
 /// asks `progress` to wait far longer: the node's timer bounds the wait.
 #[test]

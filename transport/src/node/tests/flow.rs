@@ -95,10 +95,9 @@ fn sends_wait_for_peer_credits_and_resume_when_returned() {
 #[test]
 fn owed_credits_go_back_in_a_credit_frame_at_the_high_water_mark() {
     let mut c = cfg();
-    c.lanes[Lane::Data].peer_credits = 4;
     c.lanes[Lane::Data].credits_hiw = 3;
     let mut n = node_with(c);
-    connected(&mut n, B, Lane::Data, 1, 7);
+    connected_with_credits_left(&mut n, B, Lane::Data, 1);
     // Spend our only credit, so nothing else can carry credits back.
     n.put(t(0), OpId(1), put(B, b"x")).unwrap();
     assert_eq!(drain(&mut n).len(), 1);
@@ -164,6 +163,60 @@ fn ni_credits_bound_frames_in_flight_across_peers() {
     assert_eq!(more[0].header.dst, nid(C));
     sent_ok(&mut n, &sent[1]);
     assert_eq!(drain(&mut n)[0].header.dst, nid(B));
+}
+
+/// A peer offering far more credits than we offer it gets no more frames in flight than
+/// we offer (8 here): reading nothing, it cannot take the NI's other credits from C.
+#[test]
+fn a_peer_offering_many_credits_holds_no_more_than_we_offer() {
+    let mut c = cfg();
+    c.lanes[Lane::Data].ni_credits = 16;
+    let mut n = node_with(c);
+    connected(&mut n, B, Lane::Data, 1000, 7);
+    connected(&mut n, C, Lane::Data, 8, 7);
+    for i in 0..100 {
+        n.put(t(0), OpId(i), put(B, b"b")).unwrap();
+    }
+    n.put(t(0), OpId(100), put(C, b"c")).unwrap();
+    let sent = drain(&mut n);
+    let to = |peer| sent.iter().filter(|s| s.header.dst == nid(peer)).count();
+    assert_eq!((to(B), to(C)), (8, 1));
+}
+
+/// The window holds both ways: a peer that offered us 2 credits may have no more than 2
+/// frames of its own here either, though we offered it 8. With our credits spent (its
+/// PONGs cannot carry its credits back), its first PING gets a CREDIT frame back (half
+/// the window is owed); the next two wait for that frame to leave the driver; a fourth
+/// is an overrun.
+#[test]
+fn a_peer_sending_past_the_smaller_offer_overruns_its_window() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 2, 7);
+    spend_all_but(&mut n, nid(B), Lane::Data, 0);
+    let mut overrun_at = None;
+    for seq in 0..12 {
+        receive(
+            &mut n,
+            t(1),
+            B,
+            Lane::Data,
+            Body::Ping { seq },
+            50 + seq,
+            0,
+            b"",
+        );
+        if n.stats().protocol_errors > 0 {
+            overrun_at = Some(seq);
+            break;
+        }
+    }
+    assert_eq!(overrun_at, Some(3));
+    assert_eq!(n.stats().credit_frames_sent, 1);
+    let closed = requests(&mut n).into_iter().any(|r| {
+        matches!(r, LndRequest::Close { peer, error, .. }
+            if peer == nid(B) && error.to_string().contains("a window of 2"))
+    });
+    assert!(closed, "the overrun closes the connection, saying why");
 }
 
 #[test]
@@ -312,7 +365,7 @@ fn a_peer_that_puts_without_returning_credits_cannot_grow_our_ack_queue() {
 #[test]
 fn answers_leave_before_our_own_queued_requests() {
     let mut n = node();
-    connected(&mut n, B, Lane::Data, 1, 7);
+    connected_with_credits_left(&mut n, B, Lane::Data, 1);
     for i in 0..3 {
         n.put(t(0), OpId(i), put(B, b"x")).unwrap();
     }
@@ -340,7 +393,7 @@ fn answers_leave_before_our_own_queued_requests() {
 #[test]
 fn an_answer_does_not_pass_the_answers_waiting_for_credits() {
     let mut n = node();
-    connected(&mut n, B, Lane::Data, 1, 7);
+    connected_with_credits_left(&mut n, B, Lane::Data, 1);
     let put_from_b = |match_bits| Body::Put {
         portal: 4,
         match_bits,
@@ -418,7 +471,7 @@ fn answers_held_up_by_our_driver_carry_the_owed_credits_instead_of_a_credit_fram
 #[test]
 fn a_repeated_connected_keeps_the_lanes_credits() {
     let mut n = node();
-    connected(&mut n, B, Lane::Data, 1, 7);
+    connected_with_credits_left(&mut n, B, Lane::Data, 1);
     n.put(t(0), OpId(1), put(B, b"a")).unwrap();
     assert_eq!(drain(&mut n).len(), 1, "the one credit is spent");
     // A PUT from the peer: we owe it a credit, and its ACK waits for one of ours.
@@ -431,7 +484,7 @@ fn a_repeated_connected_keeps_the_lanes_credits() {
     };
     receive(&mut n, t(0), B, Lane::Data, body, 50, 0, b"x");
     assert!(drain(&mut n).is_empty());
-    connected(&mut n, B, Lane::Data, 1, 7);
+    connected(&mut n, B, Lane::Data, 8, 7);
     assert!(
         drain(&mut n).is_empty(),
         "no credit came back, so nothing may go out"

@@ -79,9 +79,21 @@ fn a_forwarded_frames_credit_goes_back_only_once_it_has_left() {
     // B cannot send a ninth: the held buffers are in use.
     put_from_b(&mut n, d(), 9, 8);
     assert_eq!(n.stats().protocol_errors, 1);
-    // The first frame leaves D's driver: its buffer here is free again.
+    // The first frame leaves D's driver: its buffer here is free again. B has no credit
+    // left (the rest are held here), so the one freed goes back at once, though one is
+    // below the high-water mark.
     sent_ok(&mut n, &out[0]);
-    assert_eq!(b_credits(&n), (1, 7));
+    assert_eq!(b_credits(&n), (0, 7));
+    let back = drain(&mut n);
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (
+            back[0].header.dst,
+            back[0].header.body,
+            back[0].header.credits
+        ),
+        (nid(B), Body::Credit, 1)
+    );
     assert_eq!(n.stats().forwarded, 8);
 }
 
@@ -218,7 +230,8 @@ fn a_hello_or_credit_addressed_beyond_the_router_is_a_protocol_error() {
 }
 
 /// Node A with a route to mem net 2 through its neighbour B (`gw`), whose health lane is
-/// up offering `health_credits`, and which has told A its status: generation 5.
+/// up with `health_credits` of A's credits left, and which has told A its status:
+/// generation 5.
 fn node_behind_gateway(health_credits: u16) -> Node {
     let gw = nid(B);
     let mut n = node();
@@ -229,7 +242,7 @@ fn node_behind_gateway(health_credits: u16) -> Node {
         priority: 0,
     })
     .unwrap();
-    connected(&mut n, B, Lane::Health, health_credits, 7);
+    connected_with_credits_left(&mut n, B, Lane::Health, health_credits);
     let status = crate::wire::RouterStatus {
         generation: 5,
         state: crate::wire::RouterState::Forwarding,
@@ -452,6 +465,12 @@ fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patie
         b_credits(&n).1,
         7,
         "seven wait at D, each holding B's credit"
+    );
+    let back: Vec<_> = drain(&mut n).iter().map(|s| s.header.body).collect();
+    assert_eq!(
+        back,
+        [Body::Credit],
+        "the freed credit goes back to B at once"
     );
     // Short of the patience, they wait on: a slow next hop is not a stalled one.
     let half = t(0) + patience / 2;
@@ -694,7 +713,8 @@ fn status_pushes_to_a_user_that_returns_no_credits_do_not_pile_up() {
     let mut base = cfg();
     base.health.interval = Duration::from_millis(100);
     let mut n = router_with(base);
-    connected_on(&mut n, 0, nid(B), Lane::Health, 1, 9);
+    connected_on(&mut n, 0, nid(B), Lane::Health, 8, 9);
+    spend_all_but(&mut n, nid(B), Lane::Health, 1);
     n.router_served(t(0), [nid(B), d()]);
     for i in 1..=10u64 {
         let now = t(i * 200);
@@ -708,6 +728,7 @@ fn status_pushes_to_a_user_that_returns_no_credits_do_not_pile_up() {
         n.handle_timeout(now);
     }
     assert!(!n.health.is_down(nid(B)), "B is up");
+    assert_eq!(n.stats().protocol_errors, 0, "B kept within its window");
     let pushed = n.stats().lanes[Lane::Health].frames_sent;
     assert!(pushed >= 1, "the first push left");
     let waiting = n.hops[&nid(B)].lanes[Lane::Health]
@@ -724,7 +745,8 @@ fn status_pushes_to_a_user_that_returns_no_credits_do_not_pile_up() {
 #[test]
 fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
     let mut n = router_nobody_down();
-    connected_on(&mut n, 1, d(), Lane::Data, 1, 9);
+    connected_on(&mut n, 1, d(), Lane::Data, 8, 9);
+    spend_all_but(&mut n, d(), Lane::Data, 1);
     let later = t(60_000);
     let put = Body::Put {
         portal: 4,
@@ -757,7 +779,8 @@ fn a_lane_whose_wait_began_with_an_answer_is_not_taken_for_stopped() {
 }
 
 /// A frame for D waits while D's connection is set up, which takes twice the patience;
-/// D comes up offering no credit yet. The frame waited for the connection, not for D: it
+/// D comes up offering no credit (a window of 0, which no driver lets through, standing
+/// for one whose credits are all spent). The frame waited for the connection, not for D: it
 /// is judged from when D came up, and refused only a patience after that.
 #[test]
 fn frames_that_waited_for_a_connection_are_judged_from_when_it_came_up() {

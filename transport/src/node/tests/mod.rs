@@ -93,6 +93,28 @@ pub(super) fn connected(n: &mut Node, peer: u32, lane: Lane, credits: u16, incar
     connected_on(n, 0, nid(peer), lane, credits, incarnation);
 }
 
+/// `peer`'s connection on `lane` is up with a full window (both ends offering our
+/// `peer_credits`), all but `left` of our credits spent on frames taken to be in flight
+/// already: we may send `left` more, and the peer still a whole window of its own.
+pub(super) fn connected_with_credits_left(n: &mut Node, peer: u32, lane: Lane, left: u16) {
+    connected(n, peer, lane, n.config().lanes[lane].peer_credits, 7);
+    spend_all_but(n, nid(peer), lane, left);
+}
+
+/// Spends all but `left` of our credits on `peer`'s `lane`, which is up, as if frames
+/// had gone out that it has not returned credits for yet.
+pub(super) fn spend_all_but(n: &mut Node, peer: Nid, lane: Lane, left: u16) {
+    let Some(Conn::Up { credits, .. }) = n.hops.get_mut(&peer).map(|h| &mut h.lanes[lane].conn)
+    else {
+        panic!("{peer}'s {lane} lane is up");
+    };
+    let window = credits.window();
+    assert!(left <= window, "{left} left of a window of {window}");
+    for _ in left..window {
+        assert!(credits.try_spend(), "{left} left of a window of {window}");
+    }
+}
+
 /// `peer`'s connection on `lane` is up at NI `ni`, offering us `credits`.
 pub(super) fn connected_on(
     n: &mut Node,

@@ -138,10 +138,9 @@ fn a_deferred_payload_without_ack_is_fetched_and_delivered_unanswered() {
 #[test]
 fn credits_for_puts_without_ack_come_back_in_credit_frames() {
     let mut c = cfg();
-    c.lanes[Lane::Data].peer_credits = 4;
     c.lanes[Lane::Data].credits_hiw = 3;
     let mut n = node_with(c);
-    connected(&mut n, B, Lane::Data, 4, 7);
+    connected(&mut n, B, Lane::Data, 8, 7);
     n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
     // No answer carries what we owe the sender: at the high-water mark a CREDIT does.
     for msg_id in 1..=3 {
