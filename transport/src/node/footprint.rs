@@ -29,7 +29,8 @@ pub struct Footprint {
     /// Copies of routed PUTs held while their first copy's payload is fetched (at most one
     /// per fetch).
     pub held_copies: usize,
-    /// Portals with attached entries.
+    /// Lists of attached entries: each portal's wildcards, each portal's and bits' exact
+    /// entries.
     pub portals: usize,
     /// Remembered answers of routed requests.
     pub dedup_entries: usize,
@@ -71,7 +72,7 @@ impl Node {
             in_lnd: self.out.in_lnd.len(),
             fetching: self.fetching.len(),
             held_copies: self.held_copies.len(),
-            portals: self.portals.len(),
+            portals: self.portals.lists(),
             dedup_entries: self.dedup.entries(),
             dedup_initiators: self.dedup.windows(),
             gateways: self.gateways.entries(),

@@ -322,8 +322,8 @@ pub struct Node {
     pub(crate) ops: Ops,
     /// What reached us through routers, to answer resent requests again.
     pub(crate) dedup: dedup::Dedup,
-    /// Attached entries per portal, in attach order.
-    pub(crate) portals: FxHashMap<u32, portal_list::PortalList>,
+    /// Attached entries, by portal (and bits), in attach order.
+    pub(crate) portals: portal_list::Portals,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
     /// The GETs among them, by seq and attempt: one REPLY payload fetched per copy.
@@ -376,7 +376,7 @@ impl Node {
             pools: pools::Pools::new(pools_cfg.0, pools_cfg.1),
             stall_checks: BinaryHeap::new(),
             ops: Ops::default(),
-            portals: FxHashMap::default(),
+            portals: portal_list::Portals::default(),
             fetching: FxHashMap::default(),
             replies_being_fetched: Default::default(),
             held_copies: FxHashMap::default(),
@@ -516,7 +516,8 @@ impl Node {
             self.push_completion(id, Err(error));
             return Ok(());
         }
-        self.portals.entry(entry.portal).or_default().push(id);
+        self.portals
+            .push(entry.portal, id, entry.match_bits, entry.ignore_bits);
         self.ops
             .insert(id, Op::new(seq, OpKind::Entry(entry)), None);
         Ok(())
@@ -737,12 +738,8 @@ impl Node {
             self.health.interest_ended(router);
         }
         if let OpKind::Entry(entry) = &op.kind {
-            if let Some(list) = self.portals.get_mut(&entry.portal) {
-                list.remove(id);
-                if list.is_empty() {
-                    self.portals.remove(&entry.portal);
-                }
-            }
+            self.portals
+                .remove(entry.portal, id, entry.match_bits, entry.ignore_bits);
         }
         self.push_completion(id, result);
     }

@@ -208,20 +208,38 @@ impl Node {
         }
     }
 
-    /// The first entry of the request's portal that takes it, for which `fits` holds, and
-    /// that is not reserved by a payload in transit.
+    /// The oldest entry of the request's portal that takes it: that matches it, for which
+    /// `fits` holds, and that is not reserved by a payload in transit. The oldest of those
+    /// that match its bits exactly, unless a wildcard attached before it takes it (see
+    /// `portal_list`).
     fn find_entry(&self, req: Incoming, fits: impl Fn(&EntryKind) -> bool) -> Option<OpId> {
-        self.portals
-            .get(&req.portal)?
-            .as_slice()
-            .iter()
-            .copied()
-            .find(|&id| {
-                self.ops.get(id).is_some_and(|op| {
-                    matches!(&op.kind, OpKind::Entry(e)
-                        if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
-                })
-            })
+        let takes = |op: &super::ops::Op| {
+            matches!(&op.kind, OpKind::Entry(e)
+                if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
+        };
+        let exact = self.portals.exact(req.portal, req.match_bits);
+        let wildcards = self.portals.wildcards(req.portal);
+        if wildcards.is_empty() {
+            // The usual portal: nothing to weigh the exact entries against.
+            let taker = |&id: &OpId| self.ops.get(id).is_some_and(takes);
+            return exact.iter().copied().find(taker);
+        }
+        let exact = exact.iter().find_map(|&id| {
+            let op = self.ops.get(id)?;
+            takes(op).then_some((id, op.seq))
+        });
+        for &id in wildcards {
+            let Some(op) = self.ops.get(id) else {
+                continue;
+            };
+            if exact.is_some_and(|(_, seq)| op.seq > seq) {
+                break; // attached after the exact one: every later wildcard is too
+            }
+            if takes(op) {
+                return Some(id);
+            }
+        }
+        exact.map(|(id, _)| id)
     }
 
     /// After a match: unlink a use-once entry.
@@ -231,7 +249,7 @@ impl Node {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn deliver(&mut self, entry: OpId, req: Incoming, payload: Bytes) {
         self.out.events.push_back(Event::Delivered(Delivery {
             entry,

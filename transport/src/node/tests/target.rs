@@ -105,6 +105,86 @@ fn puts_land_in_matching_entries_in_order_and_once_entries_unlink() {
     );
 }
 
+/// A PUT of `payload` from B on portal 4 with `match_bits`, without ACK.
+fn put_from_b_to_portal_4(n: &mut Node, match_bits: u64, msg_id: u64, payload: &[u8]) {
+    let body = Body::Put {
+        portal: 4,
+        match_bits,
+        settled_below: 0,
+        ack: false,
+    };
+    receive(n, t(0), B, Lane::Data, body, msg_id, 0, payload);
+}
+
+/// The entries that took what was delivered, in order.
+fn delivered_to(n: &mut Node) -> Vec<OpId> {
+    let entries: Vec<OpId> = events(n)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered(d) => Some(d.entry),
+            _ => None,
+        })
+        .collect();
+    n.deliveries_consumed(entries.len());
+    entries
+}
+
+/// Exact entries are looked up by their bits and wildcards apart, yet the oldest entry
+/// that takes a message wins: a wildcard attached between two exact entries of the same
+/// bits takes the second message, the first exact one having gone, not the first. An
+/// exact entry that cannot take a message leaves it to a wildcard attached after it.
+#[test]
+fn the_oldest_entry_that_takes_a_message_wins_among_exact_entries_and_wildcards() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    let wildcard = |max_len| MatchEntry {
+        ignore_bits: u64::MAX,
+        ..MatchEntry::sink(4, 0, max_len)
+    };
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100).once())
+        .unwrap();
+    n.attach(OpId(2), wildcard(100).once()).unwrap();
+    n.attach(OpId(3), MatchEntry::sink(4, 0x10, 100).once())
+        .unwrap();
+    for msg_id in 1..=3 {
+        put_from_b_to_portal_4(&mut n, 0x10, msg_id, b"x");
+    }
+    assert_eq!(delivered_to(&mut n), [OpId(1), OpId(2), OpId(3)]);
+    n.attach(OpId(4), MatchEntry::sink(4, 0x20, 2)).unwrap();
+    n.attach(OpId(5), wildcard(100)).unwrap();
+    put_from_b_to_portal_4(&mut n, 0x20, 4, b"too long for 4");
+    put_from_b_to_portal_4(&mut n, 0x20, 5, b"ok");
+    assert_eq!(delivered_to(&mut n), [OpId(5), OpId(4)]);
+}
+
+/// A portal holding 50,000 use-once entries of bits of their own, as a client's reply
+/// buffers are: each match looks its bits up, not at the entries attached before it.
+/// Matched newest first, a walk from the oldest looked at 1.25 billion entries (see
+/// `bench/RESULTS.md`); this checks the order of magnitude only.
+#[test]
+fn matching_among_many_exact_entries_does_not_walk_them() {
+    const N: u64 = 50_000;
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    for bits in 0..N {
+        n.attach(OpId(bits + 1), MatchEntry::sink(4, bits, 64).once())
+            .unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    for bits in (0..N).rev() {
+        put_from_b_to_portal_4(&mut n, bits, bits + 1, b"x");
+        assert_eq!(delivered_to(&mut n), [OpId(bits + 1)]);
+        // The CREDIT frames returning B's credits leave, so B may send on.
+        for sent in drain(&mut n) {
+            sent_ok(&mut n, &sent);
+        }
+    }
+    let took = t0.elapsed();
+    eprintln!("{N} matches among exact entries, newest first: {took:?}");
+    assert_eq!(n.footprint().portals, 0, "every entry used up");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
 #[test]
 fn unmatched_and_over_budget_puts_are_refused_with_a_reason() {
     let mut c = cfg();
