@@ -726,7 +726,7 @@ impl Run {
             + held.queued
             + held.in_lnd
             + held.fetching
-            + held.portals
+            + held.entry_lists
             + held.pool_buffers
             + held.pool_waiting
             + held.fault_delayed;

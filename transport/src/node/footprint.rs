@@ -31,7 +31,7 @@ pub struct Footprint {
     pub held_copies: usize,
     /// Lists of attached entries: each portal's wildcards, each portal's and bits' exact
     /// entries.
-    pub portals: usize,
+    pub entry_lists: usize,
     /// Remembered answers of routed requests.
     pub dedup_entries: usize,
     /// Windows they are remembered in: one per initiator and NID of ours it addresses.
@@ -72,7 +72,7 @@ impl Node {
             in_lnd: self.out.in_lnd.len(),
             fetching: self.fetching.len(),
             held_copies: self.held_copies.len(),
-            portals: self.portals.lists(),
+            entry_lists: self.portals.lists(),
             dedup_entries: self.dedup.entries(),
             dedup_initiators: self.dedup.windows(),
             gateways: self.gateways.entries(),

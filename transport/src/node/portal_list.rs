@@ -71,13 +71,30 @@ impl Portals {
         } else if let Some(bucket) = self.exact.get_mut(&(portal, match_bits)) {
             if bucket.remove(id) {
                 self.exact.remove(&(portal, match_bits));
+                self.shrink_after_a_burst();
             }
+        }
+    }
+
+    /// A hash map keeps its room when emptied: after a burst of entries (50,000 reply
+    /// buffers), give most of it back once a quarter is used, leaving room to grow twice.
+    fn shrink_after_a_burst(&mut self) {
+        const KEEP: usize = 1024;
+        let (len, room) = (self.exact.len(), self.exact.capacity());
+        if room > KEEP && len * 4 < room {
+            self.exact.shrink_to((len * 2).max(KEEP));
         }
     }
 
     /// Lists held: each portal's wildcards, and each portal's and bits' exact entries.
     pub(crate) fn lists(&self) -> usize {
         self.exact.len() + self.wildcards.len()
+    }
+
+    /// Room the exact entries' map keeps, in entries.
+    #[cfg(test)]
+    fn room(&self) -> usize {
+        self.exact.capacity()
     }
 }
 
@@ -223,5 +240,19 @@ mod tests {
         assert_eq!(p.lists(), 1, "emptied lists go");
         p.remove(4, OpId(3), 0, u64::MAX);
         assert_eq!(p.lists(), 0);
+    }
+
+    #[test]
+    fn the_room_a_burst_took_is_given_back() {
+        let mut p = Portals::default();
+        for bits in 0..50_000 {
+            p.push(4, OpId(bits), bits, 0);
+        }
+        assert!(p.room() >= 50_000);
+        for bits in 0..50_000 {
+            p.remove(4, OpId(bits), bits, 0);
+        }
+        assert_eq!(p.lists(), 0);
+        assert!(p.room() <= 2048, "{} entries of room kept", p.room());
     }
 }

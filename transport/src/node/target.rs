@@ -249,7 +249,7 @@ impl Node {
         }
     }
 
-    #[inline(always)]
+    #[inline]
     fn deliver(&mut self, entry: OpId, req: Incoming, payload: Bytes) {
         self.out.events.push_back(Event::Delivered(Delivery {
             entry,
