@@ -78,6 +78,7 @@ impl Portals {
 
     /// A hash map keeps its room when emptied: after a burst of entries (50,000 reply
     /// buffers), give most of it back once a quarter is used, leaving room to grow twice.
+    #[inline(never)]
     fn shrink_after_a_burst(&mut self) {
         const KEEP: usize = 1024;
         let (len, room) = (self.exact.len(), self.exact.capacity());
