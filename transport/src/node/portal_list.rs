@@ -17,6 +17,9 @@ use rustc_hash::FxHashMap;
 
 use crate::op::OpId;
 
+/// Room in the exact entries' map (in entries) past which an emptying map shrinks.
+const SHRINK_ABOVE: usize = 4096;
+
 /// Every portal's entries (see the module).
 #[derive(Debug, Default)]
 pub(crate) struct Portals {
@@ -71,20 +74,22 @@ impl Portals {
         } else if let Some(bucket) = self.exact.get_mut(&(portal, match_bits)) {
             if bucket.remove(id) {
                 self.exact.remove(&(portal, match_bits));
-                self.shrink_after_a_burst();
+                // A hash map keeps its room when emptied: after a burst of entries
+                // (50,000 reply buffers), most of it goes back once a quarter is used.
+                let room = self.exact.capacity();
+                if room > SHRINK_ABOVE && self.exact.len() * 4 < room {
+                    self.shrink_exact();
+                }
             }
         }
     }
 
-    /// A hash map keeps its room when emptied: after a burst of entries (50,000 reply
-    /// buffers), give most of it back once a quarter is used, leaving room to grow twice.
+    /// Shrinks the exact entries' map to twice what it holds (a shrink leaves it well
+    /// under [`SHRINK_ABOVE`], so steady use near it does not shrink and grow in turn).
+    #[cold]
     #[inline(never)]
-    fn shrink_after_a_burst(&mut self) {
-        const KEEP: usize = 1024;
-        let (len, room) = (self.exact.len(), self.exact.capacity());
-        if room > KEEP && len * 4 < room {
-            self.exact.shrink_to((len * 2).max(KEEP));
-        }
+    fn shrink_exact(&mut self) {
+        self.exact.shrink_to((self.exact.len() * 2).max(1024));
     }
 
     /// Lists held: each portal's wildcards, and each portal's and bits' exact entries.
@@ -254,6 +259,10 @@ mod tests {
             p.remove(4, OpId(bits), bits, 0);
         }
         assert_eq!(p.lists(), 0);
-        assert!(p.room() <= 2048, "{} entries of room kept", p.room());
+        assert!(
+            p.room() <= SHRINK_ABOVE,
+            "{} entries of room kept",
+            p.room()
+        );
     }
 }

@@ -209,7 +209,9 @@ fn match_step() -> impl proptest::strategy::Strategy<Value = MatchStep> {
 proptest::proptest! {
     /// Whatever entries come and go (exact and wildcard, for one source or any, use-once
     /// or not, of several sizes), every PUT lands in the entry a walk of every attached
-    /// entry in attach order picks, or is refused when that finds none.
+    /// entry in attach order picks, or is refused (no match) when that finds none: the
+    /// index by bits and the order between exact entries and wildcards, checked against
+    /// the rule (which entry matches which bits is `MatchEntry::matches`' either way).
     #[test]
     fn a_put_lands_where_a_walk_in_attach_order_would_put_it(
         steps in proptest::collection::vec(match_step(), 1..80)
@@ -237,15 +239,24 @@ proptest::proptest! {
                     let body = Body::Put { portal, match_bits: bits, settled_below: 0, ack: false };
                     let payload = vec![7u8; len as usize];
                     receive(&mut n, t(0), from, Lane::Data, body, id.0, 0, &payload);
-                    let got = delivered_to(&mut n);
+                    let happened = events(&mut n);
+                    n.deliveries_consumed(happened.iter().filter(|e| e.is_delivery()).count());
+                    let got: Vec<OpId> = happened.iter().filter_map(|e| match e {
+                        Event::Delivered(d) => Some(d.entry),
+                        _ => None,
+                    }).collect();
+                    let refused = happened.iter().any(|e| {
+                        matches!(e, Event::Refused(r) if r.reason == RejectReason::NoMatch)
+                    });
                     match want {
                         Some(at) => {
                             proptest::prop_assert_eq!(got, vec![attached[at].0]);
+                            proptest::prop_assert!(!refused);
                             if attached[at].1.once {
                                 attached.remove(at);
                             }
                         }
-                        None => proptest::prop_assert!(got.is_empty()),
+                        None => proptest::prop_assert!(got.is_empty() && refused, "{happened:?}"),
                     }
                 }
                 MatchStep::Cancel(i) => {
