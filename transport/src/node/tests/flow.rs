@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// A PING from B on the data lane, with message id `msg_id`, returning no credits.
+fn ping_from_b(n: &mut Node, at: Time, seq: u64, msg_id: u64) {
+    receive(n, at, B, Lane::Data, Body::Ping { seq }, msg_id, 0, b"");
+}
+
 #[test]
 fn put_connects_sends_and_completes_on_ack() {
     let mut n = node();
@@ -102,31 +107,13 @@ fn owed_credits_go_back_in_a_credit_frame_at_the_high_water_mark() {
     n.put(t(0), OpId(1), put(B, b"x")).unwrap();
     assert_eq!(drain(&mut n).len(), 1);
     for seq in 0..2 {
-        receive(
-            &mut n,
-            t(1),
-            B,
-            Lane::Data,
-            Body::Ping { seq },
-            50 + seq,
-            0,
-            b"",
-        );
+        ping_from_b(&mut n, t(1), seq, 50 + seq);
     }
     assert!(
         drain(&mut n).is_empty(),
         "PONGs wait for a credit; 2 owed < hiw 3"
     );
-    receive(
-        &mut n,
-        t(1),
-        B,
-        Lane::Data,
-        Body::Ping { seq: 2 },
-        52,
-        0,
-        b"",
-    );
+    ping_from_b(&mut n, t(1), 2, 52);
     let sent = drain(&mut n);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].header.body, Body::Credit);
@@ -195,16 +182,7 @@ fn a_peer_sending_past_the_smaller_offer_overruns_its_window() {
     spend_all_but(&mut n, nid(B), Lane::Data, 0);
     let mut overrun_at = None;
     for seq in 0..12 {
-        receive(
-            &mut n,
-            t(1),
-            B,
-            Lane::Data,
-            Body::Ping { seq },
-            50 + seq,
-            0,
-            b"",
-        );
+        ping_from_b(&mut n, t(1), seq, 50 + seq);
         if n.stats().protocol_errors > 0 {
             overrun_at = Some(seq);
             break;
