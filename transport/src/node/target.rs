@@ -217,18 +217,15 @@ impl Node {
             matches!(&op.kind, OpKind::Entry(e)
                 if !op.reserved && e.matches(req.from, req.match_bits) && fits(&e.kind))
         };
-        let exact = self.portals.exact(req.portal, req.match_bits);
-        let wildcards = self.portals.wildcards(req.portal);
-        if wildcards.is_empty() {
-            // The usual portal: nothing to weigh the exact entries against.
-            let taker = |&id: &OpId| self.ops.get(id).is_some_and(takes);
-            return exact.iter().copied().find(taker);
-        }
-        let exact = exact.iter().find_map(|&id| {
-            let op = self.ops.get(id)?;
-            takes(op).then_some((id, op.seq))
-        });
-        for &id in wildcards {
+        let exact = self
+            .portals
+            .exact(req.portal, req.match_bits)
+            .iter()
+            .find_map(|&id| {
+                let op = self.ops.get(id)?;
+                takes(op).then_some((id, op.seq))
+            });
+        for &id in self.portals.wildcards(req.portal) {
             let Some(op) = self.ops.get(id) else {
                 continue;
             };
