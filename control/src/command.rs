@@ -24,6 +24,8 @@ use lanet::{Lane, Net, Nid, Route};
 
 /// Longest a `ping` may be told to wait.
 pub const MAX_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// A `ping`'s deadline when none is given.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A ping's timeout of `ms` milliseconds, if within 1 ms and [`MAX_PING_TIMEOUT`].
 pub fn ping_timeout(ms: u64) -> Result<Duration, String> {
@@ -36,8 +38,6 @@ pub fn ping_timeout(ms: u64) -> Result<Duration, String> {
     }
     Ok(timeout)
 }
-/// A `ping`'s deadline when none is given.
-pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

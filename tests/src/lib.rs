@@ -35,6 +35,31 @@ pub const SIZES: [usize; 11] = [
     MAX_TRANSFER,
 ];
 
+/// A child process, killed and reaped if it is still held when this is dropped: a test
+/// that fails before its end leaves nothing running (a daemon left behind would hold the
+/// test runner's output open). Take the child out to wait for it yourself.
+pub struct KilledOnDrop(pub Option<std::process::Child>);
+
+impl KilledOnDrop {
+    pub fn new(child: std::process::Child) -> Self {
+        KilledOnDrop(Some(child))
+    }
+
+    /// The child, while it is held.
+    pub fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child is still held")
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A data-lane frame for a driver driven by hand (`Lnd::post`): `body` from `from` to its
 /// neighbour `to`, with `payload`; its message id and send token are `token`.
 pub fn data_frame(

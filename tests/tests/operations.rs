@@ -10,7 +10,7 @@ use lanet::config::{ConfigFile, OpenLnd};
 use lanet::{Endpoint, Nid};
 use lanet_tests::peer::{put, wait_all, Peer};
 use lanet_tests::router::{loopback_router, net, route, sockets_on, RouterProcess, Scratch};
-use lanet_tests::{free_tcp_nid, pattern};
+use lanet_tests::{free_tcp_nid, pattern, KilledOnDrop};
 use serde_json::Value;
 
 const ROUTER_EXE: &str = env!("CARGO_BIN_EXE_lanet-router-under-test");
@@ -719,7 +719,7 @@ fn the_router_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         &loopback_router(port(), port(), "", "drain = \"1s\"\n"),
     );
     let control = scratch.0.join("router.sock");
-    let mut child = KillOnDrop(Some(
+    let mut child = KilledOnDrop::new(
         Command::new(ROUTER_EXE)
             .arg("--config")
             .arg(&config)
@@ -731,8 +731,8 @@ fn the_router_tells_systemd_when_it_is_ready_reloading_and_stopping() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
-    ));
-    let pid = child.0.as_ref().unwrap().id();
+    );
+    let pid = child.get().id();
     let next = || {
         let mut buf = [0u8; 256];
         // A stop and continue (SIGSTOP, a frozen cgroup) interrupts a wait with a timeout
@@ -777,19 +777,6 @@ fn the_router_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         "{first}"
     );
     assert!(!log.contains('\x1b'), "no ANSI colours in the journal");
-}
-
-/// A child process killed if the test fails before it ends: a daemon left running would
-/// hold the test runner's output open.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A program that links lanet serves the same control socket for its own endpoint: here

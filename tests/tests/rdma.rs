@@ -12,7 +12,7 @@ use lanet::wire::{Body, Header, Status};
 use lanet::{Endpoint, Lane, Nid, NodeConfig};
 use lanet_lnd_rdma::{RdmaConfig, RdmaLnd, EAGER_MAX};
 use lanet_tests::peer::{check_exchange_of_every_size, check_kill_mid_transfer, Peer};
-use lanet_tests::{bind_lnd, pattern, run_in_rxe_vm, IN_RXE_VM};
+use lanet_tests::{bind_lnd, pattern, run_in_rxe_vm, KilledOnDrop, IN_RXE_VM};
 use lanet_tests::{data_frame as frame, data_header as frame_header};
 
 const PEER_EXE: &str = env!("CARGO_BIN_EXE_lanet-peer");
@@ -1194,16 +1194,6 @@ fn stream_until_killed() {
     }
 }
 
-/// A child process, killed and reaped when dropped.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Polls one driver alone until `done` holds for what it has said, for up to a minute;
 /// a failure says `what` and what happened.
 fn poll_alone_until(
@@ -1260,7 +1250,7 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
             .spawn()
             .expect("the streaming child");
         // Killed and reaped however the round ends.
-        let mut child = KilledOnDrop(child);
+        let mut child = KilledOnDrop::new(child);
         let from_client = |evs: &[LndEvent]| {
             evs.iter()
                 .filter(|e| matches!(e, LndEvent::Received { peer, .. } if *peer == client))
@@ -1270,8 +1260,8 @@ fn vm_driver_keeps_every_shared_receive_when_peers_die_mid_message() {
         poll_alone_until(&mut server, &mut events, &starved, |evs| {
             from_client(evs) >= 3
         });
-        child.0.kill().expect("kill the child");
-        child.0.wait().expect("reap the child");
+        child.get().kill().expect("kill the child");
+        child.get().wait().expect("reap the child");
         let gone = |evs: &[LndEvent]| {
             evs.iter()
                 .any(|e| matches!(e, LndEvent::Disconnected { peer, .. } if *peer == client))
