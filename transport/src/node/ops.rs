@@ -19,6 +19,10 @@ pub(crate) const DEADLINE_SLACK: usize = 64;
 /// half of it.
 pub(crate) const DEAD_INDEX_SLACK: usize = 32;
 
+/// Room for ops (in ops) past which an emptying table gives room back (see
+/// [`Ops::give_room_back`]).
+const SHRINK_ABOVE: usize = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
     /// Waiting at its next hop for a connection or credits.
@@ -213,7 +217,38 @@ impl Ops {
         }
         // Queue slots and deadlines are dropped lazily: they no longer find a live op with
         // this seq.
+        let room = self.live.capacity();
+        if room > SHRINK_ABOVE && self.live.len() * 4 < room {
+            self.give_room_back();
+        }
         Some(op)
+    }
+
+    /// After a burst (a server's 100,000 entries, a client's requests to a peer that came
+    /// back), most of the tables' room goes back once a quarter is used: to twice what
+    /// they hold, well under [`SHRINK_ABOVE`] for steady use near it, so that they do not
+    /// shrink and grow in turn (amortised O(1) a removal). Stale deadlines go first.
+    #[cold]
+    #[inline(never)]
+    fn give_room_back(&mut self) {
+        let keep = (self.live.len() * 2).max(1024);
+        self.live.shrink_to(keep);
+        self.awaiting.shrink_to(keep);
+        let live = &self.live;
+        self.deadlines
+            .retain(|Reverse((_, seq, id))| live.get(id).is_some_and(|op| op.seq == *seq));
+        self.deadlines.shrink_to(keep);
+        self.live_top = None;
+    }
+
+    /// Room the tables keep, in ops: the live ops', the answers awaited, the deadlines'.
+    #[cfg(test)]
+    fn room(&self) -> (usize, usize, usize) {
+        (
+            self.live.capacity(),
+            self.awaiting.capacity(),
+            self.deadlines.capacity(),
+        )
     }
 
     /// Removes every live op, in submission order, touching nothing else.
@@ -620,6 +655,38 @@ mod tests {
         }
         assert_eq!(ops.len(), 0);
         assert_eq!(ops.indexed(), 0, "nothing left behind");
+    }
+
+    /// A burst of 50,000 ops, each with a deadline and awaiting its answer, gives its
+    /// room back as it ends; what is still live stays findable, by id, by its answer's
+    /// message id, and by its deadline.
+    #[test]
+    fn the_room_a_burst_took_is_given_back() {
+        const N: u64 = 50_000;
+        let (peer, us) = (Nid::mem(1, 1), Nid::mem(2, 1));
+        let mut ops = Ops::default();
+        let mut seqs = Vec::new();
+        for i in 0..N {
+            let seq = ops.take_seq();
+            ops.insert(OpId(i), Op::new(seq, put_to(peer)), Some(Time(1_000 + i)));
+            assert!(ops.sent(OpId(i), us).is_some());
+            seqs.push(seq);
+        }
+        let (live, awaiting, deadlines) = ops.room();
+        assert!(live >= N as usize && awaiting >= N as usize && deadlines >= N as usize);
+        // All but the last ten end, newest first, so that the heap's top stays live.
+        for i in (10..N).rev() {
+            assert!(ops.remove(OpId(i)).is_some());
+        }
+        let (live, awaiting, deadlines) = ops.room();
+        for room in [live, awaiting, deadlines] {
+            assert!(room <= SHRINK_ABOVE, "{room} ops of room kept for 10 ops");
+        }
+        for i in 0..10 {
+            assert_eq!(ops.answering(seqs[i as usize]), Some(OpId(i)));
+        }
+        assert_eq!(ops.next_deadline(), Some(Time(1_000)));
+        assert_eq!(ops.pop_expired(Time(1_009 + N)), Some(OpId(0)));
     }
 
     #[derive(Debug, Clone)]
