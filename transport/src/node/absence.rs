@@ -381,7 +381,11 @@ impl Node {
         self.ask_for_fellows(now);
 
         let cause = self.find_black_hole();
-        let covered = cause.is_some() && self.fellows_cover();
+        // Asked also of a withdrawn router whose cause went: a cause that named a fellow
+        // (vouching, or hearing a net) goes when that fellow dies, and then nobody may
+        // cover for it either.
+        let covered =
+            (cause.is_some() || self.router.absence.withdrawn.is_some()) && self.fellows_cover();
         let half_life = cfg.half_life;
         let hold = self.hold_down(now);
         let hold_off = self.cfg.health.interval * 2;
@@ -424,6 +428,14 @@ impl Node {
                 }
             }
             (Some(_), None) => a.degraded = true,
+            (None, Some(_)) if !covered => {
+                // Clear of its cause, or of one it can no longer tell (the fellow that
+                // vouched died): either way no fellow covers for it, and it comes back
+                // now rather than leave a pair of nets with no router for a hold-down.
+                a.degraded = false;
+                a.withdrawn = None;
+                a.stats.returns += 1;
+            }
             (None, Some((since, clear))) => {
                 a.degraded = false;
                 let clear = clear.unwrap_or(now);

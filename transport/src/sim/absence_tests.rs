@@ -194,6 +194,46 @@ fn a_router_that_cannot_reach_one_peer_its_fellow_reaches_advertises_it_then_wit
     s.check_nothing_lost();
 }
 
+/// Withdrawn because its fellow reaches a peer it does not, a router whose fellow then
+/// dies is the last router between the nets: it comes back once it finds the fellow Down,
+/// not after a hold-down meant for a cause that healed (2 s or more, with no router
+/// between the nets meanwhile).
+#[test]
+fn a_withdrawn_router_whose_fellow_dies_comes_back_at_once() {
+    let mut c = cluster(quick());
+    let mut s = Stream::default();
+    c.stream(50 * MS, &mut s);
+    let (r8, r9) = (c.routers[0], c.routers[1]);
+    let s2 = c.servers[0];
+    c.sim.fabric().set_cut(on(2, 8), s2, true);
+    c.stream(1000 * MS, &mut s);
+    assert_eq!(c.state(0), RouterState::Absent(AbsentReason::BlackHole));
+    c.settle(&mut s);
+    s.check_nothing_lost();
+    c.sim.take_events(r8);
+
+    c.sim.kill(r9);
+    let killed = c.sim.now();
+    let detect = c.sim.node(r8).config().health.detect_time();
+    c.sim.run_for(detect + 200 * MS);
+    let back = changed_at(&mut c.sim, r8, RouterState::Forwarding);
+    assert_eq!(back.len(), 1, "router 8 back as the last router: {back:?}");
+    let took = back[0].0 - killed;
+    eprintln!("fellow killed: router 8 back after {took:?}: {}", back[0].2);
+    assert!(took <= detect + 100 * MS, "{took:?}");
+    // The client reaches the server router 8 still reaches through it.
+    let mut s = Stream::default();
+    c.stream(500 * MS, &mut s);
+    c.settle(&mut s);
+    let s1 = c.servers[1];
+    let to_s1 = s.ops.len() as u32 / 3;
+    let delivered_to_s1 = s.delivered.keys().filter(|&&i| i % 3 == 1).count() as u32;
+    assert_eq!(
+        delivered_to_s1, to_s1,
+        "every PUT to {s1} delivered through router 8"
+    );
+}
+
 #[test]
 fn a_peer_that_died_is_no_black_hole_and_nobody_withdraws() {
     // Seed 000's trap: a server dies (its failover partner starts later). Both routers
