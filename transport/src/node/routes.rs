@@ -80,6 +80,14 @@ impl RouteTable {
         v
     }
 
+    /// The gateways of the routes to `net`.
+    pub(crate) fn gateways(&self, net: Net) -> impl Iterator<Item = Nid> + '_ {
+        self.nets
+            .get(&net)
+            .into_iter()
+            .flat_map(|n| n.routes.iter().map(|r| r.gateway))
+    }
+
     /// Whether `gateway` is a gateway of any route (no allocation: asked per frame).
     pub(crate) fn is_gateway(&self, gateway: Nid) -> bool {
         self.nets

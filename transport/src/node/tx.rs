@@ -9,7 +9,7 @@ use super::ops::OpKind;
 use super::peers::{Hop, Pending, Upstream};
 use super::routes::Standing;
 use super::{InLnd, NiId, Node};
-use crate::health::HEALTH_MAX;
+use crate::health::{PeerState, HEALTH_MAX};
 use crate::lane::Lane;
 use crate::lnd::{LndError, Transmit, TxToken};
 use crate::nid::Nid;
@@ -197,8 +197,33 @@ impl Node {
 
     /// Sends (or queues) the monitor's PING to `dst` at its next hop (dropped if there is
     /// none: the monitor's verdict follows in time).
+    ///
+    /// A far end's PING goes by a gateway that is not Suspect if there is one: a gateway
+    /// gone silent would take the PINGs with it, and the end, silent through it, would be
+    /// declared Down with it (failing its operations rather than resending them), however
+    /// well its other gateways reach it. (Data keeps to its routes' priorities until a
+    /// gateway is Down: its frames are resent then.)
     pub(crate) fn send_health_ping(&mut self, dst: Nid, seq: u64) {
-        match self.next_hop(dst, &[]) {
+        let suspect: Vec<Nid> = if self.ni_of(dst).is_some() {
+            Vec::new()
+        } else {
+            let health = &self.health;
+            self.routes
+                .gateways(dst.net())
+                .filter(|&g| {
+                    health
+                        .peer(g)
+                        .is_some_and(|p| p.state == PeerState::Suspect)
+                })
+                .collect()
+        };
+        let hop = if suspect.is_empty() {
+            self.next_hop(dst, &[])
+        } else {
+            self.next_hop(dst, &suspect)
+                .or_else(|| self.next_hop(dst, &[]))
+        };
+        match hop {
             Some(hop) => self.send_or_queue(hop, Lane::Health, Pending::HealthPing { dst, seq }),
             None => tracing::debug!(%dst, "no way to ping it"),
         }

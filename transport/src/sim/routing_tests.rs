@@ -621,6 +621,53 @@ fn a_router_gone_silent_is_declared_down_and_its_operations_resent() {
     let _ = r8;
 }
 
+/// The preferred router (a better priority) goes silent while the client watches the
+/// server behind it: the client's PINGs to the server go by the other router once the
+/// first is Suspect, so the server, alive, is never declared Down with it (which would
+/// fail its operations with `PeerDead` rather than resend them).
+#[test]
+fn a_preferred_router_gone_silent_takes_no_live_server_down_with_it() {
+    let mut sim = sim();
+    let (client, server) = (on(1, 1), on(2, 2));
+    sim.add_node(client, cfg(1)).unwrap();
+    sim.add_node(server, cfg(2)).unwrap();
+    let r8 = add_router(&mut sim, 8, &[1, 2], None);
+    let _r9 = add_router(&mut sim, 9, &[1, 2], None);
+    for (gw, priority) in [(8, 0), (9, 1)] {
+        let to_server = Route {
+            priority,
+            ..route(2, on(1, gw), 1)
+        };
+        let to_client = Route {
+            priority,
+            ..route(1, on(2, gw), 1)
+        };
+        sim.add_route(client, to_server).unwrap();
+        sim.add_route(server, to_client).unwrap();
+    }
+    sim.attach(server, MatchEntry::sink(4, 1, 64));
+    let warm = puts_in_flight(&mut sim, client, server, 2);
+    let _ = settle_all(&mut sim, client, server, &warm);
+    assert!(sim.node(r8).stats().forwarded > 0, "router 8 preferred");
+    sim.take_events(client);
+    let ops = puts_in_flight(&mut sim, client, server, 50);
+    sim.run_for(30 * US);
+    for peer in [client, server] {
+        let near = if peer == client { on(1, 8) } else { on(2, 8) };
+        sim.fabric().set_cut(peer, near, true);
+    }
+    let (results, delivered, _) = settle_all(&mut sim, client, server, &ops);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(delivered.values().all(|&n| n == 1));
+    assert_eq!(delivered.len(), 50);
+    sim.run_for(Duration::from_secs(1));
+    let node = sim.node(client);
+    let state = |peer| node.peer_health(peer).map(|h| h.state);
+    assert_eq!(state(on(1, 8)), Some(PeerState::Down));
+    assert_ne!(state(server), Some(PeerState::Down));
+    assert_eq!(node.health_stats().downs, 1, "only the router was Down");
+}
+
 /// Route events `at` reported since the last look: (up?, net, gateway, reason).
 fn route_events(sim: &mut Sim, at: Nid) -> Vec<(bool, Net, Nid, Option<RouteDownReason>)> {
     sim.take_events(at)
