@@ -362,6 +362,7 @@ impl Node {
         let pools_cfg = (cfg.router_buffers, cfg.router_patience);
         let dedup = dedup::Dedup::new(cfg.dedup_window, cfg.dedup_initiators);
         let router = gateways::Router::new(&cfg);
+        let ops = Ops::new(cfg.incarnation);
         Node {
             dedup,
             router,
@@ -375,7 +376,7 @@ impl Node {
             gateways: gateways::Gateways::default(),
             pools: pools::Pools::new(pools_cfg.0, pools_cfg.1),
             stall_checks: BinaryHeap::new(),
-            ops: Ops::default(),
+            ops,
             portals: portal_list::Portals::default(),
             fetching: FxHashMap::default(),
             replies_being_fetched: Default::default(),

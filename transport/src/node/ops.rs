@@ -157,6 +157,20 @@ pub(crate) struct Ops {
 }
 
 impl Ops {
+    /// The ops of a node whose life is `incarnation`. Their seqs, which are their request
+    /// frames' message ids, start from it: each life numbers its requests from its own
+    /// start, so an answer to a life a restart replaced (late, through a router) finds no
+    /// op of the new life, where lives all counting from 1 would have it complete one
+    /// with another request's answer. Incarnations are the start's wall clock in
+    /// nanoseconds: a life would need an op a nanosecond to reach the next one's ids. Kept
+    /// below bit 62, so that ids stay clear of health PINGs' bit 63 for 2^62 requests.
+    pub(crate) fn new(incarnation: u64) -> Ops {
+        Ops {
+            next_seq: incarnation & ((1 << 62) - 1),
+            ..Ops::default()
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.live.len()
     }

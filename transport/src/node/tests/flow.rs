@@ -27,11 +27,15 @@ fn put_connects_sends_and_completes_on_ack() {
     assert_eq!(sent.len(), 1);
     let h = sent[0].header;
     assert_eq!(
+        h.msg_id, 101,
+        "a life numbers its requests from its incarnation, 100"
+    );
+    assert_eq!(
         h.body,
         Body::Put {
             portal: 4,
             match_bits: 0x10,
-            settled_below: 1,
+            settled_below: h.msg_id,
             ack: true,
         }
     );

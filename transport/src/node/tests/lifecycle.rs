@@ -573,3 +573,43 @@ fn a_shutdown_with_many_entries_on_a_portal_takes_linear_time() {
     assert_eq!(completions(&mut n).len(), 100_000);
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
+
+/// A node restarts (a new incarnation) with an answer to its old life still on its way
+/// (waiting at the target, or at a router, for credits). The new life's first requests
+/// must not be taken for the old one's: each life numbers them from its own incarnation,
+/// so the old answer completes nothing and is counted late.
+#[test]
+fn an_answer_to_a_life_a_restart_replaced_completes_nothing_of_the_new_one() {
+    let exchange = |n: &mut Node| {
+        n.put(t(0), OpId(1), put(B, b"x")).unwrap();
+        connected(n, B, Lane::Data, 8, 7);
+        let sent = drain(n);
+        sent_ok(n, &sent[0]);
+        sent[0].header.msg_id
+    };
+    let mut old_life = node();
+    let old_id = exchange(&mut old_life);
+    let mut new_life = node_with(NodeConfig::new(200));
+    let new_id = exchange(&mut new_life);
+    assert_ne!(
+        old_id, new_id,
+        "each life numbers its requests from its own start"
+    );
+    let ack = Body::Ack {
+        status: Status::NoMatch,
+        mlen: 0,
+    };
+    receive(&mut new_life, t(1), B, Lane::Data, ack, old_id, 0, b"");
+    assert!(completions(&mut new_life).is_empty());
+    assert_eq!(new_life.stats().late_responses, 1);
+    // Its own answer completes it.
+    let ack = Body::Ack {
+        status: Status::Ok,
+        mlen: 1,
+    };
+    receive(&mut new_life, t(2), B, Lane::Data, ack, new_id, 0, b"");
+    assert_eq!(
+        completions(&mut new_life),
+        vec![(OpId(1), Ok(OpOutcome::Put { mlen: 1 }))]
+    );
+}
