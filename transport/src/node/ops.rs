@@ -355,12 +355,14 @@ impl Ops {
     }
 
     /// Back to waiting at a next hop (its request is to be sent again): what the driver
-    /// still says about the attempt before is about an attempt that is over.
+    /// still says about the attempt before is about an attempt that is over. It stays
+    /// answerable: a copy sent before may have got through, and its target's answer ends
+    /// the op as well as the next copy's would (a NACK names its attempt, and one for
+    /// the copy before is not taken).
     pub(crate) fn requeued(&mut self, id: OpId) {
         if let Some(op) = self.live.get_mut(&id) {
             op.stage = Stage::Queued;
             op.attempts += 1;
-            self.awaiting.remove(&op.seq);
         }
     }
 

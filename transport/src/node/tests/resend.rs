@@ -85,6 +85,47 @@ fn a_failed_send_through_a_failed_router_does_not_end_the_resent_operation() {
     assert_eq!((again[0].1, again[0].2.msg_id), (c, first[0].2.msg_id));
 }
 
+/// The router fails after passing the request on; the op waits to be resent through
+/// the other router, whose connection is not up yet. The target's ACK to the first copy
+/// then comes back (the first router reconnected): it ends the op, rather than being
+/// thrown away as late and leaving the op to a resend that may find no way.
+#[test]
+fn an_answer_to_a_copy_that_got_through_ends_the_op_waiting_to_be_resent() {
+    let mut n = node();
+    let (b, c) = (nid(B), nid(C));
+    route_via(&mut n, b, 0);
+    route_via(&mut n, c, 1);
+    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let first = sent(&mut n);
+    went_out(&mut n, &first[0]);
+    lost(&mut n, 0, b);
+    assert!(sent(&mut n).is_empty(), "waiting for the other router");
+    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
+    let ack = Header {
+        src_incarnation: 3,
+        ..header(
+            far(),
+            nid(A),
+            first[0].2.msg_id,
+            Body::Ack {
+                status: Status::Ok,
+                mlen: 1,
+            },
+        )
+    };
+    arrives(&mut n, t(2), b, ack, RxPayload::Inline(Bytes::new()));
+    assert_eq!(
+        completions(&mut n),
+        vec![(OpId(1), Ok(OpOutcome::Put { mlen: 1 }))]
+    );
+    assert_eq!(n.stats().late_responses, 0);
+    // Nothing is left to send through the other router when it comes up.
+    connected_on(&mut n, 0, c, Lane::Data, 8, 7);
+    assert!(sent(&mut n).is_empty());
+    assert_eq!(n.footprint().queued, 0);
+}
+
 /// An initiator on two nets resends through a gateway on its other net: the copy still
 /// says it comes from the NID the first did, or its target would take it for another
 /// initiator's request and deliver it twice.
