@@ -298,13 +298,14 @@ impl Node {
         answers: std::collections::VecDeque<super::peers::Response>,
     ) {
         for mut answer in answers {
-            answer.reroutes += 1;
             // Each way it tried failed to connect: past the resend budget it goes, or
-            // two dead gateways would pass it back and forth for ever.
-            if answer.dst == hop || answer.reroutes > self.cfg.resend_budget {
+            // two dead gateways would pass it back and forth for ever. (Counted after
+            // the check: a budget of 255, the most the configuration takes, would wrap.)
+            if answer.dst == hop || answer.reroutes >= self.cfg.resend_budget {
                 self.stats.responses_dropped += 1;
                 self.stats.lanes[lane].dropped += 1;
             } else {
+                answer.reroutes += 1;
                 self.send_answer_avoiding(lane, answer, Some(hop));
             }
         }
