@@ -230,9 +230,14 @@ pub(crate) enum Fetch {
         entry: OpId,
         entry_seq: u64,
     },
-    /// The REPLY to our GET `op`, which came when the op had made `attempt` attempts (see
-    /// `Op::attempts`; a REPLY does not say which copy it answers).
-    Reply { op: OpId, seq: u64, attempt: u32 },
+    /// The REPLY to our GET `op`, which came by `hop` when the op had made `attempt`
+    /// attempts (see `Op::attempts`; a REPLY does not say which copy it answers).
+    Reply {
+        op: OpId,
+        seq: u64,
+        attempt: u32,
+        hop: Nid,
+    },
     /// A frame passing through (we are a router): forwarded once its payload is here.
     Forward {
         header: crate::wire::Header,
@@ -326,8 +331,10 @@ pub struct Node {
     pub(crate) portals: portal_list::Portals,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
-    /// The GETs among them, by seq and attempt: one REPLY payload fetched per copy.
-    pub(crate) replies_being_fetched: rustc_hash::FxHashSet<(u64, u32)>,
+    /// The GETs among them, by seq and the hop their REPLY came by: one REPLY payload
+    /// fetched per GET and hop (copies sent through other routers are answered by way of
+    /// those, and a hop that brings two brings one of them for nothing).
+    pub(crate) replies_being_fetched: rustc_hash::FxHashSet<(u64, Nid)>,
     /// Copies of routed PUTs that came while their first copy's payload was being
     /// fetched, by initiator, NID addressed, incarnation and message id: taken if that
     /// fetch fails (at most one per fetch).

@@ -746,8 +746,8 @@ impl Node {
             }
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Deferred { handle, len })) => {
                 let (seq, attempt) = (op.seq, op.attempts);
-                if !self.replies_being_fetched.insert((seq, attempt)) {
-                    // A second REPLY to the same copy, while the first one's payload is
+                if !self.replies_being_fetched.insert((seq, hop)) {
+                    // A second REPLY by the same way, while the first one's payload is
                     // fetched: a peer's error, or a hostile one making each take a buffer
                     // of its length.
                     self.stats.late_responses += 1;
@@ -759,6 +759,7 @@ impl Node {
                         op: id,
                         seq,
                         attempt,
+                        hop,
                     },
                 );
                 let sink = BytesMut::with_capacity(len as usize);
@@ -804,17 +805,26 @@ impl Node {
                 );
                 self.stats.protocol_errors += 1;
             }
-            Some(Fetch::Reply { op, seq, attempt }) => {
-                self.replies_being_fetched.remove(&(seq, attempt));
+            Some(Fetch::Reply {
+                op,
+                seq,
+                attempt,
+                hop,
+            }) => {
+                self.replies_being_fetched.remove(&(seq, hop));
                 let Some(live) = self.ops.live(op, seq) else {
                     self.stats.late_responses += 1;
                     return;
                 };
                 let (resent, routed) = (live.attempts != attempt, live.router().is_some());
+                // (A failed fetch only: a walk of the fetches under way, which are few.)
+                let another_reply = || self.replies_being_fetched.iter().any(|&(s, _)| s == seq);
                 match result {
                     Ok(data) => self.complete(op, Ok(OpOutcome::Get { data })),
                     // The GET went out again since (its router failed): that copy answers.
                     Err(_) if resent => {}
+                    // Another REPLY (to a copy, by another way) is being fetched: it answers.
+                    Err(_) if another_reply() => {}
                     // The payload was held on the way back, by a router that failed: the
                     // target answers a copy sent another way from its record, without
                     // serving it twice. (The copy avoids the router the request went out

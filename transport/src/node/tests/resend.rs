@@ -743,6 +743,60 @@ fn a_routed_get_whose_reply_cannot_be_fetched_from_its_router_is_sent_again() {
     assert_eq!((again[0].1, again[0].2.msg_id), (nid(C), first.msg_id));
 }
 
+/// B fails with the GET in flight, and the GET goes again through C. B comes back and
+/// passes on the target's REPLY to the first copy; C then brings the REPLY to the copy,
+/// both payloads left at their router. The fetch from B fails (B goes again): the fetch
+/// from C is still under way, and its payload ends the GET. (Both REPLYs are fetched,
+/// one per router: the second is not taken for a peer's error, nor the failed fetch for
+/// a failure of the copy's router.)
+#[test]
+fn a_routed_get_whose_first_reply_cannot_be_fetched_ends_with_the_reply_of_its_copy() {
+    let mut n = behind_two_routers_up();
+    let get = GetRequest {
+        dst: far(),
+        lane: Lane::Data,
+        portal: 4,
+        match_bits: 0x10,
+        want_len: 8192,
+        timeout: None,
+        on_peer_down: Default::default(),
+    };
+    n.get(t(0), OpId(1), get).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first[0].1, nid(B));
+    lost(&mut n, 0, nid(B));
+    let again = sent(&mut n);
+    assert_eq!(again[0].1, nid(C));
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 7);
+    let msg_id = first[0].2.msg_id;
+    reply_left_at_b(&mut n, t(2), msg_id, 1);
+    let at_c = RxPayload::Deferred {
+        handle: RxHandle(2),
+        len: 3,
+    };
+    far_reply_via(&mut n, t(3), nid(C), msg_id, at_c);
+    let fetches: Vec<u64> = requests(&mut n)
+        .into_iter()
+        .filter_map(|r| match r {
+            LndRequest::Fetch { handle, .. } => Some(handle.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fetches, vec![1, 2], "one REPLY fetched per router");
+    fetch_failed(&mut n);
+    assert_eq!(
+        completions(&mut n),
+        vec![],
+        "the copy's REPLY is on its way"
+    );
+    super::target::fetched(&mut n, 2, Ok(Bytes::from_static(b"abc")));
+    let done = completions(&mut n);
+    assert!(
+        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
+        "{done:?}"
+    );
+}
+
 /// A PUT sent straight to its neighbour B passes no router, so nothing can refuse it on
 /// the way: a NACK naming it, from another neighbour C guessing its message id, is
 /// ignored (it ended the PUT), and B's ACK ends it.
