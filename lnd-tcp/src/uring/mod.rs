@@ -567,7 +567,13 @@ impl Uring {
         }
         cqes.clear();
         self.cqes = cqes;
-        let mut budget = DATA_RECV_PER_TURN;
+        // Stopping, no turn follows: the whole backlog goes now (each handler only gives
+        // its buffer back), or a large one would outlast the drop's wait and be leaked.
+        let mut budget = if self.stopping {
+            usize::MAX
+        } else {
+            DATA_RECV_PER_TURN
+        };
         while budget > 0 {
             let Some(Deferred {
                 ud,

@@ -115,6 +115,10 @@ impl Uring {
                 // it goes without the shutdown `Drop` gives it, which would stop both,
                 // and after the ring, whose queued ACCEPT still names it.
                 let listener = u.listener.take();
+                // A failed enter took none of the queued entries: nothing reached the
+                // kernel, and the drop only frees the buffers (rather than wait 2 s for
+                // an accept and a read never submitted, then leak them).
+                u.enabled = false;
                 drop(u);
                 drop(listener);
                 return Err(e);
@@ -211,7 +215,12 @@ impl Drop for Uring {
         let busy =
             |u: &Uring| u.accept_armed || u.wake_armed || u.socks.values().any(|s| !s.idle());
         while busy(self) && Instant::now() < deadline {
-            if let Err(e) = sys::wait_briefly(&self.ring) {
+            let waited = if self.backlog.is_empty() {
+                sys::wait_briefly(&self.ring)
+            } else {
+                Ok(0) // completions reaped already, to be handled first
+            };
+            if let Err(e) = waited {
                 if sys::wrong_thread(&e) {
                     // Dropped on another thread than the one that ran it: the kernel
                     // takes nothing from this one, so nothing can be waited for.
