@@ -155,6 +155,10 @@ impl<K: Copy + Eq + Hash, V> MemoMap<K, V> {
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.entries.iter_mut().map(|(_, value)| value)
     }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(key, value)| (&*key, value))
+    }
 }
 
 impl<K: Copy + Eq + Hash + Debug, V> std::ops::Index<&K> for MemoMap<K, V> {

@@ -66,7 +66,10 @@ pub struct LaneConfig {
 pub struct NodeConfig {
     /// Differs at every start (the configuration file takes the wall clock's nanoseconds):
     /// peers use it to tell a restart from a reconnection, and a late frame of the life a
-    /// restart replaced (through a router) from news.
+    /// restart replaced (through a router) from news. The node numbers its requests
+    /// (their message ids) from it too, so that an answer to its old life, late, matches
+    /// nothing of the new one: that needs lives further apart than the requests each
+    /// sends, as nanoseconds of the clock are (small numbers, as the tests use, are not).
     pub incarnation: u64,
     pub lanes: PerLane<LaneConfig>,
     /// Deadline of an operation that does not set its own.

@@ -20,7 +20,9 @@
 //! * **Return.** After a hold-down of sustained health. Each flap (a withdrawal, or the
 //!   cause coming back during the hold-down) adds 1000 to a penalty that halves every
 //!   `half_life`; the hold-down is `hold_down` x penalty/1000 (at least once, at most
-//!   `max_hold_down`): a flapping router stays out longer.
+//!   `max_hold_down`): a flapping router stays out longer. At once, whatever its penalty,
+//!   when no fellow covers for it any more (fail open), as when the fellow that vouched
+//!   for the peer it could not reach died.
 //! * **Warm-up and the operator.** A starting router is absent (warming up) for
 //!   `warm_up`; the operator may take it out (administrator) or stop it (stopping). The
 //!   operator's word comes first, then warm-up, then a black hole.
@@ -68,7 +70,8 @@ impl fmt::Display for BlackHole {
 pub struct AbsenceStats {
     /// Times it withdrew for a black hole.
     pub withdrawals: u64,
-    /// Times it came back after its hold-down.
+    /// Times it came back: after its hold-down, or at once when its fellows no longer
+    /// covered for it.
     pub returns: u64,
     /// Withdrawals, and causes back during a hold-down.
     pub flaps: u64,

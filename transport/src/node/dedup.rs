@@ -223,7 +223,8 @@ impl Dedup {
                 // Too many to remember one by one: this window's oldest becomes its floor.
                 if let Some(oldest) = w.evicted.pop_first() {
                     // Saturating: an id at the top of the range (never an initiator's,
-                    // whose ids count up from 1; a forged one) must not overflow.
+                    // whose ids count up from its incarnation, below 2^62; a forged one)
+                    // must not overflow.
                     w.floor = oldest.saturating_add(1);
                     let kept = w.entries.split_off(&w.floor);
                     self.entries -= w.entries.len();
@@ -463,7 +464,7 @@ mod tests {
     }
 
     /// Message ids come from the wire: one at the very top of the range (forged, as an
-    /// initiator's count up from 1) is remembered and let go of like any other, without
+    /// initiator's count up from its incarnation, below 2^62) is remembered and let go of like any other, without
     /// overflowing the floor past it.
     #[test]
     fn ids_at_the_top_of_the_range_are_no_overflow() {

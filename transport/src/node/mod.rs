@@ -36,6 +36,7 @@ pub(crate) mod peers;
 mod pools;
 mod portal_list;
 mod queues;
+mod reply_fetches;
 mod report;
 mod routes;
 mod rx;
@@ -331,10 +332,8 @@ pub struct Node {
     pub(crate) portals: portal_list::Portals,
     /// Deferred payloads being fetched, by the NI and handle of their driver.
     pub(crate) fetching: FxHashMap<(NiId, RxHandle), Fetch>,
-    /// The GETs among them, by seq and the hop their REPLY came by: one REPLY payload
-    /// fetched per GET and hop (copies sent through other routers are answered by way of
-    /// those, and a hop that brings two brings one of them for nothing).
-    pub(crate) replies_being_fetched: rustc_hash::FxHashSet<(u64, Nid)>,
+    /// The GETs' REPLYs among them.
+    pub(crate) reply_fetches: reply_fetches::ReplyFetches,
     /// Copies of routed PUTs that came while their first copy's payload was being
     /// fetched, by initiator, NID addressed, incarnation and message id: taken if that
     /// fetch fails (at most one per fetch).
@@ -386,7 +385,7 @@ impl Node {
             ops,
             portals: portal_list::Portals::default(),
             fetching: FxHashMap::default(),
-            replies_being_fetched: Default::default(),
+            reply_fetches: Default::default(),
             held_copies: FxHashMap::default(),
             faults: faults::Faults::default(),
             out: Outbox::default(),

@@ -253,6 +253,18 @@ impl Ops {
             .retain(|Reverse((_, seq, id))| live.get(id).is_some_and(|op| op.seq == *seq));
         self.deadlines.shrink_to(keep);
         self.live_top = None;
+        // A peer's index, if it is left with a few ops of its burst (its dead entries go
+        // first, as a compaction would take them).
+        let live = &self.live;
+        for (peer, index) in self.by_peer.iter_mut() {
+            if index.queue.capacity() > INDEX_CAPACITY_FREED {
+                index.queue.retain(|&key| involves(live, *peer, key));
+                index.dead = 0;
+                index
+                    .queue
+                    .shrink_to((index.queue.len() * 2).max(INDEX_CAPACITY_KEPT));
+            }
+        }
     }
 
     /// Room the tables keep, in ops: the live ops', the answers awaited, the deadlines'.
@@ -698,6 +710,21 @@ mod tests {
         for room in [live, awaiting, deadlines] {
             assert!(room <= SHRINK_ABOVE, "{room} ops of room kept for 10 ops");
         }
+        let index = ops.by_peer.get(&peer).expect("its index");
+        assert!(
+            index.queue.capacity() <= SHRINK_ABOVE,
+            "{}",
+            index.queue.capacity()
+        );
+        check(
+            &ops,
+            peer,
+            seqs[..10]
+                .iter()
+                .zip(0..)
+                .map(|(&s, i)| (s, OpId(i)))
+                .collect(),
+        );
         for i in 0..10 {
             assert_eq!(ops.answering(seqs[i as usize]), Some(OpId(i)));
         }

@@ -746,7 +746,7 @@ impl Node {
             }
             (OpKind::Get(_), Answer::Reply(Status::Ok, RxPayload::Deferred { handle, len })) => {
                 let (seq, attempt) = (op.seq, op.attempts);
-                if !self.replies_being_fetched.insert((seq, hop)) {
+                if !self.reply_fetches.start(seq, hop) {
                     // A second REPLY by the same way, while the first one's payload is
                     // fetched: a peer's error, or a hostile one making each take a buffer
                     // of its length.
@@ -811,20 +811,20 @@ impl Node {
                 attempt,
                 hop,
             }) => {
-                self.replies_being_fetched.remove(&(seq, hop));
+                let another_reply = self.reply_fetches.end(seq, hop);
                 let Some(live) = self.ops.live(op, seq) else {
                     self.stats.late_responses += 1;
                     return;
                 };
                 let (resent, routed) = (live.attempts != attempt, live.router().is_some());
-                // (A failed fetch only: a walk of the fetches under way, which are few.)
-                let another_reply = || self.replies_being_fetched.iter().any(|&(s, _)| s == seq);
+                // The REPLY came by a router the GET has left since (it failed), or the GET
+                // waits to go out again: a copy sent another way answers.
+                let superseded = live.avoid.contains(&hop) || live.stage == super::Stage::Queued;
                 match result {
                     Ok(data) => self.complete(op, Ok(OpOutcome::Get { data })),
-                    // The GET went out again since (its router failed): that copy answers.
-                    Err(_) if resent => {}
-                    // Another REPLY (to a copy, by another way) is being fetched: it answers.
-                    Err(_) if another_reply() => {}
+                    // The GET went out again since (its router failed): that copy answers;
+                    // or another REPLY, to a copy by another way, is being fetched.
+                    Err(_) if resent || superseded || another_reply => {}
                     // The payload was held on the way back, by a router that failed: the
                     // target answers a copy sent another way from its record, without
                     // serving it twice. (The copy avoids the router the request went out

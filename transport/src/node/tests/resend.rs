@@ -797,6 +797,58 @@ fn a_routed_get_whose_first_reply_cannot_be_fetched_ends_with_the_reply_of_its_c
     );
 }
 
+/// B fails with the GET in flight; the GET goes again through C. B comes back with the
+/// target's REPLY to the first copy, whose fetch from B fails (B goes again) before C
+/// brings the copy's: the failure is B's, a router the GET has left, and the GET waits
+/// for its copy's REPLY rather than be resent avoiding C (and fail, with no way left).
+/// The same while the copy waits for C to connect.
+#[test]
+fn a_reply_by_a_router_the_get_left_that_cannot_be_fetched_leaves_the_copy_to_answer() {
+    for c_up in [true, false] {
+        let mut n = node();
+        route_via(&mut n, nid(B), 0);
+        route_via(&mut n, nid(C), 1);
+        connected_on(&mut n, 0, nid(B), Lane::Data, 8, 7);
+        if c_up {
+            connected_on(&mut n, 0, nid(C), Lane::Data, 8, 7);
+        }
+        let get = GetRequest {
+            dst: far(),
+            lane: Lane::Data,
+            portal: 4,
+            match_bits: 0x10,
+            want_len: 8192,
+            timeout: None,
+            on_peer_down: Default::default(),
+        };
+        n.get(t(0), OpId(1), get).unwrap();
+        let first = sent(&mut n);
+        lost(&mut n, 0, nid(B));
+        assert_eq!(
+            sent(&mut n).len(),
+            usize::from(c_up),
+            "through C, if it is up"
+        );
+        connected_on(&mut n, 0, nid(B), Lane::Data, 8, 7);
+        let msg_id = first[0].2.msg_id;
+        reply_left_at_b(&mut n, t(2), msg_id, 1);
+        fetch_failed(&mut n);
+        assert_eq!(completions(&mut n), vec![], "c up: {c_up}");
+        if !c_up {
+            connected_on(&mut n, 0, nid(C), Lane::Data, 8, 7);
+            let again = sent(&mut n);
+            assert_eq!((again.len(), again[0].1), (1, nid(C)));
+        }
+        let abc = RxPayload::Inline(Bytes::from_static(b"abc"));
+        far_reply_via(&mut n, t(3), nid(C), msg_id, abc);
+        let done = completions(&mut n);
+        assert!(
+            matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
+            "c up: {c_up}: {done:?}"
+        );
+    }
+}
+
 /// A PUT sent straight to its neighbour B passes no router, so nothing can refuse it on
 /// the way: a NACK naming it, from another neighbour C guessing its message id, is
 /// ignored (it ended the PUT), and B's ACK ends it.
