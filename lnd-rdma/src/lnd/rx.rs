@@ -77,6 +77,32 @@ fn parse(b: &[u8], limits: &Limits) -> Result<Message, String> {
     }
 }
 
+/// What a successful receive completion brought, parsed from its buffer's first
+/// `byte_len` bytes (`bytes`, if the buffer is one of ours); `None` for a failed one.
+fn received(
+    c: &Completion,
+    bytes: Option<&[u8]>,
+    limits: &Limits,
+) -> Option<Result<Message, String>> {
+    if !c.ok() {
+        return None;
+    }
+    if !c.is_recv() {
+        // A peer's RDMA WRITE with immediate data (its QP may write: rendezvous sinks)
+        // takes a receive without filling it: the buffer still holds the last message
+        // received into it, perhaps another peer's, which must not pass for this one's.
+        return Some(Err(format!(
+            "a receive taken by an operation we never send (work completion opcode {}, an \
+             RDMA write with immediate data)",
+            c.opcode
+        )));
+    }
+    Some(match bytes {
+        Some(b) => parse(b, limits),
+        None => Err("completion for an unknown receive buffer".into()),
+    })
+}
+
 impl RdmaLnd {
     /// A completion from `lane`'s CQ.
     pub(super) fn on_completion(&mut self, lane: Lane, c: Completion) {
@@ -101,12 +127,7 @@ impl RdmaLnd {
             link_checks_headers: self.ctx.link_checks_headers,
         };
         let recv = &mut self.ctx.recv[lane];
-        let received = recv.completed(buf, c.byte_len as usize);
-        let parsed = match (c.ok(), received) {
-            (true, Some(b)) => Some(parse(b, &limits)),
-            (true, None) => Some(Err("completion for an unknown receive buffer".into())),
-            (false, _) => None,
-        };
+        let parsed = received(c, recv.completed(buf, c.byte_len as usize), &limits);
         if let Err(e) = recv.repost(buf) {
             tracing::warn!(%lane, "cannot post a shared receive again: {e}");
         }
@@ -420,6 +441,38 @@ mod tests {
         .is_err());
         // Truncated header.
         assert!(parse(&req[..PREFIX_LEN + 10], &limits).is_err());
+    }
+
+    /// A peer's RDMA WRITE with immediate data completes one of our receives without
+    /// writing its buffer, which still holds an earlier message (perhaps another peer's):
+    /// refused, never parsed, however good what the buffer holds.
+    #[test]
+    fn a_receive_taken_by_a_write_with_immediate_data_is_refused_unread() {
+        use rdma_sys::{ibv_wc_opcode, ibv_wc_status};
+        let limits = Limits::new(1 << 20, lanet::wire::HeaderCheck::Link);
+        let left_over = message(Kind::Eager, 3, &header(3), b"abc");
+        let completion = |opcode| Completion {
+            wr_id: 1,
+            status: ibv_wc_status::IBV_WC_SUCCESS,
+            opcode,
+            byte_len: left_over.len() as u32,
+            qp_num: 7,
+        };
+        let send = completion(ibv_wc_opcode::IBV_WC_RECV);
+        assert!(matches!(
+            received(&send, Some(&left_over), &limits),
+            Some(Ok(Message::Eager(..)))
+        ));
+        let write = completion(ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM);
+        assert!(matches!(
+            received(&write, Some(&left_over), &limits),
+            Some(Err(e)) if e.contains("RDMA write with immediate data")
+        ));
+        let failed = Completion {
+            status: ibv_wc_status::IBV_WC_WR_FLUSH_ERR,
+            ..send
+        };
+        assert!(received(&failed, Some(&left_over), &limits).is_none());
     }
 
     proptest::proptest! {
