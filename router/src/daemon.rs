@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use lanet::config::{ConfigFile, OpenLnd};
+use lanet::config::{ConfigFile, NetSection, OpenLnd};
 use lanet::wire::{AbsentReason, RouterState};
 use lanet::{Endpoint, Event, Route};
 use lanet_lnd_rdma::OpenRdma;
@@ -284,8 +284,9 @@ impl Daemon {
     }
 
     /// Re-reads the configuration file and applies its routes; anything else that changed
-    /// needs a restart, and is named. A file that does not parse changes nothing; a route
-    /// the node refuses stops the reload there (logged), the routes before it applied.
+    /// needs a restart, and is named. A file that does not parse, or a route through a
+    /// gateway on a net this router does not run yet, changes nothing; a route the node
+    /// refuses stops the reload there (logged), the routes before it added.
     pub fn reload(&mut self) {
         let fresh = match ConfigFile::load(&self.config_path) {
             Ok(f) => f,
@@ -308,7 +309,8 @@ impl Daemon {
             self.control
                 .set_config(running(&self.config, self.control.path()));
         }
-        let (added, removed) = match apply_routes(&self.endpoint, &fresh.routes) {
+        let (added, removed) = match apply_routes(&self.endpoint, &self.config.nets, &fresh.routes)
+        {
             Ok(counts) => counts,
             Err(e) => {
                 tracing::error!("reload: {e}");
@@ -378,9 +380,36 @@ impl Daemon {
     }
 }
 
-/// Makes the endpoint's routes those of `wanted`; (added or updated, removed).
-fn apply_routes(endpoint: &Endpoint, wanted: &[Route]) -> Result<(usize, usize), String> {
+/// Makes the endpoint's routes those of `wanted`, for a node running NIs on the nets of
+/// `running`; (added or updated, removed). A route through a gateway on none of those nets
+/// (a `[[net]]` the reload added, which takes a restart) is refused before anything
+/// changes; then the new and updated routes go in before the stale ones go, so that a
+/// gateway swapped for another leaves its net no moment without a route.
+fn apply_routes(
+    endpoint: &Endpoint,
+    running: &[NetSection],
+    wanted: &[Route],
+) -> Result<(usize, usize), String> {
+    if let Some(w) = wanted
+        .iter()
+        .find(|w| !running.iter().any(|n| n.nid.same_net(&w.gateway)))
+    {
+        return Err(format!(
+            "route to {} through {}: on no net this router runs (a new [[net]] takes a \
+             restart); no route changed",
+            w.net, w.gateway
+        ));
+    }
     let current = endpoint.routes().map_err(|e| e.to_string())?;
+    let mut added = 0;
+    for w in wanted {
+        if !current.contains(w) {
+            endpoint
+                .add_route(*w)
+                .map_err(|e| format!("route to {} through {}: {e}", w.net, w.gateway))?;
+            added += 1;
+        }
+    }
     let mut removed = 0;
     for r in &current {
         if !wanted
@@ -391,15 +420,6 @@ fn apply_routes(endpoint: &Endpoint, wanted: &[Route]) -> Result<(usize, usize),
                 .remove_route(r.net, r.gateway)
                 .map_err(|e| e.to_string())?;
             removed += 1;
-        }
-    }
-    let mut added = 0;
-    for w in wanted {
-        if !current.contains(w) {
-            endpoint
-                .add_route(*w)
-                .map_err(|e| format!("route to {} through {}: {e}", w.net, w.gateway))?;
-            added += 1;
         }
     }
     Ok((added, removed))

@@ -222,6 +222,21 @@ fn sighup_reloads_routes_and_a_bad_file_changes_nothing() {
         1,
         "unchanged"
     );
+    // A new net (which takes a restart) and a route through a gateway on it, the tcp7
+    // route gone: refused before anything changes, rather than tcp7's route removed and
+    // the new one refused.
+    let new_net = format!(
+        "{}[[net]]\nnet = \"tcp9\"\naddress = \"127.0.0.1\"\nport = {}\n{}",
+        t.router_config(0, "warm_up = \"0s\""),
+        free_port(),
+        route("tcp8", &[nid(free_port(), "tcp9").to_string()])
+    );
+    std::fs::write(&config, &new_net).unwrap();
+    r.signal("-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let routes = r.status()["routes"].clone();
+    assert_eq!(routes.as_array().unwrap().len(), 1, "unchanged: {routes}");
+    assert_eq!(routes[0]["net"], "tcp7");
     assert_eq!(r.state(), "forwarding");
 }
 

@@ -586,6 +586,28 @@ impl RawFile {
                         format!("{gateway} is not on any net of this node (its [[net]]s)"),
                     ));
                 }
+                if nets.iter().any(|n| n.nid == gateway) {
+                    return Err(at.at(
+                        &r.gateway,
+                        "gateway",
+                        format!("{gateway} is this node itself"),
+                    ));
+                }
+                // The node keeps one route per net and gateway: a second would silently
+                // replace the first (and a reload would swap them at every SIGHUP).
+                if routes
+                    .iter()
+                    .any(|x: &Route| x.net == r.net && x.gateway == gateway)
+                {
+                    return Err(at.at(
+                        &r.gateway,
+                        "gateway",
+                        format!(
+                            "a second route to {} through {gateway} (one per net and gateway)",
+                            r.net
+                        ),
+                    ));
+                }
                 routes.push(Route {
                     net: r.net,
                     gateway,
@@ -633,6 +655,9 @@ impl RawFile {
                         "nids",
                         format!("{m} is on no net of this node, and no route reaches its net"),
                     ));
+                }
+                if nets.iter().any(|x| x.nid == m) {
+                    return Err(at.at(&g.nids, "nids", format!("{m} is this node itself")));
                 }
                 members.push(m);
             }

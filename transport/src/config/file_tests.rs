@@ -110,6 +110,32 @@ fn routes_take_one_gateway_or_a_list_and_lnet_names() {
     );
 }
 
+/// The node keeps one route per net and gateway, and none through itself: a file that
+/// lists either is refused where it says it (a site-wide gateway list shared by the
+/// gateways themselves, or the same gateway in two routes).
+#[test]
+fn a_route_twice_or_through_this_node_is_refused() {
+    let e = error(&format!(
+        "{TWO_NETS}\n[[route]]\nnet = \"tcp3\"\ngateway = \"10.0.1.9@tcp1\"\n\
+         [[route]]\nnet = \"tcp3\"\ngateway = [\"10.0.2.5:7002@tcp2\", \"10.0.1.9@tcp1\"]\nhop = 2\n"
+    ));
+    assert!(
+        e.contains(":16: gateway: a second route to tcp3 through 10.0.1.9@tcp1"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{TWO_NETS}\n[[route]]\nnet = \"tcp3\"\ngateway = [\"10.0.1.9@tcp1\", \"10.0.2.1:7002@tcp2\"]\n"
+    ));
+    assert!(
+        e.contains("gateway: 10.0.2.1:7002@tcp2 is this node itself"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{TWO_NETS}[[failover]]\nname = \"x\"\nnids = [\"10.0.1.9@tcp1\", \"10.0.1.1@tcp1\"]\n"
+    ));
+    assert!(e.contains("nids: 10.0.1.1@tcp1 is this node itself"), "{e}");
+}
+
 #[test]
 fn tunables_reach_the_node_config() {
     let f = parse(&format!(
