@@ -229,17 +229,24 @@ impl Mr {
     }
 }
 
-/// An application payload registered read-only, so a peer may RDMA READ it (or we may
-/// RDMA WRITE from it). Holds the `Bytes`, so the memory lives while registered.
+/// An application payload registered read-only: for us to RDMA WRITE from it, and, if it
+/// is registered for that, for a peer to RDMA READ it. Holds the `Bytes`, so the memory
+/// lives while registered.
 pub struct SourceMr {
     reg: Registration,
     data: Bytes,
 }
 
 impl SourceMr {
-    pub fn new(pd: &Pd, data: Bytes) -> Result<SourceMr, VerbsError> {
+    /// `remote_read`: a peer may READ it (it is told the key); otherwise only our own
+    /// work requests may use it, and no key guessed on the fabric opens it.
+    pub fn new(pd: &Pd, data: Bytes, remote_read: bool) -> Result<SourceMr, VerbsError> {
         // Read-only memory (a static payload) can be registered without write access.
-        let access = sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ;
+        let access = if remote_read {
+            sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ
+        } else {
+            sys::ibv_access_flags(0)
+        };
         // SAFETY: `data` is kept alive by this struct until after deregistration; the
         // access flags allow no writes.
         let mr = unsafe { register(pd, data.as_ptr().cast_mut(), data.len().max(1), access)? };
@@ -273,8 +280,9 @@ impl SourceMr {
     }
 }
 
-/// A receive buffer registered for local and remote writes (RDMA READ lands here; a peer
-/// RDMA WRITEs here). Holds the `BytesMut` until [`SinkMr::into_bytes`].
+/// A receive buffer registered for local writes (our RDMA READ lands here) and, if it is
+/// registered for that, remote ones (a peer RDMA WRITEs here). Holds the `BytesMut` until
+/// [`SinkMr::into_bytes`].
 pub struct SinkMr {
     reg: Registration,
     buf: BytesMut,
@@ -283,11 +291,20 @@ pub struct SinkMr {
 impl SinkMr {
     /// Registers the first `len` bytes of `buf`, zero-filled first so no byte is ever
     /// uninitialised, whatever the peer writes.
-    pub fn new(pd: &Pd, mut buf: BytesMut, len: usize) -> Result<SinkMr, VerbsError> {
+    /// `remote_write`: the peer WRITEs the payload (it is told the key); otherwise we READ
+    /// it, and no key guessed on the fabric opens the buffer.
+    pub fn new(
+        pd: &Pd,
+        mut buf: BytesMut,
+        len: usize,
+        remote_write: bool,
+    ) -> Result<SinkMr, VerbsError> {
         buf.clear();
         buf.resize(len, 0);
-        let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
-            | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE;
+        let mut access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE;
+        if remote_write {
+            access |= sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE;
+        }
         // SAFETY: `buf` is writable, owned by this struct and not touched (nor moved: a
         // BytesMut's heap buffer stays put) until after deregistration.
         let mr = unsafe { register(pd, buf.as_mut_ptr(), len.max(1), access)? };

@@ -35,6 +35,18 @@ pub struct RegCacheStats {
     pub evictions: u64,
 }
 
+impl std::ops::Add for RegCacheStats {
+    type Output = RegCacheStats;
+
+    fn add(self, other: RegCacheStats) -> RegCacheStats {
+        RegCacheStats {
+            hits: self.hits + other.hits,
+            misses: self.misses + other.misses,
+            evictions: self.evictions + other.evictions,
+        }
+    }
+}
+
 struct Entry<V> {
     value: Arc<V>,
     len: usize,

@@ -565,11 +565,22 @@ impl Qp {
     /// payload (GET replies) or how long it is (PUTs, whose receiver answers with a sink).
     fn post_request(&mut self, id: u32, tx: Transmit, ctx: &mut Ctx) -> Result<(), LndError> {
         let payload = tx.payload.clone();
-        let registered =
-            ctx.cache
-                .get_or_register(payload.as_ptr() as usize, payload.len(), || {
-                    SourceMr::new(&ctx.pd, payload)
-                });
+        let mode = if tx.header[5] == FrameType::Put as u8 {
+            Mode::Write
+        } else {
+            Mode::Read
+        };
+        // A PUT's payload is only written from, by us: registered (and cached) apart from
+        // those a peer reads, with no remote access.
+        let remote_read = mode == Mode::Read;
+        let cache = if remote_read {
+            &mut ctx.cache
+        } else {
+            &mut ctx.local_cache
+        };
+        let registered = cache.get_or_register(payload.as_ptr() as usize, payload.len(), || {
+            SourceMr::new(&ctx.pd, payload, remote_read)
+        });
         let src = match registered {
             Ok(src) => src,
             Err(e) => {
@@ -579,11 +590,6 @@ impl Qp {
                 });
                 return Ok(());
             }
-        };
-        let mode = if tx.header[5] == FrameType::Put as u8 {
-            Mode::Write
-        } else {
-            Mode::Read
         };
         let cookie = self.next_cookie;
         self.next_cookie += 1;

@@ -36,7 +36,8 @@ impl RdmaLnd {
         }
         let id = rdv.conn;
         let len = rdv.source.len as usize;
-        let ctrl = match SinkMr::new(&self.ctx.pd, sink, len) {
+        let remote_write = rdv.mode == Mode::Write;
+        let ctrl = match SinkMr::new(&self.ctx.pd, sink, len, remote_write) {
             Ok(mut sink) => {
                 let ctrl = match rdv.mode {
                     Mode::Write => Ctrl::Msg(

@@ -124,6 +124,8 @@ pub struct RdmaConfig {
     pub check_source_address: bool,
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
     pub spin: Duration,
+    /// Bounds of each of the two registration caches: payloads a peer READs (GET
+    /// replies), and payloads we WRITE from (PUTs), which no peer may access.
     pub reg_cache: RegCacheLimits,
     /// Each lane's shared receive queue: buffers posted at first, and at most.
     pub recv_pools: PerLane<RecvPool>,
@@ -212,7 +214,10 @@ pub(crate) struct Ctx {
     pub(crate) rdv_idle: bool,
     /// Each lane's shared receive queue, shared by that lane's connections.
     pub(crate) recv: PerLane<SharedRecv>,
+    /// Registrations of payloads a peer READs (GET replies).
     pub(crate) cache: RegCache<SourceMr>,
+    /// Registrations of payloads we WRITE from (PUTs): no remote access.
+    pub(crate) local_cache: RegCache<SourceMr>,
     pub(crate) events: Vec<LndEvent>,
     /// The device checks every packet (InfiniBand's and RoCE's ICRC): headers go without
     /// a checksum of their own to peers that take them so, and we take them so.
@@ -460,6 +465,7 @@ impl RdmaLnd {
                 rdv_idle: true,
                 recv,
                 cache: RegCache::new(cfg.reg_cache),
+                local_cache: RegCache::new(cfg.reg_cache),
                 events: Vec::new(),
                 link_checks_headers,
             },
@@ -503,7 +509,7 @@ impl RdmaLnd {
 
     /// Registration cache counts: how often a payload's registration was reused.
     pub fn reg_cache_stats(&self) -> RegCacheStats {
-        self.ctx.cache.stats()
+        self.ctx.cache.stats() + self.ctx.local_cache.stats()
     }
 
     /// Largest payload this NI sends inside a message (to peers whose buffers are as large).

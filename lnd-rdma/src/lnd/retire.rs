@@ -7,11 +7,14 @@
 //! losses starve it. So a failed connection's QP, if it could ever receive, is first moved
 //! to the error state, which makes the adapter complete, flushed, everything it holds of
 //! ours (and the peer hears). The QP, with everything it could still touch (its send
-//! buffers and payload registrations, the sinks offered to the peer), is kept for
+//! buffers, the sinks offered to the peer), is kept for
 //! [`RETIRE_GRACE`]; then the CQs are drained, which posts the flushed receives again,
 //! and only then is it destroyed, from housekeeping. (Draining from `retire`, which CQ
 //! processing calls when a completion fails its connection, would hand up completions
-//! behind the rest of the batch being processed.)
+//! behind the rest of the batch being processed.) Its payload registrations need no
+//! keeping: the registration caches hold their own reference, evicted only by a later
+//! registration, after the QP was put in the error state (or destroyed); and a
+//! registration is taken down before its memory is freed.
 //!
 //! This relies on the provider completing, flushed, a shared receive a QP holds for a
 //! message cut off when the QP goes to the error state. Soft-RoCE in Linux 6.1 (the test
