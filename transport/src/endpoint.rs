@@ -154,6 +154,11 @@ impl EndpointBuilder {
                 self.command_capacity
             )));
         }
+        if let Some(priority) = self.realtime.filter(|p| !(1..=99).contains(p)) {
+            return Err(EndpointError::Start(format!(
+                "realtime_driver priority {priority}: SCHED_RR takes 1 to 99"
+            )));
+        }
         let cfg = self.cfg.clone();
         let driver =
             Driver::new(self.cfg, self.lnds).map_err(|e| EndpointError::Start(e.to_string()))?;

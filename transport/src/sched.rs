@@ -8,7 +8,7 @@ use std::io;
 /// `RLIMIT_RTPRIO` of at least `priority`.
 pub(crate) fn set_realtime(priority: u8) -> io::Result<()> {
     let param = libc::sched_param {
-        sched_priority: i32::from(priority.clamp(1, 99)),
+        sched_priority: i32::from(priority),
     };
     let policy = libc::SCHED_RR | libc::SCHED_RESET_ON_FORK;
     // SAFETY: `param` is a live sched_param for the duration of the call; pid 0 names the

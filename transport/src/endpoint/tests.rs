@@ -428,6 +428,29 @@ fn a_realtime_driver_thread_is_round_robin_where_allowed_and_works_either_way() 
     }
 }
 
+/// A real-time priority SCHED_RR does not take is refused at the start, by name, rather
+/// than quietly clamped into its range.
+#[test]
+fn a_realtime_priority_outside_1_to_99_is_refused_at_the_start() {
+    let fabric = fabric();
+    for priority in [0, 100, 255] {
+        let cfg = NodeConfig::new(1);
+        let lnd = MemLnd::new(&fabric, Nid::mem(63, 0), MemLndConfig::for_node(&cfg)).unwrap();
+        let refused = Endpoint::builder(cfg)
+            .lnd(lnd)
+            .realtime_driver(priority)
+            .start()
+            .err()
+            .expect("refused");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("priority {priority}: SCHED_RR takes 1 to 99")),
+            "{refused}"
+        );
+    }
+}
+
 /// The issue-12 reproduction: watching a NID on a net this node has no NI on used to kill
 /// the driver thread (a panic in the send path), and every later call answered `ShutDown`.
 #[test]
