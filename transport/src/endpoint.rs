@@ -211,7 +211,7 @@ impl EndpointBuilder {
                 wakers,
                 next_op: AtomicU64::new(1),
                 nids,
-                routed: Mutex::new(Vec::new()),
+                routed: Mutex::new((0, Vec::new())),
                 groups: Mutex::new(Vec::new()),
                 cfg,
                 events,
@@ -252,8 +252,8 @@ struct Inner {
     next_op: AtomicU64,
     nids: Vec<Nid>,
     /// The nets this endpoint has routes to (a copy of the node's, for checking requests
-    /// without a round trip to the driver thread).
-    routed: Mutex<Vec<crate::nid::Net>>,
+    /// without a round trip to the driver thread), and the route changes it is as of.
+    routed: Mutex<(u64, Vec<crate::nid::Net>)>,
     /// Failover groups by name.
     groups: Mutex<Vec<(String, crate::node::GroupId)>>,
     cfg: NodeConfig,
@@ -299,13 +299,19 @@ impl Inner {
         self.routed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .1
             .clone()
     }
 
-    fn set_routed(&self, routes: Vec<Route>) {
+    /// Keeps the nets of the routes a change left, unless another thread's later change
+    /// was kept already (its answer came first).
+    fn set_routed(&self, (changes, routes): driver_thread::RoutesNow) {
         let mut nets: Vec<crate::nid::Net> = routes.into_iter().map(|r| r.net).collect();
         nets.dedup();
-        *self.routed.lock().unwrap_or_else(|e| e.into_inner()) = nets;
+        let mut routed = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        if changes >= routed.0 {
+            *routed = (changes, nets);
+        }
     }
 
     /// Asks the driver thread something and waits for its answer.
@@ -469,19 +475,20 @@ impl Endpoint {
     /// Adds a route (or updates the one through the same gateway to the same net): `net`
     /// is reached through `gateway`, which must be on one of this endpoint's nets.
     pub fn add_route(&self, route: Route) -> Result<(), EndpointError> {
-        self.inner
+        let now = self
+            .inner
             .query(|tx| Command::AddRoute(route, tx))?
             .map_err(|e| EndpointError::Invalid(e.to_string()))?;
-        self.inner.set_routed(self.routes()?);
+        self.inner.set_routed(now);
         Ok(())
     }
 
     /// Removes the route to `net` through `gateway`; false if there was none.
     pub fn remove_route(&self, net: crate::nid::Net, gateway: Nid) -> Result<bool, EndpointError> {
-        let removed = self
+        let (removed, now) = self
             .inner
             .query(|tx| Command::RemoveRoute(net, gateway, tx))?;
-        self.inner.set_routed(self.routes()?);
+        self.inner.set_routed(now);
         Ok(removed)
     }
 

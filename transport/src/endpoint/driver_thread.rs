@@ -31,8 +31,9 @@ pub(super) enum Command {
     Watch(Nid, Option<Sender<Result<(), OpError>>>),
     Unwatch(Nid),
     Health(Nid, Sender<(Option<PeerHealth>, HealthStats)>),
-    AddRoute(Route, Sender<Result<(), OpError>>),
-    RemoveRoute(Net, Nid, Sender<bool>),
+    /// Answered with the routes after the change (see [`RoutesNow`]).
+    AddRoute(Route, Sender<Result<RoutesNow, OpError>>),
+    RemoveRoute(Net, Nid, Sender<(bool, RoutesNow)>),
     Routes(Sender<Vec<Route>>),
     Report(Sender<Box<crate::node::NodeReport>>),
     GroupSubmit(OpId, crate::node::GroupId, crate::node::GroupRequest),
@@ -427,11 +428,13 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
             Ok(())
         }
         Command::AddRoute(route, reply) => {
-            let _ = reply.send(node.add_route(route));
+            let added = node.add_route(route).map(|()| routes_now(node));
+            let _ = reply.send(added);
             Ok(())
         }
         Command::RemoveRoute(net, gateway, reply) => {
-            let _ = reply.send(node.remove_route(net, gateway));
+            let removed = node.remove_route(net, gateway);
+            let _ = reply.send((removed, routes_now(node)));
             Ok(())
         }
         Command::Routes(reply) => {
@@ -460,6 +463,15 @@ fn run_command(node: &mut Node, now: Time, cmd: Command, in_hand: &mut Option<Op
 }
 
 /// The operation a command submits, if it submits one.
+/// The node's routes as a change left them, and how many changes that is: taken with the
+/// change, on this thread, so that two threads changing routes at once can tell which list
+/// is the later.
+pub(super) type RoutesNow = (u64, Vec<Route>);
+
+fn routes_now(node: &Node) -> RoutesNow {
+    (node.route_changes(), node.routes())
+}
+
 fn command_op(cmd: &Command) -> Option<OpId> {
     match cmd {
         Command::Put(id, _) | Command::Get(id, _) | Command::Ping(id, _) => Some(*id),

@@ -428,6 +428,36 @@ fn a_realtime_driver_thread_is_round_robin_where_allowed_and_works_either_way() 
     }
 }
 
+/// Two threads change routes at once: each answer carries the routes the change left
+/// and how many changes that is, and the list `watch` checks against is the later one,
+/// whichever answer came back last (it was the last written: a route removed since could
+/// still count, or one added be refused up front).
+#[test]
+fn the_routes_watch_checks_are_the_latest_whichever_answer_comes_last() {
+    let f = fabric();
+    let a = endpoint(&f, 1);
+    let far = Nid::mem(9, 2);
+    let gateway = Nid::mem(5, 0);
+    let route = Route {
+        net: far.net(),
+        gateway,
+        hops: 1,
+        priority: 0,
+    };
+    a.add_route(route).unwrap();
+    assert!(a.watch(far).is_ok());
+    // Another thread's removal, taken after the add, answers first; the add's answer,
+    // the earlier list, is written last.
+    assert!(a.remove_route(far.net(), gateway).unwrap());
+    a.inner.set_routed((1, vec![route]));
+    assert_eq!(a.inner.routed(), vec![], "the later list kept");
+    let refused = a.watch(far).expect_err("no route any more");
+    assert!(
+        refused.to_string().contains("nor a route to it"),
+        "up front: {refused}"
+    );
+}
+
 /// A real-time priority SCHED_RR does not take is refused at the start, by name, rather
 /// than quietly clamped into its range.
 #[test]

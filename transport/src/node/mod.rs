@@ -494,6 +494,12 @@ impl Node {
         self.routes.all()
     }
 
+    /// Route changes so far: of two lists of [`Node::routes`] taken with it, the one with
+    /// more is the later.
+    pub fn route_changes(&self) -> u64 {
+        self.routes.changes()
+    }
+
     // ---- application inputs -------------------------------------------------------------
 
     pub fn put(&mut self, now: Time, id: OpId, req: PutRequest) -> Result<(), SubmitError> {

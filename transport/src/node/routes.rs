@@ -47,11 +47,14 @@ struct NetRoutes {
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
     nets: FxHashMap<Net, NetRoutes>,
+    /// Changes made so far: which of two lists read at different times is the later.
+    changes: u64,
 }
 
 impl RouteTable {
     /// Adds a route, or updates the one through the same gateway to the same net.
     pub(crate) fn add(&mut self, route: Route) {
+        self.changes += 1;
         let routes = &mut self.nets.entry(route.net).or_default().routes;
         match routes.iter_mut().find(|r| r.gateway == route.gateway) {
             Some(r) => *r = route,
@@ -70,7 +73,13 @@ impl RouteTable {
         if n.routes.is_empty() {
             self.nets.remove(&net);
         }
+        self.changes += u64::from(removed);
         removed
+    }
+
+    /// Changes made so far (added, updated or removed routes).
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Every route, sorted by net, priority, hops and gateway.
