@@ -18,6 +18,16 @@ pub struct RegCacheLimits {
     pub max_bytes: usize,
 }
 
+impl RegCacheLimits {
+    /// Half of each bound (at least one entry and one byte): one of two caches sharing it.
+    pub(crate) fn half(self) -> RegCacheLimits {
+        RegCacheLimits {
+            max_entries: (self.max_entries / 2).max(1),
+            max_bytes: (self.max_bytes / 2).max(1),
+        }
+    }
+}
+
 impl Default for RegCacheLimits {
     fn default() -> Self {
         RegCacheLimits {

@@ -195,6 +195,14 @@ impl Context {
         transport == sys::ibv_transport_type::IBV_TRANSPORT_IB
     }
 
+    /// Whether the device is iWARP's, whose RDMA READ needs the buffer it lands in to
+    /// allow remote writes (the READ's response is written into it as a peer's WRITE).
+    pub fn is_iwarp(&self) -> bool {
+        // SAFETY: an open context points at its device, which outlives it.
+        let transport = unsafe { (*(*self.as_ptr()).device).transport_type };
+        transport == sys::ibv_transport_type::IBV_TRANSPORT_IWARP
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::ibv_context {
         self.ctx.as_ptr()
     }

@@ -283,10 +283,11 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the configuration file and applies its routes; anything else that changed
-    /// needs a restart, and is named. A file that does not parse, or a route through a
-    /// gateway on a net this router does not run yet, changes nothing; a route the node
-    /// refuses stops the reload there (logged), the routes before it added.
+    /// Re-reads the configuration file and applies its routes and drain bound; anything
+    /// else that changed needs a restart, and is named. A file that does not parse changes
+    /// nothing; routes that do not suit the running nets (see [`apply_routes`]) change no
+    /// route; a route the node refuses still stops the reload there (logged), the routes
+    /// before it added.
     pub fn reload(&mut self) {
         let fresh = match ConfigFile::load(&self.config_path) {
             Ok(f) => f,
@@ -381,8 +382,9 @@ impl Daemon {
 }
 
 /// Makes the endpoint's routes those of `wanted`, for a node running NIs on the nets of
-/// `running`; (added or updated, removed). A route through a gateway on none of those nets
-/// (a `[[net]]` the reload added, which takes a restart) is refused before anything
+/// `running`; (added or updated, removed). A route the running node would refuse (through
+/// a gateway on none of those nets, as with a `[[net]]` the reload added, which takes a
+/// restart; through one of its own NIDs; to one of its nets) is refused before anything
 /// changes; then the new and updated routes go in before the stale ones go, so that a
 /// gateway swapped for another leaves its net no moment without a route.
 fn apply_routes(
@@ -390,13 +392,18 @@ fn apply_routes(
     running: &[NetSection],
     wanted: &[Route],
 ) -> Result<(usize, usize), String> {
-    if let Some(w) = wanted
-        .iter()
-        .find(|w| !running.iter().any(|n| n.nid.same_net(&w.gateway)))
-    {
+    for w in wanted {
+        let unfit = if !running.iter().any(|n| n.nid.same_net(&w.gateway)) {
+            "on no net this router runs (a new [[net]] takes a restart)"
+        } else if running.iter().any(|n| n.nid == w.gateway) {
+            "the gateway is this router (a NID it runs)"
+        } else if running.iter().any(|n| n.nid.is_on(w.net)) {
+            "a net this router runs (a [[net]] removed takes a restart)"
+        } else {
+            continue;
+        };
         return Err(format!(
-            "route to {} through {}: on no net this router runs (a new [[net]] takes a \
-             restart); no route changed",
+            "route to {} through {}: {unfit}; no route changed",
             w.net, w.gateway
         ));
     }

@@ -225,15 +225,25 @@ fn sighup_reloads_routes_and_a_bad_file_changes_nothing() {
     // A new net (which takes a restart) and a route through a gateway on it, the tcp7
     // route gone: refused before anything changes, rather than tcp7's route removed and
     // the new one refused.
+    // (Its drain bound changed too, which the reload applies first: seen, the reload ran.)
     let new_net = format!(
         "{}[[net]]\nnet = \"tcp9\"\naddress = \"127.0.0.1\"\nport = {}\n{}",
-        t.router_config(0, "warm_up = \"0s\""),
+        t.router_config(0, "warm_up = \"0s\"\ndrain = \"1m\""),
         free_port(),
         route("tcp8", &[nid(free_port(), "tcp9").to_string()])
     );
     std::fs::write(&config, &new_net).unwrap();
     r.signal("-HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    loop {
+        let export = lanet_control::query(&r.control, "export").expect("an export");
+        if export["toml"].as_str().unwrap().contains("drain = \"1m\"") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never reloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // its routes, right after
     let routes = r.status()["routes"].clone();
     assert_eq!(routes.as_array().unwrap().len(), 1, "unchanged: {routes}");
     assert_eq!(routes[0]["net"], "tcp7");

@@ -120,7 +120,8 @@ impl EndpointBuilder {
     /// arrives, instead of waiting out another thread's time slice (measured:
     /// `bench/RESULTS.md`, lanes). Threads it starts run at normal priority. Opt-in: it
     /// needs `CAP_SYS_NICE` (without it, a warning and normal priority), and event
-    /// callbacks then run at that priority too, so they must stay short.
+    /// callbacks then run at that priority too, so they must stay short. A priority
+    /// outside 1..=99 is refused by [`EndpointBuilder::start`].
     pub fn realtime_driver(mut self, priority: u8) -> Self {
         self.realtime = Some(priority);
         self

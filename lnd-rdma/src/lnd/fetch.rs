@@ -36,7 +36,7 @@ impl RdmaLnd {
         }
         let id = rdv.conn;
         let len = rdv.source.len as usize;
-        let remote_write = rdv.mode == Mode::Write;
+        let remote_write = rdv.mode == Mode::Write || self.ctx.read_sinks_take_writes;
         let ctrl = match SinkMr::new(&self.ctx.pd, sink, len, remote_write) {
             Ok(mut sink) => {
                 let ctrl = match rdv.mode {

@@ -124,8 +124,8 @@ pub struct RdmaConfig {
     pub check_source_address: bool,
     /// How long to busy-poll the CQs before sleeping: latency for CPU.
     pub spin: Duration,
-    /// Bounds of each of the two registration caches: payloads a peer READs (GET
-    /// replies), and payloads we WRITE from (PUTs), which no peer may access.
+    /// Bounds of the registration caches together: half for payloads a peer READs (GET
+    /// replies), half for payloads we WRITE from (PUTs), which no peer may access.
     pub reg_cache: RegCacheLimits,
     /// Each lane's shared receive queue: buffers posted at first, and at most.
     pub recv_pools: PerLane<RecvPool>,
@@ -218,6 +218,8 @@ pub(crate) struct Ctx {
     pub(crate) cache: RegCache<SourceMr>,
     /// Registrations of payloads we WRITE from (PUTs): no remote access.
     pub(crate) local_cache: RegCache<SourceMr>,
+    /// The buffers our RDMA READs land in must allow remote writes (iWARP).
+    pub(crate) read_sinks_take_writes: bool,
     pub(crate) events: Vec<LndEvent>,
     /// The device checks every packet (InfiniBand's and RoCE's ICRC): headers go without
     /// a checksum of their own to peers that take them so, and we take them so.
@@ -425,6 +427,7 @@ impl RdmaLnd {
                 .map_err(io)?;
         }
         let link_checks_headers = device.checks_every_packet();
+        let read_sinks_take_writes = device.is_iwarp();
         let checked_by = match link_checks_headers {
             true => "the device's ICRC (with peers that agree) or their own CRC-32",
             false => "their own CRC-32 (the device has no ICRC)",
@@ -464,8 +467,9 @@ impl RdmaLnd {
                 rdv_sweeps: 0,
                 rdv_idle: true,
                 recv,
-                cache: RegCache::new(cfg.reg_cache),
-                local_cache: RegCache::new(cfg.reg_cache),
+                cache: RegCache::new(cfg.reg_cache.half()),
+                local_cache: RegCache::new(cfg.reg_cache.half()),
+                read_sinks_take_writes,
                 events: Vec::new(),
                 link_checks_headers,
             },

@@ -458,9 +458,9 @@ mod tests {
             byte_len: left_over.len() as u32,
             qp_num: 7,
         };
-        let send = completion(ibv_wc_opcode::IBV_WC_RECV);
+        let peers_send = completion(ibv_wc_opcode::IBV_WC_RECV);
         assert!(matches!(
-            received(&send, Some(&left_over), &limits),
+            received(&peers_send, Some(&left_over), &limits),
             Some(Ok(Message::Eager(..)))
         ));
         let write = completion(ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM);
@@ -470,7 +470,7 @@ mod tests {
         ));
         let failed = Completion {
             status: ibv_wc_status::IBV_WC_WR_FLUSH_ERR,
-            ..send
+            ..peers_send
         };
         assert!(received(&failed, Some(&left_over), &limits).is_none());
     }
