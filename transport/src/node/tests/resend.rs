@@ -663,16 +663,7 @@ fn a_health_ping_refused_by_a_gateway_goes_again_another_way_once() {
 /// payload left at B (deferred, handle 1): the GET's first copy.
 fn get_whose_reply_waits_at_b() -> (Node, Header) {
     let mut n = behind_two_routers_up();
-    let get = GetRequest {
-        dst: far(),
-        lane: Lane::Data,
-        portal: 4,
-        match_bits: 0x10,
-        want_len: 8192,
-        timeout: None,
-        on_peer_down: Default::default(),
-    };
-    n.get(t(0), OpId(1), get).unwrap();
+    n.get(t(0), OpId(1), far_get()).unwrap();
     let first = sent(&mut n);
     assert_eq!(first[0].1, nid(B));
     reply_left_at_b(&mut n, t(1), first[0].2.msg_id, 1);
@@ -684,6 +675,28 @@ fn get_whose_reply_waits_at_b() -> (Node, Header) {
         }
     )));
     (n, first[0].2)
+}
+
+/// A GET of 8 KiB from `far()` (portal 4, bits 0x10).
+fn far_get() -> GetRequest {
+    GetRequest {
+        dst: far(),
+        lane: Lane::Data,
+        portal: 4,
+        match_bits: 0x10,
+        want_len: 8192,
+        timeout: None,
+        on_peer_down: Default::default(),
+    }
+}
+
+/// The GET (op 1) ended with the 3 bytes "abc", and nothing else completed.
+fn got_abc(n: &mut Node) {
+    let done = completions(n);
+    assert!(
+        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
+        "{done:?}"
+    );
 }
 
 /// `far()`'s REPLY of 5,000 bytes to `msg_id` comes through B, its payload left at B
@@ -723,11 +736,7 @@ fn a_routed_get_resent_while_its_reply_was_fetched_ends_with_the_copys_reply() {
     assert_eq!(completions(&mut n), vec![], "the copy is under way");
     let abc = RxPayload::Inline(Bytes::from_static(b"abc"));
     far_reply_via(&mut n, t(2), nid(C), first.msg_id, abc);
-    let done = completions(&mut n);
-    assert!(
-        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
-        "{done:?}"
-    );
+    got_abc(&mut n);
 }
 
 /// The fetch from B fails before B's connection is reported lost: the payload was at a
@@ -752,16 +761,7 @@ fn a_routed_get_whose_reply_cannot_be_fetched_from_its_router_is_sent_again() {
 #[test]
 fn a_routed_get_whose_first_reply_cannot_be_fetched_ends_with_the_reply_of_its_copy() {
     let mut n = behind_two_routers_up();
-    let get = GetRequest {
-        dst: far(),
-        lane: Lane::Data,
-        portal: 4,
-        match_bits: 0x10,
-        want_len: 8192,
-        timeout: None,
-        on_peer_down: Default::default(),
-    };
-    n.get(t(0), OpId(1), get).unwrap();
+    n.get(t(0), OpId(1), far_get()).unwrap();
     let first = sent(&mut n);
     assert_eq!(first[0].1, nid(B));
     lost(&mut n, 0, nid(B));
@@ -790,11 +790,7 @@ fn a_routed_get_whose_first_reply_cannot_be_fetched_ends_with_the_reply_of_its_c
         "the copy's REPLY is on its way"
     );
     super::target::fetched(&mut n, 2, Ok(Bytes::from_static(b"abc")));
-    let done = completions(&mut n);
-    assert!(
-        matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
-        "{done:?}"
-    );
+    got_abc(&mut n);
 }
 
 /// B fails with the GET in flight; the GET goes again through C. B comes back with the
@@ -812,16 +808,7 @@ fn a_reply_by_a_router_the_get_left_that_cannot_be_fetched_leaves_the_copy_to_an
         if c_up {
             connected_on(&mut n, 0, nid(C), Lane::Data, 8, 7);
         }
-        let get = GetRequest {
-            dst: far(),
-            lane: Lane::Data,
-            portal: 4,
-            match_bits: 0x10,
-            want_len: 8192,
-            timeout: None,
-            on_peer_down: Default::default(),
-        };
-        n.get(t(0), OpId(1), get).unwrap();
+        n.get(t(0), OpId(1), far_get()).unwrap();
         let first = sent(&mut n);
         lost(&mut n, 0, nid(B));
         assert_eq!(
@@ -841,11 +828,7 @@ fn a_reply_by_a_router_the_get_left_that_cannot_be_fetched_leaves_the_copy_to_an
         }
         let abc = RxPayload::Inline(Bytes::from_static(b"abc"));
         far_reply_via(&mut n, t(3), nid(C), msg_id, abc);
-        let done = completions(&mut n);
-        assert!(
-            matches!(&done[..], [(OpId(1), Ok(OpOutcome::Get { data }))] if &data[..] == b"abc"),
-            "c up: {c_up}: {done:?}"
-        );
+        got_abc(&mut n);
     }
 }
 
