@@ -56,21 +56,28 @@ fn lost(n: &mut Node, ni: usize, hop: Nid) {
     n.handle_lnd_event(t(1), NiId(ni), ev);
 }
 
+/// A PUT to `far()` handed to the driver for B, the better route; C, the other, has no
+/// connection up yet. The node, and the frame for B.
+fn far_put_sent_through_b() -> (Node, Vec<(usize, Nid, Header, TxToken)>) {
+    let mut n = node();
+    route_via(&mut n, nid(B), 0);
+    route_via(&mut n, nid(C), 1);
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 7);
+    n.put(t(0), OpId(1), far_put()).unwrap();
+    let first = sent(&mut n);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1, nid(B), "the better route first");
+    (n, first)
+}
+
 /// The router's connection resets with the request still in its driver. The driver then
 /// fails that send too, after the request was queued for the other router (whose
 /// connection is not up yet): that failure is about the attempt that is over, and must
 /// not end the operation.
 #[test]
 fn a_failed_send_through_a_failed_router_does_not_end_the_resent_operation() {
-    let mut n = node();
     let (b, c) = (nid(B), nid(C));
-    route_via(&mut n, b, 0);
-    route_via(&mut n, c, 1);
-    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
-    n.put(t(0), OpId(1), far_put()).unwrap();
-    let first = sent(&mut n);
-    assert_eq!(first.len(), 1);
-    assert_eq!(first[0].1, b, "the better route first");
+    let (mut n, first) = far_put_sent_through_b();
     lost(&mut n, 0, b);
     let error = LndError::new(LndErrorKind::Closed, "connection reset");
     let ev = LndEvent::SendComplete {
@@ -91,13 +98,8 @@ fn a_failed_send_through_a_failed_router_does_not_end_the_resent_operation() {
 /// thrown away as late and leaving the op to a resend that may find no way.
 #[test]
 fn an_answer_to_a_copy_that_got_through_ends_the_op_waiting_to_be_resent() {
-    let mut n = node();
     let (b, c) = (nid(B), nid(C));
-    route_via(&mut n, b, 0);
-    route_via(&mut n, c, 1);
-    connected_on(&mut n, 0, b, Lane::Data, 8, 7);
-    n.put(t(0), OpId(1), far_put()).unwrap();
-    let first = sent(&mut n);
+    let (mut n, first) = far_put_sent_through_b();
     went_out(&mut n, &first[0]);
     lost(&mut n, 0, b);
     assert!(sent(&mut n).is_empty(), "waiting for the other router");
