@@ -112,7 +112,7 @@ pub struct NodeConfig {
     /// carries the answers of every client behind it, so a burst of thousands of them is
     /// normal (a checkpoint); the bound guards memory only against a router that stops
     /// returning credits. (To a peer answered directly the bound is
-    /// [`crate::node::ANSWER_BACKLOG_PER_CREDIT`] x the lane's credits.)
+    /// [`crate::node::ANSWER_BACKLOG_PER_CREDIT`] x the connection's window.)
     pub routed_answer_backlog: usize,
     /// Neighbours, and far ends, remembered while nothing needs them (see
     /// [`crate::node::MAX_IDLE_PEERS`], the default): past this many, they are forgotten,

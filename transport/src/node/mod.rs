@@ -157,7 +157,7 @@ pub struct NodeStats {
     /// router STATUS.
     pub responses_dropped: u64,
     /// PINGs left unanswered because the peer already had [`ANSWER_BACKLOG_PER_CREDIT`] x
-    /// credits' worth of answers waiting: it pings faster than it lets us answer.
+    /// its connection's window of answers waiting: it pings faster than it lets us answer.
     pub pings_shed: u64,
     /// PUTs and GETs left without ACK or REPLY for the same reason (the request itself was
     /// handled; the peer's deadline ends its operation).

@@ -104,7 +104,13 @@ impl Node {
         };
         let pl = &mut self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane];
         let cap = if answer.dst == hop {
-            ANSWER_BACKLOG_PER_CREDIT * usize::from(self.cfg.lanes[lane].peer_credits)
+            // Per credit of the connection's window (what the two ends agreed: a peer
+            // offering fewer sends fewer at a time), or of our offer while it is not up.
+            let window = match &pl.conn {
+                super::peers::Conn::Up { credits, .. } => credits.window(),
+                _ => self.cfg.lanes[lane].peer_credits,
+            };
+            ANSWER_BACKLOG_PER_CREDIT * usize::from(window)
         } else {
             self.cfg.routed_answer_backlog
         };

@@ -233,13 +233,15 @@ fn health_frames_leave_before_queued_data() {
 
 /// B offers one credit on `lane` and never returns it, while our CREDIT frames give it
 /// back its own, so it keeps sending requests: 10x the answer cap of them. Returns the
-/// node, the cap, the number of requests, and what we sent meanwhile.
+/// node, the cap (per credit of the window, which B's one credit makes 1, where we offer
+/// more), the number of requests, and what we sent meanwhile.
 fn flood_without_returning_credits(
     lane: Lane,
     request: impl Fn(u64) -> Body,
 ) -> (Node, usize, u64, Vec<Sent>) {
     let mut n = node();
-    let cap = ANSWER_BACKLOG_PER_CREDIT * usize::from(n.config().lanes[lane].peer_credits);
+    assert!(n.config().lanes[lane].peer_credits > 1);
+    let cap = ANSWER_BACKLOG_PER_CREDIT;
     connected(&mut n, B, lane, 1, 7);
     let flood = 10 * cap as u64;
     let mut sent = Vec::new();
