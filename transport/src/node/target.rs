@@ -103,7 +103,12 @@ impl Node {
             return;
         };
         let pl = &mut self.hops.entry(hop).or_insert_with(|| Hop::new(ni)).lanes[lane];
-        let cap = if answer.dst == hop {
+        let queued = pl.answers.len();
+        // Most answers find none waiting (their peer returns credits): the bound is worked
+        // out only for a queue already as long as the shortest it can be.
+        let cap = if queued < ANSWER_BACKLOG_PER_CREDIT.min(self.cfg.routed_answer_backlog) {
+            usize::MAX
+        } else if answer.dst == hop {
             // Per credit of the connection's window (what the two ends agreed: a peer
             // offering fewer sends fewer at a time), or of our offer while it is not up.
             let window = match &pl.conn {
@@ -115,7 +120,7 @@ impl Node {
             self.cfg.routed_answer_backlog
         };
         let (nid, body) = (answer.dst, answer.body);
-        if pl.answers.len() >= cap {
+        if queued >= cap {
             let shed = match body {
                 Body::Pong { .. } => &mut self.stats.pings_shed,
                 _ => &mut self.stats.answers_shed,
