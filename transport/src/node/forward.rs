@@ -273,6 +273,13 @@ impl Node {
         let Some(ni) = self.ni_of(upstream.hop) else {
             return;
         };
+        if self.is_local(to.src) {
+            // It names this node as its initiator (forged, or looped back): nobody to
+            // refuse it to, and a NACK to ourselves would have us dial ourselves.
+            tracing::debug!(initiator = %to.src, "a refused request in our own name: dropped");
+            self.stats.protocol_errors += 1;
+            return;
+        }
         self.stats.nacks_sent += 1;
         self.stats.lanes[lane].nacks_sent += 1;
         let nack = Response {

@@ -977,3 +977,40 @@ fn a_reply_too_large_for_the_next_hop_is_passed_on_aborted() {
     sent_ok(&mut n, &out[0]);
     assert_eq!(b_credits(&n), (1, 0));
 }
+
+/// A request through the router that names the router itself as its initiator (forged,
+/// or looped back) and cannot be passed on: nobody to refuse it to. No NACK is queued to
+/// the router's own NID, which would have it dial itself; it is counted.
+#[test]
+fn a_refused_request_in_the_routers_own_name_is_dropped_not_refused_to_itself() {
+    let mut n = router();
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    let put = Body::Put {
+        portal: 4,
+        match_bits: 1,
+        settled_below: 0,
+        ack: true,
+    };
+    let nowhere = Nid::mem(5, 7);
+    let header = Header {
+        payload_len: 3,
+        ..header(nid(A), nowhere, 1, put)
+    };
+    let errors = n.stats().protocol_errors;
+    arrives(
+        &mut n,
+        t(0),
+        nid(B),
+        header,
+        RxPayload::Inline(Bytes::from_static(b"abc")),
+    );
+    assert!(
+        !requests(&mut n)
+            .iter()
+            .any(|r| matches!(r, LndRequest::Connect { peer, .. } if *peer == nid(A))),
+        "no dial of itself"
+    );
+    assert!(!n.hops.contains_key(&nid(A)), "no hop of its own NID");
+    assert!(drain(&mut n).iter().all(|s| s.header.dst != nid(A)));
+    assert_eq!(n.stats().protocol_errors, errors + 1);
+}
