@@ -189,7 +189,7 @@ impl Node {
         let Conn::Up { hello, .. } = &hl.conn else {
             return None;
         };
-        let (peer_max, check) = (hello.max_payload, hello.header_check);
+        let (peer_max, check) = (lane_max(lane, hello), hello.header_check);
         // One too large for the hop is the pump's to refuse.
         if !nothing_before || len > peer_max as usize {
             return None;
@@ -230,7 +230,7 @@ impl Node {
                     .map(|p| live_payload_len(&self.ops, nid, p))
             };
             let (peer_max, check) = match &hl.conn {
-                Conn::Up { hello, .. } => (hello.max_payload, hello.header_check),
+                Conn::Up { hello, .. } => (lane_max(lane, hello), hello.header_check),
                 Conn::Connecting => return,
                 Conn::Down => {
                     let wanted = answer_first
@@ -423,4 +423,15 @@ enum Passes {
     Queue,
     /// A request (or a frame passing through): nothing.
     Nothing,
+}
+
+/// The largest payload a frame may carry to a hop on `lane`: what its HELLO says on the
+/// data lane; on the health lane the wire's own bound, which every node takes whatever
+/// its data-lane limit (a router's status in a PONG passing through, to a hop whose
+/// data-lane limit is smaller).
+fn lane_max(lane: Lane, hello: &crate::handshake::PeerHello) -> u32 {
+    match lane {
+        Lane::Data => hello.max_payload,
+        Lane::Health => crate::wire::HEALTH_MAX_PAYLOAD,
+    }
 }

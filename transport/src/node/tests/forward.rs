@@ -1014,3 +1014,44 @@ fn a_refused_request_in_the_routers_own_name_is_dropped_not_refused_to_itself() 
     assert!(drain(&mut n).iter().all(|s| s.header.dst != nid(A)));
     assert_eq!(n.stats().protocol_errors, errors + 1);
 }
+
+/// A PONG carrying a router's status (a health-lane payload, up to the wire's 1,024 bytes
+/// on that lane whatever a node's data-lane limit) passes through to a hop whose data-lane
+/// limit is smaller: it goes on, rather than be refused as too large for the hop (its
+/// PING's sender would go without an answer, and could find the far end silent).
+#[test]
+fn a_health_frame_passing_through_is_not_held_to_the_next_hops_data_limit() {
+    let mut n = router();
+    connected_on(&mut n, 0, nid(B), Lane::Health, 8, 9);
+    let hello = PeerHello {
+        nid: d(),
+        incarnation: 9,
+        lane: Lane::Health,
+        credits: 8,
+        max_payload: 256,
+        header_check: crate::wire::HeaderCheck::Crc32,
+    };
+    let local_credits = n.config().lanes[Lane::Health].peer_credits;
+    let up = LndEvent::Connected {
+        peer: d(),
+        lane: Lane::Health,
+        hello,
+        local_credits,
+    };
+    n.handle_lnd_event(t(0), NiId(1), up);
+    let header = Header {
+        lane: Lane::Health,
+        payload_len: 600,
+        ..header(nid(B), d(), 7, Body::Pong { seq: 7 })
+    };
+    let status = RxPayload::Inline(Bytes::from(vec![1u8; 600]));
+    arrives(&mut n, t(0), nid(B), header, status);
+    let out = drain(&mut n);
+    assert!(
+        out.iter()
+            .any(|s| s.header.dst == d() && matches!(s.header.body, Body::Pong { seq: 7 })),
+        "passed on: {:?}",
+        out.iter().map(|s| s.header).collect::<Vec<_>>()
+    );
+    assert_eq!(n.stats().unroutable_answers, 0);
+}
