@@ -38,6 +38,7 @@ mod portal_list;
 mod queues;
 mod reply_fetches;
 mod report;
+mod room;
 mod routes;
 mod rx;
 mod target;

@@ -19,10 +19,6 @@ pub(crate) const DEADLINE_SLACK: usize = 64;
 /// half of it.
 pub(crate) const DEAD_INDEX_SLACK: usize = 32;
 
-/// Room for ops (in ops) past which an emptying table gives room back (see
-/// [`Ops::give_room_back`]).
-const SHRINK_ABOVE: usize = 4096;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
     /// Waiting at its next hop for a connection or credits.
@@ -243,18 +239,16 @@ impl Ops {
     #[cold]
     #[inline(never)]
     fn room_back_if_idle(&mut self) {
-        let room = self.live.capacity();
-        if room > SHRINK_ABOVE && self.live.len() * 4 < room {
+        if super::room::mostly_idle(self.live.len(), self.live.capacity()) {
             self.give_room_back();
         }
     }
 
-    /// After a burst (a server's 100,000 entries, a client's requests to a peer that came
-    /// back), most of the tables' room goes back once a quarter is used: to twice what
-    /// they hold, well under [`SHRINK_ABOVE`] for steady use near it, so that they do not
-    /// shrink and grow in turn (amortised O(1) a removal). Stale deadlines go first.
+    /// The tables give back the room a burst took (see [`super::room`]), stale deadlines
+    /// first, with the live table: they hold as many (the deadlines, awaited answers and
+    /// per-peer indexes of live ops) or fewer.
     fn give_room_back(&mut self) {
-        let keep = (self.live.len() * 2).max(1024);
+        let keep = super::room::to_keep(self.live.len());
         self.live.shrink_to(keep);
         self.awaiting.shrink_to(keep);
         let live = &self.live;
@@ -717,11 +711,14 @@ mod tests {
         }
         let (live, awaiting, deadlines) = ops.room();
         for room in [live, awaiting, deadlines] {
-            assert!(room <= SHRINK_ABOVE, "{room} ops of room kept for 10 ops");
+            assert!(
+                room <= crate::node::room::KEPT_ANYWAY,
+                "{room} ops of room kept for 10 ops"
+            );
         }
         let index = ops.by_peer.get(&peer).expect("its index");
         assert!(
-            index.queue.capacity() <= SHRINK_ABOVE,
+            index.queue.capacity() <= crate::node::room::KEPT_ANYWAY,
             "{}",
             index.queue.capacity()
         );

@@ -17,9 +17,6 @@ use rustc_hash::FxHashMap;
 
 use crate::op::OpId;
 
-/// Room in the exact entries' map (in entries) past which an emptying map shrinks.
-const SHRINK_ABOVE: usize = 4096;
-
 /// Every portal's entries (see the module).
 #[derive(Debug, Default)]
 pub(crate) struct Portals {
@@ -74,22 +71,19 @@ impl Portals {
         } else if let Some(bucket) = self.exact.get_mut(&(portal, match_bits)) {
             if bucket.remove(id) {
                 self.exact.remove(&(portal, match_bits));
-                // A hash map keeps its room when emptied: after a burst of entries
-                // (50,000 reply buffers), most of it goes back once a quarter is used.
-                let room = self.exact.capacity();
-                if room > SHRINK_ABOVE && self.exact.len() * 4 < room {
+                // The room of a burst of entries (50,000 reply buffers) goes back.
+                if super::room::mostly_idle(self.exact.len(), self.exact.capacity()) {
                     self.shrink_exact();
                 }
             }
         }
     }
 
-    /// Shrinks the exact entries' map to twice what it holds (a shrink leaves it well
-    /// under [`SHRINK_ABOVE`], so steady use near it does not shrink and grow in turn).
+    /// Shrinks the exact entries' map (see [`super::room`]).
     #[cold]
     #[inline(never)]
     fn shrink_exact(&mut self) {
-        self.exact.shrink_to((self.exact.len() * 2).max(1024));
+        self.exact.shrink_to(super::room::to_keep(self.exact.len()));
     }
 
     /// Lists held: each portal's wildcards, and each portal's and bits' exact entries.
@@ -260,7 +254,7 @@ mod tests {
         }
         assert_eq!(p.lists(), 0);
         assert!(
-            p.room() <= SHRINK_ABOVE,
+            p.room() <= crate::node::room::KEPT_ANYWAY,
             "{} entries of room kept",
             p.room()
         );
