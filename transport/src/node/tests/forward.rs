@@ -1031,14 +1031,7 @@ fn a_health_frame_passing_through_is_not_held_to_the_next_hops_data_limit() {
         max_payload: 256,
         header_check: crate::wire::HeaderCheck::Crc32,
     };
-    let local_credits = n.config().lanes[Lane::Health].peer_credits;
-    let up = LndEvent::Connected {
-        peer: d(),
-        lane: Lane::Health,
-        hello,
-        local_credits,
-    };
-    n.handle_lnd_event(t(0), NiId(1), up);
+    up_with(&mut n, 1, hello);
     let header = Header {
         lane: Lane::Health,
         payload_len: 600,

@@ -150,7 +150,7 @@ pub(super) fn connected_taking(n: &mut Node, ni: usize, peer: Nid, max_payload: 
 }
 
 /// The connection `hello` describes is up at NI `ni`.
-fn up_with(n: &mut Node, ni: usize, hello: PeerHello) {
+pub(super) fn up_with(n: &mut Node, ni: usize, hello: PeerHello) {
     let (peer, lane) = (hello.nid, hello.lane);
     let local_credits = n.config().lanes[lane].peer_credits;
     n.handle_lnd_event(
