@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use lanet::config::{ConfigFile, NetSection, OpenLnd};
 use lanet::wire::{AbsentReason, RouterState};
-use lanet::{Endpoint, Event, Route};
+use lanet::{Endpoint, Event, Nid, Route, RouteUnfit};
 use lanet_lnd_rdma::OpenRdma;
 use lanet_lnd_tcp::OpenTcp;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -382,30 +382,29 @@ impl Daemon {
 }
 
 /// Makes the endpoint's routes those of `wanted`, for a node running NIs on the nets of
-/// `running`; (added or updated, removed). A route the running node would refuse (through
-/// a gateway on none of those nets, as with a `[[net]]` the reload added, which takes a
-/// restart; through one of its own NIDs; to one of its nets) is refused before anything
-/// changes; then the new and updated routes go in before the stale ones go, so that a
-/// gateway swapped for another leaves its net no moment without a route.
+/// `running`; (added or updated, removed). A route the running node would refuse
+/// ([`Route::unfit_for`]: a gateway on none of those nets, as with a `[[net]]` the reload
+/// added, which takes a restart; one of its own NIDs; one of its nets) is refused before
+/// anything changes; then the new and updated routes go in before the stale ones go, so
+/// that a gateway swapped for another leaves its net no moment without a route.
 fn apply_routes(
     endpoint: &Endpoint,
     running: &[NetSection],
     wanted: &[Route],
 ) -> Result<(usize, usize), String> {
+    let own: Vec<Nid> = running.iter().map(|n| n.nid).collect();
     for w in wanted {
-        let unfit = if !running.iter().any(|n| n.nid.same_net(&w.gateway)) {
-            "on no net this router runs (a new [[net]] takes a restart)"
-        } else if running.iter().any(|n| n.nid == w.gateway) {
-            "the gateway is this router (a NID it runs)"
-        } else if running.iter().any(|n| n.nid.is_on(w.net)) {
-            "a net this router runs (a [[net]] removed takes a restart)"
-        } else {
-            continue;
-        };
-        return Err(format!(
-            "route to {} through {}: {unfit}; no route changed",
-            w.net, w.gateway
-        ));
+        if let Some(unfit) = w.unfit_for(&own) {
+            let restart = match unfit {
+                RouteUnfit::GatewayOffNet => " (a new [[net]] takes a restart)",
+                RouteUnfit::OwnNet => " (a [[net]] removed takes a restart)",
+                RouteUnfit::GatewayIsSelf | RouteUnfit::NoHops => "",
+            };
+            return Err(format!(
+                "route to {} through {}: {unfit}{restart}; no route changed",
+                w.net, w.gateway
+            ));
+        }
     }
     let current = endpoint.routes().map_err(|e| e.to_string())?;
     let mut added = 0;

@@ -40,7 +40,7 @@ pub use config::NodeConfig;
 pub use endpoint::{Endpoint, EndpointBuilder, MAX_COMMAND_CAPACITY};
 pub use lane::Lane;
 pub use nid::{Net, Nid};
-pub use node::{Node, Route};
+pub use node::{Node, Route, RouteUnfit};
 pub use op::{Completion, Event, MatchEntry, OpError, OpId, OpOutcome};
 pub use time::Time;
 pub use worker::Worker;

@@ -29,7 +29,7 @@ use super::{NodeConfig, RouterConfig};
 use crate::handshake::auth::{Accept, Auth, Keys};
 use crate::lane::Lane;
 use crate::nid::{LndKind, Net, Nid, NidAddr};
-use crate::node::{PoolSizes, Route};
+use crate::node::{PoolSizes, Route, RouteUnfit};
 
 /// A configuration file, read and checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -555,18 +555,9 @@ impl RawFile {
         node.net_credits = nets.iter().map(|n| (n.nid.net(), n.credits)).collect();
 
         let mut routes = Vec::new();
+        let own: Vec<Nid> = nets.iter().map(|n| n.nid).collect();
         for raw in &self.route {
             let r = raw.get_ref();
-            if nets.iter().any(|n| n.nid.is_on(r.net)) {
-                return Err(at.at(
-                    raw,
-                    "route",
-                    format!(
-                        "net {} is one of this node's own nets: no route needed",
-                        r.net
-                    ),
-                ));
-            }
             let gateways = match r.gateway.get_ref() {
                 OneOrMany::One(g) => vec![g.clone()],
                 OneOrMany::Many(v) => v.clone(),
@@ -574,24 +565,24 @@ impl RawFile {
             if gateways.is_empty() {
                 return Err(at.at(&r.gateway, "gateway", "expected at least one NID".into()));
             }
-            if r.hop == 0 {
-                return Err(at.at(raw, "hop", "a route has at least one hop".into()));
-            }
             for g in gateways {
                 let gateway = nid(&g).map_err(|e| at.at(&r.gateway, "gateway", e))?;
-                if !nets.iter().any(|n| n.nid.same_net(&gateway)) {
-                    return Err(at.at(
-                        &r.gateway,
-                        "gateway",
-                        format!("{gateway} is not on any net of this node (its [[net]]s)"),
-                    ));
-                }
-                if nets.iter().any(|n| n.nid == gateway) {
-                    return Err(at.at(
-                        &r.gateway,
-                        "gateway",
-                        format!("{gateway} is this node itself"),
-                    ));
+                let route = Route {
+                    net: r.net,
+                    gateway,
+                    hops: r.hop,
+                    priority: r.priority,
+                };
+                // The node's own rule, told here at the field it comes from.
+                if let Some(unfit) = route.unfit_for(&own) {
+                    let why = format!("route to {} through {gateway}: {unfit}", r.net);
+                    return Err(match unfit {
+                        RouteUnfit::OwnNet => at.at(raw, "route", why),
+                        RouteUnfit::NoHops => at.at(raw, "hop", why),
+                        RouteUnfit::GatewayIsSelf | RouteUnfit::GatewayOffNet => {
+                            at.at(&r.gateway, "gateway", why)
+                        }
+                    });
                 }
                 // The node keeps one route per net and gateway: a second would silently
                 // replace the first (and a reload would swap them at every SIGHUP).
@@ -608,12 +599,7 @@ impl RawFile {
                         ),
                     ));
                 }
-                routes.push(Route {
-                    net: r.net,
-                    gateway,
-                    hops: r.hop,
-                    priority: r.priority,
-                });
+                routes.push(route);
             }
         }
         for fellow in &self.routing.fellows {

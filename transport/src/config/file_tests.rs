@@ -127,7 +127,9 @@ fn a_route_twice_or_through_this_node_is_refused() {
         "{TWO_NETS}\n[[route]]\nnet = \"tcp3\"\ngateway = [\"10.0.1.9@tcp1\", \"10.0.2.1:7002@tcp2\"]\n"
     ));
     assert!(
-        e.contains("gateway: 10.0.2.1:7002@tcp2 is this node itself"),
+        e.contains(
+            "gateway: route to tcp3 through 10.0.2.1:7002@tcp2: the gateway is this node itself"
+        ),
         "{e}"
     );
     let e = error(&format!(
@@ -287,11 +289,15 @@ fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
         ),
         (
             "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[route]]\nnet = \"tcp2\"\ngateway = \"1.2.3.9@tcp3\"\n",
-            "test.toml:6: gateway: 1.2.3.9@tcp3 is not on any net of this node",
+            "test.toml:6: gateway: route to tcp2 through 1.2.3.9@tcp3: the gateway is not on any net",
         ),
         (
             "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[route]]\nnet = \"tcp\"\ngateway = \"1.2.3.9@tcp\"\n",
-            "test.toml:4: route: net tcp is one of this node's own nets",
+            "test.toml:4: route: route to tcp through 1.2.3.9@tcp: the net is one of this node's own",
+        ),
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[[route]]\nnet = \"tcp2\"\ngateway = \"1.2.3.9@tcp\"\nhop = 0\n",
+            "test.toml:4: hop: route to tcp2 through 1.2.3.9@tcp: a route has at least one hop",
         ),
         (
             "[[route]]\nnet = \"tcp2\"\n",

@@ -78,8 +78,8 @@ use ops::{Op, OpKind, Ops, Stage};
 use peers::{Conn, End, Hop, Upstream};
 pub use pools::{PoolKind, PoolSizes, PoolStats};
 pub use report::{CreditReport, HopLaneReport, HopReport, NodeReport, RouterReport};
-pub use routes::Route;
 use routes::RouteTable;
+pub use routes::{Route, RouteUnfit};
 use target::Incoming;
 
 /// Index of a network interface of the node (the order NIs were added).
@@ -456,26 +456,12 @@ impl Node {
     /// Adds a route (or updates the one through the same gateway to the same net). The
     /// gateway must be on one of this node's nets, and the net must not be.
     pub fn add_route(&mut self, route: Route) -> Result<(), OpError> {
-        if self.has_net(route.net) {
+        let own: Vec<Nid> = self.nis.iter().map(|ni| ni.nid).collect();
+        if let Some(unfit) = route.unfit_for(&own) {
             return Err(OpError::Invalid(format!(
-                "net {} is one of this node's own nets: no route needed",
-                route.net
+                "route to {} through {}: {unfit}",
+                route.net, route.gateway
             )));
-        }
-        if self.is_local(route.gateway) {
-            return Err(OpError::Invalid(format!(
-                "gateway {} is this node itself",
-                route.gateway
-            )));
-        }
-        if !self.has_net(route.gateway.net()) {
-            return Err(OpError::Invalid(format!(
-                "gateway {} is not on any net of this node",
-                route.gateway
-            )));
-        }
-        if route.hops == 0 {
-            return Err(OpError::Invalid("a route has at least one hop".into()));
         }
         self.routes.add(route);
         self.check_routes_through(self.clock.unwrap_or_default(), route.gateway);

@@ -23,6 +23,49 @@ pub struct Route {
     pub priority: u8,
 }
 
+impl Route {
+    /// Why a node whose NIs have the NIDs `own` cannot take this route, if it cannot. The
+    /// one rule that the node ([`crate::Node::add_route`]), the config file's check and a
+    /// router's reload (before it changes anything) all apply.
+    pub fn unfit_for(&self, own: &[Nid]) -> Option<RouteUnfit> {
+        if own.iter().any(|n| n.is_on(self.net)) {
+            Some(RouteUnfit::OwnNet)
+        } else if own.contains(&self.gateway) {
+            Some(RouteUnfit::GatewayIsSelf)
+        } else if !own.iter().any(|n| n.same_net(&self.gateway)) {
+            Some(RouteUnfit::GatewayOffNet)
+        } else if self.hops == 0 {
+            Some(RouteUnfit::NoHops)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a node cannot take a route ([`Route::unfit_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteUnfit {
+    /// The net is one of the node's own: no route needed.
+    OwnNet,
+    /// The gateway is one of the node's own NIDs.
+    GatewayIsSelf,
+    /// The gateway is on none of the node's nets, so the node cannot reach it.
+    GatewayOffNet,
+    /// `hops` is 0 (the gateway itself is a hop).
+    NoHops,
+}
+
+impl std::fmt::Display for RouteUnfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RouteUnfit::OwnNet => "the net is one of this node's own nets: no route needed",
+            RouteUnfit::GatewayIsSelf => "the gateway is this node itself",
+            RouteUnfit::GatewayOffNet => "the gateway is not on any net of this node",
+            RouteUnfit::NoHops => "a route has at least one hop",
+        })
+    }
+}
+
 /// How good a usable gateway is right now, besides its route's priority and hops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Standing {
@@ -179,6 +222,37 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// The one rule every route passes, wherever it comes from: each way a route can be
+    /// unfit, and a fit one.
+    #[test]
+    fn a_route_is_unfit_to_an_own_net_through_self_off_net_or_with_no_hops() {
+        let own = [Nid::mem(1, 0), Nid::mem(1, 1)];
+        assert_eq!(route(7, 1, 0).unfit_for(&own), None);
+        let mine = Route {
+            net: Nid::mem(2, 1).net(),
+            ..route(7, 1, 0)
+        };
+        assert_eq!(mine.unfit_for(&own), Some(RouteUnfit::OwnNet));
+        let through_self = Route {
+            gateway: Nid::mem(1, 1),
+            ..route(7, 1, 0)
+        };
+        assert_eq!(
+            through_self.unfit_for(&own),
+            Some(RouteUnfit::GatewayIsSelf)
+        );
+        let off_net = Route {
+            gateway: Nid::mem(7, 3),
+            ..route(7, 1, 0)
+        };
+        assert_eq!(off_net.unfit_for(&own), Some(RouteUnfit::GatewayOffNet));
+        assert_eq!(route(7, 0, 0).unfit_for(&own), Some(RouteUnfit::NoHops));
+        assert_eq!(
+            route(7, 1, 0).unfit_for(&[]),
+            Some(RouteUnfit::GatewayOffNet)
+        );
     }
 
     #[test]
