@@ -86,6 +86,10 @@ pub(crate) struct Epoll {
     /// The data connection the last wait that read anything read from, if it read from no
     /// other: where a busy-polling loop looks without waiting ([`Epoll::poll_hot`]).
     hot: Option<ConnId>,
+    /// Sockets whose peer closed (or that failed), by their last event: read to the end,
+    /// never left at a short read, since the close raises no edge of its own after the
+    /// data that came with it.
+    peer_closed: rustc_hash::FxHashSet<ConnId>,
 }
 
 impl Epoll {
@@ -122,6 +126,7 @@ impl Epoll {
             wrote_this_look: false,
             low_water: FxHashMap::default(),
             hot: None,
+            peer_closed: Default::default(),
         })
     }
 
@@ -239,6 +244,7 @@ impl Epoll {
                 let _ = self.poll.registry().deregister(&mut s);
             }
             self.low_water.remove(&id);
+            self.peer_closed.remove(&id);
         }
     }
 
@@ -266,8 +272,15 @@ impl Epoll {
         }
     }
 
-    /// Writes as much of `conn`'s queue as the socket takes.
+    /// Writes as much of `conn`'s queue as the socket takes, a data socket's up to the
+    /// round's budget.
     fn flush(&mut self, conn: ConnId) {
+        self.flush_up_to(conn, DATA_WRITE_PER_ROUND);
+    }
+
+    /// Writes as much of `conn`'s queue as the socket takes, up to `data_budget` bytes if
+    /// it is a data socket (the rest left to the next round).
+    fn flush_up_to(&mut self, conn: ConnId, data_budget: usize) {
         let mut written_now = 0;
         loop {
             let Some((c, lane)) = self.engine.conn_and_lane(conn) else {
@@ -277,7 +290,7 @@ impl Epoll {
                 return;
             }
             let budget = match lane {
-                Some(Lane::Data) => DATA_WRITE_PER_ROUND,
+                Some(Lane::Data) => data_budget,
                 _ => usize::MAX,
             };
             if written_now >= budget {
@@ -340,7 +353,7 @@ impl Epoll {
                 Ok(n) => {
                     read = true;
                     self.engine.received(conn, Instant::now);
-                    if n < asked {
+                    if n < asked && !self.peer_closed.contains(&conn) {
                         // A short read emptied the socket; new data reaching the mark
                         // raises a new edge. This saves the read that would only say EAGAIN.
                         self.set_low_water(conn);
@@ -484,6 +497,10 @@ impl Epoll {
                 Token(id) => {
                     // Accepted sockets learn their lane from the HELLO; until then, data.
                     let lane = self.engine.lane_of(id).unwrap_or(Lane::Data);
+                    let closed = ev.is_read_closed() || ev.is_error();
+                    if closed && self.sockets.contains_key(&id) {
+                        self.peer_closed.insert(id);
+                    }
                     self.ready.push((
                         lane,
                         id,
@@ -581,11 +598,16 @@ impl Epoll {
 impl Drop for Epoll {
     /// What the core handed over last still goes, as far as the sockets take it now: data
     /// frames held for the next look (see [`Epoll::wrote_this_look`]), which a node's last
-    /// turn is not followed by.
+    /// turn is not followed by, and what the rounds' write budget left for the next round,
+    /// now with no budget (a large frame cut off would be lost whole).
     fn drop(&mut self) {
         // Not while unwinding from a panic, which may have left the queues inconsistent.
         if !std::thread::panicking() {
-            self.write_posted();
+            let mut held = std::mem::take(&mut self.posted_to);
+            held.append(&mut self.unwritten);
+            for conn in held {
+                self.flush_up_to(conn, usize::MAX);
+            }
         }
     }
 }
