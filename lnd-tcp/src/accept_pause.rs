@@ -32,15 +32,24 @@ pub(crate) struct AcceptPause {
     /// streak ends when an accept succeeds, or when none has failed for two pauses (a
     /// retry that found the backlog empty tells nobody).
     streak: Option<(Instant, Instant)>,
+    /// One-connection failures retried at once since the last success or pause: past
+    /// [`AT_ONCE`] the failure is taken for the listener's (a seccomp rule answering
+    /// EPERM to every accept), which would otherwise spin the driver thread for good.
+    at_once: u32,
 }
+
+/// One-connection failures in a row retried at once before accepting pauses anyway.
+const AT_ONCE: u32 = 64;
 
 impl AcceptPause {
     /// An accept failed with `e` (not `WouldBlock`) at `now`.
     pub(crate) fn failed(&mut self, e: &io::Error, now: Instant) -> AcceptRetry {
-        if one_connection_only(e) {
+        if one_connection_only(e) && self.at_once < AT_ONCE {
+            self.at_once += 1;
             tracing::debug!("accept failed: {e}");
             return AcceptRetry::Now;
         }
+        self.at_once = 0;
         let since = match self.streak {
             Some((since, last)) if now.saturating_duration_since(last) <= 2 * ACCEPT_PAUSE => since,
             _ => {
@@ -58,6 +67,7 @@ impl AcceptPause {
 
     /// An accept succeeded at `now`.
     pub(crate) fn succeeded(&mut self, now: Instant) {
+        self.at_once = 0;
         if let Some((since, last)) = self.streak.take() {
             if now.saturating_duration_since(last) <= 2 * ACCEPT_PAUSE {
                 let failing = now.saturating_duration_since(since);
@@ -153,6 +163,16 @@ mod tests {
             assert_eq!(pause.failed(&os(errno), Instant::now()), AcceptRetry::Now);
         }
         assert_eq!(pause.until(), None);
+        // The same failure over and over is the listener's, not each connection's (a
+        // seccomp rule answering EPERM to every accept): it pauses, not spins.
+        let t0 = Instant::now();
+        let retried = std::iter::repeat_with(|| pause.failed(&os(libc::EPERM), t0))
+            .take_while(|r| *r == AcceptRetry::Now)
+            .take(1_000)
+            .count();
+        assert!(retried < 100, "{retried} retried at once");
+        assert_eq!(pause.until(), Some(t0 + ACCEPT_PAUSE));
+        assert_eq!(pause.failed(&os(libc::EPERM), t0), AcceptRetry::Now, "anew");
         // Anything else, known or not, pauses: at worst a retry comes a pause late.
         for errno in [libc::ENOBUFS, libc::ENOMEM, libc::EINVAL] {
             assert_eq!(

@@ -314,7 +314,7 @@ impl Engine {
                 return;
             }
             if let (Stage::Up, Some((peer, lane))) = (stage, peer) {
-                c.rx.handshake_done();
+                c.rx.handshake_done(lane);
                 // Up stays up while its frames are read: one lookup for them all.
                 let error = loop {
                     match c.rx.next_frame() {

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
+use lanet::lane::Lane;
 use lanet::lnd::TxToken;
 use lanet::wire::{decode_header, DecodeError, Header, Limits, HEADER_LEN};
 
@@ -23,6 +24,10 @@ pub(crate) struct RxFramer {
     /// small payload) are taken, so that nobody can make the node hold a data-lane
     /// payload's worth of buffer before saying who it is.
     handshake: bool,
+    /// The lane the connection carries, once it is up: a frame of the other lane is refused
+    /// at its header, before its payload is waited for (a health connection must not
+    /// hold a data payload's worth of buffer).
+    lane: Option<Lane>,
     /// The buffer `buf` replaced when a large frame last needed room it could not give
     /// (too small, or still shared with payloads): once the payloads split off it are
     /// dropped, it is used again rather than a new allocation, whose pages the kernel would
@@ -44,6 +49,7 @@ impl RxFramer {
             limits,
             header: None,
             handshake: false,
+            lane: None,
             previous: None,
             #[cfg(test)]
             moved_to_make_room: 0,
@@ -66,9 +72,11 @@ impl RxFramer {
         }
     }
 
-    /// The connection is up: every frame type its limits allow is taken from now on.
-    pub(crate) fn handshake_done(&mut self) {
+    /// The connection is up, for `lane`: every frame of that lane its limits allow is
+    /// taken from now on.
+    pub(crate) fn handshake_done(&mut self, lane: Lane) {
         self.handshake = false;
+        self.lane = Some(lane);
     }
 
     /// Drops what was received and not yet framed, for a connection that is being refused:
@@ -186,6 +194,10 @@ impl RxFramer {
                 if self.handshake && !h.frame_type().is_handshake() {
                     let ty = h.frame_type();
                     return Err(DecodeError::BeforeHandshake { ty });
+                }
+                if let Some(connection) = self.lane.filter(|&l| l != h.lane) {
+                    let frame = h.lane;
+                    return Err(DecodeError::OtherLane { frame, connection });
                 }
                 self.header = Some(h);
                 h

@@ -107,8 +107,13 @@ fn put_header(from: u32, to: u32, len: u32) -> [u8; lanet::wire::HEADER_LEN] {
 
 /// A dials B on the health lane: A's socket 1 is B's socket 101.
 fn dial_pair(a: &mut Engine, b: &mut Engine, now: Instant) {
-    assert!(a.want_connect(Nid::mem(2, 0), Lane::Health, now));
-    a.dialled(1, Nid::mem(2, 0), Lane::Health, now);
+    dial_pair_on(a, b, now, Lane::Health)
+}
+
+/// A dials B on `lane`: A's socket 1 is B's socket 101.
+fn dial_pair_on(a: &mut Engine, b: &mut Engine, now: Instant, lane: Lane) {
+    assert!(a.want_connect(Nid::mem(2, 0), lane, now));
+    a.dialled(1, Nid::mem(2, 0), lane, now);
     b.accepted(101, None, now);
     a.established(1);
     carry(a, 1, b, 101, now);
@@ -520,15 +525,36 @@ fn a_data_frame_before_the_hello_closes_the_connection_before_its_payload_is_rea
         "nothing for the core: it never came up"
     );
 
-    // Up, the same header is a frame like any other.
+    // Up on the data lane, the same header is a frame like any other.
     let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
-    dial_pair(&mut a, &mut b, now);
+    dial_pair_on(&mut a, &mut b, now, Lane::Data);
     events(&mut b);
     let c = b.conn_mut(101).unwrap();
     c.rx.extend(&put_header(1, 2, 1 << 20));
     b.received(101, || now);
     assert!(b.take_closes().is_empty());
     assert_eq!(b.conn_mut(101).unwrap().rx.rest_of_frame(), 1 << 20);
+}
+
+/// A data-lane frame on a health connection fails it at its header, before the node makes
+/// room for its payload: the health lane's buffers are for its own small frames.
+#[test]
+fn a_data_frame_on_the_health_connection_fails_it_before_its_payload_is_read() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Engine::new(local(1)), Engine::new(local(2)));
+    dial_pair(&mut a, &mut b, now);
+    events(&mut b);
+    b.conn_mut(101)
+        .unwrap()
+        .rx
+        .extend(&put_header(1, 2, 1 << 20));
+    b.received(101, || now);
+    let why = failure(&events(&mut b)).expect("the connection fails");
+    assert!(
+        why.contains("a frame of the data lane on the health lane's connection"),
+        "{why}"
+    );
+    assert_eq!(b.take_closes(), vec![101]);
 }
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

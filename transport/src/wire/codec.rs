@@ -42,6 +42,8 @@ pub enum DecodeError {
     BeforeHandshake { ty: FrameType },
     #[error("{ty:?} frames carry no payload, but length is {len}")]
     UnexpectedPayload { ty: FrameType, len: u32 },
+    #[error("a frame of the {frame} lane on the {connection} lane's connection")]
+    OtherLane { frame: Lane, connection: Lane },
     #[error("{ty:?} payload of {len} bytes exceeds its limit of {max} on the {lane} lane")]
     PayloadTooLarge {
         ty: FrameType,
