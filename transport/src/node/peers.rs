@@ -230,6 +230,8 @@ pub(crate) struct End {
     /// [`EARLIER_LIVES`]): frames of those lives, late through a router, are dropped
     /// rather than taken for another restart.
     pub(crate) earlier_lives: Vec<u64>,
+    /// When its current incarnation was last seen (see [`End::incarnation`]).
+    pub(crate) incarnation_seen_at: Time,
     /// Its incarnation when it was declared Down: a return with another is a restart.
     pub(crate) down_incarnation: Option<Option<u64>>,
 }

@@ -123,10 +123,28 @@ impl Node {
             || self.dedup.is_replaced(nid, incarnation)
     }
 
+    /// Whether a routed frame's `incarnation`, which `nid` never had as far as we know, is
+    /// most likely a life before its current one that we never heard from (a frame held
+    /// by a router while the end restarted), not a restart: it is lower than the current
+    /// one, which was seen within the longest a router holds a frame and a detection time.
+    /// Taken for a restart, it would make the live life a replaced one, all of whose
+    /// frames are then dropped. (Incarnations are the clock's nanoseconds at start: a new
+    /// life's is higher, unless the clock went back between starts; such a life is taken
+    /// for one once its old life has been silent that long.)
+    fn is_late_from_unseen_life(&self, now: Time, nid: Nid, incarnation: u64) -> bool {
+        let window =
+            self.cfg.forward_patience + self.cfg.health.interval * self.cfg.health.detect_mult;
+        self.ends.get(&nid).is_some_and(|e| {
+            e.incarnation.is_some_and(|current| incarnation < current)
+                && now.saturating_since(e.incarnation_seen_at) < window
+        })
+    }
+
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
     /// it was another before, it restarted, and whatever the old one owed us is lost.
     fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64) {
         let end = self.end_entry(nid);
+        end.incarnation_seen_at = now;
         let old = end.incarnation.replace(incarnation);
         if let Some(old) = old.filter(|&o| o != incarnation) {
             super::peers::remember_earlier_life(&mut end.earlier_lives, old);
@@ -501,7 +519,9 @@ impl Node {
         }
         self.router_generation_seen(nid, h);
         if h.src != nid {
-            if self.is_earlier_life(h.src, h.src_incarnation) {
+            if self.is_earlier_life(h.src, h.src_incarnation)
+                || self.is_late_from_unseen_life(now, h.src, h.src_incarnation)
+            {
                 // Late through a router, from before the end restarted: its requests'
                 // initiator is gone, and what it answered ended with that life.
                 self.stats.stale_frames += 1;

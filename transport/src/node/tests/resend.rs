@@ -384,9 +384,14 @@ fn a_copy_that_came_while_the_first_payload_was_fetched_is_taken_when_that_fails
 
 /// A PUT from `far()` as `incarnation`, handed over by B (its router).
 fn put_from_far_life(n: &mut Node, incarnation: u64, msg_id: u64) {
+    put_from_far_life_at(n, t(1), incarnation, msg_id)
+}
+
+/// [`put_from_far_life`], arriving at `at`.
+fn put_from_far_life_at(n: &mut Node, at: Time, incarnation: u64, msg_id: u64) {
     let header = put_header_from_far(incarnation, msg_id, 1, 0);
     let payload = RxPayload::Inline(Bytes::from_static(b"x"));
-    arrives(n, t(1), nid(B), header, payload);
+    arrives(n, at, nid(B), header, payload);
 }
 
 /// The header of a PUT (portal 4, match bits 0x10, ACK wanted) of `len` bytes from
@@ -436,22 +441,55 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
     // The new life carries on as before.
     put_from_far_life(&mut n, 9, 2);
     assert_eq!(deliveries(&mut n), 1);
-    // It restarts again, its clock gone back meanwhile: a lower number, but a new life,
-    // not the one replaced. It is heard; a late frame of life 9 then is not.
+    // It restarts again, its clock gone back meanwhile: a lower number, not the one
+    // replaced. While life 9 was heard within a router's longest hold and a detection
+    // time, that is taken for a late frame of a life never heard from (dropped); once
+    // life 9 has been silent that long, for the new life it is. A late frame of life 9
+    // then is not.
     put_from_far_life(&mut n, 3, 1);
+    let early = events(&mut n);
+    assert_eq!(restarts(&early), 0, "{early:?}");
+    assert_eq!(n.stats().stale_frames, 2);
+    let later = t(1) + n.config().forward_patience + n.config().health.interval * 3;
+    put_from_far_life_at(&mut n, later, 3, 1);
     let back = events(&mut n);
     assert_eq!(restarts(&back), 1, "{back:?}");
     assert!(
         back.iter().any(|e| matches!(e, Event::Delivered(_))),
         "{back:?}"
     );
-    put_from_far_life(&mut n, 9, 3);
+    put_from_far_life_at(&mut n, later, 9, 3);
     assert_eq!(deliveries(&mut n), 0);
     // Two lives ago: late too, not another restart.
-    put_from_far_life(&mut n, 5, 3);
+    put_from_far_life_at(&mut n, later, 5, 3);
     let older = events(&mut n);
     assert_eq!(restarts(&older), 0, "{older:?}");
-    assert_eq!(n.stats().stale_frames, 3);
+    assert_eq!(n.stats().stale_frames, 4);
+}
+
+/// A late frame of a life before the current one that this node never heard from (sent
+/// through a slow router just before the end restarted; the new life's frames came
+/// first another way) is not taken for a restart: that would take the live life for the
+/// one replaced, and drop all its frames from then on.
+#[test]
+fn a_late_frame_from_a_life_never_heard_does_not_lock_out_the_current_one() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    put_from_far_life(&mut n, 9, 100);
+    assert_eq!(deliveries(&mut n), 1);
+    put_from_far_life(&mut n, 5, 1);
+    let late = events(&mut n);
+    assert!(
+        !late
+            .iter()
+            .any(|e| matches!(e, Event::PeerRestarted { .. } | Event::Delivered(_))),
+        "{late:?}"
+    );
+    assert_eq!(n.stats().stale_frames, 1);
+    put_from_far_life(&mut n, 9, 101);
+    assert_eq!(deliveries(&mut n), 1, "the live life is heard as before");
 }
 
 /// The route to the far net is two routers deep: B or C, then a router D on the far side.
