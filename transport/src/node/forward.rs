@@ -122,6 +122,36 @@ impl Node {
         }
     }
 
+    /// The connection `serial` from (`hop`, `lane`) is gone: the requests that came by it
+    /// and still wait here, for a buffer or at their next hop, are refused. Their sender
+    /// counts what it sent on that connection as lost and sends it again (a router
+    /// behind it is told by the NACK), and a sender that reconnects must not hold a
+    /// second window of buffers beside the first: each upstream connection holds at most
+    /// its credits of them. Those being fetched end with their fetch, which fails.
+    pub(super) fn refuse_from_lost(&mut self, hop: Nid, lane: Lane, serial: u64) {
+        let from_it = |up: &Upstream| {
+            up.hop == hop && up.lane == lane && up.serial == serial && up.pool.is_some()
+        };
+        for a in self.pools.take_waiting_where(|a| from_it(&a.upstream)) {
+            if let InHand::Deferred { ni, handle, .. } = a.payload {
+                self.out
+                    .requests
+                    .push_back((ni, LndRequest::Decline { handle }));
+            }
+            // It held no buffer yet, and its credit went with the connection.
+            self.nack(&a.header, a.upstream, NackReason::OutOfBuffers);
+        }
+        let mut orphans = Vec::new();
+        for h in self.hops.values_mut() {
+            for l in Lane::ALL {
+                orphans.extend(h.lanes[l].take_forwards_where(|f| from_it(&f.upstream)));
+            }
+        }
+        for f in orphans {
+            self.refuse_forward(f, NackReason::OutOfBuffers);
+        }
+    }
+
     /// A frame waited for a buffer past its patience: refused (its credit released).
     pub(super) fn out_of_patience(&mut self, a: Arrived) {
         if let InHand::Deferred { ni, handle, .. } = a.payload {

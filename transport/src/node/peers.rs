@@ -163,11 +163,24 @@ impl HopLane {
 
     /// Takes the frames passing through out of the queue, leaving the rest in order.
     pub(crate) fn take_forwards(&mut self) -> Vec<Forward> {
+        self.take_forwards_where(|_| true)
+    }
+
+    /// Takes the frames passing through that `pick` picks out of the queue, leaving the
+    /// rest in order.
+    pub(crate) fn take_forwards_where(&mut self, pick: impl Fn(&Forward) -> bool) -> Vec<Forward> {
+        if !self
+            .queue
+            .iter()
+            .any(|p| matches!(p, Pending::Forward(f) if pick(f)))
+        {
+            return Vec::new();
+        }
         let mut forwards = Vec::new();
         let queued = std::mem::take(&mut self.queue);
         for p in queued {
             match p {
-                Pending::Forward(f) => forwards.push(*f),
+                Pending::Forward(f) if pick(&f) => forwards.push(*f),
                 other => self.queue.push_back(other),
             }
         }

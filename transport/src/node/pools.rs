@@ -172,6 +172,25 @@ impl<T> Pools<T> {
         self.handoffs.clear();
     }
 
+    /// Takes the frames waiting for a buffer that `pick` picks, to be refused.
+    pub(crate) fn take_waiting_where(&mut self, pick: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut picked = Vec::new();
+        for (k, queue) in self.waiting.iter_mut().enumerate() {
+            if !queue.iter().any(|(_, f)| pick(f)) {
+                continue;
+            }
+            for (deadline, frame) in std::mem::take(queue) {
+                if pick(&frame) {
+                    picked.push(frame);
+                    self.stats[k].refused += 1;
+                } else {
+                    queue.push_back((deadline, frame));
+                }
+            }
+        }
+        picked
+    }
+
     /// The frames that waited past their patience at `now`, to be refused.
     pub(crate) fn expire(&mut self, now: Time) -> Vec<T> {
         let mut late = Vec::new();
@@ -230,6 +249,19 @@ mod tests {
         assert_eq!(p.release(PoolKind::Large), Some(3));
         assert_eq!(p.release(PoolKind::Large), None);
         assert_eq!(p.stats()[PoolKind::Large as usize].in_use, 0);
+    }
+
+    #[test]
+    fn frames_taken_from_the_wait_leave_the_others_in_order() {
+        let mut p = pools();
+        for f in 1..=5 {
+            p.take(PoolKind::Tiny, f, Time::ZERO);
+        }
+        assert_eq!(p.take_waiting_where(|f| f % 2 == 0), vec![2, 4]);
+        assert_eq!(p.stats()[PoolKind::Tiny as usize].refused, 2);
+        assert_eq!(p.release(PoolKind::Tiny), Some(3));
+        assert_eq!(p.release(PoolKind::Tiny), Some(5));
+        assert_eq!(p.release(PoolKind::Tiny), None);
     }
 
     #[test]

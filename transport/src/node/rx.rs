@@ -260,8 +260,14 @@ impl Node {
             return;
         };
         let hl = &mut hop.lanes[lane];
-        hl.conn = Conn::Down;
+        let lost = match std::mem::replace(&mut hl.conn, Conn::Down) {
+            Conn::Up { serial, .. } => Some(serial),
+            _ => None,
+        };
         self.fail_unposted(nid, lane);
+        if let Some(serial) = lost.filter(|_| self.cfg.forwarding) {
+            self.refuse_from_lost(nid, lane, serial);
+        }
         // A close asked for this connection (a protocol error) is moot now; handed over
         // later, it would close whichever connection replaced it.
         self.out.requests.retain(

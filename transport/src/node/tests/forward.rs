@@ -501,6 +501,30 @@ fn frames_waiting_at_a_next_hop_that_takes_nothing_are_refused_after_their_patie
     assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
 }
 
+/// B's connection is lost while seven of its PUTs wait at D, then B connects again and
+/// sends eight more. B counts the first eight as lost (and sends them again), so the
+/// router gives back the buffers of those still here: each connection of B's holds at
+/// most its credits of them, not a window more at each reconnection.
+#[test]
+fn requests_from_a_lost_connection_give_back_their_buffers() {
+    let in_use = |n: &Node| -> u32 { n.router_stats().pools.iter().map(|p| p.in_use).sum() };
+    let mut n = seven_waiting_at_d();
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 1, "D's one credit");
+    assert_eq!(in_use(&n), 8);
+    disconnected(&mut n, t(0), B, Lane::Data);
+    assert_eq!(in_use(&n), 1, "only the frame in D's driver");
+    let to_d = n.hops[&d()].lanes[Lane::Data].queue.len();
+    assert_eq!(to_d, 0, "nothing of the lost connection waits at D");
+    connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
+    for m in 9..=16 {
+        put_from_b(&mut n, d(), m, 8);
+    }
+    assert_eq!(in_use(&n), 9);
+    sent_ok(&mut n, &out[0]);
+    assert_eq!(in_use(&n), 8);
+}
+
 /// D takes one frame per half patience: slow, but moving. Its frames wait at the router
 /// far longer than the patience, and none is refused (a busy server's queue at its router
 /// may take many seconds to drain). Then it stops: once nothing has left for the
