@@ -320,6 +320,8 @@ pub enum HandshakeError {
     NotHello(FrameType),
     #[error("HELLO addressed to {got}, but this node is {expected}")]
     WrongDestination { expected: Nid, got: Nid },
+    #[error("HELLO from {0}, which is this node itself")]
+    FromSelf(Nid),
     #[error("HELLO from {got}, but we connected to {expected}")]
     UnexpectedPeer { expected: Nid, got: Nid },
     #[error("HELLO from {peer} is on net {got}, not ours ({expected})")]
@@ -365,6 +367,11 @@ pub fn check_hello(
             expected: local.nid,
             got: h.dst,
         });
+    }
+    // Nobody connects to itself: a peer in our name would be a hop of our own NID, its
+    // frames taken for ours.
+    if h.src == local.nid {
+        return Err(HandshakeError::FromSelf(h.src));
     }
     if let Some(expected) = expected_peer {
         if h.src != expected {
@@ -447,6 +454,20 @@ mod tests {
         let mut unknown = plain;
         unknown[7] = 8;
         assert!(decode_compact(&unknown, b.nid).is_err());
+    }
+
+    /// A HELLO in this node's own name (an impostor, or a connection looped back) is
+    /// refused, by a dialler or an acceptor.
+    #[test]
+    fn a_hello_from_this_nodes_own_nid_is_refused() {
+        let b = hello(2, Lane::Data);
+        let own = b.header(b.nid);
+        assert_eq!(
+            check_hello(&b, None, &own),
+            Err(HandshakeError::FromSelf(b.nid))
+        );
+        assert!(check_hello(&b, Some(b.nid), &own).is_err());
+        assert!(check_hello(&b, None, &hello(1, Lane::Data).header(b.nid)).is_ok());
     }
 
     #[test]
