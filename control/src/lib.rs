@@ -21,6 +21,7 @@ mod acceptor;
 pub mod client;
 pub mod command;
 pub mod ctl;
+mod hangup;
 pub mod import;
 pub mod json;
 pub mod metrics;

@@ -212,6 +212,14 @@ fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) ->
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     conn.set_write_timeout(Some(READ_TIMEOUT))?;
     let reply = match read_command(&conn) {
+        Ok(line) if crate::hangup::hung_up(&conn) => {
+            tracing::info!(
+                "control client gone before its command ran (it waited for a slot?): {:?} \
+                 not run",
+                line.trim_end()
+            );
+            return Ok(());
+        }
         Ok(line) => match Command::parse(&line) {
             Ok(c) => run(c, endpoint, config),
             Err(e) => json!({ "error": e }),

@@ -896,3 +896,41 @@ fn the_control_socket_refuses_a_command_cut_off_by_its_length_limit() {
     let status = ask("status\n", true);
     assert!(status.starts_with("{\"counters\""), "{status}");
 }
+
+/// A command whose client gave up while it waited for a free slot (every slot held by
+/// slow clients) is not run once a slot frees: the operator who pressed Ctrl-C on a
+/// `route del` (or whose lanetctl timed out) must not see it happen later behind their
+/// back. A client that only shut down its writing half still gets its answer (checked
+/// above).
+#[test]
+fn a_command_whose_client_left_while_it_waited_for_a_slot_is_not_run() {
+    use std::io::Write;
+    let site = Site::new("control-gone");
+    let path = site.scratch.0.join("client.sock");
+    let _control = lanet_control::ControlSocket::serve(&path, site.client.clone(), None).unwrap();
+    let routes = || {
+        json(&path, &["route", "show"])["routes"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(routes(), 1);
+    let route = json(&path, &["route", "show"])["routes"][0].clone();
+    let (net, gateway) = (
+        route["net"].as_str().unwrap(),
+        route["gateway"].as_str().unwrap(),
+    );
+    // More idle clients than the socket serves at once: each holds a slot, silent.
+    let idle: Vec<_> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut gone = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    gone.write_all(format!("route del {net} {gateway}\n").as_bytes())
+        .unwrap();
+    drop(gone);
+    drop(idle);
+    // The slots free at once (each idle client's end is read); then the command is taken.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(routes(), 1, "the route was deleted for a client that left");
+}
