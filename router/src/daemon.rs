@@ -158,6 +158,8 @@ pub struct Daemon {
     metrics: Option<MetricsServer>,
     events: Option<std::thread::JoinHandle<()>>,
     signals: Signals,
+    /// Stop signals delivered (`signals` reports two of a kind as one).
+    stops: crate::stops::StopCount,
     /// Why the endpoint failed for good (every NI's driver failed, or the driver thread
     /// panicked): set by the events thread, which then closes `signals` to wake `run`.
     failed: Arc<Mutex<Option<String>>>,
@@ -168,6 +170,8 @@ impl Daemon {
     /// `control`, else where the file says) answering.
     pub fn start(config_path: &Path, control: Option<PathBuf>) -> Result<Daemon, StartError> {
         // Caught from the start: a SIGTERM during start-up drains rather than kills.
+        let stops = crate::stops::StopCount::register()
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
         let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot catch signals: {e}"))?;
         let config = ConfigFile::load(config_path)?;
@@ -218,6 +222,7 @@ impl Daemon {
             metrics: None,
             events: Some(events),
             signals,
+            stops,
             failed,
         })
     }
@@ -256,7 +261,7 @@ impl Daemon {
                 crate::notify::notify("READY=1");
             }
             let stops: Vec<i32> = arrived.iter().copied().filter(|&s| s != SIGHUP).collect();
-            if stops.len() > 1 {
+            if stops.len() > 1 || self.stops.get() > 1 {
                 // Asked twice before it looked (an impatient operator): stop now.
                 tracing::warn!(?stops, "signalled twice: stopping without a drain");
                 return self.stopped();
@@ -337,13 +342,21 @@ impl Daemon {
         {
             tracing::error!("cannot say it is stopping: {e}");
         }
+        // What it holds is read from the node's whole report, which walks every peer on
+        // the driver thread that is forwarding what is left: ten times a second, not at
+        // every look for a signal.
+        let mut holds = 0;
+        let mut asked: Option<Instant> = None;
         loop {
-            let holds = self
-                .endpoint
-                .report()
-                .ok()
-                .and_then(|r| r.router)
-                .map_or(0, |r| r.holds());
+            if asked.is_none_or(|at| at.elapsed() >= HOLDS_EVERY) {
+                holds = self
+                    .endpoint
+                    .report()
+                    .ok()
+                    .and_then(|r| r.router)
+                    .map_or(0, |r| r.holds());
+                asked = Some(Instant::now());
+            }
             let waited = start.elapsed();
             if holds == 0 && waited >= at_least {
                 tracing::info!(?waited, "drained: it holds nothing");
@@ -380,6 +393,9 @@ impl Daemon {
         self.stopped()
     }
 }
+
+/// How often a drain asks what the router still holds.
+const HOLDS_EVERY: Duration = Duration::from_millis(100);
 
 /// Makes the endpoint's routes those of `wanted`, for a node running NIs on the nets of
 /// `running`; (added or updated, removed). A route the running node would refuse
@@ -469,6 +485,36 @@ mod tests {
     fn file(routing: &str) -> ConfigFile {
         let text = format!("{NETS}[routing]\nenable = true\n{routing}");
         ConfigFile::parse("router.toml", &text).unwrap()
+    }
+
+    /// Two SIGTERMs that came before the daemon looked (signal-hook reports them as one)
+    /// stop it at once, as two signals do: no drain (here it would last at least two
+    /// health intervals, 20 s).
+    #[test]
+    fn two_sigterms_before_the_daemon_looks_stop_it_without_a_drain() {
+        let port = || {
+            let nid = lanet_lnd_tcp::free_loopback_nid().unwrap();
+            nid.socket_addr(0).unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("lanet-two-terms-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("router.toml");
+        let text = format!(
+            "[[net]]\nnet = \"tcp1\"\naddress = \"127.0.0.1\"\nport = {}\n\
+             [[net]]\nnet = \"tcp2\"\naddress = \"127.0.0.1\"\nport = {}\n\
+             [health]\ninterval = \"10s\"\n[routing]\nenable = true\ndrain = \"60s\"\n",
+            port(),
+            port()
+        );
+        std::fs::write(&config, text).unwrap();
+        let daemon = Daemon::start(&config, Some(dir.join("router.sock"))).unwrap();
+        signal_hook::low_level::raise(SIGTERM).unwrap();
+        signal_hook::low_level::raise(SIGTERM).unwrap();
+        let start = Instant::now();
+        daemon.run().unwrap();
+        let took = start.elapsed();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(took < Duration::from_secs(10), "it drained: {took:?}");
     }
 
     /// A reload names each change it does not apply, and nothing for the same file read
