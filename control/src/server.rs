@@ -176,22 +176,36 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let base = dir.unwrap_or(Path::new(".")).to_path_buf();
     // A fresh name (someone may have made one we would pick): short, since a socket's
-    // whole path must fit in 108 bytes.
+    // whole path must fit in 108 bytes, and the socket is bound here first: `.lXXXXXX/s`
+    // is no longer than `router.sock`.
     let mut attempt = 0;
     let private = loop {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let private = base.join(format!(".l{:x}{nanos:x}", std::process::id()));
+        let fresh = (std::process::id().wrapping_mul(0x9e37_79b9) ^ nanos) & 0xff_ffff;
+        let private = base.join(format!(".l{fresh:06x}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&private) {
             Ok(()) => break private,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
             Err(e) => return Err(e),
         }
     };
-    let making = private.join("socket");
+    let making = private.join("s");
     let linked = (|| {
-        let listener = UnixListener::bind(&making)?;
+        let listener = UnixListener::bind(&making).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidInput => io::Error::new(
+                e.kind(),
+                format!(
+                    "the socket is bound at {} first, {} bytes: a Unix socket's path takes \
+                     at most {} (a shorter directory)",
+                    making.display(),
+                    making.as_os_str().len(),
+                    lanet::config::MAX_SOCKET_PATH
+                ),
+            ),
+            _ => e,
+        })?;
         std::fs::set_permissions(&making, std::fs::Permissions::from_mode(0o600))?;
         std::fs::hard_link(&making, path).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => io::Error::new(
@@ -396,6 +410,22 @@ mod tests {
         UnixStream::connect(&path).expect("the first socket still answers");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A path a socket can be bound at directly (100 bytes here) is one the control
+    /// socket binds at too: its staging path beside it is no longer.
+    #[test]
+    fn a_long_socket_path_that_fits_binds() {
+        let mut dir = std::env::temp_dir().join(format!("lanet-long-{}-", std::process::id()));
+        let pad = 100 - dir.as_os_str().len() - "/router.sock".len();
+        dir.as_mut_os_string().push("x".repeat(pad));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("router.sock");
+        assert_eq!(path.as_os_str().len(), 100);
+        let bound = bind_private(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        bound.expect("a 100-byte path binds");
     }
 
     #[test]

@@ -657,6 +657,10 @@ impl RawFile {
             });
         }
         node.validate().map_err(|e| at.error(None, None, e.0))?;
+        if let Some(socket) = &self.routing.control_socket {
+            check_socket_path(socket)
+                .map_err(|e| at.error(None, Some("routing.control_socket".into()), e))?;
+        }
         Ok(ConfigFile {
             path: at.path.to_owned(),
             node,
@@ -673,6 +677,24 @@ impl RawFile {
             },
             key_file,
         })
+    }
+}
+
+/// Longest path a Unix socket binds at (`sun_path` holds 108 bytes, its NUL included).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// What is wrong with `path` as a control socket's, if anything.
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    let len = path.as_os_str().len();
+    if path.file_name().is_none() {
+        Err(format!("{:?} names no file", path.display().to_string()))
+    } else if len > MAX_SOCKET_PATH {
+        Err(format!(
+            "{} is {len} bytes long; a Unix socket's path takes at most {MAX_SOCKET_PATH}",
+            path.display()
+        ))
+    } else {
+        Ok(())
     }
 }
 

@@ -256,6 +256,18 @@ fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
             "[[net]]\nnet = \"tcpx\"\n",
             "test.toml:2: net: expected a net such as \"tcp\", \"tcp1\" or \"o2ib3\", got \"tcpx\"",
         ),
+        // a control socket no socket can be bound at
+        (
+            "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[routing]\ncontrol_socket = \"\"\n",
+            "test.toml: routing.control_socket: \"\" names no file",
+        ),
+        (
+            concat!(
+                "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[routing]\ncontrol_socket = ",
+                "\"/run/lanet/a-directory-name-long-enough-to-take-the-path-past-what-a-unix-socket-takes-and-some-more-on-top/r.sock\"\n"
+            ),
+            "test.toml: routing.control_socket: /run/lanet/a-directory",
+        ),
         // a bad duration
         (
             "[health]\ninterval = \"fast\"\n",

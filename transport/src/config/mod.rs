@@ -13,7 +13,7 @@ use crate::nid::{Net, Nid};
 
 pub use file::{
     ConfigFile, ConfigFileError, DaemonSettings, NetSection, OpenLnd, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_PENDING_ACCEPTS, DEFAULT_PENDING_ACCEPTS_RDMA, MAX_MOVER_POLL,
+    DEFAULT_PENDING_ACCEPTS, DEFAULT_PENDING_ACCEPTS_RDMA, MAX_MOVER_POLL, MAX_SOCKET_PATH,
 };
 
 /// Largest payload accepted by default: 16 MiB.
