@@ -36,6 +36,13 @@ pub enum ClientError {
         /// Its start (what shows what it is).
         answer: String,
     },
+    #[error(
+        "{path}: the node closed the connection without answering (it may be stopping, or \
+         out of threads; the command may not have run)"
+    )]
+    Closed { path: PathBuf },
+    #[error("{path}: the answer was cut off after {got} bytes (the node stopped writing it)")]
+    CutOff { path: PathBuf, got: usize },
     #[error("{path}: no whole answer within {within:?}")]
     NoAnswer { path: PathBuf, within: Duration },
     #[error("{path}: an answer longer than {max} bytes: not a lanet control socket's")]
@@ -90,7 +97,19 @@ fn query_within(
     // and a peer trickling bytes would hold us for ever); the end of the stream ends it
     // too.
     let reply = match crate::within::read_line_before(&conn, deadline, max) {
-        Ok((reply, _)) => reply,
+        Ok((reply, true)) => reply,
+        // The stream ended before the answer's newline.
+        Ok((reply, false)) if reply.is_empty() => {
+            return Err(ClientError::Closed {
+                path: path.to_owned(),
+            })
+        }
+        Ok((reply, false)) => {
+            return Err(ClientError::CutOff {
+                path: path.to_owned(),
+                got: reply.len(),
+            })
+        }
         Err(LineError::TimedOut) => {
             return Err(ClientError::NoAnswer {
                 path: path.to_owned(),
@@ -158,5 +177,20 @@ mod tests {
         });
         let v = query_within(&fine, "status", Duration::from_secs(30), 1 << 20).unwrap();
         assert_eq!(v["ok"], 1);
+    }
+
+    /// A connection closed without an answer, or in the middle of one, says so: not "the
+    /// answer is not JSON", which reads as a protocol bug.
+    #[test]
+    fn an_answer_that_never_came_or_was_cut_off_says_so() {
+        let closed = server("closed", drop);
+        let e = query_within(&closed, "status", Duration::from_secs(30), 1 << 20).unwrap_err();
+        assert!(matches!(e, ClientError::Closed { .. }), "{e}");
+        assert!(e.to_string().contains("without answering"), "{e}");
+        let cut = server("cut", |mut c| {
+            let _ = c.write_all(b"{\"nets\":[");
+        });
+        let e = query_within(&cut, "status", Duration::from_secs(30), 1 << 20).unwrap_err();
+        assert!(matches!(e, ClientError::CutOff { got: 9, .. }), "{e}");
     }
 }
