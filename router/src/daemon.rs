@@ -315,8 +315,11 @@ impl Daemon {
             self.control
                 .set_config(running(&self.config, self.control.path()));
         }
-        let (added, removed) = match apply_routes(&self.endpoint, &self.config.nets, &fresh.routes)
-        {
+        let running = Running {
+            nets: &self.config.nets,
+            failover: &self.config.failover,
+        };
+        let (added, removed) = match apply_routes(&self.endpoint, running, &fresh.routes) {
             Ok(counts) => counts,
             Err(e) => {
                 tracing::error!("reload: {e}");
@@ -397,18 +400,27 @@ impl Daemon {
 /// How often a drain asks what the router still holds.
 const HOLDS_EVERY: Duration = Duration::from_millis(100);
 
+/// What a router runs that a reload does not change.
+#[derive(Clone, Copy)]
+struct Running<'a> {
+    nets: &'a [NetSection],
+    failover: &'a [lanet::node::FailoverGroup],
+}
+
 /// Makes the endpoint's routes those of `wanted`, for a node running NIs on the nets of
 /// `running`; (added or updated, removed). A route the running node would refuse
 /// ([`Route::unfit_for`]: a gateway on none of those nets, as with a `[[net]]` the reload
 /// added, which takes a restart; one of its own NIDs; one of its nets) is refused before
-/// anything changes; then the new and updated routes go in before the stale ones go, so
-/// that a gateway swapped for another leaves its net no moment without a route.
+/// anything changes, and so are routes that would leave a member of a running failover
+/// group out of reach (a `[[failover]]` change takes a restart); then the new and updated
+/// routes go in before the stale ones go, so that a gateway swapped for another leaves
+/// its net no moment without a route.
 fn apply_routes(
     endpoint: &Endpoint,
-    running: &[NetSection],
+    running: Running<'_>,
     wanted: &[Route],
 ) -> Result<(usize, usize), String> {
-    let own: Vec<Nid> = running.iter().map(|n| n.nid).collect();
+    let own: Vec<Nid> = running.nets.iter().map(|n| n.nid).collect();
     for w in wanted {
         if let Some(unfit) = w.unfit_for(&own) {
             let restart = match unfit {
@@ -419,6 +431,18 @@ fn apply_routes(
             return Err(format!(
                 "route to {} through {}: {unfit}{restart}; no route changed",
                 w.net, w.gateway
+            ));
+        }
+    }
+    for group in running.failover {
+        let stranded = group.members.iter().find(|m| {
+            !own.iter().any(|n| n.same_net(m)) && !wanted.iter().any(|r| r.net == m.net())
+        });
+        if let Some(m) = stranded {
+            return Err(format!(
+                "no route would reach {m}, a member of the running failover group {:?} (a \
+                 [[failover]] change takes a restart); no route changed",
+                group.name
             ));
         }
     }
@@ -487,26 +511,59 @@ mod tests {
         ConfigFile::parse("router.toml", &text).unwrap()
     }
 
+    /// Two free loopback ports' `[[net]]`s for tcp1 and tcp2, with `rest` after them.
+    fn config_in(dir: &Path, rest: &str) -> PathBuf {
+        let port = || {
+            let nid = lanet_lnd_tcp::free_loopback_nid().unwrap();
+            nid.socket_addr(0).unwrap().port()
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("router.toml");
+        let text = format!(
+            "[[net]]\nnet = \"tcp1\"\naddress = \"127.0.0.1\"\nport = {}\n\
+             [[net]]\nnet = \"tcp2\"\naddress = \"127.0.0.1\"\nport = {}\n{rest}",
+            port(),
+            port()
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    /// A reload that moves a failover group to another net and its route with it (the
+    /// group's change takes a restart) changes no route: removing the old net's route
+    /// would leave the running group's members out of reach.
+    #[test]
+    fn a_reload_does_not_strand_a_running_failover_group() {
+        let dir = std::env::temp_dir().join(format!("lanet-stranded-{}", std::process::id()));
+        let routing = "[routing]\nenable = true\n";
+        let old = format!(
+            "{routing}[[route]]\nnet = \"tcp3\"\ngateway = \"127.0.0.9@tcp1\"\n\
+             [[failover]]\nname = \"pair\"\nnids = [\"10.0.0.1@tcp3\", \"10.0.0.2@tcp3\"]\n"
+        );
+        let config = config_in(&dir, &old);
+        let mut daemon = Daemon::start(&config, Some(dir.join("router.sock"))).unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let moved = text
+            .replace("tcp3", "tcp4")
+            .replace("127.0.0.9@tcp1", "127.0.0.8@tcp1");
+        std::fs::write(&config, moved).unwrap();
+        daemon.reload();
+        let routes = daemon.endpoint().routes().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        assert_eq!(routes[0].net.to_string(), "tcp3", "{routes:?}");
+    }
+
     /// Two SIGTERMs that came before the daemon looked (signal-hook reports them as one)
     /// stop it at once, as two signals do: no drain (here it would last at least two
     /// health intervals, 20 s).
     #[test]
     fn two_sigterms_before_the_daemon_looks_stop_it_without_a_drain() {
-        let port = || {
-            let nid = lanet_lnd_tcp::free_loopback_nid().unwrap();
-            nid.socket_addr(0).unwrap().port()
-        };
         let dir = std::env::temp_dir().join(format!("lanet-two-terms-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("router.toml");
-        let text = format!(
-            "[[net]]\nnet = \"tcp1\"\naddress = \"127.0.0.1\"\nport = {}\n\
-             [[net]]\nnet = \"tcp2\"\naddress = \"127.0.0.1\"\nport = {}\n\
-             [health]\ninterval = \"10s\"\n[routing]\nenable = true\ndrain = \"60s\"\n",
-            port(),
-            port()
+        let config = config_in(
+            &dir,
+            "[health]\ninterval = \"10s\"\n[routing]\nenable = true\ndrain = \"60s\"\n",
         );
-        std::fs::write(&config, text).unwrap();
         let daemon = Daemon::start(&config, Some(dir.join("router.sock"))).unwrap();
         signal_hook::low_level::raise(SIGTERM).unwrap();
         signal_hook::low_level::raise(SIGTERM).unwrap();
