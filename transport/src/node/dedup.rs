@@ -84,6 +84,13 @@ pub(crate) struct Dedup {
     /// Per initiator that restarted while remembered: the incarnations its lives replaced
     /// (the latest [`super::peers::EARLIER_LIVES`]), whose copies are late.
     replaced: FxHashMap<Nid, Vec<u64>>,
+    /// The life of each initiator whose windows or floors are kept. One node's are all of
+    /// one life (the first request of a new one drops the others'), so a new window of
+    /// that life needs no search for stale ones: with more initiators than windows, one
+    /// is made for nearly every request, and the search walks every window and floor. It
+    /// may name nodes none of whose windows is left; cleared once it outgrows what the
+    /// windows and floors can name.
+    life_of: FxHashMap<Nid, u64>,
     /// (last used, window): the idlest first.
     by_use: BTreeMap<(u64, Key), ()>,
     tick: u64,
@@ -104,6 +111,7 @@ impl Dedup {
             floors: FxHashMap::default(),
             floors_order: std::collections::VecDeque::new(),
             replaced: FxHashMap::default(),
+            life_of: FxHashMap::default(),
             by_use: BTreeMap::new(),
             tick: 0,
             per_window: per_window.max(1),
@@ -145,29 +153,39 @@ impl Dedup {
             {
                 return Seen::TooOld;
             }
-            // Another incarnation of the same node: it restarted, and the old one's windows
-            // are moot (dropped before making room, so no unrelated window goes for them).
-            let stale: Vec<Key> = self
-                .windows
-                .keys()
-                .chain(self.floors.keys())
-                .filter(|(n, _, i)| *n == from && *i != incarnation)
-                .copied()
-                .collect();
-            if let Some(&(_, _, old)) = stale.first() {
-                let cap = self.max_windows.saturating_mul(FLOORS_PER_WINDOW);
-                if self.replaced.len() >= cap && !self.replaced.contains_key(&from) {
-                    // Bounded: one node's memory of its lives goes (a copy of one of them
-                    // could pass for new now).
-                    if let Some(k) = self.replaced.keys().next().copied() {
-                        self.replaced.remove(&k);
+            if self.life_of.get(&from) != Some(&incarnation) {
+                // Another incarnation of the same node: it restarted, and the old one's windows
+                // are moot (dropped before making room, so no unrelated window goes for them).
+                let stale: Vec<Key> = self
+                    .windows
+                    .keys()
+                    .chain(self.floors.keys())
+                    .filter(|(n, _, i)| *n == from && *i != incarnation)
+                    .copied()
+                    .collect();
+                if let Some(&(_, _, old)) = stale.first() {
+                    let cap = self.max_windows.saturating_mul(FLOORS_PER_WINDOW);
+                    if self.replaced.len() >= cap && !self.replaced.contains_key(&from) {
+                        // Bounded: one node's memory of its lives goes (a copy of one of them
+                        // could pass for new now).
+                        if let Some(k) = self.replaced.keys().next().copied() {
+                            self.replaced.remove(&k);
+                        }
                     }
+                    super::peers::remember_earlier_life(
+                        self.replaced.entry(from).or_default(),
+                        old,
+                    );
                 }
-                super::peers::remember_earlier_life(self.replaced.entry(from).or_default(), old);
-            }
-            for k in stale {
-                self.drop_window(k);
-                self.floors.remove(&k);
+                for k in stale {
+                    self.drop_window(k);
+                    self.floors.remove(&k);
+                }
+                let names = self.max_windows.saturating_mul(1 + FLOORS_PER_WINDOW);
+                if self.life_of.len() >= names {
+                    self.life_of.clear();
+                }
+                self.life_of.insert(from, incarnation);
             }
             self.make_room();
             let floor = self.floors.remove(&key).map_or(0, |(floor, _)| floor);
