@@ -299,6 +299,23 @@ impl Dedup {
         }
     }
 
+    /// Forgets the windows and floors of `from`, without remembering its life as
+    /// replaced (when it is not sure that it was: see `Node::routed_life`).
+    pub(crate) fn forget_node(&mut self, from: Nid) {
+        let keys: Vec<Key> = self
+            .windows
+            .keys()
+            .chain(self.floors.keys())
+            .filter(|(n, _, _)| *n == from)
+            .copied()
+            .collect();
+        for k in keys {
+            self.drop_window(k);
+            self.floors.remove(&k);
+        }
+        self.life_of.remove(&from);
+    }
+
     fn make_room(&mut self) {
         while self.windows.len() >= self.max_windows {
             let Some((&(_, key), _)) = self.by_use.first_key_value() else {

@@ -123,11 +123,13 @@ impl Node {
     }
 
     /// The connection `serial` from (`hop`, `lane`) is gone: the requests that came by it
-    /// and still wait here, for a buffer or at their next hop, are refused. Their sender
-    /// counts what it sent on that connection as lost and sends it again (a router
-    /// behind it is told by the NACK), and a sender that reconnects must not hold a
-    /// second window of buffers beside the first: each upstream connection holds at most
-    /// its credits of them. Those being fetched end with their fetch, which fails.
+    /// and still wait here, for a buffer or at their next hop, are dropped. Their sender
+    /// counts what it sent on that connection as lost and sends it again, and a sender
+    /// that reconnects must not hold a second window of buffers beside the first: each
+    /// upstream connection holds at most its credits of them. The initiator of one that
+    /// `hop` passed on (a router) is told by a NACK; `hop` itself needs none (and its
+    /// NACK would only ask for a connection to it). Those being fetched end with their
+    /// fetch, which fails.
     pub(super) fn refuse_from_lost(&mut self, hop: Nid, lane: Lane, serial: u64) {
         let from_it = |up: &Upstream| {
             up.hop == hop && up.lane == lane && up.serial == serial && up.pool.is_some()
@@ -139,7 +141,9 @@ impl Node {
                     .push_back((ni, LndRequest::Decline { handle }));
             }
             // It held no buffer yet, and its credit went with the connection.
-            self.nack(&a.header, a.upstream, NackReason::OutOfBuffers);
+            if a.header.src != hop {
+                self.nack(&a.header, a.upstream, NackReason::OutOfBuffers);
+            }
         }
         let mut orphans = Vec::new();
         for h in self.hops.values_mut() {
@@ -148,7 +152,11 @@ impl Node {
             }
         }
         for f in orphans {
-            self.refuse_forward(f, NackReason::OutOfBuffers);
+            if f.header.src == hop {
+                self.release_upstream(f.upstream);
+            } else {
+                self.refuse_forward(f, NackReason::OutOfBuffers);
+            }
         }
     }
 

@@ -85,7 +85,7 @@ impl Node {
             let lanes = if same_life {
                 Some(lane)
             } else {
-                self.seen_incarnation(now, nid, hello.incarnation);
+                self.seen_incarnation(now, nid, hello.incarnation, false);
                 None
             };
             let error = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
@@ -105,7 +105,7 @@ impl Node {
         // What waited while it connected has waited for the connection, not for the hop:
         // the hop is judged from now (see `forward::refuse_stalled`).
         hl.moved_at = now;
-        self.seen_incarnation(now, nid, hello.incarnation);
+        self.seen_incarnation(now, nid, hello.incarnation, false);
         if !self.faults.silences(nid, lane) {
             self.heard(now, nid);
         }
@@ -123,31 +123,47 @@ impl Node {
             || self.dedup.is_replaced(nid, incarnation)
     }
 
-    /// Whether a routed frame's `incarnation`, which `nid` never had as far as we know, is
-    /// most likely a life before its current one that we never heard from (a frame held
-    /// by a router while the end restarted), not a restart: it is lower than the current
-    /// one, which was seen within the longest a router holds a frame and a detection time.
-    /// Taken for a restart, it would make the live life a replaced one, all of whose
-    /// frames are then dropped. (Incarnations are the clock's nanoseconds at start: a new
-    /// life's is higher, unless the clock went back between starts; such a life is taken
-    /// for one once its old life has been silent that long.)
-    fn is_late_from_unseen_life(&self, now: Time, nid: Nid, incarnation: u64) -> bool {
+    /// What a routed frame's `incarnation` is of `nid`'s lives, if not one its current
+    /// life replaced ([`Node::is_earlier_life`]). A higher number than the current one is
+    /// a new life: incarnations are the clock's nanoseconds at start. A lower one never
+    /// seen is most likely a life before the current one that we never heard from (a
+    /// frame a router held while the end restarted), while the current one was seen
+    /// within `forward_patience` and a detection time: late. Past that it may be a new
+    /// life whose clock went back between starts, or a frame a router held longer still:
+    /// taken for the current life, without taking the one it replaces for replaced, so
+    /// that if that one speaks again it is taken back, rather than all its frames being
+    /// dropped from then on.
+    fn routed_life(&self, now: Time, nid: Nid, incarnation: u64) -> RoutedLife {
         let window =
             self.cfg.forward_patience + self.cfg.health.interval * self.cfg.health.detect_mult;
-        self.ends.get(&nid).is_some_and(|e| {
-            e.incarnation.is_some_and(|current| incarnation < current)
-                && now.saturating_since(e.incarnation_seen_at) < window
-        })
+        match self.ends.get(&nid) {
+            Some(e) if e.incarnation.is_some_and(|current| incarnation < current) => {
+                if now.saturating_since(e.incarnation_seen_at) < window {
+                    RoutedLife::Late
+                } else {
+                    RoutedLife::Doubtful
+                }
+            }
+            _ => RoutedLife::CurrentOrNew,
+        }
     }
 
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
     /// it was another before, it restarted, and whatever the old one owed us is lost.
-    fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64) {
+    /// Unless `doubtful`, the life it was before is remembered as replaced: its late
+    /// frames are dropped.
+    fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64, doubtful: bool) {
         let end = self.end_entry(nid);
         end.incarnation_seen_at = now;
         let old = end.incarnation.replace(incarnation);
         if let Some(old) = old.filter(|&o| o != incarnation) {
-            super::peers::remember_earlier_life(&mut end.earlier_lives, old);
+            if doubtful {
+                // Nor in dedup: the first request of this life would record it there.
+                self.dedup.forget_node(nid);
+            } else {
+                let end = self.end_entry(nid);
+                super::peers::remember_earlier_life(&mut end.earlier_lives, old);
+            }
             self.out.events.push_back(Event::PeerRestarted {
                 peer: nid,
                 old,
@@ -525,9 +541,8 @@ impl Node {
         }
         self.router_generation_seen(nid, h);
         if h.src != nid {
-            if self.is_earlier_life(h.src, h.src_incarnation)
-                || self.is_late_from_unseen_life(now, h.src, h.src_incarnation)
-            {
+            let life = self.routed_life(now, h.src, h.src_incarnation);
+            if life == RoutedLife::Late || self.is_earlier_life(h.src, h.src_incarnation) {
                 // Late through a router, from before the end restarted: its requests'
                 // initiator is gone, and what it answered ended with that life.
                 self.stats.stale_frames += 1;
@@ -535,7 +550,8 @@ impl Node {
                 return self.pump(nid, lane);
             }
             // Started behind a router: the frame is all we hear of that end.
-            self.seen_incarnation(now, h.src, h.src_incarnation);
+            let doubtful = life == RoutedLife::Doubtful;
+            self.seen_incarnation(now, h.src, h.src_incarnation, doubtful);
             self.heard(now, h.src);
         }
         let req = Incoming {
@@ -891,6 +907,17 @@ fn nack_error(reason: NackReason, target: Nid, by: Nid) -> OpError {
         NackReason::NoRoute => OpError::NoRoute(target),
         _ => OpError::Network(format!("refused by {by} on the way to {target}: {reason}")),
     }
+}
+
+/// What a routed frame's incarnation is of its end's lives ([`Node::routed_life`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoutedLife {
+    /// The current life, or a new one (a restart).
+    CurrentOrNew,
+    /// A life before the current one that was never heard from: the frame is late.
+    Late,
+    /// A lower number long after the current life was last seen: a new life, perhaps.
+    Doubtful,
 }
 
 pub(super) enum Answer {

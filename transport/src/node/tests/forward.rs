@@ -512,10 +512,19 @@ fn requests_from_a_lost_connection_give_back_their_buffers() {
     let out = drain(&mut n);
     assert_eq!(out.len(), 1, "D's one credit");
     assert_eq!(in_use(&n), 8);
+    requests(&mut n);
+    let nacks_before = n.stats().nacks_sent;
     disconnected(&mut n, t(0), B, Lane::Data);
     assert_eq!(in_use(&n), 1, "only the frame in D's driver");
     let to_d = n.hops[&d()].lanes[Lane::Data].queue.len();
     assert_eq!(to_d, 0, "nothing of the lost connection waits at D");
+    // B started them, and counts them lost itself: no NACK, and no dial of B for one.
+    assert_eq!(n.stats().nacks_sent, nacks_before);
+    let dials: Vec<_> = requests(&mut n)
+        .into_iter()
+        .filter(|r| matches!(r, LndRequest::Connect { .. }))
+        .collect();
+    assert!(dials.is_empty(), "{dials:?}");
     connected_on(&mut n, 0, nid(B), Lane::Data, 8, 9);
     for m in 9..=16 {
         put_from_b(&mut n, d(), m, 8);

@@ -442,10 +442,9 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
     put_from_far_life(&mut n, 9, 2);
     assert_eq!(deliveries(&mut n), 1);
     // It restarts again, its clock gone back meanwhile: a lower number, not the one
-    // replaced. While life 9 was heard within a router's longest hold and a detection
-    // time, that is taken for a late frame of a life never heard from (dropped); once
-    // life 9 has been silent that long, for the new life it is. A late frame of life 9
-    // then is not.
+    // replaced. While life 9 was heard within `forward_patience` and a detection time,
+    // that is taken for a late frame of a life never heard from (dropped); once life 9
+    // has been silent that long, for the new life it may be.
     put_from_far_life(&mut n, 3, 1);
     let early = events(&mut n);
     assert_eq!(restarts(&early), 0, "{early:?}");
@@ -458,7 +457,17 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
         back.iter().any(|e| matches!(e, Event::Delivered(_))),
         "{back:?}"
     );
+    // Taken in doubt: life 9 is not taken for replaced. (Had 3 been a late frame, and 9
+    // only quiet, 9 would otherwise be dropped for good.) 9 speaking again is taken
+    // back, and 3 is replaced by it.
     put_from_far_life_at(&mut n, later, 9, 3);
+    let again = events(&mut n);
+    assert_eq!(restarts(&again), 1, "{again:?}");
+    assert!(
+        again.iter().any(|e| matches!(e, Event::Delivered(_))),
+        "{again:?}"
+    );
+    put_from_far_life_at(&mut n, later, 3, 2);
     assert_eq!(deliveries(&mut n), 0);
     // Two lives ago: late too, not another restart.
     put_from_far_life_at(&mut n, later, 5, 3);
@@ -490,6 +499,15 @@ fn a_late_frame_from_a_life_never_heard_does_not_lock_out_the_current_one() {
     assert_eq!(n.stats().stale_frames, 1);
     put_from_far_life(&mut n, 9, 101);
     assert_eq!(deliveries(&mut n), 1, "the live life is heard as before");
+    // Quiet longer than a router is expected to hold a frame, then one of life 5 comes
+    // still later: taken for a new life in doubt, life 9 is still heard after it.
+    let later = t(1) + n.config().forward_patience + n.config().health.interval * 3;
+    put_from_far_life_at(&mut n, later, 5, 2);
+    assert_eq!(deliveries(&mut n), 1);
+    put_from_far_life_at(&mut n, later, 9, 102);
+    assert_eq!(deliveries(&mut n), 1, "life 9 is not locked out");
+    put_from_far_life_at(&mut n, later, 9, 103);
+    assert_eq!(deliveries(&mut n), 1);
 }
 
 /// The route to the far net is two routers deep: B or C, then a router D on the far side.
