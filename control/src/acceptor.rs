@@ -12,6 +12,10 @@ use std::thread::JoinHandle;
 /// Clients served at once.
 pub(crate) const MAX_CLIENTS: usize = 8;
 
+/// How long after every slot was busy a client may still have waited in the backlog:
+/// the backlog drains in well under this once slots free (each client has 2 s at most).
+const BACKLOG_DRAINS: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Clients being served now, and a wake-up when one is done.
 #[derive(Default)]
 struct Slots {
@@ -20,12 +24,15 @@ struct Slots {
 }
 
 impl Slots {
-    fn take(&self) {
+    /// Takes a slot, waiting for one if none is free; whether it waited.
+    fn take(&self) -> bool {
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = *busy >= MAX_CLIENTS;
         while *busy >= MAX_CLIENTS {
             busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
         }
         *busy += 1;
+        waited
     }
 
     fn give_back(&self) {
@@ -52,12 +59,14 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    /// Serves what `incoming` yields (a listener's `incoming()`, moved in) with `serve`.
+    /// Serves what `incoming` yields (a listener's `incoming()`, moved in) with `serve`,
+    /// told whether the client may have waited in the backlog for a free slot (and given
+    /// up meanwhile): every slot was busy within [`BACKLOG_DRAINS`] before it was taken.
     pub(crate) fn spawn<L, C>(
         name: &str,
         listener: L,
         incoming: impl Fn(&L) -> io::Result<C> + Send + 'static,
-        serve: impl Fn(C) -> io::Result<()> + Send + Sync + 'static,
+        serve: impl Fn(C, bool) -> io::Result<()> + Send + Sync + 'static,
     ) -> io::Result<Acceptor>
     where
         L: AsFd + Send + 'static,
@@ -71,36 +80,42 @@ impl Acceptor {
         let slots = Arc::new(Slots::default());
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || loop {
-                slots.take();
-                let conn = incoming(&listener);
-                if stopping.load(Ordering::Acquire) {
-                    break;
-                }
-                let conn = match conn {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // E.g. out of file descriptors: not in a tight loop.
-                        tracing::warn!("{what}: {e}");
-                        slots.give_back();
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                        continue;
+            .spawn(move || {
+                let mut last_wait: Option<std::time::Instant> = None;
+                loop {
+                    if slots.take() {
+                        last_wait = Some(std::time::Instant::now());
                     }
-                };
-                let (serve, done, who) = (serve.clone(), slots.clone(), what.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("{what}-client"))
-                    .spawn(move || {
-                        // Given back even if `serve` panics, or the slot would be lost.
-                        let _slot = SlotGuard(done);
-                        if let Err(e) = serve(conn) {
-                            tracing::debug!("{who} client: {e}");
+                    let waited = last_wait.is_some_and(|at| at.elapsed() < BACKLOG_DRAINS);
+                    let conn = incoming(&listener);
+                    if stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let conn = match conn {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            // E.g. out of file descriptors: not in a tight loop.
+                            tracing::warn!("{what}: {e}");
+                            slots.give_back();
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            continue;
                         }
-                    });
-                if let Err(e) = spawned {
-                    // Its connection dropped with the closure: the client sees it closed.
-                    tracing::warn!("{what}: cannot start a thread for a client: {e}");
-                    slots.give_back();
+                    };
+                    let (serve, done, who) = (serve.clone(), slots.clone(), what.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("{what}-client"))
+                        .spawn(move || {
+                            // Given back even if `serve` panics, or the slot would be lost.
+                            let _slot = SlotGuard(done);
+                            if let Err(e) = serve(conn, waited) {
+                                tracing::debug!("{who} client: {e}");
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        // Its connection dropped with the closure: the client sees it closed.
+                        tracing::warn!("{what}: cannot start a thread for a client: {e}");
+                        slots.give_back();
+                    }
                 }
             })?;
         Ok(Acceptor {
@@ -146,7 +161,7 @@ mod tests {
             "test-acceptor",
             listener,
             |l: &UnixListener| l.accept().map(|(c, _)| c),
-            move |mut c: UnixStream| {
+            move |mut c: UnixStream, _| {
                 // More panics than there are slots: if a panic kept its slot, the
                 // acceptor would stop taking clients before the last one.
                 if count.fetch_add(1, Ordering::SeqCst) < MAX_CLIENTS + 2 {
@@ -184,7 +199,7 @@ mod tests {
             "test-acceptor",
             listener,
             |l: &UnixListener| l.accept().map(|(c, _)| c),
-            |_c: UnixStream| Ok(()),
+            |_c: UnixStream, _| Ok(()),
         )
         .unwrap();
         // Someone removes the path (a tmp cleaner, an administrator): nothing can connect

@@ -378,7 +378,7 @@ impl MetricsServer {
             "lanet-metrics",
             listener,
             |l: &TcpListener| l.accept().map(|(c, _)| c),
-            move |conn| answer(conn, &endpoint),
+            move |conn, _| answer(conn, &endpoint),
         )?;
         Ok(MetricsServer {
             addr,

@@ -93,9 +93,9 @@ impl ControlSocket {
             "lanet-control",
             listener,
             |l: &UnixListener| l.accept().map(|(c, _)| c),
-            move |conn| {
+            move |conn, waited| {
                 let config = answering.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                answer(conn, &endpoint, config.as_deref())
+                answer(conn, waited, &endpoint, config.as_deref())
             },
         )?;
         Ok(ControlSocket {
@@ -192,6 +192,11 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
         }
     };
     let making = private.join("s");
+    debug_assert_eq!(
+        making.as_os_str().len(),
+        base.as_os_str().len() + lanet::config::CONTROL_SOCKET_STAGING,
+        "the staging path's length, as the config file's check reckons it"
+    );
     let linked = (|| {
         let listener = UnixListener::bind(&making).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidInput => io::Error::new(
@@ -221,12 +226,20 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     linked
 }
 
-fn answer(conn: UnixStream, endpoint: &Endpoint, config: Option<&ConfigFile>) -> io::Result<()> {
+/// Answers `conn`'s command. One whose client hung up when it may have `waited` for a
+/// slot is not run: the client gave up on it. (A client that writes its command and
+/// closes at once, `nc -q0`, still has it run, unless every slot was busy lately.)
+fn answer(
+    conn: UnixStream,
+    waited: bool,
+    endpoint: &Endpoint,
+    config: Option<&ConfigFile>,
+) -> io::Result<()> {
     // A slow or stuck client is cut off: it cannot hold one of the few client slots.
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     conn.set_write_timeout(Some(READ_TIMEOUT))?;
     let reply = match read_command(&conn) {
-        Ok(line) if crate::hangup::hung_up(&conn) => {
+        Ok(line) if waited && crate::hangup::hung_up(&conn) => {
             tracing::info!(
                 "control client gone before its command ran (it waited for a slot?): {:?} \
                  not run",
@@ -416,7 +429,8 @@ mod tests {
     /// socket binds at too: its staging path beside it is no longer.
     #[test]
     fn a_long_socket_path_that_fits_binds() {
-        let mut dir = std::env::temp_dir().join(format!("lanet-long-{}-", std::process::id()));
+        // Not the temporary directory, which may be longer than 100 bytes itself.
+        let mut dir = Path::new("/tmp").join(format!("lanet-long-{}-", std::process::id()));
         let pad = 100 - dir.as_os_str().len() - "/router.sock".len();
         dir.as_mut_os_string().push("x".repeat(pad));
         let _ = std::fs::remove_dir_all(&dir);

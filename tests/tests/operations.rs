@@ -915,22 +915,26 @@ fn a_command_whose_client_left_while_it_waited_for_a_slot_is_not_run() {
             .len()
     };
     assert_eq!(routes(), 1);
-    let route = json(&path, &["route", "show"])["routes"][0].clone();
-    let (net, gateway) = (
-        route["net"].as_str().unwrap(),
-        route["gateway"].as_str().unwrap(),
-    );
+    let gateway = json(&path, &["route", "show"])["routes"][0]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send_and_close = |command: String| {
+        let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        c.write_all(command.as_bytes()).unwrap();
+    };
+    // With slots free, a client that writes its command and closes at once (`nc -q0`)
+    // has it run.
+    send_and_close(format!("route add tcp9 {gateway}\n"));
+    wait_for("the route added", || routes() == 2);
     // More idle clients than the socket serves at once: each holds a slot, silent.
     let idle: Vec<_> = (0..16)
         .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let mut gone = std::os::unix::net::UnixStream::connect(&path).unwrap();
-    gone.write_all(format!("route del {net} {gateway}\n").as_bytes())
-        .unwrap();
-    drop(gone);
+    send_and_close(format!("route del tcp9 {gateway}\n"));
     drop(idle);
     // The slots free at once (each idle client's end is read); then the command is taken.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(routes(), 1, "the route was deleted for a client that left");
+    assert_eq!(routes(), 2, "the route was deleted for a client that left");
 }

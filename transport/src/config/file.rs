@@ -683,14 +683,25 @@ impl RawFile {
 /// Longest path a Unix socket binds at (`sun_path` holds 108 bytes, its NUL included).
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// Bytes a control socket's staging path adds to its directory's: the socket is bound
+/// first at `DIR/.lXXXXXX/s`, then linked into place (`lanet_control`), so that it is
+/// never open to others.
+pub const CONTROL_SOCKET_STAGING: usize = "/.lXXXXXX/s".len();
+
 /// What is wrong with `path` as a control socket's, if anything.
 fn check_socket_path(path: &Path) -> Result<(), String> {
     let len = path.as_os_str().len();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or(1, |d| d.as_os_str().len()); // "."
+    let staging = dir + CONTROL_SOCKET_STAGING;
     if path.file_name().is_none() {
         Err(format!("{:?} names no file", path.display().to_string()))
-    } else if len > MAX_SOCKET_PATH {
+    } else if len.max(staging) > MAX_SOCKET_PATH {
         Err(format!(
-            "{} is {len} bytes long; a Unix socket's path takes at most {MAX_SOCKET_PATH}",
+            "{} is {len} bytes long, and the socket is bound first at {staging} bytes \
+             (DIR/.lXXXXXX/s); a Unix socket's path takes at most {MAX_SOCKET_PATH}",
             path.display()
         ))
     } else {

@@ -268,6 +268,14 @@ fn errors_name_the_file_line_and_key_and_say_what_was_expected() {
             ),
             "test.toml: routing.control_socket: /run/lanet/a-directory",
         ),
+        // short enough itself, but not the path it is bound at first (DIR/.lXXXXXX/s)
+        (
+            concat!(
+                "[[net]]\nnet = \"tcp\"\naddress = \"1.2.3.4\"\n[routing]\ncontrol_socket = ",
+                "\"/run/lanet/a-directory-name-long-enough-for-the-staging-path-to-pass-the-limit-xxxxxxxxxxxxxxxxxx/r.sock\"\n"
+            ),
+            "test.toml: routing.control_socket: /run/lanet/a-directory-name-long-enough-for-the-staging-path-to-pass-the-limit-xxxxxxxxxxxxxxxxxx/r.sock is 104 bytes long, and the socket is bound first at 108 bytes",
+        ),
         // a bad duration
         (
             "[health]\ninterval = \"fast\"\n",

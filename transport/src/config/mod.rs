@@ -12,8 +12,9 @@ use crate::lane::{Lane, PerLane};
 use crate::nid::{Net, Nid};
 
 pub use file::{
-    ConfigFile, ConfigFileError, DaemonSettings, NetSection, OpenLnd, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_PENDING_ACCEPTS, DEFAULT_PENDING_ACCEPTS_RDMA, MAX_MOVER_POLL, MAX_SOCKET_PATH,
+    ConfigFile, ConfigFileError, DaemonSettings, NetSection, OpenLnd, CONTROL_SOCKET_STAGING,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_PENDING_ACCEPTS, DEFAULT_PENDING_ACCEPTS_RDMA, MAX_MOVER_POLL,
+    MAX_SOCKET_PATH,
 };
 
 /// Largest payload accepted by default: 16 MiB.
