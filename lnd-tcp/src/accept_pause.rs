@@ -32,9 +32,10 @@ pub(crate) struct AcceptPause {
     /// streak ends when an accept succeeds, or when none has failed for two pauses (a
     /// retry that found the backlog empty tells nobody).
     streak: Option<(Instant, Instant)>,
-    /// One-connection failures retried at once since the last success or pause: past
-    /// [`AT_ONCE`] the failure is taken for the listener's (a seccomp rule answering
-    /// EPERM to every accept), which would otherwise spin the driver thread for good.
+    /// One-connection failures retried at once since the last success or pause (but
+    /// aborted connections and interrupted calls): past [`AT_ONCE`] the failure is taken
+    /// for the listener's (a seccomp rule answering EPERM to every accept), which would
+    /// otherwise spin the driver thread for good.
     at_once: u32,
 }
 
@@ -44,8 +45,11 @@ const AT_ONCE: u32 = 64;
 impl AcceptPause {
     /// An accept failed with `e` (not `WouldBlock`) at `now`.
     pub(crate) fn failed(&mut self, e: &io::Error, now: Instant) -> AcceptRetry {
-        if one_connection_only(e) && self.at_once < AT_ONCE {
-            self.at_once += 1;
+        // A connection reset before it was taken, or a signal, is that connection's or
+        // that call's for sure (a scan's bursts of them must not pause accepting).
+        let surely_its_own = matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR));
+        if surely_its_own || (one_connection_only(e) && self.at_once < AT_ONCE) {
+            self.at_once += u32::from(!surely_its_own);
             tracing::debug!("accept failed: {e}");
             return AcceptRetry::Now;
         }
@@ -173,6 +177,10 @@ mod tests {
         assert!(retried < 100, "{retried} retried at once");
         assert_eq!(pause.until(), Some(t0 + ACCEPT_PAUSE));
         assert_eq!(pause.failed(&os(libc::EPERM), t0), AcceptRetry::Now, "anew");
+        // A scan's burst of connections reset before they were taken never pauses.
+        for _ in 0..1_000 {
+            assert_eq!(pause.failed(&os(libc::ECONNABORTED), t0), AcceptRetry::Now);
+        }
         // Anything else, known or not, pauses: at worst a retry comes a pause late.
         for errno in [libc::ENOBUFS, libc::ENOMEM, libc::EINVAL] {
             assert_eq!(
