@@ -79,6 +79,9 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
             );
             report.note(format!("RDMA on {device} at {ip}; perftest is ib_write_bw"));
         }
+        if c.lnd == LndChoice::Mem && c.connect.is_none() {
+            mem_baseline(&mut report, size, c.baseline_secs);
+        }
         return Ok(report);
     }
     // A stream written in calls of the PUTs' size, from 128 KiB (iperf3's default): with its
@@ -103,18 +106,28 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
     if c.baseline_secs == 0 {
         report.note("--baseline-secs 0: no external baselines (iperf3, UCX)");
     }
+    let mut ratios = vec![
+        ("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s"),
+        ("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s"),
+    ];
+    if size >= IPERF3_DEFAULT_LEN {
+        ratios.push((
+            "ratio.vs_iperf3",
+            "lanet.gbytes_per_s",
+            "iperf3.gbytes_per_s",
+        ));
+    } else {
+        report.note(format!(
+            "no ratio.vs_iperf3 below {} KiB: iperf3 streams bytes in writes of {} KiB, \
+             not messages of this size (UCX's tagged messages are the baseline here)",
+            IPERF3_DEFAULT_LEN >> 10,
+            IPERF3_DEFAULT_LEN >> 10
+        ));
+    }
     rounds::combine(
         &mut report,
         &measured,
-        &[
-            (
-                "ratio.vs_iperf3",
-                "lanet.gbytes_per_s",
-                "iperf3.gbytes_per_s",
-            ),
-            ("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s"),
-            ("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s"),
-        ],
+        &ratios,
         &[
             "lanet.gbytes_per_s",
             "iperf3.gbytes_per_s",
@@ -122,6 +135,29 @@ pub(crate) fn run(args: &BandwidthArgs) -> Result<Report, String> {
         ],
     );
     Ok(report)
+}
+
+/// The baseline of a stream between two endpoints in one process on the in-memory LND:
+/// UCX's tagged messages between two processes over shared memory, of the same size, for
+/// about as long (what users pick on one host; a network's would be beside the point).
+fn mem_baseline(report: &mut Report, size: usize, baseline_secs: u32) {
+    if baseline_secs == 0 {
+        report.note("--baseline-secs 0: no external baseline (UCX over shared memory)");
+        return;
+    }
+    // Guessing 10 GB/s and at most 3 million messages a second.
+    let secs = f64::from(baseline_secs);
+    let iters = (secs * 1e10 / size.max(1) as f64)
+        .min(secs * 3e6)
+        .max(100.0);
+    let ucx = baselines::ucx_shm_stream(size, iters as usize);
+    if let Some(s) = report.baseline("ucx_perftest", "UCX", ucx) {
+        report.add("ucx.gbytes_per_s", s.gbytes_per_s, "GB/s");
+        report.add("ucx.msgs_per_s", s.msgs_per_s, "msg/s");
+        report.add_ratio("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s");
+        report.add_ratio("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s");
+        report.note("--lnd mem: UCX runs over shared memory (UCX_TLS=sm, tag_bw), busy-polling");
+    }
 }
 
 /// What a stream achieved: bytes and PUTs per second, acknowledged (or sent, without ACK).

@@ -80,11 +80,13 @@ pub(crate) fn sockperf(size: usize, secs: u32) -> Option<Result<Vec<(&'static st
         );
         std::thread::sleep(Duration::from_millis(300));
         // sockperf's smallest message is 14 bytes.
-        let out = Command::new("sockperf")
+        let mut client = Command::new("sockperf");
+        client
             .args(["ping-pong", "--tcp", "-i", "127.0.0.1", "-p", &port])
-            .args(["-m", &size.max(14).to_string(), "-t", &secs.to_string()])
-            .output()
-            .map_err(|e| format!("sockperf ping-pong: {e}"))?;
+            .args(["-m", &size.max(14).to_string(), "-t", &secs.to_string()]);
+        // A run that hangs (its server gone) is given up on, not waited for.
+        let limit = Duration::from_secs(u64::from(secs) + 60);
+        let out = output_within(client, limit).map_err(|e| format!("sockperf ping-pong: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let pick = |pct: &str| {
             text.lines()
@@ -119,20 +121,20 @@ pub(crate) fn iperf3(secs: f64, write_len: usize) -> Option<Result<f64, String>>
                 .map_err(|e| format!("iperf3 server: {e}"))?,
         );
         std::thread::sleep(Duration::from_millis(300));
-        let out = Command::new("iperf3")
-            .args([
-                "-c",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-J",
-                "-l",
-                &write_len.to_string(),
-                "-t",
-                &format!("{}", secs.ceil() as u64),
-            ])
-            .output()
-            .map_err(|e| format!("iperf3 client: {e}"))?;
+        let mut client = Command::new("iperf3");
+        client.args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-J",
+            "-l",
+            &write_len.to_string(),
+            "-t",
+            &format!("{}", secs.ceil() as u64),
+        ]);
+        let limit = Duration::from_secs(secs.ceil() as u64 + 60);
+        let out = output_within(client, limit).map_err(|e| format!("iperf3 client: {e}"))?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| format!("iperf3 output is not JSON: {e}"))?;
         v["end"]["sum_received"]["bits_per_second"]
@@ -285,6 +287,48 @@ const UCX_TCP: UcxOn = UcxOn {
     limit: Duration::from_secs(300),
 };
 
+/// Over UCX's shared-memory transports between two processes on this host: what a user
+/// who picked UCX would run between processes of one node, with no network between them
+/// (the baseline of the in-memory LND's runs).
+const UCX_SHM: UcxOn = UcxOn {
+    tls: "sm",
+    host: std::net::Ipv4Addr::LOCALHOST,
+    limit: Duration::from_secs(300),
+};
+
+/// Two threads passing a `size`-byte message back and forth over channels (blocking on
+/// them), `warmup + iters` times: what a round trip between two threads of one process
+/// costs with no protocol at all (the floor of two endpoints in one process).
+pub(crate) fn channels(size: usize, warmup: usize, iters: usize) -> Result<Histogram<u64>, String> {
+    let (to_echo, echo_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let (to_client, client_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
+    let echo = std::thread::spawn(move || {
+        for m in echo_rx {
+            if to_client.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    let mut hist = histogram();
+    let mut message = vec![0x5a; size];
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        to_echo
+            .send(message)
+            .map_err(|_| "the echo thread ended".to_string())?;
+        message = client_rx
+            .recv()
+            .map_err(|_| "the echo thread ended".to_string())?;
+        if i >= warmup {
+            hist.record(t.elapsed().as_nanos().max(1) as u64)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    drop(to_echo);
+    let _ = echo.join();
+    Ok(hist)
+}
+
 /// `ucx_perftest -t TEST` on `on`; the numbers of its `Final:` line.
 fn ucx_perftest(
     on: &UcxOn,
@@ -334,6 +378,11 @@ pub(crate) fn ucx_latency(size: usize, iters: usize) -> Option<Result<UcxRoundTr
     ucx_round_trip(&UCX_TCP, size, iters)
 }
 
+/// [`ucx_latency`] over shared memory ([`UCX_SHM`]).
+pub(crate) fn ucx_shm_latency(size: usize, iters: usize) -> Option<Result<UcxRoundTrip, String>> {
+    ucx_round_trip(&UCX_SHM, size, iters)
+}
+
 fn ucx_round_trip(on: &UcxOn, size: usize, iters: usize) -> Option<Result<UcxRoundTrip, String>> {
     ucx_perftest(on, "tag_lat", size, iters).map(|r| r.and_then(|f| ucx_lat_figures(&f)))
 }
@@ -372,7 +421,23 @@ pub(crate) fn ucx_stream(
     size: usize,
     iters: usize,
 ) -> Option<Result<crate::bandwidth::Streamed, String>> {
-    ucx_perftest(&UCX_TCP, "tag_bw", size, iters).map(|r| {
+    ucx_stream_on(&UCX_TCP, size, iters)
+}
+
+/// [`ucx_stream`] over shared memory ([`UCX_SHM`]).
+pub(crate) fn ucx_shm_stream(
+    size: usize,
+    iters: usize,
+) -> Option<Result<crate::bandwidth::Streamed, String>> {
+    ucx_stream_on(&UCX_SHM, size, iters)
+}
+
+fn ucx_stream_on(
+    on: &UcxOn,
+    size: usize,
+    iters: usize,
+) -> Option<Result<crate::bandwidth::Streamed, String>> {
+    ucx_perftest(on, "tag_bw", size, iters).map(|r| {
         r.and_then(|f| match (f.get(5), f.get(7)) {
             (Some(mibps), Some(rate)) => Ok(crate::bandwidth::Streamed {
                 gbytes_per_s: mib_to_gb(*mibps),

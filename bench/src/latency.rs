@@ -161,6 +161,7 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         &measured,
         &[
             ("ratio.p50_vs_raw_tcp", "lanet.p50_us", "raw_tcp.p50_us"),
+            ("ratio.p50_vs_channels", "lanet.p50_us", "channels.p50_us"),
             ("ratio.p99_vs_raw_tcp", "lanet.p99_us", "raw_tcp.p99_us"),
             ("ratio.p50_vs_sockperf", "lanet.p50_us", "sockperf.p50_us"),
             ("ratio.p50_vs_ucx", "lanet.p50_us", "ucx.p50_us"),
@@ -173,7 +174,8 @@ pub(crate) fn run(args: &LatencyArgs) -> Result<Report, String> {
         ],
         &["lanet.p50_us", "raw_tcp.p50_us", "ucx.p50_us"],
     );
-    if size < 14 {
+    let sockperf_ran = c.lnd == LndChoice::Tcp && c.connect.is_none() && c.baseline_secs > 0;
+    if size < 14 && sockperf_ran {
         report.note("sockperf's smallest message is 14 bytes; it ran with 14");
     }
     Ok(report)
@@ -209,10 +211,11 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
             pingpong(Target::Remote(nid), size, args.iters)?,
             peer::echo_addr(nid),
         ),
-        _ => (
-            pingpong(Target::Mem, size, args.iters)?,
-            peer::local_echo()?,
-        ),
+        _ => {
+            report.add_latency("lanet", &pingpong(Target::Mem, size, args.iters)?);
+            mem_baselines(&mut report, size, args.iters, c.baseline_secs)?;
+            return Ok(report);
+        }
     };
     report.add_latency("lanet", &hist);
     if let Some(before) = before {
@@ -271,9 +274,41 @@ fn round(args: &LatencyArgs, size: usize) -> Result<Report, String> {
         let libfabric = baselines::libfabric_latency(size, args.iters);
         if let Some(us) = report.baseline("fi_pingpong", "libfabric", libfabric) {
             report.add("libfabric.mean_us", us, "us");
+            report.note(
+                "libfabric: fi_pingpong reports only a mean time per transfer, so no \
+                 libfabric.p50_us; ratio.mean_vs_libfabric compares means",
+            );
         }
     }
     Ok(report)
+}
+
+/// The baselines of two endpoints in one process on the in-memory LND: two threads
+/// passing the message over channels (the floor), and UCX between two processes over
+/// shared memory (what users pick on one host). Network baselines would compare it with
+/// the kernel's TCP, which the in-memory LND never crosses.
+fn mem_baselines(
+    report: &mut Report,
+    size: usize,
+    iters: usize,
+    baseline_secs: u32,
+) -> Result<(), String> {
+    report.add_latency("channels", &baselines::channels(size, WARMUP, iters)?);
+    if baseline_secs == 0 {
+        report.note("--baseline-secs 0: no external baseline (UCX over shared memory)");
+    } else if let Some(rt) = report.baseline(
+        "ucx_perftest",
+        "UCX",
+        baselines::ucx_shm_latency(size, iters),
+    ) {
+        add_ucx(report, rt);
+        report.note("--lnd mem: UCX runs over shared memory (UCX_TLS=sm), busy-polling");
+    }
+    report.note(
+        "--lnd mem: no network baselines (raw TCP, sockperf, UCX and libfabric over TCP): \
+         the in-memory LND crosses no network stack",
+    );
+    Ok(())
 }
 
 /// [`pingpong`] from a [`lanet::Worker`] driven by this thread, against the server at `dst`

@@ -672,18 +672,6 @@ fn bench_put(dst: Nid, size: usize, timeout: Duration) -> lanet::op::PutRequest 
     }
 }
 
-/// A raw TCP echo server in this process (for the in-memory runs' baseline).
-pub(crate) fn local_echo() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = l.local_addr().map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            std::thread::spawn(move || echo_loop(conn));
-        }
-    });
-    Ok(addr)
-}
-
 /// Where a benchmark's PUTs go.
 #[derive(Clone, Copy)]
 pub(crate) enum Target {

@@ -96,7 +96,7 @@ impl Report {
                 obj.insert("tcp_backend".into(), serde_json::json!(b));
             }
             for (k, v, _) in &self.rows {
-                obj.insert(k.clone(), serde_json::json!((v * 1000.0).round() / 1000.0));
+                obj.insert(k.clone(), serde_json::json!(significant(*v)));
             }
             println!("{}", serde_json::Value::Object(obj));
             return;
@@ -106,10 +106,43 @@ impl Report {
             println!("  TCP backend: {b}");
         }
         for (k, v, unit) in &self.rows {
-            println!("  {k:<44} {v:>12.3} {unit}");
+            println!("  {k:<44} {:>12} {unit}", shown(*v));
         }
         for n in &self.notes {
             println!("  note: {n}");
         }
+    }
+}
+
+/// `v` to six significant figures (a fixed number of decimals would turn 0.0004 GB/s, an
+/// 8-byte stream's, into 0).
+fn significant(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let scale = 10f64.powi(5 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
+}
+
+/// `v` as a table shows it: three decimals, or six significant figures below 1.
+fn shown(v: f64) -> String {
+    if v.abs() >= 1.0 || v == 0.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{}", significant(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_figures_keep_their_significant_figures() {
+        assert!((significant(0.000_412_345_678) - 0.000_412_346).abs() < 1e-15);
+        assert_eq!(significant(7226.001), 7226.0);
+        assert_eq!(significant(0.0), 0.0);
+        assert_eq!(shown(0.000_4), "0.0004");
+        assert_eq!(shown(12.3456), "12.346");
     }
 }

@@ -295,19 +295,27 @@ fn tcp_message_rate_is_reported_with_a_window() {
 
 #[test]
 fn the_in_memory_lnd_runs_both_benchmarks() {
-    positive(
-        &run(&["latency", "--lnd", "mem", "--iters", "300"]),
-        "lanet.p50_us",
-    );
-    let bandwidth = run(&["bandwidth", "--lnd", "mem", "--secs", "0.5"]);
-    positive(&bandwidth, "lanet.gbytes_per_s");
-    // In-process: nothing the TCP baselines measure compares with it, so none runs.
-    let baseline = |k: &String| {
-        ["iperf3.", "ucx.", "ratio."]
+    // In-process: no network baseline compares with it, so none runs; two threads over
+    // channels, and UCX over shared memory where installed, do.
+    let network = |k: &String| {
+        ["iperf3.", "raw_tcp.", "sockperf.", "libfabric."]
             .iter()
             .any(|p| k.starts_with(p))
     };
-    assert!(!bandwidth.keys().any(baseline), "{bandwidth:?}");
+    let latency = run(&["latency", "--lnd", "mem", "--iters", "300"]);
+    positive(&latency, "lanet.p50_us");
+    positive(&latency, "channels.p50_us");
+    positive(&latency, "ratio.p50_vs_channels");
+    assert!(!latency.keys().any(network), "{latency:?}");
+    let bandwidth = run(&["bandwidth", "--lnd", "mem", "--secs", "0.5"]);
+    positive(&bandwidth, "lanet.gbytes_per_s");
+    assert!(!bandwidth.keys().any(network), "{bandwidth:?}");
+    if installed("ucx_perftest") {
+        positive(&latency, "ucx.p50_us");
+        positive(&latency, "ratio.p50_vs_ucx");
+        positive(&bandwidth, "ucx.gbytes_per_s");
+        positive(&bandwidth, "ratio.vs_ucx");
+    }
 }
 
 #[test]
