@@ -195,6 +195,7 @@ impl Driver {
         let (mut any, mut fed) = (false, false);
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
+            self.fail_if_driverless(ni);
             if !self.node.ni_is_up(ni) {
                 // The NI is down: nothing to ask of its driver. A fetch must still end.
                 if let LndRequest::Fetch { handle, .. } = req {
@@ -219,6 +220,7 @@ impl Driver {
         }
         while let Some((ni, tx)) = self.node.poll_transmit() {
             any = true;
+            self.fail_if_driverless(ni);
             if !self.node.ni_is_up(ni) {
                 // Queued before the NI went down: it ends here, with the error.
                 let now = self.node.clock.unwrap_or_default();
@@ -235,6 +237,19 @@ impl Driver {
             self.posted_nis |= ni_bit(ni.0);
         }
         (any, fed)
+    }
+
+    /// An NI added to the node after its drivers were given (`node_mut().add_ni`) has
+    /// none: it fails, as one whose driver failed does, before anything is asked of it.
+    fn fail_if_driverless(&mut self, ni: NiId) {
+        if ni.0 >= self.lnds.len() && self.node.ni_is_up(ni) {
+            let now = self.node.clock.unwrap_or_default();
+            let error = LndError::new(
+                LndErrorKind::Closed,
+                "no driver for this NI (added to the node after its drivers were given)",
+            );
+            self.node.ni_failed(now, ni, error);
+        }
     }
 
     /// The time the clock read right after the last poll of an LND, once, if that poll

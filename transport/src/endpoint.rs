@@ -441,7 +441,8 @@ impl Endpoint {
         self.submit(|id| Command::Attach(id, entry))
     }
 
-    /// Cancels an operation or unlinks an entry (no-op if it already completed).
+    /// Cancels an operation or unlinks an entry (no-op if it already completed). A request
+    /// already sent may still reach its target (see [`crate::Node::cancel`]).
     pub fn cancel(&self, op: OpId) -> Result<(), EndpointError> {
         self.inner.send(Command::Cancel(op))
     }

@@ -265,7 +265,8 @@ impl Worker {
     }
 
     /// Completes every live operation with `Cancelled`, appending their events, and
-    /// closes the drivers; later submissions are refused (`ShutDown`). What the node
+    /// closes the drivers; later submissions are refused (`ShutDown`). A request already
+    /// sent may still reach its target (see [`crate::Node::cancel`]). What the node
     /// reports stays readable.
     pub fn shutdown(&mut self, events: &mut Vec<Event>) {
         if self.stopped.is_some() {

@@ -318,3 +318,31 @@ fn after_an_ni_fails_the_next_turn_reads_the_clock_again() {
     assert!(driver.poll(&*clock, Some(Duration::ZERO)).is_err());
     assert_eq!(driver.take_polled_at(), None);
 }
+
+/// An NI added to the node after its drivers were given has no driver: what the node
+/// sends on it fails like a send on an NI that is down, rather than the flush panicking
+/// on a missing driver.
+#[test]
+fn an_ni_without_a_driver_fails_its_sends_and_never_panics() {
+    let (clock, mut a, _b) = pair(None, false);
+    a.node_mut().add_ni(Nid::mem(1, 7)).unwrap();
+    let now = clock.now();
+    let put = PutRequest {
+        dst: Nid::mem(2, 7),
+        ..put(true)
+    };
+    a.node_mut().put(now, OpId(1), put).unwrap();
+    for _ in 0..100 {
+        a.node_mut().handle_timeout(clock.now());
+        a.flush();
+        a.poll(&*clock, Some(Duration::ZERO)).unwrap();
+        while let Some(e) = a.node_mut().poll_event() {
+            if let Event::Completed(c) = e {
+                assert_eq!(c.op, OpId(1));
+                assert!(c.result.is_err(), "{c:?}");
+                return;
+            }
+        }
+    }
+    panic!("the PUT on the NI without a driver never completed");
+}

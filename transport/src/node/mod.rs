@@ -524,8 +524,10 @@ impl Node {
     }
 
     /// Cancels a live operation (or unlinks an entry): it completes with `Cancelled`. A
-    /// request already handed to the driver may still reach the peer; its answer is ignored.
-    /// Unknown or finished ids are ignored.
+    /// request already sent (its frame built for the driver, its credit spent: whether the
+    /// driver has taken it yet or not) may still reach the peer; its answer is ignored.
+    /// One still queued (for credits, or a connection) never leaves. Unknown or finished
+    /// ids are ignored.
     pub fn cancel(&mut self, id: OpId) {
         self.clock = None;
         if self.ops.contains(id) {
