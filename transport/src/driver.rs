@@ -178,6 +178,9 @@ impl Driver {
         if !self.node.has_output() {
             return false;
         }
+        if self.node.nis.len() > self.lnds.len() {
+            self.fail_driverless_nis();
+        }
         let mut any = false;
         loop {
             let (handed, fed) = self.hand_over_once();
@@ -195,7 +198,6 @@ impl Driver {
         let (mut any, mut fed) = (false, false);
         while let Some((ni, req)) = self.node.poll_request() {
             any = true;
-            self.fail_if_driverless(ni);
             if !self.node.ni_is_up(ni) {
                 // The NI is down: nothing to ask of its driver. A fetch must still end.
                 if let LndRequest::Fetch { handle, .. } = req {
@@ -220,7 +222,6 @@ impl Driver {
         }
         while let Some((ni, tx)) = self.node.poll_transmit() {
             any = true;
-            self.fail_if_driverless(ni);
             if !self.node.ni_is_up(ni) {
                 // Queued before the NI went down: it ends here, with the error.
                 let now = self.node.clock.unwrap_or_default();
@@ -239,16 +240,18 @@ impl Driver {
         (any, fed)
     }
 
-    /// An NI added to the node after its drivers were given (`node_mut().add_ni`) has
-    /// none: it fails, as one whose driver failed does, before anything is asked of it.
-    fn fail_if_driverless(&mut self, ni: NiId) {
-        if ni.0 >= self.lnds.len() && self.node.ni_is_up(ni) {
-            let now = self.node.clock.unwrap_or_default();
+    /// NIs added to the node after its drivers were given (`node_mut().add_ni`) have
+    /// none: they fail, as one whose driver failed does, before anything is asked of them
+    /// (the hand-over would index past the drivers).
+    #[cold]
+    fn fail_driverless_nis(&mut self) {
+        let now = self.node.clock.unwrap_or_default();
+        for i in self.lnds.len()..self.node.nis.len() {
             let error = LndError::new(
                 LndErrorKind::Closed,
                 "no driver for this NI (added to the node after its drivers were given)",
             );
-            self.node.ni_failed(now, ni, error);
+            self.node.ni_failed(now, NiId(i), error);
         }
     }
 
