@@ -86,8 +86,9 @@ impl Acceptor {
                     if slots.take() {
                         last_wait = Some(std::time::Instant::now());
                     }
-                    let waited = last_wait.is_some_and(|at| at.elapsed() < BACKLOG_DRAINS);
                     let conn = incoming(&listener);
+                    // After the accept, which may have waited for a client for hours.
+                    let waited = last_wait.is_some_and(|at| at.elapsed() < BACKLOG_DRAINS);
                     if stopping.load(Ordering::Acquire) {
                         break;
                     }

@@ -39,8 +39,14 @@ ibv_devinfo -d rxe0 | grep -E "state|link_layer"
 ip -4 addr show eth0 | grep inet
 # perftest's RC send ping-pong between two processes, through rxe0.
 ib_send_lat -d rxe0 -s 2 -n 500 -F > /tmp/lanet-rxe-server.txt 2>&1 &
-sleep 1
-ib_send_lat -d rxe0 -s 2 -n 500 -F 10.0.2.15
+# The server listens once it is up, which under TCG (and another VM booting beside this
+# one) can take longer than a second: the client tries again rather than fail.
+ok=
+for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+    sleep 1
+    if ib_send_lat -d rxe0 -s 2 -n 500 -F 10.0.2.15; then ok=1; break; fi
+done
+[ -n "$ok" ]
 wait
 "#,
     );

@@ -299,6 +299,19 @@ impl Dedup {
         }
     }
 
+    /// Whether a window or floor of `from` is kept for another life than `incarnation`.
+    pub(crate) fn knows_another_life(&self, from: Nid, incarnation: u64) -> bool {
+        match self.life_of.get(&from) {
+            Some(&life) => life != incarnation,
+            // (The table of lives may have been cleared: the windows and floors say.)
+            None => self
+                .windows
+                .keys()
+                .chain(self.floors.keys())
+                .any(|&(n, _, i)| n == from && i != incarnation),
+        }
+    }
+
     /// Forgets the windows and floors of `from`, without remembering its life as
     /// replaced (when it is not sure that it was: see `Node::routed_life`).
     pub(crate) fn forget_node(&mut self, from: Nid) {

@@ -241,10 +241,14 @@ pub(crate) struct End {
     pub(crate) incarnation: Option<u64>,
     /// The incarnations its current one replaced, the latest last (at most
     /// [`EARLIER_LIVES`]): frames of those lives, late through a router, are dropped
-    /// rather than taken for another restart.
+    /// rather than taken for another restart. (Not those replaced in doubt.)
     pub(crate) earlier_lives: Vec<u64>,
     /// When its current incarnation was last seen (see [`End::incarnation`]).
     pub(crate) incarnation_seen_at: Time,
+    /// A life of it was taken in doubt (see `Node::routed_life`): from then on, its
+    /// lives replace one another without one being taken for replaced, until a HELLO of
+    /// its own says which it is.
+    pub(crate) in_doubt: bool,
     /// Its incarnation when it was declared Down: a return with another is a restart.
     pub(crate) down_incarnation: Option<Option<u64>>,
 }

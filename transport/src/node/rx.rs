@@ -85,7 +85,7 @@ impl Node {
             let lanes = if same_life {
                 Some(lane)
             } else {
-                self.seen_incarnation(now, nid, hello.incarnation, false);
+                self.seen_hello_incarnation(now, nid, hello.incarnation);
                 None
             };
             let error = LndError::new(LndErrorKind::Reset, "replaced by a new connection");
@@ -105,7 +105,7 @@ impl Node {
         // What waited while it connected has waited for the connection, not for the hop:
         // the hop is judged from now (see `forward::refuse_stalled`).
         hl.moved_at = now;
-        self.seen_incarnation(now, nid, hello.incarnation, false);
+        self.seen_hello_incarnation(now, nid, hello.incarnation);
         if !self.faults.silences(nid, lane) {
             self.heard(now, nid);
         }
@@ -129,39 +129,58 @@ impl Node {
     /// seen is most likely a life before the current one that we never heard from (a
     /// frame a router held while the end restarted), while the current one was seen
     /// within `forward_patience` and a detection time: late. Past that it may be a new
-    /// life whose clock went back between starts, or a frame a router held longer still:
-    /// taken for the current life, without taking the one it replaces for replaced, so
-    /// that if that one speaks again it is taken back, rather than all its frames being
-    /// dropped from then on.
+    /// life whose clock went back between starts, or a frame a router held longer still
+    /// (a slow next hop holds frames however long): it is taken in doubt. So is any life
+    /// of an end that had one taken in doubt, and one of an end forgotten while dedup
+    /// still remembers another life of it. Taken in doubt, the life it replaces is not
+    /// taken for replaced: if that one speaks again it is taken back (once the other has
+    /// been silent as long, if lower), rather than all its frames dropped from then on.
     fn routed_life(&self, now: Time, nid: Nid, incarnation: u64) -> RoutedLife {
         let window =
             self.cfg.forward_patience + self.cfg.health.interval * self.cfg.health.detect_mult;
-        match self.ends.get(&nid) {
-            Some(e) if e.incarnation.is_some_and(|current| incarnation < current) => {
-                if now.saturating_since(e.incarnation_seen_at) < window {
-                    RoutedLife::Late
-                } else {
-                    RoutedLife::Doubtful
-                }
-            }
-            _ => RoutedLife::CurrentOrNew,
+        let Some((e, current)) = self
+            .ends
+            .get(&nid)
+            .and_then(|e| e.incarnation.map(|current| (e, current)))
+        else {
+            return match self.dedup.knows_another_life(nid, incarnation) {
+                true => RoutedLife::Doubtful,
+                false => RoutedLife::CurrentOrNew,
+            };
+        };
+        if current == incarnation {
+            RoutedLife::CurrentOrNew
+        } else if incarnation < current && now.saturating_since(e.incarnation_seen_at) < window {
+            RoutedLife::Late
+        } else if incarnation < current || e.in_doubt {
+            RoutedLife::Doubtful
+        } else {
+            RoutedLife::CurrentOrNew
         }
+    }
+
+    /// [`Node::seen_incarnation`] from `nid`'s own HELLO, which ends any doubt about which
+    /// life it is in.
+    fn seen_hello_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64) {
+        self.seen_incarnation(now, nid, incarnation, false);
+        self.end_entry(nid).in_doubt = false;
     }
 
     /// `nid` (an end) said it is `incarnation` (in a HELLO, or in a frame it started): if
     /// it was another before, it restarted, and whatever the old one owed us is lost.
     /// Unless `doubtful`, the life it was before is remembered as replaced: its late
-    /// frames are dropped.
+    /// frames are dropped. (A HELLO is never in doubt: it comes from the end itself.)
     fn seen_incarnation(&mut self, now: Time, nid: Nid, incarnation: u64, doubtful: bool) {
+        if doubtful {
+            // Nor in dedup: the first request of this life would record it there.
+            self.dedup.forget_node(nid);
+        }
         let end = self.end_entry(nid);
         end.incarnation_seen_at = now;
         let old = end.incarnation.replace(incarnation);
         if let Some(old) = old.filter(|&o| o != incarnation) {
-            if doubtful {
-                // Nor in dedup: the first request of this life would record it there.
-                self.dedup.forget_node(nid);
-            } else {
-                let end = self.end_entry(nid);
+            end.in_doubt = doubtful;
+            if !doubtful {
                 super::peers::remember_earlier_life(&mut end.earlier_lives, old);
             }
             self.out.events.push_back(Event::PeerRestarted {
@@ -177,6 +196,8 @@ impl Node {
                 self.complete(id, Err(OpError::PeerRestarted));
             }
             self.gateway_restarted(now, nid);
+        } else if doubtful {
+            end.in_doubt = true;
         }
     }
 

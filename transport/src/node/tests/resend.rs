@@ -459,7 +459,7 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
     );
     // Taken in doubt: life 9 is not taken for replaced. (Had 3 been a late frame, and 9
     // only quiet, 9 would otherwise be dropped for good.) 9 speaking again is taken
-    // back, and 3 is replaced by it.
+    // back, in doubt too; 3 is late again while 9 is heard.
     put_from_far_life_at(&mut n, later, 9, 3);
     let again = events(&mut n);
     assert_eq!(restarts(&again), 1, "{again:?}");
@@ -507,6 +507,56 @@ fn a_late_frame_from_a_life_never_heard_does_not_lock_out_the_current_one() {
     put_from_far_life_at(&mut n, later, 9, 102);
     assert_eq!(deliveries(&mut n), 1, "life 9 is not locked out");
     put_from_far_life_at(&mut n, later, 9, 103);
+    assert_eq!(deliveries(&mut n), 1);
+}
+
+/// A far end restarted with its clock gone back (life 3 after 9), and then frames of its
+/// old life still come late, held by a slow router: each time, the live life is heard
+/// again once the old one has been silent for `forward_patience` and a detection time,
+/// never dropped for good.
+#[test]
+fn a_far_end_whose_clock_went_back_is_not_locked_out_by_its_old_lifes_late_frames() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let window = n.config().forward_patience + n.config().health.interval * 3;
+    put_from_far_life(&mut n, 9, 100);
+    assert_eq!(deliveries(&mut n), 1);
+    let (t1, t2) = (t(1) + window, t(1) + window * 2);
+    put_from_far_life_at(&mut n, t1, 3, 1);
+    assert_eq!(deliveries(&mut n), 1, "the new life, in doubt");
+    put_from_far_life_at(&mut n, t1, 9, 101);
+    assert_eq!(
+        deliveries(&mut n),
+        1,
+        "the old life's late frame: taken back in doubt"
+    );
+    put_from_far_life_at(&mut n, t1, 3, 2);
+    assert_eq!(deliveries(&mut n), 0, "while the old life was just heard");
+    put_from_far_life_at(&mut n, t2, 3, 3);
+    assert_eq!(deliveries(&mut n), 1, "the live life again");
+    put_from_far_life_at(&mut n, t2, 3, 4);
+    assert_eq!(deliveries(&mut n), 1);
+}
+
+/// A far end this node forgot (idle), whose answers dedup still remembers for its life 9:
+/// a late frame of a life 5 never heard from is taken in doubt, not as a restart that
+/// would make dedup take 9 for replaced and drop all its frames from then on.
+#[test]
+fn a_late_frame_after_the_far_end_was_forgotten_does_not_lock_out_its_life() {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    put_from_far_life(&mut n, 9, 100);
+    assert_eq!(deliveries(&mut n), 1);
+    n.ends.remove(&far());
+    put_from_far_life(&mut n, 5, 1);
+    events(&mut n);
+    put_from_far_life(&mut n, 9, 101);
+    assert_eq!(deliveries(&mut n), 1, "life 9 is not locked out");
+    put_from_far_life(&mut n, 9, 102);
     assert_eq!(deliveries(&mut n), 1);
 }
 
