@@ -296,36 +296,57 @@ const UCX_SHM: UcxOn = UcxOn {
     limit: Duration::from_secs(300),
 };
 
+/// A thread that sends back, on `back`, each message that comes in on `to_echo`, until
+/// `to_echo` closes: the other end of the channel baselines.
+pub(crate) struct ChannelEcho {
+    pub(crate) to_echo: crossbeam_channel::Sender<Vec<u8>>,
+    pub(crate) back: crossbeam_channel::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ChannelEcho {
+    pub(crate) fn start() -> ChannelEcho {
+        let (to_echo, echo_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
+        let (to_client, back) = crossbeam_channel::bounded::<Vec<u8>>(1);
+        let thread = std::thread::spawn(move || {
+            for m in echo_rx {
+                if to_client.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        ChannelEcho {
+            to_echo,
+            back,
+            thread,
+        }
+    }
+
+    /// Closes `to_echo` and waits for the thread.
+    pub(crate) fn stop(self) {
+        drop(self.to_echo);
+        let _ = self.thread.join();
+    }
+}
+
 /// Two threads passing a `size`-byte message back and forth over channels (blocking on
 /// them), `warmup + iters` times: what a round trip between two threads of one process
 /// costs with no protocol at all (the floor of two endpoints in one process).
 pub(crate) fn channels(size: usize, warmup: usize, iters: usize) -> Result<Histogram<u64>, String> {
-    let (to_echo, echo_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let (to_client, client_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let echo = std::thread::spawn(move || {
-        for m in echo_rx {
-            if to_client.send(m).is_err() {
-                break;
-            }
-        }
-    });
+    let echo = ChannelEcho::start();
+    let ended = || "the echo thread ended".to_string();
     let mut hist = histogram();
     let mut message = vec![0x5a; size];
     for i in 0..warmup + iters {
         let t = Instant::now();
-        to_echo
-            .send(message)
-            .map_err(|_| "the echo thread ended".to_string())?;
-        message = client_rx
-            .recv()
-            .map_err(|_| "the echo thread ended".to_string())?;
+        echo.to_echo.send(message).map_err(|_| ended())?;
+        message = echo.back.recv().map_err(|_| ended())?;
         if i >= warmup {
             hist.record(t.elapsed().as_nanos().max(1) as u64)
                 .map_err(|e| e.to_string())?;
         }
     }
-    drop(to_echo);
-    let _ = echo.join();
+    echo.stop();
     Ok(hist)
 }
 

@@ -119,22 +119,13 @@ pub(crate) fn run_inner(
 /// and back, `n` times, as the two endpoints' threads pass a PUT and its ACK: the least a
 /// round trip between two threads of one process costs, with no protocol at all.
 fn channel_pingpong(n: usize, size: usize) {
-    let (to_echo, echo_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let (to_client, client_rx) = crossbeam_channel::bounded::<Vec<u8>>(1);
-    let echo = std::thread::spawn(move || {
-        for m in echo_rx {
-            if to_client.send(m).is_err() {
-                break;
-            }
-        }
-    });
+    let echo = crate::baselines::ChannelEcho::start();
     let mut message = vec![0x5a; size];
     for _ in 0..n {
-        to_echo.send(message).expect("the echo thread runs");
-        message = client_rx.recv().expect("the echo thread answers");
+        echo.to_echo.send(message).expect("the echo thread runs");
+        message = echo.back.recv().expect("the echo thread answers");
     }
-    drop(to_echo);
-    let _ = echo.join();
+    echo.stop();
 }
 
 pub(crate) fn run(args: &CostArgs) -> Result<Report, String> {

@@ -937,7 +937,9 @@ enum RoutedLife {
     CurrentOrNew,
     /// A life before the current one that was never heard from: the frame is late.
     Late,
-    /// A lower number long after the current life was last seen: a new life, perhaps.
+    /// Perhaps a new life: lower than the current one, which has been silent long; any
+    /// other of an end that had a life taken in doubt; or one of an end forgotten while
+    /// dedup remembers another.
     Doubtful,
 }
 
