@@ -157,11 +157,8 @@ impl Dedup {
                 // Another incarnation of the same node: it restarted, and the old one's windows
                 // are moot (dropped before making room, so no unrelated window goes for them).
                 let stale: Vec<Key> = self
-                    .windows
-                    .keys()
-                    .chain(self.floors.keys())
-                    .filter(|(n, _, i)| *n == from && *i != incarnation)
-                    .copied()
+                    .kept_of(from)
+                    .filter(|&(_, _, i)| i != incarnation)
                     .collect();
                 if let Some(&(_, _, old)) = stale.first() {
                     let cap = self.max_windows.saturating_mul(FLOORS_PER_WINDOW);
@@ -304,24 +301,23 @@ impl Dedup {
         match self.life_of.get(&from) {
             Some(&life) => life != incarnation,
             // (The table of lives may have been cleared: the windows and floors say.)
-            None => self
-                .windows
-                .keys()
-                .chain(self.floors.keys())
-                .any(|&(n, _, i)| n == from && i != incarnation),
+            None => self.kept_of(from).any(|(_, _, i)| i != incarnation),
         }
+    }
+
+    /// The keys of every window and floor kept for `from`, of any life.
+    fn kept_of(&self, from: Nid) -> impl Iterator<Item = Key> + '_ {
+        self.windows
+            .keys()
+            .chain(self.floors.keys())
+            .filter(move |(n, _, _)| *n == from)
+            .copied()
     }
 
     /// Forgets the windows and floors of `from`, without remembering its life as
     /// replaced (when it is not sure that it was: see `Node::routed_life`).
     pub(crate) fn forget_node(&mut self, from: Nid) {
-        let keys: Vec<Key> = self
-            .windows
-            .keys()
-            .chain(self.floors.keys())
-            .filter(|(n, _, _)| *n == from)
-            .copied()
-            .collect();
+        let keys: Vec<Key> = self.kept_of(from).collect();
         for k in keys {
             self.drop_window(k);
             self.floors.remove(&k);
