@@ -261,7 +261,9 @@ impl Daemon {
                 crate::notify::notify("READY=1");
             }
             let stops: Vec<i32> = arrived.iter().copied().filter(|&s| s != SIGHUP).collect();
-            if stops.len() > 1 || self.stops.get() > 1 {
+            // Counted as delivered (the iterator reports two of a kind as one): two of
+            // any kind among them.
+            if self.stops.get() > 1 {
                 // Asked twice before it looked (an impatient operator): stop now.
                 tracing::warn!(?stops, "signalled twice: stopping without a drain");
                 return self.stopped();
@@ -435,9 +437,10 @@ fn apply_routes(
         }
     }
     for group in running.failover {
-        let stranded = group.members.iter().find(|m| {
-            !own.iter().any(|n| n.same_net(m)) && !wanted.iter().any(|r| r.net == m.net())
-        });
+        let stranded = group
+            .members
+            .iter()
+            .find(|&&m| !lanet::node::reachable(m, &own, wanted));
         if let Some(m) = stranded {
             return Err(format!(
                 "no route would reach {m}, a member of the running failover group {:?} (a \

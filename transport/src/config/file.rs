@@ -633,9 +633,7 @@ impl RawFile {
             let mut members = Vec::new();
             for n in g.nids.get_ref() {
                 let m = nid(n).map_err(|e| at.at(&g.nids, "nids", e))?;
-                let reachable = nets.iter().any(|x| x.nid.same_net(&m))
-                    || routes.iter().any(|r| r.net == m.net());
-                if !reachable {
+                if !crate::node::reachable(m, &own, &routes) {
                     return Err(at.at(
                         &g.nids,
                         "nids",

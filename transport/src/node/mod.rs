@@ -79,7 +79,7 @@ use peers::{Conn, End, Hop, Upstream};
 pub use pools::{PoolKind, PoolSizes, PoolStats};
 pub use report::{CreditReport, HopLaneReport, HopReport, NodeReport, RouterReport};
 use routes::RouteTable;
-pub use routes::{Route, RouteUnfit};
+pub use routes::{reachable, Route, RouteUnfit};
 use target::Incoming;
 
 /// Index of a network interface of the node (the order NIs were added).

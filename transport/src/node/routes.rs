@@ -42,6 +42,14 @@ impl Route {
     }
 }
 
+/// Whether a node whose NIs have the NIDs `own`, with `routes`, reaches `nid`: it is on
+/// one of the node's nets, or a route goes to its net. The one rule that the config
+/// file's check of failover members and a router's reload (before it changes routes)
+/// both apply.
+pub fn reachable(nid: Nid, own: &[Nid], routes: &[Route]) -> bool {
+    own.iter().any(|n| n.same_net(&nid)) || routes.iter().any(|r| r.net == nid.net())
+}
+
 /// Why a node cannot take a route ([`Route::unfit_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteUnfit {
