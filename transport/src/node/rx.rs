@@ -136,8 +136,7 @@ impl Node {
     /// taken for replaced: if that one speaks again it is taken back (once the other has
     /// been silent as long, if lower), rather than all its frames dropped from then on.
     fn routed_life(&self, now: Time, nid: Nid, incarnation: u64) -> RoutedLife {
-        let window =
-            self.cfg.forward_patience + self.cfg.health.interval * self.cfg.health.detect_mult;
+        let window = self.late_frame_window();
         let Some((e, current)) = self
             .ends
             .get(&nid)
@@ -157,6 +156,13 @@ impl Node {
         } else {
             RoutedLife::CurrentOrNew
         }
+    }
+
+    /// How long after a far end's current life was last seen a lower life never heard
+    /// from is still taken for a late frame ([`Node::routed_life`]): `forward_patience`
+    /// and a detection time.
+    pub(super) fn late_frame_window(&self) -> std::time::Duration {
+        self.cfg.forward_patience + self.cfg.health.interval * self.cfg.health.detect_mult
     }
 
     /// [`Node::seen_incarnation`] from `nid`'s own HELLO, which ends any doubt about which

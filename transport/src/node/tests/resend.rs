@@ -411,15 +411,22 @@ fn put_header_from_far(incarnation: u64, msg_id: u64, len: u32, settled_below: u
     }
 }
 
+/// A node with a sink (portal 4, match bits 0x10) for PUTs from the far net, whose route
+/// back goes through B, connected.
+fn sink_behind_b() -> Node {
+    let mut n = node();
+    connected(&mut n, B, Lane::Data, 8, 7);
+    route_via(&mut n, nid(B), 0);
+    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    n
+}
+
 /// A frame of a far end's earlier life that comes late, through a slow router, after its
 /// new life was heard, is not news of another restart (which would fail our operations
 /// to it again) and is not delivered.
 #[test]
 fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart() {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let mut n = sink_behind_b();
     put_from_far_life(&mut n, 5, 1);
     put_from_far_life(&mut n, 9, 1);
     let restarts = |events: &[Event]| {
@@ -449,7 +456,7 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
     let early = events(&mut n);
     assert_eq!(restarts(&early), 0, "{early:?}");
     assert_eq!(n.stats().stale_frames, 2);
-    let later = t(1) + n.config().forward_patience + n.config().health.interval * 3;
+    let later = t(1) + n.late_frame_window();
     put_from_far_life_at(&mut n, later, 3, 1);
     let back = events(&mut n);
     assert_eq!(restarts(&back), 1, "{back:?}");
@@ -482,10 +489,7 @@ fn a_late_frame_from_a_far_ends_earlier_life_is_dropped_not_taken_for_a_restart(
 /// one replaced, and drop all its frames from then on.
 #[test]
 fn a_late_frame_from_a_life_never_heard_does_not_lock_out_the_current_one() {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let mut n = sink_behind_b();
     put_from_far_life(&mut n, 9, 100);
     assert_eq!(deliveries(&mut n), 1);
     put_from_far_life(&mut n, 5, 1);
@@ -501,7 +505,7 @@ fn a_late_frame_from_a_life_never_heard_does_not_lock_out_the_current_one() {
     assert_eq!(deliveries(&mut n), 1, "the live life is heard as before");
     // Quiet longer than a router is expected to hold a frame, then one of life 5 comes
     // still later: taken for a new life in doubt, life 9 is still heard after it.
-    let later = t(1) + n.config().forward_patience + n.config().health.interval * 3;
+    let later = t(1) + n.late_frame_window();
     put_from_far_life_at(&mut n, later, 5, 2);
     assert_eq!(deliveries(&mut n), 1);
     put_from_far_life_at(&mut n, later, 9, 102);
@@ -516,11 +520,8 @@ fn a_late_frame_from_a_life_never_heard_does_not_lock_out_the_current_one() {
 /// never dropped for good.
 #[test]
 fn a_far_end_whose_clock_went_back_is_not_locked_out_by_its_old_lifes_late_frames() {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
-    let window = n.config().forward_patience + n.config().health.interval * 3;
+    let mut n = sink_behind_b();
+    let window = n.late_frame_window();
     put_from_far_life(&mut n, 9, 100);
     assert_eq!(deliveries(&mut n), 1);
     let (t1, t2) = (t(1) + window, t(1) + window * 2);
@@ -545,10 +546,7 @@ fn a_far_end_whose_clock_went_back_is_not_locked_out_by_its_old_lifes_late_frame
 /// would make dedup take 9 for replaced and drop all its frames from then on.
 #[test]
 fn a_late_frame_after_the_far_end_was_forgotten_does_not_lock_out_its_life() {
-    let mut n = node();
-    connected(&mut n, B, Lane::Data, 8, 7);
-    route_via(&mut n, nid(B), 0);
-    n.attach(OpId(1), MatchEntry::sink(4, 0x10, 100)).unwrap();
+    let mut n = sink_behind_b();
     put_from_far_life(&mut n, 9, 100);
     assert_eq!(deliveries(&mut n), 1);
     n.ends.remove(&far());
