@@ -150,10 +150,7 @@ fn mem_baseline(report: &mut Report, size: usize, baseline_secs: u32) {
     let iters = (secs * 1e10 / size.max(1) as f64)
         .min(secs * 3e6)
         .max(100.0);
-    let ucx = baselines::ucx_shm_stream(size, iters as usize);
-    if let Some(s) = report.baseline("ucx_perftest", "UCX", ucx) {
-        report.add("ucx.gbytes_per_s", s.gbytes_per_s, "GB/s");
-        report.add("ucx.msgs_per_s", s.msgs_per_s, "msg/s");
+    if add_ucx_stream(report, baselines::ucx_shm_stream(size, iters as usize)) {
         report.add_ratio("ratio.vs_ucx", "lanet.gbytes_per_s", "ucx.gbytes_per_s");
         report.add_ratio("ratio.rate_vs_ucx", "lanet.msgs_per_s", "ucx.msgs_per_s");
         report.note("--lnd mem: UCX runs over shared memory (UCX_TLS=sm, tag_bw), busy-polling");
@@ -266,9 +263,15 @@ fn baselines_of_round(
         round.add("iperf3.gbytes_per_s", g, "GB/s");
         round.note(format!("iperf3 writes {write_len} bytes per call (-l)"));
     }
-    let ucx = baselines::ucx_stream(size, ucx_iters);
-    if let Some(u) = round.baseline("ucx_perftest", "UCX", ucx) {
-        round.add("ucx.gbytes_per_s", u.gbytes_per_s, "GB/s");
-        round.add("ucx.msgs_per_s", u.msgs_per_s, "msg/s");
-    }
+    add_ucx_stream(round, baselines::ucx_stream(size, ucx_iters));
+}
+
+/// UCX's stream figures, or a note saying why there are none; whether there are.
+fn add_ucx_stream(report: &mut Report, ucx: Option<Result<Streamed, String>>) -> bool {
+    let Some(u) = report.baseline("ucx_perftest", "UCX", ucx) else {
+        return false;
+    };
+    report.add("ucx.gbytes_per_s", u.gbytes_per_s, "GB/s");
+    report.add("ucx.msgs_per_s", u.msgs_per_s, "msg/s");
+    true
 }
